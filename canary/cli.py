@@ -1,0 +1,181 @@
+"""The ``canary`` command line: parse arguments, call the library, print, and set the exit code.
+
+Exit codes: 0 success; 1 a release rolled back or failed; 2 invalid input
+(message on stderr); 3 refused because the stack is busy. No domain logic
+lives here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from canary import flagger, stackconfig
+from canary.errors import CanaryError, InvalidSpec, LabError
+
+EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_BUSY = 0, 1, 2, 3
+
+
+def _die(message: str, code: int) -> NoReturn:
+    click.echo(message, err=True)
+    sys.exit(code)
+
+
+def find_project_dir(start: Path | None = None) -> Path:
+    """The directory holding Pulumi.yaml: $CANARY_PROJECT_DIR, the cwd or a parent, else the package's checkout."""
+    if env := os.environ.get("CANARY_PROJECT_DIR"):
+        return Path(env)
+    here = (start or Path.cwd()).resolve()
+    for candidate in (here, *here.parents):
+        if (candidate / "Pulumi.yaml").is_file() and (candidate / "stacks").is_dir():
+            return candidate
+    return Path(__file__).resolve().parent.parent
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="canary", prog_name="canary")
+def main() -> None:
+    """Progressive delivery with Pulumi: weighted canary releases gated by Prometheus checks."""
+
+
+@main.command()
+@click.argument("stack", required=False)
+@click.option("--file", "file_", type=click.Path(path_type=Path, dir_okay=False), help="Validate a stack config file anywhere on disk.")
+@click.option("--project-dir", type=click.Path(path_type=Path, file_okay=False), help="Project directory (default: found from the cwd).")
+def validate(stack: str | None, file_: Path | None, project_dir: Path | None) -> None:
+    """Validate the config of STACK (stacks/Pulumi.STACK.yaml) or of --file PATH.
+
+    Nothing is applied. Every problem is listed with its field, value and rule.
+    """
+    if (stack is None) == (file_ is None):
+        _die("canary validate: give either STACK or --file PATH", EXIT_INVALID)
+    path = file_ if file_ is not None else stackconfig.stack_file(project_dir or find_project_dir(), str(stack))
+    if stack is not None and not path.is_file():
+        _die(f"stack {stack!r}: no config file {path.name} in {path.parent}", EXIT_INVALID)
+    try:
+        spec = stackconfig.load_stack_file(path)
+    except InvalidSpec as exc:
+        _die(str(exc), EXIT_INVALID)
+    from canary import schedule
+
+    click.echo(
+        f"{path.name}: valid — app {spec.app.namespace}/{spec.app.name}, stable {spec.stable_image}, "
+        f"canary {spec.canary_image or 'none'} at {spec.canary_weight}%, steps {schedule.weights(spec.analysis)}, "
+        f"{len(spec.analysis.metrics)} metrics, {len(spec.analysis.webhooks)} webhooks"
+    )
+
+
+def _parent_ref(text: str | None) -> dict[str, str] | None:
+    """NAME[.NAMESPACE][:SECTION] -> a parentRef mapping."""
+    if text is None:
+        return None
+    rest, _, section = text.partition(":")
+    name, _, namespace = rest.partition(".")
+    ref = {"name": name}
+    if namespace:
+        ref["namespace"] = namespace
+    if section:
+        ref["sectionName"] = section
+    return ref
+
+
+@main.command("import-flagger")
+@click.argument("manifests", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--stable-image", help="The stable image (Flagger keeps it in the Deployment, not the Canary).")
+@click.option("--gateway", help="Gateway parentRef as NAME[.NAMESPACE][:SECTION], when the Canary has no gatewayRefs.")
+def import_flagger(manifests: tuple[Path, ...], stable_image: str | None, gateway: str | None) -> None:
+    """Print the stack config equivalent to a Flagger Canary and its MetricTemplates.
+
+    What canary does not carry over is listed on stderr, field by field.
+    """
+    texts = []
+    for path in manifests:
+        try:
+            texts.append((str(path), path.read_text()))
+        except OSError as exc:
+            _die(f"{path}: cannot be read: {exc.strerror}", EXIT_INVALID)
+    try:
+        result = flagger.convert(flagger.load_manifests(texts), stable_image=stable_image, parent_ref=_parent_ref(gateway))
+    except InvalidSpec as exc:
+        _die(str(exc), EXIT_INVALID)
+    header = "# Imported from " + ", ".join(p.name for p in manifests) + " by canary import-flagger.\n"
+    header += "".join(f"# note: {note}\n" for note in result.notes)
+    click.echo(header + stackconfig.dump_stack_file(result.spec), nl=False)
+    for note in result.notes:
+        click.echo(f"note: {note}", err=True)
+
+
+@main.command()
+@click.argument("stack")
+@click.option("--weight", type=click.IntRange(0, 100), default=None, help="Weight to report the tick at (default: the stack's canaryWeight).")
+@click.option("--json", "as_json", is_flag=True, help="Print the tick as JSON.")
+@click.option("--project-dir", type=click.Path(path_type=Path, file_okay=False))
+def check(stack: str, weight: int | None, as_json: bool, project_dir: Path | None) -> None:
+    """Run one analysis tick for STACK against its Prometheus now, and explain every check.
+
+    Exit 0 when every check passes, 1 otherwise. Secrets must be readable: the
+    token is taken from $CANARY_PROMETHEUS_TOKEN when the stack stores it encrypted.
+    """
+    from canary import analysis
+    from canary.prometheus import PrometheusProvider
+
+    path = stackconfig.stack_file(project_dir or find_project_dir(), stack)
+    try:
+        spec = stackconfig.load_stack_file(path)
+    except InvalidSpec as exc:
+        _die(str(exc), EXIT_INVALID)
+    if spec.prometheus is None:
+        _die(f"stack {stack}: prometheus.address: must be set to run checks", EXIT_INVALID)
+    token = os.environ.get("CANARY_PROMETHEUS_TOKEN")
+    prom = spec.prometheus
+
+    def provider_for(address: str | None) -> PrometheusProvider:
+        return PrometheusProvider(address or prom.address, token=token, timeout=prom.timeout)
+
+    result = analysis.run_tick(spec, provider_for, failed_in_row=0, weight=spec.canary_weight if weight is None else weight)
+    if as_json:
+        click.echo(json.dumps(tick_to_dict(result), indent=2))
+    else:
+        for c in result.checks:
+            click.echo(f"{c.verdict.value:>8}  {c.reason}")
+        click.echo(result.reason)
+    sys.exit(EXIT_OK if result.outcome is analysis.Outcome.ADVANCE else EXIT_FAILED)
+
+
+def tick_to_dict(result: Any) -> dict[str, Any]:
+    return {
+        "outcome": result.outcome.value,
+        "reason": result.reason,
+        "failedInRow": result.failed_in_row,
+        "threshold": result.threshold,
+        "weight": result.weight,
+        "checks": [
+            {
+                "metric": c.metric,
+                "query": c.query,
+                "value": c.value,
+                "thresholdRange": {"min": c.threshold.min, "max": c.threshold.max},
+                "verdict": c.verdict.value,
+                "effect": c.effect.value,
+                "reason": c.reason,
+            }
+            for c in result.checks
+        ],
+    }
+
+
+def run() -> None:
+    """Console-script entry: map stray library errors to exit codes instead of tracebacks."""
+    try:
+        main(standalone_mode=True)
+    except InvalidSpec as exc:
+        _die(str(exc), EXIT_INVALID)
+    except LabError as exc:
+        _die(f"lab: {exc}", EXIT_FAILED)
+    except CanaryError as exc:
+        _die(f"canary: {exc}", EXIT_FAILED)

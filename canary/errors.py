@@ -1,0 +1,94 @@
+"""The one error tree of canary, and what the caller should do with each branch.
+
+::
+
+    CanaryError                      base; never raised itself
+    ├── InvalidSpec                  refuse to start: bad config, bad CLI input, bad manifest (exit 2)
+    │                                  carries every problem as (field, value, rule)
+    ├── MetricError                  one check could not produce a value: a failed check, never a pass
+    │   ├── NoValues                 empty result or NaN ("the canary receives no traffic yet")
+    │   ├── MultipleValues           the query returned several series; it must reduce to one
+    │   ├── BadQuery                 the provider rejected the query (a config defect)
+    │   └── ProviderUnreachable      the provider did not answer in time (temporary)
+    ├── StackError                   the stack adapter could not do what it was asked
+    │   ├── StackBusy                another update or release holds the stack (exit 3)
+    │   ├── StackNotFound            no such stack
+    │   └── ClusterUnreachable       the API server did not answer (temporary: retry, then roll back)
+    └── LabError                     a lab component could not start; names it and its log
+
+Every lower-level exception is mapped to the most specific class here, with
+``raise ... from exc`` so the original stays available as ``__cause__``.
+Messages never contain secret values (tokens, passphrases).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+class CanaryError(Exception):
+    """Base of every error canary raises on purpose."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One reason an input is refused: which field, what value, which rule."""
+
+    field: str
+    value: str
+    rule: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.rule} (got {self.value})"
+
+
+class InvalidSpec(CanaryError):
+    """Input refused before anything was applied."""
+
+    def __init__(self, problems: Sequence[Problem], source: str = "") -> None:
+        self.problems = tuple(problems)
+        self.source = source
+        head = f"invalid {source}" if source else "invalid input"
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"{head}:\n{lines}")
+
+
+class MetricError(CanaryError):
+    """A metric query that produced no usable value."""
+
+
+class NoValues(MetricError):
+    """The query returned no sample, or NaN: typically no traffic reached the canary yet."""
+
+
+class MultipleValues(MetricError):
+    """The query returned several series where one scalar was expected."""
+
+
+class BadQuery(MetricError):
+    """The provider refused the query as malformed."""
+
+
+class ProviderUnreachable(MetricError):
+    """The metrics provider could not be reached or timed out."""
+
+
+class StackError(CanaryError):
+    """The Pulumi stack could not be read or updated."""
+
+
+class StackBusy(StackError):
+    """Another update or release holds the stack."""
+
+
+class StackNotFound(StackError):
+    """The named stack does not exist."""
+
+
+class ClusterUnreachable(StackError):
+    """The Kubernetes API server did not answer."""
+
+
+class LabError(CanaryError):
+    """A lab component failed to start or stop."""

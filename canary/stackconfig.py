@@ -1,0 +1,175 @@
+"""Stack config in and out: one spec, whichever way the config arrives.
+
+The same ``ReleaseSpec`` loads from (1) the Pulumi program's stack config,
+(2) the Automation API's config map and (3) a stack config file on disk. This
+module only translates those shapes into plain values for ``spec.parse_spec``,
+and a spec back into stack config; it reads a file when asked to and does
+nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from canary.errors import InvalidSpec, Problem
+from canary.spec import CONFIG_KEYS, ReleaseSpec, parse_spec
+
+#: The Pulumi project name, and so the namespace of every config key.
+PROJECT = "canary"
+#: Where a secret value read from a file (still encrypted) stands in the spec.
+ENCRYPTED = "<encrypted>"
+_SECRET_PATHS = (("prometheus", "token"), ("prometheus", "headers"))
+
+
+def stack_file(project_dir: Path, stack: str) -> Path:
+    """The stack config file of ``stack`` (Pulumi.yaml sets ``stackConfigDir: stacks``)."""
+    return project_dir / "stacks" / f"Pulumi.{stack}.yaml"
+
+
+def _plain(value: Any) -> Any:
+    """A config value as plain data: JSON strings of objects decoded, ConfigValue unwrapped."""
+    if hasattr(value, "value") and hasattr(value, "secret"):
+        value = value.value
+    if isinstance(value, str) and value[:1] in "{[":
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return value
+
+
+def values_from_config(config: Mapping[str, Any], project: str = PROJECT) -> dict[str, Any]:
+    """Top-level spec values from a config map keyed ``project:key`` (other namespaces ignored)."""
+    values: dict[str, Any] = {}
+    for full_key, raw in config.items():
+        namespace, _, key = full_key.partition(":")
+        if not key:
+            namespace, key = project, full_key
+        if namespace == project:
+            values[key] = _plain(raw)
+    return values
+
+
+def from_config(config: Mapping[str, Any], source: str = "stack config", project: str = PROJECT) -> ReleaseSpec:
+    """Validate an Automation API config map or a Pulumi program's raw config."""
+    values = values_from_config(config, project)
+    problems = _unencrypted_secrets(values, secret_keys={k for k, v in config.items() if getattr(v, "secret", False)}, project=project)
+    if problems:
+        raise InvalidSpec(problems, source)
+    return parse_spec(values, source)
+
+
+def _unencrypted_secrets(values: Mapping[str, Any], secret_keys: set[str] | None, project: str = PROJECT) -> list[Problem]:
+    """Tokens and auth headers must be stored as Pulumi secrets, never in plain text."""
+    problems = []
+    for top, leaf in _SECRET_PATHS:
+        section = values.get(top)
+        if not isinstance(section, Mapping) or leaf not in section:
+            continue
+        if secret_keys is not None and f"{project}:{top}" in secret_keys:
+            continue
+        if _all_encrypted(section[leaf]):
+            continue
+        problems.append(
+            Problem(
+                f"{top}.{leaf}",
+                "<secret>",
+                f"must be a Pulumi secret: pulumi config set --secret --path {top}.{leaf} ...",
+            )
+        )
+    return problems
+
+
+def _all_encrypted(value: Any) -> bool:
+    if isinstance(value, Mapping):
+        return all(_all_encrypted(v) for v in value.values()) if value else True
+    return value == ENCRYPTED
+
+
+def _decode_secure(value: Any) -> Any:
+    """Replace ``{secure: ...}`` leaves (ciphertext) by a placeholder: validation never decrypts."""
+    if isinstance(value, Mapping):
+        if set(value) == {"secure"}:
+            return ENCRYPTED
+        return {k: _decode_secure(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decode_secure(v) for v in value]
+    return value
+
+
+def read_stack_file(path: Path) -> dict[str, Any]:
+    """The ``config:`` map of a stack file, secrets left encrypted; InvalidSpec on a bad file."""
+    source = str(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise InvalidSpec([Problem("file", source, "does not exist")], source) from None
+    except OSError as exc:
+        raise InvalidSpec([Problem("file", source, f"cannot be read: {exc.strerror}")], source) from None
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise InvalidSpec([Problem("file", source, f"must be valid YAML: {getattr(exc, 'problem', exc)}{where}")], source) from None
+    if document is None:
+        document = {}
+    if not isinstance(document, Mapping):
+        raise InvalidSpec([Problem("file", source, "must be a YAML mapping with a config: key")], source)
+    unknown = sorted(set(document) - {"config", "secretsprovider", "encryptionsalt", "encryptedkey", "environment"})
+    if unknown:
+        raise InvalidSpec([Problem(str(k), "...", "is not a stack file key (expected config:)") for k in unknown], source)
+    config = document.get("config") or {}
+    if not isinstance(config, Mapping):
+        raise InvalidSpec([Problem("config", _type_name(config), "must be a mapping of project:key to values")], source)
+    return {str(k): _decode_secure(v) for k, v in config.items()}
+
+
+def _type_name(value: object) -> str:
+    return type(value).__name__
+
+
+def load_stack_file(path: Path, project: str = PROJECT) -> ReleaseSpec:
+    """Validate a stack config file anywhere on disk."""
+    config = read_stack_file(path)
+    values = values_from_config(config, project)
+    problems = _unencrypted_secrets(values, secret_keys=None, project=project)
+    if problems:
+        raise InvalidSpec(problems, str(path))
+    return parse_spec(values, str(path))
+
+
+def to_config(spec: ReleaseSpec, project: str = PROJECT) -> dict[str, Any]:
+    """The stack config (``project:key`` -> value) that yields ``spec``; secrets are never written."""
+    data = spec.model_dump(mode="json", by_alias=True, exclude_none=True, exclude_unset=True)
+    prometheus = data.get("prometheus")
+    if isinstance(prometheus, dict):
+        prometheus.pop("token", None)
+        prometheus.pop("headers", None)
+    for required in ("app", "gateway", "stableImage", "analysis"):
+        data.setdefault(required, spec.model_dump(mode="json", by_alias=True, exclude_none=True)[required])
+    return {f"{project}:{key}": data[key] for key in CONFIG_KEYS if key in data}
+
+
+class _Dumper(yaml.SafeDumper):
+    """Multi-line strings (PromQL) as literal blocks; whole floats as integers."""
+
+
+_Dumper.add_representer(
+    str,
+    lambda d, s: d.represent_scalar("tag:yaml.org,2002:str", s, style="|" if "\n" in s else None),
+)
+_Dumper.add_representer(
+    float,
+    lambda d, f: d.represent_int(int(f)) if f.is_integer() else yaml.SafeDumper.represent_float(d, f),
+)
+
+
+def dump_stack_file(spec: ReleaseSpec, project: str = PROJECT) -> str:
+    """A stack config file's text for ``spec``."""
+    return yaml.dump({"config": to_config(spec, project)}, Dumper=_Dumper, sort_keys=False, default_flow_style=False)

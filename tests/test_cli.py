@@ -1,0 +1,58 @@
+"""The validate command: exit codes and messages, as a user sees them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+
+def _cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "canary", *args], capture_output=True, text=True, cwd=cwd, timeout=60)
+
+
+@pytest.mark.parametrize("stack", ["dev", "staging", "prod", "lab"])
+def test_validate_stack(stack: str) -> None:
+    done = _cli("validate", stack)
+    assert done.returncode == 0, done.stderr
+    assert f"Pulumi.{stack}.yaml: valid" in done.stdout
+
+
+def test_validate_file_anywhere(tmp_path: Path) -> None:
+    path = tmp_path / "mine.yaml"
+    path.write_text((ROOT / "stacks" / "Pulumi.prod.yaml").read_text().replace("threshold: 3", "threshold: 0"))
+    done = _cli("validate", "--file", str(path), cwd=tmp_path)
+    assert done.returncode == 2
+    assert "analysis.threshold" in done.stderr and "greater than or equal to 1" in done.stderr and "(got 0)" in done.stderr
+    assert done.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["validate", "nosuchstack"], "no config file Pulumi.nosuchstack.yaml"),
+        (["validate"], "give either STACK or --file"),
+        (["validate", "prod", "--file", "x.yaml"], "give either STACK or --file"),
+        (["validate", "--bogus"], "No such option"),
+        (["nosuchcommand"], "No such command"),
+    ],
+)
+def test_bad_arguments_exit_2(args: list[str], message: str) -> None:
+    done = _cli(*args)
+    assert done.returncode == 2
+    assert message in done.stderr
+
+
+def test_validate_from_outside_the_project_with_project_dir(tmp_path: Path) -> None:
+    done = _cli("validate", "prod", "--project-dir", str(ROOT), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+
+
+def test_console_script_is_installed() -> None:
+    exe = Path(sys.executable).parent / "canary"
+    done = subprocess.run([str(exe), "validate", "lab"], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert done.returncode == 0, done.stderr

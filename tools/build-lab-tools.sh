@@ -1,0 +1,210 @@
+#!/usr/bin/env bash
+# Build the lab's tools that no package registry ships as binaries, from Go
+# modules, into a cache outside the repository keyed by tool and version.
+#
+# A tool whose cache entry is complete is not rebuilt, so a second run costs
+# seconds. Each build happens in a throwaway wrapper module (generated here,
+# never committed) because `go install` refuses modules with replace directives.
+#
+#   tools/build-lab-tools.sh            build everything missing
+#   tools/build-lab-tools.sh pulumi     build one tool
+#
+# Output: $CANARY_TOOLS (default ~/.cache/canary/tools)/<tool>-<version>/bin/…
+# and a timing line per tool in $CANARY_TOOLS/build-times.tsv.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=tools/versions.env
+source "$here/versions.env"
+
+TOOLS=${CANARY_TOOLS:-$HOME/.cache/canary/tools}
+WORK=$TOOLS/.wrappers
+mkdir -p "$TOOLS" "$WORK"
+export CGO_ENABLED=0 GOFLAGS=-mod=mod GOTOOLCHAIN=local
+
+log() { printf '[build-lab-tools] %s\n' "$*" >&2; }
+
+# Print the replace/exclude directives of an upstream go.mod, with relative
+# (filesystem) replacements removed: the caller maps those to released versions.
+upstream_directives() {
+  local gomod=$1
+  python3 - "$gomod" <<'PY'
+import re, sys
+text = open(sys.argv[1]).read()
+out = []
+for block in re.finditer(r'^(replace|exclude)\s*\(\n(.*?)\n\)', text, re.S | re.M):
+    for line in block.group(2).splitlines():
+        line = line.split('//')[0].strip()
+        if line:
+            out.append(f"{block.group(1)} {line}")
+for m in re.finditer(r'^(replace|exclude)\s+([^(\n][^\n]*)$', text, re.M):
+    out.append(f"{m.group(1)} {m.group(2).split('//')[0].strip()}")
+for line in out:
+    if '=>' in line and re.search(r'=>\s*\.', line):
+        continue
+    print(line)
+PY
+}
+
+modfile() {  # module version -> path of its go.mod in the module cache
+  go mod download -json "$1@$2" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])'
+}
+moddir() {
+  go mod download -json "$1@$2" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])'
+}
+
+# done_or_build NAME VERSION FUNCTION: run FUNCTION into a fresh dir unless cached.
+done_or_build() {
+  local name=$1 version=$2 fn=$3
+  local dest=$TOOLS/$name-$version
+  if [[ -f $dest/.complete ]]; then
+    log "$name $version: cached"
+    return 0
+  fi
+  log "$name $version: building (log: $dest.log)"
+  rm -rf "$dest"; mkdir -p "$dest/bin"
+  local start=$SECONDS
+  if ! "$fn" "$dest" "$version" >"$dest.log" 2>&1; then
+    log "$name $version: FAILED; last lines of $dest.log:"
+    tail -n 30 "$dest.log" >&2
+    return 1
+  fi
+  touch "$dest/.complete"
+  printf '%s\t%s\t%ss\t%s\n' "$name" "$version" "$((SECONDS - start))" "$(date -u +%FT%TZ)" >>"$TOOLS/build-times.tsv"
+  log "$name $version: built in $((SECONDS - start))s"
+}
+
+wrapper() {  # wrapper NAME -> fresh wrapper dir on stdout
+  local dir=$WORK/$1
+  rm -rf "$dir"; mkdir -p "$dir"
+  echo "$dir"
+}
+
+build_pulumi() {
+  local dest=$1 v=$2 dir
+  dir=$(wrapper pulumi)
+  cd "$dir"
+  {
+    echo "module canarylab/pulumi"
+    echo "go 1.26"
+    echo "require github.com/pulumi/pulumi/pkg/v3 v$v"
+    echo "require github.com/pulumi/pulumi/sdk/v3 v$v"
+    upstream_directives "$(modfile github.com/pulumi/pulumi/pkg/v3 "v$v")"
+  } >go.mod
+  go build -trimpath -o "$dest/bin/pulumi" \
+    -ldflags "-s -w -X github.com/pulumi/pulumi/sdk/v3/go/common/version.Version=v$v" \
+    github.com/pulumi/pulumi/pkg/v3/cmd/pulumi
+  "$dest/bin/pulumi" version
+}
+
+build_kubernetes_provider() {
+  local dest=$1 v=$2 dir src
+  dir=$(wrapper pulumi-resource-kubernetes)
+  cd "$dir"
+  src=$(moddir github.com/pulumi/pulumi-kubernetes/provider/v4 "$PULUMI_KUBERNETES_PROVIDER_MODULE_VERSION")
+  {
+    echo "module canarylab/pulumi-resource-kubernetes"
+    echo "go 1.24"
+    echo "require github.com/pulumi/pulumi-kubernetes/provider/v4 $PULUMI_KUBERNETES_PROVIDER_MODULE_VERSION"
+    upstream_directives "$src/go.mod"
+  } >go.mod
+  # The main package embeds two generated files that the module zip lacks.
+  cp "$src/cmd/pulumi-resource-kubernetes/main.go" .
+  chmod u+w main.go
+  python3 - "$src/cmd/pulumi-resource-kubernetes" "$v" <<'PY'
+import json, sys
+src, version = sys.argv[1], sys.argv[2]
+schema = json.load(open(f"{src}/schema.json"))
+schema["version"] = version
+json.dump(schema, open("schema-embed.json", "w"))
+json.dump(json.load(open(f"{src}/terraform-mapping.json")), open("terraform-mapping-embed.json", "w"))
+PY
+  cp "$src/go.sum" go.sum; chmod u+w go.sum
+  go build -trimpath -o "$dest/bin/pulumi-resource-kubernetes" \
+    -ldflags "-s -w -X github.com/pulumi/pulumi-kubernetes/provider/v4/pkg/version.Version=$v" .
+}
+
+build_kubernetes() {
+  local dest=$1 v=$2 dir gomod minor
+  dir=$(wrapper kubernetes)
+  cd "$dir"
+  gomod=$(modfile k8s.io/kubernetes "v$v")
+  minor=${v#*.}; minor=${minor%%.*}
+  {
+    echo "module canarylab/kubernetes"
+    echo "go 1.24"
+    echo "require k8s.io/kubernetes v$v"
+    # Every staging module is replaced by a relative path upstream; map each
+    # to its published release (v0.<minor>.<patch>).
+    grep -E '^\s*k8s\.io/[a-z0-9-]+ => \./staging/' "$gomod" |
+      awk -v sv="v0.${v#*.}" '{print "replace " $1 " => " $1 " " sv}'
+    upstream_directives "$gomod"
+  } >go.mod
+  local ld="-s -w -X k8s.io/component-base/version.gitVersion=v$v -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor"
+  ld="$ld -X k8s.io/client-go/pkg/version.gitVersion=v$v -X k8s.io/client-go/pkg/version.gitMajor=1 -X k8s.io/client-go/pkg/version.gitMinor=$minor"
+  for cmd in kube-apiserver kube-controller-manager kube-scheduler; do
+    go build -trimpath -o "$dest/bin/$cmd" -ldflags "$ld" "k8s.io/kubernetes/cmd/$cmd"
+  done
+  "$dest/bin/kube-apiserver" --version
+}
+
+build_kwok() {
+  local dest=$1 v=$2 dir src
+  dir=$(wrapper kwok)
+  cd "$dir"
+  printf 'module canarylab/kwok\ngo 1.26\nrequire sigs.k8s.io/kwok v%s\n' "$v" >go.mod
+  go build -trimpath -o "$dest/bin/kwok" -ldflags "-s -w" sigs.k8s.io/kwok/cmd/kwok
+  src=$(moddir sigs.k8s.io/kwok "v$v")
+  mkdir -p "$dest/stages"
+  cp -r "$src/kustomize/stage/." "$dest/stages/"
+  chmod -R u+w "$dest/stages"
+}
+
+build_traefik() {
+  local dest=$1 v=$2 dir gomod
+  dir=$(wrapper traefik)
+  cd "$dir"
+  gomod=$(modfile github.com/traefik/traefik/v3 "v$v")
+  # The ext module is a nested module upstream (absent from the module zip):
+  # two empty extension points, stubbed here exactly as the open-source build has them.
+  mkdir -p ext
+  printf 'module github.com/traefik/traefik/dynamic/ext\ngo 1.24\n' >ext/go.mod
+  printf 'package ext\n\n// HTTP is an extension point of the HTTP configuration.\ntype HTTP struct{}\n\n// Router is an extension point of the router configuration.\ntype Router struct{}\n' >ext/ext.go
+  {
+    echo "module canarylab/traefik"
+    echo "go 1.26"
+    echo "require github.com/traefik/traefik/v3 v$v"
+    echo "require github.com/traefik/traefik/dynamic/ext v0.0.0-00010101000000-000000000000"
+    echo "replace github.com/traefik/traefik/dynamic/ext => ./ext"
+    upstream_directives "$gomod"
+  } >go.mod
+  go build -trimpath -o "$dest/bin/traefik" \
+    -ldflags "-s -w -X github.com/traefik/traefik/v3/pkg/version.Version=$v" \
+    github.com/traefik/traefik/v3/cmd/traefik
+  "$dest/bin/traefik" version
+}
+
+fetch_gateway_crds() {
+  local dest=$1 v=$2 src
+  src=$(moddir sigs.k8s.io/gateway-api "v$v")
+  mkdir -p "$dest/crds"
+  for f in "$src"/config/crd/standard/gateway.networking.k8s.io_*.yaml; do
+    cp "$f" "$dest/crds/"
+  done
+  chmod -R u+w "$dest/crds"
+  ls "$dest/crds"
+}
+
+all=(kwok pulumi pulumi-resource-kubernetes kubernetes traefik gateway-api-crds)
+wanted=("${@:-${all[@]}}")
+for tool in "${wanted[@]}"; do
+  case $tool in
+    pulumi) done_or_build pulumi "$PULUMI_VERSION" build_pulumi ;;
+    pulumi-resource-kubernetes) done_or_build pulumi-resource-kubernetes "$PULUMI_KUBERNETES_VERSION" build_kubernetes_provider ;;
+    kubernetes) done_or_build kubernetes "$KUBERNETES_VERSION" build_kubernetes ;;
+    kwok) done_or_build kwok "$KWOK_VERSION" build_kwok ;;
+    traefik) done_or_build traefik "$TRAEFIK_VERSION" build_traefik ;;
+    gateway-api-crds) done_or_build gateway-api-crds "$GATEWAY_API_VERSION" fetch_gateway_crds ;;
+    *) log "unknown tool: $tool (known: ${all[*]})"; exit 2 ;;
+  esac
+done
