@@ -16,6 +16,7 @@ from datetime import timedelta
 from typing import Any
 
 import requests
+from urllib3.util.retry import Retry
 from prometheus_api_client import PrometheusApiClientException, PrometheusConnect
 
 from canary.errors import BadQuery, MultipleValues, NoValues, ProviderUnreachable
@@ -29,7 +30,10 @@ class PrometheusProvider:
         if token:
             request_headers["Authorization"] = f"Bearer {token}"
         self._timeout = max(timeout.total_seconds(), 0.001)
-        self._client = PrometheusConnect(url=self.address, headers=request_headers, disable_ssl=False, timeout=self._timeout)
+        # No retries inside a check: one query costs at most one timeout; the next tick is the retry.
+        self._client = PrometheusConnect(
+            url=self.address, headers=request_headers, disable_ssl=False, timeout=self._timeout, retry=Retry(total=0, raise_on_status=False)
+        )
 
     def _scrub(self, text: str) -> str:
         for secret in self._secrets:

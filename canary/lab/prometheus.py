@@ -1,0 +1,74 @@
+"""A real Prometheus for the lab and the integration tests: config, start, readiness.
+
+Scrapes every second the targets listed in a file_sd JSON file that the caller
+keeps up to date (``write_targets``), each with the labels the metric queries
+select on (``namespace``, ``kubernetes_pod_name``, ``track``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import yaml
+
+from canary.errors import LabError
+from canary.lab import procs
+
+SCRAPE_INTERVAL = "1s"
+
+
+def binary() -> str:
+    path = shutil.which("prometheus")
+    if path is None:
+        raise LabError("prometheus: not installed (Debian package prometheus); run the README's set-up command")
+    return path
+
+
+def write_config(run_dir: Path) -> Path:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = {
+        "global": {"scrape_interval": SCRAPE_INTERVAL, "evaluation_interval": SCRAPE_INTERVAL},
+        "scrape_configs": [
+            {
+                "job_name": "pods",
+                "scrape_interval": SCRAPE_INTERVAL,
+                "scrape_timeout": SCRAPE_INTERVAL,
+                "file_sd_configs": [{"files": [str(run_dir / "targets.json")], "refresh_interval": "1s"}],
+            }
+        ],
+    }
+    path = run_dir / "prometheus.yml"
+    path.write_text(yaml.safe_dump(config))
+    if not (run_dir / "targets.json").exists():
+        write_targets(run_dir, [])
+    return path
+
+
+def write_targets(run_dir: Path, targets: Sequence[tuple[str, Mapping[str, str]]]) -> None:
+    """Replace the scrape targets atomically: (host:port, labels) pairs."""
+    data = [{"targets": [address], "labels": dict(labels)} for address, labels in targets]
+    tmp = run_dir / "targets.json.tmp"
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, run_dir / "targets.json")
+
+
+def start(run_dir: Path, listen: str, prefix: Sequence[str] = (), name: str = "prometheus") -> procs.Proc:
+    """Start Prometheus on ``listen`` (host:port); ``prefix`` runs it elsewhere (e.g. ip netns exec)."""
+    config = write_config(run_dir)
+    argv = [
+        *prefix, binary(),
+        f"--config.file={config}",
+        f"--storage.tsdb.path={run_dir / 'data'}",
+        f"--web.listen-address={listen}",
+        "--storage.tsdb.retention.time=1d",
+        "--web.enable-lifecycle",
+    ]
+    return procs.start(name, argv, run_dir)
+
+
+def wait_ready(proc: procs.Proc, base_url: str, timeout: float = 30.0) -> None:
+    procs.wait_until(proc, lambda: procs.http_ok(f"{base_url}/-/ready"), timeout, f"GET {base_url}/-/ready")

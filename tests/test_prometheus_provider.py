@@ -1,0 +1,88 @@
+"""The Prometheus adapter's HTTP behaviour against a recording loopback server: auth, timeout, secrets."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from canary.errors import ProviderUnreachable
+from canary.prometheus import PrometheusProvider
+
+TOKEN = "tok-9f8e7d6c5b4a"
+
+
+class _Recorder(BaseHTTPRequestHandler):
+    seen: list[dict[str, str]] = []
+    delay = 0.0
+    status = 200
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:  # noqa: N802
+        type(self).seen.append(dict(self.headers))
+        time.sleep(type(self).delay)
+        if type(self).status != 200:
+            body = json.dumps({"status": "error", "error": f"forbidden for {TOKEN}"}).encode()
+            self.send_response(type(self).status)
+        else:
+            body = json.dumps({"status": "success", "data": {"resultType": "vector", "result": [{"metric": {}, "value": [1, "3.5"]}]}}).encode()
+            self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.fixture
+def server() -> Iterator[str]:
+    _Recorder.seen, _Recorder.delay, _Recorder.status = [], 0.0, 200
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}"
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_bearer_token_and_headers_are_sent(server: str) -> None:
+    provider = PrometheusProvider(server, token=TOKEN, headers={"X-Scope-OrgID": "tenant-a"})
+    assert provider.run_query("up") == 3.5
+    headers = _Recorder.seen[-1]
+    assert headers["Authorization"] == f"Bearer {TOKEN}"
+    assert headers["X-Scope-OrgID"] == "tenant-a"
+
+
+def test_timeout_is_unreachable(server: str) -> None:
+    _Recorder.delay = 2.0
+    provider = PrometheusProvider(server, timeout=timedelta(milliseconds=300))
+    start = time.monotonic()
+    with pytest.raises(ProviderUnreachable, match="did not answer"):
+        provider.run_query("up")
+    assert time.monotonic() - start < 1.9
+
+
+def test_http_errors_never_leak_the_token(server: str) -> None:
+    _Recorder.status = 403
+    provider = PrometheusProvider(server, token=TOKEN)
+    with pytest.raises(ProviderUnreachable) as info:
+        provider.run_query("up")
+    assert "403" in str(info.value)
+    assert TOKEN not in str(info.value) and TOKEN not in repr(info.value.__cause__)
+
+
+def test_connection_refused_is_unreachable() -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(ProviderUnreachable):
+        PrometheusProvider(f"http://127.0.0.1:{port}", timeout=timedelta(seconds=1)).run_query("up")
