@@ -5,8 +5,6 @@ manual weight, or the stable state after a release. Invalid config stops here,
 before any resource is registered.
 """
 
-import sys
-
 import pulumi
 
 from canary.errors import InvalidSpec
@@ -15,6 +13,5 @@ from canary.program import program, spec_from_pulumi_config
 try:
     spec = spec_from_pulumi_config()
 except InvalidSpec as exc:
-    pulumi.log.error(str(exc))
-    sys.exit(2)
+    raise pulumi.RunError(str(exc)) from None
 program(spec)

@@ -179,3 +179,55 @@ def run() -> None:
         _die(f"lab: {exc}", EXIT_FAILED)
     except CanaryError as exc:
         _die(f"canary: {exc}", EXIT_FAILED)
+
+
+@main.group()
+def lab() -> None:
+    """The local lab: Kubernetes control plane, fake kubelet, Traefik gateway, Prometheus, Pulumi CLI."""
+
+
+def _layout() -> Any:
+    from canary.lab.layout import Layout
+
+    return Layout.default()
+
+
+@lab.command("up")
+def lab_up() -> None:
+    """Start every lab component that is not already running (idempotent)."""
+    from canary.lab import cluster
+
+    layout = _layout()
+    start = __import__("time").monotonic()
+    try:
+        cluster.up(layout, say=lambda line: click.echo(line, err=True))
+    except LabError as exc:
+        _die(f"lab up failed: {exc}", EXIT_FAILED)
+    click.echo(f"lab is up in {__import__('time').monotonic() - start:.1f}s — source {layout.env_file} to use kubectl and pulumi", err=True)
+
+
+@lab.command("down")
+def lab_down() -> None:
+    """Stop every lab component and remove the lab's network namespace."""
+    from canary.lab import cluster
+
+    cluster.down(_layout(), say=lambda line: click.echo(line, err=True))
+
+
+@lab.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+def lab_status(as_json: bool) -> None:
+    """Each component's state and address; exit 0 when every component runs."""
+    from canary.lab import cluster
+
+    layout = _layout()
+    report = cluster.status(layout)
+    pods = cluster.pods(layout)
+    if as_json:
+        click.echo(json.dumps({"dir": str(layout.dir), "components": report, "pods": pods, "env": str(layout.env_file)}, indent=2))
+    else:
+        for row in report:
+            click.echo(f"{row['component']:<24} {row['state']:<10} {row['address']}")
+        for pod in pods:
+            click.echo(f"  pod {pod['namespace']}/{pod['pod']:<32} {pod['image']:<16} {pod['ip']}:{pod['port']} {'serving' if pod['serving'] else 'starting'}")
+    sys.exit(EXIT_OK if all(r["state"] == "running" for r in report) else EXIT_FAILED)

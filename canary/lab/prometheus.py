@@ -56,8 +56,12 @@ def write_targets(run_dir: Path, targets: Sequence[tuple[str, Mapping[str, str]]
     os.replace(tmp, run_dir / "targets.json")
 
 
-def start(run_dir: Path, listen: str, prefix: Sequence[str] = (), name: str = "prometheus") -> procs.Proc:
-    """Start Prometheus on ``listen`` (host:port); ``prefix`` runs it elsewhere (e.g. ip netns exec)."""
+def start(run_dir: Path, listen: str, prefix: Sequence[str] = (), name: str = "prometheus", proc_dir: Path | None = None) -> procs.Proc:
+    """Start Prometheus on ``listen`` (host:port) with its data in ``run_dir``.
+
+    ``prefix`` runs it elsewhere (e.g. ip netns exec); its log and pid file go to
+    ``proc_dir`` (default ``run_dir``).
+    """
     config = write_config(run_dir)
     argv = [
         *prefix, binary(),
@@ -67,7 +71,7 @@ def start(run_dir: Path, listen: str, prefix: Sequence[str] = (), name: str = "p
         "--storage.tsdb.retention.time=1d",
         "--web.enable-lifecycle",
     ]
-    return procs.start(name, argv, run_dir)
+    return procs.start(name, argv, proc_dir or run_dir)
 
 
 def wait_ready(proc: procs.Proc, base_url: str, timeout: float = 30.0) -> None:

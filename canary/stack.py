@@ -1,0 +1,156 @@
+"""The stack adapter: the only module that imports ``pulumi.automation``.
+
+Selects a stack of the project directory with the project's program inline
+(config read from and written to ``stacks/Pulumi.<stack>.yaml``, because the
+workspace runs the CLI in the project directory, which honours
+``stackConfigDir``), batches config changes into one CLI call, runs ``up``
+with engine events, exports state snapshots, and maps CLI failures to the
+project's error tree: ``StackBusy`` (locked), ``StackNotFound``,
+``ClusterUnreachable`` and ``StackError``.
+
+One ``Stack`` object is reused for a whole release (building a workspace runs
+``pulumi version``). Values set here are never secrets: they pass on the CLI's
+command line.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pulumi import automation as auto
+
+from canary import stackconfig
+from canary.errors import ClusterUnreachable, StackBusy, StackError, StackNotFound
+from canary.spec import ReleaseSpec
+
+_UNREACHABLE = re.compile(
+    r"(connection refused|no such host|i/o timeout|dial tcp|unable to load kubernetes client|"
+    r"configured Kubernetes cluster is unreachable|context deadline exceeded|TLS handshake timeout|the server is currently unable)",
+    re.I,
+)
+
+
+@dataclass(frozen=True)
+class UpResult:
+    """What one ``up`` did: its duration, the changes by kind of operation, the outputs."""
+
+    seconds: float
+    changes: dict[str, int]
+    outputs: dict[str, Any]
+    events: int = 0
+    diagnostics: tuple[str, ...] = field(default=())
+
+
+def _program() -> None:
+    from canary.program import program, spec_from_pulumi_config
+
+    program(spec_from_pulumi_config())
+
+
+def _map_error(exc: Exception, what: str, secrets: tuple[str, ...] = ()) -> Exception:
+    text = str(exc)
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "<secret>")
+    if isinstance(exc, auto.ConcurrentUpdateError):
+        holder = re.search(r"locked by ([^\n]*)", text)
+        return StackBusy(f"{what}: the stack is locked by another update ({holder.group(1).strip() if holder else 'unknown holder'})")
+    if isinstance(exc, auto.StackNotFoundError):
+        return StackNotFound(f"{what}: no such stack")
+    if _UNREACHABLE.search(text):
+        line = next((ln.strip() for ln in text.splitlines() if _UNREACHABLE.search(ln)), "")
+        return ClusterUnreachable(f"{what}: the Kubernetes API server did not answer: {line[:300]}")
+    detail = [ln.strip() for ln in text.splitlines() if "error" in ln.lower()][-3:]
+    return StackError(f"{what} failed: {' | '.join(detail)[:800] or text[-800:]}")
+
+
+class Stack:
+    """One stack of the project, driven through the Automation API."""
+
+    def __init__(self, project_dir: Path, name: str, env: Mapping[str, str] | None = None, create: bool = False) -> None:
+        self.project_dir = project_dir
+        self.name = name
+        self._env = dict(env or {})
+        self._secrets = tuple(v for k, v in self._env.items() if "PASSPHRASE" in k and not k.endswith("_FILE"))
+        opts = auto.LocalWorkspaceOptions(work_dir=str(project_dir), env_vars=self._env)
+        select = auto.create_or_select_stack if create else auto.select_stack
+        try:
+            self._stack = select(stack_name=name, project_name=stackconfig.PROJECT, program=_program, opts=opts)
+        except Exception as exc:  # noqa: BLE001 - mapped to the error tree
+            raise _map_error(exc, f"stack {name}", self._secrets) from None
+
+    # --- config ------------------------------------------------------------------------------
+
+    def config(self) -> dict[str, Any]:
+        """The stack's config map (``project:key`` -> ConfigValue), secrets decrypted."""
+        try:
+            return dict(self._stack.get_all_config())
+        except Exception as exc:  # noqa: BLE001
+            raise _map_error(exc, f"reading config of {self.name}", self._secrets) from None
+
+    def spec(self) -> ReleaseSpec:
+        return stackconfig.from_config(self.config(), source=f"stack {self.name}")
+
+    def set_config(self, values: Mapping[str, Any], remove: tuple[str, ...] = ()) -> None:
+        """Set plain (never secret) top-level keys in one CLI call, and remove others in one more."""
+        try:
+            if values:
+                self._stack.set_all_config(
+                    {f"{stackconfig.PROJECT}:{k}": auto.ConfigValue(value=v if isinstance(v, str) else json.dumps(v)) for k, v in values.items()}
+                )
+            if remove:
+                self._stack.remove_all_config([f"{stackconfig.PROJECT}:{k}" for k in remove])
+        except Exception as exc:  # noqa: BLE001
+            raise _map_error(exc, f"writing config of {self.name}", self._secrets) from None
+
+    # --- updates -----------------------------------------------------------------------------
+
+    def up(self, on_event: Callable[[Any], None] | None = None, target: list[str] | None = None) -> UpResult:
+        """Apply the stack config; ``target`` limits the update to those URNs."""
+        events = 0
+        diagnostics: list[str] = []
+
+        def handle(event: Any) -> None:
+            nonlocal events
+            events += 1
+            diag = getattr(event, "diagnostic_event", None)
+            if diag is not None and diag.severity in ("error", "warning"):
+                diagnostics.append(diag.message.strip()[:300])
+            if on_event is not None:
+                on_event(event)
+
+        start = time.monotonic()
+        try:
+            result = self._stack.up(on_event=handle, color="never", target=target, suppress_progress=True)
+        except Exception as exc:  # noqa: BLE001
+            raise _map_error(exc, f"pulumi up of {self.name}", self._secrets) from None
+        changes = dict(result.summary.resource_changes or {})
+        outputs = {k: v.value for k, v in result.outputs.items()}
+        return UpResult(time.monotonic() - start, changes, outputs, events, tuple(diagnostics))
+
+    def export(self) -> dict[str, Any]:
+        """The stack's state (checkpoint) for the audit record."""
+        try:
+            deployment = self._stack.export_stack()
+        except Exception as exc:  # noqa: BLE001
+            raise _map_error(exc, f"exporting {self.name}", self._secrets) from None
+        return {"version": deployment.version, "deployment": deployment.deployment}
+
+    def outputs(self) -> dict[str, Any]:
+        try:
+            return {k: v.value for k, v in self._stack.outputs().items()}
+        except Exception as exc:  # noqa: BLE001
+            raise _map_error(exc, f"reading outputs of {self.name}", self._secrets) from None
+
+    def cancel(self) -> None:
+        """Remove the stack's Pulumi lock (only for a lock whose holder is known dead)."""
+        try:
+            self._stack.cancel()
+        except Exception as exc:  # noqa: BLE001
+            raise _map_error(exc, f"cancelling {self.name}", self._secrets) from None
