@@ -231,3 +231,135 @@ def lab_status(as_json: bool) -> None:
         for pod in pods:
             click.echo(f"  pod {pod['namespace']}/{pod['pod']:<32} {pod['image']:<16} {pod['ip']}:{pod['port']} {'serving' if pod['serving'] else 'starting'}")
     sys.exit(EXIT_OK if all(r["state"] == "running" for r in report) else EXIT_FAILED)
+
+
+def _print_event(event: Any) -> None:
+    click.echo(f"{event.time[11:23]}  {event.phase:<16} w={event.weight:>3}  {event.message}", err=False)
+
+
+@main.command()
+@click.argument("stack")
+@click.option("--image", required=True, help="The new version's image, e.g. registry.example.com/shop/web:1.9.0.")
+@click.option("--lab", is_flag=True, default=None, help="Use the local lab's Pulumi backend and cluster (default when $CANARY_LAB_DIR is set).")
+@click.option("--project-dir", type=click.Path(path_type=Path, file_okay=False))
+def release(stack: str, image: str, lab: bool | None, project_dir: Path | None) -> None:
+    """Release IMAGE on STACK: step the canary weight up under analysis, then promote or roll back.
+
+    Exit 0 when promoted, 1 when rolled back, failed or aborted, 2 on invalid input,
+    3 when another release holds the stack, 4 when a rollback could not be applied
+    (run `canary resume STACK` once the cluster answers).
+    """
+    from canary import api
+    from canary.errors import StackBusy
+
+    try:
+        result = api.release(stack, image, project_dir=project_dir, lab=lab, on_event=_print_event)
+    except InvalidSpec as exc:
+        _die(str(exc), EXIT_INVALID)
+    except StackBusy as exc:
+        _die(str(exc), EXIT_BUSY)
+    _finish(result)
+
+
+def _finish(result: Any) -> NoReturn:
+    click.echo(f"release {result.release}: {result.phase} — {result.reason or 'done'}")
+    sys.exit(result.exit_code)
+
+
+@main.command()
+@click.argument("stack")
+@click.option("--lab", is_flag=True, default=None, help="Use the local lab's Pulumi backend and cluster.")
+@click.option("--project-dir", type=click.Path(path_type=Path, file_okay=False))
+def resume(stack: str, lab: bool | None, project_dir: Path | None) -> None:
+    """Continue or finish an interrupted release of STACK from its journal."""
+    from canary import api
+    from canary.errors import StackBusy
+
+    try:
+        result = api.resume(stack, project_dir=project_dir, lab=lab, on_event=_print_event)
+    except InvalidSpec as exc:
+        _die(str(exc), EXIT_INVALID)
+    except StackBusy as exc:
+        _die(str(exc), EXIT_BUSY)
+    _finish(result)
+
+
+@main.command()
+@click.argument("stack")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--project-dir", type=click.Path(path_type=Path, file_okay=False))
+def status(stack: str, as_json: bool, project_dir: Path | None) -> None:
+    """The current or last release of STACK: phase, weight, failed checks, last checks and why."""
+    from canary import api
+
+    state = api.status(stack, project_dir)
+    if state is None:
+        _die(f"stack {stack}: no release recorded", EXIT_INVALID)
+    if as_json:
+        click.echo(json.dumps(state, indent=2, default=str))
+        return
+    click.echo(f"release {state['release']} of {stack}: {state['phase']}{' (running)' if state['running'] else ''}")
+    click.echo(f"  canary {state['canary_image']} over stable {state['stable_image']} at weight {state['weight']}")
+    click.echo(f"  failed checks in a row: {state['failed_in_row']}")
+    if state.get("reason"):
+        click.echo(f"  reason: {state['reason']}")
+    if state.get("rollback_pending"):
+        click.echo(f"  ROLLBACK PENDING: run canary resume {stack}")
+    for check in state.get("last_checks") or []:
+        value = "—" if check["value"] is None else f"{check['value']:.4g}"
+        bounds = " ".join(f"{k} {v:g}" for k, v in check["threshold"].items() if v is not None)
+        click.echo(f"  {check['verdict']:>8} {check['metric']}: {value} ({bounds}) — {check['reason']}")
+
+
+@main.command()
+@click.argument("stack")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--release", "release_id", help="Only this release.")
+@click.option("--project-dir", type=click.Path(path_type=Path, file_okay=False))
+def history(stack: str, as_json: bool, release_id: str | None, project_dir: Path | None) -> None:
+    """Every recorded decision, up, check and webhook call of STACK's releases."""
+    from canary import api
+
+    records = api.history(stack, project_dir, release_id)
+    if as_json:
+        click.echo(json.dumps(records, indent=1, default=str))
+        return
+    for r in records:
+        kind = r["type"]
+        if kind == "tick":
+            text = f"tick {r['outcome']}: {r['reason']}"
+        elif kind == "up":
+            text = f"up {'(route only) ' if r.get('targeted') else ''}{r['seconds']}s {r['changes']} config {r['config']}"
+        elif kind == "webhook":
+            text = f"webhook {r['name']} ({r['hook_type']}) {'ok' if r['ok'] else 'FAILED'}: {r['detail']}"
+        else:
+            text = r.get("message") or {k: v for k, v in r.items() if k not in ("time", "stack", "release", "type")}
+        click.echo(f"{r['time']}  {r['release']}  {r.get('phase', ''):<16} {kind:<9} {text}")
+
+
+@main.command()
+@click.argument("stack")
+@click.option("--project-dir", type=click.Path(path_type=Path, file_okay=False))
+def abort(stack: str, project_dir: Path | None) -> None:
+    """Ask STACK's running release to roll back to stable and end Aborted."""
+    from canary import api
+
+    try:
+        release_id = api.abort(stack, project_dir)
+    except InvalidSpec as exc:
+        _die(str(exc), EXIT_INVALID)
+    click.echo(f"abort requested for release {release_id}; it rolls back within a fraction of a second")
+
+
+@main.command()
+@click.argument("stack")
+@click.option("--project-dir", type=click.Path(path_type=Path, file_okay=False))
+def promote(stack: str, project_dir: Path | None) -> None:
+    """Approve STACK's release that waits for promotion."""
+    from canary import api
+
+    try:
+        release_id = api.promote(stack, project_dir)
+    except InvalidSpec as exc:
+        _die(str(exc), EXIT_INVALID)
+    click.echo(f"promotion approved for release {release_id}")

@@ -14,6 +14,8 @@
     │   ├── StackBusy                another update or release holds the stack (exit 3)
     │   ├── StackNotFound            no such stack
     │   └── ClusterUnreachable       the API server did not answer (temporary: retry, then roll back)
+    ├── RouteNotAccepted             the gateway did not take the route: traffic did not shift (roll back)
+    ├── RollbackPending              the stable state could not be re-applied; `canary resume` completes it
     └── LabError                     a lab component could not start; names it and its log
 
 Every lower-level exception is mapped to the most specific class here, with
@@ -88,6 +90,14 @@ class StackNotFound(StackError):
 
 class ClusterUnreachable(StackError):
     """The Kubernetes API server did not answer."""
+
+
+class RouteNotAccepted(CanaryError):
+    """The HTTPRoute in the cluster does not show the weights asked for, accepted by its gateway."""
+
+
+class RollbackPending(CanaryError):
+    """A rollback could not be applied (e.g. the API server is down); the journal says so."""
 
 
 class LabError(CanaryError):

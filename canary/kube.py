@@ -116,3 +116,33 @@ def condition(obj: Mapping[str, Any] | None, kind: str) -> Mapping[str, Any] | N
         if cond.get("type") == kind:
             return cond  # type: ignore[no-any-return]
     return None
+
+
+class ClusterReader:
+    """What the release verifies in the cluster: the route and the two Deployments."""
+
+    def __init__(self, kube: Kube) -> None:
+        self.kube = kube
+
+    def route(self, spec: Any) -> Any:
+        from canary import routing
+
+        obj = self.kube.get(routing.API_VERSION, routing.KIND, spec.app.name, spec.app.namespace)
+        return None if obj is None else routing.read_route(obj, spec)
+
+    def deployment(self, spec: Any, track: str) -> dict[str, Any]:
+        """Image, desired/ready replicas and the number of live pods of ``<app>-<track>``."""
+        name = f"{spec.app.name}-{track}"
+        obj = self.kube.get("apps/v1", "Deployment", name, spec.app.namespace) or {}
+        containers = (((obj.get("spec") or {}).get("template") or {}).get("spec") or {}).get("containers") or [{}]
+        status = obj.get("status") or {}
+        pods = self.kube.list("v1", "Pod", spec.app.namespace, label_selector=f"app.kubernetes.io/name={spec.app.name},canary/track={track}")
+        live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+        return {
+            "exists": bool(obj),
+            "image": containers[0].get("image"),
+            "replicas": (obj.get("spec") or {}).get("replicas", 0),
+            "ready": status.get("readyReplicas", 0) or 0,
+            "updated": status.get("updatedReplicas", 0) or 0,
+            "pods": len(live),
+        }

@@ -199,6 +199,36 @@ build_traefik() {
   mkdir -p ext
   printf 'module github.com/traefik/traefik/dynamic/ext\ngo 1.24\n' >ext/go.mod
   printf 'package ext\n\n// HTTP is an extension point of the HTTP configuration.\ntype HTTP struct{}\n\n// Router is an extension point of the router configuration.\ntype Router struct{}\n' >ext/ext.go
+  # Traefik's basic/digest auth uses a fork of go-http-auth whose version is not served.
+  # The newest upstream has all but one method; the wrapper adds it to a copy.
+  local auth_src
+  auth_src=$(moddir github.com/abbot/go-http-auth "$GO_HTTP_AUTH_VERSION")
+  cp -r "$auth_src" go-http-auth; chmod -R u+w go-http-auth
+  cat >go-http-auth/digest_stale.go <<'GO'
+package auth
+
+import (
+	"fmt"
+	"net/http"
+	"time"
+)
+
+// RequireAuthStale answers like RequireAuth with stale=true: the client's
+// nonce is no longer valid and it may retry with the new one (RFC 7616).
+func (da *DigestAuth) RequireAuthStale(w http.ResponseWriter, r *http.Request) {
+	nonce := RandomKey()
+	da.mutex.Lock()
+	da.clients[nonce] = &digestClient{nc: 0, lastSeen: time.Now().UnixNano()}
+	da.mutex.Unlock()
+	da.mutex.RLock()
+	defer da.mutex.RUnlock()
+	w.Header().Set(contentType, da.Headers.V().UnauthContentType)
+	w.Header().Set(da.Headers.V().Authenticate,
+		fmt.Sprintf(`Digest realm="%s", nonce="%s", opaque="%s", algorithm=MD5, qop="auth", stale=true`, da.Realm, nonce, da.Opaque))
+	w.WriteHeader(da.Headers.V().UnauthCode)
+	_, _ = w.Write([]byte(da.Headers.V().UnauthResponse))
+}
+GO
   lego_version=$(awk '$1 == "github.com/go-acme/lego/v5" {print $2; exit}' "$gomod")
   lego_src=$(moddir github.com/go-acme/lego/v5 "$lego_version")
   cp -r "$lego_src" lego; chmod -R u+w lego
@@ -209,9 +239,8 @@ build_traefik() {
     echo "require github.com/traefik/traefik/dynamic/ext v0.0.0-00010101000000-000000000000"
     echo "replace github.com/traefik/traefik/dynamic/ext => ./ext"
     echo "replace github.com/go-acme/lego/v5 => ./lego"
-    # The basic-auth fork's pseudo-version is not served; the released upstream is API-compatible.
     upstream_directives "$gomod" | grep -v 'github.com/abbot/go-http-auth'
-    echo "replace github.com/abbot/go-http-auth => github.com/abbot/go-http-auth v0.4.0"
+    echo "replace github.com/abbot/go-http-auth => ./go-http-auth"
   } >go.mod
   for attempt in 1 2 3; do
     if go build -trimpath -o "$dest/bin/traefik" \

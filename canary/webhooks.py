@@ -1,0 +1,98 @@
+"""Webhooks: call one hook (HTTP POST or a local command), bounded by its timeout.
+
+An HTTP hook receives a JSON payload (name, namespace, phase, weight, metadata
+…) and succeeds on a 2xx answer; a command hook succeeds on exit status 0,
+runs in its own process group and is killed whole when its timeout expires.
+What a success or failure means for the release depends on the hook's type
+and is decided by the release, not here. Outputs are truncated in results.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import signal
+import subprocess
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+
+from canary.spec import Webhook
+
+
+@dataclass(frozen=True)
+class HookResult:
+    name: str
+    type: str
+    ok: bool
+    seconds: float
+    detail: str
+
+
+def payload(hook: Webhook, *, app: str, namespace: str, phase: str, weight: int, release: str, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The JSON body of an HTTP hook, Flagger-compatible (name, namespace, phase, metadata)."""
+    body: dict[str, Any] = {
+        "name": app,
+        "namespace": namespace,
+        "phase": phase,
+        "weight": weight,
+        "release": release,
+        "type": hook.type.value,
+        "metadata": dict(hook.metadata),
+    }
+    if extra:
+        body.update(extra)
+    return body
+
+
+def call(hook: Webhook, body: Mapping[str, Any]) -> HookResult:
+    """Run one hook to completion or to its timeout."""
+    start = time.monotonic()
+    timeout = hook.timeout.total_seconds()
+    if hook.url:
+        try:
+            response = requests.post(hook.url, json=dict(body), timeout=timeout)
+        except requests.Timeout:
+            return HookResult(hook.name, hook.type.value, False, time.monotonic() - start, f"POST {hook.url} timed out after {timeout:g}s")
+        except requests.RequestException as exc:
+            return HookResult(hook.name, hook.type.value, False, time.monotonic() - start, f"POST {hook.url} failed: {type(exc).__name__}")
+        ok = 200 <= response.status_code < 300
+        return HookResult(hook.name, hook.type.value, ok, time.monotonic() - start, f"POST {hook.url} answered {response.status_code}")
+    assert hook.cmd is not None
+    return run_command(hook, timeout, start)
+
+
+def start_command(hook: Webhook) -> subprocess.Popen[bytes]:
+    assert hook.cmd is not None
+    env = {**os.environ, "CANARY_WEBHOOK": hook.name, "CANARY_WEBHOOK_TYPE": hook.type.value}
+    return subprocess.Popen(
+        shlex.split(hook.cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        start_new_session=True, env=env,
+    )
+
+
+def finish_command(hook: Webhook, process: subprocess.Popen[bytes], deadline: float, start: float) -> HookResult:
+    """Wait for a started command until ``deadline`` (monotonic), then kill its process group."""
+    try:
+        out, _ = process.communicate(timeout=max(0.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
+        out, _ = process.communicate()
+        return HookResult(hook.name, hook.type.value, False, time.monotonic() - start, f"`{hook.cmd}` timed out after {hook.timeout.total_seconds():g}s and was killed")
+    tail = (out or b"").decode(errors="replace").strip().splitlines()[-3:]
+    ok = process.returncode == 0
+    detail = f"`{hook.cmd}` exited {process.returncode}" + (f": {' | '.join(tail)[:300]}" if tail and not ok else "")
+    return HookResult(hook.name, hook.type.value, ok, time.monotonic() - start, detail)
+
+
+def run_command(hook: Webhook, timeout: float, start: float) -> HookResult:
+    try:
+        process = start_command(hook)
+    except (OSError, ValueError) as exc:
+        return HookResult(hook.name, hook.type.value, False, time.monotonic() - start, f"`{hook.cmd}` could not start: {exc}")
+    return finish_command(hook, process, start + timeout, start)
