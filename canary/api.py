@@ -23,23 +23,34 @@ from canary.release import Event, Phase, Release, ReleaseResult, ReleaseState
 __all__ = ["Event", "Phase", "ReleaseResult", "ReleaseState", "abort", "history", "promote", "release", "resume", "status"]
 
 
-def _project_dir(project_dir: Path | None) -> Path:
+def _lab_wanted(lab: bool | None) -> bool:
+    return bool(lab or (lab is None and os.environ.get("CANARY_LAB_DIR")))
+
+
+def _project_dir(project_dir: Path | None, lab: bool | None = None) -> Path:
+    """The project: given, the lab's working copy when releasing on the lab, else found from the cwd."""
+    if project_dir is not None:
+        return project_dir
+    if _lab_wanted(lab):
+        from canary.lab.layout import Layout
+
+        return Layout.default().project
     from canary.cli import find_project_dir
 
-    return project_dir or find_project_dir()
+    return find_project_dir()
 
 
 def environment(lab: bool | None = None) -> dict[str, str]:
     """The Pulumi/Kubernetes environment: the lab's, or this process's own."""
-    if lab or (lab is None and os.environ.get("CANARY_LAB_DIR")):
+    if _lab_wanted(lab):
         from canary.lab.layout import Layout
 
         return {**os.environ, **Layout.default().pulumi_env()}
     return dict(os.environ)
 
 
-def journal(stack: str, project_dir: Path | None = None) -> Journal:
-    return Journal(state_root(_project_dir(project_dir)), stack)
+def journal(stack: str, project_dir: Path | None = None, lab: bool | None = None) -> Journal:
+    return Journal(state_root(_project_dir(project_dir, lab)), stack)
 
 
 def build(stack: str, *, project_dir: Path | None = None, lab: bool | None = None, on_event: Callable[[Event], None] | None = None, **options: Any) -> Release:
@@ -48,7 +59,7 @@ def build(stack: str, *, project_dir: Path | None = None, lab: bool | None = Non
     from canary.prometheus import PrometheusProvider
     from canary.stack import Stack
 
-    project = _project_dir(project_dir)
+    project = _project_dir(project_dir, lab)
     env = environment(lab)
     stack_port = Stack(project, stack, env)
     kube = Kube(Path(env["KUBECONFIG"]) if env.get("KUBECONFIG") else None)

@@ -286,17 +286,22 @@ fetch_gateway_crds() {
   ls "$dest/crds"
 }
 
-all=(kwok etcd pulumi pulumi-resource-kubernetes kubernetes traefik gateway-api-crds)
-wanted=("${@:-${all[@]}}")
-for tool in "${wanted[@]}"; do
-  case $tool in
-    pulumi) done_or_build pulumi "$PULUMI_VERSION" build_pulumi ;;
-    pulumi-resource-kubernetes) done_or_build pulumi-resource-kubernetes "$PULUMI_KUBERNETES_VERSION" build_kubernetes_provider ;;
-    kubernetes) done_or_build kubernetes "$KUBERNETES_VERSION" build_kubernetes ;;
-    kwok) done_or_build kwok "$KWOK_VERSION" build_kwok ;;
-    etcd) done_or_build etcd "$ETCD_VERSION" build_etcd ;;
-    traefik) done_or_build traefik "$TRAEFIK_VERSION" build_traefik ;;
-    gateway-api-crds) done_or_build gateway-api-crds "$GATEWAY_API_VERSION" fetch_gateway_crds ;;
-    *) log "unknown tool: $tool (known: ${all[*]})"; exit 2 ;;
-  esac
-done
+main() {
+  local all=(kwok etcd pulumi pulumi-resource-kubernetes kubernetes traefik gateway-api-crds)
+  local wanted=("${@:-${all[@]}}") tool
+  for tool in "${wanted[@]}"; do
+    case $tool in
+      pulumi) done_or_build pulumi "$PULUMI_VERSION" build_pulumi ;;
+      pulumi-resource-kubernetes) done_or_build pulumi-resource-kubernetes "$PULUMI_KUBERNETES_VERSION" build_kubernetes_provider ;;
+      kubernetes) done_or_build kubernetes "$KUBERNETES_VERSION" build_kubernetes ;;
+      kwok) done_or_build kwok "$KWOK_VERSION" build_kwok ;;
+      etcd) done_or_build etcd "$ETCD_VERSION" build_etcd ;;
+      traefik) done_or_build traefik "$TRAEFIK_VERSION" build_traefik ;;
+      gateway-api-crds) done_or_build gateway-api-crds "$GATEWAY_API_VERSION" fetch_gateway_crds ;;
+      *) log "unknown tool: $tool (known: ${all[*]})"; exit 2 ;;
+    esac
+  done
+}
+
+# One line, parsed whole before it runs: editing this file during a build cannot derail it.
+main "$@"; exit $?

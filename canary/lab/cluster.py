@@ -300,7 +300,7 @@ def kwok_stages(layout: Layout) -> str:
                     f"conditions:\n{conditions('True')}\n".replace("\n      ", "\n")
                     + "containerStatuses:\n{{ range .spec.containers }}\n- image: {{ .image | Quote }}\n  name: {{ .name | Quote }}\n"
                     "  ready: true\n  started: true\n  restartCount: 0\n  state:\n    running:\n      startedAt: {{ Now | Quote }}\n{{ end }}\n"
-                    + f"{host_ip}\npodIP: {pod_ip}\nphase: Running\n"
+                    + "phase: Running\n"  # the IP stays as assigned at start: the process is bound to it
                 )},
             },
         },
@@ -424,6 +424,40 @@ def _pods_healthy(layout: Layout) -> bool:
     return _alive(layout, "pods")
 
 
+LAB_STACK = "lab"
+
+
+def _project_start(layout: Layout) -> None:
+    """A working copy of the project whose lab stack exists in the lab's Pulumi backend."""
+    project = layout.project
+    (project / "stacks").mkdir(parents=True, exist_ok=True)
+    for name in ("Pulumi.yaml", "__main__.py"):
+        shutil.copyfile(layout.project_dir / name, project / name)
+    stack_file = project / "stacks" / f"Pulumi.{LAB_STACK}.yaml"
+    if not stack_file.exists():
+        shutil.copyfile(layout.project_dir / "stacks" / f"Pulumi.{LAB_STACK}.yaml", stack_file)
+    init_stack(layout, LAB_STACK)
+
+
+def init_stack(layout: Layout, stack: str, project: Path | None = None) -> None:
+    """Create ``stack`` in the lab's backend (a no-op when it exists)."""
+    layout.backend_dir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, **layout.pulumi_env()}
+    cwd = project or layout.project
+    if subprocess.run(["pulumi", "stack", "select", stack], cwd=cwd, env=env, capture_output=True, timeout=60).returncode == 0:
+        return
+    done = subprocess.run(["pulumi", "stack", "init", stack], cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
+    if done.returncode != 0:
+        raise LabError(f"project: pulumi stack init {stack} failed: {done.stderr.strip()[-500:]}")
+
+
+def _project_healthy(layout: Layout) -> bool:
+    env = {**os.environ, **layout.pulumi_env()}
+    return (layout.project / "Pulumi.yaml").exists() and subprocess.run(
+        ["pulumi", "stack", "select", LAB_STACK], cwd=layout.project, env=env, capture_output=True, timeout=60
+    ).returncode == 0
+
+
 COMPONENTS: tuple[Component, ...] = (
     Component("network", _network_start, _network_healthy, lambda lo: f"netns {lo.netns}, pods {netns.POD_CIDR}"),
     Component("forwarder", _forwarder_start, _forwarder_healthy, lambda lo: f"127.0.0.1:{lo.api_port},{lo.gateway_port},{lo.prometheus_port}"),
@@ -436,6 +470,7 @@ COMPONENTS: tuple[Component, ...] = (
     Component("traefik", _traefik_start, _traefik_healthy, lambda lo: f"{lo.gateway_url} (Gateway {lo.gateway_namespace}/{lo.gateway_name})"),
     Component("prometheus", _prometheus_start, _prometheus_healthy, lambda lo: lo.prometheus_url),
     Component("pods", _pods_start, _pods_healthy, lambda lo: "demo processes for pods"),
+    Component("project", _project_start, _project_healthy, lambda lo: f"{lo.project} (stack {LAB_STACK}, backend {lo.backend_dir})"),
 )
 
 _PROCESSES = ("forwarder", "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "traefik", "prometheus", "pods")

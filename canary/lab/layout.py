@@ -75,6 +75,11 @@ class Layout:
         return self.dir / "pki"
 
     @property
+    def project(self) -> Path:
+        """The lab's working copy of the project: its stack file carries the lab's secrets salt and weights."""
+        return self.dir / "project"
+
+    @property
     def kubeconfig(self) -> Path:
         return self.dir / "kubeconfig"
 

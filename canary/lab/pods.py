@@ -116,6 +116,9 @@ class Supervisor:
                 continue
             seen.add(uid)
             run = self.running.get(uid)
+            if run is not None and run.ip != status["podIP"]:
+                self._stop(self.running.pop(uid), f"pod IP changed to {status['podIP']}")
+                run = None
             if run is not None and run.process.poll() is not None:
                 print(f"{run.namespace}/{run.name} exited with {run.process.returncode}; restarting", flush=True)
                 del self.running[uid]
