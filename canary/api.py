@@ -68,16 +68,28 @@ def build(stack: str, *, project_dir: Path | None = None, lab: bool | None = Non
     def provider_for(address: str | None) -> PrometheusProvider:
         if address not in providers:
             spec = release_obj.spec
-            prom = spec.prometheus
-            token = prom.token.get_secret_value() if prom and prom.token else None
-            headers = {k: v.get_secret_value() for k, v in (prom.headers if prom else {}).items()}
-            timeout = prom.timeout if prom else timedelta(seconds=10)
-            target = address or (prom.address if prom else "")
-            providers[address] = PrometheusProvider(target, token=token, headers=headers, timeout=timeout)
+            providers[address] = prometheus_provider(release_obj.spec, address)
         return providers[address]
 
     release_obj = Release(stack_port, ClusterReader(kube), provider_for, journal(stack, project), stack_name=stack, on_event=on_event, **options)
     return release_obj
+
+
+def prometheus_provider(spec: Any, address: str | None) -> Any:
+    """A provider for the stack's Prometheus, or for a template's own address.
+
+    The stack's token and headers are sent to the stack's Prometheus only, never
+    to another address a metric template names.
+    """
+    from canary.prometheus import PrometheusProvider
+
+    prom = spec.prometheus
+    timeout = prom.timeout if prom else timedelta(seconds=10)
+    if prom is not None and (address is None or address.rstrip("/") == prom.address.rstrip("/")):
+        token = prom.token.get_secret_value() if prom.token else None
+        headers = {k: v.get_secret_value() for k, v in prom.headers.items()}
+        return PrometheusProvider(prom.address, token=token, headers=headers, timeout=timeout)
+    return PrometheusProvider(address or "", timeout=timeout)
 
 
 def release(stack: str, image: str, **kwargs: Any) -> ReleaseResult:

@@ -1,8 +1,9 @@
 """The ``canary`` command line: parse arguments, call the library, print, and set the exit code.
 
-Exit codes: 0 success; 1 a release rolled back or failed; 2 invalid input
-(message on stderr); 3 refused because the stack is busy. No domain logic
-lives here.
+Exit codes: 0 success; 1 a release rolled back, failed or was aborted; 2
+invalid input (message on stderr); 3 refused because the stack is busy; 4 a
+rollback could not be applied yet (``canary resume`` completes it). No domain
+logic lives here.
 """
 
 from __future__ import annotations
@@ -122,7 +123,7 @@ def check(stack: str, weight: int | None, as_json: bool, project_dir: Path | Non
     token is taken from $CANARY_PROMETHEUS_TOKEN when the stack stores it encrypted.
     """
     from canary import analysis
-    from canary.prometheus import PrometheusProvider
+    from canary.api import prometheus_provider
 
     path = stackconfig.stack_file(project_dir or find_project_dir(), stack)
     try:
@@ -131,13 +132,15 @@ def check(stack: str, weight: int | None, as_json: bool, project_dir: Path | Non
         _die(str(exc), EXIT_INVALID)
     if spec.prometheus is None:
         _die(f"stack {stack}: prometheus.address: must be set to run checks", EXIT_INVALID)
-    token = os.environ.get("CANARY_PROMETHEUS_TOKEN")
-    prom = spec.prometheus
+    encrypted = spec.prometheus.token is not None and spec.prometheus.token.get_secret_value() == stackconfig.ENCRYPTED
+    if encrypted and not os.environ.get("CANARY_PROMETHEUS_TOKEN"):
+        _die(f"stack {stack}: prometheus.token is encrypted in the stack file; set CANARY_PROMETHEUS_TOKEN to run checks", EXIT_INVALID)
+    if token := os.environ.get("CANARY_PROMETHEUS_TOKEN"):
+        from pydantic import SecretStr
 
-    def provider_for(address: str | None) -> PrometheusProvider:
-        return PrometheusProvider(address or prom.address, token=token, timeout=prom.timeout)
+        spec = spec.model_copy(update={"prometheus": spec.prometheus.model_copy(update={"token": SecretStr(token)})})
 
-    result = analysis.run_tick(spec, provider_for, failed_in_row=0, weight=spec.canary_weight if weight is None else weight)
+    result = analysis.run_tick(spec, lambda address: prometheus_provider(spec, address), failed_in_row=0, weight=spec.canary_weight if weight is None else weight)
     if as_json:
         click.echo(json.dumps(tick_to_dict(result), indent=2))
     else:

@@ -69,6 +69,8 @@ class ReleaseState:
     updated: str = ""
     last_checks: tuple[dict[str, Any], ...] = ()
     rollback_pending: bool = False
+    #: set by resume: re-apply the recorded weight before the next analysis
+    reapply: bool = False
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -221,9 +223,11 @@ class Release:
             spec = self.stack.spec()
             self._spec = spec.model_copy(update={"canary_image": spec.canary_image or state.canary_image})
             self._event(state, f"resuming release in phase {state.phase} at weight {state.weight}")
-            if state.phase in (Phase.INITIALIZING, Phase.PROGRESSING, Phase.WAITING_PROMOTION):
-                # The last step's outcome is unknown: re-apply its weight and judge it again.
-                state = replace(state, advance=False, canary_deployed=False) if state.phase is not Phase.INITIALIZING else state
+            if state.phase in (Phase.PROGRESSING, Phase.WAITING_PROMOTION):
+                # The last step's outcome is unknown: put the recorded weight back in the route and judge it again.
+                state = replace(state, advance=False, reapply=True)
+            elif state.phase is Phase.INITIALIZING:
+                state = replace(state, canary_deployed=False)
             return self._run(state)
         finally:
             self.journal.release_lock()
@@ -285,6 +289,8 @@ class Release:
     def _progressing(self, state: ReleaseState) -> ReleaseState:
         if (asked := self._rollback_hook(state)) is not None:
             return self._begin_rollback(state, f"rollback webhook {asked} asked for a rollback")
+        if state.reapply:
+            state = replace(self._shift(state, state.weight), reapply=False)
         if state.advance:
             nxt = schedule.next_weight(self.spec.analysis, state.weight)
             if nxt is None:
@@ -305,6 +311,8 @@ class Release:
             return self._save(replace(state, phase=Phase.PROMOTING), "promotion approved with canary promote")
         if self._gate(state, WebhookType.CONFIRM_PROMOTION) is None:
             return self._save(replace(state, phase=Phase.PROMOTING), "confirm-promotion webhooks approved")
+        if state.reapply:
+            state = replace(self._shift(state, state.weight), reapply=False)
         return self._analyse(state)
 
     def _promotion_gate(self, state: ReleaseState) -> ReleaseState:
@@ -507,12 +515,15 @@ class Release:
         return running
 
     def _finish_rollout_hooks(self, state: ReleaseState, running: list[tuple[Webhook, Any]], start: float) -> list[webhooks.HookResult]:
+        """Collect rollout hooks. A command (a load test) may run through the interval and then
+        ``timeout`` longer — as a Flagger load tester runs it in the background — before it is killed."""
         failures = []
         for hook, handle in running:
             if isinstance(handle, webhooks.HookResult):
                 result = handle
             else:
-                result = webhooks.finish_command(hook, handle, time.monotonic() + max(0.0, start + hook.timeout.total_seconds() - self.clock.monotonic()), time.monotonic())
+                grace = max(0.0, start + self.spec.analysis.interval.total_seconds() + hook.timeout.total_seconds() - self.clock.monotonic())
+                result = webhooks.finish_command(hook, handle, time.monotonic() + grace, time.monotonic())
             self.journal.record(state.release, "webhook", name=hook.name, hook_type=hook.type.value, ok=result.ok, seconds=round(result.seconds, 3), detail=result.detail, weight=state.weight)
             if not result.ok:
                 failures.append(result)

@@ -379,6 +379,8 @@ def _cross_checks(spec: ReleaseSpec) -> list[Problem]:
             )
     if spec.prometheus is None and any(m.template_ref is None for m in spec.analysis.metrics):
         problems.append(Problem("prometheus.address", "None", "must be set: built-in metrics query the stack's Prometheus"))
+    elif spec.prometheus is None and spec.analysis.min_requests is not None:
+        problems.append(Problem("prometheus.address", "None", "must be set: minRequests counts requests in the stack's Prometheus"))
     names: set[str] = set()
     for i, hook in enumerate(spec.analysis.webhooks):
         if hook.name in names:

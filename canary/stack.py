@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -70,6 +71,17 @@ def _map_error(exc: Exception, what: str, secrets: tuple[str, ...] = ()) -> Exce
     return StackError(f"{what} failed: {' | '.join(detail)[:800] or text[-800:]}")
 
 
+def _command(env: Mapping[str, str]) -> auto.PulumiCommand | None:
+    """The CLI found on the PATH of ``env`` (the lab's tools), not only on this process's."""
+    found = shutil.which("pulumi", path=env.get("PATH"))
+    if found is None:
+        return None
+    path = Path(found).resolve()
+    if path.parent.name != "bin":
+        return None
+    return auto.PulumiCommand(root=str(path.parent.parent))
+
+
 class Stack:
     """One stack of the project, driven through the Automation API."""
 
@@ -78,7 +90,7 @@ class Stack:
         self.name = name
         self._env = dict(env or {})
         self._secrets = tuple(v for k, v in self._env.items() if "PASSPHRASE" in k and not k.endswith("_FILE"))
-        opts = auto.LocalWorkspaceOptions(work_dir=str(project_dir), env_vars=self._env)
+        opts = auto.LocalWorkspaceOptions(work_dir=str(project_dir), env_vars=self._env, pulumi_command=_command(self._env))
         select = auto.create_or_select_stack if create else auto.select_stack
         try:
             self._stack = select(stack_name=name, project_name=stackconfig.PROJECT, program=_program, opts=opts)
@@ -147,6 +159,15 @@ class Stack:
             return {k: v.value for k, v in self._stack.outputs().items()}
         except Exception as exc:  # noqa: BLE001
             raise _map_error(exc, f"reading outputs of {self.name}", self._secrets) from None
+
+    def destroy(self, remove: bool = True) -> None:
+        """Delete the stack's resources (and the stack itself when ``remove``)."""
+        try:
+            self._stack.destroy(color="never", suppress_progress=True)
+            if remove:
+                self._stack.workspace.remove_stack(self.name)
+        except Exception as exc:  # noqa: BLE001
+            raise _map_error(exc, f"destroying {self.name}", self._secrets) from None
 
     def cancel(self) -> None:
         """Remove the stack's Pulumi lock (only for a lock whose holder is known dead)."""

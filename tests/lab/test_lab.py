@@ -1,0 +1,123 @@
+"""The lab itself: real Pulumi CLI and language host, real API server, Traefik routing by weight, Prometheus."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+from canary import routing
+from canary.kube import condition
+from canary.lab.layout import Layout
+from canary.prometheus import PrometheusProvider
+from tests.lab.conftest import LabStack, drive, host, make_project
+
+
+def test_plain_pulumi_up_creates_ready_resources_and_an_accepted_route(lab: Layout, tmp_path: Path) -> None:
+    name = "t-plain-up"
+    project = make_project(lab, tmp_path, name)
+    env = {**os.environ, **lab.pulumi_env()}
+    subprocess.run(["pulumi", "stack", "select", name], cwd=project, env=env, check=True, capture_output=True, timeout=60)
+    done = subprocess.run(["pulumi", "up", "--yes", "--skip-preview", "--color=never"], cwd=project, env=env, capture_output=True, text=True, timeout=300)
+    try:
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        assert "pulumi-language-python" in done.stderr or "7 created" in done.stdout
+        assert "7 created" in done.stdout
+        from canary.kube import ClusterReader, Kube
+
+        kube = Kube(lab.kubeconfig)
+        for track in ("stable", "canary"):
+            dep = kube.get("apps/v1", "Deployment", f"web-{track}", name)
+            assert dep is not None
+            assert (dep["status"].get("readyReplicas") or 0) == dep["spec"]["replicas"]
+        stable = ClusterReader(kube).deployment(_spec(project, name), "stable")
+        assert stable["ready"] == 2 and stable["pods"] == 2
+        route = kube.get(routing.API_VERSION, routing.KIND, "web", name)
+        assert route is not None
+        accepted = route["status"]["parents"][0]["conditions"]
+        cond = next(c for c in accepted if c["type"] == "Accepted")
+        assert cond["status"] == "True" and cond["observedGeneration"] == route["metadata"]["generation"]
+    finally:
+        subprocess.run(["pulumi", "destroy", "--yes", "--skip-preview"], cwd=project, env=env, capture_output=True, timeout=300)
+
+
+def _spec(project: Path, stack: str):  # type: ignore[no-untyped-def]
+    from canary import stackconfig
+
+    return stackconfig.load_stack_file(stackconfig.stack_file(project, stack))
+
+
+def test_gateway_splits_real_traffic_by_the_route_weights(lab_stack: LabStack) -> None:
+    lab_stack.stack.set_config({"canaryImage": "demo:v2", "canaryWeight": 30})
+    lab_stack.stack.up()
+    _wait_accepted(lab_stack, 30)
+    counts = drive(lab_stack.layout.gateway_url + "/", 2000, host_name=host(lab_stack.name))
+    answered = counts.get("v1", 0) + counts.get("v2", 0)
+    assert answered >= 1990, counts
+    share = 100 * counts.get("v2", 0) / answered
+    assert 25 <= share <= 35, f"canary share {share:.1f} % at weight 30: {counts}"
+
+    lab_stack.stack.set_config({"canaryWeight": 0})
+    lab_stack.stack.up(target=[f"urn:pulumi:{lab_stack.name}::canary::kubernetes:gateway.networking.k8s.io/v1:HTTPRoute::route"])
+    _wait_accepted(lab_stack, 0)
+    counts = drive(lab_stack.layout.gateway_url + "/", 500, host_name=host(lab_stack.name))
+    assert counts.get("v2", 0) == 0 and counts.get("v1", 0) >= 495, counts
+
+
+def _wait_accepted(lab_stack: LabStack, weight: int, timeout: float = 30) -> None:
+    spec = lab_stack.spec()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = lab_stack.reader.route(spec)
+        if state is not None and state.weights == (100 - weight, weight) and state.accepted:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"route not accepted at weight {weight}: {state}")
+
+
+def test_prometheus_reports_stable_and_canary_rates_separately(lab_stack: LabStack) -> None:
+    lab_stack.stack.set_config({"canaryImage": "demo:v2", "canaryWeight": 50})
+    lab_stack.stack.up()
+    _wait_accepted(lab_stack, 50)
+    provider = PrometheusProvider(lab_stack.layout.prometheus_url)
+    # Prometheus must have scraped the new pods before the traffic, or rate() misses its start.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if provider.run_query(f'count(up{{namespace="{lab_stack.namespace}"}} == 1)') >= 4:
+                break
+        except Exception:  # noqa: BLE001 - not scraped yet
+            pass
+        time.sleep(0.5)
+    drive(lab_stack.layout.gateway_url + "/", 600, workers=4, seconds=60, host_name=host(lab_stack.name))
+    time.sleep(2.5)
+    rates = {}
+    for track in ("stable", "canary"):
+        rates[track] = provider.run_query(
+            f'sum(rate(http_requests_total{{namespace="{lab_stack.namespace}",kubernetes_pod_name=~"web-{track}-.*"}}[1m]))'
+        )
+    assert rates["stable"] > 0 and rates["canary"] > 0, rates
+    assert 0.5 < rates["canary"] / rates["stable"] < 2.0, rates  # 50/50 by the route
+
+
+def test_lab_up_twice_is_idempotent(lab: Layout) -> None:
+    from canary.lab import procs
+
+    before = procs.recorded(lab.dir)
+    done = subprocess.run([".venv/bin/canary", "lab", "up"], capture_output=True, text=True, timeout=120, cwd=lab.project_dir)
+    assert done.returncode == 0, done.stderr
+    assert "started" not in done.stderr, done.stderr
+    assert procs.recorded(lab.dir) == before
+    status = subprocess.run([".venv/bin/canary", "lab", "status", "--json"], capture_output=True, text=True, timeout=60, cwd=lab.project_dir)
+    assert status.returncode == 0, status.stdout
+    report = json.loads(status.stdout)
+    assert {c["component"]: c["state"] for c in report["components"]} == {c["component"]: "running" for c in report["components"]}
+    assert {"kube-apiserver", "traefik", "prometheus", "kwok", "etcd"} <= {c["component"] for c in report["components"]}
+
+
+def test_condition_helper_reads_status() -> None:
+    obj = {"status": {"conditions": [{"type": "Ready", "status": "True"}]}}
+    assert condition(obj, "Ready") == {"type": "Ready", "status": "True"}
+    assert condition(obj, "Accepted") is None and condition(None, "Ready") is None
