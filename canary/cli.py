@@ -366,3 +366,58 @@ def promote(stack: str, project_dir: Path | None) -> None:
     except InvalidSpec as exc:
         _die(str(exc), EXIT_INVALID)
     click.echo(f"promotion approved for release {release_id}")
+
+
+@main.command()
+@click.option("--healthy", default="demo:v2", show_default=True, help="The version that should be promoted.")
+@click.option("--faulty", default="demo:v2-faulty", show_default=True, help="The version that should be rolled back.")
+def demo(healthy: str, faulty: str) -> None:
+    """On the running lab: reset the lab stack to demo:v1, release a healthy and a faulty version, show both timelines.
+
+    Exit 0 when the healthy version was promoted and the faulty one rolled back.
+    """
+    from canary import api
+    from canary.lab import cluster
+    from canary.lab.layout import Layout
+    from canary.stack import Stack
+
+    layout = Layout.default()
+    if not all(row["state"] == "running" for row in cluster.status(layout)):
+        _die("the lab is not running: start it with `canary lab up`", EXIT_FAILED)
+    click.echo("== resetting the lab stack to its stable state (demo:v1, 100/0, no canary)")
+    stack = Stack(layout.project, cluster.LAB_STACK, api.environment(lab=True))
+    stack.set_config({"stableImage": "demo:v1", "canaryWeight": 0}, remove=("canaryImage",))
+    stack.up()
+    results = []
+    for image in (healthy, faulty):
+        click.echo(f"\n== releasing {image}")
+        results.append(api.release(cluster.LAB_STACK, image, lab=True, on_event=_print_event))
+        click.echo(f"release {results[-1].release}: {results[-1].phase} — {results[-1].reason}")
+    journal = api.journal(cluster.LAB_STACK, lab=True)
+    for result in results:
+        click.echo(f"\n== timeline of release {result.release} ({result.phase})")
+        click.echo(render_timeline(journal.records(result.release)))
+    ok = results[0].phase.value == "Succeeded" and results[1].phase.value == "Failed"
+    sys.exit(EXIT_OK if ok else EXIT_FAILED)
+
+
+def render_timeline(records: list[dict[str, Any]]) -> str:
+    """One line per decision, state change and check, with seconds since the release began."""
+    from datetime import datetime
+
+    if not records:
+        return "(no records)"
+    start = datetime.fromisoformat(records[0]["time"].replace("Z", "+00:00"))
+    lines = []
+    for r in records:
+        at = (datetime.fromisoformat(r["time"].replace("Z", "+00:00")) - start).total_seconds()
+        if r["type"] in ("state", "decision", "event"):
+            text = r.get("message", "")
+        elif r["type"] == "tick":
+            text = "checks: " + "; ".join(c["reason"] for c in r["checks"])
+        elif r["type"] == "up":
+            text = f"pulumi up{' (route only)' if r.get('targeted') else ''} {r['seconds']:.1f}s"
+        else:
+            continue
+        lines.append(f"  +{at:6.1f}s  {r.get('phase', ''):<16} w={r.get('weight', ''):<3} {text}")
+    return "\n".join(lines)

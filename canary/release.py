@@ -414,7 +414,7 @@ class Release:
         self.stack.set_config(values, remove)
         target = [self._route_urn()] if target_route and not full else None
         result = self.stack.up(target=target)
-        self.journal.record(state.release, "up", phase=state.phase.value, config=values, removed=list(remove), targeted=bool(target),
+        self.journal.record(state.release, "up", phase=state.phase.value, weight=state.weight, config=values, removed=list(remove), targeted=bool(target),
                             seconds=round(result.seconds, 3), changes=result.changes)
 
     def _wait_route(self, state: ReleaseState, weight: int, rollback: bool = False) -> None:
