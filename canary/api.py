@@ -102,9 +102,9 @@ def resume(stack: str, **kwargs: Any) -> ReleaseResult:
     return build(stack, **kwargs).resume()
 
 
-def status(stack: str, project_dir: Path | None = None) -> dict[str, Any] | None:
+def status(stack: str, project_dir: Path | None = None, lab: bool | None = None) -> dict[str, Any] | None:
     """The current (or last) release's state, with its holder if it is running."""
-    j = journal(stack, project_dir)
+    j = journal(stack, project_dir, lab)
     state = j.load_state()
     if state is None:
         return None
@@ -114,13 +114,13 @@ def status(stack: str, project_dir: Path | None = None) -> dict[str, Any] | None
     return state
 
 
-def history(stack: str, project_dir: Path | None = None, release_id: str | None = None) -> list[dict[str, Any]]:
-    return journal(stack, project_dir).records(release_id)
+def history(stack: str, project_dir: Path | None = None, release_id: str | None = None, lab: bool | None = None) -> list[dict[str, Any]]:
+    return journal(stack, project_dir, lab).records(release_id)
 
 
-def abort(stack: str, project_dir: Path | None = None, by: str = "canary abort") -> str:
+def abort(stack: str, project_dir: Path | None = None, by: str = "canary abort", lab: bool | None = None) -> str:
     """Ask the running release to roll back and end Aborted; returns the release id."""
-    j = journal(stack, project_dir)
+    j = journal(stack, project_dir, lab)
     state = j.load_state()
     if state is None or Phase(state["phase"]) in (Phase.SUCCEEDED, Phase.FAILED, Phase.ABORTED):
         from canary.errors import InvalidSpec, Problem
@@ -131,9 +131,9 @@ def abort(stack: str, project_dir: Path | None = None, by: str = "canary abort")
     return str(state["release"])
 
 
-def promote(stack: str, project_dir: Path | None = None) -> str:
+def promote(stack: str, project_dir: Path | None = None, lab: bool | None = None) -> str:
     """Approve a release waiting for promotion."""
-    j = journal(stack, project_dir)
+    j = journal(stack, project_dir, lab)
     state = j.load_state()
     if state is None or Phase(state["phase"]) is not Phase.WAITING_PROMOTION:
         from canary.errors import InvalidSpec, Problem

@@ -135,6 +135,9 @@ def check(stack: str, weight: int | None, as_json: bool, project_dir: Path | Non
     encrypted = spec.prometheus.token is not None and spec.prometheus.token.get_secret_value() == stackconfig.ENCRYPTED
     if encrypted and not os.environ.get("CANARY_PROMETHEUS_TOKEN"):
         _die(f"stack {stack}: prometheus.token is encrypted in the stack file; set CANARY_PROMETHEUS_TOKEN to run checks", EXIT_INVALID)
+    if any(v.get_secret_value() == stackconfig.ENCRYPTED for v in spec.prometheus.headers.values()):
+        click.echo("note: headers stored encrypted in the stack file are not sent", err=True)
+        spec = spec.model_copy(update={"prometheus": spec.prometheus.model_copy(update={"headers": {}})})
     if token := os.environ.get("CANARY_PROMETHEUS_TOKEN"):
         from pydantic import SecretStr
 
@@ -255,6 +258,7 @@ def release(stack: str, image: str, lab: bool | None, project_dir: Path | None) 
     from canary import api
     from canary.errors import StackBusy
 
+    _abort_on_signals(stack, project_dir, lab)
     try:
         result = api.release(stack, image, project_dir=project_dir, lab=lab, on_event=_print_event)
     except InvalidSpec as exc:
@@ -262,6 +266,30 @@ def release(stack: str, image: str, lab: bool | None, project_dir: Path | None) 
     except StackBusy as exc:
         _die(str(exc), EXIT_BUSY)
     _finish(result)
+
+
+def _abort_on_signals(stack: str, project_dir: Path | None, lab: bool | None) -> None:
+    """SIGINT/SIGTERM roll the release back to stable (it ends Aborted); a second signal stops at once.
+
+    An `up` in progress is cancelled by the CLI itself (it shares the terminal's
+    signal), which releases Pulumi's lock; the rollback then runs with fresh `up`s.
+    """
+    import signal
+
+    from canary import api
+
+    def handle(signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        try:
+            api.abort(stack, project_dir, by=f"signal {name}", lab=lab)
+            click.echo(f"{name}: rolling back to stable; send it again to stop at once", err=True)
+        except InvalidSpec:
+            raise SystemExit(128 + signum) from None
+
+    signal.signal(signal.SIGINT, handle)
+    signal.signal(signal.SIGTERM, handle)
 
 
 def _finish(result: Any) -> NoReturn:
@@ -278,6 +306,7 @@ def resume(stack: str, lab: bool | None, project_dir: Path | None) -> None:
     from canary import api
     from canary.errors import StackBusy
 
+    _abort_on_signals(stack, project_dir, lab)
     try:
         result = api.resume(stack, project_dir=project_dir, lab=lab, on_event=_print_event)
     except InvalidSpec as exc:
@@ -302,7 +331,8 @@ def status(stack: str, as_json: bool, project_dir: Path | None) -> None:
         click.echo(json.dumps(state, indent=2, default=str))
         return
     click.echo(f"release {state['release']} of {stack}: {state['phase']}{' (running)' if state['running'] else ''}")
-    click.echo(f"  canary {state['canary_image']} over stable {state['stable_image']} at weight {state['weight']}")
+    shifting = f" (shifting to {state['shifting_to']})" if state.get("shifting_to") is not None else ""
+    click.echo(f"  canary {state['canary_image']} over stable {state['stable_image']} at weight {state['weight']}{shifting}")
     click.echo(f"  failed checks in a row: {state['failed_in_row']}")
     if state.get("reason"):
         click.echo(f"  reason: {state['reason']}")

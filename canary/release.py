@@ -71,6 +71,8 @@ class ReleaseState:
     rollback_pending: bool = False
     #: set by resume: re-apply the recorded weight before the next analysis
     reapply: bool = False
+    #: a weight being applied right now (the route may already show it); None between steps
+    shifting_to: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -117,6 +119,8 @@ class StackPort(Protocol):
     def set_config(self, values: dict[str, Any], remove: tuple[str, ...] = ()) -> None: ...
     def up(self, on_event: Callable[[Any], None] | None = None, target: list[str] | None = None) -> Any: ...
     def export(self) -> dict[str, Any]: ...
+    def check_unlocked(self) -> None: ...
+    def clear_stale_lock(self) -> list[dict[str, Any]]: ...
 
 
 class ClusterPort(Protocol):
@@ -194,6 +198,7 @@ class Release:
                 f"stack {self.stack_name} has an unfinished release {previous['release']} in phase {previous['phase']}: "
                 f"run `canary resume {self.stack_name}` (or `canary abort {self.stack_name}` then resume)"
             )
+        self.stack.check_unlocked()
         release_id = new_release_id()
         self.journal.acquire(release_id)
         try:
@@ -223,9 +228,12 @@ class Release:
             spec = self.stack.spec()
             self._spec = spec.model_copy(update={"canary_image": spec.canary_image or state.canary_image})
             self._event(state, f"resuming release in phase {state.phase} at weight {state.weight}")
+            for lock in self.stack.clear_stale_lock():
+                self._event(state, f"cleared Pulumi's stale lock of pid {lock['pid']} on {lock['hostname']} (the process is gone)")
             if state.phase in (Phase.PROGRESSING, Phase.WAITING_PROMOTION):
-                # The last step's outcome is unknown: put the recorded weight back in the route and judge it again.
-                state = replace(state, advance=False, reapply=True)
+                # The last step's outcome is unknown (and a shift may have been cut short):
+                # put the last judged weight back in the route and judge it again.
+                state = replace(state, advance=False, reapply=True, shifting_to=None)
             elif state.phase is Phase.INITIALIZING:
                 state = replace(state, canary_deployed=False)
             return self._run(state)
@@ -350,10 +358,10 @@ class Release:
     # --- steps -----------------------------------------------------------------------------------
 
     def _shift(self, state: ReleaseState, weight: int) -> ReleaseState:
-        self._decide(state, f"shifting traffic to weight {weight}", to=weight)
+        state = self._save(replace(state, shifting_to=weight), f"shifting traffic to weight {weight}", to=weight)
         self._apply({"canaryWeight": weight}, state=state, target_route=True)
         self._wait_route(state, weight)
-        return self._save(replace(state, weight=weight, advance=False), f"weight {weight} is live in the route and accepted by the gateway")
+        return self._save(replace(state, weight=weight, advance=False, shifting_to=None), f"weight {weight} is live in the route and accepted by the gateway")
 
     def _analyse(self, state: ReleaseState) -> ReleaseState:
         interval = self.spec.analysis.interval.total_seconds()

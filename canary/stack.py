@@ -82,6 +82,22 @@ def _command(env: Mapping[str, str]) -> auto.PulumiCommand | None:
     return auto.PulumiCommand(root=str(path.parent.parent))
 
 
+def _lock_alive(lock: Mapping[str, Any]) -> bool:
+    """A lock is alive unless it belongs to this host and its process is gone."""
+    import os
+    import socket
+
+    if lock.get("hostname") != socket.gethostname():
+        return True
+    try:
+        os.kill(int(lock["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError):
+        return True
+    return True
+
+
 class Stack:
     """One stack of the project, driven through the Automation API."""
 
@@ -168,6 +184,38 @@ class Stack:
                 self._stack.workspace.remove_stack(self.name)
         except Exception as exc:  # noqa: BLE001
             raise _map_error(exc, f"destroying {self.name}", self._secrets) from None
+
+    def locks(self) -> list[dict[str, Any]]:
+        """Pulumi's own locks on this stack (file backend only): pid, hostname, timestamp."""
+        backend = self._env.get("PULUMI_BACKEND_URL", "")
+        if not backend.startswith("file://"):
+            return []
+        lock_dir = Path(backend.removeprefix("file://")) / ".pulumi" / "locks" / "organization" / stackconfig.PROJECT / self.name
+        found = []
+        for path in sorted(lock_dir.glob("*.json")) if lock_dir.is_dir() else []:
+            try:
+                data = {k.lower(): v for k, v in json.loads(path.read_text()).items()}
+            except (OSError, ValueError):
+                continue
+            found.append({"pid": int(data.get("pid", 0)), "hostname": str(data.get("hostname", "")), "timestamp": str(data.get("timestamp", "")), "file": path.name})
+        return found
+
+    def check_unlocked(self) -> None:
+        """StackBusy naming the holder when Pulumi's lock on the stack is taken."""
+        for lock in self.locks():
+            state = "alive" if _lock_alive(lock) else "dead: run canary resume or pulumi cancel"
+            raise StackBusy(f"stack {self.name} is locked by a Pulumi update: pid {lock['pid']} on {lock['hostname']} since {lock['timestamp']} ({state})")
+
+    def clear_stale_lock(self) -> list[dict[str, Any]]:
+        """Remove Pulumi's lock only when every holder is a dead process of this host; returns what was cleared."""
+        locks = self.locks()
+        if not locks:
+            return []
+        for lock in locks:
+            if _lock_alive(lock):
+                raise StackBusy(f"stack {self.name} is locked by a running Pulumi update: pid {lock['pid']} on {lock['hostname']} since {lock['timestamp']}")
+        self.cancel()
+        return locks
 
     def cancel(self) -> None:
         """Remove the stack's Pulumi lock (only for a lock whose holder is known dead)."""

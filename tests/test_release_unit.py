@@ -61,6 +61,12 @@ class FakeStack:
     def export(self) -> dict[str, Any]:
         return {"version": 3, "deployment": {"resources": []}}
 
+    def check_unlocked(self) -> None:
+        pass
+
+    def clear_stale_lock(self) -> list[dict[str, Any]]:
+        return []
+
 
 class FakeCluster:
     def __init__(self) -> None:

@@ -149,3 +149,66 @@ def test_abort_during_progressing_ends_aborted_and_a_second_release_is_refused(l
     assert_stable_state(lab_stack, "demo:v1")
     state = journal(lab_stack).load_state()
     assert state is not None and state["phase"] == "Aborted" and "aborted by" in state["reason"]
+
+
+def _start_release(lab_stack: LabStack, image: str) -> subprocess.Popen[str]:
+    command = [sys.executable, "-m", "canary", "release", lab_stack.name, "--image", image, "--lab", "--project-dir", str(lab_stack.project)]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=lab_stack.env)
+
+
+def _wait_for_weight(watcher: RouteWatcher, weight: int, process: subprocess.Popen[str], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not [w for w in watcher.canary_weights if w >= weight]:
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.05)
+    assert [w for w in watcher.canary_weights if w >= weight], watcher.seen
+
+
+def _pulumi_locks(lab_stack: LabStack) -> list[Path]:
+    lock_dir = lab_stack.layout.backend_dir / ".pulumi" / "locks" / "organization" / "canary" / lab_stack.name
+    return list(lock_dir.glob("*.json")) if lock_dir.is_dir() else []
+
+
+def test_sigterm_rolls_back_gracefully_and_releases_the_locks(lab_stack: LabStack) -> None:
+    with RouteWatcher(lab_stack) as watcher:
+        process = _start_release(lab_stack, "demo:v2")
+        try:
+            _wait_for_weight(watcher, 10, process)
+            process.send_signal(15)
+            out, err = process.communicate(timeout=180)
+        finally:
+            if process.poll() is None:
+                process.kill()
+    assert process.returncode == 1, out[-2000:] + err[-2000:]
+    assert "SIGTERM: rolling back to stable" in err
+    assert_stable_state(lab_stack, "demo:v1")
+    state = journal(lab_stack).load_state()
+    assert state is not None and state["phase"] == "Aborted" and "signal SIGTERM" in state["reason"]
+    assert journal(lab_stack).holder() is None and not _pulumi_locks(lab_stack)
+
+
+def test_sigkill_during_the_interval_then_resume_finishes_the_release(lab_stack: LabStack) -> None:
+    with RouteWatcher(lab_stack) as watcher:
+        process = _start_release(lab_stack, "demo:v2")
+        try:
+            _wait_for_weight(watcher, 20, process)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and (journal(lab_stack).load_state() or {}).get("weight") != 20:
+                time.sleep(0.05)
+            time.sleep(1.0)  # inside the interval wait after the shift to 20
+            process.kill()
+            process.communicate(timeout=30)
+        finally:
+            if process.poll() is None:
+                process.kill()
+        state = journal(lab_stack).load_state()
+        assert state is not None and state["phase"] == "Progressing" and state["weight"] == 20 and state["shifting_to"] is None
+        route = lab_stack.reader.route(lab_stack.spec())
+        assert route is not None and route.weights == (80, 20)  # the journal and the cluster agree
+        busy = release(lab_stack, "demo:v2-slow")
+        assert busy.returncode == 3 and "canary resume" in busy.stderr  # an unfinished release blocks a new one
+        resumed = canary_cli(lab_stack, "resume", lab_stack.name, "--lab")
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "resuming release in phase Progressing at weight 20" in resumed.stdout
+    assert [w for w in watcher.canary_weights if w] == [10, 20, 30, 40, 50], watcher.seen
+    assert_stable_state(lab_stack, "demo:v2")

@@ -1,0 +1,245 @@
+"""Release speed on the lab: a weight step and a rollback against their baselines, measured in one run.
+
+    .venv/bin/python bench/release_speed.py [--steps 20] [--rollbacks 3] [--json out.json]
+
+Needs the lab (``canary lab up``). Measures, on a stack of its own:
+
+- step apply latency: from "set weight W" to the new weights in the cluster's
+  HTTPRoute, accepted by the gateway (observedGeneration current), for
+  (a) a direct patch of the route through the Kubernetes API (the physical floor),
+  (b) a bare ``pulumi up`` (CLI, after ``pulumi config set``), and the same targeted
+      at the route, and
+  (c) canary's step (``Release._shift``: config, targeted up, verification, journal);
+- decision-to-stable latency of real rollbacks: from the journal record of the
+  tick that reached the threshold to the route at 100/0 (verified), and to the
+  end state verified;
+- orchestration overhead of a whole healthy release with 10 s intervals: wall time
+  minus the configured waits, as a share of the total;
+- peak memory of the orchestrator and Pulumi CLI processes started per step.
+
+Prints medians, spreads and ratios; ``--json`` writes every sample.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from canary import routing  # noqa: E402
+from canary.api import prometheus_provider  # noqa: E402
+from canary.journal import Journal, now_iso  # noqa: E402
+from canary.kube import ClusterReader, Kube  # noqa: E402
+from canary.lab import cluster  # noqa: E402
+from canary.lab.layout import Layout  # noqa: E402
+from canary.release import Phase, Release, ReleaseState  # noqa: E402
+from canary.stack import Stack  # noqa: E402
+
+
+def summary(samples: list[float]) -> dict[str, float]:
+    ordered = sorted(samples)
+    return {
+        "n": len(ordered),
+        "median": statistics.median(ordered),
+        "p10": ordered[max(0, int(len(ordered) * 0.1) - 1)] if len(ordered) >= 10 else ordered[0],
+        "p90": ordered[min(len(ordered) - 1, int(len(ordered) * 0.9))],
+        "min": ordered[0],
+        "max": ordered[-1],
+    }
+
+
+class Bench:
+    def __init__(self, layout: Layout, name: str, interval: str = "10s") -> None:
+        self.layout = layout
+        self.name = name
+        self.env = {**os.environ, **layout.pulumi_env()}
+        self.project = Path(tempfile.mkdtemp(prefix="canary-bench-"))
+        (self.project / "stacks").mkdir()
+        for file in ("Pulumi.yaml", "__main__.py"):
+            shutil.copyfile(ROOT / file, self.project / file)
+        doc = yaml.safe_load((ROOT / "stacks" / "Pulumi.lab.yaml").read_text())
+        doc["config"]["canary:app"]["namespace"] = name
+        doc["config"]["canary:gateway"]["hostnames"] = [f"{name}.lab.test"]
+        doc["config"]["canary:analysis"]["interval"] = interval
+        doc["config"]["canary:analysis"]["metrics"][0]["interval"] = "20s"
+        doc["config"]["canary:analysis"]["metrics"][1]["interval"] = "20s"
+        for hook in doc["config"]["canary:analysis"].get("webhooks", []):
+            hook["cmd"] = f"hey -host {name}.lab.test -z 8s -q 20 -c 2 http://127.0.0.1:{layout.gateway_port}/"
+        (self.project / "stacks" / f"Pulumi.{name}.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+        cluster.init_stack(layout, name, self.project)
+        self.stack = Stack(self.project, name, self.env)
+        self.kube = Kube(layout.kubeconfig)
+        self.reader = ClusterReader(self.kube)
+        self.journal = Journal(self.project / ".canary", name)
+
+    def spec(self) -> Any:
+        return self.stack.spec()
+
+    def wait_route(self, weight: int, timeout: float = 60) -> float:
+        spec = self.spec()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            route = self.reader.route(spec)
+            if route is not None and route.weights == (100 - weight, weight) and route.accepted:
+                return time.monotonic()
+            time.sleep(0.01)
+        raise RuntimeError(f"route not at weight {weight} within {timeout}s")
+
+    def release(self, **kwargs: Any) -> Release:
+        def provider_for(address: str | None) -> Any:
+            return prometheus_provider(release.spec, address)
+
+        release = Release(self.stack, self.reader, provider_for, self.journal, stack_name=self.name, **kwargs)
+        return release
+
+    def destroy(self) -> None:
+        self.stack.destroy()
+        shutil.rmtree(self.project, ignore_errors=True)
+
+
+def bench_steps(b: Bench, steps: int) -> dict[str, Any]:
+    b.stack.set_config({"canaryImage": "demo:v2", "canaryWeight": 0})
+    b.stack.up()
+    b.wait_route(0)
+    weights = [10 + 10 * (i % 5) for i in range(steps)]
+    spec = b.spec()
+    urn = f"urn:pulumi:{b.name}::canary::kubernetes:gateway.networking.k8s.io/v1:HTTPRoute::route"
+
+    direct = []
+    for w in weights:
+        body = {"spec": routing.route_spec(spec.model_copy(update={"canary_image": "demo:v2"}), w)}
+        start = time.monotonic()
+        b.kube.resource(routing.API_VERSION, routing.KIND).patch(
+            body=body, name=spec.app.name, namespace=spec.app.namespace, content_type="application/merge-patch+json"
+        )
+        direct.append(b.wait_route(w) - start)
+
+    def bare(w: int, target: bool) -> float:
+        start = time.monotonic()
+        subprocess.run(["pulumi", "config", "set", "canary:canaryWeight", str(w), "--stack", b.name], cwd=b.project, env=b.env, check=True, capture_output=True)
+        args = ["pulumi", "up", "--yes", "--skip-preview", "--stack", b.name] + (["--target", urn] if target else [])
+        subprocess.run(args, cwd=b.project, env=b.env, check=True, capture_output=True)
+        return b.wait_route(w) - start
+
+    bare_full = [bare(w, False) for w in weights]
+    bare_targeted = [bare(w, True) for w in weights]
+
+    release = b.release()
+    release._spec = b.spec()
+    state = ReleaseState("bench", b.name, Phase.PROGRESSING, "demo:v2", spec.stable_image, started=now_iso())
+    calls = {"n": 0}
+    from pulumi.automation import _cmd
+
+    original = _cmd.PulumiCommand.run
+
+    def counting(self: Any, *args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        return original(self, *args, **kwargs)
+
+    _cmd.PulumiCommand.run = counting  # type: ignore[method-assign]
+    canary_steps = []
+    try:
+        for w in weights:
+            start = time.monotonic()
+            state = release._shift(state, w)
+            canary_steps.append(time.monotonic() - start)
+    finally:
+        _cmd.PulumiCommand.run = original  # type: ignore[method-assign]
+    return {
+        "direct_patch": direct,
+        "bare_pulumi_up": bare_full,
+        "bare_pulumi_up_targeted": bare_targeted,
+        "canary_step": canary_steps,
+        "cli_processes_per_step": calls["n"] / len(weights),
+    }
+
+
+def _t(record: dict[str, Any]) -> float:
+    return datetime.fromisoformat(record["time"].replace("Z", "+00:00")).timestamp()
+
+
+def bench_rollbacks(b: Bench, runs: int) -> dict[str, Any]:
+    to_route, to_verified = [], []
+    b.stack.set_config({"canaryWeight": 0}, remove=("canaryImage",))
+    b.stack.up()
+    for _ in range(runs):
+        result = b.release().start("demo:v2-faulty")
+        assert result.phase is Phase.FAILED, result
+        records = b.journal.records(result.release)
+        decision = next(r for r in records if r["type"] == "tick" and r["outcome"] == "rollback")
+        on_stable = next(r for r in records if r["type"] == "state" and r.get("message", "").startswith("traffic is back on stable"))
+        verified = next(r for r in records if r["type"] == "verified")
+        to_route.append(_t(on_stable) - _t(decision))
+        to_verified.append(_t(verified) - _t(decision))
+    return {"decision_to_route_restored": to_route, "decision_to_end_state_verified": to_verified}
+
+
+def bench_overhead(b: Bench, interval_s: float) -> dict[str, Any]:
+    start = time.monotonic()
+    result = b.release().start("demo:v2")
+    total = time.monotonic() - start
+    assert result.phase is Phase.SUCCEEDED, result
+    ticks = [r for r in b.journal.records(result.release) if r["type"] == "tick"]
+    waits = len(ticks) * interval_s
+    return {"total_s": total, "configured_waits_s": waits, "overhead_s": total - waits, "overhead_share": (total - waits) / total, "ticks": len(ticks)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--rollbacks", type=int, default=3)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    layout = Layout.default()
+    if not all(row["state"] == "running" for row in cluster.status(layout)):
+        print("the lab is not running: canary lab up", file=sys.stderr)
+        return 2
+    b = Bench(layout, "bench-speed")
+    results: dict[str, Any] = {"machine": f"{os.cpu_count()} cores", "date": now_iso()}
+    try:
+        b.stack.up()
+        results["steps"] = bench_steps(b, args.steps)
+        results["rollbacks"] = bench_rollbacks(b, args.rollbacks)
+        results["overhead"] = bench_overhead(b, 10.0)
+    finally:
+        results["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        b.destroy()
+    steps = results["steps"]
+    print(f"step apply latency (s), {args.steps} steps each:")
+    for key in ("direct_patch", "bare_pulumi_up", "bare_pulumi_up_targeted", "canary_step"):
+        s = summary(steps[key])
+        print(f"  {key:<26} median {s['median']:.3f}  p10 {s['p10']:.3f}  p90 {s['p90']:.3f}  min {s['min']:.3f}  max {s['max']:.3f}")
+    med = {k: statistics.median(steps[k]) for k in ("direct_patch", "bare_pulumi_up", "bare_pulumi_up_targeted", "canary_step")}
+    print(f"  ratio canary step / bare up           {med['canary_step'] / med['bare_pulumi_up']:.2f}")
+    print(f"  ratio canary step / bare targeted up  {med['canary_step'] / med['bare_pulumi_up_targeted']:.2f}")
+    print(f"  ratio canary step / direct patch      {med['canary_step'] / med['direct_patch']:.1f}")
+    print(f"  Pulumi CLI processes per canary step  {steps['cli_processes_per_step']:.1f}")
+    rb = results["rollbacks"]
+    print(f"rollback, {args.rollbacks} runs: decision -> route 100/0 median {statistics.median(rb['decision_to_route_restored']):.3f}s; "
+          f"decision -> end state verified median {statistics.median(rb['decision_to_end_state_verified']):.3f}s")
+    ov = results["overhead"]
+    print(f"healthy release with 10s intervals: total {ov['total_s']:.1f}s, waits {ov['configured_waits_s']:.0f}s, "
+          f"overhead {ov['overhead_s']:.1f}s = {100 * ov['overhead_share']:.1f} %")
+    print(f"peak RSS of the orchestrator: {results['peak_rss_mib']:.0f} MiB")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
