@@ -33,16 +33,22 @@ class Resources:
     route: k8s.apiextensions.CustomResource
 
 
-def labels(spec: ReleaseSpec, track: str, image: str) -> dict[str, str]:
-    """Standard app.kubernetes.io labels plus the track label."""
-    return {
+def labels(spec: ReleaseSpec, track: str, image: str | None = None) -> dict[str, str]:
+    """Standard app.kubernetes.io labels plus the track label; the version only for what runs an image.
+
+    Services and the route carry no version: an image change must not update them
+    (an updated Service makes Pulumi wait for its endpoints again).
+    """
+    out = {
         "app.kubernetes.io/name": spec.app.name,
         "app.kubernetes.io/instance": f"{spec.app.name}-{track}",
-        "app.kubernetes.io/version": units.image_tag(image)[:63].strip("-_.") or "unknown",
         "app.kubernetes.io/part-of": spec.app.name,
         "app.kubernetes.io/managed-by": MANAGED_BY,
         TRACK_LABEL: track,
     }
+    if image is not None:
+        out["app.kubernetes.io/version"] = units.image_tag(image)[:63].strip("-_.") or "unknown"
+    return out
 
 
 def selector(spec: ReleaseSpec, track: str) -> dict[str, str]:
@@ -96,10 +102,10 @@ def _deployment(spec: ReleaseSpec, track: str, image: str, replicas: int, opts: 
     )
 
 
-def _service(spec: ReleaseSpec, track: str, image: str, opts: pulumi.ResourceOptions) -> k8s.core.v1.Service:
+def _service(spec: ReleaseSpec, track: str, opts: pulumi.ResourceOptions) -> k8s.core.v1.Service:
     return k8s.core.v1.Service(
         f"{track}-service",
-        metadata={"name": f"{spec.app.name}-{track}", "namespace": spec.app.namespace, "labels": labels(spec, track, image)},
+        metadata={"name": f"{spec.app.name}-{track}", "namespace": spec.app.namespace, "labels": labels(spec, track)},
         spec={
             "selector": selector(spec, track),
             "ports": [{"name": "http", "port": spec.app.service_port, "targetPort": "http", "protocol": "TCP"}],
@@ -118,13 +124,13 @@ def program(spec: ReleaseSpec) -> Resources:
     canary_image = spec.canary_image or spec.stable_image
     stable = _deployment(spec, "stable", spec.stable_image, spec.app.replicas, opts)
     canary = _deployment(spec, "canary", canary_image, spec.app.replicas if spec.canary_image else 0, opts)
-    stable_service = _service(spec, "stable", spec.stable_image, opts)
-    canary_service = _service(spec, "canary", canary_image, opts)
+    stable_service = _service(spec, "stable", opts)
+    canary_service = _service(spec, "canary", opts)
     route = k8s.apiextensions.CustomResource(
         "route",
         api_version=routing.API_VERSION,
         kind=routing.KIND,
-        metadata={"name": spec.app.name, "namespace": spec.app.namespace, "labels": labels(spec, "route", spec.stable_image)},
+        metadata={"name": spec.app.name, "namespace": spec.app.namespace, "labels": labels(spec, "route")},
         spec=routing.route_spec(spec, weight),
         opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[stable_service, canary_service])),
     )

@@ -297,6 +297,7 @@ class Release:
     def _progressing(self, state: ReleaseState) -> ReleaseState:
         if (asked := self._rollback_hook(state)) is not None:
             return self._begin_rollback(state, f"rollback webhook {asked} asked for a rollback")
+        step_start = self.clock.monotonic()
         if state.reapply:
             state = replace(self._shift(state, state.weight), reapply=False)
         if state.advance:
@@ -309,7 +310,7 @@ class Release:
                 self._wait(state, self.spec.analysis.interval.total_seconds())
                 return state
             state = self._shift(state, nxt)
-        return self._analyse(state)
+        return self._analyse(state, since=step_start)
 
     def _waiting_promotion(self, state: ReleaseState) -> ReleaseState:
         if (asked := self._rollback_hook(state)) is not None:
@@ -363,11 +364,13 @@ class Release:
         self._wait_route(state, weight)
         return self._save(replace(state, weight=weight, advance=False, shifting_to=None), f"weight {weight} is live in the route and accepted by the gateway")
 
-    def _analyse(self, state: ReleaseState) -> ReleaseState:
+    def _analyse(self, state: ReleaseState, since: float | None = None) -> ReleaseState:
+        """Wait out the interval — counted from ``since``, the start of the step, so that the
+        time a shift takes is part of the interval as in Flagger — then tick."""
         interval = self.spec.analysis.interval.total_seconds()
         start = self.clock.monotonic()
         running = self._start_rollout_hooks(state)
-        aborted = self._wait(state, interval)
+        aborted = self._wait(state, interval - (start - since) if since is not None else interval)
         hook_failures = self._finish_rollout_hooks(state, running, start)
         if aborted:
             return state

@@ -115,3 +115,23 @@ def test_spec_is_read_from_pulumi_config() -> None:
     finally:
         pulumi.runtime.set_all_config({})
     assert spec == parse_spec(values)
+
+
+def test_an_image_change_touches_only_the_deployments() -> None:
+    """Services and the route must not change with the image (Pulumi would await them again)."""
+
+    def inputs(weight: int | None) -> dict[str, Any]:
+        CREATED.clear()
+
+        @pulumi.runtime.test
+        def declare() -> None:
+            program.program(_spec(weight))
+
+        declare()
+        return {r.name: r.inputs for r in CREATED}
+
+    idle, releasing = inputs(None), inputs(10)
+    for name in ("stable-service", "canary-service"):
+        assert idle[name] == releasing[name]
+    assert idle["route"]["metadata"] == releasing["route"]["metadata"]
+    assert idle["canary-deployment"] != releasing["canary-deployment"]
