@@ -171,10 +171,10 @@ def test_abort_ends_aborted_with_stable_verified(tmp_path: Path) -> None:
     release, _, cluster, _ = make(tmp_path, Metrics(0.0))
     original = release._analyse
 
-    def abort_then_analyse(state: ReleaseState) -> ReleaseState:
+    def abort_then_analyse(state: ReleaseState, since: float | None = None) -> ReleaseState:
         if state.weight == 20:
             release.journal.request("abort", state.release, by="test")
-        return original(state)
+        return original(state, since)
 
     release._analyse = abort_then_analyse  # type: ignore[method-assign]
     result = release.start(NEW)
