@@ -100,11 +100,11 @@ class Bench:
             time.sleep(0.01)
         raise RuntimeError(f"route not at weight {weight} within {timeout}s")
 
-    def release(self, **kwargs: Any) -> Release:
+    def release(self, journal: Journal | None = None, **kwargs: Any) -> Release:
         def provider_for(address: str | None) -> Any:
             return prometheus_provider(release.spec, address)
 
-        release = Release(self.stack, self.reader, provider_for, self.journal, stack_name=self.name, **kwargs)
+        release = Release(self.stack, self.reader, provider_for, journal or self.journal, stack_name=self.name, **kwargs)
         return release
 
     def destroy(self) -> None:
@@ -120,26 +120,20 @@ def bench_steps(b: Bench, steps: int) -> dict[str, Any]:
     spec = b.spec()
     urn = f"urn:pulumi:{b.name}::canary::kubernetes:gateway.networking.k8s.io/v1:HTTPRoute::route"
 
-    direct = []
-    for w in weights:
-        body = {"spec": routing.route_spec(spec.model_copy(update={"canary_image": "demo:v2"}), w)}
-        start = time.monotonic()
-        b.kube.resource(routing.API_VERSION, routing.KIND).patch(
-            body=body, name=spec.app.name, namespace=spec.app.namespace, content_type="application/merge-patch+json"
-        )
-        direct.append(b.wait_route(w) - start)
-
     def bare(w: int, target: bool) -> float:
         start = time.monotonic()
         subprocess.run(["pulumi", "config", "set", "canary:canaryWeight", str(w), "--stack", b.name], cwd=b.project, env=b.env, check=True, capture_output=True)
         args = ["pulumi", "up", "--yes", "--skip-preview", "--stack", b.name] + (["--target", urn] if target else [])
-        subprocess.run(args, cwd=b.project, env=b.env, check=True, capture_output=True)
+        done = subprocess.run(args, cwd=b.project, env=b.env, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"pulumi up failed: {done.stdout[-1500:]}")
         return b.wait_route(w) - start
 
     bare_full = [bare(w, False) for w in weights]
     bare_targeted = [bare(w, True) for w in weights]
 
-    release = b.release()
+    # Its own journal: these steps are not a release, and must not look like an unfinished one.
+    release = b.release(journal=Journal(b.project / ".canary-steps", b.name))
     release._spec = b.spec()
     state = ReleaseState("bench", b.name, Phase.PROGRESSING, "demo:v2", spec.stable_image, started=now_iso())
     calls = {"n": 0}
@@ -160,6 +154,35 @@ def bench_steps(b: Bench, steps: int) -> dict[str, Any]:
             canary_steps.append(time.monotonic() - start)
     finally:
         _cmd.PulumiCommand.run = original  # type: ignore[method-assign]
+
+    # The floor: the same route as a separate object (its own host name), patched directly through
+    # the API. Patching Pulumi's own route would make its server-side apply conflict afterwards.
+    floor_spec = spec.model_copy(update={"canary_image": "demo:v2"})
+    resource = b.kube.resource(routing.API_VERSION, routing.KIND)
+    floor_body = routing.route_spec(floor_spec, 0)
+    floor_body["hostnames"] = [f"floor.{b.name}.lab.test"]
+    b.kube.apply({"apiVersion": routing.API_VERSION, "kind": routing.KIND,
+                  "metadata": {"name": "floor", "namespace": spec.app.namespace}, "spec": floor_body}, field_manager="canary-bench")
+
+    def floor_weight(w: int) -> float:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            state = routing.read_route(b.kube.get(routing.API_VERSION, routing.KIND, "floor", spec.app.namespace) or {}, floor_spec)
+            if state.weights == (100 - w, w) and state.accepted:
+                return time.monotonic()
+            time.sleep(0.01)
+        raise RuntimeError(f"floor route not at {w}")
+
+    floor_weight(0)
+    direct = []
+    for w in weights:
+        backends = routing.route_spec(floor_spec, w)["rules"][0]["backendRefs"]
+        start = time.monotonic()
+        resource.patch(body={"spec": {"rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/"}}], "backendRefs": backends}]}},
+                       name="floor", namespace=spec.app.namespace, content_type="application/merge-patch+json")
+        direct.append(floor_weight(w) - start)
+    resource.delete(name="floor", namespace=spec.app.namespace)
+
     return {
         "direct_patch": direct,
         "bare_pulumi_up": bare_full,

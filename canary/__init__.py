@@ -5,8 +5,13 @@ Layers, each importing only downward:
 - core, pure (no I/O): ``units``, ``templates``, ``spec``, ``schedule``, ``routing``,
   ``metrics``, ``analysis``, ``flagger``, ``stackconfig`` (reads a file only when asked)
 - adapters, one per third-party client: ``prometheus`` (prometheus-api-client),
-  ``program`` (pulumi, pulumi-kubernetes)
-- front: ``cli``; the demo service ``demoapp``
+  ``program`` (pulumi, pulumi-kubernetes), ``stack`` (pulumi.automation),
+  ``kube`` (kubernetes), ``webhooks`` (HTTP and local commands)
+- state: ``journal`` (the durable record, locks and requests)
+- orchestration: ``release`` (the state machine, through ports)
+- front: ``api`` (for scripts), ``cli``
+- the local environment: ``lab`` (control plane, gateway, Prometheus), ``demoapp``,
+  ``langhost`` (the Python language host for plain ``pulumi up``)
 
 The public surface for scripts is listed in ``__all__``.
 """

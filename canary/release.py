@@ -360,7 +360,7 @@ class Release:
 
     def _shift(self, state: ReleaseState, weight: int) -> ReleaseState:
         state = self._save(replace(state, shifting_to=weight), f"shifting traffic to weight {weight}", to=weight)
-        self._apply({"canaryWeight": weight}, state=state, target_route=True)
+        self._retrying(state, lambda: self._apply({"canaryWeight": weight}, state=state, target_route=True), pending=False)
         self._wait_route(state, weight)
         return self._save(replace(state, weight=weight, advance=False, shifting_to=None), f"weight {weight} is live in the route and accepted by the gateway")
 
@@ -474,17 +474,24 @@ class Release:
                 raise ClusterUnreachable("end state not reached: " + "; ".join(problems))
             self.clock.sleep(0.2)
 
-    def _retrying(self, state: ReleaseState, action: Callable[[], None]) -> None:
-        """Bounded retries with back-off for rollback steps; RollbackPending when they run out."""
+    def _retrying(self, state: ReleaseState, action: Callable[[], None], pending: bool = True) -> None:
+        """Bounded retries with back-off for temporary failures (the API server not answering).
+
+        In a rollback (``pending``) running out of attempts raises RollbackPending;
+        elsewhere the last error, which sends the release into its rollback.
+        """
         delay = self.retry_backoff
         for attempt in range(1, self.retries + 1):
             try:
                 action()
                 return
-            except CanaryError as exc:
+            except (ClusterUnreachable, RouteNotAccepted) if not pending else CanaryError as exc:
                 if attempt == self.retries:
+                    if not pending:
+                        raise
                     raise RollbackPending(f"rollback could not be applied after {attempt} attempts: {exc}; run canary resume {self.stack_name} once the cluster answers") from exc
-                self._event(state, f"rollback step failed (attempt {attempt} of {self.retries}): {exc}; retrying in {delay:g}s")
+                what = "rollback step" if pending else "step"
+                self._event(state, f"{what} failed (attempt {attempt} of {self.retries}): {exc}; retrying in {delay:g}s")
                 self.clock.sleep(delay)
                 delay *= 2
 

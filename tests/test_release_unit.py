@@ -206,3 +206,35 @@ def test_second_release_on_a_busy_stack_is_refused(tmp_path: Path) -> None:
     release.journal.acquire("other-release")
     with pytest.raises(StackBusy, match="busy"):
         release.start(NEW)
+
+
+def test_a_step_whose_up_fails_once_is_retried_not_rolled_back(tmp_path: Path) -> None:
+    release, stack, cluster, events = make(tmp_path, Metrics(0.0), retry_backoff=1)
+    original_up = stack.up
+    failed = {"n": 0}
+
+    def flaky(on_event: Any = None, target: list[str] | None = None) -> UpResult:
+        if target and stack.values.get("canaryWeight") == 30 and not failed["n"]:
+            failed["n"] += 1
+            raise ClusterUnreachable("connection refused")
+        return original_up(on_event, target)
+
+    stack.up = flaky  # type: ignore[method-assign]
+    result = release.start(NEW)
+    assert result.phase is Phase.SUCCEEDED and failed["n"] == 1
+    assert any("step failed (attempt 1 of 3)" in e.message for e in events)
+
+
+def test_a_step_whose_up_keeps_failing_rolls_back(tmp_path: Path) -> None:
+    release, stack, cluster, _ = make(tmp_path, Metrics(0.0), retry_backoff=1)
+    original_up = stack.up
+
+    def broken(on_event: Any = None, target: list[str] | None = None) -> UpResult:
+        if target and stack.values.get("canaryWeight") == 30:
+            raise ClusterUnreachable("connection refused")
+        return original_up(on_event, target)
+
+    stack.up = broken  # type: ignore[method-assign]
+    result = release.start(NEW)
+    assert result.phase is Phase.FAILED and "connection refused" in result.reason
+    assert cluster.weight == 0 and cluster.canary_pods == 0

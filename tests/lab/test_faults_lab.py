@@ -1,0 +1,115 @@
+"""Faults during releases on the lab: Prometheus down, API server down, a route no gateway accepts,
+secrets in every artefact. Each ends on a verified stable state, or says clearly why not."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from canary.lab import cluster, procs
+from tests.lab.conftest import LabStack
+from tests.lab.test_release_lab import RouteWatcher, _start_release, _wait_for_weight, assert_stable_state, canary_cli, journal, release
+
+
+def _stop(lab_stack: LabStack, component: str) -> None:
+    procs.stop(component, lab_stack.layout.dir)
+
+
+def _restart(lab_stack: LabStack) -> None:
+    cluster.up(lab_stack.layout, say=lambda line: None)
+
+
+def test_prometheus_down_gives_failed_checks_never_a_promotion_then_the_release_continues(lab_stack: LabStack) -> None:
+    with RouteWatcher(lab_stack) as watcher:
+        process = _start_release(lab_stack, "demo:v2")
+        try:
+            _wait_for_weight(watcher, 20, process)
+            _stop(lab_stack, "prometheus")
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                ticks = [r for r in journal(lab_stack).records() if r["type"] == "tick"]
+                if ticks and ticks[-1]["outcome"] == "fail":
+                    break
+                time.sleep(0.2)
+            _restart(lab_stack)
+            out, err = process.communicate(timeout=300)
+        finally:
+            if process.poll() is None:
+                process.kill()
+            _restart(lab_stack)
+    assert process.returncode == 0, out[-3000:] + err[-3000:]
+    ticks = [r for r in journal(lab_stack).records() if r["type"] == "tick"]
+    down = [t for t in ticks if t["outcome"] == "fail"]
+    assert down, ticks
+    for tick in down:
+        assert all(c["verdict"] == "error" and "ProviderUnreachable" in c["reason"] for c in tick["checks"]), tick
+    # no step advanced on a tick without data: each failing tick is followed by another tick at the same weight
+    weights_after_failure = [ticks[i + 1]["weight"] for i, t in enumerate(ticks[:-1]) if t["outcome"] == "fail"]
+    assert weights_after_failure == [t["weight"] for t in ticks[:-1] if t["outcome"] == "fail"]
+    assert_stable_state(lab_stack, "demo:v2")
+
+
+def test_api_server_down_during_a_step_rolls_back_or_leaves_a_pending_rollback_that_resume_completes(lab_stack: LabStack) -> None:
+    with RouteWatcher(lab_stack) as watcher:
+        process = _start_release(lab_stack, "demo:v2")
+        try:
+            _wait_for_weight(watcher, 10, process)
+            _stop(lab_stack, "kube-apiserver")
+            out, err = process.communicate(timeout=300)
+        finally:
+            if process.poll() is None:
+                process.kill()
+    assert process.returncode == 4, out[-3000:] + err[-3000:]
+    assert "rollback pending" in out.lower() or "rollback could not be applied" in out
+    state = journal(lab_stack).load_state()
+    assert state is not None and state["phase"] == "RollingBack" and state["rollback_pending"]
+    status = canary_cli(lab_stack, "status", lab_stack.name)
+    assert "ROLLBACK PENDING" in status.stdout
+    _restart(lab_stack)
+    resumed = canary_cli(lab_stack, "resume", lab_stack.name, "--lab")
+    assert resumed.returncode == 1, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert_stable_state(lab_stack, "demo:v1")
+    final = journal(lab_stack).load_state()
+    assert final is not None and final["phase"] == "Failed" and not final["rollback_pending"]
+
+
+def _missing_gateway(config: dict[str, Any]) -> None:
+    config["canary:gateway"]["parentRefs"] = [{"name": "missing", "namespace": "default", "sectionName": "web"}]
+
+
+@pytest.mark.parametrize("lab_stack", [_missing_gateway], indirect=True)
+def test_a_route_no_gateway_accepts_fails_the_release_without_analysis(lab_stack: LabStack) -> None:
+    done = release(lab_stack, "demo:v2")
+    assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
+    records = journal(lab_stack).records()
+    assert not [r for r in records if r["type"] == "tick"]  # nothing was judged as if traffic had shifted
+    state = journal(lab_stack).load_state()
+    assert state is not None and state["phase"] == "Failed"
+    assert "RouteNotAccepted" in state["reason"] and "gateway missing" in state["reason"]
+    spec = lab_stack.spec()
+    canary = lab_stack.reader.deployment(spec, "canary")
+    assert canary["pods"] == 0 and spec.canary_image is None
+
+
+def test_secrets_never_appear_in_any_artefact(lab_stack: LabStack, tmp_path: Path) -> None:
+    token = "tok-" + "5e" * 12
+    env = lab_stack.env
+    subprocess.run(["pulumi", "config", "set", "--secret", "--path", "canary:prometheus.token", token, "--stack", lab_stack.name],
+                   cwd=lab_stack.project, env=env, check=True, capture_output=True)
+    faulty = release(lab_stack, "demo:v2-faulty")
+    status = canary_cli(lab_stack, "status", lab_stack.name, "--json")
+    history = canary_cli(lab_stack, "history", lab_stack.name, "--json")
+    passphrase = lab_stack.layout.passphrase()
+    artefacts = {"release stdout": faulty.stdout, "release stderr": faulty.stderr, "status": status.stdout, "history": history.stdout}
+    for path in journal(lab_stack).dir.rglob("*"):
+        if path.is_file():
+            artefacts[str(path)] = path.read_text(errors="replace")
+    artefacts["stack file"] = (lab_stack.project / "stacks" / f"Pulumi.{lab_stack.name}.yaml").read_text()
+    for name, text in artefacts.items():
+        assert token not in text, f"the Prometheus token leaked into {name}"
+        assert passphrase not in text, f"the passphrase leaked into {name}"
+    assert faulty.returncode == 1  # the release itself ran (and was judged) with the token configured
