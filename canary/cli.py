@@ -247,8 +247,9 @@ def _print_event(event: Any) -> None:
 @click.argument("stack")
 @click.option("--image", required=True, help="The new version's image, e.g. registry.example.com/shop/web:1.9.0.")
 @click.option("--lab", is_flag=True, default=None, help="Use the local lab's Pulumi backend and cluster (default when $CANARY_LAB_DIR is set).")
+@click.option("--route-timeout", type=click.FloatRange(1, 3600), default=60, show_default=True, help="Seconds to wait for the gateway to accept a route change.")
 @click.option("--project-dir", type=click.Path(path_type=Path, file_okay=False))
-def release(stack: str, image: str, lab: bool | None, project_dir: Path | None) -> None:
+def release(stack: str, image: str, lab: bool | None, route_timeout: float, project_dir: Path | None) -> None:
     """Release IMAGE on STACK: step the canary weight up under analysis, then promote or roll back.
 
     Exit 0 when promoted, 1 when rolled back, failed or aborted, 2 on invalid input,
@@ -260,7 +261,7 @@ def release(stack: str, image: str, lab: bool | None, project_dir: Path | None) 
 
     _abort_on_signals(stack, project_dir, lab)
     try:
-        result = api.release(stack, image, project_dir=project_dir, lab=lab, on_event=_print_event)
+        result = api.release(stack, image, project_dir=project_dir, lab=lab, on_event=_print_event, route_timeout=route_timeout)
     except InvalidSpec as exc:
         _die(str(exc), EXIT_INVALID)
     except StackBusy as exc:
@@ -300,15 +301,16 @@ def _finish(result: Any) -> NoReturn:
 @main.command()
 @click.argument("stack")
 @click.option("--lab", is_flag=True, default=None, help="Use the local lab's Pulumi backend and cluster.")
+@click.option("--route-timeout", type=click.FloatRange(1, 3600), default=60, show_default=True, help="Seconds to wait for the gateway to accept a route change.")
 @click.option("--project-dir", type=click.Path(path_type=Path, file_okay=False))
-def resume(stack: str, lab: bool | None, project_dir: Path | None) -> None:
+def resume(stack: str, lab: bool | None, route_timeout: float, project_dir: Path | None) -> None:
     """Continue or finish an interrupted release of STACK from its journal."""
     from canary import api
     from canary.errors import StackBusy
 
     _abort_on_signals(stack, project_dir, lab)
     try:
-        result = api.resume(stack, project_dir=project_dir, lab=lab, on_event=_print_event)
+        result = api.resume(stack, project_dir=project_dir, lab=lab, on_event=_print_event, route_timeout=route_timeout)
     except InvalidSpec as exc:
         _die(str(exc), EXIT_INVALID)
     except StackBusy as exc:
