@@ -85,6 +85,18 @@ class Kube:
             raise ClusterUnreachable(f"applying {manifest['kind']} {meta['name']}: HTTP {exc.status} {exc.body}") from None
         return obj.to_dict()  # type: ignore[no-any-return]
 
+    def delete(self, api_version: str, kind: str, name: str, namespace: str | None = None, grace_seconds: int | None = None) -> None:
+        """Delete one object (a missing one is not an error)."""
+        body = {"gracePeriodSeconds": grace_seconds} if grace_seconds is not None else None
+        try:
+            res = self.resource(api_version, kind)
+            self._call(lambda: res.delete(name=name, namespace=namespace, body=body, _request_timeout=self._timeout))
+        except (NotFoundError, ResourceNotFoundError):
+            return
+        except ApiException as exc:
+            if exc.status != 404:
+                raise ClusterUnreachable(f"deleting {kind} {name}: HTTP {exc.status} {exc.reason}") from None
+
     def apply_all(self, manifests: Iterable[Mapping[str, Any]], field_manager: str = "canary") -> None:
         for manifest in manifests:
             self.apply(manifest, field_manager)

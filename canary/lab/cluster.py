@@ -330,6 +330,11 @@ def _kwok_start(layout: Layout) -> None:
         f"--cidr={netns.POD_CIDR}", f"--node-ip={layout.node_ip}", "--server-address=127.0.0.1:10247",
     ])
     procs.wait_until(proc, lambda: _kwok_healthy(layout), 60, f"node {layout.node_name} Ready")
+    # A restarted kwok forgets which pod IPs it gave out and would hand them out again:
+    # pods from before are recreated (as after a node reboot) so every IP has one owner.
+    kube = _kube(layout)
+    for pod in kube.list("v1", "Pod"):
+        kube.delete("v1", "Pod", pod["metadata"]["name"], pod["metadata"]["namespace"], grace_seconds=0)
 
 
 def _kwok_healthy(layout: Layout) -> bool:
@@ -434,8 +439,11 @@ def _project_start(layout: Layout) -> None:
     for name in ("Pulumi.yaml", "__main__.py"):
         shutil.copyfile(layout.project_dir / name, project / name)
     stack_file = project / "stacks" / f"Pulumi.{LAB_STACK}.yaml"
-    if not stack_file.exists():
-        shutil.copyfile(layout.project_dir / "stacks" / f"Pulumi.{LAB_STACK}.yaml", stack_file)
+    source = layout.project_dir / "stacks" / f"Pulumi.{LAB_STACK}.yaml"
+    if not stack_file.exists() or source.stat().st_mtime > stack_file.stat().st_mtime:
+        # A changed repository file replaces the copy's config; the copy keeps its secrets salt.
+        salt = [ln for ln in stack_file.read_text().splitlines() if ln.startswith("encryptionsalt:")] if stack_file.exists() else []
+        stack_file.write_text(source.read_text().rstrip("\n") + "\n" + "".join(f"{ln}\n" for ln in salt))
     init_stack(layout, LAB_STACK)
 
 
@@ -452,6 +460,10 @@ def init_stack(layout: Layout, stack: str, project: Path | None = None) -> None:
 
 
 def _project_healthy(layout: Layout) -> bool:
+    stack_file = layout.project / "stacks" / f"Pulumi.{LAB_STACK}.yaml"
+    source = layout.project_dir / "stacks" / f"Pulumi.{LAB_STACK}.yaml"
+    if not stack_file.exists() or source.stat().st_mtime > stack_file.stat().st_mtime:
+        return False
     env = {**os.environ, **layout.pulumi_env()}
     return (layout.project / "Pulumi.yaml").exists() and subprocess.run(
         ["pulumi", "stack", "select", LAB_STACK], cwd=layout.project, env=env, capture_output=True, timeout=60
