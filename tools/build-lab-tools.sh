@@ -170,7 +170,7 @@ trim_lego_providers() {  # trim_lego_providers LEGO_DIR BUILD_LOG -> 0 if someth
   python3 - "$1" "$2" <<'PY'
 import pathlib, re, sys
 lego, log = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]).read_text()
-missing = set(re.findall(r"proxy\.golang\.org/(.+?)/@v/[^ ]+: 403", log))
+missing = set(re.findall(r"reading https://[^/ ]+/(.+?)/@v/[^ ]+: 403", log))
 missing = {re.sub(r"!(\w)", lambda m: m.group(1).upper(), m.replace("%21", "!")) for m in missing}
 providers = set()
 for provider in (lego / "providers" / "dns").iterdir():
