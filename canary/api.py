@@ -67,7 +67,6 @@ def build(stack: str, *, project_dir: Path | None = None, lab: bool | None = Non
 
     def provider_for(address: str | None) -> PrometheusProvider:
         if address not in providers:
-            spec = release_obj.spec
             providers[address] = prometheus_provider(release_obj.spec, address)
         return providers[address]
 

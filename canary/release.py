@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
 
 from canary import analysis, schedule, units, webhooks
-from canary.analysis import CheckResult, Effect, Outcome, TickResult, Verdict
+from canary.analysis import CheckResult, Effect, Outcome, Verdict
 from canary.errors import CanaryError, ClusterUnreachable, InvalidSpec, Problem, RollbackPending, RouteNotAccepted, StackBusy
 from canary.journal import Journal, new_release_id, now_iso
 from canary.spec import ReleaseSpec, ThresholdRange, Webhook, WebhookType
@@ -481,11 +481,12 @@ class Release:
         elsewhere the last error, which sends the release into its rollback.
         """
         delay = self.retry_backoff
+        retryable: tuple[type[CanaryError], ...] = (CanaryError,) if pending else (ClusterUnreachable, RouteNotAccepted)
         for attempt in range(1, self.retries + 1):
             try:
                 action()
                 return
-            except (ClusterUnreachable, RouteNotAccepted) if not pending else CanaryError as exc:
+            except retryable as exc:
                 if attempt == self.retries:
                     if not pending:
                         raise

@@ -7,7 +7,6 @@ All traffic goes to loopback and every load loop is bounded in requests and time
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ import requests
 
 from canary import analysis
 from canary.analysis import Outcome, Verdict
-from canary.errors import BadQuery, MultipleValues, NoValues, ProviderUnreachable
+from canary.errors import BadQuery, MultipleValues, NoValues
 from canary.lab import procs
 from canary.lab import prometheus as lab_prometheus
 from canary.prometheus import PrometheusProvider

@@ -31,7 +31,9 @@ def test_base_values_parse(values: dict[str, Any]) -> None:
 
 def test_spec_is_frozen(values: dict[str, Any]) -> None:
     spec = parse_spec(values)
-    with pytest.raises(Exception):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="frozen"):
         spec.canary_weight = 10  # type: ignore[misc]
 
 

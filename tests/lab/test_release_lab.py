@@ -7,13 +7,11 @@ watches the HTTPRoute in the cluster while it runs.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 from canary.journal import Journal, state_root
 from tests.lab.conftest import LabStack
