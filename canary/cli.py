@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -204,12 +205,12 @@ def lab_up() -> None:
     from canary.lab import cluster
 
     layout = _layout()
-    start = __import__("time").monotonic()
+    start = time.monotonic()
     try:
         cluster.up(layout, say=lambda line: click.echo(line, err=True))
     except LabError as exc:
         _die(f"lab up failed: {exc}", EXIT_FAILED)
-    click.echo(f"lab is up in {__import__('time').monotonic() - start:.1f}s — source {layout.env_file} to use kubectl and pulumi", err=True)
+    click.echo(f"lab is up in {time.monotonic() - start:.1f}s — source {layout.env_file} to use kubectl and pulumi", err=True)
 
 
 @lab.command("down")

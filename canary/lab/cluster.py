@@ -432,15 +432,21 @@ def _pods_healthy(layout: Layout) -> bool:
 LAB_STACK = "lab"
 
 
+def _lab_stack_files(layout: Layout) -> tuple[Path, Path, bool]:
+    """The repository's lab stack file, the working copy's, and whether the copy is missing or older."""
+    source = layout.project_dir / "stacks" / f"Pulumi.{LAB_STACK}.yaml"
+    stack_file = layout.project / "stacks" / f"Pulumi.{LAB_STACK}.yaml"
+    return source, stack_file, not stack_file.exists() or source.stat().st_mtime > stack_file.stat().st_mtime
+
+
 def _project_start(layout: Layout) -> None:
     """A working copy of the project whose lab stack exists in the lab's Pulumi backend."""
     project = layout.project
     (project / "stacks").mkdir(parents=True, exist_ok=True)
     for name in ("Pulumi.yaml", "__main__.py"):
         shutil.copyfile(layout.project_dir / name, project / name)
-    stack_file = project / "stacks" / f"Pulumi.{LAB_STACK}.yaml"
-    source = layout.project_dir / "stacks" / f"Pulumi.{LAB_STACK}.yaml"
-    if not stack_file.exists() or source.stat().st_mtime > stack_file.stat().st_mtime:
+    source, stack_file, stale = _lab_stack_files(layout)
+    if stale:
         # A changed repository file replaces the copy's config; the copy keeps its secrets salt.
         salt = [ln for ln in stack_file.read_text().splitlines() if ln.startswith("encryptionsalt:")] if stack_file.exists() else []
         stack_file.write_text(source.read_text().rstrip("\n") + "\n" + "".join(f"{ln}\n" for ln in salt))
@@ -460,9 +466,7 @@ def init_stack(layout: Layout, stack: str, project: Path | None = None) -> None:
 
 
 def _project_healthy(layout: Layout) -> bool:
-    stack_file = layout.project / "stacks" / f"Pulumi.{LAB_STACK}.yaml"
-    source = layout.project_dir / "stacks" / f"Pulumi.{LAB_STACK}.yaml"
-    if not stack_file.exists() or source.stat().st_mtime > stack_file.stat().st_mtime:
+    if _lab_stack_files(layout)[2]:
         return False
     env = {**os.environ, **layout.pulumi_env()}
     return (layout.project / "Pulumi.yaml").exists() and subprocess.run(
