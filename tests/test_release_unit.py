@@ -238,3 +238,103 @@ def test_a_step_whose_up_keeps_failing_rolls_back(tmp_path: Path) -> None:
     result = release.start(NEW)
     assert result.phase is Phase.FAILED and "connection refused" in result.reason
     assert cluster.weight == 0 and cluster.canary_pods == 0
+
+
+def _with_hooks(tmp_path: Path, hooks: list[dict[str, Any]], metrics: Metrics | None = None) -> tuple[Release, FakeStack, FakeCluster, list[Any]]:
+    release, stack, cluster, events = make(tmp_path, metrics or Metrics(0.0))
+    stack.values["analysis"]["webhooks"] = hooks
+    return release, stack, cluster, events
+
+
+def test_confirm_promotion_no_waits_and_canary_promote_approves(tmp_path: Path) -> None:
+    release, _, cluster, events = _with_hooks(tmp_path, [{"name": "gate", "type": "confirm-promotion", "cmd": "false", "timeout": "5s"}])
+    original = release._waiting_promotion
+    waited = {"n": 0}
+
+    def waiting(state: ReleaseState) -> ReleaseState:
+        waited["n"] += 1
+        if waited["n"] == 2:  # analysis keeps running while it waits; then a human approves
+            release.journal.request("promote", state.release)
+        return original(state)
+
+    release._waiting_promotion = waiting  # type: ignore[method-assign]
+    result = release.start(NEW)
+    assert result.phase is Phase.SUCCEEDED and waited["n"] == 2
+    assert [r["phase"] for r in release.journal.records() if r["type"] == "tick"][-1] == "WaitingPromotion"  # analysis went on
+    assert any("waiting for promotion" in e.message for e in events)
+    assert any(e.message == "promotion approved with canary promote" for e in events)
+    assert cluster.stable_image == NEW
+
+
+def test_rollback_hook_answering_yes_rolls_back(tmp_path: Path) -> None:
+    release, _, cluster, _ = _with_hooks(tmp_path, [{"name": "kill-switch", "type": "rollback", "cmd": "true", "timeout": "5s"}])
+    result = release.start(NEW)
+    assert result.phase is Phase.FAILED and result.reason == "rollback webhook kill-switch asked for a rollback"
+    assert cluster.weight == 0 and cluster.canary_pods == 0
+
+
+def test_failing_rollout_hook_counts_as_a_failed_check(tmp_path: Path) -> None:
+    release, _, cluster, _ = _with_hooks(tmp_path, [{"name": "load", "type": "rollout", "cmd": "false", "timeout": "5s"}])
+    result = release.start(NEW)
+    assert result.phase is Phase.FAILED
+    assert "rollout webhook load failed" in result.reason and "3 checks in a row at weight 10" in result.reason
+
+
+def test_pre_rollout_failure_counts_and_confirm_traffic_increase_holds(tmp_path: Path) -> None:
+    release, _, cluster, events = _with_hooks(tmp_path, [{"name": "smoke", "type": "pre-rollout", "cmd": "false", "timeout": "5s"}])
+    result = release.start(NEW)
+    assert result.phase is Phase.FAILED and "pre-rollout webhook smoke failed" in result.reason
+    assert cluster.weights_seen == [0]  # no traffic ever shifted
+
+    release, _, cluster, events = _with_hooks(tmp_path / "b", [{"name": "hold", "type": "confirm-traffic-increase", "cmd": "false", "timeout": "5s"}])
+    original = release._progressing
+    calls = {"n": 0}
+
+    def bounded(state: ReleaseState) -> ReleaseState:
+        calls["n"] += 1
+        if calls["n"] > 3:
+            release.journal.request("abort", state.release, by="test")
+        return original(state)
+
+    release._progressing = bounded  # type: ignore[method-assign]
+    result = release.start(NEW)
+    assert result.phase is Phase.ABORTED and cluster.weights_seen == [0]
+    assert sum("confirm-traffic-increase webhook hold said no" in e.message for e in events) >= 3
+
+
+def test_http_hooks_get_the_payload_and_event_hooks_every_event(tmp_path: Path) -> None:
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    received: list[dict[str, Any]] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_POST(self) -> None:  # noqa: N802
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/"
+    try:
+        release, _, _, events = _with_hooks(tmp_path, [
+            {"name": "audit", "type": "event", "url": url, "timeout": "5s"},
+            {"name": "approve", "type": "confirm-promotion", "url": url, "timeout": "5s", "metadata": {"team": "shop"}},
+        ])
+        result = release.start(NEW)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.phase is Phase.SUCCEEDED
+    gate = next(r for r in received if r["type"] == "confirm-promotion")
+    assert gate["metadata"] == {"team": "shop"} and gate["name"] == "web" and gate["namespace"] == "prod"
+    assert gate["canaryImage"] == NEW and gate["weight"] == 50 and gate["phase"] == "Progressing"
+    messages = [r["message"] for r in received if r["type"] == "event"]
+    assert len(messages) == len(events)  # every event went to the event hook
+    assert messages[-1].startswith("promoted ")
