@@ -53,6 +53,7 @@ def test_gateway_splits_real_traffic_by_the_route_weights(lab_stack: LabStack) -
     lab_stack.stack.set_config({"canaryImage": "demo:v2", "canaryWeight": 30})
     lab_stack.stack.up()
     _wait_accepted(lab_stack, 30)
+    _wait_serving(lab_stack, {"v1", "v2"})
     counts = drive(lab_stack.layout.gateway_url + "/", 2000, host_name=host(lab_stack.name))
     answered = counts.get("v1", 0) + counts.get("v2", 0)
     assert answered >= 1990, counts
@@ -64,6 +65,16 @@ def test_gateway_splits_real_traffic_by_the_route_weights(lab_stack: LabStack) -
     _wait_accepted(lab_stack, 0)
     counts = drive(lab_stack.layout.gateway_url + "/", 500, host_name=host(lab_stack.name))
     assert counts.get("v2", 0) == 0 and counts.get("v1", 0) >= 495, counts
+
+
+def _wait_serving(lab_stack: LabStack, versions: set[str], timeout: float = 30) -> None:
+    """An accepted route is not yet a gateway that knows the new pods' endpoints: wait until it answers from each version."""
+    seen: set[str] = set()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not versions <= seen:
+        seen.update(k for k in drive(lab_stack.layout.gateway_url + "/", 20, workers=2, seconds=5, host_name=host(lab_stack.name)) if k in versions)
+        time.sleep(0.2)
+    assert versions <= seen, f"the gateway did not answer from {versions - seen} within {timeout:.0f}s"
 
 
 def _wait_accepted(lab_stack: LabStack, weight: int, timeout: float = 30) -> None:
