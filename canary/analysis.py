@@ -6,17 +6,21 @@ results. A check that could not be evaluated is never a pass: errors always
 count as failures, and an empty result (no data) counts as the metric's
 ``onNoData`` policy says (``fail`` by default). Failures are counted **in a row**:
 a passing tick resets the count, a holding tick leaves it as it is.
+
+``preflight`` runs every query once before a release applies anything; only a
+query the provider rejects is refused there (``preflight_problems`` decides,
+purely), everything else is left to the ticks.
 """
 
 from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from canary import metrics, templates, units
-from canary.errors import MetricError, NoValues
+from canary.errors import BadQuery, MetricError, NoValues, Problem, ProviderUnreachable
 from canary.spec import Metric, NoDataPolicy, ReleaseSpec, ThresholdRange, metric_query
 
 
@@ -146,3 +150,65 @@ def run_tick(spec: ReleaseSpec, provider_for: ProviderFor, failed_in_row: int, w
                 value = exc
         results.append(check(metric, query, value))
     return decide(tuple(results), failed_in_row, spec.analysis.threshold, weight)
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One metric's query run once before a release: what was sent, and what came back."""
+
+    index: int
+    metric: Metric
+    query: str
+    value: float | MetricError
+
+
+def preflight_problems(probes: Sequence[Probe]) -> list[Problem]:
+    """The probes that make the spec bad input: only a query the provider rejected.
+
+    A rejected query is a config defect that no amount of waiting fixes, so it is
+    refused before anything is applied. No data, several series or an unreachable
+    provider are not: they depend on traffic and on the moment, and are judged
+    (as failed checks) at the ticks.
+    """
+    problems = []
+    for probe in probes:
+        if not isinstance(probe.value, BadQuery):
+            continue
+        metric = probe.metric
+        reason = str(probe.value).removeprefix("Prometheus rejected the query: ")
+        where = f"analysis.metrics[{probe.index}]"
+        if metric.template_ref is None:
+            field_name, rule = f"{where}.name", f"built-in metric {metric.name}: Prometheus rejected its query: {reason}"
+        else:
+            field_name = f"metricTemplates.{metric.template_ref.name}.query"
+            rule = f"Prometheus rejected it as rendered for {where} ({metric.name}): {reason}"
+        problems.append(Problem(field_name, " ".join(probe.query.split()), rule))
+    return problems
+
+
+def preflight(spec: ReleaseSpec, provider_for: ProviderFor) -> list[Problem]:
+    """Run every metric's query once, as a tick would render it, and return the problems found.
+
+    Called before a release changes anything, so that a query Prometheus refuses
+    is reported as bad input (exit 2) instead of being found at the first tick,
+    after the canary was deployed. Once a provider did not answer, its other
+    queries are not sent: the preflight never waits out several timeouts.
+    """
+    probes = []
+    unreachable: set[str | None] = set()
+    for index, metric in enumerate(spec.analysis.metrics):
+        query, address = render_query(spec, metric)
+        value: float | MetricError
+        if address in unreachable:
+            value = ProviderUnreachable("not asked: the provider did not answer an earlier query")
+        else:
+            try:
+                value = provider_for(address).run_query(query)
+            except ProviderUnreachable as exc:
+                unreachable.add(address)
+                value = exc
+            except MetricError as exc:
+                value = exc
+        probes.append(Probe(index, metric, query, value))
+    return preflight_problems(probes)
+

@@ -1,9 +1,9 @@
 """The ``canary`` command line: parse arguments, call the library, print, and set the exit code.
 
 Exit codes: 0 success; 1 a release rolled back, failed or was aborted; 2
-invalid input (message on stderr); 3 refused because the stack is busy; 4 a
-rollback could not be applied yet (``canary resume`` completes it). No domain
-logic lives here.
+invalid input, a stack that does not exist included (message on stderr); 3
+refused because the stack is busy; 4 a rollback could not be applied yet
+(``canary resume`` completes it). No domain logic lives here.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 import click
 
 from canary import flagger, stackconfig
-from canary.errors import CanaryError, InvalidSpec, LabError
+from canary.errors import CanaryError, InvalidSpec, LabError, StackNotFound
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_BUSY = 0, 1, 2, 3
 
@@ -182,6 +182,8 @@ def run() -> None:
         main(standalone_mode=True)
     except InvalidSpec as exc:
         _die(str(exc), EXIT_INVALID)
+    except StackNotFound as exc:  # a stack named on the command line that does not exist is bad input
+        _die(f"canary: {exc}", EXIT_INVALID)
     except LabError as exc:
         _die(f"lab: {exc}", EXIT_FAILED)
     except CanaryError as exc:

@@ -12,7 +12,7 @@
     │   └── ProviderUnreachable      the provider did not answer in time (temporary)
     ├── StackError                   the stack adapter could not do what it was asked
     │   ├── StackBusy                another update or release holds the stack (exit 3)
-    │   ├── StackNotFound            no such stack
+    │   ├── StackNotFound            no such stack: the name given is bad input (exit 2)
     │   └── ClusterUnreachable       the API server did not answer (temporary: retry, then roll back)
     ├── RouteNotAccepted             the gateway did not take the route: traffic did not shift (roll back)
     ├── RollbackPending              the stable state could not be re-applied; `canary resume` completes it

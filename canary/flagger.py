@@ -2,8 +2,10 @@
 
 Pure translation of parsed manifests into a ``ReleaseSpec`` plus a list of
 notes: every manifest field canary does not carry over is named in a note, never
-dropped silently. Reading files is the caller's job (``load_manifests``
-accepts text).
+dropped silently. What Flagger itself would refuse — a field of the wrong shape,
+a missing ``targetRef``, a field ``spec.analysis`` does not have (a typo) — is
+``InvalidSpec``, and every problem names the manifest's field, not canary's.
+Reading files is the caller's job (``load_manifests`` accepts text).
 """
 
 from __future__ import annotations
@@ -27,6 +29,23 @@ _SERVICE_FIELDS = {"port", "targetPort", "gatewayRefs", "hosts"}
 _ANALYSIS_FIELDS = {"interval", "threshold", "maxWeight", "stepWeight", "stepWeights", "metrics", "webhooks"}
 _METRIC_FIELDS = {"name", "templateRef", "thresholdRange", "interval", "templateVariables"}
 _WEBHOOK_FIELDS = {"name", "type", "url", "timeout", "metadata"}
+#: Every field of Flagger's CanaryAnalysis (flagger.app/v1beta1): one outside this set is a typo
+#: that Flagger would not take either, so it is refused, not noted as unsupported.
+FLAGGER_ANALYSIS_FIELDS = frozenset({
+    "interval", "iterations", "mirror", "mirrorWeight", "maxWeight", "stepWeight", "stepWeights", "stepWeightPromotion",
+    "threshold", "primaryReadyThreshold", "canaryReadyThreshold", "alerts", "metrics", "webhooks", "match", "sessionAffinity",
+})
+#: Where each field of the imported spec came from in the manifests, for problems found when it is validated.
+_ORIGINS = (
+    ("analysis", "spec.analysis"),
+    ("app.servicePort", "spec.service.port"),
+    ("app.port", "spec.service.targetPort"),
+    ("app.name", "spec.targetRef.name"),
+    ("app.namespace", "metadata.namespace"),
+    ("gateway.parentRefs", "spec.service.gatewayRefs"),
+    ("gateway.hostnames", "spec.service.hosts"),
+    ("stableImage", "--stable-image"),
+)
 
 
 @dataclass(frozen=True)
@@ -71,16 +90,20 @@ def convert(
         raise InvalidSpec([Problem("kind", f"{len(canaries)} Canary manifests", "exactly one Canary manifest is required")], "Flagger manifests")
     canary = canaries[0]
     _api(canary)
-    meta = canary.get("metadata", {})
-    spec = canary.get("spec") or {}
+    meta = _mapping(canary.get("metadata"), "metadata")
+    spec = _mapping(canary.get("spec"), "spec")
     _unsupported("spec", spec, _CANARY_FIELDS, notes)
     if spec.get("provider") not in (None, "gatewayapi", "gatewayapi:v1"):
         notes.append(f"spec.provider: {spec['provider']!r} is replaced by a Gateway API HTTPRoute")
-    target = spec.get("targetRef") or {}
+    if spec.get("targetRef") is None:
+        raise InvalidSpec([Problem("spec.targetRef", "nothing", "is required: the Deployment the Canary releases (kind, name)")], "Canary")
+    target = _mapping(spec.get("targetRef"), "spec.targetRef")
     if target.get("kind", "Deployment") != "Deployment":
         raise InvalidSpec([Problem("spec.targetRef.kind", str(target.get("kind")), "must be Deployment")], "Canary")
-    name = target.get("name") or meta.get("name")
-    service = spec.get("service") or {}
+    name = target.get("name")
+    if not name:
+        raise InvalidSpec([Problem("spec.targetRef.name", "nothing", "is required: the Deployment's name")], "Canary")
+    service = _mapping(spec.get("service"), "spec.service")
     _unsupported("spec.service", service, _SERVICE_FIELDS, notes)
     app: dict[str, Any] = {"name": name, "namespace": meta.get("namespace", "default")}
     if "port" in service:
@@ -94,9 +117,10 @@ def convert(
     if stable_image is None:
         stable_image = f"{name}:{PLACEHOLDER_TAG}"
         notes.append(f"stableImage: not in Flagger manifests (it lives in Deployment {name}); written as {stable_image}, set it")
-    analysis_in = spec.get("analysis") or {}
+    analysis_in = _mapping(spec.get("analysis"), "spec.analysis")
     analysis = _analysis(analysis_in, notes)
     metric_templates = _templates(templates_in, notes)
+    _check_template_refs(analysis, metric_templates)
     values = {
         "app": app,
         "gateway": gateway,
@@ -112,7 +136,66 @@ def convert(
     elif any("templateRef" not in m for m in analysis.get("metrics", [])):
         values["prometheus"] = {"address": "http://prometheus.monitoring:9090"}
         notes.append("prometheus.address: built-in metrics need one and the manifests name none; written as http://prometheus.monitoring:9090")
-    return ImportResult(parse_spec(values, "imported Flagger manifests"), tuple(notes))
+    try:
+        imported = parse_spec(values, "imported Flagger manifests")
+    except InvalidSpec as exc:
+        problems = [Problem(_manifest_field(p.field), p.value, p.rule) for p in exc.problems]
+        raise InvalidSpec(problems, exc.source) from None
+    return ImportResult(imported, tuple(notes))
+
+
+def _manifest_field(field: str) -> str:
+    """The manifest field a field of the imported spec came from: ``analysis.interval`` -> ``spec.analysis.interval``."""
+    if field.startswith("metricTemplates."):
+        name, _, rest = field.removeprefix("metricTemplates.").partition(".")
+        return f"MetricTemplate {name}: spec.{rest}" if rest else f"MetricTemplate {name}"
+    for ours, theirs in _ORIGINS:
+        if field == ours or field.startswith((f"{ours}.", f"{ours}[")):
+            return theirs + field[len(ours):]
+    return field
+
+
+def _mapping(value: Any, field: str, source: str = "Canary") -> dict[str, Any]:
+    """``value`` as a mapping (absent: empty); InvalidSpec naming the field when it has another shape."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise InvalidSpec([Problem(field, _shown(value), f"must be a mapping, not {_type(value)}")], source)
+    return dict(value)
+
+
+def _mappings(value: Any, field: str, source: str = "Canary") -> list[dict[str, Any]]:
+    """``value`` as a list of mappings (absent: empty); InvalidSpec naming the field or the item otherwise."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise InvalidSpec([Problem(field, _shown(value), f"must be a list of mappings, not {_type(value)}")], source)
+    for i, item in enumerate(value):
+        if not isinstance(item, Mapping):
+            raise InvalidSpec([Problem(f"{field}[{i}]", _shown(item), f"must be a mapping, not {_type(item)}")], source)
+    return [dict(item) for item in value]
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _type(value: Any) -> str:
+    return {str: "a string", int: "a number", float: "a number", bool: "a boolean", list: "a list"}.get(type(value), type(value).__name__)
+
+
+def _check_template_refs(analysis: Mapping[str, Any], metric_templates: Mapping[str, Any]) -> None:
+    """Every templateRef names a MetricTemplate given with the Canary: Flagger would look it up in the cluster, canary cannot."""
+    problems = []
+    for i, metric in enumerate(analysis.get("metrics", [])):
+        ref = metric.get("templateRef")
+        if ref is not None and (not isinstance(ref.get("name"), str) or ref["name"] not in metric_templates):
+            given = ", ".join(map(str, metric_templates)) or "none"
+            problems.append(Problem(f"spec.analysis.metrics[{i}].templateRef.name", str(ref.get("name")),
+                                    f"must name a MetricTemplate given with the Canary (given: {given}); pass its manifest too"))
+    if problems:
+        raise InvalidSpec(problems, "Flagger manifests")
 
 
 def _api(manifest: Mapping[str, Any]) -> None:
@@ -130,29 +213,36 @@ def _unsupported(path: str, data: Mapping[str, Any], known: set[str], notes: lis
 def _gateway(service: Mapping[str, Any], parent_ref: Mapping[str, str] | None, notes: list[str]) -> dict[str, Any]:
     refs = [dict(parent_ref)] if parent_ref else []
     if not refs:
-        for ref in service.get("gatewayRefs") or []:
+        for ref in _mappings(service.get("gatewayRefs"), "spec.service.gatewayRefs"):
             refs.append({k: ref[k] for k in ("name", "namespace", "sectionName", "port") if k in ref})
     if not refs:
         refs = [{"name": PLACEHOLDER_GATEWAY}]
         notes.append(f"gateway.parentRefs: the Canary has no spec.service.gatewayRefs; written as {PLACEHOLDER_GATEWAY}, set it")
     gateway: dict[str, Any] = {"parentRefs": refs}
-    hosts = [h for h in service.get("hosts") or [] if h != "*"]
+    hosts_in = service.get("hosts") or []
+    if not isinstance(hosts_in, list):
+        raise InvalidSpec([Problem("spec.service.hosts", _shown(hosts_in), f"must be a list of host names, not {_type(hosts_in)}")], "Canary")
+    hosts = [h for h in hosts_in if h != "*"]
     if hosts:
         gateway["hostnames"] = hosts
     return gateway
 
 
 def _analysis(data: Mapping[str, Any], notes: list[str]) -> dict[str, Any]:
+    unknown = [key for key in data if key not in FLAGGER_ANALYSIS_FIELDS]
+    if unknown:
+        rule = "is not a field of Flagger's Canary spec.analysis (a typo?); its fields: " + ", ".join(sorted(FLAGGER_ANALYSIS_FIELDS))
+        raise InvalidSpec([Problem(f"spec.analysis.{key}", _shown(data[key]), rule) for key in unknown], "Canary")
     _unsupported("spec.analysis", data, _ANALYSIS_FIELDS, notes)
     out = {k: data[k] for k in ("interval", "threshold", "maxWeight", "stepWeight", "stepWeights") if k in data}
     if "threshold" in data:
         notes.append("spec.analysis.threshold: canary counts failed checks in a row (a passing check resets the count)")
     metrics = []
-    for i, metric in enumerate(data.get("metrics") or []):
+    for i, metric in enumerate(_mappings(data.get("metrics"), "spec.analysis.metrics")):
         _unsupported(f"spec.analysis.metrics[{i}]", metric, _METRIC_FIELDS, notes)
         out_metric: dict[str, Any] = {k: metric[k] for k in ("name", "thresholdRange", "interval", "templateVariables") if k in metric}
         if "templateRef" in metric:
-            ref = metric["templateRef"]
+            ref = _mapping(metric["templateRef"], f"spec.analysis.metrics[{i}].templateRef")
             out_metric["templateRef"] = {k: ref[k] for k in ("name", "namespace") if k in ref}
         elif metric.get("name") == "request-duration":
             notes.append(f"spec.analysis.metrics[{i}]: request-duration is the p95 in canary (Flagger's built-in is the p99; use request-duration-p99 for that)")
@@ -160,10 +250,10 @@ def _analysis(data: Mapping[str, Any], notes: list[str]) -> dict[str, Any]:
     if metrics:
         out["metrics"] = metrics
     webhooks = []
-    for i, hook in enumerate(data.get("webhooks") or []):
+    for i, hook in enumerate(_mappings(data.get("webhooks"), "spec.analysis.webhooks")):
         _unsupported(f"spec.analysis.webhooks[{i}]", hook, _WEBHOOK_FIELDS, notes)
         out_hook: dict[str, Any] = {"name": hook.get("name"), "type": hook.get("type") or "rollout"}
-        metadata = dict(hook.get("metadata") or {})
+        metadata = _mapping(hook.get("metadata"), f"spec.analysis.webhooks[{i}].metadata")
         if "cmd" in metadata:
             out_hook["cmd"] = metadata.pop("cmd")
             metadata.pop("type", None)
@@ -188,9 +278,11 @@ def _templates(manifests: list[dict[str, Any]], notes: list[str]) -> dict[str, A
     out: dict[str, Any] = {}
     for manifest in manifests:
         _api(manifest)
-        name = manifest.get("metadata", {}).get("name")
-        spec = manifest.get("spec") or {}
-        provider = spec.get("provider") or {}
+        name = _mapping(manifest.get("metadata"), "metadata", "MetricTemplate").get("name")
+        if not name:
+            raise InvalidSpec([Problem("metadata.name", "nothing", "is required: Canary metrics reference the template by it")], "MetricTemplate")
+        spec = _mapping(manifest.get("spec"), f"MetricTemplate {name}: spec", "MetricTemplate")
+        provider = _mapping(spec.get("provider"), f"MetricTemplate {name}: spec.provider", "MetricTemplate")
         _unsupported(f"MetricTemplate {name}: spec", spec, {"provider", "query"}, notes)
         ptype = provider.get("type", "prometheus")
         if ptype != "prometheus":

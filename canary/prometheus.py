@@ -9,6 +9,8 @@ error message.
 
 from __future__ import annotations
 
+import ast
+import json
 import math
 import re
 from collections.abc import Mapping
@@ -50,8 +52,7 @@ class PrometheusProvider:
             status = re.search(r"HTTP Status Code (\d+)", text)
             code = int(status.group(1)) if status else 0
             if code in (400, 422):
-                detail = re.search(r'"error":"([^"]*)"', text)
-                raise BadQuery(f"Prometheus rejected the query: {detail.group(1) if detail else text[:300]}") from None
+                raise BadQuery(f"Prometheus rejected the query: {_rejection(text)}") from None
             raise ProviderUnreachable(f"Prometheus at {self.address} answered HTTP {code or '?'}: {text[:300]}") from None
         except requests.RequestException as exc:
             raise ProviderUnreachable(f"Prometheus at {self.address} failed: {type(exc).__name__}") from None
@@ -62,6 +63,21 @@ class PrometheusProvider:
             return bool(self._client.check_prometheus_connection())
         except (requests.RequestException, PrometheusApiClientException):
             return False
+
+
+def _rejection(text: str) -> str:
+    """Prometheus's own reason from the client's exception text, which ends with the body as a bytes literal.
+
+    The reason quotes the query's parts (``invalid parameter "query": … function "rate"``),
+    so it is read by decoding the body, not by cutting at the first quote.
+    """
+    literal = re.search(r"\((b'.*'|b\".*\")\)\s*$", text, re.DOTALL)
+    if literal:
+        try:
+            return str(json.loads(ast.literal_eval(literal.group(1)))["error"])[:500]
+        except (ValueError, SyntaxError, KeyError, TypeError):
+            pass
+    return text[:300]
 
 
 def _scalar(result: Any) -> float:

@@ -208,6 +208,10 @@ class Release:
             if image == spec.stable_image:
                 raise InvalidSpec([Problem("--image", image, "is already the stable image")], "release")
             self._spec = spec
+            # Before the snapshot and any up: a query Prometheus rejects is bad input, not a failed check.
+            problems = analysis.preflight(spec, self.provider_for)
+            if problems:
+                raise InvalidSpec(problems, f"stack {self.stack_name}")
             state = ReleaseState(release_id, self.stack_name, Phase.INITIALIZING, image, spec.stable_image, started=now_iso(), updated=now_iso())
             self._snapshot(state, spec)
             self._save(state, "release started", image=image, stable=spec.stable_image, steps=schedule.weights(spec.analysis))

@@ -400,11 +400,18 @@ def _problem_from_error(error: Mapping[str, Any]) -> Problem:
     elif error["type"] == "missing":
         rule = "is required"
     value = error.get("input")
-    shown = "<secret>" if _SECRET_FIELDS.search(field) else _short(value)
+    if error["type"] == "missing":
+        shown = "nothing"  # pydantic's input is the parent mapping, which may hold a secret
+    else:
+        shown = "<secret>" if _SECRET_FIELDS.search(field) else _short(value)
     return Problem(field or "(top level)", shown, rule)
 
 
 def _short(value: object) -> str:
+    """A value for a message. A mapping shows its keys only: its values may be secrets (a token
+    decrypted by the Automation API) and a whole section is noise next to the rule."""
+    if isinstance(value, Mapping):
+        return "a mapping of " + (", ".join(str(k) for k in value) or "nothing")
     text = repr(value) if isinstance(value, str) else str(value)
     return text if len(text) <= 80 else text[:77] + "..."
 

@@ -6,7 +6,8 @@ workspace runs the CLI in the project directory, which honours
 ``stackConfigDir``), batches config changes into one CLI call, runs ``up``
 with engine events, exports state snapshots, and maps CLI failures to the
 project's error tree: ``StackBusy`` (locked), ``StackNotFound``,
-``ClusterUnreachable`` and ``StackError``.
+``ClusterUnreachable`` and ``StackError`` (a stack file that does not parse is
+``InvalidSpec``, naming the line).
 
 One ``Stack`` object is reused for a whole release (building a workspace runs
 ``pulumi version``). Values set here are never secrets: they pass on the CLI's
@@ -63,7 +64,7 @@ def _map_error(exc: Exception, what: str, secrets: tuple[str, ...] = ()) -> Exce
         holder = re.search(r"locked by ([^\n]*)", text)
         return StackBusy(f"{what}: the stack is locked by another update ({holder.group(1).strip() if holder else 'unknown holder'})")
     if isinstance(exc, auto.StackNotFoundError):
-        return StackNotFound(f"{what}: no such stack")
+        return StackNotFound(f"{what}: no such stack in the Pulumi backend (pulumi stack ls lists them; pulumi stack init creates one)")
     if _UNREACHABLE.search(text):
         line = next((ln.strip() for ln in text.splitlines() if _UNREACHABLE.search(ln)), "")
         return ClusterUnreachable(f"{what}: the Kubernetes API server did not answer: {line[:300]}")
@@ -120,7 +121,18 @@ class Stack:
         try:
             return dict(self._stack.get_all_config())
         except Exception as exc:  # noqa: BLE001
+            self._explain_config_file()
             raise _map_error(exc, f"reading config of {self.name}", self._secrets) from None
+
+    def _explain_config_file(self) -> None:
+        """InvalidSpec naming the line when the CLI could not read config because the stack file is bad.
+
+        Pulumi only says "invalid YAML file"; a broken file is bad input (exit 2),
+        not a stack error, and the user needs the file and the line to fix it.
+        """
+        path = stackconfig.stack_file(self.project_dir, self.name)
+        if path.is_file():
+            stackconfig.read_stack_file(path)
 
     def spec(self) -> ReleaseSpec:
         return stackconfig.from_config(self.config(), source=f"stack {self.name}")
