@@ -590,7 +590,10 @@ class Release:
         if notify and self._spec is not None:
             for hook in self.spec.analysis.webhooks:
                 if hook.type is WebhookType.EVENT:
-                    webhooks.call(hook, {**self._payload(state, hook), "message": message})
+                    result = webhooks.call(hook, {**self._payload(state, hook), "message": message})
+                    if not result.ok:  # recorded (failures only: one record per event would drown the journal), never acted on
+                        self.journal.record(state.release, "webhook", name=hook.name, hook_type=hook.type.value, ok=False,
+                                            seconds=round(result.seconds, 3), detail=result.detail)
 
     def _wait(self, state: ReleaseState, seconds: float) -> bool:
         """Sleep in short slices so that an abort request is seen within a fraction of a second; True if one came."""

@@ -338,3 +338,12 @@ def test_http_hooks_get_the_payload_and_event_hooks_every_event(tmp_path: Path) 
     messages = [r["message"] for r in received if r["type"] == "event"]
     assert len(messages) == len(events)  # every event went to the event hook
     assert messages[-1].startswith("promoted ")
+
+
+def test_a_failing_event_hook_is_recorded_and_never_changes_the_release(tmp_path: Path) -> None:
+    release, _, _, events = _with_hooks(tmp_path, [{"name": "audit", "type": "event", "cmd": "false", "timeout": "5s"}])
+    result = release.start(NEW)
+    assert result.phase is Phase.SUCCEEDED
+    failures = [r for r in release.journal.records() if r["type"] == "webhook" and r["hook_type"] == "event"]
+    assert len(failures) == len(events) and not any(r["ok"] for r in failures)
+    assert all("`false` exited 1" in r["detail"] for r in failures)
