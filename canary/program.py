@@ -122,8 +122,11 @@ def program(spec: ReleaseSpec) -> Resources:
         opts = pulumi.ResourceOptions(depends_on=[ns])
     weight = spec.canary_weight if spec.canary_image else 0
     canary_image = spec.canary_image or spec.stable_image
+    # Order within one update: the stable Deployment (awaited until Ready), then
+    # the route, then the canary Deployment. A promotion is then one `up` in the
+    # order Flagger follows — stable runs the new version before traffic moves to
+    # it, and the canary loses its pods only after the route has left it.
     stable = _deployment(spec, "stable", spec.stable_image, spec.app.replicas, opts)
-    canary = _deployment(spec, "canary", canary_image, spec.app.replicas if spec.canary_image else 0, opts)
     stable_service = _service(spec, "stable", opts)
     canary_service = _service(spec, "canary", opts)
     route = k8s.apiextensions.CustomResource(
@@ -132,8 +135,10 @@ def program(spec: ReleaseSpec) -> Resources:
         kind=routing.KIND,
         metadata={"name": spec.app.name, "namespace": spec.app.namespace, "labels": labels(spec, "route")},
         spec=routing.route_spec(spec, weight),
-        opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[stable_service, canary_service])),
+        opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[stable, stable_service, canary_service])),
     )
+    canary_opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[route]))
+    canary = _deployment(spec, "canary", canary_image, spec.app.replicas if spec.canary_image else 0, canary_opts)
     pulumi.export("stableWeight", 100 - weight)
     pulumi.export("canaryWeight", weight)
     pulumi.export("stableImage", spec.stable_image)

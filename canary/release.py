@@ -335,14 +335,13 @@ class Release:
         return self._save(replace(state, phase=Phase.WAITING_PROMOTION), f"waiting for promotion: confirm-promotion webhook {gate.name} said no ({gate.detail}); approve with canary promote {self.stack_name}")
 
     def _promoting(self, state: ReleaseState) -> ReleaseState:
-        self._decide(state, f"promoting: the stable Deployment takes {state.canary_image}")
-        self._apply({"stableImage": state.canary_image, "canaryImage": state.canary_image, "canaryWeight": state.weight}, full=True, state=state)
-        self._verify_deployment(state, "stable", state.canary_image)
-        return self._save(replace(state, phase=Phase.FINALISING), f"stable runs {state.canary_image}")
+        """One `up` whose resource order (see program.py) is the promotion's: the stable
+        Deployment takes the new image and is Ready, then the route goes 100/0, then the canary to zero."""
+        self._decide(state, f"promoting: the stable Deployment takes {state.canary_image}, then all traffic to stable, then the canary to zero")
+        self._apply({"stableImage": state.canary_image, "canaryWeight": 0}, remove=("canaryImage",), full=True, state=state)
+        return self._save(replace(state, phase=Phase.FINALISING), f"stable runs {state.canary_image}, traffic is on stable, canary scaled to zero")
 
     def _finalising(self, state: ReleaseState) -> ReleaseState:
-        self._decide(state, "finalising: all traffic to stable, canary to zero")
-        self._apply({"stableImage": state.canary_image, "canaryWeight": 0}, remove=("canaryImage",), full=True, state=state)
         self._verify_end_state(state, stable_image=state.canary_image)
         return self._save(replace(state, phase=Phase.SUCCEEDED, weight=0, reason=f"promoted {state.canary_image}"), f"promoted {state.canary_image}: route 100/0, canary has no pods, stable verified")
 

@@ -16,12 +16,14 @@ command line.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -40,13 +42,29 @@ _UNREACHABLE = re.compile(
 
 @dataclass(frozen=True)
 class UpResult:
-    """What one ``up`` did: its duration, the changes by kind of operation, the outputs."""
+    """What one ``up`` did: its duration and the changes by kind of operation."""
 
     seconds: float
     changes: dict[str, int]
-    outputs: dict[str, Any]
     events: int = 0
     diagnostics: tuple[str, ...] = field(default=())
+
+
+class _Summary:
+    """The engine's summary event of one ``up``, in the shape the Automation API returns."""
+
+    def __init__(self) -> None:
+        self.changes: dict[str, int] = {}
+        self._start = datetime.now(timezone.utc)
+
+    def see(self, event: Any) -> None:
+        summary = getattr(event, "summary_event", None)
+        if summary is not None:
+            self.changes = {str(k): int(v) for k, v in (summary.resource_changes or {}).items()}
+
+    def as_update_summary(self, show_secrets: bool = True) -> auto.UpdateSummary:
+        return auto.UpdateSummary(kind="update", start_time=self._start, message="", environment={}, config={},
+                                  result="succeeded", end_time=datetime.now(timezone.utc), resource_changes=self.changes)
 
 
 def _program() -> None:
@@ -155,10 +173,12 @@ class Stack:
         """Apply the stack config; ``target`` limits the update to those URNs."""
         events = 0
         diagnostics: list[str] = []
+        summary = _Summary()
 
         def handle(event: Any) -> None:
             nonlocal events
             events += 1
+            summary.see(event)
             diag = getattr(event, "diagnostic_event", None)
             if diag is not None and diag.severity in ("error", "warning"):
                 diagnostics.append(diag.message.strip()[:300])
@@ -167,12 +187,30 @@ class Stack:
 
         start = time.monotonic()
         try:
-            result = self._stack.up(on_event=handle, color="never", target=target, suppress_progress=True)
+            with self._answered_from(summary):
+                self._stack.up(on_event=handle, color="never", target=target, suppress_progress=True)
         except Exception as exc:  # noqa: BLE001
             raise _map_error(exc, f"pulumi up of {self.name}", self._secrets) from None
-        changes = dict(result.summary.resource_changes or {})
-        outputs = {k: v.value for k, v in result.outputs.items()}
-        return UpResult(time.monotonic() - start, changes, outputs, events, tuple(diagnostics))
+        return UpResult(time.monotonic() - start, summary.changes, events, tuple(diagnostics))
+
+    @contextlib.contextmanager
+    def _answered_from(self, summary: _Summary) -> Iterator[None]:
+        """Skip the bookkeeping the Automation API does after every ``up``.
+
+        It runs ``pulumi stack output`` twice and ``pulumi stack history`` once
+        to build its result: three more CLI processes, about 0.2 s each, on
+        every weight step. The engine's own summary event already says what
+        changed, and nothing here reads the outputs, so for the length of one
+        ``up`` this stack object answers those two calls from the event. The
+        checkpoint and the stack's history are written by the CLI as always.
+        """
+        self._stack.outputs = dict  # type: ignore[method-assign]
+        self._stack.info = summary.as_update_summary  # type: ignore[method-assign]
+        try:
+            yield
+        finally:
+            del self._stack.outputs
+            del self._stack.info
 
     def export(self) -> dict[str, Any]:
         """The stack's state (checkpoint) for the audit record."""

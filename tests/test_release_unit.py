@@ -56,7 +56,7 @@ class FakeStack:
             self.cluster.stable_image = spec.stable_image
             self.cluster.canary_pods = spec.app.replicas if spec.canary_image else 0
             self.cluster.canary_image = spec.canary_image or spec.stable_image
-        return UpResult(0.1, {"update": 1}, {})
+        return UpResult(0.1, {"update": 1})
 
     def export(self) -> dict[str, Any]:
         return {"version": 3, "deployment": {"resources": []}}

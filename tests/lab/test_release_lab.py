@@ -24,6 +24,8 @@ class RouteWatcher:
         self.lab_stack = lab_stack
         self.spec = lab_stack.spec()
         self.seen: list[tuple[int | None, int | None]] = []
+        #: the stable Deployment's image when each entry of ``seen`` was observed
+        self.stable_images: list[str | None] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -35,6 +37,10 @@ class RouteWatcher:
                 route = None
             if route is not None and (not self.seen or self.seen[-1] != route.weights):
                 self.seen.append(route.weights)
+                try:
+                    self.stable_images.append(self.lab_stack.reader.deployment(self.spec, "stable")["image"])
+                except Exception:  # noqa: BLE001 - keep watching
+                    self.stable_images.append(None)
             time.sleep(0.05)
 
     def __enter__(self) -> RouteWatcher:
@@ -82,6 +88,7 @@ def test_healthy_release_is_promoted_through_every_weight(lab_stack: LabStack) -
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert [w for w in watcher.canary_weights if w] == [10, 20, 30, 40, 50], watcher.seen
     assert watcher.seen[-1] == (100, 0)
+    assert watcher.stable_images[-1] == "demo:v2", list(zip(watcher.seen, watcher.stable_images))  # stable ran v2 before it took all traffic
     assert_stable_state(lab_stack, "demo:v2")
     assert "Succeeded" in done.stdout and "promoted demo:v2" in done.stdout
     records = journal(lab_stack).records()
