@@ -283,16 +283,17 @@ class Release:
 
     def _initializing(self, state: ReleaseState) -> ReleaseState:
         if not state.canary_deployed:
+            # As in Flagger, the confirm-rollout gate is asked before the canary is scaled up.
+            gate = self._gate(state, WebhookType.CONFIRM_ROLLOUT)
+            if gate is not None:
+                self._event(state, f"waiting: confirm-rollout webhook {gate.name} said no ({gate.detail})")
+                self._wait(state, self.spec.analysis.interval.total_seconds())
+                return state
             self._decide(state, f"deploying canary {state.canary_image} at weight 0")
             self._apply({"canaryImage": state.canary_image, "canaryWeight": 0}, full=True, state=state)
             self._wait_route(state, 0)
             self._verify_deployment(state, "canary", state.canary_image)
             state = self._save(replace(state, canary_deployed=True), f"canary {state.canary_image} is ready at weight 0")
-        gate = self._gate(state, WebhookType.CONFIRM_ROLLOUT)
-        if gate is not None:
-            self._event(state, f"waiting: confirm-rollout webhook {gate.name} said no ({gate.detail})")
-            self._wait(state, self.spec.analysis.interval.total_seconds())
-            return state
         failed = [r for r in self._hooks(state, WebhookType.PRE_ROLLOUT) if not r.ok]
         if failed:
             return self._count_failure(state, f"pre-rollout webhook {failed[0].name} failed: {failed[0].detail}", wait=True)

@@ -347,3 +347,24 @@ def test_a_failing_event_hook_is_recorded_and_never_changes_the_release(tmp_path
     failures = [r for r in release.journal.records() if r["type"] == "webhook" and r["hook_type"] == "event"]
     assert len(failures) == len(events) and not any(r["ok"] for r in failures)
     assert all("`false` exited 1" in r["detail"] for r in failures)
+
+
+def test_confirm_rollout_is_asked_before_the_canary_is_deployed(tmp_path: Path) -> None:
+    """As in Flagger: while the gate says no, no canary pod exists and no `up` ran."""
+    release, stack, cluster, events = _with_hooks(tmp_path, [{"name": "go", "type": "confirm-rollout", "cmd": "false", "timeout": "5s"}])
+    original = release._initializing
+    calls = {"n": 0}
+
+    def bounded(state: ReleaseState) -> ReleaseState:
+        calls["n"] += 1
+        if calls["n"] > 3:
+            assert not stack.ups and cluster.canary_pods == 0  # asked three times, nothing deployed
+            release.journal.request("abort", state.release, by="test")
+        return original(state)
+
+    release._initializing = bounded  # type: ignore[method-assign]
+    result = release.start(NEW)
+    assert result.phase is Phase.ABORTED and calls["n"] > 3
+    assert sum("confirm-rollout webhook go said no" in e.message for e in events) >= 3
+    assert all(not up.get("canaryImage") for up in stack.ups)  # the rollback's ups only: the canary was never deployed
+    assert cluster.canary_pods == 0 and cluster.weights_seen == [0]

@@ -162,7 +162,7 @@ def test_a_confirm_promotion_hook_that_times_out_holds_the_release_until_canary_
 
 
 @pytest.mark.parametrize("lab_stack", [_hooks({"name": "go", "type": "confirm-rollout", "url": REFUSED, "timeout": "1s"})], indirect=True)
-def test_a_confirm_rollout_hook_refusing_connections_holds_traffic_at_zero_until_abort(lab_stack: LabStack) -> None:
+def test_a_confirm_rollout_hook_refusing_connections_holds_the_canary_at_zero_pods_until_abort(lab_stack: LabStack) -> None:
     with RouteWatcher(lab_stack) as watcher:
         process = _start_release(lab_stack, "demo:v2")
         try:
@@ -171,6 +171,8 @@ def test_a_confirm_rollout_hook_refusing_connections_holds_traffic_at_zero_until
                 assert process.poll() is None, process.communicate()
                 time.sleep(0.2)
             assert (journal(lab_stack).load_state() or {})["phase"] == "Initializing"
+            canary = lab_stack.reader.deployment(lab_stack.spec(), "canary")
+            assert canary["pods"] == 0 and canary["replicas"] == 0, canary  # asked before the canary is scaled up
             aborted = canary_cli(lab_stack, "abort", lab_stack.name)
             assert aborted.returncode == 0, aborted.stderr
             out, err = process.communicate(timeout=120)
