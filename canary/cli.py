@@ -120,7 +120,8 @@ def import_flagger(manifests: tuple[Path, ...], stable_image: str | None, gatewa
 def check(stack: str, weight: int | None, as_json: bool, project_dir: Path | None) -> None:
     """Run one analysis tick for STACK against its Prometheus now, and explain every check.
 
-    Exit 0 when every check passes, 1 otherwise. Secrets must be readable: the
+    Exit 0 when every check passes, 1 otherwise, 2 on invalid config or a query
+    Prometheus rejects. Secrets must be readable: the
     token is taken from $CANARY_PROMETHEUS_TOKEN when the stack stores it encrypted.
     """
     from canary import analysis
@@ -144,7 +145,12 @@ def check(stack: str, weight: int | None, as_json: bool, project_dir: Path | Non
 
         spec = spec.model_copy(update={"prometheus": spec.prometheus.model_copy(update={"token": SecretStr(token)})})
 
-    result = analysis.run_tick(spec, lambda address: prometheus_provider(spec, address), failed_in_row=0, weight=spec.canary_weight if weight is None else weight)
+    def provider_for(address: str | None) -> Any:
+        return prometheus_provider(spec, address)
+
+    if problems := analysis.preflight(spec, provider_for):  # a query Prometheus rejects is a config defect, as for a release
+        _die(str(InvalidSpec(problems, f"stack {stack}")), EXIT_INVALID)
+    result = analysis.run_tick(spec, provider_for, failed_in_row=0, weight=spec.canary_weight if weight is None else weight)
     if as_json:
         click.echo(json.dumps(tick_to_dict(result), indent=2))
     else:

@@ -213,3 +213,32 @@ def test_stopped_prometheus_gives_errors_never_a_pass(tmp_path: Path) -> None:
     assert all(c.verdict is Verdict.ERROR for c in result.checks)
     assert all("ProviderUnreachable" in c.reason for c in result.checks)
     assert result.outcome is Outcome.ROLLBACK and "3 checks in a row at weight 30" in result.reason
+
+
+def _check_cli(lab: dict[str, Any], tmp_path: Path, query: str) -> Any:
+    import subprocess
+
+    from canary import stackconfig
+
+    values = base_values()
+    values["app"]["namespace"] = "healthy"
+    values["prometheus"] = {"address": lab["url"]}
+    values["metricTemplates"] = {"error-rate": {"provider": {"type": "prometheus"}, "query": query}}
+    values["analysis"]["metrics"] = [{"name": "error-rate", "templateRef": {"name": "error-rate"}, "thresholdRange": {"max": 1}, "interval": "30s"}]
+    (tmp_path / "stacks").mkdir()
+    (tmp_path / "Pulumi.yaml").write_text("name: canary\nruntime: python\n")
+    (tmp_path / "stacks" / "Pulumi.s.yaml").write_text(stackconfig.dump_stack_file(parse_spec(values)))
+    return subprocess.run([sys.executable, "-m", "canary", "check", "s", "--project-dir", str(tmp_path)], capture_output=True, text=True, timeout=60)
+
+
+def test_check_refuses_a_query_prometheus_rejects_with_exit_2(lab: dict[str, Any], tmp_path: Path) -> None:
+    done = _check_cli(lab, tmp_path, 'sum(rate(http_requests_total{namespace="{{ namespace }}"}))')  # rate() of an instant vector
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "metricTemplates.error-rate.query" in done.stderr and "Prometheus rejected it" in done.stderr and "range vector" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_check_runs_a_tick_on_a_query_prometheus_accepts(lab: dict[str, Any], tmp_path: Path) -> None:
+    done = _check_cli(lab, tmp_path, ERROR_RATE_QUERY.replace('namespace="prod"', 'namespace="{{ namespace }}"').replace("[1m]", "[{{ interval }}]"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "error-rate" in done.stdout and "within max 1" in done.stdout
