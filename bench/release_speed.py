@@ -226,7 +226,7 @@ def bench_overhead(b: Bench, interval_s: float, runs: int) -> dict[str, Any]:
         ticks = [r for r in records if r["type"] == "tick"]
         waits = len(ticks) * interval_s
 
-        def at(message: str) -> float:
+        def at(message: str, records: list[dict[str, Any]] = records) -> float:
             return _t(next(r for r in records if r["type"] in ("state", "decision") and r.get("message", "").startswith(message)))
 
         phases = {

@@ -18,8 +18,8 @@ from datetime import timedelta
 from typing import Any
 
 import requests
-from urllib3.util.retry import Retry
 from prometheus_api_client import PrometheusApiClientException, PrometheusConnect
+from urllib3.util.retry import Retry
 
 from canary.errors import BadQuery, MultipleValues, NoValues, ProviderUnreachable
 

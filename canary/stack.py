@@ -23,7 +23,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +55,7 @@ class _Summary:
 
     def __init__(self) -> None:
         self.changes: dict[str, int] = {}
-        self._start = datetime.now(timezone.utc)
+        self._start = datetime.now(UTC)
 
     def see(self, event: Any) -> None:
         summary = getattr(event, "summary_event", None)
@@ -64,7 +64,7 @@ class _Summary:
 
     def as_update_summary(self, show_secrets: bool = True) -> auto.UpdateSummary:
         return auto.UpdateSummary(kind="update", start_time=self._start, message="", environment={}, config={},
-                                  result="succeeded", end_time=datetime.now(timezone.utc), resource_changes=self.changes)
+                                  result="succeeded", end_time=datetime.now(UTC), resource_changes=self.changes)
 
 
 def _program() -> None:

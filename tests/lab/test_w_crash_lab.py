@@ -153,7 +153,7 @@ def test_sigkill_during_an_analysis_tick_then_resume_judges_the_weight_again(lab
     try:
         with RouteWatcher(lab_stack) as watcher:
             process = _start(lab_stack, "demo:v2")
-            records = _kill_when(lab_stack, process, freeze_then_wait)
+            _kill_when(lab_stack, process, freeze_then_wait)
             os.kill(prometheus, signal.SIGCONT)
             frozen = False
             assert not [r for r in journal(lab_stack).records() if r["type"] == "tick" and r["weight"] == 20], "the tick at 20 finished before the kill"
@@ -168,7 +168,6 @@ def test_sigkill_during_an_analysis_tick_then_resume_judges_the_weight_again(lab
     assert [t["weight"] for t in ticks if t["outcome"] == "advance"][-4:] == [20, 30, 40, 50], ticks
     assert [w for w in watcher.canary_weights if w] == [10, 20, 30, 40, 50], watcher.seen
     assert_stable_state(lab_stack, "demo:v2")
-    assert records
 
 
 def test_sigkill_during_promotion_then_resume_finishes_it(lab_stack: LabStack) -> None:
