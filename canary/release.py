@@ -117,7 +117,7 @@ class ReleaseResult:
 class StackPort(Protocol):
     def spec(self) -> ReleaseSpec: ...
     def set_config(self, values: dict[str, Any], remove: tuple[str, ...] = ()) -> None: ...
-    def up(self, on_event: Callable[[Any], None] | None = None, target: list[str] | None = None) -> Any: ...
+    def up(self, on_event: Callable[[Any], None] | None = None, target: list[str] | None = None, refresh: bool = False) -> Any: ...
     def export(self) -> dict[str, Any]: ...
     def check_unlocked(self) -> None: ...
     def clear_stale_lock(self) -> list[dict[str, Any]]: ...
@@ -180,6 +180,8 @@ class Release:
         self.retries = retries
         self.retry_backoff = retry_backoff
         self._spec: ReleaseSpec | None = None
+        #: set by resume: the next `up` refreshes first (see _apply)
+        self._refresh = False
 
     # --- entry points ------------------------------------------------------------------------
 
@@ -234,6 +236,7 @@ class Release:
             self._event(state, f"resuming release in phase {state.phase} at weight {state.weight}")
             for lock in self.stack.clear_stale_lock():
                 self._event(state, f"cleared Pulumi's stale lock of pid {lock['pid']} on {lock['hostname']} (the process is gone)")
+            self._refresh = True
             if state.phase in (Phase.PROGRESSING, Phase.WAITING_PROMOTION):
                 # The last step's outcome is unknown (and a shift may have been cut short):
                 # put the last judged weight back in the route and judge it again.
@@ -425,12 +428,19 @@ class Release:
         return f"urn:pulumi:{self.stack_name}::canary::kubernetes:gateway.networking.k8s.io/v1:HTTPRoute::route"
 
     def _apply(self, values: dict[str, Any], *, state: ReleaseState, remove: tuple[str, ...] = (), full: bool = False, target_route: bool = False) -> None:
-        """Write the stack config and run up; weight-only changes target the route alone."""
+        """Write the stack config and run up; weight-only changes target the route alone.
+
+        The first `up` after a resume refreshes first: a killed `up` may have changed
+        the cluster without writing its checkpoint, and re-applying the last judged
+        weight would then be a no-op to Pulumi while the route still shows the new one.
+        """
         self.stack.set_config(values, remove)
         target = [self._route_urn()] if target_route and not full else None
-        result = self.stack.up(target=target)
+        refresh = self._refresh
+        result = self.stack.up(target=target, refresh=refresh)
+        self._refresh = False
         self.journal.record(state.release, "up", phase=state.phase.value, weight=state.weight, config=values, removed=list(remove), targeted=bool(target),
-                            seconds=round(result.seconds, 3), changes=result.changes)
+                            refreshed=refresh, seconds=round(result.seconds, 3), changes=result.changes)
 
     def _wait_route(self, state: ReleaseState, weight: int, rollback: bool = False) -> None:
         """Until the cluster's route shows ``weight`` and its gateway accepted it.

@@ -169,8 +169,9 @@ class Stack:
 
     # --- updates -----------------------------------------------------------------------------
 
-    def up(self, on_event: Callable[[Any], None] | None = None, target: list[str] | None = None) -> UpResult:
-        """Apply the stack config; ``target`` limits the update to those URNs."""
+    def up(self, on_event: Callable[[Any], None] | None = None, target: list[str] | None = None, refresh: bool = False) -> UpResult:
+        """Apply the stack config; ``target`` limits the update to those URNs; ``refresh``
+        first reads the (targeted) resources back from the cluster, for a checkpoint that may lag it."""
         events = 0
         diagnostics: list[str] = []
         summary = _Summary()
@@ -188,7 +189,7 @@ class Stack:
         start = time.monotonic()
         try:
             with self._answered_from(summary):
-                self._stack.up(on_event=handle, color="never", target=target, suppress_progress=True)
+                self._stack.up(on_event=handle, color="never", target=target, suppress_progress=True, refresh=refresh or None)
         except Exception as exc:  # noqa: BLE001
             raise _map_error(exc, f"pulumi up of {self.name}", self._secrets) from None
         return UpResult(time.monotonic() - start, summary.changes, events, tuple(diagnostics))

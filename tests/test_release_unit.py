@@ -44,11 +44,11 @@ class FakeStack:
         for key in remove:
             self.values.pop(key, None)
 
-    def up(self, on_event: Any = None, target: list[str] | None = None) -> UpResult:
+    def up(self, on_event: Any = None, target: list[str] | None = None, refresh: bool = False) -> UpResult:
         if self.fail_ups:
             self.fail_ups -= 1
             raise ClusterUnreachable("connection refused")
-        self.ups.append({"target": target, **self.values})
+        self.ups.append({"target": target, "refresh": refresh, **self.values})
         spec = self.spec()
         if target is None or any("HTTPRoute" in t for t in target):
             self.cluster.weight = int(self.values.get("canaryWeight", 0)) if self.values.get("canaryImage") else 0
@@ -186,19 +186,22 @@ def test_rollback_that_cannot_be_applied_is_pending_and_resume_completes_it(tmp_
     release, stack, cluster, _ = make(tmp_path, Metrics(18.2), retries=2, retry_backoff=1)
     original_up = stack.up
 
-    def up(on_event: Any = None, target: list[str] | None = None) -> UpResult:
+    def up(on_event: Any = None, target: list[str] | None = None, refresh: bool = False) -> UpResult:
         if stack.values.get("canaryWeight") == 0 and "canaryImage" in stack.values and release.journal.load_state()["phase"] == "RollingBack":  # type: ignore[index]
             raise ClusterUnreachable("connection refused")
-        return original_up(on_event, target)
+        return original_up(on_event, target, refresh)
 
     stack.up = up  # type: ignore[method-assign]
     result = release.start(NEW)
     assert result.rollback_pending and result.exit_code == 4
     assert release.journal.load_state()["phase"] == "RollingBack"  # type: ignore[index]
     stack.up = original_up  # type: ignore[method-assign]
+    ups_before = len(stack.ups)
     again = release.resume()
     assert again.phase is Phase.FAILED and not again.rollback_pending
     assert cluster.weight == 0 and cluster.canary_pods == 0
+    resumed_ups = stack.ups[ups_before:]  # the first up after a resume reads the cluster back first, the others do not
+    assert [u["refresh"] for u in resumed_ups] == [True] + [False] * (len(resumed_ups) - 1), resumed_ups
 
 
 def test_second_release_on_a_busy_stack_is_refused(tmp_path: Path) -> None:
@@ -213,11 +216,11 @@ def test_a_step_whose_up_fails_once_is_retried_not_rolled_back(tmp_path: Path) -
     original_up = stack.up
     failed = {"n": 0}
 
-    def flaky(on_event: Any = None, target: list[str] | None = None) -> UpResult:
+    def flaky(on_event: Any = None, target: list[str] | None = None, refresh: bool = False) -> UpResult:
         if target and stack.values.get("canaryWeight") == 30 and not failed["n"]:
             failed["n"] += 1
             raise ClusterUnreachable("connection refused")
-        return original_up(on_event, target)
+        return original_up(on_event, target, refresh)
 
     stack.up = flaky  # type: ignore[method-assign]
     result = release.start(NEW)
@@ -229,10 +232,10 @@ def test_a_step_whose_up_keeps_failing_rolls_back(tmp_path: Path) -> None:
     release, stack, cluster, _ = make(tmp_path, Metrics(0.0), retry_backoff=1)
     original_up = stack.up
 
-    def broken(on_event: Any = None, target: list[str] | None = None) -> UpResult:
+    def broken(on_event: Any = None, target: list[str] | None = None, refresh: bool = False) -> UpResult:
         if target and stack.values.get("canaryWeight") == 30:
             raise ClusterUnreachable("connection refused")
-        return original_up(on_event, target)
+        return original_up(on_event, target, refresh)
 
     stack.up = broken  # type: ignore[method-assign]
     result = release.start(NEW)

@@ -197,3 +197,40 @@ def test_sigkill_during_rollback_then_resume_completes_it(lab_stack: LabStack) -
     assert_stable_state(lab_stack, "demo:v1")
     final = journal(lab_stack).load_state() or {}
     assert final["phase"] == "Failed" and "error-rate" in final["reason"]
+
+
+def test_resume_repairs_a_route_a_killed_up_changed_without_its_checkpoint(lab_stack: LabStack) -> None:
+    """A kill can land after the provider changed the route but before Pulumi wrote its checkpoint:
+    re-applying the last judged weight is then a no-op to Pulumi unless it reads the route back.
+    Made deterministic here: killed in the interval at weight 10, the route is then moved to
+    80/20 behind Pulumi's back, as that update would have left it."""
+    from canary import routing
+
+    spec = lab_stack.spec()
+
+    def judged_10(records: Records) -> bool:
+        return _message(records, "state", "weight 10 is live")
+
+    with RouteWatcher(lab_stack) as watcher:
+        process = _start(lab_stack, "demo:v2")
+        _kill_when(lab_stack, process, judged_10)
+        route = lab_stack.kube.get(routing.API_VERSION, routing.KIND, spec.app.name, spec.app.namespace)
+        assert route is not None
+        for backend in route["spec"]["rules"][0]["backendRefs"]:
+            backend["weight"] = 20 if backend["name"].endswith("-canary") else 80
+        # as Pulumi's provider writes it: a server-side apply of the whole spec under its own field manager
+        pulumi_manager = next(m["manager"] for m in route["metadata"]["managedFields"] if m["manager"].startswith("pulumi-kubernetes"))
+        lab_stack.kube.apply({"apiVersion": routing.API_VERSION, "kind": routing.KIND,
+                              "metadata": {"name": spec.app.name, "namespace": spec.app.namespace, "labels": route["metadata"].get("labels", {})},
+                              "spec": route["spec"]}, field_manager=pulumi_manager)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and (lab_stack.reader.route(spec) or routing.RouteState(None, None, 0, False, "")).weights != (80, 20):
+            time.sleep(0.05)
+        resumed = _resume(lab_stack, 0)
+    assert "resuming release in phase Progressing at weight 10" in resumed.stdout
+    ups = [r for r in journal(lab_stack).records() if r["type"] == "up"]
+    first_after_resume = next(u for u in ups if u.get("refreshed"))
+    assert first_after_resume["config"] == {"canaryWeight": 10}
+    weights = [w for w in watcher.canary_weights if w]
+    assert weights == [10, 20, 10, 20, 30, 40, 50], watcher.seen  # 10 was put back before any further step
+    assert_stable_state(lab_stack, "demo:v2")
