@@ -14,10 +14,11 @@ from tests.conftest import base_values
 
 
 class FakeProvider:
-    """Answers by the first key found in the query; records every query."""
+    """Answers by the first key found in the query, else ``default`` (none: the query is unexpected); records every query."""
 
-    def __init__(self, answers: dict[str, float | MetricError]) -> None:
+    def __init__(self, answers: dict[str, float | MetricError], default: float | None = None) -> None:
         self.answers = answers
+        self.default = default
         self.queries: list[str] = []
 
     def run_query(self, query: str) -> float:
@@ -27,7 +28,9 @@ class FakeProvider:
                 if isinstance(value, MetricError):
                     raise value
                 return value
-        raise AssertionError(f"unexpected query {query}")
+        if self.default is None:
+            raise AssertionError(f"unexpected query {query}")
+        return self.default
 
     def is_online(self) -> bool:
         return True

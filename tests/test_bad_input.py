@@ -20,29 +20,10 @@ from canary import analysis, flagger
 from canary.errors import BadQuery, InvalidSpec, MetricError, MultipleValues, NoValues, ProviderUnreachable, StackNotFound
 from canary.spec import parse_spec
 from tests.conftest import FIXTURES, base_values
+from tests.test_analysis import FakeProvider
 from tests.test_release_unit import NEW, Metrics, make
 
 REJECTED = 'invalid parameter "query": 1:10: parse error: expected type range vector in call to function "rate", got instant vector'
-
-
-class Answers:
-    """A provider answering by the first key found in the query; counts the queries."""
-
-    def __init__(self, answers: dict[str, float | MetricError]) -> None:
-        self.answers = answers
-        self.queries: list[str] = []
-
-    def run_query(self, query: str) -> float:
-        self.queries.append(query)
-        for key, value in self.answers.items():
-            if key in query:
-                if isinstance(value, MetricError):
-                    raise value
-                return value
-        return 1.0
-
-    def is_online(self) -> bool:
-        return True
 
 
 # --- the preflight, pure and through the provider port -------------------------------------------
@@ -72,7 +53,7 @@ def test_only_a_rejected_query_is_a_preflight_problem(value: float | MetricError
 
 
 def test_preflight_asks_an_unreachable_provider_once() -> None:
-    provider = Answers({"": ProviderUnreachable("connection refused")})
+    provider = FakeProvider({"": ProviderUnreachable("connection refused")}, default=1.0)
     assert analysis.preflight(parse_spec(base_values()), lambda address: provider) == []
     assert len(provider.queries) == 1  # the second metric is not sent: no second timeout to wait out
 
@@ -82,7 +63,7 @@ def test_preflight_asks_an_unreachable_provider_once() -> None:
 
 def test_a_query_prometheus_rejects_is_refused_before_anything_is_applied(tmp_path: Path) -> None:
     release, stack, cluster, events = make(tmp_path, Metrics(0.0))
-    release.provider_for = lambda address: Answers({"x{": BadQuery(f"Prometheus rejected the query: {REJECTED}")})
+    release.provider_for = lambda address: FakeProvider({"x{": BadQuery(f"Prometheus rejected the query: {REJECTED}")}, default=1.0)
     with pytest.raises(InvalidSpec) as info:
         release.start(NEW)
     assert "metricTemplates.error-rate.query: Prometheus rejected it" in str(info.value) and "got instant vector" in str(info.value)
