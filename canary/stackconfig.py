@@ -173,3 +173,80 @@ _Dumper.add_representer(
 def dump_stack_file(spec: ReleaseSpec, project: str = PROJECT) -> str:
     """A stack config file's text for ``spec``."""
     return yaml.dump({"config": to_config(spec, project)}, Dumper=_Dumper, sort_keys=False, default_flow_style=False)
+
+
+def edit_plain_keys(text: str, values: Mapping[str, str], remove: tuple[str, ...] = (), project: str = PROJECT) -> str | None:
+    """The stack file's text with top-level plain keys set (``values``) and removed (``remove``).
+
+    A line edit, so that comments, key order, ``secure:`` values and the
+    encryption salt stay exactly as they were. ``None`` when the file is not in
+    the block shape this edit understands (a key to change holds a mapping or a
+    multi-line value, ``config`` is not a block mapping, the file does not parse,
+    ...): the caller then lets the Pulumi CLI do it. The result is checked by
+    parsing it: its ``config`` must be the old one with exactly these changes.
+    """
+    try:
+        before = yaml.safe_load(text) if text.strip() else {}
+    except yaml.YAMLError:
+        return None
+    if not isinstance(before, dict) or not isinstance(before.get("config") or {}, dict):
+        return None
+    config = dict(before.get("config") or {})
+    lines = text.splitlines()
+    try:
+        start = next(i for i, line in enumerate(lines) if line.rstrip() == "config:")
+    except StopIteration:
+        if "config" in before:
+            return None
+        lines += ["config:"]
+        start = len(lines) - 1
+    end = start + 1  # one past the config block's last line
+    while end < len(lines) and (not lines[end].strip() or lines[end][:1] in (" ", "#")):
+        end += 1
+    while end > start + 1 and (not lines[end - 1].strip() or lines[end - 1][:1] == "#"):
+        end -= 1  # trailing blank lines and column-0 comments belong to what follows
+    children = [line for line in lines[start + 1:end] if line.strip() and not line.lstrip().startswith("#")]
+    indent = (len(children[0]) - len(children[0].lstrip())) if children else 2
+
+    def find(key: str) -> int | None:
+        prefix = " " * indent + f"{project}:{key}:"
+        found = [i for i in range(start + 1, end) if lines[i].startswith(prefix)]
+        if not found:
+            if f"{project}:{key}" in config:
+                raise ValueError(key)  # present in a form this edit does not know (say, quoted)
+            return None
+        i = found[0]
+        rest = lines[i][len(prefix):].strip()
+        following = lines[i + 1] if i + 1 < end else ""
+        if len(found) > 1 or not rest or rest[:1] in "|>&*!{[" or (following.strip() and len(following) - len(following.lstrip()) > indent):
+            raise ValueError(key)
+        return i
+
+    try:
+        for key in remove:
+            at = find(key)
+            if at is not None:
+                del lines[at]
+                end -= 1
+        for key, value in values.items():
+            line = " " * indent + f"{project}:{key}: {json.dumps(value)}"
+            at = find(key)
+            if at is None:
+                lines.insert(end, line)
+                end += 1
+            else:
+                lines[at] = line
+    except ValueError:
+        return None
+    result = "\n".join(lines) + "\n"
+    expected = dict(config)
+    for key in remove:
+        expected.pop(f"{project}:{key}", None)
+    expected.update({f"{project}:{k}": v for k, v in values.items()})
+    try:
+        after = yaml.safe_load(result)
+    except yaml.YAMLError:
+        return None
+    if not isinstance(after, dict) or after.get("config") != expected or {k: v for k, v in after.items() if k != "config"} != {k: v for k, v in before.items() if k != "config"}:
+        return None
+    return result
