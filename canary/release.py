@@ -20,6 +20,7 @@ from __future__ import annotations
 import enum
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
 
@@ -203,6 +204,10 @@ class Release:
         self.stack.check_unlocked()
         release_id = new_release_id()
         self.journal.acquire(release_id)
+        # The stable state's export (a CLI process, for the audit record) runs while the
+        # config is read and checked; the snapshot waits for it, before any `up`.
+        pool = ThreadPoolExecutor(1, thread_name_prefix="canary-export")
+        export = pool.submit(self.stack.export)
         try:
             spec = self.stack.spec()
             if spec.canary_image is not None:
@@ -215,10 +220,11 @@ class Release:
             if problems:
                 raise InvalidSpec(problems, f"stack {self.stack_name}")
             state = ReleaseState(release_id, self.stack_name, Phase.INITIALIZING, image, spec.stable_image, started=now_iso(), updated=now_iso())
-            self._snapshot(state, spec)
+            self._snapshot(state, spec, export)
             self._save(state, "release started", image=image, stable=spec.stable_image, steps=schedule.weights(spec.analysis))
             return self._run(state)
         finally:
+            pool.shutdown(wait=True, cancel_futures=True)
             self.journal.release_lock()
 
     def resume(self) -> ReleaseResult:
@@ -569,12 +575,11 @@ class Release:
 
     # --- record ----------------------------------------------------------------------------------
 
-    def _snapshot(self, state: ReleaseState, spec: ReleaseSpec) -> None:
+    def _snapshot(self, state: ReleaseState, spec: ReleaseSpec, export: Future[dict[str, Any]]) -> None:
         stable = {"stableImage": spec.stable_image, "canaryWeight": spec.canary_weight, "canaryImage": spec.canary_image}
         path = self.journal.save_snapshot(state.release, "stable-config", stable)
         try:
-            export = self.stack.export()
-            export_path = str(self.journal.save_snapshot(state.release, "stable-export", export))
+            export_path = str(self.journal.save_snapshot(state.release, "stable-export", export.result()))
         except CanaryError as exc:
             export_path = f"(export failed: {exc})"
         self.journal.record(state.release, "snapshot", config=stable, config_file=str(path), export_file=export_path)

@@ -252,12 +252,20 @@ class Stack:
             del self._stack.info
 
     def export(self) -> dict[str, Any]:
-        """The stack's state (checkpoint) for the audit record."""
+        """The stack's state (checkpoint) for the audit record, its secrets left encrypted.
+
+        Not ``export_stack()``: the Automation API exports with ``--show-secrets``,
+        which would put decrypted secrets into the journal (and costs the
+        passphrase's key derivation on every call).
+        """
+        workspace = self._stack.workspace
         try:
-            deployment = self._stack.export_stack()
+            env = {**({"PULUMI_HOME": workspace.pulumi_home} if workspace.pulumi_home else {}), **workspace.env_vars}
+            result = workspace.pulumi_command.run(["stack", "export", "--stack", self.name], workspace.work_dir, env)
+            state = json.loads(result.stdout)
         except Exception as exc:  # noqa: BLE001
             raise _map_error(exc, f"exporting {self.name}", self._secrets) from None
-        return {"version": deployment.version, "deployment": deployment.deployment}
+        return {"version": state.get("version"), "deployment": state.get("deployment")}
 
     def outputs(self) -> dict[str, Any]:
         try:

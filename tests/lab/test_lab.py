@@ -132,3 +132,64 @@ def test_condition_helper_reads_status() -> None:
     obj = {"status": {"conditions": [{"type": "Ready", "status": "True"}]}}
     assert condition(obj, "Ready") == {"type": "Ready", "status": "True"}
     assert condition(obj, "Accepted") is None and condition(None, "Ready") is None
+
+
+def test_config_changes_are_written_into_the_stack_file_and_the_cli_reads_them(lab: Layout, tmp_path: Path) -> None:
+    """set_config edits the stack file in place (one rename, no CLI), keeping comments, a secret and the salt;
+    the Pulumi CLI then reads exactly those values. A file shape the edit does not know goes through the CLI."""
+    from canary import stackconfig
+    from canary.stack import Stack
+
+    name = "t-config-edit"
+    project = make_project(lab, tmp_path, name)
+    env = {**os.environ, **lab.pulumi_env()}
+    subprocess.run(["pulumi", "config", "set", "--secret", "--stack", name, "canary:probeSecret", "s3cret"], cwd=project, env=env, check=True, capture_output=True, timeout=60)
+    path = stackconfig.stack_file(project, name)
+    path.write_text("# owned by the platform team\n" + path.read_text())
+    before = path.read_text()
+    stack = Stack(project, name, env)
+    cli_calls = []
+    for method in ("set_all_config", "remove_all_config"):
+        real = getattr(stack._stack, method)
+        setattr(stack._stack, method, lambda *a, _real=real, _m=method, **k: (cli_calls.append(_m), _real(*a, **k))[1])
+
+    stack.set_config({"canaryImage": "demo:v2", "canaryWeight": 30})
+    config = {k: v.value for k, v in stack.config().items()}
+    assert (config["canary:canaryImage"], config["canary:canaryWeight"], config["canary:probeSecret"]) == ("demo:v2", "30", "s3cret")
+    stack.set_config({"stableImage": "demo:v2", "canaryWeight": 0}, remove=("canaryImage",))
+    config = {k: v.value for k, v in stack.config().items()}
+    assert "canary:canaryImage" not in config and (config["canary:stableImage"], config["canary:canaryWeight"]) == ("demo:v2", "0")
+    after = path.read_text()
+    assert cli_calls == []
+    assert after.startswith("# owned by the platform team\n")
+    salt = next(line for line in before.splitlines() if line.startswith("encryptionsalt:"))
+    secret = next(line for line in before.splitlines() if "secure:" in line)
+    assert salt in after.splitlines() and secret in after.splitlines()
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name], "a temporary file was left behind"
+
+    # A quoted key is a shape the line edit refuses: the CLI writes it, and the result is the same.
+    path.write_text(after.replace("  canary:canaryWeight:", '  "canary:canaryWeight":'))
+    stack.set_config({"canaryWeight": 0, "canaryImage": "demo:v1"})
+    assert cli_calls == ["set_all_config"]
+    config = {k: v.value for k, v in stack.config().items()}
+    assert (config["canary:canaryWeight"], config["canary:canaryImage"]) == ("0", "demo:v1")
+
+
+def test_the_state_export_for_the_journal_keeps_secrets_encrypted(lab: Layout, tmp_path: Path) -> None:
+    """The Automation API's export_stack decrypts secrets (--show-secrets); the journal's snapshot must not."""
+    from canary.stack import Stack
+
+    name = "t-export-secrets"
+    project = make_project(lab, tmp_path, name)
+    env = {**os.environ, **lab.pulumi_env()}
+    stack = Stack(project, name, env)
+    urn = f"urn:pulumi:{name}::canary::pulumi:pulumi:Stack::canary-{name}"
+    secret = {"4dabf18193072939515e22adb298388d": "1b47061264138c4ac30d75fd1eb44270", "plaintext": '"hunter2-token"'}
+    state = stack.export()  # an empty stack: its secrets provider, no resources
+    state["deployment"]["resources"] = [{"urn": urn, "custom": False, "type": "pulumi:pulumi:Stack", "outputs": {"token": secret}}]
+    (tmp_path / "state.json").write_text(json.dumps(state))
+    subprocess.run(["pulumi", "stack", "import", "--stack", name, "--file", str(tmp_path / "state.json")], cwd=project, env=env, check=True, capture_output=True, timeout=60)
+    assert "hunter2-token" in json.dumps(stack._stack.export_stack().deployment), "the check below would prove nothing"
+    exported = json.dumps(stack.export())
+    assert "hunter2-token" not in exported
+    assert '"ciphertext"' in exported and urn in exported
