@@ -16,6 +16,7 @@ import asyncio
 import ctypes
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -94,6 +95,13 @@ async def _serve(ports: Sequence[int], sockets: list[object]) -> None:
         except OSError:
             writer.close()
             return
+        # asyncio sets TCP_NODELAY only on sockets whose proto is IPPROTO_TCP, and accepted
+        # sockets have proto 0: without it, Nagle held a response's tail until the client's
+        # delayed ACK, about 40 ms on every API-server reply of more than a few KiB.
+        for side in (writer, up_writer):
+            sock = side.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
 
     servers = []
@@ -104,8 +112,6 @@ async def _serve(ports: Sequence[int], sockets: list[object]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m canary.lab.netns NAMESPACE PORT...``: forward host 127.0.0.1:PORT into the namespace."""
-    import socket
-
     args = list(sys.argv[1:] if argv is None else argv)
     name, ports = args[0], [int(p) for p in args[1:]]
     sockets = []
