@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import os
 import runpy
+import signal
 import sys
+import threading
 from concurrent import futures
 from pathlib import Path
 from typing import Any
@@ -47,7 +49,7 @@ class _Host(LanguageServer):
         return super().Run(forwarded, context)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     positional = [a for a in args if not a.startswith("-")]
     engine_address = positional[-1] if positional else ""
@@ -57,11 +59,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     language_pb2_grpc.add_LanguageRuntimeServicer_to_server(_Host(engine_address), server)
     port = server.add_insecure_port("127.0.0.1:0")
+    # The CLI ends a language host with SIGINT to its process group and kills it 5 s later.
+    # Without a handler, the KeyboardInterrupt printed a traceback into the update's output,
+    # and the interpreter's exit could then wait on gRPC's worker threads until that kill.
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
     server.start()
     print(port, flush=True)
-    server.wait_for_termination()
-    return 0
+    stop.wait()
+    server.stop(grace=0.5).wait(1)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # the program has run; gRPC's threads hold nothing to keep
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
