@@ -92,12 +92,18 @@ def test_healthy_release_is_promoted_through_every_weight(lab_stack: LabStack) -
     assert_stable_state(lab_stack, "demo:v2")
     assert "Succeeded" in done.stdout and "promoted demo:v2" in done.stdout
     records = journal(lab_stack).records()
-    hooks = [r for r in records if r["type"] == "webhook" and r["hook_type"] == "rollout"]
-    assert len(hooks) == 5 and all(r["ok"] for r in hooks), hooks  # hey ran through the gateway at every step
-    assert all("hey -host" in r["detail"] for r in hooks)
     ticks = [r for r in records if r["type"] == "tick"]
-    assert [t["outcome"] for t in ticks] == ["advance"] * 5
-    for tick in ticks:  # the checks had real data from hey's traffic
+    hooks = [r for r in records if r["type"] == "webhook" and r["hook_type"] == "rollout"]
+    assert len(hooks) == len(ticks) and all(r["ok"] for r in hooks), hooks  # hey ran through the gateway before every tick
+    assert all("hey -host" in r["detail"] for r in hooks)
+    # Prometheus adds new targets to its scrapes at most every 5 s, so the first tick, one 5 s interval
+    # after the canary's pods appeared, may find no samples of them yet: that tick (and only that one)
+    # may fail for no data, and weight 10 is judged again. Every other tick passed on real data.
+    judged = ticks[1:] if ticks[0]["outcome"] == "fail" else ticks
+    if judged is not ticks:
+        assert ticks[0]["weight"] == 10 and all(c["verdict"] == "no-data" for c in ticks[0]["checks"]), ticks[0]
+    assert [t["outcome"] for t in judged] == ["advance"] * 5, [(t["weight"], t["outcome"], t["reason"]) for t in ticks]
+    for tick in judged:  # the checks had real data from hey's traffic
         assert all(c["verdict"] == "pass" and c["value"] is not None for c in tick["checks"]), tick
 
 
