@@ -168,6 +168,7 @@ class Release:
         ready_timeout: float = 300.0,
         retries: int = 3,
         retry_backoff: float = 2.0,
+        event_flush_timeout: float = 30.0,
     ) -> None:
         self.stack = stack
         self.cluster = cluster
@@ -180,7 +181,11 @@ class Release:
         self.ready_timeout = ready_timeout
         self.retries = retries
         self.retry_backoff = retry_backoff
+        self.event_flush_timeout = event_flush_timeout
         self._spec: ReleaseSpec | None = None
+        self._release_id: str | None = None
+        #: event hooks are delivered off the release's thread, so a slow receiver never delays a step or a rollback
+        self._events = webhooks.EventQueue(on_failure=self._event_hook_failed)
         #: set by resume: the next `up` refreshes first (see _apply)
         self._refresh = False
 
@@ -202,7 +207,7 @@ class Release:
                 f"run `canary resume {self.stack_name}` (or `canary abort {self.stack_name}` then resume)"
             )
         self.stack.check_unlocked()
-        release_id = new_release_id()
+        release_id = self._release_id = new_release_id()
         self.journal.acquire(release_id)
         # The stable state's export (a CLI process, for the audit record) runs while the
         # config is read and checked; the snapshot waits for it, before any `up`.
@@ -225,6 +230,7 @@ class Release:
             return self._run(state)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+            self._deliver_events()
             self.journal.release_lock()
 
     def resume(self) -> ReleaseResult:
@@ -235,6 +241,7 @@ class Release:
         state = ReleaseState.from_json(data)
         if state.phase in TERMINAL:
             return self._result(state)
+        self._release_id = state.release
         self.journal.acquire(state.release)
         try:
             spec = self.stack.spec()
@@ -251,6 +258,7 @@ class Release:
                 state = replace(state, canary_deployed=False)
             return self._run(state)
         finally:
+            self._deliver_events()
             self.journal.release_lock()
 
     # --- the loop ------------------------------------------------------------------------------
@@ -605,10 +613,20 @@ class Release:
         if notify and self._spec is not None:
             for hook in self.spec.analysis.webhooks:
                 if hook.type is WebhookType.EVENT:
-                    result = webhooks.call(hook, {**self._payload(state, hook), "message": message})
-                    if not result.ok:  # recorded (failures only: one record per event would drown the journal), never acted on
-                        self.journal.record(state.release, "webhook", name=hook.name, hook_type=hook.type.value, ok=False,
-                                            seconds=round(result.seconds, 3), detail=result.detail)
+                    self._events.put(hook, {**self._payload(state, hook), "message": message})
+
+    def _event_hook_failed(self, result: webhooks.HookResult) -> None:
+        """Recorded (failures only: one record per event would drown the journal), never acted on."""
+        if self._release_id is not None:
+            self.journal.record(self._release_id, "webhook", name=result.name, hook_type=result.type, ok=False,
+                                seconds=round(result.seconds, 3), detail=result.detail)
+
+    def _deliver_events(self) -> None:
+        """The release's last events reach their hooks before the command returns (bounded)."""
+        left = self._events.close(timeout=self.event_flush_timeout)
+        if left and self._release_id is not None:
+            self.journal.record(self._release_id, "webhook", hook_type=WebhookType.EVENT.value, ok=False,
+                                detail=f"{left} events not delivered within {self.event_flush_timeout:g}s of the release's end")
 
     def _wait(self, state: ReleaseState, seconds: float) -> bool:
         """Sleep in short slices so that an abort request is seen within a fraction of a second; True if one came."""

@@ -5,17 +5,23 @@ An HTTP hook receives a JSON payload (name, namespace, phase, weight, metadata
 runs in its own process group and is killed whole when its timeout expires.
 What a success or failure means for the release depends on the hook's type
 and is decided by the release, not here. Outputs are truncated in results.
+
+``EventQueue`` delivers ``event`` hooks, which only inform, in order on one
+background thread: a slow or unreachable receiver never holds up a step or a
+rollback.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import shlex
 import signal
 import subprocess
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,3 +102,51 @@ def run_command(hook: Webhook, timeout: float, start: float) -> HookResult:
     except (OSError, ValueError) as exc:
         return HookResult(hook.name, hook.type.value, False, time.monotonic() - start, f"`{hook.cmd}` could not start: {exc}")
     return finish_command(hook, process, start + timeout, start)
+
+
+class EventQueue:
+    """Event hooks called in order, one at a time, off the release's thread.
+
+    ``put`` never blocks: with ``limit`` events already waiting, the new one is
+    dropped and reported as a failure. ``close`` delivers what is queued for at
+    most ``timeout`` seconds and returns how many events were left undelivered;
+    the worker is a daemon, so a receiver that hangs past that never keeps the
+    process alive (each call is bounded by its hook's timeout anyway).
+    """
+
+    def __init__(self, on_failure: Callable[[HookResult], None], limit: int = 1000) -> None:
+        self._on_failure = on_failure
+        self._queue: queue.Queue[tuple[Webhook, dict[str, Any]] | None] = queue.Queue(maxsize=limit)
+        self._thread: threading.Thread | None = None
+
+    def put(self, hook: Webhook, body: Mapping[str, Any]) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._deliver, name="canary-events", daemon=True)
+            self._thread.start()
+        try:
+            self._queue.put_nowait((hook, dict(body)))
+        except queue.Full:
+            self._on_failure(HookResult(hook.name, hook.type.value, False, 0.0, f"event dropped: {self._queue.maxsize} events were still waiting for delivery"))
+
+    def _deliver(self) -> None:
+        while (item := self._queue.get()) is not None:
+            result = call(*item)
+            if not result.ok:
+                self._on_failure(result)
+
+    def close(self, timeout: float) -> int:
+        """Deliver what is queued (for at most ``timeout`` s), stop the worker; the number left undelivered."""
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return 0
+        deadline = time.monotonic() + timeout
+        with contextlib.suppress(queue.Full):
+            self._queue.put(None, timeout=timeout)
+        thread.join(max(0.0, deadline - time.monotonic()))
+        if not thread.is_alive():
+            return 0
+        left = 0
+        with contextlib.suppress(queue.Empty):
+            while True:
+                left += self._queue.get_nowait() is not None
+        return left + 1  # the call in flight

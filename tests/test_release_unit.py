@@ -371,3 +371,60 @@ def test_confirm_rollout_is_asked_before_the_canary_is_deployed(tmp_path: Path) 
     assert sum("confirm-rollout webhook go said no" in e.message for e in events) >= 3
     assert all(not up.get("canaryImage") for up in stack.ups)  # the rollback's ups only: the canary was never deployed
     assert cluster.canary_pods == 0 and cluster.weights_seen == [0]
+
+
+def test_event_hooks_are_delivered_in_order_without_holding_up_the_rollback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A receiver that does not answer must not stand between the failing tick and traffic back on stable."""
+    import threading
+
+    from canary import webhooks
+
+    gate = threading.Event()
+    delivered: list[str] = []
+
+    def slow_receiver(hook: Any, body: dict[str, Any]) -> webhooks.HookResult:
+        gate.wait(5)  # holds every delivery until the rollback's traffic step (or 5 s, if delivery were synchronous)
+        delivered.append(body["message"])
+        return webhooks.HookResult(hook.name, hook.type.value, True, 0.0, "answered 200")
+
+    monkeypatch.setattr(webhooks, "call", slow_receiver)
+    release, stack, cluster, events = _with_hooks(tmp_path, [{"name": "chat", "type": "event", "url": "http://chat.invalid/", "timeout": "5s"}], Metrics(18.2))
+    seen_at_rollback: list[int] = []
+    original_up = stack.up
+
+    def up(on_event: Any = None, target: list[str] | None = None, refresh: bool = False) -> UpResult:
+        if target and stack.values.get("canaryWeight") == 0 and not seen_at_rollback:
+            seen_at_rollback.append(len(delivered))  # the rollback's traffic-first up
+            gate.set()
+        return original_up(on_event, target, refresh)
+
+    stack.up = up  # type: ignore[method-assign]
+    result = release.start(NEW)
+    assert result.phase is Phase.FAILED
+    assert seen_at_rollback == [0], "the rollback waited for an event hook"
+    # Every event reached the hook by the time start() returned, in the order it happened.
+    assert delivered == [e.message for e in events]
+    assert delivered[-1].startswith("rolled back: ") and any(m.startswith("rolling back: ") for m in delivered)
+
+
+def test_event_queue_close_is_bounded_and_overflow_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+    import time
+
+    from canary import webhooks
+    from canary.spec import Webhook
+
+    stuck = threading.Event()
+    monkeypatch.setattr(webhooks, "call", lambda hook, body: (stuck.wait(10), webhooks.HookResult(hook.name, "event", True, 0.0, ""))[1])
+    failures: list[webhooks.HookResult] = []
+    queue = webhooks.EventQueue(on_failure=failures.append, limit=2)
+    hook = Webhook.model_validate({"name": "chat", "type": "event", "url": "http://chat.invalid/", "timeout": "10s"})
+    for n in range(4):  # one in flight, two waiting, the fourth over the limit
+        queue.put(hook, {"message": f"m{n}"})
+        time.sleep(0.05)
+    assert [f.detail for f in failures] == ["event dropped: 2 events were still waiting for delivery"]
+    start = time.monotonic()
+    left = queue.close(timeout=0.3)
+    assert time.monotonic() - start < 1.0
+    assert left == 3  # the one in flight and the two waiting
+    stuck.set()

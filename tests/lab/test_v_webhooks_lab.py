@@ -8,6 +8,7 @@ The hooks' HTTP endpoint is a small server of the test on 127.0.0.1.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import threading
 import time
@@ -24,14 +25,22 @@ from tests.lab.test_release_lab import RouteWatcher, _start_release, assert_stab
 HANG_SECONDS = 20  # how long /hang holds a request: far beyond every hook's timeout, and bounded
 
 
+SLOW_SECONDS = 1.5  # how long /slow takes to answer 200
+
+
 class _Hooks(BaseHTTPRequestHandler):
+    received: list[tuple[str, dict[str, Any]]] = []  # (path, body) in arrival order
+
     def log_message(self, *args: Any) -> None:
         pass
 
     def do_POST(self) -> None:  # noqa: N802
-        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.received.append((self.path, json.loads(body or b"{}")))
         if self.path == "/hang":
             time.sleep(HANG_SECONDS)
+        if self.path == "/slow":
+            time.sleep(SLOW_SECONDS)
         code = 500 if self.path == "/fail" else 200
         self.send_response(code)
         self.send_header("Content-Length", "0")
@@ -186,3 +195,34 @@ def test_a_confirm_rollout_hook_refusing_connections_holds_the_canary_at_zero_po
     assert all(not r["ok"] and "ConnectionError" in r["detail"] for r in go), go
     _bounded(go, 1)
     assert (journal(lab_stack).load_state() or {})["phase"] == "Aborted"
+
+
+@pytest.mark.parametrize("lab_stack", [_hooks({"name": "chat", "type": "event", "url": f"{SERVER}/slow", "timeout": "5s"})], indirect=True)
+def test_a_slow_event_receiver_does_not_delay_the_rollback_and_still_gets_every_event_in_order(lab_stack: LabStack, hook_server: str) -> None:
+    """Each event takes the receiver 1.5 s. Delivered on the release's thread, the three events between the
+    failing tick and the rollback's traffic step would cost 4.5 s; the release must not wait for them."""
+    _with_server(lab_stack, hook_server)
+    _Hooks.received.clear()
+    done = release(lab_stack, "demo:v2-faulty")
+    assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
+    assert_stable_state(lab_stack, "demo:v1")
+    records = journal(lab_stack).records()
+    decision = next(r for r in records if r["type"] == "tick" and r["outcome"] == "rollback")
+    on_stable = next(r for r in records if r["type"] == "state" and r["message"].startswith("traffic is back on stable"))
+    took = _seconds(on_stable) - _seconds(decision)
+    assert took <= 2.0, f"failing tick to route 100/0 took {took:.2f}s"
+    assert not [r for r in records if r["type"] == "webhook" and r["hook_type"] == "event"], "no event failed, and none was left undelivered"
+    # Every event reached the receiver before the command returned, in the order the release printed them.
+    got = [body["message"] for path, body in _Hooks.received if path == "/slow"]
+    printed = [line for line in done.stdout.splitlines() if line.strip()]
+    assert len(got) >= 10 and got[-1].startswith("rolled back: "), got
+    at = 0
+    for message in got:  # each received message is printed after the one before it (messages repeat: "tick: fail")
+        at = next((i for i in range(at, len(printed)) if message in printed[i]), -1) + 1
+        assert at, f"{message!r} arrived out of order: {got}"
+
+
+def _seconds(record: dict[str, Any]) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(record["time"].replace("Z", "+00:00")).timestamp()
