@@ -7,13 +7,15 @@ other's resources; the stack is destroyed afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import requests
@@ -25,6 +27,8 @@ from canary.lab import cluster
 from canary.lab.layout import Layout
 from canary.stack import Stack
 from tests.conftest import ROOT
+
+T = TypeVar("T")
 
 
 @pytest.fixture(scope="session")
@@ -120,3 +124,30 @@ def drive(url: str, count: int, workers: int = 8, seconds: float = 120, host_nam
         for answer in pool.map(one, range(count)):
             counts[answer] = counts.get(answer, 0) + 1
     return counts
+
+
+def wait_until(condition: Callable[[], T], what: str, timeout: float, process: subprocess.Popen[str] | None = None, every: float = 0.05) -> T:
+    """Poll ``condition`` until it is truthy and return its value; fail naming ``what`` at the
+    timeout, or at once (with its output) when ``process`` — the release under test — exits first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if process is not None and process.poll() is not None:
+            out, err = process.communicate()
+            raise AssertionError(f"the release exited {process.returncode} before {what}:\n{out[-2000:]}\n{err[-2000:]}")
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"not within {timeout:g}s: {what}")
+        time.sleep(every)
+
+
+@contextlib.contextmanager
+def running(process: subprocess.Popen[str]) -> Iterator[subprocess.Popen[str]]:
+    """The release under test, killed (and reaped) if the test leaves it running."""
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate(timeout=30)

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from canary.journal import Journal, state_root
-from tests.lab.conftest import LabStack
+from tests.lab.conftest import LabStack, running, wait_until
 
 
 class RouteWatcher:
@@ -138,23 +138,14 @@ def test_slow_release_fails_p95_and_rolls_back(lab_stack: LabStack) -> None:
 
 
 def test_abort_during_progressing_ends_aborted_and_a_second_release_is_refused(lab_stack: LabStack) -> None:
-    command = [sys.executable, "-m", "canary", "release", lab_stack.name, "--image", "demo:v2", "--lab", "--project-dir", str(lab_stack.project)]
-    with RouteWatcher(lab_stack) as watcher:
-        first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=lab_stack.env)
-        try:
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline and not [w for w in watcher.canary_weights if w >= 10]:
-                time.sleep(0.1)
-            assert [w for w in watcher.canary_weights if w >= 10], watcher.seen
-            second = release(lab_stack, "demo:v2-slow")
-            assert second.returncode == 3, second.stdout + second.stderr
-            assert "busy" in second.stderr and f"pid {first.pid}" in second.stderr
-            aborted = canary_cli(lab_stack, "abort", lab_stack.name)
-            assert aborted.returncode == 0, aborted.stderr
-            out, err = first.communicate(timeout=180)
-        finally:
-            if first.poll() is None:
-                first.kill()
+    with RouteWatcher(lab_stack) as watcher, running(_start_release(lab_stack, "demo:v2")) as first:
+        _wait_for_weight(watcher, 10, first)
+        second = release(lab_stack, "demo:v2-slow")
+        assert second.returncode == 3, second.stdout + second.stderr
+        assert "busy" in second.stderr and f"pid {first.pid}" in second.stderr
+        aborted = canary_cli(lab_stack, "abort", lab_stack.name)
+        assert aborted.returncode == 0, aborted.stderr
+        out, err = first.communicate(timeout=180)
     assert first.returncode == 1, out[-3000:] + err[-3000:]
     assert "Aborted" in out
     assert_stable_state(lab_stack, "demo:v1")
@@ -168,11 +159,7 @@ def _start_release(lab_stack: LabStack, image: str) -> subprocess.Popen[str]:
 
 
 def _wait_for_weight(watcher: RouteWatcher, weight: int, process: subprocess.Popen[str], timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and not [w for w in watcher.canary_weights if w >= weight]:
-        assert process.poll() is None, process.communicate()
-        time.sleep(0.05)
-    assert [w for w in watcher.canary_weights if w >= weight], watcher.seen
+    wait_until(lambda: [w for w in watcher.canary_weights if w >= weight], f"the route at canary weight {weight} (seen {watcher.seen})", timeout, process)
 
 
 def _pulumi_locks(lab_stack: LabStack) -> list[Path]:
@@ -181,15 +168,10 @@ def _pulumi_locks(lab_stack: LabStack) -> list[Path]:
 
 
 def test_sigterm_rolls_back_gracefully_and_releases_the_locks(lab_stack: LabStack) -> None:
-    with RouteWatcher(lab_stack) as watcher:
-        process = _start_release(lab_stack, "demo:v2")
-        try:
-            _wait_for_weight(watcher, 10, process)
-            process.send_signal(15)
-            out, err = process.communicate(timeout=180)
-        finally:
-            if process.poll() is None:
-                process.kill()
+    with RouteWatcher(lab_stack) as watcher, running(_start_release(lab_stack, "demo:v2")) as process:
+        _wait_for_weight(watcher, 10, process)
+        process.send_signal(15)
+        out, err = process.communicate(timeout=180)
     assert process.returncode == 1, out[-2000:] + err[-2000:]
     assert "SIGTERM: rolling back to stable" in err
     assert_stable_state(lab_stack, "demo:v1")
@@ -200,18 +182,12 @@ def test_sigterm_rolls_back_gracefully_and_releases_the_locks(lab_stack: LabStac
 
 def test_sigkill_during_the_interval_then_resume_finishes_the_release(lab_stack: LabStack) -> None:
     with RouteWatcher(lab_stack) as watcher:
-        process = _start_release(lab_stack, "demo:v2")
-        try:
+        with running(_start_release(lab_stack, "demo:v2")) as process:
             _wait_for_weight(watcher, 20, process)
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline and (journal(lab_stack).load_state() or {}).get("weight") != 20:
-                time.sleep(0.05)
+            wait_until(lambda: (journal(lab_stack).load_state() or {}).get("weight") == 20, "weight 20 in the release's state", 30, process)
             time.sleep(1.0)  # inside the interval wait after the shift to 20
             process.kill()
             process.communicate(timeout=30)
-        finally:
-            if process.poll() is None:
-                process.kill()
         state = journal(lab_stack).load_state()
         assert state is not None and state["phase"] == "Progressing" and state["weight"] == 20 and state["shifting_to"] is None
         route = lab_stack.reader.route(lab_stack.spec())

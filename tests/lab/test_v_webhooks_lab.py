@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from canary.lab import procs
-from tests.lab.conftest import LabStack
+from tests.lab.conftest import LabStack, running, wait_until
 from tests.lab.test_release_lab import RouteWatcher, _start_release, assert_stable_state, canary_cli, journal, release
 
 HANG_SECONDS = 20  # how long /hang holds a request: far beyond every hook's timeout, and bounded
@@ -34,7 +34,7 @@ class _Hooks(BaseHTTPRequestHandler):
     def log_message(self, *args: Any) -> None:
         pass
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
         self.received.append((self.path, json.loads(body or b"{}")))
         if self.path == "/hang":
@@ -148,21 +148,14 @@ def test_a_hanging_rollout_command_is_killed_at_its_timeout_and_fails_the_checks
 @pytest.mark.parametrize("lab_stack", [_hooks({"name": "approve", "type": "confirm-promotion", "url": f"{SERVER}/hang", "timeout": "1s"})], indirect=True)
 def test_a_confirm_promotion_hook_that_times_out_holds_the_release_until_canary_promote(lab_stack: LabStack, hook_server: str) -> None:
     _with_server(lab_stack, hook_server)
-    process = _start_release(lab_stack, "demo:v2")
-    try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and (journal(lab_stack).load_state() or {}).get("phase") != "WaitingPromotion":
-            assert process.poll() is None, process.communicate()
-            time.sleep(0.2)
+    with running(_start_release(lab_stack, "demo:v2")) as process:
+        wait_until(lambda: (journal(lab_stack).load_state() or {}).get("phase") == "WaitingPromotion", "the release waiting for promotion", 180, process, every=0.2)
         time.sleep(6)  # one more interval in WaitingPromotion: the gate is asked again, and says no again
         state = journal(lab_stack).load_state() or {}
         assert state["phase"] == "WaitingPromotion" and state["weight"] == 50, state
         promoted = canary_cli(lab_stack, "promote", lab_stack.name)
         assert promoted.returncode == 0, promoted.stderr
         out, err = process.communicate(timeout=120)
-    finally:
-        if process.poll() is None:
-            process.kill()
     assert process.returncode == 0, out[-3000:] + err[-3000:]
     assert_stable_state(lab_stack, "demo:v2")
     approve = _hook_records(lab_stack, "approve")
@@ -172,22 +165,14 @@ def test_a_confirm_promotion_hook_that_times_out_holds_the_release_until_canary_
 
 @pytest.mark.parametrize("lab_stack", [_hooks({"name": "go", "type": "confirm-rollout", "url": REFUSED, "timeout": "1s"})], indirect=True)
 def test_a_confirm_rollout_hook_refusing_connections_holds_the_canary_at_zero_pods_until_abort(lab_stack: LabStack) -> None:
-    with RouteWatcher(lab_stack) as watcher:
-        process = _start_release(lab_stack, "demo:v2")
-        try:
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline and len(_hook_records(lab_stack, "go")) < 2:
-                assert process.poll() is None, process.communicate()
-                time.sleep(0.2)
-            assert (journal(lab_stack).load_state() or {})["phase"] == "Initializing"
-            canary = lab_stack.reader.deployment(lab_stack.spec(), "canary")
-            assert canary["pods"] == 0 and canary["replicas"] == 0, canary  # asked before the canary is scaled up
-            aborted = canary_cli(lab_stack, "abort", lab_stack.name)
-            assert aborted.returncode == 0, aborted.stderr
-            out, err = process.communicate(timeout=120)
-        finally:
-            if process.poll() is None:
-                process.kill()
+    with RouteWatcher(lab_stack) as watcher, running(_start_release(lab_stack, "demo:v2")) as process:
+        wait_until(lambda: len(_hook_records(lab_stack, "go")) >= 2, "two refused confirm-rollout calls", 120, process, every=0.2)
+        assert (journal(lab_stack).load_state() or {})["phase"] == "Initializing"
+        canary = lab_stack.reader.deployment(lab_stack.spec(), "canary")
+        assert canary["pods"] == 0 and canary["replicas"] == 0, canary  # asked before the canary is scaled up
+        aborted = canary_cli(lab_stack, "abort", lab_stack.name)
+        assert aborted.returncode == 0, aborted.stderr
+        out, err = process.communicate(timeout=120)
     assert process.returncode == 1, out[-3000:] + err[-3000:]
     assert not [w for w in watcher.canary_weights if w], watcher.seen
     assert_stable_state(lab_stack, "demo:v1")

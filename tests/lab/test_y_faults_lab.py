@@ -4,14 +4,13 @@ secrets in every artefact. Each ends on a verified stable state, or says clearly
 from __future__ import annotations
 
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from canary.lab import cluster, procs
-from tests.lab.conftest import LabStack
+from tests.lab.conftest import LabStack, running, wait_until
 from tests.lab.test_release_lab import RouteWatcher, _start_release, _wait_for_weight, assert_stable_state, canary_cli, journal, release
 
 
@@ -29,22 +28,15 @@ def _threshold_5(config: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize("lab_stack", [_threshold_5], indirect=True)
 def test_prometheus_down_gives_failed_checks_never_a_promotion_then_the_release_continues(lab_stack: LabStack) -> None:
-    with RouteWatcher(lab_stack) as watcher:
-        process = _start_release(lab_stack, "demo:v2")
+    with RouteWatcher(lab_stack) as watcher, running(_start_release(lab_stack, "demo:v2")) as process:
         try:
             _wait_for_weight(watcher, 20, process)
             _stop(lab_stack, "prometheus")
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                ticks = [r for r in journal(lab_stack).records() if r["type"] == "tick"]
-                if ticks and ticks[-1]["outcome"] == "fail":
-                    break
-                time.sleep(0.2)
+            last_tick = lambda: [r["outcome"] for r in journal(lab_stack).records() if r["type"] == "tick"][-1:]
+            wait_until(lambda: last_tick() == ["fail"], "a failed tick with Prometheus down", 60, process, every=0.2)
             _restart(lab_stack)
             out, err = process.communicate(timeout=300)
         finally:
-            if process.poll() is None:
-                process.kill()
             _restart(lab_stack)
     assert process.returncode == 0, out[-3000:] + err[-3000:]
     ticks = [r for r in journal(lab_stack).records() if r["type"] == "tick"]
@@ -60,15 +52,10 @@ def test_prometheus_down_gives_failed_checks_never_a_promotion_then_the_release_
 
 
 def test_api_server_down_during_a_step_rolls_back_or_leaves_a_pending_rollback_that_resume_completes(lab_stack: LabStack) -> None:
-    with RouteWatcher(lab_stack) as watcher:
-        process = _start_release(lab_stack, "demo:v2")
-        try:
-            _wait_for_weight(watcher, 10, process)
-            _stop(lab_stack, "kube-apiserver")
-            out, err = process.communicate(timeout=300)
-        finally:
-            if process.poll() is None:
-                process.kill()
+    with RouteWatcher(lab_stack) as watcher, running(_start_release(lab_stack, "demo:v2")) as process:
+        _wait_for_weight(watcher, 10, process)
+        _stop(lab_stack, "kube-apiserver")
+        out, err = process.communicate(timeout=300)
     assert process.returncode == 4, out[-3000:] + err[-3000:]
     assert "rollback pending" in out.lower() or "rollback could not be applied" in out
     state = journal(lab_stack).load_state()
