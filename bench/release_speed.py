@@ -24,6 +24,7 @@ Prints medians, spreads and ratios; ``--json`` writes every sample.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -258,15 +259,25 @@ def bench_command(b: Bench, interval_s: float, runs: int) -> dict[str, Any]:
     for _ in range(runs):
         image = "demo:v1" if b.spec().stable_image == "demo:v2" else "demo:v2"
         start = time.monotonic()
-        done = subprocess.run([str(ROOT / ".venv" / "bin" / "canary"), "release", b.name, "--image", image, "--lab", "--project-dir", str(b.project)],
-                              env=b.env, capture_output=True, text=True, timeout=600, check=False)
+        process = subprocess.Popen([str(ROOT / ".venv" / "bin" / "canary"), "release", b.name, "--image", image, "--lab", "--project-dir", str(b.project)],
+                                   env=b.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        peak_kib = 0
+        while process.poll() is None:  # the command's own peak resident memory (VmHWM), read until it exits
+            with contextlib.suppress(OSError, ValueError):
+                status = Path(f"/proc/{process.pid}/status").read_text()
+                peak_kib = max(peak_kib, int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))))
+            time.sleep(0.2)
+            if time.monotonic() - start > 600:
+                process.kill()
+        stdout, stderr = process.communicate()
         total = time.monotonic() - start
-        if done.returncode != 0:
-            raise RuntimeError(f"canary release exited {done.returncode}: {done.stdout[-1500:]}{done.stderr[-1500:]}")
+        if process.returncode != 0:
+            raise RuntimeError(f"canary release exited {process.returncode}: {stdout[-1500:]}{stderr[-1500:]}")
         last = b.journal.load_state() or {}
         ticks = [r for r in b.journal.records(last.get("release")) if r["type"] == "tick"]
         waits = len(ticks) * interval_s
-        out["runs"].append({"total_s": total, "configured_waits_s": waits, "overhead_s": total - waits, "overhead_share": (total - waits) / total})
+        out["runs"].append({"total_s": total, "configured_waits_s": waits, "overhead_s": total - waits, "overhead_share": (total - waits) / total,
+                            "peak_rss_mib": peak_kib / 1024})
     median_run = sorted(out["runs"], key=lambda r: r["overhead_share"])[len(out["runs"]) // 2]
     out.update(median_run)
     return out
@@ -321,7 +332,8 @@ def main() -> int:
         cmd = results["command"]
         shares = ", ".join(f"{100 * r['overhead_share']:.1f} %" for r in cmd["runs"])
         print(f"`canary release` as a command, median of {len(cmd['runs'])} ({shares}): total {cmd['total_s']:.1f}s, "
-              f"waits {cmd['configured_waits_s']:.0f}s, overhead {cmd['overhead_s']:.1f}s = {100 * cmd['overhead_share']:.1f} %")
+              f"waits {cmd['configured_waits_s']:.0f}s, overhead {cmd['overhead_s']:.1f}s = {100 * cmd['overhead_share']:.1f} %; "
+              f"peak RSS of the command {max(r['peak_rss_mib'] for r in cmd['runs']):.0f} MiB")
     print(f"peak RSS of the orchestrator: {results['peak_rss_mib']:.0f} MiB")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
