@@ -43,13 +43,31 @@ def _fsync_dir(path: Path) -> None:
 
 def write_atomic(path: Path, data: Any) -> None:
     """Write JSON so that a crash leaves either the old or the new file, never half of one."""
+    write_text_atomic(path, json.dumps(data, indent=1, sort_keys=True, default=str))
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` in one rename: a temporary file in the same directory
+    (with the old file's mode), flushed to disk, renamed over it, then the directory flushed."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1, sort_keys=True, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(tmp, path.stat().st_mode & 0o7777)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
     _fsync_dir(path.parent)
+
+
+def record_time(record: dict[str, Any]) -> float:
+    """A journal record's time as a Unix timestamp."""
+    return datetime.fromisoformat(record["time"].replace("Z", "+00:00")).timestamp()
 
 
 @dataclass(frozen=True)

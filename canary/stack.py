@@ -22,7 +22,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -32,7 +31,7 @@ from typing import Any
 
 from pulumi import automation as auto
 
-from canary import stackconfig
+from canary import journal, stackconfig
 from canary.errors import ClusterUnreachable, StackBusy, StackError, StackNotFound
 from canary.spec import ReleaseSpec
 
@@ -102,23 +101,6 @@ def _command(env: Mapping[str, str]) -> auto.PulumiCommand | None:
     if path.parent.name != "bin":
         return None
     return auto.PulumiCommand(root=str(path.parent.parent))
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` in one rename (same directory, same mode, flushed to disk first)."""
-    mode = path.stat().st_mode & 0o7777
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def _lock_alive(lock: Mapping[str, Any]) -> bool:
@@ -193,7 +175,7 @@ class Stack:
         edited = stackconfig.edit_plain_keys(text, plain, remove) if text is not None else None
         if edited is not None:
             try:
-                _write_atomically(path, edited)
+                journal.write_text_atomic(path, edited)
                 return
             except OSError as exc:
                 raise StackError(f"writing config of {self.name}: cannot write {path}: {exc.strerror}") from None
