@@ -14,13 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-def _t(record: dict[str, Any]) -> float:
-    return datetime.fromisoformat(record["time"].replace("Z", "+00:00")).timestamp()
+from canary.journal import record_time as _t  # noqa: E402
 
 
 def summarise(journal: Path) -> dict[str, Any] | None:

@@ -34,7 +34,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 from canary import routing  # noqa: E402
 from canary.api import prometheus_provider  # noqa: E402
-from canary.journal import Journal, now_iso  # noqa: E402
+from canary.journal import Journal, now_iso, record_time  # noqa: E402
 from canary.kube import ClusterReader, Kube  # noqa: E402
 from canary.lab import cluster  # noqa: E402
 from canary.lab.layout import Layout  # noqa: E402
@@ -194,10 +193,6 @@ def bench_steps(b: Bench, steps: int) -> dict[str, Any]:
     }
 
 
-def _t(record: dict[str, Any]) -> float:
-    return datetime.fromisoformat(record["time"].replace("Z", "+00:00")).timestamp()
-
-
 def bench_rollbacks(b: Bench, runs: int) -> dict[str, Any]:
     to_route, to_verified = [], []
     b.stack.set_config({"canaryWeight": 0}, remove=("canaryImage",))
@@ -209,8 +204,8 @@ def bench_rollbacks(b: Bench, runs: int) -> dict[str, Any]:
         decision = next(r for r in records if r["type"] == "tick" and r["outcome"] == "rollback")
         on_stable = next(r for r in records if r["type"] == "state" and r.get("message", "").startswith("traffic is back on stable"))
         verified = next(r for r in records if r["type"] == "verified")
-        to_route.append(_t(on_stable) - _t(decision))
-        to_verified.append(_t(verified) - _t(decision))
+        to_route.append(record_time(on_stable) - record_time(decision))
+        to_verified.append(record_time(verified) - record_time(decision))
     return {"decision_to_route_restored": to_route, "decision_to_end_state_verified": to_verified}
 
 
@@ -229,7 +224,7 @@ def bench_overhead(b: Bench, interval_s: float, runs: int) -> dict[str, Any]:
         waits = len(ticks) * interval_s
 
         def at(message: str, records: list[dict[str, Any]] = records) -> float:
-            return _t(next(r for r in records if r["type"] in ("state", "decision") and r.get("message", "").startswith(message)))
+            return record_time(next(r for r in records if r["type"] in ("state", "decision") and r.get("message", "").startswith(message)))
 
         phases = {
             "setup (config, preflight, snapshot)": at("release started") - started_at,

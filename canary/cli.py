@@ -444,14 +444,14 @@ def demo(healthy: str, faulty: str) -> None:
 
 def render_timeline(records: list[dict[str, Any]]) -> str:
     """One line per decision, state change and check, with seconds since the release began."""
-    from datetime import datetime
+    from canary.journal import record_time
 
     if not records:
         return "(no records)"
-    start = datetime.fromisoformat(records[0]["time"].replace("Z", "+00:00"))
+    start = record_time(records[0])
     lines = []
     for r in records:
-        at = (datetime.fromisoformat(r["time"].replace("Z", "+00:00")) - start).total_seconds()
+        at = record_time(r) - start
         if r["type"] in ("state", "decision", "event"):
             text = r.get("message", "")
         elif r["type"] == "tick":

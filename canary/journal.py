@@ -67,7 +67,7 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 def record_time(record: dict[str, Any]) -> float:
     """A journal record's time as a Unix timestamp."""
-    return datetime.fromisoformat(record["time"].replace("Z", "+00:00")).timestamp()
+    return datetime.fromisoformat(record["time"]).timestamp()
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from canary.journal import record_time
 from canary.lab import procs
 from tests.lab.conftest import LabStack, running, wait_until
 from tests.lab.test_release_lab import RouteWatcher, _start_release, assert_stable_state, canary_cli, journal, release
@@ -194,7 +195,7 @@ def test_a_slow_event_receiver_does_not_delay_the_rollback_and_still_gets_every_
     records = journal(lab_stack).records()
     decision = next(r for r in records if r["type"] == "tick" and r["outcome"] == "rollback")
     on_stable = next(r for r in records if r["type"] == "state" and r["message"].startswith("traffic is back on stable"))
-    took = _seconds(on_stable) - _seconds(decision)
+    took = record_time(on_stable) - record_time(decision)
     assert took <= 2.0, f"failing tick to route 100/0 took {took:.2f}s"
     assert not [r for r in records if r["type"] == "webhook" and r["hook_type"] == "event"], "no event failed, and none was left undelivered"
     # Every event reached the receiver before the command returned, in the order the release printed them.
@@ -205,9 +206,3 @@ def test_a_slow_event_receiver_does_not_delay_the_rollback_and_still_gets_every_
     for message in got:  # each received message is printed after the one before it (messages repeat: "tick: fail")
         at = next((i for i in range(at, len(printed)) if message in printed[i]), -1) + 1
         assert at, f"{message!r} arrived out of order: {got}"
-
-
-def _seconds(record: dict[str, Any]) -> float:
-    from datetime import datetime
-
-    return datetime.fromisoformat(record["time"].replace("Z", "+00:00")).timestamp()
