@@ -622,11 +622,9 @@ class Release:
                                 seconds=round(result.seconds, 3), detail=result.detail)
 
     def _deliver_events(self) -> None:
-        """The release's last events reach their hooks before the command returns (bounded)."""
-        left = self._events.close(timeout=self.event_flush_timeout)
-        if left and self._release_id is not None:
-            self.journal.record(self._release_id, "webhook", hook_type=WebhookType.EVENT.value, ok=False,
-                                detail=f"{left} events not delivered within {self.event_flush_timeout:g}s of the release's end")
+        """The release's last events reach their hooks before the command returns (bounded; what is
+        left is recorded through _event_hook_failed, like any other failed event)."""
+        self._events.close(timeout=self.event_flush_timeout)
 
     def _wait(self, state: ReleaseState, seconds: float) -> bool:
         """Sleep in short slices so that an abort request is seen within a fraction of a second; True if one came."""

@@ -21,13 +21,14 @@ import signal
 import subprocess
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import requests
 
-from canary.spec import Webhook
+from canary.spec import Webhook, WebhookType
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,7 @@ class EventQueue:
         self._on_failure = on_failure
         self._queue: queue.Queue[tuple[Webhook, dict[str, Any]] | None] = queue.Queue(maxsize=limit)
         self._thread: threading.Thread | None = None
+        self._calling: Webhook | None = None  # the hook being called, if any
 
     def put(self, hook: Webhook, body: Mapping[str, Any]) -> None:
         if self._thread is None:
@@ -130,12 +132,15 @@ class EventQueue:
 
     def _deliver(self) -> None:
         while (item := self._queue.get()) is not None:
+            self._calling = item[0]
             result = call(*item)
+            self._calling = None
             if not result.ok:
                 self._on_failure(result)
 
     def close(self, timeout: float) -> int:
-        """Deliver what is queued (for at most ``timeout`` s), stop the worker; the number left undelivered."""
+        """Deliver what is queued (for at most ``timeout`` s) and stop the worker. What is left
+        undelivered (the call in flight included) is reported as one failure per hook; returns its count."""
         thread, self._thread = self._thread, None
         if thread is None:
             return 0
@@ -145,8 +150,12 @@ class EventQueue:
         thread.join(max(0.0, deadline - time.monotonic()))
         if not thread.is_alive():
             return 0
-        left = 0
+        left = [self._calling] if self._calling is not None else []
         with contextlib.suppress(queue.Empty):
             while True:
-                left += self._queue.get_nowait() is not None
-        return left + 1  # the call in flight
+                item = self._queue.get_nowait()
+                if item is not None:
+                    left.append(item[0])
+        for name, count in Counter(hook.name for hook in left).items():
+            self._on_failure(HookResult(name, WebhookType.EVENT.value, False, 0.0, f"{count} events not delivered within {timeout:g}s of the release's end"))
+        return len(left)

@@ -427,4 +427,6 @@ def test_event_queue_close_is_bounded_and_overflow_is_reported(monkeypatch: pyte
     left = queue.close(timeout=0.3)
     assert time.monotonic() - start < 1.0
     assert left == 3  # the one in flight and the two waiting
+    assert [f.detail for f in failures][1:] == ["3 events not delivered within 0.3s of the release's end"]
+    assert failures[1].name == "chat"
     stuck.set()
