@@ -209,11 +209,22 @@ def bench_rollbacks(b: Bench, runs: int) -> dict[str, Any]:
     return {"decision_to_route_restored": to_route, "decision_to_end_state_verified": to_verified}
 
 
+def _other_image(b: Bench) -> str:
+    """The healthy image that is not stable now: each healthy release promotes the other."""
+    return "demo:v1" if b.spec().stable_image == "demo:v2" else "demo:v2"
+
+
+def _with_median_run(out: dict[str, Any]) -> dict[str, Any]:
+    """``out`` with the fields of its median run (by overhead share) alongside ``runs``."""
+    out.update(sorted(out["runs"], key=lambda r: r["overhead_share"])[len(out["runs"]) // 2])
+    return out
+
+
 def bench_overhead(b: Bench, interval_s: float, runs: int) -> dict[str, Any]:
     """Healthy releases end to end; overhead = wall time minus the configured waits, with where it went."""
     out: dict[str, Any] = {"runs": []}
     for _ in range(runs):
-        image = "demo:v1" if b.spec().stable_image == "demo:v2" else "demo:v2"  # both healthy: each run promotes the other
+        image = _other_image(b)
         start = time.monotonic()
         started_at = time.time()
         result = b.release().start(image)
@@ -234,13 +245,12 @@ def bench_overhead(b: Bench, interval_s: float, runs: int) -> dict[str, Any]:
         }
         # The two ups that change Deployments (deploy the canary, promote) are not inside any
         # interval: their time is Pulumi's (CLI, provider, rollout awaits); the rest is canary's own.
-        ups = [r["seconds"] for r in records if r["type"] == "up" and r["phase"] in ("Initializing", "Promoting")]
+        ups = sum(r["seconds"] for r in records if r["type"] == "up" and r["phase"] in ("Initializing", "Promoting"))
+        own = total - waits - ups
         out["runs"].append({"total_s": total, "configured_waits_s": waits, "overhead_s": total - waits,
                             "overhead_share": (total - waits) / total, "ticks": len(ticks), "phases_s": phases,
-                            "deployment_ups_s": sum(ups), "own_s": total - waits - sum(ups), "own_share": (total - waits - sum(ups)) / total})
-    median_run = sorted(out["runs"], key=lambda r: r["overhead_share"])[len(out["runs"]) // 2]
-    out.update({k: v for k, v in median_run.items()})
-    return out
+                            "deployment_ups_s": ups, "own_s": own, "own_share": own / total})
+    return _with_median_run(out)
 
 
 def bench_command(b: Bench, interval_s: float, runs: int) -> dict[str, Any]:
@@ -252,7 +262,7 @@ def bench_command(b: Bench, interval_s: float, runs: int) -> dict[str, Any]:
     """
     out: dict[str, Any] = {"runs": []}
     for _ in range(runs):
-        image = "demo:v1" if b.spec().stable_image == "demo:v2" else "demo:v2"
+        image = _other_image(b)
         start = time.monotonic()
         process = subprocess.Popen([str(ROOT / ".venv" / "bin" / "canary"), "release", b.name, "--image", image, "--lab", "--project-dir", str(b.project)],
                                    env=b.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -273,9 +283,7 @@ def bench_command(b: Bench, interval_s: float, runs: int) -> dict[str, Any]:
         waits = len(ticks) * interval_s
         out["runs"].append({"total_s": total, "configured_waits_s": waits, "overhead_s": total - waits, "overhead_share": (total - waits) / total,
                             "peak_rss_mib": peak_kib / 1024})
-    median_run = sorted(out["runs"], key=lambda r: r["overhead_share"])[len(out["runs"]) // 2]
-    out.update(median_run)
-    return out
+    return _with_median_run(out)
 
 
 def main() -> int:
