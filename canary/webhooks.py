@@ -112,7 +112,8 @@ class EventQueue:
     dropped and reported as a failure. ``close`` delivers what is queued for at
     most ``timeout`` seconds and returns how many events were left undelivered;
     the worker is a daemon, so a receiver that hangs past that never keeps the
-    process alive (each call is bounded by its hook's timeout anyway).
+    process alive (each call is bounded by its hook's timeout anyway), and what
+    it finishes after ``close`` is never reported: the release's lock may be gone.
     """
 
     def __init__(self, on_failure: Callable[[HookResult], None], limit: int = 1000) -> None:
@@ -120,6 +121,8 @@ class EventQueue:
         self._queue: queue.Queue[tuple[Webhook, dict[str, Any]] | None] = queue.Queue(maxsize=limit)
         self._thread: threading.Thread | None = None
         self._calling: Webhook | None = None  # the hook being called, if any
+        self._lock = threading.Lock()  # orders a call's failure report against close's accounting
+        self._closed = False  # close gave up: what the worker still finishes was already reported
 
     def put(self, hook: Webhook, body: Mapping[str, Any]) -> None:
         if self._thread is None:
@@ -134,9 +137,12 @@ class EventQueue:
         while (item := self._queue.get()) is not None:
             self._calling = item[0]
             result = call(*item)
-            self._calling = None
-            if not result.ok:
-                self._on_failure(result)
+            with self._lock:
+                if self._closed:
+                    return
+                self._calling = None
+                if not result.ok:
+                    self._on_failure(result)
 
     def close(self, timeout: float) -> int:
         """Deliver what is queued (for at most ``timeout`` s) and stop the worker. What is left
@@ -148,14 +154,16 @@ class EventQueue:
         with contextlib.suppress(queue.Full):
             self._queue.put(None, timeout=timeout)
         thread.join(max(0.0, deadline - time.monotonic()))
-        if not thread.is_alive():
-            return 0
-        left = [self._calling] if self._calling is not None else []
-        with contextlib.suppress(queue.Empty):
-            while True:
-                item = self._queue.get_nowait()
-                if item is not None:
-                    left.append(item[0])
+        with self._lock:
+            if not thread.is_alive():
+                return 0
+            self._closed = True
+            left = [self._calling] if self._calling is not None else []
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    item = self._queue.get_nowait()
+                    if item is not None:
+                        left.append(item[0])
         for name, count in Counter(hook.name for hook in left).items():
             self._on_failure(HookResult(name, WebhookType.EVENT.value, False, 0.0, f"{count} events not delivered within {timeout:g}s of the release's end"))
         return len(left)
