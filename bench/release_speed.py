@@ -268,9 +268,9 @@ def bench_command(b: Bench, interval_s: float, runs: int) -> dict[str, Any]:
                                    env=b.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         peak_kib = 0
         while process.poll() is None:  # the command's own peak resident memory (VmHWM), read until it exits
-            with contextlib.suppress(OSError, ValueError):
+            with contextlib.suppress(OSError, ValueError):  # gone, or a zombie (no VmHWM line) between exit and poll
                 status = Path(f"/proc/{process.pid}/status").read_text()
-                peak_kib = max(peak_kib, int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))))
+                peak_kib = max([peak_kib] + [int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")])
             time.sleep(0.2)
             if time.monotonic() - start > 600:
                 process.kill()
@@ -309,6 +309,8 @@ def main() -> int:
             results["command"] = bench_command(b, 10.0, args.command_releases)
     finally:
         results["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        if args.json:  # what was measured survives a failure in a later part
+            args.json.write_text(json.dumps(results, indent=1))
         b.destroy()
     steps = results["steps"]
     print(f"step apply latency (s), {args.steps} steps each:")
@@ -338,8 +340,6 @@ def main() -> int:
               f"waits {cmd['configured_waits_s']:.0f}s, overhead {cmd['overhead_s']:.1f}s = {100 * cmd['overhead_share']:.1f} %; "
               f"peak RSS of the command {max(r['peak_rss_mib'] for r in cmd['runs']):.0f} MiB")
     print(f"peak RSS of the orchestrator: {results['peak_rss_mib']:.0f} MiB")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
     return 0
 
 
