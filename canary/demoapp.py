@@ -1,7 +1,9 @@
 """The demo app: a tiny HTTP service standing in for one pod of a released version.
 
 Run as a process (``python -m canary.demoapp --listen 127.0.0.1:8080 --version v2
---error-rate 0.2 --latency 0.6``). It answers every path with its version in the
+--error-rate 0.2 --latency 0.6``, or as the script ``canary/demoapp.py``, which is
+how the lab starts it: it imports nothing of canary, so a pod starts without the
+package's imports). It answers every path with its version in the
 body and the ``X-Version`` header, returns 500 for the configured share of
 requests and adds the configured latency, and exports the two conventional
 series with prometheus_client on ``/metrics``:

@@ -8,12 +8,12 @@ the GatewayClass and Gateway). Errors are mapped to ``ClusterUnreachable``.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
 import urllib3
-from kubernetes import client, config, dynamic
+from kubernetes import client, config, dynamic, watch
 from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError
 
@@ -69,6 +69,20 @@ class Kube:
         except ApiException as exc:
             raise ClusterUnreachable(f"listing {kind}: HTTP {exc.status} {exc.reason}") from None
         return [item.to_dict() for item in items.items]
+
+    def changes(self, api_version: str, kind: str, seconds: int) -> Iterator[str]:
+        """The type of every change to objects of ``kind`` (``ADDED``, ``MODIFIED``, ``DELETED`` …), until the
+        API server ends the watch after ``seconds``. A watch begins with one ``ADDED`` per existing object."""
+        res = self.resource(api_version, kind)
+        events = watch.Watch().stream(res.get, serialize=False, timeout_seconds=seconds, _request_timeout=seconds + 10)
+        while True:
+            try:
+                event = self._call(lambda: next(events, None))
+            except ApiException as exc:
+                raise ClusterUnreachable(f"watching {kind}: HTTP {exc.status} {exc.reason}") from None
+            if event is None:
+                return
+            yield str(event["type"])
 
     def apply(self, manifest: Mapping[str, Any], field_manager: str = "canary") -> dict[str, Any]:
         """Server-side apply one object."""

@@ -1,10 +1,12 @@
 """The lab's stand-in for a container runtime: one demo process per pod.
 
 Runs inside the lab's network namespace (``python -m canary.lab.pods LABDIR``).
-It polls the API server for pods the fake kubelet (kwok) gave an IP, starts
-``canary.demoapp`` bound to that pod IP and container port with the behaviour
-of the pod's image tag (``demo:v1``, ``demo:v2-faulty`` …), and once the
-process answers ``/healthz`` annotates the pod ``lab.canary/serving=true`` —
+It watches the API server for pods the fake kubelet (kwok) gave an IP (every
+change wakes it; a full list at least every second stays the truth), starts
+``canary/demoapp.py`` bound to that pod IP and container port with the
+behaviour of the pod's image tag (``demo:v1``, ``demo:v2-faulty`` …), probes
+the new process every 20 ms, and once it answers ``/healthz`` annotates the
+pod ``lab.canary/serving=true`` —
 only then does kwok mark it Ready, so a Deployment is Ready exactly when its
 pods serve, as on a real cluster. It stops the process of a pod that is
 deleted, restarts one that died, and keeps Prometheus' scrape targets current
@@ -21,11 +23,13 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from canary import demoapp
 from canary.demoapp import IMAGE_BEHAVIOURS
 from canary.errors import ClusterUnreachable
 from canary.kube import Kube
@@ -33,7 +37,13 @@ from canary.lab import procs
 from canary.lab import prometheus as lab_prometheus
 
 SERVING_ANNOTATION = "lab.canary/serving"
-POLL_SECONDS = 0.25
+RESYNC_SECONDS = 1.0  # a full list at least this often: a process that died, a missed change
+PROBE_SECONDS = 0.02  # health probes of a started process until it serves …
+PROBE_FAST_FOR = 30.0  # … for this long after its start; after that, once per resync
+WATCH_SECONDS = 60
+# The demo app runs as a script, not as ``-m canary.demoapp``: it imports nothing of canary, and the
+# package's imports would add about 0.12 s to every pod's start.
+DEMOAPP = Path(demoapp.__file__)
 
 
 @dataclass
@@ -67,6 +77,7 @@ class Supervisor:
         self.log_dir = lab_dir / "logs" / "pods"
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.stopping = False
+        self.changed = threading.Event()
         self._last: tuple[list[Any], list[Any]] = ([], [])
 
     def _start(self, pod: dict[str, Any], tag: str) -> Running:
@@ -75,7 +86,7 @@ class Supervisor:
         port = int((container.get("ports") or [{}])[0].get("containerPort", 8080))
         log = open(self.log_dir / f"{meta['namespace']}_{meta['name']}.log", "ab")  # noqa: SIM115 - owned by the child
         process = subprocess.Popen(
-            [sys.executable, "-m", "canary.demoapp", "--listen", f"{status['podIP']}:{port}", "--image", f"demo:{tag}"],
+            [sys.executable, str(DEMOAPP), "--listen", f"{status['podIP']}:{port}", "--image", f"demo:{tag}"],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )
         log.close()
@@ -125,12 +136,28 @@ class Supervisor:
                 run = None
             if run is None:
                 run = self.running[uid] = self._start(pod, tag)
-            if not run.serving and procs.http_ok(f"http://{run.ip}:{run.port}/healthz"):
-                self._mark_serving(run)
+        self._probe()
         for uid in list(self.running):
             if uid not in seen:
                 self._stop(self.running.pop(uid), "pod deleted")
         self._write_targets()
+
+    def _probe(self) -> None:
+        """Mark serving every started process that answers its health check."""
+        for run in list(self.running.values()):
+            if not run.serving and run.process.poll() is None and procs.http_ok(f"http://{run.ip}:{run.port}/healthz"):
+                self._mark_serving(run)
+
+    def _watch(self) -> None:
+        """Wake the loop on every pod change (its own thread and client; the loop's list stays the truth)."""
+        kube = Kube(self.lab_dir / "kubeconfig", timeout=5)
+        while not self.stopping:
+            try:
+                for _ in kube.changes("v1", "Pod", WATCH_SECONDS):
+                    self.changed.set()
+            except Exception as exc:  # noqa: BLE001 - the resync covers the gap; retry after a pause
+                print(f"pod watch failed: {type(exc).__name__}: {exc}", flush=True)
+                time.sleep(RESYNC_SECONDS)
 
     def _write_targets(self) -> None:
         """Prometheus targets and the lab's pod report, rewritten only when they change."""
@@ -165,14 +192,24 @@ class Supervisor:
         signal.signal(signal.SIGTERM, lambda *_: setattr(self, "stopping", True))
         signal.signal(signal.SIGINT, lambda *_: setattr(self, "stopping", True))
         print("pod supervisor running", flush=True)
+        threading.Thread(target=self._watch, name="pod-watch", daemon=True).start()
+        next_sync = 0.0
         while not self.stopping:
             try:
-                self.sync()
+                if self.changed.is_set() or time.monotonic() >= next_sync:
+                    self.changed.clear()
+                    next_sync = time.monotonic() + RESYNC_SECONDS
+                    self.sync()
+                else:
+                    self._probe()
+                    self._write_targets()
             except ClusterUnreachable as exc:
                 print(f"API server unreachable: {exc}", flush=True)
-            except Exception as exc:  # noqa: BLE001 - the supervisor must outlive one bad poll
+            except Exception as exc:  # noqa: BLE001 - the supervisor must outlive one bad pass
                 print(f"sync failed: {type(exc).__name__}: {exc}", flush=True)
-            time.sleep(POLL_SECONDS)
+            now = time.monotonic()
+            starting = any(not run.serving and now - run.started < PROBE_FAST_FOR for run in self.running.values())
+            self.changed.wait(PROBE_SECONDS if starting else max(0.0, next_sync - now))
         for run in list(self.running.values()):
             self._stop(run, "supervisor stopping")
         self.running.clear()

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
 
 from canary import routing
-from canary.kube import condition
+from canary.kube import Kube, condition
 from canary.lab.layout import Layout
 from canary.prometheus import PrometheusProvider
-from tests.lab.conftest import LabStack, drive, host, make_project
+from tests.lab.conftest import LabStack, drive, host, make_project, wait_until
 
 
 def test_plain_pulumi_up_creates_ready_resources_and_an_accepted_route(lab: Layout, tmp_path: Path) -> None:
@@ -203,8 +204,6 @@ def test_the_forwarder_adds_no_delay_to_large_api_server_replies(lab: Layout) ->
 
     from kubernetes import client
 
-    from canary.kube import Kube
-
     crds = client.ApiextensionsV1Api(Kube(lab.kubeconfig)._api)
 
     def read() -> int:  # the raw reply, unparsed: the transport alone is measured
@@ -217,3 +216,35 @@ def test_the_forwarder_adds_no_delay_to_large_api_server_replies(lab: Layout) ->
         read()
         took.append(time.monotonic() - start)
     assert statistics.median(took) < 0.015, [round(t, 3) for t in took]
+
+
+def test_a_watch_reports_every_change_of_a_kind(lab: Layout) -> None:
+    kube = Kube(lab.kubeconfig)
+    name = f"watch-probe-{os.getpid()}"
+    seen: list[str] = []
+    try:
+        kube.apply({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": "default"}, "data": {"a": "1"}})
+        changes = kube.changes("v1", "ConfigMap", seconds=5)
+        seen.append(next(changes))  # the watch begins with the objects that exist
+        kube.apply({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": "default"}, "data": {"a": "2"}})
+        kube.delete("v1", "ConfigMap", name, "default")
+        for change in changes:
+            seen.append(change)
+            if change == "DELETED":
+                break
+    finally:
+        kube.delete("v1", "ConfigMap", name, "default")
+    assert seen[0] == "ADDED" and "MODIFIED" in seen and seen[-1] == "DELETED", seen
+
+
+def test_the_pod_supervisor_restarts_a_process_that_died_and_it_serves_again(lab_stack: LabStack) -> None:
+    """A process dying changes no pod: the supervisor's periodic list, not its watch, must notice it."""
+    def pods() -> dict[str, dict[str, object]]:
+        report = json.loads((lab_stack.layout.dir / "pods.json").read_text())
+        return {p["pod"]: p for p in report if p["namespace"] == lab_stack.namespace}
+
+    victim, before = min(wait_until(pods, "the stack's pods in the supervisor's report", 30).items())
+    os.kill(int(str(before["pid"])), signal.SIGKILL)
+    after = wait_until(lambda: (p := pods().get(victim)) and p["pid"] != before["pid"] and p["serving"] and p, f"{victim} restarted", 15)
+    answers = drive(lab_stack.layout.gateway_url + "/", 20, host_name=host(lab_stack.name))
+    assert after["ip"] == before["ip"] and set(answers) == {"v1"}, (before, after, answers)

@@ -46,7 +46,7 @@ def test_down_leaves_no_process_and_no_port_then_up_works_again(lab: Layout) -> 
     assert not netns.exists(lab.netns)
     assert not [p for p in (lab.api_port, lab.gateway_port, lab.prometheus_port) if _listening(p)]
     assert not _processes_mentioning(str(lab.dir)), _processes_mentioning(str(lab.dir))
-    assert not _processes_mentioning("canary.demoapp --listen 10.244.")
+    assert not _processes_mentioning("demoapp.py --listen 10.244.")
     done = subprocess.run([".venv/bin/canary", "lab", "up"], capture_output=True, text=True, timeout=300, cwd=lab.project_dir)
     assert done.returncode == 0, done.stderr
     assert all(row["state"] == "running" for row in cluster.status(lab)), cluster.status(lab)
