@@ -119,12 +119,15 @@ def history(stack: str, project_dir: Path | None = None, release_id: str | None 
 
 def abort(stack: str, project_dir: Path | None = None, by: str = "canary abort", lab: bool | None = None) -> str:
     """Ask the running release to roll back and end Aborted; returns the release id."""
+    from canary.errors import InvalidSpec, Problem
+
     j = journal(stack, project_dir, lab)
     state = j.load_state()
     if state is None or Phase(state["phase"]) in (Phase.SUCCEEDED, Phase.FAILED, Phase.ABORTED):
-        from canary.errors import InvalidSpec, Problem
-
         raise InvalidSpec([Problem("stack", stack, "has no release in progress to abort")], "abort")
+    if Phase(state["phase"]) in (Phase.PROMOTING, Phase.FINALISING):
+        # The release would ignore the request (the new version passed every check): say so now, not in its log.
+        raise InvalidSpec([Problem("stack", stack, f"release {state['release']} is already {state['phase']}: the new version passed every check and a promotion is not interrupted")], "abort")
     j.request("abort", state["release"], by=by)
     j.record(state["release"], "request", request="abort", by=by)
     return str(state["release"])

@@ -56,3 +56,23 @@ def test_console_script_is_installed() -> None:
     exe = Path(sys.executable).parent / "canary"
     done = subprocess.run([str(exe), "validate", "lab"], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize(("phase", "exit_code", "message"), [
+    ("Promoting", 2, "is already Promoting: the new version passed every check"),
+    ("Finalising", 2, "is already Finalising"),
+    ("Succeeded", 2, "has no release in progress to abort"),
+    ("Progressing", 0, "abort requested"),
+])
+def test_abort_is_refused_once_promotion_started_and_nothing_is_requested(tmp_path: Path, phase: str, exit_code: int, message: str) -> None:
+    from canary.journal import Journal, state_root
+
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "Pulumi.yaml").write_text((ROOT / "Pulumi.yaml").read_text())
+    j = Journal(state_root(project), "prod")
+    j.save_state({"release": "r1", "stack": "prod", "phase": phase})
+    done = _cli("abort", "prod", "--project-dir", str(project), cwd=tmp_path)
+    assert done.returncode == exit_code, done.stdout + done.stderr
+    assert message in done.stdout + done.stderr
+    assert (j.take_request("abort", "r1") is not None) == (exit_code == 0)
