@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from canary import processes
 from canary.errors import StackBusy
 
 
@@ -81,16 +82,8 @@ class LockHolder:
         return f"release {self.release} by pid {self.pid} on {self.host}, started {self.started}"
 
     def alive(self) -> bool:
-        """True unless the holder is a process of this host that no longer exists."""
-        if self.host != socket.gethostname():
-            return True
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
+        """True unless the holder is a process of this host that is gone (see ``processes``)."""
+        return processes.holder_alive(self.host, self.pid, self.started)
 
 
 class Journal:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import shutil
 import time
@@ -31,7 +30,7 @@ from typing import Any
 
 from pulumi import automation as auto
 
-from canary import journal, stackconfig
+from canary import journal, processes, stackconfig
 from canary.errors import ClusterUnreachable, StackBusy, StackError, StackNotFound
 from canary.spec import ReleaseSpec
 
@@ -104,18 +103,8 @@ def _command(env: Mapping[str, str]) -> auto.PulumiCommand | None:
 
 
 def _lock_alive(lock: Mapping[str, Any]) -> bool:
-    """A lock is alive unless it belongs to this host and its process is gone."""
-    import socket
-
-    if lock.get("hostname") != socket.gethostname():
-        return True
-    try:
-        os.kill(int(lock["pid"]), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, ValueError):
-        return True
-    return True
+    """A lock is alive unless it belongs to this host and its process is gone (see ``processes``)."""
+    return processes.holder_alive(lock.get("hostname", ""), int(lock["pid"]), lock.get("timestamp"))
 
 
 class Stack:

@@ -1,0 +1,76 @@
+"""Whether the process that took a lock is still there.
+
+Two locks name their holder by host and pid: canary's own release lock (the
+journal) and Pulumi's update lock (the file backend). A lock of this host is
+stale when its process is gone — and a pid that answers ``kill(pid, 0)`` can
+still be gone:
+
+- a **zombie**: killed, not yet reaped. When a release's whole process group is
+  killed, the Pulumi CLI's parent dies with it and the CLI waits for the init
+  process to reap it; an init that reaps late (or never, as in a container whose
+  first process is not an init) would keep the lock "alive" indefinitely;
+- a **reused pid**: pids wrap (at 32768 on many Linux machines), so a later,
+  unrelated process can carry the dead holder's pid. A process that started
+  well after the lock was taken (a minute: ``START_TOLERANCE_S``) is not its
+  holder.
+
+Both are read from ``/proc`` (Linux); elsewhere only the pid's existence counts.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from datetime import datetime
+from pathlib import Path
+
+#: how much later than the lock's time its holder may appear to have started and
+#: still count as the holder. Generous on purpose: the boot time in /proc/stat
+#: has whole seconds, and a wall clock stepped forward after the lock was taken
+#: moves every computed start time with it; a live holder must never look dead.
+#: A reused pid belongs to a process started long after a lock that is stale.
+START_TOLERANCE_S = 60.0
+
+
+def holder_alive(host: str, pid: int, since: str | None = None) -> bool:
+    """True unless the holder is a process of this host that is gone (no such pid, a zombie, or
+    a newer process reusing the pid: one started after ``since``, the lock's ISO 8601 time)."""
+    if host != socket.gethostname():
+        return True  # another host's process: nothing here can tell
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, under another user
+    except (OverflowError, ValueError):
+        return False  # not a pid at all
+    info = _proc_stat(pid)
+    if info is None:
+        return True
+    state, started = info
+    if state in ("Z", "X"):
+        return False
+    taken = _timestamp(since)
+    return taken is None or started <= taken + START_TOLERANCE_S
+
+
+def _proc_stat(pid: int) -> tuple[str, float] | None:
+    """(state letter, start time as a Unix timestamp) from /proc, or None where there is no /proc."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime "))
+        # after "pid (comm) ": field 3 (state) is index 0, field 22 (starttime, in clock ticks since boot) index 19
+        fields = stat[stat.rindex(")") + 2 :].split()
+        return fields[0], boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None
+
+
+def _timestamp(iso: str | None) -> float | None:
+    if not iso:
+        return None
+    try:
+        return datetime.fromisoformat(iso).timestamp()
+    except ValueError:
+        return None

@@ -1,0 +1,65 @@
+"""Whether a lock's holder is still there: a pid that answers can still be gone (a zombie, a reused pid)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from canary import processes
+from canary.journal import Journal, LockHolder, now_iso
+
+HOST = socket.gethostname()
+
+
+def _zombie() -> subprocess.Popen[bytes]:
+    """A child that has exited and is not reaped yet: kill(pid, 0) still succeeds on it."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+        assert time.monotonic() < deadline, "the child did not exit"
+        time.sleep(0.01)
+    os.kill(child.pid, 0)  # the old check: "alive"
+    return child
+
+
+def test_a_running_process_that_took_the_lock_is_alive() -> None:
+    assert processes.holder_alive(HOST, os.getpid(), now_iso())
+
+
+def test_a_zombie_holds_nothing() -> None:
+    child = _zombie()
+    try:
+        assert not processes.holder_alive(HOST, child.pid, now_iso())
+    finally:
+        child.wait()
+
+
+def test_a_pid_gone_or_reused_by_a_newer_process_is_not_the_holder() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    assert not processes.holder_alive(HOST, child.pid, now_iso())
+    # This process started long after a lock taken in 2020: it cannot be that lock's holder.
+    assert not processes.holder_alive(HOST, os.getpid(), "2020-01-01T00:00:00.000Z")
+    # Within the tolerance it still counts (clocks and /proc's whole-second boot time).
+    assert processes.holder_alive(HOST, os.getpid(), None)
+
+
+def test_another_hosts_holder_is_assumed_alive() -> None:
+    assert processes.holder_alive(HOST + "-elsewhere", 1, now_iso())
+
+
+def test_the_release_lock_of_a_zombie_is_taken_over(tmp_path: Path) -> None:
+    journal = Journal(tmp_path, "prod")
+    child = _zombie()
+    try:
+        (journal.dir / "lock").write_text(f'{{"host": "{HOST}", "pid": {child.pid}, "started": "{now_iso()}", "release": "r0"}}')
+        holder = journal.holder()
+        assert holder == LockHolder(HOST, child.pid, holder.started, "r0") and not holder.alive()
+        journal.acquire("r1")
+        assert (journal.holder() or holder).release == "r1"
+    finally:
+        child.wait()
