@@ -52,6 +52,15 @@ from canary.release import Phase, Release, ReleaseState  # noqa: E402
 from canary.stack import Stack  # noqa: E402
 
 
+def running_lab() -> Layout | None:
+    """The lab's layout, or None (said on stderr) when the lab is not running."""
+    layout = Layout.default()
+    if cluster.running(layout):
+        return layout
+    print("the lab is not running: canary lab up", file=sys.stderr)
+    return None
+
+
 def summary(samples: list[float]) -> dict[str, float]:
     ordered = sorted(samples)
     return {
@@ -294,9 +303,8 @@ def main() -> int:
     parser.add_argument("--command-releases", type=int, default=1, help="healthy releases run as the `canary release` command")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    layout = Layout.default()
-    if not all(row["state"] == "running" for row in cluster.status(layout)):
-        print("the lab is not running: canary lab up", file=sys.stderr)
+    layout = running_lab()
+    if layout is None:
         return 2
     b = Bench(layout, "bench-speed")
     results: dict[str, Any] = {"machine": f"{os.cpu_count()} cores", "date": now_iso()}

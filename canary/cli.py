@@ -423,7 +423,7 @@ def demo(healthy: str, faulty: str) -> None:
     from canary.stack import Stack
 
     layout = Layout.default()
-    if not all(row["state"] == "running" for row in cluster.status(layout)):
+    if not cluster.running(layout):
         _die("the lab is not running: start it with `canary lab up`", EXIT_FAILED)
     click.echo("== resetting the lab stack to its stable state (demo:v1, 100/0, no canary)")
     stack = Stack(layout.project, cluster.LAB_STACK, api.environment(lab=True))

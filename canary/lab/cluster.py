@@ -561,6 +561,11 @@ def status(layout: Layout) -> list[dict[str, Any]]:
     return report
 
 
+def running(layout: Layout) -> bool:
+    """Every component of the lab is up and healthy."""
+    return all(row["state"] == "running" for row in status(layout))
+
+
 def pods(layout: Layout) -> list[dict[str, Any]]:
     try:
         return json.loads((layout.dir / "pods.json").read_text())  # type: ignore[no-any-return]

@@ -49,7 +49,7 @@ def test_down_leaves_no_process_and_no_port_then_up_works_again(lab: Layout) -> 
     assert not _processes_mentioning("demoapp.py --listen 10.244.")
     done = subprocess.run([".venv/bin/canary", "lab", "up"], capture_output=True, text=True, timeout=300, cwd=lab.project_dir)
     assert done.returncode == 0, done.stderr
-    assert all(row["state"] == "running" for row in cluster.status(lab)), cluster.status(lab)
+    assert cluster.running(lab), cluster.status(lab)
 
 
 def test_a_component_that_cannot_start_fails_lab_up_with_its_name_and_log(lab: Layout, tmp_path: Path) -> None:
