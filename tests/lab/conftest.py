@@ -126,9 +126,11 @@ def drive(url: str, count: int, workers: int = 8, seconds: float = 120, host_nam
     return counts
 
 
-def wait_until(condition: Callable[[], T], what: str, timeout: float, process: subprocess.Popen[str] | None = None, every: float = 0.05) -> T:
-    """Poll ``condition`` until it is truthy and return its value; fail naming ``what`` at the
-    timeout, or at once (with its output) when ``process`` — the release under test — exits first."""
+def wait_until(condition: Callable[[], T], what: str | Callable[[], str], timeout: float, process: subprocess.Popen[str] | None = None,
+               every: float = 0.05) -> T:
+    """Poll ``condition`` until it is truthy and return its value; fail naming ``what`` (a callable: as it
+    is at the timeout) at the timeout, or at once (with its output) when ``process`` — the release under
+    test — exits first."""
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
@@ -136,9 +138,9 @@ def wait_until(condition: Callable[[], T], what: str, timeout: float, process: s
             return value
         if process is not None and process.poll() is not None:
             out, err = process.communicate()
-            raise AssertionError(f"the release exited {process.returncode} before {what}:\n{out[-2000:]}\n{err[-2000:]}")
+            raise AssertionError(f"the release exited {process.returncode} before {what() if callable(what) else what}:\n{out[-2000:]}\n{err[-2000:]}")
         if time.monotonic() >= deadline:
-            raise AssertionError(f"not within {timeout:g}s: {what}")
+            raise AssertionError(f"not within {timeout:g}s: {what() if callable(what) else what}")
         time.sleep(every)
 
 

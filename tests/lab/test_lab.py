@@ -72,22 +72,24 @@ def test_gateway_splits_real_traffic_by_the_route_weights(lab_stack: LabStack) -
 def _wait_serving(lab_stack: LabStack, versions: set[str], timeout: float = 30) -> None:
     """An accepted route is not yet a gateway that knows the new pods' endpoints: wait until it answers from each version."""
     seen: set[str] = set()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and not versions <= seen:
+
+    def answered_from_each() -> bool:
         seen.update(k for k in drive(lab_stack.layout.gateway_url + "/", 20, workers=2, seconds=5, host_name=host(lab_stack.name)) if k in versions)
-        time.sleep(0.2)
-    assert versions <= seen, f"the gateway did not answer from {versions - seen} within {timeout:.0f}s"
+        return versions <= seen
+
+    wait_until(answered_from_each, lambda: f"the gateway answering from each of {sorted(versions)} (seen {sorted(seen)})", timeout, every=0.2)
 
 
 def _wait_accepted(lab_stack: LabStack, weight: int, timeout: float = 30) -> None:
     spec = lab_stack.spec()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        state = lab_stack.reader.route(spec)
-        if state is not None and state.weights == (100 - weight, weight) and state.accepted:
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"route not accepted at weight {weight}: {state}")
+
+    last: list[object] = [None]
+
+    def accepted() -> bool:
+        state = last[0] = lab_stack.reader.route(spec)
+        return state is not None and state.weights == (100 - weight, weight) and state.accepted
+
+    wait_until(accepted, lambda: f"the route accepted at weight {weight} (last seen: {last[0]})", timeout, every=0.1)
 
 
 def test_prometheus_reports_stable_and_canary_rates_separately(lab_stack: LabStack) -> None:
@@ -96,14 +98,13 @@ def test_prometheus_reports_stable_and_canary_rates_separately(lab_stack: LabSta
     _wait_accepted(lab_stack, 50)
     provider = PrometheusProvider(lab_stack.layout.prometheus_url)
     # Prometheus must have scraped the new pods before the traffic, or rate() misses its start.
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+    def scraped() -> bool:
         try:
-            if provider.run_query(f'count(up{{namespace="{lab_stack.namespace}"}} == 1)') >= 4:
-                break
+            return provider.run_query(f'count(up{{namespace="{lab_stack.namespace}"}} == 1)') >= 4
         except Exception:  # noqa: BLE001 - not scraped yet
-            pass
-        time.sleep(0.5)
+            return False
+
+    wait_until(scraped, "Prometheus scraping the stack's four pods", 30, every=0.5)
     drive(lab_stack.layout.gateway_url + "/", 600, workers=4, seconds=60, host_name=host(lab_stack.name))
     time.sleep(2.5)
     rates = {}
