@@ -7,7 +7,7 @@ Layers, each importing only downward:
 - adapters, one per third-party client: ``prometheus`` (prometheus-api-client),
   ``program`` (pulumi, pulumi-kubernetes), ``stack`` (pulumi.automation),
   ``kube`` (kubernetes), ``webhooks`` (HTTP and local commands)
-- state: ``journal`` (the durable record, locks and requests)
+- state: ``journal`` (the durable record, locks and requests), ``processes`` (is a lock's holder still there)
 - orchestration: ``release`` (the state machine, through ports)
 - front: ``api`` (for scripts), ``cli``
 - the local environment: ``lab`` (control plane, gateway, Prometheus), ``demoapp``,
