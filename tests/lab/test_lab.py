@@ -220,22 +220,28 @@ def test_the_forwarder_adds_no_delay_to_large_api_server_replies(lab: Layout) ->
 
 
 def test_a_watch_reports_every_change_of_a_kind(lab: Layout) -> None:
+    """On a kind nothing else in the lab touches (IngressClass), so every change seen is the test's own."""
     kube = Kube(lab.kubeconfig)
     name = f"watch-probe-{os.getpid()}"
+
+    def ingress_class(label: str) -> dict[str, object]:
+        return {"apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
+                "metadata": {"name": name, "labels": {"probe": label}}, "spec": {"controller": "lab.canary/none"}}
+
     seen: list[str] = []
     try:
-        kube.apply({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": "default"}, "data": {"a": "1"}})
-        changes = kube.changes("v1", "ConfigMap", seconds=5)
+        kube.apply(ingress_class("a"))
+        changes = kube.changes("networking.k8s.io/v1", "IngressClass", seconds=10)
         seen.append(next(changes))  # the watch begins with the objects that exist
-        kube.apply({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": "default"}, "data": {"a": "2"}})
-        kube.delete("v1", "ConfigMap", name, "default")
+        kube.apply(ingress_class("b"))
+        kube.delete("networking.k8s.io/v1", "IngressClass", name)
         for change in changes:
             seen.append(change)
             if change == "DELETED":
                 break
     finally:
-        kube.delete("v1", "ConfigMap", name, "default")
-    assert seen[0] == "ADDED" and "MODIFIED" in seen and seen[-1] == "DELETED", seen
+        kube.delete("networking.k8s.io/v1", "IngressClass", name)
+    assert seen == ["ADDED", "MODIFIED", "DELETED"], seen
 
 
 def test_the_pod_supervisor_restarts_a_process_that_died_and_it_serves_again(lab_stack: LabStack) -> None:
