@@ -32,39 +32,48 @@ from pathlib import Path
 START_TOLERANCE_S = 60.0
 
 
+def pid_alive(pid: int) -> bool:
+    """The process exists and is not a zombie (killed, not yet reaped)."""
+    return _look(pid)[0]
+
+
 def holder_alive(host: str, pid: int, since: str | None = None) -> bool:
     """True unless the holder is a process of this host that is gone (no such pid, a zombie, or
     a newer process reusing the pid: one started after ``since``, the lock's ISO 8601 time)."""
     if host != socket.gethostname():
         return True  # another host's process: nothing here can tell
+    alive, started = _look(pid)
+    if not alive:
+        return False
+    taken = _timestamp(since)
+    return started is None or taken is None or started <= taken + START_TOLERANCE_S
+
+
+def _look(pid: int) -> tuple[bool, float | None]:
+    """Whether ``pid`` is a live process, and its start time (a Unix timestamp) where /proc tells."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        return False
+        return False, None
     except PermissionError:
         pass  # exists, under another user
     except (OverflowError, ValueError):
-        return False  # not a pid at all
-    info = _proc_stat(pid)
-    if info is None:
-        return True
-    state, started = info
-    if state in ("Z", "X"):
-        return False
-    taken = _timestamp(since)
-    return taken is None or started <= taken + START_TOLERANCE_S
-
-
-def _proc_stat(pid: int) -> tuple[str, float] | None:
-    """(state letter, start time as a Unix timestamp) from /proc, or None where there is no /proc."""
+        return False, None  # not a pid at all
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return not Path("/proc/self").exists(), None  # gone since kill(), unless there is no /proc at all
+    except OSError:
+        return True, None
+    # after "pid (comm) ": field 3 (state) is index 0, field 22 (starttime, in clock ticks since boot) index 19
+    fields = stat[stat.rindex(")") + 2 :].split()
+    if fields[0] in ("Z", "X"):
+        return False, None
+    try:
         boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime "))
-        # after "pid (comm) ": field 3 (state) is index 0, field 22 (starttime, in clock ticks since boot) index 19
-        fields = stat[stat.rindex(")") + 2 :].split()
-        return fields[0], boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+        return True, boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
     except (OSError, StopIteration, ValueError, IndexError):
-        return None
+        return True, None
 
 
 def _timestamp(iso: str | None) -> float | None:

@@ -21,7 +21,7 @@ from pathlib import Path
 import requests
 
 from canary.errors import LabError
-
+from canary.processes import pid_alive
 
 #: Children started by this process, kept so they are reaped (not warned about) when stopped.
 _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
@@ -40,20 +40,6 @@ def log_tail(path: Path, lines: int = 15) -> str:
     except OSError:
         return "(no log)"
     return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie is not alive
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def start(name: str, argv: Sequence[str], run_dir: Path, env: Mapping[str, str] | None = None, cwd: Path | None = None) -> Proc:
