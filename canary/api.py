@@ -123,9 +123,10 @@ def abort(stack: str, project_dir: Path | None = None, by: str = "canary abort",
 
     j = journal(stack, project_dir, lab)
     state = j.load_state()
-    if state is None or Phase(state["phase"]) in (Phase.SUCCEEDED, Phase.FAILED, Phase.ABORTED):
+    phase = Phase(state["phase"]) if state is not None else None
+    if state is None or phase in (Phase.SUCCEEDED, Phase.FAILED, Phase.ABORTED):
         raise InvalidSpec([Problem("stack", stack, "has no release in progress to abort")], "abort")
-    if Phase(state["phase"]) in (Phase.PROMOTING, Phase.FINALISING):
+    if phase in (Phase.PROMOTING, Phase.FINALISING):
         # The release would ignore the request (the new version passed every check): say so now, not in its log.
         raise InvalidSpec([Problem("stack", stack, f"release {state['release']} is already {state['phase']}: the new version passed every check and a promotion is not interrupted")], "abort")
     j.request("abort", state["release"], by=by)
