@@ -26,8 +26,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import requests
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -48,11 +46,9 @@ def demoapp_start(command: list[str]) -> float:
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         while time.monotonic() - start < 10:
-            try:
-                requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+            if procs.http_ok(f"http://127.0.0.1:{port}/healthz"):
                 return time.monotonic() - start
-            except requests.ConnectionError:
-                time.sleep(0.002)
+            time.sleep(0.002)
         raise RuntimeError(f"{command} did not answer within 10 s")
     finally:
         process.terminate()
