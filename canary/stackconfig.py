@@ -10,6 +10,7 @@ nothing else.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,99 @@ def _decode_secure(value: Any) -> Any:
     return value
 
 
+class _PulumiYamlLoader(yaml.SafeLoader):
+    """YAML as the Pulumi CLI reads a stack file (YAML 1.2 scalars), for the values it types alike.
+
+    PyYAML follows YAML 1.1, where ``on``, ``no`` or ``1:30`` are a bool and an
+    integer; to the CLI they are strings. This loader types a plain scalar only
+    when both agree: ``~``/``null``/empty as null, ``true``/``false`` (and their
+    capitalised forms) as bools, decimal integers and simple decimals as numbers;
+    every other scalar stays a string. ``differs`` is set when a plain scalar
+    left a string here is one the CLI would still type (hex, exponents,
+    timestamps …): a reader that must agree with the CLI leaves such a file to it.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.differs = False
+
+    def resolve(self, kind: Any, value: Any, implicit: Any) -> str:
+        tag = super().resolve(kind, value, implicit)
+        if kind is yaml.ScalarNode and implicit[0] and tag == "tag:yaml.org,2002:str" and _go_types_plain(value):
+            self.differs = True
+        return tag
+
+
+_PulumiYamlLoader.yaml_implicit_resolvers = {}
+for _tag, _pattern, _first in (
+    ("tag:yaml.org,2002:null", r"^(?:~|null|Null|NULL|)$", ["~", "n", "N", ""]),
+    ("tag:yaml.org,2002:bool", r"^(?:true|True|TRUE|false|False|FALSE)$", list("tTfF")),
+    ("tag:yaml.org,2002:int", r"^[-+]?(?:0|[1-9][0-9]*)$", list("-+0123456789")),
+    ("tag:yaml.org,2002:float", r"^[-+]?(?:0|[1-9][0-9]*)\.[0-9]+$", list("-+0123456789")),
+):
+    _PulumiYamlLoader.add_implicit_resolver(_tag, re.compile(_pattern), _first)
+
+_NUMBER_CHARS = frozenset("0123456789abcdefABCDEFxXoO_.+-")
+
+
+def _go_types_plain(value: str) -> bool:
+    """A plain scalar the CLI's YAML reads as a number, infinity, NaN, timestamp or merge key."""
+    if value == "<<" or re.match(r"[-+]?\.(?:inf|Inf|INF|nan|NaN|NAN)$", value) or re.match(r"\d{4}-\d", value):
+        return True
+    return value[:1] in "-+.0123456789" and set(value) <= _NUMBER_CHARS
+
+
+def _load_as_pulumi(text: str) -> tuple[Any, bool]:
+    """The YAML document as the CLI reads it, and whether some plain scalar may read differently there."""
+    loader = _PulumiYamlLoader(text)
+    try:
+        return loader.get_single_data(), loader.differs
+    finally:
+        loader.dispose()
+
+
+def _plain_data(value: Any) -> bool:
+    """Data without a secret to decrypt, with string keys only."""
+    if isinstance(value, dict):
+        return "secure" not in value and all(isinstance(k, str) and _plain_data(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_plain_data(v) for v in value)
+    return value is None or isinstance(value, (str, int, float))
+
+
+def plain_config(project_dir: Path, stack: str) -> dict[str, str] | None:
+    """The stack's config as ``pulumi config --json`` gives it (``project:key`` -> text,
+    objects as JSON), read from the files without a CLI process; None when only the
+    CLI can say: a secret to decrypt, an ESC ``environment``, project-level config in
+    ``Pulumi.yaml``, a value the two YAML readers could type differently, a file that
+    does not read or parse.
+    """
+    try:
+        project = yaml.safe_load((project_dir / "Pulumi.yaml").read_text())
+        document, differs = _load_as_pulumi(stack_file(project_dir, stack).read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    if differs or not isinstance(project, dict) or "config" in project or project.get("stackConfigDir") != "stacks":
+        return None
+    if not isinstance(document, dict) or set(document) - {"config", "secretsprovider", "encryptionsalt", "encryptedkey"}:
+        return None
+    config = document.get("config") or {}
+    if not isinstance(config, dict):
+        return None
+    values: dict[str, str] = {}
+    for key, value in config.items():
+        # a top-level float is printed by Go's float formatting; a top-level null is not a value
+        if not isinstance(key, str) or ":" not in key or value is None or isinstance(value, float) or not _plain_data(value):
+            return None
+        if isinstance(value, bool):
+            values[key] = "true" if value else "false"
+        elif isinstance(value, (dict, list)):
+            values[key] = json.dumps(value, separators=(",", ":"), sort_keys=True)
+        else:
+            values[key] = str(value)
+    return values
+
+
 def read_stack_file(path: Path) -> dict[str, Any]:
     """The ``config:`` map of a stack file, secrets left encrypted; InvalidSpec on a bad file."""
     source = str(path)
@@ -112,7 +206,7 @@ def read_stack_file(path: Path) -> dict[str, Any]:
     except OSError as exc:
         raise InvalidSpec([Problem("file", source, f"cannot be read: {exc.strerror}")], source) from None
     try:
-        document = yaml.safe_load(text)
+        document, _ = _load_as_pulumi(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -196,6 +196,45 @@ def test_the_state_export_for_the_journal_keeps_secrets_encrypted(lab: Layout, t
     exported = json.dumps(stack.export())
     assert "hunter2-token" not in exported
     assert '"ciphertext"' in exported and urn in exported
+    # The export is read from the checkpoint file, and is what `pulumi stack export` prints.
+    from canary.stack import file_backend, read_checkpoint
+
+    root = file_backend(env, project)
+    assert root is not None and read_checkpoint(root, name) is not None
+    assert stack.export() == stack._export_cli()
+
+
+def test_the_config_read_from_the_stack_file_is_the_cli_s(lab: Layout, tmp_path: Path) -> None:
+    """Stack.config() reads a stack file without secrets itself; the CLI reads the same map, value for value,
+    including the scalars YAML 1.1 and 1.2 read differently. With a secret in the file, the CLI reads it."""
+    from canary import stackconfig
+    from canary.stack import Stack
+
+    name = "t-config-read"
+    project = make_project(lab, tmp_path, name)
+    env = {**os.environ, **lab.pulumi_env()}
+    stack = Stack(project, name, env)
+    path = stackconfig.stack_file(project, name)
+    assert path.read_text().count("config:\n") == 1
+    path.write_text(path.read_text().replace("config:\n", "config:\n" + "\n".join([
+        "  canary:switch: on",
+        "  canary:answer: no",
+        '  canary:quoted: "10"',
+        "  canary:flag: True",
+        "  canary:clock: 1:30",
+        "  canary:nested: {a: on, b: 0.25, c: [1, \"2\", 1:30], d: null, e: -3}",
+        "",
+    ]), 1))
+    direct = stackconfig.plain_config(project, name)
+    assert direct is not None
+    cli = {k: (v.value, v.secret) for k, v in stack._stack.get_all_config().items()}
+    assert {k: (v, False) for k, v in direct.items()} == cli
+    assert cli["canary:switch"] == ("on", False) and cli["canary:clock"] == ("1:30", False)
+    assert {k: (v.value, v.secret) for k, v in stack.config().items()} == cli
+
+    subprocess.run(["pulumi", "config", "set", "--secret", "--stack", name, "canary:probeSecret", "s3cret"], cwd=project, env=env, check=True, capture_output=True, timeout=60)
+    assert stackconfig.plain_config(project, name) is None
+    assert stack.config()["canary:probeSecret"].value == "s3cret"
 
 
 def test_the_forwarder_adds_no_delay_to_large_api_server_replies(lab: Layout) -> None:
