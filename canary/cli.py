@@ -355,6 +355,14 @@ def status(stack: str, as_json: bool, project_dir: Path | None) -> None:
         click.echo(f"  {check['verdict']:>8} {check['metric']}: {value} ({bounds}) — {check['reason']}")
 
 
+def _targets(record: dict[str, Any]) -> str:
+    """The "(only route, canary-deployment) " of an `up` limited to some resources (an older journal says True: the route)."""
+    targeted = record.get("targeted")
+    if not targeted:
+        return ""
+    return f"(only {', '.join(targeted) if isinstance(targeted, list) else 'route'}) "
+
+
 @main.command()
 @click.argument("stack")
 @click.option("--json", "as_json", is_flag=True)
@@ -373,7 +381,7 @@ def history(stack: str, as_json: bool, release_id: str | None, project_dir: Path
         if kind == "tick":
             text = f"tick {r['outcome']}: {r['reason']}"
         elif kind == "up":
-            text = f"up {'(route only) ' if r.get('targeted') else ''}{r['seconds']}s {r['changes']} config {r['config']}"
+            text = f"up {_targets(r)}{r['seconds']}s {r['changes']} config {r['config']}"
         elif kind == "webhook":
             text = f"webhook {r['name']} ({r['hook_type']}) {'ok' if r['ok'] else 'FAILED'}: {r['detail']}"
         else:
@@ -457,7 +465,7 @@ def render_timeline(records: list[dict[str, Any]]) -> str:
         elif r["type"] == "tick":
             text = "checks: " + "; ".join(c["reason"] for c in r["checks"])
         elif r["type"] == "up":
-            text = f"pulumi up{' (route only)' if r.get('targeted') else ''} {r['seconds']:.1f}s"
+            text = f"pulumi up {_targets(r)}{r['seconds']:.1f}s"
         else:
             continue
         lines.append(f"  +{at:6.1f}s  {r.get('phase', ''):<16} w={r.get('weight', ''):<3} {text}")

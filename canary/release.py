@@ -45,6 +45,9 @@ class Phase(enum.StrEnum):
 
 TERMINAL = frozenset({Phase.SUCCEEDED, Phase.FAILED, Phase.ABORTED})
 
+#: The program's resources an `up` may be limited to (see program.py), with their Pulumi types.
+TARGET_TYPES = {"route": "kubernetes:gateway.networking.k8s.io/v1:HTTPRoute", "canary-deployment": "kubernetes:apps/v1:Deployment"}
+
 #: Exit codes of `canary release` and `canary resume`.
 EXIT_CODES = {Phase.SUCCEEDED: 0, Phase.FAILED: 1, Phase.ABORTED: 1}
 EXIT_ROLLBACK_PENDING = 4
@@ -307,7 +310,7 @@ class Release:
                 self._wait(state, self.spec.analysis.interval.total_seconds())
                 return state
             self._decide(state, f"deploying canary {state.canary_image} at weight 0")
-            self._apply({"canaryImage": state.canary_image, "canaryWeight": 0}, full=True, state=state)
+            self._apply({"canaryImage": state.canary_image, "canaryWeight": 0}, state=state, target=("route", "canary-deployment"))
             self._wait_route(state, 0)
             self._verify_deployment(state, "canary", state.canary_image)
             state = self._save(replace(state, canary_deployed=True), f"canary {state.canary_image} is ready at weight 0")
@@ -356,7 +359,7 @@ class Release:
         """One `up` whose resource order (see program.py) is the promotion's: the stable
         Deployment takes the new image and is Ready, then the route goes 100/0, then the canary to zero."""
         self._decide(state, f"promoting: the stable Deployment takes {state.canary_image}, then all traffic to stable, then the canary to zero")
-        self._apply({"stableImage": state.canary_image, "canaryWeight": 0}, remove=("canaryImage",), full=True, state=state)
+        self._apply({"stableImage": state.canary_image, "canaryWeight": 0}, remove=("canaryImage",), state=state)
         return self._save(replace(state, phase=Phase.FINALISING), f"stable runs {state.canary_image}, traffic is on stable, canary scaled to zero")
 
     def _finalising(self, state: ReleaseState) -> ReleaseState:
@@ -367,11 +370,11 @@ class Release:
         stable = state.stable_image
         if state.rollback_step == 0:
             self._decide(state, "rollback: traffic 100/0 to stable first")
-            self._retrying(state, lambda: self._apply({"stableImage": stable, "canaryWeight": 0}, state=state, target_route=True))
+            self._retrying(state, lambda: self._apply({"stableImage": stable, "canaryWeight": 0}, state=state, target=("route",)))
             self._retrying(state, lambda: self._wait_route(state, 0, rollback=True))
             state = self._save(replace(state, rollback_step=1, weight=0), "traffic is back on stable (route 100/0)")
         self._decide(state, "rollback: canary to zero")
-        self._retrying(state, lambda: self._apply({"stableImage": stable, "canaryWeight": 0}, remove=("canaryImage",), full=True, state=state))
+        self._retrying(state, lambda: self._apply({"stableImage": stable, "canaryWeight": 0}, remove=("canaryImage",), state=state))
         self._retrying(state, lambda: self._verify_end_state(state, stable_image=stable, rollback=True))
         end = state.rollback_to
         verb = "aborted" if end is Phase.ABORTED else "rolled back"
@@ -381,7 +384,7 @@ class Release:
 
     def _shift(self, state: ReleaseState, weight: int) -> ReleaseState:
         state = self._save(replace(state, shifting_to=weight), f"shifting traffic to weight {weight}", to=weight)
-        self._retrying(state, lambda: self._apply({"canaryWeight": weight}, state=state, target_route=True), pending=False)
+        self._retrying(state, lambda: self._apply({"canaryWeight": weight}, state=state, target=("route",)), pending=False)
         self._wait_route(state, weight)
         return self._save(replace(state, weight=weight, advance=False, shifting_to=None), f"weight {weight} is live in the route and accepted by the gateway")
 
@@ -438,22 +441,24 @@ class Release:
 
     # --- cluster ---------------------------------------------------------------------------------
 
-    def _route_urn(self) -> str:
-        return f"urn:pulumi:{self.stack_name}::canary::kubernetes:gateway.networking.k8s.io/v1:HTTPRoute::route"
+    def _urn(self, name: str) -> str:
+        return f"urn:pulumi:{self.stack_name}::canary::{TARGET_TYPES[name]}::{name}"
 
-    def _apply(self, values: dict[str, Any], *, state: ReleaseState, remove: tuple[str, ...] = (), full: bool = False, target_route: bool = False) -> None:
-        """Write the stack config and run up; weight-only changes target the route alone.
+    def _apply(self, values: dict[str, Any], *, state: ReleaseState, remove: tuple[str, ...] = (), target: tuple[str, ...] | None = None) -> None:
+        """Write the stack config and run up, limited to the ``target`` resources when given:
+        a weight step changes the route alone, the canary's deploy the canary Deployment
+        (with the route, held at weight 0), so neither diffs nor touches anything else.
 
         The first `up` after a resume refreshes first: a killed `up` may have changed
         the cluster without writing its checkpoint, and re-applying the last judged
         weight would then be a no-op to Pulumi while the route still shows the new one.
         """
         self.stack.set_config(values, remove)
-        target = [self._route_urn()] if target_route and not full else None
+        urns = [self._urn(name) for name in target] if target else None
         refresh = self._refresh
-        result = self.stack.up(target=target, refresh=refresh)
+        result = self.stack.up(target=urns, refresh=refresh)
         self._refresh = False
-        self.journal.record(state.release, "up", phase=state.phase.value, weight=state.weight, config=values, removed=list(remove), targeted=bool(target),
+        self.journal.record(state.release, "up", phase=state.phase.value, weight=state.weight, config=values, removed=list(remove), targeted=list(target or ()),
                             refreshed=refresh, seconds=round(result.seconds, 3), changes=result.changes)
 
     def _wait_route(self, state: ReleaseState, weight: int, rollback: bool = False) -> None:
@@ -485,6 +490,7 @@ class Release:
         """Route 100 % stable and accepted, no canary pods, the stable Deployment on ``stable_image``."""
         self._wait_route(state, 0, rollback=rollback)
         deadline = self.clock.monotonic() + self.ready_timeout
+        delay = 0.05
         while True:
             canary = self.cluster.deployment(self.spec, "canary")
             stable = self.cluster.deployment(self.spec, "stable")
@@ -500,7 +506,10 @@ class Release:
                 return
             if self.clock.monotonic() > deadline:
                 raise ClusterUnreachable("end state not reached: " + "; ".join(problems))
-            self.clock.sleep(0.2)
+            # Terminating pods may go within a fraction of a second, or take their grace period:
+            # look again soon, then less and less often.
+            self.clock.sleep(delay)
+            delay = min(delay * 1.5, 1.0)
 
     def _retrying(self, state: ReleaseState, action: Callable[[], None], pending: bool = True) -> None:
         """Bounded retries with back-off for temporary failures (the API server not answering).

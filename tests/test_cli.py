@@ -76,3 +76,20 @@ def test_abort_is_refused_once_promotion_started_and_nothing_is_requested(tmp_pa
     assert done.returncode == exit_code, done.stdout + done.stderr
     assert message in done.stdout + done.stderr
     assert (j.take_request("abort", "r1") is not None) == (exit_code == 0)
+
+
+def test_history_names_what_an_up_was_limited_to(tmp_path: Path) -> None:
+    from canary.journal import Journal, state_root
+
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "Pulumi.yaml").write_text((ROOT / "Pulumi.yaml").read_text())
+    j = Journal(state_root(project), "prod")
+    common = {"phase": "Progressing", "weight": 0, "config": {}, "changes": {"update": 1}, "seconds": 0.7}
+    j.record("r1", "up", targeted=["route", "canary-deployment"], **common)
+    j.record("r1", "up", targeted=True, **common)  # a journal written before the targets were named
+    j.record("r1", "up", targeted=[], **common)
+    done = _cli("history", "prod", "--project-dir", str(project), cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    shown = [line.split(" up ", 2)[-1].split("0.7s")[0] for line in done.stdout.splitlines()]
+    assert shown == ["(only route, canary-deployment) ", "(only route) ", ""], done.stdout

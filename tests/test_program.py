@@ -103,6 +103,10 @@ def test_resource_kinds_and_api_versions() -> None:
     ]
     route = next(r for r in CREATED if r.name == "route")
     assert route.inputs["apiVersion"] == "gateway.networking.k8s.io/v1"
+    # the release limits `up`s to resources by these names and types (their URNs)
+    from canary.release import TARGET_TYPES
+
+    assert {(t, n) for n, t in TARGET_TYPES.items()} <= set(kinds)
 
 
 def test_spec_is_read_from_pulumi_config() -> None:

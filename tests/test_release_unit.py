@@ -50,12 +50,13 @@ class FakeStack:
             raise ClusterUnreachable("connection refused")
         self.ups.append({"target": target, "refresh": refresh, **self.values})
         spec = self.spec()
-        if target is None or any("HTTPRoute" in t for t in target):
+        if target is None or any(t.endswith("::route") for t in target):
             self.cluster.weight = int(self.values.get("canaryWeight", 0)) if self.values.get("canaryImage") else 0
-        if target is None:
-            self.cluster.stable_image = spec.stable_image
+        if target is None or any(t.endswith("::canary-deployment") for t in target):
             self.cluster.canary_pods = spec.app.replicas if spec.canary_image else 0
             self.cluster.canary_image = spec.canary_image or spec.stable_image
+        if target is None:
+            self.cluster.stable_image = spec.stable_image
         return UpResult(0.1, {"update": 1})
 
     def export(self) -> dict[str, Any]:
@@ -125,8 +126,11 @@ def test_healthy_release_steps_through_every_weight_and_promotes(tmp_path: Path)
     assert cluster.weights_seen == [0, 10, 20, 30, 40, 50, 0]
     assert cluster.stable_image == NEW and cluster.canary_pods == 0
     assert "canaryImage" not in stack.values and stack.values["stableImage"] == NEW
-    weight_ups = [u for u in stack.ups if u["target"]]
-    assert len(weight_ups) == 5  # weight-only steps target the route alone
+    route = "urn:pulumi:test::canary::kubernetes:gateway.networking.k8s.io/v1:HTTPRoute::route"
+    deploy = "urn:pulumi:test::canary::kubernetes:apps/v1:Deployment::canary-deployment"
+    # the canary's deploy touches the route (held at 0) and the canary alone; weight steps the route alone
+    assert [u["target"] for u in stack.ups] == [[route, deploy]] + [[route]] * 5 + [None]
+    assert [r["targeted"] for r in release.journal.records() if r["type"] == "up"] == [["route", "canary-deployment"]] + [["route"]] * 5 + [[]]
     kinds = [r["type"] for r in release.journal.records()]
     assert kinds.index("snapshot") < kinds.index("decision") < kinds.index("up")
 
@@ -143,7 +147,7 @@ def test_failing_checks_roll_back_on_the_threshold_tick(tmp_path: Path) -> None:
     assert ticks[-1]["checks"][0]["value"] == 18.2 and ticks[-1]["checks"][0]["threshold"]["max"] == 1
     # rollback: traffic first (route only), then the canary to zero
     rollback_ups = stack.ups[-2:]
-    assert rollback_ups[0]["target"] and rollback_ups[0]["canaryWeight"] == 0 and "canaryImage" in rollback_ups[0]
+    assert rollback_ups[0]["target"] == ["urn:pulumi:test::canary::kubernetes:gateway.networking.k8s.io/v1:HTTPRoute::route"] and rollback_ups[0]["canaryWeight"] == 0 and "canaryImage" in rollback_ups[0]
     assert rollback_ups[1]["target"] is None and "canaryImage" not in rollback_ups[1]
     state = release.journal.load_state()
     assert state is not None and state["phase"] == "Failed" and "error-rate 18.2 > max 1" in state["reason"]
