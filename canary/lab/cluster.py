@@ -375,7 +375,11 @@ def _traefik_start(layout: Layout) -> None:
         },
         "ping": {"entryPoint": "ops"},
         "log": {"level": "INFO"},
-        "providers": {"kubernetesGateway": {
+        # Traefik writes a route's Accepted status when its provider reads the route, and applies the
+        # new routing at most every providersThrottleDuration (2 s by default): a weight changed less
+        # than 2 s after the one before was accepted up to 2 s before traffic followed it. The lab's
+        # gateway applies each change at once, so that an accepted weight is the weight traffic sees.
+        "providers": {"providersThrottleDuration": "0s", "kubernetesGateway": {
             "endpoint": layout.api_url,
             "token": str(layout.pki / "admin.token"),
             "certAuthFilePath": str(layout.pki / "ca.crt"),
