@@ -1,0 +1,144 @@
+"""Where the time of the two `up`s that change Deployments goes: a timeline of each, on the lab.
+
+    .venv/bin/python bench/up_trace.py [--runs 3] [--json out.json]
+
+Needs the lab (``canary lab up``). On a stack of its own, runs the release's
+canary deploy (``canaryImage`` set, weight 0, limited to the canary Deployment
+and the route, as ``Release`` does), a weight step to 50, and the promotion
+(full ``up``), ``--runs`` times, and times from each ``up``'s start:
+
+- ``first_event``: the engine's first event (the CLI's start, the stack and
+  its secrets manager loaded);
+- ``change_sent``: the changed Deployment's pre-event (program run, provider
+  started and configured, the diffs before it);
+- ``rollout_done``: the Deployment Available in the cluster (a watch on the
+  namespace: every replica updated and available, old ones gone);
+- ``await_done``: the provider reporting it ready (its outputs event);
+- ``summary``: the engine's summary event; ``exit``: the CLI gone.
+
+Prints the median of each mark; the gaps between them say which part is the
+CLI's start, the provider's, the rollout's and the await's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from kubernetes import watch  # noqa: E402
+from release_speed import Bench, running_lab  # noqa: E402
+
+MARKS = ("first_event", "change_sent", "rollout_done", "await_done", "summary", "exit")
+
+
+class Trace:
+    """Engine events and Deployment states of one namespace, with the monotonic time each was seen."""
+
+    def __init__(self, b: Bench) -> None:
+        self.b = b
+        self.start = 0.0
+        self.deployments: list[tuple[float, str, bool]] = []
+        self.events: list[tuple[float, str, str]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        resource = self.b.kube.resource("apps/v1", "Deployment")
+        while not self._stop.is_set():
+            for event in watch.Watch().stream(resource.get, namespace=self.b.name, serialize=False, timeout_seconds=60):
+                obj = event["object"]
+                meta, spec, status = obj["metadata"], obj.get("spec") or {}, obj.get("status") or {}
+                want = spec.get("replicas", 1)
+                done = (status.get("observedGeneration") == meta.get("generation") and (status.get("updatedReplicas") or 0) == want
+                        and (status.get("availableReplicas") or 0) == want and (status.get("replicas") or 0) == want)
+                self.deployments.append((time.monotonic(), meta["name"], done))
+                if self._stop.is_set():
+                    return
+
+    def on_event(self, event: Any) -> None:
+        now = time.monotonic()
+        for kind in ("prelude_event", "resource_pre_event", "res_outputs_event", "summary_event"):
+            part = getattr(event, kind, None)
+            if part is not None:
+                meta = getattr(part, "metadata", None)
+                self.events.append((now, kind, f"{meta.op.value} {meta.urn.rsplit('::', 1)[-1]}" if meta is not None else ""))
+
+    def up(self, deployment: str, resource: str, target: list[str] | None = None) -> dict[str, float]:
+        """One `up` that changes ``deployment`` (its Pulumi name ``resource``): its marks, in seconds from its start."""
+        self.deployments.clear()
+        self.events.clear()
+        self.start = time.monotonic()
+        self.b.stack.up(on_event=self.on_event, target=target)
+        exit_at = time.monotonic()
+        deadline = exit_at + 5
+        while time.monotonic() < deadline and not any(done and name == deployment for _, name, done in self.deployments):
+            time.sleep(0.01)
+
+        def first(kind: str, detail: str = "") -> float:
+            return next(t for t, k, d in self.events if k == kind and d.endswith(detail)) - self.start
+
+        sent = first("resource_pre_event", f"update {resource}")
+        done = [t for t, name, ok in self.deployments if name == deployment and ok and t - self.start > sent]
+        return {
+            "first_event": first("prelude_event"),
+            "change_sent": sent,
+            "rollout_done": (done[0] - self.start) if done else float("nan"),
+            "await_done": next(t for t, k, d in self.events if k == "res_outputs_event" and d == f"update {resource}") - self.start,
+            "summary": first("summary_event"),
+            "exit": exit_at - self.start,
+        }
+
+    def close(self) -> None:
+        self._stop.set()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    layout = running_lab()
+    if layout is None:
+        return 2
+    b = Bench(layout, "bench-trace")
+    urn = f"urn:pulumi:{b.name}::canary::kubernetes"
+    deploy_targets = [f"{urn}:gateway.networking.k8s.io/v1:HTTPRoute::route", f"{urn}:apps/v1:Deployment::canary-deployment"]
+    results: dict[str, list[dict[str, float]]] = {"deploy canary": [], "promotion": []}
+    trace = Trace(b)
+    try:
+        b.stack.up()
+        stable = b.spec().stable_image
+        for run in range(args.runs):
+            new = "demo:v2" if stable == "demo:v1" else "demo:v1"
+            b.stack.set_config({"canaryImage": new, "canaryWeight": 0})
+            results["deploy canary"].append(trace.up("web-canary", "canary-deployment", deploy_targets))
+            b.stack.set_config({"canaryWeight": 50})
+            b.stack.up(target=deploy_targets[:1])
+            b.stack.set_config({"stableImage": new, "canaryWeight": 0}, remove=("canaryImage",))
+            results["promotion"].append(trace.up("web-stable", "stable-deployment"))
+            stable = new
+            print(f"run {run + 1}: " + "; ".join(f"{name} exit {r[-1]['exit']:.2f}s" for name, r in results.items()), file=sys.stderr)
+    finally:
+        trace.close()
+        b.destroy()
+    for name, runs in results.items():
+        medians = {mark: statistics.median(r[mark] for r in runs) for mark in MARKS}
+        print(f"{name} (median of {len(runs)}, seconds from the up's start): " + ", ".join(f"{m} {v:.3f}" for m, v in medians.items()))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
