@@ -4,16 +4,17 @@ Selects a stack of the project directory with the project's program inline
 (config read from and written to ``stacks/Pulumi.<stack>.yaml``, because the
 workspace runs the CLI in the project directory, which honours
 ``stackConfigDir``), writes the release's config changes into that file in
-one atomic edit (the CLI only for a file shape the edit does not know), runs ``up``
-with engine events, exports state snapshots (a file backend's checkpoint read
-directly), and maps CLI failures to the
-project's error tree: ``StackBusy`` (locked), ``StackNotFound``,
-``ClusterUnreachable`` and ``StackError`` (a stack file that does not parse is
-``InvalidSpec``, naming the line).
+one atomic edit (the CLI only for a file shape the edit does not know), runs
+``up`` with engine events, exports state snapshots (a file backend's
+checkpoint read directly), and maps CLI failures to the project's error tree:
+``StackBusy`` (locked), ``StackNotFound``, ``ClusterUnreachable`` and
+``StackError`` (a stack file that does not parse is ``InvalidSpec``, naming
+the line).
 
 One ``Stack`` object is reused for a whole release (building a workspace runs
-``pulumi version``; selecting a stack a file backend holds runs nothing). Values set here are never secrets: they are written in
-plain text (and, on the CLI path, pass on its command line).
+``pulumi version``; selecting a stack a file backend holds runs nothing).
+Values set here are never secrets: they are written in plain text (and, on
+the CLI path, pass on its command line).
 """
 
 from __future__ import annotations

@@ -155,12 +155,19 @@ def _load_as_pulumi(text: str) -> tuple[Any, bool]:
 
 
 def _plain_data(value: Any) -> bool:
-    """Data without a secret to decrypt, with string keys only."""
+    """Data without a secret to decrypt, with string keys only, whose numbers Python's JSON
+    writes as Go's does: an int64, a float neither whole (Go writes 1.0 as 1) nor in exponent form."""
     if isinstance(value, dict):
         return "secure" not in value and all(isinstance(k, str) and _plain_data(v) for k, v in value.items())
     if isinstance(value, list):
         return all(_plain_data(v) for v in value)
-    return value is None or isinstance(value, (str, int, float))
+    if isinstance(value, bool):
+        return True
+    if isinstance(value, int):
+        return -(2**63) <= value < 2**63
+    if isinstance(value, float):
+        return not value.is_integer() and 1e-4 <= abs(value) < 1e16
+    return value is None or isinstance(value, str)
 
 
 def plain_config(project_dir: Path, stack: str) -> dict[str, str] | None:

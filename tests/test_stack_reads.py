@@ -75,6 +75,9 @@ def test_plain_config_is_the_cli_s_map_objects_as_sorted_compact_json(tmp_path: 
         ("  canary:when: 2026-11-27", "a timestamp"),
         ("  canary:limit: .inf", "infinity"),
         ("  canary:app: {name: web, weight: 0x10}", "a nested number the CLI types"),
+        ("  canary:app: {ratio: 1.0}", "a whole float: Go's JSON writes 1"),
+        ("  canary:app: {ratio: 0.00001}", "a small float: Python writes 1e-05, Go 0.00001"),
+        ("  canary:app: {big: 99999999999999999999}", "beyond int64: a float to the CLI"),
         ("  plainkey: 1", "a key without its namespace"),
     ],
 )
