@@ -30,6 +30,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from release_speed import Bench, running_lab  # noqa: E402
 
+from canary.release import target_urn  # noqa: E402
+
 
 def one_run(b: Bench, session: requests.Session, url: str, route: list[str]) -> tuple[float, int, int]:
     b.stack.set_config({"canaryWeight": 50})
@@ -75,7 +77,7 @@ def main() -> int:
     url = f"http://127.0.0.1:{layout.gateway_port}/"
     session = requests.Session()
     session.headers["Host"] = f"{b.name}.lab.test"
-    route = [f"urn:pulumi:{b.name}::canary::kubernetes:gateway.networking.k8s.io/v1:HTTPRoute::route"]
+    route = [target_urn(b.name, "route")]
     runs = []
     try:
         b.stack.set_config({"canaryImage": "demo:v2", "canaryWeight": 50})

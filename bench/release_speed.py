@@ -49,7 +49,7 @@ from canary.journal import Journal, now_iso, record_time  # noqa: E402
 from canary.kube import ClusterReader, Kube  # noqa: E402
 from canary.lab import cluster  # noqa: E402
 from canary.lab.layout import Layout  # noqa: E402
-from canary.release import Phase, Release, ReleaseState  # noqa: E402
+from canary.release import Phase, Release, ReleaseState, target_urn  # noqa: E402
 from canary.stack import Stack  # noqa: E402
 
 
@@ -131,7 +131,7 @@ def bench_steps(b: Bench, steps: int) -> dict[str, Any]:
     b.wait_route(0)
     weights = [10 + 10 * (i % 5) for i in range(steps)]
     spec = b.spec()
-    urn = f"urn:pulumi:{b.name}::canary::kubernetes:gateway.networking.k8s.io/v1:HTTPRoute::route"
+    urn = target_urn(b.name, "route")
 
     def bare(w: int, target: bool) -> float:
         start = time.monotonic()

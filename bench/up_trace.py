@@ -38,6 +38,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 from kubernetes import watch  # noqa: E402
 from release_speed import Bench, running_lab  # noqa: E402
 
+from canary.release import target_urn  # noqa: E402
+
 MARKS = ("first_event", "change_sent", "rollout_done", "await_done", "summary", "exit")
 
 
@@ -112,8 +114,7 @@ def main() -> int:
     if layout is None:
         return 2
     b = Bench(layout, "bench-trace")
-    urn = f"urn:pulumi:{b.name}::canary::kubernetes"
-    deploy_targets = [f"{urn}:gateway.networking.k8s.io/v1:HTTPRoute::route", f"{urn}:apps/v1:Deployment::canary-deployment"]
+    deploy_targets = [target_urn(b.name, "route"), target_urn(b.name, "canary-deployment")]
     results: dict[str, list[dict[str, float]]] = {"deploy canary": [], "promotion": []}
     trace = Trace(b)
     try:

@@ -48,6 +48,13 @@ TERMINAL = frozenset({Phase.SUCCEEDED, Phase.FAILED, Phase.ABORTED})
 #: The program's resources an `up` may be limited to (see program.py), with their Pulumi types.
 TARGET_TYPES = {"route": "kubernetes:gateway.networking.k8s.io/v1:HTTPRoute", "canary-deployment": "kubernetes:apps/v1:Deployment"}
 
+
+
+def target_urn(stack: str, name: str) -> str:
+    """The URN of the program's resource ``name`` (a key of TARGET_TYPES) in ``stack``."""
+    return f"urn:pulumi:{stack}::canary::{TARGET_TYPES[name]}::{name}"
+
+
 #: Exit codes of `canary release` and `canary resume`.
 EXIT_CODES = {Phase.SUCCEEDED: 0, Phase.FAILED: 1, Phase.ABORTED: 1}
 EXIT_ROLLBACK_PENDING = 4
@@ -441,9 +448,6 @@ class Release:
 
     # --- cluster ---------------------------------------------------------------------------------
 
-    def _urn(self, name: str) -> str:
-        return f"urn:pulumi:{self.stack_name}::canary::{TARGET_TYPES[name]}::{name}"
-
     def _apply(self, values: dict[str, Any], *, state: ReleaseState, remove: tuple[str, ...] = (), target: tuple[str, ...] | None = None) -> None:
         """Write the stack config and run up, limited to the ``target`` resources when given:
         a weight step changes the route alone, the canary's deploy the canary Deployment
@@ -454,7 +458,7 @@ class Release:
         weight would then be a no-op to Pulumi while the route still shows the new one.
         """
         self.stack.set_config(values, remove)
-        urns = [self._urn(name) for name in target] if target else None
+        urns = [target_urn(self.stack_name, name) for name in target] if target else None
         refresh = self._refresh
         result = self.stack.up(target=urns, refresh=refresh)
         self._refresh = False

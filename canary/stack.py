@@ -120,6 +120,14 @@ def file_backend(env: Mapping[str, str], project_dir: Path) -> Path | None:
     return project_dir / Path(backend.removeprefix("file://").split("?")[0]).expanduser()
 
 
+def checkpoint_path(root: Path, stack: str) -> Path | None:
+    """The checkpoint file of ``stack`` in the file backend at ``root`` (project-scoped layout),
+    or None for a fully qualified name, which this layout does not spell."""
+    if "/" in stack:
+        return None
+    return root / ".pulumi" / "stacks" / stackconfig.PROJECT / f"{stack}.json"
+
+
 def read_checkpoint(root: Path, stack: str) -> dict[str, Any] | None:
     """What ``pulumi stack export`` prints for ``stack`` of the file backend at ``root``, read
     from its checkpoint file; None when the layout is not the one read here (the CLI then exports).
@@ -130,11 +138,11 @@ def read_checkpoint(root: Path, stack: str) -> dict[str, Any] | None:
     (``.gz``, ``.zst``), which the CLI would pick when it is the newest, and
     checkpoint versions other than 3, which it would migrate, are left to the CLI.
     """
-    if "/" in stack:
+    path = checkpoint_path(root, stack)
+    if path is None:
         return None
     try:
         meta = yaml.safe_load((root / ".pulumi" / "meta.yaml").read_text())
-        path = root / ".pulumi" / "stacks" / stackconfig.PROJECT / f"{stack}.json"
         if not isinstance(meta, dict) or meta.get("version") != 1 or any(path.with_name(path.name + ext).exists() for ext in (".gz", ".zst")):
             return None
         document = json.loads(path.read_bytes())
@@ -172,9 +180,9 @@ class Stack:
         through the CLI) for any other backend or a stack it does not hold.
         """
         root = file_backend(self._env, self.project_dir)
-        if root is None or "/" in self.name or not (self.project_dir / "Pulumi.yaml").is_file():
+        checkpoint = checkpoint_path(root, self.name) if root is not None else None
+        if checkpoint is None or not (self.project_dir / "Pulumi.yaml").is_file():
             return None
-        checkpoint = root / ".pulumi" / "stacks" / stackconfig.PROJECT / f"{self.name}.json"
         if not any(checkpoint.with_name(checkpoint.name + ext).is_file() for ext in ("", ".gz", ".zst")):
             return None
         opts.program = _program
