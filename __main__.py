@@ -1,17 +1,9 @@
-"""Entry point of `pulumi up`: read the stack config, validate it into the spec, declare the resources.
+"""Entry of `pulumi up` for this project: one CanaryDeployment per app its stack config declares.
 
-Whatever the stack config holds is applied idempotently: the initial deploy, a
-manual weight, or the stable state after a release. Invalid config stops here,
-before any resource is registered.
+Whatever the stack config holds is applied idempotently; invalid config stops here, before any
+resource is registered. A team's own program instantiates CanaryDeployment itself (see examples/).
 """
 
-import pulumi
+from canary.component import program
 
-from canary.errors import InvalidSpec
-from canary.program import program, spec_from_pulumi_config
-
-try:
-    spec = spec_from_pulumi_config()
-except InvalidSpec as exc:
-    raise pulumi.RunError(str(exc)) from None
-program(spec)
+program()

@@ -1,22 +1,24 @@
 """canary: progressive delivery for Pulumi stacks, gated by Prometheus checks.
 
-Layers, each importing only downward:
+Layers, each importing only downward (``.importlinter`` holds the contract):
 
-- core, pure (no I/O): ``units``, ``templates``, ``spec``, ``schedule``, ``routing``,
-  ``metrics``, ``analysis``, ``flagger``, ``stackconfig`` (reads a file only when asked)
-- adapters, one per third-party client: ``prometheus`` (prometheus-api-client),
-  ``program`` (pulumi, pulumi-kubernetes), ``stack`` (pulumi.automation),
-  ``kube`` (kubernetes), ``webhooks`` (HTTP and local commands)
-- state: ``journal`` (the durable record, locks and requests), ``processes`` (is a lock's holder still there)
-- orchestration: ``release`` (the state machine, through ports)
-- front: ``api`` (for scripts), ``cli``
-- the local environment: ``lab`` (control plane, gateway, Prometheus), ``demoapp``,
-  ``langhost`` (the Python language host for plain ``pulumi up``)
+- ``canary.core`` — pure, no I/O: the spec, workload templates, routing, the
+  schedule, the analysis and its judges, typed records, Flagger import;
+- ``canary.adapters`` — one outside system each: the Pulumi stack and program
+  (the component), Kubernetes, Prometheus, HTTP, local commands, YAML files;
+- ``canary.state`` — the release store in the cluster, its lease, the local cache;
+- ``canary.release`` — the state machine, talking to the world through ports;
+- front: ``canary.api`` (scripts), ``canary.cli``, ``canary.component`` (Pulumi programs);
+- ``canary.lab`` — the local environment for the demo and the tests.
 
-The public surface for scripts is listed in ``__all__``.
+The pure surface for scripts is listed in ``__all__``; ``canary.api`` runs
+releases, ``canary.component`` declares apps in a Pulumi program.
 """
 
-from canary.analysis import CheckResult, Outcome, TickResult, Verdict, run_tick
+from canary.core.analysis import TickResult, run_tick
+from canary.core.records import Check, Effect, Outcome, Phase, Verdict
+from canary.core.schedule import weights
+from canary.core.spec import ReleaseSpec, StackSpec, parse_spec, parse_stack
 from canary.errors import (
     BadQuery,
     CanaryError,
@@ -32,32 +34,31 @@ from canary.errors import (
     StackError,
     StackNotFound,
 )
-from canary.schedule import weights
-from canary.spec import ReleaseSpec, parse_spec
-from canary.stackconfig import from_config, load_stack_file
 
 __all__ = [
     "BadQuery",
     "CanaryError",
-    "CheckResult",
+    "Check",
     "ClusterUnreachable",
+    "Effect",
     "InvalidSpec",
     "LabError",
     "MetricError",
     "MultipleValues",
     "NoValues",
     "Outcome",
+    "Phase",
     "Problem",
     "ProviderUnreachable",
     "ReleaseSpec",
     "StackBusy",
     "StackError",
     "StackNotFound",
+    "StackSpec",
     "TickResult",
     "Verdict",
-    "from_config",
-    "load_stack_file",
     "parse_spec",
+    "parse_stack",
     "run_tick",
     "weights",
 ]

@@ -1,147 +1,672 @@
-"""The Python API for scripts: run, resume, inspect and steer releases of a stack.
+"""The Python API for scripts: run, resume, inspect and steer releases of a stack's apps.
 
-    from canary.api import release
-    result = release("staging", "registry.example.com/shop/web:1.9.0", on_event=print)
-    if result.phase is Phase.SUCCEEDED: ...
+    from canary.api import up
+    outcome = up("staging", on_event=print)          # release what the stack file asks for
+    if outcome.exit_code != 0: ...
 
-Wires the release to its adapters (stack, cluster reader, Prometheus, journal)
-from the environment: the user's Pulumi backend and kubeconfig, or the local
-lab's when ``lab=True`` (or ``$CANARY_LAB_DIR`` is set).
+Wires a release to its adapters from the environment: the Pulumi backend the
+CLI uses (``PULUMI_BACKEND_URL`` or ``pulumi login``), the cluster the stack's
+kubernetes provider deploys to (``kubernetes:context``/``kubernetes:kubeconfig``
+in the stack config, else ``KUBECONFIG``), the release store in the app's
+namespace. Every function takes ``project_dir`` (default: found from the current
+directory) and ``env`` (default: this process's environment). No domain logic
+lives here.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable
-from datetime import timedelta
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from canary.journal import Journal, state_root
-from canary.release import Event, Phase, Release, ReleaseResult, ReleaseState
+from canary.adapters import stackfile
+from canary.adapters.kube import ClusterReader, Kube
+from canary.adapters.prometheus import PrometheusProvider
+from canary.adapters.push import Pusher
+from canary.adapters.stack import Stack
+from canary.adapters.webhooks import Caller
+from canary.core import backtest as backtesting
+from canary.core import config as stackconfig
+from canary.core import exitcodes, naming, records
+from canary.core.naming import Track
+from canary.core.records import ENDED, PROMOTION, Phase, ReleaseState, TrackPin
+from canary.core.spec import App, Gateway, ReleaseSpec, StackSpec
+from canary.errors import CanaryError, InvalidSpec, Problem, StackBusy, StackLocked
+from canary.release.machine import Release, ReleaseResult
+from canary.release.ports import AppFacts
+from canary.release.record import Event
+from canary.state.cache import Cache, Legacy, state_root
+from canary.state.lease import Lease
+from canary.state.store import ReleaseStore
 
-__all__ = ["Event", "Phase", "ReleaseResult", "ReleaseState", "abort", "history", "promote", "release", "resume", "status"]
-
-
-def _lab_wanted(lab: bool | None) -> bool:
-    return bool(lab or (lab is None and os.environ.get("CANARY_LAB_DIR")))
-
-
-def _project_dir(project_dir: Path | None, lab: bool | None = None) -> Path:
-    """The project: given, the lab's working copy when releasing on the lab, else found from the cwd."""
-    if project_dir is not None:
-        return project_dir
-    if _lab_wanted(lab):
-        from canary.lab.layout import Layout
-
-        return Layout.default().project
-    from canary.cli import find_project_dir
-
-    return find_project_dir()
-
-
-def environment(lab: bool | None = None) -> dict[str, str]:
-    """The Pulumi/Kubernetes environment: the lab's, or this process's own."""
-    if _lab_wanted(lab):
-        from canary.lab.layout import Layout
-
-        return {**os.environ, **Layout.default().pulumi_env()}
-    return dict(os.environ)
+__all__ = ["BacktestResult", "Event", "Phase", "ReleaseResult", "ReleaseState", "UpOutcome", "abort", "backtest", "history", "pause", "proceed",
+           "promote", "release", "report", "resume", "status", "up"]
 
 
-def journal(stack: str, project_dir: Path | None = None, lab: bool | None = None) -> Journal:
-    return Journal(state_root(_project_dir(project_dir, lab)), stack)
+# --- opening a stack ----------------------------------------------------------------------------
 
 
-def build(stack: str, *, project_dir: Path | None = None, lab: bool | None = None, on_event: Callable[[Event], None] | None = None, **options: Any) -> Release:
-    """A Release for ``stack`` wired to the real adapters."""
-    from canary.kube import ClusterReader, Kube
-    from canary.prometheus import PrometheusProvider
-    from canary.stack import Stack
+@dataclass
+class Workspace:
+    """One stack of a project, opened: its config, outputs and the cluster it deploys to."""
 
-    project = _project_dir(project_dir, lab)
-    env = environment(lab)
-    stack_port = Stack(project, stack, env)
-    kube = Kube(Path(env["KUBECONFIG"]) if env.get("KUBECONFIG") else None)
+    project_dir: Path
+    name: str
+    env: dict[str, str]
+    stack: Stack
+    spec: StackSpec
+    outputs: dict[str, Any]
+    kube: Kube
+    _facts: dict[str, AppFacts | None] = field(default_factory=dict)
+
+    def apps(self) -> list[str]:
+        declared = set(self.spec.app_configs())
+        exported = {k.removeprefix(naming.OUTPUT_PREFIX) for k in self.outputs if k.startswith(naming.OUTPUT_PREFIX)}
+        if self.spec.app is None and not self.spec.apps and len(exported) == 1:
+            declared = set()  # a top-level analysis names no app: it is the one app the program declares
+        return sorted(declared | exported)
+
+    def app(self, name: str | None) -> str:
+        apps = self.apps()
+        if name is None:
+            if len(apps) != 1:
+                raise InvalidSpec([Problem("--app", "nothing", f"is required: stack {self.name} holds the apps {', '.join(apps) or 'none'}")], "arguments")
+            return apps[0]
+        if name not in apps:
+            raise InvalidSpec([Problem("--app", name, f"names no app of stack {self.name} (apps: {', '.join(apps) or 'none'})")], "arguments")
+        return name
+
+    def facts(self, app: str, spec: StackSpec | None = None) -> AppFacts | None:
+        """The app as its last ``up`` left it (None: never deployed), judged by ``spec``'s analysis."""
+        exported = self.outputs.get(f"{naming.OUTPUT_PREFIX}{app}")
+        if not isinstance(exported, Mapping):
+            return None
+        stack_spec = spec or self.spec
+        try:
+            app_model = App.model_validate(exported["app"])
+            gateway = Gateway.model_validate(exported["gateway"])
+            release_spec = stack_spec.release_spec(app, app_model, gateway)
+        except (KeyError, ValueError) as exc:
+            raise InvalidSpec([Problem(f"outputs.{naming.OUTPUT_PREFIX}{app}", "unreadable", f"is not what the component exports: {exc}")], "stack") from exc
+        stable = exported.get("stable")
+        stable_pin = self._running_stable(app, release_spec, _pin(stable) if isinstance(stable, Mapping) else None)
+        return AppFacts(spec=release_spec, urns=dict(exported.get("urns") or {}), stable=stable_pin,
+                        desired=_pin(exported["desired"]), stack=self.name, copies=dict(exported.get("copies") or {}))
+
+    def _running_stable(self, app: str, spec: ReleaseSpec, exported: TrackPin | None) -> TrackPin | None:
+        """What the stable Deployment runs, as a pin. The stack outputs say it — unless an update of
+        another app's release rewrote them: a targeted ``up`` recomputes every app's outputs from its own
+        snapshot, so the outputs of an app it did not touch can name a template its stable never ran.
+        The cluster decides: the pin whose hash the stable Deployment carries, from the outputs or else
+        from the app's last release (its stable, or its canary once promoted)."""
+        if exported is None:
+            return None
+        try:
+            live = ClusterReader(self.kube).deployment(spec, Track.STABLE).get("hash")
+        except CanaryError:
+            return exported  # the cluster does not answer: the outputs are all there is
+        if not live or live == exported.hash:
+            return exported
+        with contextlib.suppress(CanaryError):
+            state = self.store(app, spec.app.namespace).load()
+            for pin in (state.canary, state.stable) if state is not None else ():
+                if pin is not None and pin.hash == live:
+                    return pin
+        return exported
+
+    def store(self, app: str, namespace: str) -> ReleaseStore:
+        return ReleaseStore(self.kube, namespace, app, self.name, Cache(state_root(self.project_dir), self.name, app))
+
+    def namespace(self, app: str) -> str:
+        exported = self.outputs.get(f"{naming.OUTPUT_PREFIX}{app}")
+        if isinstance(exported, Mapping) and exported.get("namespace"):
+            return str(exported["namespace"])
+        config = self.spec.app_configs().get(app)
+        if config is not None and config.app is not None:
+            return config.app.namespace
+        return "default"
+
+
+def _pin(data: Mapping[str, Any]) -> TrackPin:
+    return TrackPin(template=dict(data.get("template") or {}), hash=str(data.get("hash", "")), image=str(data.get("image", "")),
+                    config_hashes=dict(data.get("config_hashes") or {}))
+
+
+def _kube(config: Mapping[str, Any], env: Mapping[str, str]) -> Kube:
+    """The cluster the stack's kubernetes provider deploys to: its ``kubernetes:kubeconfig`` and
+    ``kubernetes:context`` when the stack sets them, else ``KUBECONFIG`` and its current context."""
+    def value(key: str) -> str | None:
+        raw = config.get(key)
+        return None if raw is None else str(getattr(raw, "value", raw))
+
+    kubeconfig: str | Path | None = value("kubernetes:kubeconfig") or env.get("KUBECONFIG") or None
+    if isinstance(kubeconfig, str) and "\n" not in kubeconfig:
+        kubeconfig = Path(kubeconfig.split(os.pathsep)[0]).expanduser()
+    return Kube(kubeconfig, context=value("kubernetes:context"))
+
+
+def open_stack(stack: str, project_dir: Path | None = None, env: Mapping[str, str] | None = None, read_outputs: bool = True) -> Workspace:
+    project = project_dir or stackfile.find_project_dir()
+    environment = dict(env if env is not None else os.environ)
+    handle = Stack(project, stack, environment)
+    config = handle.config()
+    spec = stackconfig.from_config(config, source=f"stack {stack}")
+    if spec.release is not None:
+        raise InvalidSpec([Problem(f"{naming.CONFIG_NAMESPACE}:release", "set", "is written by canary into its release config files only; remove it from the stack file")], f"stack {stack}")
+    outputs = handle.outputs() if read_outputs else {}
+    return Workspace(project, stack, environment, handle, spec, outputs, _kube(config, environment))
+
+
+# --- releases -----------------------------------------------------------------------------------
+
+
+def _provider_factory(spec: ReleaseSpec) -> Callable[[str | None], PrometheusProvider]:
     providers: dict[str | None, PrometheusProvider] = {}
 
     def provider_for(address: str | None) -> PrometheusProvider:
+        """The stack's Prometheus (with its token and headers), or a template's own address (without)."""
         if address not in providers:
-            providers[address] = prometheus_provider(release_obj.spec, address)
+            prom = spec.prometheus
+            if prom is not None and (address is None or address.rstrip("/") == prom.address.rstrip("/")):
+                token = prom.token.get_secret_value() if prom.token else None
+                headers = {k: v.get_secret_value() for k, v in prom.headers.items()}
+                providers[address] = PrometheusProvider(prom.address, token=token, headers=headers, timeout=prom.timeout)
+            else:
+                from datetime import timedelta
+
+                providers[address] = PrometheusProvider(address or "", timeout=prom.timeout if prom else timedelta(seconds=10))
         return providers[address]
 
-    release_obj = Release(stack_port, ClusterReader(kube), provider_for, journal(stack, project), stack_name=stack, on_event=on_event, **options)
+    return provider_for
+
+
+def _note(release: Release, message: str) -> None:
+    state = release.recorder.last_saved
+    if state is not None:
+        release.recorder.event(state, message)
+
+
+def build(ws: Workspace, facts: AppFacts, on_event: Callable[[Event], None] | None = None, **options: Any) -> Release:
+    """A Release of one app wired to the real adapters (``on_build`` sees it before it starts)."""
+    on_build = options.pop("on_build", None)
+    spec = facts.spec
+    app, namespace = spec.app.name, spec.app.namespace
+    store = ws.store(app, namespace)
+    pusher = None
+    if spec.prometheus is not None and spec.prometheus.pushgateway:
+        pusher = Pusher(spec.prometheus.pushgateway, ws.name, app, namespace, on_failure=lambda message: _note(release_obj, message))
+    configs = stackfile.ReleaseConfigs(ws.stack.stack_file(), store.cache.dir, app)
+    release_obj = Release(stack=ws.stack, config=configs, cluster=ClusterReader(ws.kube), store=store, lease=Lease(ws.kube, namespace, app),
+                          hooks=Caller(), provider_for=_provider_factory(spec), facts=facts, on_event=on_event, pusher=pusher, **options)
+    if on_build is not None:
+        on_build(release_obj)
     return release_obj
 
 
-def prometheus_provider(spec: Any, address: str | None) -> Any:
-    """A provider for the stack's Prometheus, or for a template's own address.
+@dataclass(frozen=True)
+class UpOutcome:
+    """What ``canary up`` did: the changes applied beside a release, and the release, if one ran."""
 
-    The stack's token and headers are sent to the stack's Prometheus only, never
-    to another address a metric template names.
-    """
-    from canary.prometheus import PrometheusProvider
-
-    prom = spec.prometheus
-    timeout = prom.timeout if prom else timedelta(seconds=10)
-    if prom is not None and (address is None or address.rstrip("/") == prom.address.rstrip("/")):
-        token = prom.token.get_secret_value() if prom.token else None
-        headers = {k: v.get_secret_value() for k, v in prom.headers.items()}
-        return PrometheusProvider(prom.address, token=token, headers=headers, timeout=timeout)
-    return PrometheusProvider(address or "", timeout=timeout)
+    app: str
+    applied: dict[str, int]
+    release: ReleaseResult | None
+    message: str
+    exit_code: int
+    #: each app's own outcome, when ``up`` released the apps of a stack one after the other
+    apps: tuple[UpOutcome, ...] = ()
 
 
-def release(stack: str, image: str, **kwargs: Any) -> ReleaseResult:
-    """Release ``image`` on ``stack`` and return when it is promoted, rolled back or aborted."""
-    return build(stack, **kwargs).start(image)
+def _pins_at_rest(ws: Workspace, running: set[str]) -> dict[str, Any]:
+    """Stable pinned to what it runs, for every deployed app that no release is moving."""
+    pins = {}
+    for name in ws.apps():
+        facts = ws.facts(name)
+        if facts is None or facts.stable is None or name in running:
+            continue
+        pins[name] = {"release": "", "stable": {"template": facts.stable.template, "hash": facts.stable.hash, "image": facts.stable.image,
+                                                "config_hashes": dict(facts.stable.config_hashes)}, "route": {"weight": 0}}
+    return pins
 
 
-def resume(stack: str, **kwargs: Any) -> ReleaseResult:
-    """Continue (or finish rolling back) an interrupted release from the journal."""
-    return build(stack, **kwargs).resume()
+def _running(ws: Workspace) -> dict[str, ReleaseState]:
+    """The apps whose releases are not finished."""
+    out = {}
+    for name in ws.apps():
+        facts = ws.facts(name)
+        if facts is None:
+            continue
+        with contextlib.suppress(CanaryError):
+            state = ws.store(name, facts.spec.app.namespace).load()
+            if state is not None and state.phase not in ENDED:
+                out[name] = state
+    return out
 
 
-def status(stack: str, project_dir: Path | None = None, lab: bool | None = None) -> dict[str, Any] | None:
-    """The current (or last) release's state, with its holder if it is running."""
-    j = journal(stack, project_dir, lab)
-    state = j.load_state()
+def _refuse_if_busy(ws: Workspace, name: str, state: ReleaseState | None) -> None:
+    """Refuse before anything changes (the stack file, an ``up``) when a process — here or on another
+    machine — holds the app's lease, naming it; or when the app's last release is unfinished (resume it)."""
+    holder = Lease(ws.kube, ws.namespace(name), name).holder()
+    if holder is not None and holder.alive():
+        raise StackBusy(f"app {name} is busy: {holder} (`canary status {ws.name} --app {name}` follows it, `canary abort` stops it)"
+                        f"{holder.expiry_note()}")
+    if state is not None and state.phase not in ENDED:
+        raise StackBusy(f"app {name} has an unfinished release {state.release} in phase {state.phase}: "
+                        f"run `canary resume {ws.name} --app {name}` (or `canary abort`, then resume)")
+
+
+def up(stack: str, *, app: str | None = None, project_dir: Path | None = None, env: Mapping[str, str] | None = None,
+       on_event: Callable[[Event], None] | None = None, retry: bool = False, why: str = "", **options: Any) -> UpOutcome:
+    """Make the stack what its file (and program) ask for: a plain ``up`` of everything but a workload
+    change (stable pinned, apps in a release left alone), then a release of each app's workload change.
+
+    With ``app`` (or one app in the stack) that app's change is released; without it, on a stack of
+    several apps, each app's change is released in turn and the outcome is the worst of them."""
+    ws = open_stack(stack, project_dir, env)
+    known = ws.apps()
+    names = [ws.app(app)] if known and (app is not None or len(known) == 1) else known
+    running = _running(ws)
+    for name in names:
+        _refuse_if_busy(ws, name, running.get(name))
+    existed = {name: f"{naming.OUTPUT_PREFIX}{name}" in ws.outputs for name in names}
+    for name in names:
+        _preflight(ws, name)
+    snapshot = ws.stack.stack_file().read_text()
+    cache = Cache(state_root(ws.project_dir), stack, "_stack")
+
+    def apply() -> Any:
+        # read again on every attempt: while this waited for Pulumi's lock, another app's release may
+        # have begun, and this update must leave that app's resources (its route above all) alone
+        others = {k: v for k, v in _running(ws).items() if k not in names}
+        pins = _pins_at_rest(ws, set(others) | set(running))
+        exclude = [urn for other in others for urn in (ws.facts(other).targets("app") if ws.facts(other) else [])]  # type: ignore[union-attr]
+        config_file = cache.write_config("up", stackfile.release_config(snapshot, pins))
+        return ws.stack.up(config_file=config_file, exclude=exclude or None)
+
+    result = _waiting_for_lock(apply, on_event, float(options.get("lock_wait", LOCK_WAIT)))
+    ws.outputs = ws.stack.outputs()
+    applied = {k: v for k, v in result.changes.items() if k != "same"}
+    if not names:  # a program without apps yet: the update was all there was to do
+        names = [ws.app(app)]
+    outcomes = [_release_change(ws, name, existed.get(name, False), applied, snapshot, retry, on_event, why, options) for name in names]
+    if len(outcomes) == 1:
+        return outcomes[0]
+    worst = next((o for code in _SEVERITY for o in outcomes if o.exit_code == code), outcomes[0])
+    return UpOutcome(", ".join(o.app for o in outcomes), applied, worst.release, "\n".join(o.message for o in outcomes), worst.exit_code,
+                     tuple(outcomes))
+
+
+T = TypeVar("T")
+
+#: how long an ``up`` waits for another update of the stack (another app's release) to let go of Pulumi's lock
+LOCK_WAIT = 600.0
+
+
+def _waiting_for_lock(action: Callable[[], T], on_event: Callable[[Event], None] | None, wait: float) -> T:
+    """``action`` (an ``up``), tried again while another update holds the stack's lock — two apps of one
+    stack released at once take turns — and for at most ``wait`` seconds; then StackLocked (exit 3)."""
+    deadline = time.monotonic() + wait
+    said = False
+    while True:
+        try:
+            return action()
+        except StackLocked as exc:
+            if time.monotonic() >= deadline:
+                raise
+            if not said and on_event is not None:
+                on_event(Event(datetime.now(UTC).isoformat(timespec="milliseconds"), "", "", 0, f"waiting for Pulumi's lock: {exc}"))
+                said = True
+            time.sleep(2.0)
+
+
+#: which outcome of several apps' ``up`` the command ends with: the one a person must act on first
+_SEVERITY = (exitcodes.ROLLBACK_PENDING, exitcodes.INVALID, exitcodes.BUSY, exitcodes.FAILED, exitcodes.PROMOTED_UNVERIFIED, exitcodes.OK)
+
+
+def _release_change(ws: Workspace, name: str, existed: bool, applied: dict[str, int], snapshot: str, retry: bool,
+                    on_event: Callable[[Event], None] | None, why: str, options: dict[str, Any]) -> UpOutcome:
+    """After the stack's ``up``: release the app's workload change, if it has one."""
+    facts = ws.facts(name)
+    if facts is None:
+        raise InvalidSpec([Problem("--app", name, "was not deployed by the update: does the program declare it?")], "up")
+    changed = f"{sum(applied.values())} resources changed" if applied else "nothing else changed"
+    if not existed or facts.stable is None:
+        return UpOutcome(name, applied, None, f"{name}: deployed for the first time, running {facts.desired.image or facts.desired.hash} ({changed})", exitcodes.OK)
+    if facts.desired.hash == facts.stable.hash:
+        return UpOutcome(name, applied, None, f"{name}: no workload change ({changed})", exitcodes.OK)
+    store = ws.store(name, facts.spec.app.namespace)
+    last = store.load()
+    if last is not None and last.phase in (Phase.FAILED, Phase.ABORTED) and last.canary is not None and last.canary.hash == facts.desired.hash and not retry:
+        return UpOutcome(name, applied, None,
+                         f"{name}: the desired workload ({facts.desired.image or facts.desired.hash}) was {last.phase.value.lower()} in release "
+                         f"{last.release}; change it, or release it again with --retry", exitcodes.FAILED)
+    export = ""
+    with contextlib.suppress(CanaryError):
+        import json
+
+        export_path = store.cache.dir / "stable-export.json"
+        export_path.write_text(json.dumps(ws.stack.export()))
+        export = str(export_path)
+    result_release = build(ws, facts, on_event, **options).start(facts.desired, snapshot, export, why)
+    return UpOutcome(name, applied, result_release, f"{name}: release {result_release.release} {result_release.phase.value}", result_release.exit_code)
+
+
+def _preflight(ws: Workspace, name: str) -> None:
+    """Every metric query sent once, as a tick would send it, before anything changes: one Prometheus
+    rejects is bad input (exit 2), not a failed check found after the canary was deployed."""
+    from canary.core import analysis
+
+    facts = ws.facts(name)
+    if facts is None:
+        return
+    problems = analysis.preflight(facts.spec, _provider_factory(facts.spec))
+    if problems:
+        raise InvalidSpec(problems, f"stack {ws.name}")
+
+
+def set_image(stack: str, image: str, *, app: str | None = None, project_dir: Path | None = None, image_config: str | None = None) -> tuple[str, str]:
+    """Write ``image`` as the app's desired image in the stack file (as ``pulumi config set`` would):
+    ``app.image``, or for an app a program declares, the key its component names (``image_config``,
+    such as ``shop:image`` or ``shop:web.image``)."""
+    from canary.core import units
+
+    try:
+        units.check_image(image)
+    except ValueError as exc:
+        raise InvalidSpec([Problem("--image", image, str(exc))], "release") from exc
+    project = project_dir or stackfile.find_project_dir()
+    path = stackfile.stack_file(project, stack)
+    if image_config:
+        old, _ = stackfile.set_value(path, tuple(image_config.split(".")), image)
+        return app or "", str(old or "")
+    spec = stackfile.load_stack_file(path)
+    configs = spec.app_configs()
+    name = app or (next(iter(configs)) if len(configs) == 1 else None)
+    if name is None or name not in configs:
+        raise InvalidSpec([Problem("--app", str(app), f"names no app of the stack file ({', '.join(configs) or 'none'})")], "release")
+    config = configs[name]
+    if config.app is None:
+        raise InvalidSpec([Problem("--image", image, f"{name} is declared by the program, not the stack file: change the image there and run canary up, "
+                                   "or pass image_config=<the config key it reads the image from> to its CanaryDeployment")], "release")
+    prefix: tuple[str, ...] = (f"{naming.CONFIG_NAMESPACE}:apps", name) if spec.apps else ()
+    if config.stable_image and not config.app.image:
+        keys = (*prefix, "stableImage") if prefix else (f"{naming.CONFIG_NAMESPACE}:stableImage",)
+    else:
+        keys = (*prefix, "app", "image") if prefix else (f"{naming.CONFIG_NAMESPACE}:app", "image")
+    old, _ = stackfile.set_value(path, keys, image)
+    return name, str(old or "")
+
+
+def release(stack: str, image: str, *, app: str | None = None, project_dir: Path | None = None, env: Mapping[str, str] | None = None,
+            **kwargs: Any) -> UpOutcome:
+    """Release ``image`` as the app's new version: set it in the stack file, then ``up`` (asking for
+    ``image`` by name releases it even if an earlier release of it was rolled back). An app never
+    deployed is refused before anything changes: its first version has nothing to be compared with."""
+    from canary.core import units
+
+    try:
+        units.check_image(image)
+    except ValueError as exc:
+        raise InvalidSpec([Problem("--image", image, str(exc))], "release") from exc
+    ws = open_stack(stack, project_dir, env)
+    name = ws.app(app)
+    facts = ws.facts(name)
+    if facts is None or facts.stable is None:
+        raise InvalidSpec([Problem("stack", stack, f"has not deployed {name} yet: run `canary up {stack}` (or pulumi up) to deploy its first version, "
+                                   "then release new ones")], "release")
+    if facts.stable.image == image:
+        raise InvalidSpec([Problem("--image", image, "is already the stable image: nothing to release")], "release")
+    _refuse_if_busy(ws, name, ws.store(name, ws.namespace(name)).load())  # before the stack file is edited
+    _preflight(ws, name)
+    exported = ws.outputs.get(f"{naming.OUTPUT_PREFIX}{name}")
+    image_config = exported.get("imageConfig") if isinstance(exported, Mapping) else None
+    _, before = set_image(stack, image, app=name, project_dir=project_dir, image_config=image_config)
+    try:
+        return up(stack, app=name, project_dir=project_dir, env=env, why=f"canary release --image {image}", retry=True, **kwargs)
+    except (StackBusy, StackLocked):
+        # refused before anything was applied (another release, another update of the stack): the stack
+        # file goes back to the image that runs, so the refusal leaves nothing behind
+        if before:
+            set_image(stack, before, app=name, project_dir=project_dir, image_config=image_config)
+        raise
+
+
+def resume(stack: str, *, app: str | None = None, project_dir: Path | None = None, env: Mapping[str, str] | None = None,
+           on_event: Callable[[Event], None] | None = None, **options: Any) -> ReleaseResult:
+    """Continue (or finish rolling back) an interrupted release, from any machine."""
+    ws = open_stack(stack, project_dir, env)
+    name = ws.app(app)
+    store = ws.store(name, ws.namespace(name))
+    state = store.load()
     if state is None:
-        return None
-    holder = j.holder()
-    state["running"] = bool(holder and holder.alive() and holder.release == state["release"])
-    state["holder"] = str(holder) if holder else None
-    return state
+        legacy = Legacy(state_root(ws.project_dir), stack)
+        old = legacy.state()
+        if old is not None and old.phase not in ENDED:
+            raise InvalidSpec([Problem("release", old.release, f"was started by canary 0.1 (a file journal) and stopped in phase {old.phase}: "
+                                       "it cannot be resumed by this version. Put traffic back on stable with `pulumi up` of the "
+                                       "stack file as it was before that release (canaryWeight 0, no canaryImage), then release again")], "resume")
+        raise InvalidSpec([Problem("--app", name, "has no release to resume")], "resume")
+    facts = ws.facts(name, _snapshot_spec(ws, state))
+    if facts is None:
+        raise InvalidSpec([Problem("--app", name, "is not deployed in the stack any more")], "resume")
+    return build(ws, facts, on_event, **options).resume()
 
 
-def history(stack: str, project_dir: Path | None = None, release_id: str | None = None, lab: bool | None = None) -> list[dict[str, Any]]:
-    return journal(stack, project_dir, lab).records(release_id)
+def _snapshot_spec(ws: Workspace, state: ReleaseState) -> StackSpec:
+    """The stack config as the release began (its snapshot), secrets decrypted by the CLI when needed."""
+    if not state.snapshot:
+        return ws.spec
+    try:
+        return stackconfig.from_config(ws.stack.config(text=state.snapshot), source=f"release {state.release}'s snapshot")
+    except InvalidSpec:
+        return ws.spec
 
 
-def abort(stack: str, project_dir: Path | None = None, by: str = "canary abort", lab: bool | None = None) -> str:
-    """Ask the running release to roll back and end Aborted; returns the release id."""
-    from canary.errors import InvalidSpec, Problem
-
-    j = journal(stack, project_dir, lab)
-    state = j.load_state()
-    phase = Phase(state["phase"]) if state is not None else None
-    if state is None or phase in (Phase.SUCCEEDED, Phase.FAILED, Phase.ABORTED):
-        raise InvalidSpec([Problem("stack", stack, "has no release in progress to abort")], "abort")
-    if phase in (Phase.PROMOTING, Phase.FINALISING):
-        # The release would ignore the request (the new version passed every check): say so now, not in its log.
-        raise InvalidSpec([Problem("stack", stack, f"release {state['release']} is already {state['phase']}: the new version passed every check and a promotion is not interrupted")], "abort")
-    j.request("abort", state["release"], by=by)
-    j.record(state["release"], "request", request="abort", by=by)
-    return str(state["release"])
+# --- looking and steering -----------------------------------------------------------------------
 
 
-def promote(stack: str, project_dir: Path | None = None, lab: bool | None = None) -> str:
-    """Approve a release waiting for promotion."""
-    j = journal(stack, project_dir, lab)
-    state = j.load_state()
-    if state is None or Phase(state["phase"]) is not Phase.WAITING_PROMOTION:
-        from canary.errors import InvalidSpec, Problem
+@dataclass(frozen=True)
+class Status:
+    state: ReleaseState
+    running: bool
+    holder: str | None
+    legacy: bool = False
 
-        raise InvalidSpec([Problem("stack", stack, f"has no release waiting for promotion (phase {state['phase'] if state else 'none'})")], "promote")
-    j.request("promote", state["release"])
-    j.record(state["release"], "request", request="promote")
-    return str(state["release"])
+    def to_json(self) -> dict[str, Any]:
+        data = records.dump(self.state)
+        data.pop("snapshot", None)
+        for track in ("stable", "canary"):
+            if isinstance(data.get(track), dict):
+                data[track].pop("template", None)
+        return {**data, "running": self.running, "holder": self.holder, "legacy": self.legacy, "exit_code": self.state.exit_code}
+
+
+def _store(stack: str, app: str | None, project_dir: Path | None, env: Mapping[str, str] | None) -> tuple[Workspace, str, ReleaseStore]:
+    ws = open_stack(stack, project_dir, env)
+    name = ws.app(app)
+    return ws, name, ws.store(name, ws.namespace(name))
+
+
+def status(stack: str, *, app: str | None = None, project_dir: Path | None = None, env: Mapping[str, str] | None = None) -> Status | None:
+    """The app's current (or last) release, with its lease holder; an earlier version's file journal
+    when the cluster has none."""
+    ws, name, store = _store(stack, app, project_dir, env)
+    state = store.load()
+    if state is None:
+        legacy = Legacy(state_root(ws.project_dir), stack).state()
+        return Status(legacy, False, None, legacy=True) if legacy is not None else None
+    holder = Lease(ws.kube, store.namespace, name).holder()
+    running = bool(holder is not None and holder.alive() and holder.release == state.release)
+    return Status(state, running, str(holder) if holder is not None else None)
+
+
+def history(stack: str, *, app: str | None = None, release_id: str | None = None, project_dir: Path | None = None,
+            env: Mapping[str, str] | None = None) -> list[Any]:
+    """Every journal record of the app's releases (or of one), oldest first, earlier versions' included."""
+    ws, _, store = _store(stack, app, project_dir, env)
+    found = store.records(release_id)
+    legacy = Legacy(state_root(ws.project_dir), stack)
+    return (legacy.records(release_id) if legacy.exists() else []) + found
+
+
+def report(stack: str, *, app: str | None = None, release_id: str | None = None, out: Path, project_dir: Path | None = None,
+           env: Mapping[str, str] | None = None) -> Path:
+    """Draw one release of the app (default: the latest) from its journal into ``out``: a PNG or SVG picture,
+    or an HTML page with the picture and the decision table, by ``out``'s suffix. Returns ``out``."""
+    from canary.core import picture
+
+    picture.output_format(out)  # a bad --out is refused before the cluster is read
+    model = picture.build(history(stack, app=app, release_id=release_id, project_dir=project_dir, env=env), release_id)
+    # matplotlib takes a second to import: only the commands that draw pay for it
+    from canary.adapters import plot
+
+    return plot.write(model, out)
+
+
+# --- backtesting --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BacktestResult:
+    """``canary backtest``: an analysis replayed against what Prometheus recorded, and what it was replayed with."""
+
+    stack: str
+    app: str
+    #: which analysis judged: the stack file's as it is now, or another file's
+    config: str
+    replay: backtesting.Replay
+    release: str | None = None
+    start: datetime | None = None
+    end: datetime | None = None
+    interval: str = ""
+    #: a backtest that ran exits 0, whatever it concluded and however it differs from the journal
+    exit_code: int = exitcodes.OK
+
+    def to_json(self) -> dict[str, Any]:
+        def iso(when: datetime | None) -> str | None:
+            return None if when is None else when.isoformat().replace("+00:00", "Z")
+
+        return {"stack": self.stack, "app": self.app, "release": self.release, "from": iso(self.start), "to": iso(self.end),
+                "interval": self.interval, "config": self.config, **self.replay.to_json(), "exit_code": self.exit_code}
+
+    def lines(self) -> list[str]:
+        if self.release is not None:
+            what = f"release {self.release} at its recorded tick times"
+        else:
+            what = f"{self.start:%Y-%m-%d %H:%M:%S}Z to {self.end:%Y-%m-%d %H:%M:%S}Z, a tick every {self.interval}"
+        return [f"backtest of {self.stack}/{self.app}, {what}, judged by {self.config}", *self.replay.lines()]
+
+
+def backtest(stack: str, *, app: str | None = None, release_id: str | None = None, start: str | datetime | None = None,
+             end: str | datetime | None = None, file: Path | None = None, project_dir: Path | None = None, env: Mapping[str, str] | None = None,
+             now: datetime | None = None) -> BacktestResult:
+    """Replay the app's analysis against what Prometheus recorded: at a release's recorded ticks (``release_id``,
+    set beside its decisions) or every interval from ``start`` to ``end`` (RFC 3339 with a timezone, ``now`` or
+    ``-30m``). The analysis is the stack file's as it is now, or ``file``'s (its analysis and metric templates;
+    Prometheus and the app stay the stack's). Nothing is applied or recorded."""
+    moment = now or datetime.now(UTC)
+    first, last = backtesting.check_options(release_id, start, end, moment)
+    if file is not None and not file.is_file():
+        raise InvalidSpec([Problem("--file", str(file), "is not a file")], "backtest")
+    ws = open_stack(stack, project_dir, env)
+    name = ws.app(app)
+    facts = ws.facts(name)
+    spec = facts.spec if facts is not None else ws.spec.release_spec(name)
+    source = f"stack {stack}'s analysis as its stack file says now"
+    if file is not None:
+        spec, source = _analysis_of(file, name, spec), f"the analysis of {file}"
+    if spec.prometheus is None:
+        raise InvalidSpec([Problem("prometheus.address", "nothing", "must be set to backtest: the replay asks Prometheus")], f"stack {stack}")
+    provider_for = _provider_factory(spec)
+
+    def provider_for_at(when: datetime) -> Callable[[str | None], PrometheusProvider]:
+        return lambda address: provider_for(address).at(when)
+
+    if not provider_for(None).is_online():
+        from canary.errors import ProviderUnreachable
+
+        raise ProviderUnreachable(f"Prometheus at {spec.prometheus.address} did not answer: nothing can be replayed")
+    interval = spec.analysis.interval
+    if release_id is not None:
+        namespace = ws.namespace(name)
+        journal = ws.store(name, namespace).records(release_id)
+        legacy = Legacy(state_root(ws.project_dir), stack)
+        journal = (legacy.records(release_id) if legacy.exists() else []) + journal
+        if not journal:
+            raise InvalidSpec([Problem("--release", release_id, f"has no journal for app {name} in namespace {namespace} "
+                                       f"(`canary history {stack}` lists the releases kept)")], "backtest")
+        first_tick = min((r.time for r in journal if r.type == "tick"), default=None)
+        _refuse_rejected(spec, provider_for_at(datetime.fromisoformat(first_tick.replace("Z", "+00:00")) if first_tick else moment), stack)
+        result = backtesting.replay_release(spec, provider_for_at, journal)
+    else:
+        assert first is not None and last is not None
+        _refuse_rejected(spec, provider_for_at(first + interval), stack)
+        result = backtesting.replay_window(spec, provider_for_at, first, last)
+    from canary.core import units
+
+    return BacktestResult(stack, name, source, result, release_id, first, last, units.format_duration(interval))
+
+
+def _analysis_of(path: Path, name: str, spec: ReleaseSpec) -> ReleaseSpec:
+    """``spec`` judged by another stack file's analysis (and metric templates) for the app."""
+    other = stackfile.load_stack_file(path)
+    configs = other.app_configs()
+    config = configs.get(name) or (next(iter(configs.values())) if len(configs) == 1 else None)
+    if config is None:
+        raise InvalidSpec([Problem("--file", str(path), f"declares no analysis for app {name} (it has: {', '.join(configs) or 'none'})")], "backtest")
+    return spec.model_copy(update={"analysis": config.analysis, "metric_templates": {**spec.metric_templates, **other.metric_templates}})
+
+
+def _refuse_rejected(spec: ReleaseSpec, provider_for: Callable[[str | None], PrometheusProvider], stack: str) -> None:
+    """A query Prometheus rejects is bad input (exit 2), not a failed check at every replayed tick."""
+    from canary.core import analysis
+
+    problems = analysis.preflight(spec, provider_for)
+    if problems:
+        raise InvalidSpec(problems, f"stack {stack}")
+
+
+def _request(stack: str, kind: str, app: str | None, project_dir: Path | None, env: Mapping[str, str] | None, by: str, reason: str = "",
+             allowed: frozenset[Phase] | None = None, **fields: Any) -> str:
+    _, name, store = _store(stack, app, project_dir, env)
+    state = store.load()
+    if state is None or state.phase in ENDED:
+        raise InvalidSpec([Problem("--app", name, f"has no release in progress to {kind}")], kind)
+    if allowed is not None and state.phase not in allowed:
+        raise InvalidSpec([Problem("--app", name, f"release {state.release} is {state.phase}: {kind} applies in {', '.join(sorted(allowed))}")], kind)
+    store.request(kind, state.release, by=by, reason=reason, **fields)
+    return state.release
+
+
+def abort(stack: str, *, app: str | None = None, project_dir: Path | None = None, env: Mapping[str, str] | None = None, by: str = "canary abort") -> str:
+    """Ask the running release (or the next resume) to roll back and end Aborted; returns the release id."""
+    _, name, store = _store(stack, app, project_dir, env)
+    state = store.load()
+    if state is not None and state.phase in PROMOTION:
+        # the release would ignore it (the new version passed every check): say so now
+        raise InvalidSpec([Problem("--app", name, f"release {state.release} is already {state.phase}: the new version passed every check and a promotion is not interrupted")], "abort")
+    return _request(stack, "abort", app, project_dir, env, by)
+
+
+def promote(stack: str, *, app: str | None = None, project_dir: Path | None = None, env: Mapping[str, str] | None = None, by: str = "canary promote",
+            force: bool = False, skip_analysis: bool = False, reason: str = "") -> str:
+    """Approve a release waiting for promotion (or a decision); ``force`` and ``skip_analysis`` need a reason."""
+    if (force or skip_analysis) and not reason.strip():
+        raise InvalidSpec([Problem("--reason", "nothing", "is required with --force or --skip-analysis: it is journaled")], "promote")
+    allowed = None if skip_analysis else frozenset({Phase.WAITING_PROMOTION, Phase.WAITING_DECISION})
+    return _request(stack, "promote", app, project_dir, env, by, reason, allowed, force=force, skip_analysis=skip_analysis)
+
+
+def pause(stack: str, *, app: str | None = None, project_dir: Path | None = None, env: Mapping[str, str] | None = None, by: str = "canary pause") -> str:
+    """Hold the release at its current step; analysis goes on."""
+    return _request(stack, "pause", app, project_dir, env, by)
+
+
+def proceed(stack: str, *, app: str | None = None, project_dir: Path | None = None, env: Mapping[str, str] | None = None, by: str = "canary continue") -> str:
+    """Let a paused release take its next steps again."""
+    return _request(stack, "continue", app, project_dir, env, by)
+

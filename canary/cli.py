@@ -1,26 +1,25 @@
-"""The ``canary`` command line: parse arguments, call the library, print, and set the exit code.
+"""The ``canary`` command line: parse arguments, call the API, print, and set the exit code.
 
-Exit codes: 0 success; 1 a release rolled back, failed or was aborted; 2
-invalid input, a stack that does not exist included (message on stderr); 3
-refused because the stack is busy; 4 a rollback could not be applied yet
-(``canary resume`` completes it). No domain logic lives here.
+Exit codes live in ``canary.core.exitcodes`` (the README's table). The CLI
+also wires the local lab for ``--lab``: its environment and working copy are
+handed to the API like any other. No domain logic lives here.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
 import click
 
-from canary import flagger, stackconfig
-from canary.errors import CanaryError, InvalidSpec, LabError, StackNotFound
-
-EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_BUSY = 0, 1, 2, 3
+from canary.core import exitcodes
+from canary.errors import CanaryError, InvalidSpec, LabError, StackBusy, StackLocked, StackNotFound
 
 
 def _die(message: str, code: int) -> NoReturn:
@@ -28,48 +27,84 @@ def _die(message: str, code: int) -> NoReturn:
     sys.exit(code)
 
 
-def find_project_dir(start: Path | None = None) -> Path:
-    """The directory holding Pulumi.yaml: $CANARY_PROJECT_DIR, the cwd or a parent, else the package's checkout."""
-    if env := os.environ.get("CANARY_PROJECT_DIR"):
-        return Path(env)
-    here = (start or Path.cwd()).resolve()
-    for candidate in (here, *here.parents):
-        if (candidate / "Pulumi.yaml").is_file() and (candidate / "stacks").is_dir():
-            return candidate
-    return Path(__file__).resolve().parent.parent
+class Where:
+    """The project and environment a command acts on: the user's, or the lab's (``--lab``)."""
+
+    def __init__(self, project_dir: Path | None, lab: bool | None) -> None:
+        self.lab = bool(lab or (lab is None and os.environ.get("CANARY_LAB_DIR")))
+        self.project_dir = project_dir
+        self.env: dict[str, str] | None = None
+        if self.lab:
+            from canary.lab.layout import Layout
+
+            layout = Layout.for_project(project_dir)
+            self.project_dir = project_dir or layout.project
+            self.env = {**os.environ, **layout.pulumi_env()}
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return {"project_dir": self.project_dir, "env": self.env}
+
+
+_project = click.option("--project-dir", type=click.Path(path_type=Path, file_okay=False), help="The Pulumi project (default: found from the current directory).")
+_lab = click.option("--lab", is_flag=True, default=None, help="Use the local lab's Pulumi backend, cluster and working copy (the default when $CANARY_LAB_DIR is set).")
+_app = click.option("--app", help="The app, when the stack holds several.")
+_route_timeout = click.option("--route-timeout", type=click.FloatRange(1, 3600), default=60, show_default=True,
+                              help="Seconds to wait for the gateway to accept a route change.")
+_lock_wait = click.option("--lock-wait", type=click.FloatRange(0, 86400), default=600, show_default=True,
+                          help="Seconds to wait while another update holds the stack's Pulumi lock (another app's release), then exit 3.")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="canary", prog_name="canary")
 def main() -> None:
-    """Progressive delivery with Pulumi: weighted canary releases gated by Prometheus checks."""
+    """Progressive delivery with Pulumi: canary, A/B and blue/green releases gated by Prometheus checks."""
+
+
+def run() -> None:
+    """Console-script entry: map library errors to exit codes and a message, never a traceback."""
+    try:
+        main(standalone_mode=True)
+    except InvalidSpec as exc:
+        _die(str(exc), exitcodes.INVALID)
+    except StackNotFound as exc:  # a stack named on the command line that does not exist is bad input
+        _die(f"canary: {exc}", exitcodes.INVALID)
+    except (StackBusy, StackLocked) as exc:
+        _die(f"canary: {exc}", exitcodes.BUSY)
+    except LabError as exc:
+        _die(f"lab: {exc}", exitcodes.FAILED)
+    except CanaryError as exc:
+        _die(f"canary: {exc}", exitcodes.FAILED)
+
+
+# --- config ---------------------------------------------------------------------------------------
 
 
 @main.command()
 @click.argument("stack", required=False)
 @click.option("--file", "file_", type=click.Path(path_type=Path, dir_okay=False), help="Validate a stack config file anywhere on disk.")
-@click.option("--project-dir", type=click.Path(path_type=Path, file_okay=False), help="Project directory (default: found from the cwd).")
+@_project
 def validate(stack: str | None, file_: Path | None, project_dir: Path | None) -> None:
-    """Validate the config of STACK (stacks/Pulumi.STACK.yaml) or of --file PATH.
+    """Validate the config of STACK (its stack file) or of --file PATH.
 
     Nothing is applied. Every problem is listed with its field, value and rule.
     """
-    if (stack is None) == (file_ is None):
-        _die("canary validate: give either STACK or --file PATH", EXIT_INVALID)
-    path = file_ if file_ is not None else stackconfig.stack_file(project_dir or find_project_dir(), str(stack))
-    if stack is not None and not path.is_file():
-        _die(f"stack {stack!r}: no config file {path.name} in {path.parent}", EXIT_INVALID)
-    try:
-        spec = stackconfig.load_stack_file(path)
-    except InvalidSpec as exc:
-        _die(str(exc), EXIT_INVALID)
-    from canary import schedule
+    from canary.adapters import stackfile
+    from canary.core import schedule
 
-    click.echo(
-        f"{path.name}: valid — app {spec.app.namespace}/{spec.app.name}, stable {spec.stable_image}, "
-        f"canary {spec.canary_image or 'none'} at {spec.canary_weight}%, steps {schedule.weights(spec.analysis)}, "
-        f"{len(spec.analysis.metrics)} metrics, {len(spec.analysis.webhooks)} webhooks"
-    )
+    if (stack is None) == (file_ is None):
+        _die("canary validate: give either STACK or --file PATH", exitcodes.INVALID)
+    path = file_ if file_ is not None else stackfile.stack_file(project_dir or stackfile.find_project_dir(), str(stack))
+    if stack is not None and not path.is_file():
+        _die(f"stack {stack!r}: no config file {path.name} in {path.parent}", exitcodes.INVALID)
+    spec = stackfile.load_stack_file(path)
+    apps = []
+    for name, config in spec.app_configs().items():
+        image = (config.app.image if config.app else None) or config.stable_image or "from the program"
+        where = f"{config.app.namespace}/{name}" if config.app else name
+        apps.append(f"app {where}, image {image}, {schedule.describe(config.analysis)}, {len(config.analysis.metrics)} metrics, "
+                    f"{len(config.analysis.webhooks)} webhooks")
+    click.echo(f"{path.name}: valid — " + "; ".join(apps))
 
 
 def _parent_ref(text: str | None) -> dict[str, str] | None:
@@ -88,112 +123,430 @@ def _parent_ref(text: str | None) -> dict[str, str] | None:
 
 @main.command("import-flagger")
 @click.argument("manifests", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False))
-@click.option("--stable-image", help="The stable image (Flagger keeps it in the Deployment, not the Canary).")
+@click.option("--stable-image", help="The app's image (Flagger keeps it in the Deployment, not the Canary).")
 @click.option("--gateway", help="Gateway parentRef as NAME[.NAMESPACE][:SECTION], when the Canary has no gatewayRefs.")
 def import_flagger(manifests: tuple[Path, ...], stable_image: str | None, gateway: str | None) -> None:
     """Print the stack config equivalent to a Flagger Canary and its MetricTemplates.
 
     What canary does not carry over is listed on stderr, field by field.
     """
+    from canary.adapters import stackfile
+    from canary.core import flagger
+
     texts = []
     for path in manifests:
         try:
             texts.append((str(path), path.read_text()))
         except OSError as exc:
-            _die(f"{path}: cannot be read: {exc.strerror}", EXIT_INVALID)
-    try:
-        result = flagger.convert(flagger.load_manifests(texts), stable_image=stable_image, parent_ref=_parent_ref(gateway))
-    except InvalidSpec as exc:
-        _die(str(exc), EXIT_INVALID)
+            _die(f"{path}: cannot be read: {exc.strerror}", exitcodes.INVALID)
+    result = flagger.convert(stackfile.load_manifests(texts), stable_image=stable_image, parent_ref=_parent_ref(gateway))
     header = "# Imported from " + ", ".join(p.name for p in manifests) + " by canary import-flagger.\n"
     header += "".join(f"# note: {note}\n" for note in result.notes)
-    click.echo(header + stackconfig.dump_stack_file(result.spec), nl=False)
+    click.echo(header + stackfile.dump_stack_file(result.spec), nl=False)
     for note in result.notes:
         click.echo(f"note: {note}", err=True)
 
 
+# --- releases -----------------------------------------------------------------------------------
+
+
+def _print_event(event: Any) -> None:
+    app = f"{event.app}  " if getattr(event, "app", "") else ""
+    click.echo(f"{event.time[11:23]}  {app}{event.phase:<16} w={event.weight:>3}  {event.message}")
+
+
+def _on_signals(abort: Callable[[str], None]) -> None:
+    """SIGINT/SIGTERM roll the release back to stable (it ends Aborted); a second signal stops at once.
+
+    The Pulumi CLI runs in a session of its own, so a terminal's Ctrl-C reaches
+    only canary, which interrupts an ``up`` in progress itself.
+    """
+
+    def handle(signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        abort(f"signal {name}")
+        click.echo(f"{name}: rolling back to stable; send it again to stop at once", err=True)
+
+    signal.signal(signal.SIGINT, handle)
+    signal.signal(signal.SIGTERM, handle)
+
+
+class _Running:
+    """The release a command is running, for the signal handler (it exists only once `up` decided)."""
+
+    def __init__(self) -> None:
+        self.release: Any = None
+        self.pending: str | None = None
+
+    def abort(self, by: str) -> None:
+        if self.release is not None:
+            self.release.request_abort(by)
+        else:
+            self.pending = by
+
+
+def _options(route_timeout: float, running: _Running, lock_wait: float) -> dict[str, Any]:
+    def on_build(release: Any) -> None:
+        running.release = release
+        if running.pending:
+            release.request_abort(running.pending)
+
+    return {"route_timeout": route_timeout, "lock_wait": lock_wait, "on_build": on_build}
+
+
+def _finish_up(outcome: Any) -> NoReturn:
+    for one in outcome.apps or (outcome,):
+        if one.release is not None:
+            result = one.release
+            click.echo(f"release {result.release}: {result.phase} — {result.reason or 'done'}")
+            if result.unapplied:
+                click.echo(f"not applied by the rollback (changed in the stack file during the release): {', '.join(result.unapplied)}")
+        else:
+            click.echo(one.message)
+    sys.exit(outcome.exit_code)
+
+
 @main.command()
 @click.argument("stack")
-@click.option("--weight", type=click.IntRange(0, 100), default=None, help="Weight to report the tick at (default: the stack's canaryWeight).")
-@click.option("--json", "as_json", is_flag=True, help="Print the tick as JSON.")
-@click.option("--project-dir", type=click.Path(path_type=Path, file_okay=False))
-def check(stack: str, weight: int | None, as_json: bool, project_dir: Path | None) -> None:
-    """Run one analysis tick for STACK against its Prometheus now, and explain every check.
+@_app
+@click.option("--retry", is_flag=True, help="Release a workload that an earlier release rolled back.")
+@_lab
+@_route_timeout
+@_lock_wait
+@_project
+def up(stack: str, app: str | None, retry: bool, lab: bool | None, route_timeout: float, lock_wait: float, project_dir: Path | None) -> None:
+    """Make STACK what its stack file and program ask for: apply every change but a workload change,
+    then release the app's workload change progressively (a no-op when nothing changed).
 
-    Exit 0 when every check passes, 1 otherwise, 2 on invalid config or a query
-    Prometheus rejects. Secrets must be readable: the
-    token is taken from $CANARY_PROMETHEUS_TOKEN when the stack stores it encrypted.
+    Exit codes as for release.
     """
-    from canary import analysis
-    from canary.api import prometheus_provider
+    from canary import api
 
-    path = stackconfig.stack_file(project_dir or find_project_dir(), stack)
-    try:
-        spec = stackconfig.load_stack_file(path)
-    except InvalidSpec as exc:
-        _die(str(exc), EXIT_INVALID)
-    if spec.prometheus is None:
-        _die(f"stack {stack}: prometheus.address: must be set to run checks", EXIT_INVALID)
-    encrypted = spec.prometheus.token is not None and spec.prometheus.token.get_secret_value() == stackconfig.ENCRYPTED
-    if encrypted and not os.environ.get("CANARY_PROMETHEUS_TOKEN"):
-        _die(f"stack {stack}: prometheus.token is encrypted in the stack file; set CANARY_PROMETHEUS_TOKEN to run checks", EXIT_INVALID)
-    if any(v.get_secret_value() == stackconfig.ENCRYPTED for v in spec.prometheus.headers.values()):
-        click.echo("note: headers stored encrypted in the stack file are not sent", err=True)
-        spec = spec.model_copy(update={"prometheus": spec.prometheus.model_copy(update={"headers": {}})})
-    if token := os.environ.get("CANARY_PROMETHEUS_TOKEN"):
-        from pydantic import SecretStr
+    where = Where(project_dir, lab)
+    running = _Running()
+    _on_signals(running.abort)
+    _finish_up(api.up(stack, app=app, retry=retry, on_event=_print_event, **where.kwargs, **_options(route_timeout, running, lock_wait)))
 
-        spec = spec.model_copy(update={"prometheus": spec.prometheus.model_copy(update={"token": SecretStr(token)})})
 
-    def provider_for(address: str | None) -> Any:
-        return prometheus_provider(spec, address)
+@main.command()
+@click.argument("stack")
+@click.option("--image", required=True, help="The new version's image, e.g. registry.example.com/shop/web:1.9.0.")
+@_app
+@_lab
+@_route_timeout
+@_lock_wait
+@_project
+def release(stack: str, image: str, app: str | None, lab: bool | None, route_timeout: float, lock_wait: float, project_dir: Path | None) -> None:
+    """Release IMAGE on STACK: set it as the app's image in the stack file, then `canary up`.
 
-    if problems := analysis.preflight(spec, provider_for):  # a query Prometheus rejects is a config defect, as for a release
-        _die(str(InvalidSpec(problems, f"stack {stack}")), EXIT_INVALID)
-    result = analysis.run_tick(spec, provider_for, failed_in_row=0, weight=spec.canary_weight if weight is None else weight)
+    Exit 0 when promoted (or nothing to release), 1 when rolled back, failed or aborted, 2 on invalid
+    input, 3 when another release holds the app, 4 when a rollback could not be applied yet,
+    5 when promoted but not verified (run `canary resume STACK` in both cases).
+    """
+    from canary import api
+
+    where = Where(project_dir, lab)
+    running = _Running()
+    _on_signals(running.abort)
+    _finish_up(api.release(stack, image, app=app, on_event=_print_event, **where.kwargs, **_options(route_timeout, running, lock_wait)))
+
+
+@main.command()
+@click.argument("stack")
+@_app
+@_lab
+@_route_timeout
+@_lock_wait
+@_project
+def resume(stack: str, app: str | None, lab: bool | None, route_timeout: float, lock_wait: float, project_dir: Path | None) -> None:
+    """Continue or finish an interrupted release of STACK, from any machine."""
+    from canary import api
+
+    where = Where(project_dir, lab)
+    running = _Running()
+    _on_signals(running.abort)
+    result = api.resume(stack, app=app, on_event=_print_event, **where.kwargs, **_options(route_timeout, running, lock_wait))
+    click.echo(f"release {result.release}: {result.phase} — {result.reason or 'done'}")
+    sys.exit(result.exit_code)
+
+
+# --- looking ------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("stack")
+@_app
+@click.option("--json", "as_json", is_flag=True)
+@_lab
+@_project
+def status(stack: str, app: str | None, as_json: bool, lab: bool | None, project_dir: Path | None) -> None:
+    """The current or last release of STACK's app: phase, step, failed checks, last checks and why."""
+    from canary import api
+
+    found = api.status(stack, app=app, **Where(project_dir, lab).kwargs)
+    if found is None:
+        _die(f"stack {stack}: no release recorded", exitcodes.INVALID)
     if as_json:
-        click.echo(json.dumps(tick_to_dict(result), indent=2))
+        click.echo(json.dumps(found.to_json(), indent=2, default=str))
+        return
+    state = found.state
+    click.echo(f"release {state.release} of {stack}/{state.app or '?'}: {state.phase}{' (running)' if found.running else ''}"
+               + (" — from the file journal of an earlier version" if found.legacy else ""))
+    canary = state.canary.image or state.canary.hash if state.canary else "?"
+    stable = state.stable.image or state.stable.hash if state.stable else "?"
+    shifting = f" (shifting to step {state.shifting_to})" if state.shifting_to is not None else ""
+    click.echo(f"  canary {canary} over stable {stable} at weight {state.weight}{shifting}" + (" — PAUSED" if state.paused else ""))
+    click.echo(f"  failed checks: {state.failed_in_row} in a row, {state.failed_total} in all")
+    if found.holder:
+        click.echo(f"  held by {found.holder}")
+    if state.reason:
+        click.echo(f"  reason: {state.reason}")
+    if state.forced:
+        click.echo(f"  promoted without a passing analysis: {state.forced}")
+    if state.rollback_pending:
+        click.echo(f"  ROLLBACK PENDING: run canary resume {stack}")
+    if state.phase.value == "PromotedUnverified":
+        click.echo(f"  PROMOTED, NOT VERIFIED: run canary resume {stack} to verify")
+    if state.unapplied:
+        click.echo(f"  changed in the stack file during the release, not applied by the rollback: {', '.join(state.unapplied)}")
+    for check in state.last_checks:
+        value = "—" if check.value is None else f"{check.value:.4g}"
+        bounds = f" ({check.threshold_range})" if check.threshold_range else ""
+        click.echo(f"  {check.verdict.value:>12} {check.metric}: {value}{bounds} — {check.reason}")
+
+
+def _describe(record: Any) -> str:
+    kind = record.type
+    if kind == "tick":
+        return f"tick {record.outcome.value}: {record.reason}"
+    if kind == "up":
+        targets = ", ".join(record.targets) if record.targets else "all"
+        return f"up ({targets}) {record.seconds}s {record.changes} pinned {record.pinned}"
+    if kind == "webhook":
+        return f"webhook {record.name} ({record.hook_type}) {'ok' if record.ok else 'FAILED'}: {record.detail}"
+    if kind == "verified":
+        return f"verified {record.what}: {record.details}"
+    if kind == "request":
+        return f"request {record.request} by {record.by}" + (f": {record.reason}" if record.reason else "")
+    if kind == "snapshot":
+        return f"snapshot: stable {record.stable_image or record.stable_hash}" + (f", export {record.export}" if record.export else "")
+    return str(getattr(record, "message", ""))
+
+
+@main.command()
+@click.argument("stack")
+@_app
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--release", "release_id", help="Only this release.")
+@_lab
+@_project
+def history(stack: str, app: str | None, as_json: bool, release_id: str | None, lab: bool | None, project_dir: Path | None) -> None:
+    """Every recorded decision, up, check and webhook call of STACK's app's releases."""
+    from canary import api
+    from canary.core import records
+
+    found = api.history(stack, app=app, release_id=release_id, **Where(project_dir, lab).kwargs)
+    if as_json:
+        click.echo(json.dumps([records.dump(r) for r in found], indent=1, default=str))
+        return
+    for r in found:
+        click.echo(f"{r.time}  {r.release}  {r.phase:<16} {r.type:<9} {_describe(r)}")
+
+
+@main.command()
+@click.argument("stack")
+@_app
+@click.option("--release", "release_id", help="The release to draw (default: the latest).")
+@click.option("--out", required=True, type=click.Path(path_type=Path, dir_okay=False),
+              help="The file to write: .png or .svg (the picture), or .html (the picture and the decision table).")
+@_lab
+@_project
+def report(stack: str, app: str | None, release_id: str | None, out: Path, lab: bool | None, project_dir: Path | None) -> None:
+    """Draw a release of STACK's app from its journal: the canary's weight over time, each metric's canary and
+    stable values in their threshold band, failed checks, gates, requests and the decision. Prints the file's path.
+
+    Exit 2 when --out has another suffix or the release is not in the journal.
+    """
+    from canary import api
+
+    click.echo(api.report(stack, app=app, release_id=release_id, out=out, **Where(project_dir, lab).kwargs))
+
+
+# --- steering -----------------------------------------------------------------------------------
+
+
+def _steer(what: str, call: Callable[[], str], said: str) -> None:
+    release_id = call()
+    click.echo(f"{what} requested for release {release_id}; {said}")
+
+
+@main.command()
+@click.argument("stack")
+@_app
+@_lab
+@_project
+def abort(stack: str, app: str | None, lab: bool | None, project_dir: Path | None) -> None:
+    """Ask STACK's running release to roll back to stable and end Aborted (from any machine)."""
+    from canary import api
+
+    _steer("abort", lambda: api.abort(stack, app=app, **Where(project_dir, lab).kwargs), "it rolls back within a second")
+
+
+@main.command()
+@click.argument("stack")
+@_app
+@click.option("--force", is_flag=True, help="Promote although the last tick did not pass (needs --reason).")
+@click.option("--skip-analysis", is_flag=True, help="Promote now, from any phase before promotion (an emergency; needs --reason).")
+@click.option("--reason", default="", help="Why: journaled, shown by status and the report.")
+@_lab
+@_project
+def promote(stack: str, app: str | None, force: bool, skip_analysis: bool, reason: str, lab: bool | None, project_dir: Path | None) -> None:
+    """Approve STACK's release that waits for promotion or for a decision."""
+    from canary import api
+
+    _steer("promotion", lambda: api.promote(stack, app=app, force=force, skip_analysis=skip_analysis, reason=reason, **Where(project_dir, lab).kwargs),
+           "the release promotes within a second" if not force else "forced")
+
+
+@main.command()
+@click.argument("stack")
+@_app
+@_lab
+@_project
+def pause(stack: str, app: str | None, lab: bool | None, project_dir: Path | None) -> None:
+    """Hold STACK's release at its current step; analysis goes on (Flagger's suspend)."""
+    from canary import api
+
+    _steer("pause", lambda: api.pause(stack, app=app, **Where(project_dir, lab).kwargs), "it holds its step")
+
+
+@main.command("continue")
+@click.argument("stack")
+@_app
+@_lab
+@_project
+def continue_(stack: str, app: str | None, lab: bool | None, project_dir: Path | None) -> None:
+    """Let STACK's paused release take its next steps again."""
+    from canary import api
+
+    _steer("continue", lambda: api.proceed(stack, app=app, **Where(project_dir, lab).kwargs), "it goes on")
+
+
+# --- checks -------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("stack")
+@_app
+@click.option("--weight", type=click.IntRange(0, 100), default=0, help="The weight to report the tick at.")
+@click.option("--json", "as_json", is_flag=True, help="Print the tick as JSON.")
+@_project
+def check(stack: str, app: str | None, weight: int, as_json: bool, project_dir: Path | None) -> None:
+    """Run one analysis tick for STACK's app against its Prometheus now, and explain every check.
+
+    Reads the stack file, so an encrypted token is taken from $CANARY_PROMETHEUS_TOKEN. Also says which
+    label the app's series carry the pod name in, when it is not the configured one. Exit 0 when every
+    check passes, 1 otherwise, 2 on invalid config or a query Prometheus rejects.
+    """
+    from pydantic import SecretStr
+
+    from canary import api
+    from canary.adapters import stackfile
+    from canary.core import analysis, records
+    from canary.core import config as stackconfig
+
+    path = stackfile.stack_file(project_dir or stackfile.find_project_dir(), stack)
+    spec = stackfile.load_stack_file(path)
+    configs = spec.app_configs()
+    name = app or (next(iter(configs)) if len(configs) == 1 else None)
+    if name is None or name not in configs or configs[name].app is None:
+        _die(f"stack {stack}: --app must name an app the stack file declares ({', '.join(configs)})", exitcodes.INVALID)
+    release_spec = spec.release_spec(name)
+    prom = release_spec.prometheus
+    if prom is None:
+        _die(f"stack {stack}: prometheus.address: must be set to run checks", exitcodes.INVALID)
+    encrypted = prom.token is not None and prom.token.get_secret_value() == stackconfig.ENCRYPTED
+    if encrypted and not os.environ.get("CANARY_PROMETHEUS_TOKEN"):
+        _die(f"stack {stack}: prometheus.token is encrypted in the stack file; set CANARY_PROMETHEUS_TOKEN to run checks", exitcodes.INVALID)
+    updates: dict[str, Any] = {}
+    if any(v.get_secret_value() == stackconfig.ENCRYPTED for v in prom.headers.values()):
+        click.echo("note: headers stored encrypted in the stack file are not sent", err=True)
+        updates["headers"] = {}
+    if token := os.environ.get("CANARY_PROMETHEUS_TOKEN"):
+        updates["token"] = SecretStr(token)
+    release_spec = release_spec.model_copy(update={"prometheus": prom.model_copy(update=updates)})
+    provider_for = api._provider_factory(release_spec)
+    if problems := analysis.preflight(release_spec, provider_for):
+        _die(str(InvalidSpec(problems, f"stack {stack}")), exitcodes.INVALID)
+    note = _pod_label_note(release_spec, provider_for(None))
+    if note:
+        click.echo(f"note: {note}", err=True)
+    result = analysis.run_tick(release_spec, provider_for, analysis.TickContext(weight=weight))
+    if as_json:
+        click.echo(json.dumps({"outcome": result.outcome.value, "reason": result.reason, "weight": weight, "score": result.score,
+                               "checks": [records.dump(c) for c in result.checks], "note": note}, indent=2))
     else:
         for c in result.checks:
-            click.echo(f"{c.verdict.value:>8}  {c.reason}")
+            click.echo(f"{c.verdict.value:>12}  {c.reason}")
         click.echo(result.reason)
-    sys.exit(EXIT_OK if result.outcome is analysis.Outcome.ADVANCE else EXIT_FAILED)
+    sys.exit(exitcodes.OK if result.outcome is records.Outcome.ADVANCE else exitcodes.FAILED)
 
 
-def tick_to_dict(result: Any) -> dict[str, Any]:
-    return {
-        "outcome": result.outcome.value,
-        "reason": result.reason,
-        "failedInRow": result.failed_in_row,
-        "threshold": result.threshold,
-        "weight": result.weight,
-        "checks": [
-            {
-                "metric": c.metric,
-                "query": c.query,
-                "value": c.value,
-                "thresholdRange": {"min": c.threshold.min, "max": c.threshold.max},
-                "verdict": c.verdict.value,
-                "effect": c.effect.value,
-                "reason": c.reason,
-            }
-            for c in result.checks
-        ],
-    }
+def _pod_label_note(spec: Any, provider: Any) -> str:
+    """Which label the app's request series carry pod names in, when it is not the configured one."""
+    from canary.core import metrics
+    from canary.errors import MetricError
 
-
-def run() -> None:
-    """Console-script entry: map stray library errors to exit codes instead of tracebacks."""
+    configured = spec.prometheus.pod_label
     try:
-        main(standalone_mode=True)
-    except InvalidSpec as exc:
-        _die(str(exc), EXIT_INVALID)
-    except StackNotFound as exc:  # a stack named on the command line that does not exist is bad input
-        _die(f"canary: {exc}", EXIT_INVALID)
-    except LabError as exc:
-        _die(f"lab: {exc}", EXIT_FAILED)
-    except CanaryError as exc:
-        _die(f"canary: {exc}", EXIT_FAILED)
+        series = provider.series_labels(f'{metrics.REQUESTS_METRIC}{{namespace="{spec.app.namespace}"}}')
+    except MetricError:
+        return ""
+    if not series:
+        return f"no {metrics.REQUESTS_METRIC} series in namespace {spec.app.namespace} yet: the pod label cannot be checked"
+    labels = set().union(*(s.keys() for s in series))
+    if configured in labels:
+        return ""
+    candidates = [label for label in ("pod", "kubernetes_pod_name", "pod_name") if label in labels]
+    hint = f"; they carry {', '.join(candidates)}: set prometheus.podLabel to it" if candidates else ""
+    return f"the app's {metrics.REQUESTS_METRIC} series have no {configured} label{hint}"
+
+
+@main.command()
+@click.argument("stack")
+@_app
+@click.option("--release", "release_id", metavar="ID", help="Replay this release at its recorded tick times and compare with its decisions.")
+@click.option("--from", "start", metavar="TIME", help="Replay a window from TIME: RFC 3339 with a timezone (2026-12-01T07:30:00Z), or -30m (before now).")
+@click.option("--to", "end", metavar="TIME", help="The window's end: RFC 3339 with a timezone, `now`, or -5m.")
+@click.option("--file", "file_", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+              help="Judge with this stack file's analysis (and metric templates) instead of STACK's own.")
+@click.option("--json", "as_json", is_flag=True, help="Print the replay as JSON (ticks, conclusion, recorded ending, differences, notes).")
+@_lab
+@_project
+def backtest(stack: str, app: str | None, release_id: str | None, start: str | None, end: str | None, file_: Path | None, as_json: bool,
+             lab: bool | None, project_dir: Path | None) -> None:
+    """Replay STACK's analysis against what Prometheus recorded and say what it would have decided, tick by tick.
+
+    With --release ID the replay runs at the release's recorded tick times and every tick where its outcome, or the
+    weight it was judged at, differs from the journal is named; with --from/--to it ticks every analysis.interval.
+    The analysis is the stack file's as it is now (edit thresholds there, or pass --file). Nothing is applied.
+    Exit 0 when the backtest ran (whatever it concluded, differences included: see --json's `differences`),
+    2 on invalid input, 1 when Prometheus or the cluster could not be read.
+    """
+    from canary import api
+
+    result = api.backtest(stack, app=app, release_id=release_id, start=start, end=end, file=file_, **Where(project_dir, lab).kwargs)
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2, default=str))
+    else:
+        for line in result.lines():
+            click.echo(line)
+    sys.exit(result.exit_code)
+
+
+# --- the lab ------------------------------------------------------------------------------------
 
 
 @main.group()
@@ -201,41 +554,44 @@ def lab() -> None:
     """The local lab: Kubernetes control plane, fake kubelet, Traefik gateway, Prometheus, Pulumi CLI."""
 
 
-def _layout() -> Any:
+def _layout(project_dir: Path | None = None) -> Any:
     from canary.lab.layout import Layout
 
-    return Layout.default()
+    return Layout.for_project(project_dir)
 
 
 @lab.command("up")
-def lab_up() -> None:
+@_project
+def lab_up(project_dir: Path | None) -> None:
     """Start every lab component that is not already running (idempotent)."""
     from canary.lab import cluster
 
-    layout = _layout()
+    layout = _layout(project_dir)
     start = time.monotonic()
     try:
         cluster.up(layout, say=lambda line: click.echo(line, err=True))
     except LabError as exc:
-        _die(f"lab up failed: {exc}", EXIT_FAILED)
+        _die(f"lab up failed: {exc}", exitcodes.FAILED)
     click.echo(f"lab is up in {time.monotonic() - start:.1f}s — source {layout.env_file} to use kubectl and pulumi", err=True)
 
 
 @lab.command("down")
-def lab_down() -> None:
+@_project
+def lab_down(project_dir: Path | None) -> None:
     """Stop every lab component and remove the lab's network namespace."""
     from canary.lab import cluster
 
-    cluster.down(_layout(), say=lambda line: click.echo(line, err=True))
+    cluster.down(_layout(project_dir), say=lambda line: click.echo(line, err=True))
 
 
 @lab.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
-def lab_status(as_json: bool) -> None:
+@_project
+def lab_status(as_json: bool, project_dir: Path | None) -> None:
     """Each component's state and address; exit 0 when every component runs."""
     from canary.lab import cluster
 
-    layout = _layout()
+    layout = _layout(project_dir)
     report = cluster.status(layout)
     pods = cluster.pods(layout)
     if as_json:
@@ -245,228 +601,47 @@ def lab_status(as_json: bool) -> None:
             click.echo(f"{row['component']:<24} {row['state']:<10} {row['address']}")
         for pod in pods:
             click.echo(f"  pod {pod['namespace']}/{pod['pod']:<32} {pod['image']:<16} {pod['ip']}:{pod['port']} {'serving' if pod['serving'] else 'starting'}")
-    sys.exit(EXIT_OK if all(r["state"] == "running" for r in report) else EXIT_FAILED)
-
-
-def _print_event(event: Any) -> None:
-    click.echo(f"{event.time[11:23]}  {event.phase:<16} w={event.weight:>3}  {event.message}", err=False)
-
-
-@main.command()
-@click.argument("stack")
-@click.option("--image", required=True, help="The new version's image, e.g. registry.example.com/shop/web:1.9.0.")
-@click.option("--lab", is_flag=True, default=None, help="Use the local lab's Pulumi backend and cluster (default when $CANARY_LAB_DIR is set).")
-@click.option("--route-timeout", type=click.FloatRange(1, 3600), default=60, show_default=True, help="Seconds to wait for the gateway to accept a route change.")
-@click.option("--project-dir", type=click.Path(path_type=Path, file_okay=False))
-def release(stack: str, image: str, lab: bool | None, route_timeout: float, project_dir: Path | None) -> None:
-    """Release IMAGE on STACK: step the canary weight up under analysis, then promote or roll back.
-
-    Exit 0 when promoted, 1 when rolled back, failed or aborted, 2 on invalid input,
-    3 when another release holds the stack, 4 when a rollback could not be applied
-    (run `canary resume STACK` once the cluster answers).
-    """
-    from canary import api
-    from canary.errors import StackBusy
-
-    _abort_on_signals(stack, project_dir, lab)
-    try:
-        result = api.release(stack, image, project_dir=project_dir, lab=lab, on_event=_print_event, route_timeout=route_timeout)
-    except InvalidSpec as exc:
-        _die(str(exc), EXIT_INVALID)
-    except StackBusy as exc:
-        _die(str(exc), EXIT_BUSY)
-    _finish(result)
-
-
-def _abort_on_signals(stack: str, project_dir: Path | None, lab: bool | None) -> None:
-    """SIGINT/SIGTERM roll the release back to stable (it ends Aborted); a second signal stops at once.
-
-    An `up` in progress is cancelled by the CLI itself (it shares the terminal's
-    signal), which releases Pulumi's lock; the rollback then runs with fresh `up`s.
-    """
-    import signal
-
-    from canary import api
-
-    def handle(signum: int, frame: Any) -> None:
-        name = signal.Signals(signum).name
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        try:
-            api.abort(stack, project_dir, by=f"signal {name}", lab=lab)
-            click.echo(f"{name}: rolling back to stable; send it again to stop at once", err=True)
-        except InvalidSpec:
-            raise SystemExit(128 + signum) from None
-
-    signal.signal(signal.SIGINT, handle)
-    signal.signal(signal.SIGTERM, handle)
-
-
-def _finish(result: Any) -> NoReturn:
-    click.echo(f"release {result.release}: {result.phase} — {result.reason or 'done'}")
-    sys.exit(result.exit_code)
-
-
-@main.command()
-@click.argument("stack")
-@click.option("--lab", is_flag=True, default=None, help="Use the local lab's Pulumi backend and cluster.")
-@click.option("--route-timeout", type=click.FloatRange(1, 3600), default=60, show_default=True, help="Seconds to wait for the gateway to accept a route change.")
-@click.option("--project-dir", type=click.Path(path_type=Path, file_okay=False))
-def resume(stack: str, lab: bool | None, route_timeout: float, project_dir: Path | None) -> None:
-    """Continue or finish an interrupted release of STACK from its journal."""
-    from canary import api
-    from canary.errors import StackBusy
-
-    _abort_on_signals(stack, project_dir, lab)
-    try:
-        result = api.resume(stack, project_dir=project_dir, lab=lab, on_event=_print_event, route_timeout=route_timeout)
-    except InvalidSpec as exc:
-        _die(str(exc), EXIT_INVALID)
-    except StackBusy as exc:
-        _die(str(exc), EXIT_BUSY)
-    _finish(result)
-
-
-@main.command()
-@click.argument("stack")
-@click.option("--json", "as_json", is_flag=True)
-@click.option("--project-dir", type=click.Path(path_type=Path, file_okay=False))
-def status(stack: str, as_json: bool, project_dir: Path | None) -> None:
-    """The current or last release of STACK: phase, weight, failed checks, last checks and why."""
-    from canary import api
-
-    state = api.status(stack, project_dir)
-    if state is None:
-        _die(f"stack {stack}: no release recorded", EXIT_INVALID)
-    if as_json:
-        click.echo(json.dumps(state, indent=2, default=str))
-        return
-    click.echo(f"release {state['release']} of {stack}: {state['phase']}{' (running)' if state['running'] else ''}")
-    shifting = f" (shifting to {state['shifting_to']})" if state.get("shifting_to") is not None else ""
-    click.echo(f"  canary {state['canary_image']} over stable {state['stable_image']} at weight {state['weight']}{shifting}")
-    click.echo(f"  failed checks in a row: {state['failed_in_row']}")
-    if state.get("reason"):
-        click.echo(f"  reason: {state['reason']}")
-    if state.get("rollback_pending"):
-        click.echo(f"  ROLLBACK PENDING: run canary resume {stack}")
-    for check in state.get("last_checks") or []:
-        value = "—" if check["value"] is None else f"{check['value']:.4g}"
-        bounds = " ".join(f"{k} {v:g}" for k, v in check["threshold"].items() if v is not None)
-        click.echo(f"  {check['verdict']:>8} {check['metric']}: {value} ({bounds}) — {check['reason']}")
-
-
-def _targets(record: dict[str, Any]) -> str:
-    """The "(only route, canary-deployment) " of an `up` limited to some resources (an older journal says True: the route)."""
-    targeted = record.get("targeted")
-    if not targeted:
-        return ""
-    return f"(only {', '.join(targeted) if isinstance(targeted, list) else 'route'}) "
-
-
-@main.command()
-@click.argument("stack")
-@click.option("--json", "as_json", is_flag=True)
-@click.option("--release", "release_id", help="Only this release.")
-@click.option("--project-dir", type=click.Path(path_type=Path, file_okay=False))
-def history(stack: str, as_json: bool, release_id: str | None, project_dir: Path | None) -> None:
-    """Every recorded decision, up, check and webhook call of STACK's releases."""
-    from canary import api
-
-    records = api.history(stack, project_dir, release_id)
-    if as_json:
-        click.echo(json.dumps(records, indent=1, default=str))
-        return
-    for r in records:
-        kind = r["type"]
-        if kind == "tick":
-            text = f"tick {r['outcome']}: {r['reason']}"
-        elif kind == "up":
-            text = f"up {_targets(r)}{r['seconds']}s {r['changes']} config {r['config']}"
-        elif kind == "webhook":
-            text = f"webhook {r['name']} ({r['hook_type']}) {'ok' if r['ok'] else 'FAILED'}: {r['detail']}"
-        else:
-            text = r.get("message") or {k: v for k, v in r.items() if k not in ("time", "stack", "release", "type")}
-        click.echo(f"{r['time']}  {r['release']}  {r.get('phase', ''):<16} {kind:<9} {text}")
-
-
-@main.command()
-@click.argument("stack")
-@click.option("--project-dir", type=click.Path(path_type=Path, file_okay=False))
-def abort(stack: str, project_dir: Path | None) -> None:
-    """Ask STACK's running release to roll back to stable and end Aborted."""
-    from canary import api
-
-    try:
-        release_id = api.abort(stack, project_dir)
-    except InvalidSpec as exc:
-        _die(str(exc), EXIT_INVALID)
-    click.echo(f"abort requested for release {release_id}; it rolls back within a fraction of a second")
-
-
-@main.command()
-@click.argument("stack")
-@click.option("--project-dir", type=click.Path(path_type=Path, file_okay=False))
-def promote(stack: str, project_dir: Path | None) -> None:
-    """Approve STACK's release that waits for promotion."""
-    from canary import api
-
-    try:
-        release_id = api.promote(stack, project_dir)
-    except InvalidSpec as exc:
-        _die(str(exc), EXIT_INVALID)
-    click.echo(f"promotion approved for release {release_id}")
+    sys.exit(exitcodes.OK if all(r["state"] == "running" for r in report) else exitcodes.FAILED)
 
 
 @main.command()
 @click.option("--healthy", default="demo:v2", show_default=True, help="The version that should be promoted.")
 @click.option("--faulty", default="demo:v2-faulty", show_default=True, help="The version that should be rolled back.")
-def demo(healthy: str, faulty: str) -> None:
-    """On the running lab: reset the lab stack to demo:v1, release a healthy and a faulty version, show both timelines.
+@click.option("--reports", type=click.Path(path_type=Path, file_okay=False),
+              help="Where to write each release's report, <release>.html (default: the lab directory's reports/, e.g. .lab/reports).")
+@_project
+def demo(healthy: str, faulty: str, reports: Path | None, project_dir: Path | None) -> None:
+    """On the running lab: reset the lab stack to demo:v1, release a healthy and a faulty version, show both timelines
+    and write both reports (canary report), printing their paths.
 
     Exit 0 when the healthy version was promoted and the faulty one rolled back.
     """
     from canary import api
     from canary.lab import cluster
-    from canary.lab.layout import Layout
-    from canary.stack import Stack
+    from canary.lab import demo as lab_demo
 
-    layout = Layout.default()
+    layout = _layout(project_dir)
     if not cluster.running(layout):
-        _die("the lab is not running: start it with `canary lab up`", EXIT_FAILED)
-    click.echo("== resetting the lab stack to its stable state (demo:v1, 100/0, no canary)")
-    stack = Stack(layout.project, cluster.LAB_STACK, api.environment(lab=True))
-    stack.set_config({"stableImage": "demo:v1", "canaryWeight": 0}, remove=("canaryImage",))
-    stack.up()
-    results = []
+        _die("the lab is not running: start it with `canary lab up`", exitcodes.FAILED)
+    where = Where(layout.project, True)
+    click.echo("== resetting the lab stack to its stable state (demo:v1, route at rest, no canary)")
+    lab_demo.reset(layout)
+    outcomes = []
     for image in (healthy, faulty):
         click.echo(f"\n== releasing {image}")
-        results.append(api.release(cluster.LAB_STACK, image, lab=True, on_event=_print_event))
-        click.echo(f"release {results[-1].release}: {results[-1].phase} — {results[-1].reason}")
-    journal = api.journal(cluster.LAB_STACK, lab=True)
-    for result in results:
-        click.echo(f"\n== timeline of release {result.release} ({result.phase})")
-        click.echo(render_timeline(journal.records(result.release)))
-    ok = results[0].phase.value == "Succeeded" and results[1].phase.value == "Failed"
-    sys.exit(EXIT_OK if ok else EXIT_FAILED)
-
-
-def render_timeline(records: list[dict[str, Any]]) -> str:
-    """One line per decision, state change and check, with seconds since the release began."""
-    from canary.journal import record_time
-
-    if not records:
-        return "(no records)"
-    start = record_time(records[0])
-    lines = []
-    for r in records:
-        at = record_time(r) - start
-        if r["type"] in ("state", "decision", "event"):
-            text = r.get("message", "")
-        elif r["type"] == "tick":
-            text = "checks: " + "; ".join(c["reason"] for c in r["checks"])
-        elif r["type"] == "up":
-            text = f"pulumi up {_targets(r)}{r['seconds']:.1f}s"
-        else:
+        outcome = api.release(cluster.LAB_STACK, image, on_event=_print_event, **where.kwargs)
+        result = outcome.release
+        outcomes.append(result)
+        click.echo(f"release {result.release}: {result.phase} — {result.reason}" if result else outcome.message)
+    for result in outcomes:
+        if result is None:
             continue
-        lines.append(f"  +{at:6.1f}s  {r.get('phase', ''):<16} w={r.get('weight', ''):<3} {text}")
-    return "\n".join(lines)
+        click.echo(f"\n== timeline of release {result.release} ({result.phase})")
+        click.echo(lab_demo.timeline(api.history(cluster.LAB_STACK, release_id=result.release, **where.kwargs)))
+        out = (reports or layout.dir / "reports") / f"{result.release}.html"
+        try:
+            click.echo(f"report: {api.report(cluster.LAB_STACK, release_id=result.release, out=out, **where.kwargs)}")
+        except CanaryError as exc:  # the demo's outcome stands without its picture
+            click.echo(f"report of release {result.release} not written: {exc}", err=True)
+    ok = outcomes[0] is not None and outcomes[0].phase.value == "Succeeded" and outcomes[1] is not None and outcomes[1].phase.value == "Failed"
+    sys.exit(exitcodes.OK if ok else exitcodes.FAILED)

@@ -10,12 +10,18 @@
     │   ├── MultipleValues           the query returned several series; it must reduce to one
     │   ├── BadQuery                 the provider rejected the query (a config defect)
     │   └── ProviderUnreachable      the provider did not answer in time (temporary)
-    ├── StackError                   the stack adapter could not do what it was asked
-    │   ├── StackBusy                another update or release holds the stack (exit 3)
+    ├── Temporary                    retry with back-off; give up as the phase says
+    │   ├── ClusterUnreachable       the API server did not answer
+    │   ├── NotReady                 a Deployment (or the end state) was not there within its bound
+    │   ├── StackLocked              Pulumi's lock is held by another update: wait for it
+    │   └── Conflict                 an object changed since it was read (resourceVersion): read it again
+    ├── StackError                   the stack could not be read or updated (permanent)
     │   ├── StackNotFound            no such stack: the name given is bad input (exit 2)
-    │   └── ClusterUnreachable       the API server did not answer (temporary: retry, then roll back)
-    ├── RouteNotAccepted             the gateway did not take the route: traffic did not shift (roll back)
-    ├── RollbackPending              the stable state could not be re-applied; `canary resume` completes it
+    │   └── Forbidden                the cluster refused (401/403), or there is no kubeconfig
+    ├── StackBusy                    another release holds the app, or one must be resumed first (exit 3)
+    ├── RouteNotAccepted             the gateway refused the route: traffic did not shift (roll back)
+    ├── Cancelled                    an abort or a signal stopped the action in progress
+    ├── RollbackPending              stable could not be re-applied; `canary resume` completes it (exit 4)
     └── LabError                     a lab component could not start; names it and its log
 
 Every lower-level exception is mapped to the most specific class here, with
@@ -76,24 +82,48 @@ class ProviderUnreachable(MetricError):
     """The metrics provider could not be reached or timed out."""
 
 
+class Temporary(CanaryError):
+    """Worth trying again after a pause: the condition is expected to pass."""
+
+
+class ClusterUnreachable(Temporary):
+    """The Kubernetes API server did not answer."""
+
+
+class NotReady(Temporary):
+    """Something in the cluster was not (yet) in the state asked for within its bound."""
+
+
+class StackLocked(Temporary):
+    """Pulumi's lock on the stack is held by another update."""
+
+
+class Conflict(Temporary):
+    """A write lost a race: the object's resourceVersion changed since it was read."""
+
+
 class StackError(CanaryError):
     """The Pulumi stack could not be read or updated."""
-
-
-class StackBusy(StackError):
-    """Another update or release holds the stack."""
 
 
 class StackNotFound(StackError):
     """The named stack does not exist."""
 
 
-class ClusterUnreachable(StackError):
-    """The Kubernetes API server did not answer."""
+class Forbidden(StackError):
+    """The cluster refused the credentials (401/403), or there are none to use."""
+
+
+class StackBusy(CanaryError):
+    """Another release holds the app (its lease), or an unfinished release must be resumed first."""
 
 
 class RouteNotAccepted(CanaryError):
-    """The HTTPRoute in the cluster does not show the weights asked for, accepted by its gateway."""
+    """The gateway refused the route, or never accepted it: traffic did not shift as asked."""
+
+
+class Cancelled(CanaryError):
+    """An abort request or a signal stopped the action in progress."""
 
 
 class RollbackPending(CanaryError):

@@ -14,8 +14,8 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
-# shellcheck source=tools/versions.env
-source "$here/versions.env"
+# shellcheck source=canary/lab/versions.env
+source "$here/../canary/lab/versions.env"
 
 TOOLS=${CANARY_TOOLS:-$HOME/.cache/canary/tools}
 WORK=$TOOLS/.wrappers

@@ -22,10 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from canary.adapters import http, stackfile
+from canary.adapters.kube import Kube, condition
 from canary.errors import CanaryError, LabError
-from canary.kube import Kube, condition
 from canary.lab import netns, procs
 from canary.lab import prometheus as lab_prometheus
 from canary.lab.layout import Layout
@@ -126,7 +125,7 @@ def write_kubeconfig(layout: Layout) -> None:
         "contexts": [{"name": "canary-lab", "context": {"cluster": "canary-lab", "user": "admin", "namespace": "demo"}}],
         "current-context": "canary-lab",
     }
-    _write_private(layout.kubeconfig, yaml.safe_dump(config))
+    _write_private(layout.kubeconfig, stackfile.dump(config))
 
 
 def write_env_file(layout: Layout) -> None:
@@ -157,7 +156,7 @@ def _network_healthy(layout: Layout) -> bool:
 
 
 def _forwarder_start(layout: Layout) -> None:
-    ports = [layout.api_port, layout.gateway_port, layout.prometheus_port]
+    ports = [layout.api_port, layout.gateway_port, layout.prometheus_port, layout.pushgateway_port]
     for port in ports:
         if procs.port_open("127.0.0.1", port):
             raise LabError(f"forwarder: 127.0.0.1:{port} is already in use on this host by another program")
@@ -208,16 +207,13 @@ def _apiserver_healthy(layout: Layout) -> bool:
 
 
 def _readyz(layout: Layout, token: str) -> bool:
-    import requests
-
-    try:
-        return requests.get(f"{layout.api_url}/readyz", headers={"Authorization": f"Bearer {token}"}, verify=str(layout.pki / "ca.crt"), timeout=2).status_code == 200
-    except requests.RequestException:
-        return False
+    status, _ = http.get(f"{layout.api_url}/readyz", headers={"Authorization": f"Bearer {token}"}, verify=str(layout.pki / "ca.crt"), timeout=2)
+    return status == 200
 
 
 _CONTROLLERS = ("deployment-controller,replicaset-controller,endpoints-controller,endpointslice-controller,"
-                "garbage-collector-controller,namespace-controller,serviceaccount-controller")
+                "garbage-collector-controller,namespace-controller,serviceaccount-controller,"
+                "horizontal-pod-autoscaler-controller,disruption-controller")
 
 
 def _controller_manager_start(layout: Layout) -> None:
@@ -313,7 +309,7 @@ def kwok_stages(layout: Layout) -> str:
             },
         },
     ]
-    return yaml.safe_dump_all(stages, sort_keys=False)
+    return stackfile.dump_all(stages)
 
 
 def _kwok_start(layout: Layout) -> None:
@@ -353,9 +349,24 @@ def _crds_start(layout: Layout) -> None:
     for path in sorted(layout.crds_dir().glob("gateway.networking.k8s.io_*.yaml")):
         if "_vap_" in path.name:  # a ValidatingAdmissionPolicy, not a CRD
             continue
-        manifests.extend(d for d in yaml.safe_load_all(path.read_text()) if d)
+        manifests.extend(stackfile.load_all(path.read_text()))
+    manifests.append(POD_MONITOR_CRD)
     kube.apply_all(manifests, field_manager="canary-lab")
     kube.wait_for("the Gateway API CRDs to be established", lambda: _crds_healthy(layout), 60)
+
+
+#: The Prometheus Operator's PodMonitor, as far as the lab needs it: a kind the API server stores
+#: (the lab runs no operator; a stack with prometheus.podMonitor declares one, and tests read it back).
+POD_MONITOR_CRD = {
+    "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+    "metadata": {"name": "podmonitors.monitoring.coreos.com"},
+    "spec": {
+        "group": "monitoring.coreos.com", "scope": "Namespaced",
+        "names": {"kind": "PodMonitor", "listKind": "PodMonitorList", "plural": "podmonitors", "singular": "podmonitor"},
+        "versions": [{"name": "v1", "served": True, "storage": True,
+                      "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}}}],
+    },
+}
 
 
 def _crds_healthy(layout: Layout) -> bool:
@@ -389,7 +400,7 @@ def _traefik_start(layout: Layout) -> None:
         "global": {"checkNewVersion": False, "sendAnonymousUsage": False},
     }
     path = layout.dir / "traefik.yml"
-    path.write_text(yaml.safe_dump(config))
+    path.write_text(stackfile.dump(config))
     kube = _kube(layout)
     kube.apply({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass", "metadata": {"name": layout.gateway_class},
                 "spec": {"controllerName": "traefik.io/gateway-controller"}}, field_manager="canary-lab")
@@ -414,8 +425,18 @@ def _traefik_healthy(layout: Layout) -> bool:
 
 
 def _prometheus_start(layout: Layout) -> None:
-    proc = lab_prometheus.start(layout.dir / "prometheus", f"127.0.0.1:{layout.prometheus_port}", prefix=netns.prefix(layout.netns), proc_dir=layout.dir)
+    proc = lab_prometheus.start(layout.dir / "prometheus", f"127.0.0.1:{layout.prometheus_port}", prefix=netns.prefix(layout.netns), proc_dir=layout.dir,
+                                pushgateway=f"127.0.0.1:{layout.pushgateway_port}")
     lab_prometheus.wait_ready(proc, layout.prometheus_url, timeout=60)
+
+
+def _pushgateway_start(layout: Layout) -> None:
+    proc = lab_prometheus.start_pushgateway(f"127.0.0.1:{layout.pushgateway_port}", prefix=netns.prefix(layout.netns), proc_dir=layout.dir)
+    procs.wait_until(proc, lambda: _pushgateway_healthy(layout), 30, f"GET {layout.pushgateway_url}/-/ready")
+
+
+def _pushgateway_healthy(layout: Layout) -> bool:
+    return _alive(layout, "pushgateway") and procs.http_ok(f"{layout.pushgateway_url}/-/ready")
 
 
 def _prometheus_healthy(layout: Layout) -> bool:
@@ -423,9 +444,7 @@ def _prometheus_healthy(layout: Layout) -> bool:
 
 
 def _pods_start(layout: Layout) -> None:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(layout.project_dir), env.get("PYTHONPATH")]))
-    proc = procs.start("pods", [*netns.prefix(layout.netns), sys.executable, "-m", "canary.lab.pods", str(layout.dir)], layout.dir, env=env)
+    proc = procs.start("pods", [*netns.prefix(layout.netns), sys.executable, "-m", "canary.lab.pods", str(layout.dir)], layout.dir)
     procs.wait_until(proc, lambda: "pod supervisor running" in procs.log_tail(proc.log, 50), 30, "pod supervisor running")
 
 
@@ -447,6 +466,7 @@ def _project_start(layout: Layout) -> None:
     """A working copy of the project whose lab stack exists in the lab's Pulumi backend."""
     project = layout.project
     (project / "stacks").mkdir(parents=True, exist_ok=True)
+    layout.write_launchers()
     for name in ("Pulumi.yaml", "__main__.py"):
         shutil.copyfile(layout.project_dir / name, project / name)
     source, stack_file, stale = _lab_stack_files(layout)
@@ -488,12 +508,13 @@ COMPONENTS: tuple[Component, ...] = (
     Component("kwok", _kwok_start, _kwok_healthy, lambda lo: f"node {lo.node_name}"),
     Component("gateway-api-crds", _crds_start, _crds_healthy, lambda lo: "standard channel " + lo.versions["GATEWAY_API_VERSION"]),
     Component("traefik", _traefik_start, _traefik_healthy, lambda lo: f"{lo.gateway_url} (Gateway {lo.gateway_namespace}/{lo.gateway_name})"),
+    Component("pushgateway", _pushgateway_start, _pushgateway_healthy, lambda lo: lo.pushgateway_url),
     Component("prometheus", _prometheus_start, _prometheus_healthy, lambda lo: lo.prometheus_url),
     Component("pods", _pods_start, _pods_healthy, lambda lo: "demo processes for pods"),
     Component("project", _project_start, _project_healthy, lambda lo: f"{lo.project} (stack {LAB_STACK}, backend {lo.backend_dir})"),
 )
 
-_PROCESSES = ("forwarder", "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "traefik", "prometheus", "pods")
+_PROCESSES = ("forwarder", "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "traefik", "pushgateway", "prometheus", "pods")
 
 
 def up(layout: Layout, say: Callable[[str], None] = print) -> dict[str, float]:

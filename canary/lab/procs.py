@@ -18,10 +18,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import requests
-
+from canary.adapters import http
+from canary.adapters.processes import pid_alive
 from canary.errors import LabError
-from canary.processes import pid_alive
 
 #: Children started by this process, kept so they are reaped (not warned about) when stopped.
 _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
@@ -131,13 +130,35 @@ def port_open(host: str, port: int) -> bool:
 
 
 def http_ok(url: str, **kwargs: object) -> bool:
-    try:
-        return requests.get(url, timeout=1, **kwargs).status_code < 500  # type: ignore[arg-type]
-    except requests.RequestException:
-        return False
+    return http.get_ok(url, **kwargs)
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def children_map() -> dict[int, list[int]]:
+    """Every live process's children, read once from /proc (a snapshot: processes come and go)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+                parent = int(stat[stat.rindex(")") + 2:].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(parent, []).append(int(entry.name))
+    return children
+
+
+def descendants(pid: int, children: dict[int, list[int]] | None = None) -> list[int]:
+    """Every process below ``pid`` (sessions included: the Pulumi CLI runs in one of its own)."""
+    children = children_map() if children is None else children
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found

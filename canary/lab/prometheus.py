@@ -13,8 +13,7 @@ import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import yaml
-
+from canary.adapters import stackfile
 from canary.errors import LabError
 from canary.lab import procs
 
@@ -28,9 +27,9 @@ def binary() -> str:
     return path
 
 
-def write_config(run_dir: Path) -> Path:
+def write_config(run_dir: Path, pushgateway: str | None = None) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
-    config = {
+    config: dict[str, object] = {
         "global": {"scrape_interval": SCRAPE_INTERVAL, "evaluation_interval": SCRAPE_INTERVAL},
         "scrape_configs": [
             {
@@ -41,8 +40,12 @@ def write_config(run_dir: Path) -> Path:
             }
         ],
     }
+    if pushgateway:
+        # releases push their metrics there (job canary); their own labels are kept
+        config["scrape_configs"].append(  # type: ignore[attr-defined]
+            {"job_name": "pushgateway", "honor_labels": True, "scrape_interval": SCRAPE_INTERVAL, "static_configs": [{"targets": [pushgateway]}]})
     path = run_dir / "prometheus.yml"
-    path.write_text(yaml.safe_dump(config))
+    path.write_text(stackfile.dump(config))
     if not (run_dir / "targets.json").exists():
         write_targets(run_dir, [])
     return path
@@ -56,13 +59,14 @@ def write_targets(run_dir: Path, targets: Sequence[tuple[str, Mapping[str, str]]
     os.replace(tmp, run_dir / "targets.json")
 
 
-def start(run_dir: Path, listen: str, prefix: Sequence[str] = (), name: str = "prometheus", proc_dir: Path | None = None) -> procs.Proc:
+def start(run_dir: Path, listen: str, prefix: Sequence[str] = (), name: str = "prometheus", proc_dir: Path | None = None,
+          pushgateway: str | None = None) -> procs.Proc:
     """Start Prometheus on ``listen`` (host:port) with its data in ``run_dir``.
 
     ``prefix`` runs it elsewhere (e.g. ip netns exec); its log and pid file go to
     ``proc_dir`` (default ``run_dir``).
     """
-    config = write_config(run_dir)
+    config = write_config(run_dir, pushgateway)
     argv = [
         *prefix, binary(),
         f"--config.file={config}",
@@ -72,6 +76,15 @@ def start(run_dir: Path, listen: str, prefix: Sequence[str] = (), name: str = "p
         "--web.enable-lifecycle",
     ]
     return procs.start(name, argv, proc_dir or run_dir)
+
+
+def start_pushgateway(listen: str, prefix: Sequence[str] = (), proc_dir: Path | None = None) -> procs.Proc:
+    """Debian's Prometheus Pushgateway on ``listen``, metrics in memory only."""
+    path = shutil.which("prometheus-pushgateway")
+    if path is None:
+        raise LabError("pushgateway: not installed (Debian package prometheus-pushgateway); run the README's set-up command")
+    assert proc_dir is not None
+    return procs.start("pushgateway", [*prefix, path, f"--web.listen-address={listen}"], proc_dir)
 
 
 def wait_ready(proc: procs.Proc, base_url: str, timeout: float = 30.0) -> None:

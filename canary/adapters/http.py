@@ -1,0 +1,47 @@
+"""HTTP clients' calls: the only module that imports requests.
+
+A JSON POST bounded by its timeout (webhooks, chat alerts) and a GET that
+only asks "does it answer" (the lab's health checks). Failures are answers
+(status code, or the kind of failure), never exceptions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int  # 0: no answer
+    detail: str
+
+
+def post_json(url: str, body: Mapping[str, Any], timeout: float, headers: Mapping[str, str] | None = None) -> Answer:
+    """POST ``body`` as JSON; the answer's status, or 0 with why there was none."""
+    try:
+        response = requests.post(url, json=dict(body), timeout=timeout, headers=dict(headers or {}))
+    except requests.Timeout:
+        return Answer(0, f"timed out after {timeout:g}s")
+    except requests.RequestException as exc:
+        return Answer(0, f"failed: {type(exc).__name__}")
+    return Answer(response.status_code, f"answered {response.status_code}")
+
+
+def get_ok(url: str, timeout: float = 1.0, **kwargs: Any) -> bool:
+    """The URL answers with a status below 500."""
+    try:
+        return requests.get(url, timeout=timeout, **kwargs).status_code < 500
+    except requests.RequestException:
+        return False
+
+
+def get(url: str, timeout: float = 2.0, **kwargs: Any) -> tuple[int, str]:
+    try:
+        response = requests.get(url, timeout=timeout, **kwargs)
+    except requests.RequestException as exc:
+        return 0, type(exc).__name__
+    return response.status_code, response.text

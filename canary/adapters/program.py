@@ -1,0 +1,511 @@
+"""The Pulumi side of canary: the ``CanaryDeployment`` component and the project's own program.
+
+The only module that imports pulumi-kubernetes (and pulumi outside the stack
+adapter). A ``CanaryDeployment`` declares, in the app's namespace:
+
+- ``<app>-stable`` and ``<app>-canary`` Deployments (the canary at zero replicas
+  between releases) and a Service for each, the apex Service ``<app>`` (stable
+  only), the HTTPRoute ``<app>``;
+- content-addressed copies of the ConfigMaps and Secrets the template reads
+  (``settings-3f2a9c01b4``), kept in the cluster when they leave the program, so
+  that stable goes on reading its version while the canary reads the new one;
+- an autoscaler per track, a PodDisruptionBudget and a PodMonitor when asked.
+
+What each track runs is pinned by ``canary:release`` when the orchestrator
+runs the ``up`` (its release config file); without it the component declares
+the desired state, and resource hooks refuse what would bypass a release (a
+new stable template, a route or canary cut short mid-release) unless the stack
+sets ``canary:rollout: direct``. The component exports ``canary/<app>``: the
+app as validated, the URNs of its resources, and the stable and desired
+templates with their hashes — what a release reads back.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pulumi
+import pulumi_kubernetes as k8s
+from pulumi import _types as pulumi_types
+
+from canary.core import config as stackconfig
+from canary.core import naming, routing, units, workload
+from canary.core.naming import Track
+from canary.core.spec import App, Gateway, Prometheus, Rollout, StackSpec
+from canary.errors import InvalidSpec, Problem
+
+TemplateInput = Mapping[str, Any] | Any
+
+# pulumi-kubernetes loads its modules lazily, on first attribute access, and that is not thread-safe:
+# two programs run at once in one process (two apps released from one API client) could each find a
+# half-loaded module ("module 'pulumi_kubernetes.core.v1' has no attribute 'Namespace'"). Loaded here,
+# under the import lock, once.
+_KINDS = (k8s.core.v1.Namespace, k8s.core.v1.Service, k8s.core.v1.ConfigMap, k8s.core.v1.Secret, k8s.apps.v1.Deployment,
+          k8s.autoscaling.v2.HorizontalPodAutoscaler, k8s.policy.v1.PodDisruptionBudget, k8s.apiextensions.CustomResource)
+
+
+# --- inputs -------------------------------------------------------------------------------------
+
+
+def plain(value: Any) -> Any:
+    """pulumi-kubernetes args (``PodTemplateSpecArgs`` …) as plain data in Kubernetes' field names."""
+    if pulumi_types.is_input_type(type(value)):
+        return {name: plain(item) for name, item in pulumi_types.input_type_to_dict(value).items()}
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    return value
+
+
+def desired_template(app: App, template: TemplateInput | None = None) -> dict[str, Any]:
+    """The pod template the app asks for: the full form (the component's ``template`` or
+    ``app.template``) or the simple one, with ``app.image`` on the main container."""
+    given = plain(template) if template is not None else app.template
+    if given is not None:
+        out = json.loads(json.dumps(given))
+        if app.image:
+            out = workload.with_image(out, app.name, app.image, app.container)
+        return out  # type: ignore[no-any-return]
+    container: dict[str, Any] = {
+        "name": app.name,
+        "image": app.image,
+        "ports": [{"name": "http", "containerPort": app.container_port, "protocol": "TCP"}],
+    }
+    if app.env:
+        container["env"] = [{"name": k, "value": v} for k, v in sorted(app.env.items())]
+    resources = app.resources.model_dump(exclude_defaults=True)
+    if resources:
+        container["resources"] = resources
+    for kind in ("readiness", "liveness"):
+        probe = getattr(app.probes, kind)
+        if probe is not None:
+            container[f"{kind}Probe"] = {
+                "httpGet": {"path": probe.path, "port": "http"},
+                "initialDelaySeconds": probe.initial_delay_seconds,
+                "periodSeconds": probe.period_seconds,
+                "timeoutSeconds": probe.timeout_seconds,
+                "failureThreshold": probe.failure_threshold,
+            }
+    return {
+        "metadata": {"labels": {"app.kubernetes.io/name": app.name},
+                     "annotations": {"prometheus.io/scrape": "true", "prometheus.io/port": str(app.container_port)}},
+        "spec": {"containers": [container]},
+    }
+
+
+# --- the guards ---------------------------------------------------------------------------------
+
+
+def _template_changed(args: pulumi.ResourceHookArgs) -> bool:
+    old = ((args.old_inputs or {}).get("spec") or {}).get("template") or {}
+    new = ((args.new_inputs or {}).get("spec") or {}).get("template") or {}
+    old_hash, new_hash = workload.declared_hash(old), workload.declared_hash(new)
+    if old_hash and new_hash:
+        return old_hash != new_hash
+    return workload.strip(old) != workload.strip(new)  # type: ignore[no-any-return]
+
+
+def _stable_guard(app: str, stack: str) -> pulumi.ResourceHook:
+    def guard(args: pulumi.ResourceHookArgs) -> None:
+        if _template_changed(args):
+            raise RuntimeError(
+                f"canary: the workload of {app} changed: plain `pulumi up` does not roll it onto stable unchecked. "
+                f"Release it with `canary up {stack} --app {app}` (set canary:rollout: direct to roll it out directly)"
+            )
+
+    return pulumi.ResourceHook(f"canary-stable-guard-{app}", guard)
+
+
+def _route_guard(app: str, stack: str) -> pulumi.ResourceHook:
+    def guard(args: pulumi.ResourceHookArgs) -> None:
+        old_spec = (args.old_inputs or {}).get("spec") or {}
+        state = routing.read_route({"spec": old_spec}, app, [])
+        new_state = routing.read_route({"spec": (args.new_inputs or {}).get("spec") or {}}, app, [])
+        if (state.canary_weight or state.matched_rules or state.mirrored) and not (new_state.canary_weight or new_state.matched_rules):
+            raise RuntimeError(
+                f"canary: a release of {app} is in progress (its route sends traffic to the canary): "
+                f"see `canary status {stack} --app {app}`, then `canary resume` or `canary abort`"
+            )
+
+    return pulumi.ResourceHook(f"canary-route-guard-{app}", guard)
+
+
+def _canary_guard(app: str, stack: str) -> pulumi.ResourceHook:
+    def guard(args: pulumi.ResourceHookArgs) -> None:
+        old = int(((args.old_inputs or {}).get("spec") or {}).get("replicas") or 0)
+        new = int(((args.new_inputs or {}).get("spec") or {}).get("replicas") or 0)
+        if old > 0 and new == 0:
+            raise RuntimeError(
+                f"canary: a release of {app} is in progress (its canary runs {old} pods): "
+                f"see `canary status {stack} --app {app}`, then `canary resume` or `canary abort`"
+            )
+
+    return pulumi.ResourceHook(f"canary-canary-guard-{app}", guard)
+
+
+# --- the component ------------------------------------------------------------------------------
+
+
+class CanaryDeployment(pulumi.ComponentResource):
+    """An app released progressively by canary: two tracks, their Services and the route between them.
+
+    ``adopt`` moves what a program declared before it used canary under the component, in one ``up``
+    without downtime: ``{"deployment": "web", "service": "web", "route": "web"}`` names (a resource
+    at the stack's root, a URN or a ``pulumi.Alias``) the Deployment that ``<app>-stable`` replaces,
+    the Service that becomes the apex Service and the HTTPRoute that becomes the route. ``<app>-stable``
+    is created and Ready first, then the Service and the route move to it (updated in place when they
+    were named ``<app>``), and the old Deployment is deleted last. See examples/existing-program.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        app: App | Mapping[str, Any],
+        gateway: Gateway | Mapping[str, Any],
+        *,
+        template: TemplateInput | None = None,
+        config_maps: Mapping[str, Any] | None = None,
+        secrets: Mapping[str, Any] | None = None,
+        prometheus: Prometheus | Mapping[str, Any] | None = None,
+        rollout: Rollout | str | None = None,
+        adopt: Mapping[str, str | pulumi.Alias] | None = None,
+        image_config: str | None = None,
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        super().__init__(naming.COMPONENT_TYPE, name, None, opts)
+        moved = _adoption(adopt)
+        self.app = _model(App, app, "app")
+        self.gateway = _model(Gateway, gateway, "gateway")
+        self.prometheus = _model(Prometheus, prometheus, "prometheus") if prometheus is not None else None
+        config = pulumi.Config(naming.CONFIG_NAMESPACE)
+        self.rollout = Rollout(rollout or config.get("rollout") or Rollout.CHECKED)
+        stack = pulumi.get_stack()
+        spec_app = self.app
+        desired = desired_template(spec_app, template)
+        problems = workload.check(desired, "template")
+        if problems:
+            raise pulumi.RunError(str(InvalidSpec(problems, f"app {spec_app.name}")))
+        if template is not None and spec_app.port is None:
+            # the Services (and the PodMonitor) target the main container's port of the template given, as for app.template
+            spec_app = self.app = spec_app.model_copy(update={"port": spec_app.model_copy(update={"template": desired}).container_port})
+        namespace = spec_app.namespace
+        child = pulumi.ResourceOptions(parent=self)
+        if spec_app.create_namespace:
+            ns = k8s.core.v1.Namespace(f"{name}-namespace", metadata={"name": namespace}, opts=child)
+            child = pulumi.ResourceOptions(parent=self, depends_on=[ns])
+
+        # content-addressed copies of the config the template reads
+        cm_names = sorted({*spec_app.config_maps, *(config_maps or {})})
+        secret_names = sorted({*spec_app.secrets, *(secrets or {})})
+        cm_data = _config_data(spec_app.config_maps, config_maps, "data")
+        secret_data = pulumi.Output.secret(_config_data(spec_app.secrets, secrets, "stringData"))
+        # the hashes of secret content name the copies and the template: they are not secret themselves
+        copies = pulumi.Output.unsecret(pulumi.Output.all(cm_data, secret_data).apply(lambda both: _copy_names(both[0], both[1])))
+        copy_resources = self._copies(name, namespace, cm_names, secret_names, cm_data, secret_data, copies, child)
+
+        override = (config.get_object("release") or {}).get(spec_app.name)
+        desired_pin = copies.apply(lambda c: _pin(desired, spec_app, c["hashes"]))
+        if override:
+            stable_pin: Any = pulumi.Output.from_input(override["stable"])
+            canary_pin: Any = pulumi.Output.from_input(override.get("canary") or desired_pin)
+            canary_replicas = int(override.get("canary", {}).get("replicas", 0)) if override.get("canary") else 0
+            shape = routing.RouteShape.from_json(override.get("route"))
+        else:
+            stable_pin = desired_pin
+            canary_pin = desired_pin
+            canary_replicas = 0
+            shape = routing.AT_REST
+        guarded = override is None and self.rollout is Rollout.CHECKED
+
+        def track_template(pin: Mapping[str, Any], track: Track) -> dict[str, Any]:
+            names = {name: naming.copy_name(name, h) for key, h in pin.get("config_hashes", {}).items()
+                     for kind, _, name in [key.partition("/")] if kind == "configMap"}
+            secret_names = {name: naming.copy_name(name, h) for key, h in pin.get("config_hashes", {}).items()
+                            for kind, _, name in [key.partition("/")] if kind == "secret"}
+            renamed = workload.rename_references(pin["template"], names, secret_names)
+            return workload.for_track(renamed, spec_app.name, track, pin["hash"])
+
+        stable_template = pulumi.Output.from_input(stable_pin).apply(lambda p: track_template(p, Track.STABLE))
+        canary_template = pulumi.Output.from_input(canary_pin).apply(lambda p: track_template(p, Track.CANARY))
+
+        hooks = (lambda hook: pulumi.ResourceOptions(hooks=pulumi.ResourceHookBinding(before_update=[hook]))) if guarded else (lambda hook: pulumi.ResourceOptions())
+        stable_replicas = None if spec_app.autoscaler else spec_app.replicas
+        self.stable = self._deployment(name, Track.STABLE, stable_template, stable_replicas,
+                                       _merge(child, hooks(_stable_guard(spec_app.name, stack)), moved.get("deployment")),
+                                       copy_resources)
+        self.stable_service = self._service(name, Track.STABLE, child)
+        self.canary_service = self._service(name, Track.CANARY, child)
+        # after stable is Ready: the apex Service selects stable pods only (an adopted Service changes its selector here)
+        self.apex_service = self._apex(name, _merge(child, pulumi.ResourceOptions(depends_on=[self.stable]), moved.get("service")))
+        route_opts = _merge(child, pulumi.ResourceOptions(depends_on=[self.stable, self.stable_service, self.canary_service]), moved.get("route"))
+        self.route = k8s.apiextensions.CustomResource(
+            f"{name}-route",
+            api_version=routing.API_VERSION,
+            kind=routing.KIND,
+            metadata={"name": naming.route(spec_app.name), "namespace": namespace, "labels": {naming.APP_LABEL: spec_app.name}},
+            spec=routing.route_spec(spec_app.name, [r.model_dump(by_alias=True, exclude_none=True) for r in self.gateway.parent_refs],
+                                    self.gateway.hostnames, spec_app.service_port, shape),
+            opts=pulumi.ResourceOptions.merge(route_opts, hooks(_route_guard(spec_app.name, stack))),
+        )
+        canary_opts = pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[self.route]))
+        self.canary = self._deployment(name, Track.CANARY, canary_template, canary_replicas,
+                                       pulumi.ResourceOptions.merge(canary_opts, hooks(_canary_guard(spec_app.name, stack))), copy_resources)
+        extra = self._extras(name, child)
+        urns: dict[str, Any] = {
+            "stableDeployment": self.stable.urn, "canaryDeployment": self.canary.urn, "route": self.route.urn,
+            "stableService": self.stable_service.urn, "canaryService": self.canary_service.urn, "apexService": self.apex_service.urn,
+            **{key: resource.urn for key, resource in extra.items()},
+            "copies": [r.urn for r in copy_resources],
+        }
+        exported = {
+            "app": self.app.model_dump(mode="json", by_alias=True, exclude_none=True, exclude={"secrets"}),
+            "gateway": self.gateway.model_dump(mode="json", by_alias=True, exclude_none=True),
+            "namespace": namespace,
+            "urns": urns,
+            "stable": stable_pin,
+            "desired": desired_pin,
+            "copies": copies.apply(lambda c: c["names"]),
+            "rollout": self.rollout.value,
+        }
+        if image_config:
+            # the stack config key the program reads the image from: `canary release --image` sets it
+            exported["imageConfig"] = image_config
+        pulumi.export(f"{naming.OUTPUT_PREFIX}{spec_app.name}", exported)
+        self.register_outputs({"urns": urns})
+
+    def _copies(self, name: str, namespace: str, cm_names: Sequence[str], secret_names: Sequence[str], cm_data: pulumi.Output[Any],
+                secret_data: pulumi.Output[Any], copies: pulumi.Output[Any], child: pulumi.ResourceOptions) -> list[pulumi.Resource]:
+        """One ConfigMap (or Secret) per config object the template reads, named by its content.
+        Retained on delete: a copy a running stable reads stays when the program moves on."""
+        resources: list[pulumi.Resource] = []
+        keep = pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(retain_on_delete=True, delete_before_replace=False))
+        labels = {naming.APP_LABEL: self.app.name, "app.kubernetes.io/managed-by": naming.MANAGED_BY}
+        for original in cm_names:
+            resources.append(k8s.core.v1.ConfigMap(
+                f"{name}-configmap-{original}",
+                metadata={"name": copies.apply(lambda c, o=original: c["names"][f"configMap/{o}"]), "namespace": namespace,
+                          "labels": {**labels, naming.COPY_OF_LABEL: original}},
+                data=cm_data.apply(lambda d, o=original: d[o]),
+                immutable=True,
+                opts=keep,
+            ))
+        for original in secret_names:
+            resources.append(k8s.core.v1.Secret(
+                f"{name}-secret-{original}",
+                metadata={"name": copies.apply(lambda c, o=original: c["names"][f"secret/{o}"]), "namespace": namespace,
+                          "labels": {**labels, naming.COPY_OF_LABEL: original}},
+                string_data=secret_data.apply(lambda d, o=original: d[o]),
+                immutable=True,
+                opts=keep,
+            ))
+        return resources
+
+    def _deployment(self, name: str, track: Track, template: Any, replicas: int | None, opts: pulumi.ResourceOptions,
+                    depends: Sequence[pulumi.Resource]) -> k8s.apps.v1.Deployment:
+        app = self.app
+        spec: dict[str, Any] = {
+            "selector": {"matchLabels": naming.selector(app.name, track)},
+            "template": template,
+            # stable never dips below its size while it takes a new template (promotion)
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": "25%"}},
+        }
+        if replicas is not None:
+            spec["replicas"] = replicas
+        annotations = {"pulumi.com/patchForce": "true"} if app.autoscaler else {}
+        return k8s.apps.v1.Deployment(
+            f"{name}-{track.value}",
+            metadata={"name": naming.deployment(app.name, track), "namespace": app.namespace,
+                      "labels": {naming.APP_LABEL: app.name, naming.TRACK_LABEL: track.value}, "annotations": annotations},
+            spec=spec,
+            opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=list(depends))),
+        )
+
+    def _service(self, name: str, track: Track, opts: pulumi.ResourceOptions) -> k8s.core.v1.Service:
+        app = self.app
+        return k8s.core.v1.Service(
+            f"{name}-{track.value}-service",
+            metadata={"name": naming.service(app.name, track), "namespace": app.namespace,
+                      "labels": {naming.APP_LABEL: app.name, naming.TRACK_LABEL: track.value}},
+            spec={"selector": naming.selector(app.name, track),
+                  "ports": [{"name": "http", "port": app.service_port, "targetPort": app.container_port, "protocol": "TCP"}]},
+            opts=opts,
+        )
+
+    def _apex(self, name: str, opts: pulumi.ResourceOptions) -> k8s.core.v1.Service:
+        app = self.app
+        return k8s.core.v1.Service(
+            f"{name}-apex-service",
+            metadata={"name": naming.apex_service(app.name), "namespace": app.namespace, "labels": {naming.APP_LABEL: app.name}},
+            spec={"selector": naming.selector(app.name, Track.STABLE),
+                  "ports": [{"name": "http", "port": app.service_port, "targetPort": app.container_port, "protocol": "TCP"}]},
+            opts=opts,
+        )
+
+    def _extras(self, name: str, opts: pulumi.ResourceOptions) -> dict[str, pulumi.Resource]:
+        app = self.app
+        out: dict[str, pulumi.Resource] = {}
+        if app.autoscaler is not None:
+            for track, deployment in ((Track.STABLE, self.stable), (Track.CANARY, self.canary)):
+                spec: dict[str, Any] = {
+                    "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": naming.deployment(app.name, track)},
+                    "minReplicas": app.autoscaler.min_replicas,
+                    "maxReplicas": app.autoscaler.max_replicas,
+                }
+                if app.autoscaler.metrics:
+                    spec["metrics"] = app.autoscaler.metrics
+                if app.autoscaler.behavior:
+                    spec["behavior"] = app.autoscaler.behavior
+                out[f"{track.value}Autoscaler"] = k8s.autoscaling.v2.HorizontalPodAutoscaler(
+                    f"{name}-{track.value}-autoscaler",
+                    metadata={"name": naming.autoscaler(app.name, track), "namespace": app.namespace, "labels": {naming.APP_LABEL: app.name}},
+                    spec=spec,
+                    opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[deployment])),
+                )
+        if app.disruption_budget is not None:
+            budget: dict[str, Any] = {"selector": {"matchLabels": naming.selector(app.name, Track.STABLE)}}
+            if app.disruption_budget.min_available is not None:
+                budget["minAvailable"] = app.disruption_budget.min_available
+            else:
+                budget["maxUnavailable"] = app.disruption_budget.max_unavailable
+            out["disruptionBudget"] = k8s.policy.v1.PodDisruptionBudget(
+                f"{name}-disruption-budget",
+                metadata={"name": naming.disruption_budget(app.name), "namespace": app.namespace, "labels": {naming.APP_LABEL: app.name}},
+                spec=budget,
+                opts=opts,
+            )
+        if self.prometheus is not None and self.prometheus.pod_monitor is not None:
+            monitor = self.prometheus.pod_monitor
+            out["podMonitor"] = k8s.apiextensions.CustomResource(
+                f"{name}-pod-monitor",
+                api_version="monitoring.coreos.com/v1",
+                kind="PodMonitor",
+                metadata={"name": naming.pod_monitor(app.name), "namespace": app.namespace, "labels": {naming.APP_LABEL: app.name}},
+                spec={
+                    "selector": {"matchLabels": {naming.APP_LABEL: app.name}},
+                    "podMetricsEndpoints": [{"portNumber": app.container_port, "path": monitor.path,
+                                             "interval": units.format_duration(monitor.interval)}],
+                },
+                opts=opts,
+            )
+        return out
+
+
+def _merge(*options: pulumi.ResourceOptions | None) -> pulumi.ResourceOptions:
+    merged = pulumi.ResourceOptions()
+    for more in options:
+        merged = pulumi.ResourceOptions.merge(merged, more)
+    return merged
+
+
+#: The keys of ``adopt``: the stable Deployment, the apex Service and the route, each taking over a resource of the program from before canary.
+ADOPTABLE = ("deployment", "service", "route")
+
+
+def _adoption(adopt: Mapping[str, str | pulumi.Alias] | None) -> dict[str, pulumi.ResourceOptions]:
+    """Aliases from the resources a program declared before it used canary onto the children that take
+    them over: a name (a resource at the stack's root, of the child's type), a URN or a ``pulumi.Alias``."""
+    unknown = sorted(set(adopt or {}) - set(ADOPTABLE))
+    if unknown:
+        raise pulumi.RunError(str(InvalidSpec([Problem(f"adopt.{key}", str((adopt or {})[key]), f"is not one of {', '.join(ADOPTABLE)}")
+                                               for key in unknown], "adopt")))
+
+    def alias(old: str | pulumi.Alias) -> str | pulumi.Alias:
+        if isinstance(old, pulumi.Alias) or str(old).startswith("urn:pulumi:"):
+            return old
+        return pulumi.Alias(name=str(old), parent=pulumi.ROOT_STACK_RESOURCE)
+
+    return {part: pulumi.ResourceOptions(aliases=[alias(old)]) for part, old in (adopt or {}).items()}
+
+
+def _model(cls: Any, value: Any, what: str) -> Any:
+    if isinstance(value, cls):
+        return value
+    from pydantic import ValidationError
+
+    from canary.core.spec import _problem_from_error
+
+    try:
+        return cls.model_validate(dict(value))
+    except ValidationError as exc:
+        raise InvalidSpec([_problem_from_error({**e, "loc": (what, *e["loc"])}) for e in exc.errors()], what) from exc
+
+
+def _config_data(declared: Mapping[str, Any], given: Mapping[str, Any] | None, field: str) -> pulumi.Output[dict[str, dict[str, Any]]]:
+    """Name (as the template reads it) -> data of the config objects of the app: from the stack
+    config, and from the component's argument (data that may hold Outputs, e.g. ``cm.data``)."""
+    out: dict[str, Any] = {}
+    for name, item in declared.items():
+        data = item.model_dump(by_alias=True).get(field) or {}
+        out[name] = {k: (v.get_secret_value() if hasattr(v, "get_secret_value") else v) for k, v in data.items()}
+    for name, data in (given or {}).items():
+        out[str(name)] = data
+    return pulumi.Output.from_input(out)  # type: ignore[arg-type]
+
+
+def _copy_names(config_maps: Mapping[str, Mapping[str, Any]], secrets: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    hashes = {f"configMap/{n}": workload.content_hash(d) for n, d in config_maps.items()}
+    hashes.update({f"secret/{n}": workload.content_hash(d) for n, d in secrets.items()})
+    names = {key: naming.copy_name(key.partition("/")[2], h) for key, h in hashes.items()}
+    return {"hashes": hashes, "names": names}
+
+
+def _pin(template: Mapping[str, Any], app: App, config_hashes: Mapping[str, str]) -> dict[str, Any]:
+    refs = workload.referenced(template)
+    relevant = {k: v for k, v in config_hashes.items() if k.partition("/")[2] in refs[k.partition("/")[0]]}
+    return {
+        "template": dict(template),
+        "hash": workload.template_hash(template, relevant),
+        "image": workload.image(template, app.name, app.container),
+        "config_hashes": relevant,
+    }
+
+
+# --- the project's own program ------------------------------------------------------------------
+
+
+def stack_spec_from_pulumi_config() -> StackSpec:
+    """This stack's ``canary:`` config, read inside a running Pulumi program and validated."""
+    raw: dict[str, Any] = {}
+    for key in _config_keys():
+        full = f"{naming.CONFIG_NAMESPACE}:{key}"
+        value = pulumi.runtime.get_config(full)
+        if value is not None:
+            raw[full] = _ConfigValue(value, pulumi.runtime.is_config_secret(full))
+    return stackconfig.from_config(raw, source=f"stack {pulumi.get_stack()}")
+
+
+def _config_keys() -> tuple[str, ...]:
+    from canary.core.spec import CONFIG_KEYS
+
+    return CONFIG_KEYS
+
+
+class _ConfigValue:
+    def __init__(self, value: Any, secret: bool) -> None:
+        self.value = value
+        self.secret = secret
+
+
+def program() -> list[CanaryDeployment]:
+    """The project's program: one component per app its stack config declares. Invalid config
+    stops the program with the problems listed (a RunError: no traceback)."""
+    try:
+        return _program()
+    except InvalidSpec as exc:
+        raise pulumi.RunError(str(exc)) from exc
+
+
+def _program() -> list[CanaryDeployment]:
+    spec = stack_spec_from_pulumi_config()
+    components = []
+    for name, config in spec.app_configs().items():
+        if config.app is None or config.gateway is None:
+            raise InvalidSpec([Problem(f"apps.{name}.app", "nothing", "this project's program declares apps from the stack config: set app and gateway")], "stack")
+        app = config.app
+        if config.stable_image and not app.image:
+            app = app.model_copy(update={"image": config.stable_image})
+        components.append(CanaryDeployment(name, app, config.gateway, prometheus=spec.prometheus, rollout=spec.rollout))
+    return components

@@ -1,0 +1,141 @@
+"""The Prometheus metrics provider: the only module that imports prometheus-api-client.
+
+Answers one PromQL query with one scalar (``run_query``), or with the samples of
+a window (``run_range``, for the statistical judge), or raises the ``MetricError`` family:
+``NoValues`` (empty or NaN), ``MultipleValues``, ``BadQuery`` and
+``ProviderUnreachable`` (connection refused, time-out, HTTP errors). Auth
+headers and the bearer token are sent on every request and never appear in an
+error message. ``at(when)`` is the same provider evaluating at a past moment
+(Prometheus' ``time`` parameter; ranges end there): what ``canary backtest`` replays with.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import json
+import math
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from prometheus_api_client import PrometheusApiClientException, PrometheusConnect
+from urllib3.util.retry import Retry
+
+from canary.errors import BadQuery, MultipleValues, NoValues, ProviderUnreachable
+
+
+class PrometheusProvider:
+    def __init__(self, address: str, *, token: str | None = None, headers: Mapping[str, str] | None = None, timeout: timedelta = timedelta(seconds=10)) -> None:
+        self.address = address.rstrip("/")
+        self._secrets = [s for s in [token, *(headers or {}).values()] if s]
+        request_headers = dict(headers or {})
+        if token:
+            request_headers["Authorization"] = f"Bearer {token}"
+        self._timeout = max(timeout.total_seconds(), 0.001)
+        # No retries inside a check: one query costs at most one timeout; the next tick is the retry.
+        self._client = PrometheusConnect(
+            url=self.address, headers=request_headers, disable_ssl=False, timeout=self._timeout, retry=Retry(total=0, raise_on_status=False)
+        )
+        #: the moment queries are evaluated at; None: now
+        self.when: datetime | None = None
+
+    def at(self, when: datetime) -> PrometheusProvider:
+        """This provider (same client, same secrets) answering as Prometheus would have at ``when`` (aware)."""
+        if when.tzinfo is None:
+            raise ValueError("the evaluation time needs a timezone")
+        other = copy.copy(self)
+        other.when = when
+        return other
+
+    def _params(self) -> dict[str, str]:
+        params = {"timeout": f"{self._timeout:g}s"}
+        if self.when is not None:
+            params["time"] = f"{self.when.timestamp():.3f}"
+        return params
+
+    def _scrub(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "<secret>")
+        return text
+
+    def _ask(self, ask: Any) -> Any:
+        """One request; the client's failures mapped (its HTTP errors derive from OSError, via requests)."""
+        try:
+            return ask()
+        except PrometheusApiClientException as exc:
+            text = self._scrub(str(exc))
+            # the cause kept is the client's error with the secrets taken out: a server may echo them
+            cause = RuntimeError(f"{type(exc).__name__}: {text}")
+            status = re.search(r"HTTP Status Code (\d+)", text)
+            code = int(status.group(1)) if status else 0
+            if code in (400, 422):
+                raise BadQuery(f"Prometheus rejected the query: {_rejection(text)}") from cause
+            raise ProviderUnreachable(f"Prometheus at {self.address} answered HTTP {code or '?'}: {text[:300]}") from cause
+        except OSError as exc:
+            # requests' Timeout errors say "timed out"; a refused or reset connection is not a slow Prometheus
+            if "timeout" in type(exc).__name__.lower() or "timed out" in str(exc).lower():
+                raise ProviderUnreachable(f"Prometheus at {self.address} did not answer within {self._timeout:g}s ({type(exc).__name__})") from exc
+            why = "connection refused" if "refused" in str(exc).lower() else type(exc).__name__
+            raise ProviderUnreachable(f"Prometheus at {self.address} could not be reached ({why})") from exc
+
+    def run_query(self, query: str) -> float:
+        result = self._ask(lambda: self._client.custom_query(query, params=self._params(), timeout=self._timeout))
+        return _scalar(result)
+
+    def run_range(self, query: str, seconds: float, step: float) -> list[float]:
+        """The query's values over the ``seconds`` before now (or ``at``'s moment), one every ``step`` seconds (NaN dropped)."""
+        end = self.when or datetime.now(UTC)
+        start = end - timedelta(seconds=seconds)
+        result = self._ask(lambda: self._client.custom_query_range(query, start_time=start, end_time=end, step=f"{step:g}s",
+                                                                    params={"timeout": f"{self._timeout:g}s"}, timeout=self._timeout))
+        if isinstance(result, list) and len(result) > 1:
+            raise MultipleValues(f"the query returned {len(result)} series; aggregate it to one, e.g. with sum()")
+        values = [float(v) for series in (result or []) for _, v in series.get("values", [])]
+        return [v for v in values if not math.isnan(v)]
+
+    def series_labels(self, selector: str) -> list[dict[str, str]]:
+        """The label sets of the series ``selector`` matches (for ``canary check`` to say which labels exist)."""
+        result = self._ask(lambda: self._client.custom_query(f"last_over_time({selector}[5m])", timeout=self._timeout))
+        return [dict(series.get("metric", {})) for series in result or []]
+
+    def is_online(self) -> bool:
+        try:
+            return bool(self._client.check_prometheus_connection())
+        except (OSError, PrometheusApiClientException):
+            return False
+
+
+def _rejection(text: str) -> str:
+    """Prometheus's own reason from the client's exception text, which ends with the body as a bytes literal.
+
+    The reason quotes the query's parts (``invalid parameter "query": … function "rate"``),
+    so it is read by decoding the body, not by cutting at the first quote.
+    """
+    literal = re.search(r"\((b'.*'|b\".*\")\)\s*$", text, re.DOTALL)
+    if literal:
+        try:
+            return str(json.loads(ast.literal_eval(literal.group(1)))["error"])[:500]
+        except (ValueError, SyntaxError, KeyError, TypeError):
+            pass
+    return text[:300]
+
+
+def _scalar(result: Any) -> float:
+    """One float from a query result (vector of one sample, or a scalar)."""
+    if isinstance(result, list) and len(result) == 2 and not isinstance(result[0], dict):
+        samples = [result[1]]  # resultType scalar: [time, "value"]
+    elif isinstance(result, list):
+        if len(result) > 1:
+            labels = ", ".join(str(r.get("metric", {})) for r in result[:3])
+            raise MultipleValues(f"the query returned {len(result)} series ({labels}); aggregate it to one, e.g. with sum()")
+        samples = [r["value"][1] for r in result]
+    else:
+        raise NoValues(f"unexpected result {str(result)[:100]}")
+    if not samples:
+        raise NoValues("the query returned no samples")
+    value = float(samples[0])
+    if math.isnan(value):
+        raise NoValues("the query returned NaN (no requests in the window?)")
+    return value

@@ -1,0 +1,103 @@
+"""Webhooks and alerts: call one (an HTTP POST or a local command), bounded by its timeout and by the cancel token.
+
+An HTTP hook succeeds on a 2xx answer; a command hook on exit status 0, runs
+in its own process group, and is killed whole when its timeout expires or the
+release is cancelled. What a success or a failure means for the release is the
+release's business. Outputs are truncated in results; a secret (an alert's
+URL) never appears in one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from canary.adapters import http
+from canary.core import notify
+from canary.core.records import HookResult
+from canary.core.spec import Alert, Webhook
+
+
+def _in_thread(fn: Any, cancel: threading.Event | None, timeout: float) -> Any:
+    """Run ``fn`` on a helper thread; return None if the cancel token is set first (the call is abandoned)."""
+    box: list[Any] = []
+    thread = threading.Thread(target=lambda: box.append(fn()), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout + 1
+    while thread.is_alive() and time.monotonic() < deadline:
+        if cancel is not None and cancel.is_set():
+            return None
+        thread.join(0.05)
+    return box[0] if box else None
+
+
+def _close_output(process: subprocess.Popen[bytes], reader: threading.Thread) -> None:
+    """Close the command's output pipe once it has been read to its end (a reader still blocked on it,
+    because a process that left the group holds it, keeps it: closing would wait for that read)."""
+    if process.stdout is not None and not reader.is_alive():
+        process.stdout.close()
+
+
+class Caller:
+    """The ``HookCaller`` port over HTTP and local commands."""
+
+    def call(self, hook: Webhook, body: Mapping[str, Any], cancel: threading.Event | None = None) -> HookResult:
+        start = time.monotonic()
+        timeout = hook.timeout.total_seconds()
+        if hook.url:
+            answer = _in_thread(lambda: http.post_json(hook.url, body, timeout), cancel, timeout)  # type: ignore[arg-type]
+            if answer is None:
+                return HookResult(hook.name, hook.type.value, False, time.monotonic() - start, f"POST {hook.url} abandoned: the release was cancelled")
+            return HookResult(hook.name, hook.type.value, 200 <= answer.status < 300, time.monotonic() - start, f"POST {hook.url} {answer.detail}")
+        try:
+            process = self.start(hook)
+        except (OSError, ValueError) as exc:
+            return HookResult(hook.name, hook.type.value, False, time.monotonic() - start, f"`{hook.cmd}` could not start: {exc}")
+        return self.finish(hook, process, start + timeout, cancel, start)
+
+    def start(self, hook: Webhook) -> subprocess.Popen[bytes]:
+        assert hook.cmd is not None
+        env = {**os.environ, "CANARY_WEBHOOK": hook.name, "CANARY_WEBHOOK_TYPE": hook.type.value}
+        return subprocess.Popen(shlex.split(hook.cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, env=env)
+
+    def finish(self, hook: Webhook, handle: Any, deadline: float, cancel: threading.Event | None = None, start: float | None = None) -> HookResult:
+        """Wait for a started command until ``deadline`` (monotonic) or the cancel token, then kill its process group."""
+        process: subprocess.Popen[bytes] = handle
+        start = start if start is not None else time.monotonic()
+        out = b""
+        reader = threading.Thread(target=lambda: None)
+        chunks: list[bytes] = []
+        if process.stdout is not None:
+            reader = threading.Thread(target=lambda: chunks.append(process.stdout.read() if process.stdout else b""), daemon=True)
+            reader.start()
+        while process.poll() is None:
+            if time.monotonic() >= deadline or (cancel is not None and cancel.is_set()):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+                reader.join(1)
+                _close_output(process, reader)
+                why = "was cancelled with the release" if cancel is not None and cancel.is_set() else f"timed out after {hook.timeout.total_seconds():g}s"
+                return HookResult(hook.name, hook.type.value, False, time.monotonic() - start, f"`{hook.cmd}` {why} and was killed")
+            time.sleep(0.02)
+        reader.join(5)
+        _close_output(process, reader)
+        out = b"".join(chunks)
+        tail = out.decode(errors="replace").strip().splitlines()[-3:]
+        ok = process.returncode == 0
+        detail = f"`{hook.cmd}` exited {process.returncode}" + (f": {' | '.join(tail)[:300]}" if tail and not ok else "")
+        return HookResult(hook.name, hook.type.value, ok, time.monotonic() - start, detail)
+
+    def alert(self, alert: Alert, body: Mapping[str, Any]) -> HookResult:
+        start = time.monotonic()
+        answer = http.post_json(notify.address(alert), body, alert.timeout.total_seconds())
+        return HookResult(alert.name, f"alert:{alert.type.value}", 200 <= answer.status < 300, time.monotonic() - start,
+                          f"{alert.type.value} alert {answer.detail}")

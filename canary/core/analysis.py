@@ -1,0 +1,456 @@
+"""Analysis: one tick evaluates every metric of the spec and decides what the release does.
+
+``run_tick`` renders each metric's queries, asks the injected providers for
+values (and, for a judged metric, samples) and builds typed checks; ``decide``
+turns the checks and the counts before them into the tick's outcome. Rules:
+
+- an error (Prometheus unreachable, a rejected query, several series) fails;
+- no data follows the metric's ``onNoData``; inside the warm-up after a shift
+  it holds; a hold longer than ``analysis.holdLimit`` fails;
+- a value outside ``thresholdRange`` fails, inside ``inconclusiveRange`` is
+  inconclusive (a person decides);
+- a rate metric passes only when its Wilson bound on the canary's request
+  count is inside the range (``evidence``); otherwise it holds;
+- ``compare`` judges the canary's value against stable's in the same window
+  (their difference or ratio); ``judge`` runs the Mann–Whitney classifier on
+  both tracks' samples;
+- a dry-run metric is evaluated and recorded, never acted on.
+
+The tick fails when any check fails (or, with ``analysis.score``, when the
+score is below ``marginal`` or a critical metric failed); it rolls back at
+``threshold`` failures in a row or ``failureLimit`` in all. A hold or an
+inconclusive tick leaves both counts alone. ``preflight`` runs every query once
+before a release applies anything; only a query the provider rejects is
+refused there.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from canary.core import evidence, judge, metrics, templates, units
+from canary.core.records import Bounds, Check, Effect, Outcome, Verdict
+from canary.core.spec import CompareBy, Evidence, Metric, NoDataPolicy, ReleaseSpec, ThresholdRange, metric_query
+from canary.errors import BadQuery, MetricError, NoValues, Problem, ProviderUnreachable
+
+ProviderFor = Callable[[str | None], metrics.MetricsProvider]
+
+
+@dataclass(frozen=True)
+class TickContext:
+    """What a tick needs to know beyond the metrics: the counts so far and where the step is."""
+
+    failed_in_row: int = 0
+    failed_total: int = 0
+    weight: int = 0
+    #: inside the warm-up after a shift: no data holds whatever the policy
+    warming_up: bool = False
+    #: the step has held longer than analysis.holdLimit: a hold is now a failure
+    held_too_long: bool = False
+    #: seconds since the step's shift while it holds for evidence: rate metrics are judged over
+    #: that longer window, so a quiet service gathers evidence instead of holding forever
+    evidence_window: float | None = None
+
+
+@dataclass(frozen=True)
+class TickResult:
+    checks: tuple[Check, ...]
+    outcome: Outcome
+    failed_in_row: int
+    failed_total: int
+    threshold: int
+    failure_limit: int
+    reason: str
+    weight: int = 0
+    score: float | None = None
+    failed: tuple[Check, ...] = field(default=())
+
+
+def _bounds(threshold: ThresholdRange | None) -> Bounds | None:
+    return None if threshold is None else Bounds(min=threshold.min, max=threshold.max)
+
+
+def _outside(metric: str, value: float, threshold: ThresholdRange, what: str = "") -> str | None:
+    label = f"{metric}{what}"
+    if threshold.min is not None and value < threshold.min:
+        return f"{label} {value:.4g} < min {threshold.min:g}"
+    if threshold.max is not None and value > threshold.max:
+        return f"{label} {value:.4g} > max {threshold.max:g}"
+    return None
+
+
+def is_rate(spec: ReleaseSpec, metric: Metric) -> bool:
+    """A share of the canary's requests, in percent, judged on how many requests there were."""
+    if metric.evidence is Evidence.NONE or metric.threshold_range is None:
+        return False
+    if metric.evidence is Evidence.RATE:
+        return True
+    if metric.template_ref is None:
+        return metrics.BUILTIN_METRICS[metric.name].rate
+    query, _ = metric_query(spec, metric)
+    bounds = [b for b in (metric.threshold_range.min, metric.threshold_range.max) if b is not None]
+    return metrics.REQUESTS_METRIC in query and all(0 <= b <= 100 for b in bounds)
+
+
+def _higher_is_worse(spec: ReleaseSpec, metric: Metric) -> bool | None:
+    """For a rate's evidence: the error rate's upper bound matters, the success rate's lower; None: both."""
+    if metric.template_ref is None and metric.name in metrics.BUILTIN_METRICS:
+        return metrics.BUILTIN_METRICS[metric.name].higher_is_worse
+    threshold = metric.threshold_range
+    assert threshold is not None
+    if threshold.max is not None and threshold.min is None:
+        return True
+    if threshold.min is not None and threshold.max is None:
+        return False
+    return None
+
+
+def window(spec: ReleaseSpec, metric: Metric, ctx: TickContext | None = None) -> str:
+    """The metric's window (``{{ interval }}``): its interval, or the time the step has held for
+    evidence when that is longer and the metric is a rate."""
+    base = metric.interval or spec.analysis.interval
+    if ctx is not None and ctx.evidence_window and is_rate(spec, metric):
+        grown = timedelta(seconds=int(ctx.evidence_window))
+        if grown > base:
+            return units.format_duration(grown)
+    return units.format_duration(base)
+
+
+def render_query(spec: ReleaseSpec, metric: Metric, target: str | None = None, ctx: TickContext | None = None) -> tuple[str, str | None]:
+    """The query as it will be sent for ``metric`` (about the canary, or ``target``), and its provider address."""
+    template, address = metric_query(spec, metric)
+    interval = window(spec, metric, ctx)
+    pod_label = spec.prometheus.pod_label if spec.prometheus else "kubernetes_pod_name"
+    query = templates.render(template, target=target or spec.target, stable=spec.stable, namespace=spec.app.namespace,
+                             interval=interval, variables=metric.template_variables, pod_label=pod_label)
+    return query, address
+
+
+def request_count_query(spec: ReleaseSpec, window: str, target: str | None = None) -> str:
+    pod_label = spec.prometheus.pod_label if spec.prometheus else "kubernetes_pod_name"
+    return templates.render(metrics.REQUEST_COUNT_QUERY, target=target or spec.target, stable=spec.stable,
+                            namespace=spec.app.namespace, interval=window, variables={}, pod_label=pod_label)
+
+
+def _no_data(metric: Metric, query: str, error: NoValues, ctx: TickContext, **extra: object) -> Check:
+    policy = metric.on_no_data
+    if ctx.warming_up and policy is not NoDataPolicy.PASS:
+        effect, why = Effect.HOLD, "warming up after the shift"
+    else:
+        effect = {NoDataPolicy.FAIL: Effect.FAIL, NoDataPolicy.HOLD: Effect.HOLD, NoDataPolicy.PASS: Effect.PASS}[policy]
+        why = f"onNoData: {policy}"
+    if effect is Effect.HOLD and ctx.held_too_long:
+        effect, why = Effect.FAIL, "held longer than analysis.holdLimit"
+    return Check(metric=metric.name, query=query, value=None, threshold_range=_bounds(metric.threshold_range), verdict=Verdict.NO_DATA,
+                 effect=effect, reason=f"{metric.name} has no data: {error} ({why})", **extra)  # type: ignore[arg-type]
+
+
+class _Tick:
+    """One tick's queries, with the request counts shared between the rate metrics of one window."""
+
+    def __init__(self, spec: ReleaseSpec, provider_for: ProviderFor, ctx: TickContext) -> None:
+        self.spec = spec
+        self.provider_for = provider_for
+        self.ctx = ctx
+        self._counts: dict[str, float | MetricError] = {}
+
+    def value(self, query: str, address: str | None) -> float | MetricError:
+        try:
+            value = self.provider_for(address).run_query(query)
+        except MetricError as exc:
+            return exc
+        if math.isnan(value):
+            return NoValues("the query returned NaN")
+        return value
+
+    def requests(self, window: str) -> float | MetricError:
+        if window not in self._counts:
+            value = self.value(request_count_query(self.spec, window), None)
+            self._counts[window] = 0.0 if isinstance(value, NoValues) else value
+        return self._counts[window]
+
+    def check(self, metric: Metric) -> Check:
+        query, address = render_query(self.spec, metric, ctx=self.ctx)
+        dry = {"dry_run": metric.dry_run, "weight": metric.weight}
+        value = self.value(query, address)
+        stable_query = stable_value = None
+        if metric.compare is not None:
+            stable_query, _ = render_query(self.spec, metric, target=self.spec.stable, ctx=self.ctx)
+            stable_value = self.value(stable_query, address)
+        if isinstance(value, NoValues):
+            return self._dry(_no_data(metric, query, value, self.ctx, **dry), metric)
+        if isinstance(value, MetricError):
+            return self._dry(Check(metric=metric.name, query=query, threshold_range=_bounds(metric.threshold_range), verdict=Verdict.ERROR,
+                                   effect=Effect.FAIL, reason=f"{metric.name} could not be evaluated: {type(value).__name__}: {value}", **dry), metric)  # type: ignore[arg-type]
+        verdicts: list[tuple[Verdict, Effect, str]] = []
+        requests = bound = None
+        if metric.threshold_range is not None:
+            verdict, effect, reason, requests, bound = self._absolute(metric, value)
+            verdicts.append((verdict, effect, reason))
+        extra: dict[str, object] = {}
+        if metric.compare is not None:
+            assert stable_query is not None
+            verdicts.append(self._relative(metric, value, stable_value))  # type: ignore[arg-type]
+            extra.update(stable_query=stable_query, stable_value=None if isinstance(stable_value, MetricError) else float(stable_value),  # type: ignore[arg-type]
+                         compare_range=_bounds(metric.compare.threshold_range), compare_by=metric.compare.by.value)
+        if metric.judge is not None:
+            judged, details = self._judged(metric, query, address)
+            verdicts.append(judged)
+            extra.update(details)
+        verdict, effect, reason = _combine(verdicts)
+        check = Check(metric=metric.name, query=query, value=value, threshold_range=_bounds(metric.threshold_range), verdict=verdict,
+                      effect=effect, reason=reason, requests=requests, bound=bound, **dry, **extra)  # type: ignore[arg-type]
+        return self._dry(check, metric)
+
+    def _dry(self, check: Check, metric: Metric) -> Check:
+        if not metric.dry_run:
+            return check
+        return check.model_copy(update={"effect": Effect.NONE, "reason": check.reason + " [dry run: not acted on]"})
+
+    def _absolute(self, metric: Metric, value: float) -> tuple[Verdict, Effect, str, float | None, float | None]:
+        threshold = metric.threshold_range
+        assert threshold is not None
+        outside = _outside(metric.name, value, threshold)
+        if outside is not None:
+            if metric.inconclusive_range is not None and metric.inconclusive_range.contains(value):
+                return Verdict.INCONCLUSIVE, Effect.INCONCLUSIVE, f"{outside}, inside the inconclusive band {metric.inconclusive_range}", None, None
+            return Verdict.FAIL, Effect.FAIL, outside, None, None
+        if not is_rate(self.spec, metric):
+            return Verdict.PASS, Effect.PASS, f"{metric.name} {value:.4g} within {threshold}", None, None
+        count = self.requests(window(self.spec, metric, self.ctx))
+        if isinstance(count, MetricError):
+            return Verdict.ERROR, Effect.FAIL, f"{metric.name}: the canary's requests could not be counted: {count}", None, None
+        confidence = self.spec.analysis.confidence
+        share = min(max(value / 100, 0.0), 1.0)
+        bounds = evidence.wilson(share * count, count, confidence)
+        worse_high = _higher_is_worse(self.spec, metric)
+        checks = []
+        if worse_high in (True, None) and threshold.max is not None:
+            checks.append(("max", bounds.high * 100, bounds.high * 100 <= threshold.max))
+        if worse_high in (False, None) and threshold.min is not None:
+            checks.append(("min", bounds.low * 100, bounds.low * 100 >= threshold.min))
+        if not checks:
+            checks.append(("max" if threshold.max is not None else "min", value, True))
+        side, bound, ok = next(((s, b, o) for s, b, o in checks if not o), checks[0])
+        text = f"{metric.name} {value:.4g} on {count:.0f} requests, {confidence:.0%} bound {bound:.4g}"
+        if ok:
+            return Verdict.PASS, Effect.PASS, f"{text} within {threshold}", count, bound
+        effect = Effect.FAIL if self.ctx.held_too_long else Effect.HOLD
+        limit = threshold.max if side == "max" else threshold.min
+        why = "held longer than analysis.holdLimit" if self.ctx.held_too_long else "not enough requests to tell"
+        return Verdict.INCONCLUSIVE, effect, f"{text} beyond {side} {limit:g}: {why}", count, bound
+
+    def _relative(self, metric: Metric, value: float, stable: float | MetricError) -> tuple[Verdict, Effect, str]:
+        compare = metric.compare
+        assert compare is not None
+        if isinstance(stable, MetricError):
+            if isinstance(stable, NoValues):
+                check = _no_data(metric, "", stable, self.ctx)
+                return check.verdict, check.effect, f"{metric.name}: stable has no data to compare with: {stable}"
+            return Verdict.ERROR, Effect.FAIL, f"{metric.name}: stable could not be evaluated: {type(stable).__name__}: {stable}"
+        if compare.by is CompareBy.DIFFERENCE:
+            measure, what = value - stable, " − stable"
+        elif stable == 0:
+            if value == 0:
+                measure, what = 1.0, " / stable"
+            else:
+                return Verdict.NO_DATA, Effect.HOLD if not self.ctx.held_too_long else Effect.FAIL, f"{metric.name}: stable's value is 0, the ratio is undefined (use by: difference)"
+        else:
+            measure, what = value / stable, " / stable"
+        outside = _outside(metric.name, measure, compare.threshold_range, what)
+        detail = f"(canary {value:.4g}, stable {stable:.4g})"
+        if outside is not None:
+            return Verdict.FAIL, Effect.FAIL, f"{outside} {detail}"
+        return Verdict.PASS, Effect.PASS, f"{metric.name}{what} {measure:.4g} within {compare.threshold_range} {detail}"
+
+    def _judged(self, metric: Metric, query: str, address: str | None) -> tuple[tuple[Verdict, Effect, str], dict[str, object]]:
+        spec_judge = metric.judge
+        assert spec_judge is not None
+        provider = self.provider_for(address)
+        window = (metric.interval or self.spec.analysis.interval).total_seconds()
+        stable_query, _ = render_query(self.spec, metric, target=self.spec.stable)
+        try:
+            canary_samples = provider.run_range(query, window, spec_judge.step.total_seconds())  # type: ignore[attr-defined]
+            stable_samples = provider.run_range(stable_query, window, spec_judge.step.total_seconds())  # type: ignore[attr-defined]
+        except MetricError as exc:
+            return (Verdict.ERROR, Effect.FAIL, f"{metric.name}: samples could not be read: {type(exc).__name__}: {exc}"), {}
+        result = judge.compare(canary_samples, stable_samples, confidence=spec_judge.confidence, tolerance=spec_judge.tolerance,
+                               allowed_increase=spec_judge.allowed_increase, allowed_decrease=spec_judge.allowed_decrease,
+                               min_samples=spec_judge.min_samples)
+        details: dict[str, object] = {"stable_query": stable_query, "samples": (result.canary_samples, result.stable_samples)}
+        if not math.isnan(result.low):
+            details.update(interval_low=result.low, interval_high=result.high)
+        text = f"{metric.name} (Mann–Whitney): {result.reason}"
+        if result.classification is judge.Classification.NO_DATA:
+            check = _no_data(metric, query, NoValues(result.reason), self.ctx)
+            return (check.verdict, check.effect, text), details
+        bad = {judge.Classification.HIGH: spec_judge.direction.value in ("increase", "either"),
+               judge.Classification.LOW: spec_judge.direction.value in ("decrease", "either")}.get(result.classification, False)
+        return ((Verdict.FAIL, Effect.FAIL, text) if bad else (Verdict.PASS, Effect.PASS, text)), details
+
+
+_SEVERITY = [Effect.FAIL, Effect.INCONCLUSIVE, Effect.HOLD, Effect.PASS]
+
+
+def _combine(verdicts: Sequence[tuple[Verdict, Effect, str]]) -> tuple[Verdict, Effect, str]:
+    """Several judgements of one metric: the worst effect decides; the reasons are all kept."""
+    worst = min(verdicts, key=lambda v: _SEVERITY.index(v[1]))
+    return worst[0], worst[1], "; ".join(v[2] for v in verdicts)
+
+
+def decide(checks: tuple[Check, ...], ctx: TickContext, threshold: int, failure_limit: int, score_bounds: tuple[float, float] | None = None,
+           critical: frozenset[str] = frozenset()) -> TickResult:
+    """The tick's outcome from its checks and the counts before it."""
+    acting = [c for c in checks if c.effect is not Effect.NONE]
+    score_value: float | None = None
+    failed = tuple(c for c in acting if c.effect is Effect.FAIL)
+    inconclusive = [c for c in acting if c.effect is Effect.INCONCLUSIVE]
+    held = [c for c in acting if c.effect is Effect.HOLD]
+    weight = ctx.weight
+    if score_bounds is not None:
+        scored = [judge.ScoredMetric(c.weight, None if c.effect is Effect.HOLD else c.effect is Effect.PASS, c.metric in critical) for c in acting]
+        score_value, critical_failed = judge.score(scored)
+        pass_at, marginal_at = score_bounds
+        if critical_failed or score_value < marginal_at:
+            failed = failed or tuple(c for c in acting if c.effect is not Effect.PASS)
+            why = "a critical metric failed" if critical_failed else f"score {score_value:g} below marginal {marginal_at:g}"
+            return _failure(checks, failed, ctx, threshold, failure_limit, why, score_value)
+        if score_value < pass_at:
+            return TickResult(checks, Outcome.INCONCLUSIVE, ctx.failed_in_row, ctx.failed_total, threshold, failure_limit,
+                              f"score {score_value:g} is marginal ({marginal_at:g} ≤ score < {pass_at:g}) at weight {weight}: a person decides",
+                              weight, score_value)
+        failed, inconclusive = (), []
+    if failed:
+        return _failure(checks, failed, ctx, threshold, failure_limit, "", score_value)
+    if inconclusive:
+        return TickResult(checks, Outcome.INCONCLUSIVE, ctx.failed_in_row, ctx.failed_total, threshold, failure_limit,
+                          f"inconclusive at weight {weight}: {inconclusive[0].reason}", weight, score_value)
+    if held:
+        return TickResult(checks, Outcome.HOLD, ctx.failed_in_row, ctx.failed_total, threshold, failure_limit,
+                          f"holding at weight {weight}: {held[0].reason}", weight, score_value)
+    passed = f"all {len(acting)} checks passed at weight {weight}" + (f" (score {score_value:g})" if score_value is not None else "")
+    return TickResult(checks, Outcome.ADVANCE, 0, ctx.failed_total, threshold, failure_limit, passed, weight, score_value)
+
+
+def _failure(checks: tuple[Check, ...], failed: tuple[Check, ...], ctx: TickContext, threshold: int, failure_limit: int, why: str,
+             score_value: float | None) -> TickResult:
+    in_row, total = ctx.failed_in_row + 1, ctx.failed_total + 1
+    first = why or (failed[0].reason + (f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""))
+    weight = ctx.weight
+    if in_row >= threshold:
+        reason = f"{first} for {in_row} checks in a row at weight {weight}"
+        return TickResult(checks, Outcome.ROLLBACK, in_row, total, threshold, failure_limit, reason, weight, score_value, failed)
+    if total >= failure_limit:
+        reason = f"{first}: {total} failed checks in all (failureLimit {failure_limit}) at weight {weight}"
+        return TickResult(checks, Outcome.ROLLBACK, in_row, total, threshold, failure_limit, reason, weight, score_value, failed)
+    reason = f"{first}: failed check {in_row} of {threshold} in a row ({total} of {failure_limit} in all) at weight {weight}"
+    return TickResult(checks, Outcome.FAIL, in_row, total, threshold, failure_limit, reason, weight, score_value, failed)
+
+
+def run_tick(spec: ReleaseSpec, provider_for: ProviderFor, ctx: TickContext | None = None) -> TickResult:
+    """Evaluate every metric of the spec once and decide."""
+    ctx = ctx or TickContext()
+    tick = _Tick(spec, provider_for, ctx)
+    below_minimum: MetricError | None = None
+    analysis = spec.analysis
+    if analysis.min_requests is not None:
+        window = units.format_duration(analysis.interval)
+        count = tick.requests(window)
+        if isinstance(count, MetricError):
+            below_minimum = count
+        elif count < analysis.min_requests:
+            below_minimum = NoValues(f"the canary answered {count:.0f} requests in {window}, fewer than minRequests {analysis.min_requests}")
+    checks: list[Check] = []
+    for metric in analysis.metrics:
+        if below_minimum is not None:
+            query, _ = render_query(spec, metric)
+            if isinstance(below_minimum, NoValues):
+                checks.append(tick._dry(_no_data(metric, query, below_minimum, ctx, dry_run=metric.dry_run, weight=metric.weight), metric))
+            else:
+                checks.append(tick._dry(Check(metric=metric.name, query=query, threshold_range=_bounds(metric.threshold_range), verdict=Verdict.ERROR,
+                                              effect=Effect.FAIL, reason=f"{metric.name}: the canary's requests could not be counted: {below_minimum}",
+                                              dry_run=metric.dry_run, weight=metric.weight), metric))
+            continue
+        checks.append(tick.check(metric))
+    return decide_for(spec, tuple(checks), ctx)
+
+
+def decide_for(spec: ReleaseSpec, checks: tuple[Check, ...], ctx: TickContext) -> TickResult:
+    """``decide`` with the spec's own threshold, failure limit, score bounds and critical metrics: for a
+    tick's checks and any failures added to them (a rollout webhook's)."""
+    analysis = spec.analysis
+    score_bounds = (analysis.score.pass_, analysis.score.marginal) if analysis.score else None
+    critical = frozenset(m.name for m in analysis.metrics if m.critical)
+    return decide(checks, ctx, analysis.threshold, analysis.failures_allowed, score_bounds, critical)
+
+
+def extra_failure(name: str, reason: str) -> Check:
+    """A failed check that is not a metric (a rollout webhook, a pre-rollout hook)."""
+    return Check(metric=name, verdict=Verdict.ERROR, effect=Effect.FAIL, reason=reason)
+
+
+# --- preflight ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One metric's query run once before a release: what was sent, and what came back."""
+
+    index: int
+    metric: Metric
+    query: str
+    value: float | MetricError
+
+
+def preflight_problems(probes: Sequence[Probe]) -> list[Problem]:
+    """The probes that make the spec bad input: only a query the provider rejected.
+
+    A rejected query is a config defect that no amount of waiting fixes, so it is
+    refused before anything is applied. No data, several series or an unreachable
+    provider are not: they depend on traffic and on the moment, and are judged
+    (as failed checks) at the ticks.
+    """
+    problems = []
+    for probe in probes:
+        if not isinstance(probe.value, BadQuery):
+            continue
+        metric = probe.metric
+        reason = str(probe.value).removeprefix("Prometheus rejected the query: ")
+        where = f"analysis.metrics[{probe.index}]"
+        if metric.template_ref is None:
+            field_name, rule = f"{where}.name", f"built-in metric {metric.name}: Prometheus rejected its query: {reason}"
+        else:
+            field_name = f"metricTemplates.{metric.template_ref.name}.query"
+            rule = f"Prometheus rejected it as rendered for {where} ({metric.name}): {reason}"
+        problems.append(Problem(field_name, " ".join(probe.query.split()), rule))
+    return problems
+
+
+def preflight(spec: ReleaseSpec, provider_for: ProviderFor) -> list[Problem]:
+    """Run every metric's query once, as a tick would render it, and return the problems found.
+
+    Called before a release changes anything, so that a query Prometheus refuses
+    is reported as bad input (exit 2) instead of being found at the first tick,
+    after the canary was deployed. Once a provider did not answer, its other
+    queries are not sent: the preflight never waits out several timeouts.
+    """
+    probes = []
+    unreachable: set[str | None] = set()
+    for index, metric in enumerate(spec.analysis.metrics):
+        query, address = render_query(spec, metric)
+        value: float | MetricError
+        if address in unreachable:
+            value = ProviderUnreachable("not asked: the provider did not answer an earlier query")
+        else:
+            try:
+                value = provider_for(address).run_query(query)
+            except ProviderUnreachable as exc:
+                unreachable.add(address)
+                value = exc
+            except MetricError as exc:
+                value = exc
+        probes.append(Probe(index, metric, query, value))
+    return preflight_problems(probes)

@@ -1,0 +1,151 @@
+"""Stack config in and out: one spec, whichever way the config arrives. Pure; no I/O.
+
+The same ``StackSpec`` loads from (1) the Pulumi program's config, (2) the
+Automation API's config map and (3) a stack file read by the stack-file
+adapter. This module translates those shapes into plain values for
+``spec.parse_stack``, checks that what must be a Pulumi secret is one, and turns
+a spec back into stack config (for ``import-flagger``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from canary.core.naming import CONFIG_NAMESPACE
+from canary.core.spec import CONFIG_KEYS, StackSpec, parse_stack
+from canary.errors import InvalidSpec, Problem
+
+#: Where a secret value read from a file (still encrypted) stands in the spec.
+ENCRYPTED = "<encrypted>"
+
+
+def _plain(value: Any) -> Any:
+    """A config value as plain data: JSON strings of objects decoded, ConfigValue unwrapped."""
+    if hasattr(value, "value") and hasattr(value, "secret"):
+        value = value.value
+    if isinstance(value, str) and value[:1] in "{[":
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return value
+
+
+def values_from_config(config: Mapping[str, Any], namespace: str = CONFIG_NAMESPACE) -> dict[str, Any]:
+    """Top-level spec values from a config map keyed ``namespace:key`` (other namespaces ignored)."""
+    values: dict[str, Any] = {}
+    for full_key, raw in config.items():
+        ns, _, key = full_key.partition(":")
+        if not key:
+            ns, key = namespace, full_key
+        if ns == namespace:
+            values[key] = _plain(raw)
+    return values
+
+
+def from_config(config: Mapping[str, Any], source: str = "stack config") -> StackSpec:
+    """Validate an Automation API config map or a Pulumi program's raw config."""
+    values = values_from_config(config)
+    secret_keys = {k.partition(":")[2] for k, v in config.items() if getattr(v, "secret", False)}
+    problems = unencrypted_secrets(values, secret_keys)
+    if problems:
+        raise InvalidSpec(problems, source)
+    return parse_stack(values, source)
+
+
+def from_file_values(config: Mapping[str, Any], source: str) -> StackSpec:
+    """Validate the ``config:`` map of a stack file read with its secrets still encrypted."""
+    values = values_from_config(config)
+    problems = unencrypted_secrets(values, None)
+    if problems:
+        raise InvalidSpec(problems, source)
+    return parse_stack(values, source)
+
+
+def _secret_paths(values: Mapping[str, Any]) -> Iterator[tuple[str, str, Any]]:
+    """(top-level key, path for a message, value) of every value that must be a Pulumi secret."""
+    prometheus = values.get("prometheus")
+    if isinstance(prometheus, Mapping):
+        for leaf in ("token", "headers"):
+            if leaf in prometheus:
+                yield "prometheus", f"prometheus.{leaf}", prometheus[leaf]
+    apps: list[tuple[str, str, Any]] = [("app", "", values), ("analysis", "", values)]
+    if isinstance(values.get("apps"), Mapping):
+        apps += [("apps", f"apps.{name}.", config) for name, config in values["apps"].items() if isinstance(config, Mapping)]
+    for top, prefix, holder in apps:
+        app = holder.get("app") if isinstance(holder, Mapping) else None
+        if top != "analysis" and isinstance(app, Mapping) and isinstance(app.get("secrets"), Mapping):
+            for name, secret in app["secrets"].items():
+                if isinstance(secret, Mapping) and "stringData" in secret:
+                    yield top, f"{prefix}app.secrets.{name}.stringData", secret["stringData"]
+        analysis = holder.get("analysis") if isinstance(holder, Mapping) else None
+        if top != "app" and isinstance(analysis, Mapping) and isinstance(analysis.get("alerts"), list):
+            for i, alert in enumerate(analysis["alerts"]):
+                if isinstance(alert, Mapping) and "url" in alert:
+                    yield top, f"{prefix}analysis.alerts[{i}].url", alert["url"]
+
+
+def unencrypted_secrets(values: Mapping[str, Any], secret_keys: set[str] | None) -> list[Problem]:
+    """Tokens, auth headers, Secret values and alert URLs must be stored as Pulumi secrets.
+
+    ``secret_keys`` are the top-level keys the CLI reported as secret (the
+    Automation API decrypts them); None when the values come from a file, whose
+    secrets are still ``{secure: …}`` leaves (read as ``ENCRYPTED``).
+    """
+    problems = []
+    seen: set[str] = set()
+    for top, path, value in _secret_paths(values):
+        if secret_keys is not None and top in secret_keys:
+            continue
+        if _all_encrypted(value) or path in seen:
+            continue
+        seen.add(path)
+        problems.append(Problem(path, "<secret>", f"must be a Pulumi secret: pulumi config set --secret --path {path} ..."))
+    return problems
+
+
+def _all_encrypted(value: Any) -> bool:
+    if isinstance(value, Mapping):
+        return all(_all_encrypted(v) for v in value.values()) if value else True
+    return value == ENCRYPTED
+
+
+def decode_secure(value: Any) -> Any:
+    """Replace ``{secure: ...}`` leaves (ciphertext) by a placeholder: validation never decrypts."""
+    if isinstance(value, Mapping):
+        if set(value) == {"secure"}:
+            return ENCRYPTED
+        return {k: decode_secure(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [decode_secure(v) for v in value]
+    return value
+
+
+def _without_secrets(data: dict[str, Any], spec: StackSpec) -> dict[str, Any]:
+    """The dump with every secret left out (pydantic writes them masked): the token, headers, Secret
+    values and alert URLs are set with ``pulumi config set --secret``, never written here."""
+    prometheus = data.get("prometheus")
+    if isinstance(prometheus, dict):
+        prometheus.pop("token", None)
+        prometheus.pop("headers", None)
+    holders = [data] + [v for v in (data.get("apps") or {}).values() if isinstance(v, dict)]
+    for holder in holders:
+        app = holder.get("app")
+        if isinstance(app, dict):
+            app.pop("secrets", None)
+        analysis = holder.get("analysis")
+        if isinstance(analysis, dict):
+            analysis.pop("alerts", None)
+    return data
+
+
+def to_config(spec: StackSpec) -> dict[str, Any]:
+    """The stack config (``canary:key`` -> value) that yields ``spec``; secrets are never written."""
+    data = _without_secrets(spec.model_dump(mode="json", by_alias=True, exclude_none=True, exclude_unset=True), spec)
+    full = _without_secrets(spec.model_dump(mode="json", by_alias=True, exclude_none=True), spec)
+    for required in ("app", "gateway", "analysis"):
+        if required in full:
+            data.setdefault(required, full[required])
+    return {f"{CONFIG_NAMESPACE}:{key}": data[key] for key in CONFIG_KEYS if key in data}

@@ -1,0 +1,281 @@
+"""Import Flagger ``Canary`` and ``MetricTemplate`` manifests as canary stack config.
+
+Pure translation of parsed manifests into a ``ReleaseSpec`` plus a list of
+notes: every manifest field canary does not carry over is named in a note, never
+dropped silently. What Flagger itself would refuse — a field of the wrong shape,
+a missing ``targetRef``, a field ``spec.analysis`` does not have (a typo) — is
+``InvalidSpec``, and every problem names the manifest's field, not canary's.
+Reading and parsing the files is the caller's job (the stack-file adapter).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from canary.core.spec import StackSpec, parse_stack
+from canary.errors import InvalidSpec, Problem
+
+#: Placeholders for what Flagger manifests do not say (the image lives in the Deployment).
+PLACEHOLDER_TAG = "change-me"
+PLACEHOLDER_GATEWAY = "change-me"
+
+# The fields canary carries over; any other field of a manifest is named in a note.
+_CANARY_FIELDS = {"targetRef", "service", "analysis", "provider"}
+_SERVICE_FIELDS = {"port", "targetPort", "gatewayRefs", "hosts"}
+_ANALYSIS_FIELDS = {"interval", "threshold", "maxWeight", "stepWeight", "stepWeights", "metrics", "webhooks"}
+_METRIC_FIELDS = {"name", "templateRef", "thresholdRange", "interval", "templateVariables"}
+_WEBHOOK_FIELDS = {"name", "type", "url", "timeout", "metadata"}
+#: Every field of Flagger's CanaryAnalysis (flagger.app/v1beta1): one outside this set is a typo
+#: that Flagger would not take either, so it is refused, not noted as unsupported.
+FLAGGER_ANALYSIS_FIELDS = frozenset({
+    "interval", "iterations", "mirror", "mirrorWeight", "maxWeight", "stepWeight", "stepWeights", "stepWeightPromotion",
+    "threshold", "primaryReadyThreshold", "canaryReadyThreshold", "alerts", "metrics", "webhooks", "match", "sessionAffinity",
+})
+#: Where each field of the imported spec came from in the manifests, for problems found when it is validated.
+_ORIGINS = (
+    ("analysis", "spec.analysis"),
+    ("app.servicePort", "spec.service.port"),
+    ("app.port", "spec.service.targetPort"),
+    ("app.name", "spec.targetRef.name"),
+    ("app.namespace", "metadata.namespace"),
+    ("gateway.parentRefs", "spec.service.gatewayRefs"),
+    ("gateway.hostnames", "spec.service.hosts"),
+    ("app.image", "--stable-image"),
+)
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    spec: StackSpec
+    notes: tuple[str, ...]
+
+
+def convert(
+    manifests: list[dict[str, Any]],
+    *,
+    stable_image: str | None = None,
+    parent_ref: Mapping[str, str] | None = None,
+) -> ImportResult:
+    """One Canary (and the MetricTemplates it references) to a spec and notes."""
+    notes: list[str] = []
+    canaries = [m for m in manifests if m.get("kind") == "Canary"]
+    templates_in = [m for m in manifests if m.get("kind") == "MetricTemplate"]
+    for other in manifests:
+        if other.get("kind") not in ("Canary", "MetricTemplate"):
+            notes.append(f"{other.get('kind')} {other.get('metadata', {}).get('name', '?')}: not a Flagger Canary or MetricTemplate; ignored")
+    if len(canaries) != 1:
+        raise InvalidSpec([Problem("kind", f"{len(canaries)} Canary manifests", "exactly one Canary manifest is required")], "Flagger manifests")
+    canary = canaries[0]
+    _api(canary)
+    meta = _mapping(canary.get("metadata"), "metadata")
+    spec = _mapping(canary.get("spec"), "spec")
+    _unsupported("spec", spec, _CANARY_FIELDS, notes)
+    if spec.get("provider") not in (None, "gatewayapi", "gatewayapi:v1"):
+        notes.append(f"spec.provider: {spec['provider']!r} is replaced by a Gateway API HTTPRoute")
+    if spec.get("targetRef") is None:
+        raise InvalidSpec([Problem("spec.targetRef", "nothing", "is required: the Deployment the Canary releases (kind, name)")], "Canary")
+    target = _mapping(spec.get("targetRef"), "spec.targetRef")
+    if target.get("kind", "Deployment") != "Deployment":
+        raise InvalidSpec([Problem("spec.targetRef.kind", str(target.get("kind")), "must be Deployment")], "Canary")
+    name = target.get("name")
+    if not name:
+        raise InvalidSpec([Problem("spec.targetRef.name", "nothing", "is required: the Deployment's name")], "Canary")
+    service = _mapping(spec.get("service"), "spec.service")
+    _unsupported("spec.service", service, _SERVICE_FIELDS, notes)
+    app: dict[str, Any] = {"name": name, "namespace": meta.get("namespace", "default")}
+    if "port" in service:
+        app["servicePort"] = service["port"]
+    target_port = service.get("targetPort", service.get("port"))
+    if isinstance(target_port, int):
+        app["port"] = target_port
+    elif target_port is not None:
+        notes.append(f"spec.service.targetPort: named port {target_port!r} is not supported; set canary:app.port")
+    gateway = _gateway(service, parent_ref, notes)
+    if stable_image is None:
+        stable_image = f"{name}:{PLACEHOLDER_TAG}"
+        notes.append(f"app.image: not in Flagger manifests (it lives in Deployment {name}); written as {stable_image}, set it")
+    analysis_in = _mapping(spec.get("analysis"), "spec.analysis")
+    analysis = _analysis(analysis_in, notes)
+    metric_templates = _templates(templates_in, notes)
+    _check_template_refs(analysis, metric_templates)
+    app["image"] = stable_image
+    values = {
+        "app": app,
+        "gateway": gateway,
+        "analysis": analysis,
+    }
+    if metric_templates:
+        values["metricTemplates"] = metric_templates
+    addresses = {t["provider"].get("address") for t in metric_templates.values() if t["provider"].get("address")}
+    if addresses:
+        values["prometheus"] = {"address": sorted(addresses)[0]}
+    elif any("templateRef" not in m for m in analysis.get("metrics", [])):
+        values["prometheus"] = {"address": "http://prometheus.monitoring:9090"}
+        notes.append("prometheus.address: built-in metrics need one and the manifests name none; written as http://prometheus.monitoring:9090")
+    try:
+        imported = parse_stack(values, "imported Flagger manifests")
+    except InvalidSpec as exc:
+        problems = [Problem(_manifest_field(p.field), p.value, p.rule) for p in exc.problems]
+        raise InvalidSpec(problems, exc.source) from None
+    return ImportResult(imported, tuple(notes))
+
+
+def _manifest_field(field: str) -> str:
+    """The manifest field a field of the imported spec came from: ``analysis.interval`` -> ``spec.analysis.interval``."""
+    if field.startswith("metricTemplates."):
+        name, _, rest = field.removeprefix("metricTemplates.").partition(".")
+        return f"MetricTemplate {name}: spec.{rest}" if rest else f"MetricTemplate {name}"
+    for ours, theirs in _ORIGINS:
+        if field == ours or field.startswith((f"{ours}.", f"{ours}[")):
+            return theirs + field[len(ours):]
+    return field
+
+
+def _mapping(value: Any, field: str, source: str = "Canary") -> dict[str, Any]:
+    """``value`` as a mapping (absent: empty); InvalidSpec naming the field when it has another shape."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise InvalidSpec([Problem(field, _shown(value), f"must be a mapping, not {_type(value)}")], source)
+    return dict(value)
+
+
+def _mappings(value: Any, field: str, source: str = "Canary") -> list[dict[str, Any]]:
+    """``value`` as a list of mappings (absent: empty); InvalidSpec naming the field or the item otherwise."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise InvalidSpec([Problem(field, _shown(value), f"must be a list of mappings, not {_type(value)}")], source)
+    for i, item in enumerate(value):
+        if not isinstance(item, Mapping):
+            raise InvalidSpec([Problem(f"{field}[{i}]", _shown(item), f"must be a mapping, not {_type(item)}")], source)
+    return [dict(item) for item in value]
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _type(value: Any) -> str:
+    return {str: "a string", int: "a number", float: "a number", bool: "a boolean", list: "a list"}.get(type(value), type(value).__name__)
+
+
+def _check_template_refs(analysis: Mapping[str, Any], metric_templates: Mapping[str, Any]) -> None:
+    """Every templateRef names a MetricTemplate given with the Canary: Flagger would look it up in the cluster, canary cannot."""
+    problems = []
+    for i, metric in enumerate(analysis.get("metrics", [])):
+        ref = metric.get("templateRef")
+        if ref is not None and (not isinstance(ref.get("name"), str) or ref["name"] not in metric_templates):
+            given = ", ".join(map(str, metric_templates)) or "none"
+            problems.append(Problem(f"spec.analysis.metrics[{i}].templateRef.name", str(ref.get("name")),
+                                    f"must name a MetricTemplate given with the Canary (given: {given}); pass its manifest too"))
+    if problems:
+        raise InvalidSpec(problems, "Flagger manifests")
+
+
+def _api(manifest: Mapping[str, Any]) -> None:
+    api = str(manifest.get("apiVersion", ""))
+    if not api.startswith("flagger.app/"):
+        raise InvalidSpec([Problem("apiVersion", api, "must be flagger.app/v1beta1")], str(manifest.get("kind")))
+
+
+def _unsupported(path: str, data: Mapping[str, Any], known: set[str], notes: list[str]) -> None:
+    for key in data:
+        if key not in known:
+            notes.append(f"{path}.{key}: not supported by canary; ignored")
+
+
+def _gateway(service: Mapping[str, Any], parent_ref: Mapping[str, str] | None, notes: list[str]) -> dict[str, Any]:
+    refs = [dict(parent_ref)] if parent_ref else []
+    if not refs:
+        for ref in _mappings(service.get("gatewayRefs"), "spec.service.gatewayRefs"):
+            refs.append({k: ref[k] for k in ("name", "namespace", "sectionName", "port") if k in ref})
+    if not refs:
+        refs = [{"name": PLACEHOLDER_GATEWAY}]
+        notes.append(f"gateway.parentRefs: the Canary has no spec.service.gatewayRefs; written as {PLACEHOLDER_GATEWAY}, set it")
+    gateway: dict[str, Any] = {"parentRefs": refs}
+    hosts_in = service.get("hosts") or []
+    if not isinstance(hosts_in, list):
+        raise InvalidSpec([Problem("spec.service.hosts", _shown(hosts_in), f"must be a list of host names, not {_type(hosts_in)}")], "Canary")
+    hosts = [h for h in hosts_in if h != "*"]
+    if hosts:
+        gateway["hostnames"] = hosts
+    return gateway
+
+
+def _analysis(data: Mapping[str, Any], notes: list[str]) -> dict[str, Any]:
+    unknown = [key for key in data if key not in FLAGGER_ANALYSIS_FIELDS]
+    if unknown:
+        rule = "is not a field of Flagger's Canary spec.analysis (a typo?); its fields: " + ", ".join(sorted(FLAGGER_ANALYSIS_FIELDS))
+        raise InvalidSpec([Problem(f"spec.analysis.{key}", _shown(data[key]), rule) for key in unknown], "Canary")
+    _unsupported("spec.analysis", data, _ANALYSIS_FIELDS, notes)
+    out = {k: data[k] for k in ("interval", "threshold", "maxWeight", "stepWeight", "stepWeights") if k in data}
+    if "threshold" in data:
+        out["failureLimit"] = data["threshold"]
+        notes.append(
+            "spec.analysis.threshold: carried over as failureLimit (failed checks in all, Flagger's count) "
+            "and as threshold (failed checks in a row); either rolls back"
+        )
+    metrics = []
+    for i, metric in enumerate(_mappings(data.get("metrics"), "spec.analysis.metrics")):
+        _unsupported(f"spec.analysis.metrics[{i}]", metric, _METRIC_FIELDS, notes)
+        out_metric: dict[str, Any] = {k: metric[k] for k in ("name", "thresholdRange", "interval", "templateVariables") if k in metric}
+        if "templateRef" in metric:
+            ref = _mapping(metric["templateRef"], f"spec.analysis.metrics[{i}].templateRef")
+            out_metric["templateRef"] = {k: ref[k] for k in ("name", "namespace") if k in ref}
+        elif metric.get("name") == "request-duration":
+            notes.append(f"spec.analysis.metrics[{i}]: request-duration is the p95 in canary (Flagger's built-in is the p99; use request-duration-p99 for that)")
+        metrics.append(out_metric)
+    if metrics:
+        out["metrics"] = metrics
+    webhooks = []
+    for i, hook in enumerate(_mappings(data.get("webhooks"), "spec.analysis.webhooks")):
+        _unsupported(f"spec.analysis.webhooks[{i}]", hook, _WEBHOOK_FIELDS, notes)
+        out_hook: dict[str, Any] = {"name": hook.get("name"), "type": hook.get("type") or "rollout"}
+        metadata = _mapping(hook.get("metadata"), f"spec.analysis.webhooks[{i}].metadata")
+        if "cmd" in metadata:
+            out_hook["cmd"] = metadata.pop("cmd")
+            metadata.pop("type", None)
+            if hook.get("url"):
+                notes.append(
+                    f"spec.analysis.webhooks[{i}].url: {hook['url']} (a Flagger load tester) is replaced by "
+                    "running metadata.cmd locally as the webhook's cmd"
+                )
+        elif "url" in hook:
+            out_hook["url"] = hook["url"]
+        if "timeout" in hook:
+            out_hook["timeout"] = hook["timeout"]
+        if metadata:
+            out_hook["metadata"] = {str(k): str(v) for k, v in metadata.items()}
+        webhooks.append(out_hook)
+    if webhooks:
+        out["webhooks"] = webhooks
+    return out
+
+
+def _templates(manifests: list[dict[str, Any]], notes: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for manifest in manifests:
+        _api(manifest)
+        name = _mapping(manifest.get("metadata"), "metadata", "MetricTemplate").get("name")
+        if not name:
+            raise InvalidSpec([Problem("metadata.name", "nothing", "is required: Canary metrics reference the template by it")], "MetricTemplate")
+        spec = _mapping(manifest.get("spec"), f"MetricTemplate {name}: spec", "MetricTemplate")
+        provider = _mapping(spec.get("provider"), f"MetricTemplate {name}: spec.provider", "MetricTemplate")
+        _unsupported(f"MetricTemplate {name}: spec", spec, {"provider", "query"}, notes)
+        ptype = provider.get("type", "prometheus")
+        if ptype != "prometheus":
+            raise InvalidSpec([Problem(f"MetricTemplate {name}: spec.provider.type", str(ptype), "must be prometheus (the only provider canary supports)")], "MetricTemplate")
+        out_provider: dict[str, Any] = {"type": "prometheus"}
+        if provider.get("address"):
+            out_provider["address"] = provider["address"]
+        if provider.get("secretRef"):
+            notes.append(f"MetricTemplate {name}: spec.provider.secretRef: set the token as a Pulumi secret: pulumi config set --secret --path prometheus.token")
+        for key in provider:
+            if key not in ("type", "address", "secretRef"):
+                notes.append(f"MetricTemplate {name}: spec.provider.{key}: not supported by canary; ignored")
+        out[name] = {"provider": out_provider, "query": spec.get("query", "")}
+    return out

@@ -1,0 +1,156 @@
+"""The statistical judge: canary against stable, same window, Kayenta's Mann–Whitney classifier. Pure.
+
+For one metric, the canary's and stable's samples over the analysis window
+(one per ``step``, from ``query_range``) are compared with the Mann–Whitney
+rank test the way Kayenta's NetflixACAJudge does:
+
+- the shift between the two distributions (canary − stable) is estimated as
+  the root of the normal-approximated, continuity-corrected, tie-corrected test
+  statistic (R's ``wilcox.test(conf.int = TRUE, exact = FALSE)``), and its
+  two-sided confidence interval at ``confidence`` likewise;
+- the canary is **High** when the interval's lower end is above
+  ``tolerance × |shift|`` and the ratio of means reaches ``allowed_increase``
+  (**Low** the mirror image); otherwise it **Passes** — a p-value alone never
+  fails a release, the interval must clear the shift's own scale;
+- ``direction`` says which of High and Low is a failure.
+
+``score`` turns the metrics' verdicts into Kayenta's 0–100 release score.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+
+# numpy and scipy are imported where a judge runs, not with the package: every canary command (and
+# Pulumi's language host) would otherwise pay about a second and a half for them.
+
+
+class Classification(enum.StrEnum):
+    PASS = "pass"
+    HIGH = "high"
+    LOW = "low"
+    NO_DATA = "no-data"
+
+
+@dataclass(frozen=True)
+class Comparison:
+    classification: Classification
+    shift: float
+    low: float
+    high: float
+    mean_ratio: float
+    canary_samples: int
+    stable_samples: int
+    reason: str
+
+
+def _statistic(x: np.ndarray, y: np.ndarray, mu: float) -> tuple[float, float]:
+    """(U_x − nx·ny/2, σ) of the rank test of ``x − mu`` against ``y``, σ tie-corrected."""
+    nx, ny = len(x), len(y)
+    import numpy as np
+    from scipy.stats import rankdata
+
+    combined = np.concatenate([x - mu, y])
+    ranks = rankdata(combined)
+    dz = float(ranks[:nx].sum() - nx * (nx + 1) / 2 - nx * ny / 2)
+    _, counts = np.unique(combined, return_counts=True)
+    ties = float(((counts**3) - counts).sum())
+    n = nx + ny
+    sigma = math.sqrt(nx * ny / 12 * ((n + 1) - ties / (n * (n - 1))))
+    return dz, sigma
+
+
+def _f(x: np.ndarray, y: np.ndarray, mu: float, q: float) -> float:
+    dz, sigma = _statistic(x, y, mu)
+    if sigma == 0:
+        return -q
+    correction = 0.5 * math.copysign(1.0, dz) if dz else 0.0
+    return (dz - correction) / sigma - q
+
+
+def _root(x: np.ndarray, y: np.ndarray, q: float, low: float, high: float) -> float:
+    f_low, f_high = _f(x, y, low, q), _f(x, y, high, q)
+    if f_low * f_high > 0:
+        # no sign change in the range: the interval ends at the range's edge (as R's uniroot does not, Kayenta clamps)
+        return low if abs(f_low) < abs(f_high) else high
+    if f_low == 0:
+        return low
+    if f_high == 0:
+        return high
+    from scipy.optimize import brentq
+
+    return float(brentq(lambda mu: _f(x, y, mu, q), low, high, xtol=1e-4))
+
+
+def shift_interval(canary: Sequence[float], stable: Sequence[float], confidence: float) -> tuple[float, float, float]:
+    """(estimate, low, high) of the shift canary − stable, the interval two-sided at ``confidence``."""
+    import numpy as np
+    from scipy.stats import norm
+
+    x, y = np.asarray(canary, dtype=float), np.asarray(stable, dtype=float)
+    low_end, high_end = float(x.min() - y.max()), float(x.max() - y.min())
+    z = float(norm.ppf((1 - confidence) / 2))
+    lower = _root(x, y, -z, low_end, high_end)
+    upper = _root(x, y, z, low_end, high_end)
+    estimate = _root(x, y, 0.0, low_end, high_end)
+    return estimate, min(lower, upper), max(lower, upper)
+
+
+def compare(
+    canary: Sequence[float],
+    stable: Sequence[float],
+    *,
+    confidence: float,
+    tolerance: float,
+    allowed_increase: float = 1.0,
+    allowed_decrease: float = 1.0,
+    min_samples: int = 3,
+) -> Comparison:
+    """Classify the canary's samples against stable's (both NaN-free)."""
+    canary = [v for v in canary if math.isfinite(v)]
+    stable = [v for v in stable if math.isfinite(v)]
+    nx, ny = len(canary), len(stable)
+    if nx < min_samples or ny < min_samples:
+        return Comparison(Classification.NO_DATA, math.nan, math.nan, math.nan, math.nan, nx, ny,
+                          f"{nx} canary and {ny} stable samples: fewer than {min_samples} on a side")
+    mean_c, mean_s = sum(canary) / nx, sum(stable) / ny
+    ratio = mean_c / mean_s if mean_s else math.nan
+    if sorted(canary) == sorted(stable) or len(set(canary) | set(stable)) == 1:
+        return Comparison(Classification.PASS, 0.0, 0.0, 0.0, ratio, nx, ny, "the samples are identical")
+    estimate, low, high = shift_interval(canary, stable, confidence)
+    bound = tolerance * abs(estimate)
+    text = f"shift {estimate:+.4g} ({confidence:.0%} interval [{low:.4g}, {high:.4g}]), mean ratio {ratio:.3g}, {nx}/{ny} samples"
+    effect_up = math.isnan(ratio) or ratio >= allowed_increase
+    effect_down = math.isnan(ratio) or ratio <= allowed_decrease
+    if low > bound and effect_up:
+        return Comparison(Classification.HIGH, estimate, low, high, ratio, nx, ny, "higher than stable: " + text)
+    if high < -bound and effect_down:
+        return Comparison(Classification.LOW, estimate, low, high, ratio, nx, ny, "lower than stable: " + text)
+    return Comparison(Classification.PASS, estimate, low, high, ratio, nx, ny, "no shift beyond the noise: " + text)
+
+
+@dataclass(frozen=True)
+class ScoredMetric:
+    weight: float
+    passed: bool | None  # None: no verdict (no data): not counted
+    critical: bool = False
+
+
+def score(metrics: Sequence[ScoredMetric]) -> tuple[float, bool]:
+    """Kayenta's score: 100 × the weight of passing metrics over the weight of judged ones (a run
+    with nothing judged scores 100), and whether a critical metric failed (the score is then 0)."""
+    judged = [m for m in metrics if m.passed is not None]
+    critical_failed = any(m.critical and m.passed is False for m in metrics)
+    if critical_failed:
+        return 0.0, True
+    total = sum(m.weight for m in judged)
+    if total == 0:
+        return 100.0, False
+    return round(100 * sum(m.weight for m in judged if m.passed) / total, 2), False

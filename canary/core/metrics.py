@@ -1,0 +1,73 @@
+"""Metrics: the provider port, the built-in queries, and the request counter behind evidence.
+
+Two layers, as in Flagger: a provider answers one PromQL query with one scalar
+(``MetricsProvider``) or a series of samples (``RangeProvider``), and, apart
+from it, the query templates — the built-in ones below and the user's
+``metricTemplates`` — rendered so that a missing variable is an error. Pure;
+the Prometheus adapter lives in ``canary.adapters.prometheus``.
+
+The built-ins select one track's pods by pod name (``{{ target }}`` is the
+canary Deployment, or the stable one when a metric is compared with stable)
+through the label Prometheus puts pod names in (``{{ podLabel }}``: Flagger's
+``kubernetes_pod_name`` by default, ``pod`` with kube-prometheus-stack), so
+stable traffic never drowns the canary's signal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+_PODS = 'namespace="{{ namespace }}",{{ podLabel }}=~"{{ target }}-[0-9a-zA-Z]+(-[0-9a-zA-Z]+)?"'
+#: The counter every built-in reads, and the one a template must read to be judged as a share of requests.
+REQUESTS_METRIC = "http_requests_total"
+
+_SUCCESS_RATE = (
+    f'sum(rate({REQUESTS_METRIC}{{{_PODS},status!~"5.."}}[{{{{ interval }}}}]))'
+    f" / sum(rate({REQUESTS_METRIC}{{{_PODS}}}[{{{{ interval }}}}])) * 100"
+)
+
+
+def _duration_quantile(q: float) -> str:
+    return f"histogram_quantile({q}, sum(rate(http_request_duration_seconds_bucket{{{_PODS}}}[{{{{ interval }}}}])) by (le)) * 1000"
+
+
+@dataclass(frozen=True)
+class Builtin:
+    query: str
+    unit: str
+    #: a share of the canary's requests, in percent: judged on how many requests there were
+    rate: bool = False
+    #: which way is worse, for the rate's confidence bound: the error rate up, the success rate down
+    higher_is_worse: bool = True
+
+
+BUILTIN_METRICS: dict[str, Builtin] = {
+    "request-success-rate": Builtin(_SUCCESS_RATE, "%", rate=True, higher_is_worse=False),
+    "request-error-rate": Builtin(f"100 - ({_SUCCESS_RATE})", "%", rate=True),
+    # The reference example reads request-duration as the p95; Flagger's own built-in is a p99.
+    "request-duration": Builtin(_duration_quantile(0.95), "ms"),
+    "request-duration-p95": Builtin(_duration_quantile(0.95), "ms"),
+    "request-duration-p99": Builtin(_duration_quantile(0.99), "ms"),
+}
+
+#: Requests a track's pods answered during the window: the minimum-request guard and the evidence of rates.
+REQUEST_COUNT_QUERY = f"sum(increase({REQUESTS_METRIC}{{{_PODS}}}[{{{{ interval }}}}]))"
+#: Which labels the app's series carry, for ``canary check`` to name the pod label that is there.
+SERIES_LABELS_QUERY = f'count by (__name__) ({REQUESTS_METRIC}{{namespace="{{{{ namespace }}}}"}})'
+
+
+class MetricsProvider(Protocol):
+    """One query in, one scalar out. Raises the ``MetricError`` family, never returns NaN."""
+
+    def run_query(self, query: str) -> float: ...
+
+    def is_online(self) -> bool: ...
+
+
+class RangeProvider(Protocol):
+    """One query over a window, sampled every ``step`` seconds: the values (NaN dropped)."""
+
+    def run_range(self, query: str, seconds: float, step: float) -> list[float]: ...
+
+    def series_labels(self, selector: str) -> list[dict[str, str]]: ...

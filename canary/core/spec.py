@@ -1,0 +1,930 @@
+"""The spec: frozen models of everything a stack's config says, and their validation.
+
+This module owns the config surface (the README's config reference) and its
+rules; it turns any invalid input into ``InvalidSpec`` listing every problem as
+field, value and rule, before anything is applied. It performs no I/O: reading
+a stack file or the Automation API's config map happens in the adapters, and
+turning config maps into plain values in ``config``.
+
+A stack holds one app (``canary:app``, ``canary:gateway``, ``canary:analysis``)
+or several (``canary:apps``: name -> the same three keys); ``StackSpec.apps``
+gives both forms as one map. ``ReleaseSpec`` is one app with the stack-wide
+settings it needs (Prometheus, metric templates): what a release runs on.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import re
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    SecretStr,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+from canary.core import metrics, naming, templates, units, workload
+from canary.errors import InvalidSpec, Problem
+
+#: Shortest analysis interval accepted: below it a rate() has too few samples to mean anything.
+MIN_INTERVAL = timedelta(seconds=1)
+
+Duration = Annotated[
+    timedelta,
+    BeforeValidator(units.parse_duration),
+    PlainSerializer(units.format_duration, return_type=str),
+]
+DnsLabel = Annotated[str, AfterValidator(units.check_dns_label)]
+AppName = Annotated[str, AfterValidator(lambda v: units.check_dns_label(v, 56))]
+DnsName = Annotated[str, AfterValidator(units.check_dns_subdomain)]
+Hostname = Annotated[str, AfterValidator(units.check_hostname)]
+Image = Annotated[str, AfterValidator(units.check_image)]
+Quantity = Annotated[str, BeforeValidator(units.check_quantity)]
+StepWeight = Annotated[int, Field(ge=1, le=100)]
+
+_ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+
+
+#: a value kept exactly as given (a file's content, an environment variable): never stripped
+Verbatim = Annotated[str, StringConstraints(strip_whitespace=False)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        frozen=True,
+        extra="forbid",
+        alias_generator=to_camel,
+        populate_by_name=True,
+        str_strip_whitespace=True,
+    )
+
+
+# --- the app ------------------------------------------------------------------------------------
+
+
+class Resources(_Model):
+    requests: dict[Literal["cpu", "memory", "ephemeral-storage"], Quantity] = {}
+    limits: dict[Literal["cpu", "memory", "ephemeral-storage"], Quantity] = {}
+
+    @model_validator(mode="after")
+    def _requests_within_limits(self) -> Resources:
+        for name, request in self.requests.items():
+            if name in self.limits and units.quantity_value(request) > units.quantity_value(self.limits[name]):
+                raise ValueError(f"requests.{name} {request} must not be above limits.{name} {self.limits[name]}: the API server refuses such a pod")
+        return self
+
+
+class Probe(_Model):
+    """An HTTP GET probe against the container port."""
+
+    path: str = "/healthz"
+    initial_delay_seconds: int = Field(0, ge=0)
+    period_seconds: int = Field(10, ge=1)
+    timeout_seconds: int = Field(1, ge=1)
+    failure_threshold: int = Field(3, ge=1)
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, v: str) -> str:
+        if not v.startswith("/"):
+            raise ValueError("must be an absolute HTTP path starting with '/'")
+        return v
+
+
+class Probes(_Model):
+    readiness: Probe | None = None
+    liveness: Probe | None = None
+
+
+class ConfigMapData(_Model):
+    """A ConfigMap the app reads, declared with the app: its content is part of what a release changes."""
+
+    data: dict[str, Verbatim] = {}
+
+
+class SecretData(_Model):
+    """A Secret the app reads; every value must be a Pulumi secret."""
+
+    model_config = ConfigDict(**{**_Model.model_config, "str_strip_whitespace": False})  # a key file ends with its newline
+
+    string_data: dict[str, SecretStr] = {}
+
+
+class Autoscaler(_Model):
+    """A HorizontalPodAutoscaler (autoscaling/v2) for each track, as Flagger's autoscalerRef."""
+
+    min_replicas: int = Field(1, ge=1, le=1000)
+    max_replicas: int = Field(ge=1, le=1000)
+    metrics: list[dict[str, Any]] = []
+    behavior: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Autoscaler:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"minReplicas ({self.min_replicas}) must not exceed maxReplicas ({self.max_replicas})")
+        return self
+
+
+class DisruptionBudget(_Model):
+    """A PodDisruptionBudget for the stable track."""
+
+    min_available: int | str | None = None
+    max_unavailable: int | str | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> DisruptionBudget:
+        if (self.min_available is None) == (self.max_unavailable is None):
+            raise ValueError("must set exactly one of minAvailable or maxUnavailable")
+        for value in (self.min_available, self.max_unavailable):
+            if isinstance(value, str) and not re.fullmatch(r"\d{1,3}%", value):
+                raise ValueError(f"{value!r} must be a count or a percentage such as 50%")
+        return self
+
+
+_SIMPLE_FIELDS = ("env", "resources", "probes")
+
+
+class App(_Model):
+    """What runs: the pod template (in Kubernetes' field names, or the simple form), its size, its ports."""
+
+    name: AppName
+    namespace: DnsLabel = "default"
+    create_namespace: bool = False
+    #: the main container's image: what a release changes most often
+    image: Image | None = None
+    replicas: int = Field(1, ge=1, le=1000)
+    #: the canary's size; unset: sized by its weight, ceil(replicas × weight / 100), at least 1
+    canary_replicas: int | None = Field(None, ge=1, le=1000)
+    port: int | None = Field(None, ge=1, le=65535, description="the container port the Services target")
+    service_port: int = Field(80, ge=1, le=65535)
+    # the simple form of a one-container pod
+    resources: Resources = Resources()
+    probes: Probes = Probes()
+    env: dict[str, Verbatim] = {}
+    # the full form: a pod template as Kubernetes spells it (checked field by field)
+    template: dict[str, Any] | None = None
+    #: the main container's name in the template (default: the one named like the app, else the first)
+    container: DnsLabel | None = None
+    config_maps: dict[DnsName, ConfigMapData] = {}
+    secrets: dict[DnsName, SecretData] = {}
+    autoscaler: Autoscaler | None = None
+    disruption_budget: DisruptionBudget | None = None
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, v: dict[str, str]) -> dict[str, str]:
+        for name in v:
+            if not _ENV_NAME.match(name):
+                raise ValueError(f"variable name {name!r} must consist of letters, digits, '_', '-' or '.', not starting with a digit")
+        return v
+
+    @property
+    def container_port(self) -> int:
+        """The port the Services target: ``port``, or the main container's first one, else 8080."""
+        if self.port is not None:
+            return self.port
+        if self.template is not None:
+            try:
+                ports = workload.main_container(self.template, self.name, self.container).get("ports") or []
+            except KeyError:
+                ports = []
+            if ports and isinstance(ports[0].get("containerPort"), int):
+                return int(ports[0]["containerPort"])
+        return 8080
+
+
+class ParentRef(_Model):
+    name: DnsLabel
+    namespace: DnsLabel | None = None
+    section_name: DnsLabel | None = None
+    port: int | None = Field(None, ge=1, le=65535)
+
+
+class Gateway(_Model):
+    parent_refs: list[ParentRef] = Field(min_length=1)
+    hostnames: list[Hostname] = []
+
+
+class PodMonitor(_Model):
+    """A Prometheus Operator PodMonitor for both tracks' pods."""
+
+    interval: Duration = timedelta(seconds=15)
+    path: str = "/metrics"
+
+
+class Prometheus(_Model):
+    address: str
+    timeout: Duration = timedelta(seconds=10)
+    token: SecretStr | None = None
+    headers: dict[str, SecretStr] = {}
+    #: the label Prometheus puts a pod's name in: Flagger's kubernetes_pod_name, or pod (kube-prometheus-stack)
+    pod_label: str = "kubernetes_pod_name"
+    pod_monitor: PodMonitor | None = None
+    #: a Pushgateway that receives each release's metrics (canary_status, canary_weight …)
+    pushgateway: str | None = None
+
+    @field_validator("address")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        return _check_url(v)
+
+    @field_validator("pushgateway")
+    @classmethod
+    def _push_url(cls, v: str | None) -> str | None:
+        return None if v is None else _check_url(v)
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout(cls, v: timedelta) -> timedelta:
+        if not timedelta(0) < v <= timedelta(minutes=5):
+            raise ValueError("must be greater than 0 and at most 5m")
+        return v
+
+    @field_validator("headers")
+    @classmethod
+    def _header_names(cls, v: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        for name in v:
+            if not _HEADER_NAME.match(name):
+                raise ValueError(f"header name {name!r} is not a valid HTTP header name")
+        return v
+
+    @field_validator("pod_label")
+    @classmethod
+    def _label(cls, v: str) -> str:
+        if not _LABEL_NAME.match(v):
+            raise ValueError("must be a Prometheus label name (letters, digits, '_', not starting with a digit)")
+        return v
+
+
+def _check_url(v: str) -> str:
+    if not re.match(r"^https?://[^\s/:?#]+(:\d{1,5})?(/[^\s]*)?$", v):
+        raise ValueError("must be an http:// or https:// URL")
+    return v
+
+
+# --- metrics ------------------------------------------------------------------------------------
+
+
+class Provider(_Model):
+    type: Literal["prometheus"] = "prometheus"
+    address: str | None = None
+
+    @field_validator("address")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        return None if v is None else _check_url(v)
+
+
+class MetricTemplate(_Model):
+    provider: Provider = Provider()
+    query: str
+
+    @field_validator("query")
+    @classmethod
+    def _query(cls, v: str) -> str:
+        templates.placeholders(v)
+        return v
+
+
+class ThresholdRange(_Model):
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ThresholdRange:
+        for name in ("min", "max"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number")
+        if self.min is None and self.max is None:
+            raise ValueError("must set min, max or both")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min:g}) must not be greater than max ({self.max:g})")
+        return self
+
+    def contains(self, value: float) -> bool:
+        return (self.min is None or value >= self.min) and (self.max is None or value <= self.max)
+
+    def covers(self, other: ThresholdRange) -> bool:
+        """Every value ``other`` lets pass, this range lets pass too."""
+        low_ok = self.min is None or (other.min is not None and other.min >= self.min)
+        high_ok = self.max is None or (other.max is not None and other.max <= self.max)
+        return low_ok and high_ok
+
+    def __str__(self) -> str:
+        if self.min is not None and self.max is not None:
+            return f"[{self.min:g}, {self.max:g}]"
+        return f"max {self.max:g}" if self.max is not None else f"min {self.min:g}"
+
+
+class TemplateRef(_Model):
+    name: DnsLabel
+    namespace: DnsLabel | None = None
+
+
+class NoDataPolicy(enum.StrEnum):
+    """What a metric with no data means for the tick."""
+
+    FAIL = "fail"  # counts as a failed check (the default: never promote on missing data)
+    HOLD = "hold"  # neither passes nor fails, for at most analysis.holdLimit
+    PASS = "pass"  # counts as a pass (only for metrics that may legitimately be empty)
+
+
+class Evidence(enum.StrEnum):
+    """Whether a metric is a share of the canary's requests, judged on how many there were."""
+
+    AUTO = "auto"  # built-in success/error rates, and templates over the request counter with a 0..100 range
+    RATE = "rate"
+    NONE = "none"
+
+
+class CompareBy(enum.StrEnum):
+    DIFFERENCE = "difference"  # canary - stable
+    RATIO = "ratio"  # canary / stable
+
+
+class Compare(_Model):
+    """Judge the canary against stable in the same window: the range applies to the difference or the ratio."""
+
+    to: Literal["stable"] = "stable"
+    by: CompareBy = CompareBy.DIFFERENCE
+    threshold_range: ThresholdRange
+
+
+class Direction(enum.StrEnum):
+    INCREASE = "increase"  # only a canary higher than stable fails (latency, errors)
+    DECREASE = "decrease"  # only a canary lower than stable fails (throughput, success rate)
+    EITHER = "either"
+
+
+class Judge(_Model):
+    """A Mann–Whitney comparison of the canary's and stable's samples over the window (Kayenta's)."""
+
+    test: Literal["mann-whitney"] = "mann-whitney"
+    confidence: float = Field(0.98, gt=0.5, lt=1)
+    #: the confidence interval of the shift must clear tolerance × |shift| (Kayenta's 0.25)
+    tolerance: float = Field(0.25, ge=0, le=10)
+    direction: Direction = Direction.INCREASE
+    #: the smallest ratio of means (canary / stable) that counts as worse; 1.0 = any shift in that direction
+    allowed_increase: float = Field(1.0, ge=1)
+    allowed_decrease: float = Field(1.0, gt=0, le=1)
+    #: the spacing of the samples taken from query_range
+    step: Duration = timedelta(seconds=5)
+    #: fewer samples than this on either side: no verdict (no data)
+    min_samples: int = Field(10, ge=3)
+
+
+class Metric(_Model):
+    name: DnsLabel
+    template_ref: TemplateRef | None = None
+    threshold_range: ThresholdRange | None = None
+    #: outside thresholdRange but inside this band: inconclusive, the release waits for a person
+    inconclusive_range: ThresholdRange | None = None
+    interval: Duration | None = None
+    template_variables: dict[str, str] = {}
+    on_no_data: NoDataPolicy = NoDataPolicy.FAIL
+    evidence: Evidence = Evidence.AUTO
+    compare: Compare | None = None
+    judge: Judge | None = None
+    #: evaluated and recorded, never acted on
+    dry_run: bool = False
+    #: the metric's weight in the release score (analysis.score)
+    weight: float = Field(1.0, gt=0, le=100)
+    #: with analysis.score: a failure of this metric fails the tick whatever the score
+    critical: bool = False
+
+    @field_validator("interval")
+    @classmethod
+    def _interval(cls, v: timedelta | None) -> timedelta | None:
+        if v is not None and v < MIN_INTERVAL:
+            raise ValueError(f"must be at least {units.format_duration(MIN_INTERVAL)}")
+        return v
+
+    @model_validator(mode="after")
+    def _judged(self) -> Metric:
+        if self.threshold_range is None and self.compare is None and self.judge is None:
+            raise ValueError("must set thresholdRange, compare or judge: how the metric is judged")
+        if self.inconclusive_range is not None:
+            if self.threshold_range is None:
+                raise ValueError("inconclusiveRange needs a thresholdRange to widen")
+            if not self.inconclusive_range.covers(self.threshold_range):
+                raise ValueError(f"inconclusiveRange {self.inconclusive_range} must contain thresholdRange {self.threshold_range}")
+        return self
+
+
+# --- webhooks and alerts ------------------------------------------------------------------------
+
+
+class WebhookType(enum.StrEnum):
+    CONFIRM_ROLLOUT = "confirm-rollout"
+    PRE_ROLLOUT = "pre-rollout"
+    ROLLOUT = "rollout"
+    CONFIRM_TRAFFIC_INCREASE = "confirm-traffic-increase"
+    CONFIRM_PROMOTION = "confirm-promotion"
+    POST_ROLLOUT = "post-rollout"
+    ROLLBACK = "rollback"
+    EVENT = "event"
+
+
+class Webhook(_Model):
+    name: DnsLabel
+    type: WebhookType
+    url: str | None = None
+    cmd: str | None = None
+    timeout: Duration = timedelta(seconds=60)
+    metadata: dict[str, str] = {}
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        return None if v is None else _check_url(v)
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout(cls, v: timedelta) -> timedelta:
+        if not timedelta(0) < v <= timedelta(hours=1):
+            raise ValueError("must be greater than 0 and at most 1h")
+        return v
+
+    @model_validator(mode="after")
+    def _target(self) -> Webhook:
+        if bool(self.url) == bool(self.cmd):
+            raise ValueError("must set exactly one of url (HTTP POST) or cmd (local command)")
+        return self
+
+
+class Severity(enum.StrEnum):
+    INFO = "info"
+    WARN = "warn"
+    ERROR = "error"
+
+
+class AlertType(enum.StrEnum):
+    SLACK = "slack"
+    MSTEAMS = "msteams"
+    DISCORD = "discord"
+
+
+class Alert(_Model):
+    """A chat notification (Flagger's alert providers); the URL must be a Pulumi secret."""
+
+    name: DnsLabel
+    type: AlertType
+    url: SecretStr
+    #: the lowest severity sent: info sends everything, warn warnings and errors, error errors only
+    severity: Severity = Severity.INFO
+    channel: str | None = None
+    username: str = "canary"
+    timeout: Duration = timedelta(seconds=5)
+
+
+# --- strategies ---------------------------------------------------------------------------------
+
+
+class StringMatch(_Model):
+    """Flagger's string match, as the Gateway API can express it: exact or a regular expression."""
+
+    exact: str | None = None
+    regex: str | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> StringMatch:
+        if (self.exact is None) == (self.regex is None):
+            raise ValueError("must set exactly one of exact or regex (the Gateway API has no prefix or suffix match)")
+        if self.regex is not None:
+            try:
+                re.compile(self.regex)
+            except re.error as exc:
+                raise ValueError(f"regex {self.regex!r} does not compile: {exc}") from exc
+        return self
+
+
+class HTTPMatch(_Model):
+    """One A/B condition: every header and query parameter given must match (Flagger's analysis.match)."""
+
+    headers: dict[str, StringMatch] = {}
+    query_params: dict[str, StringMatch] = {}
+
+    @model_validator(mode="after")
+    def _something(self) -> HTTPMatch:
+        if not self.headers and not self.query_params:
+            raise ValueError("must match on at least one header or query parameter")
+        for name in self.headers:
+            if not _HEADER_NAME.match(name):
+                raise ValueError(f"header name {name!r} is not a valid HTTP header name")
+        return self
+
+
+class SessionAffinity(_Model):
+    """A client routed to the canary keeps a cookie and stays on it for the release (Flagger's sessionAffinity)."""
+
+    cookie_name: str = "canary-affinity"
+    max_age: Duration = timedelta(days=1)
+
+    @field_validator("cookie_name")
+    @classmethod
+    def _cookie(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", v):
+            raise ValueError("must be a cookie name (letters, digits and !#$%&'*+.^_`|~-)")
+        return v
+
+
+class Strategy(enum.StrEnum):
+    CANARY = "canary"  # weighted steps
+    AB = "ab"  # requests matching analysis.match go to the canary, for iterations intervals
+    BLUE_GREEN = "blueGreen"  # the canary at full size without user traffic for iterations intervals, then all at once
+
+
+class Score(_Model):
+    """The release score (Kayenta's): 100 × the weight of passing metrics over all judged ones."""
+
+    pass_: float = Field(95, ge=0, le=100, alias="pass")
+    marginal: float = Field(75, ge=0, le=100)
+
+    @model_validator(mode="after")
+    def _order(self) -> Score:
+        if self.marginal > self.pass_:
+            raise ValueError(f"marginal ({self.marginal:g}) must not exceed pass ({self.pass_:g})")
+        return self
+
+
+class Analysis(_Model):
+    #: unset: Flagger's rule (match with iterations: A/B; iterations alone: blue/green; weights: canary)
+    strategy: Strategy | None = None
+    interval: Duration = timedelta(minutes=1)
+    #: failed checks in a row before rollback (the seed's count)
+    threshold: int = Field(5, ge=1, le=1000)
+    #: failed checks in all before rollback (Flagger's count); default: threshold
+    failure_limit: int | None = Field(None, ge=1, le=1000)
+    step_weight: StepWeight | None = None
+    max_weight: StepWeight = 50
+    step_weights: list[StepWeight] | None = None
+    iterations: int | None = Field(None, ge=1, le=1000)
+    match: list[HTTPMatch] | None = None
+    mirror: bool = False
+    mirror_weight: int | None = Field(None, ge=1, le=100)
+    session_affinity: SessionAffinity | None = None
+    skip_analysis: bool = False
+    min_requests: int | None = Field(None, ge=1)
+    #: after each shift, no data does not count until the canary has samples or this passed
+    warmup: Duration = timedelta(seconds=30)
+    #: how long no data (onNoData: hold) or too little evidence may hold a step; then it fails. Default 10 intervals
+    hold_limit: Duration | None = None
+    #: one-sided confidence of the evidence bound on rate metrics
+    confidence: float = Field(0.95, ge=0.5, le=0.9999)
+    score: Score | None = None
+    #: how long an inconclusive release waits for canary promote or abort before it rolls back
+    decision_timeout: Duration = timedelta(hours=1)
+    metrics: list[Metric] = []
+    webhooks: list[Webhook] = []
+    alerts: list[Alert] = []
+
+    @field_validator("interval")
+    @classmethod
+    def _interval(cls, v: timedelta) -> timedelta:
+        if v < MIN_INTERVAL:
+            raise ValueError(f"must be at least {units.format_duration(MIN_INTERVAL)}")
+        return v
+
+    @field_validator("step_weights")
+    @classmethod
+    def _increasing(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None:
+            if not v:
+                raise ValueError("must list at least one weight")
+            for a, b in zip(v, v[1:], strict=False):
+                if b <= a:
+                    raise ValueError(f"must be strictly increasing ({a} is followed by {b})")
+        return v
+
+    @model_validator(mode="after")
+    def _steps(self) -> Analysis:
+        weighted = {"step_weight", "max_weight", "step_weights"} & self.model_fields_set
+        if self.strategy is Strategy.CANARY and self.iterations is not None:
+            raise ValueError("strategy canary steps through weights: set stepWeight or stepWeights, not iterations")
+        if self.strategy in (Strategy.AB, Strategy.BLUE_GREEN) and self.iterations is None:
+            raise ValueError(f"strategy {self.strategy} needs iterations: how many intervals are analysed before the switch")
+        if self.strategy is Strategy.AB and not self.match:
+            raise ValueError("strategy ab needs match: the requests sent to the canary")
+        if self.iterations is not None:
+            if weighted:
+                raise ValueError("set iterations (A/B testing or blue/green) or weights (stepWeight, maxWeight, stepWeights), not both")
+            if self.session_affinity is not None:
+                raise ValueError("sessionAffinity needs weighted steps (stepWeight or stepWeights), not iterations")
+            return self
+        if self.match is not None:
+            raise ValueError("match (A/B testing) needs iterations: how many intervals the matched requests are analysed")
+        if self.step_weights is not None:
+            if {"step_weight", "max_weight"} & self.model_fields_set:
+                raise ValueError("set either stepWeights or stepWeight/maxWeight, not both")
+            return self
+        if self.step_weight is None:
+            raise ValueError("must set stepWeight (with maxWeight), stepWeights, or iterations")
+        if self.step_weight > self.max_weight:
+            raise ValueError(f"stepWeight ({self.step_weight}) must not exceed maxWeight ({self.max_weight})")
+        return self
+
+    @property
+    def kind(self) -> Strategy:
+        """The strategy: as set, else Flagger's rule (match with iterations is A/B testing,
+        iterations alone blue/green, weights a canary)."""
+        if self.strategy is not None:
+            return self.strategy
+        if self.iterations is None:
+            return Strategy.CANARY
+        return Strategy.AB if self.match else Strategy.BLUE_GREEN
+
+    @property
+    def failures_allowed(self) -> int:
+        """Failed checks in all that roll back: failureLimit, or threshold."""
+        return self.failure_limit if self.failure_limit is not None else self.threshold
+
+    @property
+    def hold_bound(self) -> timedelta:
+        return self.hold_limit if self.hold_limit is not None else self.interval * 10
+
+
+# --- the stack ----------------------------------------------------------------------------------
+
+
+class Rollout(enum.StrEnum):
+    CHECKED = "checked"  # plain `pulumi up` refuses a workload change: releases go through canary
+    DIRECT = "direct"  # plain `pulumi up` rolls workload changes straight onto stable (emergencies)
+
+
+class AppConfig(_Model):
+    """One app's keys: what runs (app; absent when a program's component declares it), its route, its analysis."""
+
+    app: App | None = None
+    gateway: Gateway | None = None
+    analysis: Analysis
+    #: the earlier name of app.image
+    stable_image: Image | None = None
+
+
+class StackSpec(_Model):
+    """Everything one stack's ``canary:`` config says."""
+
+    app: App | None = None
+    gateway: Gateway | None = None
+    analysis: Analysis | None = None
+    stable_image: Image | None = None
+    apps: dict[AppName, AppConfig] = {}
+    prometheus: Prometheus | None = None
+    metric_templates: dict[str, MetricTemplate] = {}
+    rollout: Rollout = Rollout.CHECKED
+    #: written by canary into a release's config file only: what each track runs (see ARCHITECTURE.md)
+    release: dict[str, Any] | None = None
+    # set by versions before 0.2, refused with how to move on
+    canary_image: Any = None
+    canary_weight: Any = None
+
+    def app_configs(self) -> dict[str, AppConfig]:
+        """Every app of the stack by name, whichever form the config uses."""
+        if self.apps:
+            return dict(self.apps)
+        if self.analysis is None:
+            return {}
+        name = self.app.name if self.app is not None else "app"
+        return {name: AppConfig(app=self.app, gateway=self.gateway, analysis=self.analysis, stable_image=self.stable_image)}
+
+    def release_spec(self, name: str, app: App | None = None, gateway: Gateway | None = None) -> ReleaseSpec:
+        """One app with the stack-wide settings; ``app``/``gateway`` come from a program's component when
+        the config does not declare them."""
+        configs = self.app_configs()
+        if name not in configs and self.app is None and not self.apps and len(configs) == 1:
+            # a top-level analysis with the app declared by the program's component: it is that app's
+            configs = {name: next(iter(configs.values()))}
+        config = configs[name]
+        resolved = config.app or app
+        if resolved is None or (config.gateway or gateway) is None:
+            raise InvalidSpec([Problem(f"apps.{name}", "no app", "is declared neither in the stack config nor by a component of the program")], "stack")
+        if config.stable_image and not resolved.image:
+            resolved = resolved.model_copy(update={"image": config.stable_image})
+        return ReleaseSpec(app=resolved, gateway=config.gateway or gateway, analysis=config.analysis,  # type: ignore[arg-type]
+                           prometheus=self.prometheus, metric_templates=self.metric_templates, rollout=self.rollout)
+
+
+class ReleaseSpec(_Model):
+    """One app and everything a release of it needs: what runs, its route, how it is judged."""
+
+    app: App
+    gateway: Gateway
+    analysis: Analysis
+    prometheus: Prometheus | None = None
+    metric_templates: dict[str, MetricTemplate] = {}
+    rollout: Rollout = Rollout.CHECKED
+
+    @property
+    def target(self) -> str:
+        """The canary Deployment's name: ``{{ target }}`` in metric templates."""
+        return naming.deployment(self.app.name, naming.Track.CANARY)
+
+    @property
+    def stable(self) -> str:
+        """The stable Deployment's name: ``{{ stable }}`` (and Flagger's ``{{ primary }}``)."""
+        return naming.deployment(self.app.name, naming.Track.STABLE)
+
+
+#: The top-level stack config keys, in the config namespace.
+CONFIG_KEYS = tuple(StackSpec.model_fields[name].alias or name for name in StackSpec.model_fields)
+
+
+def metric_query(spec: ReleaseSpec, metric: Metric) -> tuple[str, str | None]:
+    """The template of a metric and the provider address its template names (if any)."""
+    if metric.template_ref is None:
+        return metrics.BUILTIN_METRICS[metric.name].query, None
+    template = spec.metric_templates[metric.template_ref.name]
+    return template.query, template.provider.address
+
+
+# --- cross-field rules --------------------------------------------------------------------------
+
+
+def _app_problems(app: App, field: str) -> list[Problem]:
+    problems: list[Problem] = []
+    if app.template is not None:
+        problems += workload.check(app.template, f"{field}.template")
+        simple = [name for name in _SIMPLE_FIELDS if name in app.model_fields_set]
+        if simple:
+            problems.append(Problem(f"{field}.{simple[0]}", "set", "describe the pod either with template or with env/resources/probes, not both"))
+        try:
+            main = workload.main_container(app.template, app.name, app.container)
+        except KeyError as exc:
+            where = f"{field}.container" if app.container else f"{field}.template.spec.containers"
+            problems.append(Problem(where, str(exc), "names no container of the template" if app.container else "must list at least one container"))
+        else:
+            if not main.get("image") and app.image is None:
+                problems.append(Problem(f"{field}.image", "nothing", f"is required: the template's main container {main.get('name')} has no image"))
+            elif main.get("image") and app.image is None:
+                try:
+                    units.check_image(str(main["image"]))
+                except ValueError as exc:
+                    problems.append(Problem(f"{field}.template: main container image", str(main["image"]), str(exc)))
+        refs = workload.referenced(app.template)
+        for kind, declared in (("configMap", app.config_maps), ("secret", app.secrets)):
+            for name in declared:
+                if name not in refs[kind]:
+                    problems.append(Problem(f"{field}.{kind}s.{name}", name, f"is declared but the template reads no {kind} of that name"))
+    if app.autoscaler is not None:
+        for i, metric in enumerate(app.autoscaler.metrics):
+            problems += workload.check(metric, f"{field}.autoscaler.metrics[{i}]", "V2MetricSpec")
+        if app.autoscaler.behavior is not None:
+            problems += workload.check(app.autoscaler.behavior, f"{field}.autoscaler.behavior", "V2HorizontalPodAutoscalerBehavior")
+        if "replicas" in app.model_fields_set:
+            problems.append(Problem(f"{field}.replicas", str(app.replicas), "must not be set with an autoscaler: it owns the replica count"))
+    return problems
+
+
+def _analysis_problems(analysis: Analysis, field: str, metric_templates: Mapping[str, MetricTemplate], prometheus: Prometheus | None) -> list[Problem]:
+    problems: list[Problem] = []
+    seen: set[str] = set()
+    for i, metric in enumerate(analysis.metrics):
+        where = f"{field}.metrics[{i}]"
+        if metric.name in seen:
+            problems.append(Problem(f"{where}.name", metric.name, "must be unique among analysis.metrics"))
+        seen.add(metric.name)
+        if metric.template_ref is None:
+            if metric.name not in metrics.BUILTIN_METRICS:
+                problems.append(Problem(f"{where}.name", metric.name, "names no built-in metric and has no templateRef; built-ins: " + ", ".join(metrics.BUILTIN_METRICS)))
+            elif metric.template_variables:
+                problems.append(Problem(f"{where}.templateVariables", str(metric.template_variables), "built-in metrics take no variables"))
+            continue
+        template = metric_templates.get(metric.template_ref.name)
+        if template is None:
+            known = ", ".join(metric_templates) or "none defined"
+            problems.append(Problem(f"{where}.templateRef.name", metric.template_ref.name, f"must name a metricTemplates entry ({known})"))
+            continue
+        wanted = templates.placeholders(template.query).variables
+        missing = sorted(wanted - metric.template_variables.keys())
+        if missing:
+            problems.append(Problem(f"{where}.templateVariables", str(metric.template_variables), f"must define {', '.join(missing)} used by template {metric.template_ref.name}"))
+        if template.provider.address is None and prometheus is None:
+            problems.append(Problem(f"metricTemplates.{metric.template_ref.name}.provider.address", "None", "must be set when the stack has no prometheus address"))
+    if prometheus is None and any(m.template_ref is None for m in analysis.metrics):
+        problems.append(Problem("prometheus.address", "None", "must be set: built-in metrics query the stack's Prometheus"))
+    elif prometheus is None and analysis.min_requests is not None:
+        problems.append(Problem("prometheus.address", "None", "must be set: minRequests counts requests in the stack's Prometheus"))
+    elif prometheus is None and any(m.judge is not None or m.compare is not None for m in analysis.metrics if m.template_ref is None):
+        problems.append(Problem("prometheus.address", "None", "must be set: comparisons query the stack's Prometheus"))
+    names: set[str] = set()
+    for i, hook in enumerate(analysis.webhooks):
+        if hook.name in names:
+            problems.append(Problem(f"{field}.webhooks[{i}].name", hook.name, "must be unique among analysis.webhooks"))
+        names.add(hook.name)
+    if analysis.mirror_weight is not None and not analysis.mirror:
+        problems.append(Problem(f"{field}.mirrorWeight", str(analysis.mirror_weight), "needs mirror: true"))
+    if analysis.mirror and analysis.kind is Strategy.AB:
+        problems.append(Problem(f"{field}.mirror", "true", "mirrors stable's traffic during weighted or blue/green analysis; A/B testing routes matched requests instead"))
+    if analysis.score is not None and not analysis.metrics:
+        problems.append(Problem(f"{field}.score", "set", "needs metrics to score"))
+    return problems
+
+
+def _stack_problems(spec: StackSpec) -> list[Problem]:
+    problems: list[Problem] = []
+    for key in ("canaryImage", "canaryWeight"):
+        value = spec.canary_image if key == "canaryImage" else spec.canary_weight
+        if value is not None:
+            problems.append(Problem(key, str(value), "is no longer stack config: a release's progress lives in the cluster (see canary status); remove the key"))
+    single = [k for k, v in (("app", spec.app), ("gateway", spec.gateway), ("analysis", spec.analysis), ("stableImage", spec.stable_image)) if v is not None]
+    if spec.apps and single:
+        problems.append(Problem(single[0], "set", "a stack with apps declares each app under apps.<name>, not at the top level"))
+    if not spec.apps and spec.analysis is None:
+        problems.append(Problem("analysis", "nothing", "is required (or declare apps under apps.<name>)"))
+    if not spec.apps and spec.app is None and spec.gateway is not None:
+        problems.append(Problem("app", "nothing", "is required with gateway: the app the route sends to"))
+    for name, config in spec.app_configs().items():
+        field = f"apps.{name}" if spec.apps else ""
+
+        def at(sub: str, field: str = field) -> str:
+            return f"{field}.{sub}" if field else sub
+
+        app = config.app
+        if spec.apps and app is not None and app.name != name:
+            problems.append(Problem(at("app.name"), app.name, f"must be the app's key in apps ({name})"))
+        if app is not None:
+            problems += _app_problems(app, at("app"))
+            if config.gateway is None:
+                problems.append(Problem(at("gateway"), "nothing", "is required with app: the route's parentRefs"))
+            image_key = "stableImage" if not spec.apps else at("stableImage")
+            image = config.stable_image
+            if image and app.image and image != app.image:
+                problems.append(Problem(image_key, image, f"is the earlier name of app.image and differs from it ({app.image}): keep one"))
+            if not (image or app.image) and app.template is None:
+                problems.append(Problem(at("app.image"), "nothing", "is required: the image the app runs"))
+        problems += _analysis_problems(config.analysis, at("analysis"), spec.metric_templates, spec.prometheus)
+        for i, alert in enumerate(config.analysis.alerts):
+            if alert.url.get_secret_value() and not alert.url.get_secret_value().startswith(("http://", "https://", "<")):
+                problems.append(Problem(at(f"analysis.alerts[{i}].url"), "<secret>", "must be an http:// or https:// URL"))
+    return problems
+
+
+#: Fields whose values are secrets: never shown in a problem.
+_SECRET_FIELDS = re.compile(r"(^|\.)(token|stringData)(\.|\[|$)|^prometheus\.headers(\.|\[|$)|alerts\[\d+\]\.url")
+#: Sections that hold secrets: the value of a field they do not know (a misspelled ``tokn``) is not shown either.
+_SECRET_SECTIONS = re.compile(r"(^|\.)(prometheus|secrets|alerts\[\d+\])\.")
+
+
+def _problem_from_error(error: Mapping[str, Any]) -> Problem:
+    field = ".".join(f"[{part}]" if isinstance(part, int) else str(part) for part in error["loc"]).replace(".[", "[")
+    rule = str(error["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    if error["type"] == "extra_forbidden":
+        rule = "is not a known field"
+    elif error["type"] == "missing":
+        rule = "is required"
+    value = error.get("input")
+    if error["type"] == "missing":
+        shown = "nothing"  # pydantic's input is the parent mapping, which may hold a secret
+    else:
+        hidden = _SECRET_FIELDS.search(field) or (error["type"] == "extra_forbidden" and _SECRET_SECTIONS.search(field))
+        shown = "<secret>" if hidden else _short(value)
+    return Problem(field or "(top level)", shown, rule)
+
+
+def _short(value: object) -> str:
+    """A value for a message. A mapping shows its keys only: its values may be secrets (a token
+    decrypted by the Automation API) and a whole section is noise next to the rule."""
+    if isinstance(value, Mapping):
+        return "a mapping of " + (", ".join(str(k) for k in value) or "nothing")
+    text = repr(value) if isinstance(value, str) else str(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def parse_stack(values: Mapping[str, Any], source: str = "stack config") -> StackSpec:
+    """Validate a stack's config values (top-level keys without namespace) into a stack spec.
+
+    Raises ``InvalidSpec`` listing every problem found; nothing partial is returned.
+    """
+    try:
+        spec = StackSpec.model_validate(dict(values))
+    except ValidationError as exc:
+        raise InvalidSpec([_problem_from_error(e) for e in exc.errors()], source) from exc
+    problems = _stack_problems(spec)
+    if problems:
+        raise InvalidSpec(problems, source)
+    return spec
+
+
+def parse_spec(values: Mapping[str, Any], source: str = "stack config") -> ReleaseSpec:
+    """The one app a single-app stack config declares, validated (see ``parse_stack``)."""
+    stack = parse_stack(values, source)
+    configs = stack.app_configs()
+    if len(configs) != 1:
+        raise InvalidSpec([Problem("apps", ", ".join(configs), "holds several apps: name the one meant")], source)
+    return stack.release_spec(next(iter(configs)))

@@ -1,0 +1,137 @@
+"""Value types shared by the spec: durations, image references, Kubernetes names.
+
+Pure parsing and formatting; no I/O. Each parser raises ``ValueError`` whose
+message is the rule that was broken, so the spec can report field, value and rule.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+_DURATION = re.compile(r"^(?:(?P<h>\d+)h)?(?:(?P<m>\d+)m)?(?:(?P<s>\d+)s)?(?:(?P<ms>\d+)ms)?$")
+_DURATION_RULE = "must be a duration such as 30s, 1m, 1m30s or 2h (units h, m, s, ms)"
+
+
+def parse_duration(value: object) -> timedelta:
+    """Parse Go/Prometheus-style durations ("1m", "1m30s", "500ms"); plain numbers are seconds."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, bool):
+        raise ValueError(_DURATION_RULE)
+    if isinstance(value, int | float):
+        if value <= 0:
+            raise ValueError("must be greater than zero")
+        return timedelta(seconds=value)
+    if not isinstance(value, str):
+        raise ValueError(_DURATION_RULE)
+    text = value.strip()
+    if text.startswith("-"):
+        raise ValueError("must be greater than zero")
+    match = _DURATION.match(text)
+    if not text or match is None or not any(match.groupdict().values()):
+        raise ValueError(_DURATION_RULE)
+    parts = {k: int(v) for k, v in match.groupdict().items() if v}
+    return timedelta(
+        hours=parts.get("h", 0),
+        minutes=parts.get("m", 0),
+        seconds=parts.get("s", 0),
+        milliseconds=parts.get("ms", 0),
+    )
+
+
+def format_duration(value: timedelta) -> str:
+    """The shortest Prometheus range form of a duration: 1m, 1m30s, 500ms."""
+    total_ms = round(value.total_seconds() * 1000)
+    if total_ms % 1000:
+        return f"{total_ms}ms"
+    seconds = total_ms // 1000
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    text = (f"{hours}h" if hours else "") + (f"{minutes}m" if minutes else "") + (f"{secs}s" if secs else "")
+    return text or "0s"
+
+
+_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_SUBDOMAIN_PART = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+def check_dns_label(value: str, max_length: int = 63) -> str:
+    """A DNS-1123 label: lower-case alphanumerics and '-', starting and ending alphanumeric."""
+    if not _LABEL.match(value):
+        raise ValueError("must be a DNS-1123 label: lower-case letters, digits and '-', starting and ending with a letter or digit")
+    if len(value) > max_length:
+        raise ValueError(f"must be at most {max_length} characters")
+    return value
+
+
+def check_dns_subdomain(value: str) -> str:
+    """A DNS-1123 subdomain (ConfigMap and Secret names): labels separated by '.', at most 253 characters."""
+    if len(value) > 253 or not value or not all(_SUBDOMAIN_PART.match(p) for p in value.split(".")):
+        raise ValueError("must be a DNS-1123 subdomain: lower-case letters, digits, '-' and '.', starting and ending with a letter or digit")
+    return value
+
+
+def check_hostname(value: str) -> str:
+    """A DNS-1123 subdomain, optionally with a leading wildcard label as Gateway API allows."""
+    host = value[2:] if value.startswith("*.") else value
+    if len(value) > 253 or not host or not all(_SUBDOMAIN_PART.match(p) for p in host.split(".")):
+        raise ValueError("must be a DNS-1123 hostname (lower-case labels separated by '.', optional leading '*.')")
+    return value
+
+
+# A simplified form of the distribution reference grammar: [domain[:port]/]path[:tag][@digest].
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_DOMAIN = r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)(?:\.(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?))*(?::[0-9]+)?"
+_IMAGE = re.compile(
+    rf"^(?:(?P<domain>{_DOMAIN})/)?(?P<path>{_COMPONENT}(?:/{_COMPONENT})*)"
+    r"(?::(?P<tag>[\w][\w.-]{0,127}))?(?:@(?P<digest>sha256:[a-f0-9]{64}))?$"
+)
+
+
+def check_image(value: str) -> str:
+    """An image reference that names a tag or a digest (an implicit :latest cannot be rolled back to)."""
+    match = _IMAGE.match(value)
+    if match is None or len(value) > 255:
+        raise ValueError("must be an image reference such as registry.example.com/team/web:1.4.2 or web@sha256:<64 hex>")
+    domain = match.group("domain")
+    # "web:1.0/x" would otherwise read "web:1.0" as a registry; a registry has a dot, a port or is localhost.
+    bare_domain = bool(domain) and "." not in domain and ":" not in domain and domain != "localhost"
+    if bare_domain and (not _IMAGE.match(value.split("/", 1)[1]) or domain != domain.lower()):
+        raise ValueError("must be an image reference such as registry.example.com/team/web:1.4.2")
+    if not match.group("tag") and not match.group("digest"):
+        raise ValueError("must name a tag or a digest (an untagged image means :latest, which cannot be rolled back to)")
+    return value
+
+
+def image_tag(value: str) -> str:
+    """The tag of an image reference, or its digest's short form, for labels and logs."""
+    match = _IMAGE.match(value)
+    if match is None:
+        return ""
+    return match.group("tag") or (match.group("digest") or "")[7:19]
+
+
+_QUANTITY = re.compile(r"^[0-9]+(?:\.[0-9]+)?(?:m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei|e[0-9]+)?$")
+
+
+_SUFFIX = {"m": 1e-3, "": 1.0, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
+           "Ki": 2.0**10, "Mi": 2.0**20, "Gi": 2.0**30, "Ti": 2.0**40, "Pi": 2.0**50, "Ei": 2.0**60}
+
+
+def quantity_value(value: object) -> float:
+    """The number a Kubernetes quantity stands for (``100m`` is 0.1, ``1Ki`` is 1024), to compare two of them."""
+    text = check_quantity(value)
+    number = re.match(r"^[0-9]+(?:\.[0-9]+)?", text)
+    assert number is not None  # check_quantity matched
+    suffix = text[number.end():]
+    scale = 10.0 ** int(suffix[1:]) if suffix.startswith("e") else _SUFFIX[suffix]
+    return float(number.group(0)) * scale
+
+
+def check_quantity(value: object) -> str:
+    """A Kubernetes resource quantity: 100m, 0.5, 128Mi, 1G."""
+    text = str(value)
+    if isinstance(value, bool) or not _QUANTITY.match(text):
+        raise ValueError("must be a Kubernetes quantity such as 100m, 0.5, 128Mi or 1Gi")
+    return text

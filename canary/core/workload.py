@@ -1,0 +1,293 @@
+"""The workload: an app's pod template, checked, hashed and shaped for each track. Pure; no I/O.
+
+A template is plain data in Kubernetes' own field names (``spec.containers[0].image``
+…). ``check`` validates it against the Kubernetes API's field names and types
+(``podschema.json``, generated from the kubernetes client's models by
+``tools/gen_pod_schema.py``) and names the path of every unknown or mistyped
+field. ``template_hash`` identifies what a track runs: the template as the user
+wrote it plus the content hashes of the ConfigMaps and Secrets it references
+(Flagger's way of noticing a config change). ``for_track`` turns the desired
+template into the stable's or the canary's (labels, references to the content-
+addressed copies of config).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+from collections.abc import Iterator, Mapping
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from canary.core import naming, units
+from canary.core.naming import Track
+from canary.errors import Problem
+
+Template = dict[str, Any]
+
+
+@cache
+def _schema() -> dict[str, Any]:
+    return json.loads(resources.files("canary.core").joinpath("podschema.json").read_text())  # type: ignore[no-any-return]
+
+
+def check(value: Any, path: str, kind: str = "V1PodTemplateSpec") -> list[Problem]:
+    """Every problem of ``value`` as an object of Kubernetes type ``kind``, each naming its path; for a
+    pod template, also the rules the API server would refuse it for (a request above its limit)."""
+    problems = list(_check(value, path, kind))
+    if not problems and kind == "V1PodTemplateSpec":
+        problems.extend(_resource_problems(value, path))
+    return problems
+
+
+def _resource_problems(template: Mapping[str, Any], path: str) -> Iterator[Problem]:
+    spec = _map(template.get("spec"))
+    for group in ("initContainers", "containers"):
+        for i, container in enumerate(_maps(spec.get(group))):
+            resources_ = _map(container.get("resources"))
+            limits, requests = _map(resources_.get("limits")), _map(resources_.get("requests"))
+            for name, request in requests.items():
+                if name in limits:
+                    try:
+                        above = units.quantity_value(request) > units.quantity_value(limits[name])
+                    except ValueError as exc:
+                        yield Problem(f"{path}.spec.{group}[{i}].resources.requests.{name}", _shown(request), str(exc))
+                        continue
+                    if above:
+                        yield Problem(f"{path}.spec.{group}[{i}].resources.requests.{name}", _shown(request),
+                                      f"must not be above its limit ({limits[name]}): the API server refuses such a pod")
+
+
+def _check(value: Any, path: str, kind: Any) -> Iterator[Problem]:
+    kinds = _schema()["kinds"]
+    if isinstance(kind, list):
+        container, inner = kind
+        if container == "list":
+            if not isinstance(value, list):
+                yield Problem(path, _shown(value), "must be a list")
+                return
+            for i, item in enumerate(value):
+                yield from _check(item, f"{path}[{i}]", inner)
+            return
+        if not isinstance(value, Mapping):
+            yield Problem(path, _shown(value), "must be a mapping")
+            return
+        for key, item in value.items():
+            yield from _check(item, f"{path}.{key}", inner)
+        return
+    if kind in kinds:
+        if not isinstance(value, Mapping):
+            yield Problem(path, _shown(value), "must be a mapping")
+            return
+        fields = kinds[kind]["fields"]
+        for key in value:
+            if key not in fields:
+                near = _nearest(str(key), fields)
+                yield Problem(f"{path}.{key}", _shown(value[key]), "is not a field of " + _kind_name(kind) + (f" (did you mean {near}?)" if near else ""))
+        for key in kinds[kind]["required"]:
+            if key not in value:
+                yield Problem(f"{path}.{key}", "nothing", "is required")
+        for key, item in value.items():
+            if key in fields and item is not None:
+                yield from _check(item, f"{path}.{key}", fields[key])
+        return
+    ok = {
+        "string": isinstance(value, str),
+        "integer": isinstance(value, int) and not isinstance(value, bool),
+        "boolean": isinstance(value, bool),
+        "number": isinstance(value, int | float) and not isinstance(value, bool),
+        "any": True,
+    }[kind]
+    if not ok:
+        yield Problem(path, _shown(value), f"must be {'an' if kind == 'integer' else 'a'} {kind}")
+
+
+def _kind_name(kind: str) -> str:
+    """``V1ContainerPort`` -> ``ContainerPort``, as the Kubernetes API reference names it."""
+    for prefix in ("V1", "V2", "CoreV1"):
+        if kind.startswith(prefix):
+            return kind[len(prefix):]
+    return kind
+
+
+def _nearest(key: str, known: Mapping[str, Any]) -> str | None:
+    """A known field one edit away, or differing only in case: the likely intended one."""
+    lowered = key.lower()
+    for name in known:
+        if name.lower() == lowered or _one_edit(key, name):
+            return name
+    return None
+
+
+def _one_edit(a: str, b: str) -> bool:
+    if abs(len(a) - len(b)) > 1:
+        return False
+    if len(a) == len(b):
+        diffs = [i for i in range(len(a)) if a[i] != b[i]]
+        return len(diffs) == 1 or (len(diffs) == 2 and diffs[1] == diffs[0] + 1 and a[diffs[0]] == b[diffs[1]] and a[diffs[1]] == b[diffs[0]])
+    short, long = (a, b) if len(a) < len(b) else (b, a)
+    return any(long[:i] + long[i + 1:] == short for i in range(len(long)))
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, Mapping):
+        return "a mapping of " + (", ".join(map(str, value)) or "nothing")
+    text = repr(value) if isinstance(value, str) else str(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+# --- the main container -----------------------------------------------------------------------
+
+
+def _map(value: Any) -> Mapping[str, Any]:
+    """``value`` if it is a mapping, else empty: these readers also see templates ``check`` refused."""
+    return value if isinstance(value, Mapping) else {}
+
+
+def _maps(value: Any) -> list[Any]:
+    """The mappings of a list (anything else: none)."""
+    return [item for item in value if isinstance(item, Mapping)] if isinstance(value, list) else []
+
+
+def main_container(template: Mapping[str, Any], app: str, name: str | None = None) -> dict[str, Any]:
+    """The app's own container: the one named ``name`` (or like the app), else the first."""
+    containers = _maps(_map(template.get("spec")).get("containers"))
+    wanted = name or app
+    for container in containers:
+        if container.get("name") == wanted:
+            return container  # type: ignore[no-any-return]
+    if name is not None or not containers:
+        raise KeyError(wanted)
+    return containers[0]  # type: ignore[no-any-return]
+
+
+def image(template: Mapping[str, Any], app: str, container: str | None = None) -> str:
+    return str(main_container(template, app, container).get("image", ""))
+
+
+def with_image(template: Mapping[str, Any], app: str, new_image: str, container: str | None = None) -> Template:
+    """A copy of ``template`` whose main container runs ``new_image``."""
+    out = copy.deepcopy(dict(template))
+    main_container(out, app, container)["image"] = new_image
+    return out
+
+
+# --- config references and hashes ---------------------------------------------------------------
+
+
+def referenced(template: Mapping[str, Any]) -> dict[str, set[str]]:
+    """The ConfigMaps and Secrets the template reads: ``{"configMap": {...}, "secret": {...}}``."""
+    found: dict[str, set[str]] = {"configMap": set(), "secret": set()}
+    spec = _map(template.get("spec"))
+    for volume in _maps(spec.get("volumes")):
+        if "configMap" in volume:
+            found["configMap"].add(_map(volume["configMap"]).get("name", ""))
+        if "secret" in volume:
+            found["secret"].add(_map(volume["secret"]).get("secretName", ""))
+        for source in _maps(_map(volume.get("projected")).get("sources")):
+            if "configMap" in source:
+                found["configMap"].add(_map(source["configMap"]).get("name", ""))
+            if "secret" in source:
+                found["secret"].add(_map(source["secret"]).get("name", ""))
+    for container in [*_maps(spec.get("initContainers")), *_maps(spec.get("containers"))]:
+        for env_from in _maps(container.get("envFrom")):
+            if "configMapRef" in env_from:
+                found["configMap"].add(_map(env_from["configMapRef"]).get("name", ""))
+            if "secretRef" in env_from:
+                found["secret"].add(_map(env_from["secretRef"]).get("name", ""))
+        for env in _maps(container.get("env")):
+            source = _map(env.get("valueFrom"))
+            if "configMapKeyRef" in source:
+                found["configMap"].add(_map(source["configMapKeyRef"]).get("name", ""))
+            if "secretKeyRef" in source:
+                found["secret"].add(_map(source["secretKeyRef"]).get("name", ""))
+    found["configMap"].discard("")
+    found["secret"].discard("")
+    return found
+
+
+def rename_references(template: Mapping[str, Any], config_maps: Mapping[str, str], secrets: Mapping[str, str]) -> Template:
+    """A copy of ``template`` reading the copies (``old name -> copy name``) instead of the originals."""
+    out = copy.deepcopy(dict(template))
+    spec = out.get("spec", {})
+
+    def cm(ref: dict[str, Any], key: str = "name") -> None:
+        if ref.get(key) in config_maps:
+            ref[key] = config_maps[ref[key]]
+
+    def sec(ref: dict[str, Any], key: str = "name") -> None:
+        if ref.get(key) in secrets:
+            ref[key] = secrets[ref[key]]
+
+    for volume in spec.get("volumes") or []:
+        if "configMap" in volume:
+            cm(volume["configMap"])
+        if "secret" in volume:
+            sec(volume["secret"], "secretName")
+        for source in (volume.get("projected") or {}).get("sources") or []:
+            if "configMap" in source:
+                cm(source["configMap"])
+            if "secret" in source:
+                sec(source["secret"])
+    for container in [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]:
+        for env_from in container.get("envFrom") or []:
+            if "configMapRef" in env_from:
+                cm(env_from["configMapRef"])
+            if "secretRef" in env_from:
+                sec(env_from["secretRef"])
+        for env in container.get("env") or []:
+            source = env.get("valueFrom") or {}
+            if "configMapKeyRef" in source:
+                cm(source["configMapKeyRef"])
+            if "secretKeyRef" in source:
+                sec(source["secretKeyRef"])
+    return out
+
+
+def content_hash(data: Mapping[str, Any]) -> str:
+    """The hash of a ConfigMap's or Secret's content (its data maps), order-independent."""
+    return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
+
+
+def template_hash(template: Mapping[str, Any], config_hashes: Mapping[str, str] | None = None) -> str:
+    """What a track runs, as 16 hex digits: the template without canary's own marks, and the
+    content of each config object it reads (so a ConfigMap edit is a new version)."""
+    body = {"template": strip(template), "config": dict(sorted((config_hashes or {}).items()))}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()[:16]
+
+
+def strip(template: Mapping[str, Any]) -> Template:
+    """The template as the user wrote it: canary's labels and annotations removed."""
+    out = copy.deepcopy(dict(template))
+    meta = out.pop("metadata", None)
+    if isinstance(meta, Mapping):
+        labels = {k: v for k, v in (meta.get("labels") or {}).items() if not k.startswith("canary.dev/")}
+        annotations = {k: v for k, v in (meta.get("annotations") or {}).items() if not k.startswith("canary.dev/")}
+        kept = {k: v for k, v in {**meta, "labels": labels, "annotations": annotations}.items() if v not in ({}, None)}
+        if kept:
+            out["metadata"] = kept  # an empty metadata is no metadata: both hash alike
+    return out
+
+
+def for_track(template: Mapping[str, Any], app: str, track: Track, template_hash_value: str) -> Template:
+    """The pod template a track's Deployment declares."""
+    out = copy.deepcopy(dict(template))
+    meta = out.setdefault("metadata", {})
+    meta["labels"] = naming.track_labels(app, track, dict(meta.get("labels") or {}))
+    meta["annotations"] = {**(meta.get("annotations") or {}), naming.HASH_ANNOTATION: template_hash_value}
+    return out
+
+
+def declared_hash(template: Mapping[str, Any]) -> str | None:
+    """The template hash a declared (or running) pod template carries."""
+    return ((template.get("metadata") or {}).get("annotations") or {}).get(naming.HASH_ANNOTATION)
+
+
+def canary_replicas(replicas: int, weight: int, fixed: int | None = None) -> int:
+    """The canary's size for a weight: ``ceil(replicas × weight / 100)``, at least 1 (or ``fixed``)."""
+    if fixed is not None:
+        return fixed
+    return max(1, math.ceil(replicas * weight / 100))

@@ -1,0 +1,185 @@
+"""The release's webhooks and alerts: gates, rollout hooks, rollback hooks, events and chat alerts.
+
+What a hook's answer means is decided here (a gate's no holds, a rollback
+hook's success rolls back, an event never acts); calling it is the
+``HookCaller`` port's job. Every call is bounded: by the hook's timeout, and by
+the cancel token (an abort does not wait for a gate or a load test). Event
+hooks and alerts only inform: they are delivered in order from a background
+queue, so a slow receiver never delays a step or a rollback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import queue
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from canary.core import notify
+from canary.core.records import ReleaseState
+from canary.core.spec import ReleaseSpec, Severity, Webhook, WebhookType
+from canary.release.ports import Clock, HookCaller, HookResult
+
+
+def payload(hook: Webhook, spec: ReleaseSpec, state: ReleaseState) -> dict[str, Any]:
+    """The JSON body of an HTTP hook, Flagger-compatible (name, namespace, phase, metadata)."""
+    return {
+        "name": spec.app.name,
+        "namespace": spec.app.namespace,
+        "phase": state.phase.value,
+        "weight": state.weight,
+        "release": state.release,
+        "type": hook.type.value,
+        "metadata": dict(hook.metadata),
+        "canaryImage": state.canary.image if state.canary else "",
+        "stableImage": state.stable.image if state.stable else "",
+    }
+
+
+class Delivery:
+    """Informational calls (event hooks, alerts) in order, one at a time, off the release's thread.
+
+    ``put`` never blocks: with ``limit`` calls already waiting, the new one is
+    dropped and reported as a failure. ``close`` delivers what is queued for at
+    most ``timeout`` seconds and reports what is left, one failure per receiver;
+    the worker is a daemon, so a receiver that hangs never keeps the process alive.
+    """
+
+    def __init__(self, on_failure: Callable[[HookResult], None], limit: int = 1000) -> None:
+        self._on_failure = on_failure
+        self._queue: queue.Queue[tuple[str, str, Callable[[], HookResult]] | None] = queue.Queue(maxsize=limit)
+        self._thread: threading.Thread | None = None
+        self._calling: tuple[str, str] | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def put(self, name: str, kind: str, call: Callable[[], HookResult]) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._deliver, name="canary-events", daemon=True)
+            self._thread.start()
+        try:
+            self._queue.put_nowait((name, kind, call))
+        except queue.Full:
+            self._on_failure(HookResult(name, kind, False, 0.0, f"dropped: {self._queue.maxsize} calls were still waiting for delivery"))
+
+    def _deliver(self) -> None:
+        while (item := self._queue.get()) is not None:
+            self._calling = (item[0], item[1])
+            result = item[2]()
+            with self._lock:
+                if self._closed:
+                    return
+                self._calling = None
+                if not result.ok:
+                    self._on_failure(result)
+
+    def close(self, timeout: float) -> int:
+        """Deliver what is queued (for at most ``timeout`` s) and stop; returns how many calls were left."""
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return 0
+        deadline = time.monotonic() + timeout
+        with contextlib.suppress(queue.Full):
+            self._queue.put(None, timeout=timeout)
+        thread.join(max(0.0, deadline - time.monotonic()))
+        with self._lock:
+            if not thread.is_alive():
+                return 0
+            self._closed = True
+            left = [self._calling] if self._calling is not None else []
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    item = self._queue.get_nowait()
+                    if item is not None:
+                        left.append((item[0], item[1]))
+        for (name, kind), count in Counter(left).items():
+            self._on_failure(HookResult(name, kind, False, 0.0, f"{count} calls not delivered within {timeout:g}s of the release's end"))
+        return len(left)
+
+
+class Hooks:
+    """The webhooks and alerts of one release, and what their answers mean."""
+
+    def __init__(self, caller: HookCaller, spec: ReleaseSpec, clock: Clock, cancel: threading.Event,
+                 on_result: Callable[[ReleaseState | None, HookResult, int | None], None]) -> None:
+        self.caller = caller
+        self.spec = spec
+        self.clock = clock
+        self.cancel = cancel
+        self._on_result = on_result
+        self._state: ReleaseState | None = None
+        self.delivery = Delivery(on_failure=lambda result: on_result(self._state, result, None))
+
+    def _of(self, kind: WebhookType) -> list[Webhook]:
+        return [h for h in self.spec.analysis.webhooks if h.type is kind]
+
+    def run(self, state: ReleaseState, kind: WebhookType) -> list[HookResult]:
+        """Call every hook of ``kind`` to completion (or its timeout, or the cancel token)."""
+        results = []
+        for hook in self._of(kind):
+            result = self.caller.call(hook, payload(hook, self.spec, state), self.cancel)
+            self._on_result(state, result, None)
+            results.append(result)
+            if self.cancel.is_set():
+                break
+        return results
+
+    def gate(self, state: ReleaseState, kind: WebhookType) -> HookResult | None:
+        """The first gate hook of ``kind`` that said no, or None when all said yes (or there are none)."""
+        return next((r for r in self.run(state, kind) if not r.ok), None)
+
+    def rollback_asked(self, state: ReleaseState) -> str | None:
+        return next((r.name for r in self.run(state, WebhookType.ROLLBACK) if r.ok), None)
+
+    def start_rollout(self, state: ReleaseState) -> list[tuple[Webhook, Any]]:
+        """Rollout hooks run during the interval: commands in the background, HTTP calls now."""
+        running: list[tuple[Webhook, Any]] = []
+        for hook in self._of(WebhookType.ROLLOUT):
+            if hook.cmd:
+                try:
+                    running.append((hook, self.caller.start(hook)))
+                except (OSError, ValueError) as exc:
+                    running.append((hook, HookResult(hook.name, hook.type.value, False, 0.0, f"`{hook.cmd}` could not start: {exc}")))
+            else:
+                running.append((hook, self.caller.call(hook, payload(hook, self.spec, state), self.cancel)))
+        return running
+
+    def finish_rollout(self, state: ReleaseState, running: list[tuple[Webhook, Any]], start: float, cut: str = "") -> list[HookResult]:
+        """Collect rollout hooks. A command (a load test) may run through the interval and then
+        ``timeout`` longer — as a Flagger load tester runs it — before it is killed; an abort kills it at once,
+        and so does ``cut`` (why: a person answered, and no tick will judge this interval)."""
+        failures = []
+        interval = self.spec.analysis.interval.total_seconds()
+        for hook, handle in running:
+            if isinstance(handle, HookResult):
+                result = handle
+            elif cut:
+                result = self.caller.finish(hook, handle, time.monotonic(), self.cancel)
+                if not result.ok:
+                    result = dataclasses.replace(result, detail=f"`{hook.cmd}` stopped: {cut}")
+            else:
+                grace = max(0.0, start + interval + hook.timeout.total_seconds() - self.clock.monotonic())
+                result = self.caller.finish(hook, handle, time.monotonic() + grace, self.cancel)
+            self._on_result(state, result, state.weight)
+            if not result.ok:
+                failures.append(result)
+        return failures
+
+    def event(self, state: ReleaseState, message: str, severity: Severity = Severity.INFO) -> None:
+        """Tell event hooks and the alerts whose severity admits it (both from the background queue)."""
+        self._state = state
+        for hook in self._of(WebhookType.EVENT):
+            body = {**payload(hook, self.spec, state), "message": message}
+            self.delivery.put(hook.name, hook.type.value, lambda hook=hook, body=body: self.caller.call(hook, body))
+        for alert in self.spec.analysis.alerts:
+            if notify.admits(alert.severity, severity):
+                body = notify.message(alert, self.spec, state, message, severity)
+                self.delivery.put(alert.name, f"alert:{alert.type.value}", lambda alert=alert, body=body: self.caller.alert(alert, body))
+
+    def close(self, timeout: float) -> int:
+        return self.delivery.close(timeout)
+

@@ -1,0 +1,764 @@
+"""The release: a state machine that moves one app from its stable version to a new one, or back.
+
+Phases (ARCHITECTURE.md has the table): Initializing → Progressing →
+(WaitingPromotion | WaitingDecision) → Promoting → Finalising → Succeeded;
+any failure → RollingBack → Failed; an abort → RollingBack → Aborted.
+``Release.advance`` runs the handler of the current phase once and returns the
+next state; ``_run`` owns the loop, the injected clock, the cancel token and
+the requests. Every decision is recorded before it is acted on, in the
+cluster, so any machine can see, steer and resume the release.
+
+Each ``up`` pins what both tracks run (``canary:release`` in the release's
+config file) and is limited to the app's own resources; rollback re-applies the
+snapshot of the stack file taken when the release began, with stable pinned to
+what it ran then.
+"""
+
+from __future__ import annotations
+
+import random
+import string
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from canary.core import analysis, routing, schedule, workload
+from canary.core.naming import Track
+from canary.core.records import ENDED, PROMOTION, TERMINAL, Check, Outcome, Phase, ReleaseState, TrackPin
+from canary.core.routing import AT_REST, Affinity, RouteShape
+from canary.core.spec import ReleaseSpec, Severity, Strategy, WebhookType
+from canary.errors import (
+    CanaryError,
+    Cancelled,
+    InvalidSpec,
+    Problem,
+    RollbackPending,
+    StackBusy,
+    StackError,
+    StackLocked,
+    Temporary,
+)
+from canary.release.hooks import Hooks
+from canary.release.ports import AppFacts, Clock, ClusterPort, ConfigPort, HookCaller, HookResult, LeasePort, PusherPort, StackPort, StorePort
+from canary.release.record import Event, Recorder
+from canary.release.verify import Verifier
+
+
+@dataclass(frozen=True)
+class ReleaseResult:
+    release: str
+    phase: Phase
+    weight: int
+    reason: str
+    checks: tuple[Check, ...] = ()
+    rollback_pending: bool = False
+    unapplied: tuple[str, ...] = ()
+
+    @property
+    def exit_code(self) -> int:
+        from canary.core import exitcodes
+
+        return exitcodes.for_phase(self.phase.value, self.rollback_pending)
+
+
+def new_release_id(clock: Clock) -> str:
+    import os
+
+    return clock.now().strftime("%Y%m%dt%H%M%S") + f"-{os.getpid()}"
+
+
+def _pin(pin: TrackPin) -> dict[str, Any]:
+    return {"template": pin.template, "hash": pin.hash, "image": pin.image, "config_hashes": dict(pin.config_hashes)}
+
+
+class Release:
+    """Runs (or resumes) one release of one app."""
+
+    def __init__(
+        self,
+        *,
+        stack: StackPort,
+        config: ConfigPort,
+        cluster: ClusterPort,
+        store: StorePort,
+        lease: LeasePort,
+        hooks: HookCaller,
+        provider_for: analysis.ProviderFor,
+        facts: AppFacts,
+        clock: Clock | None = None,
+        on_event: Callable[[Event], None] | None = None,
+        pusher: PusherPort | None = None,
+        route_timeout: float = 60.0,
+        ready_timeout: float = 300.0,
+        retries: int = 3,
+        retry_backoff: float = 2.0,
+        lock_wait: float = 600.0,
+        event_flush_timeout: float = 30.0,
+    ) -> None:
+        self.stack = stack
+        self.config = config
+        self.store = store
+        self.lease = lease
+        self.provider_for = provider_for
+        self.facts = facts
+        self.spec: ReleaseSpec = facts.spec
+        self.clock = clock or Clock()
+        self.retries = retries
+        self.retry_backoff = retry_backoff
+        self.lock_wait = lock_wait
+        self.event_flush_timeout = event_flush_timeout
+        self.cancel = threading.Event()
+        #: wakes a wait early: a request arrived (promote, pause, continue)
+        self._wake = threading.Event()
+        self._requests: dict[str, dict[str, Any]] = {}
+        self._phase = Phase.INITIALIZING
+        self._in_up = False
+        #: set by resume: the next `up` refreshes first (a killed `up` may have left the cluster ahead of Pulumi)
+        self._refresh = False
+        self.recorder = Recorder(store, self.clock, stack.name, self.spec.app.name, on_event, pusher)
+        self.hooks = Hooks(hooks, self.spec, self.clock, self.cancel, self.recorder.webhook)
+        self.recorder.notify = self.hooks.event
+        self.verify = Verifier(cluster, self.clock, self.cancel, route_timeout, ready_timeout, self._note)
+        self.cluster = cluster
+        self._state: ReleaseState | None = None
+
+    # --- entry points ------------------------------------------------------------------------
+
+    def start(self, desired: TrackPin, snapshot: str, export: str = "", why: str = "") -> ReleaseResult:
+        """Take the app's lease, check the queries, snapshot the stable state, and run the release to its end."""
+        stable = self.facts.stable
+        if stable is None:
+            raise InvalidSpec([Problem("stack", self.stack.name, f"has not deployed {self.spec.app.name} yet: run `canary up` (or pulumi up) first")], "release")
+        if desired.hash == stable.hash:
+            raise InvalidSpec([Problem("workload", desired.image or desired.hash, "is what stable already runs: nothing to release")], "release")
+        previous = self.store.load()
+        if previous is not None and previous.phase not in ENDED:
+            raise StackBusy(
+                f"app {self.spec.app.name} has an unfinished release {previous.release} in phase {previous.phase}: run "
+                f"`canary resume {self.stack.name} --app {self.spec.app.name}` (or `canary abort`, then resume)"
+            )
+        release_id = new_release_id(self.clock)
+        taken_from = self.lease.acquire(release_id)
+        self.lease.start_renewing()
+        try:
+            problems = analysis.preflight(self.spec, self.provider_for) + self._gateway_problems()
+            if problems:
+                raise InvalidSpec(problems, f"stack {self.stack.name}")
+            affinity = "".join(random.choice(string.ascii_letters) for _ in range(16)) if self.spec.analysis.session_affinity else ""
+            now = self.clock.iso()
+            state = ReleaseState(release=release_id, stack=self.stack.name, app=self.spec.app.name, namespace=self.spec.app.namespace,
+                                 phase=Phase.INITIALIZING, stable=stable, canary=desired, snapshot=snapshot, started=now, updated=now,
+                                 affinity=affinity, route=AT_REST.to_json())
+            self.recorder.snapshot(state, export=export)
+            steps = schedule.describe(self.spec.analysis)
+            state = self.recorder.save(state, f"release started: {desired.image or desired.hash} over stable {stable.image or stable.hash}" + (f" ({why})" if why else ""),
+                                       Severity.INFO, canary=desired.image, canary_hash=desired.hash, stable=stable.image, stable_hash=stable.hash, steps=steps)
+            if taken_from is not None:  # an expired holder, or a dead process of this host: say whose lease this release took
+                self.recorder.event(state, f"took over the lease of {taken_from}")
+            self._compact(state)
+            return self._run(state)
+        finally:
+            self._close()
+
+    def _gateway_problems(self) -> list[Problem]:
+        """A step the app's gateways are known to serve wrongly (a mirror on Traefik answers 500 to every
+        user while the route reads Accepted): refused before anything changes. The gateways' classes are
+        read only when a step needs such a filter."""
+        mirrored = [shape for shape in schedule.steps(self.spec.analysis) if shape.mirror]
+        if not mirrored:
+            return []
+        reasons = routing.unsupported_features(mirrored[0], self.cluster.gateway_classes(self.spec))
+        return [Problem("analysis.mirror", "true", f"must be off on this gateway: {reason}") for reason in reasons]
+
+    def resume(self) -> ReleaseResult:
+        """Continue an interrupted release from the store (or finish rolling it back)."""
+        state = self.store.load()
+        if state is None:
+            raise InvalidSpec([Problem("app", self.spec.app.name, "has no release to resume")], "resume")
+        if state.phase in ENDED:
+            return self._result(state)
+        previous = self.lease.acquire(state.release)
+        self.lease.start_renewing()
+        try:
+            self.recorder.event(state, f"resuming release in phase {state.phase} at weight {state.weight}" + (f" (taken over from {previous})" if previous else ""))
+            for lock in self.stack.clear_stale_lock():
+                self.recorder.event(state, f"cleared Pulumi's stale lock of pid {lock['pid']} on {lock['hostname']} (the process is gone)")
+            self._refresh = True
+            if state.phase in (Phase.PROGRESSING, Phase.WAITING_PROMOTION, Phase.WAITING_DECISION):
+                if state.step == 0:
+                    # no step was taken yet: take the first one (judging weight 0 would judge no traffic)
+                    state = state.model_copy(update={"advance": True, "shifting_to": None})
+                else:
+                    # the last tick's outcome is unknown and a shift may have been cut short:
+                    # put the judged step back in the route and judge it again
+                    state = state.model_copy(update={"advance": False, "reapply": True, "shifting_to": None})
+            elif state.phase is Phase.INITIALIZING:
+                state = state.model_copy(update={"canary_deployed": False})
+            elif state.phase is Phase.PROMOTED_UNVERIFIED:
+                state = state.model_copy(update={"phase": Phase.FINALISING})
+            elif state.phase is Phase.ROLLING_BACK:
+                state = state.model_copy(update={"rollback_pending": False})
+            return self._run(state)
+        finally:
+            self._close()
+
+    def request_abort(self, by: str) -> None:
+        """An abort from this process (a signal): as if `canary abort` had been run."""
+        self._requests = {**self._requests, "abort": {"by": by, "local": True}}
+        if self._phase not in PROMOTION and self._phase is not Phase.ROLLING_BACK:
+            self._cancel_now()
+
+    # --- the loop ----------------------------------------------------------------------------
+
+    def _run(self, state: ReleaseState) -> ReleaseResult:
+        stop = threading.Event()
+        self.store.watch_requests(state.release, self._on_requests, stop)
+        try:
+            while state.phase not in TERMINAL:
+                self._state = state
+                self._phase = state.phase
+                if self.lease.lost:
+                    raise StackBusy(f"release {state.release} stopped: {self.lease.lost}")
+                state = self._take_requests(state)
+                try:
+                    state = self.advance(state)
+                except RollbackPending as exc:
+                    state = self._where(state)
+                    state = self.recorder.save(state.model_copy(update={"rollback_pending": True, "reason": str(exc)}), f"rollback pending: {exc}", Severity.ERROR)
+                    return self._result(state)
+                except Cancelled:
+                    state = self._where(state)
+                    if state.phase is Phase.ROLLING_BACK:
+                        raise
+                    continue  # the abort is taken at the top of the loop
+                except CanaryError as exc:
+                    state = self._where(state)
+                    if state.phase is Phase.ROLLING_BACK:
+                        raise
+                    state = self._after_failure(state, f"{type(exc).__name__}: {exc}")
+                except Exception as exc:
+                    # a defect: never leave traffic on the canary without a record of why
+                    state = self._where(state)
+                    if state.phase is Phase.ROLLING_BACK:
+                        raise
+                    state = self._after_failure(state, f"internal error ({type(exc).__name__}: {exc}); please report it")
+            self._post_rollout(state)
+            return self._result(state)
+        finally:
+            stop.set()
+
+    def _where(self, state: ReleaseState) -> ReleaseState:
+        """Where the release stands after a handler failed midway: its last saved state."""
+        saved = self.recorder.last_saved
+        return saved if saved is not None and saved.release == state.release else state
+
+    def _after_failure(self, state: ReleaseState, reason: str) -> ReleaseState:
+        if state.phase is Phase.PROMOTING and state.promotion_step >= 2:
+            # stable already runs the new version: never demote it; verify what can be verified
+            return self.recorder.save(state.model_copy(update={"phase": Phase.FINALISING, "reason": reason}), f"promotion step failed after stable took the new version: {reason}; verifying")
+        if state.phase is Phase.FINALISING:
+            return self.recorder.save(state.model_copy(update={"phase": Phase.PROMOTED_UNVERIFIED, "reason": reason}),
+                                      f"promoted, but the end state could not be verified: {reason}; run canary resume to verify", Severity.ERROR)
+        return self._begin_rollback(state, reason)
+
+    def advance(self, state: ReleaseState) -> ReleaseState:
+        """Run the handler of the current phase once."""
+        handler = {
+            Phase.INITIALIZING: self._initializing,
+            Phase.PROGRESSING: self._progressing,
+            Phase.WAITING_PROMOTION: self._waiting_promotion,
+            Phase.WAITING_DECISION: self._waiting_decision,
+            Phase.PROMOTING: self._promoting,
+            Phase.FINALISING: self._finalising,
+            Phase.ROLLING_BACK: self._rolling_back,
+        }[state.phase]
+        return handler(state)
+
+    # --- requests and cancelling -------------------------------------------------------------
+
+    def _on_requests(self, requests: dict[str, dict[str, Any]]) -> None:
+        """From the watch on the requests ConfigMap (another thread): an abort cancels at once."""
+        local = {k: v for k, v in self._requests.items() if v.get("local")}
+        self._requests = {**requests, **local}
+        if "abort" in self._requests and self._phase not in PROMOTION and self._phase is not Phase.ROLLING_BACK:
+            self._cancel_now()
+        if requests:
+            self._wake.set()
+
+    def _cancel_now(self) -> None:
+        self.cancel.set()
+        self._wake.set()
+        if self._in_up:
+            self.stack.interrupt()
+
+    def _take_requests(self, state: ReleaseState) -> ReleaseState:
+        requests = dict(self._requests)
+        abort = requests.get("abort")
+        if abort is not None and state.phase not in (*TERMINAL, Phase.ROLLING_BACK):
+            self._clear("abort")
+            if state.phase in PROMOTION:
+                self.recorder.event(state, f"abort ignored: the release is already {state.phase} (the new version passed every check)")
+                self.cancel.clear()
+                return state
+            by = abort.get("by") or "a user"
+            self.recorder.request(state, "abort", by, abort.get("reason", ""))
+            return self._begin_rollback(state, f"aborted by {by}", to=Phase.ABORTED)
+        for kind, paused in (("pause", True), ("continue", False)):
+            request = requests.get(kind)
+            if request is not None:
+                self._clear(kind)
+                if state.paused != paused:
+                    self.recorder.request(state, kind, request.get("by", ""), request.get("reason", ""))
+                    word = "paused: the step holds, analysis goes on" if paused else "continued"
+                    state = self.recorder.save(state.model_copy(update={"paused": paused}), f"release {word} (by {request.get('by') or 'a user'})", Severity.WARN)
+        promote = requests.get("promote")
+        if promote is not None and promote.get("skip_analysis") and state.phase in (Phase.INITIALIZING, Phase.PROGRESSING, Phase.WAITING_PROMOTION, Phase.WAITING_DECISION):
+            self._clear("promote")
+            if state.phase is Phase.INITIALIZING and not state.canary_deployed:
+                self.recorder.event(state, "promote --skip-analysis waits until the canary is deployed")
+                self._requests["promote"] = promote
+                return state
+            reason = promote.get("reason", "")
+            self.recorder.request(state, "promote --skip-analysis", promote.get("by", ""), reason)
+            return self.recorder.save(state.model_copy(update={"phase": Phase.PROMOTING, "forced": f"skip-analysis: {reason}"}),
+                                      f"promoting without analysis (by {promote.get('by') or 'a user'}): {reason}", Severity.WARN)
+        return state
+
+    def _clear(self, kind: str) -> None:
+        self._requests.pop(kind, None)
+        try:
+            self.store.clear_request(kind)
+        except CanaryError:
+            pass
+
+    def _wait(self, seconds: float) -> bool:
+        """Wait up to ``seconds``; stops early (True) on an abort, or on any request (``_wake``)."""
+        self._wake.clear()
+        end = self.clock.monotonic() + seconds
+        while (left := end - self.clock.monotonic()) > 0:
+            if self.cancel.is_set():
+                return True
+            if self._wake.is_set():
+                return False
+            self.clock.sleep(min(0.2, left))
+        return self.cancel.is_set()
+
+    # --- applying ------------------------------------------------------------------------------
+
+    def _pins(self, state: ReleaseState, *, stable: TrackPin | None = None, canary: TrackPin | None = None, replicas: int = 0,
+              shape: RouteShape | None = None) -> dict[str, Any]:
+        assert state.stable is not None
+        pins: dict[str, Any] = {"release": state.release, "stable": _pin(stable or state.stable),
+                                "route": (shape if shape is not None else RouteShape.from_json(state.route)).to_json()}
+        if canary is not None:
+            pins["canary"] = {**_pin(canary), "replicas": replicas}
+        return pins
+
+    def _apply(self, state: ReleaseState, pins: dict[str, Any], parts: tuple[str, ...] | None, cancellable: bool = True,
+               refresh: bool = False) -> None:
+        """One ``up`` with the release config file (the snapshot plus these pins), limited to the
+        app's resources ``parts`` (None: the whole stack); ``refresh`` reads them back from the cluster
+        first (the first ``up`` after a resume always does)."""
+        path = self.config.write(state.release, state.snapshot, pins)
+        targets = self.facts.targets(*parts) if parts is not None else None
+        refresh = refresh or self._refresh
+        if cancellable and self.cancel.is_set():
+            raise Cancelled("stopped by an abort")
+        self._in_up = cancellable
+        try:
+            result = self.stack.up(config_file=path, targets=targets, refresh=refresh)
+        finally:
+            self._in_up = False
+        self._refresh = False
+        summary = {"stable": pins["stable"]["hash"], "canary": pins.get("canary", {}).get("hash"), "replicas": pins.get("canary", {}).get("replicas", 0),
+                   "route": pins["route"]}
+        self.recorder.up(state, list(parts or ("all",)), summary, refresh, result.seconds, result.changes)
+
+    def _retrying(self, state: ReleaseState, what: str, action: Callable[[], Any], rollback: bool = False) -> Any:
+        """Run ``action``, retrying temporary failures with back-off (Pulumi's lock: waited on for up to
+        ``lock_wait``). In a rollback every error is retried, and running out raises RollbackPending."""
+        delay = self.retry_backoff
+        attempt = 0
+        lock_deadline = self.clock.monotonic() + self.lock_wait
+        while True:
+            attempt += 1
+            try:
+                return action()
+            except Cancelled:
+                raise
+            except StackLocked as exc:
+                if self.clock.monotonic() >= lock_deadline:
+                    if rollback:
+                        raise RollbackPending(f"{what}: {exc}; run canary resume {self.stack.name} once the other update is done") from exc
+                    raise
+                self.recorder.event(state, f"{what}: waiting for Pulumi's lock ({exc})")
+                self.clock.sleep(2.0)
+                attempt -= 1
+                continue
+            except CanaryError as exc:
+                if not rollback and not isinstance(exc, Temporary):
+                    raise
+                if isinstance(exc, InvalidSpec) or attempt >= self.retries:
+                    if rollback:
+                        raise RollbackPending(f"{what} could not be applied after {attempt} attempts: {exc}; run canary resume {self.stack.name} "
+                                              f"--app {self.spec.app.name} once that is fixed") from exc
+                    raise
+                self.recorder.event(state, f"{what} failed (attempt {attempt} of {self.retries}): {exc}; retrying in {delay:g}s")
+                self.clock.sleep(delay)
+                delay *= 2
+
+    def _canary_size(self, shape: RouteShape | None = None) -> int:
+        app = self.spec.app
+        base = app.autoscaler.min_replicas if app.autoscaler else app.replicas
+        if app.canary_replicas is not None:
+            return app.canary_replicas
+        if schedule.full_size(self.spec.analysis):
+            return base
+        weights = schedule.weights(self.spec.analysis)
+        weight = shape.weight if shape is not None and shape.weight else (weights[0] if weights else 100)
+        return workload.canary_replicas(base, weight)
+
+    def _stable_size(self) -> int:
+        app = self.spec.app
+        return app.autoscaler.min_replicas if app.autoscaler else app.replicas
+
+    def _steps(self, state: ReleaseState) -> list[RouteShape]:
+        affinity = None
+        if self.spec.analysis.session_affinity is not None:
+            sa = self.spec.analysis.session_affinity
+            affinity = Affinity(sa.cookie_name, state.affinity, int(sa.max_age.total_seconds()))
+        return schedule.steps(self.spec.analysis, affinity)
+
+    def _at_rest(self, state: ReleaseState) -> RouteShape:
+        """The route between releases; after a release with session affinity, its cookie is expired on answers."""
+        sa = self.spec.analysis.session_affinity
+        return RouteShape(expire_cookie=sa.cookie_name) if sa is not None and state.affinity else AT_REST
+
+    # --- phases --------------------------------------------------------------------------------
+
+    def _initializing(self, state: ReleaseState) -> ReleaseState:
+        assert state.canary is not None
+        if not state.canary_deployed:
+            # As in Flagger, the confirm-rollout gate is asked before the canary is scaled up.
+            gate = self.hooks.gate(state, WebhookType.CONFIRM_ROLLOUT)
+            if gate is not None:
+                self.recorder.event(state, f"waiting: confirm-rollout webhook {gate.name} said no ({gate.detail})", Severity.WARN)
+                self._wait(self.spec.analysis.interval.total_seconds())
+                return state
+            replicas = self._canary_size()
+            canary = state.canary
+            self.recorder.decide(state, f"deploying canary {canary.image or canary.hash} ({replicas} pods) at weight 0")
+            self._retrying(state, "deploying the canary", lambda: self._apply(state, self._pins(state, canary=canary, replicas=replicas, shape=AT_REST), ("canary", "route")))
+            self._retrying(state, "the canary's readiness", lambda: self.verify.track(self.spec, Track.CANARY, canary.hash, replicas))
+            self._retrying(state, "the route at rest", lambda: self.verify.route(self.spec, AT_REST))
+            self.recorder.verified(state, "canary ready", {"hash": canary.hash, "replicas": replicas})
+            state = self.recorder.save(state.model_copy(update={"canary_deployed": True, "canary_replicas": replicas, "route": AT_REST.to_json()}),
+                                       f"canary {canary.image or canary.hash} is ready at weight 0", Severity.INFO)
+        failed = [r for r in self.hooks.run(state, WebhookType.PRE_ROLLOUT) if not r.ok]
+        if failed:
+            return self._count_failure(state, f"pre-rollout webhook {failed[0].name} failed: {failed[0].detail}", wait=True)
+        if self.spec.analysis.skip_analysis:
+            return self.recorder.save(state.model_copy(update={"phase": Phase.PROMOTING, "forced": "analysis.skipAnalysis"}),
+                                      "analysis.skipAnalysis: promoting without analysis", Severity.WARN)
+        return self.recorder.save(state.model_copy(update={"phase": Phase.PROGRESSING, "advance": True, "step": 0}), "analysis starts", Severity.INFO)
+
+    def _progressing(self, state: ReleaseState) -> ReleaseState:
+        if (asked := self.hooks.rollback_asked(state)) is not None:
+            return self._begin_rollback(state, f"rollback webhook {asked} asked for a rollback")
+        step_start = self.clock.monotonic()
+        steps = self._steps(state)
+        if state.reapply:
+            state = self._shift(state, state.step, steps[state.step - 1], again=True)
+        if state.advance and not state.paused:
+            following = state.step + 1
+            if following > len(steps):
+                return self._promotion_gate(state)
+            gate = self.hooks.gate(state, WebhookType.CONFIRM_TRAFFIC_INCREASE)
+            if gate is not None:
+                self.recorder.event(state, f"holding at weight {state.weight}: confirm-traffic-increase webhook {gate.name} said no ({gate.detail}); analysis goes on", Severity.WARN)
+            else:
+                state = self._shift(state, following, steps[following - 1])
+        if state.step == 0:
+            # no traffic reaches the canary yet: nothing to judge, ask again after an interval
+            self._wait(self.spec.analysis.interval.total_seconds())
+            return state
+        return self._analyse(state, since=step_start)
+
+    def _waiting_promotion(self, state: ReleaseState) -> ReleaseState:
+        if (asked := self.hooks.rollback_asked(state)) is not None:
+            return self._begin_rollback(state, f"rollback webhook {asked} asked for a rollback")
+        request = self._requests.get("promote")
+        if request is not None:
+            self._clear("promote")
+            by = request.get("by") or "canary promote"
+            if state.advance or request.get("force"):
+                self.recorder.request(state, "promote" + (" --force" if request.get("force") and not state.advance else ""), by, request.get("reason", ""))
+                forced = "" if state.advance else f"force: {request.get('reason', '')}"
+                return self.recorder.save(state.model_copy(update={"phase": Phase.PROMOTING, "forced": forced}),
+                                          f"promotion approved by {by}" + (f" despite a failed last tick: {request.get('reason')}" if forced else ""), Severity.INFO)
+            self.recorder.event(state, f"promotion by {by} refused: the last tick did not pass ({state.reason or 'see canary status'}); "
+                                       "wait for a passing tick, or promote --force --reason TEXT", Severity.WARN)
+        elif state.advance and self.hooks.gate(state, WebhookType.CONFIRM_PROMOTION) is None:
+            return self.recorder.save(state.model_copy(update={"phase": Phase.PROMOTING}), "confirm-promotion webhooks approved", Severity.INFO)
+        if state.reapply:
+            state = self._shift(state, state.step, self._steps(state)[state.step - 1], again=True)
+        return self._analyse(state)
+
+    def _waiting_decision(self, state: ReleaseState) -> ReleaseState:
+        request = self._requests.get("promote")
+        if request is not None:
+            self._clear("promote")
+            by = request.get("by") or "canary promote"
+            self.recorder.request(state, "promote", by, request.get("reason", ""))
+            return self.recorder.save(state.model_copy(update={"phase": Phase.PROMOTING, "forced": f"decided by {by}: {request.get('reason', '')}"}),
+                                      f"inconclusive release promoted by {by}", Severity.WARN)
+        since = _parse(state.deciding_since)
+        bound = self.spec.analysis.decision_timeout
+        if since is not None and (self.clock.now() - since) > bound:
+            return self._begin_rollback(state, f"inconclusive and no decision within {bound}: {state.reason}")
+        if state.reapply:
+            state = self._shift(state, state.step, self._steps(state)[state.step - 1], again=True)
+        return self._analyse(state)
+
+    def _promotion_gate(self, state: ReleaseState) -> ReleaseState:
+        gate = self.hooks.gate(state, WebhookType.CONFIRM_PROMOTION)
+        if gate is None:
+            return self.recorder.save(state.model_copy(update={"phase": Phase.PROMOTING}), f"every check passed up to weight {state.weight}: promoting", Severity.INFO)
+        return self.recorder.save(
+            state.model_copy(update={"phase": Phase.WAITING_PROMOTION}),
+            f"waiting for promotion: confirm-promotion webhook {gate.name} said no ({gate.detail}); approve with "
+            f"canary promote {self.stack.name} --app {self.spec.app.name}", Severity.WARN)
+
+    def _promoting(self, state: ReleaseState) -> ReleaseState:
+        """Stable takes the canary's template (awaited Ready), then all traffic returns to stable
+        (verified accepted), then the canary goes to zero; blue/green first switches all traffic to
+        the (full-size) canary at once."""
+        canary = state.canary
+        assert canary is not None
+        replicas = state.canary_replicas or self._canary_size()
+        if state.promotion_step == 0:
+            if self.spec.analysis.kind is Strategy.BLUE_GREEN:
+                switch = RouteShape(weight=100)
+                self.recorder.decide(state, "blue/green: all traffic switches to the new version at once", "Promoting")
+                self._retrying(state, "the switch", lambda: self._apply(state, self._pins(state, canary=canary, replicas=replicas, shape=switch), ("route",), cancellable=False))
+                self._retrying(state, "the switch", lambda: self.verify.route(self.spec, switch, cancellable=False))
+                state = state.model_copy(update={"weight": 100, "route": switch.to_json()})
+            state = self.recorder.save(state.model_copy(update={"promotion_step": 1}), "promotion: the stable Deployment takes the new version")
+        if state.promotion_step == 1:
+            self.recorder.decide(state, f"promoting: the stable Deployment takes {canary.image or canary.hash}", "Promoting")
+            self._retrying(state, "stable taking the new version",
+                           lambda: self._apply(state, self._pins(state, stable=canary, canary=canary, replicas=replicas), ("stable",), cancellable=False))
+            self._retrying(state, "stable's readiness", lambda: self.verify.track(self.spec, Track.STABLE, canary.hash, self._stable_size(), cancellable=False))
+            state = self.recorder.save(state.model_copy(update={"promotion_step": 2}), f"stable runs {canary.image or canary.hash} and is ready")
+        rest = self._at_rest(state)
+        if state.promotion_step == 2:
+            self._retrying(state, "traffic back to stable",
+                           lambda: self._apply(state, self._pins(state, stable=canary, canary=canary, replicas=replicas, shape=rest), ("route",), cancellable=False))
+            self._retrying(state, "the route at rest", lambda: self.verify.route(self.spec, rest, cancellable=False))
+            state = self.recorder.save(state.model_copy(update={"promotion_step": 3, "weight": 0, "route": rest.to_json()}),
+                                       "all traffic is on stable (route at rest, accepted)")
+        self._retrying(state, "the canary to zero", lambda: self._apply(state, self._pins(state, stable=canary, shape=rest), ("app",), cancellable=False))
+        return self.recorder.save(state.model_copy(update={"phase": Phase.FINALISING, "canary_replicas": 0}), "canary scaled to zero")
+
+    def _finalising(self, state: ReleaseState) -> ReleaseState:
+        canary = state.canary
+        assert canary is not None
+        try:
+            details = self._retrying(state, "verifying the end state", lambda: self.verify.end_state(self.spec, canary.hash, self._stable_size(), cancellable=False))
+        except CanaryError as exc:
+            return self.recorder.save(state.model_copy(update={"phase": Phase.PROMOTED_UNVERIFIED, "reason": str(exc)}),
+                                      f"promoted {canary.image or canary.hash}, but the end state could not be verified: {exc}; run canary resume to verify", Severity.ERROR)
+        self.recorder.verified(state, "end state", details)
+        self._prune(state, keep=(canary,))
+        message = f"promoted {canary.image or canary.hash}: route at rest, canary has no pods, stable verified" + (f" ({state.forced})" if state.forced else "")
+        return self.recorder.save(state.model_copy(update={"phase": Phase.SUCCEEDED, "weight": 0, "stable": canary, "verified": True,
+                                                          "reason": f"promoted {canary.image or canary.hash}"}), message, Severity.INFO)
+
+    def _rolling_back(self, state: ReleaseState) -> ReleaseState:
+        stable, canary = state.stable, state.canary
+        assert stable is not None and canary is not None
+        rest = self._at_rest(state)
+        replicas = state.canary_replicas
+        if state.rollback_step == 0:
+            if state.rolled_back_from is Phase.PROMOTING and state.promotion_step >= 1:
+                self.recorder.decide(state, f"rollback: stable back to {stable.image or stable.hash} before traffic moves to it")
+                self._retrying(state, "restoring stable", lambda: self._apply(state, self._pins(state, canary=canary, replicas=replicas), ("stable",), cancellable=False), rollback=True)
+                self._retrying(state, "stable's readiness", lambda: self.verify.track(self.spec, Track.STABLE, stable.hash, self._stable_size(), cancellable=False), rollback=True)
+            state = state.model_copy(update={"rollback_step": 1})
+        if state.rollback_step == 1:
+            self.recorder.decide(state, "rollback: traffic to stable first", "RollingBack")
+            self._retrying(state, "the rollback's traffic step",
+                           lambda: self._apply(state, self._pins(state, canary=canary, replicas=replicas, shape=rest), ("route",), cancellable=False), rollback=True)
+            self._retrying(state, "the route at rest", lambda: self.verify.route(self.spec, rest, rollback=True, cancellable=False), rollback=True)
+            state = self.recorder.save(state.model_copy(update={"rollback_step": 2, "weight": 0, "route": rest.to_json()}), "traffic is back on stable (route at rest)")
+        self.recorder.decide(state, "rollback: the stable state as the release began (the stack file's snapshot), canary to zero")
+        self._retrying(state, "the rollback's stable state", lambda: self._apply_or_full(state, self._pins(state, shape=rest)), rollback=True)
+        details = self._retrying(state, "verifying the end state",
+                                 lambda: self.verify.end_state(self.spec, stable.hash, self._stable_size(), rollback=True, cancellable=False), rollback=True)
+        self.recorder.verified(state, "end state", details)
+        unapplied: tuple[str, ...] = ()
+        changes = self.config.changes_since(state.snapshot)
+        if changes:
+            kept = self.config.keep(state.release, changes)
+            unapplied = tuple(sorted(changes))
+            self.recorder.event(state, f"not applied by the rollback, changed in the stack file during the release: {', '.join(unapplied)}"
+                                       + (f"; their values are kept in {kept}" if kept else ""), Severity.WARN)
+        self._prune(state, keep=(stable, canary))
+        end = state.rollback_to
+        verb = "aborted" if end is Phase.ABORTED else "rolled back"
+        return self.recorder.save(state.model_copy(update={"phase": end, "rollback_pending": False, "canary_replicas": 0, "unapplied": unapplied, "verified": True}),
+                                  f"{verb}: {state.reason}; stable {stable.image or stable.hash} verified (route at rest, no canary pods)",
+                                  Severity.WARN if end is Phase.ABORTED else Severity.ERROR)
+
+    def _apply_or_full(self, state: ReleaseState, pins: dict[str, Any]) -> None:
+        """The rollback's targeted ``up``; when it cannot apply (a resource it depends on is not in the
+        stack), the same pins applied to the whole stack."""
+        try:
+            self._apply(state, pins, ("app",), cancellable=False)
+        except StackError as exc:
+            self.recorder.event(state, f"the targeted rollback could not apply ({exc}); applying the snapshot to the whole stack")
+            self._apply(state, pins, None, cancellable=False)
+
+    # --- steps and ticks -----------------------------------------------------------------------
+
+    def _shift(self, state: ReleaseState, index: int, shape: RouteShape, again: bool = False) -> ReleaseState:
+        """Size the canary for the step, then move the route to it and verify the gateway took it."""
+        canary = state.canary
+        assert canary is not None
+        current = RouteShape.from_json(state.route)
+        replicas = max(self._canary_size(shape), state.canary_replicas if not again else 0)
+        if not again and current == shape and replicas == state.canary_replicas:
+            # an iteration of A/B or blue/green: the route stays as it is
+            return self.recorder.save(state.model_copy(update={"step": index, "advance": False}), f"iteration {index} at {shape.describe()}")
+        state = self.recorder.save(state.model_copy(update={"shifting_to": index}), f"{'re-applying' if again else 'shifting to'} step {index}: {shape.describe()}", to=shape.weight)
+        # after a resume every `up` of the step reads its resources back first: a killed `up` may have
+        # changed them without writing its checkpoint, and Pulumi would then see nothing to do
+        if replicas != state.canary_replicas or again:
+            self._retrying(state, "sizing the canary", lambda: self._apply(state, self._pins(state, canary=canary, replicas=replicas), ("canary",), refresh=again))
+            self._retrying(state, "the canary's readiness", lambda: self.verify.track(self.spec, Track.CANARY, canary.hash, replicas))
+        self._retrying(state, "shifting traffic",
+                       lambda: self._apply(state, self._pins(state, canary=canary, replicas=replicas, shape=shape), ("route",), refresh=again))
+        self._retrying(state, "the route", lambda: self.verify.route(self.spec, shape))
+        shifted_at = self.clock.iso()
+        # the details say when the warm-up began: `canary backtest` replays the release's ticks from them
+        return self.recorder.save(
+            state.model_copy(update={"step": index, "weight": shape.weight, "route": shape.to_json(), "shifting_to": None, "advance": False, "reapply": False,
+                                     "shifted_at": shifted_at, "canary_replicas": replicas, "holding_since": ""}),
+            f"{shape.describe()} is live in the route and accepted by the gateway", Severity.INFO, shifted_at=shifted_at, step=index, reapplied=again)
+
+    def _analyse(self, state: ReleaseState, since: float | None = None) -> ReleaseState:
+        """Wait out the interval — counted from ``since``, the start of the step, so that the time a
+        shift takes is part of the interval as in Flagger — with the rollout hooks running, then tick."""
+        interval = self.spec.analysis.interval.total_seconds()
+        start = self.clock.monotonic()
+        running = self.hooks.start_rollout(state)
+        stopped = self._wait(interval - (start - since) if since is not None else interval)
+        answered = self._wake.is_set() and state.phase in (Phase.WAITING_PROMOTION, Phase.WAITING_DECISION) and "promote" in self._requests
+        # a person answered: stop the load test and act on it before judging again
+        hook_failures = self.hooks.finish_rollout(state, running, start, cut="canary promote answered" if answered else "")
+        if stopped or self.cancel.is_set() or answered:
+            return state
+        now = self.clock.now()
+        shifted = _parse(state.shifted_at)
+        holding = _parse(state.holding_since)
+        ctx = analysis.TickContext(
+            failed_in_row=state.failed_in_row, failed_total=state.failed_total, weight=state.weight,
+            warming_up=shifted is not None and (now - shifted) < self.spec.analysis.warmup,
+            held_too_long=holding is not None and (now - holding) > self.spec.analysis.hold_bound,
+            evidence_window=(now - shifted).total_seconds() if holding is not None and shifted is not None else None,
+        )
+        tick = analysis.run_tick(self.spec, self.provider_for, ctx)
+        if hook_failures:
+            extra = tuple(analysis.extra_failure(f"webhook:{r.name}", f"rollout webhook {r.name} failed: {r.detail}") for r in hook_failures)
+            tick = analysis.decide_for(self.spec, tick.checks + extra, ctx)
+        record = self.recorder.tick_record(state, outcome=tick.outcome, failed_in_row=tick.failed_in_row, failed_total=tick.failed_total,
+                                           threshold=tick.threshold, failure_limit=tick.failure_limit, reason=tick.reason, checks=tick.checks, score=tick.score)
+        state = state.model_copy(update={"failed_in_row": tick.failed_in_row, "failed_total": tick.failed_total, "last_checks": tick.checks})
+        self.recorder.tick(state, record)
+        if tick.outcome is Outcome.ROLLBACK:
+            return self._begin_rollback(state, tick.reason)
+        waiting = state.phase is Phase.WAITING_DECISION
+        if tick.outcome is Outcome.INCONCLUSIVE and not waiting:
+            return self.recorder.save(state.model_copy(update={"phase": Phase.WAITING_DECISION, "advance": False, "deciding_since": self.clock.iso(), "reason": tick.reason}),
+                                      f"waiting for a decision: {tick.reason}; canary promote {self.stack.name} --app {self.spec.app.name} or canary abort", Severity.WARN)
+        updates: dict[str, Any] = {"advance": tick.outcome is Outcome.ADVANCE and not waiting}
+        if tick.outcome is Outcome.HOLD:
+            updates["holding_since"] = state.holding_since or self.clock.iso()
+        elif tick.outcome is Outcome.ADVANCE:
+            updates["holding_since"] = ""
+        if tick.outcome is Outcome.FAIL:
+            updates["reason"] = tick.reason
+        # a failed tick's Kubernetes Event is the tick's own (CheckFailed)
+        return self.recorder.save(state.model_copy(update=updates), tick.reason, Severity.WARN if tick.outcome is Outcome.FAIL else None, kube=False)
+
+    def _count_failure(self, state: ReleaseState, reason: str, wait: bool) -> ReleaseState:
+        in_row, total = state.failed_in_row + 1, state.failed_total + 1
+        state = state.model_copy(update={"failed_in_row": in_row, "failed_total": total})
+        threshold, limit = self.spec.analysis.threshold, self.spec.analysis.failures_allowed
+        if in_row >= threshold:
+            return self._begin_rollback(state, f"{reason} for {in_row} checks in a row at weight {state.weight}")
+        if total >= limit:
+            return self._begin_rollback(state, f"{reason}: {total} failed checks in all (failureLimit {limit}) at weight {state.weight}")
+        self.recorder.save(state, f"{reason}: failed check {in_row} of {threshold} in a row", Severity.WARN)
+        if wait:
+            self._wait(self.spec.analysis.interval.total_seconds())
+        return state
+
+    def _begin_rollback(self, state: ReleaseState, reason: str, to: Phase = Phase.FAILED) -> ReleaseState:
+        self.cancel.clear()
+        state = state.model_copy(update={"phase": Phase.ROLLING_BACK, "reason": reason, "rollback_to": to, "rollback_step": 0, "rolled_back_from": state.phase})
+        return self.recorder.save(state, f"rolling back: {reason}", Severity.ERROR if to is Phase.FAILED else Severity.WARN)
+
+    # --- endings -------------------------------------------------------------------------------
+
+    def _prune(self, state: ReleaseState, keep: tuple[TrackPin, ...]) -> None:
+        """Delete the copies of ConfigMaps and Secrets that neither track, nor the program, reads any more."""
+        names = set(self.facts.copies.values())
+        for pin in keep:
+            names |= {f"{key.partition('/')[2]}-{h[:10]}" for key, h in pin.config_hashes.items()}
+        try:
+            dropped = self.cluster.prune_copies(self.spec, names)
+        except CanaryError as exc:
+            self.recorder.event(state, f"old config copies were not deleted: {exc}")
+            return
+        if dropped:
+            self.recorder.event(state, f"deleted config copies no track reads any more: {', '.join(sorted(dropped))}")
+
+    def _post_rollout(self, state: ReleaseState) -> None:
+        for result in self.hooks.run(state, WebhookType.POST_ROLLOUT):
+            if not result.ok:
+                self.recorder.event(state, f"post-rollout webhook {result.name} failed: {result.detail}")
+
+    def _compact(self, state: ReleaseState) -> None:
+        try:
+            dropped = self.store.compact()
+        except CanaryError as exc:
+            self.recorder.event(state, f"older journals were not compacted: {exc}")
+            return
+        if dropped:
+            self.recorder.event(state, f"dropped the journals of {len(dropped)} older releases (the last 20 are kept)")
+
+    def _note(self, message: str) -> None:
+        if self._state is not None:
+            self.recorder.event(self._state, message)
+
+    def _close(self) -> None:
+        self.hooks.close(self.event_flush_timeout)
+        self.lease.release()
+
+    def _result(self, state: ReleaseState) -> ReleaseResult:
+        return ReleaseResult(state.release, state.phase, state.weight, state.reason, state.last_checks, state.rollback_pending, state.unapplied)
+
+
+def _parse(text: str) -> datetime | None:
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+__all__ = ["Event", "HookResult", "Release", "ReleaseResult", "new_release_id"]

@@ -1,0 +1,132 @@
+"""Recording: every decision, state change, ``up``, tick, hook call and verification, before it is acted on.
+
+The ``Recorder`` writes typed records through the store port (the journal in
+the cluster, with its local copy), saves the state, tells the caller's
+``on_event`` and the event hooks and alerts, records a Kubernetes Event for
+what a person watching with ``kubectl`` needs to see, and pushes the release's
+metrics. Nothing recorded holds a secret.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from canary.core import records
+from canary.core.records import Phase, ReleaseState
+from canary.core.spec import Severity
+from canary.release.ports import Clock, HookResult, PusherPort, StorePort
+
+
+@dataclass(frozen=True)
+class Event:
+    """What ``on_event`` receives: one line of the release's story."""
+
+    time: str
+    release: str
+    phase: str
+    weight: int
+    message: str
+    app: str = ""
+
+
+#: Kubernetes Event reasons for state changes, by the phase they lead to.
+_REASONS = {
+    Phase.PROGRESSING: "Progressing",
+    Phase.WAITING_PROMOTION: "WaitingPromotion",
+    Phase.WAITING_DECISION: "WaitingDecision",
+    Phase.PROMOTING: "Promoting",
+    Phase.FINALISING: "Promoting",
+    Phase.SUCCEEDED: "Promoted",
+    Phase.PROMOTED_UNVERIFIED: "PromotedUnverified",
+    Phase.ROLLING_BACK: "RollingBack",
+    Phase.FAILED: "RolledBack",
+    Phase.ABORTED: "Aborted",
+}
+_WARNINGS = {Phase.ROLLING_BACK, Phase.FAILED, Phase.ABORTED, Phase.PROMOTED_UNVERIFIED, Phase.WAITING_DECISION}
+
+
+class Recorder:
+    def __init__(self, store: StorePort, clock: Clock, stack: str, app: str, on_event: Callable[[Event], None] | None = None,
+                 pusher: PusherPort | None = None) -> None:
+        self.store = store
+        self.clock = clock
+        self.stack = stack
+        self.app = app
+        self.on_event = on_event
+        self.pusher = pusher
+        #: set by the release once its hooks exist: event hooks and alerts
+        self.notify: Callable[[ReleaseState, str, Severity], None] | None = None
+        #: the state as last saved: where the release stands when a handler fails midway
+        self.last_saved: ReleaseState | None = None
+
+    def _base(self, state: ReleaseState) -> dict[str, Any]:
+        return {"time": self.clock.iso(), "stack": self.stack, "app": self.app, "release": state.release, "phase": state.phase.value, "weight": state.weight}
+
+    def _tell(self, state: ReleaseState, message: str, severity: Severity = Severity.INFO, notify: bool = True) -> None:
+        if self.on_event is not None:
+            self.on_event(Event(self.clock.iso(), state.release, state.phase.value, state.weight, message, self.app))
+        if notify and self.notify is not None:
+            self.notify(state, message, severity)
+
+    def decide(self, state: ReleaseState, message: str, reason: str | None = None) -> None:
+        """A decision, durable before it is acted on."""
+        self.store.append(records.Decision(**self._base(state), message=message))
+        if reason is not None:
+            self.store.event(reason, message, warning=state.phase in _WARNINGS)
+        self._tell(state, message)
+
+    def save(self, state: ReleaseState, message: str, severity: Severity | None = None, kube: bool = True, **details: Any) -> ReleaseState:
+        """The state, saved whole, with the record of why; with a severity, people are told too
+        (a Kubernetes Event unless ``kube`` is False, event hooks, alerts)."""
+        state = state.model_copy(update={"updated": self.clock.iso()})
+        self.store.save(state)
+        self.last_saved = state
+        self.store.append(records.StateChange(**self._base(state), message=message, failed_in_row=state.failed_in_row,
+                                              failed_total=state.failed_total, details=details))
+        if state.phase in _REASONS and severity is not None and kube:
+            self.store.event(_REASONS[state.phase], message, warning=state.phase in _WARNINGS)
+        self._tell(state, message, severity or Severity.INFO, notify=severity is not None)
+        if self.pusher is not None:
+            self.pusher.push(state, None)
+        return state
+
+    def event(self, state: ReleaseState, message: str, severity: Severity | None = None, kube_reason: str | None = None) -> None:
+        self.store.append(records.EventRecord(**self._base(state), message=message))
+        if kube_reason is not None:
+            self.store.event(kube_reason, message, warning=severity in (Severity.WARN, Severity.ERROR))
+        self._tell(state, message, severity or Severity.INFO, notify=severity is not None)
+
+    def up(self, state: ReleaseState, targets: list[str], pinned: dict[str, Any], refreshed: bool, seconds: float, changes: dict[str, int]) -> None:
+        self.store.append(records.Up(**self._base(state), targets=tuple(targets), pinned=pinned, refreshed=refreshed,
+                                     seconds=round(seconds, 3), changes=changes))
+
+    def tick(self, state: ReleaseState, tick: records.Tick) -> None:
+        self.store.append(tick)
+        if tick.outcome in (records.Outcome.FAIL, records.Outcome.ROLLBACK):
+            self.store.event("CheckFailed", tick.reason, warning=True)
+        if self.pusher is not None:
+            self.pusher.push(state, tick)
+
+    def tick_record(self, state: ReleaseState, **fields: Any) -> records.Tick:
+        return records.Tick(**self._base(state), **fields)
+
+    def webhook(self, state: ReleaseState | None, result: HookResult, weight: int | None = None) -> None:
+        if state is None:
+            return
+        base = self._base(state)
+        if weight is not None:
+            base["weight"] = weight
+        self.store.append(records.WebhookCall(**base, name=result.name, hook_type=result.type, ok=result.ok,
+                                              seconds=round(result.seconds, 3), detail=result.detail))
+
+    def verified(self, state: ReleaseState, what: str, details: dict[str, Any]) -> None:
+        self.store.append(records.Verified(**self._base(state), what=what, details=details))
+
+    def snapshot(self, state: ReleaseState, export: str) -> None:
+        self.store.append(records.Snapshot(**self._base(state), stable_hash=state.stable.hash if state.stable else "",
+                                           stable_image=state.stable.image if state.stable else "", export=export))
+
+    def request(self, state: ReleaseState, kind: str, by: str, reason: str = "") -> None:
+        self.store.append(records.Request(**self._base(state), request=kind, by=by, reason=reason))

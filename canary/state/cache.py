@@ -1,0 +1,112 @@
+"""The local side of the release state: a cache of the cluster's, and the journals of earlier versions.
+
+Per app, under ``<project>/.canary/<stack>/<app>/`` (or ``$CANARY_STATE_DIR``):
+
+- ``journal.jsonl`` — a copy of the journal records this machine wrote;
+- ``unsent.jsonl`` — records the cluster did not take (its API server down):
+  sent first when it answers again, so nothing a release decided is lost;
+- ``<release>.config.yaml`` — the release's config file for ``up``.
+
+``Legacy`` reads the file journal of canary 0.1 (``<state dir>/<stack>/journal.jsonl``
+and ``release.json``), so ``status`` and ``history`` still show those releases.
+Deleting the directory loses nothing the cluster does not hold, but unsent records.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from canary.adapters import files
+from canary.core import records
+
+
+def state_root(project_dir: Path) -> Path:
+    return Path(os.environ.get("CANARY_STATE_DIR", project_dir / ".canary"))
+
+
+def _safe(name: str) -> str:
+    return name.replace("/", "_")
+
+
+class Cache:
+    def __init__(self, root: Path, stack: str, app: str) -> None:
+        self.dir = root / _safe(stack) / app
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def config_file(self, release: str) -> Path:
+        return self.dir / f"{release}.config.yaml"
+
+    def write_config(self, release: str, text: str) -> Path:
+        path = self.config_file(release)
+        files.write_text_atomic(path, text, mode=0o600)
+        return path
+
+    def record(self, data: dict[str, Any]) -> None:
+        files.append_line(self.dir / "journal.jsonl", json.dumps(data, sort_keys=True, default=str))
+
+    def unsent(self) -> list[dict[str, Any]]:
+        return _read_lines(self.dir / "unsent.jsonl")
+
+    def keep_unsent(self, data: dict[str, Any]) -> None:
+        files.append_line(self.dir / "unsent.jsonl", json.dumps(data, sort_keys=True, default=str))
+
+    def clear_unsent(self) -> None:
+        (self.dir / "unsent.jsonl").unlink(missing_ok=True)
+
+    def records(self) -> list[dict[str, Any]]:
+        return _read_lines(self.dir / "journal.jsonl")
+
+    def save_state(self, data: dict[str, Any]) -> None:
+        files.write_text_atomic(self.dir / "state.json", json.dumps(data, sort_keys=True, default=str), mode=0o600)
+
+    def load_state(self) -> dict[str, Any] | None:
+        try:
+            return json.loads((self.dir / "state.json").read_text())  # type: ignore[no-any-return]
+        except (OSError, ValueError):
+            return None
+
+
+def _read_lines(path: Path) -> list[dict[str, Any]]:
+    """Every JSON line, skipping a torn last line a crash may have left."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return []
+    out = []
+    for line in lines:
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+class Legacy:
+    """The file journal of canary 0.1: ``<state dir>/<stack>/journal.jsonl`` and ``release.json``."""
+
+    def __init__(self, root: Path, stack: str) -> None:
+        self.dir = root / _safe(stack)
+
+    def exists(self) -> bool:
+        return (self.dir / "release.json").is_file() or (self.dir / "journal.jsonl").is_file()
+
+    def state(self) -> records.ReleaseState | None:
+        try:
+            data = json.loads((self.dir / "release.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return records.parse_state(data)
+
+    def records(self, release: str | None = None) -> list[Any]:
+        out = []
+        for data in _read_lines(self.dir / "journal.jsonl"):
+            if release is not None and data.get("release") != release:
+                continue
+            try:
+                out.append(records.parse(data))
+            except ValueError:
+                continue
+        return out

@@ -1,0 +1,190 @@
+"""The release lock of one app: a Kubernetes ``Lease`` in its namespace, which works across machines.
+
+The holder's identity is ``host/pid/release``; the running release renews the
+lease every few seconds. A contender takes it over only when it has expired
+(not renewed for ``duration`` seconds) or when its holder is a dead process of
+this very host (a killed release on this machine need not wait). Every write
+carries the ``resourceVersion`` it read, so of two contenders exactly one wins;
+the other is told who holds the app (``StackBusy``, exit 3).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from canary.adapters import processes
+from canary.adapters.kube import Kube
+from canary.core import naming
+from canary.errors import CanaryError, Conflict, StackBusy
+
+API = "coordination.k8s.io/v1"
+HOLDER_ANNOTATION = "canary.dev/holder"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _micro(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _parse(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class Holder:
+    host: str
+    pid: int
+    release: str
+    acquired: str
+    renewed: str
+    expired: bool
+    #: seconds until the lease runs out unless its holder renews it
+    expires_in: float = 0.0
+
+    def __str__(self) -> str:
+        state = ", its lease expired" if self.expired else ""
+        return f"release {self.release} by pid {self.pid} on {self.host}, started {self.acquired}{state}"
+
+    def alive(self) -> bool:
+        """Holding: not expired, and not a dead process of this host."""
+        return not self.expired and processes.holder_alive(self.host, self.pid, self.acquired)
+
+    def expiry_note(self) -> str:
+        """For a live holder on another host — whose process nothing here can see, and which may be
+        gone with its machine — when its lease runs out and the app can be taken over."""
+        if self.expired or self.host == socket.gethostname():
+            return ""
+        return (f"; if that machine or process is gone, its lease expires in {max(self.expires_in, 0.0):.0f}s "
+                "(a running release renews it every few seconds): run the command again then")
+
+
+class Lease:
+    def __init__(self, kube: Kube, namespace: str, app: str, duration: float = 15.0, renew_every: float = 5.0) -> None:
+        self.kube = kube
+        self.namespace = namespace
+        self.app = app
+        self.name = naming.lease(app)
+        self.duration = duration
+        self.renew_every = renew_every
+        self._held: dict[str, Any] | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.lost: str | None = None
+
+    def _read(self) -> dict[str, Any] | None:
+        return self.kube.get(API, "Lease", self.name, self.namespace)
+
+    def holder(self) -> Holder | None:
+        obj = self._read()
+        return self._holder(obj) if obj else None
+
+    def _holder(self, obj: dict[str, Any]) -> Holder | None:
+        spec = obj.get("spec") or {}
+        if not spec.get("holderIdentity"):
+            return None
+        try:
+            info = json.loads(((obj.get("metadata") or {}).get("annotations") or {}).get(HOLDER_ANNOTATION, "{}"))
+        except ValueError:
+            info = {}
+        renewed = _parse(spec.get("renewTime")) or _parse(spec.get("acquireTime"))
+        duration = float(spec.get("leaseDurationSeconds") or self.duration)
+        left = duration - (_now() - renewed).total_seconds() if renewed is not None else 0.0
+        expired = renewed is None or left < 0
+        return Holder(str(info.get("host", "?")), int(info.get("pid", 0)), str(info.get("release", spec["holderIdentity"])),
+                      str(info.get("acquired", spec.get("acquireTime", ""))), str(spec.get("renewTime", "")), expired, left)
+
+    def _body(self, release: str, base: dict[str, Any] | None) -> dict[str, Any]:
+        now = _micro(_now())
+        host, pid = socket.gethostname(), os.getpid()
+        meta: dict[str, Any] = {"name": self.name, "namespace": self.namespace,
+                                "labels": {naming.APP_LABEL: self.app, "app.kubernetes.io/managed-by": naming.MANAGED_BY},
+                                "annotations": {HOLDER_ANNOTATION: json.dumps({"host": host, "pid": pid, "release": release, "acquired": now})}}
+        transitions = 0
+        if base is not None:
+            meta["resourceVersion"] = base["metadata"]["resourceVersion"]
+            transitions = int((base.get("spec") or {}).get("leaseTransitions") or 0) + 1
+        return {"apiVersion": API, "kind": "Lease", "metadata": meta,
+                "spec": {"holderIdentity": f"{host}/{pid}/{release}", "leaseDurationSeconds": int(self.duration),
+                         "acquireTime": now, "renewTime": now, "leaseTransitions": transitions}}
+
+    def acquire(self, release: str) -> Holder | None:
+        """Take the app's lease for ``release``, or raise StackBusy naming the holder. Returns the
+        previous holder when one was taken over (expired, or a dead process of this host)."""
+        obj = self._read()
+        previous = None
+        if obj is None:
+            try:
+                self._held = self.kube.create(self._body(release, None))
+                return None
+            except Conflict as exc:
+                raise StackBusy(f"app {self.app} is busy: another release took its lease just now") from exc
+        holder = self._holder(obj)
+        if holder is not None and holder.alive() and holder.release != release:
+            raise StackBusy(f"app {self.app} is busy: {holder}{holder.expiry_note()}")
+        if holder is not None and holder.alive() and holder.release == release and not self._mine(holder):
+            raise StackBusy(f"release {release} of {self.app} is still running: {holder}{holder.expiry_note()}")
+        previous = holder
+        try:
+            self._held = self.kube.replace(self._body(release, obj))
+        except Conflict as exc:
+            raise StackBusy(f"app {self.app} is busy: another process took its lease just now") from exc
+        return previous
+
+    def _mine(self, holder: Holder) -> bool:
+        return holder.host == socket.gethostname() and holder.pid == os.getpid()
+
+    def renew(self) -> None:
+        """Renew the lease held; a lease lost to another holder is noted in ``lost``."""
+        if self._held is None:
+            return
+        body = dict(self._held)
+        body["spec"] = {**body["spec"], "renewTime": _micro(_now())}
+        try:
+            self._held = self.kube.replace(body)
+        except Conflict:
+            current = self._read()
+            holder = self._holder(current) if current else None
+            if current is None or holder is None or not self._mine(holder):
+                self.lost = f"the lease of {self.app} was taken by {holder or 'nobody'}"
+                self._held = None
+                return
+            self._held = current
+            self.renew()
+
+    def start_renewing(self) -> None:
+        def loop() -> None:
+            while not self._stop.wait(self.renew_every):
+                with contextlib.suppress(CanaryError):
+                    self.renew()
+
+        self._stop.clear()
+        self._thread = threading.Thread(target=loop, name="canary-lease", daemon=True)
+        self._thread.start()
+
+    def release(self) -> None:
+        """Give the lease up (nobody holds it after this)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if self._held is None:
+            return
+        body = dict(self._held)
+        body["spec"] = {**body["spec"], "holderIdentity": None, "renewTime": None, "acquireTime": None}
+        with contextlib.suppress(CanaryError):
+            self.kube.replace(body)
+        self._held = None

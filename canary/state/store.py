@@ -1,0 +1,310 @@
+"""The release store: one app's release state, journal, requests and Events, kept in its namespace.
+
+- ``canary-<app>-state`` (ConfigMap): the ``ReleaseState``, replaced whole with
+  the ``resourceVersion`` it was read at;
+- ``canary-<app>-requests`` (ConfigMap): abort, promote, pause and continue
+  requests from any machine; the running release watches it;
+- ``canary-<app>-journal-<release>-<n>`` (ConfigMaps): the journal, in chunks
+  of at most ``CHUNK_BYTES``; the journals of the last ``KEEP_RELEASES``
+  releases are kept;
+- Events on the canary Deployment for every decision.
+
+Only the lease holder writes the state and the journal. Every record is also
+written to the local cache first; a record or state the cluster could not
+take (its API server down) is kept there and sent before anything else once it
+answers, so a release that ends "rollback pending" loses nothing. Nothing
+stored holds a secret value: records carry queries, values and verdicts, and
+the snapshot's secrets are Pulumi ciphertext.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from canary.adapters.kube import Kube
+from canary.core import naming, records
+from canary.core.naming import Track
+from canary.errors import CanaryError, ClusterUnreachable, Conflict
+from canary.state.cache import Cache
+
+CHUNK_BYTES = 256 * 1024
+KEEP_RELEASES = 20
+REQUEST_KINDS = ("abort", "promote", "pause", "continue")
+
+
+def _configmap(name: str, namespace: str, app: str, kind: str, data: dict[str, str], extra_labels: dict[str, str] | None = None,
+               version: str | None = None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "namespace": namespace,
+                            "labels": {naming.APP_LABEL: app, naming.STORE_KIND_LABEL: kind, "app.kubernetes.io/managed-by": naming.MANAGED_BY,
+                                       **(extra_labels or {})}}
+    if version is not None:
+        meta["resourceVersion"] = version
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": data}
+
+
+class ReleaseStore:
+    def __init__(self, kube: Kube, namespace: str, app: str, stack: str, cache: Cache) -> None:
+        self.kube = kube
+        self.namespace = namespace
+        self.app = app
+        self.stack = stack
+        self.cache = cache
+        self._state_version: str | None = None
+        self._chunk: dict[str, Any] | None = None  # the journal chunk last written: name, lines, version
+        self._lock = threading.Lock()
+        self._deployment_uid: str | None = None
+
+    # --- state ---------------------------------------------------------------------------------
+
+    def load(self) -> records.ReleaseState | None:
+        """The app's current (or last) release; the local copy when it is newer than the cluster's
+        (records the cluster did not take yet), or when the cluster does not answer."""
+        local = self.cache.load_state()
+        try:
+            obj = self.kube.get("v1", "ConfigMap", naming.state_configmap(self.app), self.namespace)
+        except ClusterUnreachable:
+            return records.parse_state(local) if local else None
+        remote = None
+        if obj is not None:
+            self._state_version = obj["metadata"]["resourceVersion"]
+            text = (obj.get("data") or {}).get("state.json")
+            remote = json.loads(text) if text else None
+        if local and (remote is None or (self.cache.unsent() and _same_release_newer(local, remote))):
+            return records.parse_state(local)
+        return records.parse_state(remote) if remote else None
+
+    def save(self, state: records.ReleaseState) -> None:
+        data = records.dump(state)
+        with self._lock:
+            self.cache.save_state(data)
+            with contextlib.suppress(ClusterUnreachable):
+                self._flush_unsent()
+                self._write_state(data)
+
+    def _write_state(self, data: dict[str, Any]) -> None:
+        name = naming.state_configmap(self.app)
+        body = _configmap(name, self.namespace, self.app, "state", {"state.json": json.dumps(data, sort_keys=True)}, version=self._state_version)
+        if self._state_version is None:
+            existing = self.kube.get("v1", "ConfigMap", name, self.namespace)
+            if existing is None:
+                self._state_version = self.kube.create(body)["metadata"]["resourceVersion"]
+                return
+            body["metadata"]["resourceVersion"] = existing["metadata"]["resourceVersion"]
+        try:
+            self._state_version = self.kube.replace(body)["metadata"]["resourceVersion"]
+        except Conflict:
+            # someone wrote the state since it was read: only a holder of the lease may; say who
+            current = self.kube.get("v1", "ConfigMap", name, self.namespace) or {}
+            self._state_version = (current.get("metadata") or {}).get("resourceVersion")
+            raise
+
+    # --- the journal ---------------------------------------------------------------------------
+
+    def append(self, entry: Any) -> None:
+        """One journal record, on disk here and then in the cluster, before the action it announces."""
+        data = records.dump(entry)
+        with self._lock:
+            self.cache.record(data)
+            try:
+                self._flush_unsent()
+                self._send(data)
+            except ClusterUnreachable:
+                self.cache.keep_unsent(data)
+
+    def _flush_unsent(self) -> None:
+        pending = self.cache.unsent()
+        if not pending:
+            return
+        for data in pending:
+            self._send(data)
+        self.cache.clear_unsent()
+        local = self.cache.load_state()
+        if local is not None:
+            self._write_state(local)
+
+    def _send(self, data: dict[str, Any]) -> None:
+        release = str(data["release"])
+        line = json.dumps(data, sort_keys=True, default=str)
+        chunk = self._chunk
+        if chunk is None or chunk["release"] != release:
+            chunk = self._chunk = self._last_chunk(release)
+        if chunk["lines"] and chunk["size"] + len(line) + 1 > CHUNK_BYTES:
+            chunk = self._chunk = {"release": release, "index": chunk["index"] + 1, "lines": [], "size": 0, "version": None}
+        lines = [*chunk["lines"], line]
+        name = naming.journal_configmap(self.app, release, chunk["index"])
+        body = _configmap(name, self.namespace, self.app, "journal", {"journal.jsonl": "\n".join(lines) + "\n"},
+                          {naming.RELEASE_LABEL: release}, chunk["version"])
+        try:
+            written = self.kube.create(body) if chunk["version"] is None else self.kube.replace(body)
+        except Conflict:
+            self._chunk = None  # read it again: the next call retries from what the cluster holds
+            chunk = self._chunk = self._last_chunk(release)
+            lines = [*chunk["lines"], line]
+            body = _configmap(naming.journal_configmap(self.app, release, chunk["index"]), self.namespace, self.app, "journal",
+                              {"journal.jsonl": "\n".join(lines) + "\n"}, {naming.RELEASE_LABEL: release}, chunk["version"])
+            written = self.kube.create(body) if chunk["version"] is None else self.kube.replace(body)
+        chunk.update(lines=lines, size=chunk["size"] + len(line) + 1, version=written["metadata"]["resourceVersion"])
+
+    def _last_chunk(self, release: str) -> dict[str, Any]:
+        chunks = self._chunks(release)
+        if not chunks:
+            return {"release": release, "index": 0, "lines": [], "size": 0, "version": None}
+        index, obj = chunks[-1]
+        text = (obj.get("data") or {}).get("journal.jsonl", "")
+        lines = [ln for ln in text.splitlines() if ln.strip()]
+        return {"release": release, "index": index, "lines": lines, "size": len(text), "version": obj["metadata"]["resourceVersion"]}
+
+    def _chunks(self, release: str | None = None) -> list[tuple[int, dict[str, Any]]]:
+        selector = f"{naming.APP_LABEL}={self.app},{naming.STORE_KIND_LABEL}=journal"
+        if release is not None:
+            selector += f",{naming.RELEASE_LABEL}={release}"
+        items = self.kube.list("v1", "ConfigMap", self.namespace, label_selector=selector)
+        out = []
+        for obj in items:
+            labels = obj["metadata"].get("labels") or {}
+            index = int(obj["metadata"]["name"].rsplit("-", 1)[-1])
+            out.append(((labels.get(naming.RELEASE_LABEL, ""), index), obj))
+        out.sort(key=lambda item: item[0])
+        return [(key[1], obj) for key, obj in out]
+
+    def records(self, release: str | None = None) -> list[Any]:
+        """Every journal record the cluster holds (of one release), oldest first, with the ones this
+        machine could not send yet; from the local copy when the cluster does not answer."""
+        try:
+            chunks = self._chunks(release)
+        except ClusterUnreachable:
+            raw = self.cache.records()
+        else:
+            raw = []
+            for _, obj in chunks:
+                for line in ((obj.get("data") or {}).get("journal.jsonl") or "").splitlines():
+                    with contextlib.suppress(ValueError):
+                        raw.append(json.loads(line))
+            raw.extend(self.cache.unsent())
+        out = []
+        for data in raw:
+            if release is not None and data.get("release") != release:
+                continue
+            with contextlib.suppress(ValueError):
+                out.append(records.parse(data))
+        return out
+
+    def releases(self) -> list[str]:
+        """The releases whose journals the cluster keeps, oldest first."""
+        return sorted({(obj["metadata"].get("labels") or {}).get(naming.RELEASE_LABEL, "") for _, obj in self._chunks()} - {""})
+
+    def compact(self, keep: int = KEEP_RELEASES) -> list[str]:
+        """Delete the journals of all but the last ``keep`` releases; returns the releases dropped."""
+        chunks = self._chunks()
+        releases = sorted({(obj["metadata"].get("labels") or {}).get(naming.RELEASE_LABEL, "") for _, obj in chunks})
+        dropped = releases[:-keep] if len(releases) > keep else []
+        for _, obj in chunks:
+            if (obj["metadata"].get("labels") or {}).get(naming.RELEASE_LABEL) in dropped:
+                self.kube.delete("v1", "ConfigMap", obj["metadata"]["name"], self.namespace)
+        return dropped
+
+    # --- requests from any machine ---------------------------------------------------------------
+
+    def request(self, kind: str, release: str, by: str, reason: str = "", **fields: Any) -> None:
+        """Ask the running release (or the next resume) to abort, promote, pause or continue."""
+        assert kind in REQUEST_KINDS
+        name = naming.requests_configmap(self.app)
+        value = json.dumps({"release": release, "time": records_now(), "by": by, "reason": reason, **fields})
+        for _ in range(5):
+            obj = self.kube.get("v1", "ConfigMap", name, self.namespace)
+            if obj is None:
+                try:
+                    self.kube.create(_configmap(name, self.namespace, self.app, "requests", {kind: value}))
+                    return
+                except Conflict:
+                    continue
+            data = dict(obj.get("data") or {})
+            data[kind] = value
+            if kind in ("pause", "continue"):
+                data.pop("continue" if kind == "pause" else "pause", None)
+            try:
+                self.kube.replace(_configmap(name, self.namespace, self.app, "requests", data, version=obj["metadata"]["resourceVersion"]))
+                return
+            except Conflict:
+                continue
+        raise Conflict(f"the requests of {self.app} kept changing: try again")
+
+    def requests(self, release: str) -> dict[str, dict[str, Any]]:
+        """The requests addressed to ``release`` (a request for another release is ignored)."""
+        obj = self.kube.get("v1", "ConfigMap", naming.requests_configmap(self.app), self.namespace)
+        out = {}
+        for kind, text in ((obj or {}).get("data") or {}).items():
+            with contextlib.suppress(ValueError):
+                data = json.loads(text)
+                if data.get("release") == release:
+                    out[kind] = data
+        return out
+
+    def clear_request(self, kind: str) -> None:
+        name = naming.requests_configmap(self.app)
+        for _ in range(5):
+            obj = self.kube.get("v1", "ConfigMap", name, self.namespace)
+            if obj is None or kind not in (obj.get("data") or {}):
+                return
+            data = {k: v for k, v in (obj.get("data") or {}).items() if k != kind}
+            try:
+                self.kube.replace(_configmap(name, self.namespace, self.app, "requests", data, version=obj["metadata"]["resourceVersion"]))
+                return
+            except Conflict:
+                continue
+
+    def watch_requests(self, release: str, on_change: Callable[[dict[str, dict[str, Any]]], None], stop: threading.Event) -> threading.Thread:
+        """Call ``on_change`` with the requests for ``release`` whenever they change (a watch on the
+        requests ConfigMap, re-opened when the API server ends it), and once at the start."""
+        name = naming.requests_configmap(self.app)
+
+        def loop() -> None:
+            while not stop.is_set():
+                try:
+                    on_change(self.requests(release))
+                    for change in self.kube.changes("v1", "ConfigMap", 30, name=name, namespace=self.namespace):
+                        if stop.is_set():
+                            return
+                        data = (change.get("object") or {}).get("data") or {}
+                        found = {}
+                        for kind, text in data.items():
+                            with contextlib.suppress(ValueError):
+                                parsed = json.loads(text)
+                                if parsed.get("release") == release:
+                                    found[kind] = parsed
+                        on_change(found)
+                except CanaryError:
+                    stop.wait(1.0)
+
+        thread = threading.Thread(target=loop, name="canary-requests", daemon=True)
+        thread.start()
+        return thread
+
+    # --- events ----------------------------------------------------------------------------------
+
+    def event(self, reason: str, message: str, warning: bool = False) -> None:
+        """A Kubernetes Event on the canary Deployment (``kubectl describe deployment <app>-canary``)."""
+        name = naming.deployment(self.app, Track.CANARY)
+        if self._deployment_uid is None:
+            obj = self.kube.get("apps/v1", "Deployment", name, self.namespace)
+            if obj is None:
+                return
+            self._deployment_uid = obj["metadata"]["uid"]
+        involved = {"apiVersion": "apps/v1", "kind": "Deployment", "name": name, "namespace": self.namespace, "uid": self._deployment_uid}
+        with contextlib.suppress(ClusterUnreachable):
+            self.kube.event(involved, reason, f"[{self.stack}] {message}", warning)
+
+
+def records_now() -> str:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _same_release_newer(local: dict, remote: dict) -> bool:
+    """The local copy is of the same release as the cluster's and written after it (its write has not reached the cluster)."""
+    return local.get("release") == remote.get("release") and local.get("updated", "") > remote.get("updated", "")

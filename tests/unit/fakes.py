@@ -1,0 +1,379 @@
+"""In-memory doubles of the release's ports, for unit tests of the state machine.
+
+The fake stack applies an ``up`` to a fake cluster the way the component would:
+only the targeted parts change, each to what the release config pins. The fake
+clock advances when the release sleeps.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from canary.core import records, routing
+from canary.core.naming import Track
+from canary.core.records import HookResult, TrackPin
+from canary.core.routing import GatewayClass, RouteShape, RouteState
+from canary.core.spec import ReleaseSpec, parse_spec
+from canary.errors import ClusterUnreachable, MetricError, NoValues
+from canary.release.machine import Release
+from canary.release.ports import AppFacts
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now_s = 0.0
+        self.base = datetime(2026, 12, 1, tzinfo=UTC)
+        #: called on every sleep with the clock's time: a test acts "while the release waits"
+        self.on_sleep: Callable[[float], None] | None = None
+
+    def monotonic(self) -> float:
+        return self.now_s
+
+    def sleep(self, seconds: float) -> None:
+        self.now_s += seconds
+        if self.on_sleep is not None:
+            self.on_sleep(self.now_s)
+
+    def now(self) -> datetime:
+        return self.base + timedelta(seconds=self.now_s)
+
+    def iso(self) -> str:
+        return self.now().isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass
+class FakeCluster:
+    """What verification reads; the fake stack writes it."""
+
+    shape: RouteShape = field(default_factory=RouteShape)
+    stable_hash: str = "stable"
+    stable_ready: bool = True
+    canary_hash: str = "stable"
+    canary_replicas: int = 0
+    accepting: bool = True
+    #: the canary weights the route showed, in order (one entry per change)
+    weights_seen: list[int] = field(default_factory=lambda: [0])
+    #: everything that happened, in order: ("route", shape) / ("stable", hash) / ("canary", replicas)
+    log: list[tuple[str, Any]] = field(default_factory=list)
+    fail_route_reads: int = 0
+    pruned: list[set[str]] = field(default_factory=list)
+    #: the route's Gateways (namespace/name) and their classes; how often they were read
+    classes: dict[str, GatewayClass] = field(default_factory=lambda: {"default/lab": GatewayClass("example.com/gateway-controller")})
+    class_reads: int = 0
+
+    def route(self, spec: ReleaseSpec) -> RouteState:
+        if self.fail_route_reads:
+            self.fail_route_reads -= 1
+            raise ClusterUnreachable("connection refused")
+        extra = (1 if self.shape.affinity else 0) + (1 if self.shape.matches else 0)
+        return RouteState(100 - self.shape.weight, self.shape.weight, 1, self.accepting,
+                          "accepted" if self.accepting else "gateway lab did not accept the route: Pending", matched_rules=extra, mirrored=self.shape.mirror)
+
+    def gateway_classes(self, spec: ReleaseSpec) -> dict[str, GatewayClass]:
+        self.class_reads += 1
+        return dict(self.classes)
+
+    def deployment(self, spec: ReleaseSpec, track: Track) -> dict[str, Any]:
+        if track is Track.STABLE:
+            ready = spec.app.replicas if self.stable_ready else 0
+            return {"exists": True, "hash": self.stable_hash, "image": "", "replicas": spec.app.replicas, "ready": ready,
+                    "updated": ready, "rolled_out": self.stable_ready, "pods": spec.app.replicas}
+        return {"exists": True, "hash": self.canary_hash, "image": "", "replicas": self.canary_replicas, "ready": self.canary_replicas,
+                "updated": self.canary_replicas, "rolled_out": True, "pods": self.canary_replicas}
+
+    def prune_copies(self, spec: ReleaseSpec, keep: set[str]) -> list[str]:
+        self.pruned.append(keep)
+        return []
+
+    def set_shape(self, shape: RouteShape) -> None:
+        if shape != self.shape:
+            self.shape = shape
+            self.log.append(("route", shape))
+            if self.weights_seen[-1] != shape.weight:
+                self.weights_seen.append(shape.weight)
+
+
+class FakeConfig:
+    """The release config files, kept in memory: path -> pins."""
+
+    def __init__(self) -> None:
+        self.files: dict[Path, dict[str, Any]] = {}
+        self.stack_file_changes: dict[str, Any] = {}
+        self.kept: list[tuple[str, dict[str, Any]]] = []
+
+    def write(self, release: str, snapshot: str, pins: Mapping[str, Any]) -> Path:
+        path = Path(f"/fake/{release}-{len(self.files)}.yaml")
+        self.files[path] = {"snapshot": snapshot, "pins": dict(pins)}
+        return path
+
+    def changes_since(self, snapshot: str) -> dict[str, Any]:
+        return dict(self.stack_file_changes)
+
+    def keep(self, release: str, changes: Mapping[str, Any]) -> Path | None:
+        self.kept.append((release, dict(changes)))
+        return Path(f"/fake/Pulumi.test.yaml.{release}.unapplied")
+
+
+@dataclass
+class UpDone:
+    seconds: float
+    changes: dict[str, int]
+
+
+class FakeStack:
+    name = "test"
+
+    def __init__(self, cluster: FakeCluster, config: FakeConfig, facts: AppFacts) -> None:
+        self.cluster = cluster
+        self.config = config
+        self.facts = facts
+        self.ups: list[dict[str, Any]] = []
+        self.fail_ups = 0
+        #: parts whose `up` fails (ClusterUnreachable) this many times
+        self.fail_parts: dict[str, int] = {}
+        self.interrupted = 0
+        self.on_up: Callable[[dict[str, Any]], None] | None = None
+
+    def _parts(self, targets: list[str] | None) -> set[str]:
+        if targets is None:
+            return {"route", "stable", "canary"}
+        urns = self.facts.urns
+        parts = set()
+        if urns["route"] in targets:
+            parts.add("route")
+        if urns["stableDeployment"] in targets:
+            parts.add("stable")
+        if urns["canaryDeployment"] in targets:
+            parts.add("canary")
+        return parts
+
+    def up(self, config_file: Path | None = None, targets: list[str] | None = None, exclude: list[str] | None = None,
+           refresh: bool = False, on_event: Callable[[Any], None] | None = None) -> UpDone:
+        assert config_file is not None
+        pins = self.config.files[config_file]["pins"]
+        parts = self._parts(targets)
+        record = {"parts": parts, "pins": pins, "refresh": refresh}
+        if self.on_up is not None:
+            self.on_up(record)
+        if self.fail_ups:
+            self.fail_ups -= 1
+            raise ClusterUnreachable("connection refused")
+        for part in parts:
+            if self.fail_parts.get(part):
+                self.fail_parts[part] -= 1
+                raise ClusterUnreachable(f"connection refused ({part})")
+        self.ups.append(record)
+        if "stable" in parts:
+            self.cluster.stable_hash = pins["stable"]["hash"]
+            self.cluster.log.append(("stable", pins["stable"]["hash"]))
+        if "canary" in parts:
+            canary = pins.get("canary")
+            replicas = int(canary["replicas"]) if canary else 0
+            self.cluster.canary_hash = canary["hash"] if canary else self.facts.desired.hash
+            if replicas != self.cluster.canary_replicas:
+                self.cluster.log.append(("canary", replicas))
+            self.cluster.canary_replicas = replicas
+        if "route" in parts:
+            self.cluster.set_shape(RouteShape.from_json(pins["route"]))
+        return UpDone(0.1, {"update": len(parts)})
+
+    def interrupt(self) -> bool:
+        self.interrupted += 1
+        return True
+
+    def export(self) -> dict[str, Any]:
+        return {"version": 3, "deployment": {}}
+
+    def clear_stale_lock(self) -> list[dict[str, Any]]:
+        return []
+
+
+class FakeStore:
+    def __init__(self) -> None:
+        self.state: records.ReleaseState | None = None
+        self.journal: list[Any] = []
+        self.pending: dict[str, dict[str, Any]] = {}
+        self.events: list[tuple[str, str, bool]] = []
+        self._listener: Callable[[dict[str, dict[str, Any]]], None] | None = None
+        self._release = ""
+
+    def load(self) -> records.ReleaseState | None:
+        return self.state
+
+    def save(self, state: records.ReleaseState) -> None:
+        self.state = state
+
+    def append(self, entry: Any) -> None:
+        records.parse(records.dump(entry))  # every record survives its own serialisation
+        self.journal.append(entry)
+
+    def records(self, release: str | None = None) -> list[Any]:
+        return [r for r in self.journal if release is None or r.release == release]
+
+    def requests(self, release: str) -> dict[str, dict[str, Any]]:
+        return {k: v for k, v in self.pending.items() if v.get("release") == release}
+
+    def clear_request(self, kind: str) -> None:
+        self.pending.pop(kind, None)
+
+    def watch_requests(self, release: str, on_change: Callable[[dict[str, dict[str, Any]]], None], stop: threading.Event) -> None:
+        self._listener = on_change
+        self._release = release
+        on_change(self.requests(release))
+
+    def request(self, kind: str, by: str = "test", **fields: Any) -> None:
+        """As `canary abort` (promote, pause …) from another machine: the watch reports it."""
+        assert self.state is not None
+        self.pending[kind] = {"release": self.state.release, "by": by, **fields}
+        if self._listener is not None:
+            self._listener(self.requests(self._release))
+
+    def event(self, reason: str, message: str, warning: bool = False) -> None:
+        self.events.append((reason, message, warning))
+
+    def compact(self) -> list[str]:
+        return []
+
+    def of(self, kind: str) -> list[Any]:
+        return [r for r in self.journal if r.type == kind]
+
+
+class FakeLease:
+    def __init__(self) -> None:
+        self.lost: str | None = None
+        self.held: str | None = None
+        self.acquired: list[str] = []
+
+    def acquire(self, release: str) -> None:
+        self.held = release
+        self.acquired.append(release)
+
+    def start_renewing(self) -> None:
+        pass
+
+    def release(self) -> None:
+        self.held = None
+
+
+class FakeHooks:
+    """Webhooks answered by a function of (hook name, type)."""
+
+    def __init__(self, answer: Callable[[str, str], bool] | None = None) -> None:
+        self.answer = answer or (lambda name, kind: True)
+        self.calls: list[tuple[str, str]] = []
+
+    def call(self, hook: Any, body: Mapping[str, Any], cancel: threading.Event | None = None) -> HookResult:
+        self.calls.append((hook.name, hook.type.value))
+        ok = self.answer(hook.name, hook.type.value)
+        return HookResult(hook.name, hook.type.value, ok, 0.01, "answered 200" if ok else "answered 500")
+
+    def start(self, hook: Any) -> Any:
+        return hook
+
+    def finish(self, hook: Any, handle: Any, deadline: float, cancel: threading.Event | None = None) -> HookResult:
+        return self.call(hook, {}, cancel)
+
+    def alert(self, alert: Any, body: Mapping[str, Any]) -> HookResult:
+        self.calls.append((alert.name, "alert"))
+        return HookResult(alert.name, "alert", True, 0.0, "ok")
+
+
+class Metrics:
+    """A provider: the error rate (or a sequence of them, one per tick after the preflight's query;
+    a negative value is no data), 100 ms latency, and a request count."""
+
+    def __init__(self, error_rate: float | list[float] | MetricError = 0.0, requests: float = 10_000) -> None:
+        self.error_rate = error_rate
+        self.requests = requests
+        self.ticks = -1  # the release's preflight asks once before any tick
+
+    def run_query(self, query: str) -> float:
+        if "increase(http_requests_total" in query:
+            return self.requests
+        if "histogram_quantile" in query:
+            return 100.0
+        if isinstance(self.error_rate, MetricError):
+            raise self.error_rate
+        if isinstance(self.error_rate, list):
+            value = self.error_rate[min(max(self.ticks, 0), len(self.error_rate) - 1)]
+            self.ticks += 1
+            if value < 0:
+                raise NoValues("no samples")
+            return value
+        if self.error_rate < 0:
+            raise NoValues("no samples")
+        return self.error_rate
+
+    def is_online(self) -> bool:
+        return True
+
+
+def spec(mutate: Callable[[dict[str, Any]], None] | None = None) -> ReleaseSpec:
+    from tests.conftest import base_values
+
+    values = base_values()
+    values["analysis"]["interval"] = "10s"
+    values["analysis"]["webhooks"] = []
+    values["analysis"]["metrics"] = [{"name": "request-error-rate", "thresholdRange": {"max": 1}}, {"name": "request-duration", "thresholdRange": {"max": 500}}]
+    values["analysis"]["warmup"] = "0s"
+    if mutate is not None:
+        mutate(values)
+    return parse_spec(values)
+
+
+STABLE = TrackPin(template={"spec": {"containers": [{"name": "web", "image": "web:1"}]}}, hash="stable", image="web:1")
+NEW = TrackPin(template={"spec": {"containers": [{"name": "web", "image": "web:2"}]}}, hash="new", image="web:2")
+URNS = {"route": "urn:route", "stableDeployment": "urn:stable", "canaryDeployment": "urn:canary", "stableService": "urn:ss",
+        "canaryService": "urn:cs", "apexService": "urn:as", "copies": []}
+
+
+@dataclass
+class World:
+    release: Release
+    stack: FakeStack
+    cluster: FakeCluster
+    store: FakeStore
+    config: FakeConfig
+    lease: FakeLease
+    hooks: FakeHooks
+    clock: FakeClock
+    events: list[Any]
+    metrics: Metrics
+
+    def start(self) -> Any:
+        return self.release.start(NEW, "config:\n  canary:app: {}\n")
+
+    def rebuild(self) -> World:
+        """A new process (say another machine) on the same cluster and store: what resume runs in."""
+        return make(self.metrics, stack=self.stack, cluster=self.cluster, store=self.store, config=self.config,
+                    hooks=self.hooks, clock=self.clock, spec_=self.release.spec)
+
+    def checks_of(self, kind: str) -> list[Any]:
+        return self.store.of(kind)
+
+
+def make(metrics: Metrics | None = None, mutate: Callable[[dict[str, Any]], None] | None = None, *, spec_: ReleaseSpec | None = None,
+         stack: FakeStack | None = None, cluster: FakeCluster | None = None, store: FakeStore | None = None, config: FakeConfig | None = None,
+         hooks: FakeHooks | None = None, clock: FakeClock | None = None, **options: Any) -> World:
+    metrics = metrics or Metrics()
+    the_spec = spec_ or spec(mutate)
+    facts = AppFacts(spec=the_spec, urns=URNS, stable=STABLE, desired=NEW, stack="test")
+    cluster = cluster or FakeCluster()
+    config = config or FakeConfig()
+    stack = stack or FakeStack(cluster, config, facts)
+    store = store or FakeStore()
+    lease = FakeLease()
+    hooks = hooks or FakeHooks()
+    clock = clock or FakeClock()
+    events: list[Any] = []
+    release = Release(stack=stack, config=config, cluster=cluster, store=store, lease=lease, hooks=hooks, provider_for=lambda address: metrics,
+                      facts=facts, clock=clock, on_event=events.append, **options)  # type: ignore[arg-type]
+    return World(release, stack, cluster, store, config, lease, hooks, clock, events, metrics)
+
+
+__all__ = ["NEW", "STABLE", "FakeClock", "FakeCluster", "FakeStack", "FakeStore", "Metrics", "World", "make", "routing", "spec"]

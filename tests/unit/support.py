@@ -1,0 +1,127 @@
+"""Shared helpers of the unit tests: a recording HTTP receiver on 127.0.0.1, a free port, a bounded poll.
+
+The receiver answers every request with the status it is told, records the
+method, path, headers and body of each, and can be told to hang (accept a
+request and answer nothing until released), so that timeouts can be tested
+without a real webhook, chat service or Pushgateway.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+#: The longest any helper here waits for something: a test never hangs on a helper.
+BOUND_S = 10.0
+
+
+@dataclass(frozen=True)
+class Received:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class Receiver:
+    """What the test server answers, and what it got."""
+
+    def __init__(self) -> None:
+        self.status = 200
+        self.requests: list[Received] = []
+        #: set to make the server hold every request until ``release`` is set (or BOUND_S passed)
+        self.hang = False
+        self.release = threading.Event()
+        #: set when a request arrived (before any hang)
+        self.arrived = threading.Event()
+        self._lock = threading.Lock()
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def record(self, request: Received) -> None:
+        with self._lock:
+            self.requests.append(request)
+        self.arrived.set()
+
+    def wait_for(self, count: int, timeout: float = BOUND_S) -> list[Received]:
+        """The first ``count`` requests, once they arrived (bounded)."""
+        assert poll(lambda: len(self.requests) >= count, timeout), f"{len(self.requests)} of {count} requests arrived within {timeout}s"
+        with self._lock:
+            return list(self.requests[:count])
+
+
+def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def _any(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else b""
+            receiver.record(Received(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body))
+            if receiver.hang:
+                receiver.release.wait(BOUND_S)
+                return  # the client gave up long ago: answer nothing
+            self.send_response(receiver.status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_POST = do_PUT = do_GET = do_DELETE = _any  # noqa: N815 (http.server's method names)
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the base class's name)
+            pass
+
+    return Handler
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a client that gave up (a timeout under test) is expected, not a failure of the server
+
+
+@contextmanager
+def http_receiver() -> Iterator[Receiver]:
+    """A recording HTTP server on 127.0.0.1, shut down on exit (a hanging request released first)."""
+    receiver = Receiver()
+    server = _Server(("127.0.0.1", 0), _handler(receiver))
+    receiver.port = server.server_address[1]
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield receiver
+    finally:
+        receiver.release.set()
+        server.shutdown()
+        server.server_close()
+        thread.join(BOUND_S)
+
+
+def refused_url() -> str:
+    """An http:// URL on 127.0.0.1 where nothing listens (a port just bound and released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+def poll(condition: Callable[[], bool], timeout: float = BOUND_S, every: float = 0.01) -> bool:
+    """Whether ``condition`` became true within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if condition():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(every)

@@ -1,0 +1,630 @@
+"""Analysis (canary.core.analysis) with an in-memory metrics provider: checks, policies, evidence,
+comparisons with stable, the judge, dry runs, the score, and the two failure counts."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from canary.core import analysis
+from canary.core.analysis import TickContext
+from canary.core.records import Bounds, Effect, Outcome, Verdict
+from canary.core.spec import ReleaseSpec
+from canary.errors import BadQuery, MetricError, MultipleValues, NoValues, ProviderUnreachable
+from tests.helpers import set_path, spec_with, update
+
+Answer = float | MetricError
+Key = str | tuple[str, ...]
+
+# Substrings that tell the queries apart.
+COUNT = "increase(http_requests_total"
+ERROR_RATE = "100 - (sum(rate(http_requests_total"
+SUCCESS_RATE = "sum(rate(http_requests_total"
+TEMPLATE = "sum(rate(x{"
+DURATION = "histogram_quantile"
+CANARY = "web-canary"
+STABLE = "web-stable"
+BASE_SAMPLES = [190, 195, 198, 200, 202, 205, 210, 188, 192, 207, 199, 201, 196, 204, 193, 206, 197, 203, 191, 209]
+JITTER = [3, -2, 1, -4, 2, 0, -1, 4, -3, 2, -2, 1, 3, -1, 0, -3, 2, -4, 1, 1]
+
+
+class FakeMetrics:
+    """An in-memory MetricsProvider (and RangeProvider).
+
+    ``answers``: the first key whose substrings all occur in the query gives the value, or the
+    MetricError raised; no key: the query was not expected. ``samples`` likewise for run_range.
+    Every query is recorded.
+    """
+
+    def __init__(self, answers: dict[Key, Answer] | None = None, samples: dict[Key, Sequence[float] | MetricError] | None = None) -> None:
+        self.answers = answers or {}
+        self.samples = samples or {}
+        self.queries: list[str] = []
+        self.ranges: list[tuple[str, float, float]] = []
+
+    @staticmethod
+    def _find(table: dict[Key, Any], query: str) -> Any:
+        for key, value in table.items():
+            if all(part in query for part in ((key,) if isinstance(key, str) else key)):
+                if isinstance(value, MetricError):
+                    raise value
+                return value
+        raise AssertionError(f"unexpected query {query}")
+
+    def run_query(self, query: str) -> float:
+        self.queries.append(query)
+        return float(self._find(self.answers, query))
+
+    def run_range(self, query: str, seconds: float, step: float) -> list[float]:
+        self.ranges.append((query, seconds, step))
+        return list(self._find(self.samples, query))
+
+    def is_online(self) -> bool:
+        return True
+
+    def series_labels(self, selector: str) -> list[dict[str, str]]:
+        return []
+
+
+def tick(spec: ReleaseSpec, answers: dict[Key, Answer] | None = None, ctx: TickContext | None = None,
+         samples: dict[Key, Sequence[float] | MetricError] | None = None) -> tuple[analysis.TickResult, FakeMetrics]:
+    provider = FakeMetrics(answers, samples)
+    return analysis.run_tick(spec, lambda address: provider, ctx), provider
+
+
+def metrics(*entries: dict[str, Any], **analysis_changes: Any) -> ReleaseSpec:
+    """The base spec with these metrics (and analysis changes)."""
+    return spec_with(set_path("analysis.metrics", list(entries)), update("analysis", **analysis_changes))
+
+
+BASE = {TEMPLATE: 0.1, DURATION: 120.0}
+
+
+# --- checks and outcomes ------------------------------------------------------------------------
+
+
+def test_every_metric_is_evaluated_even_after_a_failure() -> None:
+    result, provider = tick(spec_with(), {TEMPLATE: 18.2, DURATION: 120.0}, TickContext(weight=20))
+    assert [c.metric for c in result.checks] == ["error-rate", "request-duration"]
+    assert len(provider.queries) == 2
+    assert result.checks[0].verdict is Verdict.FAIL and result.checks[0].effect is Effect.FAIL and result.checks[0].reason == "error-rate 18.2 > max 1"
+    assert result.checks[1].verdict is Verdict.PASS and result.checks[1].reason == "request-duration 120 within max 500"
+    assert result.outcome is Outcome.FAIL and (result.failed_in_row, result.failed_total) == (1, 1)
+    assert result.failed == (result.checks[0],)
+    assert result.reason == "error-rate 18.2 > max 1: failed check 1 of 3 in a row (1 of 3 in all) at weight 20"
+
+
+def test_the_query_is_recorded_as_sent() -> None:
+    result, provider = tick(spec_with(), BASE)
+    assert [c.query for c in result.checks] == provider.queries
+    assert 'pod=~"web-canary"' in provider.queries[0] and "[1m]" in provider.queries[0] and 'le="0.5"' in provider.queries[0]
+    assert 'kubernetes_pod_name=~"web-canary-[0-9a-zA-Z]+(-[0-9a-zA-Z]+)?"' in provider.queries[1] and 'namespace="prod"' in provider.queries[1]
+    assert result.checks[0].threshold_range is not None and result.checks[0].threshold_range.max == 1
+
+
+def test_the_pod_label_comes_from_the_prometheus_config() -> None:
+    _, provider = tick(spec_with(set_path("prometheus.podLabel", "pod")), BASE)
+    assert 'pod=~"web-canary-[0-9a-zA-Z]+(-[0-9a-zA-Z]+)?"' in provider.queries[1] and "kubernetes_pod_name" not in provider.queries[1]
+
+
+def test_a_metric_interval_overrides_the_analysis_interval() -> None:
+    _, provider = tick(spec_with(set_path("analysis.metrics.1.interval", "5m")), BASE)
+    assert "[1m]" in provider.queries[0] and "[5m]" in provider.queries[1]
+
+
+def test_all_passing_advances_resets_the_row_and_keeps_the_total() -> None:
+    result, _ = tick(spec_with(), BASE, TickContext(failed_in_row=2, failed_total=2, weight=30))
+    assert result.outcome is Outcome.ADVANCE and (result.failed_in_row, result.failed_total) == (0, 2)
+    assert result.reason == "all 2 checks passed at weight 30"
+
+
+def test_threshold_failures_in_a_row_roll_back_on_that_tick() -> None:
+    result, _ = tick(spec_with(update("analysis", failureLimit=10)), {TEMPLATE: 18.2, DURATION: 120.0}, TickContext(failed_in_row=2, failed_total=2, weight=20))
+    assert result.outcome is Outcome.ROLLBACK and (result.failed_in_row, result.failed_total) == (3, 3)
+    assert result.reason == "error-rate 18.2 > max 1 for 3 checks in a row at weight 20"
+
+
+def test_several_failures_are_named_in_the_reason() -> None:
+    result, _ = tick(spec_with(), {TEMPLATE: 18.2, DURATION: 900.0})
+    assert result.reason.startswith("error-rate 18.2 > max 1 (and 1 more): ")
+
+
+@pytest.mark.parametrize("error", [ProviderUnreachable("down"), BadQuery("parse error"), MultipleValues("2 series")], ids=repr)
+def test_errors_are_failed_checks_never_passes(error: MetricError) -> None:
+    result, _ = tick(spec_with(), {TEMPLATE: error, DURATION: error})
+    assert all(c.verdict is Verdict.ERROR and c.effect is Effect.FAIL and c.value is None for c in result.checks)
+    assert result.checks[0].reason == f"error-rate could not be evaluated: {type(error).__name__}: {error}"
+    assert result.outcome is Outcome.FAIL
+
+
+@pytest.mark.parametrize(
+    ("policy", "effect", "outcome"),
+    [("fail", Effect.FAIL, Outcome.FAIL), ("hold", Effect.HOLD, Outcome.HOLD), ("pass", Effect.PASS, Outcome.ADVANCE)],
+)
+def test_no_data_follows_the_metric_policy(policy: str, effect: Effect, outcome: Outcome) -> None:
+    spec = spec_with(set_path("analysis.metrics.1.onNoData", policy))
+    result, _ = tick(spec, {TEMPLATE: 0.0, DURATION: NoValues("empty")}, TickContext(failed_in_row=1, failed_total=1))
+    check = result.checks[1]
+    assert check.verdict is Verdict.NO_DATA and check.effect is effect and check.value is None
+    assert check.reason == f"request-duration has no data: empty (onNoData: {policy})"
+    assert result.outcome is outcome
+    if outcome is Outcome.HOLD:
+        assert (result.failed_in_row, result.failed_total) == (1, 1)  # a hold neither fails nor resets
+
+
+def test_nan_is_no_data() -> None:
+    result, _ = tick(spec_with(), {TEMPLATE: math.nan, DURATION: 1.0})
+    assert result.checks[0].verdict is Verdict.NO_DATA and result.checks[0].effect is Effect.FAIL and "NaN" in result.checks[0].reason
+
+
+@pytest.mark.parametrize(("policy", "effect"), [("fail", Effect.HOLD), ("hold", Effect.HOLD), ("pass", Effect.PASS)])
+def test_the_warm_up_turns_no_data_into_a_hold(policy: str, effect: Effect) -> None:
+    spec = spec_with(set_path("analysis.metrics.1.onNoData", policy))
+    result, _ = tick(spec, {TEMPLATE: 0.0, DURATION: NoValues("empty")}, TickContext(warming_up=True))
+    assert result.checks[1].effect is effect
+    if effect is Effect.HOLD:
+        assert result.checks[1].reason.endswith("(warming up after the shift)") and result.outcome is Outcome.HOLD
+
+
+def test_the_warm_up_does_not_hold_a_value_outside_its_range() -> None:
+    result, _ = tick(spec_with(), {TEMPLATE: 18.2, DURATION: 1.0}, TickContext(warming_up=True))
+    assert result.outcome is Outcome.FAIL
+
+
+@pytest.mark.parametrize(("policy", "warming_up"), [("hold", False), ("fail", True), ("hold", True)])
+def test_a_hold_beyond_the_hold_limit_fails(policy: str, warming_up: bool) -> None:
+    spec = spec_with(set_path("analysis.metrics.1.onNoData", policy))
+    result, _ = tick(spec, {TEMPLATE: 0.0, DURATION: NoValues("empty")}, TickContext(warming_up=warming_up, held_too_long=True))
+    assert result.checks[1].effect is Effect.FAIL and result.checks[1].reason.endswith("(held longer than analysis.holdLimit)")
+    assert result.outcome is Outcome.FAIL
+
+
+def test_held_too_long_leaves_a_pass_policy_alone() -> None:
+    result, _ = tick(spec_with(set_path("analysis.metrics.1.onNoData", "pass")), {TEMPLATE: 0.0, DURATION: NoValues("empty")}, TickContext(held_too_long=True))
+    assert result.outcome is Outcome.ADVANCE
+
+
+# --- evidence on rate metrics -------------------------------------------------------------------
+
+HTTP_TEMPLATE = ('100 - sum(rate(http_requests_total{namespace="{{ namespace }}",{{ podLabel }}=~"{{ target }}-.*",status!~"5.."}[{{ interval }}]))'
+                 ' / sum(rate(http_requests_total{namespace="{{ namespace }}",{{ podLabel }}=~"{{ target }}-.*"}[{{ interval }}])) * 100')
+
+
+def _errors_template(**metric: Any) -> ReleaseSpec:
+    return spec_with(set_path("metricTemplates.http-errors", {"query": HTTP_TEMPLATE}),
+                     set_path("analysis.metrics", [{"name": "errors", "templateRef": {"name": "http-errors"}, **metric}]))
+
+
+ERROR_RATE_1 = {"name": "request-error-rate", "thresholdRange": {"max": 1}}
+SUCCESS_RATE_99 = {"name": "request-success-rate", "thresholdRange": {"min": 99}}
+
+
+@pytest.mark.parametrize(
+    ("spec", "rate_key", "requests", "value", "verdict", "effect"),
+    [
+        # the error rate: its upper bound on the canary's requests must be within max
+        (metrics(ERROR_RATE_1), ERROR_RATE, 1000.0, 0.0, Verdict.PASS, Effect.PASS),
+        (metrics(ERROR_RATE_1), ERROR_RATE, 300.0, 0.0, Verdict.PASS, Effect.PASS),
+        (metrics(ERROR_RATE_1), ERROR_RATE, 200.0, 0.0, Verdict.INCONCLUSIVE, Effect.HOLD),  # 0 of 200 is also what a 1.3 % error rate shows
+        (metrics(ERROR_RATE_1), ERROR_RATE, 4.0, 0.0, Verdict.INCONCLUSIVE, Effect.HOLD),
+        (metrics(ERROR_RATE_1), ERROR_RATE, NoValues("no traffic"), 0.0, Verdict.INCONCLUSIVE, Effect.HOLD),
+        (metrics(ERROR_RATE_1), ERROR_RATE, 10000.0, 0.9, Verdict.INCONCLUSIVE, Effect.HOLD),
+        (metrics(ERROR_RATE_1), ERROR_RATE, 100000.0, 0.9, Verdict.PASS, Effect.PASS),
+        (metrics(ERROR_RATE_1), ERROR_RATE, 10.0, 2.0, Verdict.FAIL, Effect.FAIL),  # the point estimate outside fails at once
+        # the success rate: its lower bound must be within min
+        (metrics(SUCCESS_RATE_99), SUCCESS_RATE, 1000.0, 100.0, Verdict.PASS, Effect.PASS),
+        (metrics(SUCCESS_RATE_99), SUCCESS_RATE, 50.0, 100.0, Verdict.INCONCLUSIVE, Effect.HOLD),
+        (metrics(SUCCESS_RATE_99), SUCCESS_RATE, 1000.0, 98.0, Verdict.FAIL, Effect.FAIL),
+        # a template over the request counter with a 0..100 range is a rate too, unless told otherwise
+        (_errors_template(thresholdRange={"max": 1}), "100 - sum(rate(http_requests_total", 50.0, 0.0, Verdict.INCONCLUSIVE, Effect.HOLD),
+        (_errors_template(thresholdRange={"max": 1}), "100 - sum(rate(http_requests_total", 5000.0, 0.0, Verdict.PASS, Effect.PASS),
+        (_errors_template(thresholdRange={"max": 1}, evidence="none"), "100 - sum(rate(http_requests_total", 50.0, 0.0, Verdict.PASS, Effect.PASS),
+        (_errors_template(thresholdRange={"max": 500}), "100 - sum(rate(http_requests_total", 50.0, 0.0, Verdict.PASS, Effect.PASS),
+        (spec_with(set_path("analysis.metrics.0.evidence", "rate")), TEMPLATE, 50.0, 0.0, Verdict.INCONCLUSIVE, Effect.HOLD),
+    ],
+    ids=["errors-1000", "errors-300", "errors-200", "errors-4", "errors-no-count", "errors-0.9-of-10k", "errors-0.9-of-100k", "errors-above",
+         "success-1000", "success-50", "success-below", "template-auto-50", "template-auto-5000", "template-evidence-none", "template-range-beyond-100",
+         "explicit-evidence-rate"],
+)
+def test_a_rate_passes_only_when_its_bound_on_the_request_count_is_inside(spec: ReleaseSpec, rate_key: str, requests: Answer, value: float,
+                                                                          verdict: Verdict, effect: Effect) -> None:
+    result, provider = tick(spec, {COUNT: requests, rate_key: value, DURATION: 1.0})
+    check = result.checks[0]
+    assert (check.verdict, check.effect) == (verdict, effect), check.reason
+    counted = any(COUNT in q for q in provider.queries)
+    if verdict is Verdict.FAIL or check.requests is None:
+        assert check.bound is None
+    else:
+        assert counted and check.requests == (0.0 if isinstance(requests, MetricError) else requests)
+        assert check.bound is not None and "95% bound" in check.reason
+    if effect is Effect.HOLD:
+        assert check.reason.endswith("not enough requests to tell") and result.outcome is Outcome.HOLD
+
+
+def test_the_evidence_bound_uses_the_configured_confidence() -> None:
+    loose, _ = tick(metrics(ERROR_RATE_1, confidence=0.5), {COUNT: 20.0, ERROR_RATE: 0.0})
+    strict, _ = tick(metrics(ERROR_RATE_1, confidence=0.99), {COUNT: 20.0, ERROR_RATE: 0.0})
+    assert loose.checks[0].bound is not None and strict.checks[0].bound is not None
+    assert loose.checks[0].bound < strict.checks[0].bound and "50% bound" in loose.checks[0].reason
+
+
+def test_too_little_evidence_beyond_the_hold_limit_fails() -> None:
+    result, _ = tick(metrics(ERROR_RATE_1), {COUNT: 4.0, ERROR_RATE: 0.0}, TickContext(held_too_long=True))
+    assert result.checks[0].effect is Effect.FAIL and result.checks[0].reason.endswith("held longer than analysis.holdLimit")
+
+
+def test_a_request_count_that_cannot_be_read_fails_the_rate() -> None:
+    result, _ = tick(metrics(ERROR_RATE_1), {COUNT: ProviderUnreachable("down"), ERROR_RATE: 0.0})
+    assert result.checks[0].verdict is Verdict.ERROR and result.checks[0].effect is Effect.FAIL and "could not be counted" in result.checks[0].reason
+
+
+def test_rate_metrics_of_one_window_share_one_request_count() -> None:
+    _, provider = tick(metrics(ERROR_RATE_1, SUCCESS_RATE_99), {COUNT: 5000.0, ERROR_RATE: 0.0, SUCCESS_RATE: 100.0})
+    assert sum(COUNT in q for q in provider.queries) == 1
+
+
+@pytest.mark.parametrize(("held", "window"), [(600, "10m"), (90.7, "1m30s"), (30, "1m"), (None, "1m")])
+def test_the_evidence_window_widens_the_interval_of_rate_metrics_only(held: float | None, window: str) -> None:
+    spec = metrics(ERROR_RATE_1, {"name": "request-duration", "thresholdRange": {"max": 500}})
+    result, provider = tick(spec, {COUNT: 100000.0, ERROR_RATE: 0.0, DURATION: 1.0}, TickContext(evidence_window=held))
+    rate, count, duration = (next(q for q in provider.queries if key in q) for key in (ERROR_RATE, COUNT, DURATION))
+    assert re.findall(r"\[(\w+)\]", rate) == [window, window]
+    assert f"[{window}]" in count
+    assert "[1m]" in duration
+    assert result.checks[0].query == rate
+
+
+# --- the minimum-request guard ------------------------------------------------------------------
+
+
+def test_min_requests_turns_low_traffic_into_no_data_without_querying_the_metrics() -> None:
+    result, provider = tick(spec_with(update("analysis", minRequests=20)), {COUNT: 3.0, **BASE})
+    assert all(c.verdict is Verdict.NO_DATA and c.effect is Effect.FAIL for c in result.checks)
+    assert "the canary answered 3 requests in 1m, fewer than minRequests 20" in result.checks[0].reason
+    assert len(provider.queries) == 1 and result.outcome is Outcome.FAIL
+
+
+def test_min_requests_in_the_warm_up_holds() -> None:
+    result, _ = tick(spec_with(update("analysis", minRequests=20)), {COUNT: NoValues("empty"), **BASE}, TickContext(warming_up=True))
+    assert result.outcome is Outcome.HOLD and "answered 0 requests" in result.checks[0].reason
+
+
+def test_min_requests_met_evaluates_the_metrics() -> None:
+    result, provider = tick(spec_with(update("analysis", minRequests=20)), {COUNT: 300.0, **BASE})
+    assert result.outcome is Outcome.ADVANCE and len(provider.queries) == 3
+
+
+def test_min_requests_that_cannot_be_counted_fails_every_check() -> None:
+    result, _ = tick(spec_with(update("analysis", minRequests=20)), {COUNT: ProviderUnreachable("down"), **BASE})
+    assert all(c.verdict is Verdict.ERROR and c.effect is Effect.FAIL and "could not be counted" in c.reason for c in result.checks)
+
+
+# --- compared with stable -----------------------------------------------------------------------
+
+
+def _compared(by: str, threshold: dict[str, float]) -> ReleaseSpec:
+    return metrics({"name": "request-duration", "compare": {"by": by, "thresholdRange": threshold}})
+
+
+@pytest.mark.parametrize(
+    ("by", "threshold", "canary", "stable", "verdict", "effect", "reason"),
+    [
+        ("difference", {"max": 50}, 120.0, 100.0, Verdict.PASS, Effect.PASS, "request-duration − stable 20 within max 50 (canary 120, stable 100)"),
+        ("difference", {"max": 50}, 200.0, 100.0, Verdict.FAIL, Effect.FAIL, "request-duration − stable 100 > max 50 (canary 200, stable 100)"),
+        ("difference", {"min": -5}, 90.0, 100.0, Verdict.FAIL, Effect.FAIL, "request-duration − stable -10 < min -5 (canary 90, stable 100)"),
+        ("ratio", {"max": 1.5}, 120.0, 100.0, Verdict.PASS, Effect.PASS, "request-duration / stable 1.2 within max 1.5 (canary 120, stable 100)"),
+        ("ratio", {"max": 1.5}, 200.0, 100.0, Verdict.FAIL, Effect.FAIL, "request-duration / stable 2 > max 1.5 (canary 200, stable 100)"),
+        ("ratio", {"max": 1.5}, 5.0, 0.0, Verdict.NO_DATA, Effect.HOLD, "request-duration: stable's value is 0, the ratio is undefined (use by: difference)"),
+        ("ratio", {"max": 1.5}, 0.0, 0.0, Verdict.PASS, Effect.PASS, "request-duration / stable 1 within max 1.5 (canary 0, stable 0)"),
+    ],
+)
+def test_compare_judges_the_canary_against_stable_in_the_same_window(by: str, threshold: dict[str, float], canary: float, stable: float,
+                                                                     verdict: Verdict, effect: Effect, reason: str) -> None:
+    result, provider = tick(_compared(by, threshold), {(DURATION, CANARY): canary, (DURATION, STABLE): stable})
+    check = result.checks[0]
+    assert (check.verdict, check.effect, check.reason) == (verdict, effect, reason)
+    assert check.value == canary and check.stable_value == stable
+    assert check.compare_range == Bounds(**threshold) and check.compare_by == by  # the report draws the band from them
+    assert check.stable_query is not None and STABLE in check.stable_query and CANARY not in check.stable_query
+    assert check.stable_query == check.query.replace(CANARY, STABLE) and len(provider.queries) == 2
+
+
+def test_an_undefined_ratio_beyond_the_hold_limit_fails() -> None:
+    result, _ = tick(_compared("ratio", {"max": 1.5}), {(DURATION, CANARY): 5.0, (DURATION, STABLE): 0.0}, TickContext(held_too_long=True))
+    assert result.checks[0].effect is Effect.FAIL
+
+
+@pytest.mark.parametrize(
+    ("stable", "ctx", "verdict", "effect", "reason"),
+    [
+        (NoValues("empty"), TickContext(), Verdict.NO_DATA, Effect.FAIL, "request-duration: stable has no data to compare with: empty"),
+        (NoValues("empty"), TickContext(warming_up=True), Verdict.NO_DATA, Effect.HOLD, "request-duration: stable has no data to compare with: empty"),
+        (ProviderUnreachable("down"), TickContext(), Verdict.ERROR, Effect.FAIL, "request-duration: stable could not be evaluated: ProviderUnreachable: down"),
+    ],
+)
+def test_stable_without_a_value(stable: Answer, ctx: TickContext, verdict: Verdict, effect: Effect, reason: str) -> None:
+    result, _ = tick(_compared("difference", {"max": 50}), {(DURATION, CANARY): 120.0, (DURATION, STABLE): stable}, ctx)
+    check = result.checks[0]
+    assert (check.verdict, check.effect, check.reason) == (verdict, effect, reason) and check.stable_value is None
+
+
+def test_a_threshold_and_a_comparison_both_count_and_the_worst_decides() -> None:
+    spec = metrics({"name": "request-duration", "thresholdRange": {"max": 500}, "compare": {"by": "ratio", "thresholdRange": {"max": 1.1}}})
+    result, _ = tick(spec, {(DURATION, CANARY): 150.0, (DURATION, STABLE): 100.0})
+    check = result.checks[0]
+    assert check.verdict is Verdict.FAIL and check.reason == "request-duration 150 within max 500; request-duration / stable 1.5 > max 1.1 (canary 150, stable 100)"
+
+
+# --- the Mann–Whitney judge ---------------------------------------------------------------------
+
+
+def _judged(**judge: Any) -> ReleaseSpec:
+    return metrics({"name": "request-duration", "judge": judge})
+
+
+def _shifted(shift: float) -> list[float]:
+    return [b + shift + j for b, j in zip(BASE_SAMPLES, JITTER, strict=True)]
+
+
+@pytest.mark.parametrize(
+    ("judge", "shift", "verdict"),
+    [({}, 600, Verdict.FAIL), ({}, 0, Verdict.PASS), ({}, -100, Verdict.PASS), ({"direction": "decrease"}, -100, Verdict.FAIL),
+     ({"direction": "decrease"}, 600, Verdict.PASS), ({"direction": "either"}, -100, Verdict.FAIL), ({"allowedIncrease": 1.1}, 10, Verdict.PASS)],
+)
+def test_the_judge_compares_the_samples_of_both_tracks(judge: dict[str, Any], shift: float, verdict: Verdict) -> None:
+    result, provider = tick(_judged(**judge), {DURATION: 200.0}, samples={CANARY: _shifted(shift), STABLE: [float(v) for v in BASE_SAMPLES]})
+    check = result.checks[0]
+    assert check.verdict is verdict and check.effect is (Effect.FAIL if verdict is Verdict.FAIL else Effect.PASS)
+    assert check.reason.startswith("request-duration (Mann–Whitney): ")
+    assert check.samples == (20, 20) and check.interval_low is not None and check.interval_high is not None
+    assert [(CANARY in q, seconds, step) for q, seconds, step in provider.ranges] == [(True, 60.0, 5.0), (False, 60.0, 5.0)]
+    assert check.stable_query == provider.ranges[1][0]
+
+
+def test_a_canary_600_ms_slower_fails_with_its_interval() -> None:
+    result, _ = tick(_judged(), {DURATION: 800.0}, samples={CANARY: _shifted(600), STABLE: BASE_SAMPLES})
+    check = result.checks[0]
+    assert "higher than stable: shift +600" in check.reason
+    assert check.interval_low == pytest.approx(594, abs=0.5) and check.interval_high == pytest.approx(605, abs=0.5)
+    assert result.outcome is Outcome.FAIL
+
+
+def test_the_judge_samples_over_the_metric_window_at_its_step() -> None:
+    spec = spec_with(set_path("analysis.metrics", [{"name": "request-duration", "interval": "5m", "judge": {"step": "10s"}}]))
+    _, provider = tick(spec, {DURATION: 200.0}, samples={CANARY: BASE_SAMPLES, STABLE: BASE_SAMPLES})
+    assert [(seconds, step) for _, seconds, step in provider.ranges] == [(300.0, 10.0), (300.0, 10.0)]
+
+
+@pytest.mark.parametrize(("ctx", "effect"), [(TickContext(), Effect.FAIL), (TickContext(warming_up=True), Effect.HOLD)])
+def test_too_few_samples_are_no_data(ctx: TickContext, effect: Effect) -> None:
+    result, _ = tick(_judged(), {DURATION: 200.0}, ctx, samples={CANARY: [200.0] * 4, STABLE: BASE_SAMPLES})
+    check = result.checks[0]
+    assert check.verdict is Verdict.NO_DATA and check.effect is effect and "4 canary and 20 stable samples: fewer than 10 on a side" in check.reason
+    assert check.samples == (4, 20) and check.interval_low is None
+
+
+def test_samples_that_cannot_be_read_fail() -> None:
+    result, _ = tick(_judged(), {DURATION: 200.0}, samples={CANARY: ProviderUnreachable("timeout"), STABLE: BASE_SAMPLES})
+    assert result.checks[0].verdict is Verdict.ERROR and result.checks[0].reason == "request-duration: samples could not be read: ProviderUnreachable: timeout"
+
+
+# --- dry runs, inconclusive bands, the score ----------------------------------------------------
+
+
+@pytest.mark.parametrize(("value", "verdict"), [(900.0, Verdict.FAIL), (NoValues("empty"), Verdict.NO_DATA), (ProviderUnreachable("x"), Verdict.ERROR)])
+def test_a_dry_run_metric_is_recorded_and_never_acted_on(value: Answer, verdict: Verdict) -> None:
+    result, _ = tick(spec_with(set_path("analysis.metrics.1.dryRun", True)), {TEMPLATE: 0.1, DURATION: value}, TickContext(failed_in_row=2, failed_total=2))
+    check = result.checks[1]
+    assert check.dry_run and check.verdict is verdict and check.effect is Effect.NONE
+    assert check.reason.endswith(" [dry run: not acted on]")
+    assert result.outcome is Outcome.ADVANCE and result.reason == "all 1 checks passed at weight 0" and result.failed_total == 2
+
+
+@pytest.mark.parametrize(
+    ("value", "verdict", "outcome"),
+    [(450.0, Verdict.PASS, Outcome.ADVANCE), (650.0, Verdict.INCONCLUSIVE, Outcome.INCONCLUSIVE), (800.0, Verdict.INCONCLUSIVE, Outcome.INCONCLUSIVE),
+     (801.0, Verdict.FAIL, Outcome.FAIL)],
+)
+def test_the_inconclusive_band_waits_for_a_person(value: float, verdict: Verdict, outcome: Outcome) -> None:
+    spec = spec_with(set_path("analysis.metrics.1.inconclusiveRange", {"max": 800}))
+    result, _ = tick(spec, {TEMPLATE: 0.1, DURATION: value}, TickContext(failed_in_row=1, failed_total=1, weight=40))
+    assert result.checks[1].verdict is verdict and result.outcome is outcome
+    if outcome is Outcome.INCONCLUSIVE:
+        assert result.checks[1].effect is Effect.INCONCLUSIVE and (result.failed_in_row, result.failed_total) == (1, 1)
+        assert result.reason == f"inconclusive at weight 40: request-duration {value:g} > max 500, inside the inconclusive band max 800"
+
+
+def test_a_failure_outweighs_an_inconclusive_check_which_outweighs_a_hold() -> None:
+    spec = spec_with(set_path("analysis.metrics.1.inconclusiveRange", {"max": 800}), set_path("analysis.metrics.0.onNoData", "hold"))
+    held, _ = tick(spec, {TEMPLATE: NoValues("empty"), DURATION: 650.0})
+    assert held.outcome is Outcome.INCONCLUSIVE
+    failed, _ = tick(spec, {TEMPLATE: 18.0, DURATION: 650.0})
+    assert failed.outcome is Outcome.FAIL
+
+
+SCORED = [
+    {"name": "error-rate", "templateRef": {"name": "error-rate"}, "templateVariables": {"le": "0.5"}, "thresholdRange": {"max": 1}, "weight": 3},
+    {"name": "request-duration", "thresholdRange": {"max": 500}, "weight": 1},
+]
+
+
+@pytest.mark.parametrize(
+    ("weights", "critical", "answers", "score", "outcome"),
+    [
+        ((3, 1), False, {TEMPLATE: 0.1, DURATION: 100.0}, 100.0, Outcome.ADVANCE),
+        ((3, 1), False, {TEMPLATE: 0.1, DURATION: 900.0}, 75.0, Outcome.INCONCLUSIVE),  # marginal: 75 ≤ score < 95
+        ((3, 2), False, {TEMPLATE: 0.1, DURATION: 900.0}, 60.0, Outcome.FAIL),  # below marginal
+        ((19, 1), False, {TEMPLATE: 0.1, DURATION: 900.0}, 95.0, Outcome.ADVANCE),  # a light metric's failure does not fail the score
+        ((19, 1), True, {TEMPLATE: 0.1, DURATION: 900.0}, 0.0, Outcome.FAIL),  # unless it is critical
+        ((3, 1), False, {TEMPLATE: 0.1, DURATION: NoValues("empty")}, 75.0, Outcome.INCONCLUSIVE),  # no data under fail policy is a failure
+    ],
+)
+def test_the_score_weighs_the_metrics(weights: tuple[int, int], critical: bool, answers: dict[Key, Answer], score: float, outcome: Outcome) -> None:
+    entries = [{**SCORED[0], "weight": weights[0]}, {**SCORED[1], "weight": weights[1], "critical": critical}]
+    result, _ = tick(metrics(*entries, score={"pass": 95, "marginal": 75}), answers, TickContext(weight=10))
+    assert result.score == score and result.outcome is outcome
+    if outcome is Outcome.INCONCLUSIVE:
+        assert result.reason == f"score {score:g} is marginal (75 ≤ score < 95) at weight 10: a person decides"
+        assert (result.failed_in_row, result.failed_total) == (0, 0)
+    if outcome is Outcome.FAIL:
+        assert result.reason.startswith("a critical metric failed" if critical else f"score {score:g} below marginal 75")
+        assert result.failed_total == 1
+
+
+def test_a_critical_failure_fails_even_when_no_score_is_too_low() -> None:
+    entries = [{**SCORED[0], "weight": 99}, {**SCORED[1], "critical": True}]
+    result, _ = tick(metrics(*entries, score={"pass": 50, "marginal": 0}), {TEMPLATE: 0.1, DURATION: 900.0})
+    assert result.score == 0.0 and result.outcome is Outcome.FAIL and result.reason.startswith("a critical metric failed: ")
+    lenient, _ = tick(metrics(entries[0], SCORED[1], score={"pass": 50, "marginal": 0}), {TEMPLATE: 0.1, DURATION: 900.0})
+    assert lenient.outcome is Outcome.ADVANCE and lenient.score == 99.0
+
+
+def test_a_held_metric_is_not_scored() -> None:
+    entries = [SCORED[0], {**SCORED[1], "onNoData": "hold"}]
+    result, _ = tick(metrics(*entries, score={}), {TEMPLATE: 0.1, DURATION: NoValues("empty")})
+    assert result.score == 100.0 and result.outcome is Outcome.HOLD
+
+
+def test_without_a_score_the_tick_has_none() -> None:
+    result, _ = tick(spec_with(), BASE)
+    assert result.score is None
+
+
+# --- failures in a row and in all ---------------------------------------------------------------
+
+FAILING = {TEMPLATE: 18.2, DURATION: 1.0}
+PASSING = BASE
+HOLDING = {TEMPLATE: NoValues("empty"), DURATION: 1.0}
+
+
+@pytest.mark.parametrize(
+    ("changes", "sequence", "outcomes"),
+    [
+        # fail/pass/fail/pass: never 3 in a row, but the failureLimit of 2 in all is reached
+        ({"threshold": 3, "failureLimit": 2}, [FAILING, PASSING, FAILING, PASSING], [Outcome.FAIL, Outcome.ADVANCE, Outcome.ROLLBACK]),
+        # without failureLimit, threshold also bounds the failures in all
+        ({"threshold": 3}, [FAILING, PASSING, FAILING, PASSING, FAILING], [Outcome.FAIL, Outcome.ADVANCE, Outcome.FAIL, Outcome.ADVANCE, Outcome.ROLLBACK]),
+        ({"threshold": 2, "failureLimit": 10}, [FAILING, PASSING, FAILING, FAILING], [Outcome.FAIL, Outcome.ADVANCE, Outcome.FAIL, Outcome.ROLLBACK]),
+        # a hold leaves both counts alone: two failures around it are in a row
+        ({"threshold": 2, "failureLimit": 10}, [FAILING, HOLDING, FAILING], [Outcome.FAIL, Outcome.HOLD, Outcome.ROLLBACK]),
+        ({"threshold": 5, "failureLimit": 5}, [PASSING, PASSING, PASSING], [Outcome.ADVANCE, Outcome.ADVANCE, Outcome.ADVANCE]),
+    ],
+    ids=["flapping-failure-limit", "flapping-default-limit", "in-a-row", "hold-between", "passing"],
+)
+def test_failures_are_counted_in_a_row_and_in_all(changes: dict[str, Any], sequence: list[dict[Key, Answer]], outcomes: list[Outcome]) -> None:
+    spec = spec_with(update("analysis", **changes), set_path("analysis.metrics.0.onNoData", "hold"))
+    seen: list[Outcome] = []
+    ctx = TickContext()
+    for answers in sequence:
+        result, _ = tick(spec, answers, ctx)
+        seen.append(result.outcome)
+        if result.outcome is Outcome.ROLLBACK:
+            break
+        ctx = TickContext(failed_in_row=result.failed_in_row, failed_total=result.failed_total)
+    assert seen == outcomes
+
+
+def test_the_failure_limit_reason_names_the_count_in_all() -> None:
+    spec = spec_with(update("analysis", threshold=3, failureLimit=2))
+    result, _ = tick(spec, FAILING, TickContext(failed_in_row=0, failed_total=1, weight=30))
+    assert result.outcome is Outcome.ROLLBACK and (result.threshold, result.failure_limit) == (3, 2)
+    assert result.reason == "error-rate 18.2 > max 1: 2 failed checks in all (failureLimit 2) at weight 30"
+
+
+def test_an_extra_failure_counts_like_a_failed_metric() -> None:
+    result, _ = tick(spec_with(), BASE)
+    hook = analysis.extra_failure("webhook:load-test", "rollout webhook load-test failed: exit 1")
+    decided = analysis.decide((*result.checks, hook), TickContext(failed_in_row=2), 3, 5)
+    assert decided.outcome is Outcome.ROLLBACK and decided.failed == (hook,) and hook.effect is Effect.FAIL
+
+
+# --- the providers asked --------------------------------------------------------------------------
+
+
+def test_a_metric_templates_provider_address_is_used() -> None:
+    asked: list[str | None] = []
+    provider = FakeMetrics(BASE)
+
+    def provider_for(address: str | None) -> FakeMetrics:
+        asked.append(address)
+        return provider
+
+    analysis.run_tick(spec_with(set_path("metricTemplates.error-rate.provider.address", "http://other:9090")), provider_for)
+    assert asked == ["http://other:9090", None]
+
+
+# --- the preflight --------------------------------------------------------------------------------
+
+REJECTED = 'invalid parameter "query": 1:10: parse error: expected type range vector in call to function "rate", got instant vector'
+
+
+def _probe(index: int, value: Answer) -> analysis.Probe:
+    spec = spec_with()
+    metric = spec.analysis.metrics[index]
+    return analysis.Probe(index, metric, analysis.render_query(spec, metric)[0], value)
+
+
+def test_a_rejected_template_query_names_the_template_the_metric_and_prometheus_reason() -> None:
+    (problem,) = analysis.preflight_problems([_probe(0, BadQuery(f"Prometheus rejected the query: {REJECTED}"))])
+    assert problem.field == "metricTemplates.error-rate.query"
+    assert problem.rule == f"Prometheus rejected it as rendered for analysis.metrics[0] (error-rate): {REJECTED}"
+    assert problem.value.startswith('sum(rate(x{pod=~"web-canary",ns="prod",le="0.5"}[1m]') and "\n" not in problem.value
+
+
+def test_a_rejected_builtin_query_names_the_metric() -> None:
+    (problem,) = analysis.preflight_problems([_probe(1, BadQuery("Prometheus rejected the query: boom"))])
+    assert problem.field == "analysis.metrics[1].name" and problem.rule == "built-in metric request-duration: Prometheus rejected its query: boom"
+
+
+@pytest.mark.parametrize("value", [3.5, NoValues("empty"), MultipleValues("2 series"), ProviderUnreachable("down")], ids=repr)
+def test_only_a_rejected_query_is_a_preflight_problem(value: Answer) -> None:
+    assert analysis.preflight_problems([_probe(0, value), _probe(1, value)]) == []
+
+
+def test_preflight_refuses_a_bad_query_and_nothing_else() -> None:
+    provider = FakeMetrics({TEMPLATE: BadQuery("Prometheus rejected the query: nope"), DURATION: NoValues("no traffic yet")})
+    problems = analysis.preflight(spec_with(), lambda address: provider)
+    assert [p.field for p in problems] == ["metricTemplates.error-rate.query"] and len(provider.queries) == 2
+
+
+def test_preflight_asks_an_unreachable_provider_once() -> None:
+    provider = FakeMetrics({"": ProviderUnreachable("connection refused")})
+    assert analysis.preflight(spec_with(), lambda address: provider) == []
+    assert len(provider.queries) == 1  # the second metric is not sent: no second timeout to wait out
+
+
+def test_preflight_still_asks_another_provider() -> None:
+    down, other = FakeMetrics({"": ProviderUnreachable("down")}), FakeMetrics({"": BadQuery("Prometheus rejected the query: bad")})
+    spec = spec_with(set_path("metricTemplates.error-rate.provider.address", "http://other:9090"),
+                     set_path("analysis.metrics", [{"name": "request-duration", "thresholdRange": {"max": 500}},
+                                                   {"name": "request-duration-p99", "thresholdRange": {"max": 900}},
+                                                   {"name": "error-rate", "templateRef": {"name": "error-rate"}, "templateVariables": {"le": "1"}, "thresholdRange": {"max": 1}}]))
+    problems = analysis.preflight(spec, lambda address: other if address else down)
+    assert len(down.queries) == 1 and len(other.queries) == 1
+    assert [p.field for p in problems] == ["metricTemplates.error-rate.query"]
+
+
+def test_render_query_renders_stable_and_the_pod_label() -> None:
+    spec = spec_with(set_path("metricTemplates.error-rate.query", 'x{a="{{ stable }}",b="{{ primary }}",c="{{ podLabel }}",d="{{ target }}",e="{{ variables.le }}"}'),
+                     set_path("prometheus.podLabel", "pod"))
+    query, address = analysis.render_query(spec, spec.analysis.metrics[0])
+    assert query == 'x{a="web-stable",b="web-stable",c="pod",d="web-canary",e="0.5"}' and address is None
+    query, _ = analysis.render_query(spec, spec.analysis.metrics[0], target=spec.stable)
+    assert 'd="web-stable"' in query
+
+
+def test_a_webhook_failure_added_to_a_tick_keeps_the_critical_metrics_critical() -> None:
+    """The machine re-decides a tick with its rollout webhook's failure added: a critical metric's failure
+    must still fail the tick as critical, not be averaged into the score."""
+    from canary.core import analysis
+
+    entries = [{**SCORED[0], "weight": 99}, {**SCORED[1], "critical": True}]
+    spec = metrics(*entries, score={"pass": 50, "marginal": 0})
+    result, _ = tick(spec, {TEMPLATE: 0.1, DURATION: 900.0}, TickContext(weight=10))
+    hook = analysis.extra_failure("webhook:load-test", "rollout webhook load-test failed: exit 1")
+    again = analysis.decide_for(spec, result.checks + (hook,), TickContext(weight=10))
+    assert again.outcome is Outcome.FAIL and again.reason.startswith("a critical metric failed"), again.reason

@@ -1,0 +1,129 @@
+"""The command line as a user meets it without a cluster: validate, import-flagger, arguments, exit codes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from canary.adapters import stackfile
+from canary.errors import StackBusy, StackLocked, StackNotFound
+from tests.conftest import FIXTURES, ROOT
+
+
+def _cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "canary", *args], capture_output=True, text=True, cwd=cwd, timeout=60)
+
+
+@pytest.mark.parametrize("stack", ["dev", "staging", "prod", "lab"])
+def test_validate_stack(stack: str) -> None:
+    done = _cli("validate", stack)
+    assert done.returncode == 0, done.stderr
+    assert f"Pulumi.{stack}.yaml: valid — app " in done.stdout
+
+
+def test_validate_file_anywhere(tmp_path: Path) -> None:
+    path = tmp_path / "mine.yaml"
+    path.write_text((ROOT / "stacks" / "Pulumi.prod.yaml").read_text().replace("threshold: 3", "threshold: 0"))
+    done = _cli("validate", "--file", str(path), cwd=tmp_path)
+    assert done.returncode == 2
+    assert "analysis.threshold" in done.stderr and "greater than or equal to 1" in done.stderr and "(got 0)" in done.stderr
+    assert done.stdout == "" and "Traceback" not in done.stderr
+
+
+def test_validate_names_the_path_of_a_mistyped_pod_template_field(tmp_path: Path) -> None:
+    path = tmp_path / "mine.yaml"
+    path.write_text(
+        "config:\n"
+        "  canary:app:\n"
+        "    name: web\n"
+        "    template:\n"
+        "      spec:\n"
+        "        containers:\n"
+        "          - {name: web, image: web:1, imagePullPolicyy: Always}\n"
+        "  canary:gateway: {parentRefs: [{name: public}]}\n"
+        "  canary:analysis: {stepWeight: 10}\n"
+    )
+    done = _cli("validate", "--file", str(path), cwd=tmp_path)
+    assert done.returncode == 2
+    assert "app.template.spec.containers[0].imagePullPolicyy: is not a field of Container (did you mean imagePullPolicy?)" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["validate", "nosuchstack"], "no config file Pulumi.nosuchstack.yaml"),
+        (["validate"], "give either STACK or --file"),
+        (["validate", "prod", "--file", "x.yaml"], "give either STACK or --file"),
+        (["validate", "--bogus"], "No such option"),
+        (["nosuchcommand"], "No such command"),
+        (["release", "prod"], "Missing option '--image'"),
+    ],
+)
+def test_bad_arguments_exit_2(args: list[str], message: str) -> None:
+    done = _cli(*args)
+    assert done.returncode == 2
+    assert message in done.stderr
+
+
+def test_validate_from_outside_the_project_with_project_dir(tmp_path: Path) -> None:
+    done = _cli("validate", "prod", "--project-dir", str(ROOT), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+
+
+def test_outside_any_project_a_command_says_where_it_looked(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "canary", "validate", "prod"], capture_output=True, text=True, cwd=tmp_path, timeout=60,
+                          env={k: v for k, v in __import__("os").environ.items() if k != "CANARY_PROJECT_DIR"})
+    assert done.returncode == 2 and "--project-dir" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_console_script_is_installed() -> None:
+    exe = Path(sys.executable).parent / "canary"
+    done = subprocess.run([str(exe), "validate", "lab"], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
+def test_import_flagger_prints_a_stack_file_that_validates(tmp_path: Path) -> None:
+    done = _cli("import-flagger", str(FIXTURES / "flagger-canary.yaml"), str(FIXTURES / "flagger-metric-template.yaml"),
+                "--stable-image", "ghcr.io/stefanprodan/podinfo:6.0.0", "--gateway", "public.gateway:https")
+    assert done.returncode == 0, done.stderr
+    path = tmp_path / "Pulumi.imported.yaml"
+    path.write_text(done.stdout)
+    spec = stackfile.load_stack_file(path)
+    assert spec.app is not None and spec.app.image == "ghcr.io/stefanprodan/podinfo:6.0.0"
+    assert spec.analysis is not None and spec.analysis.failure_limit == spec.analysis.threshold
+    assert "note:" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [(StackNotFound("stack nosuch: no such stack in the Pulumi backend"), 2), (StackBusy("app web is busy: release r1 by pid 1 on h"), 3),
+     (StackLocked("stack prod is locked by a Pulumi update"), 3)],
+)
+@pytest.mark.parametrize("command", ["up", "release", "resume", "status", "abort"])
+def test_library_errors_become_exit_codes_and_a_message(command: str, error: Exception, code: int, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from canary import api, cli
+
+    def fails(*args: Any, **kwargs: Any) -> None:
+        raise error
+
+    monkeypatch.setattr(api, command, fails)
+    monkeypatch.setattr(sys, "argv", ["canary", command, "nosuch", *(["--image", "web:1"] if command == "release" else [])])
+    with pytest.raises(SystemExit) as info:
+        cli.run()
+    err = capsys.readouterr().err
+    assert info.value.code == code and str(error) in err and "Traceback" not in err
+
+
+def test_promote_force_needs_a_reason(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from canary import api, cli
+
+    monkeypatch.setattr(api, "_request", lambda *a, **k: "r1")
+    monkeypatch.setattr(sys, "argv", ["canary", "promote", "prod", "--force"])
+    with pytest.raises(SystemExit) as info:
+        cli.run()
+    assert info.value.code == 2 and "--reason" in capsys.readouterr().err

@@ -1,0 +1,204 @@
+"""Evidence (canary.core.evidence): Wilson bounds and the requests a verdict needs; the judge
+(canary.core.judge): Kayenta's Mann–Whitney classifier on its worked examples, and the score."""
+
+from __future__ import annotations
+
+import math
+from statistics import NormalDist
+
+import pytest
+from scipy.stats import mannwhitneyu
+
+from canary.core import evidence, judge
+from canary.core.judge import Classification, ScoredMetric
+
+# --- Wilson bounds --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("successes", "trials"), [(0, 10), (1, 10), (5, 10), (10, 10), (3, 1000), (997, 1000), (2.5, 7.3)])
+@pytest.mark.parametrize("confidence", [0.5, 0.9, 0.95, 0.99])
+def test_the_bounds_hold_the_observed_share(successes: float, trials: float, confidence: float) -> None:
+    bounds = evidence.wilson(successes, trials, confidence)
+    share = successes / trials
+    assert 0.0 <= bounds.low <= share <= bounds.high <= 1.0
+
+
+@pytest.mark.parametrize("share", [0.0, 0.01, 0.2, 0.5, 0.9, 1.0])
+def test_the_bounds_close_in_as_the_requests_grow(share: float) -> None:
+    sizes = [5, 10, 50, 100, 1000, 10000, 100000]
+    bounds = [evidence.wilson(share * n, n, 0.95) for n in sizes]
+    widths = [b.high - b.low for b in bounds]
+    assert all(a > b for a, b in zip(widths, widths[1:], strict=False))
+    highs, lows = [b.high for b in bounds], [b.low for b in bounds]
+    if share == 0.0:
+        assert all(a > b for a, b in zip(highs, highs[1:], strict=False)) and lows == pytest.approx([0.0] * len(sizes), abs=1e-12)
+    if share == 1.0:
+        assert all(a < b for a, b in zip(lows, lows[1:], strict=False)) and highs == pytest.approx([1.0] * len(sizes), abs=1e-12)
+    assert bounds[-1].high - bounds[-1].low < 0.01
+
+
+def test_higher_confidence_widens_the_bounds() -> None:
+    widths = [(b.high - b.low) for b in (evidence.wilson(3, 100, c) for c in (0.5, 0.8, 0.9, 0.95, 0.99, 0.9999))]
+    assert all(a < b for a, b in zip(widths, widths[1:], strict=False))
+
+
+@pytest.mark.parametrize("trials", [1, 4, 100, 268, 12345])
+def test_the_upper_bound_of_no_failure_is_z2_over_n_plus_z2(trials: int) -> None:
+    z = NormalDist().inv_cdf(0.95)
+    assert evidence.wilson(0, trials, 0.95).high == pytest.approx(z * z / (trials + z * z))
+
+
+def test_the_bounds_are_symmetric_and_known() -> None:
+    assert evidence.wilson(5, 10, 0.95).low == pytest.approx(0.26927, abs=1e-5)
+    assert evidence.wilson(5, 10, 0.95).high == pytest.approx(0.73073, abs=1e-5)
+    a, b = evidence.wilson(3, 40, 0.9), evidence.wilson(37, 40, 0.9)
+    assert a.low == pytest.approx(1 - b.high) and a.high == pytest.approx(1 - b.low)
+
+
+@pytest.mark.parametrize("trials", [0, -1, 0.0])
+def test_no_requests_say_nothing(trials: float) -> None:
+    assert evidence.wilson(0, trials, 0.95) == evidence.Bounds(0.0, 1.0)
+
+
+def test_more_successes_than_trials_are_capped() -> None:
+    assert evidence.wilson(12, 10, 0.95) == evidence.wilson(10, 10, 0.95)
+
+
+@pytest.mark.parametrize(("limit", "confidence", "expected"), [(0.01, 0.95, 268), (0.05, 0.95, 52), (0.1, 0.95, 25), (0.01, 0.99, 536), (0.001, 0.9, 1641)])
+def test_needed_is_the_least_count_without_failure_inside_the_limit(limit: float, confidence: float, expected: int) -> None:
+    n = evidence.needed(limit, confidence)
+    assert n == expected
+    assert evidence.wilson(0, n, confidence).high <= limit < evidence.wilson(0, n - 1, confidence).high
+
+
+@pytest.mark.parametrize(("limit", "expected"), [(0.0, -1), (-0.5, -1), (0.99, 1), (1.0, 1)])
+def test_needed_at_the_edges(limit: float, expected: int) -> None:
+    assert evidence.needed(limit, 0.95) == expected
+
+
+def test_needed_grows_with_confidence_and_shrinks_with_the_limit() -> None:
+    assert evidence.needed(0.01, 0.9) < evidence.needed(0.01, 0.95) < evidence.needed(0.01, 0.99)
+    assert evidence.needed(0.001, 0.95) > evidence.needed(0.01, 0.95) > evidence.needed(0.1, 0.95)
+
+
+# --- Kayenta's worked examples --------------------------------------------------------------------
+
+BASE = [190, 195, 198, 200, 202, 205, 210, 188, 192, 207, 199, 201, 196, 204, 193, 206, 197, 203, 191, 209]
+JITTER = [3, -2, 1, -4, 2, 0, -1, 4, -3, 2, -2, 1, 3, -1, 0, -3, 2, -4, 1, 1]
+
+
+def _canary(shift: float) -> list[float]:
+    return [b + shift + j for b, j in zip(BASE, JITTER, strict=True)]
+
+
+def _compare(shift: float, **options: float) -> judge.Comparison:
+    return judge.compare(_canary(shift), BASE, confidence=0.98, tolerance=0.25, **options)
+
+
+def test_600_ms_slower_is_high_with_its_interval() -> None:
+    result = _compare(600)
+    assert result.classification is Classification.HIGH
+    assert result.shift == pytest.approx(600, abs=0.5)
+    assert result.low == pytest.approx(594, abs=0.5) and result.high == pytest.approx(605, abs=0.5)
+    assert (result.canary_samples, result.stable_samples) == (20, 20)
+    assert result.reason.startswith("higher than stable: shift +600 (98% interval [594, 605])")
+
+
+@pytest.mark.parametrize(
+    ("shift", "options", "classification"),
+    [
+        (0, {}, Classification.PASS),
+        (-100, {}, Classification.LOW),
+        (10, {}, Classification.HIGH),
+        (-10, {}, Classification.LOW),
+        (10, {"allowed_increase": 1.1}, Classification.PASS),  # 5 % slower is within a 10 % allowance
+        (-10, {"allowed_decrease": 0.9}, Classification.PASS),
+        (-100, {"allowed_decrease": 0.9}, Classification.LOW),
+        (7, {}, Classification.PASS),
+        (5, {}, Classification.PASS),
+    ],
+)
+def test_kayentas_classifications(shift: float, options: dict[str, float], classification: Classification) -> None:
+    result = _compare(shift, **options)
+    assert result.classification is classification, result.reason
+    assert result.low <= result.shift <= result.high
+
+
+def test_a_small_shift_passes_although_the_p_value_is_below_the_confidence() -> None:
+    """+7 ms: the rank test alone would call it significant; its interval does not clear 0.25 × the shift."""
+    p_value = mannwhitneyu(_canary(7), BASE, alternative="two-sided", method="asymptotic").pvalue
+    assert p_value < 0.02
+    result = _compare(7)
+    assert result.classification is Classification.PASS and 0 < result.low < 0.25 * result.shift
+    assert result.reason.startswith("no shift beyond the noise: shift +7")
+
+
+def test_the_ratio_of_means_is_reported() -> None:
+    assert _compare(0).mean_ratio == pytest.approx(sum(_canary(0)) / sum(BASE))
+    assert _compare(10).mean_ratio == pytest.approx(1.0502, abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("stable", "canary", "classification"),
+    [
+        ([1, 2.2, 1.1, 2.5, 3], [20, 22, 21, 25, 30], Classification.HIGH),
+        ([1, 1, 1, 1, 1], [1, 1, 1, 1, 10], Classification.PASS),
+        ([20, 22, 21, 25, 30], [1, 2.2, 1.1, 2.5, 3], Classification.LOW),
+        ([5, 5, 5, 5, 5], [5, 5, 5, 5, 5], Classification.PASS),
+    ],
+)
+def test_kayentas_suite_cases(stable: list[float], canary: list[float], classification: Classification) -> None:
+    result = judge.compare(canary, stable, confidence=0.95, tolerance=0.10, allowed_increase=1.2)
+    assert result.classification is classification, result.reason
+
+
+def test_identical_samples_pass_without_a_test() -> None:
+    result = judge.compare([3, 1, 2], [1, 2, 3], confidence=0.95, tolerance=0.1)
+    assert result.classification is Classification.PASS and (result.shift, result.low, result.high) == (0.0, 0.0, 0.0)
+    assert result.reason == "the samples are identical"
+
+
+@pytest.mark.parametrize(
+    ("canary", "stable", "min_samples", "counts"),
+    [([1, 2], [1, 2, 3], 3, (2, 3)), ([1, 2, 3], [], 3, (3, 0)), ([1.0, math.nan, 2.0, math.inf, 3.0], [1, 2, 3], 4, (3, 3)), (list(range(9)), list(range(20)), 10, (9, 20))],
+)
+def test_too_few_samples_are_no_data(canary: list[float], stable: list[float], min_samples: int, counts: tuple[int, int]) -> None:
+    result = judge.compare(canary, stable, confidence=0.95, tolerance=0.1, min_samples=min_samples)
+    assert result.classification is Classification.NO_DATA and (result.canary_samples, result.stable_samples) == counts
+    assert math.isnan(result.shift) and math.isnan(result.low)
+    assert result.reason == f"{counts[0]} canary and {counts[1]} stable samples: fewer than {min_samples} on a side"
+
+
+def test_non_finite_samples_are_dropped_before_judging() -> None:
+    noisy = [*_canary(600), math.nan, math.inf]
+    result = judge.compare(noisy, BASE, confidence=0.98, tolerance=0.25)
+    assert result.classification is Classification.HIGH and result.canary_samples == 20
+
+
+def test_the_shift_interval_narrows_with_lower_confidence() -> None:
+    wide = judge.shift_interval(_canary(10), BASE, 0.99)
+    narrow = judge.shift_interval(_canary(10), BASE, 0.8)
+    assert wide[0] == pytest.approx(narrow[0], abs=1e-3)
+    assert wide[1] < narrow[1] <= narrow[0] <= narrow[2] < wide[2]
+
+
+# --- the score ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("metrics", "expected"),
+    [
+        ([ScoredMetric(1, True), ScoredMetric(1, True)], (100.0, False)),
+        ([ScoredMetric(3, True), ScoredMetric(1, False)], (75.0, False)),
+        ([ScoredMetric(1, True), ScoredMetric(3, False)], (25.0, False)),
+        ([ScoredMetric(3, True), ScoredMetric(1, False), ScoredMetric(5, None)], (75.0, False)),  # no verdict: not counted
+        ([ScoredMetric(1, True), ScoredMetric(1, True), ScoredMetric(1, False)], (66.67, False)),
+        ([ScoredMetric(19, True), ScoredMetric(1, False, critical=True)], (0.0, True)),
+        ([ScoredMetric(1, True, critical=True), ScoredMetric(1, False)], (50.0, False)),  # a passing critical metric is just a metric
+        ([ScoredMetric(1, None, critical=True), ScoredMetric(1, True)], (100.0, False)),
+        ([ScoredMetric(2, None)], (100.0, False)),
+        ([], (100.0, False)),
+    ],
+)
+def test_score_weighs_passing_metrics_over_judged_ones(metrics: list[ScoredMetric], expected: tuple[float, bool]) -> None:
+    assert judge.score(metrics) == expected

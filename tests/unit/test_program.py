@@ -1,0 +1,754 @@
+"""The Pulumi component (``canary.adapters.program``) under Pulumi's own mocks.
+
+Every declaration runs with ``preview=False`` so that ``apply`` callbacks run
+and the mocks see resolved inputs. The mocks record each resource's inputs (as
+the engine would get them: camelCase, numbers as floats, secrets wrapped) and
+the monitor records which resource hooks each resource was registered with.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+import runpy
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pulumi
+import pulumi_kubernetes as k8s
+import pytest
+from pulumi.runtime import rpc
+from pulumi.runtime.mocks import MockMonitor
+
+from canary.adapters import program
+from canary.core import routing, workload
+from canary.core.spec import App
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.timeout(120)
+
+STACK = "prod"
+GATEWAY = {"parentRefs": [{"name": "public", "namespace": "gateway", "sectionName": "https"}], "hostnames": ["web.example.com"]}
+SIMPLE_APP = {"name": "web", "namespace": "shop", "image": "registry.example.com/shop/web:1.0.0", "replicas": 3,
+              "env": {"LOG_LEVEL": "info"}, "probes": {"readiness": {"path": "/ready"}}}
+STABLE_SELECTOR = {"canary.dev/app": "web", "canary.dev/track": "stable"}
+CANARY_SELECTOR = {"canary.dev/app": "web", "canary.dev/track": "canary"}
+
+
+def full_template(image: str = "registry.example.com/shop/web:1.0.0") -> dict[str, Any]:
+    """The full form: two containers, env from a Secret, a ConfigMap volume, the team's own labels."""
+    return {
+        "metadata": {"labels": {"app": "web", "name": "web", "app.kubernetes.io/name": "web", "team": "shop"},
+                     "annotations": {"team.example.com/owner": "shop"}},
+        "spec": {
+            "containers": [
+                {"name": "web", "image": image, "ports": [{"name": "http", "containerPort": 8080}],
+                 "envFrom": [{"secretRef": {"name": "creds"}}],
+                 "volumeMounts": [{"name": "conf", "mountPath": "/etc/web"}]},
+                {"name": "proxy", "image": "registry.example.com/shop/proxy:3.1"},
+            ],
+            "volumes": [{"name": "conf", "configMap": {"name": "settings"}}],
+        },
+    }
+
+
+def full_app(settings: Mapping[str, str] | None = None, token: str = "s3cr3t-t0ken", **more: Any) -> dict[str, Any]:
+    return {"name": "web", "namespace": "shop", "replicas": 2, "template": full_template(),
+            "configMaps": {"settings": {"data": dict(settings or {"level": "info"})}},
+            "secrets": {"creds": {"stringData": {"TOKEN": token}}}, **more}
+
+
+# --- running a program under the mocks ----------------------------------------------------------
+
+
+class Recorder(pulumi.runtime.Mocks):
+    def __init__(self) -> None:
+        self.resources: dict[str, pulumi.runtime.MockResourceArgs] = {}
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
+        self.resources[args.name] = args
+        return f"{args.name}-id", args.inputs
+
+    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:
+        return {}, None
+
+
+class HookMonitor(MockMonitor):
+    """The mock monitor, recording the before_update hooks each resource is registered with."""
+
+    def __init__(self, mocks: pulumi.runtime.Mocks) -> None:
+        super().__init__(mocks)
+        self.hooks: dict[str, list[str]] = {}
+        self.urns: dict[str, str] = {}
+        self.aliases: dict[str, list[str]] = {}
+        self.dependencies: dict[str, set[str]] = {}
+        self.registered: list[str] = []
+
+    def RegisterResource(self, request: Any) -> Any:  # noqa: N802 (the gRPC method's name)
+        self.hooks[request.name] = list(request.hooks.before_update)
+        # pulumi-kubernetes adds aliases of its own (earlier apiVersions, under the same parent): only aliases from the root count here
+        self.aliases[request.name] = [alias_urn(a, request.type, request.name) for a in request.aliases if a.urn or a.spec.noParent]
+        self.dependencies[request.name] = set(request.dependencies)
+        response = super().RegisterResource(request)
+        self.urns[request.name] = response.urn
+        self.registered.append(response.urn)
+        return response
+
+
+def alias_urn(alias: Any, type_: str, name: str) -> str:
+    """The URN an alias (as the SDK sends it to the engine) stands for: a URN, or a spec of a resource without parent."""
+    if alias.urn:
+        return str(alias.urn)
+    spec = alias.spec
+    return f"urn:pulumi:{spec.stack or pulumi.get_stack()}::{spec.project or pulumi.get_project()}::{spec.type or type_}::{spec.name or name}"
+
+
+@dataclass
+class Declared:
+    resources: dict[str, pulumi.runtime.MockResourceArgs]
+    hooks: dict[str, list[str]]
+    urns: dict[str, str]
+    outputs: dict[str, Any] = field(default_factory=dict)
+    aliases: dict[str, list[str]] = field(default_factory=dict)
+    dependencies: dict[str, set[str]] = field(default_factory=dict)
+    registered: list[str] = field(default_factory=list)
+
+    def inputs(self, name: str) -> dict[str, Any]:
+        return self.resources[name].inputs
+
+    def kinds(self) -> set[tuple[str, str]]:
+        return {(r.typ, r.name) for r in self.resources.values()}
+
+    def template(self, track: str) -> dict[str, Any]:
+        return self.inputs(f"web-{track}")["spec"]["template"]
+
+    def weights(self) -> list[tuple[str, float]]:
+        rules = self.inputs("web-route")["spec"]["rules"]
+        return [(b["name"], b["weight"]) for b in rules[-1]["backendRefs"]]
+
+    @property
+    def exported(self) -> dict[str, Any]:
+        return self.outputs["canary/web"]  # type: ignore[no-any-return]
+
+
+def _config_value(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+@pytest.fixture
+def declare() -> Iterator[Callable[..., Declared]]:
+    """Run ``build`` as a Pulumi program (not a preview) with ``config`` set; what it declared."""
+
+    def run(build: Callable[[], Any], config: Mapping[str, Any] | None = None, secret_keys: list[str] | None = None, project: str = "canary") -> Declared:
+        mocks = Recorder()
+        monitor = HookMonitor(mocks)
+        pulumi.runtime.set_mocks(mocks, project=project, stack=STACK, preview=False, monitor=monitor)
+        pulumi.runtime.set_all_config({k: _config_value(v) for k, v in (config or {}).items()}, secret_keys or [])
+        declared = Declared(mocks.resources, monitor.hooks, monitor.urns, aliases=monitor.aliases, dependencies=monitor.dependencies,
+                            registered=monitor.registered)
+
+        @pulumi.runtime.test
+        def program_run() -> pulumi.Output[Any]:
+            build()
+            root = pulumi.runtime.get_root_resource()
+            assert root is not None
+            return pulumi.Output.from_input(root.outputs).apply(declared.outputs.update)  # type: ignore[attr-defined]
+
+        program_run()
+        return declared
+
+    yield run
+    pulumi.runtime.set_all_config({}, [])
+
+
+def component(app: Mapping[str, Any] | None = None, **kwargs: Any) -> Callable[[], program.CanaryDeployment]:
+    return lambda: program.CanaryDeployment("web", dict(app or SIMPLE_APP), GATEWAY, **kwargs)
+
+
+# --- the resources of an app --------------------------------------------------------------------
+
+
+def test_a_simple_app_declares_two_tracks_their_services_the_apex_service_and_the_route(declare: Callable[..., Declared]) -> None:
+    d = declare(component())
+    assert d.kinds() == {
+        ("canary:index:CanaryDeployment", "web"),
+        ("kubernetes:apps/v1:Deployment", "web-stable"),
+        ("kubernetes:apps/v1:Deployment", "web-canary"),
+        ("kubernetes:core/v1:Service", "web-stable-service"),
+        ("kubernetes:core/v1:Service", "web-canary-service"),
+        ("kubernetes:core/v1:Service", "web-apex-service"),
+        ("kubernetes:gateway.networking.k8s.io/v1:HTTPRoute", "web-route"),
+    }
+    # every object is a child of the component, in the app's namespace
+    for name in ("web-stable", "web-canary", "web-stable-service", "web-canary-service", "web-apex-service", "web-route"):
+        assert "canary:index:CanaryDeployment$" in d.urns[name], d.urns[name]
+        assert d.inputs(name)["metadata"]["namespace"] == "shop"
+    assert d.inputs("web-stable")["metadata"]["name"] == "web-stable"
+    assert d.inputs("web-canary")["metadata"]["name"] == "web-canary"
+    assert d.inputs("web-stable")["spec"]["selector"] == {"matchLabels": STABLE_SELECTOR}
+    assert d.inputs("web-canary")["spec"]["selector"] == {"matchLabels": CANARY_SELECTOR}
+
+    services = {name: d.inputs(name) for name in ("web-stable-service", "web-canary-service", "web-apex-service")}
+    assert {n: s["metadata"]["name"] for n, s in services.items()} == {
+        "web-stable-service": "web-stable", "web-canary-service": "web-canary", "web-apex-service": "web"}
+    assert services["web-stable-service"]["spec"]["selector"] == STABLE_SELECTOR
+    assert services["web-canary-service"]["spec"]["selector"] == CANARY_SELECTOR
+    # the apex Service selects stable only: in-cluster clients never reach the canary
+    assert services["web-apex-service"]["spec"]["selector"] == STABLE_SELECTOR
+    for service in services.values():
+        assert service["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}]
+
+    route = d.inputs("web-route")
+    assert (route["apiVersion"], route["kind"], route["metadata"]["name"]) == ("gateway.networking.k8s.io/v1", "HTTPRoute", "web")
+    assert route["spec"]["parentRefs"] == [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "public",
+                                            "namespace": "gateway", "sectionName": "https"}]
+    assert route["spec"]["hostnames"] == ["web.example.com"]
+    assert [(b["name"], b["port"]) for b in route["spec"]["rules"][-1]["backendRefs"]] == [("web-stable", 80), ("web-canary", 80)]
+
+
+def test_stable_pods_keep_the_templates_labels_and_canary_pods_get_the_suffix(declare: Callable[..., Declared]) -> None:
+    d = declare(component(full_app()))
+    stable, canary = d.template("stable")["metadata"], d.template("canary")["metadata"]
+    assert stable["labels"] == {"app": "web", "name": "web", "app.kubernetes.io/name": "web", "team": "shop",
+                                "canary.dev/app": "web", "canary.dev/track": "stable", "app.kubernetes.io/managed-by": "canary"}
+    assert canary["labels"] == {"app": "web-canary", "name": "web-canary", "app.kubernetes.io/name": "web-canary", "team": "shop",
+                                "canary.dev/app": "web", "canary.dev/track": "canary", "app.kubernetes.io/managed-by": "canary"}
+    desired_hash = d.exported["desired"]["hash"]
+    assert re.fullmatch(r"[0-9a-f]{16}", desired_hash)
+    for meta in (stable, canary):
+        assert meta["annotations"] == {"team.example.com/owner": "shop", "canary.dev/template-hash": desired_hash}
+    # each Deployment's selector matches its own pods and not the other track's
+    for track, other in (("stable", "canary"), ("canary", "stable")):
+        selector = d.inputs(f"web-{track}")["spec"]["selector"]["matchLabels"]
+        assert selector.items() <= d.template(track)["metadata"]["labels"].items()
+        assert not selector.items() <= d.template(other)["metadata"]["labels"].items()
+
+
+def test_the_simple_forms_pods_get_the_canary_suffix_on_the_app_name_label(declare: Callable[..., Declared]) -> None:
+    d = declare(component())
+    assert d.template("stable")["metadata"]["labels"]["app.kubernetes.io/name"] == "web"
+    assert d.template("canary")["metadata"]["labels"]["app.kubernetes.io/name"] == "web-canary"
+
+
+def test_stable_never_dips_below_its_size_while_it_takes_a_new_template(declare: Callable[..., Declared]) -> None:
+    d = declare(component())
+    assert d.inputs("web-stable")["spec"]["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": "25%"}}
+
+
+def test_without_a_release_the_canary_is_at_zero_on_the_desired_template_and_the_route_at_rest(declare: Callable[..., Declared]) -> None:
+    d = declare(component())
+    stable, canary = d.inputs("web-stable")["spec"], d.inputs("web-canary")["spec"]
+    assert stable["replicas"] == 3
+    assert canary["replicas"] == 0
+    desired = d.exported["desired"]
+    assert desired["image"] == "registry.example.com/shop/web:1.0.0"
+    for spec in (stable, canary):
+        assert spec["template"]["metadata"]["annotations"]["canary.dev/template-hash"] == desired["hash"]
+        assert spec["template"]["spec"] == desired["template"]["spec"]
+    assert d.weights() == [("web-stable", 100), ("web-canary", 0)]
+    assert d.exported["stable"] == desired
+
+
+def pin(image: str, hash_: str, **more: Any) -> dict[str, Any]:
+    template = {"metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "web", "image": image, "ports": [{"name": "http", "containerPort": 8080}]}]}}
+    return {"template": template, "hash": hash_, "image": image, "config_hashes": {}, **more}
+
+
+def test_a_release_config_pins_each_track_and_the_route(declare: Callable[..., Declared]) -> None:
+    stable_pin = pin("registry.example.com/shop/web:1.0.0", "5555aaaa5555aaaa")
+    canary_pin = pin("registry.example.com/shop/web:2.0.0", "cccc2222cccc2222", replicas=1)
+    release = {"web": {"release": "r1", "stable": stable_pin, "canary": canary_pin, "route": {"weight": 20}}}
+    # the desired state (an image no track runs yet) changes nothing while the release pins the tracks
+    app = {**SIMPLE_APP, "image": "registry.example.com/shop/web:3.0.0"}
+    d = declare(component(app), {"canary:release": release})
+    stable, canary = d.inputs("web-stable")["spec"], d.inputs("web-canary")["spec"]
+    assert stable["replicas"] == 3
+    assert stable["template"]["spec"]["containers"][0]["image"] == "registry.example.com/shop/web:1.0.0"
+    assert stable["template"]["metadata"]["annotations"]["canary.dev/template-hash"] == "5555aaaa5555aaaa"
+    assert stable["template"]["metadata"]["labels"]["canary.dev/track"] == "stable"
+    assert canary["replicas"] == 1
+    assert canary["template"]["spec"]["containers"][0]["image"] == "registry.example.com/shop/web:2.0.0"
+    assert canary["template"]["metadata"]["annotations"]["canary.dev/template-hash"] == "cccc2222cccc2222"
+    assert canary["template"]["metadata"]["labels"]["app"] == "web-canary"
+    assert d.weights() == [("web-stable", 80), ("web-canary", 20)]
+    assert d.exported["stable"] == stable_pin
+    assert d.exported["desired"]["image"] == "registry.example.com/shop/web:3.0.0"
+    assert d.exported["desired"]["hash"] not in ("5555aaaa5555aaaa", "cccc2222cccc2222")
+
+
+def test_a_release_config_of_another_app_leaves_this_one_at_its_desired_state(declare: Callable[..., Declared]) -> None:
+    release = {"api": {"release": "r1", "stable": pin("registry.example.com/shop/api:1", "1" * 16), "route": {"weight": 50}}}
+    d = declare(component(), {"canary:release": release})
+    assert d.weights() == [("web-stable", 100), ("web-canary", 0)]
+    assert d.inputs("web-canary")["spec"]["replicas"] == 0
+
+
+def test_a_pinned_stable_reads_the_copies_of_its_own_config_version(declare: Callable[..., Declared]) -> None:
+    """A release whose canary reads new ConfigMap content: stable goes on reading the copy of the old."""
+    old_hash = "0123456789" + "f" * 54
+    stable_pin = {"template": full_template(), "hash": "5555aaaa5555aaaa", "image": "registry.example.com/shop/web:1.0.0",
+                  "config_hashes": {"configMap/settings": old_hash, "secret/creds": "abcdefabcd" + "0" * 54}}
+    release = {"web": {"release": "r1", "stable": stable_pin, "route": {"weight": 0}}}
+    d = declare(component(full_app({"level": "debug"})), {"canary:release": release})
+    stable_spec = d.template("stable")["spec"]
+    assert stable_spec["volumes"][0]["configMap"]["name"] == "settings-0123456789"
+    assert stable_spec["containers"][0]["envFrom"] == [{"secretRef": {"name": "creds-abcdefabcd"}}]
+    # the canary (no pin: the desired state) reads the copy of the new content, declared by this program
+    new_copy = d.inputs("web-configmap-settings")["metadata"]["name"]
+    assert new_copy == "settings-" + workload.content_hash({"level": "debug"})[:10]
+    assert d.template("canary")["spec"]["volumes"][0]["configMap"]["name"] == new_copy
+    assert d.inputs("web-canary")["spec"]["replicas"] == 0
+
+
+# --- the full form and its config ---------------------------------------------------------------
+
+
+def test_config_maps_and_secrets_get_content_addressed_copies_the_templates_read(declare: Callable[..., Declared]) -> None:
+    d = declare(component(full_app()))
+    cm, secret = d.inputs("web-configmap-settings"), d.inputs("web-secret-creds")
+    cm_name = "settings-" + workload.content_hash({"level": "info"})[:10]
+    secret_name = "creds-" + workload.content_hash({"TOKEN": "s3cr3t-t0ken"})[:10]
+    assert re.fullmatch(r"settings-[0-9a-f]{10}", cm["metadata"]["name"])
+    assert (cm["metadata"]["name"], secret["metadata"]["name"]) == (cm_name, secret_name)
+    assert cm["data"] == {"level": "info"} and cm["immutable"] is True
+    assert secret["immutable"] is True
+    # the Secret's content stays a Pulumi secret on its way to the engine
+    assert secret["stringData"][rpc._special_sig_key] == rpc._special_secret_sig
+    assert secret["stringData"]["value"] == {"TOKEN": "s3cr3t-t0ken"}
+    for copy, original in ((cm, "settings"), (secret, "creds")):
+        assert copy["metadata"]["labels"] == {"canary.dev/app": "web", "canary.dev/copy-of": original, "app.kubernetes.io/managed-by": "canary"}
+    for track in ("stable", "canary"):
+        spec = d.template(track)["spec"]
+        assert spec["volumes"] == [{"name": "conf", "configMap": {"name": cm_name}}]
+        assert spec["containers"][0]["envFrom"] == [{"secretRef": {"name": secret_name}}]
+        assert spec["containers"][1] == {"name": "proxy", "image": "registry.example.com/shop/proxy:3.1"}
+    # the exported desired template is the one the user wrote (original names), with the content hashes
+    desired = d.exported["desired"]
+    assert desired["template"] == full_template()
+    assert desired["config_hashes"] == {"configMap/settings": workload.content_hash({"level": "info"}),
+                                        "secret/creds": workload.content_hash({"TOKEN": "s3cr3t-t0ken"})}
+    assert d.exported["copies"] == {"configMap/settings": cm_name, "secret/creds": secret_name}
+    assert "s3cr3t-t0ken" not in json.dumps(d.outputs)
+
+
+def test_a_content_change_gives_a_new_copy_name_and_a_new_template_hash(declare: Callable[..., Declared]) -> None:
+    def names(d: Declared) -> tuple[str, str, str]:
+        return (d.inputs("web-configmap-settings")["metadata"]["name"], d.inputs("web-secret-creds")["metadata"]["name"],
+                d.exported["desired"]["hash"])
+
+    first = names(declare(component(full_app())))
+    again = names(declare(component(full_app())))
+    config_changed = names(declare(component(full_app({"level": "debug"}))))
+    secret_changed = names(declare(component(full_app(token="rotated"))))
+    assert again == first
+    assert config_changed[0] != first[0] and config_changed[1] == first[1] and config_changed[2] != first[2]
+    assert secret_changed[0] == first[0] and secret_changed[1] != first[1] and secret_changed[2] != first[2]
+
+
+def test_config_given_to_the_component_may_hold_outputs(declare: Callable[..., Declared]) -> None:
+    """A program passes ConfigMap data it declared itself (``cm.data``): Outputs, resolved before hashing."""
+    app = {k: v for k, v in full_app().items() if k != "configMaps"}
+    d = declare(component(app, config_maps={"settings": {"level": pulumi.Output.from_input("warn")}}))
+    assert d.inputs("web-configmap-settings")["metadata"]["name"] == "settings-" + workload.content_hash({"level": "warn"})[:10]
+    assert d.inputs("web-configmap-settings")["data"] == {"level": "warn"}
+
+
+def test_the_template_argument_takes_pulumi_kubernetes_args(declare: Callable[..., Declared]) -> None:
+    template = k8s.core.v1.PodTemplateSpecArgs(
+        metadata=k8s.meta.v1.ObjectMetaArgs(labels={"app": "web"}),
+        spec=k8s.core.v1.PodSpecArgs(containers=[k8s.core.v1.ContainerArgs(
+            name="web", image="registry.example.com/shop/web:1.0.0", ports=[k8s.core.v1.ContainerPortArgs(name="http", container_port=9090)])]),
+    )
+    d = declare(component({"name": "web", "namespace": "shop"}, template=template))
+    container = d.template("canary")["spec"]["containers"][0]
+    assert container == {"name": "web", "image": "registry.example.com/shop/web:1.0.0", "ports": [{"name": "http", "containerPort": 9090}]}
+    assert d.template("canary")["metadata"]["labels"]["app"] == "web-canary"
+    assert d.inputs("web-stable-service")["spec"]["ports"][0]["targetPort"] == 9090
+
+
+def test_an_invalid_template_stops_the_program_naming_the_field(declare: Callable[..., Declared]) -> None:
+    template = full_template()
+    template["spec"]["containers"][0]["imagePullPolicy"] = 3
+    template["spec"]["containers"][1]["imag"] = "typo"
+    with pytest.raises(pulumi.RunError) as caught:
+        declare(component({"name": "web", "namespace": "shop"}, template=template))
+    message = str(caught.value)
+    assert "template.spec.containers[0].imagePullPolicy" in message and "must be a string" in message
+    assert "template.spec.containers[1].imag" in message and "did you mean image" in message
+
+
+# --- adopting what a program declared before canary ----------------------------------------------
+
+
+def root_urn(type_: str, name: str) -> str:
+    return f"urn:pulumi:{STACK}::canary::{type_}::{name}"
+
+
+def test_adopt_aliases_the_programs_deployment_service_and_route_onto_the_component(declare: Callable[..., Declared]) -> None:
+    old_route = root_urn("kubernetes:gateway.networking.k8s.io/v1:HTTPRoute", "public-route")
+    d = declare(component(adopt={"deployment": "web", "service": pulumi.Alias(name="web-svc", parent=pulumi.ROOT_STACK_RESOURCE), "route": old_route}))
+    assert d.aliases["web-stable"] == [root_urn("kubernetes:apps/v1:Deployment", "web")]
+    assert d.aliases["web-apex-service"] == [root_urn("kubernetes:core/v1:Service", "web-svc")]
+    assert d.aliases["web-route"] == [old_route]
+    assert not any(aliases for name, aliases in d.aliases.items() if name not in ("web-stable", "web-apex-service", "web-route"))
+    assert d.hooks["web-stable"] == ["canary-stable-guard-web"]  # adopting changes nothing else
+
+
+def test_without_adopt_nothing_is_aliased(declare: Callable[..., Declared]) -> None:
+    assert not any(declare(component()).aliases.values())
+
+
+def test_adopt_refuses_a_part_it_does_not_know(declare: Callable[..., Declared]) -> None:
+    with pytest.raises(pulumi.RunError) as caught:
+        declare(component(adopt={"deployment": "web", "ingress": "web"}))
+    assert "adopt.ingress: " in str(caught.value) and "is not one of deployment, service, route" in str(caught.value)
+
+
+def test_the_apex_service_and_the_route_wait_for_the_stable_deployment(declare: Callable[..., Declared]) -> None:
+    """An adopted Service or route moves to stable only once stable is Ready: traffic never meets a Service without pods."""
+    d = declare(component())
+    assert d.urns["web-stable"] in d.dependencies["web-apex-service"]
+    assert d.urns["web-stable"] in d.dependencies["web-route"]
+
+
+EXAMPLE = ROOT / "examples" / "existing-program"
+EXAMPLE_CONFIG = {"shop:gateway": {"name": "lab", "namespace": "default", "sectionName": "web"}, "shop:hostname": "shop.lab.test",
+                  "shop:image": "demo:v1", "shop:apiToken": "s3cr3t"}
+
+
+def example(file: str) -> Callable[[], Any]:
+    return lambda: runpy.run_path(str(EXAMPLE / file), run_name="__main__")
+
+
+def test_the_example_after_adopting_canary_takes_over_what_it_declared_before(declare: Callable[..., Declared]) -> None:
+    before = declare(example("before.py"), EXAMPLE_CONFIG, ["shop:apiToken"], project="shop")
+    # the mock monitor puts the stack's type in the URN of a resource at the root; the engine does not (nor does an alias)
+    old = {urn.rsplit("::", 2)[1]: urn for urn in (u.replace("::pulumi:pulumi:Stack$", "::") for u in before.registered) if urn.endswith("::web")}
+    assert set(old) == {"kubernetes:apps/v1:Deployment", "kubernetes:core/v1:Service", "kubernetes:gateway.networking.k8s.io/v1:HTTPRoute"}
+    after = declare(example("__main__.py"), EXAMPLE_CONFIG, ["shop:apiToken"], project="shop")
+    assert after.aliases["web-stable"] == [old["kubernetes:apps/v1:Deployment"]]
+    assert after.aliases["web-apex-service"] == [old["kubernetes:core/v1:Service"]]
+    assert after.aliases["web-route"] == [old["kubernetes:gateway.networking.k8s.io/v1:HTTPRoute"]]
+    container = after.template("stable")["spec"]["containers"][0]
+    assert container["image"] == "demo:v1" and container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert container["envFrom"] == [{"secretRef": {"name": after.inputs("web-secret-web-secrets")["metadata"]["name"]}}]
+    assert after.inputs("web-configmap-web-config")["data"] == before.inputs("web-config")["data"]
+    assert after.inputs("web-apex-service")["metadata"]["name"] == "web" and after.inputs("web-route")["metadata"]["name"] == "web"
+
+
+def test_the_examples_readme_shows_the_diff_between_its_two_programs() -> None:
+    before, after = ((EXAMPLE / f).read_text().splitlines(keepends=True) for f in ("before.py", "__main__.py"))
+    diff = "".join(difflib.unified_diff(before, after, "before.py", "__main__.py"))
+    assert f"```diff\n{diff}```" in (EXAMPLE / "README.md").read_text()
+
+
+# --- extras ---------------------------------------------------------------------------------------
+
+
+def test_an_autoscaler_gives_each_track_one_and_stable_no_replica_count(declare: Callable[..., Declared]) -> None:
+    app = {k: v for k, v in SIMPLE_APP.items() if k != "replicas"}
+    metrics = [{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}}}]
+    d = declare(component({**app, "autoscaler": {"minReplicas": 2, "maxReplicas": 6, "metrics": metrics}}))
+    assert {name for typ, name in d.kinds() if typ == "kubernetes:autoscaling/v2:HorizontalPodAutoscaler"} == {"web-stable-autoscaler", "web-canary-autoscaler"}
+    for track in ("stable", "canary"):
+        hpa = d.inputs(f"web-{track}-autoscaler")
+        assert hpa["metadata"]["name"] == f"web-{track}"
+        assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": f"web-{track}"}
+        assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 6)
+        assert hpa["spec"]["metrics"] == metrics
+        # the autoscaler owns the size: Pulumi must not fight it over field ownership
+        assert d.inputs(f"web-{track}")["metadata"]["annotations"] == {"pulumi.com/patchForce": "true"}
+    assert "replicas" not in d.inputs("web-stable")["spec"]
+    assert d.inputs("web-canary")["spec"]["replicas"] == 0
+    urns = d.exported["urns"]
+    assert urns["stableAutoscaler"] == d.urns["web-stable-autoscaler"]
+    assert urns["canaryAutoscaler"] == d.urns["web-canary-autoscaler"]
+
+
+def test_a_disruption_budget_protects_stable_pods(declare: Callable[..., Declared]) -> None:
+    d = declare(component({**SIMPLE_APP, "disruptionBudget": {"maxUnavailable": "25%"}}))
+    pdb = d.resources["web-disruption-budget"]
+    assert pdb.typ == "kubernetes:policy/v1:PodDisruptionBudget"
+    assert pdb.inputs["metadata"]["name"] == "web-stable"
+    assert pdb.inputs["spec"] == {"selector": {"matchLabels": STABLE_SELECTOR}, "maxUnavailable": "25%"}
+    assert d.exported["urns"]["disruptionBudget"] == d.urns["web-disruption-budget"]
+
+
+def test_a_pod_monitor_scrapes_both_tracks(declare: Callable[..., Declared]) -> None:
+    prometheus = {"address": "http://prometheus.monitoring:9090", "podMonitor": {"interval": "30s", "path": "/stats"}}
+    d = declare(component(prometheus=prometheus))
+    monitor = d.resources["web-pod-monitor"]
+    assert monitor.typ == "kubernetes:monitoring.coreos.com/v1:PodMonitor"
+    assert monitor.inputs["metadata"]["name"] == "web"
+    assert monitor.inputs["spec"] == {"selector": {"matchLabels": {"canary.dev/app": "web"}},
+                                      "podMetricsEndpoints": [{"portNumber": 8080, "path": "/stats", "interval": "30s"}]}
+    assert d.exported["urns"]["podMonitor"] == d.urns["web-pod-monitor"]
+
+
+def test_no_extras_unless_asked(declare: Callable[..., Declared]) -> None:
+    d = declare(component(prometheus={"address": "http://prometheus.monitoring:9090"}))
+    assert {typ for typ, _ in d.kinds()} == {"canary:index:CanaryDeployment", "kubernetes:apps/v1:Deployment",
+                                             "kubernetes:core/v1:Service", "kubernetes:gateway.networking.k8s.io/v1:HTTPRoute"}
+
+
+# --- the stack output ---------------------------------------------------------------------------
+
+
+def test_the_stack_output_holds_what_a_release_reads_back(declare: Callable[..., Declared]) -> None:
+    d = declare(component(full_app()))
+    out = d.exported
+    assert set(out) >= {"app", "gateway", "namespace", "urns", "stable", "desired", "copies", "rollout"}
+    assert out["namespace"] == "shop" and out["rollout"] == "checked"
+    assert out["app"]["name"] == "web" and out["app"]["configMaps"] == {"settings": {"data": {"level": "info"}}}
+    assert "secrets" not in out["app"]
+    assert out["gateway"]["parentRefs"] == [{"name": "public", "namespace": "gateway", "sectionName": "https"}]
+    urns = out["urns"]
+    expected = {"stableDeployment": "web-stable", "canaryDeployment": "web-canary", "route": "web-route", "stableService": "web-stable-service",
+                "canaryService": "web-canary-service", "apexService": "web-apex-service"}
+    assert {key: urns[key] for key in expected} == {key: d.urns[name] for key, name in expected.items()}
+    assert sorted(urns["copies"]) == sorted([d.urns["web-configmap-settings"], d.urns["web-secret-creds"]])
+    desired = out["desired"]
+    assert set(desired) == {"template", "hash", "image", "config_hashes"}
+    assert desired["image"] == "registry.example.com/shop/web:1.0.0"
+    assert desired["hash"] == workload.template_hash(full_template(), desired["config_hashes"])
+    assert out["stable"] == desired
+
+
+# --- the guards ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("config", "kwargs", "guarded"), [
+    ({}, {}, True),
+    ({"canary:rollout": "checked"}, {}, True),
+    ({"canary:rollout": "direct"}, {}, False),
+    ({}, {"rollout": "direct"}, False),
+    ({"canary:release": {"web": {"release": "r1", "stable": pin("registry.example.com/shop/web:1.0.0", "5" * 16)}}}, {}, False),
+    ({"canary:release": {"api": {"release": "r1", "stable": pin("registry.example.com/shop/api:1.0.0", "5" * 16)}}}, {}, True),
+], ids=["default", "checked", "direct", "direct-argument", "release", "release-of-another-app"])
+def test_resource_hooks_guard_the_tracks_and_the_route_only_outside_a_release(
+        declare: Callable[..., Declared], config: dict[str, Any], kwargs: dict[str, Any], guarded: bool) -> None:
+    d = declare(component(**kwargs), config)
+    expected = {"web-stable": ["canary-stable-guard-web"], "web-route": ["canary-route-guard-web"],
+                "web-canary": ["canary-canary-guard-web"]} if guarded else {}
+    assert {name: hooks for name, hooks in d.hooks.items() if hooks} == expected
+
+
+def hook_args(old: Mapping[str, Any], new: Mapping[str, Any]) -> pulumi.ResourceHookArgs:
+    return pulumi.ResourceHookArgs(urn="urn:pulumi:prod::canary::x::web", id="web", name="web", type="kubernetes:apps/v1:Deployment",
+                                   new_inputs=new, old_inputs=old, old_outputs=old)
+
+
+def run_guard(declare: Callable[..., Declared], make: Callable[[str, str], pulumi.ResourceHook], old: Mapping[str, Any],
+              new: Mapping[str, Any]) -> Exception | None:
+    """Call the guard's callback as the engine would before an update: the error it raises, or None."""
+    caught: list[Exception] = []
+
+    def build() -> None:
+        guard = make("web", STACK)
+        try:
+            guard.callback(hook_args(old, new))
+        except Exception as exc:  # noqa: BLE001 (what the engine would report is what is tested)
+            caught.append(exc)
+
+    declare(build)
+    return caught[0] if caught else None
+
+
+def deployment(template: Mapping[str, Any], replicas: float = 3.0) -> dict[str, Any]:
+    return {"metadata": {"name": "web-stable"}, "spec": {"replicas": replicas, "template": template}}
+
+
+def pod(image: str, hash_: str | None = None, labels: Mapping[str, str] | None = None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"labels": {"app": "web", **(labels or {})}}
+    if hash_ is not None:
+        meta["annotations"] = {"canary.dev/template-hash": hash_}
+    return {"metadata": meta, "spec": {"containers": [{"name": "web", "image": image, "ports": [{"containerPort": 8080.0}]}]}}
+
+
+def test_the_stable_guard_refuses_a_new_template(declare: Callable[..., Declared]) -> None:
+    error = run_guard(declare, program._stable_guard, deployment(pod("web:1", "a" * 16)), deployment(pod("web:2", "b" * 16)))
+    assert isinstance(error, RuntimeError)
+    assert "canary up prod --app web" in str(error) and "canary:rollout: direct" in str(error)
+    # without hashes (a Deployment of an earlier version) the templates themselves are compared
+    assert run_guard(declare, program._stable_guard, deployment(pod("web:1")), deployment(pod("web:2"))) is not None
+
+
+@pytest.mark.parametrize(("old", "new"), [
+    (deployment(pod("web:1", "a" * 16), 3.0), deployment(pod("web:1", "a" * 16), 5.0)),  # a resize
+    (deployment(pod("web:1")), deployment(pod("web:1", "a" * 16, {"canary.dev/track": "stable"}))),  # canary's own marks added
+    (deployment(pod("web:1", "a" * 16)), deployment(pod("web:1", "a" * 16, {"team": "shop"}))),  # same hash: the same version
+], ids=["resize", "marks-only", "same-hash"])
+def test_the_stable_guard_lets_other_changes_through(declare: Callable[..., Declared], old: dict[str, Any], new: dict[str, Any]) -> None:
+    assert run_guard(declare, program._stable_guard, old, new) is None
+
+
+def route(shape: routing.RouteShape) -> dict[str, Any]:
+    return {"metadata": {"name": "web"}, "spec": routing.route_spec("web", [{"name": "public"}], [], 80, shape)}
+
+
+AB = routing.RouteShape(matches=(routing.Match(headers=(("x-canary", "Exact", "always"),)),))
+
+
+@pytest.mark.parametrize("old", [routing.RouteShape(weight=20), AB, routing.RouteShape(mirror=True)], ids=["weighted", "ab", "mirror"])
+def test_the_route_guard_refuses_to_take_traffic_off_a_running_canary(declare: Callable[..., Declared], old: routing.RouteShape) -> None:
+    error = run_guard(declare, program._route_guard, route(old), route(routing.AT_REST))
+    assert isinstance(error, RuntimeError)
+    assert "canary status prod --app web" in str(error) and "canary abort" in str(error)
+
+
+@pytest.mark.parametrize(("old", "new"), [
+    (routing.AT_REST, routing.AT_REST),
+    (routing.AT_REST, routing.RouteShape(weight=10)),
+    (routing.RouteShape(weight=20), routing.RouteShape(weight=30)),
+], ids=["at-rest", "starting", "stepping"])
+def test_the_route_guard_lets_other_changes_through(declare: Callable[..., Declared], old: routing.RouteShape, new: routing.RouteShape) -> None:
+    assert run_guard(declare, program._route_guard, route(old), route(new)) is None
+
+
+def test_the_canary_guard_refuses_to_scale_a_running_canary_to_zero(declare: Callable[..., Declared]) -> None:
+    error = run_guard(declare, program._canary_guard, deployment(pod("web:2"), 2.0), deployment(pod("web:2"), 0.0))
+    assert isinstance(error, RuntimeError)
+    assert "runs 2 pods" in str(error) and "canary resume" in str(error)
+
+
+@pytest.mark.parametrize(("old", "new"), [(0.0, 0.0), (2.0, 3.0), (0.0, 1.0)], ids=["idle", "growing", "starting"])
+def test_the_canary_guard_lets_other_sizes_through(declare: Callable[..., Declared], old: float, new: float) -> None:
+    assert run_guard(declare, program._canary_guard, deployment(pod("web:2"), old), deployment(pod("web:2"), new)) is None
+
+
+# --- the project's own program ------------------------------------------------------------------
+
+
+def stack_config(**overrides: Any) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "canary:app": {"name": "web", "namespace": "shop", "image": "registry.example.com/shop/web:1.0.0", "replicas": 2},
+        "canary:gateway": GATEWAY,
+        "canary:prometheus": {"address": "http://prometheus.monitoring:9090"},
+        "canary:analysis": {"interval": "1m", "stepWeight": 10, "maxWeight": 50, "metrics": [{"name": "request-success-rate", "thresholdRange": {"min": 99}}]},
+    }
+    config.update({f"canary:{k}": v for k, v in overrides.items()})
+    return {k: v for k, v in config.items() if v is not None}
+
+
+def test_the_program_declares_each_app_of_the_stack_config(declare: Callable[..., Declared]) -> None:
+    declared: list[Any] = []
+    d = declare(lambda: declared.extend(program.program()), stack_config())
+    assert [c.app.name for c in declared] == ["web"]
+    assert ("kubernetes:apps/v1:Deployment", "web-stable") in d.kinds()
+    assert d.inputs("web-stable")["spec"]["replicas"] == 2
+    assert d.exported["desired"]["image"] == "registry.example.com/shop/web:1.0.0"
+    assert d.hooks["web-stable"] == ["canary-stable-guard-web"]
+
+
+def test_the_program_reads_canary_rollout_and_the_earlier_stable_image_key(declare: Callable[..., Declared]) -> None:
+    app = {"name": "web", "namespace": "shop", "replicas": 2}
+    d = declare(program.program, stack_config(app=app, stableImage="registry.example.com/shop/web:0.9.0", rollout="direct"))
+    assert d.template("stable")["spec"]["containers"][0]["image"] == "registry.example.com/shop/web:0.9.0"
+    assert not any(d.hooks.values())
+    assert d.exported["rollout"] == "direct"
+
+
+@pytest.mark.parametrize(("overrides", "field_", "rule"), [
+    ({"app": {"name": "web", "namespace": "shop", "image": "registry.example.com/shop/web:1.0.0", "replicas": 0}}, "app.replicas", "greater than or equal to 1"),
+    ({"gateway": None}, "gateway", "is required"),
+    ({"canaryWeight": 20}, "canaryWeight", "is no longer stack config"),
+    ({"app": {"name": "web", "image": "registry.example.com/shop/web:1.0.0", "secrets": {"creds": {"stringData": {"T": "x"}}}}},
+     "app.secrets.creds.stringData", "must be a Pulumi secret"),
+    ({"app": None, "gateway": None}, "apps.app.app", "set app and gateway"),
+], ids=["replicas", "no-gateway", "old-key", "plain-secret", "no-app"])
+def test_invalid_config_stops_the_program_with_a_run_error_naming_the_field(
+        declare: Callable[..., Declared], overrides: dict[str, Any], field_: str, rule: str) -> None:
+    with pytest.raises(pulumi.RunError) as caught:
+        declare(program.program, stack_config(**overrides))
+    assert f"{field_}: " in str(caught.value)
+    assert rule in str(caught.value)
+    assert "s3cr3t" not in str(caught.value)
+
+
+def test_a_secret_in_the_stack_config_is_accepted_when_pulumi_holds_it_as_one(declare: Callable[..., Declared]) -> None:
+    app = {"name": "web", "namespace": "shop", "image": "registry.example.com/shop/web:1.0.0",
+           "template": {"spec": {"containers": [{"name": "web", "envFrom": [{"secretRef": {"name": "creds"}}]}]}},
+           "secrets": {"creds": {"stringData": {"TOKEN": "s3cr3t"}}}}
+    d = declare(program.program, stack_config(app=app), secret_keys=["canary:app"])
+    assert d.inputs("web-secret-creds")["metadata"]["name"].startswith("creds-")
+    assert "s3cr3t" not in json.dumps(d.outputs)
+
+
+# --- desired_template ---------------------------------------------------------------------------
+
+
+def test_the_simple_form_is_one_container_named_like_the_app() -> None:
+    app = App.model_validate({"name": "web", "image": "registry.example.com/shop/web:1.0.0", "port": 9090,
+                              "env": {"ZONE": "b", "LOG_LEVEL": "info"}, "resources": {"requests": {"cpu": "250m"}},
+                              "probes": {"readiness": {"path": "/ready", "periodSeconds": 5}, "liveness": {}}})
+    template = program.desired_template(app)
+    assert template["metadata"] == {"labels": {"app.kubernetes.io/name": "web"},
+                                    "annotations": {"prometheus.io/scrape": "true", "prometheus.io/port": "9090"}}
+    (container,) = template["spec"]["containers"]
+    assert container["name"] == "web" and container["image"] == "registry.example.com/shop/web:1.0.0"
+    assert container["ports"] == [{"name": "http", "containerPort": 9090, "protocol": "TCP"}]
+    assert container["env"] == [{"name": "LOG_LEVEL", "value": "info"}, {"name": "ZONE", "value": "b"}]
+    assert container["resources"] == {"requests": {"cpu": "250m"}}
+    assert container["readinessProbe"] == {"httpGet": {"path": "/ready", "port": "http"}, "initialDelaySeconds": 0, "periodSeconds": 5,
+                                           "timeoutSeconds": 1, "failureThreshold": 3}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert workload.check(template, "template") == []
+
+
+def test_the_simple_form_without_env_resources_or_probes_has_none() -> None:
+    (container,) = program.desired_template(App.model_validate({"name": "web", "image": "registry.example.com/shop/web:1"}))["spec"]["containers"]
+    assert set(container) == {"name", "image", "ports"}
+
+
+def test_the_full_form_takes_app_image_on_its_main_container_only() -> None:
+    app = App.model_validate({"name": "web", "image": "registry.example.com/shop/web:2.0.0", "template": full_template()})
+    template = program.desired_template(app)
+    assert [c["image"] for c in template["spec"]["containers"]] == ["registry.example.com/shop/web:2.0.0", "registry.example.com/shop/proxy:3.1"]
+    assert app.template is not None and app.template["spec"]["containers"][0]["image"] == "registry.example.com/shop/web:1.0.0"  # not mutated
+    named = App.model_validate({"name": "web", "image": "registry.example.com/shop/proxy:4", "container": "proxy", "template": full_template()})
+    assert [c["image"] for c in program.desired_template(named)["spec"]["containers"]] == ["registry.example.com/shop/web:1.0.0", "registry.example.com/shop/proxy:4"]
+
+
+def test_the_full_form_without_app_image_is_the_template_as_written() -> None:
+    assert program.desired_template(App.model_validate({"name": "web", "template": full_template()})) == full_template()
+
+
+def test_a_template_argument_wins_over_the_simple_form_and_pulumi_kubernetes_args_become_kubernetes_fields() -> None:
+    template = k8s.core.v1.PodTemplateSpecArgs(
+        metadata=k8s.meta.v1.ObjectMetaArgs(labels={"app": "web"}),
+        spec=k8s.core.v1.PodSpecArgs(
+            termination_grace_period_seconds=5,
+            containers=[k8s.core.v1.ContainerArgs(
+                name="web", image="registry.example.com/shop/web:1.0.0",
+                ports=[k8s.core.v1.ContainerPortArgs(container_port=8080, name="http")],
+                env_from=[k8s.core.v1.EnvFromSourceArgs(config_map_ref=k8s.core.v1.ConfigMapEnvSourceArgs(name="settings"))],
+                readiness_probe=k8s.core.v1.ProbeArgs(http_get=k8s.core.v1.HTTPGetActionArgs(path="/ready", port="http"), period_seconds=5),
+            )],
+        ),
+    )
+    app = App.model_validate({"name": "web", "image": "registry.example.com/shop/web:2.0.0"})
+    out = program.desired_template(app, template)
+    assert out == {
+        "metadata": {"labels": {"app": "web"}},
+        "spec": {
+            "terminationGracePeriodSeconds": 5,
+            "containers": [{
+                "name": "web", "image": "registry.example.com/shop/web:2.0.0",
+                "ports": [{"containerPort": 8080, "name": "http"}],
+                "envFrom": [{"configMapRef": {"name": "settings"}}],
+                "readinessProbe": {"httpGet": {"path": "/ready", "port": "http"}, "periodSeconds": 5},
+            }],
+        },
+    }
+    assert workload.check(out, "template") == []
+    assert workload.referenced(out)["configMap"] == {"settings"}
+
+
+def test_a_plain_mapping_template_argument_is_copied_not_shared() -> None:
+    given = full_template()
+    out = program.desired_template(App.model_validate({"name": "web", "image": "registry.example.com/shop/web:9"}), given)
+    assert out["spec"]["containers"][0]["image"] == "registry.example.com/shop/web:9"
+    assert given == full_template()

@@ -1,0 +1,128 @@
+"""The Prometheus adapter's HTTP behaviour against a recording loopback server: auth, timeout, secrets."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from canary.adapters.prometheus import PrometheusProvider
+from canary.errors import ProviderUnreachable
+
+TOKEN = "tok-9f8e7d6c5b4a"
+
+
+class _Recorder(BaseHTTPRequestHandler):
+    seen: list[dict[str, str]] = []
+    #: the path and query parameters of every request
+    asked: list[tuple[str, dict[str, list[str]]]] = []
+    delay = 0.0
+    status = 200
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        type(self).seen.append(dict(self.headers))
+        url = urlsplit(self.path)
+        type(self).asked.append((url.path, parse_qs(url.query)))
+        time.sleep(type(self).delay)
+        if type(self).status != 200:
+            body = json.dumps({"status": "error", "error": f"forbidden for {TOKEN}"}).encode()
+            self.send_response(type(self).status)
+        else:
+            body = json.dumps({"status": "success", "data": {"resultType": "vector", "result": [{"metric": {}, "value": [1, "3.5"]}]}}).encode()
+            self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        try:
+            self.wfile.write(body)
+        except BrokenPipeError:  # the client gave up (the timeout test): nothing to answer
+            pass
+
+
+@pytest.fixture
+def server() -> Iterator[str]:
+    _Recorder.seen, _Recorder.asked, _Recorder.delay, _Recorder.status = [], [], 0.0, 200
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}"
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_bearer_token_and_headers_are_sent(server: str) -> None:
+    provider = PrometheusProvider(server, token=TOKEN, headers={"X-Scope-OrgID": "tenant-a"})
+    assert provider.run_query("up") == 3.5
+    headers = _Recorder.seen[-1]
+    assert headers["Authorization"] == f"Bearer {TOKEN}"
+    assert headers["X-Scope-OrgID"] == "tenant-a"
+
+
+def test_timeout_is_unreachable(server: str) -> None:
+    _Recorder.delay = 2.0
+    provider = PrometheusProvider(server, timeout=timedelta(milliseconds=300))
+    start = time.monotonic()
+    with pytest.raises(ProviderUnreachable, match="did not answer"):
+        provider.run_query("up")
+    assert time.monotonic() - start < 1.9
+
+
+def test_http_errors_never_leak_the_token(server: str) -> None:
+    _Recorder.status = 403
+    provider = PrometheusProvider(server, token=TOKEN)
+    with pytest.raises(ProviderUnreachable) as info:
+        provider.run_query("up")
+    assert "403" in str(info.value)
+    assert TOKEN not in str(info.value) and TOKEN not in repr(info.value.__cause__)
+
+
+def test_connection_refused_is_unreachable() -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(ProviderUnreachable, match=r"could not be reached \(connection refused\)"):
+        PrometheusProvider(f"http://127.0.0.1:{port}", timeout=timedelta(seconds=1)).run_query("up")
+
+
+WHEN = datetime(2026, 12, 1, 7, 35, 4, 250000, tzinfo=UTC)
+
+
+def test_a_provider_at_a_past_moment_sends_prometheus_time_parameter(server: str) -> None:
+    provider = PrometheusProvider(server, token=TOKEN)
+    past = provider.at(WHEN)
+    assert past.run_query("up") == 3.5
+    path, params = _Recorder.asked[-1]
+    assert path == "/api/v1/query" and params["time"] == [f"{WHEN.timestamp():.3f}"] and params["query"] == ["up"] and params["timeout"] == ["10s"]
+    assert _Recorder.seen[-1]["Authorization"] == f"Bearer {TOKEN}"  # the copy keeps the credentials
+    provider.run_query("up")
+    assert "time" not in _Recorder.asked[-1][1]  # the original still asks about now
+
+
+def test_a_provider_at_a_past_moment_ends_its_ranges_there(server: str) -> None:
+    PrometheusProvider(server).at(WHEN).run_range("up", 60, 5)
+    path, params = _Recorder.asked[-1]
+    assert path == "/api/v1/query_range"
+    assert params["end"] == [str(round(WHEN.timestamp()))] and params["start"] == [str(round(WHEN.timestamp()) - 60)] and params["step"] == ["5s"]
+
+
+def test_a_provider_at_a_past_moment_needs_a_timezone_and_keeps_secrets_out_of_errors(server: str) -> None:
+    provider = PrometheusProvider(server, token=TOKEN, headers={"X-Scope-OrgID": "tenant-secret"})
+    with pytest.raises(ValueError, match="timezone"):
+        provider.at(datetime(2026, 12, 1, 7, 35))
+    _Recorder.status = 403
+    with pytest.raises(ProviderUnreachable) as info:
+        provider.at(WHEN).run_query("up")
+    text = str(info.value) + repr(info.value.__cause__)
+    assert TOKEN not in text and "tenant-secret" not in text

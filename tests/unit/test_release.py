@@ -1,0 +1,481 @@
+"""The release state machine with in-memory doubles of its ports (stack, cluster, store, hooks, clock)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from canary.core.records import Phase
+from canary.core.routing import GatewayClass, RouteShape
+from canary.errors import InvalidSpec, MetricError, ProviderUnreachable, StackBusy
+from tests.unit.fakes import NEW, STABLE, FakeCluster, FakeHooks, Metrics, make
+
+
+def test_a_healthy_release_steps_through_every_weight_and_promotes() -> None:
+    world = make(Metrics(0.0))
+    result = world.start()
+    assert result.phase is Phase.SUCCEEDED and result.exit_code == 0
+    assert world.cluster.weights_seen == [0, 10, 20, 30, 40, 50, 0]
+    assert world.cluster.stable_hash == NEW.hash and world.cluster.canary_replicas == 0
+    assert world.store.state is not None and world.store.state.stable == NEW
+    # the canary's deploy touches the canary and the route; a step the route alone (the size never changes
+    # here); promotion stable, route, then the whole app
+    assert [sorted(u["parts"]) for u in world.stack.ups] == [["canary", "route"]] + [["route"]] * 5 + [["stable"], ["route"], ["canary", "route", "stable"]]
+    kinds = [r.type for r in world.store.journal]
+    assert kinds.index("snapshot") < kinds.index("decision") < kinds.index("up")
+    assert world.lease.acquired and world.lease.held is None
+
+
+def test_promotion_moves_traffic_off_the_canary_only_after_stable_is_ready_and_scales_it_down_last() -> None:
+    world = make(Metrics(0.0))
+    world.start()
+    log = world.cluster.log
+    stable_at = log.index(("stable", NEW.hash))
+    route_at_rest = max(i for i, entry in enumerate(log) if entry == ("route", RouteShape()))
+    canary_down = max(i for i, entry in enumerate(log) if entry == ("canary", 0))
+    assert stable_at < route_at_rest < canary_down, log
+
+
+def test_failing_checks_roll_back_on_the_threshold_tick_traffic_first() -> None:
+    world = make(Metrics(18.2))
+    result = world.start()
+    assert result.phase is Phase.FAILED and result.exit_code == 1
+    assert "request-error-rate 18.2 > max 1 for 3 checks in a row at weight 10" in result.reason
+    assert world.cluster.weights_seen == [0, 10, 0] and world.cluster.stable_hash == STABLE.hash and world.cluster.canary_replicas == 0
+    ticks = world.store.of("tick")
+    assert [t.failed_in_row for t in ticks] == [1, 2, 3] and ticks[-1].outcome.value == "rollback"
+    rollback_ups = world.stack.ups[-2:]
+    assert rollback_ups[0]["parts"] == {"route"} and rollback_ups[1]["pins"]["stable"]["hash"] == STABLE.hash
+    assert any(reason == "RollingBack" for reason, _, _ in world.store.events)
+
+
+def test_a_flapping_canary_is_rolled_back_at_failure_limit_in_all() -> None:
+    """fail/pass/fail/pass … never reaches threshold in a row; failureLimit in all stops it (12.3)."""
+    world = make(Metrics([5.0, 0.0, 5.0, 0.0, 5.0, 0.0]), lambda v: v["analysis"].update(threshold=2, failureLimit=3))
+    result = world.start()
+    assert result.phase is Phase.FAILED
+    assert "3 failed checks in all (failureLimit 3)" in result.reason
+    assert max(t.failed_in_row for t in world.store.of("tick")) == 1
+
+
+def test_failure_limit_defaults_to_threshold() -> None:
+    world = make(Metrics([5.0, 0.0, 5.0, 0.0, 5.0, 0.0, 0.0, 0.0]), lambda v: v["analysis"].update(threshold=3))
+    result = world.start()
+    assert result.phase is Phase.FAILED and "failureLimit 3" in result.reason
+
+
+def test_the_warm_up_after_a_shift_holds_on_no_data_instead_of_failing() -> None:
+    """No data on the first tick after a shift is scrape lag, not a failure (12.9)."""
+    world = make(Metrics([-1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]), lambda v: v["analysis"].update(warmup="30s"))
+    result = world.start()
+    assert result.phase is Phase.SUCCEEDED
+    first = world.store.of("tick")[0]
+    assert first.outcome.value == "hold" and first.failed_in_row == 0 and "warming up" in first.checks[0].reason
+
+
+def test_holding_on_no_data_is_bounded() -> None:
+    world = make(Metrics(-1.0), lambda v: v["analysis"].update(holdLimit="30s", metrics=[{"name": "request-error-rate", "thresholdRange": {"max": 1}, "onNoData": "hold"}]))
+    result = world.start()
+    assert result.phase is Phase.FAILED and "held longer than analysis.holdLimit" in result.reason
+
+
+def test_a_rate_passes_only_on_enough_requests() -> None:
+    """Three requests without an error do not show an error rate of at most 1 % (16.3)."""
+    world = make(Metrics(0.0, requests=3), lambda v: v["analysis"].update(holdLimit="40s"))
+    result = world.start()
+    assert result.phase is Phase.FAILED
+    holds = [t for t in world.store.of("tick") if t.outcome.value == "hold"]
+    assert holds and "not enough requests to tell" in holds[0].reason
+    assert all(t.weight == 10 for t in world.store.of("tick"))  # never advanced on three requests
+
+
+def test_ticks_go_on_while_the_traffic_increase_gate_holds_and_a_failing_canary_is_rolled_back() -> None:
+    """A gate that says no holds the weight, not the analysis (12.4)."""
+    hooks = FakeHooks(lambda name, kind: kind != "confirm-traffic-increase")
+    calls = {"n": 0}
+
+    def gate_after_first_step(name: str, kind: str) -> bool:
+        if kind == "confirm-traffic-increase":
+            calls["n"] += 1
+            return calls["n"] == 1
+        return True
+
+    hooks.answer = gate_after_first_step
+    world = make(Metrics([0.0, 0.0, 9.0, 9.0, 9.0]), lambda v: v["analysis"].update(
+        webhooks=[{"name": "gate", "type": "confirm-traffic-increase", "url": "http://gate/"}]), hooks=hooks)
+    result = world.start()
+    assert result.phase is Phase.FAILED
+    assert world.cluster.weights_seen == [0, 10, 0]
+    assert len(world.store.of("tick")) == 5
+
+
+def test_promote_is_refused_after_a_failed_tick_and_force_promotes_with_its_reason() -> None:
+    """In WaitingPromotion a promote needs a passing last tick; --force --reason overrides, journaled (12.5)."""
+    hooks = FakeHooks(lambda name, kind: kind != "confirm-promotion")
+    world = make(Metrics([0.0] * 5 + [7.0] * 50), lambda v: v["analysis"].update(
+        threshold=50, webhooks=[{"name": "approve", "type": "confirm-promotion", "url": "http://gate/"}]), hooks=hooks)
+    asked = {"plain": False, "forced": False}
+
+    def on_sleep(now: float) -> None:
+        state = world.store.state
+        if state is None or state.phase is not Phase.WAITING_PROMOTION or state.advance:
+            return
+        if not asked["plain"]:
+            asked["plain"] = True
+            world.store.request("promote")
+        elif not asked["forced"] and not world.store.pending:
+            asked["forced"] = True
+            world.store.request("promote", force=True, reason="the 500s are the test client's")
+
+    world.clock.on_sleep = on_sleep
+    result = world.start()
+    assert result.phase is Phase.SUCCEEDED
+    messages = [e.message for e in world.events]
+    assert any("promotion by test refused: the last tick did not pass" in m for m in messages), messages
+    assert world.store.state is not None and world.store.state.forced == "force: the 500s are the test client's"
+    assert any(r.type == "request" and r.request == "promote --force" for r in world.store.journal)
+
+
+def test_an_abort_is_taken_within_a_second_while_the_release_waits() -> None:
+    world = make(Metrics(0.0), lambda v: v["analysis"].update(interval="60s"))
+    sent: dict[str, float] = {}
+
+    def on_sleep(now: float) -> None:
+        state = world.store.state
+        if not sent and state is not None and state.weight == 10:
+            sent["at"] = now
+            world.store.request("abort", by="canary abort")
+
+    world.clock.on_sleep = on_sleep
+    result = world.start()
+    assert result.phase is Phase.ABORTED and "aborted by canary abort" in result.reason
+    rolling = next(r for r in world.store.of("state") if r.phase == "RollingBack")
+    started = world.clock.base.timestamp() + sent["at"]
+    assert _t(rolling.time) - started <= 1.0
+
+
+def test_a_promote_from_another_machine_is_taken_at_once_not_after_the_load_test() -> None:
+    """A person's promote in WaitingPromotion used to wait for the interval's load test to end (up to the
+    interval and its timeout); it stops the load test and promotes within a second, as `canary promote` says."""
+    import time as real_time
+
+    class LoadTest(FakeHooks):
+        """A rollout command that runs 8 s of the 10 s interval unless its deadline comes first."""
+
+        def start(self, hook: Any) -> Any:
+            return world.clock.monotonic()
+
+        def finish(self, hook: Any, handle: Any, deadline: float, cancel: Any = None) -> Any:
+            from canary.core.records import HookResult
+
+            left = handle + 8.0 - world.clock.monotonic()
+            allowed = deadline - real_time.monotonic()
+            world.clock.sleep(max(0.0, min(left, allowed)))
+            return HookResult(hook.name, hook.type.value, allowed >= left, 0.0, "exited 0" if allowed >= left else "killed")
+
+    hooks = LoadTest(lambda name, kind: kind != "confirm-promotion")
+    world = make(Metrics(0.0), lambda v: v["analysis"].update(webhooks=[
+        {"name": "approve", "type": "confirm-promotion", "url": "http://gate/"},
+        {"name": "load", "type": "rollout", "cmd": "hey -z 8s http://web/", "timeout": "15s"}]), hooks=hooks)
+    sent: dict[str, float] = {}
+
+    def on_sleep(now: float) -> None:
+        state = world.store.state
+        if not sent and state is not None and state.phase is Phase.WAITING_PROMOTION and state.advance and world.clock.now_s > 0:
+            sent["at"] = now
+            world.store.request("promote", by="canary promote")
+
+    world.clock.on_sleep = on_sleep
+    assert world.start().phase is Phase.SUCCEEDED
+    approved = next(r for r in world.store.of("state") if r.message.startswith("promotion approved by canary promote"))
+    assert _t(approved.time) - (world.clock.base.timestamp() + sent["at"]) <= 1.0
+    stopped = [r for r in world.store.of("webhook") if r.name == "load" and not r.ok]
+    assert len(stopped) == 1 and "stopped: canary promote" in stopped[0].detail, stopped
+
+
+def _t(text: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def test_an_abort_during_an_up_interrupts_it() -> None:
+    world = make(Metrics(0.0))
+
+    def on_up(record: dict[str, Any]) -> None:
+        if record["parts"] == {"route"} and record["pins"]["route"]["weight"] == 20:
+            world.store.request("abort")
+
+    world.stack.on_up = on_up
+    world.release._in_up = False
+    result = world.start()
+    assert result.phase is Phase.ABORTED
+
+
+def test_an_abort_during_promotion_is_ignored() -> None:
+    world = make(Metrics(0.0))
+
+    def on_up(record: dict[str, Any]) -> None:
+        if record["parts"] == {"stable"}:
+            world.store.request("abort")
+
+    world.stack.on_up = on_up
+    result = world.start()
+    assert result.phase is Phase.SUCCEEDED
+    assert any("abort ignored" in e.message for e in world.events)
+
+
+def test_a_step_up_that_fails_once_is_retried() -> None:
+    world = make(Metrics(0.0))
+    world.stack.fail_parts["route"] = 1
+    result = world.start()
+    assert result.phase is Phase.SUCCEEDED
+    assert any("failed (attempt 1 of 3)" in e.message for e in world.events)
+
+
+def test_a_route_read_that_fails_after_a_shift_is_retried_not_rolled_back() -> None:
+    world = make(Metrics(0.0))
+    shifted = {"done": False}
+
+    def on_up(record: dict[str, Any]) -> None:
+        if not shifted["done"] and record["parts"] == {"route"} and record["pins"]["route"]["weight"] == 10:
+            shifted["done"] = True
+            world.cluster.fail_route_reads = 2
+
+    world.stack.on_up = on_up
+    assert world.start().phase is Phase.SUCCEEDED
+
+
+def test_a_failure_after_stable_took_the_new_version_never_demotes_it() -> None:
+    """Promotion's route step failing for good ends "promoted, unverified" (exit 5), not in a rollback (12.7)."""
+    world = make(Metrics(0.0), retries=2, retry_backoff=0.1)
+    promoted = {"stable": False}
+
+    def on_up(record: dict[str, Any]) -> None:
+        if record["parts"] == {"stable"}:
+            promoted["stable"] = True
+        elif promoted["stable"]:
+            world.stack.fail_ups = 100
+
+    world.stack.on_up = on_up
+    result = world.start()
+    assert result.phase is Phase.PROMOTED_UNVERIFIED and result.exit_code == 5
+    assert world.cluster.stable_hash == NEW.hash
+
+
+def test_a_promotion_whose_stable_never_gets_ready_rolls_back_stable_first() -> None:
+    world = make(Metrics(0.0), retries=1, ready_timeout=5)
+
+    def on_up(record: dict[str, Any]) -> None:
+        if record["parts"] == {"stable"}:
+            world.cluster.stable_ready = record["pins"]["stable"]["hash"] == STABLE.hash
+
+    world.stack.on_up = on_up
+    result = world.start()
+    assert result.phase is Phase.FAILED
+    log = world.cluster.log
+    back = log.index(("stable", STABLE.hash))
+    assert log.index(("stable", NEW.hash)) < back < max(i for i, e in enumerate(log) if e == ("route", RouteShape()))
+
+
+def test_resume_before_the_first_step_takes_the_first_step_instead_of_judging_weight_zero() -> None:
+    """A release killed once analysis started, before any shift, resumes at the schedule's first step (12.1)."""
+    world = make(Metrics(0.0), lambda v: v["analysis"].update(metrics=[{"name": "request-error-rate", "thresholdRange": {"max": 1}}]))
+
+    class Killed(BaseException):
+        pass
+
+    def on_up(record: dict[str, Any]) -> None:
+        if record["parts"] == {"route"} and record["pins"]["route"]["weight"] == 10:
+            raise Killed
+
+    world.stack.on_up = on_up
+    with pytest.raises(Killed):
+        world.start()
+    assert world.store.state is not None and world.store.state.phase is Phase.PROGRESSING and world.store.state.step == 0
+    world.stack.on_up = None
+    resumed = world.rebuild()
+    result = resumed.release.resume()
+    assert result.phase is Phase.SUCCEEDED
+    assert all(t.weight > 0 for t in resumed.store.of("tick")), [t.weight for t in resumed.store.of("tick")]
+
+
+def test_resume_rejudges_the_recorded_step_after_putting_it_back_in_the_route() -> None:
+    world = make(Metrics(0.0))
+
+    class Killed(BaseException):
+        pass
+
+    def on_up(record: dict[str, Any]) -> None:
+        if record["parts"] == {"route"} and record["pins"]["route"]["weight"] == 30:
+            world.cluster.set_shape(RouteShape(weight=30))  # the killed up got as far as the cluster
+            raise Killed
+
+    world.stack.on_up = on_up
+    with pytest.raises(Killed):
+        world.start()
+    state = world.store.state
+    assert state is not None and state.weight == 20 and state.shifting_to == 3
+    world.stack.on_up = None
+    result = world.rebuild().release.resume()
+    assert result.phase is Phase.SUCCEEDED
+    assert world.cluster.weights_seen[-6:] == [30, 20, 30, 40, 50, 0]
+    first = next(u for u in world.stack.ups if u["refresh"])
+    assert first["pins"]["route"]["weight"] == 20
+
+
+def test_a_rollback_that_cannot_be_applied_is_pending_and_resume_completes_it() -> None:
+    world = make(Metrics(18.0), retries=2, retry_backoff=0.1)
+
+    def on_up(record: dict[str, Any]) -> None:
+        if record["pins"]["route"]["weight"] == 0 and world.store.state is not None and world.store.state.phase is Phase.ROLLING_BACK:
+            world.stack.fail_ups = 1
+
+    world.stack.on_up = on_up
+    result = world.start()
+    assert result.rollback_pending and result.exit_code == 4 and "could not be applied" in result.reason
+    world.stack.on_up = None
+    resumed = world.rebuild().release.resume()
+    assert resumed.phase is Phase.FAILED and not resumed.rollback_pending
+    assert world.cluster.shape == RouteShape() and world.cluster.stable_hash == STABLE.hash
+
+
+def test_stack_file_edits_made_during_the_release_are_named_and_kept_not_applied() -> None:
+    world = make(Metrics(18.0))
+    world.config.stack_file_changes = {"canary:app.env.LOG_LEVEL": "debug"}
+    result = world.start()
+    assert result.phase is Phase.FAILED and result.unapplied == ("canary:app.env.LOG_LEVEL",)
+    assert world.config.kept and world.config.kept[0][1] == {"canary:app.env.LOG_LEVEL": "debug"}
+    assert world.store.state is not None and world.store.state.unapplied == ("canary:app.env.LOG_LEVEL",)
+    rollback = [u for u in world.stack.ups if u["pins"]["stable"]["hash"] == STABLE.hash]
+    assert all(u["pins"].get("canary") is None or u["pins"]["canary"]["hash"] == NEW.hash for u in rollback)
+
+
+def test_a_release_of_what_stable_runs_or_of_an_undeployed_app_is_refused() -> None:
+    world = make(Metrics(0.0))
+    with pytest.raises(InvalidSpec, match="what stable already runs"):
+        world.release.start(STABLE, "")
+    world.release.facts = world.release.facts.__class__(spec=world.release.spec, urns={}, stable=None, desired=NEW)
+    with pytest.raises(InvalidSpec, match="has not deployed"):
+        world.release.start(NEW, "")
+    assert world.stack.ups == []
+
+
+def test_a_new_release_is_refused_while_one_is_unfinished() -> None:
+    world = make(Metrics(0.0))
+
+    class Killed(BaseException):
+        pass
+
+    def on_up(record: dict[str, Any]) -> None:
+        raise Killed
+
+    world.stack.on_up = on_up
+    with pytest.raises(Killed):
+        world.start()
+    world.stack.on_up = None
+    with pytest.raises(StackBusy, match="unfinished release"):
+        world.rebuild().start()
+
+
+def test_a_release_that_takes_over_an_expired_lease_journals_whose_it_was() -> None:
+    world = make(Metrics(0.0))
+    world.lease.acquire = lambda release: "release r0 by pid 4242 on runner-7, started 2026-12-01T10:00:00Z, its lease expired"  # type: ignore[method-assign]
+    assert world.start().phase is Phase.SUCCEEDED
+    took = [r.message for r in world.store.of("event") if r.message.startswith("took over the lease")]
+    assert took == ["took over the lease of release r0 by pid 4242 on runner-7, started 2026-12-01T10:00:00Z, its lease expired"]
+
+
+def test_a_query_prometheus_rejects_refuses_the_release_before_anything_is_applied() -> None:
+    from canary.errors import BadQuery
+
+    world = make(Metrics(BadQuery("parse error at char 5")))
+    with pytest.raises(InvalidSpec, match="Prometheus rejected"):
+        world.start()
+    assert world.stack.ups == [] and world.store.journal == []
+
+
+# Traefik 3.7 as the lab runs it: its class publishes supportedFeatures, without any RequestMirror feature
+TRAEFIK = {"default/lab": GatewayClass("traefik.io/gateway-controller", frozenset({"Gateway", "HTTPRoute", "HTTPRouteQueryParamMatching", "HTTPRouteResponseHeaderModification"}))}
+
+
+@pytest.mark.parametrize("analysis", [{"mirror": True}, {"mirror": True, "mirrorWeight": 20}], ids=["mirror", "mirror-20%"])
+def test_mirroring_through_a_gateway_without_request_mirror_is_refused_before_anything_is_applied(analysis: dict[str, Any]) -> None:
+    """Traefik serves a rule carrying RequestMirror as 500 while the route reads Accepted: every user would
+    get errors for the whole release. The release refuses, naming the gateway and the feature it lacks."""
+    world = make(Metrics(0.0), lambda v: v["analysis"].update(analysis), cluster=FakeCluster(classes=TRAEFIK))
+    with pytest.raises(InvalidSpec, match=r"analysis.mirror: must be off on this gateway: gateway default/lab \(traefik.io/gateway-controller\) "
+                                          r"does not support HTTPRouteRequestMirror"):
+        world.start()
+    assert world.stack.ups == [] and world.store.journal == []
+
+
+def test_mirroring_goes_ahead_on_a_gateway_that_has_it_and_without_mirror_the_gateways_are_not_read() -> None:
+    envoy = {"default/lab": GatewayClass("gateway.envoyproxy.io/gatewayclass-controller", frozenset({"HTTPRoute", "HTTPRouteRequestMirror"}))}
+    mirrored = make(Metrics(0.0), lambda v: v["analysis"].update(mirror=True), cluster=FakeCluster(classes=envoy))
+    assert mirrored.start().phase is Phase.SUCCEEDED and mirrored.cluster.class_reads == 1
+    plain = make(Metrics(0.0), cluster=FakeCluster(classes=TRAEFIK))
+    assert plain.start().phase is Phase.SUCCEEDED and plain.cluster.class_reads == 0
+
+
+@pytest.mark.parametrize("error", [ProviderUnreachable("timeout")], ids=["unreachable"])
+def test_a_prometheus_that_does_not_answer_counts_as_failed_checks(error: MetricError) -> None:
+    world = make(Metrics(error))
+    assert world.start().phase is Phase.FAILED
+
+
+def test_pause_holds_the_step_and_continue_goes_on() -> None:
+    world = make(Metrics(0.0))
+    done = {"paused": False, "continued": False}
+
+    def on_sleep(now: float) -> None:
+        state = world.store.state
+        if state is None:
+            return
+        if not done["paused"] and state.weight == 20:
+            done["paused"] = True
+            world.store.request("pause")
+        elif done["paused"] and not done["continued"] and len([t for t in world.store.of("tick") if t.weight == 20]) >= 3:
+            done["continued"] = True
+            world.store.request("continue")
+
+    world.clock.on_sleep = on_sleep
+    assert world.start().phase is Phase.SUCCEEDED
+    assert len([t for t in world.store.of("tick") if t.weight == 20]) >= 3
+    assert world.cluster.weights_seen == [0, 10, 20, 30, 40, 50, 0]
+
+
+def test_promote_skip_analysis_promotes_at_once_with_its_reason_on_record() -> None:
+    world = make(Metrics(0.0))
+
+    def on_sleep(now: float) -> None:
+        state = world.store.state
+        if state is not None and state.weight == 10 and "promote" not in world.store.pending and not state.forced:
+            world.store.request("promote", skip_analysis=True, reason="hotfix for the outage")
+
+    world.clock.on_sleep = on_sleep
+    result = world.start()
+    assert result.phase is Phase.SUCCEEDED and max(world.cluster.weights_seen) == 10
+    assert world.store.state is not None and world.store.state.forced == "skip-analysis: hotfix for the outage"
+
+
+def test_an_inconclusive_tick_waits_for_a_decision_and_rolls_back_at_its_bound() -> None:
+    world = make(Metrics(1.5), lambda v: v["analysis"].update(decisionTimeout="1m", metrics=[
+        {"name": "request-error-rate", "thresholdRange": {"max": 1}, "inconclusiveRange": {"max": 2}, "evidence": "none"}]))
+    result = world.start()
+    assert result.phase is Phase.FAILED and "no decision within" in result.reason
+    assert any(r.type == "state" and r.phase == "WaitingDecision" for r in world.store.journal)
+
+
+def test_an_unexpected_error_inside_the_release_still_rolls_back_with_a_clear_reason() -> None:
+    world = make(Metrics(0.0))
+
+    def on_up(record: dict[str, Any]) -> None:
+        if record["pins"]["route"]["weight"] == 20:
+            raise KeyError("boom")
+
+    world.stack.on_up = on_up
+    result = world.start()
+    assert result.phase is Phase.FAILED and "internal error (KeyError" in result.reason
+    assert world.cluster.shape == RouteShape()

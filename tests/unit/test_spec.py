@@ -1,0 +1,506 @@
+"""The spec (canary.core.spec) and the config shapes it loads from (canary.core.config).
+
+Valid stacks load; every invalid input is refused naming the field, the rule and the value, all
+problems at once; secret values never appear in a message.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from pulumi.automation import ConfigValue
+from pydantic import ValidationError
+
+from canary.adapters import stackfile
+from canary.core import config as stackconfig
+from canary.core.spec import NoDataPolicy, Strategy, WebhookType, parse_spec, parse_stack
+from canary.errors import InvalidSpec
+from tests.conftest import ROOT, base_values
+from tests.helpers import BASE_IMAGE, chain, del_path, pod_template, problems, set_path, spec_with, update, values_with
+
+IMAGE_2 = "registry.example.com/shop/web:2.0.0"
+NO_LONGER = "is no longer stack config"
+
+
+def _no_weights() -> Any:
+    return chain(del_path("analysis.stepWeight"), del_path("analysis.maxWeight"))
+
+
+def _template(**container: Any) -> Any:
+    """Describe the app with a full pod template (and no simple-form fields)."""
+    return set_path("app.template", pod_template(**container))
+
+
+def _apps(name: str = "web", key: str = "web") -> Any:
+    """Move the single app to the multi-app form ``apps: {key: ...}``."""
+
+    def mutate(values: dict[str, Any]) -> None:
+        app = {**values.pop("app"), "name": name, "image": values.pop("stableImage")}
+        values["apps"] = {key: {"app": app, "gateway": values.pop("gateway"), "analysis": values.pop("analysis")}}
+
+    return mutate
+
+
+# (case id, mutation, field named, fragment of the rule, fragment of the value shown)
+INVALID = [
+    # --- keys of earlier versions: the weight cases of 0.1 are refusals now
+    ("weight-above-100", chain(set_path("canaryImage", IMAGE_2), set_path("canaryWeight", 101)), "canaryWeight", NO_LONGER, "101"),
+    ("weight-negative", set_path("canaryWeight", -1), "canaryWeight", NO_LONGER, "-1"),
+    ("weight-without-canary-image", set_path("canaryWeight", 20), "canaryWeight", NO_LONGER, "20"),
+    ("canary-image", set_path("canaryImage", "web:"), "canaryImage", "see canary status", "web:"),
+    # --- weights and steps
+    ("step-weight-zero", set_path("analysis.stepWeight", 0), "analysis.stepWeight", "greater than or equal to 1", "0"),
+    ("max-weight-above-100", set_path("analysis.maxWeight", 150), "analysis.maxWeight", "less than or equal to 100", "150"),
+    ("step-above-max", update("analysis", stepWeight=60, maxWeight=50), "analysis", "stepWeight (60) must not exceed maxWeight (50)", "a mapping of interval"),
+    ("step-weights-not-increasing", chain(_no_weights(), set_path("analysis.stepWeights", [10, 5, 20])), "analysis.stepWeights", "strictly increasing (10 is followed by 5)", "[10, 5, 20]"),
+    ("step-weights-and-step-weight", set_path("analysis.stepWeights", [5, 10]), "analysis", "either stepWeights or stepWeight", "stepWeights"),
+    ("step-weights-out-of-range", chain(_no_weights(), set_path("analysis.stepWeights", [10, 120])), "analysis.stepWeights[1]", "less than or equal to 100", "120"),
+    ("step-weights-empty", chain(_no_weights(), set_path("analysis.stepWeights", [])), "analysis.stepWeights", "at least one weight", "[]"),
+    ("no-steps", _no_weights(), "analysis", "must set stepWeight", "a mapping of interval"),
+    # --- durations and counts
+    ("interval-unparseable", set_path("analysis.interval", "abc"), "analysis.interval", "must be a duration", "'abc'"),
+    ("interval-too-short", set_path("analysis.interval", "100ms"), "analysis.interval", "at least 1s", "'100ms'"),
+    ("metric-interval-too-short", set_path("analysis.metrics.1.interval", "500ms"), "analysis.metrics[1].interval", "at least 1s", "'500ms'"),
+    ("threshold-zero", set_path("analysis.threshold", 0), "analysis.threshold", "greater than or equal to 1", "0"),
+    ("failure-limit-zero", set_path("analysis.failureLimit", 0), "analysis.failureLimit", "greater than or equal to 1", "0"),
+    ("failure-limit-too-high", set_path("analysis.failureLimit", 1001), "analysis.failureLimit", "less than or equal to 1000", "1001"),
+    ("warmup-unparseable", set_path("analysis.warmup", "soon"), "analysis.warmup", "must be a duration", "'soon'"),
+    ("hold-limit-negative", set_path("analysis.holdLimit", "-1m"), "analysis.holdLimit", "greater than zero", "'-1m'"),
+    ("confidence-too-low", set_path("analysis.confidence", 0.3), "analysis.confidence", "greater than or equal to 0.5", "0.3"),
+    ("confidence-certain", set_path("analysis.confidence", 1), "analysis.confidence", "less than or equal to 0.9999", "1"),
+    ("decision-timeout-unparseable", set_path("analysis.decisionTimeout", "1 day"), "analysis.decisionTimeout", "must be a duration", "'1 day'"),
+    ("min-requests-zero", set_path("analysis.minRequests", 0), "analysis.minRequests", "greater than or equal to 1", "0"),
+    # --- metrics and templates
+    ("threshold-min-above-max", set_path("analysis.metrics.1.thresholdRange", {"min": 10, "max": 1}), "analysis.metrics[1].thresholdRange", "min (10) must not be greater than max (1)", "a mapping of min, max"),
+    ("threshold-empty", set_path("analysis.metrics.1.thresholdRange", {}), "analysis.metrics[1].thresholdRange", "must set min, max or both", "a mapping of nothing"),
+    ("threshold-infinite", set_path("analysis.metrics.1.thresholdRange", {"max": float("inf")}), "analysis.metrics[1].thresholdRange", "max must be a finite number", "a mapping of max"),
+    ("unknown-template-ref", set_path("analysis.metrics.0.templateRef", {"name": "latency"}), "analysis.metrics[0].templateRef.name", "must name a metricTemplates entry (error-rate)", "latency"),
+    ("template-unknown-placeholder", set_path("metricTemplates.error-rate.query", "sum(x{pod='{{ pod }}'})"), "metricTemplates.error-rate.query", "unknown placeholder {{ pod }}", "sum(x{pod="),
+    ("template-variable-undefined", set_path("analysis.metrics.0.templateVariables", {}), "analysis.metrics[0].templateVariables", "must define le used by template error-rate", "{}"),
+    ("template-unbalanced", set_path("metricTemplates.error-rate.query", "sum(rate(x[1m])"), "metricTemplates.error-rate.query", "unclosed '('", "'sum(rate(x[1m])'"),
+    ("template-unclosed-placeholder", set_path("metricTemplates.error-rate.query", "sum(x{pod=~'{{ target'})"), "metricTemplates.error-rate.query", "unclosed '{{'", "{{ target"),
+    ("template-provider-not-prometheus", set_path("metricTemplates.error-rate.provider.type", "datadog"), "metricTemplates.error-rate.provider.type", "'prometheus'", "'datadog'"),
+    ("unknown-builtin", set_path("analysis.metrics.1.name", "latency"), "analysis.metrics[1].name", "names no built-in metric", "latency"),
+    ("builtin-with-variables", set_path("analysis.metrics.1.templateVariables", {"q": "1"}), "analysis.metrics[1].templateVariables", "built-in metrics take no variables", "{'q': '1'}"),
+    ("duplicate-metric", set_path("analysis.metrics.1", {"name": "error-rate", "templateRef": {"name": "error-rate"}, "thresholdRange": {"max": 1}, "templateVariables": {"le": "1"}}), "analysis.metrics[1].name", "must be unique", "error-rate"),
+    ("metric-not-judged", del_path("analysis.metrics.1.thresholdRange"), "analysis.metrics[1]", "must set thresholdRange, compare or judge", "a mapping of name"),
+    ("no-data-policy-unknown", set_path("analysis.metrics.1.onNoData", "ignore"), "analysis.metrics[1].onNoData", "'fail', 'hold' or 'pass'", "'ignore'"),
+    ("evidence-unknown", set_path("analysis.metrics.1.evidence", "strong"), "analysis.metrics[1].evidence", "'auto', 'rate' or 'none'", "'strong'"),
+    ("compare-by-unknown", set_path("analysis.metrics.1.compare", {"by": "quotient", "thresholdRange": {"max": 1.2}}), "analysis.metrics[1].compare.by", "'difference' or 'ratio'", "'quotient'"),
+    ("compare-to-canary", set_path("analysis.metrics.1.compare", {"to": "canary", "thresholdRange": {"max": 1.2}}), "analysis.metrics[1].compare.to", "'stable'", "'canary'"),
+    ("compare-without-range", set_path("analysis.metrics.1.compare", {"by": "ratio"}), "analysis.metrics[1].compare.thresholdRange", "is required", "nothing"),
+    ("judge-confidence-certain", set_path("analysis.metrics.1.judge", {"confidence": 1.5}), "analysis.metrics[1].judge.confidence", "less than 1", "1.5"),
+    ("judge-too-few-samples", set_path("analysis.metrics.1.judge", {"minSamples": 2}), "analysis.metrics[1].judge.minSamples", "greater than or equal to 3", "2"),
+    ("judge-decrease-above-one", set_path("analysis.metrics.1.judge", {"allowedDecrease": 1.5}), "analysis.metrics[1].judge.allowedDecrease", "less than or equal to 1", "1.5"),
+    ("judge-test-unknown", set_path("analysis.metrics.1.judge", {"test": "t-test"}), "analysis.metrics[1].judge.test", "'mann-whitney'", "'t-test'"),
+    ("inconclusive-range-inside-threshold", set_path("analysis.metrics.1.inconclusiveRange", {"max": 300}), "analysis.metrics[1]", "inconclusiveRange max 300 must contain thresholdRange max 500", "a mapping of name"),
+    ("inconclusive-range-other-side", set_path("analysis.metrics.1.inconclusiveRange", {"min": 0}), "analysis.metrics[1]", "must contain thresholdRange max 500", "inconclusiveRange"),
+    ("inconclusive-range-without-threshold", chain(del_path("analysis.metrics.1.thresholdRange"), set_path("analysis.metrics.1.compare", {"thresholdRange": {"max": 50}}), set_path("analysis.metrics.1.inconclusiveRange", {"max": 800})), "analysis.metrics[1]", "inconclusiveRange needs a thresholdRange", "compare"),
+    ("dry-run-not-boolean", set_path("analysis.metrics.1.dryRun", "maybe"), "analysis.metrics[1].dryRun", "valid boolean", "'maybe'"),
+    ("metric-weight-zero", set_path("analysis.metrics.1.weight", 0), "analysis.metrics[1].weight", "greater than 0", "0"),
+    ("metric-weight-above-100", set_path("analysis.metrics.1.weight", 101), "analysis.metrics[1].weight", "less than or equal to 100", "101"),
+    ("score-marginal-above-pass", set_path("analysis.score", {"pass": 70, "marginal": 80}), "analysis.score", "marginal (80) must not exceed pass (70)", "a mapping of pass, marginal"),
+    ("score-above-100", set_path("analysis.score", {"pass": 120}), "analysis.score.pass", "less than or equal to 100", "120"),
+    ("score-without-metrics", chain(set_path("analysis.metrics", []), set_path("analysis.score", {})), "analysis.score", "needs metrics to score", "set"),
+    # --- strategies
+    ("iterations-with-step-weight", set_path("analysis.iterations", 5), "analysis", "set iterations (A/B testing or blue/green) or weights", "iterations"),
+    ("match-without-iterations", set_path("analysis.match", [{"headers": {"x-canary": {"exact": "insider"}}}]), "analysis", "match (A/B testing) needs iterations", "match"),
+    ("strategy-ab-without-match", chain(_no_weights(), update("analysis", strategy="ab", iterations=5)), "analysis", "strategy ab needs match", "strategy"),
+    ("strategy-ab-without-iterations", chain(_no_weights(), update("analysis", strategy="ab", match=[{"headers": {"x": {"exact": "1"}}}])), "analysis", "strategy ab needs iterations", "match"),
+    ("strategy-canary-with-iterations", chain(_no_weights(), update("analysis", strategy="canary", iterations=5)), "analysis", "strategy canary steps through weights", "iterations"),
+    ("strategy-unknown", set_path("analysis.strategy", "rolling"), "analysis.strategy", "'canary', 'ab' or 'blueGreen'", "'rolling'"),
+    ("session-affinity-with-iterations", chain(_no_weights(), update("analysis", iterations=5, sessionAffinity={})), "analysis", "sessionAffinity needs weighted steps", "sessionAffinity"),
+    ("session-affinity-bad-cookie", set_path("analysis.sessionAffinity", {"cookieName": "my cookie"}), "analysis.sessionAffinity.cookieName", "must be a cookie name", "'my cookie'"),
+    ("mirror-weight-without-mirror", set_path("analysis.mirrorWeight", 20), "analysis.mirrorWeight", "needs mirror: true", "20"),
+    ("mirror-with-ab", chain(_no_weights(), update("analysis", iterations=5, mirror=True, match=[{"headers": {"x": {"exact": "1"}}}])), "analysis.mirror", "A/B testing routes matched requests instead", "true"),
+    ("match-empty", chain(_no_weights(), update("analysis", iterations=5, match=[{}])), "analysis.match[0]", "at least one header or query parameter", "a mapping of nothing"),
+    ("match-prefix", chain(_no_weights(), update("analysis", iterations=5, match=[{"headers": {"x": {"prefix": "a"}}}])), "analysis.match[0].headers.x.prefix", "is not a known field", "'a'"),
+    ("match-both", chain(_no_weights(), update("analysis", iterations=5, match=[{"headers": {"x": {"exact": "a", "regex": "b"}}}])), "analysis.match[0].headers.x", "exactly one of exact or regex", "a mapping of exact, regex"),
+    ("match-bad-regex", chain(_no_weights(), update("analysis", iterations=5, match=[{"queryParams": {"beta": {"regex": "(["}}}])), "analysis.match[0].queryParams.beta", "does not compile", "a mapping of regex"),
+    ("match-bad-header", chain(_no_weights(), update("analysis", iterations=5, match=[{"headers": {"x canary": {"exact": "1"}}}])), "analysis.match[0]", "header name 'x canary'", "a mapping of headers"),
+    # --- webhooks and alerts
+    ("webhook-no-target", set_path("analysis.webhooks.0", {"name": "x", "type": "rollout"}), "analysis.webhooks[0]", "exactly one of url", "a mapping of name, type"),
+    ("webhook-both-targets", set_path("analysis.webhooks.0", {"name": "x", "type": "rollout", "url": "http://a/", "cmd": "true"}), "analysis.webhooks[0]", "exactly one of url", "a mapping of name, type, url, cmd"),
+    ("webhook-negative-timeout", set_path("analysis.webhooks.0.timeout", "-5s"), "analysis.webhooks[0].timeout", "greater than zero", "'-5s'"),
+    ("webhook-timeout-too-long", set_path("analysis.webhooks.0.timeout", "2h"), "analysis.webhooks[0].timeout", "at most 1h", "'2h'"),
+    ("webhook-unknown-type", set_path("analysis.webhooks.0.type", "pre-promotion"), "analysis.webhooks[0].type", "'confirm-rollout'", "'pre-promotion'"),
+    ("webhook-bad-url", set_path("analysis.webhooks.0", {"name": "x", "type": "event", "url": "ftp://x"}), "analysis.webhooks[0].url", "http:// or https:// URL", "'ftp://x'"),
+    ("duplicate-webhook", set_path("analysis.webhooks", [{"name": "a", "type": "event", "cmd": "true"}, {"name": "a", "type": "rollout", "cmd": "true"}]), "analysis.webhooks[1].name", "must be unique", "a"),
+    ("alert-bad-url", set_path("analysis.alerts", [{"name": "chat", "type": "slack", "url": "ftp://chat.example.com/hook"}]), "analysis.alerts[0].url", "http:// or https:// URL", "<secret>"),
+    ("alert-unknown-type", set_path("analysis.alerts", [{"name": "chat", "type": "irc", "url": "https://x"}]), "analysis.alerts[0].type", "'slack', 'msteams' or 'discord'", "'irc'"),
+    ("alert-unknown-severity", set_path("analysis.alerts", [{"name": "chat", "type": "slack", "url": "https://x", "severity": "debug"}]), "analysis.alerts[0].severity", "'info', 'warn' or 'error'", "'debug'"),
+    # --- the app
+    ("bad-stable-image", set_path("stableImage", "Web App:1.0"), "stableImage", "must be an image reference", "'Web App:1.0'"),
+    ("untagged-stable-image", set_path("stableImage", "registry.example.com/web"), "stableImage", "must name a tag or a digest", "'registry.example.com/web'"),
+    ("bad-app-image", chain(del_path("stableImage"), set_path("app.image", "web@sha256:abc")), "app.image", "must be an image reference", "'web@sha256:abc'"),
+    ("stable-image-differs-from-app-image", set_path("app.image", IMAGE_2), "stableImage", f"is the earlier name of app.image and differs from it ({IMAGE_2})", BASE_IMAGE),
+    ("no-image", del_path("stableImage"), "app.image", "is required: the image the app runs", "nothing"),
+    ("app-name-not-dns", set_path("app.name", "Web_App"), "app.name", "DNS-1123 label", "'Web_App'"),
+    ("app-name-too-long", set_path("app.name", "a" * 57), "app.name", "at most 56 characters", "'aaaa"),
+    ("namespace-not-dns", set_path("app.namespace", "-prod"), "app.namespace", "DNS-1123 label", "'-prod'"),
+    ("wrong-type", set_path("app.replicas", "two"), "app.replicas", "valid integer", "'two'"),
+    ("replicas-zero", set_path("app.replicas", 0), "app.replicas", "greater than or equal to 1", "0"),
+    ("canary-replicas-zero", set_path("app.canaryReplicas", 0), "app.canaryReplicas", "greater than or equal to 1", "0"),
+    ("port-out-of-range", set_path("app.port", 70000), "app.port", "less than or equal to 65535", "70000"),
+    ("bad-quantity", set_path("app.resources", {"requests": {"cpu": "lots"}}), "app.resources.requests.cpu", "Kubernetes quantity", "'lots'"),
+    ("request-above-limit", set_path("app.resources", {"requests": {"memory": "2Gi"}, "limits": {"memory": "1500Mi"}}), "app.resources",
+     "requests.memory 2Gi must not be above limits.memory 1500Mi", "a mapping of"),
+    ("unknown-resource", set_path("app.resources", {"requests": {"gpu": "1"}}), "app.resources.requests.gpu[key]", "'cpu', 'memory' or 'ephemeral-storage'", "'gpu'"),
+    ("probe-relative-path", set_path("app.probes", {"readiness": {"path": "healthz"}}), "app.probes.readiness.path", "absolute HTTP path", "'healthz'"),
+    ("env-name-invalid", set_path("app.env", {"1BAD": "x"}), "app.env", "variable name '1BAD'", "a mapping of 1BAD"),
+    ("config-map-name-not-dns", chain(_template(), set_path("app.configMaps", {"Settings": {"data": {"a": "b"}}})), "app.configMaps.Settings[key]", "DNS-1123 subdomain", "'Settings'"),
+    # --- autoscaler and disruption budget
+    ("autoscaler-min-above-max", set_path("app.autoscaler", {"minReplicas": 5, "maxReplicas": 2}), "app.autoscaler", "minReplicas (5) must not exceed maxReplicas (2)", "a mapping of minReplicas, maxReplicas"),
+    ("autoscaler-without-max", set_path("app.autoscaler", {"minReplicas": 2}), "app.autoscaler.maxReplicas", "is required", "nothing"),
+    ("autoscaler-with-replicas", set_path("app.autoscaler", {"maxReplicas": 6}), "app.replicas", "must not be set with an autoscaler", "2"),
+    ("autoscaler-metric-typo", chain(del_path("app.replicas"), set_path("app.autoscaler", {"maxReplicas": 6, "metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilisation": 60}}}]})),
+     "app.autoscaler.metrics[0].resource.target.averageUtilisation", "is not a field of MetricTarget (did you mean averageUtilization?)", "60"),
+    ("autoscaler-metric-without-type", chain(del_path("app.replicas"), set_path("app.autoscaler", {"maxReplicas": 6, "metrics": [{"resource": {"name": "cpu", "target": {"type": "Utilization"}}}]})),
+     "app.autoscaler.metrics[0].type", "is required", "nothing"),
+    ("autoscaler-behavior-wrong-type", chain(del_path("app.replicas"), set_path("app.autoscaler", {"maxReplicas": 6, "behavior": {"scaleDown": {"stabilizationWindowSeconds": "5m"}}})),
+     "app.autoscaler.behavior.scaleDown.stabilizationWindowSeconds", "must be an integer", "'5m'"),
+    ("disruption-budget-both", set_path("app.disruptionBudget", {"minAvailable": 1, "maxUnavailable": 1}), "app.disruptionBudget", "exactly one of minAvailable or maxUnavailable", "a mapping of minAvailable, maxUnavailable"),
+    ("disruption-budget-neither", set_path("app.disruptionBudget", {}), "app.disruptionBudget", "exactly one of minAvailable or maxUnavailable", "a mapping of nothing"),
+    ("disruption-budget-bad-percentage", set_path("app.disruptionBudget", {"maxUnavailable": "half"}), "app.disruptionBudget", "'half' must be a count or a percentage such as 50%", "a mapping of maxUnavailable"),
+    ("disruption-budget-long-percentage", set_path("app.disruptionBudget", {"minAvailable": "1000%"}), "app.disruptionBudget", "'1000%' must be a count or a percentage", "a mapping of minAvailable"),
+    # --- the pod template, checked against the Kubernetes schema
+    ("template-unknown-field", _template(lifecycleHooks={}), "app.template.spec.containers[0].lifecycleHooks", "is not a field of Container", "a mapping of nothing"),
+    ("template-typo", _template(imagePullPolicy="Always", volumeMount=[]), "app.template.spec.containers[0].volumeMount", "is not a field of Container (did you mean volumeMounts?)", "[]"),
+    ("template-case-typo", set_path("app.template", {"spec": {"containers": [{"name": "web", "image": BASE_IMAGE}], "nodeselector": {"disk": "ssd"}}}), "app.template.spec.nodeselector", "(did you mean nodeSelector?)", "a mapping of disk"),
+    ("template-wrong-type", _template(ports=[{"containerPort": "8080"}]), "app.template.spec.containers[0].ports[0].containerPort", "must be an integer", "'8080'"),
+    ("template-wrong-map-value", set_path("app.template", {"metadata": {"labels": {"tier": 1}}, "spec": {"containers": [{"name": "web", "image": BASE_IMAGE}]}}), "app.template.metadata.labels.tier", "must be a string", "1"),
+    ("template-missing-container-name", set_path("app.template", {"spec": {"containers": [{"image": BASE_IMAGE}]}}), "app.template.spec.containers[0].name", "is required", "nothing"),
+    ("template-no-containers", set_path("app.template", {"spec": {"containers": []}}), "app.template.spec.containers", "must list at least one container", "web"),
+    ("template-spec-not-a-mapping", set_path("app.template", {"spec": ["web"]}), "app.template.spec", "must be a mapping", "['web']"),
+    ("template-containers-not-a-list", set_path("app.template", {"spec": {"containers": {"web": {"image": BASE_IMAGE}}}}), "app.template.spec.containers", "must be a list", "a mapping of web"),
+    ("template-volume-source-not-a-mapping", set_path("app.template", {"spec": {"containers": [{"name": "web", "image": BASE_IMAGE}], "volumes": [{"name": "v", "configMap": "settings"}]}}),
+     "app.template.spec.volumes[0].configMap", "must be a mapping", "'settings'"),
+    ("template-and-simple-form", chain(_template(), set_path("app.env", {"A": "b"})), "app.env", "either with template or with env/resources/probes", "set"),
+    ("template-container-not-found", chain(_template(), set_path("app.container", "sidecar")), "app.container", "names no container of the template", "sidecar"),
+    ("template-without-image", chain(del_path("stableImage"), set_path("app.template", {"spec": {"containers": [{"name": "web"}]}})), "app.image", "the template's main container web has no image", "nothing"),
+    ("template-untagged-image", chain(del_path("stableImage"), _template(image="registry.example.com/web")), "app.template: main container image", "must name a tag or a digest", "registry.example.com/web"),
+    ("config-map-not-read", chain(_template(), set_path("app.configMaps", {"settings": {"data": {"a": "b"}}})), "app.configMaps.settings", "the template reads no configMap of that name", "settings"),
+    # --- the route and Prometheus
+    ("hostname-invalid", set_path("gateway.hostnames", ["Web..example"]), "gateway.hostnames[0]", "DNS-1123 hostname", "'Web..example'"),
+    ("no-parent-refs", set_path("gateway.parentRefs", []), "gateway.parentRefs", "at least 1 item", "[]"),
+    ("parent-ref-port", set_path("gateway.parentRefs.0.port", 0), "gateway.parentRefs[0].port", "greater than or equal to 1", "0"),
+    ("no-gateway", del_path("gateway"), "gateway", "is required with app", "nothing"),
+    ("prometheus-bad-address", set_path("prometheus.address", "prometheus:9090"), "prometheus.address", "http:// or https:// URL", "'prometheus:9090'"),
+    ("prometheus-missing-for-builtin", del_path("prometheus"), "prometheus.address", "built-in metrics query", "None"),
+    ("prometheus-timeout-too-long", set_path("prometheus.timeout", "10m"), "prometheus.timeout", "at most 5m", "'10m'"),
+    ("prometheus-pod-label-dash", set_path("prometheus.podLabel", "pod-name"), "prometheus.podLabel", "must be a Prometheus label name", "'pod-name'"),
+    ("prometheus-pod-label-digit", set_path("prometheus.podLabel", "1pod"), "prometheus.podLabel", "not starting with a digit", "'1pod'"),
+    ("pushgateway-not-a-url", set_path("prometheus.pushgateway", "pushgateway:9091"), "prometheus.pushgateway", "http:// or https:// URL", "'pushgateway:9091'"),
+    ("pushgateway-ftp", set_path("prometheus.pushgateway", "ftp://pushgateway:9091"), "prometheus.pushgateway", "http:// or https:// URL", "'ftp://pushgateway:9091'"),
+    ("template-provider-bad-address", set_path("metricTemplates.error-rate.provider.address", "other:9090"), "metricTemplates.error-rate.provider.address", "http:// or https:// URL", "'other:9090'"),
+    # --- the stack
+    ("unknown-field", set_path("analysis.stepweight", 10), "analysis.stepweight", "is not a known field", "10"),
+    ("unknown-top-level-key", set_path("canaryImages", "x"), "canaryImages", "is not a known field", "'x'"),
+    ("rollout-unknown", set_path("rollout", "yolo"), "rollout", "'checked' or 'direct'", "'yolo'"),
+    ("no-analysis", del_path("analysis"), "analysis", "is required (or declare apps under apps.<name>)", "nothing"),
+    ("apps-name-differs-from-key", _apps(name="api"), "apps.web.app.name", "must be the app's key in apps (web)", "api"),
+    ("apps-key-not-dns", _apps(key="Web"), "apps.Web[key]", "DNS-1123 label", "'Web'"),
+    ("apps-with-top-level-app", chain(_apps(), set_path("app", {"name": "web"})), "app", "declares each app under apps.<name>, not at the top level", "set"),
+    ("apps-with-top-level-stable-image", chain(_apps(), set_path("stableImage", BASE_IMAGE)), "stableImage", "not at the top level", "set"),
+    ("apps-app-without-gateway", chain(_apps(), del_path("apps.web.gateway")), "apps.web.gateway", "is required with app", "nothing"),
+    ("apps-app-problem-named-under-its-key", chain(_apps(), set_path("apps.web.app.replicas", 0)), "apps.web.app.replicas", "greater than or equal to 1", "0"),
+    ("apps-stable-image-differs", chain(_apps(), set_path("apps.web.stableImage", IMAGE_2)), "apps.web.stableImage", "is the earlier name of app.image", IMAGE_2),
+]
+
+
+@pytest.mark.parametrize(("mutation", "field", "rule", "shown"), [case[1:] for case in INVALID], ids=[case[0] for case in INVALID])
+def test_invalid_input_is_refused_with_field_value_and_rule(mutation: Any, field: str, rule: str, shown: str) -> None:
+    values = values_with(mutation)
+    found = problems(values)
+    fields = [p.field for p in found]
+    assert field in fields, f"{field} not among {fields}"
+    matching = [p for p in found if p.field == field and rule in p.rule]
+    assert matching, f"no problem of {field} says {rule!r}: {[str(p) for p in found]}"
+    problem = matching[0]
+    assert shown in problem.value, f"the value shown is {problem.value!r}"
+    message = str(InvalidSpec(found, "stack config"))
+    assert f"{field}: " in message and rule in message and f"(got {problem.value})" in message
+
+
+def test_the_invalid_table_has_distinct_cases() -> None:
+    ids = [case[0] for case in INVALID]
+    assert len(ids) == len(set(ids)) and len(ids) >= 100
+
+
+# --- valid input --------------------------------------------------------------------------------
+
+
+def test_base_values_parse() -> None:
+    spec = parse_spec(base_values())
+    assert spec.analysis.interval == timedelta(minutes=1)
+    assert spec.analysis.metrics[0].on_no_data is NoDataPolicy.FAIL
+    assert spec.analysis.webhooks[0].type is WebhookType.ROLLOUT
+    assert spec.app.image == BASE_IMAGE  # stableImage is the earlier name of app.image
+    assert (spec.target, spec.stable) == ("web-canary", "web-stable")
+    assert spec.analysis.kind is Strategy.CANARY
+
+
+def test_defaults_of_the_new_analysis_fields() -> None:
+    analysis = parse_spec(base_values()).analysis
+    assert analysis.warmup == timedelta(seconds=30)
+    assert analysis.confidence == 0.95
+    assert analysis.failures_allowed == analysis.threshold == 3  # failureLimit defaults to threshold
+    assert analysis.hold_bound == timedelta(minutes=10)  # holdLimit defaults to 10 intervals
+
+
+@pytest.mark.parametrize(
+    ("changes", "failures", "hold"),
+    [({"failureLimit": 7}, 7, timedelta(minutes=10)), ({"holdLimit": "3m"}, 3, timedelta(minutes=3)), ({"interval": "30s"}, 3, timedelta(minutes=5))],
+)
+def test_failure_limit_and_hold_limit(changes: dict[str, Any], failures: int, hold: timedelta) -> None:
+    analysis = spec_with(update("analysis", **changes)).analysis
+    assert analysis.failures_allowed == failures and analysis.hold_bound == hold
+
+
+def test_spec_is_frozen() -> None:
+    spec = parse_spec(base_values())
+    with pytest.raises(ValidationError, match="frozen"):
+        spec.app.replicas = 10  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("mutation", "kind"),
+    [
+        (update("analysis"), Strategy.CANARY),
+        (chain(_no_weights(), update("analysis", iterations=4)), Strategy.BLUE_GREEN),
+        (chain(_no_weights(), update("analysis", iterations=4, match=[{"headers": {"x-canary": {"exact": "insider"}}}])), Strategy.AB),
+        (chain(_no_weights(), update("analysis", strategy="blueGreen", iterations=4, match=[{"headers": {"x-canary": {"exact": "insider"}}}])), Strategy.BLUE_GREEN),
+        (chain(_no_weights(), update("analysis", iterations=4, mirror=True, mirrorWeight=30)), Strategy.BLUE_GREEN),
+    ],
+)
+def test_strategy_follows_flaggers_rule_unless_set(mutation: Any, kind: Strategy) -> None:
+    assert spec_with(mutation).analysis.kind is kind
+
+
+def test_a_full_pod_template_is_accepted_and_gives_the_port_and_image() -> None:
+    template = pod_template(image=IMAGE_2, ports=[{"containerPort": 9090}], env=[{"name": "MODE", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "mode"}}}])
+    spec = spec_with(del_path("stableImage"), del_path("app.port"), set_path("app.template", template),
+                     set_path("app.configMaps", {"settings": {"data": {"mode": "fast"}}}))
+    assert spec.app.template == template and spec.app.image is None
+    assert spec.app.container_port == 9090
+    assert spec.app.config_maps["settings"].data == {"mode": "fast"}
+
+
+def test_the_simple_form_defaults_the_port_to_8080() -> None:
+    assert spec_with(del_path("app.port")).app.container_port == 8080
+
+
+def test_an_autoscaler_and_a_disruption_budget_are_accepted() -> None:
+    spec = spec_with(del_path("app.replicas"), set_path("app.autoscaler", {"minReplicas": 2, "maxReplicas": 8, "metrics": [
+        {"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 60}}}]}),
+        set_path("app.disruptionBudget", {"maxUnavailable": "25%"}))
+    assert spec.app.autoscaler is not None and (spec.app.autoscaler.min_replicas, spec.app.autoscaler.max_replicas) == (2, 8)
+    assert spec.app.disruption_budget is not None and spec.app.disruption_budget.max_unavailable == "25%"
+
+
+def test_the_same_image_under_both_names_is_accepted() -> None:
+    assert spec_with(set_path("app.image", BASE_IMAGE)).app.image == BASE_IMAGE
+
+
+@pytest.mark.parametrize(("key", "field_name"), [("podLabel", "pod_label"), ("pushgateway", "pushgateway")])
+def test_prometheus_pod_label_and_pushgateway(key: str, field_name: str) -> None:
+    value = {"podLabel": "pod", "pushgateway": "http://pushgateway.monitoring:9091"}[key]
+    assert getattr(spec_with(set_path(f"prometheus.{key}", value)).prometheus, field_name) == value
+
+
+def test_multi_app_stacks_give_each_app_by_name() -> None:
+    values = values_with(_apps())
+    api = {"app": {"name": "api", "image": IMAGE_2}, "gateway": values["apps"]["web"]["gateway"], "analysis": values["apps"]["web"]["analysis"]}
+    values["apps"]["api"] = api
+    stack = parse_stack(values)
+    assert sorted(stack.app_configs()) == ["api", "web"]
+    assert stack.release_spec("api").app.image == IMAGE_2 and stack.release_spec("api").target == "api-canary"
+    assert stack.release_spec("web").prometheus == stack.prometheus
+    with pytest.raises(InvalidSpec) as info:
+        parse_spec(values)
+    assert [(p.field, p.rule) for p in info.value.problems] == [("apps", "holds several apps: name the one meant")]
+    assert info.value.problems[0].value == "web, api"
+
+
+def test_an_app_declared_by_the_program_only_must_come_from_a_component() -> None:
+    stack = parse_stack(values_with(del_path("app"), del_path("gateway")))
+    with pytest.raises(InvalidSpec) as info:
+        stack.release_spec("app")
+    (problem,) = info.value.problems
+    assert problem.field == "apps.app" and "declared neither in the stack config nor by a component" in problem.rule
+
+
+# --- every problem at once; no secret in a message ----------------------------------------------
+
+
+def test_all_problems_are_reported_at_once() -> None:
+    found = problems(values_with(set_path("analysis.threshold", 0), set_path("app.port", 0), set_path("prometheus.podLabel", "pod-name")))
+    assert {"analysis.threshold", "app.port", "prometheus.podLabel"} <= {p.field for p in found}
+
+
+def test_cross_field_problems_are_reported_at_once() -> None:
+    found = problems(values_with(set_path("app.image", IMAGE_2), set_path("analysis.mirrorWeight", 10), set_path("analysis.metrics.1.name", "latency"),
+                                 set_path("app.autoscaler", {"maxReplicas": 3})))
+    assert {"stableImage", "analysis.mirrorWeight", "analysis.metrics[1].name", "app.replicas"} <= {p.field for p in found}
+
+
+def test_template_problems_are_reported_at_once_with_their_paths() -> None:
+    template = {"spec": {"containers": [{"name": "web", "image": BASE_IMAGE, "imagePullPolicy": 3, "portz": []}, {"image": "sidecar:1"}]}}
+    found = problems(values_with(set_path("app.template", template)))
+    assert {p.field: p.rule for p in found if p.field.startswith("app.template")} == {
+        "app.template.spec.containers[0].imagePullPolicy": "must be a string",
+        "app.template.spec.containers[0].portz": "is not a field of Container (did you mean ports?)",
+        "app.template.spec.containers[1].name": "is required",
+    }
+
+
+SECRET = "s3cr3t-value"
+
+
+@pytest.mark.parametrize(
+    "mutation",
+    [
+        set_path("prometheus.token", 12345),
+        set_path("prometheus.token", [SECRET]),
+        set_path("prometheus.headers", {"X-Scope-OrgID": 7, "bad header": SECRET}),
+        chain(set_path("prometheus.address", "nope"), set_path("prometheus.token", SECRET)),
+        set_path("prometheus", {"token": SECRET}),  # a missing address never shows its parent mapping
+        set_path("analysis.alerts", [{"name": "chat", "type": "slack", "url": f"hooks.slack.com/{SECRET}"}]),
+        set_path("analysis.alerts", [{"name": "chat", "type": "irc", "url": f"https://hooks.slack.com/{SECRET}"}]),
+        set_path("analysis.alerts", [{"name": "Chat", "type": "slack", "url": [SECRET]}]),
+        chain(_template(), set_path("app.secrets", {"db": {"stringData": {"password": 12345}}})),
+        chain(_template(), set_path("app.secrets", {"db": {"stringData": {"password": SECRET}}})),  # read by no container
+        chain(_apps(), set_path("apps.web.analysis.alerts", [{"name": "chat", "type": "slack", "url": f"ftp://{SECRET}"}])),
+    ],
+    ids=["token-int", "token-list", "headers", "token-next-to-a-bad-address", "token-without-address", "alert-not-a-url", "alert-bad-type",
+         "alert-url-list", "secret-int", "secret-unread", "apps-alert"],
+)
+def test_secret_values_never_appear_in_errors(mutation: Any) -> None:
+    with pytest.raises(InvalidSpec) as info:
+        parse_spec(values_with(mutation))
+    message = str(info.value)
+    assert SECRET not in message and "12345" not in message
+    assert all(SECRET not in p.value and SECRET not in p.rule for p in info.value.problems)
+
+
+# --- config: secrets must be Pulumi secrets; the same spec from a file and from the Automation API --
+
+
+def _config(values: dict[str, Any]) -> dict[str, Any]:
+    return {f"canary:{key}": value for key, value in values.items()}
+
+
+@pytest.mark.parametrize(
+    ("mutation", "path"),
+    [
+        (set_path("prometheus.token", SECRET), "prometheus.token"),
+        (set_path("prometheus.headers", {"X-Scope-OrgID": SECRET}), "prometheus.headers"),
+        (set_path("analysis.alerts", [{"name": "chat", "type": "slack", "url": f"https://hooks.slack.com/{SECRET}"}]), "analysis.alerts[0].url"),
+        (chain(_template(env=[{"name": "P", "valueFrom": {"secretKeyRef": {"name": "db", "key": "password"}}}]), set_path("app.secrets", {"db": {"stringData": {"password": SECRET}}})),
+         "app.secrets.db.stringData"),
+        (chain(_apps(), set_path("apps.web.analysis.alerts", [{"name": "chat", "type": "discord", "url": f"https://discord.com/api/webhooks/{SECRET}"}])), "apps.web.analysis.alerts[0].url"),
+    ],
+)
+def test_a_plaintext_secret_in_a_stack_file_is_refused(mutation: Any, path: str) -> None:
+    with pytest.raises(InvalidSpec) as info:
+        stackconfig.from_file_values(_config(values_with(mutation)), "Pulumi.prod.yaml")
+    (problem,) = info.value.problems
+    assert problem.field == path and problem.value == "<secret>"
+    assert problem.rule == f"must be a Pulumi secret: pulumi config set --secret --path {path} ..."
+    assert SECRET not in str(info.value) and info.value.source == "Pulumi.prod.yaml"
+
+
+@pytest.mark.parametrize(
+    ("mutation", "read"),
+    [
+        (set_path("prometheus.token", stackconfig.ENCRYPTED), lambda spec: spec.prometheus.token),
+        (set_path("prometheus.headers", {"X-Scope-OrgID": stackconfig.ENCRYPTED}), lambda spec: spec.prometheus.headers["X-Scope-OrgID"]),
+        (set_path("analysis.alerts", [{"name": "chat", "type": "slack", "url": stackconfig.ENCRYPTED}]), lambda spec: spec.app_configs()["web"].analysis.alerts[0].url),
+    ],
+    ids=["token", "headers", "alert-url"],
+)
+def test_an_encrypted_secret_in_a_stack_file_is_accepted(mutation: Any, read: Any) -> None:
+    spec = stackconfig.from_file_values(_config(values_with(mutation)), "Pulumi.prod.yaml")
+    assert read(spec).get_secret_value() == stackconfig.ENCRYPTED
+
+
+def test_decode_secure_stands_in_for_ciphertext_at_any_depth() -> None:
+    raw = {"canary:prometheus": {"address": "http://p:9090", "token": {"secure": "v1:abc"}}, "canary:analysis": {"alerts": [{"url": {"secure": "v1:def"}}]}}
+    decoded = stackconfig.decode_secure(raw)
+    assert decoded == {"canary:prometheus": {"address": "http://p:9090", "token": "<encrypted>"}, "canary:analysis": {"alerts": [{"url": "<encrypted>"}]}}
+    assert "v1:abc" not in json.dumps(decoded)
+
+
+@pytest.mark.parametrize("secret", [False, True])
+def test_an_alert_url_from_the_automation_api_must_be_a_secret_key(secret: bool) -> None:
+    """The Automation API decrypts secrets; the key's secret flag says whether it was one."""
+    values = values_with(set_path("analysis.alerts", [{"name": "chat", "type": "slack", "url": f"https://hooks.slack.com/{SECRET}"}]))
+    config = {key: ConfigValue(value=json.dumps(value) if not isinstance(value, str) else value, secret=secret and key == "canary:analysis")
+              for key, value in _config(values).items()}
+    if secret:
+        spec = stackconfig.from_config(config)
+        assert spec.app_configs()["web"].analysis.alerts[0].url.get_secret_value().endswith(SECRET)
+        return
+    with pytest.raises(InvalidSpec) as info:
+        stackconfig.from_config(config)
+    assert [p.field for p in info.value.problems] == ["analysis.alerts[0].url"] and SECRET not in str(info.value)
+
+
+def test_unencrypted_secrets_skips_keys_the_cli_reports_as_secret() -> None:
+    values = values_with(set_path("prometheus.token", SECRET), set_path("analysis.alerts", [{"name": "chat", "type": "slack", "url": "https://x"}]))
+    assert [p.field for p in stackconfig.unencrypted_secrets(values, {"prometheus"})] == ["analysis.alerts[0].url"]
+    assert [p.field for p in stackconfig.unencrypted_secrets(values, {"prometheus", "analysis"})] == []
+    assert [p.field for p in stackconfig.unencrypted_secrets(values, None)] == ["prometheus.token", "analysis.alerts[0].url"]
+
+
+def test_values_from_config_keeps_the_canary_namespace_and_decodes_json() -> None:
+    config = {
+        "canary:app": ConfigValue(value='{"name": "web"}'),
+        "canary:rollout": ConfigValue(value="direct"),
+        "canary:stableImage": "web:1",
+        "kubernetes:context": ConfigValue(value="prod"),
+        "canary:note": ConfigValue(value="[not json"),
+    }
+    assert stackconfig.values_from_config(config) == {"app": {"name": "web"}, "rollout": "direct", "stableImage": "web:1", "note": "[not json"}
+
+
+def test_the_same_spec_loads_from_a_file_and_from_an_automation_config_map() -> None:
+    raw = stackfile.read_stack_file(ROOT / "stacks" / "Pulumi.prod.yaml")
+    from_file = stackconfig.from_file_values(raw, "Pulumi.prod.yaml")
+    config_map = {k: ConfigValue(value=v if isinstance(v, str) else json.dumps(v), secret=False) for k, v in raw.items()}
+    config_map["kubernetes:context"] = ConfigValue(value="prod-cluster")
+    assert stackconfig.from_config(config_map) == from_file
+
+
+@pytest.mark.parametrize("stack", ["dev", "staging", "prod", "lab"])
+def test_example_stacks_are_valid(stack: str) -> None:
+    spec = stackconfig.from_file_values(stackfile.read_stack_file(ROOT / "stacks" / f"Pulumi.{stack}.yaml"), stack)
+    release = spec.release_spec("web")
+    assert release.app.name == "web" and release.app.image and release.analysis.metrics
+
+
+def test_file_contents_environment_values_and_secrets_are_kept_exactly_as_given() -> None:
+    """A config file's final newline, a PEM key's, an env value's spaces: stripping them changes the app."""
+    from canary.core.spec import App, SecretData
+
+    app = App(name="web", image="demo:v1", env={"GREETING": " hello \n"}, configMaps={"settings": {"data": {"app.conf": "latency: 0\n"}}})
+    assert app.env["GREETING"] == " hello \n" and app.config_maps["settings"].data["app.conf"] == "latency: 0\n"
+    key = "-----BEGIN KEY-----\nabc\n-----END KEY-----\n"
+    assert SecretData(stringData={"tls.key": key}).string_data["tls.key"].get_secret_value() == key
+
+
+def test_a_top_level_analysis_belongs_to_the_one_app_a_program_declares() -> None:
+    """A team's program declares the app (the component); the stack file has only canary:analysis:
+    that analysis is the app's, whatever the component names it (not an app called "app")."""
+    from canary.core.spec import App, Gateway, StackSpec
+
+    spec = StackSpec.model_validate({"analysis": {"interval": "30s", "threshold": 3, "stepWeight": 10, "maxWeight": 50,
+                                                  "metrics": [{"name": "request-duration", "thresholdRange": {"max": 500}}]},
+                                     "prometheus": {"address": "http://prometheus:9090"}})
+    app = App(name="shop-web", image="registry.example.com/shop/web:1.0", namespace="shop")
+    gateway = Gateway.model_validate({"parentRefs": [{"name": "public"}]})
+    release = spec.release_spec("shop-web", app, gateway)
+    assert release.app.name == "shop-web" and release.analysis.threshold == 3

@@ -1,0 +1,358 @@
+"""The release store and its lease, on an in-memory API server that keeps resourceVersions (409 on a stale write)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import socket
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from canary.core import records
+from canary.core.records import Phase, ReleaseState
+from canary.errors import ClusterUnreachable, Conflict, StackBusy
+from canary.state import store as store_module
+from canary.state.cache import Cache, Legacy
+from canary.state.lease import Lease
+from canary.state.store import ReleaseStore
+
+
+class FakeKube:
+    """Objects by (kind, namespace, name), with resourceVersions; ``down`` makes every call fail as an outage."""
+
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self.version = 0
+        self.down = False
+        self.events: list[dict[str, Any]] = []
+        self.calls = 0
+
+    def _check(self) -> None:
+        self.calls += 1
+        if self.down:
+            raise ClusterUnreachable("the Kubernetes API server did not answer: ConnectionRefusedError")
+
+    def _key(self, kind: str, name: str, namespace: str | None) -> tuple[str, str, str]:
+        return (kind, namespace or "", name)
+
+    def get(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
+        self._check()
+        obj = self.objects.get(self._key(kind, name, namespace))
+        return copy.deepcopy(obj) if obj else None
+
+    def list(self, api_version: str, kind: str, namespace: str | None = None, label_selector: str | None = None) -> list[dict[str, Any]]:
+        self._check()
+        wanted = dict(part.split("=", 1) for part in (label_selector or "").split(",") if "=" in part)
+        out = []
+        for (k, ns, _), obj in self.objects.items():
+            labels = obj["metadata"].get("labels") or {}
+            if k == kind and ns == (namespace or "") and all(labels.get(a) == b for a, b in wanted.items()):
+                out.append(copy.deepcopy(obj))
+        return out
+
+    def _stamp(self, manifest: Any) -> dict[str, Any]:
+        self.version += 1
+        obj = copy.deepcopy(dict(manifest))
+        obj["metadata"] = {**obj["metadata"], "resourceVersion": str(self.version), "uid": obj["metadata"].get("uid") or f"uid-{self.version}"}
+        self.objects[self._key(obj["kind"], obj["metadata"]["name"], obj["metadata"].get("namespace"))] = obj
+        return copy.deepcopy(obj)
+
+    def create(self, manifest: Any) -> dict[str, Any]:
+        self._check()
+        key = self._key(manifest["kind"], manifest["metadata"]["name"], manifest["metadata"].get("namespace"))
+        if key in self.objects:
+            raise Conflict(f"{key} exists")
+        return self._stamp(manifest)
+
+    def replace(self, manifest: Any) -> dict[str, Any]:
+        self._check()
+        key = self._key(manifest["kind"], manifest["metadata"]["name"], manifest["metadata"].get("namespace"))
+        current = self.objects.get(key)
+        if current is None or current["metadata"]["resourceVersion"] != manifest["metadata"].get("resourceVersion"):
+            raise Conflict(f"{key} changed since it was read")
+        return self._stamp(manifest)
+
+    def delete(self, api_version: str, kind: str, name: str, namespace: str | None = None, grace_seconds: int | None = None) -> None:
+        self._check()
+        self.objects.pop(self._key(kind, name, namespace), None)
+
+    def changes(self, api_version: str, kind: str, seconds: int, name: str | None = None, namespace: str | None = None) -> Iterator[dict[str, Any]]:
+        self._check()
+        return iter(())
+
+    def event(self, involved: dict[str, Any], reason: str, message: str, warning: bool = False) -> None:
+        self._check()
+        self.events.append({"involved": involved, "reason": reason, "message": message, "warning": warning})
+
+
+def _state(release: str = "r1", phase: Phase = Phase.PROGRESSING, updated: str = "2026-12-01T00:00:01.000Z") -> ReleaseState:
+    return ReleaseState(release=release, stack="prod", app="web", namespace="shop", phase=phase, updated=updated)
+
+
+def _store(kube: FakeKube, tmp_path: Path) -> ReleaseStore:
+    return ReleaseStore(kube, "shop", "web", "prod", Cache(tmp_path, "prod", "web"))  # type: ignore[arg-type]
+
+
+def _record(release: str, n: int) -> records.EventRecord:
+    return records.EventRecord(time=f"2026-12-01T00:00:{n % 60:02d}.000Z", stack="prod", app="web", release=release, message=f"event {n}")
+
+
+def test_the_state_is_kept_in_the_app_s_namespace_and_read_back(tmp_path: Path) -> None:
+    kube = FakeKube()
+    store = _store(kube, tmp_path)
+    assert store.load() is None
+    store.save(_state())
+    store.save(_state(updated="2026-12-01T00:00:02.000Z").model_copy(update={"weight": 20}))
+    cm = kube.objects[("ConfigMap", "shop", "canary-web-state")]
+    assert json.loads(cm["data"]["state.json"])["weight"] == 20
+    other_machine = _store(kube, tmp_path / "elsewhere")
+    loaded = other_machine.load()
+    assert loaded is not None and loaded.weight == 20 and loaded.phase is Phase.PROGRESSING
+
+
+def test_a_stale_state_write_is_a_conflict_not_an_overwrite(tmp_path: Path) -> None:
+    kube = FakeKube()
+    mine, theirs = _store(kube, tmp_path), _store(kube, tmp_path / "b")
+    mine.save(_state())
+    theirs.load()
+    theirs.save(_state().model_copy(update={"weight": 50}))
+    with pytest.raises(Conflict):
+        mine._write_state(records.dump(_state().model_copy(update={"weight": 10})))
+
+
+def test_the_journal_is_appended_in_chunks_read_in_order_and_old_releases_are_compacted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(store_module, "CHUNK_BYTES", 600)
+    kube = FakeKube()
+    store = _store(kube, tmp_path)
+    for n in range(12):
+        store.append(_record("r1", n))
+    chunks = [k for k in kube.objects if k[2].startswith("canary-web-journal-r1-")]
+    assert len(chunks) > 2
+    assert all(len(kube.objects[k]["data"]["journal.jsonl"]) <= 600 for k in chunks)
+    assert [r.message for r in _store(kube, tmp_path / "b").records("r1")] == [f"event {n}" for n in range(12)]
+    for release in ("r2", "r3", "r4"):
+        store.append(_record(release, 0))
+    assert store.releases() == ["r1", "r2", "r3", "r4"]
+    assert store.compact(keep=2) == ["r1", "r2"]
+    assert store.releases() == ["r3", "r4"]
+
+
+def test_records_the_cluster_cannot_take_are_kept_and_sent_first_when_it_answers(tmp_path: Path) -> None:
+    kube = FakeKube()
+    store = _store(kube, tmp_path)
+    store.append(_record("r1", 0))
+    kube.down = True
+    store.append(_record("r1", 1))
+    store.save(_state(updated="2026-12-01T00:00:05.000Z").model_copy(update={"rollback_pending": True}))
+    assert [r.message for r in store.records("r1")] == ["event 0", "event 1"]  # from the local copy
+    loaded = store.load()
+    assert loaded is not None and loaded.rollback_pending  # the local state: newer than the cluster's
+    kube.down = False
+    store.append(_record("r1", 2))
+    assert [r.message for r in _store(kube, tmp_path / "b").records("r1")] == ["event 0", "event 1", "event 2"]
+    remote = _store(kube, tmp_path / "c").load()
+    assert remote is not None and remote.rollback_pending and not store.cache.unsent()
+
+
+def test_requests_from_any_machine_reach_the_release_they_name(tmp_path: Path) -> None:
+    kube = FakeKube()
+    store = _store(kube, tmp_path)
+    _store(kube, tmp_path / "laptop").request("abort", "r1", by="alice")
+    _store(kube, tmp_path / "laptop").request("promote", "r0", by="bob")
+    found = store.requests("r1")
+    assert set(found) == {"abort"} and found["abort"]["by"] == "alice"
+    store.clear_request("abort")
+    assert store.requests("r1") == {}
+    store.request("pause", "r1", by="a")
+    store.request("continue", "r1", by="b")
+    assert set(store.requests("r1")) == {"continue"}
+
+
+def test_events_are_recorded_on_the_canary_deployment(tmp_path: Path) -> None:
+    kube = FakeKube()
+    kube._stamp({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web-canary", "namespace": "shop", "uid": "u-1"}})
+    _store(kube, tmp_path).event("RollingBack", "rolling back: error-rate 18 > max 1", warning=True)
+    event = kube.events[0]
+    assert event["involved"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web-canary", "namespace": "shop", "uid": "u-1"}
+    assert event["reason"] == "RollingBack" and event["warning"] and "error-rate 18" in event["message"]
+
+
+def test_the_legacy_file_journal_is_still_readable(tmp_path: Path) -> None:
+    old = tmp_path / "prod"
+    old.mkdir()
+    (old / "release.json").write_text(json.dumps({"release": "20261127T100000-1", "stack": "prod", "phase": "Failed", "canary_image": "web:2",
+                                                  "stable_image": "web:1", "weight": 0, "failed_in_row": 3, "reason": "error-rate 18 > max 1",
+                                                  "last_checks": [{"metric": "error-rate", "query": "q", "value": 18.0, "threshold": {"min": None, "max": 1},
+                                                                   "verdict": "fail", "effect": "fail", "reason": "error-rate 18 > max 1"}]}))
+    (old / "journal.jsonl").write_text("\n".join(json.dumps(r) for r in [
+        {"time": "2026-11-27T10:00:00.000Z", "stack": "prod", "release": "20261127T100000-1", "type": "state", "phase": "Initializing", "weight": 0,
+         "failed_in_row": 0, "message": "release started", "image": "web:2"},
+        {"time": "2026-11-27T10:00:05.000Z", "stack": "prod", "release": "20261127T100000-1", "type": "up", "phase": "Progressing", "weight": 10,
+         "config": {"canaryWeight": 10}, "removed": [], "targeted": ["route"], "refreshed": False, "seconds": 0.7, "changes": {"update": 1}},
+    ]) + "\n{torn")
+    legacy = Legacy(tmp_path, "prod")
+    state = legacy.state()
+    assert state is not None and state.phase is Phase.FAILED and state.canary is not None and state.canary.image == "web:2"
+    assert state.last_checks[0].threshold_range is not None and state.last_checks[0].threshold_range.max == 1
+    assert [r.type for r in legacy.records()] == ["state", "up"] and legacy.records()[1].targets == ("route",)
+
+
+# --- the lease -----------------------------------------------------------------------------------
+
+
+def _lease(kube: FakeKube, duration: float = 15.0) -> Lease:
+    return Lease(kube, "shop", "web", duration=duration)  # type: ignore[arg-type]
+
+
+def _held_by(kube: FakeKube, host: str, pid: int, release: str, renewed: datetime) -> None:
+    stamp = renewed.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    kube._stamp({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                 "metadata": {"name": "canary-web", "namespace": "shop",
+                              "annotations": {"canary.dev/holder": json.dumps({"host": host, "pid": pid, "release": release, "acquired": stamp})}},
+                 "spec": {"holderIdentity": f"{host}/{pid}/{release}", "leaseDurationSeconds": 15, "acquireTime": stamp, "renewTime": stamp}})
+
+
+def test_a_second_release_is_refused_naming_the_holder_and_the_lease_is_given_up_at_the_end() -> None:
+    kube = FakeKube()
+    first = _lease(kube)
+    first.acquire("r1")
+    with pytest.raises(StackBusy, match=f"release r1 by pid {os.getpid()} on {socket.gethostname()}"):
+        _lease(kube).acquire("r2")
+    first.renew()
+    first.release()
+    holder = _lease(kube).holder()
+    assert holder is None
+    _lease(kube).acquire("r2")
+
+
+def test_a_lease_held_on_another_host_is_taken_over_once_expired_never_before() -> None:
+    kube = FakeKube()
+    _held_by(kube, "runner-7", 4242, "r1", datetime.now(UTC) - timedelta(seconds=5))
+    with pytest.raises(StackBusy, match="runner-7"):
+        _lease(kube).acquire("r1")  # even a resume of the same release waits for an alive holder
+    _held_by(kube, "runner-7", 4242, "r1", datetime.now(UTC) - timedelta(seconds=16))
+    previous = _lease(kube).acquire("r1")
+    assert previous is not None and previous.host == "runner-7" and previous.expired
+
+
+def test_a_refusal_by_a_holder_on_another_host_says_when_its_lease_runs_out() -> None:
+    """Nothing here can see another machine's process: the refusal says when the app can be taken over."""
+    kube = FakeKube()
+    _held_by(kube, "runner-7", 4242, "r1", datetime.now(UTC) - timedelta(seconds=5))
+    with pytest.raises(StackBusy, match=r"runner-7.*its lease expires in (9|10)s .*run the command again then") as resumed:
+        _lease(kube).acquire("r1")
+    assert "still running" in str(resumed.value)
+    with pytest.raises(StackBusy, match=r"is busy: .*runner-7.*expires in"):
+        _lease(kube).acquire("r2")
+    _held_by(kube, socket.gethostname(), os.getpid(), "r1", datetime.now(UTC))
+    with pytest.raises(StackBusy) as local:  # a live process of this host: it is running, no guess about expiry
+        _lease(kube).acquire("r2")
+    assert "expires" not in str(local.value)
+
+
+def test_a_release_refused_by_a_live_holder_changes_nothing_first(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """`canary release` from a second machine while another holds the app: refused naming the holder,
+    before the stack file is edited (it used to be edited first, and its `canary up` then refused)."""
+    from types import SimpleNamespace
+
+    from canary import api
+
+    kube = FakeKube()
+    _held_by(kube, "runner-7", 4242, "r1", datetime.now(UTC))
+
+    class Workspace:
+        name = "prod"
+
+        def app(self, name: str | None) -> str:
+            return "web"
+
+        def facts(self, name: str) -> Any:
+            return SimpleNamespace(stable=SimpleNamespace(image="web:1"))
+
+        def namespace(self, name: str) -> str:
+            return "shop"
+
+        def store(self, name: str, namespace: str) -> ReleaseStore:
+            return ReleaseStore(kube, namespace, name, "prod", Cache(tmp_path, "prod", name))  # type: ignore[arg-type]
+
+    ws = Workspace()
+    ws.kube = kube  # type: ignore[attr-defined]
+    monkeypatch.setattr(api, "open_stack", lambda *a, **k: ws)
+    monkeypatch.setattr(api, "_preflight", lambda *a, **k: None)
+    monkeypatch.setattr(api, "set_image", lambda *a, **k: pytest.fail("the stack file was edited"))
+    with pytest.raises(StackBusy, match=r"app web is busy: release r1 by pid 4242 on runner-7.*canary abort.*expires in") as refused:
+        api.release("prod", "web:2")
+    assert "canary resume" not in str(refused.value)
+
+
+def test_an_unfinished_release_whose_holder_runs_on_another_host_is_named_not_sent_to_resume(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from canary import api
+
+    kube = FakeKube()
+    state = records.parse_state({"release": "r1", "stack": "prod", "app": "web", "phase": "Progressing", "weight": 20})
+    ws = SimpleNamespace(kube=kube, name="prod", namespace=lambda name: "shop")
+    _held_by(kube, "runner-7", 4242, "r1", datetime.now(UTC))
+    with pytest.raises(StackBusy, match="is busy: release r1 by pid 4242 on runner-7") as running:
+        api._refuse_if_busy(ws, "web", state)  # type: ignore[arg-type]
+    assert "canary resume" not in str(running.value)
+    _held_by(kube, "runner-7", 4242, "r1", datetime.now(UTC) - timedelta(seconds=60))  # its machine is gone
+    with pytest.raises(StackBusy, match="unfinished release r1 in phase Progressing: run `canary resume prod --app web`"):
+        api._refuse_if_busy(ws, "web", state)  # type: ignore[arg-type]
+
+
+def test_a_lease_of_a_dead_process_of_this_host_is_taken_over_at_once() -> None:
+    kube = FakeKube()
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    _held_by(kube, socket.gethostname(), child.pid, "r1", datetime.now(UTC))
+    assert _lease(kube).acquire("r1") is not None
+
+
+def test_of_two_contenders_for_a_stale_lease_exactly_one_wins() -> None:
+    kube = FakeKube()
+    _held_by(kube, "runner-7", 4242, "r1", datetime.now(UTC) - timedelta(seconds=60))
+    outcomes: list[str] = []
+    barrier = threading.Barrier(2)
+    original = kube.get
+
+    def get_then_wait(*args: Any, **kwargs: Any) -> Any:
+        found = original(*args, **kwargs)
+        if args[1] == "Lease":
+            barrier.wait(timeout=5)  # both read the same resourceVersion before either writes
+        return found
+
+    kube.get = get_then_wait  # type: ignore[method-assign]
+
+    def contend() -> None:
+        try:
+            _lease(kube).acquire("r1")
+            outcomes.append("won")
+        except StackBusy:
+            outcomes.append("busy")
+
+    threads = [threading.Thread(target=contend) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+    assert sorted(outcomes) == ["busy", "won"]
+
+
+def test_a_lease_taken_by_someone_else_is_noticed_at_renewal() -> None:
+    kube = FakeKube()
+    mine = _lease(kube)
+    mine.acquire("r1")
+    _held_by(kube, "runner-9", 1, "r2", datetime.now(UTC))
+    mine.renew()
+    assert mine.lost is not None and "runner-9" in mine.lost

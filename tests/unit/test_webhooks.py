@@ -1,0 +1,380 @@
+"""Webhooks and alerts for real: the ``Caller`` (HTTP POSTs to a server on 127.0.0.1, local commands in
+their own process group) and the ``Delivery`` queue that informs event hooks and alerts off the release's thread."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from canary.adapters.webhooks import Caller
+from canary.core import notify
+from canary.core.records import HookResult, Phase, ReleaseState, TrackPin
+from canary.core.spec import Alert, ReleaseSpec, Severity, Webhook
+from canary.release.hooks import Delivery, payload
+from tests.unit.support import BOUND_S, Receiver, http_receiver, poll, refused_url
+
+pytestmark = pytest.mark.timeout(60)
+
+
+# --- fixtures -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    with http_receiver() as r:
+        yield r
+
+
+def hook(**fields: Any) -> Webhook:
+    return Webhook.model_validate({"name": "x", "type": "rollout", "timeout": "5s", **fields})
+
+
+def spec() -> ReleaseSpec:
+    return ReleaseSpec.model_validate({
+        "app": {"name": "web", "namespace": "shop", "image": "registry.example.com/shop/web:1.0.0"},
+        "gateway": {"parentRefs": [{"name": "public"}]},
+        "analysis": {"stepWeight": 10, "maxWeight": 50},
+    })
+
+
+def state() -> ReleaseState:
+    return ReleaseState(
+        release="20261202T101500-4711", stack="prod", app="web", namespace="shop", phase=Phase.PROGRESSING, weight=20,
+        stable=TrackPin(template={}, hash="aaaa", image="registry.example.com/shop/web:1.0.0"),
+        canary=TrackPin(template={}, hash="bbbb", image="registry.example.com/shop/web:2.0.0"),
+    )
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes of process group ``pgid``, read from /proc."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()  # state, ppid, pgrp, ...
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            members.append(int(entry.name))
+    return members
+
+
+def wait_for_pid(path: Path) -> int:
+    assert poll(lambda: path.exists() and path.read_text().strip().isdigit()), f"the command did not write {path}"
+    return int(path.read_text())
+
+
+# --- HTTP hooks -----------------------------------------------------------------------------------
+
+
+def test_an_http_hook_posts_the_flagger_payload_and_a_2xx_is_a_success(receiver: Receiver) -> None:
+    gate = hook(name="load-test", type="confirm-promotion", url=receiver.url + "/gate", metadata={"cmd": "hey"})
+    result = Caller().call(gate, payload(gate, spec(), state()))
+    assert result.ok, result
+    assert (result.name, result.type) == ("load-test", "confirm-promotion")
+    assert result.detail == f"POST {receiver.url}/gate answered 200"
+    (request,) = receiver.wait_for(1)
+    assert (request.method, request.path) == ("POST", "/gate")
+    assert request.headers["content-type"] == "application/json"
+    assert request.json() == {
+        "name": "web", "namespace": "shop", "phase": "Progressing", "weight": 20, "release": "20261202T101500-4711",
+        "type": "confirm-promotion", "metadata": {"cmd": "hey"},
+        "canaryImage": "registry.example.com/shop/web:2.0.0", "stableImage": "registry.example.com/shop/web:1.0.0",
+    }
+
+
+@pytest.mark.parametrize("status", [201, 204])
+def test_any_2xx_answer_is_a_success(receiver: Receiver, status: int) -> None:
+    receiver.status = status
+    assert Caller().call(hook(url=receiver.url), {}).ok
+
+
+@pytest.mark.parametrize("status", [500, 404, 302])
+def test_a_non_2xx_answer_is_a_failure_naming_the_status(receiver: Receiver, status: int) -> None:
+    receiver.status = status
+    result = Caller().call(hook(url=receiver.url), {"a": 1})
+    assert not result.ok
+    assert result.detail.endswith(f"answered {status}")
+
+
+def test_a_receiver_that_never_answers_is_cut_at_the_hooks_timeout(receiver: Receiver) -> None:
+    receiver.hang = True
+    started = time.monotonic()
+    result = Caller().call(hook(url=receiver.url, timeout="1s"), {})
+    took = time.monotonic() - started
+    assert receiver.arrived.is_set()  # the request was taken, and no answer came
+    assert not result.ok
+    assert "timed out after 1s" in result.detail
+    assert 0.9 <= took < 3.0, took
+    assert 0.9 <= result.seconds < 3.0
+
+
+def test_a_refused_connection_is_a_failure_not_an_exception() -> None:
+    url = refused_url()
+    result = Caller().call(hook(url=url), {})
+    assert not result.ok
+    assert result.detail == f"POST {url} failed: ConnectionError"
+
+
+def test_a_cancel_abandons_a_hanging_http_call_at_once(receiver: Receiver) -> None:
+    receiver.hang = True
+    cancel = threading.Event()
+    results: list[HookResult] = []
+    worker = threading.Thread(target=lambda: results.append(Caller().call(hook(url=receiver.url, timeout="30s"), {}, cancel)), daemon=True)
+    worker.start()
+    assert receiver.arrived.wait(BOUND_S)
+    cancel.set()
+    cancelled = time.monotonic()
+    worker.join(BOUND_S)
+    assert time.monotonic() - cancelled < 0.5
+    assert not results[0].ok and "abandoned" in results[0].detail
+
+
+# --- command hooks --------------------------------------------------------------------------------
+
+
+def test_a_command_that_exits_0_succeeds_and_sees_its_name_and_type_in_the_environment() -> None:
+    result = Caller().call(hook(name="smoke", cmd="""sh -c 'test "$CANARY_WEBHOOK" = smoke && test "$CANARY_WEBHOOK_TYPE" = rollout'"""), {})
+    assert result.ok, result
+    assert result.detail.endswith("exited 0")
+
+
+def test_a_command_that_fails_reports_its_status_and_the_tail_of_its_output() -> None:
+    result = Caller().call(hook(cmd="sh -c 'echo one; echo two; echo three >&2; echo four; exit 3'"), {})
+    assert not result.ok
+    assert "exited 3" in result.detail
+    # the last three lines, stderr included, in order; the first is cut
+    assert result.detail.endswith("exited 3: two | three | four")
+
+
+def test_a_command_that_cannot_start_is_a_failure() -> None:
+    missing = Caller().call(hook(cmd="/nonexistent/load-tester --go"), {})
+    assert not missing.ok and "could not start" in missing.detail
+    unbalanced = Caller().call(hook(cmd="sh -c 'echo"), {})
+    assert not unbalanced.ok and "could not start" in unbalanced.detail
+
+
+def test_a_command_past_its_timeout_is_killed_with_its_whole_process_group(tmp_path: Path) -> None:
+    pidfile = tmp_path / "pgid"
+    # a shell that starts a child and waits on another: both must go
+    cmd = f"sh -c 'echo $$ > {pidfile}; sleep 30 & sleep 30; wait'"
+    started = time.monotonic()
+    result = Caller().call(hook(cmd=cmd, timeout="1s"), {})
+    took = time.monotonic() - started
+    assert not result.ok
+    assert "timed out after 1s and was killed" in result.detail
+    assert 0.9 <= took < 3.0, took
+    pgid = wait_for_pid(pidfile)
+    assert poll(lambda: not group_members(pgid), timeout=2.0), f"left running: {group_members(pgid)}"
+
+
+def test_a_cancel_kills_a_running_command_within_half_a_second(tmp_path: Path) -> None:
+    pidfile = tmp_path / "pgid"
+    cancel = threading.Event()
+    results: list[HookResult] = []
+    target = hook(cmd=f"sh -c 'echo $$ > {pidfile}; sleep 30 & sleep 30; wait'", timeout="60s")
+    worker = threading.Thread(target=lambda: results.append(Caller().call(target, {}, cancel)), daemon=True)
+    worker.start()
+    pgid = wait_for_pid(pidfile)
+    assert group_members(pgid)
+    cancel.set()
+    cancelled = time.monotonic()
+    worker.join(BOUND_S)
+    assert not worker.is_alive()
+    assert time.monotonic() - cancelled < 0.5
+    assert not results[0].ok and "was cancelled with the release and was killed" in results[0].detail
+    assert poll(lambda: not group_members(pgid), timeout=2.0), f"left running: {group_members(pgid)}"
+
+
+def test_start_and_finish_kill_a_command_at_the_deadline_given() -> None:
+    caller = Caller()
+    target = hook(cmd="sleep 30", timeout="1h")
+    process = caller.start(target)
+    assert process.poll() is None
+    started = time.monotonic()
+    result = caller.finish(target, process, started + 0.3)
+    took = time.monotonic() - started
+    assert not result.ok and "was killed" in result.detail
+    assert 0.25 <= took < 2.0, took
+    assert process.returncode is not None and process.returncode < 0  # killed by a signal, and reaped
+    assert not group_members(process.pid)
+
+
+def test_finish_collects_a_command_that_ends_before_its_deadline() -> None:
+    caller = Caller()
+    target = hook(cmd="sh -c 'echo done'")
+    process = caller.start(target)
+    result = caller.finish(target, process, time.monotonic() + BOUND_S)
+    assert result.ok and result.detail.endswith("exited 0")
+    assert result.seconds < BOUND_S
+
+
+# --- alerts ---------------------------------------------------------------------------------------
+
+
+SECRET_PATH = "/services/T000/B000/xoxb-do-not-leak"
+
+
+def alert(url: str, kind: str = "slack", **fields: Any) -> Alert:
+    return Alert.model_validate({"name": "team", "type": kind, "url": url, **fields})
+
+
+@pytest.mark.parametrize("kind", ["slack", "msteams"])
+def test_an_alert_posts_the_chat_message_to_its_url_and_never_names_the_url(receiver: Receiver, kind: str) -> None:
+    target = alert(receiver.url + SECRET_PATH, kind, channel="#releases")
+    body = notify.message(target, spec(), state(), "web: weight 20", Severity.WARN)
+    result = Caller().alert(target, body)
+    assert result.ok, result
+    assert (result.name, result.type) == ("team", f"alert:{kind}")
+    (request,) = receiver.wait_for(1)
+    assert (request.method, request.path) == ("POST", SECRET_PATH)
+    assert request.json() == body
+    assert "do-not-leak" not in result.detail and str(receiver.port) not in result.detail
+
+
+def test_a_discord_alert_goes_to_the_slack_compatible_endpoint(receiver: Receiver) -> None:
+    target = alert(receiver.url + "/api/webhooks/42/tok-do-not-leak", "discord")
+    body = notify.message(target, spec(), state(), "promoted", Severity.INFO)
+    result = Caller().alert(target, body)
+    assert result.ok, result
+    (request,) = receiver.wait_for(1)
+    assert request.path == "/api/webhooks/42/tok-do-not-leak/slack"
+    assert request.json()["attachments"][0]["text"] == "promoted"
+    assert "do-not-leak" not in result.detail
+
+
+@pytest.mark.parametrize("how", ["refused", "500", "hangs"])
+def test_a_failed_alert_says_so_without_the_url(receiver: Receiver, how: str) -> None:
+    url = refused_url() if how == "refused" else receiver.url
+    receiver.status = 500
+    receiver.hang = how == "hangs"
+    target = alert(url + SECRET_PATH, timeout="1s")
+    started = time.monotonic()
+    result = Caller().alert(target, notify.message(target, spec(), state(), "rolled back", Severity.ERROR))
+    assert not result.ok
+    assert time.monotonic() - started < 3.0
+    assert "do-not-leak" not in result.detail and "127.0.0.1" not in result.detail
+    assert result.detail.startswith("slack alert ")
+
+
+# --- the delivery queue ---------------------------------------------------------------------------
+
+
+class Calls:
+    """Calls handed to a Delivery: each records its name and thread; ``blocker`` holds the first one."""
+
+    def __init__(self) -> None:
+        self.done: list[str] = []
+        self.threads: set[int] = set()
+        self.started = threading.Event()
+        self.blocker = threading.Event()
+        self.failures: list[HookResult] = []
+        self.all_done = threading.Event()
+        self.expected = 0
+
+    def call(self, name: str, ok: bool = True, block: bool = False) -> Any:
+        def run() -> HookResult:
+            self.threads.add(threading.get_ident())
+            self.started.set()
+            if block:
+                self.blocker.wait(BOUND_S)
+            self.done.append(name)
+            if len(self.done) == self.expected:
+                self.all_done.set()
+            return HookResult(name, "event", ok, 0.0, f"{name} {'ok' if ok else 'failed'}")
+
+        return run
+
+
+def test_delivery_calls_in_order_off_the_callers_thread_and_reports_failures() -> None:
+    calls = Calls()
+    delivery = Delivery(on_failure=calls.failures.append)
+    names = [f"hook-{i}" for i in range(20)]
+    calls.expected = len(names)
+    for i, name in enumerate(names):
+        delivery.put(name, "event", calls.call(name, ok=i != 7))
+    assert calls.all_done.wait(BOUND_S)
+    assert calls.done == names
+    assert threading.get_ident() not in calls.threads and len(calls.threads) == 1
+    assert delivery.close(BOUND_S) == 0
+    assert [f.detail for f in calls.failures] == ["hook-7 failed"]
+
+
+def test_put_never_blocks_and_drops_past_its_limit() -> None:
+    calls = Calls()
+    delivery = Delivery(on_failure=calls.failures.append, limit=2)
+    delivery.put("slow", "event", calls.call("slow", block=True))
+    assert calls.started.wait(BOUND_S)  # the worker is inside the first call
+    started = time.monotonic()
+    delivery.put("a", "event", calls.call("a"))
+    delivery.put("b", "event", calls.call("b"))
+    delivery.put("c", "event", calls.call("c"))  # the queue holds 2: dropped, reported at once
+    assert time.monotonic() - started < 0.5
+    assert [(f.name, f.ok) for f in calls.failures] == [("c", False)]
+    assert "dropped" in calls.failures[0].detail
+    calls.expected = 3
+    calls.blocker.set()
+    assert calls.all_done.wait(BOUND_S)
+    assert calls.done == ["slow", "a", "b"]
+    assert delivery.close(BOUND_S) == 0
+
+
+def test_close_reports_what_was_left_one_failure_per_receiver() -> None:
+    calls = Calls()
+    delivery = Delivery(on_failure=calls.failures.append)
+    delivery.put("chat", "alert:slack", calls.call("chat", block=True))
+    assert calls.started.wait(BOUND_S)
+    delivery.put("audit", "event", calls.call("audit"))
+    delivery.put("audit", "event", calls.call("audit"))
+    delivery.put("chat", "alert:slack", calls.call("chat"))
+    started = time.monotonic()
+    left = delivery.close(0.3)
+    assert 0.25 <= time.monotonic() - started < 2.0
+    assert left == 4
+    reported = sorted((f.name, f.type, f.ok, f.detail) for f in calls.failures)
+    assert reported == [
+        ("audit", "event", False, "2 calls not delivered within 0.3s of the release's end"),
+        ("chat", "alert:slack", False, "2 calls not delivered within 0.3s of the release's end"),
+    ]
+    # the hanging call ends later: nothing more is reported, nothing more is called
+    calls.blocker.set()
+    assert poll(lambda: calls.done == ["chat"], timeout=2.0)
+    assert len(calls.failures) == 2
+
+
+def test_close_without_anything_put_returns_at_once() -> None:
+    delivery = Delivery(on_failure=lambda result: pytest.fail(f"unexpected failure {result}"))
+    started = time.monotonic()
+    assert delivery.close(5.0) == 0
+    assert time.monotonic() - started < 0.1
+
+
+def test_event_hooks_and_alerts_go_through_the_delivery_to_real_receivers(receiver: Receiver) -> None:
+    """The path a release uses: Hooks.event puts an event hook's call and an alert on the queue."""
+    from canary.release.hooks import Hooks
+    from canary.release.ports import Clock
+
+    release_spec = ReleaseSpec.model_validate({
+        **spec().model_dump(by_alias=True, exclude_none=True, mode="json", exclude={"analysis"}),
+        "analysis": {"stepWeight": 10, "maxWeight": 50,
+                     "webhooks": [{"name": "audit", "type": "event", "url": receiver.url + "/event"}],
+                     "alerts": [{"name": "team", "type": "slack", "url": receiver.url + SECRET_PATH, "severity": "warn"}]},
+    })
+    results: list[tuple[Any, HookResult, Any]] = []
+    hooks = Hooks(Caller(), release_spec, Clock(), threading.Event(), lambda s, r, w: results.append((s, r, w)))
+    hooks.event(state(), "weight 20", Severity.INFO)  # the alert admits warn and up: only the event hook
+    hooks.event(state(), "rolling back", Severity.ERROR)
+    requests = receiver.wait_for(3)
+    assert hooks.close(BOUND_S) == 0
+    assert [r.path for r in requests] == ["/event", "/event", SECRET_PATH]
+    assert [r.json()["message"] for r in requests[:2]] == ["weight 20", "rolling back"]
+    assert requests[2].json()["attachments"][0]["text"] == "rolling back"
+    assert results == []  # nothing failed
+

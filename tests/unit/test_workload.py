@@ -1,0 +1,341 @@
+"""The workload (canary.core.workload): a pod template checked against the Kubernetes schema,
+its main container, the config it reads, its hash, and its shape for each track."""
+
+from __future__ import annotations
+
+import copy
+import re
+from typing import Any
+
+import pytest
+
+from canary.core import naming, workload
+from canary.core.naming import Track
+from tests.helpers import pod_template
+
+IMAGE = "registry.example.com/shop/web:1.0.0"
+
+
+def _full_template() -> dict[str, Any]:
+    """A template reading config in every way a pod can."""
+    return {
+        "metadata": {"labels": {"app": "web", "app.kubernetes.io/name": "web", "tier": "front"}, "annotations": {"prometheus.io/scrape": "true"}},
+        "spec": {
+            "initContainers": [{"name": "migrate", "image": "registry.example.com/shop/migrate:1", "envFrom": [{"secretRef": {"name": "migrations"}}]}],
+            "containers": [
+                {"name": "proxy", "image": "envoy:1.30", "envFrom": [{"configMapRef": {"name": "proxy-config"}}]},
+                {
+                    "name": "web",
+                    "image": IMAGE,
+                    "env": [
+                        {"name": "PLAIN", "value": "x"},
+                        {"name": "MODE", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "mode"}}},
+                        {"name": "PASSWORD", "valueFrom": {"secretKeyRef": {"name": "db", "key": "password"}}},
+                        {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                    ],
+                },
+            ],
+            "volumes": [
+                {"name": "files", "configMap": {"name": "static-files"}},
+                {"name": "tls", "secret": {"secretName": "web-tls"}},
+                {"name": "bundle", "projected": {"sources": [{"configMap": {"name": "bundle-a"}}, {"secret": {"name": "bundle-b"}}, {"downwardAPI": {"items": []}}]}},
+                {"name": "scratch", "emptyDir": {}},
+            ],
+        },
+    }
+
+
+# --- check --------------------------------------------------------------------------------------
+
+
+def test_a_valid_template_has_no_problems() -> None:
+    assert workload.check(_full_template(), "app.template") == []
+    assert workload.check(pod_template(), "t") == []
+
+
+@pytest.mark.parametrize(
+    ("template", "field", "rule", "shown"),
+    [
+        # unknown fields, with the likely intended one when it is one edit away or differs in case
+        (pod_template(imgae="x:1"), "t.spec.containers[0].imgae", "is not a field of Container (did you mean image?)", "'x:1'"),
+        (pod_template(volumeMount=[]), "t.spec.containers[0].volumeMount", "is not a field of Container (did you mean volumeMounts?)", "[]"),
+        (pod_template(Image="x:1"), "t.spec.containers[0].Image", "is not a field of Container (did you mean image?)", "'x:1'"),
+        (pod_template(imagePullPolicyy="Always"), "t.spec.containers[0].imagePullPolicyy", "(did you mean imagePullPolicy?)", "'Always'"),
+        (pod_template(sidecar={"image": "x"}), "t.spec.containers[0].sidecar", "is not a field of Container", "a mapping of image"),
+        ({"spec": {"containers": [{"name": "web"}], "volumes": [{"name": "v", "configmap": {}}]}}, "t.spec.volumes[0].configmap", "is not a field of Volume (did you mean configMap?)", "a mapping of nothing"),
+        ({"metadata": {"label": {}}, "spec": {"containers": [{"name": "web"}]}}, "t.metadata.label", "is not a field of ObjectMeta (did you mean labels?)", "a mapping of nothing"),
+        ({"template": {}}, "t.template", "is not a field of PodTemplateSpec", "a mapping of nothing"),
+        # deep in lists and maps
+        (pod_template(env=[{"name": "A", "value": "1"}, {"name": "B", "valueFrom": {"configMapKeyRef": {"nme": "settings", "key": "b"}}}]),
+         "t.spec.containers[0].env[1].valueFrom.configMapKeyRef.nme", "is not a field of ConfigMapKeySelector (did you mean name?)", "'settings'"),
+        (pod_template(env=[{"name": "B", "valueFrom": {"configMapKeyRef": {"name": "settings"}}}]), "t.spec.containers[0].env[0].valueFrom.configMapKeyRef.key", "is required", "nothing"),
+        ({"spec": {"containers": [{"name": "web"}], "nodeSelector": {"disk": 1}}}, "t.spec.nodeSelector.disk", "must be a string", "1"),
+        (pod_template(resources={"limits": {"cpu": 1}}), "t.spec.containers[0].resources.limits.cpu", "must be a string", "1"),
+        # wrong types
+        (pod_template(ports=[{"containerPort": "8080"}]), "t.spec.containers[0].ports[0].containerPort", "must be an integer", "'8080'"),
+        (pod_template(ports=[{"containerPort": True}]), "t.spec.containers[0].ports[0].containerPort", "must be an integer", "True"),
+        (pod_template(ports={"http": 8080}), "t.spec.containers[0].ports", "must be a list", "a mapping of http"),
+        (pod_template(args="--fast"), "t.spec.containers[0].args", "must be a list", "'--fast'"),
+        (pod_template(args=["--fast", 2]), "t.spec.containers[0].args[1]", "must be a string", "2"),
+        (pod_template(stdin="yes"), "t.spec.containers[0].stdin", "must be a boolean", "'yes'"),
+        ({"spec": {"containers": [{"name": "web"}], "volumes": [{"name": "v", "configMap": "settings"}]}}, "t.spec.volumes[0].configMap", "must be a mapping", "'settings'"),
+        ({"spec": ["web"]}, "t.spec", "must be a mapping", "['web']"),
+        ({"spec": {"containers": {"web": {}}}}, "t.spec.containers", "must be a list", "a mapping of web"),
+        ({"spec": {"containers": [None]}}, "t.spec.containers[0]", "must be a mapping", "None"),
+        # required fields
+        ({"spec": {"containers": [{"image": IMAGE}]}}, "t.spec.containers[0].name", "is required", "nothing"),
+        ({"spec": {}}, "t.spec.containers", "is required", "nothing"),
+        # values are shown short
+        (pod_template(command="x" * 200), "t.spec.containers[0].command", "must be a list", "'" + "x" * 76 + "..."),
+    ],
+)
+def test_check_names_the_path_of_every_problem(template: dict[str, Any], field: str, rule: str, shown: str) -> None:
+    problems = workload.check(template, "t")
+    matching = [p for p in problems if p.field == field]
+    assert matching, f"{field} not among {[str(p) for p in problems]}"
+    assert rule in matching[0].rule and shown in matching[0].value
+
+
+def test_check_reports_every_problem_and_suggests_only_near_names() -> None:
+    problems = workload.check(pod_template(zzzz=1, imagePullPolicy=3, ports=[{"containerPort": "x", "protocl": "TCP"}]), "t")
+    assert {p.field: p.rule for p in problems} == {
+        "t.spec.containers[0].zzzz": "is not a field of Container",
+        "t.spec.containers[0].imagePullPolicy": "must be a string",
+        "t.spec.containers[0].ports[0].containerPort": "must be an integer",
+        "t.spec.containers[0].ports[0].protocl": "is not a field of ContainerPort (did you mean protocol?)",
+    }
+
+
+def test_check_skips_null_values() -> None:
+    assert workload.check({"metadata": None, "spec": {"containers": [{"name": "web", "image": None}]}}, "t") == []
+
+
+@pytest.mark.parametrize(
+    ("value", "kind", "expected"),
+    [
+        ({"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 60}}}, "V2MetricSpec", []),
+        ({"resource": {"name": "cpu", "target": {"type": "Utilization"}}}, "V2MetricSpec", [("m.type", "is required")]),
+        ({"type": "Pods", "pods": {"metric": {"name": "rps"}, "target": {"type": "AverageValue", "averageValu": "10"}}}, "V2MetricSpec",
+         [("m.pods.target.averageValu", "is not a field of MetricTarget (did you mean averageValue?)")]),
+        ({"scaleDown": {"stabilizationWindowSeconds": 300, "policies": [{"type": "Pods", "value": 1, "periodSeconds": "60"}]}}, "V2HorizontalPodAutoscalerBehavior",
+         [("m.scaleDown.policies[0].periodSeconds", "must be an integer")]),
+    ],
+)
+def test_check_takes_other_kubernetes_kinds(value: dict[str, Any], kind: str, expected: list[tuple[str, str]]) -> None:
+    assert [(p.field, p.rule) for p in workload.check(value, "m", kind)] == expected
+
+
+# --- the main container --------------------------------------------------------------------------
+
+
+def test_the_main_container_is_the_one_named_like_the_app_else_the_first() -> None:
+    template = _full_template()
+    assert workload.main_container(template, "web")["name"] == "web"
+    assert workload.main_container(template, "shop")["name"] == "proxy"
+    assert workload.main_container(template, "web", "proxy")["name"] == "proxy"
+    assert workload.image(template, "web") == IMAGE
+    assert workload.image(template, "web", "proxy") == "envoy:1.30"
+
+
+@pytest.mark.parametrize(
+    ("template", "name", "missing"),
+    [
+        (_full_template(), "sidecar", "sidecar"),
+        ({"spec": {"containers": []}}, None, "web"),
+        ({"spec": {}}, None, "web"),
+        ({}, None, "web"),
+        ({"spec": None}, None, "web"),
+        ({"spec": {"containers": "web"}}, None, "web"),
+    ],
+)
+def test_no_such_main_container_is_a_key_error(template: dict[str, Any], name: str | None, missing: str) -> None:
+    with pytest.raises(KeyError, match=missing):
+        workload.main_container(template, "web", name)
+
+
+def test_with_image_changes_the_main_container_of_a_copy() -> None:
+    template = _full_template()
+    before = copy.deepcopy(template)
+    changed = workload.with_image(template, "web", "registry.example.com/shop/web:2.0.0")
+    assert template == before
+    assert workload.image(changed, "web") == "registry.example.com/shop/web:2.0.0"
+    assert workload.image(changed, "web", "proxy") == "envoy:1.30"
+    assert workload.image(workload.with_image(template, "web", "envoy:1.31", "proxy"), "web", "proxy") == "envoy:1.31"
+
+
+# --- the config a template reads ----------------------------------------------------------------
+
+
+def test_referenced_finds_volumes_projected_sources_env_from_and_value_from() -> None:
+    assert workload.referenced(_full_template()) == {
+        "configMap": {"proxy-config", "settings", "static-files", "bundle-a"},
+        "secret": {"migrations", "db", "web-tls", "bundle-b"},
+    }
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        {},
+        pod_template(),
+        {"spec": {"containers": [{"name": "web", "env": [{"name": "A", "valueFrom": {"fieldRef": {"fieldPath": "x"}}}]}], "volumes": [{"name": "e", "emptyDir": {}}]}},
+        {"spec": {"containers": [{"name": "web", "envFrom": [{"configMapRef": {}}]}]}},  # no name: nothing to find
+        # shapes check() refuses are read as empty, never a crash
+        {"spec": {"containers": [{"name": "web", "envFrom": [{"configMapRef": None}], "env": [{"name": "A", "valueFrom": "x"}]}], "volumes": [None, {"name": "v", "configMap": "settings"}]}},
+        {"spec": ["web"]},
+    ],
+)
+def test_referenced_finds_nothing_where_there_is_nothing(template: dict[str, Any]) -> None:
+    assert workload.referenced(template) == {"configMap": set(), "secret": set()}
+
+
+def test_rename_references_points_every_reference_at_the_copies() -> None:
+    template = _full_template()
+    before = copy.deepcopy(template)
+    config_maps = {name: f"{name}-0123456789" for name in ("proxy-config", "settings", "static-files", "bundle-a")}
+    secrets = {name: f"{name}-abcdefabcd" for name in ("migrations", "db", "web-tls", "bundle-b")}
+    renamed = workload.rename_references(template, config_maps, secrets)
+    assert template == before
+    assert workload.referenced(renamed) == {"configMap": set(config_maps.values()), "secret": set(secrets.values())}
+    spec = renamed["spec"]
+    assert spec["volumes"][1]["secret"] == {"secretName": "web-tls-abcdefabcd"}
+    assert spec["containers"][1]["env"][1]["valueFrom"]["configMapKeyRef"] == {"name": "settings-0123456789", "key": "mode"}
+    assert spec["containers"][1]["env"][0] == {"name": "PLAIN", "value": "x"}
+
+
+def test_rename_references_leaves_names_it_is_not_given() -> None:
+    renamed = workload.rename_references(_full_template(), {"settings": "settings-1"}, {})
+    assert workload.referenced(renamed) == {
+        "configMap": {"proxy-config", "settings-1", "static-files", "bundle-a"},
+        "secret": {"migrations", "db", "web-tls", "bundle-b"},
+    }
+
+
+# --- hashes -------------------------------------------------------------------------------------
+
+
+def test_content_hash_does_not_depend_on_order() -> None:
+    a = workload.content_hash({"data": {"mode": "fast", "level": "info"}, "binaryData": {}})
+    b = workload.content_hash({"binaryData": {}, "data": {"level": "info", "mode": "fast"}})
+    assert a == b and re.fullmatch(r"[0-9a-f]{64}", a)
+    assert workload.content_hash({"data": {"mode": "slow", "level": "info"}}) != workload.content_hash({"data": {"mode": "fast", "level": "info"}})
+
+
+CONFIG = {"configMap/settings": "a" * 64, "secret/db": "b" * 64}
+
+
+def test_the_template_hash_is_stable_for_the_same_template_and_config() -> None:
+    first = workload.template_hash(_full_template(), CONFIG)
+    assert re.fullmatch(r"[0-9a-f]{16}", first)
+    assert workload.template_hash(copy.deepcopy(_full_template()), dict(reversed(list(CONFIG.items())))) == first
+
+
+def test_the_template_hash_ignores_canarys_own_labels_and_annotations() -> None:
+    template = _full_template()
+    marked = copy.deepcopy(template)
+    marked["metadata"]["labels"].update({naming.APP_LABEL: "web", naming.TRACK_LABEL: "canary"})
+    marked["metadata"]["annotations"][naming.HASH_ANNOTATION] = "0123456789abcdef"
+    assert workload.template_hash(marked, CONFIG) == workload.template_hash(template, CONFIG)
+    assert workload.strip(marked) == template
+
+
+def test_strip_drops_metadata_that_only_held_canarys_marks() -> None:
+    bare = pod_template()
+    del bare["metadata"]
+    marked = {**copy.deepcopy(bare), "metadata": {"labels": {naming.TRACK_LABEL: "stable"}, "annotations": {naming.HASH_ANNOTATION: "x"}}}
+    assert workload.strip(marked) == bare
+    assert workload.template_hash(marked) == workload.template_hash(bare)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda t, c: t["spec"]["containers"][1].update(image="registry.example.com/shop/web:2.0.0"),
+        lambda t, c: t["metadata"]["labels"].update(tier="back"),
+        lambda t, c: t["metadata"]["annotations"].update({"prometheus.io/port": "9090"}),
+        lambda t, c: t["spec"]["containers"][1]["env"].append({"name": "NEW", "value": "1"}),
+        lambda t, c: c.update({"configMap/settings": "c" * 64}),  # a ConfigMap's content changed
+        lambda t, c: c.update({"configMap/extra": "d" * 64}),
+        lambda t, c: c.pop("secret/db"),
+    ],
+    ids=["image", "label", "annotation", "env", "config-map-content", "config-added", "config-removed"],
+)
+def test_the_template_hash_changes_with_the_template_or_its_config(change: Any) -> None:
+    template, config = _full_template(), dict(CONFIG)
+    before = workload.template_hash(template, config)
+    change(template, config)
+    assert workload.template_hash(template, config) != before
+
+
+# --- each track's template ------------------------------------------------------------------------
+
+
+def test_the_canary_track_suffixes_the_app_wide_selector_labels() -> None:
+    template = _full_template()
+    template["metadata"]["labels"]["name"] = "web"
+    before = copy.deepcopy(template)
+    canary = workload.for_track(template, "web", Track.CANARY, "0123456789abcdef")
+    assert template == before
+    assert canary["metadata"]["labels"] == {
+        "app": "web-canary",
+        "name": "web-canary",
+        "app.kubernetes.io/name": "web-canary",
+        "tier": "front",
+        naming.APP_LABEL: "web",
+        naming.TRACK_LABEL: "canary",
+        "app.kubernetes.io/managed-by": "canary",
+    }
+    assert canary["metadata"]["annotations"] == {"prometheus.io/scrape": "true", naming.HASH_ANNOTATION: "0123456789abcdef"}
+    assert canary["spec"] == template["spec"]
+    assert workload.declared_hash(canary) == "0123456789abcdef"
+
+
+def test_the_stable_track_keeps_the_templates_labels() -> None:
+    stable = workload.for_track(_full_template(), "web", Track.STABLE, "fedcba9876543210")
+    assert stable["metadata"]["labels"] == {
+        "app": "web",
+        "app.kubernetes.io/name": "web",
+        "tier": "front",
+        naming.APP_LABEL: "web",
+        naming.TRACK_LABEL: "stable",
+        "app.kubernetes.io/managed-by": "canary",
+    }
+    assert workload.declared_hash(stable) == "fedcba9876543210"
+
+
+def test_for_track_on_a_template_without_metadata() -> None:
+    bare = {"spec": {"containers": [{"name": "web", "image": IMAGE}]}}
+    canary = workload.for_track(bare, "web", Track.CANARY, "h")
+    assert canary["metadata"] == {"labels": {naming.APP_LABEL: "web", naming.TRACK_LABEL: "canary", "app.kubernetes.io/managed-by": "canary"},
+                                  "annotations": {naming.HASH_ANNOTATION: "h"}}
+    assert workload.declared_hash(bare) is None
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("web", "web-canary"), ("web-canary", "web-canary"), ("a" * 63, "a" * 56 + "-canary"), ("a" * 55 + ".b", "a" * 55 + ".-canary")],
+)
+def test_canary_label_values_stay_valid_label_values(value: str, expected: str) -> None:
+    labels = workload.for_track({"metadata": {"labels": {"app": value}}}, "web", Track.CANARY, "h")["metadata"]["labels"]
+    assert labels["app"] == expected
+    assert len(labels["app"]) <= 63 and re.fullmatch(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?", labels["app"])
+
+
+# --- the canary's size ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("replicas", "weight", "fixed", "expected"),
+    [(4, 10, None, 1), (4, 25, None, 1), (4, 30, None, 2), (10, 50, None, 5), (3, 50, None, 2), (10, 100, None, 10), (1, 1, None, 1), (100, 0, None, 1), (4, 50, 3, 3), (4, 0, 1, 1)],
+)
+def test_canary_replicas_is_ceil_at_least_one_or_fixed(replicas: int, weight: int, fixed: int | None, expected: int) -> None:
+    assert workload.canary_replicas(replicas, weight, fixed) == expected
+
+
+def test_a_request_above_its_limit_is_refused_before_the_api_server_does() -> None:
+    template = pod_template()
+    template["spec"]["containers"][0]["resources"] = {"requests": {"cpu": "1500m", "memory": "1Gi"}, "limits": {"cpu": "1", "memory": "1024Mi"}}
+    problems = workload.check(template, "app.template")
+    assert [(p.field, p.rule.split(":")[0]) for p in problems] == [("app.template.spec.containers[0].resources.requests.cpu", "must not be above its limit (1)")]
+    template["spec"]["containers"][0]["resources"]["requests"]["cpu"] = "0.5"
+    assert workload.check(template, "app.template") == []
