@@ -1,155 +1,166 @@
-"""The lab for end-to-end tests: started once per session; a test that needs it fails (never skips) when it cannot start.
+"""The lab for end-to-end tests: started once; a test that needs it fails (never skips) when it cannot start.
 
-Each test gets its own stack and namespace in a temporary copy of the project,
-so that tests never touch the repository's stack files and never see each
-other's resources; the stack is destroyed afterwards.
+Every test here carries the ``lab`` marker. Each test releases on a stack and a
+namespace of its own, in a temporary copy of the project, so tests run in
+parallel (pytest-xdist) without seeing each other's resources; the stack is
+destroyed afterwards. A test marked ``disruptive`` (it stops a lab component,
+or the whole lab) holds the lab alone: the others hold a shared lock on it,
+the disruptive ones an exclusive one, and restore the lab before they let go.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
 import shutil
-import subprocess
-import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
 
 import pytest
-import requests
-import yaml
 
-from canary.errors import LabError
-from canary.kube import ClusterReader, Kube
+from canary import api
+from canary.adapters import stackfile
+from canary.adapters.kube import Kube
+from canary.adapters.stack import Stack
+from canary.errors import CanaryError, LabError
 from canary.lab import cluster
 from canary.lab.layout import Layout
-from canary.stack import Stack
 from tests.conftest import ROOT
+from tests.lab.helpers import LabStack, descendants, host
 
-T = TypeVar("T")
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.lab)
+
+
+def _lock_file(layout: Layout, name: str = "tests.lock") -> int:
+    layout.dir.mkdir(parents=True, exist_ok=True)
+    return os.open(layout.dir / name, os.O_RDWR | os.O_CREAT, 0o600)
 
 
 @pytest.fixture(scope="session")
-def lab() -> Layout:
-    layout = Layout.default()
+def lab_layout() -> Layout:
+    layout = Layout.for_project(ROOT)
+    fd = _lock_file(layout)
     try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # one worker starts what is missing, the others find it running
         cluster.up(layout, say=lambda line: None)
     except LabError as exc:
         pytest.fail(f"the lab could not start: {exc}", pytrace=False)
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
     return layout
 
 
-@dataclass
-class LabStack:
-    layout: Layout
-    project: Path
-    name: str
-    namespace: str
-    stack: Stack
-    kube: Kube
+@pytest.fixture
+def lab(lab_layout: Layout, request: pytest.FixtureRequest) -> Iterator[Layout]:
+    """The running lab, shared with the other tests — or held alone by a ``disruptive`` test, which
+    leaves it running again."""
+    disruptive = request.node.get_closest_marker("disruptive") is not None
+    # A turnstile in front of the lab's lock: a disruptive test waiting for the lab alone holds it, so
+    # no new test takes a shared hold meanwhile and the disruptive one is not starved by a stream of them.
+    gate = _lock_file(lab_layout, "tests.gate")
+    fd = _lock_file(lab_layout)
+    fcntl.flock(gate, fcntl.LOCK_EX)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if disruptive else fcntl.LOCK_SH)
+    finally:
+        fcntl.flock(gate, fcntl.LOCK_UN)
+        os.close(gate)
+    try:
+        if disruptive:
+            cluster.up(lab_layout, say=lambda line: None)
+        yield lab_layout
+        if disruptive:
+            try:
+                cluster.up(lab_layout, say=lambda line: None)
+            except LabError as exc:
+                pytest.fail(f"the lab could not be restored after a disruptive test: {exc}", pytrace=False)
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
 
-    @property
-    def env(self) -> dict[str, str]:
-        import os
 
-        return {**os.environ, **self.layout.pulumi_env()}
+@contextlib.contextmanager
+def watchdog(layout: Layout, namespace: str, seconds: float) -> Iterator[None]:
+    """When the block runs longer than ``seconds``, print what it may be waiting for (the Pulumi
+    processes below this one, the namespace's objects and their conditions): shown with a failure."""
+    done = threading.Event()
 
-    @property
-    def reader(self) -> ClusterReader:
-        return ClusterReader(self.kube)
+    def report() -> None:
+        if done.wait(seconds):
+            return
+        print(f"--- still running after {seconds:g}s: {namespace}")
+        for pid in descendants(os.getpid()):
+            with contextlib.suppress(OSError):
+                print("  process", pid, Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:160])
+        kube = Kube(layout.kubeconfig)
+        with contextlib.suppress(CanaryError, Exception):
+            for kind, version in (("Deployment", "apps/v1"), ("Pod", "v1"), ("Service", "v1"), ("HTTPRoute", "gateway.networking.k8s.io/v1")):
+                for obj in kube.list(version, kind, namespace):
+                    status = obj.get("status") or {}
+                    conditions = status.get("conditions") or [c for p in status.get("parents") or [] for c in p.get("conditions") or []]
+                    print(f"  {kind} {obj['metadata']['name']}: " + ", ".join(f"{c['type']}={c['status']}" for c in conditions))
 
-    def spec(self) -> Any:
-        return self.stack.spec()
+    thread = threading.Thread(target=report, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
 
 
-def make_project(layout: Layout, tmp_path: Path, name: str, mutate: Callable[[dict[str, Any]], None] | None = None) -> Path:
+def make_project(layout: Layout, tmp_path: Path, name: str, mutate: object = None, init: bool = True) -> Path:
+    """A copy of the project whose stack ``name`` is the lab stack in namespace ``name``, answering its own host name."""
     project = tmp_path / "project"
     (project / "stacks").mkdir(parents=True)
     for file in ("Pulumi.yaml", "__main__.py"):
         shutil.copyfile(ROOT / file, project / file)
-    document = yaml.safe_load((ROOT / "stacks" / "Pulumi.lab.yaml").read_text())
-    document["config"]["canary:app"]["namespace"] = name
+    document = stackfile.load((ROOT / "stacks" / "Pulumi.lab.yaml").read_text())
+    config = document["config"]
+    config["canary:app"]["namespace"] = name
     # Every test stack's route answers its own host name only, so routes of other stacks never take its traffic.
-    document["config"]["canary:gateway"]["hostnames"] = [host(name)]
-    for hook in document["config"]["canary:analysis"].get("webhooks", []):
+    config["canary:gateway"]["hostnames"] = [host(name)]
+    for hook in config["canary:analysis"].get("webhooks", []):
         if hook.get("cmd", "").startswith("hey "):
             hook["cmd"] = hook["cmd"].replace("hey ", f"hey -host {host(name)} ", 1)
-    if mutate:
-        mutate(document["config"])
-    (project / "stacks" / f"Pulumi.{name}.yaml").write_text(yaml.safe_dump(document, sort_keys=False))
-    cluster.init_stack(layout, name, project)
+    if callable(mutate):
+        mutate(config)
+    (project / "stacks" / f"Pulumi.{name}.yaml").write_text(stackfile.dump(document))
+    if init:
+        cluster.init_stack(layout, name, project)
     return project
+
+
+def stack_name(request: pytest.FixtureRequest) -> str:
+    """``t-<the test's name>``, cut to fit a namespace, with a short hash of the whole name (parameters included)."""
+    import hashlib
+
+    name = request.node.name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:6]
+    base = "".join(c if c.isalnum() else "-" for c in name.removeprefix("test_").lower())[:34].strip("-")
+    return f"t-{base}-{digest}"
 
 
 @pytest.fixture
 def lab_stack(lab: Layout, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[LabStack]:
-    """A stack of its own (name and namespace from the test's name), deployed at its stable state."""
-    name = "t-" + request.node.name.removeprefix("test_").replace("_", "-")[:40].strip("-").lower()
+    """A stack of its own (name and namespace from the test's name), deployed at its stable state (demo:v1)."""
+    name = stack_name(request)
     mutate = getattr(request, "param", None)
     project = make_project(lab, tmp_path, name, mutate)
-    import os
-
-    stack = Stack(project, name, {**os.environ, **lab.pulumi_env()})
-    stack.up()
-    handle = LabStack(lab, project, name, name, stack, Kube(lab.kubeconfig))
+    env = {**os.environ, **lab.pulumi_env(), "CANARY_LAB_DIR": str(lab.dir)}
+    with watchdog(lab, name, 200):
+        outcome = api.up(name, project_dir=project, env=env)
+    assert outcome.exit_code == 0, outcome.message
+    handle = LabStack(lab, project, name, name, env, Kube(lab.kubeconfig))
     yield handle
-    stack.destroy()
-
-
-def host(stack: str) -> str:
-    return f"{stack}.lab.test"
-
-
-def drive(url: str, count: int, workers: int = 8, seconds: float = 120, host_name: str | None = None) -> dict[str, int]:
-    """A bounded burst: ``count`` GETs (at most ``seconds``); answers counted by X-Version (or status)."""
-    session = requests.Session()
-    if host_name:
-        session.headers["Host"] = host_name
-    session.mount("http://", requests.adapters.HTTPAdapter(pool_maxsize=workers))
-    deadline = time.monotonic() + seconds
-
-    def one(_: int) -> str:
-        if time.monotonic() > deadline:
-            return "skipped"
-        try:
-            response = session.get(url, timeout=10)
-        except requests.RequestException as exc:
-            return type(exc).__name__
-        return response.headers.get("X-Version", f"status-{response.status_code}")
-
-    counts: dict[str, int] = {}
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for answer in pool.map(one, range(count)):
-            counts[answer] = counts.get(answer, 0) + 1
-    return counts
-
-
-def wait_until(condition: Callable[[], T], what: str | Callable[[], str], timeout: float, process: subprocess.Popen[str] | None = None,
-               every: float = 0.05) -> T:
-    """Poll ``condition`` until it is truthy and return its value; fail naming ``what`` (a callable: as it
-    is at the timeout) at the timeout, or at once (with its output) when ``process`` — the release under
-    test — exits first."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if process is not None and process.poll() is not None:
-            out, err = process.communicate()
-            raise AssertionError(f"the release exited {process.returncode} before {what() if callable(what) else what}:\n{out[-2000:]}\n{err[-2000:]}")
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"not within {timeout:g}s: {what() if callable(what) else what}")
-        time.sleep(every)
-
-
-@contextlib.contextmanager
-def running(process: subprocess.Popen[str]) -> Iterator[subprocess.Popen[str]]:
-    """The release under test, killed (and reaped) if the test leaves it running."""
     try:
-        yield process
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate(timeout=30)
+        Stack(project, name, env).destroy()
+    except CanaryError as exc:  # a test that broke the stack on purpose: say so, do not hide the test's own result
+        print(f"could not destroy stack {name}: {exc}")

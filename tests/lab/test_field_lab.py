@@ -1,0 +1,209 @@
+"""A real team's setup on the lab: Ctrl-C and abort at the worst moments, the Prometheus Operator's
+labels, a backend chosen with ``pulumi login`` and an org-qualified stack, a kubeconfig whose current
+context is another cluster (issue 12: items 6, 13, 14, 15)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from canary import api
+from canary.adapters import stackfile
+from canary.adapters.kube import Kube
+from canary.adapters.stack import Stack
+from canary.core import naming
+from canary.lab.layout import Layout
+from tests.lab.conftest import make_project, stack_name
+from tests.lab.helpers import LabStack, RouteWatcher, assert_stable_state, descendants, running, wait_until
+
+
+def _cmdlines(pid: int) -> list[str]:
+    out = []
+    for child in descendants(pid):
+        try:
+            out.append(Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except OSError:
+            continue
+    return out
+
+
+def _pulumi_up_running(pid: int) -> bool:
+    return any(" up " in f" {line} " and "pulumi" in line.split(" ")[0] for line in _cmdlines(pid))
+
+
+def test_ctrl_c_during_an_up_rolls_back_and_ends_aborted(lab_stack: LabStack) -> None:
+    """A terminal's Ctrl-C reaches canary's whole process group while Pulumi applies a step: the CLI runs in
+    a session of its own, so the step's update is not torn; canary rolls back and ends Aborted (12.6)."""
+    process = lab_stack.start("release", lab_stack.name, "--image", "demo:v2")
+    with running(process):
+        def in_a_step_up() -> bool:
+            state = lab_stack.state()
+            return state is not None and state.shifting_to is not None and _pulumi_up_running(process.pid)
+
+        wait_until(in_a_step_up, "a step's pulumi up running", 120, process, every=0.02)
+        os.killpg(process.pid, signal.SIGINT)  # what the terminal does: the whole foreground group
+        out, err = process.communicate(timeout=300)
+    assert process.returncode == 1, out[-3000:] + err[-3000:]
+    assert "Traceback" not in err and "Exception ignored" not in err, err[-3000:]
+    state = lab_stack.state()
+    assert state is not None and state.phase.value == "Aborted" and "SIGINT" in state.reason, state
+    assert_stable_state(lab_stack, "demo:v1")
+    assert not lab_stack.pulumi_locks()
+
+
+def _minute_long_load_test(config: dict[str, Any]) -> None:
+    hook = config["canary:analysis"]["webhooks"][0]
+    hook["cmd"] = hook["cmd"].replace("-z 4s", "-z 1m").replace("-q 25 -c 8", "-q 10 -c 2")
+    hook["timeout"] = "90s"
+
+
+@pytest.mark.parametrize("lab_stack", [_minute_long_load_test], indirect=True)
+def test_abort_stops_a_minute_long_load_test_within_a_second(lab_stack: LabStack) -> None:
+    """The prod stack's rollout hook is ``hey -z 1m``: an abort must not wait for it (12.6)."""
+    process = lab_stack.start("release", lab_stack.name, "--image", "demo:v2-faulty")
+    with running(process):
+        def hey_running() -> list[int]:
+            state = lab_stack.state()
+            if state is None or state.weight < 10:
+                return []
+            return [pid for pid in descendants(process.pid) if Path(f"/proc/{pid}/comm").exists() and Path(f"/proc/{pid}/comm").read_text().strip() == "hey"]
+
+        hey = wait_until(hey_running, "the load test running at weight 10", 180, process)
+        time.sleep(2)  # well inside its minute
+        asked = time.monotonic()
+        api.abort(lab_stack.name, project_dir=lab_stack.project, env=lab_stack.env, by="test")
+        started = time.monotonic()  # the request is in the cluster: from here the release has a second
+        wait_until(lambda: not any(Path(f"/proc/{pid}").exists() and "hey" in Path(f"/proc/{pid}/comm").read_text() for pid in hey),
+                   "the load test killed", 5, every=0.01)
+        killed_after = time.monotonic() - started
+        out, err = process.communicate(timeout=300)
+    assert killed_after <= 1.0, f"the load test ran {killed_after:.2f}s after the abort request was stored"
+    assert started - asked < 5, f"canary abort took {started - asked:.2f}s to store its request"
+    assert process.returncode == 1, out[-3000:] + err[-3000:]
+    state = lab_stack.state()
+    assert state is not None and state.phase.value == "Aborted", state
+    assert_stable_state(lab_stack, "demo:v1")
+    cancelled = [r for r in lab_stack.of("webhook") if r.hook_type == "rollout" and not r.ok]
+    assert cancelled and "abort" in cancelled[-1].detail.lower(), cancelled
+
+
+def test_a_release_judged_on_the_prometheus_operator_s_labels(lab: Layout, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """Pods labelled ``pod`` in Prometheus (kube-prometheus-stack), a PodMonitor declared, a custom query
+    written with ``{{ podLabel }}``: the release is judged and promoted, and ``canary check`` names the
+    label the series carry when the stack says another (12.13)."""
+    name = stack_name(request)
+    kube = Kube(lab.kubeconfig)
+    kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "annotations": {"lab.canary/prometheus-labels": "operator"}}})
+
+    def operator(config: dict[str, Any]) -> None:
+        config["canary:app"]["createNamespace"] = False
+        config["canary:prometheus"].update(podLabel="pod", podMonitor={"interval": "5s"})
+        template = config["canary:metricTemplates"]["error-rate"]
+        template["query"] = template["query"].replace("kubernetes_pod_name=~", "{{ podLabel }}=~")
+
+    project = make_project(lab, tmp_path, name, operator)
+    env = {**os.environ, **lab.pulumi_env(), "CANARY_LAB_DIR": str(lab.dir)}
+    handle = LabStack(lab, project, name, name, env, kube)
+    try:
+        assert api.up(name, project_dir=project, env=env).exit_code == 0
+        done = handle.release("demo:v2")
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        assert_stable_state(handle, "demo:v2")
+        passed = [c for t in handle.of("tick") for c in t.checks if c.verdict.value == "pass"]
+        assert {c.metric for c in passed} == {"error-rate", "request-duration"}
+        assert all('pod=~"web-canary' in c.query for c in passed), [c.query for c in passed]
+        monitor = kube.get("monitoring.coreos.com/v1", "PodMonitor", "web", name)
+        assert monitor is not None and monitor["spec"]["podMetricsEndpoints"][0]["interval"] == "5s", monitor
+        assert monitor["spec"]["selector"]["matchLabels"] == {naming.APP_LABEL: "web"}  # both tracks' pods
+
+        # the stack says Flagger's label; the series say otherwise: check names the one they carry
+        path = project / "stacks" / f"Pulumi.{name}.yaml"
+        stackfile.set_value(path, ("canary:prometheus", "podLabel"), "kubernetes_pod_name")
+        checked = handle.cli("check", name)
+        assert "have no kubernetes_pod_name label; they carry pod: set prometheus.podLabel to it" in checked.stderr, checked.stderr
+    finally:
+        Stack(project, name, env).destroy()
+        kube.delete("v1", "Namespace", name)
+
+
+def test_a_release_on_a_backend_chosen_with_pulumi_login_and_an_org_qualified_stack(lab: Layout, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """No PULUMI_BACKEND_URL: the backend is the one ``pulumi login`` chose, and the stack is named
+    organization/canary/<name>. Targeted updates hit (URNs from the short name), and another update's
+    lock is exit 3, never a rollback (12.14)."""
+    name = stack_name(request)
+    qualified = f"organization/canary/{name}"
+    project = make_project(lab, tmp_path, name, init=False)
+    # as a user's shell has it: no PULUMI_BACKEND_URL, no lab (CANARY_LAB_DIR would choose the lab's backend)
+    env = {**os.environ, **lab.pulumi_env(), "PULUMI_HOME": str(tmp_path / "home")}
+    del env["PULUMI_BACKEND_URL"]
+    env.pop("CANARY_LAB_DIR", None)
+    backend = tmp_path / "backend"
+    backend.mkdir()
+    for argv in (["pulumi", "login", f"file://{backend}"], ["pulumi", "stack", "init", qualified]):
+        done = subprocess.run(argv, cwd=project, env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+    handle = LabStack(lab, project, qualified, name, env, Kube(lab.kubeconfig))
+    try:
+        first = handle.cli("up", qualified)
+        assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+        assert (backend / ".pulumi" / "stacks" / "canary" / f"{name}.json").exists()  # the login's backend, not the lab's
+        with RouteWatcher(handle) as watcher:
+            done = handle.release("demo:v2")
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        assert [w for w in watcher.canary_weights if w] == [10, 20, 30, 40, 50], watcher.seen
+        assert_stable_state(handle, "demo:v2")
+
+        # another update holds the stack (a lock as the CLI writes it): busy, nothing rolled back
+        lock_dir = backend / ".pulumi" / "locks" / "organization" / "canary" / name
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        lock = lock_dir / f"{uuid.uuid4()}.json"
+        lock.write_text(json.dumps({"pid": 4242, "username": "alice", "hostname": "ci-runner-7", "timestamp": "2026-12-02T03:00:00Z"}))
+        busy = handle.release("demo:v3", "--lock-wait", "3")
+        assert busy.returncode == 3, busy.stdout[-3000:] + busy.stderr[-3000:]
+        assert "locked" in busy.stderr and "alice" in busy.stderr, busy.stderr
+        assert_stable_state(handle, "demo:v2")
+        assert "demo:v3" not in (project / "stacks" / f"Pulumi.{name}.yaml").read_text()  # the refusal left the stack file as it was
+        lock.unlink()
+    finally:
+        Stack(project, qualified, env).destroy()
+
+
+def test_the_release_reads_the_cluster_the_stack_deploys_to_not_kubeconfig_s_current_context(lab: Layout, tmp_path: Path,
+                                                                                             request: pytest.FixtureRequest) -> None:
+    """KUBECONFIG's current context is another (unreachable) cluster; the stack sets kubernetes:context to
+    the lab's. Deploy, verification and the release's state all use the stack's cluster (12.15)."""
+    name = stack_name(request)
+    kubeconfig = stackfile.load(lab.kubeconfig.read_text())
+    lab_context = kubeconfig["current-context"]
+    kubeconfig["clusters"].append({"name": "elsewhere", "cluster": {"server": "https://127.0.0.1:9"}})
+    kubeconfig["contexts"].append({"name": "elsewhere", "context": {"cluster": "elsewhere", "user": kubeconfig["contexts"][0]["context"]["user"]}})
+    kubeconfig["current-context"] = "elsewhere"
+    path = tmp_path / "kubeconfig"
+    path.write_text(json.dumps(kubeconfig))  # JSON is YAML: any kubeconfig reader takes it
+
+    def context(config: dict[str, Any]) -> None:
+        config["kubernetes:context"] = lab_context
+
+    project = make_project(lab, tmp_path, name, context)
+    env = {**os.environ, **lab.pulumi_env(), "KUBECONFIG": str(path)}
+    env.pop("CANARY_LAB_DIR", None)  # the lab's env would bring the lab's kubeconfig back
+    handle = LabStack(lab, project, name, name, env, Kube(lab.kubeconfig))
+    try:
+        first = handle.cli("up", name)
+        assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+        done = handle.release("demo:v2")
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        assert "is live in the route and accepted by the gateway" in done.stdout
+        assert_stable_state(handle, "demo:v2")
+        status = handle.cli("status", name)
+        assert status.returncode == 0 and "Succeeded" in status.stdout, status.stdout + status.stderr
+    finally:
+        Stack(project, name, env).destroy()

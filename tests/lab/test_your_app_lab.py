@@ -1,0 +1,290 @@
+"""A team's own app on the lab (issue 14): a pod shaped like a real one, any workload change as a
+release, the `canary up` GitOps loop, plain `pulumi up` refusing, two apps of one stack at once."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from canary import api
+from canary.adapters import stackfile
+from canary.adapters.kube import Kube
+from canary.adapters.stack import Stack
+from canary.core.naming import Track
+from canary.lab.layout import Layout
+from tests.lab.conftest import make_project, stack_name
+from tests.lab.helpers import LabStack, RouteWatcher, assert_stable_state, host, running
+
+SECRET = "s3cr3t-token-for-the-lab"
+
+
+def _stack_file(ls: LabStack) -> Path:
+    return ls.project / "stacks" / f"Pulumi.{ls.name}.yaml"
+
+
+def _set(ls: LabStack, keys: tuple[str, ...], value: Any) -> None:
+    stackfile.set_value(_stack_file(ls), keys, value)
+
+
+def _pods(ls: LabStack, track: Track) -> list[dict[str, Any]]:
+    pods = json.loads((ls.layout.dir / "pods.json").read_text())
+    prefix = f"web-{track.value}-"
+    return [p for p in pods if p["namespace"] == ls.namespace and p["pod"].startswith(prefix)]
+
+
+def _environ(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(item.decode().split("=", 1) for item in raw if b"=" in item)
+
+
+def _template(ls: LabStack, track: Track) -> dict[str, Any]:
+    obj = ls.kube.get("apps/v1", "Deployment", f"web-{track.value}", ls.namespace)
+    assert obj is not None
+    return obj["spec"]["template"]  # type: ignore[no-any-return]
+
+
+def _releases(ls: LabStack) -> set[str]:
+    return {r.release for r in ls.records() if getattr(r, "release", None)}
+
+
+# --- a pod shaped like a real one ---------------------------------------------------------------
+
+REAL_TEMPLATE = {
+    "metadata": {"labels": {"app.kubernetes.io/name": "web", "team": "shop"}},
+    "spec": {
+        "initContainers": [{"name": "migrate", "image": "demo:init", "args": ["--migrate"]}],
+        "containers": [
+            {
+                "name": "web",
+                "image": "demo:v1",
+                "ports": [{"name": "http", "containerPort": 8080}],
+                "envFrom": [{"secretRef": {"name": "web-creds"}}],
+                "env": [{"name": "DEMO_CONFIG", "value": "/etc/web/app.conf"},
+                        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
+                "volumeMounts": [{"name": "config", "mountPath": "/etc/web", "readOnly": True}],
+                "readinessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 1},
+                "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "128Mi"}},
+            },
+            {"name": "proxy", "image": "demo:sidecar", "ports": [{"name": "admin", "containerPort": 15000}]},
+        ],
+        "volumes": [{"name": "config", "configMap": {"name": "web-config"}}],
+        "terminationGracePeriodSeconds": 5,
+        "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "shop", "effect": "NoSchedule"}],
+    },
+}
+
+
+def _real_app(config: dict[str, Any]) -> None:
+    app = config["canary:app"]
+    for key in ("probes", "port", "replicas"):  # the template has its probes and ports; the autoscaler owns the size
+        app.pop(key, None)
+    app["template"] = copy.deepcopy(REAL_TEMPLATE)
+    app["configMaps"] = {"web-config": {"data": {"app.conf": "latency: 0\n"}}}
+    app["autoscaler"] = {"minReplicas": 2, "maxReplicas": 4,
+                         "metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80}}}]}
+    app["disruptionBudget"] = {"minAvailable": 1}
+
+
+@pytest.fixture
+def real_app(lab: Layout, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[LabStack]:
+    """The real-app shape, its Secret's value set as a Pulumi secret (as a team would: `pulumi config set --secret`)."""
+    name = stack_name(request)
+    project = make_project(lab, tmp_path, name, _real_app)
+    env = {**os.environ, **lab.pulumi_env(), "CANARY_LAB_DIR": str(lab.dir)}
+    done = subprocess.run(["pulumi", "config", "set", "--secret", "--path", "canary:app.secrets.web-creds.stringData.API_TOKEN", SECRET,
+                           "--stack", name], cwd=project, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert SECRET not in _stack_file_text(project, name)  # encrypted in the stack file
+    outcome = api.up(name, project_dir=project, env=env)
+    assert outcome.exit_code == 0, outcome.message
+    handle = LabStack(lab, project, name, name, env, Kube(lab.kubeconfig))
+    yield handle
+    Stack(project, name, env).destroy()
+
+
+def _stack_file_text(project: Path, name: str) -> str:
+    return (project / "stacks" / f"Pulumi.{name}.yaml").read_text()
+
+
+def test_an_app_shaped_like_a_real_one_is_promoted_and_a_faulty_version_rolled_back(real_app: LabStack) -> None:
+    ls = real_app
+    done = ls.release("demo:v2")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert_stable_state(ls, "demo:v2")
+    template = _template(ls, Track.STABLE)
+    spec = template["spec"]
+    assert [c["name"] for c in spec["containers"]] == ["web", "proxy"] and [c["name"] for c in spec["initContainers"]] == ["migrate"]
+    assert spec["containers"][1]["image"] == "demo:sidecar" and spec["tolerations"][0]["key"] == "dedicated"
+    assert template["metadata"]["labels"]["team"] == "shop"
+    # the template reads content-addressed copies of its ConfigMap and Secret
+    secret_ref = spec["containers"][0]["envFrom"][0]["secretRef"]["name"]
+    config_ref = spec["volumes"][0]["configMap"]["name"]
+    assert secret_ref.startswith("web-creds-") and config_ref.startswith("web-config-"), (secret_ref, config_ref)
+    copy_ = ls.kube.get("v1", "ConfigMap", config_ref, ls.namespace)
+    assert copy_ is not None and copy_["data"] == {"app.conf": "latency: 0\n"}
+    # the processes got what the template says: the Secret's value in the environment, the pod's own name
+    for pod in _pods(ls, Track.STABLE):
+        environ = _environ(pod["pid"])
+        assert environ.get("API_TOKEN") == SECRET and environ.get("POD_NAME") == pod["pod"], sorted(environ)
+    # an autoscaler per track, a disruption budget for stable
+    hpas = {h["metadata"]["name"]: h["spec"] for h in ls.kube.list("autoscaling/v2", "HorizontalPodAutoscaler", ls.namespace)}
+    assert hpas["web-stable"]["scaleTargetRef"]["name"] == "web-stable" and hpas["web-stable"]["minReplicas"] == 2
+    assert hpas["web-canary"]["scaleTargetRef"]["name"] == "web-canary"
+    pdbs = ls.kube.list("policy/v1", "PodDisruptionBudget", ls.namespace)
+    assert [(p["metadata"]["name"], p["spec"]["minAvailable"]) for p in pdbs] == [("web-stable", 1)]
+    # no secret in the journal, the state or the release's output
+    assert SECRET not in done.stdout + done.stderr
+    assert SECRET not in json.dumps([r.model_dump(mode="json") for r in ls.records()])
+
+    faulty = ls.release("demo:v2-faulty")
+    assert faulty.returncode == 1, faulty.stdout[-3000:] + faulty.stderr[-3000:]
+    assert_stable_state(ls, "demo:v2")
+    assert _template(ls, Track.STABLE)["spec"]["containers"][0]["envFrom"][0]["secretRef"]["name"] == secret_ref
+
+
+# --- any workload change is a release -----------------------------------------------------------
+
+
+def test_an_env_only_change_is_canaried_and_rolled_back_when_it_makes_the_app_faulty(lab_stack: LabStack) -> None:
+    ls = lab_stack
+    _set(ls, ("canary:app", "env"), {"DEMO_ERROR_RATE": "0.3"})
+    with RouteWatcher(ls) as watcher:
+        done = ls.cli("up", ls.name)
+    assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
+    assert 10 in watcher.canary_weights and watcher.seen[-1] == (100, 0), watcher.seen  # it was canaried, not rolled out
+    assert_stable_state(ls, "demo:v1")
+    stable_env = _template(ls, Track.STABLE)["spec"]["containers"][0].get("env") or []
+    assert all(e["name"] != "DEMO_ERROR_RATE" for e in stable_env), stable_env
+    rollback = ls.of("tick")[-1]
+    assert rollback.outcome.value == "rollback" and "error-rate" in rollback.reason
+
+    _set(ls, ("canary:app", "env"), {"DEMO_LATENCY": "0.001"})
+    healthy = ls.cli("up", ls.name)
+    assert healthy.returncode == 0, healthy.stdout[-3000:] + healthy.stderr[-3000:]
+    stable_env = _template(ls, Track.STABLE)["spec"]["containers"][0].get("env") or []
+    assert {"name": "DEMO_LATENCY", "value": "0.001"} in stable_env, stable_env
+    assert_stable_state(ls, "demo:v1")  # the same image: only its environment changed
+
+
+def _config_file_app(config: dict[str, Any]) -> None:
+    app = config["canary:app"]
+    app.pop("probes", None)
+    app["template"] = {"spec": {
+        "containers": [{"name": "web", "image": "demo:v1", "ports": [{"containerPort": 8080}],
+                        "env": [{"name": "DEMO_CONFIG", "value": "/etc/web/app.conf"}],
+                        "volumeMounts": [{"name": "config", "mountPath": "/etc/web"}],
+                        "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 1}}],
+        "volumes": [{"name": "config", "configMap": {"name": "web-config"}}]}}
+    app["configMaps"] = {"web-config": {"data": {"app.conf": "latency: 0\n"}}}
+
+
+@pytest.mark.parametrize("lab_stack", [_config_file_app], indirect=True)
+def test_a_configmap_content_change_is_canaried_and_stable_keeps_reading_its_own_copy(lab_stack: LabStack) -> None:
+    ls = lab_stack
+    before = _template(ls, Track.STABLE)["spec"]["volumes"][0]["configMap"]["name"]
+    _set(ls, ("canary:app", "configMaps"), {"web-config": {"data": {"app.conf": "error_rate: 0.3\n"}}})
+    with RouteWatcher(ls) as watcher:
+        done = ls.cli("up", ls.name)
+    assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
+    assert 10 in watcher.canary_weights, watcher.seen
+    assert _template(ls, Track.STABLE)["spec"]["volumes"][0]["configMap"]["name"] == before
+    kept = ls.kube.get("v1", "ConfigMap", before, ls.namespace)
+    assert kept is not None and kept["data"] == {"app.conf": "latency: 0\n"}  # stable's copy was never touched
+
+    _set(ls, ("canary:app", "configMaps"), {"web-config": {"data": {"app.conf": "latency: 0.001\n"}}})
+    healthy = ls.cli("up", ls.name)
+    assert healthy.returncode == 0, healthy.stdout[-3000:] + healthy.stderr[-3000:]
+    after = _template(ls, Track.STABLE)["spec"]["volumes"][0]["configMap"]["name"]
+    assert after != before and ls.kube.get("v1", "ConfigMap", after, ls.namespace)["data"] == {"app.conf": "latency: 0.001\n"}  # type: ignore[index]
+
+
+# --- the GitOps loop ----------------------------------------------------------------------------
+
+
+def test_canary_up_releases_a_workload_change_applies_any_other_change_and_does_nothing_without_one(lab_stack: LabStack) -> None:
+    ls = lab_stack
+    releases = _releases(ls)
+    _set(ls, ("canary:app", "image"), "demo:v2")
+    with RouteWatcher(ls) as watcher:
+        done = ls.cli("up", ls.name)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert [w for w in watcher.canary_weights if w] == [10, 20, 30, 40, 50], watcher.seen
+    assert_stable_state(ls, "demo:v2")
+    assert len(_releases(ls) - releases) == 1
+    assert stackfile.read_stack_file(_stack_file(ls))["canary:app"]["image"] == "demo:v2"  # nothing to commit back
+
+    releases = _releases(ls)
+    extra = f"www.{host(ls.name)}"
+    _set(ls, ("canary:gateway", "hostnames"), [host(ls.name), extra])
+    other = ls.cli("up", ls.name)
+    assert other.returncode == 0, other.stdout[-3000:] + other.stderr[-3000:]
+    route = ls.kube.get("gateway.networking.k8s.io/v1", "HTTPRoute", "web", ls.namespace)
+    assert route is not None and route["spec"]["hostnames"] == [host(ls.name), extra]
+    assert _releases(ls) == releases, "a change outside the workload is applied, not released"
+
+    same = ls.cli("up", ls.name)
+    assert same.returncode == 0, same.stdout[-3000:] + same.stderr[-3000:]
+    assert "no workload change (nothing else changed)" in same.stdout, same.stdout
+    assert _releases(ls) == releases
+
+
+def test_plain_pulumi_up_refuses_a_workload_change_unless_the_stack_opts_into_direct_rollouts(lab_stack: LabStack) -> None:
+    ls = lab_stack
+    _set(ls, ("canary:app", "image"), "demo:v2")
+    refused = subprocess.run(["pulumi", "up", "--yes", "--skip-preview", "--stack", ls.name], cwd=ls.project, env=ls.env,
+                             capture_output=True, text=True, timeout=600)
+    assert refused.returncode != 0
+    assert f"canary up {ls.name} --app web" in refused.stdout + refused.stderr, refused.stdout[-3000:]
+    assert_stable_state(ls, "demo:v1")
+
+    _set(ls, ("canary:rollout",), "direct")
+    direct = subprocess.run(["pulumi", "up", "--yes", "--skip-preview", "--stack", ls.name], cwd=ls.project, env=ls.env,
+                            capture_output=True, text=True, timeout=600)
+    assert direct.returncode == 0, direct.stdout[-3000:] + direct.stderr[-3000:]
+    assert_stable_state(ls, "demo:v2")
+
+
+# --- several apps in one stack ------------------------------------------------------------------
+
+
+def _two_apps(config: dict[str, Any]) -> None:
+    web = {"app": config.pop("canary:app"), "gateway": config.pop("canary:gateway"), "analysis": config.pop("canary:analysis")}
+    api_ = copy.deepcopy(web)
+    api_["app"]["name"] = "api"
+    hostname = web["gateway"]["hostnames"][0]
+    api_["gateway"]["hostnames"] = [f"api.{hostname}"]
+    for hook in api_["analysis"]["webhooks"]:
+        hook["cmd"] = hook["cmd"].replace(f"-host {hostname}", f"-host api.{hostname}")
+    config["canary:apps"] = {"web": web, "api": api_}
+
+
+@pytest.mark.parametrize("lab_stack", [_two_apps], indirect=True)
+def test_two_apps_of_one_stack_release_at_once_one_promoted_one_rolled_back(lab_stack: LabStack) -> None:
+    ls = lab_stack
+    web = ls.start("release", ls.name, "--app", "web", "--image", "demo:v2")
+    with running(web):
+        api_ = ls.start("release", ls.name, "--app", "api", "--image", "demo:v2-faulty")
+        with running(api_):
+            web_out, web_err = web.communicate(timeout=600)
+            api_out, api_err = api_.communicate(timeout=600)
+    assert web.returncode == 0, web_out[-3000:] + web_err[-3000:]
+    assert api_.returncode == 1, api_out[-3000:] + api_err[-3000:]
+    assert_stable_state(ls, "demo:v2", app="web")
+    assert_stable_state(ls, "demo:v1", app="api")
+    web_state, api_state = ls.state("web"), ls.state("api")
+    assert web_state is not None and web_state.phase.value == "Succeeded"
+    assert api_state is not None and api_state.phase.value == "Failed"
+    # both releases edited the one stack file at once: neither edit is lost (the desired images stay,
+    # the rolled-back one included: `canary up` refuses to release it again without --retry)
+    apps = stackfile.read_stack_file(_stack_file(ls))["canary:apps"]
+    assert (apps["web"]["app"]["image"], apps["api"]["app"]["image"]) == ("demo:v2", "demo:v2-faulty")
+    again = ls.cli("up", ls.name)
+    assert again.returncode == 1 and "was failed in release" in again.stdout and "--retry" in again.stdout, again.stdout + again.stderr
+    assert_stable_state(ls, "demo:v1", app="api")
