@@ -2,8 +2,10 @@
 
     .venv/bin/python bench/gateway_lag.py [--runs 8] [--json out.json]
 
-Needs the lab (``canary lab up``). On a stack of its own: the route at 50/50,
-then, for each run, a weight-only ``up`` to 0 while one client sends requests
+Needs the lab (``canary lab up``). On a stack of its own: the canary (``demo:v2``)
+pinned and the route at 50/50 by a release config file, as a release pins them,
+then, for each run, a weight-only ``up`` to 0 (limited to the route, as a
+release's step is) while one client sends requests
 through the gateway back to back; the release's verification (the route at
 100/0 and ``Accepted`` for its generation) is polled every 10 ms. Reports, per
 run, the time from that verification to the start of the last request the
@@ -20,7 +22,9 @@ import statistics
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -28,20 +32,17 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from release_speed import Bench, running_lab  # noqa: E402
-
-from canary.release import target_urn  # noqa: E402
+from release_speed import Bench, running_lab
 
 
-def one_run(b: Bench, session: requests.Session, url: str, route: list[str]) -> tuple[float, int, int]:
-    b.stack.set_config({"canaryWeight": 50})
-    b.stack.up(target=route)
+def one_run(b: Bench, session: requests.Session, url: str, route: list[str], pinned: Callable[[int], dict[str, Any]]) -> tuple[float, int, int]:
+    b.apply(pinned(50), route)
     b.wait_route(50)
     settle = time.monotonic() + 5
     while time.monotonic() < settle and session.get(url, timeout=5).headers.get("X-Version") != "v2":
         pass
     time.sleep(2.5)  # more than Traefik's default throttle since the last change, were it on
-    b.stack.set_config({"canaryWeight": 0})
+    config = b.config_file(pinned(0))
     sent: list[tuple[float, str | None]] = []
     stop = threading.Event()
     deadline = time.monotonic() + 30
@@ -54,7 +55,7 @@ def one_run(b: Bench, session: requests.Session, url: str, route: list[str]) -> 
     thread = threading.Thread(target=client)
     thread.start()
     try:
-        b.stack.up(target=route)
+        b.stack.up(config_file=config, targets=route)
         accepted = b.wait_route(0)
         time.sleep(1.0)
     finally:
@@ -77,13 +78,21 @@ def main() -> int:
     url = f"http://127.0.0.1:{layout.gateway_port}/"
     session = requests.Session()
     session.headers["Host"] = f"{b.name}.lab.test"
-    route = [target_urn(b.name, "route")]
     runs = []
     try:
-        b.stack.set_config({"canaryImage": "demo:v2", "canaryWeight": 50})
-        b.stack.up()
+        b.deploy()
+        facts = b.facts()
+        stable = facts.stable
+        assert stable is not None
+        canary = b.canary_pin(stable, "demo:v2")
+
+        def pinned(weight: int) -> dict[str, Any]:
+            return b.pins(stable, canary, weight)
+
+        b.apply(pinned(50), facts.targets("canary", "route"))
+        route = facts.targets("route")
         for _ in range(args.runs):
-            runs.append(one_run(b, session, url, route))
+            runs.append(one_run(b, session, url, route, pinned))
     finally:
         b.destroy()
     for i, (lag, late, total) in enumerate(runs):

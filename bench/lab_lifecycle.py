@@ -21,8 +21,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from canary.lab import procs  # noqa: E402
-from canary.lab.layout import Layout  # noqa: E402
+from canary.lab import procs
+from canary.lab.layout import Layout
 
 CANARY = [sys.executable, "-m", "canary"]
 
@@ -37,27 +37,10 @@ def _rss_kib(pid: int) -> int:
     return 0
 
 
-def _descendants(pid: int) -> list[int]:
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parents[int(entry.name)] = int((entry / "stat").read_text().split(")")[-1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-    found, frontier = [], [pid]
-    while frontier:
-        current = frontier.pop()
-        children = [p for p, parent in parents.items() if parent == current]
-        found.extend(children)
-        frontier.extend(children)
-    return found
-
-
 def memory(layout: Layout) -> tuple[dict[str, float], float]:
     per_component = {}
     for name, pid in procs.recorded(layout.dir).items():
-        per_component[name] = (_rss_kib(pid) + sum(_rss_kib(c) for c in _descendants(pid))) / 1024
+        per_component[name] = (_rss_kib(pid) + sum(_rss_kib(c) for c in procs.descendants(pid))) / 1024
     return per_component, sum(per_component.values())
 
 
@@ -71,7 +54,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
-    layout = Layout.default()
+    layout = Layout.for_project(ROOT)
     timed("lab", "down")
     ups, downs = [], []
     for _ in range(args.runs):

@@ -3,8 +3,8 @@
     .venv/bin/python bench/lab_pods.py [--runs 9] [--json out.json]
 
 - demo app start: from ``Popen`` to the first answer of ``/healthz`` on loopback,
-  started as the lab starts it (the script ``canary/demoapp.py``) and, as the
-  baseline, as a module (``python -m canary.demoapp``, which imports the canary
+  started as the lab starts it (the script ``canary/lab/demoapp.py``) and, as the
+  baseline, as a module (``python -m canary.lab.demoapp``, which imports the canary
   package first);
 - rollout on the lab (needs ``canary lab up``): a one-replica Deployment of
   ``demo:v1`` scaled 0 → 1, from the scale request to ``availableReplicas == 1``
@@ -31,9 +31,8 @@ sys.path.insert(0, str(ROOT))
 
 from release_speed import running_lab
 
-from canary import demoapp
-from canary.kube import Kube
-from canary.lab import procs
+from canary.adapters.kube import Kube
+from canary.lab import demoapp, procs
 from canary.lab.layout import Layout
 
 NAMESPACE = "bench-pods"
@@ -98,7 +97,7 @@ def main() -> int:
     if layout is None:
         return 2
     script = [sys.executable, str(Path(demoapp.__file__))]
-    module = [sys.executable, "-m", "canary.demoapp"]
+    module = [sys.executable, "-m", "canary.lab.demoapp"]
     results: dict[str, list[float]] = {
         "demoapp_start_script": [demoapp_start(script) for _ in range(args.runs)],
         "demoapp_start_module": [demoapp_start(module) for _ in range(args.runs)],

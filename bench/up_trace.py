@@ -2,10 +2,14 @@
 
     .venv/bin/python bench/up_trace.py [--runs 3] [--json out.json]
 
-Needs the lab (``canary lab up``). On a stack of its own, runs the release's
-canary deploy (``canaryImage`` set, weight 0, limited to the canary Deployment
-and the route, as ``Release`` does), a weight step to 50, and the promotion
-(full ``up``), ``--runs`` times, and times from each ``up``'s start:
+Needs the lab (``canary lab up``). On a stack of its own, runs the ``up``s a
+release runs, each with a release config file pinning the tracks as ``Release``
+pins them: the canary's deploy (the new image, weight 0, limited to the canary
+Deployment and the route), a weight step to 50 (the route), and the promotion's
+first ``up`` (stable takes the canary's template, limited to the stable
+Deployment; the route back to 0 and the canary to zero are two more ``up``s,
+not traced), ``--runs`` times, and times the canary's deploy and that
+promotion ``up`` from each one's start:
 
 - ``first_event``: the engine's first event (the CLI's start, the stack and
   its secrets manager loaded);
@@ -15,6 +19,10 @@ and the route, as ``Release`` does), a weight step to 50, and the promotion
   namespace: every replica updated and available, old ones gone);
 - ``await_done``: the provider reporting it ready (its outputs event);
 - ``summary``: the engine's summary event; ``exit``: the CLI gone.
+
+(Before the promotion was split into three targeted ``up``s, the traced promotion
+was one ``up`` that also moved the route and scaled the canary to zero: its
+``summary`` and ``exit`` marks came after those.)
 
 Prints the median of each mark; the gaps between them say which part is the
 CLI's start, the provider's, the rollout's and the await's.
@@ -35,10 +43,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from kubernetes import watch  # noqa: E402
-from release_speed import Bench, running_lab  # noqa: E402
-
-from canary.release import target_urn  # noqa: E402
+from kubernetes import watch
+from release_speed import Bench, running_lab
 
 MARKS = ("first_event", "change_sent", "rollout_done", "await_done", "summary", "exit")
 
@@ -76,12 +82,13 @@ class Trace:
                 meta = getattr(part, "metadata", None)
                 self.events.append((now, kind, f"{meta.op.value} {meta.urn.rsplit('::', 1)[-1]}" if meta is not None else ""))
 
-    def up(self, deployment: str, resource: str, target: list[str] | None = None) -> dict[str, float]:
-        """One `up` that changes ``deployment`` (its Pulumi name ``resource``): its marks, in seconds from its start."""
+    def up(self, deployment: str, resource: str, pins: dict[str, Any], targets: list[str]) -> dict[str, float]:
+        """One `up` with ``pins`` that changes ``deployment`` (its Pulumi name ``resource``): its marks, in seconds from its start."""
+        config = self.b.config_file(pins)
         self.deployments.clear()
         self.events.clear()
         self.start = time.monotonic()
-        self.b.stack.up(on_event=self.on_event, target=target)
+        self.b.stack.up(config_file=config, targets=targets, on_event=self.on_event)
         exit_at = time.monotonic()
         deadline = exit_at + 5
         while time.monotonic() < deadline and not any(done and name == deployment for _, name, done in self.deployments):
@@ -114,21 +121,28 @@ def main() -> int:
     if layout is None:
         return 2
     b = Bench(layout, "bench-trace")
-    deploy_targets = [target_urn(b.name, "route"), target_urn(b.name, "canary-deployment")]
     results: dict[str, list[dict[str, float]]] = {"deploy canary": [], "promotion": []}
     trace = Trace(b)
     try:
-        b.stack.up()
-        stable = b.spec().stable_image
+        b.deploy()
+        facts = b.facts()
+        stable = facts.stable
+        assert stable is not None
+
+        def resource_name(urn: str) -> str:
+            return urn.rsplit("::", 1)[-1]
+
+        canary_resource, stable_resource = resource_name(facts.urns["canaryDeployment"]), resource_name(facts.urns["stableDeployment"])
         for run in range(args.runs):
-            new = "demo:v2" if stable == "demo:v1" else "demo:v1"
-            b.stack.set_config({"canaryImage": new, "canaryWeight": 0})
-            results["deploy canary"].append(trace.up("web-canary", "canary-deployment", deploy_targets))
-            b.stack.set_config({"canaryWeight": 50})
-            b.stack.up(target=deploy_targets[:1])
-            b.stack.set_config({"stableImage": new, "canaryWeight": 0}, remove=("canaryImage",))
-            results["promotion"].append(trace.up("web-stable", "stable-deployment"))
-            stable = new
+            canary = b.canary_pin(stable, "demo:v2" if stable.image == "demo:v1" else "demo:v1")
+            results["deploy canary"].append(trace.up("web-canary", canary_resource, b.pins(stable, canary, 0), facts.targets("canary", "route")))
+            b.apply(b.pins(stable, canary, 50), facts.targets("route"))
+            # the promotion, as Release._promoting runs it: stable takes the canary's template (traced), the route
+            # back to 0, the canary to zero
+            results["promotion"].append(trace.up("web-stable", stable_resource, b.pins(canary, canary, 50), facts.targets("stable")))
+            b.apply(b.pins(canary, canary, 0), facts.targets("route"))
+            b.apply(b.pins(canary, None, 0), facts.targets("app"))
+            stable = canary
             print(f"run {run + 1}: " + "; ".join(f"{name} exit {r[-1]['exit']:.2f}s" for name, r in results.items()), file=sys.stderr)
     finally:
         trace.close()

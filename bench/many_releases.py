@@ -1,0 +1,483 @@
+"""Many releases at once on the lab: how canary's costs grow with the number of apps releasing together.
+
+    .venv/bin/python bench/many_releases.py [--n 1 5 20] [--no-rollback] [--interval 10s] [--rps 100]
+                                            [--timeout 1200] [--json out.json]
+
+Needs the lab (``canary lab up``). For each N, in one run (so that every ratio against N = 1 compares
+the same machine, lab and load):
+
+1. N stacks, each in a namespace of its own, made as the lab tests make theirs (a copy of the project,
+   the lab stack file with its own namespace and host name), deployed at demo:v1 (``canary up``, four
+   at a time; not measured);
+2. healthy: N ``canary release STACK --image demo:v1 → demo:v2`` commands started at once, each a process
+   of its own, as N people or N pipelines would run them; every one must be promoted (exit 0);
+3. rollback (unless ``--no-rollback``): N ``canary release STACK --image demo:v2-faulty`` at once; each
+   must roll back (exit 1);
+4. the stacks destroyed and removed — also after a failure, a time-out or Ctrl-C.
+
+Each phase is bounded by ``--timeout`` seconds: what still runs then is killed (its whole process tree)
+and counted as timed out. Every release generates its own load (its ``rollout`` hook: ``hey`` at
+``--rps`` requests/s for the interval less 2 s), so the load on the lab grows with N, as it would.
+
+What is measured, and how (the definitions are the ones printed):
+
+- **step latency** — per weight step, from the journal's "shifting to step k" record to its "weight W is
+  live in the route and accepted by the gateway" record: the step's canary sizing, its targeted ``up``,
+  and the gateway's acceptance, verified. p50 and p95 over every step of every healthy release.
+- **step period** — the gap between successive "shifting to step" records of one release: the analysis
+  interval (wait and tick) plus the next step's latency; the pace a release keeps. p50 and p95.
+- **rollback** — from the decision (the "rolling back:" state record) to the route restored ("traffic is
+  back on stable": route 100/0, accepted by the gateway), and to the end state verified. p50 and p95.
+- **CPU per release** — user + system seconds of the ``canary release`` process and of everything it
+  started and reaped (Pulumi CLI, language host, provider, the load-test ``hey``), exact, from
+  ``os.wait4``'s rusage; ``hey``'s share is sampled from ``/proc/<pid>/stat`` every 0.5 s and reported
+  apart: orchestrator CPU = total − hey.
+- **memory per release** — the orchestrator process's own peak RSS (``VmHWM`` in ``/proc/<pid>/status``),
+  and the peak of its whole process tree's summed RSS (sampled every 0.5 s).
+- **API-server requests** — the kube-apiserver's ``apiserver_request_total`` (its ``/metrics``, read with
+  the lab's kubeconfig) over the phase, less its idle rate (the mean of 10 s measured before and after
+  the phase, each after 15 s of settling) times the phase's duration; per healthy weight step and per
+  release, with the 25 largest (verb, resource) counts in ``--json``. It counts every client: the
+  releases and their Pulumi provider, and the controllers reacting to them (kube-controller-manager,
+  kwok, Traefik) — and anyone else using the lab meanwhile (a lab test's route watcher polls the route
+  many times a second). Run it on an otherwise idle lab: above 5 requests/s without a release the
+  script says the figures include other clients' bursts.
+
+Prints one table per N and the ratios against N = 1; ``--json`` writes every sample.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from canary import api
+from canary.adapters import stackfile
+from canary.adapters.stack import Stack
+from canary.core import units
+from canary.lab import cluster, procs
+from canary.lab.layout import Layout
+
+APP = "web"
+IDLE_WARNING = 5.0  # API-server requests/s without a release above which the lab is not idle
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+# --- stacks ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class App:
+    """One stack of its own (namespace = stack name), in a copy of the project."""
+
+    name: str
+    project: Path
+    env: dict[str, str]
+
+    def argv(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "canary", *args, "--project-dir", str(self.project)]
+
+
+def make_app(layout: Layout, name: str, interval: str, rps: int) -> App:
+    """As the lab tests' ``make_project``: the lab stack file, with the app's own namespace and host name."""
+    project = Path(tempfile.mkdtemp(prefix=f"canary-many-{name}-"))
+    (project / "stacks").mkdir()
+    for file in ("Pulumi.yaml", "__main__.py"):
+        shutil.copyfile(ROOT / file, project / file)
+    document = stackfile.load((ROOT / "stacks" / "Pulumi.lab.yaml").read_text())
+    config = document["config"]
+    config["canary:app"]["namespace"] = name
+    config["canary:gateway"]["hostnames"] = [f"{name}.lab.test"]
+    config["canary:analysis"]["interval"] = interval
+    seconds = max(1, int(units.parse_duration(interval).total_seconds()) - 2)
+    for metric in config["canary:analysis"]["metrics"]:
+        metric["interval"] = f"{2 * seconds + 4}s"
+    for hook in config["canary:analysis"].get("webhooks", []):
+        if hook.get("cmd", "").startswith("hey "):
+            hook["cmd"] = f"hey -host {name}.lab.test -z {seconds}s -q {max(1, rps // 4)} -c 4 http://127.0.0.1:{layout.gateway_port}/"
+    (project / "stacks" / f"Pulumi.{name}.yaml").write_text(stackfile.dump(document))
+    env = {k: v for k, v in os.environ.items() if k != "CANARY_STATE_DIR"}
+    env.update(layout.pulumi_env())
+    env["CANARY_LAB_DIR"] = str(layout.dir)
+    cluster.init_stack(layout, name, project)
+    return App(name, project, env)
+
+
+def deploy(app: App) -> None:
+    done = subprocess.run(app.argv("up", app.name), capture_output=True, text=True, env=app.env, timeout=600)
+    if done.returncode != 0:
+        raise RuntimeError(f"canary up {app.name} failed ({done.returncode}): {done.stdout[-1500:]}{done.stderr[-1500:]}")
+
+
+def remove(app: App, layout: Layout) -> str | None:
+    """Destroy the stack and remove it from the backend (the namespace goes with it, and the history and
+    backup files the file backend keeps of a removed stack); a failure is returned, not raised."""
+    try:
+        Stack(app.project, app.name, app.env).destroy()
+        subprocess.run(["pulumi", "stack", "rm", "--yes", "--force", app.name], cwd=app.project, env=app.env, capture_output=True, timeout=120)
+        backend = layout.backend_dir / ".pulumi"
+        shutil.rmtree(backend / "history" / "canary" / app.name, ignore_errors=True)
+        for left in (backend / "stacks" / "canary").glob(f"{app.name}.json*"):
+            left.unlink(missing_ok=True)
+    except Exception as exc:  # noqa: BLE001 - clean up the others whatever happened to this one
+        return f"{app.name}: {exc}"
+    finally:
+        shutil.rmtree(app.project, ignore_errors=True)
+    return None
+
+
+# --- processes ------------------------------------------------------------------------------------
+
+
+def _stat(pid: int) -> tuple[str, float, int] | None:
+    """(command name, CPU seconds, RSS in KiB) of a live process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    comm = stat[stat.index("(") + 1:stat.rindex(")")]
+    fields = stat[stat.rindex(")") + 2:].split()
+    return comm, (int(fields[11]) + int(fields[12])) / CLK_TCK, int(fields[21]) * PAGE_KB
+
+
+def _hwm(pid: int) -> int:
+    with contextlib.suppress(OSError, StopIteration, ValueError):
+        line = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("VmHWM:"))
+        return int(line.split()[1])
+    return 0
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a release and everything below it (the Pulumi CLI runs in a session of its own)."""
+    below = [pid, *procs.descendants(pid)]
+    for each in below:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(os.getpgid(each), signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(each, signal.SIGKILL)
+
+
+@dataclass
+class Run:
+    """One ``canary release`` process: its outcome, exact CPU (wait4), and what the sampler saw."""
+
+    app: App
+    image: str
+    process: subprocess.Popen[bytes] | None = None
+    started: float = 0.0
+    ended: float = 0.0
+    code: int | None = None
+    cpu: float = 0.0  # user + system of the release and everything it reaped
+    maxrss_kb: int = 0  # the largest single process of its tree (rusage)
+    hey_cpu: dict[int, float] = field(default_factory=dict)  # per hey process, last seen
+    orchestrator_hwm_kb: int = 0
+    tree_rss_peak_kb: int = 0
+    timed_out: bool = False
+    log: Path | None = None
+
+    def start(self) -> None:
+        self.log = self.app.project / f"release-{self.image.replace(':', '-')}.log"
+        out = self.log.open("wb")
+        self.process = subprocess.Popen(self.app.argv("release", self.app.name, "--image", self.image), stdout=out, stderr=subprocess.STDOUT,
+                                        env=self.app.env, start_new_session=True)
+        out.close()
+        self.started = time.time()
+        threading.Thread(target=self._reap, daemon=True).start()
+
+    def _reap(self) -> None:
+        assert self.process is not None
+        _, status, usage = os.wait4(self.process.pid, 0)
+        self.ended = time.time()
+        self.cpu = usage.ru_utime + usage.ru_stime
+        self.maxrss_kb = usage.ru_maxrss
+        self.process.returncode = self.code = os.waitstatus_to_exitcode(status)
+
+    @property
+    def running(self) -> bool:
+        return self.code is None
+
+    def sample(self, children: dict[int, list[int]]) -> None:
+        assert self.process is not None
+        pid = self.process.pid
+        total = 0
+        for each in [pid, *procs.descendants(pid, children)]:
+            seen = _stat(each)
+            if seen is None:
+                continue
+            comm, cpu, rss = seen
+            total += rss
+            if comm == "hey":
+                self.hey_cpu[each] = cpu
+        self.tree_rss_peak_kb = max(self.tree_rss_peak_kb, total)
+        self.orchestrator_hwm_kb = max(self.orchestrator_hwm_kb, _hwm(pid))
+
+
+def run_phase(apps: list[App], image: str, timeout: float) -> list[Run]:
+    """Every app's ``canary release --image IMAGE`` at once, sampled every 0.5 s, bounded by ``timeout``."""
+    runs = [Run(app, image) for app in apps]
+    for run in runs:
+        run.start()
+    deadline = time.monotonic() + timeout
+    while any(r.running for r in runs):
+        children = procs.children_map()
+        for run in runs:
+            if run.running:
+                run.sample(children)
+        if time.monotonic() > deadline:
+            for run in runs:
+                if run.running and run.process is not None:
+                    run.timed_out = True
+                    kill_tree(run.process.pid)
+            end = time.monotonic() + 30
+            while any(r.running for r in runs) and time.monotonic() < end:
+                time.sleep(0.2)
+            break
+        time.sleep(0.5)
+    return runs
+
+
+# --- the API server -------------------------------------------------------------------------------
+
+
+class ApiServer:
+    """The kube-apiserver's request counter (``apiserver_request_total``, every client), from its /metrics."""
+
+    def __init__(self, layout: Layout) -> None:
+        from kubernetes import config
+
+        self.client = config.new_client_from_config(config_file=str(layout.kubeconfig))
+
+    def counts(self) -> dict[str, float]:
+        headers: dict[str, str] = {}
+        self.client.update_params_for_auth(headers, [], ["BearerToken"], "GET", "/metrics", None)
+        response = self.client.call_api("GET", self.client.configuration.host + "/metrics", header_params=headers, _request_timeout=30)
+        response.read()
+        out: dict[str, float] = {}
+        for line in response.data.decode().splitlines():
+            if line.startswith("apiserver_request_total{"):
+                labels, _, value = line.rpartition(" ")
+                found = dict(re.findall(r'(\w+)="([^"]*)"', labels))
+                key = f"{found.get('verb')} {found.get('resource') or found.get('subresource') or '-'}"
+                out[key] = out.get(key, 0.0) + float(value)
+        return out
+
+    def idle_rate(self, settle: float = 15.0, seconds: float = 10.0) -> float:
+        """Requests per second with no release running, measured after ``settle`` seconds (the controllers
+        finish reacting to the last rollout or cleanup first)."""
+        time.sleep(settle)
+        before = sum(self.counts().values())
+        time.sleep(seconds)
+        return (sum(self.counts().values()) - before) / seconds
+
+
+def delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
+    return {k: v - before.get(k, 0.0) for k, v in after.items() if v - before.get(k, 0.0) > 0}
+
+
+# --- the journals ---------------------------------------------------------------------------------
+
+
+def _t(record: Any) -> float:
+    return datetime.fromisoformat(record.time.replace("Z", "+00:00")).timestamp()
+
+
+def journal_times(run: Run) -> dict[str, list[float]]:
+    """Step latencies, step periods and rollback times of one release, from its journal in the cluster."""
+    out: dict[str, list[float]] = {"step": [], "period": [], "rollback_route": [], "rollback_verified": []}
+    try:
+        history = api.history(run.app.name, app=APP, project_dir=run.app.project, env=run.app.env)
+    except Exception as exc:  # noqa: BLE001 - a journal that cannot be read leaves this release out
+        print(f"  {run.app.name}: journal unreadable: {exc}", file=sys.stderr)
+        return out
+    release = next((r.release for r in reversed(history) if r.type == "state" and r.message.startswith("release started")), None)
+    records = [r for r in history if r.release == release and r.type in ("state", "verified")]
+    shifts = [r for r in records if r.type == "state" and r.message.startswith("shifting to step")]
+    for shift in shifts:
+        live = next((r for r in records if r.type == "state" and _t(r) >= _t(shift) and " is live in the route and accepted" in r.message), None)
+        if live is not None:
+            out["step"].append(_t(live) - _t(shift))
+    out["period"] = [_t(b) - _t(a) for a, b in zip(shifts, shifts[1:], strict=False)]
+    decision = next((r for r in records if r.type == "state" and r.message.startswith("rolling back:")), None)
+    if decision is not None:
+        restored = next((r for r in records if r.type == "state" and r.message.startswith("traffic is back on stable") and _t(r) >= _t(decision)), None)
+        verified = next((r for r in records if r.type == "verified" and r.what == "end state" and _t(r) >= _t(decision)), None)
+        if restored is not None:
+            out["rollback_route"].append(_t(restored) - _t(decision))
+        if verified is not None:
+            out["rollback_verified"].append(_t(verified) - _t(decision))
+    return out
+
+
+# --- figures --------------------------------------------------------------------------------------
+
+
+def pct(samples: list[float], q: float) -> float | None:
+    if not samples:
+        return None
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def phase_figures(runs: list[Run], requests: float | None, expect: int, per_step: bool) -> dict[str, Any]:
+    times: dict[str, list[float]] = {"step": [], "period": [], "rollback_route": [], "rollback_verified": []}
+    for run in runs:
+        for key, values in journal_times(run).items():
+            times[key].extend(values)
+    hey = [sum(r.hey_cpu.values()) for r in runs]
+    orchestrator = [r.cpu - h for r, h in zip(runs, hey, strict=True)]
+    steps = len(times["step"])
+    return {
+        "releases": len(runs),
+        "as_expected": sum(r.code == expect for r in runs),
+        "timed_out": sum(r.timed_out for r in runs),
+        "exit_codes": [r.code for r in runs],
+        "wall_s": max(r.ended for r in runs) - min(r.started for r in runs) if runs else 0.0,
+        "release_s_p50": statistics.median([r.ended - r.started for r in runs]),
+        "step_s_p50": pct(times["step"], 0.5), "step_s_p95": pct(times["step"], 0.95),
+        "period_s_p50": pct(times["period"], 0.5), "period_s_p95": pct(times["period"], 0.95),
+        "rollback_route_s_p50": pct(times["rollback_route"], 0.5), "rollback_route_s_p95": pct(times["rollback_route"], 0.95),
+        "rollback_verified_s_p50": pct(times["rollback_verified"], 0.5), "rollback_verified_s_p95": pct(times["rollback_verified"], 0.95),
+        "cpu_s_per_release": statistics.mean(r.cpu for r in runs),
+        "orchestrator_cpu_s_per_release": statistics.mean(orchestrator),
+        "hey_cpu_s_per_release": statistics.mean(hey),
+        "orchestrator_peak_rss_mib": statistics.mean(r.orchestrator_hwm_kb for r in runs) / 1024,
+        "tree_peak_rss_mib": statistics.mean(r.tree_rss_peak_kb for r in runs) / 1024,
+        "largest_process_rss_mib": max(r.maxrss_kb for r in runs) / 1024,
+        "api_requests": requests,
+        "api_requests_per_release": requests / len(runs) if runs and requests is not None else None,
+        "api_requests_per_step": requests / steps if steps and per_step and requests is not None else None,
+        "steps": steps,
+        "samples": times,
+    }
+
+
+SHOWN = [("step_s_p50", "step latency p50 (s)"), ("step_s_p95", "step latency p95 (s)"), ("period_s_p50", "step period p50 (s)"),
+         ("period_s_p95", "step period p95 (s)"), ("rollback_route_s_p50", "rollback → route restored p50 (s)"),
+         ("rollback_route_s_p95", "rollback → route restored p95 (s)"), ("rollback_verified_s_p50", "rollback → verified p50 (s)"),
+         ("release_s_p50", "release wall time p50 (s)"), ("cpu_s_per_release", "CPU per release, all (s)"),
+         ("orchestrator_cpu_s_per_release", "CPU per release, orchestrator (s)"), ("hey_cpu_s_per_release", "CPU per release, load test (s)"),
+         ("orchestrator_peak_rss_mib", "orchestrator peak RSS (MiB)"), ("tree_peak_rss_mib", "process tree peak RSS (MiB)"),
+         ("api_requests_per_step", "API requests per step"), ("api_requests_per_release", "API requests per release"),
+         ("api_requests_raw_per_release", "API requests per release, idle not subtracted")]
+
+
+def _fmt(value: Any) -> str:
+    return "—" if value is None else f"{value:.2f}" if isinstance(value, float) else str(value)
+
+
+def print_results(results: dict[int, dict[str, dict[str, Any]]]) -> None:
+    for n, phases in results.items():
+        for phase, figures in phases.items():
+            print(f"\nN = {n}, {phase}: {figures['as_expected']}/{figures['releases']} as expected, {figures['timed_out']} timed out, "
+                  f"wall {figures['wall_s']:.1f}s, {figures['steps']} steps")
+            for key, label in SHOWN:
+                if figures.get(key) is not None:
+                    print(f"  {label:<46} {_fmt(figures[key])}")
+    if 1 not in results or len(results) < 2:
+        return
+    print("\nratios against N = 1 (same run):")
+    for n, phases in results.items():
+        if n == 1:
+            continue
+        for phase, figures in phases.items():
+            base = results[1].get(phase, {})
+            parts = [f"{label.split(' (')[0]} ×{figures[key] / base[key]:.2f}" for key, label in SHOWN
+                     if figures.get(key) is not None and base.get(key)]
+            print(f"  N = {n}, {phase}: " + "; ".join(parts))
+
+
+# --- the run --------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def apps_of(layout: Layout, n: int, token: str, interval: str, rps: int) -> Iterator[list[App]]:
+    apps: list[App] = []
+    try:
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            apps.extend(pool.map(lambda i: make_app(layout, f"bm{n}-{token}-{i}", interval, rps), range(n)))
+            list(pool.map(deploy, apps))
+        yield apps
+    finally:
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            failures = [f for f in pool.map(lambda app: remove(app, layout), apps) if f]
+        for failure in failures:
+            print(f"could not remove {failure}", file=sys.stderr)
+
+
+def measure(layout: Layout, n: int, args: argparse.Namespace, token: str) -> dict[str, dict[str, Any]]:
+    server = ApiServer(layout)
+    out: dict[str, dict[str, Any]] = {}
+    phases = [("healthy", "demo:v2", 0)] + ([] if args.no_rollback else [("rollback", "demo:v2-faulty", 1)])
+    with apps_of(layout, n, token, args.interval, args.rps) as apps:
+        for phase, image, expect in phases:
+            print(f"N = {n}: {phase} ({image}) on {len(apps)} stacks …", flush=True)
+            idle_before = server.idle_rate()
+            before, began = server.counts(), time.monotonic()
+            runs = run_phase(apps, image, args.timeout)
+            spent = time.monotonic() - began
+            counted = delta(server.counts(), before)
+            idle_after = server.idle_rate()
+            idle = (idle_before + idle_after) / 2
+            if idle > IDLE_WARNING:
+                print(f"  the lab is not idle ({idle_before:.1f} and {idle_after:.1f} requests/s without a release): "
+                      "the API-server figures include other clients' bursts", file=sys.stderr)
+            net = sum(counted.values()) - idle * spent  # at or below zero: other clients' noise hides the releases'
+            figures = phase_figures(runs, net if net > 0 else None, expect, per_step=phase == "healthy")
+            figures.update(idle_requests_per_s=[idle_before, idle_after], api_requests_raw_per_release=sum(counted.values()) / len(runs),
+                           api_by_verb_resource=dict(sorted(counted.items(), key=lambda kv: -kv[1])[:25]))
+            bad = [r for r in runs if r.code != expect]
+            for run in bad[:3]:
+                tail = run.log.read_text()[-1200:] if run.log and run.log.exists() else ""
+                print(f"  {run.app.name}: exit {run.code}{' (timed out)' if run.timed_out else ''}\n{tail}", file=sys.stderr)
+            out[phase] = figures
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, nargs="+", default=[1, 5, 20], help="how many apps release at once, one run each (default: 1 5 20)")
+    parser.add_argument("--no-rollback", action="store_true", help="skip the faulty releases (the rollback phase)")
+    parser.add_argument("--interval", default="10s", help="each app's analysis interval (default 10s)")
+    parser.add_argument("--rps", type=int, default=100, help="each release's load test, requests per second (default 100)")
+    parser.add_argument("--timeout", type=float, default=1200, help="seconds each phase may take before what runs is killed (default 1200)")
+    parser.add_argument("--json", type=Path, help="write every figure and sample here")
+    args = parser.parse_args()
+    layout = Layout.for_project(ROOT)
+    if not cluster.running(layout):
+        print("the lab is not running: canary lab up", file=sys.stderr)
+        return 2
+    token = secrets.token_hex(2)
+    results: dict[int, dict[str, dict[str, Any]]] = {}
+    for n in args.n:
+        results[n] = measure(layout, n, args, token)
+    print_results(results)
+    if args.json:
+        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results}, indent=1, default=str))
+    ok = all(f["as_expected"] == f["releases"] for phases in results.values() for f in phases.values())
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
