@@ -22,9 +22,14 @@ PLACEHOLDER_TAG = "change-me"
 PLACEHOLDER_GATEWAY = "change-me"
 
 # The fields canary carries over; any other field of a manifest is named in a note.
-_CANARY_FIELDS = {"targetRef", "service", "analysis", "provider"}
+_CANARY_FIELDS = {"targetRef", "service", "analysis", "provider", "skipAnalysis"}
 _SERVICE_FIELDS = {"port", "targetPort", "gatewayRefs", "hosts"}
-_ANALYSIS_FIELDS = {"interval", "threshold", "maxWeight", "stepWeight", "stepWeights", "metrics", "webhooks"}
+_ANALYSIS_FIELDS = {
+    "interval", "threshold", "maxWeight", "stepWeight", "stepWeights", "metrics", "webhooks",
+    "iterations", "match", "mirror", "mirrorWeight", "sessionAffinity",
+}
+#: Carried over as they are: canary spells them as Flagger does (and judges them by the same rules).
+_AS_IS = ("interval", "threshold", "maxWeight", "stepWeight", "stepWeights", "iterations", "match", "mirror", "mirrorWeight")
 _METRIC_FIELDS = {"name", "templateRef", "thresholdRange", "interval", "templateVariables"}
 _WEBHOOK_FIELDS = {"name", "type", "url", "timeout", "metadata"}
 #: Every field of Flagger's CanaryAnalysis (flagger.app/v1beta1): one outside this set is a typo
@@ -35,6 +40,7 @@ FLAGGER_ANALYSIS_FIELDS = frozenset({
 })
 #: Where each field of the imported spec came from in the manifests, for problems found when it is validated.
 _ORIGINS = (
+    ("analysis.skipAnalysis", "spec.skipAnalysis"),
     ("analysis", "spec.analysis"),
     ("app.servicePort", "spec.service.port"),
     ("app.port", "spec.service.targetPort"),
@@ -98,6 +104,8 @@ def convert(
         notes.append(f"app.image: not in Flagger manifests (it lives in Deployment {name}); written as {stable_image}, set it")
     analysis_in = _mapping(spec.get("analysis"), "spec.analysis")
     analysis = _analysis(analysis_in, notes)
+    if "skipAnalysis" in spec:
+        analysis["skipAnalysis"] = spec["skipAnalysis"]
     metric_templates = _templates(templates_in, notes)
     _check_template_refs(analysis, metric_templates)
     app["image"] = stable_image
@@ -212,7 +220,12 @@ def _analysis(data: Mapping[str, Any], notes: list[str]) -> dict[str, Any]:
         rule = "is not a field of Flagger's Canary spec.analysis (a typo?); its fields: " + ", ".join(sorted(FLAGGER_ANALYSIS_FIELDS))
         raise InvalidSpec([Problem(f"spec.analysis.{key}", _shown(data[key]), rule) for key in unknown], "Canary")
     _unsupported("spec.analysis", data, _ANALYSIS_FIELDS, notes)
-    out = {k: data[k] for k in ("interval", "threshold", "maxWeight", "stepWeight", "stepWeights") if k in data}
+    out = {k: data[k] for k in _AS_IS if k in data}
+    if "sessionAffinity" in data:
+        affinity = dict(_mapping(data["sessionAffinity"], "spec.analysis.sessionAffinity"))
+        if isinstance(affinity.get("maxAge"), int) and not isinstance(affinity["maxAge"], bool):
+            affinity["maxAge"] = f"{affinity['maxAge']}s"  # Flagger's maxAge is in seconds
+        out["sessionAffinity"] = affinity
     if "threshold" in data:
         out["failureLimit"] = data["threshold"]
         notes.append(

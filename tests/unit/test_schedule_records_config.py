@@ -18,7 +18,7 @@ from canary.core import config as stackconfig
 from canary.core import exitcodes, flagger, notify, records, schedule, templates, units
 from canary.core.records import Check, Effect, Outcome, Phase, ReleaseState, TrackPin, Verdict
 from canary.core.routing import Affinity, Match, RouteShape
-from canary.core.spec import Alert, Analysis, Severity, Strategy, parse_spec, parse_stack
+from canary.core.spec import Alert, Analysis, Severity, Strategy, StringMatch, parse_spec, parse_stack
 from canary.errors import InvalidSpec
 from tests.conftest import FIXTURES, ROOT, base_values
 from tests.helpers import del_path, pod_template, set_path, spec_with, update, values_with
@@ -609,8 +609,7 @@ def test_gateway_refs_and_hosts_carry_over() -> None:
 def test_unsupported_fields_are_reported_by_name() -> None:
     doc = _canary()
     doc["spec"]["progressDeadlineSeconds"] = 60
-    doc["spec"]["analysis"]["iterations"] = 10
-    doc["spec"]["analysis"]["match"] = [{"headers": {"x": {"exact": "y"}}}]
+    doc["spec"]["analysis"]["primaryReadyThreshold"] = 100
     doc["spec"]["analysis"]["metrics"][0]["query"] = "up"
     doc["spec"]["service"]["retries"] = {"attempts": 3}
     doc["spec"]["service"]["targetPort"] = "http"
@@ -619,7 +618,7 @@ def test_unsupported_fields_are_reported_by_name() -> None:
     template["spec"]["provider"].update(secretRef={"name": "prom-auth"}, insecureSkipVerify=True)
     result = flagger.convert([doc, template, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}}])
     notes = "\n".join(result.notes)
-    for field in ("spec.progressDeadlineSeconds", "spec.analysis.iterations", "spec.analysis.match", "spec.analysis.metrics[0].query", "spec.service.retries"):
+    for field in ("spec.progressDeadlineSeconds", "spec.analysis.primaryReadyThreshold", "spec.analysis.metrics[0].query", "spec.service.retries"):
         assert f"{field}: not supported by canary; ignored" in notes
     assert "spec.service.targetPort: named port 'http' is not supported; set canary:app.port" in notes and result.spec.app is not None and result.spec.app.port is None
     assert "spec.provider: 'istio' is replaced by a Gateway API HTTPRoute" in notes
@@ -630,10 +629,63 @@ def test_unsupported_fields_are_reported_by_name() -> None:
 
 def test_flagger_fields_canary_does_not_carry_over_are_still_notes() -> None:
     doc = _canary()
-    doc["spec"]["analysis"].update(iterations=10, stepWeightPromotion=20, sessionAffinity={"cookieName": "x"})
+    doc["spec"]["analysis"].update(stepWeightPromotion=20, canaryReadyThreshold=100)
     notes = "\n".join(flagger.convert([doc, _template()]).notes)
-    for field in ("iterations", "stepWeightPromotion", "sessionAffinity"):
+    for field in ("stepWeightPromotion", "canaryReadyThreshold"):
         assert f"spec.analysis.{field}: not supported by canary; ignored" in notes
+
+
+def _weights_removed(doc: dict[str, Any]) -> dict[str, Any]:
+    for key in ("maxWeight", "stepWeight", "stepWeights"):
+        doc["spec"]["analysis"].pop(key, None)
+    return doc
+
+
+def test_an_ab_canary_carries_its_match_and_iterations_over() -> None:
+    doc = _weights_removed(_canary())
+    doc["spec"]["analysis"].update(iterations=10, match=[{"headers": {"x-canary": {"exact": "insider"}}}, {"headers": {"cookie": {"regex": "^(.*?;)?(canary=always)(;.*)?$"}}}])
+    result = flagger.convert([doc, _template()])
+    analysis = result.spec.release_spec("web").analysis
+    assert analysis.kind is Strategy.AB and analysis.iterations == 10
+    assert analysis.match is not None and [m.headers for m in analysis.match] == [
+        {"x-canary": StringMatch(exact="insider")}, {"cookie": StringMatch(regex="^(.*?;)?(canary=always)(;.*)?$")}]
+    assert not any("match" in note or "iterations" in note for note in result.notes)
+    again = stackconfig.from_file_values(yaml.safe_load(stackfile.dump_stack_file(result.spec))["config"], "imported")
+    assert again == result.spec
+
+
+def test_a_blue_green_canary_carries_iterations_mirroring_and_skip_analysis_over() -> None:
+    doc = _weights_removed(_canary())
+    doc["spec"]["skipAnalysis"] = True
+    doc["spec"]["analysis"].update(iterations=5, mirror=True, mirrorWeight=30)
+    analysis = flagger.convert([doc, _template()]).spec.release_spec("web").analysis
+    assert analysis.kind is Strategy.BLUE_GREEN and analysis.iterations == 5
+    assert (analysis.mirror, analysis.mirror_weight, analysis.skip_analysis) == (True, 30, True)
+
+
+def test_session_affinity_carries_over_with_flaggers_max_age_in_seconds() -> None:
+    doc = _canary()
+    doc["spec"]["analysis"]["sessionAffinity"] = {"cookieName": "flagger-cookie", "maxAge": 7200}
+    affinity = flagger.convert([doc, _template()]).spec.release_spec("web").analysis.session_affinity
+    assert affinity is not None and (affinity.cookie_name, affinity.max_age) == ("flagger-cookie", timedelta(hours=2))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"iterations": 10, "match": [{"headers": {"x-canary": {"prefix": "in"}}}]}, "spec.analysis.match"),
+        ({"iterations": 10, "sessionAffinity": {"cookieName": "x"}}, "spec.analysis: sessionAffinity needs weighted steps"),
+        ({"mirrorWeight": 30}, "spec.analysis.mirrorWeight: needs mirror: true (got 30)"),
+    ],
+)
+def test_strategy_fields_flagger_would_take_but_canary_cannot_are_refused_by_manifest_field(change: dict[str, Any], message: str) -> None:
+    doc = _canary()
+    if "iterations" in change:
+        _weights_removed(doc)
+    doc["spec"]["analysis"].update(change)
+    with pytest.raises(InvalidSpec) as info:
+        flagger.convert([doc, _template()])
+    assert message in str(info.value), str(info.value)
 
 
 def test_built_in_metrics_without_a_provider_get_the_default_prometheus() -> None:
