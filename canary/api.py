@@ -655,9 +655,17 @@ def abort(stack: str, *, app: str | None = None, project_dir: Path | None = None
 def promote(stack: str, *, app: str | None = None, project_dir: Path | None = None, env: Mapping[str, str] | None = None, by: str = "canary promote",
             force: bool = False, skip_analysis: bool = False, reason: str = "") -> str:
     """Approve a release waiting for promotion (or a decision); ``force`` and ``skip_analysis`` need a reason."""
+    if force and skip_analysis:
+        raise InvalidSpec([Problem("--force", "with --skip-analysis", "give one: --force promotes a release waiting after a failed tick, --skip-analysis one in any phase")], "promote")
     if (force or skip_analysis) and not reason.strip():
         raise InvalidSpec([Problem("--reason", "nothing", "is required with --force or --skip-analysis: it is journaled")], "promote")
     allowed = None if skip_analysis else frozenset({Phase.WAITING_PROMOTION, Phase.WAITING_DECISION})
+    if not (force or skip_analysis):
+        _, name, store = _store(stack, app, project_dir, env)
+        state = store.load()
+        if state is not None and state.phase is Phase.WAITING_PROMOTION and not state.advance:
+            raise InvalidSpec([Problem("--app", name, f"release {state.release}'s last tick did not pass ({state.reason or 'see canary status'}): "
+                                       "it promotes after a passing tick; --force --reason TEXT overrides")], "promote")
     return _request(stack, "promote", app, project_dir, env, by, reason, allowed, force=force, skip_analysis=skip_analysis)
 
 

@@ -52,7 +52,7 @@ _app = click.option("--app", help="The app, when the stack holds several.")
 _route_timeout = click.option("--route-timeout", type=click.FloatRange(1, 3600), default=60, show_default=True,
                               help="Seconds to wait for the gateway to accept a route change.")
 _lock_wait = click.option("--lock-wait", type=click.FloatRange(0, 86400), default=600, show_default=True,
-                          help="Seconds to wait while another update holds the stack's Pulumi lock (another app's release), then exit 3.")
+                          help="Seconds the first `up` waits while another update holds the stack's Pulumi lock (another app's release), then exit 3.")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -241,7 +241,7 @@ def up(stack: str, app: str | None, retry: bool, lab: bool | None, route_timeout
 def release(stack: str, image: str, app: str | None, lab: bool | None, route_timeout: float, lock_wait: float, project_dir: Path | None) -> None:
     """Release IMAGE on STACK: set it as the app's image in the stack file, then `canary up`.
 
-    Exit 0 when promoted (or nothing to release), 1 when rolled back, failed or aborted, 2 on invalid
+    Exit 0 when promoted, 1 when rolled back, failed or aborted, 2 on invalid
     input, 3 when another release holds the app, 4 when a rollback could not be applied yet,
     5 when promoted but not verified (run `canary resume STACK` in both cases).
     """

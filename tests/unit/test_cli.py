@@ -127,3 +127,43 @@ def test_promote_force_needs_a_reason(monkeypatch: pytest.MonkeyPatch, capsys: p
     with pytest.raises(SystemExit) as info:
         cli.run()
     assert info.value.code == 2 and "--reason" in capsys.readouterr().err
+
+
+def test_promote_with_both_force_and_skip_analysis_is_refused(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from canary import api, cli
+
+    monkeypatch.setattr(api, "_request", lambda *a, **k: "r1")
+    monkeypatch.setattr(sys, "argv", ["canary", "promote", "prod", "--force", "--skip-analysis", "--reason", "x"])
+    with pytest.raises(SystemExit) as info:
+        cli.run()
+    assert info.value.code == 2 and "--force: give one" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("advance", "force", "refused"), [(False, False, True), (False, True, False), (True, False, False)])
+def test_promote_after_a_failed_last_tick_is_refused_at_once_unless_forced(advance: bool, force: bool, refused: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    from canary import api
+    from canary.core.records import Phase, ReleaseState
+    from canary.errors import InvalidSpec
+
+    state = ReleaseState(release="r1", stack="prod", app="web", phase=Phase.WAITING_PROMOTION, weight=50, advance=advance,
+                         reason="error-rate 7 > max 5")
+
+    class Store:
+        asked: list[str] = []
+
+        def load(self) -> ReleaseState:
+            return state
+
+        def request(self, kind: str, release: str, **fields: Any) -> None:
+            self.asked.append(kind)
+
+    store = Store()
+    monkeypatch.setattr(api, "_store", lambda *a, **k: (None, "web", store))
+    if refused:
+        with pytest.raises(InvalidSpec) as info:
+            api.promote("prod", force=force, reason="hotfix" if force else "")
+        assert "last tick did not pass (error-rate 7 > max 5)" in str(info.value) and "--force" in str(info.value)
+        assert store.asked == []
+    else:
+        assert api.promote("prod", force=force, reason="hotfix" if force else "") == "r1"
+        assert store.asked == ["promote"]
