@@ -500,7 +500,7 @@ def _project_healthy(layout: Layout) -> bool:
 
 COMPONENTS: tuple[Component, ...] = (
     Component("network", _network_start, _network_healthy, lambda lo: f"netns {lo.netns}, pods {netns.POD_CIDR}"),
-    Component("forwarder", _forwarder_start, _forwarder_healthy, lambda lo: f"127.0.0.1:{lo.api_port},{lo.gateway_port},{lo.prometheus_port}"),
+    Component("forwarder", _forwarder_start, _forwarder_healthy, lambda lo: f"127.0.0.1:{lo.api_port},{lo.gateway_port},{lo.prometheus_port},{lo.pushgateway_port}"),
     Component("etcd", _etcd_start, _etcd_healthy, lambda lo: f"http://127.0.0.1:{lo.etcd_port} (in netns)"),
     Component("kube-apiserver", _apiserver_start, _apiserver_healthy, lambda lo: lo.api_url),
     Component("kube-controller-manager", _controller_manager_start, _cm_healthy),
