@@ -59,6 +59,27 @@ def test_ctrl_c_during_an_up_rolls_back_and_ends_aborted(lab_stack: LabStack) ->
     assert not lab_stack.pulumi_locks()
 
 
+def test_sigterm_rolls_back_releases_every_lock_and_a_second_release_is_refused_meanwhile(lab_stack: LabStack) -> None:
+    """What a CI runner's cancel sends: SIGTERM to canary alone. While it runs, a second release is refused
+    naming it; after the signal, traffic is back on stable, it ends Aborted, and neither the app's Lease nor
+    Pulumi's lock is left held."""
+    with RouteWatcher(lab_stack) as watcher, running(lab_stack.start("release", lab_stack.name, "--image", "demo:v2")) as process:
+        wait_until(lambda: 10 in watcher.canary_weights, lambda: f"the route at canary weight 10 (seen {watcher.seen})", 180, process)
+        second = lab_stack.cli("release", lab_stack.name, "--image", "demo:v2-slow")
+        assert second.returncode == 3, second.stdout + second.stderr
+        assert f"pid {process.pid}" in second.stderr, second.stderr
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=300)
+    assert process.returncode == 1, out[-3000:] + err[-3000:]
+    assert "SIGTERM: rolling back to stable" in err, err[-3000:]
+    state = lab_stack.state()
+    assert state is not None and state.phase.value == "Aborted" and "SIGTERM" in state.reason, state
+    assert_stable_state(lab_stack, "demo:v1")
+    lease = lab_stack.kube.get("coordination.k8s.io/v1", "Lease", naming.lease(lab_stack.app), lab_stack.namespace)
+    assert lease is None or not (lease.get("spec") or {}).get("holderIdentity"), lease
+    assert not lab_stack.pulumi_locks()
+
+
 def _minute_long_load_test(config: dict[str, Any]) -> None:
     hook = config["canary:analysis"]["webhooks"][0]
     hook["cmd"] = hook["cmd"].replace("-z 4s", "-z 1m").replace("-q 25 -c 8", "-q 10 -c 2")
