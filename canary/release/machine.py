@@ -500,13 +500,15 @@ class Release:
                                           f"promotion approved by {by}" + (f" despite a failed last tick: {request.get('reason')}" if forced else ""), Severity.INFO)
             self.recorder.event(state, f"promotion by {by} refused: the last tick did not pass ({state.reason or 'see canary status'}); "
                                        "wait for a passing tick, or promote --force --reason TEXT", Severity.WARN)
-        elif state.advance and self.hooks.gate(state, WebhookType.CONFIRM_PROMOTION) is None:
+        elif state.advance and not state.paused and self.hooks.gate(state, WebhookType.CONFIRM_PROMOTION) is None:
             return self.recorder.save(state.model_copy(update={"phase": Phase.PROMOTING}), "confirm-promotion webhooks approved", Severity.INFO)
         if state.reapply:
             state = self._shift(state, state.step, self._steps(state)[state.step - 1], again=True)
         return self._analyse(state)
 
     def _waiting_decision(self, state: ReleaseState) -> ReleaseState:
+        if (asked := self.hooks.rollback_asked(state)) is not None:
+            return self._begin_rollback(state, f"rollback webhook {asked} asked for a rollback")
         request = self._requests.get("promote")
         if request is not None:
             self._clear("promote")
@@ -653,9 +655,19 @@ class Release:
         shift takes is part of the interval as in Flagger — with the rollout hooks running, then tick."""
         interval = self.spec.analysis.interval.total_seconds()
         start = self.clock.monotonic()
+        end = (since if since is not None else start) + interval
         running = self.hooks.start_rollout(state)
-        stopped = self._wait(interval - (start - since) if since is not None else interval)
-        answered = self._wake.is_set() and state.phase in (Phase.WAITING_PROMOTION, Phase.WAITING_DECISION) and "promote" in self._requests
+        phase, answered = state.phase, False
+        while not (stopped := self._wait(end - self.clock.monotonic())) and self._wake.is_set():
+            # woken by a request: a promote a person gave in a waiting phase (or --skip-analysis) is acted on
+            # now; a pause or continue is taken now too, but the step is still judged on a whole interval
+            if state.phase in (Phase.WAITING_PROMOTION, Phase.WAITING_DECISION) and "promote" in self._requests:
+                answered = True
+                break
+            state = self._take_requests(state)
+            if state.phase is not phase:
+                answered = True
+                break
         # a person answered: stop the load test and act on it before judging again
         hook_failures = self.hooks.finish_rollout(state, running, start, cut="canary promote answered" if answered else "")
         if stopped or self.cancel.is_set() or answered:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -479,3 +480,72 @@ def test_an_unexpected_error_inside_the_release_still_rolls_back_with_a_clear_re
     result = world.start()
     assert result.phase is Phase.FAILED and "internal error (KeyError" in result.reason
     assert world.cluster.shape == RouteShape()
+
+
+def _seconds(iso: str) -> float:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+@pytest.mark.parametrize("kind", ["pause", "continue"])
+def test_a_request_mid_interval_does_not_judge_the_step_early(kind: str) -> None:
+    """A pause (or a continue) that arrives 20 s into a 60 s interval is taken at once, but the step is still
+    judged on a whole interval: an early tick would judge a third of the data (and, after a continue, pass
+    on it and take the next step)."""
+    world = make(Metrics(0.0), lambda v: v["analysis"].update(interval="60s"))
+    sent: dict[str, float] = {}
+
+    def on_sleep(now: float) -> None:
+        state = world.store.state
+        if state is None or state.weight != 20 or not state.shifted_at:
+            return
+        if not sent and now - (_seconds(state.shifted_at) - world.clock.base.timestamp()) >= 20:
+            sent["at"] = now
+            world.store.request(kind)
+        elif state.paused and len([t for t in world.store.of("tick") if t.weight == 20]) >= 2 and "continue" not in world.store.pending:
+            world.store.request("continue")
+
+    world.clock.on_sleep = on_sleep
+    assert world.start().phase is Phase.SUCCEEDED
+    shifted = next(r for r in world.store.journal if r.type == "state" and r.message.startswith("weight 20 is live"))
+    first_at_20 = next(t for t in world.store.of("tick") if t.weight == 20)
+    assert sent and _seconds(first_at_20.time) - _seconds(shifted.time) >= 59.5, (first_at_20.time, shifted.time)
+    if kind == "pause":
+        assert any(r.type == "request" and r.request == "pause" for r in world.store.journal)
+
+
+def test_a_paused_release_waiting_for_promotion_is_not_promoted_when_its_gate_says_yes() -> None:
+    """Pause holds in WaitingPromotion too: the confirm-promotion gate turning to yes promotes only after a continue."""
+    gate = {"open": False}
+    hooks = FakeHooks(lambda name, kind: kind != "confirm-promotion" or gate["open"])
+    world = make(Metrics(0.0), lambda v: v["analysis"].update(webhooks=[{"name": "approve", "type": "confirm-promotion", "url": "http://gate/"}]), hooks=hooks)
+    seen = {"paused_ticks": 0, "continued": False}
+
+    def on_sleep(now: float) -> None:
+        state = world.store.state
+        if state is None or state.phase is not Phase.WAITING_PROMOTION:
+            return
+        if not state.paused and not gate["open"] and "pause" not in world.store.pending:
+            world.store.request("pause")
+        elif state.paused:
+            gate["open"] = True
+            seen["paused_ticks"] = len([t for t in world.store.of("tick") if t.weight == 50])
+            if seen["paused_ticks"] >= 6 and not seen["continued"]:
+                seen["continued"] = True
+                world.store.request("continue")
+
+    world.clock.on_sleep = on_sleep
+    assert world.start().phase is Phase.SUCCEEDED
+    assert seen["continued"], seen  # it was still waiting, paused, with the gate open for several ticks
+    promoting = next(r for r in world.store.journal if r.type == "state" and r.phase == "Promoting")
+    continued = next(r for r in world.store.journal if r.type == "request" and r.request == "continue")
+    assert _seconds(promoting.time) >= _seconds(continued.time)
+
+
+def test_a_rollback_webhook_is_asked_while_the_release_waits_for_a_decision() -> None:
+    world: Any = None
+    hooks = FakeHooks(lambda name, kind: kind != "rollback" or (world.store.state is not None and world.store.state.phase is Phase.WAITING_DECISION))
+    world = make(Metrics(1.5), lambda v: v["analysis"].update(decisionTimeout="1h", webhooks=[{"name": "oncall", "type": "rollback", "url": "http://oncall/"}], metrics=[
+        {"name": "request-error-rate", "thresholdRange": {"max": 1}, "inconclusiveRange": {"max": 2}, "evidence": "none"}]), hooks=hooks)
+    result = world.start()
+    assert result.phase is Phase.FAILED and "rollback webhook oncall asked for a rollback" in result.reason, result.reason
+    assert any(r.type == "state" and r.phase == "WaitingDecision" for r in world.store.journal)
