@@ -45,6 +45,22 @@ def _close_output(process: subprocess.Popen[bytes], reader: threading.Thread) ->
         process.stdout.close()
 
 
+#: What a command hook never inherits (the stack's passphrase, the backend's and Prometheus' tokens): its
+#: output's tail reaches the journal, so none of these may be printed into it.
+SECRET_VARIABLES = frozenset({
+    "PULUMI_CONFIG_PASSPHRASE", "PULUMI_CONFIG_PASSPHRASE_FILE", "PULUMI_ACCESS_TOKEN", "CANARY_PROMETHEUS_TOKEN",
+})
+
+
+def _redacted(text: str) -> str:
+    """``text`` with the value of every secret variable of this process masked (a hook may know one anyway)."""
+    for name in SECRET_VARIABLES:
+        value = os.environ.get(name, "")
+        if len(value) >= 4:
+            text = text.replace(value, "***")
+    return text
+
+
 class Caller:
     """The ``HookCaller`` port over HTTP and local commands."""
 
@@ -64,7 +80,8 @@ class Caller:
 
     def start(self, hook: Webhook) -> subprocess.Popen[bytes]:
         assert hook.cmd is not None
-        env = {**os.environ, "CANARY_WEBHOOK": hook.name, "CANARY_WEBHOOK_TYPE": hook.type.value}
+        env = {k: v for k, v in os.environ.items() if k not in SECRET_VARIABLES}
+        env.update(CANARY_WEBHOOK=hook.name, CANARY_WEBHOOK_TYPE=hook.type.value)
         return subprocess.Popen(shlex.split(hook.cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, env=env)
 
@@ -91,7 +108,7 @@ class Caller:
         reader.join(5)
         _close_output(process, reader)
         out = b"".join(chunks)
-        tail = out.decode(errors="replace").strip().splitlines()[-3:]
+        tail = _redacted(out.decode(errors="replace")).strip().splitlines()[-3:]
         ok = process.returncode == 0
         detail = f"`{hook.cmd}` exited {process.returncode}" + (f": {' | '.join(tail)[:300]}" if tail and not ok else "")
         return HookResult(hook.name, hook.type.value, ok, time.monotonic() - start, detail)

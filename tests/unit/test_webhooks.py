@@ -154,6 +154,17 @@ def test_a_command_that_fails_reports_its_status_and_the_tail_of_its_output() ->
     assert result.detail.endswith("exited 3: two | three | four")
 
 
+def test_a_command_inherits_no_secret_and_a_secret_it_prints_never_reaches_the_result(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PULUMI_CONFIG_PASSPHRASE", "hunter2-passphrase")
+    monkeypatch.setenv("CANARY_PROMETHEUS_TOKEN", "tok-123456")
+    monkeypatch.setenv("PULUMI_ACCESS_TOKEN", "pul-abcdef")
+    leaky = Caller().call(hook(cmd="""sh -c 'echo "[$PULUMI_CONFIG_PASSPHRASE][$CANARY_PROMETHEUS_TOKEN][$PULUMI_ACCESS_TOKEN]"; exit 1'"""), {})
+    assert leaky.detail.endswith("exited 1: [][][]"), leaky.detail
+    (tmp_path / "found").write_text("the passphrase is hunter2-passphrase\n")  # a hook may read it elsewhere
+    knows = Caller().call(hook(cmd=f"sh -c 'cat {tmp_path / 'found'}; exit 1'"), {})
+    assert "hunter2" not in knows.detail and knows.detail.endswith("the passphrase is ***"), knows.detail
+
+
 def test_a_command_that_cannot_start_is_a_failure() -> None:
     missing = Caller().call(hook(cmd="/nonexistent/load-tester --go"), {})
     assert not missing.ok and "could not start" in missing.detail
