@@ -240,10 +240,16 @@ def _running(ws: Workspace) -> dict[str, ReleaseState]:
         facts = ws.facts(name)
         if facts is None:
             continue
-        with contextlib.suppress(CanaryError):
+        try:
             state = ws.store(name, facts.spec.app.namespace).load()
-            if state is not None and state.phase not in ENDED:
-                out[name] = state
+        except CanaryError:
+            if f"{naming.OUTPUT_PREFIX}{name}" not in ws.outputs:
+                continue  # never deployed: no release of it can run
+            # an app whose state cannot be read may be releasing: taking it for idle would pin its route
+            # back to stable under a live release, so nothing is applied
+            raise
+        if state is not None and state.phase not in ENDED:
+            out[name] = state
     return out
 
 

@@ -88,12 +88,12 @@ def test_console_script_is_installed() -> None:
 
 def test_import_flagger_prints_a_stack_file_that_validates(tmp_path: Path) -> None:
     done = _cli("import-flagger", str(FIXTURES / "flagger-canary.yaml"), str(FIXTURES / "flagger-metric-template.yaml"),
-                "--stable-image", "ghcr.io/stefanprodan/podinfo:6.0.0", "--gateway", "public.gateway:https")
+                "--stable-image", "registry.example.com/team/podinfo:6.0.0", "--gateway", "public.gateway:https")
     assert done.returncode == 0, done.stderr
     path = tmp_path / "Pulumi.imported.yaml"
     path.write_text(done.stdout)
     spec = stackfile.load_stack_file(path)
-    assert spec.app is not None and spec.app.image == "ghcr.io/stefanprodan/podinfo:6.0.0"
+    assert spec.app is not None and spec.app.image == "registry.example.com/team/podinfo:6.0.0"
     assert spec.analysis is not None and spec.analysis.failure_limit == spec.analysis.threshold
     assert "note:" in done.stderr
 
@@ -167,3 +167,24 @@ def test_promote_after_a_failed_last_tick_is_refused_at_once_unless_forced(advan
     else:
         assert api.promote("prod", force=force, reason="hotfix" if force else "") == "r1"
         assert store.asked == ["promote"]
+
+
+def test_an_app_whose_release_state_cannot_be_read_is_not_taken_for_idle() -> None:
+    """`canary up` pins every idle app's route at rest: an app it cannot read may be mid-release, so it stops."""
+    from types import SimpleNamespace
+
+    from canary import api
+    from canary.core import naming
+    from canary.errors import CanaryError
+
+    class Unreadable:
+        def load(self) -> None:
+            raise CanaryError("configmaps is forbidden")
+
+    def ws(outputs: dict[str, Any]) -> Any:
+        facts = SimpleNamespace(spec=SimpleNamespace(app=SimpleNamespace(namespace="shop")))
+        return SimpleNamespace(apps=lambda: ["web"], facts=lambda name: facts, store=lambda name, ns: Unreadable(), outputs=outputs)
+
+    assert api._running(ws({})) == {}  # never deployed: nothing of it can run
+    with pytest.raises(CanaryError, match="forbidden"):
+        api._running(ws({f"{naming.OUTPUT_PREFIX}web": {}}))
