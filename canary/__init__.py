@@ -1,6 +1,6 @@
 """canary: progressive delivery for Pulumi stacks, gated by Prometheus checks.
 
-Layers, each importing only downward (``.importlinter`` holds the contract):
+Layers, each importing only downward (``[tool.importlinter]`` in pyproject.toml holds the contract):
 
 - ``canary.core`` — pure, no I/O: the spec, workload templates, routing, the
   schedule, the analysis and its judges, typed records, Flagger import;

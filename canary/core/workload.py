@@ -1,4 +1,4 @@
-"""The workload: an app's pod template, checked, hashed and shaped for each track. Pure; no I/O.
+"""The workload: an app's pod template, checked, hashed and shaped for each track. Pure but for reading its schema from the package data once.
 
 A template is plain data in Kubernetes' own field names (``spec.containers[0].image``
 …). ``check`` validates it against the Kubernetes API's field names and types

@@ -112,7 +112,7 @@ def test_a_pre_rollout_hook_answering_500_rolls_back_before_any_traffic_shift(la
     with RouteWatcher(lab_stack) as watcher:
         done = lab_stack.release("demo:v2")
     assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
-    assert not [w for w in watcher.canary_weights if w], watcher.seen
+    assert watcher.seen and not [w for w in watcher.canary_weights if w], watcher.seen  # the route was read, never shifted
     assert_stable_state(lab_stack, "demo:v1")
     smoke = _hook_records(lab_stack, "smoke")
     assert len(smoke) == 3 and all("answered 500" in r.detail for r in smoke), smoke
@@ -177,7 +177,7 @@ def test_a_confirm_rollout_hook_refusing_connections_holds_the_canary_at_zero_po
         assert aborted.returncode == 0, aborted.stderr
         out, err = process.communicate(timeout=120)
     assert process.returncode == 1, out[-3000:] + err[-3000:]
-    assert not [w for w in watcher.canary_weights if w], watcher.seen
+    assert watcher.seen and not [w for w in watcher.canary_weights if w], watcher.seen  # the route was read, never shifted
     assert_stable_state(lab_stack, "demo:v1")
     go = _hook_records(lab_stack, "go")
     assert all(not r.ok and "ConnectionError" in r.detail for r in go), go

@@ -421,7 +421,7 @@ def test_a_zero_duration_formats_as_0s() -> None:
 @pytest.mark.parametrize(
     "image",
     ["demo:v1", "web:1.0.0", "registry.example.com/shop/web:1.8.0", "localhost:5000/web:2", "localhost/web:2", "web@sha256:" + "a" * 64,
-     "ghcr.io/a/b/c:v1-rc.1", "registry.example.com/web:1@sha256:" + "0" * 64, "my-registry:5000/team/web:1"],
+     "registry.example.com/a/b/c:v1-rc.1", "registry.example.com/web:1@sha256:" + "0" * 64, "my-registry:5000/team/web:1"],
 )
 def test_good_images(image: str) -> None:
     assert units.check_image(image) == image
