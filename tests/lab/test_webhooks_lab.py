@@ -206,7 +206,9 @@ def test_a_slow_event_receiver_does_not_delay_the_rollback_and_still_gets_every_
     decision = next(r for r in records if r.type == "tick" and r.outcome.value == "rollback")
     on_stable = next(r for r in records if r.type == "state" and r.message.startswith("traffic is back on stable"))
     took = _time(on_stable) - _time(decision)
-    assert took <= 2.5, f"failing tick to route 100/0 took {took:.2f}s"
+    # waiting for the three events alone would take 4.5 s, before any of the rollback's own work (1.5-2 s on
+    # an idle lab, up to 4 s with the other lab tests running): anything under 4.5 s did not wait for them
+    assert took < 4.5, f"failing tick to route 100/0 took {took:.2f}s"
     assert not [r for r in records if r.type == "webhook" and r.hook_type == "event"], "no event failed, and none was left undelivered"
     # Every event reached the receiver before the command returned, in the order the release printed them.
     got = [body["message"] for path, body in _Hooks.received if path == "/slow"]

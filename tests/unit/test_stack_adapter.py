@@ -148,8 +148,8 @@ def test_a_failing_cli_raises_the_automation_api_s_error(tmp_path: Path) -> None
 
 
 def test_interrupt_sends_sigint_to_the_cli_and_the_run_ends(tmp_path: Path) -> None:
-    marker = tmp_path / "got-sigint"
-    command = _fake_cli(tmp_path, f'trap "touch {marker}; exit 130" INT; sleep 30 & wait')
+    marker, ready = tmp_path / "got-sigint", tmp_path / "trap-set"
+    command = _fake_cli(tmp_path, f'trap "touch {marker}; exit 130" INT; touch {ready}; sleep 30 & wait')
     outcome: dict[str, object] = {}
 
     def run() -> None:
@@ -163,9 +163,8 @@ def test_interrupt_sends_sigint_to_the_cli_and_the_run_ends(tmp_path: Path) -> N
     thread = threading.Thread(target=run)
     thread.start()
     deadline = time.monotonic() + 10
-    while not command._running and time.monotonic() < deadline:
-        time.sleep(0.01)
-    time.sleep(0.2)  # let the script install its trap
+    while not (command._running and ready.exists()) and time.monotonic() < deadline:
+        time.sleep(0.01)  # the script has installed its trap (under load a fixed pause was not always enough)
     start = time.monotonic()
     assert command.interrupt(grace=2.0)
     thread.join(timeout=10)
