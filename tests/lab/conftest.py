@@ -155,11 +155,19 @@ def lab_stack(lab: Layout, tmp_path: Path, request: pytest.FixtureRequest) -> It
     mutate = getattr(request, "param", None)
     project = make_project(lab, tmp_path, name, mutate)
     env = {**os.environ, **lab.pulumi_env(), "CANARY_LAB_DIR": str(lab.dir)}
-    with watchdog(lab, name, 200):
-        outcome = api.up(name, project_dir=project, env=env)
-    assert outcome.exit_code == 0, outcome.message
+    try:
+        with watchdog(lab, name, 200):
+            outcome = api.up(name, project_dir=project, env=env)
+        assert outcome.exit_code == 0, outcome.message
+    except BaseException:
+        _destroy(project, name, env)  # a first deploy cut short (a time-out) leaves no namespace behind
+        raise
     handle = LabStack(lab, project, name, name, env, Kube(lab.kubeconfig))
     yield handle
+    _destroy(project, name, env)
+
+
+def _destroy(project: Path, name: str, env: dict[str, str]) -> None:
     try:
         Stack(project, name, env).destroy()
     except CanaryError as exc:  # a test that broke the stack on purpose: say so, do not hide the test's own result
