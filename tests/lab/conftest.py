@@ -30,12 +30,19 @@ from canary.lab.layout import Layout
 from tests.conftest import ROOT
 from tests.lab.helpers import LabStack, descendants, host
 
+LAB_TEST_TIMEOUT = 600
+
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     here = Path(__file__).parent
     for item in items:
         if here in Path(str(item.fspath)).parents:
             item.add_marker(pytest.mark.lab)
+            if item.get_closest_marker("timeout") is None:
+                # A lab test's bound against a hang, setup and teardown included: a release with its
+                # stack's deploy and destroy takes 1-3 minutes alone, up to twice that with three other
+                # workers' releases on the two cores (300 s cut two healthy tests short in a CI run).
+                item.add_marker(pytest.mark.timeout(LAB_TEST_TIMEOUT))
 
 
 def _lock_file(layout: Layout, name: str = "tests.lock") -> int:

@@ -149,7 +149,9 @@ def test_a_failing_cli_raises_the_automation_api_s_error(tmp_path: Path) -> None
 
 def test_interrupt_sends_sigint_to_the_cli_and_the_run_ends(tmp_path: Path) -> None:
     marker, ready = tmp_path / "got-sigint", tmp_path / "trap-set"
-    command = _fake_cli(tmp_path, f'trap "touch {marker}; exit 130" INT; touch {ready}; sleep 30 & wait')
+    # the trap writes its marker with a redirection, a shell builtin: under load a forked `touch` could
+    # still be starting when the grace ran out and the session was killed
+    command = _fake_cli(tmp_path, f'trap ": > {marker}; exit 130" INT; : > {ready}; sleep 30 & wait')
     outcome: dict[str, object] = {}
 
     def run() -> None:
