@@ -77,7 +77,13 @@ class PrometheusProvider:
             # requests' Timeout errors say "timed out"; a refused or reset connection is not a slow Prometheus
             if "timeout" in type(exc).__name__.lower() or "timed out" in str(exc).lower():
                 raise ProviderUnreachable(f"Prometheus at {self.address} did not answer within {self._timeout:g}s ({type(exc).__name__})") from exc
-            why = "connection refused" if "refused" in str(exc).lower() else type(exc).__name__
+            said = str(exc).lower()
+            if "refused" in said:
+                why = "connection refused"
+            elif "aborted" in said or "reset" in said or "disconnected" in said:
+                why = "the connection was closed without an answer"  # a proxy in front of a Prometheus that is down
+            else:
+                why = type(exc).__name__
             raise ProviderUnreachable(f"Prometheus at {self.address} could not be reached ({why})") from exc
 
     def run_query(self, query: str) -> float:

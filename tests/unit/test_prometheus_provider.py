@@ -96,6 +96,29 @@ def test_connection_refused_is_unreachable() -> None:
         PrometheusProvider(f"http://127.0.0.1:{port}", timeout=timedelta(seconds=1)).run_query("up")
 
 
+def test_a_connection_closed_without_an_answer_says_so() -> None:
+    """What a client sees through a proxy (the lab's forwarder, an ingress) whose Prometheus is down."""
+    import socket
+    import threading
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+
+        def close_each() -> None:
+            for _ in range(4):  # the client's attempts, bounded
+                try:
+                    conn, _ = listener.accept()
+                except OSError:
+                    return
+                conn.close()
+
+        threading.Thread(target=close_each, daemon=True).start()
+        with pytest.raises(ProviderUnreachable, match=r"could not be reached \(the connection was closed without an answer\)"):
+            PrometheusProvider(f"http://127.0.0.1:{port}", timeout=timedelta(seconds=1)).run_query("up")
+
+
 WHEN = datetime(2026, 12, 1, 7, 35, 4, 250000, tzinfo=UTC)
 
 
