@@ -240,7 +240,9 @@ def test_the_forwarder_adds_no_delay_to_large_api_server_replies(lab: Layout) ->
         start = time.monotonic()
         read()
         took.append(time.monotonic() - start)
-    assert statistics.median(took) < 0.015, [round(t, 3) for t in took]
+    # Nagle's hold costs every read the client's delayed ACK (~40 ms): the fastest of nine shows it whatever
+    # else the two cores are doing (the median was 18 ms once with the other lab tests running)
+    assert min(took) < 0.02 and statistics.median(took) < 0.035, [round(t, 3) for t in took]
 
 
 def test_a_watch_reports_every_change_of_a_kind(lab: Layout) -> None:
