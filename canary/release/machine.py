@@ -45,6 +45,9 @@ from canary.release.ports import AppFacts, Clock, ClusterPort, ConfigPort, HookC
 from canary.release.record import Event, Recorder
 from canary.release.verify import Verifier
 
+#: The phases that judge the canary: the rollback webhooks are asked in each.
+ANALYSING = frozenset({Phase.PROGRESSING, Phase.WAITING_PROMOTION, Phase.WAITING_DECISION})
+
 
 @dataclass(frozen=True)
 class ReleaseResult:
@@ -274,6 +277,9 @@ class Release:
             Phase.FINALISING: self._finalising,
             Phase.ROLLING_BACK: self._rolling_back,
         }[state.phase]
+        if state.phase in ANALYSING and (asked := self.hooks.rollback_asked(state)) is not None:
+            # the rollback webhooks are asked in every phase that analyses, before its handler
+            return self._begin_rollback(state, f"rollback webhook {asked} asked for a rollback")
         return handler(state)
 
     # --- requests and cancelling -------------------------------------------------------------
@@ -465,8 +471,6 @@ class Release:
         return self.recorder.save(state.model_copy(update={"phase": Phase.PROGRESSING, "advance": True, "step": 0}), "analysis starts", Severity.INFO)
 
     def _progressing(self, state: ReleaseState) -> ReleaseState:
-        if (asked := self.hooks.rollback_asked(state)) is not None:
-            return self._begin_rollback(state, f"rollback webhook {asked} asked for a rollback")
         step_start = self.clock.monotonic()
         steps = self._steps(state)
         if state.reapply:
@@ -487,8 +491,6 @@ class Release:
         return self._analyse(state, since=step_start)
 
     def _waiting_promotion(self, state: ReleaseState) -> ReleaseState:
-        if (asked := self.hooks.rollback_asked(state)) is not None:
-            return self._begin_rollback(state, f"rollback webhook {asked} asked for a rollback")
         request = self._requests.get("promote")
         if request is not None:
             self._clear("promote")
@@ -507,8 +509,6 @@ class Release:
         return self._analyse(state)
 
     def _waiting_decision(self, state: ReleaseState) -> ReleaseState:
-        if (asked := self.hooks.rollback_asked(state)) is not None:
-            return self._begin_rollback(state, f"rollback webhook {asked} asked for a rollback")
         request = self._requests.get("promote")
         if request is not None:
             self._clear("promote")
