@@ -35,6 +35,13 @@ LAB_TEST_TIMEOUT = 600
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     here = Path(__file__).parent
+    # The tests that take minutes first, the longest of them first (the sort keeps the rest in order):
+    # started last, one of them would hold the parallel run open for minutes with the other workers idle.
+    def minutes(item: pytest.Item) -> float:
+        marker = item.get_closest_marker("long")
+        return -(marker.args[0] if marker.args else 2) if marker else 0
+
+    items.sort(key=minutes)
     for item in items:
         if here in Path(str(item.fspath)).parents:
             item.add_marker(pytest.mark.lab)
@@ -53,6 +60,11 @@ def _lock_file(layout: Layout, name: str = "tests.lock") -> int:
 @pytest.fixture(scope="session")
 def lab_layout() -> Layout:
     layout = Layout.for_project(ROOT)
+    # Found running (the usual case once one worker started it), it is only looked at, under a shared hold
+    # taken through the turnstile as every test takes it. An exclusive hold here made a worker whose first
+    # lab test came late wait for a moment when no other worker was inside a lab test: nine minutes once.
+    if _lab_running(layout):
+        return layout
     fd = _lock_file(layout)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)  # one worker starts what is missing, the others find it running
@@ -63,6 +75,21 @@ def lab_layout() -> Layout:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
     return layout
+
+
+def _lab_running(layout: Layout) -> bool:
+    gate, fd = _lock_file(layout, "tests.gate"), _lock_file(layout)
+    try:
+        fcntl.flock(gate, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)  # no disruptive test is stopping a component meanwhile
+        finally:
+            fcntl.flock(gate, fcntl.LOCK_UN)
+        return cluster.running(layout)
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+        os.close(gate)
 
 
 @pytest.fixture
