@@ -148,10 +148,13 @@ def test_a_failing_cli_raises_the_automation_api_s_error(tmp_path: Path) -> None
 
 
 def test_interrupt_sends_sigint_to_the_cli_and_the_run_ends(tmp_path: Path) -> None:
-    marker, ready = tmp_path / "got-sigint", tmp_path / "trap-set"
-    # the trap writes its marker with a redirection, a shell builtin: under load a forked `touch` could
-    # still be starting when the grace ran out and the session was killed
-    command = _fake_cli(tmp_path, f'trap ": > {marker}; exit 130" INT; : > {ready}; sleep 30 & wait')
+    marker, ready = tmp_path / "got-sigint", tmp_path / "handler-set"
+    # A Python CLI, not a shell one: dash can miss a SIGINT that lands between its `: > ready` and its
+    # `wait` (it then sleeps on, and was killed at the grace's end in loaded CI runs, its trap never run).
+    # Python's handler runs whenever the signal lands, in or out of the sleep.
+    handler = (f'import pathlib, signal, sys, time; signal.signal(signal.SIGINT, lambda *_: (pathlib.Path("{marker}").touch(), sys.exit(130))); '
+               f'pathlib.Path("{ready}").touch(); time.sleep(30)')
+    command = _fake_cli(tmp_path, f"exec '{sys.executable}' -c '{handler}'")
     outcome: dict[str, object] = {}
 
     def run() -> None:
