@@ -92,6 +92,7 @@ def _climbed(watcher: RouteWatcher) -> list[int]:
     return [w for w in watcher.canary_weights if w]
 
 
+@pytest.mark.long
 def test_killed_after_the_stable_snapshot_resume_deploys_and_promotes(lab_stack: LabStack) -> None:
     with RouteWatcher(lab_stack) as watcher:
         process = lab_stack.start("release", lab_stack.name, "--image", "demo:v2")
@@ -105,6 +106,7 @@ def test_killed_after_the_stable_snapshot_resume_deploys_and_promotes(lab_stack:
     assert_stable_state(lab_stack, "demo:v2")
 
 
+@pytest.mark.long
 def test_killed_once_the_canary_is_deployed_before_the_first_shift_resume_takes_the_first_step(lab_stack: LabStack) -> None:
     """Resuming before any shift used to judge weight 0: no data, three failures, a healthy release Failed (12.1)."""
     with RouteWatcher(lab_stack) as watcher:
@@ -120,6 +122,7 @@ def test_killed_once_the_canary_is_deployed_before_the_first_shift_resume_takes_
     assert_stable_state(lab_stack, "demo:v2")
 
 
+@pytest.mark.long
 @pytest.mark.parametrize(("step", "label"), [(1, "first"), (2, "second")])
 def test_killed_inside_a_shift_s_up_resume_clears_the_stale_lock_and_finishes(lab_stack: LabStack, step: int, label: str) -> None:
     """Killed while the `up` of a shift holds Pulumi's lock: the first shift (to 10) and a later one."""
@@ -188,6 +191,7 @@ def test_killed_inside_an_analysis_tick_resume_judges_the_weight_again(lab_stack
     assert_stable_state(lab_stack, "demo:v2")
 
 
+@pytest.mark.long
 def test_killed_inside_the_promotion_resume_finishes_it(lab_stack: LabStack) -> None:
     def in_the_promotion(state: ReleaseState | None, records: list[Any]) -> bool:
         return state is not None and state.phase.value == "Promoting" and bool(lab_stack.pulumi_locks())
@@ -203,6 +207,7 @@ def test_killed_inside_the_promotion_resume_finishes_it(lab_stack: LabStack) -> 
     assert final is not None and final.phase.value == "Succeeded"
 
 
+@pytest.mark.long
 def test_killed_inside_the_rollback_resume_completes_it(lab_stack: LabStack) -> None:
     def in_the_rollback(state: ReleaseState | None, records: list[Any]) -> bool:
         return _said(records, "decision", "rollback: traffic to stable first") and bool(lab_stack.pulumi_locks())

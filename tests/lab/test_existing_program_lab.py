@@ -100,6 +100,7 @@ class Steady:
             thread.join(timeout=10)
 
 
+@pytest.mark.long(5)
 @pytest.mark.timeout(1500)
 def test_the_existing_program_is_adopted_without_a_failed_request_and_then_released(lab: Layout, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     name = stack_name(request)

@@ -155,6 +155,7 @@ def test_a_release_judged_on_the_prometheus_operator_s_labels(lab: Layout, tmp_p
         kube.delete("v1", "Namespace", name)
 
 
+@pytest.mark.long
 def test_a_release_on_a_backend_chosen_with_pulumi_login_and_an_org_qualified_stack(lab: Layout, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     """No PULUMI_BACKEND_URL: the backend is the one ``pulumi login`` chose, and the stack is named
     organization/canary/<name>. Targeted updates hit (URNs from the short name), and another update's
@@ -197,6 +198,7 @@ def test_a_release_on_a_backend_chosen_with_pulumi_login_and_an_org_qualified_st
         Stack(project, qualified, env).destroy()
 
 
+@pytest.mark.long
 def test_the_release_reads_the_cluster_the_stack_deploys_to_not_kubeconfig_s_current_context(lab: Layout, tmp_path: Path,
                                                                                              request: pytest.FixtureRequest) -> None:
     """KUBECONFIG's current context is another (unreachable) cluster; the stack sets kubernetes:context to

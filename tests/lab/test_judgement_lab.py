@@ -49,6 +49,7 @@ def _judged(config: dict[str, Any]) -> None:
     _metrics(config, JUDGED)
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("lab_stack", [_compared_and_judged], indirect=True)
 def test_a_canary_as_fast_as_stable_passes_against_stable_and_the_judge(lab_stack: LabStack) -> None:
     done = lab_stack.release("demo:v2")
@@ -148,6 +149,7 @@ def _variant(ls: LabStack, tmp_path: Path, name: str, change: Any) -> Path:
     return path
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("lab_stack", [_five_ticks], indirect=True)
 def test_backtests_replay_finished_releases_and_a_report_draws_them(lab_stack: LabStack, tmp_path: Path) -> None:
     ls = lab_stack

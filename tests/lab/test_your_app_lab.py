@@ -113,6 +113,7 @@ def _stack_file_text(project: Path, name: str) -> str:
     return (project / "stacks" / f"Pulumi.{name}.yaml").read_text()
 
 
+@pytest.mark.long
 def test_an_app_shaped_like_a_real_one_is_promoted_and_a_faulty_version_rolled_back(real_app: LabStack) -> None:
     ls = real_app
     done = ls.release("demo:v2")
@@ -152,6 +153,7 @@ def test_an_app_shaped_like_a_real_one_is_promoted_and_a_faulty_version_rolled_b
 # --- any workload change is a release -----------------------------------------------------------
 
 
+@pytest.mark.long
 def test_an_env_only_change_is_canaried_and_rolled_back_when_it_makes_the_app_faulty(lab_stack: LabStack) -> None:
     ls = lab_stack
     _set(ls, ("canary:app", "env"), {"DEMO_ERROR_RATE": "0.3"})
@@ -185,6 +187,7 @@ def _config_file_app(config: dict[str, Any]) -> None:
     app["configMaps"] = {"web-config": {"data": {"app.conf": "latency: 0\n"}}}
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("lab_stack", [_config_file_app], indirect=True)
 def test_a_configmap_content_change_is_canaried_and_stable_keeps_reading_its_own_copy(lab_stack: LabStack) -> None:
     ls = lab_stack
@@ -208,6 +211,7 @@ def test_a_configmap_content_change_is_canaried_and_stable_keeps_reading_its_own
 # --- the GitOps loop ----------------------------------------------------------------------------
 
 
+@pytest.mark.long
 def test_canary_up_releases_a_workload_change_applies_any_other_change_and_does_nothing_without_one(lab_stack: LabStack) -> None:
     ls = lab_stack
     releases = _releases(ls)
@@ -265,6 +269,7 @@ def _two_apps(config: dict[str, Any]) -> None:
     config["canary:apps"] = {"web": web, "api": api_}
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("lab_stack", [_two_apps], indirect=True)
 def test_two_apps_of_one_stack_release_at_once_one_promoted_one_rolled_back(lab_stack: LabStack) -> None:
     ls = lab_stack
