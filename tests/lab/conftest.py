@@ -61,8 +61,8 @@ def _lock_file(layout: Layout, name: str = "tests.lock") -> int:
 def lab_layout() -> Layout:
     layout = Layout.for_project(ROOT)
     # Found running (the usual case once one worker started it), it is only looked at, under a shared hold
-    # taken through the turnstile as every test takes it. An exclusive hold here made a worker whose first
-    # lab test came late wait for a moment when no other worker was inside a lab test: nine minutes once.
+    # taken as every test takes it. An exclusive hold here made a worker whose first lab test came late
+    # wait for a moment when no other worker was inside a lab test: nine minutes once.
     if _lab_running(layout):
         return layout
     fd = _lock_file(layout)
@@ -78,18 +78,27 @@ def lab_layout() -> Layout:
 
 
 def _lab_running(layout: Layout) -> bool:
-    gate, fd = _lock_file(layout, "tests.gate"), _lock_file(layout)
-    try:
-        fcntl.flock(gate, fcntl.LOCK_EX)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH)  # no disruptive test is stopping a component meanwhile
-        finally:
-            fcntl.flock(gate, fcntl.LOCK_UN)
+    with _held(layout, exclusive=False):  # no disruptive test is stopping a component meanwhile
         return cluster.running(layout)
+
+
+@contextlib.contextmanager
+def _held(layout: Layout, exclusive: bool) -> Iterator[None]:
+    """The lab's lock, shared or exclusive, taken through a turnstile: a disruptive test waiting for the lab
+    alone holds the turnstile, so no new test takes a shared hold meanwhile and the disruptive one is not
+    starved by a stream of them."""
+    gate, fd = _lock_file(layout, "tests.gate"), _lock_file(layout)
+    fcntl.flock(gate, fcntl.LOCK_EX)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+    finally:
+        fcntl.flock(gate, fcntl.LOCK_UN)
+        os.close(gate)
+    try:
+        yield
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
-        os.close(gate)
 
 
 @pytest.fixture
@@ -97,17 +106,7 @@ def lab(lab_layout: Layout, request: pytest.FixtureRequest) -> Iterator[Layout]:
     """The running lab, shared with the other tests — or held alone by a ``disruptive`` test, which
     leaves it running again."""
     disruptive = request.node.get_closest_marker("disruptive") is not None
-    # A turnstile in front of the lab's lock: a disruptive test waiting for the lab alone holds it, so
-    # no new test takes a shared hold meanwhile and the disruptive one is not starved by a stream of them.
-    gate = _lock_file(lab_layout, "tests.gate")
-    fd = _lock_file(lab_layout)
-    fcntl.flock(gate, fcntl.LOCK_EX)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX if disruptive else fcntl.LOCK_SH)
-    finally:
-        fcntl.flock(gate, fcntl.LOCK_UN)
-        os.close(gate)
-    try:
+    with _held(lab_layout, exclusive=disruptive):
         if disruptive:
             cluster.up(lab_layout, say=lambda line: None)
         yield lab_layout
@@ -116,9 +115,6 @@ def lab(lab_layout: Layout, request: pytest.FixtureRequest) -> Iterator[Layout]:
                 cluster.up(lab_layout, say=lambda line: None)
             except LabError as exc:
                 pytest.fail(f"the lab could not be restored after a disruptive test: {exc}", pytrace=False)
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
 
 
 @contextlib.contextmanager
