@@ -151,7 +151,7 @@ def _kube(config: Mapping[str, Any], env: Mapping[str, str]) -> Kube:
 
 
 def open_stack(stack: str, project_dir: Path | None = None, env: Mapping[str, str] | None = None, read_outputs: bool = True) -> Workspace:
-    project = project_dir or stackfile.find_project_dir()
+    project = (project_dir or stackfile.find_project_dir()).resolve()  # the CLI runs in it: nothing relative to the caller
     environment = dict(env if env is not None else os.environ)
     handle = Stack(project, stack, environment)
     config = handle.config()

@@ -305,7 +305,7 @@ class Stack:
 
     def __init__(self, project_dir: Path, name: str, env: Mapping[str, str] | None = None,
                  program: Callable[[], None] | None = None, create: bool = False) -> None:
-        self.project_dir = project_dir
+        self.project_dir = project_dir = project_dir.resolve()  # the CLI runs there: paths given to it must not be relative
         self.name = name
         self.project = str(stackfile.project_settings(project_dir).get("name") or "")
         self._env = dict(env or os.environ)

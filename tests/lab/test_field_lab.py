@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -230,3 +231,19 @@ def test_the_release_reads_the_cluster_the_stack_deploys_to_not_kubeconfig_s_cur
         assert status.returncode == 0 and "Succeeded" in status.stdout, status.stdout + status.stderr
     finally:
         Stack(project, name, env).destroy()
+
+
+def test_a_project_dir_given_relative_to_where_canary_runs(lab_stack: LabStack) -> None:
+    """``--project-dir infra`` from the repository's root, as a CI job writes it: the update's config
+    file is found although the Pulumi CLI runs in the project directory, and nothing lands in a
+    path doubled under the project."""
+    relative = lab_stack.project.name
+    base = [sys.executable, "-m", "canary"]
+    up = subprocess.run([*base, "up", lab_stack.name, "--project-dir", relative], capture_output=True, text=True,
+                        timeout=300, env=lab_stack.env, cwd=lab_stack.project.parent)
+    assert up.returncode == 0, up.stdout + up.stderr
+    assert "no workload change" in up.stdout, up.stdout
+    status = subprocess.run([*base, "status", lab_stack.name, "--project-dir", relative], capture_output=True, text=True,
+                            timeout=120, env=lab_stack.env, cwd=lab_stack.project.parent)
+    assert "no release recorded" in status.stderr, status.stdout + status.stderr  # read from the cluster, found
+    assert not (lab_stack.project / relative).exists(), "a path relative to the caller was resolved inside the project"
