@@ -177,7 +177,8 @@ _NOISE = re.compile(r"^(error: )?(update failed|preview failed|\d+ errors? occur
 
 def _diagnosed_errors(text: str) -> list[str]:
     """The CLI's own error lines (its Diagnostics section when there is one), with the ``* …`` lines a
-    multi-error message continues on, less the summaries that say nothing (``update failed``)."""
+    multi-error message continues on (``- …``: the program's list of refused fields), less the
+    summaries that say nothing (``update failed``)."""
     section = text.split("Diagnostics:", 1)[1] if "Diagnostics:" in text else text
     section = re.split(r"\n(?:Outputs|Resources|Duration):", section, maxsplit=1)[0]
     found: list[str] = []
@@ -186,7 +187,7 @@ def _diagnosed_errors(text: str) -> list[str]:
         line = raw.strip()
         if line.startswith("error:"):
             in_error = True
-        elif not (in_error and line.startswith("* ")):
+        elif not (in_error and line.startswith(("* ", "- "))):
             in_error = False
             continue
         if line and not _NOISE.match(line) and line not in found:

@@ -112,6 +112,20 @@ def test_a_failed_up_says_what_the_cluster_refused_not_only_that_it_failed() -> 
     assert "update failed" not in mapped and "1 error occurred" not in mapped and "errored" not in mapped and "warning" not in mapped
 
 
+def test_a_program_that_refuses_its_config_says_which_fields() -> None:
+    """The program's refusal lists its problems on lines of their own under ``error: invalid stack …:``."""
+    stdout = ("Updating (dev):\n\nDiagnostics:\n  pulumi:pulumi:Stack (canary-dev):\n"
+              "    warning: using pulumi-language-python from $PATH\n    error: invalid stack dev:\n"
+              "      - analysis: is required (or declare apps under apps.<name>) (got nothing)\n"
+              "    error: an unhandled error occurred: invalid stack dev:\n"
+              "      - analysis: is required (or declare apps under apps.<name>) (got nothing)\n\n"
+              "Resources:\n    1 errored\n")
+    error = auto.CommandError(auto.CommandResult(stdout=stdout, stderr="", code=255))
+    mapped = str(stack_adapter._map_error(error, "pulumi up of dev"))
+    assert mapped.count("analysis: is required") == 1, mapped
+    assert "invalid stack dev:" in mapped and "unhandled" not in mapped, mapped
+
+
 def test_a_cli_whose_plugin_outlives_it_does_not_hang_the_run(tmp_path: Path) -> None:
     """A plugin left running with the CLI's output pipes open must not keep ``run`` waiting after the CLI exits."""
     import time
