@@ -1,19 +1,24 @@
 """Many releases at once on the lab: how canary's costs grow with the number of apps releasing together.
 
-    .venv/bin/python bench/many_releases.py [--n 1 5 20] [--no-rollback] [--interval 10s] [--rps 100]
-                                            [--timeout 1200] [--json out.json]
+    .venv/bin/python bench/many_releases.py [--n 1 5 20] [--apps-per-stack 1] [--no-rollback] [--interval 10s]
+                                            [--rps 100] [--timeout 1200] [--json out.json]
 
 Needs the lab (``canary lab up``). For each N, in one run (so that every ratio against N = 1 compares
 the same machine, lab and load):
 
-1. N stacks, each in a namespace of its own, made as the lab tests make theirs (a copy of the project,
-   the lab stack file with its own namespace and host name), deployed at demo:v1 (``canary up``, four
-   at a time; not measured);
-2. healthy: N ``canary release STACK --image demo:v1 → demo:v2`` commands started at once, each a process
-   of its own, as N people or N pipelines would run them; every one must be promoted (exit 0);
-3. rollback (unless ``--no-rollback``): N ``canary release STACK --image demo:v2-faulty`` at once; each
+1. N apps, each with its own host name: one to a stack by default, or ``--apps-per-stack K`` to a
+   stack (declared under ``canary:apps``, K at a time; the last stack takes what is left). Each stack
+   is in a namespace of its own, made as the lab tests make theirs (a copy of the project, the lab
+   stack file), and deployed at demo:v1 (``canary up``, four stacks at a time; not measured);
+2. healthy: N ``canary release STACK [--app A] --image demo:v2`` commands started at once, each a
+   process of its own, as N people or N pipelines would run them; every one must be promoted (exit 0);
+3. rollback (unless ``--no-rollback``): N ``canary release … --image demo:v2-faulty`` at once; each
    must roll back (exit 1);
-4. the stacks destroyed and removed — also after a failure, a time-out or Ctrl-C.
+4. after each phase, every app is audited in the cluster for anything crossed or lost (``audit``): its
+   route names only its own Services and host and is at rest, its stable Deployment runs demo:v2 and
+   its canary has no replicas, its journal holds the release its process ran whole (the id it printed,
+   every weight step, the end state verified) and its release state agrees with its exit code;
+5. the stacks destroyed and removed — also after a failure, a time-out or Ctrl-C.
 
 Each phase is bounded by ``--timeout`` seconds: what still runs then is killed (its whole process tree)
 and counted as timed out. Every release generates its own load (its ``rollout`` hook: ``hey`` at
@@ -43,13 +48,15 @@ What is measured, and how (the definitions are the ones printed):
   many times a second). Run it on an otherwise idle lab: above 5 requests/s without a release the
   script says the figures include other clients' bursts.
 
-Prints one table per N and the ratios against N = 1; ``--json`` writes every sample.
+Prints one table per N and the ratios against N = 1; ``--json`` writes every sample. Exits 1 when a
+release ended otherwise than expected or the audit found anything crossed or lost.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import os
 import re
@@ -74,8 +81,10 @@ sys.path.insert(0, str(ROOT))
 
 from canary import api
 from canary.adapters import stackfile
+from canary.adapters.kube import Kube
 from canary.adapters.stack import Stack
-from canary.core import units
+from canary.core import naming, routing, units
+from canary.core.naming import Track
 from canary.lab import cluster, procs
 from canary.lab.layout import Layout
 
@@ -90,59 +99,86 @@ PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 
 @dataclass
 class App:
-    """One stack of its own (namespace = stack name), in a copy of the project."""
+    """One app of a stack (namespace = stack name), in a copy of the project; a stack of one app
+    declares it as ``canary:app``, a stack of several under ``canary:apps``."""
 
+    stack: str
     name: str
+    host: str
     project: Path
     env: dict[str, str]
+    several: bool = False  # one of several apps of its stack: commands name it (--app)
+
+    @property
+    def label(self) -> str:
+        return f"{self.stack}/{self.name}" if self.several else self.stack
 
     def argv(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "canary", *args, "--project-dir", str(self.project)]
 
+    def release_argv(self, image: str) -> list[str]:
+        return self.argv("release", self.stack, *(["--app", self.name] if self.several else []), "--image", image)
 
-def make_app(layout: Layout, name: str, interval: str, rps: int) -> App:
-    """As the lab tests' ``make_project``: the lab stack file, with the app's own namespace and host name."""
-    project = Path(tempfile.mkdtemp(prefix=f"canary-many-{name}-"))
+
+def make_stack(layout: Layout, stack: str, apps: int, interval: str, rps: int) -> list[App]:
+    """As the lab tests' ``make_project``: the lab stack file, with the stack's own namespace; with
+    ``apps`` > 1, that many copies of its app (``a0``, ``a1``, …), each with its own host name and load."""
+    project = Path(tempfile.mkdtemp(prefix=f"canary-many-{stack}-"))
     (project / "stacks").mkdir()
     for file in ("Pulumi.yaml", "__main__.py"):
         shutil.copyfile(ROOT / file, project / file)
     document = stackfile.load((ROOT / "stacks" / "Pulumi.lab.yaml").read_text())
     config = document["config"]
-    config["canary:app"]["namespace"] = name
-    config["canary:gateway"]["hostnames"] = [f"{name}.lab.test"]
-    config["canary:analysis"]["interval"] = interval
     seconds = max(1, int(units.parse_duration(interval).total_seconds()) - 2)
-    for metric in config["canary:analysis"]["metrics"]:
+    base = {"app": config.pop("canary:app"), "gateway": config.pop("canary:gateway"), "analysis": config.pop("canary:analysis")}
+    base["app"]["namespace"] = stack
+    base["analysis"]["interval"] = interval
+    for metric in base["analysis"]["metrics"]:
         metric["interval"] = f"{2 * seconds + 4}s"
-    for hook in config["canary:analysis"].get("webhooks", []):
-        if hook.get("cmd", "").startswith("hey "):
-            hook["cmd"] = f"hey -host {name}.lab.test -z {seconds}s -q {max(1, rps // 4)} -c 4 http://127.0.0.1:{layout.gateway_port}/"
-    (project / "stacks" / f"Pulumi.{name}.yaml").write_text(stackfile.dump(document))
+    names = [APP] if apps == 1 else [f"a{i}" for i in range(apps)]
+    out, declared = [], {}
+    for name in names:
+        one = copy.deepcopy(base)
+        host = f"{stack}.lab.test" if apps == 1 else f"{name}.{stack}.lab.test"
+        one["app"]["name"] = name
+        one["gateway"]["hostnames"] = [host]
+        for hook in one["analysis"].get("webhooks", []):
+            if hook.get("cmd", "").startswith("hey "):
+                hook["cmd"] = f"hey -host {host} -z {seconds}s -q {max(1, rps // 4)} -c 4 http://127.0.0.1:{layout.gateway_port}/"
+        declared[name] = one
+        out.append(App(stack, name, host, project, {}, several=apps > 1))
+    if apps == 1:
+        config.update({f"canary:{key}": value for key, value in declared[APP].items()})
+    else:
+        config["canary:apps"] = declared
+    (project / "stacks" / f"Pulumi.{stack}.yaml").write_text(stackfile.dump(document))
     env = {k: v for k, v in os.environ.items() if k != "CANARY_STATE_DIR"}
     env.update(layout.pulumi_env())
     env["CANARY_LAB_DIR"] = str(layout.dir)
-    cluster.init_stack(layout, name, project)
-    return App(name, project, env)
+    cluster.init_stack(layout, stack, project)
+    for app in out:
+        app.env = env
+    return out
 
 
 def deploy(app: App) -> None:
-    done = subprocess.run(app.argv("up", app.name), capture_output=True, text=True, env=app.env, timeout=600)
+    done = subprocess.run(app.argv("up", app.stack), capture_output=True, text=True, env=app.env, timeout=600)
     if done.returncode != 0:
-        raise RuntimeError(f"canary up {app.name} failed ({done.returncode}): {done.stdout[-1500:]}{done.stderr[-1500:]}")
+        raise RuntimeError(f"canary up {app.stack} failed ({done.returncode}): {done.stdout[-1500:]}{done.stderr[-1500:]}")
 
 
 def remove(app: App, layout: Layout) -> str | None:
     """Destroy the stack and remove it from the backend (the namespace goes with it, and the history and
     backup files the file backend keeps of a removed stack); a failure is returned, not raised."""
     try:
-        Stack(app.project, app.name, app.env).destroy()
-        subprocess.run(["pulumi", "stack", "rm", "--yes", "--force", app.name], cwd=app.project, env=app.env, capture_output=True, timeout=120)
+        Stack(app.project, app.stack, app.env).destroy()
+        subprocess.run(["pulumi", "stack", "rm", "--yes", "--force", app.stack], cwd=app.project, env=app.env, capture_output=True, timeout=120)
         backend = layout.backend_dir / ".pulumi"
-        shutil.rmtree(backend / "history" / "canary" / app.name, ignore_errors=True)
-        for left in (backend / "stacks" / "canary").glob(f"{app.name}.json*"):
+        shutil.rmtree(backend / "history" / "canary" / app.stack, ignore_errors=True)
+        for left in (backend / "stacks" / "canary").glob(f"{app.stack}.json*"):
             left.unlink(missing_ok=True)
     except Exception as exc:  # noqa: BLE001 - clean up the others whatever happened to this one
-        return f"{app.name}: {exc}"
+        return f"{app.stack}: {exc}"
     finally:
         shutil.rmtree(app.project, ignore_errors=True)
     return None
@@ -198,9 +234,9 @@ class Run:
     log: Path | None = None
 
     def start(self) -> None:
-        self.log = self.app.project / f"release-{self.image.replace(':', '-')}.log"
+        self.log = self.app.project / f"release-{self.app.name}-{self.image.replace(':', '-')}.log"
         out = self.log.open("wb")
-        self.process = subprocess.Popen(self.app.argv("release", self.app.name, "--image", self.image), stdout=out, stderr=subprocess.STDOUT,
+        self.process = subprocess.Popen(self.app.release_argv(self.image), stdout=out, stderr=subprocess.STDOUT,
                                         env=self.app.env, start_new_session=True)
         out.close()
         self.started = time.time()
@@ -307,9 +343,9 @@ def journal_times(run: Run) -> dict[str, list[float]]:
     """Step latencies, step periods and rollback times of one release, from its journal in the cluster."""
     out: dict[str, list[float]] = {"step": [], "period": [], "rollback_route": [], "rollback_verified": []}
     try:
-        history = api.history(run.app.name, app=APP, project_dir=run.app.project, env=run.app.env)
+        history = api.history(run.app.stack, app=run.app.name, project_dir=run.app.project, env=run.app.env)
     except Exception as exc:  # noqa: BLE001 - a journal that cannot be read leaves this release out
-        print(f"  {run.app.name}: journal unreadable: {exc}", file=sys.stderr)
+        print(f"  {run.app.label}: journal unreadable: {exc}", file=sys.stderr)
         return out
     release = next((r.release for r in reversed(history) if r.type == "state" and r.message.startswith("release started")), None)
     records = [r for r in history if r.release == release and r.type in ("state", "verified")]
@@ -328,6 +364,60 @@ def journal_times(run: Run) -> dict[str, list[float]]:
         if verified is not None:
             out["rollback_verified"].append(_t(verified) - _t(decision))
     return out
+
+
+def audit(run: Run, kube: Kube, stable_image: str, steps: int | None) -> list[str]:
+    """What this release left crossed or lost, read from the cluster after every release of the phase
+    ended: the app's route names its own Services only (in its own namespace), serves its own host and
+    is at rest (stable 100, canary 0); its stable Deployment runs ``stable_image`` and its canary has no
+    replicas; its journal holds its release whole — the last one is the one this process ran (its id is
+    the one it printed), from "release started" to the end state verified, with ``steps`` weight steps
+    (a healthy release), and the release state ends as its exit code says."""
+    app, ns = run.app, run.app.stack
+    problems: list[str] = []
+    own = {naming.service(app.name, Track.STABLE), naming.service(app.name, Track.CANARY)}
+    route = kube.get(routing.API_VERSION, routing.KIND, naming.route(app.name), ns)
+    if route is None:
+        problems.append("its route is gone")
+    else:
+        spec = route.get("spec") or {}
+        if spec.get("hostnames") != [app.host]:
+            problems.append(f"its route serves {spec.get('hostnames')}, not [{app.host}]")
+        refs = [ref for rule in spec.get("rules") or [] for ref in rule.get("backendRefs") or []]
+        strangers = [f"{ref.get('namespace', ns)}/{ref.get('name')}" for ref in refs if ref.get("name") not in own or ref.get("namespace", ns) != ns]
+        if strangers:
+            problems.append(f"its route sends traffic to {strangers}")
+        last = ((spec.get("rules") or [{}])[-1]).get("backendRefs") or []
+        weights = {ref.get("name"): ref.get("weight", 1) for ref in last}
+        if weights.get(naming.service(app.name, Track.STABLE)) != 100 or weights.get(naming.service(app.name, Track.CANARY), 0) != 0:
+            problems.append(f"its route is not at rest: {weights}")
+    stable = kube.get("apps/v1", "Deployment", naming.deployment(app.name, Track.STABLE), ns) or {}
+    images = [c.get("image") for c in (((stable.get("spec") or {}).get("template") or {}).get("spec") or {}).get("containers") or []]
+    if images[:1] != [stable_image]:
+        problems.append(f"its stable Deployment runs {images}, not {stable_image}")
+    canary = kube.get("apps/v1", "Deployment", naming.deployment(app.name, Track.CANARY), ns) or {}
+    if ((canary.get("spec") or {}).get("replicas") or 0) != 0:
+        problems.append(f"its canary has {canary['spec']['replicas']} replicas")
+    printed = re.findall(r"^release (\S+): ", run.log.read_text(), re.M) if run.log and run.log.exists() else []
+    try:
+        history = api.history(app.stack, app=app.name, project_dir=app.project, env=app.env)
+        status = api.status(app.stack, app=app.name, project_dir=app.project, env=app.env)
+    except Exception as exc:  # noqa: BLE001 - what cannot be read is reported, not raised
+        return [*problems, f"its journal cannot be read: {exc}"]
+    started = [r for r in history if r.type == "state" and r.message.startswith("release started")]
+    release = started[-1].release if started else None
+    if not printed or printed[-1] != release:
+        problems.append(f"its journal's last release is {release}, the process printed {printed[-1:] or 'none'}")
+    mine = [r for r in history if r.release == release]
+    if not any(r.type == "verified" and r.what == "end state" for r in mine):
+        problems.append("its journal has no verified end state")
+    if steps is not None and (shifts := sum(r.type == "state" and r.message.startswith("shifting to step") for r in mine)) != steps:
+        problems.append(f"its journal has {shifts} weight steps, not {steps}")
+    phase = status.state.phase.value if status is not None else None
+    expected = {0: "Succeeded", 1: "Failed"}.get(run.code if run.code is not None else -1)
+    if status is None or status.state.release != release or phase != expected:
+        problems.append(f"its release state is {phase} of {status.state.release if status else None}, exit {run.code}")
+    return [f"{app.label}: {p}" for p in problems]
 
 
 # --- figures --------------------------------------------------------------------------------------
@@ -391,7 +481,7 @@ def print_results(results: dict[int, dict[str, dict[str, Any]]]) -> None:
     for n, phases in results.items():
         for phase, figures in phases.items():
             print(f"\nN = {n}, {phase}: {figures['as_expected']}/{figures['releases']} as expected, {figures['timed_out']} timed out, "
-                  f"wall {figures['wall_s']:.1f}s, {figures['steps']} steps")
+                  f"{len(figures['crossed_or_lost'])} crossed or lost, wall {figures['wall_s']:.1f}s, {figures['steps']} steps")
             for key, label in SHOWN:
                 if figures.get(key) is not None:
                     print(f"  {label:<46} {_fmt(figures[key])}")
@@ -412,27 +502,38 @@ def print_results(results: dict[int, dict[str, dict[str, Any]]]) -> None:
 
 
 @contextlib.contextmanager
-def apps_of(layout: Layout, n: int, token: str, interval: str, rps: int) -> Iterator[list[App]]:
-    apps: list[App] = []
+def apps_of(layout: Layout, n: int, per_stack: int, token: str, interval: str, rps: int) -> Iterator[list[App]]:
+    """``n`` apps, ``per_stack`` to a stack (the last stack takes what is left), deployed; removed after."""
+    shape = f"bm{n}" if per_stack == 1 else f"bm{n}x{per_stack}"
+    sizes = [min(per_stack, n - start) for start in range(0, n, per_stack)]
+    stacks: list[list[App]] = []
     try:
         with ThreadPoolExecutor(max_workers=4) as pool:
-            apps.extend(pool.map(lambda i: make_app(layout, f"bm{n}-{token}-{i}", interval, rps), range(n)))
-            list(pool.map(deploy, apps))
-        yield apps
+            stacks.extend(pool.map(lambda i: make_stack(layout, f"{shape}-{token}-{i}", sizes[i], interval, rps), range(len(sizes))))
+            list(pool.map(lambda apps: deploy(apps[0]), stacks))
+        yield [app for apps in stacks for app in apps]
     finally:
         with ThreadPoolExecutor(max_workers=4) as pool:
-            failures = [f for f in pool.map(lambda app: remove(app, layout), apps) if f]
+            failures = [f for f in pool.map(lambda apps: remove(apps[0], layout), stacks) if f]
         for failure in failures:
             print(f"could not remove {failure}", file=sys.stderr)
 
 
+def lab_steps() -> int:
+    """The weight steps of a healthy release of the lab stack file's analysis (maxWeight / stepWeight)."""
+    analysis = stackfile.load((ROOT / "stacks" / "Pulumi.lab.yaml").read_text())["config"]["canary:analysis"]
+    return int(analysis["maxWeight"]) // int(analysis["stepWeight"])
+
+
 def measure(layout: Layout, n: int, args: argparse.Namespace, token: str) -> dict[str, dict[str, Any]]:
     server = ApiServer(layout)
+    kube = Kube(layout.kubeconfig)
     out: dict[str, dict[str, Any]] = {}
     phases = [("healthy", "demo:v2", 0)] + ([] if args.no_rollback else [("rollback", "demo:v2-faulty", 1)])
-    with apps_of(layout, n, token, args.interval, args.rps) as apps:
+    per_stack = max(1, args.apps_per_stack)
+    with apps_of(layout, n, per_stack, token, args.interval, args.rps) as apps:
         for phase, image, expect in phases:
-            print(f"N = {n}: {phase} ({image}) on {len(apps)} stacks …", flush=True)
+            print(f"N = {n}: {phase} ({image}) of {len(apps)} apps in {len({a.stack for a in apps})} stacks …", flush=True)
             idle_before = server.idle_rate()
             before, began = server.counts(), time.monotonic()
             runs = run_phase(apps, image, args.timeout)
@@ -447,10 +548,15 @@ def measure(layout: Layout, n: int, args: argparse.Namespace, token: str) -> dic
             figures = phase_figures(runs, net if net > 0 else None, expect, per_step=phase == "healthy")
             figures.update(idle_requests_per_s=[idle_before, idle_after], api_requests_raw_per_release=sum(counted.values()) / len(runs),
                            api_by_verb_resource=dict(sorted(counted.items(), key=lambda kv: -kv[1])[:25]))
+            # both phases end on demo:v2: promoted, then kept by the faulty release's rollback
+            crossed = [p for run in runs for p in audit(run, kube, "demo:v2", lab_steps() if phase == "healthy" else None)]
+            figures.update(crossed_or_lost=crossed, apps_per_stack=per_stack)
+            for problem in crossed[:10]:
+                print(f"  crossed or lost: {problem}", file=sys.stderr)
             bad = [r for r in runs if r.code != expect]
             for run in bad[:3]:
                 tail = run.log.read_text()[-1200:] if run.log and run.log.exists() else ""
-                print(f"  {run.app.name}: exit {run.code}{' (timed out)' if run.timed_out else ''}\n{tail}", file=sys.stderr)
+                print(f"  {run.app.label}: exit {run.code}{' (timed out)' if run.timed_out else ''}\n{tail}", file=sys.stderr)
             out[phase] = figures
     return out
 
@@ -458,6 +564,8 @@ def measure(layout: Layout, n: int, args: argparse.Namespace, token: str) -> dic
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, nargs="+", default=[1, 5, 20], help="how many apps release at once, one run each (default: 1 5 20)")
+    parser.add_argument("--apps-per-stack", type=int, default=1,
+                        help="apps declared in one stack (canary:apps), released at once each by its own process (default 1)")
     parser.add_argument("--no-rollback", action="store_true", help="skip the faulty releases (the rollback phase)")
     parser.add_argument("--interval", default="10s", help="each app's analysis interval (default 10s)")
     parser.add_argument("--rps", type=int, default=100, help="each release's load test, requests per second (default 100)")
@@ -475,7 +583,7 @@ def main() -> int:
     print_results(results)
     if args.json:
         args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results}, indent=1, default=str))
-    ok = all(f["as_expected"] == f["releases"] for phases in results.values() for f in phases.values())
+    ok = all(f["as_expected"] == f["releases"] and not f["crossed_or_lost"] for phases in results.values() for f in phases.values())
     return 0 if ok else 1
 
 
