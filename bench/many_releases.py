@@ -36,7 +36,10 @@ What is measured, and how (the definitions are the ones printed):
 - **CPU per release** — user + system seconds of the ``canary release`` process and of everything it
   started and reaped (Pulumi CLI, language host, provider, the load-test ``hey``), exact, from
   ``os.wait4``'s rusage; ``hey``'s share is sampled from ``/proc/<pid>/stat`` every 0.5 s and reported
-  apart: orchestrator CPU = total − hey.
+  apart: orchestrator CPU = total − hey. The orchestrator's CPU is split into the ``canary`` process's
+  own (its Python, the project's program run inline, the journal, the checks; sampled likewise, its
+  last 0.5 s unseen) and the rest: the Pulumi CLI processes and the provider and language host they
+  start.
 - **memory per release** — the orchestrator process's own peak RSS (``VmHWM`` in ``/proc/<pid>/status``),
   and the peak of its whole process tree's summed RSS (sampled every 0.5 s).
 - **API-server requests** — the kube-apiserver's ``apiserver_request_total`` (its ``/metrics``, read with
@@ -228,6 +231,7 @@ class Run:
     cpu: float = 0.0  # user + system of the release and everything it reaped
     maxrss_kb: int = 0  # the largest single process of its tree (rusage)
     hey_cpu: dict[int, float] = field(default_factory=dict)  # per hey process, last seen
+    own_cpu: float = 0.0  # the canary process's own (its Python, the inline program), last seen
     orchestrator_hwm_kb: int = 0
     tree_rss_peak_kb: int = 0
     timed_out: bool = False
@@ -264,6 +268,8 @@ class Run:
                 continue
             comm, cpu, rss = seen
             total += rss
+            if each == pid:
+                self.own_cpu = cpu
             if comm == "hey":
                 self.hey_cpu[each] = cpu
         self.tree_rss_peak_kb = max(self.tree_rss_peak_kb, total)
@@ -452,6 +458,8 @@ def phase_figures(runs: list[Run], requests: float | None, expect: int, per_step
         "cpu_s_per_release": statistics.mean(r.cpu for r in runs),
         "orchestrator_cpu_s_per_release": statistics.mean(orchestrator),
         "hey_cpu_s_per_release": statistics.mean(hey),
+        "canary_process_cpu_s_per_release": statistics.mean(r.own_cpu for r in runs),
+        "pulumi_cpu_s_per_release": statistics.mean(o - r.own_cpu for r, o in zip(runs, orchestrator, strict=True)),
         "orchestrator_peak_rss_mib": statistics.mean(r.orchestrator_hwm_kb for r in runs) / 1024,
         "tree_peak_rss_mib": statistics.mean(r.tree_rss_peak_kb for r in runs) / 1024,
         "largest_process_rss_mib": max(r.maxrss_kb for r in runs) / 1024,
@@ -468,6 +476,7 @@ SHOWN = [("step_s_p50", "step latency p50 (s)"), ("step_s_p95", "step latency p9
          ("rollback_route_s_p95", "rollback → route restored p95 (s)"), ("rollback_verified_s_p50", "rollback → verified p50 (s)"),
          ("release_s_p50", "release wall time p50 (s)"), ("cpu_s_per_release", "CPU per release, all (s)"),
          ("orchestrator_cpu_s_per_release", "CPU per release, orchestrator (s)"), ("hey_cpu_s_per_release", "CPU per release, load test (s)"),
+         ("canary_process_cpu_s_per_release", "  of which canary's own process (s)"), ("pulumi_cpu_s_per_release", "  of which Pulumi CLI and provider (s)"),
          ("orchestrator_peak_rss_mib", "orchestrator peak RSS (MiB)"), ("tree_peak_rss_mib", "process tree peak RSS (MiB)"),
          ("api_requests_per_step", "API requests per step"), ("api_requests_per_release", "API requests per release"),
          ("api_requests_raw_per_release", "API requests per release, idle not subtracted")]
