@@ -375,10 +375,11 @@ def journal_times(run: Run) -> dict[str, list[float]]:
 def audit(run: Run, kube: Kube, stable_image: str, steps: int | None) -> list[str]:
     """What this release left crossed or lost, read from the cluster after every release of the phase
     ended: the app's route names its own Services only (in its own namespace), serves its own host and
-    is at rest (stable 100, canary 0); its stable Deployment runs ``stable_image`` and its canary has no
+    is at rest (stable 100, canary 0); its stable Deployment runs ``stable_image`` (the release's image
+    when it was promoted, the app's stable before it when it rolled back) and its canary has no
     replicas; its journal holds its release whole — the last one is the one this process ran (its id is
     the one it printed), from "release started" to the end state verified, with ``steps`` weight steps
-    (a healthy release), and the release state ends as its exit code says."""
+    when it was promoted, and the release state ends as its exit code says."""
     app, ns = run.app, run.app.stack
     problems: list[str] = []
     own = {naming.service(app.name, Track.STABLE), naming.service(app.name, Track.CANARY)}
@@ -417,7 +418,7 @@ def audit(run: Run, kube: Kube, stable_image: str, steps: int | None) -> list[st
     mine = [r for r in history if r.release == release]
     if not any(r.type == "verified" and r.what == "end state" for r in mine):
         problems.append("its journal has no verified end state")
-    if steps is not None and (shifts := sum(r.type == "state" and r.message.startswith("shifting to step") for r in mine)) != steps:
+    if steps is not None and run.code == 0 and (shifts := sum(r.type == "state" and r.message.startswith("shifting to step") for r in mine)) != steps:
         problems.append(f"its journal has {shifts} weight steps, not {steps}")
     phase = status.state.phase.value if status is not None else None
     expected = {0: "Succeeded", 1: "Failed"}.get(run.code if run.code is not None else -1)
@@ -541,6 +542,7 @@ def measure(layout: Layout, n: int, args: argparse.Namespace, token: str) -> dic
     phases = [("healthy", "demo:v2", 0)] + ([] if args.no_rollback else [("rollback", "demo:v2-faulty", 1)])
     per_stack = max(1, args.apps_per_stack)
     with apps_of(layout, n, per_stack, token, args.interval, args.rps) as apps:
+        stable = {app.label: "demo:v1" for app in apps}  # what each app runs now: deployed, then as each release ended
         for phase, image, expect in phases:
             print(f"N = {n}: {phase} ({image}) of {len(apps)} apps in {len({a.stack for a in apps})} stacks …", flush=True)
             idle_before = server.idle_rate()
@@ -557,8 +559,9 @@ def measure(layout: Layout, n: int, args: argparse.Namespace, token: str) -> dic
             figures = phase_figures(runs, net if net > 0 else None, expect, per_step=phase == "healthy")
             figures.update(idle_requests_per_s=[idle_before, idle_after], api_requests_raw_per_release=sum(counted.values()) / len(runs),
                            api_by_verb_resource=dict(sorted(counted.items(), key=lambda kv: -kv[1])[:25]))
-            # both phases end on demo:v2: promoted, then kept by the faulty release's rollback
-            crossed = [p for run in runs for p in audit(run, kube, "demo:v2", lab_steps() if phase == "healthy" else None)]
+            for run in runs:
+                stable[run.app.label] = run.image if run.code == 0 else stable[run.app.label]
+            crossed = [p for run in runs for p in audit(run, kube, stable[run.app.label], lab_steps())]
             figures.update(crossed_or_lost=crossed, apps_per_stack=per_stack)
             for problem in crossed[:10]:
                 print(f"  crossed or lost: {problem}", file=sys.stderr)
