@@ -44,6 +44,10 @@ _UNREACHABLE = re.compile(
     r"configured Kubernetes cluster is unreachable|context deadline exceeded|TLS handshake timeout|the server is currently unable)",
     re.I,
 )
+# A file backend's checkpoint read while another update of the stack rewrites it: the blob store
+# replaces the checkpoint atomically but truncates and rewrites its ``.attrs`` file beside it, so a
+# concurrent reader (an ``up`` loading the stack before it takes the lock) can read that file empty.
+_TORN_CHECKPOINT = re.compile(r"failed to load checkpoint: (unexpected )?(EOF|end of JSON input)")
 _FORBIDDEN = re.compile(r"(forbidden|Unauthorized|is not allowed|no configuration has been provided)", re.I)
 
 
@@ -155,6 +159,8 @@ def _map_error(exc: BaseException, what: str, secrets: tuple[str, ...] = (), int
     if isinstance(exc, auto.ConcurrentUpdateError):
         holder = re.search(r"created by ([^\n]*)", text) or re.search(r"(locked by [^\n.]*)", text)
         return StackLocked(f"{what}: the stack is locked by another update ({holder.group(1).strip() if holder else 'unknown holder'})")
+    if torn := _TORN_CHECKPOINT.search(text):
+        return StackLocked(f"{what}: the stack's checkpoint was being written by another update (read as {torn.group(0)!r})")
     if isinstance(exc, auto.StackNotFoundError):
         return StackNotFound(f"{what}: no such stack in the Pulumi backend (pulumi stack ls lists them; pulumi stack init creates one)")
     if isinstance(exc, OSError):

@@ -85,6 +85,9 @@ def _error(cls: type[auto.CommandError], stderr: str) -> auto.CommandError:
     [
         (_error(auto.ConcurrentUpdateError, "error: the stack is currently locked by 1 lock(s). Either wait for the other process(es) to end or delete the lock file with `pulumi cancel`.\n  file:///s/.pulumi/locks/x.json: created by alice@host (pid 42) at 2026-12-01T10:00:00Z"), StackLocked, "alice@host (pid 42)"),
         (_error(auto.StackNotFoundError, "error: no stack named 'x' found"), StackNotFound, "no such stack"),
+        # a file backend's checkpoint read while another update of the stack rewrote its attributes file
+        (_error(auto.CommandError, "error: failed to load checkpoint: EOF"), StackLocked, "being written by another update"),
+        (_error(auto.CommandError, "error: failed to load checkpoint: unexpected EOF"), StackLocked, "being written by another update"),
         (_error(auto.CommandError, "error: Get \"https://10.0.0.1:6443\": dial tcp 10.0.0.1:6443: connect: connection refused"), ClusterUnreachable, "did not answer"),
         (_error(auto.CommandError, "error: deployments.apps \"web\" is forbidden: User cannot patch"), Forbidden, "refused"),
         (_error(auto.CommandError, "error: before hook \"canary-stable-guard-web\" failed: canary: the workload of web changed"), StackError, "refused: the workload of web changed"),
