@@ -348,13 +348,16 @@ class ReleaseConfigs:
 
     def changes_since(self, snapshot: str) -> dict[str, Any]:
         """Config values of the stack file that differ from ``snapshot`` (dotted paths, secrets as
-        ``<encrypted>``); ``{"(file)": ...}`` when the file cannot be read."""
+        ``<encrypted>``), less the other apps' of a stack of several (their own releases' edits);
+        ``{"(file)": ...}`` when the file cannot be read."""
         try:
             now = _config_of(self.stack_path.read_text())
             then = _config_of(snapshot)
         except (OSError, YAMLError) as exc:
             return {"(stack file)": f"unreadable: {exc}"}
-        return _diff(then, now)
+        apps = f"{CONFIG_NAMESPACE}:apps."
+        return {key: value for key, value in _diff(then, now).items()
+                if not key.startswith(apps) or key[len(apps):].split(".", 1)[0] == self.app}
 
     def keep(self, release: str, changes: Mapping[str, Any]) -> Path | None:
         """Keep the values of ``changes`` in a file next to the stack file: nothing edited is lost."""

@@ -240,3 +240,16 @@ def test_manifests_and_dumps() -> None:
         stackfile.load_manifests([("a.yaml", "- 1\n")])
     text = stackfile.dump({"q": "a\nb\n", "n": 2.0, "f": 0.5})
     assert "q: |" in text and "n: 2\n" in text and json.loads(json.dumps(stackfile.load(text))) == {"q": "a\nb\n", "n": 2, "f": 0.5}
+
+
+def test_a_rollback_names_only_its_own_app_s_changes_in_a_stack_of_several(tmp_path: Path) -> None:
+    """Another app of the stack released meanwhile edited its own image: that is its release's, not a
+    change this app's rollback left unapplied."""
+    path = project(tmp_path) / "stacks" / "Pulumi.dev.yaml"
+    several = ("config:\n  canary:apps:\n    web: {app: {name: web, image: demo:v1}}\n    api: {app: {name: api, image: demo:v1}}\n"
+               "  other:setting: 1\n")
+    path.write_text(several)
+    configs = stackfile.ReleaseConfigs(path, tmp_path, "web")
+    path.write_text(several.replace("api, image: demo:v1", "api, image: demo:v2").replace("web, image: demo:v1", "web, image: demo:v1, replicas: 3")
+                    .replace("setting: 1", "setting: 2"))
+    assert configs.changes_since(several) == {"canary:apps.web.app.replicas": 3, "other:setting": 2}
