@@ -294,7 +294,9 @@ def up(stack: str, *, app: str | None = None, project_dir: Path | None = None, e
         return ws.stack.up(config_file=config_file, exclude=exclude or None)
 
     result = _waiting_for_lock(apply, on_event, float(options.get("lock_wait", LOCK_WAIT)))
-    ws.outputs = ws.stack.outputs()
+    # this update's own outputs: read afterwards, they may be those of another app's update of the stack
+    # that began from a stack file without this app's new image, and the change would look like none
+    ws.outputs = result.outputs if result.outputs is not None else ws.stack.outputs()
     applied = {k: v for k, v in result.changes.items() if k != "same"}
     if not names:  # a program without apps yet: the update was all there was to do
         names = [ws.app(app)]

@@ -59,6 +59,10 @@ class UpResult:
     changes: dict[str, int]
     events: int = 0
     diagnostics: tuple[str, ...] = field(default=())
+    #: the stack's outputs as this update set them (its root resource's outputs event; secrets shown as
+    #: ``[secret]``), None when it sent none. Read after the update, they may be another update's: an app
+    #: of the same stack whose ``up`` began from an older stack file.
+    outputs: dict[str, Any] | None = None
 
 
 class InterruptibleCommand(auto.PulumiCommand):
@@ -396,11 +400,15 @@ class Stack:
         events = 0
         diagnostics: list[str] = []
         summary = _Summary()
+        outputs: dict[str, Any] | None = None
 
         def handle(event: Any) -> None:
-            nonlocal events
+            nonlocal events, outputs
             events += 1
             summary.see(event)
+            done = getattr(event, "res_outputs_event", None)
+            if done is not None and done.metadata.type == "pulumi:pulumi:Stack" and done.metadata.new is not None:
+                outputs = dict(done.metadata.new.outputs or {})
             diag = getattr(event, "diagnostic_event", None)
             if diag is not None and diag.severity in ("error", "warning"):
                 diagnostics.append(diag.message.strip()[:300])
@@ -415,7 +423,7 @@ class Stack:
                                refresh=refresh or None, config_file=str(config_file) if config_file else None)
         except auto.CommandError as exc:
             raise _map_error(exc, f"pulumi up of {self.name}", self._secrets, self.command.interrupted) from exc
-        return UpResult(time.monotonic() - start, summary.changes, events, tuple(diagnostics))
+        return UpResult(time.monotonic() - start, summary.changes, events, tuple(diagnostics), outputs)
 
     def interrupt(self) -> bool:
         """Cancel the ``up`` in progress, if any (SIGINT to the CLI's session)."""

@@ -293,3 +293,35 @@ def test_two_apps_of_one_stack_release_at_once_one_promoted_one_rolled_back(lab_
     again = ls.cli("up", ls.name)
     assert again.returncode == 1 and "was failed in release" in again.stdout and "--retry" in again.stdout, again.stdout + again.stderr
     assert_stable_state(ls, "demo:v1", app="api")
+
+
+@pytest.mark.long
+@pytest.mark.parametrize("lab_stack", [_two_apps], indirect=True)
+def test_an_update_of_another_app_that_lands_after_this_one_does_not_hide_this_app_s_change(lab_stack: LabStack,
+                                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Seen with five apps of one stack released at once: app B's ``up`` began from the stack file
+    before app A's new image and ended after A's own ``up``; A read the stack's outputs then, saw its
+    change undone and ended "no workload change", exit 0, unreleased. The race is made certain here:
+    B's update (the stack file as it was) lands right after A's."""
+    ls = lab_stack
+    before = _stack_file(ls).read_text()
+    stale = ls.project / "before-api-s-edit.yaml"
+    stale.write_text(before)
+    real_up = Stack.up
+    raced: list[bool] = []
+
+    def up_then_the_other_app_s(self: Stack, config_file: Path | None = None, **kwargs: Any) -> Any:
+        result = real_up(self, config_file=config_file, **kwargs)
+        if not raced:
+            raced.append(True)
+            real_up(self, config_file=stale)
+        return result
+
+    monkeypatch.setattr(Stack, "up", up_then_the_other_app_s)
+    _, old = api.set_image(ls.name, "demo:v2", app="api", project_dir=ls.project)
+    assert old == "demo:v1"
+    outcome = api.up(ls.name, app="api", project_dir=ls.project, env=ls.env)
+    assert raced, "the other app's update did not run"
+    assert outcome.exit_code == 0 and outcome.release is not None, outcome.message
+    assert_stable_state(ls, "demo:v2", app="api")
+    assert_stable_state(ls, "demo:v1", app="web")
