@@ -15,8 +15,9 @@ the same machine, lab and load):
 3. rollback (unless ``--no-rollback``): N ``canary release … --image demo:v2-faulty`` at once; each
    must roll back (exit 1);
 4. after each phase, every app is audited in the cluster for anything crossed or lost (``audit``): its
-   route names only its own Services and host and is at rest, its stable Deployment runs demo:v2 and
-   its canary has no replicas, its journal holds the release its process ran whole (the id it printed,
+   route names only its own Services and host and is at rest, its stable Deployment runs what its own
+   release left (the new image when promoted, the one before when rolled back) and its canary has no
+   replicas, its journal holds the release its process ran whole (the id it printed,
    every weight step, the end state verified) and its release state agrees with its exit code;
 5. the stacks destroyed and removed — also after a failure, a time-out or Ctrl-C.
 
