@@ -543,6 +543,7 @@ def measure(layout: Layout, n: int, args: argparse.Namespace, token: str) -> dic
     phases = [("healthy", "demo:v2", 0)] + ([] if args.no_rollback else [("rollback", "demo:v2-faulty", 1)])
     per_stack = max(1, args.apps_per_stack)
     with apps_of(layout, n, per_stack, token, args.interval, args.rps) as apps:
+        steps = lab_steps()
         stable = {app.label: "demo:v1" for app in apps}  # what each app runs now: deployed, then as each release ended
         for phase, image, expect in phases:
             print(f"N = {n}: {phase} ({image}) of {len(apps)} apps in {len({a.stack for a in apps})} stacks …", flush=True)
@@ -562,7 +563,7 @@ def measure(layout: Layout, n: int, args: argparse.Namespace, token: str) -> dic
                            api_by_verb_resource=dict(sorted(counted.items(), key=lambda kv: -kv[1])[:25]))
             for run in runs:
                 stable[run.app.label] = run.image if run.code == 0 else stable[run.app.label]
-            crossed = [p for run in runs for p in audit(run, kube, stable[run.app.label], lab_steps())]
+            crossed = [p for run in runs for p in audit(run, kube, stable[run.app.label], steps)]
             figures.update(crossed_or_lost=crossed, apps_per_stack=per_stack)
             for problem in crossed[:10]:
                 print(f"  crossed or lost: {problem}", file=sys.stderr)
