@@ -293,7 +293,7 @@ def up(stack: str, *, app: str | None = None, project_dir: Path | None = None, e
         config_file = cache.write_config("up", stackfile.release_config(snapshot, pins))
         return ws.stack.up(config_file=config_file, exclude=exclude or None)
 
-    result = _waiting_for_lock(apply, on_event, float(options.get("lock_wait", LOCK_WAIT)))
+    result = _waiting_for_lock(apply, ws.stack.wait_unlocked, on_event, float(options.get("lock_wait", LOCK_WAIT)))
     # this update's own outputs: read afterwards, they may be those of another app's update of the stack
     # that began from a stack file without this app's new image, and the change would look like none
     ws.outputs = result.outputs if result.outputs is not None else ws.stack.outputs()
@@ -314,9 +314,11 @@ T = TypeVar("T")
 LOCK_WAIT = 600.0
 
 
-def _waiting_for_lock(action: Callable[[], T], on_event: Callable[[Event], None] | None, wait: float) -> T:
+def _waiting_for_lock(action: Callable[[], T], wait_unlocked: Callable[[float], bool], on_event: Callable[[Event], None] | None,
+                      wait: float) -> T:
     """``action`` (an ``up``), tried again while another update holds the stack's lock — two apps of one
-    stack released at once take turns — and for at most ``wait`` seconds; then StackLocked (exit 3)."""
+    stack released at once take turns — and for at most ``wait`` seconds; then StackLocked (exit 3).
+    Between attempts ``wait_unlocked`` (the stack's) waits until the lock is let go."""
     deadline = time.monotonic() + wait
     said = False
     while True:
@@ -328,7 +330,7 @@ def _waiting_for_lock(action: Callable[[], T], on_event: Callable[[Event], None]
             if not said and on_event is not None:
                 on_event(Event(datetime.now(UTC).isoformat(timespec="milliseconds"), "", "", 0, f"waiting for Pulumi's lock: {exc}"))
                 said = True
-            time.sleep(2.0)
+            wait_unlocked(deadline - time.monotonic())
 
 
 #: which outcome of several apps' ``up`` the command ends with: the one a person must act on first

@@ -507,6 +507,25 @@ class Stack:
             found.append({"pid": int(data.get("pid", 0)), "hostname": str(data.get("hostname", "")), "timestamp": str(data.get("timestamp", "")), "file": path.name})
         return found
 
+    def wait_unlocked(self, timeout: float) -> bool:
+        """Wait for Pulumi's lock on this stack to be let go, for at most ``timeout`` seconds; False
+        when it is still held then. An ``up`` refused for the lock is tried again after this.
+
+        In a file backend the lock directory is watched every 0.1 s while a lock is there: the
+        waiting update starts within 0.1 s of the holder letting go, with no CLI run for each
+        look (a stack of several apps released at once otherwise spends its CPU on refused
+        ``up``s). A lock that is not seen (gone already, or a backend that keeps its locks to
+        itself) means a plain pause of 2 s, so a refusal never becomes a busy loop of ``up``s."""
+        deadline = time.monotonic() + max(0.0, timeout)
+        if not self.locks():
+            time.sleep(max(0.0, min(LOCK_RETRY, deadline - time.monotonic())))
+            return True
+        while (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(LOCK_WATCH, left))
+            if not self.locks():
+                return True
+        return False
+
     def check_unlocked(self) -> None:
         """StackLocked naming the holder when Pulumi's lock on the stack is taken."""
         for lock in self.locks():
@@ -526,6 +545,12 @@ class Stack:
         except auto.CommandError as exc:
             raise _map_error(exc, f"cancelling {self.name}", self._secrets) from exc
         return locks
+
+
+#: the pause before an ``up`` refused for Pulumi's lock is tried again, when the lock cannot be watched
+LOCK_RETRY = 2.0
+#: how often a file backend's lock directory is looked at while an ``up`` waits for the lock
+LOCK_WATCH = 0.1
 
 
 def _lock_alive(lock: Mapping[str, Any]) -> bool:

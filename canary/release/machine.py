@@ -388,6 +388,7 @@ class Release:
         delay = self.retry_backoff
         attempt = 0
         lock_deadline = self.clock.monotonic() + self.lock_wait
+        cancel_seen = False
         while True:
             attempt += 1
             try:
@@ -400,7 +401,8 @@ class Release:
                         raise RollbackPending(f"{what}: {exc}; run canary resume {self.stack.name} once the other update is done") from exc
                     raise
                 self.recorder.event(state, f"{what}: waiting for Pulumi's lock ({exc})")
-                self.clock.sleep(2.0)
+                self._wait_unlocked(lock_deadline, stop_on_cancel=not cancel_seen)
+                cancel_seen = self.cancel.is_set()
                 attempt -= 1
                 continue
             except CanaryError as exc:
@@ -414,6 +416,15 @@ class Release:
                 self.recorder.event(state, f"{what} failed (attempt {attempt} of {self.retries}): {exc}; retrying in {delay:g}s")
                 self.clock.sleep(delay)
                 delay *= 2
+
+    def _wait_unlocked(self, deadline: float, stop_on_cancel: bool) -> None:
+        """Until Pulumi's lock is let go or ``deadline``, in slices of a second so that an abort is
+        not kept waiting (once: an action that cannot be cancelled goes on waiting after it)."""
+        while (left := deadline - self.clock.monotonic()) > 0:
+            if stop_on_cancel and self.cancel.is_set():
+                return
+            if self.stack.wait_unlocked(min(1.0, left)):
+                return
 
     def _canary_size(self, shape: RouteShape | None = None) -> int:
         app = self.spec.app

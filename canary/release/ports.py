@@ -42,6 +42,8 @@ class StackPort(Protocol):
 
     def clear_stale_lock(self) -> list[dict[str, Any]]: ...
 
+    def wait_unlocked(self, timeout: float) -> bool: ...
+
 
 class ConfigPort(Protocol):
     """The release config file: the snapshot of the stack file plus ``canary:release`` for this app."""

@@ -40,6 +40,55 @@ def _pulumi_up_running(pid: int) -> bool:
     return any(" up " in f" {line} " and "pulumi" in line.split(" ")[0] for line in _cmdlines(pid))
 
 
+def _pulumi_ups(pid: int) -> set[int]:
+    """The pids of ``pulumi up`` processes under ``pid``."""
+    found = set()
+    for child in descendants(pid):
+        try:
+            argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"pulumi") and b"up" in argv:
+            found.add(child)
+    return found
+
+
+def test_an_up_kept_waiting_by_pulumi_s_lock_watches_the_lock_and_starts_as_it_is_let_go(lab_stack: LabStack) -> None:
+    """Another update holds Pulumi's lock for 6 s. ``canary up`` is refused once, then watches the file
+    backend's lock: no ``pulumi up`` runs again while the lock is held (each try is a CLI process, which a
+    stack of several apps released at once spent its CPU on, every 2 s), and the next starts within a
+    second of the lock being let go."""
+    lock_dir = lab_stack.layout.backend_dir / ".pulumi" / "locks" / "organization" / "canary" / lab_stack.name
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    lock = lock_dir / f"{uuid.uuid4()}.json"
+    lock.write_text(json.dumps({"pid": 4242, "username": "alice", "hostname": "ci-runner-7", "timestamp": "2026-12-02T03:00:00Z"}))
+    try:
+        with running(lab_stack.start("up", lab_stack.name, "--lock-wait", "120")) as process:
+            seen: set[int] = set()
+
+            def refused_once() -> bool:
+                seen.update(_pulumi_ups(process.pid))
+                return bool(seen) and not _pulumi_ups(process.pid)
+
+            wait_until(refused_once, "a first pulumi up, refused for the lock", 120, process, every=0.02)
+            end = time.monotonic() + 6
+            while time.monotonic() < end:
+                seen.update(_pulumi_ups(process.pid))
+                time.sleep(0.02)
+            assert len(seen) == 1, f"{len(seen)} pulumi up runs while the lock was held"
+            lock.unlink()
+            let_go = time.monotonic()
+            wait_until(lambda: bool(_pulumi_ups(process.pid) - seen), "the next pulumi up", 30, process, every=0.02)
+            started = time.monotonic() - let_go
+            out, err = process.communicate(timeout=300)
+    finally:
+        lock.unlink(missing_ok=True)
+    assert process.returncode == 0, out[-3000:] + err[-3000:]
+    assert "waiting for Pulumi's lock" in out + err, out[-3000:] + err[-3000:]
+    assert started < 1.0, f"the next up started {started:.2f} s after the lock was let go"
+    assert_stable_state(lab_stack, "demo:v1")
+
+
 def test_ctrl_c_during_an_up_rolls_back_and_ends_aborted(lab_stack: LabStack) -> None:
     """A terminal's Ctrl-C reaches canary's whole process group while Pulumi applies a step: the CLI runs in
     a session of its own, so the step's update is not torn; canary rolls back and ends Aborted (12.6)."""

@@ -19,7 +19,7 @@ from canary.core.naming import Track
 from canary.core.records import HookResult, TrackPin
 from canary.core.routing import GatewayClass, RouteShape, RouteState
 from canary.core.spec import ReleaseSpec, parse_spec
-from canary.errors import ClusterUnreachable, MetricError, NoValues
+from canary.errors import ClusterUnreachable, MetricError, NoValues, StackLocked
 from canary.release.machine import Release
 from canary.release.ports import AppFacts
 
@@ -137,6 +137,12 @@ class FakeStack:
         #: parts whose `up` fails (ClusterUnreachable) this many times
         self.fail_parts: dict[str, int] = {}
         self.interrupted = 0
+        #: Pulumi's lock, held by "another update" until this time of ``clock``: ups are refused until then
+        self.clock: FakeClock | None = None
+        self.locked_until = 0.0
+        #: ups refused for the lock, and the timeouts ``wait_unlocked`` was called with
+        self.refused: list[dict[str, Any]] = []
+        self.waited: list[float] = []
         self.on_up: Callable[[dict[str, Any]], None] | None = None
 
     def _parts(self, targets: list[str] | None) -> set[str]:
@@ -160,6 +166,9 @@ class FakeStack:
         record = {"parts": parts, "pins": pins, "refresh": refresh}
         if self.on_up is not None:
             self.on_up(record)
+        if self.clock is not None and self.clock.monotonic() < self.locked_until:
+            self.refused.append({**record, "at": self.clock.monotonic()})
+            raise StackLocked("the stack is locked by another update (alice@host (pid 42))")
         if self.fail_ups:
             self.fail_ups -= 1
             raise ClusterUnreachable("connection refused")
@@ -191,6 +200,14 @@ class FakeStack:
 
     def clear_stale_lock(self) -> list[dict[str, Any]]:
         return []
+
+    def wait_unlocked(self, timeout: float) -> bool:
+        """As the file backend's watch: returns as the lock is let go, or False after ``timeout``."""
+        self.waited.append(timeout)
+        if self.clock is None:
+            return True
+        self.clock.sleep(max(0.0, min(timeout, self.locked_until - self.clock.monotonic())))
+        return self.clock.monotonic() >= self.locked_until
 
 
 class FakeStore:
@@ -370,6 +387,7 @@ def make(metrics: Metrics | None = None, mutate: Callable[[dict[str, Any]], None
     lease = FakeLease()
     hooks = hooks or FakeHooks()
     clock = clock or FakeClock()
+    stack.clock = clock
     events: list[Any] = []
     release = Release(stack=stack, config=config, cluster=cluster, store=store, lease=lease, hooks=hooks, provider_for=lambda address: metrics,
                       facts=facts, clock=clock, on_event=events.append, **options)  # type: ignore[arg-type]

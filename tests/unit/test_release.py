@@ -227,6 +227,49 @@ def test_an_abort_during_promotion_is_ignored() -> None:
     assert any("abort ignored" in e.message for e in world.events)
 
 
+def _locked_at_step(world: Any, weight: int, seconds: float) -> None:
+    """Another update (another app's release of the stack) takes Pulumi's lock for ``seconds`` as the step to ``weight`` begins."""
+    def on_up(record: dict[str, Any]) -> None:
+        if not world.stack.refused and record["parts"] == {"route"} and record["pins"]["route"]["weight"] == weight:
+            world.stack.locked_until = world.clock.monotonic() + seconds
+
+    world.stack.on_up = on_up
+
+
+def test_a_step_kept_waiting_by_pulumi_s_lock_waits_for_it_to_be_let_go_then_tries_once_more() -> None:
+    """Refused for the lock, the step's ``up`` is tried again as the lock is let go, not every 2 s: each
+    try is a CLI run, and apps of one stack released at once spent their CPU on them."""
+    world = make(Metrics(0.0))
+    _locked_at_step(world, 20, 7.0)
+    result = world.start()
+    assert result.phase is Phase.SUCCEEDED, result.reason
+    assert len(world.stack.refused) == 1, world.stack.refused
+    assert world.stack.waited and max(world.stack.waited) <= 1.0, world.stack.waited  # in slices: an abort is not kept waiting
+    retried = next(i for i, u in enumerate(world.stack.ups) if u["parts"] == {"route"} and u["pins"]["route"]["weight"] == 20)
+    assert world.cluster.weights_seen[:3] == [0, 10, 20] and retried == 2
+    assert any("waiting for Pulumi's lock" in e.message for e in world.events)
+
+
+def test_an_abort_while_a_step_waits_for_pulumi_s_lock_is_taken_within_a_second() -> None:
+    world = make(Metrics(0.0))
+    _locked_at_step(world, 20, 100.0)
+    sent: dict[str, float] = {}
+
+    def on_sleep(now: float) -> None:
+        if not sent and world.stack.refused:
+            sent["at"] = now
+            world.store.request("abort", by="canary abort")
+
+    world.clock.on_sleep = on_sleep
+    result = world.start()
+    assert result.phase is Phase.ABORTED and "aborted by canary abort" in result.reason
+    rolling = next(r for r in world.store.of("state") if r.phase == "RollingBack")
+    assert _t(rolling.time) - (world.clock.base.timestamp() + sent["at"]) <= 1.0
+    # the rollback's own update cannot be cancelled: it waits out the lock, then restores stable
+    assert world.cluster.weights_seen[-1] == 0 and world.cluster.stable_hash == STABLE.hash and world.cluster.canary_replicas == 0
+    assert world.clock.monotonic() >= world.stack.locked_until
+
+
 def test_a_step_up_that_fails_once_is_retried() -> None:
     world = make(Metrics(0.0))
     world.stack.fail_parts["route"] = 1
