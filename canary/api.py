@@ -95,8 +95,11 @@ class Workspace:
             raise InvalidSpec([Problem(f"outputs.{naming.OUTPUT_PREFIX}{app}", "unreadable", f"is not what the component exports: {exc}")], "stack") from exc
         stable = exported.get("stable")
         stable_pin = self._running_stable(app, release_spec, _pin(stable) if isinstance(stable, Mapping) else None)
+        others = tuple(urn for key, value in self.outputs.items()
+                       if key.startswith(naming.OUTPUT_PREFIX) and key != f"{naming.OUTPUT_PREFIX}{app}" and isinstance(value, Mapping)
+                       for urns in (value.get("urns") or {}).values() for urn in (urns if isinstance(urns, list) else [urns]))
         return AppFacts(spec=release_spec, urns=dict(exported.get("urns") or {}), stable=stable_pin,
-                        desired=_pin(exported["desired"]), stack=self.name, copies=dict(exported.get("copies") or {}))
+                        desired=_pin(exported["desired"]), stack=self.name, copies=dict(exported.get("copies") or {}), others=others)
 
     def _running_stable(self, app: str, spec: ReleaseSpec, exported: TrackPin | None) -> TrackPin | None:
         """What the stable Deployment runs, as a pin. The stack outputs say it — unless an update of

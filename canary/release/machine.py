@@ -369,12 +369,14 @@ class Release:
         first (the first ``up`` after a resume always does)."""
         path = self.config.write(state.release, state.snapshot, pins)
         targets = self.facts.targets(*parts) if parts is not None else None
+        # the whole stack, but never another app's resources: their releases pin them in files of their own
+        exclude = list(self.facts.others) or None if parts is None else None
         refresh = refresh or self._refresh
         if cancellable and self.cancel.is_set():
             raise Cancelled("stopped by an abort")
         self._in_up = cancellable
         try:
-            result = self.stack.up(config_file=path, targets=targets, refresh=refresh)
+            result = self.stack.up(config_file=path, targets=targets, exclude=exclude, refresh=refresh)
         finally:
             self._in_up = False
         self._refresh = False
@@ -627,7 +629,8 @@ class Release:
 
     def _apply_or_full(self, state: ReleaseState, pins: dict[str, Any]) -> None:
         """The rollback's targeted ``up``; when it cannot apply (a resource it depends on is not in the
-        stack), the same pins applied to the whole stack."""
+        stack), the same pins applied to the whole stack but the other apps' resources (in a stack of
+        several apps, another app may be in a release of its own)."""
         try:
             self._apply(state, pins, ("app",), cancellable=False)
         except StackError as exc:

@@ -142,6 +142,8 @@ class AppFacts:
     desired: records.TrackPin
     stack: str = ""
     copies: dict[str, str] = field(default_factory=dict)
+    #: the URNs of the stack's other apps' resources: an ``up`` of the whole stack leaves them alone
+    others: tuple[str, ...] = ()
 
     def targets(self, *parts: str) -> list[str]:
         """The URNs of parts of the app: ``route``, ``stable``, ``canary``, ``app`` (all of it)."""

@@ -273,6 +273,12 @@ def _two_apps(config: dict[str, Any]) -> None:
 @pytest.mark.parametrize("lab_stack", [_two_apps], indirect=True)
 def test_two_apps_of_one_stack_release_at_once_one_promoted_one_rolled_back(lab_stack: LabStack) -> None:
     ls = lab_stack
+    # what a release's whole-stack `up` (a rollback's fallback) leaves alone: exactly the other app's resources
+    ws = api.open_stack(ls.name, ls.project, ls.env)
+    web_facts, api_facts = ws.facts("web"), ws.facts("api")
+    assert web_facts is not None and api_facts is not None
+    assert set(web_facts.others) == set(api_facts.targets("app")) and set(api_facts.others) == set(web_facts.targets("app"))
+    assert not set(web_facts.others) & set(web_facts.targets("app"))
     web = ls.start("release", ls.name, "--app", "web", "--image", "demo:v2")
     with running(web):
         api_ = ls.start("release", ls.name, "--app", "api", "--image", "demo:v2-faulty")

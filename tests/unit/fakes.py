@@ -163,7 +163,7 @@ class FakeStack:
         assert config_file is not None
         pins = self.config.files[config_file]["pins"]
         parts = self._parts(targets)
-        record = {"parts": parts, "pins": pins, "refresh": refresh}
+        record = {"parts": parts, "pins": pins, "refresh": refresh, "whole": targets is None, "exclude": exclude}
         if self.on_up is not None:
             self.on_up(record)
         if self.clock is not None and self.clock.monotonic() < self.locked_until:

@@ -270,6 +270,32 @@ def test_an_abort_while_a_step_waits_for_pulumi_s_lock_is_taken_within_a_second(
     assert world.clock.monotonic() >= world.stack.locked_until
 
 
+def test_a_rollback_that_falls_back_to_the_whole_stack_leaves_the_other_apps_alone() -> None:
+    """The rollback's targeted ``up`` cannot apply (a resource it depends on is not in the stack): the same
+    pins go to the whole stack, but another app of the stack may be in a release of its own, pinned in a
+    file of its own: its resources are excluded, or this rollback would put its route at rest mid-release."""
+    from dataclasses import replace
+
+    from canary.errors import StackError
+
+    others = ("urn:api-route", "urn:api-stable", "urn:api-canary")
+    world = make(Metrics(18.2))
+    world.release.facts = replace(world.release.facts, others=others)
+
+    def on_up(record: dict[str, Any]) -> None:
+        if record["parts"] == {"route", "stable", "canary"} and not record["whole"]:
+            raise StackError("resource urn:ns is not in the stack and not targeted")
+
+    world.stack.on_up = on_up
+    result = world.start()
+    assert result.phase is Phase.FAILED, result.reason
+    whole = [u for u in world.stack.ups if u["whole"]]
+    assert len(whole) == 1 and whole[0]["exclude"] == list(others), world.stack.ups
+    assert all(u["exclude"] is None for u in world.stack.ups if not u["whole"])
+    assert world.cluster.stable_hash == STABLE.hash and world.cluster.weights_seen[-1] == 0
+    assert any("applying the snapshot to the whole stack" in e.message for e in world.events)
+
+
 def test_a_step_up_that_fails_once_is_retried() -> None:
     world = make(Metrics(0.0))
     world.stack.fail_parts["route"] = 1
