@@ -65,6 +65,10 @@ class UpResult:
     outputs: dict[str, Any] | None = None
 
 
+#: the version of each CLI checked in this process, by its root and PATH
+_CHECKED: dict[tuple[str, str], Any] = {}
+
+
 class InterruptibleCommand(auto.PulumiCommand):
     """The Pulumi CLI in a session of its own, which canary can interrupt.
 
@@ -77,7 +81,15 @@ class InterruptibleCommand(auto.PulumiCommand):
     """
 
     def __init__(self, root: str | None) -> None:
-        super().__init__(root=root)
+        # the CLI's version is checked once per process and CLI (a `pulumi version` run, 0.1–0.2 s),
+        # not again for each stack opened: a release opens its stack twice
+        key = (root or "", os.environ.get("PATH", ""))
+        if key in _CHECKED:
+            self.command = os.path.join(root, "bin", "pulumi") if root else "pulumi"
+            self.version = _CHECKED[key]
+        else:
+            super().__init__(root=root)
+            _CHECKED[key] = self.version
         self._running: set[subprocess.Popen[str]] = set()
         self._lock = threading.Lock()
         self.interrupted = False

@@ -149,6 +149,18 @@ def _fake_cli(tmp_path: Path, body: str) -> InterruptibleCommand:
     return InterruptibleCommand(str(tmp_path / "cli"))
 
 
+def test_the_cli_s_version_is_checked_once_per_process_not_for_each_stack_opened(tmp_path: Path) -> None:
+    """A release opens its stack twice; each PulumiCommand ran ``pulumi version`` (0.1–0.2 s of CPU)."""
+    bin_dir = tmp_path / "cli" / "bin"
+    bin_dir.mkdir(parents=True)
+    count = tmp_path / "versions"
+    (bin_dir / "pulumi").write_text(f"#!/bin/sh\nif [ \"$1\" = version ]; then echo x >> {count}; echo v3.260.0; exit 0; fi\n")
+    (bin_dir / "pulumi").chmod(0o755)
+    first, second = InterruptibleCommand(str(tmp_path / "cli")), InterruptibleCommand(str(tmp_path / "cli"))
+    assert count.read_text().count("x") == 1
+    assert str(first.version) == str(second.version) == "3.260.0" and first.command == second.command == str(bin_dir / "pulumi")
+
+
 def test_the_cli_runs_in_a_session_of_its_own_and_streams_its_output(tmp_path: Path) -> None:
     command = _fake_cli(tmp_path, 'echo "sid $(ps -o sid= -p $$)"; echo "to stderr" >&2; echo "$PULUMI_AUTOMATION_API"')
     seen: list[str] = []
