@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -286,6 +287,9 @@ def up(stack: str, *, app: str | None = None, project_dir: Path | None = None, e
         _preflight(ws, name)
     snapshot = ws.stack.stack_file().read_text()
     cache = Cache(state_root(ws.project_dir), stack, "_stack")
+    # a config file of this up's own: every app of the stack may be in its `canary up` at once, and one
+    # file for all let an `up` run with another's config (an older stack file, without its app's change)
+    own = f"up-{os.getpid()}-{threading.get_ident()}"
 
     def apply() -> Any:
         # read again on every attempt: while this waited for Pulumi's lock, another app's release may
@@ -293,10 +297,13 @@ def up(stack: str, *, app: str | None = None, project_dir: Path | None = None, e
         others = {k: v for k, v in _running(ws).items() if k not in names}
         pins = _pins_at_rest(ws, set(others) | set(running))
         exclude = [urn for other in others for urn in (ws.facts(other).targets("app") if ws.facts(other) else [])]  # type: ignore[union-attr]
-        config_file = cache.write_config("up", stackfile.release_config(snapshot, pins))
+        config_file = cache.write_config(own, stackfile.release_config(snapshot, pins))
         return ws.stack.up(config_file=config_file, exclude=exclude or None)
 
-    result = _waiting_for_lock(apply, ws.stack.wait_unlocked, on_event, float(options.get("lock_wait", LOCK_WAIT)))
+    try:
+        result = _waiting_for_lock(apply, ws.stack.wait_unlocked, on_event, float(options.get("lock_wait", LOCK_WAIT)))
+    finally:
+        cache.config_file(own).unlink(missing_ok=True)
     # this update's own outputs: read afterwards, they may be those of another app's update of the stack
     # that began from a stack file without this app's new image, and the change would look like none
     ws.outputs = result.outputs if result.outputs is not None else ws.stack.outputs()

@@ -7,6 +7,7 @@ import copy
 import json
 import os
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,9 @@ from canary.adapters import stackfile
 from canary.adapters.kube import Kube
 from canary.adapters.stack import Stack
 from canary.core.naming import Track
+from canary.errors import StackLocked
 from canary.lab.layout import Layout
+from canary.state.cache import Cache
 from tests.lab.conftest import make_project, stack_name
 from tests.lab.helpers import LabStack, RouteWatcher, assert_stable_state, host, running
 
@@ -331,3 +334,68 @@ def test_an_update_of_another_app_that_lands_after_this_one_does_not_hide_this_a
     assert outcome.exit_code == 0 and outcome.release is not None, outcome.message
     assert_stable_state(ls, "demo:v2", app="api")
     assert_stable_state(ls, "demo:v1", app="web")
+
+
+@pytest.mark.long
+@pytest.mark.parametrize("lab_stack", [_two_apps], indirect=True)
+def test_two_canary_ups_of_one_stack_at_once_each_run_with_their_own_config(lab_stack: LabStack, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Seen with five apps of one stack released at once: every ``canary up`` of a stack wrote its config
+    file to one path, so an ``up`` could run with another's — a stack file from before its own app's new
+    image — and end "no workload change", exit 0, unreleased. Made certain here: api's ``canary up``
+    read the stack file before web's edit and writes its config after web's, before web's update runs;
+    api's own update, refused for the lock meanwhile, is tried again once web's release is over."""
+    ls = lab_stack
+    real_write, real_up = Cache.write_config, Stack.up
+    api_reads, web_wrote, api_wrote, web_done = threading.Event(), threading.Event(), threading.Event(), threading.Event()
+
+    def write_config(self: Cache, release: str, text: str) -> Path:
+        me = threading.current_thread().name
+        if me == "api-up" and not api_wrote.is_set():
+            api_reads.set()
+            assert web_wrote.wait(120), "web's up wrote no config"
+            path = real_write(self, release, text)
+            api_wrote.set()
+            return path
+        path = real_write(self, release, text)
+        if me == "web-up" and not web_wrote.is_set():
+            web_wrote.set()
+            assert api_wrote.wait(120), "api's up wrote no config"
+        return path
+
+    def up(self: Stack, *args: Any, **kwargs: Any) -> Any:
+        if threading.current_thread().name == "api-up" and not web_done.is_set():
+            # api's first update is refused as Pulumi's lock would refuse it: web's update (and its release)
+            # go first, with whatever config file web's `up` was given
+            assert web_done.wait(600), "web's canary up did not end"
+            raise StackLocked("the stack is locked by another update (web's release)")
+        return real_up(self, *args, **kwargs)
+
+    monkeypatch.setattr(Cache, "write_config", write_config)
+    monkeypatch.setattr(Stack, "up", up)
+    outcomes: dict[str, Any] = {}
+
+    def canary_up(app: str) -> None:
+        try:
+            outcomes[app] = api.up(ls.name, app=app, project_dir=ls.project, env=ls.env)
+        except Exception as exc:  # noqa: BLE001 - reported below, beside the other thread's outcome
+            outcomes[app] = exc
+        finally:
+            if app == "web":
+                web_done.set()
+
+    api_thread = threading.Thread(target=canary_up, args=("api",), name="api-up")
+    api_thread.start()
+    assert api_reads.wait(120), "api's up did not reach its config"
+    _, old = api.set_image(ls.name, "demo:v2", app="web", project_dir=ls.project)
+    assert old == "demo:v1"
+    web_thread = threading.Thread(target=canary_up, args=("web",), name="web-up")
+    web_thread.start()
+    web_thread.join(600)
+    api_thread.join(300)
+    assert not web_thread.is_alive() and not api_thread.is_alive(), outcomes
+    web, api_ = outcomes.get("web"), outcomes.get("api")
+    assert not isinstance(web, BaseException) and web is not None, web
+    assert web.exit_code == 0 and web.release is not None, web.message
+    assert not isinstance(api_, BaseException) and api_ is not None and api_.exit_code == 0, api_
+    assert_stable_state(ls, "demo:v2", app="web")
+    assert_stable_state(ls, "demo:v1", app="api")
