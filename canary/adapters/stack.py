@@ -48,6 +48,8 @@ _UNREACHABLE = re.compile(
 # replaces the checkpoint atomically but truncates and rewrites its ``.attrs`` file beside it, so a
 # concurrent reader (an ``up`` loading the stack before it takes the lock) can read that file empty.
 _TORN_CHECKPOINT = re.compile(r"failed to load checkpoint: (unexpected )?(EOF|end of JSON input)")
+#: a file backend's lock listed, then gone before the CLI read it (its holder had just let go)
+_LOCK_GONE = re.compile(r"open [^\n]*\.pulumi/locks/[^\n]*\.json: no such file or directory")
 _FORBIDDEN = re.compile(r"(forbidden|Unauthorized|is not allowed|no configuration has been provided)", re.I)
 
 
@@ -177,6 +179,8 @@ def _map_error(exc: BaseException, what: str, secrets: tuple[str, ...] = (), int
         return StackLocked(f"{what}: the stack is locked by another update ({holder.group(1).strip() if holder else 'unknown holder'})")
     if torn := _TORN_CHECKPOINT.search(text):
         return StackLocked(f"{what}: the stack's checkpoint was being written by another update (read as {torn.group(0)!r})")
+    if _LOCK_GONE.search(text):
+        return StackLocked(f"{what}: another update's lock was being let go as this one looked at it")
     if isinstance(exc, auto.StackNotFoundError):
         return StackNotFound(f"{what}: no such stack in the Pulumi backend (pulumi stack ls lists them; pulumi stack init creates one)")
     if isinstance(exc, OSError):

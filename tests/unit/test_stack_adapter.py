@@ -88,6 +88,10 @@ def _error(cls: type[auto.CommandError], stderr: str) -> auto.CommandError:
         # a file backend's checkpoint read while another update of the stack rewrote its attributes file
         (_error(auto.CommandError, "error: failed to load checkpoint: EOF"), StackLocked, "being written by another update"),
         (_error(auto.CommandError, "error: failed to load checkpoint: unexpected EOF"), StackLocked, "being written by another update"),
+        # a file backend's lock, listed and then removed by its holder before the CLI opened it (seen with
+        # twenty apps, five to a stack: a healthy release rolled back on it)
+        (_error(auto.CommandError, "error: 2 errors occurred:\n    1) open /s/.pulumi/locks/organization/canary/dev/58f6.json: no such file or directory\n    2) NotFound"),
+         StackLocked, "lock was being let go"),
         (_error(auto.CommandError, "error: Get \"https://10.0.0.1:6443\": dial tcp 10.0.0.1:6443: connect: connection refused"), ClusterUnreachable, "did not answer"),
         (_error(auto.CommandError, "error: deployments.apps \"web\" is forbidden: User cannot patch"), Forbidden, "refused"),
         (_error(auto.CommandError, "error: before hook \"canary-stable-guard-web\" failed: canary: the workload of web changed"), StackError, "refused: the workload of web changed"),
