@@ -529,8 +529,7 @@ class Stack:
 
         In a file backend the lock directory is watched every 0.1 s while a lock is there: the
         waiting update starts within 0.1 s of the holder letting go, with no CLI run for each
-        look (a stack of several apps released at once otherwise spends its CPU on refused
-        ``up``s). A lock that is not seen (gone already, or a backend that keeps its locks to
+        look (a refused ``up`` is a CLI process, started every 2 s before). A lock that is not seen (gone already, or a backend that keeps its locks to
         itself) means a plain pause of 2 s, so a refusal never becomes a busy loop of ``up``s."""
         deadline = time.monotonic() + max(0.0, timeout)
         if not self.locks():

@@ -55,9 +55,8 @@ def _pulumi_ups(pid: int) -> set[int]:
 
 def test_an_up_kept_waiting_by_pulumi_s_lock_watches_the_lock_and_starts_as_it_is_let_go(lab_stack: LabStack) -> None:
     """Another update holds Pulumi's lock for 6 s. ``canary up`` is refused once, then watches the file
-    backend's lock: no ``pulumi up`` runs again while the lock is held (each try is a CLI process, which a
-    stack of several apps released at once spent its CPU on, every 2 s), and the next starts within a
-    second of the lock being let go."""
+    backend's lock: no ``pulumi up`` runs again while the lock is held (each try is a CLI process, started
+    every 2 s before), and the next starts within a second of the lock being let go."""
     lock_dir = lab_stack.layout.backend_dir / ".pulumi" / "locks" / "organization" / "canary" / lab_stack.name
     lock_dir.mkdir(parents=True, exist_ok=True)
     lock = lock_dir / f"{uuid.uuid4()}.json"
