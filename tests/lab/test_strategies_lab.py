@@ -184,6 +184,7 @@ def _switch_time(lab_stack: LabStack) -> float:
 def test_blue_green_keeps_users_on_blue_until_the_switch_then_all_reach_green(lab_stack: LabStack) -> None:
     """Only the tester's requests (the rollout hook's, with the tester header) reach green during the
     analysis; users reach it only once the release switches, and then all of them do."""
+    _served(lab_stack, "v1")  # the new route's status comes before Traefik serves it: users sample from then on
     with UserSampler(lab_stack) as users:
         process = lab_stack.start("release", lab_stack.name, "--image", "demo:v2")
         with running(process):
@@ -214,6 +215,7 @@ def test_blue_green_keeps_users_on_blue_until_the_switch_then_all_reach_green(la
 
 @pytest.mark.parametrize("lab_stack", [_blue_green], indirect=True)
 def test_blue_green_never_sends_users_to_a_faulty_green_and_rolls_it_back(lab_stack: LabStack) -> None:
+    _served(lab_stack, "v1")  # the new route's status comes before Traefik serves it: users sample from then on
     with UserSampler(lab_stack) as users:
         process = lab_stack.start("release", lab_stack.name, "--image", "demo:v2-faulty")
         with running(process):
@@ -238,6 +240,7 @@ def test_blue_green_never_sends_users_to_a_faulty_green_and_rolls_it_back(lab_st
 def test_blue_green_without_tester_traffic_is_never_promoted_on_no_data(lab_stack: LabStack) -> None:
     """No match and a load test through the gateway: green gets no request at all, so its checks have no
     data — which never passes. The release rolls back, saying why, and no user ever reached green."""
+    _served(lab_stack, "v1")  # the new route's status comes before Traefik serves it: users sample from then on
     with UserSampler(lab_stack) as users:
         done = lab_stack.release("demo:v2")
     assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
