@@ -52,7 +52,8 @@ What is measured, and how (the definitions are the ones printed):
   many times a second). Run it on an otherwise idle lab: above 5 requests/s without a release the
   script says the figures include other clients' bursts.
 
-Prints one table per N and the ratios against N = 1; ``--json`` writes every sample. Exits 1 when a
+Prints one table per N and the ratios against N = 1; ``--json`` writes every sample, and the end of the
+log of every release that ended otherwise than expected or that the audit flagged. Exits 1 when a
 release ended otherwise than expected or the audit found anything crossed or lost.
 """
 
@@ -567,10 +568,18 @@ def measure(layout: Layout, n: int, args: argparse.Namespace, token: str) -> dic
             figures.update(crossed_or_lost=crossed, apps_per_stack=per_stack)
             for problem in crossed[:10]:
                 print(f"  crossed or lost: {problem}", file=sys.stderr)
-            bad = [r for r in runs if r.code != expect]
-            for run in bad[:3]:
-                tail = run.log.read_text()[-1200:] if run.log and run.log.exists() else ""
-                print(f"  {run.app.label}: exit {run.code}{' (timed out)' if run.timed_out else ''}\n{tail}", file=sys.stderr)
+            # every release that ended otherwise than expected or that the audit flagged keeps its log's end
+            # in --json (the stacks' directories are removed after the run); the first three are printed
+            flagged = {problem.split(":", 1)[0] for problem in crossed}
+            bad = [r for r in runs if r.code != expect or r.app.label in flagged]
+            logs = {r.app.label: {"exit": r.code, "timed_out": r.timed_out,
+                                  "tail": r.log.read_text()[-4000:] if r.log and r.log.exists() else ""} for r in bad}
+            figures.update(unexpected_logs=logs)
+            for i, run in enumerate(bad):
+                tail = logs[run.app.label]["tail"]
+                last = tail.strip().splitlines()[-1] if tail.strip() else ""
+                print(f"  {run.app.label}: exit {run.code}{' (timed out)' if run.timed_out else ''}"
+                      + (f"\n{tail[-1200:]}" if i < 3 else f": {last[:200]}"), file=sys.stderr)
             out[phase] = figures
     return out
 
