@@ -24,18 +24,33 @@ from canary.core import notify
 from canary.core.records import HookResult
 from canary.core.spec import Alert, Webhook
 
+#: what ``_in_thread`` returns when the cancel token was set first, or the call outlived its bound
+_CANCELLED, _LATE = object(), object()
+
 
 def _in_thread(fn: Any, cancel: threading.Event | None, timeout: float) -> Any:
-    """Run ``fn`` on a helper thread; return None if the cancel token is set first (the call is abandoned)."""
+    """Run ``fn`` on a helper thread and return what it returned, or what it raised; _CANCELLED if the
+    cancel token is set first, _LATE if it runs past ``timeout`` and a second's grace (an HTTP client's
+    timeout bounds each read, not the whole answer: a server that trickles its answer outlasts it).
+    Either way the call is abandoned."""
     box: list[Any] = []
-    thread = threading.Thread(target=lambda: box.append(fn()), daemon=True)
+
+    def run() -> None:
+        try:
+            box.append(fn())
+        except Exception as exc:  # noqa: BLE001 - reported as the call's outcome, not raised on a thread nobody joins
+            box.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
     thread.start()
     deadline = time.monotonic() + timeout + 1
-    while thread.is_alive() and time.monotonic() < deadline:
+    while thread.is_alive():
         if cancel is not None and cancel.is_set():
-            return None
+            return _CANCELLED
+        if time.monotonic() >= deadline:
+            return _LATE
         thread.join(0.05)
-    return box[0] if box else None
+    return box[0] if box else _LATE
 
 
 def _close_output(process: subprocess.Popen[bytes], reader: threading.Thread) -> None:
@@ -69,8 +84,13 @@ class Caller:
         timeout = hook.timeout.total_seconds()
         if hook.url:
             answer = _in_thread(lambda: http.post_json(hook.url, body, timeout), cancel, timeout)  # type: ignore[arg-type]
-            if answer is None:
+            if answer is _CANCELLED:
                 return HookResult(hook.name, hook.type.value, False, time.monotonic() - start, f"POST {hook.url} abandoned: the release was cancelled")
+            if answer is _LATE:
+                return HookResult(hook.name, hook.type.value, False, time.monotonic() - start,
+                                  f"POST {hook.url} timed out after {timeout:g}s (the answer had not all arrived) and was abandoned")
+            if isinstance(answer, Exception):
+                return HookResult(hook.name, hook.type.value, False, time.monotonic() - start, f"POST {hook.url} failed: {type(answer).__name__}")
             return HookResult(hook.name, hook.type.value, 200 <= answer.status < 300, time.monotonic() - start, f"POST {hook.url} {answer.detail}")
         try:
             process = self.start(hook)

@@ -3,6 +3,8 @@ their own process group) and the ``Delivery`` queue that informs event hooks and
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -114,6 +116,43 @@ def test_a_receiver_that_never_answers_is_cut_at_the_hooks_timeout(receiver: Rec
     assert "timed out after 1s" in result.detail
     assert 0.9 <= took < 3.0, took
     assert 0.9 <= result.seconds < 3.0
+
+
+@contextlib.contextmanager
+def trickling_server(seconds: float) -> Iterator[str]:
+    """A server on 127.0.0.1 that answers one request with headers, then one byte of its body every
+    0.2 s for ``seconds`` (then closes): no read ever waits long, yet the answer takes ``seconds``."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(BOUND_S)
+
+    def serve() -> None:
+        with contextlib.suppress(OSError), listener.accept()[0] as conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 1000\r\n\r\n")
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                conn.sendall(b"x")
+                time.sleep(0.2)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        listener.close()
+        thread.join(seconds + 1)
+
+
+def test_a_receiver_that_trickles_its_answer_past_the_timeout_is_reported_timed_out_not_cancelled() -> None:
+    # each read gets a byte well within the 1 s timeout, so the client's own timeout never fires: the
+    # call is cut at its bound, and the result says so (it once said "the release was cancelled")
+    with trickling_server(4.0) as url:
+        started = time.monotonic()
+        result = Caller().call(hook(url=url, timeout="1s"), {}, threading.Event())
+        took = time.monotonic() - started
+    assert not result.ok
+    assert "timed out after 1s" in result.detail and "cancelled" not in result.detail, result.detail
+    assert 1.9 <= took < 3.5, took
 
 
 def test_a_refused_connection_is_a_failure_not_an_exception() -> None:
