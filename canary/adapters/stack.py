@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pulumi import automation as auto
 from pulumi.automation import errors as auto_errors
@@ -399,7 +399,8 @@ class Stack:
             path = Path(tmp) / "Pulumi.snapshot.yaml"
             path.write_text(text)
             os.chmod(path, 0o600)
-            result = self._cli(["config", "--json", "--show-secrets", "--config-file", str(path), "--stack", self.name], f"reading config of {self.name}")
+            argv = ["config", "--json", "--show-secrets", "--config-file", str(path), "--stack", self.name]
+            result = _untorn(lambda: self._cli(argv, f"reading config of {self.name}"))
         data = json.loads(result.stdout or "{}")
         return {key: auto.ConfigValue(value=entry.get("value") if isinstance(entry.get("value"), str) else json.dumps(entry.get("objectValue", entry.get("value"))),
                                       secret=bool(entry.get("secret"))) for key, entry in data.items()}
@@ -471,7 +472,7 @@ class Stack:
         ``export_stack``, which passes ``--show-secrets``). A file backend's checkpoint is read directly."""
         root = self.file_backend
         state = read_checkpoint(root, self.project, self.name) if root is not None and self.project else None
-        return state if state is not None else self._export_cli()
+        return state if state is not None else _untorn(self._export_cli)
 
     def _export_cli(self) -> dict[str, Any]:
         result = self._cli(["stack", "export", "--stack", self.name], f"exporting {self.name}")
@@ -480,6 +481,9 @@ class Stack:
 
     def outputs(self) -> dict[str, Any]:
         """The stack's outputs as the last update left them (secrets shown as ``[secret]``)."""
+        return _untorn(self._outputs)
+
+    def _outputs(self) -> dict[str, Any]:
         root = self.file_backend
         state = read_checkpoint(root, self.project, self.name) if root is not None and self.project else None
         found = outputs_of(state) if state is not None else None
@@ -566,6 +570,27 @@ class Stack:
 LOCK_RETRY = 2.0
 #: how often a file backend's lock directory is looked at while an ``up`` waits for the lock
 LOCK_WATCH = 0.1
+
+
+T = TypeVar("T")
+
+#: how long a read of the stack (outputs, state, config) is tried again while its checkpoint is torn
+TORN_WAIT = 3.0
+
+
+def _untorn(read: Callable[[], T]) -> T:
+    """``read`` — of the stack's outputs, state or config, which take no lock — tried again every
+    0.1 s for at most ``TORN_WAIT`` seconds while it fails as StackLocked: another update was writing
+    the checkpoint (read torn) or letting go of its lock as this looked. ``canary status`` and
+    ``history`` run beside a release's ``up``s, and such a read lasts milliseconds."""
+    deadline = time.monotonic() + TORN_WAIT
+    while True:
+        try:
+            return read()
+        except StackLocked:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.1)
 
 
 def _lock_alive(lock: Mapping[str, Any]) -> bool:

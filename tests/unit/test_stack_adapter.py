@@ -165,6 +165,27 @@ def test_the_cli_s_version_is_checked_once_per_process_not_for_each_stack_opened
     assert str(first.version) == str(second.version) == "3.260.0" and first.command == second.command == str(bin_dir / "pulumi")
 
 
+def test_outputs_read_while_another_update_writes_the_checkpoint_are_read_again(tmp_path: Path) -> None:
+    """`canary status` beside a release's `up`s: the CLI read the checkpoint torn ("failed to load
+    checkpoint: EOF"), and the command failed as if the stack were locked (exit 3). Reads take no lock:
+    a torn one is read again."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "Pulumi.yaml").write_text("name: canary\nruntime: python\n")
+    root = backend(tmp_path, {"version": 3, "checkpoint": {"latest": LATEST}})
+    (root / ".pulumi" / "stacks" / "canary" / "dev.json.gz").write_bytes(b"")  # leaves the read to the CLI
+    torn = tmp_path / "torn-once"
+    command = _fake_cli(tmp_path, f"""case "$*" in *"stack output"*)
+  if [ ! -e {torn} ]; then touch {torn}; echo "error: failed to load checkpoint: EOF" >&2; exit 1; fi
+  echo '{{"canary/web": {{"namespace": "demo"}}}}';;
+esac""")
+    env = {**os.environ, "PATH": f"{Path(command.command).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+           "PULUMI_BACKEND_URL": f"file://{root}", "PULUMI_CONFIG_PASSPHRASE": "x", "PULUMI_HOME": str(tmp_path / "home")}
+    stack = stack_adapter.Stack(project, "dev", env=env, program=lambda: None)
+    assert stack.outputs() == {"canary/web": {"namespace": "demo"}}
+    assert torn.exists()  # the first read was torn
+
+
 def test_the_cli_runs_in_a_session_of_its_own_and_streams_its_output(tmp_path: Path) -> None:
     command = _fake_cli(tmp_path, 'echo "sid $(ps -o sid= -p $$)"; echo "to stderr" >&2; echo "$PULUMI_AUTOMATION_API"')
     seen: list[str] = []
