@@ -101,7 +101,9 @@ class InterruptibleCommand(auto.PulumiCommand):
         argv = list(args)
         if "--non-interactive" not in argv:
             argv.insert(0, "--non-interactive")
-        env = {**os.environ, **additional_env, "PULUMI_AUTOMATION_API": "true"}
+        # the CLI's check for a newer version of itself is a request to Pulumi Cloud at each start (ten
+        # per release, from runners often without egress): off unless the environment asks for it
+        env = {"PULUMI_SKIP_UPDATE_CHECK": "true", **os.environ, **additional_env, "PULUMI_AUTOMATION_API": "true"}
         if os.path.isabs(self.command):
             env["PATH"] = os.pathsep.join([os.path.dirname(self.command), env.get("PATH", "")])
         process = subprocess.Popen([self.command, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,

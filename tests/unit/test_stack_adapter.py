@@ -195,6 +195,16 @@ def test_the_cli_runs_in_a_session_of_its_own_and_streams_its_output(tmp_path: P
     assert result.stderr == "to stderr" and seen[-1] == "true"
 
 
+def test_the_cli_skips_its_update_check_unless_the_environment_asks_for_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each CLI start asked Pulumi Cloud for a newer version: ten requests a release, from a runner."""
+    command = _fake_cli(tmp_path, 'echo "check=${PULUMI_SKIP_UPDATE_CHECK:-unset}"')
+    monkeypatch.delenv("PULUMI_SKIP_UPDATE_CHECK", raising=False)
+    assert command.run(["up"], str(tmp_path), {}).stdout == "check=true"
+    monkeypatch.setenv("PULUMI_SKIP_UPDATE_CHECK", "false")
+    assert command.run(["up"], str(tmp_path), {}).stdout == "check=false"
+    assert command.run(["up"], str(tmp_path), {"PULUMI_SKIP_UPDATE_CHECK": "0"}).stdout == "check=0"
+
+
 def test_a_failing_cli_raises_the_automation_api_s_error(tmp_path: Path) -> None:
     command = _fake_cli(tmp_path, 'echo "error: the stack is currently locked by 1 lock(s)" >&2; exit 255')
     with pytest.raises(auto.ConcurrentUpdateError):
