@@ -470,20 +470,26 @@ def resume(stack: str, *, app: str | None = None, project_dir: Path | None = Non
                                        "it cannot be resumed by this version. Put traffic back on stable with `pulumi up` of the "
                                        "stack file as it was before that release (canaryWeight 0, no canaryImage), then release again")], "resume")
         raise InvalidSpec([Problem("--app", name, "has no release to resume")], "resume")
-    facts = ws.facts(name, _snapshot_spec(ws, state))
+    spec, note = _snapshot_spec(ws, state)
+    facts = ws.facts(name, spec)
     if facts is None:
         raise InvalidSpec([Problem("--app", name, "is not deployed in the stack any more")], "resume")
-    return build(ws, facts, on_event, **options).resume()
+    return build(ws, facts, on_event, **options).resume(notes=(note,) if note else ())
 
 
-def _snapshot_spec(ws: Workspace, state: ReleaseState) -> StackSpec:
-    """The stack config as the release began (its snapshot), secrets decrypted by the CLI when needed."""
+def _snapshot_spec(ws: Workspace, state: ReleaseState) -> tuple[StackSpec, str]:
+    """The stack config as the release began (its snapshot), secrets decrypted by the CLI when needed.
+    A snapshot this version refuses (its rules are newer than the release) gives way to the stack
+    file's current config — and the journal says so, with the rules it broke (not the values: they may
+    be secrets)."""
     if not state.snapshot:
-        return ws.spec
+        return ws.spec, ""
     try:
-        return stackconfig.from_config(ws.stack.config(text=state.snapshot), source=f"release {state.release}'s snapshot")
-    except InvalidSpec:
-        return ws.spec
+        return stackconfig.from_config(ws.stack.config(text=state.snapshot), source=f"release {state.release}'s snapshot"), ""
+    except InvalidSpec as exc:
+        broken = "; ".join(f"{p.field}: {p.rule}" for p in exc.problems)
+        return ws.spec, (f"the release's snapshot of the stack config is refused by this version ({broken}): "
+                         "it goes on with the stack file's current analysis and settings")
 
 
 # --- looking and steering -----------------------------------------------------------------------

@@ -19,7 +19,7 @@ from __future__ import annotations
 import random
 import string
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -175,8 +175,9 @@ class Release:
         reasons = routing.unsupported_features(mirrored[0], self.cluster.gateway_classes(self.spec))
         return [Problem("analysis.mirror", "true", f"must be off on this gateway: {reason}") for reason in reasons]
 
-    def resume(self) -> ReleaseResult:
-        """Continue an interrupted release from the store (or finish rolling it back)."""
+    def resume(self, notes: Sequence[str] = ()) -> ReleaseResult:
+        """Continue an interrupted release from the store (or finish rolling it back); ``notes`` (what
+        the caller had to decide to resume it) are journaled, with a warning, once it has the lease."""
         state = self.store.load()
         if state is None:
             raise InvalidSpec([Problem("app", self.spec.app.name, "has no release to resume")], "resume")
@@ -186,6 +187,8 @@ class Release:
         self.lease.start_renewing()
         try:
             self.recorder.event(state, f"resuming release in phase {state.phase} at weight {state.weight}" + (f" (taken over from {previous})" if previous else ""))
+            for note in notes:
+                self.recorder.event(state, note, Severity.WARN)
             for lock in self.stack.clear_stale_lock():
                 self.recorder.event(state, f"cleared Pulumi's stale lock of pid {lock['pid']} on {lock['hostname']} (the process is gone)")
             self._refresh = True

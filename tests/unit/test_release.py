@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -611,3 +612,46 @@ def test_a_rollback_webhook_is_asked_while_the_release_waits_for_a_decision() ->
     result = world.start()
     assert result.phase is Phase.FAILED and "rollback webhook oncall asked for a rollback" in result.reason, result.reason
     assert any(r.type == "state" and r.phase == "WaitingDecision" for r in world.store.journal)
+
+
+def test_notes_a_resume_was_given_are_journaled_with_a_warning_once_it_runs() -> None:
+    world = make(Metrics(0.0))
+
+    class Killed(BaseException):
+        pass
+
+    def on_up(record: dict[str, Any]) -> None:
+        if record["parts"] == {"route"} and record["pins"]["route"]["weight"] == 20:
+            raise Killed
+
+    world.stack.on_up = on_up
+    with pytest.raises(Killed):
+        world.start()
+    world.stack.on_up = None
+    resumed = world.rebuild()
+    assert resumed.release.resume(notes=("the snapshot was refused",)).phase is Phase.SUCCEEDED
+    messages = [e.message for e in resumed.store.of("event")]
+    at = messages.index("the snapshot was refused")
+    assert messages[at - 1].startswith("resuming release in phase")
+    assert "the snapshot was refused" in [e.message for e in resumed.events]
+
+
+def test_a_snapshot_this_version_refuses_gives_way_to_the_stack_file_and_says_which_rules_not_values() -> None:
+    """Resume took the stack file's current config in silence when the release's snapshot no longer passed."""
+    from canary import api
+    from canary.core import config as stackconfig
+    from tests.conftest import base_values
+
+    current = stackconfig.from_config({f"canary:{k}": v for k, v in base_values().items()})
+    refused = base_values()
+    refused["analysis"]["stepWeight"] = 0
+    refused["prometheus"] = {"address": "http://127.0.0.1:9090", "bearerToken": "s3cret-token"}
+    refused["prometheus"]["timeout"] = "-1s"
+    ws = SimpleNamespace(spec=current, stack=SimpleNamespace(config=lambda text: {f"canary:{k}": v for k, v in refused.items()}))
+    state = SimpleNamespace(snapshot="config: {}", release="r1")
+    spec, note = api._snapshot_spec(ws, state)  # type: ignore[arg-type]
+    assert spec is current
+    assert "analysis.stepWeight" in note and "stack file's current" in note and "s3cret" not in note
+    ws_ok = SimpleNamespace(spec=None, stack=SimpleNamespace(config=lambda text: {f"canary:{k}": v for k, v in base_values().items()}))
+    spec, note = api._snapshot_spec(ws_ok, state)  # type: ignore[arg-type]
+    assert note == "" and spec is not None and spec.app.name == current.app.name
