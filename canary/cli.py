@@ -442,8 +442,9 @@ def continue_(stack: str, app: str | None, lab: bool | None, project_dir: Path |
 @_app
 @click.option("--weight", type=click.IntRange(0, 100), default=0, help="The weight to report the tick at.")
 @click.option("--json", "as_json", is_flag=True, help="Print the tick as JSON.")
+@_lab
 @_project
-def check(stack: str, app: str | None, weight: int, as_json: bool, project_dir: Path | None) -> None:
+def check(stack: str, app: str | None, weight: int, as_json: bool, lab: bool | None, project_dir: Path | None) -> None:
     """Run one analysis tick for STACK's app against its Prometheus now, and explain every check.
 
     Reads the stack file, so an encrypted token is taken from $CANARY_PROMETHEUS_TOKEN. Also says which
@@ -457,6 +458,7 @@ def check(stack: str, app: str | None, weight: int, as_json: bool, project_dir: 
     from canary.core import analysis, records
     from canary.core import config as stackconfig
 
+    project_dir = Where(project_dir, lab).project_dir
     path = stackfile.stack_file(project_dir or stackfile.find_project_dir(), stack)
     spec = stackfile.load_stack_file(path)
     configs = spec.app_configs()

@@ -7,6 +7,7 @@ All traffic goes to loopback and every load loop is bounded in requests and time
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -231,7 +232,9 @@ def test_stopped_prometheus_gives_errors_never_a_pass(tmp_path: Path) -> None:
     assert result.outcome is Outcome.ROLLBACK and "3 checks in a row at weight 30" in result.reason
 
 
-def _check_cli(lab: dict[str, Any], tmp_path: Path, query: str) -> Any:
+def _check_cli(lab: dict[str, Any], tmp_path: Path, query: str, in_the_lab: bool = False) -> Any:
+    """``canary check s`` of a project in ``tmp_path`` — or, ``in_the_lab``, of the local lab's working
+    copy (``tmp_path/lab/project``), with ``--lab`` and ``CANARY_LAB_DIR``, from a directory outside it."""
     import subprocess
 
     values = base_values()
@@ -240,9 +243,16 @@ def _check_cli(lab: dict[str, Any], tmp_path: Path, query: str) -> Any:
     values["metricTemplates"] = {"error-rate": {"provider": {"type": "prometheus"}, "query": query}}
     values["analysis"]["metrics"] = [{"name": "error-rate", "templateRef": {"name": "error-rate"}, "thresholdRange": {"max": 1}, "interval": "30s",
                                       "evidence": "none"}]
-    (tmp_path / "stacks").mkdir()
-    (tmp_path / "Pulumi.yaml").write_text("name: canary\nruntime: python\nstackConfigDir: stacks\n")
-    (tmp_path / "stacks" / "Pulumi.s.yaml").write_text(stackfile.dump_stack_file(parse_stack(values)))
+    project = tmp_path / "lab" / "project" if in_the_lab else tmp_path
+    (project / "stacks").mkdir(parents=True)
+    (project / "Pulumi.yaml").write_text("name: canary\nruntime: python\nstackConfigDir: stacks\n")
+    (project / "stacks" / "Pulumi.s.yaml").write_text(stackfile.dump_stack_file(parse_stack(values)))
+    if in_the_lab:
+        (tmp_path / "lab" / "source").write_text(str(tmp_path / "source"))  # the project `lab up` was run for, as it writes it
+        (tmp_path / "elsewhere").mkdir()
+        env = {k: v for k, v in os.environ.items() if k != "CANARY_PROJECT_DIR"}
+        return subprocess.run([sys.executable, "-m", "canary", "check", "s", "--lab"], capture_output=True, text=True, timeout=60,
+                              cwd=tmp_path / "elsewhere", env={**env, "CANARY_LAB_DIR": str(tmp_path / "lab")})
     return subprocess.run([sys.executable, "-m", "canary", "check", "s", "--project-dir", str(tmp_path)], capture_output=True, text=True, timeout=60)
 
 
@@ -253,7 +263,10 @@ def test_check_refuses_a_query_prometheus_rejects_with_exit_2(lab: dict[str, Any
     assert "Traceback" not in done.stderr
 
 
-def test_check_runs_a_tick_on_a_query_prometheus_accepts(lab: dict[str, Any], tmp_path: Path) -> None:
-    done = _check_cli(lab, tmp_path, ERROR_RATE_QUERY.replace('namespace="prod"', 'namespace="{{ namespace }}"').replace("[1m]", "[{{ interval }}]"))
+@pytest.mark.parametrize("in_the_lab", [False, True], ids=["project", "lab"])
+def test_check_runs_a_tick_on_a_query_prometheus_accepts(lab: dict[str, Any], tmp_path: Path, in_the_lab: bool) -> None:
+    """Also with ``--lab``, which every other command reading a stack takes (check refused it)."""
+    done = _check_cli(lab, tmp_path, ERROR_RATE_QUERY.replace('namespace="prod"', 'namespace="{{ namespace }}"').replace("[1m]", "[{{ interval }}]"),
+                      in_the_lab)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "error-rate" in done.stdout and "within max 1" in done.stdout
