@@ -1,7 +1,7 @@
 """Many releases at once on the lab: how canary's costs grow with the number of apps releasing together.
 
     .venv/bin/python bench/many_releases.py [--n 1 5 20] [--apps-per-stack 1] [--no-rollback] [--interval 10s]
-                                            [--rps 100] [--timeout 1200] [--json out.json]
+                                            [--spread 0] [--rps 100] [--timeout 1200] [--json out.json]
 
 Needs the lab (``canary lab up``). For each N, in one run (so that every ratio against N = 1 compares
 the same machine, lab and load):
@@ -11,7 +11,9 @@ the same machine, lab and load):
    is in a namespace of its own, made as the lab tests make theirs (a copy of the project, the lab
    stack file), and deployed at demo:v1 (``canary up``, four stacks at a time; not measured);
 2. healthy: N ``canary release STACK [--app A] --image demo:v2`` commands started at once, each a
-   process of its own, as N people or N pipelines would run them; every one must be promoted (exit 0);
+   process of its own, as N people or N pipelines would run them (``--spread S``: started evenly over
+   S seconds instead, the i-th at i × S / N; every one still runs while the others do when S is shorter
+   than a release); every one must be promoted (exit 0);
 3. rollback (unless ``--no-rollback``): N ``canary release … --image demo:v2-faulty`` at once; each
    must roll back (exit 1);
 4. after each phase, every app is audited in the cluster for anything crossed or lost (``audit``): its
@@ -278,27 +280,39 @@ class Run:
         self.orchestrator_hwm_kb = max(self.orchestrator_hwm_kb, _hwm(pid))
 
 
-def run_phase(apps: list[App], image: str, timeout: float) -> list[Run]:
-    """Every app's ``canary release --image IMAGE`` at once, sampled every 0.5 s, bounded by ``timeout``."""
+def run_phase(apps: list[App], image: str, timeout: float, spread: float = 0.0) -> list[Run]:
+    """Every app's ``canary release --image IMAGE`` at once — or, with ``spread`` seconds, the i-th of N
+    started i × spread / N seconds after the first — sampled every 0.5 s, bounded by ``timeout``."""
     runs = [Run(app, image) for app in apps]
-    for run in runs:
-        run.start()
-    deadline = time.monotonic() + timeout
-    while any(r.running for r in runs):
-        children = procs.children_map()
-        for run in runs:
-            if run.running:
-                run.sample(children)
-        if time.monotonic() > deadline:
+    began = time.monotonic()
+    starts = [began + i * spread / len(runs) for i in range(len(runs))]
+    deadline = began + timeout
+    try:
+        while any(r.running for r in runs):  # a run not started yet is running too: its code is None
+            now = time.monotonic()
+            for run, at in zip(runs, starts, strict=True):
+                if run.process is None and now >= at:
+                    run.start()
+            children = procs.children_map()
             for run in runs:
                 if run.running and run.process is not None:
-                    run.timed_out = True
-                    kill_tree(run.process.pid)
-            end = time.monotonic() + 30
-            while any(r.running for r in runs) and time.monotonic() < end:
-                time.sleep(0.2)
-            break
-        time.sleep(0.5)
+                    run.sample(children)
+            if time.monotonic() > deadline:
+                for run in runs:
+                    if run.running and run.process is not None:
+                        run.timed_out = True
+                        kill_tree(run.process.pid)
+                end = time.monotonic() + 30
+                while any(r.running and r.process is not None for r in runs) and time.monotonic() < end:
+                    time.sleep(0.2)
+                break
+            time.sleep(0.5)
+    except BaseException:
+        # a failure here or Ctrl-C: the releases started are stopped before their stacks are removed
+        for run in runs:
+            if run.running and run.process is not None:
+                kill_tree(run.process.pid)
+        raise
     return runs
 
 
@@ -550,7 +564,7 @@ def measure(layout: Layout, n: int, args: argparse.Namespace, token: str) -> dic
             print(f"N = {n}: {phase} ({image}) of {len(apps)} apps in {len({a.stack for a in apps})} stacks …", flush=True)
             idle_before = server.idle_rate()
             before, began = server.counts(), time.monotonic()
-            runs = run_phase(apps, image, args.timeout)
+            runs = run_phase(apps, image, args.timeout, args.spread)
             spent = time.monotonic() - began
             counted = delta(server.counts(), before)
             idle_after = server.idle_rate()
@@ -591,6 +605,9 @@ def main() -> int:
                         help="apps declared in one stack (canary:apps), released at once each by its own process (default 1)")
     parser.add_argument("--no-rollback", action="store_true", help="skip the faulty releases (the rollback phase)")
     parser.add_argument("--interval", default="10s", help="each app's analysis interval (default 10s)")
+    parser.add_argument("--spread", type=float, default=0.0,
+                        help="start the N releases of a phase spread evenly over this many seconds, as pipelines start "
+                             "them, instead of in the same second (default 0: all at once)")
     parser.add_argument("--rps", type=int, default=100, help="each release's load test, requests per second (default 100)")
     parser.add_argument("--timeout", type=float, default=1200, help="seconds each phase may take before what runs is killed (default 1200)")
     parser.add_argument("--json", type=Path, help="write every figure and sample here")
