@@ -343,22 +343,28 @@ def test_a_promotion_whose_stable_never_gets_ready_rolls_back_stable_first() -> 
     assert log.index(("stable", NEW.hash)) < back < max(i for i, e in enumerate(log) if e == ("route", RouteShape()))
 
 
-def test_resume_before_the_first_step_takes_the_first_step_instead_of_judging_weight_zero() -> None:
-    """A release killed once analysis started, before any shift, resumes at the schedule's first step (12.1)."""
-    world = make(Metrics(0.0), lambda v: v["analysis"].update(metrics=[{"name": "request-error-rate", "thresholdRange": {"max": 1}}]))
+class Killed(BaseException):
+    """The process dies (SIGKILL): nothing of the release's own handling runs."""
 
-    class Killed(BaseException):
-        pass
+
+def _killed_shifting_to(world: Any, weight: int) -> None:
+    """Run the release until its targeted ``up`` of the route to ``weight``, and kill it there."""
 
     def on_up(record: dict[str, Any]) -> None:
-        if record["parts"] == {"route"} and record["pins"]["route"]["weight"] == 10:
+        if record["parts"] == {"route"} and record["pins"]["route"]["weight"] == weight:
             raise Killed
 
     world.stack.on_up = on_up
     with pytest.raises(Killed):
         world.start()
-    assert world.store.state is not None and world.store.state.phase is Phase.PROGRESSING and world.store.state.step == 0
     world.stack.on_up = None
+
+
+def test_resume_before_the_first_step_takes_the_first_step_instead_of_judging_weight_zero() -> None:
+    """A release killed once analysis started, before any shift, resumes at the schedule's first step (12.1)."""
+    world = make(Metrics(0.0), lambda v: v["analysis"].update(metrics=[{"name": "request-error-rate", "thresholdRange": {"max": 1}}]))
+    _killed_shifting_to(world, 10)
+    assert world.store.state is not None and world.store.state.phase is Phase.PROGRESSING and world.store.state.step == 0
     resumed = world.rebuild()
     result = resumed.release.resume()
     assert result.phase is Phase.SUCCEEDED
@@ -616,18 +622,7 @@ def test_a_rollback_webhook_is_asked_while_the_release_waits_for_a_decision() ->
 
 def test_notes_a_resume_was_given_are_journaled_with_a_warning_once_it_runs() -> None:
     world = make(Metrics(0.0))
-
-    class Killed(BaseException):
-        pass
-
-    def on_up(record: dict[str, Any]) -> None:
-        if record["parts"] == {"route"} and record["pins"]["route"]["weight"] == 20:
-            raise Killed
-
-    world.stack.on_up = on_up
-    with pytest.raises(Killed):
-        world.start()
-    world.stack.on_up = None
+    _killed_shifting_to(world, 20)
     resumed = world.rebuild()
     assert resumed.release.resume(notes=("the snapshot was refused",)).phase is Phase.SUCCEEDED
     messages = [e.message for e in resumed.store.of("event")]
@@ -643,15 +638,21 @@ def test_a_snapshot_this_version_refuses_gives_way_to_the_stack_file_and_says_wh
     from tests.conftest import base_values
 
     current = stackconfig.from_config({f"canary:{k}": v for k, v in base_values().items()})
-    refused = base_values()
-    refused["analysis"]["stepWeight"] = 0
-    refused["prometheus"] = {"address": "http://127.0.0.1:9090", "bearerToken": "s3cret-token"}
-    refused["prometheus"]["timeout"] = "-1s"
-    ws = SimpleNamespace(spec=current, stack=SimpleNamespace(config=lambda text: {f"canary:{k}": v for k, v in refused.items()}))
     state = SimpleNamespace(snapshot="config: {}", release="r1")
-    spec, note = api._snapshot_spec(ws, state)  # type: ignore[arg-type]
+
+    def refused(values: dict[str, Any]) -> tuple[Any, str]:
+        ws = SimpleNamespace(spec=current, stack=SimpleNamespace(config=lambda text: {f"canary:{k}": v for k, v in values.items()}))
+        return api._snapshot_spec(ws, state)  # type: ignore[arg-type]
+
+    zero_step = base_values()
+    zero_step["analysis"]["stepWeight"] = 0
+    spec, note = refused(zero_step)
     assert spec is current
-    assert "analysis.stepWeight" in note and "stack file's current" in note and "s3cret" not in note
+    assert "analysis.stepWeight" in note and "stack file's current" in note and "got" not in note
+    plain_token = base_values()
+    plain_token["prometheus"] = {"address": "http://127.0.0.1:9090", "token": "s3cret-token"}
+    spec, note = refused(plain_token)
+    assert spec is current and "prometheus.token" in note and "s3cret" not in note
     ws_ok = SimpleNamespace(spec=None, stack=SimpleNamespace(config=lambda text: {f"canary:{k}": v for k, v in base_values().items()}))
     spec, note = api._snapshot_spec(ws_ok, state)  # type: ignore[arg-type]
     assert note == "" and spec is not None and spec.app.name == current.app.name
