@@ -29,7 +29,8 @@ _CANCELLED, _LATE = object(), object()
 
 
 def _in_thread(fn: Any, cancel: threading.Event | None, timeout: float) -> Any:
-    """Run ``fn`` on a helper thread and return what it returned, or what it raised; _CANCELLED if the
+    """Run ``fn`` on a helper thread and return what it returned, or what it raised (any
+    BaseException: a thread's SystemExit would otherwise leave nothing behind); _CANCELLED if the
     cancel token is set first, _LATE if it runs past ``timeout`` and a second's grace (an HTTP client's
     timeout bounds each read, not the whole answer: a server that trickles its answer outlasts it).
     Either way the call is abandoned."""
@@ -38,7 +39,7 @@ def _in_thread(fn: Any, cancel: threading.Event | None, timeout: float) -> Any:
     def run() -> None:
         try:
             box.append(fn())
-        except Exception as exc:  # noqa: BLE001 - reported as the call's outcome, not raised on a thread nobody joins
+        except BaseException as exc:  # noqa: BLE001 - reported as the call's outcome, not raised on a thread nobody joins
             box.append(exc)
 
     thread = threading.Thread(target=run, daemon=True)
@@ -89,7 +90,7 @@ class Caller:
             if answer is _LATE:
                 return HookResult(hook.name, hook.type.value, False, time.monotonic() - start,
                                   f"POST {hook.url} timed out after {timeout:g}s (the answer had not all arrived) and was abandoned")
-            if isinstance(answer, Exception):
+            if isinstance(answer, BaseException):
                 return HookResult(hook.name, hook.type.value, False, time.monotonic() - start, f"POST {hook.url} failed: {type(answer).__name__}")
             return HookResult(hook.name, hook.type.value, 200 <= answer.status < 300, time.monotonic() - start, f"POST {hook.url} {answer.detail}")
         try:

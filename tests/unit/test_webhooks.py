@@ -162,6 +162,18 @@ def test_a_refused_connection_is_a_failure_not_an_exception() -> None:
     assert result.detail == f"POST {url} failed: ConnectionError"
 
 
+def test_an_http_call_that_dies_of_a_base_exception_is_reported_as_what_it_was_not_as_timed_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the call runs on a helper thread; something that is not an Exception (a library calling sys.exit)
+    # once left nothing behind, and the result said the POST had timed out
+    def exits(*_: Any, **__: Any) -> Any:
+        raise SystemExit(3)
+
+    monkeypatch.setattr("canary.adapters.webhooks.http.post_json", exits)
+    result = Caller().call(hook(url="http://127.0.0.1:9/", timeout="5s"), {})
+    assert not result.ok
+    assert "failed: SystemExit" in result.detail and "timed out" not in result.detail, result.detail
+
+
 def test_a_cancel_abandons_a_hanging_http_call_at_once(receiver: Receiver) -> None:
     receiver.hang = True
     cancel = threading.Event()
