@@ -657,9 +657,12 @@ def _refuse_rejected(spec: ReleaseSpec, provider_for: Callable[[str | None], Pro
 
 
 def _request(stack: str, kind: str, app: str | None, project_dir: Path | None, env: Mapping[str, str] | None, by: str, reason: str = "",
-             allowed: frozenset[Phase] | None = None, **fields: Any) -> str:
+             allowed: frozenset[Phase] | None = None, refuse: Callable[[str, ReleaseState], None] | None = None, **fields: Any) -> str:
+    """Write a ``kind`` request for the app's release in progress; ``refuse(app, state)`` may raise first."""
     _, name, store = _store(stack, app, project_dir, env)
     state = store.load()
+    if state is not None and refuse is not None:
+        refuse(name, state)
     if state is None or state.phase in ENDED:
         raise InvalidSpec([Problem("--app", name, f"has no release in progress to {kind}")], kind)
     if allowed is not None and state.phase not in allowed:
@@ -670,12 +673,13 @@ def _request(stack: str, kind: str, app: str | None, project_dir: Path | None, e
 
 def abort(stack: str, *, app: str | None = None, project_dir: Path | None = None, env: Mapping[str, str] | None = None, by: str = "canary abort") -> str:
     """Ask the running release (or the next resume) to roll back and end Aborted; returns the release id."""
-    _, name, store = _store(stack, app, project_dir, env)
-    state = store.load()
-    if state is not None and state.phase in PROMOTION:
-        # the release would ignore it (the new version passed every check): say so now
-        raise InvalidSpec([Problem("--app", name, f"release {state.release} is already {state.phase}: the new version passed every check and a promotion is not interrupted")], "abort")
-    return _request(stack, "abort", app, project_dir, env, by)
+
+    def promoting(name: str, state: ReleaseState) -> None:
+        if state.phase in PROMOTION:
+            # the release would ignore it (the new version passed every check): say so now
+            raise InvalidSpec([Problem("--app", name, f"release {state.release} is already {state.phase}: the new version passed every check and a promotion is not interrupted")], "abort")
+
+    return _request(stack, "abort", app, project_dir, env, by, refuse=promoting)
 
 
 def promote(stack: str, *, app: str | None = None, project_dir: Path | None = None, env: Mapping[str, str] | None = None, by: str = "canary promote",
@@ -686,13 +690,13 @@ def promote(stack: str, *, app: str | None = None, project_dir: Path | None = No
     if (force or skip_analysis) and not reason.strip():
         raise InvalidSpec([Problem("--reason", "nothing", "is required with --force or --skip-analysis: it is journaled")], "promote")
     allowed = None if skip_analysis else frozenset({Phase.WAITING_PROMOTION, Phase.WAITING_DECISION})
-    if not (force or skip_analysis):
-        _, name, store = _store(stack, app, project_dir, env)
-        state = store.load()
-        if state is not None and state.phase is Phase.WAITING_PROMOTION and not state.advance:
+
+    def failed_last_tick(name: str, state: ReleaseState) -> None:
+        if not (force or skip_analysis) and state.phase is Phase.WAITING_PROMOTION and not state.advance:
             raise InvalidSpec([Problem("--app", name, f"release {state.release}'s last tick did not pass ({state.reason or 'see canary status'}): "
                                        "it promotes after a passing tick; --force --reason TEXT overrides")], "promote")
-    return _request(stack, "promote", app, project_dir, env, by, reason, allowed, force=force, skip_analysis=skip_analysis)
+
+    return _request(stack, "promote", app, project_dir, env, by, reason, allowed, refuse=failed_last_tick, force=force, skip_analysis=skip_analysis)
 
 
 def pause(stack: str, *, app: str | None = None, project_dir: Path | None = None, env: Mapping[str, str] | None = None, by: str = "canary pause") -> str:

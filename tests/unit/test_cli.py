@@ -158,7 +158,8 @@ def test_promote_after_a_failed_last_tick_is_refused_at_once_unless_forced(advan
             self.asked.append(kind)
 
     store = Store()
-    monkeypatch.setattr(api, "_store", lambda *a, **k: (None, "web", store))
+    opened: list[str] = []
+    monkeypatch.setattr(api, "_store", lambda stack, *a, **k: (opened.append(stack), "web", store))
     if refused:
         with pytest.raises(InvalidSpec) as info:
             api.promote("prod", force=force, reason="hotfix" if force else "")
@@ -167,6 +168,29 @@ def test_promote_after_a_failed_last_tick_is_refused_at_once_unless_forced(advan
     else:
         assert api.promote("prod", force=force, reason="hotfix" if force else "") == "r1"
         assert store.asked == ["promote"]
+    assert opened == ["prod"]  # the stack is opened once (it was twice: a workspace and a Kubernetes client each time)
+
+
+@pytest.mark.parametrize(("phase", "refused"), [("Progressing", False), ("Promoting", True)])
+def test_abort_opens_the_stack_once_and_is_refused_during_promotion(phase: str, refused: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    from canary import api
+    from canary.core.records import Phase, ReleaseState
+    from canary.errors import InvalidSpec
+
+    state = ReleaseState(release="r1", stack="prod", app="web", phase=Phase(phase), weight=20)
+    asked: list[str] = []
+    opened: list[str] = []
+    store = type("Store", (), {"load": lambda self: state, "request": lambda self, kind, release, **f: asked.append(kind)})()
+    monkeypatch.setattr(api, "_store", lambda stack, *a, **k: (opened.append(stack), "web", store))
+    if refused:
+        with pytest.raises(InvalidSpec) as info:
+            api.abort("prod")
+        assert "already Promoting" in str(info.value) and "not interrupted" in str(info.value)
+        assert asked == []
+    else:
+        assert api.abort("prod") == "r1"
+        assert asked == ["abort"]
+    assert opened == ["prod"]
 
 
 def test_an_app_whose_release_state_cannot_be_read_is_not_taken_for_idle() -> None:
