@@ -67,7 +67,8 @@ cluster and clients beside the runner rather than on it (they get what the relea
 releases still share the cores with each other. It is a model of separate machines on one, not a
 setting of canary's; the figures without it are the ones of one machine doing all of it.
 
-Prints one table per N and the ratios against N = 1; ``--json`` writes every sample, and the end of the
+Prints one table per N, the ratios against N = 1 and, for each N, the healthy step's p95 against the target
+(at most twice the N = 1 median step); ``--json`` writes every sample, and the end of the
 log of every release that ended otherwise than expected or that the audit flagged. Exits 1 when a
 release ended otherwise than expected or the audit found anything crossed or lost.
 """
@@ -110,6 +111,7 @@ from canary.lab.layout import Layout
 
 APP = "web"
 IDLE_WARNING = 5.0  # API-server requests/s without a release above which the lab is not idle
+TARGET = 2.0  # a healthy step's p95 at N, within this many times the N = 1 median step
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 
@@ -593,6 +595,12 @@ def print_results(results: dict[int, dict[str, dict[str, Any]]]) -> None:
             parts = [f"{label.split(' (')[0]} ×{figures[key] / base[key]:.2f}" for key, label in SHOWN
                      if figures.get(key) is not None and base.get(key)]
             print(f"  N = {n}, {phase}: " + "; ".join(parts))
+    base = results[1].get("healthy", {}).get("step_s_p50")
+    for n, phases in results.items():
+        p95 = phases.get("healthy", {}).get("step_s_p95")
+        if n != 1 and base and p95 is not None:
+            verdict = "met" if p95 <= TARGET * base else "not met"
+            print(f"target: N = {n} healthy step p95 {p95:.2f}s = ×{p95 / base:.1f} the N = 1 median {base:.2f}s (≤ ×{TARGET:g}: {verdict})")
 
 
 # --- the run --------------------------------------------------------------------------------------
