@@ -210,14 +210,20 @@ def remove(app: App, layout: Layout) -> str | None:
 # --- processes ------------------------------------------------------------------------------------
 
 
-def _stat(pid: int) -> tuple[str, float, int] | None:
-    """(command name, CPU seconds, RSS in KiB) of a live process."""
+def _proc_stat(pid: int) -> tuple[str, list[str]] | None:
+    """A live process's command name and the fields of ``/proc/<pid>/stat`` after it (state first)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    comm = stat[stat.index("(") + 1:stat.rindex(")")]
-    fields = stat[stat.rindex(")") + 2:].split()
+    return stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
+
+
+def _stat(pid: int) -> tuple[str, float, int] | None:
+    """(command name, CPU seconds, RSS in KiB) of a live process."""
+    if (seen := _proc_stat(pid)) is None:
+        return None
+    comm, fields = seen
     return comm, (int(fields[11]) + int(fields[12])) / CLK_TCK, int(fields[21]) * PAGE_KB
 
 
@@ -280,6 +286,11 @@ class Run:
     def running(self) -> bool:
         return self.code is None
 
+    @property
+    def load_test_cpu(self) -> float:
+        """CPU seconds of its ``hey`` processes, as last seen."""
+        return sum(self.hey_cpu.values())
+
     def sample(self, children: dict[int, list[int]]) -> None:
         assert self.process is not None
         pid = self.process.pid
@@ -316,10 +327,8 @@ def run_phase(apps: list[App], image: str, timeout: float, spread: float = 0.0, 
                 if run.running and run.process is not None:
                     run.sample(children)
             if time.monotonic() > deadline:
-                for run in runs:
-                    if run.running and run.process is not None:
-                        run.timed_out = True
-                        kill_tree(run.process.pid)
+                for run in _kill_started(runs):
+                    run.timed_out = True
                 end = time.monotonic() + 30
                 while any(r.running and r.process is not None for r in runs) and time.monotonic() < end:
                     time.sleep(0.2)
@@ -327,11 +336,19 @@ def run_phase(apps: list[App], image: str, timeout: float, spread: float = 0.0, 
             time.sleep(0.5)
     except BaseException:
         # a failure here or Ctrl-C: the releases started are stopped before their stacks are removed
-        for run in runs:
-            if run.running and run.process is not None:
-                kill_tree(run.process.pid)
+        _kill_started(runs)
         raise
     return runs
+
+
+def _kill_started(runs: list[Run]) -> list[Run]:
+    """Kill every release started and still running (its whole process tree); returns them."""
+    killed = []
+    for run in runs:
+        if run.running and run.process is not None:
+            kill_tree(run.process.pid)
+            killed.append(run)
+    return killed
 
 
 # --- the machine's CPU ----------------------------------------------------------------------------
@@ -344,12 +361,8 @@ LAB_PARTS = {"API server and etcd": ("kube-apiserver", "etcd"), "controllers, sc
 
 def _cpu_with_reaped(pid: int) -> float:
     """User + system seconds of a live process and of the children it has waited for."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0
-    fields = stat[stat.rindex(")") + 2:].split()
-    return sum(int(f) for f in fields[11:15]) / CLK_TCK
+    seen = _proc_stat(pid)
+    return sum(int(f) for f in seen[1][11:15]) / CLK_TCK if seen is not None else 0.0
 
 
 def cpu_snapshot(layout: Layout) -> dict[str, float]:
@@ -370,7 +383,7 @@ def cpu_snapshot(layout: Layout) -> dict[str, float]:
 
 def cpu_figures(before: dict[str, float], after: dict[str, float], runs: list[Run], seconds: float) -> dict[str, Any]:
     """Where the machine's CPU went over a phase of ``seconds``, in cores."""
-    hey = sum(sum(r.hey_cpu.values()) for r in runs)
+    hey = sum(r.load_test_cpu for r in runs)
     cores = {"machine busy": (after["machine busy"] - before["machine busy"]) / seconds,
              "releases' orchestrators": (sum(r.cpu for r in runs) - hey) / seconds, "releases' load tests": hey / seconds}
     cores.update({part: (after[part] - before[part]) / seconds for part in LAB_PARTS})
@@ -525,7 +538,7 @@ def phase_figures(runs: list[Run], requests: float | None, expect: int, per_step
     for run in runs:
         for key, values in journal_times(run).items():
             times[key].extend(values)
-    hey = [sum(r.hey_cpu.values()) for r in runs]
+    hey = [r.load_test_cpu for r in runs]
     orchestrator = [r.cpu - h for r, h in zip(runs, hey, strict=True)]
     steps = len(times["step"])
     return {
