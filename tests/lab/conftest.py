@@ -11,7 +11,6 @@ the disruptive ones an exclusive one, and restore the lab before they let go.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import shutil
 import threading
@@ -29,6 +28,7 @@ from canary.lab import cluster
 from canary.lab.layout import Layout
 from tests.conftest import ROOT
 from tests.lab.helpers import LabStack, descendants, host
+from tests.lab.holds import LabHolds
 
 LAB_TEST_TIMEOUT = 600
 
@@ -52,53 +52,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
                 item.add_marker(pytest.mark.timeout(LAB_TEST_TIMEOUT))
 
 
-def _lock_file(layout: Layout, name: str = "tests.lock") -> int:
-    layout.dir.mkdir(parents=True, exist_ok=True)
-    return os.open(layout.dir / name, os.O_RDWR | os.O_CREAT, 0o600)
-
-
 @pytest.fixture(scope="session")
 def lab_layout() -> Layout:
     layout = Layout.for_project(ROOT)
-    # Found running (the usual case once one worker started it), it is only looked at, under a shared hold
-    # taken as every test takes it. An exclusive hold here made a worker whose first lab test came late
-    # wait for a moment when no other worker was inside a lab test: nine minutes once.
-    if _lab_running(layout):
-        return layout
-    fd = _lock_file(layout)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)  # one worker starts what is missing, the others find it running
-        cluster.up(layout, say=lambda line: None)
+        LabHolds(layout.dir).ensure_running(lambda: cluster.running(layout), lambda: cluster.up(layout, say=lambda line: None))
     except LabError as exc:
         pytest.fail(f"the lab could not start: {exc}", pytrace=False)
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
     return layout
-
-
-def _lab_running(layout: Layout) -> bool:
-    with _held(layout, exclusive=False):  # no disruptive test is stopping a component meanwhile
-        return cluster.running(layout)
-
-
-@contextlib.contextmanager
-def _held(layout: Layout, exclusive: bool) -> Iterator[None]:
-    """The lab's lock, shared or exclusive, taken through a turnstile: a disruptive test waiting for the lab
-    alone holds the turnstile, so no new test takes a shared hold meanwhile and the disruptive one is not
-    starved by a stream of them."""
-    gate, fd = _lock_file(layout, "tests.gate"), _lock_file(layout)
-    fcntl.flock(gate, fcntl.LOCK_EX)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-    finally:
-        fcntl.flock(gate, fcntl.LOCK_UN)
-        os.close(gate)
-    try:
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
 
 
 @pytest.fixture
@@ -106,7 +67,7 @@ def lab(lab_layout: Layout, request: pytest.FixtureRequest) -> Iterator[Layout]:
     """The running lab, shared with the other tests — or held alone by a ``disruptive`` test, which
     leaves it running again."""
     disruptive = request.node.get_closest_marker("disruptive") is not None
-    with _held(lab_layout, exclusive=disruptive):
+    with LabHolds(lab_layout.dir).held(exclusive=disruptive):
         if disruptive:
             cluster.up(lab_layout, say=lambda line: None)
         yield lab_layout
