@@ -22,8 +22,17 @@ from canary.adapters import http
 from canary.adapters.processes import pid_alive
 from canary.errors import LabError
 
-#: Children started by this process, kept so they are reaped (not warned about) when stopped.
-_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+
+class _Component(subprocess.Popen[bytes]):
+    """A lab component: it outlives the process that started it on purpose (``lab up`` returns, the lab
+    runs on), so still running when its handle is collected at exit is no leak to warn about."""
+
+    def __del__(self) -> None:  # Popen's warns "subprocess … is still running" (an error under pytest)
+        pass
+
+
+#: Children started by this process, kept so they are reaped when stopped.
+_CHILDREN: dict[int, _Component] = {}
 
 
 @dataclass(frozen=True)
@@ -48,7 +57,7 @@ def start(name: str, argv: Sequence[str], run_dir: Path, env: Mapping[str, str] 
     log = run_dir / "logs" / f"{name}.log"
     with open(log, "ab") as out:
         try:
-            child = subprocess.Popen(
+            child = _Component(
                 list(argv), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True, env=dict(env) if env is not None else None, cwd=cwd,
             )
