@@ -132,6 +132,27 @@ def wait_until(proc: Proc, ready: Callable[[], bool], timeout: float, what: str)
     raise LabError(f"{proc.name} was not ready after {timeout:.0f}s ({what}); last lines of {proc.log}:\n{log_tail(proc.log)}")
 
 
+def start_listening(start_at: Callable[[int], Proc], ready: Callable[[Proc, int], None], run_dir: Path,
+                    attempts: int = 5) -> tuple[Proc, int]:
+    """Start a process on a loopback port picked free (``start_at(port)``) and wait until ``ready``; on another
+    port when the picked one was taken between the pick and the bind. A pick cannot hold its port: the kernel
+    hands free ports to every process that binds port 0 (the Pulumi CLI's and its plugins' servers among
+    them), and a test beside running releases lost that race once."""
+    for attempt in range(1, attempts + 1):
+        port = free_port()
+        proc = start_at(port)
+        try:
+            ready(proc, port)
+        except LabError:
+            taken = "address already in use" in log_tail(proc.log, 5).lower()
+            stop(proc.name, run_dir)
+            if taken and attempt < attempts:
+                continue
+            raise
+        return proc, port
+    raise AssertionError("unreachable")
+
+
 def port_open(host: str, port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.3)

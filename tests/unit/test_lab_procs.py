@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from canary.adapters.processes import pid_alive
+from canary.errors import LabError
 from canary.lab import procs
 
 STARTER = "import pathlib, sys; from canary.lab import procs; procs.start('sleeper', ['sleep', '60'], pathlib.Path(sys.argv[1]))"
@@ -22,4 +27,44 @@ def test_a_component_left_running_when_its_starter_exits_is_no_warning_and_runs_
         assert pid_alive(procs.recorded(tmp_path)["sleeper"])
     finally:
         procs.stop("sleeper", tmp_path, grace=1)
+    assert procs.recorded(tmp_path) == {}
+
+
+def _http_server(run_dir: Path) -> tuple[Callable[[int], procs.Proc], Callable[[procs.Proc, int], None]]:
+    def start_at(port: int) -> procs.Proc:
+        return procs.start("web", [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(port)], run_dir)
+
+    def ready(proc: procs.Proc, port: int) -> None:
+        procs.wait_until(proc, lambda: procs.http_ok(f"http://127.0.0.1:{port}/"), 10, "GET /")
+
+    return start_at, ready
+
+
+def test_a_port_taken_between_its_pick_and_the_bind_is_picked_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # What failed a lab run: another process bound the picked port before the demo pod did ("Address already in use").
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        picks = iter([taken.getsockname()[1], procs.free_port()])
+        real = procs.free_port
+        monkeypatch.setattr(procs, "free_port", lambda: next(picks, None) or real())
+        proc, port = procs.start_listening(*_http_server(tmp_path), tmp_path)
+        try:
+            assert port != taken.getsockname()[1]
+            assert procs.http_ok(f"http://127.0.0.1:{port}/")
+            assert "Address already in use" in (tmp_path / "logs" / "web.log").read_text()  # the first attempt's
+        finally:
+            procs.stop(proc.name, tmp_path, grace=1)
+
+
+def test_a_process_that_fails_otherwise_is_not_started_again(tmp_path: Path) -> None:
+    starts: list[int] = []
+
+    def start_at(port: int) -> procs.Proc:
+        starts.append(port)
+        return procs.start("broken", [sys.executable, "-c", "raise SystemExit('no such config')"], tmp_path)
+
+    with pytest.raises(LabError, match="no such config"):
+        procs.start_listening(start_at, _http_server(tmp_path)[1], tmp_path)
+    assert len(starts) == 1
     assert procs.recorded(tmp_path) == {}

@@ -46,13 +46,24 @@ SCENARIOS = {"healthy": "demo:v2", "faulty": "demo:v2-faulty", "slow": "demo:v2-
 
 
 def _start_pod(pod: Pod, run_dir: Path) -> procs.Proc:
-    proc = procs.start(
-        f"{pod.namespace}-{pod.name}",
-        [sys.executable, "-m", "canary.lab.demoapp", "--listen", f"127.0.0.1:{pod.port}", "--image", pod.image],
-        run_dir,
-    )
-    procs.wait_until(proc, lambda: procs.http_ok(f"http://127.0.0.1:{pod.port}/healthz"), 20, "demo /healthz")
+    """The pod's demo process, on a free loopback port (``pod.port`` says which)."""
+
+    def start_at(port: int) -> procs.Proc:
+        argv = [sys.executable, "-m", "canary.lab.demoapp", "--listen", f"127.0.0.1:{port}", "--image", pod.image]
+        return procs.start(f"{pod.namespace}-{pod.name}", argv, run_dir)
+
+    def ready(proc: procs.Proc, port: int) -> None:
+        procs.wait_until(proc, lambda: procs.http_ok(f"http://127.0.0.1:{port}/healthz"), 20, "demo /healthz")
+
+    proc, pod.port = procs.start_listening(start_at, ready, run_dir)
     return proc
+
+
+def _start_prometheus(run_dir: Path) -> tuple[procs.Proc, str]:
+    proc, port = procs.start_listening(
+        lambda port: lab_prometheus.start(run_dir, f"127.0.0.1:{port}"),
+        lambda proc, port: lab_prometheus.wait_ready(proc, f"http://127.0.0.1:{port}"), run_dir)
+    return proc, f"http://127.0.0.1:{port}"
 
 
 def _drive(port: int, requests_total: int, seconds: float) -> int:
@@ -101,7 +112,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     try:
         for namespace, image in SCENARIOS.items():
             for track, img in (("stable", "demo:v1"), ("canary", image)):
-                pods.append(Pod(namespace, f"web-{track}-5d8f7c9b4-x{len(pods)}k2", procs.free_port(), img))
+                pods.append(Pod(namespace, f"web-{track}-5d8f7c9b4-x{len(pods)}k2", 0, img))
         for pod in pods:
             started.append(_start_pod(pod, run_dir))
         lab_prometheus.write_config(run_dir)
@@ -109,11 +120,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             run_dir,
             [(f"127.0.0.1:{p.port}", {"namespace": p.namespace, "kubernetes_pod_name": p.name, "track": p.name.split("-")[1]}) for p in pods],
         )
-        port = procs.free_port()
-        prom = lab_prometheus.start(run_dir, f"127.0.0.1:{port}")
+        prom, url = _start_prometheus(run_dir)
         started.append(prom)
-        url = f"http://127.0.0.1:{port}"
-        lab_prometheus.wait_ready(prom, url)
         _wait_for_targets(url, len(pods))
         with ThreadPoolExecutor(max_workers=8) as pool:
             futures = [pool.submit(_drive, p.port, 150, 6.0) for p in pods if p.namespace != "idle"]
@@ -216,11 +224,8 @@ def test_provider_typed_errors(lab: dict[str, Any]) -> None:
 
 
 def test_stopped_prometheus_gives_errors_never_a_pass(tmp_path: Path) -> None:
-    port = procs.free_port()
-    prom = lab_prometheus.start(tmp_path, f"127.0.0.1:{port}")
-    url = f"http://127.0.0.1:{port}"
+    prom, url = _start_prometheus(tmp_path)
     try:
-        lab_prometheus.wait_ready(prom, url)
         assert PrometheusProvider(url).is_online()
     finally:
         procs.stop(prom.name, tmp_path)
