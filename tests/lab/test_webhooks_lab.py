@@ -17,7 +17,6 @@ from typing import Any
 
 import pytest
 
-from canary.lab import procs
 from tests.lab.helpers import LabStack, RouteWatcher, assert_stable_state, running, serve, wait_until
 
 HANG_SECONDS = 20  # how long /hang holds a request: far beyond every hook's timeout, and bounded
@@ -51,7 +50,7 @@ def hook_server() -> Iterator[str]:
         yield url
 
 
-REFUSED = f"http://127.0.0.1:{procs.free_port()}/"  # nothing listens there
+REFUSED = "http://127.0.0.1:1/"  # a privileged port nothing listens on (a port picked free may be taken by the time)
 
 
 def _hooks(*extra: dict[str, Any]) -> Callable[[dict[str, Any]], None]:
