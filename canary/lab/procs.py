@@ -27,7 +27,7 @@ class _Component(subprocess.Popen[bytes]):
     """A lab component: it outlives the process that started it on purpose (``lab up`` returns, the lab
     runs on), so still running when its handle is collected at exit is no leak to warn about."""
 
-    def __del__(self) -> None:  # Popen's warns "subprocess … is still running" (an error under pytest)
+    def __del__(self) -> None:  # Popen's own warns "subprocess … is still running" (an error under pytest)
         pass
 
 
@@ -138,19 +138,18 @@ def start_listening(start_at: Callable[[int], Proc], ready: Callable[[Proc, int]
     port when the picked one was taken between the pick and the bind. A pick cannot hold its port: the kernel
     hands free ports to every process that binds port 0 (the Pulumi CLI's and its plugins' servers among
     them), and a test beside running releases lost that race once."""
-    for attempt in range(1, attempts + 1):
-        port = free_port()
-        proc = start_at(port)
+    attempt = 1
+    while True:
+        proc = start_at(port := free_port())
         try:
             ready(proc, port)
+            return proc, port
         except LabError:
             taken = "address already in use" in log_tail(proc.log, 5).lower()
             stop(proc.name, run_dir)
-            if taken and attempt < attempts:
-                continue
-            raise
-        return proc, port
-    raise AssertionError("unreachable")
+            if not taken or attempt == attempts:
+                raise
+        attempt += 1
 
 
 def port_open(host: str, port: int) -> bool:
