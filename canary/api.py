@@ -291,14 +291,36 @@ def up(stack: str, *, app: str | None = None, project_dir: Path | None = None, e
     # file for all let an `up` run with another's config (an older stack file, without its app's change)
     own = f"up-{os.getpid()}-{threading.get_ident()}"
 
+    def update(now: dict[str, ReleaseState]) -> Any:
+        """The update with every app ``now`` finds releasing left alone (its route above all), and
+        every other app pinned at rest; refused under Pulumi's lock if a release began since ``now``."""
+        pins = _pins_at_rest(ws, set(now) | set(running))
+        exclude = [urn for other in now if other not in names for urn in (ws.facts(other).targets("app") if ws.facts(other) else [])]  # type: ignore[union-attr]
+        config_file = cache.write_config(own, stackfile.release_config(snapshot, pins))
+
+        def none_began() -> None:
+            # the CLI holds Pulumi's lock from here: a release that began after `now` was read has had
+            # its `up`s already (its canary deployed), and this update would pin its app back at rest
+            began = sorted(set(_running(ws)) - set(now) - set(running))
+            if began:
+                raise _ReleaseBegan(began)
+
+        return ws.stack.up(config_file=config_file, exclude=exclude or None, guard=none_began)
+
     def apply() -> Any:
         # read again on every attempt: while this waited for Pulumi's lock, another app's release may
-        # have begun, and this update must leave that app's resources (its route above all) alone
-        others = {k: v for k, v in _running(ws).items() if k not in names}
-        pins = _pins_at_rest(ws, set(others) | set(running))
-        exclude = [urn for other in others for urn in (ws.facts(other).targets("app") if ws.facts(other) else [])]  # type: ignore[union-attr]
-        config_file = cache.write_config(own, stackfile.release_config(snapshot, pins))
-        return ws.stack.up(config_file=config_file, exclude=exclude or None)
+        # have begun, and this update must leave that app's resources alone
+        for _ in range(len(known) + 1):
+            now = _running(ws)
+            for name in names:
+                if name in now and name not in running:
+                    _refuse_if_busy(ws, name, now[name])  # its release began since this command looked
+            try:
+                return update(now)
+            except _ReleaseBegan as exc:
+                _say(on_event, f"a release of {', '.join(exc.apps)} began as this update waited to start: nothing was applied, "
+                               "computing it again with that app left alone")
+        raise StackBusy(f"stack {ws.name}: releases kept beginning while this update waited to start; run `canary up` again")
 
     try:
         result = _waiting_for_lock(apply, ws.stack.wait_unlocked, on_event, float(options.get("lock_wait", LOCK_WAIT)))
@@ -324,6 +346,19 @@ T = TypeVar("T")
 LOCK_WAIT = 600.0
 
 
+class _ReleaseBegan(Exception):
+    """An app's release began between an update's reading of the releases and its start (never leaves ``up``)."""
+
+    def __init__(self, apps: list[str]) -> None:
+        super().__init__(", ".join(apps))
+        self.apps = apps
+
+
+def _say(on_event: Callable[[Event], None] | None, message: str) -> None:
+    if on_event is not None:
+        on_event(Event(datetime.now(UTC).isoformat(timespec="milliseconds"), "", "", 0, message))
+
+
 def _waiting_for_lock(action: Callable[[], T], wait_unlocked: Callable[[float], bool], on_event: Callable[[Event], None] | None,
                       wait: float) -> T:
     """``action`` (an ``up``), tried again while another update holds the stack's lock — two apps of one
@@ -337,8 +372,8 @@ def _waiting_for_lock(action: Callable[[], T], wait_unlocked: Callable[[float], 
         except StackLocked as exc:
             if time.monotonic() >= deadline:
                 raise
-            if not said and on_event is not None:
-                on_event(Event(datetime.now(UTC).isoformat(timespec="milliseconds"), "", "", 0, f"waiting for Pulumi's lock: {exc}"))
+            if not said:
+                _say(on_event, f"waiting for Pulumi's lock: {exc}")
                 said = True
             wait_unlocked(deadline - time.monotonic())
 

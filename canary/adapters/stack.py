@@ -413,9 +413,13 @@ class Stack:
     # --- updates -----------------------------------------------------------------------------
 
     def up(self, config_file: Path | None = None, targets: list[str] | None = None, exclude: list[str] | None = None,
-           refresh: bool = False, on_event: Callable[[Any], None] | None = None) -> UpResult:
+           refresh: bool = False, on_event: Callable[[Any], None] | None = None, guard: Callable[[], None] | None = None) -> UpResult:
         """Apply the program; ``config_file`` replaces the stack file for this update, ``targets``
-        limit it to those URNs (``exclude`` leaves those out), ``refresh`` first reads them back."""
+        limit it to those URNs (``exclude`` leaves those out), ``refresh`` first reads them back.
+
+        ``guard`` runs once the CLI holds Pulumi's lock, before the program: what it raises ends the
+        update before the program declares anything (so nothing changes) and is raised here as it is."""
+        program, refused = self._guarded(guard)
         events = 0
         diagnostics: list[str] = []
         summary = _Summary()
@@ -439,10 +443,31 @@ class Stack:
         try:
             with self._answered_from(summary):
                 self._stack.up(on_event=handle, color="never", target=targets, exclude=exclude, suppress_progress=True,
-                               refresh=refresh or None, config_file=str(config_file) if config_file else None)
+                               refresh=refresh or None, config_file=str(config_file) if config_file else None, program=program)
         except auto.CommandError as exc:
+            if refused:
+                raise refused[0] from None
             raise _map_error(exc, f"pulumi up of {self.name}", self._secrets, self.command.interrupted) from exc
         return UpResult(time.monotonic() - start, summary.changes, events, tuple(diagnostics), outputs)
+
+    def _guarded(self, guard: Callable[[], None] | None) -> tuple[Callable[[], Any] | None, list[BaseException]]:
+        """The workspace's program with ``guard`` run first (None: the program as it is), and where
+        what the guard raised is kept. The inline program runs after the CLI took the stack's lock."""
+        refused: list[BaseException] = []
+        if guard is None:
+            return None, refused
+        program = self._stack.workspace.program
+        assert program is not None, "a stack of this module always has an inline program"
+
+        def guarded() -> Any:
+            try:
+                guard()
+            except BaseException as exc:
+                refused.append(exc)
+                raise
+            return program()
+
+        return guarded, refused
 
     def interrupt(self) -> bool:
         """Cancel the ``up`` in progress, if any (SIGINT to the CLI's session)."""

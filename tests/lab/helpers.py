@@ -132,6 +132,22 @@ def serve(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
         server.server_close()
 
 
+class SaysNo(BaseHTTPRequestHandler):
+    """A gate webhook that says no (403) to every call, and records when it was asked."""
+
+    calls: list[float] = []
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.calls.append(time.time())
+        self.send_response(403)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+
 class RouteWatcher(Background):
     """Records every distinct (stable, canary) weight pair the cluster's route shows, with the stable image."""
 

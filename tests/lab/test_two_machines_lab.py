@@ -33,7 +33,6 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +43,7 @@ from canary.core import naming
 from canary.core.records import ReleaseState
 from canary.state.cache import Cache
 from canary.state.store import ReleaseStore
-from tests.lab.helpers import Background, LabStack, RouteWatcher, assert_stable_state, kill_group, running, serve, wait_until
+from tests.lab.helpers import Background, LabStack, RouteWatcher, SaysNo, assert_stable_state, kill_group, running, serve, wait_until
 
 LEGACY = Path(__file__).parent / "legacy"  # written by canary 0.1 on the lab (see legacy/README.md)
 
@@ -291,25 +290,9 @@ def test_abort_from_the_other_machine_rolls_back_the_running_release_within_a_se
             request_to_route_on_stable=_when(on_stable.time) - asked, request_to_verified=_when(verified.time) - asked)
 
 
-class _Gate(BaseHTTPRequestHandler):
-    """A confirm-promotion gate that says no (403) to every call."""
-
-    calls: list[float] = []
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-    def do_POST(self) -> None:
-        self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        self.calls.append(time.time())
-        self.send_response(403)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-
 @pytest.fixture
 def gate() -> Iterator[str]:
-    with serve(_Gate) as url:
+    with serve(SaysNo) as url:
         yield f"{url}/approve"
 
 
@@ -330,8 +313,8 @@ def test_from_the_other_machine_a_release_is_refused_while_one_runs_and_promote_
         wait_until(lambda: (s := store.load()) is not None and s.phase.value == "WaitingPromotion", "A waiting for promotion", 300, process, every=0.2)
         waiting = store.load()
         assert waiting is not None and waiting.weight == 50
-        calls = len(_Gate.calls)
-        wait_until(lambda: len(_Gate.calls) > calls, "the gate asked again while waiting", 60, process, every=0.2)
+        calls = len(SaysNo.calls)
+        wait_until(lambda: len(SaysNo.calls) > calls, "the gate asked again while waiting", 60, process, every=0.2)
 
         # 3. A second release from B is refused, naming A's holder, and changes nothing.
         stack_file = pair.b.project / "stacks" / f"Pulumi.{pair.name}.yaml"

@@ -19,11 +19,11 @@ from canary.adapters import stackfile
 from canary.adapters.kube import Kube
 from canary.adapters.stack import Stack
 from canary.core.naming import Track
-from canary.errors import StackLocked
+from canary.errors import StackBusy, StackLocked
 from canary.lab.layout import Layout
 from canary.state.cache import Cache
 from tests.lab.conftest import make_project, stack_name
-from tests.lab.helpers import LabStack, RouteWatcher, assert_stable_state, host, running
+from tests.lab.helpers import LabStack, RouteWatcher, SaysNo, assert_stable_state, host, running, serve, wait_until
 
 SECRET = "s3cr3t-token-for-the-lab"
 
@@ -398,4 +398,72 @@ def test_two_canary_ups_of_one_stack_at_once_each_run_with_their_own_config(lab_
     assert web.exit_code == 0 and web.release is not None, web.message
     assert not isinstance(api_, BaseException) and api_ is not None and api_.exit_code == 0, api_
     assert_stable_state(ls, "demo:v2", app="web")
+    assert_stable_state(ls, "demo:v1", app="api")
+
+
+HOLD = "http://hold.invalid/hold"  # the gate server's address is known at run time only
+
+
+def _two_apps_api_held(config: dict[str, Any]) -> None:
+    _two_apps(config)
+    config["canary:apps"]["api"]["analysis"]["webhooks"].append({"name": "hold", "type": "confirm-traffic-increase", "url": HOLD, "timeout": "2s"})
+
+
+@pytest.mark.long
+@pytest.mark.parametrize("lab_stack", [_two_apps_api_held], indirect=True)
+@pytest.mark.parametrize("upped", ["web", "api"])
+def test_a_release_that_begins_while_canary_up_waits_to_start_keeps_its_canary(lab_stack: LabStack, monkeypatch: pytest.MonkeyPatch,
+                                                                                 upped: str) -> None:
+    """``canary up`` reads which apps are releasing, then starts the CLI, which takes Pulumi's lock. A
+    release of another app that began in between, its canary deployed by an ``up`` that ended before
+    the lock was taken, was pinned back at rest by that update: its canary scaled to zero under a live
+    release (which then failed on it). Made certain here: the read is answered as it was before api's
+    release began, and returns once api's canary is ready and its release holds at weight 0. A
+    ``canary up`` of web is computed again with api left alone; one of api itself is refused (exit 3)."""
+    ls = lab_stack
+    path = _stack_file(ls)
+    real_running = api._running
+    reads: list[int] = []
+    started: list[subprocess.Popen[str]] = []
+    with serve(SaysNo) as url:
+        path.write_text(path.read_text().replace(HOLD, f"{url}/hold"))
+
+        def read_before_api_s_release(ws: Any) -> Any:
+            reads.append(1)
+            if len(reads) != 2:  # the first is the command's own look, the second the update's
+                return real_running(ws)
+            before = real_running(ws)
+            assert "api" not in before, before
+            asked = len(SaysNo.calls)
+            started.append(ls.start("release", ls.name, "--app", "api", "--image", "demo:v2"))
+            wait_until(lambda: len(SaysNo.calls) > asked, "api's release holding at weight 0 with its canary ready", 300, started[0], every=0.2)
+            return before
+
+        monkeypatch.setattr(api, "_running", read_before_api_s_release)
+        try:
+            if upped == "web":
+                outcome = api.up(ls.name, app="web", project_dir=ls.project, env=ls.env)
+                assert outcome.exit_code == 0 and outcome.release is None, outcome.message
+                assert len(reads) == 5, "expected: the look, the stale read, the guard's, the update's again, its guard's"
+            else:
+                with pytest.raises(StackBusy, match="app api is busy"):
+                    api.up(ls.name, app="api", project_dir=ls.project, env=ls.env)
+            assert started, "api's release was not started"
+            release = started[0]
+            canary = ls.deployment(Track.CANARY, app="api")
+            assert canary["image"] == "demo:v2" and canary["replicas"] >= 1 and canary["ready"] == canary["replicas"], canary
+            assert release.poll() is None, release.communicate()
+            state = ls.state("api")
+            assert state is not None and state.phase.value == "Progressing" and state.weight == 0, state
+            assert_stable_state(ls, "demo:v1", app="web")
+            aborted = ls.cli("abort", ls.name, "--app", "api")
+            assert aborted.returncode == 0, aborted.stdout + aborted.stderr
+            out, err = release.communicate(timeout=300)
+        finally:
+            for process in started:
+                with running(process):
+                    pass
+    assert release.returncode == 1, out[-3000:] + err[-3000:]
+    state = ls.state("api")
+    assert state is not None and state.phase.value == "Aborted", state
     assert_stable_state(ls, "demo:v1", app="api")
