@@ -38,20 +38,26 @@ from canary.lab.layout import Layout
 NAMESPACE = "bench-pods"
 
 
-def demoapp_start(command: list[str]) -> float:
-    port = procs.free_port()
-    start = time.monotonic()
-    process = subprocess.Popen([*command, "--listen", f"127.0.0.1:{port}", "--image", "demo:v1"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        while time.monotonic() - start < 10:
-            if procs.http_ok(f"http://127.0.0.1:{port}/healthz"):
-                return time.monotonic() - start
-            time.sleep(0.002)
-        raise RuntimeError(f"{command} did not answer within 10 s")
-    finally:
-        process.terminate()
-        process.wait(timeout=5)
+def demoapp_start(command: list[str], attempts: int = 5) -> float:
+    """Seconds from the process's start to its first healthy answer, on a loopback port picked free; a
+    process that exits first could not bind it (another process took it since the pick) and is timed again
+    on another."""
+    for _ in range(attempts):
+        port = procs.free_port()
+        start = time.monotonic()
+        process = subprocess.Popen([*command, "--listen", f"127.0.0.1:{port}", "--image", "demo:v1"],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            while time.monotonic() - start < 10 and process.poll() is None:
+                if procs.http_ok(f"http://127.0.0.1:{port}/healthz"):
+                    return time.monotonic() - start
+                time.sleep(0.002)
+            if process.poll() is None:
+                raise RuntimeError(f"{command} did not answer within 10 s")
+        finally:
+            process.terminate()
+            process.wait(timeout=5)
+    raise RuntimeError(f"{command} exited before answering on each of {attempts} ports")
 
 
 def rollouts(layout: Layout, runs: int) -> dict[str, list[float]]:
