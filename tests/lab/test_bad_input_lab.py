@@ -36,6 +36,7 @@ from canary.state.cache import state_root
 from tests.conftest import FIXTURES
 from tests.lab.conftest import make_project
 from tests.lab.helpers import LabStack
+from tests.lab.holds import LabHolds
 
 # one stack for the whole module: every case runs on the worker that deployed it
 pytestmark = pytest.mark.xdist_group("bad-input")
@@ -61,13 +62,20 @@ KINDS = (
 
 @pytest.fixture(scope="module")
 def bad_stack(lab_layout: Layout, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabStack]:
-    """The lab stack every case runs against, deployed once at its stable state (demo:v1, 100/0)."""
+    """The lab stack every case runs against, deployed once at its stable state (demo:v1, 100/0).
+
+    A module's fixture is set up before the first test's hold on the lab is taken and torn down after
+    the last one's is let go: its deploy and its destroy take a hold of their own, so that a test that
+    stops a component of the lab never runs under them."""
     lab = lab_layout
+    holds = LabHolds(lab.dir)
     project = make_project(lab, tmp_path_factory.mktemp("bad-input"), NAME)
     env = {**os.environ, **lab.pulumi_env(), "CANARY_LAB_DIR": str(lab.dir)}
-    assert api.up(NAME, project_dir=project, env=env).exit_code == 0
+    with holds.held(exclusive=False):
+        assert api.up(NAME, project_dir=project, env=env).exit_code == 0
     yield LabStack(lab, project, NAME, NAME, env, Kube(lab.kubeconfig))
-    Stack(project, NAME, env).destroy()
+    with holds.held(exclusive=False):
+        Stack(project, NAME, env).destroy()
 
 
 # --- what must not change ---------------------------------------------------------------------------
