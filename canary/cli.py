@@ -8,6 +8,7 @@ handed to the API like any other. No domain logic lives here.
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import sys
@@ -49,9 +50,20 @@ class Where:
 _project = click.option("--project-dir", type=click.Path(path_type=Path, file_okay=False), help="The Pulumi project (default: found from the current directory).")
 _lab = click.option("--lab", is_flag=True, default=None, help="Use the local lab's Pulumi backend, cluster and working copy (the default when $CANARY_LAB_DIR is set).")
 _app = click.option("--app", help="The app, when the stack holds several.")
-_route_timeout = click.option("--route-timeout", type=click.FloatRange(1, 3600), default=60, show_default=True,
+class _Seconds(click.FloatRange):
+    """A number of seconds within a range; nan and inf are refused (click's FloatRange lets nan through,
+    and a wait bounded by nan never ends)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number of seconds.", param, ctx)
+        return number
+
+
+_route_timeout = click.option("--route-timeout", type=_Seconds(1, 3600), default=60, show_default=True,
                               help="Seconds to wait for the gateway to accept a route change.")
-_lock_wait = click.option("--lock-wait", type=click.FloatRange(0, 86400), default=600, show_default=True,
+_lock_wait = click.option("--lock-wait", type=_Seconds(0, 86400), default=600, show_default=True,
                           help="Seconds the first `up` waits while another update holds the stack's Pulumi lock (another app's release), then exit 3.")
 
 

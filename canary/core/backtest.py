@@ -175,7 +175,10 @@ def parse_time(text: str | datetime, option: str, now: datetime) -> datetime:
         raise InvalidSpec([Problem(option, text, _TIME_RULE)], "backtest") from exc
     if when.tzinfo is None:
         raise InvalidSpec([Problem(option, text, f"{_TIME_RULE}: it has no timezone")], "backtest")
-    return when.astimezone(UTC)
+    try:
+        return when.astimezone(UTC)
+    except OverflowError as exc:  # year 1 ahead of UTC, year 9999 behind it
+        raise InvalidSpec([Problem(option, text, f"{_TIME_RULE}: it is out of the range of dates")], "backtest") from exc
 
 
 def check_options(release_id: str | None, start: str | datetime | None, end: str | datetime | None, now: datetime) -> tuple[datetime | None, datetime | None]:

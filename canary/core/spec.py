@@ -17,6 +17,7 @@ from __future__ import annotations
 import enum
 import math
 import re
+import shlex
 from collections.abc import Mapping
 from datetime import timedelta
 from typing import Annotated, Any, Literal
@@ -45,6 +46,12 @@ MIN_INTERVAL = timedelta(seconds=1)
 Duration = Annotated[
     timedelta,
     BeforeValidator(units.parse_duration),
+    PlainSerializer(units.format_duration, return_type=str),
+]
+#: a duration that may be zero ("0s": none at all)
+DurationOrZero = Annotated[
+    timedelta,
+    BeforeValidator(lambda v: units.parse_duration(v, allow_zero=True)),
     PlainSerializer(units.format_duration, return_type=str),
 ]
 DnsLabel = Annotated[str, AfterValidator(units.check_dns_label)]
@@ -146,13 +153,24 @@ class DisruptionBudget(_Model):
     min_available: int | str | None = None
     max_unavailable: int | str | None = None
 
+    @field_validator("min_available", "max_unavailable", mode="before")
+    @classmethod
+    def _not_bool(cls, v: object) -> object:
+        if isinstance(v, bool):  # read as 1 or 0 otherwise
+            raise ValueError("must be a count of pods or a percentage such as 50%, not true or false")
+        return v
+
     @model_validator(mode="after")
     def _one(self) -> DisruptionBudget:
         if (self.min_available is None) == (self.max_unavailable is None):
             raise ValueError("must set exactly one of minAvailable or maxUnavailable")
         for value in (self.min_available, self.max_unavailable):
+            if isinstance(value, bool) or (isinstance(value, int) and value < 0):
+                raise ValueError(f"{value!r} must be a count of pods (0 or more) or a percentage such as 50%")
             if isinstance(value, str) and not re.fullmatch(r"\d{1,3}%", value):
                 raise ValueError(f"{value!r} must be a count or a percentage such as 50%")
+            if isinstance(value, str) and int(value[:-1]) > 100:
+                raise ValueError(f"{value!r} must be a percentage from 0% to 100%")
         return self
 
 
@@ -454,6 +472,20 @@ class Webhook(_Model):
     def _url(cls, v: str | None) -> str | None:
         return None if v is None else _check_url(v)
 
+    @field_validator("cmd")
+    @classmethod
+    def _cmd(cls, v: str | None) -> str | None:
+        # split as it will be run (like a shell command line, without a shell): an unbalanced quote
+        # would otherwise fail every call of the hook, each a failed check
+        if v is not None:
+            try:
+                words = shlex.split(v)
+            except ValueError as exc:
+                raise ValueError(f"cannot be split into a command line: {exc}") from None
+            if not words or not words[0]:
+                raise ValueError("must name a command")
+        return v
+
     @field_validator("timeout")
     @classmethod
     def _timeout(cls, v: timedelta) -> timedelta:
@@ -511,7 +543,38 @@ class StringMatch(_Model):
                 re.compile(self.regex)
             except re.error as exc:
                 raise ValueError(f"regex {self.regex!r} does not compile: {exc}") from exc
+            beyond = _beyond_re2(self.regex)
+            if beyond:
+                raise ValueError(f"regex {self.regex!r} uses {beyond}, which RE2 (the gateway's regular expressions) does not have")
         return self
+
+
+#: what Python's regular expressions have and RE2's do not, by the parser's opcode
+_NOT_RE2 = {"ASSERT": "a lookahead or lookbehind", "ASSERT_NOT": "a negative lookahead or lookbehind", "GROUPREF": "a backreference",
+            "GROUPREF_EXISTS": "a conditional group", "ATOMIC_GROUP": "an atomic group", "POSSESSIVE_REPEAT": "a possessive quantifier"}
+
+
+def _beyond_re2(pattern: str) -> str | None:
+    """The first construct of ``pattern`` RE2 cannot run, in words; None when it has none."""
+    from re import _parser  # the parser re.compile uses: its opcodes name each construct
+
+    def walk(items: Any) -> str | None:
+        for op, arg in items:
+            found = _NOT_RE2.get(str(op))
+            if found:
+                return found
+            for part in arg if isinstance(arg, tuple | list) else ():
+                if isinstance(part, _parser.SubPattern):
+                    found = walk(part)
+                elif isinstance(part, list):  # a branch's alternatives
+                    found = next((f for sub in part if isinstance(sub, _parser.SubPattern) for f in [walk(sub)] if f), None)
+                else:
+                    found = None
+                if found:
+                    return found
+        return None
+
+    return walk(_parser.parse(pattern))
 
 
 class HTTPMatch(_Model):
@@ -527,6 +590,9 @@ class HTTPMatch(_Model):
         for name in self.headers:
             if not _HEADER_NAME.match(name):
                 raise ValueError(f"header name {name!r} is not a valid HTTP header name")
+        for name in self.query_params:
+            if not _HEADER_NAME.match(name) or len(name) > 256:
+                raise ValueError(f"query parameter name {name!r} must be 1 to 256 letters, digits or !#$%&'*+-.^_`|~ (the Gateway API's rule)")
         return self
 
 
@@ -535,6 +601,14 @@ class SessionAffinity(_Model):
 
     cookie_name: str = "canary-affinity"
     max_age: Duration = timedelta(days=1)
+
+    @field_validator("max_age")
+    @classmethod
+    def _whole_seconds(cls, v: timedelta) -> timedelta:
+        # the cookie's Max-Age is whole seconds: 500ms would be Max-Age=0, a cookie that expires at once
+        if v.total_seconds() != int(v.total_seconds()):
+            raise ValueError("must be whole seconds (the cookie's Max-Age), such as 30s or 1h")
+        return v
 
     @field_validator("cookie_name")
     @classmethod
@@ -582,7 +656,7 @@ class Analysis(_Model):
     skip_analysis: bool = False
     min_requests: int | None = Field(None, ge=1)
     #: after each shift, no data does not count until the canary has samples or this passed
-    warmup: Duration = timedelta(seconds=30)
+    warmup: DurationOrZero = timedelta(seconds=30)
     #: how long no data (onNoData: hold) or too little evidence may hold a step; then it fails. Default 10 intervals
     hold_limit: Duration | None = None
     #: one-sided confidence of the evidence bound on rate metrics
@@ -758,6 +832,9 @@ def metric_query(spec: ReleaseSpec, metric: Metric) -> tuple[str, str | None]:
 
 def _app_problems(app: App, field: str) -> list[Problem]:
     problems: list[Problem] = []
+    if app.template is None and app.container is not None:
+        problems.append(Problem(f"{field}.container", app.container,
+                                f"names the main container of template: set it only with template (the simple form's one container is named {app.name})"))
     if app.template is not None:
         problems += workload.check(app.template, f"{field}.template")
         simple = [name for name in _SIMPLE_FIELDS if name in app.model_fields_set]

@@ -6,6 +6,7 @@ message is the rule that was broken, so the spec can report field, value and rul
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import timedelta
 
@@ -13,31 +14,53 @@ _DURATION = re.compile(r"^(?:(?P<h>\d+)h)?(?:(?P<m>\d+)m)?(?:(?P<s>\d+)s)?(?:(?P
 _DURATION_RULE = "must be a duration such as 30s, 1m, 1m30s or 2h (units h, m, s, ms)"
 
 
-def parse_duration(value: object) -> timedelta:
-    """Parse Go/Prometheus-style durations ("1m", "1m30s", "500ms"); plain numbers are seconds."""
+#: the longest duration any field takes: a year and a day. Longer ones are typos, and overflow the
+#: date arithmetic they go into (``now + holdLimit``, a backtest's ``-N`` hours) as tracebacks.
+MAX_DURATION = timedelta(days=366)
+_TOO_LONG = "must be at most 8784h (a year and a day)"
+
+
+def parse_duration(value: object, allow_zero: bool = False) -> timedelta:
+    """Parse Go/Prometheus-style durations ("1m", "1m30s", "500ms"); plain numbers are seconds.
+    Zero is refused in either spelling unless ``allow_zero``; more than ``MAX_DURATION`` always."""
     if isinstance(value, timedelta):
-        return value
+        return _bounded(value, allow_zero)
     if isinstance(value, bool):
         raise ValueError(_DURATION_RULE)
     if isinstance(value, int | float):
-        if value <= 0:
-            raise ValueError("must be greater than zero")
-        return timedelta(seconds=value)
+        if not math.isfinite(value):
+            raise ValueError("must be a finite number of seconds")
+        if value < 0:
+            raise ValueError(_negative(allow_zero))
+        if value > MAX_DURATION.total_seconds():
+            raise ValueError(_TOO_LONG)
+        return _bounded(timedelta(seconds=value), allow_zero)
     if not isinstance(value, str):
         raise ValueError(_DURATION_RULE)
     text = value.strip()
     if text.startswith("-"):
-        raise ValueError("must be greater than zero")
+        raise ValueError(_negative(allow_zero))
     match = _DURATION.match(text)
     if not text or match is None or not any(match.groupdict().values()):
         raise ValueError(_DURATION_RULE)
     parts = {k: int(v) for k, v in match.groupdict().items() if v}
-    return timedelta(
-        hours=parts.get("h", 0),
-        minutes=parts.get("m", 0),
-        seconds=parts.get("s", 0),
-        milliseconds=parts.get("ms", 0),
-    )
+    try:
+        total = timedelta(hours=parts.get("h", 0), minutes=parts.get("m", 0), seconds=parts.get("s", 0), milliseconds=parts.get("ms", 0))
+    except OverflowError:
+        raise ValueError(_TOO_LONG) from None
+    return _bounded(total, allow_zero)
+
+
+def _negative(allow_zero: bool) -> str:
+    return "must not be negative" if allow_zero else "must be greater than zero"
+
+
+def _bounded(value: timedelta, allow_zero: bool) -> timedelta:
+    if value < timedelta(0) or (value == timedelta(0) and not allow_zero):
+        raise ValueError(_negative(allow_zero))
+    if value > MAX_DURATION:
+        raise ValueError(_TOO_LONG)
+    return value
 
 
 def format_duration(value: timedelta) -> str:
@@ -125,8 +148,14 @@ def quantity_value(value: object) -> float:
     number = re.match(r"^[0-9]+(?:\.[0-9]+)?", text)
     assert number is not None  # check_quantity matched
     suffix = text[number.end():]
-    scale = 10.0 ** int(suffix[1:]) if suffix.startswith("e") else _SUFFIX[suffix]
-    return float(number.group(0)) * scale
+    try:
+        scale = 10.0 ** int(suffix[1:]) if suffix.startswith("e") else _SUFFIX[suffix]
+        value = float(number.group(0)) * scale
+    except OverflowError:
+        value = math.inf
+    if not math.isfinite(value):
+        raise ValueError("is too large for a Kubernetes quantity")
+    return value
 
 
 def check_quantity(value: object) -> str:

@@ -343,6 +343,8 @@ def test_times_are_rfc3339_with_a_timezone_now_or_before_now(text: str, expected
     (None, "-30x", "now", "--from", "the duration must be a duration such as 30s"),
     (None, "-10m", "-20m", "--to", "must be after --from"),
     (None, "-10m", "2026-12-01T09:00:00Z", "--to", "is in the future"),
+    (None, "-99999999999h", "now", "--from", "the duration must be at most 8784h"),
+    (None, "0001-01-01T00:00:00+14:00", "now", "--from", "out of the range of dates"),
 ])
 def test_bad_options_are_refused_naming_the_option_and_the_rule(release: str | None, start: str | None, end: str | None, field: str, rule: str) -> None:
     with pytest.raises(InvalidSpec) as info:

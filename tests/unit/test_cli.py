@@ -212,3 +212,11 @@ def test_an_app_whose_release_state_cannot_be_read_is_not_taken_for_idle() -> No
     assert api._running(ws({})) == {}  # never deployed: nothing of it can run
     with pytest.raises(CanaryError, match="forbidden"):
         api._running(ws({f"{naming.OUTPUT_PREFIX}web": {}}))
+
+
+@pytest.mark.parametrize(("option", "value"), [("--route-timeout", "nan"), ("--lock-wait", "nan"), ("--lock-wait", "inf")])
+def test_a_wait_of_nan_or_infinite_seconds_is_refused_naming_the_option(option: str, value: str) -> None:
+    # a wait bounded by nan never ends: click's FloatRange let nan through
+    done = _cli("up", "dev", option, value)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert f"Invalid value for '{option}'" in done.stderr and value in done.stderr, done.stderr

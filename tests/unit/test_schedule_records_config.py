@@ -408,10 +408,28 @@ def test_durations(text: Any, seconds: float, formatted: str) -> None:
 
 @pytest.mark.parametrize(("text", "rule"), [("abc", "must be a duration"), ("", "must be a duration"), ("1x", "must be a duration"), ("m", "must be a duration"),
                                             ("1.5m", "must be a duration"), ("-1s", "greater than zero"), (0, "greater than zero"), (-3, "greater than zero"),
-                                            (True, "must be a duration"), (None, "must be a duration"), ("1s1m", "must be a duration")])
+                                            (True, "must be a duration"), (None, "must be a duration"), ("1s1m", "must be a duration"),
+                                            ("0s", "greater than zero"), ("0ms", "greater than zero"), ("0h0m", "greater than zero"),
+                                            (float("nan"), "finite number of seconds"), (float("inf"), "finite number of seconds"),
+                                            ("99999999999h", "at most 8784h"), ("1000000000000000s", "at most 8784h"), (10**20, "at most 8784h"),
+                                            ("8785h", "at most 8784h"), (timedelta(days=400), "at most 8784h"), (timedelta(0), "greater than zero")])
 def test_bad_durations(text: Any, rule: str) -> None:
     with pytest.raises(ValueError, match=rule):
         units.parse_duration(text)
+
+
+def test_a_duration_that_may_be_zero_takes_it_in_either_spelling_and_refuses_less() -> None:
+    assert units.parse_duration("0s", allow_zero=True) == units.parse_duration(0, allow_zero=True) == timedelta(0)
+    assert units.parse_duration("8784h") == timedelta(days=366)
+    for negative in ("-1s", -1):
+        with pytest.raises(ValueError, match="must not be negative"):
+            units.parse_duration(negative, allow_zero=True)
+
+
+@pytest.mark.parametrize("text", ["1e400", "1e309", "99999999999999999999e300"])
+def test_a_quantity_too_large_for_a_number_is_a_rule_not_a_traceback(text: str) -> None:
+    with pytest.raises(ValueError, match="too large for a Kubernetes quantity"):
+        units.quantity_value(text)
 
 
 def test_a_zero_duration_formats_as_0s() -> None:

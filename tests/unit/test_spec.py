@@ -208,6 +208,28 @@ INVALID = [
     ("apps-app-without-gateway", chain(_apps(), del_path("apps.web.gateway")), "apps.web.gateway", "is required with app", "nothing"),
     ("apps-app-problem-named-under-its-key", chain(_apps(), set_path("apps.web.app.replicas", 0)), "apps.web.app.replicas", "greater than or equal to 1", "0"),
     ("apps-stable-image-differs", chain(_apps(), set_path("apps.web.stableImage", IMAGE_2)), "apps.web.stableImage", "is the earlier name of app.image", IMAGE_2),
+    # --- values that passed the rules and broke later (a traceback, a wait without end, a failing hook)
+    ("interval-too-long", set_path("analysis.interval", "99999999999h"), "analysis.interval", "at most 8784h", "99999999999h"),
+    ("interval-not-a-number", set_path("analysis.interval", float("nan")), "analysis.interval", "finite number of seconds", "nan"),
+    ("hold-limit-zero-spelled-0s", set_path("analysis.holdLimit", "0s"), "analysis.holdLimit", "greater than zero", "0s"),
+    ("judge-step-zero-spelled-0s", set_path("analysis.metrics.1.judge", {"step": "0s"}), "analysis.metrics[1].judge.step", "greater than zero", "0s"),
+    ("warmup-negative", set_path("analysis.warmup", "-1s"), "analysis.warmup", "must not be negative", "-1s"),
+    ("affinity-max-age-below-a-second", set_path("analysis.sessionAffinity", {"maxAge": "500ms"}), "analysis.sessionAffinity.maxAge", "whole seconds", "500ms"),
+    ("resources-quantity-overflows", set_path("app.resources", {"requests": {"cpu": "1e400"}, "limits": {"cpu": "1"}}), "app.resources", "too large for a Kubernetes quantity", "requests"),
+    ("template-quantity-overflows", _template(resources={"requests": {"cpu": "1e400"}, "limits": {"cpu": "1"}}),
+     "app.template.spec.containers[0].resources.requests.cpu", "too large for a Kubernetes quantity", "1e400"),
+    ("container-without-template", set_path("app.container", "sidecar"), "app.container", "set it only with template", "sidecar"),
+    ("disruption-budget-negative", set_path("app.disruptionBudget", {"minAvailable": -1}), "app.disruptionBudget", "count of pods (0 or more)", "minAvailable"),
+    ("disruption-budget-above-100-percent", set_path("app.disruptionBudget", {"maxUnavailable": "500%"}), "app.disruptionBudget", "a percentage from 0% to 100%", "maxUnavailable"),
+    ("disruption-budget-boolean", set_path("app.disruptionBudget", {"minAvailable": True}), "app.disruptionBudget.minAvailable", "not true or false", "True"),
+    ("match-regex-lookahead", chain(_no_weights(), set_path("analysis.iterations", 5), set_path("analysis.match", [{"headers": {"x-user": {"regex": "(?=a)b"}}}])),
+     "analysis.match[0].headers.x-user", "a lookahead or lookbehind, which RE2", "regex"),
+    ("match-regex-backreference", chain(_no_weights(), set_path("analysis.iterations", 5), set_path("analysis.match", [{"headers": {"x-user": {"regex": "(a)\\1"}}}])),
+     "analysis.match[0].headers.x-user", "a backreference, which RE2", "regex"),
+    ("match-query-parameter-name", chain(_no_weights(), set_path("analysis.iterations", 5), set_path("analysis.match", [{"queryParams": {"a b": {"exact": "1"}}}])),
+     "analysis.match[0]", "query parameter name 'a b'", "queryParams"),
+    ("webhook-cmd-unbalanced-quote", set_path("analysis.webhooks.0.cmd", "hey 'x"), "analysis.webhooks[0].cmd", "cannot be split into a command line", "hey 'x"),
+    ("webhook-cmd-blank", set_path("analysis.webhooks.0.cmd", "''"), "analysis.webhooks[0].cmd", "must name a command", "''"),
 ]
 
 
