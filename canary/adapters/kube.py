@@ -43,18 +43,33 @@ def _api_error(exc: ApiException, what: str) -> Exception:
     return ClusterUnreachable(f"{what}: HTTP {exc.status} {exc.reason}")
 
 
+def _shape_of(exc: Exception) -> str:
+    """What went wrong loading a kubeconfig, without a word of its content: the kubernetes client's own
+    rule (it names keys and entries, never values), or where a parser stopped."""
+    if isinstance(exc, config.ConfigException):
+        return str(exc)
+    mark = getattr(exc, "problem_mark", None)
+    return f"{type(exc).__name__}{f' at line {mark.line + 1}, column {mark.column + 1}' if mark is not None else ''}"
+
+
 class Kube:
     def __init__(self, kubeconfig: Path | str | None = None, context: str | None = None, timeout: float = 10.0) -> None:
-        self._timeout = timeout
-        try:
-            if isinstance(kubeconfig, str) and "\n" in kubeconfig:
-                from canary.adapters import stackfile  # a kubeconfig given as content (kubernetes:kubeconfig)
+        from canary.adapters import stackfile  # reads a kubeconfig given as content (kubernetes:kubeconfig)
 
-                self._api = config.new_client_from_config_dict(stackfile.load(kubeconfig), context=context)
+        self._timeout = timeout
+        inline = isinstance(kubeconfig, str) and "\n" in kubeconfig
+        where = f"{f' context {context}' if context else ''}"
+        try:
+            if inline:
+                self._api = config.new_client_from_config_dict(stackfile.load(str(kubeconfig)), context=context)
             else:
                 self._api = config.new_client_from_config(config_file=str(kubeconfig) if kubeconfig else None, context=context)
-        except (config.ConfigException, OSError, ValueError) as exc:
-            raise Forbidden(f"cannot load kubeconfig {kubeconfig or '(default)'}{f' context {context}' if context else ''}: {exc}") from exc
+        except (config.ConfigException, OSError, ValueError, stackfile.YAMLError) as exc:
+            if inline:
+                # its content holds the cluster's credentials (a Pulumi secret): never in a message or a
+                # traceback; a parser's error quotes the line it stopped at
+                raise Forbidden(f"cannot load the kubeconfig given inline (kubernetes:kubeconfig){where}: {_shape_of(exc)}") from None
+            raise Forbidden(f"cannot load kubeconfig {kubeconfig or '(default)'}{where}: {exc}") from exc
         self._api.configuration.retries = False
         self._dynamic: dynamic.DynamicClient | None = None
 

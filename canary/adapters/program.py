@@ -430,7 +430,9 @@ def _model(cls: Any, value: Any, what: str) -> Any:
     try:
         return cls.model_validate(dict(value))
     except ValidationError as exc:
-        raise InvalidSpec([_problem_from_error({**e, "loc": (what, *e["loc"])}) for e in exc.errors()], what) from exc
+        # not chained: pydantic's own message quotes every input it refused, secrets included, and Pulumi
+        # prints the program's traceback whole
+        raise InvalidSpec([_problem_from_error({**e, "loc": (what, *e["loc"])}) for e in exc.errors()], what) from None
 
 
 def _config_data(declared: Mapping[str, Any], given: Mapping[str, Any] | None, field: str) -> pulumi.Output[dict[str, dict[str, Any]]]:

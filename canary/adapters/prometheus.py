@@ -56,8 +56,9 @@ class PrometheusProvider:
         return params
 
     def _scrub(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "<secret>")
+        """``text`` with each secret taken out, in every form an echoing server's error can carry it."""
+        for form in sorted({f for secret in self._secrets if secret for f in _forms(secret)}, key=len, reverse=True):
+            text = text.replace(form, "<secret>")
         return text
 
     def _ask(self, ask: Any) -> Any:
@@ -71,7 +72,7 @@ class PrometheusProvider:
             status = re.search(r"HTTP Status Code (\d+)", text)
             code = int(status.group(1)) if status else 0
             if code in (400, 422):
-                raise BadQuery(f"Prometheus rejected the query: {_rejection(text)}") from cause
+                raise BadQuery(f"Prometheus rejected the query: {self._scrub(_rejection(text))}") from cause
             raise ProviderUnreachable(f"Prometheus at {self.address} answered HTTP {code or '?'}: {text[:300]}") from cause
         except OSError as exc:
             # requests' Timeout errors say "timed out"; a refused or reset connection is not a slow Prometheus
@@ -111,6 +112,20 @@ class PrometheusProvider:
             return bool(self._client.check_prometheus_connection())
         except (OSError, PrometheusApiClientException):
             return False
+
+
+def _forms(secret: str) -> set[str]:
+    """A secret as it is, as a JSON body quotes it (Go's encoder also escapes ``<``, ``>`` and ``&``),
+    and each of those as the client's error shows a body: a bytes literal."""
+    quoted = json.dumps(secret)[1:-1]
+    go = quoted.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    forms = {secret, quoted, go}
+    for form in list(forms):
+        literal = repr(form.encode())
+        forms.add(literal[2:-1])
+        if literal[1] == '"':  # alone it needs no escaped ': inside a body quoted with ' it does
+            forms.add(literal[2:-1].replace("'", "\\'"))
+    return forms
 
 
 def _rejection(text: str) -> str:

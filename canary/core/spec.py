@@ -956,6 +956,9 @@ def _stack_problems(spec: StackSpec) -> list[Problem]:
 _SECRET_FIELDS = re.compile(r"(^|\.)(token|stringData)(\.|\[|$)|^prometheus\.headers(\.|\[|$)|alerts\[\d+\]\.url")
 #: Sections that hold secrets: the value of a field they do not know (a misspelled ``tokn``) is not shown either.
 _SECRET_SECTIONS = re.compile(r"(^|\.)(prometheus|secrets|alerts\[\d+\])\.")
+#: Where secrets sit, one level up: the value found there when it has the wrong shape (a Secret's data
+#: given as a string without ``stringData``, an alert given as its URL) is the secret itself.
+_SECRET_HOLDERS = re.compile(r"(^|\.)(prometheus|secrets|secrets\.[^.\[]+|alerts|alerts\[\d+\])$")
 
 
 def _problem_from_error(error: Mapping[str, Any]) -> Problem:
@@ -969,7 +972,8 @@ def _problem_from_error(error: Mapping[str, Any]) -> Problem:
     if error["type"] == "missing":
         shown = "nothing"  # pydantic's input is the parent mapping, which may hold a secret
     else:
-        hidden = _SECRET_FIELDS.search(field) or (error["type"] == "extra_forbidden" and _SECRET_SECTIONS.search(field))
+        hidden = (_SECRET_FIELDS.search(field) or _SECRET_HOLDERS.search(field)
+                  or (error["type"] == "extra_forbidden" and _SECRET_SECTIONS.search(field)))
         shown = "<secret>" if hidden else _short(value)
     return Problem(field or "(top level)", shown, rule)
 
@@ -991,7 +995,8 @@ def parse_stack(values: Mapping[str, Any], source: str = "stack config") -> Stac
     try:
         spec = StackSpec.model_validate(dict(values))
     except ValidationError as exc:
-        raise InvalidSpec([_problem_from_error(e) for e in exc.errors()], source) from exc
+        # not chained: pydantic's own message quotes every input it refused, secrets included
+        raise InvalidSpec([_problem_from_error(e) for e in exc.errors()], source) from None
     problems = _stack_problems(spec)
     if problems:
         raise InvalidSpec(problems, source)

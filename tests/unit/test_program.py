@@ -12,6 +12,7 @@ import difflib
 import json
 import re
 import runpy
+import traceback
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +26,7 @@ from pulumi.runtime.mocks import MockMonitor
 from canary.adapters import program
 from canary.core import routing, workload
 from canary.core.spec import App
+from canary.errors import InvalidSpec
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.timeout(120)
@@ -752,3 +754,17 @@ def test_a_plain_mapping_template_argument_is_copied_not_shared() -> None:
     out = program.desired_template(App.model_validate({"name": "web", "image": "registry.example.com/shop/web:9"}), given)
     assert out["spec"]["containers"][0]["image"] == "registry.example.com/shop/web:9"
     assert given == full_template()
+
+
+def test_a_component_argument_refused_keeps_its_secrets_out_of_the_traceback_pulumi_prints() -> None:
+    # Pulumi reports a failed inline program with its whole traceback: pydantic's error, which quotes
+    # every input it refused, must not be chained to the InvalidSpec the component raises
+    from canary.adapters.program import _model
+    from canary.core.spec import Prometheus
+
+    given = {"address": "http://prom:9090", "headers": {"X Scope OrgID": "tenant-s3cr3t-header"}, "token": "prom-s3cr3t-token"}
+    with pytest.raises(InvalidSpec) as info:
+        _model(Prometheus, given, "prometheus")  # (a traceback shows this line's source: no literal here)
+    shown = "".join(traceback.format_exception(info.value))
+    assert "prometheus.headers" in shown
+    assert "s3cr3t" not in shown, shown

@@ -86,6 +86,42 @@ def test_http_errors_never_leak_the_token(server: str) -> None:
     assert TOKEN not in str(info.value) and TOKEN not in repr(info.value.__cause__)
 
 
+class _Echo(BaseHTTPRequestHandler):
+    """A server whose errors quote the request's credentials, JSON-encoded as Go encodes (<, > and & escaped)."""
+
+    status = 400
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        said = f"bad request, headers: {self.headers.get('Authorization')} {self.headers.get('X-Scope-OrgID')}"
+        body = json.dumps({"status": "error", "error": said}).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026").encode()
+        self.send_response(type(self).status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.mark.parametrize("status", [400, 503])
+@pytest.mark.parametrize("secret", ["plainSECRET1", "tok&en<SECRET>", "back\\slashSECRET", "it's\"SECRET", "it'sSECRET", "ünïcodeSECRET"])
+def test_a_secret_echoed_by_the_server_in_any_escaping_stays_out_of_errors(secret: str, status: int) -> None:
+    _Echo.status = status
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Echo)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        provider = PrometheusProvider(f"http://127.0.0.1:{srv.server_address[1]}", token=secret, headers={"X-Scope-OrgID": f"x{secret}"})
+        with pytest.raises(Exception) as info:
+            provider.run_query("up")
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    text = f"{info.value} {info.value.__cause__!r}"
+    assert "bad request" in text or str(status) in text, text
+    assert "SECRET" not in text, text
+
+
 def test_connection_refused_is_unreachable() -> None:
     import socket
 

@@ -7,6 +7,7 @@ problems at once; secret values never appear in a message.
 from __future__ import annotations
 
 import json
+import traceback
 from datetime import timedelta
 from typing import Any
 
@@ -396,9 +397,16 @@ SECRET = "s3cr3t-value"
         chain(_template(), set_path("app.secrets", {"db": {"stringData": {"password": 12345}}})),
         chain(_template(), set_path("app.secrets", {"db": {"stringData": {"password": SECRET}}})),  # read by no container
         chain(_apps(), set_path("apps.web.analysis.alerts", [{"name": "chat", "type": "slack", "url": f"ftp://{SECRET}"}])),
+        # the wrong shape, the secret where its section should be: the value refused is the secret itself
+        chain(_template(), set_path("app.secrets", {"db": SECRET})),
+        chain(_template(), set_path("app.secrets", SECRET)),
+        set_path("analysis.alerts", [f"https://hooks.slack.com/{SECRET}"]),
+        set_path("analysis.alerts", f"https://hooks.slack.com/{SECRET}"),
+        set_path("prometheus", [{"address": "http://prom:9090", "token": SECRET}]),
     ],
     ids=["token-int", "token-list", "headers", "token-next-to-a-bad-address", "token-without-address", "alert-not-a-url", "alert-bad-type",
-         "alert-url-list", "secret-int", "secret-unread", "apps-alert"],
+         "alert-url-list", "secret-int", "secret-unread", "apps-alert", "secret-as-a-string", "secrets-as-a-string", "alert-as-its-url",
+         "alerts-as-a-url", "prometheus-as-a-list"],
 )
 def test_secret_values_never_appear_in_errors(mutation: Any) -> None:
     with pytest.raises(InvalidSpec) as info:
@@ -406,6 +414,8 @@ def test_secret_values_never_appear_in_errors(mutation: Any) -> None:
     message = str(info.value)
     assert SECRET not in message and "12345" not in message
     assert all(SECRET not in p.value and SECRET not in p.rule for p in info.value.problems)
+    # nor in a traceback: pydantic's own error, which quotes every input, is not chained to it
+    assert SECRET not in "".join(traceback.format_exception(info.value))
 
 
 # --- config: secrets must be Pulumi secrets; the same spec from a file and from the Automation API --
