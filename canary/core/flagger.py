@@ -106,7 +106,7 @@ def convert(
     analysis = _analysis(analysis_in, notes)
     if "skipAnalysis" in spec:
         analysis["skipAnalysis"] = spec["skipAnalysis"]
-    metric_templates = _templates(templates_in, notes)
+    metric_templates, template_namespaces = _templates(templates_in, notes)
     _check_template_refs(analysis, metric_templates)
     app["image"] = stable_image
     values = {
@@ -125,13 +125,17 @@ def convert(
     try:
         imported = parse_stack(values, "imported Flagger manifests")
     except InvalidSpec as exc:
-        problems = [Problem(_manifest_field(p.field), p.value, p.rule) for p in exc.problems]
+        problems = [Problem(_manifest_field(p.field, gateway_given=parent_ref is not None), p.value, p.rule) for p in exc.problems]
         raise InvalidSpec(problems, exc.source) from None
+    _check_template_namespaces(analysis, template_namespaces, meta.get("namespace"))
     return ImportResult(imported, tuple(notes))
 
 
-def _manifest_field(field: str) -> str:
-    """The manifest field a field of the imported spec came from: ``analysis.interval`` -> ``spec.analysis.interval``."""
+def _manifest_field(field: str, gateway_given: bool = False) -> str:
+    """The manifest field a field of the imported spec came from: ``analysis.interval`` -> ``spec.analysis.interval``
+    (the parentRef comes from ``--gateway`` when it was given)."""
+    if gateway_given and field.startswith("gateway.parentRefs"):
+        return "--gateway"
     if field.startswith("metricTemplates."):
         name, _, rest = field.removeprefix("metricTemplates.").partition(".")
         return f"MetricTemplate {name}: spec.{rest}" if rest else f"MetricTemplate {name}"
@@ -184,6 +188,21 @@ def _check_template_refs(analysis: Mapping[str, Any], metric_templates: Mapping[
         raise InvalidSpec(problems, "Flagger manifests")
 
 
+def _check_template_namespaces(analysis: Mapping[str, Any], namespaces: Mapping[str, str | None], canary_namespace: str | None) -> None:
+    """Each templateRef's namespace (the Canary's when it names none, as Flagger reads it) is the one of the
+    MetricTemplate given by that name. Checked once the Canary itself is valid (its namespace among it)."""
+    problems = []
+    for i, metric in enumerate(analysis.get("metrics", [])):
+        ref = metric.get("templateRef")
+        if ref is not None:
+            wanted, found = ref.get("namespace") or canary_namespace, namespaces.get(ref["name"])
+            if wanted and found and wanted != found:
+                problems.append(Problem(f"spec.analysis.metrics[{i}].templateRef.namespace", str(wanted),
+                                        f"names MetricTemplate {wanted}/{ref['name']}, but the one given is {found}/{ref['name']}; pass that one"))
+    if problems:
+        raise InvalidSpec(problems, "Flagger manifests")
+
+
 def _api(manifest: Mapping[str, Any]) -> None:
     api = str(manifest.get("apiVersion", ""))
     if not api.startswith("flagger.app/"):
@@ -199,8 +218,16 @@ def _unsupported(path: str, data: Mapping[str, Any], known: set[str], notes: lis
 def _gateway(service: Mapping[str, Any], parent_ref: Mapping[str, str] | None, notes: list[str]) -> dict[str, Any]:
     refs = [dict(parent_ref)] if parent_ref else []
     if not refs:
-        for ref in _mappings(service.get("gatewayRefs"), "spec.service.gatewayRefs"):
+        for i, ref in enumerate(_mappings(service.get("gatewayRefs"), "spec.service.gatewayRefs")):
+            kind, group = ref.get("kind", "Gateway"), ref.get("group", "gateway.networking.k8s.io")
+            if (kind, group) != ("Gateway", "gateway.networking.k8s.io"):
+                # a parent of another kind (a mesh's Service) cannot carry canary's route: refused, not turned into a Gateway
+                raise InvalidSpec([Problem(f"spec.service.gatewayRefs[{i}]", f"{group or 'core'}/{kind}",
+                                           "must be a Gateway (gateway.networking.k8s.io): canary routes through a Gateway API Gateway")], "Canary")
             refs.append({k: ref[k] for k in ("name", "namespace", "sectionName", "port") if k in ref})
+            for key in ref:
+                if key not in ("name", "namespace", "sectionName", "port", "kind", "group"):
+                    notes.append(f"spec.service.gatewayRefs[{i}].{key}: not supported by canary; ignored")
     if not refs:
         refs = [{"name": PLACEHOLDER_GATEWAY}]
         notes.append(f"gateway.parentRefs: the Canary has no spec.service.gatewayRefs; written as {PLACEHOLDER_GATEWAY}, set it")
@@ -269,13 +296,22 @@ def _analysis(data: Mapping[str, Any], notes: list[str]) -> dict[str, Any]:
     return out
 
 
-def _templates(manifests: list[dict[str, Any]], notes: list[str]) -> dict[str, Any]:
+def _templates(manifests: list[dict[str, Any]], notes: list[str]) -> tuple[dict[str, Any], dict[str, str | None]]:
+    """The templates as canary's ``metricTemplates`` (keyed by name), and each one's namespace."""
     out: dict[str, Any] = {}
+    namespaces: dict[str, str | None] = {}
     for manifest in manifests:
         _api(manifest)
-        name = _mapping(manifest.get("metadata"), "metadata", "MetricTemplate").get("name")
+        metadata = _mapping(manifest.get("metadata"), "metadata", "MetricTemplate")
+        name = metadata.get("name")
         if not name:
             raise InvalidSpec([Problem("metadata.name", "nothing", "is required: Canary metrics reference the template by it")], "MetricTemplate")
+        if name in out:
+            # canary's metricTemplates are keyed by name alone: one would silently replace the other
+            where = " and ".join(str(ns or "(no namespace)") for ns in (namespaces[name], metadata.get("namespace")))
+            raise InvalidSpec([Problem(f"MetricTemplate {name}", f"given twice ({where})",
+                                       "must be given once: canary keys templates by name; pass only the one the Canary's templateRef names")], "MetricTemplate")
+        namespaces[name] = metadata.get("namespace")
         spec = _mapping(manifest.get("spec"), f"MetricTemplate {name}: spec", "MetricTemplate")
         provider = _mapping(spec.get("provider"), f"MetricTemplate {name}: spec.provider", "MetricTemplate")
         _unsupported(f"MetricTemplate {name}: spec", spec, {"provider", "query"}, notes)
@@ -291,4 +327,4 @@ def _templates(manifests: list[dict[str, Any]], notes: list[str]) -> dict[str, A
             if key not in ("type", "address", "secretRef"):
                 notes.append(f"MetricTemplate {name}: spec.provider.{key}: not supported by canary; ignored")
         out[name] = {"provider": out_provider, "query": spec.get("query", "")}
-    return out
+    return out, namespaces

@@ -624,6 +624,44 @@ def test_gateway_refs_and_hosts_carry_over() -> None:
     assert gateway.parent_refs[0].model_dump(exclude_none=True) == {"name": "public", "namespace": "gateway", "section_name": "https", "port": 443}
 
 
+def test_two_templates_of_one_name_are_refused_not_one_silently_replaced() -> None:
+    other = _template()
+    other["metadata"]["namespace"] = "other"
+    other["spec"]["provider"]["address"] = "http://prom-b:9090"
+    with pytest.raises(InvalidSpec) as info:
+        flagger.convert([_canary(), _template(), other])
+    (problem,) = info.value.problems
+    assert problem.field == "MetricTemplate error-rate" and "prod and other" in problem.value and "must be given once" in problem.rule
+
+
+def test_a_template_ref_to_another_namespace_than_the_template_given_is_refused() -> None:
+    doc, template = _canary(), _template()
+    doc["spec"]["analysis"]["metrics"][0]["templateRef"]["namespace"] = "flagger"
+    with pytest.raises(InvalidSpec) as info:
+        flagger.convert([doc, template])
+    assert [(p.field, p.value) for p in info.value.problems] == [("spec.analysis.metrics[0].templateRef.namespace", "flagger")]
+    assert "the one given is prod/error-rate" in info.value.problems[0].rule
+    template["metadata"]["namespace"] = "flagger"  # the one it names: taken
+    assert flagger.convert([doc, template]).spec.release_spec("web").metric_templates["error-rate"]
+
+
+def test_a_gateway_ref_that_is_not_a_gateway_is_refused_and_unknown_keys_are_noted() -> None:
+    doc = _canary()
+    doc["spec"]["service"]["gatewayRefs"] = [{"name": "mesh", "kind": "Service", "group": ""}]
+    with pytest.raises(InvalidSpec) as info:
+        flagger.convert([doc, _template()])
+    assert [(p.field, p.value) for p in info.value.problems] == [("spec.service.gatewayRefs[0]", "core/Service")]
+    doc["spec"]["service"]["gatewayRefs"] = [{"name": "public", "kind": "Gateway", "group": "gateway.networking.k8s.io", "weight": 1}]
+    result = flagger.convert([doc, _template()])
+    assert "spec.service.gatewayRefs[0].weight: not supported by canary; ignored" in result.notes
+
+
+def test_a_bad_gateway_option_is_named_as_the_option() -> None:
+    with pytest.raises(InvalidSpec) as info:
+        flagger.convert([_canary(), _template()], parent_ref={"name": "Public"})
+    assert [p.field for p in info.value.problems] == ["--gateway"]
+
+
 def test_unsupported_fields_are_reported_by_name() -> None:
     doc = _canary()
     doc["spec"]["progressDeadlineSeconds"] = 60
