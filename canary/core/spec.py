@@ -244,6 +244,11 @@ class PodMonitor(_Model):
     interval: Duration = timedelta(seconds=15)
     path: str = "/metrics"
 
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, v: str) -> str:
+        return Probe._absolute(v)
+
 
 class Prometheus(_Model):
     address: str
@@ -290,8 +295,11 @@ class Prometheus(_Model):
 
 
 def _check_url(v: str) -> str:
-    if not re.match(r"^https?://[^\s/:?#]+(:\d{1,5})?(/[^\s]*)?$", v):
+    port = re.match(r"^https?://[^\s/:?#]+(:(\d{1,5}))?(/[^\s]*)?$", v)
+    if not port:
         raise ValueError("must be an http:// or https:// URL")
+    if port.group(2) is not None and not 1 <= int(port.group(2)) <= 65535:
+        raise ValueError(f"must be an http:// or https:// URL; its port {port.group(2)} is not one (1-65535)")
     return v
 
 
@@ -760,7 +768,7 @@ class StackSpec(_Model):
     stable_image: Image | None = None
     apps: dict[AppName, AppConfig] = {}
     prometheus: Prometheus | None = None
-    metric_templates: dict[str, MetricTemplate] = {}
+    metric_templates: dict[DnsLabel, MetricTemplate] = {}
     rollout: Rollout = Rollout.CHECKED
     #: written by canary into a release's config file only: what each track runs (see ARCHITECTURE.md)
     release: dict[str, Any] | None = None
@@ -801,7 +809,7 @@ class ReleaseSpec(_Model):
     gateway: Gateway
     analysis: Analysis
     prometheus: Prometheus | None = None
-    metric_templates: dict[str, MetricTemplate] = {}
+    metric_templates: dict[DnsLabel, MetricTemplate] = {}
     rollout: Rollout = Rollout.CHECKED
 
     @property
@@ -899,11 +907,12 @@ def _analysis_problems(analysis: Analysis, field: str, metric_templates: Mapping
         problems.append(Problem("prometheus.address", "None", "must be set: minRequests counts requests in the stack's Prometheus"))
     elif prometheus is None and any(m.judge is not None or m.compare is not None for m in analysis.metrics if m.template_ref is None):
         problems.append(Problem("prometheus.address", "None", "must be set: comparisons query the stack's Prometheus"))
-    names: set[str] = set()
-    for i, hook in enumerate(analysis.webhooks):
-        if hook.name in names:
-            problems.append(Problem(f"{field}.webhooks[{i}].name", hook.name, "must be unique among analysis.webhooks"))
-        names.add(hook.name)
+    for section, items in (("webhooks", analysis.webhooks), ("alerts", analysis.alerts)):
+        names: set[str] = set()
+        for i, item in enumerate(items):
+            if item.name in names:  # the journal and `canary history` tell them apart by name
+                problems.append(Problem(f"{field}.{section}[{i}].name", item.name, f"must be unique among analysis.{section}"))
+            names.add(item.name)
     if analysis.mirror_weight is not None and not analysis.mirror:
         problems.append(Problem(f"{field}.mirrorWeight", str(analysis.mirror_weight), "needs mirror: true"))
     if analysis.mirror and analysis.kind is Strategy.AB:

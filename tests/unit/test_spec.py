@@ -231,6 +231,11 @@ INVALID = [
      "analysis.match[0]", "query parameter name 'a b'", "queryParams"),
     ("webhook-cmd-unbalanced-quote", set_path("analysis.webhooks.0.cmd", "hey 'x"), "analysis.webhooks[0].cmd", "cannot be split into a command line", "hey 'x"),
     ("webhook-cmd-blank", set_path("analysis.webhooks.0.cmd", "''"), "analysis.webhooks[0].cmd", "must name a command", "''"),
+    ("prometheus-address-port-out-of-range", set_path("prometheus.address", "http://prometheus:99999"), "prometheus.address", "its port 99999 is not one", "99999"),
+    ("pod-monitor-path-relative", set_path("prometheus.podMonitor", {"path": "metrics"}), "prometheus.podMonitor.path", "starting with '/'", "'metrics'"),
+    ("metric-template-key-not-dns", set_path("metricTemplates.Error Rate", {"query": "up"}), "metricTemplates.Error Rate[key]", "DNS-1123 label", "'Error Rate'"),
+    ("alert-names-not-unique", set_path("analysis.alerts", [{"name": "chat", "type": "slack", "url": "<encrypted>"}, {"name": "chat", "type": "msteams", "url": "<encrypted>"}]),
+     "analysis.alerts[1].name", "must be unique among analysis.alerts", "chat"),
 ]
 
 
