@@ -60,7 +60,16 @@ DnsName = Annotated[str, AfterValidator(units.check_dns_subdomain)]
 Hostname = Annotated[str, AfterValidator(units.check_hostname)]
 Image = Annotated[str, AfterValidator(units.check_image)]
 Quantity = Annotated[str, BeforeValidator(units.check_quantity)]
-StepWeight = Annotated[int, Field(ge=1, le=100)]
+def _not_bool(v: object) -> object:
+    if isinstance(v, bool):  # pydantic reads true as 1: a count or a weight is never true or false
+        raise ValueError("must be a number, not true or false")
+    return v
+
+
+#: an integer field's value: a number (or its text, as `pulumi config set` stores it), never a boolean
+Int = Annotated[int, BeforeValidator(_not_bool)]
+Float = Annotated[float, BeforeValidator(_not_bool)]
+StepWeight = Annotated[int, BeforeValidator(_not_bool), Field(ge=1, le=100)]
 
 _ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
@@ -100,10 +109,10 @@ class Probe(_Model):
     """An HTTP GET probe against the container port."""
 
     path: str = "/healthz"
-    initial_delay_seconds: int = Field(0, ge=0)
-    period_seconds: int = Field(10, ge=1)
-    timeout_seconds: int = Field(1, ge=1)
-    failure_threshold: int = Field(3, ge=1)
+    initial_delay_seconds: Int = Field(0, ge=0)
+    period_seconds: Int = Field(10, ge=1)
+    timeout_seconds: Int = Field(1, ge=1)
+    failure_threshold: Int = Field(3, ge=1)
 
     @field_validator("path")
     @classmethod
@@ -135,8 +144,8 @@ class SecretData(_Model):
 class Autoscaler(_Model):
     """A HorizontalPodAutoscaler (autoscaling/v2) for each track, as Flagger's autoscalerRef."""
 
-    min_replicas: int = Field(1, ge=1, le=1000)
-    max_replicas: int = Field(ge=1, le=1000)
+    min_replicas: Int = Field(1, ge=1, le=1000)
+    max_replicas: Int = Field(ge=1, le=1000)
     metrics: list[dict[str, Any]] = []
     behavior: dict[str, Any] | None = None
 
@@ -185,11 +194,11 @@ class App(_Model):
     create_namespace: bool = False
     #: the main container's image: what a release changes most often
     image: Image | None = None
-    replicas: int = Field(1, ge=1, le=1000)
+    replicas: Int = Field(1, ge=1, le=1000)
     #: the canary's size; unset: sized by its weight, ceil(replicas × weight / 100), at least 1
-    canary_replicas: int | None = Field(None, ge=1, le=1000)
-    port: int | None = Field(None, ge=1, le=65535, description="the container port the Services target")
-    service_port: int = Field(80, ge=1, le=65535)
+    canary_replicas: Int | None = Field(None, ge=1, le=1000)
+    port: Int | None = Field(None, ge=1, le=65535, description="the container port the Services target")
+    service_port: Int = Field(80, ge=1, le=65535)
     # the simple form of a one-container pod
     resources: Resources = Resources()
     probes: Probes = Probes()
@@ -230,7 +239,7 @@ class ParentRef(_Model):
     name: DnsLabel
     namespace: DnsLabel | None = None
     section_name: DnsLabel | None = None
-    port: int | None = Field(None, ge=1, le=65535)
+    port: Int | None = Field(None, ge=1, le=65535)
 
 
 class Gateway(_Model):
@@ -328,8 +337,8 @@ class MetricTemplate(_Model):
 
 
 class ThresholdRange(_Model):
-    min: float | None = None
-    max: float | None = None
+    min: Float | None = None
+    max: Float | None = None
 
     @model_validator(mode="after")
     def _bounds(self) -> ThresholdRange:
@@ -402,17 +411,17 @@ class Judge(_Model):
     """A Mann–Whitney comparison of the canary's and stable's samples over the window (Kayenta's)."""
 
     test: Literal["mann-whitney"] = "mann-whitney"
-    confidence: float = Field(0.98, gt=0.5, lt=1)
+    confidence: Float = Field(0.98, gt=0.5, lt=1)
     #: the confidence interval of the shift must clear tolerance × |shift| (Kayenta's 0.25)
-    tolerance: float = Field(0.25, ge=0, le=10)
+    tolerance: Float = Field(0.25, ge=0, le=10)
     direction: Direction = Direction.INCREASE
     #: the smallest ratio of means (canary / stable) that counts as worse; 1.0 = any shift in that direction
-    allowed_increase: float = Field(1.0, ge=1)
-    allowed_decrease: float = Field(1.0, gt=0, le=1)
+    allowed_increase: Float = Field(1.0, ge=1)
+    allowed_decrease: Float = Field(1.0, gt=0, le=1)
     #: the spacing of the samples taken from query_range
     step: Duration = timedelta(seconds=5)
     #: fewer samples than this on either side: no verdict (no data)
-    min_samples: int = Field(10, ge=3)
+    min_samples: Int = Field(10, ge=3)
 
 
 class Metric(_Model):
@@ -430,7 +439,7 @@ class Metric(_Model):
     #: evaluated and recorded, never acted on
     dry_run: bool = False
     #: the metric's weight in the release score (analysis.score)
-    weight: float = Field(1.0, gt=0, le=100)
+    weight: Float = Field(1.0, gt=0, le=100)
     #: with analysis.score: a failure of this metric fails the tick whatever the score
     critical: bool = False
 
@@ -635,8 +644,8 @@ class Strategy(enum.StrEnum):
 class Score(_Model):
     """The release score (Kayenta's): 100 × the weight of passing metrics over all judged ones."""
 
-    pass_: float = Field(95, ge=0, le=100, alias="pass")
-    marginal: float = Field(75, ge=0, le=100)
+    pass_: Float = Field(95, ge=0, le=100, alias="pass")
+    marginal: Float = Field(75, ge=0, le=100)
 
     @model_validator(mode="after")
     def _order(self) -> Score:
@@ -650,25 +659,25 @@ class Analysis(_Model):
     strategy: Strategy | None = None
     interval: Duration = timedelta(minutes=1)
     #: failed checks in a row before rollback (the seed's count)
-    threshold: int = Field(5, ge=1, le=1000)
+    threshold: Int = Field(5, ge=1, le=1000)
     #: failed checks in all before rollback (Flagger's count); default: threshold
-    failure_limit: int | None = Field(None, ge=1, le=1000)
+    failure_limit: Int | None = Field(None, ge=1, le=1000)
     step_weight: StepWeight | None = None
     max_weight: StepWeight = 50
     step_weights: list[StepWeight] | None = None
-    iterations: int | None = Field(None, ge=1, le=1000)
+    iterations: Int | None = Field(None, ge=1, le=1000)
     match: list[HTTPMatch] | None = None
     mirror: bool = False
-    mirror_weight: int | None = Field(None, ge=1, le=100)
+    mirror_weight: Int | None = Field(None, ge=1, le=100)
     session_affinity: SessionAffinity | None = None
     skip_analysis: bool = False
-    min_requests: int | None = Field(None, ge=1)
+    min_requests: Int | None = Field(None, ge=1)
     #: after each shift, no data does not count until the canary has samples or this passed
     warmup: DurationOrZero = timedelta(seconds=30)
     #: how long no data (onNoData: hold) or too little evidence may hold a step; then it fails. Default 10 intervals
     hold_limit: Duration | None = None
     #: one-sided confidence of the evidence bound on rate metrics
-    confidence: float = Field(0.95, ge=0.5, le=0.9999)
+    confidence: Float = Field(0.95, ge=0.5, le=0.9999)
     score: Score | None = None
     #: how long an inconclusive release waits for canary promote or abort before it rolls back
     decision_timeout: Duration = timedelta(hours=1)

@@ -234,6 +234,9 @@ INVALID = [
     ("prometheus-address-port-out-of-range", set_path("prometheus.address", "http://prometheus:99999"), "prometheus.address", "its port 99999 is not one", "99999"),
     ("pod-monitor-path-relative", set_path("prometheus.podMonitor", {"path": "metrics"}), "prometheus.podMonitor.path", "starting with '/'", "'metrics'"),
     ("metric-template-key-not-dns", set_path("metricTemplates.Error Rate", {"query": "up"}), "metricTemplates.Error Rate[key]", "DNS-1123 label", "'Error Rate'"),
+    ("threshold-boolean", set_path("analysis.threshold", True), "analysis.threshold", "must be a number, not true or false", "True"),
+    ("threshold-range-boolean", set_path("analysis.metrics.1.thresholdRange", {"max": True}), "analysis.metrics[1].thresholdRange.max", "not true or false", "True"),
+    ("step-weight-boolean", set_path("analysis.stepWeight", True), "analysis.stepWeight", "not true or false", "True"),
     ("alert-names-not-unique", set_path("analysis.alerts", [{"name": "chat", "type": "slack", "url": "<encrypted>"}, {"name": "chat", "type": "msteams", "url": "<encrypted>"}]),
      "analysis.alerts[1].name", "must be unique among analysis.alerts", "chat"),
 ]
@@ -541,3 +544,9 @@ def test_a_top_level_analysis_belongs_to_the_one_app_a_program_declares() -> Non
     gateway = Gateway.model_validate({"parentRefs": [{"name": "public"}]})
     release = spec.release_spec("shop-web", app, gateway)
     assert release.app.name == "shop-web" and release.analysis.threshold == 3
+
+
+def test_a_number_given_as_text_is_still_a_number_but_a_boolean_is_not() -> None:
+    # `pulumi config set --path` stores a value as text: "3" is three replicas, true is no count at all
+    assert parse_spec(values_with(set_path("app.replicas", "3"))).app.replicas == 3
+    assert parse_spec(values_with(set_path("analysis.metrics.1.thresholdRange", {"max": "1.5"}))).analysis.metrics[1].threshold_range.max == 1.5  # type: ignore[union-attr]
