@@ -136,7 +136,7 @@ def _parent_ref(text: str | None) -> dict[str, str] | None:
 @main.command("import-flagger")
 @click.argument("manifests", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--stable-image", help="The app's image (Flagger keeps it in the Deployment, not the Canary).")
-@click.option("--gateway", help="Gateway parentRef as NAME[.NAMESPACE][:SECTION], when the Canary has no gatewayRefs.")
+@click.option("--gateway", help="Gateway parentRef as NAME[.NAMESPACE][:SECTION]; replaces the Canary's gatewayRefs (a note says so).")
 def import_flagger(manifests: tuple[Path, ...], stable_image: str | None, gateway: str | None) -> None:
     """Print the stack config equivalent to a Flagger Canary and its MetricTemplates.
 

@@ -10,6 +10,7 @@ Reading and parsing the files is the caller's job (the stack-file adapter).
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +42,7 @@ FLAGGER_ANALYSIS_FIELDS = frozenset({
 #: Where each field of the imported spec came from in the manifests, for problems found when it is validated.
 _ORIGINS = (
     ("analysis.skipAnalysis", "spec.skipAnalysis"),
+    ("analysis.failureLimit", "spec.analysis.threshold"),  # canary's failureLimit is Flagger's threshold, carried over twice
     ("analysis", "spec.analysis"),
     ("app.servicePort", "spec.service.port"),
     ("app.port", "spec.service.targetPort"),
@@ -126,7 +128,7 @@ def convert(
         imported = parse_stack(values, "imported Flagger manifests")
     except InvalidSpec as exc:
         problems = [Problem(_manifest_field(p.field, gateway_given=parent_ref is not None), p.value, p.rule) for p in exc.problems]
-        raise InvalidSpec(problems, exc.source) from None
+        raise InvalidSpec(list(dict.fromkeys(problems)), exc.source) from None  # threshold's, once
     _check_template_namespaces(analysis, template_namespaces, meta.get("namespace"))
     return ImportResult(imported, tuple(notes))
 
@@ -217,6 +219,8 @@ def _unsupported(path: str, data: Mapping[str, Any], known: set[str], notes: lis
 
 def _gateway(service: Mapping[str, Any], parent_ref: Mapping[str, str] | None, notes: list[str]) -> dict[str, Any]:
     refs = [dict(parent_ref)] if parent_ref else []
+    if refs and service.get("gatewayRefs"):
+        notes.append("spec.service.gatewayRefs: replaced by --gateway")
     if not refs:
         for i, ref in enumerate(_mappings(service.get("gatewayRefs"), "spec.service.gatewayRefs")):
             kind, group = ref.get("kind", "Gateway"), ref.get("group", "gateway.networking.k8s.io")
@@ -277,8 +281,14 @@ def _analysis(data: Mapping[str, Any], notes: list[str]) -> dict[str, Any]:
         out_hook: dict[str, Any] = {"name": hook.get("name"), "type": hook.get("type") or "rollout"}
         metadata = _mapping(hook.get("metadata"), f"spec.analysis.webhooks[{i}].metadata")
         if "cmd" in metadata:
-            out_hook["cmd"] = metadata.pop("cmd")
-            metadata.pop("type", None)
+            kind = str(metadata.pop("type", "cmd") or "cmd")
+            if kind not in ("cmd", "bash"):
+                raise InvalidSpec([Problem(f"spec.analysis.webhooks[{i}].metadata.type", kind,
+                                           "must be cmd or bash: canary runs a load tester's command locally, and a "
+                                           f"{kind} hook's cmd is not one (write the whole command as the hook's cmd)")], "Canary")
+            command = str(metadata.pop("cmd"))
+            # the load tester runs type bash through bash -c (pipes and all); canary runs a cmd without a shell
+            out_hook["cmd"] = f"bash -c {shlex.quote(command)}" if kind == "bash" else command
             if hook.get("url"):
                 notes.append(
                     f"spec.analysis.webhooks[{i}].url: {hook['url']} (a Flagger load tester) is replaced by "

@@ -656,6 +656,44 @@ def test_a_gateway_ref_that_is_not_a_gateway_is_refused_and_unknown_keys_are_not
     assert "spec.service.gatewayRefs[0].weight: not supported by canary; ignored" in result.notes
 
 
+def test_the_gateway_option_replaces_the_canary_s_gateway_refs_with_a_note() -> None:
+    doc = _canary()
+    doc["spec"]["service"]["gatewayRefs"] = [{"name": "gw", "namespace": "infra"}]
+    result = flagger.convert([doc, _template()], parent_ref={"name": "public", "namespace": "gw"})
+    gateway = result.spec.gateway
+    assert gateway is not None and [r.name for r in gateway.parent_refs] == ["public"]
+    assert "spec.service.gatewayRefs: replaced by --gateway" in result.notes
+
+
+@pytest.mark.parametrize(("kind", "cmd"), [(None, "hey -z 1m http://web-canary/"), ("cmd", "hey -z 1m http://web-canary/"),
+                                           ("bash", "bash -c 'curl -s http://web-canary/ | grep ok'")])
+def test_a_load_tester_hook_runs_its_command_as_the_load_tester_would(kind: str | None, cmd: str) -> None:
+    doc = _canary()
+    metadata = {"cmd": "curl -s http://web-canary/ | grep ok" if kind == "bash" else "hey -z 1m http://web-canary/"}
+    if kind:
+        metadata["type"] = kind
+    doc["spec"]["analysis"]["webhooks"] = [{"name": "load", "url": "http://flagger-loadtester.test/", "metadata": metadata}]
+    (hook,) = flagger.convert([doc, _template()]).spec.release_spec("web").analysis.webhooks
+    assert hook.cmd == cmd and hook.metadata == {}
+
+
+def test_a_helm_test_hook_is_refused_its_cmd_is_no_command_line() -> None:
+    doc = _canary()
+    doc["spec"]["analysis"]["webhooks"] = [{"name": "helm", "url": "http://flagger-helmtester.kube-system/",
+                                            "metadata": {"type": "helmv3", "cmd": "test podinfo -n test"}}]
+    with pytest.raises(InvalidSpec) as info:
+        flagger.convert([doc, _template()])
+    assert [(p.field, p.value) for p in info.value.problems] == [("spec.analysis.webhooks[0].metadata.type", "helmv3")]
+
+
+def test_a_bad_threshold_is_named_once_as_flagger_spells_it() -> None:
+    doc = _canary()
+    doc["spec"]["analysis"]["threshold"] = "five"
+    with pytest.raises(InvalidSpec) as info:
+        flagger.convert([doc, _template()])
+    assert [p.field for p in info.value.problems] == ["spec.analysis.threshold"]
+
+
 def test_a_bad_gateway_option_is_named_as_the_option() -> None:
     with pytest.raises(InvalidSpec) as info:
         flagger.convert([_canary(), _template()], parent_ref={"name": "Public"})
