@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from canary.adapters import stackfile
+from canary.adapters import files, stackfile
 from canary.adapters.kube import ClusterReader, Kube
 from canary.adapters.prometheus import PrometheusProvider
 from canary.adapters.push import Pusher
@@ -404,7 +404,8 @@ def _release_change(ws: Workspace, name: str, existed: bool, applied: dict[str, 
         import json
 
         export_path = store.cache.dir / "stable-export.json"
-        export_path.write_text(json.dumps(ws.stack.export()))
+        # the stack's whole state: its secrets are ciphertext, the rest is not everyone's to read
+        files.write_text_atomic(export_path, json.dumps(ws.stack.export()), mode=0o600)
         export = str(export_path)
     result_release = build(ws, facts, on_event, **options).start(facts.desired, snapshot, export, why)
     return UpOutcome(name, applied, result_release, f"{name}: release {result_release.release} {result_release.phase.value}", result_release.exit_code)

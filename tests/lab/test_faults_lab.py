@@ -120,9 +120,14 @@ def test_secrets_never_appear_in_any_artefact(lab_stack: LabStack, tmp_path: Pat
     history = lab_stack.cli("history", lab_stack.name, "--json")
     passphrase = lab_stack.layout.passphrase()
     artefacts = {"release stdout": faulty.stdout, "release stderr": faulty.stderr, "status": status.stdout, "history": history.stdout}
+    exports = []
     for path in state_root(lab_stack.project).rglob("*"):
         if path.is_file():
             artefacts[str(path)] = path.read_text(errors="replace")
+        if path.name == "stable-export.json":  # the stack's whole state: its owner's alone
+            exports.append(path)
+            assert path.stat().st_mode & 0o077 == 0, f"{path} is readable by others: {oct(path.stat().st_mode)}"
+    assert exports, "the release kept no export of the stable stack state"
     for obj in lab_stack.kube.list("v1", "ConfigMap", lab_stack.namespace) + lab_stack.kube.list("v1", "Event", lab_stack.namespace):
         artefacts[f"{obj['kind']} {obj['metadata']['name']}"] = str(obj)
     artefacts["stack file"] = (lab_stack.project / "stacks" / f"Pulumi.{lab_stack.name}.yaml").read_text()
