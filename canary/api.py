@@ -35,7 +35,7 @@ from canary.core import backtest as backtesting
 from canary.core import config as stackconfig
 from canary.core import exitcodes, naming, records
 from canary.core.naming import Track
-from canary.core.records import ENDED, PROMOTION, Phase, ReleaseState, TrackPin
+from canary.core.records import ENDED, PROMOTION, SKIPPABLE, Phase, ReleaseState, TrackPin
 from canary.core.spec import App, Gateway, ReleaseSpec, StackSpec
 from canary.errors import CanaryError, InvalidSpec, Problem, StackBusy, StackLocked
 from canary.release.machine import Release, ReleaseResult
@@ -725,7 +725,9 @@ def promote(stack: str, *, app: str | None = None, project_dir: Path | None = No
         raise InvalidSpec([Problem("--force", "with --skip-analysis", "give one: --force promotes a release waiting after a failed tick, --skip-analysis one in any phase")], "promote")
     if (force or skip_analysis) and not reason.strip():
         raise InvalidSpec([Problem("--reason", "nothing", "is required with --force or --skip-analysis: it is journaled")], "promote")
-    allowed = None if skip_analysis else frozenset({Phase.WAITING_PROMOTION, Phase.WAITING_DECISION})
+    # --skip-analysis acts in any phase before promotion (the release takes it there); past it, it would
+    # be written and ignored: refused naming the phase
+    allowed = SKIPPABLE if skip_analysis else frozenset({Phase.WAITING_PROMOTION, Phase.WAITING_DECISION})
 
     def failed_last_tick(name: str, state: ReleaseState) -> None:
         if not (force or skip_analysis) and state.phase is Phase.WAITING_PROMOTION and not state.advance:

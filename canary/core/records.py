@@ -41,6 +41,8 @@ TERMINAL = frozenset({Phase.SUCCEEDED, Phase.FAILED, Phase.ABORTED, Phase.PROMOT
 ENDED = frozenset({Phase.SUCCEEDED, Phase.FAILED, Phase.ABORTED})
 #: Phases in which an abort is refused: the new version passed every check.
 PROMOTION = frozenset({Phase.PROMOTING, Phase.FINALISING})
+#: the phases in which a release takes ``promote --skip-analysis``: before promotion, not rolling back
+SKIPPABLE = frozenset({Phase.INITIALIZING, Phase.PROGRESSING, Phase.WAITING_PROMOTION, Phase.WAITING_DECISION})
 
 
 class Verdict(enum.StrEnum):

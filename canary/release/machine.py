@@ -26,7 +26,7 @@ from typing import Any
 
 from canary.core import analysis, routing, schedule, workload
 from canary.core.naming import Track
-from canary.core.records import ENDED, PROMOTION, TERMINAL, Check, Outcome, Phase, ReleaseState, TrackPin
+from canary.core.records import ENDED, PROMOTION, SKIPPABLE, TERMINAL, Check, Outcome, Phase, ReleaseState, TrackPin
 from canary.core.routing import AT_REST, Affinity, RouteShape
 from canary.core.spec import ReleaseSpec, Severity, Strategy, WebhookType
 from canary.errors import (
@@ -323,7 +323,7 @@ class Release:
                     word = "paused: the step holds, analysis goes on" if paused else "continued"
                     state = self.recorder.save(state.model_copy(update={"paused": paused}), f"release {word} (by {request.get('by') or 'a user'})", Severity.WARN)
         promote = requests.get("promote")
-        if promote is not None and promote.get("skip_analysis") and state.phase in (Phase.INITIALIZING, Phase.PROGRESSING, Phase.WAITING_PROMOTION, Phase.WAITING_DECISION):
+        if promote is not None and promote.get("skip_analysis") and state.phase in SKIPPABLE:
             self._clear("promote")
             if state.phase is Phase.INITIALIZING and not state.canary_deployed:
                 self.recorder.event(state, "promote --skip-analysis waits until the canary is deployed")

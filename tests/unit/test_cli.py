@@ -220,3 +220,23 @@ def test_a_wait_of_nan_or_infinite_seconds_is_refused_naming_the_option(option: 
     done = _cli("up", "dev", option, value)
     assert done.returncode == 2, done.stdout + done.stderr
     assert f"Invalid value for '{option}'" in done.stderr and value in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize(("phase", "refused"), [("Initializing", False), ("Progressing", False), ("WaitingDecision", False),
+                                                ("Promoting", True), ("Finalising", True), ("RollingBack", True), ("PromotedUnverified", True)])
+def test_promote_skip_analysis_is_refused_past_analysis_where_the_release_would_ignore_it(phase: str, refused: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    from canary import api
+    from canary.core.records import Phase, ReleaseState
+    from canary.errors import InvalidSpec
+
+    state = ReleaseState(release="r1", stack="prod", app="web", phase=Phase(phase), weight=20)
+    asked: list[str] = []
+    store = type("Store", (), {"load": lambda self: state, "request": lambda self, kind, release, **f: asked.append(kind)})()
+    monkeypatch.setattr(api, "_store", lambda stack, *a, **k: (None, "web", store))
+    if refused:
+        with pytest.raises(InvalidSpec, match=f"release r1 is {phase}: promote applies in"):
+            api.promote("prod", skip_analysis=True, reason="hotfix")
+        assert asked == []
+    else:
+        assert api.promote("prod", skip_analysis=True, reason="hotfix") == "r1"
+        assert asked == ["promote"]
