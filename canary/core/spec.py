@@ -243,8 +243,19 @@ class ParentRef(_Model):
 
 
 class Gateway(_Model):
-    parent_refs: list[ParentRef] = Field(min_length=1)
-    hostnames: list[Hostname] = []
+    parent_refs: list[ParentRef] = Field(min_length=1, max_length=32)
+    hostnames: list[Hostname] = Field([], max_length=16)
+
+    @model_validator(mode="after")
+    def _distinct(self) -> Gateway:
+        # the Gateway API refuses a repeated parentRef or hostname when the route is applied: refused here first
+        refs = [f"{r.name}{f'.{r.namespace}' if r.namespace else ''}{f':{r.section_name}' if r.section_name else ''}{f' port {r.port}' if r.port else ''}"
+                for r in self.parent_refs]
+        for what, items in (("parentRefs", refs), ("hostnames", list(self.hostnames))):
+            repeated = sorted({item for item in items if items.count(item) > 1})
+            if repeated:
+                raise ValueError(f"{what} must be distinct: {', '.join(repeated)} is given twice")
+        return self
 
 
 class PodMonitor(_Model):
@@ -965,7 +976,7 @@ def _stack_problems(spec: StackSpec) -> list[Problem]:
                 problems.append(Problem(at("app.image"), "nothing", "is required: the image the app runs"))
         problems += _analysis_problems(config.analysis, at("analysis"), spec.metric_templates, spec.prometheus)
         for i, alert in enumerate(config.analysis.alerts):
-            if alert.url.get_secret_value() and not alert.url.get_secret_value().startswith(("http://", "https://", "<")):
+            if not alert.url.get_secret_value().startswith(("http://", "https://", "<")):  # "<…>": ciphertext not decrypted here
                 problems.append(Problem(at(f"analysis.alerts[{i}].url"), "<secret>", "must be an http:// or https:// URL"))
     return problems
 
