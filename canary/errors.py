@@ -19,6 +19,7 @@
     │   ├── StackNotFound            no such stack: the name given is bad input (exit 2)
     │   └── Forbidden                the cluster refused (401/403), or there is no kubeconfig
     ├── StackBusy                    another release holds the app, or one must be resumed first (exit 3)
+    │   └── LeaseLost                this release's process no longer holds the app: it stops, changing nothing
     ├── RouteNotAccepted             the gateway refused the route: traffic did not shift (roll back)
     ├── Cancelled                    an abort or a signal stopped the action in progress
     ├── RollbackPending              stable could not be re-applied; `canary resume` completes it (exit 4)
@@ -116,6 +117,11 @@ class Forbidden(StackError):
 
 class StackBusy(CanaryError):
     """Another release holds the app (its lease), or an unfinished release must be resumed first."""
+
+
+class LeaseLost(StackBusy):
+    """The app's lease was taken by another process (or could not be renewed before it ran out), or the
+    release state was written by another: this release stops where it is, never rolls back over it."""
 
 
 class RouteNotAccepted(CanaryError):

@@ -33,6 +33,7 @@ from canary.errors import (
     CanaryError,
     Cancelled,
     InvalidSpec,
+    LeaseLost,
     Problem,
     RollbackPending,
     StackBusy,
@@ -116,6 +117,7 @@ class Release:
         #: wakes a wait early: a request arrived (promote, pause, continue)
         self._wake = threading.Event()
         self._requests: dict[str, dict[str, Any]] = {}
+        self._skip_waiting = False  # a promote --skip-analysis waiting for the canary, said once
         self._phase = Phase.INITIALIZING
         self._in_up = False
         #: set by resume: the next `up` refreshes first (a killed `up` may have left the cluster ahead of Pulumi)
@@ -226,10 +228,12 @@ class Release:
                 self._state = state
                 self._phase = state.phase
                 if self.lease.lost:
-                    raise StackBusy(f"release {state.release} stopped: {self.lease.lost}")
+                    raise LeaseLost(f"release {state.release} stopped: {self.lease.lost}")
                 state = self._take_requests(state)
                 try:
                     state = self.advance(state)
+                except LeaseLost:
+                    raise  # another process has the app (or its state): nothing more is written or applied from here
                 except RollbackPending as exc:
                     state = self._where(state)
                     state = self.recorder.save(state.model_copy(update={"rollback_pending": True, "reason": str(exc)}), f"rollback pending: {exc}", Severity.ERROR)
@@ -324,11 +328,13 @@ class Release:
                     state = self.recorder.save(state.model_copy(update={"paused": paused}), f"release {word} (by {request.get('by') or 'a user'})", Severity.WARN)
         promote = requests.get("promote")
         if promote is not None and promote.get("skip_analysis") and state.phase in SKIPPABLE:
-            self._clear("promote")
             if state.phase is Phase.INITIALIZING and not state.canary_deployed:
-                self.recorder.event(state, "promote --skip-analysis waits until the canary is deployed")
-                self._requests["promote"] = promote
+                # left in the cluster until it is taken: cleared there, the watch's next report would drop it
+                if not self._skip_waiting:
+                    self.recorder.event(state, "promote --skip-analysis waits until the canary is deployed")
+                    self._skip_waiting = True
                 return state
+            self._clear("promote")
             reason = promote.get("reason", "")
             self.recorder.request(state, "promote --skip-analysis", promote.get("by", ""), reason)
             return self.recorder.save(state.model_copy(update={"phase": Phase.PROMOTING, "forced": f"skip-analysis: {reason}"}),
@@ -377,6 +383,7 @@ class Release:
         refresh = refresh or self._refresh
         if cancellable and self.cancel.is_set():
             raise Cancelled("stopped by an abort")
+        self.lease.fence()  # never an `up` by a release that another process has taken the app from
         self._in_up = cancellable
         try:
             result = self.stack.up(config_file=path, targets=targets, exclude=exclude, refresh=refresh)
@@ -398,7 +405,7 @@ class Release:
             attempt += 1
             try:
                 return action()
-            except Cancelled:
+            except (Cancelled, LeaseLost):
                 raise
             except StackLocked as exc:
                 if self.clock.monotonic() >= lock_deadline:

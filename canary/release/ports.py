@@ -94,6 +94,9 @@ class LeasePort(Protocol):
 
     def start_renewing(self) -> None: ...
 
+    def fence(self) -> None:
+        """Raise LeaseLost when this process no longer holds the app (checked before each change)."""
+
     def release(self) -> None: ...
 
 

@@ -15,6 +15,7 @@ import json
 import os
 import socket
 import threading
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -22,7 +23,7 @@ from typing import Any
 from canary.adapters import processes
 from canary.adapters.kube import Kube
 from canary.core import naming
-from canary.errors import CanaryError, Conflict, StackBusy
+from canary.errors import CanaryError, Conflict, LeaseLost, StackBusy
 
 API = "coordination.k8s.io/v1"
 HOLDER_ANNOTATION = "canary.dev/holder"
@@ -84,6 +85,9 @@ class Lease:
         self._held: dict[str, Any] | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        #: when (monotonic) the lease was last taken or renewed by this process
+        self._renewed = 0.0
         self.lost: str | None = None
 
     def _read(self) -> dict[str, Any] | None:
@@ -101,11 +105,22 @@ class Lease:
             info = json.loads(((obj.get("metadata") or {}).get("annotations") or {}).get(HOLDER_ANNOTATION, "{}"))
         except ValueError:
             info = {}
+        if not isinstance(info, dict):  # written by something else than canary: the identity still says who
+            info = {}
+        identity = str(spec["holderIdentity"]).split("/")
+        try:
+            pid = int(info.get("pid", identity[1] if len(identity) == 3 else 0))
+        except (TypeError, ValueError):
+            pid = 0
         renewed = _parse(spec.get("renewTime")) or _parse(spec.get("acquireTime"))
-        duration = float(spec.get("leaseDurationSeconds") or self.duration)
+        try:
+            duration = float(spec.get("leaseDurationSeconds") or self.duration)
+        except (TypeError, ValueError):
+            duration = self.duration
         left = duration - (_now() - renewed).total_seconds() if renewed is not None else 0.0
         expired = renewed is None or left < 0
-        return Holder(str(info.get("host", "?")), int(info.get("pid", 0)), str(info.get("release", spec["holderIdentity"])),
+        return Holder(str(info.get("host", identity[0] if len(identity) == 3 else "?")), pid,
+                      str(info.get("release", identity[2] if len(identity) == 3 else spec["holderIdentity"])),
                       str(info.get("acquired", spec.get("acquireTime", ""))), str(spec.get("renewTime", "")), expired, left)
 
     def _body(self, release: str, base: dict[str, Any] | None) -> dict[str, Any]:
@@ -130,6 +145,7 @@ class Lease:
         if obj is None:
             try:
                 self._held = self.kube.create(self._body(release, None))
+                self._renewed = time.monotonic()
                 return None
             except Conflict as exc:
                 raise StackBusy(f"app {self.app} is busy: another release took its lease just now") from exc
@@ -143,19 +159,26 @@ class Lease:
             self._held = self.kube.replace(self._body(release, obj))
         except Conflict as exc:
             raise StackBusy(f"app {self.app} is busy: another process took its lease just now") from exc
+        self._renewed = time.monotonic()
         return previous
 
     def _mine(self, holder: Holder) -> bool:
         return holder.host == socket.gethostname() and holder.pid == os.getpid()
 
     def renew(self) -> None:
-        """Renew the lease held; a lease lost to another holder is noted in ``lost``."""
+        """Renew the lease held; a lease lost to another holder is noted in ``lost``. The write carries the
+        version this process last wrote: when it is taken, nobody took the lease meanwhile."""
+        with self._lock:
+            self._renew()
+
+    def _renew(self) -> None:
         if self._held is None:
             return
         body = dict(self._held)
         body["spec"] = {**body["spec"], "renewTime": _micro(_now())}
         try:
             self._held = self.kube.replace(body)
+            self._renewed = time.monotonic()
         except Conflict:
             current = self._read()
             holder = self._holder(current) if current else None
@@ -164,7 +187,17 @@ class Lease:
                 self._held = None
                 return
             self._held = current
+            self._renew()
+
+    def fence(self) -> None:
+        """Before a change to the cluster: raise ``LeaseLost`` when this process no longer holds the lease.
+        A lease not renewed for two renewal periods (the cluster did not answer) is renewed first: a
+        contender may have taken it once it ran out, and only a renewal that succeeds proves it did not.
+        When the cluster does not answer that either, ``ClusterUnreachable``: the change would fail too."""
+        if self._held is not None and time.monotonic() - self._renewed > 2 * self.renew_every:
             self.renew()
+        if self.lost:
+            raise LeaseLost(f"this release no longer holds app {self.app}: {self.lost}")
 
     def start_renewing(self) -> None:
         def loop() -> None:

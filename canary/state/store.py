@@ -28,7 +28,7 @@ from typing import Any
 from canary.adapters.kube import Kube
 from canary.core import naming, records
 from canary.core.naming import Track
-from canary.errors import CanaryError, ClusterUnreachable, Conflict
+from canary.errors import CanaryError, ClusterUnreachable, Conflict, LeaseLost
 from canary.state.cache import Cache
 
 CHUNK_BYTES = 256 * 1024
@@ -54,6 +54,8 @@ class ReleaseStore:
         self.stack = stack
         self.cache = cache
         self._state_version: str | None = None
+        #: the state this process last sent without hearing whether the cluster took it
+        self._state_sent: str | None = None
         self._chunk: dict[str, Any] | None = None  # the journal chunk last written: name, lines, version
         self._lock = threading.Lock()
         self._deployment_uid: str | None = None
@@ -73,7 +75,9 @@ class ReleaseStore:
             self._state_version = obj["metadata"]["resourceVersion"]
             text = (obj.get("data") or {}).get("state.json")
             remote = json.loads(text) if text else None
-        if local and (remote is None or (self.cache.unsent() and _same_release_newer(local, remote))):
+        # the local copy wins only with records the cluster did not take yet (written while it did not
+        # answer): a cluster without state (its ConfigMap deleted, the namespace made again) is believed
+        if local and self.cache.unsent() and (remote is None or _same_release_newer(local, remote)):
             return records.parse_state(local)
         return records.parse_state(remote) if remote else None
 
@@ -94,12 +98,28 @@ class ReleaseStore:
                 self._state_version = self.kube.create(body)["metadata"]["resourceVersion"]
                 return
             body["metadata"]["resourceVersion"] = existing["metadata"]["resourceVersion"]
+        text = body["data"]["state.json"]
         try:
             self._state_version = self.kube.replace(body)["metadata"]["resourceVersion"]
+            self._state_sent = None
         except Conflict:
-            # someone wrote the state since it was read: only a holder of the lease may; say who
             current = self.kube.get("v1", "ConfigMap", name, self.namespace) or {}
-            self._state_version = (current.get("metadata") or {}).get("resourceVersion")
+            held = (current.get("data") or {}).get("state.json")
+            if held is not None and held == self._state_sent:
+                # this process's own write, taken by the cluster though its answer was lost: carry on from it
+                self._state_version = (current.get("metadata") or {}).get("resourceVersion")
+                self._state_sent = text
+                body["metadata"]["resourceVersion"] = self._state_version
+                self._state_version = self.kube.replace(body)["metadata"]["resourceVersion"]
+                self._state_sent = None
+                return
+            # someone else wrote it: only a holder of the lease may, so this release no longer holds the app.
+            # The version read stays the old one: no later save of this process overwrites theirs.
+            theirs = records.parse_state(json.loads(held)) if held else None
+            said = f"release {theirs.release} in phase {theirs.phase}" if theirs is not None else "nothing (it was deleted)"
+            raise LeaseLost(f"the release state of {self.app} was written by another process since this one wrote it: it holds {said}") from None
+        except ClusterUnreachable:
+            self._state_sent = text  # it may have been taken: the next write tells
             raise
 
     # --- the journal ---------------------------------------------------------------------------
@@ -119,8 +139,14 @@ class ReleaseStore:
         pending = self.cache.unsent()
         if not pending:
             return
-        for data in pending:
-            self._send(data)
+        for i, data in enumerate(pending):
+            try:
+                self._send(data)
+            except ClusterUnreachable:
+                self.cache.clear_unsent()  # what went is not sent again: only what is left stays unsent
+                for left in pending[i:]:
+                    self.cache.keep_unsent(left)
+                raise
         self.cache.clear_unsent()
         local = self.cache.load_state()
         if local is not None:

@@ -19,7 +19,7 @@ from canary.core.naming import Track
 from canary.core.records import HookResult, TrackPin
 from canary.core.routing import GatewayClass, RouteShape, RouteState
 from canary.core.spec import ReleaseSpec, parse_spec
-from canary.errors import ClusterUnreachable, MetricError, NoValues, StackLocked
+from canary.errors import ClusterUnreachable, LeaseLost, MetricError, NoValues, StackLocked
 from canary.release.machine import Release
 from canary.release.ports import AppFacts
 
@@ -272,6 +272,10 @@ class FakeLease:
 
     def start_renewing(self) -> None:
         pass
+
+    def fence(self) -> None:
+        if self.lost:
+            raise LeaseLost(f"this release no longer holds the app: {self.lost}")
 
     def release(self) -> None:
         self.held = None

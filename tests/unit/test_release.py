@@ -10,7 +10,7 @@ import pytest
 
 from canary.core.records import Phase
 from canary.core.routing import GatewayClass, RouteShape
-from canary.errors import InvalidSpec, MetricError, ProviderUnreachable, StackBusy
+from canary.errors import InvalidSpec, LeaseLost, MetricError, ProviderUnreachable, StackBusy
 from tests.unit.fakes import NEW, STABLE, FakeCluster, FakeHooks, Metrics, make
 
 
@@ -656,3 +656,44 @@ def test_a_snapshot_this_version_refuses_gives_way_to_the_stack_file_and_says_wh
     ws_ok = SimpleNamespace(spec=None, stack=SimpleNamespace(config=lambda text: {f"canary:{k}": v for k, v in base_values().items()}))
     spec, note = api._snapshot_spec(ws_ok, state)  # type: ignore[arg-type]
     assert note == "" and spec is not None and spec.app.name == current.app.name
+
+
+def test_a_release_that_lost_its_app_stops_where_it_is_and_never_rolls_back_over_the_new_holder() -> None:
+    # another machine took the app over (its lease expired while this one could not renew): the next
+    # change is fenced, and the release ends exit 3 without a rollback's `up`s or a state saved after
+    world = make(Metrics(0.0))
+    ups_before_loss: list[int] = []
+
+    def lose_after_two_steps(record: dict[str, Any]) -> None:
+        if record["parts"] == {"route"} and len(world.stack.ups) >= 2 and not world.lease.lost:
+            world.lease.lost = "the lease of web was taken by release r2 by pid 1 on runner-9"
+            ups_before_loss.append(len(world.stack.ups))
+
+    world.stack.on_up = lose_after_two_steps
+    with pytest.raises(LeaseLost, match="runner-9"):
+        world.start()
+    assert ups_before_loss and len(world.stack.ups) == ups_before_loss[0] + 1  # the `up` under way when it was lost, none after
+    saved = world.store.state
+    assert saved is not None and saved.phase is Phase.PROGRESSING and not any(r.type == "decision" and "rolling back" in str(r) for r in world.store.journal)
+
+
+def test_a_skip_analysis_promotion_asked_before_the_canary_is_deployed_is_kept_until_it_is() -> None:
+    # it was cleared in the cluster and kept in memory only; the watch's report of that clear then
+    # replaced the requests held, and the promotion the journal said was waiting never came
+    world = make(Metrics(0.0))
+    asked: list[bool] = []
+
+    def ask_before_the_canary(record: dict[str, Any]) -> None:
+        if not asked:
+            asked.append(True)
+            world.store.request("promote", by="ops", skip_analysis=True, reason="hotfix for incident 42")
+            world.release._take_requests(world.store.state)  # type: ignore[arg-type]  # the loop's look, before the canary is up
+            world.store._listener(world.store.requests(world.store.state.release))  # type: ignore[union-attr,misc]  # the watch reports again
+
+    world.stack.on_up = ask_before_the_canary
+    result = world.start()
+    assert asked and result.phase is Phase.SUCCEEDED
+    assert world.store.state is not None and world.store.state.forced == "skip-analysis: hotfix for incident 42"
+    assert world.cluster.weights_seen == [0], world.cluster.weights_seen  # no step: promoted as soon as the canary was ready
+    waits = [r for r in world.store.journal if "waits until the canary is deployed" in str(r)]
+    assert len(waits) == 1

@@ -16,7 +16,7 @@ import pytest
 
 from canary.core import records
 from canary.core.records import Phase, ReleaseState
-from canary.errors import ClusterUnreachable, Conflict, StackBusy
+from canary.errors import ClusterUnreachable, Conflict, LeaseLost, StackBusy
 from canary.state import store as store_module
 from canary.state.cache import Cache, Legacy
 from canary.state.lease import Lease
@@ -116,14 +116,71 @@ def test_the_state_is_kept_in_the_app_s_namespace_and_read_back(tmp_path: Path) 
     assert loaded is not None and loaded.weight == 20 and loaded.phase is Phase.PROGRESSING
 
 
-def test_a_stale_state_write_is_a_conflict_not_an_overwrite(tmp_path: Path) -> None:
+def test_a_stale_state_write_is_refused_every_time_never_an_overwrite(tmp_path: Path) -> None:
+    # a holder whose lease was taken over: it used to get one Conflict, take the cluster's version, and
+    # overwrite the new holder's state with its next save (the rollback it began on that Conflict)
     kube = FakeKube()
     mine, theirs = _store(kube, tmp_path), _store(kube, tmp_path / "b")
     mine.save(_state())
     theirs.load()
     theirs.save(_state().model_copy(update={"weight": 50}))
-    with pytest.raises(Conflict):
-        mine._write_state(records.dump(_state().model_copy(update={"weight": 10})))
+    for attempt in ("the step's save", "the rollback's save"):
+        with pytest.raises(LeaseLost, match="written by another process since this one wrote it: it holds release r1 in phase Progressing"):
+            mine._write_state(records.dump(_state().model_copy(update={"phase": Phase.ROLLING_BACK, "weight": 10})))
+        assert _cluster_state(kube)["weight"] == 50, f"{attempt} overwrote the other holder's state"
+
+
+def _cluster_state(kube: FakeKube) -> dict[str, Any]:
+    return json.loads(kube.objects[("ConfigMap", "shop", "canary-web-state")]["data"]["state.json"])  # type: ignore[no-any-return]
+
+
+def test_a_state_write_the_cluster_took_though_its_answer_was_lost_is_carried_on_from(tmp_path: Path) -> None:
+    kube = FakeKube()
+    store = _store(kube, tmp_path)
+    store.save(_state())
+    replace = kube.replace
+
+    def taken_then_timed_out(manifest: Any) -> dict[str, Any]:
+        replace(manifest)
+        raise ClusterUnreachable("the Kubernetes API server did not answer: ReadTimeoutError")
+
+    kube.replace = taken_then_timed_out  # type: ignore[method-assign]
+    store.save(_state().model_copy(update={"weight": 10}))  # taken, unanswered
+    kube.replace = replace  # type: ignore[method-assign]
+    store.save(_state().model_copy(update={"weight": 20}))  # a Conflict on its own write: not another holder
+    assert _cluster_state(kube)["weight"] == 20
+
+
+def test_records_kept_while_the_cluster_was_down_are_sent_once_each_after_a_partial_resend(tmp_path: Path) -> None:
+    kube = FakeKube()
+    store = _store(kube, tmp_path)
+    store.save(_state())
+    kube.down = True
+    for n in range(3):
+        store.append(_record("r1", n))
+    kube.down = False
+    replace, calls = kube.replace, [0]
+
+    def second_fails(manifest: Any) -> dict[str, Any]:
+        calls[0] += 1
+        if calls[0] == 2:
+            raise ClusterUnreachable("the Kubernetes API server did not answer: ConnectionResetError")
+        return replace(manifest)
+
+    kube.replace = second_fails  # type: ignore[method-assign]
+    store.append(_record("r1", 3))  # sends the first kept one, loses the second: both 1.. and 3 stay unsent
+    kube.replace = replace  # type: ignore[method-assign]
+    store.append(_record("r1", 4))
+    sent = [r.message for r in _store(kube, tmp_path / "reader").records("r1")]
+    assert sent == [_record("r1", n).message for n in range(5)], sent
+
+
+def test_a_cluster_without_state_is_believed_over_a_local_copy_with_nothing_unsent(tmp_path: Path) -> None:
+    kube = FakeKube()
+    store = _store(kube, tmp_path)
+    store.save(_state())
+    kube.objects.clear()  # the namespace made again, the state ConfigMap deleted
+    assert store.load() is None
 
 
 def test_the_journal_is_appended_in_chunks_read_in_order_and_old_releases_are_compacted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -356,3 +413,38 @@ def test_a_lease_taken_by_someone_else_is_noticed_at_renewal() -> None:
     _held_by(kube, "runner-9", 1, "r2", datetime.now(UTC))
     mine.renew()
     assert mine.lost is not None and "runner-9" in mine.lost
+
+
+def test_a_holder_whose_renewals_failed_checks_its_lease_before_the_next_change(monkeypatch: pytest.MonkeyPatch) -> None:
+    # its renewals failed while the cluster did not answer; meanwhile another machine took the expired
+    # lease. Before, nothing noticed until a renewal happened to run, and the release went on changing things
+    kube = FakeKube()
+    mine = _lease(kube)
+    mine.acquire("r1")
+    mine.fence()  # renewed just now: nothing to ask
+    calls = kube.calls
+    mine.fence()
+    assert kube.calls == calls
+    import canary.state.lease as lease_module
+
+    later = lease_module.time.monotonic() + 3 * mine.renew_every
+    monkeypatch.setattr(lease_module.time, "monotonic", lambda: later)
+    kube.down = True
+    with pytest.raises(ClusterUnreachable):  # it cannot tell: the change it guards would fail as well
+        mine.fence()
+    kube.down = False
+    _held_by(kube, "runner-9", 1, "r2", datetime.now(UTC))
+    with pytest.raises(LeaseLost, match="runner-9"):
+        mine.fence()
+
+
+@pytest.mark.parametrize("annotation", ['{"host": "h", "pid": "abc"}', "null", "[1]", '"x"'])
+def test_a_holder_annotation_of_another_shape_is_read_from_the_identity(annotation: str) -> None:
+    kube = FakeKube()
+    _held_by(kube, "runner-3", 77, "r5", datetime.now(UTC))
+    lease = kube.objects[("Lease", "shop", "canary-web")]
+    lease["metadata"]["annotations"]["canary.dev/holder"] = annotation
+    holder = _lease(kube).holder()
+    assert holder is not None and holder.host in ("runner-3", "h") and holder.release == "r5" and not holder.expired
+    with pytest.raises(StackBusy, match="release r5"):
+        _lease(kube).acquire("r6")
