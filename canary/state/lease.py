@@ -154,6 +154,8 @@ class Lease:
             raise StackBusy(f"app {self.app} is busy: {holder}{holder.expiry_note()}")
         if holder is not None and holder.alive() and holder.release == release and not self._mine(holder):
             raise StackBusy(f"release {release} of {self.app} is still running: {holder}{holder.expiry_note()}")
+        if holder is not None and holder.expired and holder.host != socket.gethostname():
+            self._watch_unchanged(obj, holder)
         previous = holder
         try:
             self._held = self.kube.replace(self._body(release, obj))
@@ -161,6 +163,20 @@ class Lease:
             raise StackBusy(f"app {self.app} is busy: another process took its lease just now") from exc
         self._renewed = time.monotonic()
         return previous
+
+    def _watch_unchanged(self, obj: dict[str, Any], holder: Holder) -> None:
+        """A lease of another host that this machine's clock says ran out: that clock may run ahead of the
+        holder's. It is taken over only once also seen here unchanged for two renewal periods (a live
+        holder renews within one), as client-go's leader election counts expiry by its own observation."""
+        seen = obj["metadata"]["resourceVersion"]
+        deadline = time.monotonic() + 2 * self.renew_every
+        while (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(left, 0.5))
+            now = self._read()
+            if now is None or now["metadata"]["resourceVersion"] != seen:
+                current = self._holder(now) if now else None
+                raise StackBusy(f"app {self.app} is busy: its lease, expired by this machine's clock, changed while this one watched it"
+                                f" ({current or 'given up'}): run the command again")
 
     def _mine(self, holder: Holder) -> bool:
         return holder.host == socket.gethostname() and holder.pid == os.getpid()

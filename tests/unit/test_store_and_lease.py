@@ -7,6 +7,7 @@ import json
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -263,8 +264,8 @@ def test_the_legacy_file_journal_is_still_readable(tmp_path: Path) -> None:
 # --- the lease -----------------------------------------------------------------------------------
 
 
-def _lease(kube: FakeKube, duration: float = 15.0) -> Lease:
-    return Lease(kube, "shop", "web", duration=duration)  # type: ignore[arg-type]
+def _lease(kube: FakeKube, duration: float = 15.0, renew_every: float = 0.05) -> Lease:
+    return Lease(kube, "shop", "web", duration=duration, renew_every=renew_every)  # type: ignore[arg-type]
 
 
 def _held_by(kube: FakeKube, host: str, pid: int, release: str, renewed: datetime) -> None:
@@ -448,3 +449,30 @@ def test_a_holder_annotation_of_another_shape_is_read_from_the_identity(annotati
     assert holder is not None and holder.host in ("runner-3", "h") and holder.release == "r5" and not holder.expired
     with pytest.raises(StackBusy, match="release r5"):
         _lease(kube).acquire("r6")
+
+
+def test_a_live_holder_whose_clock_runs_behind_is_not_taken_over_for_looking_expired() -> None:
+    # its renewTime, by its own clock 20 s behind this machine's, looks 20 s old: expired here. Before,
+    # it was taken over at once while it ran; now only once also seen unchanged for two renewal periods
+    kube = FakeKube()
+    behind = datetime.now(UTC) - timedelta(seconds=20)
+    _held_by(kube, "runner-slow-clock", 4242, "r1", behind)
+    contender = _lease(kube, renew_every=0.2)
+    holder = contender.holder()
+    assert holder is not None and holder.expired  # by this machine's clock
+
+    def renews_as_it_runs() -> None:
+        time.sleep(0.1)
+        _held_by(kube, "runner-slow-clock", 4242, "r1", behind + timedelta(seconds=5))  # its next renewal
+
+    thread = threading.Thread(target=renews_as_it_runs)
+    thread.start()
+    with pytest.raises(StackBusy, match="changed while this one watched it"):
+        contender.acquire("r2")
+    thread.join()
+    lease = kube.objects[("Lease", "shop", "canary-web")]
+    assert lease["spec"]["holderIdentity"] == "runner-slow-clock/4242/r1"
+    # a holder that is really gone: seen unchanged for the two periods, then taken over
+    started = time.monotonic()
+    previous = _lease(kube, renew_every=0.2).acquire("r2")
+    assert previous is not None and previous.host == "runner-slow-clock" and time.monotonic() - started >= 0.4
