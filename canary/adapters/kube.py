@@ -131,6 +131,8 @@ class Kube:
             res = self.resource(manifest["apiVersion"], manifest["kind"])
             obj = self._call(lambda: res.replace(body=dict(manifest), name=meta["name"], namespace=meta.get("namespace"), _request_timeout=self._timeout))
         except ApiException as exc:
+            if exc.status == 404:  # deleted since it was read: a change like any other, read it again (not an outage to wait out)
+                raise Conflict(f"writing {manifest['kind']} {meta['name']}: deleted since it was read") from exc
             raise _api_error(exc, f"writing {manifest['kind']} {meta['name']}") from exc
         return obj.to_dict()  # type: ignore[no-any-return]
 

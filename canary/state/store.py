@@ -104,6 +104,10 @@ class ReleaseStore:
             self._state_sent = None
         except Conflict:
             current = self.kube.get("v1", "ConfigMap", name, self.namespace) or {}
+            if not current:  # deleted (by hand, or with its namespace's content): written again, as at the start
+                self._state_version = self.kube.create({**body, "metadata": {k: v for k, v in body["metadata"].items() if k != "resourceVersion"}})["metadata"]["resourceVersion"]
+                self._state_sent = None
+                return
             held = (current.get("data") or {}).get("state.json")
             if held is not None and held == self._state_sent:
                 # this process's own write, taken by the cluster though its answer was lost: carry on from it
@@ -116,7 +120,7 @@ class ReleaseStore:
             # someone else wrote it: only a holder of the lease may, so this release no longer holds the app.
             # The version read stays the old one: no later save of this process overwrites theirs.
             theirs = records.parse_state(json.loads(held)) if held else None
-            said = f"release {theirs.release} in phase {theirs.phase}" if theirs is not None else "nothing (it was deleted)"
+            said = f"release {theirs.release} in phase {theirs.phase}" if theirs is not None else "no state"
             raise LeaseLost(f"the release state of {self.app} was written by another process since this one wrote it: it holds {said}") from None
         except ClusterUnreachable:
             self._state_sent = text  # it may have been taken: the next write tells

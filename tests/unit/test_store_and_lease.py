@@ -476,3 +476,36 @@ def test_a_live_holder_whose_clock_runs_behind_is_not_taken_over_for_looking_exp
     started = time.monotonic()
     previous = _lease(kube, renew_every=0.2).acquire("r2")
     assert previous is not None and previous.host == "runner-slow-clock" and time.monotonic() - started >= 0.4
+
+
+def test_a_state_or_journal_configmap_deleted_mid_release_is_written_again(tmp_path: Path) -> None:
+    # the API server answers 404 to a write of a deleted object; the adapter said "unreachable", so the
+    # record was kept unsent and every later write, sending it first, failed the same way: nothing more
+    # reached the cluster. A deletion is a change like another (Conflict): read again, write again
+    kube = FakeKube()
+    store = _store(kube, tmp_path)
+    store.save(_state())
+    store.append(_record("r1", 0))
+    for key in [k for k in kube.objects if k[0] == "ConfigMap"]:
+        del kube.objects[key]
+    store.append(_record("r1", 1))
+    store.save(_state().model_copy(update={"weight": 30}))
+    assert not store.cache.unsent()
+    assert _cluster_state(kube)["weight"] == 30
+    assert [r.message for r in _store(kube, tmp_path / "reader").records("r1")] == [_record("r1", 1).message]
+
+
+def test_the_kube_adapter_reads_a_404_on_a_write_as_a_change_not_an_outage() -> None:
+    from kubernetes.client.exceptions import ApiException
+
+    from canary.adapters.kube import Kube
+
+    class Gone:
+        def replace(self, **_: Any) -> Any:
+            raise ApiException(status=404, reason="Not Found")
+
+    kube = Kube.__new__(Kube)
+    kube._timeout = 1.0
+    kube.resource = lambda api_version, kind: Gone()  # type: ignore[method-assign]
+    with pytest.raises(Conflict, match="deleted since it was read"):
+        kube.replace({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "canary-web-state", "namespace": "shop", "resourceVersion": "7"}})
