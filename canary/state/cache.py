@@ -21,6 +21,7 @@ from typing import Any
 
 from canary.adapters import files
 from canary.core import records
+from canary.errors import StackError
 
 
 def state_root(project_dir: Path) -> Path:
@@ -94,11 +95,17 @@ class Legacy:
         return (self.dir / "release.json").is_file() or (self.dir / "journal.jsonl").is_file()
 
     def state(self) -> records.ReleaseState | None:
+        path = self.dir / "release.json"
         try:
-            data = json.loads((self.dir / "release.json").read_text())
+            data = json.loads(path.read_text())
         except (OSError, ValueError):
             return None
-        return records.parse_state(data)
+        try:
+            return records.parse_state(data)
+        except (ValueError, TypeError, AttributeError, KeyError) as exc:
+            # not a traceback out of `status`: say which file, and what to do with it
+            raise StackError(f"the release state an earlier version of canary left in {path} cannot be read ({type(exc).__name__}); "
+                             "move the file aside to go on") from None
 
     def records(self, release: str | None = None) -> list[Any]:
         out = []

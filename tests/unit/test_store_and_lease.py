@@ -17,7 +17,7 @@ import pytest
 
 from canary.core import records
 from canary.core.records import Phase, ReleaseState
-from canary.errors import ClusterUnreachable, Conflict, LeaseLost, StackBusy
+from canary.errors import ClusterUnreachable, Conflict, LeaseLost, StackBusy, StackError
 from canary.state import store as store_module
 from canary.state.cache import Cache, Legacy
 from canary.state.lease import Lease
@@ -259,6 +259,14 @@ def test_the_legacy_file_journal_is_still_readable(tmp_path: Path) -> None:
     assert state is not None and state.phase is Phase.FAILED and state.canary is not None and state.canary.image == "web:2"
     assert state.last_checks[0].threshold_range is not None and state.last_checks[0].threshold_range.max == 1
     assert [r.type for r in legacy.records()] == ["state", "up"] and legacy.records()[1].targets == ("route",)
+
+
+@pytest.mark.parametrize("content", ['["not", "a", "state"]', '{"release": "r1", "phase": "NoSuchPhase"}', "null"])
+def test_a_release_file_of_an_earlier_version_that_cannot_be_read_is_named_not_a_traceback(tmp_path: Path, content: str) -> None:
+    (tmp_path / "prod").mkdir()
+    (tmp_path / "prod" / "release.json").write_text(content)
+    with pytest.raises(StackError, match=r"prod/release.json cannot be read .*move the file aside"):
+        Legacy(tmp_path, "prod").state()
 
 
 # --- the lease -----------------------------------------------------------------------------------
