@@ -50,6 +50,8 @@ class Where:
 _project = click.option("--project-dir", type=click.Path(path_type=Path, file_okay=False), help="The Pulumi project (default: found from the current directory).")
 _lab = click.option("--lab", is_flag=True, default=None, help="Use the local lab's Pulumi backend, cluster and working copy (the default when $CANARY_LAB_DIR is set).")
 _app = click.option("--app", help="The app, when the stack holds several.")
+
+
 class _Seconds(click.FloatRange):
     """A number of seconds within a range; nan and inf are refused (click's FloatRange lets nan through,
     and a wait bounded by nan never ends)."""

@@ -60,6 +60,8 @@ DnsName = Annotated[str, AfterValidator(units.check_dns_subdomain)]
 Hostname = Annotated[str, AfterValidator(units.check_hostname)]
 Image = Annotated[str, AfterValidator(units.check_image)]
 Quantity = Annotated[str, BeforeValidator(units.check_quantity)]
+
+
 def _not_bool(v: object) -> object:
     if isinstance(v, bool):  # pydantic reads true as 1: a count or a weight is never true or false
         raise ValueError("must be a number, not true or false")
@@ -174,7 +176,7 @@ class DisruptionBudget(_Model):
         if (self.min_available is None) == (self.max_unavailable is None):
             raise ValueError("must set exactly one of minAvailable or maxUnavailable")
         for value in (self.min_available, self.max_unavailable):
-            if isinstance(value, bool) or (isinstance(value, int) and value < 0):
+            if isinstance(value, int) and value < 0:
                 raise ValueError(f"{value!r} must be a count of pods (0 or more) or a percentage such as 50%")
             if isinstance(value, str) and not re.fullmatch(r"\d{1,3}%", value):
                 raise ValueError(f"{value!r} must be a count or a percentage such as 50%")
