@@ -295,7 +295,7 @@ def up(stack: str, *, app: str | None = None, project_dir: Path | None = None, e
         """The update with every app ``now`` finds releasing left alone (its route above all), and
         every other app pinned at rest; refused under Pulumi's lock if a release began since ``now``."""
         pins = _pins_at_rest(ws, set(now) | set(running))
-        exclude = [urn for other in now if other not in names for urn in (ws.facts(other).targets("app") if ws.facts(other) else [])]  # type: ignore[union-attr]
+        exclude = [urn for other in now if other not in names for facts in [ws.facts(other)] if facts is not None for urn in facts.targets("app")]
         config_file = cache.write_config(own, stackfile.release_config(snapshot, pins))
 
         def none_began() -> None:

@@ -58,7 +58,7 @@ class Kube:
 
         self._timeout = timeout
         inline = isinstance(kubeconfig, str) and "\n" in kubeconfig
-        where = f"{f' context {context}' if context else ''}"
+        where = f" context {context}" if context else ""
         try:
             if inline:
                 self._api = config.new_client_from_config_dict(stackfile.load(str(kubeconfig)), context=context)

@@ -594,14 +594,9 @@ def _beyond_re2(pattern: str) -> str | None:
             if found:
                 return found
             for part in arg if isinstance(arg, tuple | list) else ():
-                if isinstance(part, _parser.SubPattern):
-                    found = walk(part)
-                elif isinstance(part, list):  # a branch's alternatives
-                    found = next((f for sub in part if isinstance(sub, _parser.SubPattern) for f in [walk(sub)] if f), None)
-                else:
-                    found = None
-                if found:
-                    return found
+                for sub in part if isinstance(part, list) else [part]:  # a list: a branch's alternatives
+                    if isinstance(sub, _parser.SubPattern) and (found := walk(sub)):
+                        return found
         return None
 
     return walk(_parser.parse(pattern))

@@ -107,9 +107,10 @@ class Lease:
             info = {}
         if not isinstance(info, dict):  # written by something else than canary: the identity still says who
             info = {}
-        identity = str(spec["holderIdentity"]).split("/")
+        parts = str(spec["holderIdentity"]).split("/")
+        host, pid_text, release = parts if len(parts) == 3 else ("?", "0", str(spec["holderIdentity"]))
         try:
-            pid = int(info.get("pid", identity[1] if len(identity) == 3 else 0))
+            pid = int(info.get("pid", pid_text))
         except (TypeError, ValueError):
             pid = 0
         renewed = _parse(spec.get("renewTime")) or _parse(spec.get("acquireTime"))
@@ -119,8 +120,7 @@ class Lease:
             duration = self.duration
         left = duration - (_now() - renewed).total_seconds() if renewed is not None else 0.0
         expired = renewed is None or left < 0
-        return Holder(str(info.get("host", identity[0] if len(identity) == 3 else "?")), pid,
-                      str(info.get("release", identity[2] if len(identity) == 3 else spec["holderIdentity"])),
+        return Holder(str(info.get("host", host)), pid, str(info.get("release", release)),
                       str(info.get("acquired", spec.get("acquireTime", ""))), str(spec.get("renewTime", "")), expired, left)
 
     def _body(self, release: str, base: dict[str, Any] | None) -> dict[str, Any]:

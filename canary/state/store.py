@@ -91,40 +91,42 @@ class ReleaseStore:
 
     def _write_state(self, data: dict[str, Any]) -> None:
         name = naming.state_configmap(self.app)
-        body = _configmap(name, self.namespace, self.app, "state", {"state.json": json.dumps(data, sort_keys=True)}, version=self._state_version)
-        if self._state_version is None:
+        text = json.dumps(data, sort_keys=True)
+        version = self._state_version
+        if version is None:
             existing = self.kube.get("v1", "ConfigMap", name, self.namespace)
             if existing is None:
-                self._state_version = self.kube.create(body)["metadata"]["resourceVersion"]
+                self._state_version = self._put(name, text, None)
                 return
-            body["metadata"]["resourceVersion"] = existing["metadata"]["resourceVersion"]
-        text = body["data"]["state.json"]
+            version = existing["metadata"]["resourceVersion"]
         try:
-            self._state_version = self.kube.replace(body)["metadata"]["resourceVersion"]
-            self._state_sent = None
+            self._state_version = self._put(name, text, version)
         except Conflict:
             current = self.kube.get("v1", "ConfigMap", name, self.namespace) or {}
-            if not current:  # deleted (by hand, or with its namespace's content): written again, as at the start
-                self._state_version = self.kube.create({**body, "metadata": {k: v for k, v in body["metadata"].items() if k != "resourceVersion"}})["metadata"]["resourceVersion"]
-                self._state_sent = None
-                return
             held = (current.get("data") or {}).get("state.json")
-            if held is not None and held == self._state_sent:
-                # this process's own write, taken by the cluster though its answer was lost: carry on from it
-                self._state_version = (current.get("metadata") or {}).get("resourceVersion")
-                self._state_sent = text
-                body["metadata"]["resourceVersion"] = self._state_version
-                self._state_version = self.kube.replace(body)["metadata"]["resourceVersion"]
-                self._state_sent = None
-                return
-            # someone else wrote it: only a holder of the lease may, so this release no longer holds the app.
-            # The version read stays the old one: no later save of this process overwrites theirs.
-            theirs = records.parse_state(json.loads(held)) if held else None
-            said = f"release {theirs.release} in phase {theirs.phase}" if theirs is not None else "no state"
-            raise LeaseLost(f"the release state of {self.app} was written by another process since this one wrote it: it holds {said}") from None
-        except ClusterUnreachable:
-            self._state_sent = text  # it may have been taken: the next write tells
+            # (self._state_sent: a write of this process whose answer was lost, if any)
+            if current and (held is None or held != self._state_sent):
+                # someone else wrote it: only a holder of the lease may, so this release no longer holds the app.
+                # The version read stays the old one: no later save of this process overwrites theirs.
+                theirs = records.parse_state(json.loads(held)) if held else None
+                said = f"release {theirs.release} in phase {theirs.phase}" if theirs is not None else "no state"
+                raise LeaseLost(f"the release state of {self.app} was written by another process since this one wrote it: it holds {said}") from None
+            # deleted (by hand, or with its namespace's content): written again, as at the start; or this
+            # process's own write, taken by the cluster though its answer was lost: carried on from
+            self._state_version = self._put(name, text, (current.get("metadata") or {}).get("resourceVersion"))
+
+    def _put(self, name: str, text: str, version: str | None) -> str:
+        """Create (no version) or replace the state ConfigMap; its new resourceVersion. Until the cluster
+        answers, ``text`` counts as sent without an answer: it may have been taken, the next write tells."""
+        body = _configmap(name, self.namespace, self.app, "state", {"state.json": text}, version=version)
+        before, self._state_sent = self._state_sent, text
+        try:
+            written = self.kube.create(body) if version is None else self.kube.replace(body)
+        except Conflict:
+            self._state_sent = before  # refused, so not taken
             raise
+        self._state_sent = None
+        return str(written["metadata"]["resourceVersion"])
 
     # --- the journal ---------------------------------------------------------------------------
 
