@@ -115,6 +115,11 @@ class Forbidden(StackError):
     """The cluster refused the credentials (401/403), or there are none to use."""
 
 
+class Refused(StackError):
+    """The cluster refused a write as it is (an invalid or too large object, an admission policy, a
+    quota): sent again unchanged, it is refused again."""
+
+
 class StackBusy(CanaryError):
     """Another release holds the app (its lease), or an unfinished release must be resumed first."""
 

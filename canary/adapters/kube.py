@@ -8,13 +8,16 @@ and applies the few objects the lab installs. The client is built from the same
 kubeconfig and context the stack's kubernetes provider uses (``kubernetes:context``,
 ``kubernetes:kubeconfig``), so verification reads the cluster the program deploys to.
 
-Errors: no answer -> ``ClusterUnreachable``; 401/403, or no kubeconfig ->
-``Forbidden``; 409 on a write -> ``Conflict``; 404 -> None (or nothing done).
+Errors: no answer (or 429, 5xx) -> ``ClusterUnreachable``; 401/403, or no
+kubeconfig -> ``Forbidden``; 409 on a write -> ``Conflict``; 404 -> None (or
+nothing done); any other refusal (400, 413, 422: invalid, too large, an
+admission policy) -> ``Refused``. Each says what the API server said.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
@@ -28,19 +31,32 @@ from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError
 from canary.core import naming, routing, workload
 from canary.core.naming import Track
 from canary.core.spec import ReleaseSpec
-from canary.errors import ClusterUnreachable, Conflict, Forbidden, NotReady
+from canary.errors import ClusterUnreachable, Conflict, Forbidden, NotReady, Refused
 
 T = TypeVar("T")
 
 
 def _api_error(exc: ApiException, what: str) -> Exception:
+    said = _server_says(exc)
     if exc.status in (401, 403):
-        return Forbidden(f"{what}: the cluster refused ({exc.status} {exc.reason})")
+        # RBAC, a quota or an admission policy: the API server's message says which
+        return Forbidden(f"{what}: the cluster refused ({exc.status} {exc.reason}){said}")
     if exc.status == 409:
         return Conflict(f"{what}: changed since it was read")
-    if exc.status in (429, 500, 502, 503, 504):
+    if exc.status in (429, 500, 502, 503, 504) or not exc.status:
         return ClusterUnreachable(f"{what}: the API server answered {exc.status} {exc.reason}")
-    return ClusterUnreachable(f"{what}: HTTP {exc.status} {exc.reason}")
+    return Refused(f"{what}: the cluster refused it ({exc.status} {exc.reason}){said}")
+
+
+def _server_says(exc: ApiException) -> str:
+    """The message of the API server's Status, shortened: the objects canary writes hold no secret,
+    and the server names the rule (RBAC's verb and resource, a quota, a webhook's reason)."""
+    try:
+        body = json.loads(exc.body) if exc.body else None
+    except (TypeError, ValueError):
+        return ""
+    message = body.get("message") if isinstance(body, dict) else None
+    return f": {' '.join(str(message).split())[:400]}" if message else ""
 
 
 def _shape_of(exc: Exception) -> str:

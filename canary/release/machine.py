@@ -35,6 +35,7 @@ from canary.errors import (
     InvalidSpec,
     LeaseLost,
     Problem,
+    Refused,
     RollbackPending,
     StackBusy,
     StackError,
@@ -160,6 +161,13 @@ class Release:
             steps = schedule.describe(self.spec.analysis)
             state = self.recorder.save(state, f"release started: {desired.image or desired.hash} over stable {stable.image or stable.hash}" + (f" ({why})" if why else ""),
                                        Severity.INFO, canary=desired.image, canary_hash=desired.hash, stable=stable.image, stable_hash=stable.hash, steps=steps)
+            if self.store.refused:
+                # nothing is applied yet: a release that other machines cannot see (nor abort, nor resume) is not begun.
+                # Ended here (and kept on this machine until the cluster takes it), it does not hold the app up.
+                self.recorder.save(state.model_copy(update={"phase": Phase.ABORTED, "reason": self.store.refused}),
+                                   f"not started: the cluster refused the release's state: {self.store.refused}", Severity.ERROR)
+                raise Refused(f"release {release_id} of {self.spec.app.name} not started, nothing was applied: the cluster refused its state "
+                              f"({self.store.refused}); fix that, then release again")
             if taken_from is not None:  # an expired holder, or a dead process of this host: say whose lease this release took
                 self.recorder.event(state, f"took over the lease of {taken_from}")
             self._compact(state)

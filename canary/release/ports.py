@@ -68,6 +68,9 @@ class ClusterPort(Protocol):
 
 
 class StorePort(Protocol):
+    #: what the cluster said when it last refused a write (the write is kept, sent again later); None when it takes them
+    refused: str | None
+
     def load(self) -> records.ReleaseState | None: ...
 
     def save(self, state: records.ReleaseState) -> None: ...

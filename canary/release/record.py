@@ -5,6 +5,11 @@ the cluster, with its local copy), saves the state, tells the caller's
 ``on_event`` and the event hooks and alerts, records a Kubernetes Event for
 what a person watching with ``kubectl`` needs to see, and pushes the release's
 metrics. Nothing recorded holds a secret.
+
+A release never stops because it could not be recorded in the cluster: a
+journal write the cluster refuses is kept on this machine (the store's), and an
+Event it refuses is left out (the journal has the same decision); each is said
+once, as a warning to people and hooks.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from typing import Any
 from canary.core import records
 from canary.core.records import Phase, ReleaseState
 from canary.core.spec import Severity
+from canary.errors import CanaryError
 from canary.release.ports import Clock, HookResult, PusherPort, StorePort
 
 
@@ -60,6 +66,8 @@ class Recorder:
         self.notify: Callable[[ReleaseState, str, Severity], None] | None = None
         #: the state as last saved: where the release stands when a handler fails midway
         self.last_saved: ReleaseState | None = None
+        self._refusal_said: str | None = None
+        self._events_failed = False
 
     def _base(self, state: ReleaseState) -> dict[str, Any]:
         return {"time": self.clock.iso(), "stack": self.stack, "app": self.app, "release": state.release, "phase": state.phase.value, "weight": state.weight}
@@ -70,11 +78,35 @@ class Recorder:
         if notify and self.notify is not None:
             self.notify(state, message, severity)
 
+    def _append(self, state: ReleaseState, entry: Any) -> None:
+        self.store.append(entry)
+        self._say_refusal(state)
+
+    def _say_refusal(self, state: ReleaseState) -> None:
+        """Once per refusal: the cluster did not take the release's records (they are kept here)."""
+        refused = self.store.refused
+        if refused == self._refusal_said:
+            return
+        self._refusal_said = refused
+        if refused:
+            self.event(state, f"the cluster refused the release's record ({refused}): the journal and the state are kept on this machine "
+                              "and sent once the cluster takes them; meanwhile other machines see the release as it was", Severity.WARN)
+
+    def _kube_event(self, state: ReleaseState, reason: str, message: str, warning: bool) -> None:
+        """A Kubernetes Event; one the cluster refuses (RBAC without ``events``, say) is left out, and said once."""
+        try:
+            self.store.event(reason, message, warning=warning)
+        except CanaryError as exc:
+            if not self._events_failed:
+                self._events_failed = True
+                self.event(state, f"Kubernetes Events cannot be recorded ({exc}): the release goes on without them; "
+                                  "`canary history` has every decision", Severity.WARN)
+
     def decide(self, state: ReleaseState, message: str, reason: str | None = None) -> None:
         """A decision, durable before it is acted on."""
-        self.store.append(records.Decision(**self._base(state), message=message))
+        self._append(state, records.Decision(**self._base(state), message=message))
         if reason is not None:
-            self.store.event(reason, message, warning=state.phase in _WARNINGS)
+            self._kube_event(state, reason, message, state.phase in _WARNINGS)
         self._tell(state, message)
 
     def save(self, state: ReleaseState, message: str, severity: Severity | None = None, kube: bool = True, **details: Any) -> ReleaseState:
@@ -82,30 +114,31 @@ class Recorder:
         (a Kubernetes Event unless ``kube`` is False, event hooks, alerts)."""
         state = state.model_copy(update={"updated": self.clock.iso()})
         self.store.save(state)
+        self._say_refusal(state)
         self.last_saved = state
-        self.store.append(records.StateChange(**self._base(state), message=message, failed_in_row=state.failed_in_row,
-                                              failed_total=state.failed_total, details=details))
+        self._append(state, records.StateChange(**self._base(state), message=message, failed_in_row=state.failed_in_row,
+                                                failed_total=state.failed_total, details=details))
         if state.phase in _REASONS and severity is not None and kube:
-            self.store.event(_REASONS[state.phase], message, warning=state.phase in _WARNINGS)
+            self._kube_event(state, _REASONS[state.phase], message, state.phase in _WARNINGS)
         self._tell(state, message, severity or Severity.INFO, notify=severity is not None)
         if self.pusher is not None:
             self.pusher.push(state, None)
         return state
 
     def event(self, state: ReleaseState, message: str, severity: Severity | None = None, kube_reason: str | None = None) -> None:
-        self.store.append(records.EventRecord(**self._base(state), message=message))
+        self._append(state, records.EventRecord(**self._base(state), message=message))
         if kube_reason is not None:
-            self.store.event(kube_reason, message, warning=severity in (Severity.WARN, Severity.ERROR))
+            self._kube_event(state, kube_reason, message, severity in (Severity.WARN, Severity.ERROR))
         self._tell(state, message, severity or Severity.INFO, notify=severity is not None)
 
     def up(self, state: ReleaseState, targets: list[str], pinned: dict[str, Any], refreshed: bool, seconds: float, changes: dict[str, int]) -> None:
-        self.store.append(records.Up(**self._base(state), targets=tuple(targets), pinned=pinned, refreshed=refreshed,
-                                     seconds=round(seconds, 3), changes=changes))
+        self._append(state, records.Up(**self._base(state), targets=tuple(targets), pinned=pinned, refreshed=refreshed,
+                                       seconds=round(seconds, 3), changes=changes))
 
     def tick(self, state: ReleaseState, tick: records.Tick) -> None:
-        self.store.append(tick)
+        self._append(state, tick)
         if tick.outcome in (records.Outcome.FAIL, records.Outcome.ROLLBACK):
-            self.store.event("CheckFailed", tick.reason, warning=True)
+            self._kube_event(state, "CheckFailed", tick.reason, True)
         if self.pusher is not None:
             self.pusher.push(state, tick)
 
@@ -118,15 +151,15 @@ class Recorder:
         base = self._base(state)
         if weight is not None:
             base["weight"] = weight
-        self.store.append(records.WebhookCall(**base, name=result.name, hook_type=result.type, ok=result.ok,
+        self._append(state, records.WebhookCall(**base, name=result.name, hook_type=result.type, ok=result.ok,
                                               seconds=round(result.seconds, 3), detail=result.detail))
 
     def verified(self, state: ReleaseState, what: str, details: dict[str, Any]) -> None:
-        self.store.append(records.Verified(**self._base(state), what=what, details=details))
+        self._append(state, records.Verified(**self._base(state), what=what, details=details))
 
     def snapshot(self, state: ReleaseState, export: str) -> None:
-        self.store.append(records.Snapshot(**self._base(state), stable_hash=state.stable.hash if state.stable else "",
+        self._append(state, records.Snapshot(**self._base(state), stable_hash=state.stable.hash if state.stable else "",
                                            stable_image=state.stable.image if state.stable else "", export=export))
 
     def request(self, state: ReleaseState, kind: str, by: str, reason: str = "") -> None:
-        self.store.append(records.Request(**self._base(state), request=kind, by=by, reason=reason))
+        self._append(state, records.Request(**self._base(state), request=kind, by=by, reason=reason))

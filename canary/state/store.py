@@ -11,8 +11,10 @@
 
 Only the lease holder writes the state and the journal. Every record is also
 written to the local cache first; a record or state the cluster could not
-take (its API server down) is kept there and sent before anything else once it
-answers, so a release that ends "rollback pending" loses nothing. Nothing
+take (its API server down, or a refusal: RBAC, a quota, an admission policy)
+is kept there and sent before anything else once it answers, so a release that
+ends "rollback pending" loses nothing, and a refusal never stops a rollback.
+``refused`` says what the cluster said until it takes a write again. Nothing
 stored holds a secret value: records carry queries, values and verdicts, and
 the snapshot's secrets are Pulumi ciphertext.
 """
@@ -28,12 +30,15 @@ from typing import Any
 from canary.adapters.kube import Kube
 from canary.core import naming, records
 from canary.core.naming import Track
-from canary.errors import CanaryError, ClusterUnreachable, Conflict, LeaseLost
+from canary.errors import CanaryError, ClusterUnreachable, Conflict, Forbidden, LeaseLost, Refused
 from canary.state.cache import Cache
 
 CHUNK_BYTES = 256 * 1024
 KEEP_RELEASES = 20
 REQUEST_KINDS = ("abort", "promote", "pause", "continue")
+#: a write that fails with one of these is kept on this machine and sent again later (an outage ends;
+#: a refusal ends once a person fixes the RBAC, the quota or the policy that the error names)
+_KEPT = (ClusterUnreachable, Forbidden, Refused)
 
 
 def _configmap(name: str, namespace: str, app: str, kind: str, data: dict[str, str], extra_labels: dict[str, str] | None = None,
@@ -59,6 +64,8 @@ class ReleaseStore:
         self._chunk: dict[str, Any] | None = None  # the journal chunk last written: name, lines, version
         self._lock = threading.Lock()
         self._deployment_uid: str | None = None
+        #: what the cluster said when it last refused a write of this store, until it takes one again
+        self.refused: str | None = None
 
     # --- state ---------------------------------------------------------------------------------
 
@@ -85,9 +92,13 @@ class ReleaseStore:
         data = records.dump(state)
         with self._lock:
             self.cache.save_state(data)
-            with contextlib.suppress(ClusterUnreachable):
+            try:
                 self._flush_unsent()
                 self._write_state(data)
+            except _KEPT as exc:
+                self._kept(exc)
+            else:
+                self.refused = None
 
     def _write_state(self, data: dict[str, Any]) -> None:
         name = naming.state_configmap(self.app)
@@ -138,8 +149,15 @@ class ReleaseStore:
             try:
                 self._flush_unsent()
                 self._send(data)
-            except ClusterUnreachable:
+            except _KEPT as exc:
                 self.cache.keep_unsent(data)
+                self._kept(exc)
+            else:
+                self.refused = None
+
+    def _kept(self, exc: CanaryError) -> None:
+        if not isinstance(exc, ClusterUnreachable):
+            self.refused = str(exc)
 
     def _flush_unsent(self) -> None:
         pending = self.cache.unsent()
@@ -148,7 +166,7 @@ class ReleaseStore:
         for i, data in enumerate(pending):
             try:
                 self._send(data)
-            except ClusterUnreachable:
+            except _KEPT:
                 self.cache.clear_unsent()  # what went is not sent again: only what is left stays unsent
                 for left in pending[i:]:
                     self.cache.keep_unsent(left)

@@ -7,8 +7,9 @@ clock advances when the release sleeps.
 
 from __future__ import annotations
 
+import copy
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,7 +20,7 @@ from canary.core.naming import Track
 from canary.core.records import HookResult, TrackPin
 from canary.core.routing import GatewayClass, RouteShape, RouteState
 from canary.core.spec import ReleaseSpec, parse_spec
-from canary.errors import ClusterUnreachable, LeaseLost, MetricError, NoValues, StackLocked
+from canary.errors import ClusterUnreachable, Conflict, LeaseLost, MetricError, NoValues, StackLocked
 from canary.release.machine import Release
 from canary.release.ports import AppFacts
 
@@ -218,6 +219,7 @@ class FakeStore:
         self.events: list[tuple[str, str, bool]] = []
         self._listener: Callable[[dict[str, dict[str, Any]]], None] | None = None
         self._release = ""
+        self.refused: str | None = None
 
     def load(self) -> records.ReleaseState | None:
         return self.state
@@ -258,6 +260,83 @@ class FakeStore:
 
     def of(self, kind: str) -> list[Any]:
         return [r for r in self.journal if r.type == kind]
+
+
+class FakeKube:
+    """Objects by (kind, namespace, name), with resourceVersions; ``down`` makes every call fail as an outage."""
+
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self.version = 0
+        self.down = False
+        self.events: list[dict[str, Any]] = []
+        self.calls = 0
+        #: a write's refusal, as the API server would answer it (RBAC, a quota, an admission policy):
+        #: called with the verb ("create", "replace", "event") and the object; an error to raise, or None
+        self.refuse: Callable[[str, Mapping[str, Any]], Exception | None] = lambda verb, obj: None
+
+    def _write(self, verb: str, obj: Mapping[str, Any]) -> None:
+        self._check()
+        error = self.refuse(verb, obj)
+        if error is not None:
+            raise error
+
+    def _check(self) -> None:
+        self.calls += 1
+        if self.down:
+            raise ClusterUnreachable("the Kubernetes API server did not answer: ConnectionRefusedError")
+
+    def _key(self, kind: str, name: str, namespace: str | None) -> tuple[str, str, str]:
+        return (kind, namespace or "", name)
+
+    def get(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
+        self._check()
+        obj = self.objects.get(self._key(kind, name, namespace))
+        return copy.deepcopy(obj) if obj else None
+
+    def list(self, api_version: str, kind: str, namespace: str | None = None, label_selector: str | None = None) -> list[dict[str, Any]]:
+        self._check()
+        wanted = dict(part.split("=", 1) for part in (label_selector or "").split(",") if "=" in part)
+        out = []
+        for (k, ns, _), obj in self.objects.items():
+            labels = obj["metadata"].get("labels") or {}
+            if k == kind and ns == (namespace or "") and all(labels.get(a) == b for a, b in wanted.items()):
+                out.append(copy.deepcopy(obj))
+        return out
+
+    def _stamp(self, manifest: Any) -> dict[str, Any]:
+        self.version += 1
+        obj = copy.deepcopy(dict(manifest))
+        obj["metadata"] = {**obj["metadata"], "resourceVersion": str(self.version), "uid": obj["metadata"].get("uid") or f"uid-{self.version}"}
+        self.objects[self._key(obj["kind"], obj["metadata"]["name"], obj["metadata"].get("namespace"))] = obj
+        return copy.deepcopy(obj)
+
+    def create(self, manifest: Any) -> dict[str, Any]:
+        self._write("create", manifest)
+        key = self._key(manifest["kind"], manifest["metadata"]["name"], manifest["metadata"].get("namespace"))
+        if key in self.objects:
+            raise Conflict(f"{key} exists")
+        return self._stamp(manifest)
+
+    def replace(self, manifest: Any) -> dict[str, Any]:
+        self._write("replace", manifest)
+        key = self._key(manifest["kind"], manifest["metadata"]["name"], manifest["metadata"].get("namespace"))
+        current = self.objects.get(key)
+        if current is None or current["metadata"]["resourceVersion"] != manifest["metadata"].get("resourceVersion"):
+            raise Conflict(f"{key} changed since it was read")
+        return self._stamp(manifest)
+
+    def delete(self, api_version: str, kind: str, name: str, namespace: str | None = None, grace_seconds: int | None = None) -> None:
+        self._check()
+        self.objects.pop(self._key(kind, name, namespace), None)
+
+    def changes(self, api_version: str, kind: str, seconds: int, name: str | None = None, namespace: str | None = None) -> Iterator[dict[str, Any]]:
+        self._check()
+        return iter(())
+
+    def event(self, involved: dict[str, Any], reason: str, message: str, warning: bool = False) -> None:
+        self._write("event", involved)
+        self.events.append({"involved": involved, "reason": reason, "message": message, "warning": warning})
 
 
 class FakeLease:
@@ -398,4 +477,4 @@ def make(metrics: Metrics | None = None, mutate: Callable[[dict[str, Any]], None
     return World(release, stack, cluster, store, config, lease, hooks, clock, events, metrics)
 
 
-__all__ = ["NEW", "STABLE", "FakeClock", "FakeCluster", "FakeStack", "FakeStore", "Metrics", "World", "make", "routing", "spec"]
+__all__ = ["NEW", "STABLE", "FakeClock", "FakeCluster", "FakeKube", "FakeStack", "FakeStore", "Metrics", "World", "make", "routing", "spec"]

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from canary.core import records
 from canary.core.records import Phase
 from canary.core.routing import GatewayClass, RouteShape
-from canary.errors import InvalidSpec, LeaseLost, MetricError, ProviderUnreachable, StackBusy
-from tests.unit.fakes import NEW, STABLE, FakeCluster, FakeHooks, Metrics, make
+from canary.errors import Forbidden, InvalidSpec, LeaseLost, MetricError, ProviderUnreachable, Refused, StackBusy
+from canary.state.cache import Cache
+from canary.state.store import ReleaseStore
+from tests.unit.fakes import NEW, STABLE, FakeCluster, FakeHooks, FakeKube, Metrics, make, spec
 
 
 def test_a_healthy_release_steps_through_every_weight_and_promotes() -> None:
@@ -697,3 +702,75 @@ def test_a_skip_analysis_promotion_asked_before_the_canary_is_deployed_is_kept_u
     assert world.cluster.weights_seen == [0], world.cluster.weights_seen  # no step: promoted as soon as the canary was ready
     waits = [r for r in world.store.journal if "waits until the canary is deployed" in str(r)]
     assert len(waits) == 1
+
+
+# --- a cluster that refuses the release's records -----------------------------------------------
+
+
+def _real_store(tmp_path: Path, kube: FakeKube, world_spec: Any) -> ReleaseStore:
+    """The release store itself, on an in-memory API server where the canary Deployment exists (Events need its uid)."""
+    app, namespace = world_spec.app.name, world_spec.app.namespace
+    kube.objects[("Deployment", namespace, f"{app}-canary")] = {"apiVersion": "apps/v1", "kind": "Deployment",
+                                                                "metadata": {"name": f"{app}-canary", "namespace": namespace, "uid": "u-1"}}
+    return ReleaseStore(kube, namespace, app, "test", Cache(tmp_path, "test", app))  # type: ignore[arg-type]
+
+
+def test_a_cluster_that_refuses_the_release_s_events_neither_stops_it_nor_its_rollback(tmp_path: Path) -> None:
+    # RBAC without `events`: the first Event used to end the release by its exception; the rollback's
+    # Events too, so a failing canary kept its traffic
+    kube = FakeKube()
+    kube.refuse = lambda verb, obj: Forbidden("recording an event: the cluster refused (403 Forbidden): events is forbidden") if verb == "event" else None
+    world = make(Metrics(18.2), store=_real_store(tmp_path, kube, spec()))
+    result = world.start()
+    assert result.phase is Phase.FAILED and world.cluster.weights_seen == [0, 10, 0] and world.cluster.canary_replicas == 0
+    said = [e.message for e in world.events if "Kubernetes Events cannot be recorded" in e.message]
+    assert len(said) == 1 and "events is forbidden" in said[0], said
+    assert any("Kubernetes Events cannot be recorded" in getattr(r, "message", "") for r in world.store.records())  # journaled
+
+
+def test_a_journal_the_cluster_stops_taking_midway_is_kept_here_and_the_rollback_still_runs(tmp_path: Path) -> None:
+    # a role that may create ConfigMaps but not update them (or a policy that begins refusing them): once
+    # the canary has traffic, every write of the state and the journal is refused
+    kube = FakeKube()
+    world: Any = None
+    began: list[bool] = []
+
+    def refuse(verb: str, obj: Any) -> Exception | None:
+        if world is not None and world.cluster.shape.weight > 0:
+            began.append(True)  # and from then on
+        if verb == "replace" and obj.get("kind") == "ConfigMap" and began:
+            return Forbidden('writing ConfigMap: the cluster refused (403 Forbidden): configmaps "x" is forbidden: cannot update')
+        return None
+
+    kube.refuse = refuse
+    store = _real_store(tmp_path, kube, spec())
+    world = make(Metrics(18.2), store=store)
+    result = world.start()
+    assert result.phase is Phase.FAILED and world.cluster.weights_seen == [0, 10, 0] and world.cluster.stable_hash == STABLE.hash
+    said = [e.message for e in world.events if "the cluster refused the release's record" in e.message]
+    assert len(said) == 1 and "cannot update" in said[0], said
+    kept = store.cache.unsent()
+    assert kept and kept[-1]["type"] == "state" and kept[-1]["phase"] == "Failed", kept[-3:]
+    assert store.load() is not None and store.load().phase is Phase.FAILED  # this machine sees how it ended
+    kube.refuse = lambda verb, obj: None  # the role is mended: the next write sends what was kept, once each
+    store.append(records.EventRecord(time="2026-12-01T00:00:00.000Z", stack="test", app="web", release=result.release, message="later"))
+    journal = store.records(result.release)
+    assert not store.cache.unsent() and store.refused is None
+    assert [r.type for r in journal].count("tick") == 3 and journal[-1].message == "later"
+    dumped = [json.dumps(records.dump(r), sort_keys=True) for r in journal]
+    assert len(set(dumped)) == len(dumped)  # nothing twice
+
+
+def test_a_release_whose_state_the_cluster_refuses_is_not_started_and_holds_nothing_up(tmp_path: Path) -> None:
+    kube = FakeKube()
+    kube.refuse = lambda verb, obj: (Refused('creating ConfigMap: the cluster refused it (400 Bad Request): admission webhook "labels" denied the request')
+                                     if verb == "create" and obj.get("kind") == "ConfigMap" else None)
+    store = _real_store(tmp_path, kube, spec())
+    world = make(Metrics(), store=store)
+    with pytest.raises(Refused, match=r"not started, nothing was applied: the cluster refused its state .*admission webhook \"labels\" denied"):
+        world.start()
+    assert world.stack.ups == [] and world.cluster.weights_seen == [0]
+    assert store.load() is not None and store.load().phase is Phase.ABORTED  # ended: no "unfinished release" to resume
+    kube.refuse = lambda verb, obj: None
+    again = make(Metrics(), store=store).start()
+    assert again.phase is Phase.SUCCEEDED

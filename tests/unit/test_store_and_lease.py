@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,74 +20,7 @@ from canary.state import store as store_module
 from canary.state.cache import Cache, Legacy
 from canary.state.lease import Lease
 from canary.state.store import ReleaseStore
-
-
-class FakeKube:
-    """Objects by (kind, namespace, name), with resourceVersions; ``down`` makes every call fail as an outage."""
-
-    def __init__(self) -> None:
-        self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
-        self.version = 0
-        self.down = False
-        self.events: list[dict[str, Any]] = []
-        self.calls = 0
-
-    def _check(self) -> None:
-        self.calls += 1
-        if self.down:
-            raise ClusterUnreachable("the Kubernetes API server did not answer: ConnectionRefusedError")
-
-    def _key(self, kind: str, name: str, namespace: str | None) -> tuple[str, str, str]:
-        return (kind, namespace or "", name)
-
-    def get(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
-        self._check()
-        obj = self.objects.get(self._key(kind, name, namespace))
-        return copy.deepcopy(obj) if obj else None
-
-    def list(self, api_version: str, kind: str, namespace: str | None = None, label_selector: str | None = None) -> list[dict[str, Any]]:
-        self._check()
-        wanted = dict(part.split("=", 1) for part in (label_selector or "").split(",") if "=" in part)
-        out = []
-        for (k, ns, _), obj in self.objects.items():
-            labels = obj["metadata"].get("labels") or {}
-            if k == kind and ns == (namespace or "") and all(labels.get(a) == b for a, b in wanted.items()):
-                out.append(copy.deepcopy(obj))
-        return out
-
-    def _stamp(self, manifest: Any) -> dict[str, Any]:
-        self.version += 1
-        obj = copy.deepcopy(dict(manifest))
-        obj["metadata"] = {**obj["metadata"], "resourceVersion": str(self.version), "uid": obj["metadata"].get("uid") or f"uid-{self.version}"}
-        self.objects[self._key(obj["kind"], obj["metadata"]["name"], obj["metadata"].get("namespace"))] = obj
-        return copy.deepcopy(obj)
-
-    def create(self, manifest: Any) -> dict[str, Any]:
-        self._check()
-        key = self._key(manifest["kind"], manifest["metadata"]["name"], manifest["metadata"].get("namespace"))
-        if key in self.objects:
-            raise Conflict(f"{key} exists")
-        return self._stamp(manifest)
-
-    def replace(self, manifest: Any) -> dict[str, Any]:
-        self._check()
-        key = self._key(manifest["kind"], manifest["metadata"]["name"], manifest["metadata"].get("namespace"))
-        current = self.objects.get(key)
-        if current is None or current["metadata"]["resourceVersion"] != manifest["metadata"].get("resourceVersion"):
-            raise Conflict(f"{key} changed since it was read")
-        return self._stamp(manifest)
-
-    def delete(self, api_version: str, kind: str, name: str, namespace: str | None = None, grace_seconds: int | None = None) -> None:
-        self._check()
-        self.objects.pop(self._key(kind, name, namespace), None)
-
-    def changes(self, api_version: str, kind: str, seconds: int, name: str | None = None, namespace: str | None = None) -> Iterator[dict[str, Any]]:
-        self._check()
-        return iter(())
-
-    def event(self, involved: dict[str, Any], reason: str, message: str, warning: bool = False) -> None:
-        self._check()
-        self.events.append({"involved": involved, "reason": reason, "message": message, "warning": warning})
+from tests.unit.fakes import FakeKube
 
 
 def _state(release: str = "r1", phase: Phase = Phase.PROGRESSING, updated: str = "2026-12-01T00:00:01.000Z") -> ReleaseState:
