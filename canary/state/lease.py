@@ -226,14 +226,29 @@ class Lease:
         self._thread.start()
 
     def release(self) -> None:
-        """Give the lease up (nobody holds it after this)."""
+        """Give the lease up (nobody holds it after this). Under the renewals' lock: a renewal still in
+        flight (a slow API server outlasts the join) ends first, and the write carries its version, not the
+        one before it (that write was refused, and the lease stayed held until it ran out)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
-        if self._held is None:
-            return
-        body = dict(self._held)
-        body["spec"] = {**body["spec"], "holderIdentity": None, "renewTime": None, "acquireTime": None}
-        with contextlib.suppress(CanaryError):
-            self.kube.replace(body)
-        self._held = None
+        with self._lock:
+            held, self._held = self._held, None
+            if held is None:
+                return
+            for _ in range(2):
+                body = {**held, "spec": {**held["spec"], "holderIdentity": None, "renewTime": None, "acquireTime": None}}
+                try:
+                    self.kube.replace(body)
+                    return
+                except Conflict:
+                    # written since: given up only if this process still holds it (a renewal whose answer was lost)
+                    with contextlib.suppress(CanaryError):
+                        current = self._read()
+                        holder = self._holder(current) if current else None
+                        if current is not None and holder is not None and self._mine(holder):
+                            held = current
+                            continue
+                    return
+                except CanaryError:
+                    return

@@ -228,6 +228,36 @@ def test_a_second_release_is_refused_naming_the_holder_and_the_lease_is_given_up
     _lease(kube).acquire("r2")
 
 
+def test_the_lease_is_given_up_even_while_a_renewal_s_answer_is_late() -> None:
+    # the renewal reached the API server, its answer had not come back: the release's give-up write
+    # carried the version before it, was refused, and the app stayed held until the lease ran out
+    kube = FakeKube()
+    answered, taken = threading.Event(), threading.Event()
+    plain = kube.replace
+
+    def late(manifest: Any) -> dict[str, Any]:
+        written = plain(manifest)
+        if manifest["kind"] == "Lease" and manifest["spec"].get("holderIdentity") and threading.current_thread().name == "renewal":
+            taken.set()
+            answered.wait(5)
+        return written
+
+    kube.replace = late  # type: ignore[method-assign]
+    lease = _lease(kube)
+    lease.acquire("r1")
+    renewal = threading.Thread(target=lease.renew, name="renewal")
+    renewal.start()
+    assert taken.wait(5)
+    giving_up = threading.Thread(target=lease.release)
+    giving_up.start()
+    time.sleep(0.2)
+    answered.set()
+    giving_up.join(5)
+    renewal.join(5)
+    assert _lease(kube).holder() is None
+    _lease(kube).acquire("r2")
+
+
 def test_a_lease_held_on_another_host_is_taken_over_once_expired_never_before() -> None:
     kube = FakeKube()
     _held_by(kube, "runner-7", 4242, "r1", datetime.now(UTC) - timedelta(seconds=5))
