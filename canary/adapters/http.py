@@ -2,12 +2,14 @@
 
 A JSON POST bounded by its timeout (webhooks, chat alerts) and a GET that
 only asks "does it answer" (the lab's health checks). Failures are answers
-(status code, or the kind of failure), never exceptions.
+(status code, or the kind of failure), never exceptions. ``private_session``
+is a session for a client whose headers carry secrets (Prometheus' token and
+headers): they go to their own origin only, never along a redirect elsewhere.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,3 +47,23 @@ def get(url: str, timeout: float = 2.0, **kwargs: Any) -> tuple[int, str]:
     except requests.RequestException as exc:
         return 0, type(exc).__name__
     return response.status_code, response.text
+
+
+class _OwnOrigin(requests.Session):
+    """A redirect to another host, scheme or port drops every header named private, as requests itself
+    drops ``Authorization`` (and nothing else: a tenant or API-key header went along)."""
+
+    def __init__(self, private: Iterable[str]) -> None:
+        super().__init__()
+        self._private = {name.lower() for name in private}
+
+    def rebuild_auth(self, prepared_request: requests.PreparedRequest, response: requests.Response) -> None:
+        if self.should_strip_auth(response.request.url, prepared_request.url):
+            for name in [n for n in prepared_request.headers if n.lower() in self._private]:
+                del prepared_request.headers[name]
+        super().rebuild_auth(prepared_request, response)
+
+
+def private_session(headers: Iterable[str]) -> Any:
+    """A session (requests') whose ``headers`` are sent to the origin asked, never to a host it redirects to."""
+    return _OwnOrigin(headers)

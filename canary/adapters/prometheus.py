@@ -4,8 +4,9 @@ Answers one PromQL query with one scalar (``run_query``), or with the samples of
 a window (``run_range``, for the statistical judge), or raises the ``MetricError`` family:
 ``NoValues`` (empty or NaN), ``MultipleValues``, ``BadQuery`` and
 ``ProviderUnreachable`` (connection refused, time-out, HTTP errors). Auth
-headers and the bearer token are sent on every request and never appear in an
-error message. ``at(when)`` is the same provider evaluating at a past moment
+headers and the bearer token are sent on every request, to Prometheus' own
+origin only (a redirect to another host gets none of them), and never appear in
+an error message. ``at(when)`` is the same provider evaluating at a past moment
 (Prometheus' ``time`` parameter; ranges end there): what ``canary backtest`` replays with.
 """
 
@@ -23,6 +24,7 @@ from typing import Any
 from prometheus_api_client import PrometheusApiClientException, PrometheusConnect
 from urllib3.util.retry import Retry
 
+from canary.adapters import http
 from canary.errors import BadQuery, MultipleValues, NoValues, ProviderUnreachable
 
 
@@ -35,8 +37,10 @@ class PrometheusProvider:
             request_headers["Authorization"] = f"Bearer {token}"
         self._timeout = max(timeout.total_seconds(), 0.001)
         # No retries inside a check: one query costs at most one timeout; the next tick is the retry.
+        # a redirect to another host gets none of them (requests would send all but Authorization along)
         self._client = PrometheusConnect(
-            url=self.address, headers=request_headers, disable_ssl=False, timeout=self._timeout, retry=Retry(total=0, raise_on_status=False)
+            url=self.address, headers=request_headers, disable_ssl=False, timeout=self._timeout, retry=Retry(total=0, raise_on_status=False),
+            session=http.private_session(request_headers),
         )
         #: the moment queries are evaluated at; None: now
         self.when: datetime | None = None

@@ -185,3 +185,45 @@ def test_a_provider_at_a_past_moment_needs_a_timezone_and_keeps_secrets_out_of_e
         provider.at(WHEN).run_query("up")
     text = str(info.value) + repr(info.value.__cause__)
     assert TOKEN not in text and "tenant-secret" not in text
+
+
+class _Redirect(_Recorder):
+    """Sends every query on to ``to`` (another origin, or a path of its own, answered as Prometheus would)."""
+
+    to = ""
+    seen: list[dict[str, str]] = []
+    asked: list[tuple[str, dict[str, list[str]]]] = []
+
+    def do_GET(self) -> None:
+        if self.path.startswith("/moved"):
+            super().do_GET()
+            return
+        type(self).seen.append(dict(self.headers))
+        self.send_response(302)
+        self.send_header("Location", type(self).to + self.path)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+
+@pytest.mark.parametrize("elsewhere", [True, False], ids=["another-host", "same-origin"])
+def test_a_redirect_to_another_host_carries_no_token_and_no_header(server: str, elsewhere: bool) -> None:
+    # requests drops Authorization on such a redirect, but sent the other headers (a tenant, an API key) along
+    _Redirect.seen, _Redirect.asked = [], []
+    front = ThreadingHTTPServer(("127.0.0.1", 0), _Redirect)
+    threading.Thread(target=front.serve_forever, daemon=True).start()
+    port = front.server_address[1]
+    # "localhost" is another host than 127.0.0.1 to a client, whatever it resolves to
+    _Redirect.to = server.replace("127.0.0.1", "localhost") if elsewhere else f"http://127.0.0.1:{port}/moved"
+    try:
+        provider = PrometheusProvider(f"http://127.0.0.1:{port}", token=TOKEN, headers={"X-Scope-OrgID": "tenant-7", "X-Api-Key": "key-5e6f"})
+        assert provider.run_query("up") == 3.5
+    finally:
+        front.shutdown()
+        front.server_close()
+    first = {k.lower(): v for k, v in _Redirect.seen[0].items()}
+    assert first["authorization"] == f"Bearer {TOKEN}" and first["x-api-key"] == "key-5e6f" and first["x-scope-orgid"] == "tenant-7"
+    after = {k.lower(): v for k, v in (_Recorder.seen[-1] if elsewhere else _Redirect.seen[-1]).items()}
+    if elsewhere:
+        assert not {"authorization", "x-api-key", "x-scope-orgid"} & set(after), after
+    else:  # its own origin (an auth proxy's new path) still gets them
+        assert after["authorization"] == f"Bearer {TOKEN}" and after["x-api-key"] == "key-5e6f", after
