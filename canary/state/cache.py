@@ -2,9 +2,15 @@
 
 Per app, under ``<project>/.canary/<stack>/<app>/`` (or ``$CANARY_STATE_DIR``):
 
-- ``journal.jsonl`` — a copy of the journal records this machine wrote;
+- ``journal.jsonl`` — a copy of the journal records this machine wrote (the
+  last releases' only, as the cluster keeps them);
 - ``unsent.jsonl`` — records the cluster did not take (its API server down):
   sent first when it answers again, so nothing a release decided is lost;
+- ``state.json`` — the state this machine last saved, and ``state.version`` the
+  ``resourceVersion`` of its state ConfigMap after this machine's last write the
+  cluster took: while the cluster still holds that version, nobody else wrote
+  the state since, and this machine's unsent state is the newer one (no clocks
+  of two machines compared);
 - ``<release>.config.yaml`` — the release's config file for ``up``.
 
 ``Legacy`` reads the file journal of canary 0.1 (``<state dir>/<stack>/journal.jsonl``
@@ -59,6 +65,25 @@ class Cache:
 
     def records(self) -> list[dict[str, Any]]:
         return _read_lines(self.dir / "journal.jsonl")
+
+    def compact(self, keep: int) -> None:
+        """Keep the journal records of the last ``keep`` releases (by their first record here)."""
+        path = self.dir / "journal.jsonl"
+        lines = _read_lines(path)
+        order = list(dict.fromkeys(str(data.get("release", "")) for data in lines))
+        if len(order) <= keep:
+            return
+        kept = set(order[-keep:])
+        files.write_text_atomic(path, "".join(json.dumps(d, sort_keys=True, default=str) + "\n" for d in lines if str(d.get("release", "")) in kept))
+
+    def save_taken(self, version: str) -> None:
+        files.write_text_atomic(self.dir / "state.version", version)
+
+    def taken(self) -> str | None:
+        try:
+            return (self.dir / "state.version").read_text().strip() or None
+        except OSError:
+            return None
 
     def save_state(self, data: dict[str, Any]) -> None:
         files.write_text_atomic(self.dir / "state.json", json.dumps(data, sort_keys=True, default=str), mode=0o600)

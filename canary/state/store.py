@@ -83,10 +83,16 @@ class ReleaseStore:
             text = (obj.get("data") or {}).get("state.json")
             remote = json.loads(text) if text else None
         # the local copy wins only with records the cluster did not take yet (written while it did not
-        # answer): a cluster without state (its ConfigMap deleted, the namespace made again) is believed
-        if local and self.cache.unsent() and (remote is None or _same_release_newer(local, remote)):
+        # answer), and only while the cluster's state is still the one this machine last wrote: another
+        # machine that went on since (a resume) holds the newer one, whatever the two clocks say. A cluster
+        # without state (its ConfigMap deleted, the namespace made again) is believed
+        if local and self.cache.unsent() and (remote is None or self._ours(obj) and local.get("release") == remote.get("release")):
             return records.parse_state(local)
         return records.parse_state(remote) if remote else None
+
+    def _ours(self, obj: dict[str, Any] | None) -> bool:
+        """The cluster's state ConfigMap is as this machine's last write the cluster took left it."""
+        return obj is not None and obj["metadata"]["resourceVersion"] == self.cache.taken()
 
     def save(self, state: records.ReleaseState) -> None:
         data = records.dump(state)
@@ -137,7 +143,9 @@ class ReleaseStore:
             self._state_sent = before  # refused, so not taken
             raise
         self._state_sent = None
-        return str(written["metadata"]["resourceVersion"])
+        version = str(written["metadata"]["resourceVersion"])
+        self.cache.save_taken(version)
+        return version
 
     # --- the journal ---------------------------------------------------------------------------
 
@@ -173,8 +181,14 @@ class ReleaseStore:
                 raise
         self.cache.clear_unsent()
         local = self.cache.load_state()
-        if local is not None:
+        if local is None:
+            return
+        current = self.kube.get("v1", "ConfigMap", naming.state_configmap(self.app), self.namespace)
+        if current is None or self._ours(current):
+            self._state_version = current["metadata"]["resourceVersion"] if current is not None else None
             self._write_state(local)
+        # else another machine wrote the state since this one last could (it resumed the release, or began
+        # another): its state is the newer; this machine's records went to the journal, its state does not
 
     def _send(self, data: dict[str, Any]) -> None:
         release = str(data["release"])
@@ -248,7 +262,8 @@ class ReleaseStore:
         return sorted({(obj["metadata"].get("labels") or {}).get(naming.RELEASE_LABEL, "") for _, obj in self._chunks()} - {""})
 
     def compact(self, keep: int = KEEP_RELEASES) -> list[str]:
-        """Delete the journals of all but the last ``keep`` releases; returns the releases dropped."""
+        """Delete the journals of all but the last ``keep`` releases (here too); returns the releases dropped."""
+        self.cache.compact(keep)
         chunks = self._chunks()
         releases = sorted({(obj["metadata"].get("labels") or {}).get(naming.RELEASE_LABEL, "") for _, obj in chunks})
         dropped = releases[:-keep] if len(releases) > keep else []
@@ -353,8 +368,3 @@ def records_now() -> str:
     from datetime import UTC, datetime
 
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _same_release_newer(local: dict, remote: dict) -> bool:
-    """The local copy is of the same release as the cluster's and written after it (its write has not reached the cluster)."""
-    return local.get("release") == remote.get("release") and local.get("updated", "") > remote.get("updated", "")

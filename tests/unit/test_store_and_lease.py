@@ -107,6 +107,41 @@ def test_records_kept_while_the_cluster_was_down_are_sent_once_each_after_a_part
     assert sent == [_record("r1", n).message for n in range(5)], sent
 
 
+def test_a_state_another_machine_wrote_since_wins_over_an_unsent_one_whatever_the_clocks_say(tmp_path: Path) -> None:
+    # A saved its state during an outage (unsent) and stopped; B resumed the release from the cluster and
+    # ended it, its clock 30 s behind A's. A's unsent state used to win on A (by its later `updated`): a
+    # stale Progressing sent to resume, and its next write put that state back over B's in the cluster
+    kube = FakeKube()
+    a = _store(kube, tmp_path / "a")
+    a.save(_state(updated="2026-12-01T00:01:00.000Z"))
+    kube.down = True
+    a.save(_state(updated="2026-12-01T00:01:40.000Z").model_copy(update={"weight": 30}))
+    a.append(_record("r1", 7))
+    kube.down = False
+    b = _store(kube, tmp_path / "b")
+    assert b.load().weight == 0  # type: ignore[union-attr]
+    b.save(_state(phase=Phase.FAILED, updated="2026-12-01T00:01:10.000Z"))
+    again = _store(kube, tmp_path / "a")  # a later process on A
+    loaded = again.load()
+    assert loaded is not None and loaded.phase is Phase.FAILED, loaded
+    again.append(_record("r2", 0))  # its next write sends what A kept: its record, not its stale state
+    held = records.parse_state(json.loads(kube.objects[("ConfigMap", "shop", "canary-web-state")]["data"]["state.json"]))
+    assert held.phase is Phase.FAILED and not again.cache.unsent()
+    assert "event 7" in [r.message for r in again.records("r1")]
+
+
+def test_an_unsent_state_of_this_machine_wins_while_nobody_wrote_since(tmp_path: Path) -> None:
+    kube = FakeKube()
+    a = _store(kube, tmp_path)
+    a.save(_state(updated="2026-12-01T00:01:00.000Z"))
+    kube.down = True
+    a.save(_state(updated="2026-12-01T00:00:30.000Z").model_copy(update={"weight": 30, "rollback_pending": True}))  # its clock stepped back
+    a.append(_record("r1", 1))  # (as the recorder writes a state change: the state, then its record)
+    kube.down = False
+    loaded = _store(kube, tmp_path).load()
+    assert loaded is not None and loaded.weight == 30 and loaded.rollback_pending
+
+
 def test_a_cluster_without_state_is_believed_over_a_local_copy_with_nothing_unsent(tmp_path: Path) -> None:
     kube = FakeKube()
     store = _store(kube, tmp_path)
@@ -130,6 +165,8 @@ def test_the_journal_is_appended_in_chunks_read_in_order_and_old_releases_are_co
     assert store.releases() == ["r1", "r2", "r3", "r4"]
     assert store.compact(keep=2) == ["r1", "r2"]
     assert store.releases() == ["r3", "r4"]
+    # this machine's copy too: it grew by every release it ever ran
+    assert {data["release"] for data in store.cache.records()} == {"r3", "r4"}
 
 
 def test_records_the_cluster_cannot_take_are_kept_and_sent_first_when_it_answers(tmp_path: Path) -> None:
