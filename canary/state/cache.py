@@ -6,11 +6,13 @@ Per app, under ``<project>/.canary/<stack>/<app>/`` (or ``$CANARY_STATE_DIR``):
   last releases' only, as the cluster keeps them);
 - ``unsent.jsonl`` — records the cluster did not take (its API server down):
   sent first when it answers again, so nothing a release decided is lost;
-- ``state.json`` — the state this machine last saved, and ``state.version`` the
-  ``resourceVersion`` of its state ConfigMap after this machine's last write the
-  cluster took: while the cluster still holds that version, nobody else wrote
-  the state since, and this machine's unsent state is the newer one (no clocks
-  of two machines compared);
+- ``state.json`` — the state this machine last saved (``state.unsent`` while
+  the cluster is not known to hold it); ``state.version`` the ``resourceVersion``
+  of the state ConfigMap after this machine's last write the cluster took, and
+  ``state.sent`` the last state sent: while the cluster still holds that version,
+  or that very state (taken, its answer lost), nobody else wrote the state since,
+  and this machine's unsent state is the newer one (no clocks of two machines
+  compared);
 - ``<release>.config.yaml`` — the release's config file for ``up``.
 
 ``Legacy`` reads the file journal of canary 0.1 (``<state dir>/<stack>/journal.jsonl``
@@ -40,8 +42,15 @@ def _safe(name: str) -> str:
 
 class Cache:
     def __init__(self, root: Path, stack: str, app: str) -> None:
-        self.dir = root / _safe(stack) / app
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self._dir = root / _safe(stack) / app
+        self._dir.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def dir(self) -> Path:
+        """The app's directory, made again if it went (``git clean`` of a checkout mid-release): a write
+        here never fails for it, and the cluster, which holds the rest, still gets the write."""
+        self._dir.mkdir(parents=True, exist_ok=True)
+        return self._dir
 
     def config_file(self, release: str) -> Path:
         return self.dir / f"{release}.config.yaml"
@@ -78,6 +87,7 @@ class Cache:
 
     def save_taken(self, version: str) -> None:
         files.write_text_atomic(self.dir / "state.version", version)
+        (self.dir / "state.unsent").unlink(missing_ok=True)
 
     def taken(self) -> str | None:
         try:
@@ -85,7 +95,31 @@ class Cache:
         except OSError:
             return None
 
+    def adopt(self, version: str) -> None:
+        """The cluster holds the state last sent from here at ``version`` (its answer was lost)."""
+        files.write_text_atomic(self.dir / "state.version", version)
+
+    def superseded(self) -> None:
+        """Another machine wrote the cluster's state since: the one saved here is not to be sent."""
+        (self.dir / "state.unsent").unlink(missing_ok=True)
+
+    def save_sent(self, text: str) -> None:
+        """The state about to be sent: if the cluster takes it and its answer is lost, this recognises it."""
+        files.write_text_atomic(self.dir / "state.sent", text, mode=0o600)
+
+    def sent(self) -> str | None:
+        try:
+            return (self.dir / "state.sent").read_text()
+        except OSError:
+            return None
+
+    def state_unsent(self) -> bool:
+        """The state saved here is not known to be the cluster's (its write failed, or is under way)."""
+        return (self.dir / "state.unsent").exists()
+
     def save_state(self, data: dict[str, Any]) -> None:
+        """The state, saved here first and marked unsent until the cluster's answer says it took it."""
+        (self.dir / "state.unsent").touch()
         files.write_text_atomic(self.dir / "state.json", json.dumps(data, sort_keys=True, default=str), mode=0o600)
 
     def load_state(self) -> dict[str, Any] | None:

@@ -64,8 +64,18 @@ class ReleaseStore:
         self._chunk: dict[str, Any] | None = None  # the journal chunk last written: name, lines, version
         self._lock = threading.Lock()
         self._deployment_uid: str | None = None
-        #: what the cluster said when it last refused a write of this store, until it takes one again
-        self.refused: str | None = None
+        #: what the cluster said when it last refused a write of the state, of the journal: until it takes one
+        self._refusals: dict[str, str] = {}
+
+    @property
+    def refused(self) -> str | None:
+        """What the cluster said when it refused a write of this store (the state's, else the journal's),
+        until it takes that kind of write again; None when it takes them."""
+        return self._refusals.get("state") or self._refusals.get("journal")
+
+    def _kept(self, kind: str, exc: CanaryError) -> None:
+        if not isinstance(exc, ClusterUnreachable):
+            self._refusals[kind] = str(exc)
 
     # --- state ---------------------------------------------------------------------------------
 
@@ -86,25 +96,48 @@ class ReleaseStore:
         # answer), and only while the cluster's state is still the one this machine last wrote: another
         # machine that went on since (a resume) holds the newer one, whatever the two clocks say. A cluster
         # without state (its ConfigMap deleted, the namespace made again) is believed
-        if local and self.cache.unsent() and (remote is None or self._ours(obj) and local.get("release") == remote.get("release")):
+        unsent = self.cache.unsent() or self.cache.state_unsent()
+        if local and unsent and (remote is None or self._ours(obj) and local.get("release") == remote.get("release")):
             return records.parse_state(local)
         return records.parse_state(remote) if remote else None
 
     def _ours(self, obj: dict[str, Any] | None) -> bool:
-        """The cluster's state ConfigMap is as this machine's last write the cluster took left it."""
-        return obj is not None and obj["metadata"]["resourceVersion"] == self.cache.taken()
+        """Nobody but this machine wrote the cluster's state since this machine last did: it still holds the
+        version of this machine's last write it answered, or the very state this machine last sent (taken,
+        its answer lost: that version is then this machine's)."""
+        if obj is None:
+            return False
+        version = obj["metadata"]["resourceVersion"]
+        if version == self.cache.taken():
+            return True
+        held = (obj.get("data") or {}).get("state.json")
+        if held is not None and held == self.cache.sent():
+            self.cache.adopt(version)
+            return True
+        return False
 
     def save(self, state: records.ReleaseState) -> None:
+        """The state, here and in the cluster. The journal kept here is sent first; when the cluster refuses
+        it (a quota on new chunks, a policy) the state is still written: whole, it needs none of them."""
         data = records.dump(state)
         with self._lock:
             self.cache.save_state(data)
             try:
-                self._flush_unsent()
-                self._write_state(data)
+                self._flush_unsent(with_state=False)
+            except ClusterUnreachable:
+                return  # the state would not go either: kept here, sent with the journal once the cluster answers
             except _KEPT as exc:
-                self._kept(exc)
-            else:
-                self.refused = None
+                self._kept("journal", exc)
+            self._state_or_kept(data)
+
+    def _state_or_kept(self, data: dict[str, Any]) -> None:
+        """The state written, or kept here (marked unsent) with the refusal noted."""
+        try:
+            self._write_state(data)
+        except _KEPT as exc:
+            self._kept("state", exc)
+        else:
+            self._refusals.pop("state", None)
 
     def _write_state(self, data: dict[str, Any]) -> None:
         name = naming.state_configmap(self.app)
@@ -137,6 +170,7 @@ class ReleaseStore:
         answers, ``text`` counts as sent without an answer: it may have been taken, the next write tells."""
         body = _configmap(name, self.namespace, self.app, "state", {"state.json": text}, version=version)
         before, self._state_sent = self._state_sent, text
+        self.cache.save_sent(text)
         try:
             written = self.kube.create(body) if version is None else self.kube.replace(body)
         except Conflict:
@@ -159,18 +193,14 @@ class ReleaseStore:
                 self._send(data)
             except _KEPT as exc:
                 self.cache.keep_unsent(data)
-                self._kept(exc)
+                self._kept("journal", exc)
             else:
-                self.refused = None
+                self._refusals.pop("journal", None)
 
-    def _kept(self, exc: CanaryError) -> None:
-        if not isinstance(exc, ClusterUnreachable):
-            self.refused = str(exc)
-
-    def _flush_unsent(self) -> None:
+    def _flush_unsent(self, with_state: bool = True) -> None:
+        """What the cluster did not take yet: the journal's records, in order, each once; then (``with_state``)
+        the state saved here, unless another machine wrote the cluster's since."""
         pending = self.cache.unsent()
-        if not pending:
-            return
         for i, data in enumerate(pending):
             try:
                 self._send(data)
@@ -179,16 +209,19 @@ class ReleaseStore:
                 for left in pending[i:]:
                     self.cache.keep_unsent(left)
                 raise
-        self.cache.clear_unsent()
-        local = self.cache.load_state()
+        if pending:
+            self.cache.clear_unsent()
+        local = self.cache.load_state() if with_state and self.cache.state_unsent() else None
         if local is None:
             return
         current = self.kube.get("v1", "ConfigMap", naming.state_configmap(self.app), self.namespace)
         if current is None or self._ours(current):
             self._state_version = current["metadata"]["resourceVersion"] if current is not None else None
-            self._write_state(local)
-        # else another machine wrote the state since this one last could (it resumed the release, or began
-        # another): its state is the newer; this machine's records went to the journal, its state does not
+            self._state_or_kept(local)
+        else:
+            # another machine wrote the state since this one last could (it resumed the release, or began
+            # another): its state is the newer; this machine's records went to the journal, its state does not
+            self.cache.superseded()
 
     def _send(self, data: dict[str, Any]) -> None:
         release = str(data["release"])
@@ -263,7 +296,8 @@ class ReleaseStore:
 
     def compact(self, keep: int = KEEP_RELEASES) -> list[str]:
         """Delete the journals of all but the last ``keep`` releases (here too); returns the releases dropped."""
-        self.cache.compact(keep)
+        with self._lock:  # (a record from the hooks' thread is appended under it)
+            self.cache.compact(keep)
         chunks = self._chunks()
         releases = sorted({(obj["metadata"].get("labels") or {}).get(naming.RELEASE_LABEL, "") for _, obj in chunks})
         dropped = releases[:-keep] if len(releases) > keep else []

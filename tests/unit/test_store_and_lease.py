@@ -130,6 +130,28 @@ def test_a_state_another_machine_wrote_since_wins_over_an_unsent_one_whatever_th
     assert "event 7" in [r.message for r in again.records("r1")]
 
 
+def test_a_state_taken_whose_answer_was_lost_is_still_this_machine_s(tmp_path: Path) -> None:
+    # the API server applied a write and died before answering; the release then saved its rollback here.
+    # Its resume must see the rollback, not the version the lost answer would have named (the cluster's)
+    kube = FakeKube()
+    a = _store(kube, tmp_path)
+    a.save(_state(updated="2026-12-01T00:01:00.000Z"))
+    plain = kube.replace
+
+    def lost(manifest: Any) -> dict[str, Any]:
+        plain(manifest)
+        kube.down = True
+        raise ClusterUnreachable("the Kubernetes API server did not answer: ReadTimeoutError")
+
+    kube.replace = lost  # type: ignore[method-assign]
+    a.save(_state(updated="2026-12-01T00:01:10.000Z").model_copy(update={"failed_in_row": 2}))
+    a.append(_record("r1", 1))
+    a.save(_state(phase=Phase.ROLLING_BACK, updated="2026-12-01T00:01:20.000Z").model_copy(update={"rollback_pending": True}))
+    kube.replace, kube.down = plain, False  # type: ignore[method-assign]
+    loaded = _store(kube, tmp_path).load()
+    assert loaded is not None and loaded.phase is Phase.ROLLING_BACK and loaded.rollback_pending
+
+
 def test_an_unsent_state_of_this_machine_wins_while_nobody_wrote_since(tmp_path: Path) -> None:
     kube = FakeKube()
     a = _store(kube, tmp_path)
