@@ -37,7 +37,7 @@ from canary.core import exitcodes, naming, records
 from canary.core.naming import Track
 from canary.core.records import ENDED, PROMOTION, SKIPPABLE, Phase, ReleaseState, TrackPin
 from canary.core.spec import App, Gateway, ReleaseSpec, StackSpec
-from canary.errors import CanaryError, InvalidSpec, Problem, StackBusy, StackLocked
+from canary.errors import CanaryError, InvalidSpec, LeaseLost, Problem, StackBusy, StackLocked
 from canary.release.machine import Release, ReleaseResult
 from canary.release.ports import AppFacts
 from canary.release.record import Event
@@ -483,6 +483,8 @@ def release(stack: str, image: str, *, app: str | None = None, project_dir: Path
     _, before = set_image(stack, image, app=name, project_dir=project_dir, image_config=image_config)
     try:
         return up(stack, app=name, project_dir=project_dir, env=env, why=f"canary release --image {image}", retry=True, **kwargs)
+    except LeaseLost:
+        raise  # the release ran, and another process carries it on: the stack file keeps the image it releases
     except (StackBusy, StackLocked):
         # refused before anything was applied (another release, another update of the stack): the stack
         # file goes back to the image that runs, so the refusal leaves nothing behind
@@ -502,9 +504,11 @@ def resume(stack: str, *, app: str | None = None, project_dir: Path | None = Non
         legacy = Legacy(state_root(ws.project_dir), stack)
         old = legacy.state()
         if old is not None and old.phase not in ENDED:
+            # (this version's program refuses canaryImage and canaryWeight in the stack file, even a weight of 0)
             raise InvalidSpec([Problem("release", old.release, f"was started by canary 0.1 (a file journal) and stopped in phase {old.phase}: "
-                                       "it cannot be resumed by this version. Put traffic back on stable with `pulumi up` of the "
-                                       "stack file as it was before that release (canaryWeight 0, no canaryImage), then release again")], "resume")
+                                       "it cannot be resumed by this version. Remove canaryImage and canaryWeight from the stack file if "
+                                       f"they are still there, then run `canary up {stack}`: it puts all traffic back on stable and the "
+                                       "canary to zero. Then release again")], "resume")
         raise InvalidSpec([Problem("--app", name, "has no release to resume")], "resume")
     spec, note = _snapshot_spec(ws, state)
     facts = ws.facts(name, spec)

@@ -164,10 +164,11 @@ class Release:
             if self.store.refused:
                 # nothing is applied yet: a release that other machines cannot see (nor abort, nor resume) is not begun.
                 # Ended here (and kept on this machine until the cluster takes it), it does not hold the app up.
-                self.recorder.save(state.model_copy(update={"phase": Phase.ABORTED, "reason": self.store.refused}),
-                                   f"not started: the cluster refused the release's state: {self.store.refused}", Severity.ERROR)
-                raise Refused(f"release {release_id} of {self.spec.app.name} not started, nothing was applied: the cluster refused its state "
-                              f"({self.store.refused}); fix that, then release again")
+                refused = self.store.refused
+                self.recorder.save(state.model_copy(update={"phase": Phase.ABORTED, "reason": refused}),
+                                   f"not started: the cluster refused the release's records: {refused}", Severity.ERROR)
+                raise Refused(f"release {release_id} of {self.spec.app.name} not started, nothing was applied: the cluster refused its records "
+                              f"({refused}); fix that, then release again")
             if taken_from is not None:  # an expired holder, or a dead process of this host: say whose lease this release took
                 self.recorder.event(state, f"took over the lease of {taken_from}")
             self._compact(state)
@@ -235,37 +236,62 @@ class Release:
             while state.phase not in TERMINAL:
                 self._state = state
                 self._phase = state.phase
-                if self.lease.lost:
-                    raise LeaseLost(f"release {state.release} stopped: {self.lease.lost}")
-                state = self._take_requests(state)
                 try:
+                    if self.lease.lost:
+                        raise LeaseLost(f"release {state.release} stopped: {self.lease.lost}")
+                    state = self._take_requests(state)
                     state = self.advance(state)
                 except LeaseLost:
                     raise  # another process has the app (or its state): nothing more is written or applied from here
                 except RollbackPending as exc:
-                    state = self._where(state)
-                    state = self.recorder.save(state.model_copy(update={"rollback_pending": True, "reason": str(exc)}), f"rollback pending: {exc}", Severity.ERROR)
-                    return self._result(state)
+                    return self._pending(self._where(state), str(exc))
                 except Cancelled:
                     state = self._where(state)
                     if state.phase is Phase.ROLLING_BACK:
                         raise
                     continue  # the abort is taken at the top of the loop
                 except CanaryError as exc:
-                    state = self._where(state)
-                    if state.phase is Phase.ROLLING_BACK:
-                        raise
-                    state = self._after_failure(state, f"{type(exc).__name__}: {exc}")
-                except Exception as exc:
+                    failed = self._failed(state, f"{type(exc).__name__}: {exc}")
+                except Exception as exc:  # noqa: BLE001 - said as a defect, and rolled back
                     # a defect: never leave traffic on the canary without a record of why
-                    state = self._where(state)
-                    if state.phase is Phase.ROLLING_BACK:
-                        raise
-                    state = self._after_failure(state, f"internal error ({type(exc).__name__}: {exc}); please report it")
+                    failed = self._failed(state, f"internal error ({type(exc).__name__}: {exc}); please report it")
+                else:
+                    continue
+                if isinstance(failed, ReleaseResult):
+                    return failed
+                state = failed
             self._post_rollout(state)
             return self._result(state)
         finally:
             stop.set()
+
+    def _failed(self, state: ReleaseState, reason: str) -> ReleaseState | ReleaseResult:
+        """After a phase's handler failed: the rollback begun (or, once stable runs the new version, its
+        verification); "rollback pending" when the rollback itself cannot go on here."""
+        state = self._where(state)
+        if state.phase is Phase.ROLLING_BACK:
+            # the rollback's own step failed outside its retries (a record, the config file): resume completes it
+            return self._pending(state, reason)
+        try:
+            return self._after_failure(state, reason)
+        except LeaseLost:
+            raise
+        except Exception as again:
+            if not _may_roll_back(state):
+                raise  # stable already runs the new version: never turned into a rollback
+            return self._pending(self._where(state), f"{reason}; then, beginning the rollback: {type(again).__name__}: {again}")
+
+    def _pending(self, state: ReleaseState, reason: str) -> ReleaseResult:
+        """The rollback cannot go on in this process: "rollback pending" (exit 4), which ``resume`` completes.
+        Saved if it can be: what failed may be the records themselves; the result says it either way."""
+        if state.phase is not Phase.ROLLING_BACK:
+            state = state.model_copy(update={"phase": Phase.ROLLING_BACK, "rollback_to": Phase.FAILED, "rollback_step": 0, "rolled_back_from": state.phase})
+        state = state.model_copy(update={"rollback_pending": True, "reason": reason})
+        try:
+            state = self.recorder.save(state, f"rollback pending: {reason}", Severity.ERROR)
+        except Exception:  # noqa: BLE001 - the result below still says it, and the state is what the store last took
+            pass
+        return self._result(state)
 
     def _where(self, state: ReleaseState) -> ReleaseState:
         """Where the release stands after a handler failed midway: its last saved state."""
@@ -318,14 +344,16 @@ class Release:
         requests = dict(self._requests)
         abort = requests.get("abort")
         if abort is not None and state.phase not in (*TERMINAL, Phase.ROLLING_BACK):
-            self._clear("abort")
             if state.phase in PROMOTION:
+                self._clear("abort")
                 self.recorder.event(state, f"abort ignored: the release is already {state.phase} (the new version passed every check)")
                 self.cancel.clear()
                 return state
             by = abort.get("by") or "a user"
             self.recorder.request(state, "abort", by, abort.get("reason", ""))
-            return self._begin_rollback(state, f"aborted by {by}", to=Phase.ABORTED)
+            state = self._begin_rollback(state, f"aborted by {by}", to=Phase.ABORTED)
+            self._clear("abort")  # only now: an abort cleared before its rollback was saved was lost with it
+            return state
         for kind, paused in (("pause", True), ("continue", False)):
             request = requests.get(kind)
             if request is not None:
@@ -794,6 +822,11 @@ class Release:
 
     def _result(self, state: ReleaseState) -> ReleaseResult:
         return ReleaseResult(state.release, state.phase, state.weight, state.reason, state.last_checks, state.rollback_pending, state.unapplied)
+
+
+def _may_roll_back(state: ReleaseState) -> bool:
+    """A failure in this state begins a rollback (``_after_failure``): not once stable took the new version."""
+    return not (state.phase is Phase.PROMOTING and state.promotion_step >= 2) and state.phase not in (Phase.FINALISING, Phase.PROMOTED_UNVERIFIED)
 
 
 def _parse(text: str) -> datetime | None:

@@ -73,8 +73,15 @@ class Recorder:
         return {"time": self.clock.iso(), "stack": self.stack, "app": self.app, "release": state.release, "phase": state.phase.value, "weight": state.weight}
 
     def _tell(self, state: ReleaseState, message: str, severity: Severity = Severity.INFO, notify: bool = True) -> None:
+        """The caller's ``on_event`` (the CLI's printer) and the hooks: neither may stop the release. A printer
+        that fails (its pipe closed: ``| head``) is not called again, and the journal says so, once."""
         if self.on_event is not None:
-            self.on_event(Event(self.clock.iso(), state.release, state.phase.value, state.weight, message, self.app))
+            try:
+                self.on_event(Event(self.clock.iso(), state.release, state.phase.value, state.weight, message, self.app))
+            except Exception as exc:  # noqa: BLE001 - whatever the caller's callback raises
+                self.on_event = None
+                self._append(state, records.EventRecord(**self._base(state), message=f"the release's output failed ({type(exc).__name__}); "
+                                                                                     "it goes on, and `canary history` has every record"))
         if notify and self.notify is not None:
             self.notify(state, message, severity)
 

@@ -13,7 +13,7 @@ import pytest
 from canary.core import records
 from canary.core.records import Phase
 from canary.core.routing import GatewayClass, RouteShape
-from canary.errors import Forbidden, InvalidSpec, LeaseLost, MetricError, ProviderUnreachable, Refused, StackBusy
+from canary.errors import Conflict, Forbidden, InvalidSpec, LeaseLost, MetricError, ProviderUnreachable, Refused, StackBusy
 from canary.state.cache import Cache
 from canary.state.store import ReleaseStore
 from tests.unit.fakes import NEW, STABLE, FakeCluster, FakeHooks, FakeKube, Metrics, make, spec
@@ -707,6 +707,19 @@ def test_a_skip_analysis_promotion_asked_before_the_canary_is_deployed_is_kept_u
 # --- a cluster that refuses the release's records -----------------------------------------------
 
 
+class _OnceLive:
+    """For ``FakeKube.refuse``: the writes ``which`` picks are refused with ``error`` from the moment the
+    canary first has traffic (set ``world`` once it is made), and from then on."""
+
+    def __init__(self, which: Any, error: Exception) -> None:
+        self.which, self.error, self.world, self.began = which, error, None, False
+
+    def __call__(self, verb: str, obj: Any) -> Exception | None:
+        if self.world is not None and self.world.cluster.shape.weight > 0:
+            self.began = True
+        return self.error if self.began and self.which(verb, obj) else None
+
+
 def _real_store(tmp_path: Path, kube: FakeKube, world_spec: Any) -> ReleaseStore:
     """The release store itself, on an in-memory API server where the canary Deployment exists (Events need its uid)."""
     app, namespace = world_spec.app.name, world_spec.app.namespace
@@ -732,19 +745,10 @@ def test_a_journal_the_cluster_stops_taking_midway_is_kept_here_and_the_rollback
     # a role that may create ConfigMaps but not update them (or a policy that begins refusing them): once
     # the canary has traffic, every write of the state and the journal is refused
     kube = FakeKube()
-    world: Any = None
-    began: list[bool] = []
-
-    def refuse(verb: str, obj: Any) -> Exception | None:
-        if world is not None and world.cluster.shape.weight > 0:
-            began.append(True)  # and from then on
-        if verb == "replace" and obj.get("kind") == "ConfigMap" and began:
-            return Forbidden('writing ConfigMap: the cluster refused (403 Forbidden): configmaps "x" is forbidden: cannot update')
-        return None
-
-    kube.refuse = refuse
+    kube.refuse = live = _OnceLive(lambda verb, obj: verb == "replace" and obj.get("kind") == "ConfigMap",
+                                   Forbidden('writing ConfigMap: the cluster refused (403 Forbidden): configmaps "x" is forbidden: cannot update'))
     store = _real_store(tmp_path, kube, spec())
-    world = make(Metrics(18.2), store=store)
+    world = live.world = make(Metrics(18.2), store=store)
     result = world.start()
     assert result.phase is Phase.FAILED and world.cluster.weights_seen == [0, 10, 0] and world.cluster.stable_hash == STABLE.hash
     said = [e.message for e in world.events if "the cluster refused the release's record" in e.message]
@@ -767,10 +771,124 @@ def test_a_release_whose_state_the_cluster_refuses_is_not_started_and_holds_noth
                                      if verb == "create" and obj.get("kind") == "ConfigMap" else None)
     store = _real_store(tmp_path, kube, spec())
     world = make(Metrics(), store=store)
-    with pytest.raises(Refused, match=r"not started, nothing was applied: the cluster refused its state .*admission webhook \"labels\" denied"):
+    with pytest.raises(Refused, match=r"not started, nothing was applied: the cluster refused its records .*admission webhook \"labels\" denied"):
         world.start()
     assert world.stack.ups == [] and world.cluster.weights_seen == [0]
     assert store.load() is not None and store.load().phase is Phase.ABORTED  # ended: no "unfinished release" to resume
     kube.refuse = lambda verb, obj: None
     again = make(Metrics(), store=store).start()
     assert again.phase is Phase.SUCCEEDED
+
+
+# --- what must not stop a rollback -----------------------------------------------------------------
+
+
+def test_a_printer_that_fails_midway_does_not_stop_the_release() -> None:
+    # `canary release … | head`: the pipe closes and every later line raised BrokenPipeError; the rollback's
+    # first record raised it again from inside the failure handler, and the canary kept its traffic
+    world = make(Metrics(18.2))
+
+    def printer(event: Any) -> None:
+        world.events.append(event)
+        if event.weight >= 10:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    world.release.recorder.on_event = printer
+    result = world.start()
+    assert result.phase is Phase.FAILED and world.cluster.weights_seen == [0, 10, 0]
+    assert [r.message for r in world.store.of("event") if "output failed (BrokenPipeError)" in r.message]
+
+
+def test_an_abort_whose_record_fails_still_ends_in_a_rollback_and_is_not_lost_first() -> None:
+    # the abort was cleared in the cluster before it was recorded: a failing record escaped the loop
+    # (outside its error handling), traffic stayed at 20, and a resume went on to promote what was aborted
+    world = make(Metrics(0.0))
+    plain = world.store.append
+
+    def append(entry: Any) -> None:
+        if entry.type == "request":
+            raise Conflict("journal chunk changed since it was read")
+        plain(entry)
+
+    world.store.append = append  # type: ignore[method-assign]
+
+    asked: list[bool] = []
+
+    def on_sleep(now: float) -> None:
+        if world.cluster.shape.weight == 20 and not asked:
+            asked.append(True)
+            world.store.request("abort")
+
+    world.clock.on_sleep = on_sleep
+    result = world.start()
+    assert result.phase is Phase.FAILED and world.cluster.weights_seen[-1] == 0 and max(world.cluster.weights_seen) == 20
+    assert "Conflict" in result.reason
+
+
+def test_a_rollback_whose_record_fails_is_pending_never_left_with_traffic_on_the_canary() -> None:
+    world = make(Metrics(18.2))
+    plain = world.store.append
+    failed: list[bool] = []
+
+    def append(entry: Any) -> None:
+        if entry.type == "decision" and "traffic to stable first" in entry.message and not failed:
+            failed.append(True)
+            raise Conflict("journal chunk changed since it was read")
+        plain(entry)
+
+    world.store.append = append  # type: ignore[method-assign]
+    result = world.start()
+    assert result.exit_code == 4 and result.rollback_pending and "Conflict" in result.reason
+    assert world.store.state is not None and world.store.state.phase is Phase.ROLLING_BACK and world.store.state.rollback_pending
+    world.store.append = plain  # type: ignore[method-assign]
+    again = world.rebuild().release.resume()
+    assert again.phase is Phase.FAILED and world.cluster.weights_seen[-1] == 0 and world.cluster.canary_replicas == 0
+
+
+def test_a_local_cache_removed_midway_is_made_again(tmp_path: Path) -> None:
+    # `git clean -fdx` of the checkout mid-release: every save raised FileNotFoundError before its cluster write
+    import shutil
+
+    kube = FakeKube()
+    world = make(Metrics(18.2), store=_real_store(tmp_path, kube, spec()))
+
+    def on_sleep(now: float) -> None:
+        if world.cluster.shape.weight == 10 and (tmp_path / "test").exists():
+            shutil.rmtree(tmp_path / "test")
+
+    world.clock.on_sleep = on_sleep
+    result = world.start()
+    assert result.phase is Phase.FAILED and world.cluster.weights_seen == [0, 10, 0]
+    held = json.loads(kube.objects[("ConfigMap", spec().app.namespace, "canary-web-state")]["data"]["state.json"])
+    assert held["phase"] == "Failed"
+
+
+def test_a_quota_on_new_journal_chunks_leaves_the_cluster_s_state_true(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the journal kept here blocked the state's write too: the cluster said Progressing at weight 10 after
+    # the release here ended Failed, and another machine's resume would have put traffic back on the canary
+    from canary.state import store as store_module
+
+    monkeypatch.setattr(store_module, "CHUNK_BYTES", 4096)  # a long release's journal reaching 256 KiB
+    kube = FakeKube()
+    kube.refuse = live = _OnceLive(lambda verb, obj: verb == "create" and "journal" in obj["metadata"]["name"],
+                                   Forbidden("creating ConfigMap: the cluster refused (403 Forbidden): exceeded quota: q, requested: count/configmaps=1"))
+    world = live.world = make(Metrics(18.2), store=_real_store(tmp_path, kube, spec()))
+    result = world.start()
+    held = json.loads(kube.objects[("ConfigMap", spec().app.namespace, "canary-web-state")]["data"]["state.json"])
+    assert result.phase is Phase.FAILED and held["phase"] == "Failed" and held["weight"] == 0
+
+
+def test_a_state_only_the_cluster_refuses_is_said_once_and_kept_here(tmp_path: Path) -> None:
+    kube = FakeKube()
+    kube.refuse = live = _OnceLive(lambda verb, obj: verb == "replace" and obj["metadata"]["name"].endswith("-state"),
+                                   Refused("writing ConfigMap canary-web-state: the cluster refused it (422 Unprocessable Entity): denied by policy"))
+    store = _real_store(tmp_path, kube, spec())
+    world = live.world = make(Metrics(18.2), store=store)
+    result = world.start()
+    said = [e.message for e in world.events if "refused the release's record" in e.message]
+    assert result.phase is Phase.FAILED and len(said) == 1, said
+    assert store.load().phase is Phase.FAILED  # type: ignore[union-attr]  # this machine: its own, newer state
+    kube.refuse = lambda verb, obj: None
+    store.append(records.EventRecord(time="2026-12-01T00:00:00.000Z", stack="test", app="web", release=result.release, message="later"))
+    held = json.loads(kube.objects[("ConfigMap", spec().app.namespace, "canary-web-state")]["data"]["state.json"])
+    assert held["phase"] == "Failed"  # sent with the next write once the policy lets it
