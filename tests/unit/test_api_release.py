@@ -1,0 +1,43 @@
+"""``canary release``'s handling of the stack file around its ``up`` (the workspace and the ``up`` stood in for)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from canary import api
+from canary.errors import LeaseLost, StackBusy
+
+
+@pytest.fixture
+def images(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The images ``release`` set in the stack file, in order; the workspace is one deployed app on demo:v1."""
+    ws = SimpleNamespace(app=lambda app: "web", facts=lambda name: SimpleNamespace(stable=SimpleNamespace(image="demo:v1")),
+                         store=lambda name, namespace: SimpleNamespace(load=lambda: None), namespace=lambda name: "shop", outputs={})
+    monkeypatch.setattr(api, "open_stack", lambda *args, **kwargs: ws)
+    monkeypatch.setattr(api, "_refuse_if_busy", lambda *args: None)
+    monkeypatch.setattr(api, "_preflight", lambda *args: None)
+    written: list[str] = []
+
+    def set_image(stack: str, image: str, **kwargs: Any) -> tuple[str, str]:
+        written.append(image)
+        return "web", "demo:v1"
+
+    monkeypatch.setattr(api, "set_image", set_image)
+    return written
+
+
+@pytest.mark.parametrize(("raised", "restored"), [(StackBusy("app web is busy"), True), (LeaseLost("the lease of web was taken"), False)])
+def test_the_stack_file_goes_back_only_when_nothing_was_applied(monkeypatch: pytest.MonkeyPatch, images: list[str], raised: Exception,
+                                                               restored: bool) -> None:
+    # a LeaseLost (a StackBusy) came after traffic had moved, another process carrying the release on:
+    # the stack file was put back to the old image as if the release had been refused
+    def up(*args: Any, **kwargs: Any) -> Any:
+        raise raised
+
+    monkeypatch.setattr(api, "up", up)
+    with pytest.raises(type(raised)):
+        api.release("prod", "demo:v2")
+    assert images == (["demo:v2", "demo:v1"] if restored else ["demo:v2"])
