@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from canary.core.naming import Track
+from canary.errors import Forbidden, Refused
 from canary.lab import cluster, procs
 from canary.state.cache import state_root
 from tests.lab.helpers import LabStack, RouteWatcher, assert_stable_state, running, wait_until
@@ -135,3 +136,52 @@ def test_secrets_never_appear_in_any_artefact(lab_stack: LabStack, tmp_path: Pat
         assert token not in text, f"the Prometheus token leaked into {name}"
         assert passphrase not in text, f"the passphrase leaked into {name}"
     assert faulty.returncode == 1  # the release itself ran (and was judged) with the token configured
+
+
+def _refusing_events(namespace: str) -> list[dict[str, Any]]:
+    """The API server's own admission policy (no webhook) refusing every Event in ``namespace``: as a
+    cluster whose CI role may not create Events, or whose policy engine refuses them."""
+    name = f"canary-test-no-events-{namespace}"
+    return [
+        {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy", "metadata": {"name": name},
+         "spec": {"failurePolicy": "Fail",
+                  "matchConstraints": {"resourceRules": [{"apiGroups": ["", "events.k8s.io"], "apiVersions": ["v1"], "operations": ["CREATE"],
+                                                          "resources": ["events"]}]},
+                  # (answered 403 Forbidden, as RBAC would; without a reason it is 422 Invalid)
+                  "validations": [{"expression": "false", "message": "no events in this namespace", "reason": "Forbidden"}]}},
+        {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding", "metadata": {"name": name},
+         "spec": {"policyName": name, "validationActions": ["Deny"],
+                  "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}}}},
+    ]
+
+
+def test_a_cluster_that_refuses_the_release_s_events_still_sees_a_faulty_canary_rolled_back(lab_stack: LabStack) -> None:
+    # the first Event (once the canary Deployment exists) used to end the release with its 403, and the
+    # rollback's Events too: a faulty canary kept its traffic
+    policy = _refusing_events(lab_stack.namespace)
+    canary = lab_stack.kube.get("apps/v1", "Deployment", "web-canary", lab_stack.namespace)
+    assert canary is not None
+    involved = {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web-canary", "namespace": lab_stack.namespace, "uid": canary["metadata"]["uid"]}
+    try:
+        lab_stack.kube.apply_all(policy)
+
+        def refused() -> bool:
+            try:
+                lab_stack.kube.event(involved, "Probe", "is the policy in force?")
+            except (Forbidden, Refused) as exc:
+                return "no events in this namespace" in str(exc)
+            return False
+
+        wait_until(refused, "the admission policy refusing Events", 30)
+        with RouteWatcher(lab_stack) as watcher:
+            done = lab_stack.release("demo:v2-faulty")
+        assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
+        assert max(watcher.canary_weights) == 10 and watcher.seen[-1] == (100, 0), watcher.seen
+        assert_stable_state(lab_stack, "demo:v1")
+        said = [r.message for r in lab_stack.records() if "Kubernetes Events cannot be recorded" in getattr(r, "message", "")]
+        assert len(said) == 1 and "no events in this namespace" in said[0] and "403" in said[0], said
+        state = lab_stack.state()
+        assert state is not None and state.phase.value == "Failed" and "error-rate" in state.reason
+    finally:
+        for obj in reversed(policy):
+            lab_stack.kube.delete(obj["apiVersion"], obj["kind"], obj["metadata"]["name"])

@@ -43,7 +43,7 @@ from canary.core import naming
 from canary.core.records import ReleaseState
 from canary.state.cache import Cache
 from canary.state.store import ReleaseStore
-from tests.lab.helpers import Background, LabStack, RouteWatcher, SaysNo, assert_stable_state, kill_group, running, serve, wait_until
+from tests.lab.helpers import Background, LabStack, RouteWatcher, SaysNo, assert_stable_state, kill_group, pin, running, serve, wait_until
 
 LEGACY = Path(__file__).parent / "legacy"  # written by canary 0.1 on the lab (see legacy/README.md)
 
@@ -451,6 +451,7 @@ def test_a_release_journaled_by_the_file_based_version_is_shown_and_an_unfinishe
         text = (LEGACY / file).read_text().replace("@STACK@", pair.name).replace("@PROJECT@", str(pair.b.project))
         (old / file).write_text(text)
     failed, unfinished = "20261202T080307-12846", "20261202T080337-13434"
+    pin(pair.stack, "demo:v2", 20, 1)  # where that release left the cluster: its canary at weight 20
     checkpoint = _checkpoint(pair)
 
     status = pair.b.cli("status", pair.name)
@@ -475,6 +476,11 @@ def test_a_release_journaled_by_the_file_based_version_is_shown_and_an_unfinishe
     resumed = pair.b.cli("resume", pair.name)
     assert resumed.returncode == 2, resumed.stdout[-2000:] + resumed.stderr[-2000:]
     assert unfinished in resumed.stderr and "canary 0.1" in resumed.stderr and "cannot be resumed" in resumed.stderr, resumed.stderr
-    assert "Progressing" in resumed.stderr and "pulumi up" in resumed.stderr, resumed.stderr
+    assert "Progressing" in resumed.stderr and f"canary up {pair.name}" in resumed.stderr, resumed.stderr
     assert _checkpoint(pair) == checkpoint and _lease(pair) is None
+    # what it says to do puts every request back on stable
+    assert pair.stack.route().weights == (80, 20)
+    mended = pair.b.cli("up", pair.name)
+    assert mended.returncode == 0, mended.stdout[-2000:] + mended.stderr[-2000:]
+    assert_stable_state(pair.stack, "demo:v1")
 
