@@ -200,14 +200,15 @@ class _Running:
         else:
             self.pending = by
 
+    def built(self, release: Any) -> None:
+        """``on_build``: the release the next signal aborts (one that came first aborts it at once)."""
+        self.release = release
+        if self.pending:
+            release.request_abort(self.pending)
+
 
 def _options(route_timeout: float, running: _Running, lock_wait: float) -> dict[str, Any]:
-    def on_build(release: Any) -> None:
-        running.release = release
-        if running.pending:
-            release.request_abort(running.pending)
-
-    return {"route_timeout": route_timeout, "lock_wait": lock_wait, "on_build": on_build}
+    return {"route_timeout": route_timeout, "lock_wait": lock_wait, "on_build": running.built}
 
 
 def _finish_up(outcome: Any) -> NoReturn:
@@ -643,9 +644,12 @@ def demo(healthy: str, faulty: str, reports: Path | None, project_dir: Path | No
     click.echo("== resetting the lab stack to its stable state (demo:v1, route at rest, no canary)")
     lab_demo.reset(layout)
     outcomes = []
+    running = _Running()
+    _on_signals(running.abort)  # Ctrl-C rolls the release back, as in `canary release` (it left traffic on the canary)
     for image in (healthy, faulty):
         click.echo(f"\n== releasing {image}")
-        outcome = api.release(cluster.LAB_STACK, image, on_event=_print_event, **where.kwargs)
+        running.release = None
+        outcome = api.release(cluster.LAB_STACK, image, on_event=_print_event, on_build=running.built, **where.kwargs)
         result = outcome.release
         outcomes.append(result)
         click.echo(f"release {result.release}: {result.phase} — {result.reason}" if result else outcome.message)

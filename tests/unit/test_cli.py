@@ -240,3 +240,37 @@ def test_promote_skip_analysis_is_refused_past_analysis_where_the_release_would_
     else:
         assert api.promote("prod", skip_analysis=True, reason="hotfix") == "r1"
         assert asked == ["promote"]
+
+
+def test_demo_rolls_its_release_back_on_ctrl_c_as_release_does(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # `canary demo` installed no handler: Ctrl-C was a KeyboardInterrupt in the middle of a step, the
+    # release's traffic left on its canary
+    import signal
+
+    from canary import api, cli
+    from canary.lab import cluster
+    from canary.lab import demo as lab_demo
+
+    aborted: list[str] = []
+
+    class Built:
+        def request_abort(self, by: str) -> None:
+            aborted.append(by)
+
+    def release(stack: str, image: str, **kwargs: Any) -> Any:
+        kwargs["on_build"](Built())
+        signal.getsignal(signal.SIGINT)(signal.SIGINT, None)  # type: ignore[operator]  # Ctrl-C, mid-release
+        raise SystemExit(1)
+
+    monkeypatch.setattr(cluster, "running", lambda layout: True)
+    monkeypatch.setattr(lab_demo, "reset", lambda layout: None)
+    monkeypatch.setattr(api, "release", release)
+    monkeypatch.setattr(sys, "argv", ["canary", "demo", "--project-dir", str(tmp_path)])
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(SystemExit):
+            cli.run()
+    finally:
+        signal.signal(signal.SIGINT, before[0])
+        signal.signal(signal.SIGTERM, before[1])
+    assert aborted == ["signal SIGINT"]
