@@ -289,6 +289,8 @@ class Release:
         state = state.model_copy(update={"rollback_pending": True, "reason": reason})
         try:
             state = self.recorder.save(state, f"rollback pending: {reason}", Severity.ERROR)
+        except LeaseLost:
+            raise  # another process has the app: its release, not this one, says what is pending
         except Exception:  # noqa: BLE001 - the result below still says it, and the state is what the store last took
             pass
         return self._result(state)
@@ -779,6 +781,7 @@ class Release:
         return state
 
     def _begin_rollback(self, state: ReleaseState, reason: str, to: Phase = Phase.FAILED) -> ReleaseState:
+        self._phase = Phase.ROLLING_BACK  # an abort the requests' watch reports again from here cancels nothing
         self.cancel.clear()
         state = state.model_copy(update={"phase": Phase.ROLLING_BACK, "reason": reason, "rollback_to": to, "rollback_step": 0, "rolled_back_from": state.phase})
         return self.recorder.save(state, f"rolling back: {reason}", Severity.ERROR if to is Phase.FAILED else Severity.WARN)

@@ -9,8 +9,9 @@ Per app, under ``<project>/.canary/<stack>/<app>/`` (or ``$CANARY_STATE_DIR``):
 - ``state.json`` — the state this machine last saved (``state.unsent`` while
   the cluster is not known to hold it); ``state.version`` the ``resourceVersion``
   of the state ConfigMap after this machine's last write the cluster took, and
-  ``state.sent`` the last state sent: while the cluster still holds that version,
-  or that very state (taken, its answer lost), nobody else wrote the state since,
+  ``state.sent`` the states sent since without an answer: while the cluster still
+  holds that version, or one of those states (taken, its answer lost), nobody
+  else wrote the state since,
   and this machine's unsent state is the newer one (no clocks of two machines
   compared);
 - ``<release>.config.yaml`` — the release's config file for ``up``.
@@ -30,6 +31,9 @@ from typing import Any
 from canary.adapters import files
 from canary.core import records
 from canary.errors import StackError
+
+#: how many states sent without an answer are remembered (each write after an outage begins sends one)
+_SENT_KEPT = 50
 
 
 def state_root(project_dir: Path) -> Path:
@@ -86,8 +90,10 @@ class Cache:
         files.write_text_atomic(path, "".join(json.dumps(d, sort_keys=True, default=str) + "\n" for d in lines if str(d.get("release", "")) in kept))
 
     def save_taken(self, version: str) -> None:
+        """The cluster answered that it took the state saved here, at ``version``."""
         files.write_text_atomic(self.dir / "state.version", version)
         (self.dir / "state.unsent").unlink(missing_ok=True)
+        (self.dir / "state.sent").unlink(missing_ok=True)
 
     def taken(self) -> str | None:
         try:
@@ -96,7 +102,8 @@ class Cache:
             return None
 
     def adopt(self, version: str) -> None:
-        """The cluster holds the state last sent from here at ``version`` (its answer was lost)."""
+        """The cluster holds a state sent from here, its answer lost, at ``version``: this machine's last write.
+        (The states sent stay remembered until a write is answered: a process still running may have sent them.)"""
         files.write_text_atomic(self.dir / "state.version", version)
 
     def superseded(self) -> None:
@@ -104,14 +111,20 @@ class Cache:
         (self.dir / "state.unsent").unlink(missing_ok=True)
 
     def save_sent(self, text: str) -> None:
-        """The state about to be sent: if the cluster takes it and its answer is lost, this recognises it."""
-        files.write_text_atomic(self.dir / "state.sent", text, mode=0o600)
+        """A state about to be sent. Every one sent since the cluster last answered is kept: any of them may
+        have been taken with its answer lost (a time-out), and the cluster holding one of them is this machine's."""
+        files.write_text_atomic(self.dir / "state.sent", json.dumps([*self.sent()[-(_SENT_KEPT - 1):], text]), mode=0o600)
 
-    def sent(self) -> str | None:
+    def discard_sent(self, text: str) -> None:
+        """A state the cluster answered it did not take (a conflict, a refusal)."""
+        files.write_text_atomic(self.dir / "state.sent", json.dumps([t for t in self.sent() if t != text]), mode=0o600)
+
+    def sent(self) -> list[str]:
         try:
-            return (self.dir / "state.sent").read_text()
-        except OSError:
-            return None
+            texts = json.loads((self.dir / "state.sent").read_text())
+        except (OSError, ValueError):
+            return []
+        return [t for t in texts if isinstance(t, str)] if isinstance(texts, list) else []
 
     def state_unsent(self) -> bool:
         """The state saved here is not known to be the cluster's (its write failed, or is under way)."""

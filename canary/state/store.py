@@ -59,8 +59,6 @@ class ReleaseStore:
         self.stack = stack
         self.cache = cache
         self._state_version: str | None = None
-        #: the state this process last sent without hearing whether the cluster took it
-        self._state_sent: str | None = None
         self._chunk: dict[str, Any] | None = None  # the journal chunk last written: name, lines, version
         self._lock = threading.Lock()
         self._deployment_uid: str | None = None
@@ -95,7 +93,8 @@ class ReleaseStore:
         # the local copy wins only with records the cluster did not take yet (written while it did not
         # answer), and only while the cluster's state is still the one this machine last wrote: another
         # machine that went on since (a resume) holds the newer one, whatever the two clocks say. A cluster
-        # without state (its ConfigMap deleted, the namespace made again) is believed
+        # without state (its ConfigMap deleted, the namespace made again) is believed unless this machine
+        # holds records or a state it could not send
         unsent = self.cache.unsent() or self.cache.state_unsent()
         if local and unsent and (remote is None or self._ours(obj) and local.get("release") == remote.get("release")):
             return records.parse_state(local)
@@ -103,15 +102,15 @@ class ReleaseStore:
 
     def _ours(self, obj: dict[str, Any] | None) -> bool:
         """Nobody but this machine wrote the cluster's state since this machine last did: it still holds the
-        version of this machine's last write it answered, or the very state this machine last sent (taken,
-        its answer lost: that version is then this machine's)."""
+        version of this machine's last write it answered, or one of the states this machine sent since without
+        an answer (taken, its answer lost: that version is then this machine's)."""
         if obj is None:
             return False
         version = obj["metadata"]["resourceVersion"]
         if version == self.cache.taken():
             return True
         held = (obj.get("data") or {}).get("state.json")
-        if held is not None and held == self.cache.sent():
+        if held is not None and held in self.cache.sent():
             self.cache.adopt(version)
             return True
         return False
@@ -154,10 +153,12 @@ class ReleaseStore:
         except Conflict:
             current = self.kube.get("v1", "ConfigMap", name, self.namespace) or {}
             held = (current.get("data") or {}).get("state.json")
-            # (self._state_sent: a write of this process whose answer was lost, if any)
-            if current and (held is None or held != self._state_sent):
+            # (the cache's sent states: writes of this machine whose answers were lost, if any)
+            if current and (held is None or held not in self.cache.sent()):
                 # someone else wrote it: only a holder of the lease may, so this release no longer holds the app.
-                # The version read stays the old one: no later save of this process overwrites theirs.
+                # The version read stays the old one: no later save of this process overwrites theirs, and the
+                # state saved here is not sent over theirs later either.
+                self.cache.superseded()
                 theirs = records.parse_state(json.loads(held)) if held else None
                 said = f"release {theirs.release} in phase {theirs.phase}" if theirs is not None else "no state"
                 raise LeaseLost(f"the release state of {self.app} was written by another process since this one wrote it: it holds {said}") from None
@@ -169,14 +170,12 @@ class ReleaseStore:
         """Create (no version) or replace the state ConfigMap; its new resourceVersion. Until the cluster
         answers, ``text`` counts as sent without an answer: it may have been taken, the next write tells."""
         body = _configmap(name, self.namespace, self.app, "state", {"state.json": text}, version=version)
-        before, self._state_sent = self._state_sent, text
         self.cache.save_sent(text)
         try:
             written = self.kube.create(body) if version is None else self.kube.replace(body)
-        except Conflict:
-            self._state_sent = before  # refused, so not taken
+        except (Conflict, Forbidden, Refused):
+            self.cache.discard_sent(text)  # answered: not taken
             raise
-        self._state_sent = None
         version = str(written["metadata"]["resourceVersion"])
         self.cache.save_taken(version)
         return version

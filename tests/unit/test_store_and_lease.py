@@ -130,6 +130,17 @@ def test_a_state_another_machine_wrote_since_wins_over_an_unsent_one_whatever_th
     assert "event 7" in [r.message for r in again.records("r1")]
 
 
+def _answer_lost(kube: FakeKube, plain: Any, then_down: bool = False) -> Any:
+    """A replace the API server applies but whose answer is lost (a time-out); ``then_down``: it stops answering."""
+
+    def lost(manifest: Any) -> dict[str, Any]:
+        plain(manifest)
+        kube.down = kube.down or then_down
+        raise ClusterUnreachable("the Kubernetes API server did not answer: ReadTimeoutError")
+
+    return lost
+
+
 def test_a_state_taken_whose_answer_was_lost_is_still_this_machine_s(tmp_path: Path) -> None:
     # the API server applied a write and died before answering; the release then saved its rollback here.
     # Its resume must see the rollback, not the version the lost answer would have named (the cluster's)
@@ -137,19 +148,54 @@ def test_a_state_taken_whose_answer_was_lost_is_still_this_machine_s(tmp_path: P
     a = _store(kube, tmp_path)
     a.save(_state(updated="2026-12-01T00:01:00.000Z"))
     plain = kube.replace
-
-    def lost(manifest: Any) -> dict[str, Any]:
-        plain(manifest)
-        kube.down = True
-        raise ClusterUnreachable("the Kubernetes API server did not answer: ReadTimeoutError")
-
-    kube.replace = lost  # type: ignore[method-assign]
+    kube.replace = _answer_lost(kube, plain, then_down=True)  # type: ignore[method-assign]
     a.save(_state(updated="2026-12-01T00:01:10.000Z").model_copy(update={"failed_in_row": 2}))
     a.append(_record("r1", 1))
     a.save(_state(phase=Phase.ROLLING_BACK, updated="2026-12-01T00:01:20.000Z").model_copy(update={"rollback_pending": True}))
     kube.replace, kube.down = plain, False  # type: ignore[method-assign]
     loaded = _store(kube, tmp_path).load()
     assert loaded is not None and loaded.phase is Phase.ROLLING_BACK and loaded.rollback_pending
+
+
+def _two_unanswered_states(tmp_path: Path) -> tuple[FakeKube, ReleaseStore]:
+    """A state the cluster took with its answer lost (Progressing at 10), then a rollback's that never
+    reached it: only the first of the two states sent without an answer is the cluster's."""
+    kube = FakeKube()
+    a = _store(kube, tmp_path)
+    a.save(_state(updated="2026-12-01T00:01:00.000Z"))
+    plain = kube.replace
+
+    def state_reset(manifest: Any) -> dict[str, Any]:
+        if manifest["metadata"]["name"] == "canary-web-state":
+            raise ClusterUnreachable("the Kubernetes API server did not answer: ConnectionResetError")
+        return plain(manifest)
+
+    kube.replace = _answer_lost(kube, plain)  # type: ignore[method-assign]
+    a.save(_state(updated="2026-12-01T00:01:10.000Z").model_copy(update={"weight": 10}))
+    kube.down = True
+    a.append(_record("r1", 1))
+    kube.down, kube.replace = False, state_reset  # type: ignore[method-assign]
+    a.save(_state(phase=Phase.ROLLING_BACK, updated="2026-12-01T00:01:20.000Z").model_copy(update={"rollback_pending": True}))
+    kube.replace = plain  # type: ignore[method-assign]
+    return kube, a
+
+
+def test_a_second_state_sent_without_an_answer_does_not_make_the_first_a_stranger_s(tmp_path: Path) -> None:
+    # only the last state sent was remembered: the cluster's (the first) then looked like another
+    # machine's, a resume here went on judging the canary, and this process's next save was a false LeaseLost
+    kube, a = _two_unanswered_states(tmp_path)
+    loaded = _store(kube, tmp_path).load()  # a later process here: `canary resume`
+    assert loaded is not None and loaded.phase is Phase.ROLLING_BACK and loaded.rollback_pending
+    a.save(_state(phase=Phase.ROLLING_BACK, updated="2026-12-01T00:01:30.000Z").model_copy(update={"rollback_step": 1}))
+    held = records.parse_state(json.loads(kube.objects[("ConfigMap", "shop", "canary-web-state")]["data"]["state.json"]))
+    assert held.phase is Phase.ROLLING_BACK and held.rollback_step == 1
+
+
+def test_a_rollback_kept_here_is_sent_with_the_next_record_not_dropped(tmp_path: Path) -> None:
+    kube, a = _two_unanswered_states(tmp_path)
+    a.append(_record("r1", 2))
+    held = records.parse_state(json.loads(kube.objects[("ConfigMap", "shop", "canary-web-state")]["data"]["state.json"]))
+    assert held.phase is Phase.ROLLING_BACK and held.rollback_pending and not a.cache.state_unsent()
 
 
 def test_an_unsent_state_of_this_machine_wins_while_nobody_wrote_since(tmp_path: Path) -> None:
