@@ -892,3 +892,47 @@ def test_a_state_only_the_cluster_refuses_is_said_once_and_kept_here(tmp_path: P
     store.append(records.EventRecord(time="2026-12-01T00:00:00.000Z", stack="test", app="web", release=result.release, message="later"))
     held = json.loads(kube.objects[("ConfigMap", spec().app.namespace, "canary-web-state")]["data"]["state.json"])
     assert held["phase"] == "Failed"  # sent with the next write once the policy lets it
+
+
+def test_an_abort_reported_again_while_its_rollback_is_saved_cancels_nothing_more() -> None:
+    # the requests' watch reported the abort again between the rollback's save and the abort's clearing;
+    # the release still counted itself Progressing, and set the cancel flag through the rollback's end
+    world = make(Metrics(0.0))
+    plain = world.store.clear_request
+
+    def clear_request(kind: str) -> None:
+        if kind == "abort" and world.store._listener is not None:
+            world.store._listener(world.store.requests(world.store._release))  # the watch, once more
+        plain(kind)
+
+    world.store.clear_request = clear_request  # type: ignore[method-assign]
+    asked: list[bool] = []
+
+    def on_sleep(now: float) -> None:
+        if world.cluster.shape.weight == 20 and not asked:
+            asked.append(True)
+            world.store.request("abort")
+
+    world.clock.on_sleep = on_sleep
+    result = world.start()
+    assert result.phase is Phase.ABORTED and world.cluster.weights_seen[-1] == 0
+    assert not world.release.cancel.is_set()
+
+
+def test_a_rollback_pending_is_not_claimed_for_a_release_another_process_holds() -> None:
+    world = make(Metrics(18.2))
+    plain_append, plain_save = world.store.append, world.store.save
+
+    def append(entry: Any) -> None:
+        if entry.type == "decision" and "traffic to stable first" in entry.message:
+            raise Conflict("journal chunk changed since it was read")
+        plain_append(entry)
+
+    def save(state: Any) -> None:
+        if state.rollback_pending:
+            raise LeaseLost("the release state of web was written by another process since this one wrote it")
+        plain_save(state)
+
+    world.store.append, world.store.save = append, save  # type: ignore[method-assign]
+    with pytest.raises(LeaseLost):
+        world.start()
