@@ -799,6 +799,18 @@ def test_a_printer_that_fails_midway_does_not_stop_the_release() -> None:
     assert [r.message for r in world.store.of("event") if "output failed (BrokenPipeError)" in r.message]
 
 
+def _abort_once_at(world: Any, weight: int) -> None:
+    """`canary abort` from another machine, once, while the release waits at ``weight``."""
+    asked: list[bool] = []
+
+    def on_sleep(now: float) -> None:
+        if world.cluster.shape.weight == weight and not asked:
+            asked.append(True)
+            world.store.request("abort")
+
+    world.clock.on_sleep = on_sleep
+
+
 def test_an_abort_whose_record_fails_still_ends_in_a_rollback_and_is_not_lost_first() -> None:
     # the abort was cleared in the cluster before it was recorded: a failing record escaped the loop
     # (outside its error handling), traffic stayed at 20, and a resume went on to promote what was aborted
@@ -811,15 +823,7 @@ def test_an_abort_whose_record_fails_still_ends_in_a_rollback_and_is_not_lost_fi
         plain(entry)
 
     world.store.append = append  # type: ignore[method-assign]
-
-    asked: list[bool] = []
-
-    def on_sleep(now: float) -> None:
-        if world.cluster.shape.weight == 20 and not asked:
-            asked.append(True)
-            world.store.request("abort")
-
-    world.clock.on_sleep = on_sleep
+    _abort_once_at(world, 20)
     result = world.start()
     assert result.phase is Phase.FAILED and world.cluster.weights_seen[-1] == 0 and max(world.cluster.weights_seen) == 20
     assert "Conflict" in result.reason
@@ -906,14 +910,7 @@ def test_an_abort_reported_again_while_its_rollback_is_saved_cancels_nothing_mor
         plain(kind)
 
     world.store.clear_request = clear_request  # type: ignore[method-assign]
-    asked: list[bool] = []
-
-    def on_sleep(now: float) -> None:
-        if world.cluster.shape.weight == 20 and not asked:
-            asked.append(True)
-            world.store.request("abort")
-
-    world.clock.on_sleep = on_sleep
+    _abort_once_at(world, 20)
     result = world.start()
     assert result.phase is Phase.ABORTED and world.cluster.weights_seen[-1] == 0
     assert not world.release.cancel.is_set()
