@@ -21,13 +21,14 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_text_atomic(path: Path, text: str, mode: int | None = None) -> None:
+def write_text_atomic(path: Path, text: str, mode: int | None = None, durable: bool = True) -> None:
     """Replace ``path`` with ``text`` in one rename: a temporary file in the same directory
-    (with the old file's mode, or ``mode``), flushed to disk, renamed over it, then the directory flushed."""
-    write_bytes_atomic(path, text.encode(), mode)
+    (with the old file's mode, or ``mode``), flushed to disk, renamed over it, then the directory flushed.
+    Not ``durable``: still old or new after a crash, but a power cut may lose the change (no flushes)."""
+    write_bytes_atomic(path, text.encode(), mode, durable)
 
 
-def write_bytes_atomic(path: Path, data: bytes, mode: int | None = None) -> None:
+def write_bytes_atomic(path: Path, data: bytes, mode: int | None = None, durable: bool = True) -> None:
     """As ``write_text_atomic``, for bytes (an image)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -35,7 +36,8 @@ def write_bytes_atomic(path: Path, data: bytes, mode: int | None = None) -> None
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         if mode is None:
             with contextlib.suppress(FileNotFoundError):
                 os.chmod(tmp, path.stat().st_mode & 0o7777)
@@ -44,7 +46,8 @@ def write_bytes_atomic(path: Path, data: bytes, mode: int | None = None) -> None
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    _fsync_dir(path.parent)
+    if durable:
+        _fsync_dir(path.parent)
 
 
 def append_line(path: Path, line: str) -> None:

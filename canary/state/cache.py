@@ -34,6 +34,8 @@ from canary.errors import StackError
 
 #: how many states sent without an answer are remembered (each write after an outage begins sends one)
 _SENT_KEPT = 50
+# (state.version and state.sent are written without flushes: a power cut that loses one makes this
+# machine's unsent state lose to the cluster's, as it did before they existed; state.json is flushed)
 
 
 def state_root(project_dir: Path) -> Path:
@@ -91,7 +93,7 @@ class Cache:
 
     def save_taken(self, version: str) -> None:
         """The cluster answered that it took the state saved here, at ``version``."""
-        files.write_text_atomic(self.dir / "state.version", version)
+        files.write_text_atomic(self.dir / "state.version", version, durable=False)
         (self.dir / "state.unsent").unlink(missing_ok=True)
         (self.dir / "state.sent").unlink(missing_ok=True)
 
@@ -104,7 +106,7 @@ class Cache:
     def adopt(self, version: str) -> None:
         """The cluster holds a state sent from here, its answer lost, at ``version``: this machine's last write.
         (The states sent stay remembered until a write is answered: a process still running may have sent them.)"""
-        files.write_text_atomic(self.dir / "state.version", version)
+        files.write_text_atomic(self.dir / "state.version", version, durable=False)
 
     def superseded(self) -> None:
         """Another machine wrote the cluster's state since: the one saved here is not to be sent."""
@@ -113,11 +115,11 @@ class Cache:
     def save_sent(self, text: str) -> None:
         """A state about to be sent. Every one sent since the cluster last answered is kept: any of them may
         have been taken with its answer lost (a time-out), and the cluster holding one of them is this machine's."""
-        files.write_text_atomic(self.dir / "state.sent", json.dumps([*self.sent()[-(_SENT_KEPT - 1):], text]), mode=0o600)
+        files.write_text_atomic(self.dir / "state.sent", json.dumps([*self.sent()[-(_SENT_KEPT - 1):], text]), mode=0o600, durable=False)
 
     def discard_sent(self, text: str) -> None:
         """A state the cluster answered it did not take (a conflict, a refusal)."""
-        files.write_text_atomic(self.dir / "state.sent", json.dumps([t for t in self.sent() if t != text]), mode=0o600)
+        files.write_text_atomic(self.dir / "state.sent", json.dumps([t for t in self.sent() if t != text]), mode=0o600, durable=False)
 
     def sent(self) -> list[str]:
         try:
