@@ -14,6 +14,7 @@ once, as a warning to people and hooks.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -68,6 +69,8 @@ class Recorder:
         self.last_saved: ReleaseState | None = None
         self._refusal_said: str | None = None
         self._events_failed = False
+        #: the two "said once" marks are set by the hooks' thread too: each is checked and set as one step
+        self._said = threading.Lock()
 
     def _base(self, state: ReleaseState) -> dict[str, Any]:
         return {"time": self.clock.iso(), "stack": self.stack, "app": self.app, "release": state.release, "phase": state.phase.value, "weight": state.weight}
@@ -92,9 +95,10 @@ class Recorder:
     def _say_refusal(self, state: ReleaseState) -> None:
         """Once per refusal: the cluster did not take the release's records (they are kept here)."""
         refused = self.store.refused
-        if refused == self._refusal_said:
-            return
-        self._refusal_said = refused
+        with self._said:
+            if refused == self._refusal_said:
+                return
+            self._refusal_said = refused
         if refused:
             self.event(state, f"the cluster refused the release's record ({refused}): the journal and the state are kept on this machine "
                               "and sent once the cluster takes them; meanwhile other machines see the release as it was", Severity.WARN)
@@ -104,8 +108,9 @@ class Recorder:
         try:
             self.store.event(reason, message, warning=warning)
         except CanaryError as exc:
-            if not self._events_failed:
-                self._events_failed = True
+            with self._said:
+                first, self._events_failed = not self._events_failed, True
+            if first:
                 self.event(state, f"Kubernetes Events cannot be recorded ({exc}): the release goes on without them; "
                                   "`canary history` has every decision", Severity.WARN)
 
