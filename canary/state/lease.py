@@ -188,22 +188,29 @@ class Lease:
             self._renew()
 
     def _renew(self) -> None:
-        if self._held is None:
-            return
-        body = dict(self._held)
-        body["spec"] = {**body["spec"], "renewTime": _micro(_now())}
-        try:
-            self._held = self.kube.replace(body)
-            self._renewed = time.monotonic()
-        except Conflict:
-            current = self._read()
-            holder = self._holder(current) if current else None
-            if current is None or holder is None or not self._mine(holder):
-                self.lost = f"the lease of {self.app} was taken by {holder or 'nobody'}"
-                self._held = None
+        for _ in range(2):
+            if self._held is None:
                 return
-            self._held = current
-            self._renew()
+            body = dict(self._held)
+            body["spec"] = {**body["spec"], "renewTime": _micro(_now())}
+            try:
+                self._held = self.kube.replace(body)
+                self._renewed = time.monotonic()
+                return
+            except Conflict:
+                current, holder = self._still_mine()
+                if current is None:
+                    self.lost = f"the lease of {self.app} was taken by {holder or 'nobody'}"
+                    self._held = None
+                    return
+                self._held = current
+
+    def _still_mine(self) -> tuple[dict[str, Any] | None, Holder | None]:
+        """After a write refused for its version: the lease as the cluster holds it now when this process
+        still holds it (a write of ours whose answer was lost), else None; and its holder, if any."""
+        current = self._read()
+        holder = self._holder(current) if current else None
+        return (current if holder is not None and self._mine(holder) else None), holder
 
     def fence(self) -> None:
         """Before a change to the cluster: raise ``LeaseLost`` when this process no longer holds the lease.
@@ -244,9 +251,8 @@ class Lease:
                 except Conflict:
                     # written since: given up only if this process still holds it (a renewal whose answer was lost)
                     with contextlib.suppress(CanaryError):
-                        current = self._read()
-                        holder = self._holder(current) if current else None
-                        if current is not None and holder is not None and self._mine(holder):
+                        current, _ = self._still_mine()
+                        if current is not None:
                             held = current
                             continue
                     return
