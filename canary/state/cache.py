@@ -58,8 +58,12 @@ class Cache:
         self._dir.mkdir(parents=True, exist_ok=True)
         return self._dir
 
+    def _at(self, name: str) -> Path:
+        """A file of the app's directory, to read (a read makes no directory)."""
+        return self._dir / name
+
     def config_file(self, release: str) -> Path:
-        return self.dir / f"{release}.config.yaml"
+        return self._at(f"{release}.config.yaml")
 
     def write_config(self, release: str, text: str) -> Path:
         path = self.config_file(release)
@@ -67,39 +71,39 @@ class Cache:
         return path
 
     def record(self, data: dict[str, Any]) -> None:
-        files.append_line(self.dir / "journal.jsonl", json.dumps(data, sort_keys=True, default=str))
+        files.append_line(self.dir / "journal.jsonl", _line(data))
 
     def unsent(self) -> list[dict[str, Any]]:
-        return _read_lines(self.dir / "unsent.jsonl")
+        return _read_lines(self._at("unsent.jsonl"))
 
     def keep_unsent(self, data: dict[str, Any]) -> None:
-        files.append_line(self.dir / "unsent.jsonl", json.dumps(data, sort_keys=True, default=str))
+        files.append_line(self.dir / "unsent.jsonl", _line(data))
 
     def clear_unsent(self) -> None:
-        (self.dir / "unsent.jsonl").unlink(missing_ok=True)
+        self._at("unsent.jsonl").unlink(missing_ok=True)
 
     def records(self) -> list[dict[str, Any]]:
-        return _read_lines(self.dir / "journal.jsonl")
+        return _read_lines(self._at("journal.jsonl"))
 
     def compact(self, keep: int) -> None:
         """Keep the journal records of the last ``keep`` releases (by their first record here)."""
-        path = self.dir / "journal.jsonl"
+        path = self._at("journal.jsonl")
         lines = _read_lines(path)
         order = list(dict.fromkeys(str(data.get("release", "")) for data in lines))
         if len(order) <= keep:
             return
         kept = set(order[-keep:])
-        files.write_text_atomic(path, "".join(json.dumps(d, sort_keys=True, default=str) + "\n" for d in lines if str(d.get("release", "")) in kept))
+        files.write_text_atomic(path, "".join(_line(d) + "\n" for d in lines if str(d.get("release", "")) in kept))
 
     def save_taken(self, version: str) -> None:
         """The cluster answered that it took the state saved here, at ``version``."""
-        files.write_text_atomic(self.dir / "state.version", version, durable=False)
-        (self.dir / "state.unsent").unlink(missing_ok=True)
-        (self.dir / "state.sent").unlink(missing_ok=True)
+        self.adopt(version)
+        self._at("state.unsent").unlink(missing_ok=True)
+        self._at("state.sent").unlink(missing_ok=True)
 
     def taken(self) -> str | None:
         try:
-            return (self.dir / "state.version").read_text().strip() or None
+            return self._at("state.version").read_text().strip() or None
         except OSError:
             return None
 
@@ -110,7 +114,7 @@ class Cache:
 
     def superseded(self) -> None:
         """Another machine wrote the cluster's state since: the one saved here is not to be sent."""
-        (self.dir / "state.unsent").unlink(missing_ok=True)
+        self._at("state.unsent").unlink(missing_ok=True)
 
     def save_sent(self, text: str) -> None:
         """A state about to be sent. Every one sent since the cluster last answered is kept: any of them may
@@ -123,25 +127,30 @@ class Cache:
 
     def sent(self) -> list[str]:
         try:
-            texts = json.loads((self.dir / "state.sent").read_text())
+            texts = json.loads(self._at("state.sent").read_text())
         except (OSError, ValueError):
             return []
         return [t for t in texts if isinstance(t, str)] if isinstance(texts, list) else []
 
     def state_unsent(self) -> bool:
         """The state saved here is not known to be the cluster's (its write failed, or is under way)."""
-        return (self.dir / "state.unsent").exists()
+        return self._at("state.unsent").exists()
 
     def save_state(self, data: dict[str, Any]) -> None:
         """The state, saved here first and marked unsent until the cluster's answer says it took it."""
         (self.dir / "state.unsent").touch()
-        files.write_text_atomic(self.dir / "state.json", json.dumps(data, sort_keys=True, default=str), mode=0o600)
+        files.write_text_atomic(self.dir / "state.json", _line(data), mode=0o600)
 
     def load_state(self) -> dict[str, Any] | None:
         try:
-            return json.loads((self.dir / "state.json").read_text())  # type: ignore[no-any-return]
+            return json.loads(self._at("state.json").read_text())  # type: ignore[no-any-return]
         except (OSError, ValueError):
             return None
+
+
+def _line(data: dict[str, Any]) -> str:
+    """One record as the cache's files hold it (the journal, the unsent records, the state)."""
+    return json.dumps(data, sort_keys=True, default=str)
 
 
 def _read_lines(path: Path) -> list[dict[str, Any]]:
