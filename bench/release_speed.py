@@ -464,6 +464,11 @@ def main() -> int:
     parser.add_argument("--command-releases", type=int, default=1, help="healthy releases run as the `canary release` command")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    for name in ("steps", "rollbacks", "releases"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1: each part reports a median of its runs")
+    if args.command_releases < 0:
+        parser.error("--command-releases must not be negative")
     layout = running_lab()
     if layout is None:
         return 2
