@@ -79,6 +79,10 @@ class Cache:
     def keep_unsent(self, data: dict[str, Any]) -> None:
         files.append_line(self.dir / "unsent.jsonl", _line(data))
 
+    def replace_unsent(self, kept: list[dict[str, Any]]) -> None:
+        """The records still unsent, in place of the file's, at once: a crash leaves either file, never half."""
+        files.write_text_atomic(self.dir / "unsent.jsonl", "".join(_line(d) + "\n" for d in kept), mode=0o600)
+
     def clear_unsent(self) -> None:
         self._at("unsent.jsonl").unlink(missing_ok=True)
 

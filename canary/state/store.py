@@ -204,9 +204,8 @@ class ReleaseStore:
             try:
                 self._send(data)
             except _KEPT:
-                self.cache.clear_unsent()  # what went is not sent again: only what is left stays unsent
-                for left in pending[i:]:
-                    self.cache.keep_unsent(left)
+                if i:  # what went is not sent again: only what is left stays unsent (one write, not one per record)
+                    self.cache.replace_unsent(pending[i:])
                 raise
         if pending:
             self.cache.clear_unsent()

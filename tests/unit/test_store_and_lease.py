@@ -16,6 +16,7 @@ import pytest
 from canary.core import records
 from canary.core.records import Phase, ReleaseState
 from canary.errors import ClusterUnreachable, Conflict, LeaseLost, StackBusy, StackError
+from canary.state import cache as cache_module
 from canary.state import store as store_module
 from canary.state.cache import Cache, Legacy
 from canary.state.lease import Lease
@@ -583,3 +584,32 @@ def test_the_kube_adapter_reads_a_404_on_a_write_as_a_change_not_an_outage() -> 
     kube.resource = lambda api_version, kind: Gone()  # type: ignore[method-assign]
     with pytest.raises(Conflict, match="deleted since it was read"):
         kube.replace({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "canary-web-state", "namespace": "shop", "resourceVersion": "7"}})
+
+
+def test_records_kept_through_a_long_refusal_cost_one_write_each(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # every record kept while the cluster refused rewrote the whole unsent file, one flushed line at a
+    # time: quadratic in the records kept, and a crash midway left only part of them marked unsent
+    kube = FakeKube()
+    store = _store(kube, tmp_path)
+    store.save(_state())
+    writes: list[str] = []
+    append_line, write_atomic = cache_module.files.append_line, cache_module.files.write_text_atomic
+
+    def counted_append(path: Path, line: str) -> None:
+        writes.append(path.name)
+        append_line(path, line)
+
+    def counted_atomic(path: Path, text: str, **kw: Any) -> None:
+        writes.append(path.name)
+        write_atomic(path, text, **kw)
+
+    monkeypatch.setattr(cache_module.files, "append_line", counted_append)
+    monkeypatch.setattr(cache_module.files, "write_text_atomic", counted_atomic)
+    kube.down = True
+    for n in range(30):
+        store.append(_record("r1", n))
+    assert writes.count("unsent.jsonl") == 30, writes.count("unsent.jsonl")
+    assert [d["message"] for d in store.cache.unsent()] == [f"event {n}" for n in range(30)]
+    kube.down = False
+    store.append(_record("r1", 30))
+    assert [r.message for r in _store(kube, tmp_path / "reader").records("r1")] == [f"event {n}" for n in range(31)]
