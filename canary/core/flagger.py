@@ -121,9 +121,13 @@ def convert(
     addresses = {t["provider"].get("address") for t in metric_templates.values() if t["provider"].get("address")}
     if addresses:
         values["prometheus"] = {"address": sorted(addresses)[0]}
-    elif any("templateRef" not in m for m in analysis.get("metrics", [])):
-        values["prometheus"] = {"address": "http://prometheus.monitoring:9090"}
-        notes.append("prometheus.address: built-in metrics need one and the manifests name none; written as http://prometheus.monitoring:9090")
+    else:
+        # Flagger's templates may leave the address to its -metrics-server flag, which no manifest holds
+        needs = [why for why, needed in (("built-in metrics need one", any("templateRef" not in m for m in analysis.get("metrics", []))),
+                                         ("the MetricTemplates leave it to Flagger's -metrics-server flag", bool(metric_templates))) if needed]
+        if needs:
+            values["prometheus"] = {"address": "http://prometheus.monitoring:9090"}
+            notes.append(f"prometheus.address: {' and '.join(needs)}, and the manifests name none; written as http://prometheus.monitoring:9090, set it")
     try:
         imported = parse_stack(values, "imported Flagger manifests")
     except InvalidSpec as exc:
@@ -254,6 +258,10 @@ def _analysis(data: Mapping[str, Any], notes: list[str]) -> dict[str, Any]:
     out = {k: data[k] for k in _AS_IS if k in data}
     if "sessionAffinity" in data:
         affinity = dict(_mapping(data["sessionAffinity"], "spec.analysis.sessionAffinity"))
+        if "primaryCookieName" in affinity:
+            # Flagger also pins the clients sent to the primary; canary's route keeps only the canary's
+            notes.append(f"spec.analysis.sessionAffinity.primaryCookieName: not supported ({affinity.pop('primaryCookieName')!r} dropped): "
+                         "clients routed to stable are not pinned there; those routed to the canary keep its cookie")
         if isinstance(affinity.get("maxAge"), int) and not isinstance(affinity["maxAge"], bool):
             affinity["maxAge"] = f"{affinity['maxAge']}s"  # Flagger's maxAge is in seconds
         out["sessionAffinity"] = affinity

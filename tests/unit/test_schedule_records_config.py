@@ -764,6 +764,25 @@ def test_session_affinity_carries_over_with_flaggers_max_age_in_seconds() -> Non
     assert affinity is not None and (affinity.cookie_name, affinity.max_age) == ("flagger-cookie", timedelta(hours=2))
 
 
+
+def test_flaggers_primary_cookie_is_dropped_with_a_note_not_refused() -> None:
+    # Flagger also pins clients sent to the primary; the import refused the whole Canary for it
+    doc = _canary()
+    doc["spec"]["analysis"]["sessionAffinity"] = {"cookieName": "flagger-cookie", "maxAge": 60, "primaryCookieName": "primary-cookie"}
+    result = flagger.convert([doc, _template()])
+    affinity = result.spec.release_spec("web").analysis.session_affinity
+    assert affinity is not None and affinity.cookie_name == "flagger-cookie"
+    assert any(n.startswith("spec.analysis.sessionAffinity.primaryCookieName: not supported ('primary-cookie' dropped)") for n in result.notes), result.notes
+
+
+def test_templates_that_leave_the_address_to_flaggers_flag_import_with_a_default_and_a_note() -> None:
+    # Flagger's MetricTemplates may omit provider.address (its -metrics-server flag holds it): refused before
+    template = _template()
+    del template["spec"]["provider"]["address"]
+    result = flagger.convert([_canary(), template])
+    assert str(result.spec.prometheus.address).startswith("http://prometheus.monitoring:9090")
+    assert any("the MetricTemplates leave it to Flagger's -metrics-server flag" in n for n in result.notes), result.notes
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
