@@ -561,8 +561,9 @@ class Alert(_Model):
 class StringMatch(_Model):
     """Flagger's string match, as the Gateway API can express it: exact or a regular expression."""
 
-    exact: str | None = None
-    regex: str | None = None
+    #: matched as given: a query parameter's value may begin or end with a space, and so may a pattern
+    exact: Verbatim | None = None
+    regex: Verbatim | None = None
 
     @model_validator(mode="after")
     def _one(self) -> StringMatch:
@@ -612,9 +613,12 @@ class HTTPMatch(_Model):
     def _something(self) -> HTTPMatch:
         if not self.headers and not self.query_params:
             raise ValueError("must match on at least one header or query parameter")
-        for name in self.headers:
+        for name, match in self.headers.items():
             if not _HEADER_NAME.match(name):
                 raise ValueError(f"header name {name!r} is not a valid HTTP header name")
+            if match.exact is not None and match.exact != match.exact.strip(" \t"):
+                raise ValueError(f"header {name} exact {match.exact!r} begins or ends with whitespace, which HTTP strips from a header's "
+                                 "value: it would never match")
         for name in self.query_params:
             if not _HEADER_NAME.match(name) or len(name) > 256:
                 raise ValueError(f"query parameter name {name!r} must be 1 to 256 letters, digits or !#$%&'*+-.^_`|~ (the Gateway API's rule)")

@@ -71,6 +71,16 @@ def test_ab_testing_sends_the_matched_requests_for_each_iteration() -> None:
     assert schedule.describe(parsed) == "A/B testing, 3 iterations"
 
 
+
+def test_match_values_are_kept_as_given_and_a_header_value_with_edge_whitespace_is_refused() -> None:
+    # every config string was stripped: a query value " beta" became "beta", a pattern lost its edge spaces
+    parsed = Analysis.model_validate({"iterations": 2, "match": [{"queryParams": {"tier": {"exact": " beta"}},
+                                                                  "headers": {"x-who": {"regex": "^a b $"}}}]})
+    (match,) = schedule.matches(parsed)
+    assert match.query_params == (("tier", "Exact", " beta"),) and match.headers == (("x-who", "RegularExpression", "^a b $"),)
+    with pytest.raises(ValueError, match=r"header x-who exact ' insider' begins or ends with whitespace"):
+        Analysis.model_validate({"iterations": 2, "match": [{"headers": {"x-who": {"exact": " insider"}}}]})
+
 @pytest.mark.parametrize(
     ("analysis", "shape"),
     [
