@@ -257,6 +257,18 @@ def _running(ws: Workspace) -> dict[str, ReleaseState]:
     return out
 
 
+E = TypeVar("E", bound=CanaryError)
+
+
+def _raised(kind: type[E], call: Callable[..., Any], *args: Any) -> list[E]:
+    """The ``kind`` error ``call(*args)`` raised, as a list (empty when it returned)."""
+    try:
+        call(*args)
+    except kind as exc:
+        return [exc]
+    return []
+
+
 def _refuse_if_busy(ws: Workspace, name: str, state: ReleaseState | None) -> None:
     """Refuse before anything changes (the stack file, an ``up``) when a process — here or on another
     machine — holds the app's lease, naming it; or when the app's last release is unfinished (resume it)."""
@@ -280,11 +292,15 @@ def up(stack: str, *, app: str | None = None, project_dir: Path | None = None, e
     known = ws.apps()
     names = [ws.app(app)] if known and (app is not None or len(known) == 1) else known
     running = _running(ws)
-    for name in names:
-        _refuse_if_busy(ws, name, running.get(name))
+    # every app's refusal at once: a stack of several apps is not mended one rerun per app
+    busy = [str(exc) for name in names for exc in _raised(StackBusy, _refuse_if_busy, ws, name, running.get(name))]
+    if busy:
+        raise StackBusy("; ".join(busy))
     existed = {name: f"{naming.OUTPUT_PREFIX}{name}" in ws.outputs for name in names}
-    for name in names:
-        _preflight(ws, name)
+    problems = [Problem(f"{p.field} (app {name})" if len(names) > 1 else p.field, p.value, p.rule)
+                for name in names for exc in _raised(InvalidSpec, _preflight, ws, name) for p in exc.problems]
+    if problems:
+        raise InvalidSpec(problems, f"stack {ws.name}")
     snapshot = ws.stack.stack_file().read_text()
     cache = Cache(state_root(ws.project_dir), stack, "_stack")
     # a config file of this up's own: every app of the stack may be in its `canary up` at once, and one

@@ -41,3 +41,30 @@ def test_the_stack_file_goes_back_only_when_nothing_was_applied(monkeypatch: pyt
     with pytest.raises(type(raised)):
         api.release("prod", "demo:v2")
     assert images == (["demo:v2", "demo:v1"] if restored else ["demo:v2"])
+
+
+def test_up_of_several_apps_names_every_app_s_refusal_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    # `canary up` of a stack of several apps stopped at the first app's refusal: one rerun per app to find them all
+    from canary.errors import InvalidSpec, Problem
+
+    ws = SimpleNamespace(apps=lambda: ["api", "web", "worker"], app=lambda app: app, name="prod", outputs={})
+    monkeypatch.setattr(api, "open_stack", lambda *args, **kwargs: ws)
+    monkeypatch.setattr(api, "_running", lambda ws: {})
+    busy = {"api", "worker"}
+
+    def refuse_if_busy(ws: Any, name: str, state: Any) -> None:
+        if name in busy:
+            raise StackBusy(f"app {name} is busy")
+
+    def preflight(ws: Any, name: str) -> None:
+        if name != "web":
+            raise InvalidSpec([Problem("analysis.metrics[0].name", "q", "Prometheus rejected it")], "stack prod")
+
+    monkeypatch.setattr(api, "_refuse_if_busy", refuse_if_busy)
+    monkeypatch.setattr(api, "_preflight", preflight)
+    with pytest.raises(StackBusy, match="app api is busy; app worker is busy"):
+        api.up("prod")
+    busy.clear()
+    with pytest.raises(InvalidSpec) as info:
+        api.up("prod")
+    assert [p.field for p in info.value.problems] == ["analysis.metrics[0].name (app api)", "analysis.metrics[0].name (app worker)"]
