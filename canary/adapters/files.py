@@ -51,10 +51,13 @@ def write_bytes_atomic(path: Path, data: bytes, mode: int | None = None, durable
 
 
 def append_line(path: Path, line: str) -> None:
-    """Append one line and flush it to disk before returning."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    """Append one line and flush it to disk before returning. A torn last line (a crash mid-write) is
+    ended first: the new line is never glued to it, and lost with it, when the file is read."""
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
     try:
-        os.write(fd, (line.rstrip("\n") + "\n").encode())
+        size = os.fstat(fd).st_size
+        torn = size > 0 and os.pread(fd, 1, size - 1) != b"\n"
+        os.write(fd, ("\n" if torn else "").encode() + (line.rstrip("\n") + "\n").encode())
         os.fsync(fd)
     finally:
         os.close(fd)

@@ -121,6 +121,11 @@ def convert(
     addresses = {t["provider"].get("address") for t in metric_templates.values() if t["provider"].get("address")}
     if addresses:
         values["prometheus"] = {"address": sorted(addresses)[0]}
+        unset = sorted(name for name, t in metric_templates.items() if not t["provider"].get("address"))
+        if unset:
+            # in Flagger these ask the Prometheus of its -metrics-server flag, which may be another one
+            notes.append(f"MetricTemplate {', '.join(unset)}: spec.provider.address: not set (Flagger's -metrics-server flag); "
+                         f"they query prometheus.address, written as {values['prometheus']['address']}: check it is the same Prometheus")
     else:
         # Flagger's templates may leave the address to its -metrics-server flag, which no manifest holds
         needs = [why for why, needed in (("built-in metrics need one", any("templateRef" not in m for m in analysis.get("metrics", []))),

@@ -94,8 +94,8 @@ class Recorder:
 
     def _say_refusal(self, state: ReleaseState) -> None:
         """Once per refusal: the cluster did not take the release's records (they are kept here)."""
-        refused = self.store.refused
         with self._said:
+            refused = self.store.refused
             if refused == self._refusal_said:
                 return
             self._refusal_said = refused

@@ -63,10 +63,10 @@ class Cache:
         return self._dir / name
 
     def config_file(self, release: str) -> Path:
-        return self._at(f"{release}.config.yaml")
+        return self._at(f"{release}.config.yaml")  # the path write_config writes
 
     def write_config(self, release: str, text: str) -> Path:
-        path = self.config_file(release)
+        path = self.dir / f"{release}.config.yaml"
         files.write_text_atomic(path, text, mode=0o600)
         return path
 

@@ -792,6 +792,15 @@ def test_templates_that_leave_the_address_to_flaggers_flag_import_with_a_default
     result = flagger.convert([_canary(), template])
     assert str(result.spec.prometheus.address).startswith("http://prometheus.monitoring:9090")
     assert any("the MetricTemplates leave it to Flagger's -metrics-server flag" in n for n in result.notes), result.notes
+    # beside a template that names one, it takes that one's address, and the note says so
+    named = _template()
+    named["metadata"]["name"] = "latency"
+    named["spec"]["provider"]["address"] = "http://thanos.monitoring:9090"
+    doc = _canary()
+    doc["spec"]["analysis"]["metrics"].append({"name": "latency", "templateRef": {"name": "latency"}, "thresholdRange": {"max": 500}})
+    result = flagger.convert([doc, template, named])
+    assert str(result.spec.prometheus.address).startswith("http://thanos.monitoring:9090")
+    assert any(n.startswith("MetricTemplate error-rate: spec.provider.address: not set") and "thanos" in n for n in result.notes), result.notes
 
 @pytest.mark.parametrize(
     ("change", "message"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import threading
 import time
@@ -613,3 +614,31 @@ def test_records_kept_through_a_long_refusal_cost_one_write_each(tmp_path: Path,
     kube.down = False
     store.append(_record("r1", 30))
     assert [r.message for r in _store(kube, tmp_path / "reader").records("r1")] == [f"event {n}" for n in range(31)]
+
+
+def test_a_record_kept_after_a_torn_line_is_not_glued_to_it_and_lost(tmp_path: Path) -> None:
+    # a crash mid-write leaves a torn last line; the next record was appended onto it, and the line,
+    # no longer JSON, was skipped with the record in it (the journal here and the records kept unsent)
+    kube = FakeKube()
+    store = _store(kube, tmp_path)
+    store.save(_state())
+    kube.down = True
+    for n in range(2):
+        store.append(_record("r1", n))
+    for name in ("unsent.jsonl", "journal.jsonl"):
+        with (store.cache.dir / name).open("a") as f:
+            f.write('{"app": "web", "mess')
+    store.append(_record("r1", 2))
+    assert [d["message"] for d in store.cache.unsent()] == ["event 0", "event 1", "event 2"]
+    assert [d["message"] for d in store.cache.records() if d.get("type") == "event"] == ["event 0", "event 1", "event 2"]
+    kube.down = False
+    store.append(_record("r1", 3))
+    assert [r.message for r in _store(kube, tmp_path / "reader").records("r1")] == [f"event {n}" for n in range(4)]
+
+
+def test_a_config_file_is_written_though_the_cache_s_directory_went(tmp_path: Path) -> None:
+    # `git clean` of the checkout while an `up` waited for Pulumi's lock: its config write raised
+    cache = Cache(tmp_path, "prod", "_stack")
+    shutil.rmtree(tmp_path / "prod")
+    path = cache.write_config("up-1", "config: {}\n")
+    assert path == cache.config_file("up-1") and path.read_text() == "config: {}\n"
