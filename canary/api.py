@@ -557,6 +557,10 @@ class Status:
     running: bool
     holder: str | None
     legacy: bool = False
+    #: kept on this machine, not yet in the cluster (it refused them or did not answer): journal records, and
+    #: whether the state is one of them; other machines see the release without them
+    kept_records: int = 0
+    kept_state: bool = False
 
     def to_json(self) -> dict[str, Any]:
         data = records.dump(self.state)
@@ -564,7 +568,8 @@ class Status:
         for track in ("stable", "canary"):
             if isinstance(data.get(track), dict):
                 data[track].pop("template", None)
-        return {**data, "running": self.running, "holder": self.holder, "legacy": self.legacy, "exit_code": self.state.exit_code}
+        return {**data, "running": self.running, "holder": self.holder, "legacy": self.legacy, "exit_code": self.state.exit_code,
+                "kept_here": {"records": self.kept_records, "state": self.kept_state}}
 
 
 def _store(stack: str, app: str | None, project_dir: Path | None, env: Mapping[str, str] | None) -> tuple[Workspace, str, ReleaseStore]:
@@ -583,7 +588,8 @@ def status(stack: str, *, app: str | None = None, project_dir: Path | None = Non
         return Status(legacy, False, None, legacy=True) if legacy is not None else None
     holder = Lease(ws.kube, store.namespace, name).holder()
     running = bool(holder is not None and holder.alive() and holder.release == state.release)
-    return Status(state, running, str(holder) if holder is not None else None)
+    return Status(state, running, str(holder) if holder is not None else None, kept_records=len(store.cache.unsent()),
+                  kept_state=store.cache.state_unsent())
 
 
 def history(stack: str, *, app: str | None = None, release_id: str | None = None, project_dir: Path | None = None,

@@ -316,6 +316,11 @@ def status(stack: str, app: str | None, as_json: bool, lab: bool | None, project
     click.echo(f"  failed checks: {state.failed_in_row} in a row, {state.failed_total} in all")
     if found.holder:
         click.echo(f"  held by {found.holder}")
+    if found.kept_records or found.kept_state:
+        kept = " and ".join(([f"{found.kept_records} journal record{'s' if found.kept_records != 1 else ''}"] if found.kept_records else [])
+                            + (["the state"] if found.kept_state else []))
+        click.echo(f"  kept on this machine, not yet in the cluster: {kept} (other machines see the release without them; "
+                   "the next release of the app from this machine sends them)")
     if state.reason:
         click.echo(f"  reason: {state.reason}")
     if state.forced:

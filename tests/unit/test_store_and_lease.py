@@ -642,3 +642,31 @@ def test_a_config_file_is_written_though_the_cache_s_directory_went(tmp_path: Pa
     shutil.rmtree(tmp_path / "prod")
     path = cache.write_config("up-1", "config: {}\n")
     assert path == cache.config_file("up-1") and path.read_text() == "config: {}\n"
+
+
+def test_status_says_what_this_machine_keeps_that_the_cluster_has_not(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # records kept through an outage or a refusal reach the cluster only with this machine's next release;
+    # `status` here showed this machine's view and did not say other machines see less
+    from types import SimpleNamespace
+
+    from click.testing import CliRunner
+
+    from canary import api, cli
+
+    kube = FakeKube()
+    store = _store(kube, tmp_path)
+    store.save(_state())
+    monkeypatch.setattr(api, "_store", lambda *a, **k: (SimpleNamespace(kube=kube), "web", store))
+    found = api.status("prod")
+    assert found is not None and (found.kept_records, found.kept_state) == (0, False)
+    kube.down = True
+    store.append(_record("r1", 0))
+    store.append(_record("r1", 1))
+    store.save(_state(phase=Phase.FAILED))
+    kube.down = False
+    found = api.status("prod")
+    assert found is not None and (found.kept_records, found.kept_state) == (2, True) and found.state.phase is Phase.FAILED
+    assert found.to_json()["kept_here"] == {"records": 2, "state": True}
+    done = CliRunner().invoke(cli.main, ["status", "prod"])
+    assert done.exit_code == 0, done.output
+    assert "kept on this machine, not yet in the cluster: 2 journal records and the state" in done.output
