@@ -167,6 +167,9 @@ class Release:
                 refused = self.store.refused
                 self.recorder.save(state.model_copy(update={"phase": Phase.ABORTED, "reason": refused}),
                                    f"not started: the cluster refused the release's records: {refused}", Severity.ERROR)
+                # a role that may create the state but not update it: the cluster would keep "Initializing"
+                # of a release nobody holds, and send other machines to resume it
+                self.store.withdraw(release_id)
                 raise Refused(f"release {release_id} of {self.spec.app.name} not started, nothing was applied: the cluster refused its records "
                               f"({refused}); fix that, then release again")
             if taken_from is not None:  # an expired holder, or a dead process of this host: say whose lease this release took

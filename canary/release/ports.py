@@ -89,6 +89,9 @@ class StorePort(Protocol):
 
     def compact(self) -> list[str]: ...
 
+    def withdraw(self, release: str) -> bool:
+        """Delete the state a release not begun wrote first, when its end could not be written."""
+
 
 class LeasePort(Protocol):
     lost: str | None

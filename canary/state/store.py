@@ -166,6 +166,23 @@ class ReleaseStore:
             # process's own write, taken by the cluster though its answer was lost: carried on from
             self._state_version = self._put(name, text, (current.get("metadata") or {}).get("resourceVersion"))
 
+    def withdraw(self, release: str) -> bool:
+        """A release not begun whose end the cluster refused to take: the state it wrote first, if the cluster
+        still holds that (this release's, not ended), deleted, so that no machine takes it for an unfinished
+        release to resume. Best effort under the release's lease: False when it stays."""
+        with self._lock:
+            name = naming.state_configmap(self.app)
+            try:
+                current = self.kube.get("v1", "ConfigMap", name, self.namespace)
+                held = json.loads((current.get("data") or {}).get("state.json") or "null") if current else None
+                if not isinstance(held, dict) or held.get("release") != release or held.get("phase") in {p.value for p in records.ENDED}:
+                    return False
+                self.kube.delete("v1", "ConfigMap", name, self.namespace)
+            except (CanaryError, ValueError):
+                return False
+            self._state_version = None  # the next write creates it again
+            return True
+
     def _put(self, name: str, text: str, version: str | None) -> str:
         """Create (no version) or replace the state ConfigMap; its new resourceVersion. Until the cluster
         answers, ``text`` counts as sent without an answer: it may have been taken, the next write tells."""

@@ -4,11 +4,14 @@ secrets in every artefact. Each ends on a verified stable state, or says clearly
 from __future__ import annotations
 
 import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from canary.core import naming
 from canary.core.naming import Track
 from canary.errors import Forbidden, Refused
 from canary.lab import cluster, procs
@@ -141,18 +144,57 @@ def test_secrets_never_appear_in_any_artefact(lab_stack: LabStack, tmp_path: Pat
 def _refusing_events(namespace: str) -> list[dict[str, Any]]:
     """The API server's own admission policy (no webhook) refusing every Event in ``namespace``: as a
     cluster whose CI role may not create Events, or whose policy engine refuses them."""
-    name = f"canary-test-no-events-{namespace}"
+    return _refusing(namespace, "no-events", [{"apiGroups": ["", "events.k8s.io"], "apiVersions": ["v1"], "operations": ["CREATE"],
+                                               "resources": ["events"]}], "no events in this namespace")
+
+
+def _refusing(namespace: str, what: str, rules: list[dict[str, Any]], message: str) -> list[dict[str, Any]]:
+    """An admission policy of the API server's own refusing the writes ``rules`` name in ``namespace``, 403 Forbidden."""
+    name = f"canary-test-{what}-{namespace}"
     return [
         {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy", "metadata": {"name": name},
          "spec": {"failurePolicy": "Fail",
-                  "matchConstraints": {"resourceRules": [{"apiGroups": ["", "events.k8s.io"], "apiVersions": ["v1"], "operations": ["CREATE"],
-                                                          "resources": ["events"]}]},
+                  "matchConstraints": {"resourceRules": rules},
                   # (answered 403 Forbidden, as RBAC would; without a reason it is 422 Invalid)
-                  "validations": [{"expression": "false", "message": "no events in this namespace", "reason": "Forbidden"}]}},
+                  "validations": [{"expression": "false", "message": message, "reason": "Forbidden"}]}},
         {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding", "metadata": {"name": name},
          "spec": {"policyName": name, "validationActions": ["Deny"],
                   "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}}}},
     ]
+
+
+def test_a_first_release_the_cluster_lets_create_but_not_update_its_records_leaves_nothing_to_resume(lab_stack: LabStack) -> None:
+    # a role that may create ConfigMaps but not update them: the app's first release created its state
+    # ("Initializing"), was refused at its next record and could not write its end, so every machine saw an
+    # unfinished release nobody held and was sent to resume it
+    policy = _refusing(lab_stack.namespace, "no-updates", [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["UPDATE"],
+                                                           "resources": ["configmaps"]}], "no configmap updates in this namespace")
+    assert lab_stack.kube.get("v1", "ConfigMap", naming.state_configmap(lab_stack.app), lab_stack.namespace) is None  # its first release
+    try:
+        lab_stack.kube.apply_all(policy)
+        probe = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "canary-test-probe", "namespace": lab_stack.namespace}, "data": {}}
+        lab_stack.kube.create(probe)
+
+        def refused() -> bool:
+            current = lab_stack.kube.get("v1", "ConfigMap", "canary-test-probe", lab_stack.namespace)
+            try:
+                lab_stack.kube.replace({**current, "data": {"n": str(time.monotonic())}})
+            except (Forbidden, Refused) as exc:
+                return "no configmap updates" in str(exc)
+            return False
+
+        wait_until(refused, "the admission policy refusing ConfigMap updates", 30)
+        done = lab_stack.release("demo:v2")
+        assert done.returncode == 1 and "not started, nothing was applied" in done.stderr and "no configmap updates" in done.stderr, done.stderr[-3000:]
+        assert_stable_state(lab_stack, "demo:v1")
+        assert lab_stack.kube.get("v1", "ConfigMap", naming.state_configmap(lab_stack.app), lab_stack.namespace) is None
+        elsewhere = subprocess.run([sys.executable, "-m", "canary", "status", lab_stack.name, "--project-dir", str(lab_stack.project)],
+                                   capture_output=True, text=True, timeout=120, env={**lab_stack.env, "CANARY_STATE_DIR": str(lab_stack.project / "elsewhere")})
+        assert elsewhere.returncode == 2 and "no release recorded" in elsewhere.stderr, elsewhere.stdout + elsewhere.stderr
+    finally:
+        for obj in reversed(policy):
+            lab_stack.kube.delete(obj["apiVersion"], obj["kind"], obj["metadata"]["name"])
+    assert lab_stack.release("demo:v2").returncode == 0  # once the cluster takes them, the app releases
 
 
 def test_a_cluster_that_refuses_the_release_s_events_still_sees_a_faulty_canary_rolled_back(lab_stack: LabStack) -> None:

@@ -258,6 +258,9 @@ class FakeStore:
     def compact(self) -> list[str]:
         return []
 
+    def withdraw(self, release: str) -> bool:
+        return False
+
     def of(self, kind: str) -> list[Any]:
         return [r for r in self.journal if r.type == kind]
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from canary.core import records
-from canary.core.records import Phase
+from canary.core.records import ENDED, Phase
 from canary.core.routing import GatewayClass, RouteShape
 from canary.errors import Conflict, Forbidden, InvalidSpec, LeaseLost, MetricError, ProviderUnreachable, Refused, StackBusy
 from canary.state.cache import Cache
@@ -779,6 +779,26 @@ def test_a_release_whose_state_the_cluster_refuses_is_not_started_and_holds_noth
     again = make(Metrics(), store=store).start()
     assert again.phase is Phase.SUCCEEDED
 
+
+
+def test_a_first_release_refused_for_updates_leaves_no_state_another_machine_would_resume(tmp_path: Path) -> None:
+    # a role that may create ConfigMaps but not update them: the first release of an app created its state
+    # (Initializing), was refused at its next record, and could not write its end (Aborted); another machine
+    # then saw an unfinished release nobody held and was told to resume it
+    kube = FakeKube()
+    kube.refuse = lambda verb, obj: (Forbidden('writing ConfigMap: the cluster refused (403 Forbidden): configmaps "x" is forbidden: cannot update')
+                                     if verb == "replace" and obj.get("kind") == "ConfigMap" else None)
+    store = _real_store(tmp_path, kube, spec())
+    world = make(Metrics(), store=store)
+    with pytest.raises(Refused, match="not started, nothing was applied"):
+        world.start()
+    assert world.stack.ups == [] and world.cluster.weights_seen == [0]
+    elsewhere = ReleaseStore(kube, spec().app.namespace, spec().app.name, "test", Cache(tmp_path / "other", "test", spec().app.name))  # type: ignore[arg-type]
+    seen = elsewhere.load()
+    assert seen is None or seen.phase in ENDED, seen
+    assert store.load() is not None and store.load().phase is Phase.ABORTED  # here: how it ended
+    kube.refuse = lambda verb, obj: None
+    assert make(Metrics(), store=store).start().phase is Phase.SUCCEEDED
 
 # --- what must not stop a rollback -----------------------------------------------------------------
 
