@@ -167,9 +167,13 @@ class Kube:
             raise _api_error(exc, f"applying {manifest['kind']} {meta['name']}") from exc
         return obj.to_dict()  # type: ignore[no-any-return]
 
-    def delete(self, api_version: str, kind: str, name: str, namespace: str | None = None, grace_seconds: int | None = None) -> None:
-        """Delete one object (a missing one is not an error)."""
-        body = {"gracePeriodSeconds": grace_seconds} if grace_seconds is not None else None
+    def delete(self, api_version: str, kind: str, name: str, namespace: str | None = None, grace_seconds: int | None = None,
+               resource_version: str | None = None) -> None:
+        """Delete one object (a missing one is not an error); with ``resource_version``, only that version of it
+        (else ``Conflict``: it was written since)."""
+        body: dict[str, Any] | None = {"gracePeriodSeconds": grace_seconds} if grace_seconds is not None else None
+        if resource_version is not None:
+            body = {**(body or {}), "preconditions": {"resourceVersion": resource_version}}
         try:
             res = self.resource(api_version, kind)
             self._call(lambda: res.delete(name=name, namespace=namespace, body=body, _request_timeout=self._timeout))

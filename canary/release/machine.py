@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from canary.core import analysis, routing, schedule, workload
+from canary.core import analysis, naming, routing, schedule, workload
 from canary.core.naming import Track
 from canary.core.records import ENDED, PROMOTION, SKIPPABLE, TERMINAL, Check, Outcome, Phase, ReleaseState, TrackPin
 from canary.core.routing import AT_REST, Affinity, RouteShape
@@ -169,9 +169,12 @@ class Release:
                                    f"not started: the cluster refused the release's records: {refused}", Severity.ERROR)
                 # a role that may create the state but not update it: the cluster would keep "Initializing"
                 # of a release nobody holds, and send other machines to resume it
-                self.store.withdraw(release_id)
+                stays = self.store.withdraw(release_id)
+                kept = (f"; the cluster still holds its first state (Initializing), which other machines take for an unfinished release, "
+                        f"and it could not be deleted ({stays}): the next release from this machine replaces it, or delete ConfigMap "
+                        f"{naming.state_configmap(self.spec.app.name)} in {self.spec.app.namespace}") if stays else ""
                 raise Refused(f"release {release_id} of {self.spec.app.name} not started, nothing was applied: the cluster refused its records "
-                              f"({refused}); fix that, then release again")
+                              f"({refused}); fix that, then release again{kept}")
             if taken_from is not None:  # an expired holder, or a dead process of this host: say whose lease this release took
                 self.recorder.event(state, f"took over the lease of {taken_from}")
             self._compact(state)

@@ -89,8 +89,8 @@ class StorePort(Protocol):
 
     def compact(self) -> list[str]: ...
 
-    def withdraw(self, release: str) -> bool:
-        """Delete the state a release not begun wrote first, when its end could not be written."""
+    def withdraw(self, release: str) -> str | None:
+        """Delete the state a release not begun wrote first, when its end could not be written; why it stays, if it does."""
 
 
 class LeasePort(Protocol):

@@ -51,6 +51,15 @@ def _configmap(name: str, namespace: str, app: str, kind: str, data: dict[str, s
     return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": data}
 
 
+def _state_of(obj: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The release state a state ConfigMap holds (None: none, or not readable)."""
+    try:
+        held = json.loads(((obj or {}).get("data") or {}).get("state.json") or "null")
+    except ValueError:
+        return None
+    return held if isinstance(held, dict) else None
+
+
 class ReleaseStore:
     def __init__(self, kube: Kube, namespace: str, app: str, stack: str, cache: Cache) -> None:
         self.kube = kube
@@ -166,22 +175,30 @@ class ReleaseStore:
             # process's own write, taken by the cluster though its answer was lost: carried on from
             self._state_version = self._put(name, text, (current.get("metadata") or {}).get("resourceVersion"))
 
-    def withdraw(self, release: str) -> bool:
-        """A release not begun whose end the cluster refused to take: the state it wrote first, if the cluster
-        still holds that (this release's, not ended), deleted, so that no machine takes it for an unfinished
-        release to resume. Best effort under the release's lease: False when it stays."""
+    def withdraw(self, release: str) -> str | None:
+        """A release not begun whose end the cluster refused to take: the state it wrote first, deleted while
+        the cluster holds exactly that write (this process's last, not ended), so that no machine takes it for
+        an unfinished release to resume. None when the cluster holds no such state (any more); else why it stays."""
         with self._lock:
             name = naming.state_configmap(self.app)
             try:
                 current = self.kube.get("v1", "ConfigMap", name, self.namespace)
-                held = json.loads((current.get("data") or {}).get("state.json") or "null") if current else None
-                if not isinstance(held, dict) or held.get("release") != release or held.get("phase") in {p.value for p in records.ENDED}:
-                    return False
-                self.kube.delete("v1", "ConfigMap", name, self.namespace)
-            except (CanaryError, ValueError):
-                return False
+            except CanaryError as exc:
+                return str(exc)
+            held = _state_of(current)
+            if not held or held.get("release") != release or held.get("phase") in {p.value for p in records.ENDED}:
+                return None
+            version = current["metadata"]["resourceVersion"] if current else None
+            if version != self._state_version:
+                return None  # written since by another holder of the lease (a resume of this release): theirs
+            try:
+                self.kube.delete("v1", "ConfigMap", name, self.namespace, resource_version=version)
+            except Conflict:
+                return None  # written in between: theirs, as above
+            except CanaryError as exc:
+                return str(exc)
             self._state_version = None  # the next write creates it again
-            return True
+            return None
 
     def _put(self, name: str, text: str, version: str | None) -> str:
         """Create (no version) or replace the state ConfigMap; its new resourceVersion. Until the cluster

@@ -258,8 +258,8 @@ class FakeStore:
     def compact(self) -> list[str]:
         return []
 
-    def withdraw(self, release: str) -> bool:
-        return False
+    def withdraw(self, release: str) -> str | None:
+        return None
 
     def of(self, kind: str) -> list[Any]:
         return [r for r in self.journal if r.type == kind]
@@ -329,9 +329,14 @@ class FakeKube:
             raise Conflict(f"{key} changed since it was read")
         return self._stamp(manifest)
 
-    def delete(self, api_version: str, kind: str, name: str, namespace: str | None = None, grace_seconds: int | None = None) -> None:
-        self._check()
-        self.objects.pop(self._key(kind, name, namespace), None)
+    def delete(self, api_version: str, kind: str, name: str, namespace: str | None = None, grace_seconds: int | None = None,
+               resource_version: str | None = None) -> None:
+        key = self._key(kind, name, namespace)
+        self._write("delete", {"kind": kind, "metadata": {"name": name, "namespace": namespace}})
+        current = self.objects.get(key)
+        if resource_version is not None and current is not None and current["metadata"]["resourceVersion"] != resource_version:
+            raise Conflict(f"deleting {kind} {name}: changed since it was read")
+        self.objects.pop(key, None)
 
     def changes(self, api_version: str, kind: str, seconds: int, name: str | None = None, namespace: str | None = None) -> Iterator[dict[str, Any]]:
         self._check()

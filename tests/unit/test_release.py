@@ -800,6 +800,15 @@ def test_a_first_release_refused_for_updates_leaves_no_state_another_machine_wou
     kube.refuse = lambda verb, obj: None
     assert make(Metrics(), store=store).start().phase is Phase.SUCCEEDED
 
+
+def test_a_first_state_that_cannot_be_deleted_either_is_said_with_what_to_do(tmp_path: Path) -> None:
+    kube = FakeKube()
+    kube.refuse = lambda verb, obj: (Forbidden(f'the cluster refused (403 Forbidden): configmaps "x" is forbidden: cannot {verb}')
+                                     if verb in ("replace", "delete") and obj.get("kind") == "ConfigMap" else None)
+    store = _real_store(tmp_path, kube, spec())
+    with pytest.raises(Refused, match=r"still holds its first state \(Initializing\).*cannot delete.*delete ConfigMap canary-web-state in prod"):
+        make(Metrics(), store=store).start()
+
 # --- what must not stop a rollback -----------------------------------------------------------------
 
 

@@ -16,7 +16,7 @@ import pytest
 
 from canary.core import records
 from canary.core.records import Phase, ReleaseState
-from canary.errors import ClusterUnreachable, Conflict, LeaseLost, StackBusy, StackError
+from canary.errors import ClusterUnreachable, Conflict, Forbidden, LeaseLost, StackBusy, StackError
 from canary.state import cache as cache_module
 from canary.state import store as store_module
 from canary.state.cache import Cache, Legacy
@@ -670,3 +670,26 @@ def test_status_says_what_this_machine_keeps_that_the_cluster_has_not(tmp_path: 
     done = CliRunner().invoke(cli.main, ["status", "prod"])
     assert done.exit_code == 0, done.output
     assert "kept on this machine, not yet in the cluster: 2 journal records and the state" in done.output
+
+
+def test_withdraw_leaves_a_state_another_holder_wrote_since_and_says_why_one_stays(tmp_path: Path) -> None:
+    # a release not begun deletes the first state it wrote; but a machine that resumed that release since
+    # (same release id, lease taken over) wrote its own: deleting that left a canary nobody is told to resume
+    kube = FakeKube()
+    store = _store(kube, tmp_path)
+    store.save(_state(phase=Phase.INITIALIZING))
+    other = _store(kube, tmp_path / "b")
+    assert other.load() is not None
+    other.save(_state(phase=Phase.PROGRESSING))  # machine B resumed r1
+    assert store.withdraw("r1") is None
+    seen = _store(kube, tmp_path / "c").load()
+    assert seen is not None and seen.phase is Phase.PROGRESSING
+    # this machine's own first state, where a delete is refused too: it stays, and why is said
+    kube2 = FakeKube()
+    mine = _store(kube2, tmp_path / "d")
+    mine.save(_state(release="r2", phase=Phase.INITIALIZING))
+    kube2.refuse = lambda verb, obj: Forbidden("deleting ConfigMap: the cluster refused (403 Forbidden): cannot delete") if verb == "delete" else None
+    stays = mine.withdraw("r2")
+    assert stays is not None and "cannot delete" in stays
+    kube2.refuse = lambda verb, obj: None
+    assert mine.withdraw("r2") is None and _store(kube2, tmp_path / "e").load() is None
