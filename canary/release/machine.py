@@ -170,8 +170,7 @@ class Release:
                 # a role that may create the state but not update it: the cluster would keep "Initializing"
                 # of a release nobody holds, and send other machines to resume it
                 stays = self.store.withdraw(release_id)
-                kept = (f"; the cluster still holds its first state (Initializing), which other machines take for an unfinished release, "
-                        f"and it could not be deleted ({stays}): the next release from this machine replaces it, or delete ConfigMap "
+                kept = (f"; {stays}: the next release from this machine replaces it, or delete ConfigMap "
                         f"{naming.state_configmap(self.spec.app.name)} in {self.spec.app.namespace}") if stays else ""
                 raise Refused(f"release {release_id} of {self.spec.app.name} not started, nothing was applied: the cluster refused its records "
                               f"({refused}); fix that, then release again{kept}")

@@ -178,13 +178,15 @@ class ReleaseStore:
     def withdraw(self, release: str) -> str | None:
         """A release not begun whose end the cluster refused to take: the state it wrote first, deleted while
         the cluster holds exactly that write (this process's last, not ended), so that no machine takes it for
-        an unfinished release to resume. None when the cluster holds no such state (any more); else why it stays."""
+        an unfinished release to resume. None when the cluster holds no such state (any more); else what is
+        known of the one that may stay, and why."""
+        first = "its first state (Initializing), which other machines take for an unfinished release"
         with self._lock:
             name = naming.state_configmap(self.app)
             try:
                 current = self.kube.get("v1", "ConfigMap", name, self.namespace)
             except CanaryError as exc:
-                return str(exc)
+                return f"the cluster may still hold {first}: it could not be read to delete it ({exc})"
             held = _state_of(current)
             if not held or held.get("release") != release or held.get("phase") in {p.value for p in records.ENDED}:
                 return None
@@ -196,7 +198,7 @@ class ReleaseStore:
             except Conflict:
                 return None  # written in between: theirs, as above
             except CanaryError as exc:
-                return str(exc)
+                return f"the cluster still holds {first}, and it could not be deleted ({exc})"
             self._state_version = None  # the next write creates it again
             return None
 

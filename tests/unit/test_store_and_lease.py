@@ -690,6 +690,10 @@ def test_withdraw_leaves_a_state_another_holder_wrote_since_and_says_why_one_sta
     mine.save(_state(release="r2", phase=Phase.INITIALIZING))
     kube2.refuse = lambda verb, obj: Forbidden("deleting ConfigMap: the cluster refused (403 Forbidden): cannot delete") if verb == "delete" else None
     stays = mine.withdraw("r2")
-    assert stays is not None and "cannot delete" in stays
+    assert stays is not None and "cannot delete" in stays and stays.startswith("the cluster still holds its first state")
     kube2.refuse = lambda verb, obj: None
+    kube2.down = True  # an outage: whether the first state stays is not known, and not said as known
+    stays = mine.withdraw("r2")
+    assert stays is not None and stays.startswith("the cluster may still hold its first state") and "could not be read" in stays
+    kube2.down = False
     assert mine.withdraw("r2") is None and _store(kube2, tmp_path / "e").load() is None
