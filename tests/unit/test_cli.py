@@ -250,6 +250,7 @@ def test_demo_rolls_its_release_back_on_ctrl_c_as_release_does(monkeypatch: pyte
     from canary import api, cli
     from canary.lab import cluster
     from canary.lab import demo as lab_demo
+    from canary.lab.layout import Layout
 
     aborted: list[str] = []
 
@@ -264,6 +265,7 @@ def test_demo_rolls_its_release_back_on_ctrl_c_as_release_does(monkeypatch: pyte
 
     monkeypatch.setattr(cluster, "running", lambda layout: True)
     monkeypatch.setattr(lab_demo, "reset", lambda layout: None)
+    monkeypatch.setattr(Layout, "pulumi_env", lambda self: {})  # the lab's tools are not built where unit tests run
     monkeypatch.setattr(api, "release", release)
     monkeypatch.setattr(sys, "argv", ["canary", "demo", "--project-dir", str(tmp_path)])
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
