@@ -143,9 +143,11 @@ def _backend(name: str, port: int, weight: int, filters: list[dict[str, Any]] | 
 
 
 def _cookie_match(name: str, value: str) -> dict[str, Any]:
-    """A header match on ``Cookie`` that finds ``name=value`` as a whole cookie anywhere in the header
-    (gateways match a regular expression against part of the value: anchor it on the separators)."""
-    pattern = rf"(^|;\s*){re.escape(name)}={re.escape(value)}(;|$)"
+    """A header match on ``Cookie`` that finds ``name=value`` as a whole cookie anywhere in the header.
+    Gateways differ in what a regular expression must match: Envoy-based ones the whole value, Traefik
+    any part of it. Anchored at both ends, with the other cookies matched as ``.*``, it means the same
+    on both."""
+    pattern = rf"^(.*;\s*)?{re.escape(name)}={re.escape(value)}(;.*)?$"
     return {"type": "RegularExpression", "name": "Cookie", "value": pattern}
 
 
