@@ -341,6 +341,13 @@ def read_route(obj: Mapping[str, Any], app: str, expected_parents: Sequence[Mapp
             refused = True
             reasons.append(f"gateway {name} cannot resolve the route's backends: {resolved.get('reason')}: {resolved.get('message', '')}".rstrip(": "))
             continue
+        partial = conditions.get("PartiallyInvalid")
+        if partial is not None and partial.get("status") == "True" and _current(partial, generation):
+            # the spec's "drop rule": Accepted stays True while some of the route's rules are not served
+            refused = True
+            reasons.append(f"gateway {name} serves only part of the route (PartiallyInvalid): {partial.get('reason')}: "
+                           f"{partial.get('message', '')}".rstrip(": "))
+            continue
         if accepted is None:
             reasons.append(f"gateway {name} set no Accepted condition")
         elif accepted.get("status") != "True":

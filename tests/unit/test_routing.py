@@ -286,6 +286,19 @@ def test_resolved_refs_false_is_a_refusal_with_its_reason() -> None:
     assert state.reason == "gateway public cannot resolve the route's backends: BackendNotFound: Service prod/web-canary not found"
 
 
+def test_a_route_the_gateway_serves_only_in_part_is_a_refusal_though_accepted() -> None:
+    # the spec's "drop rule": Accepted stays True at the current generation while a rule (an A/B match,
+    # the affinity cookie's) is not served; read as accepted, the step was journaled live
+    dropped = _condition("PartiallyInvalid", "True", "UnsupportedValue", "Dropped Rule 0: invalid regex")
+    state = _read(_route([_entry(ENVOY, [_condition("Accepted", "True", "Accepted"), dropped])]))
+    assert not state.accepted and state.refused
+    assert state.reason == "gateway public serves only part of the route (PartiallyInvalid): UnsupportedValue: Dropped Rule 0: invalid regex"
+    stale = _condition("PartiallyInvalid", "True", "UnsupportedValue", "Dropped Rule 0", generation=2)
+    assert _read(_route([_entry(ENVOY, [_condition("Accepted", "True", "Accepted"), stale])])).accepted  # about an older generation
+    cleared = _condition("PartiallyInvalid", "False", "Valid")
+    assert _read(_route([_entry(ENVOY, [_condition("Accepted", "True", "Accepted"), cleared])])).accepted
+
+
 def test_a_stale_resolved_refs_false_is_not_a_refusal() -> None:
     conditions = [_condition("Accepted", "True", "Accepted", generation=2), _condition("ResolvedRefs", "False", "BackendNotFound", generation=2)]
     state = _read(_route([_entry(ENVOY, conditions)]))
