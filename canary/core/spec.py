@@ -613,15 +613,27 @@ class HTTPMatch(_Model):
     def _something(self) -> HTTPMatch:
         if not self.headers and not self.query_params:
             raise ValueError("must match on at least one header or query parameter")
+        for kind, matches, longest in (("header", self.headers, 4096), ("query parameter", self.query_params, 1024)):
+            # the Gateway API's limits, which the API server enforces only at the `up`
+            if len(matches) > 16:
+                raise ValueError(f"has {len(matches)} {kind}s: the Gateway API allows at most 16 in one match")
+            for name, match in matches.items():
+                if not _HEADER_NAME.match(name) or len(name) > 256:
+                    raise ValueError(f"{kind} name {name!r} must be 1 to 256 letters, digits or !#$%&'*+-.^_`|~ (the Gateway API's rule)")
+                value = match.exact if match.exact is not None else match.regex
+                if not value or len(value) > longest:
+                    raise ValueError(f"{kind} {name}: its {'exact' if match.exact is not None else 'regex'} value must be 1 to {longest} "
+                                     f"characters (the Gateway API's rule), not {len(value or '')}")
+        seen: dict[str, str] = {}
         for name, match in self.headers.items():
-            if not _HEADER_NAME.match(name):
-                raise ValueError(f"header name {name!r} is not a valid HTTP header name")
+            if name.lower() in seen:
+                # header names are case-insensitive, and a gateway considers only the first of two equal names
+                raise ValueError(f"headers {seen[name.lower()]!r} and {name!r} are the same header (names are case-insensitive): "
+                                 "a gateway would ignore the second")
+            seen[name.lower()] = name
             if match.exact is not None and match.exact != match.exact.strip(" \t"):
                 raise ValueError(f"header {name} exact {match.exact!r} begins or ends with whitespace, which HTTP strips from a header's "
                                  "value: it would never match")
-        for name in self.query_params:
-            if not _HEADER_NAME.match(name) or len(name) > 256:
-                raise ValueError(f"query parameter name {name!r} must be 1 to 256 letters, digits or !#$%&'*+-.^_`|~ (the Gateway API's rule)")
         return self
 
 
@@ -702,6 +714,13 @@ class Analysis(_Model):
     def _interval(cls, v: timedelta) -> timedelta:
         if v < MIN_INTERVAL:
             raise ValueError(f"must be at least {units.format_duration(MIN_INTERVAL)}")
+        return v
+
+    @field_validator("match")
+    @classmethod
+    def _few_enough(cls, v: list[HTTPMatch] | None) -> list[HTTPMatch] | None:
+        if v is not None and len(v) > 64:  # every entry is one match of the route's A/B rule
+            raise ValueError(f"has {len(v)} entries: the Gateway API allows at most 64 matches in one rule")
         return v
 
     @field_validator("step_weights")
