@@ -55,7 +55,8 @@ DurationOrZero = Annotated[
     PlainSerializer(units.format_duration, return_type=str),
 ]
 DnsLabel = Annotated[str, AfterValidator(units.check_dns_label)]
-AppName = Annotated[str, AfterValidator(lambda v: units.check_dns_label(v, 56))]
+#: an app's name names its Services too: a DNS-1035 label (a letter first), with room for ``-stable``/``-canary``
+AppName = Annotated[str, AfterValidator(lambda v: units.check_dns1035_label(v, 56))]
 DnsName = Annotated[str, AfterValidator(units.check_dns_subdomain)]
 Hostname = Annotated[str, AfterValidator(units.check_hostname)]
 Image = Annotated[str, AfterValidator(units.check_image)]
@@ -998,6 +999,27 @@ def _stack_problems(spec: StackSpec) -> list[Problem]:
         for i, alert in enumerate(config.analysis.alerts):
             if not alert.url.get_secret_value().startswith(("http://", "https://", "<")):  # "<…>": ciphertext not decrypted here
                 problems.append(Problem(at(f"analysis.alerts[{i}].url"), "<secret>", "must be an http:// or https:// URL"))
+    return problems + _name_clashes(spec)
+
+
+def _name_clashes(spec: StackSpec) -> list[Problem]:
+    """Two apps of one namespace whose objects would share a name: app ``web-canary`` beside ``web`` wants
+    the Service ``web-canary``, which is ``web``'s canary Service."""
+    owner: dict[tuple[str, str], str] = {}
+    problems: list[Problem] = []
+    for name, config in spec.app_configs().items():
+        if config.app is None:
+            continue
+        objects = (naming.apex_service(name), naming.service(name, naming.Track.STABLE), naming.service(name, naming.Track.CANARY))
+        for obj in objects:
+            other = owner.get((config.app.namespace, obj))
+            if other is not None and other != name:
+                problems.append(Problem(f"apps.{name}", name, f"clashes with app {other} in namespace {config.app.namespace}: both would own "
+                                        f"the Service and Deployment named {obj}; rename one"))
+                break
+        else:
+            for obj in objects:
+                owner[(config.app.namespace, obj)] = name
     return problems
 
 

@@ -88,6 +88,15 @@ def check_dns_label(value: str, max_length: int = 63) -> str:
     return value
 
 
+def check_dns1035_label(value: str, max_length: int = 63) -> str:
+    """A DNS-1035 label (a Service's name): a DNS-1123 label that starts with a letter."""
+    check_dns_label(value, max_length)
+    if not value[0].isalpha():
+        raise ValueError("must be a DNS-1035 label (it names Services): lower-case letters, digits and '-', starting with a letter "
+                         "and ending with a letter or digit")
+    return value
+
+
 def check_dns_subdomain(value: str) -> str:
     """A DNS-1123 subdomain (ConfigMap and Secret names): labels separated by '.', at most 253 characters."""
     if len(value) > 253 or not value or not all(_SUBDOMAIN_PART.match(p) for p in value.split(".")):

@@ -376,6 +376,27 @@ def test_multi_app_stacks_give_each_app_by_name() -> None:
     assert info.value.problems[0].value == "web, api"
 
 
+def test_two_apps_of_one_namespace_whose_objects_share_names_are_refused() -> None:
+    # app web-canary beside web wants the Service web-canary, which is web's canary Service: the up failed,
+    # or web's canary share reached web-canary's pods
+    values = values_with(_apps())
+    web = values["apps"]["web"]
+    values["apps"]["web-canary"] = {**web, "app": {**web["app"], "name": "web-canary"}}
+    with pytest.raises(InvalidSpec) as info:
+        parse_stack(values)
+    assert [(p.field, p.value) for p in info.value.problems] == [("apps.web-canary", "web-canary")]
+    assert "clashes with app web in namespace prod: both would own the Service and Deployment named web-canary" in info.value.problems[0].rule
+    values["apps"]["web-canary"]["app"]["namespace"] = "staging"  # apart, they share nothing
+    assert sorted(parse_stack(values).app_configs()) == ["web", "web-canary"]
+
+
+@pytest.mark.parametrize("name", ["2048", "9-lives"])
+def test_an_app_name_starting_with_a_digit_is_refused_as_it_names_services(name: str) -> None:
+    with pytest.raises(InvalidSpec) as info:
+        parse_stack(values_with(set_path("app.name", name)))
+    assert [p.field for p in info.value.problems] == ["app.name"] and "DNS-1035 label (it names Services)" in info.value.problems[0].rule
+
+
 def test_an_app_declared_by_the_program_only_must_come_from_a_component() -> None:
     stack = parse_stack(values_with(del_path("app"), del_path("gateway")))
     with pytest.raises(InvalidSpec) as info:
