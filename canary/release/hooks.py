@@ -129,8 +129,16 @@ class Hooks:
         return results
 
     def gate(self, state: ReleaseState, kind: WebhookType) -> HookResult | None:
-        """The first gate hook of ``kind`` that said no, or None when all said yes (or there are none)."""
-        return next((r for r in self.run(state, kind) if not r.ok), None)
+        """The first gate hook of ``kind`` that said no, or None when all said yes (or there are none).
+        A gate an abort cut short says no: the hooks it did not ask never said yes, and an abort pending
+        while the gate opened would otherwise find the release promoting, past the point it can stop."""
+        hooks = self._of(kind)
+        results = self.run(state, kind)
+        said_no = next((r for r in results if not r.ok), None)
+        if said_no is None and hooks and self.cancel.is_set():
+            unasked = hooks[len(results)].name if len(results) < len(hooks) else hooks[-1].name
+            return HookResult(unasked, kind.value, False, 0.0, "not taken as a yes: the release is being aborted")
+        return said_no
 
     def rollback_asked(self, state: ReleaseState) -> str | None:
         return next((r.name for r in self.run(state, WebhookType.ROLLBACK) if r.ok), None)

@@ -801,6 +801,29 @@ def test_a_first_release_refused_for_updates_leaves_no_state_another_machine_wou
     assert make(Metrics(), store=store).start().phase is Phase.SUCCEEDED
 
 
+def test_an_abort_during_the_confirm_promotion_gate_is_no_yes_and_rolls_back() -> None:
+    # two gate hooks: qa says yes, change-board no. An abort landed while qa's answer was journaled: the
+    # gate stopped at the cancel token with qa's yes alone, took that for approval and promoted, and the
+    # abort was then "ignored: the release is already Promoting"
+    asked: list[str] = []
+    world: Any = None
+
+    def answer(name: str, kind: str) -> bool:
+        if kind != "confirm-promotion":
+            return True
+        asked.append(name)
+        if name == "qa":
+            world.store.request("abort", by="oncall")  # `canary abort` from another machine, at this moment
+        return name == "qa"
+
+    world = make(Metrics(0.0), lambda v: v["analysis"].update(webhooks=[
+        {"name": "qa", "type": "confirm-promotion", "url": "http://qa/"},
+        {"name": "change-board", "type": "confirm-promotion", "url": "http://cab/"}]), hooks=FakeHooks(answer))
+    result = world.start()
+    assert result.phase is Phase.ABORTED and result.reason == "aborted by oncall"
+    assert asked == ["qa"] and world.cluster.weights_seen[-1] == 0
+
+
 def test_a_first_state_that_cannot_be_deleted_either_is_said_with_what_to_do(tmp_path: Path) -> None:
     kube = FakeKube()
     kube.refuse = lambda verb, obj: (Forbidden(f'the cluster refused (403 Forbidden): configmaps "x" is forbidden: cannot {verb}')
