@@ -737,7 +737,7 @@ def abort(stack: str, *, app: str | None = None, project_dir: Path | None = None
     """Ask the running release (or the next resume) to roll back and end Aborted; returns the release id."""
 
     def promoting(name: str, state: ReleaseState) -> None:
-        if state.phase in PROMOTION:
+        if state.phase in PROMOTION or state.phase is Phase.PROMOTED_UNVERIFIED:
             # the release would ignore it (the new version passed every check): say so now
             raise InvalidSpec([Problem("--app", name, f"release {state.release} is already {state.phase}: the new version passed every check and a promotion is not interrupted")], "abort")
 

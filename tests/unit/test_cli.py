@@ -171,7 +171,9 @@ def test_promote_after_a_failed_last_tick_is_refused_at_once_unless_forced(advan
     assert opened == ["prod"]  # the stack is opened once (it was twice: a workspace and a Kubernetes client each time)
 
 
-@pytest.mark.parametrize(("phase", "refused"), [("Progressing", False), ("Promoting", True)])
+# PromotedUnverified: the abort was written and said to roll back within a second; a resume then verified
+# the promotion and ignored it
+@pytest.mark.parametrize(("phase", "refused"), [("Progressing", False), ("Promoting", True), ("Finalising", True), ("PromotedUnverified", True)])
 def test_abort_opens_the_stack_once_and_is_refused_during_promotion(phase: str, refused: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     from canary import api
     from canary.core.records import Phase, ReleaseState
@@ -185,7 +187,7 @@ def test_abort_opens_the_stack_once_and_is_refused_during_promotion(phase: str, 
     if refused:
         with pytest.raises(InvalidSpec) as info:
             api.abort("prod")
-        assert "already Promoting" in str(info.value) and "not interrupted" in str(info.value)
+        assert f"already {phase}" in str(info.value) and "not interrupted" in str(info.value)
         assert asked == []
     else:
         assert api.abort("prod") == "r1"
