@@ -578,14 +578,13 @@ class Stack:
             state = "alive" if _lock_alive(lock) else "dead: run canary resume or pulumi cancel"
             raise StackLocked(f"stack {self.name} is locked by a Pulumi update: pid {lock['pid']} on {lock['hostname']} since {lock['timestamp']} ({state})")
 
-    def clear_stale_lock(self) -> list[dict[str, Any]]:
-        """Remove Pulumi's lock only when every holder is a dead process of this host; returns what was cleared."""
+    def clear_dead_locks(self) -> list[dict[str, Any]]:
+        """Remove Pulumi's lock only when every holder is a dead process of this host (a CLI killed mid-update:
+        nobody will let its lock go); returns what was cleared. A live holder (another app's release of this
+        stack, another host's update) is left alone: the next ``up`` waits for it."""
         locks = self.locks()
-        if not locks:
+        if not locks or any(_lock_alive(lock) for lock in locks):
             return []
-        for lock in locks:
-            if _lock_alive(lock):
-                raise StackLocked(f"stack {self.name} is locked by a running Pulumi update: pid {lock['pid']} on {lock['hostname']} since {lock['timestamp']}")
         try:
             self._stack.cancel()
         except auto.CommandError as exc:

@@ -205,8 +205,7 @@ class Release:
             self.recorder.event(state, f"resuming release in phase {state.phase} at weight {state.weight}" + (f" (taken over from {previous})" if previous else ""))
             for note in notes:
                 self.recorder.event(state, note, Severity.WARN)
-            for lock in self.stack.clear_stale_lock():
-                self.recorder.event(state, f"cleared Pulumi's stale lock of pid {lock['pid']} on {lock['hostname']} (the process is gone)")
+            self._clear_dead_locks(state)
             self._refresh = True
             if state.phase in (Phase.PROGRESSING, Phase.WAITING_PROMOTION, Phase.WAITING_DECISION):
                 if state.step == 0:
@@ -451,6 +450,12 @@ class Release:
             except (Cancelled, LeaseLost):
                 raise
             except StackLocked as exc:
+                if self._clear_dead_locks(state):
+                    # a CLI of this host killed mid-update (an abort's interrupt outlasting its grace): its lock
+                    # would be waited on for lock_wait, traffic left where the abort found it
+                    self._refresh = True
+                    attempt -= 1
+                    continue
                 if self.clock.monotonic() >= lock_deadline:
                     if rollback:
                         raise RollbackPending(f"{what}: {exc}; run canary resume {self.stack.name} once the other update is done") from exc
@@ -471,6 +476,13 @@ class Release:
                 self.recorder.event(state, f"{what} failed (attempt {attempt} of {self.retries}): {exc}; retrying in {delay:g}s")
                 self.clock.sleep(delay)
                 delay *= 2
+
+    def _clear_dead_locks(self, state: ReleaseState) -> bool:
+        """Pulumi's locks held by dead processes of this host, cleared and journaled; True when there were some."""
+        cleared = self.stack.clear_dead_locks()
+        for lock in cleared:
+            self.recorder.event(state, f"cleared Pulumi's stale lock of pid {lock['pid']} on {lock['hostname']} (the process is gone)")
+        return bool(cleared)
 
     def _wait_unlocked(self, deadline: float, stop_on_cancel: bool) -> None:
         """Until Pulumi's lock is let go or ``deadline``, in slices of a second so that an abort is

@@ -145,6 +145,8 @@ class FakeStack:
         self.refused: list[dict[str, Any]] = []
         self.waited: list[float] = []
         self.on_up: Callable[[dict[str, Any]], None] | None = None
+        #: Pulumi's locks left by dead processes of this host (a CLI killed mid-update): ups are refused while any is there
+        self.dead_locks: list[dict[str, Any]] = []
 
     def _parts(self, targets: list[str] | None) -> set[str]:
         if targets is None:
@@ -167,6 +169,9 @@ class FakeStack:
         record = {"parts": parts, "pins": pins, "refresh": refresh, "whole": targets is None, "exclude": exclude}
         if self.on_up is not None:
             self.on_up(record)
+        if self.dead_locks:
+            self.refused.append({**record, "at": self.clock.monotonic() if self.clock else 0.0})
+            raise StackLocked("the stack is locked by another update (root@here (pid 4242))")
         if self.clock is not None and self.clock.monotonic() < self.locked_until:
             self.refused.append({**record, "at": self.clock.monotonic()})
             raise StackLocked("the stack is locked by another update (alice@host (pid 42))")
@@ -199,12 +204,16 @@ class FakeStack:
     def export(self) -> dict[str, Any]:
         return {"version": 3, "deployment": {}}
 
-    def clear_stale_lock(self) -> list[dict[str, Any]]:
-        return []
+    def clear_dead_locks(self) -> list[dict[str, Any]]:
+        cleared, self.dead_locks = self.dead_locks, []
+        return cleared
 
     def wait_unlocked(self, timeout: float) -> bool:
         """As the file backend's watch: returns as the lock is let go, or False after ``timeout``."""
         self.waited.append(timeout)
+        if self.dead_locks and self.clock is not None:  # never let go
+            self.clock.sleep(timeout)
+            return False
         if self.clock is None:
             return True
         self.clock.sleep(max(0.0, min(timeout, self.locked_until - self.clock.monotonic())))

@@ -224,6 +224,26 @@ def test_an_abort_during_an_up_interrupts_it() -> None:
     assert result.phase is Phase.ABORTED
 
 
+def test_a_lock_left_by_the_release_s_own_killed_cli_is_cleared_and_the_rollback_goes_on() -> None:
+    # an abort's interrupt outlasted its grace (a Deployment awaited past Ctrl-C): the CLI was SIGKILLed and
+    # its lock stayed. The rollback's first up waited lock_wait for a lock nobody would let go, traffic
+    # at weight 20, then ended "rollback pending ... once the other update is done"
+    world = make(Metrics(0.0))
+
+    def on_up(record: dict[str, Any]) -> None:
+        if record["parts"] == {"route"} and record["pins"]["route"]["weight"] == 20 and not world.stack.refused:
+            world.store.request("abort")
+            world.stack.dead_locks = [{"pid": 4242, "hostname": "here", "timestamp": "2026-12-01T00:00:00Z", "file": "x.json"}]
+
+    world.stack.on_up = on_up
+    start = world.clock.monotonic()
+    result = world.start()
+    assert result.phase is Phase.ABORTED and world.cluster.weights_seen[-1] == 0
+    assert world.clock.monotonic() - start < 60, "the rollback waited on the dead lock"
+    assert any("cleared Pulumi's stale lock of pid 4242 on here" in e.message for e in world.events)
+    assert world.stack.ups[-1]["refresh"] or any(up["refresh"] for up in world.stack.ups[-3:])  # what the killed CLI left is read back
+
+
 def test_an_abort_during_promotion_is_ignored() -> None:
     world = make(Metrics(0.0))
 

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pulumi import automation as auto
@@ -287,3 +288,35 @@ def test_the_automation_api_internals_canary_patches_are_as_expected() -> None:
 
     args = k8s.core.v1.ContainerPortArgs(container_port=8080, name="http")
     assert pulumi_types.is_input_type(type(args)) and pulumi_types.input_type_to_dict(args) == {"containerPort": 8080, "name": "http"}
+
+
+def _with_locks(monkeypatch: pytest.MonkeyPatch, locks: list[dict[str, Any]]) -> tuple[Any, list[str]]:
+    """A Stack whose file backend holds ``locks``, and the `pulumi cancel`s it runs."""
+    from canary.adapters.stack import Stack
+
+    cancelled: list[str] = []
+    stack = object.__new__(Stack)
+    stack.name, stack._secrets = "prod", ()
+    stack._stack = type("Auto", (), {"cancel": lambda self: cancelled.append("cancel")})()
+    monkeypatch.setattr(Stack, "locks", lambda self: locks)
+    return stack, cancelled
+
+
+def test_a_live_lock_is_left_to_the_next_up_s_wait_and_a_dead_one_of_this_host_is_cleared(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a resume raised StackLocked (exit 3) when another app of the stack was in the middle of a step's up,
+    # which its lock wait would have waited out
+    import socket
+    from datetime import UTC, datetime
+
+    now = datetime.now(UTC).isoformat()
+    live = {"pid": os.getpid(), "hostname": socket.gethostname(), "timestamp": now, "file": "a.json"}
+    stack, cancelled = _with_locks(monkeypatch, [live])
+    assert stack.clear_dead_locks() == [] and cancelled == []
+    elsewhere = {"pid": 1, "hostname": "another-host", "timestamp": now, "file": "b.json"}
+    stack, cancelled = _with_locks(monkeypatch, [elsewhere])
+    assert stack.clear_dead_locks() == [] and cancelled == []  # another host's: nothing here can tell
+    dead = {"pid": 2**22 + 12345, "hostname": socket.gethostname(), "timestamp": now, "file": "c.json"}
+    stack, cancelled = _with_locks(monkeypatch, [dead])
+    assert stack.clear_dead_locks() == [dead] and cancelled == ["cancel"]
+    stack, cancelled = _with_locks(monkeypatch, [dead, live])
+    assert stack.clear_dead_locks() == [] and cancelled == []  # a live holder among them: its update lets go
