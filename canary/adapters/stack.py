@@ -95,6 +95,9 @@ class InterruptibleCommand(auto.PulumiCommand):
         self._running: set[subprocess.Popen[str]] = set()
         self._lock = threading.Lock()
         self.interrupted = False
+        #: while set (by an ``up`` that may be cancelled), a CLI started after it is set is interrupted at once:
+        #: an abort between the caller's last look and the CLI's start is not lost
+        self.cancel: threading.Event | None = None
 
     def run(self, args: list[str], cwd: str, additional_env: Mapping[str, str],
             on_output: auto.OnOutput | None = None, on_error: auto.OnOutput | None = None) -> auto.CommandResult:
@@ -110,6 +113,8 @@ class InterruptibleCommand(auto.PulumiCommand):
                                    cwd=cwd, env=env, text=True, encoding="utf-8", start_new_session=True)
         with self._lock:
             self._running.add(process)
+        if self.cancel is not None and self.cancel.is_set():
+            self.interrupt()
         out: list[str] = []
         err: list[str] = []
 
@@ -413,9 +418,11 @@ class Stack:
     # --- updates -----------------------------------------------------------------------------
 
     def up(self, config_file: Path | None = None, targets: list[str] | None = None, exclude: list[str] | None = None,
-           refresh: bool = False, on_event: Callable[[Any], None] | None = None, guard: Callable[[], None] | None = None) -> UpResult:
+           refresh: bool = False, on_event: Callable[[Any], None] | None = None, guard: Callable[[], None] | None = None,
+           cancel: threading.Event | None = None) -> UpResult:
         """Apply the program; ``config_file`` replaces the stack file for this update, ``targets``
         limit it to those URNs (``exclude`` leaves those out), ``refresh`` first reads them back.
+        ``cancel`` set (before the CLI starts, or while it runs) interrupts it: Cancelled.
 
         ``guard`` runs once the CLI holds Pulumi's lock, before the program: what it raises ends the
         update before the program declares anything (so nothing changes) and is raised here as it is."""
@@ -440,6 +447,7 @@ class Stack:
 
         start = time.monotonic()
         self.command.interrupted = False
+        self.command.cancel = cancel
         try:
             with self._answered_from(summary):
                 self._stack.up(on_event=handle, color="never", target=targets, exclude=exclude, suppress_progress=True,
@@ -448,6 +456,8 @@ class Stack:
             if refused:
                 raise refused[0] from None
             raise _map_error(exc, f"pulumi up of {self.name}", self._secrets, self.command.interrupted) from exc
+        finally:
+            self.command.cancel = None
         return UpResult(time.monotonic() - start, summary.changes, events, tuple(diagnostics), outputs)
 
     def _guarded(self, guard: Callable[[], None] | None) -> tuple[Callable[[], Any] | None, list[BaseException]]:

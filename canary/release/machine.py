@@ -423,12 +423,14 @@ class Release:
         # the whole stack, but never another app's resources: their releases pin them in files of their own
         exclude = list(self.facts.others) or None if parts is None else None
         refresh = refresh or self._refresh
-        if cancellable and self.cancel.is_set():
-            raise Cancelled("stopped by an abort")
-        self.lease.fence()  # never an `up` by a release that another process has taken the app from
+        # in the up before the last look at the token: an abort from then on interrupts the CLI, or (not started
+        # yet) has it interrupted as it starts; it was lost in between, and the whole up ran
         self._in_up = cancellable
         try:
-            result = self.stack.up(config_file=path, targets=targets, exclude=exclude, refresh=refresh)
+            if cancellable and self.cancel.is_set():
+                raise Cancelled("stopped by an abort")
+            self.lease.fence()  # never an `up` by a release that another process has taken the app from
+            result = self.stack.up(config_file=path, targets=targets, exclude=exclude, refresh=refresh, cancel=self.cancel if cancellable else None)
         finally:
             self._in_up = False
         self._refresh = False

@@ -20,7 +20,7 @@ from canary.core.naming import Track
 from canary.core.records import HookResult, TrackPin
 from canary.core.routing import GatewayClass, RouteShape, RouteState
 from canary.core.spec import ReleaseSpec, parse_spec
-from canary.errors import ClusterUnreachable, Conflict, LeaseLost, MetricError, NoValues, StackLocked
+from canary.errors import Cancelled, ClusterUnreachable, Conflict, LeaseLost, MetricError, NoValues, StackLocked
 from canary.release.machine import Release
 from canary.release.ports import AppFacts
 
@@ -162,13 +162,16 @@ class FakeStack:
         return parts
 
     def up(self, config_file: Path | None = None, targets: list[str] | None = None, exclude: list[str] | None = None,
-           refresh: bool = False, on_event: Callable[[Any], None] | None = None) -> UpDone:
+           refresh: bool = False, on_event: Callable[[Any], None] | None = None, cancel: threading.Event | None = None) -> UpDone:
         assert config_file is not None
         pins = self.config.files[config_file]["pins"]
         parts = self._parts(targets)
         record = {"parts": parts, "pins": pins, "refresh": refresh, "whole": targets is None, "exclude": exclude}
         if self.on_up is not None:
             self.on_up(record)
+        if cancel is not None and cancel.is_set():  # as the CLI, interrupted as it starts
+            self.interrupted += 1
+            raise Cancelled("pulumi up: interrupted")
         if self.dead_locks:
             self.refused.append({**record, "at": self.clock.monotonic() if self.clock else 0.0})
             raise StackLocked("the stack is locked by another update (root@here (pid 4242))")

@@ -224,6 +224,24 @@ def test_an_abort_during_an_up_interrupts_it() -> None:
     assert result.phase is Phase.ABORTED
 
 
+def test_an_abort_just_before_an_up_starts_stops_that_up() -> None:
+    # the abort landed after the release's last look at its token (while the lease was fenced, an API
+    # call): no up was in progress to interrupt, and the shift to 30 went out before the rollback
+    world = make(Metrics(0.0))
+    fence = world.lease.fence
+
+    def fencing() -> None:
+        state = world.store.state
+        if state is not None and state.shifting_to == 3 and "abort" not in world.store.pending:
+            world.store.request("abort", by="oncall")
+        fence()
+
+    world.lease.fence = fencing  # type: ignore[method-assign]
+    result = world.start()
+    assert result.phase is Phase.ABORTED
+    assert 30 not in world.cluster.weights_seen, world.cluster.weights_seen
+
+
 def test_a_lock_left_by_the_release_s_own_killed_cli_is_cleared_and_the_rollback_goes_on() -> None:
     # an abort's interrupt outlasted its grace (a Deployment awaited past Ctrl-C): the CLI was SIGKILLed and
     # its lock stayed. The rollback's first up waited lock_wait for a lock nobody would let go, traffic

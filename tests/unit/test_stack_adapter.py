@@ -245,6 +245,20 @@ def test_interrupt_sends_sigint_to_the_cli_and_the_run_ends(tmp_path: Path) -> N
     assert command.interrupted
 
 
+def test_a_cli_started_after_the_cancel_token_is_set_is_interrupted_at_once(tmp_path: Path) -> None:
+    # an abort between the release's last look at its token and the CLI's start found nothing to
+    # interrupt and was lost: the whole up ran (minutes, when it awaits a crash-looping canary)
+    import threading
+
+    command = _fake_cli(tmp_path, f"exec '{sys.executable}' -c 'import time; time.sleep(30)'")
+    command.cancel = threading.Event()
+    command.cancel.set()
+    start = time.monotonic()
+    with pytest.raises(auto.CommandError):
+        command.run(["up"], str(tmp_path), {})
+    assert time.monotonic() - start < 15 and command.interrupted
+
+
 def test_a_signal_to_this_process_group_does_not_reach_the_cli(tmp_path: Path) -> None:
     """What a terminal's Ctrl-C does: SIGINT to the foreground group. The CLI must not get it."""
     marker = tmp_path / "got-sigint"
