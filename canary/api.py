@@ -756,7 +756,7 @@ def promote(stack: str, *, app: str | None = None, project_dir: Path | None = No
     allowed = SKIPPABLE if skip_analysis else frozenset({Phase.WAITING_PROMOTION, Phase.WAITING_DECISION})
 
     def failed_last_tick(name: str, state: ReleaseState) -> None:
-        if not (force or skip_analysis) and state.phase is Phase.WAITING_PROMOTION and not state.advance:
+        if not (force or skip_analysis) and state.phase is Phase.WAITING_PROMOTION and not state.last_tick_passed:
             raise InvalidSpec([Problem("--app", name, f"release {state.release}'s last tick did not pass ({state.reason or 'see canary status'}): "
                                        "it promotes after a passing tick; --force --reason TEXT overrides")], "promote")
 

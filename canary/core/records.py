@@ -155,6 +155,9 @@ class ReleaseState(_Record):
     shifting_to: int | None = None
     #: the last tick passed (or none ran yet): the next step may be taken
     advance: bool = True
+    #: the last tick passed, as ``advance`` says after a tick, but kept through a resume (which clears
+    #: ``advance`` to judge the step again): a promote accepted on that tick stands. None: no tick yet
+    passed: bool | None = None
     canary_deployed: bool = False
     canary_replicas: int = 0
     failed_in_row: int = 0
@@ -188,6 +191,11 @@ class ReleaseState(_Record):
     #: why a promotion went ahead without a passing tick (promote --force, --skip-analysis)
     forced: str = ""
     verified: bool = False
+
+    @property
+    def last_tick_passed(self) -> bool:
+        """Whether ``promote`` (without --force) may promote: the last tick passed, before a resume or since."""
+        return self.advance or bool(self.passed)
 
     @property
     def running_phase(self) -> bool:

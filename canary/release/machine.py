@@ -575,9 +575,10 @@ class Release:
         if request is not None:
             self._clear("promote")
             by = request.get("by") or "canary promote"
-            if state.advance or request.get("force"):
-                self.recorder.request(state, "promote" + (" --force" if request.get("force") and not state.advance else ""), by, request.get("reason", ""))
-                forced = "" if state.advance else f"force: {request.get('reason', '')}"
+            passed = state.last_tick_passed
+            if passed or request.get("force"):
+                self.recorder.request(state, "promote" + (" --force" if request.get("force") and not passed else ""), by, request.get("reason", ""))
+                forced = "" if passed else f"force: {request.get('reason', '')}"
                 return self.recorder.save(state.model_copy(update={"phase": Phase.PROMOTING, "forced": forced}),
                                           f"promotion approved by {by}" + (f" despite a failed last tick: {request.get('reason')}" if forced else ""), Severity.INFO)
             self.recorder.event(state, f"promotion by {by} refused: the last tick did not pass ({state.reason or 'see canary status'}); "
@@ -774,9 +775,11 @@ class Release:
             return self._begin_rollback(state, tick.reason)
         waiting = state.phase is Phase.WAITING_DECISION
         if tick.outcome is Outcome.INCONCLUSIVE and not waiting:
-            return self.recorder.save(state.model_copy(update={"phase": Phase.WAITING_DECISION, "advance": False, "deciding_since": self.clock.iso(), "reason": tick.reason}),
+            return self.recorder.save(state.model_copy(update={"phase": Phase.WAITING_DECISION, "advance": False, "passed": False, "deciding_since": self.clock.iso(),
+                                                               "reason": tick.reason}),
                                       f"waiting for a decision: {tick.reason}; canary promote {self.stack.name} --app {self.spec.app.name} or canary abort", Severity.WARN)
-        updates: dict[str, Any] = {"advance": tick.outcome is Outcome.ADVANCE and not waiting}
+        passed = tick.outcome is Outcome.ADVANCE and not waiting
+        updates: dict[str, Any] = {"advance": passed, "passed": passed}
         if tick.outcome is Outcome.HOLD:
             updates["holding_since"] = state.holding_since or self.clock.iso()
         elif tick.outcome is Outcome.ADVANCE:

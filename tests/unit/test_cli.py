@@ -139,13 +139,16 @@ def test_promote_with_both_force_and_skip_analysis_is_refused(monkeypatch: pytes
     assert info.value.code == 2 and "--force: give one" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(("advance", "force", "refused"), [(False, False, True), (False, True, False), (True, False, False)])
-def test_promote_after_a_failed_last_tick_is_refused_at_once_unless_forced(advance: bool, force: bool, refused: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+# (False, None): a failed tick; (False, True): a resume judging again the step whose last tick passed
+@pytest.mark.parametrize(("advance", "passed", "force", "refused"),
+                         [(False, None, False, True), (False, False, False, True), (False, None, True, False), (True, None, False, False), (False, True, False, False)])
+def test_promote_after_a_failed_last_tick_is_refused_at_once_unless_forced(advance: bool, passed: bool | None, force: bool, refused: bool,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     from canary import api
     from canary.core.records import Phase, ReleaseState
     from canary.errors import InvalidSpec
 
-    state = ReleaseState(release="r1", stack="prod", app="web", phase=Phase.WAITING_PROMOTION, weight=50, advance=advance,
+    state = ReleaseState(release="r1", stack="prod", app="web", phase=Phase.WAITING_PROMOTION, weight=50, advance=advance, passed=passed,
                          reason="error-rate 7 > max 5")
 
     class Store:

@@ -438,6 +438,37 @@ def test_resume_rejudges_the_recorded_step_after_putting_it_back_in_the_route() 
     assert first["pins"]["route"]["weight"] == 20
 
 
+def test_a_promote_accepted_before_the_process_died_is_taken_by_the_resume() -> None:
+    # waiting for promotion after a passing tick, `canary promote` accepted; the process died before it read
+    # the request. The resume cleared `advance` to judge the step again, then refused and deleted the
+    # request as "the last tick did not pass", and refused new ones until a tick passed again
+    world = make(Metrics(0.0), lambda v: v["analysis"].update(webhooks=[{"name": "approve", "type": "confirm-promotion", "url": "http://gate/"}]),
+                 hooks=FakeHooks(lambda name, kind: kind != "confirm-promotion"))
+
+    def on_sleep(now: float) -> None:
+        state = world.store.state
+        if state is not None and state.phase is Phase.WAITING_PROMOTION and state.advance:
+            world.store.pending["promote"] = {"release": state.release, "by": "oncall", "force": False, "skip_analysis": False, "reason": ""}
+            raise Killed
+
+    world.clock.on_sleep = on_sleep
+    with pytest.raises(Killed):
+        world.start()
+    world.clock.on_sleep = None
+    resumed = world.rebuild()
+    sleeps = iter(range(500))
+
+    def bounded(now: float) -> None:  # without the promote the release waits on for a person
+        if next(sleeps) == 499:
+            raise AssertionError(f"still waiting: {[e.message for e in resumed.events][-3:]}")
+
+    resumed.clock.on_sleep = bounded
+    result = resumed.release.resume()
+    assert result.phase is Phase.SUCCEEDED, [e.message for e in resumed.events]
+    assert not any("refused" in e.message for e in resumed.events)
+    assert any(e.message == "promotion approved by oncall" for e in resumed.events)
+
+
 def test_a_rollback_that_cannot_be_applied_is_pending_and_resume_completes_it() -> None:
     world = make(Metrics(18.0), retries=2, retry_backoff=0.1)
 
