@@ -19,7 +19,7 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -348,12 +348,27 @@ def up(stack: str, *, app: str | None = None, project_dir: Path | None = None, e
     applied = {k: v for k, v in result.changes.items() if k != "same"}
     if not names:  # a program without apps yet: the update was all there was to do
         names = [ws.app(app)]
-    outcomes = [_release_change(ws, name, existed.get(name, False), applied, snapshot, retry, on_event, why, options) for name in names]
+    outcomes = _each_app(names, lambda name: _release_change(ws, name, existed.get(name, False), applied, snapshot, retry, on_event, why, options),
+                         applied)
     if len(outcomes) == 1:
         return outcomes[0]
     worst = next((o for code in _SEVERITY for o in outcomes if o.exit_code == code), outcomes[0])
     return UpOutcome(", ".join(o.app for o in outcomes), applied, worst.release, "\n".join(o.message for o in outcomes), worst.exit_code,
                      tuple(outcomes))
+
+
+def _each_app(names: Sequence[str], release: Callable[[str], UpOutcome], applied: dict[str, int]) -> list[UpOutcome]:
+    """Each app's release after the update, one after the other. Of several apps, one's refusal or error is
+    its outcome (with its exit code), not the end of the others': each had its change applied by the update."""
+    outcomes = []
+    for name in names:
+        try:
+            outcomes.append(release(name))
+        except CanaryError as exc:
+            if len(names) == 1:
+                raise
+            outcomes.append(UpOutcome(name, applied, None, f"{name}: {exc}", exitcodes.for_error(exc)))
+    return outcomes
 
 
 T = TypeVar("T")

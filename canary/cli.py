@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 import click
 
 from canary.core import exitcodes
-from canary.errors import CanaryError, InvalidSpec, LabError, StackBusy, StackLocked, StackNotFound
+from canary.errors import CanaryError, InvalidSpec, LabError
 
 
 def _die(message: str, code: int) -> NoReturn:
@@ -81,14 +81,10 @@ def run() -> None:
         main(standalone_mode=True)
     except InvalidSpec as exc:
         _die(str(exc), exitcodes.INVALID)
-    except StackNotFound as exc:  # a stack named on the command line that does not exist is bad input
-        _die(f"canary: {exc}", exitcodes.INVALID)
-    except (StackBusy, StackLocked) as exc:
-        _die(f"canary: {exc}", exitcodes.BUSY)
     except LabError as exc:
         _die(f"lab: {exc}", exitcodes.FAILED)
     except CanaryError as exc:
-        _die(f"canary: {exc}", exitcodes.FAILED)
+        _die(f"canary: {exc}", exitcodes.for_error(exc))
 
 
 # --- config ---------------------------------------------------------------------------------------
@@ -195,13 +191,14 @@ class _Running:
         self.pending: str | None = None
 
     def abort(self, by: str) -> None:
+        # every release built from now on is aborted too: `canary up` of several apps (and the demo) went on
+        # to the next app's release, with the signals back at their defaults
+        self.pending = by
         if self.release is not None:
             self.release.request_abort(by)
-        else:
-            self.pending = by
 
     def built(self, release: Any) -> None:
-        """``on_build``: the release the next signal aborts (one that came first aborts it at once)."""
+        """``on_build``: the release the next signal aborts (once a signal came, it aborts it at once)."""
         self.release = release
         if self.pending:
             release.request_abort(self.pending)
@@ -652,6 +649,8 @@ def demo(healthy: str, faulty: str, reports: Path | None, project_dir: Path | No
     running = _Running()
     _on_signals(running.abort)  # Ctrl-C rolls the release back, as in `canary release` (it left traffic on the canary)
     for image in (healthy, faulty):
+        if running.pending:  # stopped by a signal: no further release
+            break
         click.echo(f"\n== releasing {image}")
         running.release = None
         outcome = api.release(cluster.LAB_STACK, image, on_event=_print_event, on_build=running.built, **where.kwargs)

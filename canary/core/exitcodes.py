@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+from canary.errors import InvalidSpec, StackBusy, StackLocked, StackNotFound
+
 OK = 0
 FAILED = 1
 INVALID = 2
@@ -26,3 +28,12 @@ def for_phase(phase: str, rollback_pending: bool = False) -> int:
     if rollback_pending:
         return ROLLBACK_PENDING
     return _BY_PHASE.get(phase, FAILED)
+
+
+def for_error(exc: BaseException) -> int:
+    """The exit code a command ends with when ``exc`` (one of the project's errors) stops it."""
+    if isinstance(exc, InvalidSpec | StackNotFound):  # a stack named that does not exist is bad input
+        return INVALID
+    if isinstance(exc, StackBusy | StackLocked):
+        return BUSY
+    return FAILED

@@ -68,3 +68,26 @@ def test_up_of_several_apps_names_every_app_s_refusal_at_once(monkeypatch: pytes
     with pytest.raises(InvalidSpec) as info:
         api.up("prod")
     assert [p.field for p in info.value.problems] == ["analysis.metrics[0].name (app api)", "analysis.metrics[0].name (app worker)"]
+
+
+def test_up_of_several_apps_releases_every_app_whatever_one_app_s_release_raised() -> None:
+    # one app's refusal at its release's start (another machine's release of it began meanwhile) ended the
+    # whole loop: the apps after it were left with their change applied by the update and no release
+    from canary.errors import ClusterUnreachable
+
+    released: list[str] = []
+
+    def release(name: str) -> api.UpOutcome:
+        released.append(name)
+        if name == "api":
+            raise StackBusy("app api is held by release r9 on host b")
+        if name == "web":
+            raise ClusterUnreachable("the Kubernetes API server did not answer")
+        return api.UpOutcome(name, {}, None, f"{name}: no workload change", 0)
+
+    outcomes = api._each_app(["api", "web", "worker"], release, {"update": 3})
+    assert released == ["api", "web", "worker"]
+    assert [(o.app, o.exit_code) for o in outcomes] == [("api", 3), ("web", 1), ("worker", 0)]
+    assert outcomes[0].message == "api: app api is held by release r9 on host b"
+    with pytest.raises(StackBusy):  # one app alone: its error is the command's
+        api._each_app(["api"], release, {})

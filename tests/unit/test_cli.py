@@ -247,6 +247,27 @@ def test_promote_skip_analysis_is_refused_past_analysis_where_the_release_would_
         assert asked == ["promote"]
 
 
+def test_a_signal_aborts_every_release_built_after_it_too() -> None:
+    # `canary up` of several apps: Ctrl-C aborted the app releasing, and the next app's release began
+    # unaborted, with the signals back at their defaults (a second Ctrl-C killed canary mid-release)
+    from canary.cli import _Running
+
+    asked: list[tuple[str, str]] = []
+
+    class Built:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def request_abort(self, by: str) -> None:
+            asked.append((self.name, by))
+
+    running = _Running()
+    running.built(Built("a"))
+    running.abort("signal SIGINT")
+    running.built(Built("b"))
+    assert asked == [("a", "signal SIGINT"), ("b", "signal SIGINT")]
+
+
 def test_demo_rolls_its_release_back_on_ctrl_c_as_release_does(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     # `canary demo` installed no handler: Ctrl-C was a KeyboardInterrupt in the middle of a step, the
     # release's traffic left on its canary
