@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from canary.core import naming
@@ -256,6 +256,8 @@ class RouteState:
     refused: bool = False
     matched_rules: int = 0
     mirrored: bool = False
+    #: the mirror filter's ``percent`` as stored (100 when it carries none); None without a mirror
+    mirror_percent: int | None = None
     notes: tuple[str, ...] = field(default=())
 
     @property
@@ -263,9 +265,24 @@ class RouteState:
         return self.stable_weight, self.canary_weight
 
     def shows(self, shape: RouteShape) -> bool:
-        """The route in the cluster is the one ``shape`` declares (weights, rules, mirror)."""
+        """The route in the cluster is the one ``shape`` declares (weights, rules, mirror and its percent)."""
         extra_rules = (1 if shape.affinity else 0) + (1 if shape.matches else 0)
-        return self.weights == (100 - shape.weight, shape.weight) and self.matched_rules == extra_rules and self.mirrored == shape.mirror
+        return (self.weights == (100 - shape.weight, shape.weight) and self.matched_rules == extra_rules
+                and self.mirrored == shape.mirror and self.mirror_percent == _mirror_percent(shape))
+
+    def dropped_mirror_percent(self, shape: RouteShape) -> bool:
+        """The route is ``shape`` but mirrors every request where ``shape`` asks for a part: the API
+        server pruned ``requestMirror.percent`` (an HTTPRoute CRD older than Gateway API v1.3 has no such
+        field, and drops it without an error). Waiting does not cure it."""
+        asked = _mirror_percent(shape)
+        return asked is not None and asked < 100 and self.mirror_percent == 100 and self.shows(replace(shape, mirror_percent=None))
+
+
+def _mirror_percent(shape: RouteShape) -> int | None:
+    """The share of requests ``shape`` mirrors (a mirror without a percent mirrors all); None: no mirror."""
+    if not shape.mirror:
+        return None
+    return 100 if shape.mirror_percent is None else shape.mirror_percent
 
 
 def _ref_key(ref: Mapping[str, Any], route_namespace: str) -> tuple[str, str, str, str]:
@@ -318,11 +335,15 @@ def read_route(obj: Mapping[str, Any], app: str, expected_parents: Sequence[Mapp
     weights: dict[str, int] = {}
     matched_rules = 0
     mirrored = False
+    mirror_percent = None
     if rules:
         default = rules[-1]
         for ref in default.get("backendRefs") or []:
             weights[str(ref.get("name", ""))] = int(ref.get("weight", 1))
-        mirrored = any(f.get("type") == "RequestMirror" for f in default.get("filters") or [])
+        mirrors = [f for f in default.get("filters") or [] if f.get("type") == "RequestMirror"]
+        mirrored = bool(mirrors)
+        if mirrors:
+            mirror_percent = int((mirrors[0].get("requestMirror") or {}).get("percent", 100))
         matched_rules = len(rules) - 1
     statuses = (obj.get("status") or {}).get("parents") or []
     reasons: list[str] = []
@@ -367,6 +388,7 @@ def read_route(obj: Mapping[str, Any], app: str, expected_parents: Sequence[Mapp
         refused=refused,
         matched_rules=matched_rules,
         mirrored=mirrored,
+        mirror_percent=mirror_percent,
         notes=tuple(notes),
     )
 

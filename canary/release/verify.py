@@ -1,11 +1,13 @@
 """Verification: the cluster, not Pulumi's word, says whether a step took effect.
 
 A route step counts when the HTTPRoute shows the step's shape and every parent
-Gateway accepted it for the route's generation (a refusal — ``ResolvedRefs`` or
-``Accepted`` False with a spec reason — fails at once). A track counts when its
-Deployment runs the expected template hash, its rollout is complete and the
-pods are ready. The end state is the route at rest, no canary pods, stable on
-its template and ready. Every wait is bounded and stops at the cancel token.
+Gateway accepted it for the route's generation. A refusal (``ResolvedRefs`` or
+``Accepted`` False with a spec reason) fails at once, and so does a mirror whose
+``percent`` the API server dropped: the CRD lacks the field, waiting does not
+bring it. A track counts when its Deployment runs the expected template hash,
+its rollout is complete and the pods are ready. The end state is the route at
+rest, no canary pods, stable on its template and ready. Every wait is bounded
+and stops at the cancel token.
 """
 
 from __future__ import annotations
@@ -53,6 +55,10 @@ class Verifier:
                     return
                 if route.refused and not rollback:
                     raise RouteNotAccepted(f"the gateway refused the route at {shape.describe()}: {route.reason}")
+            if route is not None and route.dropped_mirror_percent(shape):
+                raise RouteNotAccepted(
+                    f"the route mirrors every request to the canary, not {shape.mirror_percent}%: the cluster's HTTPRoute CRD "
+                    "dropped requestMirror.percent (mirrorWeight needs the Gateway API CRDs v1.3 or later)")
             if self.clock.monotonic() >= deadline:
                 break
             self._pause(0.05, cancellable)

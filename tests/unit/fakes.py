@@ -66,14 +66,20 @@ class FakeCluster:
     #: the route's Gateways (namespace/name) and their classes; how often they were read
     classes: dict[str, GatewayClass] = field(default_factory=lambda: {"default/lab": GatewayClass("example.com/gateway-controller")})
     class_reads: int = 0
+    #: the API server prunes requestMirror.percent (an HTTPRoute CRD before Gateway API v1.3)
+    drops_mirror_percent: bool = False
 
     def route(self, spec: ReleaseSpec) -> RouteState:
         if self.fail_route_reads:
             self.fail_route_reads -= 1
             raise ClusterUnreachable("connection refused")
         extra = (1 if self.shape.affinity else 0) + (1 if self.shape.matches else 0)
+        percent = None
+        if self.shape.mirror:
+            percent = 100 if self.shape.mirror_percent is None or self.drops_mirror_percent else self.shape.mirror_percent
         return RouteState(100 - self.shape.weight, self.shape.weight, 1, self.accepting,
-                          "accepted" if self.accepting else "gateway lab did not accept the route: Pending", matched_rules=extra, mirrored=self.shape.mirror)
+                          "accepted" if self.accepting else "gateway lab did not accept the route: Pending", matched_rules=extra,
+                          mirrored=self.shape.mirror, mirror_percent=percent)
 
     def gateway_classes(self, spec: ReleaseSpec) -> dict[str, GatewayClass]:
         self.class_reads += 1

@@ -563,6 +563,20 @@ def test_mirroring_goes_ahead_on_a_gateway_that_has_it_and_without_mirror_the_ga
     assert plain.start().phase is Phase.SUCCEEDED and plain.cluster.class_reads == 0
 
 
+def test_a_mirror_percent_the_cluster_dropped_fails_the_step_and_says_why() -> None:
+    """Before Gateway API v1.3 the HTTPRoute CRD has no requestMirror.percent: the API server drops it,
+    and the gateway copies every request to the canary while the release asked for 20 %."""
+    envoy = {"default/lab": GatewayClass("gateway.envoyproxy.io/gatewayclass-controller",
+                                         frozenset({"HTTPRoute", "HTTPRouteRequestMirror", "HTTPRouteRequestPercentageMirror"}))}
+    world = make(Metrics(0.0), lambda v: v["analysis"].update(mirror=True, mirrorWeight=20),
+                 cluster=FakeCluster(classes=envoy, drops_mirror_percent=True))
+    result = world.start()
+    assert result.phase is Phase.FAILED
+    assert "the route mirrors every request to the canary, not 20%: the cluster's HTTPRoute CRD dropped requestMirror.percent" in result.reason
+    assert "Gateway API CRDs v1.3 or later" in result.reason
+    assert world.cluster.weights_seen == [0, 10, 0] and world.store.of("tick") == []
+
+
 @pytest.mark.parametrize("error", [ProviderUnreachable("timeout")], ids=["unreachable"])
 def test_a_prometheus_that_does_not_answer_counts_as_failed_checks(error: MetricError) -> None:
     world = make(Metrics(error))

@@ -400,10 +400,33 @@ def test_route_state_reads_the_declared_shape(declared: RouteShape, expected: tu
         (RouteShape(mirror=True), AT_REST),
         (AT_REST, RouteShape(mirror=True)),
         (RouteShape(weight=10, affinity=AFFINITY), RouteShape(weight=10)),
+        (RouteShape(mirror=True, mirror_percent=20), RouteShape(mirror=True, mirror_percent=30)),
+        (RouteShape(mirror=True, mirror_percent=20), RouteShape(mirror=True)),
+        (RouteShape(mirror=True), RouteShape(mirror=True, mirror_percent=20)),
     ],
 )
 def test_route_state_does_not_show_another_shape(declared: RouteShape, other: RouteShape) -> None:
     assert not _read(_route([_entry(ENVOY, _accepted())], shape=declared)).shows(other)
+
+
+@pytest.mark.parametrize(("declared", "percent"), [(RouteShape(mirror=True, mirror_percent=20), 20), (RouteShape(weight=10, mirror=True), 100),
+                                                    (RouteShape(mirror=True, mirror_percent=100), 100), (RouteShape(weight=10), None)])
+def test_route_state_reads_the_mirrors_percent_a_mirror_without_one_mirrors_all(declared: RouteShape, percent: int | None) -> None:
+    state = _read(_route([_entry(ENVOY, _accepted())], shape=declared))
+    assert state.mirror_percent == percent and state.shows(declared) and not state.dropped_mirror_percent(declared)
+
+
+def test_a_mirror_whose_percent_the_api_server_pruned_does_not_show_the_step() -> None:
+    """An HTTPRoute CRD before Gateway API v1.3 has no requestMirror.percent: the API server drops it
+    without an error, and the gateway mirrors every request while the step asked for 10 %."""
+    shape = RouteShape(weight=10, mirror=True, mirror_percent=10)
+    obj = _route([_entry(ENVOY, _accepted())], shape=shape)
+    del obj["spec"]["rules"][-1]["filters"][0]["requestMirror"]["percent"]
+    state = _read(obj)
+    assert state.accepted and state.mirrored and state.mirror_percent == 100
+    assert not state.shows(shape) and state.dropped_mirror_percent(shape)
+    # a route still at the previous step is stale, not pruned: waiting cures it
+    assert not _read(_route([_entry(ENVOY, _accepted())], shape=AT_REST)).dropped_mirror_percent(shape)
 
 
 def test_a_backend_without_weight_counts_as_weight_1_and_a_route_without_rules_has_none() -> None:
