@@ -38,6 +38,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from canary.core import metrics, naming, templates, units, workload
+from canary.core.re2 import beyond_re2
 from canary.errors import InvalidSpec, Problem
 
 #: Shortest analysis interval accepted: below it a rate() has too few samples to mean anything.
@@ -575,33 +576,12 @@ class StringMatch(_Model):
                 re.compile(self.regex)
             except re.error as exc:
                 raise ValueError(f"regex {self.regex!r} does not compile: {exc}") from exc
-            beyond = _beyond_re2(self.regex)
+            except RecursionError:
+                raise ValueError(f"regex {self.regex!r} nests groups too deeply to be checked") from None
+            beyond = beyond_re2(self.regex)
             if beyond:
-                raise ValueError(f"regex {self.regex!r} uses {beyond}, which RE2 (the gateway's regular expressions) does not have")
+                raise ValueError(f"regex {self.regex!r} uses {beyond}")
         return self
-
-
-#: what Python's regular expressions have and RE2's do not, by the parser's opcode
-_NOT_RE2 = {"ASSERT": "a lookahead or lookbehind", "ASSERT_NOT": "a negative lookahead or lookbehind", "GROUPREF": "a backreference",
-            "GROUPREF_EXISTS": "a conditional group", "ATOMIC_GROUP": "an atomic group", "POSSESSIVE_REPEAT": "a possessive quantifier"}
-
-
-def _beyond_re2(pattern: str) -> str | None:
-    """The first construct of ``pattern`` RE2 cannot run, in words; None when it has none."""
-    from re import _parser  # the parser re.compile uses: its opcodes name each construct
-
-    def walk(items: Any) -> str | None:
-        for op, arg in items:
-            found = _NOT_RE2.get(str(op))
-            if found:
-                return found
-            for part in arg if isinstance(arg, tuple | list) else ():
-                for sub in part if isinstance(part, list) else [part]:  # a list: a branch's alternatives
-                    if isinstance(sub, _parser.SubPattern) and (found := walk(sub)):
-                        return found
-        return None
-
-    return walk(_parser.parse(pattern))
 
 
 class HTTPMatch(_Model):
