@@ -23,7 +23,7 @@ templates with their hashes — what a release reads back.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import pulumi
@@ -33,7 +33,7 @@ from pulumi import _types as pulumi_types
 from canary.core import config as stackconfig
 from canary.core import naming, routing, units, workload
 from canary.core.naming import Track
-from canary.core.spec import App, Gateway, Prometheus, Rollout, StackSpec
+from canary.core.spec import App, Gateway, Prometheus, Rollout, StackSpec, app_problems
 from canary.errors import InvalidSpec, Problem
 
 TemplateInput = Mapping[str, Any] | Any
@@ -175,19 +175,18 @@ class CanaryDeployment(pulumi.ComponentResource):
         image_config: str | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
-        super().__init__(naming.COMPONENT_TYPE, name, None, opts)
-        moved = _adoption(adopt)
-        self.app = _model(App, app, "app")
-        self.gateway = _model(Gateway, gateway, "gateway")
-        self.prometheus = _model(Prometheus, prometheus, "prometheus") if prometheus is not None else None
         config = pulumi.Config(naming.CONFIG_NAMESPACE)
-        self.rollout = Rollout(rollout or config.get("rollout") or Rollout.CHECKED)
+        try:
+            # every argument checked before the component declares anything
+            checked = _arguments(name, app, gateway, prometheus, rollout if rollout is not None else config.get("rollout"),
+                                 "rollout" if rollout is not None else "canary:rollout", template, config_maps, secrets, adopt)
+        except InvalidSpec as exc:
+            # what `program()` does with invalid stack config: Pulumi prints a RunError's message, not a traceback
+            raise pulumi.RunError(str(exc)) from exc
+        super().__init__(naming.COMPONENT_TYPE, name, None, opts)
+        self.app, self.gateway, self.prometheus, self.rollout, desired, moved = checked
         stack = pulumi.get_stack()
         spec_app = self.app
-        desired = desired_template(spec_app, template)
-        problems = workload.check(desired, "template")
-        if problems:
-            raise pulumi.RunError(str(InvalidSpec(problems, f"app {spec_app.name}")))
         if template is not None and spec_app.port is None:
             # the Services (and the PodMonitor) target the main container's port of the template given, as for app.template
             spec_app = self.app = spec_app.model_copy(update={"port": spec_app.model_copy(update={"template": desired}).container_port})
@@ -404,13 +403,77 @@ def _merge(*options: pulumi.ResourceOptions | None) -> pulumi.ResourceOptions:
 ADOPTABLE = ("deployment", "service", "route")
 
 
+def _arguments(name: str, app: Any, gateway: Any, prometheus: Any, rollout: Any, rollout_field: str, template: Any, config_maps: Any,
+               secrets: Any, adopt: Any) -> tuple[App, Gateway, Prometheus | None, Rollout, dict[str, Any], dict[str, pulumi.ResourceOptions]]:
+    """The component's arguments validated, the pod template the app asks for and the aliases of ``adopt``;
+    else ``InvalidSpec`` listing every problem, each naming the argument and the rule, as the stack config's are."""
+    problems: list[Problem] = []
+    moved: dict[str, pulumi.ResourceOptions] = {}
+    try:
+        moved = _adoption(adopt)
+    except InvalidSpec as exc:
+        problems.extend(exc.problems)
+
+    def model(cls: Any, value: Any, what: str) -> Any:
+        try:
+            return _model(cls, value, what)
+        except InvalidSpec as exc:
+            problems.extend(exc.problems)
+            return None
+
+    spec_app: App | None = model(App, app, "app")
+    spec_gateway: Gateway | None = model(Gateway, gateway, "gateway")
+    spec_prometheus: Prometheus | None = model(Prometheus, prometheus, "prometheus") if prometheus is not None else None
+    spec_rollout = Rollout.CHECKED
+    try:
+        spec_rollout = Rollout(rollout or Rollout.CHECKED)
+    except (ValueError, TypeError):
+        problems.append(Problem(rollout_field, repr(rollout), "must be 'checked' or 'direct'"))
+    for what, given_config in (("config_maps", config_maps), ("secrets", secrets)):
+        if given_config is not None and not isinstance(given_config, Mapping):
+            problems.append(Problem(what, type(given_config).__name__, "must be a mapping of name to data"))
+    given = plain(template) if template is not None else None
+    outputs = list(_outputs_in(given, "template"))
+    if given is not None and not isinstance(given, Mapping):
+        problems.append(Problem("template", type(given).__name__, "must be a pod template: a mapping or a PodTemplateSpecArgs"))
+    elif outputs:
+        # the template's hash names what a track runs, and is taken before the up: it needs the values themselves
+        problems += [Problem(path, "an Output", "must be a plain value, not a pulumi Output: the template is hashed before the up")
+                     for path in outputs]
+    elif spec_app is not None:
+        # the rules the stack config's app follows, with the template argument in place of app.template
+        effective = spec_app if given is None else spec_app.model_copy(update={"template": given})
+        problems += app_problems(effective, "app", "template" if given is not None else None)
+        if effective.template is None and not effective.image:
+            problems.append(Problem("app.image", "nothing", "is required: the image the app runs (or give a template)"))
+    if problems or spec_app is None or spec_gateway is None:
+        raise InvalidSpec(problems, f"CanaryDeployment {name}")
+    desired = desired_template(spec_app, given)
+    problems = workload.check(desired, "template")
+    if problems:
+        raise InvalidSpec(problems, f"CanaryDeployment {name}")
+    return spec_app, spec_gateway, spec_prometheus, spec_rollout, desired, moved
+
+
+def _outputs_in(value: Any, path: str) -> Iterator[str]:
+    if isinstance(value, pulumi.Output):
+        yield path
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            yield from _outputs_in(item, f"{path}.{key}")
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            yield from _outputs_in(item, f"{path}[{i}]")
+
+
 def _adoption(adopt: Mapping[str, str | pulumi.Alias] | None) -> dict[str, pulumi.ResourceOptions]:
     """Aliases from the resources a program declared before it used canary onto the children that take
     them over: a name (a resource at the stack's root, of the child's type), a URN or a ``pulumi.Alias``."""
+    if adopt is not None and not isinstance(adopt, Mapping):
+        raise InvalidSpec([Problem("adopt", type(adopt).__name__, f"must be a mapping of {', '.join(ADOPTABLE)} to what each takes over")], "adopt")
     unknown = sorted(set(adopt or {}) - set(ADOPTABLE))
     if unknown:
-        raise pulumi.RunError(str(InvalidSpec([Problem(f"adopt.{key}", str((adopt or {})[key]), f"is not one of {', '.join(ADOPTABLE)}")
-                                               for key in unknown], "adopt")))
+        raise InvalidSpec([Problem(f"adopt.{key}", str((adopt or {})[key]), f"is not one of {', '.join(ADOPTABLE)}") for key in unknown], "adopt")
 
     def alias(old: str | pulumi.Alias) -> str | pulumi.Alias:
         if isinstance(old, pulumi.Alias) or str(old).startswith("urn:pulumi:"):
@@ -427,6 +490,8 @@ def _model(cls: Any, value: Any, what: str) -> Any:
 
     from canary.core.spec import _problem_from_error
 
+    if not isinstance(value, Mapping):
+        raise InvalidSpec([Problem(what, type(value).__name__, f"must be a mapping or canary's {cls.__name__}")], what)
     try:
         return cls.model_validate(dict(value))
     except ValidationError as exc:

@@ -859,20 +859,23 @@ def metric_query(spec: ReleaseSpec, metric: Metric) -> tuple[str, str | None]:
 # --- cross-field rules --------------------------------------------------------------------------
 
 
-def _app_problems(app: App, field: str) -> list[Problem]:
+def app_problems(app: App, field: str, template_field: str | None = None) -> list[Problem]:
+    """What is wrong with ``app`` beyond its fields' own rules, each problem named under ``field``; its
+    template's under ``template_field`` (default ``<field>.template``: a component takes it apart)."""
     problems: list[Problem] = []
+    at = template_field or f"{field}.template"
     if app.template is None and app.container is not None:
         problems.append(Problem(f"{field}.container", app.container,
                                 f"names the main container of template: set it only with template (the simple form's one container is named {app.name})"))
     if app.template is not None:
-        problems += workload.check(app.template, f"{field}.template")
+        problems += workload.check(app.template, at)
         simple = [name for name in _SIMPLE_FIELDS if name in app.model_fields_set]
         if simple:
             problems.append(Problem(f"{field}.{simple[0]}", "set", "describe the pod either with template or with env/resources/probes, not both"))
         try:
             main = workload.main_container(app.template, app.name, app.container)
         except KeyError as exc:
-            where = f"{field}.container" if app.container else f"{field}.template.spec.containers"
+            where = f"{field}.container" if app.container else f"{at}.spec.containers"
             problems.append(Problem(where, str(exc), "names no container of the template" if app.container else "must list at least one container"))
         else:
             if not main.get("image") and app.image is None:
@@ -881,7 +884,7 @@ def _app_problems(app: App, field: str) -> list[Problem]:
                 try:
                     units.check_image(str(main["image"]))
                 except ValueError as exc:
-                    problems.append(Problem(f"{field}.template: main container image", str(main["image"]), str(exc)))
+                    problems.append(Problem(f"{at}: main container image", str(main["image"]), str(exc)))
         refs = workload.referenced(app.template)
         for kind, declared in (("configMap", app.config_maps), ("secret", app.secrets)):
             for name in declared:
@@ -966,7 +969,7 @@ def _stack_problems(spec: StackSpec) -> list[Problem]:
         if spec.apps and app is not None and app.name != name:
             problems.append(Problem(at("app.name"), app.name, f"must be the app's key in apps ({name})"))
         if app is not None:
-            problems += _app_problems(app, at("app"))
+            problems += app_problems(app, at("app"))
             if config.gateway is None:
                 problems.append(Problem(at("gateway"), "nothing", "is required with app: the route's parentRefs"))
             image_key = "stableImage" if not spec.apps else at("stableImage")

@@ -382,6 +382,36 @@ def test_an_invalid_template_stops_the_program_naming_the_field(declare: Callabl
     assert "template.spec.containers[1].imag" in message and "did you mean image" in message
 
 
+NO_IMAGE = {"name": "web", "namespace": "shop"}
+
+
+@pytest.mark.parametrize(("args", "config", "field_", "rule"), [
+    ({"app": {**NO_IMAGE, "container": "wbe"}, "template": full_template()}, None, "app.container", "names no container of the template (got 'wbe')"),
+    ({"rollout": "Direct"}, None, "rollout", "must be 'checked' or 'direct' (got 'Direct')"),
+    ({}, {"canary:rollout": "yolo"}, "canary:rollout", "must be 'checked' or 'direct' (got 'yolo')"),
+    ({"app": {"name": "Web", "namespace": "shop"}}, None, "app.name", "must be a DNS-1123 label"),
+    ({"app": "web"}, None, "app", "must be a mapping or canary's App (got str)"),
+    ({"gateway": ["public"]}, None, "gateway", "must be a mapping or canary's Gateway (got list)"),
+    ({"app": NO_IMAGE, "template": "web:1"}, None, "template", "must be a pod template"),
+    ({"app": NO_IMAGE, "template": {"spec": {"containers": [{"name": "web"}]}}}, None, "app.image", "is required: the template's main container web has no image"),
+    ({"app": NO_IMAGE}, None, "app.image", "is required: the image the app runs"),
+    ({"app": {**NO_IMAGE, "env": {"LEVEL": "warn"}}, "template": full_template()}, None, "app.env", "describe the pod either with template or with env/resources/probes"),
+    ({"app": NO_IMAGE, "template": {"spec": {"containers": [{"name": "web", "image": pulumi.Output.from_input("registry.example.com/shop/web:1")}]}}},
+     None, "template.spec.containers[0].image", "must be a plain value, not a pulumi Output"),
+    ({"config_maps": ["settings"]}, None, "config_maps", "must be a mapping of name to data"),
+    ({"adopt": ["web"]}, None, "adopt", "must be a mapping of deployment, service, route"),
+], ids=["container-typo", "rollout-typo", "rollout-config-typo", "app-name", "app-not-a-mapping", "gateway-not-a-mapping", "template-not-a-mapping",
+        "template-without-image", "simple-form-without-image", "template-and-simple-fields", "template-holding-an-output", "config-maps-list", "adopt-list"])
+def test_a_bad_argument_of_the_component_stops_the_program_with_a_run_error_naming_it(
+        declare: Callable[..., Declared], args: dict[str, Any], config: dict[str, Any] | None, field_: str, rule: str) -> None:
+    """As invalid stack config does: Pulumi prints a RunError's message whole, and a traceback for anything else."""
+    given = {"app": SIMPLE_APP, "gateway": GATEWAY, **args}
+    with pytest.raises(pulumi.RunError) as caught:
+        declare(lambda: program.CanaryDeployment("web", given.pop("app"), given.pop("gateway"), **given), config)
+    assert str(caught.value).startswith("invalid CanaryDeployment web:\n")
+    assert f"  - {field_}: {rule}" in str(caught.value), str(caught.value)
+
+
 # --- adopting what a program declared before canary ----------------------------------------------
 
 
