@@ -17,7 +17,7 @@ turns the checks and the counts before them into the tick's outcome. Rules:
 - a dry-run metric is evaluated and recorded, never acted on.
 
 The tick fails when any check fails (or, with ``analysis.score``, when the
-score is below ``marginal`` or a critical metric failed); it rolls back at
+score is below ``marginal``, a critical metric failed, or a rollout webhook failed); it rolls back at
 ``threshold`` failures in a row or ``failureLimit`` in all. A hold or an
 inconclusive tick leaves both counts alone. ``preflight`` runs every query once
 before a release applies anything; only a query the provider rejects is
@@ -306,6 +306,7 @@ def decide(checks: tuple[Check, ...], ctx: TickContext, threshold: int, failure_
     """The tick's outcome from its checks and the counts before it."""
     acting = [c for c in checks if c.effect is not Effect.NONE]
     score_value: float | None = None
+    scored_away: tuple[Check, ...] = ()
     failed = tuple(c for c in acting if c.effect is Effect.FAIL)
     inconclusive = [c for c in acting if c.effect is Effect.INCONCLUSIVE]
     held = [c for c in acting if c.effect is Effect.HOLD]
@@ -316,13 +317,18 @@ def decide(checks: tuple[Check, ...], ctx: TickContext, threshold: int, failure_
         pass_at, marginal_at = score_bounds
         if critical_failed or score_value < marginal_at:
             failed = failed or tuple(c for c in acting if c.effect is not Effect.PASS)
-            why = "a critical metric failed" if critical_failed else f"score {score_value:g} below marginal {marginal_at:g}"
+            if critical_failed:
+                first = next(c for c in failed if c.metric in critical)
+                # a check with no query is no metric (a failed rollout webhook): its own reason says what failed
+                why = first.reason if not first.query else "a critical metric failed"
+            else:
+                why = f"score {score_value:g} below marginal {marginal_at:g}"
             return _failure(checks, failed, ctx, threshold, failure_limit, why, score_value)
         if score_value < pass_at:
             return TickResult(checks, Outcome.INCONCLUSIVE, ctx.failed_in_row, ctx.failed_total, threshold, failure_limit,
                               f"score {score_value:g} is marginal ({marginal_at:g} ≤ score < {pass_at:g}) at weight {weight}: a person decides",
                               weight, score_value)
-        failed, inconclusive = (), []
+        scored_away, failed, inconclusive = failed, (), []
     if failed:
         return _failure(checks, failed, ctx, threshold, failure_limit, "", score_value)
     if inconclusive:
@@ -331,7 +337,11 @@ def decide(checks: tuple[Check, ...], ctx: TickContext, threshold: int, failure_
     if held:
         return TickResult(checks, Outcome.HOLD, ctx.failed_in_row, ctx.failed_total, threshold, failure_limit,
                           f"holding at weight {weight}: {held[0].reason}", weight, score_value)
-    passed = f"all {len(acting)} checks passed at weight {weight}" + (f" (score {score_value:g})" if score_value is not None else "")
+    if scored_away:
+        # weighed away by the score, but not hidden: the reason says what failed
+        passed = f"score {score_value:g} passed at weight {weight} with {len(scored_away)} of {len(acting)} checks failed: {scored_away[0].reason}"
+    else:
+        passed = f"all {len(acting)} checks passed at weight {weight}" + (f" (score {score_value:g})" if score_value is not None else "")
     return TickResult(checks, Outcome.ADVANCE, 0, ctx.failed_total, threshold, failure_limit, passed, weight, score_value)
 
 
@@ -383,12 +393,15 @@ def decide_for(spec: ReleaseSpec, checks: tuple[Check, ...], ctx: TickContext) -
     tick's checks and any failures added to them (a rollout webhook's)."""
     analysis = spec.analysis
     score_bounds = (analysis.score.pass_, analysis.score.marginal) if analysis.score else None
-    critical = frozenset(m.name for m in analysis.metrics if m.critical)
+    names = {m.name for m in analysis.metrics}
+    # a check that is not a metric (a failed rollout webhook) is critical: a score never weighs it away
+    critical = frozenset({m.name for m in analysis.metrics if m.critical} | {c.metric for c in checks if c.metric not in names})
     return decide(checks, ctx, analysis.threshold, analysis.failures_allowed, score_bounds, critical)
 
 
 def extra_failure(name: str, reason: str) -> Check:
-    """A failed check that is not a metric (a rollout webhook, a pre-rollout hook)."""
+    """A failed check that is not a metric (a rollout webhook, a pre-rollout hook); ``decide_for``
+    counts it as critical, so it fails the tick whatever the score."""
     return Check(metric=name, verdict=Verdict.ERROR, effect=Effect.FAIL, reason=reason)
 
 

@@ -628,3 +628,23 @@ def test_a_webhook_failure_added_to_a_tick_keeps_the_critical_metrics_critical()
     hook = analysis.extra_failure("webhook:load-test", "rollout webhook load-test failed: exit 1")
     again = analysis.decide_for(spec, result.checks + (hook,), TickContext(weight=10))
     assert again.outcome is Outcome.FAIL and again.reason.startswith("a critical metric failed"), again.reason
+
+
+def test_a_failed_rollout_webhook_fails_a_scored_tick_whatever_the_score() -> None:
+    """The README: a failed rollout webhook counts as a failed check of that step. With a score it
+    would otherwise weigh 1 against the metrics' weights and be scored away."""
+    entries = [{**SCORED[0], "weight": 60}, {**SCORED[1], "weight": 40}]
+    spec = metrics(*entries, score={"pass": 95, "marginal": 75})
+    result, _ = tick(spec, BASE, TickContext(weight=10))
+    assert result.outcome is Outcome.ADVANCE
+    hook = analysis.extra_failure("webhook:acceptance", "rollout webhook acceptance failed: exit 1")
+    again = analysis.decide_for(spec, result.checks + (hook,), TickContext(weight=10))
+    assert again.outcome is Outcome.FAIL and again.failed == (hook,) and again.score == 0.0
+    assert again.reason.startswith("rollout webhook acceptance failed: exit 1: failed check 1 of"), again.reason
+
+
+def test_a_scored_tick_that_passes_with_a_failed_check_says_so() -> None:
+    entries = [{**SCORED[0], "weight": 19}, {**SCORED[1], "weight": 1}]
+    result, _ = tick(metrics(*entries, score={"pass": 95, "marginal": 75}), {TEMPLATE: 0.1, DURATION: 900.0}, TickContext(weight=10))
+    assert result.outcome is Outcome.ADVANCE and result.score == 95.0
+    assert result.reason == "score 95 passed at weight 10 with 1 of 2 checks failed: request-duration 900 > max 500"
