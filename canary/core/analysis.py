@@ -75,6 +75,9 @@ def _bounds(threshold: ThresholdRange | None) -> Bounds | None:
 
 def _outside(metric: str, value: float, threshold: ThresholdRange, what: str = "") -> str | None:
     label = f"{metric}{what}"
+    if not math.isfinite(value):
+        # inf − inf (a canary and stable both in the +Inf bucket) is NaN, which every comparison lets pass
+        return f"{label} {value:.4g} is not a finite number"
     if threshold.min is not None and value < threshold.min:
         return f"{label} {value:.4g} < min {threshold.min:g}"
     if threshold.max is not None and value > threshold.max:
@@ -215,7 +218,7 @@ class _Tick:
         assert threshold is not None
         outside = _outside(metric.name, value, threshold)
         if outside is not None:
-            if metric.inconclusive_range is not None and metric.inconclusive_range.contains(value):
+            if metric.inconclusive_range is not None and math.isfinite(value) and metric.inconclusive_range.contains(value):
                 return Verdict.INCONCLUSIVE, Effect.INCONCLUSIVE, f"{outside}, inside the inconclusive band {metric.inconclusive_range}", None, None
             return Verdict.FAIL, Effect.FAIL, outside, None, None
         if not is_rate(self.spec, metric):

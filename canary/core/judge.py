@@ -1,7 +1,8 @@
 """The statistical judge: canary against stable, same window, Kayenta's Mann–Whitney classifier. Pure.
 
 For one metric, the canary's and stable's samples over the analysis window
-(one per ``step``, from ``query_range``) are compared with the Mann–Whitney
+(one per ``step``, from ``query_range``; NaN dropped, ±Inf ranked beyond every
+finite sample) are compared with the Mann–Whitney
 rank test the way Kayenta's NetflixACAJudge does:
 
 - the shift between the two distributions (canary − stable) is estimated as
@@ -113,20 +114,28 @@ def compare(
     allowed_decrease: float = 1.0,
     min_samples: int = 3,
 ) -> Comparison:
-    """Classify the canary's samples against stable's (both NaN-free)."""
-    canary = [v for v in canary if math.isfinite(v)]
-    stable = [v for v in stable if math.isfinite(v)]
+    """Classify the canary's samples against stable's.
+
+    NaN samples are dropped; infinite ones are kept and ranked beyond every finite sample (a
+    ``histogram_quantile`` in the ``+Inf`` bucket is the slowest canary there is, not a missing one).
+    """
+    canary = [v for v in canary if not math.isnan(v)]
+    stable = [v for v in stable if not math.isnan(v)]
     nx, ny = len(canary), len(stable)
     if nx < min_samples or ny < min_samples:
         return Comparison(Classification.NO_DATA, math.nan, math.nan, math.nan, math.nan, nx, ny,
                           f"{nx} canary and {ny} stable samples: fewer than {min_samples} on a side")
+    with_inf = sum(not math.isfinite(v) for v in canary), sum(not math.isfinite(v) for v in stable)
     mean_c, mean_s = sum(canary) / nx, sum(stable) / ny
-    ratio = mean_c / mean_s if mean_s else math.nan
+    ratio = mean_c / mean_s if mean_s else math.nan  # inf on a side: inf, 0 or NaN (both), as the values say
+    canary, stable = _finite_ranks(canary, stable)
     if sorted(canary) == sorted(stable) or len(set(canary) | set(stable)) == 1:
         return Comparison(Classification.PASS, 0.0, 0.0, 0.0, ratio, nx, ny, "the samples are identical")
     estimate, low, high = shift_interval(canary, stable, confidence)
     bound = tolerance * abs(estimate)
     text = f"shift {estimate:+.4g} ({confidence:.0%} interval [{low:.4g}, {high:.4g}]), mean ratio {ratio:.3g}, {nx}/{ny} samples"
+    if any(with_inf):
+        text += f" ({with_inf[0]} canary and {with_inf[1]} stable samples infinite, ranked beyond every finite one)"
     effect_up = math.isnan(ratio) or ratio >= allowed_increase
     effect_down = math.isnan(ratio) or ratio <= allowed_decrease
     if low > bound and effect_up:
@@ -134,6 +143,23 @@ def compare(
     if high < -bound and effect_down:
         return Comparison(Classification.LOW, estimate, low, high, ratio, nx, ny, "lower than stable: " + text)
     return Comparison(Classification.PASS, estimate, low, high, ratio, nx, ny, "no shift beyond the noise: " + text)
+
+
+def _finite_ranks(canary: list[float], stable: list[float]) -> tuple[list[float], list[float]]:
+    """Both sides with ±Inf replaced by finite stand-ins beyond every finite sample, so that the rank
+    test and its shift interval can be computed: ranks are kept (every +Inf ties with every other, above
+    all finite samples); the shift's size then reads "at least this far", as far as the finite ones go."""
+    finite = [v for v in (*canary, *stable) if math.isfinite(v)]
+    if len(finite) == len(canary) + len(stable):
+        return canary, stable
+    top, bottom = (max(finite), min(finite)) if finite else (0.0, 0.0)
+    gap = (top - bottom) or max(abs(top), 1.0)
+    high, low = top + gap, bottom - gap
+
+    def stand_in(v: float) -> float:
+        return v if math.isfinite(v) else (high if v > 0 else low)
+
+    return [stand_in(v) for v in canary], [stand_in(v) for v in stable]
 
 
 @dataclass(frozen=True)

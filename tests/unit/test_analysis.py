@@ -407,6 +407,20 @@ def test_too_few_samples_are_no_data(ctx: TickContext, effect: Effect) -> None:
     assert check.samples == (4, 20) and check.interval_low is None
 
 
+def test_a_canary_all_in_the_inf_bucket_fails_the_judge_whatever_the_no_data_policy() -> None:
+    spec = spec_with(set_path("analysis.metrics", [{"name": "request-duration", "judge": {}, "onNoData": "pass"}]))
+    result, _ = tick(spec, {DURATION: 200.0}, samples={CANARY: [math.inf] * 13, STABLE: [float(v) for v in BASE_SAMPLES]})
+    assert result.checks[0].verdict is Verdict.FAIL and result.outcome is Outcome.FAIL, result.reason
+
+
+@pytest.mark.parametrize(("canary", "stable"), [(math.inf, math.inf), (math.inf, 200.0), (-math.inf, 200.0)])
+def test_a_comparison_that_is_not_a_finite_number_fails(canary: float, stable: float) -> None:
+    spec = spec_with(set_path("analysis.metrics", [{"name": "request-duration", "compare": {"thresholdRange": {"min": -50, "max": 50}}}]))
+    result, _ = tick(spec, {(DURATION, CANARY): canary, (DURATION, STABLE): stable})
+    check = result.checks[0]
+    assert check.verdict is Verdict.FAIL and "is not a finite number" in check.reason, check.reason
+
+
 def test_samples_that_cannot_be_read_fail() -> None:
     result, _ = tick(_judged(), {DURATION: 200.0}, samples={CANARY: ProviderUnreachable("timeout"), STABLE: BASE_SAMPLES})
     assert result.checks[0].verdict is Verdict.ERROR and result.checks[0].reason == "request-duration: samples could not be read: ProviderUnreachable: timeout"

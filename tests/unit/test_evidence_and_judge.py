@@ -160,7 +160,7 @@ def test_identical_samples_pass_without_a_test() -> None:
 
 @pytest.mark.parametrize(
     ("canary", "stable", "min_samples", "counts"),
-    [([1, 2], [1, 2, 3], 3, (2, 3)), ([1, 2, 3], [], 3, (3, 0)), ([1.0, math.nan, 2.0, math.inf, 3.0], [1, 2, 3], 4, (3, 3)), (list(range(9)), list(range(20)), 10, (9, 20))],
+    [([1, 2], [1, 2, 3], 3, (2, 3)), ([1, 2, 3], [], 3, (3, 0)), ([1.0, math.nan, 2.0, 3.0], [1, 2, math.nan, 3], 4, (3, 3)), (list(range(9)), list(range(20)), 10, (9, 20))],
 )
 def test_too_few_samples_are_no_data(canary: list[float], stable: list[float], min_samples: int, counts: tuple[int, int]) -> None:
     result = judge.compare(canary, stable, confidence=0.95, tolerance=0.1, min_samples=min_samples)
@@ -169,10 +169,25 @@ def test_too_few_samples_are_no_data(canary: list[float], stable: list[float], m
     assert result.reason == f"{counts[0]} canary and {counts[1]} stable samples: fewer than {min_samples} on a side"
 
 
-def test_non_finite_samples_are_dropped_before_judging() -> None:
+def test_nan_samples_are_dropped_and_infinite_ones_kept() -> None:
     noisy = [*_canary(600), math.nan, math.inf]
     result = judge.compare(noisy, BASE, confidence=0.98, tolerance=0.25)
-    assert result.classification is Classification.HIGH and result.canary_samples == 20
+    assert result.classification is Classification.HIGH and result.canary_samples == 21
+
+
+def test_a_canary_in_the_inf_bucket_is_the_slowest_not_missing() -> None:
+    """histogram_quantile answers +Inf when the quantile falls in the +Inf bucket: the slowest canary
+    there is. It is ranked above every finite sample, never taken for no data."""
+    result = judge.compare([math.inf] * 13, BASE, confidence=0.98, tolerance=0.25, min_samples=10)
+    assert result.classification is Classification.HIGH and result.canary_samples == 13 and math.isinf(result.mean_ratio)
+    assert "13 canary and 0 stable samples infinite" in result.reason
+    faster = judge.compare(BASE, [math.inf] * 13, confidence=0.98, tolerance=0.25, min_samples=10)
+    assert faster.classification is Classification.LOW
+
+
+def test_both_tracks_all_in_the_inf_bucket_are_identical() -> None:
+    result = judge.compare([math.inf] * 12, [math.inf] * 12, confidence=0.98, tolerance=0.25, min_samples=10)
+    assert result.classification is Classification.PASS and result.reason == "the samples are identical"
 
 
 def test_the_shift_interval_narrows_with_lower_confidence() -> None:
