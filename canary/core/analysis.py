@@ -315,7 +315,9 @@ def decide(checks: tuple[Check, ...], ctx: TickContext, threshold: int, failure_
     held = [c for c in acting if c.effect is Effect.HOLD]
     weight = ctx.weight
     if score_bounds is not None:
-        scored = [judge.ScoredMetric(c.weight, None if c.effect is Effect.HOLD else c.effect is Effect.PASS, c.metric in critical) for c in acting]
+        # only a critical metric's failure is a critical failure: inside its inconclusive band a person decides
+        scored = [judge.ScoredMetric(c.weight, None if c.effect is Effect.HOLD else c.effect is Effect.PASS, c.metric in critical and c.effect is Effect.FAIL)
+                  for c in acting]
         score_value, critical_failed = judge.score(scored)
         pass_at, marginal_at = score_bounds
         if critical_failed or score_value < marginal_at:
@@ -331,6 +333,10 @@ def decide(checks: tuple[Check, ...], ctx: TickContext, threshold: int, failure_
             return TickResult(checks, Outcome.INCONCLUSIVE, ctx.failed_in_row, ctx.failed_total, threshold, failure_limit,
                               f"score {score_value:g} is marginal ({marginal_at:g} ≤ score < {pass_at:g}) at weight {weight}: a person decides",
                               weight, score_value)
+        undecided = [c for c in inconclusive if c.metric in critical]
+        if undecided:
+            return TickResult(checks, Outcome.INCONCLUSIVE, ctx.failed_in_row, ctx.failed_total, threshold, failure_limit,
+                              f"inconclusive at weight {weight} whatever the score (critical): {undecided[0].reason}", weight, score_value)
         scored_away, failed, inconclusive = failed, (), []
     if failed:
         return _failure(checks, failed, ctx, threshold, failure_limit, "", score_value)

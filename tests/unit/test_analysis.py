@@ -662,3 +662,15 @@ def test_a_scored_tick_that_passes_with_a_failed_check_says_so() -> None:
     result, _ = tick(metrics(*entries, score={"pass": 95, "marginal": 75}), {TEMPLATE: 0.1, DURATION: 900.0}, TickContext(weight=10))
     assert result.outcome is Outcome.ADVANCE and result.score == 95.0
     assert result.reason == "score 95 passed at weight 10 with 1 of 2 checks failed: request-duration 900 > max 500"
+
+
+@pytest.mark.parametrize(("duration", "outcome", "score"), [(550.0, Outcome.INCONCLUSIVE, 50.0), (700.0, Outcome.FAIL, 0.0), (100.0, Outcome.ADVANCE, 100.0)])
+def test_a_critical_metric_in_its_inconclusive_band_waits_for_a_person_not_a_failure(duration: float, outcome: Outcome, score: float) -> None:
+    """The README: a value in the inconclusive band means a person decides. A critical metric there is
+    not a critical failure, and neither does the score pass over it."""
+    entries = [{"name": "request-duration", "thresholdRange": {"max": 500}, "inconclusiveRange": {"max": 600}, "critical": True},
+               {"name": "request-duration-p99", "thresholdRange": {"max": 5000}}]
+    result, _ = tick(metrics(*entries, score={"pass": 50, "marginal": 10}), {"0.95": duration, "0.99": 700.0}, TickContext(weight=10))
+    assert (result.outcome, result.score) == (outcome, score), result.reason
+    if outcome is Outcome.INCONCLUSIVE:
+        assert (result.failed_in_row, result.failed_total) == (0, 0) and "inside the inconclusive band" in result.reason
