@@ -274,7 +274,7 @@ class _Tick:
         assert spec_judge is not None
         provider = self.provider_for(address)
         window = (metric.interval or self.spec.analysis.interval).total_seconds()
-        stable_query, _ = render_query(self.spec, metric, target=self.spec.stable)
+        stable_query, _ = render_query(self.spec, metric, target=self.spec.stable, ctx=self.ctx)  # the same window as the canary's
         try:
             canary_samples = provider.run_range(query, window, spec_judge.step.total_seconds())  # type: ignore[attr-defined]
             stable_samples = provider.run_range(stable_query, window, spec_judge.step.total_seconds())  # type: ignore[attr-defined]

@@ -674,3 +674,13 @@ def test_a_critical_metric_in_its_inconclusive_band_waits_for_a_person_not_a_fai
     assert (result.outcome, result.score) == (outcome, score), result.reason
     if outcome is Outcome.INCONCLUSIVE:
         assert (result.failed_in_row, result.failed_total) == (0, 0) and "inside the inconclusive band" in result.reason
+
+
+def test_the_judge_reads_both_tracks_over_the_same_grown_evidence_window() -> None:
+    """While a step holds, a rate's window grows to the time since the shift: stable's samples must
+    be read over the same window as the canary's, or a smooth 10m rate is judged against spiky 1m ones."""
+    spec = metrics({"name": "request-error-rate", "thresholdRange": {"max": 5}, "judge": {}})
+    samples = [0.4 + 0.01 * (i % 3) for i in range(13)]
+    _, provider = tick(spec, {COUNT: 5000.0, ERROR_RATE: 0.4}, TickContext(evidence_window=600.0), samples={CANARY: samples, STABLE: samples})
+    windows = [sorted(set(re.findall(r"\[(\w+)\]", query))) for query, _, _ in provider.ranges]
+    assert windows == [["10m"], ["10m"]]
