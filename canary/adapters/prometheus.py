@@ -2,7 +2,8 @@
 
 Answers one PromQL query with one scalar (``run_query``), or with the samples of
 a window (``run_range``, for the statistical judge), or raises the ``MetricError`` family:
-``NoValues`` (empty or NaN), ``MultipleValues``, ``BadQuery`` and
+``NoValues`` (empty or NaN), ``MultipleValues``, ``BadQuery`` (rejected, or a
+range vector or string where a number was due) and
 ``ProviderUnreachable`` (connection refused, time-out, HTTP errors). Auth
 headers and the bearer token are sent on every request, to Prometheus' own
 origin only (a redirect to another host gets none of them), and never appear in
@@ -148,19 +149,32 @@ def _rejection(text: str) -> str:
 
 
 def _scalar(result: Any) -> float:
-    """One float from a query result (vector of one sample, or a scalar)."""
+    """One float from a query result (vector of one sample, or a scalar).
+
+    A range vector (matrix) or a string is a query that can never give one value: a config defect,
+    reported as ``BadQuery`` naming what came back.
+    """
     if isinstance(result, list) and len(result) == 2 and not isinstance(result[0], dict):
-        samples = [result[1]]  # resultType scalar: [time, "value"]
+        samples = [result[1]]  # resultType scalar (or string): [time, "value"]
     elif isinstance(result, list):
+        if any(isinstance(r, dict) and "values" in r and "value" not in r for r in result):
+            raise BadQuery("the query returned a range vector (matrix), not one value: drop the range selector "
+                           "or reduce it over time, e.g. with rate() or max_over_time()")
         if len(result) > 1:
             labels = ", ".join(str(r.get("metric", {})) for r in result[:3])
             raise MultipleValues(f"the query returned {len(result)} series ({labels}); aggregate it to one, e.g. with sum()")
-        samples = [r["value"][1] for r in result]
+        try:
+            samples = [r["value"][1] for r in result]
+        except (KeyError, IndexError, TypeError) as exc:
+            raise BadQuery(f"the query returned a result that is not a number: {str(result)[:100]}") from exc
     else:
         raise NoValues(f"unexpected result {str(result)[:100]}")
     if not samples:
         raise NoValues("the query returned no samples")
-    value = float(samples[0])
+    try:
+        value = float(samples[0])
+    except (TypeError, ValueError) as exc:
+        raise BadQuery(f"the query returned a string, not a number: {str(samples[0])[:100]!r}") from exc
     if math.isnan(value):
         raise NoValues("the query returned NaN (no requests in the window?)")
     return value

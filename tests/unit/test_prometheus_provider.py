@@ -14,7 +14,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from canary.adapters.prometheus import PrometheusProvider
-from canary.errors import ProviderUnreachable
+from canary.errors import BadQuery, ProviderUnreachable
 
 TOKEN = "tok-9f8e7d6c5b4a"
 
@@ -25,6 +25,7 @@ class _Recorder(BaseHTTPRequestHandler):
     asked: list[tuple[str, dict[str, list[str]]]] = []
     delay = 0.0
     status = 200
+    data: dict[str, Any] = {"resultType": "vector", "result": [{"metric": {}, "value": [1, "3.5"]}]}
 
     def log_message(self, *args: Any) -> None:
         pass
@@ -38,7 +39,7 @@ class _Recorder(BaseHTTPRequestHandler):
             body = json.dumps({"status": "error", "error": f"forbidden for {TOKEN}"}).encode()
             self.send_response(type(self).status)
         else:
-            body = json.dumps({"status": "success", "data": {"resultType": "vector", "result": [{"metric": {}, "value": [1, "3.5"]}]}}).encode()
+            body = json.dumps({"status": "success", "data": type(self).data}).encode()
             self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -52,6 +53,7 @@ class _Recorder(BaseHTTPRequestHandler):
 @pytest.fixture
 def server() -> Iterator[str]:
     _Recorder.seen, _Recorder.asked, _Recorder.delay, _Recorder.status = [], [], 0.0, 200
+    _Recorder.data = {"resultType": "vector", "result": [{"metric": {}, "value": [1, "3.5"]}]}
     srv = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
@@ -75,6 +77,20 @@ def test_timeout_is_unreachable(server: str) -> None:
     with pytest.raises(ProviderUnreachable, match="did not answer"):
         provider.run_query("up")
     assert time.monotonic() - start < 1.9
+
+
+@pytest.mark.parametrize(
+    ("data", "says"),
+    [({"resultType": "matrix", "result": [{"metric": {}, "values": [[1, "1"], [2, "2"]]}]}, "the query returned a range vector (matrix)"),
+     ({"resultType": "string", "result": [1700000000.0, "hello"]}, "the query returned a string, not a number: 'hello'")],
+    ids=["matrix", "string"],
+)
+def test_a_result_that_is_no_single_value_is_a_bad_query_naming_its_type(server: str, data: dict[str, Any], says: str) -> None:
+    """A template returning a range vector or a string can never give a value: a config defect in the
+    error tree (a failed check, refused by the preflight), not a KeyError or ValueError escaping it."""
+    _Recorder.data = data
+    with pytest.raises(BadQuery, match=says.replace("(", r"\(").replace(")", r"\)")):
+        PrometheusProvider(server).run_query("x[1m]")
 
 
 def test_http_errors_never_leak_the_token(server: str) -> None:
