@@ -71,13 +71,15 @@ class PrometheusProvider:
         try:
             return ask()
         except PrometheusApiClientException as exc:
-            text = self._scrub(str(exc))
+            raw = str(exc)
+            # read before scrubbing: a short secret (a tenant header "0") would be scrubbed out of "400" too
+            status = re.search(r"HTTP Status Code (\d+)", raw)
+            code = int(status.group(1)) if status else 0
+            text = self._scrub(raw)
             # the cause kept is the client's error with the secrets taken out: a server may echo them
             cause = RuntimeError(f"{type(exc).__name__}: {text}")
-            status = re.search(r"HTTP Status Code (\d+)", text)
-            code = int(status.group(1)) if status else 0
             if code in (400, 422):
-                raise BadQuery(f"Prometheus rejected the query: {self._scrub(_rejection(text))}") from cause
+                raise BadQuery(f"Prometheus rejected the query: {self._scrub(_rejection(raw))}") from cause
             raise ProviderUnreachable(f"Prometheus at {self.address} answered HTTP {code or '?'}: {text[:300]}") from cause
         except OSError as exc:
             # requests' Timeout errors say "timed out"; a refused or reset connection is not a slow Prometheus

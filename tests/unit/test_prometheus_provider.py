@@ -138,6 +138,23 @@ def test_a_secret_echoed_by_the_server_in_any_escaping_stays_out_of_errors(secre
     assert "SECRET" not in text, text
 
 
+@pytest.mark.parametrize("tenant", ["0", "4", "40", "HTTP", "Status Code"])
+def test_a_short_header_value_does_not_hide_the_status_of_a_rejected_query(tenant: str) -> None:
+    """A tenant header such as X-Scope-OrgID "0" is a secret scrubbed from what is shown; scrubbed before
+    the status was read, "400" became "4<secret><secret>" and a rejected query passed for an outage."""
+    _Echo.status = 400
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Echo)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(BadQuery) as info:
+            PrometheusProvider(f"http://127.0.0.1:{srv.server_address[1]}", headers={"X-Scope-OrgID": tenant}).run_query("up")
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert str(info.value).startswith("Prometheus rejected the query: bad request, headers: None ")
+    assert tenant not in str(info.value).removeprefix("Prometheus rejected the query") and tenant not in repr(info.value.__cause__).replace("400", "")
+
+
 def test_connection_refused_is_unreachable() -> None:
     import socket
 
