@@ -427,8 +427,9 @@ class Judge(_Model):
 
     test: Literal["mann-whitney"] = "mann-whitney"
     confidence: Float = Field(0.98, gt=0.5, lt=1)
-    #: the confidence interval of the shift must clear tolerance × |shift| (Kayenta's 0.25)
-    tolerance: Float = Field(0.25, ge=0, le=10)
+    #: the confidence interval of the shift must clear tolerance × |shift| (Kayenta's 0.25); below 1,
+    #: since the interval's near end never lies beyond the shift itself
+    tolerance: Float = Field(0.25, ge=0)
     direction: Direction = Direction.INCREASE
     #: the smallest ratio of means (canary / stable) that counts as worse; 1.0 = any shift in that direction
     allowed_increase: Float = Field(1.0, ge=1)
@@ -437,6 +438,14 @@ class Judge(_Model):
     step: Duration = timedelta(seconds=5)
     #: fewer samples than this on either side: no verdict (no data)
     min_samples: Int = Field(10, ge=3)
+
+    @field_validator("tolerance")
+    @classmethod
+    def _tolerance(cls, v: float) -> float:
+        if v >= 1:
+            raise ValueError("must be below 1: the shift's interval must clear tolerance × |shift|, and its near end never "
+                             "lies beyond the shift itself, so at 1 or above no shift is ever found higher or lower")
+        return v
 
 
 class Metric(_Model):
@@ -900,6 +909,27 @@ def app_problems(app: App, field: str, template_field: str | None = None) -> lis
     return problems
 
 
+#: Prometheus answers a range query with at most this many points per series
+MAX_RANGE_POINTS = 11000
+
+
+def _judge_problems(judge: Judge, window: timedelta, where: str, window_field: str) -> list[Problem]:
+    """A judge whose window holds fewer samples than it needs never reaches a verdict; one with more
+    points than Prometheus returns is refused at every tick."""
+    step, shown = judge.step.total_seconds(), units.format_duration(judge.step)
+    points = math.floor(window.total_seconds() / step + 1e-9) + 1
+    span = f"{units.format_duration(window)} ({window_field})"
+    if points < judge.min_samples:
+        most = units.format_duration(timedelta(seconds=math.floor(window.total_seconds() / (judge.min_samples - 1) * 1000) / 1000))
+        return [Problem(f"{where}.judge.step", shown, f"gives {points} samples over the window of {span}, fewer than judge.minSamples "
+                        f"{judge.min_samples}: the judge could never reach a verdict; use a step of at most {most}, a longer window or fewer minSamples")]
+    if points > MAX_RANGE_POINTS:
+        least = units.format_duration(timedelta(seconds=math.ceil(window.total_seconds() / (MAX_RANGE_POINTS - 1))))
+        return [Problem(f"{where}.judge.step", shown, f"gives {points} samples over the window of {span}, more than the "
+                        f"{MAX_RANGE_POINTS} points Prometheus returns: use a step of at least {least}")]
+    return []
+
+
 def _analysis_problems(analysis: Analysis, field: str, metric_templates: Mapping[str, MetricTemplate], prometheus: Prometheus | None) -> list[Problem]:
     problems: list[Problem] = []
     seen: set[str] = set()
@@ -908,6 +938,8 @@ def _analysis_problems(analysis: Analysis, field: str, metric_templates: Mapping
         if metric.name in seen:
             problems.append(Problem(f"{where}.name", metric.name, "must be unique among analysis.metrics"))
         seen.add(metric.name)
+        if metric.judge is not None:
+            problems += _judge_problems(metric.judge, metric.interval or analysis.interval, where, f"{where}.interval" if metric.interval else f"{field}.interval")
         if metric.template_ref is None:
             if metric.name not in metrics.BUILTIN_METRICS:
                 problems.append(Problem(f"{where}.name", metric.name, "names no built-in metric and has no templateRef; built-ins: " + ", ".join(metrics.BUILTIN_METRICS)))

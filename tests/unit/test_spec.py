@@ -97,6 +97,16 @@ INVALID = [
     ("judge-too-few-samples", set_path("analysis.metrics.1.judge", {"minSamples": 2}), "analysis.metrics[1].judge.minSamples", "greater than or equal to 3", "2"),
     ("judge-decrease-above-one", set_path("analysis.metrics.1.judge", {"allowedDecrease": 1.5}), "analysis.metrics[1].judge.allowedDecrease", "less than or equal to 1", "1.5"),
     ("judge-test-unknown", set_path("analysis.metrics.1.judge", {"test": "t-test"}), "analysis.metrics[1].judge.test", "'mann-whitney'", "'t-test'"),
+    # a tolerance of 1 or more can never find a shift: the interval's near end never lies beyond the shift
+    ("judge-tolerance-one", set_path("analysis.metrics.1.judge", {"tolerance": 1}), "analysis.metrics[1].judge.tolerance", "must be below 1", "1"),
+    ("judge-tolerance-negative", set_path("analysis.metrics.1.judge", {"tolerance": -0.1}), "analysis.metrics[1].judge.tolerance", "greater than or equal to 0", "-0.1"),
+    # the window must hold minSamples samples at the step, and no more points than Prometheus returns
+    ("judge-window-too-few-samples", chain(set_path("analysis.interval", "30s"), set_path("analysis.metrics.1.judge", {})), "analysis.metrics[1].judge.step",
+     "gives 7 samples over the window of 30s (analysis.interval), fewer than judge.minSamples 10", "5s"),
+    ("judge-metric-window-too-few-samples", chain(set_path("analysis.metrics.1.interval", "2m"), set_path("analysis.metrics.1.judge", {"step": "1m", "minSamples": 4})),
+     "analysis.metrics[1].judge.step", "gives 3 samples over the window of 2m (analysis.metrics[1].interval), fewer than judge.minSamples 4", "1m"),
+    ("judge-window-too-many-points", chain(set_path("analysis.metrics.1.interval", "24h"), set_path("analysis.metrics.1.judge", {})), "analysis.metrics[1].judge.step",
+     "gives 17281 samples over the window of 24h (analysis.metrics[1].interval), more than the 11000 points Prometheus returns: use a step of at least 8s", "5s"),
     ("inconclusive-range-inside-threshold", set_path("analysis.metrics.1.inconclusiveRange", {"max": 300}), "analysis.metrics[1]", "inconclusiveRange max 300 must contain thresholdRange max 500", "a mapping of name"),
     ("inconclusive-range-other-side", set_path("analysis.metrics.1.inconclusiveRange", {"min": 0}), "analysis.metrics[1]", "must contain thresholdRange max 500", "inconclusiveRange"),
     ("inconclusive-range-without-threshold", chain(del_path("analysis.metrics.1.thresholdRange"), set_path("analysis.metrics.1.compare", {"thresholdRange": {"max": 50}}), set_path("analysis.metrics.1.inconclusiveRange", {"max": 800})), "analysis.metrics[1]", "inconclusiveRange needs a thresholdRange", "compare"),
