@@ -53,21 +53,31 @@ def placeholders(query: str) -> Placeholders:
 
 
 def _check_balanced(query: str) -> None:
-    """Reject the PromQL mistakes a template most often has: unbalanced brackets and quotes."""
+    """Reject the PromQL mistakes a template most often has: unbalanced brackets and quotes.
+
+    As PromQL reads it: a ``#`` outside a string starts a comment to the end of the line (its
+    apostrophes and brackets are prose), and a backquoted string has no escapes.
+    """
     pairs = {")": "(", "]": "[", "}": "{"}
     stack: list[str] = []
     quote: str | None = None
     escaped = False
+    comment = False
     for ch in query:
+        if comment:
+            comment = ch != "\n"
+            continue
         if quote:
             if escaped:
                 escaped = False
-            elif ch == "\\":
+            elif ch == "\\" and quote != "`":
                 escaped = True
             elif ch == quote:
                 quote = None
             continue
-        if ch in "\"'`":
+        if ch == "#":
+            comment = True
+        elif ch in "\"'`":
             quote = ch
         elif ch in "([{":
             stack.append(ch)

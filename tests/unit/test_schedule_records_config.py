@@ -401,6 +401,22 @@ def test_brackets_inside_strings_do_not_count(query: str) -> None:
     assert templates.placeholders(query).builtins == frozenset()
 
 
+@pytest.mark.parametrize(
+    "query",
+    ["sum(rate(x[1m])) # the canary's errors", "# don't page (yet\nsum(rate(x[1m]))", 'sum(x{a="#"}) # it\'s {fine', "x{a=~`C:\\`}"],
+    ids=["apostrophe-in-comment", "comment-line-first", "hash-in-string", "backslash-ends-raw-string"],
+)
+def test_comments_and_raw_strings_are_read_as_promql_reads_them(query: str) -> None:
+    templates.placeholders(query)
+
+
+@pytest.mark.parametrize(("query", "message"), [("# comment\nsum(x", "unclosed '('"), ('sum(x) # )\n{a="', "unterminated string")])
+def test_what_follows_a_comment_is_still_checked(query: str, message: str) -> None:
+    with pytest.raises(ValueError) as info:
+        templates.placeholders(query)
+    assert message in str(info.value)
+
+
 # --- units ----------------------------------------------------------------------------------------
 
 
