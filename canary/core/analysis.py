@@ -9,7 +9,7 @@ turns the checks and the counts before them into the tick's outcome. Rules:
   it holds; a hold longer than ``analysis.holdLimit`` fails;
 - a value outside ``thresholdRange`` fails, inside ``inconclusiveRange`` is
   inconclusive (a person decides);
-- a rate metric passes only when its Wilson bound on the canary's request
+- a rate metric (held to a range or compared with stable) passes only when its Wilson bound on the canary's request
   count is inside the range (``evidence``); otherwise it holds;
 - ``compare`` judges the canary's value against stable's in the same window
   (their difference or ratio); ``judge`` runs the Mann–Whitney classifier on
@@ -86,24 +86,25 @@ def _outside(metric: str, value: float, threshold: ThresholdRange, what: str = "
 
 
 def is_rate(spec: ReleaseSpec, metric: Metric) -> bool:
-    """A share of the canary's requests, in percent, judged on how many requests there were."""
-    if metric.evidence is Evidence.NONE or metric.threshold_range is None:
+    """A share of the canary's requests, in percent, judged on how many requests there were: by its
+    ``thresholdRange`` and by its ``compare`` alike."""
+    if metric.evidence is Evidence.NONE:
         return False
     if metric.evidence is Evidence.RATE:
         return True
     if metric.template_ref is None:
         return metrics.BUILTIN_METRICS[metric.name].rate
+    if metric.threshold_range is None:
+        return False
     query, _ = metric_query(spec, metric)
     bounds = [b for b in (metric.threshold_range.min, metric.threshold_range.max) if b is not None]
     return metrics.REQUESTS_METRIC in query and all(0 <= b <= 100 for b in bounds)
 
 
-def _higher_is_worse(spec: ReleaseSpec, metric: Metric) -> bool | None:
+def _higher_is_worse(spec: ReleaseSpec, metric: Metric, threshold: ThresholdRange) -> bool | None:
     """For a rate's evidence: the error rate's upper bound matters, the success rate's lower; None: both."""
     if metric.template_ref is None and metric.name in metrics.BUILTIN_METRICS:
         return metrics.BUILTIN_METRICS[metric.name].higher_is_worse
-    threshold = metric.threshold_range
-    assert threshold is not None
     if threshold.max is not None and threshold.min is None:
         return True
     if threshold.min is not None and threshold.max is None:
@@ -196,7 +197,10 @@ class _Tick:
         extra: dict[str, object] = {}
         if metric.compare is not None:
             assert stable_query is not None
-            verdicts.append(self._relative(metric, value, stable_value))  # type: ignore[arg-type]
+            *relative, counted, counted_bound = self._relative(metric, value, stable_value)  # type: ignore[arg-type]
+            verdicts.append(tuple(relative))  # type: ignore[arg-type]
+            if requests is None:
+                requests, bound = counted, counted_bound
             extra.update(stable_query=stable_query, stable_value=None if isinstance(stable_value, MetricError) else float(stable_value),  # type: ignore[arg-type]
                          compare_range=_bounds(metric.compare.threshold_range), compare_by=metric.compare.by.value)
         if metric.judge is not None:
@@ -223,22 +227,28 @@ class _Tick:
             return Verdict.FAIL, Effect.FAIL, outside, None, None
         if not is_rate(self.spec, metric):
             return Verdict.PASS, Effect.PASS, f"{metric.name} {value:.4g} within {threshold}", None, None
+        return self._evidence(metric, value, threshold)
+
+    def _evidence(self, metric: Metric, value: float, threshold: ThresholdRange, measure: Callable[[float], float] = lambda v: v,
+                  what: str = "") -> tuple[Verdict, Effect, str, float | None, float | None]:
+        """A rate inside ``threshold`` (as ``measure`` turns it: itself, or its difference or ratio to stable's)
+        passes only when its Wilson bound on the canary's request count is inside too; else it holds."""
         count = self.requests(window(self.spec, metric, self.ctx))
         if isinstance(count, MetricError):
             return Verdict.ERROR, Effect.FAIL, f"{metric.name}: the canary's requests could not be counted: {count}", None, None
         confidence = self.spec.analysis.confidence
         share = min(max(value / 100, 0.0), 1.0)
         bounds = evidence.wilson(share * count, count, confidence)
-        worse_high = _higher_is_worse(self.spec, metric)
+        worse_high = _higher_is_worse(self.spec, metric, threshold)
         checks = []
         if worse_high in (True, None) and threshold.max is not None:
-            checks.append(("max", bounds.high * 100, bounds.high * 100 <= threshold.max))
+            checks.append(("max", bounds.high * 100, measure(bounds.high * 100) <= threshold.max))
         if worse_high in (False, None) and threshold.min is not None:
-            checks.append(("min", bounds.low * 100, bounds.low * 100 >= threshold.min))
+            checks.append(("min", bounds.low * 100, measure(bounds.low * 100) >= threshold.min))
         if not checks:
             checks.append(("max" if threshold.max is not None else "min", value, True))
         side, bound, ok = next(((s, b, o) for s, b, o in checks if not o), checks[0])
-        text = f"{metric.name} {value:.4g} on {count:.0f} requests, {confidence:.0%} bound {bound:.4g}"
+        text = f"{metric.name}{what} {measure(value):.4g} on {count:.0f} requests, {confidence:.0%} bound {measure(bound):.4g}"
         if ok:
             return Verdict.PASS, Effect.PASS, f"{text} within {threshold}", count, bound
         effect = Effect.FAIL if self.ctx.held_too_long else Effect.HOLD
@@ -246,28 +256,36 @@ class _Tick:
         why = "held longer than analysis.holdLimit" if self.ctx.held_too_long else "not enough requests to tell"
         return Verdict.INCONCLUSIVE, effect, f"{text} beyond {side} {limit:g}: {why}", count, bound
 
-    def _relative(self, metric: Metric, value: float, stable: float | MetricError) -> tuple[Verdict, Effect, str]:
+    def _relative(self, metric: Metric, value: float, stable: float | MetricError) -> tuple[Verdict, Effect, str, float | None, float | None]:
         compare = metric.compare
         assert compare is not None
         if isinstance(stable, MetricError):
             if isinstance(stable, NoValues):
                 check = _no_data(metric, "", stable, self.ctx)
-                return check.verdict, check.effect, f"{metric.name}: stable has no data to compare with: {stable}"
-            return Verdict.ERROR, Effect.FAIL, f"{metric.name}: stable could not be evaluated: {type(stable).__name__}: {stable}"
+                return check.verdict, check.effect, f"{metric.name}: stable has no data to compare with: {stable}", None, None
+            return Verdict.ERROR, Effect.FAIL, f"{metric.name}: stable could not be evaluated: {type(stable).__name__}: {stable}", None, None
+        to_measure: Callable[[float], float]
         if compare.by is CompareBy.DIFFERENCE:
-            measure, what = value - stable, " − stable"
+            to_measure, what = (lambda v: v - stable), " − stable"
         elif stable == 0:
             if value == 0:
-                measure, what = 1.0, " / stable"
+                # both at 0: the ratio's bound is undefined (any error over none), so it gets no evidence check
+                to_measure, what = (lambda v: 1.0), " / stable"
             else:
-                return Verdict.NO_DATA, Effect.HOLD if not self.ctx.held_too_long else Effect.FAIL, f"{metric.name}: stable's value is 0, the ratio is undefined (use by: difference)"
+                return (Verdict.NO_DATA, Effect.HOLD if not self.ctx.held_too_long else Effect.FAIL,
+                        f"{metric.name}: stable's value is 0, the ratio is undefined (use by: difference)", None, None)
         else:
-            measure, what = value / stable, " / stable"
+            to_measure, what = (lambda v: v / stable), " / stable"
+        measure = to_measure(value)
         outside = _outside(metric.name, measure, compare.threshold_range, what)
         detail = f"(canary {value:.4g}, stable {stable:.4g})"
         if outside is not None:
-            return Verdict.FAIL, Effect.FAIL, f"{outside} {detail}"
-        return Verdict.PASS, Effect.PASS, f"{metric.name}{what} {measure:.4g} within {compare.threshold_range} {detail}"
+            return Verdict.FAIL, Effect.FAIL, f"{outside} {detail}", None, None
+        if is_rate(self.spec, metric):
+            # a rate compared with stable needs evidence as much as one held against a range
+            verdict, effect, reason, count, bound = self._evidence(metric, value, compare.threshold_range, to_measure, what)
+            return verdict, effect, f"{reason} {detail}", count, bound
+        return Verdict.PASS, Effect.PASS, f"{metric.name}{what} {measure:.4g} within {compare.threshold_range} {detail}", None, None
 
     def _judged(self, metric: Metric, query: str, address: str | None) -> tuple[tuple[Verdict, Effect, str], dict[str, object]]:
         spec_judge = metric.judge

@@ -938,6 +938,12 @@ def _analysis_problems(analysis: Analysis, field: str, metric_templates: Mapping
         if metric.name in seen:
             problems.append(Problem(f"{where}.name", metric.name, "must be unique among analysis.metrics"))
         seen.add(metric.name)
+        rate = metric.evidence is Evidence.RATE or (metric.evidence is Evidence.AUTO and metric.template_ref is None
+                                                     and metric.name in metrics.BUILTIN_METRICS and metrics.BUILTIN_METRICS[metric.name].rate)
+        if rate and metric.threshold_range is None and metric.compare is None:
+            problems.append(Problem(where, f"{metric.name} judged by judge alone",
+                                    "is a share of the canary's requests, which passes only on enough requests (evidence), and judge "
+                                    "alone gives no range to hold its bound against: add thresholdRange or compare, or set evidence: none"))
         if metric.judge is not None:
             problems += _judge_problems(metric.judge, metric.interval or analysis.interval, where, f"{where}.interval" if metric.interval else f"{field}.interval")
         if metric.template_ref is None:

@@ -245,6 +245,31 @@ def test_a_rate_passes_only_when_its_bound_on_the_request_count_is_inside(spec: 
         assert check.reason.endswith("not enough requests to tell") and result.outcome is Outcome.HOLD
 
 
+@pytest.mark.parametrize(
+    ("metric", "rate_key", "requests", "canary", "stable", "effect"),
+    [
+        # the canary answered 3 requests without an error: that does not show its error rate within 1 point of stable's
+        ({"name": "request-error-rate", "compare": {"thresholdRange": {"max": 1}}}, ERROR_RATE, 3.0, 0.0, 0.5, Effect.HOLD),
+        ({"name": "request-error-rate", "compare": {"thresholdRange": {"max": 1}}}, ERROR_RATE, 100000.0, 0.0, 0.5, Effect.PASS),
+        ({"name": "request-error-rate", "compare": {"thresholdRange": {"max": 1}}}, ERROR_RATE, 100000.0, 2.0, 0.5, Effect.FAIL),
+        ({"name": "request-error-rate", "compare": {"by": "ratio", "thresholdRange": {"max": 1.5}}}, ERROR_RATE, 20.0, 1.0, 1.0, Effect.HOLD),
+        ({"name": "request-success-rate", "compare": {"thresholdRange": {"min": -1}}}, SUCCESS_RATE, 3.0, 100.0, 99.5, Effect.HOLD),
+        ({"name": "request-success-rate", "compare": {"thresholdRange": {"min": -1}}}, SUCCESS_RATE, 100000.0, 100.0, 99.5, Effect.PASS),
+        ({"name": "request-error-rate", "compare": {"thresholdRange": {"max": 1}}, "evidence": "none"}, ERROR_RATE, 3.0, 0.0, 0.5, Effect.PASS),
+    ],
+    ids=["errors-3", "errors-100k", "errors-worse", "errors-ratio-20", "success-3", "success-100k", "evidence-none"],
+)
+def test_a_rate_compared_with_stable_needs_evidence_too(metric: dict[str, Any], rate_key: str, requests: float, canary: float, stable: float,
+                                                        effect: Effect) -> None:
+    result, provider = tick(metrics(metric), {COUNT: requests, (rate_key, CANARY): canary, (rate_key, STABLE): stable})
+    check = result.checks[0]
+    assert check.effect is effect, check.reason
+    if effect is Effect.HOLD:
+        assert "not enough requests to tell" in check.reason and check.requests == requests and check.bound is not None
+    if metric.get("evidence") == "none":
+        assert not any(COUNT in q for q in provider.queries)
+
+
 def test_the_evidence_bound_uses_the_configured_confidence() -> None:
     loose, _ = tick(metrics(ERROR_RATE_1, confidence=0.5), {COUNT: 20.0, ERROR_RATE: 0.0})
     strict, _ = tick(metrics(ERROR_RATE_1, confidence=0.99), {COUNT: 20.0, ERROR_RATE: 0.0})

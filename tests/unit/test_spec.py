@@ -97,6 +97,11 @@ INVALID = [
     ("judge-too-few-samples", set_path("analysis.metrics.1.judge", {"minSamples": 2}), "analysis.metrics[1].judge.minSamples", "greater than or equal to 3", "2"),
     ("judge-decrease-above-one", set_path("analysis.metrics.1.judge", {"allowedDecrease": 1.5}), "analysis.metrics[1].judge.allowedDecrease", "less than or equal to 1", "1.5"),
     ("judge-test-unknown", set_path("analysis.metrics.1.judge", {"test": "t-test"}), "analysis.metrics[1].judge.test", "'mann-whitney'", "'t-test'"),
+    # a rate passes only on enough requests: judge alone has no range for the bound
+    ("rate-judged-by-judge-alone", set_path("analysis.metrics.1", {"name": "request-error-rate", "judge": {}}), "analysis.metrics[1]",
+     "is a share of the canary's requests, which passes only on enough requests (evidence), and judge alone gives no range", "request-error-rate judged by judge alone"),
+    ("explicit-rate-judged-by-judge-alone", chain(del_path("analysis.metrics.0.thresholdRange"), set_path("analysis.metrics.0.judge", {}), set_path("analysis.metrics.0.evidence", "rate")),
+     "analysis.metrics[0]", "add thresholdRange or compare, or set evidence: none", "error-rate judged by judge alone"),
     # a tolerance of 1 or more can never find a shift: the interval's near end never lies beyond the shift
     ("judge-tolerance-one", set_path("analysis.metrics.1.judge", {"tolerance": 1}), "analysis.metrics[1].judge.tolerance", "must be below 1", "1"),
     ("judge-tolerance-negative", set_path("analysis.metrics.1.judge", {"tolerance": -0.1}), "analysis.metrics[1].judge.tolerance", "greater than or equal to 0", "-0.1"),
