@@ -94,11 +94,26 @@ def is_rate(spec: ReleaseSpec, metric: Metric) -> bool:
         return True
     if metric.template_ref is None:
         return metrics.BUILTIN_METRICS[metric.name].rate
-    if metric.threshold_range is None:
+    return _looks_like_a_rate(spec, metric) and not _unlike_the_count(spec, metric)
+
+
+def _looks_like_a_rate(spec: ReleaseSpec, metric: Metric) -> bool:
+    """``evidence: auto`` on a template: it reads the request counter and its range is inside 0..100."""
+    if metric.template_ref is None or metric.threshold_range is None:
         return False
     query, _ = metric_query(spec, metric)
     bounds = [b for b in (metric.threshold_range.min, metric.threshold_range.max) if b is not None]
     return metrics.REQUESTS_METRIC in query and all(0 <= b <= 100 for b in bounds)
+
+
+def _unlike_the_count(spec: ReleaseSpec, metric: Metric) -> list[str]:
+    """How a template selects other requests than the canary's request count: then it may not borrow that
+    count for its evidence (a /checkout error rate over 2 requests is not one over all 10,000)."""
+    template, _ = metric_query(spec, metric)
+    pod_label = spec.prometheus.pod_label if spec.prometheus else "kubernetes_pod_name"
+    query = templates.render(template, target=spec.target, stable=spec.stable, namespace=spec.app.namespace, interval="1m",
+                             variables=metric.template_variables, pod_label=pod_label)
+    return metrics.unlike_the_count(query, pod_label)
 
 
 def _higher_is_worse(spec: ReleaseSpec, metric: Metric, threshold: ThresholdRange) -> bool | None:
@@ -226,7 +241,11 @@ class _Tick:
                 return Verdict.INCONCLUSIVE, Effect.INCONCLUSIVE, f"{outside}, inside the inconclusive band {metric.inconclusive_range}", None, None
             return Verdict.FAIL, Effect.FAIL, outside, None, None
         if not is_rate(self.spec, metric):
-            return Verdict.PASS, Effect.PASS, f"{metric.name} {value:.4g} within {threshold}", None, None
+            note = ""
+            if metric.evidence is Evidence.AUTO and _looks_like_a_rate(self.spec, metric):
+                note = (f" (no evidence bound: the template selects requests the canary's request count does not"
+                        f" ({', '.join(_unlike_the_count(self.spec, metric))}), so the count says nothing of its share)")
+            return Verdict.PASS, Effect.PASS, f"{metric.name} {value:.4g} within {threshold}{note}", None, None
         return self._evidence(metric, value, threshold)
 
     def _evidence(self, metric: Metric, value: float, threshold: ThresholdRange, measure: Callable[[float], float] = lambda v: v,

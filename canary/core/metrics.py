@@ -15,6 +15,7 @@ stable traffic never drowns the canary's signal.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -55,6 +56,30 @@ BUILTIN_METRICS: dict[str, Builtin] = {
 REQUEST_COUNT_QUERY = f"sum(increase({REQUESTS_METRIC}{{{_PODS}}}[{{{{ interval }}}}]))"
 #: Which labels the app's series carry, for ``canary check`` to name the pod label that is there.
 SERIES_LABELS_QUERY = f'count by (__name__) ({REQUESTS_METRIC}{{namespace="{{{{ namespace }}}}"}})'
+
+
+_STRING = re.compile(r'"(?:\\.|[^"\\])*"|\'(?:\\.|[^\'\\])*\'|`[^`]*`')
+_REQUEST_SELECTOR = re.compile(rf"\b{REQUESTS_METRIC}\b\s*(\{{[^}}]*\}})?")
+_MATCHER = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\s*(?:=~|!~|!=|=)")
+#: what a share of the canary's requests may match on beside the labels the request count selects by
+_SHARE_LABELS = frozenset({"status", "code"})
+
+
+def unlike_the_count(query: str, pod_label: str) -> list[str]:
+    """How the request selectors of a rendered ``query`` select other requests than the canary's request
+    count (``REQUEST_COUNT_QUERY``) does: the labels they match on beyond the namespace, the pod label and
+    the status, or that one has no selector at all. Empty: the query's share is over the counted requests."""
+    text = _STRING.sub('""', query)
+    found: list[str] = []
+    for match in _REQUEST_SELECTOR.finditer(text):
+        if match.group(1) is None:
+            found.append(f"{REQUESTS_METRIC} without a selector")
+            continue
+        labels = {m.group(1) for m in _MATCHER.finditer(match.group(1))}
+        if not {"namespace", pod_label} <= labels:
+            found.append(f"{REQUESTS_METRIC} not selected by namespace and {pod_label}")
+        found += sorted(labels - {"namespace", pod_label} - _SHARE_LABELS)
+    return list(dict.fromkeys(found))
 
 
 class MetricsProvider(Protocol):

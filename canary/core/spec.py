@@ -398,7 +398,7 @@ class NoDataPolicy(enum.StrEnum):
 class Evidence(enum.StrEnum):
     """Whether a metric is a share of the canary's requests, judged on how many there were."""
 
-    AUTO = "auto"  # built-in success/error rates, and templates over the request counter with a 0..100 range
+    AUTO = "auto"  # built-in success/error rates; templates over the request counter with a 0..100 range selecting what the count does
     RATE = "rate"
     NONE = "none"
 

@@ -270,6 +270,30 @@ def test_a_rate_compared_with_stable_needs_evidence_too(metric: dict[str, Any], 
         assert not any(COUNT in q for q in provider.queries)
 
 
+CHECKOUT_TEMPLATE = ('sum(rate(http_requests_total{namespace="{{ namespace }}",{{ podLabel }}=~"{{ target }}-.*",path="/checkout",status=~"5.."}[{{ interval }}]))'
+                     ' / sum(rate(http_requests_total{namespace="{{ namespace }}",{{ podLabel }}=~"{{ target }}-.*",path="/checkout"}[{{ interval }}])) * 100')
+
+
+@pytest.mark.parametrize(
+    ("query", "borrows", "why"),
+    [(HTTP_TEMPLATE, True, ""), (CHECKOUT_TEMPLATE, False, "(path)"),
+     ("sum(rate(http_requests_total{status=~'5..'}[1m])) / sum(rate(http_requests_total[1m])) * 100", False, "not selected by namespace")],
+    ids=["all-the-canary's-requests", "checkout-only", "every-namespace"],
+)
+def test_a_template_borrows_the_canary_request_count_only_for_a_share_of_those_requests(query: str, borrows: bool, why: str) -> None:
+    """Under evidence: auto, a /checkout error rate over 2 requests must not be judged as if over all the
+    canary's 10,000: only a template selecting the requests the count selects borrows it."""
+    spec = spec_with(set_path("metricTemplates.http-errors", {"query": query}),
+                     set_path("analysis.metrics", [{"name": "errors", "templateRef": {"name": "http-errors"}, "thresholdRange": {"max": 1}}]))
+    result, provider = tick(spec, {COUNT: 10000.0, "http_requests_total": 0.0})
+    check = result.checks[0]
+    assert analysis.is_rate(spec, spec.analysis.metrics[0]) is borrows
+    assert (check.requests is not None) is borrows and any(COUNT in q for q in provider.queries) is borrows
+    if not borrows:
+        assert check.effect is Effect.PASS and "no evidence bound: the template selects requests the canary's request count does not" in check.reason
+        assert why in check.reason
+
+
 def test_the_evidence_bound_uses_the_configured_confidence() -> None:
     loose, _ = tick(metrics(ERROR_RATE_1, confidence=0.5), {COUNT: 20.0, ERROR_RATE: 0.0})
     strict, _ = tick(metrics(ERROR_RATE_1, confidence=0.99), {COUNT: 20.0, ERROR_RATE: 0.0})
