@@ -241,17 +241,19 @@ class _Tick:
                 return Verdict.INCONCLUSIVE, Effect.INCONCLUSIVE, f"{outside}, inside the inconclusive band {metric.inconclusive_range}", None, None
             return Verdict.FAIL, Effect.FAIL, outside, None, None
         if not is_rate(self.spec, metric):
-            note = ""
             if metric.evidence is Evidence.AUTO and _looks_like_a_rate(self.spec, metric):
-                note = (f" (no evidence bound: the template selects requests the canary's request count does not"
-                        f" ({', '.join(_unlike_the_count(self.spec, metric))}), so the count says nothing of its share)")
-            return Verdict.PASS, Effect.PASS, f"{metric.name} {value:.4g} within {threshold}{note}", None, None
+                # a share of part of the canary's requests (/checkout): how many that part holds is not known, only
+                # that it is at most the canary's count. The bound on that count is too kind, so it cannot make a
+                # pass, but a share it cannot tell even so (a light load) is no pass either: it holds
+                return self._evidence(metric, value, threshold, part=", ".join(_unlike_the_count(self.spec, metric)))
+            return Verdict.PASS, Effect.PASS, f"{metric.name} {value:.4g} within {threshold}", None, None
         return self._evidence(metric, value, threshold)
 
     def _evidence(self, metric: Metric, value: float, threshold: ThresholdRange, measure: Callable[[float], float] = lambda v: v,
-                  what: str = "") -> tuple[Verdict, Effect, str, float | None, float | None]:
+                  what: str = "", part: str = "") -> tuple[Verdict, Effect, str, float | None, float | None]:
         """A rate inside ``threshold`` (as ``measure`` turns it: itself, or its difference or ratio to stable's)
-        passes only when its Wilson bound on the canary's request count is inside too; else it holds."""
+        passes only when its Wilson bound on the canary's request count is inside too; else it holds. ``part``:
+        the rate is a share of part of those requests only (how it selects them), on at most that count."""
         count = self.requests(window(self.spec, metric, self.ctx))
         if isinstance(count, MetricError):
             return Verdict.ERROR, Effect.FAIL, f"{metric.name}: the canary's requests could not be counted: {count}", None, None
@@ -267,7 +269,8 @@ class _Tick:
         if not checks:
             checks.append(("max" if threshold.max is not None else "min", value, True))
         side, bound, ok = next(((s, b, o) for s, b, o in checks if not o), checks[0])
-        text = f"{metric.name}{what} {measure(value):.4g} on {count:.0f} requests, {confidence:.0%} bound {measure(bound):.4g}"
+        on = f"at most {count:.0f} requests (the template selects part of the canary's: {part})" if part else f"{count:.0f} requests"
+        text = f"{metric.name}{what} {measure(value):.4g} on {on}, {confidence:.0%} bound {measure(bound):.4g}"
         if ok:
             return Verdict.PASS, Effect.PASS, f"{text} within {threshold}", count, bound
         effect = Effect.FAIL if self.ctx.held_too_long else Effect.HOLD

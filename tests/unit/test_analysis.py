@@ -276,22 +276,23 @@ CHECKOUT_TEMPLATE = ('sum(rate(http_requests_total{namespace="{{ namespace }}",{
 
 @pytest.mark.parametrize(
     ("query", "borrows", "why"),
-    [(HTTP_TEMPLATE, True, ""), (CHECKOUT_TEMPLATE, False, "(path)"),
+    [(HTTP_TEMPLATE, True, ""), (CHECKOUT_TEMPLATE, False, ": path)"),
      ("sum(rate(http_requests_total{status=~'5..'}[1m])) / sum(rate(http_requests_total[1m])) * 100", False, "not selected by namespace")],
     ids=["all-the-canary's-requests", "checkout-only", "every-namespace"],
 )
 def test_a_template_borrows_the_canary_request_count_only_for_a_share_of_those_requests(query: str, borrows: bool, why: str) -> None:
     """Under evidence: auto, a /checkout error rate over 2 requests must not be judged as if over all the
-    canary's 10,000: only a template selecting the requests the count selects borrows it."""
+    canary's 10,000: only a template selecting the requests the count selects is a rate on that count. A
+    narrower one is a rate on at most that count: said so, and held when even that cannot tell (a light load)."""
     spec = spec_with(set_path("metricTemplates.http-errors", {"query": query}),
                      set_path("analysis.metrics", [{"name": "errors", "templateRef": {"name": "http-errors"}, "thresholdRange": {"max": 1}}]))
     result, provider = tick(spec, {COUNT: 10000.0, "http_requests_total": 0.0})
     check = result.checks[0]
     assert analysis.is_rate(spec, spec.analysis.metrics[0]) is borrows
-    assert (check.requests is not None) is borrows and any(COUNT in q for q in provider.queries) is borrows
-    if not borrows:
-        assert check.effect is Effect.PASS and "no evidence bound: the template selects requests the canary's request count does not" in check.reason
-        assert why in check.reason
+    assert check.effect is Effect.PASS and check.requests == 10000 and any(COUNT in q for q in provider.queries)
+    assert ("on at most 10000 requests (the template selects part of the canary's" in check.reason) is not borrows and why in check.reason
+    light, _ = tick(spec, {COUNT: 5.0, "http_requests_total": 0.0})  # five requests in all: the share cannot be told
+    assert light.checks[0].effect is Effect.HOLD and "not enough requests to tell" in light.checks[0].reason
 
 
 def test_the_evidence_bound_uses_the_configured_confidence() -> None:
