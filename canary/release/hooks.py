@@ -177,6 +177,14 @@ class Hooks:
                 failures.append(result)
         return failures
 
+    def stop_rollout(self, running: list[tuple[Webhook, Any]]) -> None:
+        """Kill the rollout commands still running, recording nothing: the interval ended by an error and no
+        tick will judge it."""
+        for hook, handle in running:
+            if not isinstance(handle, HookResult):
+                with contextlib.suppress(Exception):
+                    self.caller.finish(hook, handle, time.monotonic(), self.cancel)
+
     def event(self, state: ReleaseState, message: str, severity: Severity = Severity.INFO) -> None:
         """Tell event hooks and the alerts whose severity admits it (both from the background queue)."""
         self._state = state

@@ -740,16 +740,22 @@ class Release:
         end = (since if since is not None else start) + interval
         running = self.hooks.start_rollout(state)
         phase, answered = state.phase, False
-        while not (stopped := self._wait(end - self.clock.monotonic())) and self._wake.is_set():
-            # woken by a request: a promote a person gave in a waiting phase (or --skip-analysis) is acted on
-            # now; a pause or continue is taken now too, but the step is still judged on a whole interval
-            if state.phase in (Phase.WAITING_PROMOTION, Phase.WAITING_DECISION) and "promote" in self._requests:
-                answered = True
-                break
-            state = self._take_requests(state)
-            if state.phase is not phase:
-                answered = True
-                break
+        try:
+            while not (stopped := self._wait(end - self.clock.monotonic())) and self._wake.is_set():
+                # woken by a request: a promote a person gave in a waiting phase (or --skip-analysis) is acted on
+                # now; a pause or continue is taken now too, but the step is still judged on a whole interval
+                if state.phase in (Phase.WAITING_PROMOTION, Phase.WAITING_DECISION) and "promote" in self._requests:
+                    answered = True
+                    break
+                state = self._take_requests(state)
+                if state.phase is not phase:
+                    answered = True
+                    break
+        except BaseException:
+            # the interval ended by an error (the lease lost, a record that failed, a second signal): the load
+            # tests run in sessions of their own, and nothing would ever stop them
+            self.hooks.stop_rollout(running)
+            raise
         # a person answered: stop the load test and act on it before judging again
         hook_failures = self.hooks.finish_rollout(state, running, start, cut="canary promote answered" if answered else "")
         if stopped or self.cancel.is_set() or answered:

@@ -262,6 +262,45 @@ def test_a_lock_left_by_the_release_s_own_killed_cli_is_cleared_and_the_rollback
     assert world.stack.ups[-1]["refresh"] or any(up["refresh"] for up in world.stack.ups[-3:])  # what the killed CLI left is read back
 
 
+def test_the_load_tests_are_stopped_when_an_interval_ends_by_an_error() -> None:
+    # an error out of the interval's wait (the lease lost as a request was taken) left the rollout commands
+    # running: they run in sessions of their own, and nothing ever stopped them
+    from canary.core.records import HookResult
+
+    stopped: list[str] = []
+
+    class LoadTest(FakeHooks):
+        def start(self, hook: Any) -> Any:
+            return f"{hook.name}-process"
+
+        def finish(self, hook: Any, handle: Any, deadline: float, cancel: Any = None) -> Any:
+            stopped.append(handle)
+            return HookResult(hook.name, hook.type.value, False, 0.0, "killed")
+
+    world = make(Metrics(0.0), lambda v: v["analysis"].update(webhooks=[{"name": "load", "type": "rollout", "cmd": "hey http://web-canary/"}]),
+                 hooks=LoadTest())
+
+    take = world.release._take_requests
+    asked: list[bool] = []
+
+    def taken(state: Any) -> Any:
+        if asked:  # the request below, taken inside the interval
+            raise LeaseLost("this release no longer holds the app: taken over by r9")
+        return take(state)
+
+    def pause_once(now: float) -> None:
+        state = world.store.state
+        if not asked and state is not None and state.step == 1:  # in the first step's interval, the load test running
+            asked.append(True)
+            world.store.request("pause")
+
+    world.release._take_requests = taken  # type: ignore[method-assign]
+    world.clock.on_sleep = pause_once
+    with pytest.raises(LeaseLost):
+        world.start()
+    assert stopped == ["load-process"]
+
+
 def test_an_abort_during_promotion_is_ignored() -> None:
     world = make(Metrics(0.0))
 
