@@ -13,8 +13,10 @@ from __future__ import annotations
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
+from canary.core import units
 from canary.core.spec import StackSpec, parse_stack
 from canary.errors import InvalidSpec, Problem
 
@@ -31,6 +33,12 @@ _ANALYSIS_FIELDS = {
 }
 #: Carried over as they are: canary spells them as Flagger does (and judges them by the same rules).
 _AS_IS = ("interval", "threshold", "maxWeight", "stepWeight", "stepWeights", "iterations", "match", "mirror", "mirrorWeight")
+#: Flagger's values for what a Canary leaves out, written out because canary's defaults differ (threshold 5,
+#: maxWeight 50): left to canary's, a bad version would get five failed intervals instead of Flagger's one.
+FLAGGER_THRESHOLD = 1
+FLAGGER_MAX_WEIGHT = 100
+#: Flagger runs an analysis interval shorter than this at this (canary would take it as written).
+FLAGGER_MIN_INTERVAL = timedelta(seconds=10)
 _METRIC_FIELDS = {"name", "templateRef", "thresholdRange", "interval", "templateVariables"}
 _WEBHOOK_FIELDS = {"name", "type", "url", "timeout", "metadata"}
 #: Every field of Flagger's CanaryAnalysis (flagger.app/v1beta1): one outside this set is a typo
@@ -261,6 +269,7 @@ def _analysis(data: Mapping[str, Any], notes: list[str]) -> dict[str, Any]:
         raise InvalidSpec([Problem(f"spec.analysis.{key}", _shown(data[key]), rule) for key in unknown], "Canary")
     _unsupported("spec.analysis", data, _ANALYSIS_FIELDS, notes)
     out = {k: data[k] for k in _AS_IS if k in data}
+    _flagger_defaults(data, out, notes)
     if "sessionAffinity" in data:
         affinity = dict(_mapping(data["sessionAffinity"], "spec.analysis.sessionAffinity"))
         if "primaryCookieName" in affinity:
@@ -317,6 +326,25 @@ def _analysis(data: Mapping[str, Any], notes: list[str]) -> dict[str, Any]:
     if webhooks:
         out["webhooks"] = webhooks
     return out
+
+
+def _flagger_defaults(data: Mapping[str, Any], out: dict[str, Any], notes: list[str]) -> None:
+    """What Flagger would run the Canary with where it differs from canary's reading of the same spec."""
+    if data.get("threshold") is None:
+        out["threshold"] = FLAGGER_THRESHOLD
+        notes.append(f"spec.analysis.threshold: not set; written as {FLAGGER_THRESHOLD}, Flagger's default "
+                     "(canary's is 5): the first failed check rolls back, as in Flagger")
+    if "stepWeight" in data and data.get("maxWeight") is None and "stepWeights" not in data:
+        out["maxWeight"] = FLAGGER_MAX_WEIGHT
+        notes.append(f"spec.analysis.maxWeight: not set; written as {FLAGGER_MAX_WEIGHT}, Flagger's default (canary's is 50)")
+    try:
+        interval = units.parse_duration(data["interval"], allow_zero=True) if "interval" in data else None
+    except ValueError:
+        interval = None  # refused, naming the field, when the spec is validated
+    if interval is not None and interval < FLAGGER_MIN_INTERVAL:
+        out["interval"] = units.format_duration(FLAGGER_MIN_INTERVAL)
+        notes.append(f"spec.analysis.interval: {data['interval']} is below Flagger's minimum, {out['interval']}, "
+                     f"at which Flagger runs it; written as {out['interval']}")
 
 
 def _templates(manifests: list[dict[str, Any]], notes: list[str]) -> tuple[dict[str, Any], dict[str, str | None]]:

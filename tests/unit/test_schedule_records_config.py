@@ -720,6 +720,29 @@ def test_a_bad_threshold_is_named_once_as_flagger_spells_it() -> None:
     assert [p.field for p in info.value.problems] == ["spec.analysis.threshold"]
 
 
+def test_what_the_canary_leaves_out_is_written_as_flaggers_default_not_left_to_canarys() -> None:
+    # canary's own defaults (threshold 5, maxWeight 50) gave a bad version five failed intervals instead of one
+    doc = _canary()
+    del doc["spec"]["analysis"]["threshold"], doc["spec"]["analysis"]["maxWeight"]
+    result = flagger.convert([doc, _template()])
+    analysis = result.spec.release_spec("web").analysis
+    assert (analysis.threshold, analysis.failures_allowed, analysis.max_weight) == (1, 1, 100)
+    assert any(n.startswith("spec.analysis.threshold: not set; written as 1, Flagger's default") for n in result.notes), result.notes
+    assert any(n.startswith("spec.analysis.maxWeight: not set; written as 100, Flagger's default") for n in result.notes), result.notes
+    blue_green = _weights_removed(_canary())
+    blue_green["spec"]["analysis"]["iterations"] = 5
+    assert not any("maxWeight" in n for n in flagger.convert([blue_green, _template()]).notes)
+
+
+@pytest.mark.parametrize(("given", "runs", "raised"), [("5s", "10s", True), ("0s", "10s", True), ("10s", "10s", False), ("30s", "30s", False)])
+def test_an_interval_below_flaggers_minimum_is_raised_to_it_as_flagger_does(given: str, runs: str, raised: bool) -> None:
+    doc = _canary()
+    doc["spec"]["analysis"]["interval"] = given
+    result = flagger.convert([doc, _template()])
+    assert result.spec.release_spec("web").analysis.interval == units.parse_duration(runs)
+    assert any(n.startswith(f"spec.analysis.interval: {given} is below Flagger's minimum, 10s") for n in result.notes) is raised
+
+
 def test_a_bad_gateway_option_is_named_as_the_option() -> None:
     with pytest.raises(InvalidSpec) as info:
         flagger.convert([_canary(), _template()], parent_ref={"name": "Public"})
