@@ -309,12 +309,20 @@ def _analysis(data: Mapping[str, Any], notes: list[str]) -> dict[str, Any]:
                                            "must be cmd or bash: canary runs a load tester's command locally, and a "
                                            f"{kind} hook's cmd is not one (write the whole command as the hook's cmd)")], "Canary")
             command = str(metadata.pop("cmd"))
-            # the load tester runs type bash through bash -c (pipes and all); canary runs a cmd without a shell
-            out_hook["cmd"] = f"bash -c {shlex.quote(command)}" if kind == "bash" else command
+            # the load tester runs type cmd through sh -c and type bash through bash -c (pipes and all);
+            # canary runs a hook's cmd without a shell, so the shell is written into it
+            out_hook["cmd"] = f"{'bash' if kind == 'bash' else 'sh'} -c {shlex.quote(command)}"
             if hook.get("url"):
                 notes.append(
                     f"spec.analysis.webhooks[{i}].url: {hook['url']} (a Flagger load tester) is replaced by "
                     "running metadata.cmd locally as the webhook's cmd"
+                )
+            if kind == "cmd":
+                # the load tester answers 202 as soon as it has queued a cmd: its outcome never reached Flagger
+                notes.append(
+                    f"spec.analysis.webhooks[{i}].metadata.cmd: Flagger's load tester starts a cmd and answers at once, "
+                    "whatever it does; canary runs it to its end (a rollout hook within its interval and timeout, any other "
+                    "within its timeout) and a non-zero exit or the timeout is a failed check"
                 )
         elif "url" in hook:
             out_hook["url"] = hook["url"]
