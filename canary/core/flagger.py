@@ -80,7 +80,8 @@ def convert(
     templates_in = [m for m in manifests if m.get("kind") == "MetricTemplate"]
     for other in manifests:
         if other.get("kind") not in ("Canary", "MetricTemplate"):
-            notes.append(f"{other.get('kind')} {other.get('metadata', {}).get('name', '?')}: not a Flagger Canary or MetricTemplate; ignored")
+            other_name = _mapping(other.get("metadata"), "metadata", str(other.get("kind"))).get("name", "?")
+            notes.append(f"{other.get('kind')} {other_name}: not a Flagger Canary or MetricTemplate; ignored")
     if len(canaries) != 1:
         raise InvalidSpec([Problem("kind", f"{len(canaries)} Canary manifests", "exactly one Canary manifest is required")], "Flagger manifests")
     canary = canaries[0]
@@ -183,6 +184,13 @@ def _mappings(value: Any, field: str, source: str = "Canary") -> list[dict[str, 
         if not isinstance(item, Mapping):
             raise InvalidSpec([Problem(f"{field}[{i}]", _shown(item), f"must be a mapping, not {_type(item)}")], source)
     return [dict(item) for item in value]
+
+
+def _string(value: Any, field: str, source: str) -> str | None:
+    """``value`` as a string (absent: None); InvalidSpec naming the field when it has another shape."""
+    if value is None or isinstance(value, str):
+        return value
+    raise InvalidSpec([Problem(field, _shown(value), f"must be a string, not {_type(value)}")], source)
 
 
 def _shown(value: Any) -> str:
@@ -362,15 +370,16 @@ def _templates(manifests: list[dict[str, Any]], notes: list[str]) -> tuple[dict[
     for manifest in manifests:
         _api(manifest)
         metadata = _mapping(manifest.get("metadata"), "metadata", "MetricTemplate")
-        name = metadata.get("name")
+        name = _string(metadata.get("name"), "metadata.name", "MetricTemplate")
+        namespace = _string(metadata.get("namespace"), f"MetricTemplate {name}: metadata.namespace", "MetricTemplate")
         if not name:
             raise InvalidSpec([Problem("metadata.name", "nothing", "is required: Canary metrics reference the template by it")], "MetricTemplate")
         if name in out:
             # canary's metricTemplates are keyed by name alone: one would silently replace the other
-            where = " and ".join(str(ns or "(no namespace)") for ns in (namespaces[name], metadata.get("namespace")))
+            where = " and ".join(ns or "(no namespace)" for ns in (namespaces[name], namespace))
             raise InvalidSpec([Problem(f"MetricTemplate {name}", f"given twice ({where})",
                                        "must be given once: canary keys templates by name; pass only the one the Canary's templateRef names")], "MetricTemplate")
-        namespaces[name] = metadata.get("namespace")
+        namespaces[name] = namespace
         spec = _mapping(manifest.get("spec"), f"MetricTemplate {name}: spec", "MetricTemplate")
         provider = _mapping(spec.get("provider"), f"MetricTemplate {name}: spec.provider", "MetricTemplate")
         _unsupported(f"MetricTemplate {name}: spec", spec, {"provider", "query"}, notes)
@@ -378,8 +387,9 @@ def _templates(manifests: list[dict[str, Any]], notes: list[str]) -> tuple[dict[
         if ptype != "prometheus":
             raise InvalidSpec([Problem(f"MetricTemplate {name}: spec.provider.type", str(ptype), "must be prometheus (the only provider canary supports)")], "MetricTemplate")
         out_provider: dict[str, Any] = {"type": "prometheus"}
-        if provider.get("address"):
-            out_provider["address"] = provider["address"]
+        address = _string(provider.get("address"), f"MetricTemplate {name}: spec.provider.address", "MetricTemplate")
+        if address:
+            out_provider["address"] = address
         if provider.get("secretRef"):
             notes.append(f"MetricTemplate {name}: spec.provider.secretRef: set the token as a Pulumi secret: pulumi config set --secret --path prometheus.token")
         for key in provider:

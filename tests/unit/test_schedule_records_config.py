@@ -917,6 +917,13 @@ def test_manifests_of_the_wrong_kind_are_refused(content: str, message: str) -> 
         flagger.convert(stackfile.load_manifests([("bad.yaml", content)]))
 
 
+def test_an_ignored_manifest_whose_metadata_is_not_a_mapping_is_refused_naming_it() -> None:
+    # it escaped as an AttributeError traceback
+    with pytest.raises(InvalidSpec) as info:
+        flagger.convert([_canary(), _template(), {"apiVersion": "v1", "kind": "Service", "metadata": "web"}])
+    assert info.value.source == "Service" and [(p.field, p.value) for p in info.value.problems] == [("metadata", "'web'")]
+
+
 def test_several_documents_in_one_file() -> None:
     text = CANARY.read_text() + "\n---\n" + TEMPLATE.read_text()
     assert flagger.convert(stackfile.load_manifests([("both.yaml", text)])).spec == flagger.convert(_manifests(CANARY, TEMPLATE)).spec
@@ -983,6 +990,10 @@ def test_a_canary_of_the_wrong_shape_is_refused_naming_the_manifest_field(change
         (_change("spec.query", "sum(rate(x[1m]"), "MetricTemplate error-rate: spec.query: is not valid PromQL: unclosed '('"),
         (_change("spec.query", "up{pod='{{ pod }}'}"), "MetricTemplate error-rate: spec.query: uses unknown placeholder {{ pod }}"),
         (_change("spec.provider.address", "prometheus:9090"), "MetricTemplate error-rate: spec.provider.address: must be an http:// or https:// URL"),
+        # these escaped as TypeError tracebacks (unhashable list), not as a refusal naming the field
+        (_change("spec.provider.address", ["http://prometheus:9090"]), "MetricTemplate error-rate: spec.provider.address: must be a string, not a list"),
+        (_change("metadata.name", ["error-rate"]), "metadata.name: must be a string, not a list"),
+        (_change("metadata.namespace", ["prod"]), "MetricTemplate error-rate: metadata.namespace: must be a string, not a list"),
     ],
 )
 def test_a_metric_template_of_the_wrong_shape_is_refused_naming_the_field(change: Any, message: str) -> None:
