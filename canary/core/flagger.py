@@ -310,13 +310,21 @@ def _analysis(data: Mapping[str, Any], notes: list[str]) -> dict[str, Any]:
         _unsupported(f"spec.analysis.webhooks[{i}]", hook, _WEBHOOK_FIELDS, notes)
         out_hook: dict[str, Any] = {"name": hook.get("name"), "type": hook.get("type") or "rollout"}
         metadata = _mapping(hook.get("metadata"), f"spec.analysis.webhooks[{i}].metadata")
+        # Flagger's metadata is a map of strings; str() made an empty cmd the command "None", a list "['a', 'b']"
+        wrong = [Problem(f"spec.analysis.webhooks[{i}].metadata.{key}", _shown(value),
+                         f"must be a string, not {_type(value)}: Flagger's webhook metadata maps strings to strings (quote it)")
+                 for key, value in metadata.items() if not isinstance(value, str)]
+        wrong += [Problem(f"spec.analysis.webhooks[{i}].metadata", _shown(key), f"keys must be strings, not {_type(key)} (quote it)")
+                  for key in metadata if not isinstance(key, str)]
+        if wrong:
+            raise InvalidSpec(wrong, "Canary")
         if "cmd" in metadata:
-            kind = str(metadata.pop("type", "cmd") or "cmd")
+            kind = metadata.pop("type", "cmd") or "cmd"
             if kind not in ("cmd", "bash"):
                 raise InvalidSpec([Problem(f"spec.analysis.webhooks[{i}].metadata.type", kind,
                                            "must be cmd or bash: canary runs a load tester's command locally, and a "
                                            f"{kind} hook's cmd is not one (write the whole command as the hook's cmd)")], "Canary")
-            command = str(metadata.pop("cmd"))
+            command = metadata.pop("cmd")
             # the load tester runs type cmd through sh -c and type bash through bash -c (pipes and all);
             # canary runs a hook's cmd without a shell, so the shell is written into it
             out_hook["cmd"] = f"{'bash' if kind == 'bash' else 'sh'} -c {shlex.quote(command)}"
@@ -337,7 +345,7 @@ def _analysis(data: Mapping[str, Any], notes: list[str]) -> dict[str, Any]:
         if "timeout" in hook:
             out_hook["timeout"] = hook["timeout"]
         if metadata:
-            out_hook["metadata"] = {str(k): str(v) for k, v in metadata.items()}
+            out_hook["metadata"] = metadata
         webhooks.append(out_hook)
     if webhooks:
         out["webhooks"] = webhooks

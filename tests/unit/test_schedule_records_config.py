@@ -711,6 +711,22 @@ def test_a_load_tester_hook_runs_its_command_through_the_load_tester_s_shell(kin
     assert len(waits) == (0 if kind == "bash" else 1), result.notes
 
 
+@pytest.mark.parametrize(("metadata", "field", "value"), [
+    ({"cmd": None}, "metadata.cmd", "None"),
+    ({"cmd": ["hey", "-z", "1m"]}, "metadata.cmd", "['hey', '-z', '1m']"),
+    ({"approve": True}, "metadata.approve", "True"),
+    ({"retries": 3}, "metadata.retries", "3"),
+    ({1: "x"}, "metadata", "1"),
+])
+def test_webhook_metadata_that_is_not_a_string_is_refused_naming_it(metadata: dict[Any, Any], field: str, value: str) -> None:
+    # Flagger's metadata maps strings to strings; the import turned an empty cmd into the command "None" and true into "True"
+    doc = _canary()
+    doc["spec"]["analysis"]["webhooks"] = [{"name": "gate", "type": "confirm-rollout", "url": "http://flagger-loadtester.test/", "metadata": metadata}]
+    with pytest.raises(InvalidSpec) as info:
+        flagger.convert([doc, _template()])
+    assert [(p.field, p.value) for p in info.value.problems] == [(f"spec.analysis.webhooks[0].{field}", value)]
+
+
 def test_a_helm_test_hook_is_refused_its_cmd_is_no_command_line() -> None:
     doc = _canary()
     doc["spec"]["analysis"]["webhooks"] = [{"name": "helm", "url": "http://flagger-helmtester.kube-system/",
