@@ -342,6 +342,9 @@ def _analysis(data: Mapping[str, Any], notes: list[str]) -> dict[str, Any]:
                 )
         elif "url" in hook:
             out_hook["url"] = hook["url"]
+        if out_hook["type"] == "event":
+            notes.append(f"spec.analysis.webhooks[{i}]: an event hook receives canary's event payload (see Webhooks in "
+                         "canary's README), not the one Flagger sends: check that its receiver reads it")
         if "timeout" in hook:
             out_hook["timeout"] = hook["timeout"]
         if metadata:

@@ -727,6 +727,16 @@ def test_webhook_metadata_that_is_not_a_string_is_refused_naming_it(metadata: di
     assert [(p.field, p.value) for p in info.value.problems] == [(f"spec.analysis.webhooks[0].{field}", value)]
 
 
+def test_an_event_hook_is_kept_with_a_note_that_it_receives_canary_s_payload() -> None:
+    # it was kept without a word, though its receiver was written for Flagger's payload
+    doc = _canary()
+    doc["spec"]["analysis"]["webhooks"].append({"name": "notify", "type": "event", "url": "http://events.example/"})
+    result = flagger.convert([doc, _template()])
+    assert [h.type.value for h in result.spec.release_spec("web").analysis.webhooks] == ["rollout", "event"]
+    assert [n for n in result.notes if n.startswith("spec.analysis.webhooks[1]: an event hook receives canary's event payload")], result.notes
+    assert not [n for n in result.notes if n.startswith("spec.analysis.webhooks[0]: an event hook")]
+
+
 def test_a_helm_test_hook_is_refused_its_cmd_is_no_command_line() -> None:
     doc = _canary()
     doc["spec"]["analysis"]["webhooks"] = [{"name": "helm", "url": "http://flagger-helmtester.kube-system/",
