@@ -72,6 +72,11 @@ class Workspace:
             declared = set()  # a top-level analysis names no app: it is the one app the program declares
         return sorted(declared | exported)
 
+    def removed(self) -> list[str]:
+        """The deployed apps the stack config no longer declares: the next update deletes them (unless a
+        component of the program still declares one, which then has no analysis)."""
+        return sorted(name for name in self.apps() if f"{naming.OUTPUT_PREFIX}{name}" in self.outputs and not self.spec.declares(name))
+
     def app(self, name: str | None) -> str:
         apps = self.apps()
         if name is None:
@@ -83,11 +88,12 @@ class Workspace:
         return name
 
     def facts(self, app: str, spec: StackSpec | None = None) -> AppFacts | None:
-        """The app as its last ``up`` left it (None: never deployed), judged by ``spec``'s analysis."""
+        """The app as its last ``up`` left it, judged by ``spec``'s analysis (None: never deployed, or no
+        longer in ``spec``, so that the next update deletes it)."""
         exported = self.outputs.get(f"{naming.OUTPUT_PREFIX}{app}")
-        if not isinstance(exported, Mapping):
-            return None
         stack_spec = spec or self.spec
+        if not isinstance(exported, Mapping) or not stack_spec.declares(app):
+            return None
         try:
             app_model = App.model_validate(exported["app"])
             gateway = Gateway.model_validate(exported["gateway"])
@@ -242,12 +248,14 @@ def _running(ws: Workspace) -> dict[str, ReleaseState]:
     out = {}
     for name in ws.apps():
         facts = ws.facts(name)
-        if facts is None:
+        exported = f"{naming.OUTPUT_PREFIX}{name}" in ws.outputs
+        if facts is None and not exported:
             continue
         try:
-            state = ws.store(name, facts.spec.app.namespace).load()
+            # an app removed from the config has no facts, and may still have a release to finish
+            state = ws.store(name, facts.spec.app.namespace if facts is not None else ws.namespace(name)).load()
         except CanaryError:
-            if f"{naming.OUTPUT_PREFIX}{name}" not in ws.outputs:
+            if not exported:
                 continue  # never deployed: no release of it can run
             # an app whose state cannot be read may be releasing: taking it for idle would pin its route
             # back to stable under a live release, so nothing is applied
@@ -289,11 +297,24 @@ def up(stack: str, *, app: str | None = None, project_dir: Path | None = None, e
     With ``app`` (or one app in the stack) that app's change is released; without it, on a stack of
     several apps, each app's change is released in turn and the outcome is the worst of them."""
     ws = open_stack(stack, project_dir, env)
-    known = ws.apps()
-    names = [ws.app(app)] if known and (app is not None or len(known) == 1) else known
+    # an app the config no longer declares: the update deletes it, as a plain `pulumi up` would
+    removed = ws.removed()
+    if app in removed:
+        raise InvalidSpec([Problem("--app", app, f"is no longer in the stack config: `canary up {ws.name}` deletes it")], "arguments")
+    known = [name for name in ws.apps() if name not in removed]
+    names = [ws.app(app)] if known and app is not None else known
+
+    def refuse_if_busy(name: str, state: ReleaseState | None) -> None:
+        try:
+            _refuse_if_busy(ws, name, state)
+        except StackBusy as exc:
+            if name not in removed:
+                raise
+            raise StackBusy(f"app {name} is no longer in the stack config, and the update would delete it: {exc}") from exc
+
     running = _running(ws)
     # every app's refusal at once: a stack of several apps is not mended one rerun per app
-    busy = [str(exc) for name in names for exc in _raised(StackBusy, _refuse_if_busy, ws, name, running.get(name))]
+    busy = [str(exc) for name in [*names, *removed] for exc in _raised(StackBusy, refuse_if_busy, name, running.get(name))]
     if busy:
         raise StackBusy("; ".join(busy))
     existed = {name: f"{naming.OUTPUT_PREFIX}{name}" in ws.outputs for name in names}
@@ -328,9 +349,9 @@ def up(stack: str, *, app: str | None = None, project_dir: Path | None = None, e
         # have begun, and this update must leave that app's resources alone
         for _ in range(len(known) + 1):
             now = _running(ws)
-            for name in names:
+            for name in [*names, *removed]:
                 if name in now and name not in running:
-                    _refuse_if_busy(ws, name, now[name])  # its release began since this command looked
+                    refuse_if_busy(name, now[name])  # its release began since this command looked
             try:
                 return update(now)
             except _ReleaseBegan as exc:
@@ -346,15 +367,25 @@ def up(stack: str, *, app: str | None = None, project_dir: Path | None = None, e
     # that began from a stack file without this app's new image, and the change would look like none
     ws.outputs = result.outputs if result.outputs is not None else ws.stack.outputs()
     applied = {k: v for k, v in result.changes.items() if k != "same"}
-    if not names:  # a program without apps yet: the update was all there was to do
+    if not names and not removed:  # a program without apps yet: the update was all there was to do
         names = [ws.app(app)]
     outcomes = _each_app(names, lambda name: _release_change(ws, name, existed.get(name, False), applied, snapshot, retry, on_event, why, options),
                          applied)
+    outcomes += [_removal(ws, name, applied) for name in removed]
     if len(outcomes) == 1:
         return outcomes[0]
     worst = next((o for code in _SEVERITY for o in outcomes if o.exit_code == code), outcomes[0])
     return UpOutcome(", ".join(o.app for o in outcomes), applied, worst.release, "\n".join(o.message for o in outcomes), worst.exit_code,
                      tuple(outcomes))
+
+
+def _removal(ws: Workspace, name: str, applied: dict[str, int]) -> UpOutcome:
+    """After the update, an app the stack config no longer declares: deleted, or still declared by a
+    component of the program, which the update applied without a release (nothing would judge it)."""
+    if f"{naming.OUTPUT_PREFIX}{name}" not in ws.outputs:
+        return UpOutcome(name, applied, None, f"{name}: removed (no longer in the stack config)", exitcodes.OK)
+    return UpOutcome(name, applied, None, f"{name}: declared by the program but not in the stack config: its changes are applied without a "
+                     f"release; give it an analysis (canary:apps.{name}.analysis) or remove it from the program", exitcodes.INVALID)
 
 
 def _each_app(names: Sequence[str], release: Callable[[str], UpOutcome], applied: dict[str, int]) -> list[UpOutcome]:
@@ -502,6 +533,8 @@ def release(stack: str, image: str, *, app: str | None = None, project_dir: Path
     ws = open_stack(stack, project_dir, env)
     name = ws.app(app)
     facts = ws.facts(name)
+    if facts is None and name in ws.removed():
+        raise InvalidSpec([Problem("--app", name, f"is no longer in the stack config: `canary up {stack}` deletes it")], "release")
     if facts is None or facts.stable is None:
         raise InvalidSpec([Problem("stack", stack, f"has not deployed {name} yet: run `canary up {stack}` (or pulumi up) to deploy its first version, "
                                    "then release new ones")], "release")

@@ -815,11 +815,21 @@ class StackSpec(_Model):
         name = self.app.name if self.app is not None else "app"
         return {name: AppConfig(app=self.app, gateway=self.gateway, analysis=self.analysis, stable_image=self.stable_image)}
 
+    def names_no_app(self) -> bool:
+        """A top-level analysis without ``app``: it judges every app the program's components declare."""
+        return self.app is None and not self.apps and self.analysis is not None
+
+    def declares(self, name: str) -> bool:
+        """Whether the config gives app ``name`` an analysis (its own, or a top-level one naming no app)."""
+        return name in self.app_configs() or self.names_no_app()
+
     def release_spec(self, name: str, app: App | None = None, gateway: Gateway | None = None) -> ReleaseSpec:
         """One app with the stack-wide settings; ``app``/``gateway`` come from a program's component when
         the config does not declare them."""
+        if not self.declares(name):
+            raise InvalidSpec([Problem(f"apps.{name}", "nothing", "is not in the stack config: it has no analysis")], "stack")
         configs = self.app_configs()
-        if name not in configs and self.app is None and not self.apps and len(configs) == 1:
+        if name not in configs:
             # a top-level analysis with the app declared by the program's component: it is that app's
             configs = {name: next(iter(configs.values()))}
         config = configs[name]

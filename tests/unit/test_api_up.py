@@ -1,0 +1,126 @@
+"""``canary up`` over a stack of apps: which apps its update pins, leaves alone or removes, and which it
+releases afterwards (the stack, the cluster and Prometheus stood in for)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from canary import api
+from canary.adapters import stackfile
+from canary.core import config as stackconfig
+from canary.core.records import Phase
+from canary.errors import ClusterUnreachable, StackBusy
+from tests.conftest import base_values
+
+GATEWAY = {"parentRefs": [{"name": "public", "namespace": "gateway"}]}
+
+
+def pin(image: str, hash_: str) -> dict[str, Any]:
+    return {"template": {"spec": {"containers": [{"name": "x", "image": image}]}}, "hash": hash_, "image": image, "config_hashes": {}}
+
+
+def exported(name: str, stable: str, desired: str) -> dict[str, Any]:
+    """``canary/<name>`` as the component exports it."""
+    return {"app": {"name": name, "namespace": "shop", "image": desired}, "gateway": GATEWAY, "namespace": "shop",
+            "urns": {"stableDeployment": f"urn:{name}-stable", "canaryDeployment": f"urn:{name}-canary", "route": f"urn:{name}-route"},
+            "stable": pin(stable, "s" * 16), "desired": pin(desired, "s" * 16 if stable == desired else "d" * 16), "copies": {}}
+
+
+class Stack:
+    """The stack: every ``up`` recorded (its release config and exclusions), its outputs afterwards ``after``."""
+
+    def __init__(self, tmp: Path, after: dict[str, Any]) -> None:
+        self.file = tmp / "Pulumi.prod.yaml"
+        self.file.write_text("config:\n  canary:rollout: checked\n")
+        self.after = after
+        self.ups: list[dict[str, Any]] = []
+
+    def stack_file(self) -> Path:
+        return self.file
+
+    def up(self, config_file: Path, exclude: Any = None, guard: Any = None) -> Any:
+        if guard is not None:
+            guard()
+        self.ups.append({"release": stackfile.load(Path(config_file).read_text())["config"].get("canary:release"), "exclude": exclude})
+        return SimpleNamespace(outputs=self.after, changes={"update": 1})
+
+    def wait_unlocked(self, seconds: float) -> bool:
+        return True
+
+    def outputs(self) -> dict[str, Any]:
+        return self.after
+
+    def export(self) -> dict[str, Any]:
+        return {}
+
+
+@pytest.fixture
+def stack(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Any:
+    """``stack(values, before, after, states)``: the workspace ``up`` opens — its stack config ``values`` (top-level
+    keys), its outputs ``before`` the update and ``after`` it, each app's last release state from ``states``."""
+    monkeypatch.setenv("CANARY_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setattr(api, "Lease", lambda *args: SimpleNamespace(holder=lambda: None))
+
+    def unreachable(*args: Any) -> Any:
+        raise ClusterUnreachable("no cluster here")
+
+    monkeypatch.setattr(api, "ClusterReader", lambda kube: SimpleNamespace(deployment=unreachable))
+    monkeypatch.setattr(api, "_preflight", lambda ws, name: None)
+
+    def make(values: dict[str, Any], before: dict[str, Any], after: dict[str, Any], states: dict[str, Any] | None = None) -> api.Workspace:
+        found = states or {}
+        monkeypatch.setattr(api.Workspace, "store", lambda self, app, namespace: SimpleNamespace(
+            load=lambda: found.get(app), cache=SimpleNamespace(dir=tmp_path), namespace=namespace))
+        spec = stackconfig.from_file_values({f"canary:{k}": v for k, v in values.items()}, "test")
+        ws = api.Workspace(tmp_path, "prod", {}, Stack(tmp_path, after), spec, dict(before), kube=None)  # type: ignore[arg-type]
+        monkeypatch.setattr(api, "open_stack", lambda *args, **kwargs: ws)
+        return ws
+
+    return make
+
+
+def apps_config(*names: str) -> dict[str, Any]:
+    """A stack config of ``canary:apps``, each app on image ``<name>:1``."""
+    values = base_values()
+    app, gateway, analysis = values.pop("app"), values.pop("gateway"), values.pop("analysis")
+    values.pop("stableImage")
+    values["apps"] = {name: {"app": {**app, "name": name, "namespace": "shop", "image": f"{name}:1"}, "gateway": gateway, "analysis": analysis}
+                      for name in names}
+    return values
+
+
+# --- an app removed from the stack config --------------------------------------------------------
+
+
+def test_an_app_removed_from_the_stack_config_is_removed_by_the_update(stack: Any) -> None:
+    # `canary:apps.api` removed from the stack file: every `canary up` exited 2 ("outputs.canary/api: is not
+    # what the component exports: 'api'") before applying anything, and only a plain `pulumi up` removed api
+    before = {"canary/web": exported("web", "web:1", "web:1"), "canary/api": exported("api", "api:1", "api:1")}
+    ws = stack(apps_config("web"), before, after={"canary/web": before["canary/web"]})
+    outcome = api.up("prod")
+    assert outcome.exit_code == 0
+    [update] = ws.stack.ups
+    assert sorted(update["release"]) == ["web"]  # api is not pinned: the update deletes it
+    assert "api: removed" in outcome.message and "web: no workload change" in outcome.message
+
+
+def test_an_app_removed_from_the_stack_config_mid_release_is_refused_before_anything_changes(stack: Any) -> None:
+    before = {"canary/web": exported("web", "web:1", "web:1"), "canary/api": exported("api", "api:1", "api:2")}
+    running = SimpleNamespace(phase=Phase.PROGRESSING, release="r7")
+    ws = stack(apps_config("web"), before, after={"canary/web": before["canary/web"]}, states={"api": running})
+    with pytest.raises(StackBusy, match=r"app api .*no longer in the stack config.*unfinished release r7.*canary resume prod --app api"):
+        api.up("prod")
+    assert ws.stack.ups == []
+
+
+def test_an_app_the_program_still_declares_without_an_analysis_is_named_after_the_update(stack: Any) -> None:
+    # a program's component still declares api, but the stack config has no analysis for it: nothing judges its releases
+    before = {"canary/web": exported("web", "web:1", "web:1"), "canary/api": exported("api", "api:1", "api:1")}
+    stack(apps_config("web"), before, after=before)
+    outcome = api.up("prod")
+    assert outcome.exit_code == 2
+    assert "api: " in outcome.message and "canary:apps.api" in outcome.message
