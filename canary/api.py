@@ -67,10 +67,14 @@ class Workspace:
 
     def apps(self) -> list[str]:
         declared = set(self.spec.app_configs())
-        exported = {k.removeprefix(naming.OUTPUT_PREFIX) for k in self.outputs if k.startswith(naming.OUTPUT_PREFIX)}
-        if self.spec.app is None and not self.spec.apps and len(exported) == 1:
-            declared = set()  # a top-level analysis names no app: it is the one app the program declares
+        exported = self.exported()
+        if self.spec.names_no_app() and exported:
+            declared = set()  # a top-level analysis names no app ("app"): the apps are those the program's components export
         return sorted(declared | exported)
+
+    def exported(self) -> set[str]:
+        """The apps the stack's outputs hold: those its last update deployed."""
+        return {k.removeprefix(naming.OUTPUT_PREFIX) for k in self.outputs if k.startswith(naming.OUTPUT_PREFIX)}
 
     def removed(self) -> list[str]:
         """The deployed apps the stack config no longer declares: the next update deletes them (unless a
@@ -302,6 +306,8 @@ def up(stack: str, *, app: str | None = None, project_dir: Path | None = None, e
     if app in removed:
         raise InvalidSpec([Problem("--app", app, f"is no longer in the stack config: `canary up {ws.name}` deletes it")], "arguments")
     known = [name for name in ws.apps() if name not in removed]
+    if ws.spec.names_no_app():
+        known = [name for name in known if name in ws.exported()]  # not the placeholder: the update says which apps there are
     names = [ws.app(app)] if known and app is not None else known
 
     def refuse_if_busy(name: str, state: ReleaseState | None) -> None:
@@ -367,6 +373,11 @@ def up(stack: str, *, app: str | None = None, project_dir: Path | None = None, e
     # that began from a stack file without this app's new image, and the change would look like none
     ws.outputs = result.outputs if result.outputs is not None else ws.stack.outputs()
     applied = {k: v for k, v in result.changes.items() if k != "same"}
+    if app is None and ws.spec.names_no_app():
+        # the apps are those the program's components declare, as the update's outputs say: a new one is
+        # deployed for the first time, one the program no longer declares was deleted
+        removed += [name for name in names if name not in ws.exported()]
+        names = sorted(ws.exported())
     if not names and not removed:  # a program without apps yet: the update was all there was to do
         names = [ws.app(app)]
     outcomes = _each_app(names, lambda name: _release_change(ws, name, existed.get(name, False), applied, snapshot, retry, on_event, why, options),
@@ -380,10 +391,10 @@ def up(stack: str, *, app: str | None = None, project_dir: Path | None = None, e
 
 
 def _removal(ws: Workspace, name: str, applied: dict[str, int]) -> UpOutcome:
-    """After the update, an app the stack config no longer declares: deleted, or still declared by a
+    """After the update, an app the stack config (or the program) no longer declares: deleted, or still declared by a
     component of the program, which the update applied without a release (nothing would judge it)."""
     if f"{naming.OUTPUT_PREFIX}{name}" not in ws.outputs:
-        return UpOutcome(name, applied, None, f"{name}: removed (no longer in the stack config)", exitcodes.OK)
+        return UpOutcome(name, applied, None, f"{name}: removed by the update", exitcodes.OK)
     return UpOutcome(name, applied, None, f"{name}: declared by the program but not in the stack config: its changes are applied without a "
                      f"release; give it an analysis (canary:apps.{name}.analysis) or remove it from the program", exitcodes.INVALID)
 

@@ -47,7 +47,8 @@ def test_up_of_several_apps_names_every_app_s_refusal_at_once(monkeypatch: pytes
     # `canary up` of a stack of several apps stopped at the first app's refusal: one rerun per app to find them all
     from canary.errors import InvalidSpec, Problem
 
-    ws = SimpleNamespace(apps=lambda: ["api", "web", "worker"], removed=lambda: [], app=lambda app: app, name="prod", outputs={})
+    ws = SimpleNamespace(apps=lambda: ["api", "web", "worker"], removed=lambda: [], app=lambda app: app, name="prod", outputs={},
+                         spec=SimpleNamespace(names_no_app=lambda: False))
     monkeypatch.setattr(api, "open_stack", lambda *args, **kwargs: ws)
     monkeypatch.setattr(api, "_running", lambda ws: {})
     busy = {"api", "worker"}

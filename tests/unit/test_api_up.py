@@ -124,3 +124,44 @@ def test_an_app_the_program_still_declares_without_an_analysis_is_named_after_th
     outcome = api.up("prod")
     assert outcome.exit_code == 2
     assert "api: " in outcome.message and "canary:apps.api" in outcome.message
+
+
+# --- apps a program's components declare, judged by a top-level analysis --------------------------
+
+
+def analysis_only() -> dict[str, Any]:
+    """``canary:analysis`` at the top level and no ``canary:app``: the program's components declare the apps."""
+    values = base_values()
+    for key in ("app", "gateway", "stableImage"):
+        values.pop(key)
+    return values
+
+
+def test_the_first_deploy_of_a_component_app_judged_by_a_top_level_analysis_succeeds(stack: Any) -> None:
+    # the update deployed web, then up exited 2: "--app: was not deployed by the update (got app)"
+    ws = stack(analysis_only(), before={}, after={"canary/web": exported("web", "web:1", "web:1")})
+    outcome = api.up("prod")
+    assert (outcome.app, outcome.exit_code) == ("web", 0)
+    assert "deployed for the first time" in outcome.message
+    assert len(ws.stack.ups) == 1
+
+
+def test_several_component_apps_judged_by_a_top_level_analysis_are_each_released(stack: Any) -> None:
+    # the placeholder "app" stayed beside a and b: every `canary up` exited 2 after its update
+    before = {"canary/a": exported("a", "a:1", "a:1"), "canary/b": exported("b", "b:1", "b:1")}
+    after = {**before, "canary/c": exported("c", "c:1", "c:1")}  # c: the program's new component
+    ws = stack(analysis_only(), before, after)
+    assert ws.apps() == ["a", "b"]
+    outcome = api.up("prod")
+    assert outcome.exit_code == 0
+    assert [(o.app, o.exit_code) for o in outcome.apps] == [("a", 0), ("b", 0), ("c", 0)]
+    assert "c: deployed for the first time" in outcome.message
+    assert sorted(ws.stack.ups[0]["release"]) == ["a", "b"]  # each pinned at rest
+
+
+def test_a_component_app_the_program_no_longer_declares_is_not_released_after_the_update(stack: Any) -> None:
+    before = {"canary/a": exported("a", "a:1", "a:1"), "canary/b": exported("b", "b:1", "b:1")}
+    stack(analysis_only(), before, after={"canary/a": before["canary/a"]})
+    outcome = api.up("prod")
+    assert [(o.app, o.exit_code) for o in outcome.apps] == [("a", 0), ("b", 0)]
+    assert "b: removed by the update" in outcome.message
