@@ -497,21 +497,25 @@ def _preflight(ws: Workspace, name: str) -> None:
         raise InvalidSpec(problems, f"stack {ws.name}")
 
 
-def set_image(stack: str, image: str, *, app: str | None = None, project_dir: Path | None = None, image_config: str | None = None) -> tuple[str, str]:
+def set_image(stack: str, image: str | None, *, app: str | None = None, project_dir: Path | None = None,
+              image_config: str | None = None) -> tuple[str, str | None]:
     """Write ``image`` as the app's desired image in the stack file (as ``pulumi config set`` would):
     ``app.image``, or for an app a program declares, the key its component names (``image_config``,
-    such as ``shop:image`` or ``shop:web.image``)."""
+    such as ``shop:image`` or ``shop:web.image``); ``None`` removes that key. Returns the app and the
+    image the key held (``None``: there was no key, as for an app in the template form)."""
     from canary.core import units
 
     try:
-        units.check_image(image)
+        if image is not None:
+            units.check_image(image)
     except ValueError as exc:
         raise InvalidSpec([Problem("--image", image, str(exc))], "release") from exc
     project = project_dir or stackfile.find_project_dir()
     path = stackfile.stack_file(project, stack)
+    value = stackfile.ABSENT if image is None else image
     if image_config:
-        old, _ = stackfile.set_value(path, tuple(image_config.split(".")), image)
-        return app or "", str(old or "")
+        old, _ = stackfile.set_value(path, tuple(image_config.split(".")), value)
+        return app or "", None if old is stackfile.ABSENT else str(old)
     spec = stackfile.load_stack_file(path)
     configs = spec.app_configs()
     name = app or (next(iter(configs)) if len(configs) == 1 else None)
@@ -526,8 +530,8 @@ def set_image(stack: str, image: str, *, app: str | None = None, project_dir: Pa
         keys = (*prefix, "stableImage") if prefix else (f"{naming.CONFIG_NAMESPACE}:stableImage",)
     else:
         keys = (*prefix, "app", "image") if prefix else (f"{naming.CONFIG_NAMESPACE}:app", "image")
-    old, _ = stackfile.set_value(path, keys, image)
-    return name, str(old or "")
+    old, _ = stackfile.set_value(path, keys, value)
+    return name, None if old is stackfile.ABSENT else str(old)
 
 
 def release(stack: str, image: str, *, app: str | None = None, project_dir: Path | None = None, env: Mapping[str, str] | None = None,
@@ -562,9 +566,8 @@ def release(stack: str, image: str, *, app: str | None = None, project_dir: Path
         raise  # the release ran, and another process carries it on: the stack file keeps the image it releases
     except (StackBusy, StackLocked):
         # refused before anything was applied (another release, another update of the stack): the stack
-        # file goes back to the image that runs, so the refusal leaves nothing behind
-        if before:
-            set_image(stack, before, app=name, project_dir=project_dir, image_config=image_config)
+        # file goes back to the image that runs (or to no image key), so the refusal leaves nothing behind
+        set_image(stack, before, app=name, project_dir=project_dir, image_config=image_config)
         raise
 
 

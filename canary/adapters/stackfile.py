@@ -291,11 +291,22 @@ def _indents(text: str) -> tuple[int, int, int]:
     return mapping, offset + 2, offset
 
 
+class _Absent:
+    """No key: what ``set_value`` returns as the old value when there was none, and the value that removes one."""
+
+    def __repr__(self) -> str:
+        return "ABSENT"
+
+
+ABSENT = _Absent()
+
+
 def set_value(path: Path, keys: tuple[str, ...], value: Any) -> tuple[Any, Any]:
     """Set one value of a stack file at a path of keys (``("canary:app", "image")``) by a round-trip
-    edit: comments, order, other keys, ``secure:`` values and the salt stay as they were. The edit
-    holds a lock on the file, so concurrent edits of other keys are never lost; the result is checked
-    by reading it back. Returns the old and the new value."""
+    edit: comments, order, other keys, ``secure:`` values and the salt stay as they were; ``ABSENT``
+    removes the key. The edit holds a lock on the file, so concurrent edits of other keys are never
+    lost; the result is checked by reading it back. Returns the old value (``ABSENT`` when there was
+    no key) and the new one."""
     with files.locked(path.with_name(f".{path.name}.lock")):
         y = _yaml("rt")
         y.preserve_quotes = True
@@ -313,8 +324,11 @@ def set_value(path: Path, keys: tuple[str, ...], value: Any) -> tuple[Any, Any]:
             if not isinstance(child, Mapping):
                 raise InvalidSpec([Problem(".".join(keys), str(child), "cannot hold a key: it is not a mapping")], str(path))
             node = child
-        old = node.get(keys[-1])
-        node[keys[-1]] = value
+        old = node.get(keys[-1], ABSENT)
+        if value is ABSENT:
+            node.pop(keys[-1], None)
+        else:
+            node[keys[-1]] = value
         out = io.StringIO()
         y.dump(document, out)
         result = out.getvalue()
@@ -325,7 +339,10 @@ def set_value(path: Path, keys: tuple[str, ...], value: Any) -> tuple[Any, Any]:
         cursor = expected
         for key in keys[:-1]:
             cursor = cursor.setdefault(key, {})
-        cursor[keys[-1]] = value
+        if value is ABSENT:
+            cursor.pop(keys[-1], None)
+        else:
+            cursor[keys[-1]] = value
         if after != expected:
             raise InvalidSpec([Problem(".".join(keys), str(value), "could not be written without changing other keys; edit the file by hand")], str(path))
         files.write_text_atomic(path, result)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -92,3 +93,30 @@ def test_up_of_several_apps_releases_every_app_whatever_one_app_s_release_raised
     assert outcomes[0].message == "api: app api is held by release r9 on host b"
     with pytest.raises(StackBusy):  # one app alone: its error is the command's
         api._each_app(["api"], release, {})
+
+
+def test_a_refused_release_of_an_app_with_no_image_key_leaves_the_stack_file_as_it_was(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # an app in the template form has no app.image: a release refused as busy left `image: web:2.0.0` in the
+    # stack file, so the next `canary up` released what the refusal said it had not
+    (tmp_path / "Pulumi.yaml").write_text("name: shop\nruntime: python\n")
+    path = tmp_path / "Pulumi.prod.yaml"
+    path.write_text("config:\n  # the shop\n  canary:app:\n    name: web\n    namespace: shop\n    template:\n      spec:\n        containers:\n"
+                    "          - name: web\n            image: web:1.0.0\n  canary:gateway:\n    parentRefs:\n      - name: public\n"
+                    "  canary:analysis:\n    interval: 1m\n    threshold: 3\n    stepWeight: 10\n    maxWeight: 50\n")
+    before = path.read_text()
+    ws = SimpleNamespace(app=lambda app: "web", facts=lambda name: SimpleNamespace(stable=SimpleNamespace(image="web:1.0.0")),
+                         store=lambda name, namespace: SimpleNamespace(load=lambda: None), namespace=lambda name: "shop", outputs={})
+    monkeypatch.setattr(api, "open_stack", lambda *args, **kwargs: ws)
+    monkeypatch.setattr(api, "_refuse_if_busy", lambda *args: None)
+    monkeypatch.setattr(api, "_preflight", lambda *args: None)
+    written: list[str] = []
+
+    def up(*args: Any, **kwargs: Any) -> Any:
+        written.append(path.read_text())
+        raise StackBusy("app web is busy")
+
+    monkeypatch.setattr(api, "up", up)
+    with pytest.raises(StackBusy):
+        api.release("prod", "web:2.0.0", project_dir=tmp_path)
+    assert "image: web:2.0.0" in written[0]  # what the up was asked to release
+    assert path.read_text() == before

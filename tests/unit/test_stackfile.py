@@ -196,6 +196,15 @@ def test_set_value_adds_a_missing_key(tmp_path: Path) -> None:
     assert "encryptionsalt: v1:x" in path.read_text()
 
 
+def test_set_value_removes_a_key_it_added(tmp_path: Path) -> None:
+    text = "config:\n  # the app\n  canary:app: {name: web}\nencryptionsalt: v1:x\n"
+    path = project(tmp_path, text) / "stacks" / "Pulumi.dev.yaml"
+    assert stackfile.set_value(path, ("canary:app", "image"), "demo:v2") == (stackfile.ABSENT, "demo:v2")
+    assert stackfile.set_value(path, ("canary:app", "image"), stackfile.ABSENT) == ("demo:v2", stackfile.ABSENT)
+    assert stackfile.read_stack_file(path) == {"canary:app": {"name": "web"}}
+    assert "# the app" in path.read_text()
+
+
 def test_concurrent_edits_of_different_keys_lose_nothing(tmp_path: Path) -> None:
     """Two releases of two apps set their images at once: both edits land (the file is locked)."""
     text = "config:\n  canary:apps:\n" + "".join(f"    a{i}:\n      app: {{name: a{i}, image: demo:v1}}\n" for i in range(8))
