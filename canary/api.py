@@ -20,7 +20,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -338,6 +338,13 @@ def up(stack: str, *, app: str | None = None, project_dir: Path | None = None, e
         """The update with every app ``now`` finds releasing left alone (its route above all), and
         every other app pinned at rest; refused under Pulumi's lock if a release began since ``now``."""
         pins = _pins_at_rest(ws, set(now) | set(running))
+        ended = set(running) - set(now)
+        if ended:
+            # a release that ended while this waited for Pulumi's lock is at rest too: pinned, or the update
+            # would apply its desired (maybe rolled back) workload. To the stable it left, read now: the
+            # outputs read before may name the stable a promotion has since replaced
+            fresh = replace(ws, outputs=ws.stack.outputs(), _facts={})
+            pins.update((name, pin) for name, pin in _pins_at_rest(fresh, set(now)).items() if name in ended)
         exclude = [urn for other in now if other not in names for facts in [ws.facts(other)] if facts is not None for urn in facts.targets("app")]
         config_file = cache.write_config(own, stackfile.release_config(snapshot, pins))
 

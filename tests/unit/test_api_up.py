@@ -165,3 +165,22 @@ def test_a_component_app_the_program_no_longer_declares_is_not_released_after_th
     outcome = api.up("prod")
     assert [(o.app, o.exit_code) for o in outcome.apps] == [("a", 0), ("b", 0)]
     assert "b: removed by the update" in outcome.message
+
+
+# --- a release that ends while the update waits ----------------------------------------------------
+
+
+def test_an_app_whose_release_ended_while_up_waited_is_pinned_to_what_its_release_left(stack: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # api's release ran when `canary up --app web` looked, and ended before its update began: api was neither
+    # pinned nor left alone, so its desired (maybe rolled back) workload went onto stable under `rollout: direct`
+    before = {"canary/web": exported("web", "web:1", "web:1"), "canary/api": exported("api", "api:1", "api:2")}
+    promoted = {**before, "canary/api": {**exported("api", "api:2", "api:2"), "stable": pin("api:2", "p" * 16)}}
+    ws = stack({**apps_config("web", "api"), "rollout": "direct"}, before, after=promoted)
+    reads = iter([{"api": SimpleNamespace(phase=Phase.PROGRESSING, release="r7")}])  # later reads: nothing runs
+    monkeypatch.setattr(api, "_running", lambda ws: next(reads, {}))
+    api.up("prod", app="web")
+    [update] = ws.stack.ups
+    assert update["exclude"] is None
+    # pinned at rest to the stable its release left (promoted), not to the stable read before it ended
+    assert update["release"]["api"]["stable"]["image"] == "api:2" and update["release"]["api"]["stable"]["hash"] == "p" * 16
+    assert update["release"]["api"]["route"] == {"weight": 0}
