@@ -199,6 +199,7 @@ class CanaryDeployment(pulumi.ComponentResource):
         # content-addressed copies of the config the template reads
         cm_names = sorted({*spec_app.config_maps, *(config_maps or {})})
         secret_names = sorted({*spec_app.secrets, *(secrets or {})})
+        _warn_unhashed(self, spec_app.name, desired, cm_names, secret_names)
         cm_data = _config_data(spec_app.config_maps, config_maps, "data")
         secret_data = pulumi.Output.secret(_config_data(spec_app.secrets, secrets, "stringData"))
         # the hashes of secret content name the copies and the template: they are not secret themselves
@@ -517,6 +518,18 @@ def _copy_names(config_maps: Mapping[str, Mapping[str, Any]], secrets: Mapping[s
     hashes.update({f"secret/{n}": workload.content_hash(d) for n, d in secrets.items()})
     names = {key: naming.copy_name(key.partition("/")[2], h) for key, h in hashes.items()}
     return {"hashes": hashes, "names": names}
+
+
+def _warn_unhashed(component: pulumi.Resource, app: str, template: Mapping[str, Any], config_maps: Sequence[str], secrets: Sequence[str]) -> None:
+    """Say which ConfigMaps and Secrets the template reads that the component is not given: their content is
+    not in the template's hash, so an edit of one reaches stable and canary at once, with no release. Not
+    refused: config kept outside the program is legitimate."""
+    refs = workload.referenced(template)
+    outside = [f"ConfigMap {name}" for name in sorted(refs["configMap"] - set(config_maps))]
+    outside += [f"Secret {name}" for name in sorted(refs["secret"] - set(secrets))]
+    if outside:
+        pulumi.log.warn(f"{app} reads {', '.join(outside)}, not given to its CanaryDeployment (config_maps=/secrets=, or app.configMaps/"
+                        "app.secrets): their changes are not released, they reach stable and canary alike", resource=component)
 
 
 def _pin(template: Mapping[str, Any], app: App, config_hashes: Mapping[str, str]) -> dict[str, Any]:

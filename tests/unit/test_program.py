@@ -358,6 +358,23 @@ def test_config_given_to_the_component_may_hold_outputs(declare: Callable[..., D
     assert d.inputs("web-configmap-settings")["data"] == {"level": "warn"}
 
 
+def test_config_the_template_reads_but_the_component_is_not_given_is_named_in_a_warning(
+        declare: Callable[..., Declared], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Config the program does not give is outside the template's hash: an edit of it reaches both tracks
+    with no release. Legitimate (config kept elsewhere), so the up goes on, but never silently."""
+    warned: list[str] = []
+    monkeypatch.setattr(pulumi.log, "warn", lambda message, *args, **kwargs: warned.append(message))
+    template = full_template()
+    template["spec"]["containers"][1]["env"] = [{"name": "TLS", "valueFrom": {"secretKeyRef": {"name": "tls", "key": "crt"}}}]
+    declare(component({"name": "web", "namespace": "shop"}, template=template, config_maps={"settings": {"level": "info"}}))
+    [message] = warned
+    assert "Secret creds" in message and "Secret tls" in message and "settings" not in message
+    assert "not released" in message
+    warned.clear()
+    declare(component(full_app()))  # every object it reads given: nothing to say
+    assert warned == []
+
+
 def test_the_template_argument_takes_pulumi_kubernetes_args(declare: Callable[..., Declared]) -> None:
     template = k8s.core.v1.PodTemplateSpecArgs(
         metadata=k8s.meta.v1.ObjectMetaArgs(labels={"app": "web"}),
