@@ -2,7 +2,9 @@
 
 A JSON POST bounded by its timeout (webhooks, chat alerts) and a GET that
 only asks "does it answer" (the lab's health checks). Failures are answers
-(status code, or the kind of failure), never exceptions. ``private_session``
+(status code, or the kind of failure), never exceptions. A POST never follows
+a redirect: the receiver asked must answer itself (followed, a gate's 302 to a
+login page answered 200, and a 307 re-posted the body to whatever host it named). ``private_session``
 is a session for a client whose headers carry secrets (Prometheus' token and
 headers): they go to their own origin only, never along a redirect elsewhere.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urljoin, urlsplit
 
 import requests
 
@@ -20,17 +23,28 @@ import requests
 class Answer:
     status: int  # 0: no answer
     detail: str
+    #: a redirect's target, host and port only (its path, query and user may carry secrets); "" if none
+    location: str = ""
+
+
+def _host(url: str, location: str) -> str:
+    try:
+        target = urlsplit(urljoin(url, location))
+        return f"{target.hostname}:{target.port}" if target.port else target.hostname or ""
+    except ValueError:
+        return ""
 
 
 def post_json(url: str, body: Mapping[str, Any], timeout: float, headers: Mapping[str, str] | None = None) -> Answer:
     """POST ``body`` as JSON; the answer's status, or 0 with why there was none."""
     try:
-        response = requests.post(url, json=dict(body), timeout=timeout, headers=dict(headers or {}))
+        response = requests.post(url, json=dict(body), timeout=timeout, headers=dict(headers or {}), allow_redirects=False)
     except requests.Timeout:
         return Answer(0, f"timed out after {timeout:g}s")
     except requests.RequestException as exc:
         return Answer(0, f"failed: {type(exc).__name__}")
-    return Answer(response.status_code, f"answered {response.status_code}")
+    location = response.headers.get("Location", "") if response.is_redirect else ""
+    return Answer(response.status_code, f"answered {response.status_code}", _host(url, location) if location else "")
 
 
 def get_ok(url: str, timeout: float = 1.0, **kwargs: Any) -> bool:

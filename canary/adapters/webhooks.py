@@ -1,6 +1,8 @@
 """Webhooks and alerts: call one (an HTTP POST or a local command), bounded by its timeout and by the cancel token.
 
-An HTTP hook succeeds on a 2xx answer; a command hook on exit status 0, runs
+An HTTP hook succeeds on a 200, 201 or 202 answer, as in Flagger (which fails
+any status above 202), and a redirect is a no that is never followed; an alert
+succeeds on any 2xx. A command hook succeeds on exit status 0, runs
 in its own process group, and is killed whole when its timeout expires or the
 release is cancelled. What a success or a failure means for the release is the
 release's business. Outputs are truncated in results; a secret (an alert's
@@ -77,6 +79,19 @@ def _redacted(text: str) -> str:
     return text
 
 
+#: The answers a hook says yes with: Flagger's (it fails any status above 202).
+YES = frozenset({200, 201, 202})
+
+
+def _judged(answer: http.Answer) -> tuple[bool, str]:
+    """A hook's answer as a yes or a no, and how to say it."""
+    if answer.location:
+        return False, f"{answer.detail}, a redirect to {answer.location}, not followed: a hook must answer itself"
+    if 200 <= answer.status < 300 and answer.status not in YES:
+        return False, f"{answer.detail}: only 200, 201 and 202 are a yes (as in Flagger)"
+    return answer.status in YES, answer.detail
+
+
 class Caller:
     """The ``HookCaller`` port over HTTP and local commands."""
 
@@ -92,7 +107,8 @@ class Caller:
                                   f"POST {hook.url} timed out after {timeout:g}s (the answer had not all arrived) and was abandoned")
             if isinstance(answer, BaseException):
                 return HookResult(hook.name, hook.type.value, False, time.monotonic() - start, f"POST {hook.url} failed: {type(answer).__name__}")
-            return HookResult(hook.name, hook.type.value, 200 <= answer.status < 300, time.monotonic() - start, f"POST {hook.url} {answer.detail}")
+            ok, detail = _judged(answer)
+            return HookResult(hook.name, hook.type.value, ok, time.monotonic() - start, f"POST {hook.url} {detail}")
         try:
             process = self.start(hook)
         except (OSError, ValueError) as exc:
@@ -138,4 +154,4 @@ class Caller:
         start = time.monotonic()
         answer = http.post_json(notify.address(alert), body, alert.timeout.total_seconds())
         return HookResult(alert.name, f"alert:{alert.type.value}", 200 <= answer.status < 300, time.monotonic() - start,
-                          f"{alert.type.value} alert {answer.detail}")
+                          f"{alert.type.value} alert {answer.detail}" + (" (a redirect, not followed)" if answer.location else ""))

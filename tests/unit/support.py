@@ -1,6 +1,7 @@
 """Shared helpers of the unit tests: a recording HTTP receiver on 127.0.0.1, a free port, a bounded poll.
 
-The receiver answers every request with the status it is told, records the
+The receiver answers every request with the status it is told (or, for a
+path it is told about, another status and headers: a redirect), records the
 method, path, headers and body of each, and can be told to hang (accept a
 request and answer nothing until released), so that timeouts can be tested
 without a real webhook, chat service or Pushgateway.
@@ -38,6 +39,8 @@ class Receiver:
 
     def __init__(self) -> None:
         self.status = 200
+        #: path -> (status, headers) answered to a request for that path instead of ``status`` (a redirect)
+        self.answers: dict[str, tuple[int, dict[str, str]]] = {}
         self.requests: list[Received] = []
         #: set to make the server hold every request until ``release`` is set (or BOUND_S passed)
         self.hang = False
@@ -72,7 +75,10 @@ def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
             if receiver.hang:
                 receiver.release.wait(BOUND_S)
                 return  # the client gave up long ago: answer nothing
-            self.send_response(receiver.status)
+            status, headers = receiver.answers.get(self.path, (receiver.status, {}))
+            self.send_response(status)
+            for name, value in headers.items():
+                self.send_header(name, value)
             self.send_header("Content-Length", "0")
             self.end_headers()
 

@@ -76,7 +76,7 @@ def wait_for_pid(path: Path) -> int:
 # --- HTTP hooks -----------------------------------------------------------------------------------
 
 
-def test_an_http_hook_posts_the_flagger_payload_and_a_2xx_is_a_success(receiver: Receiver) -> None:
+def test_an_http_hook_posts_the_flagger_payload_and_a_200_is_a_success(receiver: Receiver) -> None:
     gate = hook(name="load-test", type="confirm-promotion", url=receiver.url + "/gate", metadata={"cmd": "hey"})
     result = Caller().call(gate, payload(gate, spec(), state()))
     assert result.ok, result
@@ -92,10 +92,19 @@ def test_an_http_hook_posts_the_flagger_payload_and_a_2xx_is_a_success(receiver:
     }
 
 
-@pytest.mark.parametrize("status", [201, 204])
-def test_any_2xx_answer_is_a_success(receiver: Receiver, status: int) -> None:
+@pytest.mark.parametrize("status", [200, 201, 202])
+def test_200_to_202_is_a_yes_as_in_flagger(receiver: Receiver, status: int) -> None:
     receiver.status = status
     assert Caller().call(hook(url=receiver.url), {}).ok
+
+
+@pytest.mark.parametrize("status", [203, 204, 206])
+def test_another_2xx_is_a_no_saying_why(receiver: Receiver, status: int) -> None:
+    # Flagger fails a hook that answers above 202: a gate canary opens must be one Flagger would open
+    receiver.status = status
+    result = Caller().call(hook(url=receiver.url), {})
+    assert not result.ok
+    assert f"answered {status}" in result.detail and "only 200, 201 and 202" in result.detail, result.detail
 
 
 @pytest.mark.parametrize("status", [500, 404, 302])
@@ -103,7 +112,30 @@ def test_a_non_2xx_answer_is_a_failure_naming_the_status(receiver: Receiver, sta
     receiver.status = status
     result = Caller().call(hook(url=receiver.url), {"a": 1})
     assert not result.ok
-    assert result.detail.endswith(f"answered {status}")
+    assert f"answered {status}" in result.detail
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_a_gate_answering_a_redirect_says_no_and_the_redirect_is_not_followed(receiver: Receiver, status: int) -> None:
+    # followed, a 302 to a login page that answers 200 opened the gate
+    receiver.answers["/gate"] = (status, {"Location": "/login?session=s3cr3t"})
+    gate = hook(type="confirm-promotion", url=receiver.url + "/gate")
+    result = Caller().call(gate, payload(gate, spec(), state()))
+    assert not result.ok
+    assert [r.path for r in receiver.requests] == ["/gate"]
+    assert f"answered {status}, a redirect to 127.0.0.1:{receiver.port}" in result.detail, result.detail
+    assert "s3cr3t" not in result.detail and "/login" not in result.detail
+
+
+def test_a_redirect_to_another_host_never_gets_the_body(receiver: Receiver) -> None:
+    # a 307 or 308 re-POSTs the body (metadata, tokens) where the redirect says
+    with http_receiver() as elsewhere:
+        receiver.answers["/gate"] = (307, {"Location": f"http://user:pw@127.0.0.1:{elsewhere.port}/steal?token=s3cr3t"})
+        result = Caller().call(hook(url=receiver.url + "/gate", metadata={"token": "s3cr3t"}), {"metadata": {"token": "s3cr3t"}})
+        assert not result.ok
+        assert elsewhere.requests == []
+    assert f"a redirect to 127.0.0.1:{elsewhere.port}, not followed" in result.detail, result.detail
+    assert "s3cr3t" not in result.detail and "pw" not in result.detail and "steal" not in result.detail
 
 
 def test_a_receiver_that_never_answers_is_cut_at_the_hooks_timeout(receiver: Receiver) -> None:
@@ -312,6 +344,18 @@ def test_a_discord_alert_goes_to_the_slack_compatible_endpoint(receiver: Receive
     assert request.path == "/api/webhooks/42/tok-do-not-leak/slack"
     assert request.json()["attachments"][0]["text"] == "promoted"
     assert "do-not-leak" not in result.detail
+
+
+def test_an_alert_never_follows_a_redirect_and_names_no_host(receiver: Receiver) -> None:
+    # the alert URL is the secret: the host a redirect names is within its scope
+    with http_receiver() as elsewhere:
+        receiver.answers[SECRET_PATH] = (307, {"Location": elsewhere.url + "/elsewhere"})
+        target = alert(receiver.url + SECRET_PATH)
+        result = Caller().alert(target, notify.message(target, spec(), state(), "promoted", Severity.INFO))
+        assert elsewhere.requests == []
+    assert not result.ok
+    assert result.detail.startswith("slack alert answered 307"), result.detail
+    assert "127.0.0.1" not in result.detail and "do-not-leak" not in result.detail
 
 
 @pytest.mark.parametrize("how", ["refused", "500", "hangs"])
