@@ -4,7 +4,9 @@ An HTTP hook succeeds on a 200, 201 or 202 answer, as in Flagger (which fails
 any status above 202), and a redirect is a no that is never followed; an alert
 succeeds on any 2xx. A command hook succeeds on exit status 0, runs
 in its own process group, and is killed whole when its timeout expires or the
-release is cancelled. What a success or a failure means for the release is the
+release is cancelled; what it started in that group is killed when it exits, and
+its output is read until its deadline at most (a process that left the group
+may hold the pipe). What a success or a failure means for the release is the
 release's business. Outputs are truncated in results; a secret (an alert's
 URL) never appears in one.
 """
@@ -56,11 +58,27 @@ def _in_thread(fn: Any, cancel: threading.Event | None, timeout: float) -> Any:
     return box[0] if box else _LATE
 
 
-def _close_output(process: subprocess.Popen[bytes], reader: threading.Thread) -> None:
-    """Close the command's output pipe once it has been read to its end (a reader still blocked on it,
-    because a process that left the group holds it, keeps it: closing would wait for that read)."""
-    if process.stdout is not None and not reader.is_alive():
-        process.stdout.close()
+def _exited(process: subprocess.Popen[bytes]) -> bool:
+    """Whether the command has exited, without reaping it (its pid, its group's id, stays its own)."""
+    if process.returncode is not None:
+        return True
+    try:
+        return os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return process.poll() is not None
+
+
+def _kill_group(process: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+def _read_all(pipe: Any, chunks: list[bytes]) -> None:
+    """Read the command's output to its end, then close it: here, on the reader's thread, because a
+    process that left the group may hold the pipe open after the call returned, and closing it from
+    another thread would wait for this read."""
+    with pipe:
+        chunks.append(pipe.read())
 
 
 #: What a command hook never inherits (the stack's passphrase, the backend's and Prometheus' tokens): its
@@ -130,20 +148,21 @@ class Caller:
         reader = threading.Thread(target=lambda: None)
         chunks: list[bytes] = []
         if process.stdout is not None:
-            reader = threading.Thread(target=lambda: chunks.append(process.stdout.read() if process.stdout else b""), daemon=True)
+            reader = threading.Thread(target=_read_all, args=(process.stdout, chunks), daemon=True)
             reader.start()
-        while process.poll() is None:
+        while not _exited(process):
             if time.monotonic() >= deadline or (cancel is not None and cancel.is_set()):
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(process.pid, signal.SIGKILL)
+                _kill_group(process)
                 process.wait()
                 reader.join(1)
-                _close_output(process, reader)
                 why = "was cancelled with the release" if cancel is not None and cancel.is_set() else f"timed out after {hook.timeout.total_seconds():g}s"
                 return HookResult(hook.name, hook.type.value, False, time.monotonic() - start, f"`{hook.cmd}` {why} and was killed")
             time.sleep(0.02)
-        reader.join(5)
-        _close_output(process, reader)
+        # what it started in the background dies with it (a load generator left running, holding the
+        # output pipe); killed before the command is reaped, so the group's id cannot be another's yet
+        _kill_group(process)
+        process.wait()
+        reader.join(max(0.5, deadline - time.monotonic()))
         out = b"".join(chunks)
         tail = _redacted(out.decode(errors="replace")).strip().splitlines()[-3:]
         ok = process.returncode == 0

@@ -4,6 +4,8 @@ their own process group) and the ``Delivery`` queue that informs event hooks and
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import socket
 import threading
 import time
@@ -269,6 +271,37 @@ def test_a_command_past_its_timeout_is_killed_with_its_whole_process_group(tmp_p
     assert 0.9 <= took < 3.0, took
     pgid = wait_for_pid(pidfile)
     assert poll(lambda: not group_members(pgid), timeout=2.0), f"left running: {group_members(pgid)}"
+
+
+@pytest.mark.parametrize("status", [0, 3])
+def test_a_command_that_exits_takes_what_it_left_running_with_it(tmp_path: Path, status: int) -> None:
+    # its background children held the output pipe: the call waited 5 s for them, then left them running
+    pidfile = tmp_path / "pgid"
+    started = time.monotonic()
+    result = Caller().call(hook(cmd=f"sh -c 'echo $$ > {pidfile}; sleep 30 & exit {status}'", timeout="5s"), {})
+    took = time.monotonic() - started
+    assert result.ok is (status == 0), result
+    assert result.detail.startswith(f"`sh -c 'echo $$ > {pidfile}; sleep 30 & exit {status}'` exited {status}")
+    assert took < 2.0, took
+    pgid = wait_for_pid(pidfile)
+    assert poll(lambda: not group_members(pgid), timeout=2.0), f"left running: {group_members(pgid)}"
+
+
+def test_the_output_of_a_command_is_read_no_longer_than_its_deadline(tmp_path: Path) -> None:
+    # a child that left the group (its own session) keeps the output pipe open: it is not the hook's to kill,
+    # and the call waits for its output until the hook's deadline only
+    pidfile = tmp_path / "escaped"
+    script = tmp_path / "escape.sh"
+    script.write_text(f"setsid sh -c 'echo $$ > {pidfile}; exec sleep 30' &\nwhile [ ! -s {pidfile} ]; do sleep 0.05; done\nexit 0\n")
+    started = time.monotonic()
+    try:
+        result = Caller().call(hook(cmd=f"sh {script}", timeout="1s"), {})
+        took = time.monotonic() - started
+        assert result.ok and result.detail.endswith("exited 0"), result
+        assert took < 2.5, took
+    finally:
+        with contextlib.suppress(OSError, ValueError):
+            os.kill(wait_for_pid(pidfile), signal.SIGKILL)
 
 
 def test_a_cancel_kills_a_running_command_within_half_a_second(tmp_path: Path) -> None:
