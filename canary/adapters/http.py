@@ -41,8 +41,8 @@ def post_json(url: str, body: Mapping[str, Any], timeout: float, headers: Mappin
         response = requests.post(url, json=dict(body), timeout=timeout, headers=dict(headers or {}), allow_redirects=False)
     except requests.Timeout:
         return Answer(0, f"timed out after {timeout:g}s")
-    except requests.RequestException as exc:
-        return Answer(0, f"failed: {type(exc).__name__}")
+    except Exception as exc:  # noqa: BLE001 - a malformed URL raises the transport's own error, past requests' tree
+        return Answer(0, f"failed: {type(exc).__name__}")  # the name only: a message may quote the URL
     location = response.headers.get("Location", "") if response.is_redirect else ""
     return Answer(response.status_code, f"answered {response.status_code}", _host(url, location) if location else "")
 

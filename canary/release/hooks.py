@@ -44,8 +44,10 @@ class Delivery:
     """Informational calls (event hooks, alerts) in order, one at a time, off the release's thread.
 
     ``put`` never blocks: with ``limit`` calls already waiting, the new one is
-    dropped and reported as a failure. ``close`` delivers what is queued for at
-    most ``timeout`` seconds and reports what is left, one failure per receiver;
+    dropped and reported as a failure. A call that raises is a failed delivery,
+    and the next call goes on. ``close`` delivers what is queued for at
+    most ``timeout`` seconds and reports what is left (also when the worker
+    died, reporting a failure), one failure per receiver;
     the worker is a daemon, so a receiver that hangs never keeps the process alive.
     """
 
@@ -56,6 +58,7 @@ class Delivery:
         self._calling: tuple[str, str] | None = None
         self._lock = threading.Lock()
         self._closed = False
+        self._drained = False  # the worker reached the end of the queue (it did not die on the way)
 
     def put(self, name: str, kind: str, call: Callable[[], HookResult]) -> None:
         if self._thread is None:
@@ -68,14 +71,20 @@ class Delivery:
 
     def _deliver(self) -> None:
         while (item := self._queue.get()) is not None:
-            self._calling = (item[0], item[1])
-            result = item[2]()
+            name, kind, call = item
+            self._calling = (name, kind)
+            try:
+                result = call()
+            except BaseException as exc:  # noqa: BLE001 - one call's failure, not the end of every later delivery
+                # the type only: a message may quote the URL, an alert's secret
+                result = HookResult(name, kind, False, 0.0, f"failed: {type(exc).__name__}")
             with self._lock:
                 if self._closed:
                     return
                 self._calling = None
                 if not result.ok:
                     self._on_failure(result)
+        self._drained = True
 
     def close(self, timeout: float) -> int:
         """Deliver what is queued (for at most ``timeout`` s) and stop; returns how many calls were left."""
@@ -83,11 +92,12 @@ class Delivery:
         if thread is None:
             return 0
         deadline = time.monotonic() + timeout
-        with contextlib.suppress(queue.Full):
-            self._queue.put(None, timeout=timeout)
+        if thread.is_alive():
+            with contextlib.suppress(queue.Full):
+                self._queue.put(None, timeout=timeout)
         thread.join(max(0.0, deadline - time.monotonic()))
         with self._lock:
-            if not thread.is_alive():
+            if self._drained:
                 return 0
             self._closed = True
             left = [self._calling] if self._calling is not None else []

@@ -490,6 +490,59 @@ def test_close_reports_what_was_left_one_failure_per_receiver() -> None:
     assert len(calls.failures) == 2
 
 
+def test_a_call_that_raises_is_a_failed_delivery_and_the_queue_goes_on() -> None:
+    # a malformed alert URL made the HTTP client raise: the worker died, every later event was lost
+    # and close said nothing was left
+    calls = Calls()
+    delivery = Delivery(on_failure=calls.failures.append)
+
+    def raises() -> HookResult:
+        raise ValueError("Failed to parse: https://hooks..slack.com/services/T0/B0/do-not-leak")
+
+    calls.expected = 2
+    delivery.put("team", "alert:slack", raises)
+    delivery.put("audit", "event", calls.call("audit"))
+    delivery.put("audit", "event", calls.call("audit"))
+    assert calls.all_done.wait(BOUND_S)
+    assert delivery.close(BOUND_S) == 0
+    (failure,) = calls.failures
+    assert (failure.name, failure.type, failure.ok) == ("team", "alert:slack", False)
+    assert "ValueError" in failure.detail and "do-not-leak" not in failure.detail and "slack.com" not in failure.detail
+
+
+def test_close_counts_what_is_still_queued_when_the_worker_died(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(threading, "excepthook", lambda args: None)  # the worker's death is expected here
+    reported: list[HookResult] = []
+
+    def on_failure(result: HookResult) -> None:
+        reported.append(result)
+        if len(reported) == 1:
+            raise RuntimeError("the journal is gone")  # kills the worker
+
+    calls = Calls()
+    delivery = Delivery(on_failure=on_failure)
+    delivery.put("audit", "event", calls.call("audit", ok=False, block=True))
+    assert calls.started.wait(BOUND_S)
+    delivery.put("audit", "event", calls.call("audit"))
+    delivery.put("team", "alert:slack", calls.call("team"))
+    calls.blocker.set()
+    assert poll(lambda: len(reported) == 1)
+    started = time.monotonic()
+    assert delivery.close(0.5) == 2
+    assert time.monotonic() - started < 2.0
+    assert sorted((r.name, r.detail) for r in reported[1:]) == [
+        ("audit", "1 calls not delivered within 0.5s of the release's end"),
+        ("team", "1 calls not delivered within 0.5s of the release's end"),
+    ]
+
+
+def test_posting_to_a_malformed_url_is_a_failed_answer_not_an_exception() -> None:
+    target = alert("https://hooks..slack.com" + SECRET_PATH)
+    result = Caller().alert(target, {"text": "x"})
+    assert not result.ok
+    assert result.detail.startswith("slack alert failed: ") and "do-not-leak" not in result.detail and "slack.com" not in result.detail
+
+
 def test_close_without_anything_put_returns_at_once() -> None:
     delivery = Delivery(on_failure=lambda result: pytest.fail(f"unexpected failure {result}"))
     started = time.monotonic()
