@@ -17,6 +17,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from canary.core import notify
@@ -26,7 +27,9 @@ from canary.release.ports import Clock, HookCaller, HookResult
 
 
 def payload(hook: Webhook, spec: ReleaseSpec, state: ReleaseState) -> dict[str, Any]:
-    """The JSON body of an HTTP hook, Flagger-compatible (name, namespace, phase, metadata)."""
+    """The JSON body of an HTTP hook, Flagger-compatible (name, namespace, phase, checksum, metadata).
+    Flagger's checksum identifies the canary's configuration (its spec and tracked configs): here the
+    canary pin's hash, which covers its pod template and the configs it tracks."""
     return {
         "name": spec.app.name,
         "namespace": spec.app.namespace,
@@ -35,9 +38,23 @@ def payload(hook: Webhook, spec: ReleaseSpec, state: ReleaseState) -> dict[str, 
         "release": state.release,
         "type": hook.type.value,
         "metadata": dict(hook.metadata),
+        "checksum": state.canary.hash if state.canary else "",
         "canaryImage": state.canary.image if state.canary else "",
         "stableImage": state.stable.image if state.stable else "",
     }
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def event_payload(hook: Webhook, spec: ReleaseSpec, state: ReleaseState, message: str, severity: Severity, now: datetime) -> dict[str, Any]:
+    """An event hook's body, as Flagger's: the event in the metadata (``eventMessage``, ``eventType``
+    Normal or Warning, ``timestamp`` in ms), over the hook's own keys of those names; canary's
+    ``message`` kept at the top."""
+    body = payload(hook, spec, state)
+    event = {"eventMessage": message, "eventType": "Normal" if severity is Severity.INFO else "Warning",
+             "timestamp": str((now - _EPOCH) // timedelta(milliseconds=1))}
+    return {**body, "message": message, "metadata": {**body["metadata"], **event}}
 
 
 class Delivery:
@@ -199,7 +216,7 @@ class Hooks:
         """Tell event hooks and the alerts whose severity admits it (both from the background queue)."""
         self._state = state
         for hook in self._of(WebhookType.EVENT):
-            body = {**payload(hook, self.spec, state), "message": message}
+            body = event_payload(hook, self.spec, state, message, severity, self.clock.now())
             self.delivery.put(hook.name, hook.type.value, lambda hook=hook, body=body: self.caller.call(hook, body))
         for alert in self.spec.analysis.alerts:
             if notify.admits(alert.severity, severity):

@@ -89,7 +89,7 @@ def test_an_http_hook_posts_the_flagger_payload_and_a_200_is_a_success(receiver:
     assert request.headers["content-type"] == "application/json"
     assert request.json() == {
         "name": "web", "namespace": "shop", "phase": "Progressing", "weight": 20, "release": "20261202T101500-4711",
-        "type": "confirm-promotion", "metadata": {"cmd": "hey"},
+        "type": "confirm-promotion", "metadata": {"cmd": "hey"}, "checksum": "bbbb",
         "canaryImage": "registry.example.com/shop/web:2.0.0", "stableImage": "registry.example.com/shop/web:1.0.0",
     }
 
@@ -572,3 +572,34 @@ def test_event_hooks_and_alerts_go_through_the_delivery_to_real_receivers(receiv
     assert requests[2].json()["attachments"][0]["text"] == "rolling back"
     assert results == []  # nothing failed
 
+
+
+def test_an_event_hook_gets_flaggers_event_payload(receiver: Receiver) -> None:
+    """Flagger puts the event in the metadata (eventMessage, eventType, timestamp in ms, over the hook's own
+    keys) and sends a checksum of the canary's configuration; canary's ``message`` stays at the top."""
+    from datetime import UTC, datetime
+
+    from canary.release.hooks import Hooks
+    from canary.release.ports import Clock
+
+    class Fixed(Clock):
+        def now(self) -> datetime:
+            return datetime(2026, 12, 2, 10, 15, 0, 250000, tzinfo=UTC)
+
+    release_spec = ReleaseSpec.model_validate({
+        **spec().model_dump(by_alias=True, exclude_none=True, mode="json", exclude={"analysis"}),
+        "analysis": {"stepWeight": 10, "maxWeight": 50, "webhooks": [
+            {"name": "audit", "type": "event", "url": receiver.url + "/event", "metadata": {"team": "shop", "eventType": "mine"}}]},
+    })
+    hooks = Hooks(Caller(), release_spec, Fixed(), threading.Event(), lambda s, r, w: pytest.fail(f"unexpected {r}"))
+    hooks.event(state(), "weight 20", Severity.INFO)
+    hooks.event(state(), "rolling back", Severity.ERROR)
+    info, error = receiver.wait_for(2)
+    assert hooks.close(BOUND_S) == 0
+    assert info.json() == {
+        "name": "web", "namespace": "shop", "phase": "Progressing", "weight": 20, "release": "20261202T101500-4711",
+        "type": "event", "checksum": "bbbb", "message": "weight 20",
+        "metadata": {"team": "shop", "eventMessage": "weight 20", "eventType": "Normal", "timestamp": "1796206500250"},
+        "canaryImage": "registry.example.com/shop/web:2.0.0", "stableImage": "registry.example.com/shop/web:1.0.0",
+    }
+    assert error.json()["metadata"] == {"team": "shop", "eventMessage": "rolling back", "eventType": "Warning", "timestamp": "1796206500250"}
