@@ -13,12 +13,16 @@ tick, and scraped from the Pushgateway. Names and labels follow Flagger's:
 - ``canary_failed_checks{name,namespace,count}`` — failed ticks ``in_row`` and ``total``;
 - ``canary_duration_seconds{name,namespace}`` — time since the release began.
 
-A Pushgateway that does not answer is reported once and never stops a release.
+A push runs on the release's thread, at every state save: a Pushgateway that
+does not answer is reported once, never stops a release, and after each failure
+is left alone for ``backoff`` seconds, so that it costs a save its timeout at
+most once per back-off (a blackholed one delayed every save, rollback's too).
 """
 
 from __future__ import annotations
 
 import http.client
+import time
 from collections.abc import Callable
 from datetime import datetime
 
@@ -35,17 +39,23 @@ NAMES = ("canary_status", "canary_phase", "canary_weight", "canary_metric_analys
 
 
 class Pusher:
-    def __init__(self, address: str, stack: str, app: str, namespace: str, on_failure: Callable[[str], None] | None = None, timeout: float = 2.0) -> None:
+    def __init__(self, address: str, stack: str, app: str, namespace: str, on_failure: Callable[[str], None] | None = None, timeout: float = 2.0,
+                 backoff: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.address = address
         self.stack = stack
         self.app = app
         self.namespace = namespace
         self.timeout = timeout
+        self.backoff = backoff
+        self._clock = clock
         self._on_failure = on_failure
         self._failed = False
+        self._skip_until: float | None = None
         self._last_checks: tuple[records.Check, ...] = ()
 
     def push(self, state: records.ReleaseState, tick: records.Tick | None) -> None:
+        if self._skip_until is not None and self._clock() < self._skip_until:
+            return  # the last push failed: the next state after the back-off carries everything anyway
         registry = CollectorRegistry()
         who = {"name": self.app, "namespace": self.namespace}
         Gauge("canary_status", "0 running, 1 promoted, 2 rolled back or aborted, 3 promoted unverified", ["name", "namespace"],
@@ -75,9 +85,13 @@ class Pusher:
             push_to_gateway(self.address, job="canary", grouping_key={"stack": self.stack.replace("/", "_"), "app": self.app},
                             registry=registry, timeout=self.timeout)
         except (OSError, http.client.HTTPException) as exc:  # no answer, an HTTP error, or no HTTP at all
+            self._skip_until = self._clock() + self.backoff
             if not self._failed and self._on_failure is not None:
-                self._on_failure(f"the Pushgateway at {self.address} did not take the release's metrics: {type(exc).__name__}")
+                self._on_failure(f"the Pushgateway at {self.address} did not take the release's metrics: {type(exc).__name__}; "
+                                 f"pushes are skipped for {self.backoff:g}s after each failure")
             self._failed = True
+        else:
+            self._skip_until = None
 
 
 def _parse(text: str) -> datetime | None:

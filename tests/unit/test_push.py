@@ -137,6 +137,41 @@ def test_a_gateway_that_does_not_take_the_metrics_is_reported_once_and_never_rai
     assert failures[0].startswith(f"the Pushgateway at {url} did not take the release's metrics")
 
 
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_after_a_failure_pushes_are_skipped_for_the_back_off_then_tried_again(gateway: Receiver) -> None:
+    # a push is synchronous: a blackholed gateway added its timeout to every state save, rollback's included
+    gateway.hang = True
+    clock = FakeClock()
+    failures: list[str] = []
+    pusher = Pusher(gateway.url, "prod", "web", "shop", on_failure=failures.append, timeout=0.5, backoff=60.0, clock=clock)
+    state = release_state()
+    pusher.push(state, None)
+    assert len(gateway.wait_for(1)) == 1
+    started = time.monotonic()
+    for _ in range(5):
+        pusher.push(state, tick(state))
+    assert time.monotonic() - started < 0.2
+    assert len(gateway.requests) == 1
+    (failure,) = failures
+    assert failure.startswith(f"the Pushgateway at {gateway.url} did not take the release's metrics: "), failure
+    assert failure.endswith("; pushes are skipped for 60s after each failure"), failure
+
+    gateway.hang = False
+    gateway.release.set()
+    clock.now += 60.0
+    pusher.push(state, None)
+    pusher.push(state, None)  # it answered: pushes go on at every save
+    assert len(gateway.wait_for(3)) == 3
+    assert len(failures) == 1
+
+
 def test_an_address_that_does_not_speak_http_is_a_failure_too() -> None:
     """A wrong port (another service answers, not a Pushgateway): http.client's errors are not OSErrors."""
     with socket.socket() as server:
