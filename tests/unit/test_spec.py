@@ -6,6 +6,7 @@ problems at once; secret values never appear in a message.
 
 from __future__ import annotations
 
+import copy
 import json
 import traceback
 from datetime import timedelta
@@ -416,6 +417,21 @@ def test_two_apps_of_one_namespace_whose_objects_share_names_are_refused() -> No
     assert "clashes with app web in namespace prod: both would own the Service and Deployment named web-canary" in info.value.problems[0].rule
     values["apps"]["web-canary"]["app"]["namespace"] = "staging"  # apart, they share nothing
     assert sorted(parse_stack(values).app_configs()) == ["web", "web-canary"]
+
+
+def test_two_apps_of_one_namespace_declaring_one_config_map_of_one_content_are_refused() -> None:
+    # both declared its copy (named by the content) with their own app label: the second apply conflicted
+    # with the first (a Server-Side Apply conflict on canary.dev/app) and the up failed midway
+    values = values_with(_apps())
+    web = values["apps"]["web"]
+    web["app"]["configMaps"] = {"settings": {"data": {"a": "1"}}}
+    values["apps"]["api"] = copy.deepcopy({**web, "app": {**web["app"], "name": "api"}})
+    with pytest.raises(InvalidSpec) as info:
+        parse_stack(values)
+    assert [(p.field, p.value) for p in info.value.problems] == [("apps.api.app.configMaps.settings", "settings")]
+    assert "is declared with the same content by app web in namespace prod" in info.value.problems[0].rule
+    values["apps"]["api"]["app"]["configMaps"] = {"settings": {"data": {"a": "2"}}}  # its own content: its own copy
+    assert sorted(parse_stack(values).app_configs()) == ["api", "web"]
 
 
 @pytest.mark.parametrize("name", ["2048", "9-lives"])
