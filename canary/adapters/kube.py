@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 import urllib3
 from kubernetes import config, dynamic, watch
+from kubernetes.client import rest
 from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError
 
@@ -86,7 +87,12 @@ class Kube:
                 # traceback; a parser's error quotes the line it stopped at
                 raise Forbidden(f"cannot load the kubeconfig given inline (kubernetes:kubeconfig){where}: {_shape_of(exc)}") from None
             raise Forbidden(f"cannot load kubeconfig {kubeconfig or '(default)'}{where}: {exc}") from exc
+        # no retries of urllib3's own: an unanswered call is one timeout, not four (a lease renewal stalled past
+        # the lease), and a write whose answer was lost is not sent again behind the store's back (it appended
+        # a journal line twice). The pool is built with the client: built again with the setting
         self._api.configuration.retries = False
+        self._api.rest_client.pool_manager.clear()
+        self._api.rest_client = rest.RESTClientObject(self._api.configuration)
         self._dynamic: dynamic.DynamicClient | None = None
 
     def _call(self, fn: Callable[[], T]) -> T:
