@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from canary.adapters.kube import Kube
@@ -49,6 +49,20 @@ def _configmap(name: str, namespace: str, app: str, kind: str, data: dict[str, s
     if version is not None:
         meta["resourceVersion"] = version
     return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": data}
+
+
+def _addressed(data: Mapping[str, Any], release: str) -> dict[str, dict[str, Any]]:
+    """The requests of a requests ConfigMap's ``data`` addressed to ``release``: each a JSON object. Anything
+    else a hand or a tool put there (``abort=true``) is no request, and never stops the others being read."""
+    out = {}
+    for kind, text in data.items():
+        try:
+            parsed = json.loads(text)
+        except (TypeError, ValueError):
+            continue
+        if isinstance(parsed, dict) and parsed.get("release") == release:
+            out[kind] = parsed
+    return out
 
 
 def _state_of(obj: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -369,13 +383,7 @@ class ReleaseStore:
     def requests(self, release: str) -> dict[str, dict[str, Any]]:
         """The requests addressed to ``release`` (a request for another release is ignored)."""
         obj = self.kube.get("v1", "ConfigMap", naming.requests_configmap(self.app), self.namespace)
-        out = {}
-        for kind, text in ((obj or {}).get("data") or {}).items():
-            with contextlib.suppress(ValueError):
-                data = json.loads(text)
-                if data.get("release") == release:
-                    out[kind] = data
-        return out
+        return _addressed((obj or {}).get("data") or {}, release)
 
     def clear_request(self, kind: str) -> None:
         name = naming.requests_configmap(self.app)
@@ -402,15 +410,8 @@ class ReleaseStore:
                     for change in self.kube.changes("v1", "ConfigMap", 30, name=name, namespace=self.namespace):
                         if stop.is_set():
                             return
-                        data = (change.get("object") or {}).get("data") or {}
-                        found = {}
-                        for kind, text in data.items():
-                            with contextlib.suppress(ValueError):
-                                parsed = json.loads(text)
-                                if parsed.get("release") == release:
-                                    found[kind] = parsed
-                        on_change(found)
-                except CanaryError:
+                        on_change(_addressed((change.get("object") or {}).get("data") or {}, release))
+                except Exception:  # noqa: BLE001 — whatever ends a watch, it is opened again: a dead watch never sees an abort
                     stop.wait(1.0)
 
         thread = threading.Thread(target=loop, name="canary-requests", daemon=True)

@@ -697,3 +697,25 @@ def test_withdraw_leaves_a_state_another_holder_wrote_since_and_says_why_one_sta
     assert stays is not None and stays.startswith("the cluster may still hold its first state") and "could not be read" in stays
     kube2.down = False
     assert mine.withdraw("r2") is None and _store(kube2, tmp_path / "e").load() is None
+
+
+def test_a_request_value_that_is_no_object_neither_counts_nor_stops_the_watch(tmp_path: Path) -> None:
+    # `kubectl create configmap canary-web-requests --from-literal=abort=true`: the value parsed to True, whose
+    # .get raised AttributeError, which ended the watch's thread; a proper `canary abort` after it was never seen
+    kube = FakeKube()
+    store = _store(kube, tmp_path)
+    good = json.dumps({"release": "r1", "by": "oncall"})
+    changes = iter([{"object": {"data": {"abort": "true"}}}, {"object": {"data": {"note": "null", "abort": good}}}])
+
+    class Watching(FakeKube):
+        def changes(self, *args: Any, **kwargs: Any) -> Any:
+            return changes
+
+    store.kube = Watching()
+    store.kube.objects = kube.objects
+    seen: list[dict[str, Any]] = []
+    stop = threading.Event()
+    thread = store.watch_requests("r1", lambda found: seen.append(found) or (stop.set() if "abort" in found else None), stop)
+    thread.join(timeout=10)
+    assert not thread.is_alive() and seen[-1] == {"abort": {"release": "r1", "by": "oncall"}}, seen
+    assert store_module._addressed({"abort": "true", "promote": "[1]", "pause": "{"}, "r1") == {}
