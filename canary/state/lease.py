@@ -144,8 +144,9 @@ class Lease:
         previous = None
         if obj is None:
             try:
+                sent = time.monotonic()  # the lease runs from the time it carries, not from when the answer came
                 self._held = self.kube.create(self._body(release, None))
-                self._renewed = time.monotonic()
+                self._renewed = sent
                 return None
             except Conflict as exc:
                 raise StackBusy(f"app {self.app} is busy: another release took its lease just now") from exc
@@ -158,10 +159,11 @@ class Lease:
             self._watch_unchanged(obj, holder)
         previous = holder
         try:
+            sent = time.monotonic()
             self._held = self.kube.replace(self._body(release, obj))
         except Conflict as exc:
             raise StackBusy(f"app {self.app} is busy: another process took its lease just now") from exc
-        self._renewed = time.monotonic()
+        self._renewed = sent
         return previous
 
     def _watch_unchanged(self, obj: dict[str, Any], holder: Holder) -> None:
@@ -193,9 +195,12 @@ class Lease:
                 return
             body = dict(self._held)
             body["spec"] = {**body["spec"], "renewTime": _micro(_now())}
+            # the renewal counts from when it was sent, as its renewTime says: one whose answer came late (the
+            # lease may have run out in between, for another machine) was trusted for two periods after that
+            sent = time.monotonic()
             try:
                 self._held = self.kube.replace(body)
-                self._renewed = time.monotonic()
+                self._renewed = sent
                 return
             except Conflict:
                 current, holder = self._still_mine()

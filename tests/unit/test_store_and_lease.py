@@ -515,6 +515,24 @@ def test_a_holder_whose_renewals_failed_checks_its_lease_before_the_next_change(
         mine.fence()
 
 
+def test_a_renewal_whose_answer_came_late_counts_from_when_it_was_sent() -> None:
+    # the renewal was stamped when its answer came: one answered 9 s late was trusted for two renewal periods
+    # after that, while for other machines the lease (renewTime, 15 s) had run out and could be taken
+    kube = FakeKube()
+    mine = _lease(kube, renew_every=5.0)
+    mine.acquire("r1")
+    replace = kube.replace
+
+    def slow(manifest: Any) -> Any:
+        time.sleep(0.3)  # the answer comes late
+        return replace(manifest)
+
+    kube.replace = slow  # type: ignore[method-assign]
+    before = time.monotonic()
+    mine.renew()
+    assert mine._renewed <= before + 0.05, mine._renewed - before
+
+
 @pytest.mark.parametrize("annotation", ['{"host": "h", "pid": "abc"}', "null", "[1]", '"x"'])
 def test_a_holder_annotation_of_another_shape_is_read_from_the_identity(annotation: str) -> None:
     kube = FakeKube()
