@@ -347,7 +347,14 @@ class ReleaseStore:
         with self._lock:  # (a record from the hooks' thread is appended under it)
             self.cache.compact(keep)
         chunks = self._chunks()
-        releases = sorted({(obj["metadata"].get("labels") or {}).get(naming.RELEASE_LABEL, "") for _, obj in chunks})
+        # in the order the API server's clock created their first chunks: release ids carry the clock of the
+        # machine that began them, and a runner's clock hours behind made the release running now the oldest
+        begun: dict[str, str] = {}
+        for _, obj in chunks:
+            release = (obj["metadata"].get("labels") or {}).get(naming.RELEASE_LABEL, "")
+            created = str(obj["metadata"].get("creationTimestamp") or "")
+            begun[release] = min(begun.get(release, created), created)
+        releases = sorted(begun, key=lambda release: (begun[release], release))
         dropped = releases[:-keep] if len(releases) > keep else []
         for _, obj in chunks:
             if (obj["metadata"].get("labels") or {}).get(naming.RELEASE_LABEL) in dropped:

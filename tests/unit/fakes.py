@@ -328,7 +328,11 @@ class FakeKube:
     def _stamp(self, manifest: Any) -> dict[str, Any]:
         self.version += 1
         obj = copy.deepcopy(dict(manifest))
-        obj["metadata"] = {**obj["metadata"], "resourceVersion": str(self.version), "uid": obj["metadata"].get("uid") or f"uid-{self.version}"}
+        # the API server's clock: one second per write, kept from the object's creation on
+        current = self.objects.get(self._key(obj["kind"], obj["metadata"]["name"], obj["metadata"].get("namespace"))) or {"metadata": {}}
+        created = current["metadata"].get("creationTimestamp") or f"{datetime(2026, 12, 1, tzinfo=UTC) + timedelta(seconds=self.version):%Y-%m-%dT%H:%M:%SZ}"
+        obj["metadata"] = {**obj["metadata"], "resourceVersion": str(self.version), "uid": obj["metadata"].get("uid") or f"uid-{self.version}",
+                           "creationTimestamp": created}
         self.objects[self._key(obj["kind"], obj["metadata"]["name"], obj["metadata"].get("namespace"))] = obj
         return copy.deepcopy(obj)
 

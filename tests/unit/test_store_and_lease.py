@@ -239,6 +239,19 @@ def test_the_journal_is_appended_in_chunks_read_in_order_and_old_releases_are_co
     assert {data["release"] for data in store.cache.records()} == {"r3", "r4"}
 
 
+def test_compaction_keeps_the_releases_begun_last_whatever_clock_named_them(tmp_path: Path) -> None:
+    # release ids carry the clock of the machine that began them: a runner 3 h behind began the release running
+    # now, its id sorted first, and compaction right after its first records dropped its journal
+    kube = FakeKube()
+    store = _store(kube, tmp_path)
+    for release in ("20261204t120000-1", "20261204t120500-2", "20261204t121000-3"):
+        store.append(_record(release, 0))
+    behind = "20261204t091500-4"  # begun last, by a machine whose clock is hours behind
+    store.append(_record(behind, 0))
+    assert store.compact(keep=2) == ["20261204t120000-1", "20261204t120500-2"]
+    assert behind in store.releases()
+
+
 def test_records_the_cluster_cannot_take_are_kept_and_sent_first_when_it_answers(tmp_path: Path) -> None:
     kube = FakeKube()
     store = _store(kube, tmp_path)
