@@ -11,6 +11,7 @@ the other is told who holds the app (``StackBusy``, exit 3).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import socket
@@ -72,6 +73,10 @@ class Holder:
             return ""
         return (f"; if that machine or process is gone, its lease expires in {max(self.expires_in, 0.0):.0f}s "
                 "(a running release renews it every few seconds): run the command again then")
+
+
+#: how far ahead of this machine's clock a lease's renewal time may lie before its holder's clock is taken for fast
+CLOCK_SLACK = 2.0
 
 
 class Lease:
@@ -151,11 +156,20 @@ class Lease:
             except Conflict as exc:
                 raise StackBusy(f"app {self.app} is busy: another release took its lease just now") from exc
         holder = self._holder(obj)
+        if holder is not None and not holder.expired and holder.host != socket.gethostname() and holder.expires_in > self.duration + CLOCK_SLACK:
+            # its renewTime lies ahead of this machine's clock: the holder's clock runs fast, and read by it the
+            # lease of a machine that died would hold the app for as long as that clock is ahead (an hour: an
+            # hour). Counted here instead, as client-go counts it: unchanged for a lease's duration, it ran out
+            self._watch_unchanged(obj, holder, self.duration, "its renewal time lies ahead of this machine's clock, and it")
+            holder = dataclasses.replace(holder, expired=True)
+            watched = True
+        else:
+            watched = False
         if holder is not None and holder.alive() and holder.release != release:
             raise StackBusy(f"app {self.app} is busy: {holder}{holder.expiry_note()}")
         if holder is not None and holder.alive() and holder.release == release and not self._mine(holder):
             raise StackBusy(f"release {release} of {self.app} is still running: {holder}{holder.expiry_note()}")
-        if holder is not None and holder.expired and holder.host != socket.gethostname():
+        if holder is not None and holder.expired and holder.host != socket.gethostname() and not watched:
             self._watch_unchanged(obj, holder)
         previous = holder
         try:
@@ -166,18 +180,20 @@ class Lease:
         self._renewed = sent
         return previous
 
-    def _watch_unchanged(self, obj: dict[str, Any], holder: Holder) -> None:
+    def _watch_unchanged(self, obj: dict[str, Any], holder: Holder, seconds: float | None = None,
+                         why: str = "expired by this machine's clock,") -> None:
         """A lease of another host that this machine's clock says ran out: that clock may run ahead of the
         holder's. It is taken over only once also seen here unchanged for two renewal periods (a live
-        holder renews within one), as client-go's leader election counts expiry by its own observation."""
+        holder renews within one), as client-go's leader election counts expiry by its own observation.
+        ``seconds``: how long to watch instead (a lease whose renewal time lies ahead: its whole duration)."""
         seen = obj["metadata"]["resourceVersion"]
-        deadline = time.monotonic() + 2 * self.renew_every
+        deadline = time.monotonic() + (2 * self.renew_every if seconds is None else seconds)
         while (left := deadline - time.monotonic()) > 0:
             time.sleep(min(left, 0.5))
             now = self._read()
             if now is None or now["metadata"]["resourceVersion"] != seen:
                 current = self._holder(now) if now else None
-                raise StackBusy(f"app {self.app} is busy: its lease, expired by this machine's clock, changed while this one watched it"
+                raise StackBusy(f"app {self.app} is busy: its lease, {why} changed while this one watched it"
                                 f" ({current or 'given up'}): run the command again")
 
     def _mine(self, holder: Holder) -> bool:

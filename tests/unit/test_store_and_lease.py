@@ -528,6 +528,23 @@ def test_a_holder_whose_renewals_failed_checks_its_lease_before_the_next_change(
         mine.fence()
 
 
+def test_a_dead_holder_whose_clock_ran_fast_is_taken_over_after_a_lease_s_duration_seen_here() -> None:
+    # a killed runner whose clock was an hour fast: read by its renewTime the lease held the app for an hour
+    kube = FakeKube()
+    _held_by(kube, "runner-9", 1, "r2", datetime.now(UTC) + timedelta(hours=1))
+    start = time.monotonic()
+    previous = _lease(kube, duration=0.6, renew_every=0.05).acquire("r3")
+    assert previous is not None and previous.host == "runner-9" and time.monotonic() - start >= 0.6
+    # a live holder with a fast clock renews meanwhile: refused, never taken
+    kube2 = FakeKube()
+    _held_by(kube2, "runner-8", 1, "r4", datetime.now(UTC) + timedelta(hours=1))
+    renewer = threading.Timer(0.2, lambda: _held_by(kube2, "runner-8", 1, "r4", datetime.now(UTC) + timedelta(hours=1)))
+    renewer.start()
+    with pytest.raises(StackBusy, match="renewal time lies ahead of this machine's clock"):
+        _lease(kube2, duration=0.6, renew_every=0.05).acquire("r5")
+    renewer.join()
+
+
 def test_a_renewal_whose_answer_came_late_counts_from_when_it_was_sent() -> None:
     # the renewal was stamped when its answer came: one answered 9 s late was trusted for two renewal periods
     # after that, while for other machines the lease (renewTime, 15 s) had run out and could be taken
