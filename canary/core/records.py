@@ -313,6 +313,22 @@ def dump(record: BaseModel) -> dict[str, Any]:
     return record.model_dump(mode="json", exclude_none=True)
 
 
+#: the longest text a journal record keeps of one field: a record is one line of a ConfigMap chunk (the API
+#: server refuses an object over 1 MiB), and a record refused for its size held back every record after it
+FIELD_CHARS = 8192
+
+
+def bounded(data: Any, limit: int = FIELD_CHARS) -> Any:
+    """``data`` (a record's JSON form) with every text longer than ``limit`` cut there and said so."""
+    if isinstance(data, str) and len(data) > limit:
+        return f"{data[:limit]}… (cut: {len(data)} characters)"
+    if isinstance(data, dict):
+        return {key: bounded(value, limit) for key, value in data.items()}
+    if isinstance(data, list):
+        return [bounded(value, limit) for value in data]
+    return data
+
+
 def parse(data: Mapping[str, Any]) -> Decision | StateChange | EventRecord | Up | Tick | WebhookCall | Verified | Snapshot | Request:
     """A journal record from its JSON form, of this version or an earlier one."""
     return _ENTRY.validate_python(_upgrade(dict(data)))

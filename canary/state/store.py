@@ -234,7 +234,7 @@ class ReleaseStore:
 
     def append(self, entry: Any) -> None:
         """One journal record, on disk here and then in the cluster, before the action it announces."""
-        data = records.dump(entry)
+        data = records.bounded(records.dump(entry))
         with self._lock:
             self.cache.record(data)
             try:

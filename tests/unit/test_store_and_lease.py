@@ -239,6 +239,24 @@ def test_the_journal_is_appended_in_chunks_read_in_order_and_old_releases_are_co
     assert {data["release"] for data in store.cache.records()} == {"r3", "r4"}
 
 
+def test_a_record_with_a_huge_text_is_cut_so_that_it_and_those_after_it_reach_the_journal(tmp_path: Path) -> None:
+    # `canary abort --reason` with a megabyte of text (or a hook's endless output): the API server refused the
+    # chunk for its size, and the record stayed at the head of the unsent queue, every later record behind it
+    kube = FakeKube()
+    limit = 1024 * 1024
+
+    def too_large(verb: str, obj: Any) -> Exception | None:
+        return store_module.Refused("the cluster refused (422): request entity too large") if len(json.dumps(obj)) > limit else None
+
+    kube.refuse = too_large
+    store = _store(kube, tmp_path)
+    huge = records.EventRecord(time="2026-12-01T00:00:00.000Z", stack="prod", app="web", release="r1", message="x" * 1_100_000)
+    store.append(huge)
+    store.append(_record("r1", 1))
+    got = [r.message for r in _store(kube, tmp_path / "b").records("r1")]
+    assert len(got) == 2 and got[0].endswith("… (cut: 1100000 characters)") and got[1] == "event 1"
+
+
 def test_compaction_keeps_the_releases_begun_last_whatever_clock_named_them(tmp_path: Path) -> None:
     # release ids carry the clock of the machine that began them: a runner 3 h behind began the release running
     # now, its id sorted first, and compaction right after its first records dropped its journal
