@@ -12,14 +12,19 @@ from canary import api
 from canary.errors import LeaseLost, StackBusy
 
 
-@pytest.fixture
-def images(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The images ``release`` set in the stack file, in order; the workspace is one deployed app on demo:v1."""
-    ws = SimpleNamespace(app=lambda app: "web", facts=lambda name: SimpleNamespace(stable=SimpleNamespace(image="demo:v1")),
+def _one_deployed_app(monkeypatch: pytest.MonkeyPatch, image: str) -> None:
+    """The workspace ``release`` opens stood in for: one app, web, deployed and running ``image``, nothing busy."""
+    ws = SimpleNamespace(app=lambda app: "web", facts=lambda name: SimpleNamespace(stable=SimpleNamespace(image=image)),
                          store=lambda name, namespace: SimpleNamespace(load=lambda: None), namespace=lambda name: "shop", outputs={})
     monkeypatch.setattr(api, "open_stack", lambda *args, **kwargs: ws)
     monkeypatch.setattr(api, "_refuse_if_busy", lambda *args: None)
     monkeypatch.setattr(api, "_preflight", lambda *args: None)
+
+
+@pytest.fixture
+def images(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The images ``release`` set in the stack file, in order; the workspace is one deployed app on demo:v1."""
+    _one_deployed_app(monkeypatch, "demo:v1")
     written: list[str] = []
 
     def set_image(stack: str, image: str, **kwargs: Any) -> tuple[str, str]:
@@ -104,11 +109,7 @@ def test_a_refused_release_of_an_app_with_no_image_key_leaves_the_stack_file_as_
                     "          - name: web\n            image: web:1.0.0\n  canary:gateway:\n    parentRefs:\n      - name: public\n"
                     "  canary:analysis:\n    interval: 1m\n    threshold: 3\n    stepWeight: 10\n    maxWeight: 50\n")
     before = path.read_text()
-    ws = SimpleNamespace(app=lambda app: "web", facts=lambda name: SimpleNamespace(stable=SimpleNamespace(image="web:1.0.0")),
-                         store=lambda name, namespace: SimpleNamespace(load=lambda: None), namespace=lambda name: "shop", outputs={})
-    monkeypatch.setattr(api, "open_stack", lambda *args, **kwargs: ws)
-    monkeypatch.setattr(api, "_refuse_if_busy", lambda *args: None)
-    monkeypatch.setattr(api, "_preflight", lambda *args: None)
+    _one_deployed_app(monkeypatch, "web:1.0.0")
     written: list[str] = []
 
     def up(*args: Any, **kwargs: Any) -> Any:
