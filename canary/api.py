@@ -79,7 +79,8 @@ class Workspace:
     def removed(self) -> list[str]:
         """The deployed apps the stack config no longer declares: the next update deletes them (unless a
         component of the program still declares one, which then has no analysis)."""
-        return sorted(name for name in self.apps() if f"{naming.OUTPUT_PREFIX}{name}" in self.outputs and not self.spec.declares(name))
+        exported = self.exported()
+        return sorted(name for name in self.apps() if name in exported and not self.spec.declares(name))
 
     def app(self, name: str | None) -> str:
         apps = self.apps()
@@ -307,7 +308,8 @@ def up(stack: str, *, app: str | None = None, project_dir: Path | None = None, e
         raise InvalidSpec([Problem("--app", app, f"is no longer in the stack config: `canary up {ws.name}` deletes it")], "arguments")
     known = [name for name in ws.apps() if name not in removed]
     if ws.spec.names_no_app():
-        known = [name for name in known if name in ws.exported()]  # not the placeholder: the update says which apps there are
+        exported = ws.exported()
+        known = [name for name in known if name in exported]  # not the placeholder: the update says which apps there are
     names = [ws.app(app)] if known and app is not None else known
 
     def refuse_if_busy(name: str, state: ReleaseState | None) -> None:
@@ -383,8 +385,9 @@ def up(stack: str, *, app: str | None = None, project_dir: Path | None = None, e
     if app is None and ws.spec.names_no_app():
         # the apps are those the program's components declare, as the update's outputs say: a new one is
         # deployed for the first time, one the program no longer declares was deleted
-        removed += [name for name in names if name not in ws.exported()]
-        names = sorted(ws.exported())
+        exported = ws.exported()
+        removed += [name for name in names if name not in exported]
+        names = sorted(exported)
     if not names and not removed:  # a program without apps yet: the update was all there was to do
         names = [ws.app(app)]
     outcomes = _each_app(names, lambda name: _release_change(ws, name, existed.get(name, False), applied, snapshot, retry, on_event, why, options),
