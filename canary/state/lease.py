@@ -156,20 +156,18 @@ class Lease:
             except Conflict as exc:
                 raise StackBusy(f"app {self.app} is busy: another release took its lease just now") from exc
         holder = self._holder(obj)
-        if holder is not None and not holder.expired and holder.host != socket.gethostname() and holder.expires_in > self.duration + CLOCK_SLACK:
+        ahead = holder is not None and not holder.expired and holder.host != socket.gethostname() and holder.expires_in > self.duration + CLOCK_SLACK
+        if holder is not None and ahead:
             # its renewTime lies ahead of this machine's clock: the holder's clock runs fast, and read by it the
             # lease of a machine that died would hold the app for as long as that clock is ahead (an hour: an
             # hour). Counted here instead, as client-go counts it: unchanged for a lease's duration, it ran out
             self._watch_unchanged(obj, holder, self.duration, "its renewal time lies ahead of this machine's clock, and it")
             holder = dataclasses.replace(holder, expired=True)
-            watched = True
-        else:
-            watched = False
         if holder is not None and holder.alive() and holder.release != release:
             raise StackBusy(f"app {self.app} is busy: {holder}{holder.expiry_note()}")
         if holder is not None and holder.alive() and holder.release == release and not self._mine(holder):
             raise StackBusy(f"release {release} of {self.app} is still running: {holder}{holder.expiry_note()}")
-        if holder is not None and holder.expired and holder.host != socket.gethostname() and not watched:
+        if holder is not None and holder.expired and holder.host != socket.gethostname() and not ahead:  # (watched above)
             self._watch_unchanged(obj, holder)
         previous = holder
         try:
