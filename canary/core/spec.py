@@ -1056,14 +1056,14 @@ def _name_clashes(spec: StackSpec) -> list[Problem]:
                                         "be; give it another name in one of them (and in that app's template)"))
         objects = (naming.apex_service(name), naming.service(name, naming.Track.STABLE), naming.service(name, naming.Track.CANARY))
         for obj in objects:
-            other = owner.get((config.app.namespace, obj))
+            other = owner.get((namespace, obj))
             if other is not None and other != name:
-                problems.append(Problem(f"apps.{name}", name, f"clashes with app {other} in namespace {config.app.namespace}: both would own "
+                problems.append(Problem(f"apps.{name}", name, f"clashes with app {other} in namespace {namespace}: both would own "
                                         f"the Service and Deployment named {obj}; rename one"))
                 break
         else:
             for obj in objects:
-                owner[(config.app.namespace, obj)] = name
+                owner[(namespace, obj)] = name
     return problems
 
 
