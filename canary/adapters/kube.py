@@ -336,13 +336,29 @@ class ClusterReader:
         }
 
     def prune_copies(self, spec: ReleaseSpec, keep: set[str]) -> list[str]:
-        """Delete the app's ConfigMap and Secret copies whose names are not in ``keep``."""
+        """Let go of the app's ConfigMap and Secret copies whose names are not in ``keep``: a copy another app
+        reads too loses this app's label only; one only this app read is deleted. Both are conditional on the
+        copy as read: one another app's ``up`` declared meanwhile is left for a later prune (``Conflict``)."""
         app = spec.app
         dropped = []
         for kind in ("ConfigMap", "Secret"):
-            for obj in self.kube.list("v1", kind, app.namespace, label_selector=f"{naming.APP_LABEL}={app.name},{naming.COPY_OF_LABEL}"):
-                name = obj["metadata"]["name"]
-                if name not in keep:
-                    self.kube.delete("v1", kind, name, app.namespace)
-                    dropped.append(name)
+            found = {obj["metadata"]["name"]: obj for selector in (naming.copy_user(app.name), f"{naming.APP_LABEL}={app.name},{naming.COPY_OF_LABEL}")
+                     for obj in self.kube.list("v1", kind, app.namespace, label_selector=selector)}
+            for name, obj in sorted(found.items()):
+                if name in keep:
+                    continue
+                meta = obj["metadata"]
+                labels = dict(meta.get("labels") or {})
+                try:
+                    if naming.copy_users(labels) - {app.name}:
+                        labels.pop(naming.copy_user(app.name), None)
+                        if labels.get(naming.APP_LABEL) == app.name:
+                            del labels[naming.APP_LABEL]
+                        kept = {k: v for k, v in meta.items() if k != "managedFields"}
+                        self.kube.replace({**obj, "apiVersion": "v1", "kind": kind, "metadata": {**kept, "labels": labels}})
+                    else:
+                        self.kube.delete("v1", kind, name, app.namespace, resource_version=meta["resourceVersion"])
+                        dropped.append(name)
+                except Conflict:
+                    continue
         return dropped

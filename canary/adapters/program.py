@@ -279,10 +279,12 @@ class CanaryDeployment(pulumi.ComponentResource):
     def _copies(self, name: str, namespace: str, cm_names: Sequence[str], secret_names: Sequence[str], cm_data: pulumi.Output[Any],
                 secret_data: pulumi.Output[Any], copies: pulumi.Output[Any], child: pulumi.ResourceOptions) -> list[pulumi.Resource]:
         """One ConfigMap (or Secret) per config object the template reads, named by its content.
-        Retained on delete: a copy a running stable reads stays when the program moves on."""
+        Retained on delete: a copy a running stable reads stays when the program moves on. Everything in a
+        copy but its reader's label follows from its name and content, so another app (in this stack or
+        another) reading the same config declares the same object beside it, without a conflict."""
         resources: list[pulumi.Resource] = []
         keep = pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(retain_on_delete=True, delete_before_replace=False))
-        labels = {naming.APP_LABEL: self.app.name, "app.kubernetes.io/managed-by": naming.MANAGED_BY}
+        labels = {naming.copy_user(self.app.name): "true", "app.kubernetes.io/managed-by": naming.MANAGED_BY}
         for original in cm_names:
             resources.append(k8s.core.v1.ConfigMap(
                 f"{name}-configmap-{original}",

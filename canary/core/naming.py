@@ -32,8 +32,12 @@ OUTPUT_PREFIX = "canary/"
 APP_LABEL = "canary.dev/app"
 TRACK_LABEL = "canary.dev/track"
 HASH_ANNOTATION = "canary.dev/template-hash"
-#: On ConfigMap and Secret copies: the app they belong to, and the name they copy.
+#: On ConfigMap and Secret copies: the name they copy.
 COPY_OF_LABEL = "canary.dev/copy-of"
+#: On ConfigMap and Secret copies, one label per app that reads the copy (``copy.canary.dev/web: "true"``):
+#: a copy is named by its content only, so two apps of one namespace reading the same config share one
+#: object, each owning its own label (Server-Side Apply lets both declare it) and letting go of it alone.
+COPY_USER_PREFIX = "copy.canary.dev/"
 MANAGED_BY = "canary"
 #: Labels a team commonly selects a whole app by; their values get ``-canary`` on canary pods.
 SELECTOR_LABELS = ("app", "name", "app.kubernetes.io/name")
@@ -77,6 +81,18 @@ def pod_monitor(app: str) -> str:
 def copy_name(name: str, content_hash: str) -> str:
     """A ConfigMap or Secret copy named by its content: ``settings-3f2a9c01b4``."""
     return f"{name}-{content_hash[:10]}"
+
+
+def copy_user(app: str) -> str:
+    """The label that says ``app`` reads a copy."""
+    return f"{COPY_USER_PREFIX}{app}"
+
+
+def copy_users(labels: dict[str, str]) -> set[str]:
+    """The apps that read a copy, from its labels. A copy made before copies were shared carries its one app
+    in ``APP_LABEL``, until that app's next ``up`` declares it anew (which drops that label)."""
+    users = {key.removeprefix(COPY_USER_PREFIX) for key in labels if key.startswith(COPY_USER_PREFIX)}
+    return users | ({labels[APP_LABEL]} if APP_LABEL in labels else set())
 
 
 def selector(app: str, track: Track) -> dict[str, str]:

@@ -1035,25 +1035,14 @@ def _stack_problems(spec: StackSpec) -> list[Problem]:
 
 def _name_clashes(spec: StackSpec) -> list[Problem]:
     """Two apps of one namespace whose objects would share a name: app ``web-canary`` beside ``web`` wants
-    the Service ``web-canary``, which is ``web``'s canary Service; two apps declaring a ConfigMap (or Secret)
-    of one name and content would both declare its copy, named by that content."""
+    the Service ``web-canary``, which is ``web``'s canary Service. (Two apps reading a ConfigMap or Secret of
+    one name and content share its copy: see ``naming.COPY_USER_PREFIX``.)"""
     owner: dict[tuple[str, str], str] = {}
-    copies: dict[tuple[str, str, str, str], str] = {}
     problems: list[Problem] = []
     for name, config in spec.app_configs().items():
         if config.app is None:
             continue
         namespace = config.app.namespace
-        declared = [("ConfigMap", "configMaps", obj, dict(item.data)) for obj, item in config.app.config_maps.items()]
-        declared += [("Secret", "secrets", obj, {k: v.get_secret_value() for k, v in item.string_data.items()}) for obj, item in config.app.secrets.items()]
-        for kind, field, obj, data in declared:
-            key = (namespace, kind, obj, workload.content_hash(data))
-            other = copies.setdefault(key, name)
-            if other != name:
-                # the copy carries its app's label: the second app's apply conflicts with the first's (the up fails midway)
-                problems.append(Problem(f"apps.{name}.app.{field}.{obj}", obj, f"is declared with the same content by app {other} in namespace "
-                                        f"{namespace}: both apps would own its copy (a {kind} named by its content), which one object cannot "
-                                        "be; give it another name in one of them (and in that app's template)"))
         objects = (naming.apex_service(name), naming.service(name, naming.Track.STABLE), naming.service(name, naming.Track.CANARY))
         for obj in objects:
             other = owner.get((namespace, obj))

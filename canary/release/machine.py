@@ -820,7 +820,7 @@ class Release:
         """Delete the copies of ConfigMaps and Secrets that neither track, nor the program, reads any more."""
         names = set(self.facts.copies.values())
         for pin in keep:
-            names |= {f"{key.partition('/')[2]}-{h[:10]}" for key, h in pin.config_hashes.items()}
+            names |= {naming.copy_name(key.partition("/")[2], h) for key, h in pin.config_hashes.items()}
         try:
             dropped = self.cluster.prune_copies(self.spec, names)
         except CanaryError as exc:

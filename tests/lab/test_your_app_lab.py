@@ -211,6 +211,53 @@ def test_a_configmap_content_change_is_canaried_and_stable_keeps_reading_its_own
     assert after != before and ls.kube.get("v1", "ConfigMap", after, ls.namespace)["data"] == {"app.conf": "latency: 0.001\n"}  # type: ignore[index]
 
 
+def _two_apps_reading_one_config(config: dict[str, Any]) -> None:
+    _config_file_app(config)
+    _two_apps(config)
+
+
+def _copy(ls: LabStack, app: str) -> str:
+    obj = ls.kube.get("apps/v1", "Deployment", f"{app}-stable", ls.namespace)
+    assert obj is not None
+    return obj["spec"]["template"]["spec"]["volumes"][0]["configMap"]["name"]  # type: ignore[no-any-return]
+
+
+def _readers(ls: LabStack, name: str) -> set[str] | None:
+    obj = ls.kube.get("v1", "ConfigMap", name, ls.namespace)
+    return None if obj is None else {k.removeprefix("copy.canary.dev/") for k in obj["metadata"]["labels"] if k.startswith("copy.canary.dev/")}
+
+
+@pytest.mark.long
+@pytest.mark.parametrize("lab_stack", [_two_apps_reading_one_config], indirect=True)
+def test_two_apps_reading_one_config_map_share_its_copy_and_each_lets_go_of_it_alone(lab_stack: LabStack) -> None:
+    # each app declared its own copy of it with its own app label: the second apply conflicted with the
+    # first (Server-Side Apply, over that label) and the stack's first up failed midway
+    ls = lab_stack
+    shared = _copy(ls, "web")
+    assert _copy(ls, "api") == shared and _readers(ls, shared) == {"web", "api"}
+    # a copy made before copies were shared: labelled with its one app, read by no track any more
+    legacy = f"web-config-{'0' * 10}"
+    ls.kube.create({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": legacy, "namespace": ls.namespace, "labels": {
+        "canary.dev/app": "web", "canary.dev/copy-of": "web-config", "app.kubernetes.io/managed-by": "canary"}}, "data": {"app.conf": ""}})
+
+    _set(ls, ("canary:apps", "web", "app", "configMaps"), {"web-config": {"data": {"app.conf": "latency: 0.001\n"}}})
+    web = ls.cli("up", ls.name, "--app", "web")
+    assert web.returncode == 0, web.stdout[-3000:] + web.stderr[-3000:]
+    new = _copy(ls, "web")
+    assert new != shared and _readers(ls, new) == {"web"}
+    # api's stable still reads the old copy: web let go of it, and it stays
+    assert _copy(ls, "api") == shared and _readers(ls, shared) == {"api"}
+    assert ls.kube.get("v1", "ConfigMap", legacy, ls.namespace) is None
+
+    _set(ls, ("canary:apps", "api", "app", "configMaps"), {"web-config": {"data": {"app.conf": "latency: 0.001\n"}}})
+    api_ = ls.cli("up", ls.name, "--app", "api")
+    assert api_.returncode == 0, api_.stdout[-3000:] + api_.stderr[-3000:]
+    assert _copy(ls, "api") == new and _readers(ls, new) == {"web", "api"}
+    assert _readers(ls, shared) is None, "read by no app any more: deleted"
+    assert_stable_state(ls, "demo:v1", app="web")
+    assert_stable_state(ls, "demo:v1", app="api")
+
+
 # --- the GitOps loop ----------------------------------------------------------------------------
 
 

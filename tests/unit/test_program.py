@@ -321,7 +321,8 @@ def test_config_maps_and_secrets_get_content_addressed_copies_the_templates_read
     assert secret["stringData"][rpc._special_sig_key] == rpc._special_secret_sig
     assert secret["stringData"]["value"] == {"TOKEN": "s3cr3t-t0ken"}
     for copy, original in ((cm, "settings"), (secret, "creds")):
-        assert copy["metadata"]["labels"] == {"canary.dev/app": "web", "canary.dev/copy-of": original, "app.kubernetes.io/managed-by": "canary"}
+        # no app label: all but the reader's own label follows from name and content, so apps share a copy
+        assert copy["metadata"]["labels"] == {"copy.canary.dev/web": "true", "canary.dev/copy-of": original, "app.kubernetes.io/managed-by": "canary"}
     for track in ("stable", "canary"):
         spec = d.template(track)["spec"]
         assert spec["volumes"] == [{"name": "conf", "configMap": {"name": cm_name}}]

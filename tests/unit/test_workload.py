@@ -339,3 +339,15 @@ def test_a_request_above_its_limit_is_refused_before_the_api_server_does() -> No
     assert [(p.field, p.rule.split(":")[0]) for p in problems] == [("app.template.spec.containers[0].resources.requests.cpu", "must not be above its limit (1)")]
     template["spec"]["containers"][0]["resources"]["requests"]["cpu"] = "0.5"
     assert workload.check(template, "app.template") == []
+
+
+@pytest.mark.parametrize(("labels", "users"), [
+    ({"copy.canary.dev/web": "true", "canary.dev/copy-of": "settings"}, {"web"}),
+    ({"copy.canary.dev/web": "true", "copy.canary.dev/api": "true"}, {"web", "api"}),
+    # made before copies were shared: its one app, until that app declares it anew
+    ({"canary.dev/app": "web", "canary.dev/copy-of": "settings"}, {"web"}),
+    ({"canary.dev/app": "web", "copy.canary.dev/api": "true"}, {"web", "api"}),
+    ({"canary.dev/copy-of": "settings"}, set()),
+])
+def test_the_apps_that_read_a_copy_are_read_from_its_labels(labels: dict[str, str], users: set[str]) -> None:
+    assert naming.copy_users(labels) == users
