@@ -170,7 +170,8 @@ def open_stack(stack: str, project_dir: Path | None = None, env: Mapping[str, st
     environment = dict(env if env is not None else os.environ)
     handle = Stack(project, stack, environment)
     config = handle.config()
-    spec = stackconfig.from_config(config, source=f"stack {stack}")
+    path = stackfile.stack_file(project, stack)
+    spec = stackconfig.from_config(config, source=f"stack {stack}", stack_file=stackfile.read_stack_file(path) if path.is_file() else None)
     if spec.release is not None:
         raise InvalidSpec([Problem(f"{naming.CONFIG_NAMESPACE}:release", "set", "is written by canary into its release config files only; remove it from the stack file")], f"stack {stack}")
     outputs = handle.outputs() if read_outputs else {}

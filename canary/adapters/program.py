@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import pulumi
 import pulumi_kubernetes as k8s
 from pulumi import _types as pulumi_types
 
+from canary.adapters import stackfile
 from canary.core import config as stackconfig
 from canary.core import naming, routing, units, workload
 from canary.core.naming import Track
@@ -556,7 +558,12 @@ def stack_spec_from_pulumi_config() -> StackSpec:
         value = pulumi.runtime.get_config(full)
         if value is not None:
             raw[full] = _ConfigValue(value, pulumi.runtime.is_config_secret(full))
-    return stackconfig.from_config(raw, source=f"stack {pulumi.get_stack()}")
+    # a plain `pulumi up` reads the stack file: a plain-text value beside an encrypted one shows there only
+    # (canary's own ups read a release config file, a snapshot of the stack file checked when the release began)
+    path = stackfile.stack_file(Path.cwd(), pulumi.get_stack())
+    in_release = f"{naming.CONFIG_NAMESPACE}:release" in raw
+    file_config = stackfile.read_stack_file(path) if not in_release and path.is_file() else None
+    return stackconfig.from_config(raw, source=f"stack {pulumi.get_stack()}", stack_file=file_config)
 
 
 def _config_keys() -> tuple[str, ...]:

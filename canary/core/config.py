@@ -45,11 +45,18 @@ def values_from_config(config: Mapping[str, Any], namespace: str = CONFIG_NAMESP
     return values
 
 
-def from_config(config: Mapping[str, Any], source: str = "stack config") -> StackSpec:
-    """Validate an Automation API config map or a Pulumi program's raw config."""
+def from_config(config: Mapping[str, Any], source: str = "stack config", stack_file: Mapping[str, Any] | None = None) -> StackSpec:
+    """Validate an Automation API config map or a Pulumi program's raw config.
+
+    Both say only which top-level keys hold a secret somewhere (``canary:prometheus`` with its token set
+    ``--secret --path``), not which values: ``stack_file``, the stack file's config as read with its
+    secrets still encrypted, is where a plain header beside that encrypted token shows."""
     values = values_from_config(config)
     secret_keys = {k.partition(":")[2] for k, v in config.items() if getattr(v, "secret", False)}
     problems = unencrypted_secrets(values, secret_keys)
+    if stack_file is not None:
+        said = {p.field for p in problems}
+        problems += [p for p in unencrypted_secrets(values_from_config(stack_file), None) if p.field not in said]
     if problems:
         raise InvalidSpec(problems, source)
     return parse_stack(values, source)

@@ -205,6 +205,16 @@ def secret_token_without_address(ctx: Ctx) -> list[str]:
     return RELEASE
 
 
+def secret_token_beside_a_plain_header(ctx: Ctx) -> list[str]:
+    """The Automation API reports canary:prometheus as secret as a whole: only the file shows the header is not."""
+    subprocess.run(["pulumi", "config", "set", "--secret", "--path", "canary:prometheus.token", TOKEN, "--stack", NAME],
+                   cwd=ctx.ls.project, env=ctx.ls.env, check=True, capture_output=True, timeout=60)
+    document = yaml.safe_load(ctx.stack_file.read_text())
+    document["config"]["canary:prometheus"]["headers"] = {"X-Api-Key": "tok-plain-text"}
+    ctx.stack_file.write_text(yaml.safe_dump(document, sort_keys=False))
+    return RELEASE
+
+
 def args(*arguments: str) -> Callable[[Ctx], list[str]]:
     return lambda ctx: list(arguments)
 
@@ -277,6 +287,7 @@ CASES = [
     Case("plain-text-token", stack_config(in_key("canary:prometheus", "token", "tok-plain-text")),
          ("prometheus.token", "must be a Pulumi secret"), no_secret),
     Case("secret-token-missing-address", secret_token_without_address, ("prometheus.address", "is required", "(got nothing)"), no_secret),
+    Case("plain-header-beside-a-secret-token", secret_token_beside_a_plain_header, ("prometheus.headers", "must be a Pulumi secret"), no_secret),
     Case("webhook-unknown-type", stack_config(in_key("canary:analysis", "webhooks.0.type", "pre-flight")),
          ("analysis.webhooks[0].type", "Input should be 'confirm-rollout'")),
     Case("webhook-url-and-cmd", stack_config(in_key("canary:analysis", "webhooks.0.url", "http://127.0.0.1:9/")),

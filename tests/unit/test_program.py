@@ -15,6 +15,7 @@ import runpy
 import traceback
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pulumi
@@ -816,3 +817,24 @@ def test_a_component_argument_refused_keeps_its_secrets_out_of_the_traceback_pul
     shown = "".join(traceback.format_exception(info.value))
     assert "prometheus.headers" in shown
     assert "s3cr3t" not in shown, shown
+
+
+def test_a_plain_text_header_beside_an_encrypted_token_stops_a_plain_pulumi_up(declare: Callable[..., Declared], tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    # the engine says only that canary:prometheus holds a secret, not which of its values: the plain header
+    # passed, and went to Prometheus with the stack file in the repository holding it in clear text
+    (tmp_path / "Pulumi.yaml").write_text("name: shop\nruntime: python\n")
+    (tmp_path / f"Pulumi.{STACK}.yaml").write_text(
+        "config:\n  canary:prometheus:\n    address: http://prometheus:9090\n    token:\n      secure: v1:AAAA\n"
+        "    headers:\n      X-Scope-OrgID: shop\n")
+    monkeypatch.chdir(tmp_path)
+    prometheus = {"address": "http://prometheus:9090", "token": "s3cr3t", "headers": {"X-Scope-OrgID": "shop"}}
+    with pytest.raises(pulumi.RunError) as caught:
+        declare(program.program, stack_config(prometheus=prometheus), secret_keys=["canary:prometheus"])
+    assert "prometheus.headers: " in str(caught.value) and "must be a Pulumi secret" in str(caught.value)
+    assert "s3cr3t" not in str(caught.value)
+    # encrypted in the file as well: accepted
+    (tmp_path / f"Pulumi.{STACK}.yaml").write_text(
+        "config:\n  canary:prometheus:\n    address: http://prometheus:9090\n    token:\n      secure: v1:AAAA\n"
+        "    headers:\n      X-Scope-OrgID:\n        secure: v1:BBBB\n")
+    assert declare(program.program, stack_config(prometheus=prometheus), secret_keys=["canary:prometheus"]).exported["app"]["name"] == "web"

@@ -630,3 +630,18 @@ def test_a_number_given_as_text_is_still_a_number_but_a_boolean_is_not() -> None
     # `pulumi config set --path` stores a value as text: "3" is three replicas, true is no count at all
     assert parse_spec(values_with(set_path("app.replicas", "3"))).app.replicas == 3
     assert parse_spec(values_with(set_path("analysis.metrics.1.thresholdRange", {"max": "1.5"}))).analysis.metrics[1].threshold_range.max == 1.5  # type: ignore[union-attr]
+
+
+def test_a_plain_value_beside_an_encrypted_one_under_one_key_is_refused_as_the_stack_file_shows_it() -> None:
+    # the CLI reports canary:prometheus as secret as a whole when its token is set --secret --path: the plain
+    # header beside it was taken for a secret too
+    values = values_with(set_path("prometheus.token", SECRET), set_path("prometheus.headers", {"X-Scope-OrgID": "shop"}))
+    config = {key: ConfigValue(value=json.dumps(value) if not isinstance(value, str) else value, secret=key == "canary:prometheus")
+              for key, value in _config(values).items()}
+    on_file = {**_config(values), "canary:prometheus": {**values["prometheus"], "token": stackconfig.ENCRYPTED}}
+    with pytest.raises(InvalidSpec) as info:
+        stackconfig.from_config(config, stack_file=on_file)
+    assert [p.field for p in info.value.problems] == ["prometheus.headers"] and SECRET not in str(info.value)
+    on_file["canary:prometheus"]["headers"] = {"X-Scope-OrgID": stackconfig.ENCRYPTED}
+    assert stackconfig.from_config(config, stack_file=on_file).prometheus is not None
+    assert stackconfig.from_config(config).prometheus is not None  # no stack file to read (a service backend's config)
