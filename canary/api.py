@@ -106,25 +106,40 @@ class Workspace:
         except (KeyError, ValueError) as exc:
             raise InvalidSpec([Problem(f"outputs.{naming.OUTPUT_PREFIX}{app}", "unreadable", f"is not what the component exports: {exc}")], "stack") from exc
         stable = exported.get("stable")
-        stable_pin = self._running_stable(app, release_spec, _pin(stable) if isinstance(stable, Mapping) else None)
+        uid = (exported.get("uids") or {}).get("stableDeployment") if isinstance(exported.get("uids"), Mapping) else None
+        stable_pin = self._running_stable(app, release_spec, _pin(stable) if isinstance(stable, Mapping) else None, uid)
         others = tuple(urn for key, value in self.outputs.items()
                        if key.startswith(naming.OUTPUT_PREFIX) and key != f"{naming.OUTPUT_PREFIX}{app}" and isinstance(value, Mapping)
                        for urns in (value.get("urns") or {}).values() for urn in (urns if isinstance(urns, list) else [urns]))
         return AppFacts(spec=release_spec, urns=dict(exported.get("urns") or {}), stable=stable_pin,
                         desired=_pin(exported["desired"]), stack=self.name, copies=dict(exported.get("copies") or {}), others=others)
 
-    def _running_stable(self, app: str, spec: ReleaseSpec, exported: TrackPin | None) -> TrackPin | None:
+    def _running_stable(self, app: str, spec: ReleaseSpec, exported: TrackPin | None, uid: str | None = None) -> TrackPin | None:
         """What the stable Deployment runs, as a pin. The stack outputs say it — unless an update of
         another app's release rewrote them: a targeted ``up`` recomputes every app's outputs from its own
         snapshot, so the outputs of an app it did not touch can name a template its stable never ran.
         The cluster decides: the pin whose hash the stable Deployment carries, from the outputs or else
-        from the app's last release (its stable, or its canary once promoted)."""
+        from the app's last release (its stable, or its canary once promoted).
+
+        ``uid``, the stable Deployment's as the stack's last update saw it, proves the cluster canary reads
+        is the one the program deploys to: a provider the program builds itself (from a cluster it creates,
+        say) is invisible here, and a release would hold its lease, write its state and judge its tracks in
+        whatever cluster the kubeconfig points at."""
         if exported is None:
             return None
         try:
-            live = ClusterReader(self.kube).deployment(spec, Track.STABLE).get("hash")
+            deployment = ClusterReader(self.kube).deployment(spec, Track.STABLE)
         except CanaryError:
             return exported  # the cluster does not answer: the outputs are all there is
+        if uid and deployment["uid"] != uid:
+            found = f"a Deployment of uid {deployment['uid']}" if deployment["exists"] else "no such Deployment"
+            raise InvalidSpec([Problem("kubeconfig", f"{self.kube.source}, server {self.kube.server}", (
+                f"is not the cluster stack {self.name} deploys {app} to: its last update made Deployment "
+                f"{spec.app.namespace}/{naming.deployment(app, Track.STABLE)} of uid {uid}, this cluster has {found}. "
+                "Point canary at the program's cluster (kubernetes:kubeconfig and kubernetes:context in the stack config, "
+                "else KUBECONFIG and its current context); if the Deployment was deleted by hand, `pulumi refresh` the stack"))],
+                f"stack {self.name}")
+        live = deployment.get("hash")
         if not live or live == exported.hash:
             return exported
         with contextlib.suppress(CanaryError):

@@ -76,6 +76,9 @@ class Kube:
         self._timeout = timeout
         inline = isinstance(kubeconfig, str) and "\n" in kubeconfig
         where = f" context {context}" if context else ""
+        #: the kubeconfig and context this client was built from, for messages (never the inline content)
+        named = "the kubeconfig given inline (kubernetes:kubeconfig)" if inline else f"kubeconfig {kubeconfig or '(default)'}"
+        self.source = named + where
         try:
             if inline:
                 self._api = config.new_client_from_config_dict(stackfile.load(str(kubeconfig)), context=context)
@@ -94,6 +97,11 @@ class Kube:
         self._api.rest_client.pool_manager.clear()
         self._api.rest_client = rest.RESTClientObject(self._api.configuration)
         self._dynamic: dynamic.DynamicClient | None = None
+
+    @property
+    def server(self) -> str:
+        """The API server's address this client talks to."""
+        return str(self._api.configuration.host)
 
     def _call(self, fn: Callable[[], T]) -> T:
         try:

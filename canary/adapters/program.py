@@ -271,6 +271,8 @@ class CanaryDeployment(pulumi.ComponentResource):
             "desired": desired_pin,
             "copies": copies.apply(lambda c: c["names"]),
             "rollout": self.rollout.value,
+            # what the orchestrator checks that the cluster it reads is the one this program deploys to
+            "uids": {"stableDeployment": self.stable.metadata.apply(_uid)},
         }
         if image_config:
             # the stack config key the program reads the image from: `canary release --image` sets it
@@ -534,6 +536,11 @@ def _warn_unhashed(component: pulumi.Resource, app: str, template: Mapping[str, 
     if outside:
         pulumi.log.warn(f"{app} reads {', '.join(outside)}, not given to its CanaryDeployment (config_maps=/secrets=, or app.configMaps/"
                         "app.secrets): their changes are not released, they reach stable and canary alike", resource=component)
+
+
+def _uid(metadata: Any) -> str | None:
+    """A resource's ``metadata.uid`` (a typed ObjectMeta from the engine, a mapping under the mocks)."""
+    return (metadata.get("uid") if isinstance(metadata, Mapping) else getattr(metadata, "uid", None)) if metadata is not None else None
 
 
 def _pin(template: Mapping[str, Any], app: App, config_hashes: Mapping[str, str]) -> dict[str, Any]:

@@ -13,8 +13,9 @@ from canary import api
 from canary.adapters import stackfile
 from canary.core import config as stackconfig
 from canary.core.records import Phase
-from canary.errors import ClusterUnreachable, StackBusy
+from canary.errors import ClusterUnreachable, InvalidSpec, StackBusy
 from tests.conftest import base_values
+from tests.unit.fakes import FakeKube
 
 GATEWAY = {"parentRefs": [{"name": "public", "namespace": "gateway"}]}
 
@@ -184,3 +185,34 @@ def test_an_app_whose_release_ended_while_up_waited_is_pinned_to_what_its_releas
     # pinned at rest to the stable its release left (promoted), not to the stable read before it ended
     assert update["release"]["api"]["stable"]["image"] == "api:2" and update["release"]["api"]["stable"]["hash"] == "p" * 16
     assert update["release"]["api"]["route"] == {"weight": 0}
+
+
+# --- the cluster canary reads -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("live_uid", ["uid-of-another-cluster", None], ids=["another-deployment", "none"])
+def test_a_cluster_other_than_the_program_s_is_refused_before_anything_is_read_or_written(tmp_path: Path, live_uid: str | None) -> None:
+    # the program deploys through a provider it builds (a cluster it creates): canary read whatever cluster
+    # KUBECONFIG pointed at, and held its lease, wrote its state and judged its tracks there
+    kube = FakeKube()
+    kube.source, kube.server = "kubeconfig /home/sre/.kube/config context staging", "https://staging.example:6443"  # type: ignore[attr-defined]
+    if live_uid is not None:
+        kube.create({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web-stable", "namespace": "shop", "uid": live_uid},
+                     "spec": {"replicas": 2, "template": {}}})
+    spec = stackconfig.from_file_values({f"canary:{k}": v for k, v in apps_config("web").items()}, "test")
+    outputs = {"canary/web": {**exported("web", "web:1", "web:1"), "uids": {"stableDeployment": "uid-made-by-the-update"}}}
+    ws = api.Workspace(tmp_path, "prod", {}, Stack(tmp_path, outputs), spec, outputs, kube=kube)  # type: ignore[arg-type]
+    before = dict(kube.objects)
+    with pytest.raises(InvalidSpec) as info:
+        ws.facts("web")
+    problem = info.value.problems[0]
+    assert problem.field == "kubeconfig" and "context staging, server https://staging.example:6443" in problem.value
+    assert "is not the cluster stack prod deploys web to" in problem.rule and "uid-made-by-the-update" in problem.rule
+    assert (f"a Deployment of uid {live_uid}" if live_uid else "no such Deployment") in problem.rule
+    assert kube.objects == before and not kube.events  # nothing written
+
+    kube.objects.clear()
+    kube.create({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web-stable", "namespace": "shop", "uid": "uid-made-by-the-update"},
+                 "spec": {"replicas": 2, "template": {}}})
+    facts = ws.facts("web")
+    assert facts is not None and facts.stable is not None and facts.stable.image == "web:1"

@@ -72,6 +72,8 @@ class Recorder(pulumi.runtime.Mocks):
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
         self.resources[args.name] = args
+        if args.typ == "kubernetes:apps/v1:Deployment":  # as the API server fills it in
+            return f"{args.name}-id", {**args.inputs, "metadata": {**(args.inputs.get("metadata") or {}), "uid": f"uid-of-{args.name}"}}
         return f"{args.name}-id", args.inputs
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:
@@ -692,6 +694,8 @@ def test_the_program_declares_each_app_of_the_stack_config(declare: Callable[...
     assert d.inputs("web-stable")["spec"]["replicas"] == 2
     assert d.exported["desired"]["image"] == "registry.example.com/shop/web:1.0.0"
     assert d.hooks["web-stable"] == ["canary-stable-guard-web"]
+    # how the orchestrator knows the cluster it reads is this program's
+    assert d.exported["uids"] == {"stableDeployment": "uid-of-web-stable"}
 
 
 def test_the_program_reads_canary_rollout_and_the_earlier_stable_image_key(declare: Callable[..., Declared]) -> None:
