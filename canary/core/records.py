@@ -191,6 +191,11 @@ class ReleaseState(_Record):
     #: why a promotion went ahead without a passing tick (promote --force, --skip-analysis)
     forced: str = ""
     verified: bool = False
+    #: the phase the app's previous release ended in (None: the app's first release); a confirm-rollout
+    #: hook is told it, as Flagger tells it the Canary's status before a new revision starts
+    before: Phase | None = None
+    #: a confirm-rollout hook said no: Flagger's Canary is Waiting from then on, and its hooks are told so
+    waiting: bool = False
 
     @property
     def last_tick_passed(self) -> bool:

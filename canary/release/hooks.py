@@ -21,19 +21,60 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from canary.core import notify
-from canary.core.records import ReleaseState
+from canary.core.records import Phase, ReleaseState
 from canary.core.spec import ReleaseSpec, Severity, Webhook, WebhookType
 from canary.release.ports import Clock, HookCaller, HookResult
 
+#: The phase Flagger's Canary status shows while canary's release is in each phase, for the hooks that
+#: Flagger tells its status (rollback and event hooks). Flagger has no phase of its own for an
+#: inconclusive release (waiting for a person, as a promotion gate does), an abort, or a promotion it could
+#: not verify (Flagger marks a promotion that fails Failed); a rollback in progress has already failed.
+_FLAGGER_STATUS = {
+    Phase.INITIALIZING: "Progressing",
+    Phase.PROGRESSING: "Progressing",
+    Phase.WAITING_PROMOTION: "WaitingPromotion",
+    Phase.WAITING_DECISION: "WaitingPromotion",
+    Phase.PROMOTING: "Promoting",
+    Phase.FINALISING: "Finalising",
+    Phase.SUCCEEDED: "Succeeded",
+    Phase.PROMOTED_UNVERIFIED: "Failed",
+    Phase.ROLLING_BACK: "Failed",
+    Phase.FAILED: "Failed",
+    Phase.ABORTED: "Failed",
+}
+#: The hooks Flagger calls in one fixed phase, whatever its Canary's status: Progressing (a confirm-promotion
+#: hook asked again while the Canary is WaitingPromotion too).
+_SENT_PROGRESSING = frozenset({WebhookType.PRE_ROLLOUT, WebhookType.ROLLOUT, WebhookType.CONFIRM_TRAFFIC_INCREASE, WebhookType.CONFIRM_PROMOTION})
+
+
+def flagger_phase(kind: WebhookType, state: ReleaseState) -> str:
+    """The ``phase`` Flagger sends a hook of ``kind`` at this point of the release, so that a receiver
+    written for Flagger reads the same: a confirm-rollout hook gets how the app's previous release ended
+    (Initialized before its first) and then Waiting once one said no; a post-rollout hook Succeeded or
+    Failed; an event or rollback hook the Canary's status."""
+    if kind in _SENT_PROGRESSING:
+        return "Progressing"
+    if kind is WebhookType.CONFIRM_ROLLOUT:
+        if state.waiting:
+            return "Waiting"
+        return "Initialized" if state.before is None else _FLAGGER_STATUS[state.before]
+    if kind is WebhookType.POST_ROLLOUT:
+        return "Succeeded" if state.phase is Phase.SUCCEEDED else "Failed"
+    if state.phase is Phase.INITIALIZING and state.waiting and not state.canary_deployed:
+        return "Waiting"
+    return _FLAGGER_STATUS[state.phase]
+
 
 def payload(hook: Webhook, spec: ReleaseSpec, state: ReleaseState) -> dict[str, Any]:
-    """The JSON body of an HTTP hook, Flagger-compatible (name, namespace, phase, checksum, metadata).
+    """The JSON body of an HTTP hook, Flagger-compatible (name, namespace, phase, checksum, metadata):
+    ``phase`` is the one Flagger would send (``flagger_phase``), canary's own is ``releasePhase``.
     Flagger's checksum identifies the canary's configuration (its spec and tracked configs): here the
     canary pin's hash, which covers its pod template and the configs it tracks."""
     return {
         "name": spec.app.name,
         "namespace": spec.app.namespace,
-        "phase": state.phase.value,
+        "phase": flagger_phase(hook.type, state),
+        "releasePhase": state.phase.value,
         "weight": state.weight,
         "release": state.release,
         "type": hook.type.value,

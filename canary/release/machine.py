@@ -156,7 +156,7 @@ class Release:
             now = self.clock.iso()
             state = ReleaseState(release=release_id, stack=self.stack.name, app=self.spec.app.name, namespace=self.spec.app.namespace,
                                  phase=Phase.INITIALIZING, stable=stable, canary=desired, snapshot=snapshot, started=now, updated=now,
-                                 affinity=affinity, route=AT_REST.to_json())
+                                 affinity=affinity, route=AT_REST.to_json(), before=previous.phase if previous is not None else None)
             self.recorder.snapshot(state, export=export)
             steps = schedule.describe(self.spec.analysis)
             state = self.recorder.save(state, f"release started: {desired.image or desired.hash} over stable {stable.image or stable.hash}" + (f" ({why})" if why else ""),
@@ -530,6 +530,8 @@ class Release:
             # As in Flagger, the confirm-rollout gate is asked before the canary is scaled up.
             gate = self.hooks.gate(state, WebhookType.CONFIRM_ROLLOUT)
             if gate is not None:
+                # Waiting, as Flagger's Canary from its first no; kept with the next save (a resume before it asks as the first time)
+                state = state.model_copy(update={"waiting": True})
                 self.recorder.event(state, f"waiting: confirm-rollout webhook {gate.name} said no ({gate.detail})", Severity.WARN)
                 self._wait(self.spec.analysis.interval.total_seconds())
                 return state

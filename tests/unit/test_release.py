@@ -1107,3 +1107,73 @@ def test_a_rollback_pending_is_not_claimed_for_a_release_another_process_holds()
     world.store.append, world.store.save = append, save  # type: ignore[method-assign]
     with pytest.raises(LeaseLost):
         world.start()
+
+
+# --- what the webhooks are told ----------------------------------------------------------------------
+
+
+class _Phases(FakeHooks):
+    """Hooks that keep the ``phase`` each one was sent, by hook type, in order."""
+
+    def __init__(self, answer: Any) -> None:
+        super().__init__(answer)
+        self.phases: dict[str, list[str]] = {}
+
+    def call(self, hook: Any, body: Any, cancel: Any = None) -> Any:
+        self.phases.setdefault(hook.type.value, []).append(body.get("phase", ""))
+        return super().call(hook, body, cancel)
+
+
+_EVERY_HOOK = [{"name": kind, "type": kind, "url": f"http://{kind}/"} for kind in (
+    "confirm-rollout", "pre-rollout", "rollout", "confirm-traffic-increase", "confirm-promotion", "rollback", "post-rollout", "event")]
+
+
+def test_each_webhook_is_sent_the_phase_flagger_sends_it_at_that_point() -> None:
+    """A receiver written for Flagger reads ``phase`` as Flagger sends it (its scheduler's hooks): the
+    confirm-rollout gate the Canary's status (Initialized before a first release, then Waiting once it said
+    no), pre-rollout, rollout, traffic-increase and promotion gates Progressing (the promotion gate too
+    while the release waits for it), rollback hooks the status (Progressing, WaitingPromotion), and the
+    post-rollout hook how it ended. Never canary's own Initializing."""
+    said_no: set[str] = set()
+
+    def answer(name: str, kind: str) -> bool:
+        if kind == "rollback":
+            return False  # no rollback asked
+        if kind in ("confirm-rollout", "confirm-promotion") and kind not in said_no:
+            said_no.add(kind)
+            return False
+        return True
+
+    hooks = _Phases(answer)
+    world = make(Metrics(0.0), lambda v: v["analysis"].update(webhooks=_EVERY_HOOK), hooks=hooks)
+    assert world.start().phase is Phase.SUCCEEDED
+    phases = hooks.phases
+    assert phases["confirm-rollout"] == ["Initialized", "Waiting"]
+    for kind in ("pre-rollout", "rollout", "confirm-traffic-increase", "confirm-promotion"):
+        assert phases[kind] and set(phases[kind]) == {"Progressing"}, (kind, phases[kind])
+    assert len(phases["confirm-promotion"]) == 2  # the second while the release is WaitingPromotion
+    assert set(phases["rollback"]) == {"Progressing", "WaitingPromotion"}
+    assert phases["post-rollout"] == ["Succeeded"]
+    assert phases["event"] and set(phases["event"]) <= {"Progressing", "Waiting", "WaitingPromotion", "Promoting", "Finalising", "Succeeded"}
+
+
+@pytest.mark.parametrize(("before", "sent"), [(None, "Initialized"), (Phase.SUCCEEDED, "Succeeded"), (Phase.FAILED, "Failed"), (Phase.ABORTED, "Failed")])
+def test_the_confirm_rollout_gate_is_sent_how_the_previous_release_ended_as_flagger_sends_its_status(before: Phase | None, sent: str) -> None:
+    hooks = _Phases(lambda name, kind: True)
+    world = make(Metrics(0.0), lambda v: v["analysis"].update(webhooks=[_EVERY_HOOK[0]]), hooks=hooks)
+    if before is not None:
+        world.store.state = records.ReleaseState(release="20261130T000000-1", stack="test", app="web", phase=before, stable=STABLE)
+    assert world.start().phase is Phase.SUCCEEDED
+    assert hooks.phases["confirm-rollout"] == [sent]
+
+
+def test_an_aborted_release_s_post_rollout_hook_is_sent_failed_flagger_s_word_for_a_release_rolled_back() -> None:
+    def answer(name: str, kind: str) -> bool:
+        if kind == "rollout":
+            world.store.request("abort", by="oncall")
+        return True
+
+    hooks = _Phases(answer)
+    world = make(Metrics(0.0), lambda v: v["analysis"].update(webhooks=[_EVERY_HOOK[2], _EVERY_HOOK[6]]), hooks=hooks)
+    assert world.start().phase is Phase.ABORTED
+    assert hooks.phases["post-rollout"] == ["Failed"]

@@ -10,6 +10,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,8 @@ import pytest
 from canary.adapters.webhooks import Caller
 from canary.core import notify
 from canary.core.records import HookResult, Phase, ReleaseState, TrackPin
-from canary.core.spec import Alert, ReleaseSpec, Severity, Webhook
-from canary.release.hooks import Delivery, payload
+from canary.core.spec import Alert, ReleaseSpec, Severity, Webhook, WebhookType
+from canary.release.hooks import Delivery, event_payload, flagger_phase, payload
 from tests.unit.support import BOUND_S, Receiver, http_receiver, poll, refused_url
 
 pytestmark = pytest.mark.timeout(60)
@@ -88,8 +89,8 @@ def test_an_http_hook_posts_the_flagger_payload_and_a_200_is_a_success(receiver:
     assert (request.method, request.path) == ("POST", "/gate")
     assert request.headers["content-type"] == "application/json"
     assert request.json() == {
-        "name": "web", "namespace": "shop", "phase": "Progressing", "weight": 20, "release": "20261202T101500-4711",
-        "type": "confirm-promotion", "metadata": {"cmd": "hey"}, "checksum": "bbbb",
+        "name": "web", "namespace": "shop", "phase": "Progressing", "releasePhase": "Progressing", "weight": 20,
+        "release": "20261202T101500-4711", "type": "confirm-promotion", "metadata": {"cmd": "hey"}, "checksum": "bbbb",
         "canaryImage": "registry.example.com/shop/web:2.0.0", "stableImage": "registry.example.com/shop/web:1.0.0",
     }
 
@@ -597,9 +598,30 @@ def test_an_event_hook_gets_flaggers_event_payload(receiver: Receiver) -> None:
     info, error = receiver.wait_for(2)
     assert hooks.close(BOUND_S) == 0
     assert info.json() == {
-        "name": "web", "namespace": "shop", "phase": "Progressing", "weight": 20, "release": "20261202T101500-4711",
-        "type": "event", "checksum": "bbbb", "message": "weight 20",
+        "name": "web", "namespace": "shop", "phase": "Progressing", "releasePhase": "Progressing", "weight": 20,
+        "release": "20261202T101500-4711", "type": "event", "checksum": "bbbb", "message": "weight 20",
         "metadata": {"team": "shop", "eventMessage": "weight 20", "eventType": "Normal", "timestamp": "1796206500250"},
         "canaryImage": "registry.example.com/shop/web:2.0.0", "stableImage": "registry.example.com/shop/web:1.0.0",
     }
     assert error.json()["metadata"] == {"team": "shop", "eventMessage": "rolling back", "eventType": "Warning", "timestamp": "1796206500250"}
+
+
+@pytest.mark.parametrize(("phase", "sent"), [
+    (Phase.INITIALIZING, "Progressing"), (Phase.PROGRESSING, "Progressing"), (Phase.WAITING_PROMOTION, "WaitingPromotion"),
+    (Phase.WAITING_DECISION, "WaitingPromotion"), (Phase.PROMOTING, "Promoting"), (Phase.FINALISING, "Finalising"),
+    (Phase.SUCCEEDED, "Succeeded"), (Phase.ROLLING_BACK, "Failed"), (Phase.FAILED, "Failed"), (Phase.ABORTED, "Failed"),
+    (Phase.PROMOTED_UNVERIFIED, "Failed"),
+])
+def test_an_event_hook_is_sent_the_phase_flaggers_canary_status_would_show_and_canary_s_own_apart(phase: Phase, sent: str) -> None:
+    """Flagger sends an event hook its Canary's status; it has no phase for canary's own (Initializing,
+    WaitingDecision, RollingBack, Aborted, PromotedUnverified), which go in ``releasePhase``."""
+    event = hook(name="audit", type="event", url="http://audit/")
+    body = event_payload(event, spec(), state().model_copy(update={"phase": phase, "canary_deployed": True}), "m", Severity.INFO, datetime.now(UTC))
+    assert (body["phase"], body["releasePhase"]) == (sent, phase.value)
+
+
+def test_while_the_confirm_rollout_gate_says_no_event_hooks_are_sent_waiting_as_flagger_sends_them() -> None:
+    waiting = state().model_copy(update={"phase": Phase.INITIALIZING, "waiting": True, "canary_deployed": False})
+    assert flagger_phase(WebhookType.EVENT, waiting) == "Waiting"
+    assert flagger_phase(WebhookType.CONFIRM_ROLLOUT, waiting) == "Waiting"
+    assert flagger_phase(WebhookType.EVENT, waiting.model_copy(update={"canary_deployed": True})) == "Progressing"
