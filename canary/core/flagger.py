@@ -10,6 +10,7 @@ Reading and parsing the files is the caller's job (the stack-file adapter).
 
 from __future__ import annotations
 
+import re
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -39,6 +40,14 @@ FLAGGER_THRESHOLD = 1
 FLAGGER_MAX_WEIGHT = 100
 #: Flagger runs an analysis interval shorter than this at this (canary would take it as written).
 FLAGGER_MIN_INTERVAL = timedelta(seconds=10)
+#: Flagger runs an analysis interval it cannot parse at this, its default.
+FLAGGER_DEFAULT_INTERVAL = timedelta(minutes=1)
+#: What Flagger's Canary CRD lets through as an analysis interval: a number then m or s, whatever follows
+#: (its API server refuses any other string, so Flagger never runs it).
+_CRD_INTERVAL = re.compile(r"^[0-9]+(m|s)")
+#: Go's duration units (Flagger parses durations with Go's time.ParseDuration), in seconds.
+_GO_UNITS = {"ns": 1e-9, "us": 1e-6, "\u00b5s": 1e-6, "\u03bcs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_GO_PART = re.compile(r"([0-9]*(?:\.[0-9]*)?)(ns|us|\u00b5s|\u03bcs|ms|s|m|h)")
 _METRIC_FIELDS = {"name", "templateRef", "thresholdRange", "interval", "templateVariables"}
 _WEBHOOK_FIELDS = {"name", "type", "url", "timeout", "metadata"}
 #: Every field of Flagger's CanaryAnalysis (flagger.app/v1beta1): one outside this set is a typo
@@ -202,6 +211,29 @@ def _type(value: Any) -> str:
     return {str: "a string", int: "a number", float: "a number", bool: "a boolean", list: "a list"}.get(type(value), type(value).__name__)
 
 
+def go_duration(text: str) -> timedelta | None:
+    """``text`` read as Go's ``time.ParseDuration`` reads it ("1m30s", "1.5m", "90s", "0"), or None where it
+    refuses it: the durations Flagger runs, and the ones it cannot parse."""
+    rest, sign = text, 1
+    if rest[:1] in ("-", "+"):
+        sign, rest = (-1 if rest[0] == "-" else 1), rest[1:]
+    if rest == "0":
+        return timedelta(0)
+    seconds, pos = 0.0, 0
+    while pos < len(rest):
+        part = _GO_PART.match(rest, pos)
+        if part is None or part.group(1) in ("", "."):
+            return None
+        seconds += float(part.group(1)) * _GO_UNITS[part.group(2)]
+        pos = part.end()
+    if not rest:
+        return None
+    try:
+        return timedelta(seconds=sign * seconds)
+    except OverflowError:
+        return None
+
+
 def _check_template_refs(analysis: Mapping[str, Any], metric_templates: Mapping[str, Any]) -> None:
     """Every templateRef names a MetricTemplate given with the Canary: Flagger would look it up in the cluster, canary cannot."""
     problems = []
@@ -288,7 +320,7 @@ def _analysis(data: Mapping[str, Any], notes: list[str]) -> dict[str, Any]:
             affinity["maxAge"] = f"{affinity['maxAge']}s"  # Flagger's maxAge is in seconds
         out["sessionAffinity"] = affinity
     if "threshold" in data:
-        out["failureLimit"] = data["threshold"]
+        out["failureLimit"] = out["threshold"]
         notes.append(
             "spec.analysis.threshold: carried over as failureLimit (failed checks in all, Flagger's count) "
             "and as threshold (failed checks in a row); either rolls back"
@@ -357,21 +389,49 @@ def _analysis(data: Mapping[str, Any], notes: list[str]) -> dict[str, Any]:
 
 def _flagger_defaults(data: Mapping[str, Any], out: dict[str, Any], notes: list[str]) -> None:
     """What Flagger would run the Canary with where it differs from canary's reading of the same spec."""
-    if data.get("threshold") is None:
+    threshold = data.get("threshold")
+    if threshold is None:
         out["threshold"] = FLAGGER_THRESHOLD
         notes.append(f"spec.analysis.threshold: not set; written as {FLAGGER_THRESHOLD}, Flagger's default "
                      "(canary's is 5): the first failed check rolls back, as in Flagger")
+    elif isinstance(threshold, int | float) and not isinstance(threshold, bool) and threshold <= 0:
+        out["threshold"] = FLAGGER_THRESHOLD
+        notes.append(f"spec.analysis.threshold: {threshold} is run by Flagger as {FLAGGER_THRESHOLD} (a threshold below 1 is its "
+                     f"default): the first failed check rolls back; written as {FLAGGER_THRESHOLD}")
     if "stepWeight" in data and data.get("maxWeight") is None and "stepWeights" not in data:
         out["maxWeight"] = FLAGGER_MAX_WEIGHT
         notes.append(f"spec.analysis.maxWeight: not set; written as {FLAGGER_MAX_WEIGHT}, Flagger's default (canary's is 50)")
-    try:
-        interval = units.parse_duration(data["interval"], allow_zero=True) if "interval" in data else None
-    except ValueError:
-        interval = None  # refused, naming the field, when the spec is validated
-    if interval is not None and interval < FLAGGER_MIN_INTERVAL:
+    _interval(data.get("interval"), out, notes)
+
+
+def _interval(given: Any, out: dict[str, Any], notes: list[str]) -> None:
+    """The analysis interval Flagger runs: a Go duration, at least 10s; its default, 1m, for one it cannot
+    parse. A string its CRD refuses and Go cannot parse either is refused (any other shape is left to the
+    spec's own check)."""
+    if not isinstance(given, str):
+        return
+    interval = go_duration(given)
+    if interval is None:
+        if not _CRD_INTERVAL.match(given):
+            raise InvalidSpec([Problem("spec.analysis.interval", _shown(given),
+                                       "must be a duration such as 30s, 1m or 1m30s: Flagger's Canary CRD refuses an interval "
+                                       "that does not start with a number and m or s")], "Canary")
+        out["interval"] = units.format_duration(FLAGGER_DEFAULT_INTERVAL)
+        notes.append(f"spec.analysis.interval: {given!r} is not a duration Flagger can parse, and Flagger runs its default, "
+                     f"{out['interval']}, instead; written as {out['interval']} (set the interval you meant)")
+        return
+    if interval < FLAGGER_MIN_INTERVAL:
         out["interval"] = units.format_duration(FLAGGER_MIN_INTERVAL)
-        notes.append(f"spec.analysis.interval: {data['interval']} is below Flagger's minimum, {out['interval']}, "
+        notes.append(f"spec.analysis.interval: {given} is below Flagger's minimum, {out['interval']}, "
                      f"at which Flagger runs it; written as {out['interval']}")
+        return
+    try:
+        same = units.parse_duration(given) == interval
+    except ValueError:
+        same = False
+    if not same:
+        out["interval"] = units.format_duration(interval)
+        notes.append(f"spec.analysis.interval: {given} written as {out['interval']}, the duration Flagger reads it as")
 
 
 def _templates(manifests: list[dict[str, Any]], notes: list[str]) -> tuple[dict[str, Any], dict[str, str | None]]:

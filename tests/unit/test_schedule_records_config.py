@@ -777,6 +777,46 @@ def test_an_interval_below_flaggers_minimum_is_raised_to_it_as_flagger_does(give
     assert any(n.startswith(f"spec.analysis.interval: {given} is below Flagger's minimum, 10s") for n in result.notes) is raised
 
 
+@pytest.mark.parametrize("threshold", [0, -2])
+def test_a_threshold_below_one_is_run_as_flaggers_one_and_says_so(threshold: int) -> None:
+    # refused before, though Flagger runs it: a threshold below 1 is its default, 1
+    doc = _canary()
+    doc["spec"]["analysis"]["threshold"] = threshold
+    result = flagger.convert([doc, _template()])
+    analysis = result.spec.release_spec("web").analysis
+    assert (analysis.threshold, analysis.failures_allowed) == (1, 1)
+    assert any(n.startswith(f"spec.analysis.threshold: {threshold} is run by Flagger as 1") for n in result.notes), result.notes
+
+
+@pytest.mark.parametrize("given", ["5min", "1m30", "30sec", "2m "])
+def test_an_interval_flagger_cannot_parse_is_written_as_the_default_it_runs_with_a_note(given: str) -> None:
+    # its CRD takes these (a number, then m or s), its parser does not: Flagger runs the analysis every minute
+    doc = _canary()
+    doc["spec"]["analysis"]["interval"] = given
+    result = flagger.convert([doc, _template()])
+    assert result.spec.release_spec("web").analysis.interval == timedelta(minutes=1)
+    assert any(n.startswith(f"spec.analysis.interval: {given!r} is not a duration Flagger can parse, and Flagger runs its default, 1m")
+               for n in result.notes), result.notes
+
+
+@pytest.mark.parametrize(("given", "runs"), [("1m1.5s", timedelta(seconds=61.5)), ("30s1m", timedelta(seconds=90))])
+def test_an_interval_is_read_as_flagger_reads_it(given: str, runs: timedelta) -> None:
+    doc = _canary()
+    doc["spec"]["analysis"]["interval"] = given
+    result = flagger.convert([doc, _template()])
+    assert result.spec.release_spec("web").analysis.interval == runs
+    assert any(n.startswith(f"spec.analysis.interval: {given} written as ") for n in result.notes), result.notes
+
+
+@pytest.mark.parametrize(("text", "seconds"), [
+    ("1m30s", 90), ("1.5m", 90), (".5s", 0.5), ("0", 0), ("-5m", -300), ("1h", 3600), ("10ms", 0.01), ("2\u00b5s", 2e-6), ("1m90s", 150),
+    ("5min", None), ("1m30", None), ("", None), (".", None), ("1 m", None), ("m", None), ("5m ", None),
+])
+def test_durations_are_read_as_gos_parser_reads_them(text: str, seconds: float | None) -> None:
+    got = flagger.go_duration(text)
+    assert (got.total_seconds() if got is not None else None) == (pytest.approx(seconds) if seconds is not None else None)
+
+
 def test_a_bad_gateway_option_is_named_as_the_option() -> None:
     with pytest.raises(InvalidSpec) as info:
         flagger.convert([_canary(), _template()], parent_ref={"name": "Public"})
@@ -988,9 +1028,9 @@ def _change(path: str, value: Any) -> Any:
         (_change("spec.service.gatewayRefs", "public"), "spec.service.gatewayRefs: must be a list of mappings"),
         (_change("spec.service.hosts", "web.example.com"), "spec.service.hosts: must be a list of host names"),
         (_change("spec.analysis.treshold", 3), "spec.analysis.treshold: is not a field of Flagger's Canary spec.analysis (a typo?)"),
-        (_change("spec.analysis.interval", "5 parsecs"), "spec.analysis.interval: must be a duration"),
+        (_change("spec.analysis.interval", "5 parsecs"), "spec.analysis.interval: must be a duration such as 30s, 1m or 1m30s: Flagger's Canary CRD refuses"),
+        (_change("spec.analysis.interval", "one minute"), "spec.analysis.interval: must be a duration such as 30s, 1m or 1m30s: Flagger's Canary CRD refuses"),
         (_change("spec.analysis.stepWeight", 60), "spec.analysis: stepWeight (60) must not exceed maxWeight (50)"),
-        (_change("spec.analysis.threshold", 0), "spec.analysis.threshold: Input should be greater than or equal to 1"),
         (_change("spec.analysis.metrics.1.thresholdRange", {"min": 3, "max": -1}), "spec.analysis.metrics[1].thresholdRange: min (3) must not be greater than max (-1)"),
         (_change("spec.service.targetPort", 0), "spec.service.targetPort: Input should be greater than or equal to 1"),
         (_change("spec.service.port", 70000), "spec.service.port: Input should be less than or equal to 65535"),
