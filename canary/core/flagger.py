@@ -26,7 +26,7 @@ PLACEHOLDER_TAG = "change-me"
 PLACEHOLDER_GATEWAY = "change-me"
 
 # The fields canary carries over; any other field of a manifest is named in a note.
-_CANARY_FIELDS = {"targetRef", "service", "analysis", "provider", "skipAnalysis"}
+_CANARY_FIELDS = {"targetRef", "service", "analysis", "canaryAnalysis", "provider", "skipAnalysis"}
 _SERVICE_FIELDS = {"port", "targetPort", "gatewayRefs", "hosts"}
 _ANALYSIS_FIELDS = {
     "interval", "threshold", "maxWeight", "stepWeight", "stepWeights", "metrics", "webhooks",
@@ -48,7 +48,7 @@ _CRD_INTERVAL = re.compile(r"^[0-9]+(m|s)")
 #: Go's duration units (Flagger parses durations with Go's time.ParseDuration), in seconds.
 _GO_UNITS = {"ns": 1e-9, "us": 1e-6, "\u00b5s": 1e-6, "\u03bcs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 _GO_PART = re.compile(r"([0-9]*(?:\.[0-9]*)?)(ns|us|\u00b5s|\u03bcs|ms|s|m|h)")
-_METRIC_FIELDS = {"name", "templateRef", "thresholdRange", "interval", "templateVariables"}
+_METRIC_FIELDS = {"name", "templateRef", "thresholdRange", "threshold", "interval", "templateVariables"}
 _WEBHOOK_FIELDS = {"name", "type", "url", "timeout", "metadata"}
 #: Every field of Flagger's CanaryAnalysis (flagger.app/v1beta1): one outside this set is a typo
 #: that Flagger would not take either, so it is refused, not noted as unsupported.
@@ -122,6 +122,12 @@ def convert(
     if stable_image is None:
         stable_image = f"{name}:{PLACEHOLDER_TAG}"
         notes.append(f"app.image: not in Flagger manifests (it lives in Deployment {name}); written as {stable_image}, set it")
+    if spec.get("analysis") is None and spec.get("canaryAnalysis") is not None:
+        # Flagger's earlier name, which it still reads when spec.analysis is absent
+        spec["analysis"] = spec["canaryAnalysis"]
+        notes.append("spec.canaryAnalysis: read as spec.analysis, as Flagger reads it when spec.analysis is absent")
+    elif spec.get("canaryAnalysis") is not None:
+        notes.append("spec.canaryAnalysis: ignored, as Flagger ignores it beside spec.analysis")
     analysis_in = _mapping(spec.get("analysis"), "spec.analysis")
     analysis = _analysis(analysis_in, notes)
     if "skipAnalysis" in spec:
@@ -309,6 +315,7 @@ def _analysis(data: Mapping[str, Any], notes: list[str]) -> dict[str, Any]:
         raise InvalidSpec([Problem(f"spec.analysis.{key}", _shown(data[key]), rule) for key in unknown], "Canary")
     _unsupported("spec.analysis", data, _ANALYSIS_FIELDS, notes)
     out = {k: data[k] for k in _AS_IS if k in data}
+    _flagger_ignores(out, notes)
     _flagger_defaults(data, out, notes)
     if "sessionAffinity" in data:
         affinity = dict(_mapping(data["sessionAffinity"], "spec.analysis.sessionAffinity"))
@@ -329,6 +336,8 @@ def _analysis(data: Mapping[str, Any], notes: list[str]) -> dict[str, Any]:
     for i, metric in enumerate(_mappings(data.get("metrics"), "spec.analysis.metrics")):
         _unsupported(f"spec.analysis.metrics[{i}]", metric, _METRIC_FIELDS, notes)
         out_metric: dict[str, Any] = {k: metric[k] for k in ("name", "thresholdRange", "interval", "templateVariables") if k in metric}
+        if "threshold" in metric:
+            _deprecated_threshold(i, metric, out_metric, notes)
         if "templateRef" in metric:
             ref = _mapping(metric["templateRef"], f"spec.analysis.metrics[{i}].templateRef")
             out_metric["templateRef"] = {k: ref[k] for k in ("name", "namespace") if k in ref}
@@ -387,6 +396,46 @@ def _analysis(data: Mapping[str, Any], notes: list[str]) -> dict[str, Any]:
     return out
 
 
+def _deprecated_threshold(i: int, metric: Mapping[str, Any], out_metric: dict[str, Any], notes: list[str]) -> None:
+    """A metric's deprecated ``threshold``, as Flagger still judges it without a ``thresholdRange``: the least
+    success rate for request-success-rate, the most for any other metric (request-duration's in ms, as canary's)."""
+    field, threshold = f"spec.analysis.metrics[{i}].threshold", metric["threshold"]
+    if "thresholdRange" in metric:
+        notes.append(f"{field}: ignored by Flagger beside thresholdRange; left out")
+        return
+    bound = "min" if metric.get("name") == "request-success-rate" and "templateRef" not in metric else "max"
+    out_metric["thresholdRange"] = {bound: threshold}
+    notes.append(f"{field}: Flagger's deprecated spelling; written as thresholdRange.{bound}: {threshold}, as Flagger judges it")
+
+
+def _unset(value: Any) -> bool:
+    """Whether Flagger reads a number field as not set: its Go fields drop a zero (``omitempty``)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value == 0
+
+
+def _flagger_ignores(out: dict[str, Any], notes: list[str]) -> None:
+    """Drop, with a note, what Flagger's scheduler never reads, where canary would refuse the combination:
+    a zero iterations, mirrorWeight or maxWeight (unset, to Flagger); the weights of a Canary with iterations
+    (Flagger's strategy is then blue/green or A/B, which steps through no weights); maxWeight beside
+    stepWeights (Flagger's last step is the last of stepWeights); mirrorWeight without mirror."""
+    for key in ("iterations", "mirrorWeight", "maxWeight"):
+        if key in out and _unset(out[key]):
+            del out[key]
+            notes.append(f"spec.analysis.{key}: 0 is read by Flagger as not set; left out")
+    if isinstance(out.get("iterations"), int) and out["iterations"] > 0:
+        weights = [key for key in ("stepWeight", "stepWeights", "maxWeight") if key in out]
+        for key in weights:
+            del out[key]
+        if weights:
+            notes.append(f"spec.analysis.{', '.join(weights)}: ignored by Flagger beside iterations (the strategy is blue/green, "
+                         "or A/B testing with match, and steps through no weights); left out")
+    elif "stepWeights" in out and "maxWeight" in out and "stepWeight" not in out:
+        del out["maxWeight"]
+        notes.append("spec.analysis.maxWeight: ignored by Flagger beside stepWeights (the last of them is the last step); left out")
+    if "mirrorWeight" in out and out.get("mirror") is not True:
+        notes.append(f"spec.analysis.mirrorWeight: {out.pop('mirrorWeight')} ignored by Flagger without mirror: true; left out")
+
+
 def _flagger_defaults(data: Mapping[str, Any], out: dict[str, Any], notes: list[str]) -> None:
     """What Flagger would run the Canary with where it differs from canary's reading of the same spec."""
     threshold = data.get("threshold")
@@ -398,7 +447,7 @@ def _flagger_defaults(data: Mapping[str, Any], out: dict[str, Any], notes: list[
         out["threshold"] = FLAGGER_THRESHOLD
         notes.append(f"spec.analysis.threshold: {threshold} is run by Flagger as {FLAGGER_THRESHOLD} (a threshold below 1 is its "
                      f"default): the first failed check rolls back; written as {FLAGGER_THRESHOLD}")
-    if "stepWeight" in data and data.get("maxWeight") is None and "stepWeights" not in data:
+    if "stepWeight" in out and out.get("maxWeight") is None and "stepWeights" not in out:
         out["maxWeight"] = FLAGGER_MAX_WEIGHT
         notes.append(f"spec.analysis.maxWeight: not set; written as {FLAGGER_MAX_WEIGHT}, Flagger's default (canary's is 50)")
     _interval(data.get("interval"), out, notes)

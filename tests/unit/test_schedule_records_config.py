@@ -920,7 +920,6 @@ def test_templates_that_leave_the_address_to_flaggers_flag_import_with_a_default
     [
         ({"iterations": 10, "match": [{"headers": {"x-canary": {"prefix": "in"}}}]}, "spec.analysis.match"),
         ({"iterations": 10, "sessionAffinity": {"cookieName": "x"}}, "spec.analysis: sessionAffinity needs weighted steps"),
-        ({"mirrorWeight": 30}, "spec.analysis.mirrorWeight: needs mirror: true (got 30)"),
     ],
 )
 def test_strategy_fields_flagger_would_take_but_canary_cannot_are_refused_by_manifest_field(change: dict[str, Any], message: str) -> None:
@@ -931,6 +930,50 @@ def test_strategy_fields_flagger_would_take_but_canary_cannot_are_refused_by_man
     with pytest.raises(InvalidSpec) as info:
         flagger.convert([doc, _template()])
     assert message in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize(("change", "left_out", "kept"), [
+    ({"iterations": 5}, "spec.analysis.stepWeight, maxWeight: ignored by Flagger beside iterations", {"iterations": 5, "step_weight": None}),
+    ({"iterations": 0}, "spec.analysis.iterations: 0 is read by Flagger as not set", {"iterations": None, "step_weight": 10}),
+    ({"stepWeight": None, "stepWeights": [5, 20, 40]}, "spec.analysis.maxWeight: ignored by Flagger beside stepWeights", {"step_weights": [5, 20, 40]}),
+    ({"mirrorWeight": 30}, "spec.analysis.mirrorWeight: 30 ignored by Flagger without mirror: true", {"mirror_weight": None}),
+    ({"mirrorWeight": 0, "mirror": True}, "spec.analysis.mirrorWeight: 0 is read by Flagger as not set", {"mirror": True, "mirror_weight": None}),
+    ({"maxWeight": 0}, "spec.analysis.maxWeight: 0 is read by Flagger as not set", {"max_weight": 100}),
+])
+def test_what_flaggers_scheduler_never_reads_is_left_out_with_a_note_not_refused(change: dict[str, Any], left_out: str, kept: dict[str, Any]) -> None:
+    # each was refused, though Flagger runs the Canary without reading the field
+    doc = _canary()
+    doc["spec"]["analysis"].update({k: v for k, v in change.items() if v is not None})
+    for key in [k for k, v in change.items() if v is None]:
+        del doc["spec"]["analysis"][key]
+    result = flagger.convert([doc, _template()])
+    analysis = result.spec.release_spec("web").analysis
+    assert {k: getattr(analysis, k) for k in kept} == kept
+    assert any(n.startswith(left_out) for n in result.notes), result.notes
+
+
+def test_a_canary_spelling_its_analysis_canary_analysis_imports_as_flagger_reads_it() -> None:
+    # Flagger's earlier name for spec.analysis, which it still reads: the import noted it as unsupported, then refused
+    doc = _canary()
+    doc["spec"]["canaryAnalysis"] = doc["spec"].pop("analysis")
+    result = flagger.convert([doc, _template()])
+    assert result.spec == flagger.convert([_canary(), _template()]).spec
+    assert "spec.canaryAnalysis: read as spec.analysis, as Flagger reads it when spec.analysis is absent" in result.notes
+
+
+@pytest.mark.parametrize(("metric", "bounds"), [
+    ({"name": "request-success-rate", "threshold": 99, "interval": "1m"}, {"min": 99}),
+    ({"name": "request-duration", "threshold": 500, "interval": "1m"}, {"max": 500}),
+    ({"name": "error-rate", "templateRef": {"name": "error-rate"}, "threshold": 1}, {"max": 1}),
+])
+def test_a_metric_s_deprecated_threshold_is_written_as_the_range_flagger_judges_it_by(metric: dict[str, Any], bounds: dict[str, float]) -> None:
+    # dropped as unsupported, which left the metric with no bound and refused the Canary
+    doc = _canary()
+    doc["spec"]["analysis"]["metrics"] = [metric]
+    result = flagger.convert([doc, _template()])
+    (got,) = result.spec.release_spec("web").analysis.metrics
+    assert got.threshold_range is not None and got.threshold_range.model_dump(exclude_none=True) == bounds
+    assert any(n.startswith("spec.analysis.metrics[0].threshold: Flagger's deprecated spelling") for n in result.notes), result.notes
 
 
 def test_built_in_metrics_without_a_provider_get_the_default_prometheus() -> None:
