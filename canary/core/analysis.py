@@ -174,7 +174,7 @@ class _Tick:
         self.spec = spec
         self.provider_for = provider_for
         self.ctx = ctx
-        self._counts: dict[str, float | MetricError] = {}
+        self._counts: dict[tuple[str | None, str], float | MetricError] = {}
 
     def value(self, query: str, address: str | None) -> float | MetricError:
         try:
@@ -185,11 +185,12 @@ class _Tick:
             return NoValues("the query returned NaN")
         return value
 
-    def requests(self, window: str) -> float | MetricError:
-        if window not in self._counts:
-            value = self.value(request_count_query(self.spec, window), None)
-            self._counts[window] = 0.0 if isinstance(value, NoValues) else value
-        return self._counts[window]
+    def requests(self, window: str, target: str | None = None) -> float | MetricError:
+        """The requests the canary's pods (or ``target``'s) answered in ``window``; none counted is 0."""
+        if (target, window) not in self._counts:
+            value = self.value(request_count_query(self.spec, window, target), None)
+            self._counts[(target, window)] = 0.0 if isinstance(value, NoValues) else value
+        return self._counts[(target, window)]
 
     def check(self, metric: Metric) -> Check:
         query, address = render_query(self.spec, metric, ctx=self.ctx)
@@ -240,14 +241,21 @@ class _Tick:
             if metric.inconclusive_range is not None and math.isfinite(value) and metric.inconclusive_range.contains(value):
                 return Verdict.INCONCLUSIVE, Effect.INCONCLUSIVE, f"{outside}, inside the inconclusive band {metric.inconclusive_range}", None, None
             return Verdict.FAIL, Effect.FAIL, outside, None, None
-        if not is_rate(self.spec, metric):
-            if metric.evidence is Evidence.AUTO and _looks_like_a_rate(self.spec, metric):
-                # a share of part of the canary's requests (/checkout): how many that part holds is not known, only
-                # that it is at most the canary's count. The bound on that count is too kind, so it cannot make a
-                # pass, but a share it cannot tell even so (a light load) is no pass either: it holds
-                return self._evidence(metric, value, threshold, part=", ".join(_unlike_the_count(self.spec, metric)))
+        share = self._share(metric)
+        if share is None:
             return Verdict.PASS, Effect.PASS, f"{metric.name} {value:.4g} within {threshold}", None, None
-        return self._evidence(metric, value, threshold)
+        return self._evidence(metric, value, threshold, part=share)
+
+    def _share(self, metric: Metric) -> str | None:
+        """Whether the metric's evidence is the canary's request count: None, it is not a share of requests; "", a
+        share of all of them; else a share of part of them (how the template narrows them, /checkout): how many that
+        part holds is not known, only that it is at most the canary's count. The bound on that count is too kind,
+        so it cannot make a pass, but a share it cannot tell even so (a light load) is no pass either: it holds."""
+        if is_rate(self.spec, metric):
+            return ""
+        if metric.evidence is Evidence.AUTO and _looks_like_a_rate(self.spec, metric):
+            return ", ".join(_unlike_the_count(self.spec, metric))
+        return None
 
     def _evidence(self, metric: Metric, value: float, threshold: ThresholdRange, measure: Callable[[float], float] = lambda v: v,
                   what: str = "", part: str = "") -> tuple[Verdict, Effect, str, float | None, float | None]:
@@ -291,11 +299,9 @@ class _Tick:
             to_measure, what = (lambda v: v - stable), " − stable"
         elif stable == 0:
             if value == 0:
-                # both at 0: the ratio's bound is undefined (any error over none), so it gets no evidence check
-                to_measure, what = (lambda v: 1.0), " / stable"
-            else:
-                return (Verdict.NO_DATA, Effect.HOLD if not self.ctx.held_too_long else Effect.FAIL,
-                        f"{metric.name}: stable's value is 0, the ratio is undefined (use by: difference)", None, None)
+                return self._both_zero(metric)
+            return (Verdict.NO_DATA, Effect.HOLD if not self.ctx.held_too_long else Effect.FAIL,
+                    f"{metric.name}: stable's value is 0, the ratio is undefined (use by: difference)", None, None)
         else:
             to_measure, what = (lambda v: v / stable), " / stable"
         measure = to_measure(value)
@@ -303,11 +309,47 @@ class _Tick:
         detail = f"(canary {value:.4g}, stable {stable:.4g})"
         if outside is not None:
             return Verdict.FAIL, Effect.FAIL, f"{outside} {detail}", None, None
-        if is_rate(self.spec, metric):
-            # a rate compared with stable needs evidence as much as one held against a range
-            verdict, effect, reason, count, bound = self._evidence(metric, value, compare.threshold_range, to_measure, what)
+        share = self._share(metric)
+        if share is not None:
+            # a rate compared with stable needs evidence as much as one held against a range (a share of part of the
+            # canary's requests too: when even the kind bound on all of them cannot tell, it holds)
+            verdict, effect, reason, count, bound = self._evidence(metric, value, compare.threshold_range, to_measure, what, part=share)
             return verdict, effect, f"{reason} {detail}", count, bound
         return Verdict.PASS, Effect.PASS, f"{metric.name}{what} {measure:.4g} within {compare.threshold_range} {detail}", None, None
+
+    def _both_zero(self, metric: Metric) -> tuple[Verdict, Effect, str, float | None, float | None]:
+        """Canary and stable both at 0, compared by ratio. 0 / 0 reads "the same" only when both zeros were measured:
+        a counter's rate, or a template with ``or vector(0)``, is 0 on a track that answered nothing as much as on a
+        healthy one. So each track must have answered requests in the window (at least ``minRequests`` when set), else
+        it is no data. A share of requests (an error rate) at 0 % on both needs more: its evidence is a bound on the
+        canary's rate, and a bound over stable's 0 is infinite at any count (as for a canary above a stable at 0), so
+        only the metric's own ``thresholdRange``, whose bound the absolute check already holds it to, can give it one."""
+        assert metric.compare is not None
+        span = window(self.spec, metric, self.ctx)
+        least = self.spec.analysis.min_requests or 1
+        counts: list[float] = []
+        for track, target in (("canary", None), ("stable", self.spec.stable)):
+            count = self.requests(span, target)
+            if isinstance(count, MetricError):
+                return Verdict.ERROR, Effect.FAIL, f"{metric.name}: 0 / 0, and the {track}'s requests could not be counted: {count}", None, None
+            counts.append(count)
+        canary, stable = counts
+        on = f"{canary:.0f} canary and {stable:.0f} stable requests in {span}"
+        if min(counts) < least:
+            fewer = f"fewer than minRequests {least}" if self.spec.analysis.min_requests else "none"
+            check = _no_data(metric, "", NoValues(f"0 / 0 on {on} ({fewer} on a side): not a measurement"), self.ctx)
+            return check.verdict, check.effect, check.reason, canary, None
+        if self._share(metric) is not None and metric.threshold_range is None:
+            effect = Effect.FAIL if self.ctx.held_too_long else Effect.HOLD
+            why = "held longer than analysis.holdLimit" if self.ctx.held_too_long else "use by: difference, or add thresholdRange"
+            return (Verdict.NO_DATA, effect, f"{metric.name}: canary and stable both 0 on {on}: a share's bound over stable's 0 is "
+                    f"undefined at any count, so the ratio cannot be shown within {metric.compare.threshold_range} ({why})", canary, None)
+        text = f"{metric.name} / stable: both 0 on {on}, read as 1"
+        if self._share(metric) is not None:
+            text += " (the canary's bound is thresholdRange's)"
+        if not metric.compare.threshold_range.contains(1.0):
+            return Verdict.FAIL, Effect.FAIL, f"{text}, outside {metric.compare.threshold_range}", canary, None
+        return Verdict.PASS, Effect.PASS, f"{text}, within {metric.compare.threshold_range}", canary, None
 
     def _judged(self, metric: Metric, query: str, address: str | None) -> tuple[tuple[Verdict, Effect, str], dict[str, object]]:
         spec_judge = metric.judge

@@ -295,6 +295,21 @@ def test_a_template_borrows_the_canary_request_count_only_for_a_share_of_those_r
     assert light.checks[0].effect is Effect.HOLD and "not enough requests to tell" in light.checks[0].reason
 
 
+@pytest.mark.parametrize(("requests", "effect"), [(60.0, Effect.HOLD), (100000.0, Effect.PASS)])
+def test_a_share_of_part_of_the_requests_compared_with_stable_holds_when_even_the_whole_count_cannot_tell(requests: float, effect: Effect) -> None:
+    """Its thresholdRange (max 5) is shown on 60 requests, its comparison (at most 0.5 points above stable) is not:
+    before, the comparison of a /checkout error rate passed on any count."""
+    spec = spec_with(set_path("metricTemplates.http-errors", {"query": CHECKOUT_TEMPLATE}),
+                     set_path("analysis.metrics", [{"name": "errors", "templateRef": {"name": "http-errors"}, "thresholdRange": {"max": 5},
+                                                    "compare": {"thresholdRange": {"max": 0.5}}}]))
+    result, _ = tick(spec, {COUNT: requests, ('path="/checkout"', CANARY): 0.0, ('path="/checkout"', STABLE): 0.2})
+    check = result.checks[0]
+    assert check.effect is effect, check.reason
+    relative = check.reason.split("; ")[1]
+    assert f"on at most {requests:.0f} requests (the template selects part of the canary's: path)" in relative
+    assert relative.endswith("not enough requests to tell (canary 0, stable 0.2)") is (effect is Effect.HOLD)
+
+
 def test_the_evidence_bound_uses_the_configured_confidence() -> None:
     loose, _ = tick(metrics(ERROR_RATE_1, confidence=0.5), {COUNT: 20.0, ERROR_RATE: 0.0})
     strict, _ = tick(metrics(ERROR_RATE_1, confidence=0.99), {COUNT: 20.0, ERROR_RATE: 0.0})
@@ -369,7 +384,6 @@ def _compared(by: str, threshold: dict[str, float]) -> ReleaseSpec:
         ("ratio", {"max": 1.5}, 120.0, 100.0, Verdict.PASS, Effect.PASS, "request-duration / stable 1.2 within max 1.5 (canary 120, stable 100)"),
         ("ratio", {"max": 1.5}, 200.0, 100.0, Verdict.FAIL, Effect.FAIL, "request-duration / stable 2 > max 1.5 (canary 200, stable 100)"),
         ("ratio", {"max": 1.5}, 5.0, 0.0, Verdict.NO_DATA, Effect.HOLD, "request-duration: stable's value is 0, the ratio is undefined (use by: difference)"),
-        ("ratio", {"max": 1.5}, 0.0, 0.0, Verdict.PASS, Effect.PASS, "request-duration / stable 1 within max 1.5 (canary 0, stable 0)"),
     ],
 )
 def test_compare_judges_the_canary_against_stable_in_the_same_window(by: str, threshold: dict[str, float], canary: float, stable: float,
@@ -381,6 +395,74 @@ def test_compare_judges_the_canary_against_stable_in_the_same_window(by: str, th
     assert check.compare_range == Bounds(**threshold) and check.compare_by == by  # the report draws the band from them
     assert check.stable_query is not None and STABLE in check.stable_query and CANARY not in check.stable_query
     assert check.stable_query == check.query.replace(CANARY, STABLE) and len(provider.queries) == 2
+
+
+ZERO_COUNTS = {(COUNT, CANARY): 0.0, (COUNT, STABLE): 0.0}
+SOME_COUNTS = {(COUNT, CANARY): 5000.0, (COUNT, STABLE): 45000.0}
+FEW_COUNTS = {(COUNT, CANARY): 20.0, (COUNT, STABLE): 180.0}
+
+
+def _zeros(key: str) -> dict[Key, Answer]:
+    return {(key, CANARY): 0.0, (key, STABLE): 0.0}
+
+
+@pytest.mark.parametrize(
+    ("metric", "answers", "ctx", "verdict", "effect", "why"),
+    [
+        # neither track answered a request: 0 / 0 is no measurement, whatever the metric
+        ({"name": "request-duration"}, {**ZERO_COUNTS, **_zeros(DURATION)}, TickContext(), Verdict.NO_DATA, Effect.FAIL,
+         "has no data: 0 / 0 on 0 canary and 0 stable requests in 1m (none on a side): not a measurement (onNoData: fail)"),
+        ({"name": "request-duration"}, {**ZERO_COUNTS, **_zeros(DURATION)}, TickContext(warming_up=True), Verdict.NO_DATA, Effect.HOLD,
+         "(warming up after the shift)"),
+        ({"name": "request-duration", "onNoData": "hold"}, {(COUNT, CANARY): 0.0, (COUNT, STABLE): 900.0, **_zeros(DURATION)}, TickContext(),
+         Verdict.NO_DATA, Effect.HOLD, "on 0 canary and 900 stable requests in 1m (none on a side)"),
+        ({"name": "request-error-rate"}, {**ZERO_COUNTS, **_zeros(ERROR_RATE)}, TickContext(), Verdict.NO_DATA, Effect.FAIL, "not a measurement"),
+        ({"name": "errors", "templateRef": {"name": "x"}}, {**ZERO_COUNTS, **_zeros(TEMPLATE)}, TickContext(), Verdict.NO_DATA, Effect.FAIL,
+         "not a measurement"),
+        # both tracks answered: a non-rate's two zeros are the same value
+        ({"name": "request-duration"}, {**SOME_COUNTS, **_zeros(DURATION)}, TickContext(), Verdict.PASS, Effect.PASS,
+         "request-duration / stable: both 0 on 5000 canary and 45000 stable requests in 1m, read as 1, within max 1.5"),
+        ({"name": "errors", "templateRef": {"name": "x"}}, {**FEW_COUNTS, **_zeros(TEMPLATE)}, TickContext(), Verdict.PASS, Effect.PASS, "read as 1"),
+        # a rate at 0 % on both: no bound over stable's 0 is ever inside a ratio's range; thresholdRange gives one
+        ({"name": "request-error-rate"}, {**SOME_COUNTS, **_zeros(ERROR_RATE)}, TickContext(), Verdict.NO_DATA, Effect.HOLD,
+         "undefined at any count, so the ratio cannot be shown within max 1.5 (use by: difference, or add thresholdRange)"),
+        ({"name": "request-error-rate"}, {**SOME_COUNTS, **_zeros(ERROR_RATE)}, TickContext(held_too_long=True), Verdict.NO_DATA, Effect.FAIL,
+         "(held longer than analysis.holdLimit)"),
+        ({"name": "request-error-rate", "thresholdRange": {"max": 1}}, {**SOME_COUNTS, **_zeros(ERROR_RATE)}, TickContext(), Verdict.PASS, Effect.PASS,
+         "read as 1 (the canary's bound is thresholdRange's), within max 1.5"),
+        ({"name": "request-error-rate", "thresholdRange": {"max": 1}}, {**FEW_COUNTS, **_zeros(ERROR_RATE)}, TickContext(), Verdict.INCONCLUSIVE,
+         Effect.HOLD, "not enough requests to tell"),
+    ],
+    ids=["no-traffic", "no-traffic-warming-up", "canary-without-traffic", "error-rate-no-traffic", "template-no-traffic", "duration-both-served",
+         "template-both-served", "error-rate-without-range", "error-rate-without-range-held-too-long", "error-rate-with-range",
+         "error-rate-with-range-few-requests"],
+)
+def test_a_ratio_of_two_zeros_passes_only_on_evidence(metric: dict[str, Any], answers: dict[Key, Answer], ctx: TickContext, verdict: Verdict,
+                                                      effect: Effect, why: str) -> None:
+    """0 / 0 says "the same" only when both zeros were measured: a track that answered nothing reads 0 on a counter's
+    rate (or a template's ``or vector(0)``) as well as a healthy one does. Before, both at 0 passed on no requests."""
+    spec = spec_with(set_path("metricTemplates.x", {"query": "sum(rate(x{pod=~'{{ target }}'}[{{ interval }}])) or vector(0)"}),
+                     set_path("analysis.metrics", [{**metric, "compare": {"by": "ratio", "thresholdRange": {"max": 1.5}}}]))
+    result, provider = tick(spec, answers, ctx)
+    check = result.checks[0]
+    assert (check.verdict, check.effect) == (verdict, effect), check.reason
+    assert why in check.reason
+    assert any(COUNT in q and STABLE in q for q in provider.queries)
+
+
+def test_a_ratio_of_two_zeros_whose_tracks_cannot_be_counted_fails() -> None:
+    result, _ = tick(_compared("ratio", {"max": 1.5}), {(COUNT, CANARY): 10.0, (COUNT, STABLE): ProviderUnreachable("down"), **_zeros(DURATION)})
+    check = result.checks[0]
+    assert (check.verdict, check.effect) == (Verdict.ERROR, Effect.FAIL)
+    assert check.reason == "request-duration: 0 / 0, and the stable's requests could not be counted: down"
+
+
+def test_two_zeros_with_min_requests_need_that_many_on_each_side() -> None:
+    spec = spec_with(set_path("analysis.metrics", [{"name": "request-duration", "compare": {"by": "ratio", "thresholdRange": {"max": 1.5}}}]),
+                     update("analysis", minRequests=50))
+    answers: dict[Key, Answer] = {("[1m]", COUNT, CANARY): 60.0, (COUNT, STABLE): 30.0, **_zeros(DURATION)}
+    result, _ = tick(spec, answers)
+    assert result.checks[0].verdict is Verdict.NO_DATA and "(fewer than minRequests 50 on a side)" in result.checks[0].reason
 
 
 def test_an_undefined_ratio_beyond_the_hold_limit_fails() -> None:
