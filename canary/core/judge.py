@@ -13,7 +13,11 @@ rank test the way Kayenta's NetflixACAJudge does:
   ``tolerance × |shift|`` and the ratio of means reaches ``allowed_increase``
   (**Low** the mirror image); otherwise it **Passes** — a p-value alone never
   fails a release, the interval must clear the shift's own scale;
-- ``direction`` says which of High and Low is a failure.
+- ``direction`` says which of High and Low is a failure;
+- infinite samples (a quantile beyond the histogram's largest bucket) are
+  counted apart: a track with more of them than chance allows (Fisher's exact
+  test at the interval's level) is High or Low whatever the shift's size, and
+  two tracks all infinite alike are no data, not identical.
 
 ``score`` turns the metrics' verdicts into Kayenta's 0–100 release score.
 """
@@ -96,7 +100,11 @@ def shift_interval(canary: Sequence[float], stable: Sequence[float], confidence:
     from scipy.stats import norm
 
     x, y = np.asarray(canary, dtype=float), np.asarray(stable, dtype=float)
-    low_end, high_end = float(x.min() - y.max()), float(x.max() - y.min())
+    # the shifts searched are those the finite samples can tell apart: an infinite sample minus any shift stays
+    # infinite, ranked beyond every finite one and tied with the other track's (a caller with no finite sample on a
+    # side passes finite stand-ins, ``_finite_ranks``)
+    fx, fy = x[np.isfinite(x)], y[np.isfinite(y)]
+    low_end, high_end = float(fx.min() - fy.max()), float(fx.max() - fy.min())
     z = float(norm.ppf((1 - confidence) / 2))
     lower = _root(x, y, -z, low_end, high_end)
     upper = _root(x, y, z, low_end, high_end)
@@ -128,7 +136,15 @@ def compare(
     with_inf = sum(not math.isfinite(v) for v in canary), sum(not math.isfinite(v) for v in stable)
     mean_c, mean_s = sum(canary) / nx, sum(stable) / ny
     ratio = mean_c / mean_s if mean_s else math.nan  # inf on a side: inf, 0 or NaN (both), as the values say
-    canary, stable = _finite_ranks(canary, stable)
+    if all(math.isinf(v) for v in (*canary, *stable)) and sorted(canary) == sorted(stable):
+        # every sample of both tracks beyond the histogram's range: they tie, and a tie is no evidence that the canary is
+        # as fast as stable (it may be ten times slower); as a compare's +Inf − +Inf, it is no pass
+        return Comparison(Classification.NO_DATA, math.nan, math.nan, math.nan, ratio, nx, ny,
+                          f"all {nx} canary and {ny} stable samples are {canary[0]:+g} (beyond the histogram's buckets): "
+                          "nothing to tell them apart by")
+    beyond = _beyond_the_buckets(canary, stable, confidence)
+    if not (any(map(math.isfinite, canary)) and any(map(math.isfinite, stable))):
+        canary, stable = _finite_ranks(canary, stable)
     if sorted(canary) == sorted(stable) or len(set(canary) | set(stable)) == 1:
         return Comparison(Classification.PASS, 0.0, 0.0, 0.0, ratio, nx, ny, "the samples are identical")
     estimate, low, high = shift_interval(canary, stable, confidence)
@@ -136,6 +152,10 @@ def compare(
     text = f"shift {estimate:+.4g} ({confidence:.0%} interval [{low:.4g}, {high:.4g}]), mean ratio {ratio:.3g}, {nx}/{ny} samples"
     if any(with_inf):
         text += f" ({with_inf[0]} canary and {with_inf[1]} stable samples infinite, ranked beyond every finite one)"
+    if beyond is not None:
+        classification, why = beyond
+        side = "higher than stable: " if classification is Classification.HIGH else "lower than stable: "
+        return Comparison(classification, estimate, low, high, ratio, nx, ny, f"{side}{why}; rank test: {text}")
     effect_up = math.isnan(ratio) or ratio >= allowed_increase
     effect_down = math.isnan(ratio) or ratio <= allowed_decrease
     if low > bound and effect_up:
@@ -145,10 +165,41 @@ def compare(
     return Comparison(Classification.PASS, estimate, low, high, ratio, nx, ny, "no shift beyond the noise: " + text)
 
 
+def _beyond_the_buckets(canary: list[float], stable: list[float], confidence: float) -> tuple[Classification, str] | None:
+    """Whether one track has more infinite samples than chance allows: Fisher's exact test, one-sided at the
+    interval's own level on each side, ``(1 − confidence) / 2``.
+
+    Why apart from the rank test: an infinite sample is a ``histogram_quantile`` beyond the largest bucket. The rank
+    test ranks it right (above every finite sample), but its shift can only be measured "as far as the finite samples
+    go" (``_finite_ranks``), and Kayenta's effect-size rule then compares the interval with that understated shift: a
+    canary whose p99 was beyond every bucket half the time passed as "no shift beyond the noise". The share of samples
+    beyond the buckets is itself the evidence, and it needs no size: slower than the largest bucket exceeds any
+    tolerance and any ``allowed_increase``. A few such samples on both tracks alike are left to the rank test.
+    """
+    if not any(math.isinf(v) for v in (*canary, *stable)):
+        return None
+    from scipy.stats import fisher_exact
+
+    level = (1 - confidence) / 2
+    for infinity in (math.inf, -math.inf):
+        on_canary, on_stable = sum(v == infinity for v in canary), sum(v == infinity for v in stable)
+        table = [[on_canary, len(canary) - on_canary], [on_stable, len(stable) - on_stable]]
+        for more_on, alternative in (("canary", "greater"), ("stable", "less")):
+            p_value = float(fisher_exact(table, alternative=alternative).pvalue)
+            if p_value < level:
+                canary_higher = (infinity > 0) is (more_on == "canary")
+                return (Classification.HIGH if canary_higher else Classification.LOW,
+                        f"{on_canary} of {len(canary)} canary and {on_stable} of {len(stable)} stable samples are {infinity:+g} "
+                        f"(beyond the histogram's buckets): more on {more_on} than chance allows (Fisher's exact test p={p_value:.2g} < {level:g})")
+    return None
+
+
 def _finite_ranks(canary: list[float], stable: list[float]) -> tuple[list[float], list[float]]:
-    """Both sides with ±Inf replaced by finite stand-ins beyond every finite sample, so that the rank
-    test and its shift interval can be computed: ranks are kept (every +Inf ties with every other, above
-    all finite samples); the shift's size then reads "at least this far", as far as the finite ones go."""
+    """Both sides with ±Inf replaced by finite stand-ins beyond every finite sample, for a side with no finite
+    sample at all (no shift range to search otherwise): ranks are kept (every +Inf ties with every other, above
+    all finite samples); the shift's size then reads "at least this far", as far as the finite ones go. Where both
+    sides have finite samples the infinities are kept: a stand-in moved by the shift searched would fall among the
+    finite samples, and a canary 600 ms slower with as many +Inf samples as stable passed as no shift."""
     finite = [v for v in (*canary, *stable) if math.isfinite(v)]
     if len(finite) == len(canary) + len(stable):
         return canary, stable

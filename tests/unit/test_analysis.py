@@ -545,6 +545,23 @@ def test_a_canary_all_in_the_inf_bucket_fails_the_judge_whatever_the_no_data_pol
     assert result.checks[0].verdict is Verdict.FAIL and result.outcome is Outcome.FAIL, result.reason
 
 
+def test_a_canary_beyond_every_bucket_half_the_time_fails_the_judge() -> None:
+    """Every other canary sample at +Inf (its p99 beyond the largest bucket half the time), none of stable's."""
+    canary = [math.inf if i % 2 else float(v) for i, v in enumerate(BASE_SAMPLES)]
+    result, _ = tick(_judged(), {DURATION: 200.0}, samples={CANARY: canary, STABLE: [float(v) for v in BASE_SAMPLES]})
+    check = result.checks[0]
+    assert check.verdict is Verdict.FAIL and result.outcome is Outcome.FAIL, check.reason
+    assert "10 of 20 canary and 0 of 20 stable samples are +inf (beyond the histogram's buckets)" in check.reason
+
+
+@pytest.mark.parametrize(("ctx", "effect"), [(TickContext(), Effect.FAIL), (TickContext(warming_up=True), Effect.HOLD)])
+def test_both_tracks_all_beyond_every_bucket_are_no_data_for_the_judge(ctx: TickContext, effect: Effect) -> None:
+    result, _ = tick(_judged(), {DURATION: math.inf}, ctx, samples={CANARY: [math.inf] * 12, STABLE: [math.inf] * 12})
+    check = result.checks[0]
+    assert (check.verdict, check.effect) == (Verdict.NO_DATA, effect), check.reason
+    assert "nothing to tell them apart by" in check.reason
+
+
 @pytest.mark.parametrize(("canary", "stable"), [(math.inf, math.inf), (math.inf, 200.0), (-math.inf, 200.0)])
 def test_a_comparison_that_is_not_a_finite_number_fails(canary: float, stable: float) -> None:
     spec = spec_with(set_path("analysis.metrics", [{"name": "request-duration", "compare": {"thresholdRange": {"min": -50, "max": 50}}}]))

@@ -185,9 +185,48 @@ def test_a_canary_in_the_inf_bucket_is_the_slowest_not_missing() -> None:
     assert faster.classification is Classification.LOW
 
 
-def test_both_tracks_all_in_the_inf_bucket_are_identical() -> None:
+def test_both_tracks_all_in_the_inf_bucket_are_no_data_not_identical() -> None:
+    """Both beyond every bucket tie, and a tie there says nothing: the canary may be ten times slower. Before, they
+    passed as "the samples are identical"."""
     result = judge.compare([math.inf] * 12, [math.inf] * 12, confidence=0.98, tolerance=0.25, min_samples=10)
-    assert result.classification is Classification.PASS and result.reason == "the samples are identical"
+    assert result.classification is Classification.NO_DATA, result.reason
+    assert result.reason == "all 12 canary and 12 stable samples are +inf (beyond the histogram's buckets): nothing to tell them apart by"
+
+
+def _half_beyond(count: int, spread: bool) -> list[float]:
+    """BASE with ``count`` samples beyond the largest bucket: the first ones, or every other one."""
+    beyond = set(range(1, 2 * count, 2)) if spread else set(range(count))
+    return [math.inf if i in beyond else float(v) for i, v in enumerate(BASE)]
+
+
+@pytest.mark.parametrize(
+    ("count", "spread", "classification"),
+    [(10, True, Classification.HIGH), (10, False, Classification.HIGH), (8, False, Classification.HIGH), (7, True, Classification.HIGH),
+     (5, False, Classification.PASS), (2, True, Classification.PASS), (1, False, Classification.PASS)],
+)
+def test_a_canary_beyond_every_bucket_more_often_than_chance_is_high(count: int, spread: bool, classification: Classification) -> None:
+    """Half of the canary's p99 samples at +Inf, none of stable's: the rank test alone passed it ("no shift beyond the
+    noise"), because the shift can only be measured as far as the finite samples go and Kayenta's effect-size rule
+    weighs the interval against that understated shift. The share beyond the buckets is the evidence (Fisher's exact
+    test at the interval's level on a side: 0.01 at 98 %); a few such samples are left to the rank test."""
+    result = judge.compare(_half_beyond(count, spread), BASE, confidence=0.98, tolerance=0.25)
+    assert result.classification is classification, result.reason
+    if classification is Classification.HIGH:
+        assert result.reason.startswith(f"higher than stable: {count} of 20 canary and 0 of 20 stable samples are +inf (beyond the histogram's buckets): "
+                                         "more on canary than chance allows (Fisher's exact test p=")
+        assert "; rank test: shift +" in result.reason
+
+
+def test_a_stable_beyond_every_bucket_makes_the_canary_low() -> None:
+    result = judge.compare(BASE, _half_beyond(10, True), confidence=0.98, tolerance=0.25)
+    assert result.classification is Classification.LOW and "more on stable than chance allows" in result.reason
+
+
+def test_as_many_samples_beyond_the_buckets_on_both_tracks_are_left_to_the_rank_test() -> None:
+    both = _half_beyond(6, True)
+    assert judge.compare(both, both, confidence=0.98, tolerance=0.25).classification is Classification.PASS
+    result = judge.compare([v + 600 for v in both], both, confidence=0.98, tolerance=0.25)
+    assert result.classification is Classification.HIGH and result.reason.startswith("higher than stable: shift +")
 
 
 def test_the_shift_interval_narrows_with_lower_confidence() -> None:
