@@ -398,10 +398,18 @@ def decide(checks: tuple[Check, ...], ctx: TickContext, threshold: int, failure_
     weight = ctx.weight
     if score_bounds is not None:
         # only a critical metric's failure is a critical failure: inside its inconclusive band a person decides
-        scored = [judge.ScoredMetric(c.weight, None if c.effect is Effect.HOLD else c.effect is Effect.PASS, c.metric in critical and c.effect is Effect.FAIL)
+        # no data that passes (onNoData: pass) is no verdict, as in Kayenta: counted as a pass it lifted the score of the
+        # metrics that were measured (19 empty metrics and 1 failed one scored 95); counted as a failure, it still fails
+        scored = [judge.ScoredMetric(c.weight, None if _unjudged(c) else c.effect is Effect.PASS, c.metric in critical and c.effect is Effect.FAIL)
                   for c in acting]
         score_value, critical_failed = judge.score(scored)
         pass_at, marginal_at = score_bounds
+        if acting and not held and all(m.passed is None for m in scored):
+            # a score over nothing judged is no pass: it holds, for at most holdLimit, as too little evidence does
+            why = f"no metric was judged at weight {weight} (every check had no data): the score has nothing to weigh"
+            if ctx.held_too_long:
+                return _failure(checks, tuple(acting), ctx, threshold, failure_limit, f"{why}, held longer than analysis.holdLimit", None)
+            return TickResult(checks, Outcome.HOLD, ctx.failed_in_row, ctx.failed_total, threshold, failure_limit, f"holding: {why}", weight, None)
         if critical_failed or score_value < marginal_at:
             failed = failed or tuple(c for c in acting if c.effect is not Effect.PASS)
             if critical_failed:
@@ -434,6 +442,11 @@ def decide(checks: tuple[Check, ...], ctx: TickContext, threshold: int, failure_
     else:
         passed = f"all {len(acting)} checks passed at weight {weight}" + (f" (score {score_value:g})" if score_value is not None else "")
     return TickResult(checks, Outcome.ADVANCE, 0, ctx.failed_total, threshold, failure_limit, passed, weight, score_value)
+
+
+def _unjudged(check: Check) -> bool:
+    """A check the score does not weigh: it holds, or it had no data and passes only by its onNoData policy."""
+    return check.effect is Effect.HOLD or (check.verdict is Verdict.NO_DATA and check.effect is Effect.PASS)
 
 
 def _failure(checks: tuple[Check, ...], failed: tuple[Check, ...], ctx: TickContext, threshold: int, failure_limit: int, why: str,

@@ -222,7 +222,7 @@ class ScoredMetric:
 
 def score(metrics: Sequence[ScoredMetric]) -> tuple[float, bool]:
     """Kayenta's score: 100 × the weight of passing metrics over the weight of judged ones (a run
-    with nothing judged scores 100), and whether a critical metric failed (the score is then 0)."""
+    with nothing judged scores 100, which ``analysis.decide`` never lets pass: it holds), and whether a critical metric failed (the score is then 0)."""
     judged = [m for m in metrics if m.passed is not None]
     critical_failed = any(m.critical and m.passed is False for m in metrics)
     if critical_failed:

@@ -652,6 +652,30 @@ def test_a_held_metric_is_not_scored() -> None:
     assert result.score == 100.0 and result.outcome is Outcome.HOLD
 
 
+def test_no_data_that_passes_by_its_policy_does_not_lift_the_score() -> None:
+    """onNoData: pass lets an empty metric pass; it is no measurement, so the score leaves it out (Kayenta's no
+    data). Before, 19 weights of empty metrics over 1 failed one scored 95 and the tick passed."""
+    entries = [{**SCORED[0], "weight": 19, "onNoData": "pass"}, SCORED[1]]
+    result, _ = tick(metrics(*entries, score={}), {TEMPLATE: NoValues("empty"), DURATION: 900.0})
+    assert result.score == 0.0 and result.outcome is Outcome.FAIL, result.reason
+    assert result.reason.startswith("score 0 below marginal 75")
+
+
+@pytest.mark.parametrize(("ctx", "outcome"), [(TickContext(weight=20), Outcome.HOLD), (TickContext(weight=20, held_too_long=True), Outcome.FAIL)])
+def test_a_score_over_checks_that_all_had_no_data_is_no_pass(ctx: TickContext, outcome: Outcome) -> None:
+    """Before, nothing judged scored 100 and the tick advanced."""
+    entries = [{**entry, "onNoData": "pass"} for entry in SCORED]
+    result, _ = tick(metrics(*entries, score={}), {TEMPLATE: NoValues("empty"), DURATION: NoValues("empty")}, ctx)
+    assert result.outcome is outcome and result.score is None, result.reason
+    assert "no metric was judged at weight 20 (every check had no data): the score has nothing to weigh" in result.reason
+
+
+def test_all_no_data_without_a_score_follows_the_policy() -> None:
+    entries = [{**entry, "onNoData": "pass"} for entry in SCORED]
+    result, _ = tick(metrics(*entries), {TEMPLATE: NoValues("empty"), DURATION: NoValues("empty")})
+    assert result.outcome is Outcome.ADVANCE
+
+
 def test_without_a_score_the_tick_has_none() -> None:
     result, _ = tick(spec_with(), BASE)
     assert result.score is None
