@@ -954,6 +954,11 @@ def _analysis_problems(analysis: Analysis, field: str, metric_templates: Mapping
             problems.append(Problem(where, f"{metric.name} judged by judge alone",
                                     "is a share of the canary's requests, which passes only on enough requests (evidence), and judge "
                                     "alone gives no range to hold its bound against: add thresholdRange or compare, or set evidence: none"))
+        if rate and metric.threshold_range is None and metric.compare is not None and metric.compare.by is CompareBy.RATIO:
+            problems.append(Problem(f"{where}.compare.by", "ratio",
+                                    "on a share of requests needs thresholdRange as well: at 0 % on both tracks (a healthy service) "
+                                    "no count of requests bounds canary / stable, so every tick would hold until holdLimit rolled a "
+                                    "healthy release back; use by: difference, or add thresholdRange"))
         if metric.judge is not None:
             problems += _judge_problems(metric.judge, metric.interval or analysis.interval, where, f"{where}.interval" if metric.interval else f"{field}.interval")
         if metric.template_ref is None:

@@ -94,6 +94,8 @@ INVALID = [
     ("compare-by-unknown", set_path("analysis.metrics.1.compare", {"by": "quotient", "thresholdRange": {"max": 1.2}}), "analysis.metrics[1].compare.by", "'difference' or 'ratio'", "'quotient'"),
     ("compare-to-canary", set_path("analysis.metrics.1.compare", {"to": "canary", "thresholdRange": {"max": 1.2}}), "analysis.metrics[1].compare.to", "'stable'", "'canary'"),
     ("compare-without-range", set_path("analysis.metrics.1.compare", {"by": "ratio"}), "analysis.metrics[1].compare.thresholdRange", "is required", "nothing"),
+    ("ratio-of-a-rate-without-range", set_path("analysis.metrics.1", {"name": "request-error-rate", "compare": {"by": "ratio", "thresholdRange": {"max": 1.5}}}),
+     "analysis.metrics[1].compare.by", "needs thresholdRange as well: at 0 % on both tracks", "ratio"),
     ("judge-confidence-certain", set_path("analysis.metrics.1.judge", {"confidence": 1.5}), "analysis.metrics[1].judge.confidence", "less than 1", "1.5"),
     ("judge-too-few-samples", set_path("analysis.metrics.1.judge", {"minSamples": 2}), "analysis.metrics[1].judge.minSamples", "greater than or equal to 3", "2"),
     ("judge-decrease-above-one", set_path("analysis.metrics.1.judge", {"allowedDecrease": 1.5}), "analysis.metrics[1].judge.allowedDecrease", "less than or equal to 1", "1.5"),
