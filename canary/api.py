@@ -169,7 +169,8 @@ def _pin(data: Mapping[str, Any]) -> TrackPin:
 
 def _kube(config: Mapping[str, Any], env: Mapping[str, str]) -> Kube:
     """The cluster the stack's kubernetes provider deploys to: its ``kubernetes:kubeconfig`` and
-    ``kubernetes:context`` when the stack sets them, else ``KUBECONFIG`` and its current context."""
+    ``kubernetes:context`` when the stack sets them, else ``KUBECONFIG`` and its current context, else
+    ``~/.kube/config``, else (in a pod) the pod's service account."""
     def value(key: str) -> str | None:
         raw = config.get(key)
         return None if raw is None else str(getattr(raw, "value", raw))
@@ -177,7 +178,7 @@ def _kube(config: Mapping[str, Any], env: Mapping[str, str]) -> Kube:
     kubeconfig: str | Path | None = value("kubernetes:kubeconfig") or env.get("KUBECONFIG") or None
     if isinstance(kubeconfig, str) and "\n" not in kubeconfig:
         kubeconfig = Path(kubeconfig.split(os.pathsep)[0]).expanduser()
-    return Kube(kubeconfig, context=value("kubernetes:context"))
+    return Kube(kubeconfig, context=value("kubernetes:context"), env=env)
 
 
 def open_stack(stack: str, project_dir: Path | None = None, env: Mapping[str, str] | None = None, read_outputs: bool = True) -> Workspace:

@@ -6,7 +6,11 @@ store keeps (ConfigMaps, a Lease: with ``resourceVersion``, so a lost race is a
 ``Conflict``, never a silent overwrite), records Events, watches one object,
 and applies the few objects the lab installs. The client is built from the same
 kubeconfig and context the stack's kubernetes provider uses (``kubernetes:context``,
-``kubernetes:kubeconfig``), so verification reads the cluster the program deploys to.
+``kubernetes:kubeconfig``), so verification reads the cluster the program deploys to;
+with no kubeconfig at all, inside a pod, from the pod's service account, as that provider
+and kubectl do (client-go's default loading rules). A bearer token kept in a file (a
+kubeconfig user's ``tokenFile``, the service account's projected token) is read again
+when the file changes: releases outlive a rotated token.
 
 Errors: no answer (or 429, 5xx) -> ``ClusterUnreachable``; 401/403, or no
 kubeconfig -> ``Forbidden``; 409 on a write -> ``Conflict``; 404 -> None (or
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
@@ -25,7 +30,7 @@ from typing import Any, TypeVar
 
 import urllib3
 from kubernetes import config, dynamic, watch
-from kubernetes.client import rest
+from kubernetes.client import ApiClient, Configuration, rest
 from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError
 
@@ -65,31 +70,152 @@ def _shape_of(exc: Exception) -> str:
     rule (it names keys and entries, never values), or where a parser stopped."""
     if isinstance(exc, config.ConfigException):
         return str(exc)
+    if isinstance(exc, OSError):
+        return f"{exc.strerror or type(exc).__name__}{f': {exc.filename}' if exc.filename else ''}"  # a file it names
+    if isinstance(exc, (TypeError, AttributeError, KeyError)):
+        return f"not shaped as a kubeconfig (apiVersion, clusters, contexts, users: the kubernetes client failed with {type(exc).__name__})"
     mark = getattr(exc, "problem_mark", None)
     return f"{type(exc).__name__}{f' at line {mark.line + 1}, column {mark.column + 1}' if mark is not None else ''}"
 
 
-class Kube:
-    def __init__(self, kubeconfig: Path | str | None = None, context: str | None = None, timeout: float = 10.0) -> None:
-        from canary.adapters import stackfile  # reads a kubeconfig given as content (kubernetes:kubeconfig)
+SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")  # where Kubernetes mounts a pod's service account
+TOKEN_REREAD_SECONDS = 60.0  # client-go's cached file token source reads its file again after a minute
 
-        self._timeout = timeout
-        inline = isinstance(kubeconfig, str) and "\n" in kubeconfig
-        where = f" context {context}" if context else ""
-        #: the kubeconfig and context this client was built from, for messages (never the inline content)
-        named = "the kubeconfig given inline (kubernetes:kubeconfig)" if inline else f"kubeconfig {kubeconfig or '(default)'}"
-        self.source = named + where
+
+class _TokenFile:
+    """A bearer token kept in a file, read again before a request whenever the file changed.
+
+    Why a look at the file before each request, not a retry after a 401: a stat costs microseconds, and
+    the new token goes with the first request after the rotation, so nothing is ever refused for it; a
+    retry would have to be threaded through every call (a write sent with a ``resourceVersion``, a watch
+    half read) and would still send one doomed request per rotation. The kubelet rotates a projected
+    token by swapping a symlink (a new inode), a CI system rewrites the file (a new mtime or size); the
+    re-read every ``TOKEN_REREAD_SECONDS`` catches a rewrite that kept all three. A file that cannot be
+    read, or is empty, keeps the last token: a rotation caught half done is read on the next call, and
+    the API server's 401 says the rest. The token itself is never part of a message."""
+
+    def __init__(self, path: Path, then: Callable[[Any], None] | None = None) -> None:
+        self.path = path
+        self._then = then  # the client's own hook (an exec plugin's or an auth provider's expiry), kept
+        self._seen: tuple[int, int, int, int] | None = None
+        self._read_at = 0.0
+        self._token: str | None = None
+
+    def __call__(self, configuration: Any) -> None:
+        if self._then is not None:
+            # it sets the token it loaded, and itself as the hook again: set ours after it, every time
+            self._then(configuration)
+            configuration.refresh_api_key_hook = self
         try:
-            if inline:
-                self._api = config.new_client_from_config_dict(stackfile.load(str(kubeconfig)), context=context)
-            else:
-                self._api = config.new_client_from_config(config_file=str(kubeconfig) if kubeconfig else None, context=context)
-        except (config.ConfigException, OSError, ValueError, stackfile.YAMLError) as exc:
-            if inline:
-                # its content holds the cluster's credentials (a Pulumi secret): never in a message or a
-                # traceback; a parser's error quotes the line it stopped at
-                raise Forbidden(f"cannot load the kubeconfig given inline (kubernetes:kubeconfig){where}: {_shape_of(exc)}") from None
-            raise Forbidden(f"cannot load kubeconfig {kubeconfig or '(default)'}{where}: {exc}") from exc
+            st = os.stat(self.path)
+            seen = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+            if seen != self._seen or time.monotonic() - self._read_at >= TOKEN_REREAD_SECONDS:
+                token = self.path.read_text(encoding="utf-8").strip()
+                if token:
+                    self._token, self._seen, self._read_at = token, seen, time.monotonic()
+        except (OSError, UnicodeDecodeError):
+            pass
+        if self._token is not None:
+            configuration.api_key["BearerToken"] = f"Bearer {self._token}"
+
+
+def _token_file(doc: Mapping[str, Any], context: str | None, base: Path) -> Path | None:
+    """The ``tokenFile`` of the context's user, when the token comes from it (no inline ``token``, no
+    auth provider: the kubernetes client prefers both)."""
+    def named(entries: Any, name: Any, key: str) -> Mapping[str, Any]:
+        for entry in entries if isinstance(entries, list) else []:
+            if isinstance(entry, Mapping) and entry.get("name") == name and isinstance(entry.get(key), Mapping):
+                return entry[key]  # type: ignore[no-any-return]
+        return {}
+
+    ctx = named(doc.get("contexts"), context or doc.get("current-context"), "context")
+    user = named(doc.get("users"), ctx.get("user"), "user")
+    token_file = user.get("tokenFile")
+    if not token_file or user.get("token") or user.get("auth-provider"):
+        return None
+    return base / Path(str(token_file)).expanduser()
+
+
+def _from_kubeconfig(doc: Any, context: str | None, base: Path | None) -> ApiClient:
+    if not isinstance(doc, Mapping):
+        raise config.ConfigException(f"Invalid kube-config. Expected a mapping (apiVersion, clusters, contexts, users), got {type(doc).__name__}")
+    configuration = Configuration()
+    config.kube_config.KubeConfigLoader(config_dict=dict(doc), active_context=context,
+                                        config_base_path=str(base) if base is not None else None).load_and_set(configuration)
+    token_file = _token_file(doc, context, base or Path.cwd())
+    if token_file is not None:
+        configuration.refresh_api_key_hook = _TokenFile(token_file, then=configuration.refresh_api_key_hook)
+    return ApiClient(configuration=configuration)
+
+
+def _in_cluster(env: Mapping[str, str], service_account: Path) -> ApiClient:
+    """The pod's service account: the API server's Service from the environment Kubernetes gives every pod,
+    the token and the cluster's CA from the mounted service account (the token read again when rotated)."""
+    host, port = env.get("KUBERNETES_SERVICE_HOST", ""), env.get("KUBERNETES_SERVICE_PORT", "")
+    token, ca = service_account / "token", service_account / "ca.crt"
+    where = f"in-cluster service account (KUBERNETES_SERVICE_HOST={host}, KUBERNETES_SERVICE_PORT={port})"
+    for path, what in ((token, "token"), (ca, "CA certificate")):
+        try:
+            empty = path.stat().st_size == 0
+        except OSError as exc:
+            raise Forbidden(f"no kubeconfig, and the {where} has no {what}: {path}: {exc.strerror or type(exc).__name__}") from None
+        if empty:
+            raise Forbidden(f"no kubeconfig, and the {where} has no {what}: {path} is empty")
+    configuration = Configuration()
+    configuration.host = f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
+    configuration.ssl_ca_cert = str(ca)
+    configuration.refresh_api_key_hook = _TokenFile(token)
+    configuration.refresh_api_key_hook(configuration)  # the client asks its hook only once it holds a token
+    return ApiClient(configuration=configuration)
+
+
+def _client(kubeconfig: Path | str | None, context: str | None, env: Mapping[str, str], service_account: Path) -> tuple[ApiClient, str]:
+    """client-go's default loading rules, as the stack's kubernetes provider and kubectl follow them: the
+    kubeconfig given (a path, or content), else ``~/.kube/config``, else, with none there and the pod's
+    ``KUBERNETES_SERVICE_HOST``/``KUBERNETES_SERVICE_PORT`` set, the pod's service account. (``KUBECONFIG``
+    names a file, its first one: canary reads one kubeconfig.) With the client, where it came from, for
+    messages (never a kubeconfig's content)."""
+    from canary.adapters import stackfile  # a kubeconfig is YAML: parsed by the YAML adapter, whose errors name no content
+
+    where = f" context {context}" if context else ""
+    if isinstance(kubeconfig, str) and "\n" in kubeconfig:
+        try:
+            return _from_kubeconfig(stackfile.load(kubeconfig), context, None), f"the kubeconfig given inline (kubernetes:kubeconfig){where}"
+        except (config.ConfigException, OSError, ValueError, TypeError, AttributeError, KeyError, stackfile.YAMLError) as exc:
+            # its content holds the cluster's credentials (a Pulumi secret): never in a message or a
+            # traceback; a parser's error quotes the line it stopped at
+            raise Forbidden(f"cannot load the kubeconfig given inline (kubernetes:kubeconfig){where}: {_shape_of(exc)}") from None
+    if kubeconfig or env.get("KUBECONFIG"):
+        path = Path(kubeconfig or env["KUBECONFIG"].split(os.pathsep)[0]).expanduser()
+    else:
+        path = Path(env.get("HOME") or Path.home()).expanduser() / ".kube" / "config"
+        if not path.exists():
+            if env.get("KUBERNETES_SERVICE_HOST") and env.get("KUBERNETES_SERVICE_PORT"):
+                return _in_cluster(env, service_account), f"the pod's service account ({service_account})"
+            raise Forbidden(f"no kubeconfig: KUBECONFIG and kubernetes:kubeconfig are not set, {path} does not exist, and "
+                            "KUBERNETES_SERVICE_HOST/KUBERNETES_SERVICE_PORT are not set (not in a pod): "
+                            "set kubernetes:kubeconfig or KUBECONFIG, or run in a pod with a service account")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise Forbidden(f"cannot load kubeconfig {path}{where}: {getattr(exc, 'strerror', None) or type(exc).__name__}") from None
+    try:
+        return _from_kubeconfig(stackfile.load(text), context, path.resolve().parent), f"kubeconfig {path}{where}"
+    # the loader indexes the document as it finds it: a list where it wants a mapping is a TypeError
+    except (config.ConfigException, OSError, ValueError, TypeError, AttributeError, KeyError, stackfile.YAMLError) as exc:
+        # the file holds credentials too: the rule broken and where, never the line a parser quotes
+        raise Forbidden(f"cannot load kubeconfig {path}{where}: {_shape_of(exc)}") from None
+
+
+class Kube:
+    WATCH_WINDOW = 4  # seconds the API server keeps one watch request open (``timeoutSeconds``)
+    WATCH_SILENCE = 3  # seconds past the window a watch may stay silent before its connection counts as dead
+
+    def __init__(self, kubeconfig: Path | str | None = None, context: str | None = None, timeout: float = 10.0, *,
+                 env: Mapping[str, str] | None = None, service_account: Path | None = None) -> None:
+        self._timeout = timeout
+        #: ``source``: the kubeconfig and context (or the pod's service account) the client was built from
+        self._api, self.source = _client(kubeconfig, context, os.environ if env is None else env, service_account or SERVICE_ACCOUNT)
         # no retries of urllib3's own: an unanswered call is one timeout, not four (a lease renewal stalled past
         # the lease), and a write whose answer was lost is not sent again behind the store's back (it appended
         # a journal line twice). The pool is built with the client: built again with the setting
@@ -203,21 +329,73 @@ class Kube:
         self._dynamic = None  # new CRDs: rediscover
 
     def changes(self, api_version: str, kind: str, seconds: int, name: str | None = None, namespace: str | None = None) -> Iterator[dict[str, Any]]:
-        """Every change to objects of ``kind`` (one object with ``name``) as ``{"type", "object"}``, until
-        the API server ends the watch after ``seconds``. A watch begins with one ``ADDED`` per object."""
+        """Every change to objects of ``kind`` (one object with ``name``) as ``{"type", "object"}``, for about
+        ``seconds``. It begins with one ``ADDED`` per object (a list), then watches from the list's
+        ``resourceVersion``.
+
+        The watch is a run of requests the API server ends after ``WATCH_WINDOW`` seconds, each resumed at the
+        last ``resourceVersion`` seen (an event's, or a bookmark's), so none is missed between them. A
+        connection that stays silent past its window (``WATCH_SILENCE`` more) is dead: half open, the API
+        server or a proxy between gone without a word, which a total timeout would wait out for the whole
+        watch. It is dropped and the watch resumed on a new one at once; when that fails too,
+        ``ClusterUnreachable`` (the caller lists and watches again). A version the API server no longer
+        keeps (410 Gone) is listed again: the objects come again as ``ADDED``, one gone meanwhile as
+        ``DELETED``."""
         res = self.resource(api_version, kind)
         selector = {"field_selector": f"metadata.name={name}"} if name else {}
-        events = watch.Watch().stream(res.get, namespace=namespace, serialize=False, timeout_seconds=seconds,
-                                      _request_timeout=seconds + 10, **selector)
+        deadline = time.monotonic() + seconds
+        known: dict[tuple[str, str], dict[str, Any]] = {}
+        version: str | None = None
+        failed = False  # the last window's connection died before it delivered anything
         while True:
-            try:
-                event = self._call(lambda: next(events, None))
-            except ApiException as exc:
-                raise _api_error(exc, f"watching {kind}") from exc
-            if event is None:
+            if version is None:
+                try:
+                    listed = self._call(lambda: res.get(namespace=namespace, _request_timeout=self._timeout, **selector)).to_dict()
+                except ApiException as exc:
+                    raise _api_error(exc, f"listing {kind}") from exc
+                version = str((listed.get("metadata") or {}).get("resourceVersion") or "") or None
+                current = {_key(obj): obj for obj in listed.get("items") or []}
+                for key in known.keys() - current.keys():
+                    yield {"type": "DELETED", "object": known[key]}
+                for obj in current.values():
+                    yield {"type": "ADDED", "object": obj}
+                known = current
+            left = deadline - time.monotonic()
+            if left <= 0:
                 return
-            obj = event.get("object")
-            yield {"type": str(event["type"]), "object": obj if isinstance(obj, dict) else getattr(obj, "to_dict", lambda: {})()}
+            window = max(1, min(self.WATCH_WINDOW, round(left)))
+            events = watch.Watch().stream(
+                res.get, namespace=namespace, serialize=False, resource_version=version, allow_watch_bookmarks=True,
+                timeout_seconds=window, _request_timeout=(self._timeout, window + self.WATCH_SILENCE), **selector,
+            )
+            delivered = False
+            while True:
+                try:
+                    event = next(events, None)
+                except ApiException as exc:
+                    if exc.status == 410:  # too old: list again
+                        version = None
+                        break
+                    raise _api_error(exc, f"watching {kind}") from exc
+                except (urllib3.exceptions.HTTPError, OSError) as exc:
+                    if failed and not delivered:
+                        raise ClusterUnreachable(f"the Kubernetes API server did not answer a watch of {kind}: {type(exc).__name__}") from exc
+                    failed = True
+                    break
+                if event is None:
+                    failed = False
+                    break
+                delivered = True
+                obj = event.get("object")
+                obj = obj if isinstance(obj, dict) else getattr(obj, "to_dict", lambda: {})()
+                version = str((obj.get("metadata") or {}).get("resourceVersion") or "") or version
+                if event["type"] == "BOOKMARK":
+                    continue
+                if event["type"] == "DELETED":
+                    known.pop(_key(obj), None)
+                else:
+                    known[_key(obj)] = obj
+                yield {"type": str(event["type"]), "object": obj}
 
     def event(self, involved: Mapping[str, Any], reason: str, message: str, warning: bool = False, component: str = "canary") -> None:
         """Record a core/v1 Event on ``involved`` (apiVersion, kind, name, namespace, uid), as a controller would."""
@@ -251,6 +429,11 @@ class Kube:
                 self._dynamic = None
             time.sleep(interval)
         raise NotReady(f"timed out after {timeout:.0f}s waiting for {what}" + (f" (last error: {last})" if last else ""))
+
+
+def _key(obj: Mapping[str, Any]) -> tuple[str, str]:
+    meta = obj.get("metadata") or {}
+    return str(meta.get("namespace") or ""), str(meta.get("name") or "")
 
 
 def condition(obj: Mapping[str, Any] | None, kind: str) -> Mapping[str, Any] | None:

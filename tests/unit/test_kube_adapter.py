@@ -1,17 +1,26 @@
-"""The kube adapter's loading of a kubeconfig given as content (kubernetes:kubeconfig, a Pulumi secret)."""
+"""The kube adapter: where its client comes from (a kubeconfig given as content, a file, the pod's service
+account), credentials that change during a release, and watches that outlive a dead connection."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import socket
+import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from canary import api
+from canary.adapters import kube as kube_adapter
 from canary.adapters.kube import Kube
 from canary.errors import CanaryError, Forbidden
+from tests.unit.apiserver import NAMESPACE, ApiServer
 
 TOKEN = "sa-token-s3cr3t-0123456789"
 
@@ -78,3 +87,237 @@ def test_an_unanswered_call_is_sent_once(tmp_path: Path) -> None:
         server.close()
         thread.join(timeout=5)
     assert len(connections) == 1, connections
+
+
+# --- against a fake API server ------------------------------------------------------------------
+
+
+@pytest.fixture
+def apiserver(tmp_path: Path) -> Iterator[ApiServer]:
+    server = ApiServer(tmp_path)
+    yield server
+    server.close()
+
+
+def _kubeconfig(tmp_path: Path, server: ApiServer, user: str) -> Path:
+    path = tmp_path / "kubeconfig"
+    path.write_text(f"""apiVersion: v1
+kind: Config
+clusters:
+- name: c
+  cluster: {{server: "{server.url}", certificate-authority: {server.ca.name}}}
+users:
+- name: u
+  user: {user}
+contexts:
+- name: c
+  context: {{cluster: c, user: u}}
+current-context: c
+""")
+    return path
+
+
+# --- credentials that change during a release
+
+
+def test_a_token_file_rewritten_during_a_release_is_read_again(tmp_path: Path, apiserver: ApiServer) -> None:
+    # a projected service-account token rotates (hourly, or when the object it is bound to is replaced): the
+    # client read the file once, and a release of tens of minutes ended in 401s
+    token = tmp_path / "token"
+    token.write_text("token-a\n")
+    kube = Kube(_kubeconfig(tmp_path, apiserver, "{tokenFile: token}"))
+    apiserver.tokens = {"token-a"}
+    apiserver.put("x", {"k": "1"})
+    assert kube.get("v1", "ConfigMap", "x", NAMESPACE) is not None
+
+    token.write_text("token-b\n")  # a rotation: the old token is refused from now on
+    apiserver.tokens = {"token-b"}
+    assert kube.get("v1", "ConfigMap", "x", NAMESPACE) is not None
+    assert apiserver.seen[-1][1] == "token-b"
+
+
+def test_a_token_file_replaced_by_a_symlink_swap_is_read_again(tmp_path: Path, apiserver: ApiServer) -> None:
+    # the kubelet writes a projected token into a new directory and swaps the ..data symlink
+    for name, value in (("a", "token-a"), ("b", "token-b")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "token").write_text(value)
+    (tmp_path / "..data").symlink_to("a")
+    kube = Kube(_kubeconfig(tmp_path, apiserver, "{tokenFile: ..data/token}"))
+    apiserver.tokens = {"token-a"}
+    kube.get("v1", "ConfigMap", "x", NAMESPACE)
+    (tmp_path / "..next").symlink_to("b")
+    (tmp_path / "..next").replace(tmp_path / "..data")
+    apiserver.tokens = {"token-b"}
+    assert kube.get("v1", "ConfigMap", "x", NAMESPACE) is None  # answered (404), not refused
+    assert {t for _, t in apiserver.seen} == {"token-a", "token-b"}
+
+
+def test_an_exec_plugins_credential_is_fetched_again_when_it_expires(tmp_path: Path, apiserver: ApiServer) -> None:
+    # the kubernetes client runs the plugin again once the credential is within 5 minutes of its
+    # expirationTimestamp (its own hook): this holds that, so that canary's token-file hook keeps it
+    plugin = tmp_path / "plugin.py"
+    runs = tmp_path / "runs"
+    plugin.write_text(f"""import datetime, json, pathlib
+runs = pathlib.Path({str(runs)!r})
+n = len(runs.read_text().splitlines()) if runs.exists() else 0
+runs.write_text("run\\n" * (n + 1))
+expiry = datetime.datetime.now(datetime.UTC) + datetime.timedelta(minutes=5, seconds=2)
+print(json.dumps({{"apiVersion": "client.authentication.k8s.io/v1beta1", "kind": "ExecCredential",
+                  "status": {{"token": f"exec-{{n}}", "expirationTimestamp": expiry.strftime("%Y-%m-%dT%H:%M:%SZ")}}}}))
+""")
+    user = f'{{exec: {{apiVersion: client.authentication.k8s.io/v1beta1, command: "{sys.executable}", args: ["{plugin}"]}}}}'
+    kube = Kube(_kubeconfig(tmp_path, apiserver, user))
+    apiserver.tokens = {"exec-0"}
+    kube.get("v1", "ConfigMap", "x", NAMESPACE)
+    time.sleep(2.5)  # the credential has expired (less than the client's 5 minutes of margin left)
+    apiserver.tokens = {"exec-1"}
+    assert kube.get("v1", "ConfigMap", "x", NAMESPACE) is None
+    assert apiserver.seen[-1][1] == "exec-1"
+
+
+# --- where the client comes from
+
+
+def _in_a_pod(tmp_path: Path, apiserver: ApiServer, monkeypatch: pytest.MonkeyPatch, token: str = "pod-token") -> Path:
+    service_account = tmp_path / "serviceaccount"
+    service_account.mkdir()
+    (service_account / "token").write_text(token)
+    (service_account / "ca.crt").write_bytes(apiserver.ca.read_bytes())
+    monkeypatch.setattr(kube_adapter, "SERVICE_ACCOUNT", service_account, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.kube/config
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", str(apiserver.port))
+    return service_account
+
+
+def test_with_no_kubeconfig_in_a_pod_the_pods_service_account_is_used(tmp_path: Path, apiserver: ApiServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a CI job running in a pod, as the stack's kubernetes provider and kubectl do: it failed with a kubeconfig error
+    service_account = _in_a_pod(tmp_path, apiserver, monkeypatch)
+    apiserver.tokens = {"pod-token"}
+    apiserver.put("x", {"k": "1"})
+    kube = api._kube({}, dict(os.environ))
+    assert kube.get("v1", "ConfigMap", "x", NAMESPACE) is not None
+
+    (service_account / "token").write_text("pod-token-2")  # the kubelet rotated it
+    apiserver.tokens = {"pod-token-2"}
+    assert kube.get("v1", "ConfigMap", "x", NAMESPACE) is not None
+
+
+def test_the_service_accounts_paths_are_given(tmp_path: Path, apiserver: ApiServer) -> None:
+    service_account = tmp_path / "sa"
+    service_account.mkdir()
+    (service_account / "token").write_text("pod-token")
+    (service_account / "ca.crt").write_bytes(apiserver.ca.read_bytes())
+    apiserver.tokens = {"pod-token"}
+    env = {"HOME": str(tmp_path), "KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": str(apiserver.port)}
+    assert Kube(env=env, service_account=service_account).get("v1", "ConfigMap", "x", NAMESPACE) is None
+
+
+@pytest.mark.parametrize(("env", "files", "said"), [
+    ({}, {}, "no kubeconfig: KUBECONFIG and kubernetes:kubeconfig are not set, {home}/.kube/config does not exist, and "
+             "KUBERNETES_SERVICE_HOST/KUBERNETES_SERVICE_PORT are not set (not in a pod)"),
+    ({"KUBERNETES_SERVICE_HOST": "10.0.0.1", "KUBERNETES_SERVICE_PORT": "443"}, {"ca.crt": "x"},
+     "no kubeconfig, and the in-cluster service account (KUBERNETES_SERVICE_HOST=10.0.0.1, KUBERNETES_SERVICE_PORT=443) "
+     "has no token: {sa}/token: No such file or directory"),
+    ({"KUBERNETES_SERVICE_HOST": "10.0.0.1", "KUBERNETES_SERVICE_PORT": "443"}, {"token": TOKEN, "ca.crt": ""},
+     "has no CA certificate: {sa}/ca.crt is empty"),
+], ids=["nothing", "no-token", "empty-ca"])
+def test_no_source_of_credentials_says_which_were_tried(tmp_path: Path, env: dict[str, str], files: dict[str, str], said: str) -> None:
+    service_account = tmp_path / "sa"
+    service_account.mkdir()
+    for name, content in files.items():
+        (service_account / name).write_text(content)
+    with pytest.raises(Forbidden) as info:
+        Kube(env={"HOME": str(tmp_path), **env}, service_account=service_account)
+    assert said.format(home=tmp_path, sa=service_account) in str(info.value), str(info.value)
+    assert TOKEN not in "".join(traceback.format_exception(info.value))
+
+
+@pytest.mark.parametrize(("content", "said"), [
+    (KUBECONFIG.replace(f"{{token: {TOKEN}}}", f"{{token: {TOKEN}: x}}"), "at line 8, column"),  # a parser's error quotes the line
+    ("- a\n- b\n", "Expected a mapping (apiVersion, clusters, contexts, users), got list"),
+    (KUBECONFIG.replace("- name: prod\n  context: {cluster: c, user: u}", "- prod"), "Expected all values in kube-config/contexts list to have 'name' key"),
+    (KUBECONFIG.replace("- name: prod\n  context: {cluster: c, user: u}", "- 1"), "not shaped as a kubeconfig"),
+], ids=["parser-error", "a-list", "a-context-without-a-name", "a-context-not-a-mapping"])
+def test_a_malformed_kubeconfig_file_is_named_never_shown(tmp_path: Path, content: str, said: str) -> None:
+    # a file with a token on the line the parser stopped at: its error quoted the line, in a traceback
+    path = tmp_path / "kubeconfig"
+    path.write_text(content)
+    with pytest.raises(Forbidden) as info:
+        Kube(path)
+    message = str(info.value)
+    assert f"cannot load kubeconfig {path}" in message and said in message, message
+    assert TOKEN not in "".join(traceback.format_exception(info.value))
+
+
+# --- watches
+
+
+def _consume(kube: Kube, seconds: int) -> tuple[list[tuple[float, dict[str, Any]]], threading.Thread]:
+    seen: list[tuple[float, dict[str, Any]]] = []
+
+    def run() -> None:
+        with contextlib.suppress(CanaryError):
+            for change in kube.changes("v1", "ConfigMap", seconds, name="requests", namespace=NAMESPACE):
+                seen.append((time.monotonic(), change))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return seen, thread
+
+
+def _wait_for(what: Callable[[], bool], seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if what():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_a_watch_on_a_connection_gone_half_open_is_resumed_within_seconds(tmp_path: Path, apiserver: ApiServer) -> None:
+    # a watch had only a total timeout (its window + 10 s): on a connection gone silent, an abort written from
+    # another machine waited up to 40 s, where a second is promised
+    apiserver.tokens = {TOKEN}
+    apiserver.put("requests", {"abort": "no"})
+    apiserver.stall = {1}
+    kube = Kube(_kubeconfig(tmp_path, apiserver, f"{{token: {TOKEN}}}"))
+    kube.WATCH_WINDOW, kube.WATCH_SILENCE = 1, 1
+    seen, _ = _consume(kube, 30)
+    assert _wait_for(lambda: apiserver.watches >= 1, 5)
+    written = time.monotonic()
+    apiserver.put("requests", {"abort": "yes"})  # while the watch's connection says nothing
+    assert _wait_for(lambda: any(c["object"]["data"] == {"abort": "yes"} for _, c in seen), 6), [c for _, c in seen]
+    arrived = next(t for t, c in seen if c["object"]["data"] == {"abort": "yes"})
+    assert arrived - written < 4
+    assert [c["type"] for _, c in seen] == ["ADDED", "MODIFIED"]
+
+
+def test_a_watch_goes_on_across_its_windows_without_missing_a_change(tmp_path: Path, apiserver: ApiServer) -> None:
+    apiserver.tokens = {TOKEN}
+    apiserver.put("requests", {"n": "0"})
+    kube = Kube(_kubeconfig(tmp_path, apiserver, f"{{token: {TOKEN}}}"))
+    kube.WATCH_WINDOW = 1
+    seen, thread = _consume(kube, 4)
+    for n in range(1, 8):
+        time.sleep(0.4)
+        apiserver.put("requests", {"n": str(n)})
+    thread.join(10)
+    assert [c["object"]["data"]["n"] for _, c in seen] == [str(n) for n in range(8)]
+    assert apiserver.watches >= 3
+
+
+def test_a_watch_whose_version_is_gone_lists_again(tmp_path: Path, apiserver: ApiServer) -> None:
+    apiserver.tokens = {TOKEN}
+    apiserver.put("requests", {"n": "0"})
+    kube = Kube(_kubeconfig(tmp_path, apiserver, f"{{token: {TOKEN}}}"))
+    kube.WATCH_WINDOW = 1
+    seen, thread = _consume(kube, 3)
+    assert _wait_for(lambda: apiserver.watches >= 1, 5)
+    with apiserver.changed:
+        apiserver.oldest = apiserver.version + 10  # compacted: the next window's version is too old
+        apiserver.version += 10
+    apiserver.remove("requests")
+    thread.join(10)
+    assert [c["type"] for _, c in seen] == ["ADDED", "DELETED"]
