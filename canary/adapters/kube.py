@@ -526,6 +526,37 @@ class ClusterReader:
             "uid": meta.get("uid", ""),
         }
 
+    def restore_route(self, spec: ReleaseSpec, shape: routing.RouteShape) -> None:
+        """Write the route's rules as ``shape`` has them, around Pulumi: a rollback's last resort when its ``up``
+        cannot run. Written as the field manager that applied the route (Pulumi's, with Server-Side Apply), the
+        fields it owns and nothing else, so ownership does not move and the next ``up`` applies over it without
+        a conflict; the route's other fields (parentRefs, hostnames, what a transform added) are left as they are."""
+        app = spec.app
+        live = self.kube.get(routing.API_VERSION, routing.KIND, naming.route(app.name), app.namespace)
+        if live is None:
+            raise NotReady(f"HTTPRoute {app.namespace}/{naming.route(app.name)} does not exist")
+        rules = routing.route_spec(app.name, [r.model_dump(by_alias=True, exclude_none=True) for r in spec.gateway.parent_refs],
+                                   spec.gateway.hostnames, app.service_port, shape)["rules"]
+        meta = live["metadata"]
+        applier = next((m for m in meta.get("managedFields") or [] if m.get("operation") == "Apply"
+                        and "f:rules" in ((m.get("fieldsV1") or {}).get("f:spec") or {})), None)
+        if applier is None:  # applied client-side: an update, whose field managers never conflict with an apply
+            kept = {k: v for k, v in meta.items() if k != "managedFields"}
+            self.kube.replace({**live, "metadata": kept, "spec": {**live["spec"], "rules": rules}})
+            return
+        owned = applier["fieldsV1"]
+        owned_meta, owned_spec = owned.get("f:metadata") or {}, owned.get("f:spec") or {}
+        manifest: dict[str, Any] = {"apiVersion": routing.API_VERSION, "kind": routing.KIND,
+                                    "metadata": {"name": meta["name"], "namespace": meta["namespace"]}}
+        for part in ("labels", "annotations"):
+            values = meta.get(part) or {}
+            mine = {key[2:]: values[key[2:]] for key in owned_meta.get(f"f:{part}") or {} if key.startswith("f:") and key[2:] in values}
+            if mine:
+                manifest["metadata"][part] = mine
+        spec_out = {key[2:]: live["spec"][key[2:]] for key in owned_spec if key.startswith("f:") and key[2:] in live["spec"]}
+        manifest["spec"] = {**spec_out, "rules": rules}
+        self.kube.apply(manifest, field_manager=applier["manager"])
+
     def prune_copies(self, spec: ReleaseSpec, keep: set[str]) -> list[str]:
         """Let go of the app's ConfigMap and Secret copies whose names are not in ``keep``: a copy another app
         reads too loses this app's label only; one only this app read is deleted. Both are conditional on the

@@ -674,8 +674,12 @@ class Release:
             state = state.model_copy(update={"rollback_step": 1})
         if state.rollback_step == 1:
             self.recorder.decide(state, "rollback: traffic to stable first", "RollingBack")
-            self._retrying(state, "the rollback's traffic step",
-                           lambda: self._apply(state, self._pins(state, canary=canary, replicas=replicas, shape=rest), ("route",), cancellable=False), rollback=True)
+            try:
+                self._retrying(state, "the rollback's traffic step",
+                               lambda: self._apply(state, self._pins(state, canary=canary, replicas=replicas, shape=rest), ("route",), cancellable=False),
+                               rollback=True)
+            except RollbackPending as exc:
+                self._route_around_pulumi(state, rest, str(exc))
             self._retrying(state, "the route at rest", lambda: self.verify.route(self.spec, rest, rollback=True, cancellable=False), rollback=True)
             state = self.recorder.save(state.model_copy(update={"rollback_step": 2, "weight": 0, "route": rest.to_json()}), "traffic is back on stable (route at rest)")
         self.recorder.decide(state, "rollback: the stable state as the release began (the stack file's snapshot), canary to zero")
@@ -696,6 +700,22 @@ class Release:
         return self.recorder.save(state.model_copy(update={"phase": end, "rollback_pending": False, "canary_replicas": 0, "unapplied": unapplied, "verified": True}),
                                   f"{verb}: {state.reason}; stable {stable.image or stable.hash} verified (route at rest, no canary pods)",
                                   Severity.WARN if end is Phase.ABORTED else Severity.ERROR)
+
+    def _route_around_pulumi(self, state: ReleaseState, rest: RouteShape, why: str) -> None:
+        """The rollback's traffic step could not be applied with ``up`` (the program fails, the backend is gone):
+        traffic is not left on the canary waiting for a person. The route is written at rest directly and
+        verified; the rollback then stops "pending" (the stack's state still has the canary's weight, the canary
+        its pods), and ``resume`` completes it with ``up`` once that can run. Written nowhere but the route."""
+        try:
+            self.cluster.restore_route(self.spec, rest)
+            self.verify.route(self.spec, rest, rollback=True, cancellable=False)
+        except CanaryError as exc:
+            raise RollbackPending(f"{why}; writing the route at rest directly failed too: {exc}") from exc
+        state = self.recorder.save(state.model_copy(update={"rollback_step": 2, "weight": 0, "route": rest.to_json()}),
+                                   f"traffic is back on stable: the route was written at rest directly, around Pulumi, as its up failed ({why})",
+                                   Severity.ERROR)
+        raise RollbackPending(f"{why}. Traffic is on stable (the route was written at rest directly); the canary still has its pods "
+                              "and the stack's state its weight until the rollback completes")
 
     def _apply_or_full(self, state: ReleaseState, pins: dict[str, Any]) -> None:
         """The rollback's targeted ``up``; when it cannot apply (a resource it depends on is not in the

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from canary.core import records
 from canary.core.naming import Track
 from canary.core.records import HookResult
-from canary.core.routing import GatewayClass, RouteState
+from canary.core.routing import GatewayClass, RouteShape, RouteState
 from canary.core.spec import Alert, ReleaseSpec, Webhook
 
 
@@ -56,7 +56,7 @@ class ConfigPort(Protocol):
 
 
 class ClusterPort(Protocol):
-    """What verification reads (and the one cleanup it does)."""
+    """What verification reads (and the one cleanup it does, and the last resort of a rollback)."""
 
     def route(self, spec: ReleaseSpec) -> RouteState | None: ...
 
@@ -65,6 +65,8 @@ class ClusterPort(Protocol):
     def deployment(self, spec: ReleaseSpec, track: Track) -> dict[str, Any]: ...
 
     def prune_copies(self, spec: ReleaseSpec, keep: set[str]) -> list[str]: ...
+
+    def restore_route(self, spec: ReleaseSpec, shape: RouteShape) -> None: ...
 
 
 class StorePort(Protocol):

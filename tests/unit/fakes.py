@@ -68,6 +68,9 @@ class FakeCluster:
     class_reads: int = 0
     #: the API server prunes requestMirror.percent (an HTTPRoute CRD before Gateway API v1.3)
     drops_mirror_percent: bool = False
+    #: the shapes written around Pulumi (a rollback's last resort), and what refuses them
+    restored: list[RouteShape] = field(default_factory=list)
+    restore_error: Exception | None = None
 
     def route(self, spec: ReleaseSpec) -> RouteState:
         if self.fail_route_reads:
@@ -96,6 +99,13 @@ class FakeCluster:
     def prune_copies(self, spec: ReleaseSpec, keep: set[str]) -> list[str]:
         self.pruned.append(keep)
         return []
+
+    def restore_route(self, spec: ReleaseSpec, shape: RouteShape) -> None:
+        """The route written around Pulumi; ``restore_error`` refuses it."""
+        self.restored.append(shape)
+        if self.restore_error is not None:
+            raise self.restore_error
+        self.set_shape(shape)
 
     def set_shape(self, shape: RouteShape) -> None:
         if shape != self.shape:

@@ -518,10 +518,33 @@ def test_a_rollback_that_cannot_be_applied_is_pending_and_resume_completes_it() 
     world.stack.on_up = on_up
     result = world.start()
     assert result.rollback_pending and result.exit_code == 4 and "could not be applied" in result.reason
+    # traffic is not left on the canary while a person is found: the route was written at rest around Pulumi
+    assert world.cluster.restored == [RouteShape()] and world.cluster.shape == RouteShape() and world.cluster.weights_seen[-1] == 0
+    assert "Traffic is on stable (the route was written at rest directly)" in result.reason
+    assert any("written at rest directly, around Pulumi" in e.message for e in world.events)
     world.stack.on_up = None
     resumed = world.rebuild().release.resume()
     assert resumed.phase is Phase.FAILED and not resumed.rollback_pending
     assert world.cluster.shape == RouteShape() and world.cluster.stable_hash == STABLE.hash
+
+
+def test_a_rollback_whose_route_cannot_be_written_either_is_pending_with_traffic_where_it_was() -> None:
+    world = make(Metrics(18.0), retries=2, retry_backoff=0.1)
+    world.cluster.restore_error = Forbidden("httproutes.gateway.networking.k8s.io is forbidden: cannot patch")
+
+    def on_up(record: dict[str, Any]) -> None:
+        if record["pins"]["route"]["weight"] == 0 and world.store.state is not None and world.store.state.phase is Phase.ROLLING_BACK:
+            world.stack.fail_ups = 1
+
+    world.stack.on_up = on_up
+    result = world.start()
+    assert result.rollback_pending and result.exit_code == 4
+    assert "writing the route at rest directly failed too" in result.reason and "forbidden" in result.reason
+    assert world.cluster.shape.weight > 0  # said, not hidden: resume completes it
+    world.stack.on_up = None
+    world.cluster.restore_error = None
+    resumed = world.rebuild().release.resume()
+    assert resumed.phase is Phase.FAILED and world.cluster.shape == RouteShape()
 
 
 def test_stack_file_edits_made_during_the_release_are_named_and_kept_not_applied() -> None:
