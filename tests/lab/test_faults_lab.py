@@ -230,3 +230,38 @@ def test_a_cluster_that_refuses_the_release_s_events_still_sees_a_faulty_canary_
     finally:
         for obj in reversed(policy):
             lab_stack.kube.delete(obj["apiVersion"], obj["kind"], obj["metadata"]["name"])
+
+
+@pytest.mark.long
+def test_a_rollback_whose_up_keeps_failing_puts_traffic_back_on_stable_and_resume_completes_it(lab_stack: LabStack) -> None:
+    # the program broken mid-release (a checkout changed under the release): every up of the rollback failed,
+    # and the release ended "rollback pending" with the canary's share of traffic until a person came
+    ls = lab_stack
+    main = ls.project / "__main__.py"
+    working = main.read_text()
+    spec = ls.spec()
+    with RouteWatcher(ls) as watcher:
+        release = ls.start("release", ls.name, "--image", "demo:v2")
+        with running(release):
+            wait_until(lambda: 10 in watcher.canary_weights, "the canary at weight 10", 120)
+            main.write_text("raise RuntimeError('the checkout changed under the release')\n" + working)
+            out, err = release.communicate(timeout=300)
+    assert release.returncode == 4, out[-3000:] + err[-3000:]
+    assert "Traffic is on stable (the route was written at rest directly)" in out + err, out[-3000:] + err[-3000:]
+    route = ls.reader.route(spec)
+    assert route is not None and route.weights == (100, 0) and route.accepted, route
+    assert watcher.seen[-1] == (100, 0) and max(watcher.canary_weights) == 10, watcher.seen
+    state = ls.state()
+    assert state is not None and state.rollback_pending and state.rollback_step == 2 and state.weight == 0
+    assert any("written at rest directly, around Pulumi" in getattr(r, "message", "") for r in ls.records())
+
+    main.write_text(working)
+    resumed = ls.cli("resume", ls.name)
+    assert resumed.returncode == 1, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert_stable_state(ls, "demo:v1")
+    # Pulumi still owns the route: the next release shifts it as ever (no field-manager conflict)
+    with RouteWatcher(ls) as again:
+        done = ls.release("demo:v2")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert [w for w in again.canary_weights if w][:2] == [10, 20], again.seen
+    assert_stable_state(ls, "demo:v2")
