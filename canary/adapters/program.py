@@ -23,11 +23,14 @@ templates with their hashes — what a release reads back.
 from __future__ import annotations
 
 import json
+import threading
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pulumi
+import pulumi.runtime.settings
 import pulumi_kubernetes as k8s
 from pulumi import _types as pulumi_types
 
@@ -148,6 +151,33 @@ def _canary_guard(app: str, stack: str) -> pulumi.ResourceHook:
     return pulumi.ResourceHook(f"canary-canary-guard-{app}", guard)
 
 
+# --- one component per app ---------------------------------------------------------------------
+
+#: The apps each program run declared so far (app name -> the component that declares it). Keyed by the
+#: run's connection to the engine: a real run (or one of two inline programs run at once in one process)
+#: has its own, and so has each program a test runs under Pulumi's mocks, which keep one root resource
+#: across programs.
+_DECLARED: weakref.WeakKeyDictionary[Any, dict[str, str]] = weakref.WeakKeyDictionary()
+_DECLARED_LOCK = threading.Lock()
+
+
+def _claim(app: str, component: str) -> None:
+    """Record that ``component`` declares ``app`` in this program run, or refuse a second component of it:
+    the stack output, the release key and the hooks are by app name, so the second would silently take
+    the first's output and have both pinned by one release."""
+    run = pulumi.runtime.settings.get_monitor()
+    if run is None:
+        return
+    with _DECLARED_LOCK:
+        apps = _DECLARED.setdefault(run, {})
+        first = apps.setdefault(app, component)
+    if first != component:
+        raise InvalidSpec([Problem("app.name", repr(app), (
+            f"is already the app of CanaryDeployment {first} in this program: one component per app, as its stack output "
+            f"{naming.OUTPUT_PREFIX}{app}, its release key {naming.CONFIG_NAMESPACE}:release.{app} and its hooks are named by the app; "
+            "give each app a name of its own (web-eu, web-us)"))], f"CanaryDeployment {component}")
+
+
 # --- the component ------------------------------------------------------------------------------
 
 
@@ -182,6 +212,7 @@ class CanaryDeployment(pulumi.ComponentResource):
             # every argument checked before the component declares anything
             checked = _arguments(name, app, gateway, prometheus, rollout if rollout is not None else config.get("rollout"),
                                  "rollout" if rollout is not None else "canary:rollout", template, config_maps, secrets, adopt)
+            _claim(checked[0].name, name)
         except InvalidSpec as exc:
             # what `program()` does with invalid stack config: Pulumi prints a RunError's message, not a traceback
             raise pulumi.RunError(str(exc)) from exc

@@ -842,3 +842,36 @@ def test_a_plain_text_header_beside_an_encrypted_token_stops_a_plain_pulumi_up(d
         "config:\n  canary:prometheus:\n    address: http://prometheus:9090\n    token:\n      secure: v1:AAAA\n"
         "    headers:\n      X-Scope-OrgID:\n        secure: v1:BBBB\n")
     assert declare(program.program, stack_config(prometheus=prometheus), secret_keys=["canary:prometheus"]).exported["app"]["name"] == "web"
+
+
+# --- one component per app in a program ---------------------------------------------------------
+
+
+def regional(name: str, namespace: str, image: str) -> program.CanaryDeployment:
+    return program.CanaryDeployment(name, {**SIMPLE_APP, "namespace": namespace, "image": image}, GATEWAY)
+
+
+def test_a_second_component_of_the_same_app_is_refused_naming_both(declare: Callable[..., Declared]) -> None:
+    """The stack output canary/web, the release key canary:release.web and the hooks are by app name: a
+    second component of app web would silently take over the first's output and pin both to one release."""
+    def build() -> None:
+        regional("shop-eu", "shop-eu", "registry.example.com/shop/web:1.0.0")
+        regional("shop-us", "shop-us", "registry.example.com/shop/web:2.0.0")
+
+    with pytest.raises(pulumi.RunError) as caught:
+        declare(build)
+    message = str(caught.value)
+    assert message.startswith("invalid CanaryDeployment shop-us:\n"), message
+    assert "app.name: " in message and "CanaryDeployment shop-eu" in message and "canary/web" in message, message
+
+
+def test_components_of_different_apps_and_the_same_app_in_successive_programs_are_accepted(declare: Callable[..., Declared]) -> None:
+    def build() -> None:
+        regional("shop-eu", "shop-eu", "registry.example.com/shop/web:1.0.0")
+        program.CanaryDeployment("api", {**SIMPLE_APP, "name": "api", "image": "registry.example.com/shop/api:1.0.0"}, GATEWAY)
+
+    first = declare(build)
+    assert {"canary/web", "canary/api"} <= set(first.outputs)
+    # a program of its own (each update runs one): the app name is free again
+    again = declare(build)
+    assert again.outputs["canary/web"]["namespace"] == "shop-eu"
