@@ -318,7 +318,9 @@ class CanaryDeployment(pulumi.ComponentResource):
         copy but its reader's label follows from its name and content, so another app (in this stack or
         another) reading the same config declares the same object beside it, without a conflict."""
         resources: list[pulumi.Resource] = []
-        keep = pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(retain_on_delete=True, delete_before_replace=False))
+        # never protected, whatever the component is: a copy is replaced (a new name) at every change of its content,
+        # which Pulumi refuses for a protected resource; retained on delete, it stays for the stable that reads it
+        keep = pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(retain_on_delete=True, delete_before_replace=False, protect=False))
         labels = {naming.copy_user(self.app.name): "true", "app.kubernetes.io/managed-by": naming.MANAGED_BY}
         for original in cm_names:
             resources.append(k8s.core.v1.ConfigMap(

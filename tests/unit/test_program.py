@@ -90,12 +90,14 @@ class HookMonitor(MockMonitor):
         self.aliases: dict[str, list[str]] = {}
         self.dependencies: dict[str, set[str]] = {}
         self.registered: list[str] = []
+        self.protect: dict[str, bool] = {}
 
     def RegisterResource(self, request: Any) -> Any:  # noqa: N802 (the gRPC method's name)
         self.hooks[request.name] = list(request.hooks.before_update)
         # pulumi-kubernetes adds aliases of its own (earlier apiVersions, under the same parent): only aliases from the root count here
         self.aliases[request.name] = [alias_urn(a, request.type, request.name) for a in request.aliases if a.urn or a.spec.noParent]
         self.dependencies[request.name] = set(request.dependencies)
+        self.protect[request.name] = request.protect
         response = super().RegisterResource(request)
         self.urns[request.name] = response.urn
         self.registered.append(response.urn)
@@ -119,6 +121,7 @@ class Declared:
     aliases: dict[str, list[str]] = field(default_factory=dict)
     dependencies: dict[str, set[str]] = field(default_factory=dict)
     registered: list[str] = field(default_factory=list)
+    protect: dict[str, bool] = field(default_factory=dict)
 
     def inputs(self, name: str) -> dict[str, Any]:
         return self.resources[name].inputs
@@ -152,7 +155,7 @@ def declare() -> Iterator[Callable[..., Declared]]:
         pulumi.runtime.set_mocks(mocks, project=project, stack=STACK, preview=False, monitor=monitor)
         pulumi.runtime.set_all_config({k: _config_value(v) for k, v in (config or {}).items()}, secret_keys or [])
         declared = Declared(mocks.resources, monitor.hooks, monitor.urns, aliases=monitor.aliases, dependencies=monitor.dependencies,
-                            registered=monitor.registered)
+                            registered=monitor.registered, protect=monitor.protect)
 
         @pulumi.runtime.test
         def program_run() -> pulumi.Output[Any]:
@@ -352,6 +355,18 @@ def test_a_content_change_gives_a_new_copy_name_and_a_new_template_hash(declare:
     assert again == first
     assert config_changed[0] != first[0] and config_changed[1] == first[1] and config_changed[2] != first[2]
     assert secret_changed[0] == first[0] and secret_changed[1] != first[1] and secret_changed[2] != first[2]
+
+
+def test_a_protected_component_protects_all_but_the_config_copies(declare: Callable[..., Declared]) -> None:
+    """Children inherit ``protect``, and Pulumi refuses to replace a protected resource: a copy is replaced
+    (a new name) at every change of its content, so a protected copy would block every config release."""
+    app = {**{k: v for k, v in full_app().items() if k != "replicas"}, "autoscaler": {"maxReplicas": 4}, "disruptionBudget": {"minAvailable": 1}}
+    d = declare(component(app, opts=pulumi.ResourceOptions(protect=True)))
+    copies = {"web-configmap-settings", "web-secret-creds"}
+    assert {name: d.protect[name] for name in copies} == dict.fromkeys(copies, False)
+    others = set(d.resources) - copies
+    assert {"web-stable", "web-route", "web-stable-autoscaler", "web-disruption-budget"} <= others
+    assert {name: d.protect[name] for name in others} == dict.fromkeys(others, True)
 
 
 def test_config_given_to_the_component_may_hold_outputs(declare: Callable[..., Declared]) -> None:
