@@ -13,7 +13,9 @@ The label contract (README, "Labels"):
   NetworkPolicies that select the app go on selecting stable;
 - on canary pods the app-wide selector labels (``SELECTOR_LABELS``) get the
   ``-canary`` suffix, so a selector meant for the app never reaches the canary
-  by accident;
+  by accident; the selectors inside the canary's own template (pod affinity
+  and anti-affinity, topology spread) that select the app by one of them get
+  the suffix as well (``workload.for_track``), so that they count canary pods;
 - ``canary.dev/template-hash`` (a pod template annotation) names the template
   a track runs, which verification compares.
 """
@@ -106,11 +108,19 @@ def track_labels(app: str, track: Track, template_labels: dict[str, str]) -> dic
     labels = dict(template_labels)
     if track is Track.CANARY:
         for key in SELECTOR_LABELS:
-            if key in labels and not labels[key].endswith("-canary"):
-                labels[key] = (labels[key][: 63 - len("-canary")] + "-canary").strip("-_.")
+            if key in labels:
+                labels[key] = canary_value(labels[key])
     labels.update(selector(app, track))
     labels.setdefault("app.kubernetes.io/managed-by", MANAGED_BY)
     return labels
+
+
+def canary_value(value: str) -> str:
+    """The canary pods' value of an app-wide selector label whose stable value is ``value``: suffixed
+    ``-canary`` (once), still a valid label value."""
+    if value.endswith("-canary"):
+        return value
+    return (value[: 63 - len("-canary")] + "-canary").strip("-_.")
 
 
 def state_configmap(app: str) -> str:

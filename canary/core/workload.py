@@ -273,12 +273,49 @@ def strip(template: Mapping[str, Any]) -> Template:
 
 
 def for_track(template: Mapping[str, Any], app: str, track: Track, template_hash_value: str) -> Template:
-    """The pod template a track's Deployment declares."""
+    """The pod template a track's Deployment declares. Stable's is the template as written, with canary's
+    marks; on the canary, the app-wide selector labels are suffixed, and so are the selectors of the
+    template that select the app by them (see ``_follow_renamed_labels``)."""
     out = copy.deepcopy(dict(template))
     meta = out.setdefault("metadata", {})
-    meta["labels"] = naming.track_labels(app, track, dict(meta.get("labels") or {}))
+    written = dict(meta.get("labels") or {})
+    meta["labels"] = naming.track_labels(app, track, written)
     meta["annotations"] = {**(meta.get("annotations") or {}), naming.HASH_ANNOTATION: template_hash_value}
+    renamed = {key: (written[key], meta["labels"][key]) for key in naming.SELECTOR_LABELS
+               if key in written and meta["labels"][key] != written[key]}
+    if renamed and isinstance(out.get("spec"), dict):
+        _follow_renamed_labels(out["spec"], renamed)
     return out
+
+
+def _follow_renamed_labels(spec: dict[str, Any], renamed: Mapping[str, tuple[str, str]]) -> None:
+    """In place: the label selectors of pod affinity and anti-affinity terms (required and preferred) and
+    of topology spread constraints, where they select a renamed label (``key -> (stable value, canary
+    value)``) by its stable value, select the canary value instead. Left as written, they would select
+    stable pods: a required anti-affinity on ``app: web`` would keep every canary pod off the nodes that
+    run stable pods, and a spread constraint would count stable pods, not the canary's. (Flagger does the
+    same for its primary's renamed labels.) ``matchLabelKeys`` need nothing: they take the pod's own values."""
+    affinity = _map(spec.get("affinity"))
+    selectors: list[Any] = []
+    for kind in ("podAffinity", "podAntiAffinity"):
+        terms = _map(affinity.get(kind))
+        selectors += [term.get("labelSelector") for term in _maps(terms.get("requiredDuringSchedulingIgnoredDuringExecution"))]
+        selectors += [_map(term.get("podAffinityTerm")).get("labelSelector")
+                      for term in _maps(terms.get("preferredDuringSchedulingIgnoredDuringExecution"))]
+    selectors += [constraint.get("labelSelector") for constraint in _maps(spec.get("topologySpreadConstraints"))]
+    for selector in selectors:
+        if not isinstance(selector, dict):
+            continue
+        match = selector.get("matchLabels")
+        if isinstance(match, dict):
+            for key, (stable, canary) in renamed.items():
+                if match.get(key) == stable:
+                    match[key] = canary
+        for expression in _maps(selector.get("matchExpressions")):
+            key, values = expression.get("key"), expression.get("values")
+            if key in renamed and expression.get("operator") in ("In", "NotIn") and isinstance(values, list):
+                stable, canary = renamed[key]
+                expression["values"] = [canary if value == stable else value for value in values]
 
 
 def declared_hash(template: Mapping[str, Any]) -> str | None:

@@ -234,6 +234,21 @@ def test_stable_pods_keep_the_templates_labels_and_canary_pods_get_the_suffix(de
         assert not selector.items() <= d.template(other)["metadata"]["labels"].items()
 
 
+def test_the_canarys_anti_affinity_keeps_canary_pods_apart_not_away_from_stable(declare: Callable[..., Declared]) -> None:
+    template = full_template()
+    apart = {"labelSelector": {"matchLabels": {"app": "web"}}, "topologyKey": "kubernetes.io/hostname"}
+    template["spec"]["affinity"] = {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [apart]}}
+    template["spec"]["topologySpreadConstraints"] = [{"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "DoNotSchedule",
+                                                      "labelSelector": {"matchExpressions": [{"key": "app.kubernetes.io/name", "operator": "In", "values": ["web"]}]}}]
+    d = declare(component({**full_app(), "template": template}))
+    canary, stable = d.template("canary")["spec"], d.template("stable")["spec"]
+    assert canary["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0]["labelSelector"] == {"matchLabels": {"app": "web-canary"}}
+    assert canary["topologySpreadConstraints"][0]["labelSelector"]["matchExpressions"][0]["values"] == ["web-canary"]
+    assert (stable["affinity"], stable["topologySpreadConstraints"]) == (template["spec"]["affinity"], template["spec"]["topologySpreadConstraints"])
+    # what a release pins and hashes is the template as written
+    assert d.exported["desired"]["template"] == template
+
+
 def test_the_simple_forms_pods_get_the_canary_suffix_on_the_app_name_label(declare: Callable[..., Declared]) -> None:
     d = declare(component())
     assert d.template("stable")["metadata"]["labels"]["app.kubernetes.io/name"] == "web"

@@ -311,6 +311,65 @@ def test_for_track_on_a_template_without_metadata() -> None:
     assert workload.declared_hash(bare) is None
 
 
+def _placed(app_selector: dict[str, Any]) -> dict[str, Any]:
+    """A template whose pods spread and keep apart by selectors of their own app (and of others)."""
+    cache = {"matchLabels": {"app": "cache"}}
+    return {
+        "metadata": {"labels": {"app": "web", "app.kubernetes.io/name": "web", "tier": "front"}},
+        "spec": {
+            "containers": [{"name": "web", "image": IMAGE}],
+            "affinity": {
+                "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                    {"matchExpressions": [{"key": "app", "operator": "In", "values": ["web"]}]}]}},
+                "podAntiAffinity": {
+                    "requiredDuringSchedulingIgnoredDuringExecution": [{"labelSelector": copy.deepcopy(app_selector), "topologyKey": "kubernetes.io/hostname"}],
+                    "preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 100, "podAffinityTerm": {
+                        "labelSelector": {"matchExpressions": [{"key": "app.kubernetes.io/name", "operator": "In", "values": ["web", "api"]}]},
+                        "topologyKey": "topology.kubernetes.io/zone"}}],
+                },
+                "podAffinity": {
+                    "requiredDuringSchedulingIgnoredDuringExecution": [{"labelSelector": cache, "topologyKey": "kubernetes.io/hostname"}],
+                    "preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 10, "podAffinityTerm": {
+                        "labelSelector": {"matchExpressions": [{"key": "app", "operator": "NotIn", "values": ["web"]},
+                                                               {"key": "app", "operator": "Exists"}]},
+                        "topologyKey": "kubernetes.io/hostname"}}],
+                },
+            },
+            "topologySpreadConstraints": [
+                {"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "DoNotSchedule",
+                 "labelSelector": copy.deepcopy(app_selector), "matchLabelKeys": ["pod-template-hash"]},
+                # not a label the template carries, and not a suffixed label: left alone
+                {"maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "ScheduleAnyway",
+                 "labelSelector": {"matchLabels": {"name": "web", "tier": "front"}}},
+            ],
+        },
+    }
+
+
+def test_the_canarys_own_selectors_of_its_app_follow_its_suffixed_labels() -> None:
+    """A required anti-affinity on app: web kept every canary pod off the nodes running stable pods (with as
+    many replicas as nodes, the canary never scheduled), and a spread constraint counted stable pods."""
+    template = _placed({"matchLabels": {"app": "web", "tier": "front"}})
+    before = copy.deepcopy(template)
+    canary = workload.for_track(template, "web", Track.CANARY, "h")
+    assert template == before
+    expected = _placed({"matchLabels": {"app": "web-canary", "tier": "front"}})["spec"]
+    anti = expected["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"]
+    anti["labelSelector"]["matchExpressions"][0]["values"] = ["web-canary", "api"]
+    affinity = expected["affinity"]["podAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"]
+    affinity["labelSelector"]["matchExpressions"][0]["values"] = ["web-canary"]
+    assert canary["spec"] == expected
+    # stable runs the template exactly as written
+    assert workload.for_track(template, "web", Track.STABLE, "h")["spec"] == before["spec"]
+
+
+def test_selectors_by_the_apps_labels_in_expressions_follow_them_too() -> None:
+    canary = workload.for_track(_placed({"matchExpressions": [{"key": "app", "operator": "In", "values": ["web"]}]}), "web", Track.CANARY, "h")
+    required = canary["spec"]["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0]
+    assert required["labelSelector"] == {"matchExpressions": [{"key": "app", "operator": "In", "values": ["web-canary"]}]}
+    assert canary["spec"]["topologySpreadConstraints"][0]["labelSelector"] == required["labelSelector"]
+
+
 @pytest.mark.parametrize(
     ("value", "expected"),
     [("web", "web-canary"), ("web-canary", "web-canary"), ("a" * 63, "a" * 56 + "-canary"), ("a" * 55 + ".b", "a" * 55 + ".-canary")],
