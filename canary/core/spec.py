@@ -209,7 +209,7 @@ class App(_Model):
     env: dict[str, Verbatim] = {}
     # the full form: a pod template as Kubernetes spells it (checked field by field)
     template: dict[str, Any] | None = None
-    #: the main container's name in the template (default: the one named like the app, else the first)
+    #: the main container's name in the template (default: the one named like the app, else the only one)
     container: DnsLabel | None = None
     config_maps: dict[DnsName, ConfigMapData] = {}
     secrets: dict[DnsName, SecretData] = {}
@@ -226,16 +226,17 @@ class App(_Model):
 
     @property
     def container_port(self) -> int:
-        """The port the Services target: ``port``, or the main container's first one, else 8080."""
+        """The port the Services target: ``port``, or the main container's (its only one, else the one named
+        ``http``), else 8080. An app whose main port would be a guess is refused by ``app_problems``."""
         if self.port is not None:
             return self.port
         if self.template is not None:
             try:
-                ports = workload.main_container(self.template, self.name, self.container).get("ports") or []
+                port = workload.main_port(workload.main_container(self.template, self.name, self.container))
             except KeyError:
-                ports = []
-            if ports and isinstance(ports[0].get("containerPort"), int):
-                return int(ports[0]["containerPort"])
+                port = None
+            if port is not None:
+                return port
         return 8080
 
 
@@ -893,10 +894,21 @@ def app_problems(app: App, field: str, template_field: str | None = None) -> lis
             problems.append(Problem(f"{field}.{simple[0]}", "set", "describe the pod either with template or with env/resources/probes, not both"))
         try:
             main = workload.main_container(app.template, app.name, app.container)
+        except workload.AmbiguousContainer as exc:
+            problems.append(Problem(f"{field}.container", "nothing", (
+                f"is required: the template has several containers ({', '.join(exc.names)}) and none is named like the app ({app.name}): "
+                "set it to the app's own container, the one whose image image sets and whose port the Services target")))
         except KeyError as exc:
             where = f"{field}.container" if app.container else f"{at}.spec.containers"
             problems.append(Problem(where, str(exc), "names no container of the template" if app.container else "must list at least one container"))
         else:
+            if app.port is None:
+                try:
+                    workload.main_port(main)
+                except workload.AmbiguousPort as exc:
+                    problems.append(Problem(f"{field}.port", "nothing", (
+                        f"is required: the main container {main.get('name')} lists several ports ({', '.join(exc.ports)}) and none is named "
+                        "http: set it to the container port the Services target")))
             if not main.get("image") and app.image is None:
                 problems.append(Problem(f"{field}.image", "nothing", f"is required: the template's main container {main.get('name')} has no image"))
             elif main.get("image") and app.image is None:

@@ -152,8 +152,26 @@ def _maps(value: Any) -> list[Any]:
     return [item for item in value if isinstance(item, Mapping)] if isinstance(value, list) else []
 
 
+class AmbiguousContainer(KeyError):
+    """Several containers and none named like the app: which one is the app's is not guessed (a sidecar
+    listed first would get ``app.image``, and the Services its port). A ``KeyError``, as a missing one."""
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        super().__init__(", ".join(names))
+        self.names = names
+
+
+class AmbiguousPort(ValueError):
+    """The main container lists several ports, none named ``http``: which one the Services target is not guessed."""
+
+    def __init__(self, ports: tuple[str, ...]) -> None:
+        super().__init__(", ".join(ports))
+        self.ports = ports
+
+
 def main_container(template: Mapping[str, Any], app: str, name: str | None = None) -> dict[str, Any]:
-    """The app's own container: the one named ``name`` (or like the app), else the first."""
+    """The app's own container: the one named ``name``, else the one named like the app, else the only one.
+    ``KeyError`` when there is none such; ``AmbiguousContainer`` (one) for several, none named like the app."""
     containers = _maps(_map(template.get("spec")).get("containers"))
     wanted = name or app
     for container in containers:
@@ -161,7 +179,23 @@ def main_container(template: Mapping[str, Any], app: str, name: str | None = Non
             return container  # type: ignore[no-any-return]
     if name is not None or not containers:
         raise KeyError(wanted)
+    if len(containers) > 1:
+        raise AmbiguousContainer(tuple(str(c.get("name")) for c in containers))
     return containers[0]  # type: ignore[no-any-return]
+
+
+def main_port(container: Mapping[str, Any]) -> int | None:
+    """The port of the main container the Services target: its only one, else the one named ``http``;
+    None when it lists none; ``AmbiguousPort`` for several, none named ``http``."""
+    ports = [p for p in _maps(container.get("ports")) if isinstance(p.get("containerPort"), int) and not isinstance(p.get("containerPort"), bool)]
+    if len(ports) == 1:
+        return int(ports[0]["containerPort"])
+    named = [p for p in ports if p.get("name") == "http"]
+    if named:
+        return int(named[0]["containerPort"])
+    if ports:
+        raise AmbiguousPort(tuple(f"{p['name']} {p['containerPort']}" if p.get("name") else str(p["containerPort"]) for p in ports))
+    return None
 
 
 def image(template: Mapping[str, Any], app: str, container: str | None = None) -> str:

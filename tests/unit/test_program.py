@@ -436,6 +436,18 @@ def test_an_invalid_template_stops_the_program_naming_the_field(declare: Callabl
 NO_IMAGE = {"name": "web", "namespace": "shop"}
 
 
+def sidecar_first() -> dict[str, Any]:
+    """A sidecar listed first, and the app's container not named like the app."""
+    return {"spec": {"containers": [
+        {"name": "cloud-sql-proxy", "image": "gcr.io/cloud-sql-connectors/cloud-sql-proxy:2.11", "ports": [{"containerPort": 5432}]},
+        {"name": "api", "image": "registry.example.com/shop/api:1", "ports": [{"name": "http", "containerPort": 8080}]},
+    ]}}
+
+
+def several_ports(*ports: dict[str, Any]) -> dict[str, Any]:
+    return {"spec": {"containers": [{"name": "web", "image": "registry.example.com/shop/web:1", "ports": list(ports)}]}}
+
+
 @pytest.mark.parametrize(("args", "config", "field_", "rule"), [
     ({"app": {**NO_IMAGE, "container": "wbe"}, "template": full_template()}, None, "app.container", "names no container of the template (got 'wbe')"),
     ({"rollout": "Direct"}, None, "rollout", "must be 'checked' or 'direct' (got 'Direct')"),
@@ -449,10 +461,15 @@ NO_IMAGE = {"name": "web", "namespace": "shop"}
     ({"app": {**NO_IMAGE, "env": {"LEVEL": "warn"}}, "template": full_template()}, None, "app.env", "describe the pod either with template or with env/resources/probes"),
     ({"app": NO_IMAGE, "template": {"spec": {"containers": [{"name": "web", "image": pulumi.Output.from_input("registry.example.com/shop/web:1")}]}}},
      None, "template.spec.containers[0].image", "must be a plain value, not a pulumi Output"),
+    ({"app": {**NO_IMAGE, "image": "registry.example.com/shop/api:2"}, "template": sidecar_first()}, None, "app.container",
+     "is required: the template has several containers (cloud-sql-proxy, api) and none is named like the app (web)"),
+    ({"app": NO_IMAGE, "template": several_ports({"name": "metrics", "containerPort": 9090}, {"name": "grpc", "containerPort": 8081})}, None,
+     "app.port", "is required: the main container web lists several ports (metrics 9090, grpc 8081) and none is named http"),
     ({"config_maps": ["settings"]}, None, "config_maps", "must be a mapping of name to data"),
     ({"adopt": ["web"]}, None, "adopt", "must be a mapping of deployment, service, route"),
 ], ids=["container-typo", "rollout-typo", "rollout-config-typo", "app-name", "app-not-a-mapping", "gateway-not-a-mapping", "template-not-a-mapping",
-        "template-without-image", "simple-form-without-image", "template-and-simple-fields", "template-holding-an-output", "config-maps-list", "adopt-list"])
+        "template-without-image", "simple-form-without-image", "template-and-simple-fields", "template-holding-an-output", "sidecar-first",
+        "several-ports", "config-maps-list", "adopt-list"])
 def test_a_bad_argument_of_the_component_stops_the_program_with_a_run_error_naming_it(
         declare: Callable[..., Declared], args: dict[str, Any], config: dict[str, Any] | None, field_: str, rule: str) -> None:
     """As invalid stack config does: Pulumi prints a RunError's message whole, and a traceback for anything else."""
@@ -461,6 +478,24 @@ def test_a_bad_argument_of_the_component_stops_the_program_with_a_run_error_nami
         declare(lambda: program.CanaryDeployment("web", given.pop("app"), given.pop("gateway"), **given), config)
     assert str(caught.value).startswith("invalid CanaryDeployment web:\n")
     assert f"  - {field_}: {rule}" in str(caught.value), str(caught.value)
+
+
+def test_the_services_target_the_port_named_http_of_several(declare: Callable[..., Declared]) -> None:
+    d = declare(component(NO_IMAGE, template=several_ports({"name": "metrics", "containerPort": 9090}, {"name": "http", "containerPort": 8080})))
+    assert {d.inputs(f"web-{s}-service")["spec"]["ports"][0]["targetPort"] for s in ("stable", "canary", "apex")} == {8080}
+    assert d.exported["app"]["port"] == 8080
+
+
+def test_app_container_and_app_port_name_the_main_container_and_port(declare: Callable[..., Declared]) -> None:
+    app = {**NO_IMAGE, "image": "registry.example.com/shop/api:2", "container": "api", "port": 8080}
+    d = declare(component(app, template=sidecar_first()))
+    assert [c["image"] for c in d.template("stable")["spec"]["containers"]] == ["gcr.io/cloud-sql-connectors/cloud-sql-proxy:2.11", "registry.example.com/shop/api:2"]
+    assert d.inputs("web-stable-service")["spec"]["ports"][0]["targetPort"] == 8080
+    # one container is the main one, whatever its name
+    alone = {"spec": {"containers": [{"name": "api", "image": "registry.example.com/shop/api:1", "ports": [{"containerPort": 7000}]}]}}
+    d = declare(component({**NO_IMAGE, "image": "registry.example.com/shop/api:2"}, template=alone))
+    assert d.template("stable")["spec"]["containers"][0]["image"] == "registry.example.com/shop/api:2"
+    assert d.inputs("web-stable-service")["spec"]["ports"][0]["targetPort"] == 7000
 
 
 # --- adopting what a program declared before canary ----------------------------------------------

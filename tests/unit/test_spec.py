@@ -470,6 +470,17 @@ def test_template_problems_are_reported_at_once_with_their_paths() -> None:
     }
 
 
+@pytest.mark.parametrize(("containers", "field", "rule"), [
+    ([{"name": "proxy", "image": "envoy:1.30", "ports": [{"containerPort": 5432}]}, {"name": "api", "image": BASE_IMAGE}],
+     "app.container", "is required: the template has several containers (proxy, api) and none is named like the app (web)"),
+    ([{"name": "web", "image": BASE_IMAGE, "ports": [{"name": "metrics", "containerPort": 9090}, {"name": "grpc", "containerPort": 8081}]}],
+     "app.port", "is required: the main container web lists several ports (metrics 9090, grpc 8081) and none is named http"),
+], ids=["container", "port"])
+def test_a_template_whose_main_container_or_port_would_be_a_guess_is_refused(containers: list[dict[str, Any]], field: str, rule: str) -> None:
+    found = problems(values_with(del_path("app.port"), set_path("app.template", {"spec": {"containers": containers}})))
+    assert any(p.field == field and p.rule.startswith(rule) for p in found), [str(p) for p in found]
+
+
 SECRET = "s3cr3t-value"
 
 

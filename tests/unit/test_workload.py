@@ -128,13 +128,41 @@ def test_check_takes_other_kubernetes_kinds(value: dict[str, Any], kind: str, ex
 # --- the main container --------------------------------------------------------------------------
 
 
-def test_the_main_container_is_the_one_named_like_the_app_else_the_first() -> None:
+def test_the_main_container_is_the_one_named_like_the_app_else_the_only_one() -> None:
     template = _full_template()
     assert workload.main_container(template, "web")["name"] == "web"
-    assert workload.main_container(template, "shop")["name"] == "proxy"
     assert workload.main_container(template, "web", "proxy")["name"] == "proxy"
     assert workload.image(template, "web") == IMAGE
     assert workload.image(template, "web", "proxy") == "envoy:1.30"
+    assert workload.main_container({"spec": {"containers": [{"name": "api"}]}}, "web")["name"] == "api"
+
+
+def test_several_containers_none_named_like_the_app_are_not_guessed() -> None:
+    """The first of them was taken: a sidecar listed first got app.image, and the Services its port."""
+    with pytest.raises(workload.AmbiguousContainer) as caught:
+        workload.main_container(_full_template(), "shop")
+    assert caught.value.names == ("proxy", "web")
+    assert isinstance(caught.value, KeyError)  # as a missing one: readers of a running template find no image
+
+
+@pytest.mark.parametrize(
+    ("ports", "expected"),
+    [
+        ([], None),
+        ([{"containerPort": 9090}], 9090),
+        ([{"name": "metrics", "containerPort": 9090}, {"name": "http", "containerPort": 8080}], 8080),
+        ([{"name": "http", "containerPort": 8080}, {"name": "admin", "containerPort": 15000}], 8080),
+    ],
+    ids=["none", "one", "http-second", "http-first"],
+)
+def test_the_main_port_is_the_only_one_else_the_one_named_http(ports: list[dict[str, Any]], expected: int | None) -> None:
+    assert workload.main_port({"name": "web", "ports": ports}) == expected
+
+
+def test_several_ports_none_named_http_are_not_guessed() -> None:
+    with pytest.raises(workload.AmbiguousPort) as caught:
+        workload.main_port({"name": "web", "ports": [{"name": "metrics", "containerPort": 9090}, {"containerPort": 8081}]})
+    assert caught.value.ports == ("metrics 9090", "8081")
 
 
 @pytest.mark.parametrize(
