@@ -455,6 +455,10 @@ def _arguments(name: str, app: Any, gateway: Any, prometheus: Any, rollout: Any,
         problems.extend(exc.problems)
 
     def model(cls: Any, value: Any, what: str) -> Any:
+        outputs = list(_outputs_in(value, what))
+        if outputs:
+            problems.extend(Problem(path, "an Output", _OUTPUT_RULE + _output_hint(path)) for path in outputs)
+            return None
         try:
             return _model(cls, value, what)
         except InvalidSpec as exc:
@@ -493,6 +497,25 @@ def _arguments(name: str, app: Any, gateway: Any, prometheus: Any, rollout: Any,
     if problems:
         raise InvalidSpec(problems, f"CanaryDeployment {name}")
     return spec_app, spec_gateway, spec_prometheus, spec_rollout, desired, moved
+
+
+#: Why ``app``, ``gateway`` and ``prometheus`` take plain values: they are checked before the component declares
+#: anything (a refused argument applies nothing), the app's name keys its stack output and its release, and what a
+#: release pins (the template's hash, the image ``canary release --image`` sets) must be known before the up: an
+#: Output's value is known only during the up, and not at all in a preview.
+_OUTPUT_RULE = "must be a plain value, not a pulumi Output: the component checks it and pins releases by it before the up, when an Output has no value yet; "
+_OUTPUT_HINTS = {
+    "app.namespace": "pass the namespace's name itself (the name you give a Namespace resource, not its metadata.name), "
+                     "and order the component after it with opts=ResourceOptions(depends_on=[namespace])",
+    "app.image": "pass the image reference itself, with its tag or digest (the one your build pushes, read from config: "
+                 "with image_config= naming that key, `canary release --image` sets it)",
+}
+
+
+def _output_hint(path: str) -> str:
+    if path.startswith(("app.configMaps.", "app.secrets.")):
+        return "give the data with the component's config_maps= or secrets= instead, which take Outputs (hashed once resolved)"
+    return _OUTPUT_HINTS.get(path, "pass the value itself")
 
 
 def _outputs_in(value: Any, path: str) -> Iterator[str]:

@@ -434,6 +434,7 @@ def test_an_invalid_template_stops_the_program_naming_the_field(declare: Callabl
 
 
 NO_IMAGE = {"name": "web", "namespace": "shop"}
+OUTPUT_RULE = "must be a plain value, not a pulumi Output: the component checks it and pins releases by it before the up, when an Output has no value yet; "
 
 
 def sidecar_first() -> dict[str, Any]:
@@ -465,11 +466,20 @@ def several_ports(*ports: dict[str, Any]) -> dict[str, Any]:
      "is required: the template has several containers (cloud-sql-proxy, api) and none is named like the app (web)"),
     ({"app": NO_IMAGE, "template": several_ports({"name": "metrics", "containerPort": 9090}, {"name": "grpc", "containerPort": 8081})}, None,
      "app.port", "is required: the main container web lists several ports (metrics 9090, grpc 8081) and none is named http"),
+    ({"app": {**SIMPLE_APP, "namespace": pulumi.Output.from_input("shop")}}, None, "app.namespace",
+     OUTPUT_RULE + "pass the namespace's name itself"),
+    ({"app": {**SIMPLE_APP, "image": pulumi.Output.from_input("registry.example.com/shop/web:2")}}, None, "app.image",
+     OUTPUT_RULE + "pass the image reference itself"),
+    ({"app": pulumi.Output.from_input(SIMPLE_APP)}, None, "app", "must be a plain value, not a pulumi Output"),
+    ({"app": {**full_app(), "secrets": {"creds": {"stringData": {"TOKEN": pulumi.Output.secret("s3cr3t")}}}}}, None, "app.secrets.creds.stringData.TOKEN",
+     OUTPUT_RULE + "give the data with the component's config_maps= or secrets= instead"),
+    ({"gateway": {"parentRefs": [{"name": pulumi.Output.from_input("public")}]}}, None, "gateway.parentRefs[0].name",
+     "must be a plain value, not a pulumi Output"),
     ({"config_maps": ["settings"]}, None, "config_maps", "must be a mapping of name to data"),
     ({"adopt": ["web"]}, None, "adopt", "must be a mapping of deployment, service, route"),
 ], ids=["container-typo", "rollout-typo", "rollout-config-typo", "app-name", "app-not-a-mapping", "gateway-not-a-mapping", "template-not-a-mapping",
         "template-without-image", "simple-form-without-image", "template-and-simple-fields", "template-holding-an-output", "sidecar-first",
-        "several-ports", "config-maps-list", "adopt-list"])
+        "several-ports", "namespace-output", "image-output", "app-output", "secret-output", "gateway-output", "config-maps-list", "adopt-list"])
 def test_a_bad_argument_of_the_component_stops_the_program_with_a_run_error_naming_it(
         declare: Callable[..., Declared], args: dict[str, Any], config: dict[str, Any] | None, field_: str, rule: str) -> None:
     """As invalid stack config does: Pulumi prints a RunError's message whole, and a traceback for anything else."""
