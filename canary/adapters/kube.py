@@ -191,6 +191,12 @@ def _client(kubeconfig: Path | str | None, context: str | None, env: Mapping[str
         path = Path(env.get("HOME") or Path.home()).expanduser() / ".kube" / "config"
         if not path.exists():
             if env.get("KUBERNETES_SERVICE_HOST") and env.get("KUBERNETES_SERVICE_PORT"):
+                if context:
+                    # a context names an entry of a kubeconfig; without one it would be ignored, and the pod's own
+                    # cluster used where another was asked for (client-go refuses it too: no such context)
+                    raise Forbidden(f"kubernetes:context {context} names a kubeconfig context, but there is no kubeconfig (KUBECONFIG and "
+                                    f"kubernetes:kubeconfig are not set, {path} does not exist): give the kubeconfig, or remove "
+                                    "kubernetes:context to use the pod's service account")
                 return _in_cluster(env, service_account), f"the pod's service account ({service_account})"
             raise Forbidden(f"no kubeconfig: KUBECONFIG and kubernetes:kubeconfig are not set, {path} does not exist, and "
                             "KUBERNETES_SERVICE_HOST/KUBERNETES_SERVICE_PORT are not set (not in a pod): "

@@ -214,6 +214,20 @@ def test_the_service_accounts_paths_are_given(tmp_path: Path, apiserver: ApiServ
     assert Kube(env=env, service_account=service_account).get("v1", "ConfigMap", "x", NAMESPACE) is None
 
 
+def test_a_context_asked_for_without_a_kubeconfig_is_refused_not_ignored_in_a_pod(tmp_path: Path, apiserver: ApiServer) -> None:
+    # kubernetes:context names an entry of a kubeconfig: in a pod without one it was ignored, and the pod's own
+    # cluster used where another had been asked for
+    service_account = tmp_path / "sa"
+    service_account.mkdir()
+    (service_account / "token").write_text("pod-token")
+    (service_account / "ca.crt").write_bytes(apiserver.ca.read_bytes())
+    env = {"HOME": str(tmp_path), "KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": str(apiserver.port)}
+    with pytest.raises(Forbidden) as info:
+        Kube(context="prod-eu", env=env, service_account=service_account)
+    assert "kubernetes:context prod-eu names a kubeconfig context, but there is no kubeconfig" in str(info.value)
+    assert "pod-token" not in str(info.value)
+
+
 @pytest.mark.parametrize(("env", "files", "said"), [
     ({}, {}, "no kubeconfig: KUBECONFIG and kubernetes:kubeconfig are not set, {home}/.kube/config does not exist, and "
              "KUBERNETES_SERVICE_HOST/KUBERNETES_SERVICE_PORT are not set (not in a pod)"),
