@@ -155,7 +155,12 @@ class Caller:
                 _kill_group(process)
                 process.wait()
                 reader.join(1)
-                why = "was cancelled with the release" if cancel is not None and cancel.is_set() else f"timed out after {hook.timeout.total_seconds():g}s"
+                if cancel is not None and cancel.is_set():
+                    why = "was cancelled with the release"
+                elif hook.background:
+                    why = "ran until the interval's end"
+                else:
+                    why = f"timed out after {hook.timeout.total_seconds():g}s"
                 return HookResult(hook.name, hook.type.value, False, time.monotonic() - start, f"`{hook.cmd}` {why} and was killed")
             time.sleep(0.02)
         # what it started in the background dies with it (a load generator left running, holding the

@@ -38,6 +38,10 @@ _AS_IS = ("interval", "threshold", "maxWeight", "stepWeight", "stepWeights", "it
 #: maxWeight 50): left to canary's, a bad version would get five failed intervals instead of Flagger's one.
 FLAGGER_THRESHOLD = 1
 FLAGGER_MAX_WEIGHT = 100
+#: Flagger's timeout for a webhook that sets none (canary's is 60s).
+FLAGGER_WEBHOOK_TIMEOUT = "10s"
+#: The load tester's task types that run one tool on the words of metadata.cmd.
+_LOAD_TESTER_TOOLS = {"helm": "helm", "helmv3": "helm", "kubectl": "kubectl"}
 #: Flagger runs an analysis interval shorter than this at this (canary would take it as written).
 FLAGGER_MIN_INTERVAL = timedelta(seconds=10)
 #: Flagger runs an analysis interval it cannot parse at this, its default.
@@ -359,41 +363,72 @@ def _analysis(data: Mapping[str, Any], notes: list[str]) -> dict[str, Any]:
                   for key in metadata if not isinstance(key, str)]
         if wrong:
             raise InvalidSpec(wrong, "Canary")
+        queued = False  # a load tester's cmd task: Flagger's call returns before it runs, its timeout bounds nothing of it
         if "cmd" in metadata:
-            kind = metadata.pop("type", "cmd") or "cmd"
-            if kind not in ("cmd", "bash"):
-                raise InvalidSpec([Problem(f"spec.analysis.webhooks[{i}].metadata.type", kind,
-                                           "must be cmd or bash: canary runs a load tester's command locally, and a "
-                                           f"{kind} hook's cmd is not one (write the whole command as the hook's cmd)")], "Canary")
-            command = metadata.pop("cmd")
-            # the load tester runs type cmd through sh -c and type bash through bash -c (pipes and all);
-            # canary runs a hook's cmd without a shell, so the shell is written into it
-            out_hook["cmd"] = f"{'bash' if kind == 'bash' else 'sh'} -c {shlex.quote(command)}"
-            if hook.get("url"):
-                notes.append(
-                    f"spec.analysis.webhooks[{i}].url: {hook['url']} (a Flagger load tester) is replaced by "
-                    "running metadata.cmd locally as the webhook's cmd"
-                )
-            if kind == "cmd":
-                # the load tester answers 202 as soon as it has queued a cmd: its outcome never reached Flagger
-                notes.append(
-                    f"spec.analysis.webhooks[{i}].metadata.cmd: Flagger's load tester starts a cmd and answers at once, "
-                    "whatever it does; canary runs it to its end (a rollout hook within its interval and timeout, any other "
-                    "within its timeout) and a non-zero exit or the timeout is a failed check"
-                )
+            queued = _load_tester_hook(i, hook, metadata, out_hook, notes) == "cmd"
         elif "url" in hook:
             out_hook["url"] = hook["url"]
         if out_hook["type"] == "event":
-            notes.append(f"spec.analysis.webhooks[{i}]: an event hook receives canary's event payload (see Webhooks in "
-                         "canary's README), not the one Flagger sends: check that its receiver reads it")
-        if "timeout" in hook:
+            notes.append(f"spec.analysis.webhooks[{i}]: an event hook is sent Flagger's event payload (eventMessage, eventType, "
+                         "timestamp in its metadata) with canary's fields beside it (see Webhooks in canary's README)")
+        if out_hook.get("background"):
+            pass  # Flagger's timeout bounded its call to the load tester, which answers at once; nothing to bound here
+        elif "timeout" in hook:
             out_hook["timeout"] = hook["timeout"]
+        elif not queued and (out_hook.get("cmd") or out_hook.get("url")):
+            out_hook["timeout"] = FLAGGER_WEBHOOK_TIMEOUT
+            notes.append(f"spec.analysis.webhooks[{i}].timeout: not set; written as {FLAGGER_WEBHOOK_TIMEOUT}, "
+                         "Flagger's default (canary's is 60s)")
         if metadata:
             out_hook["metadata"] = metadata
         webhooks.append(out_hook)
     if webhooks:
         out["webhooks"] = webhooks
     return out
+
+
+def _load_tester_hook(i: int, hook: Mapping[str, Any], metadata: dict[str, str], out_hook: dict[str, Any], notes: list[str]) -> str:
+    """A webhook calling Flagger's load tester with ``metadata.cmd``, as the local command the load tester would
+    have run. Type ``cmd`` (the default) is queued and answered at once, its outcome never reported: a rollout
+    one becomes a ``background`` command, any other is run to its end and judged (noted). ``bash`` runs through
+    ``bash -c`` and ``helm``/``helmv3``/``kubectl`` run that tool on the cmd's words, all answered with the
+    outcome, as canary judges a cmd hook. Any other type (``concord``, ``ngrinder``) is refused. Returns the type."""
+    field = f"spec.analysis.webhooks[{i}]"
+    kind = metadata.pop("type", "cmd") or "cmd"
+    command = metadata.pop("cmd")
+    if kind == "cmd":
+        out_hook["cmd"] = f"sh -c {shlex.quote(command)}"
+    elif kind == "bash":
+        out_hook["cmd"] = f"bash -c {shlex.quote(command)}"
+    elif kind in _LOAD_TESTER_TOOLS:
+        # the load tester splits these at blanks (no quotes, no shell) and runs the tool on the words
+        out_hook["cmd"] = shlex.join([_LOAD_TESTER_TOOLS[kind], *command.split()])
+        notes.append(f"{field}.metadata.type: {kind}: runs `{out_hook['cmd']}` where canary runs, which needs "
+                     f"{_LOAD_TESTER_TOOLS[kind]} there and the cluster access the load tester had")
+    else:
+        raise InvalidSpec([Problem(f"{field}.metadata.type", kind,
+                                   "must be cmd, bash, helm, helmv3 or kubectl: canary runs a load tester's command locally, "
+                                   f"and a {kind} task is no command line (write the whole command as the hook's cmd)")], "Canary")
+    if hook.get("url"):
+        notes.append(f"{field}.url: {hook['url']} (a Flagger load tester) is replaced by running metadata.cmd locally as the webhook's cmd")
+    for key in ("logCmdOutput", "returnCmdOutput"):
+        if key in metadata:
+            notes.append(f"{field}.metadata.{key}: {metadata.pop(key)!r} left out: it set what the load tester logs or answers; "
+                         "canary records a command's exit status, and the last lines of its output when it fails")
+    if kind != "cmd":
+        return kind
+    if out_hook["type"] == "rollout":
+        out_hook["background"] = True
+        notes.append(f"{field}.metadata.cmd: runs in the background through each analysis interval and is stopped at its end, "
+                     "its exit status recorded but not judged (background: true), as Flagger's load tester runs it without "
+                     "reporting how it ended; it is started again each interval, where the load tester let a run go on "
+                     "across intervals, so a load test longer than the interval is cut at the interval's end"
+                     + ("; timeout left out: it bounded the call to the load tester" if "timeout" in hook else ""))
+    else:
+        notes.append(f"{field}.metadata.cmd: Flagger's load tester starts a cmd and answers yes at once, whatever it does; "
+                     f"canary runs this {out_hook['type']} hook's command to its end within its timeout, and a non-zero exit "
+                     "or the timeout is a no")
+    return kind
 
 
 def _deprecated_threshold(i: int, metric: Mapping[str, Any], out_metric: dict[str, Any], notes: list[str]) -> None:

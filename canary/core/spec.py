@@ -508,6 +508,9 @@ class Webhook(_Model):
     cmd: str | None = None
     timeout: Duration = timedelta(seconds=60)
     metadata: dict[str, str] = {}
+    #: a rollout command that generates load, as a Flagger load tester runs one: started when the interval
+    #: starts, stopped when it ends, its exit status recorded but never judged (timeout is not used)
+    background: bool = False
 
     @field_validator("url")
     @classmethod
@@ -539,6 +542,9 @@ class Webhook(_Model):
     def _target(self) -> Webhook:
         if bool(self.url) == bool(self.cmd):
             raise ValueError("must set exactly one of url (HTTP POST) or cmd (local command)")
+        if self.background and (self.type is not WebhookType.ROLLOUT or not self.cmd):
+            # only a rollout hook has an interval to run through; any other hook's answer is what it is for
+            raise ValueError("background needs a rollout hook with a cmd (a load generator run through each interval)")
         return self
 
 

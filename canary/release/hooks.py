@@ -225,14 +225,19 @@ class Hooks:
         return running
 
     def finish_rollout(self, state: ReleaseState, running: list[tuple[Webhook, Any]], start: float, cut: str = "") -> list[HookResult]:
-        """Collect rollout hooks. A command (a load test) may run through the interval and then
-        ``timeout`` longer — as a Flagger load tester runs it — before it is killed; an abort kills it at once,
-        and so does ``cut`` (why: a person answered, and no tick will judge this interval)."""
+        """Collect rollout hooks. A command may run through the interval and then ``timeout`` longer before
+        it is killed; an abort kills it at once, and so does ``cut`` (why: a person answered, and no tick will
+        judge this interval). A ``background`` command (a load generator) is stopped at once and never fails."""
         failures = []
         interval = self.spec.analysis.interval.total_seconds()
         for hook, handle in running:
             if isinstance(handle, HookResult):
                 result = handle
+            elif hook.background:
+                # a load generator: stopped now, whatever it is doing; how it ended is recorded, never judged
+                # (a Flagger load tester answers at once and never reports it either)
+                result = self.caller.finish(hook, handle, time.monotonic(), self.cancel)
+                result = dataclasses.replace(result, ok=True, detail=f"{result.detail} (in the background: not judged)")
             elif cut:
                 result = self.caller.finish(hook, handle, time.monotonic(), self.cancel)
                 if not result.ok:

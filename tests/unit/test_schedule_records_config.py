@@ -610,7 +610,7 @@ def test_the_reference_manifests_convert_with_every_field() -> None:
     assert error_rate.threshold_range is not None and error_rate.threshold_range.max == 1 and error_rate.interval == timedelta(minutes=1)
     assert duration.name == "request-duration" and duration.template_ref is None and duration.threshold_range is not None and duration.threshold_range.max == 500
     (hook,) = a.webhooks
-    assert (hook.name, hook.type.value, hook.cmd, hook.url, hook.timeout) == ("load-test", "rollout", "sh -c 'hey -z 1m -q 10 -c 2 http://web-canary.prod:80/'", None, timedelta(seconds=15))
+    assert (hook.name, hook.type.value, hook.cmd, hook.url, hook.background) == ("load-test", "rollout", "sh -c 'hey -z 1m -q 10 -c 2 http://web-canary.prod:80/'", None, True)
     template = release.metric_templates["error-rate"]
     assert template.provider.address == "http://prometheus.monitoring:9090"
     assert template.query == _template()["spec"]["query"].strip()
@@ -629,7 +629,8 @@ def test_the_import_is_equivalent_to_the_prod_stack() -> None:
     (hook,), (prod_hook,) = imported.analysis.webhooks, prod.analysis.webhooks
     assert hook.cmd == f"sh -c '{prod_hook.cmd}'"  # the load tester's shell, written out
     assert imported.analysis.model_copy(update={"failure_limit": None, "webhooks": prod.analysis.webhooks}) == prod.analysis
-    assert hook.model_copy(update={"cmd": prod_hook.cmd}) == prod_hook
+    # Flagger's load tester runs it in the background, unjudged (its 15s bounded the call to the load tester)
+    assert hook.background and hook.model_copy(update={"cmd": prod_hook.cmd, "background": False, "timeout": prod_hook.timeout}) == prod_hook
     assert imported.metric_templates["error-rate"].query.strip() == prod.metric_templates["error-rate"].query.strip()
     assert imported.app.image == prod.app.image == "registry.example.com/shop/web:1.8.0"
     assert imported.gateway.parent_refs == prod.gateway.parent_refs
@@ -706,9 +707,10 @@ def test_a_load_tester_hook_runs_its_command_through_the_load_tester_s_shell(kin
     result = flagger.convert([doc, _template()])
     (hook,) = result.spec.release_spec("web").analysis.webhooks
     assert hook.cmd is not None and shlex.split(hook.cmd) == [shell, "-c", metadata["cmd"]] and hook.metadata == {}
-    # the load tester answers a cmd at once and never reports its outcome; canary waits for it and judges it
-    waits = [n for n in result.notes if n.startswith("spec.analysis.webhooks[0].metadata.cmd: Flagger's load tester starts a cmd and answers at once")]
-    assert len(waits) == (0 if kind == "bash" else 1), result.notes
+    # the load tester answers a cmd at once and never reports its outcome: a rollout one runs in the background
+    assert hook.background is (kind != "bash")
+    background = [n for n in result.notes if n.startswith("spec.analysis.webhooks[0].metadata.cmd: runs in the background")]
+    assert len(background) == (0 if kind == "bash" else 1), result.notes
 
 
 @pytest.mark.parametrize(("metadata", "field", "value"), [
@@ -727,23 +729,23 @@ def test_webhook_metadata_that_is_not_a_string_is_refused_naming_it(metadata: di
     assert [(p.field, p.value) for p in info.value.problems] == [(f"spec.analysis.webhooks[0].{field}", value)]
 
 
-def test_an_event_hook_is_kept_with_a_note_that_it_receives_canary_s_payload() -> None:
-    # it was kept without a word, though its receiver was written for Flagger's payload
+def test_an_event_hook_is_kept_with_a_note_that_it_is_sent_flaggers_payload() -> None:
+    # it was kept without a word, though its receiver was written for Flagger's payload (now sent, with canary's fields)
     doc = _canary()
     doc["spec"]["analysis"]["webhooks"].append({"name": "notify", "type": "event", "url": "http://events.example/"})
     result = flagger.convert([doc, _template()])
     assert [h.type.value for h in result.spec.release_spec("web").analysis.webhooks] == ["rollout", "event"]
-    assert [n for n in result.notes if n.startswith("spec.analysis.webhooks[1]: an event hook receives canary's event payload")], result.notes
+    assert [n for n in result.notes if n.startswith("spec.analysis.webhooks[1]: an event hook is sent Flagger's event payload")], result.notes
     assert not [n for n in result.notes if n.startswith("spec.analysis.webhooks[0]: an event hook")]
 
 
-def test_a_helm_test_hook_is_refused_its_cmd_is_no_command_line() -> None:
+def test_a_non_load_tester_cmd_task_other_than_a_command_line_is_refused() -> None:
     doc = _canary()
-    doc["spec"]["analysis"]["webhooks"] = [{"name": "helm", "url": "http://flagger-helmtester.kube-system/",
-                                            "metadata": {"type": "helmv3", "cmd": "test podinfo -n test"}}]
+    doc["spec"]["analysis"]["webhooks"] = [{"name": "job", "url": "http://flagger-loadtester.test/",
+                                            "metadata": {"type": "concord", "cmd": "run"}}]
     with pytest.raises(InvalidSpec) as info:
         flagger.convert([doc, _template()])
-    assert [(p.field, p.value) for p in info.value.problems] == [("spec.analysis.webhooks[0].metadata.type", "helmv3")]
+    assert [(p.field, p.value) for p in info.value.problems] == [("spec.analysis.webhooks[0].metadata.type", "concord")]
 
 
 def test_a_bad_threshold_is_named_once_as_flagger_spells_it() -> None:

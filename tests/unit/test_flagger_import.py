@@ -1,0 +1,124 @@
+"""What a team migrating from Flagger meets: ``import-flagger``'s conversion of what Flagger runs, its output
+file, and the load tester's command as canary runs it."""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from canary.adapters import stackfile
+from canary.adapters.webhooks import Caller
+from canary.core import flagger
+from canary.core.records import HookResult, Phase
+from canary.core.spec import Webhook
+from canary.errors import InvalidSpec
+from tests.conftest import FIXTURES, ROOT
+from tests.unit.fakes import FakeHooks, Metrics, make
+
+CANARY = FIXTURES / "flagger-canary.yaml"
+TEMPLATE = FIXTURES / "flagger-metric-template.yaml"
+
+
+def _canary() -> dict[str, Any]:
+    return yaml.safe_load(CANARY.read_text())  # type: ignore[no-any-return]
+
+
+def _template() -> dict[str, Any]:
+    return yaml.safe_load(TEMPLATE.read_text())  # type: ignore[no-any-return]
+
+
+def _with_hooks(*hooks: dict[str, Any]) -> dict[str, Any]:
+    doc = _canary()
+    doc["spec"]["analysis"]["webhooks"] = list(hooks)
+    return doc
+
+
+def _cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "canary", *args], capture_output=True, text=True, cwd=cwd, timeout=60)
+
+
+# --- the load tester's commands -------------------------------------------------------------------------
+
+
+LOAD_TEST = {"name": "load-test", "url": "http://flagger-loadtester.test/", "timeout": "5s",
+             "metadata": {"cmd": "hey -z 1m -q 10 -c 2 http://web-canary.prod:80/"}}
+
+
+def test_flaggers_load_test_imports_as_a_background_command_not_one_cut_off_each_tick() -> None:
+    # it became a rollout cmd judged by its exit, killed at interval + 5s: `hey -z 1m` on a 30s interval
+    # was a failed check every tick, and with Flagger's threshold of 1 the first tick rolled back
+    result = flagger.convert([_with_hooks(LOAD_TEST), _template()])
+    (hook,) = result.spec.release_spec("web").analysis.webhooks
+    assert hook.background and hook.type.value == "rollout" and shlex.split(hook.cmd or "") == ["sh", "-c", LOAD_TEST["metadata"]["cmd"]]
+    assert any(n.startswith("spec.analysis.webhooks[0].metadata.cmd: runs in the background through each analysis interval")
+               for n in result.notes), result.notes
+
+
+@pytest.mark.parametrize(("kind", "cmd"), [
+    ("bash", ["bash", "-c", "curl -sf http://web-canary/ | grep -q ok"]),
+    ("helm", ["helm", "test", "web", "-n", "prod"]),
+    ("helmv3", ["helm", "test", "web", "-n", "prod"]),
+    ("kubectl", ["kubectl", "rollout", "status", "deploy/web"]),
+])
+def test_the_load_tester_s_blocking_tasks_become_the_command_it_runs(kind: str, cmd: list[str]) -> None:
+    # helm and kubectl tasks were refused, though the load tester runs them as one tool on the cmd's words
+    given = {"bash": cmd[2], "kubectl": "rollout status  deploy/web"}.get(kind, "test web -n prod")
+    hook_in = {"name": "check", "type": "pre-rollout", "url": "http://flagger-loadtester.test/",
+               "metadata": {"type": kind, "cmd": given, "logCmdOutput": "true"}}
+    result = flagger.convert([_with_hooks(hook_in), _template()])
+    (hook,) = result.spec.release_spec("web").analysis.webhooks
+    assert shlex.split(hook.cmd or "") == cmd and not hook.background and hook.metadata == {}
+    assert any(n.startswith("spec.analysis.webhooks[0].metadata.logCmdOutput: 'true' left out") for n in result.notes), result.notes
+
+
+@pytest.mark.parametrize("kind", ["concord", "ngrinder", "tester"])
+def test_a_load_tester_task_that_is_no_command_line_is_refused_naming_its_type(kind: str) -> None:
+    hook_in = {"name": "check", "url": "http://flagger-loadtester.test/", "metadata": {"type": kind, "cmd": "x"}}
+    with pytest.raises(InvalidSpec) as info:
+        flagger.convert([_with_hooks(hook_in), _template()])
+    assert [(p.field, p.value) for p in info.value.problems] == [("spec.analysis.webhooks[0].metadata.type", kind)]
+
+
+def test_a_background_load_test_never_fails_a_tick_and_is_stopped_when_the_interval_ends() -> None:
+    # a load generator cut off at the interval's end (or one that exits non-zero) failed the tick: the
+    # release rolled back although its metrics were healthy
+    stopped_at: list[float] = []
+
+    class LoadTest(FakeHooks):
+        def start(self, hook: Any) -> Any:
+            return world.clock.monotonic()
+
+        def finish(self, hook: Any, handle: Any, deadline: float, cancel: Any = None) -> Any:
+            stopped_at.append(deadline - time.monotonic())
+            return HookResult(hook.name, hook.type.value, False, 0.0, f"`{hook.cmd}` ran until the interval's end and was killed")
+
+    world = make(Metrics(0.0), lambda v: v["analysis"].update(threshold=1, webhooks=[
+        {"name": "load", "type": "rollout", "cmd": "hey -z 1h http://web-canary/", "background": True}]), hooks=LoadTest())
+    assert world.start().phase is Phase.SUCCEEDED
+    assert stopped_at and all(left <= 0.1 for left in stopped_at), stopped_at  # stopped at once, not given timeout more
+    loads = [r for r in world.store.of("webhook") if r.name == "load"]
+    assert loads and all(r.ok and "(in the background: not judged)" in r.detail for r in loads)
+
+
+@pytest.mark.parametrize(("hook", "rule"), [
+    ({"type": "pre-rollout", "cmd": "hey http://web/"}, "background needs a rollout hook with a cmd"),
+    ({"type": "rollout", "url": "http://load/"}, "background needs a rollout hook with a cmd"),
+])
+def test_background_is_only_for_a_rollout_command(hook: dict[str, Any], rule: str) -> None:
+    with pytest.raises(ValueError, match=rule):
+        Webhook.model_validate({"name": "load", "background": True, **hook})
+
+
+def test_a_background_command_is_stopped_at_the_deadline_and_says_so_not_that_it_timed_out() -> None:
+    caller = Caller()
+    target = Webhook.model_validate({"name": "load", "type": "rollout", "cmd": "sleep 30", "background": True})
+    process = caller.start(target)
+    result = caller.finish(target, process, time.monotonic() + 0.2)
+    assert "ran until the interval's end" in result.detail and "timed out" not in result.detail
