@@ -348,6 +348,7 @@ def _analysis(data: Mapping[str, Any], notes: list[str]) -> dict[str, Any]:
         elif metric.get("name") == "request-duration":
             notes.append(f"spec.analysis.metrics[{i}]: request-duration is the p95 in canary (Flagger's built-in is the p99; use request-duration-p99 for that)")
         metrics.append(out_metric)
+    _valid_names(metrics, "spec.analysis.metrics", notes)
     if metrics:
         out["metrics"] = metrics
     webhooks = []
@@ -382,9 +383,38 @@ def _analysis(data: Mapping[str, Any], notes: list[str]) -> dict[str, Any]:
         if metadata:
             out_hook["metadata"] = metadata
         webhooks.append(out_hook)
+    _valid_names(webhooks, "spec.analysis.webhooks", notes)
     if webhooks:
         out["webhooks"] = webhooks
     return out
+
+
+def slug(name: str) -> str:
+    """``name`` as a DNS-1123 label, canary's names for metrics and webhooks: lower case, every run of other
+    characters one '-' ("404s percentage" -> "404s-percentage"), at most 63 characters; empty when nothing is left."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:63].rstrip("-")
+
+
+def _valid_names(items: list[dict[str, Any]], field: str, notes: list[str]) -> None:
+    """Rename, with a note, the items whose Flagger name (any string) is no DNS-1123 label; refuse a new name
+    that another item has (one would take the other's journal records and results)."""
+    taken = {item["name"]: i for i, item in enumerate(items) if isinstance(item.get("name"), str) and slug(item["name"]) == item["name"]}
+    problems = []
+    for i, item in enumerate(items):
+        name = item.get("name")
+        if not isinstance(name, str) or not name or slug(name) == name:
+            continue
+        new = slug(name)
+        if not new:
+            continue  # nothing of it is left to name it by: the spec's own check refuses it, naming the field
+        if new in taken:
+            problems.append(Problem(f"{field}[{i}].name", name, f"would be written as {new!r}, the name of {field}[{taken[new]}]: rename one"))
+            continue
+        taken[new] = i
+        item["name"] = new
+        notes.append(f"{field}[{i}].name: {name!r} is no DNS-1123 label (canary's names are); written as {new!r}")
+    if problems:
+        raise InvalidSpec(problems, "Canary")
 
 
 def _load_tester_hook(i: int, hook: Mapping[str, Any], metadata: dict[str, str], out_hook: dict[str, Any], notes: list[str]) -> str:

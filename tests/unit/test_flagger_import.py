@@ -122,3 +122,28 @@ def test_a_background_command_is_stopped_at_the_deadline_and_says_so_not_that_it
     process = caller.start(target)
     result = caller.finish(target, process, time.monotonic() + 0.2)
     assert "ran until the interval's end" in result.detail and "timed out" not in result.detail
+
+
+# --- names ----------------------------------------------------------------------------------------------
+
+
+def test_a_metric_named_as_flaggers_docs_name_one_is_written_as_a_label_with_a_note() -> None:
+    # "404s percentage" (Flagger's docs' example) was refused: must be a DNS-1123 label
+    doc = _canary()
+    doc["spec"]["analysis"]["metrics"][0]["name"] = "404s percentage"
+    doc["spec"]["analysis"]["webhooks"][0]["name"] = "Load Test"
+    result = flagger.convert([doc, _template()])
+    analysis = result.spec.release_spec("web").analysis
+    assert [m.name for m in analysis.metrics] == ["404s-percentage", "request-duration"]
+    assert [h.name for h in analysis.webhooks] == ["load-test"]
+    assert "spec.analysis.metrics[0].name: '404s percentage' is no DNS-1123 label (canary's names are); written as '404s-percentage'" in result.notes
+
+
+def test_a_renamed_metric_that_takes_another_s_name_is_refused_naming_both() -> None:
+    doc = _canary()
+    doc["spec"]["analysis"]["metrics"][0]["name"] = "Request Duration"
+    with pytest.raises(InvalidSpec) as info:
+        flagger.convert([doc, _template()])
+    (problem,) = info.value.problems
+    assert (problem.field, problem.value) == ("spec.analysis.metrics[0].name", "Request Duration")
+    assert "spec.analysis.metrics[1]" in problem.rule
