@@ -135,14 +135,20 @@ def _parent_ref(text: str | None) -> dict[str, str] | None:
 @click.argument("manifests", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--stable-image", help="The app's image (Flagger keeps it in the Deployment, not the Canary).")
 @click.option("--gateway", help="Gateway parentRef as NAME[.NAMESPACE][:SECTION]; replaces the Canary's gatewayRefs (a note says so).")
-def import_flagger(manifests: tuple[Path, ...], stable_image: str | None, gateway: str | None) -> None:
-    """Print the stack config equivalent to a Flagger Canary and its MetricTemplates.
+@click.option("--out", "out", type=click.Path(path_type=Path, dir_okay=False),
+              help="Write the stack file here (only once the import succeeded), never over an existing file unless --merge.")
+@click.option("--merge", is_flag=True, help="With --out: replace only the canary:* keys of the existing stack file, keeping the rest and its secrets.")
+def import_flagger(manifests: tuple[Path, ...], stable_image: str | None, gateway: str | None, out: Path | None, merge: bool) -> None:
+    """Print (or write with --out) the stack config equivalent to a Flagger Canary and its MetricTemplates.
 
     What canary does not carry over is listed on stderr, field by field.
     """
     from canary.adapters import stackfile
+    from canary.core import config as stackconfig
     from canary.core import flagger
 
+    if merge and out is None:
+        _die("--merge needs --out FILE: the stack file to merge the import into", exitcodes.INVALID)
     texts = []
     for path in manifests:
         try:
@@ -152,9 +158,17 @@ def import_flagger(manifests: tuple[Path, ...], stable_image: str | None, gatewa
     result = flagger.convert(stackfile.load_manifests(texts), stable_image=stable_image, parent_ref=_parent_ref(gateway))
     header = "# Imported from " + ", ".join(p.name for p in manifests) + " by canary import-flagger.\n"
     header += "".join(f"# note: {note}\n" for note in result.notes)
-    click.echo(header + stackfile.dump_stack_file(result.spec), nl=False)
     for note in result.notes:
         click.echo(f"note: {note}", err=True)
+    if out is None:
+        click.echo(header + stackfile.dump_stack_file(result.spec), nl=False)
+        return
+    # written whole or not at all, and only now that the import succeeded: `> stacks/Pulumi.prod.yaml` emptied
+    # the stack file on a refused import and replaced its salt and secrets on a successful one
+    kept = stackfile.write_imported(out, header, stackconfig.to_config(result.spec), merge=merge)
+    for key in kept:
+        click.echo(f"note: {key}: kept from {out} (it holds a secret the import does not write)", err=True)
+    click.echo(f"{out}: {'merged' if merge else 'written'}", err=True)
 
 
 # --- releases -----------------------------------------------------------------------------------

@@ -50,6 +50,23 @@ def write_bytes_atomic(path: Path, data: bytes, mode: int | None = None, durable
         _fsync_dir(path.parent)
 
 
+def create_text_atomic(path: Path, text: str) -> None:
+    """Create ``path`` with ``text``, whole or not at all; FileExistsError if it exists (even one created
+    meanwhile by another process: the complete file is linked into place, which never replaces one)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.new")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.link(tmp, path)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+    _fsync_dir(path.parent)
+
+
 def append_line(path: Path, line: str) -> None:
     """Append one line and flush it to disk before returning. A torn last line (a crash mid-write) is
     ended first: the new line is never glued to it, and lost with it, when the file is read."""

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap
 from ruamel.yaml.error import YAMLError  # callers catch a bad file as stackfile.YAMLError, without ruamel
 from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from ruamel.yaml.scalarstring import LiteralScalarString
@@ -424,6 +425,94 @@ def load_manifests(texts: Iterable[tuple[str, str]]) -> list[dict[str, Any]]:
                 raise InvalidSpec([Problem("kind", source, "every document must be a Kubernetes manifest with a kind")], source)
             manifests.append(doc)
     return manifests
+
+
+#: The comment lines import-flagger writes at the top of a stack file; a merge replaces them.
+_IMPORT_HEADER = ("# Imported from ", "# note: ")
+
+
+def _secure_paths(value: Any, path: tuple[Any, ...] = ()) -> Iterable[tuple[Any, ...]]:
+    """The paths (keys and list indices) of the ``secure:`` values in a config value."""
+    if isinstance(value, Mapping):
+        if set(value) == {"secure"}:
+            yield path
+            return
+        for key, child in value.items():
+            yield from _secure_paths(child, (*path, key))
+    elif isinstance(value, list):
+        for i, child in enumerate(value):
+            yield from _secure_paths(child, (*path, i))
+
+
+def _keep_secrets(old: Mapping[str, Any], new: dict[str, Any], source: str) -> list[str]:
+    """Carry the secrets of the old ``canary:*`` keys into ``new`` where it does not set their place (the import
+    writes no secret: a token, a Secret's values, an alert's URL): the whole key or mapping entry holding one is
+    kept. A secret where the import writes a list (or a plain value) cannot be placed: InvalidSpec naming it."""
+    kept: list[str] = []
+    for key, value in old.items():
+        for path in _secure_paths(value):
+            into, there = new, value
+            steps = (key, *path)
+            for depth, step in enumerate(steps):
+                name = ".".join(map(str, steps[:depth + 1]))
+                if isinstance(step, int) or not isinstance(into, dict):
+                    raise InvalidSpec([Problem(".".join(map(str, steps)), "a secret", "cannot be kept where the import writes "
+                                               f"{name.rsplit('.', 1)[0]}: set it again after the merge, or edit the file by hand")], source)
+                if step not in into:
+                    into[step] = there[step] if depth else value
+                    if name not in kept:
+                        kept.append(name)
+                    break
+                into, there = into[step], (there[step] if depth else value)
+    return kept
+
+
+def write_imported(path: Path, header: str, config: Mapping[str, Any], merge: bool = False) -> list[str]:
+    """Write an imported stack config to ``path``, whole or not at all. A new file is created (never one that
+    exists). With ``merge``, an existing stack file keeps everything but its ``canary:*`` keys, which are
+    replaced by ``config`` — other namespaces, the secrets provider, the salt, their comments, and the secrets
+    of the old canary keys where the import does not set their place; returns what was kept of the old
+    canary keys. InvalidSpec when the file exists without ``merge``, or when the merged file would not be
+    valid (nothing is written then)."""
+    source = str(path)
+    if not merge or not path.exists():
+        try:
+            files.create_text_atomic(path, header + dump({"config": dict(config)}))
+        except FileExistsError:
+            raise InvalidSpec([Problem("--out", source, "exists: pass --merge to replace only its canary:* keys "
+                                       "(keeping every other key, the secrets and the salt), or name a new file")], source) from None
+        return []
+    with files.locked(path.with_name(f".{path.name}.lock")):
+        before = read_stack_file(path)
+        text = path.read_text()
+        y = _yaml("rt")
+        y.preserve_quotes = True
+        y.indent(*_indents(text))
+        document = y.load(text) or CommentedMap()
+        old = document.get("config") or CommentedMap()
+        imported: dict[str, Any] = json.loads(json.dumps(dict(config)))
+        kept = _keep_secrets({k: v for k, v in old.items() if str(k).startswith(f"{CONFIG_NAMESPACE}:")}, imported, source)
+        ours = [k for k in old if str(k).startswith(f"{CONFIG_NAMESPACE}:")]
+        at = list(old).index(ours[0]) if ours else len(old)  # where the old canary keys began
+        for key in ours:
+            del old[key]
+        for offset, (key, value) in enumerate(imported.items()):
+            old.insert(at + offset, key, _literal(value))
+        document["config"] = old
+        out = io.StringIO()
+        y.dump(document, out)
+        lines = out.getvalue().splitlines(keepends=True)
+        while lines and lines[0].startswith(_IMPORT_HEADER):
+            lines.pop(0)
+        result = header + "".join(lines)
+        after_doc, _ = _load_as_pulumi(result)
+        after = {str(k): stackconfig.decode_secure(v) for k, v in (after_doc.get("config") or {}).items()}
+        others = {k: v for k, v in before.items() if not k.startswith(f"{CONFIG_NAMESPACE}:")}
+        if {k: v for k, v in after.items() if not k.startswith(f"{CONFIG_NAMESPACE}:")} != others:
+            raise InvalidSpec([Problem("--merge", source, "could not keep the file's other keys as they were; edit it by hand")], source)
+        stackconfig.from_file_values(after, f"{source} merged with the import")
+        files.write_text_atomic(path, result)
+    return kept
 
 
 def dump_stack_file(spec: StackSpec) -> str:

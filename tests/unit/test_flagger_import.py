@@ -147,3 +147,70 @@ def test_a_renamed_metric_that_takes_another_s_name_is_refused_naming_both() -> 
     (problem,) = info.value.problems
     assert (problem.field, problem.value) == ("spec.analysis.metrics[0].name", "Request Duration")
     assert "spec.analysis.metrics[1]" in problem.rule
+
+
+# --- the output file ------------------------------------------------------------------------------------
+
+
+IMPORT = ("import-flagger", str(CANARY), str(TEMPLATE), "--stable-image", "registry.example.com/shop/web:2.0.0")
+STACK = """\
+secretsprovider: passphrase
+encryptionsalt: v1:c2FsdA==:v1:AAAA
+# the production stack
+config:
+  kubernetes:context: prod-cluster  # where it runs
+  canary:app:
+    name: old
+    image: registry.example.com/shop/web:1.0.0
+  canary:prometheus:
+    address: http://prometheus.monitoring:9090
+    token:
+      secure: v1:dG9rZW4=
+  canary:gateway:
+    parentRefs: [{name: public}]
+  canary:analysis: {stepWeight: 10, maxWeight: 50, metrics: [], webhooks: []}
+"""
+
+
+def test_out_writes_a_new_stack_file_only_when_the_import_succeeds(tmp_path: Path) -> None:
+    # `> stacks/Pulumi.prod.yaml` truncated the stack file to nothing when the import was refused
+    out = tmp_path / "Pulumi.prod.yaml"
+    refused = _cli(*IMPORT[:2], "--out", str(out))  # no MetricTemplate for the Canary's templateRef
+    assert refused.returncode == 2 and not out.exists() and not list(tmp_path.iterdir()), refused.stderr
+    done = _cli(*IMPORT, "--out", str(out))
+    assert done.returncode == 0 and done.stdout == "", done.stderr
+    assert out.read_text().startswith("# Imported from flagger-canary.yaml")
+    assert stackfile.load_stack_file(out).app is not None and [p.name for p in tmp_path.iterdir()] == ["Pulumi.prod.yaml"]
+
+
+def test_out_never_replaces_an_existing_stack_file_unless_told_to_merge(tmp_path: Path) -> None:
+    # a successful import replaced the file whole: its salt, its secrets and the other namespaces' keys were gone
+    out = tmp_path / "Pulumi.prod.yaml"
+    out.write_text(STACK)
+    done = _cli(*IMPORT, "--out", str(out))
+    assert done.returncode == 2 and "--merge" in done.stderr and out.read_text() == STACK
+
+
+def test_merge_replaces_only_the_canary_keys_and_keeps_the_rest_and_the_secrets(tmp_path: Path) -> None:
+    out = tmp_path / "Pulumi.prod.yaml"
+    out.write_text(STACK)
+    done = _cli(*IMPORT, "--gateway", "public.gateway:https", "--out", str(out), "--merge")
+    assert done.returncode == 0, done.stderr
+    text = out.read_text()
+    assert "secretsprovider: passphrase\nencryptionsalt: v1:c2FsdA==:v1:AAAA\n# the production stack\n" in text
+    assert "  kubernetes:context: prod-cluster  # where it runs\n" in text
+    config = stackfile.read_stack_file(out)
+    assert config["canary:app"]["name"] == "web" and config["canary:prometheus"]["token"] == "<encrypted>"
+    assert yaml.safe_load(text)["config"]["canary:prometheus"]["token"] == {"secure": "v1:dG9rZW4="}
+    assert "note: canary:prometheus.token: kept from" in done.stderr
+    again = _cli(*IMPORT, "--gateway", "public.gateway:https", "--out", str(out), "--merge")
+    assert again.returncode == 0 and out.read_text() == text  # the notes at the top are replaced, not piled up
+
+
+def test_a_merge_that_cannot_keep_a_secret_writes_nothing_and_names_it(tmp_path: Path) -> None:
+    out = tmp_path / "Pulumi.prod.yaml"
+    out.write_text(STACK.replace("webhooks: []", "webhooks: [{name: load, type: rollout, url: 'http://load/', metadata: {token: {secure: v1:eA==}}}]"))
+    before = out.read_text()
+    done = _cli(*IMPORT, "--out", str(out), "--merge")
+    assert done.returncode == 2 and out.read_text() == before and "Traceback" not in done.stderr
+    assert "canary:analysis.webhooks.0.metadata.token" in done.stderr
