@@ -40,6 +40,10 @@ FLAGGER_THRESHOLD = 1
 FLAGGER_MAX_WEIGHT = 100
 #: Flagger's timeout for a webhook that sets none (canary's is 60s).
 FLAGGER_WEBHOOK_TIMEOUT = "10s"
+#: Flagger's cookie attributes beside its name and Max-Age, which canary's affinity cookie does not set.
+_COOKIE_ATTRIBUTES = ("domain", "httpOnly", "partitioned", "path", "sameSite", "secure")
+#: The Max-Age Flagger gives the affinity cookie when sessionAffinity.maxAge is 0 (unset).
+FLAGGER_COOKIE_MAX_AGE = 86400
 #: The load tester's task types that run one tool on the words of metadata.cmd.
 _LOAD_TESTER_TOOLS = {"helm": "helm", "helmv3": "helm", "kubectl": "kubectl"}
 #: Flagger runs an analysis interval shorter than this at this (canary would take it as written).
@@ -327,7 +331,15 @@ def _analysis(data: Mapping[str, Any], notes: list[str]) -> dict[str, Any]:
             # Flagger also pins the clients sent to the primary; canary's route keeps only the canary's
             notes.append(f"spec.analysis.sessionAffinity.primaryCookieName: not supported ({affinity.pop('primaryCookieName')!r} dropped): "
                          "clients routed to stable are not pinned there; those routed to the canary keep its cookie")
-        if isinstance(affinity.get("maxAge"), int) and not isinstance(affinity["maxAge"], bool):
+        for key in _COOKIE_ATTRIBUTES:
+            if key in affinity:
+                notes.append(f"spec.analysis.sessionAffinity.{key}: {affinity.pop(key)!r} not carried over: canary's "
+                             "affinity cookie has no such attribute (it sets only its name and Max-Age)")
+        if _unset(affinity.get("maxAge")):
+            del affinity["maxAge"]
+            notes.append(f"spec.analysis.sessionAffinity.maxAge: 0 is run by Flagger as {FLAGGER_COOKIE_MAX_AGE}s (a day); written as {FLAGGER_COOKIE_MAX_AGE}s")
+            affinity["maxAge"] = f"{FLAGGER_COOKIE_MAX_AGE}s"
+        elif isinstance(affinity.get("maxAge"), int) and not isinstance(affinity["maxAge"], bool):
             affinity["maxAge"] = f"{affinity['maxAge']}s"  # Flagger's maxAge is in seconds
         out["sessionAffinity"] = affinity
     if "threshold" in data:

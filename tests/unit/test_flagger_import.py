@@ -214,3 +214,26 @@ def test_a_merge_that_cannot_keep_a_secret_writes_nothing_and_names_it(tmp_path:
     done = _cli(*IMPORT, "--out", str(out), "--merge")
     assert done.returncode == 2 and out.read_text() == before and "Traceback" not in done.stderr
     assert "canary:analysis.webhooks.0.metadata.token" in done.stderr
+
+
+# --- leftovers: what Flagger runs, written as it runs it ---------------------------------------------------
+
+
+def test_a_webhook_without_a_timeout_gets_flaggers_ten_seconds_not_canarys_minute() -> None:
+    gate = {"name": "approve", "type": "confirm-promotion", "url": "http://gate.test/"}
+    result = flagger.convert([_with_hooks(gate), _template()])
+    (hook,) = result.spec.release_spec("web").analysis.webhooks
+    assert hook.timeout.total_seconds() == 10
+    assert any(n.startswith("spec.analysis.webhooks[0].timeout: not set; written as 10s, Flagger's default") for n in result.notes)
+
+
+def test_session_affinity_as_flagger_runs_it_a_zero_max_age_is_a_day_and_cookie_attributes_are_noted() -> None:
+    # maxAge 0 was refused (Flagger sets Max-Age=86400) and Flagger's cookie attributes were refused as unknown
+    doc = _canary()
+    doc["spec"]["analysis"]["sessionAffinity"] = {"cookieName": "c", "maxAge": 0, "domain": "example.com", "httpOnly": True,
+                                                  "partitioned": True, "path": "/", "sameSite": "Strict", "secure": True}
+    result = flagger.convert([doc, _template()])
+    affinity = result.spec.release_spec("web").analysis.session_affinity
+    assert affinity is not None and affinity.max_age.total_seconds() == 86400
+    for key in ("domain", "httpOnly", "partitioned", "path", "sameSite", "secure"):
+        assert any(n.startswith(f"spec.analysis.sessionAffinity.{key}: ") for n in result.notes), key
