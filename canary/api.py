@@ -137,7 +137,8 @@ class Workspace:
                 f"is not the cluster stack {self.name} deploys {app} to: its last update made Deployment "
                 f"{spec.app.namespace}/{naming.deployment(app, Track.STABLE)} of uid {uid}, this cluster has {found}. "
                 "Point canary at the program's cluster (kubernetes:kubeconfig and kubernetes:context in the stack config, "
-                "else KUBECONFIG and its current context); if the Deployment was deleted by hand, `pulumi refresh` the stack"))],
+                "else KUBECONFIG and its current context); if the app's objects were deleted or replaced here by hand (a "
+                "namespace or cluster rebuilt), `pulumi refresh` and then a plain `pulumi up` make them and the stack's outputs anew"))],
                 f"stack {self.name}")
         live = deployment.get("hash")
         if not live or live == exported.hash:

@@ -206,7 +206,10 @@ def _client(kubeconfig: Path | str | None, context: str | None, env: Mapping[str
     except (OSError, UnicodeDecodeError) as exc:
         raise Forbidden(f"cannot load kubeconfig {path}{where}: {getattr(exc, 'strerror', None) or type(exc).__name__}") from None
     try:
-        return _from_kubeconfig(stackfile.load(text), context, path.resolve().parent), f"kubeconfig {path}{where}"
+        # relative paths in it (tokenFile, certificate-authority) from the directory it is named in, as kubectl
+        # reads them: not from where a symlink leads (a Secret volume's kubeconfig is one, into a directory the
+        # kubelet swaps and deletes when the Secret changes, which would pin the rotated token's old file)
+        return _from_kubeconfig(stackfile.load(text), context, path.absolute().parent), f"kubeconfig {path}{where}"
     # the loader indexes the document as it finds it: a list where it wants a mapping is a TypeError
     except (config.ConfigException, OSError, ValueError, TypeError, AttributeError, KeyError, stackfile.YAMLError) as exc:
         # the file holds credentials too: the rule broken and where, never the line a parser quotes
@@ -544,9 +547,12 @@ class ClusterReader:
         rules = routing.route_spec(app.name, [r.model_dump(by_alias=True, exclude_none=True) for r in spec.gateway.parent_refs],
                                    spec.gateway.hostnames, app.service_port, shape)["rules"]
         meta = live["metadata"]
+        # Pulumi's own apply entry (pulumi-kubernetes-<suffix>), not any other applier of the rules (a kubectl
+        # --server-side by a person mid-incident): forced as that one, ownership would move away from Pulumi
         applier = next((m for m in meta.get("managedFields") or [] if m.get("operation") == "Apply"
+                        and str(m.get("manager", "")).startswith("pulumi-kubernetes")
                         and "f:rules" in ((m.get("fieldsV1") or {}).get("f:spec") or {})), None)
-        if applier is None:  # applied client-side: an update, whose field managers never conflict with an apply
+        if applier is None:  # Pulumi applied it client-side: an update, whose field managers never conflict with an apply
             kept = {k: v for k, v in meta.items() if k != "managedFields"}
             self.kube.replace({**live, "metadata": kept, "spec": {**live["spec"], "rules": rules}})
             return

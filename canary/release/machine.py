@@ -707,10 +707,13 @@ class Release:
         verified; the rollback then stops "pending" (the stack's state still has the canary's weight, the canary
         its pods), and ``resume`` completes it with ``up`` once that can run. Written nowhere but the route."""
         try:
-            self.cluster.restore_route(self.spec, rest)
-            self.verify.route(self.spec, rest, rollback=True, cancellable=False)
-        except CanaryError as exc:
+            self._retrying(state, "writing the route at rest directly", lambda: self.cluster.restore_route(self.spec, rest), rollback=True)
+        except RollbackPending as exc:
             raise RollbackPending(f"{why}; writing the route at rest directly failed too: {exc}") from exc
+        try:
+            self._retrying(state, "the route written at rest", lambda: self.verify.route(self.spec, rest, rollback=True, cancellable=False), rollback=True)
+        except RollbackPending as exc:
+            raise RollbackPending(f"{why}; the route was written at rest directly, but the gateway did not confirm it: {exc}") from exc
         state = self.recorder.save(state.model_copy(update={"rollback_step": 2, "weight": 0, "route": rest.to_json()}),
                                    f"traffic is back on stable: the route was written at rest directly, around Pulumi, as its up failed ({why})",
                                    Severity.ERROR)

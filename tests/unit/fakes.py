@@ -71,6 +71,7 @@ class FakeCluster:
     #: the shapes written around Pulumi (a rollback's last resort), and what refuses them
     restored: list[RouteShape] = field(default_factory=list)
     restore_error: Exception | None = None
+    restore_fails: int = -1  # how many times restore_error is raised (-1: always)
 
     def route(self, spec: ReleaseSpec) -> RouteState:
         if self.fail_route_reads:
@@ -103,7 +104,8 @@ class FakeCluster:
     def restore_route(self, spec: ReleaseSpec, shape: RouteShape) -> None:
         """The route written around Pulumi; ``restore_error`` refuses it."""
         self.restored.append(shape)
-        if self.restore_error is not None:
+        if self.restore_error is not None and self.restore_fails != 0:
+            self.restore_fails -= 1
             raise self.restore_error
         self.set_shape(shape)
 

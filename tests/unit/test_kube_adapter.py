@@ -120,6 +120,32 @@ current-context: c
 # --- credentials that change during a release
 
 
+def test_a_kubeconfig_mounted_from_a_secret_reads_the_rotated_token_beside_its_link(tmp_path: Path, apiserver: ApiServer) -> None:
+    # a Secret volume: kubeconfig -> ..data/kubeconfig, ..data -> a dated directory the kubelet swaps and deletes
+    # when the Secret changes. Relative paths were read from where the link led: the old token's deleted file
+    mount = tmp_path / "mount"
+    mount.mkdir()
+    for dated, token in (("..2026_a", "token-a"), ("..2026_b", "token-b")):
+        (mount / dated).mkdir()
+        (mount / dated / "token").write_text(token)
+        (mount / dated / apiserver.ca.name).write_bytes(apiserver.ca.read_bytes())
+        (mount / dated / "kubeconfig").write_text(_kubeconfig(tmp_path, apiserver, "{tokenFile: token}").read_text())
+    (mount / "..data").symlink_to("..2026_a")
+    for name in ("kubeconfig", "token", apiserver.ca.name):
+        (mount / name).symlink_to(f"..data/{name}")
+    kube = Kube(mount / "kubeconfig")
+    apiserver.tokens = {"token-a"}
+    assert kube.get("v1", "ConfigMap", "x", NAMESPACE) is None
+    (mount / "..tmp").symlink_to("..2026_b")
+    (mount / "..tmp").replace(mount / "..data")
+    for name in os.listdir(mount / "..2026_a"):
+        (mount / "..2026_a" / name).unlink()
+    (mount / "..2026_a").rmdir()
+    apiserver.tokens = {"token-b"}
+    assert kube.get("v1", "ConfigMap", "x", NAMESPACE) is None
+    assert apiserver.seen[-1][1] == "token-b"
+
+
 def test_a_token_file_rewritten_during_a_release_is_read_again(tmp_path: Path, apiserver: ApiServer) -> None:
     # a projected service-account token rotates (hourly, or when the object it is bound to is replaced): the
     # client read the file once, and a release of tens of minutes ended in 401s
@@ -335,3 +361,68 @@ def test_a_watch_whose_version_is_gone_lists_again(tmp_path: Path, apiserver: Ap
     apiserver.remove("requests")
     thread.join(10)
     assert [c["type"] for _, c in seen] == ["ADDED", "DELETED"]
+
+
+# --- the route written around Pulumi ------------------------------------------------------------
+
+
+def _live_route(managers: list[dict[str, Any]]) -> dict[str, Any]:
+    from canary.core import routing
+    from tests.unit.fakes import spec
+
+    s = spec()
+    refs = [r.model_dump(by_alias=True, exclude_none=True) for r in s.gateway.parent_refs]
+    return {"apiVersion": routing.API_VERSION, "kind": routing.KIND,
+            "metadata": {"name": s.app.name, "namespace": s.app.namespace, "resourceVersion": "7",
+                         "labels": {"canary.dev/app": s.app.name, "team": "shop"}, "managedFields": managers},
+            "spec": {"parentRefs": refs, "hostnames": list(s.gateway.hostnames), "timeouts": {"request": "10s"},
+                     "rules": routing.route_spec(s.app.name, refs, s.gateway.hostnames, s.app.service_port, routing.RouteShape(weight=20))["rules"]}}
+
+
+class _RouteKube:
+    def __init__(self, live: dict[str, Any]) -> None:
+        self.live, self.applied, self.replaced = live, [], []  # type: ignore[var-annotated]
+
+    def get(self, *args: Any) -> dict[str, Any]:
+        return self.live
+
+    def apply(self, manifest: dict[str, Any], field_manager: str = "canary") -> dict[str, Any]:
+        self.applied.append((field_manager, manifest))
+        return manifest
+
+    def replace(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        self.replaced.append(manifest)
+        return manifest
+
+
+def test_the_route_is_written_at_rest_as_pulumis_applier_whoever_else_applied_it() -> None:
+    # a person's `kubectl apply --server-side` mid-incident listed first: the route was forced as kubectl, taking
+    # its rules from Pulumi, whose next up (the resume's) would then conflict
+    from canary.adapters.kube import ClusterReader
+    from canary.core import routing
+    from tests.unit.fakes import spec
+
+    pulumi_fields = {"f:metadata": {"f:labels": {"f:canary.dev/app": {}}}, "f:spec": {"f:parentRefs": {}, "f:hostnames": {}, "f:rules": {}}}
+    kube = _RouteKube(_live_route([{"manager": "kubectl", "operation": "Apply", "fieldsV1": {"f:spec": {"f:rules": {}, "f:timeouts": {}}}},
+                                   {"manager": "pulumi-kubernetes-3f9a2c1b", "operation": "Apply", "fieldsV1": pulumi_fields}]))
+    ClusterReader(kube).restore_route(spec(), routing.AT_REST)  # type: ignore[arg-type]
+    [(manager, manifest)] = kube.applied
+    assert manager == "pulumi-kubernetes-3f9a2c1b"
+    # the fields Pulumi owns and nothing else (not kubectl's timeouts, not the team's label)
+    assert manifest["metadata"]["labels"] == {"canary.dev/app": "web"}
+    assert set(manifest["spec"]) == {"parentRefs", "hostnames", "rules"}
+    assert routing.read_route({"spec": manifest["spec"]}, "web", []).weights == (100, 0)
+
+
+def test_a_route_pulumi_applied_client_side_is_updated_not_applied() -> None:
+    from canary.adapters.kube import ClusterReader
+    from canary.core import routing
+    from tests.unit.fakes import spec
+
+    kube = _RouteKube(_live_route([{"manager": "pulumi-kubernetes", "operation": "Update", "fieldsV1": {"f:spec": {"f:rules": {}}}},
+                                   {"manager": "kubectl", "operation": "Apply", "fieldsV1": {"f:spec": {"f:rules": {}}}}]))
+    ClusterReader(kube).restore_route(spec(), routing.AT_REST)  # type: ignore[arg-type]
+    assert not kube.applied
+    [manifest] = kube.replaced
+    assert "managedFields" not in manifest["metadata"] and manifest["metadata"]["resourceVersion"] == "7"
+    assert manifest["spec"]["timeouts"] == {"request": "10s"} and routing.read_route(manifest, "web", []).weights == (100, 0)

@@ -13,7 +13,7 @@ import pytest
 from canary.core import records
 from canary.core.records import ENDED, Phase
 from canary.core.routing import GatewayClass, RouteShape
-from canary.errors import Conflict, Forbidden, InvalidSpec, LeaseLost, MetricError, ProviderUnreachable, Refused, StackBusy
+from canary.errors import ClusterUnreachable, Conflict, Forbidden, InvalidSpec, LeaseLost, MetricError, ProviderUnreachable, Refused, StackBusy
 from canary.state.cache import Cache
 from canary.state.store import ReleaseStore
 from tests.unit.fakes import NEW, STABLE, FakeCluster, FakeHooks, FakeKube, Metrics, make, spec
@@ -526,6 +526,21 @@ def test_a_rollback_that_cannot_be_applied_is_pending_and_resume_completes_it() 
     resumed = world.rebuild().release.resume()
     assert resumed.phase is Phase.FAILED and not resumed.rollback_pending
     assert world.cluster.shape == RouteShape() and world.cluster.stable_hash == STABLE.hash
+
+
+def test_the_route_written_around_pulumi_is_retried_through_a_brief_outage() -> None:
+    # tried once: the API server trouble that made the up fail refused the write too, traffic left on the canary
+    world = make(Metrics(18.0), retries=3, retry_backoff=0.1)
+    world.cluster.restore_error, world.cluster.restore_fails = ClusterUnreachable("connection refused"), 1
+
+    def on_up(record: dict[str, Any]) -> None:
+        if record["pins"]["route"]["weight"] == 0 and world.store.state is not None and world.store.state.phase is Phase.ROLLING_BACK:
+            world.stack.fail_ups = 1
+
+    world.stack.on_up = on_up
+    result = world.start()
+    assert result.rollback_pending and "Traffic is on stable (the route was written at rest directly)" in result.reason
+    assert world.cluster.restored == [RouteShape(), RouteShape()] and world.cluster.shape == RouteShape()
 
 
 def test_a_rollback_whose_route_cannot_be_written_either_is_pending_with_traffic_where_it_was() -> None:
