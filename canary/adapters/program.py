@@ -556,7 +556,7 @@ def _model(cls: Any, value: Any, what: str) -> Any:
     if not isinstance(value, Mapping):
         raise InvalidSpec([Problem(what, type(value).__name__, f"must be a mapping or canary's {cls.__name__}")], what)
     try:
-        return cls.model_validate(dict(value))
+        return cls.model_validate(dict(value), by_alias=True, by_name=False)  # the config keys' names, as the stack file spells them
     except ValidationError as exc:
         # not chained: pydantic's own message quotes every input it refused, secrets included, and Pulumi
         # prints the program's traceback whole
@@ -630,9 +630,15 @@ def stack_spec_from_pulumi_config() -> StackSpec:
 
 
 def _config_keys() -> tuple[str, ...]:
+    """The spec's keys, then every other key of the namespace the engine gave the program: one that is not
+    a field (``canary:metric_templates``, or ``canary:prometheus.timeout`` set without --path) is refused
+    here as `canary validate` and `canary up` refuse it, not left out unseen."""
     from canary.core.spec import CONFIG_KEYS
 
-    return CONFIG_KEYS
+    prefix = f"{naming.CONFIG_NAMESPACE}:"
+    given = {*pulumi.runtime.config.CONFIG.get(), *pulumi.runtime.get_config_env()}  # set in process, or by the language host
+    others = sorted(key.removeprefix(prefix) for key in given if key.startswith(prefix) and key.removeprefix(prefix) not in CONFIG_KEYS)
+    return CONFIG_KEYS + tuple(others)
 
 
 class _ConfigValue:

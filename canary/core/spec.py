@@ -18,9 +18,10 @@ import enum
 import math
 import re
 import shlex
+import types
 from collections.abc import Mapping
 from datetime import timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import (
     AfterValidator,
@@ -85,11 +86,15 @@ Verbatim = Annotated[str, StringConstraints(strip_whitespace=False)]
 
 
 class _Model(BaseModel):
+    # Code builds models by field name (``App(create_namespace=True)``); config is read by its camelCase
+    # names only (``parse_stack`` validates with by_name=False): the program reads canary:metricTemplates,
+    # never canary:metric_templates, so validation must not accept the one the program ignores.
     model_config = ConfigDict(
         frozen=True,
         extra="forbid",
         alias_generator=to_camel,
-        populate_by_name=True,
+        validate_by_name=True,
+        validate_by_alias=True,
         str_strip_whitespace=True,
     )
 
@@ -1092,7 +1097,7 @@ def _problem_from_error(error: Mapping[str, Any]) -> Problem:
     field = ".".join(f"[{part}]" if isinstance(part, int) else str(part) for part in error["loc"]).replace(".[", "[")
     rule = str(error["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
     if error["type"] == "extra_forbidden":
-        rule = "is not a known field"
+        rule = "is not a known field" + _did_you_mean(error["loc"])
     elif error["type"] == "missing":
         rule = "is required"
     value = error.get("input")
@@ -1103,6 +1108,51 @@ def _problem_from_error(error: Mapping[str, Any]) -> Problem:
                   or (error["type"] == "extra_forbidden" and _SECRET_SECTIONS.search(field)))
         shown = "<secret>" if hidden else _short(value)
     return Problem(field or "(top level)", shown, rule)
+
+
+def _did_you_mean(loc: tuple[int | str, ...]) -> str:
+    """`` (did you mean stepWeight?)`` for an unknown field whose camelCase form, or a field one edit
+    away, is known where it stands; empty otherwise."""
+    known = _fields_at(loc[:-1])
+    key = str(loc[-1]) if loc else ""
+    if not known:
+        return ""
+    near = to_camel(key) if to_camel(key) in known else workload.nearest(key, dict.fromkeys(known))
+    return f" (did you mean {near}?)" if near else ""
+
+
+def _fields_at(loc: tuple[int | str, ...]) -> list[str]:
+    """The config names of the fields of the model at ``loc`` of a stack's config (a component's ``app``,
+    ``gateway`` and ``prometheus`` stand where the stack's do); empty when ``loc`` names no model."""
+    kind: Any = StackSpec
+    for part in loc:
+        kind = _unwrapped(kind)
+        if isinstance(kind, type) and issubclass(kind, BaseModel):
+            by_alias = {field.alias or name: field for name, field in kind.model_fields.items()}
+            if str(part) not in by_alias:
+                return []
+            kind = by_alias[str(part)].annotation
+        elif get_origin(kind) is dict:
+            kind = get_args(kind)[1]
+        elif get_origin(kind) is list:
+            kind = get_args(kind)[0]
+        else:
+            return []
+    kind = _unwrapped(kind)
+    if isinstance(kind, type) and issubclass(kind, BaseModel):
+        return [field.alias or name for name, field in kind.model_fields.items()]
+    return []
+
+
+def _unwrapped(kind: Any) -> Any:
+    """``Annotated[X, …]`` and ``X | None`` as ``X``."""
+    while True:
+        if get_origin(kind) is Annotated:
+            kind = get_args(kind)[0]
+        elif get_origin(kind) in (Union, types.UnionType) and len([a for a in get_args(kind) if a is not type(None)]) == 1:
+            kind = next(a for a in get_args(kind) if a is not type(None))
+        else:
+            return kind
 
 
 def _short(value: object) -> str:
@@ -1120,7 +1170,7 @@ def parse_stack(values: Mapping[str, Any], source: str = "stack config") -> Stac
     Raises ``InvalidSpec`` listing every problem found; nothing partial is returned.
     """
     try:
-        spec = StackSpec.model_validate(dict(values))
+        spec = StackSpec.model_validate(dict(values), by_alias=True, by_name=False)
     except ValidationError as exc:
         # not chained: pydantic's own message quotes every input it refused, secrets included
         raise InvalidSpec([_problem_from_error(e) for e in exc.errors()], source) from None

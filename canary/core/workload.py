@@ -85,7 +85,7 @@ def _check(value: Any, path: str, kind: Any) -> Iterator[Problem]:
         fields = kinds[kind]["fields"]
         for key in value:
             if key not in fields:
-                near = _nearest(str(key), fields)
+                near = nearest(str(key), fields)
                 yield Problem(f"{path}.{key}", _shown(value[key]), "is not a field of " + _kind_name(kind) + (f" (did you mean {near}?)" if near else ""))
         for key in kinds[kind]["required"]:
             if key not in value:
@@ -113,7 +113,7 @@ def _kind_name(kind: str) -> str:
     return kind
 
 
-def _nearest(key: str, known: Mapping[str, Any]) -> str | None:
+def nearest(key: str, known: Mapping[str, Any]) -> str | None:
     """A known field one edit away, or differing only in case: the likely intended one."""
     lowered = key.lower()
     for name in known:

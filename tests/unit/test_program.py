@@ -950,3 +950,11 @@ def test_components_of_different_apps_and_the_same_app_in_successive_programs_ar
     # a program of its own (each update runs one): the app name is free again
     again = declare(build)
     assert again.outputs["canary/web"]["namespace"] == "shop-eu"
+
+
+@pytest.mark.parametrize(("key", "value"), [("metric_templates", {}), ("stable_image", "registry.example.com/shop/web:0.9.0")])
+def test_the_program_refuses_a_key_it_does_not_read_as_validate_does(declare: Callable[..., Declared], key: str, value: Any) -> None:
+    # once left out unseen: plain `pulumi up` applied a stack whose canary:stable_image it ignored
+    with pytest.raises(pulumi.RunError) as caught:
+        declare(program.program, stack_config(**{key: value}))
+    assert f"{key}: is not a known field" in str(caught.value)

@@ -658,3 +658,24 @@ def test_a_plain_value_beside_an_encrypted_one_under_one_key_is_refused_as_the_s
     on_file["canary:prometheus"]["headers"] = {"X-Scope-OrgID": stackconfig.ENCRYPTED}
     assert stackconfig.from_config(config, stack_file=on_file).prometheus is not None
     assert stackconfig.from_config(config).prometheus is not None  # no stack file to read (a service backend's config)
+
+
+# --- config as users write it: camelCase names, `pulumi config set --path` values ---------------
+
+
+@pytest.mark.parametrize(("mutation", "field_", "camel"), [
+    (set_path("metric_templates", {}), "metric_templates", "metricTemplates"),
+    (chain(del_path("analysis.stepWeight"), set_path("analysis.step_weight", 10)), "analysis.step_weight", "stepWeight"),
+    (set_path("analysis.metrics.1.on_no_data", "pass"), "analysis.metrics[1].on_no_data", "onNoData"),
+    (set_path("app.create_namespace", True), "app.create_namespace", "createNamespace"),
+    (set_path("analysis.metrics.0.templateRef", {"name": "error-rate", "namespace": "x", "name_space": "y"}), "analysis.metrics[0].templateRef.name_space", "namespace"),
+], ids=["top-level", "analysis", "metric", "app", "nearest"])
+def test_a_field_by_its_python_name_is_refused_naming_the_config_name(mutation: Any, field_: str, camel: str) -> None:
+    # the program reads canary:metricTemplates only: a snake_case key validated here would be ignored there
+    found = {p.field: p.rule for p in problems(values_with(mutation))}
+    assert found == {field_: f"is not a known field (did you mean {camel}?)"}
+
+
+def test_an_unknown_field_with_no_near_name_gets_no_guess() -> None:
+    found = problems(values_with(set_path("analysis.colour", "blue")))
+    assert [(p.field, p.rule) for p in found] == [("analysis.colour", "is not a known field")]
