@@ -81,8 +81,26 @@ _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 
 
+def _scalar_text(v: object) -> object:
+    """A string field's value: `pulumi config set --path canary:app.env.WORKERS 4` stores the number 4, and
+    `true` a boolean; a Kubernetes user means the text, as a manifest's YAML would be quoted. A mapping or a
+    list has no text form: refused."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return str(v)
+    if isinstance(v, Mapping | list):
+        raise ValueError(f"must be a string (a number or true/false is taken as its text), not a {'mapping' if isinstance(v, Mapping) else 'list'}")
+    if v is None:
+        raise ValueError("must be a string (a number or true/false is taken as its text), not empty")
+    return v
+
+
+#: a map's string value: a number or boolean as `pulumi config set --path` stores it is taken as its text
+Text = Annotated[str, BeforeValidator(_scalar_text)]
 #: a value kept exactly as given (a file's content, an environment variable): never stripped
-Verbatim = Annotated[str, StringConstraints(strip_whitespace=False)]
+Verbatim = Annotated[str, StringConstraints(strip_whitespace=False), BeforeValidator(_scalar_text)]
+SecretText = Annotated[SecretStr, BeforeValidator(_scalar_text)]
 
 
 class _Model(BaseModel):
@@ -147,7 +165,7 @@ class SecretData(_Model):
 
     model_config = ConfigDict(**{**_Model.model_config, "str_strip_whitespace": False})  # a key file ends with its newline
 
-    string_data: dict[str, SecretStr] = {}
+    string_data: dict[str, SecretText] = {}
 
 
 class Autoscaler(_Model):
@@ -284,7 +302,7 @@ class Prometheus(_Model):
     address: str
     timeout: Duration = timedelta(seconds=10)
     token: SecretStr | None = None
-    headers: dict[str, SecretStr] = {}
+    headers: dict[str, SecretText] = {}
     #: the label Prometheus puts a pod's name in: Flagger's kubernetes_pod_name, or pod (kube-prometheus-stack)
     pod_label: str = "kubernetes_pod_name"
     pod_monitor: PodMonitor | None = None
@@ -461,7 +479,7 @@ class Metric(_Model):
     #: outside thresholdRange but inside this band: inconclusive, the release waits for a person
     inconclusive_range: ThresholdRange | None = None
     interval: Duration | None = None
-    template_variables: dict[str, str] = {}
+    template_variables: dict[str, Text] = {}
     on_no_data: NoDataPolicy = NoDataPolicy.FAIL
     evidence: Evidence = Evidence.AUTO
     compare: Compare | None = None
@@ -512,7 +530,7 @@ class Webhook(_Model):
     url: str | None = None
     cmd: str | None = None
     timeout: Duration = timedelta(seconds=60)
-    metadata: dict[str, str] = {}
+    metadata: dict[str, Text] = {}
     #: a rollout command that generates load, as a Flagger load tester runs one: started when the interval
     #: starts, stopped when it ends, its exit status recorded but never judged (timeout is not used)
     background: bool = False

@@ -11,7 +11,8 @@ import re
 from datetime import timedelta
 
 _DURATION = re.compile(r"^(?:(?P<h>\d+)h)?(?:(?P<m>\d+)m)?(?:(?P<s>\d+)s)?(?:(?P<ms>\d+)ms)?$")
-_DURATION_RULE = "must be a duration such as 30s, 1m, 1m30s or 2h (units h, m, s, ms)"
+_SECONDS = re.compile(r"^\d+(?:\.\d+)?$")
+_DURATION_RULE = "must be a duration such as 30s, 1m, 1m30s or 2h (units h, m, s, ms; a bare number is seconds)"
 
 
 #: the longest duration any field takes: a year and a day. Longer ones are typos, and overflow the
@@ -21,7 +22,7 @@ _TOO_LONG = "must be at most 8784h (a year and a day)"
 
 
 def parse_duration(value: object, allow_zero: bool = False) -> timedelta:
-    """Parse Go/Prometheus-style durations ("1m", "1m30s", "500ms"); plain numbers are seconds.
+    """Parse Go/Prometheus-style durations ("1m", "1m30s", "500ms"); plain numbers are seconds, as numbers or text.
     Zero is refused in either spelling unless ``allow_zero``; more than ``MAX_DURATION`` always."""
     if isinstance(value, timedelta):
         return _bounded(value, allow_zero)
@@ -40,6 +41,10 @@ def parse_duration(value: object, allow_zero: bool = False) -> timedelta:
     text = value.strip()
     if text.startswith("-"):
         raise ValueError(_negative(allow_zero))
+    if _SECONDS.match(text):
+        # "30" is what `pulumi config set` stores unless --path types it, and what a quoted 30 is: the
+        # same 30 seconds as the number (a bare number means seconds)
+        return parse_duration(float(text) if "." in text else int(text), allow_zero)
     match = _DURATION.match(text)
     if not text or match is None or not any(match.groupdict().values()):
         raise ValueError(_DURATION_RULE)

@@ -424,7 +424,7 @@ def test_what_follows_a_comment_is_still_checked(query: str, message: str) -> No
 @pytest.mark.parametrize(
     ("text", "seconds", "formatted"),
     [("1m", 60, "1m"), ("30s", 30, "30s"), ("1m30s", 90, "1m30s"), ("2h", 7200, "2h"), ("500ms", 0.5, "500ms"), (5, 5, "5s"), (1.5, 1.5, "1500ms"),
-     ("1h0m5s", 3605, "1h5s"), (" 10s ", 10, "10s"), ("90s", 90, "1m30s")],
+     ("1h0m5s", 3605, "1h5s"), (" 10s ", 10, "10s"), ("90s", 90, "1m30s"), ("30", 30, "30s"), ("1.5", 1.5, "1500ms")],
 )
 def test_durations(text: Any, seconds: float, formatted: str) -> None:
     parsed = units.parse_duration(text)
@@ -439,7 +439,8 @@ def test_durations(text: Any, seconds: float, formatted: str) -> None:
                                             ("0s", "greater than zero"), ("0ms", "greater than zero"), ("0h0m", "greater than zero"),
                                             (float("nan"), "finite number of seconds"), (float("inf"), "finite number of seconds"),
                                             ("99999999999h", "at most 8784h"), ("1000000000000000s", "at most 8784h"), (10**20, "at most 8784h"),
-                                            ("8785h", "at most 8784h"), (timedelta(days=400), "at most 8784h"), (timedelta(0), "greater than zero")])
+                                            ("8785h", "at most 8784h"), (timedelta(days=400), "at most 8784h"), (timedelta(0), "greater than zero"),
+                                            ("0", "greater than zero"), ("99999999999", "at most 8784h"), ("1e3", "must be a duration"), (".5", "must be a duration")])
 def test_bad_durations(text: Any, rule: str) -> None:
     with pytest.raises(ValueError, match=rule):
         units.parse_duration(text)

@@ -679,3 +679,38 @@ def test_a_field_by_its_python_name_is_refused_naming_the_config_name(mutation: 
 def test_an_unknown_field_with_no_near_name_gets_no_guess() -> None:
     found = problems(values_with(set_path("analysis.colour", "blue")))
     assert [(p.field, p.rule) for p in found] == [("analysis.colour", "is not a known field")]
+
+
+@pytest.mark.parametrize(("path", "given", "read", "expected"), [
+    ("app.env", {"WORKERS": 4}, lambda s: s.app.env["WORKERS"], "4"),
+    ("app.env", {"DEBUG": True}, lambda s: s.app.env["DEBUG"], "true"),
+    ("app.env", {"RATIO": 0.5}, lambda s: s.app.env["RATIO"], "0.5"),
+    ("analysis.metrics.0.templateVariables", {"le": 0.5}, lambda s: s.analysis.metrics[0].template_variables["le"], "0.5"),
+    ("analysis.webhooks.0.metadata", {"verbose": False}, lambda s: s.analysis.webhooks[0].metadata["verbose"], "false"),
+], ids=["int", "true", "float", "template-variable", "webhook-metadata"])
+def test_a_number_or_boolean_stored_by_config_set_path_is_taken_as_its_text(path: str, given: Any, read: Any, expected: str) -> None:
+    # `pulumi config set --path canary:app.env.WORKERS 4` stores the number 4: the variable is the text "4"
+    assert read(parse_spec(values_with(set_path(path, given)))) == expected
+
+
+def test_config_map_data_and_secret_values_take_numbers_as_text() -> None:
+    template = pod_template(envFrom=[{"configMapRef": {"name": "settings"}}, {"secretRef": {"name": "creds"}}])
+    spec = stackconfig.from_file_values(_config(values_with(
+        set_path("app.template", template), set_path("app.configMaps", {"settings": {"data": {"PORT": 8080, "TLS": True}}}),
+        set_path("app.secrets", {"creds": {"stringData": {"PIN": stackconfig.ENCRYPTED}}}))), "Pulumi.prod.yaml")
+    assert spec.app is not None and spec.app.config_maps["settings"].data == {"PORT": "8080", "TLS": "true"}
+    values = values_with(set_path("app.template", template), set_path("app.secrets", {"creds": {"stringData": {"PIN": 1234}}}))
+    secrets = parse_spec(values).app.secrets  # the Automation API's decrypted value, typed by --path
+    assert secrets["creds"].string_data["PIN"].get_secret_value() == "1234"
+
+
+@pytest.mark.parametrize(("given", "kind"), [({"a": 1}, "not a mapping"), ([1, 2], "not a list"), (None, "not empty")])
+def test_a_nested_value_where_a_string_belongs_is_refused_saying_so(given: Any, kind: str) -> None:
+    found = problems(values_with(set_path("app.env", {"WORKERS": given})))
+    assert [(p.field, p.rule) for p in found] == [("app.env.WORKERS", f"must be a string (a number or true/false is taken as its text), {kind}")]
+
+
+def test_a_duration_given_as_text_of_a_number_is_seconds_as_the_number_is() -> None:
+    # README: a bare number means seconds; `pulumi config set` without --path stores "30" as text
+    assert parse_spec(values_with(set_path("analysis.interval", "30"))).analysis.interval == timedelta(seconds=30)
+    assert parse_spec(values_with(set_path("analysis.interval", 30))).analysis.interval == timedelta(seconds=30)
