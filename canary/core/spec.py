@@ -1182,17 +1182,33 @@ def _short(value: object) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+def _literal_paths(values: Mapping[str, Any]) -> list[Problem]:
+    """Keys such as ``prometheus.timeout``: ``pulumi config set canary:prometheus.timeout 5s`` without
+    --path stores one key of that name, not the field. Its value is not shown: it may be a secret."""
+    problems = []
+    for key in values:
+        head = re.split(r"[.\[]", key, maxsplit=1)[0]
+        if key != head and head in CONFIG_KEYS:
+            full = f"{naming.CONFIG_NAMESPACE}:{key}"
+            problems.append(Problem(key, "a key of its own", f"was set with a dotted name but without --path, so it is one key named "
+                                    f"{full!r}, not a field of {head}: run `pulumi config rm {full}` and set it again with "
+                                    f"`pulumi config set --path {full} …` (with --secret for a secret)"))
+    return problems
+
+
 def parse_stack(values: Mapping[str, Any], source: str = "stack config") -> StackSpec:
     """Validate a stack's config values (top-level keys without namespace) into a stack spec.
 
     Raises ``InvalidSpec`` listing every problem found; nothing partial is returned.
     """
+    literal = _literal_paths(values)
+    values = {k: v for k, v in values.items() if k not in {p.field for p in literal}}
     try:
         spec = StackSpec.model_validate(dict(values), by_alias=True, by_name=False)
     except ValidationError as exc:
         # not chained: pydantic's own message quotes every input it refused, secrets included
-        raise InvalidSpec([_problem_from_error(e) for e in exc.errors()], source) from None
-    problems = _stack_problems(spec)
+        raise InvalidSpec(literal + [_problem_from_error(e) for e in exc.errors()], source) from None
+    problems = literal + _stack_problems(spec)
     if problems:
         raise InvalidSpec(problems, source)
     return spec

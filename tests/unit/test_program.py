@@ -958,3 +958,10 @@ def test_the_program_refuses_a_key_it_does_not_read_as_validate_does(declare: Ca
     with pytest.raises(pulumi.RunError) as caught:
         declare(program.program, stack_config(**{key: value}))
     assert f"{key}: is not a known field" in str(caught.value)
+
+
+def test_the_program_refuses_a_dotted_key_set_without_path_naming_how_to_set_it(declare: Callable[..., Declared]) -> None:
+    # once ignored by the program: plain `pulumi up` ran with the default timeout the user meant to change
+    with pytest.raises(pulumi.RunError) as caught:
+        declare(program.program, {**stack_config(), "canary:prometheus.timeout": "30s"})
+    assert "prometheus.timeout: was set with a dotted name but without --path" in str(caught.value)

@@ -714,3 +714,21 @@ def test_a_duration_given_as_text_of_a_number_is_seconds_as_the_number_is() -> N
     # README: a bare number means seconds; `pulumi config set` without --path stores "30" as text
     assert parse_spec(values_with(set_path("analysis.interval", "30"))).analysis.interval == timedelta(seconds=30)
     assert parse_spec(values_with(set_path("analysis.interval", 30))).analysis.interval == timedelta(seconds=30)
+
+
+@pytest.mark.parametrize("key", ["prometheus.timeout", "prometheus.token", 'prometheus.headers["X-Scope-OrgID"]', "analysis.alerts[0].url", "apps.web.analysis"])
+def test_a_dotted_key_set_without_path_is_named_with_how_to_set_it_again(key: str) -> None:
+    # `pulumi config set --secret canary:prometheus.timeout 5s` stores one key of that name: said as such, never shown
+    config = {**_config(base_values()), f"canary:{key}": ConfigValue(value=SECRET, secret=True)}
+    with pytest.raises(InvalidSpec) as info:
+        stackconfig.from_config(config)
+    [problem] = info.value.problems
+    assert problem.field == key and "without --path" in problem.rule
+    assert f"pulumi config rm canary:{key}" in problem.rule and f"pulumi config set --path canary:{key}" in problem.rule
+    assert SECRET not in str(info.value)
+
+
+def test_a_dotted_key_is_said_beside_the_other_problems() -> None:
+    values = values_with(lambda v: v.update({"prometheus.timeout": "5s"}), set_path("analysis.threshold", 0))
+    found = {p.field for p in problems(values)}
+    assert found == {"prometheus.timeout", "analysis.threshold"}
