@@ -100,21 +100,29 @@ def validate(stack: str | None, file_: Path | None, project_dir: Path | None) ->
     Nothing is applied. Every problem is listed with its field, value and rule.
     """
     from canary.adapters import stackfile
-    from canary.core import schedule
+    from canary.core import config as stackconfig
+    from canary.core import naming, schedule
 
     if (stack is None) == (file_ is None):
         _die("canary validate: give either STACK or --file PATH", exitcodes.INVALID)
     path = file_ if file_ is not None else stackfile.stack_file(project_dir or stackfile.find_project_dir(), str(stack))
     if stack is not None and not path.is_file():
         _die(f"stack {stack!r}: no config file {path.name} in {path.parent}", exitcodes.INVALID)
-    spec = stackfile.load_stack_file(path)
+    spec, unchecked = stackfile.check_stack_file(path)
     apps = []
     for name, config in spec.app_configs().items():
         image = (config.app.image if config.app else None) or config.stable_image or "from the program"
         where = f"{config.app.namespace}/{name}" if config.app else name
         apps.append(f"app {where}, image {image}, {schedule.describe(config.analysis)}, {len(config.analysis.metrics)} metrics, "
                     f"{len(config.analysis.webhooks)} webhooks")
-    click.echo(f"{path.name}: valid — " + "; ".join(apps))
+    # a secret as a whole is neither refused (up decrypts and accepts it) nor called valid (it was not read)
+    keys = ", ".join(f"{naming.CONFIG_NAMESPACE}:{key}" for key in unchecked)
+    verdict = f"valid, but {keys} not checked" if unchecked else "valid"
+    click.echo(f"{path.name}: {verdict} — " + "; ".join(apps) if apps else f"{path.name}: {verdict}")
+    for key in unchecked:
+        click.echo(f"{path.name}: {naming.CONFIG_NAMESPACE}:{key} is not checked: it is a secret as a whole (set with --secret and "
+                   "without --path), and validate does not decrypt; canary up and pulumi up decrypt it and refuse it, before anything "
+                   f"is applied, if it is invalid. To have it checked here, {stackconfig.keep_fields_secret(key)}", err=True)
 
 
 def _parent_ref(text: str | None) -> dict[str, str] | None:

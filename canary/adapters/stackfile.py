@@ -199,9 +199,19 @@ def read_stack_file(path: Path) -> dict[str, Any]:
 
 
 def load_stack_file(path: Path) -> StackSpec:
-    """Validate a stack config file anywhere on disk (secrets stay encrypted)."""
-    config = read_stack_file(path)
-    spec = stackconfig.from_file_values(config, str(path))
+    """Validate a stack config file anywhere on disk (secrets stay encrypted), to use what it says."""
+    spec = stackconfig.from_file_values(read_stack_file(path), str(path))
+    return _no_release(spec, path)
+
+
+def check_stack_file(path: Path) -> tuple[StackSpec, tuple[str, ...]]:
+    """Validate a stack config file without decrypting it (``canary validate``): the spec, and the
+    top-level keys that are secrets as a whole, which could not be checked."""
+    spec, unchecked = stackconfig.check_file_values(read_stack_file(path), str(path))
+    return _no_release(spec, path), unchecked
+
+
+def _no_release(spec: StackSpec, path: Path) -> StackSpec:
     if spec.release is not None:
         raise InvalidSpec([Problem(f"{CONFIG_NAMESPACE}:release", "set", "is written by canary into its release config files only; remove it from the stack file")], str(path))
     return spec

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from canary.core.naming import CONFIG_NAMESPACE
-from canary.core.spec import CONFIG_KEYS, StackSpec, parse_stack
+from canary.core.spec import CONFIG_KEYS, Prometheus, StackSpec, parse_stack
 from canary.errors import InvalidSpec, Problem
 
 #: Where a secret value read from a file (still encrypted) stands in the spec.
@@ -63,12 +63,43 @@ def from_config(config: Mapping[str, Any], source: str = "stack config", stack_f
 
 
 def from_file_values(config: Mapping[str, Any], source: str) -> StackSpec:
-    """Validate the ``config:`` map of a stack file read with its secrets still encrypted."""
+    """Validate the ``config:`` map of a stack file read with its secrets still encrypted, for a command
+    that uses what it reads: a key that is a secret as a whole cannot be read, and is refused saying so."""
+    values = values_from_config(config)
+    problems = unencrypted_secrets(values, None)
+    problems += [Problem(key, "<secret>", f"is a secret as a whole, which this command cannot read without decrypting: {keep_fields_secret(key)}")
+                 for key in whole_secrets(values)]
+    if problems:
+        raise InvalidSpec(problems, source)
+    return parse_stack(values, source)
+
+
+def check_file_values(config: Mapping[str, Any], source: str) -> tuple[StackSpec, tuple[str, ...]]:
+    """Validate a stack file's ``config:`` map as ``from_file_values`` does, for ``canary validate``; a key that
+    is a secret as a whole (``pulumi config set --secret canary:prometheus '{…}'``) is left unchecked and
+    returned, not refused: ``canary up`` decrypts and checks it before anything is applied, so refusing it
+    here would refuse what up accepts, and calling it valid would claim what was not checked."""
     values = values_from_config(config)
     problems = unencrypted_secrets(values, None)
     if problems:
         raise InvalidSpec(problems, source)
-    return parse_stack(values, source)
+    whole = whole_secrets(values)
+    rest: dict[str, Any] = {key: value for key, value in values.items() if key not in whole}
+    if "prometheus" in whole:
+        # stands in for it: the rules that only need a Prometheus to be there (built-in metrics) hold
+        rest["prometheus"] = Prometheus.model_construct(address=ENCRYPTED)
+    return parse_stack(rest, source, unchecked=whole), whole
+
+
+def whole_secrets(values: Mapping[str, Any]) -> tuple[str, ...]:
+    """Top-level keys whose whole value is one Pulumi secret (still encrypted)."""
+    return tuple(key for key, value in values.items() if key in CONFIG_KEYS and value == ENCRYPTED)
+
+
+def keep_fields_secret(key: str) -> str:
+    """How to store ``key`` so that its stack file can be checked without decrypting it."""
+    return (f"keep only its secret fields secret: pulumi config rm {CONFIG_NAMESPACE}:{key}, then pulumi config set --path "
+            f"{CONFIG_NAMESPACE}:{key}.<field> … for each field (with --secret for a token, a header or a URL)")
 
 
 def _secret_paths(values: Mapping[str, Any]) -> Iterator[tuple[str, str, Any]]:

@@ -1196,10 +1196,12 @@ def _literal_paths(values: Mapping[str, Any]) -> list[Problem]:
     return problems
 
 
-def parse_stack(values: Mapping[str, Any], source: str = "stack config") -> StackSpec:
+def parse_stack(values: Mapping[str, Any], source: str = "stack config", unchecked: tuple[str, ...] = ()) -> StackSpec:
     """Validate a stack's config values (top-level keys without namespace) into a stack spec.
 
-    Raises ``InvalidSpec`` listing every problem found; nothing partial is returned.
+    Raises ``InvalidSpec`` listing every problem found; nothing partial is returned. ``unchecked`` are
+    top-level keys left out of ``values`` because they could not be read (a secret as a whole): the
+    problems their absence alone causes are not reported.
     """
     literal = _literal_paths(values)
     values = {k: v for k, v in values.items() if k not in {p.field for p in literal}}
@@ -1208,10 +1210,18 @@ def parse_stack(values: Mapping[str, Any], source: str = "stack config") -> Stac
     except ValidationError as exc:
         # not chained: pydantic's own message quotes every input it refused, secrets included
         raise InvalidSpec(literal + [_problem_from_error(e) for e in exc.errors()], source) from None
-    problems = literal + _stack_problems(spec)
+    problems = literal + [p for p in _stack_problems(spec) if not _absent(p, unchecked)]
     if problems:
         raise InvalidSpec(problems, source)
     return spec
+
+
+def _absent(problem: Problem, unchecked: tuple[str, ...]) -> bool:
+    """Whether ``problem`` is about a key that was left out unread (``prometheus.address`` of ``prometheus``;
+    the top-level ``analysis`` a stack needs unless its ``apps`` are unread)."""
+    if "apps" in unchecked and problem.field == "analysis" and problem.value == "nothing":
+        return True
+    return any(problem.field == key or problem.field.startswith((f"{key}.", f"{key}[")) for key in unchecked)
 
 
 def parse_spec(values: Mapping[str, Any], source: str = "stack config") -> ReleaseSpec:

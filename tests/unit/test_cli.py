@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from canary.adapters import stackfile
-from canary.errors import StackBusy, StackLocked, StackNotFound
+from canary.errors import InvalidSpec, StackBusy, StackLocked, StackNotFound
 from tests.conftest import FIXTURES, ROOT
 
 
@@ -50,6 +50,44 @@ def test_validate_names_the_path_of_a_mistyped_pod_template_field(tmp_path: Path
     done = _cli("validate", "--file", str(path), cwd=tmp_path)
     assert done.returncode == 2
     assert "app.template.spec.containers[0].imagePullPolicyy: is not a field of Container (did you mean imagePullPolicy?)" in done.stderr
+
+
+_WHOLE_SECRET_PROMETHEUS = (
+    "config:\n"
+    "  canary:app: {name: web, image: 'registry.example.com/shop/web:1.0.0'}\n"
+    "  canary:gateway: {parentRefs: [{name: public}]}\n"
+    "  canary:prometheus:\n"
+    "    secure: v1:Zm9vYmFy:YmFy\n"
+    "  canary:analysis: {stepWeight: 10, metrics: [{name: request-error-rate, thresholdRange: {max: 1}}]}\n"
+)
+
+
+def test_validate_says_a_whole_object_secret_is_not_checked_rather_than_refusing_it(tmp_path: Path) -> None:
+    # pulumi config set --secret canary:prometheus '{"address": …, "token": …}': canary up decrypts and accepts it
+    path = tmp_path / "Pulumi.whole.yaml"
+    path.write_text(_WHOLE_SECRET_PROMETHEUS)
+    done = _cli("validate", "--file", str(path), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("Pulumi.whole.yaml: valid, but canary:prometheus not checked — app default/web")
+    assert "canary:prometheus is not checked: it is a secret as a whole" in done.stderr
+    assert "canary up and pulumi up decrypt it" in done.stderr and "pulumi config set --path canary:prometheus.<field>" in done.stderr
+    assert "valid dictionary" not in done.stderr and "Zm9v" not in done.stdout + done.stderr
+
+
+def test_validate_still_refuses_what_it_can_check_beside_a_whole_object_secret(tmp_path: Path) -> None:
+    path = tmp_path / "Pulumi.whole.yaml"
+    path.write_text(_WHOLE_SECRET_PROMETHEUS.replace("stepWeight: 10", "stepWeight: 0"))
+    done = _cli("validate", "--file", str(path), cwd=tmp_path)
+    assert done.returncode == 2 and "analysis.stepWeight" in done.stderr and "prometheus" not in done.stderr
+
+
+def test_a_command_that_uses_the_file_refuses_a_whole_object_secret_saying_why(tmp_path: Path) -> None:
+    path = tmp_path / "Pulumi.whole.yaml"
+    path.write_text(_WHOLE_SECRET_PROMETHEUS)
+    with pytest.raises(InvalidSpec) as info:
+        stackfile.load_stack_file(path)
+    [problem] = info.value.problems
+    assert problem.field == "prometheus" and "is a secret as a whole" in problem.rule and "pulumi config rm canary:prometheus" in problem.rule
 
 
 @pytest.mark.parametrize(
