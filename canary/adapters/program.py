@@ -488,6 +488,10 @@ def _arguments(name: str, app: Any, gateway: Any, prometheus: Any, rollout: Any,
         # the rules the stack config's app follows, with the template argument in place of app.template
         effective = spec_app if given is None else spec_app.model_copy(update={"template": given})
         problems += app_problems(effective, "app", "template" if given is not None else None)
+        if effective.template is None:
+            for what, given_config in (("config_maps", config_maps), ("secrets", secrets)):
+                problems += [Problem(f"{what}.{name}", str(name), "needs a template that reads it: the simple form's pod reads no "
+                                     "ConfigMap or Secret") for name in (given_config or {}) if isinstance(given_config, Mapping)]
         if effective.template is None and not effective.image:
             problems.append(Problem("app.image", "nothing", "is required: the image the app runs (or give a template)"))
     if problems or spec_app is None or spec_gateway is None:

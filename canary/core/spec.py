@@ -950,6 +950,12 @@ def app_problems(app: App, field: str, template_field: str | None = None) -> lis
             for name in declared:
                 if name not in refs[kind]:
                     problems.append(Problem(f"{field}.{kind}s.{name}", name, f"is declared but the template reads no {kind} of that name"))
+    else:
+        # the simple form's pod mounts nothing: its copies would be made, read by no pod, and their edits never released
+        for kind, declared in (("configMap", app.config_maps), ("secret", app.secrets)):
+            for name in declared:
+                problems.append(Problem(f"{field}.{kind}s.{name}", name, f"needs a template that reads it (a volume, envFrom or "
+                                        f"env[].valueFrom): the simple form (image, env, resources, probes) reads no {kind}"))
     if app.autoscaler is not None:
         for i, metric in enumerate(app.autoscaler.metrics):
             problems += workload.check(metric, f"{field}.autoscaler.metrics[{i}]", "V2MetricSpec")

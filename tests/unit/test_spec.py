@@ -201,6 +201,8 @@ INVALID = [
     ("template-container-not-found", chain(_template(), set_path("app.container", "sidecar")), "app.container", "names no container of the template", "sidecar"),
     ("template-without-image", chain(del_path("stableImage"), set_path("app.template", {"spec": {"containers": [{"name": "web"}]}})), "app.image", "the template's main container web has no image", "nothing"),
     ("template-untagged-image", chain(del_path("stableImage"), _template(image="registry.example.com/web")), "app.template: main container image", "must name a tag or a digest", "registry.example.com/web"),
+    ("config-map-simple-form", set_path("app.configMaps", {"settings": {"data": {"a": "b"}}}), "app.configMaps.settings", "needs a template that reads it", "settings"),
+    ("secret-simple-form", set_path("app.secrets", {"creds": {"stringData": {"a": "<encrypted>"}}}), "app.secrets.creds", "the simple form (image, env, resources, probes) reads no secret", "creds"),
     ("config-map-not-read", chain(_template(), set_path("app.configMaps", {"settings": {"data": {"a": "b"}}})), "app.configMaps.settings", "the template reads no configMap of that name", "settings"),
     # --- the route and Prometheus
     ("hostname-invalid", set_path("gateway.hostnames", ["Web..example"]), "gateway.hostnames[0]", "DNS-1123 hostname", "'Web..example'"),
@@ -425,6 +427,7 @@ def test_two_apps_of_one_namespace_may_read_one_config_map_of_one_content() -> N
     # they share its copy (named by its content), each with a label of its own
     values = values_with(_apps())
     web = values["apps"]["web"]
+    web["app"]["template"] = pod_template(envFrom=[{"configMapRef": {"name": "settings"}}, {"secretRef": {"name": "creds"}}])
     web["app"]["configMaps"] = {"settings": {"data": {"a": "1"}}}
     web["app"]["secrets"] = {"creds": {"stringData": {"b": "2"}}}
     values["apps"]["api"] = copy.deepcopy({**web, "app": {**web["app"], "name": "api"}})
