@@ -113,7 +113,9 @@ def validate(stack: str | None, file_: Path | None, project_dir: Path | None) ->
     for name, config in spec.app_configs().items():
         image = (config.app.image if config.app else None) or config.stable_image or "from the program"
         where = f"{config.app.namespace}/{name}" if config.app else name
-        apps.append(f"app {where}, image {image}, {schedule.describe(config.analysis)}, {len(config.analysis.metrics)} metrics, "
+        # a top-level analysis without app names no app: it judges each one the program's components declare
+        what = "every app the program's components declare" if spec.names_no_app() else f"app {where}, image {image}"
+        apps.append(f"{what}, {schedule.describe(config.analysis)}, {len(config.analysis.metrics)} metrics, "
                     f"{len(config.analysis.webhooks)} webhooks")
     # a secret as a whole is neither refused (up decrypts and accepts it) nor called valid (it was not read)
     keys = ", ".join(f"{naming.CONFIG_NAMESPACE}:{key}" for key in unchecked)

@@ -52,6 +52,17 @@ def test_validate_names_the_path_of_a_mistyped_pod_template_field(tmp_path: Path
     assert "app.template.spec.containers[0].imagePullPolicyy: is not a field of Container (did you mean imagePullPolicy?)" in done.stderr
 
 
+def test_validate_says_a_top_level_analysis_without_app_judges_the_programs_apps(tmp_path: Path) -> None:
+    path = tmp_path / "Pulumi.shared.yaml"
+    path.write_text("config:\n"
+                    "  canary:prometheus: {address: 'http://prometheus:9090'}\n"
+                    "  canary:analysis: {stepWeight: 25, metrics: [{name: request-error-rate, thresholdRange: {max: 1}}]}\n")
+    done = _cli("validate", "--file", str(path), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("Pulumi.shared.yaml: valid — every app the program's components declare, weights [25, 50]"), done.stdout
+    assert "app app" not in done.stdout
+
+
 _WHOLE_SECRET_PROMETHEUS = (
     "config:\n"
     "  canary:app: {name: web, image: 'registry.example.com/shop/web:1.0.0'}\n"
