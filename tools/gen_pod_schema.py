@@ -1,6 +1,6 @@
 """Regenerate canary/core/podschema.json from the kubernetes client's models.
 
-The pure core validates pod templates, autoscaler metrics and behaviours
+The pure core validates pod templates, autoscaler metrics and behaviours, and Service specs,
 against the field names and types of the Kubernetes API, without importing the
 kubernetes client (an adapter's library). The client's generated models carry
 that schema (``openapi_types`` and ``attribute_map`` for the fields,
@@ -22,7 +22,7 @@ from pathlib import Path
 import kubernetes
 import kubernetes.client.models as models
 
-ROOTS = ("V1PodTemplateSpec", "V2MetricSpec", "V2HorizontalPodAutoscalerBehavior")
+ROOTS = ("V1PodTemplateSpec", "V2MetricSpec", "V2HorizontalPodAutoscalerBehavior", "V1ServiceSpec")
 SCALARS = {"str": "string", "int": "integer", "bool": "boolean", "float": "number", "object": "any", "datetime": "string", "date": "string"}
 OUT = Path(__file__).resolve().parent.parent / "canary" / "core" / "podschema.json"
 

@@ -54,10 +54,10 @@ def _resource_problems(template: Mapping[str, Any], path: str) -> Iterator[Probl
                     try:
                         above = units.quantity_value(request) > units.quantity_value(limits[name])
                     except ValueError as exc:
-                        yield Problem(f"{path}.spec.{group}[{i}].resources.requests.{name}", _shown(request), str(exc))
+                        yield Problem(f"{path}.spec.{group}[{i}].resources.requests.{name}", shown(request), str(exc))
                         continue
                     if above:
-                        yield Problem(f"{path}.spec.{group}[{i}].resources.requests.{name}", _shown(request),
+                        yield Problem(f"{path}.spec.{group}[{i}].resources.requests.{name}", shown(request),
                                       f"must not be above its limit ({limits[name]}): the API server refuses such a pod")
 
 
@@ -67,26 +67,26 @@ def _check(value: Any, path: str, kind: Any) -> Iterator[Problem]:
         container, inner = kind
         if container == "list":
             if not isinstance(value, list):
-                yield Problem(path, _shown(value), "must be a list")
+                yield Problem(path, shown(value), "must be a list")
                 return
             for i, item in enumerate(value):
                 yield from _check(item, f"{path}[{i}]", inner)
             return
         if not isinstance(value, Mapping):
-            yield Problem(path, _shown(value), "must be a mapping")
+            yield Problem(path, shown(value), "must be a mapping")
             return
         for key, item in value.items():
             yield from _check(item, f"{path}.{key}", inner)
         return
     if kind in kinds:
         if not isinstance(value, Mapping):
-            yield Problem(path, _shown(value), "must be a mapping")
+            yield Problem(path, shown(value), "must be a mapping")
             return
         fields = kinds[kind]["fields"]
         for key in value:
             if key not in fields:
                 near = nearest(str(key), fields)
-                yield Problem(f"{path}.{key}", _shown(value[key]), "is not a field of " + _kind_name(kind) + (f" (did you mean {near}?)" if near else ""))
+                yield Problem(f"{path}.{key}", shown(value[key]), "is not a field of " + _kind_name(kind) + (f" (did you mean {near}?)" if near else ""))
         for key in kinds[kind]["required"]:
             if key not in value:
                 yield Problem(f"{path}.{key}", "nothing", "is required")
@@ -102,7 +102,7 @@ def _check(value: Any, path: str, kind: Any) -> Iterator[Problem]:
         "any": True,
     }[kind]
     if not ok:
-        yield Problem(path, _shown(value), f"must be {'an' if kind == 'integer' else 'a'} {kind}")
+        yield Problem(path, shown(value), f"must be {'an' if kind == 'integer' else 'a'} {kind}")
 
 
 def _kind_name(kind: str) -> str:
@@ -132,7 +132,8 @@ def _one_edit(a: str, b: str) -> bool:
     return any(long[:i] + long[i + 1:] == short for i in range(len(long)))
 
 
-def _shown(value: Any) -> str:
+def shown(value: Any) -> str:
+    """A value as a problem quotes it: short, a mapping by its keys."""
     if isinstance(value, Mapping):
         return "a mapping of " + (", ".join(map(str, value)) or "nothing")
     text = repr(value) if isinstance(value, str) else str(value)
