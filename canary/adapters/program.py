@@ -23,6 +23,7 @@ templates with their hashes — what a release reads back.
 from __future__ import annotations
 
 import json
+import re
 import threading
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
@@ -203,6 +204,7 @@ class CanaryDeployment(pulumi.ComponentResource):
         secrets: Mapping[str, Any] | None = None,
         prometheus: Prometheus | Mapping[str, Any] | None = None,
         rollout: Rollout | str | None = None,
+        service: Mapping[str, Any] | None = None,
         adopt: Mapping[str, str | pulumi.Alias] | None = None,
         image_config: str | None = None,
         opts: pulumi.ResourceOptions | None = None,
@@ -211,13 +213,13 @@ class CanaryDeployment(pulumi.ComponentResource):
         try:
             # every argument checked before the component declares anything
             checked = _arguments(name, app, gateway, prometheus, rollout if rollout is not None else config.get("rollout"),
-                                 "rollout" if rollout is not None else "canary:rollout", template, config_maps, secrets, adopt)
+                                 "rollout" if rollout is not None else "canary:rollout", template, config_maps, secrets, adopt, service)
             _claim(checked[0].name, name)
         except InvalidSpec as exc:
             # what `program()` does with invalid stack config: Pulumi prints a RunError's message, not a traceback
             raise pulumi.RunError(str(exc)) from exc
         super().__init__(naming.COMPONENT_TYPE, name, None, opts)
-        self.app, self.gateway, self.prometheus, self.rollout, desired, moved = checked
+        self.app, self.gateway, self.prometheus, self.rollout, desired, moved, apex = checked
         stack = pulumi.get_stack()
         spec_app = self.app
         if template is not None and spec_app.port is None:
@@ -272,7 +274,7 @@ class CanaryDeployment(pulumi.ComponentResource):
         self.stable_service = self._service(name, Track.STABLE, child)
         self.canary_service = self._service(name, Track.CANARY, child)
         # after stable is Ready: the apex Service selects stable pods only (an adopted Service changes its selector here)
-        self.apex_service = self._apex(name, _merge(child, pulumi.ResourceOptions(depends_on=[self.stable]), moved.get("service")))
+        self.apex_service = self._apex(name, apex, _merge(child, pulumi.ResourceOptions(depends_on=[self.stable]), moved.get("service")))
         route_opts = _merge(child, pulumi.ResourceOptions(depends_on=[self.stable, self.stable_service, self.canary_service]), moved.get("route"))
         self.route = k8s.apiextensions.CustomResource(
             f"{name}-route",
@@ -373,15 +375,19 @@ class CanaryDeployment(pulumi.ComponentResource):
             opts=opts,
         )
 
-    def _apex(self, name: str, opts: pulumi.ResourceOptions) -> k8s.core.v1.Service:
+    def _apex(self, name: str, given: Mapping[str, Any], opts: pulumi.ResourceOptions) -> k8s.core.v1.Service:
+        """The apex Service: what ``service=`` declares of it (an adopted Service's type, ports, labels and
+        annotations, which an apply without them would remove), with canary's selector and ``http`` port."""
         app = self.app
-        return k8s.core.v1.Service(
-            f"{name}-apex-service",
-            metadata={"name": naming.apex_service(app.name), "namespace": app.namespace, "labels": {naming.APP_LABEL: app.name}},
-            spec={"selector": naming.selector(app.name, Track.STABLE),
-                  "ports": [{"name": "http", "port": app.service_port, "targetPort": app.container_port, "protocol": "TCP"}]},
-            opts=opts,
-        )
+        metadata = given.get("metadata") or {}
+        spec = dict(given.get("spec") or {})
+        spec["selector"] = naming.selector(app.name, Track.STABLE)
+        spec["ports"] = [{"name": "http", "port": app.service_port, "targetPort": app.container_port, "protocol": "TCP"}, *spec.get("ports", [])]
+        declared: dict[str, Any] = {"name": naming.apex_service(app.name), "namespace": app.namespace,
+                                    "labels": {**(metadata.get("labels") or {}), naming.APP_LABEL: app.name}}
+        if metadata.get("annotations"):
+            declared["annotations"] = metadata["annotations"]
+        return k8s.core.v1.Service(f"{name}-apex-service", metadata=declared, spec=spec, opts=opts)
 
     def _extras(self, name: str, opts: pulumi.ResourceOptions) -> dict[str, pulumi.Resource]:
         app = self.app
@@ -444,9 +450,11 @@ ADOPTABLE = ("deployment", "service", "route")
 
 
 def _arguments(name: str, app: Any, gateway: Any, prometheus: Any, rollout: Any, rollout_field: str, template: Any, config_maps: Any,
-               secrets: Any, adopt: Any) -> tuple[App, Gateway, Prometheus | None, Rollout, dict[str, Any], dict[str, pulumi.ResourceOptions]]:
-    """The component's arguments validated, the pod template the app asks for and the aliases of ``adopt``;
-    else ``InvalidSpec`` listing every problem, each naming the argument and the rule, as the stack config's are."""
+               secrets: Any, adopt: Any, service: Any = None,
+               ) -> tuple[App, Gateway, Prometheus | None, Rollout, dict[str, Any], dict[str, pulumi.ResourceOptions], dict[str, Any]]:
+    """The component's arguments validated, the pod template the app asks for, the aliases of ``adopt`` and
+    what ``service`` declares of the apex Service; else ``InvalidSpec`` listing every problem, each naming the
+    argument and the rule, as the stack config's are."""
     problems: list[Problem] = []
     moved: dict[str, pulumi.ResourceOptions] = {}
     try:
@@ -494,13 +502,111 @@ def _arguments(name: str, app: Any, gateway: Any, prometheus: Any, rollout: Any,
                                      "ConfigMap or Secret") for name in (given_config or {}) if isinstance(given_config, Mapping)]
         if effective.template is None and not effective.image:
             problems.append(Problem("app.image", "nothing", "is required: the image the app runs (or give a template)"))
+    apex: dict[str, Any] = {}
+    if service is not None and spec_app is not None:
+        apex = plain(service)
+        problems += _service_problems(apex, spec_app)
     if problems or spec_app is None or spec_gateway is None:
         raise InvalidSpec(problems, f"CanaryDeployment {name}")
     desired = desired_template(spec_app, given)
     problems = workload.check(desired, "template")
     if problems:
         raise InvalidSpec(problems, f"CanaryDeployment {name}")
-    return spec_app, spec_gateway, spec_prometheus, spec_rollout, desired, moved
+    return spec_app, spec_gateway, spec_prometheus, spec_rollout, desired, moved, apex
+
+
+#: What canary declares of the apex Service itself, and why ``service=`` may not: the rest is the program's.
+_APEX_OWN = {
+    "metadata.name": "is canary's: the apex Service is named like the app",
+    "metadata.namespace": "is canary's: the apex Service is in app.namespace",
+    "spec.selector": "is canary's: the apex Service selects the stable pods only (canary.dev/app, canary.dev/track: stable), "
+                     "so that in-cluster clients never reach a canary",
+}
+
+
+def _service_problems(service: Any, app: App) -> list[Problem]:
+    """The rules of ``service=``: ``metadata.labels``, ``metadata.annotations`` and the fields of a ServiceSpec
+    but ``selector``, its ``ports`` beside canary's ``http`` port, each named, none taking its name or number.
+    Outputs are accepted where canary reads nothing (label and annotation values, the spec's other fields)."""
+    if not isinstance(service, Mapping):
+        return [Problem("service", type(service).__name__, "must be a mapping of metadata and spec (a Service's fields)")]
+    problems = [Problem(path, "an Output", "must be a plain value, not a pulumi Output: canary checks it against its own port and labels before the up")
+                for path in _outputs_in(service, "service") if not _output_allowed(path)]
+    if problems:
+        return problems
+    for key in service:
+        if key not in ("metadata", "spec"):
+            problems.append(Problem(f"service.{key}", workload.shown(service[key]), "is not one of metadata, spec: canary declares the apex Service's kind and name"))
+    metadata = service.get("metadata") or {}
+    if not isinstance(metadata, Mapping):
+        problems.append(Problem("service.metadata", type(metadata).__name__, "must be a mapping of labels and annotations"))
+        metadata = {}
+    for key in metadata:
+        if key not in ("labels", "annotations"):
+            problems.append(Problem(f"service.metadata.{key}", workload.shown(metadata[key]),
+                                    _APEX_OWN.get(f"metadata.{key}", "is not one of labels, annotations: the other metadata are the API server's")))
+    for key in ("labels", "annotations"):
+        given = metadata.get(key)
+        if given is not None and not (isinstance(given, Mapping) and all(isinstance(k, str) for k in given)):
+            problems.append(Problem(f"service.metadata.{key}", workload.shown(given), "must be a mapping of names to strings"))
+    labels = metadata.get("labels") or {}
+    if isinstance(labels, Mapping) and naming.APP_LABEL in labels and labels[naming.APP_LABEL] != app.name:
+        problems.append(Problem(f"service.metadata.labels.{naming.APP_LABEL}", workload.shown(labels[naming.APP_LABEL]),
+                                f"is canary's: it marks the apex Service of {app.name}"))
+    spec = service.get("spec") or {}
+    if not isinstance(spec, Mapping):
+        return [*problems, Problem("service.spec", type(spec).__name__, "must be a mapping of a Service's spec fields")]
+    if "selector" in spec:
+        problems.append(Problem("service.spec.selector", workload.shown(spec["selector"]), _APEX_OWN["spec.selector"]))
+    if spec.get("type") == "ExternalName":
+        problems.append(Problem("service.spec.type", "'ExternalName'", "must not be ExternalName: the apex Service sends its clients to the stable pods"))
+    checked = workload.check(_without_outputs({k: v for k, v in spec.items() if k != "selector"}), "service.spec", "V1ServiceSpec")
+    problems += checked
+    if checked or not isinstance(spec.get("ports"), list):
+        return problems
+    names: dict[str, int] = {}
+    numbers: dict[tuple[int, str], int] = {}
+    for i, port in enumerate(spec["ports"]):
+        path = f"service.spec.ports[{i}]"
+        protocol = port.get("protocol") or "TCP"
+        if "name" not in port:
+            problems.append(Problem(f"{path}.name", "nothing", "is required: the apex Service has canary's port http beside it, "
+                                    "and Kubernetes requires every port of a Service of several to be named"))
+        elif port["name"] == "http":
+            problems.append(Problem(f"{path}.name", "'http'", f"clashes with canary's port http (port {app.service_port}, app.servicePort): name it otherwise"))
+        elif port["name"] in names:
+            problems.append(Problem(f"{path}.name", repr(port["name"]), f"is the name of service.spec.ports[{names[port['name']]}] too"))
+        else:
+            names[port["name"]] = i
+        number = port["port"]
+        if number == app.service_port and protocol == "TCP":
+            problems.append(Problem(f"{path}.port", str(number), f"clashes with canary's port http ({number}/TCP, app.servicePort): "
+                                    "give it another number, or change app.servicePort"))
+        elif (number, protocol) in numbers:
+            problems.append(Problem(f"{path}.port", str(number), f"is the port ({number}/{protocol}) of service.spec.ports[{numbers[(number, protocol)]}] too"))
+        else:
+            numbers[(number, protocol)] = i
+    return problems
+
+
+def _output_allowed(path: str) -> bool:
+    """An Output in ``service`` where canary reads nothing: a label's or annotation's value, a spec field but the ports' names, numbers and protocols."""
+    if path.startswith(("service.metadata.labels.", "service.metadata.annotations.")):
+        return True
+    if not path.startswith("service.spec.") or path.startswith("service.spec.selector"):
+        return False
+    if path.startswith("service.spec.ports"):
+        return re.fullmatch(r"service\.spec\.ports\[\d+\]\.(?!name$|port$|protocol$)[A-Za-z]+.*", path) is not None
+    return True
+
+
+def _without_outputs(value: Any) -> Any:
+    """``value`` without its Outputs, whose types the API server checks once they resolve."""
+    if isinstance(value, Mapping):
+        return {k: _without_outputs(v) for k, v in value.items() if not isinstance(v, pulumi.Output)}
+    if isinstance(value, list):
+        return [_without_outputs(v) for v in value if not isinstance(v, pulumi.Output)]
+    return value
 
 
 #: Why ``app``, ``gateway`` and ``prometheus`` take plain values: they are checked before the component declares

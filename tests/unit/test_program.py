@@ -69,9 +69,11 @@ def full_app(settings: Mapping[str, str] | None = None, token: str = "s3cr3t-t0k
 class Recorder(pulumi.runtime.Mocks):
     def __init__(self) -> None:
         self.resources: dict[str, pulumi.runtime.MockResourceArgs] = {}
+        self.typed: dict[tuple[str, str], pulumi.runtime.MockResourceArgs] = {}  # a program of its own may give one name to several types
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
         self.resources[args.name] = args
+        self.typed[(args.typ, args.name)] = args
         if args.typ == "kubernetes:apps/v1:Deployment":  # as the API server fills it in
             return f"{args.name}-id", {**args.inputs, "metadata": {**(args.inputs.get("metadata") or {}), "uid": f"uid-of-{args.name}"}}
         return f"{args.name}-id", args.inputs
@@ -86,6 +88,8 @@ class HookMonitor(MockMonitor):
     def __init__(self, mocks: pulumi.runtime.Mocks) -> None:
         super().__init__(mocks)
         self.hooks: dict[str, list[str]] = {}
+        self.create_hooks: dict[str, list[str]] = {}
+        self.ignore_changes: dict[str, list[str]] = {}
         self.urns: dict[str, str] = {}
         self.aliases: dict[str, list[str]] = {}
         self.dependencies: dict[str, set[str]] = {}
@@ -94,6 +98,8 @@ class HookMonitor(MockMonitor):
 
     def RegisterResource(self, request: Any) -> Any:  # noqa: N802 (the gRPC method's name)
         self.hooks[request.name] = list(request.hooks.before_update)
+        self.create_hooks[request.name] = list(request.hooks.before_create)
+        self.ignore_changes[request.name] = list(request.ignoreChanges)
         # pulumi-kubernetes adds aliases of its own (earlier apiVersions, under the same parent): only aliases from the root count here
         self.aliases[request.name] = [alias_urn(a, request.type, request.name) for a in request.aliases if a.urn or a.spec.noParent]
         self.dependencies[request.name] = set(request.dependencies)
@@ -122,9 +128,12 @@ class Declared:
     dependencies: dict[str, set[str]] = field(default_factory=dict)
     registered: list[str] = field(default_factory=list)
     protect: dict[str, bool] = field(default_factory=dict)
+    create_hooks: dict[str, list[str]] = field(default_factory=dict)
+    ignore_changes: dict[str, list[str]] = field(default_factory=dict)
+    typed: dict[tuple[str, str], pulumi.runtime.MockResourceArgs] = field(default_factory=dict)
 
-    def inputs(self, name: str) -> dict[str, Any]:
-        return self.resources[name].inputs
+    def inputs(self, name: str, type_: str | None = None) -> dict[str, Any]:
+        return (self.typed[(type_, name)] if type_ else self.resources[name]).inputs
 
     def kinds(self) -> set[tuple[str, str]]:
         return {(r.typ, r.name) for r in self.resources.values()}
@@ -155,7 +164,8 @@ def declare() -> Iterator[Callable[..., Declared]]:
         pulumi.runtime.set_mocks(mocks, project=project, stack=STACK, preview=False, monitor=monitor)
         pulumi.runtime.set_all_config({k: _config_value(v) for k, v in (config or {}).items()}, secret_keys or [])
         declared = Declared(mocks.resources, monitor.hooks, monitor.urns, aliases=monitor.aliases, dependencies=monitor.dependencies,
-                            registered=monitor.registered, protect=monitor.protect)
+                            registered=monitor.registered, protect=monitor.protect, create_hooks=monitor.create_hooks,
+                            ignore_changes=monitor.ignore_changes, typed=mocks.typed)
 
         @pulumi.runtime.test
         def program_run() -> pulumi.Output[Any]:
@@ -543,6 +553,72 @@ def test_the_apex_service_and_the_route_wait_for_the_stable_deployment(declare: 
     assert d.urns["web-stable"] in d.dependencies["web-route"]
 
 
+LOAD_BALANCED = {
+    "metadata": {"labels": {"app": "web", "team": "shop"}, "annotations": {"service.beta.kubernetes.io/aws-load-balancer-scheme": "internet-facing"}},
+    "spec": {"type": "LoadBalancer", "externalTrafficPolicy": "Local", "loadBalancerSourceRanges": ["10.0.0.0/8"],
+             "ports": [{"name": "grpc", "port": 9000, "targetPort": 9000}, {"name": "metrics", "port": 9090, "targetPort": "metrics"}]},
+}
+
+
+def test_service_declares_what_the_adopted_service_carried_beside_canarys_port(declare: Callable[..., Declared]) -> None:
+    """Server-side apply removes what the Service's old declaration held and the new one does not: a LoadBalancer
+    reverting to ClusterIP deletes its load balancer, a ServiceMonitor loses its label and its port."""
+    d = declare(component(service=LOAD_BALANCED, adopt={"service": "web"}))
+    apex = d.inputs("web-apex-service")
+    assert apex["metadata"]["name"] == "web"
+    assert apex["metadata"]["labels"] == {"app": "web", "team": "shop", "canary.dev/app": "web"}
+    assert apex["metadata"]["annotations"] == LOAD_BALANCED["metadata"]["annotations"]
+    assert (apex["spec"]["type"], apex["spec"]["externalTrafficPolicy"], apex["spec"]["loadBalancerSourceRanges"]) == ("LoadBalancer", "Local", ["10.0.0.0/8"])
+    assert apex["spec"]["selector"] == STABLE_SELECTOR
+    assert [(p["name"], p["port"]) for p in apex["spec"]["ports"]] == [("http", 80), ("grpc", 9000), ("metrics", 9090)]
+    assert apex["spec"]["ports"][0]["targetPort"] == 8080
+    # the tracks' Services are canary's own: nothing selects them but the route
+    for track in ("stable", "canary"):
+        assert "type" not in d.inputs(f"web-{track}-service")["spec"] and len(d.inputs(f"web-{track}-service")["spec"]["ports"]) == 1
+
+
+def test_service_takes_pulumi_kubernetes_args_and_outputs_where_canary_reads_nothing(declare: Callable[..., Declared]) -> None:
+    service = {"metadata": k8s.meta.v1.ObjectMetaArgs(annotations={"example.com/certificate": pulumi.Output.from_input("arn:cert")}),
+               "spec": k8s.core.v1.ServiceSpecArgs(type="NodePort", ports=[k8s.core.v1.ServicePortArgs(name="admin", port=8081, node_port=30081)])}
+    apex = declare(component(service=service)).inputs("web-apex-service")
+    assert apex["metadata"]["annotations"] == {"example.com/certificate": "arn:cert"}
+    assert apex["spec"]["type"] == "NodePort" and apex["spec"]["ports"][1] == {"name": "admin", "port": 8081, "nodePort": 30081}
+
+
+def test_without_service_the_apex_service_is_canarys_alone(declare: Callable[..., Declared]) -> None:
+    apex = declare(component()).inputs("web-apex-service")
+    assert apex["metadata"]["labels"] == {"canary.dev/app": "web"} and "annotations" not in apex["metadata"]
+    assert set(apex["spec"]) == {"selector", "ports"} and len(apex["spec"]["ports"]) == 1
+
+
+@pytest.mark.parametrize(("service", "field_", "rule"), [
+    ({"spec": {"selector": {"app": "web"}}}, "service.spec.selector", "is canary's: the apex Service selects the stable pods only"),
+    ({"spec": {"ports": [{"name": "http", "port": 8081}]}}, "service.spec.ports[0].name", "clashes with canary's port http (port 80, app.servicePort)"),
+    ({"spec": {"ports": [{"name": "web", "port": 80}]}}, "service.spec.ports[0].port", "clashes with canary's port http (80/TCP, app.servicePort)"),
+    ({"spec": {"ports": [{"port": 9090}]}}, "service.spec.ports[0].name", "is required: the apex Service has canary's port http beside it"),
+    ({"spec": {"ports": [{"name": "a", "port": 9090}, {"name": "b", "port": 9090}]}}, "service.spec.ports[1].port", "is the port (9090/TCP) of service.spec.ports[0] too"),
+    ({"spec": {"ports": [{"name": "a", "port": 9090}, {"name": "a", "port": 9091}]}}, "service.spec.ports[1].name", "is the name of service.spec.ports[0] too"),
+    ({"spec": {"tpye": "LoadBalancer"}}, "service.spec.tpye", "is not a field of ServiceSpec (did you mean type?)"),
+    ({"spec": {"ports": [{"name": "grpc", "port": "9000"}]}}, "service.spec.ports[0].port", "must be an integer"),
+    ({"spec": {"type": "ExternalName", "externalName": "web.example.com"}}, "service.spec.type", "must not be ExternalName"),
+    ({"metadata": {"name": "web-svc"}}, "service.metadata.name", "is canary's: the apex Service is named like the app"),
+    ({"metadata": {"labels": {"canary.dev/app": "api"}}}, "service.metadata.labels.canary.dev/app", "is canary's: it marks the apex Service of web"),
+    ({"kind": "Service"}, "service.kind", "is not one of metadata, spec"),
+    ({"spec": {"ports": [{"name": "grpc", "port": pulumi.Output.from_input(9000)}]}}, "service.spec.ports[0].port", "must be a plain value, not a pulumi Output"),
+    (["web"], "service", "must be a mapping of metadata and spec"),
+], ids=["selector", "port-name-http", "port-80", "unnamed-port", "duplicate-port", "duplicate-name", "typo", "port-string", "external-name",
+        "metadata-name", "app-label", "kind", "port-output", "not-a-mapping"])
+def test_a_bad_service_argument_stops_the_program_naming_the_field(declare: Callable[..., Declared], service: Any, field_: str, rule: str) -> None:
+    with pytest.raises(pulumi.RunError) as caught:
+        declare(component(service=service))
+    assert f"  - {field_}: " in str(caught.value) and rule in str(caught.value), str(caught.value)
+
+
+def test_a_service_port_of_canarys_number_on_another_protocol_is_accepted(declare: Callable[..., Declared]) -> None:
+    apex = declare(component(service={"spec": {"ports": [{"name": "quic", "port": 80, "protocol": "UDP"}]}})).inputs("web-apex-service")
+    assert [(p["name"], p["port"], p["protocol"]) for p in apex["spec"]["ports"]] == [("http", 80, "TCP"), ("quic", 80, "UDP")]
+
+
 EXAMPLE = ROOT / "examples" / "existing-program"
 EXAMPLE_CONFIG = {"shop:gateway": {"name": "lab", "namespace": "default", "sectionName": "web"}, "shop:hostname": "shop.lab.test",
                   "shop:image": "demo:v1", "shop:apiToken": "s3cr3t"}
@@ -566,6 +642,17 @@ def test_the_example_after_adopting_canary_takes_over_what_it_declared_before(de
     assert container["envFrom"] == [{"secretRef": {"name": after.inputs("web-secret-web-secrets")["metadata"]["name"]}}]
     assert after.inputs("web-configmap-web-config")["data"] == before.inputs("web-config")["data"]
     assert after.inputs("web-apex-service")["metadata"]["name"] == "web" and after.inputs("web-route")["metadata"]["name"] == "web"
+
+
+def test_the_example_after_adopting_canary_declares_all_its_service_declared_before(declare: Callable[..., Declared]) -> None:
+    """What the adopted Service's old declaration held and the new one lacks, the adoption's apply removes."""
+    old = declare(example("before.py"), EXAMPLE_CONFIG, ["shop:apiToken"], project="shop").inputs("web", "kubernetes:core/v1:Service")
+    new = declare(example("__main__.py"), EXAMPLE_CONFIG, ["shop:apiToken"], project="shop").inputs("web-apex-service")
+    assert old["metadata"]["labels"].items() <= new["metadata"]["labels"].items()
+    assert (old["metadata"].get("annotations") or {}).items() <= (new["metadata"].get("annotations") or {}).items()
+    assert {k: v for k, v in old["spec"].items() if k not in ("selector", "ports")} == {k: v for k, v in new["spec"].items() if k not in ("selector", "ports")}
+    # the same ports by name and number (the http port targets the container's port by number now, the same port)
+    assert {(p["name"], p["port"]) for p in old["spec"]["ports"]} == {(p["name"], p["port"]) for p in new["spec"]["ports"]}
 
 
 def test_the_examples_readme_shows_the_diff_between_its_two_programs() -> None:
