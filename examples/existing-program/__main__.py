@@ -46,6 +46,8 @@ CanaryDeployment(
     template=template,
     config_maps={"web-config": settings},
     secrets={"web-secrets": credentials},
+    # what the Service declared beside its http port, which the adoption would otherwise remove: its label, its metrics port
+    service={"metadata": {"labels": labels}, "spec": {"ports": [{"name": "metrics", "port": 9090, "targetPort": "http"}]}},
     # what the program declared as "web" before: the Deployment that web-stable replaces, the Service and the route it takes over
     adopt={"deployment": "web", "service": "web", "route": "web"},
     image_config="shop:image",  # `canary release STACK --image …` sets this key

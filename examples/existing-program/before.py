@@ -1,8 +1,9 @@
 """The shop's web app as the team deploys it before canary: a rolling update puts every new image in front of all users at once.
 
 A Namespace, the app's settings (a ConfigMap mounted as files) and credentials (a Secret read as
-environment), a Deployment of two pods, the Service in front of them, and the HTTPRoute that makes the
-Service reachable through the cluster's Gateway. ``__main__.py`` is this program after adopting canary.
+environment), a Deployment of two pods, the Service in front of them (with a metrics port and the label
+a ServiceMonitor selects), and the HTTPRoute that makes the Service reachable through the cluster's
+Gateway. ``__main__.py`` is this program after adopting canary.
 """
 
 import pulumi
@@ -43,10 +44,10 @@ deployment = k8s.apps.v1.Deployment(
     spec=k8s.apps.v1.DeploymentSpecArgs(replicas=2, selector=k8s.meta.v1.LabelSelectorArgs(match_labels=labels), template=template),
     opts=pulumi.ResourceOptions(depends_on=[config_map, secret]),
 )
-service = k8s.core.v1.Service(
+service = k8s.core.v1.Service(  # labelled for the ServiceMonitor that scrapes its metrics port
     "web",
-    metadata={"name": "web", "namespace": namespace},
-    spec={"selector": labels, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]},
+    metadata={"name": "web", "namespace": namespace, "labels": labels},
+    spec={"selector": labels, "ports": [{"name": "http", "port": 80, "targetPort": "http"}, {"name": "metrics", "port": 9090, "targetPort": "http"}]},
     opts=pulumi.ResourceOptions(depends_on=[ns]),
 )
 k8s.apiextensions.CustomResource(

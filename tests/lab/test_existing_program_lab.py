@@ -146,6 +146,10 @@ def test_the_existing_program_is_adopted_without_a_failed_request_and_then_relea
         assert new_service is not None and new_route is not None
         assert new_service["metadata"]["uid"] == service["metadata"]["uid"] and new_route["metadata"]["uid"] == route["metadata"]["uid"]
         assert new_service["spec"]["selector"] == naming.selector("web", Track.STABLE)
+        # … keeping what the program's Service declared beside canary's port (service=), which the apply would have removed
+        assert new_service["metadata"]["labels"].get("app") == "web", new_service["metadata"]
+        assert {(p["name"], p["port"]) for p in new_service["spec"]["ports"]} == {("http", 80), ("metrics", 9090)}, new_service["spec"]
+        assert new_service["spec"]["type"] == service["spec"]["type"]
         urns = [r["urn"] for r in Stack(project, name, env).export()["deployment"]["resources"]]
         assert not [urn for urn in urns if "::kubernetes:" in urn and urn.endswith("::web")], urns  # the old URNs live on as the children's aliases
 
