@@ -139,6 +139,24 @@ def _route_guard(app: str, stack: str) -> pulumi.ResourceHook:
     return pulumi.ResourceHook(f"canary-route-guard-{app}", guard)
 
 
+def _stable_size_guard(app: str) -> pulumi.ResourceHook:
+    """Refuse to create stable without a size when an autoscaler owns it: it would start with one pod and take all
+    the traffic. That happens only when stable replaces a Deployment that declared no replicas (ignore_changes keeps
+    the old declaration), as one an autoscaler of the program sized before canary adopted it."""
+
+    def guard(args: pulumi.ResourceHookArgs) -> None:
+        if "replicas" not in ((args.new_inputs or {}).get("spec") or {}):
+            raise RuntimeError(
+                f"canary: {naming.deployment(app, Track.STABLE)} would start with one pod and take all of {app}'s traffic: it replaces a "
+                "Deployment that declared no replicas (an autoscaler sized it), and the autoscaler's size is not declared again "
+                "once set. Declare replicas on that Deployment first (its current count, in the program before canary, one up), "
+                f"or leave deployment out of adopt: {naming.deployment(app, Track.STABLE)} is then created at autoscaler.minReplicas "
+                "and the old Deployment deleted at the end of the up"
+            )
+
+    return pulumi.ResourceHook(f"canary-stable-size-guard-{app}", guard)
+
+
 def _canary_guard(app: str, stack: str) -> pulumi.ResourceHook:
     def guard(args: pulumi.ResourceHookArgs) -> None:
         old = int(((args.old_inputs or {}).get("spec") or {}).get("replicas") or 0)
@@ -267,15 +285,26 @@ class CanaryDeployment(pulumi.ComponentResource):
         canary_template = pulumi.Output.from_input(canary_pin).apply(lambda p: track_template(p, Track.CANARY))
 
         hooks = (lambda hook: pulumi.ResourceOptions(hooks=pulumi.ResourceHookBinding(before_update=[hook]))) if guarded else (lambda hook: pulumi.ResourceOptions())
-        stable_replicas = None if spec_app.autoscaler else spec_app.replicas
-        self.stable = self._deployment(name, Track.STABLE, stable_template, stable_replicas,
-                                       _merge(child, hooks(_stable_guard(spec_app.name, stack)), moved.get("deployment")),
-                                       copy_resources)
+        stable_opts = _merge(child, hooks(_stable_guard(spec_app.name, stack)), moved.get("deployment"))
+        if spec_app.autoscaler:
+            # Stable is created at the autoscaler's minimum, not at the one pod a Deployment without replicas gets, and
+            # Ready at that size before traffic moves to it. Later ups leave the size to the autoscaler: ignore_changes keeps
+            # the declared value, and under server-side apply the provider sends the live one, or nothing once the
+            # autoscaler owns the field. A Deployment that declared replicas before (adopted, or this app before its
+            # autoscaler) keeps that value instead of falling back to one pod.
+            stable_opts = _merge(stable_opts, pulumi.ResourceOptions(
+                ignore_changes=["spec.replicas"],
+                hooks=pulumi.ResourceHookBinding(before_create=[_stable_size_guard(spec_app.name)])))
+        stable_replicas = spec_app.autoscaler.min_replicas if spec_app.autoscaler else spec_app.replicas
+        self.stable = self._deployment(name, Track.STABLE, stable_template, stable_replicas, stable_opts, copy_resources)
+        autoscalers = {Track.STABLE: self._autoscaler(name, Track.STABLE, self.stable, child)} if spec_app.autoscaler else {}
         self.stable_service = self._service(name, Track.STABLE, child)
         self.canary_service = self._service(name, Track.CANARY, child)
-        # after stable is Ready: the apex Service selects stable pods only (an adopted Service changes its selector here)
-        self.apex_service = self._apex(name, apex, _merge(child, pulumi.ResourceOptions(depends_on=[self.stable]), moved.get("service")))
-        route_opts = _merge(child, pulumi.ResourceOptions(depends_on=[self.stable, self.stable_service, self.canary_service]), moved.get("route"))
+        # after stable is Ready, and its autoscaler there to keep its size: the apex Service selects stable pods only
+        # (an adopted Service changes its selector here), and the route sends all traffic to them
+        ready = [self.stable, *autoscalers.values()]
+        self.apex_service = self._apex(name, apex, _merge(child, pulumi.ResourceOptions(depends_on=ready), moved.get("service")))
+        route_opts = _merge(child, pulumi.ResourceOptions(depends_on=[*ready, self.stable_service, self.canary_service]), moved.get("route"))
         self.route = k8s.apiextensions.CustomResource(
             f"{name}-route",
             api_version=routing.API_VERSION,
@@ -288,7 +317,10 @@ class CanaryDeployment(pulumi.ComponentResource):
         canary_opts = pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[self.route]))
         self.canary = self._deployment(name, Track.CANARY, canary_template, canary_replicas,
                                        pulumi.ResourceOptions.merge(canary_opts, hooks(_canary_guard(spec_app.name, stack))), copy_resources)
-        extra = self._extras(name, child)
+        if spec_app.autoscaler:
+            autoscalers[Track.CANARY] = self._autoscaler(name, Track.CANARY, self.canary, child)
+        extra = {f"{track.value}Autoscaler": hpa for track, hpa in autoscalers.items()}
+        extra.update(self._extras(name, child))
         urns: dict[str, Any] = {
             "stableDeployment": self.stable.urn, "canaryDeployment": self.canary.urn, "route": self.route.urn,
             "stableService": self.stable_service.urn, "canaryService": self.canary_service.urn, "apexService": self.apex_service.urn,
@@ -389,26 +421,29 @@ class CanaryDeployment(pulumi.ComponentResource):
             declared["annotations"] = metadata["annotations"]
         return k8s.core.v1.Service(f"{name}-apex-service", metadata=declared, spec=spec, opts=opts)
 
+    def _autoscaler(self, name: str, track: Track, deployment: k8s.apps.v1.Deployment,
+                    opts: pulumi.ResourceOptions) -> k8s.autoscaling.v2.HorizontalPodAutoscaler:
+        app = self.app
+        assert app.autoscaler is not None
+        spec: dict[str, Any] = {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": naming.deployment(app.name, track)},
+            "minReplicas": app.autoscaler.min_replicas,
+            "maxReplicas": app.autoscaler.max_replicas,
+        }
+        if app.autoscaler.metrics:
+            spec["metrics"] = app.autoscaler.metrics
+        if app.autoscaler.behavior:
+            spec["behavior"] = app.autoscaler.behavior
+        return k8s.autoscaling.v2.HorizontalPodAutoscaler(
+            f"{name}-{track.value}-autoscaler",
+            metadata={"name": naming.autoscaler(app.name, track), "namespace": app.namespace, "labels": {naming.APP_LABEL: app.name}},
+            spec=spec,
+            opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[deployment])),
+        )
+
     def _extras(self, name: str, opts: pulumi.ResourceOptions) -> dict[str, pulumi.Resource]:
         app = self.app
         out: dict[str, pulumi.Resource] = {}
-        if app.autoscaler is not None:
-            for track, deployment in ((Track.STABLE, self.stable), (Track.CANARY, self.canary)):
-                spec: dict[str, Any] = {
-                    "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": naming.deployment(app.name, track)},
-                    "minReplicas": app.autoscaler.min_replicas,
-                    "maxReplicas": app.autoscaler.max_replicas,
-                }
-                if app.autoscaler.metrics:
-                    spec["metrics"] = app.autoscaler.metrics
-                if app.autoscaler.behavior:
-                    spec["behavior"] = app.autoscaler.behavior
-                out[f"{track.value}Autoscaler"] = k8s.autoscaling.v2.HorizontalPodAutoscaler(
-                    f"{name}-{track.value}-autoscaler",
-                    metadata={"name": naming.autoscaler(app.name, track), "namespace": app.namespace, "labels": {naming.APP_LABEL: app.name}},
-                    spec=spec,
-                    opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[deployment])),
-                )
         if app.disruption_budget is not None:
             budget: dict[str, Any] = {"selector": {"matchLabels": naming.selector(app.name, Track.STABLE)}}
             if app.disruption_budget.min_available is not None:

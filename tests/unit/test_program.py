@@ -664,7 +664,7 @@ def test_the_examples_readme_shows_the_diff_between_its_two_programs() -> None:
 # --- extras ---------------------------------------------------------------------------------------
 
 
-def test_an_autoscaler_gives_each_track_one_and_stable_no_replica_count(declare: Callable[..., Declared]) -> None:
+def test_an_autoscaler_gives_each_track_one_and_stable_its_minimum_when_created(declare: Callable[..., Declared]) -> None:
     app = {k: v for k, v in SIMPLE_APP.items() if k != "replicas"}
     metrics = [{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}}}]
     d = declare(component({**app, "autoscaler": {"minReplicas": 2, "maxReplicas": 6, "metrics": metrics}}))
@@ -677,11 +677,41 @@ def test_an_autoscaler_gives_each_track_one_and_stable_no_replica_count(declare:
         assert hpa["spec"]["metrics"] == metrics
         # the autoscaler owns the size: Pulumi must not fight it over field ownership
         assert d.inputs(f"web-{track}")["metadata"]["annotations"] == {"pulumi.com/patchForce": "true"}
-    assert "replicas" not in d.inputs("web-stable")["spec"]
-    assert d.inputs("web-canary")["spec"]["replicas"] == 0
+    # stable starts at the autoscaler's minimum (without replicas a Deployment starts with one pod), and only then:
+    # later ups leave the size to the autoscaler, and a size declared before (a Deployment adopted, this app before its
+    # autoscaler) is kept rather than dropped, which would reset it to one pod
+    assert d.inputs("web-stable")["spec"]["replicas"] == 2
+    assert d.ignore_changes["web-stable"] == ["spec.replicas"]
+    assert d.create_hooks["web-stable"] == ["canary-stable-size-guard-web"]
+    assert d.inputs("web-canary")["spec"]["replicas"] == 0  # the canary's size is the release's
+    assert not d.ignore_changes["web-canary"]
     urns = d.exported["urns"]
     assert urns["stableAutoscaler"] == d.urns["web-stable-autoscaler"]
     assert urns["canaryAutoscaler"] == d.urns["web-canary-autoscaler"]
+
+
+def test_without_an_autoscaler_stables_size_is_declared_at_every_up(declare: Callable[..., Declared]) -> None:
+    d = declare(component())
+    assert d.inputs("web-stable")["spec"]["replicas"] == 3
+    assert not d.ignore_changes["web-stable"] and not d.create_hooks["web-stable"]
+
+
+def test_traffic_moves_to_stable_only_once_its_autoscaler_is_there(declare: Callable[..., Declared]) -> None:
+    """An adopted Service or route moves to stable once stable is Ready at its minimum and its autoscaler keeps that size."""
+    app = {k: v for k, v in SIMPLE_APP.items() if k != "replicas"}
+    d = declare(component({**app, "autoscaler": {"minReplicas": 3, "maxReplicas": 6}}, adopt={"deployment": "web", "service": "web", "route": "web"}))
+    for moved in ("web-apex-service", "web-route"):
+        assert {d.urns["web-stable"], d.urns["web-stable-autoscaler"]} <= d.dependencies[moved], moved
+    assert d.urns["web-canary"] in d.dependencies["web-canary-autoscaler"]
+
+
+def test_the_stable_size_guard_refuses_to_create_stable_without_a_size(declare: Callable[..., Declared]) -> None:
+    """What ignore_changes makes of stable's declared size when it replaces a Deployment that declared none."""
+    guard = lambda app, stack: program._stable_size_guard(app)  # noqa: E731
+    error = run_guard(declare, guard, {}, {"metadata": {"name": "web-stable"}, "spec": {"template": pod("web:1")}})
+    assert isinstance(error, RuntimeError)
+    assert "web-stable would start with one pod" in str(error) and "leave deployment out of adopt" in str(error)
+    assert run_guard(declare, guard, {}, deployment(pod("web:1"), 2.0)) is None
 
 
 def test_a_disruption_budget_protects_stable_pods(declare: Callable[..., Declared]) -> None:
