@@ -182,13 +182,24 @@ def _kube(config: Mapping[str, Any], env: Mapping[str, str]) -> Kube:
     return Kube(kubeconfig, context=value("kubernetes:context"), env=env)
 
 
-def open_stack(stack: str, project_dir: Path | None = None, env: Mapping[str, str] | None = None, read_outputs: bool = True) -> Workspace:
+def open_stack(stack: str, project_dir: Path | None = None, env: Mapping[str, str] | None = None, read_outputs: bool = True,
+               on_invalid: Callable[[InvalidSpec], None] | None = None) -> Workspace:
+    """The stack, its config validated. With ``on_invalid``, canary config this version refuses is told to it
+    instead of raised, and the workspace knows the apps from the stack's outputs only: what looking at and
+    steering a running release needs (its namespace, the cluster), so that a typo in the stack file, or a rule
+    newer than the release, never keeps a person from `abort` or `status` at 3 a.m."""
     project = (project_dir or stackfile.find_project_dir()).resolve()  # the CLI runs in it: nothing relative to the caller
     environment = dict(env if env is not None else os.environ)
     handle = Stack(project, stack, environment)
     config = handle.config()
     path = stackfile.stack_file(project, stack)
-    spec = stackconfig.from_config(config, source=f"stack {stack}", stack_file=stackfile.read_stack_file(path) if path.is_file() else None)
+    try:
+        spec = stackconfig.from_config(config, source=f"stack {stack}", stack_file=stackfile.read_stack_file(path) if path.is_file() else None)
+    except InvalidSpec as exc:
+        if on_invalid is None:
+            raise
+        on_invalid(exc)
+        spec = StackSpec.model_validate({})
     if spec.release is not None:
         raise InvalidSpec([Problem(f"{naming.CONFIG_NAMESPACE}:release", "set", "is written by canary into its release config files only; remove it from the stack file")], f"stack {stack}")
     outputs = handle.outputs() if read_outputs else {}
@@ -662,16 +673,23 @@ class Status:
                 "kept_here": {"records": self.kept_records, "state": self.kept_state}}
 
 
-def _store(stack: str, app: str | None, project_dir: Path | None, env: Mapping[str, str] | None) -> tuple[Workspace, str, ReleaseStore]:
-    ws = open_stack(stack, project_dir, env)
+def _store(stack: str, app: str | None, project_dir: Path | None, env: Mapping[str, str] | None,
+           on_warning: Callable[[str], None] | None = None) -> tuple[Workspace, str, ReleaseStore]:
+    def invalid(exc: InvalidSpec) -> None:
+        if on_warning is not None:
+            on_warning(f"the stack config is refused ({exc}); acting on the release of the app the stack's outputs name")
+
+    ws = open_stack(stack, project_dir, env, on_invalid=invalid)
     name = ws.app(app)
     return ws, name, ws.store(name, ws.namespace(name))
 
 
-def status(stack: str, *, app: str | None = None, project_dir: Path | None = None, env: Mapping[str, str] | None = None) -> Status | None:
+def status(stack: str, *, app: str | None = None, project_dir: Path | None = None, env: Mapping[str, str] | None = None,
+           on_warning: Callable[[str], None] | None = None) -> Status | None:
     """The app's current (or last) release, with its lease holder; an earlier version's file journal
-    when the cluster has none."""
-    ws, name, store = _store(stack, app, project_dir, env)
+    when the cluster has none. ``on_warning`` hears of stack config this version refuses (the release is
+    still shown, found from the stack's outputs)."""
+    ws, name, store = _store(stack, app, project_dir, env, on_warning)
     state = store.load()
     if state is None:
         legacy = Legacy(state_root(ws.project_dir), stack).state()
@@ -683,9 +701,9 @@ def status(stack: str, *, app: str | None = None, project_dir: Path | None = Non
 
 
 def history(stack: str, *, app: str | None = None, release_id: str | None = None, project_dir: Path | None = None,
-            env: Mapping[str, str] | None = None) -> list[Any]:
+            env: Mapping[str, str] | None = None, on_warning: Callable[[str], None] | None = None) -> list[Any]:
     """Every journal record of the app's releases (or of one), oldest first, earlier versions' included."""
-    ws, _, store = _store(stack, app, project_dir, env)
+    ws, _, store = _store(stack, app, project_dir, env, on_warning)
     found = store.records(release_id)
     legacy = Legacy(state_root(ws.project_dir), stack)
     return (legacy.records(release_id) if legacy.exists() else []) + found
@@ -809,9 +827,11 @@ def _refuse_rejected(spec: ReleaseSpec, provider_for: Callable[[str | None], Pro
 
 
 def _request(stack: str, kind: str, app: str | None, project_dir: Path | None, env: Mapping[str, str] | None, by: str, reason: str = "",
-             allowed: frozenset[Phase] | None = None, refuse: Callable[[str, ReleaseState], None] | None = None, **fields: Any) -> str:
-    """Write a ``kind`` request for the app's release in progress; ``refuse(app, state)`` may raise first."""
-    _, name, store = _store(stack, app, project_dir, env)
+             allowed: frozenset[Phase] | None = None, refuse: Callable[[str, ReleaseState], None] | None = None,
+             on_warning: Callable[[str], None] | None = None, **fields: Any) -> str:
+    """Write a ``kind`` request for the app's release in progress; ``refuse(app, state)`` may raise first. Stack
+    config this version refuses does not stop it (``on_warning`` hears of it): a request needs only the release."""
+    _, name, store = _store(stack, app, project_dir, env, on_warning)
     state = store.load()
     if state is not None and refuse is not None:
         refuse(name, state)
@@ -823,7 +843,8 @@ def _request(stack: str, kind: str, app: str | None, project_dir: Path | None, e
     return state.release
 
 
-def abort(stack: str, *, app: str | None = None, project_dir: Path | None = None, env: Mapping[str, str] | None = None, by: str = "canary abort") -> str:
+def abort(stack: str, *, app: str | None = None, project_dir: Path | None = None, env: Mapping[str, str] | None = None, by: str = "canary abort",
+          on_warning: Callable[[str], None] | None = None) -> str:
     """Ask the running release (or the next resume) to roll back and end Aborted; returns the release id."""
 
     def promoting(name: str, state: ReleaseState) -> None:
@@ -831,11 +852,11 @@ def abort(stack: str, *, app: str | None = None, project_dir: Path | None = None
             # the release would ignore it (the new version passed every check): say so now
             raise InvalidSpec([Problem("--app", name, f"release {state.release} is already {state.phase}: the new version passed every check and a promotion is not interrupted")], "abort")
 
-    return _request(stack, "abort", app, project_dir, env, by, refuse=promoting)
+    return _request(stack, "abort", app, project_dir, env, by, refuse=promoting, on_warning=on_warning)
 
 
 def promote(stack: str, *, app: str | None = None, project_dir: Path | None = None, env: Mapping[str, str] | None = None, by: str = "canary promote",
-            force: bool = False, skip_analysis: bool = False, reason: str = "") -> str:
+            force: bool = False, skip_analysis: bool = False, reason: str = "", on_warning: Callable[[str], None] | None = None) -> str:
     """Approve a release waiting for promotion (or a decision); ``force`` and ``skip_analysis`` need a reason."""
     if force and skip_analysis:
         raise InvalidSpec([Problem("--force", "with --skip-analysis", "give one: --force promotes a release waiting after a failed tick, --skip-analysis one in any phase")], "promote")
@@ -850,15 +871,18 @@ def promote(stack: str, *, app: str | None = None, project_dir: Path | None = No
             raise InvalidSpec([Problem("--app", name, f"release {state.release}'s last tick did not pass ({state.reason or 'see canary status'}): "
                                        "it promotes after a passing tick; --force --reason TEXT overrides")], "promote")
 
-    return _request(stack, "promote", app, project_dir, env, by, reason, allowed, refuse=failed_last_tick, force=force, skip_analysis=skip_analysis)
+    return _request(stack, "promote", app, project_dir, env, by, reason, allowed, refuse=failed_last_tick, on_warning=on_warning,
+                    force=force, skip_analysis=skip_analysis)
 
 
-def pause(stack: str, *, app: str | None = None, project_dir: Path | None = None, env: Mapping[str, str] | None = None, by: str = "canary pause") -> str:
+def pause(stack: str, *, app: str | None = None, project_dir: Path | None = None, env: Mapping[str, str] | None = None, by: str = "canary pause",
+          on_warning: Callable[[str], None] | None = None) -> str:
     """Hold the release at its current step; analysis goes on."""
-    return _request(stack, "pause", app, project_dir, env, by)
+    return _request(stack, "pause", app, project_dir, env, by, on_warning=on_warning)
 
 
-def proceed(stack: str, *, app: str | None = None, project_dir: Path | None = None, env: Mapping[str, str] | None = None, by: str = "canary continue") -> str:
+def proceed(stack: str, *, app: str | None = None, project_dir: Path | None = None, env: Mapping[str, str] | None = None, by: str = "canary continue",
+            on_warning: Callable[[str], None] | None = None) -> str:
     """Let a paused release take its next steps again."""
-    return _request(stack, "continue", app, project_dir, env, by)
+    return _request(stack, "continue", app, project_dir, env, by, on_warning=on_warning)
 

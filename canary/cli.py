@@ -321,7 +321,7 @@ def status(stack: str, app: str | None, as_json: bool, lab: bool | None, project
     """The current or last release of STACK's app: phase, step, failed checks, last checks and why."""
     from canary import api
 
-    found = api.status(stack, app=app, **Where(project_dir, lab).kwargs)
+    found = api.status(stack, app=app, on_warning=_warn, **Where(project_dir, lab).kwargs)
     if found is None:
         _die(f"stack {stack}: no release recorded", exitcodes.INVALID)
     if as_json:
@@ -388,7 +388,7 @@ def history(stack: str, app: str | None, as_json: bool, release_id: str | None, 
     from canary import api
     from canary.core import records
 
-    found = api.history(stack, app=app, release_id=release_id, **Where(project_dir, lab).kwargs)
+    found = api.history(stack, app=app, release_id=release_id, on_warning=_warn, **Where(project_dir, lab).kwargs)
     if as_json:
         click.echo(json.dumps([records.dump(r) for r in found], indent=1, default=str))
         return
@@ -418,6 +418,10 @@ def report(stack: str, app: str | None, release_id: str | None, out: Path, lab: 
 # --- steering -----------------------------------------------------------------------------------
 
 
+def _warn(message: str) -> None:
+    click.echo(f"warning: {message}", err=True)
+
+
 def _steer(what: str, call: Callable[[], str], said: str) -> None:
     release_id = call()
     click.echo(f"{what} requested for release {release_id}; {said}")
@@ -432,7 +436,7 @@ def abort(stack: str, app: str | None, lab: bool | None, project_dir: Path | Non
     """Ask STACK's running release to roll back to stable and end Aborted (from any machine)."""
     from canary import api
 
-    _steer("abort", lambda: api.abort(stack, app=app, **Where(project_dir, lab).kwargs), "it rolls back within a second")
+    _steer("abort", lambda: api.abort(stack, app=app, on_warning=_warn, **Where(project_dir, lab).kwargs), "it rolls back within a second")
 
 
 @main.command()
@@ -447,7 +451,7 @@ def promote(stack: str, app: str | None, force: bool, skip_analysis: bool, reaso
     """Approve STACK's release that waits for promotion or for a decision."""
     from canary import api
 
-    _steer("promotion", lambda: api.promote(stack, app=app, force=force, skip_analysis=skip_analysis, reason=reason, **Where(project_dir, lab).kwargs),
+    _steer("promotion", lambda: api.promote(stack, app=app, force=force, skip_analysis=skip_analysis, reason=reason, on_warning=_warn, **Where(project_dir, lab).kwargs),
            "the release promotes within a second" if not force else "forced")
 
 
@@ -460,7 +464,7 @@ def pause(stack: str, app: str | None, lab: bool | None, project_dir: Path | Non
     """Hold STACK's release at its current step; analysis goes on (Flagger's suspend)."""
     from canary import api
 
-    _steer("pause", lambda: api.pause(stack, app=app, **Where(project_dir, lab).kwargs), "it holds its step")
+    _steer("pause", lambda: api.pause(stack, app=app, on_warning=_warn, **Where(project_dir, lab).kwargs), "it holds its step")
 
 
 @main.command("continue")
@@ -472,7 +476,7 @@ def continue_(stack: str, app: str | None, lab: bool | None, project_dir: Path |
     """Let STACK's paused release take its next steps again."""
     from canary import api
 
-    _steer("continue", lambda: api.proceed(stack, app=app, **Where(project_dir, lab).kwargs), "it goes on")
+    _steer("continue", lambda: api.proceed(stack, app=app, on_warning=_warn, **Where(project_dir, lab).kwargs), "it goes on")
 
 
 # --- checks -------------------------------------------------------------------------------------

@@ -295,3 +295,27 @@ def test_a_project_dir_given_relative_to_where_canary_runs(lab_stack: LabStack) 
                             timeout=120, env=lab_stack.env, cwd=lab_stack.project.parent)
     assert "no release recorded" in status.stderr, status.stdout + status.stderr  # read from the cluster, found
     assert not (lab_stack.project / relative).exists(), "a path relative to the caller was resolved inside the project"
+
+
+def test_a_typo_in_the_stack_file_mid_release_does_not_keep_a_person_from_status_and_abort(lab_stack: LabStack) -> None:
+    # every command validated the stack file first: a typo made during the incident (or a rule newer than the
+    # release, after an upgrade) made `canary abort` and `canary status` exit 2 while the canary kept its traffic
+    ls = lab_stack
+    path = ls.project / "stacks" / f"Pulumi.{ls.name}.yaml"
+    process = ls.start("release", ls.name, "--image", "demo:v2")
+    with running(process):
+        wait_until(lambda: (s := ls.state()) is not None and s.weight >= 10, "the canary at weight 10", 180, process)
+        stackfile.set_value(path, ("canary:analysis", "stepWieght"), 10)
+        status = ls.cli("status", ls.name)
+        assert status.returncode == 0, status.stdout[-2000:] + status.stderr[-2000:]
+        assert "warning: the stack config is refused" in status.stderr and "analysis.stepWieght" in status.stderr, status.stderr
+        abort = ls.cli("abort", ls.name)
+        assert abort.returncode == 0, abort.stdout[-2000:] + abort.stderr[-2000:]
+        assert "abort requested for release" in abort.stdout and "warning: the stack config is refused" in abort.stderr
+        out, err = process.communicate(timeout=300)
+    assert process.returncode == 1, out[-3000:] + err[-3000:]
+    state = ls.state()
+    assert state is not None and state.phase.value == "Aborted", state
+    assert_stable_state(ls, "demo:v1")
+    release = ls.cli("release", ls.name, "--image", "demo:v2")  # what changes the cluster still refuses it
+    assert release.returncode == 2 and "analysis.stepWieght" in release.stderr, release.stderr[-2000:]

@@ -216,3 +216,30 @@ def test_a_cluster_other_than_the_program_s_is_refused_before_anything_is_read_o
                  "spec": {"replicas": 2, "template": {}}})
     facts = ws.facts("web")
     assert facts is not None and facts.stable is not None and facts.stable.image == "web:1"
+
+
+def test_config_this_version_refuses_is_told_not_raised_where_only_the_release_is_needed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # `canary abort` and `status` validated the stack file first: a typo made mid-incident kept a person from both
+    values = apps_config("web")
+    values["apps"]["web"]["analysis"]["stepWieght"] = 10
+    outputs = {"canary/web": exported("web", "web:1", "web:1")}
+
+    class Opened:
+        def __init__(self, *args: Any) -> None:
+            pass
+
+        def config(self) -> dict[str, Any]:
+            return {f"canary:{k}": v for k, v in values.items()}
+
+        def outputs(self) -> dict[str, Any]:
+            return outputs
+
+    monkeypatch.setattr(api, "Stack", Opened)
+    monkeypatch.setattr(api, "_kube", lambda config, env: FakeKube())
+    (tmp_path / "Pulumi.yaml").write_text("name: shop\nruntime: python\n")
+    with pytest.raises(InvalidSpec):
+        api.open_stack("prod", tmp_path, {})
+    told: list[InvalidSpec] = []
+    ws = api.open_stack("prod", tmp_path, {}, on_invalid=told.append)
+    assert [p.field for p in told[0].problems] == ["apps.web.analysis.stepWieght"]
+    assert ws.app(None) == "web" and ws.namespace("web") == "shop"
