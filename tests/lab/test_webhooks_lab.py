@@ -217,3 +217,24 @@ def test_a_slow_event_receiver_does_not_delay_the_rollback_and_still_gets_every_
     for message in got:  # each received message is printed after the one before it (messages repeat: "tick: fail")
         at = next((i for i in range(at, len(printed)) if message in printed[i]), -1) + 1
         assert at, f"{message!r} arrived out of order: {got}"
+
+
+BACKGROUND = "sleep 619"  # a load generator that would run far past each interval; its argument makes it findable
+
+
+@pytest.mark.parametrize("lab_stack", [_hooks({"name": "load", "type": "rollout", "cmd": BACKGROUND, "background": True, "timeout": "1s"})],
+                         indirect=True)
+def test_a_background_load_generator_runs_through_each_interval_never_fails_a_check_and_never_outlives_the_release(lab_stack: LabStack) -> None:
+    # Flagger's load tester starts `hey -z 1m` and answers at once: imported as a plain rollout command it was
+    # killed at interval + timeout, a failed check each tick, and the first tick rolled a healthy release back
+    with RouteWatcher(lab_stack) as watcher:
+        done = lab_stack.release("demo:v2")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert [w for w in watcher.canary_weights if w] == [10, 20, 30, 40, 50], watcher.seen
+    assert_stable_state(lab_stack, "demo:v2")
+    ticks = lab_stack.of("tick")
+    assert ticks and not any(c.metric == "webhook:load" for t in ticks for c in t.checks if c.verdict.value != "pass"), ticks
+    load = _hook_records(lab_stack, "load")
+    assert len(load) >= 5, load  # one run per interval
+    left = subprocess.run(["pgrep", "-f", BACKGROUND], capture_output=True, text=True)
+    assert left.returncode == 1, f"the load generator outlived the release: {left.stdout}"
