@@ -676,10 +676,11 @@ class Status:
 def _store(stack: str, app: str | None, project_dir: Path | None, env: Mapping[str, str] | None,
            on_warning: Callable[[str], None] | None = None) -> tuple[Workspace, str, ReleaseStore]:
     def invalid(exc: InvalidSpec) -> None:
-        if on_warning is not None:
-            on_warning(f"the stack config is refused ({exc}); acting on the release of the app the stack's outputs name")
+        assert on_warning is not None
+        on_warning(f"the stack config is refused ({exc}); acting on the release of the app the stack's outputs name")
 
-    ws = open_stack(stack, project_dir, env, on_invalid=invalid)
+    # without anyone to tell, a refusal is raised as ever: a caller never acts on a config it was not told is refused
+    ws = open_stack(stack, project_dir, env, on_invalid=invalid if on_warning is not None else None)
     name = ws.app(app)
     return ws, name, ws.store(name, ws.namespace(name))
 

@@ -139,13 +139,21 @@ def _route_guard(app: str, stack: str) -> pulumi.ResourceHook:
     return pulumi.ResourceHook(f"canary-route-guard-{app}", guard)
 
 
-def _stable_size_guard(app: str) -> pulumi.ResourceHook:
+def _stable_size_guard(app: str, min_replicas: int) -> pulumi.ResourceHook:
     """Refuse to create stable without a size when an autoscaler owns it: it would start with one pod and take all
     the traffic. That happens only when stable replaces a Deployment that declared no replicas (ignore_changes keeps
     the old declaration), as one an autoscaler of the program sized before canary adopted it."""
 
     def guard(args: pulumi.ResourceHookArgs) -> None:
-        if "replicas" not in ((args.new_inputs or {}).get("spec") or {}):
+        replicas = ((args.new_inputs or {}).get("spec") or {}).get("replicas")
+        if isinstance(replicas, (int, float)) and replicas < min_replicas:  # numbers reach a hook as floats
+            # the replaced Deployment declared fewer than its autoscaler kept: all the traffic would move to them
+            raise RuntimeError(
+                f"canary: {naming.deployment(app, Track.STABLE)} would start with {int(replicas)} pod(s), below autoscaler.minReplicas "
+                f"({min_replicas}), and take all of {app}'s traffic: it replaces a Deployment that declared {int(replicas)} (its autoscaler "
+                "sized it since). Declare its current count on that Deployment first (one up), or leave deployment out of adopt"
+            )
+        if replicas is None:
             raise RuntimeError(
                 f"canary: {naming.deployment(app, Track.STABLE)} would start with one pod and take all of {app}'s traffic: it replaces a "
                 "Deployment that declared no replicas (an autoscaler sized it), and the autoscaler's size is not declared again "
@@ -294,7 +302,7 @@ class CanaryDeployment(pulumi.ComponentResource):
             # autoscaler) keeps that value instead of falling back to one pod.
             stable_opts = _merge(stable_opts, pulumi.ResourceOptions(
                 ignore_changes=["spec.replicas"],
-                hooks=pulumi.ResourceHookBinding(before_create=[_stable_size_guard(spec_app.name)])))
+                hooks=pulumi.ResourceHookBinding(before_create=[_stable_size_guard(spec_app.name, spec_app.autoscaler.min_replicas)])))
         stable_replicas = spec_app.autoscaler.min_replicas if spec_app.autoscaler else spec_app.replicas
         self.stable = self._deployment(name, Track.STABLE, stable_template, stable_replicas, stable_opts, copy_resources)
         autoscalers = {Track.STABLE: self._autoscaler(name, Track.STABLE, self.stable, child)} if spec_app.autoscaler else {}
@@ -559,6 +567,11 @@ _APEX_OWN = {
 }
 
 
+_QUALIFIED_NAME = re.compile(r"([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
+_LABEL_VALUE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?")
+_PORT_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+
+
 def _service_problems(service: Any, app: App) -> list[Problem]:
     """The rules of ``service=``: ``metadata.labels``, ``metadata.annotations`` and the fields of a ServiceSpec
     but ``selector``, its ``ports`` beside canary's ``http`` port, each named, none taking its name or number.
@@ -584,6 +597,17 @@ def _service_problems(service: Any, app: App) -> list[Problem]:
         given = metadata.get(key)
         if given is not None and not (isinstance(given, Mapping) and all(isinstance(k, str) for k in given)):
             problems.append(Problem(f"service.metadata.{key}", workload.shown(given), "must be a mapping of names to strings"))
+            continue
+        for name, value in (given or {}).items():
+            # what the API server refuses, refused here: the up would fail halfway, stable already made
+            if not _QUALIFIED_NAME.fullmatch(name):
+                problems.append(Problem(f"service.metadata.{key}.{name}", repr(name), "must be a qualified name: an optional DNS subdomain prefix and "
+                                        "'/', then at most 63 letters, digits, '-', '_' or '.', beginning and ending with a letter or digit"))
+            elif not isinstance(value, str) and not isinstance(value, pulumi.Output):
+                problems.append(Problem(f"service.metadata.{key}.{name}", workload.shown(value), "must be a string (quote it)"))
+            elif key == "labels" and isinstance(value, str) and not _LABEL_VALUE.fullmatch(value):
+                problems.append(Problem(f"service.metadata.labels.{name}", repr(value), "must be a label value: at most 63 letters, digits, "
+                                        "'-', '_' or '.', beginning and ending with a letter or digit (or empty)"))
     labels = metadata.get("labels") or {}
     if isinstance(labels, Mapping) and naming.APP_LABEL in labels and labels[naming.APP_LABEL] != app.name:
         problems.append(Problem(f"service.metadata.labels.{naming.APP_LABEL}", workload.shown(labels[naming.APP_LABEL]),
@@ -604,6 +628,14 @@ def _service_problems(service: Any, app: App) -> list[Problem]:
     for i, port in enumerate(spec["ports"]):
         path = f"service.spec.ports[{i}]"
         protocol = port.get("protocol") or "TCP"
+        if protocol not in ("TCP", "UDP", "SCTP"):
+            problems.append(Problem(f"{path}.protocol", repr(protocol), "must be TCP, UDP or SCTP (as written: upper case)"))
+        if not isinstance(port.get("port"), int) or not 1 <= port["port"] <= 65535:
+            problems.append(Problem(f"{path}.port", workload.shown(port.get("port")), "must be a port number, 1 to 65535"))
+            continue
+        if isinstance(port.get("name"), str) and not _PORT_NAME.fullmatch(port["name"]):
+            problems.append(Problem(f"{path}.name", repr(port["name"]), "must be a port name: at most 63 lower-case letters, digits or '-', "
+                                    "beginning and ending with a letter or digit"))
         if "name" not in port:
             problems.append(Problem(f"{path}.name", "nothing", "is required: the apex Service has canary's port http beside it, "
                                     "and Kubernetes requires every port of a Service of several to be named"))

@@ -474,6 +474,13 @@ def _keep_secrets(old: Mapping[str, Any], new: dict[str, Any], source: str) -> l
                         kept.append(name)
                     break
                 into, there = into[step], (there[step] if depth else value)
+            else:
+                # the import writes this very place (a whole-key secret, `canary:prometheus` held as one): merged, the
+                # secret would be gone without a word
+                name = ".".join(map(str, steps))
+                raise InvalidSpec([Problem(name, "a secret", "is written by the import, which would drop the secret it holds: "
+                                           "store its secret fields alone as secrets (pulumi config set --secret --path), "
+                                           "or merge by hand")], source)
     return kept
 
 

@@ -10,6 +10,7 @@ a spec back into stack config (for ``import-flagger``).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -59,7 +60,18 @@ def from_config(config: Mapping[str, Any], source: str = "stack config", stack_f
         problems += [p for p in unencrypted_secrets(values_from_config(stack_file), None) if p.field not in said]
     if problems:
         raise InvalidSpec(problems, source)
-    return parse_stack(values, source)
+    try:
+        return parse_stack(values, source)
+    except InvalidSpec as exc:
+        # a key held as a Pulumi secret shows no value of its own in a problem, whatever field the rule is about
+        # (an unknown key `canary:dbPassword` set --secret was refused quoting the password)
+        hidden = [Problem(p.field, "<secret>", p.rule) if _top(p.field) in secret_keys and p.value != "nothing" else p for p in exc.problems]
+        raise InvalidSpec(hidden, exc.source) from None
+
+
+def _top(field: str) -> str:
+    """The top-level key a problem's field is under: ``prometheus`` of ``prometheus.headers.X``."""
+    return re.split(r"[.\[]", field.removeprefix(f"{CONFIG_NAMESPACE}:"), maxsplit=1)[0]
 
 
 def from_file_values(config: Mapping[str, Any], source: str) -> StackSpec:

@@ -214,40 +214,55 @@ class Hooks:
     def start_rollout(self, state: ReleaseState) -> list[tuple[Webhook, Any]]:
         """Rollout hooks run during the interval: commands in the background, HTTP calls now."""
         running: list[tuple[Webhook, Any]] = []
-        for hook in self._of(WebhookType.ROLLOUT):
-            if hook.cmd:
-                try:
-                    running.append((hook, self.caller.start(hook)))
-                except (OSError, ValueError) as exc:
-                    running.append((hook, HookResult(hook.name, hook.type.value, False, 0.0, f"`{hook.cmd}` could not start: {exc}")))
-            else:
-                running.append((hook, self.caller.call(hook, payload(hook, self.spec, state), self.cancel)))
+        try:
+            for hook in self._of(WebhookType.ROLLOUT):
+                if hook.cmd:
+                    try:
+                        running.append((hook, self.caller.start(hook)))
+                    except (OSError, ValueError) as exc:
+                        running.append((hook, HookResult(hook.name, hook.type.value, False, 0.0, f"`{hook.cmd}` could not start: {exc}")))
+                else:
+                    running.append((hook, self.caller.call(hook, payload(hook, self.spec, state), self.cancel)))
+        except BaseException:
+            self.stop_rollout(running)  # the commands started so far run in sessions of their own: nothing else stops them
+            raise
         return running
 
     def finish_rollout(self, state: ReleaseState, running: list[tuple[Webhook, Any]], start: float, cut: str = "") -> list[HookResult]:
         """Collect rollout hooks. A command may run through the interval and then ``timeout`` longer before
         it is killed; an abort kills it at once, and so does ``cut`` (why: a person answered, and no tick will
         judge this interval). A ``background`` command (a load generator) is stopped at once and never fails."""
-        failures = []
         interval = self.spec.analysis.interval.total_seconds()
-        for hook, handle in running:
-            if isinstance(handle, HookResult):
-                result = handle
-            elif hook.background:
-                # a load generator: stopped now, whatever it is doing; how it ended is recorded, never judged
-                # (a Flagger load tester answers at once and never reports it either)
-                result = self.caller.finish(hook, handle, time.monotonic(), self.cancel)
-                result = dataclasses.replace(result, ok=True, detail=f"{result.detail} (in the background: not judged)")
-            elif cut:
-                result = self.caller.finish(hook, handle, time.monotonic(), self.cancel)
-                if not result.ok:
-                    result = dataclasses.replace(result, detail=f"`{hook.cmd}` stopped: {cut}")
-            else:
-                grace = max(0.0, start + interval + hook.timeout.total_seconds() - self.clock.monotonic())
-                result = self.caller.finish(hook, handle, time.monotonic() + grace, self.cancel)
-            self._on_result(state, result, state.weight)
-            if not result.ok:
-                failures.append(result)
+        results: dict[int, HookResult] = {}
+        # load generators first: stopped at the interval's end, not after another command's grace
+        order = sorted(range(len(running)), key=lambda i: not (running[i][0].background and not isinstance(running[i][1], HookResult)))
+        try:
+            for i in order:
+                hook, handle = running[i]
+                if isinstance(handle, HookResult):
+                    result = handle
+                elif hook.background:
+                    # a load generator: stopped now, whatever it is doing; how it ended is recorded, never judged
+                    # (a Flagger load tester answers at once and never reports it either)
+                    result = self.caller.finish(hook, handle, time.monotonic(), self.cancel)
+                    result = dataclasses.replace(result, ok=True, detail=f"{result.detail} (in the background: not judged)")
+                elif cut:
+                    result = self.caller.finish(hook, handle, time.monotonic(), self.cancel)
+                    if not result.ok:
+                        result = dataclasses.replace(result, detail=f"`{hook.cmd}` stopped: {cut}")
+                else:
+                    grace = max(0.0, start + interval + hook.timeout.total_seconds() - self.clock.monotonic())
+                    result = self.caller.finish(hook, handle, time.monotonic() + grace, self.cancel)
+                results[i] = result
+        finally:
+            # whatever went wrong collecting one, none outlives the interval
+            self.stop_rollout([running[i] for i in order if i not in results])
+        # recorded once every command is stopped: a record that fails never leaves one running
+        failures = []
+        for i in range(len(running)):
+            self._on_result(state, results[i], state.weight)
+            if not results[i].ok:
+                failures.append(results[i])
         return failures
 
     def stop_rollout(self, running: list[tuple[Webhook, Any]]) -> None:

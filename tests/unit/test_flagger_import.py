@@ -3,11 +3,13 @@ file, and the load tester's command as canary runs it."""
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -237,3 +239,52 @@ def test_session_affinity_as_flagger_runs_it_a_zero_max_age_is_a_day_and_cookie_
     assert affinity is not None and affinity.max_age.total_seconds() == 86400
     for key in ("domain", "httpOnly", "partitioned", "path", "sameSite", "secure"):
         assert any(n.startswith(f"spec.analysis.sessionAffinity.{key}: ") for n in result.notes), key
+
+
+def test_a_load_generator_is_stopped_even_when_recording_a_hook_s_result_fails() -> None:
+    # a record that failed (a second Conflict, a full disk) ended the collection at the first hook: the load
+    # generator after it, in a session of its own, went on loading the app through the rollback and after it
+    import os
+    import signal
+    import threading
+
+    from canary.core.records import ReleaseState
+    from canary.core.spec import parse_spec
+    from canary.release.hooks import Hooks
+
+    spec = parse_spec({
+        "app": {"name": "web", "namespace": "shop", "image": "registry.example.com/shop/web:1"},
+        "gateway": {"parentRefs": [{"name": "public", "namespace": "gw"}], "hostnames": ["web.example.com"]},
+        "prometheus": {"address": "http://prometheus:9090"},
+        "analysis": {"interval": "1s", "stepWeight": 10, "maxWeight": 50, "metrics": [{"name": "request-success-rate", "thresholdRange": {"min": 99}}],
+                     "webhooks": [{"name": "smoke", "type": "rollout", "cmd": "true"},
+                                  {"name": "load", "type": "rollout", "cmd": "sleep 311", "background": True}]}})
+
+    def on_result(state: Any, result: Any, weight: Any) -> None:
+        raise RuntimeError("the journal refused the record")
+
+    hooks = Hooks(Caller(), spec, SimpleNamespace(monotonic=time.monotonic), threading.Event(), on_result)  # type: ignore[arg-type]
+    state = ReleaseState.model_construct(weight=10)
+    running = hooks.start_rollout(state)
+    pid = next(handle for hook, handle in running if hook.name == "load").pid
+    try:
+        with pytest.raises(RuntimeError, match="refused the record"):
+            hooks.finish_rollout(state, running, time.monotonic())
+        time.sleep(0.1)
+        stat = Path(f"/proc/{pid}/stat")
+        assert not stat.exists() or stat.read_text().split()[2] == "Z", "the load generator outlived its interval"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+
+
+def test_a_merge_over_a_whole_key_secret_the_import_writes_refuses_and_writes_nothing(tmp_path: Path) -> None:
+    # canary:prometheus held as one secret: the import writes canary:prometheus (its address), and the merge
+    # dropped the old value, token and all, without a word
+    out = tmp_path / "Pulumi.prod.yaml"
+    out.write_text(STACK.replace("  canary:prometheus:\n    address: http://prometheus.monitoring:9090\n    token:\n      secure: v1:dG9rZW4=\n",
+                                 "  canary:prometheus:\n    secure: v1:d2hvbGU=\n"))
+    before = out.read_text()
+    done = _cli(*IMPORT, "--out", str(out), "--merge")
+    assert done.returncode == 2 and out.read_text() == before, done.stderr
+    assert "canary:prometheus: is written by the import, which would drop the secret it holds" in done.stderr

@@ -606,8 +606,17 @@ def test_without_service_the_apex_service_is_canarys_alone(declare: Callable[...
     ({"kind": "Service"}, "service.kind", "is not one of metadata, spec"),
     ({"spec": {"ports": [{"name": "grpc", "port": pulumi.Output.from_input(9000)}]}}, "service.spec.ports[0].port", "must be a plain value, not a pulumi Output"),
     (["web"], "service", "must be a mapping of metadata and spec"),
+    # what the API server refuses, after stable was made (the up failing halfway)
+    ({"metadata": {"labels": {"tier": 1}}}, "service.metadata.labels.tier", "must be a string (quote it)"),
+    ({"metadata": {"labels": {"bad key!": "x"}}}, "service.metadata.labels.bad key!", "must be a qualified name"),
+    ({"metadata": {"labels": {"tier": "front end"}}}, "service.metadata.labels.tier", "must be a label value"),
+    ({"metadata": {"annotations": {"lb": True}}}, "service.metadata.annotations.lb", "must be a string (quote it)"),
+    ({"spec": {"ports": [{"name": "metrics", "port": 99999}]}}, "service.spec.ports[0].port", "must be a port number, 1 to 65535"),
+    ({"spec": {"ports": [{"name": "Metrics_Port", "port": 9090}]}}, "service.spec.ports[0].name", "must be a port name"),
+    ({"spec": {"ports": [{"name": "web", "port": 80, "protocol": "tcp"}]}}, "service.spec.ports[0].protocol", "must be TCP, UDP or SCTP"),
 ], ids=["selector", "port-name-http", "port-80", "unnamed-port", "duplicate-port", "duplicate-name", "typo", "port-string", "external-name",
-        "metadata-name", "app-label", "kind", "port-output", "not-a-mapping"])
+        "metadata-name", "app-label", "kind", "port-output", "not-a-mapping", "label-number", "label-key", "label-value", "annotation-bool",
+        "port-range", "port-name", "protocol-case"])
 def test_a_bad_service_argument_stops_the_program_naming_the_field(declare: Callable[..., Declared], service: Any, field_: str, rule: str) -> None:
     with pytest.raises(pulumi.RunError) as caught:
         declare(component(service=service))
@@ -707,11 +716,14 @@ def test_traffic_moves_to_stable_only_once_its_autoscaler_is_there(declare: Call
 
 def test_the_stable_size_guard_refuses_to_create_stable_without_a_size(declare: Callable[..., Declared]) -> None:
     """What ignore_changes makes of stable's declared size when it replaces a Deployment that declared none."""
-    guard = lambda app, stack: program._stable_size_guard(app)  # noqa: E731
+    guard = lambda app, stack: program._stable_size_guard(app, 2)  # noqa: E731
     error = run_guard(declare, guard, {}, {"metadata": {"name": "web-stable"}, "spec": {"template": pod("web:1")}})
     assert isinstance(error, RuntimeError)
     assert "web-stable would start with one pod" in str(error) and "leave deployment out of adopt" in str(error)
     assert run_guard(declare, guard, {}, deployment(pod("web:1"), 2.0)) is None
+    # the replaced Deployment declared fewer than its autoscaler keeps (1, scaled to 20 since): refused too
+    fewer = run_guard(declare, guard, {}, deployment(pod("web:1"), 1.0))
+    assert isinstance(fewer, RuntimeError) and "would start with 1 pod(s), below autoscaler.minReplicas (2)" in str(fewer)
 
 
 def test_a_disruption_budget_protects_stable_pods(declare: Callable[..., Declared]) -> None:
@@ -1083,3 +1095,11 @@ def test_the_program_refuses_a_dotted_key_set_without_path_naming_how_to_set_it(
     with pytest.raises(pulumi.RunError) as caught:
         declare(program.program, {**stack_config(), "canary:prometheus.timeout": "30s"})
     assert "prometheus.timeout: was set with a dotted name but without --path" in str(caught.value)
+
+
+def test_an_unknown_key_held_as_a_secret_is_refused_without_its_value(declare: Callable[..., Declared]) -> None:
+    # `pulumi config set --secret dbPassword …` in a project named canary: the program refused canary:dbPassword
+    # quoting the decrypted password, into the update's log
+    with pytest.raises(pulumi.RunError) as caught:
+        declare(program.program, {**stack_config(), "canary:dbPassword": "hunter2-very-secret"}, secret_keys=["canary:dbPassword"])
+    assert "dbPassword: is not a known field" in str(caught.value) and "hunter2" not in str(caught.value)
