@@ -1227,6 +1227,8 @@ def _absent(problem: Problem, unchecked: tuple[str, ...]) -> bool:
     the top-level ``analysis`` a stack needs unless its ``apps`` are unread)."""
     if "apps" in unchecked and problem.field == "analysis" and problem.value == "nothing":
         return True
+    if "metricTemplates" in unchecked and re.search(r"\.templateRef\.name$", problem.field):
+        return True  # the templates it names are in the unread key
     return any(problem.field == key or problem.field.startswith((f"{key}.", f"{key}[")) for key in unchecked)
 
 

@@ -85,6 +85,18 @@ def test_validate_says_a_whole_object_secret_is_not_checked_rather_than_refusing
     assert "valid dictionary" not in done.stderr and "Zm9v" not in done.stdout + done.stderr
 
 
+def test_validate_takes_a_reference_to_templates_held_as_a_whole_object_secret(tmp_path: Path) -> None:
+    # canary:metricTemplates held as one secret: the metric naming one of them was refused ("none defined")
+    path = tmp_path / "Pulumi.whole.yaml"
+    path.write_text(_WHOLE_SECRET_PROMETHEUS.replace("  canary:prometheus:\n    secure: v1:Zm9vYmFy:YmFy\n",
+                                                     "  canary:prometheus: {address: 'http://prometheus:9090'}\n"
+                                                     "  canary:metricTemplates:\n    secure: v1:Zm9vYmFy:YmFy\n")
+                    .replace("{name: request-error-rate, thresholdRange: {max: 1}}", "{name: errors, templateRef: {name: error-rate}, thresholdRange: {max: 1}}"))
+    done = _cli("validate", "--file", str(path), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "valid, but canary:metricTemplates not checked" in done.stdout, done.stdout
+
+
 def test_validate_still_refuses_what_it_can_check_beside_a_whole_object_secret(tmp_path: Path) -> None:
     path = tmp_path / "Pulumi.whole.yaml"
     path.write_text(_WHOLE_SECRET_PROMETHEUS.replace("stepWeight: 10", "stepWeight: 0"))
