@@ -612,8 +612,11 @@ def release(stack: str, image: str, *, app: str | None = None, project_dir: Path
 
 def resume(stack: str, *, app: str | None = None, project_dir: Path | None = None, env: Mapping[str, str] | None = None,
            on_event: Callable[[Event], None] | None = None, **options: Any) -> ReleaseResult:
-    """Continue (or finish rolling back) an interrupted release, from any machine."""
-    ws = open_stack(stack, project_dir, env)
+    """Continue (or finish rolling back) an interrupted release, from any machine. It goes on with the release's
+    snapshot of the stack config: a stack file refused since (a typo made during the incident, a rule of this
+    version newer than the release) does not keep a pending rollback from completing; the journal says so."""
+    refused: list[InvalidSpec] = []
+    ws = open_stack(stack, project_dir, env, on_invalid=refused.append)
     name = ws.app(app)
     store = ws.store(name, ws.namespace(name))
     state = store.load()
@@ -628,6 +631,10 @@ def resume(stack: str, *, app: str | None = None, project_dir: Path | None = Non
                                        "canary to zero. Then release again")], "resume")
         raise InvalidSpec([Problem("--app", name, "has no release to resume")], "resume")
     spec, note = _snapshot_spec(ws, state)
+    if refused:
+        if note or not state.snapshot:  # no snapshot, or one refused too: nothing valid to go on with
+            raise refused[0]
+        note = f"the stack file is refused by this version ({refused[0]}): the release goes on with its snapshot of the stack config"
     facts = ws.facts(name, spec)
     if facts is None:
         raise InvalidSpec([Problem("--app", name, "is not deployed in the stack any more")], "resume")

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from canary.adapters import stackfile
 from canary.core.records import ReleaseState
 from canary.core.routing import RouteState
 from canary.lab import procs
@@ -156,6 +157,20 @@ def test_killed_during_the_interval_wait_resume_rejudges_the_weight_and_finishes
     assert "resuming release in phase Progressing at weight 20" in resumed.stdout
     assert _climbed(watcher) == [10, 20, 30, 40, 50], watcher.seen
     assert_stable_state(lab_stack, "demo:v2")
+
+
+def test_a_release_killed_then_its_stack_file_refused_is_resumed_from_its_snapshot(lab_stack: LabStack) -> None:
+    # resume validated the stack file first: a typo made after the runner died (or a rule newer than the
+    # release) kept the release, canary at weight 10, from being completed by anyone
+    with RouteWatcher(lab_stack) as watcher:
+        process = lab_stack.start("release", lab_stack.name, "--image", "demo:v2")
+        _kill_when(lab_stack, process, lambda s, rs: s is not None and s.weight == 10 and s.shifting_to is None and not lab_stack.pulumi_locks())
+        stackfile.set_value(lab_stack.project / "stacks" / f"Pulumi.{lab_stack.name}.yaml", ("canary:analysis", "stepWieght"), 10)
+        resumed = _resume(lab_stack, 0)
+    assert _climbed(watcher) == [10, 20, 30, 40, 50], watcher.seen
+    assert_stable_state(lab_stack, "demo:v2")
+    said = [getattr(r, "message", "") for r in lab_stack.records() if "the stack file is refused by this version" in getattr(r, "message", "")]
+    assert said and "analysis.stepWieght" in said[0] and "goes on with its snapshot" in said[0], resumed.stdout[-2000:]
 
 
 @pytest.mark.disruptive
