@@ -154,6 +154,16 @@ def request_count_query(spec: ReleaseSpec, window: str, target: str | None = Non
                             namespace=spec.app.namespace, interval=window, variables={}, pod_label=pod_label)
 
 
+@dataclass(frozen=True)
+class _Unmeasured:
+    """Zeros on both tracks that are no measurement: what the check then says, and the canary's request count."""
+
+    verdict: Verdict
+    effect: Effect
+    reason: str
+    requests: float | None
+
+
 def _no_data(metric: Metric, query: str, error: NoValues, ctx: TickContext, **extra: object) -> Check:
     policy = metric.on_no_data
     if ctx.warming_up and policy is not NoDataPolicy.PASS:
@@ -325,20 +335,10 @@ class _Tick:
         canary's rate, and a bound over stable's 0 is infinite at any count (as for a canary above a stable at 0), so
         only the metric's own ``thresholdRange``, whose bound the absolute check already holds it to, can give it one."""
         assert metric.compare is not None
-        span = window(self.spec, metric, self.ctx)
-        least = self.spec.analysis.min_requests or 1
-        counts: list[float] = []
-        for track, target in (("canary", None), ("stable", self.spec.stable)):
-            count = self.requests(span, target)
-            if isinstance(count, MetricError):
-                return Verdict.ERROR, Effect.FAIL, f"{metric.name}: 0 / 0, and the {track}'s requests could not be counted: {count}", None, None
-            counts.append(count)
-        canary, stable = counts
-        on = f"{canary:.0f} canary and {stable:.0f} stable requests in {span}"
-        if min(counts) < least:
-            fewer = f"fewer than minRequests {least}" if self.spec.analysis.min_requests else "none"
-            check = _no_data(metric, "", NoValues(f"0 / 0 on {on} ({fewer} on a side): not a measurement"), self.ctx)
-            return check.verdict, check.effect, check.reason, canary, None
+        measured = self._both_answered(metric, "0 / 0")
+        if not isinstance(measured, tuple):
+            return measured.verdict, measured.effect, measured.reason, measured.requests, None
+        canary, on = measured
         if self._share(metric) is not None and metric.threshold_range is None:
             effect = Effect.FAIL if self.ctx.held_too_long else Effect.HOLD
             why = "held longer than analysis.holdLimit" if self.ctx.held_too_long else "use by: difference, or add thresholdRange"
@@ -350,6 +350,26 @@ class _Tick:
         if not metric.compare.threshold_range.contains(1.0):
             return Verdict.FAIL, Effect.FAIL, f"{text}, outside {metric.compare.threshold_range}", canary, None
         return Verdict.PASS, Effect.PASS, f"{text}, within {metric.compare.threshold_range}", canary, None
+
+    def _both_answered(self, metric: Metric, what: str) -> tuple[float, str] | _Unmeasured:
+        """Whether both tracks answered requests in the metric's window (at least ``minRequests`` when set): zeros on
+        both sides are a measurement only then (a counter's rate is 0 on a track that answered nothing as much as on a
+        healthy one). The canary's count and how many each answered, or the check that says why not."""
+        span = window(self.spec, metric, self.ctx)
+        least = self.spec.analysis.min_requests or 1
+        counts: list[float] = []
+        for track, target in (("canary", None), ("stable", self.spec.stable)):
+            count = self.requests(span, target)
+            if isinstance(count, MetricError):
+                return _Unmeasured(Verdict.ERROR, Effect.FAIL, f"{metric.name}: {what}, and the {track}'s requests could not be counted: {count}", None)
+            counts.append(count)
+        canary, stable = counts
+        on = f"{canary:.0f} canary and {stable:.0f} stable requests in {span}"
+        if min(counts) < least:
+            fewer = f"fewer than minRequests {least}" if self.spec.analysis.min_requests else "none"
+            check = _no_data(metric, "", NoValues(f"{what} on {on} ({fewer} on a side): not a measurement"), self.ctx)
+            return _Unmeasured(check.verdict, check.effect, check.reason, canary)
+        return canary, on
 
     def _judged(self, metric: Metric, query: str, address: str | None) -> tuple[tuple[Verdict, Effect, str], dict[str, object]]:
         spec_judge = metric.judge
@@ -374,6 +394,12 @@ class _Tick:
             return (check.verdict, check.effect, text), details
         bad = {judge.Classification.HIGH: spec_judge.direction.value in ("increase", "either"),
                judge.Classification.LOW: spec_judge.direction.value in ("decrease", "either")}.get(result.classification, False)
+        if not bad and canary_samples and stable_samples and not any(canary_samples) and not any(stable_samples):
+            # every sample 0 on both tracks (a counter's rate): "identical" only when both answered requests
+            measured = self._both_answered(metric, "every sample 0 on both tracks")
+            if not isinstance(measured, tuple):
+                return (measured.verdict, measured.effect, measured.reason), details
+            text = f"{text} (on {measured[1]})"
         return ((Verdict.FAIL, Effect.FAIL, text) if bad else (Verdict.PASS, Effect.PASS, text)), details
 
 

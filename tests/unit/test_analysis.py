@@ -561,6 +561,22 @@ def test_both_tracks_all_beyond_every_bucket_are_no_data_for_the_judge(ctx: Tick
     assert "nothing to tell them apart by" in check.reason
 
 
+@pytest.mark.parametrize(("counts", "verdict", "effect", "why"), [
+    (ZERO_COUNTS, Verdict.NO_DATA, Effect.FAIL, "every sample 0 on both tracks on 0 canary and 0 stable requests in 1m (none on a side): not a measurement"),
+    (SOME_COUNTS, Verdict.PASS, Effect.PASS, "(on 5000 canary and 45000 stable requests in 1m)"),
+], ids=["no-traffic", "both-served"])
+def test_a_judge_of_samples_all_zero_on_both_tracks_passes_only_when_both_answered_requests(
+        counts: dict[Key, Answer], verdict: Verdict, effect: Effect, why: str) -> None:
+    # a counter's rate (errors per second) is 0 on a track that answered nothing as much as on a healthy one:
+    # "the samples are identical" passed a canary that no request had reached
+    spec = spec_with(set_path("analysis.metrics", [{"name": "errors", "templateRef": {"name": "x"}, "judge": {}}]),
+                     set_path("metricTemplates", {"x": {"query": 'sum(rate(errors_total{pod=~"{{ target }}-.*"}[1m]))'}}))
+    result, _ = tick(spec, {**counts, "errors_total": 0.0}, samples={"errors_total": [0.0] * 12})
+    check = result.checks[0]
+    assert (check.verdict, check.effect) == (verdict, effect), check.reason
+    assert why in check.reason, check.reason
+
+
 @pytest.mark.parametrize(("canary", "stable"), [(math.inf, math.inf), (math.inf, 200.0), (-math.inf, 200.0)])
 def test_a_comparison_that_is_not_a_finite_number_fails(canary: float, stable: float) -> None:
     spec = spec_with(set_path("analysis.metrics", [{"name": "request-duration", "compare": {"thresholdRange": {"min": -50, "max": 50}}}]))
