@@ -302,6 +302,7 @@ def test_a_typo_in_the_stack_file_mid_release_does_not_keep_a_person_from_status
     # release, after an upgrade) made `canary abort` and `canary status` exit 2 while the canary kept its traffic
     ls = lab_stack
     path = ls.project / "stacks" / f"Pulumi.{ls.name}.yaml"
+    working = path.read_text()
     process = ls.start("release", ls.name, "--image", "demo:v2")
     with running(process):
         wait_until(lambda: (s := ls.state()) is not None and s.weight >= 10, "the canary at weight 10", 180, process)
@@ -314,8 +315,9 @@ def test_a_typo_in_the_stack_file_mid_release_does_not_keep_a_person_from_status
         assert "abort requested for release" in abort.stdout and "warning: the stack config is refused" in abort.stderr
         out, err = process.communicate(timeout=300)
     assert process.returncode == 1, out[-3000:] + err[-3000:]
+    release = ls.cli("release", ls.name, "--image", "demo:v2")  # what changes the cluster still refuses it
+    assert release.returncode == 2 and "analysis.stepWieght" in release.stderr, release.stderr[-2000:]
+    path.write_text(working)  # the test's own readers below validate the stack file as every command did
     state = ls.state()
     assert state is not None and state.phase.value == "Aborted", state
     assert_stable_state(ls, "demo:v1")
-    release = ls.cli("release", ls.name, "--image", "demo:v2")  # what changes the cluster still refuses it
-    assert release.returncode == 2 and "analysis.stepWieght" in release.stderr, release.stderr[-2000:]
