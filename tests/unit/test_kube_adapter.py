@@ -316,14 +316,21 @@ def _wait_for(what: Callable[[], bool], seconds: float) -> bool:
     return False
 
 
+def _requests_client(tmp_path: Path, apiserver: ApiServer, data: dict[str, str]) -> Kube:
+    """A client of the fake API server, whose requests ConfigMap holds ``data``, watching in 1 s windows."""
+    apiserver.tokens = {TOKEN}
+    apiserver.put("requests", data)
+    kube = Kube(_kubeconfig(tmp_path, apiserver, f"{{token: {TOKEN}}}"))
+    kube.WATCH_WINDOW = 1
+    return kube
+
+
 def test_a_watch_on_a_connection_gone_half_open_is_resumed_within_seconds(tmp_path: Path, apiserver: ApiServer) -> None:
     # a watch had only a total timeout (its window + 10 s): on a connection gone silent, an abort written from
     # another machine waited up to 40 s, where a second is promised
-    apiserver.tokens = {TOKEN}
-    apiserver.put("requests", {"abort": "no"})
     apiserver.stall = {1}
-    kube = Kube(_kubeconfig(tmp_path, apiserver, f"{{token: {TOKEN}}}"))
-    kube.WATCH_WINDOW, kube.WATCH_SILENCE = 1, 1
+    kube = _requests_client(tmp_path, apiserver, {"abort": "no"})
+    kube.WATCH_SILENCE = 1
     seen, _ = _consume(kube, 30)
     assert _wait_for(lambda: apiserver.watches >= 1, 5)
     written = time.monotonic()
@@ -335,10 +342,7 @@ def test_a_watch_on_a_connection_gone_half_open_is_resumed_within_seconds(tmp_pa
 
 
 def test_a_watch_goes_on_across_its_windows_without_missing_a_change(tmp_path: Path, apiserver: ApiServer) -> None:
-    apiserver.tokens = {TOKEN}
-    apiserver.put("requests", {"n": "0"})
-    kube = Kube(_kubeconfig(tmp_path, apiserver, f"{{token: {TOKEN}}}"))
-    kube.WATCH_WINDOW = 1
+    kube = _requests_client(tmp_path, apiserver, {"n": "0"})
     seen, thread = _consume(kube, 4)
     for n in range(1, 8):
         time.sleep(0.4)
@@ -349,10 +353,7 @@ def test_a_watch_goes_on_across_its_windows_without_missing_a_change(tmp_path: P
 
 
 def test_a_watch_whose_version_is_gone_lists_again(tmp_path: Path, apiserver: ApiServer) -> None:
-    apiserver.tokens = {TOKEN}
-    apiserver.put("requests", {"n": "0"})
-    kube = Kube(_kubeconfig(tmp_path, apiserver, f"{{token: {TOKEN}}}"))
-    kube.WATCH_WINDOW = 1
+    kube = _requests_client(tmp_path, apiserver, {"n": "0"})
     seen, thread = _consume(kube, 3)
     assert _wait_for(lambda: apiserver.watches >= 1, 5)
     with apiserver.changed:
