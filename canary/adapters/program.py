@@ -567,9 +567,27 @@ _APEX_OWN = {
 }
 
 
-_QUALIFIED_NAME = re.compile(r"([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
-_LABEL_VALUE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?")
-_PORT_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+#: a label or annotation key's name (after its optional prefix), and a label value (or an empty one)
+_NAME_PART = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
+
+
+def _qualified_name(key: str) -> bool:
+    """A label or annotation key: an optional DNS subdomain prefix and '/', then a name part."""
+    prefix, slash, name = key.rpartition("/")
+    try:
+        if slash:
+            units.check_dns_subdomain(prefix)
+    except ValueError:
+        return False
+    return _NAME_PART.fullmatch(name) is not None
+
+
+def _dns_label(value: str) -> bool:
+    try:
+        units.check_dns_label(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _service_problems(service: Any, app: App) -> list[Problem]:
@@ -600,12 +618,12 @@ def _service_problems(service: Any, app: App) -> list[Problem]:
             continue
         for name, value in (given or {}).items():
             # what the API server refuses, refused here: the up would fail halfway, stable already made
-            if not _QUALIFIED_NAME.fullmatch(name):
+            if not _qualified_name(name):
                 problems.append(Problem(f"service.metadata.{key}.{name}", repr(name), "must be a qualified name: an optional DNS subdomain prefix and "
                                         "'/', then at most 63 letters, digits, '-', '_' or '.', beginning and ending with a letter or digit"))
             elif not isinstance(value, str) and not isinstance(value, pulumi.Output):
                 problems.append(Problem(f"service.metadata.{key}.{name}", workload.shown(value), "must be a string (quote it)"))
-            elif key == "labels" and isinstance(value, str) and not _LABEL_VALUE.fullmatch(value):
+            elif key == "labels" and isinstance(value, str) and value and not _NAME_PART.fullmatch(value):
                 problems.append(Problem(f"service.metadata.labels.{name}", repr(value), "must be a label value: at most 63 letters, digits, "
                                         "'-', '_' or '.', beginning and ending with a letter or digit (or empty)"))
     labels = metadata.get("labels") or {}
@@ -633,7 +651,7 @@ def _service_problems(service: Any, app: App) -> list[Problem]:
         if not isinstance(port.get("port"), int) or not 1 <= port["port"] <= 65535:
             problems.append(Problem(f"{path}.port", workload.shown(port.get("port")), "must be a port number, 1 to 65535"))
             continue
-        if isinstance(port.get("name"), str) and not _PORT_NAME.fullmatch(port["name"]):
+        if isinstance(port.get("name"), str) and not _dns_label(port["name"]):
             problems.append(Problem(f"{path}.name", repr(port["name"]), "must be a port name: at most 63 lower-case letters, digits or '-', "
                                     "beginning and ending with a letter or digit"))
         if "name" not in port:
