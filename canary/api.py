@@ -176,9 +176,9 @@ def _kube(config: Mapping[str, Any], env: Mapping[str, str]) -> Kube:
         raw = config.get(key)
         return None if raw is None else str(getattr(raw, "value", raw))
 
-    kubeconfig: str | Path | None = value("kubernetes:kubeconfig") or env.get("KUBECONFIG") or None
+    kubeconfig: str | Path | None = value("kubernetes:kubeconfig") or None  # KUBECONFIG: read by Kube, as client-go reads it
     if isinstance(kubeconfig, str) and "\n" not in kubeconfig:
-        kubeconfig = Path(kubeconfig.split(os.pathsep)[0]).expanduser()
+        kubeconfig = Path(kubeconfig).expanduser()
     return Kube(kubeconfig, context=value("kubernetes:context"), env=env)
 
 

@@ -173,8 +173,9 @@ def _client(kubeconfig: Path | str | None, context: str | None, env: Mapping[str
     """client-go's default loading rules, as the stack's kubernetes provider and kubectl follow them: the
     kubeconfig given (a path, or content), else ``~/.kube/config``, else, with none there and the pod's
     ``KUBERNETES_SERVICE_HOST``/``KUBERNETES_SERVICE_PORT`` set, the pod's service account. (``KUBECONFIG``
-    names a file, its first one: canary reads one kubeconfig.) With the client, where it came from, for
-    messages (never a kubeconfig's content)."""
+    names files, its first one that exists: canary reads one kubeconfig, where client-go merges them; none
+    that exists is as if it were unset, but for ``~/.kube/config``, which client-go then does not read.)
+    With the client, where it came from, for messages (never a kubeconfig's content)."""
     from canary.adapters import stackfile  # a kubeconfig is YAML: parsed by the YAML adapter, whose errors name no content
 
     where = f" context {context}" if context else ""
@@ -185,22 +186,27 @@ def _client(kubeconfig: Path | str | None, context: str | None, env: Mapping[str
             # its content holds the cluster's credentials (a Pulumi secret): never in a message or a
             # traceback; a parser's error quotes the line it stopped at
             raise Forbidden(f"cannot load the kubeconfig given inline (kubernetes:kubeconfig){where}: {_shape_of(exc)}") from None
-    if kubeconfig or env.get("KUBECONFIG"):
-        path = Path(kubeconfig or env["KUBECONFIG"].split(os.pathsep)[0]).expanduser()
+    if kubeconfig:
+        path = Path(kubeconfig).expanduser()  # named in the stack config: it must be there
     else:
-        path = Path(env.get("HOME") or Path.home()).expanduser() / ".kube" / "config"
-        if not path.exists():
+        # KUBECONFIG's files that exist (client-go skips the others), else ~/.kube/config when KUBECONFIG is unset
+        named = [Path(entry).expanduser() for entry in env.get("KUBECONFIG", "").split(os.pathsep) if entry]
+        candidates = named or [Path(env.get("HOME") or Path.home()).expanduser() / ".kube" / "config"]
+        found = next((candidate for candidate in candidates if candidate.exists()), None)
+        if found is None:
+            looked = (f"KUBECONFIG names {', '.join(map(str, named))}, which do{'es' if len(named) == 1 else ''} not exist, "
+                      "kubernetes:kubeconfig is not set" if named else
+                      f"KUBECONFIG and kubernetes:kubeconfig are not set, {candidates[0]} does not exist")
             if env.get("KUBERNETES_SERVICE_HOST") and env.get("KUBERNETES_SERVICE_PORT"):
                 if context:
                     # a context names an entry of a kubeconfig; without one it would be ignored, and the pod's own
                     # cluster used where another was asked for (client-go refuses it too: no such context)
-                    raise Forbidden(f"kubernetes:context {context} names a kubeconfig context, but there is no kubeconfig (KUBECONFIG and "
-                                    f"kubernetes:kubeconfig are not set, {path} does not exist): give the kubeconfig, or remove "
-                                    "kubernetes:context to use the pod's service account")
+                    raise Forbidden(f"kubernetes:context {context} names a kubeconfig context, but there is no kubeconfig ({looked}): "
+                                    "give the kubeconfig, or remove kubernetes:context to use the pod's service account")
                 return _in_cluster(env, service_account), f"the pod's service account ({service_account})"
-            raise Forbidden(f"no kubeconfig: KUBECONFIG and kubernetes:kubeconfig are not set, {path} does not exist, and "
-                            "KUBERNETES_SERVICE_HOST/KUBERNETES_SERVICE_PORT are not set (not in a pod): "
+            raise Forbidden(f"no kubeconfig: {looked}, and KUBERNETES_SERVICE_HOST/KUBERNETES_SERVICE_PORT are not set (not in a pod): "
                             "set kubernetes:kubeconfig or KUBECONFIG, or run in a pod with a service account")
+        path = found
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:

@@ -230,6 +230,36 @@ def test_with_no_kubeconfig_in_a_pod_the_pods_service_account_is_used(tmp_path: 
     assert kube.get("v1", "ConfigMap", "x", NAMESPACE) is not None
 
 
+def test_a_kubeconfig_variable_naming_files_that_do_not_exist_falls_back_as_client_go_does(
+        tmp_path: Path, apiserver: ApiServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    # KUBECONFIG is a list whose missing files client-go skips: its first entry was read, and a CI job whose
+    # KUBECONFIG names a file that is not there (a leftover of the image) failed in a pod the provider deployed from
+    _in_a_pod(tmp_path, apiserver, monkeypatch)
+    apiserver.tokens = {"pod-token"}
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "gone"))
+    kube = api._kube({}, dict(os.environ))
+    assert kube.source == f"the pod's service account ({kube_adapter.SERVICE_ACCOUNT})"
+    assert kube.get("v1", "ConfigMap", "x", NAMESPACE) is None
+
+    # the first file of the list that exists
+    real = _kubeconfig(tmp_path, apiserver, "{token: file-token}")
+    apiserver.tokens = {"file-token"}
+    monkeypatch.setenv("KUBECONFIG", os.pathsep.join([str(tmp_path / "gone"), str(real)]))
+    kube = api._kube({}, dict(os.environ))
+    assert kube.source == f"kubeconfig {real}"
+    assert kube.get("v1", "ConfigMap", "x", NAMESPACE) is None
+
+
+def test_a_kubeconfig_variable_naming_only_missing_files_outside_a_pod_is_named(tmp_path: Path) -> None:
+    env = {"HOME": str(tmp_path), "KUBECONFIG": os.pathsep.join([str(tmp_path / "a"), str(tmp_path / "b")])}
+    (tmp_path / ".kube").mkdir()
+    (tmp_path / ".kube" / "config").write_text(KUBECONFIG)  # not read: KUBECONFIG is set
+    with pytest.raises(Forbidden) as info:
+        Kube(env=env)
+    assert (f"no kubeconfig: KUBECONFIG names {tmp_path / 'a'}, {tmp_path / 'b'}, which do not exist, kubernetes:kubeconfig "
+            "is not set, and KUBERNETES_SERVICE_HOST/KUBERNETES_SERVICE_PORT are not set") in str(info.value), str(info.value)
+
+
 def test_the_service_accounts_paths_are_given(tmp_path: Path, apiserver: ApiServer) -> None:
     service_account = tmp_path / "sa"
     service_account.mkdir()
