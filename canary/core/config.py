@@ -56,8 +56,14 @@ def from_config(config: Mapping[str, Any], source: str = "stack config", stack_f
     secret_keys = {k.partition(":")[2] for k, v in config.items() if getattr(v, "secret", False)}
     problems = unencrypted_secrets(values, secret_keys)
     if stack_file is not None:
+        # the program cannot tell which file the engine read (`pulumi up --config-file other.yaml`): the stack
+        # file speaks for a value only where its plain text is what the engine gave
         said = {p.field for p in problems}
-        problems += [p for p in unencrypted_secrets(values_from_config(stack_file), None) if p.field not in said]
+        in_file = values_from_config(stack_file)
+        given = {path: value for _, path, value in _secret_paths(values)}
+        read = {path: value for _, path, value in _secret_paths(in_file)}
+        problems += [p for p in unencrypted_secrets(in_file, None)
+                     if p.field not in said and _plain_agrees(read.get(p.field), given.get(p.field))]
     if problems:
         raise InvalidSpec(problems, source)
     try:
@@ -154,6 +160,15 @@ def unencrypted_secrets(values: Mapping[str, Any], secret_keys: set[str] | None)
         seen.add(path)
         problems.append(Problem(path, "<secret>", f"must be a Pulumi secret: pulumi config set --secret --path {path} ..."))
     return problems
+
+
+def _plain_agrees(in_file: Any, given: Any) -> bool:
+    """Every plain value of ``in_file`` (a stack file's, secrets encrypted) is the engine's at its place."""
+    if in_file == ENCRYPTED:
+        return True
+    if isinstance(in_file, Mapping):
+        return isinstance(given, Mapping) and all(k in given and _plain_agrees(v, given[k]) for k, v in in_file.items())
+    return bool(in_file == given)
 
 
 def _all_encrypted(value: Any) -> bool:

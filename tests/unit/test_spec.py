@@ -735,3 +735,16 @@ def test_a_dotted_key_is_said_beside_the_other_problems() -> None:
     values = values_with(lambda v: v.update({"prometheus.timeout": "5s"}), set_path("analysis.threshold", 0))
     found = {p.field for p in problems(values)}
     assert found == {"prometheus.timeout", "analysis.threshold"}
+
+
+def test_a_stack_file_the_engine_did_not_read_does_not_speak_for_its_values() -> None:
+    # `pulumi up --config-file other.yaml`: the program read Pulumi.<stack>.yaml all the same, and refused an
+    # `up` for a plain header the engine was not given (or let pass one it was, in the other file)
+    values = values_with(set_path("prometheus.token", SECRET), set_path("prometheus.headers", {"X-Scope-OrgID": "shop"}))
+    config = {key: ConfigValue(value=json.dumps(value) if not isinstance(value, str) else value, secret=key == "canary:prometheus")
+              for key, value in _config(values).items()}
+    stale = {**_config(values), "canary:prometheus": {**values["prometheus"], "token": stackconfig.ENCRYPTED,
+                                                      "headers": {"X-Scope-OrgID": "shop-old"}}}
+    assert stackconfig.from_config(config, stack_file=stale).prometheus is not None
+    stale["canary:prometheus"]["headers"] = {"X-Other": "shop"}
+    assert stackconfig.from_config(config, stack_file=stale).prometheus is not None
