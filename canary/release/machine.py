@@ -530,9 +530,12 @@ class Release:
             # As in Flagger, the confirm-rollout gate is asked before the canary is scaled up.
             gate = self.hooks.gate(state, WebhookType.CONFIRM_ROLLOUT)
             if gate is not None:
-                # Waiting, as Flagger's Canary from its first no; kept with the next save (a resume before it asks as the first time)
-                state = state.model_copy(update={"waiting": True})
-                self.recorder.event(state, f"waiting: confirm-rollout webhook {gate.name} said no ({gate.detail})", Severity.WARN)
+                # Waiting, as Flagger's Canary from its first no: saved at once (a resume elsewhere asks as Waiting, status shows it)
+                said = f"waiting: confirm-rollout webhook {gate.name} said no ({gate.detail})"
+                if state.waiting:
+                    self.recorder.event(state, said, Severity.WARN)
+                else:
+                    state = self.recorder.save(state.model_copy(update={"waiting": True}), said, Severity.WARN)
                 self._wait(self.spec.analysis.interval.total_seconds())
                 return state
             replicas = self._canary_size()

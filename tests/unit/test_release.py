@@ -16,7 +16,7 @@ from canary.core.routing import GatewayClass, RouteShape
 from canary.errors import ClusterUnreachable, Conflict, Forbidden, InvalidSpec, LeaseLost, MetricError, ProviderUnreachable, Refused, StackBusy
 from canary.state.cache import Cache
 from canary.state.store import ReleaseStore
-from tests.unit.fakes import NEW, STABLE, FakeCluster, FakeHooks, FakeKube, Metrics, make, spec
+from tests.unit.fakes import NEW, STABLE, FakeCluster, FakeHooks, FakeKube, Metrics, World, make, spec
 
 
 def test_a_healthy_release_steps_through_every_weight_and_promotes() -> None:
@@ -1193,6 +1193,25 @@ def test_each_webhook_is_sent_the_phase_flagger_sends_it_at_that_point() -> None
     assert set(phases["rollback"]) == {"Progressing", "WaitingPromotion"}
     assert phases["post-rollout"] == ["Succeeded"]
     assert phases["event"] and set(phases["event"]) <= {"Progressing", "Waiting", "WaitingPromotion", "Promoting", "Finalising", "Succeeded"}
+
+
+def test_a_confirm_rollout_gate_s_no_is_saved_before_the_release_waits() -> None:
+    # the Waiting a gate's no starts was kept in the process only, saved with the next state change: a release
+    # resumed on another machine after its runner died asked the gate as the first time (Initialized), and
+    # `canary status` elsewhere did not see it waiting
+    world: World
+    stored: list[bool] = []
+
+    def answer(name: str, kind: str) -> bool:
+        if kind == "confirm-rollout":
+            stored.append(world.store.state.waiting)
+            return len(stored) > 2
+        return kind != "rollback"
+
+    world = make(Metrics(0.0), lambda v: v["analysis"].update(webhooks=[_EVERY_HOOK[0]]), hooks=FakeHooks(answer))
+    assert world.start().phase is Phase.SUCCEEDED
+    assert stored == [False, True, True]
+    assert sum(1 for r in world.store.journal if r.type == "state" and getattr(r, "message", "").startswith("waiting: confirm-rollout")) == 1
 
 
 @pytest.mark.parametrize(("before", "sent"), [(None, "Initialized"), (Phase.SUCCEEDED, "Succeeded"), (Phase.FAILED, "Failed"), (Phase.ABORTED, "Failed")])
