@@ -325,6 +325,7 @@ def _analysis(data: Mapping[str, Any], notes: list[str]) -> dict[str, Any]:
     out = {k: data[k] for k in _AS_IS if k in data}
     _flagger_ignores(out, notes)
     _flagger_defaults(data, out, notes)
+    _flagger_steps(out, notes)
     if "sessionAffinity" in data:
         affinity = dict(_mapping(data["sessionAffinity"], "spec.analysis.sessionAffinity"))
         if "primaryCookieName" in affinity:
@@ -528,6 +529,33 @@ def _flagger_defaults(data: Mapping[str, Any], out: dict[str, Any], notes: list[
         out["maxWeight"] = FLAGGER_MAX_WEIGHT
         notes.append(f"spec.analysis.maxWeight: not set; written as {FLAGGER_MAX_WEIGHT}, Flagger's default (canary's is 50)")
     _interval(data.get("interval"), out, notes)
+
+
+def _flagger_steps(out: dict[str, Any], notes: list[str]) -> None:
+    """The weights Flagger steps through where canary would read the fields otherwise: Flagger adds
+    ``stepWeight`` until the weight reaches its maximum (the last of ``stepWeights`` when they are set,
+    else ``maxWeight``), overshooting it (20 up to 50 is 20, 40, 60), where canary stops at
+    ``maxWeight``; and a ``stepWeight`` beside ``stepWeights`` wins. Written as the ``stepWeights``
+    Flagger runs."""
+    step, listed = out.get("stepWeight"), out.get("stepWeights")
+    if "iterations" in out or "stepWeight" not in out:
+        return
+    if _unset(step) and isinstance(listed, list) and listed:
+        del out["stepWeight"]
+        notes.append("spec.analysis.stepWeight: 0 is read by Flagger as not set beside stepWeights; left out")
+        return
+    top = min(listed[-1], 100) if isinstance(listed, list) and listed and isinstance(listed[-1], int) else out.get("maxWeight")
+    if not (isinstance(step, int) and not isinstance(step, bool) and step > 0 and isinstance(top, int) and not isinstance(top, bool) and top > 0):
+        return  # not weights Flagger would run: the spec's own checks name them
+    weights = [min(step * k, 100) for k in range(1, -(-top // step) + 1)]
+    if listed is None and weights[-1] == top:
+        return  # canary steps through the same weights
+    given = f"stepWeight {step} with stepWeights {listed}" if listed is not None else f"stepWeight {step} up to maxWeight {top}"
+    for key in ("stepWeight", "maxWeight"):
+        out.pop(key, None)
+    out["stepWeights"] = weights
+    notes.append(f"spec.analysis.stepWeights: {given} is stepped by Flagger through {weights} (it adds stepWeight until it "
+                 f"reaches {top}, past it; canary would stop at maxWeight); written as stepWeights {weights}")
 
 
 def _interval(given: Any, out: dict[str, Any], notes: list[str]) -> None:

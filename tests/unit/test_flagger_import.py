@@ -288,3 +288,33 @@ def test_a_merge_over_a_whole_key_secret_the_import_writes_refuses_and_writes_no
     done = _cli(*IMPORT, "--out", str(out), "--merge")
     assert done.returncode == 2 and out.read_text() == before, done.stderr
     assert "canary:prometheus: is written by the import, which would drop the secret it holds" in done.stderr
+
+
+@pytest.mark.parametrize(("given", "weights"), [
+    ({"stepWeight": 20, "maxWeight": 50}, [20, 40, 60]),  # Flagger overshoots maxWeight; canary stopped at 50
+    ({"stepWeight": 60, "maxWeight": 50}, [60]),  # refused: stepWeight must not exceed maxWeight
+    ({"stepWeight": 30, "stepWeights": [10, 50]}, [30, 60]),  # refused: set either stepWeights or stepWeight/maxWeight
+    ({"stepWeight": 30, "stepWeights": [10, 150]}, [30, 60, 90, 100]),
+    ({"stepWeight": 0, "stepWeights": [5, 25]}, [5, 25]),
+], ids=["overshoot", "above-max", "beside-step-weights", "step-weights-past-100", "zero-step-weight"])
+def test_weights_import_as_the_weights_flagger_steps_through(given: dict[str, Any], weights: list[int]) -> None:
+    doc = _canary()
+    analysis = doc["spec"]["analysis"]
+    for key in ("stepWeight", "maxWeight", "stepWeights"):
+        analysis.pop(key, None)
+    analysis.update(given)
+    result = flagger.convert([doc, _template()])
+    from canary.core import schedule
+    assert schedule.weights(result.spec.release_spec("web").analysis) == weights
+    if "stepWeights" not in given or given.get("stepWeight"):
+        assert any(n.startswith("spec.analysis.stepWeights: ") and str(weights) in n for n in result.notes), result.notes
+
+
+def test_weights_canary_steps_through_alike_import_as_they_are() -> None:
+    doc = _canary()
+    doc["spec"]["analysis"].update({"stepWeight": 10, "maxWeight": 50})
+    doc["spec"]["analysis"].pop("stepWeights", None)
+    result = flagger.convert([doc, _template()])
+    analysis = result.spec.release_spec("web").analysis
+    assert (analysis.step_weight, analysis.max_weight, analysis.step_weights) == (10, 50, None)
+    assert not any(n.startswith("spec.analysis.stepWeights") for n in result.notes)
