@@ -430,13 +430,13 @@ class ReleaseStore:
     def event(self, reason: str, message: str, warning: bool = False) -> None:
         """A Kubernetes Event on the canary Deployment (``kubectl describe deployment <app>-canary``)."""
         name = naming.deployment(self.app, Track.CANARY)
-        if self._deployment_uid is None:
-            obj = self.kube.get("apps/v1", "Deployment", name, self.namespace)
-            if obj is None:
-                return
-            self._deployment_uid = obj["metadata"]["uid"]
-        involved = {"apiVersion": "apps/v1", "kind": "Deployment", "name": name, "namespace": self.namespace, "uid": self._deployment_uid}
-        with contextlib.suppress(ClusterUnreachable):
+        with contextlib.suppress(ClusterUnreachable):  # an outage's events are lost with it; a refusal is said by the caller
+            if self._deployment_uid is None:
+                obj = self.kube.get("apps/v1", "Deployment", name, self.namespace)
+                if obj is None:
+                    return
+                self._deployment_uid = obj["metadata"]["uid"]
+            involved = {"apiVersion": "apps/v1", "kind": "Deployment", "name": name, "namespace": self.namespace, "uid": self._deployment_uid}
             self.kube.event(involved, reason, f"[{self.stack}] {message}", warning)
 
 

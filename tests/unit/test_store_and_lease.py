@@ -310,6 +310,19 @@ def test_events_are_recorded_on_the_canary_deployment(tmp_path: Path) -> None:
     assert event["reason"] == "RollingBack" and event["warning"] and "error-rate 18" in event["message"]
 
 
+def test_an_event_in_an_outage_is_left_out_like_the_rest_of_an_outage_s_events(tmp_path: Path) -> None:
+    # the Deployment's read before the first event was outside the outage's suppression: the release said
+    # "Kubernetes Events cannot be recorded", as if RBAC refused them, for an API server that was restarting
+    kube = FakeKube()
+    kube._stamp({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web-canary", "namespace": "shop", "uid": "u-1"}})
+    store = _store(kube, tmp_path)
+    kube.down = True
+    store.event("RollingBack", "rolling back: error-rate 18 > max 1", warning=True)  # no error
+    kube.down = False
+    store.event("Synced", "weight 10")
+    assert [e["reason"] for e in kube.events] == ["Synced"]
+
+
 def test_the_legacy_file_journal_is_still_readable(tmp_path: Path) -> None:
     old = tmp_path / "prod"
     old.mkdir()
