@@ -218,7 +218,10 @@ class Release:
             elif state.phase is Phase.INITIALIZING:
                 state = state.model_copy(update={"canary_deployed": False})
             elif state.phase is Phase.PROMOTED_UNVERIFIED:
-                state = state.model_copy(update={"phase": Phase.FINALISING})
+                # the promotion's last steps (traffic back to stable, the canary to zero) may not have run: a step that
+                # failed for good after stable took the new version ends here. They are taken again (idempotent, stable
+                # is never demoted) before the end state is verified: verifying alone left traffic split for good
+                state = state.model_copy(update={"phase": Phase.PROMOTING if state.promotion_step >= 2 else Phase.FINALISING})
             elif state.phase is Phase.ROLLING_BACK:
                 state = state.model_copy(update={"rollback_pending": False})
             return self._run(state)

@@ -410,6 +410,37 @@ def test_a_failure_after_stable_took_the_new_version_never_demotes_it() -> None:
     assert world.cluster.stable_hash == NEW.hash
 
 
+@pytest.mark.parametrize("strategy", ["canary", "blue-green"])
+def test_resume_after_a_promotion_step_failed_for_good_finishes_the_promotion(strategy: str) -> None:
+    """The route step failing for good after stable took the new version ended PromotedUnverified, and resume
+    only verified: traffic stayed split (50/50, or all on the canary for blue/green) with the canary's pods up."""
+    def blue_green(v: dict[str, Any]) -> None:
+        for key in ("stepWeight", "maxWeight", "stepWeights"):
+            v["analysis"].pop(key, None)
+        v["analysis"]["iterations"] = 2
+
+    world = make(Metrics(0.0), blue_green if strategy == "blue-green" else None, retries=2, retry_backoff=0.1, route_timeout=5, ready_timeout=5)
+    seen = {"stable": False, "failed": False}
+
+    def on_up(record: dict[str, Any]) -> None:
+        if record["parts"] == {"stable"}:
+            seen["stable"] = True
+        elif seen["stable"] and not seen["failed"]:
+            seen["failed"] = True
+            world.stack.fail_ups = 3  # the backend unreachable for longer than the retries
+
+    world.stack.on_up = on_up
+    assert world.start().phase is Phase.PROMOTED_UNVERIFIED
+    assert world.cluster.route(world.release.spec).weights != (100, 0)
+    world.stack.on_up = None
+    world.stack.fail_ups = 0
+    resumed = world.rebuild().release.resume()
+    assert resumed.phase is Phase.SUCCEEDED, resumed.reason
+    assert world.cluster.route(world.release.spec).weights == (100, 0) and world.cluster.canary_replicas == 0
+    assert world.cluster.stable_hash == NEW.hash
+    assert ("stable", STABLE.hash) not in world.cluster.log[world.cluster.log.index(("stable", NEW.hash)):]  # never demoted
+
+
 def test_a_promotion_whose_stable_never_gets_ready_rolls_back_stable_first() -> None:
     world = make(Metrics(0.0), retries=1, ready_timeout=5)
 
