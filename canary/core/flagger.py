@@ -545,8 +545,8 @@ def _flagger_steps(out: dict[str, Any], notes: list[str]) -> None:
         notes.append("spec.analysis.stepWeight: 0 is read by Flagger as not set beside stepWeights; left out")
         return
     top = min(listed[-1], 100) if isinstance(listed, list) and listed and isinstance(listed[-1], int) else out.get("maxWeight")
-    if not (isinstance(step, int) and not isinstance(step, bool) and step > 0 and isinstance(top, int) and not isinstance(top, bool) and top > 0):
-        return  # not weights Flagger would run: the spec's own checks name them
+    if not (isinstance(step, int) and not isinstance(step, bool) and step > 0 and isinstance(top, int) and not isinstance(top, bool) and 0 < top <= 100):
+        return  # not weights Flagger would run (above 100 it never reaches maxWeight): the spec's own checks name them
     weights = [min(step * k, 100) for k in range(1, -(-top // step) + 1)]
     if listed is None and weights[-1] == top:
         return  # canary steps through the same weights

@@ -1076,7 +1076,7 @@ def _change(path: str, value: Any) -> Any:
         (_change("spec.analysis.treshold", 3), "spec.analysis.treshold: is not a field of Flagger's Canary spec.analysis (a typo?)"),
         (_change("spec.analysis.interval", "5 parsecs"), "spec.analysis.interval: must be a duration such as 30s, 1m or 1m30s: Flagger's Canary CRD refuses"),
         (_change("spec.analysis.interval", "one minute"), "spec.analysis.interval: must be a duration such as 30s, 1m or 1m30s: Flagger's Canary CRD refuses"),
-        (_change("spec.analysis.stepWeight", 60), "spec.analysis: stepWeight (60) must not exceed maxWeight (50)"),
+        (_change("spec.analysis.maxWeight", 150), "spec.analysis.maxWeight: Input should be less than or equal to 100"),
         (_change("spec.analysis.metrics.1.thresholdRange", {"min": 3, "max": -1}), "spec.analysis.metrics[1].thresholdRange: min (3) must not be greater than max (-1)"),
         (_change("spec.service.targetPort", 0), "spec.service.targetPort: Input should be greater than or equal to 1"),
         (_change("spec.service.port", 70000), "spec.service.port: Input should be less than or equal to 65535"),
