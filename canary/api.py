@@ -164,8 +164,9 @@ class Workspace:
 
 
 def _pin(data: Mapping[str, Any]) -> TrackPin:
+    port = data.get("port")
     return TrackPin(template=dict(data.get("template") or {}), hash=str(data.get("hash", "")), image=str(data.get("image", "")),
-                    config_hashes=dict(data.get("config_hashes") or {}))
+                    config_hashes=dict(data.get("config_hashes") or {}), port=int(port) if port is not None else None)
 
 
 def _kube(config: Mapping[str, Any], env: Mapping[str, str]) -> Kube:
@@ -272,8 +273,11 @@ def _pins_at_rest(ws: Workspace, running: set[str]) -> dict[str, Any]:
         facts = ws.facts(name)
         if facts is None or facts.stable is None or name in running:
             continue
-        pins[name] = {"release": "", "stable": {"template": facts.stable.template, "hash": facts.stable.hash, "image": facts.stable.image,
-                                                "config_hashes": dict(facts.stable.config_hashes)}, "route": {"weight": 0}}
+        stable = {"template": facts.stable.template, "hash": facts.stable.hash, "image": facts.stable.image,
+                  "config_hashes": dict(facts.stable.config_hashes)}
+        if facts.stable.port is not None:
+            stable["port"] = facts.stable.port
+        pins[name] = {"release": "", "stable": stable, "route": {"weight": 0}}
     return pins
 
 

@@ -306,12 +306,18 @@ class CanaryDeployment(pulumi.ComponentResource):
         stable_replicas = spec_app.autoscaler.min_replicas if spec_app.autoscaler else spec_app.replicas
         self.stable = self._deployment(name, Track.STABLE, stable_template, stable_replicas, stable_opts, copy_resources)
         autoscalers = {Track.STABLE: self._autoscaler(name, Track.STABLE, self.stable, child)} if spec_app.autoscaler else {}
-        self.stable_service = self._service(name, Track.STABLE, child)
-        self.canary_service = self._service(name, Track.CANARY, child)
+        # each Service targets the port its track's pods serve: a release that changes the port keeps stable's
+        # Services on the port stable still listens on until stable takes the new version
+        def port_of(pin: Any) -> Any:
+            return pulumi.Output.from_input(pin).apply(lambda p: _track_port(p, desired, spec_app))
+
+        stable_port, canary_port = port_of(stable_pin), port_of(canary_pin)
+        self.stable_service = self._service(name, Track.STABLE, stable_port, child)
+        self.canary_service = self._service(name, Track.CANARY, canary_port, child)
         # after stable is Ready, and its autoscaler there to keep its size: the apex Service selects stable pods only
         # (an adopted Service changes its selector here), and the route sends all traffic to them
         ready = [self.stable, *autoscalers.values()]
-        self.apex_service = self._apex(name, apex, _merge(child, pulumi.ResourceOptions(depends_on=ready), moved.get("service")))
+        self.apex_service = self._apex(name, apex, stable_port, _merge(child, pulumi.ResourceOptions(depends_on=ready), moved.get("service")))
         route_opts = _merge(child, pulumi.ResourceOptions(depends_on=[*ready, self.stable_service, self.canary_service]), moved.get("route"))
         self.route = k8s.apiextensions.CustomResource(
             f"{name}-route",
@@ -404,25 +410,25 @@ class CanaryDeployment(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=list(depends))),
         )
 
-    def _service(self, name: str, track: Track, opts: pulumi.ResourceOptions) -> k8s.core.v1.Service:
+    def _service(self, name: str, track: Track, port: Any, opts: pulumi.ResourceOptions) -> k8s.core.v1.Service:
         app = self.app
         return k8s.core.v1.Service(
             f"{name}-{track.value}-service",
             metadata={"name": naming.service(app.name, track), "namespace": app.namespace,
                       "labels": {naming.APP_LABEL: app.name, naming.TRACK_LABEL: track.value}},
             spec={"selector": naming.selector(app.name, track),
-                  "ports": [{"name": "http", "port": app.service_port, "targetPort": app.container_port, "protocol": "TCP"}]},
+                  "ports": [{"name": "http", "port": app.service_port, "targetPort": port, "protocol": "TCP"}]},
             opts=opts,
         )
 
-    def _apex(self, name: str, given: Mapping[str, Any], opts: pulumi.ResourceOptions) -> k8s.core.v1.Service:
+    def _apex(self, name: str, given: Mapping[str, Any], port: Any, opts: pulumi.ResourceOptions) -> k8s.core.v1.Service:
         """The apex Service: what ``service=`` declares of it (an adopted Service's type, ports, labels and
         annotations, which an apply without them would remove), with canary's selector and ``http`` port."""
         app = self.app
         metadata = given.get("metadata") or {}
         spec = dict(given.get("spec") or {})
         spec["selector"] = naming.selector(app.name, Track.STABLE)
-        spec["ports"] = [{"name": "http", "port": app.service_port, "targetPort": app.container_port, "protocol": "TCP"}, *spec.get("ports", [])]
+        spec["ports"] = [{"name": "http", "port": app.service_port, "targetPort": port, "protocol": "TCP"}, *spec.get("ports", [])]
         declared: dict[str, Any] = {"name": naming.apex_service(app.name), "namespace": app.namespace,
                                     "labels": {**(metadata.get("labels") or {}), naming.APP_LABEL: app.name}}
         if metadata.get("annotations"):
@@ -794,6 +800,23 @@ def _uid(metadata: Any) -> str | None:
     return (metadata.get("uid") if isinstance(metadata, Mapping) else getattr(metadata, "uid", None)) if metadata is not None else None
 
 
+def _track_port(pin: Mapping[str, Any], desired: Mapping[str, Any], app: App) -> int:
+    """The port a track's Services target: its pin's. A pin recorded before pins kept their port: its
+    template's main port where that and the desired template's are both declared and differ (a release
+    moving the port), else the app's (what the Services targeted then)."""
+    if pin.get("port"):
+        return int(pin["port"])
+
+    def declared(template: Any) -> int | None:
+        try:
+            return workload.main_port(workload.main_container(template if isinstance(template, Mapping) else {}, app.name, app.container))
+        except (KeyError, workload.AmbiguousContainer, workload.AmbiguousPort):
+            return None
+
+    old, new = declared(pin.get("template")), declared(desired)
+    return old if old is not None and new is not None and old != new else app.container_port
+
+
 def _pin(template: Mapping[str, Any], app: App, config_hashes: Mapping[str, str]) -> dict[str, Any]:
     refs = workload.referenced(template)
     relevant = {k: v for k, v in config_hashes.items() if k.partition("/")[2] in refs[k.partition("/")[0]]}
@@ -802,6 +825,7 @@ def _pin(template: Mapping[str, Any], app: App, config_hashes: Mapping[str, str]
         "hash": workload.template_hash(template, relevant),
         "image": workload.image(template, app.name, app.container),
         "config_hashes": relevant,
+        "port": app.container_port,
     }
 
 

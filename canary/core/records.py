@@ -132,6 +132,8 @@ class TrackPin(_Record):
     hash: str
     image: str = ""
     config_hashes: dict[str, str] = {}
+    #: the port its Services target (a release may change it); None in pins recorded before it was kept
+    port: int | None = None
 
 
 class ReleaseState(_Record):

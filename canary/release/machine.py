@@ -75,7 +75,8 @@ def new_release_id(clock: Clock) -> str:
 
 
 def _pin(pin: TrackPin) -> dict[str, Any]:
-    return {"template": pin.template, "hash": pin.hash, "image": pin.image, "config_hashes": dict(pin.config_hashes)}
+    out = {"template": pin.template, "hash": pin.hash, "image": pin.image, "config_hashes": dict(pin.config_hashes)}
+    return out if pin.port is None else {**out, "port": pin.port}
 
 
 class Release:

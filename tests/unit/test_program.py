@@ -312,6 +312,35 @@ def test_a_release_config_pins_each_track_and_the_route(declare: Callable[..., D
     assert d.exported["desired"]["hash"] not in ("5555aaaa5555aaaa", "cccc2222cccc2222")
 
 
+def _target_ports(d: Declared) -> dict[str, Any]:
+    return {n: d.inputs(f"web-{n}-service")["spec"]["ports"][0]["targetPort"] for n in ("stable", "canary", "apex")}
+
+
+@pytest.mark.parametrize("recorded", [True, False], ids=["pin-with-port", "pin-from-before"])
+def test_a_release_that_moves_the_port_keeps_stable_s_services_on_the_port_stable_serves(declare: Callable[..., Declared], recorded: bool) -> None:
+    # the Services targeted the desired port from the release's first up: stable's pods, still on the old
+    # template, were sent traffic on a port they do not listen on (the apex Service too), until promotion
+    more = {"port": 8080} if recorded else {}
+    release = {"web": {"release": "r1", "stable": pin("registry.example.com/shop/web:1.0.0", "5555aaaa5555aaaa", **more),
+                       "route": {"weight": 10}}}
+    d = declare(component({**SIMPLE_APP, "image": "registry.example.com/shop/web:2.0.0", "port": 9090}), {"canary:release": release})
+    assert d.template("stable")["spec"]["containers"][0]["ports"][0]["containerPort"] == 8080
+    assert d.template("canary")["spec"]["containers"][0]["ports"][0]["containerPort"] == 9090
+    assert _target_ports(d) == {"stable": 8080, "canary": 9090, "apex": 8080}
+    assert d.exported["desired"]["port"] == 9090
+
+
+def test_between_releases_every_service_targets_the_app_s_port(declare: Callable[..., Declared]) -> None:
+    d = declare(component({**SIMPLE_APP, "port": 9090}))
+    assert _target_ports(d) == {"stable": 9090, "canary": 9090, "apex": 9090}
+    # a template that declares another port than app.port: app.port, as before pins kept their port
+    template = full_template()
+    d = declare(component({**full_app(), "template": template, "port": 9000}),
+                {"canary:release": {"web": {"release": "r1", "stable": {**pin("registry.example.com/shop/web:1.0.0", "5555aaaa5555aaaa"),
+                                                                        "template": template}, "route": {"weight": 10}}}})
+    assert _target_ports(d) == {"stable": 9000, "canary": 9000, "apex": 9000}
+
+
 def test_a_release_config_of_another_app_leaves_this_one_at_its_desired_state(declare: Callable[..., Declared]) -> None:
     release = {"api": {"release": "r1", "stable": pin("registry.example.com/shop/api:1", "1" * 16), "route": {"weight": 50}}}
     d = declare(component(), {"canary:release": release})
@@ -769,7 +798,7 @@ def test_the_stack_output_holds_what_a_release_reads_back(declare: Callable[...,
     assert {key: urns[key] for key in expected} == {key: d.urns[name] for key, name in expected.items()}
     assert sorted(urns["copies"]) == sorted([d.urns["web-configmap-settings"], d.urns["web-secret-creds"]])
     desired = out["desired"]
-    assert set(desired) == {"template", "hash", "image", "config_hashes"}
+    assert set(desired) == {"template", "hash", "image", "config_hashes", "port"} and desired["port"] == 8080
     assert desired["image"] == "registry.example.com/shop/web:1.0.0"
     assert desired["hash"] == workload.template_hash(full_template(), desired["config_hashes"])
     assert out["stable"] == desired
