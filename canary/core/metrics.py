@@ -23,8 +23,11 @@ _PODS = 'namespace="{{ namespace }}",{{ podLabel }}=~"{{ target }}-[0-9a-zA-Z]+(
 #: The counter every built-in reads, and the one a template must read to be judged as a share of requests.
 REQUESTS_METRIC = "http_requests_total"
 
+#: Answers other than 5xx over all answers. A track that answered nothing but 5xx has no such series: the
+#: empty numerator is 0 (``or on() vector(0)``), so that it reads 0 % success — 100 % errors — not "no data";
+#: a track with no requests at all still has no data (the denominator is empty).
 _SUCCESS_RATE = (
-    f'sum(rate({REQUESTS_METRIC}{{{_PODS},status!~"5.."}}[{{{{ interval }}}}]))'
+    f'(sum(rate({REQUESTS_METRIC}{{{_PODS},status!~"5.."}}[{{{{ interval }}}}])) or on() vector(0))'
     f" / sum(rate({REQUESTS_METRIC}{{{_PODS}}}[{{{{ interval }}}}])) * 100"
 )
 

@@ -48,6 +48,7 @@ IMAGE_BEHAVIOURS: dict[str, tuple[str, float, float]] = {
     "v3": ("v3", 0.0, 0.0),
     "v2-faulty": ("v2-faulty", 0.2, 0.0),
     "v2-slow": ("v2-slow", 0.0, 0.6),
+    "v2-broken": ("v2-broken", 1.0, 0.0),  # every answer a 500
 }
 #: ``v2-flaky-<N>s``: N seconds healthy, N seconds answering this share with 500, and so on
 FLAKY = re.compile(r"^(?P<version>v\d+)-flaky-(?P<period>\d+)s$")

@@ -23,7 +23,7 @@ from canary.adapters import stackfile
 from canary.adapters.prometheus import PrometheusProvider
 from canary.core import analysis
 from canary.core.records import Outcome, Verdict
-from canary.core.spec import parse_spec, parse_stack
+from canary.core.spec import NoDataPolicy, ThresholdRange, parse_spec, parse_stack
 from canary.errors import BadQuery, MultipleValues, NoValues
 from canary.lab import procs
 from canary.lab import prometheus as lab_prometheus
@@ -42,7 +42,7 @@ class Pod:
     image: str
 
 
-SCENARIOS = {"healthy": "demo:v2", "faulty": "demo:v2-faulty", "slow": "demo:v2-slow", "idle": "demo:v2"}
+SCENARIOS = {"healthy": "demo:v2", "faulty": "demo:v2-faulty", "slow": "demo:v2-slow", "idle": "demo:v2", "broken": "demo:v2-broken"}
 
 
 def _start_pod(pod: Pod, run_dir: Path) -> procs.Proc:
@@ -134,10 +134,11 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             procs.stop(proc.name, run_dir)
 
 
-def _spec(namespace: str) -> Any:
+def _spec(namespace: str, error_rate: str | None = None) -> Any:
     values = base_values()
     values["app"]["namespace"] = namespace
-    values["metricTemplates"] = {"error-rate": {"provider": {"type": "prometheus"}, "query": ERROR_RATE_QUERY.replace('namespace="prod"', 'namespace="{{ namespace }}"').replace("[1m]", "[{{ interval }}]")}}
+    query = error_rate or ERROR_RATE_QUERY.replace('namespace="prod"', 'namespace="{{ namespace }}"').replace("[1m]", "[{{ interval }}]")
+    values["metricTemplates"] = {"error-rate": {"provider": {"type": "prometheus"}, "query": query}}
     # 150 requests cannot show a 1 % error rate at 95 % confidence (evidence): the absolute checks are tested
     # here, the evidence rule by test_a_rate_on_too_few_requests_holds_on_real_data
     values["analysis"]["metrics"] = [
@@ -191,6 +192,20 @@ def test_slow_canary_fails_p95(lab: dict[str, Any]) -> None:
     assert checks["request-duration"].verdict is Verdict.FAIL
     assert checks["request-duration"].value is not None and checks["request-duration"].value > 500
     assert checks["error-rate"].verdict is Verdict.PASS
+
+
+def test_a_canary_answering_only_5xx_is_at_100_percent_errors_not_no_data(lab: dict[str, Any]) -> None:
+    # it has no series of answers other than 5xx: the built-in rates read it as no data, which
+    # onNoData: pass (or hold, until holdLimit) let through while every user got a 500
+    lab_stack = stackfile.load((Path(__file__).parents[2] / "stacks" / "Pulumi.lab.yaml").read_text())
+    spec = _spec("broken", lab_stack["config"]["canary:metricTemplates"]["error-rate"]["query"])
+    metrics = [m.model_copy(update={"on_no_data": NoDataPolicy.PASS}) for m in spec.analysis.metrics]
+    metrics.append(metrics[-1].model_copy(update={"name": "request-error-rate", "threshold_range": ThresholdRange(max=1)}))
+    spec = spec.model_copy(update={"analysis": spec.analysis.model_copy(update={"metrics": metrics})})
+    checks = {c.metric: c for c in _tick(lab["url"], "broken", spec=spec).checks}
+    assert checks["request-success-rate"].value == pytest.approx(0) and checks["request-success-rate"].verdict is Verdict.FAIL
+    assert checks["request-error-rate"].value == pytest.approx(100) and checks["request-error-rate"].verdict is Verdict.FAIL
+    assert checks["error-rate"].value == pytest.approx(100) and checks["error-rate"].verdict is Verdict.FAIL  # the lab's template
 
 
 def test_canary_without_traffic_is_no_data(lab: dict[str, Any]) -> None:
