@@ -22,7 +22,7 @@ Key = str | tuple[str, ...]
 
 # Substrings that tell the queries apart.
 COUNT = "increase(http_requests_total"
-ERROR_RATE = "100 - (sum(rate(http_requests_total"
+ERROR_RATE = "100 - ((sum(rate(http_requests_total"
 SUCCESS_RATE = "sum(rate(http_requests_total"
 TEMPLATE = "sum(rate(x{"
 DURATION = "histogram_quantile"
