@@ -555,8 +555,7 @@ class Release:
         if failed:
             return self._count_failure(state, f"pre-rollout webhook {failed[0].name} failed: {failed[0].detail}", wait=True)
         if self.spec.analysis.skip_analysis:
-            return self.recorder.save(state.model_copy(update={"phase": Phase.PROMOTING, "forced": "analysis.skipAnalysis"}),
-                                      "analysis.skipAnalysis: promoting without analysis", Severity.WARN)
+            return self._to_promoting(state, "analysis.skipAnalysis: promoting without analysis", Severity.WARN, forced="analysis.skipAnalysis")
         return self.recorder.save(state.model_copy(update={"phase": Phase.PROGRESSING, "advance": True, "step": 0}), "analysis starts", Severity.INFO)
 
     def _progressing(self, state: ReleaseState) -> ReleaseState:
@@ -588,12 +587,12 @@ class Release:
             if passed or request.get("force"):
                 self.recorder.request(state, "promote" + (" --force" if request.get("force") and not passed else ""), by, request.get("reason", ""))
                 forced = "" if passed else f"force: {request.get('reason', '')}"
-                return self.recorder.save(state.model_copy(update={"phase": Phase.PROMOTING, "forced": forced}),
-                                          f"promotion approved by {by}" + (f" despite a failed last tick: {request.get('reason')}" if forced else ""), Severity.INFO)
+                return self._to_promoting(state, f"promotion approved by {by}" + (f" despite a failed last tick: {request.get('reason')}" if forced else ""),
+                                          Severity.INFO, forced=forced)
             self.recorder.event(state, f"promotion by {by} refused: the last tick did not pass ({state.reason or 'see canary status'}); "
                                        "wait for a passing tick, or promote --force --reason TEXT", Severity.WARN)
         elif state.advance and not state.paused and self.hooks.gate(state, WebhookType.CONFIRM_PROMOTION) is None:
-            return self.recorder.save(state.model_copy(update={"phase": Phase.PROMOTING}), "confirm-promotion webhooks approved", Severity.INFO)
+            return self._to_promoting(state, "confirm-promotion webhooks approved", Severity.INFO)
         if state.reapply:
             state = self._shift(state, state.step, self._steps(state)[state.step - 1], again=True)
         return self._analyse(state)
@@ -604,8 +603,7 @@ class Release:
             self._clear("promote")
             by = request.get("by") or "canary promote"
             self.recorder.request(state, "promote", by, request.get("reason", ""))
-            return self.recorder.save(state.model_copy(update={"phase": Phase.PROMOTING, "forced": f"decided by {by}: {request.get('reason', '')}"}),
-                                      f"inconclusive release promoted by {by}", Severity.WARN)
+            return self._to_promoting(state, f"inconclusive release promoted by {by}", Severity.WARN, forced=f"decided by {by}: {request.get('reason', '')}")
         since = _parse(state.deciding_since)
         bound = self.spec.analysis.decision_timeout
         if since is not None and (self.clock.now() - since) > bound:
@@ -617,11 +615,25 @@ class Release:
     def _promotion_gate(self, state: ReleaseState) -> ReleaseState:
         gate = self.hooks.gate(state, WebhookType.CONFIRM_PROMOTION)
         if gate is None:
-            return self.recorder.save(state.model_copy(update={"phase": Phase.PROMOTING}), f"every check passed up to weight {state.weight}: promoting", Severity.INFO)
+            return self._to_promoting(state, f"every check passed up to weight {state.weight}: promoting", Severity.INFO)
         return self.recorder.save(
             state.model_copy(update={"phase": Phase.WAITING_PROMOTION}),
             f"waiting for promotion: confirm-promotion webhook {gate.name} said no ({gate.detail}); approve with "
             f"canary promote {self.stack.name} --app {self.spec.app.name}", Severity.WARN)
+
+    def _to_promoting(self, state: ReleaseState, message: str, severity: Severity, **update: Any) -> ReleaseState:
+        """Into Promoting, unless an abort is pending: once Promoting is saved an abort is ignored (the new version
+        passed), so one accepted while this phase ran (during a rollback webhook, a pre-rollout hook, a signal) is
+        taken first. The cluster is asked too: the watch reports a request within a second, not at once."""
+        try:
+            pending = self.store.requests(state.release).get("abort")
+        except CanaryError:
+            pending = None  # unanswered: the watch's view, as for every other request
+        if pending is not None and "abort" not in self._requests:
+            self._requests = {**self._requests, "abort": pending}
+        if "abort" in self._requests:
+            return self._take_requests(state)
+        return self.recorder.save(state.model_copy(update={"phase": Phase.PROMOTING, **update}), message, severity)
 
     def _promoting(self, state: ReleaseState) -> ReleaseState:
         """Stable takes the canary's template (awaited Ready), then all traffic returns to stable

@@ -1265,3 +1265,64 @@ def test_an_aborted_release_s_post_rollout_hook_is_sent_failed_flagger_s_word_fo
     world = make(Metrics(0.0), lambda v: v["analysis"].update(webhooks=[_EVERY_HOOK[2], _EVERY_HOOK[6]]), hooks=hooks)
     assert world.start().phase is Phase.ABORTED
     assert hooks.phases["post-rollout"] == ["Failed"]
+
+
+# --- an abort accepted just before the release would promote
+
+
+def _rollback_hook_answer(world_of: Any, act: Any) -> Any:
+    """A rollback webhook that, asked once the last step's tick passed, lets ``act`` land (an abort from
+    another machine, a signal) while it is being asked, and does not ask for a rollback itself."""
+    acted: list[bool] = []
+
+    def answer(name: str, kind: str) -> bool:
+        state = world_of().store.state
+        if kind == "rollback" and not acted and state is not None and state.phase is Phase.PROGRESSING and state.step == 5 and state.advance:
+            acted.append(True)
+            act(world_of())
+        return False
+
+    return answer
+
+
+@pytest.mark.parametrize("act", [lambda w: w.store.request("abort", by="oncall"), lambda w: w.release.request_abort("signal SIGTERM")],
+                         ids=["canary-abort", "sigterm"])
+def test_an_abort_accepted_while_the_last_step_s_rollback_hooks_are_asked_is_not_lost_to_the_promotion(act: Any) -> None:
+    # `canary abort` was accepted (the release was Progressing), then the release saved Promoting and dropped
+    # the abort as "already Promoting (the new version passed every check)": it promoted what a person stopped
+    world: World
+    hooks = FakeHooks(_rollback_hook_answer(lambda: world, act))
+    world = make(Metrics(0.0), lambda v: v["analysis"].update(webhooks=[{"name": "oncall", "type": "rollback", "url": "http://oncall/"}]), hooks=hooks)
+    result = world.start()
+    assert result.phase is Phase.ABORTED, (result.phase, result.reason)
+    assert world.cluster.stable_hash == STABLE.hash
+
+
+def test_an_abort_during_the_pre_rollout_hooks_of_a_skipped_analysis_is_not_lost_to_the_promotion() -> None:
+    world: World
+    asked: list[bool] = []
+
+    def answer(name: str, kind: str) -> bool:
+        if kind == "pre-rollout" and not asked:
+            asked.append(True)
+            world.store.request("abort", by="oncall")
+        return True
+
+    world = make(Metrics(0.0), lambda v: v["analysis"].update(skipAnalysis=True, webhooks=[{"name": "smoke", "type": "pre-rollout", "url": "http://smoke/"}]),
+                 hooks=FakeHooks(answer))
+    assert world.start().phase is Phase.ABORTED
+
+
+def test_an_abort_in_the_cluster_not_yet_reported_by_the_watch_is_taken_before_promoting() -> None:
+    world: World
+
+    def answer(name: str, kind: str) -> bool:
+        state = world.store.state
+        if kind == "rollback" and state is not None and state.phase is Phase.PROGRESSING and state.step == 5 and state.advance:
+            assert world.store.state is not None
+            world.store.pending["abort"] = {"release": world.store.state.release, "by": "oncall"}  # written, the watch not yet told
+        return False
+
+    world = make(Metrics(0.0), lambda v: v["analysis"].update(webhooks=[{"name": "oncall", "type": "rollback", "url": "http://oncall/"}]),
+                 hooks=FakeHooks(answer))
+    assert world.start().phase is Phase.ABORTED
