@@ -367,11 +367,11 @@ class Release:
         for kind, paused in (("pause", True), ("continue", False)):
             request = requests.get(kind)
             if request is not None:
-                self._clear(kind)
                 if state.paused != paused:
                     self.recorder.request(state, kind, request.get("by", ""), request.get("reason", ""))
                     word = "paused: the step holds, analysis goes on" if paused else "continued"
                     state = self.recorder.save(state.model_copy(update={"paused": paused}), f"release {word} (by {request.get('by') or 'a user'})", Severity.WARN)
+                self._clear(kind)  # only once the state that carries it is saved: a request cleared before was lost with a kill
         promote = requests.get("promote")
         if promote is not None and promote.get("skip_analysis") and state.phase in SKIPPABLE:
             if state.phase is Phase.INITIALIZING and not state.canary_deployed:
@@ -380,11 +380,12 @@ class Release:
                     self.recorder.event(state, "promote --skip-analysis waits until the canary is deployed")
                     self._skip_waiting = True
                 return state
-            self._clear("promote")
             reason = promote.get("reason", "")
             self.recorder.request(state, "promote --skip-analysis", promote.get("by", ""), reason)
-            return self.recorder.save(state.model_copy(update={"phase": Phase.PROMOTING, "forced": f"skip-analysis: {reason}"}),
-                                      f"promoting without analysis (by {promote.get('by') or 'a user'}): {reason}", Severity.WARN)
+            state = self.recorder.save(state.model_copy(update={"phase": Phase.PROMOTING, "forced": f"skip-analysis: {reason}"}),
+                                       f"promoting without analysis (by {promote.get('by') or 'a user'}): {reason}", Severity.WARN)
+            self._clear("promote")
+            return state
         return state
 
     def _clear(self, kind: str) -> None:
@@ -581,14 +582,16 @@ class Release:
     def _waiting_promotion(self, state: ReleaseState) -> ReleaseState:
         request = self._requests.get("promote")
         if request is not None:
-            self._clear("promote")
             by = request.get("by") or "canary promote"
             passed = state.last_tick_passed
             if passed or request.get("force"):
                 self.recorder.request(state, "promote" + (" --force" if request.get("force") and not passed else ""), by, request.get("reason", ""))
                 forced = "" if passed else f"force: {request.get('reason', '')}"
-                return self._to_promoting(state, f"promotion approved by {by}" + (f" despite a failed last tick: {request.get('reason')}" if forced else ""),
-                                          Severity.INFO, forced=forced)
+                state = self._to_promoting(state, f"promotion approved by {by}" + (f" despite a failed last tick: {request.get('reason')}" if forced else ""),
+                                           Severity.INFO, forced=forced)
+                self._clear("promote")  # once the promotion is saved: cleared before, a kill lost it
+                return state
+            self._clear("promote")
             self.recorder.event(state, f"promotion by {by} refused: the last tick did not pass ({state.reason or 'see canary status'}); "
                                        "wait for a passing tick, or promote --force --reason TEXT", Severity.WARN)
         elif state.advance and not state.paused and self.hooks.gate(state, WebhookType.CONFIRM_PROMOTION) is None:
@@ -600,10 +603,11 @@ class Release:
     def _waiting_decision(self, state: ReleaseState) -> ReleaseState:
         request = self._requests.get("promote")
         if request is not None:
-            self._clear("promote")
             by = request.get("by") or "canary promote"
             self.recorder.request(state, "promote", by, request.get("reason", ""))
-            return self._to_promoting(state, f"inconclusive release promoted by {by}", Severity.WARN, forced=f"decided by {by}: {request.get('reason', '')}")
+            state = self._to_promoting(state, f"inconclusive release promoted by {by}", Severity.WARN, forced=f"decided by {by}: {request.get('reason', '')}")
+            self._clear("promote")  # once the promotion is saved: cleared before, a kill lost it
+            return state
         since = _parse(state.deciding_since)
         bound = self.spec.analysis.decision_timeout
         if since is not None and (self.clock.now() - since) > bound:

@@ -16,7 +16,7 @@ from canary.core.routing import GatewayClass, RouteShape
 from canary.errors import ClusterUnreachable, Conflict, Forbidden, InvalidSpec, LeaseLost, MetricError, ProviderUnreachable, Refused, StackBusy
 from canary.state.cache import Cache
 from canary.state.store import ReleaseStore
-from tests.unit.fakes import NEW, STABLE, FakeCluster, FakeHooks, FakeKube, Metrics, World, make, spec
+from tests.unit.fakes import NEW, STABLE, FakeCluster, FakeHooks, FakeKube, FakeStore, Metrics, World, make, spec
 
 
 def test_a_healthy_release_steps_through_every_weight_and_promotes() -> None:
@@ -1326,3 +1326,79 @@ def test_an_abort_in_the_cluster_not_yet_reported_by_the_watch_is_taken_before_p
     world = make(Metrics(0.0), lambda v: v["analysis"].update(webhooks=[{"name": "oncall", "type": "rollback", "url": "http://oncall/"}]),
                  hooks=FakeHooks(answer))
     assert world.start().phase is Phase.ABORTED
+
+
+# --- a request is cleared only once the state that carries it is saved
+
+
+class _Killed(BaseException):
+    """SIGKILL of the release process, at this instant."""
+
+
+class _KilledOnPausedSave(FakeStore):
+    armed = True
+
+    def save(self, state: Any) -> None:
+        if self.armed and state.paused:
+            self.armed = False
+            raise _Killed()
+        super().save(state)
+
+
+def test_a_pause_survives_a_kill_before_its_state_is_saved() -> None:
+    store = _KilledOnPausedSave()
+    world: Any = None
+
+    def on_sleep(now: float) -> None:
+        st = world.store.state
+        if st is not None and st.weight == 20 and "pause" not in world.store.pending and store.armed:
+            world.store.request("pause", by="oncall")  # `canary pause`: accepted, exit 0
+
+    world = make(Metrics(0.0), store=store)
+    world.clock.on_sleep = on_sleep
+    try:
+        world.start()
+    except _Killed:
+        pass
+    # `canary pause` was cleared in the cluster before the paused state was saved: the kill lost it, and the
+    # resume went on stepping past the weight the operator paused at
+    assert "pause" in world.store.pending
+    sleeps: list[float] = []
+
+    def then_abort(now: float) -> None:
+        sleeps.append(now)
+        if len(sleeps) == 8:
+            world.store.request("abort", by="oncall")  # the pause held: end the test's release
+
+    world.clock.on_sleep = then_abort
+    again = world.rebuild()
+    assert again.release.resume().phase is Phase.ABORTED
+    assert max(world.cluster.weights_seen) <= 20, world.cluster.weights_seen
+
+
+def test_a_promote_survives_a_kill_before_promoting_is_saved() -> None:
+    class KilledOnPromoting(FakeStore):
+        armed = True
+
+        def save(self, state: Any) -> None:
+            if self.armed and state.phase is Phase.PROMOTING:
+                self.armed = False
+                raise _Killed()
+            super().save(state)
+
+    store = KilledOnPromoting()
+    world: Any = None
+    world = make(Metrics(0.0), lambda v: v["analysis"].update(webhooks=[{"name": "cab", "type": "confirm-promotion", "url": "http://cab/"}]),
+                 hooks=FakeHooks(lambda n, k: k != "confirm-promotion"), store=store)
+
+    def on_sleep(now: float) -> None:
+        st = world.store.state
+        if st is not None and st.phase is Phase.WAITING_PROMOTION and store.armed and "promote" not in world.store.pending:
+            world.store.request("promote", by="oncall")
+
+    world.clock.on_sleep = on_sleep
+    try:
+        world.start()
+    except _Killed:
+        pass
+    assert "promote" in world.store.pending, "the accepted promote was cleared before PROMOTING was saved: lost"
