@@ -730,7 +730,11 @@ class Release:
         verified; the rollback then stops "pending" (the stack's state still has the canary's weight, the canary
         its pods), and ``resume`` completes it with ``up`` once that can run. Written nowhere but the route."""
         try:
-            self._retrying(state, "writing the route at rest directly", lambda: self.cluster.restore_route(self.spec, rest), rollback=True)
+            def write() -> None:
+                self.lease.fence()  # as before every up: only a holder that proves it still holds the app writes its traffic
+                self.cluster.restore_route(self.spec, rest)
+
+            self._retrying(state, "writing the route at rest directly", write, rollback=True)
         except RollbackPending as exc:
             raise RollbackPending(f"{why}; writing the route at rest directly failed too: {exc}") from exc
         try:

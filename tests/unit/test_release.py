@@ -1402,3 +1402,22 @@ def test_a_promote_survives_a_kill_before_promoting_is_saved() -> None:
     except _Killed:
         pass
     assert "promote" in world.store.pending, "the accepted promote was cleared before PROMOTING was saved: lost"
+
+
+def test_the_route_is_written_around_pulumi_only_by_a_release_that_proves_it_holds_the_lease() -> None:
+    # the rollback's last resort skipped the fence every up goes through: a process that could not renew its
+    # lease (another machine may have resumed the release meanwhile) moved the route all the same
+    world = make(Metrics(18.2))
+    refused: list[str] = []
+    plain = world.lease.fence
+
+    def fence() -> None:
+        if world.store.state is not None and world.store.state.phase is Phase.ROLLING_BACK:
+            refused.append("fence")
+            raise ClusterUnreachable("renewing the lease: the Kubernetes API server did not answer")
+        plain()
+
+    world.lease.fence = fence  # type: ignore[method-assign]
+    result = world.start()
+    assert refused and result.rollback_pending
+    assert not world.cluster.restored
