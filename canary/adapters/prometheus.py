@@ -55,7 +55,7 @@ class PrometheusProvider:
         return other
 
     def _params(self) -> dict[str, str]:
-        params = {"timeout": f"{self._timeout:g}s"}
+        params = {"timeout": _duration(self._timeout)}
         if self.when is not None:
             params["time"] = f"{self.when.timestamp():.3f}"
         return params
@@ -81,6 +81,9 @@ class PrometheusProvider:
             if code in (400, 422):
                 raise BadQuery(f"Prometheus rejected the query: {self._scrub(_rejection(raw))}") from cause
             raise ProviderUnreachable(f"Prometheus at {self.address} answered HTTP {code or '?'}: {text[:300]}") from cause
+        except (KeyError, TypeError) as exc:
+            # answered 200 without data.result (``{"status": "error"}`` from a proxy or a query frontend): no answer
+            raise ProviderUnreachable(f"Prometheus at {self.address} answered without a result ({type(exc).__name__}: {self._scrub(str(exc))[:100]})") from None
         except OSError as exc:
             # requests' Timeout errors say "timed out"; a refused or reset connection is not a slow Prometheus
             if "timeout" in type(exc).__name__.lower() or "timed out" in str(exc).lower():
@@ -102,8 +105,8 @@ class PrometheusProvider:
         """The query's values over the ``seconds`` before now (or ``at``'s moment), one every ``step`` seconds (NaN dropped)."""
         end = self.when or datetime.now(UTC)
         start = end - timedelta(seconds=seconds)
-        result = self._ask(lambda: self._client.custom_query_range(query, start_time=start, end_time=end, step=f"{step:g}s",
-                                                                    params={"timeout": f"{self._timeout:g}s"}, timeout=self._timeout))
+        result = self._ask(lambda: self._client.custom_query_range(query, start_time=start, end_time=end, step=_duration(step),
+                                                                    params={"timeout": _duration(self._timeout)}, timeout=self._timeout))
         if isinstance(result, list) and len(result) > 1:
             raise MultipleValues(f"the query returned {len(result)} series; aggregate it to one, e.g. with sum()")
         values = [float(v) for series in (result or []) for _, v in series.get("values", [])]
@@ -119,6 +122,13 @@ class PrometheusProvider:
             return bool(self._client.check_prometheus_connection())
         except (OSError, PrometheusApiClientException):
             return False
+
+
+def _duration(seconds: float) -> str:
+    """A duration as Prometheus's API parses one: whole units only (``3.333s`` is refused, ``3333ms`` is not)."""
+    if float(seconds).is_integer():
+        return f"{int(seconds)}s"
+    return f"{max(1, round(seconds * 1000))}ms"
 
 
 def _forms(secret: str) -> set[str]:

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -206,6 +207,12 @@ def test_a_canary_answering_only_5xx_is_at_100_percent_errors_not_no_data(lab: d
     assert checks["request-success-rate"].value == pytest.approx(0) and checks["request-success-rate"].verdict is Verdict.FAIL
     assert checks["request-error-rate"].value == pytest.approx(100) and checks["request-error-rate"].verdict is Verdict.FAIL
     assert checks["error-rate"].value == pytest.approx(100) and checks["error-rate"].verdict is Verdict.FAIL  # the lab's template
+
+
+def test_prometheus_takes_a_step_and_a_timeout_that_are_not_whole_seconds(lab: dict[str, Any]) -> None:
+    provider = PrometheusProvider(lab["url"], timeout=timedelta(milliseconds=1500))
+    assert provider.run_range('sum(http_requests_total{namespace="healthy"})', 30, 10 / 3)
+    assert provider.run_query('sum(http_requests_total{namespace="healthy"})') > 0
 
 
 def test_canary_without_traffic_is_no_data(lab: dict[str, Any]) -> None:
