@@ -533,6 +533,11 @@ def _arguments(name: str, app: Any, gateway: Any, prometheus: Any, rollout: Any,
     for what, given_config in (("config_maps", config_maps), ("secrets", secrets)):
         if given_config is not None and not isinstance(given_config, Mapping):
             problems.append(Problem(what, type(given_config).__name__, "must be a mapping of name to data"))
+        for config_name in given_config if isinstance(given_config, Mapping) else ():
+            try:
+                naming.check_copied_name(str(config_name))
+            except ValueError as exc:
+                problems.append(Problem(f"{what}.{config_name}", str(config_name), str(exc)))
     given = plain(template) if template is not None else None
     outputs = list(_outputs_in(given, "template"))
     if given is not None and not isinstance(given, Mapping):

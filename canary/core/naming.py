@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import enum
 
+from canary.core import units
+
 #: The config namespace of every key canary reads (``canary:app``, ``canary:release`` …).
 CONFIG_NAMESPACE = "canary"
 #: The Pulumi type token of the component.
@@ -80,9 +82,22 @@ def pod_monitor(app: str) -> str:
     return app
 
 
+#: the longest ConfigMap or Secret name whose copy's name (``-`` and 10 hex more) is still a name Kubernetes takes
+COPIED_NAME_MAX = 253 - 11
+
+
 def copy_name(name: str, content_hash: str) -> str:
     """A ConfigMap or Secret copy named by its content: ``settings-3f2a9c01b4``."""
     return f"{name}-{content_hash[:10]}"
+
+
+def check_copied_name(value: str) -> str:
+    """A ConfigMap or Secret name canary copies: a DNS-1123 subdomain short enough for its copy's suffix."""
+    units.check_dns_subdomain(value)
+    if len(value) > COPIED_NAME_MAX:
+        raise ValueError(f"must be at most {COPIED_NAME_MAX} characters ({len(value)} given): its copy is named "
+                         "<name>-<10 hex of its content>, and Kubernetes takes names of at most 253")
+    return value
 
 
 def copy_user(app: str) -> str:

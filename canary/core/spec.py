@@ -60,6 +60,7 @@ DnsLabel = Annotated[str, AfterValidator(units.check_dns_label)]
 #: an app's name names its Services too: a DNS-1035 label (a letter first), with room for ``-stable``/``-canary``
 AppName = Annotated[str, AfterValidator(lambda v: units.check_dns1035_label(v, 56))]
 DnsName = Annotated[str, AfterValidator(units.check_dns_subdomain)]
+CopiedName = Annotated[str, AfterValidator(naming.check_copied_name)]
 Hostname = Annotated[str, AfterValidator(units.check_hostname)]
 Image = Annotated[str, AfterValidator(units.check_image)]
 Quantity = Annotated[str, BeforeValidator(units.check_quantity)]
@@ -234,8 +235,8 @@ class App(_Model):
     template: dict[str, Any] | None = None
     #: the main container's name in the template (default: the one named like the app, else the only one)
     container: DnsLabel | None = None
-    config_maps: dict[DnsName, ConfigMapData] = {}
-    secrets: dict[DnsName, SecretData] = {}
+    config_maps: dict[CopiedName, ConfigMapData] = {}
+    secrets: dict[CopiedName, SecretData] = {}
     autoscaler: Autoscaler | None = None
     disruption_budget: DisruptionBudget | None = None
 

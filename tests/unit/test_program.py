@@ -516,10 +516,11 @@ def several_ports(*ports: dict[str, Any]) -> dict[str, Any]:
      "must be a plain value, not a pulumi Output"),
     ({"config_maps": ["settings"]}, None, "config_maps", "must be a mapping of name to data"),
     ({"config_maps": {"settings": {"a": "b"}}}, None, "config_maps.settings", "needs a template that reads it"),
+    ({"config_maps": {"s" * 243: {"a": "b"}}}, None, f"config_maps.{'s' * 243}", "must be at most 242 characters (243 given)"),
     ({"adopt": ["web"]}, None, "adopt", "must be a mapping of deployment, service, route"),
 ], ids=["container-typo", "rollout-typo", "rollout-config-typo", "app-name", "app-not-a-mapping", "gateway-not-a-mapping", "template-not-a-mapping",
         "template-without-image", "simple-form-without-image", "template-and-simple-fields", "template-holding-an-output", "sidecar-first",
-        "several-ports", "namespace-output", "image-output", "app-output", "secret-output", "gateway-output", "config-maps-list", "config-maps-simple-form", "adopt-list"])
+        "several-ports", "namespace-output", "image-output", "app-output", "secret-output", "gateway-output", "config-maps-list", "config-maps-simple-form", "config-map-name-too-long-to-copy", "adopt-list"])
 def test_a_bad_argument_of_the_component_stops_the_program_with_a_run_error_naming_it(
         declare: Callable[..., Declared], args: dict[str, Any], config: dict[str, Any] | None, field_: str, rule: str) -> None:
     """As invalid stack config does: Pulumi prints a RunError's message whole, and a traceback for anything else."""

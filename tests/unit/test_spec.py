@@ -171,6 +171,9 @@ INVALID = [
     ("probe-relative-path", set_path("app.probes", {"readiness": {"path": "healthz"}}), "app.probes.readiness.path", "absolute HTTP path", "'healthz'"),
     ("env-name-invalid", set_path("app.env", {"1BAD": "x"}), "app.env", "variable name '1BAD'", "a mapping of 1BAD"),
     ("config-map-name-not-dns", chain(_template(), set_path("app.configMaps", {"Settings": {"data": {"a": "b"}}})), "app.configMaps.Settings[key]", "DNS-1123 subdomain", "'Settings'"),
+    # its copy is named <name>-<10 hex>: a name the API server refused at the up, after validate had passed
+    ("config-map-name-too-long-to-copy", chain(_template(), set_path("app.configMaps", {"s" * 243: {"data": {"a": "b"}}})), f"app.configMaps.{'s' * 243}[key]",
+     "must be at most 242 characters (243 given): its copy is named <name>-<10 hex of its content>", "'sssss"),
     # --- autoscaler and disruption budget
     ("autoscaler-min-above-max", set_path("app.autoscaler", {"minReplicas": 5, "maxReplicas": 2}), "app.autoscaler", "minReplicas (5) must not exceed maxReplicas (2)", "a mapping of minReplicas, maxReplicas"),
     ("autoscaler-without-max", set_path("app.autoscaler", {"minReplicas": 2}), "app.autoscaler.maxReplicas", "is required", "nothing"),
