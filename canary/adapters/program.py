@@ -139,6 +139,40 @@ def _route_guard(app: str, stack: str) -> pulumi.ResourceHook:
     return pulumi.ResourceHook(f"canary-route-guard-{app}", guard)
 
 
+def _adopted_route_guard(app: str) -> pulumi.ResourceHook:
+    """Refuse to take over a route with rules canary's route does not keep: its rules send all of the app's
+    requests to the app, so a rule that sends some elsewhere (``/static`` to a CDN proxy), or answers them
+    itself (a redirect), would silently be dropped. Canary's own route (every later update) passes."""
+    ours = {naming.apex_service(app), naming.service(app, Track.STABLE), naming.service(app, Track.CANARY)}
+
+    def describe(rule: Mapping[str, Any]) -> str:
+        matches = [m for m in rule.get("matches") or [] if isinstance(m, Mapping)]
+        paths = [str((m.get("path") or {}).get("value")) for m in matches if isinstance(m.get("path"), Mapping)]
+        return f"paths {', '.join(paths)}" if paths else ("its matches" if matches else "every request")
+
+    def guard(args: pulumi.ResourceHookArgs) -> None:
+        rules = ((args.old_inputs or {}).get("spec") or {}).get("rules") or []
+        dropped = []
+        for i, rule in enumerate(r for r in rules if isinstance(r, Mapping)):
+            refs = [ref for ref in rule.get("backendRefs") or [] if isinstance(ref, Mapping)]
+            elsewhere = sorted({str(ref.get("name")) for ref in refs if ref.get("kind", "Service") != "Service"
+                                or ref.get("group", "") not in ("", "core") or ref.get("name") not in ours})
+            if elsewhere or not refs:
+                dropped.append(f"rules[{i}] ({describe(rule)}) to {', '.join(elsewhere)}" if elsewhere else f"rules[{i}] ({describe(rule)}) without backends")
+        if dropped:
+            raise RuntimeError(
+                f"canary: the route adopted for {app} has rules canary's route would drop: {'; '.join(dropped)}. Its rules send "
+                f"all of {app}'s requests to {app}: move those rules to an HTTPRoute of their own (same parentRefs and hostnames; "
+                "the more specific match still wins), then adopt, or leave route out of adopt"
+            )
+
+    return pulumi.ResourceHook(f"canary-adopted-route-guard-{app}", guard)
+
+
+def _before_update(guards: list[pulumi.ResourceHook]) -> pulumi.ResourceOptions | None:
+    return pulumi.ResourceOptions(hooks=pulumi.ResourceHookBinding(before_update=guards)) if guards else None
+
+
 def _stable_size_guard(app: str, min_replicas: int) -> pulumi.ResourceHook:
     """Refuse to create stable without a size when an autoscaler owns it: it would start with one pod and take all
     the traffic. That happens only when stable replaces a Deployment that declared no replicas (ignore_changes keeps
@@ -326,7 +360,8 @@ class CanaryDeployment(pulumi.ComponentResource):
             metadata={"name": naming.route(spec_app.name), "namespace": namespace, "labels": {naming.APP_LABEL: spec_app.name}},
             spec=routing.route_spec(spec_app.name, [r.model_dump(by_alias=True, exclude_none=True) for r in self.gateway.parent_refs],
                                     self.gateway.hostnames, spec_app.service_port, shape),
-            opts=pulumi.ResourceOptions.merge(route_opts, hooks(_route_guard(spec_app.name, stack))),
+            opts=_merge(route_opts, _before_update([*([_adopted_route_guard(spec_app.name)] if "route" in moved else []),
+                                                     *([_route_guard(spec_app.name, stack)] if guarded else [])])),
         )
         canary_opts = pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[self.route]))
         self.canary = self._deployment(name, Track.CANARY, canary_template, canary_replicas,

@@ -566,6 +566,30 @@ def test_adopt_aliases_the_programs_deployment_service_and_route_onto_the_compon
     assert d.hooks["web-stable"] == ["canary-stable-guard-web"]  # adopting changes nothing else
 
 
+def _route(*rules: Mapping[str, Any]) -> dict[str, Any]:
+    return {"metadata": {"name": "web"}, "spec": {"parentRefs": [{"name": "public"}], "hostnames": ["shop.example.com"], "rules": list(rules)}}
+
+
+def test_adopting_a_route_with_rules_canary_would_drop_is_refused_naming_them(declare: Callable[..., Declared]) -> None:
+    # canary's route sends all of the app's requests to it: /static to a CDN proxy was silently sent to web, and
+    # under plain `pulumi up` the route guard read the extra rule as a release's A/B rule ("a release is in progress")
+    ours = _route(*routing.route_spec("web", [{"name": "public"}], ["shop.example.com"], 80, routing.AT_REST)["rules"])
+    theirs = _route({"matches": [{"path": {"type": "PathPrefix", "value": "/static"}}], "backendRefs": [{"name": "cdn-proxy", "port": 80}]},
+                    {"backendRefs": [{"name": "web", "port": 80}]})
+    error = run_guard(declare, lambda app, stack: program._adopted_route_guard(app), theirs, ours)
+    assert error is not None and "rules[0] (paths /static) to cdn-proxy" in str(error) and "rules[1]" not in str(error), error
+    redirect = _route({"matches": [{"path": {"type": "PathPrefix", "value": "/old"}}], "filters": [{"type": "RequestRedirect"}]},
+                      {"backendRefs": [{"name": "web", "port": 80}]})
+    assert "rules[0] (paths /old) without backends" in str(run_guard(declare, lambda app, stack: program._adopted_route_guard(app), redirect, ours))
+    # a route that sends everything to the app, and canary's own route (every later update), are taken over
+    plain = _route({"matches": [{"path": {"type": "PathPrefix", "value": "/"}}], "backendRefs": [{"name": "web", "port": 80}]})
+    assert run_guard(declare, lambda app, stack: program._adopted_route_guard(app), plain, ours) is None
+    assert run_guard(declare, lambda app, stack: program._adopted_route_guard(app), ours, ours) is None
+    d = declare(component(adopt={"route": "web"}))
+    assert d.hooks["web-route"] == ["canary-adopted-route-guard-web", "canary-route-guard-web"]
+    assert declare(component()).hooks["web-route"] == ["canary-route-guard-web"]
+
+
 def test_without_adopt_nothing_is_aliased(declare: Callable[..., Declared]) -> None:
     assert not any(declare(component()).aliases.values())
 
