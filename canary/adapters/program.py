@@ -219,24 +219,42 @@ def _canary_guard(app: str, stack: str) -> pulumi.ResourceHook:
 #: has its own, and so has each program a test runs under Pulumi's mocks, which keep one root resource
 #: across programs.
 _DECLARED: weakref.WeakKeyDictionary[Any, dict[str, str]] = weakref.WeakKeyDictionary()
+#: per run, app name -> (its namespace, the component that declares it)
+_NAMESPACES: weakref.WeakKeyDictionary[Any, dict[str, tuple[str, str]]] = weakref.WeakKeyDictionary()
 _DECLARED_LOCK = threading.Lock()
 
 
-def _claim(app: str, component: str) -> None:
+def _claim(app: str, namespace: str, component: str) -> None:
     """Record that ``component`` declares ``app`` in this program run, or refuse a second component of it:
     the stack output, the release key and the hooks are by app name, so the second would silently take
-    the first's output and have both pinned by one release."""
+    the first's output and have both pinned by one release. Refuse too an app of the same namespace whose
+    Services and Deployments would share a name with it (``web-canary`` beside ``web``)."""
     run = pulumi.runtime.settings.get_monitor()
     if run is None:
         return
     with _DECLARED_LOCK:
-        apps = _DECLARED.setdefault(run, {})
-        first = apps.setdefault(app, component)
+        declared = _DECLARED.setdefault(run, {})
+        first = declared.setdefault(app, component)
+        clash = None
+        if first == component:
+            names = {(namespace, obj) for obj in naming.owned_names(app)}
+            clash = next((other for other, (other_namespace, other_component) in _NAMESPACES.setdefault(run, {}).items()
+                          if other != app and names & {(other_namespace, obj) for obj in naming.owned_names(other)}
+                          and other_component != component), None)
+            if clash is None:
+                _NAMESPACES[run][app] = (namespace, component)
+            else:
+                del declared[app]
     if first != component:
         raise InvalidSpec([Problem("app.name", repr(app), (
             f"is already the app of CanaryDeployment {first} in this program: one component per app, as its stack output "
             f"{naming.OUTPUT_PREFIX}{app}, its release key {naming.CONFIG_NAMESPACE}:release.{app} and its hooks are named by the app; "
             "give each app a name of its own (web-eu, web-us)"))], f"CanaryDeployment {component}")
+    if clash is not None:
+        shared = sorted(set(naming.owned_names(app)) & set(naming.owned_names(clash)))
+        raise InvalidSpec([Problem("app.name", repr(app), (
+            f"clashes with app {clash} (CanaryDeployment {_NAMESPACES[run][clash][1]}) in namespace {namespace}: both would own the "
+            f"Service and Deployment named {', '.join(shared)}; rename one"))], f"CanaryDeployment {component}")
 
 
 # --- the component ------------------------------------------------------------------------------
@@ -274,7 +292,7 @@ class CanaryDeployment(pulumi.ComponentResource):
             # every argument checked before the component declares anything
             checked = _arguments(name, app, gateway, prometheus, rollout if rollout is not None else config.get("rollout"),
                                  "rollout" if rollout is not None else "canary:rollout", template, config_maps, secrets, adopt, service)
-            _claim(checked[0].name, name)
+            _claim(checked[0].name, checked[0].namespace, name)
         except InvalidSpec as exc:
             # what `program()` does with invalid stack config: Pulumi prints a RunError's message, not a traceback
             raise pulumi.RunError(str(exc)) from exc

@@ -66,6 +66,12 @@ def apex_service(app: str) -> str:
     return app
 
 
+def owned_names(app: str) -> tuple[str, ...]:
+    """The names of an app's Services and Deployments in its namespace: another app of that namespace owning
+    one of them clashes (``web-canary`` beside ``web``, whose canary Service is ``web-canary``)."""
+    return (apex_service(app), service(app, Track.STABLE), service(app, Track.CANARY))
+
+
 def route(app: str) -> str:
     return app
 

@@ -1096,7 +1096,7 @@ def _name_clashes(spec: StackSpec) -> list[Problem]:
         if config.app is None:
             continue
         namespace = config.app.namespace
-        objects = (naming.apex_service(name), naming.service(name, naming.Track.STABLE), naming.service(name, naming.Track.CANARY))
+        objects = naming.owned_names(name)
         for obj in objects:
             other = owner.get((namespace, obj))
             if other is not None and other != name:

@@ -1124,6 +1124,26 @@ def test_a_second_component_of_the_same_app_is_refused_naming_both(declare: Call
     assert "app.name: " in message and "CanaryDeployment shop-eu" in message and "canary/web" in message, message
 
 
+def test_two_apps_of_one_namespace_whose_objects_share_a_name_are_refused_naming_both(declare: Callable[..., Declared]) -> None:
+    # app web-canary's apex Service is web's canary Service: each component declared a Service web-canary, one
+    # selecting web's canary pods, the other web-canary's stable pods (stack config apps were refused; components not)
+    def build() -> None:
+        program.CanaryDeployment("web", SIMPLE_APP, GATEWAY)
+        program.CanaryDeployment("web-canary", {**SIMPLE_APP, "name": "web-canary"}, GATEWAY)
+
+    with pytest.raises(pulumi.RunError) as caught:
+        declare(build)
+    message = str(caught.value)
+    assert message.startswith("invalid CanaryDeployment web-canary:\n"), message
+    assert "clashes with app web (CanaryDeployment web) in namespace shop: both would own the Service and Deployment named web-canary" in message
+
+    def elsewhere() -> None:  # in namespaces of their own, nothing is shared
+        program.CanaryDeployment("web", SIMPLE_APP, GATEWAY)
+        program.CanaryDeployment("web-canary", {**SIMPLE_APP, "name": "web-canary", "namespace": "shop-2"}, GATEWAY)
+
+    assert {"canary/web", "canary/web-canary"} <= set(declare(elsewhere).outputs)
+
+
 def test_components_of_different_apps_and_the_same_app_in_successive_programs_are_accepted(declare: Callable[..., Declared]) -> None:
     def build() -> None:
         regional("shop-eu", "shop-eu", "registry.example.com/shop/web:1.0.0")
