@@ -277,6 +277,8 @@ class ReleaseStore:
         chunk = self._chunk
         if chunk is None or chunk["release"] != release:
             chunk = self._chunk = self._last_chunk(release)
+        if line in chunk["lines"]:
+            return  # taken already: a write whose answer was lost, sent again from the records kept unsent
         if chunk["lines"] and chunk["size"] + len(line) + 1 > CHUNK_BYTES:
             chunk = self._chunk = {"release": release, "index": chunk["index"] + 1, "lines": [], "size": 0, "version": None}
         lines = [*chunk["lines"], line]
@@ -288,6 +290,8 @@ class ReleaseStore:
         except Conflict:
             self._chunk = None  # read it again: the next call retries from what the cluster holds
             chunk = self._chunk = self._last_chunk(release)
+            if line in chunk["lines"]:
+                return  # the write whose answer was lost had been taken (each record carries its time: no two alike)
             lines = [*chunk["lines"], line]
             body = _configmap(naming.journal_configmap(self.app, release, chunk["index"]), self.namespace, self.app, "journal",
                               {"journal.jsonl": "\n".join(lines) + "\n"}, {naming.RELEASE_LABEL: release}, chunk["version"])

@@ -798,3 +798,31 @@ def test_a_request_value_that_is_no_object_neither_counts_nor_stops_the_watch(tm
     thread.join(timeout=10)
     assert not thread.is_alive() and seen[-1] == {"abort": {"release": "r1", "by": "oncall"}}, seen
     assert store_module._addressed({"abort": "true", "promote": "[1]", "pause": "{"}, "r1") == {}
+
+
+def _event(n: int) -> records.EventRecord:
+    return records.EventRecord(time=f"2026-12-01T00:00:{n:02d}.000Z", stack="prod", app="web", release="r1", message=f"event {n}")
+
+
+def test_a_journal_write_whose_answer_was_lost_is_not_in_the_journal_twice(tmp_path: Path) -> None:
+    # the API server took it, its answer was lost: the record kept unsent went again, met the new version's
+    # conflict, and was appended to the chunk read back, which held it already
+    kube = FakeKube()
+    store = ReleaseStore(kube, "shop", "web", "prod", Cache(tmp_path, "prod", "web"))  # type: ignore[arg-type]
+    store.append(_event(1))
+    plain = kube.replace
+
+    def lost_once(manifest: Any) -> Any:
+        kube.replace = plain  # type: ignore[method-assign]
+        plain(manifest)
+        raise ClusterUnreachable("the Kubernetes API server did not answer: ReadTimeoutError")
+
+    kube.replace = lost_once  # type: ignore[method-assign]
+    store.append(_event(2))
+    store.append(_event(3))
+    assert [r.message for r in store.records("r1")] == ["event 1", "event 2", "event 3"]
+    # a new process (the release resumed after a kill) sending what this one kept unsent: taken once
+    again = ReleaseStore(kube, "shop", "web", "prod", Cache(tmp_path, "prod", "web"))  # type: ignore[arg-type]
+    again.cache.keep_unsent(records.bounded(records.dump(_event(3))))
+    again.append(_event(4))
+    assert [r.message for r in again.records("r1")] == ["event 1", "event 2", "event 3", "event 4"]
