@@ -256,3 +256,13 @@ def test_the_shift_interval_narrows_with_lower_confidence() -> None:
 )
 def test_score_weighs_passing_metrics_over_judged_ones(metrics: list[ScoredMetric], expected: tuple[float, bool]) -> None:
     assert judge.score(metrics) == expected
+
+
+def test_too_few_samples_to_reach_the_confidence_are_no_evidence_not_a_shift() -> None:
+    # three samples a side cannot reach 98 % whatever they say: the "98 % interval" was the samples' range, and a
+    # range that excluded 0 read HIGH (2.2 % of identical tracks, against 1 % nominal)
+    few = judge.compare([10, 11, 12], [1, 2, 3], confidence=0.98, tolerance=0.25)
+    assert few.classification is Classification.NO_DATA and "cannot show a shift at 98% confidence" in few.reason
+    assert judge.compare([10, 11, 12, 13, 14], [1, 2, 3, 4, 5], confidence=0.98, tolerance=0.25).classification is Classification.HIGH
+    assert judge.compare([10, 11, 12], [1, 2, 3], confidence=0.80, tolerance=0.25).classification is Classification.HIGH
+    assert judge.compare([1, 3, 5], [2, 4, 6], confidence=0.98, tolerance=0.25).classification is Classification.PASS  # overlapping: a pass
