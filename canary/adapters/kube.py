@@ -24,6 +24,7 @@ import datetime as dt
 import json
 import os
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -122,14 +123,7 @@ class _TokenFile:
 def _token_file(doc: Mapping[str, Any], context: str | None, base: Path) -> Path | None:
     """The ``tokenFile`` of the context's user, when the token comes from it (no inline ``token``, no
     auth provider: the kubernetes client prefers both)."""
-    def named(entries: Any, name: Any, key: str) -> Mapping[str, Any]:
-        for entry in entries if isinstance(entries, list) else []:
-            if isinstance(entry, Mapping) and entry.get("name") == name and isinstance(entry.get(key), Mapping):
-                return entry[key]  # type: ignore[no-any-return]
-        return {}
-
-    ctx = named(doc.get("contexts"), context or doc.get("current-context"), "context")
-    user = named(doc.get("users"), ctx.get("user"), "user")
+    user = _user(doc, context)
     token_file = user.get("tokenFile")
     if not token_file or user.get("token") or user.get("auth-provider"):
         return None
@@ -140,12 +134,42 @@ def _from_kubeconfig(doc: Any, context: str | None, base: Path | None) -> ApiCli
     if not isinstance(doc, Mapping):
         raise config.ConfigException(f"Invalid kube-config. Expected a mapping (apiVersion, clusters, contexts, users), got {type(doc).__name__}")
     configuration = Configuration()
-    config.kube_config.KubeConfigLoader(config_dict=dict(doc), active_context=context,
-                                        config_base_path=str(base) if base is not None else None).load_and_set(configuration)
+
+    def load() -> None:
+        config.kube_config.KubeConfigLoader(config_dict=dict(doc), active_context=context,
+                                            config_base_path=str(base) if base is not None else None).load_and_set(configuration)
+
+    load()
     token_file = _token_file(doc, context, base or Path.cwd())
     if token_file is not None:
         configuration.refresh_api_key_hook = _TokenFile(token_file, then=configuration.refresh_api_key_hook)
-    return ApiClient(configuration=configuration)
+    client = ApiClient(configuration=configuration)
+    if _runs_a_plugin(doc, context):
+        # a plugin's credential without an expiry is kept until the API server refuses it; client-go runs the
+        # plugin again then (its 401 handling), and so does ``Kube._call``, through this
+        _REAUTHENTICATE[client] = load
+    return client
+
+
+#: ApiClient -> how to fetch its credential again (an exec plugin's), for a call the API server refused with 401
+_REAUTHENTICATE: weakref.WeakKeyDictionary[ApiClient, Callable[[], None]] = weakref.WeakKeyDictionary()
+
+
+def _runs_a_plugin(doc: Mapping[str, Any], context: str | None) -> bool:
+    user = _user(doc, context)
+    return bool(user.get("exec")) and not user.get("token")
+
+
+def _user(doc: Mapping[str, Any], context: str | None) -> Mapping[str, Any]:
+    """The ``user`` entry of the kubeconfig's context (its current one when ``context`` is None), or {}."""
+    def named(entries: Any, name: Any, key: str) -> Mapping[str, Any]:
+        for entry in entries if isinstance(entries, list) else []:
+            if isinstance(entry, Mapping) and entry.get("name") == name and isinstance(entry.get(key), Mapping):
+                return entry[key]  # type: ignore[no-any-return]
+        return {}
+
+    ctx = named(doc.get("contexts"), context or doc.get("current-context"), "context")
+    return named(doc.get("users"), ctx.get("user"), "user")
 
 
 def _in_cluster(env: Mapping[str, str], service_account: Path) -> ApiClient:
@@ -246,7 +270,19 @@ class Kube:
 
     def _call(self, fn: Callable[[], T]) -> T:
         try:
-            return fn()
+            try:
+                return fn()
+            except ApiException as exc:
+                reauthenticate = _REAUTHENTICATE.get(self._api)
+                if exc.status != 401 or reauthenticate is None:
+                    raise
+                # refused before it was acted on: the plugin's credential again, then the call once more
+                try:
+                    reauthenticate()
+                except (config.ConfigException, OSError, ValueError) as plugin_failed:
+                    raise Forbidden(f"the API server refused the credential, and the kubeconfig's exec plugin failed to give another: "
+                                    f"{_shape_of(plugin_failed)}") from None
+                return fn()
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise ClusterUnreachable(f"the Kubernetes API server did not answer: {type(exc).__name__}") from exc
 

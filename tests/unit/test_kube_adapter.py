@@ -201,6 +201,30 @@ print(json.dumps({{"apiVersion": "client.authentication.k8s.io/v1beta1", "kind":
     assert apiserver.seen[-1][1] == "exec-1"
 
 
+def test_an_exec_plugins_credential_without_an_expiry_is_fetched_again_when_refused(tmp_path: Path, apiserver: ApiServer) -> None:
+    # kept until the process ended: a plugin's token rotated (or revoked) during a release was refused on every call
+    # after it, where client-go runs the plugin again on a 401
+    plugin = tmp_path / "plugin.py"
+    runs = tmp_path / "runs"
+    plugin.write_text(f"""import json, pathlib
+runs = pathlib.Path({str(runs)!r})
+n = len(runs.read_text().splitlines()) if runs.exists() else 0
+runs.write_text("run\\n" * (n + 1))
+print(json.dumps({{"apiVersion": "client.authentication.k8s.io/v1beta1", "kind": "ExecCredential", "status": {{"token": f"exec-{{n}}"}}}}))
+""")
+    user = f'{{exec: {{apiVersion: client.authentication.k8s.io/v1beta1, command: "{sys.executable}", args: ["{plugin}"]}}}}'
+    kube = Kube(_kubeconfig(tmp_path, apiserver, user))
+    apiserver.tokens = {"exec-0"}
+    kube.get("v1", "ConfigMap", "x", NAMESPACE)
+    apiserver.tokens = {"exec-1"}  # the old one revoked
+    assert kube.get("v1", "ConfigMap", "x", NAMESPACE) is None  # answered (404), not refused
+    assert [t for _, t in apiserver.seen][-2:] == ["exec-0", "exec-1"]
+    apiserver.tokens = {"nobody"}  # refused again after a new credential: Forbidden, once more only
+    with pytest.raises(Forbidden):
+        kube.get("v1", "ConfigMap", "x", NAMESPACE)
+    assert len(runs.read_text().splitlines()) == 3
+
+
 # --- where the client comes from
 
 
