@@ -273,8 +273,8 @@ class Kube:
             try:
                 return fn()
             except ApiException as exc:
-                reauthenticate = _REAUTHENTICATE.get(self._api)
-                if exc.status != 401 or reauthenticate is None:
+                reauthenticate = _REAUTHENTICATE.get(self._api) if exc.status == 401 else None
+                if reauthenticate is None:
                     raise
                 # refused before it was acted on: the plugin's credential again, then the call once more
                 try:
