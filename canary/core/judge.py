@@ -80,30 +80,22 @@ def _f(x: np.ndarray, y: np.ndarray, mu: float, q: float) -> float:
     return (dz - correction) / sigma - q
 
 
-def _root(x: np.ndarray, y: np.ndarray, q: float, low: float, high: float) -> tuple[float, bool]:
-    """Where the statistic crosses ``q`` in [low, high], and whether it does (else the nearer edge)."""
+def _root(x: np.ndarray, y: np.ndarray, q: float, low: float, high: float) -> float:
     f_low, f_high = _f(x, y, low, q), _f(x, y, high, q)
     if f_low * f_high > 0:
         # no sign change in the range: the interval ends at the range's edge (as R's uniroot does not, Kayenta clamps)
-        return (low if abs(f_low) < abs(f_high) else high), False
+        return low if abs(f_low) < abs(f_high) else high
     if f_low == 0:
-        return low, True
+        return low
     if f_high == 0:
-        return high, True
+        return high
     from scipy.optimize import brentq
 
-    return float(brentq(lambda mu: _f(x, y, mu, q), low, high, xtol=1e-4)), True
+    return float(brentq(lambda mu: _f(x, y, mu, q), low, high, xtol=1e-4))
 
 
 def shift_interval(canary: Sequence[float], stable: Sequence[float], confidence: float) -> tuple[float, float, float]:
     """(estimate, low, high) of the shift canary − stable, the interval two-sided at ``confidence``."""
-    estimate, low, high, _ = _interval(canary, stable, confidence)
-    return estimate, low, high
-
-
-def _interval(canary: Sequence[float], stable: Sequence[float], confidence: float) -> tuple[float, float, float, bool]:
-    """``shift_interval``, and whether an end that excludes 0 is a bound at ``confidence`` (not the samples'
-    range: too few samples cannot reach the level, and an interval clamped to their range is no evidence)."""
     import numpy as np
     from scipy.stats import norm
 
@@ -114,11 +106,20 @@ def _interval(canary: Sequence[float], stable: Sequence[float], confidence: floa
     fx, fy = x[np.isfinite(x)], y[np.isfinite(y)]
     low_end, high_end = float(fx.min() - fy.max()), float(fx.max() - fy.min())
     z = float(norm.ppf((1 - confidence) / 2))
-    ends = sorted([_root(x, y, -z, low_end, high_end), _root(x, y, z, low_end, high_end)])
-    estimate, _ = _root(x, y, 0.0, low_end, high_end)
-    (low, low_found), (high, high_found) = ends
-    # what matters is the end that would exclude 0: the other may be clamped (samples beyond the buckets) and still say nothing wrong
-    return estimate, low, high, (low_found or low <= 0) and (high_found or high >= 0)
+    lower = _root(x, y, -z, low_end, high_end)
+    upper = _root(x, y, z, low_end, high_end)
+    estimate = _root(x, y, 0.0, low_end, high_end)
+    return estimate, min(lower, upper), max(lower, upper)
+
+
+def _rejects_no_shift(canary: Sequence[float], stable: Sequence[float], confidence: float, *, higher: bool) -> bool:
+    """Whether the rank test rejects "no shift" at ``confidence`` (two-sided), in the direction ``higher``."""
+    import numpy as np
+    from scipy.stats import norm
+
+    x, y = np.asarray(canary, dtype=float), np.asarray(stable, dtype=float)
+    z = -float(norm.ppf((1 - confidence) / 2))
+    return _f(x, y, 0.0, z) >= 0 if higher else _f(x, y, 0.0, -z) <= 0
 
 
 def compare(
@@ -156,9 +157,10 @@ def compare(
         canary, stable = _finite_ranks(canary, stable)
     if sorted(canary) == sorted(stable) or len(set(canary) | set(stable)) == 1:
         return Comparison(Classification.PASS, 0.0, 0.0, 0.0, ratio, nx, ny, "the samples are identical")
-    estimate, low, high, bounded = _interval(canary, stable, confidence)
-    if not bounded:
-        # three samples a side apart entirely cannot reach 98 %: the "interval" is their range, and its excluding 0 says nothing
+    estimate, low, high = shift_interval(canary, stable, confidence)
+    if (low > 0 or high < 0) and not _rejects_no_shift(canary, stable, confidence, higher=low > 0):
+        # an interval that excludes 0 where the rank test at 0 does not reject: clamped to the samples' range, as when
+        # too few samples cannot reach the confidence at all (three a side at 98 %), and no evidence of a shift
         return Comparison(Classification.NO_DATA, estimate, low, high, ratio, nx, ny,
                           f"{nx} canary and {ny} stable samples cannot show a shift at {confidence:.0%} confidence (shift {estimate:+.4g}, "
                           f"samples' range [{low:.4g}, {high:.4g}]): too few to judge; raise minSamples or lower the confidence")

@@ -266,3 +266,11 @@ def test_too_few_samples_to_reach_the_confidence_are_no_evidence_not_a_shift() -
     assert judge.compare([10, 11, 12, 13, 14], [1, 2, 3, 4, 5], confidence=0.98, tolerance=0.25).classification is Classification.HIGH
     assert judge.compare([10, 11, 12], [1, 2, 3], confidence=0.80, tolerance=0.25).classification is Classification.HIGH
     assert judge.compare([1, 3, 5], [2, 4, 6], confidence=0.98, tolerance=0.25).classification is Classification.PASS  # overlapping: a pass
+
+
+@pytest.mark.parametrize(("canary", "stable"), [([487.5] * 30, [48.75] * 30), ([100.0] * 12, [0.0] * 12)], ids=["p95-one-bucket-each", "100-vs-0"])
+def test_tracks_each_constant_and_apart_are_a_shift_however_many_samples(canary: list[float], stable: list[float]) -> None:
+    # a histogram_quantile whose requests all fall in one bucket is constant: the interval's ends could not be
+    # searched for (the range is one point), and the first version of the rule above took that for too few samples
+    assert judge.compare(canary, stable, confidence=0.98, tolerance=0.25, min_samples=10).classification is Classification.HIGH
+    assert judge.compare(stable, canary, confidence=0.98, tolerance=0.25, min_samples=10).classification is Classification.LOW
