@@ -300,6 +300,8 @@ class CanaryDeployment(pulumi.ComponentResource):
         self.app, self.gateway, self.prometheus, self.rollout, desired, moved, apex = checked
         stack = pulumi.get_stack()
         spec_app = self.app
+        # app.port beside a pod template the user wrote says where the pods listen whatever the template declares
+        port_given = spec_app.port is not None and (template is not None or spec_app.template is not None)
         if template is not None and spec_app.port is None:
             # the Services (and the PodMonitor) target the main container's port of the template given, as for app.template
             spec_app = self.app = spec_app.model_copy(update={"port": spec_app.model_copy(update={"template": desired}).container_port})
@@ -361,7 +363,7 @@ class CanaryDeployment(pulumi.ComponentResource):
         # each Service targets the port its track's pods serve: a release that changes the port keeps stable's
         # Services on the port stable still listens on until stable takes the new version
         def port_of(pin: Any) -> Any:
-            return pulumi.Output.from_input(pin).apply(lambda p: _track_port(p, desired, spec_app))
+            return pulumi.Output.all(pin, desired_pin).apply(lambda both: _track_port(both[0], both[1], spec_app, port_given))
 
         stable_port, canary_port = port_of(stable_pin), port_of(canary_pin)
         self.stable_service = self._service(name, Track.STABLE, stable_port, child)
@@ -858,12 +860,19 @@ def _uid(metadata: Any) -> str | None:
     return (metadata.get("uid") if isinstance(metadata, Mapping) else getattr(metadata, "uid", None)) if metadata is not None else None
 
 
-def _track_port(pin: Mapping[str, Any], desired: Mapping[str, Any], app: App) -> int:
-    """The port a track's Services target: its pin's. A pin recorded before pins kept their port: its
-    template's main port where that and the desired template's are both declared and differ (a release
-    moving the port), else the app's (what the Services targeted then)."""
+def _track_port(pin: Mapping[str, Any], desired: Mapping[str, Any], app: App, port_given: bool) -> int:
+    """The port a track's Services target. A track running the desired workload: the app's port (a change of
+    ``app.port`` alone, the template as it was, is the Services' own and reaches them at the next ``up``).
+    Another workload (stable pinned during a release): the port its pin recorded. A pin recorded before pins
+    kept their port: ``app.port`` when it is given beside a template of the user's (where the pods listen,
+    whatever the template declares), else that template's declared port where it and the desired template's
+    differ (the simple form, whose template declares ``app.port``: a release moving the port), else the app's."""
+    if pin.get("hash") == desired.get("hash"):
+        return app.container_port
     if pin.get("port"):
         return int(pin["port"])
+    if port_given:
+        return app.container_port
 
     def declared(template: Any) -> int | None:
         try:
@@ -871,7 +880,7 @@ def _track_port(pin: Mapping[str, Any], desired: Mapping[str, Any], app: App) ->
         except (KeyError, workload.AmbiguousContainer, workload.AmbiguousPort):
             return None
 
-    old, new = declared(pin.get("template")), declared(desired)
+    old, new = declared(pin.get("template")), declared(desired.get("template"))
     return old if old is not None and new is not None and old != new else app.container_port
 
 

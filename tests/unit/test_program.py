@@ -341,6 +341,34 @@ def test_between_releases_every_service_targets_the_app_s_port(declare: Callable
     assert _target_ports(d) == {"stable": 9000, "canary": 9000, "apex": 9000}
 
 
+def _two_ports() -> dict[str, Any]:
+    """A template whose main container lists two ports, none named http: app.port says which the Services target."""
+    return {"metadata": {"labels": {"app": "web"}},
+            "spec": {"containers": [{"name": "web", "image": "registry.example.com/shop/web:1.0.0",
+                                     "ports": [{"name": "admin", "containerPort": 8080}, {"name": "api", "containerPort": 9090}]}]}}
+
+
+def test_a_change_of_app_port_alone_reaches_every_service_at_the_next_up(declare: Callable[..., Declared]) -> None:
+    # the template unchanged, no release runs (the hash is the same): stable, pinned at rest by `canary up` to the
+    # pin it runs, kept the port that pin recorded, and its Services never followed app.port
+    app = {"name": "web", "namespace": "shop", "replicas": 2, "template": _two_ports()}
+    first = declare(component({**app, "port": 8080}))
+    stable = dict(first.exported["stable"])
+    second = declare(component({**app, "port": 9090}), {"canary:release": {"web": {"release": "", "stable": stable, "route": {"weight": 0}}}})
+    assert second.exported["desired"]["hash"] == stable["hash"]
+    assert _target_ports(second) == {"stable": 9090, "canary": 9090, "apex": 9090}
+
+
+def test_a_pin_from_before_beside_an_app_port_given_keeps_stable_on_that_port(declare: Callable[..., Declared]) -> None:
+    # app.port 9000 beside the template: the Services targeted 9000 whatever the template declares (8080, then 8081)
+    old = full_template()
+    new = full_template("registry.example.com/shop/web:2.0.0")
+    new["spec"]["containers"][0]["ports"] = [{"name": "http", "containerPort": 8081}]
+    stable = {"template": old, "hash": "5555aaaa5555aaaa", "image": "registry.example.com/shop/web:1.0.0", "config_hashes": {}}
+    d = declare(component({**full_app(), "template": new, "port": 9000}), {"canary:release": {"web": {"release": "r1", "stable": stable, "route": {"weight": 10}}}})
+    assert _target_ports(d) == {"stable": 9000, "canary": 9000, "apex": 9000}
+
+
 def test_a_release_config_of_another_app_leaves_this_one_at_its_desired_state(declare: Callable[..., Declared]) -> None:
     release = {"api": {"release": "r1", "stable": pin("registry.example.com/shop/api:1", "1" * 16), "route": {"weight": 50}}}
     d = declare(component(), {"canary:release": release})
