@@ -382,8 +382,8 @@ class Release:
                 return state
             reason = promote.get("reason", "")
             self.recorder.request(state, "promote --skip-analysis", promote.get("by", ""), reason)
-            state = self.recorder.save(state.model_copy(update={"phase": Phase.PROMOTING, "forced": f"skip-analysis: {reason}"}),
-                                       f"promoting without analysis (by {promote.get('by') or 'a user'}): {reason}", Severity.WARN)
+            state = self._to_promoting(state, f"promoting without analysis (by {promote.get('by') or 'a user'}): {reason}", Severity.WARN,
+                                       forced=f"skip-analysis: {reason}")
             self._clear("promote")
             return state
         return state

@@ -1421,3 +1421,19 @@ def test_the_route_is_written_around_pulumi_only_by_a_release_that_proves_it_hol
     result = world.start()
     assert refused and result.rollback_pending
     assert not world.cluster.restored
+
+
+def test_an_abort_in_the_cluster_not_yet_reported_is_taken_before_a_skip_analysis_promotion() -> None:
+    world: World
+    done: list[bool] = []
+
+    def on_sleep(now: float) -> None:
+        state = world.store.state
+        if state is not None and state.phase is Phase.PROGRESSING and state.weight == 20 and not done:
+            done.append(True)
+            world.store.request("promote", by="dev", skip_analysis=True, reason="hotfix")  # reported by the watch
+            world.store.pending["abort"] = {"release": state.release, "by": "oncall"}  # written after, the watch not yet told
+
+    world = make(Metrics(0.0))
+    world.clock.on_sleep = on_sleep
+    assert world.start().phase is Phase.ABORTED and done
