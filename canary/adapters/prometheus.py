@@ -18,6 +18,7 @@ import copy
 import json
 import math
 import re
+import threading
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -39,9 +40,13 @@ class PrometheusProvider:
         self._timeout = max(timeout.total_seconds(), 0.001)
         # No retries inside a check: one query costs at most one timeout; the next tick is the retry.
         # a redirect to another host gets none of them (requests would send all but Authorization along)
+        session = http.private_session(request_headers)
+        # the client returns data.result alone: the answer's warnings (a partial answer) are kept here, per thread
+        answer = self._answer = threading.local()
+        session.hooks["response"].append(lambda response, *args, **kwargs: setattr(answer, "warnings", _warnings(response)))
         self._client = PrometheusConnect(
             url=self.address, headers=request_headers, disable_ssl=False, timeout=self._timeout, retry=Retry(total=0, raise_on_status=False),
-            session=http.private_session(request_headers),
+            session=session,
         )
         #: the moment queries are evaluated at; None: now
         self.when: datetime | None = None
@@ -67,9 +72,13 @@ class PrometheusProvider:
         return text
 
     def _ask(self, ask: Any) -> Any:
-        """One request; the client's failures mapped (its HTTP errors derive from OSError, via requests)."""
+        """One request; the client's failures mapped (its HTTP errors derive from OSError, via requests). A
+        partial answer (Thanos, Cortex or Mimir with a store down, Prometheus with a remote read failing: its
+        ``warnings``) is no answer: the series it lacks may be the canary's errors. PromQL's own notes on a
+        query (``PromQL info: …``) are not warnings of that kind."""
+        self._answer.warnings = []
         try:
-            return ask()
+            result = ask()
         except PrometheusApiClientException as exc:
             raw = str(exc)
             # read before scrubbing: a short secret (a tenant header "0") would be scrubbed out of "400" too
@@ -96,6 +105,11 @@ class PrometheusProvider:
             else:
                 why = type(exc).__name__
             raise ProviderUnreachable(f"Prometheus at {self.address} could not be reached ({why})") from exc
+        partial = [w for w in getattr(self._answer, "warnings", []) if not w.startswith("PromQL info")]
+        if partial:
+            raise ProviderUnreachable(f"Prometheus at {self.address} answered in part ({self._scrub(partial[0])[:200]}): "
+                                      "a partial answer may lack the canary's series, so it is no answer")
+        return result
 
     def run_query(self, query: str) -> float:
         result = self._ask(lambda: self._client.custom_query(query, params=self._params(), timeout=self._timeout))
@@ -122,6 +136,16 @@ class PrometheusProvider:
             return bool(self._client.check_prometheus_connection())
         except (OSError, PrometheusApiClientException):
             return False
+
+
+def _warnings(response: Any) -> list[str]:
+    """The ``warnings`` of a Prometheus API answer (none when it is no JSON object)."""
+    try:
+        body = response.json()
+    except ValueError:
+        return []
+    found = body.get("warnings") if isinstance(body, dict) else None
+    return [str(w) for w in found] if isinstance(found, list) else []
 
 
 def _duration(seconds: float) -> str:

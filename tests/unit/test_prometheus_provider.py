@@ -290,3 +290,24 @@ def test_an_answer_without_a_result_is_no_answer_within_the_metric_errors(server
         PrometheusProvider(server, token=TOKEN).run_query("up")
     with pytest.raises(ProviderUnreachable, match="answered without a result"):
         PrometheusProvider(server, token=TOKEN).run_range("up", 60, 5)
+
+
+@pytest.mark.parametrize(("warnings", "partial"), [
+    (["store gateway 2 unavailable: partial response"], True),
+    (["PromQL info: metric might not be a counter, name does not end in _total/_sum/_count/_bucket: \"errors\""], False),
+], ids=["partial-response", "promql-info"])
+def test_a_partial_answer_is_no_answer(server: str, warnings: list[str], partial: bool) -> None:
+    # Thanos, Cortex or Mimir with a store down answer "success" with warnings and what they have: an error
+    # rate without the store that holds the canary's 5xx series reads 0 and passed
+    _Recorder.raw = json.dumps({"status": "success", "data": _Recorder.data, "warnings": warnings}).encode()
+    provider = PrometheusProvider(server, token=TOKEN)
+    if partial:
+        with pytest.raises(ProviderUnreachable, match="answered in part .store gateway 2 unavailable"):
+            provider.run_query("up")
+        _Recorder.raw = json.dumps({"status": "success", "data": {"resultType": "matrix", "result": []}, "warnings": warnings}).encode()
+        with pytest.raises(ProviderUnreachable, match="answered in part"):
+            provider.run_range("up", 60, 5)
+    else:
+        assert provider.run_query("up") == 3.5
+    _Recorder.raw = None
+    assert provider.run_query("up") == 3.5  # the next answer is judged on its own
