@@ -4,7 +4,8 @@ Answers one PromQL query with one scalar (``run_query``), or with the samples of
 a window (``run_range``, for the statistical judge), or raises the ``MetricError`` family:
 ``NoValues`` (empty or NaN), ``MultipleValues``, ``BadQuery`` (rejected, or a
 range vector or string where a number was due) and
-``ProviderUnreachable`` (connection refused, time-out, HTTP errors). Auth
+``ProviderUnreachable`` (connection refused, time-out, HTTP errors, an answer
+without a result or only in part). Auth
 headers and the bearer token are sent on every request, to Prometheus' own
 origin only (a redirect to another host gets none of them), and never appear in
 an error message. ``at(when)`` is the same provider evaluating at a past moment
