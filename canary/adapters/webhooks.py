@@ -13,7 +13,9 @@ URL) never appears in one.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import json
 import os
 import shlex
 import signal
@@ -73,6 +75,26 @@ def _kill_group(process: subprocess.Popen[bytes]) -> None:
         os.killpg(process.pid, signal.SIGKILL)
 
 
+#: The command hooks started and not yet reaped, in every release of this process: killed whole when the
+#: release's hooks are closed or the process exits (they run in sessions of their own, so a terminal's
+#: signal or canary's end never reaches them: an event hook with a long timeout outlived the release).
+_RUNNING: set[subprocess.Popen[bytes]] = set()
+_RUNNING_LOCK = threading.Lock()
+
+
+def _stop(processes: set[subprocess.Popen[bytes]]) -> int:
+    """Kill each of ``processes`` still running (its whole group); how many there were."""
+    with _RUNNING_LOCK:
+        running = list(processes)
+    for process in running:
+        if not _exited(process):
+            _kill_group(process)
+    return len(running)
+
+
+atexit.register(_stop, _RUNNING)
+
+
 def _read_all(pipe: Any, chunks: list[bytes]) -> None:
     """Read the command's output to its end, then close it: here, on the reader's thread, because a
     process that left the group may hold the pipe open after the call returned, and closing it from
@@ -113,6 +135,18 @@ def _judged(answer: http.Answer) -> tuple[bool, str]:
 class Caller:
     """The ``HookCaller`` port over HTTP and local commands."""
 
+    def __init__(self) -> None:
+        self._started: set[subprocess.Popen[bytes]] = set()  # this caller's commands not yet reaped
+
+    def stop_running(self) -> int:
+        """Kill this caller's command hooks still running (a release's, at its end)."""
+        return _stop(self._started)
+
+    def _reaped(self, process: subprocess.Popen[bytes]) -> None:
+        with _RUNNING_LOCK:
+            _RUNNING.discard(process)
+            self._started.discard(process)
+
     def call(self, hook: Webhook, body: Mapping[str, Any], cancel: threading.Event | None = None) -> HookResult:
         start = time.monotonic()
         timeout = hook.timeout.total_seconds()
@@ -128,17 +162,27 @@ class Caller:
             ok, detail = _judged(answer)
             return HookResult(hook.name, hook.type.value, ok, time.monotonic() - start, f"POST {hook.url} {detail}")
         try:
-            process = self.start(hook)
+            process = self.start(hook, body)
         except (OSError, ValueError) as exc:
             return HookResult(hook.name, hook.type.value, False, time.monotonic() - start, f"`{hook.cmd}` could not start: {exc}")
         return self.finish(hook, process, start + timeout, cancel, start)
 
-    def start(self, hook: Webhook) -> subprocess.Popen[bytes]:
+    def start(self, hook: Webhook, body: Mapping[str, Any] | None = None) -> subprocess.Popen[bytes]:
+        """Start the command in a session of its own; ``body`` (what an HTTP hook would be sent: the
+        release, its phase, an event's message) on its standard input."""
         assert hook.cmd is not None
         env = {k: v for k, v in os.environ.items() if k not in SECRET_VARIABLES}
         env.update(CANARY_WEBHOOK=hook.name, CANARY_WEBHOOK_TYPE=hook.type.value)
-        return subprocess.Popen(shlex.split(hook.cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, env=env)
+        process = subprocess.Popen(shlex.split(hook.cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.PIPE if body is not None else subprocess.DEVNULL, start_new_session=True, env=env)
+        with _RUNNING_LOCK:
+            _RUNNING.add(process)
+            self._started.add(process)
+        if process.stdin is not None:
+            # a few KiB, within the pipe's buffer: never blocks; a command that does not read it may have exited
+            with contextlib.suppress(OSError), process.stdin:
+                process.stdin.write(json.dumps(body, default=str).encode())
+        return process
 
     def finish(self, hook: Webhook, handle: Any, deadline: float, cancel: threading.Event | None = None, start: float | None = None) -> HookResult:
         """Wait for a started command until ``deadline`` (monotonic) or the cancel token, then kill its process group."""
@@ -154,6 +198,7 @@ class Caller:
             if time.monotonic() >= deadline or (cancel is not None and cancel.is_set()):
                 _kill_group(process)
                 process.wait()
+                self._reaped(process)
                 reader.join(1)
                 if cancel is not None and cancel.is_set():
                     why = "was cancelled with the release"
@@ -167,6 +212,7 @@ class Caller:
         # output pipe); killed before the command is reaped, so the group's id cannot be another's yet
         _kill_group(process)
         process.wait()
+        self._reaped(process)
         reader.join(max(0.5, deadline - time.monotonic()))
         out = b"".join(chunks)
         tail = _redacted(out.decode(errors="replace")).strip().splitlines()[-3:]

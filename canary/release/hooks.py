@@ -285,5 +285,11 @@ class Hooks:
                 self.delivery.put(alert.name, f"alert:{alert.type.value}", lambda alert=alert, body=body: self.caller.alert(alert, body))
 
     def close(self, timeout: float) -> int:
-        return self.delivery.close(timeout)
+        """Deliver what is queued (at most ``timeout`` s), then kill any command hook still running: none
+        outlives its release (each runs in a session of its own, out of reach of the terminal's signals)."""
+        left = self.delivery.close(timeout)
+        stop = getattr(self.caller, "stop_running", None)
+        if stop is not None:
+            stop()
+        return left
 

@@ -4,6 +4,7 @@ their own process group) and the ``Delivery`` queue that informs event hooks and
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -625,3 +626,44 @@ def test_while_the_confirm_rollout_gate_says_no_event_hooks_are_sent_waiting_as_
     assert flagger_phase(WebhookType.EVENT, waiting) == "Waiting"
     assert flagger_phase(WebhookType.CONFIRM_ROLLOUT, waiting) == "Waiting"
     assert flagger_phase(WebhookType.EVENT, waiting.model_copy(update={"canary_deployed": True})) == "Progressing"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2:].split()[0] not in ("Z", "X")
+
+
+def test_a_command_hook_still_running_when_the_release_ends_is_killed_with_it(tmp_path: Path) -> None:
+    # an event hook with a long timeout was reported "not delivered" at the release's end and left running: each
+    # command runs in a session of its own, so neither canary's end nor a terminal's signal reaches it
+    from canary.release.hooks import Hooks
+    from canary.release.ports import Clock
+
+    pidfile = tmp_path / "pid"
+    release_spec = spec().model_copy(deep=True)
+    release_spec.analysis.webhooks.append(Webhook.model_validate({"name": "audit", "type": "event", "timeout": "10m",
+                                                                   "cmd": f"sh -c 'echo $$ > {pidfile}; exec sleep 120'"}))
+    hooks = Hooks(Caller(), release_spec, clock=Clock(), cancel=threading.Event(), on_result=lambda *a: None)
+    hooks.event(state(), "release started")
+    assert poll(lambda: pidfile.exists() and pidfile.read_text().strip() != "")
+    pid = int(pidfile.read_text())
+    try:
+        assert hooks.close(0.5) == 1
+        assert poll(lambda: not _alive(pid)), "the event command outlived the release"
+    finally:
+        if _alive(pid):
+            os.killpg(pid, signal.SIGKILL)
+
+
+def test_a_command_hook_reads_what_an_http_hook_is_sent_on_its_standard_input(tmp_path: Path) -> None:
+    # it got two variables only: an event command never saw the event's message, a gate not which release it judged
+    out = tmp_path / "seen"
+    hook = Webhook.model_validate({"name": "audit", "type": "event", "timeout": "5s", "cmd": f"sh -c 'cat > {out}'"})
+    body = {"name": "web", "namespace": "shop", "phase": "Progressing", "checksum": "bbbb", "message": "shifting to step 2: 20%"}
+    assert Caller().call(hook, body).ok
+    assert json.loads(out.read_text()) == body
+    quiet = Webhook.model_validate({"name": "quiet", "type": "event", "timeout": "5s", "cmd": "true"})  # reads nothing: still a yes
+    assert Caller().call(quiet, body).ok
