@@ -328,8 +328,9 @@ class Release:
             Phase.FINALISING: self._finalising,
             Phase.ROLLING_BACK: self._rolling_back,
         }[state.phase]
-        if state.phase in ANALYSING and (asked := self.hooks.rollback_asked(state)) is not None:
-            # the rollback webhooks are asked in every phase that analyses, before its handler
+        if state.phase in (*ANALYSING, Phase.INITIALIZING) and (asked := self.hooks.rollback_asked(state)) is not None:
+            # the rollback webhooks are asked in every phase that analyses, before its handler, and while the release
+            # waits for its confirm-rollout gate or retries its pre-rollout hooks (Flagger's Waiting and Progressing)
             return self._begin_rollback(state, f"rollback webhook {asked} asked for a rollback")
         return handler(state)
 
@@ -848,6 +849,8 @@ class Release:
         return self.recorder.save(state.model_copy(update=updates), tick.reason, Severity.WARN if tick.outcome is Outcome.FAIL else None, kube=False)
 
     def _count_failure(self, state: ReleaseState, reason: str, wait: bool) -> ReleaseState:
+        if "abort" in self._requests:
+            return state  # what failed may be the abort's own cut (a hook, a tick): the abort is taken at the top of the loop
         in_row, total = state.failed_in_row + 1, state.failed_total + 1
         state = state.model_copy(update={"failed_in_row": in_row, "failed_total": total})
         threshold, limit = self.spec.analysis.threshold, self.spec.analysis.failures_allowed

@@ -1221,7 +1221,7 @@ def test_each_webhook_is_sent_the_phase_flagger_sends_it_at_that_point() -> None
     for kind in ("pre-rollout", "rollout", "confirm-traffic-increase", "confirm-promotion"):
         assert phases[kind] and set(phases[kind]) == {"Progressing"}, (kind, phases[kind])
     assert len(phases["confirm-promotion"]) == 2  # the second while the release is WaitingPromotion
-    assert set(phases["rollback"]) == {"Progressing", "WaitingPromotion"}
+    assert set(phases["rollback"]) == {"Waiting", "Progressing", "WaitingPromotion"}  # asked while the confirm-rollout gate says no too, as Flagger asks
     assert phases["post-rollout"] == ["Succeeded"]
     assert phases["event"] and set(phases["event"]) <= {"Progressing", "Waiting", "WaitingPromotion", "Promoting", "Finalising", "Succeeded"}
 
@@ -1437,3 +1437,40 @@ def test_an_abort_in_the_cluster_not_yet_reported_is_taken_before_a_skip_analysi
     world = make(Metrics(0.0))
     world.clock.on_sleep = on_sleep
     assert world.start().phase is Phase.ABORTED and done
+
+
+def test_an_abort_during_a_failing_pre_rollout_hook_ends_aborted_not_failed() -> None:
+    """Two real pre-rollout failures, then `canary abort` while the third call runs: the call is cut
+    by the cancel token (ok=False, 'was cancelled with the release') and counted as the third failure."""
+    world: World
+    calls: list[int] = []
+
+    def answer(name: str, kind: str) -> bool:
+        if kind == "pre-rollout":
+            calls.append(1)
+            if len(calls) == 3:
+                world.release.request_abort("signal SIGTERM")  # as the real Caller returns: cut short, not ok
+            return False
+        return True
+
+    world = make(Metrics(0.0), lambda v: v["analysis"].update(webhooks=[{"name": "smoke", "type": "pre-rollout", "url": "http://smoke/"}]),
+                 hooks=FakeHooks(answer))
+    result = world.start()
+    assert result.phase is Phase.ABORTED, (result.phase, result.reason)
+
+
+def test_a_rollback_hook_is_asked_while_pre_rollout_hooks_are_retried_at_weight_0() -> None:
+    """Flagger (scheduler.go advanceCanary) asks the rollback hooks in Progressing before the pre-rollout hooks,
+    each interval; here the release sits in Initializing (canary deployed) retrying pre-rollout and never asks."""
+    world: World
+    asked: list[str] = []
+
+    def answer(name: str, kind: str) -> bool:
+        asked.append(kind)
+        return kind == "rollback"   # the rollback gate is open; pre-rollout keeps failing
+
+    world = make(Metrics(0.0), lambda v: v["analysis"].update(threshold=5, webhooks=[
+        {"name": "smoke", "type": "pre-rollout", "url": "http://smoke/"},
+        {"name": "oncall", "type": "rollback", "url": "http://oncall/"}]), hooks=FakeHooks(answer))
+    result = world.start()
+    assert "rollback webhook oncall" in result.reason, (result.reason, asked)
