@@ -389,7 +389,7 @@ class CanaryDeployment(pulumi.ComponentResource):
         if spec_app.autoscaler:
             autoscalers[Track.CANARY] = self._autoscaler(name, Track.CANARY, self.canary, child)
         extra = {f"{track.value}Autoscaler": hpa for track, hpa in autoscalers.items()}
-        extra.update(self._extras(name, child))
+        extra.update(self._extras(name, child, pulumi.Output.all(stable_port, canary_port)))
         urns: dict[str, Any] = {
             "stableDeployment": self.stable.urn, "canaryDeployment": self.canary.urn, "route": self.route.urn,
             "stableService": self.stable_service.urn, "canaryService": self.canary_service.urn, "apexService": self.apex_service.urn,
@@ -510,7 +510,7 @@ class CanaryDeployment(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[deployment])),
         )
 
-    def _extras(self, name: str, opts: pulumi.ResourceOptions) -> dict[str, pulumi.Resource]:
+    def _extras(self, name: str, opts: pulumi.ResourceOptions, ports: Any) -> dict[str, pulumi.Resource]:
         app = self.app
         out: dict[str, pulumi.Resource] = {}
         if app.disruption_budget is not None:
@@ -534,8 +534,10 @@ class CanaryDeployment(pulumi.ComponentResource):
                 metadata={"name": naming.pod_monitor(app.name), "namespace": app.namespace, "labels": {naming.APP_LABEL: app.name}},
                 spec={
                     "selector": {"matchLabels": {naming.APP_LABEL: app.name}},
-                    "podMetricsEndpoints": [{"portNumber": app.container_port, "path": monitor.path,
-                                             "interval": units.format_duration(monitor.interval)}],
+                    # each track's pods scraped on the port they serve (a release moving the port: stable on the old one)
+                    "podMetricsEndpoints": ports.apply(lambda served: [
+                        {"portNumber": port, "path": monitor.path, "interval": units.format_duration(monitor.interval)}
+                        for port in sorted({int(p) for p in served})]),
                 },
                 opts=opts,
             )

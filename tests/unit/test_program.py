@@ -826,6 +826,12 @@ def test_a_pod_monitor_scrapes_both_tracks(declare: Callable[..., Declared]) -> 
     assert monitor.inputs["spec"] == {"selector": {"matchLabels": {"canary.dev/app": "web"}},
                                       "podMetricsEndpoints": [{"portNumber": 8080, "path": "/stats", "interval": "30s"}]}
     assert d.exported["urns"]["podMonitor"] == d.urns["web-pod-monitor"]
+    # a release moving the port: stable's pods are still scraped where they serve (they went unscraped: stable's
+    # series stopped, and every compare check read "stable has no data")
+    release = {"web": {"release": "r1", "stable": pin("registry.example.com/shop/web:1.0.0", "5555aaaa5555aaaa", port=8080), "route": {"weight": 10}}}
+    moved = declare(component({**SIMPLE_APP, "image": "registry.example.com/shop/web:2.0.0", "port": 9090}, prometheus=prometheus),
+                    {"canary:release": release})
+    assert [e["portNumber"] for e in moved.resources["web-pod-monitor"].inputs["spec"]["podMetricsEndpoints"]] == [8080, 9090]
 
 
 def test_no_extras_unless_asked(declare: Callable[..., Declared]) -> None:
