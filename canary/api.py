@@ -64,6 +64,8 @@ class Workspace:
     outputs: dict[str, Any]
     kube: Kube
     _facts: dict[str, AppFacts | None] = field(default_factory=dict)
+    #: the stack file could not be read at all (its YAML broken): the cluster is the environment's, not its kubernetes config's
+    config_unread: bool = False
 
     def apps(self) -> list[str]:
         declared = set(self.spec.app_configs())
@@ -192,10 +194,19 @@ def open_stack(stack: str, project_dir: Path | None = None, env: Mapping[str, st
     project = (project_dir or stackfile.find_project_dir()).resolve()  # the CLI runs in it: nothing relative to the caller
     environment = dict(env if env is not None else os.environ)
     handle = Stack(project, stack, environment)
-    config = handle.config()
+    unread = False
+    try:
+        config = handle.config()
+    except InvalidSpec as exc:
+        # the YAML itself is broken: nothing of it can be read, the kubernetes config included (the stack's outputs can)
+        if on_invalid is None:
+            raise
+        on_invalid(exc)
+        config, unread = {}, True
     path = stackfile.stack_file(project, stack)
     try:
-        spec = stackconfig.from_config(config, source=f"stack {stack}", stack_file=stackfile.read_stack_file(path) if path.is_file() else None)
+        spec = (StackSpec.model_validate({}) if unread else
+                stackconfig.from_config(config, source=f"stack {stack}", stack_file=stackfile.read_stack_file(path) if path.is_file() else None))
     except InvalidSpec as exc:
         if on_invalid is None:
             raise
@@ -204,7 +215,7 @@ def open_stack(stack: str, project_dir: Path | None = None, env: Mapping[str, st
     if spec.release is not None:
         raise InvalidSpec([Problem(f"{naming.CONFIG_NAMESPACE}:release", "set", "is written by canary into its release config files only; remove it from the stack file")], f"stack {stack}")
     outputs = handle.outputs() if read_outputs else {}
-    return Workspace(project, stack, environment, handle, spec, outputs, _kube(config, environment))
+    return Workspace(project, stack, environment, handle, spec, outputs, _kube(config, environment), config_unread=unread)
 
 
 # --- releases -----------------------------------------------------------------------------------
@@ -693,7 +704,24 @@ def _store(stack: str, app: str | None, project_dir: Path | None, env: Mapping[s
     # without anyone to tell, a refusal is raised as ever: a caller never acts on a config it was not told is refused
     ws = open_stack(stack, project_dir, env, on_invalid=invalid if on_warning is not None else None)
     name = ws.app(app)
-    return ws, name, ws.store(name, ws.namespace(name))
+    namespace = ws.namespace(name)
+    if ws.config_unread:
+        _same_cluster(ws, name, namespace)
+    return ws, name, ws.store(name, namespace)
+
+
+def _same_cluster(ws: Workspace, app: str, namespace: str) -> None:
+    """With the stack file unreadable, the cluster is the environment's (KUBECONFIG, ~/.kube/config, the pod's): a
+    request is written there only when its stable Deployment is the one the stack's last update made (its uid)."""
+    exported = ws.outputs.get(f"{naming.OUTPUT_PREFIX}{app}")
+    uids = exported.get("uids") if isinstance(exported, Mapping) else None
+    uid = uids.get("stableDeployment") if isinstance(uids, Mapping) else None
+    deployment = ws.kube.get("apps/v1", "Deployment", naming.deployment(app, Track.STABLE), namespace) if uid else None
+    if uid is None or deployment is None or (deployment.get("metadata") or {}).get("uid") != uid:
+        raise InvalidSpec([Problem("kubeconfig", f"{ws.kube.source}, server {ws.kube.server}", (
+            f"cannot be told to be stack {ws.name}'s cluster: the stack file cannot be read, so its kubernetes:kubeconfig and "
+            f"kubernetes:context are unknown, and this cluster's {namespace}/{naming.deployment(app, Track.STABLE)} is not the one the "
+            "stack's last update made. Mend the stack file's YAML, or point KUBECONFIG at the stack's cluster"))], f"stack {ws.name}")
 
 
 def status(stack: str, *, app: str | None = None, project_dir: Path | None = None, env: Mapping[str, str] | None = None,

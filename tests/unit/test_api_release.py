@@ -121,3 +121,46 @@ def test_a_refused_release_of_an_app_with_no_image_key_leaves_the_stack_file_as_
         api.release("prod", "web:2.0.0", project_dir=tmp_path)
     assert "image: web:2.0.0" in written[0]  # what the up was asked to release
     assert path.read_text() == before
+
+
+class _NoCliStack:
+    """The Stack adapter with its CLI calls answered: the stack file read as canary reads it, the outputs given."""
+
+    def __init__(self, project_dir: Path, name: str, env: Any = None, **_: Any) -> None:
+        from canary.adapters import stack as stack_adapter
+
+        self._real = stack_adapter.Stack.__new__(stack_adapter.Stack)
+        self._real.project_dir, self._real.name, self._real._env, self._real._secrets = project_dir.resolve(), name, dict(env or {}), ()
+        self._real._stack = SimpleNamespace(get_all_config=lambda: {})
+
+    def config(self, text: str | None = None) -> dict[str, Any]:
+        return self._real.config(text)
+
+    def outputs(self) -> dict[str, Any]:
+        return {"canary/web": {"namespace": "shop", "uids": {"stableDeployment": "uid-1"}}}
+
+
+@pytest.mark.parametrize("broken", ["config:\n  canary:analysis: {stepWeight: 10\n", "config:\n  canary:rollout: checked\n confg: 1\n"],
+                         ids=["unclosed-brace", "mis-indented-key"])
+def test_abort_goes_on_past_a_stack_file_whose_yaml_is_broken_in_the_stack_s_cluster_only(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, broken: str) -> None:
+    # a value this version refuses was warned about and the abort went on; a YAML typo (made during the incident)
+    # exited 2 and no abort was written. The cluster is then the environment's: proven the stack's by its Deployment
+    (tmp_path / "Pulumi.yaml").write_text("name: shop\nruntime: python\n")
+    (tmp_path / "Pulumi.prod.yaml").write_text(broken)
+    deployments = {"uid": "uid-1"}
+    kube = SimpleNamespace(source="KUBECONFIG", server="https://127.0.0.1:6443",
+                           get=lambda api_version, kind, name, namespace: {"metadata": {"uid": deployments["uid"]}})
+    monkeypatch.setattr(api, "Stack", _NoCliStack)
+    monkeypatch.setattr(api, "_kube", lambda config, env: kube)
+    asked: list[str] = []
+    store = SimpleNamespace(load=lambda: SimpleNamespace(phase=api.Phase.PROGRESSING, release="r1"),
+                            request=lambda kind, release, **kw: asked.append(kind))
+    monkeypatch.setattr(api.Workspace, "store", lambda self, app, namespace: store)
+    warnings: list[str] = []
+    api.abort("prod", project_dir=tmp_path, on_warning=warnings.append)
+    assert asked == ["abort"] and warnings and "must be valid YAML" in warnings[0], warnings
+    deployments["uid"] = "another"  # KUBECONFIG points at another cluster: nothing written there
+    with pytest.raises(api.InvalidSpec, match="cannot be told to be stack prod's cluster"):
+        api.abort("prod", project_dir=tmp_path, on_warning=warnings.append)
+    assert asked == ["abort"]
