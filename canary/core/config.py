@@ -158,7 +158,7 @@ def unencrypted_secrets(values: Mapping[str, Any], secret_keys: set[str] | None)
         if _all_encrypted(value) or path in seen:
             continue
         seen.add(path)
-        problems.append(Problem(path, "<secret>", f"must be a Pulumi secret: pulumi config set --secret --path {path} ..."))
+        problems.append(Problem(path, "<secret>", f"must be a Pulumi secret: pulumi config set --secret --path {CONFIG_NAMESPACE}:{path} ..."))
     return problems
 
 

@@ -548,7 +548,8 @@ def test_a_plaintext_secret_in_a_stack_file_is_refused(mutation: Any, path: str)
         stackconfig.from_file_values(_config(values_with(mutation)), "Pulumi.prod.yaml")
     (problem,) = info.value.problems
     assert problem.field == path and problem.value == "<secret>"
-    assert problem.rule == f"must be a Pulumi secret: pulumi config set --secret --path {path} ..."
+    # the key in its namespace: without it, the command set <project>:prometheus.token and left the plain one in place
+    assert problem.rule == f"must be a Pulumi secret: pulumi config set --secret --path canary:{path} ..."
     assert SECRET not in str(info.value) and info.value.source == "Pulumi.prod.yaml"
 
 
