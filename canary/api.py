@@ -917,12 +917,13 @@ def promote(stack: str, *, app: str | None = None, project_dir: Path | None = No
 
 def pause(stack: str, *, app: str | None = None, project_dir: Path | None = None, env: Mapping[str, str] | None = None, by: str = "canary pause",
           on_warning: Callable[[str], None] | None = None) -> str:
-    """Hold the release at its current step; analysis goes on."""
-    return _request(stack, "pause", app, project_dir, env, by, on_warning=on_warning)
+    """Hold the release at its current step; analysis goes on. Only where it steps (before promotion, not
+    rolling back): elsewhere it would be written and never held to."""
+    return _request(stack, "pause", app, project_dir, env, by, allowed=SKIPPABLE, on_warning=on_warning)
 
 
 def proceed(stack: str, *, app: str | None = None, project_dir: Path | None = None, env: Mapping[str, str] | None = None, by: str = "canary continue",
             on_warning: Callable[[str], None] | None = None) -> str:
     """Let a paused release take its next steps again."""
-    return _request(stack, "continue", app, project_dir, env, by, on_warning=on_warning)
+    return _request(stack, "continue", app, project_dir, env, by, allowed=SKIPPABLE, on_warning=on_warning)
 

@@ -164,3 +164,15 @@ def test_abort_goes_on_past_a_stack_file_whose_yaml_is_broken_in_the_stack_s_clu
     with pytest.raises(api.InvalidSpec, match="cannot be told to be stack prod's cluster"):
         api.abort("prod", project_dir=tmp_path, on_warning=warnings.append)
     assert asked == ["abort"]
+
+
+@pytest.mark.parametrize("phase", [api.Phase.PROMOTED_UNVERIFIED, api.Phase.FINALISING, api.Phase.PROMOTING, api.Phase.ROLLING_BACK])
+@pytest.mark.parametrize("call", ["pause", "proceed"])
+def test_pause_and_continue_are_refused_where_no_step_holds(monkeypatch: pytest.MonkeyPatch, phase: Any, call: str) -> None:
+    # accepted with exit 0 ("it holds its step") where no loop runs or no step is taken: abort and promote refuse there
+    asked: list[str] = []
+    store = SimpleNamespace(load=lambda: SimpleNamespace(phase=phase, release="r1"), request=lambda kind, release, **kw: asked.append(kind))
+    monkeypatch.setattr(api, "_store", lambda *a, **k: (None, "web", store))
+    with pytest.raises(api.InvalidSpec, match=f"is {phase}"):
+        getattr(api, call)("prod")
+    assert not asked
