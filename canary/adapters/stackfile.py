@@ -498,6 +498,8 @@ def write_imported(path: Path, header: str, config: Mapping[str, Any], merge: bo
         except FileExistsError:
             raise InvalidSpec([Problem("--out", source, "exists: pass --merge to replace only its canary:* keys "
                                        "(keeping every other key, the secrets and the salt), or name a new file")], source) from None
+        except OSError as exc:  # no such directory, not writable: bad input, not a traceback
+            raise InvalidSpec([Problem("--out", source, f"cannot be created: {exc.strerror or type(exc).__name__}")], source) from None
         return []
     with files.locked(path.with_name(f".{path.name}.lock")):
         before = read_stack_file(path)

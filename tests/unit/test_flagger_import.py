@@ -185,6 +185,12 @@ def test_out_writes_a_new_stack_file_only_when_the_import_succeeds(tmp_path: Pat
     assert stackfile.load_stack_file(out).app is not None and [p.name for p in tmp_path.iterdir()] == ["Pulumi.prod.yaml"]
 
 
+def test_out_into_a_directory_that_does_not_exist_is_refused_not_a_traceback(tmp_path: Path) -> None:
+    done = _cli(*IMPORT, "--out", str(tmp_path / "missing" / "Pulumi.prod.yaml"))
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert "--out" in done.stderr and "cannot be created: No such file or directory" in done.stderr, done.stderr
+
+
 def test_out_never_replaces_an_existing_stack_file_unless_told_to_merge(tmp_path: Path) -> None:
     # a successful import replaced the file whole: its salt, its secrets and the other namespaces' keys were gone
     out = tmp_path / "Pulumi.prod.yaml"
