@@ -580,12 +580,16 @@ def set_image(stack: str, image: str | None, *, app: str | None = None, project_
         raise InvalidSpec([Problem("--image", image, f"{name} is declared by the program, not the stack file: change the image there and run canary up, "
                                    "or pass image_config=<the config key it reads the image from> to its CanaryDeployment")], "release")
     prefix: tuple[str, ...] = (f"{naming.CONFIG_NAMESPACE}:apps", name) if spec.apps else ()
+    stable_image = (*prefix, "stableImage") if prefix else (f"{naming.CONFIG_NAMESPACE}:stableImage",)
+    app_image = (*prefix, "app", "image") if prefix else (f"{naming.CONFIG_NAMESPACE}:app", "image")
     if config.stable_image and not config.app.image:
-        keys = (*prefix, "stableImage") if prefix else (f"{naming.CONFIG_NAMESPACE}:stableImage",)
+        keys = [stable_image]
+    elif config.stable_image:
+        keys = [app_image, stable_image]  # both names set (equal, or the file is refused): both move, or it would be
     else:
-        keys = (*prefix, "app", "image") if prefix else (f"{naming.CONFIG_NAMESPACE}:app", "image")
-    old, _ = stackfile.set_value(path, keys, value)
-    return name, None if old is stackfile.ABSENT else str(old)
+        keys = [app_image]
+    olds = [stackfile.set_value(path, key, value)[0] for key in keys]
+    return name, None if olds[0] is stackfile.ABSENT else str(olds[0])
 
 
 def release(stack: str, image: str, *, app: str | None = None, project_dir: Path | None = None, env: Mapping[str, str] | None = None,
@@ -618,9 +622,9 @@ def release(stack: str, image: str, *, app: str | None = None, project_dir: Path
         return up(stack, app=name, project_dir=project_dir, env=env, why=f"canary release --image {image}", retry=True, **kwargs)
     except LeaseLost:
         raise  # the release ran, and another process carries it on: the stack file keeps the image it releases
-    except (StackBusy, StackLocked):
-        # refused before anything was applied (another release, another update of the stack): the stack
-        # file goes back to the image that runs (or to no image key), so the refusal leaves nothing behind
+    except (StackBusy, StackLocked, InvalidSpec):
+        # refused before anything was applied (another release, another update of the stack, bad input): the
+        # stack file goes back to the image that runs (or to no image key), so the refusal leaves nothing behind
         set_image(stack, before, app=name, project_dir=project_dir, image_config=image_config)
         raise
 

@@ -176,3 +176,52 @@ def test_pause_and_continue_are_refused_where_no_step_holds(monkeypatch: pytest.
     with pytest.raises(api.InvalidSpec, match=f"is {phase}"):
         getattr(api, call)("prod")
     assert not asked
+
+
+_BOTH_NAMES = """config:
+  canary:stableImage: reg/web:1
+  canary:app:
+    name: web
+    image: reg/web:1
+    namespace: shop
+  canary:gateway:
+    parentRefs:
+      - name: public
+  canary:analysis:
+    stepWeight: 10
+"""
+
+
+@pytest.mark.parametrize("refused", [False, True], ids=["released", "refused"])
+def test_release_moves_both_image_names_and_a_refusal_puts_them_back(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, refused: bool) -> None:
+    # a file with both names (valid when equal): release wrote app.image only, the up refused the file it had made
+    # invalid ("stableImage is the earlier name of app.image and differs from it"), and the file stayed so
+    from canary.adapters import stackfile
+    from canary.errors import InvalidSpec, Problem
+
+    (tmp_path / "Pulumi.yaml").write_text("name: shop\nruntime: python\n")
+    path = tmp_path / "Pulumi.prod.yaml"
+    path.write_text(_BOTH_NAMES)
+    ws = SimpleNamespace(app=lambda app: "web", facts=lambda name: SimpleNamespace(stable=SimpleNamespace(image="reg/web:1")),
+                         store=lambda name, namespace: SimpleNamespace(load=lambda: None), namespace=lambda name: "shop", outputs={},
+                         removed=lambda: [])
+    monkeypatch.setattr(api, "open_stack", lambda *args, **kwargs: ws)
+    monkeypatch.setattr(api, "_refuse_if_busy", lambda *args: None)
+    monkeypatch.setattr(api, "_preflight", lambda *args: None)
+    seen: list[Any] = []
+
+    def up(*args: Any, **kwargs: Any) -> Any:
+        spec = stackfile.load_stack_file(path)  # valid: both names moved
+        seen.append((spec.stable_image, spec.app.image if spec.app else None))
+        if refused:
+            raise InvalidSpec([Problem("analysis.metrics[0].name", "q", "Prometheus rejected it")], "stack prod")
+        return "done"
+
+    monkeypatch.setattr(api, "up", up)
+    if refused:
+        with pytest.raises(InvalidSpec):
+            api.release("prod", "reg/web:2", project_dir=tmp_path)
+        assert stackfile.load_stack_file(path).app.image == "reg/web:1" and "reg/web:2" not in path.read_text()  # type: ignore[union-attr]
+    else:
+        assert api.release("prod", "reg/web:2", project_dir=tmp_path) == "done"
+    assert seen == [("reg/web:2", "reg/web:2")]
