@@ -37,7 +37,7 @@ from canary.core import exitcodes, naming, records
 from canary.core.naming import Track
 from canary.core.records import ENDED, PROMOTION, SKIPPABLE, Phase, ReleaseState, TrackPin
 from canary.core.spec import App, Gateway, ReleaseSpec, StackSpec
-from canary.errors import CanaryError, InvalidSpec, LeaseLost, Problem, StackBusy, StackLocked
+from canary.errors import CanaryError, Cancelled, InvalidSpec, LeaseLost, Problem, StackBusy, StackLocked
 from canary.release.machine import Release, ReleaseResult
 from canary.release.ports import AppFacts
 from canary.release.record import Event
@@ -344,7 +344,10 @@ def up(stack: str, *, app: str | None = None, project_dir: Path | None = None, e
     change (stable pinned, apps in a release left alone), then a release of each app's workload change.
 
     With ``app`` (or one app in the stack) that app's change is released; without it, on a stack of
-    several apps, each app's change is released in turn and the outcome is the worst of them."""
+    several apps, each app's change is released in turn and the outcome is the worst of them.
+    ``interrupt`` (an Event a signal sets) stops the wait for Pulumi's lock and the stack's update (the
+    CLI interrupted, as a release's ``up`` is), and, once that is done, the releases not begun yet."""
+    interrupt: threading.Event | None = options.pop("interrupt", None)
     ws = open_stack(stack, project_dir, env)
     # an app the config no longer declares: the update deletes it, as a plain `pulumi up` would
     removed = ws.removed()
@@ -401,7 +404,7 @@ def up(stack: str, *, app: str | None = None, project_dir: Path | None = None, e
             if began:
                 raise _ReleaseBegan(began)
 
-        return ws.stack.up(config_file=config_file, exclude=exclude or None, guard=none_began)
+        return ws.stack.up(config_file=config_file, exclude=exclude or None, guard=none_began, cancel=interrupt)
 
     def apply() -> Any:
         # read again on every attempt: while this waited for Pulumi's lock, another app's release may
@@ -419,7 +422,7 @@ def up(stack: str, *, app: str | None = None, project_dir: Path | None = None, e
         raise StackBusy(f"stack {ws.name}: releases kept beginning while this update waited to start; run `canary up` again")
 
     try:
-        result = _waiting_for_lock(apply, ws.stack.wait_unlocked, on_event, float(options.get("lock_wait", LOCK_WAIT)))
+        result = _waiting_for_lock(apply, ws.stack.wait_unlocked, on_event, float(options.get("lock_wait", LOCK_WAIT)), interrupt)
     finally:
         cache.config_file(own).unlink(missing_ok=True)
     # this update's own outputs: read afterwards, they may be those of another app's update of the stack
@@ -434,6 +437,11 @@ def up(stack: str, *, app: str | None = None, project_dir: Path | None = None, e
         names = sorted(exported)
     if not names and not removed:  # a program without apps yet: the update was all there was to do
         names = [ws.app(app)]
+    if interrupt is not None and interrupt.is_set():
+        # interrupted as the update ended: no release begins (one begun and aborted at once would be a rolled-back
+        # workload, refused by the next `canary up` without --retry); the next `canary up` releases the change
+        raise Cancelled(f"interrupted: the stack's update applied {sum(applied.values())} changes; no release was begun "
+                        f"(`canary up {ws.name}` releases the workload change)")
     outcomes = _each_app(names, lambda name: _release_change(ws, name, existed.get(name, False), applied, snapshot, retry, on_event, why, options),
                          applied)
     outcomes += [_removal(ws, name, applied) for name in removed]
@@ -487,10 +495,11 @@ def _say(on_event: Callable[[Event], None] | None, message: str) -> None:
 
 
 def _waiting_for_lock(action: Callable[[], T], wait_unlocked: Callable[[float], bool], on_event: Callable[[Event], None] | None,
-                      wait: float) -> T:
+                      wait: float, interrupt: threading.Event | None = None) -> T:
     """``action`` (an ``up``), tried again while another update holds the stack's lock — two apps of one
     stack released at once take turns — and for at most ``wait`` seconds; then StackLocked (exit 3).
-    Between attempts ``wait_unlocked`` (the stack's) waits until the lock is let go."""
+    Between attempts ``wait_unlocked`` (the stack's) waits until the lock is let go, a second at a time
+    so that ``interrupt`` stops the wait (Cancelled)."""
     deadline = time.monotonic() + wait
     said = False
     while True:
@@ -502,7 +511,11 @@ def _waiting_for_lock(action: Callable[[], T], wait_unlocked: Callable[[float], 
             if not said:
                 _say(on_event, f"waiting for Pulumi's lock: {exc}")
                 said = True
-            wait_unlocked(deadline - time.monotonic())
+            while time.monotonic() < deadline and not wait_unlocked(min(1.0, deadline - time.monotonic())):
+                if interrupt is not None and interrupt.is_set():
+                    raise Cancelled(f"interrupted while waiting for Pulumi's lock ({exc}): nothing was applied") from None
+            if interrupt is not None and interrupt.is_set():
+                raise Cancelled("interrupted before the stack's update: nothing was applied") from None
 
 
 #: which outcome of several apps' ``up`` the command ends with: the one a person must act on first

@@ -12,6 +12,7 @@ import math
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -201,7 +202,7 @@ def _on_signals(abort: Callable[[str], None]) -> None:
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         abort(f"signal {name}")
-        click.echo(f"{name}: rolling back to stable; send it again to stop at once", err=True)
+        click.echo(f"{name}: aborting (a release in progress rolls back to stable); send it again to stop at once", err=True)
 
     signal.signal(signal.SIGINT, handle)
     signal.signal(signal.SIGTERM, handle)
@@ -213,11 +214,14 @@ class _Running:
     def __init__(self) -> None:
         self.release: Any = None
         self.pending: str | None = None
+        #: set by a signal: stops `up`'s wait for Pulumi's lock and its stack update, before any release exists
+        self.interrupt = threading.Event()
 
     def abort(self, by: str) -> None:
         # every release built from now on is aborted too: `canary up` of several apps (and the demo) went on
         # to the next app's release, with the signals back at their defaults
         self.pending = by
+        self.interrupt.set()
         if self.release is not None:
             self.release.request_abort(by)
 
@@ -263,7 +267,8 @@ def up(stack: str, app: str | None, retry: bool, lab: bool | None, route_timeout
     where = Where(project_dir, lab)
     running = _Running()
     _on_signals(running.abort)
-    _finish_up(api.up(stack, app=app, retry=retry, on_event=_print_event, **where.kwargs, **_options(route_timeout, running, lock_wait)))
+    _finish_up(api.up(stack, app=app, retry=retry, on_event=_print_event, interrupt=running.interrupt, **where.kwargs,
+                      **_options(route_timeout, running, lock_wait)))
 
 
 @main.command()
@@ -286,7 +291,8 @@ def release(stack: str, image: str, app: str | None, lab: bool | None, route_tim
     where = Where(project_dir, lab)
     running = _Running()
     _on_signals(running.abort)
-    _finish_up(api.release(stack, image, app=app, on_event=_print_event, **where.kwargs, **_options(route_timeout, running, lock_wait)))
+    _finish_up(api.release(stack, image, app=app, on_event=_print_event, interrupt=running.interrupt, **where.kwargs,
+                           **_options(route_timeout, running, lock_wait)))
 
 
 @main.command()

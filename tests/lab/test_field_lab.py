@@ -120,7 +120,7 @@ def test_sigterm_rolls_back_releases_every_lock_and_a_second_release_is_refused_
         process.send_signal(signal.SIGTERM)
         out, err = process.communicate(timeout=300)
     assert process.returncode == 1, out[-3000:] + err[-3000:]
-    assert "SIGTERM: rolling back to stable" in err, err[-3000:]
+    assert "SIGTERM: aborting (a release in progress rolls back to stable)" in err, err[-3000:]
     state = lab_stack.state()
     assert state is not None and state.phase.value == "Aborted" and "SIGTERM" in state.reason, state
     assert_stable_state(lab_stack, "demo:v1")

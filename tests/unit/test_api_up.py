@@ -13,7 +13,7 @@ from canary import api
 from canary.adapters import stackfile
 from canary.core import config as stackconfig
 from canary.core.records import Phase
-from canary.errors import ClusterUnreachable, InvalidSpec, StackBusy
+from canary.errors import Cancelled, ClusterUnreachable, InvalidSpec, StackBusy, StackLocked
 from tests.conftest import base_values
 from tests.unit.fakes import FakeKube
 
@@ -43,7 +43,9 @@ class Stack:
     def stack_file(self) -> Path:
         return self.file
 
-    def up(self, config_file: Path, exclude: Any = None, guard: Any = None) -> Any:
+    def up(self, config_file: Path, exclude: Any = None, guard: Any = None, cancel: Any = None) -> Any:
+        if cancel is not None and cancel.is_set():
+            raise Cancelled("interrupted before the CLI started")
         if guard is not None:
             guard()
         self.ups.append({"release": stackfile.load(Path(config_file).read_text())["config"].get("canary:release"), "exclude": exclude})
@@ -243,3 +245,51 @@ def test_config_this_version_refuses_is_told_not_raised_where_only_the_release_i
     ws = api.open_stack("prod", tmp_path, {}, on_invalid=told.append)
     assert [p.field for p in told[0].problems] == ["apps.web.analysis.stepWieght"]
     assert ws.app(None) == "web" and ws.namespace("web") == "shop"
+
+
+def test_ctrl_c_while_up_waits_for_pulumi_s_lock_stops_before_anything_is_applied(stack: Any) -> None:
+    # the signal was only noted: the wait went on (up to --lock-wait), the update was applied, and a release
+    # begun and aborted at once, its workload refused by the next `canary up` without --retry
+    import threading
+
+    before = {"canary/web": exported("web", "web:1", "web:2")}
+    ws = stack(apps_config("web"), before, after=before)
+    interrupt = threading.Event()
+    attempts: list[int] = []
+    real_up = ws.stack.up
+
+    def locked_up(config_file: Path, exclude: Any = None, guard: Any = None, cancel: Any = None) -> Any:
+        attempts.append(1)
+        if len(attempts) < 3:
+            raise StackLocked("stack prod: the stack is locked by another update (pid 1)")
+        return real_up(config_file, exclude, guard, cancel)
+
+    def wait_unlocked(seconds: float) -> bool:
+        interrupt.set()  # Ctrl-C as canary waits for the lock
+        return False
+
+    ws.stack.up, ws.stack.wait_unlocked = locked_up, wait_unlocked  # type: ignore[method-assign]
+    built: list[Any] = []
+    with pytest.raises(Cancelled, match="interrupted while waiting for Pulumi's lock"):
+        api.up("prod", on_build=built.append, lock_wait=600, interrupt=interrupt)
+    assert ws.stack.ups == [] and not built and len(attempts) == 1  # type: ignore[attr-defined]
+
+
+def test_ctrl_c_during_the_stack_s_update_begins_no_release(stack: Any) -> None:
+    import threading
+
+    before = {"canary/web": exported("web", "web:1", "web:2")}
+    ws = stack(apps_config("web"), before, after=before)
+    interrupt = threading.Event()
+    real_up = ws.stack.up
+
+    def up_then_signal(config_file: Path, exclude: Any = None, guard: Any = None, cancel: Any = None) -> Any:
+        result = real_up(config_file, exclude, guard, cancel)
+        interrupt.set()  # as the update ends
+        return result
+
+    ws.stack.up = up_then_signal  # type: ignore[method-assign]
+    built: list[Any] = []
+    with pytest.raises(Cancelled, match="no release was begun"):
+        api.up("prod", on_build=built.append, lock_wait=600, interrupt=interrupt)
+    assert len(ws.stack.ups) == 1 and not built  # type: ignore[attr-defined]
