@@ -331,8 +331,9 @@ CASES = [
          ("spec.analysis.treshold", "is not a field of Flagger's Canary spec.analysis")),
     Case("flagger-interval-wrong-type", flagger(canary_manifest("spec.analysis.interval", "5 parsecs")), ("spec.analysis.interval", "must be a duration")),
     Case("flagger-analysis-wrong-type", flagger(canary_manifest("spec.analysis", "fast")), ("spec.analysis", "must be a mapping, not a string")),
-    Case("flagger-step-weight-over-max", flagger(canary_manifest("spec.analysis.stepWeight", 60)),
-         ("spec.analysis:", "stepWeight (60) must not exceed maxWeight (50)")),
+    # a stepWeight above maxWeight imports as the weights Flagger runs; a maxWeight above 100 it never reaches is refused
+    Case("flagger-max-weight-over-100", flagger(canary_manifest("spec.analysis.maxWeight", 150)),
+         ("spec.analysis.maxWeight", "less than or equal to 100")),
     Case("flagger-missing-target-ref", flagger(canary_manifest("spec.targetRef", None)), ("spec.targetRef", "is required")),
     Case("flagger-template-not-given", flagger(template=False),
          ("spec.analysis.metrics[0].templateRef.name", "must name a MetricTemplate given with the Canary")),
