@@ -158,12 +158,6 @@ def compare(
     if sorted(canary) == sorted(stable) or len(set(canary) | set(stable)) == 1:
         return Comparison(Classification.PASS, 0.0, 0.0, 0.0, ratio, nx, ny, "the samples are identical")
     estimate, low, high = shift_interval(canary, stable, confidence)
-    if (low > 0 or high < 0) and not _rejects_no_shift(canary, stable, confidence, higher=low > 0):
-        # an interval that excludes 0 where the rank test at 0 does not reject: clamped to the samples' range, as when
-        # too few samples cannot reach the confidence at all (three a side at 98 %), and no evidence of a shift
-        return Comparison(Classification.NO_DATA, estimate, low, high, ratio, nx, ny,
-                          f"{nx} canary and {ny} stable samples cannot show a shift at {confidence:.0%} confidence (shift {estimate:+.4g}, "
-                          f"samples' range [{low:.4g}, {high:.4g}]): too few to judge; raise minSamples or lower the confidence")
     bound = tolerance * abs(estimate)
     text = f"shift {estimate:+.4g} ({confidence:.0%} interval [{low:.4g}, {high:.4g}]), mean ratio {ratio:.3g}, {nx}/{ny} samples"
     if any(with_inf):
@@ -172,6 +166,12 @@ def compare(
         classification, why = beyond
         side = "higher than stable: " if classification is Classification.HIGH else "lower than stable: "
         return Comparison(classification, estimate, low, high, ratio, nx, ny, f"{side}{why}; rank test: {text}")
+    if (low > 0 or high < 0) and not _rejects_no_shift(canary, stable, confidence, higher=low > 0):
+        # an interval that excludes 0 where the rank test at 0 does not reject: clamped to the samples' range, as when
+        # too few samples cannot reach the confidence at all (three a side at 98 %), and no evidence of a shift
+        return Comparison(Classification.NO_DATA, estimate, low, high, ratio, nx, ny,
+                          f"{nx} canary and {ny} stable samples cannot show a shift at {confidence:.0%} confidence (shift {estimate:+.4g}, "
+                          f"samples' range [{low:.4g}, {high:.4g}]): too few to judge; raise minSamples or lower the confidence")
     effect_up = math.isnan(ratio) or ratio >= allowed_increase
     effect_down = math.isnan(ratio) or ratio <= allowed_decrease
     if low > bound and effect_up:
