@@ -143,7 +143,7 @@ def _adopted_route_guard(app: str) -> pulumi.ResourceHook:
     """Refuse to take over a route with rules canary's route does not keep: its rules send all of the app's
     requests to the app, so a rule that sends some elsewhere (``/static`` to a CDN proxy), or answers them
     itself (a redirect), would silently be dropped. Canary's own route (every later update) passes."""
-    ours = {naming.apex_service(app), naming.service(app, Track.STABLE), naming.service(app, Track.CANARY)}
+    ours = set(naming.owned_names(app))
 
     def describe(rule: Mapping[str, Any]) -> str:
         matches = [m for m in rule.get("matches") or [] if isinstance(m, Mapping)]
