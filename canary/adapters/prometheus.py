@@ -141,6 +141,8 @@ class PrometheusProvider:
 
 def _warnings(response: Any) -> list[str]:
     """The ``warnings`` of a Prometheus API answer (none when it is no JSON object)."""
+    if b'"warnings"' not in response.content:
+        return []  # most answers: not parsed a second time (the client parses it for its result)
     try:
         body = response.json()
     except ValueError:
