@@ -81,13 +81,31 @@ def append_line(path: Path, line: str) -> None:
 
 
 @contextlib.contextmanager
-def locked(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock on ``path`` (created if missing) for the block: edits of one file
-    by several processes of this machine happen one after the other, none lost."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+def locked_in_place(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock on the existing file ``path`` itself, for a block that replaces it by
+    ``write_text_atomic``: no lock file is left beside it (a stack file lives in the user's repository).
+    A replacement made while this waited leaves it holding the old file's lock, so the file is opened
+    and locked again until the lock held is the file's at the path."""
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except PermissionError:  # a read-only file in a writable directory is still replaced by a rename
+            fd = os.open(path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                current = os.stat(path)
+            except FileNotFoundError:
+                current = None
+            held = os.fstat(fd)
+            if current is not None and (current.st_dev, current.st_ino) == (held.st_dev, held.st_ino):
+                break
+        except BaseException:
+            os.close(fd)
+            raise
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)

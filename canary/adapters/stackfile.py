@@ -318,7 +318,7 @@ def set_value(path: Path, keys: tuple[str, ...], value: Any) -> tuple[Any, Any]:
     removes the key. The edit holds a lock on the file, so concurrent edits of other keys are never
     lost; the result is checked by reading it back. Returns the old value (``ABSENT`` when there was
     no key) and the new one."""
-    with files.locked(path.with_name(f".{path.name}.lock")):
+    with files.locked_in_place(path):
         y = _yaml("rt")
         y.preserve_quotes = True
         text = path.read_text()
@@ -501,7 +501,7 @@ def write_imported(path: Path, header: str, config: Mapping[str, Any], merge: bo
         except OSError as exc:  # no such directory, not writable: bad input, not a traceback
             raise InvalidSpec([Problem("--out", source, f"cannot be created: {exc.strerror or type(exc).__name__}")], source) from None
         return []
-    with files.locked(path.with_name(f".{path.name}.lock")):
+    with files.locked_in_place(path):
         before = read_stack_file(path)
         text = path.read_text()
         y = _yaml("rt")

@@ -213,6 +213,7 @@ def test_merge_replaces_only_the_canary_keys_and_keeps_the_rest_and_the_secrets(
     assert "note: canary:prometheus.token: kept from" in done.stderr
     again = _cli(*IMPORT, "--gateway", "public.gateway:https", "--out", str(out), "--merge")
     assert again.returncode == 0 and out.read_text() == text  # the notes at the top are replaced, not piled up
+    assert [p.name for p in tmp_path.iterdir()] == ["Pulumi.prod.yaml"]  # no lock file left in the user's repository
 
 
 def test_a_merge_that_cannot_keep_a_secret_writes_nothing_and_names_it(tmp_path: Path) -> None:

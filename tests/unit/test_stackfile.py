@@ -218,6 +218,16 @@ def test_concurrent_edits_of_different_keys_lose_nothing(tmp_path: Path) -> None
     assert {name: app["app"]["image"] for name, app in apps.items()} == {f"a{i}": f"demo:v{i + 2}" for i in range(8)}
 
 
+def test_an_edit_leaves_no_lock_file_in_the_users_repository(tmp_path: Path) -> None:
+    """The stack file lives in the team's repository: a release's edit of its image leaves nothing beside
+    it for ``git status`` to show (an import's merge: test_flagger_import)."""
+    path = project(tmp_path) / "stacks" / "Pulumi.dev.yaml"
+    before = sorted(p.name for p in path.parent.iterdir())
+    stackfile.set_value(path, ("canary:app", "image"), "demo:v2")
+    assert sorted(p.name for p in path.parent.iterdir()) == before
+    assert stackfile.read_stack_file(path)["canary:app"]["image"] == "demo:v2"
+
+
 def test_release_config_is_the_snapshot_with_the_pins(tmp_path: Path) -> None:
     snapshot = STACK_FILE
     pins = {"web": {"release": "r1", "stable": {"hash": "a"}, "route": {"weight": 20}}}
