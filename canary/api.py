@@ -653,8 +653,8 @@ def resume(stack: str, *, app: str | None = None, project_dir: Path | None = Non
     store = ws.store(name, ws.namespace(name))
     state = store.load()
     if state is None:
-        legacy = Legacy(state_root(ws.project_dir), stack)
-        old = legacy.state()
+        # an unfinished release of 0.1 is named whichever app is asked for: 0.1 names none, and it holds the stack
+        old = Legacy(state_root(ws.project_dir), stack).state()
         if old is not None and old.phase not in ENDED:
             # (this version's program refuses canaryImage and canaryWeight in the stack file, even a weight of 0)
             raise InvalidSpec([Problem("release", old.release, f"was started by canary 0.1 (a file journal) and stopped in phase {old.phase}: "
@@ -749,7 +749,8 @@ def status(stack: str, *, app: str | None = None, project_dir: Path | None = Non
     ws, name, store = _store(stack, app, project_dir, env, on_warning)
     state = store.load()
     if state is None:
-        legacy = Legacy(state_root(ws.project_dir), stack).state()
+        files = _legacy(ws, on_warning)
+        legacy = files.state() if files is not None else None
         return Status(legacy, False, None, legacy=True) if legacy is not None else None
     holder = Lease(ws.kube, store.namespace, name).holder()
     running = bool(holder is not None and holder.alive() and holder.release == state.release)
@@ -762,8 +763,23 @@ def history(stack: str, *, app: str | None = None, release_id: str | None = None
     """Every journal record of the app's releases (or of one), oldest first, earlier versions' included."""
     ws, _, store = _store(stack, app, project_dir, env, on_warning)
     found = store.records(release_id)
-    legacy = Legacy(state_root(ws.project_dir), stack)
-    return (legacy.records(release_id) if legacy.exists() else []) + found
+    legacy = _legacy(ws, on_warning)
+    return (legacy.records(release_id) if legacy is not None else []) + found
+
+
+def _legacy(ws: Workspace, on_warning: Callable[[str], None] | None = None) -> Legacy | None:
+    """canary 0.1's file journal of the stack, when it is this app's. 0.1 released the one app of a stack
+    and named none in its records: in a stack that now holds several, which of them it was is unknown, so
+    its records are shown under none of them (``on_warning`` hears where the file is)."""
+    legacy = Legacy(state_root(ws.project_dir), ws.name)
+    if not legacy.exists():
+        return None
+    if len(ws.apps()) > 1:
+        if on_warning is not None:
+            on_warning(f"the file journal of canary 0.1 in {legacy.dir} names no app, and stack {ws.name} holds several: "
+                       "it is not shown under any of them (read it as a file)")
+        return None
+    return legacy
 
 
 def report(stack: str, *, app: str | None = None, release_id: str | None = None, out: Path, project_dir: Path | None = None,
@@ -847,8 +863,8 @@ def backtest(stack: str, *, app: str | None = None, release_id: str | None = Non
     if release_id is not None:
         namespace = ws.namespace(name)
         journal = ws.store(name, namespace).records(release_id)
-        legacy = Legacy(state_root(ws.project_dir), stack)
-        journal = (legacy.records(release_id) if legacy.exists() else []) + journal
+        legacy = _legacy(ws)
+        journal = (legacy.records(release_id) if legacy is not None else []) + journal
         if not journal:
             raise InvalidSpec([Problem("--release", release_id, f"has no journal for app {name} in namespace {namespace} "
                                        f"(`canary history {stack}` lists the releases kept)")], "backtest")

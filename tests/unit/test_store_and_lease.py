@@ -323,9 +323,10 @@ def test_an_event_in_an_outage_is_left_out_like_the_rest_of_an_outage_s_events(t
     assert [e["reason"] for e in kube.events] == ["Synced"]
 
 
-def test_the_legacy_file_journal_is_still_readable(tmp_path: Path) -> None:
-    old = tmp_path / "prod"
-    old.mkdir()
+def _legacy_files(root: Path) -> None:
+    """What canary 0.1 left for stack prod: a rolled-back release's state and two journal records (one torn line)."""
+    old = root / "prod"
+    old.mkdir(parents=True)
     (old / "release.json").write_text(json.dumps({"release": "20261127T100000-1", "stack": "prod", "phase": "Failed", "canary_image": "web:2",
                                                   "stable_image": "web:1", "weight": 0, "failed_in_row": 3, "reason": "error-rate 18 > max 1",
                                                   "last_checks": [{"metric": "error-rate", "query": "q", "value": 18.0, "threshold": {"min": None, "max": 1},
@@ -336,11 +337,38 @@ def test_the_legacy_file_journal_is_still_readable(tmp_path: Path) -> None:
         {"time": "2026-11-27T10:00:05.000Z", "stack": "prod", "release": "20261127T100000-1", "type": "up", "phase": "Progressing", "weight": 10,
          "config": {"canaryWeight": 10}, "removed": [], "targeted": ["route"], "refreshed": False, "seconds": 0.7, "changes": {"update": 1}},
     ]) + "\n{torn")
+
+
+def test_the_legacy_file_journal_is_still_readable(tmp_path: Path) -> None:
+    _legacy_files(tmp_path)
     legacy = Legacy(tmp_path, "prod")
     state = legacy.state()
     assert state is not None and state.phase is Phase.FAILED and state.canary is not None and state.canary.image == "web:2"
     assert state.last_checks[0].threshold_range is not None and state.last_checks[0].threshold_range.max == 1
     assert [r.type for r in legacy.records()] == ["state", "up"] and legacy.records()[1].targets == ("route",)
+
+
+def test_the_legacy_journal_is_shown_under_the_stack_s_one_app_and_under_none_of_several(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # 0.1 released a stack's one app and named none in its records: in a stack of several apps, `history` and
+    # `status` showed that app's releases under every app (a status of "Failed" for an app never released)
+    from types import SimpleNamespace
+
+    from canary import api
+
+    _legacy_files(tmp_path / ".canary")
+    kube = FakeKube()
+    store = _store(kube, tmp_path / "cache")
+    apps = ["web"]
+    ws = SimpleNamespace(kube=kube, project_dir=tmp_path, name="prod", apps=lambda: apps)
+    monkeypatch.delenv("CANARY_STATE_DIR", raising=False)
+    monkeypatch.setattr(api, "_store", lambda *a, **k: (ws, "web", store))
+    assert [r.type for r in api.history("prod")] == ["state", "up"]
+    found = api.status("prod")
+    assert found is not None and found.legacy and found.state.phase is Phase.FAILED
+    apps.append("shop")
+    warnings: list[str] = []
+    assert api.history("prod", on_warning=warnings.append) == [] and api.status("prod", on_warning=warnings.append) is None
+    assert len(warnings) == 2 and "names no app, and stack prod holds several" in warnings[0] and str(tmp_path / ".canary" / "prod") in warnings[0]
 
 
 @pytest.mark.parametrize("content", ['["not", "a", "state"]', '{"release": "r1", "phase": "NoSuchPhase"}', "null"])
