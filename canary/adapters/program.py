@@ -875,14 +875,8 @@ def _track_port(pin: Mapping[str, Any], desired: Mapping[str, Any], app: App, po
         return int(pin["port"])
     if port_given:
         return app.container_port
-
-    def declared(template: Any) -> int | None:
-        try:
-            return workload.main_port(workload.main_container(template if isinstance(template, Mapping) else {}, app.name, app.container))
-        except (KeyError, workload.AmbiguousContainer, workload.AmbiguousPort):
-            return None
-
-    old, new = declared(pin.get("template")), declared(desired.get("template"))
+    old = workload.declared_port(pin.get("template"), app.name, app.container)
+    new = workload.declared_port(desired.get("template"), app.name, app.container)
     return old if old is not None and new is not None and old != new else app.container_port
 
 

@@ -254,14 +254,8 @@ class App(_Model):
         ``http``), else 8080. An app whose main port would be a guess is refused by ``app_problems``."""
         if self.port is not None:
             return self.port
-        if self.template is not None:
-            try:
-                port = workload.main_port(workload.main_container(self.template, self.name, self.container))
-            except KeyError:
-                port = None
-            if port is not None:
-                return port
-        return 8080
+        port = workload.declared_port(self.template, self.name, self.container) if self.template is not None else None
+        return port if port is not None else 8080
 
 
 class ParentRef(_Model):

@@ -199,6 +199,15 @@ def main_port(container: Mapping[str, Any]) -> int | None:
     return None
 
 
+def declared_port(template: Any, app: str, name: str | None = None) -> int | None:
+    """The port a pod template's main container declares for the Services; None when it has no such
+    container or port, or when either would be a guess (validation refuses those for a desired template)."""
+    try:
+        return main_port(main_container(template if isinstance(template, Mapping) else {}, app, name))
+    except (KeyError, AmbiguousPort):  # AmbiguousContainer is a KeyError
+        return None
+
+
 def image(template: Mapping[str, Any], app: str, container: str | None = None) -> str:
     return str(main_container(template, app, container).get("image", ""))
 
