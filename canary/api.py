@@ -94,6 +94,13 @@ class Workspace:
             raise InvalidSpec([Problem("--app", name, f"names no app of stack {self.name} (apps: {', '.join(apps) or 'none'})")], "arguments")
         return name
 
+    def stable_uid(self, app: str) -> str | None:
+        """The uid of the stable Deployment the stack's last update made (its component exports it)."""
+        exported = self.outputs.get(f"{naming.OUTPUT_PREFIX}{app}")
+        uids = exported.get("uids") if isinstance(exported, Mapping) else None
+        uid = uids.get("stableDeployment") if isinstance(uids, Mapping) else None
+        return uid if isinstance(uid, str) else None
+
     def facts(self, app: str, spec: StackSpec | None = None) -> AppFacts | None:
         """The app as its last ``up`` left it, judged by ``spec``'s analysis (None: never deployed, or no
         longer in ``spec``, so that the next update deletes it)."""
@@ -108,7 +115,7 @@ class Workspace:
         except (KeyError, ValueError) as exc:
             raise InvalidSpec([Problem(f"outputs.{naming.OUTPUT_PREFIX}{app}", "unreadable", f"is not what the component exports: {exc}")], "stack") from exc
         stable = exported.get("stable")
-        uid = (exported.get("uids") or {}).get("stableDeployment") if isinstance(exported.get("uids"), Mapping) else None
+        uid = self.stable_uid(app)
         stable_pin = self._running_stable(app, release_spec, _pin(stable) if isinstance(stable, Mapping) else None, uid)
         others = tuple(urn for key, value in self.outputs.items()
                        if key.startswith(naming.OUTPUT_PREFIX) and key != f"{naming.OUTPUT_PREFIX}{app}" and isinstance(value, Mapping)
@@ -730,9 +737,7 @@ def _store(stack: str, app: str | None, project_dir: Path | None, env: Mapping[s
 def _same_cluster(ws: Workspace, app: str, namespace: str) -> None:
     """With the stack file unreadable, the cluster is the environment's (KUBECONFIG, ~/.kube/config, the pod's): a
     request is written there only when its stable Deployment is the one the stack's last update made (its uid)."""
-    exported = ws.outputs.get(f"{naming.OUTPUT_PREFIX}{app}")
-    uids = exported.get("uids") if isinstance(exported, Mapping) else None
-    uid = uids.get("stableDeployment") if isinstance(uids, Mapping) else None
+    uid = ws.stable_uid(app)
     deployment = ws.kube.get("apps/v1", "Deployment", naming.deployment(app, Track.STABLE), namespace) if uid else None
     if uid is None or deployment is None or (deployment.get("metadata") or {}).get("uid") != uid:
         raise InvalidSpec([Problem("kubeconfig", f"{ws.kube.source}, server {ws.kube.server}", (
