@@ -361,17 +361,22 @@ class CanaryDeployment(pulumi.ComponentResource):
         self.stable = self._deployment(name, Track.STABLE, stable_template, stable_replicas, stable_opts, copy_resources)
         autoscalers = {Track.STABLE: self._autoscaler(name, Track.STABLE, self.stable, child)} if spec_app.autoscaler else {}
         # each Service targets the port its track's pods serve: a release that changes the port keeps stable's
-        # Services on the port stable still listens on until stable takes the new version
+        # Services on the port stable still listens on until stable takes the new version. By the port's name
+        # where the templates name it: each pod is then reached on its own port, through stable's rolling update too
         def port_of(pin: Any) -> Any:
             return pulumi.Output.all(pin, desired_pin).apply(lambda both: _track_port(both[0], both[1], spec_app, port_given))
 
+        def target_of(pin: Any) -> Any:
+            return pulumi.Output.all(pin, desired_pin).apply(lambda both: _track_target(both[0], both[1], spec_app, port_given))
+
         stable_port, canary_port = port_of(stable_pin), port_of(canary_pin)
-        self.stable_service = self._service(name, Track.STABLE, stable_port, child)
-        self.canary_service = self._service(name, Track.CANARY, canary_port, child)
+        # after stable (a plain `pulumi up` whose stable change the guard refuses leaves its Service as it was)
+        self.stable_service = self._service(name, Track.STABLE, target_of(stable_pin), _merge(child, pulumi.ResourceOptions(depends_on=[self.stable])))
+        self.canary_service = self._service(name, Track.CANARY, target_of(canary_pin), child)
         # after stable is Ready, and its autoscaler there to keep its size: the apex Service selects stable pods only
         # (an adopted Service changes its selector here), and the route sends all traffic to them
         ready = [self.stable, *autoscalers.values()]
-        self.apex_service = self._apex(name, apex, stable_port, _merge(child, pulumi.ResourceOptions(depends_on=ready), moved.get("service")))
+        self.apex_service = self._apex(name, apex, target_of(stable_pin), _merge(child, pulumi.ResourceOptions(depends_on=ready), moved.get("service")))
         route_opts = _merge(child, pulumi.ResourceOptions(depends_on=[*ready, self.stable_service, self.canary_service]), moved.get("route"))
         self.route = k8s.apiextensions.CustomResource(
             f"{name}-route",
@@ -878,6 +883,15 @@ def _track_port(pin: Mapping[str, Any], desired: Mapping[str, Any], app: App, po
     old = workload.declared_port(pin.get("template"), app.name, app.container)
     new = workload.declared_port(desired.get("template"), app.name, app.container)
     return old if old is not None and new is not None and old != new else app.container_port
+
+
+def _track_target(pin: Mapping[str, Any], desired: Mapping[str, Any], app: App, port_given: bool) -> int | str:
+    """A track's Services' ``targetPort``: its port (``_track_port``) by the name its template gives it, else by number.
+    A release that moves the port keeps the name (the simple form's is ``http``): stable's Services are then the same
+    before and after it takes the new version, and each pod is reached on its own port while stable rolls."""
+    port = _track_port(pin, desired, app, port_given)
+    template = desired.get("template") if pin.get("hash") == desired.get("hash") else pin.get("template")
+    return workload.port_name(template, app.name, app.container, port) or port
 
 
 def _pin(template: Mapping[str, Any], app: App, config_hashes: Mapping[str, str]) -> dict[str, Any]:

@@ -199,6 +199,22 @@ def main_port(container: Mapping[str, Any]) -> int | None:
     return None
 
 
+def port_name(template: Any, app: str, name: str | None, number: int) -> str | None:
+    """The name under which a Service reaches ``number`` on the template's main container: the name of that
+    TCP port, when no other container's port takes it (Kubernetes resolves a named ``targetPort`` per pod,
+    at the first container port of that name). None when the port is unnamed or the name is not the app's alone."""
+    try:
+        main = main_container(template if isinstance(template, Mapping) else {}, app, name)
+    except KeyError:
+        return None
+    found = [p.get("name") for p in _maps(main.get("ports")) if p.get("containerPort") == number and p.get("protocol", "TCP") == "TCP"]
+    if len(found) != 1 or not isinstance(found[0], str) or not found[0]:
+        return None
+    spec = _map(_map(template).get("spec"))
+    named = [p for c in [*_maps(spec.get("containers")), *_maps(spec.get("initContainers"))] for p in _maps(c.get("ports")) if p.get("name") == found[0]]
+    return found[0] if len(named) == 1 else None
+
+
 def declared_port(template: Any, app: str, name: str | None = None) -> int | None:
     """The port a pod template's main container declares for the Services; None when it has no such
     container or port, or when either would be a guess (validation refuses those for a desired template)."""

@@ -167,8 +167,9 @@ class AppFacts:
                 out.append(urns[f"{part}Deployment"])
                 if f"{part}Autoscaler" in urns:
                     out.append(urns[f"{part}Autoscaler"])
-                if part == "stable" and "disruptionBudget" in urns:
-                    out.append(urns["disruptionBudget"])
+                if part == "stable":
+                    # the Services that reach stable's pods: a release moving an unnamed port moves them with stable
+                    out.extend(urns[key] for key in ("stableService", "apexService", "disruptionBudget") if key in urns)
                 out.extend(urns.get("copies") or [])
             elif part == "app":
                 for value in urns.values():

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -176,6 +177,48 @@ class RouteWatcher(Background):
     @property
     def canary_weights(self) -> list[int]:
         return [c for _, c in self.seen if c is not None]
+
+
+class Steady:
+    """Requests through the gateway from a few clients, one after the other each, until stopped (at most
+    ``seconds``, and ``requests`` a client): every answer counted by X-Version, every failure (a status other
+    than 200, an error) kept."""
+
+    def __init__(self, url: str, host_name: str, clients: int = 4, seconds: float = 600, requests: int = 30_000) -> None:
+        self.url, self.host_name, self.seconds, self.requests = url, host_name, seconds, requests
+        self.counts: Counter[str] = Counter()
+        self.failures: list[tuple[float, str]] = []
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
+
+    def _run(self) -> None:
+        session = requests.Session()
+        session.headers["Host"] = self.host_name
+        deadline = time.monotonic() + self.seconds
+        for _ in range(self.requests):
+            if self._stop.is_set() or time.monotonic() >= deadline:
+                break
+            try:
+                response = session.get(self.url, timeout=5)
+                answer, ok = response.headers.get("X-Version", f"status {response.status_code}"), response.status_code == 200
+            except requests.RequestException as exc:
+                answer, ok = type(exc).__name__, False
+            with self._lock:
+                self.counts[answer] += 1
+                if not ok:
+                    self.failures.append((time.time(), answer))
+            self._stop.wait(0.02)
+
+    def __enter__(self) -> Steady:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=10)
 
 
 def drive(url: str, count: int, workers: int = 8, seconds: float = 120, host_name: str | None = None,

@@ -12,13 +12,10 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import threading
 import time
-from collections import Counter
 from pathlib import Path
 
 import pytest
-import requests
 
 from canary.adapters import stackfile
 from canary.adapters.kube import Kube
@@ -30,7 +27,7 @@ from canary.lab import cluster
 from canary.lab.layout import Layout
 from tests.conftest import ROOT
 from tests.lab.conftest import stack_name
-from tests.lab.helpers import LabStack, RouteWatcher, assert_stable_state, drive, host, wait_until
+from tests.lab.helpers import LabStack, RouteWatcher, Steady, assert_stable_state, drive, host, wait_until
 
 EXAMPLE = ROOT / "examples" / "existing-program"
 
@@ -59,45 +56,6 @@ def _pulumi(project: Path, env: dict[str, str], *args: str, timeout: float = 600
     done = subprocess.run(["pulumi", *args], cwd=project, env=env, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, f"pulumi {' '.join(args)}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return done.stdout
-
-
-class Steady:
-    """Requests through the gateway from a few clients, one after the other each, until stopped (at most
-    ``seconds``): every answer counted by X-Version, every failure (a status other than 200, an error) kept."""
-
-    def __init__(self, url: str, host_name: str, clients: int = 4, seconds: float = 600) -> None:
-        self.url, self.host_name, self.seconds = url, host_name, seconds
-        self.counts: Counter[str] = Counter()
-        self.failures: list[tuple[float, str]] = []
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
-
-    def _run(self) -> None:
-        session = requests.Session()
-        session.headers["Host"] = self.host_name
-        deadline = time.monotonic() + self.seconds
-        while not self._stop.is_set() and time.monotonic() < deadline:
-            try:
-                response = session.get(self.url, timeout=5)
-                answer, ok = response.headers.get("X-Version", f"status {response.status_code}"), response.status_code == 200
-            except requests.RequestException as exc:
-                answer, ok = type(exc).__name__, False
-            with self._lock:
-                self.counts[answer] += 1
-                if not ok:
-                    self.failures.append((time.time(), answer))
-            self._stop.wait(0.02)
-
-    def __enter__(self) -> Steady:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=10)
 
 
 @pytest.mark.long(5)

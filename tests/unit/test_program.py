@@ -28,6 +28,7 @@ from canary.adapters import program
 from canary.core import routing, workload
 from canary.core.spec import App
 from canary.errors import InvalidSpec
+from canary.release.ports import AppFacts
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.timeout(120)
@@ -216,7 +217,9 @@ def test_a_simple_app_declares_two_tracks_their_services_the_apex_service_and_th
     # the apex Service selects stable only: in-cluster clients never reach the canary
     assert services["web-apex-service"]["spec"]["selector"] == STABLE_SELECTOR
     for service in services.values():
-        assert service["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}]
+        # by the name the simple form gives the port: a release that moves it leaves the Services as they are
+        assert service["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]
+    assert {reached(d, track) for track in ("stable", "canary", "apex")} == {8080}
 
     route = d.inputs("web-route")
     assert (route["apiVersion"], route["kind"], route["metadata"]["name"]) == ("gateway.networking.k8s.io/v1", "HTTPRoute", "web")
@@ -312,8 +315,62 @@ def test_a_release_config_pins_each_track_and_the_route(declare: Callable[..., D
     assert d.exported["desired"]["hash"] not in ("5555aaaa5555aaaa", "cccc2222cccc2222")
 
 
+def reached(d: Declared, service: str) -> int:
+    """The container port a Service reaches on the pods it selects: its ``targetPort``, a name resolved on its
+    track's template as Kubernetes does (the first container port of that name)."""
+    target = d.inputs(f"web-{service}-service")["spec"]["ports"][0]["targetPort"]
+    if not isinstance(target, str):
+        return int(target)  # (numbers reach the mocks as floats)
+    track = "canary" if service == "canary" else "stable"
+    ports = [p for c in d.template(track)["spec"]["containers"] for p in c.get("ports", []) if p.get("name") == target]
+    assert ports, f"{service}: no container port named {target}"
+    return int(ports[0]["containerPort"])
+
+
 def _target_ports(d: Declared) -> dict[str, Any]:
-    return {n: d.inputs(f"web-{n}-service")["spec"]["ports"][0]["targetPort"] for n in ("stable", "canary", "apex")}
+    return {n: reached(d, n) for n in ("stable", "canary", "apex")}
+
+
+def test_promoting_a_release_that_moves_the_port_leaves_stable_s_services_reaching_every_pod(declare: Callable[..., Declared]) -> None:
+    # promotion's first up rolled stable onto the new port while its Services, outside that up's targets, still sent
+    # stable's share (and every in-cluster call through the apex) to the old one: all of it refused until the last up
+    new = "registry.example.com/shop/web:2.0.0"
+    canary_pin = pin(new, "cccc2222cccc2222", port=9090)
+    canary_pin["template"]["spec"]["containers"][0]["ports"][0]["containerPort"] = 9090
+    app = component({**SIMPLE_APP, "image": new, "port": 9090})
+    during = declare(app, {"canary:release": {"web": {"release": "r1", "stable": pin("registry.example.com/shop/web:1.0.0", "5555aaaa5555aaaa", port=8080),
+                                                      "canary": {**canary_pin, "replicas": 3}, "route": {"weight": 50}}}})
+    promoting = declare(app, {"canary:release": {"web": {"release": "r1", "stable": canary_pin, "canary": {**canary_pin, "replicas": 3},
+                                                         "route": {"weight": 50}}}})
+    assert (reached(during, "stable"), reached(promoting, "stable"), reached(promoting, "apex")) == (8080, 9090, 9090)
+    # the Services name the port: unchanged by stable's new template, they reach old pods on 8080 and new ones on 9090 as it rolls
+    for service in ("web-stable-service", "web-apex-service"):
+        assert during.inputs(service)["spec"]["ports"] == promoting.inputs(service)["spec"]["ports"]
+        assert promoting.inputs(service)["spec"]["ports"][0]["targetPort"] == "http"
+    # and were they to change (a port without a name), they are in the up that changes stable
+    facts = AppFacts(spec=None, urns=promoting.exported["urns"], stable=None, desired=None)  # type: ignore[arg-type]
+    assert {promoting.urns["web-stable"], promoting.urns["web-stable-service"], promoting.urns["web-apex-service"]} <= set(facts.targets("stable"))
+
+
+def test_a_plain_up_whose_stable_change_is_refused_leaves_stable_s_service_as_it_was(declare: Callable[..., Declared]) -> None:
+    # the stable guard refused the Deployment, but its Service, independent of it, took the new port anyway
+    d = declare(component({**SIMPLE_APP, "image": "registry.example.com/shop/web:2.0.0", "port": 9090}))
+    assert d.hooks["web-stable"] == ["canary-stable-guard-web"]
+    assert d.urns["web-stable"] in d.dependencies["web-stable-service"]
+
+
+@pytest.mark.parametrize(("ports", "sidecar", "target"), [
+    ([{"name": "web", "containerPort": 7000}], None, "web"),
+    ([{"containerPort": 7000}], None, 7000),
+    ([{"name": "web", "containerPort": 7000, "protocol": "UDP"}, {"containerPort": 7000}], None, 7000),
+    ([{"name": "web", "containerPort": 7000}], {"name": "proxy", "image": "envoy:1", "ports": [{"name": "web", "containerPort": 15001}]}, 7000),
+], ids=["named", "unnamed", "named-udp", "name-taken-by-a-sidecar"])
+def test_a_service_targets_the_port_by_its_name_only_when_the_name_is_the_app_s_alone(
+        declare: Callable[..., Declared], ports: list[dict[str, Any]], sidecar: dict[str, Any] | None, target: Any) -> None:
+    template = {"spec": {"containers": [*([sidecar] if sidecar else []), {"name": "web", "image": "registry.example.com/shop/web:1", "ports": ports}]}}
+    d = declare(component({**NO_IMAGE, "port": 7000}, template=template))
+    found = d.inputs("web-stable-service")["spec"]["ports"][0]["targetPort"]
+    assert (found if isinstance(found, str) else int(found)) == target and reached(d, "stable") == 7000
 
 
 @pytest.mark.parametrize("recorded", [True, False], ids=["pin-with-port", "pin-from-before"])
@@ -486,7 +543,7 @@ def test_the_template_argument_takes_pulumi_kubernetes_args(declare: Callable[..
     container = d.template("canary")["spec"]["containers"][0]
     assert container == {"name": "web", "image": "registry.example.com/shop/web:1.0.0", "ports": [{"name": "http", "containerPort": 9090}]}
     assert d.template("canary")["metadata"]["labels"]["app"] == "web-canary"
-    assert d.inputs("web-stable-service")["spec"]["ports"][0]["targetPort"] == 9090
+    assert reached(d, "stable") == 9090
 
 
 def test_an_invalid_template_stops_the_program_naming_the_field(declare: Callable[..., Declared]) -> None:
@@ -561,7 +618,7 @@ def test_a_bad_argument_of_the_component_stops_the_program_with_a_run_error_nami
 
 def test_the_services_target_the_port_named_http_of_several(declare: Callable[..., Declared]) -> None:
     d = declare(component(NO_IMAGE, template=several_ports({"name": "metrics", "containerPort": 9090}, {"name": "http", "containerPort": 8080})))
-    assert {d.inputs(f"web-{s}-service")["spec"]["ports"][0]["targetPort"] for s in ("stable", "canary", "apex")} == {8080}
+    assert {reached(d, s) for s in ("stable", "canary", "apex")} == {8080}
     assert d.exported["app"]["port"] == 8080
 
 
@@ -569,12 +626,12 @@ def test_app_container_and_app_port_name_the_main_container_and_port(declare: Ca
     app = {**NO_IMAGE, "image": "registry.example.com/shop/api:2", "container": "api", "port": 8080}
     d = declare(component(app, template=sidecar_first()))
     assert [c["image"] for c in d.template("stable")["spec"]["containers"]] == ["gcr.io/cloud-sql-connectors/cloud-sql-proxy:2.11", "registry.example.com/shop/api:2"]
-    assert d.inputs("web-stable-service")["spec"]["ports"][0]["targetPort"] == 8080
+    assert reached(d, "stable") == 8080
     # one container is the main one, whatever its name
     alone = {"spec": {"containers": [{"name": "api", "image": "registry.example.com/shop/api:1", "ports": [{"containerPort": 7000}]}]}}
     d = declare(component({**NO_IMAGE, "image": "registry.example.com/shop/api:2"}, template=alone))
     assert d.template("stable")["spec"]["containers"][0]["image"] == "registry.example.com/shop/api:2"
-    assert d.inputs("web-stable-service")["spec"]["ports"][0]["targetPort"] == 7000
+    assert d.inputs("web-stable-service")["spec"]["ports"][0]["targetPort"] == 7000  # an unnamed port: by its number
 
 
 # --- adopting what a program declared before canary ----------------------------------------------
@@ -653,7 +710,7 @@ def test_service_declares_what_the_adopted_service_carried_beside_canarys_port(d
     assert (apex["spec"]["type"], apex["spec"]["externalTrafficPolicy"], apex["spec"]["loadBalancerSourceRanges"]) == ("LoadBalancer", "Local", ["10.0.0.0/8"])
     assert apex["spec"]["selector"] == STABLE_SELECTOR
     assert [(p["name"], p["port"]) for p in apex["spec"]["ports"]] == [("http", 80), ("grpc", 9000), ("metrics", 9090)]
-    assert apex["spec"]["ports"][0]["targetPort"] == 8080
+    assert reached(d, "apex") == 8080
     # the tracks' Services are canary's own: nothing selects them but the route
     for track in ("stable", "canary"):
         assert "type" not in d.inputs(f"web-{track}-service")["spec"] and len(d.inputs(f"web-{track}-service")["spec"]["ports"]) == 1
