@@ -119,6 +119,9 @@ class Release:
         #: wakes a wait early: a request arrived (promote, pause, continue)
         self._wake = threading.Event()
         self._requests: dict[str, dict[str, Any]] = {}
+        #: requests taken while the state that carries them was kept on this machine only: cleared in the cluster
+        #: once it holds that state (before, a resume elsewhere would find neither the request nor its effect)
+        self._unclear: dict[str, dict[str, Any] | None] = {}
         self._skip_waiting = False  # a promote --skip-analysis waiting for the canary, said once
         self._phase = Phase.INITIALIZING
         self._in_up = False
@@ -247,6 +250,7 @@ class Release:
                 try:
                     if self.lease.lost:
                         raise LeaseLost(f"release {state.release} stopped: {self.lease.lost}")
+                    self._clear_taken()
                     state = self._take_requests(state)
                     state = self.advance(state)
                 except LeaseLost:
@@ -268,6 +272,7 @@ class Release:
                 if isinstance(failed, ReleaseResult):
                     return failed
                 state = failed
+            self._clear_taken()
             self._post_rollout(state)
             return self._result(state)
         finally:
@@ -390,11 +395,21 @@ class Release:
         return state
 
     def _clear(self, kind: str) -> None:
-        self._requests.pop(kind, None)
-        try:
-            self.store.clear_request(kind)
-        except CanaryError:
-            pass
+        """The request of ``kind`` taken: cleared in the cluster (that one, not one written since), once the state
+        that carries it is the cluster's."""
+        taken = self._requests.pop(kind, None)
+        self._unclear[kind] = None if taken is None or taken.get("local") else taken
+        self._clear_taken()
+
+    def _clear_taken(self) -> None:
+        if not self._unclear or not self.store.state_taken():
+            return
+        for kind, taken in list(self._unclear.items()):
+            try:
+                self.store.clear_request(kind, taken)
+            except CanaryError:
+                continue  # left in the cluster: tried again at the next turn of the loop
+            self._unclear.pop(kind, None)
 
     def _wait(self, seconds: float) -> bool:
         """Wait up to ``seconds``; stops early (True) on an abort, or on any request (``_wake``)."""

@@ -30,7 +30,7 @@ from typing import Any
 from canary.adapters.kube import Kube
 from canary.core import naming, records
 from canary.core.naming import Track
-from canary.errors import CanaryError, ClusterUnreachable, Conflict, Forbidden, LeaseLost, Refused
+from canary.errors import CanaryError, ClusterUnreachable, Conflict, Forbidden, LeaseLost, Refused, StackError
 from canary.state.cache import Cache
 
 CHUNK_BYTES = 256 * 1024
@@ -107,12 +107,12 @@ class ReleaseStore:
         try:
             obj = self.kube.get("v1", "ConfigMap", naming.state_configmap(self.app), self.namespace)
         except ClusterUnreachable:
-            return records.parse_state(local) if local else None
+            return self._parsed(local, "the copy kept on this machine") if local else None
         remote = None
         if obj is not None:
             self._state_version = obj["metadata"]["resourceVersion"]
             text = (obj.get("data") or {}).get("state.json")
-            remote = json.loads(text) if text else None
+            remote = self._json(text) if text else None
         # the local copy wins only with records the cluster did not take yet (written while it did not
         # answer), and only while the cluster's state is still the one this machine last wrote: another
         # machine that went on since (a resume) holds the newer one, whatever the two clocks say. A cluster
@@ -120,8 +120,31 @@ class ReleaseStore:
         # holds records or a state it could not send
         unsent = self.cache.unsent() or self.cache.state_unsent()
         if local and unsent and (remote is None or self._ours(obj) and local.get("release") == remote.get("release")):
-            return records.parse_state(local)
-        return records.parse_state(remote) if remote else None
+            return self._parsed(local, "the copy kept on this machine")
+        return self._parsed(remote, None) if remote else None
+
+    def _json(self, text: str) -> dict[str, Any]:
+        try:
+            data = json.loads(text)
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            raise self._unreadable(None, "not a JSON object")
+        return data
+
+    def _parsed(self, data: Mapping[str, Any], where: str | None) -> records.ReleaseState:
+        """A state, or StackError naming where it is: one written by a newer canary (a phase this version does not
+        know) or edited by hand is said to be so, not a traceback out of `status` or `abort` in an incident."""
+        try:
+            return records.parse_state(data)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise self._unreadable(where, type(exc).__name__) from None
+
+    def _unreadable(self, where: str | None, why: str) -> StackError:
+        place = where or f"ConfigMap {self.namespace}/{naming.state_configmap(self.app)}"
+        return StackError(f"the release state of {self.app} in {place} cannot be read by this version of canary ({why}): a newer "
+                          "version wrote it, or it was edited by hand. Run the version that releases this app (`canary status` "
+                          "of that version shows the release)")
 
     def _ours(self, obj: dict[str, Any] | None) -> bool:
         """Nobody but this machine wrote the cluster's state since this machine last did: it still holds the
@@ -182,8 +205,11 @@ class ReleaseStore:
                 # The version read stays the old one: no later save of this process overwrites theirs, and the
                 # state saved here is not sent over theirs later either.
                 self.cache.superseded()
-                theirs = records.parse_state(json.loads(held)) if held else None
-                said = f"release {theirs.release} in phase {theirs.phase}" if theirs is not None else "no state"
+                try:
+                    theirs = records.parse_state(json.loads(held)) if held else None
+                    said = f"release {theirs.release} in phase {theirs.phase}" if theirs is not None else "no state"
+                except (ValueError, TypeError, KeyError, AttributeError):  # a newer canary's: the lease is lost all the same
+                    said = "a state this version of canary cannot read"
                 raise LeaseLost(f"the release state of {self.app} was written by another process since this one wrote it: it holds {said}") from None
             # deleted (by hand, or with its namespace's content): written again, as at the start; or this
             # process's own write, taken by the cluster though its answer was lost: carried on from
@@ -277,10 +303,11 @@ class ReleaseStore:
         chunk = self._chunk
         if chunk is None or chunk["release"] != release:
             chunk = self._chunk = self._last_chunk(release)
-        if line in chunk["lines"]:
+        if line in chunk["lines"] or line in chunk["earlier"]:
             return  # taken already: a write whose answer was lost, sent again from the records kept unsent
         if chunk["lines"] and chunk["size"] + len(line) + 1 > CHUNK_BYTES:
-            chunk = self._chunk = {"release": release, "index": chunk["index"] + 1, "lines": [], "size": 0, "version": None}
+            chunk = self._chunk = {"release": release, "index": chunk["index"] + 1, "lines": [], "size": 0, "version": None,
+                                   "earlier": {*chunk["earlier"], *chunk["lines"]}}
         lines = [*chunk["lines"], line]
         name = naming.journal_configmap(self.app, release, chunk["index"])
         body = _configmap(name, self.namespace, self.app, "journal", {"journal.jsonl": "\n".join(lines) + "\n"},
@@ -299,13 +326,17 @@ class ReleaseStore:
         chunk.update(lines=lines, size=chunk["size"] + len(line) + 1, version=written["metadata"]["resourceVersion"])
 
     def _last_chunk(self, release: str) -> dict[str, Any]:
+        """The release's last chunk, to append to, and the lines of those before it (``earlier``): a record whose
+        write was taken with its answer lost may be sent again after another machine went on to a new chunk."""
         chunks = self._chunks(release)
         if not chunks:
-            return {"release": release, "index": 0, "lines": [], "size": 0, "version": None}
+            return {"release": release, "index": 0, "lines": [], "size": 0, "version": None, "earlier": set()}
+        earlier = {ln for _, obj in chunks[:-1] for ln in ((obj.get("data") or {}).get("journal.jsonl") or "").splitlines() if ln.strip()}
         index, obj = chunks[-1]
         text = (obj.get("data") or {}).get("journal.jsonl", "")
         lines = [ln for ln in text.splitlines() if ln.strip()]
-        return {"release": release, "index": index, "lines": lines, "size": len(text), "version": obj["metadata"]["resourceVersion"]}
+        return {"release": release, "index": index, "lines": lines, "size": len(text), "version": obj["metadata"]["resourceVersion"],
+                "earlier": earlier}
 
     def _chunks(self, release: str | None = None) -> list[tuple[int, dict[str, Any]]]:
         selector = f"{naming.APP_LABEL}={self.app},{naming.STORE_KIND_LABEL}=journal"
@@ -333,7 +364,9 @@ class ReleaseStore:
                 for line in ((obj.get("data") or {}).get("journal.jsonl") or "").splitlines():
                     with contextlib.suppress(ValueError):
                         raw.append(json.loads(line))
-            raw.extend(self.cache.unsent())
+            # the records kept here that the cluster has not taken (one whose write was taken, its answer lost, is there once)
+            taken = {json.dumps(data, sort_keys=True, default=str) for data in raw}
+            raw.extend(data for data in self.cache.unsent() if json.dumps(data, sort_keys=True, default=str) not in taken)
         out = []
         for data in raw:
             if release is not None and data.get("release") != release:
@@ -341,6 +374,10 @@ class ReleaseStore:
             with contextlib.suppress(ValueError):
                 out.append(records.parse(data))
         return out
+
+    def state_taken(self) -> bool:
+        """The cluster holds the state last saved (False while it is kept on this machine only)."""
+        return not self.cache.state_unsent()
 
     def releases(self) -> list[str]:
         """The releases whose journals the cluster keeps, oldest first."""
@@ -396,11 +433,15 @@ class ReleaseStore:
         obj = self.kube.get("v1", "ConfigMap", naming.requests_configmap(self.app), self.namespace)
         return _addressed((obj or {}).get("data") or {}, release)
 
-    def clear_request(self, kind: str) -> None:
+    def clear_request(self, kind: str, taken: Mapping[str, Any] | None = None) -> None:
+        """Delete the request of ``kind``; only when it is still ``taken`` (the one the release acted on), if given: one
+        written since (`promote --force` after a plain promote was refused) is left for the release to read."""
         name = naming.requests_configmap(self.app)
         for _ in range(5):
             obj = self.kube.get("v1", "ConfigMap", name, self.namespace)
             if obj is None or kind not in (obj.get("data") or {}):
+                return
+            if taken is not None and _addressed({kind: obj["data"][kind]}, str(taken.get("release"))).get(kind, {}).get("time") != taken.get("time"):
                 return
             data = {k: v for k, v in (obj.get("data") or {}).items() if k != kind}
             try:

@@ -267,8 +267,12 @@ class FakeStore:
     def requests(self, release: str) -> dict[str, dict[str, Any]]:
         return {k: v for k, v in self.pending.items() if v.get("release") == release}
 
-    def clear_request(self, kind: str) -> None:
-        self.pending.pop(kind, None)
+    def clear_request(self, kind: str, taken: dict[str, Any] | None = None) -> None:
+        if taken is None or self.pending.get(kind, {}).get("time") == taken.get("time"):
+            self.pending.pop(kind, None)
+
+    def state_taken(self) -> bool:
+        return True
 
     def watch_requests(self, release: str, on_change: Callable[[dict[str, dict[str, Any]]], None], stop: threading.Event) -> None:
         self._listener = on_change

@@ -1147,10 +1147,10 @@ def test_an_abort_reported_again_while_its_rollback_is_saved_cancels_nothing_mor
     world = make(Metrics(0.0))
     plain = world.store.clear_request
 
-    def clear_request(kind: str) -> None:
+    def clear_request(kind: str, taken: dict[str, Any] | None = None) -> None:
         if kind == "abort" and world.store._listener is not None:
             world.store._listener(world.store.requests(world.store._release))  # the watch, once more
-        plain(kind)
+        plain(kind, taken)
 
     world.store.clear_request = clear_request  # type: ignore[method-assign]
     _abort_once_at(world, 20)
@@ -1373,6 +1373,52 @@ def test_a_pause_survives_a_kill_before_its_state_is_saved() -> None:
     world.clock.on_sleep = then_abort
     again = world.rebuild()
     assert again.release.resume().phase is Phase.ABORTED
+    assert max(world.cluster.weights_seen) <= 20, world.cluster.weights_seen
+
+
+class _AbortKeptHereOnly(FakeStore):
+    """An outage as the abort's rollback is saved: the store keeps that state on this machine and returns (as
+    ReleaseStore does); the API server answers again at once; the process is killed at its next save."""
+
+    kept: Any = None
+    armed = True
+
+    def save(self, state: Any) -> None:
+        if self.kept is not None:
+            raise _Killed()
+        if self.armed and state.phase is Phase.ROLLING_BACK and state.reason.startswith("aborted"):
+            self.kept = state  # in .canary/ here only: the cluster still holds Progressing
+            return
+        super().save(state)
+
+    def state_taken(self) -> bool:
+        return self.kept is None
+
+    def clear_request(self, kind: str, taken: dict[str, Any] | None = None) -> None:
+        super().clear_request(kind, taken)
+        if self.kept is not None:
+            raise _Killed()  # (the kill's instant, had the clear gone out before the state)
+
+
+def test_an_abort_whose_rollback_is_kept_on_this_machine_only_stays_in_the_cluster_for_a_resume_elsewhere() -> None:
+    # the abort was cleared in the cluster while the state carrying it was kept here only: `resume` from another
+    # machine read Progressing with no abort, and promoted the version a person had stopped
+    store = _AbortKeptHereOnly()
+    world: Any = None
+
+    def on_sleep(now: float) -> None:
+        st = world.store.state
+        if st is not None and st.weight == 20 and "abort" not in world.store.pending and store.kept is None:
+            world.store.request("abort", by="oncall")
+
+    world = make(Metrics(0.0), store=store)
+    world.clock.on_sleep = on_sleep
+    with pytest.raises(_Killed):
+        world.start()
+    assert store.state is not None and store.state.phase is Phase.PROGRESSING and "abort" in store.pending
+    world.clock.on_sleep = None
+    store.kept, store.armed = None, False  # machine B: its store holds what the cluster holds
+    assert world.rebuild().release.resume().phase is Phase.ABORTED
     assert max(world.cluster.weights_seen) <= 20, world.cluster.weights_seen
 
 

@@ -339,6 +339,66 @@ def _legacy_files(root: Path) -> None:
     ]) + "\n{torn")
 
 
+def test_a_request_written_after_the_one_taken_is_not_cleared_with_it(tmp_path: Path) -> None:
+    # a plain promote refused (the last tick failed), then `promote --force` at once: clearing the refused one
+    # deleted the forced one, and the release waited on
+    kube = FakeKube()
+    store = _store(kube, tmp_path)
+    store.request("promote", "r1", by="dev")
+    taken = store.requests("r1")["promote"]
+    time.sleep(0.002)  # (requests carry their time to the millisecond)
+    store.request("promote", "r1", by="oncall", reason="known flaky check", force=True)
+    store.clear_request("promote", taken)
+    assert store.requests("r1")["promote"]["force"] is True
+    store.clear_request("promote", store.requests("r1")["promote"])
+    assert store.requests("r1") == {}
+
+
+def test_a_record_sent_again_after_another_machine_went_on_to_a_new_chunk_is_kept_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a write taken with its answer lost is kept unsent; another machine resumed the release and filled a chunk;
+    # the next write from the first machine sent the record again into the new chunk (history showed it twice)
+    monkeypatch.setattr(store_module, "CHUNK_BYTES", 1000)
+    kube = FakeKube()
+    a = _store(kube, tmp_path / "a")
+
+    def event(n: int) -> records.EventRecord:
+        return records.EventRecord(time=f"2026-12-01T00:00:{n:02d}.000Z", stack="prod", app="web", release="r1", message=f"event {n} " + "x" * 100)
+
+    a.append(event(1))
+    plain = kube.replace
+
+    def taken_but_unanswered(manifest: dict[str, Any]) -> Any:
+        kube.replace = plain  # type: ignore[method-assign]
+        plain(manifest)
+        raise ClusterUnreachable("the Kubernetes API server did not answer: ReadTimeoutError")
+
+    kube.replace = taken_but_unanswered  # type: ignore[method-assign]
+    a.append(event(2))
+    assert [r.message.split()[1] for r in a.records("r1")] == ["1", "2"]  # held by the cluster and kept here: shown once
+    b = _store(kube, tmp_path / "b")
+    for n in range(3, 9):
+        b.append(event(n))
+    again = _store(kube, tmp_path / "a")
+    again.append(event(9))
+    assert [r.message.split()[1] for r in again.records("r1")] == [str(n) for n in range(1, 10)]
+
+
+@pytest.mark.parametrize("text", ["{not json", json.dumps({"release": "r1", "stack": "prod", "app": "web", "namespace": "shop", "phase": "Verifying"})],
+                         ids=["not-json", "a-newer-version-s-phase"])
+def test_a_state_this_version_cannot_read_is_named_not_a_traceback(tmp_path: Path, text: str) -> None:
+    # `status` or `abort` in an incident, with a newer canary on another machine: a traceback, and no abort written
+    kube = FakeKube()
+    store = _store(kube, tmp_path)
+    store.save(_state())
+    cm = kube.objects[("ConfigMap", "shop", "canary-web-state")]
+    kube.replace({**cm, "data": {"state.json": text}})
+    with pytest.raises(StackError, match=r"ConfigMap shop/canary-web-state cannot be read by this version of canary"):
+        _store(kube, tmp_path / "other").load()
+    # the release running here meets it as another holder's write: the lease is lost, not an internal error
+    with pytest.raises(LeaseLost, match="a state this version of canary cannot read"):
+        store.save(_state(phase=Phase.ROLLING_BACK))
+
+
 def test_the_legacy_file_journal_is_still_readable(tmp_path: Path) -> None:
     _legacy_files(tmp_path)
     legacy = Legacy(tmp_path, "prod")
