@@ -308,7 +308,10 @@ class CanaryDeployment(pulumi.ComponentResource):
         namespace = spec_app.namespace
         child = pulumi.ResourceOptions(parent=self)
         if spec_app.create_namespace:
-            ns = k8s.core.v1.Namespace(f"{name}-namespace", metadata={"name": namespace}, opts=child)
+            # kept when the app goes (removed from the stack, createNamespace turned off, the stack destroyed): deleting
+            # a namespace deletes all it holds, another app's too (both may declare it: the provider's apply takes both)
+            ns = k8s.core.v1.Namespace(f"{name}-namespace", metadata={"name": namespace},
+                                       opts=_merge(child, pulumi.ResourceOptions(retain_on_delete=True)))
             child = pulumi.ResourceOptions(parent=self, depends_on=[ns])
 
         # content-addressed copies of the config the template reads

@@ -163,3 +163,8 @@ def _destroy(project: Path, name: str, env: dict[str, str]) -> None:
         Stack(project, name, env).destroy()
     except CanaryError as exc:  # a test that broke the stack on purpose: say so, do not hide the test's own result
         print(f"could not destroy stack {name}: {exc}")
+    try:
+        # the component keeps a namespace it created (it may hold others' objects); the test's own is deleted
+        Kube(Path(env["KUBECONFIG"])).delete("v1", "Namespace", name)
+    except (CanaryError, KeyError) as exc:
+        print(f"could not delete namespace {name}: {exc}")

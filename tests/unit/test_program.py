@@ -96,6 +96,7 @@ class HookMonitor(MockMonitor):
         self.dependencies: dict[str, set[str]] = {}
         self.registered: list[str] = []
         self.protect: dict[str, bool] = {}
+        self.retained: dict[str, bool] = {}
 
     def RegisterResource(self, request: Any) -> Any:  # noqa: N802 (the gRPC method's name)
         self.hooks[request.name] = list(request.hooks.before_update)
@@ -105,6 +106,7 @@ class HookMonitor(MockMonitor):
         self.aliases[request.name] = [alias_urn(a, request.type, request.name) for a in request.aliases if a.urn or a.spec.noParent]
         self.dependencies[request.name] = set(request.dependencies)
         self.protect[request.name] = request.protect
+        self.retained[request.name] = request.retainOnDelete
         response = super().RegisterResource(request)
         self.urns[request.name] = response.urn
         self.registered.append(response.urn)
@@ -129,6 +131,7 @@ class Declared:
     dependencies: dict[str, set[str]] = field(default_factory=dict)
     registered: list[str] = field(default_factory=list)
     protect: dict[str, bool] = field(default_factory=dict)
+    retained: dict[str, bool] = field(default_factory=dict)
     create_hooks: dict[str, list[str]] = field(default_factory=dict)
     ignore_changes: dict[str, list[str]] = field(default_factory=dict)
     typed: dict[tuple[str, str], pulumi.runtime.MockResourceArgs] = field(default_factory=dict)
@@ -165,7 +168,7 @@ def declare() -> Iterator[Callable[..., Declared]]:
         pulumi.runtime.set_mocks(mocks, project=project, stack=STACK, preview=False, monitor=monitor)
         pulumi.runtime.set_all_config({k: _config_value(v) for k, v in (config or {}).items()}, secret_keys or [])
         declared = Declared(mocks.resources, monitor.hooks, monitor.urns, aliases=monitor.aliases, dependencies=monitor.dependencies,
-                            registered=monitor.registered, protect=monitor.protect, create_hooks=monitor.create_hooks,
+                            registered=monitor.registered, protect=monitor.protect, retained=monitor.retained, create_hooks=monitor.create_hooks,
                             ignore_changes=monitor.ignore_changes, typed=mocks.typed)
 
         @pulumi.runtime.test
@@ -494,6 +497,19 @@ def test_a_content_change_gives_a_new_copy_name_and_a_new_template_hash(declare:
     assert again == first
     assert config_changed[0] != first[0] and config_changed[1] == first[1] and config_changed[2] != first[2]
     assert secret_changed[0] == first[0] and secret_changed[1] != first[1] and secret_changed[2] != first[2]
+
+
+def test_a_namespace_the_component_creates_is_kept_when_the_app_goes(declare: Callable[..., Declared]) -> None:
+    # two apps of one namespace, both createNamespace (the provider's server-side apply takes both creates): removing
+    # either from the stack deleted the namespace, and with it the other app, and whatever else lived there
+    def both() -> None:
+        for app in ("web", "api"):
+            program.CanaryDeployment(app, {**SIMPLE_APP, "name": app, "createNamespace": True}, GATEWAY)
+
+    d = declare(both)
+    namespaces = [r.name for r in d.resources.values() if r.typ == "kubernetes:core/v1:Namespace"]
+    assert namespaces and all(d.retained[name] for name in namespaces)
+    assert not any(retained for name, retained in d.retained.items() if name not in namespaces and not name.startswith("web-copy"))
 
 
 def test_a_protected_component_protects_all_but_the_config_copies(declare: Callable[..., Declared]) -> None:
