@@ -125,12 +125,21 @@ def _stable_guard(app: str, stack: str) -> pulumi.ResourceHook:
     return pulumi.ResourceHook(f"canary-stable-guard-{app}", guard)
 
 
+def _to_canary(spec: Mapping[str, Any], app: str) -> bool:
+    """The route has a rule before its last that sends requests to the canary (A/B testing, blue/green's testers)."""
+    canary = naming.service(app, Track.CANARY)
+    rules = [r for r in spec.get("rules") or [] if isinstance(r, Mapping)]
+    return any(isinstance(ref, Mapping) and ref.get("name") == canary for rule in rules[:-1] for ref in rule.get("backendRefs") or [])
+
+
 def _route_guard(app: str, stack: str) -> pulumi.ResourceHook:
     def guard(args: pulumi.ResourceHookArgs) -> None:
         old_spec = (args.old_inputs or {}).get("spec") or {}
+        new_spec = (args.new_inputs or {}).get("spec") or {}
         state = routing.read_route({"spec": old_spec}, app, [])
-        new_state = routing.read_route({"spec": (args.new_inputs or {}).get("spec") or {}}, app, [])
-        if (state.canary_weight or state.matched_rules or state.mirrored) and not (new_state.canary_weight or new_state.matched_rules):
+        new_state = routing.read_route({"spec": new_spec}, app, [])
+        # (rules that send nothing to the canary are no release: a route adopted with a path rule to the app)
+        if (state.canary_weight or _to_canary(old_spec, app) or state.mirrored) and not (new_state.canary_weight or _to_canary(new_spec, app)):
             raise RuntimeError(
                 f"canary: a release of {app} is in progress (its route sends traffic to the canary): "
                 f"see `canary status {stack} --app {app}`, then `canary resume` or `canary abort`"
@@ -150,20 +159,44 @@ def _adopted_route_guard(app: str) -> pulumi.ResourceHook:
         paths = [str((m.get("path") or {}).get("value")) for m in matches if isinstance(m.get("path"), Mapping)]
         return f"paths {', '.join(paths)}" if paths else ("its matches" if matches else "every request")
 
+    def theirs(ref: Mapping[str, Any], namespace: str, port: Any) -> bool:
+        return (ref.get("kind", "Service") != "Service" or ref.get("group", "") not in ("", "core") or ref.get("name") not in ours
+                or ref.get("namespace", namespace) != namespace or (port is not None and ref.get("port", port) != port))
+
+    def own_filter(item: Any) -> bool:
+        """A filter canary's own route carries: its mirror to the canary, the affinity cookie it sets."""
+        if not isinstance(item, Mapping):
+            return False
+        if item.get("type") == "RequestMirror":
+            return (item.get("requestMirror") or {}).get("backendRef", {}).get("name") in ours
+        headers = (item.get("responseHeaderModifier") or {}) if item.get("type") == "ResponseHeaderModifier" else {}
+        return (bool(headers) and set(headers) == {"add"}
+                and all(isinstance(h, Mapping) and str(h.get("name", "")).lower() == "set-cookie" for h in headers["add"] or []))
+
     def guard(args: pulumi.ResourceHookArgs) -> None:
-        rules = ((args.old_inputs or {}).get("spec") or {}).get("rules") or []
+        old = args.old_inputs or {}
+        rules = (old.get("spec") or {}).get("rules") or []
+        namespace = (old.get("metadata") or {}).get("namespace")
+        new_refs = [ref for rule in ((args.new_inputs or {}).get("spec") or {}).get("rules") or [] for ref in rule.get("backendRefs") or []]
+        port = next((ref.get("port") for ref in new_refs if isinstance(ref, Mapping)), None)  # canary's route: the app's service port
         dropped = []
         for i, rule in enumerate(r for r in rules if isinstance(r, Mapping)):
             refs = [ref for ref in rule.get("backendRefs") or [] if isinstance(ref, Mapping)]
-            elsewhere = sorted({str(ref.get("name")) for ref in refs if ref.get("kind", "Service") != "Service"
-                                or ref.get("group", "") not in ("", "core") or ref.get("name") not in ours})
+            elsewhere = sorted({f"{ref['namespace'] + '/' if ref.get('namespace') else ''}{ref.get('name')}:{ref.get('port', port)}"
+                                if ref.get("name") in ours else str(ref.get("name")) for ref in refs if theirs(ref, namespace, port)})
+            kept_out = [key for key in ("timeouts", "retry", "sessionPersistence") if rule.get(key)]
+            kept_out += sorted({str(f.get("type")) for f in [*(rule.get("filters") or []), *(f for ref in refs for f in ref.get("filters") or [])]
+                                if isinstance(f, Mapping) and not own_filter(f)})
             if elsewhere or not refs:
                 dropped.append(f"rules[{i}] ({describe(rule)}) to {', '.join(elsewhere)}" if elsewhere else f"rules[{i}] ({describe(rule)}) without backends")
+            elif kept_out:
+                dropped.append(f"rules[{i}] ({describe(rule)}) with {', '.join(kept_out)}")
         if dropped:
             raise RuntimeError(
                 f"canary: the route adopted for {app} has rules canary's route would drop: {'; '.join(dropped)}. Its rules send "
-                f"all of {app}'s requests to {app}: move those rules to an HTTPRoute of their own (same parentRefs and hostnames; "
-                "the more specific match still wins), then adopt, or leave route out of adopt"
+                f"all of {app}'s requests to {app}'s Services on its port, with no filters, timeouts or retries of yours: move "
+                "those rules to an HTTPRoute of their own (same parentRefs and hostnames; the more specific match still wins), "
+                "then adopt, or leave route out of adopt"
             )
 
     return pulumi.ResourceHook(f"canary-adopted-route-guard-{app}", guard)

@@ -995,6 +995,46 @@ def test_the_stable_guard_refuses_a_new_template(declare: Callable[..., Declared
     assert run_guard(declare, program._stable_guard, deployment(pod("web:1")), deployment(pod("web:2"))) is not None
 
 
+@pytest.mark.parametrize(("rule", "named"), [
+    ({"matches": [{"path": {"type": "PathPrefix", "value": "/v1"}}], "backendRefs": [{"name": "web", "port": 80}],
+      "filters": [{"type": "URLRewrite", "urlRewrite": {"path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/"}}}]}, "with URLRewrite"),
+    ({"matches": [{"path": {"type": "PathPrefix", "value": "/grpc"}}], "backendRefs": [{"name": "web", "port": 9000}]}, "to web:9000"),
+    ({"matches": [{"path": {"type": "PathPrefix", "value": "/legacy"}}], "backendRefs": [{"name": "web", "namespace": "legacy", "port": 80}]},
+     "to legacy/web:80"),
+    ({"matches": [{"path": {"type": "PathPrefix", "value": "/slow"}}], "timeouts": {"request": "300s"}, "backendRefs": [{"name": "web", "port": 80}]},
+     "with timeouts"),
+    ({"matches": [{"path": {"type": "PathPrefix", "value": "/h"}}], "backendRefs": [
+        {"name": "web", "port": 80, "filters": [{"type": "RequestHeaderModifier", "requestHeaderModifier": {"set": [{"name": "x-from", "value": "edge"}]}}]}]},
+     "with RequestHeaderModifier"),
+], ids=["url-rewrite", "other-port", "other-namespace", "timeouts", "backend-filter"])
+def test_adopting_a_route_whose_rules_to_the_app_do_more_than_canary_s_is_refused(declare: Callable[..., Declared], rule: dict[str, Any], named: str) -> None:
+    # a rewrite, a timeout, another port or namespace of the app: canary's single rule dropped them, with no word
+    ours = _route(*routing.route_spec("web", [{"name": "public"}], ["shop.example.com"], 80, routing.AT_REST)["rules"])
+    error = run_guard(declare, lambda app, stack: program._adopted_route_guard(app), _route(rule, {"backendRefs": [{"name": "web", "port": 80}]}), ours)
+    assert error is not None and f"rules[0] (paths {rule['matches'][0]['path']['value']}) {named}" in str(error) and "rules[1]" not in str(error), error
+
+
+@pytest.mark.parametrize("shape", [
+    routing.RouteShape(weight=20, mirror=True),
+    routing.RouteShape(matches=(routing.Match(headers=(("x-canary", "Exact", "always"),)),)),
+    routing.RouteShape(weight=30, affinity=routing.Affinity("canary-web", "a1b2", 3600)),
+    routing.RouteShape(expire_cookie="canary-web"),
+], ids=["mirror", "ab", "affinity", "expire-cookie"])
+def test_canary_s_own_route_passes_the_adopted_route_guard_in_every_shape(declare: Callable[..., Declared], shape: routing.RouteShape) -> None:
+    ours = _route(*routing.route_spec("web", [{"name": "public"}], ["shop.example.com"], 80, shape)["rules"])
+    at_rest = _route(*routing.route_spec("web", [{"name": "public"}], ["shop.example.com"], 80, routing.AT_REST)["rules"])
+    assert run_guard(declare, lambda app, stack: program._adopted_route_guard(app), ours, at_rest) is None
+
+
+def test_the_route_guard_takes_an_adopted_route_of_plain_rules_for_no_release(declare: Callable[..., Declared]) -> None:
+    # /api and / both to the app: the route guard counted the extra rule as a release's A/B rule and sent the user to abort
+    theirs = _route({"matches": [{"path": {"type": "PathPrefix", "value": "/api"}}], "backendRefs": [{"name": "web", "port": 80}]},
+                    {"backendRefs": [{"name": "web", "port": 80}]})
+    ours = _route(*routing.route_spec("web", [{"name": "public"}], ["shop.example.com"], 80, routing.AT_REST)["rules"])
+    assert run_guard(declare, lambda app, stack: program._adopted_route_guard(app), theirs, ours) is None
+    assert run_guard(declare, program._route_guard, theirs, ours) is None
+
+
 @pytest.mark.parametrize(("old", "new"), [
     (deployment(pod("web:1", "a" * 16), 3.0), deployment(pod("web:1", "a" * 16), 5.0)),  # a resize
     (deployment(pod("web:1")), deployment(pod("web:1", "a" * 16, {"canary.dev/track": "stable"}))),  # canary's own marks added
