@@ -138,9 +138,8 @@ def track_labels(app: str, track: Track, template_labels: dict[str, str]) -> dic
 
 def canary_value(value: str) -> str:
     """The canary pods' value of an app-wide selector label whose stable value is ``value``: suffixed
-    ``-canary`` (once), still a valid label value."""
-    if value.endswith("-canary"):
-        return value
+    ``-canary``, still a valid label value. Always: a value that already ends so (an app named ``bird-canary``)
+    would otherwise be stable's own, and the team's selectors on it would reach the canary's pods."""
     return (value[: 63 - len("-canary")] + "-canary").strip("-_.")
 
 

@@ -400,7 +400,7 @@ def test_selectors_by_the_apps_labels_in_expressions_follow_them_too() -> None:
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [("web", "web-canary"), ("web-canary", "web-canary"), ("a" * 63, "a" * 56 + "-canary"), ("a" * 55 + ".b", "a" * 55 + ".-canary")],
+    [("web", "web-canary"), ("web-canary", "web-canary-canary"), ("a" * 63, "a" * 56 + "-canary"), ("a" * 55 + ".b", "a" * 55 + ".-canary")],
 )
 def test_canary_label_values_stay_valid_label_values(value: str, expected: str) -> None:
     labels = workload.for_track({"metadata": {"labels": {"app": value}}}, "web", Track.CANARY, "h")["metadata"]["labels"]
@@ -438,3 +438,12 @@ def test_a_request_above_its_limit_is_refused_before_the_api_server_does() -> No
 ])
 def test_the_apps_that_read_a_copy_are_read_from_its_labels(labels: dict[str, str], users: set[str]) -> None:
     assert naming.copy_users(labels) == users
+
+
+def test_canary_pods_never_share_an_app_wide_label_value_with_stable() -> None:
+    # an app named bird-canary, labelled app: bird-canary: the value was left as it was on the canary (suffixed
+    # "once"), so the team's Services and policies selecting app=bird-canary reached the canary's pods
+    template = {"metadata": {"labels": {"app": "bird-canary"}}, "spec": {"containers": [{"name": "bird-canary", "image": "bird:1"}]}}
+    stable = workload.for_track(template, "bird-canary", Track.STABLE, "h")
+    canary = workload.for_track(template, "bird-canary", Track.CANARY, "h")
+    assert (stable["metadata"]["labels"]["app"], canary["metadata"]["labels"]["app"]) == ("bird-canary", "bird-canary-canary")
