@@ -71,8 +71,33 @@ def from_config(config: Mapping[str, Any], source: str = "stack config", stack_f
     except InvalidSpec as exc:
         # a key held as a Pulumi secret shows no value of its own in a problem, whatever field the rule is about
         # (an unknown key `canary:dbPassword` set --secret was refused quoting the password)
-        hidden = [Problem(p.field, "<secret>", p.rule) if _top(p.field) in secret_keys and p.value != "nothing" else p for p in exc.problems]
+        hidden = [Problem(p.field, "<secret>" if p.value != "nothing" else p.value, _scrubbed(p.rule, values.get(_top(p.field))))
+                  if _top(p.field) in secret_keys else p for p in exc.problems]
         raise InvalidSpec(hidden, exc.source) from None
+
+
+def _scrubbed(rule: str, secret: Any) -> str:
+    """``rule`` without the text of any string under a key held as a secret: some rules quote the value they are
+    about (a header's exact value, a regex). Which leaf of the key is the secret one the config does not say
+    (a secret leaf makes its whole key secret), so every one of three characters or more is taken out."""
+    leaves: list[str] = []
+
+    def walk(value: Any) -> None:
+        if isinstance(value, str):
+            leaves.append(value)
+        elif isinstance(value, Mapping):
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, list | tuple):
+            for item in value:
+                walk(item)
+
+    walk(secret)
+    for leaf in sorted(set(leaves), key=len, reverse=True):
+        for form in {leaf, repr(leaf)[1:-1]}:
+            if len(form) >= 3:
+                rule = rule.replace(form, "<secret>")
+    return rule
 
 
 def _top(field: str) -> str:

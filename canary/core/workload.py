@@ -239,33 +239,38 @@ def with_image(template: Mapping[str, Any], app: str, new_image: str, container:
 
 
 def referenced(template: Mapping[str, Any]) -> dict[str, set[str]]:
-    """The ConfigMaps and Secrets the template reads: ``{"configMap": {...}, "secret": {...}}``."""
+    """The ConfigMaps and Secrets the template reads: ``{"configMap": {...}, "secret": {...}}`` (names that are
+    not strings, which ``check`` refuses, are no reference)."""
     found: dict[str, set[str]] = {"configMap": set(), "secret": set()}
+
+    def add(kind: str, ref: Any, key: str = "name") -> None:
+        name = _map(ref).get(key)
+        if isinstance(name, str) and name:
+            found[kind].add(name)
+
     spec = _map(template.get("spec"))
     for volume in _maps(spec.get("volumes")):
         if "configMap" in volume:
-            found["configMap"].add(_map(volume["configMap"]).get("name", ""))
+            add("configMap", volume["configMap"])
         if "secret" in volume:
-            found["secret"].add(_map(volume["secret"]).get("secretName", ""))
+            add("secret", volume["secret"], "secretName")
         for source in _maps(_map(volume.get("projected")).get("sources")):
             if "configMap" in source:
-                found["configMap"].add(_map(source["configMap"]).get("name", ""))
+                add("configMap", source["configMap"])
             if "secret" in source:
-                found["secret"].add(_map(source["secret"]).get("name", ""))
+                add("secret", source["secret"])
     for container in [*_maps(spec.get("initContainers")), *_maps(spec.get("containers"))]:
         for env_from in _maps(container.get("envFrom")):
             if "configMapRef" in env_from:
-                found["configMap"].add(_map(env_from["configMapRef"]).get("name", ""))
+                add("configMap", env_from["configMapRef"])
             if "secretRef" in env_from:
-                found["secret"].add(_map(env_from["secretRef"]).get("name", ""))
+                add("secret", env_from["secretRef"])
         for env in _maps(container.get("env")):
             source = _map(env.get("valueFrom"))
             if "configMapKeyRef" in source:
-                found["configMap"].add(_map(source["configMapKeyRef"]).get("name", ""))
+                add("configMap", source["configMapKeyRef"])
             if "secretKeyRef" in source:
-                found["secret"].add(_map(source["secretKeyRef"]).get("name", ""))
-    found["configMap"].discard("")
-    found["secret"].discard("")
+                add("secret", source["secretKeyRef"])
     return found
 
 

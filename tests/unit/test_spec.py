@@ -476,6 +476,18 @@ def test_template_problems_are_reported_at_once_with_their_paths() -> None:
     }
 
 
+@pytest.mark.parametrize(("spec", "field"), [
+    ({"volumes": [{"name": "v", "configMap": {"name": []}}]}, "app.template.spec.volumes[0].configMap.name"),
+    ({"volumes": [{"name": "v", "secret": {"secretName": ["x"]}}]}, "app.template.spec.volumes[0].secret.secretName"),
+    ({"envFrom": [{"secretRef": {"name": {"x": 1}}}]}, "app.template.spec.containers[0].envFrom[0].secretRef.name"),
+], ids=["config-map-name-list", "secret-name-list", "env-from-name-mapping"])
+def test_a_config_reference_that_is_not_a_name_is_refused_naming_it_not_a_type_error(spec: dict[str, Any], field: str) -> None:
+    container = {"name": "web", "image": BASE_IMAGE, **({"envFrom": spec["envFrom"]} if "envFrom" in spec else {})}
+    template = {"spec": {"containers": [container], **({"volumes": spec["volumes"]} if "volumes" in spec else {})}}
+    found = problems(values_with(set_path("app.template", template)))
+    assert field in {p.field for p in found}, found
+
+
 @pytest.mark.parametrize(("containers", "field", "rule"), [
     ([{"name": "proxy", "image": "envoy:1.30", "ports": [{"containerPort": 5432}]}, {"name": "api", "image": BASE_IMAGE}],
      "app.container", "is required: the template has several containers (proxy, api) and none is named like the app (web)"),
@@ -587,6 +599,21 @@ def test_an_alert_url_from_the_automation_api_must_be_a_secret_key(secret: bool)
     with pytest.raises(InvalidSpec) as info:
         stackconfig.from_config(config)
     assert [p.field for p in info.value.problems] == ["analysis.alerts[0].url"] and SECRET not in str(info.value)
+
+
+@pytest.mark.parametrize("match", [{"headers": {"x-canary-token": {"exact": "s3cr3t-TOKEN "}}}, {"headers": {"x-canary-token": {"regex": "s3cr3t(?=x)"}}}],
+                         ids=["exact-with-a-space", "regex-beyond-re2"])
+def test_a_rule_refusing_a_value_of_a_secret_key_does_not_quote_it(match: dict[str, Any]) -> None:
+    # a header match held secret (set with --secret --path, which makes canary:analysis a secret key): the value was
+    # hidden, but the rule quoted it ("header x-canary-token exact 's3cr3t-TOKEN ' begins or ends with whitespace")
+    values = values_with(set_path("analysis.match", [match]))
+    config = {key: ConfigValue(value=json.dumps(value) if not isinstance(value, str) else value, secret=key == "canary:analysis")
+              for key, value in _config(values).items()}
+    with pytest.raises(InvalidSpec) as info:
+        stackconfig.from_config(config)
+    (problem,) = info.value.problems
+    assert problem.field.startswith("analysis.match[0]") and "s3cr3t" not in str(info.value), str(info.value)
+    assert "<secret>" in problem.rule
 
 
 def test_unencrypted_secrets_skips_keys_the_cli_reports_as_secret() -> None:
