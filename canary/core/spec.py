@@ -451,7 +451,7 @@ class Judge(_Model):
     tolerance: Float = Field(0.25, ge=0)
     direction: Direction = Direction.INCREASE
     #: the smallest ratio of means (canary / stable) that counts as worse; 1.0 = any shift in that direction
-    allowed_increase: Float = Field(1.0, ge=1)
+    allowed_increase: Float = Field(1.0, ge=1, allow_inf_nan=False)
     allowed_decrease: Float = Field(1.0, gt=0, le=1)
     #: the spacing of the samples taken from query_range
     step: Duration = timedelta(seconds=5)
@@ -497,6 +497,8 @@ class Metric(_Model):
     def _judged(self) -> Metric:
         if self.threshold_range is None and self.compare is None and self.judge is None:
             raise ValueError("must set thresholdRange, compare or judge: how the metric is judged")
+        if self.critical and self.dry_run:
+            raise ValueError("is critical and dryRun: a dry-run metric is never acted on, so its failure fails nothing")
         if self.inconclusive_range is not None:
             if self.threshold_range is None:
                 raise ValueError("inconclusiveRange needs a thresholdRange to widen")
@@ -1038,6 +1040,9 @@ def _analysis_problems(analysis: Analysis, field: str, metric_templates: Mapping
         problems.append(Problem(f"{field}.mirror", "true", "mirrors stable's traffic during weighted or blue/green analysis; A/B testing routes matched requests instead"))
     if analysis.score is not None and not analysis.metrics:
         problems.append(Problem(f"{field}.score", "set", "needs metrics to score"))
+    elif analysis.score is not None and all(m.dry_run for m in analysis.metrics):
+        # a score over no metric acted on is 100: every tick would pass, whatever the metrics said
+        problems.append(Problem(f"{field}.score", "set", "needs a metric that is not dryRun: every metric is, so nothing would be scored"))
     return problems
 
 

@@ -124,6 +124,13 @@ INVALID = [
     ("score-marginal-above-pass", set_path("analysis.score", {"pass": 70, "marginal": 80}), "analysis.score", "marginal (80) must not exceed pass (70)", "a mapping of pass, marginal"),
     ("score-above-100", set_path("analysis.score", {"pass": 120}), "analysis.score.pass", "less than or equal to 100", "120"),
     ("score-without-metrics", chain(set_path("analysis.metrics", []), set_path("analysis.score", {})), "analysis.score", "needs metrics to score", "set"),
+    # a score over metrics none of which is acted on was 100: every tick passed (a review's finding)
+    ("score-of-dry-runs-only", chain(set_path("analysis.metrics.0.dryRun", True), set_path("analysis.metrics.1.dryRun", True), set_path("analysis.score", {})),
+     "analysis.score", "needs a metric that is not dryRun", "set"),
+    ("critical-dry-run", chain(set_path("analysis.metrics.0.dryRun", True), set_path("analysis.metrics.0.critical", True)), "analysis.metrics[0]",
+     "is critical and dryRun", "a mapping of name, templateRef, thresholdRange, templateVariables, dryRun, critical"),
+    ("judge-increase-infinite", set_path("analysis.metrics.1.judge", {"allowedIncrease": float("inf")}), "analysis.metrics[1].judge.allowedIncrease",
+     "finite number", "inf"),
     # --- strategies
     ("iterations-with-step-weight", set_path("analysis.iterations", 5), "analysis", "set iterations (A/B testing or blue/green) or weights", "iterations"),
     ("match-without-iterations", set_path("analysis.match", [{"headers": {"x-canary": {"exact": "insider"}}}]), "analysis", "match (A/B testing) needs iterations", "match"),
