@@ -1020,6 +1020,8 @@ def _analysis_problems(analysis: Analysis, field: str, metric_templates: Mapping
         missing = sorted(wanted - metric.template_variables.keys())
         if missing:
             problems.append(Problem(f"{where}.templateVariables", str(metric.template_variables), f"must define {', '.join(missing)} used by template {metric.template_ref.name}"))
+        for name, rule in templates.variable_problems(template.query, metric.template_variables).items():
+            problems.append(Problem(f"{where}.templateVariables.{name}", repr(metric.template_variables[name]), f"{rule} (template {metric.template_ref.name})"))
         if template.provider.address is None and prometheus is None:
             problems.append(Problem(f"metricTemplates.{metric.template_ref.name}.provider.address", "None", "must be set when the stack has no prometheus address"))
     if prometheus is None and any(m.template_ref is None for m in analysis.metrics):

@@ -11,7 +11,7 @@ validated (``placeholders``), never first at release time. Pure; no I/O.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 _PLACEHOLDER = re.compile(r"\{\{(.*?)\}\}", re.S)
@@ -87,6 +87,82 @@ def _check_balanced(query: str) -> None:
         raise ValueError(f"is not valid PromQL: unterminated string starting with {quote}")
     if stack:
         raise ValueError(f"is not valid PromQL: unclosed '{stack[-1]}'")
+
+
+#: what follows a backslash in a PromQL string in double or single quotes (Go's escapes)
+_ESCAPES = set("abfnrtv\\'\"01234567xuU")
+
+
+def variable_problems(query: str, variables: Mapping[str, str]) -> dict[str, str]:
+    """Why a value of ``variables`` would change what the template means, by name. A placeholder inside a
+    quoted string (``le="{{ variables.le }}"``) takes its value as that string's text: a quote in it would end
+    the string, and the rest would be PromQL (``0.5"}[1m])) * 0 #`` passes any gate); a backslash must start one
+    of PromQL's escapes (``\\d`` in a regex is written ``\\\\d``, or the template quotes with backquotes).
+    Elsewhere, the query with the value in must still have its brackets and quotes balanced."""
+    problems: dict[str, str] = {}
+    sentinel = "\x00"
+
+    def marking(name: str) -> Callable[[re.Match[str]], str]:
+        return lambda m: sentinel if m.group(1).strip() == f"variables.{name}" else "x"
+
+    for name, value in variables.items():
+        marked = _PLACEHOLDER.sub(marking(name), query)
+        if sentinel not in marked:
+            continue
+        for quote in _quotes_at(marked, sentinel):
+            if quote == "`":
+                if "`" in value:
+                    problems[name] = "contains a backquote, which would end the backquoted string it stands in"
+            elif quote:
+                escaped = False
+                for ch in value:
+                    if escaped:
+                        if ch not in _ESCAPES:
+                            problems[name] = (f"contains \\{ch}, which is no escape in a PromQL string in {quote} quotes: write \\\\{ch} "
+                                              "(or quote the string with backquotes in the template)")
+                            break
+                        escaped = False
+                    elif ch == "\\":
+                        escaped = True
+                    elif ch == quote:
+                        problems[name] = f"contains an unescaped {quote}, which would end the quoted string it stands in (escape it as \\{quote})"
+                        break
+                else:
+                    if escaped:
+                        problems[name] = "ends with a lone backslash, which would escape the quote that ends the string it stands in"
+            else:
+                try:
+                    _check_balanced(marked.replace(sentinel, value))
+                except ValueError as exc:
+                    problems[name] = f"would make the query unbalanced: the template {exc}"
+            if name in problems:
+                break
+    return problems
+
+
+def _quotes_at(query: str, sentinel: str) -> list[str]:
+    """The quote each occurrence of ``sentinel`` stands in ("" outside any string), read as ``_check_balanced`` reads."""
+    found: list[str] = []
+    quote: str | None = None
+    escaped = comment = False
+    for ch in query:
+        if ch == sentinel:
+            found.append(quote or "")
+            continue
+        if comment:
+            comment = ch != "\n"
+        elif quote:
+            if escaped:
+                escaped = False
+            elif ch == "\\" and quote != "`":
+                escaped = True
+            elif ch == quote:
+                quote = None
+        elif ch == "#":
+            comment = True
+        elif ch in "\"'`":
+            quote = ch
+    return found
 
 
 def render(query: str, *, target: str, namespace: str, interval: str, variables: Mapping[str, str], stable: str = "",

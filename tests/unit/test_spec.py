@@ -125,6 +125,11 @@ INVALID = [
     ("score-above-100", set_path("analysis.score", {"pass": 120}), "analysis.score.pass", "less than or equal to 100", "120"),
     ("score-without-metrics", chain(set_path("analysis.metrics", []), set_path("analysis.score", {})), "analysis.score", "needs metrics to score", "set"),
     # a score over metrics none of which is acted on was 100: every tick passed (a review's finding)
+    # a variable's value is text inside the template's quotes: a quote ended the string, and the rest was PromQL
+    ("template-variable-ends-its-string", set_path("analysis.metrics.0.templateVariables.le", '0.5"}[1m])) * 0 #'),
+     "analysis.metrics[0].templateVariables.le", 'contains an unescaped ", which would end the quoted string', "'0.5\"}[1m])) * 0 #'"),
+    ("template-variable-bad-escape", set_path("analysis.metrics.0.templateVariables.le", "/api/\\d+"),
+     "analysis.metrics[0].templateVariables.le", "contains \\d, which is no escape in a PromQL string", "'/api/\\\\d+'"),
     ("score-of-dry-runs-only", chain(set_path("analysis.metrics.0.dryRun", True), set_path("analysis.metrics.1.dryRun", True), set_path("analysis.score", {})),
      "analysis.score", "needs a metric that is not dryRun", "set"),
     ("critical-dry-run", chain(set_path("analysis.metrics.0.dryRun", True), set_path("analysis.metrics.0.critical", True)), "analysis.metrics[0]",
