@@ -88,7 +88,11 @@ def _scalar_text(v: object) -> object:
     list has no text form: refused."""
     if isinstance(v, bool):
         return "true" if v else "false"
-    if isinstance(v, int | float):
+    if isinstance(v, float):
+        # how it was written is gone (1.10 and 1.1 are one number): a version, a ratio, a header's value must be
+        # exactly as written, so it is quoted rather than guessed
+        raise ValueError(f"is read as the number {v!r}, not as the text written (1.10 and 1.1 are one number): quote it")
+    if isinstance(v, int):
         return str(v)
     if isinstance(v, Mapping | list):
         raise ValueError(f"must be a string (a number or true/false is taken as its text), not a {'mapping' if isinstance(v, Mapping) else 'list'}")

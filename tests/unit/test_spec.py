@@ -730,13 +730,23 @@ def test_an_unknown_field_with_no_near_name_gets_no_guess() -> None:
 @pytest.mark.parametrize(("path", "given", "read", "expected"), [
     ("app.env", {"WORKERS": 4}, lambda s: s.app.env["WORKERS"], "4"),
     ("app.env", {"DEBUG": True}, lambda s: s.app.env["DEBUG"], "true"),
-    ("app.env", {"RATIO": 0.5}, lambda s: s.app.env["RATIO"], "0.5"),
-    ("analysis.metrics.0.templateVariables", {"le": 0.5}, lambda s: s.analysis.metrics[0].template_variables["le"], "0.5"),
+    ("analysis.metrics.0.templateVariables", {"le": 1}, lambda s: s.analysis.metrics[0].template_variables["le"], "1"),
     ("analysis.webhooks.0.metadata", {"verbose": False}, lambda s: s.analysis.webhooks[0].metadata["verbose"], "false"),
-], ids=["int", "true", "float", "template-variable", "webhook-metadata"])
+], ids=["int", "true", "template-variable", "webhook-metadata"])
 def test_a_number_or_boolean_stored_by_config_set_path_is_taken_as_its_text(path: str, given: Any, read: Any, expected: str) -> None:
     # `pulumi config set --path canary:app.env.WORKERS 4` stores the number 4: the variable is the text "4"
     assert read(parse_spec(values_with(set_path(path, given)))) == expected
+
+
+@pytest.mark.parametrize(("path", "given", "field_"), [
+    ("app.env", {"APP_VERSION": 1.10}, "app.env.APP_VERSION"),
+    ("analysis.metrics.0.templateVariables", {"le": 0.50}, "analysis.metrics[0].templateVariables.le"),
+], ids=["env", "template-variable"])
+def test_a_number_with_a_decimal_point_in_a_text_field_is_refused_not_rewritten(path: str, given: Any, field_: str) -> None:
+    # YAML reads 1.10 as the number 1.1: APP_VERSION became "1.1", a header match or a query's label another value
+    # (`pulumi config set --path` stores 1.10 quoted: only a hand-written YAML number reaches here)
+    found = {p.field: p.rule for p in problems(values_with(set_path(path, given)))}
+    assert field_ in found and "quote it" in found[field_], found
 
 
 def test_config_map_data_and_secret_values_take_numbers_as_text() -> None:
