@@ -170,9 +170,9 @@ build_kwok() {
   chmod -R u+w "$dest/stages"
 }
 
-# Traefik's ACME support links every lego DNS provider; a few of their SDKs are
-# not served by the module proxy reachable here. The lab never uses ACME, so the
-# wrapper carries a copy of lego whose provider table leaves those providers out.
+# Traefik's ACME support links every lego DNS provider; a module proxy may not
+# serve a few of their SDKs. The lab never uses ACME, so when a download is refused
+# the wrapper carries a copy of lego whose provider table leaves those providers out.
 trim_lego_providers() {  # trim_lego_providers LEGO_DIR BUILD_LOG -> 0 if something was trimmed
   python3 - "$1" "$2" <<'PY'
 import pathlib, re, sys
@@ -206,7 +206,7 @@ build_traefik() {
   mkdir -p ext
   printf 'module github.com/traefik/traefik/dynamic/ext\ngo 1.24\n' >ext/go.mod
   printf 'package ext\n\n// HTTP is an extension point of the HTTP configuration.\ntype HTTP struct{}\n\n// Router is an extension point of the router configuration.\ntype Router struct{}\n' >ext/ext.go
-  # Traefik's basic/digest auth uses a fork of go-http-auth whose version is not served.
+  # Traefik's basic/digest auth uses a fork of go-http-auth whose version a module proxy may not serve.
   # The newest upstream has all but one method; the wrapper adds it to a copy.
   local auth_src
   auth_src=$(moddir github.com/abbot/go-http-auth "$GO_HTTP_AUTH_VERSION")

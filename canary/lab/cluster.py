@@ -129,12 +129,13 @@ def write_kubeconfig(layout: Layout) -> None:
 
 
 def write_env_file(layout: Layout) -> None:
-    """``source .lab/env`` to use kubectl and pulumi against the lab."""
+    """``source .lab/env`` to use canary, pulumi and kubectl against the lab."""
     env = layout.pulumi_env()
-    lines = ["# source this file to use kubectl and pulumi against the canary lab"]
+    lines = ["# source this file to use canary, pulumi and kubectl against the canary lab"]
     for key, value in env.items():
         if key == "PATH":
-            bins = value.split(os.pathsep)[:3]
+            # the lab's pulumi and kubernetes provider, its language host, and the environment canary runs in (its command)
+            bins = [*value.split(os.pathsep)[:3], str(Path(sys.executable).parent)]
             lines.append(f'export PATH="{os.pathsep.join(bins)}{os.pathsep}$PATH"')
         elif key == "PULUMI_CONFIG_PASSPHRASE":
             lines.append(f'export PULUMI_CONFIG_PASSPHRASE_FILE="{layout.dir / "passphrase"}"')

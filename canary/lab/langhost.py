@@ -1,8 +1,8 @@
 """A Python language host, so that plain ``pulumi up`` runs ``__main__.py`` of this project.
 
 The Pulumi CLI starts a language host per update to run the program. The Go
-host (``pulumi-language-python``) is not available as a module on the registries
-the lab builds from, so the lab ships this one (``.lab/bin/pulumi-language-python``, written by ``lab up``):
+host (``pulumi-language-python``) is not among the tools the lab builds from Go
+modules, so the lab ships this one (``.lab/bin/pulumi-language-python``, written by ``lab up``):
 it serves the SDK's own language runtime — the same code that runs Automation
 API inline programs — with ``__main__.py`` of the project as the program. It
 supports what ``pulumi up/preview/destroy/refresh`` need (Run, GetPluginInfo,

@@ -68,3 +68,21 @@ def test_a_process_that_fails_otherwise_is_not_started_again(tmp_path: Path) -> 
         procs.start_listening(start_at, _http_server(tmp_path)[1], tmp_path)
     assert len(starts) == 1
     assert procs.recorded(tmp_path) == {}
+
+
+def test_the_lab_env_file_puts_canary_itself_on_the_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the README's walkthrough runs `source .lab/env`, then `canary up lab`: canary, installed in the project's
+    # environment, was not on the PATH the file set
+    import shlex
+
+    from canary.lab import cluster
+    from canary.lab.layout import Layout
+
+    layout = Layout(tmp_path / ".lab", tmp_path, tools_dir=tmp_path / "tools")
+    layout.dir.mkdir()
+    tools = [str(tmp_path / "tools" / name) for name in ("pulumi", "provider", "bin")]
+    monkeypatch.setattr(Layout, "pulumi_env", lambda self: {"KUBECONFIG": "kubeconfig", "PATH": ":".join([*tools, "/usr/bin"])})
+    cluster.write_env_file(layout)
+    done = subprocess.run(["bash", "-c", f"source {shlex.quote(str(layout.env_file))} && command -v canary"],
+                          capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0 and Path(done.stdout.strip()).parent == Path(sys.executable).parent, done.stdout + done.stderr
