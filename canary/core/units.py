@@ -41,6 +41,9 @@ def parse_duration(value: object, allow_zero: bool = False) -> timedelta:
     text = value.strip()
     if text.startswith("-"):
         raise ValueError(_negative(allow_zero))
+    if len(text) > 40:
+        # (Python refuses to read numbers of thousands of digits, naming its own limit: too long either way)
+        raise ValueError(_TOO_LONG if _SECONDS.match(text) or _DURATION.match(text) else _DURATION_RULE)
     if _SECONDS.match(text):
         # "30" is what `pulumi config set` stores unless --path types it, and what a quoted 30 is: the
         # same 30 seconds as the number (a bare number means seconds)
@@ -163,7 +166,8 @@ def quantity_value(value: object) -> float:
     assert number is not None  # check_quantity matched
     suffix = text[number.end():]
     try:
-        scale = 10.0 ** int(suffix[1:]) if suffix.startswith("e") else _SUFFIX[suffix]
+        # (an exponent of thousands of digits is too large too: Python would refuse to read it, naming its own limit)
+        scale = (10.0 ** int(suffix[1:]) if len(suffix) < 12 else math.inf) if suffix.startswith("e") else _SUFFIX[suffix]
         value = float(number.group(0)) * scale
     except OverflowError:
         value = math.inf

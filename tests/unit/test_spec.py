@@ -177,6 +177,8 @@ INVALID = [
     ("canary-replicas-zero", set_path("app.canaryReplicas", 0), "app.canaryReplicas", "greater than or equal to 1", "0"),
     ("port-out-of-range", set_path("app.port", 70000), "app.port", "less than or equal to 65535", "70000"),
     ("bad-quantity", set_path("app.resources", {"requests": {"cpu": "lots"}}), "app.resources.requests.cpu", "Kubernetes quantity", "'lots'"),
+    ("quantity-exponent-of-thousands-of-digits", set_path("app.resources", {"requests": {"memory": "1e" + "9" * 5000}, "limits": {"memory": "1Gi"}}),
+     "app.resources", "too large for a Kubernetes quantity", "a mapping of requests, limits"),
     ("request-above-limit", set_path("app.resources", {"requests": {"memory": "2Gi"}, "limits": {"memory": "1500Mi"}}), "app.resources",
      "requests.memory 2Gi must not be above limits.memory 1500Mi", "a mapping of"),
     ("unknown-resource", set_path("app.resources", {"requests": {"gpu": "1"}}), "app.resources.requests.gpu[key]", "'cpu', 'memory' or 'ephemeral-storage'", "'gpu'"),
@@ -246,6 +248,8 @@ INVALID = [
     ("apps-stable-image-differs", chain(_apps(), set_path("apps.web.stableImage", IMAGE_2)), "apps.web.stableImage", "is the earlier name of app.image", IMAGE_2),
     # --- values that passed the rules and broke later (a traceback, a wait without end, a failing hook)
     ("interval-too-long", set_path("analysis.interval", "99999999999h"), "analysis.interval", "at most 8784h", "99999999999h"),
+    # thousands of digits: Python's own limit ("use sys.set_int_max_str_digits()") was the rule shown
+    ("interval-of-thousands-of-digits", set_path("analysis.interval", "9" * 5000), "analysis.interval", "at most 8784h", "'99999999"),
     ("interval-not-a-number", set_path("analysis.interval", float("nan")), "analysis.interval", "finite number of seconds", "nan"),
     ("hold-limit-zero-spelled-0s", set_path("analysis.holdLimit", "0s"), "analysis.holdLimit", "greater than zero", "0s"),
     ("judge-step-zero-spelled-0s", set_path("analysis.metrics.1.judge", {"step": "0s"}), "analysis.metrics[1].judge.step", "greater than zero", "0s"),
