@@ -137,14 +137,19 @@ class Resources(_Model):
         return self
 
 
+#: the largest value of the Kubernetes API's int32 fields
+INT32_MAX = 2**31 - 1
+
+
 class Probe(_Model):
     """An HTTP GET probe against the container port."""
 
     path: str = "/healthz"
-    initial_delay_seconds: Int = Field(0, ge=0)
-    period_seconds: Int = Field(10, ge=1)
-    timeout_seconds: Int = Field(1, ge=1)
-    failure_threshold: Int = Field(3, ge=1)
+    # (the API server's int32 fields: a larger value was refused only by the up that creates the canary)
+    initial_delay_seconds: Int = Field(0, ge=0, le=INT32_MAX)
+    period_seconds: Int = Field(10, ge=1, le=INT32_MAX)
+    timeout_seconds: Int = Field(1, ge=1, le=INT32_MAX)
+    failure_threshold: Int = Field(3, ge=1, le=INT32_MAX)
 
     @field_validator("path")
     @classmethod
@@ -206,8 +211,8 @@ class DisruptionBudget(_Model):
         if (self.min_available is None) == (self.max_unavailable is None):
             raise ValueError("must set exactly one of minAvailable or maxUnavailable")
         for value in (self.min_available, self.max_unavailable):
-            if isinstance(value, int) and value < 0:
-                raise ValueError(f"{value!r} must be a count of pods (0 or more) or a percentage such as 50%")
+            if isinstance(value, int) and not 0 <= value <= INT32_MAX:
+                raise ValueError(f"{value!r} must be a count of pods (0 to {INT32_MAX}) or a percentage such as 50%")
             if isinstance(value, str) and not re.fullmatch(r"\d{1,3}%", value):
                 raise ValueError(f"{value!r} must be a count or a percentage such as 50%")
             if isinstance(value, str) and int(value[:-1]) > 100:
@@ -934,7 +939,11 @@ def app_problems(app: App, field: str, template_field: str | None = None) -> lis
         else:
             if app.port is None:
                 try:
-                    workload.main_port(main)
+                    declared = workload.main_port(main)
+                    if declared is not None and not 1 <= declared <= 65535:
+                        # the Services would target it: the API server refuses the Service at the up, stable already made
+                        problems.append(Problem(f"{field}.port", "nothing", f"is required: the main container {main.get('name')} declares port "
+                                                f"{declared}, which is no TCP port (1 to 65535)"))
                 except workload.AmbiguousPort as exc:
                     problems.append(Problem(f"{field}.port", "nothing", (
                         f"is required: the main container {main.get('name')} lists several ports ({', '.join(exc.ports)}) and none is named "

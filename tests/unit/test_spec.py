@@ -249,6 +249,10 @@ INVALID = [
     # --- values that passed the rules and broke later (a traceback, a wait without end, a failing hook)
     ("interval-too-long", set_path("analysis.interval", "99999999999h"), "analysis.interval", "at most 8784h", "99999999999h"),
     # thousands of digits: Python's own limit ("use sys.set_int_max_str_digits()") was the rule shown
+    ("probe-period-beyond-int32", set_path("app.probes", {"readiness": {"periodSeconds": 2**31}}), "app.probes.readiness.periodSeconds",
+     "less than or equal to 2147483647", "2147483648"),
+    ("disruption-budget-beyond-int32", set_path("app.disruptionBudget", {"minAvailable": 2**40}), "app.disruptionBudget", "0 to 2147483647", "a mapping of minAvailable"),
+    ("template-port-beyond-65535", chain(_template(ports=[{"containerPort": 2**40}]), del_path("app.port")), "app.port", "which is no TCP port", "nothing"),
     ("interval-of-thousands-of-digits", set_path("analysis.interval", "9" * 5000), "analysis.interval", "at most 8784h", "'99999999"),
     ("interval-not-a-number", set_path("analysis.interval", float("nan")), "analysis.interval", "finite number of seconds", "nan"),
     ("hold-limit-zero-spelled-0s", set_path("analysis.holdLimit", "0s"), "analysis.holdLimit", "greater than zero", "0s"),
@@ -259,7 +263,7 @@ INVALID = [
     ("template-quantity-overflows", _template(resources={"requests": {"cpu": "1e400"}, "limits": {"cpu": "1"}}),
      "app.template.spec.containers[0].resources.requests.cpu", "too large for a Kubernetes quantity", "1e400"),
     ("container-without-template", set_path("app.container", "sidecar"), "app.container", "set it only with template", "sidecar"),
-    ("disruption-budget-negative", set_path("app.disruptionBudget", {"minAvailable": -1}), "app.disruptionBudget", "count of pods (0 or more)", "minAvailable"),
+    ("disruption-budget-negative", set_path("app.disruptionBudget", {"minAvailable": -1}), "app.disruptionBudget", "count of pods (0 to 2147483647)", "minAvailable"),
     ("disruption-budget-above-100-percent", set_path("app.disruptionBudget", {"maxUnavailable": "500%"}), "app.disruptionBudget", "a percentage from 0% to 100%", "maxUnavailable"),
     ("disruption-budget-boolean", set_path("app.disruptionBudget", {"minAvailable": True}), "app.disruptionBudget.minAvailable", "not true or false", "True"),
     ("match-regex-lookahead", chain(_no_weights(), set_path("analysis.iterations", 5), set_path("analysis.match", [{"headers": {"x-user": {"regex": "(?=a)b"}}}])),
