@@ -562,14 +562,15 @@ def _interval(given: Any, out: dict[str, Any], notes: list[str]) -> None:
     """The analysis interval Flagger runs: a Go duration, at least 10s; its default, 1m, for one it cannot
     parse. A string its CRD refuses and Go cannot parse either is refused (any other shape is left to the
     spec's own check)."""
-    if not isinstance(given, str):
+    if given is None:
         return
+    if not isinstance(given, str) or not _CRD_INTERVAL.match(given):
+        # (a sign, a bare number: Go would read "-1m" and "+5m", but the CRD refuses them, so no such Canary runs)
+        raise InvalidSpec([Problem("spec.analysis.interval", _shown(given),
+                                   "must be a duration such as 30s, 1m or 1m30s: Flagger's Canary CRD refuses an interval "
+                                   "that is not a string starting with a number and m or s")], "Canary")
     interval = go_duration(given)
     if interval is None:
-        if not _CRD_INTERVAL.match(given):
-            raise InvalidSpec([Problem("spec.analysis.interval", _shown(given),
-                                       "must be a duration such as 30s, 1m or 1m30s: Flagger's Canary CRD refuses an interval "
-                                       "that does not start with a number and m or s")], "Canary")
         out["interval"] = units.format_duration(FLAGGER_DEFAULT_INTERVAL)
         notes.append(f"spec.analysis.interval: {given!r} is not a duration Flagger can parse, and Flagger runs its default, "
                      f"{out['interval']}, instead; written as {out['interval']} (set the interval you meant)")

@@ -802,6 +802,17 @@ def test_an_interval_flagger_cannot_parse_is_written_as_the_default_it_runs_with
                for n in result.notes), result.notes
 
 
+@pytest.mark.parametrize("given", ["-1m", "-0", "+5m", 5], ids=["negative", "minus-zero", "plus", "a-number"])
+def test_an_interval_flagger_s_crd_refuses_is_refused(given: object) -> None:
+    # Go reads -1m and +5m, so the CRD's own pattern was never asked: -1m was imported as 10s with a note, +5m as
+    # 5m, and a bare 5 (not a string, which the CRD refuses) as 5s, below Flagger's minimum
+    doc = _canary()
+    doc["spec"]["analysis"]["interval"] = given
+    with pytest.raises(InvalidSpec) as info:
+        flagger.convert([doc, _template()])
+    assert [p.field for p in info.value.problems] == ["spec.analysis.interval"] and "Flagger's Canary CRD refuses" in str(info.value)
+
+
 @pytest.mark.parametrize(("given", "runs"), [("1m1.5s", timedelta(seconds=61.5)), ("30s1m", timedelta(seconds=90))])
 def test_an_interval_is_read_as_flagger_reads_it(given: str, runs: timedelta) -> None:
     doc = _canary()
