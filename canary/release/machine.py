@@ -361,23 +361,25 @@ class Release:
         abort = requests.get("abort")
         if abort is not None and state.phase not in (*TERMINAL, Phase.ROLLING_BACK):
             if state.phase in PROMOTION:
-                self._clear("abort")
+                self._clear("abort", abort, carried=False)
                 self.recorder.event(state, f"abort ignored: the release is already {state.phase} (the new version passed every check)")
                 self.cancel.clear()
                 return state
             by = abort.get("by") or "a user"
             self.recorder.request(state, "abort", by, abort.get("reason", ""))
             state = self._begin_rollback(state, f"aborted by {by}", to=Phase.ABORTED)
-            self._clear("abort")  # only now: an abort cleared before its rollback was saved was lost with it
+            self._clear("abort", abort)  # only now: an abort cleared before its rollback was saved was lost with it
             return state
         for kind, paused in (("pause", True), ("continue", False)):
             request = requests.get(kind)
             if request is not None:
-                if state.paused != paused:
+                changes = state.paused != paused
+                if changes:
                     self.recorder.request(state, kind, request.get("by", ""), request.get("reason", ""))
                     word = "paused: the step holds, analysis goes on" if paused else "continued"
                     state = self.recorder.save(state.model_copy(update={"paused": paused}), f"release {word} (by {request.get('by') or 'a user'})", Severity.WARN)
-                self._clear(kind)  # only once the state that carries it is saved: a request cleared before was lost with a kill
+                # only once the state that carries it is saved: a request cleared before was lost with a kill
+                self._clear(kind, request, carried=changes)
         promote = requests.get("promote")
         if promote is not None and promote.get("skip_analysis") and state.phase in SKIPPABLE:
             if state.phase is Phase.INITIALIZING and not state.canary_deployed:
@@ -390,16 +392,25 @@ class Release:
             self.recorder.request(state, "promote --skip-analysis", promote.get("by", ""), reason)
             state = self._to_promoting(state, f"promoting without analysis (by {promote.get('by') or 'a user'}): {reason}", Severity.WARN,
                                        forced=f"skip-analysis: {reason}")
-            self._clear("promote")
+            self._clear("promote", promote)
             return state
         return state
 
-    def _clear(self, kind: str) -> None:
-        """The request of ``kind`` taken: cleared in the cluster (that one, not one written since), once the state
-        that carries it is the cluster's."""
-        taken = self._requests.pop(kind, None)
-        self._unclear[kind] = None if taken is None or taken.get("local") else taken
-        self._clear_taken()
+    def _clear(self, kind: str, acted_on: dict[str, Any] | None, carried: bool = True) -> None:
+        """The request of ``kind`` this release acted on: cleared in the cluster (that one, not one written since)
+        once the state that carries it is the cluster's; at once when it changed nothing (refused, or ignored), unless
+        it is one already waiting for its state (reported again by the watch, its effect already saved here)."""
+        if self._requests.get(kind) is acted_on:
+            self._requests.pop(kind, None)
+        request = None if acted_on is None or acted_on.get("local") else acted_on
+        if carried or kind in self._unclear:
+            self._unclear[kind] = request
+            self._clear_taken()
+            return
+        try:
+            self.store.clear_request(kind, request)
+        except CanaryError:
+            pass  # left in the cluster: asked for again, and refused again
 
     def _clear_taken(self) -> None:
         if not self._unclear or not self.store.state_taken():
@@ -605,9 +616,9 @@ class Release:
                 forced = "" if passed else f"force: {request.get('reason', '')}"
                 state = self._to_promoting(state, f"promotion approved by {by}" + (f" despite a failed last tick: {request.get('reason')}" if forced else ""),
                                            Severity.INFO, forced=forced)
-                self._clear("promote")  # once the promotion is saved: cleared before, a kill lost it
+                self._clear("promote", request)  # once the promotion is saved: cleared before, a kill lost it
                 return state
-            self._clear("promote")
+            self._clear("promote", request, carried=False)
             self.recorder.event(state, f"promotion by {by} refused: the last tick did not pass ({state.reason or 'see canary status'}); "
                                        "wait for a passing tick, or promote --force --reason TEXT", Severity.WARN)
         elif state.advance and not state.paused and self.hooks.gate(state, WebhookType.CONFIRM_PROMOTION) is None:
@@ -622,7 +633,7 @@ class Release:
             by = request.get("by") or "canary promote"
             self.recorder.request(state, "promote", by, request.get("reason", ""))
             state = self._to_promoting(state, f"inconclusive release promoted by {by}", Severity.WARN, forced=f"decided by {by}: {request.get('reason', '')}")
-            self._clear("promote")  # once the promotion is saved: cleared before, a kill lost it
+            self._clear("promote", request)  # once the promotion is saved: cleared before, a kill lost it
             return state
         since = _parse(state.deciding_since)
         bound = self.spec.analysis.decision_timeout

@@ -82,6 +82,8 @@ class ReleaseStore:
         self.stack = stack
         self.cache = cache
         self._state_version: str | None = None
+        #: another process wrote the cluster's state since this one did: what this one saved is not the cluster's
+        self._superseded = False
         self._chunk: dict[str, Any] | None = None  # the journal chunk last written: name, lines, version
         self._lock = threading.Lock()
         self._deployment_uid: str | None = None
@@ -205,6 +207,7 @@ class ReleaseStore:
                 # The version read stays the old one: no later save of this process overwrites theirs, and the
                 # state saved here is not sent over theirs later either.
                 self.cache.superseded()
+                self._superseded = True
                 try:
                     theirs = records.parse_state(json.loads(held)) if held else None
                     said = f"release {theirs.release} in phase {theirs.phase}" if theirs is not None else "no state"
@@ -296,6 +299,7 @@ class ReleaseStore:
             # another machine wrote the state since this one last could (it resumed the release, or began
             # another): its state is the newer; this machine's records went to the journal, its state does not
             self.cache.superseded()
+            self._superseded = True
 
     def _send(self, data: dict[str, Any]) -> None:
         release = str(data["release"])
@@ -376,8 +380,9 @@ class ReleaseStore:
         return out
 
     def state_taken(self) -> bool:
-        """The cluster holds the state last saved (False while it is kept on this machine only)."""
-        return not self.cache.state_unsent()
+        """The cluster holds the state last saved (False while it is kept on this machine only, and once another
+        process wrote the cluster's since: what was saved here is then no one's)."""
+        return not self._superseded and not self.cache.state_unsent()
 
     def releases(self) -> list[str]:
         """The releases whose journals the cluster keeps, oldest first."""

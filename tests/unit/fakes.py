@@ -250,6 +250,7 @@ class FakeStore:
         self._listener: Callable[[dict[str, dict[str, Any]]], None] | None = None
         self._release = ""
         self.refused: str | None = None
+        self._written = 0
 
     def load(self) -> records.ReleaseState | None:
         return self.state
@@ -282,7 +283,8 @@ class FakeStore:
     def request(self, kind: str, by: str = "test", **fields: Any) -> None:
         """As `canary abort` (promote, pause …) from another machine: the watch reports it."""
         assert self.state is not None
-        self.pending[kind] = {"release": self.state.release, "by": by, **fields}
+        self._written += 1  # each request its own time, as `canary` writes them: a clear deletes only the one taken
+        self.pending[kind] = {"release": self.state.release, "by": by, "time": f"t{self._written}", **fields}
         if self._listener is not None:
             self._listener(self.requests(self._release))
 

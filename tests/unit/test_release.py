@@ -1422,6 +1422,53 @@ def test_an_abort_whose_rollback_is_kept_on_this_machine_only_stays_in_the_clust
     assert max(world.cluster.weights_seen) <= 20, world.cluster.weights_seen
 
 
+class _StateKeptHereOnly(FakeStore):
+    """The cluster takes no state write (a struggling API server, an admission policy): every save kept here."""
+
+    def state_taken(self) -> bool:
+        return False
+
+
+class _Enough(Exception):
+    pass
+
+
+def test_a_refused_promote_is_cleared_at_once_even_while_states_are_kept_here() -> None:
+    # a refused promote changes no state, yet its clear waited for the state to reach the cluster: left there, the
+    # watch reported it again every 30 s, each report cut the interval before its tick, and a failing canary held
+    # (41 refusals and no tick in 20 minutes) instead of reaching its threshold
+    store = _StateKeptHereOnly()
+    world = make(Metrics([0.0] * 5 + [7.0] * 500), lambda v: v["analysis"].update(
+        interval="60s", threshold=500, webhooks=[{"name": "approve", "type": "confirm-promotion", "url": "http://gate/"}]),
+        hooks=FakeHooks(lambda name, kind: kind != "confirm-promotion"), store=store)
+    seen: dict[str, Any] = {"asked": None, "listed": 0.0}
+
+    def on_sleep(now: float) -> None:
+        st = store.state
+        if st is None:
+            return
+        if seen["asked"] is None and st.phase is Phase.WAITING_PROMOTION and not st.last_tick_passed:
+            seen["asked"] = now
+            store.request("promote")
+        if now - seen["listed"] >= 30 and store._listener is not None:  # the watch, re-opened, lists the requests again
+            seen["listed"] = now
+            store._listener(store.requests(store._release))
+        if seen["asked"] is not None and now - seen["asked"] > 1200:
+            raise _Enough()
+
+    world.clock.on_sleep = on_sleep
+    try:
+        result = world.start()
+    except _Enough:
+        result = None
+    assert seen["asked"] is not None and "promote" not in store.pending
+    refused = [e for e in store.of("event") if "refused: the last tick did not pass" in e.message]
+    after = [t for t in store.of("tick") if refused and t.time > refused[0].time]
+    # the failing ticks go on (the request refused once), and the failing canary is rolled back at its failure limit
+    assert len(refused) == 1 and len(after) >= 3, (len(refused), len(after))
+    assert result is not None and result.phase is Phase.FAILED, result
+
+
 def test_a_promote_survives_a_kill_before_promoting_is_saved() -> None:
     class KilledOnPromoting(FakeStore):
         armed = True

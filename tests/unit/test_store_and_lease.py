@@ -397,6 +397,8 @@ def test_a_state_this_version_cannot_read_is_named_not_a_traceback(tmp_path: Pat
     # the release running here meets it as another holder's write: the lease is lost, not an internal error
     with pytest.raises(LeaseLost, match="a state this version of canary cannot read"):
         store.save(_state(phase=Phase.ROLLING_BACK))
+    # what this process saved is no one's now: a request it took is not cleared as if the cluster held its effect
+    assert not store.state_taken()
 
 
 def test_the_legacy_file_journal_is_still_readable(tmp_path: Path) -> None:
