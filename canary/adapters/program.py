@@ -26,6 +26,7 @@ import json
 import re
 import threading
 import weakref
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -177,8 +178,13 @@ def _adopted_route_guard(app: str) -> pulumi.ResourceHook:
         old = args.old_inputs or {}
         rules = (old.get("spec") or {}).get("rules") or []
         namespace = (old.get("metadata") or {}).get("namespace")
-        new_refs = [ref for rule in ((args.new_inputs or {}).get("spec") or {}).get("rules") or [] for ref in rule.get("backendRefs") or []]
-        port = next((ref.get("port") for ref in new_refs if isinstance(ref, Mapping)), None)  # canary's route: the app's service port
+        # the port the route sends the app's requests to (its rules' most common): a rule to another port of the app (its
+        # gRPC port) would be sent to that one by canary's route. (Not compared with canary's own port: a route on the
+        # Service's port 8080 adopted by an app on 80, or app.servicePort changed, moves every rule alike)
+        to_app = [ref.get("port") for rule in rules if isinstance(rule, Mapping) for ref in rule.get("backendRefs") or []
+                  if isinstance(ref, Mapping) and ref.get("name") in ours and ref.get("port") is not None]
+        counts = Counter(to_app)
+        port = max(reversed(to_app), key=lambda p: counts[p]) if to_app else None  # (a tie: the later rule's, the catch-all's)
         dropped = []
         for i, rule in enumerate(r for r in rules if isinstance(r, Mapping)):
             refs = [ref for ref in rule.get("backendRefs") or [] if isinstance(ref, Mapping)]
@@ -927,7 +933,13 @@ def _track_target(pin: Mapping[str, Any], desired: Mapping[str, Any], app: App, 
     before and after it takes the new version, and each pod is reached on its own port while stable rolls."""
     port = _track_port(pin, desired, app, port_given)
     template = desired.get("template") if pin.get("hash") == desired.get("hash") else pin.get("template")
-    return workload.port_name(template, app.name, app.container, port) or port
+    name = workload.port_name(template, app.name, app.container, port)
+    # and only under a name the desired template gives its port too: a name the new version drops (http renamed web)
+    # would leave each new pod out of stable's Services as stable rolls, so the number is targeted meanwhile
+    desired_port = _track_port(desired, desired, app, port_given)
+    if name is None or workload.port_name(desired.get("template"), app.name, app.container, desired_port) != name:
+        return port
+    return name
 
 
 def _pin(template: Mapping[str, Any], app: App, config_hashes: Mapping[str, str]) -> dict[str, Any]:

@@ -355,6 +355,17 @@ def test_promoting_a_release_that_moves_the_port_leaves_stable_s_services_reachi
     assert {promoting.urns["web-stable"], promoting.urns["web-stable-service"], promoting.urns["web-apex-service"]} <= set(facts.targets("stable"))
 
 
+def test_a_release_that_renames_the_port_targets_stable_s_by_number(declare: Callable[..., Declared]) -> None:
+    # stable's port named http, the new version's web (same number): stable's Services targeted "http" during the
+    # release, and "web" only after stable had rolled, so each new stable pod (no port named http) was out of them
+    new = "registry.example.com/shop/web:2.0.0"
+    old_pin = pin("registry.example.com/shop/web:1.0.0", "5555aaaa5555aaaa", port=8080)
+    template = {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "web", "image": new, "ports": [{"name": "web", "containerPort": 8080}]}]}}
+    d = declare(component(NO_IMAGE, template=template), {"canary:release": {"web": {"release": "r1", "stable": old_pin, "route": {"weight": 10}}}})
+    assert {s: d.inputs(f"web-{s}-service")["spec"]["ports"][0]["targetPort"] for s in ("stable", "apex")} == {"stable": 8080.0, "apex": 8080.0}
+    assert d.inputs("web-canary-service")["spec"]["ports"][0]["targetPort"] == "web"
+
+
 def test_a_plain_up_whose_stable_change_is_refused_leaves_stable_s_service_as_it_was(declare: Callable[..., Declared]) -> None:
     # the stable guard refused the Deployment, but its Service, independent of it, took the new port anyway
     d = declare(component({**SIMPLE_APP, "image": "registry.example.com/shop/web:2.0.0", "port": 9090}))
@@ -1012,6 +1023,16 @@ def test_adopting_a_route_whose_rules_to_the_app_do_more_than_canary_s_is_refuse
     ours = _route(*routing.route_spec("web", [{"name": "public"}], ["shop.example.com"], 80, routing.AT_REST)["rules"])
     error = run_guard(declare, lambda app, stack: program._adopted_route_guard(app), _route(rule, {"backendRefs": [{"name": "web", "port": 80}]}), ours)
     assert error is not None and f"rules[0] (paths {rule['matches'][0]['path']['value']}) {named}" in str(error) and "rules[1]" not in str(error), error
+
+
+def test_the_adopted_route_guard_lets_a_route_on_another_port_of_the_app_through(declare: Callable[..., Declared]) -> None:
+    # the guard compared the old route's ports with canary's own: an adopted route on the Service's port 8080 (the
+    # app on the default 80) was refused, and so was every later up once app.servicePort changed
+    ours = _route(*routing.route_spec("web", [{"name": "public"}], ["shop.example.com"], 80, routing.AT_REST)["rules"])
+    theirs = _route({"matches": [{"path": {"type": "PathPrefix", "value": "/"}}], "backendRefs": [{"name": "web", "port": 8080}]})
+    assert run_guard(declare, lambda app, stack: program._adopted_route_guard(app), theirs, ours) is None
+    moved = _route(*routing.route_spec("web", [{"name": "public"}], ["shop.example.com"], 8080, routing.AT_REST)["rules"])
+    assert run_guard(declare, lambda app, stack: program._adopted_route_guard(app), ours, moved) is None
 
 
 @pytest.mark.parametrize("shape", [
