@@ -71,14 +71,27 @@ def from_config(config: Mapping[str, Any], source: str = "stack config", stack_f
     except InvalidSpec as exc:
         # a key held as a Pulumi secret shows no value of its own in a problem, whatever field the rule is about
         # (an unknown key `canary:dbPassword` set --secret was refused quoting the password)
-        hidden = [Problem(p.field, "<secret>" if p.value != "nothing" else p.value, _scrubbed(p.rule, values.get(_top(p.field))))
+        hidden = [Problem(p.field, "<secret>" if p.value != "nothing" else p.value, _scrubbed(p.rule, _at(values, p.field)))
                   if _top(p.field) in secret_keys else p for p in exc.problems]
         raise InvalidSpec(hidden, exc.source) from None
 
 
+def _at(values: Mapping[str, Any], field: str) -> Any:
+    """The value a problem's field names (``analysis.match[0].headers.x-token``), as deep as it can be followed."""
+    node: Any = values
+    for part in re.findall(r"[^.\[\]]+", field.removeprefix(f"{CONFIG_NAMESPACE}:")):
+        if isinstance(node, Mapping) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            break
+    return node
+
+
 def _scrubbed(rule: str, secret: Any) -> str:
-    """``rule`` without the text of any string under a key held as a secret: some rules quote the value they are
-    about (a header's exact value, a regex). Which leaf of the key is the secret one the config does not say
+    """``rule`` without the text of any string of the value it is about, under a key held as a secret: some rules
+    quote it (a header's exact value, a regex). Which leaf of the key is the secret one the config does not say
     (a secret leaf makes its whole key secret), so every one of three characters or more is taken out."""
     leaves: list[str] = []
 

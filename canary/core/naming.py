@@ -140,7 +140,10 @@ def canary_value(value: str) -> str:
     """The canary pods' value of an app-wide selector label whose stable value is ``value``: suffixed
     ``-canary``, still a valid label value. Always: a value that already ends so (an app named ``bird-canary``)
     would otherwise be stable's own, and the team's selectors on it would reach the canary's pods."""
-    return (value[: 63 - len("-canary")] + "-canary").strip("-_.")
+    out = (value[: 63 - len("-canary")] + "-canary").strip("-_.")
+    if out == value:  # 63 characters already ending so: cut one more, or it would be stable's value again
+        out = (value[: 62 - len("-canary")] + "-canary").strip("-_.")
+    return out
 
 
 def state_configmap(app: str) -> str:

@@ -89,8 +89,8 @@ def _check_balanced(query: str) -> None:
         raise ValueError(f"is not valid PromQL: unclosed '{stack[-1]}'")
 
 
-#: what follows a backslash in a PromQL string in double or single quotes (Go's escapes)
-_ESCAPES = set("abfnrtv\\'\"01234567xuU")
+#: what follows a backslash in a PromQL string in double or single quotes (Go's escapes; the string's own quote is added)
+_ESCAPES = set("abfnrtv\\01234567xuU")
 
 
 def variable_problems(query: str, variables: Mapping[str, str]) -> dict[str, str]:
@@ -116,8 +116,11 @@ def variable_problems(query: str, variables: Mapping[str, str]) -> dict[str, str
             elif quote:
                 escaped = False
                 for ch in value:
+                    if ch == "\n" and not escaped:
+                        problems[name] = f"contains a line break, which a PromQL string in {quote} quotes cannot hold (write \\n)"
+                        break
                     if escaped:
-                        if ch not in _ESCAPES:
+                        if ch not in _ESCAPES and ch != quote:
                             problems[name] = (f"contains \\{ch}, which is no escape in a PromQL string in {quote} quotes: write \\\\{ch} "
                                               "(or quote the string with backquotes in the template)")
                             break

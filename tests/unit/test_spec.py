@@ -128,6 +128,10 @@ INVALID = [
     # a variable's value is text inside the template's quotes: a quote ended the string, and the rest was PromQL
     ("template-variable-ends-its-string", set_path("analysis.metrics.0.templateVariables.le", '0.5"}[1m])) * 0 #'),
      "analysis.metrics[0].templateVariables.le", 'contains an unescaped ", which would end the quoted string', "'0.5\"}[1m])) * 0 #'"),
+    ("template-variable-other-quote-escaped", set_path("analysis.metrics.0.templateVariables.le", "it\\'s"),
+     "analysis.metrics[0].templateVariables.le", "which is no escape in a PromQL string in \" quotes", "it"),
+    ("template-variable-line-break", set_path("analysis.metrics.0.templateVariables.le", "a\nb"),
+     "analysis.metrics[0].templateVariables.le", "contains a line break", "'a\\nb'"),
     ("template-variable-bad-escape", set_path("analysis.metrics.0.templateVariables.le", "/api/\\d+"),
      "analysis.metrics[0].templateVariables.le", "contains \\d, which is no escape in a PromQL string", "'/api/\\\\d+'"),
     ("score-of-dry-runs-only", chain(set_path("analysis.metrics.0.dryRun", True), set_path("analysis.metrics.1.dryRun", True), set_path("analysis.score", {})),
@@ -634,6 +638,20 @@ def test_a_rule_refusing_a_value_of_a_secret_key_does_not_quote_it(match: dict[s
     (problem,) = info.value.problems
     assert problem.field.startswith("analysis.match[0]") and "s3cr3t" not in str(info.value), str(info.value)
     assert "<secret>" in problem.rule
+
+
+def test_a_rule_about_another_field_of_a_secret_key_is_not_scrubbed() -> None:
+    # every string of canary:analysis was cut from every rule once one of its leaves was a secret: "must be one of
+    # 'confirm-rollout', …" read "must be one of 'confirm-<secret>', …" (the webhooks' type "rollout" was a leaf)
+    values = values_with(set_path("analysis.match", [{"headers": {"x-canary-token": {"exact": "s3cr3t-TOKEN"}}}]),
+                         set_path("analysis.webhooks", [{"name": "load", "type": "pre-promotion", "cmd": "true"},
+                                                        {"name": "smoke", "type": "rollout", "cmd": "true"}]))
+    config = {key: ConfigValue(value=json.dumps(value) if not isinstance(value, str) else value, secret=key == "canary:analysis")
+              for key, value in _config(values).items()}
+    with pytest.raises(InvalidSpec) as info:
+        stackconfig.from_config(config)
+    rules = {p.field: p.rule for p in info.value.problems}
+    assert "'confirm-rollout'" in rules["analysis.webhooks[0].type"] and "<secret>" not in rules["analysis.webhooks[0].type"], rules
 
 
 def test_unencrypted_secrets_skips_keys_the_cli_reports_as_secret() -> None:

@@ -447,3 +447,5 @@ def test_canary_pods_never_share_an_app_wide_label_value_with_stable() -> None:
     stable = workload.for_track(template, "bird-canary", Track.STABLE, "h")
     canary = workload.for_track(template, "bird-canary", Track.CANARY, "h")
     assert (stable["metadata"]["labels"]["app"], canary["metadata"]["labels"]["app"]) == ("bird-canary", "bird-canary-canary")
+    longest = "a" * 56 + "-canary"  # 63 characters: suffixing after the cut gave the same value back
+    assert naming.canary_value(longest) != longest and len(naming.canary_value(longest)) <= 63
