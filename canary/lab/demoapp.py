@@ -55,6 +55,8 @@ FLAKY = re.compile(r"^(?P<version>v\d+)-flaky-(?P<period>\d+)s$")
 FLAKY_ERROR_RATE = 0.5
 #: images of containers that are not the app: a sidecar that idles, an init container that exits 0
 ROLES = {"sidecar": "sidecar", "init": "init"}
+#: how long the app answers after SIGTERM (its pod deleted) before it stops: a preStop pause's drain
+DRAIN_SECONDS = 1.0
 
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0)
 
@@ -191,7 +193,15 @@ def main(argv: list[str] | None = None) -> int:
                 env["DEMO_CONFIG"] = real + env["DEMO_CONFIG"][len(inside.rstrip("/")):]
     host, _, port = args.listen.rpartition(":")
     server = make_server(host or "127.0.0.1", int(port), Behaviour(tag, env))
-    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown, daemon=True).start())
+    # a deleted pod's app keeps answering for a moment, as one with a preStop pause does: its endpoint is gone from
+    # the Service by then, and the gateway (which follows EndpointSlices within about 0.1 s) has stopped sending to it
+    drain = float(env.get("DEMO_DRAIN_SECONDS", DRAIN_SECONDS))
+
+    def drain_then_stop() -> None:
+        time.sleep(drain)
+        server.shutdown()
+
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=drain_then_stop, daemon=True).start())
     try:
         server.serve_forever(poll_interval=0.2)
     except KeyboardInterrupt:

@@ -13,7 +13,8 @@ files (``DEMO_MOUNTS`` maps a mount path to the files). Once the app answers
 ``lab.canary/serving=true``, and only then does kwok mark it Ready: a
 Deployment is Ready exactly when its pods serve, as on a real cluster. It stops
 the processes of a deleted pod, restarts a process that died, and keeps
-Prometheus' scrape targets current.
+Prometheus' scrape targets current. A deleted pod's app drains before it stops
+(``demoapp.DRAIN_SECONDS``), as a well-behaved app does on SIGTERM.
 
 Prometheus labels follow the namespace's scheme (annotation
 ``lab.canary/prometheus-labels``): Flagger's ``kubernetes_pod_name`` by
@@ -196,13 +197,22 @@ class Supervisor:
         print(f"started {meta['namespace']}/{meta['name']} ({app['image']}, {len(processes)} containers) on {listen}", flush=True)
         return Running(meta["uid"], meta["namespace"], meta["name"], status["podIP"], port, app["image"], dict(meta.get("labels") or {}), processes)
 
-    def _stop(self, run: Running, why: str) -> None:
+    def _stop(self, run: Running, why: str, drain: bool = True, wait: bool = True) -> None:
+        """SIGTERM to the pod's processes (the demo app then drains: it serves for ``demoapp.DRAIN_SECONDS`` more,
+        as an app with a preStop pause does while the gateway stops sending to it), then reaped; without ``drain``,
+        SIGKILL. Without ``wait``, reaped on a thread of their own: a deleted pod's drain holds up no other pod."""
         for process in run.processes:
             if process.poll() is None:
-                process.terminate()
+                process.terminate() if drain else process.kill()
+        if wait:
+            self._reap(run, why)
+        else:
+            threading.Thread(target=self._reap, args=(run, why), name=f"reap-{run.name}", daemon=True).start()
+
+    def _reap(self, run: Running, why: str) -> None:
         for process in run.processes:
             try:
-                process.wait(timeout=3)
+                process.wait(timeout=demoapp.DRAIN_SECONDS + 3)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=3)
@@ -253,7 +263,7 @@ class Supervisor:
         self._probe()
         for uid in list(self.running):
             if uid not in seen:
-                self._stop(self.running.pop(uid), "pod deleted")
+                self._stop(self.running.pop(uid), "pod deleted", wait=False)
         self._refresh_schemes()
         self._write_targets()
 
@@ -326,7 +336,7 @@ class Supervisor:
             starting = any(not run.serving and now - run.started < PROBE_FAST_FOR for run in self.running.values())
             self.changed.wait(PROBE_SECONDS if starting else max(0.0, next_sync - now))
         for run in list(self.running.values()):
-            self._stop(run, "supervisor stopping")
+            self._stop(run, "supervisor stopping", drain=False)
         self.running.clear()
         self._write_targets()
         return 0

@@ -86,3 +86,37 @@ def test_the_lab_env_file_puts_canary_itself_on_the_path(tmp_path: Path, monkeyp
     done = subprocess.run(["bash", "-c", f"source {shlex.quote(str(layout.env_file))} && command -v canary"],
                           capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
     assert done.returncode == 0 and Path(done.stdout.strip()).parent == Path(sys.executable).parent, done.stdout + done.stderr
+
+
+def test_the_demo_app_answers_for_its_drain_after_sigterm_then_stops() -> None:
+    # a deleted pod's app stopped at once: the gateway, a moment behind the EndpointSlice, sent it a request or two
+    # more, answered 502 (one request of a release's stable rollout under traffic)
+    import signal
+    import time
+    import urllib.request
+
+    from canary.lab import demoapp
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    app = subprocess.Popen([sys.executable, demoapp.__file__, "--listen", f"127.0.0.1:{port}", "--image", "demo:v1"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}/healthz"
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                urllib.request.urlopen(url, timeout=1).read()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the demo app did not start"
+                time.sleep(0.05)
+        app.send_signal(signal.SIGTERM)
+        time.sleep(demoapp.DRAIN_SECONDS / 2)
+        assert urllib.request.urlopen(url, timeout=1).status == 200  # still answering: draining
+        assert app.wait(timeout=demoapp.DRAIN_SECONDS + 5) == 0
+    finally:
+        if app.poll() is None:
+            app.kill()
+            app.wait()
