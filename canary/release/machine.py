@@ -345,6 +345,8 @@ class Release:
         """From the watch on the requests ConfigMap (another thread): an abort cancels at once."""
         local = {k: v for k, v in self._requests.items() if v.get("local")}
         self._requests = {**requests, **local}
+        # a request already taken, still in the cluster until the state that carries it is, wakes nothing again
+        requests = {k: v for k, v in requests.items() if self._unclear.get(k) != v}
         if "abort" in self._requests and self._phase not in PROMOTION and self._phase is not Phase.ROLLING_BACK:
             self._cancel_now()
         if requests:
@@ -378,8 +380,9 @@ class Release:
                     self.recorder.request(state, kind, request.get("by", ""), request.get("reason", ""))
                     word = "paused: the step holds, analysis goes on" if paused else "continued"
                     state = self.recorder.save(state.model_copy(update={"paused": paused}), f"release {word} (by {request.get('by') or 'a user'})", Severity.WARN)
-                # only once the state that carries it is saved: a request cleared before was lost with a kill
-                self._clear(kind, request, carried=changes)
+                # only once the state that carries it is in the cluster: a request cleared before was lost with a kill.
+                # (Even when it changes nothing here: the state saying so may be this machine's alone, a resume's local copy)
+                self._clear(kind, request)
         promote = requests.get("promote")
         if promote is not None and promote.get("skip_analysis") and state.phase in SKIPPABLE:
             if state.phase is Phase.INITIALIZING and not state.canary_deployed:

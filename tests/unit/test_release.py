@@ -1469,6 +1469,62 @@ def test_a_refused_promote_is_cleared_at_once_even_while_states_are_kept_here() 
     assert result is not None and result.phase is Phase.FAILED, result
 
 
+class _Stop(BaseException):
+    """The test has seen enough (a BaseException: the release's own error handling does not take it)."""
+
+
+class _PausedKeptHere(FakeStore):
+    """From the pause on the cluster refuses state writes (an admission policy): every state is kept on this machine,
+    and `load` here returns that copy, as ReleaseStore.load does while it is unsent. Killed at the paused save."""
+
+    local: Any = None
+    kill_next = True
+
+    def save(self, state: Any) -> None:
+        if state.paused or self.local is not None:
+            self.local = state
+            if self.kill_next:
+                self.kill_next = False
+                raise _Killed()
+            return
+        super().save(state)
+
+    def load(self) -> Any:
+        return self.local or self.state
+
+    def state_taken(self) -> bool:
+        return self.local is None
+
+
+def test_a_pause_carried_only_by_this_machine_s_state_stays_in_the_cluster_through_a_resume_here() -> None:
+    # resumed on the same machine from its kept (paused) state, the pause changed nothing there and was cleared at
+    # once: the cluster held neither the paused state nor the pause, and a resume elsewhere stepped past the weight
+    store = _PausedKeptHere()
+    world: Any = None
+
+    def on_sleep(now: float) -> None:
+        st = world.store.state
+        if st is not None and st.weight == 20 and "pause" not in world.store.pending and store.local is None:
+            world.store.request("pause", by="oncall")
+
+    world = make(Metrics(0.0), store=store)
+    world.clock.on_sleep = on_sleep
+    with pytest.raises(_Killed):
+        world.start()
+    assert "pause" in store.pending and store.local.paused and not store.state.paused
+    sleeps = {"n": 0}
+
+    def enough(now: float) -> None:
+        sleeps["n"] += 1
+        if sleeps["n"] > 20:
+            raise _Stop()
+
+    world.clock.on_sleep = enough
+    with pytest.raises(_Stop):
+        world.rebuild().release.resume()
+    assert not store.state.paused and "pause" in store.pending
+
+
 def test_a_promote_survives_a_kill_before_promoting_is_saved() -> None:
     class KilledOnPromoting(FakeStore):
         armed = True
