@@ -89,10 +89,6 @@ def _check_balanced(query: str) -> None:
         raise ValueError(f"is not valid PromQL: unclosed '{stack[-1]}'")
 
 
-#: what follows a backslash in a PromQL string in double or single quotes (Go's escapes; the string's own quote is added)
-_ESCAPES = set("abfnrtv\\01234567xuU")
-
-
 def variable_problems(query: str, variables: Mapping[str, str]) -> dict[str, str]:
     """Why a value of ``variables`` would change what the template means, by name. A placeholder inside a
     quoted string (``le="{{ variables.le }}"``) takes its value as that string's text: a quote in it would end
@@ -113,26 +109,11 @@ def variable_problems(query: str, variables: Mapping[str, str]) -> dict[str, str
             if quote == "`":
                 if "`" in value:
                     problems[name] = "contains a backquote, which would end the backquoted string it stands in"
+            elif quote == "#":
+                if "\n" in value:
+                    problems[name] = "contains a line break, which would end the comment it stands in: the rest would be PromQL"
             elif quote:
-                escaped = False
-                for ch in value:
-                    if ch == "\n" and not escaped:
-                        problems[name] = f"contains a line break, which a PromQL string in {quote} quotes cannot hold (write \\n)"
-                        break
-                    if escaped:
-                        if ch not in _ESCAPES and ch != quote:
-                            problems[name] = (f"contains \\{ch}, which is no escape in a PromQL string in {quote} quotes: write \\\\{ch} "
-                                              "(or quote the string with backquotes in the template)")
-                            break
-                        escaped = False
-                    elif ch == "\\":
-                        escaped = True
-                    elif ch == quote:
-                        problems[name] = f"contains an unescaped {quote}, which would end the quoted string it stands in (escape it as \\{quote})"
-                        break
-                else:
-                    if escaped:
-                        problems[name] = "ends with a lone backslash, which would escape the quote that ends the string it stands in"
+                problems.update({name: rule} if (rule := _string_problem(value, quote)) else {})
             else:
                 try:
                     _check_balanced(marked.replace(sentinel, value))
@@ -143,14 +124,40 @@ def variable_problems(query: str, variables: Mapping[str, str]) -> dict[str, str
     return problems
 
 
+def _string_problem(value: str, quote: str) -> str | None:
+    """Why ``value`` cannot stand as the text of a PromQL string in ``quote`` quotes (None: it can)."""
+    own = re.escape(quote)
+    escape = re.compile(rf"\\(?:[abfnrtv\\]|{own}|[0-7]{{3}}|x[0-9a-fA-F]{{2}}|u[0-9a-fA-F]{{4}}|U[0-9a-fA-F]{{8}})")
+    at = 0
+    while at < len(value):
+        ch = value[at]
+        if ch == "\\":
+            found = escape.match(value, at)
+            if found is None:
+                if at + 1 == len(value):
+                    return "ends with a lone backslash, which would escape the quote that ends the string it stands in"
+                after = value[at + 1]
+                return (f"contains \\{after}, which is no escape in a PromQL string in {quote} quotes: write \\\\{after} "
+                        "(or quote the string with backquotes in the template)")
+            at = found.end()
+            continue
+        if ch == quote:
+            return f"contains an unescaped {quote}, which would end the quoted string it stands in (escape it as \\{quote})"
+        if ch == "\n":
+            return f"contains a line break, which a PromQL string in {quote} quotes cannot hold (write \\n)"
+        at += 1
+    return None
+
+
 def _quotes_at(query: str, sentinel: str) -> list[str]:
-    """The quote each occurrence of ``sentinel`` stands in ("" outside any string), read as ``_check_balanced`` reads."""
+    """The quote each occurrence of ``sentinel`` stands in ("" outside any string, "#" in a comment), read as
+    ``_check_balanced`` reads."""
     found: list[str] = []
     quote: str | None = None
     escaped = comment = False
     for ch in query:
         if ch == sentinel:
-            found.append(quote or "")
+            found.append("#" if comment else quote or "")
             continue
         if comment:
             comment = ch != "\n"

@@ -654,6 +654,20 @@ def test_a_rule_about_another_field_of_a_secret_key_is_not_scrubbed() -> None:
     assert "'confirm-rollout'" in rules["analysis.webhooks[0].type"] and "<secret>" not in rules["analysis.webhooks[0].type"], rules
 
 
+@pytest.mark.parametrize(("query", "value", "rule"), [
+    ('sum(rate(x{app="a"}[1m])) # note: {{ variables.v }}', "x\n* 0", "would end the comment it stands in"),
+    ('sum(rate(x{le="{{ variables.v }}"}[1m]))', "\\x4", "\\x, which is no escape"),
+    ('sum(rate(x{le="{{ variables.v }}"}[1m]))', "\\x41\\101\\u00e9", None),
+], ids=["line-break-in-a-comment", "short-hex-escape", "whole-escapes"])
+def test_a_template_variable_is_checked_in_a_comment_and_by_whole_escapes(query: str, value: str, rule: str | None) -> None:
+    # in a comment, a line break ended it and the rest was PromQL (a gate that never fails); \x and \u were checked
+    # by their first character only, so \x4 passed and failed every query at the first tick
+    from canary.core import templates
+
+    found = templates.variable_problems(query, {"v": value})
+    assert (rule in found.get("v", "")) if rule else found == {}, found
+
+
 def test_unencrypted_secrets_skips_keys_the_cli_reports_as_secret() -> None:
     values = values_with(set_path("prometheus.token", SECRET), set_path("analysis.alerts", [{"name": "chat", "type": "slack", "url": "https://x"}]))
     assert [p.field for p in stackconfig.unencrypted_secrets(values, {"prometheus"})] == ["analysis.alerts[0].url"]
