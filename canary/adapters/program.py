@@ -934,12 +934,13 @@ def _track_target(pin: Mapping[str, Any], desired: Mapping[str, Any], app: App, 
     port = _track_port(pin, desired, app, port_given)
     template = desired.get("template") if pin.get("hash") == desired.get("hash") else pin.get("template")
     name = workload.port_name(template, app.name, app.container, port)
-    # and only under a name the desired template gives its port too: a name the new version drops (http renamed web)
-    # would leave each new pod out of stable's Services as stable rolls, so the number is targeted meanwhile
+    # a name the new version drops (http renamed web) would leave each new pod out of stable's Services as stable
+    # rolls: the number is targeted meanwhile, where the new version keeps it. Renamed and moved, neither reaches a
+    # new pod, and the name at least keeps them out of the Services rather than in them on a port they do not serve
     desired_port = _track_port(desired, desired, app, port_given)
-    if name is None or workload.port_name(desired.get("template"), app.name, app.container, desired_port) != name:
+    if name is not None and workload.port_name(desired.get("template"), app.name, app.container, desired_port) != name and desired_port == port:
         return port
-    return name
+    return name or port
 
 
 def _pin(template: Mapping[str, Any], app: App, config_hashes: Mapping[str, str]) -> dict[str, Any]:

@@ -366,6 +366,17 @@ def test_a_release_that_renames_the_port_targets_stable_s_by_number(declare: Cal
     assert d.inputs("web-canary-service")["spec"]["ports"][0]["targetPort"] == "web"
 
 
+def test_a_release_that_renames_and_moves_the_port_keeps_stable_s_services_on_the_old_name(declare: Callable[..., Declared]) -> None:
+    # http:8080 renamed and moved to web:9090: by number (8080), stable's Services took in each new pod as stable
+    # rolled, on a port it does not serve; by the old name they leave the new pods out until they move too
+    new = "registry.example.com/shop/web:2.0.0"
+    old_pin = pin("registry.example.com/shop/web:1.0.0", "5555aaaa5555aaaa", port=8080)
+    template = {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "web", "image": new, "ports": [{"name": "web", "containerPort": 9090}]}]}}
+    d = declare(component(NO_IMAGE, template=template), {"canary:release": {"web": {"release": "r1", "stable": old_pin, "route": {"weight": 10}}}})
+    assert {s: d.inputs(f"web-{s}-service")["spec"]["ports"][0]["targetPort"] for s in ("stable", "apex", "canary")} == {
+        "stable": "http", "apex": "http", "canary": "web"}
+
+
 def test_a_plain_up_whose_stable_change_is_refused_leaves_stable_s_service_as_it_was(declare: Callable[..., Declared]) -> None:
     # the stable guard refused the Deployment, but its Service, independent of it, took the new port anyway
     d = declare(component({**SIMPLE_APP, "image": "registry.example.com/shop/web:2.0.0", "port": 9090}))
