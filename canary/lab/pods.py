@@ -27,6 +27,7 @@ an image that cannot be pulled), so its pod never becomes Ready.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import shutil
@@ -115,6 +116,10 @@ class Supervisor:
         self._schemes: dict[str, str] = {}
         #: pods whose ConfigMaps or Secrets do not exist yet (said once each)
         self._waiting: set[str] = set()
+        #: deleted pods' processes still draining, by the address they listen on: kwok hands a freed pod IP to the
+        #: next pod first, so a new pod of the same app may need that address before the drain ends
+        self._draining: dict[str, Running] = {}
+        self._draining_lock = threading.Lock()
 
     # --- a container's environment and files, as the kubelet would give them ---------------------
 
@@ -179,7 +184,7 @@ class Supervisor:
 
     def _spawn(self, pod: dict[str, Any], container: dict[str, Any], role: str, listen: str, log: Any) -> subprocess.Popen[bytes]:
         meta = pod["metadata"]
-        root = self.files_dir / f"{meta['namespace']}_{meta['name']}" / container["name"]
+        root = self._files(meta["namespace"], meta["name"], meta["uid"]) / container["name"]
         env = {**os.environ, **self._env(container, pod), "DEMO_MOUNTS": json.dumps(self._volumes(pod, container, root))}
         argv = [sys.executable, str(DEMOAPP), "--listen", listen, "--image", container["image"], "--role", role]
         return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
@@ -189,6 +194,7 @@ class Supervisor:
         app = next((c for c in spec["containers"] if c.get("ports")), spec["containers"][0])
         port = int((app.get("ports") or [{}])[0].get("containerPort", 8080))
         listen = f"{status['podIP']}:{port}"
+        self._free(listen)
         with open(self.log_dir / f"{meta['namespace']}_{meta['name']}.log", "ab") as log:
             for init in spec.get("initContainers") or []:
                 self._spawn(pod, init, "init", listen, log).wait(timeout=30)
@@ -207,6 +213,8 @@ class Supervisor:
         if wait:
             self._reap(run, why)
         else:
+            with self._draining_lock:
+                self._draining[f"{run.ip}:{run.port}"] = run
             threading.Thread(target=self._reap, args=(run, why), name=f"reap-{run.name}", daemon=True).start()
 
     def _reap(self, run: Running, why: str) -> None:
@@ -216,8 +224,27 @@ class Supervisor:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=3)
-        shutil.rmtree(self.files_dir / f"{run.namespace}_{run.name}", ignore_errors=True)
+        with self._draining_lock:
+            if self._draining.get(f"{run.ip}:{run.port}") is run:
+                del self._draining[f"{run.ip}:{run.port}"]
+        shutil.rmtree(self._files(run.namespace, run.name, run.uid), ignore_errors=True)
         print(f"stopped {run.namespace}/{run.name}: {why}", flush=True)
+
+    def _files(self, namespace: str, name: str, uid: str) -> Path:
+        """A pod's ConfigMap and Secret files (by uid too: a pod made again under its name while the old one drains)."""
+        return self.files_dir / f"{namespace}_{name}_{uid[:8]}"
+
+    def _free(self, listen: str) -> None:
+        """The address a new pod listens on, taken from a deleted pod still draining there (SIGKILL): the new pod's."""
+        with self._draining_lock:
+            old = self._draining.pop(listen, None)
+        if old is not None:
+            for process in old.processes:
+                if process.poll() is None:
+                    process.kill()
+            for process in old.processes:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(timeout=3)
 
     def _mark_serving(self, run: Running) -> None:
         try:

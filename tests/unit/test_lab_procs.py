@@ -120,3 +120,42 @@ def test_the_demo_app_answers_for_its_drain_after_sigterm_then_stops() -> None:
         if app.poll() is None:
             app.kill()
             app.wait()
+
+
+def test_a_new_pod_on_a_draining_pod_s_address_takes_it_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # kwok hands a freed pod IP to the next pod first: in a rolling update the next new pod of the app needed the
+    # address a deleted pod's app was still draining on, failed to bind, and its probe was answered by the old version
+    import time
+    import urllib.request
+
+    from canary.lab import demoapp, pods
+
+    monkeypatch.setattr(pods, "Kube", lambda *a, **k: None)
+    supervisor = pods.Supervisor(tmp_path)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    old = subprocess.Popen([sys.executable, demoapp.__file__, "--listen", f"127.0.0.1:{port}", "--image", "demo:v1"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).read()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the demo app did not start"
+                time.sleep(0.05)
+        run = pods.Running("uid-old", "shop", "web-1", "127.0.0.1", port, "demo:v1", {}, [old])
+        supervisor._stop(run, "pod deleted", wait=False)
+        time.sleep(0.1)
+        assert old.poll() is None  # draining
+        supervisor._free(f"127.0.0.1:{port}")
+        assert old.poll() is not None
+        with socket.socket() as new:
+            new.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            new.bind(("127.0.0.1", port))  # the new pod's app binds its address
+    finally:
+        if old.poll() is None:
+            old.kill()
+            old.wait()
