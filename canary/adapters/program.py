@@ -149,11 +149,14 @@ def _route_guard(app: str, stack: str) -> pulumi.ResourceHook:
     return pulumi.ResourceHook(f"canary-route-guard-{app}", guard)
 
 
-def _adopted_route_guard(app: str) -> pulumi.ResourceHook:
+def _adopted_route_guard(app: str, other_ports: Sequence[Any] = ()) -> pulumi.ResourceHook:
     """Refuse to take over a route with rules canary's route does not keep: its rules send all of the app's
     requests to the app, so a rule that sends some elsewhere (``/static`` to a CDN proxy), or answers them
-    itself (a redirect), would silently be dropped. Canary's own route (every later update) passes."""
+    itself (a redirect), would silently be dropped. Canary's own route (every later update) passes.
+    ``other_ports``: the apex Service's ports beside canary's ``http`` (``service=``): a route to one of them
+    (the app's gRPC port) would be moved to ``http`` by canary's route."""
     ours = set(naming.owned_names(app))
+    others = {port for port in other_ports if isinstance(port, int | float) and not isinstance(port, bool)}
 
     def describe(rule: Mapping[str, Any]) -> str:
         matches = [m for m in rule.get("matches") or [] if isinstance(m, Mapping)]
@@ -162,7 +165,8 @@ def _adopted_route_guard(app: str) -> pulumi.ResourceHook:
 
     def theirs(ref: Mapping[str, Any], namespace: str, port: Any) -> bool:
         return (ref.get("kind", "Service") != "Service" or ref.get("group", "") not in ("", "core") or ref.get("name") not in ours
-                or ref.get("namespace", namespace) != namespace or (port is not None and ref.get("port", port) != port))
+                or ref.get("namespace", namespace) != namespace or (port is not None and ref.get("port", port) != port)
+                or ref.get("port", port) in others)
 
     def own_filter(item: Any) -> bool:
         """A filter canary's own route carries: its mirror to the canary, the affinity cookie it sets."""
@@ -206,6 +210,11 @@ def _adopted_route_guard(app: str) -> pulumi.ResourceHook:
             )
 
     return pulumi.ResourceHook(f"canary-adopted-route-guard-{app}", guard)
+
+
+def _other_ports(service: Mapping[str, Any]) -> list[Any]:
+    """The port numbers ``service=`` declares beside canary's ``http`` one."""
+    return [p.get("port") for p in (service.get("spec") or {}).get("ports") or [] if isinstance(p, Mapping)]
 
 
 def _before_update(guards: list[pulumi.ResourceHook]) -> pulumi.ResourceOptions | None:
@@ -427,7 +436,7 @@ class CanaryDeployment(pulumi.ComponentResource):
             metadata={"name": naming.route(spec_app.name), "namespace": namespace, "labels": {naming.APP_LABEL: spec_app.name}},
             spec=routing.route_spec(spec_app.name, [r.model_dump(by_alias=True, exclude_none=True) for r in self.gateway.parent_refs],
                                     self.gateway.hostnames, spec_app.service_port, shape),
-            opts=_merge(route_opts, _before_update([*([_adopted_route_guard(spec_app.name)] if "route" in moved else []),
+            opts=_merge(route_opts, _before_update([*([_adopted_route_guard(spec_app.name, _other_ports(apex))] if "route" in moved else []),
                                                      *([_route_guard(spec_app.name, stack)] if guarded else [])])),
         )
         canary_opts = pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[self.route]))

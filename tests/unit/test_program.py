@@ -1044,6 +1044,11 @@ def test_the_adopted_route_guard_lets_a_route_on_another_port_of_the_app_through
     assert run_guard(declare, lambda app, stack: program._adopted_route_guard(app), theirs, ours) is None
     moved = _route(*routing.route_spec("web", [{"name": "public"}], ["shop.example.com"], 8080, routing.AT_REST)["rules"])
     assert run_guard(declare, lambda app, stack: program._adopted_route_guard(app), ours, moved) is None
+    # but a route whose rules all go to another port the apex Service declares (service=: grpc 9000) is refused
+    grpc = _route({"backendRefs": [{"name": "web", "port": 9000}]})
+    error = run_guard(declare, lambda app, stack: program._adopted_route_guard(app, [9000]), grpc, ours)
+    assert error is not None and "rules[0] (every request) to web:9000" in str(error), error
+    assert run_guard(declare, lambda app, stack: program._adopted_route_guard(app, [9000]), ours, ours) is None
 
 
 @pytest.mark.parametrize("shape", [
