@@ -11,7 +11,7 @@ validated (``placeholders``), never first at release time. Pure; no I/O.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 _PLACEHOLDER = re.compile(r"\{\{(.*?)\}\}", re.S)
@@ -52,39 +52,50 @@ def placeholders(query: str) -> Placeholders:
     return Placeholders(frozenset(builtins), frozenset(variables))
 
 
-def _check_balanced(query: str) -> None:
-    """Reject the PromQL mistakes a template most often has: unbalanced brackets and quotes.
+def _lex(query: str) -> Iterator[tuple[str, str]]:
+    """Each character of a PromQL query with where it stands: ``""`` in the expression, the quote of the string
+    it is in (its closing quote too), ``"#"`` in a comment; then ``("", what is left open at the end)``.
 
-    As PromQL reads it: a ``#`` outside a string starts a comment to the end of the line (its
-    apostrophes and brackets are prose), and a backquoted string has no escapes.
+    As PromQL reads it: a ``#`` outside a string starts a comment to the end of the line (its apostrophes and
+    brackets are prose), and a backquoted string has no escapes.
     """
-    pairs = {")": "(", "]": "[", "}": "{"}
-    stack: list[str] = []
     quote: str | None = None
-    escaped = False
-    comment = False
+    escaped = comment = False
     for ch in query:
         if comment:
+            yield ch, "#"
             comment = ch != "\n"
-            continue
-        if quote:
+        elif quote:
+            yield ch, quote
             if escaped:
                 escaped = False
             elif ch == "\\" and quote != "`":
                 escaped = True
             elif ch == quote:
                 quote = None
-            continue
-        if ch == "#":
-            comment = True
-        elif ch in "\"'`":
-            quote = ch
+        else:
+            yield ch, ""
+            if ch == "#":
+                comment = True
+            elif ch in "\"'`":
+                quote = ch
+    yield "", quote or ("#" if comment else "")
+
+
+def _check_balanced(query: str) -> None:
+    """Reject the PromQL mistakes a template most often has: unbalanced brackets and quotes."""
+    pairs = {")": "(", "]": "[", "}": "{"}
+    stack: list[str] = []
+    for ch, where in _lex(query):
+        if not ch:  # the end
+            if where not in ("", "#"):
+                raise ValueError(f"is not valid PromQL: unterminated string starting with {where}")
+        elif where:
+            continue  # in a string or a comment
         elif ch in "([{":
             stack.append(ch)
         elif ch in pairs and (not stack or stack.pop() != pairs[ch]):
             raise ValueError(f"is not valid PromQL: unbalanced '{ch}'")
-    if quote:
-        raise ValueError(f"is not valid PromQL: unterminated string starting with {quote}")
     if stack:
         raise ValueError(f"is not valid PromQL: unclosed '{stack[-1]}'")
 
@@ -150,29 +161,9 @@ def _string_problem(value: str, quote: str) -> str | None:
 
 
 def _quotes_at(query: str, sentinel: str) -> list[str]:
-    """The quote each occurrence of ``sentinel`` stands in ("" outside any string, "#" in a comment), read as
-    ``_check_balanced`` reads."""
-    found: list[str] = []
-    quote: str | None = None
-    escaped = comment = False
-    for ch in query:
-        if ch == sentinel:
-            found.append("#" if comment else quote or "")
-            continue
-        if comment:
-            comment = ch != "\n"
-        elif quote:
-            if escaped:
-                escaped = False
-            elif ch == "\\" and quote != "`":
-                escaped = True
-            elif ch == quote:
-                quote = None
-        elif ch == "#":
-            comment = True
-        elif ch in "\"'`":
-            quote = ch
-    return found
+    """Where each occurrence of ``sentinel`` stands, as ``_lex`` says: "" outside any string, its quote inside one,
+    "#" in a comment."""
+    return [where for ch, where in _lex(query) if ch == sentinel]
 
 
 def render(query: str, *, target: str, namespace: str, interval: str, variables: Mapping[str, str], stable: str = "",
