@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -88,10 +89,9 @@ def test_the_lab_env_file_puts_canary_itself_on_the_path(tmp_path: Path, monkeyp
     assert done.returncode == 0 and Path(done.stdout.strip()).parent == Path(sys.executable).parent, done.stdout + done.stderr
 
 
-def test_the_demo_app_answers_for_its_drain_after_sigterm_then_stops() -> None:
-    # a deleted pod's app stopped at once: the gateway, a moment behind the EndpointSlice, sent it a request or two
-    # more, answered 502 (one request of a release's stable rollout under traffic)
-    import signal
+@contextlib.contextmanager
+def _demo_app() -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """The lab's demo app (demo:v1) on a free loopback port, answering /healthz; killed at the end if still running."""
     import time
     import urllib.request
 
@@ -103,41 +103,6 @@ def test_the_demo_app_answers_for_its_drain_after_sigterm_then_stops() -> None:
     app = subprocess.Popen([sys.executable, demoapp.__file__, "--listen", f"127.0.0.1:{port}", "--image", "demo:v1"],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        url = f"http://127.0.0.1:{port}/healthz"
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                urllib.request.urlopen(url, timeout=1).read()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "the demo app did not start"
-                time.sleep(0.05)
-        app.send_signal(signal.SIGTERM)
-        time.sleep(demoapp.DRAIN_SECONDS / 2)
-        assert urllib.request.urlopen(url, timeout=1).status == 200  # still answering: draining
-        assert app.wait(timeout=demoapp.DRAIN_SECONDS + 5) == 0
-    finally:
-        if app.poll() is None:
-            app.kill()
-            app.wait()
-
-
-def test_a_new_pod_on_a_draining_pod_s_address_takes_it_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # kwok hands a freed pod IP to the next pod first: in a rolling update the next new pod of the app needed the
-    # address a deleted pod's app was still draining on, failed to bind, and its probe was answered by the old version
-    import time
-    import urllib.request
-
-    from canary.lab import demoapp, pods
-
-    monkeypatch.setattr(pods, "Kube", lambda *a, **k: None)
-    supervisor = pods.Supervisor(tmp_path)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    old = subprocess.Popen([sys.executable, demoapp.__file__, "--listen", f"127.0.0.1:{port}", "--image", "demo:v1"],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
         deadline = time.monotonic() + 10
         while True:
             try:
@@ -146,6 +111,39 @@ def test_a_new_pod_on_a_draining_pod_s_address_takes_it_at_once(tmp_path: Path, 
             except OSError:
                 assert time.monotonic() < deadline, "the demo app did not start"
                 time.sleep(0.05)
+        yield app, port
+    finally:
+        if app.poll() is None:
+            app.kill()
+            app.wait()
+
+
+def test_the_demo_app_answers_for_its_drain_after_sigterm_then_stops() -> None:
+    # a deleted pod's app stopped at once: the gateway, a moment behind the EndpointSlice, sent it a request or two
+    # more, answered 502 (one request of a release's stable rollout under traffic)
+    import signal
+    import time
+    import urllib.request
+
+    from canary.lab import demoapp
+
+    with _demo_app() as (app, port):
+        app.send_signal(signal.SIGTERM)
+        time.sleep(demoapp.DRAIN_SECONDS / 2)
+        assert urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).status == 200  # still answering: draining
+        assert app.wait(timeout=demoapp.DRAIN_SECONDS + 5) == 0
+
+
+def test_a_new_pod_on_a_draining_pod_s_address_takes_it_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # kwok hands a freed pod IP to the next pod first: in a rolling update the next new pod of the app needed the
+    # address a deleted pod's app was still draining on, failed to bind, and its probe was answered by the old version
+    import time
+
+    from canary.lab import pods
+
+    monkeypatch.setattr(pods, "Kube", lambda *a, **k: None)
+    supervisor = pods.Supervisor(tmp_path)
+    with _demo_app() as (old, port):
         run = pods.Running("uid-old", "shop", "web-1", "127.0.0.1", port, "demo:v1", {}, [old])
         supervisor._stop(run, "pod deleted", wait=False)
         time.sleep(0.1)
@@ -155,7 +153,3 @@ def test_a_new_pod_on_a_draining_pod_s_address_takes_it_at_once(tmp_path: Path, 
         with socket.socket() as new:
             new.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             new.bind(("127.0.0.1", port))  # the new pod's app binds its address
-    finally:
-        if old.poll() is None:
-            old.kill()
-            old.wait()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -1376,6 +1377,24 @@ def test_a_pause_survives_a_kill_before_its_state_is_saved() -> None:
     assert max(world.cluster.weights_seen) <= 20, world.cluster.weights_seen
 
 
+def _asked_at_20_then_killed(store: FakeStore, kind: str, once: Callable[[], bool]) -> World:
+    """A release on ``store`` asked ``kind`` (as `canary pause`/`abort` would) when it reaches weight 20, while
+    ``once()`` says to; the store's kill (``_Killed``) expected before it ends."""
+    world: Any = None
+
+    def on_sleep(now: float) -> None:
+        st = world.store.state
+        if st is not None and st.weight == 20 and kind not in world.store.pending and once():
+            world.store.request(kind, by="oncall")
+
+    world = make(Metrics(0.0), store=store)
+    world.clock.on_sleep = on_sleep
+    with pytest.raises(_Killed):
+        world.start()
+    world.clock.on_sleep = None
+    return world
+
+
 class _AbortKeptHereOnly(FakeStore):
     """An outage as the abort's rollback is saved: the store keeps that state on this machine and returns (as
     ReleaseStore does); the API server answers again at once; the process is killed at its next save."""
@@ -1404,19 +1423,8 @@ def test_an_abort_whose_rollback_is_kept_on_this_machine_only_stays_in_the_clust
     # the abort was cleared in the cluster while the state carrying it was kept here only: `resume` from another
     # machine read Progressing with no abort, and promoted the version a person had stopped
     store = _AbortKeptHereOnly()
-    world: Any = None
-
-    def on_sleep(now: float) -> None:
-        st = world.store.state
-        if st is not None and st.weight == 20 and "abort" not in world.store.pending and store.kept is None:
-            world.store.request("abort", by="oncall")
-
-    world = make(Metrics(0.0), store=store)
-    world.clock.on_sleep = on_sleep
-    with pytest.raises(_Killed):
-        world.start()
+    world = _asked_at_20_then_killed(store, "abort", lambda: store.kept is None)
     assert store.state is not None and store.state.phase is Phase.PROGRESSING and "abort" in store.pending
-    world.clock.on_sleep = None
     store.kept, store.armed = None, False  # machine B: its store holds what the cluster holds
     assert world.rebuild().release.resume().phase is Phase.ABORTED
     assert max(world.cluster.weights_seen) <= 20, world.cluster.weights_seen
@@ -1500,17 +1508,7 @@ def test_a_pause_carried_only_by_this_machine_s_state_stays_in_the_cluster_throu
     # resumed on the same machine from its kept (paused) state, the pause changed nothing there and was cleared at
     # once: the cluster held neither the paused state nor the pause, and a resume elsewhere stepped past the weight
     store = _PausedKeptHere()
-    world: Any = None
-
-    def on_sleep(now: float) -> None:
-        st = world.store.state
-        if st is not None and st.weight == 20 and "pause" not in world.store.pending and store.local is None:
-            world.store.request("pause", by="oncall")
-
-    world = make(Metrics(0.0), store=store)
-    world.clock.on_sleep = on_sleep
-    with pytest.raises(_Killed):
-        world.start()
+    world = _asked_at_20_then_killed(store, "pause", lambda: store.local is None)
     assert "pause" in store.pending and store.local.paused and not store.state.paused
     sleeps = {"n": 0}
 
