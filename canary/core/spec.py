@@ -91,7 +91,8 @@ def _scalar_text(v: object) -> object:
     if isinstance(v, float):
         # how it was written is gone (1.10 and 1.1 are one number): a version, a ratio, a header's value must be
         # exactly as written, so it is quoted rather than guessed
-        raise ValueError(f"is read as the number {v!r}, not as the text written (1.10 and 1.1 are one number): quote it")
+        # (the value is shown beside the rule, never in it: a secret's value is hidden there)
+        raise ValueError("is read as a number, not as the text written (1.10 and 1.1 are one number): quote it")
     if isinstance(v, int):
         return str(v)
     if isinstance(v, Mapping | list):
