@@ -247,6 +247,29 @@ def _stable_size_guard(app: str, min_replicas: int) -> pulumi.ResourceHook:
     return pulumi.ResourceHook(f"canary-stable-size-guard-{app}", guard)
 
 
+#: The annotation of a Deployment whose size the program declares over another field manager's: the autoscaler's
+#: (which owns the size while it runs), or stable's ``replicas`` over whatever the autoscaler left it at once removed
+_FORCED = "pulumi.com/patchForce"
+
+
+def _undeclared_size_guard(app: str, namespace: str) -> pulumi.ResourceHook:
+    """Refuse an up that leaves stable's size to the default when it was declared (an autoscaler, ``replicas``):
+    stable would be sized to that one pod, whatever it runs now, under all the traffic."""
+
+    def guard(args: pulumi.ResourceHookArgs) -> None:
+        old = (((args.old_inputs or {}).get("metadata") or {}).get("annotations") or {}).get(_FORCED)
+        new = (((args.new_inputs or {}).get("metadata") or {}).get("annotations") or {}).get(_FORCED)
+        if old == "true" and new != "true":
+            deployment = naming.deployment(app, Track.STABLE)
+            raise RuntimeError(
+                f"canary: {app}'s autoscaler or replicas is removed and its replicas is not set: {deployment} would be sized "
+                f"to the default of 1 pod, whatever it runs now, and keep all of {app}'s traffic. Set {app}'s replicas to the "
+                f"count it should keep (now: kubectl -n {namespace} get deployment {deployment}), then up"
+            )
+
+    return pulumi.ResourceHook(f"canary-undeclared-size-guard-{app}", guard)
+
+
 def _canary_guard(app: str, stack: str) -> pulumi.ResourceHook:
     def guard(args: pulumi.ResourceHookArgs) -> None:
         old = int(((args.old_inputs or {}).get("spec") or {}).get("replicas") or 0)
@@ -408,8 +431,14 @@ class CanaryDeployment(pulumi.ComponentResource):
             stable_opts = _merge(stable_opts, pulumi.ResourceOptions(
                 ignore_changes=["spec.replicas"],
                 hooks=pulumi.ResourceHookBinding(before_create=[_stable_size_guard(spec_app.name, spec_app.autoscaler.min_replicas)])))
+        elif "replicas" not in spec_app.model_fields_set:
+            stable_opts = _merge(stable_opts, pulumi.ResourceOptions(
+                hooks=pulumi.ResourceHookBinding(before_update=[_undeclared_size_guard(spec_app.name, namespace)])))
         stable_replicas = spec_app.autoscaler.min_replicas if spec_app.autoscaler else spec_app.replicas
-        self.stable = self._deployment(name, Track.STABLE, stable_template, stable_replicas, stable_opts, copy_resources)
+        # a size declared (replicas, or the autoscaler's) is applied over the one another manager left: an autoscaler removed
+        # leaves stable at its last size, owned by the autoscaler's manager, and the team's replicas must take it
+        forced = bool(spec_app.autoscaler) or "replicas" in spec_app.model_fields_set
+        self.stable = self._deployment(name, Track.STABLE, stable_template, stable_replicas, stable_opts, copy_resources, forced)
         autoscalers = {Track.STABLE: self._autoscaler(name, Track.STABLE, self.stable, child)} if spec_app.autoscaler else {}
         # each Service targets the port its track's pods serve: a release that changes the port keeps stable's
         # Services on the port stable still listens on until stable takes the new version. By the port's name
@@ -502,7 +531,7 @@ class CanaryDeployment(pulumi.ComponentResource):
         return resources
 
     def _deployment(self, name: str, track: Track, template: Any, replicas: int | None, opts: pulumi.ResourceOptions,
-                    depends: Sequence[pulumi.Resource]) -> k8s.apps.v1.Deployment:
+                    depends: Sequence[pulumi.Resource], forced: bool = False) -> k8s.apps.v1.Deployment:
         app = self.app
         spec: dict[str, Any] = {
             "selector": {"matchLabels": naming.selector(app.name, track)},
@@ -512,7 +541,7 @@ class CanaryDeployment(pulumi.ComponentResource):
         }
         if replicas is not None:
             spec["replicas"] = replicas
-        annotations = {"pulumi.com/patchForce": "true"} if app.autoscaler else {}
+        annotations = {_FORCED: "true"} if forced or app.autoscaler else {}
         return k8s.apps.v1.Deployment(
             f"{name}-{track.value}",
             metadata={"name": naming.deployment(app.name, track), "namespace": app.namespace,
@@ -946,7 +975,7 @@ def _track_target(pin: Mapping[str, Any], desired: Mapping[str, Any], app: App, 
     # a name the new version drops (http renamed web) would leave each new pod out of stable's Services as stable
     # rolls: the number is targeted meanwhile, where the new version keeps it. Renamed and moved, neither reaches a
     # new pod, and the name at least keeps them out of the Services rather than in them on a port they do not serve
-    desired_port = _track_port(desired, desired, app, port_given)
+    desired_port = app.container_port  # _track_port of the desired workload
     if name is not None and workload.port_name(desired.get("template"), app.name, app.container, desired_port) != name and desired_port == port:
         return port
     return name or port

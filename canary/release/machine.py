@@ -375,8 +375,7 @@ class Release:
         for kind, paused in (("pause", True), ("continue", False)):
             request = requests.get(kind)
             if request is not None:
-                changes = state.paused != paused
-                if changes:
+                if state.paused != paused:
                     self.recorder.request(state, kind, request.get("by", ""), request.get("reason", ""))
                     word = "paused: the step holds, analysis goes on" if paused else "continued"
                     state = self.recorder.save(state.model_copy(update={"paused": paused}), f"release {word} (by {request.get('by') or 'a user'})", Severity.WARN)

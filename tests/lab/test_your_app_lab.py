@@ -153,6 +153,40 @@ def test_an_app_shaped_like_a_real_one_is_promoted_and_a_faulty_version_rolled_b
     assert _template(ls, Track.STABLE)["spec"]["containers"][0]["envFrom"][0]["secretRef"]["name"] == secret_ref
 
 
+def _autoscaled(config: dict[str, Any]) -> None:
+    app = config["canary:app"]
+    app.pop("replicas", None)
+    app["autoscaler"] = {"minReplicas": 2, "maxReplicas": 5}
+
+
+@pytest.mark.parametrize("lab_stack", [_autoscaled], indirect=True)
+def test_removing_the_autoscaler_keeps_stables_size_until_the_team_declares_one(lab_stack: LabStack) -> None:
+    """Without a size declared, removing the autoscaler would size stable to one pod under all the traffic (or, as
+    the autoscaler's manager owns the size, fail on a field conflict); the size declared with it is taken."""
+    ls = lab_stack
+    # the autoscaler scales stable up (its minimum raised, as a team's kubectl would, or load would)
+    ls.kube.apply({"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+                   "metadata": {"name": "web-stable", "namespace": ls.namespace},
+                   "spec": {"minReplicas": 3, "maxReplicas": 5, "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web-stable"}}},
+                  field_manager="team")
+    wait_until(lambda: ls.deployment(Track.STABLE)["ready"] == 3, "the autoscaler scales stable to 3", 90)
+
+    _set(ls, ("canary:app", "autoscaler"), stackfile.ABSENT)
+    refused = ls.cli("up", ls.name)
+    assert refused.returncode != 0, refused.stdout[-3000:] + refused.stderr[-3000:]
+    assert "web's autoscaler or replicas is removed and its replicas is not set" in refused.stdout + refused.stderr, refused.stdout[-3000:] + refused.stderr[-3000:]
+    stable = ls.deployment(Track.STABLE)
+    assert stable["replicas"] == stable["ready"] == 3, stable
+
+    # the size the team declares is taken over the one the autoscaler's manager still owns
+    _set(ls, ("canary:app", "replicas"), 4)
+    done = ls.cli("up", ls.name)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert ls.kube.list("autoscaling/v2", "HorizontalPodAutoscaler", ls.namespace) == []
+    wait_until(lambda: ls.deployment(Track.STABLE)["ready"] == 4, "stable at the declared 4 pods", 60)
+    assert_stable_state(ls, "demo:v1", replicas=4)
+
+
 # --- any workload change is a release -----------------------------------------------------------
 
 

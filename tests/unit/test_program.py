@@ -903,6 +903,32 @@ def test_the_stable_size_guard_refuses_to_create_stable_without_a_size(declare: 
     assert isinstance(fewer, RuntimeError) and "would start with 1 pod(s), below autoscaler.minReplicas (2)" in str(fewer)
 
 
+def test_a_size_left_to_the_default_once_declared_is_refused_before_stable_is_resized(declare: Callable[..., Declared]) -> None:
+    """An autoscaler removed (or replicas) without replicas set: stable would be sized to the default one pod, whatever
+    it runs now, under all the traffic. A declared size is applied over the autoscaler's manager, which owns it after."""
+    default_size = {k: v for k, v in SIMPLE_APP.items() if k != "replicas"}
+    forced = {"pulumi.com/patchForce": "true"}
+    undeclared = declare(component(default_size))
+    assert "canary-undeclared-size-guard-web" in undeclared.hooks["web-stable"]
+    assert undeclared.inputs("web-stable")["metadata"]["annotations"] == {}
+    declared = declare(component())
+    assert "canary-undeclared-size-guard-web" not in declared.hooks["web-stable"]
+    assert declared.inputs("web-stable")["metadata"]["annotations"] == forced
+    assert declared.inputs("web-canary")["metadata"]["annotations"] == {}  # the canary's size is the release's
+    autoscaled = declare(component({**default_size, "autoscaler": {"maxReplicas": 4}}))
+    assert "canary-undeclared-size-guard-web" not in autoscaled.hooks["web-stable"]
+    assert autoscaled.inputs("web-stable")["metadata"]["annotations"] == forced
+
+    guard = lambda app, stack: program._undeclared_size_guard(app, "shop")  # noqa: E731
+    was_declared = {**deployment(pod("web:1"), 2.0), "metadata": {"name": "web-stable", "annotations": forced}}
+    error = run_guard(declare, guard, was_declared, deployment(pod("web:1"), 1.0))
+    assert isinstance(error, RuntimeError)
+    assert "web's autoscaler or replicas is removed and its replicas is not set" in str(error)
+    assert "web-stable would be sized to the default of 1 pod" in str(error) and "kubectl -n shop get deployment web-stable" in str(error)
+    # any other update of a stable whose size was never declared passes
+    assert run_guard(declare, guard, deployment(pod("web:1"), 1.0), deployment(pod("web:2"), 1.0)) is None
+
+
 def test_a_disruption_budget_protects_stable_pods(declare: Callable[..., Declared]) -> None:
     d = declare(component({**SIMPLE_APP, "disruptionBudget": {"maxUnavailable": "25%"}}))
     pdb = d.resources["web-disruption-budget"]
