@@ -121,7 +121,8 @@ class Workspace:
                        if key.startswith(naming.OUTPUT_PREFIX) and key != f"{naming.OUTPUT_PREFIX}{app}" and isinstance(value, Mapping)
                        for urns in (value.get("urns") or {}).values() for urn in (urns if isinstance(urns, list) else [urns]))
         return AppFacts(spec=release_spec, urns=dict(exported.get("urns") or {}), stable=stable_pin,
-                        desired=_pin(exported["desired"]), stack=self.name, copies=dict(exported.get("copies") or {}), others=others)
+                        desired=_pin(exported["desired"]), stack=self.name, copies=dict(exported.get("copies") or {}), others=others,
+                        fields=stack_spec.fields(app))
 
     def _running_stable(self, app: str, spec: ReleaseSpec, exported: TrackPin | None, uid: str | None = None) -> TrackPin | None:
         """What the stable Deployment runs, as a pin. The stack outputs say it — unless an update of
@@ -380,7 +381,7 @@ def up(stack: str, *, app: str | None = None, project_dir: Path | None = None, e
     if busy:
         raise StackBusy("; ".join(busy))
     existed = {name: f"{naming.OUTPUT_PREFIX}{name}" in ws.outputs for name in names}
-    problems = [Problem(f"{p.field} (app {name})" if len(names) > 1 else p.field, p.value, p.rule)
+    problems = [Problem(f"{p.field} (app {name})" if len(names) > 1 and not p.field.startswith("apps.") else p.field, p.value, p.rule)
                 for name in names for exc in _raised(InvalidSpec, _preflight, ws, name) for p in exc.problems]
     if problems:
         raise InvalidSpec(problems, f"stack {ws.name}")
@@ -566,7 +567,7 @@ def _preflight(ws: Workspace, name: str) -> None:
     facts = ws.facts(name)
     if facts is None:
         return
-    problems = analysis.preflight(facts.spec, _provider_factory(facts.spec))
+    problems = analysis.preflight(facts.spec, _provider_factory(facts.spec), facts.fields)
     if problems:
         raise InvalidSpec(problems, f"stack {ws.name}")
 
@@ -851,8 +852,10 @@ def backtest(stack: str, *, app: str | None = None, release_id: str | None = Non
     facts = ws.facts(name)
     spec = facts.spec if facts is not None else ws.spec.release_spec(name)
     source = f"stack {stack}'s analysis as its stack file says now"
+    fields, where = facts.fields if facts is not None else ws.spec.fields(name), f"stack {stack}"
     if file is not None:
-        spec, source = _analysis_of(file, name, spec), f"the analysis of {file}"
+        spec, fields = _analysis_of(file, name, spec)
+        source = where = f"the analysis of {file}"
     if spec.prometheus is None:
         raise InvalidSpec([Problem("prometheus.address", "nothing", "must be set to backtest: the replay asks Prometheus")], f"stack {stack}")
     provider_for = _provider_factory(spec)
@@ -874,34 +877,36 @@ def backtest(stack: str, *, app: str | None = None, release_id: str | None = Non
             raise InvalidSpec([Problem("--release", release_id, f"has no journal for app {name} in namespace {namespace} "
                                        f"(`canary history {stack}` lists the releases kept)")], "backtest")
         first_tick = min((r.time for r in journal if r.type == "tick"), default=None)
-        _refuse_rejected(spec, provider_for_at(datetime.fromisoformat(first_tick.replace("Z", "+00:00")) if first_tick else moment), stack)
+        _refuse_rejected(spec, provider_for_at(datetime.fromisoformat(first_tick.replace("Z", "+00:00")) if first_tick else moment), where, fields)
         result = backtesting.replay_release(spec, provider_for_at, journal)
     else:
         assert first is not None and last is not None
-        _refuse_rejected(spec, provider_for_at(first + interval), stack)
+        _refuse_rejected(spec, provider_for_at(first + interval), where, fields)
         result = backtesting.replay_window(spec, provider_for_at, first, last)
     from canary.core import units
 
     return BacktestResult(stack, name, source, result, release_id, first, last, units.format_duration(interval))
 
 
-def _analysis_of(path: Path, name: str, spec: ReleaseSpec) -> ReleaseSpec:
-    """``spec`` judged by another stack file's analysis (and metric templates) for the app."""
+def _analysis_of(path: Path, name: str, spec: ReleaseSpec) -> tuple[ReleaseSpec, str]:
+    """``spec`` judged by another stack file's analysis (and metric templates) for the app, and where that analysis
+    stands in the file (``apps.<name>.``, as a problem names a field)."""
     other = stackfile.load_stack_file(path)
     configs = other.app_configs()
-    config = configs.get(name) or (next(iter(configs.values())) if len(configs) == 1 else None)
-    if config is None:
+    key = name if name in configs else (next(iter(configs)) if len(configs) == 1 else None)
+    if key is None:
         raise InvalidSpec([Problem("--file", str(path), f"declares no analysis for app {name} (it has: {', '.join(configs) or 'none'})")], "backtest")
-    return spec.model_copy(update={"analysis": config.analysis, "metric_templates": {**spec.metric_templates, **other.metric_templates}})
+    update = {"analysis": configs[key].analysis, "metric_templates": {**spec.metric_templates, **other.metric_templates}}
+    return spec.model_copy(update=update), other.fields(key)
 
 
-def _refuse_rejected(spec: ReleaseSpec, provider_for: Callable[[str | None], PrometheusProvider], stack: str) -> None:
+def _refuse_rejected(spec: ReleaseSpec, provider_for: Callable[[str | None], PrometheusProvider], where: str, fields: str) -> None:
     """A query Prometheus rejects is bad input (exit 2), not a failed check at every replayed tick."""
     from canary.core import analysis
 
-    problems = analysis.preflight(spec, provider_for)
+    problems = analysis.preflight(spec, provider_for, fields)
     if problems:
-        raise InvalidSpec(problems, f"stack {stack}")
+        raise InvalidSpec(problems, where)
 
 
 def _request(stack: str, kind: str, app: str | None, project_dir: Path | None, env: Mapping[str, str] | None, by: str, reason: str = "",

@@ -548,13 +548,13 @@ class Probe:
     value: float | MetricError
 
 
-def preflight_problems(probes: Sequence[Probe]) -> list[Problem]:
+def preflight_problems(probes: Sequence[Probe], fields: str = "") -> list[Problem]:
     """The probes that make the spec bad input: only a query the provider rejected.
 
     A rejected query is a config defect that no amount of waiting fixes, so it is
     refused before anything is applied. No data, several series or an unreachable
     provider are not: they depend on traffic and on the moment, and are judged
-    (as failed checks) at the ticks.
+    (as failed checks) at the ticks. ``fields``: where the app's settings stand (``apps.<name>.``).
     """
     problems = []
     for probe in probes:
@@ -562,7 +562,7 @@ def preflight_problems(probes: Sequence[Probe]) -> list[Problem]:
             continue
         metric = probe.metric
         reason = str(probe.value).removeprefix("Prometheus rejected the query: ")
-        where = f"analysis.metrics[{probe.index}]"
+        where = f"{fields}analysis.metrics[{probe.index}]"
         if metric.template_ref is None:
             field_name, rule = f"{where}.name", f"built-in metric {metric.name}: Prometheus rejected its query: {reason}"
         else:
@@ -572,7 +572,7 @@ def preflight_problems(probes: Sequence[Probe]) -> list[Problem]:
     return problems
 
 
-def preflight(spec: ReleaseSpec, provider_for: ProviderFor) -> list[Problem]:
+def preflight(spec: ReleaseSpec, provider_for: ProviderFor, fields: str = "") -> list[Problem]:
     """Run every metric's query once, as a tick would render it, and return the problems found.
 
     Called before a release changes anything, so that a query Prometheus refuses
@@ -596,4 +596,4 @@ def preflight(spec: ReleaseSpec, provider_for: ProviderFor) -> list[Problem]:
             except MetricError as exc:
                 value = exc
         probes.append(Probe(index, metric, query, value))
-    return preflight_problems(probes)
+    return preflight_problems(probes, fields)

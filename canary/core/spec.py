@@ -856,6 +856,11 @@ class StackSpec(_Model):
         """A top-level analysis without ``app``: it judges every app the program's components declare."""
         return self.app is None and not self.apps and self.analysis is not None
 
+    def fields(self, name: str) -> str:
+        """Where app ``name``'s settings stand in the stack config, as a problem's field begins: ``apps.<name>.``
+        in a stack of apps, nothing in the single-app form."""
+        return f"apps.{name}." if self.apps else ""
+
     def declares(self, name: str) -> bool:
         """Whether the config gives app ``name`` an analysis (its own, or a top-level one naming no app)."""
         return name in self.app_configs() or self.names_no_app()

@@ -153,7 +153,7 @@ class Release:
         taken_from = self.lease.acquire(release_id)
         self.lease.start_renewing()
         try:
-            problems = analysis.preflight(self.spec, self.provider_for) + self._gateway_problems()
+            problems = analysis.preflight(self.spec, self.provider_for, self.facts.fields) + self._gateway_problems()
             if problems:
                 raise InvalidSpec(problems, f"stack {self.stack.name}")
             affinity = "".join(random.choice(string.ascii_letters) for _ in range(16)) if self.spec.analysis.session_affinity else ""
@@ -193,7 +193,7 @@ class Release:
         if not mirrored:
             return []
         reasons = routing.unsupported_features(mirrored[0], self.cluster.gateway_classes(self.spec))
-        return [Problem("analysis.mirror", "true", f"must be off on this gateway: {reason}") for reason in reasons]
+        return [Problem(f"{self.facts.fields}analysis.mirror", "true", f"must be off on this gateway: {reason}") for reason in reasons]
 
     def resume(self, notes: Sequence[str] = ()) -> ReleaseResult:
         """Continue an interrupted release from the store (or finish rolling it back); ``notes`` (what

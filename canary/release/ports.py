@@ -155,6 +155,8 @@ class AppFacts:
     copies: dict[str, str] = field(default_factory=dict)
     #: the URNs of the stack's other apps' resources: an ``up`` of the whole stack leaves them alone
     others: tuple[str, ...] = ()
+    #: where the app's settings stand in the stack config (``apps.<name>.``), as a problem names a field
+    fields: str = ""
 
     def targets(self, *parts: str) -> list[str]:
         """The URNs of parts of the app: ``route``, ``stable``, ``canary``, ``app`` (all of it)."""

@@ -782,6 +782,14 @@ def test_a_rejected_builtin_query_names_the_metric() -> None:
     assert problem.field == "analysis.metrics[1].name" and problem.rule == "built-in metric request-duration: Prometheus rejected its query: boom"
 
 
+def test_a_rejected_query_of_a_stack_of_apps_names_the_apps_field() -> None:
+    """In a stack of apps the metric is at apps.<name>.analysis: the problem says so, as validation's do."""
+    (builtin,) = analysis.preflight_problems([_probe(1, BadQuery("Prometheus rejected the query: boom"))], "apps.web.")
+    assert builtin.field == "apps.web.analysis.metrics[1].name"
+    (template,) = analysis.preflight_problems([_probe(0, BadQuery("Prometheus rejected the query: boom"))], "apps.web.")
+    assert template.field == "metricTemplates.error-rate.query" and "as rendered for apps.web.analysis.metrics[0] (error-rate)" in template.rule
+
+
 @pytest.mark.parametrize("value", [3.5, NoValues("empty"), MultipleValues("2 series"), ProviderUnreachable("down")], ids=repr)
 def test_only_a_rejected_query_is_a_preflight_problem(value: Answer) -> None:
     assert analysis.preflight_problems([_probe(0, value), _probe(1, value)]) == []

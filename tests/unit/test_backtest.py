@@ -386,7 +386,7 @@ class _Provider:
 
 def _workspace(world: World, tmp_path: Path) -> Any:
     """What api.open_stack returns, over the fake release's spec and journal."""
-    facts = SimpleNamespace(spec=world.release.spec)
+    facts = SimpleNamespace(spec=world.release.spec, fields="")
     return SimpleNamespace(spec=None, project_dir=tmp_path, name="prod", apps=lambda: ["web"], app=lambda name: "web", facts=lambda name: facts,
                            namespace=lambda name: "prod", store=lambda name, namespace: world.store)
 

@@ -649,6 +649,18 @@ def test_a_query_prometheus_rejects_refuses_the_release_before_anything_is_appli
     assert world.stack.ups == [] and world.store.journal == []
 
 
+def test_a_rejected_query_of_an_app_in_a_stack_of_apps_names_its_field_under_apps() -> None:
+    import dataclasses
+
+    from canary.errors import BadQuery
+
+    world = make(Metrics(BadQuery("parse error at char 5")))
+    world.release.facts = dataclasses.replace(world.release.facts, fields="apps.web.")
+    with pytest.raises(InvalidSpec) as refused:
+        world.start()
+    assert [p.field for p in refused.value.problems] == ["apps.web.analysis.metrics[0].name"]
+
+
 # Traefik 3.7 as the lab runs it: its class publishes supportedFeatures, without any RequestMirror feature
 TRAEFIK = {"default/lab": GatewayClass("traefik.io/gateway-controller", frozenset({"Gateway", "HTTPRoute", "HTTPRouteQueryParamMatching", "HTTPRouteResponseHeaderModification"}))}
 

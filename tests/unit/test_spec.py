@@ -430,6 +430,7 @@ def test_multi_app_stacks_give_each_app_by_name() -> None:
     assert sorted(stack.app_configs()) == ["api", "web"]
     assert stack.release_spec("api").app.image == IMAGE_2 and stack.release_spec("api").target == "api-canary"
     assert stack.release_spec("web").prometheus == stack.prometheus
+    assert stack.fields("api") == "apps.api." and parse_stack(values_with()).fields("web") == ""
     with pytest.raises(InvalidSpec) as info:
         parse_spec(values)
     assert [(p.field, p.rule) for p in info.value.problems] == [("apps", "holds several apps: name the one meant")]
