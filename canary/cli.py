@@ -326,6 +326,7 @@ def resume(stack: str, app: str | None, lab: bool | None, route_timeout: float, 
 def status(stack: str, app: str | None, as_json: bool, lab: bool | None, project_dir: Path | None) -> None:
     """The current or last release of STACK's app: phase, step, failed checks, last checks and why."""
     from canary import api
+    from canary.core.records import SKIPPABLE
 
     found = api.status(stack, app=app, on_warning=_warn, **Where(project_dir, lab).kwargs)
     if found is None:
@@ -339,7 +340,7 @@ def status(stack: str, app: str | None, as_json: bool, lab: bool | None, project
     canary = state.canary.image or state.canary.hash if state.canary else "?"
     stable = state.stable.image or state.stable.hash if state.stable else "?"
     shifting = f" (shifting to step {state.shifting_to})" if state.shifting_to is not None else ""
-    click.echo(f"  canary {canary} over stable {stable} at weight {state.weight}{shifting}" + (" — PAUSED" if state.paused else ""))
+    click.echo(f"  canary {canary} over stable {stable} at weight {state.weight}{shifting}" + (" — PAUSED" if state.paused and state.phase in SKIPPABLE else ""))
     click.echo(f"  failed checks: {state.failed_in_row} in a row, {state.failed_total} in all")
     if found.holder:
         click.echo(f"  held by {found.holder}")

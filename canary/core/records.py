@@ -160,6 +160,8 @@ class ReleaseState(_Record):
     #: the last tick passed, as ``advance`` says after a tick, but kept through a resume (which clears
     #: ``advance`` to judge the step again): a promote accepted on that tick stands. None: no tick yet
     passed: bool | None = None
+    #: the last tick failed (below the rollback threshold): a promote needs --force, waiting for a decision too
+    failed_last: bool = False
     canary_deployed: bool = False
     canary_replicas: int = 0
     failed_in_row: int = 0

@@ -374,7 +374,11 @@ class Release:
             return state
         for kind, paused in (("pause", True), ("continue", False)):
             request = requests.get(kind)
-            if request is not None:
+            if request is not None and state.phase not in SKIPPABLE:
+                # past its steps (promoting, rolling back): nothing holds there, and a finished release would say PAUSED
+                self._clear(kind, request, carried=False)
+                self.recorder.event(state, f"{kind} by {request.get('by') or 'a user'} ignored: the release is already {state.phase}")
+            elif request is not None:
                 if state.paused != paused:
                     self.recorder.request(state, kind, request.get("by", ""), request.get("reason", ""))
                     word = "paused: the step holds, analysis goes on" if paused else "continued"
@@ -586,7 +590,8 @@ class Release:
             return self._count_failure(state, f"pre-rollout webhook {failed[0].name} failed: {failed[0].detail}", wait=True)
         if self.spec.analysis.skip_analysis:
             return self._to_promoting(state, "analysis.skipAnalysis: promoting without analysis", Severity.WARN, forced="analysis.skipAnalysis")
-        return self.recorder.save(state.model_copy(update={"phase": Phase.PROGRESSING, "advance": True, "step": 0}), "analysis starts", Severity.INFO)
+        # the pre-rollout hooks passed: a row of their failures ends here (each still counts against failureLimit)
+        return self.recorder.save(state.model_copy(update={"phase": Phase.PROGRESSING, "advance": True, "step": 0, "failed_in_row": 0}), "analysis starts", Severity.INFO)
 
     def _progressing(self, state: ReleaseState) -> ReleaseState:
         step_start = self.clock.monotonic()
@@ -631,10 +636,17 @@ class Release:
 
     def _waiting_decision(self, state: ReleaseState) -> ReleaseState:
         request = self._requests.get("promote")
-        if request is not None:
+        if request is not None and state.failed_last and not request.get("force"):
+            # the person decides an inconclusive release; a tick failed since: that is no longer the question asked
+            self._clear("promote", request, carried=False)
+            self.recorder.event(state, f"promotion by {request.get('by') or 'canary promote'} refused: the last tick failed ({state.reason}); "
+                                       "wait for another tick, or promote --force --reason TEXT", Severity.WARN)
+        elif request is not None:
             by = request.get("by") or "canary promote"
-            self.recorder.request(state, "promote", by, request.get("reason", ""))
-            state = self._to_promoting(state, f"inconclusive release promoted by {by}", Severity.WARN, forced=f"decided by {by}: {request.get('reason', '')}")
+            forced = " --force" if state.failed_last else ""
+            self.recorder.request(state, "promote" + forced, by, request.get("reason", ""))
+            what = "release promoted despite a failed last tick" if forced else "inconclusive release promoted"
+            state = self._to_promoting(state, f"{what} by {by}", Severity.WARN, forced=f"decided by {by}: {request.get('reason', '')}")
             self._clear("promote", request)  # once the promotion is saved: cleared before, a kill lost it
             return state
         since = _parse(state.deciding_since)
@@ -730,8 +742,10 @@ class Release:
                 self._retrying(state, "the rollback's traffic step",
                                lambda: self._apply(state, self._pins(state, canary=canary, replicas=replicas, shape=rest), ("route",), cancellable=False),
                                rollback=True)
-            except RollbackPending as exc:
-                self._route_around_pulumi(state, rest, str(exc))
+            except LeaseLost:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any failure (the up's, the runner's disk): traffic is not left on the canary
+                self._route_around_pulumi(state, rest, str(exc) if isinstance(exc, RollbackPending) else f"{type(exc).__name__}: {exc}")
             self._retrying(state, "the route at rest", lambda: self.verify.route(self.spec, rest, rollback=True, cancellable=False), rollback=True)
             state = self.recorder.save(state.model_copy(update={"rollback_step": 2, "weight": 0, "route": rest.to_json()}), "traffic is back on stable (route at rest)")
         self.recorder.decide(state, "rollback: the stable state as the release began (the stack file's snapshot), canary to zero")
@@ -863,10 +877,10 @@ class Release:
         waiting = state.phase is Phase.WAITING_DECISION
         if tick.outcome is Outcome.INCONCLUSIVE and not waiting:
             return self.recorder.save(state.model_copy(update={"phase": Phase.WAITING_DECISION, "advance": False, "passed": False, "deciding_since": self.clock.iso(),
-                                                               "reason": tick.reason}),
+                                                               "reason": tick.reason, "failed_last": False}),
                                       f"waiting for a decision: {tick.reason}; canary promote {self.stack.name} --app {self.spec.app.name} or canary abort", Severity.WARN)
         passed = tick.outcome is Outcome.ADVANCE and not waiting
-        updates: dict[str, Any] = {"advance": passed, "passed": passed}
+        updates: dict[str, Any] = {"advance": passed, "passed": passed, "failed_last": tick.outcome is Outcome.FAIL}
         if tick.outcome is Outcome.HOLD:
             updates["holding_since"] = state.holding_since or self.clock.iso()
         elif tick.outcome is Outcome.ADVANCE:

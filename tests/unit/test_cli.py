@@ -202,15 +202,21 @@ def test_promote_with_both_force_and_skip_analysis_is_refused(monkeypatch: pytes
 
 # (False, None): a failed tick; (False, True): a resume judging again the step whose last tick passed
 @pytest.mark.parametrize(("advance", "passed", "force", "refused"),
-                         [(False, None, False, True), (False, False, False, True), (False, None, True, False), (True, None, False, False), (False, True, False, False)])
-def test_promote_after_a_failed_last_tick_is_refused_at_once_unless_forced(advance: bool, passed: bool | None, force: bool, refused: bool,
+                         [(False, None, False, True), (False, False, False, True), (False, None, True, False), (True, None, False, False), (False, True, False, False),
+                          # waiting for a decision: an inconclusive last tick is the question asked; a failed one needs --force
+                          ("decision", False, False, False), ("decision", True, False, True), ("decision", True, True, False)])
+def test_promote_after_a_failed_last_tick_is_refused_at_once_unless_forced(advance: bool | str, passed: bool | None, force: bool, refused: bool,
                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     from canary import api
     from canary.core.records import Phase, ReleaseState
     from canary.errors import InvalidSpec
 
-    state = ReleaseState(release="r1", stack="prod", app="web", phase=Phase.WAITING_PROMOTION, weight=50, advance=advance, passed=passed,
-                         reason="error-rate 7 > max 5")
+    if advance == "decision":
+        state = ReleaseState(release="r1", stack="prod", app="web", phase=Phase.WAITING_DECISION, weight=50, advance=False, passed=False,
+                             failed_last=bool(passed), reason="error-rate 7 > max 5")
+    else:
+        state = ReleaseState(release="r1", stack="prod", app="web", phase=Phase.WAITING_PROMOTION, weight=50, advance=bool(advance), passed=passed,
+                             reason="error-rate 7 > max 5")
 
     class Store:
         asked: list[str] = []

@@ -145,6 +145,72 @@ def test_promote_is_refused_after_a_failed_tick_and_force_promotes_with_its_reas
     assert any(r.type == "request" and r.request == "promote --force" for r in world.store.journal)
 
 
+def test_waiting_for_a_decision_a_promote_after_a_failed_tick_is_refused_and_force_promotes() -> None:
+    """A person decides an inconclusive release; once a tick failed since, a plain promote is no answer to it."""
+    world = make(Metrics([1.5] + [5.0] * 50), lambda v: v["analysis"].update(threshold=50, decisionTimeout="1h", metrics=[
+        {"name": "request-error-rate", "thresholdRange": {"max": 1}, "inconclusiveRange": {"max": 2}, "evidence": "none"}]))
+    asked = {"plain": False, "forced": False}
+
+    def on_sleep(now: float) -> None:
+        state = world.store.state
+        if state is None or state.phase is not Phase.WAITING_DECISION or not state.failed_last:
+            return
+        if not asked["plain"]:
+            asked["plain"] = True
+            world.store.request("promote")
+        elif not asked["forced"] and not world.store.pending:
+            asked["forced"] = True
+            world.store.request("promote", force=True, reason="the 500s are the load tester's")
+
+    world.clock.on_sleep = on_sleep
+    result = world.start()
+    assert result.phase is Phase.SUCCEEDED and asked == {"plain": True, "forced": True}
+    messages = [e.message for e in world.events]
+    assert any("promotion by test refused: the last tick failed" in m for m in messages), messages
+    assert [r.request for r in world.store.journal if r.type == "request"] == ["promote --force"]
+    assert world.store.state is not None and world.store.state.forced == "decided by test: the 500s are the load tester's"
+
+
+def test_pre_rollout_failures_end_their_row_when_the_hooks_pass() -> None:
+    """Two pre-rollout failures, then a pass: a first failed metric tick is the first in a row (it was taken for the third)."""
+    calls = {"pre-rollout": 0}
+
+    def answer(name: str, kind: str) -> bool:
+        if kind == "pre-rollout":
+            calls["pre-rollout"] += 1
+            return calls["pre-rollout"] > 2
+        return True
+
+    world = make(Metrics([5.0] + [0.0] * 10), lambda v: v["analysis"].update(
+        threshold=3, failureLimit=5, webhooks=[{"name": "smoke", "type": "pre-rollout", "url": "http://smoke/"}]), hooks=FakeHooks(answer))
+    result = world.start()
+    assert result.phase is Phase.SUCCEEDED, result.reason
+    first = world.store.of("tick")[0]
+    assert first.outcome.value == "fail" and first.failed_in_row == 1 and first.failed_total == 3
+
+
+def test_a_pause_that_reaches_a_promoting_release_is_ignored_and_said_so() -> None:
+    """Accepted a moment before promotion, taken during it: nothing holds there, and the Succeeded state said paused."""
+    world = make(Metrics(0.0))
+    up = world.stack.up
+    asked: list[Phase] = []
+
+    def pause_while_promoting(*args: Any, **kwargs: Any) -> Any:
+        state = world.store.state
+        if state is not None and state.phase is Phase.PROMOTING and not asked:
+            asked.append(state.phase)
+            world.store.request("pause")
+        return up(*args, **kwargs)
+
+    world.stack.up = pause_while_promoting  # type: ignore[method-assign]
+    result = world.start()
+    assert result.phase is Phase.SUCCEEDED and asked
+    assert world.store.state is not None and not world.store.state.paused
+    assert not any("paused" in s.message for s in world.store.of("state"))
+    assert any("pause by test ignored: the release is already" in e.message for e in world.events), [e.message for e in world.events]
+    assert not world.store.pending
+
+
 def test_an_abort_is_taken_within_a_second_while_the_release_waits() -> None:
     world = make(Metrics(0.0), lambda v: v["analysis"].update(interval="60s"))
     _aborted_within_a_second(world, lambda: world.store.state is not None and world.store.state.weight == 10)
@@ -558,6 +624,24 @@ def test_a_rollback_that_cannot_be_applied_is_pending_and_resume_completes_it() 
     resumed = world.rebuild().release.resume()
     assert resumed.phase is Phase.FAILED and not resumed.rollback_pending
     assert world.cluster.shape == RouteShape() and world.cluster.stable_hash == STABLE.hash
+
+
+def test_a_rollback_whose_traffic_step_fails_outside_the_error_tree_still_takes_traffic_off_the_canary() -> None:
+    """The runner's disk full: the release config cannot be written for any up, forward or back. The route at rest
+    needs no disk: it is written around Pulumi, as when the up itself fails."""
+    world = make(Metrics(0.0))
+    write = world.config.write
+
+    def disk_full(release: str, snapshot: str, pins: Any) -> Any:
+        if world.cluster.shape.weight >= 20:  # the disk fills once the canary has 20 %
+            raise OSError(28, "No space left on device")
+        return write(release, snapshot, pins)
+
+    world.config.write = disk_full  # type: ignore[method-assign]
+    result = world.start()
+    assert result.rollback_pending and result.exit_code == 4, result.reason
+    assert world.cluster.restored == [RouteShape()] and world.cluster.shape == RouteShape(), world.cluster.shape
+    assert "OSError: [Errno 28] No space left on device" in result.reason and "Traffic is on stable" in result.reason
 
 
 def test_the_route_written_around_pulumi_is_retried_through_a_brief_outage() -> None:
