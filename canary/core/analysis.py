@@ -164,7 +164,8 @@ class _Unmeasured:
     requests: float | None
 
 
-def _no_data(metric: Metric, query: str, error: NoValues, ctx: TickContext, **extra: object) -> Check:
+def _no_data_effect(metric: Metric, ctx: TickContext) -> tuple[Effect, str]:
+    """What no data does to a check (``onNoData``, the warm-up, ``holdLimit``), and the words that say why."""
     policy = metric.on_no_data
     if ctx.warming_up and policy is not NoDataPolicy.PASS:
         effect, why = Effect.HOLD, "warming up after the shift"
@@ -173,6 +174,11 @@ def _no_data(metric: Metric, query: str, error: NoValues, ctx: TickContext, **ex
         why = f"onNoData: {policy}"
     if effect is Effect.HOLD and ctx.held_too_long:
         effect, why = Effect.FAIL, "held longer than analysis.holdLimit"
+    return effect, why
+
+
+def _no_data(metric: Metric, query: str, error: NoValues, ctx: TickContext, **extra: object) -> Check:
+    effect, why = _no_data_effect(metric, ctx)
     return Check(metric=metric.name, query=query, value=None, threshold_range=_bounds(metric.threshold_range), verdict=Verdict.NO_DATA,
                  effect=effect, reason=f"{metric.name} has no data: {error} ({why})", **extra)  # type: ignore[arg-type]
 
@@ -301,10 +307,15 @@ class _Tick:
         assert compare is not None
         if isinstance(stable, MetricError):
             if isinstance(stable, NoValues):
-                check = _no_data(metric, "", stable, self.ctx)
-                return check.verdict, check.effect, f"{metric.name}: stable has no data to compare with: {stable}", None, None
+                effect, why = _no_data_effect(metric, self.ctx)
+                return Verdict.NO_DATA, effect, f"{metric.name}: stable has no data to compare with: {stable} ({why})", None, None
             return Verdict.ERROR, Effect.FAIL, f"{metric.name}: stable could not be evaluated: {type(stable).__name__}: {stable}", None, None
         to_measure: Callable[[float], float]
+        if value == 0 and (compare.by is CompareBy.DIFFERENCE or stable != 0) and metric.evidence is not Evidence.NONE:
+            # the canary's 0 is a measurement only when it answered requests (0 / 0 by ratio: both, below)
+            measured = self._both_answered(metric, f"canary 0, stable {stable:.4g}", stable=stable == 0)
+            if not isinstance(measured, tuple):
+                return measured.verdict, measured.effect, measured.reason, measured.requests, None
         if compare.by is CompareBy.DIFFERENCE:
             to_measure, what = (lambda v: v - stable), " − stable"
         elif stable == 0:
@@ -351,23 +362,25 @@ class _Tick:
             return Verdict.FAIL, Effect.FAIL, f"{text}, outside {metric.compare.threshold_range}", canary, None
         return Verdict.PASS, Effect.PASS, f"{text}, within {metric.compare.threshold_range}", canary, None
 
-    def _both_answered(self, metric: Metric, what: str) -> tuple[float, str] | _Unmeasured:
-        """Whether both tracks answered requests in the metric's window (at least ``minRequests`` when set): zeros on
-        both sides are a measurement only then (a counter's rate is 0 on a track that answered nothing as much as on a
-        healthy one). The canary's count and how many each answered, or the check that says why not."""
+    def _both_answered(self, metric: Metric, what: str, stable: bool = True) -> tuple[float, str] | _Unmeasured:
+        """Whether both tracks (``stable`` False: the canary) answered requests in the metric's window (at least
+        ``minRequests`` when set): a zero is a measurement only then (a counter's rate is 0 on a track that answered
+        nothing as much as on a healthy one: a canary no request reached is not "lower than stable"). The canary's
+        count and how many each answered, or the check that says why not."""
         span = window(self.spec, metric, self.ctx)
         least = self.spec.analysis.min_requests or 1
         counts: list[float] = []
-        for track, target in (("canary", None), ("stable", self.spec.stable)):
+        for track, target in (("canary", None), ("stable", self.spec.stable))[:2 if stable else 1]:
             count = self.requests(span, target)
             if isinstance(count, MetricError):
                 return _Unmeasured(Verdict.ERROR, Effect.FAIL, f"{metric.name}: {what}, and the {track}'s requests could not be counted: {count}", None)
             counts.append(count)
-        canary, stable = counts
-        on = f"{canary:.0f} canary and {stable:.0f} stable requests in {span}"
+        canary = counts[0]
+        on = f"{canary:.0f} canary and {counts[1]:.0f} stable requests in {span}" if stable else f"{canary:.0f} canary requests in {span}"
         if min(counts) < least:
             fewer = f"fewer than minRequests {least}" if self.spec.analysis.min_requests else "none"
-            check = _no_data(metric, "", NoValues(f"{what} on {on} ({fewer} on a side): not a measurement"), self.ctx)
+            side = " on a side" if stable else ""
+            check = _no_data(metric, "", NoValues(f"{what} on {on} ({fewer}{side}): not a measurement"), self.ctx)
             return _Unmeasured(check.verdict, check.effect, check.reason, canary)
         return canary, on
 
@@ -390,13 +403,15 @@ class _Tick:
             details.update(interval_low=result.low, interval_high=result.high)
         text = f"{metric.name} (Mann–Whitney): {result.reason}"
         if result.classification is judge.Classification.NO_DATA:
-            check = _no_data(metric, query, NoValues(result.reason), self.ctx)
-            return (check.verdict, check.effect, text), details
+            effect, why = _no_data_effect(metric, self.ctx)
+            return (Verdict.NO_DATA, effect, f"{text} ({why})"), details
         bad = {judge.Classification.HIGH: spec_judge.direction.value in ("increase", "either"),
                judge.Classification.LOW: spec_judge.direction.value in ("decrease", "either")}.get(result.classification, False)
-        if not bad and canary_samples and stable_samples and not any(canary_samples) and not any(stable_samples):
-            # every sample 0 on both tracks (a counter's rate): "identical" only when both answered requests
-            measured = self._both_answered(metric, "every sample 0 on both tracks")
+        both = bool(stable_samples) and not any(stable_samples)
+        if not bad and canary_samples and not any(canary_samples) and (both or metric.evidence is not Evidence.NONE):
+            # every canary sample 0 (a counter's rate): "lower than" or "identical to" stable only when it answered
+            # requests (and stable too, when every sample of its is 0 as well)
+            measured = self._both_answered(metric, "every sample 0 on both tracks" if both else "every canary sample 0", stable=both)
             if not isinstance(measured, tuple):
                 return (measured.verdict, measured.effect, measured.reason), details
             text = f"{text} (on {measured[1]})"
@@ -467,6 +482,9 @@ def decide(checks: tuple[Check, ...], ctx: TickContext, threshold: int, failure_
         passed = f"score {score_value:g} passed at weight {weight} with {len(scored_away)} of {len(acting)} checks failed: {scored_away[0].reason}"
     else:
         passed = f"all {len(acting)} checks passed at weight {weight}" + (f" (score {score_value:g})" if score_value is not None else "")
+        unmeasured = sum(1 for c in acting if c.verdict is Verdict.NO_DATA)
+        if unmeasured:
+            passed += f" ({unmeasured} with no data, by onNoData: pass)"  # said: nothing was measured there
     return TickResult(checks, Outcome.ADVANCE, 0, ctx.failed_total, threshold, failure_limit, passed, weight, score_value)
 
 

@@ -222,7 +222,7 @@ def build(found: Sequence[Any], release: str | None = None) -> Picture:
     ticks: list[TickMark] = []
     checks: dict[str, list[tuple[float, Check]]] = {}
     weights: list[tuple[float, int]] = []
-    decided = False
+    decided: Phase | None = None
     last_state: tuple[str, int] | None = None
     for r in chosen:
         t = at(r)
@@ -238,8 +238,9 @@ def build(found: Sequence[Any], release: str | None = None) -> Picture:
             stable_image = stable_image or str(details.get("stable") or "")
             moved = last_state is None or last_state != (r.phase, r.weight)
             last_state = (r.phase, r.weight)
-            if not decided and r.phase in (Phase.ROLLING_BACK, Phase.PROMOTING):
-                decided = True
+            # a promotion that failed before stable took the new version rolls back: that is the decision that stands
+            if r.phase in (Phase.ROLLING_BACK, Phase.PROMOTING) and decided != r.phase:
+                decided = r.phase
                 markers.append(Marker(t, Mark.DECISION, r.message, ok=r.phase == Phase.PROMOTING))
             if r.phase in TERMINAL:
                 markers.append(Marker(t, Mark.END, f"{r.phase}: {r.message}", ok=r.phase in (Phase.SUCCEEDED, Phase.PROMOTED_UNVERIFIED)))

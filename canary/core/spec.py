@@ -1064,6 +1064,10 @@ def _analysis_problems(analysis: Analysis, field: str, metric_templates: Mapping
     elif analysis.score is not None and all(m.dry_run for m in analysis.metrics):
         # a score over no metric acted on is 100: every tick would pass, whatever the metrics said
         problems.append(Problem(f"{field}.score", "set", "needs a metric that is not dryRun: every metric is, so nothing would be scored"))
+    elif analysis.metrics and all(m.dry_run for m in analysis.metrics) and not any(w.type is WebhookType.ROLLOUT for w in analysis.webhooks):
+        # nothing acts on a tick: every one would pass ("all 0 checks passed"), whatever the metrics said
+        problems.append(Problem(f"{field}.metrics", f"{len(analysis.metrics)} dryRun", "needs a metric that is not dryRun (or a rollout webhook): "
+                                "every tick would pass whatever the metrics said"))
     return problems
 
 

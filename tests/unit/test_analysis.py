@@ -354,6 +354,15 @@ def test_min_requests_turns_low_traffic_into_no_data_without_querying_the_metric
     assert len(provider.queries) == 1 and result.outcome is Outcome.FAIL
 
 
+def test_a_pass_on_no_data_says_nothing_was_measured() -> None:
+    """Every metric onNoData: pass and too few requests: the tick passes, as configured, but does not say "all passed"
+    as if each had been measured."""
+    spec = spec_with(update("analysis", minRequests=20), set_path("analysis.metrics.0.onNoData", "pass"), set_path("analysis.metrics.1.onNoData", "pass"))
+    result, _ = tick(spec, {COUNT: 0.0, **BASE})
+    assert result.outcome is Outcome.ADVANCE
+    assert result.reason == "all 2 checks passed at weight 0 (2 with no data, by onNoData: pass)", result.reason
+
+
 def test_min_requests_in_the_warm_up_holds() -> None:
     result, _ = tick(spec_with(update("analysis", minRequests=20)), {COUNT: NoValues("empty"), **BASE}, TickContext(warming_up=True))
     assert result.outcome is Outcome.HOLD and "answered 0 requests" in result.checks[0].reason
@@ -472,8 +481,10 @@ def test_an_undefined_ratio_beyond_the_hold_limit_fails() -> None:
 @pytest.mark.parametrize(
     ("stable", "ctx", "verdict", "effect", "reason"),
     [
-        (NoValues("empty"), TickContext(), Verdict.NO_DATA, Effect.FAIL, "request-duration: stable has no data to compare with: empty"),
-        (NoValues("empty"), TickContext(warming_up=True), Verdict.NO_DATA, Effect.HOLD, "request-duration: stable has no data to compare with: empty"),
+        # the reason says what made the effect, as every no-data check's does
+        (NoValues("empty"), TickContext(), Verdict.NO_DATA, Effect.FAIL, "request-duration: stable has no data to compare with: empty (onNoData: fail)"),
+        (NoValues("empty"), TickContext(warming_up=True), Verdict.NO_DATA, Effect.HOLD,
+         "request-duration: stable has no data to compare with: empty (warming up after the shift)"),
         (ProviderUnreachable("down"), TickContext(), Verdict.ERROR, Effect.FAIL, "request-duration: stable could not be evaluated: ProviderUnreachable: down"),
     ],
 )
@@ -530,11 +541,13 @@ def test_the_judge_samples_over_the_metric_window_at_its_step() -> None:
     assert [(seconds, step) for _, seconds, step in provider.ranges] == [(300.0, 10.0), (300.0, 10.0)]
 
 
-@pytest.mark.parametrize(("ctx", "effect"), [(TickContext(), Effect.FAIL), (TickContext(warming_up=True), Effect.HOLD)])
-def test_too_few_samples_are_no_data(ctx: TickContext, effect: Effect) -> None:
+@pytest.mark.parametrize(("ctx", "effect", "why"), [(TickContext(), Effect.FAIL, "(onNoData: fail)"),
+                                                   (TickContext(warming_up=True), Effect.HOLD, "(warming up after the shift)")])
+def test_too_few_samples_are_no_data(ctx: TickContext, effect: Effect, why: str) -> None:
     result, _ = tick(_judged(), {DURATION: 200.0}, ctx, samples={CANARY: [200.0] * 4, STABLE: BASE_SAMPLES})
     check = result.checks[0]
     assert check.verdict is Verdict.NO_DATA and check.effect is effect and "4 canary and 20 stable samples: fewer than 10 on a side" in check.reason
+    assert check.reason.endswith(why), check.reason  # what made the effect, as every no-data check says
     assert check.samples == (4, 20) and check.interval_low is None
 
 
@@ -574,6 +587,28 @@ def test_a_judge_of_samples_all_zero_on_both_tracks_passes_only_when_both_answer
     result, _ = tick(spec, {**counts, "errors_total": 0.0}, samples={"errors_total": [0.0] * 12})
     check = result.checks[0]
     assert (check.verdict, check.effect) == (verdict, effect), check.reason
+    assert why in check.reason, check.reason
+
+
+ERRORS_PER_SECOND = {"x": {"query": 'sum(rate(errors_total{pod=~"{{ target }}-.*"}[1m]))'}}
+
+
+@pytest.mark.parametrize("judged", [{"judge": {}}, {"compare": {"by": "ratio", "thresholdRange": {"max": 1.5}}},
+                                    {"compare": {"by": "difference", "thresholdRange": {"max": 0.5}}}], ids=["judge", "ratio", "difference"])
+@pytest.mark.parametrize(("counts", "verdict", "why"), [
+    ({(COUNT, CANARY): 0.0, (COUNT, STABLE): 900.0}, Verdict.NO_DATA, "on 0 canary requests in 1m (none): not a measurement (onNoData: fail)"),
+    (SOME_COUNTS, Verdict.PASS, ""),
+], ids=["canary-without-traffic", "canary-served"])
+def test_a_canary_at_0_beside_a_stable_above_it_is_lower_only_when_it_answered_requests(
+        judged: dict[str, Any], counts: dict[Key, Answer], verdict: Verdict, why: str) -> None:
+    """A counter's rate (errors per second) is 0 on a canary no request reached: judged and compared with stable's
+    2 errors/s it was "lower than stable", and passed a canary that served nothing."""
+    spec = spec_with(set_path("analysis.metrics", [{"name": "errors", "templateRef": {"name": "x"}, **judged}]),
+                     set_path("metricTemplates", ERRORS_PER_SECOND))
+    answers: dict[Key, Answer] = {**counts, ("errors_total", CANARY): 0.0, ("errors_total", STABLE): 2.0}
+    result, _ = tick(spec, answers, samples={("errors_total", CANARY): [0.0] * 12, ("errors_total", STABLE): [2.0 + i / 10 for i in range(12)]})
+    check = result.checks[0]
+    assert check.verdict is verdict, check.reason
     assert why in check.reason, check.reason
 
 

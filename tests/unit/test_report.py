@@ -204,6 +204,26 @@ def test_a_faulty_release_shows_three_failed_checks_and_the_rollback() -> None:
     assert model.reason.startswith("rolled back: error-rate 17.73 > max 1") and [m.kind for m in model.markers] == [Mark.DECISION, Mark.END]
 
 
+def test_a_promotion_that_rolls_back_shows_the_rollback_as_the_decision_that_stands() -> None:
+    """Stable's promotion refused once: the release rolled back, and the report said "decision: promote"."""
+    from canary.errors import Refused
+    from tests.unit.fakes import Metrics, make
+
+    world = make(Metrics(0.0))
+    refused: list[str] = []
+
+    def on_up(record: dict[str, Any]) -> None:
+        if "stable" in record["parts"] and not record["whole"] and record["pins"]["stable"]["hash"] == "new" and not refused:
+            refused.append("once")
+            raise Refused("admission webhook denied the request")
+
+    world.stack.on_up = on_up
+    assert world.start().phase is Phase.FAILED and refused
+    model = picture.build(world.store.journal)
+    assert [m.ok for m in model.of(Mark.DECISION)] == [True, False]
+    assert model.decision is not None and model.decision.ok is False and model.decision.label.startswith("rolling back")
+
+
 def test_a_healthy_release_shows_its_weights_and_the_promotion() -> None:
     model, _ = model_of("lab-healthy")
     assert [w for _, w in model.weights] == [0, 10, 20, 30, 40, 50, 0, 0]  # the last point: the line goes on to the end

@@ -136,6 +136,9 @@ INVALID = [
      "analysis.metrics[0].templateVariables.le", "contains \\d, which is no escape in a PromQL string", "'/api/\\\\d+'"),
     ("score-of-dry-runs-only", chain(set_path("analysis.metrics.0.dryRun", True), set_path("analysis.metrics.1.dryRun", True), set_path("analysis.score", {})),
      "analysis.score", "needs a metric that is not dryRun", "set"),
+    # nothing acts on a tick: "all 0 checks passed" promoted a canary at 50 % errors
+    ("dry-runs-only", chain(set_path("analysis.metrics.0.dryRun", True), set_path("analysis.metrics.1.dryRun", True), set_path("analysis.webhooks", [])),
+     "analysis.metrics", "needs a metric that is not dryRun (or a rollout webhook)", "2 dryRun"),
     ("critical-dry-run", chain(set_path("analysis.metrics.0.dryRun", True), set_path("analysis.metrics.0.critical", True)), "analysis.metrics[0]",
      "is critical and dryRun", "a mapping of name, templateRef, thresholdRange, templateVariables, dryRun, critical"),
     ("judge-increase-infinite", set_path("analysis.metrics.1.judge", {"allowedIncrease": float("inf")}), "analysis.metrics[1].judge.allowedIncrease",
