@@ -170,15 +170,23 @@ def _load_as_pulumi(text: str) -> tuple[Any, bool]:
     return reader.value(node), reader.differs
 
 
+def read_text(path: Path, field: str = "file") -> str:
+    """A file the user names (a stack file, a manifest), as text; InvalidSpec naming it when it cannot be read."""
+    source = str(path)
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InvalidSpec([Problem(field, source, "does not exist")], source) from None
+    except UnicodeDecodeError as exc:
+        raise InvalidSpec([Problem(field, source, f"must be UTF-8 text: byte {exc.start} is not ({exc.reason})")], source) from None
+    except OSError as exc:
+        raise InvalidSpec([Problem(field, source, f"cannot be read: {exc.strerror}")], source) from exc
+
+
 def read_stack_file(path: Path) -> dict[str, Any]:
     """The ``config:`` map of a stack file, secrets left encrypted; InvalidSpec on a bad file."""
     source = str(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise InvalidSpec([Problem("file", source, "does not exist")], source) from None
-    except OSError as exc:
-        raise InvalidSpec([Problem("file", source, f"cannot be read: {exc.strerror}")], source) from exc
+    text = read_text(path)
     try:
         document, _ = _load_as_pulumi(text)
     except YAMLError as exc:
@@ -242,7 +250,7 @@ def plain_config(project_dir: Path, stack: str, text: str | None = None) -> dict
     try:
         project = load(project_dir.joinpath("Pulumi.yaml").read_text())
         document, differs = _load_as_pulumi(text if text is not None else stack_file(project_dir, stack).read_text())
-    except (OSError, YAMLError):
+    except (OSError, UnicodeDecodeError, YAMLError):
         return None
     if differs or not isinstance(project, dict) or "config" in project:
         return None
@@ -321,7 +329,7 @@ def set_value(path: Path, keys: tuple[str, ...], value: Any) -> tuple[Any, Any]:
     with files.locked_in_place(path):
         y = _yaml("rt")
         y.preserve_quotes = True
-        text = path.read_text()
+        text = read_text(path)
         mapping, sequence, offset = _indents(text)
         y.indent(mapping=mapping, sequence=sequence, offset=offset)
         document = y.load(text)
@@ -461,6 +469,14 @@ def _keep_secrets(old: Mapping[str, Any], new: dict[str, Any], source: str) -> l
     kept: list[str] = []
     for key, value in old.items():
         for path in _secure_paths(value):
+            if key == "canary:prometheus" and path and path[0] != "address" and isinstance(value, Mapping) and isinstance(new.get(key), Mapping):
+                # a token (or header) is Prometheus's at its address: kept beside another address, it would go to that server
+                then, now = value.get("address"), new[key].get("address")
+                if now is not None and now != then:
+                    name = ".".join(map(str, (key, *path)))
+                    raise InvalidSpec([Problem(name, "a secret", f"is sent to {then if isinstance(then, str) else 'the old address'}, and the import "
+                                               f"points canary:prometheus.address at {now}: kept, it would go to that server. Merge, then set it "
+                                               "again for the new address (pulumi config set --secret --path), or keep the address by hand")], source)
             into, there = new, value
             steps = (key, *path)
             for depth, step in enumerate(steps):
@@ -503,7 +519,7 @@ def write_imported(path: Path, header: str, config: Mapping[str, Any], merge: bo
         return []
     with files.locked_in_place(path):
         before = read_stack_file(path)
-        text = path.read_text()
+        text = read_text(path)
         y = _yaml("rt")
         y.preserve_quotes = True
         y.indent(*_indents(text))

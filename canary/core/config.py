@@ -15,11 +15,8 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from canary.core.naming import CONFIG_NAMESPACE
-from canary.core.spec import CONFIG_KEYS, Prometheus, StackSpec, parse_stack
+from canary.core.spec import CONFIG_KEYS, ENCRYPTED, Prometheus, StackSpec, parse_stack
 from canary.errors import InvalidSpec, Problem
-
-#: Where a secret value read from a file (still encrypted) stands in the spec.
-ENCRYPTED = "<encrypted>"
 
 
 def _plain(value: Any) -> Any:

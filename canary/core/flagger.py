@@ -538,8 +538,8 @@ def _flagger_steps(out: dict[str, Any], notes: list[str]) -> None:
     ``maxWeight``; and a ``stepWeight`` beside ``stepWeights`` wins. Written as the ``stepWeights``
     Flagger runs."""
     step, listed = out.get("stepWeight"), out.get("stepWeights")
-    if "iterations" in out or "stepWeight" not in out:
-        return
+    if "iterations" in out or "stepWeight" not in out or (listed is not None and not isinstance(listed, list)):
+        return  # (stepWeights of another shape: not replaced by weights, but refused by the spec's own check)
     if _unset(step) and isinstance(listed, list) and listed:
         del out["stepWeight"]
         notes.append("spec.analysis.stepWeight: 0 is read by Flagger as not set beside stepWeights; left out")

@@ -85,6 +85,27 @@ def test_validate_says_a_whole_object_secret_is_not_checked_rather_than_refusing
     assert "valid dictionary" not in done.stderr and "Zm9v" not in done.stdout + done.stderr
 
 
+def test_validate_takes_a_webhook_url_held_as_a_secret_as_canary_up_does(tmp_path: Path) -> None:
+    # pulumi config set --secret --path canary:analysis.webhooks[0].url: it was refused as "<encrypted>" is no URL
+    path = tmp_path / "Pulumi.sec.yaml"
+    path.write_text("config:\n  canary:app: {name: web, image: 'registry.example.com/shop/web:1.0.0'}\n"
+                    "  canary:gateway: {parentRefs: [{name: public}]}\n  canary:prometheus: {address: 'http://prometheus:9090'}\n"
+                    "  canary:analysis:\n    stepWeight: 10\n    metrics: [{name: request-error-rate, thresholdRange: {max: 1}}]\n"
+                    "    webhooks:\n      - name: gate\n        type: confirm-promotion\n        url:\n          secure: v1:Zm9vYmFy:YmFy\n")
+    done = _cli("validate", "--file", str(path), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "1 webhooks" in done.stdout
+
+
+@pytest.mark.parametrize("command", [("validate", "--file"), ("import-flagger",)], ids=["validate", "import-flagger"])
+def test_a_file_that_is_not_utf8_is_refused_naming_it(tmp_path: Path, command: tuple[str, ...]) -> None:
+    path = tmp_path / "bin.yaml"
+    path.write_bytes(b"\xff\xfe\x00bad")
+    done = _cli(*command, str(path), cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and str(path) in done.stderr and "UTF-8" in done.stderr, done.stderr
+
+
 def test_validate_takes_a_reference_to_templates_held_as_a_whole_object_secret(tmp_path: Path) -> None:
     # canary:metricTemplates held as one secret: the metric naming one of them was refused ("none defined")
     path = tmp_path / "Pulumi.whole.yaml"
@@ -369,3 +390,14 @@ def test_demo_rolls_its_release_back_on_ctrl_c_as_release_does(monkeypatch: pyte
         signal.signal(signal.SIGINT, before[0])
         signal.signal(signal.SIGTERM, before[1])
     assert aborted == ["signal SIGINT"]
+
+
+def test_the_demo_stopped_by_a_signal_after_one_release_fails_rather_than_crashing() -> None:
+    # Ctrl-C during the healthy release's promotion (the abort ignored, it ends Succeeded): the demo indexed a second release
+    from types import SimpleNamespace
+
+    from canary import cli
+    from canary.core.records import Phase
+
+    done = [SimpleNamespace(phase=Phase.SUCCEEDED), SimpleNamespace(phase=Phase.FAILED)]
+    assert cli._demo_ok(done) and not cli._demo_ok(done[:1]) and not cli._demo_ok([]) and not cli._demo_ok([None, done[1]])

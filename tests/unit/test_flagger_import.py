@@ -285,6 +285,17 @@ def test_a_load_generator_is_stopped_even_when_recording_a_hook_s_result_fails()
             os.killpg(pid, signal.SIGKILL)
 
 
+def test_a_merge_that_moves_prometheus_does_not_send_the_old_token_to_the_new_address(tmp_path: Path) -> None:
+    # the token kept from the stack file went, without a word, to the Prometheus the manifest's template names
+    out = tmp_path / "Pulumi.prod.yaml"
+    out.write_text(STACK.replace("address: http://prometheus.monitoring:9090", "address: http://prom.internal:9090"))
+    before = out.read_text()
+    done = _cli(*IMPORT, "--out", str(out), "--merge")
+    assert done.returncode == 2 and out.read_text() == before, done.stderr
+    assert "canary:prometheus.token: is sent to http://prom.internal:9090, and the import points canary:prometheus.address at " \
+           "http://prometheus.monitoring:9090" in done.stderr, done.stderr
+
+
 def test_a_merge_over_a_whole_key_secret_the_import_writes_refuses_and_writes_nothing(tmp_path: Path) -> None:
     # canary:prometheus held as one secret: the import writes canary:prometheus (its address), and the merge
     # dropped the old value, token and all, without a word
@@ -315,6 +326,15 @@ def test_weights_import_as_the_weights_flagger_steps_through(given: dict[str, An
     assert schedule.weights(result.spec.release_spec("web").analysis) == weights
     if "stepWeights" not in given or given.get("stepWeight"):
         assert any(n.startswith("spec.analysis.stepWeights: ") and str(weights) in n for n in result.notes), result.notes
+
+
+def test_step_weights_of_the_wrong_shape_are_refused_not_replaced() -> None:
+    # stepWeights: abc beside stepWeight was written over with Flagger's weights (exit 0); Flagger's CRD refuses it
+    doc = _canary()
+    doc["spec"]["analysis"].update({"stepWeight": 10, "stepWeights": "abc", "maxWeight": 50})
+    with pytest.raises(InvalidSpec) as refused:
+        flagger.convert([doc, _template()])
+    assert any("stepWeights" in p.field for p in refused.value.problems), refused.value.problems
 
 
 def test_weights_canary_steps_through_alike_import_as_they_are() -> None:
