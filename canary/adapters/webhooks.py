@@ -6,9 +6,18 @@ succeeds on any 2xx. A command hook succeeds on exit status 0, runs
 in its own process group, and is killed whole when its timeout expires or the
 release is cancelled; what it started in that group is killed when it exits, and
 its output is read until its deadline at most (a process that left the group
-may hold the pipe). What a success or a failure means for the release is the
-release's business. Outputs are truncated in results; a secret (an alert's
-URL) never appears in one.
+may hold the pipe), and its standard input is fed off the caller's thread (a body
+larger than the pipe's buffer, to a command that never reads it, held the call
+past its timeout and its cancel). What a success or a failure means for the
+release is the release's business.
+
+A result's detail goes everywhere (the journal, ``canary status``, Kubernetes
+Events, event hooks, chat alerts), and a hook's URL or command line may carry
+a token (``?token=``, ``user:pass@``, a Slack-style path; a Pulumi secret): a
+result names the hook by its name and its URL's scheme, host and port only, or
+its program's base name only, and every text it quotes (an answer, an error, a
+command's output) is scrubbed of the URL's parts and the command's arguments.
+Outputs are truncated in results; an alert's URL never appears in one.
 """
 
 from __future__ import annotations
@@ -17,13 +26,16 @@ import atexit
 import contextlib
 import json
 import os
+import posixpath
+import select
 import shlex
 import signal
 import subprocess
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
+from urllib.parse import parse_qsl, unquote, unquote_plus, urlsplit
 
 from canary.adapters import http
 from canary.core import notify
@@ -95,6 +107,22 @@ def _stop(processes: set[subprocess.Popen[bytes]]) -> int:
 atexit.register(_stop, _RUNNING)
 
 
+def _feed(process: subprocess.Popen[bytes], data: bytes) -> None:
+    """Write ``data`` to the command's standard input, then close it: on a thread of its own, a chunk at a
+    time as the pipe takes it, giving up once the command has exited (a body larger than the pipe's buffer,
+    written at once, blocked until a command that never reads it exited, whatever its timeout or the cancel
+    token said). A command that exits without reading it all is no error."""
+    assert process.stdin is not None
+    with contextlib.suppress(OSError, ValueError), process.stdin:
+        fd = process.stdin.fileno()
+        os.set_blocking(fd, False)
+        view = memoryview(data)
+        while view and not _exited(process):
+            select.select([], [fd], [], 0.05)
+            with contextlib.suppress(BlockingIOError):
+                view = view[os.write(fd, view):]
+
+
 def _read_all(pipe: Any, chunks: list[bytes]) -> None:
     """Read the command's output to its end, then close it: here, on the reader's thread, because a
     process that left the group may hold the pipe open after the call returned, and closing it from
@@ -117,6 +145,75 @@ def _redacted(text: str) -> str:
         if len(value) >= 4:
             text = text.replace(value, "***")
     return text
+
+
+#: The shortest part of a URL or argument scrubbed from a text (as ``_redacted``'s): a shorter one would
+#: mask ordinary words, and is no token.
+_SHORTEST_SECRET = 4
+
+
+def _origin(url: str) -> str:
+    """``url``'s scheme, host and port only: its user, password, path, query and fragment may carry a token."""
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname or "", parts.port
+    except ValueError:
+        return "(a malformed URL)"
+    host = f"[{host}]" if ":" in host else host
+    return f"{parts.scheme}://{host}" + (f":{port}" if port else "")
+
+
+def _words(cmd: str) -> list[str]:
+    """``cmd`` split as it is run; one that cannot be (never started) at its blanks."""
+    try:
+        return shlex.split(cmd)
+    except ValueError:
+        return cmd.split()
+
+
+def _program(cmd: str) -> str:
+    """The base name of the program ``cmd`` runs: its directory and its arguments may name a token."""
+    words = _words(cmd)
+    return (posixpath.basename(words[0]) if words else "") or "?"
+
+
+def _label(hook: Webhook) -> str:
+    """How a result names ``hook``: its name, and its URL's origin or its program (``…`` for its arguments)."""
+    if hook.url:
+        return f"{hook.name}: POST {_origin(hook.url)}"
+    cmd = hook.cmd or ""
+    return f"{hook.name}: `{_program(cmd)}{' …' if len(_words(cmd)) > 1 else ''}`"
+
+
+def _secrets(hook: Webhook) -> list[str]:
+    """What of ``hook`` may be a secret, longest first: the whole URL and each of its parts (raw and
+    decoded: an error may quote either), or the whole command line and each of its arguments and the
+    program's directory."""
+    found: set[str] = set()
+    if hook.url:
+        found.add(hook.url)
+        try:
+            parts = urlsplit(hook.url)
+            found.update((parts.netloc.rpartition("@")[0], parts.username or "", parts.password or "", parts.path,
+                          parts.query, parts.fragment, *parts.path.split("/"), *(v for _, v in parse_qsl(parts.query))))
+        except ValueError:
+            pass  # the URL was never sent: it can be quoted whole only
+    if hook.cmd:
+        found.add(hook.cmd)
+        words = _words(hook.cmd)
+        found.update(words[1:])
+        if words:
+            found.add(posixpath.dirname(words[0]))
+    found |= {unquote(s) for s in found} | {unquote_plus(s) for s in found}
+    return sorted((s for s in found if len(s) >= _SHORTEST_SECRET), key=len, reverse=True)
+
+
+def _scrubbed(text: str, secrets: Iterable[str]) -> str:
+    """``text`` (an answer, an error's message, a command's output) with every one of ``secrets`` masked,
+    and the value of every secret variable of this process."""
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return _redacted(text)
 
 
 #: The answers a hook says yes with: Flagger's (it fails any status above 202).
@@ -150,38 +247,46 @@ class Caller:
     def call(self, hook: Webhook, body: Mapping[str, Any], cancel: threading.Event | None = None) -> HookResult:
         start = time.monotonic()
         timeout = hook.timeout.total_seconds()
+
+        def result(ok: bool, what: str) -> HookResult:
+            return HookResult(hook.name, hook.type.value, ok, time.monotonic() - start, f"{_label(hook)} {_scrubbed(what, _secrets(hook))}")
+
         if hook.url:
             answer = _in_thread(lambda: http.post_json(hook.url, body, timeout), cancel, timeout)  # type: ignore[arg-type]
             if answer is _CANCELLED:
-                return HookResult(hook.name, hook.type.value, False, time.monotonic() - start, f"POST {hook.url} abandoned: the release was cancelled")
+                return result(False, "abandoned: the release was cancelled")
             if answer is _LATE:
-                return HookResult(hook.name, hook.type.value, False, time.monotonic() - start,
-                                  f"POST {hook.url} timed out after {timeout:g}s (the answer had not all arrived) and was abandoned")
+                return result(False, f"timed out after {timeout:g}s (the answer had not all arrived) and was abandoned")
             if isinstance(answer, BaseException):
-                return HookResult(hook.name, hook.type.value, False, time.monotonic() - start, f"POST {hook.url} failed: {type(answer).__name__}")
-            ok, detail = _judged(answer)
-            return HookResult(hook.name, hook.type.value, ok, time.monotonic() - start, f"POST {hook.url} {detail}")
+                return result(False, f"failed: {type(answer).__name__}")  # the type only: a message may quote the URL
+            return result(*_judged(answer))
         try:
             process = self.start(hook, body)
         except (OSError, ValueError) as exc:
-            return HookResult(hook.name, hook.type.value, False, time.monotonic() - start, f"`{hook.cmd}` could not start: {exc}")
+            return result(False, f"could not start: {exc}")
         return self.finish(hook, process, start + timeout, cancel, start)
 
     def start(self, hook: Webhook, body: Mapping[str, Any] | None = None) -> subprocess.Popen[bytes]:
         """Start the command in a session of its own; ``body`` (what an HTTP hook would be sent: the
-        release, its phase, an event's message) on its standard input."""
+        release, its phase, an event's message) on its standard input, fed from a thread of its own. Raises
+        OSError or ValueError when it cannot start, naming the program's base name only (Python's own
+        message quotes the path given, a split error may quote the line)."""
         assert hook.cmd is not None
         env = {k: v for k, v in os.environ.items() if k not in SECRET_VARIABLES}
         env.update(CANARY_WEBHOOK=hook.name, CANARY_WEBHOOK_TYPE=hook.type.value)
-        process = subprocess.Popen(shlex.split(hook.cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.PIPE if body is not None else subprocess.DEVNULL, start_new_session=True, env=env)
+        try:
+            process = subprocess.Popen(shlex.split(hook.cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                       stdin=subprocess.PIPE if body is not None else subprocess.DEVNULL, start_new_session=True, env=env)
+        except OSError as exc:
+            why = _scrubbed(exc.strerror or type(exc).__name__, _secrets(hook))
+            raise (OSError(exc.errno, why, _program(hook.cmd)) if exc.errno else OSError(f"{why}: {_program(hook.cmd)}")) from exc
+        except ValueError as exc:
+            raise ValueError(f"cannot be split into a command line: {_scrubbed(str(exc), _secrets(hook))}") from exc
         with _RUNNING_LOCK:
             _RUNNING.add(process)
             self._started.add(process)
         if process.stdin is not None:
-            # a few KiB, within the pipe's buffer: never blocks; a command that does not read it may have exited
-            with contextlib.suppress(OSError), process.stdin:
-                process.stdin.write(json.dumps(body, default=str).encode())
+            threading.Thread(target=_feed, args=(process, json.dumps(body, default=str).encode()), name="canary-hook-stdin", daemon=True).start()
         return process
 
     def finish(self, hook: Webhook, handle: Any, deadline: float, cancel: threading.Event | None = None, start: float | None = None) -> HookResult:
@@ -206,7 +311,7 @@ class Caller:
                     why = "ran until the interval's end"
                 else:
                     why = f"timed out after {hook.timeout.total_seconds():g}s"
-                return HookResult(hook.name, hook.type.value, False, time.monotonic() - start, f"`{hook.cmd}` {why} and was killed")
+                return HookResult(hook.name, hook.type.value, False, time.monotonic() - start, f"{_label(hook)} {why} and was killed")
             time.sleep(0.02)
         # what it started in the background dies with it (a load generator left running, holding the
         # output pipe); killed before the command is reaped, so the group's id cannot be another's yet
@@ -215,9 +320,9 @@ class Caller:
         self._reaped(process)
         reader.join(max(0.5, deadline - time.monotonic()))
         out = b"".join(chunks)
-        tail = _redacted(out.decode(errors="replace")).strip().splitlines()[-3:]
+        tail = _scrubbed(out.decode(errors="replace"), _secrets(hook)).strip().splitlines()[-3:]
         ok = process.returncode == 0
-        detail = f"`{hook.cmd}` exited {process.returncode}" + (f": {' | '.join(tail)[:300]}" if tail and not ok else "")
+        detail = f"{_label(hook)} exited {process.returncode}" + (f": {' | '.join(tail)[:300]}" if tail and not ok else "")
         return HookResult(hook.name, hook.type.value, ok, time.monotonic() - start, detail)
 
     def alert(self, alert: Alert, body: Mapping[str, Any]) -> HookResult:

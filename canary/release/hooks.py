@@ -220,7 +220,9 @@ class Hooks:
                     try:
                         running.append((hook, self.caller.start(hook)))
                     except (OSError, ValueError) as exc:
-                        running.append((hook, HookResult(hook.name, hook.type.value, False, 0.0, f"`{hook.cmd}` could not start: {exc}")))
+                        # named by its name, never its command line (an argument may be a token); the caller's
+                        # error names the program's base name only
+                        running.append((hook, HookResult(hook.name, hook.type.value, False, 0.0, f"{hook.name}: could not start: {exc}")))
                 else:
                     running.append((hook, self.caller.call(hook, payload(hook, self.spec, state), self.cancel)))
         except BaseException:
@@ -249,7 +251,7 @@ class Hooks:
                 elif cut:
                     result = self.caller.finish(hook, handle, time.monotonic(), self.cancel)
                     if not result.ok:
-                        result = dataclasses.replace(result, detail=f"`{hook.cmd}` stopped: {cut}")
+                        result = dataclasses.replace(result, detail=f"{hook.name}: stopped: {cut}")
                 else:
                     grace = max(0.0, start + interval + hook.timeout.total_seconds() - self.clock.monotonic())
                     result = self.caller.finish(hook, handle, time.monotonic() + grace, self.cancel)

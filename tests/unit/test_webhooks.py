@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from canary.adapters import http
 from canary.adapters.webhooks import Caller
 from canary.core import notify
 from canary.core.records import HookResult, Phase, ReleaseState, TrackPin
@@ -85,7 +86,7 @@ def test_an_http_hook_posts_the_flagger_payload_and_a_200_is_a_success(receiver:
     result = Caller().call(gate, payload(gate, spec(), state()))
     assert result.ok, result
     assert (result.name, result.type) == ("load-test", "confirm-promotion")
-    assert result.detail == f"POST {receiver.url}/gate answered 200"
+    assert result.detail == f"load-test: POST {receiver.url} answered 200"  # the origin only: a path may carry a token
     (request,) = receiver.wait_for(1)
     assert (request.method, request.path) == ("POST", "/gate")
     assert request.headers["content-type"] == "application/json"
@@ -195,7 +196,55 @@ def test_a_refused_connection_is_a_failure_not_an_exception() -> None:
     url = refused_url()
     result = Caller().call(hook(url=url), {})
     assert not result.ok
-    assert result.detail == f"POST {url} failed: ConnectionError"
+    assert result.detail == f"x: POST {url} failed: ConnectionError"
+
+
+# a URL with a token in each place one is put: its user, its path (Slack-style), its query, its fragment
+URL_SECRETS = ("hook-user-tok", "T0-path-token", "S3CRET-TOKEN", "frag-secret")
+
+
+def tokened(origin: str) -> str:
+    return f"{origin.replace('://', '://hook-user-tok@')}/hooks/T0-path-token/approve?token=S3CRET-TOKEN&team=shop#frag-secret"
+
+
+@pytest.mark.parametrize("how", ["500", "refused", "hangs", "cancelled"])
+def test_an_http_hooks_result_names_it_and_its_origin_never_its_tokens(receiver: Receiver, how: str) -> None:
+    # the result's detail goes to the journal, `canary status`, Kubernetes Events, event hooks and chat alerts:
+    # it once quoted the whole URL, a confirm-promotion gate's ?token= with it
+    origin = refused_url() if how == "refused" else receiver.url
+    receiver.status = 500
+    receiver.hang = how in ("hangs", "cancelled")
+    cancel = threading.Event()
+    if how == "cancelled":
+        threading.Timer(0.3, cancel.set).start()
+    gate = hook(name="gate", type="confirm-promotion", url=tokened(origin), timeout="1s")
+    result = Caller().call(gate, payload(gate, spec(), state()), cancel)
+    assert not result.ok
+    assert result.detail.startswith(f"gate: POST {origin} "), result.detail
+    assert not [s for s in URL_SECRETS if s in result.detail], result.detail
+    if how == "500":
+        assert result.detail == f"gate: POST {origin} answered 500"
+        (request,) = receiver.wait_for(1)
+        assert request.path == "/hooks/T0-path-token/approve?token=S3CRET-TOKEN&team=shop"  # sent as configured
+
+
+@pytest.mark.parametrize("quoted", [
+    "failed: URLError(<urlopen error [Errno 111] Connection refused: {url}>)",
+    "failed: HTTPError('{url}', 500)",
+    "failed: InvalidURL: nonnumeric port in {decoded}",
+    "failed: auth {user} for {path}?{query}",
+])
+def test_no_error_text_that_quotes_the_url_reaches_an_http_hooks_result(monkeypatch: pytest.MonkeyPatch, quoted: str) -> None:
+    # whatever the HTTP client says, quoting the URL (raw or decoded) or a part of it, is scrubbed of it; a
+    # password too (the config refuses one in a hook's URL: scrubbed all the same)
+    url = "https://hook-user-tok:hunter2%2Fpass@hooks.example.com:8443/hooks/T0-path-token/approve?token=S3CRET-TOKEN#frag-secret"
+    text = quoted.format(url=url, decoded=url.replace("%2F", "/"), user="hook-user-tok:hunter2/pass", path="/hooks/T0-path-token/approve",
+                         query="token=S3CRET-TOKEN")
+    monkeypatch.setattr("canary.adapters.webhooks.http.post_json", lambda *_, **__: http.Answer(0, text))
+    result = Caller().call(hook(name="gate", url="https://hooks.example.com").model_copy(update={"url": url}), {})
+    assert not result.ok
+    assert result.detail.startswith("gate: POST https://hooks.example.com:8443 failed: "), result.detail
+    assert not [s for s in (*URL_SECRETS, "hunter2") if s in result.detail], result.detail
 
 
 def test_an_http_call_that_dies_of_a_base_exception_is_reported_as_what_it_was_not_as_timed_out(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -261,6 +310,77 @@ def test_a_command_that_cannot_start_is_a_failure() -> None:
     assert not unbalanced.ok and "could not start" in unbalanced.detail
 
 
+def test_a_command_hooks_result_names_its_program_never_its_arguments(tmp_path: Path) -> None:
+    # an argument may be a token (`load-tester --token …`), and it was quoted in every result; what the command
+    # prints of it is masked too
+    secret = "tok-S3CRET-ARG"
+    failed = Caller().call(hook(name="gate", cmd=f"""/bin/sh -c 'echo "called with $0"; exit 2' {secret}"""), {})
+    assert not failed.ok
+    assert failed.detail == "gate: `sh …` exited 2: called with ***", failed.detail
+    timed_out = Caller().call(hook(name="gate", cmd=f"sh -c 'sleep 30' {secret}", timeout="1s"), {})
+    assert timed_out.detail == "gate: `sh …` timed out after 1s and was killed", timed_out.detail
+    missing = Caller().call(hook(name="gate", cmd=f"{tmp_path}/tok-dir-secret/load-tester --token={secret}"), {})
+    assert not missing.ok and missing.detail.startswith("gate: `load-tester …` could not start: "), missing.detail
+    assert "load-tester" in missing.detail.removeprefix("gate: `load-tester …`"), missing.detail  # which program, from the error too
+    assert not [s for s in (secret, "tok-dir-secret", str(tmp_path)) if s in missing.detail], missing.detail
+
+
+def test_a_rollout_commands_result_from_the_release_never_names_its_arguments(tmp_path: Path) -> None:
+    # the release's own details (a command that could not start, one a person's answer stopped) quoted the command line
+    from canary.release.hooks import Hooks
+    from canary.release.ports import Clock
+
+    secret = "tok-S3CRET-ARG"
+    release_spec = spec().model_copy(deep=True)
+    release_spec.analysis.webhooks.extend([
+        Webhook.model_validate({"name": "missing", "type": "rollout", "cmd": f"{tmp_path}/tok-dir-secret/loader --token={secret}"}),
+        Webhook.model_validate({"name": "load", "type": "rollout", "cmd": f"sh -c 'sleep 30' {secret}"}),
+    ])
+    results: list[HookResult] = []
+    hooks = Hooks(Caller(), release_spec, Clock(), threading.Event(), lambda s, r, w: results.append(r))
+    running = hooks.start_rollout(state())
+    hooks.finish_rollout(state(), running, time.monotonic(), cut="canary promote")
+    assert [(r.name, r.ok) for r in results] == [("missing", False), ("load", False)]
+    assert results[0].detail.startswith("missing: could not start: ") and "loader" in results[0].detail, results[0].detail
+    assert results[1].detail == "load: stopped: canary promote", results[1].detail
+    assert not [s for r in results for s in (secret, "tok-dir-secret", str(tmp_path)) if s in r.detail], results
+
+
+#: metadata larger than a pipe's buffer (64 KiB on Linux)
+BIG = {"blob": "x" * 200_000}
+
+
+def test_a_command_that_never_reads_a_large_body_is_still_killed_at_its_timeout() -> None:
+    # the body was written whole before the deadline was watched: the write blocked until `sleep 15` exited,
+    # and the gate said yes after 15 s
+    gate = hook(name="gate", type="confirm-promotion", cmd="sleep 15", timeout="1s", metadata=BIG)
+    started = time.monotonic()
+    result = Caller().call(gate, payload(gate, spec(), state()))
+    took = time.monotonic() - started
+    assert not result.ok, result
+    assert result.detail == "gate: `sleep …` timed out after 1s and was killed", result.detail
+    assert 0.9 <= took < 3.0, took
+
+
+def test_a_cancel_kills_a_command_that_never_reads_a_large_body_at_once() -> None:
+    gate = hook(name="gate", type="confirm-promotion", cmd="sleep 15", timeout="60s", metadata=BIG)
+    cancel = threading.Event()
+    threading.Timer(0.5, cancel.set).start()
+    started = time.monotonic()
+    result = Caller().call(gate, payload(gate, spec(), state()), cancel)
+    took = time.monotonic() - started
+    assert not result.ok and "was cancelled with the release and was killed" in result.detail, result.detail
+    assert took < 1.5, took
+
+
+def test_a_command_reads_a_body_larger_than_the_pipes_buffer_whole(tmp_path: Path) -> None:
+    out = tmp_path / "seen"
+    gate = hook(name="gate", type="confirm-promotion", cmd=f"sh -c 'sleep 0.3; cat > {out}'", metadata=BIG)
+    body = payload(gate, spec(), state())
+    assert Caller().call(gate, body).ok
+    assert json.loads(out.read_text()) == body
+
+
 def test_a_command_past_its_timeout_is_killed_with_its_whole_process_group(tmp_path: Path) -> None:
     pidfile = tmp_path / "pgid"
     # a shell that starts a child and waits on another: both must go
@@ -283,7 +403,7 @@ def test_a_command_that_exits_takes_what_it_left_running_with_it(tmp_path: Path,
     result = Caller().call(hook(cmd=f"sh -c 'echo $$ > {pidfile}; sleep 30 & exit {status}'", timeout="5s"), {})
     took = time.monotonic() - started
     assert result.ok is (status == 0), result
-    assert result.detail.startswith(f"`sh -c 'echo $$ > {pidfile}; sleep 30 & exit {status}'` exited {status}")
+    assert result.detail.startswith(f"x: `sh …` exited {status}"), result.detail
     assert took < 2.0, took
     pgid = wait_for_pid(pidfile)
     assert poll(lambda: not group_members(pgid), timeout=2.0), f"left running: {group_members(pgid)}"
