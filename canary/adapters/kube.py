@@ -246,6 +246,32 @@ def _client(kubeconfig: Path | str | None, context: str | None, env: Mapping[str
         raise Forbidden(f"cannot load kubeconfig {path}{where}: {_shape_of(exc)}") from None
 
 
+class _BoundedRESTClient(rest.RESTClientObject):
+    """The client's REST client, with a timeout for the requests sent without one: API discovery (the
+    dynamic client's ``/version``, ``/api``, ``/apis`` …), which takes no ``_request_timeout``, so a hung
+    API server (it accepts the connection and never answers) held a release for ever. Every call of
+    ``Kube`` names its own timeout, a watch its connect and read timeouts (``changes``): those stand."""
+
+    def __init__(self, configuration: Configuration, timeout: float) -> None:
+        super().__init__(configuration)
+        self.default_timeout = timeout
+
+    def request(self, method: str, url: str, headers: Any = None, body: Any = None, post_params: Any = None,
+                _request_timeout: Any = None) -> Any:
+        return super().request(method, url, headers=headers, body=body, post_params=post_params,
+                               _request_timeout=_request_timeout or self.default_timeout)
+
+
+def _cut_utf8(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` bytes of UTF-8, never inside a character."""
+    encoded = text.encode("utf-8", "replace")  # a lone surrogate (undecodable output) as "?": it is no UTF-8
+    return encoded.decode("utf-8") if len(encoded) <= limit else encoded[:limit].decode("utf-8", "ignore")
+
+
+#: the most an Event's message may hold: the API server counts bytes (Go's ``len``), not characters
+EVENT_MESSAGE_BYTES = 1024
+
+
 class Kube:
     WATCH_WINDOW = 4  # seconds the API server keeps one watch request open (``timeoutSeconds``)
     WATCH_SILENCE = 3  # seconds past the window a watch may stay silent before its connection counts as dead
@@ -260,7 +286,7 @@ class Kube:
         # a journal line twice). The pool is built with the client: built again with the setting
         self._api.configuration.retries = False
         self._api.rest_client.pool_manager.clear()
-        self._api.rest_client = rest.RESTClientObject(self._api.configuration)
+        self._api.rest_client = _BoundedRESTClient(self._api.configuration, timeout)
         self._dynamic: dynamic.DynamicClient | None = None
 
     @property
@@ -288,6 +314,7 @@ class Kube:
 
     @property
     def dynamic(self) -> dynamic.DynamicClient:
+        """The dynamic client; building it discovers the API (each request bounded by the timeout: ``_BoundedRESTClient``)."""
         if self._dynamic is None:
             try:
                 self._dynamic = self._call(lambda: dynamic.DynamicClient(self._api))
@@ -457,7 +484,7 @@ class Kube:
             "apiVersion": "v1", "kind": "Event",
             "metadata": {"generateName": f"{involved['name']}.", "namespace": namespace},
             "involvedObject": dict(involved),
-            "reason": reason, "message": message[:1024], "type": "Warning" if warning else "Normal",
+            "reason": reason, "message": _cut_utf8(message, EVENT_MESSAGE_BYTES), "type": "Warning" if warning else "Normal",
             "source": {"component": component}, "reportingComponent": component, "reportingInstance": component,
             "firstTimestamp": stamp, "lastTimestamp": stamp, "count": 1,
             "eventTime": now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), "action": reason,

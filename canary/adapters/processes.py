@@ -15,14 +15,25 @@ still be gone:
   holder.
 
 Both are read from ``/proc`` (Linux); elsewhere only the pid's existence counts.
+
+"This host" is more than the host name: a container with the host's network (``--network host``,
+``hostNetwork: true``) keeps the host's name but numbers its processes in a PID namespace of its
+own, where a live holder's pid means nothing here (no such process, or another one). canary's
+holder identity therefore records the boot (``/proc/sys/kernel/random/boot_id``) and the PID
+namespace (the inode of ``/proc/self/ns/pid``) too; a holder is judged by its pid only when host,
+boot and namespace are all this process's, and is otherwise another host's, whose lease runs out
+in its time. An identity without them (an earlier canary's; Pulumi's lock files, which record pid
+and host name only) is judged by host name alone, as before.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 #: how much later than the lock's time its holder may appear to have started and
 #: still count as the holder. Generous on purpose: the boot time in /proc/stat
@@ -37,11 +48,46 @@ def pid_alive(pid: int) -> bool:
     return _look(pid)[0]
 
 
-def holder_alive(host: str, pid: int, since: str | None = None) -> bool:
-    """True unless the holder is a process of this host that is gone (no such pid, a zombie, or
-    a newer process reusing the pid: one started after ``since``, the lock's ISO 8601 time)."""
+@functools.cache
+def boot_id() -> str | None:
+    """This machine's boot (a new one at each boot): pids of an earlier boot mean nothing now. None off Linux."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip() or None
+    except OSError:
+        return None
+
+
+@functools.cache
+def pid_namespace() -> int | None:
+    """The PID namespace this process's pids are numbers in (the inode of ``/proc/self/ns/pid``). None off Linux."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return None
+
+
+def identity() -> dict[str, Any]:
+    """What a holder record says of this process, beside its pid: where that pid means something."""
+    return {"host": socket.gethostname(), "boot": boot_id(), "pidns": pid_namespace()}
+
+
+def same_host(host: str, boot: str | None = None, pidns: int | None = None) -> bool:
+    """Whether a holder's pid is a pid of this process's world: same host name and, when the holder
+    recorded them, same boot and PID namespace. A record of either that cannot be compared here (this
+    machine reads neither) is another host's: its holder cannot be seen, never judged dead."""
     if host != socket.gethostname():
-        return True  # another host's process: nothing here can tell
+        return False
+    if boot is None and pidns is None:
+        return True  # an identity recorded without them (an earlier canary, Pulumi's lock): by host name, as then
+    return boot == boot_id() and pidns == pid_namespace() and boot is not None and pidns is not None
+
+
+def holder_alive(host: str, pid: int, since: str | None = None, boot: str | None = None, pidns: int | None = None) -> bool:
+    """True unless the holder is a process of this host that is gone (no such pid, a zombie, or
+    a newer process reusing the pid: one started after ``since``, the lock's ISO 8601 time).
+    ``boot``, ``pidns``: where the holder's pid is numbered (see ``same_host``), when it said."""
+    if not same_host(host, boot, pidns):
+        return True  # another host's process (or another PID namespace's, or a machine's of the same name): nothing here can tell
     alive, started = _look(pid)
     if not alive:
         return False

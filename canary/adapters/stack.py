@@ -174,11 +174,31 @@ class InterruptibleCommand(auto.PulumiCommand):
         return True
 
 
+#: a passphrase at least this long is hidden wherever it appears, inside a longer word too: text that
+#: happens to contain it is rare, and a part of it shown would be a hint. A shorter one is hidden only
+#: where it stands as a value of its own (see ``_redact``).
+SECRET_ANYWHERE = 8
+#: what a short passphrase is a part of, not a value of its own, when it touches it: a word, a host or
+#: file name (``api.dev.example``, ``my-dev``, ``stacks/dev``)
+_JOINED = r"[\w.\-/@+~]"
+
+
+def _redact(text: str, secrets: tuple[str, ...]) -> str:
+    """``text`` with each passphrase of ``secrets`` replaced by ``<secret>``.
+
+    A long one wherever it appears. A short one (``dev``) cannot be hidden that way: it is a piece of
+    ordinary words and names, and replacing it there mangles them and names it at the same time
+    (``api.<secret>.example``). It is replaced where it stands as a value of its own — between spaces,
+    quotes, ``=``, ``:``, brackets, at a line's ends — which is how a passphrase appears when it appears
+    as such (``PULUMI_CONFIG_PASSPHRASE=dev``, ``"dev"``)."""
+    for secret in sorted({s for s in secrets if s}, key=len, reverse=True):  # the longest first: one may hold another
+        pattern = re.escape(secret) if len(secret) >= SECRET_ANYWHERE else rf"(?<!{_JOINED}){re.escape(secret)}(?!{_JOINED})"
+        text = re.sub(pattern, "<secret>", text)
+    return text
+
+
 def _map_error(exc: BaseException, what: str, secrets: tuple[str, ...] = (), interrupted: bool = False) -> Exception:
-    text = str(exc)
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "<secret>")
+    text = _redact(str(exc), secrets)
     if interrupted:
         return Cancelled(f"{what}: interrupted")
     if isinstance(exc, auto.ConcurrentUpdateError):
@@ -551,17 +571,18 @@ class Stack:
     def locks(self) -> list[dict[str, Any]]:
         """Pulumi's locks on this stack in a file backend: pid, hostname, timestamp. Other backends
         keep their locks to themselves: a concurrent update there shows as ``StackLocked``."""
+        return [lock.info for lock in self._lock_files()]
+
+    def _lock_files(self) -> list[_LockFile]:
         root = self.file_backend
         if root is None or not self.project:
             return []
         lock_dir = root / ".pulumi" / "locks" / "organization" / self.project / short_name(self.name)
         found = []
         for path in sorted(lock_dir.glob("*.json")) if lock_dir.is_dir() else []:
-            try:
-                data = {k.lower(): v for k, v in json.loads(path.read_text()).items()}
-            except (OSError, ValueError):
-                continue
-            found.append({"pid": int(data.get("pid", 0)), "hostname": str(data.get("hostname", "")), "timestamp": str(data.get("timestamp", "")), "file": path.name})
+            seen = _LockFile.read(path)
+            if seen is not None:
+                found.append(seen)
         return found
 
     def wait_unlocked(self, timeout: float) -> bool:
@@ -591,15 +612,58 @@ class Stack:
     def clear_dead_locks(self) -> list[dict[str, Any]]:
         """Remove Pulumi's lock only when every holder is a dead process of this host (a CLI killed mid-update:
         nobody will let its lock go); returns what was cleared. A live holder (another app's release of this
-        stack, another host's update) is left alone: the next ``up`` waits for it."""
-        locks = self.locks()
-        if not locks or any(_lock_alive(lock) for lock in locks):
+        stack, another host's update) is left alone: the next ``up`` waits for it.
+
+        Exactly the lock files judged are removed, each only while it is still the file read (its inode and
+        content), not through ``pulumi cancel``: that lists the lock directory again and deletes every file
+        in it, a live lock taken after this listing (another app's ``up`` of the stack starting) with them."""
+        held = self._lock_files()
+        if not held or any(_lock_alive(lock.info) for lock in held):
             return []
+        cleared = []
+        for lock in held:
+            try:
+                if lock.remove():
+                    cleared.append(lock.info)
+            except OSError as exc:
+                raise StackError(f"clearing Pulumi's stale lock {lock.path} of {self.name}: {exc.strerror or type(exc).__name__}") from exc
+        return cleared
+
+
+@dataclass(frozen=True)
+class _LockFile:
+    """One lock file of a file backend as read: where, its identity (device, inode) and bytes, and what it says."""
+
+    path: Path
+    inode: tuple[int, int]
+    raw: bytes
+    info: dict[str, Any]
+
+    @classmethod
+    def read(cls, path: Path) -> _LockFile | None:
+        """The lock file as it is now; None when it is gone or not a lock (its holder letting go, a torn write)."""
         try:
-            self._stack.cancel()
-        except auto.CommandError as exc:
-            raise _map_error(exc, f"cancelling {self.name}", self._secrets) from exc
-        return locks
+            with path.open("rb") as file:
+                st = os.fstat(file.fileno())
+                raw = file.read()
+            data = {str(k).lower(): v for k, v in json.loads(raw).items()}
+            info = {"pid": int(data.get("pid", 0)), "hostname": str(data.get("hostname", "")),
+                    "timestamp": str(data.get("timestamp", "")), "file": path.name}
+        except (OSError, ValueError, TypeError, AttributeError):
+            return None
+        return cls(path, (st.st_dev, st.st_ino), raw, info)
+
+    def remove(self) -> bool:
+        """Delete the file if it is still this one, unchanged; False when it is gone or another now.
+        (A lock file is named by a fresh UUID and never rewritten: the same name, inode and bytes are the same lock.)"""
+        now = _LockFile.read(self.path)
+        if now is None or now.inode != self.inode or now.raw != self.raw:
+            return False
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            return False
+        return True
 
 
 #: the pause before an ``up`` refused for Pulumi's lock is tried again, when the lock cannot be watched

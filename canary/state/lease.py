@@ -3,7 +3,9 @@
 The holder's identity is ``host/pid/release``; the running release renews the
 lease every few seconds. A contender takes it over only when it has expired
 (not renewed for ``duration`` seconds) or when its holder is a dead process of
-this very host (a killed release on this machine need not wait). Every write
+this very host (a killed release on this machine need not wait). "This very host" is the host name,
+the boot and the PID namespace (``processes.same_host``): a release in a container that shares the
+host's name, not its pids, is another host's, whose lease is waited out. Every write
 carries the ``resourceVersion`` it read, so of two contenders exactly one wins;
 the other is told who holds the app (``StackBusy``, exit 3).
 """
@@ -14,7 +16,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -57,6 +58,9 @@ class Holder:
     expired: bool
     #: seconds until the lease runs out unless its holder renews it
     expires_in: float = 0.0
+    #: where its pid is numbered (``processes.identity``); None in an identity recorded without them
+    boot: str | None = None
+    pidns: int | None = None
 
     def __str__(self) -> str:
         state = ", its lease expired" if self.expired else ""
@@ -64,12 +68,16 @@ class Holder:
 
     def alive(self) -> bool:
         """Holding: not expired, and not a dead process of this host."""
-        return not self.expired and processes.holder_alive(self.host, self.pid, self.acquired)
+        return not self.expired and processes.holder_alive(self.host, self.pid, self.acquired, self.boot, self.pidns)
+
+    def elsewhere(self) -> bool:
+        """Another host's holder (or another PID namespace's of this host): its process cannot be seen from here."""
+        return not processes.same_host(self.host, self.boot, self.pidns)
 
     def expiry_note(self) -> str:
         """For a live holder on another host — whose process nothing here can see, and which may be
         gone with its machine — when its lease runs out and the app can be taken over."""
-        if self.expired or self.host == socket.gethostname():
+        if self.expired or not self.elsewhere():
             return ""
         return (f"; if that machine or process is gone, its lease expires in {max(self.expires_in, 0.0):.0f}s "
                 "(a running release renews it every few seconds): run the command again then")
@@ -125,15 +133,20 @@ class Lease:
             duration = self.duration
         left = duration - (_now() - renewed).total_seconds() if renewed is not None else 0.0
         expired = renewed is None or left < 0
+        boot, pidns = info.get("boot"), info.get("pidns")
         return Holder(str(info.get("host", host)), pid, str(info.get("release", release)),
-                      str(info.get("acquired", spec.get("acquireTime", ""))), str(spec.get("renewTime", "")), expired, left)
+                      str(info.get("acquired", spec.get("acquireTime", ""))), str(spec.get("renewTime", "")), expired, left,
+                      # a value of another shape (written by something else) compares unequal: another host's, never dead
+                      boot=None if boot is None else str(boot), pidns=pidns if isinstance(pidns, int) or pidns is None else -1)
 
     def _body(self, release: str, base: dict[str, Any] | None) -> dict[str, Any]:
         now = _micro(_now())
-        host, pid = socket.gethostname(), os.getpid()
+        me, pid = processes.identity(), os.getpid()
+        host = me["host"]
+        holder = {"host": host, "pid": pid, "release": release, "acquired": now, "boot": me["boot"], "pidns": me["pidns"]}
         meta: dict[str, Any] = {"name": self.name, "namespace": self.namespace,
                                 "labels": {naming.APP_LABEL: self.app, "app.kubernetes.io/managed-by": naming.MANAGED_BY},
-                                "annotations": {HOLDER_ANNOTATION: json.dumps({"host": host, "pid": pid, "release": release, "acquired": now})}}
+                                "annotations": {HOLDER_ANNOTATION: json.dumps(holder)}}
         transitions = 0
         if base is not None:
             meta["resourceVersion"] = base["metadata"]["resourceVersion"]
@@ -156,7 +169,7 @@ class Lease:
             except Conflict as exc:
                 raise StackBusy(f"app {self.app} is busy: another release took its lease just now") from exc
         holder = self._holder(obj)
-        ahead = holder is not None and not holder.expired and holder.host != socket.gethostname() and holder.expires_in > self.duration + CLOCK_SLACK
+        ahead = holder is not None and not holder.expired and holder.elsewhere() and holder.expires_in > self.duration + CLOCK_SLACK
         if holder is not None and ahead:
             # its renewTime lies ahead of this machine's clock: the holder's clock runs fast, and read by it the
             # lease of a machine that died would hold the app for as long as that clock is ahead (an hour: an
@@ -167,7 +180,7 @@ class Lease:
             raise StackBusy(f"app {self.app} is busy: {holder}{holder.expiry_note()}")
         if holder is not None and holder.alive() and holder.release == release and not self._mine(holder):
             raise StackBusy(f"release {release} of {self.app} is still running: {holder}{holder.expiry_note()}")
-        if holder is not None and holder.expired and holder.host != socket.gethostname() and not ahead:  # (watched above)
+        if holder is not None and holder.expired and holder.elsewhere() and not ahead:  # (watched above)
             self._watch_unchanged(obj, holder)
         previous = holder
         try:
@@ -195,7 +208,8 @@ class Lease:
                                 f" ({current or 'given up'}): run the command again")
 
     def _mine(self, holder: Holder) -> bool:
-        return holder.host == socket.gethostname() and holder.pid == os.getpid()
+        # the same pid in another PID namespace of this host (pid 1 of two containers) is not this process
+        return not holder.elsewhere() and holder.pid == os.getpid()
 
     def renew(self) -> None:
         """Renew the lease held; a lease lost to another holder is noted in ``lost``. The write carries the

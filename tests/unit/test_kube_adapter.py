@@ -481,3 +481,88 @@ def test_a_route_pulumi_applied_client_side_is_updated_not_applied() -> None:
     [manifest] = kube.replaced
     assert "managedFields" not in manifest["metadata"] and manifest["metadata"]["resourceVersion"] == "7"
     assert manifest["spec"]["timeouts"] == {"request": "10s"} and routing.read_route(manifest, "web", []).weights == (100, 0)
+
+
+# --- an API server that accepts and never answers; Events' size
+
+
+def test_discovery_against_an_api_server_that_never_answers_ends_at_the_timeout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """API discovery (the dynamic client's /version, /api, /apis) was sent without a timeout: a hung API
+    server (it accepts, it never answers: stopped, or its process wedged) held a release for ever."""
+    import tempfile
+
+    from canary.errors import ClusterUnreachable
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # no discovery cache of an earlier run
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                held.append(server.accept()[0])  # and never a byte back
+
+    threading.Thread(target=accept, daemon=True).start()
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(KUBECONFIG.replace('"https://127.0.0.1:1"', f'"https://127.0.0.1:{server.getsockname()[1]}", insecure-skip-tls-verify: true'))
+    outcome: list[BaseException | None] = []
+
+    def call() -> None:
+        try:
+            Kube(str(kubeconfig), timeout=1).get("coordination.k8s.io/v1", "Lease", "canary-web", "demo")
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test's thread
+            outcome.append(exc)
+
+    start = time.monotonic()
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+    thread.join(15)
+    took = time.monotonic() - start
+    server.close()
+    for conn in held:
+        conn.close()  # a hung call (the old client) ends with its connection
+    assert not thread.is_alive(), "Kube(timeout=1).get still blocked in API discovery after 15 s"
+    assert len(outcome) == 1 and isinstance(outcome[0], ClusterUnreachable), outcome
+    assert took < 6, took
+
+
+def test_a_request_that_names_its_timeout_keeps_it_one_that_names_none_gets_the_client_s(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default is for discovery only: a call's own timeout and a watch's (connect, read) pair stand."""
+    from kubernetes.client import rest
+
+    sent: list[Any] = []
+    monkeypatch.setattr(rest.RESTClientObject, "request", lambda self, method, url, **kw: sent.append(kw["_request_timeout"]))
+    kube = Kube(KUBECONFIG, timeout=3)
+    client = kube._api.rest_client
+    client.request("GET", "https://x/version")
+    client.request("GET", "https://x/api", _request_timeout=(3, 7))
+    client.request("GET", "https://x/api", _request_timeout=5)
+    assert sent == [3, (3, 7), 5]
+
+
+@pytest.mark.parametrize("message", [
+    "; ".join(f"latency-p99-{i} (Mann–Whitney): canary − stable 0.41 ≥ 0.25" for i in range(30)),
+    "é" * 600,  # two bytes each: the cut falls inside one
+    "x" * 1023 + "−",  # three bytes, from byte 1024 on
+    "short − one",
+], ids=["mann-whitney", "two-byte", "three-byte-at-the-edge", "short"])
+def test_an_event_message_is_cut_to_the_api_server_s_1024_bytes_never_inside_a_character(message: str) -> None:
+    """The API server counts an Event's message in bytes (Go's len): cut at 1024 characters, a message with
+    "−", "≤" or "–" in it was refused (422) and its Event lost."""
+    sent: dict[str, Any] = {}
+
+    class Events:
+        def create(self, body: dict[str, Any], namespace: str, _request_timeout: float) -> None:
+            sent.update(body)
+
+    kube = Kube.__new__(Kube)
+    kube._timeout = 1
+    kube.resource = lambda *_: Events()  # type: ignore[method-assign]
+    kube._call = lambda fn: fn()  # type: ignore[method-assign]
+    kube.event({"apiVersion": "apps/v1", "kind": "Deployment", "name": "web-canary", "namespace": "demo", "uid": "u"}, "CheckFailed", message, True)
+    cut = sent["message"]
+    assert len(cut.encode("utf-8")) <= 1024 and message.startswith(cut)
+    assert len(cut.encode("utf-8")) > 1024 - 4 or cut == message

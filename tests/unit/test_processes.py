@@ -66,3 +66,24 @@ def test_pulumi_s_lock_held_by_a_zombie_is_stale() -> None:
         assert _lock_alive({"hostname": HOST, "pid": os.getpid(), "timestamp": now_iso()})
     finally:
         child.wait()
+
+
+def _gone_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_a_holder_in_another_pid_namespace_of_this_host_is_assumed_alive() -> None:
+    """A container with the host's network keeps the host's name and numbers its pids in a namespace of its
+    own: its live holder's pid is no process here, and was judged dead. Judged by pid only when host, boot
+    and PID namespace are all this process's; an identity without them (an earlier canary's) as before."""
+    boot, ns = processes.boot_id(), processes.pid_namespace()
+    assert boot is not None and ns is not None  # Linux, as the runners are
+    pid = _gone_pid()
+    assert processes.holder_alive(HOST, pid, now_iso(), boot=boot, pidns=ns + 1)  # another container's release
+    assert processes.holder_alive(HOST, pid, now_iso(), boot="another-boot", pidns=ns)  # a machine of the same name
+    assert processes.holder_alive(HOST, pid, now_iso(), boot=boot, pidns=None)  # a record of half of it: cannot tell
+    assert not processes.holder_alive(HOST, pid, now_iso(), boot=boot, pidns=ns)  # this host's, gone
+    assert not processes.holder_alive(HOST, pid, now_iso())  # an identity without them: by host name, as before
+    assert processes.same_host(**processes.identity())

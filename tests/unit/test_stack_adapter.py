@@ -304,19 +304,39 @@ def test_the_automation_api_internals_canary_patches_are_as_expected() -> None:
     assert pulumi_types.is_input_type(type(args)) and pulumi_types.input_type_to_dict(args) == {"containerPort": 8080, "name": "http"}
 
 
-def _with_locks(monkeypatch: pytest.MonkeyPatch, locks: list[dict[str, Any]]) -> tuple[Any, list[str]]:
-    """A Stack whose file backend holds ``locks``, and the `pulumi cancel`s it runs."""
+def _with_locks(tmp_path: Path, locks: list[dict[str, Any]]) -> tuple[Any, Path, list[str]]:
+    """A Stack whose file backend holds ``locks`` (one file each, named by its ``file``), its lock directory,
+    and the `pulumi cancel`s it runs (as the file backend's: every file of the lock directory deleted)."""
     from canary.adapters.stack import Stack
 
+    project = tmp_path / "project"
+    project.mkdir(exist_ok=True)
+    lock_dir = tmp_path / "state" / ".pulumi" / "locks" / "organization" / "canary" / "prod"
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    for old in lock_dir.glob("*.json"):
+        old.unlink()
+    for lock in locks:
+        _write_lock(lock_dir, lock)
     cancelled: list[str] = []
+
+    def cancel(_: Any) -> None:
+        cancelled.append("cancel")
+        for path in lock_dir.glob("*.json"):
+            path.unlink()
+
     stack = object.__new__(Stack)
-    stack.name, stack._secrets = "prod", ()
-    stack._stack = type("Auto", (), {"cancel": lambda self: cancelled.append("cancel")})()
-    monkeypatch.setattr(Stack, "locks", lambda self: locks)
-    return stack, cancelled
+    stack.name, stack.project, stack.project_dir, stack._secrets = "prod", "canary", project, ()
+    stack._env = {"PULUMI_BACKEND_URL": f"file://{tmp_path / 'state'}"}
+    stack._stack = type("Auto", (), {"cancel": cancel})()
+    return stack, lock_dir, cancelled
 
 
-def test_a_live_lock_is_left_to_the_next_up_s_wait_and_a_dead_one_of_this_host_is_cleared(monkeypatch: pytest.MonkeyPatch) -> None:
+def _write_lock(lock_dir: Path, lock: dict[str, Any]) -> None:
+    """A lock file as the file backend writes it (Go's field names)."""
+    (lock_dir / lock["file"]).write_text(json.dumps({"pid": lock["pid"], "username": "u", "hostname": lock["hostname"], "timestamp": lock["timestamp"]}))
+
+
+def test_a_live_lock_is_left_to_the_next_up_s_wait_and_a_dead_one_of_this_host_is_cleared(tmp_path: Path) -> None:
     # a resume raised StackLocked (exit 3) when another app of the stack was in the middle of a step's up,
     # which its lock wait would have waited out
     import socket
@@ -324,13 +344,65 @@ def test_a_live_lock_is_left_to_the_next_up_s_wait_and_a_dead_one_of_this_host_i
 
     now = datetime.now(UTC).isoformat()
     live = {"pid": os.getpid(), "hostname": socket.gethostname(), "timestamp": now, "file": "a.json"}
-    stack, cancelled = _with_locks(monkeypatch, [live])
-    assert stack.clear_dead_locks() == [] and cancelled == []
+    stack, lock_dir, cancelled = _with_locks(tmp_path, [live])
+    assert stack.locks() == [live]
+    assert stack.clear_dead_locks() == [] and (lock_dir / "a.json").exists()
     elsewhere = {"pid": 1, "hostname": "another-host", "timestamp": now, "file": "b.json"}
-    stack, cancelled = _with_locks(monkeypatch, [elsewhere])
-    assert stack.clear_dead_locks() == [] and cancelled == []  # another host's: nothing here can tell
+    stack, lock_dir, cancelled = _with_locks(tmp_path, [elsewhere])
+    assert stack.clear_dead_locks() == [] and (lock_dir / "b.json").exists()  # another host's: nothing here can tell
     dead = {"pid": 2**22 + 12345, "hostname": socket.gethostname(), "timestamp": now, "file": "c.json"}
-    stack, cancelled = _with_locks(monkeypatch, [dead])
-    assert stack.clear_dead_locks() == [dead] and cancelled == ["cancel"]
-    stack, cancelled = _with_locks(monkeypatch, [dead, live])
-    assert stack.clear_dead_locks() == [] and cancelled == []  # a live holder among them: its update lets go
+    stack, lock_dir, cancelled = _with_locks(tmp_path, [dead])
+    assert stack.clear_dead_locks() == [dead] and not (lock_dir / "c.json").exists()
+    stack, lock_dir, cancelled = _with_locks(tmp_path, [dead, live])
+    assert stack.clear_dead_locks() == [] and sorted(p.name for p in lock_dir.glob("*.json")) == ["a.json", "c.json"]  # a live holder among them: its update lets go
+    assert cancelled == []  # never `pulumi cancel`: it deletes whatever lock is there when it runs
+
+
+def test_clearing_a_dead_lock_leaves_a_live_lock_taken_after_the_dead_one_was_judged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The dead holder judged, then `pulumi cancel` run: it lists the lock directory again and deletes every
+    file in it, so another app's `up` of the same stack that took the lock in between (the dead lock let go
+    by it, or by a resume of its own) lost its lock mid-update, and a third update could run beside it."""
+    import socket
+    from datetime import UTC, datetime
+
+    now = datetime.now(UTC).isoformat()
+    dead = {"pid": 2**22 + 12345, "hostname": socket.gethostname(), "timestamp": now, "file": "dead-cli.json"}
+    live = {"pid": os.getpid(), "hostname": socket.gethostname(), "timestamp": now, "file": "live-up.json"}
+    rewritten = {**dead, "file": "rewritten.json"}
+    stack, lock_dir, _ = _with_locks(tmp_path, [dead, rewritten])
+    judged = stack_adapter._lock_alive
+
+    def judge_then_the_other_app_locks(lock: dict[str, Any]) -> bool:
+        alive = judged(lock)
+        if lock["file"] == "rewritten.json":  # the last one judged: the other app's `up` takes the lock now
+            _write_lock(lock_dir, live)
+            _write_lock(lock_dir, {**rewritten, "timestamp": "2030-01-01T00:00:00Z"})  # another lock under a judged name
+        return alive
+
+    monkeypatch.setattr(stack_adapter, "_lock_alive", judge_then_the_other_app_locks)
+    assert stack.clear_dead_locks() == [dead]
+    assert sorted(p.name for p in lock_dir.glob("*.json")) == ["live-up.json", "rewritten.json"]
+
+
+@pytest.mark.parametrize(("stderr", "kept", "hidden"), [
+    # a short passphrase is a piece of ordinary words and names: hidden where it stands alone, not inside them
+    ("error: no such host api.dev.example (developer mode, stacks/dev, my-dev): PULUMI_CONFIG_PASSPHRASE=dev, 'dev' dev",
+     ["api.dev.example", "developer", "stacks/dev", "my-dev"], ["=dev", "'dev'", " dev\n", "dev'"]),
+    ("error: bad value \"dev\": dev", [], ['"dev"', ": dev"]),
+], ids=["words-and-names", "quoted"])
+def test_a_short_passphrase_is_hidden_where_it_stands_alone_not_inside_words(stderr: str, kept: list[str], hidden: list[str]) -> None:
+    """A passphrase `dev` was replaced inside every word: "api.<secret>.example", "<secret>eloper" — the
+    message mangled, and the passphrase told by what was left around it."""
+    message = str(stack_adapter._map_error(_error(auto.CommandError, stderr), "pulumi up of prod", secrets=("dev",))) + "\n"
+    for word in kept:
+        assert word in message, message
+    for shown in hidden:
+        assert shown not in message, message
+    assert "<secret>" in message
+
+
+def test_a_long_passphrase_is_hidden_wherever_it_appears() -> None:
+    secret = "Tr0ub4dor-and-3"
+    message = str(stack_adapter._map_error(_error(auto.CommandError, f"error: decrypting with x{secret}y failed: {secret}"),
+                                           "pulumi up of prod", secrets=(secret, "")))
+    assert secret not in message and "Tr0ub" not in message and message.count("<secret>") == 2, message

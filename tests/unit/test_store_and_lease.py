@@ -448,11 +448,13 @@ def _lease(kube: FakeKube, duration: float = 15.0, renew_every: float = 0.05) ->
     return Lease(kube, "shop", "web", duration=duration, renew_every=renew_every)  # type: ignore[arg-type]
 
 
-def _held_by(kube: FakeKube, host: str, pid: int, release: str, renewed: datetime) -> None:
+def _held_by(kube: FakeKube, host: str, pid: int, release: str, renewed: datetime, **where: Any) -> None:
+    """``where``: the holder's ``boot`` and ``pidns``, as canary records them now (none: an earlier canary's identity)."""
     stamp = renewed.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    holder = {"host": host, "pid": pid, "release": release, "acquired": stamp, **where}
     kube._stamp({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
                  "metadata": {"name": "canary-web", "namespace": "shop",
-                              "annotations": {"canary.dev/holder": json.dumps({"host": host, "pid": pid, "release": release, "acquired": stamp})}},
+                              "annotations": {"canary.dev/holder": json.dumps(holder)}},
                  "spec": {"holderIdentity": f"{host}/{pid}/{release}", "leaseDurationSeconds": 15, "acquireTime": stamp, "renewTime": stamp}})
 
 
@@ -585,6 +587,52 @@ def test_a_lease_of_a_dead_process_of_this_host_is_taken_over_at_once() -> None:
     child.wait()
     _held_by(kube, socket.gethostname(), child.pid, "r1", datetime.now(UTC))
     assert _lease(kube).acquire("r1") is not None
+
+
+def _where_pids_are_numbered() -> tuple[str, int]:
+    """This machine's boot id and this process's PID namespace, read as a holder's identity records them."""
+    return Path("/proc/sys/kernel/random/boot_id").read_text().strip(), os.stat("/proc/self/ns/pid").st_ino
+
+
+def test_a_live_release_in_another_pid_namespace_of_this_host_is_not_taken_over_before_its_lease_expires() -> None:
+    """A container run with the host's network keeps the host's name: its live release's pid (numbered in the
+    container's PID namespace) is no process here, and its unexpired lease was taken over at once."""
+    boot, ns = _where_pids_are_numbered()
+    kube = FakeKube()
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    _held_by(kube, socket.gethostname(), child.pid, "r1", datetime.now(UTC) - timedelta(seconds=5), boot=boot, pidns=ns + 1)
+    for release in ("r1", "r2"):
+        with pytest.raises(StackBusy, match=r"its lease expires in (9|10)s"):
+            _lease(kube).acquire(release)
+    holder = _lease(kube).holder()
+    assert holder is not None and holder.alive() and holder.elsewhere()
+    # this very process's pid, in that namespace: another process, not this one resuming its own release
+    _held_by(kube, socket.gethostname(), os.getpid(), "r1", datetime.now(UTC), boot=boot, pidns=ns + 1)
+    with pytest.raises(StackBusy, match="still running"):
+        _lease(kube).acquire("r1")
+    # once expired (and seen unchanged for two renewals), as any other host's
+    _held_by(kube, socket.gethostname(), child.pid, "r1", datetime.now(UTC) - timedelta(seconds=16), boot=boot, pidns=ns + 1)
+    previous = _lease(kube).acquire("r2")
+    assert previous is not None and previous.expired and previous.pidns == ns + 1
+
+
+def test_the_lease_records_where_its_holder_s_pid_is_numbered_and_a_dead_one_there_is_taken_over() -> None:
+    boot, ns = _where_pids_are_numbered()
+    kube = FakeKube()
+    _lease(kube).acquire("r1")
+    recorded = json.loads(kube.objects[("Lease", "shop", "canary-web")]["metadata"]["annotations"]["canary.dev/holder"])
+    assert (recorded.get("boot"), recorded.get("pidns")) == (boot, ns)
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    _held_by(kube, socket.gethostname(), child.pid, "r1", datetime.now(UTC), boot=boot, pidns=ns)
+    assert _lease(kube).acquire("r2") is not None  # this host, this boot, this namespace: dead, taken over at once
 
 
 def test_of_two_contenders_for_a_stale_lease_exactly_one_wins() -> None:
