@@ -201,7 +201,9 @@ def _on_signals(abort: Callable[[str], None]) -> None:
         name = signal.Signals(signum).name
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        abort(f"signal {name}")
+        # on a thread of its own: the handler runs on the main thread between two of its bytecodes, maybe
+        # while that thread holds a lock the abort takes (the Pulumi command's), which would never be let go
+        threading.Thread(target=abort, args=(f"signal {name}",), name="canary-signal-abort", daemon=True).start()
         click.echo(f"{name}: aborting (a release in progress rolls back to stable); send it again to stop at once", err=True)
 
     signal.signal(signal.SIGINT, handle)

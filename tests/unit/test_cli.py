@@ -401,3 +401,27 @@ def test_the_demo_stopped_by_a_signal_after_one_release_fails_rather_than_crashi
 
     done = [SimpleNamespace(phase=Phase.SUCCEEDED), SimpleNamespace(phase=Phase.FAILED)]
     assert cli._demo_ok(done) and not cli._demo_ok(done[:1]) and not cli._demo_ok([]) and not cli._demo_ok([None, done[1]])
+
+
+def test_a_signal_that_lands_while_the_main_thread_holds_the_aborts_lock_does_not_hang_it(tmp_path: Path) -> None:
+    """The handler runs on the main thread between two of its bytecodes: an abort that takes a lock the main thread
+    holds (the Pulumi command's, while it starts an up) waited on itself for ever."""
+    script = tmp_path / "handler.py"
+    script.write_text(
+        "import os, signal, sys, threading, time\n"
+        f"sys.path.insert(0, {str(ROOT)!r})\n"
+        "from canary import cli\n"
+        "lock = threading.Lock()\n"
+        "done = threading.Event()\n"
+        "def abort(by):\n"
+        "    with lock:\n"
+        "        print('aborted by', by, flush=True)\n"
+        "        done.set()\n"
+        "cli._on_signals(abort)\n"
+        "with lock:\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    time.sleep(0.2)\n"
+        "print('main thread went on', flush=True)\n"
+        "assert done.wait(5)\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=20)
+    assert done.returncode == 0 and "main thread went on" in done.stdout and "aborted by signal SIGTERM" in done.stdout, done.stdout + done.stderr
