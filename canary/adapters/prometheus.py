@@ -20,7 +20,7 @@ import json
 import math
 import re
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -89,7 +89,9 @@ class PrometheusProvider:
             # the cause kept is the client's error with the secrets taken out: a server may echo them
             cause = RuntimeError(f"{type(exc).__name__}: {text}")
             if code in (400, 422):
-                raise BadQuery(f"Prometheus rejected the query: {self._scrub(_rejection(raw))}") from cause
+                # the reason is read from the body as sent, scrubbed, and only then cut: cut first, a secret straddling
+                # the cut was left in by half, which no form of it matches
+                raise BadQuery(f"Prometheus rejected the query: {_rejection(raw, self._scrub)}") from cause
             raise ProviderUnreachable(f"Prometheus at {self.address} answered HTTP {code or '?'}: {text[:300]}") from cause
         except (KeyError, TypeError) as exc:
             # answered 200 without data.result (``{"status": "error"}`` from a proxy or a query frontend): no answer
@@ -114,7 +116,7 @@ class PrometheusProvider:
 
     def run_query(self, query: str) -> float:
         result = self._ask(lambda: self._client.custom_query(query, params=self._params(), timeout=self._timeout))
-        return _scalar(result)
+        return _scalar(result, self._scrub)
 
     def run_range(self, query: str, seconds: float, step: float) -> list[float]:
         """The query's values over the ``seconds`` before now (or ``at``'s moment), one every ``step`` seconds (NaN dropped)."""
@@ -172,8 +174,9 @@ def _forms(secret: str) -> set[str]:
     return forms
 
 
-def _rejection(text: str) -> str:
-    """Prometheus's own reason from the client's exception text, which ends with the body as a bytes literal.
+def _rejection(text: str, scrub: Callable[[str], str]) -> str:
+    """Prometheus's own reason from the client's exception text, which ends with the body as a bytes literal,
+    ``scrub``-bed before it is cut (a secret cut in half is in no form ``scrub`` knows).
 
     The reason quotes the query's parts (``invalid parameter "query": … function "rate"``),
     so it is read by decoding the body, not by cutting at the first quote.
@@ -181,17 +184,17 @@ def _rejection(text: str) -> str:
     literal = re.search(r"\((b'.*'|b\".*\")\)\s*$", text, re.DOTALL)
     if literal:
         try:
-            return str(json.loads(ast.literal_eval(literal.group(1)))["error"])[:500]
+            return scrub(str(json.loads(ast.literal_eval(literal.group(1)))["error"]))[:500]
         except (ValueError, SyntaxError, KeyError, TypeError):
             pass
-    return text[:300]
+    return scrub(text)[:300]
 
 
-def _scalar(result: Any) -> float:
+def _scalar(result: Any, scrub: Callable[[str], str]) -> float:
     """One float from a query result (vector of one sample, or a scalar).
 
     A range vector (matrix) or a string is a query that can never give one value: a config defect,
-    reported as ``BadQuery`` naming what came back.
+    reported as ``BadQuery`` naming what came back (``scrub``-bed, then cut: the server's text).
     """
     if isinstance(result, list) and len(result) == 2 and not isinstance(result[0], dict):
         samples = [result[1]]  # resultType scalar (or string): [time, "value"]
@@ -200,20 +203,20 @@ def _scalar(result: Any) -> float:
             raise BadQuery("the query returned a range vector (matrix), not one value: drop the range selector "
                            "or reduce it over time, e.g. with rate() or max_over_time()")
         if len(result) > 1:
-            labels = ", ".join(str(r.get("metric", {})) for r in result[:3])
+            labels = scrub(", ".join(str(r.get("metric", {})) for r in result[:3]))
             raise MultipleValues(f"the query returned {len(result)} series ({labels}); aggregate it to one, e.g. with sum()")
         try:
             samples = [r["value"][1] for r in result]
         except (KeyError, IndexError, TypeError) as exc:
-            raise BadQuery(f"the query returned a result that is not a number: {str(result)[:100]}") from exc
+            raise BadQuery(f"the query returned a result that is not a number: {scrub(str(result))[:100]}") from exc
     else:
-        raise NoValues(f"unexpected result {str(result)[:100]}")
+        raise NoValues(f"unexpected result {scrub(str(result))[:100]}")
     if not samples:
         raise NoValues("the query returned no samples")
     try:
         value = float(samples[0])
     except (TypeError, ValueError) as exc:
-        raise BadQuery(f"the query returned a string, not a number: {str(samples[0])[:100]!r}") from exc
+        raise BadQuery(f"the query returned a string, not a number: {scrub(str(samples[0]))[:100]!r}") from exc
     if math.isnan(value):
         raise NoValues("the query returned NaN (no requests in the window?)")
     return value

@@ -202,19 +202,51 @@ def _half_beyond(count: int, spread: bool) -> list[float]:
 @pytest.mark.parametrize(
     ("count", "spread", "classification"),
     [(10, True, Classification.HIGH), (10, False, Classification.HIGH), (8, False, Classification.HIGH), (7, True, Classification.HIGH),
-     (5, False, Classification.PASS), (2, True, Classification.PASS), (1, False, Classification.PASS)],
+     (5, False, Classification.HIGH), (4, False, Classification.PASS), (2, True, Classification.PASS), (1, False, Classification.PASS)],
 )
 def test_a_canary_beyond_every_bucket_more_often_than_chance_is_high(count: int, spread: bool, classification: Classification) -> None:
     """Half of the canary's p99 samples at +Inf, none of stable's: the rank test alone passed it ("no shift beyond the
     noise"), because the shift can only be measured as far as the finite samples go and Kayenta's effect-size rule
     weighs the interval against that understated shift. The share beyond the buckets is the evidence (Fisher's exact
-    test at the interval's level on a side: 0.01 at 98 %); a few such samples are left to the rank test."""
+    test at the interval's level on a side: 0.01 at 98 %, Boschloo's where Fisher's is too coarse: 5 of 20 has
+    p = 0.024 by Fisher's, 0.0094 by Boschloo's); a few such samples are left to the rank test."""
     result = judge.compare(_half_beyond(count, spread), BASE, confidence=0.98, tolerance=0.25)
     assert result.classification is classification, result.reason
     if classification is Classification.HIGH:
+        test = "Boschloo's" if count == 5 else "Fisher's"
         assert result.reason.startswith(f"higher than stable: {count} of 20 canary and 0 of 20 stable samples are +inf (beyond the histogram's buckets): "
-                                         "more on canary than chance allows (Fisher's exact test p=")
+                                         f"more on canary than chance allows ({test} exact test p=")
         assert "; rank test: shift +" in result.reason
+
+
+@pytest.mark.parametrize(("size", "beyond", "classification"), [(10, 5, Classification.HIGH), (11, 5, Classification.HIGH), (9, 4, Classification.PASS)])
+def test_half_the_canary_beyond_the_buckets_is_high_from_ten_samples_a_side(size: int, beyond: int, classification: Classification) -> None:
+    """5 of 10 canary p99 samples at +Inf, none of stable's, passed as "no shift beyond the noise, mean ratio inf":
+    Fisher's test conditions on both margins and is coarse at ten a side (p = 0.016, not below 0.01), and the rank
+    test, which ranks the infinities above every finite sample already, is not below it either (the other five are
+    as fast as stable). Boschloo's unconditional test, exact at its level, is (p = 0.0063). Below ten a side half
+    is within chance (4 of 9: p = 0.015), the bound the README states."""
+    canary = [*BASE[: size - beyond], *[math.inf] * beyond]
+    result = judge.compare(canary, _canary(0)[:size], confidence=0.98, tolerance=0.25)
+    assert result.classification is classification, result.reason
+    if classification is Classification.HIGH:
+        assert result.reason.startswith(f"higher than stable: {beyond} of {size} canary and 0 of {size} stable samples are +inf (beyond the histogram's buckets): "
+                                         "more on canary than chance allows (Boschloo's exact test p=")
+        assert judge.compare(_canary(0)[:size], canary, confidence=0.98, tolerance=0.25).classification is Classification.LOW
+    else:
+        assert "no more on a track than chance allows (Boschloo's exact test p=0.015 ≥ 0.01)" in result.reason
+
+
+def test_a_pass_with_infinite_samples_gives_the_finite_samples_mean_ratio_and_why_the_infinite_ones_did_not_fail() -> None:
+    """Before: "no shift beyond the noise: … mean ratio inf …", which says both that the canary is no slower and
+    infinitely slower. The mean ratio shown is the finite samples' (the verdict's effect rule still counts the
+    infinite ones), and the count of infinite samples says which test found it within chance."""
+    result = judge.compare(_half_beyond(2, True), BASE, confidence=0.98, tolerance=0.25)
+    assert result.classification is Classification.PASS and math.isinf(result.mean_ratio)
+    assert result.reason.startswith("no shift beyond the noise: shift ")
+    assert "mean ratio inf" not in result.reason and ", mean ratio of the finite samples 1, 20/20 samples" in result.reason
+    assert result.reason.endswith("(2 canary and 0 stable samples infinite, ranked beyond every finite one; "
+                                  "no more on a track than chance allows (Boschloo's exact test p=0.14 ≥ 0.01))")
 
 
 def test_a_stable_beyond_every_bucket_makes_the_canary_low() -> None:
@@ -227,6 +259,29 @@ def test_as_many_samples_beyond_the_buckets_on_both_tracks_are_left_to_the_rank_
     assert judge.compare(both, both, confidence=0.98, tolerance=0.25).classification is Classification.PASS
     result = judge.compare([v + 600 for v in both], both, confidence=0.98, tolerance=0.25)
     assert result.classification is Classification.HIGH and result.reason.startswith("higher than stable: shift +")
+
+
+# an error ratio as a fraction (in 1e-8): stable about 0.01 %, the canary 50 % worse with every sample above stable's;
+# as fractions the canary passed ("no shift beyond the noise"), the same samples in percent failed
+_RATIO_STABLE = [11020, 8722, 10210, 9716, 9774, 9892, 8990, 9884, 9567, 11660, 10110, 9824, 9859, 9666, 9472, 9805, 10240, 9881, 10480, 9900]
+_RATIO_CANARY = [15020, 16160, 15410, 14620, 14860, 15410, 16450, 14800, 14820, 15750, 14340, 14780, 15660, 15440, 15070, 15500, 12880, 15770, 14280, 13750]
+_STABLE = [v * 1e-8 for v in _RATIO_STABLE]
+_WORSE = [v * 1e-8 for v in _RATIO_CANARY]
+_HEALTHY = [(v + 50 * j) * 1e-8 for v, j in zip(reversed(_RATIO_STABLE), JITTER, strict=True)]
+
+
+@pytest.mark.parametrize("scale", [1e-4, 1.0, 1e2, 1e4, 1e8])
+@pytest.mark.parametrize(("canary", "classification"), [(_WORSE, Classification.HIGH), (_HEALTHY, Classification.PASS)], ids=["worse", "healthy"])
+def test_the_verdict_does_not_depend_on_the_metrics_unit(canary: list[float], classification: Classification, scale: float) -> None:
+    """The interval's ends were searched to an absolute 1e-4, in the metric's unit: samples smaller than that (a
+    ratio as a fraction, seconds) had their estimate at the search range's edge and passed a canary 50 % worse."""
+    result = judge.compare([v * scale for v in canary], [v * scale for v in _STABLE], confidence=0.98, tolerance=0.25)
+    assert result.classification is classification, result.reason
+    reference = judge.compare([v * 1e4 for v in canary], [v * 1e4 for v in _STABLE], confidence=0.98, tolerance=0.25)
+    factor = scale / 1e4
+    assert (result.shift, result.low, result.high) == pytest.approx((reference.shift * factor, reference.low * factor, reference.high * factor), rel=1e-6)
+    if classification is Classification.HIGH:
+        assert min(canary) > max(_STABLE) and result.low > 0
 
 
 def test_the_shift_interval_narrows_with_lower_confidence() -> None:

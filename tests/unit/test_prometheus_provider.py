@@ -160,6 +160,50 @@ def test_a_short_header_value_does_not_hide_the_status_of_a_rejected_query(tenan
     assert tenant not in str(info.value).removeprefix("Prometheus rejected the query") and tenant not in repr(info.value.__cause__).replace("400", "")
 
 
+class _Straddle(BaseHTTPRequestHandler):
+    """A server rejecting every query with a reason that ends quoting the Authorization header, after ``pad``
+    characters: as JSON (Prometheus's ``error``) or as plain text (a proxy's)."""
+
+    pad = 0
+    as_json = True
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        said = "x" * type(self).pad + f" rejected, auth was {self.headers.get('Authorization')}"
+        body = json.dumps({"status": "error", "errorType": "bad_data", "error": said}).encode() if type(self).as_json else said.encode()
+        self.send_response(400)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.mark.parametrize(("as_json", "pads"), [(True, range(450, 500)), (False, range(200, 300))], ids=["json-reason", "plain-body"])
+def test_a_secret_straddling_the_cut_of_a_rejection_is_scrubbed_whole(as_json: bool, pads: range) -> None:
+    """The reason of a rejected query is cut to a few hundred characters. Cut before it was scrubbed, a token
+    straddling the cut was left in by half ("… auth was Bearer s3cr3t-AAAA"), which no form of the token matches,
+    and went on to the check's reason, the journal and the preflight's problems."""
+    token = "s3cr3t-" + "A" * 40
+    _Straddle.as_json = as_json
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Straddle)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    texts = []
+    try:
+        provider = PrometheusProvider(f"http://127.0.0.1:{srv.server_address[1]}", token=token)
+        for pad in pads:  # the cut falls inside the token for some of them, whatever the text around the reason
+            _Straddle.pad = pad
+            with pytest.raises(BadQuery) as info:
+                provider.run_query("up")
+            texts.append(f"{info.value} {info.value.__cause__!r}")
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert all("rejected" in text for text in texts)
+    assert not [text for text in texts if token[:6] in text], "a prefix of the token is in an error"
+
+
 def test_connection_refused_is_unreachable() -> None:
     import socket
 
