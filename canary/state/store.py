@@ -74,6 +74,17 @@ def _state_of(obj: dict[str, Any] | None) -> dict[str, Any] | None:
     return held if isinstance(held, dict) else None
 
 
+def _holds_snapshot(text: str) -> bool:
+    """Whether a journal chunk holds a release's first record (its snapshot, written as the release begins)."""
+    for line in text.splitlines():
+        try:
+            if json.loads(line).get("type") == "snapshot":
+                return True
+        except (ValueError, AttributeError):
+            continue
+    return False
+
+
 class ReleaseStore:
     def __init__(self, kube: Kube, namespace: str, app: str, stack: str, cache: Cache) -> None:
         self.kube = kube
@@ -394,13 +405,19 @@ class ReleaseStore:
             self.cache.compact(keep)
         chunks = self._chunks()
         # in the order the API server's clock created their first chunks: release ids carry the clock of the
-        # machine that began them, and a runner's clock hours behind made the release running now the oldest
+        # machine that began them, and a runner's clock hours behind made the release running now the oldest.
+        # A release whose beginning (its snapshot record) is gone comes first: its chunk holds records a machine
+        # kept unsent until long after compaction dropped the release, and counted by its new chunk it evicted a
+        # release kept
         begun: dict[str, str] = {}
+        beginning: set[str] = set()
         for _, obj in chunks:
             release = (obj["metadata"].get("labels") or {}).get(naming.RELEASE_LABEL, "")
             created = str(obj["metadata"].get("creationTimestamp") or "")
             begun[release] = min(begun.get(release, created), created)
-        releases = sorted(begun, key=lambda release: (begun[release], release))
+            if _holds_snapshot((obj.get("data") or {}).get("journal.jsonl") or ""):
+                beginning.add(release)
+        releases = sorted(begun, key=lambda release: (release in beginning, begun[release], release))
         dropped = releases[:-keep] if len(releases) > keep else []
         for _, obj in chunks:
             if (obj["metadata"].get("labels") or {}).get(naming.RELEASE_LABEL) in dropped:

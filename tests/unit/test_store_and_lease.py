@@ -270,6 +270,19 @@ def test_compaction_keeps_the_releases_begun_last_whatever_clock_named_them(tmp_
     assert behind in store.releases()
 
 
+def test_a_late_record_of_a_release_compaction_dropped_does_not_evict_a_release_kept(tmp_path: Path) -> None:
+    # a machine offline for many releases sends a record of one long compacted: its new chunk counted as the newest
+    # release, and the next compaction dropped the oldest release kept instead
+    kube = FakeKube()
+    store = _store(kube, tmp_path)
+    for release in ("r1", "r2", "r3"):
+        store.append(records.Snapshot(time="2026-12-01T00:00:00.000Z", stack="prod", app="web", release=release))
+        store.append(_record(release, 1))
+    _store(kube, tmp_path / "offline").append(_record("r0", 7))  # its snapshot's chunk went with r0's compaction
+    assert store.compact(keep=3) == ["r0"]
+    assert store.releases() == ["r1", "r2", "r3"]
+
+
 def test_records_the_cluster_cannot_take_are_kept_and_sent_first_when_it_answers(tmp_path: Path) -> None:
     kube = FakeKube()
     store = _store(kube, tmp_path)
