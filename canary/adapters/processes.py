@@ -79,7 +79,8 @@ def same_host(host: str, boot: str | None = None, pidns: int | None = None) -> b
         return False
     if boot is None and pidns is None:
         return True  # an identity recorded without them (an earlier canary, Pulumi's lock): by host name, as then
-    return boot == boot_id() and pidns == pid_namespace() and boot is not None and pidns is not None
+    # (one of them unreadable on a machine reads alike for its own processes: None, compared as recorded)
+    return boot == boot_id() and pidns == pid_namespace()
 
 
 def holder_alive(host: str, pid: int, since: str | None = None, boot: str | None = None, pidns: int | None = None) -> bool:

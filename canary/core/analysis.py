@@ -311,11 +311,6 @@ class _Tick:
                 return Verdict.NO_DATA, effect, f"{metric.name}: stable has no data to compare with: {stable} ({why})", None, None
             return Verdict.ERROR, Effect.FAIL, f"{metric.name}: stable could not be evaluated: {type(stable).__name__}: {stable}", None, None
         to_measure: Callable[[float], float]
-        if value == 0 and (compare.by is CompareBy.DIFFERENCE or stable != 0) and metric.evidence is not Evidence.NONE:
-            # the canary's 0 is a measurement only when it answered requests (0 / 0 by ratio: both, below)
-            measured = self._both_answered(metric, f"canary 0, stable {stable:.4g}", stable=stable == 0)
-            if not isinstance(measured, tuple):
-                return measured.verdict, measured.effect, measured.reason, measured.requests, None
         if compare.by is CompareBy.DIFFERENCE:
             to_measure, what = (lambda v: v - stable), " − stable"
         elif stable == 0:
@@ -331,6 +326,13 @@ class _Tick:
         if outside is not None:
             return Verdict.FAIL, Effect.FAIL, f"{outside} {detail}", None, None
         share = self._share(metric)
+        if value == 0 and share is None and metric.evidence is not Evidence.NONE:
+            # a canary's 0 that passes (lower than stable's, or as low) is a measurement only when it answered requests:
+            # a counter's rate is 0 on a canary no request reached. (A 0 outside the range fails as it is: too low; a
+            # share of requests is held to its evidence below)
+            measured = self._both_answered(metric, f"canary 0, stable {stable:.4g}", stable=stable == 0)
+            if not isinstance(measured, tuple):
+                return measured.verdict, measured.effect, measured.reason, measured.requests, None
         if share is not None:
             # a rate compared with stable needs evidence as much as one held against a range (a share of part of the
             # canary's requests too: when even the kind bound on all of them cannot tell, it holds)

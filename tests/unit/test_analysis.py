@@ -612,6 +612,18 @@ def test_a_canary_at_0_beside_a_stable_above_it_is_lower_only_when_it_answered_r
     assert why in check.reason, check.reason
 
 
+@pytest.mark.parametrize("compared", [{"by": "ratio", "thresholdRange": {"min": 0.5}}, {"by": "difference", "thresholdRange": {"min": -10}}],
+                         ids=["ratio", "difference"])
+def test_a_canary_at_0_below_the_range_fails_whatever_it_answered(compared: dict[str, Any]) -> None:
+    """Where 0 is the bad side (what the canary served, with `or vector(0)`), a canary that answered nothing is too low,
+    not "no data": with onNoData: pass it advanced."""
+    spec = spec_with(set_path("analysis.metrics", [{"name": "served", "templateRef": {"name": "x"}, "onNoData": "pass", "compare": compared}]),
+                     set_path("metricTemplates", {"x": {"query": 'sum(rate(served_total{pod=~"{{ target }}-.*"}[1m])) or vector(0)'}}))
+    answers: dict[Key, Answer] = {(COUNT, CANARY): 0.0, (COUNT, STABLE): 900.0, ("served_total", CANARY): 0.0, ("served_total", STABLE): 50.0}
+    result, _ = tick(spec, answers)
+    assert result.checks[0].verdict is Verdict.FAIL and result.outcome is Outcome.FAIL, result.checks[0].reason
+
+
 @pytest.mark.parametrize(("canary", "stable"), [(math.inf, math.inf), (math.inf, 200.0), (-math.inf, 200.0)])
 def test_a_comparison_that_is_not_a_finite_number_fails(canary: float, stable: float) -> None:
     spec = spec_with(set_path("analysis.metrics", [{"name": "request-duration", "compare": {"thresholdRange": {"min": -50, "max": 50}}}]))

@@ -534,7 +534,13 @@ def test_a_request_that_names_its_timeout_keeps_it_one_that_names_none_gets_the_
     from kubernetes.client import rest
 
     sent: list[Any] = []
-    monkeypatch.setattr(rest.RESTClientObject, "request", lambda self, method, url, **kw: sent.append(kw["_request_timeout"]))
+    original = rest.RESTClientObject.request
+
+    def request(self: Any, method: str, url: str, **kw: Any) -> Any:
+        # patched for the class: another test's watch, still winding down on its thread, goes through untouched
+        return sent.append(kw["_request_timeout"]) if url.startswith("https://x/") else original(self, method, url, **kw)
+
+    monkeypatch.setattr(rest.RESTClientObject, "request", request)
     kube = Kube(KUBECONFIG, timeout=3)
     client = kube._api.rest_client
     client.request("GET", "https://x/version")

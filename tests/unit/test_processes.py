@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from canary.adapters import processes
 from canary.adapters.stack import _lock_alive
 
@@ -87,3 +89,10 @@ def test_a_holder_in_another_pid_namespace_of_this_host_is_assumed_alive() -> No
     assert not processes.holder_alive(HOST, pid, now_iso(), boot=boot, pidns=ns)  # this host's, gone
     assert not processes.holder_alive(HOST, pid, now_iso())  # an identity without them: by host name, as before
     assert processes.same_host(**processes.identity())
+
+
+def test_a_machine_that_reads_only_one_of_boot_and_namespace_knows_its_own_processes(monkeypatch: pytest.MonkeyPatch) -> None:
+    # its own lease, recorded with boot None, read as another host's: a renewal whose answer was lost became LeaseLost
+    monkeypatch.setattr(processes, "boot_id", lambda: None)
+    assert processes.same_host(**processes.identity())
+    assert not processes.holder_alive(HOST, _gone_pid(), now_iso(), boot=None, pidns=processes.pid_namespace())
