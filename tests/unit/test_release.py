@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from canary.core import records
-from canary.core.records import ENDED, Phase
+from canary.core.records import ENDED, Phase, ReleaseState
 from canary.core.routing import GatewayClass, RouteShape
 from canary.errors import ClusterUnreachable, Conflict, Forbidden, InvalidSpec, LeaseLost, MetricError, ProviderUnreachable, Refused, StackBusy
 from canary.state.cache import Cache
@@ -118,25 +118,31 @@ def test_ticks_go_on_while_the_traffic_increase_gate_holds_and_a_failing_canary_
     assert len(world.store.of("tick")) == 5
 
 
-def test_promote_is_refused_after_a_failed_tick_and_force_promotes_with_its_reason() -> None:
-    """In WaitingPromotion a promote needs a passing last tick; --force --reason overrides, journaled (12.5)."""
-    hooks = FakeHooks(lambda name, kind: kind != "confirm-promotion")
-    world = make(Metrics([0.0] * 5 + [7.0] * 50), lambda v: v["analysis"].update(
-        threshold=50, webhooks=[{"name": "approve", "type": "confirm-promotion", "url": "http://gate/"}]), hooks=hooks)
+def _promote_plain_then_forced(world: World, waiting: Callable[[ReleaseState], bool], reason: str) -> dict[str, bool]:
+    """Once the release waits as ``waiting`` says: a plain promote, then (that one taken) a forced one; what was asked."""
     asked = {"plain": False, "forced": False}
 
     def on_sleep(now: float) -> None:
         state = world.store.state
-        if state is None or state.phase is not Phase.WAITING_PROMOTION or state.advance:
+        if state is None or not waiting(state):
             return
         if not asked["plain"]:
             asked["plain"] = True
             world.store.request("promote")
         elif not asked["forced"] and not world.store.pending:
             asked["forced"] = True
-            world.store.request("promote", force=True, reason="the 500s are the test client's")
+            world.store.request("promote", force=True, reason=reason)
 
     world.clock.on_sleep = on_sleep
+    return asked
+
+
+def test_promote_is_refused_after_a_failed_tick_and_force_promotes_with_its_reason() -> None:
+    """In WaitingPromotion a promote needs a passing last tick; --force --reason overrides, journaled (12.5)."""
+    hooks = FakeHooks(lambda name, kind: kind != "confirm-promotion")
+    world = make(Metrics([0.0] * 5 + [7.0] * 50), lambda v: v["analysis"].update(
+        threshold=50, webhooks=[{"name": "approve", "type": "confirm-promotion", "url": "http://gate/"}]), hooks=hooks)
+    _promote_plain_then_forced(world, lambda state: state.phase is Phase.WAITING_PROMOTION and not state.advance, "the 500s are the test client's")
     result = world.start()
     assert result.phase is Phase.SUCCEEDED
     messages = [e.message for e in world.events]
@@ -149,20 +155,7 @@ def test_waiting_for_a_decision_a_promote_after_a_failed_tick_is_refused_and_for
     """A person decides an inconclusive release; once a tick failed since, a plain promote is no answer to it."""
     world = make(Metrics([1.5] + [5.0] * 50), lambda v: v["analysis"].update(threshold=50, decisionTimeout="1h", metrics=[
         {"name": "request-error-rate", "thresholdRange": {"max": 1}, "inconclusiveRange": {"max": 2}, "evidence": "none"}]))
-    asked = {"plain": False, "forced": False}
-
-    def on_sleep(now: float) -> None:
-        state = world.store.state
-        if state is None or state.phase is not Phase.WAITING_DECISION or not state.failed_last:
-            return
-        if not asked["plain"]:
-            asked["plain"] = True
-            world.store.request("promote")
-        elif not asked["forced"] and not world.store.pending:
-            asked["forced"] = True
-            world.store.request("promote", force=True, reason="the 500s are the load tester's")
-
-    world.clock.on_sleep = on_sleep
+    asked = _promote_plain_then_forced(world, lambda state: state.phase is Phase.WAITING_DECISION and state.failed_last, "the 500s are the load tester's")
     result = world.start()
     assert result.phase is Phase.SUCCEEDED and asked == {"plain": True, "forced": True}
     messages = [e.message for e in world.events]
