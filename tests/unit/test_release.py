@@ -635,6 +635,10 @@ def test_a_rollback_whose_traffic_step_fails_outside_the_error_tree_still_takes_
     assert result.rollback_pending and result.exit_code == 4, result.reason
     assert world.cluster.restored == [RouteShape()] and world.cluster.shape == RouteShape(), world.cluster.shape
     assert "OSError: [Errno 28] No space left on device" in result.reason and "Traffic is on stable" in result.reason
+    # the disk freed, resume completes the rollback
+    resumed = world.rebuild().release.resume()
+    assert resumed.phase is Phase.FAILED and not resumed.rollback_pending
+    assert world.cluster.shape == RouteShape() and world.cluster.stable_hash == STABLE.hash
 
 
 def test_the_route_written_around_pulumi_is_retried_through_a_brief_outage() -> None:
