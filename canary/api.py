@@ -264,7 +264,8 @@ def build(ws: Workspace, facts: AppFacts, on_event: Callable[[Event], None] | No
     pusher = None
     if spec.prometheus is not None and spec.prometheus.pushgateway:
         pusher = Pusher(spec.prometheus.pushgateway, ws.name, app, namespace, on_failure=lambda message: _note(release_obj, message))
-    configs = stackfile.ReleaseConfigs(ws.stack.stack_file(), store.cache.dir, app)
+    others = _pins_at_rest(ws, {*_running(ws), app})
+    configs = stackfile.ReleaseConfigs(ws.stack.stack_file(), store.cache.dir, app, others)
     release_obj = Release(stack=ws.stack, config=configs, cluster=ClusterReader(ws.kube), store=store, lease=Lease(ws.kube, namespace, app),
                           hooks=Caller(), provider_for=_provider_factory(spec), facts=facts, on_event=on_event, pusher=pusher, **options)
     if on_build is not None:
@@ -430,7 +431,8 @@ def up(stack: str, *, app: str | None = None, project_dir: Path | None = None, e
         raise StackBusy(f"stack {ws.name}: releases kept beginning while this update waited to start; run `canary up` again")
 
     try:
-        result = _waiting_for_lock(apply, ws.stack.wait_unlocked, on_event, float(options.get("lock_wait", LOCK_WAIT)), interrupt)
+        result = _waiting_for_lock(apply, ws.stack.wait_unlocked, on_event, float(options.get("lock_wait", LOCK_WAIT)), interrupt,
+                                   ws.stack.clear_dead_locks)
     finally:
         cache.config_file(own).unlink(missing_ok=True)
     # this update's own outputs: read afterwards, they may be those of another app's update of the stack
@@ -451,7 +453,7 @@ def up(stack: str, *, app: str | None = None, project_dir: Path | None = None, e
         raise Cancelled(f"interrupted: the stack's update applied {sum(applied.values())} changes; no release was begun "
                         f"(`canary up {ws.name}` releases the workload change)")
     outcomes = _each_app(names, lambda name: _release_change(ws, name, existed.get(name, False), applied, snapshot, retry, on_event, why, options),
-                         applied)
+                         applied, interrupt)
     outcomes += [_removal(ws, name, applied) for name in removed]
     if len(outcomes) == 1:
         return outcomes[0]
@@ -469,11 +471,18 @@ def _removal(ws: Workspace, name: str, applied: dict[str, int]) -> UpOutcome:
                      f"release; give it an analysis (canary:apps.{name}.analysis) or remove it from the program", exitcodes.INVALID)
 
 
-def _each_app(names: Sequence[str], release: Callable[[str], UpOutcome], applied: dict[str, int]) -> list[UpOutcome]:
+def _each_app(names: Sequence[str], release: Callable[[str], UpOutcome], applied: dict[str, int],
+              interrupt: threading.Event | None = None) -> list[UpOutcome]:
     """Each app's release after the update, one after the other. Of several apps, one's refusal or error is
-    its outcome (with its exit code), not the end of the others': each had its change applied by the update."""
+    its outcome (with its exit code), not the end of the others': each had its change applied by the update.
+    Once interrupted (a signal aborted the release running), the apps after it begin none: begun and aborted at
+    once, each would be a rolled-back workload that the next `canary up` refuses without --retry."""
     outcomes = []
     for name in names:
+        if interrupt is not None and interrupt.is_set():
+            outcomes.append(UpOutcome(name, applied, None, f"{name}: interrupted: no release was begun (`canary up` releases its change)",
+                                      exitcodes.FAILED))
+            continue
         try:
             outcomes.append(release(name))
         except CanaryError as exc:
@@ -503,17 +512,24 @@ def _say(on_event: Callable[[Event], None] | None, message: str) -> None:
 
 
 def _waiting_for_lock(action: Callable[[], T], wait_unlocked: Callable[[float], bool], on_event: Callable[[Event], None] | None,
-                      wait: float, interrupt: threading.Event | None = None) -> T:
+                      wait: float, interrupt: threading.Event | None = None,
+                      clear_dead: Callable[[], list[dict[str, Any]]] | None = None) -> T:
     """``action`` (an ``up``), tried again while another update holds the stack's lock — two apps of one
     stack released at once take turns — and for at most ``wait`` seconds; then StackLocked (exit 3).
     Between attempts ``wait_unlocked`` (the stack's) waits until the lock is let go, a second at a time
-    so that ``interrupt`` stops the wait (Cancelled)."""
+    so that ``interrupt`` stops the wait (Cancelled). A lock whose holder is a dead process of this host
+    (a `canary up` killed in its update) is cleared first, ``clear_dead``, and said: nobody would let it go."""
     deadline = time.monotonic() + wait
     said = False
     while True:
         try:
             return action()
         except StackLocked as exc:
+            cleared = clear_dead() if clear_dead is not None else []
+            if cleared:
+                for lock in cleared:
+                    _say(on_event, f"cleared Pulumi's stale lock of pid {lock['pid']} on {lock['hostname']} (the process is gone)")
+                continue
             if time.monotonic() >= deadline:
                 raise
             if not said:
@@ -643,9 +659,11 @@ def release(stack: str, image: str, *, app: str | None = None, project_dir: Path
         return up(stack, app=name, project_dir=project_dir, env=env, why=f"canary release --image {image}", retry=True, **kwargs)
     except LeaseLost:
         raise  # the release ran, and another process carries it on: the stack file keeps the image it releases
-    except (StackBusy, StackLocked, InvalidSpec):
-        # refused before anything was applied (another release, another update of the stack, bad input): the
-        # stack file goes back to the image that runs (or to no image key), so the refusal leaves nothing behind
+    except CanaryError:
+        # no release began (a release's own ending is its outcome, not an error): refused (another release, another
+        # update of the stack, bad input), interrupted (Ctrl-C while waiting for Pulumi's lock), the cluster or the
+        # stack's update failing first. The stack file goes back to the image that runs (or to no image key): the
+        # next `canary up` would release an image nobody asked for again
         set_image(stack, before, app=name, project_dir=project_dir, image_config=image_config)
         raise
 

@@ -387,6 +387,28 @@ def test_two_apps_of_one_stack_release_at_once_one_promoted_one_rolled_back(lab_
 
 @pytest.mark.long
 @pytest.mark.parametrize("lab_stack", [_two_apps], indirect=True)
+def test_a_commit_that_changes_two_apps_released_one_at_a_time_canaries_each(lab_stack: LabStack) -> None:
+    """One commit changes both apps; the pipeline runs `canary up --app web`, then `--app api`. web's release's ups
+    computed api's stack outputs too, with api's new template as its stable: api's `canary up` then pinned its stable
+    to that and rolled it out unchecked, and said "no workload change"."""
+    ls = lab_stack
+    for name in ("web", "api"):
+        _set(ls, ("canary:apps", name, "app", "image"), "demo:v2")
+    web = ls.cli("up", ls.name, "--app", "web")
+    assert web.returncode == 0, web.stdout[-3000:] + web.stderr[-3000:]
+    assert_stable_state(ls, "demo:v2", app="web")
+    assert_stable_state(ls, "demo:v1", app="api")
+    with RouteWatcher(ls, app="api") as watcher:
+        done = ls.cli("up", ls.name, "--app", "api")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert 10 in watcher.canary_weights, watcher.seen  # canaried, not rolled onto stable
+    assert watcher.stable_images[0] == "demo:v1", watcher.stable_images
+    assert_stable_state(ls, "demo:v2", app="api")
+    assert any(r.type == "tick" for r in ls.records(app="api")), "api was not judged"
+
+
+@pytest.mark.long
+@pytest.mark.parametrize("lab_stack", [_two_apps], indirect=True)
 def test_an_update_of_another_app_that_lands_after_this_one_does_not_hide_this_app_s_change(lab_stack: LabStack,
                                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """Seen with five apps of one stack released at once: app B's ``up`` began from the stack file

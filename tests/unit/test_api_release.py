@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from canary import api
-from canary.errors import LeaseLost, StackBusy
+from canary.errors import Cancelled, ClusterUnreachable, LeaseLost, StackBusy, StackError
 
 
 def _one_deployed_app(monkeypatch: pytest.MonkeyPatch, image: str) -> None:
@@ -35,7 +35,13 @@ def images(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return written
 
 
-@pytest.mark.parametrize(("raised", "restored"), [(StackBusy("app web is busy"), True), (LeaseLost("the lease of web was taken"), False)])
+@pytest.mark.parametrize(("raised", "restored"), [
+    (StackBusy("app web is busy"), True), (LeaseLost("the lease of web was taken"), False),
+    # no release began: Ctrl-C while waiting for Pulumi's lock, the cluster not answering, the stack's update failing
+    (Cancelled("interrupted while waiting for Pulumi's lock: nothing was applied"), True),
+    (ClusterUnreachable("reading the release state of web: connection refused"), True),
+    (StackError("pulumi up of prod failed"), True),
+], ids=["busy", "lease-lost", "interrupted", "cluster-unreachable", "update-failed"])
 def test_the_stack_file_goes_back_only_when_nothing_was_applied(monkeypatch: pytest.MonkeyPatch, images: list[str], raised: Exception,
                                                                restored: bool) -> None:
     # a LeaseLost (a StackBusy) came after traffic had moved, another process carrying the release on:

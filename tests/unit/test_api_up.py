@@ -3,6 +3,7 @@ releases afterwards (the stack, the cluster and Prometheus stood in for)."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -14,6 +15,7 @@ from canary.adapters import stackfile
 from canary.core import config as stackconfig
 from canary.core.records import Phase
 from canary.errors import Cancelled, ClusterUnreachable, InvalidSpec, StackBusy, StackLocked
+from canary.release.machine import ReleaseResult
 from tests.conftest import base_values
 from tests.unit.fakes import FakeKube
 
@@ -39,6 +41,8 @@ class Stack:
         self.file.write_text("config:\n  canary:rollout: checked\n")
         self.after = after
         self.ups: list[dict[str, Any]] = []
+        #: Pulumi's locks of dead processes of this host (a `canary up` killed in its update)
+        self.dead_locks: list[dict[str, Any]] = []
 
     def stack_file(self) -> Path:
         return self.file
@@ -53,6 +57,10 @@ class Stack:
 
     def wait_unlocked(self, seconds: float) -> bool:
         return True
+
+    def clear_dead_locks(self) -> list[dict[str, Any]]:
+        cleared, self.dead_locks = self.dead_locks, []
+        return cleared
 
     def outputs(self) -> dict[str, Any]:
         return self.after
@@ -275,8 +283,66 @@ def test_ctrl_c_while_up_waits_for_pulumi_s_lock_stops_before_anything_is_applie
     assert ws.stack.ups == [] and not built and len(attempts) == 1  # type: ignore[attr-defined]
 
 
+def test_a_release_pins_the_stack_s_other_apps_at_rest_in_its_config(stack: Any) -> None:
+    """A release's ups leave the other apps' resources alone but compute every app's outputs: api's ``stable`` output
+    became its desired template (a change of api in the same commit), and api's next ``canary up`` pinned its stable
+    to that and rolled it out unchecked. Pinned at rest to what api's stable runs, the outputs stay true."""
+    before = {"canary/web": exported("web", "web:1", "web:2"), "canary/api": exported("api", "api:1", "api:2")}
+    ws = stack(apps_config("web", "api"), before, before)
+    ws.stack.name = "prod"  # (the Release's own)
+    facts = ws.facts("web")
+    assert facts is not None
+    release = api.build(ws, facts)
+    path = release.config.write("r1", ws.stack.stack_file().read_text(), {"release": "r1", "stable": pin("web:1", "s" * 16)})
+    pins = stackfile.load(path.read_text())["config"]["canary:release"]
+    assert set(pins) == {"web", "api"}
+    assert pins["api"]["stable"]["image"] == "api:1" and pins["api"]["stable"]["hash"] == "s" * 16 and pins["api"]["route"] == {"weight": 0}
+
+
+def test_a_signal_during_one_app_s_release_begins_no_other_app_s(stack: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`canary up` of two apps: SIGINT during a's release aborts it; b's release began anyway, was aborted at once, and
+    its never-judged workload was refused by the next `canary up` as rolled back."""
+    before = {"canary/a": exported("a", "a:1", "a:2"), "canary/b": exported("b", "b:1", "b:2")}
+    stack(apps_config("a", "b"), before, after=before)
+    interrupt = threading.Event()
+    built: list[str] = []
+
+    def build(ws: Any, facts: Any, on_event: Any = None, **options: Any) -> Any:
+        built.append(facts.spec.app.name)
+
+        def start(*args: Any) -> ReleaseResult:
+            interrupt.set()  # the CLI's signal handler: the release running is aborted, and the interrupt set
+            return ReleaseResult(f"r-{facts.spec.app.name}", Phase.ABORTED, 0, "aborted by signal SIGINT")
+
+        return SimpleNamespace(start=start)
+
+    monkeypatch.setattr(api, "build", build)
+    outcome = api.up("prod", interrupt=interrupt)
+    assert built == ["a"]
+    assert "b: interrupted: no release was begun" in outcome.message and outcome.exit_code == 1, outcome.message
+
+
+def test_a_lock_left_by_a_canary_up_killed_in_its_update_is_cleared_not_waited_for(stack: Any) -> None:
+    # only a release cleared such a lock: every later `canary up` and `canary release` waited --lock-wait, then exit 3
+    before = {"canary/web": exported("web", "web:1", "web:1")}
+    ws = stack(apps_config("web"), before, after=before)
+    ws.stack.dead_locks = [{"pid": 4711, "hostname": "this-host"}]
+    real_up = ws.stack.up
+
+    def locked_while_dead_locks(config_file: Path, exclude: Any = None, guard: Any = None, cancel: Any = None) -> Any:
+        if ws.stack.dead_locks:
+            raise StackLocked("pulumi up of prod: the stack is locked by another update (pid 4711 on this-host)")
+        return real_up(config_file, exclude, guard, cancel)
+
+    ws.stack.up = locked_while_dead_locks  # type: ignore[method-assign]
+    ws.stack.wait_unlocked = lambda seconds: pytest.fail("waited for a lock nobody holds")  # type: ignore[method-assign]
+    said: list[Any] = []
+    outcome = api.up("prod", on_event=said.append, lock_wait=600)
+    assert outcome.exit_code == 0 and len(ws.stack.ups) == 1  # type: ignore[attr-defined]
+    assert any("cleared Pulumi's stale lock of pid 4711 on this-host" in e.message for e in said), said
+
+
 def test_ctrl_c_during_the_stack_s_update_begins_no_release(stack: Any) -> None:
-    import threading
 
     before = {"canary/web": exported("web", "web:1", "web:2")}
     ws = stack(apps_config("web"), before, after=before)
