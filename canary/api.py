@@ -39,7 +39,7 @@ from canary.core.records import ENDED, PROMOTION, SKIPPABLE, Phase, ReleaseState
 from canary.core.spec import App, Gateway, ReleaseSpec, StackSpec
 from canary.errors import CanaryError, Cancelled, InvalidSpec, LeaseLost, Problem, StackBusy, StackLocked
 from canary.release.machine import Release, ReleaseResult
-from canary.release.ports import AppFacts
+from canary.release.ports import AppFacts, other_urns
 from canary.release.record import Event
 from canary.state.cache import Cache, Legacy, state_root
 from canary.state.lease import Lease
@@ -117,9 +117,7 @@ class Workspace:
         stable = exported.get("stable")
         uid = self.stable_uid(app)
         stable_pin = self._running_stable(app, release_spec, _pin(stable) if isinstance(stable, Mapping) else None, uid)
-        others = tuple(urn for key, value in self.outputs.items()
-                       if key.startswith(naming.OUTPUT_PREFIX) and key != f"{naming.OUTPUT_PREFIX}{app}" and isinstance(value, Mapping)
-                       for urns in (value.get("urns") or {}).values() for urn in (urns if isinstance(urns, list) else [urns]))
+        others = other_urns(self.outputs, app)
         return AppFacts(spec=release_spec, urns=dict(exported.get("urns") or {}), stable=stable_pin,
                         desired=_pin(exported["desired"]), stack=self.name, copies=dict(exported.get("copies") or {}), others=others,
                         fields=stack_spec.fields(app))

@@ -43,7 +43,7 @@ from canary.errors import (
     Temporary,
 )
 from canary.release.hooks import Hooks
-from canary.release.ports import AppFacts, Clock, ClusterPort, ConfigPort, HookCaller, HookResult, LeasePort, PusherPort, StackPort, StorePort
+from canary.release.ports import AppFacts, Clock, ClusterPort, ConfigPort, HookCaller, HookResult, LeasePort, PusherPort, StackPort, StorePort, other_urns
 from canary.release.record import Event, Recorder
 from canary.release.verify import Verifier
 
@@ -459,7 +459,7 @@ class Release:
         path = self.config.write(state.release, state.snapshot, pins)
         targets = self.facts.targets(*parts) if parts is not None else None
         # the whole stack, but never another app's resources: their releases pin them in files of their own
-        exclude = list(self.facts.others) or None if parts is None else None
+        exclude = self._others() or None if parts is None else None
         refresh = refresh or self._refresh
         # in the up before the last look at the token: an abort from then on interrupts the CLI, or (not started
         # yet) has it interrupted as it starts; it was lost in between, and the whole up ran
@@ -789,6 +789,16 @@ class Release:
                                    Severity.ERROR)
         raise RollbackPending(f"{why}. Traffic is on stable (the route was written at rest directly); the canary still has its pods "
                               "and the stack's state its weight until the rollback completes")
+
+    def _others(self) -> list[str]:
+        """The stack's other apps' resources, as the stack's outputs name them now: an app added (or a resource of
+        another app's) since this release began is not in its snapshot, and an update of the whole stack not told
+        to leave it alone deletes it. Those known at the start too (a failed read leaves them)."""
+        try:
+            now = other_urns(self.stack.outputs(), self.spec.app.name)
+        except CanaryError:
+            now = ()
+        return sorted({*self.facts.others, *now})
 
     def _apply_or_full(self, state: ReleaseState, pins: dict[str, Any]) -> None:
         """The rollback's targeted ``up``; when it cannot apply (a resource it depends on is not in the

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from canary.core import records
+from canary.core import naming, records
 from canary.core.naming import Track
 from canary.core.records import HookResult
 from canary.core.routing import GatewayClass, RouteShape, RouteState
@@ -39,6 +39,8 @@ class StackPort(Protocol):
     def interrupt(self) -> bool: ...
 
     def export(self) -> dict[str, Any]: ...
+
+    def outputs(self) -> dict[str, Any]: ...
 
     def clear_dead_locks(self) -> list[dict[str, Any]]: ...
 
@@ -140,6 +142,13 @@ class Clock:
 
     def iso(self) -> str:
         return self.now().isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def other_urns(outputs: Mapping[str, Any], app: str) -> tuple[str, ...]:
+    """The URNs of the resources of the stack's apps other than ``app``, as its outputs name them (``canary/<name>``)."""
+    return tuple(urn for key, value in outputs.items()
+                 if key.startswith(naming.OUTPUT_PREFIX) and key != f"{naming.OUTPUT_PREFIX}{app}" and isinstance(value, Mapping)
+                 for urns in (value.get("urns") or {}).values() for urn in (urns if isinstance(urns, list) else [urns]))
 
 
 @dataclass(frozen=True)

@@ -165,6 +165,11 @@ class FakeStack:
         self.on_up: Callable[[dict[str, Any]], None] | None = None
         #: Pulumi's locks left by dead processes of this host (a CLI killed mid-update): ups are refused while any is there
         self.dead_locks: list[dict[str, Any]] = []
+        #: the stack's outputs as another process's update may have left them (its own app's are not read)
+        self.outputs_now: dict[str, Any] = {}
+
+    def outputs(self) -> dict[str, Any]:
+        return self.outputs_now
 
     def _parts(self, targets: list[str] | None) -> set[str]:
         if targets is None:

@@ -426,10 +426,29 @@ def test_a_rollback_that_falls_back_to_the_whole_stack_leaves_the_other_apps_alo
     result = world.start()
     assert result.phase is Phase.FAILED, result.reason
     whole = [u for u in world.stack.ups if u["whole"]]
-    assert len(whole) == 1 and whole[0]["exclude"] == list(others), world.stack.ups
+    assert len(whole) == 1 and whole[0]["exclude"] == sorted(others), world.stack.ups
     assert all(u["exclude"] is None for u in world.stack.ups if not u["whole"])
     assert world.cluster.stable_hash == STABLE.hash and world.cluster.weights_seen[-1] == 0
     assert any("applying the snapshot to the whole stack" in e.message for e in world.events)
+
+
+def test_the_whole_stack_rollback_leaves_alone_an_app_added_since_the_release_began() -> None:
+    """`canary up --app worker` during the release added an app: not in the release's snapshot, and not in the other
+    apps it knew at its start, the whole-stack fallback deleted its Deployments, Services and route."""
+    from canary.errors import StackError
+
+    world = make(Metrics(18.2))
+    world.stack.outputs_now = {"canary/worker": {"urns": {"stableDeployment": "urn:worker-stable", "route": "urn:worker-route"}},
+                               "canary/web": {"urns": {"route": "urn:web-route"}}}
+
+    def on_up(record: dict[str, Any]) -> None:
+        if record["parts"] == {"route", "stable", "canary"} and not record["whole"]:
+            raise StackError("resource urn:ns is not in the stack and not targeted")
+
+    world.stack.on_up = on_up
+    assert world.start().phase is Phase.FAILED
+    [whole] = [u for u in world.stack.ups if u["whole"]]
+    assert whole["exclude"] == ["urn:worker-route", "urn:worker-stable"], whole
 
 
 def test_a_step_up_that_fails_once_is_retried() -> None:
