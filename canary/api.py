@@ -966,8 +966,7 @@ def promote(stack: str, *, app: str | None = None, project_dir: Path | None = No
     allowed = SKIPPABLE if skip_analysis else frozenset({Phase.WAITING_PROMOTION, Phase.WAITING_DECISION})
 
     def failed_last_tick(name: str, state: ReleaseState) -> None:
-        waiting = (state.phase is Phase.WAITING_PROMOTION and not state.last_tick_passed) or (state.phase is Phase.WAITING_DECISION and state.failed_last)
-        if not (force or skip_analysis) and waiting:
+        if not (force or skip_analysis) and state.promote_needs_force:
             raise InvalidSpec([Problem("--app", name, f"release {state.release}'s last tick did not pass ({state.reason or 'see canary status'}): "
                                        "it promotes after a passing (or, waiting for a decision, an inconclusive) tick; --force --reason TEXT overrides")], "promote")
 

@@ -207,6 +207,13 @@ class ReleaseState(_Record):
         return self.advance or bool(self.passed)
 
     @property
+    def promote_needs_force(self) -> bool:
+        """Whether a plain ``promote`` is no answer here: waiting for promotion after a tick that did not pass, or
+        waiting for a decision (on an inconclusive tick) after one that failed since."""
+        return ((self.phase is Phase.WAITING_PROMOTION and not self.last_tick_passed)
+                or (self.phase is Phase.WAITING_DECISION and self.failed_last))
+
+    @property
     def running_phase(self) -> bool:
         return self.phase not in TERMINAL
 

@@ -617,7 +617,7 @@ class Release:
         request = self._requests.get("promote")
         if request is not None:
             by = request.get("by") or "canary promote"
-            passed = state.last_tick_passed
+            passed = not state.promote_needs_force
             if passed or request.get("force"):
                 self.recorder.request(state, "promote" + (" --force" if request.get("force") and not passed else ""), by, request.get("reason", ""))
                 forced = "" if passed else f"force: {request.get('reason', '')}"
@@ -636,14 +636,14 @@ class Release:
 
     def _waiting_decision(self, state: ReleaseState) -> ReleaseState:
         request = self._requests.get("promote")
-        if request is not None and state.failed_last and not request.get("force"):
+        if request is not None and state.promote_needs_force and not request.get("force"):
             # the person decides an inconclusive release; a tick failed since: that is no longer the question asked
             self._clear("promote", request, carried=False)
             self.recorder.event(state, f"promotion by {request.get('by') or 'canary promote'} refused: the last tick failed ({state.reason}); "
                                        "wait for another tick, or promote --force --reason TEXT", Severity.WARN)
         elif request is not None:
             by = request.get("by") or "canary promote"
-            forced = " --force" if state.failed_last else ""
+            forced = " --force" if state.promote_needs_force else ""
             self.recorder.request(state, "promote" + forced, by, request.get("reason", ""))
             what = "release promoted despite a failed last tick" if forced else "inconclusive release promoted"
             state = self._to_promoting(state, f"{what} by {by}", Severity.WARN, forced=f"decided by {by}: {request.get('reason', '')}")
