@@ -422,6 +422,9 @@ class CanaryDeployment(pulumi.ComponentResource):
 
         hooks = (lambda hook: pulumi.ResourceOptions(hooks=pulumi.ResourceHookBinding(before_update=[hook]))) if guarded else (lambda hook: pulumi.ResourceOptions())
         stable_opts = _merge(child, hooks(_stable_guard(spec_app.name, stack)), moved.get("deployment"))
+        # a size declared (replicas, or the autoscaler's) is applied over the one another manager left: an autoscaler removed
+        # leaves stable at its last size, owned by the autoscaler's manager, and the team's replicas must take it
+        declared = bool(spec_app.autoscaler) or "replicas" in spec_app.model_fields_set
         if spec_app.autoscaler:
             # Stable is created at the autoscaler's minimum, not at the one pod a Deployment without replicas gets, and
             # Ready at that size before traffic moves to it. Later ups leave the size to the autoscaler: ignore_changes keeps
@@ -431,14 +434,11 @@ class CanaryDeployment(pulumi.ComponentResource):
             stable_opts = _merge(stable_opts, pulumi.ResourceOptions(
                 ignore_changes=["spec.replicas"],
                 hooks=pulumi.ResourceHookBinding(before_create=[_stable_size_guard(spec_app.name, spec_app.autoscaler.min_replicas)])))
-        elif "replicas" not in spec_app.model_fields_set:
+        elif not declared:
             stable_opts = _merge(stable_opts, pulumi.ResourceOptions(
                 hooks=pulumi.ResourceHookBinding(before_update=[_undeclared_size_guard(spec_app.name, namespace)])))
         stable_replicas = spec_app.autoscaler.min_replicas if spec_app.autoscaler else spec_app.replicas
-        # a size declared (replicas, or the autoscaler's) is applied over the one another manager left: an autoscaler removed
-        # leaves stable at its last size, owned by the autoscaler's manager, and the team's replicas must take it
-        forced = bool(spec_app.autoscaler) or "replicas" in spec_app.model_fields_set
-        self.stable = self._deployment(name, Track.STABLE, stable_template, stable_replicas, stable_opts, copy_resources, forced)
+        self.stable = self._deployment(name, Track.STABLE, stable_template, stable_replicas, stable_opts, copy_resources, forced=declared)
         autoscalers = {Track.STABLE: self._autoscaler(name, Track.STABLE, self.stable, child)} if spec_app.autoscaler else {}
         # each Service targets the port its track's pods serve: a release that changes the port keeps stable's
         # Services on the port stable still listens on until stable takes the new version. By the port's name
@@ -470,7 +470,8 @@ class CanaryDeployment(pulumi.ComponentResource):
         )
         canary_opts = pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[self.route]))
         self.canary = self._deployment(name, Track.CANARY, canary_template, canary_replicas,
-                                       pulumi.ResourceOptions.merge(canary_opts, hooks(_canary_guard(spec_app.name, stack))), copy_resources)
+                                       pulumi.ResourceOptions.merge(canary_opts, hooks(_canary_guard(spec_app.name, stack))), copy_resources,
+                                       forced=bool(spec_app.autoscaler))
         if spec_app.autoscaler:
             autoscalers[Track.CANARY] = self._autoscaler(name, Track.CANARY, self.canary, child)
         extra = {f"{track.value}Autoscaler": hpa for track, hpa in autoscalers.items()}
@@ -531,7 +532,7 @@ class CanaryDeployment(pulumi.ComponentResource):
         return resources
 
     def _deployment(self, name: str, track: Track, template: Any, replicas: int | None, opts: pulumi.ResourceOptions,
-                    depends: Sequence[pulumi.Resource], forced: bool = False) -> k8s.apps.v1.Deployment:
+                    depends: Sequence[pulumi.Resource], *, forced: bool) -> k8s.apps.v1.Deployment:
         app = self.app
         spec: dict[str, Any] = {
             "selector": {"matchLabels": naming.selector(app.name, track)},
@@ -541,7 +542,7 @@ class CanaryDeployment(pulumi.ComponentResource):
         }
         if replicas is not None:
             spec["replicas"] = replicas
-        annotations = {_FORCED: "true"} if forced or app.autoscaler else {}
+        annotations = {_FORCED: "true"} if forced else {}
         return k8s.apps.v1.Deployment(
             f"{name}-{track.value}",
             metadata={"name": naming.deployment(app.name, track), "namespace": app.namespace,
