@@ -262,8 +262,8 @@ def build(ws: Workspace, facts: AppFacts, on_event: Callable[[Event], None] | No
     pusher = None
     if spec.prometheus is not None and spec.prometheus.pushgateway:
         pusher = Pusher(spec.prometheus.pushgateway, ws.name, app, namespace, on_failure=lambda message: _note(release_obj, message))
-    others = _pins_at_rest(ws, {*_running(ws), app})
-    configs = stackfile.ReleaseConfigs(ws.stack.stack_file(), store.cache.dir, app, others)
+    at_rest = _pins_at_rest(ws, {*_running(ws), app})
+    configs = stackfile.ReleaseConfigs(ws.stack.stack_file(), store.cache.dir, app, at_rest)
     release_obj = Release(stack=ws.stack, config=configs, cluster=ClusterReader(ws.kube), store=store, lease=Lease(ws.kube, namespace, app),
                           hooks=Caller(), provider_for=_provider_factory(spec), facts=facts, on_event=on_event, pusher=pusher, **options)
     if on_build is not None:

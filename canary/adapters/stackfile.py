@@ -372,18 +372,18 @@ class ReleaseConfigs:
     """The release's config files (the ``ConfigPort``): the snapshot with the tracks pinned, written
     into ``directory``; and what changed in the stack file since the snapshot."""
 
-    def __init__(self, stack_path: Path, directory: Path, app: str, others: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, stack_path: Path, directory: Path, app: str, at_rest: Mapping[str, Any] | None = None) -> None:
         self.stack_path = stack_path
         self.directory = directory
         self.app = app
         #: the stack's other apps that no release moves, pinned at rest to what their stable runs: an ``up`` of this
         #: release leaves their resources alone, but computes every app's stack outputs; without a pin another app's
         #: ``stable`` output became its desired template, and its next ``canary up`` rolled that onto stable unchecked
-        self.others = dict(others or {})
+        self.at_rest = dict(at_rest or {})
 
     def write(self, release: str, snapshot: str, pins: Mapping[str, Any]) -> Path:
         path = self.directory / f"{release}.config.yaml"
-        files.write_text_atomic(path, release_config(snapshot, {**self.others, self.app: dict(pins)}), mode=0o600)
+        files.write_text_atomic(path, release_config(snapshot, {**self.at_rest, self.app: dict(pins)}), mode=0o600)
         return path
 
     def changes_since(self, snapshot: str) -> dict[str, Any]:

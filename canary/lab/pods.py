@@ -89,6 +89,11 @@ class Running:
     def process(self) -> subprocess.Popen[bytes]:
         return self.processes[0]
 
+    @property
+    def listen(self) -> str:
+        """The address the pod's app listens on (a deleted pod's, while it drains, is kept by it)."""
+        return f"{self.ip}:{self.port}"
+
     def alive(self) -> bool:
         return all(p.poll() is None for p in self.processes)
 
@@ -214,7 +219,7 @@ class Supervisor:
             self._reap(run, why)
         else:
             with self._draining_lock:
-                self._draining[f"{run.ip}:{run.port}"] = run
+                self._draining[run.listen] = run
             threading.Thread(target=self._reap, args=(run, why), name=f"reap-{run.name}", daemon=True).start()
 
     def _reap(self, run: Running, why: str) -> None:
@@ -225,8 +230,8 @@ class Supervisor:
                 process.kill()
                 process.wait(timeout=3)
         with self._draining_lock:
-            if self._draining.get(f"{run.ip}:{run.port}") is run:
-                del self._draining[f"{run.ip}:{run.port}"]
+            if self._draining.get(run.listen) is run:
+                del self._draining[run.listen]
         shutil.rmtree(self._files(run.namespace, run.name, run.uid), ignore_errors=True)
         print(f"stopped {run.namespace}/{run.name}: {why}", flush=True)
 
