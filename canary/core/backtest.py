@@ -33,7 +33,6 @@ from typing import Any
 
 from canary.core import analysis, records, schedule, units
 from canary.core.records import Check, Effect, Outcome, Tick, Verdict
-from canary.core.routing import AT_REST
 from canary.core.spec import ReleaseSpec
 from canary.errors import InvalidSpec, Problem
 
@@ -243,9 +242,9 @@ class _State:
 
 
 def _shifts(steps: Sequence[Any]) -> list[bool]:
-    """Which steps move the route (and so start a warm-up): every weight; of iterations only the first, and only
-    when it is not the route at rest (the machine's ``_shift`` skips an unchanged route)."""
-    return [shape != (steps[i - 1] if i else AT_REST) for i, shape in enumerate(steps)]
+    """Which steps start a warm-up: every weight; of iterations only the first (the machine's ``_shift`` skips an
+    unchanged route, and the analysis begins at the first step even when its route is the one at rest)."""
+    return [not i or shape != steps[i - 1] for i, shape in enumerate(steps)]
 
 
 def _replay(spec: ReleaseSpec, provider_for_at: ProviderForAt, times: Sequence[datetime], first_shift: datetime | None,

@@ -602,7 +602,10 @@ class Release:
             following = state.step + 1
             if following > len(steps):
                 return self._promotion_gate(state)
-            gate = self.hooks.gate(state, WebhookType.CONFIRM_TRAFFIC_INCREASE)
+            # weights only, as in Flagger: an A/B or blue/green iteration moves no more traffic to the canary (and a
+            # Flagger canary imported with such a hook would stall its iterations on a gate it never asked)
+            weighted = self.spec.analysis.kind is Strategy.CANARY
+            gate = self.hooks.gate(state, WebhookType.CONFIRM_TRAFFIC_INCREASE) if weighted else None
             if gate is not None:
                 self.recorder.event(state, f"holding at weight {state.weight}: confirm-traffic-increase webhook {gate.name} said no ({gate.detail}); analysis goes on", Severity.WARN)
             else:
@@ -661,8 +664,9 @@ class Release:
         gate = self.hooks.gate(state, WebhookType.CONFIRM_PROMOTION)
         if gate is None:
             return self._to_promoting(state, f"every check passed up to weight {state.weight}: promoting", Severity.INFO)
+        # asked again after the next passing tick, not at once: a hook's "no" (or its timeout) once per interval, as in Flagger
         return self.recorder.save(
-            state.model_copy(update={"phase": Phase.WAITING_PROMOTION}),
+            state.model_copy(update={"phase": Phase.WAITING_PROMOTION, "advance": False}),
             f"waiting for promotion: confirm-promotion webhook {gate.name} said no ({gate.detail}); approve with "
             f"canary promote {self.stack.name} --app {self.spec.app.name}", Severity.WARN)
 
@@ -819,8 +823,15 @@ class Release:
         current = RouteShape.from_json(state.route)
         replicas = max(self._canary_size(shape), state.canary_replicas if not again else 0)
         if not again and current == shape and replicas == state.canary_replicas:
-            # an iteration of A/B or blue/green: the route stays as it is
-            return self.recorder.save(state.model_copy(update={"step": index, "advance": False}), f"iteration {index} at {shape.describe()}")
+            # an iteration of A/B or blue/green: the route stays as it is. A blue/green release without testers or
+            # a mirror takes its first step so too (its route is the one at rest): the warm-up and the evidence
+            # window count from it, as from a shift
+            if state.shifted_at:
+                return self.recorder.save(state.model_copy(update={"step": index, "advance": False}), f"iteration {index} at {shape.describe()}")
+            began = self.clock.iso()
+            return self.recorder.save(state.model_copy(update={"step": index, "advance": False, "shifted_at": began, "holding_since": ""}),
+                                      f"iteration {index} at {shape.describe()}: analysis of the new version begins", Severity.INFO,
+                                      shifted_at=began, step=index)
         state = self.recorder.save(state.model_copy(update={"shifting_to": index}), f"{'re-applying' if again else 'shifting to'} step {index}: {shape.describe()}", to=shape.weight)
         # after a resume every `up` of the step reads its resources back first: a killed `up` may have
         # changed them without writing its checkpoint, and Pulumi would then see nothing to do
@@ -944,7 +955,7 @@ class Release:
     def _compact(self, state: ReleaseState) -> None:
         try:
             dropped = self.store.compact()
-        except CanaryError as exc:
+        except Exception as exc:  # noqa: BLE001 - housekeeping: whatever stops it, the release goes on
             self.recorder.event(state, f"older journals were not compacted: {exc}")
             return
         if dropped:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -142,7 +143,7 @@ def test_promote_is_refused_after_a_failed_tick_and_force_promotes_with_its_reas
     hooks = FakeHooks(lambda name, kind: kind != "confirm-promotion")
     world = make(Metrics([0.0] * 5 + [7.0] * 50), lambda v: v["analysis"].update(
         threshold=50, webhooks=[{"name": "approve", "type": "confirm-promotion", "url": "http://gate/"}]), hooks=hooks)
-    _promote_plain_then_forced(world, lambda state: state.phase is Phase.WAITING_PROMOTION and not state.advance, "the 500s are the test client's")
+    _promote_plain_then_forced(world, lambda state: state.phase is Phase.WAITING_PROMOTION and state.failed_last, "the 500s are the test client's")
     result = world.start()
     assert result.phase is Phase.SUCCEEDED
     messages = [e.message for e in world.events]
@@ -1733,3 +1734,67 @@ def test_a_rollback_hook_is_asked_while_pre_rollout_hooks_are_retried_at_weight_
         {"name": "oncall", "type": "rollback", "url": "http://oncall/"}]), hooks=FakeHooks(answer))
     result = world.start()
     assert "rollback webhook oncall" in result.reason, (result.reason, asked)
+
+
+def _blue_green(iterations: int, **extra: Any) -> Callable[[dict[str, Any]], None]:
+    def change(v: dict[str, Any]) -> None:
+        for key in ("stepWeight", "maxWeight", "stepWeights"):
+            v["analysis"].pop(key, None)
+        v["analysis"].update(iterations=iterations, **extra)
+    return change
+
+
+def test_plain_blue_green_warms_up_and_widens_its_window_from_its_first_iteration() -> None:
+    """Blue/green without testers or a mirror takes its first step without moving the route: it never set when the
+    analysis began, so no warm-up held its first no-data tick (a failed check at once, where the README promises
+    one), and a quiet green's evidence window never grew past one interval while it held."""
+    world = make(Metrics([-1.0, 0.0, 0.0, 0.0]), _blue_green(2, warmup="30s"))
+    result = world.start()
+    assert result.phase is Phase.SUCCEEDED, result.reason
+    first = world.store.of("tick")[0]
+    assert first.outcome.value == "hold" and first.failed_in_row == 0 and "warming up" in first.checks[0].reason, first
+
+    class Counted(Metrics):
+        def __init__(self) -> None:
+            super().__init__(0.0, requests=3)
+            self.windows: list[str] = []
+
+        def run_query(self, query: str) -> float:
+            if "increase(http_requests_total" in query:
+                self.windows += re.findall(r"\[(\w+)\]", query)[:1]
+            return super().run_query(query)
+
+    counted = Counted()
+    assert make(counted, _blue_green(3, holdLimit="1m")).start().phase is Phase.FAILED  # three requests a tick never tell
+    assert {"20s", "30s"} <= set(counted.windows), counted.windows
+
+
+def test_confirm_promotion_is_asked_once_per_passing_tick() -> None:
+    """Entering WaitingPromotion the gate was asked again at once: two calls (two timeouts of a slow hook, two
+    approval tickets) before the interval began."""
+    answers = iter([False, False, True])
+    hooks = FakeHooks(lambda name, kind: next(answers) if kind == "confirm-promotion" else True)
+    world = make(Metrics(0.0), _blue_green(2, webhooks=[{"name": "approve", "type": "confirm-promotion", "url": "http://gate/"}]), hooks=hooks)
+    assert world.start().phase is Phase.SUCCEEDED
+    journal = [("gate" if r.type == "webhook" and r.hook_type == "confirm-promotion" else "tick") for r in world.store.journal
+               if r.type == "tick" or (r.type == "webhook" and r.hook_type == "confirm-promotion")]
+    assert "gate, gate" not in ", ".join(journal), journal
+    assert journal.count("gate") == 3, journal
+
+
+@pytest.mark.parametrize("strategy", ["ab", "blue-green"])
+def test_confirm_traffic_increase_gates_weights_only_as_in_flagger(strategy: str) -> None:
+    """An A/B or blue/green iteration moves no more traffic to the canary; Flagger never asks the hook there. canary
+    asked it before every iteration, so a Flagger canary imported with one stalled on a gate Flagger never asked."""
+    said = {"no": 0}
+
+    def answer(name: str, kind: str) -> bool:  # no twice, then yes: a release that asks is held, not stalled for good
+        said["no"] += kind == "confirm-traffic-increase"
+        return kind != "confirm-traffic-increase" or said["no"] > 2
+
+    hooks = FakeHooks(answer)
+    match = {"match": [{"headers": {"X-Canary": {"exact": "always"}}}]} if strategy == "ab" else {}
+    world = make(Metrics(0.0), _blue_green(3, webhooks=[{"name": "more", "type": "confirm-traffic-increase", "url": "http://gate/"}], **match),
+                 hooks=hooks)
+    assert world.start().phase is Phase.SUCCEEDED
+    assert ("more", "confirm-traffic-increase") not in hooks.calls, hooks.calls
