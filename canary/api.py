@@ -37,7 +37,7 @@ from canary.core import exitcodes, naming, records
 from canary.core.naming import Track
 from canary.core.records import ENDED, PROMOTION, SKIPPABLE, Phase, ReleaseState, TrackPin
 from canary.core.spec import App, Gateway, ReleaseSpec, StackSpec
-from canary.errors import CanaryError, Cancelled, InvalidSpec, LeaseLost, Problem, StackBusy, StackLocked
+from canary.errors import CanaryError, Cancelled, ClusterUnreachable, InvalidSpec, LeaseLost, Problem, StackBusy, StackError, StackLocked
 from canary.release.machine import Release, ReleaseResult
 from canary.release.ports import AppFacts, other_urns
 from canary.release.record import Event
@@ -725,6 +725,12 @@ class Status:
     #: whether the state is one of them; other machines see the release without them
     kept_records: int = 0
     kept_state: bool = False
+    #: what the cluster said when it did not answer ("" when it did): whether a release runs, and who holds the
+    #: app, is then unknown (``running`` False, ``holder`` None)
+    unanswered: str = ""
+    #: the state shown is this machine's copy, as it last saved it (the cluster did not answer): another machine
+    #: may have gone on since, and the cluster may hold a newer state
+    local_copy: bool = False
 
     def to_json(self) -> dict[str, Any]:
         data = records.dump(self.state)
@@ -733,7 +739,9 @@ class Status:
             if isinstance(data.get(track), dict):
                 data[track].pop("template", None)
         return {**data, "running": self.running, "holder": self.holder, "legacy": self.legacy, "exit_code": self.state.exit_code,
-                "kept_here": {"records": self.kept_records, "state": self.kept_state}}
+                "kept_here": {"records": self.kept_records, "state": self.kept_state},
+                "cluster": {"answered": not self.unanswered, "error": self.unanswered or None,
+                            "state_from": "this machine's copy" if self.local_copy else "the cluster"}}
 
 
 def _store(stack: str, app: str | None, project_dir: Path | None, env: Mapping[str, str] | None,
@@ -769,15 +777,31 @@ def status(stack: str, *, app: str | None = None, project_dir: Path | None = Non
     when the cluster has none. ``on_warning`` hears of stack config this version refuses (the release is
     still shown, found from the stack's outputs)."""
     ws, name, store = _store(stack, app, project_dir, env, on_warning)
-    state = store.load()
+    try:
+        state = store.load()
+    except ClusterUnreachable:
+        # a display, in an outage: this machine's copy (load() gives it only when it holds writes the cluster
+        # has not taken: it is not acted on otherwise), said to be one. Without a copy (or one this version cannot
+        # read), the error says the state could not be read
+        copy = None
+        with contextlib.suppress(StackError):
+            copy = store.copy()
+        if copy is None:
+            raise
+        state = copy
+    kept_records, kept_state = len(store.cache.unsent()), store.cache.state_unsent()
+    if store.unanswered is not None and state is not None:  # (load() gives this machine's copy then, or raises)
+        return Status(state, False, None, kept_records=kept_records, kept_state=kept_state, unanswered=store.unanswered, local_copy=True)
     if state is None:
         files = _legacy(ws, on_warning)
         legacy = files.state() if files is not None else None
         return Status(legacy, False, None, legacy=True) if legacy is not None else None
-    holder = Lease(ws.kube, store.namespace, name).holder()
+    try:
+        holder = Lease(ws.kube, store.namespace, name).holder()
+    except ClusterUnreachable as exc:  # the state was read, its lease then not: the cluster's state, nobody known to run it
+        return Status(state, False, None, kept_records=kept_records, kept_state=kept_state, unanswered=str(exc))
     running = bool(holder is not None and holder.alive() and holder.release == state.release)
-    return Status(state, running, str(holder) if holder is not None else None, kept_records=len(store.cache.unsent()),
-                  kept_state=store.cache.state_unsent())
+    return Status(state, running, str(holder) if holder is not None else None, kept_records=kept_records, kept_state=kept_state)
 
 
 def history(stack: str, *, app: str | None = None, release_id: str | None = None, project_dir: Path | None = None,

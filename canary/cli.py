@@ -338,7 +338,13 @@ def status(stack: str, app: str | None, as_json: bool, lab: bool | None, project
         return
     state = found.state
     click.echo(f"release {state.release} of {stack}/{state.app or '?'}: {state.phase}{' (running)' if found.running else ''}"
-               + (" — from the file journal of an earlier version" if found.legacy else ""))
+               + (" — from the file journal of an earlier version" if found.legacy else "")
+               + (" — THIS MACHINE'S COPY: the cluster did not answer" if found.local_copy else ""))
+    if found.local_copy:
+        click.echo(f"  the cluster did not answer ({found.unanswered}): this is the state as this machine last saved it, and it may be "
+                   "stale (another machine may have gone on since); whether a release runs is unknown")
+    elif found.unanswered:
+        click.echo(f"  the cluster did not answer when the app's lease was read ({found.unanswered}): whether a release runs, and where, is unknown")
     canary = state.canary.image or state.canary.hash if state.canary else "?"
     stable = state.stable.image or state.stable.hash if state.stable else "?"
     shifting = f" (shifting to step {state.shifting_to})" if state.shifting_to is not None else ""

@@ -147,9 +147,10 @@ class Cache:
 
     def load_state(self) -> dict[str, Any] | None:
         try:
-            return json.loads(self._at("state.json").read_text())  # type: ignore[no-any-return]
+            data = json.loads(self._at("state.json").read_text())
         except (OSError, ValueError):
             return None
+        return data if isinstance(data, dict) else None
 
 
 def _line(data: dict[str, Any]) -> str:
@@ -158,7 +159,7 @@ def _line(data: dict[str, Any]) -> str:
 
 
 def _read_lines(path: Path) -> list[dict[str, Any]]:
-    """Every JSON line, skipping a torn last line a crash may have left."""
+    """Every JSON object of the file's lines, skipping a torn last line a crash may have left."""
     try:
         lines = path.read_text().splitlines()
     except OSError:
@@ -166,9 +167,11 @@ def _read_lines(path: Path) -> list[dict[str, Any]]:
     out = []
     for line in lines:
         try:
-            out.append(json.loads(line))
+            data = json.loads(line)
         except json.JSONDecodeError:
             continue
+        if isinstance(data, dict):  # valid JSON but no record (`1`, a hand's edit): skipped as a torn line is
+            out.append(data)
     return out
 
 

@@ -100,6 +100,8 @@ class ReleaseStore:
         self._deployment_uid: str | None = None
         #: what the cluster said when it last refused a write of the state, of the journal: until it takes one
         self._refusals: dict[str, str] = {}
+        #: what the cluster said when ``load`` last could not read the state (None: it answered)
+        self.unanswered: str | None = None
 
     @property
     def refused(self) -> str | None:
@@ -114,13 +116,25 @@ class ReleaseStore:
     # --- state ---------------------------------------------------------------------------------
 
     def load(self) -> records.ReleaseState | None:
-        """The app's current (or last) release; the local copy when it is newer than the cluster's
-        (records the cluster did not take yet), or when the cluster does not answer."""
+        """The app's current (or last) release; None when the cluster holds none. The local copy when it is
+        newer than the cluster's (records the cluster did not take yet), and, when the cluster does not answer,
+        only then: this machine's own writes the cluster has not taken are the newest it knows of. Any other
+        copy here may be stale (another machine resumed the release and ended it since), and "no answer" is
+        not "no release": ``ClusterUnreachable``, never a stale state to resume or None to begin over."""
+        self.unanswered = None
         local = self.cache.load_state()
+        name = naming.state_configmap(self.app)
         try:
-            obj = self.kube.get("v1", "ConfigMap", naming.state_configmap(self.app), self.namespace)
-        except ClusterUnreachable:
-            return self._parsed(local, "the copy kept on this machine") if local else None
+            obj = self.kube.get("v1", "ConfigMap", name, self.namespace)
+        except ClusterUnreachable as exc:
+            self.unanswered = str(exc)
+            if local and (self.cache.unsent() or self.cache.state_unsent()):
+                return self._parsed(local, "the copy kept on this machine")
+            raise ClusterUnreachable(
+                f"the release state of {self.app} could not be read (ConfigMap {self.namespace}/{name}: {exc}): whether a release "
+                "of it runs, and in which phase, is unknown until the cluster answers; a copy kept on this machine is not taken "
+                "for it (another machine may have gone on since). Try again"
+            ) from exc
         remote = None
         if obj is not None:
             self._state_version = obj["metadata"]["resourceVersion"]
@@ -135,6 +149,12 @@ class ReleaseStore:
         if local and unsent and (remote is None or self._ours(obj) and local.get("release") == remote.get("release")):
             return self._parsed(local, "the copy kept on this machine")
         return self._parsed(remote, None) if remote else None
+
+    def copy(self) -> records.ReleaseState | None:
+        """This machine's copy of the state (the one it last saved), whatever the cluster holds: for a display
+        that says so (``status`` in an outage), never to act on. None when there is none."""
+        local = self.cache.load_state()
+        return self._parsed(local, "the copy kept on this machine") if local else None
 
     def _json(self, text: str) -> dict[str, Any]:
         try:
@@ -202,10 +222,15 @@ class ReleaseStore:
         text = json.dumps(data, sort_keys=True)
         version = self._state_version
         if version is None:
+            # the version is unknown (the state was never read here, or read from this machine's copy in an
+            # outage): the cluster's state is replaced only when it is this machine's last write. Another's, at
+            # whatever version it has now, is the newer state (a resume elsewhere, its rollback), never overwritten
             existing = self.kube.get("v1", "ConfigMap", name, self.namespace)
             if existing is None:
                 self._state_version = self._put(name, text, None)
                 return
+            if not self._ours(existing):
+                raise self._lost_to(existing, "since this machine last wrote it")
             version = existing["metadata"]["resourceVersion"]
         try:
             self._state_version = self._put(name, text, version)
@@ -214,20 +239,24 @@ class ReleaseStore:
             held = (current.get("data") or {}).get("state.json")
             # (the cache's sent states: writes of this machine whose answers were lost, if any)
             if current and (held is None or held not in self.cache.sent()):
-                # someone else wrote it: only a holder of the lease may, so this release no longer holds the app.
-                # The version read stays the old one: no later save of this process overwrites theirs, and the
-                # state saved here is not sent over theirs later either.
-                self.cache.superseded()
-                self._superseded = True
-                try:
-                    theirs = records.parse_state(json.loads(held)) if held else None
-                    said = f"release {theirs.release} in phase {theirs.phase}" if theirs is not None else "no state"
-                except (ValueError, TypeError, KeyError, AttributeError):  # a newer canary's: the lease is lost all the same
-                    said = "a state this version of canary cannot read"
-                raise LeaseLost(f"the release state of {self.app} was written by another process since this one wrote it: it holds {said}") from None
+                raise self._lost_to(current, "since this one wrote it") from None
             # deleted (by hand, or with its namespace's content): written again, as at the start; or this
             # process's own write, taken by the cluster though its answer was lost: carried on from
             self._state_version = self._put(name, text, (current.get("metadata") or {}).get("resourceVersion"))
+
+    def _lost_to(self, current: dict[str, Any], since: str) -> LeaseLost:
+        """Someone else wrote the cluster's state (``current``): only a holder of the lease may, so this release no
+        longer holds the app. The version read stays the old one: no later save of this process overwrites theirs,
+        and the state saved here is not sent over theirs later either. The error to raise, naming what they hold."""
+        self.cache.superseded()
+        self._superseded = True
+        held = (current.get("data") or {}).get("state.json")
+        try:
+            theirs = records.parse_state(json.loads(held)) if held else None
+            said = f"release {theirs.release} in phase {theirs.phase}" if theirs is not None else "no state"
+        except (ValueError, TypeError, KeyError, AttributeError):  # a newer canary's: the lease is lost all the same
+            said = "a state this version of canary cannot read"
+        return LeaseLost(f"the release state of {self.app} was written by another process {since}: it holds {said}")
 
     def withdraw(self, release: str) -> str | None:
         """A release not begun whose end the cluster refused to take: the state it wrote first, deleted while
@@ -360,11 +389,21 @@ class ReleaseStore:
         items = self.kube.list("v1", "ConfigMap", self.namespace, label_selector=selector)
         out = []
         for obj in items:
-            labels = obj["metadata"].get("labels") or {}
-            index = int(obj["metadata"]["name"].rsplit("-", 1)[-1])
-            out.append(((labels.get(naming.RELEASE_LABEL, ""), index), obj))
+            release = (obj["metadata"].get("labels") or {}).get(naming.RELEASE_LABEL, "")
+            index = self._chunk_index(obj["metadata"].get("name") or "", release)
+            if index is not None:
+                out.append(((release, index), obj))
         out.sort(key=lambda item: item[0])
         return [(key[1], obj) for key, obj in out]
+
+    def _chunk_index(self, name: str, release: str) -> int | None:
+        """The number of a journal chunk named as this version names them; None for any other ConfigMap with the
+        journal's labels (a copy kept by hand, ``...-r1-0-backup``): not read as the journal, never deleted with it."""
+        try:
+            index = int(name.rsplit("-", 1)[-1])
+        except ValueError:
+            return None
+        return index if name == naming.journal_configmap(self.app, release, index) else None
 
     def records(self, release: str | None = None) -> list[Any]:
         """Every journal record the cluster holds (of one release), oldest first, with the ones this
@@ -378,7 +417,9 @@ class ReleaseStore:
             for _, obj in chunks:
                 for line in ((obj.get("data") or {}).get("journal.jsonl") or "").splitlines():
                     with contextlib.suppress(ValueError):
-                        raw.append(json.loads(line))
+                        data = json.loads(line)
+                        if isinstance(data, dict):  # a line of a hand's (`1`) is no record
+                            raw.append(data)
             # the records kept here that the cluster has not taken (one whose write was taken, its answer lost, is there once)
             taken = {json.dumps(data, sort_keys=True, default=str) for data in raw}
             raw.extend(data for data in self.cache.unsent() if json.dumps(data, sort_keys=True, default=str) not in taken)

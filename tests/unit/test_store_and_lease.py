@@ -977,3 +977,167 @@ def test_a_journal_write_whose_answer_was_lost_is_not_in_the_journal_twice(tmp_p
     again.cache.keep_unsent(records.bounded(records.dump(_event(3))))
     again.append(_event(4))
     assert [r.message for r in again.records("r1")] == ["event 1", "event 2", "event 3", "event 4"]
+
+
+def _unanswered_once(kube: FakeKube, name: str) -> None:
+    """The next GET of ConfigMap ``name`` fails as an outage would (a time-out, a 5xx, a 429 of API priority and
+    fairness); every other call is answered."""
+    plain = kube.get
+
+    def get(api_version: str, kind: str, obj_name: str, namespace: str | None = None) -> dict[str, Any] | None:
+        if obj_name == name:
+            kube.get = plain  # type: ignore[method-assign]
+            raise ClusterUnreachable("the API server answered 429 Too Many Requests")
+        return plain(api_version, kind, obj_name, namespace)
+
+    kube.get = get  # type: ignore[method-assign]
+
+
+def _rolled_back_elsewhere(tmp_path: Path, unsent: bool = False) -> FakeKube:
+    """Machine m1 ran r1 to weight 30 (``unsent``: and kept a record of it in an outage); m2 resumed r1 and rolled it back."""
+    kube = FakeKube()
+    m1 = _store(kube, tmp_path / "m1")
+    m1.load()
+    m1.save(_state(updated="2026-12-01T00:01:00.000Z").model_copy(update={"weight": 30}))
+    if unsent:
+        kube.down = True
+        m1.append(_record("r1", 1))
+        kube.down = False
+    m2 = _store(kube, tmp_path / "m2")
+    assert m2.load() is not None
+    m2.save(_state(phase=Phase.FAILED, updated="2026-12-01T00:02:00.000Z"))
+    return kube
+
+
+def test_a_state_read_in_an_outage_is_an_error_never_a_stale_copy_nor_no_release(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # `canary resume` on m1, its state GET met a 429: it resumed its own stale Progressing at 30 over m2's rollback.
+    # A machine without a copy took the outage for "no release": `abort` said there was none, a release began
+    from types import SimpleNamespace
+
+    from canary import api
+
+    kube = _rolled_back_elsewhere(tmp_path)
+    unread = r"the release state of web could not be read \(ConfigMap shop/canary-web-state: the API server answered 429"
+    for machine in ("m1", "laptop"):  # a copy with nothing unsent (stale), and none
+        _unanswered_once(kube, "canary-web-state")
+        with pytest.raises(ClusterUnreachable, match=unread):
+            _store(kube, tmp_path / machine).load()
+    assert _cluster_state(kube)["phase"] == "Failed"
+    store = _store(kube, tmp_path / "laptop")
+    monkeypatch.setattr(api, "_store", lambda *a, **k: (SimpleNamespace(kube=kube), "web", store))
+    _unanswered_once(kube, "canary-web-state")
+    with pytest.raises(ClusterUnreachable, match=unread):
+        api.abort("prod")  # not "has no release in progress"
+    # `canary release` from the laptop: the state unread is no "nothing unfinished", and the stack file is not edited
+    _held_by(kube, "m2", 4242, "r1", datetime.now(UTC) - timedelta(seconds=60))  # (a lease that ran out: not busy)
+    ws = SimpleNamespace(kube=kube, name="prod", app=lambda name: "web", facts=lambda name: SimpleNamespace(stable=SimpleNamespace(image="web:1")),
+                         namespace=lambda name: "shop", store=lambda name, namespace: store)
+    monkeypatch.setattr(api, "open_stack", lambda *a, **k: ws)
+    monkeypatch.setattr(api, "_preflight", lambda *a, **k: None)
+    monkeypatch.setattr(api, "set_image", lambda *a, **k: pytest.fail("the stack file was edited"))
+    _unanswered_once(kube, "canary-web-state")
+    with pytest.raises(ClusterUnreachable, match=unread):
+        api.release("prod", "web:2")
+
+
+def test_a_state_written_at_an_unknown_version_never_replaces_another_machine_s(tmp_path: Path) -> None:
+    # m1 kept a record unsent, so in an outage it goes on from its own copy (its writes the cluster has not taken);
+    # its first save then got the cluster's version, whatever it was, and replaced m2's rollback with Progressing at 30
+    kube = _rolled_back_elsewhere(tmp_path, unsent=True)
+    again = _store(kube, tmp_path / "m1")  # `canary resume` on m1
+    _unanswered_once(kube, "canary-web-state")
+    loaded = again.load()
+    assert loaded is not None and loaded.phase is Phase.PROGRESSING and loaded.weight == 30  # its own copy: it holds unsent records
+    with pytest.raises(LeaseLost, match="written by another process since this machine last wrote it: it holds release r1 in phase Failed"):
+        again.save(loaded.model_copy(update={"reapply": True}))
+    assert _cluster_state(kube)["phase"] == "Failed" and not again.state_taken()
+    assert not again.cache.unsent() and "event 1" in [r.message for r in again.records("r1")]  # its records went to the journal
+    # this machine's own last write, its version unknown here (a copy read in an outage), is carried on from
+    kube2 = FakeKube()
+    mine = _store(kube2, tmp_path / "own")
+    mine.save(_state())
+    kube2.down = True
+    mine.append(_record("r1", 2))
+    kube2.down = False
+    resumed = _store(kube2, tmp_path / "own")
+    _unanswered_once(kube2, "canary-web-state")
+    assert resumed.load() is not None
+    resumed.save(_state(phase=Phase.ROLLING_BACK))
+    assert _cluster_state(kube2)["phase"] == "RollingBack" and resumed.state_taken()
+
+
+def test_status_in_an_outage_shows_this_machine_s_copy_and_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # `canary status` is a display: in an outage it showed this machine's (maybe stale) copy as the release, or
+    # "no release recorded" without one; now the copy is shown marked as such, and without one the outage is said
+    from types import SimpleNamespace
+
+    from click.testing import CliRunner
+
+    from canary import api, cli
+
+    kube = _rolled_back_elsewhere(tmp_path)
+    stores = {"web": _store(kube, tmp_path / "m1")}
+    monkeypatch.setattr(api, "_store", lambda *a, **k: (SimpleNamespace(kube=kube), "web", stores["web"]))
+    kube.down = True
+    found = api.status("prod")
+    assert found is not None and found.local_copy and "did not answer" in found.unanswered
+    assert found.state.phase is Phase.PROGRESSING and found.state.weight == 30 and not found.running and found.holder is None
+    assert found.to_json()["cluster"] == {"answered": False, "error": found.unanswered, "state_from": "this machine's copy"}
+    done = CliRunner().invoke(cli.main, ["status", "prod"])
+    assert done.exit_code == 0, done.output
+    assert "Progressing — THIS MACHINE'S COPY: the cluster did not answer" in done.output
+    assert "this is the state as this machine last saved it, and it may be stale" in done.output
+    stores["web"] = _store(kube, tmp_path / "laptop")  # no copy here
+    done = CliRunner().invoke(cli.main, ["status", "prod"])  # (the console script says a CanaryError, exit 1)
+    assert isinstance(done.exception, ClusterUnreachable), done.output
+    assert "the release state of web could not be read (ConfigMap shop/canary-web-state" in str(done.exception)
+    # the state read, the lease then not: the cluster's state, and nobody said to run it
+    kube.down = False
+    _unanswered_once(kube, "canary-web")
+    found = api.status("prod")
+    assert found is not None and not found.local_copy and found.unanswered and found.state.phase is Phase.FAILED
+    assert found.to_json()["cluster"]["state_from"] == "the cluster"
+    found = api.status("prod")
+    assert found is not None and not found.unanswered and found.to_json()["cluster"] == {"answered": True, "error": None, "state_from": "the cluster"}
+
+
+@pytest.mark.parametrize("name", ["canary-web-journal-r1-0-backup", "canary-web-journal-r1-0-2"])
+def test_a_configmap_with_the_journal_s_labels_and_another_name_is_neither_read_nor_deleted(tmp_path: Path, name: str) -> None:
+    # a copy kept by hand (kubectl get -o yaml, renamed, applied): its name's tail read as a chunk number made
+    # `history` a ValueError traceback and compaction raise inside a release's start; or counted it as a chunk
+    kube = FakeKube()
+    store = _store(kube, tmp_path)
+    store.append(records.Snapshot(time="2026-12-01T00:00:00.000Z", stack="prod", app="web", release="r1"))
+    store.append(_record("r1", 1))
+    copy = json.loads(json.dumps(kube.objects[("ConfigMap", "shop", "canary-web-journal-r1-0")]))
+    copy["metadata"]["name"] = name
+    kube.create(copy)
+    assert [r.type for r in _store(kube, tmp_path / "b").records("r1")] == ["snapshot", "event"]
+    for release in ("r2", "r3"):
+        store.append(records.Snapshot(time="2026-12-01T00:00:00.000Z", stack="prod", app="web", release=release))
+    assert store.releases() == ["r1", "r2", "r3"]
+    assert store.compact(keep=2) == ["r1"]
+    assert ("ConfigMap", "shop", name) in kube.objects and ("ConfigMap", "shop", "canary-web-journal-r1-0") not in kube.objects
+
+
+@pytest.mark.parametrize("line", ["1", "[1]", '"text"', "null", "true"])
+def test_a_journal_line_that_is_json_but_no_object_is_skipped(tmp_path: Path, line: str) -> None:
+    record = json.dumps({"time": "2026-12-01T00:00:00.000Z", "release": "r0", "type": "event", "message": "m"})
+    # canary 0.1's file journal
+    (tmp_path / "legacy" / "prod").mkdir(parents=True)
+    (tmp_path / "legacy" / "prod" / "journal.jsonl").write_text(f"{record}\n{line}\n")
+    assert [r.message for r in Legacy(tmp_path / "legacy", "prod").records()] == ["m"]
+    assert [r.message for r in Legacy(tmp_path / "legacy", "prod").records("r0")] == ["m"]
+    # a chunk in the cluster
+    kube = FakeKube()
+    store = _store(kube, tmp_path / "cache")
+    store.append(_record("r1", 0))
+    chunk = kube.objects[("ConfigMap", "shop", "canary-web-journal-r1-0")]
+    kube.replace({**chunk, "data": {"journal.jsonl": chunk["data"]["journal.jsonl"] + f"{line}\n"}})
+    assert [r.message for r in _store(kube, tmp_path / "b").records("r1")] == ["event 0"]
+    assert [r.message for r in _store(kube, tmp_path / "b").records()] == ["event 0"]
+    # this machine's records kept unsent: sent on, the line skipped
+    with (store.cache.dir / "unsent.jsonl").open("a") as f:
+        f.write(f"{line}\n")
+    store.append(_record("r1", 1))
+    assert [r.message for r in _store(kube, tmp_path / "c").records("r1")] == ["event 0", "event 1"] and not store.cache.unsent()
