@@ -285,7 +285,8 @@ def _replay(spec: ReleaseSpec, provider_for_at: ProviderForAt, times: Sequence[d
         elif tick.outcome is Outcome.ADVANCE:
             state.holding = None
             if state.step == len(steps):
-                return state.ticks, Conclusion(Ending.PROMOTE, f"would promote at {_clock(now)} (tick {number}): every check passed up to weight {state.weight}",
+                passed = f"in each of the {config.iterations} iterations" if config.iterations is not None else f"up to weight {state.weight}"
+                return state.ticks, Conclusion(Ending.PROMOTE, f"would promote at {_clock(now)} (tick {number}): every check passed {passed}",
                                                now, number, state.weight)
             state.step += 1
             state.weight = steps[state.step - 1].weight

@@ -663,7 +663,9 @@ class Release:
     def _promotion_gate(self, state: ReleaseState) -> ReleaseState:
         gate = self.hooks.gate(state, WebhookType.CONFIRM_PROMOTION)
         if gate is None:
-            return self._to_promoting(state, f"every check passed up to weight {state.weight}: promoting", Severity.INFO)
+            iterations = self.spec.analysis.iterations
+            passed = f"in each of the {iterations} iterations" if iterations is not None else f"up to weight {state.weight}"
+            return self._to_promoting(state, f"every check passed {passed}: promoting", Severity.INFO)
         # asked again after the next passing tick, not at once: a hook's "no" (or its timeout) once per interval, as in Flagger
         return self.recorder.save(
             state.model_copy(update={"phase": Phase.WAITING_PROMOTION, "advance": False}),
@@ -694,6 +696,14 @@ class Release:
         if state.promotion_step == 0:
             if self.spec.analysis.kind is Strategy.BLUE_GREEN:
                 switch = RouteShape(weight=100)
+                full = self._stable_size()
+                if replicas < full:
+                    # green takes every request at the switch: at stable's size first (`canaryReplicas` sized it for the
+                    # testers' or mirrored requests), ready before a user reaches it
+                    replicas = full
+                    self._retrying(state, "green at full size", lambda: self._apply(state, self._pins(state, canary=canary, replicas=full), ("canary",), cancellable=False))
+                    self._retrying(state, "green's readiness", lambda: self.verify.track(self.spec, Track.CANARY, canary.hash, full, cancellable=False))
+                    state = self.recorder.save(state.model_copy(update={"canary_replicas": full}), f"green scaled to stable's size ({full} pods) for the switch")
                 self.recorder.decide(state, "blue/green: all traffic switches to the new version at once", "Promoting")
                 self._retrying(state, "the switch", lambda: self._apply(state, self._pins(state, canary=canary, replicas=replicas, shape=switch), ("route",), cancellable=False))
                 self._retrying(state, "the switch", lambda: self.verify.route(self.spec, switch, cancellable=False))
@@ -827,10 +837,10 @@ class Release:
             # a mirror takes its first step so too (its route is the one at rest): the warm-up and the evidence
             # window count from it, as from a shift
             if state.shifted_at:
-                return self.recorder.save(state.model_copy(update={"step": index, "advance": False}), f"iteration {index} at {shape.describe()}")
+                return self.recorder.save(state.model_copy(update={"step": index, "advance": False}), f"iteration {index} of {self.spec.analysis.iterations} at {shape.describe()}")
             began = self.clock.iso()
             return self.recorder.save(state.model_copy(update={"step": index, "advance": False, "shifted_at": began, "holding_since": ""}),
-                                      f"iteration {index} at {shape.describe()}: analysis of the new version begins", Severity.INFO,
+                                      f"iteration {index} of {self.spec.analysis.iterations} at {shape.describe()}: analysis of the new version begins", Severity.INFO,
                                       shifted_at=began, step=index)
         state = self.recorder.save(state.model_copy(update={"shifting_to": index}), f"{'re-applying' if again else 'shifting to'} step {index}: {shape.describe()}", to=shape.weight)
         # after a resume every `up` of the step reads its resources back first: a killed `up` may have
