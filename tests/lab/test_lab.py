@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from canary.adapters import stackfile
-from canary.adapters.kube import ClusterReader, Kube, condition
+from canary.adapters.kube import ClusterReader, Kube
 from canary.adapters.prometheus import PrometheusProvider
 from canary.adapters.stack import Stack
 from canary.core import routing
@@ -137,12 +137,6 @@ def test_lab_up_twice_is_idempotent(lab: Layout) -> None:
     report = json.loads(status.stdout)
     assert {c["component"]: c["state"] for c in report["components"]} == {c["component"]: "running" for c in report["components"]}
     assert {"kube-apiserver", "traefik", "prometheus", "kwok", "etcd"} <= {c["component"] for c in report["components"]}
-
-
-def test_condition_helper_reads_status() -> None:
-    obj = {"status": {"conditions": [{"type": "Ready", "status": "True"}]}}
-    assert condition(obj, "Ready") == {"type": "Ready", "status": "True"}
-    assert condition(obj, "Accepted") is None and condition(None, "Ready") is None
 
 
 def test_an_edit_of_the_stack_file_keeps_its_secret_and_salt_and_the_cli_reads_it(lab: Layout, tmp_path: Path) -> None:

@@ -249,7 +249,7 @@ def test_blue_green_without_tester_traffic_is_never_promoted_on_no_data(lab_stac
     ticks = lab_stack.of("tick")
     assert ticks and not any(t.outcome.value == "advance" for t in ticks), [(t.outcome.value, t.reason) for t in ticks]
     assert ticks[-1].outcome.value == "rollback"
-    assert all(c.verdict.value == "no-data" for c in ticks[-1].checks), ticks[-1].checks
+    assert ticks[-1].checks and all(c.verdict.value == "no-data" for c in ticks[-1].checks), ticks[-1].checks
     assert_stable_state(lab_stack, "demo:v1")
     state = lab_stack.state()
     assert state is not None and "no data" in state.reason, state.reason

@@ -31,11 +31,15 @@ class FakeClock:
         self.base = datetime(2026, 12, 1, tzinfo=UTC)
         #: called on every sleep with the clock's time: a test acts "while the release waits"
         self.on_sleep: Callable[[float], None] | None = None
+        #: when the last sleep began: ``on_sleep`` runs once the clock has moved on, so a request it sends
+        #: was made during that sleep, at the earliest here (how fast it is taken counts from here)
+        self.slept_from = 0.0
 
     def monotonic(self) -> float:
         return self.now_s
 
     def sleep(self, seconds: float) -> None:
+        self.slept_from = self.now_s
         self.now_s += seconds
         if self.on_sleep is not None:
             self.on_sleep(self.now_s)

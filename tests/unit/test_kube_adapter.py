@@ -572,3 +572,9 @@ def test_an_event_message_is_cut_to_the_api_server_s_1024_bytes_never_inside_a_c
     cut = sent["message"]
     assert len(cut.encode("utf-8")) <= 1024 and message.startswith(cut)
     assert len(cut.encode("utf-8")) > 1024 - 4 or cut == message
+
+
+def test_condition_helper_reads_status() -> None:
+    obj = {"status": {"conditions": [{"type": "Ready", "status": "True"}]}}
+    assert kube_adapter.condition(obj, "Ready") == {"type": "Ready", "status": "True"}
+    assert kube_adapter.condition(obj, "Accepted") is None and kube_adapter.condition(None, "Ready") is None

@@ -52,7 +52,8 @@ def test_a_worker_that_saw_the_lab_down_before_another_started_it_does_not_wait_
     started: list[str] = []
     with _tests_running(holds):
         took = _timed(lambda: holds.ensure_running(lambda: next(answers, True), lambda: started.append("up")))
-    assert took < 3, f"waited {took:.1f}s behind the running tests"
+    # the running tests go on for ~7.7 s more: waiting behind them fails this; the bound leaves a loaded machine room
+    assert took < 5, f"waited {took:.1f}s behind the running tests"
     assert started == []
 
 
@@ -61,7 +62,7 @@ def test_a_worker_that_must_start_a_component_waits_for_the_running_tests_only_n
     started: list[str] = []
     with _tests_running(holds):
         took = _timed(lambda: holds.ensure_running(lambda: bool(started), lambda: started.append("up")))
-    assert took < 3, f"starved for {took:.1f}s by new shared holds"
+    assert took < 5, f"starved for {took:.1f}s by new shared holds"  # starved: ~7.7 s, until the running tests end
     assert started == ["up"]
 
 

@@ -212,12 +212,13 @@ def test_an_abort_is_taken_within_a_second_while_the_release_waits() -> None:
 
 def _aborted_within_a_second(world: Any, when: Any) -> None:
     """`canary abort` is sent as ``when()`` first holds while the release waits: it ends Aborted, and its
-    rollback begins within a second of the request."""
+    rollback begins within a second of the request — counted from the start of the sleep it arrives in
+    (``on_sleep`` runs after the clock moved on: a release that slept a whole interval would not show)."""
     sent: dict[str, float] = {}
 
     def on_sleep(now: float) -> None:
         if not sent and when():
-            sent["at"] = now
+            sent["at"] = world.clock.slept_from
             world.store.request("abort", by="canary abort")
 
     world.clock.on_sleep = on_sleep
@@ -255,7 +256,7 @@ def test_a_promote_from_another_machine_is_taken_at_once_not_after_the_load_test
     def on_sleep(now: float) -> None:
         state = world.store.state
         if not sent and state is not None and state.phase is Phase.WAITING_PROMOTION and state.advance and world.clock.now_s > 0:
-            sent["at"] = now
+            sent["at"] = world.clock.slept_from  # made during this sleep: counted from its start
             world.store.request("promote", by="canary promote")
 
     world.clock.on_sleep = on_sleep

@@ -269,7 +269,9 @@ def test_a_cancel_abandons_a_hanging_http_call_at_once(receiver: Receiver) -> No
     cancel.set()
     cancelled = time.monotonic()
     worker.join(BOUND_S)
-    assert time.monotonic() - cancelled < 0.5
+    # within the second an abort is promised in (the call polls its cancel every 0.05 s; a loaded machine
+    # may be slow to schedule it): one that waited for its 30 s timeout fails this
+    assert time.monotonic() - cancelled < 1.0
     assert not results[0].ok and "abandoned" in results[0].detail
 
 
@@ -426,7 +428,7 @@ def test_the_output_of_a_command_is_read_no_longer_than_its_deadline(tmp_path: P
             os.kill(wait_for_pid(pidfile), signal.SIGKILL)
 
 
-def test_a_cancel_kills_a_running_command_within_half_a_second(tmp_path: Path) -> None:
+def test_a_cancel_kills_a_running_command_at_once(tmp_path: Path) -> None:
     pidfile = tmp_path / "pgid"
     cancel = threading.Event()
     results: list[HookResult] = []
@@ -439,7 +441,9 @@ def test_a_cancel_kills_a_running_command_within_half_a_second(tmp_path: Path) -
     cancelled = time.monotonic()
     worker.join(BOUND_S)
     assert not worker.is_alive()
-    assert time.monotonic() - cancelled < 0.5
+    # under the second an abort is promised in (a loaded machine may be slow to schedule the kill); a kill
+    # that missed the group's other process, holding the output pipe, waits the reader's 1 s and fails this
+    assert time.monotonic() - cancelled < 0.9
     assert not results[0].ok and "was cancelled with the release and was killed" in results[0].detail
     assert poll(lambda: not group_members(pgid), timeout=2.0), f"left running: {group_members(pgid)}"
 
@@ -579,7 +583,7 @@ def test_put_never_blocks_and_drops_past_its_limit() -> None:
     delivery.put("a", "event", calls.call("a"))
     delivery.put("b", "event", calls.call("b"))
     delivery.put("c", "event", calls.call("c"))  # the queue holds 2: dropped, reported at once
-    assert time.monotonic() - started < 0.5
+    assert time.monotonic() - started < 1.0  # three puts take microseconds; one that waited for room (even 1 s) fails
     assert [(f.name, f.ok) for f in calls.failures] == [("c", False)]
     assert "dropped" in calls.failures[0].detail
     calls.expected = 3
@@ -669,7 +673,7 @@ def test_close_without_anything_put_returns_at_once() -> None:
     delivery = Delivery(on_failure=lambda result: pytest.fail(f"unexpected failure {result}"))
     started = time.monotonic()
     assert delivery.close(5.0) == 0
-    assert time.monotonic() - started < 0.1
+    assert time.monotonic() - started < 1.0  # not the 5 s given (the bound leaves room for a loaded machine)
 
 
 def test_event_hooks_and_alerts_go_through_the_delivery_to_real_receivers(receiver: Receiver) -> None:
