@@ -143,6 +143,9 @@ class Release:
             raise InvalidSpec([Problem("stack", self.stack.name, f"has not deployed {self.spec.app.name} yet: run `canary up` (or pulumi up) first")], "release")
         if desired.hash == stable.hash:
             raise InvalidSpec([Problem("workload", desired.image or desired.hash, "is what stable already runs: nothing to release")], "release")
+        moved = self._port_unreachable(stable, desired)
+        if moved:
+            raise InvalidSpec(moved, "release")
         previous = self.store.load()
         if previous is not None and previous.phase not in ENDED:
             raise StackBusy(
@@ -184,6 +187,27 @@ class Release:
             return self._run(state)
         finally:
             self._close()
+
+    def _port_unreachable(self, stable: TrackPin, desired: TrackPin) -> list[Problem]:
+        """A release that moves the app's port reaches the new pods through stable's Services only by the port's
+        name: while stable takes the new version its Services still target the old port, by name (each pod's own
+        number) or, unnamed, by the old number, which no new pod serves. Named the same in both templates, or
+        not moved, it is reached; otherwise every new pod is out of stable's Services (or in them on a dead port)
+        as stable rolls, while the route still sends users there: refused, saying how to move it."""
+        app = self.spec.app
+        if stable.port is None or desired.port is None or stable.port == desired.port:
+            return []
+        old = workload.port_name(stable.template, app.name, app.container, stable.port)
+        new = workload.port_name(desired.template, app.name, app.container, desired.port)
+        if old is not None and old == new:
+            return []
+        said = f"named {old}" if old else "unnamed"
+        return [Problem(f"{self.facts.fields}app.port", f"{stable.port} → {desired.port}", (
+            f"moves the port stable's Services target, {said} in the template stable runs{f' and {new} in the new one' if new and old else ''}: "
+            "while stable takes the new version they would reach no new pod on it. Name the port the same in both templates "
+            f"({'keep the name ' + old if old else 'release the template with its port named first, at ' + str(stable.port)}), "
+            "then move the number")
+        )]
 
     def _gateway_problems(self) -> list[Problem]:
         """A step the app's gateways are known to serve wrongly (a mirror on Traefik answers 500 to every
