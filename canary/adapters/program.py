@@ -149,12 +149,47 @@ def _route_guard(app: str, stack: str) -> pulumi.ResourceHook:
     return pulumi.ResourceHook(f"canary-route-guard-{app}", guard)
 
 
-def _adopted_route_guard(app: str, other_ports: Sequence[Any] = ()) -> pulumi.ResourceHook:
-    """Refuse to take over a route with rules canary's route does not keep: its rules send all of the app's
-    requests to the app, so a rule that sends some elsewhere (``/static`` to a CDN proxy), or answers them
-    itself (a redirect), would silently be dropped. Canary's own route (every later update) passes.
-    ``other_ports``: the apex Service's ports beside canary's ``http`` (``service=``): a route to one of them
-    (the app's gRPC port) would be moved to ``http`` by canary's route."""
+#: What canary's route keeps of a route it adopts, whatever it declares: its name and namespace. Kubernetes cannot rename
+#: an object, so a route adopted under another name (or from another namespace) would be *replaced*, canary's created and
+#: the old one deleted, and Pulumi runs update hooks for in-place updates only: a replacement runs create hooks, which are
+#: given no old inputs, so ``_adopted_route_guard`` would never see the route it drops. Kept, every adoption is an update
+#: the guard sees, and the guard refuses the rename itself. (A create, as in a new stack where no route is adopted, declares
+#: canary's name: ignore_changes only keeps what an old state holds.)
+_ADOPTED_ROUTE_KEPT = ("metadata.name", "metadata.namespace")
+
+
+def _parent_key(ref: Mapping[str, Any], namespace: str | None) -> tuple[str, str, str, str, str, int | None]:
+    """A parentRef with the Gateway API's defaults filled in (a Gateway, in the route's namespace), to compare two routes'."""
+    port, group = ref.get("port"), ref.get("group")
+    number = int(port) if isinstance(port, int | float) and not isinstance(port, bool) else None  # numbers reach a hook as floats
+    return (routing.GROUP if group is None else str(group), str(ref.get("kind") or "Gateway"), str(ref.get("namespace") or namespace or "default"),
+            str(ref.get("name")), str(ref.get("sectionName") or ""), number)
+
+
+def _parent_config(key: tuple[str, str, str, str, str, int | None]) -> str:
+    """A parentRef as ``gateway.parentRefs`` writes it (no double quotes: canary reads a hook's refusal up to the first)."""
+    group, kind, namespace, name, section, port = key
+    fields = [f"name: {name}", f"namespace: {namespace}", *([f"sectionName: {section}"] if section else []), *([f"port: {port}"] if port else [])]
+    if (group, kind) != (routing.GROUP, "Gateway"):
+        fields.insert(0, f"kind: {kind} ({group or 'core'})")
+    return "{" + ", ".join(fields) + "}"
+
+
+def _adopted_route_guard(app: str, other_ports: Sequence[Any] = (), namespace: str | None = None) -> pulumi.ResourceHook:
+    """Refuse to take over a route that canary's route would change beyond sending its requests to the app's tracks.
+
+    - Its identity: a route of another name or namespace than canary's (``namespace/<app>``) cannot be updated into it
+      (``_ADOPTED_ROUTE_KEPT``: the guard sees it, as an update that keeps its name, and refuses).
+    - Its hostnames and parentRefs, which canary's route takes from ``gateway=`` alone: a route adopted for
+      ``shop.example.com`` by a component without hostnames would answer every host of the listener, or move to
+      another Gateway. Compared only while the route is not canary's own yet (its label): a later change of
+      ``gateway=`` is the team's to make.
+    - Its rules: canary's send all of the app's requests to the app, so a rule that sends some elsewhere (``/static``
+      to a CDN proxy), or answers them itself (a redirect), would silently be dropped. Canary's own route (every later
+      update) passes. ``other_ports``: the apex Service's ports beside canary's ``http`` (``service=``): a route to one
+      of them (the app's gRPC port) would be moved to ``http`` by canary's route.
+
+    Run in previews too: ``pulumi preview`` shows the refusal before the up has created anything."""
     ours = set(naming.owned_names(app))
     others = {port for port in other_ports if isinstance(port, int | float) and not isinstance(port, bool)}
 
@@ -178,10 +213,8 @@ def _adopted_route_guard(app: str, other_ports: Sequence[Any] = ()) -> pulumi.Re
         return (bool(headers) and set(headers) == {"add"}
                 and all(isinstance(h, Mapping) and str(h.get("name", "")).lower() == "set-cookie" for h in headers["add"] or []))
 
-    def guard(args: pulumi.ResourceHookArgs) -> None:
-        old = args.old_inputs or {}
+    def dropped_rules(old: Mapping[str, Any], route_namespace: str) -> list[str]:
         rules = (old.get("spec") or {}).get("rules") or []
-        namespace = (old.get("metadata") or {}).get("namespace")
         # the port the route sends the app's requests to (its rules' most common): a rule to another port of the app (its
         # gRPC port) would be sent to that one by canary's route. (Not compared with canary's own port: a route on the
         # Service's port 8080 adopted by an app on 80, or app.servicePort changed, moves every rule alike)
@@ -193,7 +226,7 @@ def _adopted_route_guard(app: str, other_ports: Sequence[Any] = ()) -> pulumi.Re
         for i, rule in enumerate(r for r in rules if isinstance(r, Mapping)):
             refs = [ref for ref in rule.get("backendRefs") or [] if isinstance(ref, Mapping)]
             elsewhere = sorted({f"{ref['namespace'] + '/' if ref.get('namespace') else ''}{ref.get('name')}:{ref.get('port', port)}"
-                                if ref.get("name") in ours else str(ref.get("name")) for ref in refs if theirs(ref, namespace, port)})
+                                if ref.get("name") in ours else str(ref.get("name")) for ref in refs if theirs(ref, route_namespace, port)})
             kept_out = [key for key in ("timeouts", "retry", "sessionPersistence") if rule.get(key)]
             kept_out += sorted({str(f.get("type")) for f in [*(rule.get("filters") or []), *(f for ref in refs for f in ref.get("filters") or [])]
                                 if isinstance(f, Mapping) and not own_filter(f)})
@@ -201,15 +234,65 @@ def _adopted_route_guard(app: str, other_ports: Sequence[Any] = ()) -> pulumi.Re
                 dropped.append(f"rules[{i}] ({describe(rule)}) to {', '.join(elsewhere)}" if elsewhere else f"rules[{i}] ({describe(rule)}) without backends")
             elif kept_out:
                 dropped.append(f"rules[{i}] ({describe(rule)}) with {', '.join(kept_out)}")
-        if dropped:
-            raise RuntimeError(
-                f"canary: the route adopted for {app} has rules canary's route would drop: {'; '.join(dropped)}. Its rules send "
-                f"all of {app}'s requests to {app}'s Services on its port, with no filters, timeouts or retries of yours: move "
-                "those rules to an HTTPRoute of their own (same parentRefs and hostnames; the more specific match still wins), "
-                "then adopt, or leave route out of adopt"
-            )
+        return dropped
 
-    return pulumi.ResourceHook(f"canary-adopted-route-guard-{app}", guard)
+    def identity(old: Mapping[str, Any], name: str | None, old_namespace: str, where: str) -> str | None:
+        kind = old.get("kind") or routing.KIND
+        if kind == routing.KIND and name == naming.route(app) and (namespace is None or old_namespace == namespace):
+            return None
+        return (f"is {kind} {old_namespace}/{name}, and canary's route is {routing.KIND} {where}/{naming.route(app)}: an object keeps its "
+                "kind, name and namespace, so it cannot become canary's route in place, and Pulumi would replace it (canary's created, "
+                "it deleted) unchecked")
+
+    def gateway_problems(old: Mapping[str, Any], new: Mapping[str, Any], old_namespace: str, where: str) -> list[str]:
+        old_spec, new_spec = old.get("spec") or {}, new.get("spec") or {}
+        problems = []
+        old_hosts, new_hosts = sorted(set(old_spec.get("hostnames") or [])), sorted(set(new_spec.get("hostnames") or []))
+        if old_hosts != new_hosts:
+            # none: the route answers every host name its listeners accept (a route adopted for one host would capture the rest)
+            every = "every host name of its listeners (no hostnames)"
+            problems.append(f"it answers {', '.join(old_hosts) or every} and canary's route would answer {', '.join(new_hosts) or every}: "
+                            + (f"set gateway.hostnames to [{', '.join(old_hosts)}]" if old_hosts else "leave gateway.hostnames out"))
+        old_refs = sorted({_parent_key(r, old_namespace) for r in old_spec.get("parentRefs") or [] if isinstance(r, Mapping)}, key=str)
+        new_refs = sorted({_parent_key(r, where) for r in new_spec.get("parentRefs") or [] if isinstance(r, Mapping)}, key=str)
+        if old_refs != new_refs:
+            foreign = [key for key in old_refs if key[:2] != (routing.GROUP, "Gateway")]
+            fix = (f"gateway.parentRefs declares Gateways only ({', '.join(_parent_config(key) for key in foreign)} is not one): leave route out of adopt"
+                   if foreign else f"set gateway.parentRefs to [{', '.join(_parent_config(key) for key in old_refs)}]")
+            problems.append(f"its parentRefs are [{', '.join(_parent_config(key) for key in old_refs)}] and canary's route would be attached "
+                            f"to [{', '.join(_parent_config(key) for key in new_refs)}]: {fix}")
+        return problems
+
+    def guard(args: pulumi.ResourceHookArgs) -> None:
+        old, new = args.old_inputs or {}, args.new_inputs or {}
+        where = namespace or (new.get("metadata") or {}).get("namespace") or "default"
+        # where the route is: the live object's (a route declared without a namespace is in the provider's default one)
+        live, declared = (args.old_outputs or {}).get("metadata") or {}, old.get("metadata") or {}
+        old_namespace = live.get("namespace") or declared.get("namespace") or "default"
+        own = (declared.get("labels") or {}).get(naming.APP_LABEL) == app
+        renamed = identity(old, live.get("name") or declared.get("name"), old_namespace, where)
+        # hostnames and parentRefs: compared while the route is the team's (a later change of gateway= is theirs to make)
+        problems = [] if own else gateway_problems(old, new, old_namespace, where)
+        dropped = dropped_rules(old, old_namespace)
+        if dropped:
+            problems.append(
+                f"it has rules canary's route would drop: {'; '.join(dropped)}; canary's rules send all of {app}'s requests to {app}'s "
+                "Services on its port, with no filters, timeouts or retries of yours: move those rules to an HTTPRoute of their own "
+                "(same parentRefs and hostnames; the more specific match still wins)")
+        lost = " | ".join(problems)
+        fix = f"Fix {'that' if len(problems) == 1 else 'those'}, then "
+        if renamed:
+            raise RuntimeError(
+                f"canary: the route adopted for {app} (adopt.route) {renamed}. "
+                + (f"And canary's route would lose what it holds: {lost}. {fix}" if problems else "It holds nothing canary's route would lose: ")
+                + f"leave route out of adopt, with the route out of your program (canary's route is then created beside the old one, and "
+                f"the old one deleted at the end of the up), or first name it {naming.route(app)} in {where}, in your program as it was "
+                "before canary (one up), then adopt it")
+        if problems:
+            raise RuntimeError(f"canary: the route adopted for {app} (adopt.route) cannot be taken over as it is: {lost}. {fix}adopt it, "
+                               "or leave route out of adopt")
+
+    return pulumi.ResourceHook(f"canary-adopted-route-guard-{app}", guard, pulumi.ResourceHookOptions(on_dry_run=True))
 
 
 def _other_ports(service: Mapping[str, Any]) -> list[Any]:
@@ -340,6 +423,11 @@ class CanaryDeployment(pulumi.ComponentResource):
     the Service that becomes the apex Service and the HTTPRoute that becomes the route. ``<app>-stable``
     is created and Ready first, then the Service and the route move to it (updated in place when they
     were named ``<app>``), and the old Deployment is deleted last. See examples/existing-program.
+    The route is taken over only in place, and only with what canary's route keeps of it: the up refuses one
+    named otherwise, or whose hostnames, parentRefs (``gateway``) or rules canary's would change
+    (``_adopted_route_guard``). ``service`` and ``route`` declare what the adopted Service and route carried
+    beside what canary declares (their labels and annotations; the Service's type and ports), which the
+    adoption's apply would otherwise remove.
     """
 
     def __init__(
@@ -354,6 +442,7 @@ class CanaryDeployment(pulumi.ComponentResource):
         prometheus: Prometheus | Mapping[str, Any] | None = None,
         rollout: Rollout | str | None = None,
         service: Mapping[str, Any] | None = None,
+        route: Mapping[str, Any] | None = None,
         adopt: Mapping[str, str | pulumi.Alias] | None = None,
         image_config: str | None = None,
         opts: pulumi.ResourceOptions | None = None,
@@ -362,13 +451,13 @@ class CanaryDeployment(pulumi.ComponentResource):
         try:
             # every argument checked before the component declares anything
             checked = _arguments(name, app, gateway, prometheus, rollout if rollout is not None else config.get("rollout"),
-                                 "rollout" if rollout is not None else "canary:rollout", template, config_maps, secrets, adopt, service)
+                                 "rollout" if rollout is not None else "canary:rollout", template, config_maps, secrets, adopt, service, route)
             _claim(checked[0].name, checked[0].namespace, name)
         except InvalidSpec as exc:
             # what `program()` does with invalid stack config: Pulumi prints a RunError's message, not a traceback
             raise pulumi.RunError(str(exc)) from exc
         super().__init__(naming.COMPONENT_TYPE, name, None, opts)
-        self.app, self.gateway, self.prometheus, self.rollout, desired, moved, apex = checked
+        self.app, self.gateway, self.prometheus, self.rollout, desired, moved, apex, route_metadata = checked
         stack = pulumi.get_stack()
         spec_app = self.app
         # app.port beside a pod template the user wrote says where the pods listen whatever the template declares
@@ -458,15 +547,22 @@ class CanaryDeployment(pulumi.ComponentResource):
         ready = [self.stable, *autoscalers.values()]
         self.apex_service = self._apex(name, apex, target_of(stable_pin), _merge(child, pulumi.ResourceOptions(depends_on=ready), moved.get("service")))
         route_opts = _merge(child, pulumi.ResourceOptions(depends_on=[*ready, self.stable_service, self.canary_service]), moved.get("route"))
+        adopted_route: list[pulumi.ResourceHook] = []
+        if "route" in moved:
+            # the adopted route keeps its name and namespace for the update, which the guard sees and refuses if they are not canary's
+            route_opts = _merge(route_opts, pulumi.ResourceOptions(ignore_changes=list(_ADOPTED_ROUTE_KEPT)))
+            adopted_route = [_adopted_route_guard(spec_app.name, _other_ports(apex), namespace)]
         self.route = k8s.apiextensions.CustomResource(
             f"{name}-route",
             api_version=routing.API_VERSION,
             kind=routing.KIND,
-            metadata={"name": naming.route(spec_app.name), "namespace": namespace, "labels": {naming.APP_LABEL: spec_app.name}},
+            # what route= declares of its metadata (an adopted route's labels and annotations, which an apply without them would remove)
+            metadata={"name": naming.route(spec_app.name), "namespace": namespace,
+                      "labels": {**(route_metadata.get("labels") or {}), naming.APP_LABEL: spec_app.name},
+                      **({"annotations": route_metadata["annotations"]} if route_metadata.get("annotations") else {})},
             spec=routing.route_spec(spec_app.name, [r.model_dump(by_alias=True, exclude_none=True) for r in self.gateway.parent_refs],
                                     self.gateway.hostnames, spec_app.service_port, shape),
-            opts=_merge(route_opts, _before_update([*([_adopted_route_guard(spec_app.name, _other_ports(apex))] if "route" in moved else []),
-                                                     *([_route_guard(spec_app.name, stack)] if guarded else [])])),
+            opts=_merge(route_opts, _before_update([*adopted_route, *([_route_guard(spec_app.name, stack)] if guarded else [])])),
         )
         canary_opts = pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[self.route]))
         self.canary = self._deployment(name, Track.CANARY, canary_template, canary_replicas,
@@ -642,11 +738,11 @@ ADOPTABLE = ("deployment", "service", "route")
 
 
 def _arguments(name: str, app: Any, gateway: Any, prometheus: Any, rollout: Any, rollout_field: str, template: Any, config_maps: Any,
-               secrets: Any, adopt: Any, service: Any = None,
-               ) -> tuple[App, Gateway, Prometheus | None, Rollout, dict[str, Any], dict[str, pulumi.ResourceOptions], dict[str, Any]]:
+               secrets: Any, adopt: Any, service: Any = None, route: Any = None,
+               ) -> tuple[App, Gateway, Prometheus | None, Rollout, dict[str, Any], dict[str, pulumi.ResourceOptions], dict[str, Any], dict[str, Any]]:
     """The component's arguments validated, the pod template the app asks for, the aliases of ``adopt`` and
-    what ``service`` declares of the apex Service; else ``InvalidSpec`` listing every problem, each naming the
-    argument and the rule, as the stack config's are."""
+    what ``service`` declares of the apex Service and ``route`` of the route's metadata; else ``InvalidSpec`` listing
+    every problem, each naming the argument and the rule, as the stack config's are."""
     problems: list[Problem] = []
     moved: dict[str, pulumi.ResourceOptions] = {}
     try:
@@ -703,13 +799,19 @@ def _arguments(name: str, app: Any, gateway: Any, prometheus: Any, rollout: Any,
     if service is not None and spec_app is not None:
         apex = plain(service)
         problems += _service_problems(apex, spec_app)
+    route_metadata: dict[str, Any] = {}
+    if route is not None and spec_app is not None:
+        given_route = plain(route)
+        problems += _route_problems(given_route, spec_app)
+        if isinstance(given_route, Mapping):
+            route_metadata = dict(given_route.get("metadata") or {})
     if problems or spec_app is None or spec_gateway is None:
         raise InvalidSpec(problems, f"CanaryDeployment {name}")
     desired = desired_template(spec_app, given)
     problems = workload.check(desired, "template")
     if problems:
         raise InvalidSpec(problems, f"CanaryDeployment {name}")
-    return spec_app, spec_gateway, spec_prometheus, spec_rollout, desired, moved, apex
+    return spec_app, spec_gateway, spec_prometheus, spec_rollout, desired, moved, apex, route_metadata
 
 
 #: What canary declares of the apex Service itself, and why ``service=`` may not: the rest is the program's.
@@ -744,6 +846,60 @@ def _dns_label(value: str) -> bool:
     return True
 
 
+def _metadata_problems(metadata: Any, what: str, own: Mapping[str, str], marks: str, app: App) -> list[Problem]:
+    """The rules of the ``metadata`` of ``service=`` or ``route=``: labels and annotations the API server takes (a refusal
+    there would fail the up halfway, stable already made), and not the label that marks ``marks`` as the app's."""
+    if not isinstance(metadata, Mapping):
+        return [Problem(f"{what}.metadata", type(metadata).__name__, "must be a mapping of labels and annotations")]
+    problems: list[Problem] = []
+    for key in metadata:
+        if key not in ("labels", "annotations"):
+            problems.append(Problem(f"{what}.metadata.{key}", workload.shown(metadata[key]),
+                                    own.get(f"metadata.{key}", "is not one of labels, annotations: the other metadata are the API server's")))
+    for key in ("labels", "annotations"):
+        given = metadata.get(key)
+        if given is not None and not (isinstance(given, Mapping) and all(isinstance(k, str) for k in given)):
+            problems.append(Problem(f"{what}.metadata.{key}", workload.shown(given), "must be a mapping of names to strings"))
+            continue
+        for name, value in (given or {}).items():
+            if not _qualified_name(name):
+                problems.append(Problem(f"{what}.metadata.{key}.{name}", repr(name), "must be a qualified name: an optional DNS subdomain prefix and "
+                                        "'/', then at most 63 letters, digits, '-', '_' or '.', beginning and ending with a letter or digit"))
+            elif not isinstance(value, str) and not isinstance(value, pulumi.Output):
+                problems.append(Problem(f"{what}.metadata.{key}.{name}", workload.shown(value), "must be a string (quote it)"))
+            elif key == "labels" and isinstance(value, str) and value and not _NAME_PART.fullmatch(value):
+                problems.append(Problem(f"{what}.metadata.labels.{name}", repr(value), "must be a label value: at most 63 letters, digits, "
+                                        "'-', '_' or '.', beginning and ending with a letter or digit (or empty)"))
+    labels = metadata.get("labels") or {}
+    if isinstance(labels, Mapping) and naming.APP_LABEL in labels and labels[naming.APP_LABEL] != app.name:
+        problems.append(Problem(f"{what}.metadata.labels.{naming.APP_LABEL}", workload.shown(labels[naming.APP_LABEL]), f"is canary's: it marks {marks}"))
+    return problems
+
+
+#: What canary declares of the route itself, and why ``route=`` may not.
+_ROUTE_OWN = {
+    "metadata.name": "is canary's: the route is named like the app (a route adopted under another name is refused)",
+    "metadata.namespace": "is canary's: the route is in app.namespace",
+}
+
+
+def _route_problems(route: Any, app: App) -> list[Problem]:
+    """The rules of ``route=``: the route's ``metadata.labels`` and ``metadata.annotations`` (an adopted route's, which an
+    apply without them would remove: external-dns's, a policy's selector), values may be Outputs. Its spec is canary's:
+    its rules are the release's, its parentRefs and hostnames ``gateway``'s."""
+    if not isinstance(route, Mapping):
+        return [Problem("route", type(route).__name__, "must be a mapping of metadata (an HTTPRoute's labels and annotations)")]
+    problems = [Problem(path, "an Output", "must be a plain value, not a pulumi Output: canary checks it before the up (label and annotation values may be Outputs)")
+                for path in _outputs_in(route, "route") if not path.startswith(("route.metadata.labels.", "route.metadata.annotations."))]
+    if problems:
+        return problems
+    for key in route:
+        if key != "metadata":
+            problems.append(Problem(f"route.{key}", workload.shown(route[key]), "is not metadata: canary declares the route's spec, its rules "
+                                    "for the release and its parentRefs and hostnames from gateway"))
+    return [*problems, *_metadata_problems(route.get("metadata") or {}, "route", _ROUTE_OWN, f"the route of {app.name}", app)]
+
+
 def _service_problems(service: Any, app: App) -> list[Problem]:
     """The rules of ``service=``: ``metadata.labels``, ``metadata.annotations`` and the fields of a ServiceSpec
     but ``selector``, its ``ports`` beside canary's ``http`` port, each named, none taking its name or number.
@@ -757,33 +913,7 @@ def _service_problems(service: Any, app: App) -> list[Problem]:
     for key in service:
         if key not in ("metadata", "spec"):
             problems.append(Problem(f"service.{key}", workload.shown(service[key]), "is not one of metadata, spec: canary declares the apex Service's kind and name"))
-    metadata = service.get("metadata") or {}
-    if not isinstance(metadata, Mapping):
-        problems.append(Problem("service.metadata", type(metadata).__name__, "must be a mapping of labels and annotations"))
-        metadata = {}
-    for key in metadata:
-        if key not in ("labels", "annotations"):
-            problems.append(Problem(f"service.metadata.{key}", workload.shown(metadata[key]),
-                                    _APEX_OWN.get(f"metadata.{key}", "is not one of labels, annotations: the other metadata are the API server's")))
-    for key in ("labels", "annotations"):
-        given = metadata.get(key)
-        if given is not None and not (isinstance(given, Mapping) and all(isinstance(k, str) for k in given)):
-            problems.append(Problem(f"service.metadata.{key}", workload.shown(given), "must be a mapping of names to strings"))
-            continue
-        for name, value in (given or {}).items():
-            # what the API server refuses, refused here: the up would fail halfway, stable already made
-            if not _qualified_name(name):
-                problems.append(Problem(f"service.metadata.{key}.{name}", repr(name), "must be a qualified name: an optional DNS subdomain prefix and "
-                                        "'/', then at most 63 letters, digits, '-', '_' or '.', beginning and ending with a letter or digit"))
-            elif not isinstance(value, str) and not isinstance(value, pulumi.Output):
-                problems.append(Problem(f"service.metadata.{key}.{name}", workload.shown(value), "must be a string (quote it)"))
-            elif key == "labels" and isinstance(value, str) and value and not _NAME_PART.fullmatch(value):
-                problems.append(Problem(f"service.metadata.labels.{name}", repr(value), "must be a label value: at most 63 letters, digits, "
-                                        "'-', '_' or '.', beginning and ending with a letter or digit (or empty)"))
-    labels = metadata.get("labels") or {}
-    if isinstance(labels, Mapping) and naming.APP_LABEL in labels and labels[naming.APP_LABEL] != app.name:
-        problems.append(Problem(f"service.metadata.labels.{naming.APP_LABEL}", workload.shown(labels[naming.APP_LABEL]),
-                                f"is canary's: it marks the apex Service of {app.name}"))
+    problems += _metadata_problems(service.get("metadata") or {}, "service", _APEX_OWN, f"the apex Service of {app.name}", app)
     spec = service.get("spec") or {}
     if not isinstance(spec, Mapping):
         return [*problems, Problem("service.spec", type(spec).__name__, "must be a mapping of a Service's spec fields")]
