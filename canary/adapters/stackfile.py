@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import re
 from collections.abc import Iterable, Mapping
+from datetime import datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +25,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap
 from ruamel.yaml.error import YAMLError  # callers catch a bad file as stackfile.YAMLError, without ruamel
 from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
-from ruamel.yaml.scalarstring import LiteralScalarString
+from ruamel.yaml.scalarstring import LiteralScalarString, SingleQuotedScalarString
 
 from canary.adapters import files
 from canary.core import config as stackconfig
@@ -100,6 +103,9 @@ def dump_all(documents: Iterable[Any]) -> str:
 def _literal(data: Any) -> Any:
     if isinstance(data, str) and "\n" in data:
         return LiteralScalarString(data)
+    if isinstance(data, str) and _go_reads(data) is not None:
+        # ruamel writes 2024-1-1 or .1e1 unquoted, which the CLI's YAML reads as a timestamp or a number
+        return SingleQuotedScalarString(data)
     if isinstance(data, float) and data.is_integer():
         return int(data)
     if isinstance(data, Mapping):
@@ -119,34 +125,143 @@ _NUMBER_CHARS = frozenset("0123456789abcdefABCDEFxXoO_.+-")
 
 
 def _go_types_plain(value: str) -> bool:
-    """A plain scalar the CLI's YAML reads as a number, infinity, NaN, timestamp or merge key."""
+    """A plain scalar the CLI's YAML might read as a number, infinity, NaN, timestamp or merge key (a superset)."""
     if value == "<<" or re.match(r"[-+]?\.(?:inf|Inf|INF|nan|NaN|NAN)$", value) or re.match(r"\d{4}-\d", value):
         return True
     return value[:1] in "-+.0123456789" and set(value) <= _NUMBER_CHARS
 
 
+_GO_FLOAT = re.compile(r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?$")  # yaml.v3's yamlStyleFloat
+_GO_DOT_FLOAT = re.compile(r"^\.[0-9]+(?:[eE][-+]?[0-9]+)?$")
+_GO_TIMESTAMP = re.compile(
+    r"^(?P<y>[0-9]{4})-(?P<mo>[0-9]{1,2})-(?P<d>[0-9]{1,2})"
+    r"(?:(?:[Tt](?P<h>[0-9]{1,2}):(?P<mi>[0-9]{1,2}):(?P<s>[0-9]{1,2})(?:\.[0-9]+)?(?:Z|[-+][0-9]{2}:[0-9]{2}))"
+    r"|(?: (?P<h2>[0-9]{1,2}):(?P<mi2>[0-9]{1,2}):(?P<s2>[0-9]{1,2})(?:\.[0-9]+)?))?$")
+_GO_SPECIAL = {**dict.fromkeys((".nan", ".NaN", ".NAN"), "NaN"),
+               **dict.fromkeys((".inf", ".Inf", ".INF", "+.inf", "+.Inf", "+.INF"), "infinity"),
+               **dict.fromkeys(("-.inf", "-.Inf", "-.INF"), "minus infinity")}
+_INT64, _UINT64 = 2**63, 2**64
+#: an underscore between two digits, which Go's float syntax allows (``.5_0``)
+_GO_UNDERSCORE = re.compile(r"(?<=[0-9])_(?=[0-9])")
+
+
+def _go_int(text: str) -> int | None:
+    """Go's ``strconv.ParseInt(text, 0, 64)``, else ``ParseUint``: a sign, then 0x, 0o, 0b or a leading 0 (octal)."""
+    sign, digits = (-1 if text[:1] == "-" else 1), text.lstrip("+-") if text[:1] in "+-" else text
+    if text[:1] in "+-" and len(text) - len(digits) != 1:
+        return None
+    base, body = 10, digits
+    if digits[:2] in ("0x", "0X"):
+        base, body = 16, digits[2:]
+    elif digits[:2] in ("0o", "0O"):
+        base, body = 8, digits[2:]
+    elif digits[:2] in ("0b", "0B"):
+        base, body = 2, digits[2:]
+    elif digits[:1] == "0" and len(digits) > 1:
+        base, body = 8, digits[1:]
+    allowed = "0123456789abcdefABCDEF" if base == 16 else "0123456789"[:base]
+    if not body or any(c not in allowed for c in body):
+        return None
+    value = sign * int(body, base)
+    if -_INT64 <= value < _INT64 or (text[:1] not in "+-" and 0 <= value < _UINT64):
+        return value
+    return None
+
+
+def _go_reads(text: str) -> str | None:
+    """What the CLI's YAML (yaml.v3) makes of a plain, untagged scalar that is not null, a boolean or text
+    (``"the number 8"``, ``"a timestamp"``); None when it reads it as text."""
+    if text in _GO_SPECIAL:
+        return _GO_SPECIAL[text]
+    head = text[:1]
+    if head == ".":
+        if "_" in text and "_" in _GO_UNDERSCORE.sub("", text):
+            return None
+        plain = text.replace("_", "")
+        if _GO_DOT_FLOAT.match(plain) and len(plain) < 400 and math.isfinite(float(plain)):
+            return f"the number {float(plain):g}"
+        return None
+    if not head or head not in "+-0123456789":
+        return None
+    when = _GO_TIMESTAMP.match(text)
+    if when:
+        try:
+            datetime(int(when["y"]), int(when["mo"]), int(when["d"]), int(when["h"] or when["h2"] or 0),
+                     int(when["mi"] or when["mi2"] or 0), int(when["s"] or when["s2"] or 0))
+            return "a timestamp"
+        except ValueError:
+            pass
+    plain = text.replace("_", "")
+    number = _go_int(plain)
+    if number is not None:
+        return f"the number {number}"
+    if _GO_FLOAT.match(plain) and len(plain) < 400 and math.isfinite(float(plain)):
+        return f"the number {float(plain):g}"
+    return None
+
+
+def _go_big_int(text: str) -> Any:
+    """A decimal integer beyond int64 as the CLI reads it and hands it on as JSON: a float, which Go writes in its
+    shortest form without an exponent below 1e21 (``18446744073709552000``, read back as that whole number);
+    text when no float holds it."""
+    number = float(text)
+    if not math.isfinite(number):
+        return text
+    return int(Decimal(repr(number))) if abs(number) < 1e21 else number
+
+
+def _explicit_tag(node: Node, text: str) -> str | None:
+    """The tag written before a node (``!!int``), after its anchor if any; None when it has none."""
+    rest = text[node.start_mark.index:node.end_mark.index]
+    if rest.startswith("&"):
+        rest = rest.split(None, 1)[1] if len(rest.split(None, 1)) > 1 else ""
+    return rest.split(None, 1)[0] if rest.startswith("!") else None
+
+
 class _AsPulumi:
     """A document as the Pulumi CLI reads it, typing a plain scalar only where both readers agree:
     null, true/false, decimal integers and simple decimals; every other scalar is a string, and
-    ``differs`` notes a plain one the CLI's YAML could still type (hex, exponents, timestamps …)."""
+    ``differs`` notes a plain one the CLI's YAML could still type (hex, exponents, timestamps …).
+    ``unlike`` lists the scalars the CLI's YAML does read otherwise (path, line, what it reads), and
+    ``repeated`` the mapping keys given twice (path, first line, second line), which the CLI refuses."""
 
-    def __init__(self) -> None:
+    def __init__(self, text: str = "") -> None:
+        self.text = text
         self.differs = False
+        #: (path, line, the value written, what the CLI's YAML makes of it, or the rule when it is not a value)
+        self.unlike: list[tuple[tuple[Any, ...], int, str, str]] = []
+        self.repeated: list[tuple[tuple[Any, ...], int, int]] = []
 
-    def value(self, node: Node) -> Any:
+    def value(self, node: Node, path: tuple[Any, ...] = ()) -> Any:
         if isinstance(node, MappingNode):
             out: dict[Any, Any] = {}
+            lines: dict[str, int] = {}
             for key, value in node.value:
-                if isinstance(key, ScalarNode) and key.value == "<<":
-                    self.differs = True
-                out[self.value(key)] = self.value(value)
+                line = key.start_mark.line + 1
+                if isinstance(key, ScalarNode):
+                    if key.value == "<<" and key.style is None:
+                        self.differs = True
+                        self.unlike.append(((*path, "<<"), line, "<<", "a merge key"))
+                    if key.value in lines:
+                        # yaml.v3 refuses a key given twice in one mapping ("mapping key … already defined at line N")
+                        self.differs = True
+                        self.repeated.append(((*path, key.value), lines[key.value], line))
+                    else:
+                        lines[key.value] = line
+                name = self.value(key, (*path, f"{key.value if isinstance(key, ScalarNode) else '?'} (key)"))
+                out[name] = self.value(value, (*path, name))
             return out
         if isinstance(node, SequenceNode):
-            return [self.value(item) for item in node.value]
+            return [self.value(item, (*path, i)) for i, item in enumerate(node.value)]
         assert isinstance(node, ScalarNode)
         text = node.value
-        if node.style is not None:  # quoted or a block scalar: a string, unless tagged
-            if not node.tag.endswith(":str"):
+        tag = _explicit_tag(node, self.text) if self.text else None
+        if tag is not None and tag not in ("!!str", "!<tag:yaml.org,2002:str>"):
+            self.differs = True
+            self.unlike.append((path, node.start_mark.line + 1, text, f"the tag {tag}"))
+            return text
+        if node.style is not None or tag is not None:  # quoted, a block scalar or tagged !!str: a string
+            if tag is None and not node.tag.endswith(":str"):
                 self.differs = True
             return text
         if _NULL.match(text):
@@ -154,20 +269,77 @@ class _AsPulumi:
         if _BOOL.match(text):
             return text.lower() == "true"
         if _INT.match(text):
-            return int(text)
+            if len(text) > 4000:  # (Python refuses to read such a number; the CLI reads it as text)
+                self.differs = True
+                return text
+            number = int(text)
+            if not -_INT64 <= number < _INT64:
+                self.differs = True
+                return _go_big_int(text)
+            return number
         if _FLOAT.match(text):
-            return float(text)
+            number = float(text)
+            if not math.isfinite(number):  # beyond any float: the CLI's YAML reads it as text
+                self.differs = True
+                return text
+            return number
         if _go_types_plain(text):
             self.differs = True
+        reads = _go_reads(text)
+        if reads is not None:
+            self.differs = True
+            self.unlike.append((path, node.start_mark.line + 1, text, reads))
         return text
 
 
-def _load_as_pulumi(text: str) -> tuple[Any, bool]:
+def _read_as_pulumi(text: str) -> tuple[Any, _AsPulumi]:
     node = YAML(typ="rt", pure=True).compose(text)
+    reader = _AsPulumi(text)
     if node is None:
-        return None, False
-    reader = _AsPulumi()
-    return reader.value(node), reader.differs
+        return None, reader
+    return reader.value(node), reader
+
+
+def _load_as_pulumi(text: str) -> tuple[Any, bool]:
+    document, reader = _read_as_pulumi(text)
+    return document, reader.differs
+
+
+def _field(path: tuple[Any, ...]) -> str:
+    """A place in a stack file as a problem names it: ``app.env.A`` under ``config: canary:app``
+    (as the spec names its fields), ``kubernetes:context``, ``encryptionsalt``."""
+    parts = list(path[1:]) if path[:1] == ("config",) and len(path) > 1 else list(path)
+    head = str(parts[0]) if parts else "(top level)"
+    if head.startswith(f"{CONFIG_NAMESPACE}:") and len(parts) > 1:
+        head = head[len(CONFIG_NAMESPACE) + 1:]
+    out = head
+    for part in parts[1:]:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return out
+
+
+#: fields whose values are secrets: a plain value written there is never shown
+_SECRET_PLACE = re.compile(r"(^|\.)(token|stringData)(\.|\[|$)|^prometheus\.headers(\.|$)|alerts\[\d+\]\.url")
+
+
+def _read_otherwise(field: str, line: int, written: str, reads: str) -> Problem:
+    """The problem of a scalar the CLI's YAML (yaml.v3, which `canary up` and `pulumi` read the file with) reads
+    otherwise than canary validate would: ``010`` is 8 there, ``1e3`` 1000, ``2024-01-01`` a timestamp."""
+    if reads == "a merge key":
+        return Problem(field, "<<", f"is a YAML merge key (line {line}), which the Pulumi CLI's YAML merges and canary would read as a "
+                       "key: write the keys out")
+    if reads.startswith("the tag "):
+        return Problem(field, written if not _SECRET_PLACE.search(field) else "<secret>",
+                       f"carries {reads} (line {line}), by which the Pulumi CLI's YAML reads it and canary does not: write the value "
+                       "without a tag (quoted, if it is text)")
+    if _SECRET_PLACE.search(field):
+        return Problem(field, "<secret>", f"is read otherwise by the Pulumi CLI's YAML than as the text written (line {line}): quote it")
+    if reads in ("infinity", "minus infinity", "NaN"):
+        return Problem(field, written, f"must be a finite number: the Pulumi CLI's YAML reads {written} as {reads}, which `pulumi config` "
+                       f"cannot even show (line {line})")
+    plainly = "" if reads == "a timestamp" else ", or write the number in plain decimal"
+    return Problem(field, written, f"is read by the Pulumi CLI's YAML (which canary up and pulumi use) as {reads}, not as the text "
+                   f"{written} written (line {line}): quote it{plainly}")
 
 
 def read_text(path: Path, field: str = "file") -> str:
@@ -188,11 +360,21 @@ def read_stack_file(path: Path) -> dict[str, Any]:
     source = str(path)
     text = read_text(path)
     try:
-        document, _ = _load_as_pulumi(text)
+        document, reader = _read_as_pulumi(text)
     except YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise InvalidSpec([Problem("file", source, f"must be valid YAML: {getattr(exc, 'problem', exc)}{where}")], source) from exc
+    if reader.repeated:
+        # the CLI refuses the whole file: last-wins here would validate one value while `pulumi config` reads none
+        raise InvalidSpec([Problem(_field(path), str(path[-1]), f"is defined twice in one mapping, at line {first} and at line {second}: "
+                                   "Pulumi refuses the file (mapping key already defined); keep one")
+                           for path, first, second in reader.repeated], source)
+    ours = [(place, line, written, rule) for place, line, written, rule in reader.unlike
+            if len(place) > 1 and place[0] == "config" and str(place[1]).startswith(f"{CONFIG_NAMESPACE}:")]
+    if ours:
+        # validate would read one value and `canary up` (through the CLI) another: refused, so both read the same
+        raise InvalidSpec([_read_otherwise(_field(place), line, written, reads) for place, line, written, reads in ours], source)
     if document is None:
         document = {}
     if not isinstance(document, Mapping):

@@ -317,12 +317,14 @@ class Prometheus(_Model):
     @field_validator("address")
     @classmethod
     def _url(cls, v: str) -> str:
-        return _check_url(v)
+        # an address held as a Pulumi secret is read from the stack file still encrypted (validate, release --image):
+        # checked once decrypted (canary up), as a webhook's URL is
+        return v if v == ENCRYPTED else _check_url(v, _PROMETHEUS_AUTH)
 
     @field_validator("pushgateway")
     @classmethod
     def _push_url(cls, v: str | None) -> str | None:
-        return None if v is None else _check_url(v)
+        return None if v is None else v if v == ENCRYPTED else _check_url(v, "canary pushes to the Pushgateway without credentials")
 
     @field_validator("timeout")
     @classmethod
@@ -351,7 +353,18 @@ class Prometheus(_Model):
 ENCRYPTED = "<encrypted>"
 
 
-def _check_url(v: str) -> str:
+#: the rule of a URL with user info: its value is never shown (it holds a password)
+CREDENTIALS_IN_URL = "must not carry credentials in the URL"
+
+
+#: where Prometheus's credentials go instead of its URL
+_PROMETHEUS_AUTH = "use prometheus.token or prometheus.headers"
+
+
+def _check_url(v: str, credentials: str = "") -> str:
+    """An http:// or https:// URL; with ``credentials`` (where they go instead), one without user info."""
+    if credentials and re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/?#\s]*@", v):
+        raise ValueError(f"{CREDENTIALS_IN_URL} ({credentials})")
     port = re.match(r"^https?://[^\s/:?#]+(:(\d{1,5}))?(/[^\s]*)?$", v)
     if not port:
         raise ValueError("must be an http:// or https:// URL")
@@ -370,7 +383,7 @@ class Provider(_Model):
     @field_validator("address")
     @classmethod
     def _url(cls, v: str | None) -> str | None:
-        return None if v is None else _check_url(v)
+        return None if v is None else v if v == ENCRYPTED else _check_url(v, _PROMETHEUS_AUTH)
 
 
 class MetricTemplate(_Model):
@@ -470,7 +483,8 @@ class Judge(_Model):
     #: the spacing of the samples taken from query_range
     step: Duration = timedelta(seconds=5)
     #: fewer samples than this on either side: no verdict (no data)
-    min_samples: Int = Field(10, ge=3)
+    #: (at most the points Prometheus returns for one series, MAX_RANGE_POINTS: more could never be read)
+    min_samples: Int = Field(10, ge=3, le=11000)
 
     @field_validator("tolerance")
     @classmethod
@@ -700,7 +714,8 @@ class Strategy(enum.StrEnum):
 class Score(_Model):
     """The release score (Kayenta's): 100 × the weight of passing metrics over all judged ones."""
 
-    pass_: Float = Field(95, ge=0, le=100, alias="pass")
+    #: above 0: at 0 every score passes (only a critical metric or a rollout webhook could still fail a tick)
+    pass_: Float = Field(95, gt=0, le=100, alias="pass")
     marginal: Float = Field(75, ge=0, le=100)
 
     @model_validator(mode="after")
@@ -998,9 +1013,14 @@ def _judge_problems(judge: Judge, window: timedelta, where: str, window_field: s
     points = math.floor(window.total_seconds() / step + 1e-9) + 1
     span = f"{units.format_duration(window)} ({window_field})"
     if points < judge.min_samples:
-        most = units.format_duration(timedelta(seconds=math.floor(window.total_seconds() / (judge.min_samples - 1) * 1000) / 1000))
+        # only what can be followed: a step is at least 1ms, a window at most MAX_DURATION, minSamples at least 3
+        most_ms = math.floor(window.total_seconds() / (judge.min_samples - 1) * 1000)
+        longer = timedelta(seconds=step * (judge.min_samples - 1))
+        ways = ([f"a step of at most {units.format_duration(timedelta(milliseconds=most_ms))}"] if most_ms >= 1 else []) + \
+               ([f"a window of at least {units.format_duration(longer)}"] if longer <= units.MAX_DURATION else []) + \
+               ([f"minSamples of at most {points}"] if points >= 3 else [])
         return [Problem(f"{where}.judge.step", shown, f"gives {points} samples over the window of {span}, fewer than judge.minSamples "
-                        f"{judge.min_samples}: the judge could never reach a verdict; use a step of at most {most}, a longer window or fewer minSamples")]
+                        f"{judge.min_samples}: the judge could never reach a verdict; use {' or '.join(ways)}")]
     if points > MAX_RANGE_POINTS:
         least = units.format_duration(timedelta(seconds=math.ceil(window.total_seconds() / (MAX_RANGE_POINTS - 1))))
         return [Problem(f"{where}.judge.step", shown, f"gives {points} samples over the window of {span}, more than the "
@@ -1027,6 +1047,7 @@ def _analysis_problems(analysis: Analysis, field: str, metric_templates: Mapping
                                     "on a share of requests needs thresholdRange as well: at 0 % on both tracks (a healthy service) "
                                     "no count of requests bounds canary / stable, so every tick would hold until holdLimit rolled a "
                                     "healthy release back; use by: difference, or add thresholdRange"))
+        problems += _percent_problems(metric, where)
         if metric.judge is not None:
             problems += _judge_problems(metric.judge, metric.interval or analysis.interval, where, f"{where}.interval" if metric.interval else f"{field}.interval")
         if metric.template_ref is None:
@@ -1069,10 +1090,35 @@ def _analysis_problems(analysis: Analysis, field: str, metric_templates: Mapping
     elif analysis.score is not None and all(m.dry_run for m in analysis.metrics):
         # a score over no metric acted on is 100: every tick would pass, whatever the metrics said
         problems.append(Problem(f"{field}.score", "set", "needs a metric that is not dryRun: every metric is, so nothing would be scored"))
-    elif analysis.metrics and all(m.dry_run for m in analysis.metrics) and not any(w.type is WebhookType.ROLLOUT for w in analysis.webhooks):
-        # nothing acts on a tick: every one would pass ("all 0 checks passed"), whatever the metrics said
-        problems.append(Problem(f"{field}.metrics", f"{len(analysis.metrics)} dryRun", "needs a metric that is not dryRun (or a rollout webhook): "
-                                "every tick would pass whatever the metrics said"))
+    elif not any(not m.dry_run for m in analysis.metrics) and not any(w.type is WebhookType.ROLLOUT and not w.background for w in analysis.webhooks) \
+            and not (analysis.skip_analysis and not analysis.metrics):
+        # nothing acts on a tick: every one would pass ("all 0 checks passed") and the release promote on nothing. A
+        # background rollout hook is a load generator, whose exit status is recorded but never judged
+        shown = f"{len(analysis.metrics)} dryRun" if analysis.metrics else "none"
+        problems.append(Problem(f"{field}.metrics", shown, "needs a metric that is not dryRun (or a rollout webhook): "
+                                "every tick would pass whatever happened, and the release promote on no check at all (a background rollout hook "
+                                "is a load generator, never judged); to promote without analysis, say so with skipAnalysis: true"))
+    return problems
+
+
+def _percent_problems(metric: Metric, where: str) -> list[Problem]:
+    """A built-in metric whose unit is percent (a share of requests, 0..100) with a range that could never
+    pass (``min: 101``) or never fail (``max: 100`` on the error rate)."""
+    builtin = metrics.BUILTIN_METRICS.get(metric.name)
+    if metric.template_ref is not None or builtin is None or builtin.unit != "%":
+        return []
+    problems: list[Problem] = []
+    for name, bounds in (("thresholdRange", metric.threshold_range), ("inconclusiveRange", metric.inconclusive_range)):
+        for side in ("min", "max"):
+            value = getattr(bounds, side) if bounds is not None else None
+            if value is not None and not 0 <= value <= 100:
+                never = "pass" if (side == "min" and value > 100) or (side == "max" and value < 0) else "fail on this side"
+                problems.append(Problem(f"{where}.{name}.{side}", f"{value:g}", f"must be within 0..100: {metric.name} is a percentage of "
+                                        "requests" + (f", so the check could never {never}" if name == "thresholdRange" else "")))
+    bounds = metric.threshold_range
+    if not problems and bounds is not None and not metric.dry_run and (bounds.min is None or bounds.min <= 0) and (bounds.max is None or bounds.max >= 100):
+        problems.append(Problem(f"{where}.thresholdRange", str(bounds), f"lets every value of {metric.name} (a percentage, 0..100) pass: "
+                                "the check could never fail; narrow it, or set dryRun: true to record the metric only"))
     return problems
 
 
@@ -1161,6 +1207,8 @@ def _problem_from_error(error: Mapping[str, Any]) -> Problem:
         hidden = (_SECRET_FIELDS.search(field) or _SECRET_HOLDERS.search(field)
                   or (error["type"] == "extra_forbidden" and _SECRET_SECTIONS.search(field)))
         shown = "<secret>" if hidden else _short(value)
+        if rule.startswith(CREDENTIALS_IN_URL):
+            shown = "<a URL with credentials>"  # its password is not shown
     return Problem(field or "(top level)", shown, rule)
 
 

@@ -29,7 +29,8 @@ def parse_duration(value: object, allow_zero: bool = False) -> timedelta:
     if isinstance(value, bool):
         raise ValueError(_DURATION_RULE)
     if isinstance(value, int | float):
-        if not math.isfinite(value):
+        # (an int is always finite, and one too large for a float overflowed math.isfinite: a traceback)
+        if isinstance(value, float) and not math.isfinite(value):
             raise ValueError("must be a finite number of seconds")
         if value < 0:
             raise ValueError(_negative(allow_zero))

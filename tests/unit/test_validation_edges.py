@@ -1,0 +1,245 @@
+"""Edges of config validation a review found: what `canary validate` reads must be what `canary up` reads
+(the Pulumi CLI's YAML, yaml.v3), and an analysis that can never fail, a traceback or an echoed password
+are refused as bad input instead (exit 2).
+
+What yaml.v3 makes of each plain scalar below was read from the real Pulumi CLI (3.260.0, ``pulumi config
+--json`` of a stack file holding it): ``010`` is 8, ``0x10`` 16, ``1e3`` 1000, ``.5`` 0.5, ``1_000`` 1000,
+``2024-01-01`` the text ``2024-01-01 00:00:00 +0000 UTC``, ``.inf`` a file the CLI cannot read at all, a
+decimal beyond int64 a float (``18446744073709551616`` is ``18446744073709552000``), one beyond any float
+text; ``1.2.3``, ``1e``, ``0x``, ``2024-02-30``, ``._5`` and ``1e999`` are text there too.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from canary.adapters import stackfile
+from canary.core import units
+from canary.core.spec import parse_stack
+from canary.errors import InvalidSpec
+from tests.conftest import base_values
+from tests.helpers import chain, del_path, problems, set_path, values_with
+
+HEAD = """\
+config:
+  canary:app: {name: web, namespace: shop, image: "reg.example.com/web:1.0"}
+  canary:gateway: {parentRefs: [{name: public}]}
+  canary:prometheus: {address: "http://prom:9090"}
+"""
+ANALYSIS = """\
+  canary:analysis:
+    stepWeight: 10
+    metrics:
+      - {name: request-error-rate, thresholdRange: {max: 1}}
+"""
+
+
+def _file(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "Pulumi.dev.yaml"
+    path.write_text(text)
+    return path
+
+
+def _refused(path: Path) -> InvalidSpec:
+    with pytest.raises(InvalidSpec) as caught:
+        stackfile.check_stack_file(path)
+    return caught.value
+
+
+# --- 1. a plain scalar the CLI's YAML types otherwise is refused, naming the field and "quote it" --------------------
+
+
+@pytest.mark.parametrize(
+    ("line", "field", "reads"),
+    [
+        ("  canary:app: {name: web, image: 'r.io/w:1', replicas: 010}", "app.replicas", "the number 8"),
+        ("  canary:app: {name: web, image: 'r.io/w:1', env: {A: 1e3}}", "app.env.A", "the number 1000"),
+        ("  canary:app: {name: web, image: 'r.io/w:1', env: {B: 0x10}}", "app.env.B", "the number 16"),
+        ("  canary:app: {name: web, image: 'r.io/w:1', env: {E: 2024-01-01}}", "app.env.E", "a timestamp"),
+        ("  canary:app: {name: web, image: 'r.io/w:1', env: {H: .5}}", "app.env.H", "the number 0.5"),
+        ("  canary:app: {name: web, image: 'r.io/w:1', env: {U: 1_000}}", "app.env.U", "the number 1000"),
+        ("  canary:app: {name: web, image: 'r.io/w:1', env: {O: 0o17}}", "app.env.O", "the number 15"),
+        ("  canary:app: {name: web, image: 'r.io/w:1', env: {T: '1', 0x1: b}}", "app.env.0x1 (key)", "the number 1"),
+    ],
+)
+def test_a_scalar_pulumi_reads_otherwise_is_refused_saying_quote_it(tmp_path: Path, line: str, field: str, reads: str) -> None:
+    text = "config:\n" + line + "\n  canary:gateway: {parentRefs: [{name: public}]}\n  canary:prometheus: {address: 'http://prom:9090'}\n" + ANALYSIS
+    refused = _refused(_file(tmp_path, text))
+    assert [p.field for p in refused.problems] == [field], str(refused)
+    assert reads in refused.problems[0].rule and "quote it" in refused.problems[0].rule and "line 2" in refused.problems[0].rule
+
+
+@pytest.mark.parametrize(("setting", "field"), [("interval: 010", "analysis.interval"), ("stepWeight: 1e1", "analysis.stepWeight"),
+                                                  ("stepWeight: 10\n    maxWeight: 5.0e1", "analysis.maxWeight")])
+def test_an_analysis_number_pulumi_reads_otherwise_is_refused(tmp_path: Path, setting: str, field: str) -> None:
+    # validate read `interval: 010` as 10s (up: 8s), and refused `stepWeight: 1e1`, which up took as 10
+    text = HEAD + f"  canary:analysis:\n    {setting}\n" + ("    stepWeight: 10\n" if "stepWeight" not in setting else "") + \
+        "    metrics: [{name: request-error-rate, thresholdRange: {max: 1}}]\n"
+    refused = _refused(_file(tmp_path, text))
+    assert [p.field for p in refused.problems] == [field] and "quote it" in refused.problems[0].rule, str(refused)
+
+
+def test_an_infinite_threshold_is_refused_as_not_finite(tmp_path: Path) -> None:
+    text = HEAD + "  canary:analysis:\n    stepWeight: 10\n    metrics: [{name: request-duration, thresholdRange: {max: .inf}}, " \
+        "{name: request-error-rate, thresholdRange: {max: .nan}}]\n"
+    refused = _refused(_file(tmp_path, text))
+    assert {p.field for p in refused.problems} == {"analysis.metrics[0].thresholdRange.max", "analysis.metrics[1].thresholdRange.max"}
+    assert all(p.rule.startswith("must be a finite number") for p in refused.problems), str(refused)
+
+
+def test_values_both_readers_read_alike_stay_valid(tmp_path: Path) -> None:
+    # quoted forms, and plain ones yaml.v3 reads as text too; another namespace's hex is that program's business
+    text = HEAD.replace("canary:app: {", "canary:app: {env: {A: '1e3', B: \"0x10\", V: 1.2.3, W: 1e, X: 0x, Y: 2024-02-30, Z: 1:30, P: +5}, ") + \
+        "  other:mask: 0x1F\n  other:when: 2024-01-01\n" + ANALYSIS
+    spec, _ = stackfile.check_stack_file(_file(tmp_path, text))
+    assert spec.app is not None and dict(spec.app.env) == {"A": "1e3", "B": "0x10", "V": "1.2.3", "W": "1e", "X": "0x", "Y": "2024-02-30", "Z": "1:30", "P": "5"}
+
+
+def test_a_number_beyond_int64_is_read_as_the_cli_reads_it(tmp_path: Path) -> None:
+    # the CLI reads it as a float (and writes it back as JSON in Go's shortest form): an env value is that text in up
+    path = _file(tmp_path, "config:\n  canary:x: {a: 18446744073709551616, b: 1000000000000000000000, c: 1" + "0" * 400 + "}\n")
+    assert stackfile.read_stack_file(path)["canary:x"] == {"a": 18446744073709552000, "b": 1e21, "c": "1" + "0" * 400}
+
+
+def test_text_canary_writes_is_quoted_where_the_cli_would_type_it(tmp_path: Path) -> None:
+    # ruamel wrote 2024-1-1 and .1e1 unquoted: the CLI read a timestamp and the number 1
+    forms = ["2024-1-1", ".1e1", "010", "1e3", "0x10", ".5", "1_000", ".inf"]
+    path = _file(tmp_path, stackfile.dump({"config": {"canary:app": {"env": {f"V{i}": form for i, form in enumerate(forms)}}}}))
+    assert list(stackfile.read_stack_file(path)["canary:app"]["env"].values()) == forms
+
+
+# --- 2. a mapping key given twice is refused, as the CLI refuses the file ---------------------------------------------
+
+
+def test_a_key_given_twice_is_refused_naming_it_and_both_lines(tmp_path: Path) -> None:
+    text = HEAD + ANALYSIS + "  canary:analysis:\n    stepWeight: 50\n    metrics: [{name: request-error-rate, thresholdRange: {max: 100}}]\n"
+    refused = _refused(_file(tmp_path, text))
+    assert [p.field for p in refused.problems] == ["canary:analysis"], str(refused)
+    assert "at line 5 and at line 9" in refused.problems[0].rule and "defined twice" in refused.problems[0].rule
+
+
+def test_a_nested_key_given_twice_is_refused(tmp_path: Path) -> None:
+    text = HEAD.replace('image: "reg.example.com/web:1.0"}', 'image: "reg.example.com/web:1.0", env: {A: x, "A": y}}') + ANALYSIS
+    refused = _refused(_file(tmp_path, text))
+    assert [p.field for p in refused.problems] == ["app.env.A"] and "line 2 and at line 2" in refused.problems[0].rule, str(refused)
+    assert stackfile.plain_config(tmp_path, "dev", text) is None  # and `up` leaves it to the CLI, which refuses it
+
+
+# --- 3. a huge integer duration is "at most 8784h", not a traceback -----------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [10**400, 10**20, "1" + "0" * 400])
+def test_a_huge_duration_is_refused_as_too_long(value: Any) -> None:
+    with pytest.raises(ValueError, match="must be at most 8784h"):
+        units.parse_duration(value)
+
+
+def test_a_huge_interval_in_a_stack_file_is_refused_as_too_long(tmp_path: Path) -> None:
+    text = HEAD + "  canary:analysis:\n    interval: 1" + "0" * 400 + "\n    stepWeight: 10\n    metrics: [{name: request-error-rate, thresholdRange: {max: 1}}]\n"
+    refused = _refused(_file(tmp_path, text))
+    assert [(p.field, p.rule) for p in refused.problems] == [("analysis.interval", "must be at most 8784h (a year and a day)")]
+    found = problems(values_with(set_path("analysis.interval", 10**400)))
+    assert [(p.field, p.rule) for p in found] == [("analysis.interval", "must be at most 8784h (a year and a day)")]
+
+
+# --- 4. a secret Prometheus address or Pushgateway is accepted still encrypted -----------------------------------------
+
+
+@pytest.mark.parametrize("prometheus", ["{address: {secure: v1:YWRkcmVzcw==}}", "{address: 'http://prom:9090', pushgateway: {secure: v1:cHVzaA==}}"])
+def test_a_secret_prometheus_url_is_accepted_by_validate_and_release_image(tmp_path: Path, prometheus: str) -> None:
+    text = HEAD.replace('{address: "http://prom:9090"}', prometheus) + ANALYSIS
+    path = _file(tmp_path, text)
+    spec, unchecked = stackfile.check_stack_file(path)  # canary validate
+    assert spec.prometheus is not None and unchecked == ()
+    assert stackfile.load_stack_file(path).prometheus is not None  # canary release --image (api.set_image)
+
+
+# --- 5. an analysis that can never fail ---------------------------------------------------------------------------------
+
+NOTHING_ACTS = "needs a metric that is not dryRun (or a rollout webhook)"
+
+
+@pytest.mark.parametrize("mutation", [set_path("analysis.metrics", []), del_path("analysis.metrics")], ids=["metrics-empty", "no-metrics"])
+def test_an_analysis_without_a_metric_or_a_rollout_hook_is_refused(mutation: Any) -> None:
+    found = problems(values_with(mutation, set_path("analysis.webhooks", [])))
+    assert [p.field for p in found] == ["analysis.metrics"] and NOTHING_ACTS in found[0].rule and "skipAnalysis: true" in found[0].rule
+    assert found[0].value == "none"
+
+
+def test_a_background_rollout_hook_alone_acts_on_nothing() -> None:
+    # a load generator: its exit status is recorded, never judged
+    hook = {"name": "load", "type": "rollout", "cmd": "hey -z 10s http://web-canary/", "background": True}
+    found = problems(values_with(set_path("analysis.metrics", []), set_path("analysis.webhooks", [hook])))
+    assert [p.field for p in found] == ["analysis.metrics"] and NOTHING_ACTS in found[0].rule
+
+
+@pytest.mark.parametrize("mutation", [
+    chain(set_path("analysis.metrics", []), set_path("analysis.webhooks", []), set_path("analysis.skipAnalysis", True)),
+    set_path("analysis.metrics", []),  # the base's rollout load test is a check of its own (its failure fails the tick)
+], ids=["skip-analysis", "rollout-webhook"])
+def test_no_metrics_stays_valid_where_something_acts_or_analysis_is_skipped(mutation: Any) -> None:
+    parse_stack(values_with(mutation))
+
+
+@pytest.mark.parametrize("score", [{"pass": 0}, {"pass": 0, "marginal": 0}])
+def test_a_score_that_every_tick_passes_is_refused(score: dict[str, Any]) -> None:
+    found = problems(values_with(set_path("analysis.score", score)))
+    assert [(p.field, p.rule) for p in found] == [("analysis.score.pass", "Input should be greater than 0")]
+
+
+@pytest.mark.parametrize(
+    ("name", "bounds", "field", "rule"),
+    [
+        ("request-error-rate", {"max": 100}, "thresholdRange", "could never fail"),
+        ("request-error-rate", {"max": 1000}, "thresholdRange.max", "must be within 0..100"),
+        ("request-error-rate", {"max": -1}, "thresholdRange.max", "could never pass"),
+        ("request-success-rate", {"min": 101}, "thresholdRange.min", "could never pass"),
+        ("request-success-rate", {"min": 0}, "thresholdRange", "could never fail"),
+        ("request-success-rate", {"min": -5, "max": 100}, "thresholdRange.min", "must be within 0..100"),
+    ],
+)
+def test_a_percent_range_outside_0_to_100_or_covering_it_is_refused(name: str, bounds: dict[str, float], field: str, rule: str) -> None:
+    found = problems(values_with(set_path("analysis.metrics.1", {"name": name, "thresholdRange": bounds})))
+    assert [p.field for p in found] == [f"analysis.metrics[1].{field}"] and rule in found[0].rule, [str(p) for p in found]
+
+
+def test_percent_ranges_inside_0_to_100_and_other_units_stay_valid() -> None:
+    for name, bounds in (("request-error-rate", {"max": 99.9}), ("request-success-rate", {"min": 0.1, "max": 100}),
+                         ("request-duration", {"max": 100000}), ("request-success-rate", {"min": 99})):
+        parse_stack(values_with(set_path("analysis.metrics.1", {"name": name, "thresholdRange": bounds})))
+    # a dry-run metric is recorded only: a wide range there fails nothing it should
+    parse_stack(values_with(set_path("analysis.metrics.1", {"name": "request-error-rate", "thresholdRange": {"max": 100}, "dryRun": True})))
+
+
+# --- 6. credentials in Prometheus's URL, infinite ranges, minSamples hints ---------------------------------------------
+
+
+def test_credentials_in_the_prometheus_url_are_refused_without_showing_them(tmp_path: Path) -> None:
+    for field in ("address", "pushgateway"):
+        found = problems(values_with(set_path(f"prometheus.{field}", "http://u:s3cr3tPW@prom:9090")))
+        assert [p.field for p in found] == [f"prometheus.{field}"] and found[0].rule.startswith("must not carry credentials in the URL")
+        assert "s3cr3tPW" not in str(InvalidSpec(found, "x"))
+    found = problems(values_with(set_path("prometheus.address", "http://u:s3cr3tPW@prom:9090")))
+    assert "prometheus.token" in found[0].rule
+    refused = _refused(_file(tmp_path, HEAD.replace("http://prom:9090", "http://u:s3cr3tPW@prom:9090") + ANALYSIS))
+    assert "s3cr3tPW" not in str(refused) and "must not carry credentials" in str(refused)
+
+
+def test_a_judge_that_needs_more_samples_than_its_window_gives_a_hint_that_can_be_followed() -> None:
+    judged = lambda **judge: set_path("analysis.metrics.1", {"name": "request-duration", "judge": judge})  # noqa: E731
+    found = problems(values_with(judged(minSamples=5000)))  # 1m window: the hint was "a step of at most 0s"
+    assert [p.field for p in found] == ["analysis.metrics[1].judge.step"] and "at most 0s" not in found[0].rule, str(found[0])
+    assert "a step of at most 12ms" in found[0].rule
+    parse_stack(values_with(judged(minSamples=5000, step="12ms")))  # following it is valid
+    found = problems(values_with(set_path("analysis.interval", "1s"), judged(minSamples=11000)))
+    assert "at most 0s" not in found[0].rule and "a window of at least" in found[0].rule, str(found[0])
+    assert [p.field for p in problems(values_with(judged(minSamples=10**20)))] == ["analysis.metrics[1].judge.minSamples"]
+
+
+def test_the_base_values_stay_valid() -> None:
+    parse_stack(base_values())
+    assert units.parse_duration(8784 * 3600) == timedelta(hours=8784)
