@@ -211,6 +211,14 @@ class _Tick:
     def check(self, metric: Metric) -> Check:
         query, address = render_query(self.spec, metric, ctx=self.ctx)
         dry = {"dry_run": metric.dry_run, "weight": metric.weight}
+        # at all traffic (blue/green's switch, a weight of 100) stable serves no request: nothing to compare the canary
+        # with, nor to judge it against. Its range still judges it; a metric with none is not judged at this step
+        alone = self.ctx.weight >= 100 and (metric.compare is not None or metric.judge is not None)
+        if alone and metric.threshold_range is None:
+            return Check(metric=metric.name, query=query, verdict=Verdict.NO_DATA, effect=Effect.NONE,
+                         reason=f"{metric.name}: judged against stable, which serves no request at weight {self.ctx.weight}: not judged at this step", **dry)  # type: ignore[arg-type]
+        if alone:
+            metric = metric.model_copy(update={"compare": None, "judge": None})
         value = self.value(query, address)
         stable_query = stable_value = None
         if metric.compare is not None:
@@ -240,6 +248,8 @@ class _Tick:
             verdicts.append(judged)
             extra.update(details)
         verdict, effect, reason = _combine(verdicts)
+        if alone:
+            reason += f" (not against stable: it serves no request at weight {self.ctx.weight})"
         check = Check(metric=metric.name, query=query, value=value, threshold_range=_bounds(metric.threshold_range), verdict=verdict,
                       effect=effect, reason=reason, requests=requests, bound=bound, **dry, **extra)  # type: ignore[arg-type]
         return self._dry(check, metric)

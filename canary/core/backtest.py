@@ -285,14 +285,16 @@ def _replay(spec: ReleaseSpec, provider_for_at: ProviderForAt, times: Sequence[d
         elif tick.outcome is Outcome.ADVANCE:
             state.holding = None
             if state.step == len(steps):
-                passed = f"in each of the {config.iterations} iterations" if config.iterations is not None else f"up to weight {state.weight}"
+                passed = (f"in each of the {config.iterations} iterations" + (" and at the switch" if schedule.is_switch(config, state.step) else "")
+                          if config.iterations is not None else f"up to weight {state.weight}")
                 return state.ticks, Conclusion(Ending.PROMOTE, f"would promote at {_clock(now)} (tick {number}): every check passed {passed}",
                                                now, number, state.weight)
             state.step += 1
             state.weight = steps[state.step - 1].weight
             if moves[state.step - 1]:
                 state.shifted = shift_after(index, now)
-    where = f"iteration {state.step} of {len(steps)}" if config.iterations is not None else f"weight {state.weight}"
+    where = (("blue/green's switch (all traffic on green)" if schedule.is_switch(config, state.step) else f"iteration {state.step} of {config.iterations}")
+             if config.iterations is not None else f"weight {state.weight}")
     last = times[-1] if times else None
     return state.ticks, Conclusion(Ending.RUNNING, f"would still be running at the end of the data: {where} after {len(state.ticks)} ticks",
                                    last, len(state.ticks), state.weight)

@@ -53,6 +53,15 @@ def _match(match: HTTPMatch) -> Match:
     return Match(headers=entries(dict(match.headers)), query_params=entries(dict(match.query_params)))
 
 
+#: Blue/green's last step: all traffic on green.
+SWITCH = RouteShape(weight=100)
+
+
+def is_switch(analysis: Analysis, index: int) -> bool:
+    """Whether step ``index`` (1-based) is blue/green's switch."""
+    return analysis.kind is Strategy.BLUE_GREEN and analysis.iterations is not None and index == analysis.iterations + 1
+
+
 def steps(analysis: Analysis, affinity: Affinity | None = None) -> list[RouteShape]:
     """Every step of the release, in order; ``affinity`` is the release's cookie when sessionAffinity is set."""
     mirror_percent = analysis.mirror_weight if analysis.mirror else None
@@ -61,7 +70,12 @@ def steps(analysis: Analysis, affinity: Affinity | None = None) -> list[RouteSha
         return [RouteShape(weight=w, mirror=analysis.mirror, mirror_percent=mirror_percent, affinity=affinity) for w in weights(analysis)]
     assert analysis.iterations is not None
     shape = RouteShape(weight=0, matches=matches(analysis), mirror=analysis.mirror and kind is Strategy.BLUE_GREEN, mirror_percent=mirror_percent)
+    if kind is Strategy.BLUE_GREEN:
+        # then the switch: every request to green, judged for an interval before stable takes it (Flagger's order: a
+        # green that fails under the users' traffic is switched back to blue, which still runs the old version)
+        return [shape] * analysis.iterations + [SWITCH]
     return [shape] * analysis.iterations
+
 
 
 def full_size(analysis: Analysis) -> bool:
@@ -74,5 +88,6 @@ def describe(analysis: Analysis) -> str:
     kind = analysis.kind
     if kind is Strategy.CANARY:
         return f"weights {weights(analysis)}"
-    what = "A/B testing" if kind is Strategy.AB else "blue/green"
-    return f"{what}, {analysis.iterations} iterations"
+    if kind is Strategy.AB:
+        return f"A/B testing, {analysis.iterations} iterations"
+    return f"blue/green, {analysis.iterations} iterations, then the switch judged for an interval"

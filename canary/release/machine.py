@@ -561,7 +561,8 @@ class Release:
         app = self.spec.app
         base = app.autoscaler.min_replicas if app.autoscaler else app.replicas
         if app.canary_replicas is not None:
-            return app.canary_replicas
+            # at all traffic (blue/green's switch, a weight of 100) the canary serves every user: at least the full size
+            return max(app.canary_replicas, base) if shape is not None and shape.weight == 100 else app.canary_replicas
         if schedule.full_size(self.spec.analysis):
             return base
         weights = schedule.weights(self.spec.analysis)
@@ -624,8 +625,8 @@ class Release:
             state = self._shift(state, state.step, steps[state.step - 1], again=True)
         if state.advance and not state.paused:
             following = state.step + 1
-            if following > len(steps):
-                return self._promotion_gate(state)
+            if following > len(steps) or schedule.is_switch(self.spec.analysis, following):
+                return self._promotion_gate(state)  # blue/green's switch comes behind it, as in Flagger
             # weights only, as in Flagger: an A/B or blue/green iteration moves no more traffic to the canary (and a
             # Flagger canary imported with such a hook would stall its iterations on a gate it never asked)
             weighted = self.spec.analysis.kind is Strategy.CANARY
@@ -648,15 +649,15 @@ class Release:
             if passed or request.get("force"):
                 self.recorder.request(state, "promote" + (" --force" if request.get("force") and not passed else ""), by, request.get("reason", ""))
                 forced = "" if passed else f"force: {request.get('reason', '')}"
-                state = self._to_promoting(state, f"promotion approved by {by}" + (f" despite a failed last tick: {request.get('reason')}" if forced else ""),
-                                           Severity.INFO, forced=forced)
+                state = self._approved(state, f"promotion approved by {by}" + (f" despite a failed last tick: {request.get('reason')}" if forced else ""),
+                                       Severity.INFO, forced=forced)
                 self._clear("promote", request)  # once the promotion is saved: cleared before, a kill lost it
                 return state
             self._clear("promote", request, carried=False)
             self.recorder.event(state, f"promotion by {by} refused: the last tick did not pass ({state.reason or 'see canary status'}); "
                                        "wait for a passing tick, or promote --force --reason TEXT", Severity.WARN)
         elif state.advance and not state.paused and self.hooks.gate(state, WebhookType.CONFIRM_PROMOTION) is None:
-            return self._to_promoting(state, "confirm-promotion webhooks approved", Severity.INFO)
+            return self._approved(state, "confirm-promotion webhooks approved", Severity.INFO)
         if state.reapply:
             state = self._shift(state, state.step, self._steps(state)[state.step - 1], again=True)
         return self._analyse(state)
@@ -685,16 +686,33 @@ class Release:
         return self._analyse(state)
 
     def _promotion_gate(self, state: ReleaseState) -> ReleaseState:
+        if schedule.is_switch(self.spec.analysis, state.step):
+            # the confirm-promotion gate was asked before the switch
+            return self._to_promoting(state, "green served all traffic for an interval and every check passed: promoting", Severity.INFO)
         gate = self.hooks.gate(state, WebhookType.CONFIRM_PROMOTION)
         if gate is None:
             iterations = self.spec.analysis.iterations
             passed = f"in each of the {iterations} iterations" if iterations is not None else f"up to weight {state.weight}"
-            return self._to_promoting(state, f"every check passed {passed}: promoting", Severity.INFO)
+            return self._approved(state, f"every check passed {passed}: promoting", Severity.INFO)
         # asked again after the next passing tick, not at once: a hook's "no" (or its timeout) once per interval, as in Flagger
         return self.recorder.save(
             state.model_copy(update={"phase": Phase.WAITING_PROMOTION, "advance": False}),
             f"waiting for promotion: confirm-promotion webhook {gate.name} said no ({gate.detail}); approve with "
             f"canary promote {self.stack.name} --app {self.spec.app.name}", Severity.WARN)
+
+    def _approved(self, state: ReleaseState, message: str, severity: Severity, forced: str = "") -> ReleaseState:
+        """The promotion approved (the gate, a person): into Promoting; a blue/green release not switched yet switches
+        first, judged for an interval at all traffic (then promotes on a passing tick, rolls back as at any step). A
+        forced promotion goes straight to Promoting, which switches unjudged: a person decided."""
+        steps = self._steps(state)
+        if forced or not schedule.is_switch(self.spec.analysis, len(steps)) or state.step >= len(steps):
+            return self._to_promoting(state, message, severity, **({"forced": forced} if forced else {}))
+        state = self.recorder.save(state.model_copy(update={"phase": Phase.PROGRESSING}),
+                                   f"{message.removesuffix(': promoting')}: blue/green switches all traffic to the new version, "
+                                   "judged for an interval before stable takes it", severity)
+        self.recorder.decide(state, "blue/green: all traffic switches to the new version at once, judged for an interval before stable takes it",
+                             "Progressing")
+        return self._shift(state, len(steps), steps[-1])
 
     def _to_promoting(self, state: ReleaseState, message: str, severity: Severity, **update: Any) -> ReleaseState:
         """Into Promoting, unless an abort is pending: once Promoting is saved an abort is ignored (the new version
@@ -718,8 +736,9 @@ class Release:
         assert canary is not None
         replicas = state.canary_replicas or self._canary_size()
         if state.promotion_step == 0:
-            if self.spec.analysis.kind is Strategy.BLUE_GREEN:
-                switch = RouteShape(weight=100)
+            if self.spec.analysis.kind is Strategy.BLUE_GREEN and state.weight != 100:
+                # not switched as a judged step (skipAnalysis, a forced or decided promotion): switched here, as it stands
+                switch = schedule.SWITCH
                 full = self._stable_size()
                 if replicas < full:
                     # green takes every request at the switch: at stable's size first (`canaryReplicas` sized it for the

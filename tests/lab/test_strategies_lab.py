@@ -206,9 +206,14 @@ def test_blue_green_keeps_users_on_blue_until_the_switch_then_all_reach_green(la
     assert set(answers[:first_green]) == {"v1"} and set(answers[first_green:]) == {"v2"}, after  # one switch, never back
     assert len(answers) - first_green >= 10, after
     ticks = lab_stack.of("tick")
-    assert [t.outcome.value for t in ticks if t.outcome.value != "hold"] == ["advance"] * 3, [(t.outcome.value, t.reason) for t in ticks]
-    passed = [c for c in ticks[-1].checks if c.metric == "error-rate"]
+    # the iterations, then one at the switch: green judged under all traffic before stable takes it (Flagger's order)
+    judged = [t for t in ticks if t.outcome.value != "hold"]
+    assert [(t.outcome.value, t.weight) for t in judged] == [("advance", 0)] * 3 + [("advance", 100)], [(t.outcome.value, t.reason) for t in ticks]
+    passed = [c for c in judged[-2].checks if c.metric == "error-rate"]
     assert passed and passed[0].requests is not None and passed[0].requests >= 20, passed  # judged on the tester's requests
+    at_switch = [c for c in judged[-1].checks if c.metric == "error-rate"]
+    assert at_switch and at_switch[0].requests is not None and at_switch[0].requests >= 20, at_switch  # and on the users'
+    assert _time(judged[-1].time) > switch
     assert_stable_state(lab_stack, "demo:v2")
     assert _sample(lab_stack, 40) == {"v2": 40}
 

@@ -94,8 +94,8 @@ def test_match_values_are_kept_as_given_and_a_header_value_with_edge_whitespace_
 def test_blue_green_runs_iterations_without_user_traffic(analysis: dict[str, Any], shape: RouteShape) -> None:
     parsed = Analysis.model_validate(analysis)
     assert parsed.kind is Strategy.BLUE_GREEN and schedule.full_size(parsed) is True
-    assert schedule.steps(parsed) == [shape] * 4
-    assert schedule.describe(parsed) == "blue/green, 4 iterations"
+    assert schedule.steps(parsed) == [shape] * 4 + [schedule.SWITCH]  # then every request to green, judged for an interval
+    assert schedule.describe(parsed) == "blue/green, 4 iterations, then the switch judged for an interval"
 
 
 def test_describe_a_canary() -> None:

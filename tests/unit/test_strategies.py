@@ -10,7 +10,7 @@ import pytest
 from canary.core.records import Phase, TrackPin
 from canary.core.routing import RouteShape
 from canary.errors import InvalidSpec
-from tests.unit.fakes import Metrics, make
+from tests.unit.fakes import NEW, STABLE, FakeHooks, Metrics, make
 
 
 def test_blue_green_scales_green_to_stable_s_size_before_the_switch() -> None:
@@ -55,3 +55,105 @@ def test_a_release_that_moves_the_port_out_of_stable_s_services_reach_is_refused
     with pytest.raises(InvalidSpec, match=r"app.port: .*would reach no new pod on it. Name the port the same in both templates"):
         world.release.start(_pin("web:2", desired[1], desired[0]), "config:\n  canary:app: {}\n")
     assert world.stack.ups == [] and world.store.state is None  # nothing applied, no release begun
+
+
+def _blue_green(iterations: int = 2, **extra: Any) -> Any:
+    def change(v: dict[str, Any]) -> None:
+        for key in ("stepWeight", "maxWeight", "stepWeights"):
+            v["analysis"].pop(key, None)
+        v["analysis"].update(iterations=iterations, **extra)
+    return change
+
+
+def _switched_at(world: Any) -> int:
+    return next(i for i, (kind, what) in enumerate(world.cluster.log) if kind == "route" and isinstance(what, RouteShape) and what.weight == 100)
+
+
+def test_blue_green_judges_green_for_an_interval_at_all_traffic_before_stable_takes_it() -> None:
+    """Flagger switches all traffic to green and runs the analysis again before it promotes; canary switched inside the
+    promotion, where no check ran, an abort was ignored and nothing could switch back: a green that failed under the
+    users' own traffic became stable."""
+    world = make(Metrics(0.0), _blue_green(2))
+    assert world.start().phase is Phase.SUCCEEDED
+    switch = _switched_at(world)
+    assert ("stable", NEW.hash) in world.cluster.log[switch:]  # stable takes the new version after the switch
+    ticks = world.store.of("tick")
+    assert [t.weight for t in ticks] == [0, 0, 100], [(t.weight, t.reason) for t in ticks]
+    assert ticks[-1].outcome.value == "advance"
+    messages = [e.message for e in world.events]
+    assert any("blue/green switches all traffic to the new version, judged for an interval" in m for m in messages), messages
+    assert any("green served all traffic for an interval and every check passed: promoting" in m for m in messages), messages
+
+
+def test_a_green_that_fails_at_the_switch_is_switched_back_to_blue_which_never_changed() -> None:
+    world = make(Metrics([0.0, 0.0, 7.0]), _blue_green(2, threshold=2))
+    result = world.start()
+    assert result.phase is Phase.FAILED and "at weight 100" in result.reason, result.reason
+    assert ("stable", NEW.hash) not in world.cluster.log and world.cluster.stable_hash == STABLE.hash
+    assert world.cluster.route(world.release.spec).weights == (100, 0) and world.cluster.canary_replicas == 0
+    back = [what for kind, what in world.cluster.log[_switched_at(world):] if kind == "route" and isinstance(what, RouteShape) and what.weight == 0]
+    assert back, world.cluster.log  # switched back to blue
+
+
+def test_an_abort_during_the_switch_s_interval_switches_back_to_blue() -> None:
+    world = make(Metrics(0.0), _blue_green(2))
+
+    def on_sleep(now: float) -> None:
+        state = world.store.state
+        if state is not None and state.weight == 100 and state.phase is Phase.PROGRESSING and "abort" not in world.store.requests(state.release):
+            world.store.request("abort", by="canary abort")
+
+    world.clock.on_sleep = on_sleep
+    assert world.start().phase is Phase.ABORTED
+    assert world.cluster.stable_hash == STABLE.hash and world.cluster.route(world.release.spec).weights == (100, 0)
+
+
+def test_confirm_promotion_is_asked_before_the_switch_and_a_no_keeps_users_on_blue() -> None:
+    answers = iter([False, True])
+    hooks = FakeHooks(lambda name, kind: next(answers) if kind == "confirm-promotion" else True)
+    world = make(Metrics(0.0), _blue_green(2, webhooks=[{"name": "approve", "type": "confirm-promotion", "url": "http://gate/"}]), hooks=hooks)
+    seen: list[tuple[str, int]] = []
+
+    def on_sleep(now: float) -> None:
+        state = world.store.state
+        if state is not None:
+            seen.append((state.phase.value, state.weight))
+
+    world.clock.on_sleep = on_sleep
+    assert world.start().phase is Phase.SUCCEEDED
+    assert ("WaitingPromotion", 0) in seen and ("WaitingPromotion", 100) not in seen, seen
+    assert hooks.calls.count(("approve", "confirm-promotion")) == 2  # never asked again after the switch
+    assert [t.weight for t in world.store.of("tick")][-1] == 100
+
+
+def test_a_release_killed_in_the_switch_s_interval_is_judged_there_again_on_resume() -> None:
+    world = make(Metrics(0.0), _blue_green(2))
+    killed: dict[str, bool] = {}
+
+    def on_sleep(now: float) -> None:
+        state = world.store.state
+        if state is not None and state.weight == 100 and state.phase is Phase.PROGRESSING and not killed:
+            killed["yes"] = True
+            raise KeyboardInterrupt  # the runner dies while green takes all traffic
+
+    world.clock.on_sleep = on_sleep
+    with pytest.raises(KeyboardInterrupt):
+        world.start()
+    world.clock.on_sleep = None
+    resumed = world.rebuild().release.resume()
+    assert resumed.phase is Phase.SUCCEEDED, resumed.reason
+    assert world.cluster.stable_hash == NEW.hash and world.cluster.route(world.release.spec).weights == (100, 0)
+
+
+def test_at_all_traffic_a_comparison_with_stable_is_not_judged_and_its_range_still_is() -> None:
+    """Stable serves no request at weight 100: a compare (or judge) has nothing to weigh the canary against. Judged as
+    no data, it failed every blue/green switch; its range still judges the canary there."""
+    metrics = [{"name": "request-error-rate", "thresholdRange": {"max": 1}, "compare": {"thresholdRange": {"max": 2}}},
+               {"name": "request-duration", "compare": {"thresholdRange": {"max": 1.5}}}]
+    world = make(Metrics(0.0), _blue_green(2, metrics=metrics))
+    assert world.start().phase is Phase.SUCCEEDED
+    switch_tick = world.store.of("tick")[-1]
+    assert switch_tick.weight == 100
+    by_name = {c.metric: c for c in switch_tick.checks}
+    assert by_name["request-duration"].effect.value == "none" and "not judged at this step" in by_name["request-duration"].reason
+    assert by_name["request-error-rate"].effect.value == "pass" and "not against stable" in by_name["request-error-rate"].reason
