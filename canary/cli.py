@@ -467,7 +467,8 @@ def promote(stack: str, app: str | None, force: bool, skip_analysis: bool, reaso
     from canary import api
 
     _steer("promotion", lambda: api.promote(stack, app=app, force=force, skip_analysis=skip_analysis, reason=reason, on_warning=_warn, **Where(project_dir, lab).kwargs),
-           "the release promotes within a second" if not force else "forced")
+           "forced" if force else "the release takes it within a second (blue/green, waiting before its switch: switches, then judges green "
+           "for an interval before it promotes)")
 
 
 @main.command()

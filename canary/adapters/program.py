@@ -149,13 +149,16 @@ def _route_guard(app: str, stack: str) -> pulumi.ResourceHook:
     return pulumi.ResourceHook(f"canary-route-guard-{app}", guard)
 
 
-#: What canary's route keeps of a route it adopts, whatever it declares: its name and namespace. Kubernetes cannot rename
-#: an object, so a route adopted under another name (or from another namespace) would be *replaced*, canary's created and
-#: the old one deleted, and Pulumi runs update hooks for in-place updates only: a replacement runs create hooks, which are
-#: given no old inputs, so ``_adopted_route_guard`` would never see the route it drops. Kept, every adoption is an update
-#: the guard sees, and the guard refuses the rename itself. (A create, as in a new stack where no route is adopted, declares
-#: canary's name: ignore_changes only keeps what an old state holds.)
-_ADOPTED_ROUTE_KEPT = ("metadata.name", "metadata.namespace")
+#: What canary's route keeps of a route it adopts, whatever it declares: its name. Kubernetes cannot rename an object, so a
+#: route adopted under another name would be *replaced*, canary's created and the old one deleted, and Pulumi runs update
+#: hooks for in-place updates only: a replacement runs create hooks, which are given no old inputs, so
+#: ``_adopted_route_guard`` would never see the route it drops. Kept, every adoption is an update the guard sees, and the
+#: guard refuses the rename itself. (A create, as in a new stack where no route is adopted, declares canary's name:
+#: ignore_changes only keeps what an old state holds.) Not the namespace: a later change of ``app.namespace`` leaves the
+#: route's spec as it was (its backends name no namespace), so no update would move it, and the route would stay behind
+#: in the old namespace, silently, before Services that are gone; replaced, it moves with the app. (A route adopted from
+#: another namespace than the app's is replaced unchecked: its backends would be the app's only with a ReferenceGrant.)
+_ADOPTED_ROUTE_KEPT = ("metadata.name",)
 
 
 def _parent_key(ref: Mapping[str, Any], namespace: str | None) -> tuple[str, str, str, str, str, int | None]:

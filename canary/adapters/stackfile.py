@@ -337,9 +337,9 @@ def _read_otherwise(field: str, line: int, written: str, reads: str) -> Problem:
     if reads in ("infinity", "minus infinity", "NaN"):
         return Problem(field, written, f"must be a finite number: the Pulumi CLI's YAML reads {written} as {reads}, which `pulumi config` "
                        f"cannot even show (line {line})")
-    plainly = "" if reads == "a timestamp" else ", or write the number in plain decimal"
+    how = "quote it" if reads == "a timestamp" else "write the number in plain decimal, or quote it if it is text"
     return Problem(field, written, f"is read by the Pulumi CLI's YAML (which canary up and pulumi use) as {reads}, not as the text "
-                   f"{written} written (line {line}): quote it{plainly}")
+                   f"{written} written (line {line}): {how}")
 
 
 def read_text(path: Path, field: str = "file") -> str:

@@ -215,8 +215,9 @@ class _Tick:
         # with, nor to judge it against. Its range still judges it; a metric with none is not judged at this step
         alone = self.ctx.weight >= 100 and (metric.compare is not None or metric.judge is not None)
         if alone and metric.threshold_range is None:
-            return Check(metric=metric.name, query=query, verdict=Verdict.NO_DATA, effect=Effect.NONE,
-                         reason=f"{metric.name}: judged against stable, which serves no request at weight {self.ctx.weight}: not judged at this step", **dry)  # type: ignore[arg-type]
+            return self._dry(Check(metric=metric.name, query=query, verdict=Verdict.NO_DATA, effect=Effect.NONE,  # type: ignore[arg-type]
+                                   reason=f"{metric.name}: judged against stable, which serves no request at weight {self.ctx.weight}: "
+                                          "not judged at this step", **dry), metric)
         if alone:
             metric = metric.model_copy(update={"compare": None, "judge": None})
         value = self.value(query, address)

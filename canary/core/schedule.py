@@ -6,8 +6,9 @@
 - A/B testing: ``iterations`` steps at weight 0 whose matched requests go to
   the canary;
 - blue/green: ``iterations`` steps at weight 0 (tester traffic through the
-  matches or a rollout hook, stable's traffic mirrored when ``mirror`` is set);
-  promotion then switches all traffic at once.
+  matches or a rollout hook, stable's traffic mirrored when ``mirror`` is set),
+  then the switch (``SWITCH``): all traffic on green, judged for an interval
+  before stable takes it.
 
 Promotion follows the last step.
 """

@@ -1085,19 +1085,31 @@ def _analysis_problems(analysis: Analysis, field: str, metric_templates: Mapping
         problems.append(Problem(f"{field}.mirrorWeight", str(analysis.mirror_weight), "needs mirror: true"))
     if analysis.mirror and analysis.kind is Strategy.AB:
         problems.append(Problem(f"{field}.mirror", "true", "mirrors stable's traffic during weighted or blue/green analysis; A/B testing routes matched requests instead"))
+    rollout_hook = any(w.type is WebhookType.ROLLOUT and not w.background for w in analysis.webhooks)
     if analysis.score is not None and not analysis.metrics:
         problems.append(Problem(f"{field}.score", "set", "needs metrics to score"))
     elif analysis.score is not None and all(m.dry_run for m in analysis.metrics):
         # a score over no metric acted on is 100: every tick would pass, whatever the metrics said
         problems.append(Problem(f"{field}.score", "set", "needs a metric that is not dryRun: every metric is, so nothing would be scored"))
-    elif not any(not m.dry_run for m in analysis.metrics) and not any(w.type is WebhookType.ROLLOUT and not w.background for w in analysis.webhooks) \
-            and not (analysis.skip_analysis and not analysis.metrics):
-        # nothing acts on a tick: every one would pass ("all 0 checks passed") and the release promote on nothing. A
-        # background rollout hook is a load generator, whose exit status is recorded but never judged
+    elif not any(not m.dry_run for m in analysis.metrics) and not rollout_hook and not analysis.skip_analysis \
+            and not any(w.type in (WebhookType.PRE_ROLLOUT, WebhookType.CONFIRM_PROMOTION) for w in analysis.webhooks):
+        # nothing acts on a tick, and nothing else decides: every tick would pass ("all 0 checks passed") and the release
+        # promote on nothing. A background rollout hook is a load generator, whose exit status is recorded but never judged;
+        # a pre-rollout hook (a smoke test) or a confirm-promotion gate (a person) still decides
         shown = f"{len(analysis.metrics)} dryRun" if analysis.metrics else "none"
         problems.append(Problem(f"{field}.metrics", shown, "needs a metric that is not dryRun (or a rollout webhook): "
                                 "every tick would pass whatever happened, and the release promote on no check at all (a background rollout hook "
-                                "is a load generator, never judged); to promote without analysis, say so with skipAnalysis: true"))
+                                "is a load generator, never judged); to promote without analysis, say so with skipAnalysis: true, or let a "
+                                "person decide with a confirm-promotion webhook"))
+    top = max(analysis.step_weights) if analysis.step_weights else analysis.max_weight
+    at_all = analysis.kind is Strategy.BLUE_GREEN or (analysis.kind is Strategy.CANARY and top == 100)
+    acting = [m for m in analysis.metrics if not m.dry_run]
+    if at_all and acting and not analysis.skip_analysis and not rollout_hook and all(m.threshold_range is None for m in acting):
+        # compare and judge weigh the canary against stable, which serves no request at all traffic: nothing would judge it there
+        where = "blue/green's switch" if analysis.kind is Strategy.BLUE_GREEN else "the weight of 100"
+        problems.append(Problem(f"{field}.metrics", f"{len(acting)} compare/judge only", (
+            f"judge the canary only against stable: at all traffic ({where}) stable serves no request, so nothing would judge the "
+            "canary there and it would pass on no check; give a metric a thresholdRange (or add a rollout webhook)")))
     return problems
 
 
@@ -1116,7 +1128,8 @@ def _percent_problems(metric: Metric, where: str) -> list[Problem]:
                 problems.append(Problem(f"{where}.{name}.{side}", f"{value:g}", f"must be within 0..100: {metric.name} is a percentage of "
                                         "requests" + (f", so the check could never {never}" if name == "thresholdRange" else "")))
     bounds = metric.threshold_range
-    if not problems and bounds is not None and not metric.dry_run and (bounds.min is None or bounds.min <= 0) and (bounds.max is None or bounds.max >= 100):
+    if not problems and bounds is not None and not metric.dry_run and metric.compare is None and metric.judge is None \
+            and (bounds.min is None or bounds.min <= 0) and (bounds.max is None or bounds.max >= 100):
         problems.append(Problem(f"{where}.thresholdRange", str(bounds), f"lets every value of {metric.name} (a percentage, 0..100) pass: "
                                 "the check could never fail; narrow it, or set dryRun: true to record the metric only"))
     return problems

@@ -140,8 +140,10 @@ def test_a_release_killed_in_the_switch_s_interval_is_judged_there_again_on_resu
     with pytest.raises(KeyboardInterrupt):
         world.start()
     world.clock.on_sleep = None
+    judged_before = [t.weight for t in world.store.of("tick")]
     resumed = world.rebuild().release.resume()
     assert resumed.phase is Phase.SUCCEEDED, resumed.reason
+    assert 100 not in judged_before and [t.weight for t in world.store.of("tick")][-1] == 100  # the switch judged after the resume
     assert world.cluster.stable_hash == NEW.hash and world.cluster.route(world.release.spec).weights == (100, 0)
 
 

@@ -243,3 +243,41 @@ def test_a_judge_that_needs_more_samples_than_its_window_gives_a_hint_that_can_b
 def test_the_base_values_stay_valid() -> None:
     parse_stack(base_values())
     assert units.parse_duration(8784 * 3600) == timedelta(hours=8784)
+
+
+@pytest.mark.parametrize("hook", [
+    {"name": "smoke", "type": "pre-rollout", "url": "http://smoke/"},  # a smoke test decides before any traffic
+    {"name": "approve", "type": "confirm-promotion", "url": "http://gate/"},  # a person decides
+], ids=["pre-rollout", "confirm-promotion"])
+def test_no_metrics_stays_valid_where_a_smoke_test_or_a_person_decides(hook: dict[str, Any]) -> None:
+    parse_stack(values_with(set_path("analysis.metrics", []), set_path("analysis.webhooks", [hook])))
+
+
+def test_a_percent_range_covering_0_to_100_beside_a_comparison_stays_valid() -> None:
+    # the comparison with stable can fail: the range only bounds the canary alone
+    parse_stack(values_with(set_path("analysis.metrics.1", {"name": "request-error-rate", "thresholdRange": {"max": 100},
+                                                           "compare": {"thresholdRange": {"max": 1}}})))
+
+
+def _only_compared(values: dict[str, Any]) -> None:
+    values["analysis"]["metrics"] = [{"name": "request-error-rate", "compare": {"thresholdRange": {"max": 2}}}]
+    values["analysis"]["webhooks"] = []
+
+
+@pytest.mark.parametrize("shape", [
+    {"iterations": 3},  # blue/green: its switch
+    {"stepWeights": [50, 100]},  # a weighted canary that reaches all traffic
+], ids=["blue-green", "weight-100"])
+def test_metrics_only_compared_with_stable_are_refused_where_the_canary_takes_all_traffic(shape: dict[str, Any]) -> None:
+    """Stable serves no request at all traffic: compare and judge are not judged there, and a canary judged by them alone
+    passed blue/green's switch (or a weight of 100) on no check at all."""
+    def change(values: dict[str, Any]) -> None:
+        _only_compared(values)
+        for key in ("stepWeight", "maxWeight", "stepWeights", "iterations"):
+            values["analysis"].pop(key, None)
+        values["analysis"].update(shape)
+
+    found = problems(values_with(change))
+    assert [p.field for p in found] == ["analysis.metrics"] and "stable serves no request" in found[0].rule, [str(p) for p in found]
+    # with a range, or below all traffic, it is judged everywhere
+    parse_stack(values_with(_only_compared))  # the base's weights stop at 50
