@@ -916,8 +916,9 @@ def backtest(stack: str, *, app: str | None = None, release_id: str | None = Non
         if not journal:
             raise InvalidSpec([Problem("--release", release_id, f"has no journal for app {name} in namespace {namespace} "
                                        f"(`canary history {stack}` lists the releases kept)")], "backtest")
-        first_tick = min((r.time for r in journal if r.type == "tick"), default=None)
-        _refuse_rejected(spec, provider_for_at(datetime.fromisoformat(first_tick.replace("Z", "+00:00")) if first_tick else moment), where, fields)
+        # read as the replay reads them (a zone-less time is UTC); an unreadable one is refused (InvalidSpec), as the replay refuses it
+        first_tick = min(backtesting.recorded_tick_times(journal), default=None)
+        _refuse_rejected(spec, provider_for_at(first_tick or moment), where, fields)
         result = backtesting.replay_release(spec, provider_for_at, journal)
     else:
         assert first is not None and last is not None

@@ -8,24 +8,35 @@ Prometheus would have at ``when`` (the adapter's ``at``), and run the same
 ``analysis.run_tick`` the release runs.
 
 Each tick's context is built as ``release.machine`` builds it (``_analyse``):
-the failure counts, the weight of the replayed step, the warm-up since the
-replayed shift, the hold bound and the evidence window while the step holds.
-Steps move as the machine moves them (``_progressing``): a passing tick takes
-the next step of ``schedule.steps``, a passing tick at the last step promotes,
-a hold or a failed tick stays, a rollback ends the replay, and an inconclusive
-tick ends it waiting for a person (WaitingDecision).
+the failure counts (from a journal's "analysis starts" record: a pre-rollout
+webhook's failures count against failureLimit), the weight of the replayed
+step, the warm-up since the replayed shift, the hold bound and the evidence
+window while the step holds. Steps move as the machine moves them
+(``_progressing``): a passing tick takes the next step of ``schedule.steps``
+(blue/green's last step is the switch), a passing tick at the last step
+promotes, a hold or a failed tick stays, a rollback ends the replay. An
+inconclusive tick begins the wait for a person (WaitingDecision), in which the
+replay goes on judging as ``_waiting_decision`` does: failures count and may
+roll back, nothing advances, until the data or decisionTimeout ends it.
 
 What a replay cannot know: the values were measured at the weights the route
 really had then, so a replay that runs ahead of (or behind) the release
-judges values measured at another weight than its own. Not replayed: gates
-(``confirm-*`` webhooks), pauses and requests; a rollout webhook's recorded
-failure at a tick is carried over, as the machine adds it to the tick; a
-resume's re-applied step restarts the warm-up as it did in the release.
+judges values measured at another weight than its own. Gates are taken from
+the journal: a confirm-promotion (or confirm-traffic-increase) webhook that
+said no right after a tick holds the replay there too (WaitingPromotion goes
+on judging the last step), and a gate the release did not ask then says yes.
+Not replayed: pauses and requests (abort, promote, pause, continue); a rollout
+webhook's recorded failure at a tick is carried over, as the machine adds it
+to the tick; a resume's re-applied step restarts the warm-up as it did in the
+release, before the first tick too. The replay is ``same`` as the release when
+every recorded tick has its outcome, weight and step, and it ends as the
+release did at the same deciding tick.
 """
 
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -33,7 +44,7 @@ from typing import Any
 
 from canary.core import analysis, records, schedule, units
 from canary.core.records import Check, Effect, Outcome, Tick, Verdict
-from canary.core.spec import ReleaseSpec
+from canary.core.spec import ReleaseSpec, Strategy
 from canary.errors import InvalidSpec, Problem
 
 #: The most ticks one backtest replays: each costs a query per metric.
@@ -95,7 +106,7 @@ class ReplayedTick:
 
 @dataclass(frozen=True)
 class Difference:
-    """A recorded tick whose outcome, or the weight it was judged at, the replay does not share."""
+    """A recorded tick whose outcome, or the step (the weight, the iteration) it was judged at, the replay does not share."""
 
     tick: int
     time: datetime
@@ -106,15 +117,24 @@ class Difference:
     replay_outcome: Outcome | None
     replay_weight: int | None
     reason: str
+    #: the steps for a person ("weight 20", "iteration 2 of 3", "blue/green's switch (weight 100)"); empty: the weight
+    recorded_at: str = ""
+    replay_at: str = ""
+    #: the steps (1-based); None: the journal does not say (or the replay had ended)
+    recorded_step: int | None = None
+    replay_step: int | None = None
 
     def __str__(self) -> str:
-        replay = f"replay {self.replay_outcome.value} at weight {self.replay_weight}" if self.replay_outcome is not None else "replay had ended"
-        return f"tick {self.tick} at {_clock(self.time)}: recorded {self.recorded_outcome.value} at weight {self.recorded_weight}, {replay}: {self.reason}"
+        recorded_at = self.recorded_at or f"weight {self.recorded_weight}"
+        replay = (f"replay {self.replay_outcome.value} at {self.replay_at or f'weight {self.replay_weight}'}" if self.replay_outcome is not None
+                  else "replay had ended")
+        return f"tick {self.tick} at {_clock(self.time)}: recorded {self.recorded_outcome.value} at {recorded_at}, {replay}: {self.reason}"
 
     def to_json(self) -> dict[str, Any]:
         return {"tick": self.tick, "time": _iso(self.time), "recorded_outcome": self.recorded_outcome.value, "recorded_weight": self.recorded_weight,
-                "recorded_reason": self.recorded_reason, "replay_outcome": self.replay_outcome.value if self.replay_outcome else None,
-                "replay_weight": self.replay_weight, "reason": self.reason, "text": str(self)}
+                "recorded_step": self.recorded_step, "recorded_reason": self.recorded_reason,
+                "replay_outcome": self.replay_outcome.value if self.replay_outcome else None, "replay_weight": self.replay_weight,
+                "replay_step": self.replay_step, "reason": self.reason, "text": str(self)}
 
 
 @dataclass(frozen=True)
@@ -128,8 +148,10 @@ class Replay:
 
     @property
     def same(self) -> bool:
-        """The replay made the journal's decisions at the journal's ticks (always False without a journal)."""
-        return self.recorded is not None and not self.differences
+        """The replay made the journal's decisions at the journal's ticks, at the same steps, and ends as the release
+        did at the same deciding tick (always False without a journal)."""
+        return (self.recorded is not None and not self.differences and self.conclusion.ending is self.recorded.ending
+                and self.conclusion.tick == self.recorded.tick)
 
     def to_json(self) -> dict[str, Any]:
         return {"ticks": [t.to_json() for t in self.ticks], "conclusion": self.conclusion.to_json(),
@@ -142,8 +164,11 @@ class Replay:
         out.append(f"replay:   {self.conclusion.text}")
         if self.recorded is not None:
             out.append(f"recorded: {self.recorded.text}")
-            if not self.differences:
+            if self.same:
                 out.append("differences: none — the replay makes the recorded decision at every recorded tick")
+            elif not self.differences:
+                out.append(f"differences: none at the recorded ticks, but the replay ends {self.conclusion.ending.value} (tick {self.conclusion.tick}) "
+                           f"where the release ended {self.recorded.ending.value} (tick {self.recorded.tick})")
             else:
                 out.append(f"differences: {len(self.differences)}")
                 out.extend(f"  {line}" for line in _collapsed(self.differences))
@@ -230,6 +255,14 @@ class _Shift:
     reapplied: bool = False
 
 
+class _Mode(enum.Enum):
+    """The machine's phase while it analyses: ``_progressing``, ``_waiting_promotion``, ``_waiting_decision``."""
+
+    PROGRESSING = "Progressing"
+    WAITING_PROMOTION = "WaitingPromotion"
+    WAITING_DECISION = "WaitingDecision"
+
+
 @dataclass
 class _State:
     step: int = 1
@@ -238,7 +271,16 @@ class _State:
     holding: datetime | None = None
     failed_in_row: int = 0
     failed_total: int = 0
+    mode: _Mode = _Mode.PROGRESSING
+    #: the inconclusive tick that began the wait for a decision
+    deciding: ReplayedTick | None = None
     ticks: list[ReplayedTick] = field(default_factory=list)
+
+
+#: ``gate_said_no(index, hook_type)``: whether the release's journal has that gate saying no right after tick ``index``
+GateSaidNo = Callable[[int, str], bool]
+_PROMOTION_GATE = "confirm-promotion"
+_TRAFFIC_GATE = "confirm-traffic-increase"
 
 
 def _shifts(steps: Sequence[Any]) -> list[bool]:
@@ -247,16 +289,34 @@ def _shifts(steps: Sequence[Any]) -> list[bool]:
     return [not i or shape != steps[i - 1] for i, shape in enumerate(steps)]
 
 
+def _where(config: Any, step: int | None, weight: int) -> str:
+    """A step for a person: a weight, an A/B or blue/green iteration, or blue/green's switch."""
+    if config.iterations is None or step is None:
+        return f"weight {weight}"
+    if schedule.is_switch(config, step):
+        return "blue/green's switch (weight 100)"
+    return f"iteration {step} of {config.iterations}"
+
+
 def _replay(spec: ReleaseSpec, provider_for_at: ProviderForAt, times: Sequence[datetime], first_shift: datetime | None,
             shift_after: Callable[[int, datetime], datetime], reapplied_before: Callable[[int], datetime | None],
-            carried: Callable[[int], tuple[Check, ...]]) -> tuple[list[ReplayedTick], Conclusion]:
+            carried: Callable[[int], tuple[Check, ...]], gate_said_no: GateSaidNo = lambda index, kind: False,
+            failed_total: int = 0) -> tuple[list[ReplayedTick], Conclusion]:
     config = spec.analysis
     steps = schedule.steps(config)
     moves = _shifts(steps)
     if config.skip_analysis:
         return [], Conclusion(Ending.SKIPPED, "would promote without analysis (analysis.skipAnalysis): no tick runs")
-    state = _State(weight=steps[0].weight, shifted=first_shift if moves[0] else None)
+    # a pre-rollout webhook's failures count against failureLimit (the machine's _count_failure): they are in the state
+    # the analysis starts from
+    state = _State(weight=steps[0].weight, shifted=first_shift if moves[0] else None, failed_total=failed_total)
     for index, now in enumerate(times):
+        if state.mode is _Mode.WAITING_DECISION and state.deciding is not None and index > 0 \
+                and (times[index - 1] - state.deciding.time) > config.decision_timeout:
+            # _waiting_decision rolls back before it judges again: no tick after the one that passed the bound
+            return state.ticks, _deciding(state.deciding, len(state.ticks),
+                                          f"no decision within decisionTimeout {units.format_duration(config.decision_timeout)}: "
+                                          f"rolled back after {_clock(times[index - 1])} (tick {index}), not by a tick")
         reapplied = reapplied_before(index)
         if reapplied is not None:
             # a resume put the step back in the route: the machine's _shift(again=True) restarts the warm-up and the hold
@@ -272,32 +332,63 @@ def _replay(spec: ReleaseSpec, provider_for_at: ProviderForAt, times: Sequence[d
         if extra:
             tick = analysis.decide_for(spec, tick.checks + extra, ctx)  # as the machine does with the rollout webhooks' failures
         number = index + 1
-        state.ticks.append(ReplayedTick(number, now, state.step, state.weight, tick.outcome, tick.reason, tick.failed_in_row, tick.failed_total,
-                                        ctx, tick.checks, tick.score))
+        replayed = ReplayedTick(number, now, state.step, state.weight, tick.outcome, tick.reason, tick.failed_in_row, tick.failed_total,
+                                ctx, tick.checks, tick.score)
+        state.ticks.append(replayed)
         state.failed_in_row, state.failed_total = tick.failed_in_row, tick.failed_total
         if tick.outcome is Outcome.ROLLBACK:
-            return state.ticks, Conclusion(Ending.ROLLBACK, f"would roll back at {_clock(now)} (tick {number}): {tick.reason}", now, number, state.weight)
-        if tick.outcome is Outcome.INCONCLUSIVE:
-            return state.ticks, Conclusion(Ending.DECISION, f"would wait for a decision (WaitingDecision) from {_clock(now)} (tick {number}): {tick.reason}",
-                                           now, number, state.weight)
+            waited = " while waiting for a decision" if state.mode is _Mode.WAITING_DECISION else \
+                " while waiting for promotion" if state.mode is _Mode.WAITING_PROMOTION else ""
+            return state.ticks, Conclusion(Ending.ROLLBACK, f"would roll back at {_clock(now)} (tick {number}){waited}: {tick.reason}", now, number, state.weight)
         if tick.outcome is Outcome.HOLD:
             state.holding = state.holding or now
         elif tick.outcome is Outcome.ADVANCE:
             state.holding = None
-            if state.step == len(steps):
-                passed = (f"in each of the {config.iterations} iterations" + (" and at the switch" if schedule.is_switch(config, state.step) else "")
-                          if config.iterations is not None else f"up to weight {state.weight}")
-                return state.ticks, Conclusion(Ending.PROMOTE, f"would promote at {_clock(now)} (tick {number}): every check passed {passed}",
-                                               now, number, state.weight)
-            state.step += 1
-            state.weight = steps[state.step - 1].weight
-            if moves[state.step - 1]:
-                state.shifted = shift_after(index, now)
-    where = (("blue/green's switch (all traffic on green)" if schedule.is_switch(config, state.step) else f"iteration {state.step} of {config.iterations}")
-             if config.iterations is not None else f"weight {state.weight}")
+        if state.mode is _Mode.WAITING_DECISION:
+            # _analyse while waiting: the counts go on and a failure may roll back, but nothing advances and an
+            # inconclusive tick does not begin the wait again
+            continue
+        if tick.outcome is Outcome.INCONCLUSIVE:
+            state.mode, state.deciding = _Mode.WAITING_DECISION, replayed
+            continue
+        if tick.outcome is not Outcome.ADVANCE:
+            continue
+        at_switch = schedule.is_switch(config, state.step)
+        # the machine's _promotion_gate: after the last step, or (blue/green) before the switch; not after the switch
+        promotion = not at_switch and (state.step == len(steps) or schedule.is_switch(config, state.step + 1))
+        if promotion and gate_said_no(index, _PROMOTION_GATE):
+            state.mode = _Mode.WAITING_PROMOTION  # it keeps analysing at the last step; a later passing tick asks again
+            continue
+        if state.step == len(steps):
+            passed = (f"in each of the {config.iterations} iterations" + (" and at the switch" if at_switch else "")
+                      if config.iterations is not None else f"up to weight {state.weight}")
+            return state.ticks, Conclusion(Ending.PROMOTE, f"would promote at {_clock(now)} (tick {number}): every check passed {passed}",
+                                           now, number, state.weight)
+        if not promotion and config.kind is Strategy.CANARY and gate_said_no(index, _TRAFFIC_GATE):
+            continue  # the release held its weight on the gate's no, analysis going on
+        state.mode = _Mode.PROGRESSING
+        state.step += 1
+        state.weight = steps[state.step - 1].weight
+        if moves[state.step - 1]:
+            state.shifted = shift_after(index, now)
     last = times[-1] if times else None
+    if state.mode is _Mode.WAITING_DECISION and state.deciding is not None:
+        return state.ticks, _deciding(state.deciding, len(state.ticks), "")
+    where = _where(config, state.step, state.weight)
+    if state.mode is _Mode.WAITING_PROMOTION:
+        return state.ticks, Conclusion(Ending.RUNNING, f"would still be waiting for promotion at the end of the data: every check passed, "
+                                                       f"the confirm-promotion gate said no (as the journal records it) at {where} after {len(state.ticks)} ticks",
+                                       last, len(state.ticks), state.weight)
     return state.ticks, Conclusion(Ending.RUNNING, f"would still be running at the end of the data: {where} after {len(state.ticks)} ticks",
                                    last, len(state.ticks), state.weight)
+
+
+def _deciding(began: ReplayedTick, count: int, then: str) -> Conclusion:
+    """The wait for a decision that ``began`` started, ``count`` ticks replayed in all."""
+    waited = count - began.tick
+    after = f"; {waited} more tick{'s' if waited != 1 else ''} judged while waiting, none rolled back" if waited else ""
+    return Conclusion(Ending.DECISION, f"would wait for a decision (WaitingDecision) from {_clock(began.time)} (tick {began.tick}): {began.reason}{after}"
+                                       + (f"; {then}" if then else ""), began.time, began.tick, began.weight)
 
 
 def replay_window(spec: ReleaseSpec, provider_for_at: ProviderForAt, start: datetime, end: datetime) -> Replay:
@@ -308,6 +399,18 @@ def replay_window(spec: ReleaseSpec, provider_for_at: ProviderForAt, start: date
              "the replay judges them, it cannot know what its own weights would have measured",
              *_data_notes(ticks)]
     return Replay(tuple(ticks), conclusion, notes=tuple(notes))
+
+
+def recorded_tick_times(journal: Iterable[Any]) -> list[datetime]:
+    """The times of a journal's ticks, as the replay reads them (a time without a zone is UTC), in the journal's order;
+    InvalidSpec naming ``--release`` when one cannot be read."""
+    ticks = [r for r in journal if r.type == "tick"]
+    times = [_time(t.time) for t in ticks]
+    unread = [t for t, when in zip(ticks, times, strict=True) if when is None]
+    if unread:
+        raise InvalidSpec([Problem("--release", unread[0].release, f"has a tick without a readable time in its journal (time {unread[0].time!r}; "
+                                   f"{len(unread)} such tick{'s' if len(unread) > 1 else ''}): it cannot be replayed")], "backtest")
+    return [t for t in times if t is not None]
 
 
 def replay_release(spec: ReleaseSpec, provider_for_at: ProviderForAt, journal: Iterable[Any]) -> Replay:
@@ -321,17 +424,16 @@ def replay_release(spec: ReleaseSpec, provider_for_at: ProviderForAt, journal: I
         raise InvalidSpec([Problem("--release", entries[0].release if entries else "?", "has no recorded tick to replay")], "backtest")
     if len(recorded) > MAX_TICKS:
         raise InvalidSpec([Problem("--release", recorded[0].release, f"has {len(recorded)} recorded ticks; at most {MAX_TICKS} are replayed")], "backtest")
-    times = [_time(t.time) for t in recorded]
-    if any(t is None for t in times):
-        raise InvalidSpec([Problem("--release", recorded[0].release, "has a tick without a readable time in its journal")], "backtest")
-    tick_times: list[datetime] = [t for t in times if t is not None]
+    tick_times = recorded_tick_times(recorded)
+    positions = [i for i, r in enumerate(entries) if isinstance(r, Tick)]
     shifts = _recorded_shifts(entries)
 
     def between(index: int, reapplied: bool) -> list[datetime]:
         low = tick_times[index - 1] if index > 0 else datetime.min.replace(tzinfo=UTC)
         return [s.time for s in shifts if s.reapplied is reapplied and low < s.time <= tick_times[index]]
 
-    before_first = [s.time for s in shifts if not s.reapplied and s.time <= tick_times[0]]
+    # the step the first tick judged began at the last shift before it: the first one, or a resume's re-apply of it
+    before_first = [s.time for s in shifts if s.time <= tick_times[0]]
     first_shift = before_first[-1] if before_first else tick_times[0] - spec.analysis.interval
 
     def shift_after(index: int, now: datetime) -> datetime:
@@ -340,21 +442,28 @@ def replay_release(spec: ReleaseSpec, provider_for_at: ProviderForAt, journal: I
         return later[0] if later else now
 
     def reapplied_before(index: int) -> datetime | None:
-        found = between(index, True) if index > 0 else []
+        found = between(index, True) if index > 0 else []  # before the first tick: the first shift is taken from it
         return found[-1] if found else None
 
     def carried(index: int) -> tuple[Check, ...]:
         return tuple(c for c in recorded[index].checks if c.metric.startswith("webhook:") and c.effect is Effect.FAIL)
 
-    ticks, conclusion = _replay(spec, provider_for_at, tick_times, first_shift, shift_after, reapplied_before, carried)
+    def gate_said_no(index: int, kind: str) -> bool:
+        # the gate's answer when the release asked it, between this tick and the next
+        end = positions[index + 1] if index + 1 < len(positions) else len(entries)
+        return any(e.type == "webhook" and e.hook_type == kind and not e.ok for e in entries[positions[index] + 1:end])
+
+    starts = [e for e in entries[:positions[0]] if e.type == "state" and e.message == "analysis starts"]
+    failed_total = starts[-1].failed_total if starts else 0
+    ticks, conclusion = _replay(spec, provider_for_at, tick_times, first_shift, shift_after, reapplied_before, carried, gate_said_no, failed_total)
     ending = _recorded_ending(recorded, entries)
-    differences = _compare(recorded, tick_times, ticks, conclusion)
+    differences = _compare(spec, recorded, _recorded_steps(entries), tick_times, ticks, conclusion)
     notes = ["the recorded values were measured at the weights the release really ran: the replay judges those values, "
              "it cannot know what another weight would have measured"]
+    if failed_total:
+        notes.append(f"the analysis started with {failed_total} failed check(s) in all (pre-rollout webhooks), as the release did")
     if len(ticks) == len(recorded) and conclusion.ending is Ending.RUNNING:
         notes.append(f"the journal ends at tick {len(recorded)} ({ending.text}): the canary had no traffic after it, so the replay cannot go further")
-    elif len(ticks) < len(recorded) and not differences:
-        notes.append(f"recorded ticks {len(ticks) + 1}–{len(recorded)} came while the release waited (a person or a gate): not replayed")
     notes.extend(_steering_notes(entries))
     notes.extend(_data_notes(ticks))
     return Replay(tuple(ticks), conclusion, ending, tuple(differences), tuple(notes))
@@ -378,31 +487,64 @@ def _recorded_shifts(entries: Sequence[Any]) -> list[_Shift]:
     return out
 
 
-def _compare(recorded: Sequence[Tick], times: Sequence[datetime], ticks: Sequence[ReplayedTick], conclusion: Conclusion) -> list[Difference]:
+_ITERATION = re.compile(r"iteration (\d+) of \d+ at ")
+_SHIFTING = re.compile(r"(?:shifting to|re-applying) step (\d+): ")
+
+
+def _recorded_steps(entries: Sequence[Any]) -> list[int | None]:
+    """The step each recorded tick judged (None: the journal does not say), from the state records before it: a
+    shift's ``step`` detail, an iteration's "iteration k of N" (the machine's ``_shift`` of an unchanged route), or
+    a "shifting to step k" / "re-applying step k" the route was then verified at (journals without the detail)."""
+    out: list[int | None] = []
+    step: int | None = None
+    pending: int | None = None
+    for entry in entries:
+        if entry.type == "tick":
+            out.append(step)
+        elif entry.type == "state":
+            details: Mapping[str, Any] = entry.details or {}
+            iteration, shifting = _ITERATION.match(entry.message), _SHIFTING.match(entry.message)
+            if isinstance(details.get("step"), int) and not isinstance(details.get("step"), bool):
+                step = details["step"]
+            elif iteration:
+                step = int(iteration[1])
+            elif shifting:
+                pending = int(shifting[1])
+            elif entry.message.endswith(_SHIFTED) and pending is not None:
+                step = pending
+            if entry.message.endswith(_SHIFTED):
+                pending = None
+    return out
+
+
+def _compare(spec: ReleaseSpec, recorded: Sequence[Tick], steps: Sequence[int | None], times: Sequence[datetime], ticks: Sequence[ReplayedTick],
+             conclusion: Conclusion) -> list[Difference]:
+    config = spec.analysis
     out = []
-    for rec, time, rep in zip(recorded, times, ticks, strict=False):
-        if rec.outcome is not rep.outcome or rec.weight != rep.weight:
-            out.append(Difference(rep.tick, time, rec.outcome, rec.weight, rec.reason, rep.outcome, rep.weight, rep.reason))
-    if len(ticks) < len(recorded):
-        last = ticks[-1] if ticks else None
-        same_end = last is not None and recorded[len(ticks) - 1].outcome is last.outcome and recorded[len(ticks) - 1].weight == last.weight
-        if not same_end:
-            for offset, rec in enumerate(recorded[len(ticks):], start=len(ticks)):
-                out.append(Difference(offset + 1, times[offset], rec.outcome, rec.weight, rec.reason, None, None,
-                                      f"the replay ended at tick {conclusion.tick}: {conclusion.text}"))
+    for rec, step, time, rep in zip(recorded, steps, times, ticks, strict=False):
+        if rec.outcome is not rep.outcome or rec.weight != rep.weight or (step is not None and step != rep.step):
+            out.append(Difference(rep.tick, time, rec.outcome, rec.weight, rec.reason, rep.outcome, rep.weight, rep.reason,
+                                  _where(config, step, rec.weight), _where(config, rep.step, rep.weight), step, rep.step))
+    # a recorded tick after the replay ended is one the replay would not have run (ticks while waiting are replayed)
+    for offset, rec in enumerate(recorded[len(ticks):], start=len(ticks)):
+        out.append(Difference(offset + 1, times[offset], rec.outcome, rec.weight, rec.reason, None, None,
+                              f"the replay ended at tick {conclusion.tick}: {conclusion.text}", _where(config, steps[offset], rec.weight),
+                              recorded_step=steps[offset]))
     return out
 
 
 _PROMOTED = {"Promoting", "Finalising", "Succeeded", "PromotedUnverified"}
+#: the phases whose ticks may decide: a passing tick moves on (a gate asked again after one in WaitingPromotion)
+_DECIDING = {"Progressing", "WaitingPromotion"}
 
 
 def _recorded_ending(recorded: Sequence[Tick], entries: Sequence[Any]) -> Conclusion:
-    """How the release ended, at the tick that decided it: the last one, or the last one it ran while progressing
-    (later ticks came while it waited for a person or a gate)."""
+    """How the release ended, at the tick that decided it: the last one, or the last one it ran while progressing or
+    waiting for promotion (later ticks came while it waited for a person's decision, and did not roll back)."""
     phase = next((e.phase for e in reversed(entries) if e.phase), "")
     decided = len(recorded)
     if recorded[-1].outcome is not Outcome.ROLLBACK:
-        progressing = [i for i, t in enumerate(recorded) if t.phase == "Progressing"]
+        progressing = [i for i, t in enumerate(recorded) if t.phase in _DECIDING]
         decided = progressing[-1] + 1 if progressing else decided
     tick = recorded[decided - 1]
     when = _time(tick.time)
@@ -432,7 +574,8 @@ def _steering_notes(entries: Sequence[Any]) -> list[str]:
     if steering:
         notes.append(f"the release was steered ({', '.join(steering)}): the replay follows no request, so ticks after one may differ for that reason")
     if gates:
-        notes.append(f"gates said no during the release ({', '.join(gates)}): the replay takes its steps without gates")
+        notes.append(f"gates said no during the release ({', '.join(gates)}): the replay takes the answers the journal records after "
+                     "each tick, and a yes where the release did not ask")
     return notes
 
 
@@ -460,11 +603,12 @@ def _collapsed(differences: Sequence[Difference]) -> list[str]:
 
 
 def _time(text: str) -> datetime | None:
+    """A journal's time in UTC (one without a zone is UTC, as the recorder writes them); None: unreadable."""
     try:
         when = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
+        return when.astimezone(UTC) if when.tzinfo is not None else when.replace(tzinfo=UTC)
+    except (ValueError, OverflowError, TypeError, AttributeError):
         return None
-    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
 def _iso(when: datetime | None) -> str | None:
@@ -475,5 +619,5 @@ def _clock(when: datetime | None) -> str:
     return "?" if when is None else when.astimezone(UTC).strftime("%H:%M:%S")
 
 
-__all__ = ["MAX_TICKS", "Conclusion", "Difference", "Ending", "Replay", "ReplayedTick", "check_options", "parse_time", "replay_release",
-           "replay_window", "window_times"]
+__all__ = ["MAX_TICKS", "Conclusion", "Difference", "Ending", "Replay", "ReplayedTick", "check_options", "parse_time", "recorded_tick_times",
+           "replay_release", "replay_window", "window_times"]

@@ -14,7 +14,7 @@ import enum
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import PurePath
 from typing import Any
 
@@ -176,16 +176,35 @@ class Picture:
 # --- choosing the release -----------------------------------------------------------------------
 
 
-def _seconds(text: str) -> float:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+def _read(text: str) -> float | None:
+    """A record's time in seconds (one without a zone is UTC, as ``canary backtest`` reads it); None: unreadable."""
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        return (when if when.tzinfo is not None else when.replace(tzinfo=UTC)).timestamp()
+    except (ValueError, OverflowError, TypeError, AttributeError):
+        return None
+
+
+def _seconds(record: Any) -> float:
+    """``record``'s time in seconds; InvalidSpec naming the record when it cannot be read."""
+    seconds = _read(record.time)
+    if seconds is None:
+        what = getattr(record, "message", "") or getattr(record, "reason", "") or getattr(record, "name", "")
+        named = f"the {record.type} record of release {record.release or '?'}" + (f" ({what[:80]})" if what else "")
+        raise InvalidSpec([Problem("time", repr(record.time), f"{named} must have an ISO 8601 time (2026-12-02T10:15:00.000Z): "
+                                                              "the journal cannot be drawn in time order")], "report")
+    return seconds
 
 
 def releases(found: Iterable[Any]) -> list[str]:
-    """The release ids among ``found``, the one that began first first."""
+    """The release ids among ``found``, the one that began first first (a record whose time cannot be read is left out:
+    a report of its own release refuses it)."""
     start: dict[str, float] = {}
     for r in found:
         if r.release and r.release not in start:
-            start[r.release] = _seconds(r.time)
+            seconds = _read(r.time)
+            if seconds is not None:
+                start[r.release] = seconds
     return sorted(start, key=lambda release: (start[release], release))
 
 
@@ -201,7 +220,7 @@ def select(found: Sequence[Any], release: str | None = None) -> list[Any]:
     if not chosen:
         listed = f" (the latest: {', '.join(known[-5:])})" if known else ""
         raise InvalidSpec([Problem("--release", release, f"must name a release in the app's journal{listed}")], "report")
-    return sorted(chosen, key=lambda r: _seconds(r.time))  # stable: records of one instant keep their order
+    return sorted(chosen, key=_seconds)  # stable: records of one instant keep their order
 
 
 # --- the model ----------------------------------------------------------------------------------
@@ -211,10 +230,10 @@ def build(found: Sequence[Any], release: str | None = None) -> Picture:
     """The picture of one release (default: the latest) from journal records of one app."""
     chosen = select(found, release)
     first = chosen[0]
-    start = _seconds(first.time)
+    start = _seconds(first)
 
     def at(record: Any) -> float:
-        return round(_seconds(record.time) - start, 3)
+        return round(_seconds(record) - start, 3)
 
     canary_image = stable_image = ""
     markers: list[Marker] = []
@@ -223,7 +242,8 @@ def build(found: Sequence[Any], release: str | None = None) -> Picture:
     checks: dict[str, list[tuple[float, Check]]] = {}
     weights: list[tuple[float, int]] = []
     decided: Phase | None = None
-    last_state: tuple[str, int] | None = None
+    #: the reason of the tick since which no state was saved: the state saved for it says it again
+    tick_reason: str | None = None
     for r in chosen:
         t = at(r)
         if not weights or weights[-1][1] != r.weight:
@@ -236,15 +256,17 @@ def build(found: Sequence[Any], release: str | None = None) -> Picture:
             details = r.details or {}
             canary_image = canary_image or str(details.get("canary") or "")
             stable_image = stable_image or str(details.get("stable") or "")
-            moved = last_state is None or last_state != (r.phase, r.weight)
-            last_state = (r.phase, r.weight)
+            # every state is a row (a rollback pending, a pause, a gate's no at the same phase and weight), but the one
+            # saved for a tick with the tick's own reason: the tick's row says it
+            repeats = tick_reason is not None and r.message == tick_reason and r.phase not in TERMINAL
+            tick_reason = None
             # a promotion that failed before stable took the new version rolls back: that is the decision that stands
             if r.phase in (Phase.ROLLING_BACK, Phase.PROMOTING) and decided != r.phase:
                 decided = r.phase
                 markers.append(Marker(t, Mark.DECISION, r.message, ok=r.phase == Phase.PROMOTING))
             if r.phase in TERMINAL:
                 markers.append(Marker(t, Mark.END, f"{r.phase}: {r.message}", ok=r.phase in (Phase.SUCCEEDED, Phase.PROMOTED_UNVERIFIED)))
-            if moved:
+            if not repeats:
                 row = (r.phase if r.phase in TERMINAL else "state", r.message)
         elif kind == "decision":
             row = ("decision", r.message)
@@ -252,6 +274,7 @@ def build(found: Sequence[Any], release: str | None = None) -> Picture:
             row = ("event", r.message)
         elif kind == "tick":
             ticks.append(TickMark(t, r.weight, r.outcome, r.failed_in_row, r.reason))
+            tick_reason = r.reason
             for check in r.checks:
                 checks.setdefault(check.metric, []).append((t, check))
             row = (f"tick {r.outcome.value}", r.reason)

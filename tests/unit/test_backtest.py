@@ -182,13 +182,248 @@ def test_a_rollout_webhooks_recorded_failure_is_carried_into_the_replay() -> Non
     assert "rollout webhook load-test failed" in failed.reason
 
 
-def test_an_inconclusive_replay_stops_where_the_release_waited_for_a_person() -> None:
+def test_an_inconclusive_replay_goes_on_judging_while_the_release_waits_for_a_person() -> None:
+    """As ``_waiting_decision``: the release keeps analysing at its step (no advance, an inconclusive tick does not begin
+    the wait again) until decisionTimeout (30s) rolls it back, not by a tick; the replay judges the same ticks."""
     timeline, mutate, _ = SCENARIOS["inconclusive"]
     world = run_release(timeline, mutate)
+    recorded = world.store.of("tick")
+    assert [t.phase for t in recorded] == ["Progressing"] + ["WaitingDecision"] * 4
     replay = backtest.replay_release(world.release.spec, timeline.at, world.store.journal)
-    assert len(replay.ticks) == 1 < len(world.store.of("tick"))
+    assert len(replay.ticks) == len(recorded) and replay.same
+    assert [(t.step, t.outcome) for t in replay.ticks] == [(1, Outcome.INCONCLUSIVE)] * 5
     assert replay.conclusion.text.startswith("would wait for a decision (WaitingDecision) from 00:00:14 (tick 1): inconclusive at weight 10")
-    assert any("came while the release waited" in note for note in replay.notes)
+    assert "4 more ticks judged while waiting, none rolled back" in replay.conclusion.text
+    # a replay that waits sooner stops where decisionTimeout ends the wait: the release ran no tick after it
+    sooner = backtest.replay_release(world.release.spec, Timeline(lambda t: 0.0, duration=550.0).at,
+                                     [t.model_copy(update={"time": _iso(at(10 * k + 4))}) if t.type == "tick" else t
+                                      for k, t in enumerate([r for r in world.store.journal if r.type == "tick"] * 2, start=1)]
+                                     + [r for r in world.store.journal if r.type != "tick"])
+    assert len(sooner.ticks) == 5 and "no decision within decisionTimeout 30s" in sooner.conclusion.text
+    assert [d.tick for d in sooner.differences] == [6, 7, 8, 9, 10] and not sooner.same
+
+
+def _iso(when: datetime) -> str:
+    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+# --- the machine's counts, phases and steps, replayed ----------------------------------------------------
+
+
+def test_a_pre_rollout_webhooks_failure_counts_toward_failure_limit_in_the_replay_as_in_the_release() -> None:
+    """``_initializing`` counts a pre-rollout failure (``_count_failure``) and keeps it: with failureLimit 2 the
+    first failing tick rolls back; the replay starts from the "analysis starts" record's failed_total."""
+    calls = {"n": 0}
+
+    def pre_rollout_fails_once(name: str, kind: str) -> bool:
+        calls["n"] += kind == "pre-rollout"
+        return kind != "pre-rollout" or calls["n"] != 1
+
+    timeline = Timeline(lambda t: 0.0 if t < 30 else 5.0)
+    world = run_release(timeline, set_analysis(threshold=5, failureLimit=2, webhooks=[{"name": "smoke", "type": "pre-rollout", "url": "http://smoke/"}]),
+                        hooks=FakeHooks(pre_rollout_fails_once))
+    assert ticks_of(world) == [(Outcome.ADVANCE, 10), (Outcome.ROLLBACK, 20)]
+    replay = backtest.replay_release(world.release.spec, timeline.at, world.store.journal)
+    assert [(t.outcome, t.failed_total) for t in replay.ticks] == [(Outcome.ADVANCE, 1), (Outcome.ROLLBACK, 2)]
+    assert replay.same and replay.conclusion.ending is Ending.ROLLBACK and replay.conclusion.tick == 2
+    assert "2 failed checks in all (failureLimit 2)" in replay.conclusion.text
+    # a window has no journal: its counts start at 0
+    window = backtest.replay_window(world.release.spec, timeline.at, at(15), at(40))
+    assert [(t.outcome, t.failed_total) for t in window.ticks] == [(Outcome.ADVANCE, 0), (Outcome.FAIL, 1)]
+
+
+def _crash_and_resume(timeline: Timeline, mutate: Callable[[dict[str, Any]], None] | None, crash: Callable[[World], bool], gap: float) -> World:
+    """A release killed (its lease lost) once ``crash(world)``, resumed ``gap`` seconds later by another process."""
+    from canary.errors import LeaseLost
+
+    world = make(mutate=mutate)
+    world.release.provider_for = lambda address: Live(timeline, world.clock)  # type: ignore[assignment]
+    world.stack.on_up = lambda record: world.clock.sleep(4.0)
+    armed = {"on": True}
+
+    def on_sleep(now: float) -> None:
+        if armed["on"] and crash(world):
+            armed["on"] = False
+            raise LeaseLost("killed")
+
+    world.clock.on_sleep = on_sleep
+    with pytest.raises(LeaseLost):
+        world.start()
+    world.clock.on_sleep = None
+    world.clock.now_s += gap
+    again = world.rebuild()
+    again.release.provider_for = lambda address: Live(timeline, again.clock)  # type: ignore[assignment]
+    again.stack.on_up = lambda record: again.clock.sleep(4.0)
+    again.release.resume()
+    return again
+
+
+def test_a_resumes_re_apply_before_the_first_tick_restarts_the_warm_up() -> None:
+    """Killed after the first shift, before any tick, resumed 100 s later: the re-applied step (live at 00:01:56) is
+    judged at 00:01:58, 2 s into a 15 s warm-up, where no data holds; from the first shift it would fail."""
+    timeline = Timeline(lambda t: None if 100 <= t < 125 else 0.0)
+    world = _crash_and_resume(timeline, set_analysis(warmup="15s", threshold=1),
+                              lambda w: w.store.state is not None and w.store.state.step == 1 and not w.store.of("tick"), 100)
+    assert [s.details.get("reapplied") for s in world.store.of("state") if "shifted_at" in s.details][:2] == [False, True]
+    assert ticks_of(world)[0] == (Outcome.HOLD, 10) and world.store.state is not None and world.store.state.phase == "Succeeded"
+    replay = backtest.replay_release(world.release.spec, timeline.at, world.store.journal)
+    assert replay.ticks[0].context.warming_up and replay.ticks[0].outcome is Outcome.HOLD
+    assert replay.same and replay.conclusion.ending is Ending.PROMOTE
+
+
+def _duration_550_then_900(seconds: float) -> float:
+    return 550.0 if seconds < 20 else 900.0
+
+
+class _Slower(Timeline):
+    """Inconclusive (550 ms, in the band up to 600) at the first tick, failing (900 ms) after."""
+
+    def answer(self, seconds: float, query: str) -> float:
+        return _duration_550_then_900(seconds) if "histogram_quantile" in query else super().answer(seconds, query)
+
+
+def test_ticks_while_waiting_for_a_decision_count_and_roll_back_as_in_the_release() -> None:
+    timeline = _Slower(lambda t: 0.0)
+    world = run_release(timeline, set_analysis(threshold=2, decisionTimeout="1h", metrics=[
+        {"name": "request-duration", "thresholdRange": {"max": 500}, "inconclusiveRange": {"max": 600}}]))
+    assert [(t.outcome, t.phase) for t in world.store.of("tick")] == [
+        (Outcome.INCONCLUSIVE, "Progressing"), (Outcome.FAIL, "WaitingDecision"), (Outcome.ROLLBACK, "WaitingDecision")]
+    replay = backtest.replay_release(world.release.spec, timeline.at, world.store.journal)
+    assert [(t.outcome, t.step, t.failed_in_row) for t in replay.ticks] == [(Outcome.INCONCLUSIVE, 1, 0), (Outcome.FAIL, 1, 1), (Outcome.ROLLBACK, 1, 2)]
+    assert replay.conclusion.ending is Ending.ROLLBACK and replay.conclusion.tick == 3
+    assert replay.conclusion.text.startswith("would roll back at 00:00:34 (tick 3) while waiting for a decision: request-duration 900 > max 500")
+    assert replay.same
+
+
+def test_same_needs_the_same_ending_at_the_same_tick() -> None:
+    """Aborted by a person after two passing ticks: every recorded tick is replayed alike, but the replay would have
+    gone on (it follows no request): not the same release."""
+    timeline = Timeline(lambda t: 0.0)
+    world = make()
+    world.release.provider_for = lambda address: Live(timeline, world.clock)  # type: ignore[assignment]
+    world.stack.on_up = lambda record: world.clock.sleep(4.0)
+    sent = {"abort": False}
+
+    def abort_after_two_ticks(now: float) -> None:
+        if len(world.store.of("tick")) == 2 and not sent["abort"]:
+            sent["abort"] = True
+            world.store.request("abort")
+
+    world.clock.on_sleep = abort_after_two_ticks
+    world.start()
+    assert world.store.state is not None and world.store.state.phase == "Aborted"
+    replay = backtest.replay_release(world.release.spec, timeline.at, world.store.journal)
+    assert replay.differences == () and replay.recorded is not None and replay.recorded.ending is Ending.ROLLBACK
+    assert replay.conclusion.ending is Ending.RUNNING and not replay.same
+    assert "differences: none at the recorded ticks, but the replay ends running (tick 2) where the release ended rollback (tick 2)" in replay.lines()
+
+
+def _promotion_gate(answers: list[bool]) -> FakeHooks:
+    """A confirm-promotion gate answering ``answers`` in turn (the last one after)."""
+    said = iter(answers)
+    last = {"answer": answers[-1]}
+
+    def answer(name: str, kind: str) -> bool:
+        if kind != "confirm-promotion":
+            return True
+        last["answer"] = next(said, last["answer"])
+        return last["answer"]
+
+    return FakeHooks(answer)
+
+
+_GATE = [{"name": "approve", "type": "confirm-promotion", "url": "http://approve/"}]
+
+
+def _two_steps_gated(**values: Any) -> Callable[[dict[str, Any]], None]:
+    """Weights 10 and 20, a confirm-promotion gate."""
+
+    def mutate(v: dict[str, Any]) -> None:
+        _drop_weights(v)
+        v["analysis"].update(stepWeights=[10, 20], webhooks=_GATE, **values)
+
+    return mutate
+
+
+def test_ticks_while_a_promotion_gate_says_no_are_replayed_and_it_promotes_at_the_tick_the_gate_let_it() -> None:
+    timeline = Timeline(lambda t: 0.0)
+    world = run_release(timeline, _two_steps_gated(),
+                        hooks=_promotion_gate([False, False, True]))
+    assert [(t.weight, t.phase) for t in world.store.of("tick")] == [(10, "Progressing"), (20, "Progressing"),
+                                                                     (20, "WaitingPromotion"), (20, "WaitingPromotion")]
+    replay = backtest.replay_release(world.release.spec, timeline.at, world.store.journal)
+    assert replay.same and replay.conclusion.ending is Ending.PROMOTE and replay.conclusion.tick == 4 == replay.recorded.tick  # type: ignore[union-attr]
+    assert [(t.step, t.weight) for t in replay.ticks] == [(1, 10), (2, 20), (2, 20), (2, 20)]
+
+
+def _fails_from_40(t: float) -> float:
+    return 0.0 if t < 40 else 5.0
+
+
+def test_a_failing_tick_while_a_promotion_gate_says_no_counts_and_rolls_back_as_in_the_release() -> None:
+    timeline = Timeline(_fails_from_40)
+    world = run_release(timeline, _two_steps_gated(threshold=2),
+                        hooks=_promotion_gate([False]))
+    assert [(t.outcome, t.phase) for t in world.store.of("tick")] == [
+        (Outcome.ADVANCE, "Progressing"), (Outcome.ADVANCE, "Progressing"), (Outcome.ADVANCE, "WaitingPromotion"),
+        (Outcome.FAIL, "WaitingPromotion"), (Outcome.ROLLBACK, "WaitingPromotion")]
+    replay = backtest.replay_release(world.release.spec, timeline.at, world.store.journal)
+    assert [t.outcome for t in replay.ticks] == [Outcome.ADVANCE, Outcome.ADVANCE, Outcome.ADVANCE, Outcome.FAIL, Outcome.ROLLBACK]
+    assert replay.conclusion.ending is Ending.ROLLBACK and replay.conclusion.tick == 5 and replay.same
+    assert "while waiting for promotion" in replay.conclusion.text
+
+
+def _paused_for_two_ticks(mutate: Callable[[dict[str, Any]], None]) -> tuple[World, Timeline]:
+    timeline = Timeline(lambda t: 0.0)
+    world = make(mutate=mutate)
+    world.release.provider_for = lambda address: Live(timeline, world.clock)  # type: ignore[assignment]
+    sent = {"pause": False, "continue": False}
+
+    def steer(now: float) -> None:
+        count = len(world.store.of("tick"))
+        if count == 1 and not sent["pause"]:
+            sent["pause"] = True
+            world.store.request("pause")
+        if count == 3 and not sent["continue"]:
+            sent["continue"] = True
+            world.store.request("continue")
+
+    world.clock.on_sleep = steer
+    world.start()
+    return world, timeline
+
+
+_AB = SCENARIOS["A/B testing"][1]
+
+
+def _blue_green(values: dict[str, Any]) -> None:
+    values["analysis"].update(iterations=3)
+    _drop_weights(values)
+
+
+def test_iterations_are_compared_by_step_a_pause_across_them_differs() -> None:
+    """A/B: paused at iteration 2 for two ticks, the release promotes at tick 5; the replay (it follows no pause)
+    at tick 3. Every tick is at weight 0: the steps tell them apart."""
+    assert _AB is not None
+    world, timeline = _paused_for_two_ticks(_AB)
+    assert [t.outcome for t in world.store.of("tick")] == [Outcome.ADVANCE] * 5
+    replay = backtest.replay_release(world.release.spec, timeline.at, world.store.journal)
+    assert replay.conclusion.tick == 3 and replay.recorded is not None and replay.recorded.tick == 5 and not replay.same
+    assert [(d.tick, d.recorded_step, d.replay_step) for d in replay.differences] == [(3, 2, 3), (4, 2, None), (5, 3, None)]
+    assert str(replay.differences[0]) == ("tick 3 at 00:00:30: recorded advance at iteration 2 of 3, replay advance at iteration 3 of 3: "
+                                          "all 2 checks passed at weight 0")
+
+
+def test_blue_greens_switch_is_a_step_of_its_own() -> None:
+    world, timeline = _paused_for_two_ticks(_blue_green)
+    assert ticks_of(world) == [(Outcome.ADVANCE, 0)] * 5 + [(Outcome.ADVANCE, 100)]
+    replay = backtest.replay_release(world.release.spec, timeline.at, world.store.journal)
+    assert [t.step for t in replay.ticks] == [1, 2, 3, 4] and replay.conclusion.tick == 4 and not replay.same
+    assert [(d.tick, d.recorded_step, d.replay_step) for d in replay.differences][:2] == [(3, 2, 3), (4, 2, 4)]
+    assert "replay advance at blue/green's switch (weight 100)" in str(replay.differences[1])
+    # unsteered, the steps are the same to the switch
+    plain = run_release(timeline, _blue_green)
+    assert backtest.replay_release(plain.release.spec, timeline.at, plain.store.journal).same
 
 
 # --- other thresholds -------------------------------------------------------------------------------
@@ -444,6 +679,39 @@ def test_api_backtest_with_another_files_analysis(faulty: World, tmp_path: Path)
     result = api.backtest("test", release_id=release_id, file=path)
     assert result.config == f"the analysis of {path}" and not result.replay.same
     assert result.replay.ticks[0].outcome is Outcome.ADVANCE
+
+
+def _first_tick_at(world: World, monkeypatch: pytest.MonkeyPatch, time: str) -> Timeline:
+    """The journal as the store gives it, its first tick's time written as ``time``; the timeline Prometheus answers from."""
+    from canary import api
+
+    first = world.store.of("tick")[0]
+    journal = [r.model_copy(update={"time": time}) if r is first else r for r in world.store.journal]
+    monkeypatch.setattr(world.store, "records", lambda release=None: [r for r in journal if release is None or r.release == release])
+    timeline = Timeline(lambda t: 18.2)
+    monkeypatch.setattr(api, "_provider_factory", lambda release_spec: (lambda address: _Provider(timeline)))
+    return timeline
+
+
+@pytest.mark.parametrize("time", ["2026-12-01T01:00:14.000+01:00", "2026-12-01T00:00:14.000"], ids=["another offset", "no zone"])
+def test_api_backtest_checks_the_queries_at_the_first_tick_read_as_the_replay_reads_it(faulty: World, monkeypatch: pytest.MonkeyPatch, time: str) -> None:
+    """00:00:14 UTC either way: the queries are checked there (another offset sorted as text came after 00:00:24Z;
+    a time without a zone is UTC, as the replay reads it)."""
+    from canary import api
+
+    timeline = _first_tick_at(faulty, monkeypatch, time)
+    release_id = faulty.store.of("tick")[0].release
+    result = api.backtest("test", release_id=release_id)
+    assert timeline.asked[0][0] == 14.0 and result.replay.same
+
+
+def test_api_backtest_refuses_a_tick_time_it_cannot_read(faulty: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    from canary import api
+
+    _first_tick_at(faulty, monkeypatch, "0 o'clock")
+    release_id = faulty.store.of("tick")[0].release
+    with pytest.raises(InvalidSpec, match=r"--release: has a tick without a readable time in its journal \(time \"0 o'clock\""):
+        api.backtest("test", release_id=release_id)
 
 
 def test_api_backtest_needs_prometheus_to_answer(faulty: World, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -292,11 +292,70 @@ def test_the_table_has_a_row_per_decision_and_per_state_that_moved() -> None:
     assert [row.time for row in model.rows] == [r.time for r in found if r.type in ("state", "tick", "decision")]
 
 
+def test_every_state_is_a_row_but_the_one_that_repeats_its_ticks_reason() -> None:
+    """A rollback whose up fails writes the route at rest around Pulumi (RollingBack, weight 0) and then saves
+    "rollback pending … run canary resume" at the same phase and weight: a row of its own, as is every state; the
+    state saved for a tick with the tick's reason is not (the tick's row says it)."""
+    from tests.unit.fakes import Metrics, make
+
+    world = make(Metrics(18.0), retries=2, retry_backoff=0.1)
+
+    def on_up(record: dict[str, Any]) -> None:
+        if record["pins"]["route"]["weight"] == 0 and world.store.state is not None and world.store.state.phase is Phase.ROLLING_BACK:
+            world.stack.fail_ups = 1
+
+    world.stack.on_up = on_up
+    assert world.start().rollback_pending
+    world.stack.on_up = None
+    assert world.rebuild().release.resume().phase is Phase.FAILED
+    model = picture.build(world.store.journal)
+    pending = [row for row in model.rows if row.reason.startswith("rollback pending:")]
+    assert len(pending) == 1 and pending[0].outcome == "state" and (pending[0].phase, pending[0].weight) == ("RollingBack", 0)
+    rows = [(row.time, row.reason) for row in model.rows if row.outcome in ("state", row.phase)]
+    states = [r for r in world.store.journal if r.type == "state"]
+    ticks = {r.reason for r in world.store.journal if r.type == "tick"}
+    assert [s.message for s in states if (s.time, s.message) not in rows] == [s.message for s in states if s.message in ticks]
+    assert len([s for s in states if s.message in ticks]) == 2  # the two failed ticks' own saves; the third rolled back
+
+
 def test_the_latest_release_by_default_and_a_named_one() -> None:
     found = list(lab_journal()) + promoted()  # the synthetic release began later
     assert picture.releases(found) == [HEALTHY, FAULTY, ABORTED, "20261202T111500-4712"]
     assert picture.build(found).release == "20261202T111500-4712"
     assert picture.build(found, HEALTHY).release == HEALTHY
+
+
+def test_a_record_whose_time_cannot_be_read_is_refused_naming_it() -> None:
+    journal = Journal().state("analysis starts", phase=Phase.PROGRESSING)
+    journal.records.append(records.EventRecord(time="not a time", stack="prod", app="web", release=journal.release, message="saved by hand"))
+    with pytest.raises(InvalidSpec) as info:
+        picture.build(journal.records)
+    problem = info.value.problems[0]
+    assert problem.field == "time" and problem.value == "'not a time'" and f"the event record of release {journal.release} (saved by hand)" in problem.rule
+    # the other releases of the journal are still listed and drawn
+    other = promoted()
+    assert picture.releases(other + journal.records) == [journal.release, other[0].release]
+    assert picture.build(other + journal.records, other[0].release).release == other[0].release
+
+
+@pytest.fixture
+def far_from_utc(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The machine's local time 10 hours behind UTC."""
+    import time
+
+    monkeypatch.setenv("TZ", "Pacific/Honolulu")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_a_time_without_a_zone_is_utc_whatever_the_local_zone(far_from_utc: Any) -> None:
+    journal = Journal().state("analysis starts", phase=Phase.PROGRESSING)
+    journal.state("weight 10 is live in the route and accepted by the gateway", weight=10)
+    journal.records[-1] = journal.records[-1].model_copy(update={"time": journal.records[-1].time.removesuffix("Z")})  # 10:15:02, no zone
+    model = picture.build(journal.records)
+    assert model.weights == ((0.0, 0), (2.0, 10)) and model.duration == 2.0
 
 
 @pytest.mark.parametrize(("found", "release", "words"), [
