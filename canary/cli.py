@@ -501,7 +501,7 @@ def continue_(stack: str, app: str | None, lab: bool | None, project_dir: Path |
 @main.command()
 @click.argument("stack")
 @_app
-@click.option("--weight", type=click.IntRange(0, 100), default=0, help="The weight to report the tick at.")
+@click.option("--weight", type=click.IntRange(0, 100), default=0, help="The weight to judge the tick at (at 100, compare and judge are not judged: stable serves no request).")
 @click.option("--json", "as_json", is_flag=True, help="Print the tick as JSON.")
 @_lab
 @_project
@@ -592,8 +592,9 @@ def backtest(stack: str, app: str | None, release_id: str | None, start: str | N
              lab: bool | None, project_dir: Path | None) -> None:
     """Replay STACK's analysis against what Prometheus recorded and say what it would have decided, tick by tick.
 
-    With --release ID the replay runs at the release's recorded tick times and every tick where its outcome, or the
-    weight it was judged at, differs from the journal is named; with --from/--to it ticks every analysis.interval.
+    With --release ID the replay runs at the release's recorded tick times and every tick where its outcome, the
+    weight or the step it was judged at (an iteration, blue/green's switch), differs from the journal is named; with
+    --from/--to it ticks every analysis.interval.
     The analysis is the stack file's as it is now (edit thresholds there, or pass --file). Nothing is applied.
     Exit 0 when the backtest ran (whatever it concluded, differences included: see --json's `differences`),
     2 on invalid input, 1 when Prometheus or the cluster could not be read.
