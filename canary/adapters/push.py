@@ -21,10 +21,11 @@ most once per back-off (a blackholed one delayed every save, rollback's too).
 
 from __future__ import annotations
 
-import http.client
+import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
+from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
 
@@ -81,17 +82,49 @@ class Pusher:
         if started is not None:
             updated = _parse(state.updated) or started
             duration.labels(**who).set(max(0.0, (updated - started).total_seconds()))
-        try:
-            push_to_gateway(self.address, job="canary", grouping_key={"stack": self.stack.replace("/", "_"), "app": self.app},
-                            registry=registry, timeout=self.timeout)
-        except (OSError, http.client.HTTPException) as exc:  # no answer, an HTTP error, or no HTTP at all
+        failure = self._push(registry)
+        if failure is not None:
             self._skip_until = self._clock() + self.backoff
             if not self._failed and self._on_failure is not None:
-                self._on_failure(f"the Pushgateway at {self.address} did not take the release's metrics: {type(exc).__name__}; "
+                # the address's origin only: its path or query may carry a token (the URL may be a Pulumi secret)
+                self._on_failure(f"the Pushgateway at {_origin(self.address)} did not take the release's metrics: {failure}; "
                                  f"pushes are skipped for {self.backoff:g}s after each failure")
             self._failed = True
         else:
             self._skip_until = None
+
+    def _push(self, registry: CollectorRegistry) -> str | None:
+        """One push, bounded as a whole by the timeout (an HTTP client's bounds each read: a gateway that trickles its
+        answer held every save for as long as it took), on a thread of its own; what went wrong, or None. Anything it
+        raises is a failed push (a host the IDNA codec refuses raised UnicodeError through every save of the release)."""
+        box: list[BaseException | None] = []
+
+        def run() -> None:
+            try:
+                push_to_gateway(self.address, job="canary", grouping_key={"stack": self.stack.replace("/", "_"), "app": self.app},
+                                registry=registry, timeout=self.timeout)
+            except BaseException as exc:  # noqa: BLE001 - reported as the push's outcome, never raised into a save
+                box.append(exc)
+            else:
+                box.append(None)
+
+        thread = threading.Thread(target=run, name="canary-push", daemon=True)
+        thread.start()
+        thread.join(self.timeout + 1)
+        if thread.is_alive() or not box:
+            return f"no whole answer within {self.timeout:g}s"
+        failed = box[0]
+        return None if failed is None else type(failed).__name__  # the type only: a message may quote the URL
+
+
+def _origin(url: str) -> str:
+    """``url``'s scheme, host and port only."""
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname or "", parts.port
+    except ValueError:
+        return "(a malformed URL)"
+    return f"{parts.scheme}://{host}" + (f":{port}" if port else "")
 
 
 def _parse(text: str) -> datetime | None:

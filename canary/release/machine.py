@@ -650,7 +650,7 @@ class Release:
                 self.recorder.request(state, "promote" + (" --force" if request.get("force") and not passed else ""), by, request.get("reason", ""))
                 forced = "" if passed else f"force: {request.get('reason', '')}"
                 state = self._approved(state, f"promotion approved by {by}" + (f" despite a failed last tick: {request.get('reason')}" if forced else ""),
-                                       Severity.INFO, forced=forced)
+                                       Severity.WARN if forced else Severity.INFO, forced=forced)
                 self._clear("promote", request)  # once the promotion is saved: cleared before, a kill lost it
                 return state
             self._clear("promote", request, carried=False)
@@ -707,9 +707,10 @@ class Release:
         steps = self._steps(state)
         if forced or not schedule.is_switch(self.spec.analysis, len(steps)) or state.step >= len(steps):
             return self._to_promoting(state, message, severity, **({"forced": forced} if forced else {}))
+        # said once (the decision below is the Event and the alert)
         state = self.recorder.save(state.model_copy(update={"phase": Phase.PROGRESSING}),
                                    f"{message.removesuffix(': promoting')}: blue/green switches all traffic to the new version, "
-                                   "judged for an interval before stable takes it", severity)
+                                   "judged for an interval before stable takes it")
         self.recorder.decide(state, "blue/green: all traffic switches to the new version at once, judged for an interval before stable takes it",
                              "Progressing")
         return self._shift(state, len(steps), steps[-1])

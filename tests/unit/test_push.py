@@ -201,3 +201,54 @@ def test_a_failing_gateway_without_a_failure_callback_is_silent() -> None:
     started = time.monotonic()
     assert pusher.push(release_state(), None) is None  # no exception, nothing to report to
     assert time.monotonic() - started < BOUND_S
+
+
+def test_a_host_the_url_codec_refuses_is_a_failed_push_never_an_error_out_of_the_save() -> None:
+    """`http://push..example.com:9091` passes the URL rule, and pushing to it raised UnicodeError (IDNA) through
+    every state save of the release, the rollback's included."""
+    failures: list[str] = []
+    pusher = Pusher("http://push..example.com:9091", "prod", "web", "shop", on_failure=failures.append, timeout=0.5)
+    pusher.push(release_state(), None)
+    assert len(failures) == 1 and "UnicodeError" in failures[0], failures
+
+
+def test_a_failed_push_names_the_gateway_s_origin_only() -> None:
+    """The Pushgateway's URL may be a Pulumi secret: its path and query (a tenant token) reached the journal."""
+    failures: list[str] = []
+    secret = refused_url() + "/tenant/s3cr3t-tok?token=abcd1234"
+    Pusher(secret, "prod", "web", "shop", on_failure=failures.append, timeout=0.5).push(release_state(), None)
+    assert len(failures) == 1 and "s3cr3t" not in failures[0] and "abcd1234" not in failures[0], failures
+    assert refused_url().rsplit(":", 1)[0] in failures[0]
+
+
+def test_a_gateway_that_trickles_its_answer_costs_a_save_its_timeout_once() -> None:
+    """The client's timeout bounds each read: an answer sent a byte every 0.25 s held each save 9 s and was never a
+    failure, so the back-off never began."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        server.settimeout(BOUND_S)
+        stop = threading.Event()
+
+        def trickle() -> None:
+            with contextlib.suppress(OSError):
+                conn, _ = server.accept()
+                with conn:
+                    conn.recv(65536)
+                    for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n":
+                        if stop.is_set():
+                            return
+                        conn.send(bytes([byte]))
+                        time.sleep(0.25)
+
+        thread = threading.Thread(target=trickle, daemon=True)
+        thread.start()
+        failures: list[str] = []
+        pusher = Pusher(f"http://127.0.0.1:{server.getsockname()[1]}", "prod", "web", "shop", on_failure=failures.append, timeout=1)
+        began = time.monotonic()
+        pusher.push(release_state(), None)
+        took = time.monotonic() - began
+        stop.set()
+        thread.join(BOUND_S)
+    assert took < 4, took  # its timeout and a second's grace, not the 9 s the answer takes
+    assert len(failures) == 1 and "no whole answer within 1s" in failures[0], failures

@@ -159,3 +159,39 @@ def test_at_all_traffic_a_comparison_with_stable_is_not_judged_and_its_range_sti
     by_name = {c.metric: c for c in switch_tick.checks}
     assert by_name["request-duration"].effect.value == "none" and "not judged at this step" in by_name["request-duration"].reason
     assert by_name["request-error-rate"].effect.value == "pass" and "not against stable" in by_name["request-error-rate"].reason
+
+
+def _told(world: Any) -> list[tuple[str, Any]]:
+    """What the release tells people (event hooks, chat alerts), with its severity."""
+    told: list[tuple[str, Any]] = []
+    world.release.recorder.notify = lambda state, message, severity: told.append((message, severity))
+    return told
+
+
+def test_blue_green_s_switch_is_told_once() -> None:
+    world = make(Metrics(0.0), _blue_green(2))
+    told = _told(world)
+    assert world.start().phase is Phase.SUCCEEDED
+    switched = [m for m, _ in told if "blue/green" in m and "switches" in m]
+    assert len(switched) == 1, switched
+
+
+def test_a_promotion_forced_past_a_failed_tick_is_told_as_a_warning() -> None:
+    """The same override from WaitingDecision and --skip-analysis was a warning; from WaitingPromotion it went out as
+    info, so a chat channel set to warn never heard that a failing release was promoted by hand."""
+    from canary.core.spec import Severity
+
+    hooks = FakeHooks(lambda name, kind: kind != "confirm-promotion")
+    world = make(Metrics([0.0] * 5 + [7.0] * 50), lambda v: v["analysis"].update(
+        threshold=50, webhooks=[{"name": "approve", "type": "confirm-promotion", "url": "http://gate/"}]), hooks=hooks)
+    told = _told(world)
+
+    def on_sleep(now: float) -> None:
+        state = world.store.state
+        if state is not None and state.phase is Phase.WAITING_PROMOTION and state.failed_last and "promote" not in world.store.requests(state.release):
+            world.store.request("promote", by="sre", force=True, reason="the 500s are the test client's")
+
+    world.clock.on_sleep = on_sleep
+    assert world.start().phase is Phase.SUCCEEDED
+    forced = [(m, s) for m, s in told if "despite a failed last tick" in m]
+    assert forced and all(s is Severity.WARN for _, s in forced), forced

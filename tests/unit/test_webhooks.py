@@ -531,6 +531,38 @@ def test_a_failed_alert_says_so_without_the_url(receiver: Receiver, how: str) ->
     assert result.detail.startswith("slack alert ")
 
 
+def test_an_alert_whose_server_trickles_its_answer_is_abandoned_at_its_timeout() -> None:
+    """The client's timeout bounds each read: a chat server sending a byte every 0.2 s held the delivery queue every
+    receiver shares 7 s past a 1 s timeout, and the release's last messages were dropped at its end."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        server.settimeout(BOUND_S)
+        stop = threading.Event()
+
+        def trickle() -> None:
+            with contextlib.suppress(OSError):
+                conn, _ = server.accept()
+                with conn:
+                    conn.recv(65536)
+                    for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n":
+                        if stop.is_set():
+                            return
+                        conn.send(bytes([byte]))
+                        time.sleep(0.2)
+
+        thread = threading.Thread(target=trickle, daemon=True)
+        thread.start()
+        target = alert(f"http://127.0.0.1:{server.getsockname()[1]}{SECRET_PATH}", timeout="1s")
+        started = time.monotonic()
+        result = Caller().alert(target, notify.message(target, spec(), state(), "rolled back", Severity.ERROR))
+        took = time.monotonic() - started
+        stop.set()
+        thread.join(BOUND_S)
+    assert took < 4, took  # its timeout and a second's grace
+    assert not result.ok and "timed out after 1s" in result.detail and "do-not-leak" not in result.detail, result.detail
+
+
 # --- the delivery queue ---------------------------------------------------------------------------
 
 
