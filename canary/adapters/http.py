@@ -35,6 +35,17 @@ def _host(url: str, location: str) -> str:
         return ""
 
 
+def origin(url: str) -> str:
+    """``url``'s scheme, host and port only, to name it: its user, password, path, query and fragment may carry a token."""
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname or "", parts.port
+    except ValueError:
+        return "(a malformed URL)"
+    host = f"[{host}]" if ":" in host else host
+    return f"{parts.scheme}://{host}" + (f":{port}" if port else "")
+
+
 def post_json(url: str, body: Mapping[str, Any], timeout: float, headers: Mapping[str, str] | None = None) -> Answer:
     """POST ``body`` as JSON; the answer's status, or 0 with why there was none."""
     try:

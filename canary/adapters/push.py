@@ -25,10 +25,10 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
-from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
 
+from canary.adapters import http
 from canary.core import naming, records
 from canary.core.naming import Track
 
@@ -87,7 +87,7 @@ class Pusher:
             self._skip_until = self._clock() + self.backoff
             if not self._failed and self._on_failure is not None:
                 # the address's origin only: its path or query may carry a token (the URL may be a Pulumi secret)
-                self._on_failure(f"the Pushgateway at {_origin(self.address)} did not take the release's metrics: {failure}; "
+                self._on_failure(f"the Pushgateway at {http.origin(self.address)} did not take the release's metrics: {failure}; "
                                  f"pushes are skipped for {self.backoff:g}s after each failure")
             self._failed = True
         else:
@@ -115,16 +115,6 @@ class Pusher:
             return f"no whole answer within {self.timeout:g}s"
         failed = box[0]
         return None if failed is None else type(failed).__name__  # the type only: a message may quote the URL
-
-
-def _origin(url: str) -> str:
-    """``url``'s scheme, host and port only."""
-    try:
-        parts = urlsplit(url)
-        host, port = parts.hostname or "", parts.port
-    except ValueError:
-        return "(a malformed URL)"
-    return f"{parts.scheme}://{host}" + (f":{port}" if port else "")
 
 
 def _parse(text: str) -> datetime | None:

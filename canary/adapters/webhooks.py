@@ -152,17 +152,6 @@ def _redacted(text: str) -> str:
 _SHORTEST_SECRET = 4
 
 
-def _origin(url: str) -> str:
-    """``url``'s scheme, host and port only: its user, password, path, query and fragment may carry a token."""
-    try:
-        parts = urlsplit(url)
-        host, port = parts.hostname or "", parts.port
-    except ValueError:
-        return "(a malformed URL)"
-    host = f"[{host}]" if ":" in host else host
-    return f"{parts.scheme}://{host}" + (f":{port}" if port else "")
-
-
 def _words(cmd: str) -> list[str]:
     """``cmd`` split as it is run; one that cannot be (never started) at its blanks."""
     try:
@@ -180,7 +169,7 @@ def _program(cmd: str) -> str:
 def _label(hook: Webhook) -> str:
     """How a result names ``hook``: its name, and its URL's origin or its program (``…`` for its arguments)."""
     if hook.url:
-        return f"{hook.name}: POST {_origin(hook.url)}"
+        return f"{hook.name}: POST {http.origin(hook.url)}"
     cmd = hook.cmd or ""
     return f"{hook.name}: `{_program(cmd)}{' …' if len(_words(cmd)) > 1 else ''}`"
 

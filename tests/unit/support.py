@@ -14,7 +14,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -112,6 +112,34 @@ def http_receiver() -> Iterator[Receiver]:
         server.shutdown()
         server.server_close()
         thread.join(BOUND_S)
+
+
+@contextmanager
+def trickling_server(seconds: float) -> Iterator[str]:
+    """A server on 127.0.0.1 that answers one request one byte every 0.2 s for ``seconds`` (then closes), its
+    status line and headers too (a client that reads the headers only waits as long): no read ever waits long,
+    yet the answer takes ``seconds``."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(BOUND_S)
+    answer = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 1000\r\n\r\n" + b"x" * 1000
+
+    def serve() -> None:
+        with suppress(OSError), listener.accept()[0] as conn:
+            conn.recv(65536)
+            end = time.monotonic() + seconds
+            for byte in answer:
+                if time.monotonic() >= end:
+                    break
+                conn.sendall(bytes([byte]))
+                time.sleep(0.2)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        listener.close()
+        thread.join(seconds + 1)
 
 
 def refused_url() -> str:

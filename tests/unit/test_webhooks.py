@@ -7,7 +7,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -23,7 +22,7 @@ from canary.core import notify
 from canary.core.records import HookResult, Phase, ReleaseState, TrackPin
 from canary.core.spec import Alert, ReleaseSpec, Severity, Webhook, WebhookType
 from canary.release.hooks import Delivery, event_payload, flagger_phase, payload
-from tests.unit.support import BOUND_S, Receiver, http_receiver, poll, refused_url
+from tests.unit.support import BOUND_S, Receiver, http_receiver, poll, refused_url, trickling_server
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -153,31 +152,6 @@ def test_a_receiver_that_never_answers_is_cut_at_the_hooks_timeout(receiver: Rec
     assert "timed out after 1s" in result.detail
     assert 0.9 <= took < 3.0, took
     assert 0.9 <= result.seconds < 3.0
-
-
-@contextlib.contextmanager
-def trickling_server(seconds: float) -> Iterator[str]:
-    """A server on 127.0.0.1 that answers one request with headers, then one byte of its body every
-    0.2 s for ``seconds`` (then closes): no read ever waits long, yet the answer takes ``seconds``."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    listener.settimeout(BOUND_S)
-
-    def serve() -> None:
-        with contextlib.suppress(OSError), listener.accept()[0] as conn:
-            conn.recv(65536)
-            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 1000\r\n\r\n")
-            end = time.monotonic() + seconds
-            while time.monotonic() < end:
-                conn.sendall(b"x")
-                time.sleep(0.2)
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
-    finally:
-        listener.close()
-        thread.join(seconds + 1)
 
 
 def test_a_receiver_that_trickles_its_answer_past_the_timeout_is_reported_timed_out_not_cancelled() -> None:
@@ -534,32 +508,12 @@ def test_a_failed_alert_says_so_without_the_url(receiver: Receiver, how: str) ->
 def test_an_alert_whose_server_trickles_its_answer_is_abandoned_at_its_timeout() -> None:
     """The client's timeout bounds each read: a chat server sending a byte every 0.2 s held the delivery queue every
     receiver shares 7 s past a 1 s timeout, and the release's last messages were dropped at its end."""
-    with socket.socket() as server:
-        server.bind(("127.0.0.1", 0))
-        server.listen()
-        server.settimeout(BOUND_S)
-        stop = threading.Event()
-
-        def trickle() -> None:
-            with contextlib.suppress(OSError):
-                conn, _ = server.accept()
-                with conn:
-                    conn.recv(65536)
-                    for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n":
-                        if stop.is_set():
-                            return
-                        conn.send(bytes([byte]))
-                        time.sleep(0.2)
-
-        thread = threading.Thread(target=trickle, daemon=True)
-        thread.start()
-        target = alert(f"http://127.0.0.1:{server.getsockname()[1]}{SECRET_PATH}", timeout="1s")
+    with trickling_server(5.0) as url:
+        target = alert(url + SECRET_PATH, timeout="1s")
         started = time.monotonic()
         result = Caller().alert(target, notify.message(target, spec(), state(), "rolled back", Severity.ERROR))
         took = time.monotonic() - started
-        stop.set()
-        thread.join(BOUND_S)
-    assert took < 4, took  # its timeout and a second's grace
+    assert took < 3.5, took  # its timeout and a second's grace, not the 5 s the answer takes
     assert not result.ok and "timed out after 1s" in result.detail and "do-not-leak" not in result.detail, result.detail
 
 
