@@ -97,14 +97,16 @@ class Pusher:
         """One push, bounded as a whole by the timeout (an HTTP client's bounds each read: a gateway that trickles its
         answer held every save for as long as it took), on a thread of its own; what went wrong, or None. Anything it
         raises is a failed push (a host the IDNA codec refuses raised UnicodeError through every save of the release)."""
-        box: list[BaseException | None] = []
+        box: list[str | None] = []
 
         def run() -> None:
             try:
                 push_to_gateway(self.address, job="canary", grouping_key={"stack": self.stack.replace("/", "_"), "app": self.app},
                                 registry=registry, timeout=self.timeout)
             except BaseException as exc:  # noqa: BLE001 - reported as the push's outcome, never raised into a save
-                box.append(exc)
+                # the type only: a message may quote the URL. (Not the exception: kept, its traceback would hold the
+                # connection's frames until a collection in some later save, and only then let its socket go)
+                box.append(type(exc).__name__)
             else:
                 box.append(None)
 
@@ -113,8 +115,7 @@ class Pusher:
         thread.join(self.timeout + 1)
         if thread.is_alive() or not box:
             return f"no whole answer within {self.timeout:g}s"
-        failed = box[0]
-        return None if failed is None else type(failed).__name__  # the type only: a message may quote the URL
+        return box[0]
 
 
 def _parse(text: str) -> datetime | None:
