@@ -780,17 +780,16 @@ def status(stack: str, *, app: str | None = None, project_dir: Path | None = Non
     try:
         state = store.load()
     except ClusterUnreachable:
-        # a display, in an outage: this machine's copy (load() gives it only when it holds writes the cluster
-        # has not taken: it is not acted on otherwise), said to be one. Without a copy (or one this version cannot
-        # read), the error says the state could not be read
-        copy = None
+        # a display, in an outage: this machine's copy, said to be one (load() gives it itself only when it holds
+        # writes the cluster has not taken: it is not acted on otherwise). Without a copy (or one this version
+        # cannot read), the error says the state could not be read
+        state = None
         with contextlib.suppress(StackError):
-            copy = store.copy()
-        if copy is None:
+            state = store.copy()
+        if state is None:
             raise
-        state = copy
     kept_records, kept_state = len(store.cache.unsent()), store.cache.state_unsent()
-    if store.unanswered is not None and state is not None:  # (load() gives this machine's copy then, or raises)
+    if store.unanswered is not None:  # the state is this machine's copy, whichever way it came
         return Status(state, False, None, kept_records=kept_records, kept_state=kept_state, unanswered=store.unanswered, local_copy=True)
     if state is None:
         files = _legacy(ws, on_warning)

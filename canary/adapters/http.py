@@ -7,11 +7,15 @@ a redirect: the receiver asked must answer itself (followed, a gate's 302 to a
 login page answered 200, and a 307 re-posted the body to whatever host it named). ``private_session``
 is a session for a client whose headers carry secrets (Prometheus' token and
 headers): they go to their own origin only, never along a redirect elsewhere.
+``within`` bounds a call as a whole: a client's timeout bounds each read, and a
+server that trickles its answer outlasts it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -25,6 +29,41 @@ class Answer:
     detail: str
     #: a redirect's target, host and port only (its path, query and user may carry secrets); "" if none
     location: str = ""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a call run by ``within`` ended: what it returned, or the type of what it raised, or neither (``late``:
+    it outran its bound; ``cancelled``: the cancel token was set first)."""
+
+    value: Any = None
+    failure: str = ""  # the type's name only: a message may quote the URL, and a kept exception's traceback holds
+    late: bool = False  # the call's frames (its socket among them) until some later collection lets them go
+    cancelled: bool = False
+
+
+def within(call: Callable[[], Any], timeout: float, cancel: threading.Event | None = None, name: str = "canary-call") -> Outcome:
+    """Run ``call`` on a thread of its own and wait for it ``timeout`` and a second's grace at most, or until
+    ``cancel`` is set: either way a call still running is abandoned (the thread is a daemon). Anything it raises
+    is its outcome (any BaseException: a thread's SystemExit would otherwise leave nothing behind)."""
+    box: list[Outcome] = []
+
+    def run() -> None:
+        try:
+            box.append(Outcome(value=call()))
+        except BaseException as exc:  # noqa: BLE001 - reported as the call's outcome, never raised on a thread nobody joins
+            box.append(Outcome(failure=type(exc).__name__))
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout + 1
+    while thread.is_alive():
+        if cancel is not None and cancel.is_set():
+            return Outcome(cancelled=True)
+        if time.monotonic() >= deadline:
+            return Outcome(late=True)
+        thread.join(0.05 if cancel is not None else max(0.0, deadline - time.monotonic()))
+    return box[0] if box else Outcome(late=True)
 
 
 def _host(url: str, location: str) -> str:

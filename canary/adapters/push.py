@@ -21,7 +21,6 @@ most once per back-off (a blackholed one delayed every save, rollback's too).
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -94,28 +93,15 @@ class Pusher:
             self._skip_until = None
 
     def _push(self, registry: CollectorRegistry) -> str | None:
-        """One push, bounded as a whole by the timeout (an HTTP client's bounds each read: a gateway that trickles its
-        answer held every save for as long as it took), on a thread of its own; what went wrong, or None. Anything it
-        raises is a failed push (a host the IDNA codec refuses raised UnicodeError through every save of the release)."""
-        box: list[str | None] = []
-
-        def run() -> None:
-            try:
-                push_to_gateway(self.address, job="canary", grouping_key={"stack": self.stack.replace("/", "_"), "app": self.app},
-                                registry=registry, timeout=self.timeout)
-            except BaseException as exc:  # noqa: BLE001 - reported as the push's outcome, never raised into a save
-                # the type only: a message may quote the URL. (Not the exception: kept, its traceback would hold the
-                # connection's frames until a collection in some later save, and only then let its socket go)
-                box.append(type(exc).__name__)
-            else:
-                box.append(None)
-
-        thread = threading.Thread(target=run, name="canary-push", daemon=True)
-        thread.start()
-        thread.join(self.timeout + 1)
-        if thread.is_alive() or not box:
+        """One push, bounded as a whole (a gateway that trickled its answer held every save for as long as it took);
+        what went wrong, or None. Anything it raises is a failed push (a host the IDNA codec refuses raised
+        UnicodeError through every save of the release)."""
+        outcome = http.within(lambda: push_to_gateway(self.address, job="canary", registry=registry, timeout=self.timeout,
+                                                      grouping_key={"stack": self.stack.replace("/", "_"), "app": self.app}),
+                              self.timeout, name="canary-push")
+        if outcome.late:
             return f"no whole answer within {self.timeout:g}s"
-        return box[0]
+        return outcome.failure or None
 
 
 def _parse(text: str) -> datetime | None:

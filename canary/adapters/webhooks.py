@@ -42,35 +42,6 @@ from canary.core import notify
 from canary.core.records import HookResult
 from canary.core.spec import Alert, Webhook
 
-#: what ``_in_thread`` returns when the cancel token was set first, or the call outlived its bound
-_CANCELLED, _LATE = object(), object()
-
-
-def _in_thread(fn: Any, cancel: threading.Event | None, timeout: float) -> Any:
-    """Run ``fn`` on a helper thread and return what it returned, or what it raised (any
-    BaseException: a thread's SystemExit would otherwise leave nothing behind); _CANCELLED if the
-    cancel token is set first, _LATE if it runs past ``timeout`` and a second's grace (an HTTP client's
-    timeout bounds each read, not the whole answer: a server that trickles its answer outlasts it).
-    Either way the call is abandoned."""
-    box: list[Any] = []
-
-    def run() -> None:
-        try:
-            box.append(fn())
-        except BaseException as exc:  # noqa: BLE001 - reported as the call's outcome, not raised on a thread nobody joins
-            box.append(exc)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + timeout + 1
-    while thread.is_alive():
-        if cancel is not None and cancel.is_set():
-            return _CANCELLED
-        if time.monotonic() >= deadline:
-            return _LATE
-        thread.join(0.05)
-    return box[0] if box else _LATE
-
 
 def _exited(process: subprocess.Popen[bytes]) -> bool:
     """Whether the command has exited, without reaping it (its pid, its group's id, stays its own)."""
@@ -241,14 +212,14 @@ class Caller:
             return HookResult(hook.name, hook.type.value, ok, time.monotonic() - start, f"{_label(hook)} {_scrubbed(what, _secrets(hook))}")
 
         if hook.url:
-            answer = _in_thread(lambda: http.post_json(hook.url, body, timeout), cancel, timeout)  # type: ignore[arg-type]
-            if answer is _CANCELLED:
+            outcome = http.within(lambda: http.post_json(hook.url, body, timeout), timeout, cancel, "canary-webhook")  # type: ignore[arg-type]
+            if outcome.cancelled:
                 return result(False, "abandoned: the release was cancelled")
-            if answer is _LATE:
+            if outcome.late:
                 return result(False, f"timed out after {timeout:g}s (the answer had not all arrived) and was abandoned")
-            if isinstance(answer, BaseException):
-                return result(False, f"failed: {type(answer).__name__}")  # the type only: a message may quote the URL
-            return result(*_judged(answer))
+            if outcome.failure:
+                return result(False, f"failed: {outcome.failure}")
+            return result(*_judged(outcome.value))
         try:
             process = self.start(hook, body)
         except (OSError, ValueError) as exc:
@@ -319,12 +290,13 @@ class Caller:
         queue every receiver shares, and the release's last messages were dropped at its end)."""
         start = time.monotonic()
         timeout = alert.timeout.total_seconds()
-        answer = _in_thread(lambda: http.post_json(notify.address(alert), body, timeout), None, timeout)
+        outcome = http.within(lambda: http.post_json(notify.address(alert), body, timeout), timeout, name="canary-alert")
         kind = f"alert:{alert.type.value}"
-        if answer is _LATE:
+        if outcome.late:
             return HookResult(alert.name, kind, False, time.monotonic() - start,
                               f"{alert.type.value} alert timed out after {timeout:g}s (the answer had not all arrived) and was abandoned")
-        if isinstance(answer, BaseException):  # the type only: a message may quote the URL, which is the secret
-            return HookResult(alert.name, kind, False, time.monotonic() - start, f"{alert.type.value} alert failed: {type(answer).__name__}")
+        if outcome.failure:
+            return HookResult(alert.name, kind, False, time.monotonic() - start, f"{alert.type.value} alert failed: {outcome.failure}")
+        answer = outcome.value
         return HookResult(alert.name, kind, 200 <= answer.status < 300, time.monotonic() - start,
                           f"{alert.type.value} alert {answer.detail}" + (" (a redirect, not followed)" if answer.location else ""))

@@ -1086,12 +1086,13 @@ def _analysis_problems(analysis: Analysis, field: str, metric_templates: Mapping
     if analysis.mirror and analysis.kind is Strategy.AB:
         problems.append(Problem(f"{field}.mirror", "true", "mirrors stable's traffic during weighted or blue/green analysis; A/B testing routes matched requests instead"))
     rollout_hook = any(w.type is WebhookType.ROLLOUT and not w.background for w in analysis.webhooks)
+    acting = [m for m in analysis.metrics if not m.dry_run]
     if analysis.score is not None and not analysis.metrics:
         problems.append(Problem(f"{field}.score", "set", "needs metrics to score"))
-    elif analysis.score is not None and all(m.dry_run for m in analysis.metrics):
+    elif analysis.score is not None and not acting:
         # a score over no metric acted on is 100: every tick would pass, whatever the metrics said
         problems.append(Problem(f"{field}.score", "set", "needs a metric that is not dryRun: every metric is, so nothing would be scored"))
-    elif not any(not m.dry_run for m in analysis.metrics) and not rollout_hook and not analysis.skip_analysis \
+    elif not acting and not rollout_hook and not analysis.skip_analysis \
             and not any(w.type in (WebhookType.PRE_ROLLOUT, WebhookType.CONFIRM_PROMOTION) for w in analysis.webhooks):
         # nothing acts on a tick, and nothing else decides: every tick would pass ("all 0 checks passed") and the release
         # promote on nothing. A background rollout hook is a load generator, whose exit status is recorded but never judged;
@@ -1103,7 +1104,6 @@ def _analysis_problems(analysis: Analysis, field: str, metric_templates: Mapping
                                 "person decide with a confirm-promotion webhook"))
     top = max(analysis.step_weights) if analysis.step_weights else analysis.max_weight
     at_all = analysis.kind is Strategy.BLUE_GREEN or (analysis.kind is Strategy.CANARY and top == 100)
-    acting = [m for m in analysis.metrics if not m.dry_run]
     if at_all and acting and not analysis.skip_analysis and not rollout_hook and all(m.threshold_range is None for m in acting):
         # compare and judge weigh the canary against stable, which serves no request at all traffic: nothing would judge it there
         where = "blue/green's switch" if analysis.kind is Strategy.BLUE_GREEN else "the weight of 100"

@@ -173,6 +173,33 @@ def test_a_refused_connection_is_a_failure_not_an_exception() -> None:
     assert result.detail == f"x: POST {url} failed: ConnectionError"
 
 
+def test_a_bounded_call_keeps_what_it_returned_or_the_name_of_what_it_raised_never_the_exception() -> None:
+    # a kept exception's traceback holds the call's frames, its socket among them, until a later collection
+    assert http.within(lambda: 7, 1.0) == http.Outcome(value=7)
+
+    def raises() -> None:
+        raise ValueError("https://user:TOKEN@host/")
+
+    outcome = http.within(raises, 1.0)
+    assert outcome == http.Outcome(failure="ValueError")
+    assert not any(isinstance(v, BaseException) for v in vars(outcome).values())
+
+
+def test_a_bounded_call_is_abandoned_at_its_bound_or_as_soon_as_it_is_cancelled() -> None:
+    release = threading.Event()
+    try:
+        started = time.monotonic()
+        assert http.within(lambda: release.wait(10), 0.2) == http.Outcome(late=True)
+        assert 1.1 <= time.monotonic() - started < 3.0  # the bound and a second's grace
+        cancel = threading.Event()
+        threading.Timer(0.2, cancel.set).start()
+        started = time.monotonic()
+        assert http.within(lambda: release.wait(10), 5.0, cancel) == http.Outcome(cancelled=True)
+        assert time.monotonic() - started < 1.0
+    finally:
+        release.set()
+
+
 # a URL with a token in each place one is put: its user, its path (Slack-style), its query, its fragment
 URL_SECRETS = ("hook-user-tok", "T0-path-token", "S3CRET-TOKEN", "frag-secret")
 
