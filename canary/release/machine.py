@@ -632,7 +632,8 @@ class Release:
             weighted = self.spec.analysis.kind is Strategy.CANARY
             gate = self.hooks.gate(state, WebhookType.CONFIRM_TRAFFIC_INCREASE) if weighted else None
             if gate is not None:
-                self.recorder.event(state, f"holding at weight {state.weight}: confirm-traffic-increase webhook {gate.name} said no ({gate.detail}); analysis goes on", Severity.WARN)
+                self.recorder.event(state, f"holding at weight {state.weight}: confirm-traffic-increase webhook {gate.name} said no ({gate.detail}); analysis goes on",
+                                    Severity.WARN, kube_reason="Progressing")
             else:
                 state = self._shift(state, following, steps[following - 1])
         if state.step == 0:

@@ -40,6 +40,7 @@ class Event:
 
 #: Kubernetes Event reasons for state changes, by the phase they lead to.
 _REASONS = {
+    Phase.INITIALIZING: "Initializing",
     Phase.PROGRESSING: "Progressing",
     Phase.WAITING_PROMOTION: "WaitingPromotion",
     Phase.WAITING_DECISION: "WaitingDecision",
@@ -52,6 +53,8 @@ _REASONS = {
     Phase.ABORTED: "Aborted",
 }
 _WARNINGS = {Phase.ROLLING_BACK, Phase.FAILED, Phase.ABORTED, Phase.PROMOTED_UNVERIFIED, Phase.WAITING_DECISION}
+#: a state change people are warned of is a Warning Event in any phase (a gate's no, a pre-rollout hook's failure)
+_WARNED = {Severity.WARN, Severity.ERROR}
 
 
 class Recorder:
@@ -131,7 +134,7 @@ class Recorder:
         self._append(state, records.StateChange(**self._base(state), message=message, failed_in_row=state.failed_in_row,
                                                 failed_total=state.failed_total, details=details))
         if state.phase in _REASONS and severity is not None and kube:
-            self._kube_event(state, _REASONS[state.phase], message, state.phase in _WARNINGS)
+            self._kube_event(state, _REASONS[state.phase], message, state.phase in _WARNINGS or severity in _WARNED)
         self._tell(state, message, severity or Severity.INFO, notify=severity is not None)
         if self.pusher is not None:
             self.pusher.push(state, None)
@@ -140,7 +143,7 @@ class Recorder:
     def event(self, state: ReleaseState, message: str, severity: Severity | None = None, kube_reason: str | None = None) -> None:
         self._append(state, records.EventRecord(**self._base(state), message=message))
         if kube_reason is not None:
-            self._kube_event(state, kube_reason, message, severity in (Severity.WARN, Severity.ERROR))
+            self._kube_event(state, kube_reason, message, severity in _WARNED)
         self._tell(state, message, severity or Severity.INFO, notify=severity is not None)
 
     def up(self, state: ReleaseState, targets: list[str], pinned: dict[str, Any], refreshed: bool, seconds: float, changes: dict[str, int]) -> None:

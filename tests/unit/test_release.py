@@ -117,6 +117,9 @@ def test_ticks_go_on_while_the_traffic_increase_gate_holds_and_a_failing_canary_
     assert result.phase is Phase.FAILED
     assert world.cluster.weights_seen == [0, 10, 0]
     assert len(world.store.of("tick")) == 5
+    # the gate's no is a Warning Event as well as a journal line: `kubectl get events` shows why the weight holds
+    held = [(reason, warning) for reason, message, warning in world.store.events if "confirm-traffic-increase webhook gate said no" in message]
+    assert held == [("Progressing", True)] * 2, world.store.events
 
 
 def _promote_plain_then_forced(world: World, waiting: Callable[[ReleaseState], bool], reason: str) -> dict[str, bool]:
@@ -181,6 +184,8 @@ def test_pre_rollout_failures_end_their_row_when_the_hooks_pass() -> None:
     assert result.phase is Phase.SUCCEEDED, result.reason
     first = world.store.of("tick")[0]
     assert first.outcome.value == "fail" and first.failed_in_row == 1 and first.failed_total == 3
+    failed = [(reason, warning) for reason, message, warning in world.store.events if "pre-rollout webhook smoke failed" in message]
+    assert failed == [("Initializing", True)] * 2, world.store.events
 
 
 def test_a_pause_that_reaches_a_promoting_release_is_ignored_and_said_so() -> None:
@@ -1358,6 +1363,9 @@ def test_a_confirm_rollout_gate_s_no_is_saved_before_the_release_waits() -> None
     assert world.start().phase is Phase.SUCCEEDED
     assert stored == [False, True, True]
     assert sum(1 for r in world.store.journal if r.type == "state" and getattr(r, "message", "").startswith("waiting: confirm-rollout")) == 1
+    # said once as a Warning Event too (the journal repeats it each interval; `kubectl get events` shows the wait once)
+    waits = [(reason, warning) for reason, message, warning in world.store.events if message.startswith("waiting: confirm-rollout")]
+    assert waits == [("Initializing", True)], world.store.events
 
 
 @pytest.mark.parametrize(("before", "sent"), [(None, "Initialized"), (Phase.SUCCEEDED, "Succeeded"), (Phase.FAILED, "Failed"), (Phase.ABORTED, "Failed")])
