@@ -23,6 +23,7 @@ import threading
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from prometheus_api_client import PrometheusApiClientException, PrometheusConnect
 from urllib3.util.retry import Retry
@@ -34,7 +35,9 @@ from canary.errors import BadQuery, MultipleValues, NoValues, ProviderUnreachabl
 class PrometheusProvider:
     def __init__(self, address: str, *, token: str | None = None, headers: Mapping[str, str] | None = None, timeout: timedelta = timedelta(seconds=10)) -> None:
         self.address = address.rstrip("/")
-        self._secrets = [s for s in [token, *(headers or {}).values()] if s]
+        #: what errors name Prometheus by: the address's path and query may carry a token (a tenant's path, an API key)
+        self._origin = http.origin(self.address)
+        self._secrets = [s for s in [token, *(headers or {}).values(), *_beyond_the_origin(self.address)] if s]
         request_headers = dict(headers or {})
         if token:
             request_headers["Authorization"] = f"Bearer {token}"
@@ -72,6 +75,10 @@ class PrometheusProvider:
             text = text.replace(form, "<secret>")
         return text
 
+    def _cause(self, exc: BaseException) -> RuntimeError:
+        """What an error keeps of the client's or the transport's: its type and its text, scrubbed."""
+        return RuntimeError(f"{type(exc).__name__}: {self._scrub(str(exc))}")
+
     def _ask(self, ask: Any) -> Any:
         """One request; the client's failures mapped (its HTTP errors derive from OSError, via requests). A
         partial answer (Thanos, Cortex or Mimir with a store down, Prometheus with a remote read failing: its
@@ -87,19 +94,20 @@ class PrometheusProvider:
             code = int(status.group(1)) if status else 0
             text = self._scrub(raw)
             # the cause kept is the client's error with the secrets taken out: a server may echo them
-            cause = RuntimeError(f"{type(exc).__name__}: {text}")
+            cause = self._cause(exc)
             if code in (400, 422):
                 # the reason is read from the body as sent, scrubbed, and only then cut: cut first, a secret straddling
                 # the cut was left in by half, which no form of it matches
                 raise BadQuery(f"Prometheus rejected the query: {_rejection(raw, self._scrub)}") from cause
-            raise ProviderUnreachable(f"Prometheus at {self.address} answered HTTP {code or '?'}: {text[:300]}") from cause
+            raise ProviderUnreachable(f"Prometheus at {self._origin} answered HTTP {code or '?'}: {text[:300]}") from cause
         except (KeyError, TypeError) as exc:
             # answered 200 without data.result (``{"status": "error"}`` from a proxy or a query frontend): no answer
-            raise ProviderUnreachable(f"Prometheus at {self.address} answered without a result ({type(exc).__name__}: {self._scrub(str(exc))[:100]})") from None
+            raise ProviderUnreachable(f"Prometheus at {self._origin} answered without a result ({type(exc).__name__}: {self._scrub(str(exc))[:100]})") from None
         except OSError as exc:
             # requests' Timeout errors say "timed out"; a refused or reset connection is not a slow Prometheus
             if "timeout" in type(exc).__name__.lower() or "timed out" in str(exc).lower():
-                raise ProviderUnreachable(f"Prometheus at {self.address} did not answer within {self._timeout:g}s ({type(exc).__name__})") from exc
+                raise ProviderUnreachable(f"Prometheus at {self._origin} did not answer within {self._timeout:g}s ({type(exc).__name__})") \
+                    from self._cause(exc)
             said = str(exc).lower()
             if "refused" in said:
                 why = "connection refused"
@@ -107,10 +115,11 @@ class PrometheusProvider:
                 why = "the connection was closed without an answer"  # a proxy in front of a Prometheus that is down
             else:
                 why = type(exc).__name__
-            raise ProviderUnreachable(f"Prometheus at {self.address} could not be reached ({why})") from exc
+            # the cause kept is the transport's error with the secrets taken out: it quotes the URL asked, path and query
+            raise ProviderUnreachable(f"Prometheus at {self._origin} could not be reached ({why})") from self._cause(exc)
         partial = [w for w in getattr(self._answer, "warnings", []) if not w.startswith("PromQL info")]
         if partial:
-            raise ProviderUnreachable(f"Prometheus at {self.address} answered in part ({self._scrub(partial[0])[:200]}): "
+            raise ProviderUnreachable(f"Prometheus at {self._origin} answered in part ({self._scrub(partial[0])[:200]}): "
                                       "a partial answer may lack the canary's series, so it is no answer")
         return result
 
@@ -151,6 +160,18 @@ def _warnings(response: Any) -> list[str]:
         return []
     found = body.get("warnings") if isinstance(body, dict) else None
     return [str(w) for w in found] if isinstance(found, list) else []
+
+
+def _beyond_the_origin(address: str) -> list[str]:
+    """What ``address`` carries beyond its origin (user, password, path, query, fragment, each query value), as
+    given and percent-decoded: scrubbed from what a server or the transport says, as a secret is."""
+    try:
+        parts = urlsplit(address)
+        found = [parts.username or "", parts.password or "", parts.path.rstrip("/"), parts.query, parts.fragment]
+    except ValueError:
+        return [address]  # a malformed address is never shown whole either
+    found += [value for _, value in parse_qsl(parts.query)]
+    return [form for part in found for form in {part, unquote(part)} if form]
 
 
 def _duration(seconds: float) -> str:

@@ -27,6 +27,7 @@ refused there.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -73,21 +74,37 @@ def _bounds(threshold: ThresholdRange | None) -> Bounds | None:
     return None if threshold is None else Bounds(min=threshold.min, max=threshold.max)
 
 
+def _shown(value: float, *bounds: float | None) -> str:
+    """``value`` as a reason shows it beside ``bounds`` (each shown ``:g``): with 4 significant digits, or as many
+    more as keep it on the same side of each bound as it is (a p95 of 500.04 is "500.04 > max 500", never "500 > max 500")."""
+    if not math.isfinite(value):
+        return f"{value:.4g}"
+
+    def side(a: float, b: float) -> int:
+        return (a > b) - (a < b)
+
+    for digits in range(4, 17):
+        text = f"{value:.{digits}g}"
+        if all(side(float(text), float(f"{b:g}")) == side(value, b) for b in bounds if b is not None):
+            return text
+    return repr(value)  # the shortest text that is the value itself
+
+
 def _outside(metric: str, value: float, threshold: ThresholdRange, what: str = "") -> str | None:
     label = f"{metric}{what}"
     if not math.isfinite(value):
         # inf − inf (a canary and stable both in the +Inf bucket) is NaN, which every comparison lets pass
         return f"{label} {value:.4g} is not a finite number"
     if threshold.min is not None and value < threshold.min:
-        return f"{label} {value:.4g} < min {threshold.min:g}"
+        return f"{label} {_shown(value, threshold.min)} < min {threshold.min:g}"
     if threshold.max is not None and value > threshold.max:
-        return f"{label} {value:.4g} > max {threshold.max:g}"
+        return f"{label} {_shown(value, threshold.max)} > max {threshold.max:g}"
     return None
 
 
 def is_rate(spec: ReleaseSpec, metric: Metric) -> bool:
-    """A share of the canary's requests, in percent, judged on how many requests there were: by its
-    ``thresholdRange`` and by its ``compare`` alike."""
+    """A share of the canary's requests, judged on how many requests there were: by its ``thresholdRange``
+    and by its ``compare`` alike (in percent or as a fraction: ``per_request``)."""
     if metric.evidence is Evidence.NONE:
         return False
     if metric.evidence is Evidence.RATE:
@@ -97,13 +114,39 @@ def is_rate(spec: ReleaseSpec, metric: Metric) -> bool:
     return _looks_like_a_rate(spec, metric) and not _unlike_the_count(spec, metric)
 
 
+#: a template's text with its strings and comments taken out: what its operators are read from
+_PROSE = re.compile(r'"(?:\\.|[^"\\])*"|\'(?:\\.|[^\'\\])*\'|`[^`]*`|#[^\n]*')
+#: a template scaled to percent: ``… * 100``, ``100 * …`` or ``100 - …``
+_PERCENT = re.compile(r"\*\s*100(?:\.0*)?(?![\w.])|(?<![\w.])100(?:\.0*)?\s*[*-]")
+
+
+def _bounds_in_unit(metric: Metric) -> list[float]:
+    """The bounds a share is held to in its own unit: thresholdRange's, and compare's by difference."""
+    ranges = [metric.threshold_range] + ([metric.compare.threshold_range] if metric.compare and metric.compare.by is CompareBy.DIFFERENCE else [])
+    return [b for r in ranges if r is not None for b in (r.min, r.max) if b is not None]
+
+
 def _looks_like_a_rate(spec: ReleaseSpec, metric: Metric) -> bool:
-    """``evidence: auto`` on a template: it reads the request counter and its range is inside 0..100."""
+    """``evidence: auto`` on a template: a ratio (it divides) that reads the request counter, with a range inside
+    0..100. A template with no division is a count or a throughput (requests per second), never a share."""
     if metric.template_ref is None or metric.threshold_range is None:
         return False
     query, _ = metric_query(spec, metric)
     bounds = [b for b in (metric.threshold_range.min, metric.threshold_range.max) if b is not None]
-    return metrics.REQUESTS_METRIC in query and all(0 <= b <= 100 for b in bounds)
+    return metrics.REQUESTS_METRIC in query and "/" in _PROSE.sub("", query) and all(0 <= b <= 100 for b in bounds)
+
+
+def per_request(spec: ReleaseSpec, metric: Metric) -> float:
+    """What a share's value is per request: 1/100 in percent, 1 as a fraction. The built-in rates are percentages.
+    A template is a fraction when it is a ratio (it divides) that is not evidently scaled to percent (``* 100``,
+    ``100 -``) and no bound is above 1 (``sum(rate(…5..)) / sum(rate(…))`` held to ``max: 0.01``); else a percentage,
+    as a template with no division that ``evidence: rate`` calls a share (a recording rule's) always was."""
+    if metric.template_ref is None:
+        return 0.01
+    query, _ = metric_query(spec, metric)
+    text = _PROSE.sub("", query)
+    fraction = "/" in text and _PERCENT.search(text) is None and not any(b > 1 for b in _bounds_in_unit(metric))
+    return 1.0 if fraction else 0.01
 
 
 def _unlike_the_count(spec: ReleaseSpec, metric: Metric) -> list[str]:
@@ -138,10 +181,12 @@ def window(spec: ReleaseSpec, metric: Metric, ctx: TickContext | None = None) ->
     return units.format_duration(base)
 
 
-def render_query(spec: ReleaseSpec, metric: Metric, target: str | None = None, ctx: TickContext | None = None) -> tuple[str, str | None]:
-    """The query as it will be sent for ``metric`` (about the canary, or ``target``), and its provider address."""
+def render_query(spec: ReleaseSpec, metric: Metric, target: str | None = None, ctx: TickContext | None = None,
+                 interval: str | None = None) -> tuple[str, str | None]:
+    """The query as it will be sent for ``metric`` (about the canary, or ``target``), and its provider address;
+    ``interval``: over that stretch instead of the metric's window (a judge's samples, one per step)."""
     template, address = metric_query(spec, metric)
-    interval = window(spec, metric, ctx)
+    interval = interval or window(spec, metric, ctx)
     pod_label = spec.prometheus.pod_label if spec.prometheus else "kubernetes_pod_name"
     query = templates.render(template, target=target or spec.target, stable=spec.stable, namespace=spec.app.namespace,
                              interval=interval, variables=metric.template_variables, pod_label=pod_label)
@@ -245,9 +290,10 @@ class _Tick:
             extra.update(stable_query=stable_query, stable_value=None if isinstance(stable_value, MetricError) else float(stable_value),  # type: ignore[arg-type]
                          compare_range=_bounds(metric.compare.threshold_range), compare_by=metric.compare.by.value)
         if metric.judge is not None:
-            judged, details = self._judged(metric, query, address)
+            judged, details = self._judged(metric, address)
             verdicts.append(judged)
-            extra.update(details)
+            # compare's stable query stays the one beside its stable value (the judge's reads one step per sample)
+            extra.update({k: v for k, v in details.items() if k not in extra})
         verdict, effect, reason = _combine(verdicts)
         if alone:
             reason += f" (not against stable: it serves no request at weight {self.ctx.weight})"
@@ -270,7 +316,7 @@ class _Tick:
             return Verdict.FAIL, Effect.FAIL, outside, None, None
         share = self._share(metric)
         if share is None:
-            return Verdict.PASS, Effect.PASS, f"{metric.name} {value:.4g} within {threshold}", None, None
+            return Verdict.PASS, Effect.PASS, f"{metric.name} {_shown(value, threshold.min, threshold.max)} within {threshold}", None, None
         return self._evidence(metric, value, threshold, part=share)
 
     def _share(self, metric: Metric) -> str | None:
@@ -293,23 +339,25 @@ class _Tick:
         if isinstance(count, MetricError):
             return Verdict.ERROR, Effect.FAIL, f"{metric.name}: the canary's requests could not be counted: {count}", None, None
         confidence = self.spec.analysis.confidence
-        share = min(max(value / 100, 0.0), 1.0)
+        unit = per_request(self.spec, metric)
+        share = min(max(value * unit, 0.0), 1.0)
         bounds = evidence.wilson(share * count, count, confidence)
         worse_high = _higher_is_worse(self.spec, metric, threshold)
         checks = []
         if worse_high in (True, None) and threshold.max is not None:
-            checks.append(("max", bounds.high * 100, measure(bounds.high * 100) <= threshold.max))
+            checks.append(("max", bounds.high / unit, measure(bounds.high / unit) <= threshold.max))
         if worse_high in (False, None) and threshold.min is not None:
-            checks.append(("min", bounds.low * 100, measure(bounds.low * 100) >= threshold.min))
+            checks.append(("min", bounds.low / unit, measure(bounds.low / unit) >= threshold.min))
         if not checks:
             checks.append(("max" if threshold.max is not None else "min", value, True))
         side, bound, ok = next(((s, b, o) for s, b, o in checks if not o), checks[0])
         on = f"at most {count:.0f} requests (the template selects part of the canary's: {part})" if part else f"{count:.0f} requests"
-        text = f"{metric.name}{what} {measure(value):.4g} on {on}, {confidence:.0%} bound {measure(bound):.4g}"
+        limit = threshold.max if side == "max" else threshold.min
+        shown = _shown(measure(bound), limit) if not ok else _shown(measure(bound), threshold.min, threshold.max)
+        text = f"{metric.name}{what} {_shown(measure(value), threshold.min, threshold.max)} on {on}, {confidence:.0%} bound {shown}"
         if ok:
             return Verdict.PASS, Effect.PASS, f"{text} within {threshold}", count, bound
         effect = Effect.FAIL if self.ctx.held_too_long else Effect.HOLD
-        limit = threshold.max if side == "max" else threshold.min
         why = "held longer than analysis.holdLimit" if self.ctx.held_too_long else "not enough requests to tell"
         return Verdict.INCONCLUSIVE, effect, f"{text} beyond {side} {limit:g}: {why}", count, bound
 
@@ -349,7 +397,8 @@ class _Tick:
             # canary's requests too: when even the kind bound on all of them cannot tell, it holds)
             verdict, effect, reason, count, bound = self._evidence(metric, value, compare.threshold_range, to_measure, what, part=share)
             return verdict, effect, f"{reason} {detail}", count, bound
-        return Verdict.PASS, Effect.PASS, f"{metric.name}{what} {measure:.4g} within {compare.threshold_range} {detail}", None, None
+        shown = _shown(measure, compare.threshold_range.min, compare.threshold_range.max)
+        return Verdict.PASS, Effect.PASS, f"{metric.name}{what} {shown} within {compare.threshold_range} {detail}", None, None
 
     def _both_zero(self, metric: Metric) -> tuple[Verdict, Effect, str, float | None, float | None]:
         """Canary and stable both at 0, compared by ratio. 0 / 0 reads "the same" only when both zeros were measured:
@@ -397,12 +446,16 @@ class _Tick:
             return _Unmeasured(check.verdict, check.effect, check.reason, canary)
         return canary, on
 
-    def _judged(self, metric: Metric, query: str, address: str | None) -> tuple[tuple[Verdict, Effect, str], dict[str, object]]:
+    def _judged(self, metric: Metric, address: str | None) -> tuple[tuple[Verdict, Effect, str], dict[str, object]]:
         spec_judge = metric.judge
         assert spec_judge is not None
         provider = self.provider_for(address)
         window = (metric.interval or self.spec.analysis.interval).total_seconds()
-        stable_query, _ = render_query(self.spec, metric, target=self.spec.stable, ctx=self.ctx)  # the same window as the canary's
+        # each sample a rate over its own step: over the whole window, consecutive samples shared all but one step of
+        # it, and the rank test, which takes them as independent, was far surer than its confidence said
+        step = units.format_duration(spec_judge.step)
+        query, _ = render_query(self.spec, metric, interval=step)
+        stable_query, _ = render_query(self.spec, metric, target=self.spec.stable, interval=step)
         try:
             canary_samples = provider.run_range(query, window, spec_judge.step.total_seconds())  # type: ignore[attr-defined]
             stable_samples = provider.run_range(stable_query, window, spec_judge.step.total_seconds())  # type: ignore[attr-defined]

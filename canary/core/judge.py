@@ -17,8 +17,8 @@ rank test the way Kayenta's NetflixACAJudge does:
 - infinite samples (a quantile beyond the histogram's largest bucket) are
   counted apart: a track with more of them than chance allows (Fisher's exact
   test at the interval's level, Boschloo's where the tracks are small) is High
-  or Low whatever the shift's size, and two tracks all infinite alike are no
-  data, not identical.
+  or Low whatever the shift's size, and two tracks all infinite (however many
+  samples each has) are no data, not identical.
 
 The verdict depends on the samples' order and ratios only, not on their unit:
 the same samples in percent or as fractions, in ms or in s, are judged alike.
@@ -154,17 +154,20 @@ def compare(
     with_inf = sum(not math.isfinite(v) for v in canary), sum(not math.isfinite(v) for v in stable)
     mean_c, mean_s = sum(canary) / nx, sum(stable) / ny
     ratio = mean_c / mean_s if mean_s else math.nan  # inf on a side: inf, 0 or NaN (both), as the values say
-    if all(math.isinf(v) for v in (*canary, *stable)) and sorted(canary) == sorted(stable):
-        # every sample of both tracks beyond the histogram's range: they tie, and a tie is no evidence that the canary is
-        # as fast as stable (it may be ten times slower); as a compare's +Inf − +Inf, it is no pass
+    if not any(map(math.isfinite, (*canary, *stable))):
+        # every sample of both tracks beyond the histogram's range, however many on each: they tie, and a tie is no
+        # evidence that the canary is as fast as stable (it may be ten times slower); as a compare's +Inf − +Inf, it is no pass
+        kinds = " or ".join(sorted({f"{v:+g}" for v in (*canary, *stable)}, reverse=True))
         return Comparison(Classification.NO_DATA, math.nan, math.nan, math.nan, ratio, nx, ny,
-                          f"all {nx} canary and {ny} stable samples are {canary[0]:+g} (beyond the histogram's buckets): "
+                          f"all {nx} canary and {ny} stable samples are {kinds} (beyond the histogram's buckets): "
                           "nothing to tell them apart by")
     beyond = _beyond_the_buckets(canary, stable, confidence)
     means = _means(canary, stable, ratio)
-    if not (any(map(math.isfinite, canary)) and any(map(math.isfinite, stable))):
+    # a side with no finite sample is ranked by stand-ins: alike, they say nothing of the samples being alike
+    stood_in = not (any(map(math.isfinite, canary)) and any(map(math.isfinite, stable)))
+    if stood_in:
         canary, stable = _finite_ranks(canary, stable)
-    if sorted(canary) == sorted(stable) or len(set(canary) | set(stable)) == 1:
+    if not stood_in and (sorted(canary) == sorted(stable) or len(set(canary) | set(stable)) == 1):
         return Comparison(Classification.PASS, 0.0, 0.0, 0.0, ratio, nx, ny, "the samples are identical")
     estimate, low, high = shift_interval(canary, stable, confidence)
     bound = tolerance * abs(estimate)

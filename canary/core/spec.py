@@ -33,6 +33,7 @@ from pydantic import (
     SecretStr,
     StringConstraints,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -313,6 +314,10 @@ class Prometheus(_Model):
     pod_monitor: PodMonitor | None = None
     #: a Pushgateway that receives each release's metrics (canary_status, canary_weight …)
     pushgateway: str | None = None
+    #: how often Prometheus scrapes the app's pods (its scrape_interval): a rate over less than two scrapes is empty,
+    #: so a judge's step (each sample's stretch) is held to twice it. Unset: podMonitor.interval when a PodMonitor is
+    #: declared, else 15s, Prometheus' common setting
+    scrape_interval: Duration | None = None
 
     @field_validator("address")
     @classmethod
@@ -347,6 +352,27 @@ class Prometheus(_Model):
         if not _LABEL_NAME.match(v):
             raise ValueError("must be a Prometheus label name (letters, digits, '_', not starting with a digit)")
         return v
+
+    @field_validator("scrape_interval")
+    @classmethod
+    def _one_scrape(cls, v: timedelta | None, info: ValidationInfo) -> timedelta | None:
+        monitor = info.data.get("pod_monitor")
+        if v is not None and monitor is not None and monitor.interval != v:
+            raise ValueError(f"differs from podMonitor.interval ({units.format_duration(monitor.interval)}), which is how often "
+                             "Prometheus scrapes the pods: declare one, or both alike")
+        return v
+
+    def scrape(self) -> tuple[timedelta, str]:
+        """How often Prometheus scrapes the app's pods, and the field that says so."""
+        if self.pod_monitor is not None:
+            return self.pod_monitor.interval, "prometheus.podMonitor.interval"
+        if self.scrape_interval is not None:
+            return self.scrape_interval, "prometheus.scrapeInterval"
+        return DEFAULT_SCRAPE_INTERVAL, f"prometheus.scrapeInterval, unset: {units.format_duration(DEFAULT_SCRAPE_INTERVAL)}"
+
+
+#: how often Prometheus scrapes when the stack does not say (its common setting)
+DEFAULT_SCRAPE_INTERVAL = timedelta(seconds=15)
 
 
 #: Where a secret value read from a file (still encrypted) stands in the spec.
@@ -444,7 +470,7 @@ class NoDataPolicy(enum.StrEnum):
 class Evidence(enum.StrEnum):
     """Whether a metric is a share of the canary's requests, judged on how many there were."""
 
-    AUTO = "auto"  # built-in success/error rates; templates over the request counter with a 0..100 range selecting what the count does
+    AUTO = "auto"  # built-in success/error rates; ratios (a division) over the request counter with a 0..100 range selecting what the count does
     RATE = "rate"
     NONE = "none"
 
@@ -480,7 +506,9 @@ class Judge(_Model):
     #: the smallest ratio of means (canary / stable) that counts as worse; 1.0 = any shift in that direction
     allowed_increase: Float = Field(1.0, ge=1, allow_inf_nan=False)
     allowed_decrease: Float = Field(1.0, gt=0, le=1)
-    #: the spacing of the samples taken from query_range
+    #: the spacing of the samples taken from query_range, and the stretch each is over (the judge's queries are rendered
+    #: with ``{{ interval }}`` = step, so that no two samples share a scrape: the test takes them as independent). At
+    #: least twice the scrape interval: a rate over fewer than two scrapes is empty
     step: Duration = timedelta(seconds=5)
     #: fewer samples than this on either side: no verdict (no data)
     #: (at most the points Prometheus returns for one series, MAX_RANGE_POINTS: more could never be read)
@@ -504,6 +532,9 @@ class Metric(_Model):
     interval: Duration | None = None
     template_variables: dict[str, Text] = {}
     on_no_data: NoDataPolicy = NoDataPolicy.FAIL
+    #: whether the metric is a share of the canary's requests (``auto``: a built-in rate, or a template that divides).
+    #: A template's share is a fraction when it divides, is not scaled to percent (``* 100``, ``100 -``) and no bound
+    #: is above 1; else a percentage (``rate`` on a template without a division: a recording rule's percentage)
     evidence: Evidence = Evidence.AUTO
     compare: Compare | None = None
     judge: Judge | None = None
@@ -1006,29 +1037,44 @@ def app_problems(app: App, field: str, template_field: str | None = None) -> lis
 MAX_RANGE_POINTS = 11000
 
 
-def _judge_problems(judge: Judge, window: timedelta, where: str, window_field: str) -> list[Problem]:
-    """A judge whose window holds fewer samples than it needs never reaches a verdict; one with more
-    points than Prometheus returns is refused at every tick."""
+def _judge_problems(judge: Judge, window: timedelta, where: str, window_field: str, scrape: tuple[timedelta, str]) -> list[Problem]:
+    """A judge whose step is shorter than two scrapes reads empty samples; one whose window holds fewer samples than
+    it needs never reaches a verdict; one with more points than Prometheus returns is refused at every tick."""
     step, shown = judge.step.total_seconds(), units.format_duration(judge.step)
-    points = math.floor(window.total_seconds() / step + 1e-9) + 1
     span = f"{units.format_duration(window)} ({window_field})"
+    least = 2 * scrape[0]
+    if judge.step < least:
+        # each sample is a rate over one step (its own stretch, sharing no scrape with the next): over one scrape or
+        # less, a rate has one point at most and is empty
+        rule = (f"is shorter than twice the scrape interval, {units.format_duration(scrape[0])} ({scrape[1]}): each of the judge's "
+                f"samples is a rate over one step, and a rate over fewer than two scrapes is empty; use a step of at least "
+                f"{units.format_duration(least)}")
+        points = math.floor(window.total_seconds() / least.total_seconds() + 1e-9) + 1
+        if points < judge.min_samples and least * (judge.min_samples - 1) <= units.MAX_DURATION:
+            longer = least * (judge.min_samples - 1)
+            rule += (f", and then {window_field} (the judge's window, now {units.format_duration(window)}) of at least "
+                     f"{units.format_duration(longer)} for judge.minSamples {judge.min_samples}" + (f" (or minSamples of at most {points})" if points >= 3 else ""))
+        return [Problem(f"{where}.judge.step", shown, rule)]
+    points = math.floor(window.total_seconds() / step + 1e-9) + 1
     if points < judge.min_samples:
-        # only what can be followed: a step is at least 1ms, a window at most MAX_DURATION, minSamples at least 3
+        # only what can be followed: a step is at least twice the scrape interval, a window at most MAX_DURATION, minSamples at least 3
         most_ms = math.floor(window.total_seconds() / (judge.min_samples - 1) * 1000)
         longer = timedelta(seconds=step * (judge.min_samples - 1))
-        ways = ([f"a step of at most {units.format_duration(timedelta(milliseconds=most_ms))}"] if most_ms >= 1 else []) + \
-               ([f"a window of at least {units.format_duration(longer)}"] if longer <= units.MAX_DURATION else []) + \
+        ways = ([f"{window_field} (the judge's window) of at least {units.format_duration(longer)}"] if longer <= units.MAX_DURATION else []) + \
+               ([f"a step of at most {units.format_duration(timedelta(milliseconds=most_ms))}"] if timedelta(milliseconds=most_ms) >= least else []) + \
                ([f"minSamples of at most {points}"] if points >= 3 else [])
         return [Problem(f"{where}.judge.step", shown, f"gives {points} samples over the window of {span}, fewer than judge.minSamples "
                         f"{judge.min_samples}: the judge could never reach a verdict; use {' or '.join(ways)}")]
     if points > MAX_RANGE_POINTS:
-        least = units.format_duration(timedelta(seconds=math.ceil(window.total_seconds() / (MAX_RANGE_POINTS - 1))))
+        least_step = units.format_duration(timedelta(seconds=math.ceil(window.total_seconds() / (MAX_RANGE_POINTS - 1))))
         return [Problem(f"{where}.judge.step", shown, f"gives {points} samples over the window of {span}, more than the "
-                        f"{MAX_RANGE_POINTS} points Prometheus returns: use a step of at least {least}")]
+                        f"{MAX_RANGE_POINTS} points Prometheus returns: use a step of at least {least_step}")]
     return []
 
 
 def _analysis_problems(analysis: Analysis, field: str, metric_templates: Mapping[str, MetricTemplate], prometheus: Prometheus | None) -> list[Problem]:
+    scrape = prometheus.scrape() if prometheus is not None else \
+        (DEFAULT_SCRAPE_INTERVAL, f"prometheus.scrapeInterval, unset: {units.format_duration(DEFAULT_SCRAPE_INTERVAL)}")
     problems: list[Problem] = []
     seen: set[str] = set()
     for i, metric in enumerate(analysis.metrics):
@@ -1049,7 +1095,8 @@ def _analysis_problems(analysis: Analysis, field: str, metric_templates: Mapping
                                     "healthy release back; use by: difference, or add thresholdRange"))
         problems += _percent_problems(metric, where)
         if metric.judge is not None:
-            problems += _judge_problems(metric.judge, metric.interval or analysis.interval, where, f"{where}.interval" if metric.interval else f"{field}.interval")
+            problems += _judge_problems(metric.judge, metric.interval or analysis.interval, where, f"{where}.interval" if metric.interval else f"{field}.interval",
+                                        scrape)
         if metric.template_ref is None:
             if metric.name not in metrics.BUILTIN_METRICS:
                 problems.append(Problem(f"{where}.name", metric.name, "names no built-in metric and has no templateRef; built-ins: " + ", ".join(metrics.BUILTIN_METRICS)))

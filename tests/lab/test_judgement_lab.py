@@ -22,6 +22,8 @@ from tests.unit.support import http_receiver
 
 
 def _metrics(config: dict[str, Any], *latency: dict[str, Any]) -> None:
+    # the lab's Prometheus scrapes every second: a judge's 2s step (each sample's stretch) spans two scrapes
+    config["canary:prometheus"]["scrapeInterval"] = "1s"
     analysis = config["canary:analysis"]
     analysis["metrics"] = [{"name": "error-rate", "templateRef": {"name": "error-rate"}, "thresholdRange": {"max": 5}, "interval": "10s"}, *latency]
     config["canary:metricTemplates"]["p95"] = {

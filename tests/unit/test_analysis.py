@@ -76,9 +76,13 @@ def tick(spec: ReleaseSpec, answers: dict[Key, Answer] | None = None, ctx: TickC
     return analysis.run_tick(spec, lambda address: provider, ctx), provider
 
 
+#: a Prometheus that scrapes every second: a judge's default step (5s) spans more than two scrapes
+EVERY_SECOND = set_path("prometheus.scrapeInterval", "1s")
+
+
 def metrics(*entries: dict[str, Any], **analysis_changes: Any) -> ReleaseSpec:
-    """The base spec with these metrics (and analysis changes)."""
-    return spec_with(set_path("analysis.metrics", list(entries)), update("analysis", **analysis_changes))
+    """The base spec with these metrics (and analysis changes), scraped every second."""
+    return spec_with(set_path("analysis.metrics", list(entries)), update("analysis", **analysis_changes), EVERY_SECOND)
 
 
 BASE = {TEMPLATE: 0.1, DURATION: 120.0}
@@ -536,7 +540,7 @@ def test_a_canary_600_ms_slower_fails_with_its_interval() -> None:
 
 
 def test_the_judge_samples_over_the_metric_window_at_its_step() -> None:
-    spec = spec_with(set_path("analysis.metrics", [{"name": "request-duration", "interval": "5m", "judge": {"step": "10s"}}]))
+    spec = spec_with(set_path("analysis.metrics", [{"name": "request-duration", "interval": "5m", "judge": {"step": "10s"}}]), EVERY_SECOND)
     _, provider = tick(spec, {DURATION: 200.0}, samples={CANARY: BASE_SAMPLES, STABLE: BASE_SAMPLES})
     assert [(seconds, step) for _, seconds, step in provider.ranges] == [(300.0, 10.0), (300.0, 10.0)]
 
@@ -552,7 +556,7 @@ def test_too_few_samples_are_no_data(ctx: TickContext, effect: Effect, why: str)
 
 
 def test_a_canary_all_in_the_inf_bucket_fails_the_judge_whatever_the_no_data_policy() -> None:
-    spec = spec_with(set_path("analysis.metrics", [{"name": "request-duration", "judge": {}, "onNoData": "pass"}]))
+    spec = spec_with(set_path("analysis.metrics", [{"name": "request-duration", "judge": {}, "onNoData": "pass"}]), EVERY_SECOND)
     result, _ = tick(spec, {DURATION: 200.0}, samples={CANARY: [math.inf] * 13, STABLE: [float(v) for v in BASE_SAMPLES]})
     assert result.checks[0].verdict is Verdict.FAIL and result.outcome is Outcome.FAIL, result.reason
 
@@ -583,7 +587,7 @@ def test_a_judge_of_samples_all_zero_on_both_tracks_passes_only_when_both_answer
     # a counter's rate (errors per second) is 0 on a track that answered nothing as much as on a healthy one:
     # "the samples are identical" passed a canary that no request had reached
     spec = spec_with(set_path("analysis.metrics", [{"name": "errors", "templateRef": {"name": "x"}, "judge": {}}]),
-                     set_path("metricTemplates", {"x": {"query": 'sum(rate(errors_total{pod=~"{{ target }}-.*"}[1m]))'}}))
+                     set_path("metricTemplates", {"x": {"query": 'sum(rate(errors_total{pod=~"{{ target }}-.*"}[1m]))'}}), EVERY_SECOND)
     result, _ = tick(spec, {**counts, "errors_total": 0.0}, samples={"errors_total": [0.0] * 12})
     check = result.checks[0]
     assert (check.verdict, check.effect) == (verdict, effect), check.reason
@@ -604,7 +608,7 @@ def test_a_canary_at_0_beside_a_stable_above_it_is_lower_only_when_it_answered_r
     """A counter's rate (errors per second) is 0 on a canary no request reached: judged and compared with stable's
     2 errors/s it was "lower than stable", and passed a canary that served nothing."""
     spec = spec_with(set_path("analysis.metrics", [{"name": "errors", "templateRef": {"name": "x"}, **judged}]),
-                     set_path("metricTemplates", ERRORS_PER_SECOND))
+                     set_path("metricTemplates", ERRORS_PER_SECOND), EVERY_SECOND)
     answers: dict[Key, Answer] = {**counts, ("errors_total", CANARY): 0.0, ("errors_total", STABLE): 2.0}
     result, _ = tick(spec, answers, samples={("errors_total", CANARY): [0.0] * 12, ("errors_total", STABLE): [2.0 + i / 10 for i in range(12)]})
     check = result.checks[0]
@@ -919,11 +923,12 @@ def test_a_critical_metric_in_its_inconclusive_band_waits_for_a_person_not_a_fai
         assert (result.failed_in_row, result.failed_total) == (0, 0) and "inside the inconclusive band" in result.reason
 
 
-def test_the_judge_reads_both_tracks_over_the_same_grown_evidence_window() -> None:
+def test_the_judge_reads_both_tracks_over_the_same_stretch_while_the_evidence_window_grows() -> None:
     """While a step holds, a rate's window grows to the time since the shift: stable's samples must
-    be read over the same window as the canary's, or a smooth 10m rate is judged against spiky 1m ones."""
+    be read over the same stretch as the canary's (or a smooth 10m rate is judged against spiky 1m ones),
+    and that stretch is the judge's step, whatever the window: samples over 10m would share all but 5s."""
     spec = metrics({"name": "request-error-rate", "thresholdRange": {"max": 5}, "judge": {}})
     samples = [0.4 + 0.01 * (i % 3) for i in range(13)]
     _, provider = tick(spec, {COUNT: 5000.0, ERROR_RATE: 0.4}, TickContext(evidence_window=600.0), samples={CANARY: samples, STABLE: samples})
     windows = [sorted(set(re.findall(r"\[(\w+)\]", query))) for query, _, _ in provider.ranges]
-    assert windows == [["10m"], ["10m"]]
+    assert windows == [["5s"], ["5s"]]

@@ -355,3 +355,48 @@ def test_a_partial_answer_is_no_answer(server: str, warnings: list[str], partial
         assert provider.run_query("up") == 3.5
     _Recorder.raw = None
     assert provider.run_query("up") == 3.5  # the next answer is judged on its own
+
+
+class _EchoPath(BaseHTTPRequestHandler):
+    """A proxy whose errors quote the path and query it was asked for."""
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        body = json.dumps({"status": "error", "error": f"no route for {self.path}"}).encode()
+        self.send_response(503)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_an_address_s_path_and_query_stay_out_of_errors() -> None:
+    """An address may be a secret, its path a tenant's token, its query an API key: errors name its origin only,
+    and what the transport or the server quotes of it is scrubbed (the cause kept as well)."""
+    private = "/api/prom/t0k3n-s3cr3t?apikey=hunter2"
+    port = _closed_port()
+    with pytest.raises(ProviderUnreachable) as refused:
+        PrometheusProvider(f"http://127.0.0.1:{port}{private}", timeout=timedelta(seconds=1)).run_query("up")
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _EchoPath)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(ProviderUnreachable) as echoed:
+            PrometheusProvider(f"http://127.0.0.1:{srv.server_address[1]}{private}").run_range("up", 60, 5)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert str(refused.value) == f"Prometheus at http://127.0.0.1:{port} could not be reached (connection refused)"
+    assert str(echoed.value).startswith(f"Prometheus at http://127.0.0.1:{srv.server_address[1]} answered HTTP 503: ")
+    for info in (refused, echoed):
+        text = f"{info.value} {info.value.__cause__!r}"
+        assert "t0k3n" not in text and "hunter2" not in text, text

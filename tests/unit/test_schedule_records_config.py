@@ -543,7 +543,7 @@ def test_hostnames(host: str, ok: bool) -> None:
         (del_path("stableImage"), set_path("app.image", "registry.example.com/shop/web:1.0.0"), set_path("app.template", pod_template()),
          del_path("app.replicas"), set_path("app.autoscaler", {"maxReplicas": 5}), set_path("app.disruptionBudget", {"minAvailable": "50%"})),
         (set_path("analysis.metrics.1", {"name": "request-duration", "compare": {"by": "ratio", "thresholdRange": {"max": 1.2}}, "judge": {"tolerance": 0.1},
-                                         "dryRun": True, "weight": 2}), set_path("analysis.metrics.0.critical", True)),
+                                         "dryRun": True, "weight": 2}), set_path("analysis.metrics.0.critical", True), set_path("prometheus.scrapeInterval", "1s")),
         (del_path("analysis.stepWeight"), del_path("analysis.maxWeight"), update("analysis", iterations=3, match=[INSIDER])),
         (set_path("prometheus.podLabel", "pod"), set_path("prometheus.pushgateway", "http://pushgateway:9091"), set_path("rollout", "direct")),
     ],
