@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from canary.core import units
+from canary.core import naming, units
 from canary.core.spec import StackSpec, parse_stack
 from canary.errors import InvalidSpec, Problem
 
@@ -26,7 +26,9 @@ PLACEHOLDER_TAG = "change-me"
 PLACEHOLDER_GATEWAY = "change-me"
 
 # The fields canary carries over; any other field of a manifest is named in a note.
-_CANARY_FIELDS = {"targetRef", "service", "analysis", "canaryAnalysis", "provider", "skipAnalysis"}
+_CANARY_FIELDS = {"targetRef", "service", "analysis", "canaryAnalysis", "provider", "skipAnalysis", "metricsServer"}
+#: What ``kubectl get -o yaml`` prints for several objects (or the API for a list of one kind): read item by item.
+_LIST_KINDS = ("List", "CanaryList", "MetricTemplateList")
 _SERVICE_FIELDS = {"port", "targetPort", "gatewayRefs", "hosts"}
 _ANALYSIS_FIELDS = {
     "interval", "threshold", "maxWeight", "stepWeight", "stepWeights", "metrics", "webhooks",
@@ -40,6 +42,10 @@ FLAGGER_THRESHOLD = 1
 FLAGGER_MAX_WEIGHT = 100
 #: Flagger's timeout for a webhook that sets none (canary's is 60s).
 FLAGGER_WEBHOOK_TIMEOUT = "10s"
+#: The window Flagger queries a built-in metric over when the metric sets no interval (canary's is analysis.interval).
+FLAGGER_METRIC_INTERVAL = "1m"
+#: The load tester's own bound on a command it runs (its -timeout flag's default).
+_LOAD_TESTER_TIMEOUT = "1h"
 #: Flagger's cookie attributes beside its name and Max-Age, which canary's affinity cookie does not set.
 _COOKIE_ATTRIBUTES = ("domain", "httpOnly", "partitioned", "path", "sameSite", "secure")
 #: The Max-Age Flagger gives the affinity cookie when sessionAffinity.maxAge is 0 (unset).
@@ -56,6 +62,11 @@ _CRD_INTERVAL = re.compile(r"^[0-9]+(m|s)")
 #: Go's duration units (Flagger parses durations with Go's time.ParseDuration), in seconds.
 _GO_UNITS = {"ns": 1e-9, "us": 1e-6, "\u00b5s": 1e-6, "\u03bcs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 _GO_PART = re.compile(r"([0-9]*(?:\.[0-9]*)?)(ns|us|\u00b5s|\u03bcs|ms|s|m|h)")
+#: Flagger's placeholders whose meaning differs in canary, with the suffix that names its canary or primary
+#: Service (``{{ target }}-canary``) when no more of a name follows it.
+_FLAGGER_PLACEHOLDER = re.compile(r"\{\{\s*(target|service|name|ingress|route)\s*\}\}(-canary(?![A-Za-z0-9])|-primary(?![A-Za-z0-9]))?")
+#: Flagger's built-in metrics (canary has more: a name of another is no built-in to Flagger).
+_FLAGGER_BUILTINS = ("request-success-rate", "request-duration")
 _METRIC_FIELDS = {"name", "templateRef", "thresholdRange", "threshold", "interval", "templateVariables"}
 _WEBHOOK_FIELDS = {"name", "type", "url", "timeout", "metadata"}
 #: Every field of Flagger's CanaryAnalysis (flagger.app/v1beta1): one outside this set is a typo
@@ -93,6 +104,7 @@ def convert(
 ) -> ImportResult:
     """One Canary (and the MetricTemplates it references) to a spec and notes."""
     notes: list[str] = []
+    manifests = _items(manifests)
     canaries = [m for m in manifests if m.get("kind") == "Canary"]
     templates_in = [m for m in manifests if m.get("kind") == "MetricTemplate"]
     for other in manifests:
@@ -116,6 +128,13 @@ def convert(
     name = target.get("name")
     if not name:
         raise InvalidSpec([Problem("spec.targetRef.name", "nothing", "is required: the Deployment's name")], "Canary")
+    canary_name = _string(meta.get("name"), "metadata.name", "Canary")
+    if canary_name and canary_name != name:
+        # Flagger's webhooks send canary.Name, and its load tester keys gates on "<name>.<namespace>"
+        namespace = meta.get("namespace", "default")
+        notes.append(f"metadata.name: the Canary is {canary_name}, its Deployment {name}: Flagger's webhooks send the Canary's name, "
+                     f"and its load tester keys gates (/gate/check, /gate/open, /gate/close, /rollback/check) on {canary_name}.{namespace}; "
+                     f"canary sends {name}, the app's name: a gate opened for {canary_name}.{namespace} is not seen (open it for {name}.{namespace})")
     service = _mapping(spec.get("service"), "spec.service")
     _unsupported("spec.service", service, _SERVICE_FIELDS, notes)
     app: dict[str, Any] = {"name": name, "namespace": meta.get("namespace", "default")}
@@ -140,7 +159,13 @@ def convert(
     analysis = _analysis(analysis_in, notes)
     if "skipAnalysis" in spec:
         analysis["skipAnalysis"] = spec["skipAnalysis"]
-    metric_templates, template_namespaces = _templates(templates_in, notes)
+    flagger_names = {
+        "target": str(name),
+        "name": canary_name,
+        "service": service.get("name") or name,
+        "ingress": _mapping(spec.get("ingressRef"), "spec.ingressRef").get("name") or name,
+    }
+    metric_templates, template_namespaces = _templates(templates_in, notes, flagger_names)
     _check_template_refs(analysis, metric_templates)
     app["image"] = stable_image
     values = {
@@ -151,7 +176,17 @@ def convert(
     if metric_templates:
         values["metricTemplates"] = metric_templates
     addresses = {t["provider"].get("address") for t in metric_templates.values() if t["provider"].get("address")}
-    if addresses:
+    metrics_server = _string(spec.get("metricsServer"), "spec.metricsServer", "Canary")
+    if metrics_server:
+        # Flagger queries the built-in metrics there (it overrides the -metrics-server flag for this Canary);
+        # a template with an address of its own keeps it
+        values["prometheus"] = {"address": metrics_server}
+        notes.append("spec.metricsServer: written as prometheus.address, where Flagger queries the built-in metrics")
+        unset = sorted(name for name, t in metric_templates.items() if not t["provider"].get("address"))
+        if unset:
+            notes.append(f"MetricTemplate {', '.join(unset)}: spec.provider.address: not set; they query prometheus.address, "
+                         f"written as {metrics_server} (spec.metricsServer): check it is the Prometheus they were written for")
+    elif addresses:
         values["prometheus"] = {"address": sorted(addresses)[0]}
         unset = sorted(name for name, t in metric_templates.items() if not t["provider"].get("address"))
         if unset:
@@ -168,17 +203,20 @@ def convert(
     try:
         imported = parse_stack(values, "imported Flagger manifests")
     except InvalidSpec as exc:
-        problems = [Problem(_manifest_field(p.field, gateway_given=parent_ref is not None), p.value, p.rule) for p in exc.problems]
+        problems = [Problem(_manifest_field(p.field, gateway_given=parent_ref is not None, address_given=bool(metrics_server)), p.value, p.rule)
+                    for p in exc.problems]
         raise InvalidSpec(list(dict.fromkeys(problems)), exc.source) from None  # threshold's, once
     _check_template_namespaces(analysis, template_namespaces, meta.get("namespace"))
     return ImportResult(imported, tuple(notes))
 
 
-def _manifest_field(field: str, gateway_given: bool = False) -> str:
+def _manifest_field(field: str, gateway_given: bool = False, address_given: bool = False) -> str:
     """The manifest field a field of the imported spec came from: ``analysis.interval`` -> ``spec.analysis.interval``
-    (the parentRef comes from ``--gateway`` when it was given)."""
+    (the parentRef comes from ``--gateway`` when it was given, Prometheus' address from ``spec.metricsServer``)."""
     if gateway_given and field.startswith("gateway.parentRefs"):
         return "--gateway"
+    if address_given and field == "prometheus.address":
+        return "spec.metricsServer"
     if field.startswith("metricTemplates."):
         name, _, rest = field.removeprefix("metricTemplates.").partition(".")
         return f"MetricTemplate {name}: spec.{rest}" if rest else f"MetricTemplate {name}"
@@ -186,6 +224,21 @@ def _manifest_field(field: str, gateway_given: bool = False) -> str:
         if field == ours or field.startswith((f"{ours}.", f"{ours}[")):
             return theirs + field[len(ours):]
     return field
+
+
+def _items(manifests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The manifests with each List (``kubectl get canary -o yaml``) replaced by its items; InvalidSpec naming
+    an item that is no manifest. A List inside a List is left as it is (and noted as no Canary)."""
+    out: list[dict[str, Any]] = []
+    for manifest in manifests:
+        if manifest.get("kind") not in _LIST_KINDS:
+            out.append(manifest)
+            continue
+        for i, item in enumerate(_mappings(manifest.get("items"), "items", str(manifest["kind"]))):
+            if "kind" not in item:
+                raise InvalidSpec([Problem(f"items[{i}]", _shown(item), "must be a Kubernetes manifest with a kind")], str(manifest["kind"]))
+            out.append(item)
+    return out
 
 
 def _mapping(value: Any, field: str, source: str = "Canary") -> dict[str, Any]:
@@ -349,10 +402,19 @@ def _analysis(data: Mapping[str, Any], notes: list[str]) -> dict[str, Any]:
             "spec.analysis.threshold: carried over as failureLimit (failed checks in all, Flagger's count) "
             "and as threshold (failed checks in a row); either rolls back"
         )
+    if out.get("mirror") is True and "iterations" not in out:
+        notes.append("spec.analysis.mirror: Flagger mirrors for one interval only, at weight 0 before the first step (every request "
+                     "answered by the primary and copied to the canary), then shifts the weights without mirroring; canary has no "
+                     "such step: it copies requests to the canary at every weighted step, beside the share the canary answers "
+                     "(see Mirroring in canary's README)")
     metrics = []
     for i, metric in enumerate(_mappings(data.get("metrics"), "spec.analysis.metrics")):
+        if metric.get("query"):
+            _inline_query(i, metric, notes)
         _unsupported(f"spec.analysis.metrics[{i}]", metric, _METRIC_FIELDS, notes)
         out_metric: dict[str, Any] = {k: metric[k] for k in ("name", "thresholdRange", "interval", "templateVariables") if k in metric}
+        if not metric.get("interval"):
+            _metric_interval(i, metric, out_metric, notes)
         if "threshold" in metric:
             _deprecated_threshold(i, metric, out_metric, notes)
         if "templateRef" in metric:
@@ -389,10 +451,12 @@ def _analysis(data: Mapping[str, Any], notes: list[str]) -> dict[str, Any]:
             pass  # Flagger's timeout bounded its call to the load tester, which answers at once; nothing to bound here
         elif "timeout" in hook:
             out_hook["timeout"] = hook["timeout"]
-        elif not queued and (out_hook.get("cmd") or out_hook.get("url")):
+        elif out_hook.get("cmd") or out_hook.get("url"):
             out_hook["timeout"] = FLAGGER_WEBHOOK_TIMEOUT
-            notes.append(f"spec.analysis.webhooks[{i}].timeout: not set; written as {FLAGGER_WEBHOOK_TIMEOUT}, "
-                         "Flagger's default (canary's is 60s)")
+            notes.append(f"spec.analysis.webhooks[{i}].timeout: not set; written as {FLAGGER_WEBHOOK_TIMEOUT}, Flagger's default "
+                         "(canary's is 60s)" + (f", which bounded the call to the load tester: it ran the command for up to its own "
+                                                f"-timeout ({_LOAD_TESTER_TIMEOUT} by default); raise timeout if the command "
+                                                "needs longer" if queued else ""))
         if metadata:
             out_hook["metadata"] = metadata
         webhooks.append(out_hook)
@@ -472,6 +536,32 @@ def _load_tester_hook(i: int, hook: Mapping[str, Any], metadata: dict[str, str],
                      f"canary runs this {out_hook['type']} hook's command to its end within its timeout, and a non-zero exit "
                      "or the timeout is a no")
     return kind
+
+
+def _inline_query(i: int, metric: Mapping[str, Any], notes: list[str]) -> None:
+    """A metric's ``query``, Flagger's deprecated in-line PromQL, which canary does not take. Flagger runs it beside
+    the metric's template or built-in check: there it is left out with a note; a metric it alone defines is refused."""
+    field = f"spec.analysis.metrics[{i}].query"
+    how = ("write it as a MetricTemplate (spec.provider.type: prometheus, spec.query: this query), pass its manifest too, "
+           "and reference it from the metric with templateRef")
+    if "templateRef" in metric or metric.get("name") in _FLAGGER_BUILTINS:
+        notes.append(f"{field}: Flagger runs this in-line PromQL too, beside the metric's {'template' if 'templateRef' in metric else 'built-in'}; "
+                     f"to keep that check, {how.replace('reference it from the metric', 'reference it from a metric of its own')}")
+        return
+    raise InvalidSpec([Problem(field, _shown(metric["query"]), f"is Flagger's deprecated in-line PromQL, which canary does not take: {how}")], "Canary")
+
+
+def _metric_interval(i: int, metric: Mapping[str, Any], out_metric: dict[str, Any], notes: list[str]) -> None:
+    """A metric without ``interval`` as Flagger queries it: a built-in over 1m, where canary's window would be the
+    analysis interval (at 15s, usually empty: no data). For a template Flagger renders ``{{ interval }}`` as
+    nothing (a range Prometheus refuses); its built-in window is written there too."""
+    out_metric["interval"] = FLAGGER_METRIC_INTERVAL
+    why = "Flagger's window for a built-in metric without one"
+    if "templateRef" in metric:
+        why = ("Flagger renders a MetricTemplate's {{ interval }} as nothing for a metric without one (a query Prometheus "
+               f"refuses) and queries its built-in metrics over {FLAGGER_METRIC_INTERVAL}")
+    notes.append(f"spec.analysis.metrics[{i}].interval: not set; written as {FLAGGER_METRIC_INTERVAL} (canary's default is "
+                 f"the analysis interval): {why}")
 
 
 def _deprecated_threshold(i: int, metric: Mapping[str, Any], out_metric: dict[str, Any], notes: list[str]) -> None:
@@ -589,8 +679,9 @@ def _interval(given: Any, out: dict[str, Any], notes: list[str]) -> None:
         notes.append(f"spec.analysis.interval: {given} written as {out['interval']}, the duration Flagger reads it as")
 
 
-def _templates(manifests: list[dict[str, Any]], notes: list[str]) -> tuple[dict[str, Any], dict[str, str | None]]:
-    """The templates as canary's ``metricTemplates`` (keyed by name), and each one's namespace."""
+def _templates(manifests: list[dict[str, Any]], notes: list[str], names: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str | None]]:
+    """The templates as canary's ``metricTemplates`` (keyed by name), and each one's namespace. ``names``: the
+    values of Flagger's placeholders for the Canary (``target``, ``name``, ``service``, ``ingress``)."""
     out: dict[str, Any] = {}
     namespaces: dict[str, str | None] = {}
     for manifest in manifests:
@@ -621,5 +712,52 @@ def _templates(manifests: list[dict[str, Any]], notes: list[str]) -> tuple[dict[
         for key in provider:
             if key not in ("type", "address", "secretRef"):
                 notes.append(f"MetricTemplate {name}: spec.provider.{key}: not supported by canary; ignored")
-        out[name] = {"provider": out_provider, "query": spec.get("query", "")}
+        query = spec.get("query", "")
+        out[name] = {"provider": out_provider, "query": _flagger_query(name, query, names, notes) if isinstance(query, str) else query}
     return out, namespaces
+
+
+def _flagger_query(template: str, query: str, names: Mapping[str, Any], notes: list[str]) -> str:
+    """A template's query with Flagger's names written as canary's objects are named. Flagger's ``{{ target }}`` is
+    the targetRef (its canary Deployment); its canary Service is ``{{ target }}-canary`` and its primary
+    ``{{ target }}-primary`` (and likewise after ``{{ service }}``), which canary names ``{{ target }}`` and
+    ``{{ stable }}``. ``{{ name }}`` and ``{{ ingress }}`` are written as the manifest fixes them; ``{{ route }}``,
+    which depends on Flagger's mesh provider (a Knative revision), is refused. Each rewrite is noted."""
+    field, app = f"MetricTemplate {template}: spec.query", names["target"]
+    canary, stable = naming.deployment(app, naming.Track.CANARY), naming.deployment(app, naming.Track.STABLE)
+    said: dict[str, str] = {}
+
+    def rewrite(match: re.Match[str]) -> str:
+        placeholder, suffix = match.group(1), match.group(2) or ""
+        given = match.group(0)
+        if placeholder == "route":
+            raise InvalidSpec([Problem(field, "{{ route }}", "has no value canary can know: Flagger's depends on its mesh provider "
+                                       "(under Knative, the latest revision's name); write the name it stands for")], "MetricTemplate")
+        if placeholder in ("target", "service") and suffix:
+            flaggers = f"{names[placeholder]}{suffix}"
+            ours, what = ("{{ target }}", f"canary's canary Deployment and Service, {canary}") if suffix == "-canary" \
+                else ("{{ stable }}", f"canary's stable Deployment and Service, {stable}")
+            said[f"{{{{ {placeholder} }}}}{suffix}"] = f"(Flagger's {flaggers}) written as {ours}: {what}"
+            return ours
+        if placeholder == "target":
+            said["{{ target }}"] = (f"is canary's canary Deployment, {canary}, where Flagger's was the targetRef, {app}: check what "
+                                    f"it selects (a pod name pattern such as {{{{ target }}}}-[0-9a-zA-Z]+ selects the canary's pods in both)")
+            return given
+        if placeholder == "service":
+            value = naming.apex_service(app)
+            said["{{ service }}"] = (f"(Flagger's Service {names['service']}) written as {value}, canary's Service of that role "
+                                     "(it selects stable's pods, as Flagger's selects the primary's)")
+            return value
+        value, origin = names[placeholder], ("metadata.name" if placeholder == "name" else "spec.ingressRef.name")
+        try:
+            units.check_dns_subdomain(value if isinstance(value, str) else "")
+        except ValueError as exc:
+            raise InvalidSpec([Problem(origin, _shown(value), f"{exc}: {field} uses it as {{{{ {placeholder} }}}}")], "Canary") from None
+        said[f"{{{{ {placeholder} }}}}"] = f"written as {value}, its value for this Canary" + (
+            "; canary routes through the Gateway, not this Ingress: the series it selects may hold none of canary's traffic"
+            if placeholder == "ingress" else "")
+        return value + suffix
+
+    written = _FLAGGER_PLACEHOLDER.sub(rewrite, query)
+    notes.extend(f"{field}: {placeholder} {what}" for placeholder, what in said.items())
+    return written

@@ -8,6 +8,7 @@ import shlex
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -94,7 +95,7 @@ def test_a_background_load_test_never_fails_a_tick_and_is_stopped_when_the_inter
     stopped_at: list[float] = []
 
     class LoadTest(FakeHooks):
-        def start(self, hook: Any) -> Any:
+        def start(self, hook: Any, body: Any = None) -> Any:
             return world.clock.monotonic()
 
         def finish(self, hook: Any, handle: Any, deadline: float, cancel: Any = None) -> Any:
@@ -255,7 +256,7 @@ def test_a_load_generator_is_stopped_even_when_recording_a_hook_s_result_fails()
     import signal
     import threading
 
-    from canary.core.records import ReleaseState
+    from canary.core.records import Phase, ReleaseState, TrackPin
     from canary.core.spec import parse_spec
     from canary.release.hooks import Hooks
 
@@ -271,7 +272,8 @@ def test_a_load_generator_is_stopped_even_when_recording_a_hook_s_result_fails()
         raise RuntimeError("the journal refused the record")
 
     hooks = Hooks(Caller(), spec, SimpleNamespace(monotonic=time.monotonic), threading.Event(), on_result)  # type: ignore[arg-type]
-    state = ReleaseState.model_construct(weight=10)
+    state = ReleaseState(release="20261130T000000-1", stack="test", app="web", phase=Phase.PROGRESSING, weight=10,
+                         stable=TrackPin(template={}, image="registry.example.com/shop/web:1", hash="h1"))
     running = hooks.start_rollout(state)
     pid = next(handle for hook, handle in running if hook.name == "load").pid
     try:
@@ -345,3 +347,163 @@ def test_weights_canary_steps_through_alike_import_as_they_are() -> None:
     analysis = result.spec.release_spec("web").analysis
     assert (analysis.step_weight, analysis.max_weight, analysis.step_weights) == (10, 50, None)
     assert not any(n.startswith("spec.analysis.stepWeights") for n in result.notes)
+
+
+# --- what Flagger's own manifests mean, carried over --------------------------------------------------------
+
+PODINFO = """\
+apiVersion: flagger.app/v1beta1
+kind: Canary
+metadata: {name: podinfo, namespace: test}
+spec:
+  targetRef: {apiVersion: apps/v1, kind: Deployment, name: podinfo}
+  service: {port: 9898}
+  analysis:
+    interval: 15s
+    threshold: 2
+    stepWeight: 25
+    maxWeight: 50
+    metrics:
+      - name: request-success-rate
+        thresholdRange: {min: 99}
+        interval: 1m
+      - name: latency
+        templateRef: {name: latency}
+        thresholdRange: {max: 500}
+        interval: 1m
+"""
+LATENCY = """\
+apiVersion: flagger.app/v1beta1
+kind: MetricTemplate
+metadata: {name: latency, namespace: test}
+spec:
+  provider: {type: prometheus, address: http://prometheus.istio-system:9090}
+  query: histogram_quantile(0.99, sum(rate(http_duration_seconds_bucket{namespace="{{ namespace }}", job="{{ target }}-canary"}[{{ interval }}])) by (le))
+"""
+
+
+def _podinfo(**spec: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = yaml.safe_load(PODINFO)
+    doc["spec"].update(spec)
+    return doc
+
+
+def _latency(query: str | None = None, **provider: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = yaml.safe_load(LATENCY)
+    doc["spec"]["provider"].update(provider)
+    doc["spec"]["query"] = query or doc["spec"]["query"]
+    return doc
+
+
+def test_a_metric_without_an_interval_imports_over_flaggers_minute_not_the_analysis_interval() -> None:
+    # canary's default is analysis.interval: a 15s window, usually empty, and no data rolled back
+    doc = _podinfo()
+    for metric in doc["spec"]["analysis"]["metrics"]:
+        del metric["interval"]
+    result = flagger.convert([doc, _latency()])
+    metrics = result.spec.release_spec("podinfo").analysis.metrics
+    assert [m.interval for m in metrics] == [timedelta(minutes=1)] * 2
+    for i in (0, 1):
+        assert any(n.startswith(f"spec.analysis.metrics[{i}].interval: not set; written as 1m") for n in result.notes), result.notes
+    doc["spec"]["analysis"]["metrics"][0]["interval"] = "30s"
+    assert flagger.convert([doc, _latency()]).spec.release_spec("podinfo").analysis.metrics[0].interval == timedelta(seconds=30)
+
+
+@pytest.mark.parametrize(("given", "written", "rendered"), [
+    ('job="{{ target }}-canary"', 'job="{{ target }}"', 'job="podinfo-canary"'),
+    ('pod=~"{{ target }}-primary-[0-9a-z]+-[0-9a-z]+"', 'pod=~"{{ stable }}-[0-9a-z]+-[0-9a-z]+"', 'pod=~"podinfo-stable-[0-9a-z]+-[0-9a-z]+"'),
+    ('cluster=~"{{ namespace }}_{{ service }}-canary_9898"', 'cluster=~"{{ namespace }}_{{ target }}_9898"', 'cluster=~"test_podinfo-canary_9898"'),
+    ('canary="{{ name }}"', 'canary="podinfo"', 'canary="podinfo"'),
+    ('job="{{target}}-canaryx"', 'job="{{target}}-canaryx"', 'job="podinfo-canary-canaryx"'),
+], ids=["target-canary", "target-primary", "service-canary", "name", "longer-word-kept"])
+def test_flaggers_target_and_known_names_are_written_as_canary_names_them(given: str, written: str, rendered: str) -> None:
+    # `{{ target }}-canary` (Flagger's canary Service) selected podinfo-canary-canary, which nothing is named
+    from canary.core import analysis
+
+    query = f"sum(rate(http_requests_total{{{given}}}[{{{{ interval }}}}]))"
+    result = flagger.convert([_podinfo(), _latency(query)])
+    release = result.spec.release_spec("podinfo")
+    assert release.metric_templates["latency"].query == query.replace(given, written)
+    assert analysis.render_query(release, release.analysis.metrics[1])[0] == f"sum(rate(http_requests_total{{{rendered}}}[1m]))"
+    assert any(n.startswith("MetricTemplate latency: spec.query: ") for n in result.notes), result.notes
+
+
+def test_a_bare_target_is_kept_with_a_note_that_it_now_names_the_canary_deployment() -> None:
+    result = flagger.convert([_podinfo(), _latency('sum(rate(x{pod=~"{{ target }}-[0-9a-z]+"}[1m]))')])
+    assert any(n.startswith("MetricTemplate latency: spec.query: {{ target }} is canary's canary Deployment, podinfo-canary")
+               for n in result.notes), result.notes
+
+
+def test_a_flagger_placeholder_no_manifest_decides_is_refused_naming_it() -> None:
+    with pytest.raises(InvalidSpec) as info:
+        flagger.convert([_podinfo(), _latency('sum(rate(x{route="{{ route }}"}[1m]))')])
+    assert [(p.field, p.value) for p in info.value.problems] == [("MetricTemplate latency: spec.query", "{{ route }}")]
+
+
+@pytest.mark.parametrize("template_address", [None, "http://prometheus.istio-system:9090"])
+def test_metrics_server_is_the_prometheus_of_the_built_in_metrics(template_address: str | None) -> None:
+    # it was "not supported; ignored", and the built-in metrics were sent to a made-up default address
+    template = _latency()
+    if template_address is None:
+        del template["spec"]["provider"]["address"]
+    result = flagger.convert([_podinfo(metricsServer="http://prom.monitoring:9090"), template])
+    release = result.spec.release_spec("podinfo")
+    assert release.prometheus is not None and release.prometheus.address == "http://prom.monitoring:9090"
+    assert release.metric_templates["latency"].provider.address == template_address
+    assert not any("metricsServer: not supported" in n or "written as http://prometheus.monitoring:9090" in n for n in result.notes), result.notes
+    assert any(n.startswith("spec.metricsServer: written as prometheus.address") for n in result.notes), result.notes
+
+
+def test_an_invalid_metrics_server_is_refused_naming_the_canary_field() -> None:
+    with pytest.raises(InvalidSpec) as info:
+        flagger.convert([_podinfo(metricsServer="prom:9090"), _latency()])
+    assert [p.field for p in info.value.problems] == ["spec.metricsServer"]
+
+
+def test_mirroring_with_weighted_steps_is_noted_as_canary_mirrors_at_every_step() -> None:
+    doc = _podinfo()
+    doc["spec"]["analysis"]["mirror"] = True
+    result = flagger.convert([doc, _latency()])
+    assert any(n.startswith("spec.analysis.mirror: Flagger mirrors for one interval only, at weight 0") for n in result.notes), result.notes
+    doc["spec"]["analysis"].update(iterations=5)  # blue/green: Flagger mirrors throughout, as canary does
+    assert not any(n.startswith("spec.analysis.mirror:") for n in flagger.convert([doc, _latency()]).notes)
+
+
+def test_a_load_tester_smoke_test_without_a_timeout_gets_flaggers_ten_seconds_with_a_note() -> None:
+    # it was written with no timeout, and ran under canary's 60s, where the README says Flagger's 10s
+    smoke = {"name": "smoke", "type": "pre-rollout", "url": "http://flagger-loadtester.test/",
+             "metadata": {"cmd": "curl -sf http://podinfo-canary.test:9898/healthz"}}
+    doc = _podinfo()
+    doc["spec"]["analysis"]["webhooks"] = [smoke]
+    result = flagger.convert([doc, _latency()])
+    (hook,) = result.spec.release_spec("podinfo").analysis.webhooks
+    assert hook.timeout == timedelta(seconds=10) and not hook.background
+    assert any(n.startswith("spec.analysis.webhooks[0].timeout: not set; written as 10s, Flagger's default") for n in result.notes), result.notes
+
+
+def test_an_inline_query_metric_is_refused_naming_query_and_the_way_out() -> None:
+    doc = _podinfo()
+    doc["spec"]["analysis"]["metrics"] = [{"name": "404s", "query": "sum(rate(x[1m]))", "thresholdRange": {"max": 5}}]
+    with pytest.raises(InvalidSpec) as info:
+        flagger.convert([doc])
+    (problem,) = info.value.problems
+    assert problem.field == "spec.analysis.metrics[0].query" and "MetricTemplate" in problem.rule and "templateRef" in problem.rule
+
+
+def test_a_list_as_kubectl_prints_it_is_read_item_by_item() -> None:
+    # `kubectl get canary,metrictemplate -o yaml` printed a List, refused as "0 Canary manifests"
+    listed = {"apiVersion": "v1", "kind": "List", "items": [_podinfo(), _latency()], "metadata": {"resourceVersion": ""}}
+    result = flagger.convert([listed])
+    assert result.spec.release_spec("podinfo").metric_templates["latency"]
+    with pytest.raises(InvalidSpec) as info:
+        flagger.convert([{"apiVersion": "v1", "kind": "List", "items": [_podinfo(), "x"]}])
+    assert [p.field for p in info.value.problems] == ["items[1]"]
+
+
+def test_a_canary_named_otherwise_than_its_deployment_says_which_name_the_webhooks_send() -> None:
+    doc = _podinfo()
+    doc["metadata"]["name"] = "podinfo-release"
+    result = flagger.convert([doc, _latency()])
+    (note,) = [n for n in result.notes if n.startswith("metadata.name: ")]
+    assert "podinfo-release.test" in note and "sends podinfo" in note and "/gate/open" in note
+    assert not any(n.startswith("metadata.name: ") for n in flagger.convert([_podinfo(), _latency()]).notes)
