@@ -16,7 +16,8 @@ Events, event hooks, chat alerts), and a hook's URL or command line may carry
 a token (``?token=``, ``user:pass@``, a Slack-style path; a Pulumi secret): a
 result names the hook by its name and its URL's scheme, host and port only, or
 its program's base name only, and every text it quotes (an answer, an error, a
-command's output) is scrubbed of the URL's parts and the command's arguments.
+command's output) is scrubbed of the URL's parts and the command's arguments,
+and of what inside an argument may be a secret (a script's URLs, options' values, headers).
 Outputs are truncated in results; an alert's URL never appears in one.
 """
 
@@ -27,6 +28,7 @@ import contextlib
 import json
 import os
 import posixpath
+import re
 import select
 import shlex
 import signal
@@ -62,20 +64,30 @@ def _kill_group(process: subprocess.Popen[bytes]) -> None:
 #: release's hooks are closed or the process exits (they run in sessions of their own, so a terminal's
 #: signal or canary's end never reaches them: an event hook with a long timeout outlived the release).
 _RUNNING: set[subprocess.Popen[bytes]] = set()
-_RUNNING_LOCK = threading.Lock()
+#: Reentrant: ``stop_all`` runs in a signal handler, on the main thread, maybe while that thread holds it.
+_RUNNING_LOCK = threading.RLock()
 
 
 def _stop(processes: set[subprocess.Popen[bytes]]) -> int:
-    """Kill each of ``processes`` still running (its whole group); how many there were."""
+    """Kill the whole group of each of ``processes`` not yet reaped (one that exited may have left what it
+    started running in its group, and its id is still its own); how many there were."""
     with _RUNNING_LOCK:
         running = list(processes)
     for process in running:
-        if not _exited(process):
+        _exited(process)  # never reaps; tells a command another reaped (its id may be another's now)
+        if process.returncode is None:
             _kill_group(process)
     return len(running)
 
 
-atexit.register(_stop, _RUNNING)
+def stop_all() -> int:
+    """Kill every command hook of this process still running, whole groups, at once: for a stop that ends
+    the process before ``atexit`` runs (canary's second signal), since each runs in a session of its own that
+    nothing else reaches. Safe in a signal handler."""
+    return _stop(_RUNNING)
+
+
+atexit.register(stop_all)
 
 
 def _feed(process: subprocess.Popen[bytes], data: bytes) -> None:
@@ -145,23 +157,78 @@ def _label(hook: Webhook) -> str:
     return f"{hook.name}: `{_program(cmd)}{' …' if len(_words(cmd)) > 1 else ''}`"
 
 
+def _url_parts(url: str) -> set[str]:
+    """The parts of ``url`` that may be a secret: its user and password, its path and each of its segments, its
+    query and each of its values, its fragment."""
+    try:
+        parts = urlsplit(url)
+        return {parts.netloc.rpartition("@")[0], parts.username or "", parts.password or "", parts.path,
+                parts.query, parts.fragment, *parts.path.split("/"), *(v for _, v in parse_qsl(parts.query))}
+    except ValueError:
+        return set()  # never sent: it can be quoted whole only
+
+
+#: A URL inside a word (a script's, an option's value).
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+#: ``k=v`` as an option or an environment takes it: ``--token=X``, ``TOKEN=X``.
+_ASSIGNMENT = re.compile(r"-{0,2}[A-Za-z_][\w.-]*=(.+)", re.DOTALL)
+#: A header as curl, wget and hey take it: ``Authorization: Bearer X``.
+_HEADER = re.compile(r"[A-Za-z][\w-]*:\s+(\S.*)", re.DOTALL)
+#: An option whose next word is a credential (``--token X``, ``-u user:pass``, ``--password X``).
+_SECRET_OPTION = re.compile(r"-(?:u|-?[\w-]*(?:token|secret|pass|key|auth|cred|user)[\w-]*)", re.IGNORECASE)
+#: How deep a script's words are split again (``sh -c "bash -c '…'"``).
+_NESTING = 3
+
+
+def _script_words(text: str) -> list[str]:
+    """``text`` split as a shell splits a script: at blanks and at ``;``, ``|``, ``&&`` (a URL before
+    ``;`` is quoted without it); at its blanks when it cannot be."""
+    lexer = shlex.shlex(text, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    try:
+        return list(lexer)
+    except ValueError:
+        return text.split()
+
+
+def _argument_secrets(word: str, depth: int = 0) -> set[str]:
+    """What inside one argument may be a secret. A script (``sh -c '…'``, as an imported load tester runs
+    it) is one argument, and what it runs quotes a URL, an option's value or a header of it, never the script
+    whole: the parts of each URL (as an HTTP hook's), the value of each ``k=v`` and ``Header: value`` (and
+    its last word: a ``Bearer`` token), and the word after an option that names a credential, in the
+    script's words too. Its other words (its programs, its messages) are not taken: its output quotes them."""
+    found: set[str] = set()
+    for url in _URL.findall(word):
+        found |= {url, *_url_parts(url)}
+    if depth >= _NESTING:
+        return found
+    if (header := _HEADER.fullmatch(word)) is not None:
+        value = header.group(1).strip()
+        found |= {value, value.split()[-1], *_argument_secrets(value, depth + 1)}
+    elif (assignment := _ASSIGNMENT.fullmatch(word)) is not None:
+        found |= {assignment.group(1), *_argument_secrets(assignment.group(1), depth + 1)}
+    if any(c in word for c in " \t\n;|&"):
+        inner = _script_words(word)
+        for i, sub in enumerate(inner):
+            found |= _argument_secrets(sub, depth + 1)
+            if i and _SECRET_OPTION.fullmatch(inner[i - 1]) and not sub.startswith("-"):
+                found |= {sub, sub.rpartition(":")[2]}  # ``user:pass`` too
+    return found
+
+
 def _secrets(hook: Webhook) -> list[str]:
     """What of ``hook`` may be a secret, longest first: the whole URL and each of its parts (raw and
-    decoded: an error may quote either), or the whole command line and each of its arguments and the
-    program's directory."""
+    decoded: an error may quote either), or the whole command line, each of its arguments, what inside an
+    argument may be one (``_argument_secrets``) and the program's directory."""
     found: set[str] = set()
     if hook.url:
-        found.add(hook.url)
-        try:
-            parts = urlsplit(hook.url)
-            found.update((parts.netloc.rpartition("@")[0], parts.username or "", parts.password or "", parts.path,
-                          parts.query, parts.fragment, *parts.path.split("/"), *(v for _, v in parse_qsl(parts.query))))
-        except ValueError:
-            pass  # the URL was never sent: it can be quoted whole only
+        found |= {hook.url, *_url_parts(hook.url)}
     if hook.cmd:
         found.add(hook.cmd)
         words = _words(hook.cmd)
         found.update(words[1:])
+        for word in words[1:]:
+            found |= _argument_secrets(word)
         if words:
             found.add(posixpath.dirname(words[0]))
     found |= {unquote(s) for s in found} | {unquote_plus(s) for s in found}

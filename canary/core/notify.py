@@ -60,8 +60,12 @@ def message(alert: Alert, spec: ReleaseSpec, state: ReleaseState, text: str, sev
 
 
 def address(alert: Alert) -> str:
-    """Where to POST: Discord takes Slack's format at its webhook URL plus ``/slack``."""
+    """Where to POST: Discord takes Slack's format at its webhook URL's path plus ``/slack``, its query
+    (``?thread_id=``) and fragment kept after it (appended to the whole URL, it landed in the query)."""
     url = alert.url.get_secret_value()
-    if alert.type is AlertType.DISCORD and not url.rstrip("/").endswith("/slack"):
-        return url.rstrip("/") + "/slack"
-    return url
+    if alert.type is not AlertType.DISCORD:
+        return url
+    rest, hash_, fragment = url.partition("#")
+    path, query_, query = rest.partition("?")
+    path = path.rstrip("/")
+    return f"{path if path.endswith('/slack') else path + '/slack'}{query_}{query}{hash_}{fragment}"

@@ -169,6 +169,19 @@ class Delivery:
         return len(left)
 
 
+#: The answer that ends a list of hooks of a type, as in Flagger: a rollback hook's yes rolls back (one
+#: slower hook asked after it held the release on the bad canary for its timeout); a gate's or a
+#: pre-rollout hook's no holds the release (a pre-rollout migration ran after the check before it failed).
+#: Post-rollout hooks are all called: none decides anything (Flagger stops at the first that fails).
+_DECIDES = {
+    WebhookType.ROLLBACK: True,
+    WebhookType.PRE_ROLLOUT: False,
+    WebhookType.CONFIRM_ROLLOUT: False,
+    WebhookType.CONFIRM_TRAFFIC_INCREASE: False,
+    WebhookType.CONFIRM_PROMOTION: False,
+}
+
+
 class Hooks:
     """The webhooks and alerts of one release, and what their answers mean."""
 
@@ -186,13 +199,15 @@ class Hooks:
         return [h for h in self.spec.analysis.webhooks if h.type is kind]
 
     def run(self, state: ReleaseState, kind: WebhookType) -> list[HookResult]:
-        """Call every hook of ``kind`` to completion (or its timeout, or the cancel token)."""
+        """Call the hooks of ``kind`` in order, each to completion (or its timeout, or the cancel token),
+        up to the first decisive answer (``_DECIDES``): the results of those called."""
+        decides = _DECIDES.get(kind)
         results = []
         for hook in self._of(kind):
             result = self.caller.call(hook, payload(hook, self.spec, state), self.cancel)
             self._on_result(state, result, None)
             results.append(result)
-            if self.cancel.is_set():
+            if self.cancel.is_set() or result.ok is decides:
                 break
         return results
 
@@ -218,7 +233,8 @@ class Hooks:
             for hook in self._of(WebhookType.ROLLOUT):
                 if hook.cmd:
                     try:
-                        running.append((hook, self.caller.start(hook)))
+                        # the body an HTTP hook is sent, on its standard input (it read nothing before)
+                        running.append((hook, self.caller.start(hook, payload(hook, self.spec, state))))
                     except (OSError, ValueError) as exc:
                         # named by its name, never its command line (an argument may be a token); the caller's
                         # error names the program's base name only

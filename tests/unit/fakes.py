@@ -171,9 +171,17 @@ class FakeStack:
         self.dead_locks: list[dict[str, Any]] = []
         #: the stack's outputs as another process's update may have left them (its own app's are not read)
         self.outputs_now: dict[str, Any] = {}
+        #: Pulumi's lock as another host's update left it ("pid 42 on machine-a since …"): a resume is refused while set
+        self.foreign_lock = ""
 
     def outputs(self) -> dict[str, Any]:
         return self.outputs_now
+
+    def check_unlocked(self) -> None:
+        """As the file backend's stack: refused while ``foreign_lock`` (another host's holder) is set."""
+        if self.foreign_lock:
+            raise StackLocked(f"stack {self.name} is locked by a running Pulumi update: {self.foreign_lock} (another host's: whether "
+                              "it still runs cannot be seen from here)")
 
     def _parts(self, targets: list[str] | None) -> set[str]:
         if targets is None:
@@ -429,7 +437,7 @@ class FakeHooks:
         ok = self.answer(hook.name, hook.type.value)
         return HookResult(hook.name, hook.type.value, ok, 0.01, "answered 200" if ok else "answered 500")
 
-    def start(self, hook: Any) -> Any:
+    def start(self, hook: Any, body: Any = None) -> Any:
         return hook
 
     def finish(self, hook: Any, handle: Any, deadline: float, cancel: threading.Event | None = None) -> HookResult:

@@ -349,6 +349,49 @@ def test_a_rollout_commands_result_from_the_release_never_names_its_arguments(tm
     assert not [s for r in results for s in (secret, "tok-dir-secret", str(tmp_path)) if s in r.detail], results
 
 
+
+#: Stand-ins for the tools a load tester's script runs, each printing what the real one prints of its
+#: arguments (a URL, an option's value, a header's token) and an ordinary line, then failing.
+TOOLS = {
+    "wget": 'echo "--2026-12-02 10:15:00--  $2"; echo "Connecting to 127.0.0.1:9... failed: Connection refused."; exit 4',
+    "loadtest": 'for a in "$@"; do case "$a" in --token=*) echo "loadtest: token ${a#--token=} was refused";; esac; done; '
+                'echo "Connecting to 127.0.0.1:9... failed: Connection refused."; exit 1',
+    "curl": 'echo "curl: sent ${2#Authorization: Bearer } to 127.0.0.1:9"; echo "Connecting to 127.0.0.1:9... failed: Connection refused."; exit 7',
+    "hey": 'echo "hey: bad key $2"; echo "Connecting to 127.0.0.1:9... failed: Connection refused."; exit 1',
+}
+
+
+@pytest.mark.parametrize(
+    "script",
+    [
+        "wget -O- http://127.0.0.1:9/hook?token=S3CRETTOKEN",
+        "loadtest --token=S3CRETTOKEN -z 1m",
+        'curl -H "Authorization: Bearer S3CRETTOKEN" http://127.0.0.1:9/',
+        "hey --api-key S3CRETTOKEN -z 1m; exit 1",
+    ],
+)
+def test_a_secret_inside_a_scripts_argument_never_reaches_the_result_and_ordinary_words_stay(
+        script: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # an imported load tester runs `sh -c '<script>'`: the script is one argument, masked only whole, and a tool
+    # that quoted a URL, an option's value or a header of it showed the token in the journal, status and chat
+    for name, body in TOOLS.items():
+        (tmp_path / name).write_text(f"#!/bin/sh\n{body}\n")
+        (tmp_path / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    result = Caller().call(hook(name="load", type="pre-rollout", cmd=f"sh -c '{script}'"), {})
+    assert not result.ok
+    assert "S3CRET" not in result.detail, result.detail
+    assert result.detail.endswith("| Connecting to 127.0.0.1:9... failed: Connection refused."), result.detail
+    assert "***" in result.detail, result.detail  # what quoted the token is still there, masked
+
+
+def test_ordinary_words_of_a_script_and_its_short_values_stay_in_its_output() -> None:
+    # only what may be a secret is taken from a script (a URL's parts, an option's value), not its programs
+    # or messages, nor a value shorter than a token (``q=10``): its output quotes them
+    cmd = """sh -c 'set -- --token=S3CRETTOKEN http://127.0.0.1:9/; echo checking web: sleep then retry; q=10; echo "check failed, exit $q"; exit 2'"""
+    result = Caller().call(hook(cmd=cmd), {})
+    assert result.detail.endswith("exited 2: checking web: sleep then retry | check failed, exit 10"), result.detail
+
 #: metadata larger than a pipe's buffer (64 KiB on Linux)
 BIG = {"blob": "x" * 200_000}
 
