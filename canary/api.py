@@ -8,9 +8,10 @@ Wires a release to its adapters from the environment: the Pulumi backend the
 CLI uses (``PULUMI_BACKEND_URL`` or ``pulumi login``), the cluster the stack's
 kubernetes provider deploys to (``kubernetes:context``/``kubernetes:kubeconfig``
 in the stack config, else ``KUBECONFIG``), the release store in the app's
-namespace. Every function takes ``project_dir`` (default: found from the current
-directory) and ``env`` (default: this process's environment). No domain logic
-lives here.
+namespace. Every function takes ``project_dir`` (a str or a Path; default:
+``$CANARY_PROJECT_DIR``, else found from the current directory), refused unless it
+holds a ``Pulumi.yaml`` that parses, and ``env`` (default: this process's
+environment). No domain logic lives here.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from canary.adapters import files, stackfile
+from canary.adapters import files, http, stackfile
 from canary.adapters.kube import ClusterReader, Kube
 from canary.adapters.prometheus import PrometheusProvider
 from canary.adapters.push import Pusher
@@ -43,7 +44,7 @@ from canary.release.ports import AppFacts, other_urns
 from canary.release.record import Event
 from canary.state.cache import Cache, Legacy, state_root
 from canary.state.lease import Lease
-from canary.state.store import ReleaseStore
+from canary.state.store import Journal, ReleaseStore
 
 __all__ = ["BacktestResult", "Event", "Phase", "ReleaseResult", "ReleaseState", "UpOutcome", "abort", "backtest", "history", "pause", "proceed",
            "promote", "release", "report", "resume", "status", "up"]
@@ -191,13 +192,15 @@ def _kube(config: Mapping[str, Any], env: Mapping[str, str]) -> Kube:
     return Kube(kubeconfig, context=value("kubernetes:context"), env=env)
 
 
-def open_stack(stack: str, project_dir: Path | None = None, env: Mapping[str, str] | None = None, read_outputs: bool = True,
+def open_stack(stack: str, project_dir: Path | str | None = None, env: Mapping[str, str] | None = None, read_outputs: bool = True,
                on_invalid: Callable[[InvalidSpec], None] | None = None) -> Workspace:
     """The stack, its config validated. With ``on_invalid``, canary config this version refuses is told to it
     instead of raised, and the workspace knows the apps from the stack's outputs only: what looking at and
     steering a running release needs (its namespace, the cluster), so that a typo in the stack file, or a rule
     newer than the release, never keeps a person from `abort` or `status` at 3 a.m."""
-    project = (project_dir or stackfile.find_project_dir()).resolve()  # the CLI runs in it: nothing relative to the caller
+    # resolved (the CLI runs in it: nothing relative to the caller), and refused unless it is a Pulumi project: the
+    # Automation API wrote a Pulumi.yaml of its own into any other directory
+    project = stackfile.open_project(project_dir)
     environment = dict(env if env is not None else os.environ)
     handle = Stack(project, stack, environment)
     unread = False
@@ -345,7 +348,7 @@ def _refuse_if_busy(ws: Workspace, name: str, state: ReleaseState | None) -> Non
                         f"run `canary resume {ws.name} --app {name}` (or `canary abort`, then resume)")
 
 
-def up(stack: str, *, app: str | None = None, project_dir: Path | None = None, env: Mapping[str, str] | None = None,
+def up(stack: str, *, app: str | None = None, project_dir: Path | str | None = None, env: Mapping[str, str] | None = None,
        on_event: Callable[[Event], None] | None = None, retry: bool = False, why: str = "", **options: Any) -> UpOutcome:
     """Make the stack what its file (and program) ask for: a plain ``up`` of everything but a workload
     change (stable pinned, apps in a release left alone), then a release of each app's workload change.
@@ -586,7 +589,7 @@ def _preflight(ws: Workspace, name: str) -> None:
         raise InvalidSpec(problems, f"stack {ws.name}")
 
 
-def set_image(stack: str, image: str | None, *, app: str | None = None, project_dir: Path | None = None,
+def set_image(stack: str, image: str | None, *, app: str | None = None, project_dir: Path | str | None = None,
               image_config: str | None = None) -> tuple[str, str | None]:
     """Write ``image`` as the app's desired image in the stack file (as ``pulumi config set`` would):
     ``app.image``, or for an app a program declares, the key its component names (``image_config``,
@@ -599,8 +602,7 @@ def set_image(stack: str, image: str | None, *, app: str | None = None, project_
             units.check_image(image)
     except ValueError as exc:
         raise InvalidSpec([Problem("--image", image, str(exc))], "release") from exc
-    project = project_dir or stackfile.find_project_dir()
-    path = stackfile.stack_file(project, stack)
+    path = stackfile.stack_file(stackfile.open_project(project_dir), stack)
     value = stackfile.ABSENT if image is None else image
     if image_config:
         old, _ = stackfile.set_value(path, tuple(image_config.split(".")), value)
@@ -627,7 +629,7 @@ def set_image(stack: str, image: str | None, *, app: str | None = None, project_
     return name, None if olds[0] is stackfile.ABSENT else str(olds[0])
 
 
-def release(stack: str, image: str, *, app: str | None = None, project_dir: Path | None = None, env: Mapping[str, str] | None = None,
+def release(stack: str, image: str, *, app: str | None = None, project_dir: Path | str | None = None, env: Mapping[str, str] | None = None,
             **kwargs: Any) -> UpOutcome:
     """Release ``image`` as the app's new version: set it in the stack file, then ``up`` (asking for
     ``image`` by name releases it even if an earlier release of it was rolled back). An app never
@@ -666,7 +668,7 @@ def release(stack: str, image: str, *, app: str | None = None, project_dir: Path
         raise
 
 
-def resume(stack: str, *, app: str | None = None, project_dir: Path | None = None, env: Mapping[str, str] | None = None,
+def resume(stack: str, *, app: str | None = None, project_dir: Path | str | None = None, env: Mapping[str, str] | None = None,
            on_event: Callable[[Event], None] | None = None, **options: Any) -> ReleaseResult:
     """Continue (or finish rolling back) an interrupted release, from any machine. It goes on with the release's
     snapshot of the stack config: a stack file refused since (a typo made during the incident, a rule of this
@@ -738,13 +740,15 @@ class Status:
         for track in ("stable", "canary"):
             if isinstance(data.get(track), dict):
                 data[track].pop("template", None)
-        return {**data, "running": self.running, "holder": self.holder, "legacy": self.legacy, "exit_code": self.state.exit_code,
+        return {**data, "running": self.running, "holder": self.holder, "legacy": self.legacy,
+                # null while the release runs: a CI script read 1 ("failed") of a release still progressing
+                "exit_code": self.state.ended_exit_code,
                 "kept_here": {"records": self.kept_records, "state": self.kept_state},
                 "cluster": {"answered": not self.unanswered, "error": self.unanswered or None,
                             "state_from": "this machine's copy" if self.local_copy else "the cluster"}}
 
 
-def _store(stack: str, app: str | None, project_dir: Path | None, env: Mapping[str, str] | None,
+def _store(stack: str, app: str | None, project_dir: Path | str | None, env: Mapping[str, str] | None,
            on_warning: Callable[[str], None] | None = None) -> tuple[Workspace, str, ReleaseStore]:
     def invalid(exc: InvalidSpec) -> None:
         assert on_warning is not None
@@ -771,7 +775,7 @@ def _same_cluster(ws: Workspace, app: str, namespace: str) -> None:
             "stack's last update made. Mend the stack file's YAML, or point KUBECONFIG at the stack's cluster"))], f"stack {ws.name}")
 
 
-def status(stack: str, *, app: str | None = None, project_dir: Path | None = None, env: Mapping[str, str] | None = None,
+def status(stack: str, *, app: str | None = None, project_dir: Path | str | None = None, env: Mapping[str, str] | None = None,
            on_warning: Callable[[str], None] | None = None) -> Status | None:
     """The app's current (or last) release, with its lease holder; an earlier version's file journal
     when the cluster has none. ``on_warning`` hears of stack config this version refuses (the release is
@@ -803,13 +807,24 @@ def status(stack: str, *, app: str | None = None, project_dir: Path | None = Non
     return Status(state, running, str(holder) if holder is not None else None, kept_records=kept_records, kept_state=kept_state)
 
 
-def history(stack: str, *, app: str | None = None, release_id: str | None = None, project_dir: Path | None = None,
-            env: Mapping[str, str] | None = None, on_warning: Callable[[str], None] | None = None) -> list[Any]:
-    """Every journal record of the app's releases (or of one), oldest first, earlier versions' included."""
-    ws, _, store = _store(stack, app, project_dir, env, on_warning)
+def history(stack: str, *, app: str | None = None, release_id: str | None = None, project_dir: Path | str | None = None,
+            env: Mapping[str, str] | None = None, on_warning: Callable[[str], None] | None = None) -> Journal:
+    """Every journal record of the app's releases (or of one), oldest first, earlier versions' included. When the
+    cluster does not answer, this machine's copy, said to be one (``unanswered``: what the cluster said); without
+    one, ClusterUnreachable. A ``release_id`` the journal does not hold is bad input, as for ``report``."""
+    ws, name, store = _store(stack, app, project_dir, env, on_warning)
     found = store.records(release_id)
+    unanswered = found.unanswered if isinstance(found, Journal) else None
     legacy = _legacy(ws, on_warning)
-    return (legacy.records(release_id) if legacy is not None else []) + found
+    journal = Journal([*(legacy.records(release_id) if legacy is not None else []), *found], unanswered)
+    if unanswered and not journal:
+        # "no answer" is not "no record": an empty history (exit 0) said the app had never been released
+        raise ClusterUnreachable(f"the journal of {name} could not be read ({unanswered}), and this machine keeps no copy of it"
+                                 f"{f' for release {release_id}' if release_id else ''}: try again once the cluster answers")
+    if release_id is not None and not journal:
+        raise InvalidSpec([Problem("--release", release_id, f"has no journal for app {name} in namespace {store.namespace} "
+                                   f"(`canary history {stack}` lists the releases kept)")], "history")
+    return journal
 
 
 def _legacy(ws: Workspace, on_warning: Callable[[str], None] | None = None) -> Legacy | None:
@@ -827,14 +842,25 @@ def _legacy(ws: Workspace, on_warning: Callable[[str], None] | None = None) -> L
     return legacy
 
 
-def report(stack: str, *, app: str | None = None, release_id: str | None = None, out: Path, project_dir: Path | None = None,
+def _no_journal(unanswered: str, done: str) -> ClusterUnreachable:
+    """The cluster did not answer the journal's read: a release is not ``done`` from this machine's copy, which lacks
+    what other machines recorded (a resume, a rollback elsewhere)."""
+    return ClusterUnreachable(f"the cluster did not answer ({unanswered}): the journal cannot be read, and a release is not {done} from "
+                              "this machine's copy of it (other machines' records are missing). Try again once the cluster answers")
+
+
+def report(stack: str, *, app: str | None = None, release_id: str | None = None, out: Path | str, project_dir: Path | str | None = None,
            env: Mapping[str, str] | None = None) -> Path:
     """Draw one release of the app (default: the latest) from its journal into ``out``: a PNG or SVG picture,
     or an HTML page with the picture and the decision table, by ``out``'s suffix. Returns ``out``."""
     from canary.core import picture
 
+    out = Path(out)
     picture.output_format(out)  # a bad --out is refused before the cluster is read
-    model = picture.build(history(stack, app=app, release_id=release_id, project_dir=project_dir, env=env), release_id)
+    found = history(stack, app=app, release_id=release_id, project_dir=project_dir, env=env)
+    if isinstance(found, Journal) and found.unanswered:
+        raise _no_journal(found.unanswered, "drawn")
+    model = picture.build(found, release_id)
     # matplotlib takes a second to import: only the commands that draw pay for it
     from canary.adapters import plot
 
@@ -876,7 +902,7 @@ class BacktestResult:
 
 
 def backtest(stack: str, *, app: str | None = None, release_id: str | None = None, start: str | datetime | None = None,
-             end: str | datetime | None = None, file: Path | None = None, project_dir: Path | None = None, env: Mapping[str, str] | None = None,
+             end: str | datetime | None = None, file: Path | str | None = None, project_dir: Path | str | None = None, env: Mapping[str, str] | None = None,
              now: datetime | None = None) -> BacktestResult:
     """Replay the app's analysis against what Prometheus recorded: at a release's recorded ticks (``release_id``,
     set beside its decisions) or every interval from ``start`` to ``end`` (RFC 3339 with a timezone, ``now`` or
@@ -884,6 +910,7 @@ def backtest(stack: str, *, app: str | None = None, release_id: str | None = Non
     Prometheus and the app stay the stack's). Nothing is applied or recorded."""
     moment = now or datetime.now(UTC)
     first, last = backtesting.check_options(release_id, start, end, moment)
+    file = Path(file) if file is not None else None
     if file is not None and not file.is_file():
         raise InvalidSpec([Problem("--file", str(file), "is not a file")], "backtest")
     ws = open_stack(stack, project_dir, env)
@@ -905,11 +932,13 @@ def backtest(stack: str, *, app: str | None = None, release_id: str | None = Non
     if not provider_for(None).is_online():
         from canary.errors import ProviderUnreachable
 
-        raise ProviderUnreachable(f"Prometheus at {spec.prometheus.address} did not answer: nothing can be replayed")
+        raise ProviderUnreachable(f"Prometheus at {http.origin(spec.prometheus.address)} did not answer: nothing can be replayed")  # its path may hold a token
     interval = spec.analysis.interval
     if release_id is not None:
         namespace = ws.namespace(name)
         journal = ws.store(name, namespace).records(release_id)
+        if isinstance(journal, Journal) and journal.unanswered:
+            raise _no_journal(journal.unanswered, "replayed")
         legacy = _legacy(ws)
         journal = (legacy.records(release_id) if legacy is not None else []) + journal
         if not journal:
@@ -949,7 +978,7 @@ def _refuse_rejected(spec: ReleaseSpec, provider_for: Callable[[str | None], Pro
         raise InvalidSpec(problems, where)
 
 
-def _request(stack: str, kind: str, app: str | None, project_dir: Path | None, env: Mapping[str, str] | None, by: str, reason: str = "",
+def _request(stack: str, kind: str, app: str | None, project_dir: Path | str | None, env: Mapping[str, str] | None, by: str, reason: str = "",
              allowed: frozenset[Phase] | None = None, refuse: Callable[[str, ReleaseState], None] | None = None,
              on_warning: Callable[[str], None] | None = None, **fields: Any) -> str:
     """Write a ``kind`` request for the app's release in progress; ``refuse(app, state)`` may raise first. Stack
@@ -966,7 +995,7 @@ def _request(stack: str, kind: str, app: str | None, project_dir: Path | None, e
     return state.release
 
 
-def abort(stack: str, *, app: str | None = None, project_dir: Path | None = None, env: Mapping[str, str] | None = None, by: str = "canary abort",
+def abort(stack: str, *, app: str | None = None, project_dir: Path | str | None = None, env: Mapping[str, str] | None = None, by: str = "canary abort",
           on_warning: Callable[[str], None] | None = None) -> str:
     """Ask the running release (or the next resume) to roll back and end Aborted; returns the release id."""
 
@@ -978,7 +1007,7 @@ def abort(stack: str, *, app: str | None = None, project_dir: Path | None = None
     return _request(stack, "abort", app, project_dir, env, by, refuse=promoting, on_warning=on_warning)
 
 
-def promote(stack: str, *, app: str | None = None, project_dir: Path | None = None, env: Mapping[str, str] | None = None, by: str = "canary promote",
+def promote(stack: str, *, app: str | None = None, project_dir: Path | str | None = None, env: Mapping[str, str] | None = None, by: str = "canary promote",
             force: bool = False, skip_analysis: bool = False, reason: str = "", on_warning: Callable[[str], None] | None = None) -> str:
     """Approve a release waiting for promotion (or a decision); ``force`` and ``skip_analysis`` need a reason."""
     if force and skip_analysis:
@@ -998,14 +1027,14 @@ def promote(stack: str, *, app: str | None = None, project_dir: Path | None = No
                     force=force, skip_analysis=skip_analysis)
 
 
-def pause(stack: str, *, app: str | None = None, project_dir: Path | None = None, env: Mapping[str, str] | None = None, by: str = "canary pause",
+def pause(stack: str, *, app: str | None = None, project_dir: Path | str | None = None, env: Mapping[str, str] | None = None, by: str = "canary pause",
           on_warning: Callable[[str], None] | None = None) -> str:
     """Hold the release at its current step; analysis goes on. Only where it steps (before promotion, not
     rolling back): elsewhere it would be written and never held to."""
     return _request(stack, "pause", app, project_dir, env, by, allowed=SKIPPABLE, on_warning=on_warning)
 
 
-def proceed(stack: str, *, app: str | None = None, project_dir: Path | None = None, env: Mapping[str, str] | None = None, by: str = "canary continue",
+def proceed(stack: str, *, app: str | None = None, project_dir: Path | str | None = None, env: Mapping[str, str] | None = None, by: str = "canary continue",
             on_warning: Callable[[str], None] | None = None) -> str:
     """Let a paused release take its next steps again."""
     return _request(stack, "continue", app, project_dir, env, by, allowed=SKIPPABLE, on_warning=on_warning)

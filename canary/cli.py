@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 import click
 
 from canary.core import exitcodes
-from canary.errors import CanaryError, InvalidSpec, LabError
+from canary.errors import CanaryError, InvalidSpec, LabError, Problem
 
 
 def _die(message: str, code: int) -> NoReturn:
@@ -29,8 +29,20 @@ def _die(message: str, code: int) -> NoReturn:
     sys.exit(code)
 
 
+def _echo_json(data: Any, indent: int = 2) -> None:
+    """Every --json output: JSON any parser reads, a non-finite number written as "+Inf", "-Inf" or "NaN" (Python's
+    json writes Infinity, which JSON has not: a p99 in the +Inf bucket made `status --json` unreadable to a script)."""
+    from canary.core import records
+
+    click.echo(json.dumps(records.finite_json(data), indent=indent, default=str, allow_nan=False))
+
+
 class Where:
-    """The project and environment a command acts on: the user's, or the lab's (``--lab``)."""
+    """The project and environment a command acts on: the user's, or the lab's (``--lab``).
+
+    With ``--lab``, ``--project-dir`` names the project that owns the lab (as ``lab up`` takes it), and the
+    stack files used are always the lab's working copy: a release on the lab writes its image there, never
+    into the project's own files."""
 
     def __init__(self, project_dir: Path | None, lab: bool | None) -> None:
         self.lab = bool(lab or (lab is None and os.environ.get("CANARY_LAB_DIR")))
@@ -40,7 +52,10 @@ class Where:
             from canary.lab.layout import Layout
 
             layout = Layout.for_project(project_dir)
-            self.project_dir = project_dir or layout.project
+            if not (layout.project / "Pulumi.yaml").is_file():
+                # before the lab's environment is made (it writes the lab's passphrase)
+                raise InvalidSpec([Problem("--lab", str(layout.dir), "the lab is not up: run canary lab up")], "lab")
+            self.project_dir = layout.project
             self.env = {**os.environ, **layout.pulumi_env()}
 
     @property
@@ -48,7 +63,9 @@ class Where:
         return {"project_dir": self.project_dir, "env": self.env}
 
 
-_project = click.option("--project-dir", type=click.Path(path_type=Path, file_okay=False), help="The Pulumi project (default: found from the current directory).")
+_project = click.option("--project-dir", type=click.Path(path_type=Path, file_okay=False),
+                        help="The Pulumi project (default: $CANARY_PROJECT_DIR, else the current directory or its nearest parent holding "
+                             "Pulumi.yaml); with --lab, the project whose lab is used (its stack files are the lab's working copy).")
 _lab = click.option("--lab", is_flag=True, default=None, help="Use the local lab's Pulumi backend, cluster and working copy (the default when $CANARY_LAB_DIR is set).")
 _app = click.option("--app", help="The app, when the stack holds several.")
 
@@ -106,7 +123,7 @@ def validate(stack: str | None, file_: Path | None, project_dir: Path | None) ->
 
     if (stack is None) == (file_ is None):
         _die("canary validate: give either STACK or --file PATH", exitcodes.INVALID)
-    path = file_ if file_ is not None else stackfile.stack_file(project_dir or stackfile.find_project_dir(), str(stack))
+    path = file_ if file_ is not None else stackfile.stack_file(stackfile.open_project(project_dir), str(stack))
     if stack is not None and not path.is_file():
         _die(f"stack {stack!r}: no config file {path.name} in {path.parent}", exitcodes.INVALID)
     spec, unchecked = stackfile.check_stack_file(path)
@@ -194,13 +211,24 @@ def _on_signals(abort: Callable[[str], None]) -> None:
     """SIGINT/SIGTERM roll the release back to stable (it ends Aborted); a second signal stops at once.
 
     The Pulumi CLI runs in a session of its own, so a terminal's Ctrl-C reaches
-    only canary, which interrupts an ``up`` in progress itself.
+    only canary, which interrupts an ``up`` in progress itself. Command hooks
+    run in sessions of their own too: the second signal kills them before
+    canary exits (a load generator outlived it, and ran beside the next one
+    after ``canary resume``). A SIGKILL of canary still leaves them running.
     """
+    # imported now: an import in the handler could wait for a lock the interrupted main thread holds
+    from canary.adapters import webhooks
+
+    def stop_now(signum: int, frame: Any) -> None:
+        # os._exit: no atexit runs, no thread is waited for; the hooks' groups are killed first
+        webhooks.stop_all()
+        os.write(2, f"{signal.Signals(signum).name}: stopped at once; the command hooks still running were killed\n".encode())
+        os._exit(128 + signum)
 
     def handle(signum: int, frame: Any) -> None:
         name = signal.Signals(signum).name
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, stop_now)
+        signal.signal(signal.SIGTERM, stop_now)
         # on a thread of its own: the handler runs on the main thread between two of its bytecodes, maybe
         # while that thread holds a lock the abort takes (the Pulumi command's), which would never be let go
         threading.Thread(target=abort, args=(f"signal {name}",), name="canary-signal-abort", daemon=True).start()
@@ -322,7 +350,8 @@ def resume(stack: str, app: str | None, lab: bool | None, route_timeout: float, 
 @main.command()
 @click.argument("stack")
 @_app
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the state as JSON, with running, holder, exit_code (null while the release is not finished), kept_here and cluster.")
 @_lab
 @_project
 def status(stack: str, app: str | None, as_json: bool, lab: bool | None, project_dir: Path | None) -> None:
@@ -334,7 +363,7 @@ def status(stack: str, app: str | None, as_json: bool, lab: bool | None, project
     if found is None:
         _die(f"stack {stack}: no release recorded", exitcodes.INVALID)
     if as_json:
-        click.echo(json.dumps(found.to_json(), indent=2, default=str))
+        _echo_json(found.to_json())
         return
     state = found.state
     click.echo(f"release {state.release} of {stack}/{state.app or '?'}: {state.phase}{' (running)' if found.running else ''}"
@@ -394,19 +423,26 @@ def _describe(record: Any) -> str:
 @main.command()
 @click.argument("stack")
 @_app
-@click.option("--json", "as_json", is_flag=True)
-@click.option("--release", "release_id", help="Only this release.")
+@click.option("--json", "as_json", is_flag=True, help="Print the records as a JSON list; when the cluster did not answer, each has \"from\": \"this machine's copy\".")
+@click.option("--release", "release_id", help="Only this release (exit 2 when the journal holds none of it).")
 @_lab
 @_project
 def history(stack: str, app: str | None, as_json: bool, release_id: str | None, lab: bool | None, project_dir: Path | None) -> None:
     """Every recorded decision, up, check and webhook call of STACK's app's releases."""
     from canary import api
     from canary.core import records
+    from canary.state.store import Journal
 
     found = api.history(stack, app=app, release_id=release_id, on_warning=_warn, **Where(project_dir, lab).kwargs)
+    copy = found.unanswered if isinstance(found, Journal) else None  # the cluster did not answer: this machine's copy
+    said = f"the cluster did not answer ({copy}): these are the records this machine keeps; other machines' are missing"
     if as_json:
-        click.echo(json.dumps([records.dump(r) for r in found], indent=1, default=str))
+        if copy:
+            _warn(said)
+        _echo_json([{**records.dump(r), **({"from": "this machine's copy"} if copy else {})} for r in found], indent=1)
         return
+    if copy:
+        click.echo(f"THIS MACHINE'S COPY: {said}")
     for r in found:
         click.echo(f"{r.time}  {r.release}  {r.phase:<16} {r.type:<9} {_describe(r)}")
 
@@ -520,7 +556,7 @@ def check(stack: str, app: str | None, weight: int, as_json: bool, lab: bool | N
     from canary.core import config as stackconfig
 
     project_dir = Where(project_dir, lab).project_dir
-    path = stackfile.stack_file(project_dir or stackfile.find_project_dir(), stack)
+    path = stackfile.stack_file(stackfile.open_project(project_dir), stack)
     spec = stackfile.load_stack_file(path)
     configs = spec.app_configs()
     name = app or (next(iter(configs)) if len(configs) == 1 else None)
@@ -548,8 +584,8 @@ def check(stack: str, app: str | None, weight: int, as_json: bool, lab: bool | N
         click.echo(f"note: {note}", err=True)
     result = analysis.run_tick(release_spec, provider_for, analysis.TickContext(weight=weight))
     if as_json:
-        click.echo(json.dumps({"outcome": result.outcome.value, "reason": result.reason, "weight": weight, "score": result.score,
-                               "checks": [records.dump(c) for c in result.checks], "note": note}, indent=2))
+        _echo_json({"outcome": result.outcome.value, "reason": result.reason, "weight": weight, "score": result.score,
+                    "checks": [records.dump(c) for c in result.checks], "note": note})
     else:
         for c in result.checks:
             click.echo(f"{c.verdict.value:>12}  {c.reason}")
@@ -603,7 +639,7 @@ def backtest(stack: str, app: str | None, release_id: str | None, start: str | N
 
     result = api.backtest(stack, app=app, release_id=release_id, start=start, end=end, file=file_, **Where(project_dir, lab).kwargs)
     if as_json:
-        click.echo(json.dumps(result.to_json(), indent=2, default=str))
+        _echo_json(result.to_json())
     else:
         for line in result.lines():
             click.echo(line)
@@ -659,7 +695,7 @@ def lab_status(as_json: bool, project_dir: Path | None) -> None:
     report = cluster.status(layout)
     pods = cluster.pods(layout)
     if as_json:
-        click.echo(json.dumps({"dir": str(layout.dir), "components": report, "pods": pods, "env": str(layout.env_file)}, indent=2))
+        _echo_json({"dir": str(layout.dir), "components": report, "pods": pods, "env": str(layout.env_file)})
     else:
         for row in report:
             click.echo(f"{row['component']:<24} {row['state']:<10} {row['address']}")

@@ -93,10 +93,13 @@ class InterruptibleCommand(auto.PulumiCommand):
             super().__init__(root=root)
             _CHECKED[key] = self.version
         self._running: set[subprocess.Popen[str]] = set()
+        #: the CLIs sent SIGINT already: a second one makes Pulumi stop at once instead of cancelling cleanly
+        self._signalled: set[subprocess.Popen[str]] = set()
         self._lock = threading.Lock()
         self.interrupted = False
-        #: while set (by an ``up`` that may be cancelled), a CLI started after it is set is interrupted at once:
-        #: an abort between the caller's last look and the CLI's start is not lost
+        #: while set (by an ``up`` that may be cancelled), a CLI running when it is set, or started after, is
+        #: interrupted: an abort between the caller's last look and the CLI's start is not lost, and a signal
+        #: during ``canary up``'s stack update stops it (nothing else interrupts that one)
         self.cancel: threading.Event | None = None
 
     def run(self, args: list[str], cwd: str, additional_env: Mapping[str, str],
@@ -113,7 +116,8 @@ class InterruptibleCommand(auto.PulumiCommand):
                                    cwd=cwd, env=env, text=True, encoding="utf-8", start_new_session=True)
         with self._lock:
             self._running.add(process)
-        if self.cancel is not None and self.cancel.is_set():
+        cancel = self.cancel
+        if cancel is not None and cancel.is_set():
             self.interrupt()
         out: list[str] = []
         err: list[str] = []
@@ -131,7 +135,13 @@ class InterruptibleCommand(auto.PulumiCommand):
         for reader in readers:
             reader.start()
         try:
-            code = process.wait()
+            while True:
+                try:
+                    code = process.wait(timeout=0.2 if cancel is not None else None)
+                    break
+                except subprocess.TimeoutExpired:
+                    if cancel is not None and cancel.is_set():
+                        self.interrupt()  # once per CLI, whoever else interrupts it too
             # The CLI is done; its plugins (language host, provider) end with it. One that lingers would
             # keep the output pipes open and this call waiting for ever: its session goes with the CLI.
             for reader in readers:
@@ -144,6 +154,7 @@ class InterruptibleCommand(auto.PulumiCommand):
         finally:
             with self._lock:
                 self._running.discard(process)
+                self._signalled.discard(process)
         result = auto.CommandResult(stdout="\n".join(out), stderr="\n".join(err), code=code)
         if code != 0:
             raise auto_errors.create_command_error(result)
@@ -151,12 +162,18 @@ class InterruptibleCommand(auto.PulumiCommand):
 
     def interrupt(self, grace: float = 10.0) -> bool:
         """SIGINT every running CLI's session (it cancels its update and releases its lock); after
-        ``grace`` seconds, SIGKILL what is still there. True when something was running."""
+        ``grace`` seconds, SIGKILL what is still there. True when something was running. Each CLI is sent
+        SIGINT once, however often this is called (an abort and a signal, say): Pulumi takes a second
+        SIGINT for "stop at once", which leaves the update unfinished and its lock behind."""
         with self._lock:
-            running = list(self._running)
-        if not running:
+            running = [process for process in self._running if process not in self._signalled]
+            self._signalled.update(running)
+            busy = bool(self._running)
+        if not busy:
             return False
         self.interrupted = True
+        if not running:
+            return True
         for process in running:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(process.pid, signal.SIGINT)
@@ -359,9 +376,11 @@ class Stack:
 
     def __init__(self, project_dir: Path, name: str, env: Mapping[str, str] | None = None,
                  program: Callable[[], None] | None = None, create: bool = False) -> None:
-        self.project_dir = project_dir = project_dir.resolve()  # the CLI runs there: paths given to it must not be relative
+        # resolved (the CLI runs there: paths given to it must not be relative) and checked before the Automation API
+        # sees it: it writes a Pulumi.yaml of its own into a directory without one
+        self.project_dir = project_dir = stackfile.check_project(project_dir, "project_dir")
         self.name = name
-        self.project = str(stackfile.project_settings(project_dir).get("name") or "")
+        self.project = str(stackfile.project_settings(project_dir)["name"])
         self._env = dict(env or os.environ)
         self._secrets = tuple(v for k, v in self._env.items() if "PASSPHRASE" in k and not k.endswith("_FILE"))
         try:
@@ -604,10 +623,15 @@ class Stack:
         return False
 
     def check_unlocked(self) -> None:
-        """StackLocked naming the holder when Pulumi's lock on the stack is taken."""
-        for lock in self.locks():
-            state = "alive" if _lock_alive(lock) else "dead: run canary resume or pulumi cancel"
-            raise StackLocked(f"stack {self.name} is locked by a Pulumi update: pid {lock['pid']} on {lock['hostname']} since {lock['timestamp']} ({state})")
+        """StackLocked naming the holders when Pulumi's lock on the stack is another host's: nothing here can see
+        whether its update still runs (a runner killed inside its ``up`` on another machine never lets go). A lock
+        of this host is not: a live process lets go as its update ends (another app's step, which an ``up`` waits
+        for), a dead one is ``clear_dead_locks``'s. Only a file backend's locks are read."""
+        foreign = [lock for lock in self.locks() if not processes.same_host(lock.get("hostname", ""))]
+        if foreign:
+            held = ", ".join(f"pid {lock['pid']} on {lock['hostname']} since {lock['timestamp']}" for lock in foreign)
+            raise StackLocked(f"stack {self.name} is locked by a running Pulumi update: {held} (another host's: whether it "
+                              "still runs cannot be seen from here)")
 
     def clear_dead_locks(self) -> list[dict[str, Any]]:
         """Remove Pulumi's lock only when every holder is a dead process of this host (a CLI killed mid-update:

@@ -41,10 +41,10 @@ STACK_FILE_KEYS = {"config", "secretsprovider", "encryptionsalt", "encryptedkey"
 
 
 def find_project_dir(start: Path | None = None) -> Path:
-    """The Pulumi project: ``$CANARY_PROJECT_DIR``, else the current directory or its nearest parent
-    holding ``Pulumi.yaml``. InvalidSpec when there is none."""
+    """The Pulumi project: ``$CANARY_PROJECT_DIR`` (checked as ``check_project`` does), else the current
+    directory or its nearest parent holding ``Pulumi.yaml``. InvalidSpec when there is none."""
     if env := os.environ.get("CANARY_PROJECT_DIR"):
-        return Path(env).resolve()
+        return check_project(Path(env), "CANARY_PROJECT_DIR")
     here = (start or Path.cwd()).resolve()
     for candidate in (here, *here.parents):
         if (candidate / "Pulumi.yaml").is_file():
@@ -52,12 +52,59 @@ def find_project_dir(start: Path | None = None) -> Path:
     raise InvalidSpec([Problem("--project-dir", str(here), "holds no Pulumi.yaml, nor does any parent: run in a Pulumi project or give --project-dir")], "project")
 
 
-def project_settings(project_dir: Path) -> dict[str, Any]:
+def open_project(given: str | os.PathLike[str] | None = None) -> Path:
+    """The project a command acts on, resolved and checked (``check_project``): ``given`` (``--project-dir``,
+    a str or a Path), else ``find_project_dir``'s."""
+    if given is not None:
+        return check_project(Path(given), "--project-dir")
+    found = find_project_dir()
+    return check_project(found, "CANARY_PROJECT_DIR" if os.environ.get("CANARY_PROJECT_DIR") else "--project-dir")
+
+
+def check_project(project_dir: Path, option: str) -> Path:
+    """``project_dir`` resolved, when it is a Pulumi project: a directory whose ``Pulumi.yaml`` parses and names
+    the project. InvalidSpec naming ``option`` (where the directory came from) otherwise: given a directory
+    without one, the Automation API writes a ``Pulumi.yaml`` of its own there (``name: ''``), and one that does
+    not parse loses its ``stackConfigDir`` (the stack file then looked for in the wrong place)."""
+    path = project_dir.resolve()
+    if not path.is_dir():
+        rule = "is not a directory" if path.exists() else "does not exist"
+        raise InvalidSpec([Problem(option, str(project_dir), f"{rule}: give the directory of a Pulumi project (the one holding Pulumi.yaml)")],
+                          "project")
+    settings, rule = _project_file(path)
+    if rule is None and not (isinstance(settings.get("name"), str) and settings["name"].strip()):
+        rule = "its Pulumi.yaml names no project: it needs a name: key (and a runtime:), as pulumi new writes it"
+    if rule is not None:
+        raise InvalidSpec([Problem(option, str(project_dir), rule)], "project")
+    return path
+
+
+def _project_file(project_dir: Path) -> tuple[dict[str, Any], str | None]:
+    """The project's ``Pulumi.yaml`` as plain data, and what is wrong with it (None: nothing)."""
     try:
-        data = load(project_dir.joinpath("Pulumi.yaml").read_text())
-    except (OSError, YAMLError):
-        return {}
-    return data if isinstance(data, dict) else {}
+        text = project_dir.joinpath("Pulumi.yaml").read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        return {}, f"its Pulumi.yaml must be UTF-8 text: byte {exc.start} is not ({exc.reason})"
+    except OSError:
+        return {}, "holds no Pulumi.yaml: give the directory of a Pulumi project"
+    try:
+        data = load(text)
+    except YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        return {}, f"its Pulumi.yaml does not parse: {where}{getattr(exc, 'problem', None) or exc}"
+    if data is not None and not isinstance(data, dict):
+        return {}, f"its Pulumi.yaml must be a YAML mapping (name:, runtime: …), not a {type(data).__name__}"
+    return data or {}, None
+
+
+def project_settings(project_dir: Path) -> dict[str, Any]:
+    """The project's ``Pulumi.yaml`` as plain data ({} when there is none); InvalidSpec when it does not parse:
+    read as empty, its ``stackConfigDir`` was lost and a stack file looked for beside it."""
+    settings, rule = _project_file(project_dir)
+    if rule is not None and project_dir.joinpath("Pulumi.yaml").exists():
+        raise InvalidSpec([Problem("Pulumi.yaml", str(project_dir / "Pulumi.yaml"), rule.removeprefix("its Pulumi.yaml "))], "project")
+    return settings
 
 
 def stack_file(project_dir: Path, stack: str) -> Path:

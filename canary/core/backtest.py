@@ -403,14 +403,18 @@ def replay_window(spec: ReleaseSpec, provider_for_at: ProviderForAt, start: date
 
 def recorded_tick_times(journal: Iterable[Any]) -> list[datetime]:
     """The times of a journal's ticks, as the replay reads them (a time without a zone is UTC), in the journal's order;
-    InvalidSpec naming ``--release`` when one cannot be read."""
-    ticks = [r for r in journal if r.type == "tick"]
-    times = [_time(t.time) for t in ticks]
-    unread = [t for t, when in zip(ticks, times, strict=True) if when is None]
+    InvalidSpec naming ``--release`` when the time of any record cannot be read: the replay puts the journal in time
+    order (the shifts and gates' answers between two ticks), and one record out of place misplaces them, as
+    ``report`` refuses it for its picture."""
+    entries = list(journal)
+    times = [_time(r.time) for r in entries]
+    unread = [r for r, when in zip(entries, times, strict=True) if when is None]
     if unread:
-        raise InvalidSpec([Problem("--release", unread[0].release, f"has a tick without a readable time in its journal (time {unread[0].time!r}; "
-                                   f"{len(unread)} such tick{'s' if len(unread) > 1 else ''}): it cannot be replayed")], "backtest")
-    return [t for t in times if t is not None]
+        kinds = sorted({r.type for r in unread})
+        raise InvalidSpec([Problem("--release", unread[0].release, f"has a {unread[0].type} without a readable time in its journal (time "
+                                   f"{unread[0].time!r}; {len(unread)} such record{'s' if len(unread) > 1 else ''}: {', '.join(kinds)}): "
+                                   "it cannot be replayed")], "backtest")
+    return [when for r, when in zip(entries, times, strict=True) if r.type == "tick" and when is not None]
 
 
 def replay_release(spec: ReleaseSpec, provider_for_at: ProviderForAt, journal: Iterable[Any]) -> Replay:
@@ -418,7 +422,9 @@ def replay_release(spec: ReleaseSpec, provider_for_at: ProviderForAt, journal: I
 
     ``journal``: the release's records (``records.parse`` models), in any order.
     """
-    entries = sorted(journal, key=lambda r: _time(r.time) or datetime.min.replace(tzinfo=UTC))
+    entries = list(journal)
+    recorded_tick_times(entries)  # every time readable, or refused: sorted below by them
+    entries.sort(key=lambda r: _time(r.time) or datetime.min.replace(tzinfo=UTC))
     recorded = [r for r in entries if isinstance(r, Tick)]
     if not recorded:
         raise InvalidSpec([Problem("--release", entries[0].release if entries else "?", "has no recorded tick to replay")], "backtest")

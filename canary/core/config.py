@@ -61,16 +61,29 @@ def from_config(config: Mapping[str, Any], source: str = "stack config", stack_f
         read = {path: value for _, path, value in _secret_paths(in_file)}
         problems += [p for p in unencrypted_secrets(in_file, None)
                      if p.field not in said and _plain_agrees(read.get(p.field), given.get(p.field))]
-    if problems:
-        raise InvalidSpec(problems, source)
     try:
-        return parse_stack(values, source)
+        return _parsed(values, source, problems)
     except InvalidSpec as exc:
         # a key held as a Pulumi secret shows no value of its own in a problem, whatever field the rule is about
-        # (an unknown key `canary:dbPassword` set --secret was refused quoting the password)
+        # (an unknown key `canary:dbPassword` set --secret was refused quoting the password); the secrets' own say none
         hidden = [Problem(p.field, "<secret>" if p.value != "nothing" else p.value, _scrubbed(p.rule, _at(values, p.field)))
-                  if _top(p.field) in secret_keys else p for p in exc.problems]
+                  if _top(p.field) in secret_keys and p not in problems else p for p in exc.problems]
         raise InvalidSpec(hidden, exc.source) from None
+
+
+def _parsed(values: Mapping[str, Any], source: str, secrets: list[Problem], unchecked: tuple[str, ...] = ()) -> StackSpec:
+    """``parse_stack``'s spec, or every problem at once: ``secrets`` (values that must be Pulumi secrets and are stored
+    in plain text) with parse_stack's own, so that a plain token no longer hides the rest of the file. A problem of
+    parse_stack's never quotes such a value: any text of it in a problem is taken out."""
+    plain = [value for _, path, value in _secret_paths(values) if path in {p.field for p in secrets}]
+    try:
+        spec = parse_stack(values, source, unchecked)
+    except InvalidSpec as exc:
+        found = [Problem(p.field, _scrubbed(p.value, plain), _scrubbed(p.rule, plain)) for p in exc.problems]
+        raise InvalidSpec([*secrets, *found], exc.source) from None
+    if secrets:
+        raise InvalidSpec(secrets, source)
+    return spec
 
 
 def _at(values: Mapping[str, Any], field: str) -> Any:
@@ -119,12 +132,11 @@ def from_file_values(config: Mapping[str, Any], source: str) -> StackSpec:
     """Validate the ``config:`` map of a stack file read with its secrets still encrypted, for a command
     that uses what it reads: a key that is a secret as a whole cannot be read, and is refused saying so."""
     values = values_from_config(config)
+    whole = whole_secrets(values)
     problems = unencrypted_secrets(values, None)
     problems += [Problem(key, "<secret>", f"is a secret as a whole, which this command cannot read without decrypting: {keep_fields_secret(key)}")
-                 for key in whole_secrets(values)]
-    if problems:
-        raise InvalidSpec(problems, source)
-    return parse_stack(values, source)
+                 for key in whole]
+    return _parsed(_without(values, whole), source, problems, whole)
 
 
 def check_file_values(config: Mapping[str, Any], source: str) -> tuple[StackSpec, tuple[str, ...]]:
@@ -133,15 +145,17 @@ def check_file_values(config: Mapping[str, Any], source: str) -> tuple[StackSpec
     returned, not refused: ``canary up`` decrypts and checks it before anything is applied, so refusing it
     here would refuse what up accepts, and calling it valid would claim what was not checked."""
     values = values_from_config(config)
-    problems = unencrypted_secrets(values, None)
-    if problems:
-        raise InvalidSpec(problems, source)
     whole = whole_secrets(values)
+    return _parsed(_without(values, whole), source, unencrypted_secrets(values, None), whole), whole
+
+
+def _without(values: Mapping[str, Any], whole: tuple[str, ...]) -> dict[str, Any]:
+    """``values`` without the keys that are secrets as a whole (unread: parse_stack is told they are ``unchecked``)."""
     rest: dict[str, Any] = {key: value for key, value in values.items() if key not in whole}
     if "prometheus" in whole:
         # stands in for it: the rules that only need a Prometheus to be there (built-in metrics) hold
         rest["prometheus"] = Prometheus.model_construct(address=ENCRYPTED)
-    return parse_stack(rest, source, unchecked=whole), whole
+    return rest
 
 
 def whole_secrets(values: Mapping[str, Any]) -> tuple[str, ...]:

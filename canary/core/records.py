@@ -10,6 +10,7 @@ version this code has written, upgrading the file journals of earlier versions
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -221,6 +222,12 @@ class ReleaseState(_Record):
     def exit_code(self) -> int:
         return exitcodes.for_phase(self.phase.value, self.rollback_pending)
 
+    @property
+    def ended_exit_code(self) -> int | None:
+        """The exit code the release ended with (as ``canary release`` exits); None while it is not finished: a
+        release in progress is neither promoted nor failed. A pending rollback is an ending (4): resume completes it."""
+        return self.exit_code if self.phase in TERMINAL or self.rollback_pending else None
+
 
 # --- journal records ----------------------------------------------------------------------------
 
@@ -327,6 +334,19 @@ _ENTRY = TypeAdapter(Entry)
 def dump(record: BaseModel) -> dict[str, Any]:
     """The one JSON form of a record or a state."""
     return record.model_dump(mode="json", exclude_none=True)
+
+
+def finite_json(data: Any) -> Any:
+    """``data`` (plain JSON data) with every non-finite number written as a string, "+Inf", "-Inf" or "NaN": JSON
+    has no such number, and Python's ``Infinity`` is refused by other parsers (a p99 in the +Inf bucket is the
+    slowest canary, exactly the one a script reads about)."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return "NaN" if math.isnan(data) else "+Inf" if data > 0 else "-Inf"  # as Prometheus spells them
+    if isinstance(data, dict):
+        return {key: finite_json(value) for key, value in data.items()}
+    if isinstance(data, list | tuple):
+        return [finite_json(value) for value in data]
+    return data
 
 
 #: the longest text a journal record keeps of one field: a record is one line of a ConfigMap chunk (the API

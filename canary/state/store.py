@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from canary.adapters.kube import Kube
@@ -83,6 +83,15 @@ def _holds_snapshot(text: str) -> bool:
         except (ValueError, AttributeError):
             continue
     return False
+
+
+class Journal(list[Any]):
+    """Journal records, and where they come from: ``unanswered`` is what the cluster said when it did not answer
+    and the records are this machine's copy (None: the cluster's). A copy lacks what other machines recorded."""
+
+    def __init__(self, found: Iterable[Any] = (), unanswered: str | None = None) -> None:
+        super().__init__(found)
+        self.unanswered = unanswered
 
 
 class ReleaseStore:
@@ -405,12 +414,15 @@ class ReleaseStore:
             return None
         return index if name == naming.journal_configmap(self.app, release, index) else None
 
-    def records(self, release: str | None = None) -> list[Any]:
+    def records(self, release: str | None = None) -> Journal:
         """Every journal record the cluster holds (of one release), oldest first, with the ones this
-        machine could not send yet; from the local copy when the cluster does not answer."""
+        machine could not send yet; from the local copy when the cluster does not answer, and then said
+        to be (``Journal.unanswered``): it holds only what this machine recorded."""
+        unanswered = None
         try:
             chunks = self._chunks(release)
-        except ClusterUnreachable:
+        except ClusterUnreachable as exc:
+            unanswered = str(exc)
             raw = self.cache.records()
         else:
             raw = []
@@ -423,7 +435,7 @@ class ReleaseStore:
             # the records kept here that the cluster has not taken (one whose write was taken, its answer lost, is there once)
             taken = {json.dumps(data, sort_keys=True, default=str) for data in raw}
             raw.extend(data for data in self.cache.unsent() if json.dumps(data, sort_keys=True, default=str) not in taken)
-        out = []
+        out = Journal(unanswered=unanswered)
         for data in raw:
             if release is not None and data.get("release") != release:
                 continue

@@ -723,6 +723,22 @@ def test_api_backtest_needs_prometheus_to_answer(faulty: World, monkeypatch: pyt
         api.backtest("test", start="-1h", end="now")
 
 
+def test_a_backtest_whose_prometheus_does_not_answer_names_its_origin_never_its_path(faulty: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the address may be a Pulumi secret, with a token in its path or query
+    from canary import api
+    from canary.errors import ProviderUnreachable
+
+    spec = faulty.release.spec
+    assert spec.prometheus is not None
+    prometheus = spec.prometheus.model_copy(update={"address": "https://prom.example.com:9443/api/prom/t0k3n-s3cr3t?apikey=hunter2"})
+    faulty.release.spec = spec.model_copy(update={"prometheus": prometheus})
+    monkeypatch.setattr(api, "_provider_factory", lambda release_spec: (lambda address: _Provider(Timeline(lambda t: 0.0), online=False)))
+    with pytest.raises(ProviderUnreachable) as refused:
+        api.backtest("test", start="-1h", end="now")
+    assert "Prometheus at https://prom.example.com:9443 did not answer" in str(refused.value)
+    assert "t0k3n" not in str(refused.value) and "hunter2" not in str(refused.value)
+
+
 def test_cli_backtest_prints_the_replay_and_exits_0_even_when_it_differs(faulty: World) -> None:
     from canary import cli
 

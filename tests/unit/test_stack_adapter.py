@@ -3,12 +3,14 @@ and the contract with the Automation API internals it relies on (fails loudly on
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from pulumi.automation import errors as auto_errors
 from canary.adapters import stack as stack_adapter
 from canary.adapters.stack import InterruptibleCommand, backend_url, checkpoint_path, file_backend, outputs_of, read_checkpoint
 from canary.errors import Cancelled, ClusterUnreachable, Forbidden, StackError, StackLocked, StackNotFound
+from tests.unit.support import poll
 
 
 def backend(tmp_path: Path, checkpoint: object, meta: str = "version: 1\n", project: str = "canary") -> Path:
@@ -154,6 +157,37 @@ def _fake_cli(tmp_path: Path, body: str) -> InterruptibleCommand:
     return InterruptibleCommand(str(tmp_path / "cli"))
 
 
+def test_a_cancel_set_while_the_cli_runs_interrupts_it(tmp_path: Path) -> None:
+    # `canary up`'s stack update: a signal set the up's cancel, but only a CLI starting after it was interrupted;
+    # one running went on to its end (its Deployments waited for), and only then was the signal heard
+    command = _fake_cli(tmp_path, "sleep 20")
+    command.cancel = threading.Event()
+    threading.Timer(0.3, command.cancel.set).start()
+    started = time.monotonic()
+    with pytest.raises(auto.CommandError):
+        command.run(["up"], str(tmp_path), {})
+    assert time.monotonic() - started < 5 and command.interrupted
+
+
+def test_each_cli_is_sent_sigint_once_however_often_it_is_interrupted(tmp_path: Path) -> None:
+    # Pulumi takes a second SIGINT for "stop at once", leaving its update unfinished and its lock behind
+    ints = tmp_path / "ints"
+    command = _fake_cli(tmp_path, f"trap 'echo int >> {ints}' INT\ni=0\nwhile [ $i -lt 40 ]; do sleep 0.1; i=$((i+1)); done")
+    done = threading.Thread(target=_run_quietly, args=(command, tmp_path), daemon=True)
+    done.start()
+    assert poll(lambda: bool(command._running), 5.0)
+    time.sleep(0.2)  # the script's trap is set
+    assert command.interrupt(grace=3.0) and command.interrupt(grace=3.0)
+    done.join(10)
+    assert not done.is_alive()
+    assert ints.read_text().count("int") == 1
+
+
+def _run_quietly(command: InterruptibleCommand, tmp_path: Path) -> None:
+    with contextlib.suppress(auto.CommandError):
+        command.run(["up"], str(tmp_path), {})
+
+
 def test_the_cli_s_version_is_checked_once_per_process_not_for_each_stack_opened(tmp_path: Path) -> None:
     """A release opens its stack twice; each PulumiCommand ran ``pulumi version`` (0.1–0.2 s of CPU)."""
     bin_dir = tmp_path / "cli" / "bin"
@@ -185,6 +219,25 @@ esac""")
     stack = stack_adapter.Stack(project, "dev", env=env, program=lambda: None)
     assert stack.outputs() == {"canary/web": {"namespace": "demo"}}
     assert torn.exists()  # the first read was torn
+
+
+@pytest.mark.parametrize("project", [None, "", "name: [\n", "runtime: python\n"], ids=["no-pulumi-yaml", "empty", "unparsable", "no-name"])
+def test_a_directory_that_is_no_pulumi_project_is_refused_before_the_automation_api_writes_one(tmp_path: Path, project: str | None) -> None:
+    # the Automation API, given a directory without a Pulumi.yaml, wrote one of its own there (name: '')
+    from canary.errors import InvalidSpec
+
+    command = _fake_cli(tmp_path, "exit 0")
+    work = tmp_path / "work"
+    work.mkdir()
+    if project is not None:
+        (work / "Pulumi.yaml").write_text(project)
+    before = sorted(p.name for p in work.iterdir())
+    env = {**os.environ, "PATH": f"{Path(command.command).parent}{os.pathsep}{os.environ.get('PATH', '')}", "PULUMI_HOME": str(tmp_path / "home")}
+    with pytest.raises(InvalidSpec, match="project_dir: "):
+        stack_adapter.Stack(work, "dev", env=env, program=lambda: None)
+    assert sorted(p.name for p in work.iterdir()) == before
+    if project is not None:
+        assert (work / "Pulumi.yaml").read_text() == project
 
 
 def test_the_cli_runs_in_a_session_of_its_own_and_streams_its_output(tmp_path: Path) -> None:
@@ -406,3 +459,24 @@ def test_a_long_passphrase_is_hidden_wherever_it_appears() -> None:
     message = str(stack_adapter._map_error(_error(auto.CommandError, f"error: decrypting with x{secret}y failed: {secret}"),
                                            "pulumi up of prod", secrets=(secret, "")))
     assert secret not in message and "Tr0ub" not in message and message.count("<secret>") == 2, message
+
+
+def test_check_unlocked_names_another_host_s_lock_and_lets_this_host_s_live_one_be_waited_for(tmp_path: Path) -> None:
+    """A resume looks before it applies anything: another host's lock (a runner killed inside its `up` on another
+    machine) is named, pid, host and since; a live process of this host (another app's step) lets go as its
+    update ends, so it is left to the `up`'s wait (refusing it refused a resume beside any release of the stack)."""
+    import socket
+    from datetime import UTC, datetime
+
+    now = datetime.now(UTC).isoformat()
+    live = {"pid": os.getpid(), "hostname": socket.gethostname(), "timestamp": now, "file": "a.json"}
+    stack, _, _ = _with_locks(tmp_path, [])
+    stack.check_unlocked()
+    stack, _, _ = _with_locks(tmp_path, [live])
+    stack.check_unlocked()
+    elsewhere = {"pid": 4711, "hostname": "machine-a", "timestamp": "2026-12-01T00:00:30Z", "file": "b.json"}
+    stack, _, cancelled = _with_locks(tmp_path, [live, elsewhere])
+    with pytest.raises(StackLocked) as locked:
+        stack.check_unlocked()
+    assert "locked by a running Pulumi update: pid 4711 on machine-a since 2026-12-01T00:00:30Z" in str(locked.value), locked.value
+    assert f"pid {os.getpid()}" not in str(locked.value) and cancelled == []
