@@ -227,13 +227,17 @@ class Release:
             raise InvalidSpec([Problem("app", self.spec.app.name, "has no release to resume")], "resume")
         if state.phase in ENDED:
             return self._result(state)
+        # from here, not from the loop's first turn: a signal (or an abort the watch reports) while the lease is
+        # taken is judged by the phase resumed; a rollback's never cancels it (its post-rollout hooks, its lock waits)
+        self._phase = state.phase
         previous = self.lease.acquire(state.release)
         self.lease.start_renewing()
         try:
+            self._clear_dead_locks(state)
+            self._refuse_if_locked(state)
             self.recorder.event(state, f"resuming release in phase {state.phase} at weight {state.weight}" + (f" (taken over from {previous})" if previous else ""))
             for note in notes:
                 self.recorder.event(state, note, Severity.WARN)
-            self._clear_dead_locks(state)
             self._refresh = True
             if state.phase in (Phase.PROGRESSING, Phase.WAITING_PROMOTION, Phase.WAITING_DECISION):
                 if state.step == 0:
@@ -243,8 +247,11 @@ class Release:
                     # the last tick's outcome is unknown and a shift may have been cut short:
                     # put the judged step back in the route and judge it again
                     state = state.model_copy(update={"advance": False, "reapply": True, "shifting_to": None})
-            elif state.phase is Phase.INITIALIZING:
-                state = state.model_copy(update={"canary_deployed": False})
+            elif state.phase is Phase.INITIALIZING and state.canary_deployed:
+                # deployed and verified once, so the confirm-rollout gate said yes: as in Flagger it is not asked again
+                # once the canary is up (a gate closed since would hold a release whose canary has its pods). The
+                # canary is deployed again and verified, then the pre-rollout hooks run again
+                state = state.model_copy(update={"reapply": True})
             elif state.phase is Phase.PROMOTED_UNVERIFIED:
                 # the promotion's last steps (traffic back to stable, the canary to zero) may not have run: a step that
                 # failed for good after stable took the new version ends here. They are taken again (idempotent, stable
@@ -271,6 +278,10 @@ class Release:
             while state.phase not in TERMINAL:
                 self._state = state
                 self._phase = state.phase
+                if state.phase is Phase.ROLLING_BACK:
+                    # a rollback is never cancelled: a cancel set before its phase was known here (a resume's
+                    # start, the watch's first report of an abort) would abandon its hooks and its waits
+                    self.cancel.clear()
                 try:
                     if self.lease.lost:
                         raise LeaseLost(f"release {state.release} stopped: {self.lease.lost}")
@@ -297,6 +308,8 @@ class Release:
                     return failed
                 state = failed
             self._clear_taken()
+            if self._phase is Phase.ROLLING_BACK and (late := self._requests.get("abort")) is not None:
+                self._ignore_abort(state, late)  # accepted while the rollback's last turn ran
             self._post_rollout(state)
             return self._result(state)
         finally:
@@ -385,7 +398,9 @@ class Release:
     def _take_requests(self, state: ReleaseState) -> ReleaseState:
         requests = dict(self._requests)
         abort = requests.get("abort")
-        if abort is not None and state.phase not in (*TERMINAL, Phase.ROLLING_BACK):
+        if abort is not None and state.phase is Phase.ROLLING_BACK:
+            self._ignore_abort(state, abort)
+        elif abort is not None and state.phase not in TERMINAL:
             if state.phase in PROMOTION:
                 self._clear("abort", abort, carried=False)
                 self.recorder.event(state, f"abort ignored: the release is already {state.phase} (the new version passed every check)")
@@ -425,6 +440,18 @@ class Release:
             self._clear("promote", promote)
             return state
         return state
+
+    def _ignore_abort(self, state: ReleaseState, abort: dict[str, Any]) -> None:
+        """An abort that reached a release already rolling back (after a failure, or an abort already taken): it
+        ends as that rollback says. Said, and cleared once the cluster holds the state (it may be this machine's
+        only); left in the requests, a resume of a pending rollback took it for an abort cancelling it."""
+        if self._unclear.get("abort") == abort:
+            return  # the one this rollback carries out, reported again until the cluster has cleared it
+        self.recorder.event(state, f"abort by {abort.get('by') or 'a user'} ignored: already rolling back ({state.reason})")
+        if abort.get("local"):
+            self._requests.pop("abort", None)  # a signal: nothing of it is in the cluster
+        else:
+            self._clear("abort", abort)
 
     def _clear(self, kind: str, acted_on: dict[str, Any] | None, carried: bool = True) -> None:
         """The request of ``kind`` this release acted on: cleared in the cluster (that one, not one written since)
@@ -548,6 +575,26 @@ class Release:
             self.recorder.event(state, f"cleared Pulumi's stale lock of pid {lock['pid']} on {lock['hostname']} (the process is gone)")
         return bool(cleared)
 
+    def _refuse_if_locked(self, state: ReleaseState) -> None:
+        """A resume does not wait for a Pulumi lock that nothing here will see let go: another host's (a runner killed
+        inside an ``up`` on another machine; this host's dead ones were just cleared). Waited for, it failed the
+        step after ``lock_wait``, rolled the release back, and the rollback's ``up`` waited as long again before the
+        route was written around Pulumi. Refused before anything is applied (exit 3), naming the holder. Not a
+        rollback whose traffic may still be on the canary: it goes on, its traffic step written around Pulumi if
+        the lock outlasts ``lock_wait``. (Only a file backend's locks are read; another backend's lock is met by the
+        ``up``.)"""
+        if state.phase is Phase.ROLLING_BACK and state.rollback_step < 2:
+            return
+        try:
+            self.stack.check_unlocked()
+        except StackLocked as exc:
+            name, app = self.stack.name, self.spec.app.name
+            raise StackBusy(
+                f"release {state.release} of {app} not resumed, nothing was applied: {exc}. If that update still runs, resume once it "
+                f"ends; if its runner is gone (killed inside an `up`), run `pulumi cancel --stack {name}` once no update of the stack "
+                f"runs, then `canary resume {name} --app {app}`"
+            ) from exc
+
     def _wait_unlocked(self, deadline: float, stop_on_cancel: bool) -> None:
         """Until Pulumi's lock is let go or ``deadline``, in slices of a second so that an abort is
         not kept waiting (once: an action that cannot be cancelled goes on waiting after it)."""
@@ -590,7 +637,7 @@ class Release:
     def _initializing(self, state: ReleaseState) -> ReleaseState:
         assert state.canary is not None
         if not state.canary_deployed:
-            # As in Flagger, the confirm-rollout gate is asked before the canary is scaled up.
+            # As in Flagger, the confirm-rollout gate is asked before the canary is scaled up (and never again after).
             gate = self.hooks.gate(state, WebhookType.CONFIRM_ROLLOUT)
             if gate is not None:
                 # Waiting, as Flagger's Canary from its first no: saved at once (a resume elsewhere asks as Waiting, status shows it)
@@ -601,6 +648,7 @@ class Release:
                     state = self.recorder.save(state.model_copy(update={"waiting": True}), said, Severity.WARN)
                 self._wait(self.spec.analysis.interval.total_seconds())
                 return state
+        if not state.canary_deployed or state.reapply:
             replicas = self._canary_size()
             canary = state.canary
             self.recorder.decide(state, f"deploying canary {canary.image or canary.hash} ({replicas} pods) at weight 0")
@@ -608,7 +656,9 @@ class Release:
             self._retrying(state, "the canary's readiness", lambda: self.verify.track(self.spec, Track.CANARY, canary.hash, replicas))
             self._retrying(state, "the route at rest", lambda: self.verify.route(self.spec, AT_REST))
             self.recorder.verified(state, "canary ready", {"hash": canary.hash, "replicas": replicas})
-            state = self.recorder.save(state.model_copy(update={"canary_deployed": True, "canary_replicas": replicas, "route": AT_REST.to_json()}),
+            # the gate's yes is saved with the canary: Waiting no more (a hook's phase, `status`), and a resume asks it no more
+            state = self.recorder.save(state.model_copy(update={"canary_deployed": True, "waiting": False, "reapply": False, "canary_replicas": replicas,
+                                                               "route": AT_REST.to_json()}),
                                        f"canary {canary.image or canary.hash} is ready at weight 0", Severity.INFO)
         failed = [r for r in self.hooks.run(state, WebhookType.PRE_ROLLOUT) if not r.ok]
         if failed:

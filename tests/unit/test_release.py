@@ -241,7 +241,7 @@ def test_a_promote_from_another_machine_is_taken_at_once_not_after_the_load_test
     class LoadTest(FakeHooks):
         """A rollout command that runs 8 s of the 10 s interval unless its deadline comes first."""
 
-        def start(self, hook: Any) -> Any:
+        def start(self, hook: Any, body: Any = None) -> Any:
             return world.clock.monotonic()
 
         def finish(self, hook: Any, handle: Any, deadline: float, cancel: Any = None) -> Any:
@@ -337,7 +337,7 @@ def test_the_load_tests_are_stopped_when_an_interval_ends_by_an_error() -> None:
     stopped: list[str] = []
 
     class LoadTest(FakeHooks):
-        def start(self, hook: Any) -> Any:
+        def start(self, hook: Any, body: Any = None) -> Any:
             return f"{hook.name}-process"
 
         def finish(self, hook: Any, handle: Any, deadline: float, cancel: Any = None) -> Any:

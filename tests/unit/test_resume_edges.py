@@ -1,0 +1,236 @@
+"""Where a resume starts and a rollback ends: another host's Pulumi lock, a cancel that lands before the phase
+is known, an abort a rollback cannot act on, a confirm-rollout gate already passed. In-memory doubles."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+
+from canary.core import exitcodes
+from canary.core.records import HookResult, Phase
+from canary.errors import StackBusy, StackLocked
+from tests.unit.fakes import FakeHooks, Metrics, World, make
+
+
+class Killed(BaseException):
+    """The process dies (SIGKILL): nothing of the release's own handling runs."""
+
+
+# --- another host's Pulumi lock
+
+
+def test_a_resume_refuses_at_once_while_another_host_s_pulumi_lock_is_held_and_applies_nothing() -> None:
+    """Machine A killed inside a shift's ``up``: its lock names A's host, which nothing on B can judge. B's resume
+    re-applied the step and waited ``lock_wait`` for it (the canary keeping its traffic, no tick), failed the step,
+    rolled the healthy release back, waited as long again and wrote the route around Pulumi: exit 4."""
+    world = make(Metrics(0.0), lock_wait=600.0)
+
+    def on_up(record: dict[str, Any]) -> None:
+        if record["parts"] == {"route"} and record["pins"]["route"]["weight"] == 30:
+            raise Killed  # A dies inside the shift 20 -> 30; its CLI's lock stays
+
+    world.stack.on_up = on_up
+    with pytest.raises(Killed):
+        world.start()
+    world.stack.on_up = None
+    before = world.store.state
+    assert before is not None and before.phase is Phase.PROGRESSING and before.weight == 20
+    held = ["pid 42 on machine-a since 2026-12-01T00:00:30Z"]
+
+    def check_unlocked() -> None:  # as the file backend's stack reads A's lock
+        if held:
+            raise StackLocked(f"stack test is locked by a running Pulumi update: {held[0]} (another host's: whether it still runs cannot be seen from here)")
+
+    world.stack.check_unlocked = check_unlocked  # type: ignore[attr-defined]
+    world.stack.locked_until = 10**9  # an `up` would be refused: it must not even be tried
+    b = world.rebuild()
+    ups, journal, t0 = len(world.stack.ups), len(world.store.journal), b.clock.monotonic()
+    with pytest.raises(StackBusy) as refused:
+        b.release.resume()
+    said = str(refused.value)
+    assert exitcodes.for_error(refused.value) == exitcodes.BUSY
+    assert "locked by a running Pulumi update: pid 42 on machine-a since 2026-12-01T00:00:30Z" in said, said
+    assert "pulumi cancel --stack test" in said and "canary resume test --app web" in said, said
+    assert b.clock.monotonic() == t0 and not world.stack.refused and len(world.stack.ups) == ups
+    assert world.store.state == before and len(world.store.journal) == journal  # nothing saved, nothing journaled
+    assert b.lease.acquired and b.lease.held is None  # the lease taken for the look is let go
+    # someone ran `pulumi cancel`: the resume goes on from where A stopped
+    held.clear()
+    world.stack.locked_until = 0.0
+    result = world.rebuild().release.resume()
+    assert result.phase is Phase.SUCCEEDED, result.reason
+
+
+def test_a_rollback_whose_traffic_may_be_on_the_canary_is_not_refused_for_another_host_s_lock() -> None:
+    """Machine A killed inside its rollback's traffic step: refused, the canary kept its share of the traffic until a
+    person came. The rollback goes on: its `up` waits for the lock, then the route is written at rest around Pulumi."""
+    world = make(Metrics(18.2), lock_wait=30.0)
+
+    def on_up(record: dict[str, Any]) -> None:
+        state = world.store.state
+        if state is not None and state.phase is Phase.ROLLING_BACK and record["parts"] == {"route"}:
+            raise Killed
+
+    world.stack.on_up = on_up
+    with pytest.raises(Killed):
+        world.start()
+    world.stack.on_up = None
+    assert world.cluster.shape.weight == 10
+
+    def check_unlocked() -> None:
+        raise StackLocked("stack test is locked by a running Pulumi update: pid 42 on machine-a since 2026-12-01T00:00:30Z")
+
+    world.stack.check_unlocked = check_unlocked  # type: ignore[attr-defined]
+    world.stack.locked_until = 10**9
+    result = world.rebuild().release.resume()
+    assert result.rollback_pending and result.exit_code == exitcodes.ROLLBACK_PENDING, result.reason
+    assert world.cluster.shape.weight == 0 and world.cluster.restored, "traffic left on the canary"
+
+
+# --- a cancel that lands while a rollback's resume starts
+
+
+class _CancelAware(FakeHooks):
+    """Hooks the release's cancel token cuts short, as the real caller's are."""
+
+    def call(self, hook: Any, body: Any, cancel: threading.Event | None = None) -> HookResult:
+        if cancel is not None and cancel.is_set():
+            self.calls.append((hook.name, "abandoned"))
+            return HookResult(hook.name, hook.type.value, False, 0.0, "abandoned: the release was cancelled")
+        return super().call(hook, body, cancel)
+
+
+def _two_notifiers(v: dict[str, Any]) -> None:
+    v["analysis"]["webhooks"] = [{"name": "notify-a", "type": "post-rollout", "url": "http://a/"},
+                                 {"name": "notify-b", "type": "post-rollout", "url": "http://b/"}]
+
+
+def _pending_rollback(abort_meanwhile: bool) -> World:
+    """A failing release whose rollback cannot be applied: "rollback pending" (exit 4), the backend then back.
+    ``abort_meanwhile``: a `canary abort` accepted while it was rolling back."""
+    world = make(Metrics(18.0), _two_notifiers, retries=1, retry_backoff=0.1, hooks=_CancelAware())
+
+    def on_up(record: dict[str, Any]) -> None:
+        state = world.store.state
+        if state is not None and state.phase is Phase.ROLLING_BACK and not world.stack.fail_ups:
+            world.stack.fail_ups = 100
+            world.cluster.restore_error = RuntimeError("no")
+            if abort_meanwhile:
+                world.store.request("abort", by="oncall")
+
+    world.stack.on_up = on_up
+    assert world.start().rollback_pending
+    world.stack.on_up = None
+    world.stack.fail_ups = 0
+    world.cluster.restore_error = None
+    return world
+
+
+@pytest.mark.parametrize("cancel", ["signal while the lease is taken", "abort accepted during the rollback"])
+def test_a_cancel_that_lands_as_a_rollback_s_resume_starts_does_not_cut_the_rollback_s_hooks(cancel: str) -> None:
+    """The phase was known only at the loop's first turn: a signal while the lease was taken (or the watch's first
+    report of an abort) set the cancel token, and nothing cleared it in RollingBack: the post-rollout hooks were
+    abandoned, "the release was cancelled"."""
+    world = _pending_rollback(abort_meanwhile=cancel.startswith("abort"))
+    b = world.rebuild()
+    b.hooks.calls.clear()
+    if cancel.startswith("signal"):
+        acquire = b.lease.acquire
+
+        def acquire_then_signal(release: str) -> None:
+            acquire(release)
+            b.release.request_abort("signal SIGINT")
+
+        b.lease.acquire = acquire_then_signal  # type: ignore[method-assign]
+    result = b.release.resume()
+    assert result.phase is Phase.FAILED and not result.rollback_pending, result.reason
+    assert b.hooks.calls == [("notify-a", "post-rollout"), ("notify-b", "post-rollout")], b.hooks.calls
+    assert not b.release.cancel.is_set()
+    # an abort it could not act on is said, and gone from the requests
+    by = "signal SIGINT" if cancel.startswith("signal") else "oncall"
+    assert any(e.message.startswith(f"abort by {by} ignored: already rolling back (") for e in b.events), [e.message for e in b.events]
+    assert "abort" not in world.store.pending
+
+
+# --- an abort a rollback cannot act on
+
+
+def test_an_abort_accepted_while_the_release_rolls_back_after_a_failure_is_said_and_cleared() -> None:
+    """`canary abort` is accepted while a release rolls back; the release rightly ends Failed, but the request
+    stayed in the requests ConfigMap for good (a resume of a pending rollback then took it as a cancel)."""
+    world = make(Metrics(18.2))
+
+    def on_up(record: dict[str, Any]) -> None:
+        state = world.store.state
+        if state is not None and state.phase is Phase.ROLLING_BACK and "abort" not in world.store.pending and not world.store.of("request"):
+            world.store.request("abort", by="oncall")
+
+    world.stack.on_up = on_up
+    result = world.start()
+    assert result.phase is Phase.FAILED and "3 checks in a row" in result.reason, result.reason
+    assert "abort" not in world.store.pending
+    ignored = [e.message for e in world.events if "ignored" in e.message]
+    assert ignored == [f"abort by oncall ignored: already rolling back ({result.reason})"], ignored
+
+
+def test_an_abort_that_began_the_rollback_is_not_said_ignored() -> None:
+    world = make(Metrics(0.0))
+
+    def on_up(record: dict[str, Any]) -> None:
+        if record["parts"] == {"route"} and record["pins"]["route"]["weight"] == 20 and not world.store.of("request"):
+            world.store.request("abort", by="oncall")
+
+    world.stack.on_up = on_up
+    result = world.start()
+    assert result.phase is Phase.ABORTED and result.reason == "aborted by oncall", result.reason
+    assert "abort" not in world.store.pending
+    assert not [e.message for e in world.events if "ignored" in e.message]
+
+
+# --- a confirm-rollout gate already passed
+
+
+def test_a_resume_after_the_canary_was_deployed_does_not_ask_confirm_rollout_again() -> None:
+    """The gate said no, then yes; the canary was deployed; a pre-rollout hook failed and the runner died in
+    the retry's wait. The resume asked confirm-rollout again, as Waiting (never reset), and the gate, closed
+    again after its approval, held a release whose canary had its pods."""
+    rollout: list[bool] = [False, True]  # no, then yes: then closed again after the approval
+    pre: list[bool] = [False]  # the first pre-rollout call fails
+    asked: list[str] = []
+    world: World
+
+    def die(now: float) -> None:
+        raise Killed
+
+    def answer(name: str, kind: str) -> bool:
+        asked.append(kind)
+        if kind == "confirm-rollout":
+            return rollout.pop(0) if rollout else False
+        if kind == "pre-rollout":
+            if pre:
+                world.clock.on_sleep = die  # killed while the failure's interval is waited out
+                return pre.pop()
+            return True
+        return kind != "rollback"
+
+    world = make(Metrics(0.0), lambda v: v["analysis"].update(webhooks=[
+        {"name": "gate", "type": "confirm-rollout", "url": "http://gate/"},
+        {"name": "smoke", "type": "pre-rollout", "url": "http://smoke/"}]), hooks=FakeHooks(answer))
+    with pytest.raises(Killed):
+        world.start()
+    world.clock.on_sleep = None
+    killed = world.store.state
+    assert killed is not None and killed.phase is Phase.INITIALIZING and killed.canary_deployed and killed.failed_in_row == 1
+    assert not killed.waiting  # the gate's yes saved with the canary: no longer Waiting
+    assert asked.count("confirm-rollout") == 2
+    asked.clear()
+    rollout.extend([False, False, True])  # asked again, it would hold the release with the canary's pods up
+    b = world.rebuild()
+    result = b.release.resume()
+    assert result.phase is Phase.SUCCEEDED, result.reason
+    assert "confirm-rollout" not in asked and "pre-rollout" in asked, asked
+    assert not [e for e in b.events if e.message.startswith("waiting: confirm-rollout")]
+    deploys = [u for u in world.stack.ups if u["parts"] == {"canary", "route"}]
+    assert len(deploys) == 2 and deploys[-1]["refresh"]  # deployed again (and read back first), then verified
