@@ -37,7 +37,7 @@ from canary.core import config as stackconfig
 from canary.core import exitcodes, naming, records
 from canary.core.naming import Track
 from canary.core.records import ENDED, PROMOTION, SKIPPABLE, Phase, ReleaseState, TrackPin
-from canary.core.spec import App, Gateway, ReleaseSpec, StackSpec
+from canary.core.spec import App, Gateway, ReleaseSpec, StackSpec, judges_noted
 from canary.errors import CanaryError, Cancelled, ClusterUnreachable, InvalidSpec, LeaseLost, Problem, StackBusy, StackError, StackLocked
 from canary.release.machine import Release, ReleaseResult
 from canary.release.ports import AppFacts, other_urns
@@ -690,9 +690,10 @@ def resume(stack: str, *, app: str | None = None, project_dir: Path | str | None
         raise InvalidSpec([Problem("--app", name, "has no release to resume")], "resume")
     spec, note = _snapshot_spec(ws, state)
     if refused:
-        if note or not state.snapshot:  # no snapshot, or one refused too: nothing valid to go on with
+        if not state.snapshot or spec is ws.spec:  # no snapshot, or one refused too: nothing valid to go on with
             raise refused[0]
-        note = f"the stack file is refused by this version ({refused[0]}): the release goes on with its snapshot of the stack config"
+        note = "; ".join(filter(None, (note, f"the stack file is refused by this version ({refused[0]}): the release goes on with its "
+                                             "snapshot of the stack config")))
     facts = ws.facts(name, spec)
     if facts is None:
         raise InvalidSpec([Problem("--app", name, "is not deployed in the stack any more")], "resume")
@@ -707,11 +708,17 @@ def _snapshot_spec(ws: Workspace, state: ReleaseState) -> tuple[StackSpec, str]:
     if not state.snapshot:
         return ws.spec, ""
     try:
-        return stackconfig.from_config(ws.stack.config(text=state.snapshot), source=f"release {state.release}'s snapshot"), ""
+        with judges_noted() as noted:
+            parsed = stackconfig.from_config(ws.stack.config(text=state.snapshot), source=f"release {state.release}'s snapshot")
     except InvalidSpec as exc:
         broken = "; ".join(f"{p.field}: {p.rule}" for p in exc.problems)
         return ws.spec, (f"the release's snapshot of the stack config is refused by this version ({broken}): "
                          "it goes on with the stack file's current analysis and settings")
+    if noted:
+        broken = "; ".join(f"{p.field}: {p.rule}" for p in noted)
+        return parsed, (f"the release's snapshot has judges this version refuses ({broken}): the release goes on with them as they "
+                        "are (samples a judge cannot read are no data, and onNoData decides); fix them before the next release")
+    return parsed, ""
 
 
 # --- looking and steering -----------------------------------------------------------------------

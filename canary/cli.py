@@ -38,11 +38,9 @@ def _echo_json(data: Any, indent: int = 2) -> None:
 
 
 class Where:
-    """The project and environment a command acts on: the user's, or the lab's (``--lab``).
-
-    With ``--lab``, ``--project-dir`` names the project that owns the lab (as ``lab up`` takes it), and the
-    stack files used are always the lab's working copy: a release on the lab writes its image there, never
-    into the project's own files."""
+    """The project and environment a command acts on: the user's, or the lab's (``--lab``: its backend and
+    cluster, and its working copy of the project unless ``--project-dir`` names another; the lab's tests give
+    each test a project of its own)."""
 
     def __init__(self, project_dir: Path | None, lab: bool | None) -> None:
         self.lab = bool(lab or (lab is None and os.environ.get("CANARY_LAB_DIR")))
@@ -52,10 +50,10 @@ class Where:
             from canary.lab.layout import Layout
 
             layout = Layout.for_project(project_dir)
-            if not (layout.project / "Pulumi.yaml").is_file():
+            if not layout.kubeconfig.is_file() or (project_dir is None and not (layout.project / "Pulumi.yaml").is_file()):
                 # before the lab's environment is made (it writes the lab's passphrase)
                 raise InvalidSpec([Problem("--lab", str(layout.dir), "the lab is not up: run canary lab up")], "lab")
-            self.project_dir = layout.project
+            self.project_dir = project_dir or layout.project
             self.env = {**os.environ, **layout.pulumi_env()}
 
     @property
@@ -65,7 +63,7 @@ class Where:
 
 _project = click.option("--project-dir", type=click.Path(path_type=Path, file_okay=False),
                         help="The Pulumi project (default: $CANARY_PROJECT_DIR, else the current directory or its nearest parent holding "
-                             "Pulumi.yaml); with --lab, the project whose lab is used (its stack files are the lab's working copy).")
+                             "Pulumi.yaml; with --lab, the lab's working copy).")
 _lab = click.option("--lab", is_flag=True, default=None, help="Use the local lab's Pulumi backend, cluster and working copy (the default when $CANARY_LAB_DIR is set).")
 _app = click.option("--app", help="The app, when the stack holds several.")
 

@@ -86,6 +86,10 @@ def _project_file(project_dir: Path) -> tuple[dict[str, Any], str | None]:
     except UnicodeDecodeError as exc:
         return {}, f"its Pulumi.yaml must be UTF-8 text: byte {exc.start} is not ({exc.reason})"
     except OSError:
+        other = next((name for name in ("Pulumi.yml", "Pulumi.json") if project_dir.joinpath(name).is_file()), None)
+        if other is not None:  # Pulumi reads these too (and its stack files as Pulumi.<stack>.yml, .json): canary does not
+            return {}, (f"holds {other}, not Pulumi.yaml: canary reads a project's Pulumi.yaml and its stacks' Pulumi.<stack>.yaml; "
+                        "rename them (as YAML)")
         return {}, "holds no Pulumi.yaml: give the directory of a Pulumi project"
     try:
         data = load(text)

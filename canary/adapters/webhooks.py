@@ -171,11 +171,16 @@ def _url_parts(url: str) -> set[str]:
 #: A URL inside a word (a script's, an option's value).
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
 #: ``k=v`` as an option or an environment takes it: ``--token=X``, ``TOKEN=X``.
-_ASSIGNMENT = re.compile(r"-{0,2}[A-Za-z_][\w.-]*=(.+)", re.DOTALL)
-#: A header as curl, wget and hey take it: ``Authorization: Bearer X``.
-_HEADER = re.compile(r"[A-Za-z][\w-]*:\s+(\S.*)", re.DOTALL)
-#: An option whose next word is a credential (``--token X``, ``-u user:pass``, ``--password X``).
-_SECRET_OPTION = re.compile(r"-(?:u|-?[\w-]*(?:token|secret|pass|key|auth|cred|user)[\w-]*)", re.IGNORECASE)
+_ASSIGNMENT = re.compile(r"(-{0,2}[A-Za-z_][\w.-]*)=(.+)", re.DOTALL)
+#: ``Name: value``, as curl, wget and hey take a header.
+_HEADER = re.compile(r"([A-Za-z][\w-]*):\s+(\S.*)", re.DOTALL)
+#: the options whose next word is a header, whatever its name
+_HEADER_OPTIONS = frozenset({"-H", "--header"})
+#: a name (an option's, a variable's, a header's) whose value is a credential: ``--token``, ``--api-key``, ``PASSWORD``,
+#: ``Authorization``, ``X-Auth-Token``, ``Cookie``
+_CREDENTIAL = re.compile(r"-{0,2}(?:[\w.-]*(?:token|secret|pass|key|auth|cred)[\w.-]*|cookie)", re.IGNORECASE)
+#: options whose next word is ``user:password`` (curl's, wget's): the password is taken
+_USER_OPTIONS = frozenset({"-u", "--user", "-U", "--proxy-user", "--http-user"})
 #: How deep a script's words are split again (``sh -c "bash -c '…'"``).
 _NESTING = 3
 
@@ -191,35 +196,60 @@ def _script_words(text: str) -> list[str]:
         return text.split()
 
 
-def _argument_secrets(word: str, depth: int = 0) -> set[str]:
-    """What inside one argument may be a secret. A script (``sh -c '…'``, as an imported load tester runs
-    it) is one argument, and what it runs quotes a URL, an option's value or a header of it, never the script
-    whole: the parts of each URL (as an HTTP hook's), the value of each ``k=v`` and ``Header: value`` (and
-    its last word: a ``Bearer`` token), and the word after an option that names a credential, in the
-    script's words too. Its other words (its programs, its messages) are not taken: its output quotes them."""
+def _opaque(segment: str) -> bool:
+    """A URL's path segment that reads as a token rather than a word (``T0123ABC``, a long random string): a
+    script's ``/api/approvals/check`` is said in its own messages, and masking ``check`` hid them."""
+    return len(segment) >= 16 or (len(segment) >= 8 and any(c.isdigit() for c in segment) and any(c.isalpha() for c in segment))
+
+
+def _embedded_url_parts(url: str) -> set[str]:
+    """What of a URL inside a script may be a secret: the URL whole, its user and password, its query and each of
+    its values, its fragment, and its path segments that read as tokens (a Slack-style hook's)."""
+    try:
+        parts = urlsplit(url)
+        return {url, parts.netloc.rpartition("@")[0], parts.username or "", parts.password or "", parts.query, parts.fragment,
+                *(v for _, v in parse_qsl(parts.query)), *(s for s in parts.path.split("/") if _opaque(s))}
+    except ValueError:
+        return {url}
+
+
+def _words_secrets(words: list[str], depth: int = 0) -> set[str]:
+    """What inside a command's arguments may be a secret. A script (``sh -c '…'``, as an imported load tester
+    runs it) is one argument, and what it runs quotes a URL, an option's value or a header of it, never the
+    script whole: each URL's parts (``_embedded_url_parts``), the value of a credential's ``k=v`` or header
+    (and its last word: a ``Bearer`` token), any header given to ``-H``, the word after an option that names a
+    credential, the password of ``-u user:password``; in a script's words too. Nothing else is taken (a
+    script's own ``error: …`` is said whole)."""
     found: set[str] = set()
-    for url in _URL.findall(word):
-        found |= {url, *_url_parts(url)}
-    if depth >= _NESTING:
-        return found
-    if (header := _HEADER.fullmatch(word)) is not None:
-        value = header.group(1).strip()
-        found |= {value, value.split()[-1], *_argument_secrets(value, depth + 1)}
-    elif (assignment := _ASSIGNMENT.fullmatch(word)) is not None:
-        found |= {assignment.group(1), *_argument_secrets(assignment.group(1), depth + 1)}
-    if any(c in word for c in " \t\n;|&"):
-        inner = _script_words(word)
-        for i, sub in enumerate(inner):
-            found |= _argument_secrets(sub, depth + 1)
-            if i and _SECRET_OPTION.fullmatch(inner[i - 1]) and not sub.startswith("-"):
-                found |= {sub, sub.rpartition(":")[2]}  # ``user:pass`` too
+    for i, word in enumerate(words):
+        before = words[i - 1] if i else ""
+        for url in _URL.findall(word):
+            found |= _embedded_url_parts(url)
+        if depth >= _NESTING:
+            continue
+        header, assignment = _HEADER.fullmatch(word), _ASSIGNMENT.fullmatch(word)
+        if header is not None and (before in _HEADER_OPTIONS or _CREDENTIAL.fullmatch(header.group(1))):
+            value = header.group(2).strip()
+            found |= {value, value.split()[-1]}
+        elif assignment is not None:
+            name, value = assignment.groups()
+            if name in _HEADER_OPTIONS:  # --header=Authorization: …
+                found |= _words_secrets(["-H", value], depth + 1)
+            elif _CREDENTIAL.fullmatch(name):
+                found.add(value)
+        if before and _CREDENTIAL.fullmatch(before) and before.startswith("-") and not word.startswith("-"):
+            found.add(word)
+        if before in _USER_OPTIONS and ":" in word:
+            found.add(word.partition(":")[2])
+        if any(c in word for c in " \t\n;|&"):
+            found |= _words_secrets(_script_words(word), depth + 1)
     return found
 
 
 def _secrets(hook: Webhook) -> list[str]:
     """What of ``hook`` may be a secret, longest first: the whole URL and each of its parts (raw and
     decoded: an error may quote either), or the whole command line, each of its arguments, what inside an
-    argument may be one (``_argument_secrets``) and the program's directory."""
+    argument may be one (``_words_secrets``) and the program's directory."""
     found: set[str] = set()
     if hook.url:
         found |= {hook.url, *_url_parts(hook.url)}
@@ -227,8 +257,7 @@ def _secrets(hook: Webhook) -> list[str]:
         found.add(hook.cmd)
         words = _words(hook.cmd)
         found.update(words[1:])
-        for word in words[1:]:
-            found |= _argument_secrets(word)
+        found |= _words_secrets(words[1:])
         if words:
             found.add(posixpath.dirname(words[0]))
     found |= {unquote(s) for s in found} | {unquote_plus(s) for s in found}

@@ -153,8 +153,9 @@ def _without(values: Mapping[str, Any], whole: tuple[str, ...]) -> dict[str, Any
     """``values`` without the keys that are secrets as a whole (unread: parse_stack is told they are ``unchecked``)."""
     rest: dict[str, Any] = {key: value for key, value in values.items() if key not in whole}
     if "prometheus" in whole:
-        # stands in for it: the rules that only need a Prometheus to be there (built-in metrics) hold
-        rest["prometheus"] = Prometheus.model_construct(address=ENCRYPTED)
+        # stands in for it: the rules that only need a Prometheus to be there (built-in metrics) hold. No field is
+        # marked given: what the secret holds (its scrape interval) is unknown, and the rules that need it are left to up
+        rest["prometheus"] = Prometheus.model_construct(_fields_set=set(), address=ENCRYPTED)
     return rest
 
 

@@ -14,12 +14,14 @@ settings it needs (Prometheus, metric templates): what a release runs on.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import math
 import re
 import shlex
 import types
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextvars import ContextVar
 from datetime import timedelta
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
@@ -1037,13 +1039,31 @@ def app_problems(app: App, field: str, template_field: str | None = None) -> lis
 MAX_RANGE_POINTS = 11000
 
 
-def _judge_problems(judge: Judge, window: timedelta, where: str, window_field: str, scrape: tuple[timedelta, str]) -> list[Problem]:
+#: while set (a resume reading the snapshot of a release in flight), what the judge rules find is noted here, not
+#: refused: rules newer than the release (a judge's step against the scrape interval) must not keep its rollback from
+#: completing, nor a release from going on (such a judge's samples have no data, and onNoData decides)
+_JUDGES_NOTED: ContextVar[list[Problem] | None] = ContextVar("judges_noted", default=None)
+
+
+@contextlib.contextmanager
+def judges_noted() -> Iterator[list[Problem]]:
+    """Within it, a judge's problems are listed in what it yields instead of refusing the config."""
+    noted: list[Problem] = []
+    token = _JUDGES_NOTED.set(noted)
+    try:
+        yield noted
+    finally:
+        _JUDGES_NOTED.reset(token)
+
+
+def _judge_problems(judge: Judge, window: timedelta, where: str, window_field: str, scrape: tuple[timedelta, str] | None) -> list[Problem]:
     """A judge whose step is shorter than two scrapes reads empty samples; one whose window holds fewer samples than
-    it needs never reaches a verdict; one with more points than Prometheus returns is refused at every tick."""
+    it needs never reaches a verdict; one with more points than Prometheus returns is refused at every tick.
+    ``scrape`` None: unknown here (``prometheus`` a secret as a whole, checked once decrypted)."""
     step, shown = judge.step.total_seconds(), units.format_duration(judge.step)
     span = f"{units.format_duration(window)} ({window_field})"
-    least = 2 * scrape[0]
-    if judge.step < least:
+    least = 2 * scrape[0] if scrape is not None else timedelta(0)
+    if scrape is not None and judge.step < least:
         # each sample is a rate over one step (its own stretch, sharing no scrape with the next): over one scrape or
         # less, a rate has one point at most and is empty
         rule = (f"is shorter than twice the scrape interval, {units.format_duration(scrape[0])} ({scrape[1]}): each of the judge's "
@@ -1073,7 +1093,9 @@ def _judge_problems(judge: Judge, window: timedelta, where: str, window_field: s
 
 
 def _analysis_problems(analysis: Analysis, field: str, metric_templates: Mapping[str, MetricTemplate], prometheus: Prometheus | None) -> list[Problem]:
-    scrape = prometheus.scrape() if prometheus is not None else \
+    # a Prometheus no field of which was given is the stand-in for one that is a secret as a whole: its scrape unknown
+    unread = prometheus is not None and not prometheus.model_fields_set
+    scrape = None if unread else prometheus.scrape() if prometheus is not None else \
         (DEFAULT_SCRAPE_INTERVAL, f"prometheus.scrapeInterval, unset: {units.format_duration(DEFAULT_SCRAPE_INTERVAL)}")
     problems: list[Problem] = []
     seen: set[str] = set()
@@ -1095,8 +1117,13 @@ def _analysis_problems(analysis: Analysis, field: str, metric_templates: Mapping
                                     "healthy release back; use by: difference, or add thresholdRange"))
         problems += _percent_problems(metric, where)
         if metric.judge is not None:
-            problems += _judge_problems(metric.judge, metric.interval or analysis.interval, where, f"{where}.interval" if metric.interval else f"{field}.interval",
-                                        scrape)
+            judged = _judge_problems(metric.judge, metric.interval or analysis.interval, where, f"{where}.interval" if metric.interval else f"{field}.interval",
+                                     scrape)
+            noted = _JUDGES_NOTED.get()
+            if noted is None:
+                problems += judged
+            else:
+                noted += judged
         if metric.template_ref is None:
             if metric.name not in metrics.BUILTIN_METRICS:
                 problems.append(Problem(f"{where}.name", metric.name, "names no built-in metric and has no templateRef; built-ins: " + ", ".join(metrics.BUILTIN_METRICS)))

@@ -85,6 +85,21 @@ def test_validate_says_a_whole_object_secret_is_not_checked_rather_than_refusing
     assert "valid dictionary" not in done.stderr and "Zm9v" not in done.stdout + done.stderr
 
 
+def test_validate_leaves_a_judge_s_scrape_rule_to_up_when_prometheus_is_a_secret_as_a_whole(tmp_path: Path) -> None:
+    # the secret may hold scrapeInterval: 1s, which canary up (decrypting) accepts; validate measured the step against 15s
+    path = tmp_path / "Pulumi.whole.yaml"
+    path.write_text(_WHOLE_SECRET_PROMETHEUS.replace("{name: request-error-rate, thresholdRange: {max: 1}}",
+                                                     "{name: request-error-rate, thresholdRange: {max: 1}, interval: 30s, "
+                                                     "judge: {step: 2s, minSamples: 6}}"))
+    done = _cli("validate", "--file", str(path), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "valid, but canary:prometheus not checked" in done.stdout, done.stdout
+    plain = path.read_text().replace("  canary:prometheus:\n    secure: v1:Zm9vYmFy:YmFy\n", "  canary:prometheus: {address: 'http://prometheus:9090'}\n")
+    path.write_text(plain)
+    done = _cli("validate", "--file", str(path), cwd=tmp_path)  # a plain one without scrapeInterval: 15s, and the rule holds
+    assert done.returncode == 2 and "judge.step" in done.stderr and "twice the scrape interval" in done.stderr, done.stderr
+
+
 def test_validate_takes_a_webhook_url_held_as_a_secret_as_canary_up_does(tmp_path: Path) -> None:
     # pulumi config set --secret --path canary:analysis.webhooks[0].url: it was refused as "<encrypted>" is no URL
     path = tmp_path / "Pulumi.sec.yaml"
@@ -384,6 +399,7 @@ def test_demo_rolls_its_release_back_on_ctrl_c_as_release_does(monkeypatch: pyte
     monkeypatch.delenv("CANARY_LAB_DIR", raising=False)
     (tmp_path / ".lab" / "project").mkdir(parents=True)  # a running lab's working copy
     (tmp_path / ".lab" / "project" / "Pulumi.yaml").write_text("name: canary\nruntime: python\n")
+    (tmp_path / ".lab" / "kubeconfig").write_text("")
     monkeypatch.setattr(sys, "argv", ["canary", "demo", "--project-dir", str(tmp_path)])
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     try:

@@ -58,6 +58,15 @@ def test_a_project_dir_without_pulumi_yaml_is_refused_and_left_as_it_was(args: t
     assert list(empty.iterdir()) == []
 
 
+@pytest.mark.parametrize("name", ["Pulumi.yml", "Pulumi.json"])
+def test_a_project_file_pulumi_reads_and_canary_does_not_is_named_with_what_to_do(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / name).write_text('{"name": "shop", "runtime": "python"}')
+    code, _, err = _run(monkeypatch, capsys, "status", "dev", "--project-dir", str(tmp_path))
+    assert code == 2 and f"--project-dir: holds {name}, not Pulumi.yaml" in err and "rename them" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+
+
 def test_a_canary_project_dir_that_does_not_exist_is_refused_naming_the_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                                  capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("CANARY_PROJECT_DIR", str(tmp_path / "nonexistent"))
@@ -148,20 +157,24 @@ def test_set_image_takes_project_dir_as_a_str(tmp_path: Path) -> None:
 # --- --lab and --project-dir -------------------------------------------------------------------------
 
 
-def test_with_lab_the_stack_files_are_the_labs_working_copy_whatever_project_dir_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # --lab --project-dir <repo> used the repository's stack files: `canary release lab --image …` wrote into them
+def test_with_lab_the_stack_files_are_the_labs_working_copy_unless_project_dir_names_another(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a --project-dir given is the project used, with the lab's backend and cluster (the lab's tests give each test
+    # a project of its own); without one, the lab's working copy, so that the repository's files never change
     from canary import cli
     from canary.lab.layout import Layout
 
+    monkeypatch.delenv("CANARY_LAB_DIR", raising=False)
     repo = tmp_path / "repo"
     (repo / ".lab" / "project").mkdir(parents=True)
     (repo / "Pulumi.yaml").write_text(PROJECT)
     (repo / ".lab" / "project" / "Pulumi.yaml").write_text(PROJECT)
+    (repo / ".lab" / "kubeconfig").write_text("")  # the lab is up
     monkeypatch.setattr(Layout, "pulumi_env", lambda self: {"PULUMI_BACKEND_URL": "file://lab"})
-    where = cli.Where(repo, True)
+    monkeypatch.chdir(repo)
+    where = cli.Where(None, True)
     assert where.project_dir == (repo / ".lab" / "project").resolve()
     assert where.kwargs["env"]["PULUMI_BACKEND_URL"] == "file://lab"
-    assert cli.Where(repo / ".lab" / "project", True).project_dir == where.project_dir  # the working copy itself: the same lab
+    assert cli.Where(repo, True).project_dir == repo and cli.Where(repo, True).kwargs["env"]["PULUMI_BACKEND_URL"] == "file://lab"
     assert cli.Where(repo, False).project_dir == repo and cli.Where(repo, False).env is None
 
 

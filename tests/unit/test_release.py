@@ -974,6 +974,26 @@ def test_a_snapshot_this_version_refuses_gives_way_to_the_stack_file_and_says_wh
     assert note == "" and spec is not None and spec.app.name == current.app.name
 
 
+def test_a_snapshot_whose_judge_a_newer_rule_refuses_is_resumed_with_a_note_not_refused() -> None:
+    # the release began under a version that took `judge: {}` on a 1m window; this one refuses its step (shorter than
+    # two scrapes): the snapshot and the stack file both refused, resume exited 2, a pending rollback left on the canary
+    from canary import api
+    from canary.core import config as stackconfig
+    from canary.errors import InvalidSpec
+    from tests.conftest import base_values
+
+    values = base_values()
+    values["analysis"]["interval"] = "1m"
+    values["analysis"]["metrics"] = [{"name": "request-duration", "thresholdRange": {"max": 500}, "judge": {}}]
+    config = {f"canary:{k}": v for k, v in values.items()}
+    with pytest.raises(InvalidSpec, match="judge.step"):
+        stackconfig.from_config(config)  # a release could not begin with it now
+    ws = SimpleNamespace(spec=None, stack=SimpleNamespace(config=lambda text: config))
+    spec, note = api._snapshot_spec(ws, SimpleNamespace(snapshot="config: {}", release="r1"))  # type: ignore[arg-type]
+    assert spec is not None and spec is not ws.spec
+    assert "judges this version refuses" in note and "judge.step" in note and "onNoData" in note, note
+
+
 def test_a_release_that_lost_its_app_stops_where_it_is_and_never_rolls_back_over_the_new_holder() -> None:
     # another machine took the app over (its lease expired while this one could not renew): the next
     # change is fenced, and the release ends exit 3 without a rollback's `up`s or a state saved after

@@ -392,6 +392,18 @@ def test_ordinary_words_of_a_script_and_its_short_values_stay_in_its_output() ->
     result = Caller().call(hook(cmd=cmd), {})
     assert result.detail.endswith("exited 2: checking web: sleep then retry | check failed, exit 10"), result.detail
 
+
+def test_a_scripts_own_messages_stay_whole_and_a_token_in_its_urls_path_is_still_masked() -> None:
+    # read as headers ("error: …"), path segments ("check") and the value after `sort -u`, a failed gate's own
+    # diagnostics were masked out of the journal, status and Events a person reads
+    cmd = ("sh -c 'set -- -u admin:hunter2pw http://127.0.0.1:9/api/approvals/check https://hooks.example.com/services/T0A1B2C3/XyZ0123456789abcdefQ; "
+           "sort -u /tmp/x 2>/dev/null; echo \"error: database migration pending\"; echo \"Status: rollout blocked by policy\"; "
+           "echo \"check failed at /api/approvals/check as admin:hunter2pw T0A1B2C3 XyZ0123456789abcdefQ\"; exit 3'")
+    result = Caller().call(hook(cmd=cmd), {})
+    assert "error: database migration pending | Status: rollout blocked by policy | check failed at /api/approvals/check as admin:" in result.detail, \
+        result.detail
+    assert "hunter2pw" not in result.detail and "T0A1B2C3" not in result.detail and "XyZ0123456789abcdefQ" not in result.detail, result.detail
+
 #: metadata larger than a pipe's buffer (64 KiB on Linux)
 BIG = {"blob": "x" * 200_000}
 
