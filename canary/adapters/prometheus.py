@@ -171,7 +171,8 @@ def _beyond_the_origin(address: str) -> list[str]:
     except ValueError:
         return [address]  # a malformed address is never shown whole either
     found += [value for _, value in parse_qsl(parts.query)]
-    return [form for part in found for form in {part, unquote(part)} if form]
+    # not a short one (``?orgId=1``): masked, every "1" of an error's text went with it, and no token is that short
+    return [form for part in found for form in {part, unquote(part)} if len(form) >= 4]
 
 
 def _duration(seconds: float) -> str:

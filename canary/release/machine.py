@@ -447,7 +447,8 @@ class Release:
         only); left in the requests, a resume of a pending rollback took it for an abort cancelling it."""
         if self._unclear.get("abort") == abort:
             return  # the one this rollback carries out, reported again until the cluster has cleared it
-        self.recorder.event(state, f"abort by {abort.get('by') or 'a user'} ignored: already rolling back ({state.reason})")
+        if state.rollback_to is not Phase.ABORTED:  # (an aborted release's rollback, resumed: the abort it carries out, or another)
+            self.recorder.event(state, f"abort by {abort.get('by') or 'a user'} ignored: already rolling back ({state.reason})")
         if abort.get("local"):
             self._requests.pop("abort", None)  # a signal: nothing of it is in the cluster
         else:

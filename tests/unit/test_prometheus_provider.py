@@ -400,3 +400,11 @@ def test_an_address_s_path_and_query_stay_out_of_errors() -> None:
     for info in (refused, echoed):
         text = f"{info.value} {info.value.__cause__!r}"
         assert "t0k3n" not in text and "hunter2" not in text, text
+
+
+def test_a_short_query_value_of_the_address_is_not_scrubbed_out_of_every_error() -> None:
+    # ``?orgId=1`` taken for a secret masked every "1" of what Prometheus said (its line numbers, its counts)
+    from canary.adapters.prometheus import _beyond_the_origin
+
+    assert "1" not in _beyond_the_origin("http://prometheus:9090/?orgId=1&apikey=hunter2")
+    assert "hunter2" in _beyond_the_origin("http://prometheus:9090/?orgId=1&apikey=hunter2")

@@ -189,6 +189,35 @@ def test_an_abort_that_began_the_rollback_is_not_said_ignored() -> None:
     assert not [e.message for e in world.events if "ignored" in e.message]
 
 
+def test_the_resumed_rollback_of_an_aborted_release_does_not_call_its_own_abort_ignored() -> None:
+    # killed inside the abort's rollback before the request was cleared: the resume read it as another abort, "ignored"
+    world = make(Metrics(0.0))
+
+    def on_up(record: dict[str, Any]) -> None:
+        if record["parts"] == {"route"} and record["pins"]["route"]["weight"] == 20 and not world.store.of("request"):
+            world.store.request("abort", by="oncall")
+
+    save = world.store.save
+
+    def saved(state: Any) -> None:
+        save(state)
+        if state.phase is Phase.ROLLING_BACK and "abort" in world.store.pending:
+            raise Killed  # once the rollback is saved, before its abort is cleared
+
+    world.stack.on_up = on_up
+    world.store.save = saved  # type: ignore[method-assign]
+    with pytest.raises(Killed):
+        world.start()
+    world.stack.on_up = None
+    world.store.save = save  # type: ignore[method-assign]
+    assert "abort" in world.store.pending
+    resumed = world.rebuild()
+    result = resumed.release.resume()
+    assert result.phase is Phase.ABORTED, result.reason
+    assert not [e.message for e in resumed.events if "ignored" in e.message]
+    assert "abort" not in world.store.pending
+
+
 # --- a confirm-rollout gate already passed
 
 
