@@ -1010,6 +1010,11 @@ def abort(stack: str, *, app: str | None = None, project_dir: Path | str | None 
         if state.phase in PROMOTION or state.phase is Phase.PROMOTED_UNVERIFIED:
             # the release would ignore it (the new version passed every check): say so now
             raise InvalidSpec([Problem("--app", name, f"release {state.release} is already {state.phase}: the new version passed every check and a promotion is not interrupted")], "abort")
+        if state.phase is Phase.ROLLING_BACK:
+            # already going back to stable: the release would ignore it too (and end as its rollback says)
+            ends = getattr(state.rollback_to, "value", None) or "Failed"
+            raise InvalidSpec([Problem("--app", name, f"release {state.release} is already rolling back to stable ({state.reason}): it ends {ends}; "
+                                       "if no process runs it, canary resume completes the rollback")], "abort")
 
     return _request(stack, "abort", app, project_dir, env, by, refuse=promoting, on_warning=on_warning)
 

@@ -233,3 +233,23 @@ def test_release_moves_both_image_names_and_a_refusal_puts_them_back(monkeypatch
     else:
         assert api.release("prod", "reg/web:2", project_dir=tmp_path) == "done"
     assert seen == [("reg/web:2", "reg/web:2")]
+
+
+@pytest.mark.parametrize("phase", ["RollingBack", "Promoting"])
+def test_an_abort_the_release_would_ignore_is_refused_saying_why(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, phase: str) -> None:
+    # an abort of a release already rolling back after a failure was written, ignored by the release and left in its requests
+    (tmp_path / "Pulumi.yaml").write_text("name: shop\nruntime: python\n")
+    (tmp_path / "Pulumi.prod.yaml").write_text("config: {}\n")
+    kube = SimpleNamespace(source="KUBECONFIG", server="https://127.0.0.1:6443", get=lambda api_version, kind, name, namespace: {"metadata": {"uid": "uid-1"}})
+    monkeypatch.setattr(api, "Stack", _NoCliStack)
+    monkeypatch.setattr(api, "_kube", lambda config, env: kube)
+    asked: list[str] = []
+    state = SimpleNamespace(phase=api.Phase(phase), release="r1", reason="error-rate 9 > max 1 for 3 checks in a row", rollback_to=api.Phase.FAILED)
+    store = SimpleNamespace(load=lambda: state, request=lambda kind, release, **kw: asked.append(kind))
+    monkeypatch.setattr(api.Workspace, "store", lambda self, app, namespace: store)
+    with pytest.raises(api.InvalidSpec) as refused:
+        api.abort("prod", project_dir=tmp_path, on_warning=lambda text: None)
+    assert asked == []
+    said = str(refused.value)
+    assert ("already rolling back to stable (error-rate 9 > max 1 for 3 checks in a row): it ends Failed" in said) if phase == "RollingBack" \
+        else "a promotion is not interrupted" in said, said
