@@ -40,7 +40,7 @@ from canary.adapters import stackfile
 from canary.core import config as stackconfig
 from canary.core import naming, routing, units, workload
 from canary.core.naming import Track
-from canary.core.spec import App, Gateway, Prometheus, Rollout, StackSpec, app_problems
+from canary.core.spec import App, Gateway, Prometheus, Rollout, StackSpec, app_problems, judges_noted
 from canary.errors import InvalidSpec, Problem
 
 TemplateInput = Mapping[str, Any] | Any
@@ -1143,6 +1143,12 @@ def stack_spec_from_pulumi_config() -> StackSpec:
     path = stackfile.stack_file(Path.cwd(), pulumi.get_stack())
     in_release = f"{naming.CONFIG_NAMESPACE}:release" in raw
     file_config = stackfile.read_stack_file(path) if not in_release and path.is_file() else None
+    if in_release:
+        # a release's config was checked when it began, by the version that began it: a judge a newer rule refuses
+        # (its step against the scrape interval) is the orchestrator's to note, and declares nothing here. Refused
+        # here, every `up` of a resumed release failed, its rollback's too
+        with judges_noted():
+            return stackconfig.from_config(raw, source=f"stack {pulumi.get_stack()}", stack_file=None)
     return stackconfig.from_config(raw, source=f"stack {pulumi.get_stack()}", stack_file=file_config)
 
 

@@ -1375,6 +1375,19 @@ def test_invalid_config_stops_the_program_with_a_run_error_naming_the_field(
     assert "s3cr3t" not in str(caught.value)
 
 
+def test_a_release_s_ups_take_a_judge_only_a_rule_newer_than_the_release_refuses(declare: Callable[..., Declared]) -> None:
+    # a release begun by a version that took `judge: {}` on a 1m window, resumed by this one: the program refused the
+    # config at every `up` (the step against the scrape interval), the release's and then its rollback's
+    judged = {"interval": "1m", "stepWeight": 10, "maxWeight": 50,
+              "metrics": [{"name": "request-duration", "thresholdRange": {"max": 500}, "judge": {}}]}
+    with pytest.raises(pulumi.RunError, match="judge.step"):
+        declare(program.program, stack_config(analysis=judged))  # a plain `pulumi up` of it: refused, as validate refuses it
+    release = {"web": {"release": "r1", "stable": pin("registry.example.com/shop/web:1.0.0", "5555aaaa5555aaaa"), "route": {"weight": 0}}}
+    declared: list[Any] = []
+    declare(lambda: declared.extend(program.program()), stack_config(analysis=judged, release=release))
+    assert [c.app.name for c in declared] == ["web"]
+
+
 def test_a_secret_in_the_stack_config_is_accepted_when_pulumi_holds_it_as_one(declare: Callable[..., Declared]) -> None:
     app = {"name": "web", "namespace": "shop", "image": "registry.example.com/shop/web:1.0.0",
            "template": {"spec": {"containers": [{"name": "web", "envFrom": [{"secretRef": {"name": "creds"}}]}]}},
