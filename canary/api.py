@@ -1013,7 +1013,7 @@ def abort(stack: str, *, app: str | None = None, project_dir: Path | str | None 
         if state.phase is Phase.ROLLING_BACK:
             # already going back to stable: the release would ignore it too (and end as its rollback says)
             ends = getattr(state.rollback_to, "value", None) or "Failed"
-            raise InvalidSpec([Problem("--app", name, f"release {state.release} is already rolling back to stable ({state.reason}): it ends {ends}; "
+            raise InvalidSpec([Problem("--app", name, f"release {state.release} is already rolling back to stable ({state.reason or 'see canary status'}): it ends {ends}; "
                                        "if no process runs it, canary resume completes the rollback")], "abort")
 
     return _request(stack, "abort", app, project_dir, env, by, refuse=promoting, on_warning=on_warning)

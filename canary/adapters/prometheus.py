@@ -170,9 +170,9 @@ def _beyond_the_origin(address: str) -> list[str]:
         found = [parts.username or "", parts.password or "", parts.path.rstrip("/"), parts.query, parts.fragment]
     except ValueError:
         return [address]  # a malformed address is never shown whole either
-    found += [value for _, value in parse_qsl(parts.query)]
-    # not a short one (``?orgId=1``): masked, every "1" of an error's text went with it, and no token is that short
-    return [form for part in found for form in {part, unquote(part)} if len(form) >= 4]
+    # a query's values, not a short one (``?orgId=1``): masked, every "1" of an error's text went with it
+    found += [value for _, value in parse_qsl(parts.query) if len(value) >= 4]
+    return [form for part in found for form in {part, unquote(part)} if form]
 
 
 def _duration(seconds: float) -> str:

@@ -47,7 +47,8 @@ def find_project_dir(start: Path | None = None) -> Path:
         return check_project(Path(env), "CANARY_PROJECT_DIR")
     here = (start or Path.cwd()).resolve()
     for candidate in (here, *here.parents):
-        if (candidate / "Pulumi.yaml").is_file():
+        # the nearest project as Pulumi finds it (a Pulumi.yml one is named by check_project), never a parent's beyond it
+        if any((candidate / name).is_file() for name in ("Pulumi.yaml", "Pulumi.yml", "Pulumi.json")):
             return candidate
     raise InvalidSpec([Problem("--project-dir", str(here), "holds no Pulumi.yaml, nor does any parent: run in a Pulumi project or give --project-dir")], "project")
 

@@ -174,12 +174,15 @@ _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
 _ASSIGNMENT = re.compile(r"(-{0,2}[A-Za-z_][\w.-]*)=(.+)", re.DOTALL)
 #: ``Name: value``, as curl, wget and hey take a header.
 _HEADER = re.compile(r"([A-Za-z][\w-]*):\s+(\S.*)", re.DOTALL)
-#: the options whose next word is a header, whatever its name
-_HEADER_OPTIONS = frozenset({"-H", "--header"})
-#: a name (an option's, a variable's, a header's) whose value is a credential: ``--token``, ``--api-key``, ``PASSWORD``,
-#: ``Authorization``, ``X-Auth-Token``, ``Cookie``
-_CREDENTIAL = re.compile(r"-{0,2}(?:[\w.-]*(?:token|secret|pass|key|auth|cred)[\w.-]*|cookie)", re.IGNORECASE)
-#: options whose next word is ``user:password`` (curl's, wget's): the password is taken
+#: the options whose next word is a header, whatever its name: ``-H``, ``-sH`` (short flags together), ``--header``,
+#: ``--proxy-header``, vegeta's ``-header``
+_HEADER_OPTION = re.compile(r"-[A-Za-z]*H|-{1,2}(?:proxy-)?header")
+#: in a name (an option's, a variable's, a header's), what says its value is a credential: ``--token``, ``--api-key``,
+#: ``PASSWORD``, ``Authorization``, ``X-Auth-Token``; and the names' words that do (``JWT``, ``GITHUB_PAT``, ``X-Signature``)
+_CREDENTIAL_PART = re.compile(r"token|secret|pass|key|auth|cred", re.IGNORECASE)
+_CREDENTIAL_WORDS = frozenset({"jwt", "bearer", "session", "sig", "signature", "pat", "cookie", "sid"})
+#: options whose next word is ``user:password`` (curl's, wget's): the password, and the user when there is no password
+#: (``-u sk_live_…:``: an API key given as the user)
 _USER_OPTIONS = frozenset({"-u", "--user", "-U", "--proxy-user", "--http-user"})
 #: How deep a script's words are split again (``sh -c "bash -c '…'"``).
 _NESTING = 3
@@ -196,10 +199,17 @@ def _script_words(text: str) -> list[str]:
         return text.split()
 
 
+def _credential(name: str) -> bool:
+    """Whether ``name`` (``--api-key``, ``TOKEN``, ``X-Gate-Signature``, ``GITHUB_PAT``) names a credential."""
+    bare = name.lstrip("-")
+    return bool(_CREDENTIAL_PART.search(bare)) or any(part.lower() in _CREDENTIAL_WORDS for part in re.split(r"[-_.]", bare))
+
+
 def _opaque(segment: str) -> bool:
-    """A URL's path segment that reads as a token rather than a word (``T0123ABC``, a long random string): a
-    script's ``/api/approvals/check`` is said in its own messages, and masking ``check`` hid them."""
-    return len(segment) >= 16 or (len(segment) >= 8 and any(c.isdigit() for c in segment) and any(c.isalpha() for c in segment))
+    """A URL's path segment that reads as a token rather than a word (``s3cr3t``, ``T0123ABC``, ``QwErTyUiOpAs``, a long
+    random string): a script's ``/api/approvals/check`` is said in its own messages, and masking ``check`` hid them."""
+    mixed = any(c.isdigit() for c in segment) or (any(c.isupper() for c in segment) and any(c.islower() for c in segment))
+    return len(segment) >= 16 or (len(segment) >= 6 and mixed and any(c.isalpha() for c in segment))
 
 
 def _embedded_url_parts(url: str) -> set[str]:
@@ -228,19 +238,21 @@ def _words_secrets(words: list[str], depth: int = 0) -> set[str]:
         if depth >= _NESTING:
             continue
         header, assignment = _HEADER.fullmatch(word), _ASSIGNMENT.fullmatch(word)
-        if header is not None and (before in _HEADER_OPTIONS or _CREDENTIAL.fullmatch(header.group(1))):
+        if header is not None and (_HEADER_OPTION.fullmatch(before) or _credential(header.group(1))):
             value = header.group(2).strip()
-            found |= {value, value.split()[-1]}
+            # the value, its last word (a Bearer token), and each of its k=v values (a Cookie's session=…)
+            found |= {value, value.split()[-1], *(v.strip() for part in value.split(";") for _, _, v in [part.partition("=")] if v)}
         elif assignment is not None:
             name, value = assignment.groups()
-            if name in _HEADER_OPTIONS:  # --header=Authorization: …
+            if _HEADER_OPTION.fullmatch(name):  # --header=Authorization: …
                 found |= _words_secrets(["-H", value], depth + 1)
-            elif _CREDENTIAL.fullmatch(name):
+            elif _credential(name):
                 found.add(value)
-        if before and _CREDENTIAL.fullmatch(before) and before.startswith("-") and not word.startswith("-"):
+        if before.startswith("-") and _credential(before) and not word.startswith("-"):
             found.add(word)
-        if before in _USER_OPTIONS and ":" in word:
-            found.add(word.partition(":")[2])
+        if before in _USER_OPTIONS:
+            user, colon, password = word.partition(":")
+            found.add(password if password else user)
         if any(c in word for c in " \t\n;|&"):
             found |= _words_secrets(_script_words(word), depth + 1)
     return found

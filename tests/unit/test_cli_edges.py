@@ -67,6 +67,19 @@ def test_a_project_file_pulumi_reads_and_canary_does_not_is_named_with_what_to_d
     assert sorted(p.name for p in tmp_path.iterdir()) == [name]
 
 
+def test_a_pulumi_yml_project_is_named_when_found_not_passed_over_for_a_parent_s(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    # run inside it, canary took the parent's Pulumi.yaml project: another project than the one pulumi reads there
+    (tmp_path / "Pulumi.yaml").write_text(PROJECT)
+    inner = tmp_path / "inner"
+    inner.mkdir()
+    (inner / "Pulumi.yml").write_text("name: inner\nruntime: python\n")
+    monkeypatch.chdir(inner)
+    monkeypatch.delenv("CANARY_PROJECT_DIR", raising=False)
+    code, _, err = _run(monkeypatch, capsys, "status", "dev")
+    assert code == 2 and "holds Pulumi.yml, not Pulumi.yaml" in err and str(inner) in err, err
+
+
 def test_a_canary_project_dir_that_does_not_exist_is_refused_naming_the_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                                  capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("CANARY_PROJECT_DIR", str(tmp_path / "nonexistent"))

@@ -408,3 +408,5 @@ def test_a_short_query_value_of_the_address_is_not_scrubbed_out_of_every_error()
 
     assert "1" not in _beyond_the_origin("http://prometheus:9090/?orgId=1&apikey=hunter2")
     assert "hunter2" in _beyond_the_origin("http://prometheus:9090/?orgId=1&apikey=hunter2")
+    # only a query's short values are let be: a short password, path or fragment is masked still
+    assert {"pw9", "/t1", "frg"} <= set(_beyond_the_origin("http://bob:pw9@prom:9090/t1?orgId=1#frg"))

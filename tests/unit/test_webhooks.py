@@ -393,6 +393,22 @@ def test_ordinary_words_of_a_script_and_its_short_values_stay_in_its_output() ->
     assert result.detail.endswith("exited 2: checking web: sleep then retry | check failed, exit 10"), result.detail
 
 
+@pytest.mark.parametrize(("script", "secret"), [
+    ("curl -sf http://127.0.0.1:9/ -u sk_test_4eC39HqLyjWDarjtT1zdp7dc:", "sk_test_4eC39HqLyjWDarjtT1zdp7dc"),  # an API key as the user
+    ("curl -sf http://127.0.0.1:9/ -u apikey0123456", "apikey0123456"),
+    ("JWT=eyJhbGciOiJIUzI1NiJ9.e30.c2lnbmF0dXJl; echo $JWT", "eyJhbGciOiJIUzI1NiJ9.e30.c2lnbmF0dXJl"),
+    ("GITHUB_PAT=ghp0123abcdXYZ; echo $GITHUB_PAT", "ghp0123abcdXYZ"),
+    ('curl -sfH "X-Gate-Signature: 9f8e7d6c5b4a" http://127.0.0.1:9/', "9f8e7d6c5b4a"),
+    ('curl -H "Cookie: a=1; session=Zq8sessionVAL" http://127.0.0.1:9/', "Zq8sessionVAL"),
+    ("curl http://127.0.0.1:9/gate/s3cr3t; echo s3cr3t", "s3cr3t"),
+    ("curl http://127.0.0.1:9/gate/QwErTyUiOpAs; echo QwErTyUiOpAs", "QwErTyUiOpAs"),
+], ids=["user-as-key", "user-no-colon", "jwt", "pat", "combined-short-flags", "cookie-value", "short-path-token", "letters-only-token"])
+def test_the_credentials_a_script_names_stay_masked_in_its_output(script: str, secret: str) -> None:
+    # each shown by the tool or by the script itself (set -x, an echo of the variable)
+    result = Caller().call(hook(cmd=f"sh -c 'set -x; {script}; exit 3'"), {})
+    assert not result.ok and secret not in result.detail, result.detail
+
+
 def test_a_scripts_own_messages_stay_whole_and_a_token_in_its_urls_path_is_still_masked() -> None:
     # read as headers ("error: …"), path segments ("check") and the value after `sort -u`, a failed gate's own
     # diagnostics were masked out of the journal, status and Events a person reads
