@@ -23,7 +23,7 @@ from canary.release.hooks import Hooks
 from canary.release.ports import Clock
 from tests.conftest import ROOT
 from tests.unit.fakes import FakeHooks
-from tests.unit.support import BOUND_S, poll
+from tests.unit.support import BOUND_S, group_members, poll
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -121,21 +121,6 @@ def test_a_discord_alerts_slack_endpoint_is_its_path_plus_slack_with_the_query_k
 # --- a second signal takes the command hooks with it ----------------------------------------------
 
 
-def _group(pgid: int) -> list[int]:
-    """Live (not zombie) processes of process group ``pgid``."""
-    members = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            fields = stat[stat.rindex(")") + 2:].split()  # state, ppid, pgrp, ...
-            if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
-                members.append(int(entry.name))
-    return members
-
-
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_second_signal_kills_the_command_hooks_before_canary_exits(tmp_path: Path, signum: signal.Signals) -> None:
     # it restored the default handlers: the second signal killed Python outright, atexit never ran, and the hooks
@@ -164,9 +149,9 @@ def test_a_second_signal_kills_the_command_hooks_before_canary_exits(tmp_path: P
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=BOUND_S * 2)
     groups = json.loads(done.stdout.splitlines()[0])
     try:
-        assert poll(lambda: not any(_group(g) for g in groups)), f"hooks outlived canary: {[_group(g) for g in groups]}"
+        assert poll(lambda: not any(group_members(g) for g in groups)), f"hooks outlived canary: {[group_members(g) for g in groups]}"
         assert done.returncode == 128 + signum and "still running" not in done.stdout, done.stdout + done.stderr
     finally:
         for pgid in groups:
-            if _group(pgid):
+            if group_members(pgid):
                 os.killpg(pgid, signal.SIGKILL)

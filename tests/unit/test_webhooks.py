@@ -22,7 +22,7 @@ from canary.core import notify
 from canary.core.records import HookResult, Phase, ReleaseState, TrackPin
 from canary.core.spec import Alert, ReleaseSpec, Severity, Webhook, WebhookType
 from canary.release.hooks import Delivery, event_payload, flagger_phase, payload
-from tests.unit.support import BOUND_S, Receiver, http_receiver, poll, refused_url, trickling_server
+from tests.unit.support import BOUND_S, Receiver, group_members, http_receiver, poll, refused_url, trickling_server
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -54,22 +54,6 @@ def state() -> ReleaseState:
         stable=TrackPin(template={}, hash="aaaa", image="registry.example.com/shop/web:1.0.0"),
         canary=TrackPin(template={}, hash="bbbb", image="registry.example.com/shop/web:2.0.0"),
     )
-
-
-def group_members(pgid: int) -> list[int]:
-    """Live (not zombie) processes of process group ``pgid``, read from /proc."""
-    members = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()  # state, ppid, pgrp, ...
-        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
-            members.append(int(entry.name))
-    return members
 
 
 def wait_for_pid(path: Path) -> int:
