@@ -50,7 +50,7 @@ class Where:
             from canary.lab.layout import Layout
 
             layout = Layout.for_project(project_dir)
-            if not layout.kubeconfig.is_file() or (project_dir is None and not (layout.project / "Pulumi.yaml").is_file()):
+            if not layout.dir.is_dir() or (project_dir is None and not (layout.project / "Pulumi.yaml").is_file()):
                 # before the lab's environment is made (it writes the lab's passphrase)
                 raise InvalidSpec([Problem("--lab", str(layout.dir), "the lab is not up: run canary lab up")], "lab")
             self.project_dir = project_dir or layout.project

@@ -399,7 +399,6 @@ def test_demo_rolls_its_release_back_on_ctrl_c_as_release_does(monkeypatch: pyte
     monkeypatch.delenv("CANARY_LAB_DIR", raising=False)
     (tmp_path / ".lab" / "project").mkdir(parents=True)  # a running lab's working copy
     (tmp_path / ".lab" / "project" / "Pulumi.yaml").write_text("name: canary\nruntime: python\n")
-    (tmp_path / ".lab" / "kubeconfig").write_text("")
     monkeypatch.setattr(sys, "argv", ["canary", "demo", "--project-dir", str(tmp_path)])
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     try:

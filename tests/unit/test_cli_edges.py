@@ -181,7 +181,6 @@ def test_with_lab_the_stack_files_are_the_labs_working_copy_unless_project_dir_n
     (repo / ".lab" / "project").mkdir(parents=True)
     (repo / "Pulumi.yaml").write_text(PROJECT)
     (repo / ".lab" / "project" / "Pulumi.yaml").write_text(PROJECT)
-    (repo / ".lab" / "kubeconfig").write_text("")  # the lab is up
     monkeypatch.setattr(Layout, "pulumi_env", lambda self: {"PULUMI_BACKEND_URL": "file://lab"})
     monkeypatch.chdir(repo)
     where = cli.Where(None, True)
