@@ -35,7 +35,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, unquote, unquote_plus, urlsplit
 
@@ -157,15 +157,17 @@ def _label(hook: Webhook) -> str:
     return f"{hook.name}: `{_program(cmd)}{' …' if len(_words(cmd)) > 1 else ''}`"
 
 
-def _url_parts(url: str) -> set[str]:
-    """The parts of ``url`` that may be a secret: its user and password, its path and each of its segments, its
-    query and each of its values, its fragment."""
+def _url_parts(url: str, segment: Callable[[str], bool] | None = None) -> set[str]:
+    """The parts of ``url`` that may be a secret: its user and password, its query and each of its values, its
+    fragment, and its path and each of its segments — or, with ``segment``, only the segments it takes."""
     try:
         parts = urlsplit(url)
-        return {parts.netloc.rpartition("@")[0], parts.username or "", parts.password or "", parts.path,
-                parts.query, parts.fragment, *parts.path.split("/"), *(v for _, v in parse_qsl(parts.query))}
     except ValueError:
         return set()  # never sent: it can be quoted whole only
+    segments = parts.path.split("/")
+    path = {parts.path, *segments} if segment is None else {s for s in segments if segment(s)}
+    return {parts.netloc.rpartition("@")[0], parts.username or "", parts.password or "", parts.query, parts.fragment,
+            *(v for _, v in parse_qsl(parts.query)), *path}
 
 
 #: A URL inside a word (a script's, an option's value).
@@ -215,12 +217,7 @@ def _opaque(segment: str) -> bool:
 def _embedded_url_parts(url: str) -> set[str]:
     """What of a URL inside a script may be a secret: the URL whole, its user and password, its query and each of
     its values, its fragment, and its path segments that read as tokens (a Slack-style hook's)."""
-    try:
-        parts = urlsplit(url)
-        return {url, parts.netloc.rpartition("@")[0], parts.username or "", parts.password or "", parts.query, parts.fragment,
-                *(v for _, v in parse_qsl(parts.query)), *(s for s in parts.path.split("/") if _opaque(s))}
-    except ValueError:
-        return {url}
+    return {url, *_url_parts(url, _opaque)}
 
 
 def _words_secrets(words: list[str], depth: int = 0) -> set[str]:
