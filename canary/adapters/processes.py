@@ -24,13 +24,24 @@ namespace (the inode of ``/proc/self/ns/pid``) too; a holder is judged by its pi
 boot and namespace are all this process's, and is otherwise another host's, whose lease runs out
 in its time. An identity without them (an earlier canary's; Pulumi's lock files, which record pid
 and host name only) is judged by host name alone, as before.
+
+It also starts the children that must not outlive this process however it ends (``spawn``: a command
+hook, a load generator among them, is SIGKILLed with canary).
 """
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import os
+import queue
+import signal
 import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -130,3 +141,76 @@ def _timestamp(iso: str | None) -> float | None:
         return datetime.fromisoformat(iso).timestamp()
     except ValueError:
         return None
+
+
+# --- children that die with this process ------------------------------------------------------------
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _load_prctl() -> Callable[..., int] | None:
+    """libc's ``prctl``, on Linux; None elsewhere (no such call: a child there outlives a SIGKILL of canary)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    prctl.restype = ctypes.c_int
+    return prctl  # type: ignore[no-any-return]
+
+
+#: resolved here, in the parent: the child, a fork of a process with threads, only calls it
+_PRCTL = _load_prctl()
+
+
+def _dies_with(parent: int, prctl: Callable[..., int]) -> Callable[[], None]:
+    """What a child runs between fork and exec: ask the kernel for SIGKILL when its parent dies, then make
+    sure that parent is still ``parent`` (one that died before the request took effect sends nothing: the
+    child, reparented, kills itself). SIGKILL, not SIGTERM: the kernel sends one signal, and a command that
+    handles or ignores SIGTERM would run on with nobody left to follow up (canary kills hooks with SIGKILL
+    anyway). Only calls to C and to ``os``: no import, no lock another thread may have held at the fork."""
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:
+            os.kill(os.getpid(), signal.SIGKILL)
+    return preexec
+
+
+#: ``Popen`` calls for the spawner thread, each with the future its caller waits on
+_SPAWNS: queue.SimpleQueue[tuple[Callable[[], subprocess.Popen[bytes]], Future[subprocess.Popen[bytes]]]] = queue.SimpleQueue()
+_SPAWNER_LOCK = threading.Lock()
+_spawner: threading.Thread | None = None
+
+
+def _serve() -> None:
+    while True:
+        start, done = _SPAWNS.get()
+        try:
+            done.set_result(start())
+        except BaseException as exc:  # noqa: BLE001 — the caller's, raised where it waits, as from Popen itself
+            done.set_exception(exc)
+
+
+def spawn(args: list[str], **options: Any) -> subprocess.Popen[bytes]:
+    """``subprocess.Popen(args, **options)`` for a child that must not outlive this process, whatever ends it
+    (a SIGKILL included: a CI job's timeout, the OOM killer, ``kill -9`` of a group the child, in a session of
+    its own, is not in). On Linux the child asks for ``PR_SET_PDEATHSIG`` (``_dies_with``), which fires when
+    the *thread* that forked it ends: every such child is forked by one daemon thread that lives as long as
+    the process, never by the caller's (a hook started from a helper thread would die with that thread).
+    Only the child itself is signalled: what it started (a shell's children) is reparented, not killed.
+    Elsewhere a plain ``Popen``: the child outlives a SIGKILL of this process.
+
+    Not a wrapper that sets it and execs the command (no ``preexec_fn`` in a process with threads): it costs
+    an interpreter's start per hook, and a missing program would no longer fail here."""
+    if _PRCTL is None:
+        return subprocess.Popen(args, **options)
+    global _spawner
+    with _SPAWNER_LOCK:
+        if _spawner is None or not _spawner.is_alive():  # (a forked copy of this process has only its forking thread)
+            _spawner = threading.Thread(target=_serve, name="canary-spawner", daemon=True)
+            _spawner.start()
+    done: Future[subprocess.Popen[bytes]] = Future()
+    _SPAWNS.put((functools.partial(subprocess.Popen, args, preexec_fn=_dies_with(os.getpid(), _PRCTL), **options), done))
+    return done.result()

@@ -4,7 +4,9 @@ An HTTP hook succeeds on a 200, 201 or 202 answer, as in Flagger (which fails
 any status above 202), and a redirect is a no that is never followed; an alert
 succeeds on any 2xx. A command hook succeeds on exit status 0, runs
 in its own process group, and is killed whole when its timeout expires or the
-release is cancelled; what it started in that group is killed when it exits, and
+release is cancelled; on Linux it also dies with canary's process however that
+ends, a SIGKILL included (``processes.spawn``: the command itself, not what it
+started); what it started in that group is killed when it exits, and
 its output is read until its deadline at most (a process that left the group
 may hold the pipe), and its standard input is fed off the caller's thread (a body
 larger than the pipe's buffer, to a command that never reads it, held the call
@@ -39,7 +41,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, unquote, unquote_plus, urlsplit
 
-from canary.adapters import http
+from canary.adapters import http, processes
 from canary.core import notify
 from canary.core.records import HookResult
 from canary.core.spec import Alert, Webhook
@@ -340,8 +342,8 @@ class Caller:
         env = {k: v for k, v in os.environ.items() if k not in SECRET_VARIABLES}
         env.update(CANARY_WEBHOOK=hook.name, CANARY_WEBHOOK_TYPE=hook.type.value)
         try:
-            process = subprocess.Popen(shlex.split(hook.cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                       stdin=subprocess.PIPE if body is not None else subprocess.DEVNULL, start_new_session=True, env=env)
+            process = processes.spawn(shlex.split(hook.cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      stdin=subprocess.PIPE if body is not None else subprocess.DEVNULL, start_new_session=True, env=env)
         except OSError as exc:
             why = _scrubbed(exc.strerror or type(exc).__name__, _secrets(hook))
             raise (OSError(exc.errno, why, _program(hook.cmd)) if exc.errno else OSError(f"{why}: {_program(hook.cmd)}")) from exc

@@ -155,3 +155,48 @@ def test_a_second_signal_kills_the_command_hooks_before_canary_exits(tmp_path: P
         for pgid in groups:
             if group_members(pgid):
                 os.killpg(pgid, signal.SIGKILL)
+
+
+# --- a SIGKILL of canary takes its command hooks with it ------------------------------------------
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's; elsewhere a hook outlives a SIGKILL of canary")
+def test_a_sigkill_of_canary_kills_the_command_hooks_it_started(tmp_path: Path) -> None:
+    # a CI job's timeout, the OOM killer, `kill -9` of canary's group (each hook is in a session of its own): no handler
+    # and no atexit ran, and a load generator (`hey -z 30m`) hammered production on with no owner. The hooks are started
+    # from helper threads that end at once, as a release's event and rollout hooks are: they must outlive those threads
+    script = tmp_path / "killed.py"
+    script.write_text(
+        "import json, sys, threading, time\n"
+        f"sys.path.insert(0, {str(ROOT)!r})\n"
+        "from canary.adapters.webhooks import Caller\n"
+        "from canary.core.spec import Webhook\n"
+        "caller, started = Caller(), []\n"
+        "def start(name, body):\n"
+        "    hook = Webhook.model_validate({'name': name, 'type': 'rollout', 'timeout': '10m', 'cmd': 'sleep 300'})\n"
+        "    started.append(caller.start(hook, body))\n"
+        "for name, body in (('load', None), ('audit', {'phase': 'Progressing'})):\n"
+        "    helper = threading.Thread(target=start, args=(name, body))\n"
+        "    helper.start()\n"
+        "    helper.join()\n"
+        "time.sleep(0.3)\n"
+        "print(json.dumps([p.pid for p in started if p.poll() is None]), flush=True)\n"
+        "time.sleep(300)\n")
+    hooks: list[int] = []
+    with subprocess.Popen([sys.executable, "-W", "error", str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as canary:
+        try:
+            assert canary.stdout is not None and canary.stderr is not None
+            line = canary.stdout.readline()
+            assert line, canary.stderr.read()
+            hooks = json.loads(line)
+            assert len(hooks) == 2, "a hook died with the thread that started it"
+            assert all(group_members(pid) for pid in hooks)
+            canary.kill()
+            canary.wait(BOUND_S)
+            assert poll(lambda: not any(group_members(pid) for pid in hooks), timeout=5.0), \
+                f"hooks outlived canary: {[group_members(pid) for pid in hooks]}"
+        finally:
+            canary.kill()
+            for pgid in hooks:
+                if group_members(pgid):
+                    os.killpg(pgid, signal.SIGKILL)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -96,3 +98,41 @@ def test_a_machine_that_reads_only_one_of_boot_and_namespace_knows_its_own_proce
     monkeypatch.setattr(processes, "boot_id", lambda: None)
     assert processes.same_host(**processes.identity())
     assert not processes.holder_alive(HOST, _gone_pid(), now_iso(), boot=None, pidns=processes.pid_namespace())
+
+
+# --- children that die with this process ------------------------------------------------------------
+
+linux_only = pytest.mark.skipif(processes._PRCTL is None, reason="PR_SET_PDEATHSIG is Linux's")
+
+
+@linux_only
+def test_a_child_spawned_from_a_thread_that_ended_runs_on() -> None:
+    # PR_SET_PDEATHSIG fires when the thread that forked ends: set in a child the caller's thread forked, a hook
+    # started from a helper thread died with that thread
+    started: list[subprocess.Popen[bytes]] = []
+    helper = threading.Thread(target=lambda: started.append(processes.spawn(["sleep", "30"])))
+    helper.start()
+    helper.join()
+    try:
+        time.sleep(0.3)
+        assert started[0].poll() is None, "the child died with the thread that asked for it"
+    finally:
+        started[0].kill()
+        started[0].wait()
+
+
+@linux_only
+def test_a_child_whose_parent_died_before_it_asked_kills_itself() -> None:
+    # the kernel signals a parent's death only from the request on: one that came first would leave it unowned
+    assert processes._PRCTL is not None
+    child = subprocess.Popen(["sleep", "30"], preexec_fn=processes._dies_with(-1, processes._PRCTL))
+    try:
+        assert child.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_a_spawn_that_cannot_start_raises_what_popen_raises() -> None:
+    with pytest.raises(FileNotFoundError):
+        processes.spawn(["/nonexistent/canary-hook"])
