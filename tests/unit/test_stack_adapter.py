@@ -139,12 +139,15 @@ def test_a_program_that_refuses_its_config_says_which_fields() -> None:
 
 def test_a_cli_whose_plugin_outlives_it_does_not_hang_the_run(tmp_path: Path) -> None:
     """A plugin left running with the CLI's output pipes open must not keep ``run`` waiting after the CLI exits."""
-    import time
-
-    command = _fake_cli(tmp_path, "sleep 300 & echo done; exit 0")
+    plugin = tmp_path / "plugin.pid"
+    command = _fake_cli(tmp_path, f"sleep 300 & echo $! > {plugin}; echo done; exit 0")
     started = time.monotonic()
-    result = command.run(["up"], str(tmp_path), {})
-    assert result.stdout == "done" and time.monotonic() - started < 30
+    try:
+        result = command.run(["up"], str(tmp_path), {})
+        assert result.stdout == "done" and time.monotonic() - started < 30
+    finally:  # the plugin is the test's to stop: left, it outlived the suite
+        with contextlib.suppress(FileNotFoundError, ValueError, ProcessLookupError):
+            os.kill(int(plugin.read_text()), signal.SIGKILL)
 
 
 def _fake_cli(tmp_path: Path, body: str) -> InterruptibleCommand:
