@@ -201,6 +201,10 @@ class ReleaseState(_Record):
     before: Phase | None = None
     #: a confirm-rollout hook said no: Flagger's Canary is Waiting from then on, and its hooks are told so
     waiting: bool = False
+    #: the release ended (Succeeded, Failed, Aborted) and its post-rollout hooks have not run yet: saved with the
+    #: end, cleared once they ran, so that a process killed in between leaves them to ``resume``. A state saved
+    #: before this was kept owes none
+    post_rollout_owed: bool = False
 
     @property
     def last_tick_passed(self) -> bool:

@@ -198,6 +198,10 @@ class Hooks:
     def _of(self, kind: WebhookType) -> list[Webhook]:
         return [h for h in self.spec.analysis.webhooks if h.type is kind]
 
+    def has(self, kind: WebhookType) -> bool:
+        """Whether any hook of ``kind`` is configured."""
+        return bool(self._of(kind))
+
     def run(self, state: ReleaseState, kind: WebhookType) -> list[HookResult]:
         """Call the hooks of ``kind`` in order, each to completion (or its timeout, or the cancel token),
         up to the first decisive answer (``_DECIDES``): the results of those called."""

@@ -156,6 +156,12 @@ class Release:
         taken_from = self.lease.acquire(release_id)
         self.lease.start_renewing()
         try:
+            if previous is not None and previous.post_rollout_owed:
+                # its process stopped between its end and these, and nobody resumed it: called before this release
+                # replaces its state, which would drop them (a receiver hears of every end)
+                self.recorder.event(previous, f"ended {previous.phase} without calling its post-rollout webhooks: called now, "
+                                              f"before release {release_id}")
+                self._post_rollout(previous)
             problems = analysis.preflight(self.spec, self.provider_for, self.facts.fields) + self._gateway_problems()
             if problems:
                 raise InvalidSpec(problems, f"stack {self.stack.name}")
@@ -226,7 +232,7 @@ class Release:
         if state is None:
             raise InvalidSpec([Problem("app", self.spec.app.name, "has no release to resume")], "resume")
         if state.phase in ENDED:
-            return self._result(state)
+            return self._owed(state, notes) if state.post_rollout_owed else self._result(state)
         # from here, not from the loop's first turn: a signal (or an abort the watch reports) while the lease is
         # taken is judged by the phase resumed; a rollback's never cancels it (its post-rollout hooks, its lock waits)
         self._phase = state.phase
@@ -260,6 +266,20 @@ class Release:
             elif state.phase is Phase.ROLLING_BACK:
                 state = state.model_copy(update={"rollback_pending": False})
             return self._run(state)
+        finally:
+            self._close()
+
+    def _owed(self, state: ReleaseState, notes: Sequence[str]) -> ReleaseResult:
+        """A release that ended, its process stopped before its post-rollout hooks: they are called, under the
+        lease (two resumes do not both call them), and nothing else is done: the end was verified before it was saved."""
+        self._phase = state.phase
+        self.lease.acquire(state.release)
+        self.lease.start_renewing()
+        try:
+            self.recorder.event(state, f"resuming release ended {state.phase}: its post-rollout webhooks were not called yet")
+            for note in notes:
+                self.recorder.event(state, note, Severity.WARN)
+            return self._result(self._post_rollout(state))
         finally:
             self._close()
 
@@ -310,8 +330,7 @@ class Release:
             self._clear_taken()
             if self._phase is Phase.ROLLING_BACK and (late := self._requests.get("abort")) is not None:
                 self._ignore_abort(state, late)  # accepted while the rollback's last turn ran
-            self._post_rollout(state)
-            return self._result(state)
+            return self._result(self._post_rollout(state))
         finally:
             stop.set()
 
@@ -833,7 +852,8 @@ class Release:
         self._prune(state, keep=(canary,))
         message = f"promoted {canary.image or canary.hash}: route at rest, canary has no pods, stable verified" + (f" ({state.forced})" if state.forced else "")
         return self.recorder.save(state.model_copy(update={"phase": Phase.SUCCEEDED, "weight": 0, "stable": canary, "verified": True,
-                                                          "reason": f"promoted {canary.image or canary.hash}"}), message, Severity.INFO)
+                                                          "reason": f"promoted {canary.image or canary.hash}", "post_rollout_owed": self.hooks.has(WebhookType.POST_ROLLOUT)}),
+                                  message, Severity.INFO)
 
     def _rolling_back(self, state: ReleaseState) -> ReleaseState:
         stable, canary = state.stable, state.canary
@@ -873,7 +893,8 @@ class Release:
         self._prune(state, keep=(stable, canary))
         end = state.rollback_to
         verb = "aborted" if end is Phase.ABORTED else "rolled back"
-        return self.recorder.save(state.model_copy(update={"phase": end, "rollback_pending": False, "canary_replicas": 0, "unapplied": unapplied, "verified": True}),
+        return self.recorder.save(state.model_copy(update={"phase": end, "rollback_pending": False, "canary_replicas": 0, "unapplied": unapplied, "verified": True,
+                                                          "post_rollout_owed": self.hooks.has(WebhookType.POST_ROLLOUT)}),
                                   f"{verb}: {state.reason}; stable {stable.image or stable.hash} verified (route at rest, no canary pods)",
                                   Severity.WARN if end is Phase.ABORTED else Severity.ERROR)
 
@@ -1053,10 +1074,22 @@ class Release:
         if dropped:
             self.recorder.event(state, f"deleted config copies no track reads any more: {', '.join(sorted(dropped))}")
 
-    def _post_rollout(self, state: ReleaseState) -> None:
+    def _post_rollout(self, state: ReleaseState) -> ReleaseState:
+        """The post-rollout hooks a release owes since its end was saved, then the debt cleared: a process killed in
+        between leaves them to ``resume`` (a receiver may hear of an end twice, never not at all). PromotedUnverified
+        owes none: the resume that verifies it ends it, and only that end is sent. A release without post-rollout
+        hooks owes none (no write after its end)."""
+        if not state.post_rollout_owed:
+            return state
         for result in self.hooks.run(state, WebhookType.POST_ROLLOUT):
             if not result.ok:
                 self.recorder.event(state, f"post-rollout webhook {result.name} failed: {result.detail}")
+        if self.cancel.is_set():
+            return state  # cut short (a signal during resume's call of them): still owed, the next resume calls them
+        try:
+            return self.recorder.save(state.model_copy(update={"post_rollout_owed": False}), "post-rollout webhooks called")
+        except CanaryError:
+            return state  # the release ended all the same; still owed in the cluster, a resume calls them again
 
     def _compact(self, state: ReleaseState) -> None:
         try:

@@ -1398,6 +1398,43 @@ def test_the_confirm_rollout_gate_is_sent_how_the_previous_release_ended_as_flag
     assert hooks.phases["confirm-rollout"] == [sent]
 
 
+@pytest.mark.parametrize("faulty", [False, True])
+def test_a_release_without_post_rollout_hooks_owes_none_and_writes_nothing_after_its_end(faulty: bool) -> None:
+    """Owing post-rollout hooks costs a state write to clear: a release with none configured saves its end and
+    nothing after it (no extra write, record or Event per release)."""
+    world = make(Metrics(50.0 if faulty else 0.0))
+    assert world.start().phase is (Phase.FAILED if faulty else Phase.SUCCEEDED)
+    states = world.store.of("state")
+    assert world.store.state is not None and states[-1].phase == world.store.state.phase.value
+    assert not world.store.state.post_rollout_owed
+    assert not any("post-rollout" in s.message for s in states)
+
+
+def test_a_promotion_unverified_then_resumed_sends_its_post_rollout_hook_once_for_its_end() -> None:
+    """PromotedUnverified sent post-rollout Failed, then the resume that verified it sent Succeeded: a receiver
+    heard of a failed release, then of the same release promoted. Only the end is sent now, once."""
+    hooks = _Phases(lambda name, kind: True)
+    world = make(Metrics(0.0), lambda v: v["analysis"].update(webhooks=[_EVERY_HOOK[6]]), hooks=hooks, retries=2, retry_backoff=0.1)
+    promoted = {"stable": False, "failed": False}
+
+    def on_up(record: dict[str, Any]) -> None:
+        if record["parts"] == {"stable"}:
+            promoted["stable"] = True
+        elif promoted["stable"] and not promoted["failed"]:
+            promoted["failed"] = True
+            world.stack.fail_ups = 3  # the backend unreachable for longer than the retries
+
+    world.stack.on_up = on_up
+    assert world.start().phase is Phase.PROMOTED_UNVERIFIED
+    assert "post-rollout" not in hooks.phases  # not ended: resume verifies it
+    assert world.store.state is not None and not world.store.state.post_rollout_owed
+    world.stack.on_up = None
+    world.stack.fail_ups = 0
+    assert world.rebuild().release.resume().phase is Phase.SUCCEEDED
+    assert hooks.phases["post-rollout"] == ["Succeeded"]
+    assert not world.store.state.post_rollout_owed
+
+
 def test_an_aborted_release_s_post_rollout_hook_is_sent_failed_flagger_s_word_for_a_release_rolled_back() -> None:
     def answer(name: str, kind: str) -> bool:
         if kind == "rollout":

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from canary.core import exitcodes
+from canary.core import exitcodes, records
 from canary.core.records import HookResult, Phase
 from canary.errors import StackBusy, StackLocked
 from tests.unit.fakes import FakeHooks, Metrics, World, make
@@ -263,3 +263,110 @@ def test_a_resume_after_the_canary_was_deployed_does_not_ask_confirm_rollout_aga
     assert not [e for e in b.events if e.message.startswith("waiting: confirm-rollout")]
     deploys = [u for u in world.stack.ups if u["parts"] == {"canary", "route"}]
     assert len(deploys) == 2 and deploys[-1]["refresh"]  # deployed again (and read back first), then verified
+
+
+# --- post-rollout hooks owed by a release that ended
+
+
+class _Phases(FakeHooks):
+    """Hooks that keep the ``phase`` each post-rollout call was sent; ``die`` kills the process at the first one."""
+
+    def __init__(self) -> None:
+        super().__init__(lambda name, kind: kind != "rollback")
+        self.phases: list[str] = []
+        self.die = False
+
+    def call(self, hook: Any, body: Any, cancel: threading.Event | None = None) -> HookResult:
+        if hook.type.value == "post-rollout":
+            if self.die:
+                raise Killed  # the end is saved, no hook called yet
+            self.phases.append(body["phase"])
+        return super().call(hook, body, cancel)
+
+
+@pytest.mark.parametrize(("error_rate", "ended", "sent"), [(0.0, Phase.SUCCEEDED, "Succeeded"), (18.0, Phase.FAILED, "Failed")])
+def test_a_release_killed_after_its_end_was_saved_has_its_post_rollout_hooks_sent_by_resume(error_rate: float, ended: Phase, sent: str) -> None:
+    """The end was saved, then the process died before the post-rollout hooks: `resume` saw an ended release and
+    returned, the hooks never sent. Now the end is saved owing them, and resume sends them once, and nothing else."""
+    hooks = _Phases()
+    world = make(Metrics(error_rate), _two_notifiers, hooks=hooks)
+    hooks.die = True
+    with pytest.raises(Killed):
+        world.start()
+    hooks.die = False
+    killed = world.store.state
+    assert killed is not None and killed.phase is ended
+    ups = len(world.stack.ups)
+    b = world.rebuild()
+    b.hooks.calls.clear()
+    result = b.release.resume()
+    assert result.phase is ended and result.exit_code == killed.exit_code, result.reason
+    assert b.hooks.calls == [("notify-a", "post-rollout"), ("notify-b", "post-rollout")], b.hooks.calls
+    assert hooks.phases == [sent, sent]
+    assert len(world.stack.ups) == ups  # nothing applied: the end was verified before it was saved
+    after = world.store.state
+    assert after is not None and after.phase is ended and not after.post_rollout_owed and killed.post_rollout_owed
+    assert b.lease.acquired == [killed.release] and b.lease.held is None  # called under the lease, then let go
+    # sent: a second resume has nothing to do
+    c = world.rebuild()
+    b.hooks.calls.clear()
+    assert c.release.resume().phase is ended
+    assert b.hooks.calls == [] and c.lease.acquired == []
+
+
+def test_a_release_that_ran_its_post_rollout_hooks_owes_none_and_an_old_state_owes_none() -> None:
+    world = make(Metrics(0.0), _two_notifiers)
+    assert world.start().phase is Phase.SUCCEEDED
+    assert world.hooks.calls[-2:] == [("notify-a", "post-rollout"), ("notify-b", "post-rollout")]
+    assert world.store.state is not None and not world.store.state.post_rollout_owed
+    # a state saved before the field was kept reads as owing nothing: resume neither calls hooks nor takes the lease
+    data = records.dump(world.store.state)
+    data.pop("post_rollout_owed", None)
+    world.store.state = records.parse_state(data)
+    assert not world.store.state.post_rollout_owed
+    world.hooks.calls.clear()
+    b = world.rebuild()
+    assert b.release.resume().phase is Phase.SUCCEEDED
+    assert b.hooks.calls == [] and b.lease.acquired == []
+
+
+def test_a_signal_cutting_resume_s_post_rollout_hooks_short_leaves_them_owed() -> None:
+    hooks = _Phases()
+    world = make(Metrics(0.0), _two_notifiers, hooks=hooks)
+    hooks.die = True
+    with pytest.raises(Killed):
+        world.start()
+    hooks.die = False
+    b = world.rebuild()
+    answer = hooks.answer
+
+    def signal_at_first(name: str, kind: str) -> bool:
+        if kind == "post-rollout":
+            b.release.request_abort("signal SIGINT")
+        return answer(name, kind)
+
+    hooks.answer = signal_at_first
+    assert b.release.resume().phase is Phase.SUCCEEDED
+    assert hooks.phases == ["Succeeded"]  # the second not called: the user stopped it
+    assert world.store.state is not None and world.store.state.post_rollout_owed
+    hooks.answer = answer
+    assert world.rebuild().release.resume().phase is Phase.SUCCEEDED
+    assert hooks.phases == ["Succeeded", "Succeeded", "Succeeded"] and not world.store.state.post_rollout_owed
+
+
+def test_a_new_release_first_calls_the_post_rollout_hooks_a_killed_release_still_owes() -> None:
+    """Nobody resumed the release killed after its end: the next release replaced its state, and with it the
+    hooks it owed, silently. They are called first now, with the phase that release ended in."""
+    hooks = _Phases()
+    world = make(Metrics(18.0), _two_notifiers, hooks=hooks)
+    hooks.die = True
+    with pytest.raises(Killed):
+        world.start()
+    hooks.die = False
+    killed = world.store.state
+    assert killed is not None and killed.phase is Phase.FAILED and killed.post_rollout_owed
+    world.metrics.error_rate = 0.0
+    b = world.rebuild()
+    assert b.start().phase is Phase.SUCCEEDED
+    assert hooks.phases == ["Failed", "Failed", "Succeeded", "Succeeded"]
+    assert any(e.release == killed.release and "without calling its post-rollout webhooks" in e.message for e in world.store.of("event"))
