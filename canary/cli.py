@@ -181,7 +181,13 @@ def import_flagger(manifests: tuple[Path, ...], stable_image: str | None, gatewa
             texts.append((str(path), stackfile.read_text(path, "manifest")))
         except InvalidSpec as exc:
             _die(str(exc), exitcodes.INVALID)
-    result = flagger.convert(stackfile.load_manifests(texts), stable_image=stable_image, parent_ref=_parent_ref(gateway))
+    try:
+        result = flagger.convert(stackfile.load_manifests(texts), stable_image=stable_image, parent_ref=_parent_ref(gateway))
+    except CanaryError as exc:
+        # before the error: what was left out or written as a default on the way often explains the refusal
+        for note in exc.notes:
+            click.echo(f"note: {note}", err=True)
+        raise
     header = "# Imported from " + ", ".join(p.name for p in manifests) + " by canary import-flagger.\n"
     header += "".join(f"# note: {note}\n" for note in result.notes)
     for note in result.notes:

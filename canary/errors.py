@@ -39,6 +39,9 @@ from dataclasses import dataclass
 class CanaryError(Exception):
     """Base of every error canary raises on purpose."""
 
+    #: what was noted before the failure, shown with it (an import's notes: a field left out often explains the refusal)
+    notes: tuple[str, ...] = ()
+
 
 @dataclass(frozen=True)
 class Problem:

@@ -19,7 +19,7 @@ from typing import Any
 
 from canary.core import naming, units
 from canary.core.spec import StackSpec, parse_stack
-from canary.errors import InvalidSpec, Problem
+from canary.errors import CanaryError, InvalidSpec, Problem
 
 #: Placeholders for what Flagger manifests do not say (the image lives in the Deployment).
 PLACEHOLDER_TAG = "change-me"
@@ -79,6 +79,7 @@ FLAGGER_ANALYSIS_FIELDS = frozenset({
 _ORIGINS = (
     ("analysis.skipAnalysis", "spec.skipAnalysis"),
     ("analysis.failureLimit", "spec.analysis.threshold"),  # canary's failureLimit is Flagger's threshold, carried over twice
+    ("analysis.webhookName", "metadata.name"),
     ("analysis", "spec.analysis"),
     ("app.servicePort", "spec.service.port"),
     ("app.port", "spec.service.targetPort"),
@@ -102,8 +103,23 @@ def convert(
     stable_image: str | None = None,
     parent_ref: Mapping[str, str] | None = None,
 ) -> ImportResult:
-    """One Canary (and the MetricTemplates it references) to a spec and notes."""
+    """One Canary (and the MetricTemplates it references) to a spec and notes. A refused import's error carries
+    the notes gathered before it (``CanaryError.notes``): a field left out or a default written often explains it."""
     notes: list[str] = []
+    try:
+        return _convert(manifests, notes, stable_image=stable_image, parent_ref=parent_ref)
+    except CanaryError as exc:
+        exc.notes = tuple(notes)
+        raise
+
+
+def _convert(
+    manifests: list[dict[str, Any]],
+    notes: list[str],
+    *,
+    stable_image: str | None,
+    parent_ref: Mapping[str, str] | None,
+) -> ImportResult:
     manifests = _items(manifests)
     canaries = [m for m in manifests if m.get("kind") == "Canary"]
     templates_in = [m for m in manifests if m.get("kind") == "MetricTemplate"]
@@ -129,12 +145,15 @@ def convert(
     if not name:
         raise InvalidSpec([Problem("spec.targetRef.name", "nothing", "is required: the Deployment's name")], "Canary")
     canary_name = _string(meta.get("name"), "metadata.name", "Canary")
+    webhook_name = None
     if canary_name and canary_name != name:
-        # Flagger's webhooks send canary.Name, and its load tester keys gates on "<name>.<namespace>"
+        # Flagger's webhooks send canary.Name, and its load tester keys gates on "<name>.<namespace>": sent the app's
+        # name instead, a gate opened for the Canary would never be seen
         namespace = meta.get("namespace", "default")
-        notes.append(f"metadata.name: the Canary is {canary_name}, its Deployment {name}: Flagger's webhooks send the Canary's name, "
-                     f"and its load tester keys gates (/gate/check, /gate/open, /gate/close, /rollback/check) on {canary_name}.{namespace}; "
-                     f"canary sends {name}, the app's name: a gate opened for {canary_name}.{namespace} is not seen (open it for {name}.{namespace})")
+        webhook_name = canary_name
+        notes.append(f"metadata.name: the Canary is {canary_name}, its Deployment {name}: written as analysis.webhookName, so that "
+                     f"canary's webhooks send {canary_name} as Flagger's do (its load tester keys gates, /gate/check, /gate/open, "
+                     f"/gate/close, /rollback/check, on {canary_name}.{namespace}); the app is named {name}")
     service = _mapping(spec.get("service"), "spec.service")
     _unsupported("spec.service", service, _SERVICE_FIELDS, notes)
     app: dict[str, Any] = {"name": name, "namespace": meta.get("namespace", "default")}
@@ -159,6 +178,8 @@ def convert(
     analysis = _analysis(analysis_in, notes)
     if "skipAnalysis" in spec:
         analysis["skipAnalysis"] = spec["skipAnalysis"]
+    if webhook_name is not None:
+        analysis["webhookName"] = webhook_name
     flagger_names = {
         "target": str(name),
         "name": canary_name,

@@ -787,6 +787,10 @@ class Analysis(_Model):
     decision_timeout: Duration = timedelta(hours=1)
     metrics: list[Metric] = []
     webhooks: list[Webhook] = []
+    #: the ``name`` webhooks are sent (default: the app's): a Flagger Canary's name, which Flagger's webhooks send and its
+    #: load tester keys gates on (``<name>.<namespace>``), where it differs from its Deployment's. A Kubernetes object's
+    #: name, as a Canary's is
+    webhook_name: DnsName | None = None
     alerts: list[Alert] = []
 
     @field_validator("interval")

@@ -69,9 +69,11 @@ def payload(hook: Webhook, spec: ReleaseSpec, state: ReleaseState) -> dict[str, 
     """The JSON body of an HTTP hook, Flagger-compatible (name, namespace, phase, checksum, metadata):
     ``phase`` is the one Flagger would send (``flagger_phase``), canary's own is ``releasePhase``.
     Flagger's checksum identifies the canary's configuration (its spec and tracked configs): here the
-    canary pin's hash, which covers its pod template and the configs it tracks."""
+    canary pin's hash, which covers its pod template and the configs it tracks. ``name`` is
+    ``analysis.webhookName`` when set: Flagger sends its Canary's name, which a receiver (its load tester's
+    gates) may key on."""
     return {
-        "name": spec.app.name,
+        "name": spec.analysis.webhook_name or spec.app.name,
         "namespace": spec.app.namespace,
         "phase": flagger_phase(hook.type, state),
         "releasePhase": state.phase.value,

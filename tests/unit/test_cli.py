@@ -195,6 +195,21 @@ def test_import_flagger_prints_a_stack_file_that_validates(tmp_path: Path) -> No
     assert "note:" in done.stderr
 
 
+def test_a_refused_import_flagger_prints_the_notes_gathered_before_the_error(tmp_path: Path) -> None:
+    # the Canary's only check is its load test, which canary runs in the background and never judges: the note saying
+    # so explains the refusal, and was lost with it
+    canary = (FIXTURES / "flagger-canary.yaml").read_text()
+    start = canary.index("    metrics:\n")
+    path = tmp_path / "canary.yaml"
+    path.write_text(canary[:start] + canary[canary.index("    webhooks:\n"):])
+    done = _cli("import-flagger", str(path), "--out", str(tmp_path / "Pulumi.prod.yaml"), cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    note = done.stderr.find("note: spec.analysis.webhooks[0].metadata.cmd: runs in the background")
+    error = done.stderr.find("invalid imported Flagger manifests:")
+    assert 0 <= note < error and "spec.analysis.metrics" in done.stderr[error:], done.stderr
+    assert not (tmp_path / "Pulumi.prod.yaml").exists()
+
+
 @pytest.mark.parametrize(
     ("error", "code"),
     [(StackNotFound("stack nosuch: no such stack in the Pulumi backend"), 2), (StackBusy("app web is busy: release r1 by pid 1 on h"), 3),

@@ -18,6 +18,7 @@ import yaml
 
 from canary.adapters import stackfile
 from canary.adapters.webhooks import Caller
+from canary.core import config as stackconfig
 from canary.core import flagger
 from canary.core.records import HookResult, Phase
 from canary.core.spec import Webhook
@@ -500,10 +501,37 @@ def test_a_list_as_kubectl_prints_it_is_read_item_by_item() -> None:
     assert [p.field for p in info.value.problems] == ["items[1]"]
 
 
-def test_a_canary_named_otherwise_than_its_deployment_says_which_name_the_webhooks_send() -> None:
+def test_a_canary_named_otherwise_than_its_deployment_has_its_webhooks_send_the_canary_s_name() -> None:
+    # Flagger's load tester keys its gates on <Canary name>.<namespace>: sent the app's name, a gate opened for the
+    # Canary's was never seen, and the import only said so
     doc = _podinfo()
     doc["metadata"]["name"] = "podinfo-release"
     result = flagger.convert([doc, _latency()])
+    assert result.spec.release_spec("podinfo").analysis.webhook_name == "podinfo-release"
+    assert stackconfig.to_config(result.spec)["canary:analysis"]["webhookName"] == "podinfo-release"
     (note,) = [n for n in result.notes if n.startswith("metadata.name: ")]
-    assert "podinfo-release.test" in note and "sends podinfo" in note and "/gate/open" in note
-    assert not any(n.startswith("metadata.name: ") for n in flagger.convert([_podinfo(), _latency()]).notes)
+    assert "analysis.webhookName" in note and "podinfo-release.test" in note and "/gate/open" in note and "not seen" not in note, note
+    same = flagger.convert([_podinfo(), _latency()])
+    assert same.spec.release_spec("podinfo").analysis.webhook_name is None
+    assert "webhookName" not in stackconfig.to_config(same.spec)["canary:analysis"]
+    assert not any(n.startswith("metadata.name: ") for n in same.notes)
+
+
+def test_a_canary_name_that_is_no_kubernetes_name_is_refused_naming_metadata_name() -> None:
+    doc = _podinfo()
+    doc["metadata"]["name"] = "Podinfo_Release"
+    with pytest.raises(InvalidSpec) as info:
+        flagger.convert([doc, _latency()])
+    (problem,) = info.value.problems
+    assert problem.field == "metadata.name" and "DNS-1123 subdomain" in problem.rule, problem
+
+
+def test_a_refused_import_carries_the_notes_gathered_before_it() -> None:
+    # a load test alone is no check once it runs in the background: the refusal is explained by the note
+    # that says so, which was lost with the import
+    doc = _with_hooks(LOAD_TEST)
+    doc["spec"]["analysis"]["metrics"] = []
+    with pytest.raises(InvalidSpec) as info:
+        flagger.convert([doc])
+    assert [p.field for p in info.value.problems] == ["spec.analysis.metrics"]
+    assert any(n.startswith("spec.analysis.webhooks[0].metadata.cmd: runs in the background") for n in info.value.notes), info.value.notes

@@ -820,6 +820,43 @@ def test_while_the_confirm_rollout_gate_says_no_event_hooks_are_sent_waiting_as_
     assert flagger_phase(WebhookType.EVENT, waiting.model_copy(update={"canary_deployed": True})) == "Progressing"
 
 
+# --- the name hooks are sent ----------------------------------------------------------------------
+
+
+def _named(webhook_name: str) -> ReleaseSpec:
+    return spec().model_copy(update={"analysis": spec().analysis.model_copy(update={"webhook_name": webhook_name})})
+
+
+def test_hooks_are_sent_the_app_s_name_unless_analysis_webhook_name_says_another(tmp_path: Path) -> None:
+    """Flagger sends its Canary's name, and its load tester keys gates on ``<name>.<namespace>``: a Canary named
+    otherwise than its Deployment had gates opened for a name canary never sent."""
+    gate = hook(name="gate", type="confirm-promotion", url="http://gate/")
+    assert payload(gate, spec(), state())["name"] == "web"
+    assert payload(gate, _named("web-release"), state())["name"] == "web-release"
+    event = hook(name="audit", type="event", url="http://audit/")
+    body = event_payload(event, _named("web-release"), state(), "m", Severity.INFO, datetime.now(UTC))
+    assert (body["name"], body["namespace"]) == ("web-release", "shop")
+    # a command hook reads the same body on its standard input
+    out = tmp_path / "seen"
+    command = hook(name="gate", type="confirm-promotion", cmd=f"sh -c 'cat > {out}'")
+    assert Caller().call(command, payload(command, _named("web-release"), state())).ok
+    assert json.loads(out.read_text())["name"] == "web-release"
+
+
+@pytest.mark.parametrize("value", ["Web_Release", "web release", "-web", "", "w" * 254])
+def test_a_webhook_name_that_is_no_kubernetes_name_is_refused_naming_the_field(value: str) -> None:
+    from canary.core.spec import parse_stack
+    from canary.errors import InvalidSpec
+
+    values = {**spec().model_dump(by_alias=True, exclude_none=True, mode="json", exclude={"analysis"}),
+              "prometheus": {"address": "http://prometheus:9090"},
+              "analysis": {"stepWeight": 10, "metrics": [{"name": "request-error-rate", "thresholdRange": {"max": 1}}], "webhookName": value}}
+    with pytest.raises(InvalidSpec) as info:
+        parse_stack(values)
+    (problem,) = info.value.problems
+    assert problem.field == "analysis.webhookName" and "DNS-1123 subdomain" in problem.rule, problem
+
+
 def _alive(pid: int) -> bool:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
