@@ -8,7 +8,9 @@ login page answered 200, and a 307 re-posted the body to whatever host it named)
 is a session for a client whose headers carry secrets (Prometheus' token and
 headers): they go to their own origin only, never along a redirect elsewhere.
 ``within`` bounds a call as a whole: a client's timeout bounds each read, and a
-server that trickles its answer outlasts it.
+server that trickles its answer outlasts it. ``origin`` names a URL, and
+``url_parts`` reads what it carries beyond the origin, for the callers that
+scrub it from what they say (each choosing which parts).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import parse_qsl, urljoin, urlsplit
 
 import requests
 
@@ -83,6 +85,20 @@ def origin(url: str) -> str:
         return "(a malformed URL)"
     host = f"[{host}]" if ":" in host else host
     return f"{parts.scheme}://{host}" + (f":{port}" if port else "")
+
+
+def url_parts(url: str, path: Callable[[str], Iterable[str]] | None = None, least_value: int = 0) -> set[str] | None:
+    """What ``url`` carries beyond its origin, each part of which may be a secret, as given: its user info (whole, the
+    user, the password), its query, its query's values of at least ``least_value`` characters (a short one, ``orgId=1``,
+    scrubbed would take every "1" of a text with it), its fragment, and what ``path`` takes of its path (None: the path
+    and each of its segments). None: ``url`` is malformed (the caller never shows it, or only whole)."""
+    try:
+        parts = urlsplit(url)
+        found = {parts.netloc.rpartition("@")[0], parts.username or "", parts.password or "", parts.query, parts.fragment,
+                 *(value for _, value in parse_qsl(parts.query) if len(value) >= least_value)}
+    except ValueError:
+        return None
+    return found | set(path(parts.path) if path is not None else [parts.path, *parts.path.split("/")])
 
 
 def post_json(url: str, body: Mapping[str, Any], timeout: float, headers: Mapping[str, str] | None = None) -> Answer:

@@ -23,7 +23,7 @@ import threading
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import unquote
 
 from prometheus_api_client import PrometheusApiClientException, PrometheusConnect
 from urllib3.util.retry import Retry
@@ -163,15 +163,13 @@ def _warnings(response: Any) -> list[str]:
 
 
 def _beyond_the_origin(address: str) -> list[str]:
-    """What ``address`` carries beyond its origin (user, password, path, query, fragment, each query value), as
+    """What ``address`` carries beyond its origin (its user info, path, query, fragment, each query value), as
     given and percent-decoded: scrubbed from what a server or the transport says, as a secret is."""
-    try:
-        parts = urlsplit(address)
-        found = [parts.username or "", parts.password or "", parts.path.rstrip("/"), parts.query, parts.fragment]
-    except ValueError:
+    # the path whole, not each segment (``/api/v1`` would take every "api" and "v1" of an error's text); a query's
+    # values, not a short one (``?orgId=1``): masked, every "1" of an error's text went with it
+    found = http.url_parts(address, path=lambda path: [path.rstrip("/")], least_value=4)
+    if found is None:
         return [address]  # a malformed address is never shown whole either
-    # a query's values, not a short one (``?orgId=1``): masked, every "1" of an error's text went with it
-    found += [value for _, value in parse_qsl(parts.query) if len(value) >= 4]
     return [form for part in found for form in {part, unquote(part)} if form]
 
 

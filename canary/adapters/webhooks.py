@@ -37,9 +37,9 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
-from urllib.parse import parse_qsl, unquote, unquote_plus, urlsplit
+from urllib.parse import unquote, unquote_plus
 
 from canary.adapters import http, processes
 from canary.core import notify
@@ -159,19 +159,6 @@ def _label(hook: Webhook) -> str:
     return f"{hook.name}: `{_program(cmd)}{' …' if len(_words(cmd)) > 1 else ''}`"
 
 
-def _url_parts(url: str, segment: Callable[[str], bool] | None = None) -> set[str]:
-    """The parts of ``url`` that may be a secret: its user and password, its query and each of its values, its
-    fragment, and its path and each of its segments — or, with ``segment``, only the segments it takes."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return set()  # never sent: it can be quoted whole only
-    segments = parts.path.split("/")
-    path = {parts.path, *segments} if segment is None else {s for s in segments if segment(s)}
-    return {parts.netloc.rpartition("@")[0], parts.username or "", parts.password or "", parts.query, parts.fragment,
-            *(v for _, v in parse_qsl(parts.query)), *path}
-
-
 #: A URL inside a word (a script's, an option's value).
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
 #: ``k=v`` as an option or an environment takes it: ``--token=X``, ``TOKEN=X``.
@@ -219,7 +206,8 @@ def _opaque(segment: str) -> bool:
 def _embedded_url_parts(url: str) -> set[str]:
     """What of a URL inside a script may be a secret: the URL whole, its user and password, its query and each of
     its values, its fragment, and its path segments that read as tokens (a Slack-style hook's)."""
-    return {url, *_url_parts(url, _opaque)}
+    # a malformed one (no parts) was never sent: it can be quoted whole only
+    return {url, *(http.url_parts(url, lambda path: [s for s in path.split("/") if _opaque(s)]) or ())}
 
 
 def _words_secrets(words: list[str], depth: int = 0) -> set[str]:
@@ -263,7 +251,7 @@ def _secrets(hook: Webhook) -> list[str]:
     argument may be one (``_words_secrets``) and the program's directory."""
     found: set[str] = set()
     if hook.url:
-        found |= {hook.url, *_url_parts(hook.url)}
+        found |= {hook.url, *(http.url_parts(hook.url) or ())}  # malformed: never sent, quoted whole only
     if hook.cmd:
         found.add(hook.cmd)
         words = _words(hook.cmd)

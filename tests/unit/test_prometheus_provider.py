@@ -410,3 +410,7 @@ def test_a_short_query_value_of_the_address_is_not_scrubbed_out_of_every_error()
     assert "hunter2" in _beyond_the_origin("http://prometheus:9090/?orgId=1&apikey=hunter2")
     # only a query's short values are let be: a short password, path or fragment is masked still
     assert {"pw9", "/t1", "frg"} <= set(_beyond_the_origin("http://bob:pw9@prom:9090/t1?orgId=1#frg"))
+    # the path whole, not each of its segments: "api" and "v1" are not scrubbed out of every error, a tenant's path is
+    found = set(_beyond_the_origin("http://prom:9090/api/v1/tenant-x9/"))
+    assert "/api/v1/tenant-x9" in found and not {"api", "v1", "tenant-x9"} & found, found
+    assert _beyond_the_origin("http://[::1") == ["http://[::1"]  # malformed: never shown, whole or in part
