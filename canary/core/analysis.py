@@ -133,7 +133,14 @@ def _looks_like_a_rate(spec: ReleaseSpec, metric: Metric) -> bool:
         return False
     query, _ = metric_query(spec, metric)
     bounds = [b for b in (metric.threshold_range.min, metric.threshold_range.max) if b is not None]
-    return metrics.REQUESTS_METRIC in query and "/" in _PROSE.sub("", query) and all(0 <= b <= 100 for b in bounds)
+    return metrics.REQUESTS_METRIC in query and _ratio(query) is not None and all(0 <= b <= 100 for b in bounds)
+
+
+def _ratio(query: str) -> str | None:
+    """A template's operators (its text without strings and comments) when it divides; None when it does not:
+    a count or a throughput, never a share."""
+    text = _PROSE.sub("", query)
+    return text if "/" in text else None
 
 
 def per_request(spec: ReleaseSpec, metric: Metric) -> float:
@@ -144,8 +151,8 @@ def per_request(spec: ReleaseSpec, metric: Metric) -> float:
     if metric.template_ref is None:
         return 0.01
     query, _ = metric_query(spec, metric)
-    text = _PROSE.sub("", query)
-    fraction = "/" in text and _PERCENT.search(text) is None and not any(b > 1 for b in _bounds_in_unit(metric))
+    text = _ratio(query)
+    fraction = text is not None and _PERCENT.search(text) is None and not any(b > 1 for b in _bounds_in_unit(metric))
     return 1.0 if fraction else 0.01
 
 
@@ -235,7 +242,7 @@ class _Tick:
         self.spec = spec
         self.provider_for = provider_for
         self.ctx = ctx
-        self._counts: dict[tuple[str | None, str], float | MetricError] = {}
+        self._counts: dict[tuple[str | None, str | None, str], float | MetricError] = {}
 
     def value(self, query: str, address: str | None) -> float | MetricError:
         try:
@@ -246,12 +253,32 @@ class _Tick:
             return NoValues("the query returned NaN")
         return value
 
-    def requests(self, window: str, target: str | None = None) -> float | MetricError:
-        """The requests the canary's pods (or ``target``'s) answered in ``window``; none counted is 0."""
-        if (target, window) not in self._counts:
-            value = self.value(request_count_query(self.spec, window, target), None)
-            self._counts[(target, window)] = 0.0 if isinstance(value, NoValues) else value
-        return self._counts[(target, window)]
+    def requests(self, window: str, target: str | None = None, address: str | None = None) -> float | MetricError:
+        """The requests the canary's pods (or ``target``'s) answered in ``window``, as the Prometheus at ``address``
+        (None: the stack's) counts them; none counted is 0."""
+        if (address, target, window) not in self._counts:
+            value = self.value(request_count_query(self.spec, window, target), address)
+            self._counts[(address, target, window)] = 0.0 if isinstance(value, NoValues) else value
+        return self._counts[(address, target, window)]
+
+    def counted(self, metric: Metric, target: str | None = None) -> tuple[float | MetricError, str]:
+        """The requests behind ``metric``'s value and the window they are in: over the window it is judged over (a held
+        rate's grown one), counted by the Prometheus its template queries (one with its own address may be the only one
+        that sees them)."""
+        span = window(self.spec, metric, self.ctx)
+        _, address = metric_query(self.spec, metric)
+        return self.requests(span, target, address), span
+
+    def below_minimum(self, metric: Metric) -> MetricError | None:
+        """Why ``metric`` has no data before it is queried: fewer canary requests than ``minRequests`` behind its
+        value (``NoValues``), or none that could be counted; None: enough, or no minimum."""
+        least = self.spec.analysis.min_requests
+        if least is None:
+            return None
+        count, span = self.counted(metric)
+        if isinstance(count, MetricError):
+            return count
+        return None if count >= least else NoValues(f"the canary answered {count:.0f} requests in {span}, fewer than minRequests {least}")
 
     def check(self, metric: Metric) -> Check:
         query, address = render_query(self.spec, metric, ctx=self.ctx)
@@ -335,7 +362,7 @@ class _Tick:
         """A rate inside ``threshold`` (as ``measure`` turns it: itself, or its difference or ratio to stable's)
         passes only when its Wilson bound on the canary's request count is inside too; else it holds. ``part``:
         the rate is a share of part of those requests only (how it selects them), on at most that count."""
-        count = self.requests(window(self.spec, metric, self.ctx))
+        count, _ = self.counted(metric)
         if isinstance(count, MetricError):
             return Verdict.ERROR, Effect.FAIL, f"{metric.name}: the canary's requests could not be counted: {count}", None, None
         confidence = self.spec.analysis.confidence
@@ -433,7 +460,7 @@ class _Tick:
         least = self.spec.analysis.min_requests or 1
         counts: list[float] = []
         for track, target in (("canary", None), ("stable", self.spec.stable))[:2 if stable else 1]:
-            count = self.requests(span, target)
+            count, _ = self.counted(metric, target)
             if isinstance(count, MetricError):
                 return _Unmeasured(Verdict.ERROR, Effect.FAIL, f"{metric.name}: {what}, and the {track}'s requests could not be counted: {count}", None)
             counts.append(count)
@@ -453,12 +480,13 @@ class _Tick:
         window = (metric.interval or self.spec.analysis.interval).total_seconds()
         # each sample a rate over its own step: over the whole window, consecutive samples shared all but one step of
         # it, and the rank test, which takes them as independent, was far surer than its confidence said
-        step = units.format_duration(spec_judge.step)
+        every = self.spec.judge_step(spec_judge)  # unset: twice the scrape interval
+        step = units.format_duration(every)
         query, _ = render_query(self.spec, metric, interval=step)
         stable_query, _ = render_query(self.spec, metric, target=self.spec.stable, interval=step)
         try:
-            canary_samples = provider.run_range(query, window, spec_judge.step.total_seconds())  # type: ignore[attr-defined]
-            stable_samples = provider.run_range(stable_query, window, spec_judge.step.total_seconds())  # type: ignore[attr-defined]
+            canary_samples = provider.run_range(query, window, every.total_seconds())  # type: ignore[attr-defined]
+            stable_samples = provider.run_range(stable_query, window, every.total_seconds())  # type: ignore[attr-defined]
         except MetricError as exc:
             return (Verdict.ERROR, Effect.FAIL, f"{metric.name}: samples could not be read: {type(exc).__name__}: {exc}"), {}
         result = judge.compare(canary_samples, stable_samples, confidence=spec_judge.confidence, tolerance=spec_judge.tolerance,
@@ -578,19 +606,11 @@ def run_tick(spec: ReleaseSpec, provider_for: ProviderFor, ctx: TickContext | No
     """Evaluate every metric of the spec once and decide."""
     ctx = ctx or TickContext()
     tick = _Tick(spec, provider_for, ctx)
-    below_minimum: MetricError | None = None
-    analysis = spec.analysis
-    if analysis.min_requests is not None:
-        window = units.format_duration(analysis.interval)
-        count = tick.requests(window)
-        if isinstance(count, MetricError):
-            below_minimum = count
-        elif count < analysis.min_requests:
-            below_minimum = NoValues(f"the canary answered {count:.0f} requests in {window}, fewer than minRequests {analysis.min_requests}")
     checks: list[Check] = []
-    for metric in analysis.metrics:
+    for metric in spec.analysis.metrics:
+        below_minimum = tick.below_minimum(metric)
         if below_minimum is not None:
-            query, _ = render_query(spec, metric)
+            query, _ = render_query(spec, metric, ctx=ctx)  # over the window its requests were counted in
             if isinstance(below_minimum, NoValues):
                 checks.append(tick._dry(_no_data(metric, query, below_minimum, ctx, dry_run=metric.dry_run, weight=metric.weight), metric))
             else:

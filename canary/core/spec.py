@@ -377,6 +377,15 @@ class Prometheus(_Model):
 DEFAULT_SCRAPE_INTERVAL = timedelta(seconds=15)
 
 
+def scrape_of(prometheus: Prometheus | None) -> tuple[timedelta, str] | None:
+    """How often the app's pods are scraped, and the field that says so (the default without a ``prometheus``);
+    None: unknown, ``prometheus`` being a secret as a whole, read only once decrypted."""
+    if prometheus is None:
+        return DEFAULT_SCRAPE_INTERVAL, f"prometheus.scrapeInterval, unset: {units.format_duration(DEFAULT_SCRAPE_INTERVAL)}"
+    # a Prometheus no field of which was given is the stand-in for one that is a secret as a whole
+    return prometheus.scrape() if prometheus.model_fields_set else None
+
+
 #: Where a secret value read from a file (still encrypted) stands in the spec.
 ENCRYPTED = "<encrypted>"
 
@@ -510,8 +519,9 @@ class Judge(_Model):
     allowed_decrease: Float = Field(1.0, gt=0, le=1)
     #: the spacing of the samples taken from query_range, and the stretch each is over (the judge's queries are rendered
     #: with ``{{ interval }}`` = step, so that no two samples share a scrape: the test takes them as independent). At
-    #: least twice the scrape interval: a rate over fewer than two scrapes is empty
-    step: Duration = timedelta(seconds=5)
+    #: least twice the scrape interval: a rate over fewer than two scrapes is empty. Unset: twice the scrape interval
+    #: (``step_at``), the shortest that holds, so that ``judge: {}`` is valid at any scrape
+    step: Duration | None = None
     #: fewer samples than this on either side: no verdict (no data)
     #: (at most the points Prometheus returns for one series, MAX_RANGE_POINTS: more could never be read)
     min_samples: Int = Field(10, ge=3, le=11000)
@@ -523,6 +533,10 @@ class Judge(_Model):
             raise ValueError("must be below 1: the shift's interval must clear tolerance × |shift|, and its near end never "
                              "lies beyond the shift itself, so at 1 or above no shift is ever found higher or lower")
         return v
+
+    def step_at(self, scrape: timedelta) -> timedelta:
+        """The step the judge samples at when Prometheus scrapes every ``scrape``: its own, else twice that."""
+        return self.step if self.step is not None else 2 * scrape
 
 
 class Metric(_Model):
@@ -961,6 +975,12 @@ class ReleaseSpec(_Model):
         """The stable Deployment's name: ``{{ stable }}`` (and Flagger's ``{{ primary }}``)."""
         return naming.deployment(self.app.name, naming.Track.STABLE)
 
+    def judge_step(self, judge: Judge) -> timedelta:
+        """The step ``judge`` samples at: its own, else twice the stack's scrape interval (a release's Prometheus is
+        always read, decrypted; the default stands in for one that is not)."""
+        scrape = scrape_of(self.prometheus)
+        return judge.step_at(scrape[0] if scrape is not None else DEFAULT_SCRAPE_INTERVAL)
+
 
 #: The top-level stack config keys, in the config namespace.
 CONFIG_KEYS = tuple(StackSpec.model_fields[name].alias or name for name in StackSpec.model_fields)
@@ -1063,11 +1083,15 @@ def judges_noted() -> Iterator[list[Problem]]:
 def _judge_problems(judge: Judge, window: timedelta, where: str, window_field: str, scrape: tuple[timedelta, str] | None) -> list[Problem]:
     """A judge whose step is shorter than two scrapes reads empty samples; one whose window holds fewer samples than
     it needs never reaches a verdict; one with more points than Prometheus returns is refused at every tick.
-    ``scrape`` None: unknown here (``prometheus`` a secret as a whole, checked once decrypted)."""
-    step, shown = judge.step.total_seconds(), units.format_duration(judge.step)
-    span = f"{units.format_duration(window)} ({window_field})"
+    ``scrape`` None: unknown here (``prometheus`` a secret as a whole, checked once decrypted), and so is an unset step."""
+    if judge.step is None and scrape is None:
+        return []  # twice a scrape interval that only the secret holds
     least = 2 * scrape[0] if scrape is not None else timedelta(0)
-    if scrape is not None and judge.step < least:
+    effective = judge.step_at(least / 2)
+    step = effective.total_seconds()
+    shown = units.format_duration(effective) if judge.step is not None else f"unset: {units.format_duration(effective)}, twice the scrape interval"
+    span = f"{units.format_duration(window)} ({window_field})"
+    if scrape is not None and effective < least:
         # each sample is a rate over one step (its own stretch, sharing no scrape with the next): over one scrape or
         # less, a rate has one point at most and is empty
         rule = (f"is shorter than twice the scrape interval, {units.format_duration(scrape[0])} ({scrape[1]}): each of the judge's "
@@ -1097,10 +1121,7 @@ def _judge_problems(judge: Judge, window: timedelta, where: str, window_field: s
 
 
 def _analysis_problems(analysis: Analysis, field: str, metric_templates: Mapping[str, MetricTemplate], prometheus: Prometheus | None) -> list[Problem]:
-    # a Prometheus no field of which was given is the stand-in for one that is a secret as a whole: its scrape unknown
-    unread = prometheus is not None and not prometheus.model_fields_set
-    scrape = None if unread else prometheus.scrape() if prometheus is not None else \
-        (DEFAULT_SCRAPE_INTERVAL, f"prometheus.scrapeInterval, unset: {units.format_duration(DEFAULT_SCRAPE_INTERVAL)}")
+    scrape = scrape_of(prometheus)
     problems: list[Problem] = []
     seen: set[str] = set()
     for i, metric in enumerate(analysis.metrics):
@@ -1149,8 +1170,6 @@ def _analysis_problems(analysis: Analysis, field: str, metric_templates: Mapping
             problems.append(Problem(f"metricTemplates.{metric.template_ref.name}.provider.address", "None", "must be set when the stack has no prometheus address"))
     if prometheus is None and any(m.template_ref is None for m in analysis.metrics):
         problems.append(Problem("prometheus.address", "None", "must be set: built-in metrics query the stack's Prometheus"))
-    elif prometheus is None and analysis.min_requests is not None:
-        problems.append(Problem("prometheus.address", "None", "must be set: minRequests counts requests in the stack's Prometheus"))
     elif prometheus is None and any(m.judge is not None or m.compare is not None for m in analysis.metrics if m.template_ref is None):
         problems.append(Problem("prometheus.address", "None", "must be set: comparisons query the stack's Prometheus"))
     for section, items in (("webhooks", analysis.webhooks), ("alerts", analysis.alerts)):

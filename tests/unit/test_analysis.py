@@ -15,7 +15,7 @@ from canary.core.analysis import TickContext
 from canary.core.records import Bounds, Effect, Outcome, Verdict
 from canary.core.spec import ReleaseSpec
 from canary.errors import BadQuery, MetricError, MultipleValues, NoValues, ProviderUnreachable
-from tests.helpers import set_path, spec_with, update
+from tests.helpers import chain, set_path, spec_with, update
 
 Answer = float | MetricError
 Key = str | tuple[str, ...]
@@ -76,7 +76,7 @@ def tick(spec: ReleaseSpec, answers: dict[Key, Answer] | None = None, ctx: TickC
     return analysis.run_tick(spec, lambda address: provider, ctx), provider
 
 
-#: a Prometheus that scrapes every second: a judge's default step (5s) spans more than two scrapes
+#: a Prometheus that scrapes every second: a judge's step (unset: 2s) may be short, and a minute holds its samples
 EVERY_SECOND = set_path("prometheus.scrapeInterval", "1s")
 
 
@@ -382,6 +382,50 @@ def test_min_requests_that_cannot_be_counted_fails_every_check() -> None:
     assert all(c.verdict is Verdict.ERROR and c.effect is Effect.FAIL and "could not be counted" in c.reason for c in result.checks)
 
 
+def test_min_requests_are_counted_over_the_window_a_held_rate_is_judged_over() -> None:
+    """A quiet service, 30 requests a minute, minRequests 100: while the step held, its error rate was read over the
+    10 minutes since the shift, but the minimum was counted over analysis.interval, so it never had enough and held
+    until holdLimit rolled a healthy release back."""
+    spec = metrics({"name": "request-error-rate", "thresholdRange": {"max": 5}, "onNoData": "hold"}, minRequests=100)
+    answers: dict[Key, Answer] = {(COUNT, "[1m]"): 30.0, (COUNT, "[10m]"): 300.0, ERROR_RATE: 0.0}
+    result, provider = tick(spec, answers, TickContext(evidence_window=600.0))
+    check = result.checks[0]
+    assert check.verdict is Verdict.PASS and "on 300 requests" in check.reason, check.reason
+    assert result.outcome is Outcome.ADVANCE and not any("[1m]" in q for q in provider.queries), provider.queries
+    # a quiet one still: too few in the grown window too, and the reason names that window
+    result, _ = tick(spec, {**answers, (COUNT, "[10m]"): 90.0}, TickContext(evidence_window=600.0))
+    assert "the canary answered 90 requests in 10m, fewer than minRequests 100" in result.checks[0].reason, result.checks[0].reason
+    assert "[10m]" in result.checks[0].query
+
+
+def test_min_requests_are_counted_over_a_metric_s_own_interval() -> None:
+    spec = metrics({"name": "request-duration", "interval": "5m", "thresholdRange": {"max": 500}}, minRequests=100)
+    result, _ = tick(spec, {(COUNT, "[1m]"): 30.0, (COUNT, "[5m]"): 150.0, DURATION: 200.0})
+    assert result.checks[0].verdict is Verdict.PASS and result.outcome is Outcome.ADVANCE, result.reason
+
+
+#: a share of the canary's requests read from another Prometheus than the stack's (a Thanos that alone holds them)
+_ELSEWHERE = "http://thanos.monitoring:9090"
+_SHARE_ELSEWHERE = chain(
+    set_path("metricTemplates.errors", {"provider": {"type": "prometheus", "address": _ELSEWHERE}, "query": (
+        'sum(rate(http_requests_total{namespace="{{ namespace }}",{{ podLabel }}=~"{{ target }}-.*",status=~"5.."}[{{ interval }}]))'
+        ' / sum(rate(http_requests_total{namespace="{{ namespace }}",{{ podLabel }}=~"{{ target }}-.*"}[{{ interval }}]))')}),
+    set_path("analysis.metrics", [{"name": "errors", "templateRef": {"name": "errors"}, "thresholdRange": {"max": 0.01}}]))
+
+
+@pytest.mark.parametrize("least", [None, 100], ids=["evidence", "min-requests"])
+def test_the_requests_behind_a_template_are_counted_by_the_prometheus_it_queries(least: int | None) -> None:
+    # counted in the stack's Prometheus, which does not scrape the app, a healthy canary's 5000 requests were 0: it held
+    # ("not enough requests to tell"), or had no data under minRequests, until holdLimit rolled it back
+    spec = spec_with(_SHARE_ELSEWHERE, update("analysis", minRequests=least))
+    stack = FakeMetrics({COUNT: NoValues("the query returned no samples")})
+    elsewhere = FakeMetrics({COUNT: 5000.0, "status=~": 0.0})
+    result = analysis.run_tick(spec, lambda address: elsewhere if address == _ELSEWHERE else stack)
+    check = result.checks[0]
+    assert check.verdict is Verdict.PASS and "on 5000 requests" in check.reason and check.requests == 5000.0, check.reason
+    assert stack.queries == [] and any(COUNT in q for q in elsewhere.queries)
+
+
 # --- compared with stable -----------------------------------------------------------------------
 
 
@@ -527,7 +571,8 @@ def test_the_judge_compares_the_samples_of_both_tracks(judge: dict[str, Any], sh
     assert check.verdict is verdict and check.effect is (Effect.FAIL if verdict is Verdict.FAIL else Effect.PASS)
     assert check.reason.startswith("request-duration (Mann–Whitney): ")
     assert check.samples == (20, 20) and check.interval_low is not None and check.interval_high is not None
-    assert [(CANARY in q, seconds, step) for q, seconds, step in provider.ranges] == [(True, 60.0, 5.0), (False, 60.0, 5.0)]
+    # no step given: twice the scrape interval (1s here)
+    assert [(CANARY in q, seconds, step) for q, seconds, step in provider.ranges] == [(True, 60.0, 2.0), (False, 60.0, 2.0)]
     assert check.stable_query == provider.ranges[1][0]
 
 
@@ -543,6 +588,17 @@ def test_the_judge_samples_over_the_metric_window_at_its_step() -> None:
     spec = spec_with(set_path("analysis.metrics", [{"name": "request-duration", "interval": "5m", "judge": {"step": "10s"}}]), EVERY_SECOND)
     _, provider = tick(spec, {DURATION: 200.0}, samples={CANARY: BASE_SAMPLES, STABLE: BASE_SAMPLES})
     assert [(seconds, step) for _, seconds, step in provider.ranges] == [(300.0, 10.0), (300.0, 10.0)]
+
+
+@pytest.mark.parametrize(("scrape", "step", "stretch"), [((), 30.0, "30s"), ((set_path("prometheus.scrapeInterval", "20s"),), 40.0, "40s"),
+                                                         ((set_path("prometheus.podMonitor", {"interval": "10s"}),), 20.0, "20s")],
+                         ids=["default-scrape", "scrape-interval", "pod-monitor"])
+def test_a_judge_without_a_step_samples_at_twice_the_scrape_interval(scrape: tuple[Any, ...], step: float, stretch: str) -> None:
+    # the default was 5s, which validation refuses under any scrape slower than 2.5s: `judge: {}` never held at 15s
+    spec = spec_with(set_path("analysis.metrics", [{"name": "request-duration", "interval": "10m", "judge": {}}]), *scrape)
+    _, provider = tick(spec, {DURATION: 200.0}, samples={CANARY: BASE_SAMPLES, STABLE: BASE_SAMPLES})
+    assert [(seconds, every) for _, seconds, every in provider.ranges] == [(600.0, step), (600.0, step)]
+    assert all(re.findall(r"\[(\w+)\]", query) == [stretch] for query, _, _ in provider.ranges), provider.ranges
 
 
 @pytest.mark.parametrize(("ctx", "effect", "why"), [(TickContext(), Effect.FAIL, "(onNoData: fail)"),
@@ -927,7 +983,7 @@ def test_the_judge_reads_both_tracks_over_the_same_stretch_while_the_evidence_wi
     """While a step holds, a rate's window grows to the time since the shift: stable's samples must
     be read over the same stretch as the canary's (or a smooth 10m rate is judged against spiky 1m ones),
     and that stretch is the judge's step, whatever the window: samples over 10m would share all but 5s."""
-    spec = metrics({"name": "request-error-rate", "thresholdRange": {"max": 5}, "judge": {}})
+    spec = metrics({"name": "request-error-rate", "thresholdRange": {"max": 5}, "judge": {"step": "5s"}})
     samples = [0.4 + 0.01 * (i % 3) for i in range(13)]
     _, provider = tick(spec, {COUNT: 5000.0, ERROR_RATE: 0.4}, TickContext(evidence_window=600.0), samples={CANARY: samples, STABLE: samples})
     windows = [sorted(set(re.findall(r"\[(\w+)\]", query))) for query, _, _ in provider.ranges]

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from canary.core import analysis, evidence, judge
+from canary.core import analysis, evidence, judge, units
+from canary.core import config as stackconfig
 from canary.core.analysis import TickContext
 from canary.core.judge import Classification
 from canary.core.records import Effect, Outcome, Verdict
@@ -173,3 +174,30 @@ def test_a_judge_step_under_two_scrapes_is_refused_naming_the_fields() -> None:
                                     "is a rate over one step, and a rate over fewer than two scrapes is empty; use a step of at least 40s"), found[0].rule
     parse_spec(values_with(set_path("prometheus.scrapeInterval", "20s"), set_path("analysis.interval", "10m"),
                            set_path("analysis.metrics.1.judge", {"step": "40s"})))  # following it is valid
+
+
+@pytest.mark.parametrize(("changes", "step"), [((), "30s"), ((set_path("prometheus.scrapeInterval", "20s"),), "40s"),
+                                               ((set_path("prometheus.podMonitor", {"interval": "10s"}),), "20s"),
+                                               ((set_path("prometheus.podMonitor", {"interval": "10s"}), set_path("analysis.metrics.1.judge.step", "1m")), "1m")],
+                         ids=["default-scrape", "scrape-interval", "pod-monitor", "own-step"])
+def test_a_judge_without_a_step_is_valid_at_twice_the_scrape_interval(changes: tuple[Any, ...], step: str) -> None:
+    # the default step was 5s, shorter than two of the default 15s scrapes: `judge: {}` was refused on every window
+    spec = parse_spec(values_with(set_path("analysis.interval", "10m"), set_path("analysis.metrics.1.judge", {}), *changes))
+    judged = spec.analysis.metrics[1].judge
+    assert judged is not None and units.format_duration(spec.judge_step(judged)) == step
+
+
+def test_a_default_step_judge_on_a_short_window_is_refused_saying_which_interval_to_set() -> None:
+    found = problems(values_with(set_path("analysis.metrics.1.judge", {})))  # 1m at 30s: 3 samples, not widened
+    assert [(p.field, p.value) for p in found] == [("analysis.metrics[1].judge.step", "unset: 30s, twice the scrape interval")], found
+    assert "fewer than judge.minSamples 10" in found[0].rule and "use analysis.interval (the judge's window) of at least 4m30s" in found[0].rule
+    parse_spec(values_with(set_path("analysis.interval", "4m30s"), set_path("analysis.metrics.1.judge", {})))  # following it is valid
+
+
+def test_a_default_step_judge_is_left_to_up_when_prometheus_is_a_secret_as_a_whole() -> None:
+    # its step is twice a scrape interval the secret may hold (1s: 2s steps fill a minute); up decrypts and checks it
+    values = values_with(set_path("analysis.metrics.1.judge", {}))
+    on_file = {**{f"canary:{k}": v for k, v in values.items()}, "canary:prometheus": stackconfig.ENCRYPTED}
+    assert stackconfig.check_file_values(on_file, "Pulumi.whole.yaml")[1] == ("prometheus",)
+    assert [p.field for p in problems(values)] == ["analysis.metrics[1].judge.step"]  # decrypted, at the default scrape
+    parse_spec(values_with(set_path("analysis.metrics.1.judge", {}), set_path("prometheus.scrapeInterval", "1s")))

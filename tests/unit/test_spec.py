@@ -109,19 +109,23 @@ INVALID = [
     ("judge-tolerance-one", set_path("analysis.metrics.1.judge", {"tolerance": 1}), "analysis.metrics[1].judge.tolerance", "must be below 1", "1"),
     ("judge-tolerance-negative", set_path("analysis.metrics.1.judge", {"tolerance": -0.1}), "analysis.metrics[1].judge.tolerance", "greater than or equal to 0", "-0.1"),
     # the window must hold minSamples samples at the step, and no more points than Prometheus returns
-    ("judge-window-too-few-samples", chain(set_path("analysis.interval", "30s"), set_path("analysis.metrics.1.judge", {}), set_path("prometheus.scrapeInterval", "1s")),
+    ("judge-window-too-few-samples", chain(set_path("analysis.interval", "30s"), set_path("analysis.metrics.1.judge", {"step": "5s"}), set_path("prometheus.scrapeInterval", "1s")),
      "analysis.metrics[1].judge.step", "gives 7 samples over the window of 30s (analysis.interval), fewer than judge.minSamples 10: the judge could never "
      "reach a verdict; use analysis.interval (the judge's window) of at least 45s or a step of at most 3333ms or minSamples of at most 7", "5s"),
     ("judge-metric-window-too-few-samples", chain(set_path("analysis.metrics.1.interval", "2m"), set_path("analysis.metrics.1.judge", {"step": "1m", "minSamples": 4})),
      "analysis.metrics[1].judge.step", "gives 3 samples over the window of 2m (analysis.metrics[1].interval), fewer than judge.minSamples 4", "1m"),
-    ("judge-window-too-many-points", chain(set_path("analysis.metrics.1.interval", "24h"), set_path("analysis.metrics.1.judge", {}), set_path("prometheus.scrapeInterval", "1s")),
+    ("judge-window-too-many-points", chain(set_path("analysis.metrics.1.interval", "24h"), set_path("analysis.metrics.1.judge", {"step": "5s"}), set_path("prometheus.scrapeInterval", "1s")),
      "analysis.metrics[1].judge.step",
      "gives 17281 samples over the window of 24h (analysis.metrics[1].interval), more than the 11000 points Prometheus returns: use a step of at least 8s", "5s"),
     # each judge sample is a rate over one step: over fewer than two scrapes it is empty
-    ("judge-step-within-two-scrapes", set_path("analysis.metrics.1.judge", {}), "analysis.metrics[1].judge.step",
+    ("judge-step-within-two-scrapes", set_path("analysis.metrics.1.judge", {"step": "5s"}), "analysis.metrics[1].judge.step",
      "is shorter than twice the scrape interval, 15s (prometheus.scrapeInterval, unset: 15s): each of the judge's samples is a rate over one step, "
      "and a rate over fewer than two scrapes is empty; use a step of at least 30s, and then analysis.interval (the judge's window, now 1m) of at "
      "least 4m30s for judge.minSamples 10 (or minSamples of at most 3)", "5s"),
+    # unset, the step is twice the scrape interval (30s): a minute holds 3 samples of it, and the window is what to set
+    ("judge-default-step-window-too-short", set_path("analysis.metrics.1.judge", {}), "analysis.metrics[1].judge.step",
+     "gives 3 samples over the window of 1m (analysis.interval), fewer than judge.minSamples 10: the judge could never reach a verdict; "
+     "use analysis.interval (the judge's window) of at least 4m30s or minSamples of at most 3", "unset: 30s, twice the scrape interval"),
     ("judge-step-within-two-pod-monitor-scrapes", chain(set_path("prometheus.podMonitor", {"interval": "10s"}), set_path("analysis.metrics.1.judge", {"step": "15s", "minSamples": 3})),
      "analysis.metrics[1].judge.step", "is shorter than twice the scrape interval, 10s (prometheus.podMonitor.interval): each of the judge's samples", "15s"),
     ("scrape-interval-unlike-the-pod-monitor-s", chain(set_path("prometheus.podMonitor", {"interval": "10s"}), set_path("prometheus.scrapeInterval", "15s")),

@@ -233,9 +233,11 @@ def test_a_judge_that_needs_more_samples_than_its_window_gives_a_hint_that_can_b
     judged = lambda **judge: set_path("analysis.metrics.1", {"name": "request-duration", "judge": judge})  # noqa: E731
     found = problems(values_with(judged(minSamples=5000)))  # 1m window: the hint was "a step of at most 0s"
     assert [p.field for p in found] == ["analysis.metrics[1].judge.step"] and "at most 0s" not in found[0].rule, str(found[0])
-    # a step is at least two scrapes (15s unset): the window is what to lengthen
+    # a step is at least two scrapes (15s unset), as the unset step is: the window is what to lengthen
+    assert "use analysis.interval (the judge's window) of at least 41h39m30s or minSamples of at most 3" in found[0].rule, found[0].rule
+    parse_stack(values_with(judged(minSamples=5000), set_path("analysis.interval", "41h39m30s")))  # following it is valid
+    found = problems(values_with(judged(minSamples=5000, step="5s")))
     assert "use a step of at least 30s, and then analysis.interval (the judge's window, now 1m) of at least 41h39m30s" in found[0].rule
-    parse_stack(values_with(judged(minSamples=5000, step="30s"), set_path("analysis.interval", "41h39m30s")))  # following it is valid
     found = problems(values_with(set_path("prometheus.scrapeInterval", "1s"), set_path("analysis.interval", "2s"), judged(minSamples=11000)))
     assert "at most 0s" not in found[0].rule and "analysis.interval (the judge's window) of at least" in found[0].rule, str(found[0])
     assert [p.field for p in problems(values_with(judged(minSamples=10**20)))] == ["analysis.metrics[1].judge.minSamples"]
