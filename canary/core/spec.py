@@ -1268,7 +1268,30 @@ def _stack_problems(spec: StackSpec) -> list[Problem]:
         for i, alert in enumerate(config.analysis.alerts):
             if not alert.url.get_secret_value().startswith(("http://", "https://", "<")):  # "<…>": ciphertext not decrypted here
                 problems.append(Problem(at(f"analysis.alerts[{i}].url"), "<secret>", "must be an http:// or https:// URL"))
-    return problems + _name_clashes(spec)
+    return problems + _name_clashes(spec) + _hook_name_clashes(spec)
+
+
+def _hook_name_clashes(spec: StackSpec) -> list[Problem]:
+    """Two apps whose hooks would be sent one ``name`` in one namespace: a load tester keys its gates on
+    ``<name>.<namespace>``, so a gate opened for one would open for the other's release too."""
+    rule = "(a load tester keys gates on <name>.<namespace>) would open for "
+    if spec.names_no_app() and spec.analysis is not None and spec.analysis.webhook_name:
+        return [Problem("analysis.webhookName", spec.analysis.webhook_name, (
+            f"is sent by every app a top-level analysis without app judges (each app the program's components declare): a gate opened "
+            f"for one {rule}all; set it per app, under apps.<name>.analysis"))]
+    problems: list[Problem] = []
+    configs = spec.app_configs() if spec.apps else {}
+    for name, config in configs.items():
+        if not config.analysis.webhook_name:
+            continue
+        namespace = config.app.namespace if config.app is not None else None  # None: declared by the program, unknown here
+        for other_name, other in configs.items():
+            same_namespace = namespace is not None and other.app is not None and other.app.namespace == namespace
+            if other_name != name and (other.analysis.webhook_name or other_name) == config.analysis.webhook_name and same_namespace:
+                problems.append(Problem(f"apps.{name}.analysis.webhookName", config.analysis.webhook_name, (
+                    f"is also the name app {other_name}'s hooks are sent: a gate opened for one {rule}both; give each app its own")))
+                break
+    return problems
 
 
 def _name_clashes(spec: StackSpec) -> list[Problem]:

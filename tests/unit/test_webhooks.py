@@ -896,3 +896,45 @@ def test_a_command_hook_reads_what_an_http_hook_is_sent_on_its_standard_input(tm
     assert json.loads(out.read_text()) == body
     quiet = Webhook.model_validate({"name": "quiet", "type": "event", "timeout": "5s", "cmd": "true"})  # reads nothing: still a yes
     assert Caller().call(quiet, body).ok
+
+
+def _two_apps(web: dict[str, Any], api: dict[str, Any], api_namespace: str) -> dict[str, Any]:
+    app = spec().model_dump(by_alias=True, exclude_none=True, mode="json", include={"app", "gateway"})
+    analysis = {"stepWeight": 10, "metrics": [{"name": "request-error-rate", "thresholdRange": {"max": 1}}]}
+    return {"prometheus": {"address": "http://prometheus:9090"},
+            "apps": {"web": {**app, "app": {**app["app"], "name": "web", "namespace": "shop"}, "analysis": {**analysis, **web}},
+                     "api": {**app, "app": {**app["app"], "name": "api", "namespace": api_namespace}, "analysis": {**analysis, **api}}}}
+
+
+@pytest.mark.parametrize(("web", "api", "namespace", "refused"), [
+    ({"webhookName": "shop"}, {"webhookName": "shop"}, "shop", ["apps.web.analysis.webhookName", "apps.api.analysis.webhookName"]),
+    ({"webhookName": "api"}, {}, "shop", ["apps.web.analysis.webhookName"]),  # the other app's own name
+    ({"webhookName": "shop"}, {"webhookName": "shop"}, "other", []),  # gates are keyed by namespace too
+    ({"webhookName": "shop"}, {"webhookName": "cart"}, "shop", []),
+], ids=["same-name", "another-app-s-name", "other-namespace", "distinct"])
+def test_two_apps_whose_hooks_would_be_sent_one_name_in_one_namespace_are_refused(web: dict[str, Any], api: dict[str, Any],
+                                                                                  namespace: str, refused: list[str]) -> None:
+    """A load tester keys gates on <name>.<namespace>: a gate opened for one app's release would open the other's."""
+    from canary.core.spec import parse_stack
+    from canary.errors import InvalidSpec
+
+    values = _two_apps(web, api, namespace)
+    if not refused:
+        parse_stack(values)
+        return
+    with pytest.raises(InvalidSpec) as info:
+        parse_stack(values)
+    assert sorted(p.field for p in info.value.problems) == sorted(refused), info.value.problems
+    assert all("give each app its own" in p.rule for p in info.value.problems)
+
+
+def test_a_webhook_name_in_a_top_level_analysis_that_judges_every_app_is_refused() -> None:
+    from canary.core.spec import parse_stack
+    from canary.errors import InvalidSpec
+
+    values = {"prometheus": {"address": "http://prometheus:9090"},
+              "analysis": {"stepWeight": 10, "metrics": [{"name": "request-error-rate", "thresholdRange": {"max": 1}}], "webhookName": "shop"}}
+    with pytest.raises(InvalidSpec) as info:
+        parse_stack(values)
+    (problem,) = info.value.problems
+    assert problem.field == "analysis.webhookName" and "set it per app" in problem.rule, problem
