@@ -398,6 +398,8 @@ def status(stack: str, app: str | None, as_json: bool, lab: bool | None, project
         click.echo(f"  ROLLBACK PENDING: run canary resume {stack}")
     if state.phase.value == "PromotedUnverified":
         click.echo(f"  PROMOTED, NOT VERIFIED: run canary resume {stack} to verify")
+    if state.post_rollout_owed and not found.running:
+        click.echo(f"  its post-rollout webhooks were not called (its process stopped first): run canary resume {stack} to call them")
     if state.unapplied:
         click.echo(f"  changed in the stack file during the release, not applied by the rollback: {', '.join(state.unapplied)}")
     for check in state.last_checks:

@@ -344,6 +344,16 @@ def test_status_json_has_no_exit_code_while_the_release_is_not_finished(phase: P
     assert _strict(out)["exit_code"] == code, err
 
 
+@pytest.mark.parametrize("owed", [True, False])
+def test_status_says_when_an_ended_release_still_owes_its_post_rollout_hooks(owed: bool, monkeypatch: pytest.MonkeyPatch,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    # only `status --json` showed it: a person reading the text never learnt that `resume` would call them
+    _status(monkeypatch, _state(Phase.SUCCEEDED).model_copy(update={"post_rollout_owed": owed}))
+    code, out, err = _run(monkeypatch, capsys, "status", "dev")
+    assert code == 0, err
+    assert ("post-rollout webhooks were not called" in out and "canary resume dev" in out) is owed, out
+
+
 # --- validate ------------------------------------------------------------------------------------------
 
 
