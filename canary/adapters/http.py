@@ -101,6 +101,13 @@ def url_parts(url: str, path: Callable[[str], Iterable[str]] | None = None, leas
     return found | set(path(parts.path) if path is not None else [parts.path, *parts.path.split("/")])
 
 
+def opaque(segment: str) -> bool:
+    """A URL's path segment that reads as a token rather than a word (``s3cr3t``, ``T0123ABC``, ``QwErTyUiOpAs``, a long
+    random string): a script's ``/api/approvals/check`` is said in its own messages, and masking ``check`` hid them."""
+    mixed = any(c.isdigit() for c in segment) or (any(c.isupper() for c in segment) and any(c.islower() for c in segment))
+    return len(segment) >= 16 or (len(segment) >= 6 and mixed and any(c.isalpha() for c in segment))
+
+
 def post_json(url: str, body: Mapping[str, Any], timeout: float, headers: Mapping[str, str] | None = None) -> Answer:
     """POST ``body`` as JSON; the answer's status, or 0 with why there was none."""
     try:

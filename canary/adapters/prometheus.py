@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import html
 import json
 import math
 import re
@@ -23,7 +24,7 @@ import threading
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import quote, quote_plus, unquote
 
 from prometheus_api_client import PrometheusApiClientException, PrometheusConnect
 from urllib3.util.retry import Retry
@@ -165,9 +166,10 @@ def _warnings(response: Any) -> list[str]:
 def _beyond_the_origin(address: str) -> list[str]:
     """What ``address`` carries beyond its origin (its user info, path, query, fragment, each query value), as
     given and percent-decoded: scrubbed from what a server or the transport says, as a secret is."""
-    # the path whole, not each segment (``/api/v1`` would take every "api" and "v1" of an error's text); a query's
+    # the path whole, and of its segments only those that read as tokens (``/api/v1`` would take every "api" and "v1"
+    # of an error's text; a tenant's ``/t/<token>`` echoed alone, "unknown tenant <token>", is the token); a query's
     # values, not a short one (``?orgId=1``): masked, every "1" of an error's text went with it
-    found = http.url_parts(address, path=lambda path: [path.rstrip("/")], least_value=4)
+    found = http.url_parts(address, path=lambda path: [path.rstrip("/"), *(s for s in path.split("/") if http.opaque(s))], least_value=4)
     if found is None:
         return [address]  # a malformed address is never shown whole either
     return [form for part in found for form in {part, unquote(part)} if form]
@@ -181,11 +183,12 @@ def _duration(seconds: float) -> str:
 
 
 def _forms(secret: str) -> set[str]:
-    """A secret as it is, as a JSON body quotes it (Go's encoder also escapes ``<``, ``>`` and ``&``),
-    and each of those as the client's error shows a body: a bytes literal."""
+    """A secret as it is, as a JSON body quotes it (Go's encoder also escapes ``<``, ``>`` and ``&``), as an HTML
+    page or a URL quotes it (a proxy's 401 page, a redirect's echo), and each of those as the client's error shows a
+    body: a bytes literal."""
     quoted = json.dumps(secret)[1:-1]
     go = quoted.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-    forms = {secret, quoted, go}
+    forms = {secret, quoted, go, html.escape(secret, quote=True), quote(secret, safe=""), quote_plus(secret, safe="")}
     for form in list(forms):
         literal = repr(form.encode())
         forms.add(literal[2:-1])

@@ -196,18 +196,11 @@ def _credential(name: str) -> bool:
     return bool(_CREDENTIAL_PART.search(bare)) or any(part.lower() in _CREDENTIAL_WORDS for part in re.split(r"[-_.]", bare))
 
 
-def _opaque(segment: str) -> bool:
-    """A URL's path segment that reads as a token rather than a word (``s3cr3t``, ``T0123ABC``, ``QwErTyUiOpAs``, a long
-    random string): a script's ``/api/approvals/check`` is said in its own messages, and masking ``check`` hid them."""
-    mixed = any(c.isdigit() for c in segment) or (any(c.isupper() for c in segment) and any(c.islower() for c in segment))
-    return len(segment) >= 16 or (len(segment) >= 6 and mixed and any(c.isalpha() for c in segment))
-
-
 def _embedded_url_parts(url: str) -> set[str]:
     """What of a URL inside a script may be a secret: the URL whole, its user and password, its query and each of
     its values, its fragment, and its path segments that read as tokens (a Slack-style hook's)."""
     # a malformed one (no parts) was never sent: it can be quoted whole only
-    return {url, *(http.url_parts(url, lambda path: [s for s in path.split("/") if _opaque(s)]) or ())}
+    return {url, *(http.url_parts(url, lambda path: [s for s in path.split("/") if http.opaque(s)]) or ())}
 
 
 def _words_secrets(words: list[str], depth: int = 0) -> set[str]:

@@ -410,7 +410,46 @@ def test_a_short_query_value_of_the_address_is_not_scrubbed_out_of_every_error()
     assert "hunter2" in _beyond_the_origin("http://prometheus:9090/?orgId=1&apikey=hunter2")
     # only a query's short values are let be: a short password, path or fragment is masked still
     assert {"pw9", "/t1", "frg"} <= set(_beyond_the_origin("http://bob:pw9@prom:9090/t1?orgId=1#frg"))
-    # the path whole, not each of its segments: "api" and "v1" are not scrubbed out of every error, a tenant's path is
+    # the path whole, and of its segments only those that read as tokens: "api" and "v1" are not scrubbed out of every
+    # error, a tenant's path is, and so is its token echoed alone
     found = set(_beyond_the_origin("http://prom:9090/api/v1/tenant-x9/"))
-    assert "/api/v1/tenant-x9" in found and not {"api", "v1", "tenant-x9"} & found, found
+    assert {"/api/v1/tenant-x9", "tenant-x9"} <= found and not {"api", "v1"} & found, found
     assert _beyond_the_origin("http://[::1") == ["http://[::1"]  # malformed: never shown, whole or in part
+
+
+class _Tenant(BaseHTTPRequestHandler):
+    """A gateway in front of Prometheus that rejects the tenant of the address's path, quoting the segment alone, and
+    whose 401 page quotes the credentials it was sent as HTML and as a URL quotes them."""
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        import html
+        from urllib.parse import quote
+
+        tenant = self.path.split("/")[2]
+        auth = self.headers.get("Authorization", "")
+        said = f"<p>unknown tenant {tenant}; sent {html.escape(auth, quote=True)}, retry with {quote(auth, safe='')}</p>"
+        body = said.encode()
+        self.send_response(401)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def test_a_tenant_token_echoed_alone_and_a_token_echoed_html_or_url_quoted_stay_out_of_errors() -> None:
+    # the path was masked whole only ("unknown tenant t0k3nABCDEF1234" went out), and a token only as it is or as
+    # JSON quotes it (a proxy's HTML page, a URL's echo, showed it)
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Tenant)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(Exception) as info:
+            PrometheusProvider(f"http://127.0.0.1:{srv.server_address[1]}/t/t0k3nABCDEF1234", token="abc<def>&ghi'\"jkSECRET").run_query("up")
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    text = f"{info.value} {info.value.__cause__!r}"
+    assert "401" in text and "unknown tenant" in text, text
+    assert "t0k3nABCDEF1234" not in text and "SECRET" not in text and "ghi" not in text, text
