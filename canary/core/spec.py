@@ -625,6 +625,10 @@ class Webhook(_Model):
                 raise ValueError(f"cannot be split into a command line: {exc}") from None
             if not words or not words[0]:
                 raise ValueError("must name a command")
+            if re.match(r"[A-Za-z_][A-Za-z0-9_]*=", words[0]):
+                # no shell runs it: NAME=value would be taken for the program's name (and said, value and all, as such)
+                raise ValueError("must begin with the command, not a variable assignment (NAME=…): it runs without a shell; "
+                                 "use `env NAME=… command`, or `sh -c '…'`")
         return v
 
     @field_validator("timeout")

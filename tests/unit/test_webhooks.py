@@ -938,3 +938,14 @@ def test_a_webhook_name_in_a_top_level_analysis_that_judges_every_app_is_refused
         parse_stack(values)
     (problem,) = info.value.problems
     assert problem.field == "analysis.webhookName" and "set it per app" in problem.rule, problem
+
+
+@pytest.mark.parametrize("cmd", ["API_TOKEN=sk_live_S3CRETVALUE ./smoke.sh", "A=1 B=2 true"])
+def test_a_command_hook_that_begins_with_a_variable_assignment_is_refused(cmd: str) -> None:
+    # run without a shell, its first word was taken for the program: "`API_TOKEN=sk_live_…` could not start", the value
+    # said in the journal, Events and chat alerts
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="not a variable assignment"):
+        hook(name="smoke", type="pre-rollout", cmd=cmd)
+    assert hook(name="smoke", type="pre-rollout", cmd="env A=1 true").cmd == "env A=1 true"
