@@ -32,6 +32,7 @@ hook, a load generator among them, is SIGKILLed with canary).
 from __future__ import annotations
 
 import ctypes
+import errno
 import functools
 import os
 import queue
@@ -213,4 +214,23 @@ def spawn(args: list[str], **options: Any) -> subprocess.Popen[bytes]:
             _spawner.start()
     done: Future[subprocess.Popen[bytes]] = Future()
     _SPAWNS.put((functools.partial(subprocess.Popen, args, preexec_fn=_dies_with(os.getpid(), _PRCTL), **options), done))
-    return done.result()
+    try:
+        return done.result(timeout=SPAWN_WAIT)
+    except TimeoutError:
+        # a fork stuck before its exec (what a library's at-fork handler does in the child runs there): the caller is
+        # not held with it, a hook that cannot start fails, and the next spawn gets a thread of its own
+        with _SPAWNER_LOCK:
+            _spawner = None
+        done.add_done_callback(_kill_if_started)  # started late, with nobody to own it
+        raise OSError(errno.ETIMEDOUT, f"not started within {SPAWN_WAIT:g}s: its fork did not reach the command") from None
+
+
+#: how long ``spawn`` waits for the spawner's fork and exec, which take milliseconds
+SPAWN_WAIT = 15.0
+
+
+def _kill_if_started(done: Future[subprocess.Popen[bytes]]) -> None:
+    if done.exception() is None:
+        process = done.result()
+        process.kill()
+        process.wait()

@@ -15,6 +15,7 @@ import pytest
 
 from canary.adapters import processes
 from canary.adapters.stack import _lock_alive
+from tests.unit.support import poll
 
 HOST = socket.gethostname()
 
@@ -136,3 +137,28 @@ def test_a_child_whose_parent_died_before_it_asked_kills_itself() -> None:
 def test_a_spawn_that_cannot_start_raises_what_popen_raises() -> None:
     with pytest.raises(FileNotFoundError):
         processes.spawn(["/nonexistent/canary-hook"])
+
+
+def test_a_spawn_whose_fork_is_stuck_fails_in_bounded_time_and_the_next_one_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the caller waited on the spawner without a bound: a fork stuck before its exec (an at-fork handler in the child)
+    # held the hook, the release's thread with it, and every later hook
+    real = subprocess.Popen
+    stuck, late = threading.Event(), []
+
+    def popen(args: list[str], **options: object) -> subprocess.Popen[bytes]:
+        if args == ["sleep", "31"]:
+            stuck.wait(10)
+            late.append(real(args, **options))  # type: ignore[arg-type]
+            return late[-1]
+        return real(args, **options)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(processes, "SPAWN_WAIT", 0.5)
+    monkeypatch.setattr(subprocess, "Popen", popen)
+    started = time.monotonic()
+    with pytest.raises(OSError, match="not started within 0.5s"):
+        processes.spawn(["sleep", "31"])
+    assert time.monotonic() - started < 5
+    quick = processes.spawn(["true"])  # another thread forks it: the stuck one is not waited for
+    assert quick.wait(5) == 0
+    stuck.set()
+    assert poll(lambda: bool(late) and late[0].poll() is not None, 5.0), "the late child was left running"
