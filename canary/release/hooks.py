@@ -23,6 +23,7 @@ from typing import Any
 from canary.core import notify
 from canary.core.records import Phase, ReleaseState
 from canary.core.spec import ReleaseSpec, Severity, Webhook, WebhookType
+from canary.errors import CanaryError
 from canary.release.ports import Clock, HookCaller, HookResult
 
 #: The phase Flagger's Canary status shows while canary's release is in each phase, for the hooks that
@@ -105,9 +106,9 @@ class Delivery:
 
     ``put`` never blocks: with ``limit`` calls already waiting, the new one is
     dropped and reported as a failure. A call that raises is a failed delivery,
-    and the next call goes on. ``close`` delivers what is queued for at
-    most ``timeout`` seconds and reports what is left (also when the worker
-    died, reporting a failure), one failure per receiver;
+    and the next call goes on (also when recording that failure fails). ``close``
+    delivers what is queued for at most ``timeout`` seconds and reports what is
+    left (also when the worker died), one failure per receiver;
     the worker is a daemon, so a receiver that hangs never keeps the process alive.
     """
 
@@ -143,7 +144,10 @@ class Delivery:
                     return
                 self._calling = None
                 if not result.ok:
-                    self._on_failure(result)
+                    # its record failing too (the cluster refused the journal's write, the disk is full) ends this call
+                    # only: the worker died, and every later event and alert with it
+                    with contextlib.suppress(CanaryError, OSError):
+                        self._on_failure(result)
         self._drained = True
 
     def close(self, timeout: float) -> int:

@@ -118,7 +118,13 @@ class Release:
         self.cancel = threading.Event()
         #: wakes a wait early: a request arrived (promote, pause, continue)
         self._wake = threading.Event()
+        #: the requests to act on: the watch's (its thread), a signal's abort (``local``, the signal's thread), and the
+        #: loop's reads; every read-modify-write of them under ``_requests_lock`` (a write in between was lost with it)
         self._requests: dict[str, dict[str, Any]] = {}
+        self._requests_lock = threading.Lock()
+        #: the last request of each kind acted on, as the cluster holds it: never taken again, though the watch
+        #: reports it until the cluster has cleared it (a state kept on this machine delays that)
+        self._taken: dict[str, dict[str, Any]] = {}
         #: requests taken while the state that carries them was kept on this machine only: cleared in the cluster
         #: once it holds that state (before, a resume elsewhere would find neither the request nor its effect)
         self._unclear: dict[str, dict[str, Any] | None] = {}
@@ -285,7 +291,8 @@ class Release:
 
     def request_abort(self, by: str) -> None:
         """An abort from this process (a signal): as if `canary abort` had been run."""
-        self._requests = {**self._requests, "abort": {"by": by, "local": True}}
+        with self._requests_lock:
+            self._requests = {**self._requests, "abort": {"by": by, "local": True}}
         if self._phase not in PROMOTION and self._phase is not Phase.ROLLING_BACK:
             self._cancel_now()
 
@@ -306,6 +313,8 @@ class Release:
                     if self.lease.lost:
                         raise LeaseLost(f"release {state.release} stopped: {self.lease.lost}")
                     self._clear_taken()
+                    # before the requests are read (here and by the handler): one reported after the read wakes the wait
+                    self._wake.clear()
                     state = self._take_requests(state)
                     state = self.advance(state)
                 except LeaseLost:
@@ -399,10 +408,12 @@ class Release:
 
     def _on_requests(self, requests: dict[str, dict[str, Any]]) -> None:
         """From the watch on the requests ConfigMap (another thread): an abort cancels at once."""
-        local = {k: v for k, v in self._requests.items() if v.get("local")}
-        self._requests = {**requests, **local}
-        # a request already taken, still in the cluster until the state that carries it is, wakes nothing again
-        requests = {k: v for k, v in requests.items() if self._unclear.get(k) != v}
+        # a request already taken, still in the cluster until the state that carries it is, is neither taken nor
+        # wakes anything again (taken again, one promote approved a blue/green switch and then promoted it undecided)
+        with self._requests_lock:
+            requests = {k: v for k, v in requests.items() if self._taken.get(k) != v}
+            local = {k: v for k, v in self._requests.items() if v.get("local")}
+            self._requests = {**requests, **local}
         if "abort" in self._requests and self._phase not in PROMOTION and self._phase is not Phase.ROLLING_BACK:
             self._cancel_now()
         if requests:
@@ -469,7 +480,8 @@ class Release:
         if state.rollback_to is not Phase.ABORTED:  # (an aborted release's rollback, resumed: the abort it carries out, or another)
             self.recorder.event(state, f"abort by {abort.get('by') or 'a user'} ignored: already rolling back ({state.reason})")
         if abort.get("local"):
-            self._requests.pop("abort", None)  # a signal: nothing of it is in the cluster
+            with self._requests_lock:
+                self._requests.pop("abort", None)  # a signal: nothing of it is in the cluster
         else:
             self._clear("abort", abort)
 
@@ -477,9 +489,12 @@ class Release:
         """The request of ``kind`` this release acted on: cleared in the cluster (that one, not one written since)
         once the state that carries it is the cluster's; at once when it changed nothing (refused, or ignored), unless
         it is one already waiting for its state (reported again by the watch, its effect already saved here)."""
-        if self._requests.get(kind) is acted_on:
-            self._requests.pop(kind, None)
         request = None if acted_on is None or acted_on.get("local") else acted_on
+        with self._requests_lock:
+            if self._requests.get(kind) == acted_on:  # (equal: the watch may have reported it again since it was read)
+                self._requests.pop(kind, None)
+            if request is not None:
+                self._taken[kind] = request
         if carried or kind in self._unclear:
             self._unclear[kind] = request
             self._clear_taken()
@@ -487,7 +502,7 @@ class Release:
         try:
             self.store.clear_request(kind, request)
         except CanaryError:
-            pass  # left in the cluster: asked for again, and refused again
+            self._unclear[kind] = request  # left in the cluster (not taken again): cleared at a later turn of the loop
 
     def _clear_taken(self) -> None:
         if not self._unclear or not self.store.state_taken():
@@ -500,8 +515,9 @@ class Release:
             self._unclear.pop(kind, None)
 
     def _wait(self, seconds: float) -> bool:
-        """Wait up to ``seconds``; stops early (True) on an abort, or on any request (``_wake``)."""
-        self._wake.clear()
+        """Wait up to ``seconds``; stops early (True) on an abort, or on any request (``_wake``) reported since the
+        requests were last read: ``_wake`` is cleared before each read, not here (a promote reported while the
+        handler ran between its read and this wait was left for the whole interval, then refused by a failed tick)."""
         end = self.clock.monotonic() + seconds
         while (left := end - self.clock.monotonic()) > 0:
             if self.cancel.is_set():
@@ -794,8 +810,9 @@ class Release:
             pending = self.store.requests(state.release).get("abort")
         except CanaryError:
             pending = None  # unanswered: the watch's view, as for every other request
-        if pending is not None and "abort" not in self._requests:
-            self._requests = {**self._requests, "abort": pending}
+        with self._requests_lock:
+            if pending is not None and pending != self._taken.get("abort") and "abort" not in self._requests:
+                self._requests = {**self._requests, "abort": pending}
         if "abort" in self._requests:
             return self._take_requests(state)
         return self.recorder.save(state.model_copy(update={"phase": Phase.PROMOTING, **update}), message, severity)
@@ -990,6 +1007,7 @@ class Release:
                 if state.phase in (Phase.WAITING_PROMOTION, Phase.WAITING_DECISION) and "promote" in self._requests:
                     answered = True
                     break
+                self._wake.clear()
                 state = self._take_requests(state)
                 if state.phase is not phase:
                     answered = True
@@ -1105,8 +1123,10 @@ class Release:
             self.recorder.event(self._state, message)
 
     def _close(self) -> None:
-        self.hooks.close(self.event_flush_timeout)
-        self.lease.release()
+        try:
+            self.hooks.close(self.event_flush_timeout)
+        finally:
+            self.lease.release()  # whatever the events' flush raised: the app is never left held until its lease runs out
 
     def _result(self, state: ReleaseState) -> ReleaseResult:
         return ReleaseResult(state.release, state.phase, state.weight, state.reason, state.last_checks, state.rollback_pending, state.unapplied)

@@ -257,9 +257,22 @@ class Lease:
 
     def start_renewing(self) -> None:
         def loop() -> None:
-            while not self._stop.wait(self.renew_every):
-                with contextlib.suppress(CanaryError):
-                    self.renew()
+            said = False
+            try:
+                while not self._stop.wait(self.renew_every):
+                    try:
+                        self.renew()
+                    except CanaryError:
+                        pass  # no answer: tried again; still none two periods on, `fence` renews before a change
+                    except Exception as exc:  # noqa: BLE001 - a renewer that died let the lease run out under the release
+                        # (an HTML page from a proxy, a defect): said once, as a thread's uncaught error, and tried again;
+                        # still failing two periods on, the release meets it in `fence`
+                        if not said:
+                            said = True
+                            threading.excepthook(threading.ExceptHookArgs((type(exc), exc, exc.__traceback__, threading.current_thread())))
+            finally:
+                if not self._stop.is_set():  # ended all the same: the release stops at its next turn, not unleased
+                    self.lost = self.lost or f"the renewals of the lease of {self.app} stopped (canary resume continues the release)"
 
         self._stop.clear()
         self._thread = threading.Thread(target=loop, name="canary-lease", daemon=True)

@@ -200,3 +200,23 @@ def test_a_sigkill_of_canary_kills_the_command_hooks_it_started(tmp_path: Path) 
             for pgid in hooks:
                 if group_members(pgid):
                     os.killpg(pgid, signal.SIGKILL)
+
+
+# --- an event whose failure cannot be recorded ---------------------------------------------------
+
+
+def test_the_delivery_goes_on_when_recording_a_failed_call_fails() -> None:
+    # the journal's write of a failed alert was refused (a Conflict): the worker died with it, and every later event
+    # and alert of the release was lost
+    from canary.errors import Conflict
+    from canary.release.hooks import Delivery
+
+    def record(result: HookResult) -> None:
+        raise Conflict("writing ConfigMap canary-web-journal-r1-0: changed since it was read")
+
+    delivered = threading.Event()
+    delivery = Delivery(on_failure=record)
+    delivery.put("team", "alert:slack", lambda: HookResult("team", "alert:slack", False, 0.0, "answered 500"))
+    delivery.put("audit", "event", lambda: delivered.set() or HookResult("audit", "event", True, 0.0, "answered 200"))
+    assert delivered.wait(BOUND_S)
+    assert delivery.close(BOUND_S) == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -19,6 +20,7 @@ from canary.errors import ClusterUnreachable, Conflict, Forbidden, InvalidSpec, 
 from canary.state.cache import Cache
 from canary.state.store import ReleaseStore
 from tests.unit.fakes import NEW, STABLE, FakeCluster, FakeHooks, FakeKube, FakeStore, Metrics, World, make, spec
+from tests.unit.support import BOUND_S
 
 
 def test_a_healthy_release_steps_through_every_weight_and_promotes() -> None:
@@ -276,6 +278,28 @@ def _t(text: str) -> float:
     from datetime import datetime
 
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def test_a_promote_reported_while_the_handler_runs_after_its_read_wakes_the_wait() -> None:
+    # reported during the rollout hook's start, after WaitingPromotion had read the requests: the wait then cleared the
+    # wake-up, the promote sat out the interval, and the failing tick judged first turned it into a refusal
+    sent: dict[str, float] = {}
+
+    class Hooks(FakeHooks):
+        def call(self, hook: Any, body: Any, cancel: Any = None) -> Any:  # an HTTP rollout hook is called as the interval starts
+            state = world.store.state
+            if not sent and hook.type.value == "rollout" and state is not None and state.phase is Phase.WAITING_PROMOTION:
+                sent["at"] = world.clock.now_s
+                world.store.request("promote", by="oncall")
+            return super().call(hook, body, cancel)
+
+    world = make(Metrics([0.0] * 5 + [5.0] * 50), lambda v: v["analysis"].update(threshold=50, webhooks=[
+        {"name": "approve", "type": "confirm-promotion", "url": "http://gate/"},
+        {"name": "load", "type": "rollout", "url": "http://loadtester/"}]), hooks=Hooks(lambda name, kind: kind != "confirm-promotion"))
+    assert world.start().phase is Phase.SUCCEEDED
+    assert not [e for e in world.store.of("event") if "refused" in e.message]
+    approved = next(r for r in world.store.of("state") if r.message.startswith("promotion approved by oncall"))
+    assert _t(approved.time) - (world.clock.base.timestamp() + sent["at"]) <= 1.0
 
 
 def test_an_abort_during_an_up_interrupts_it() -> None:
@@ -1654,6 +1678,98 @@ def test_a_refused_promote_is_cleared_at_once_even_while_states_are_kept_here() 
     # the failing ticks go on (the request refused once), and the failing canary is rolled back at its failure limit
     assert len(refused) == 1 and len(after) >= 3, (len(refused), len(after))
     assert result is not None and result.phase is Phase.FAILED, result
+
+
+@pytest.mark.parametrize("kept_until", [float("inf"), 25.0], ids=["cluster-refuses-states", "outage-ends-during-the-switch"])
+def test_one_promote_is_taken_once_though_the_watch_reports_it_until_the_cluster_clears_it(kept_until: float) -> None:
+    # blue/green in WaitingPromotion: the promote approved the switch, and stayed in the cluster while the state was
+    # kept here; the watch's next report wrote it back, and when the switch's tick came out inconclusive
+    # WaitingDecision took it again and promoted a release nobody had decided
+    class Kept(FakeStore):
+        def state_taken(self) -> bool:
+            return world.clock.now_s > kept_until
+
+    store = Kept()
+
+    def blue_green(v: dict[str, Any]) -> None:
+        for key in ("stepWeight", "maxWeight", "stepWeights"):
+            v["analysis"].pop(key, None)
+        v["analysis"].update(iterations=2, threshold=50, decisionTimeout="5m",
+                             webhooks=[{"name": "approve", "type": "confirm-promotion", "url": "http://gate/"}],
+                             metrics=[{"name": "request-error-rate", "thresholdRange": {"max": 1}, "inconclusiveRange": {"max": 2}, "evidence": "none"}])
+
+    world = make(Metrics([0.0, 0.0, 1.5] + [0.0] * 50), blue_green, hooks=FakeHooks(lambda name, kind: kind != "confirm-promotion"), store=store)
+
+    def on_sleep(now: float) -> None:
+        st = store.state
+        if st is not None and st.phase is Phase.WAITING_PROMOTION and not store.of("request"):
+            store.request("promote", by="oncall")
+        if store._listener is not None:  # the watch, re-opened, lists the requests again
+            store._listener(store.requests(store._release))
+
+    world.clock.on_sleep = on_sleep
+    result = world.start()
+    assert [r.request for r in store.of("request")] == ["promote"]
+    assert result.phase is Phase.FAILED and "no decision within" in result.reason, result
+
+
+def test_a_signal_s_abort_is_not_lost_to_a_report_of_the_watch_written_at_the_same_time() -> None:
+    # the watch read the requests, a signal added its abort (and set the cancel token), then the watch wrote back what
+    # it had read: the abort was gone, the token stayed set, and the loop turned forever without a tick
+    world = make(Metrics(0.0), lambda v: v["analysis"].update(webhooks=[{"name": "load", "type": "rollout", "url": "http://lt/"}]))
+    release = world.release
+    read, may_write = threading.Event(), threading.Event()
+    kept: list[bool] = []
+
+    class Held(dict):  # type: ignore[type-arg]
+        def items(self) -> Any:  # the watch's read of the requests: held until the signal's abort is in (or waits)
+            out = list(super().items())
+            read.set()
+            may_write.wait(BOUND_S)
+            return out
+
+    def on_sleep(now: float) -> None:
+        st = world.store.state
+        if read.is_set() or st is None or st.weight != 20:
+            return
+        release._requests = Held(release._requests)
+        watch = threading.Thread(target=release._on_requests, args=({},))
+        watch.start()
+        assert read.wait(BOUND_S)
+        signal = threading.Thread(target=release.request_abort, args=("signal SIGINT",))
+        signal.start()
+        signal.join(0.5)  # done, or waiting for the watch's write (then it comes after it)
+        may_write.set()
+        watch.join(BOUND_S)
+        signal.join(BOUND_S)
+        kept.append("abort" in release._requests)
+
+    advance, turns = release.advance, [0]
+
+    def bounded(state: ReleaseState) -> ReleaseState:
+        turns[0] += 1
+        if turns[0] > 1000:
+            raise _Stop(f"the loop turned 1000 times without a tick; the abort kept: {kept}")
+        return advance(state)
+
+    release.advance = bounded  # type: ignore[method-assign]
+    world.clock.on_sleep = on_sleep
+    result = world.start()
+    assert kept == [True] and result.phase is Phase.ABORTED, result
+    assert max(world.cluster.weights_seen) == 20
+
+
+def test_the_lease_is_let_go_when_flushing_the_events_at_the_end_fails() -> None:
+    # an error out of the events' flush skipped the lease's release: the app stayed held until the lease ran out
+    world = make(Metrics(0.0))
+
+    def close(timeout: float) -> int:
+        raise RuntimeError("the journal is gone")
+
+    world.release.hooks.close = close  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match="the journal is gone"):
+        world.start()
+    assert world.lease.acquired and world.lease.held is None
 
 
 class _Stop(BaseException):

@@ -23,6 +23,7 @@ from canary.state.cache import Cache, Legacy
 from canary.state.lease import Lease
 from canary.state.store import ReleaseStore
 from tests.unit.fakes import FakeKube
+from tests.unit.support import BOUND_S
 
 
 def _state(release: str = "r1", phase: Phase = Phase.PROGRESSING, updated: str = "2026-12-01T00:00:01.000Z") -> ReleaseState:
@@ -743,6 +744,53 @@ def test_a_renewal_whose_answer_came_late_counts_from_when_it_was_sent() -> None
     before = time.monotonic()
     mine.renew()
     assert mine._renewed <= before + 0.05, mine._renewed - before
+
+
+def test_the_renewer_survives_a_renewal_that_raises_anything_and_says_it_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    # an HTML page from an auth proxy (a ValueError, not the cluster's answer) ended the renewer without a word:
+    # `lost` stayed None and the release went on while its lease ran out
+    said: list[Any] = []
+    monkeypatch.setattr(threading, "excepthook", said.append)
+    kube = FakeKube()
+    lease = _lease(kube)
+    lease.acquire("r1")
+    replace, calls, renewed = kube.replace, [0], threading.Event()
+
+    def garbled(manifest: Any) -> Any:
+        calls[0] += 1
+        if calls[0] <= 2:
+            raise ValueError("Expecting value: line 1 column 1 (char 0)")
+        renewed.set()
+        return replace(manifest)
+
+    kube.replace = garbled  # type: ignore[method-assign]
+    lease.start_renewing()
+    assert renewed.wait(BOUND_S)
+    lease.release()
+    assert lease.lost is None and [type(args.exc_value) for args in said] == [ValueError]
+
+
+def test_a_renewer_that_ends_while_the_release_runs_is_a_lost_lease(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(threading, "excepthook", lambda args: None)  # the renewer's end is expected here
+    kube = FakeKube()
+    lease = _lease(kube)
+    lease.acquire("r1")
+    replace = kube.replace
+
+    class Ends(BaseException):
+        """Whatever still ends the thread."""
+
+    def ends(manifest: Any) -> Any:
+        raise Ends()
+
+    kube.replace = ends  # type: ignore[method-assign]
+    lease.start_renewing()
+    assert lease._thread is not None
+    lease._thread.join(BOUND_S)
+    kube.replace = replace  # type: ignore[method-assign]
+    assert lease.lost is not None and "renewals" in lease.lost
+    with pytest.raises(LeaseLost):
+        lease.fence()
 
 
 @pytest.mark.parametrize("annotation", ['{"host": "h", "pid": "abc"}', "null", "[1]", '"x"'])
