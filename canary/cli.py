@@ -605,6 +605,10 @@ def _pod_label_note(spec: Any, provider: Any) -> str:
     from canary.errors import MetricError
 
     configured = spec.prometheus.pod_label
+    if spec.prometheus.request_count is not None:
+        # the app counts its requests its own way: its http_requests_total (if any) says nothing of them, and the
+        # preflight has run prometheus.requestCount over stable's pods, refusing it when it found no series
+        return ""
     try:
         series = provider.series_labels(f'{metrics.REQUESTS_METRIC}{{namespace="{spec.app.namespace}"}}')
     except MetricError:

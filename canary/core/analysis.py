@@ -21,7 +21,8 @@ score is below ``marginal``, a critical metric failed, or a rollout webhook fail
 ``threshold`` failures in a row or ``failureLimit`` in all. A hold or an
 inconclusive tick leaves both counts alone. ``preflight`` runs every query once
 before a release applies anything; only a query the provider rejects is
-refused there.
+refused there, and a request count that finds no series at all over stable's
+pods (it would read every track as idle).
 """
 
 from __future__ import annotations
@@ -127,13 +128,19 @@ def _bounds_in_unit(metric: Metric) -> list[float]:
 
 
 def _looks_like_a_rate(spec: ReleaseSpec, metric: Metric) -> bool:
-    """``evidence: auto`` on a template: a ratio (it divides) that reads the request counter, with a range inside
+    """``evidence: auto`` on a template: a ratio (it divides) that reads the request count's counter, with a range inside
     0..100. A template with no division is a count or a throughput (requests per second), never a share."""
     if metric.template_ref is None or metric.threshold_range is None:
         return False
     query, _ = metric_query(spec, metric)
     bounds = [b for b in (metric.threshold_range.min, metric.threshold_range.max) if b is not None]
-    return metrics.REQUESTS_METRIC in query and _ratio(query) is not None and all(0 <= b <= 100 for b in bounds)
+    return metrics.reads(query, _counters(spec)) and _ratio(query) is not None and all(0 <= b <= 100 for b in bounds)
+
+
+def _counters(spec: ReleaseSpec) -> dict[str, tuple[str, ...]]:
+    """The series the request count reads (``http_requests_total``, or ``prometheus.requestCount``'s), with the labels
+    it selects them by: a template reading them is a share of the counted requests."""
+    return metrics.counters(request_count_query(spec, "1m"))
 
 
 def _ratio(query: str) -> str | None:
@@ -158,12 +165,19 @@ def per_request(spec: ReleaseSpec, metric: Metric) -> float:
 
 def _unlike_the_count(spec: ReleaseSpec, metric: Metric) -> list[str]:
     """How a template selects other requests than the canary's request count: then it may not borrow that
-    count for its evidence (a /checkout error rate over 2 requests is not one over all 10,000)."""
-    template, _ = metric_query(spec, metric)
-    pod_label = spec.prometheus.pod_label if spec.prometheus else "kubernetes_pod_name"
-    query = templates.render(template, target=spec.target, stable=spec.stable, namespace=spec.app.namespace, interval="1m",
-                             variables=metric.template_variables, pod_label=pod_label)
-    return metrics.unlike_the_count(query, pod_label)
+    count for its evidence (a /checkout error rate over 2 requests is not one over all 10,000). Held against the
+    count as it is rendered, the built-in one or ``prometheus.requestCount``: a team's own counter and labels."""
+    query, _ = render_query(spec, metric, interval="1m")
+    return metrics.unlike_the_count(query, request_count_query(spec, "1m"))
+
+
+def _share(spec: ReleaseSpec, metric: Metric) -> str | None:
+    """``_Tick._share``: None, not a share of requests; "", of all the counted ones; else how it selects part of them."""
+    if is_rate(spec, metric):
+        return ""
+    if metric.evidence is Evidence.AUTO and _looks_like_a_rate(spec, metric):
+        return ", ".join(_unlike_the_count(spec, metric))
+    return None
 
 
 def _higher_is_worse(spec: ReleaseSpec, metric: Metric, threshold: ThresholdRange) -> bool | None:
@@ -201,8 +215,12 @@ def render_query(spec: ReleaseSpec, metric: Metric, target: str | None = None, c
 
 
 def request_count_query(spec: ReleaseSpec, window: str, target: str | None = None) -> str:
-    pod_label = spec.prometheus.pod_label if spec.prometheus else "kubernetes_pod_name"
-    return templates.render(metrics.REQUEST_COUNT_QUERY, target=target or spec.target, stable=spec.stable,
+    """The requests the canary's pods (or ``target``'s) answered in ``window``: ``prometheus.requestCount`` when the
+    app counts them its own way (another counter, other labels), else the built-in count over ``http_requests_total``."""
+    prometheus = spec.prometheus
+    pod_label = prometheus.pod_label if prometheus else "kubernetes_pod_name"
+    count = prometheus.request_count if prometheus and prometheus.request_count else metrics.REQUEST_COUNT_QUERY
+    return templates.render(count, target=target or spec.target, stable=spec.stable,
                             namespace=spec.app.namespace, interval=window, variables={}, pod_label=pod_label)
 
 
@@ -255,7 +273,8 @@ class _Tick:
 
     def requests(self, window: str, target: str | None = None, address: str | None = None) -> float | MetricError:
         """The requests the canary's pods (or ``target``'s) answered in ``window``, as the Prometheus at ``address``
-        (None: the stack's) counts them; none counted is 0."""
+        (None: the stack's) counts them; none counted is 0 (a track no request reached has no series yet: the
+        preflight made sure the count finds stable's, so "none" is not a count that reads other series)."""
         if (address, target, window) not in self._counts:
             value = self.value(request_count_query(self.spec, window, target), address)
             self._counts[(address, target, window)] = 0.0 if isinstance(value, NoValues) else value
@@ -351,11 +370,7 @@ class _Tick:
         share of all of them; else a share of part of them (how the template narrows them, /checkout): how many that
         part holds is not known, only that it is at most the canary's count. The bound on that count is too kind,
         so it cannot make a pass, but a share it cannot tell even so (a light load) is no pass either: it holds."""
-        if is_rate(self.spec, metric):
-            return ""
-        if metric.evidence is Evidence.AUTO and _looks_like_a_rate(self.spec, metric):
-            return ", ".join(_unlike_the_count(self.spec, metric))
-        return None
+        return _share(self.spec, metric)
 
     def _evidence(self, metric: Metric, value: float, threshold: ThresholdRange, measure: Callable[[float], float] = lambda v: v,
                   what: str = "", part: str = "") -> tuple[Verdict, Effect, str, float | None, float | None]:
@@ -682,7 +697,9 @@ def preflight(spec: ReleaseSpec, provider_for: ProviderFor, fields: str = "") ->
     Called before a release changes anything, so that a query Prometheus refuses
     is reported as bad input (exit 2) instead of being found at the first tick,
     after the canary was deployed. Once a provider did not answer, its other
-    queries are not sent: the preflight never waits out several timeouts.
+    queries are not sent: the preflight never waits out several timeouts. The
+    request count is sent too, over stable's pods, when a rule reads it
+    (``count_problems``).
     """
     probes = []
     unreachable: set[str | None] = set()
@@ -700,4 +717,94 @@ def preflight(spec: ReleaseSpec, provider_for: ProviderFor, fields: str = "") ->
             except MetricError as exc:
                 value = exc
         probes.append(Probe(index, metric, query, value))
-    return preflight_problems(probes, fields)
+    return preflight_problems(probes, fields) + count_problems(spec, provider_for, unreachable)
+
+
+def _count_uses(spec: ReleaseSpec, metric: Metric) -> list[str]:
+    """What of ``metric``'s judgement reads the request count: minRequests, a zero compared with (or judged against)
+    stable, and the evidence of a share of requests."""
+    uses = ["minRequests"] if spec.analysis.min_requests is not None else []
+    # by difference, a zero opted out of evidence is taken as it is; by ratio, 0 / 0 is read only on requests
+    if metric.compare is not None and (metric.compare.by is CompareBy.RATIO or metric.evidence is not Evidence.NONE):
+        uses.append("compare")
+    if metric.judge is not None:
+        uses.append("judge")
+    if _share(spec, metric) is not None and (metric.threshold_range is not None or metric.compare is not None):
+        uses.append("evidence")
+    return uses
+
+
+def count_problems(spec: ReleaseSpec, provider_for: ProviderFor, unreachable: set[str | None] | None = None) -> list[Problem]:
+    """The request count sent once over stable's pods, per Prometheus and window a rule reads it in: no series at all
+    refuses the release. A tick reads "no series" as 0 requests (a canary no request reached has none yet), so a count
+    that selects nothing (the app's counter is not ``http_requests_total``, or not labelled ``namespace`` and
+    ``podLabel``) would call every track idle: every metric "fewer than minRequests", every zero "not a measurement",
+    every rate without evidence, and a healthy canary rolled back. Stable at 0 with series (a quiet hour) is a count.
+    Only a rejected count besides; an unreachable Prometheus or several series are left to the ticks, as for metrics."""
+    unreachable = set() if unreachable is None else unreachable
+    asked: dict[tuple[str | None, str], list[str]] = {}
+    for metric in spec.analysis.metrics:
+        uses = _count_uses(spec, metric)
+        if uses:
+            _, address = metric_query(spec, metric)
+            asked.setdefault((address, window(spec, metric)), []).append(f"{metric.name} ({', '.join(uses)})")
+    custom = spec.prometheus is not None and spec.prometheus.request_count is not None
+    problems = []
+    for (address, span), users in asked.items():
+        if address in unreachable:
+            continue
+        provider = provider_for(address)
+        query = request_count_query(spec, span, spec.stable)
+        where = "the stack's Prometheus" if address is None else f"the Prometheus at {_origin(address)}"
+        reading = f"which {'; '.join(users)} read on {where},"
+        try:
+            provider.run_query(query)
+            continue
+        except ProviderUnreachable:
+            unreachable.add(address)
+            continue
+        except BadQuery as exc:
+            field_name = "prometheus.requestCount"
+            rule = (f"the request count, {reading} was rejected as rendered for stable's pods: "
+                    f"{str(exc).removeprefix('Prometheus rejected the query: ')}")
+            if not custom:
+                rule += " (the built-in count: set prometheus.requestCount to one this Prometheus reads)"
+        except NoValues:
+            field_name, rule = _no_series(spec, provider, custom, span, reading)
+        except MetricError:
+            continue
+        problems.append(Problem(field_name, " ".join(query.split()), rule))
+    return problems
+
+
+def _no_series(spec: ReleaseSpec, provider: metrics.MetricsProvider, custom: bool, span: str, reading: str) -> tuple[str, str]:
+    """Which field a count with no series over stable's pods names, and what to set."""
+    found = (f"{reading} found no series at all over stable's pods ({spec.stable}) in {span}: every track would read as 0 "
+             "requests, and a healthy canary hold or fail")
+    example = ('sum(increase(http_server_requests_total{kubernetes_namespace="{{ namespace }}",'
+               'kubernetes_pod_name=~"{{ target }}-.*"}[{{ interval }}]))')
+    quiet = "(a stable that has answered no request since its pods started has none either: send it some first)"
+    if custom:
+        return "prometheus.requestCount", (f"the request count, {found}: make it select the track's pods ({{{{ target }}}} is "
+                                           f"the Deployment's name) in a counter they export {quiet}")
+    pod_label = spec.prometheus.pod_label if spec.prometheus else "kubernetes_pod_name"
+    namespace = templates.render(metrics.SERIES_LABELS_QUERY, target=spec.stable, namespace=spec.app.namespace, interval=span, variables={})
+    try:
+        provider.run_query(namespace)
+        labelled = True
+    except MetricError:
+        labelled = False
+    builtin = f"the built-in request count ({metrics.REQUESTS_METRIC} by namespace and {pod_label}),"
+    if labelled:
+        return "prometheus.podLabel", (f"{builtin} {found}, though namespace {spec.app.namespace} has {metrics.REQUESTS_METRIC} "
+                                       f"series: set prometheus.podLabel to the label your Prometheus puts a pod's name in (pod with "
+                                       "kube-prometheus-stack), or prometheus.requestCount to a query that counts the app's requests")
+    return "prometheus.requestCount", (f"{builtin} {found}: no {metrics.REQUESTS_METRIC} series is labelled namespace="
+                                       f"{spec.app.namespace!r}; set prometheus.requestCount to a query of the requests a track's "
+                                       f"pods answered in {{{{ interval }}}}, such as {example} {quiet}")
+
+
+def _origin(address: str) -> str:
+    """A Prometheus named by its scheme, host and port only: its path or query may carry a token."""
+    found = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://(?:[^/?#\s]*@)?([^/?#@\s]+)", address)
+    return f"{found.group(1)}://{found.group(2)}" if found else "a template's provider.address"

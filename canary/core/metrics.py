@@ -16,6 +16,7 @@ stable traffic never drowns the canary's signal.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -55,33 +56,54 @@ BUILTIN_METRICS: dict[str, Builtin] = {
     "request-duration-p99": Builtin(_duration_quantile(0.99), "ms"),
 }
 
-#: Requests a track's pods answered during the window: the minimum-request guard and the evidence of rates.
+#: Requests a track's pods answered during the window: the minimum-request guard and the evidence of rates. The
+#: built-in count, as Flagger's apps label them; ``prometheus.requestCount`` replaces it for an app that counts its
+#: requests in another counter or under other labels.
 REQUEST_COUNT_QUERY = f"sum(increase({REQUESTS_METRIC}{{{_PODS}}}[{{{{ interval }}}}]))"
-#: Which labels the app's series carry, for ``canary check`` to name the pod label that is there.
+#: Which labels the app's series carry, for ``canary check`` to name the pod label that is there (the built-in count's).
 SERIES_LABELS_QUERY = f'count by (__name__) ({REQUESTS_METRIC}{{namespace="{{{{ namespace }}}}"}})'
 
 
-_STRING = re.compile(r'"(?:\\.|[^"\\])*"|\'(?:\\.|[^\'\\])*\'|`[^`]*`')
-_REQUEST_SELECTOR = re.compile(rf"\b{REQUESTS_METRIC}\b\s*(\{{[^}}]*\}})?")
+_STRING = re.compile(r'"(?:\\.|[^"\\])*"|\'(?:\\.|[^\'\\])*\'|`[^`]*`|#[^\n]*')
+#: a series selector: a metric name with its label matchers, or one read over a range (``name[1m]``)
+_SELECTOR = re.compile(r"(?<![\w:.])([A-Za-z_:][\w:]*)\s*(?:(\{[^}]*\})|(?=\[))")
 _MATCHER = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\s*(?:=~|!~|!=|=)")
 #: what a share of the canary's requests may match on beside the labels the request count selects by
 _SHARE_LABELS = frozenset({"status", "code"})
 
 
-def unlike_the_count(query: str, pod_label: str) -> list[str]:
-    """How the request selectors of a rendered ``query`` select other requests than the canary's request
-    count (``REQUEST_COUNT_QUERY``) does: the labels they match on beyond the namespace, the pod label and
-    the status, or that one has no selector at all. Empty: the query's share is over the counted requests."""
+def counters(count: str) -> dict[str, tuple[str, ...]]:
+    """The series a rendered request ``count`` reads, each with the labels it selects them by (in the count's order;
+    those of every selector of that name, when it has several): what a share of the same requests reads."""
+    found: dict[str, tuple[str, ...]] = {}
+    for match in _SELECTOR.finditer(_STRING.sub('""', count)):
+        labels = tuple(dict.fromkeys(m.group(1) for m in _MATCHER.finditer(match.group(2) or "")))
+        name = match.group(1)
+        found[name] = tuple(label for label in found[name] if label in labels) if name in found else labels
+    return found
+
+
+def reads(query: str, names: Iterable[str]) -> bool:
+    """Whether ``query`` (its text outside strings and comments) reads a series of one of ``names``."""
+    text = _STRING.sub('""', query)
+    return any(re.search(rf"(?<![\w:]){re.escape(name)}(?![\w:])", text) for name in names)
+
+
+def unlike_the_count(query: str, count: str) -> list[str]:
+    """How the request selectors of a rendered ``query`` select other requests than the rendered request ``count``
+    does: the labels they match on beyond the count's own and the status, or that one has no selector at all (or
+    misses a label the count selects by). Empty: the query's share is over the counted requests."""
     text = _STRING.sub('""', query)
     found: list[str] = []
-    for match in _REQUEST_SELECTOR.finditer(text):
-        if match.group(1) is None:
-            found.append(f"{REQUESTS_METRIC} without a selector")
-            continue
-        labels = {m.group(1) for m in _MATCHER.finditer(match.group(1))}
-        if not {"namespace", pod_label} <= labels:
-            found.append(f"{REQUESTS_METRIC} not selected by namespace and {pod_label}")
-        found += sorted(labels - {"namespace", pod_label} - _SHARE_LABELS)
+    for name, counted in counters(count).items():
+        for match in re.finditer(rf"(?<![\w:]){re.escape(name)}(?![\w:])\s*(\{{[^}}]*\}})?", text):
+            if match.group(1) is None:
+                found.append(f"{name} without a selector")
+                continue
+            labels = {m.group(1) for m in _MATCHER.finditer(match.group(1))}
+            if not set(counted) <= labels:
+                found.append(f"{name} not selected by {' and '.join(counted)}")
+            found += sorted(labels - set(counted) - _SHARE_LABELS)
     return list(dict.fromkeys(found))
 
 

@@ -320,6 +320,10 @@ class Prometheus(_Model):
     #: so a judge's step (each sample's stretch) is held to twice it. Unset: podMonitor.interval when a PodMonitor is
     #: declared, else 15s, Prometheus' common setting
     scrape_interval: Duration | None = None
+    #: how the app's requests are counted, a template of "the requests a track's pods answered in {{ interval }}": what
+    #: minRequests, the evidence of rates and a zero's measurement read. Unset: the built-in count over
+    #: http_requests_total by namespace and podLabel (metrics.REQUEST_COUNT_QUERY)
+    request_count: str | None = None
 
     @field_validator("address")
     @classmethod
@@ -353,6 +357,13 @@ class Prometheus(_Model):
     def _label(cls, v: str) -> str:
         if not _LABEL_NAME.match(v):
             raise ValueError("must be a Prometheus label name (letters, digits, '_', not starting with a digit)")
+        return v
+
+    @field_validator("request_count")
+    @classmethod
+    def _count(cls, v: str | None) -> str | None:
+        if v is not None:
+            templates.request_count_placeholders(v)
         return v
 
     @field_validator("scrape_interval")

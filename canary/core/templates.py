@@ -52,6 +52,24 @@ def placeholders(query: str) -> Placeholders:
     return Placeholders(frozenset(builtins), frozenset(variables))
 
 
+
+def request_count_placeholders(query: str) -> Placeholders:
+    """The placeholders of a request count (``prometheus.requestCount``); ValueError says why it cannot be one. It is
+    rendered per track and per window as the metrics are, so it must select the track's pods (``{{ target }}``: else
+    canary and stable read one count, and a canary no request reached would count stable's) over the window
+    (``{{ interval }}``: else a held rate's grown window, or a judge's, would borrow another stretch's count); no
+    metric's ``templateVariables`` reach it."""
+    found = placeholders(query)
+    if found.variables:
+        raise ValueError(f"uses {{{{ variables.{sorted(found.variables)[0]} }}}}: a request count has no templateVariables; "
+                         "write the value in")
+    missing = [f"{{{{ {name} }}}}" for name in ("target", "interval") if name not in found.builtins]
+    if missing:
+        raise ValueError(f"must use {' and '.join(missing)}: it counts the requests one track's pods ({{{{ target }}}}: "
+                         "the canary's Deployment, or stable's) answered in the window ({{ interval }}), as "
+                         'sum(increase(http_requests_total{namespace="{{ namespace }}",{{ podLabel }}=~"{{ target }}-.*"}[{{ interval }}])) does')
+    return found
+
 def _lex(query: str) -> Iterator[tuple[str, str]]:
     """Each character of a PromQL query with where it stands: ``""`` in the expression, the quote of the string
     it is in (its closing quote too), ``"#"`` in a comment; then ``("", what is left open at the end)``.

@@ -988,3 +988,147 @@ def test_the_judge_reads_both_tracks_over_the_same_stretch_while_the_evidence_wi
     _, provider = tick(spec, {COUNT: 5000.0, ERROR_RATE: 0.4}, TickContext(evidence_window=600.0), samples={CANARY: samples, STABLE: samples})
     windows = [sorted(set(re.findall(r"\[(\w+)\]", query))) for query, _, _ in provider.ranges]
     assert windows == [["5s"], ["5s"]]
+
+
+# --- the team's own request count -----------------------------------------------------------------
+
+#: a Prometheus whose apps count their requests in http_server_requests_total, labelled kubernetes_namespace and
+#: kubernetes_pod_name (no namespace label, no http_requests_total): the built-in count finds nothing there
+OWN_COUNT = ('sum(increase(http_server_requests_total{kubernetes_namespace="{{ namespace }}",{{ podLabel }}=~"{{ target }}-[0-9a-z]+-[0-9a-z]+"}'
+             '[{{ interval }}]))')
+OWN = "increase(http_server_requests_total"
+OWN_SERIES = "http_server_requests_total"
+OWN_ERRORS = 'sum(rate(http_server_requests_total{kubernetes_namespace="{{ namespace }}",{{ podLabel }}=~"{{ target }}-.*",code=~"5.."}[{{ interval }}]))'
+OWN_ERROR_SHARE = (f"{OWN_ERRORS} / sum(rate(http_server_requests_total{{kubernetes_namespace=\"{{{{ namespace }}}}\",{{{{ podLabel }}}}=~\"{{{{ target }}}}-.*\"}}"
+                   "[{{ interval }}])) * 100")
+NO_SERIES: dict[Key, Answer] = {COUNT: NoValues("the query returned no series")}
+NAMESPACE_SERIES = "count by (__name__) (http_requests_total"
+ERRORS = {"name": "errors", "templateRef": {"name": "errors"}, "thresholdRange": {"max": 0.5}}
+
+
+def _own(*entries: dict[str, Any], count: bool = True, **analysis_changes: Any) -> ReleaseSpec:
+    """The team's templates (errors per second, and their share in percent); with ``count``, its request count too."""
+    return spec_with(set_path("metricTemplates.errors", {"query": OWN_ERRORS}), set_path("metricTemplates.error-share", {"query": OWN_ERROR_SHARE}),
+                     set_path("analysis.metrics", list(entries)), update("analysis", **analysis_changes), EVERY_SECOND,
+                     *([set_path("prometheus.requestCount", OWN_COUNT)] if count else []))
+
+
+def _own_count(target: str, window: str = "1m") -> str:
+    return f'sum(increase(http_server_requests_total{{kubernetes_namespace="prod",kubernetes_pod_name=~"{target}-[0-9a-z]+-[0-9a-z]+"}}[{window}]))'
+
+
+def test_min_requests_count_the_teams_own_requests() -> None:
+    """Before, minRequests read http_requests_total whatever the app exported: "the canary answered 0 requests",
+    for every metric at every tick, and a healthy canary always rolled back."""
+    spec = _own(ERRORS, minRequests=50)
+    result, provider = tick(spec, {**NO_SERIES, OWN: 300.0, OWN_SERIES: 0.0})
+    assert result.checks[0].effect is Effect.PASS, result.checks[0].reason
+    assert _own_count(CANARY) in provider.queries and not any(COUNT in q for q in provider.queries)
+    few, _ = tick(spec, {**NO_SERIES, OWN: 30.0, OWN_SERIES: 0.0})
+    assert "the canary answered 30 requests in 1m, fewer than minRequests 50" in few.checks[0].reason
+
+
+@pytest.mark.parametrize(("canary_requests", "verdict"), [(400.0, Verdict.PASS), (0.0, Verdict.NO_DATA)])
+def test_a_canary_at_0_compared_with_stable_is_measured_on_the_teams_own_count(canary_requests: float, verdict: Verdict) -> None:
+    """Canary 0 errors/s, stable 0.3: before, "on 0 canary requests … not a measurement" rolled the healthiest canary back."""
+    spec = _own({"name": "errors", "templateRef": {"name": "errors"}, "compare": {"thresholdRange": {"max": 0.1}}})
+    answers: dict[Key, Answer] = {**NO_SERIES, (OWN, CANARY): canary_requests, (OWN, STABLE): 3600.0, (OWN_SERIES, CANARY): 0.0, (OWN_SERIES, STABLE): 0.3}
+    result, provider = tick(spec, answers)
+    check = result.checks[0]
+    assert check.verdict is verdict, check.reason
+    assert _own_count(CANARY) in provider.queries
+    if verdict is Verdict.NO_DATA:
+        assert "canary 0, stable 0.3 on 0 canary requests in 1m (none): not a measurement" in check.reason
+
+
+@pytest.mark.parametrize("evidence", ["rate", "auto"])
+def test_a_share_of_the_teams_requests_is_held_to_its_own_count(evidence: str) -> None:
+    """``evidence: rate`` read the canary's count from http_requests_total: no evidence ever, a hold until holdLimit. Under
+    ``auto``, a ratio over the count's own counter, selected by the count's labels, is a share of the counted requests."""
+    spec = _own({"name": "error-share", "templateRef": {"name": "error-share"}, "thresholdRange": {"max": 1}, "evidence": evidence})
+    assert analysis.is_rate(spec, spec.analysis.metrics[0])
+    result, provider = tick(spec, {**NO_SERIES, OWN: 10000.0, OWN_SERIES: 0.2})
+    check = result.checks[0]
+    assert check.effect is Effect.PASS and check.requests == 10000 and "error-share 0.2 on 10000 requests" in check.reason, check.reason
+    assert _own_count(CANARY) in provider.queries
+    light, _ = tick(spec, {**NO_SERIES, OWN: 20.0, OWN_SERIES: 0.2})
+    assert light.checks[0].effect is Effect.HOLD and "not enough requests to tell" in light.checks[0].reason
+
+
+def test_a_template_is_held_against_the_labels_of_the_teams_own_count() -> None:
+    from canary.core.metrics import counters, unlike_the_count
+
+    count = _own_count(CANARY)
+    assert counters(count) == {OWN_SERIES: ("kubernetes_namespace", "kubernetes_pod_name")}
+    same = ('sum(rate(http_server_requests_total{kubernetes_pod_name=~"web-canary-.*",kubernetes_namespace="prod",code=~"5.."}[1m]))'
+            ' / sum(rate(http_server_requests_total{kubernetes_namespace="prod",kubernetes_pod_name=~"web-canary-.*"}[1m]))')
+    assert unlike_the_count(same, count) == []
+    assert unlike_the_count(same.replace('code=~"5.."', 'code=~"5..",path="/checkout"'), count) == ["path"]
+    assert unlike_the_count("sum(rate(http_server_requests_total[1m]))", count) == ["http_server_requests_total without a selector"]
+    assert unlike_the_count('sum(rate(http_server_requests_total{kubernetes_pod_name=~"x"}[1m]))', count) == \
+        ["http_server_requests_total not selected by kubernetes_namespace and kubernetes_pod_name"]
+
+
+#: each rule that reads the request count, alone: (metrics, analysis changes)
+NEEDS_THE_COUNT: dict[str, tuple[list[dict[str, Any]], dict[str, Any]]] = {
+    "minRequests": ([ERRORS], {"minRequests": 50}),
+    "compare": ([{"name": "errors", "templateRef": {"name": "errors"}, "compare": {"thresholdRange": {"max": 0.1}}}], {}),
+    "judge": ([{"name": "request-duration", "judge": {}}], {}),
+    "evidence": ([{"name": "error-share", "templateRef": {"name": "error-share"}, "thresholdRange": {"max": 1}, "evidence": "rate"}], {}),
+}
+BUILTIN_STABLE_COUNT = 'sum(increase(http_requests_total{namespace="prod",kubernetes_pod_name=~"web-stable-[0-9a-zA-Z]+(-[0-9a-zA-Z]+)?"}[1m]))'
+
+
+@pytest.mark.parametrize("rule", list(NEEDS_THE_COUNT))
+def test_preflight_refuses_a_built_in_count_that_finds_no_series(rule: str) -> None:
+    """The team's Prometheus has no http_requests_total: before, the release went on and read every track as idle."""
+    entries, changes = NEEDS_THE_COUNT[rule]
+    provider = FakeMetrics({**NO_SERIES, NAMESPACE_SERIES: NoValues("no series"), "": 0.0})
+    (problem,) = analysis.preflight(_own(*entries, count=False, **changes), lambda address: provider)
+    assert problem.field == "prometheus.requestCount" and problem.value == BUILTIN_STABLE_COUNT
+    assert problem.rule.startswith(f"the built-in request count (http_requests_total by namespace and kubernetes_pod_name), which {entries[0]['name']} "
+                                   f"({rule}) read on the stack's Prometheus, found no series at all over stable's pods (web-stable) in 1m"), problem.rule
+    assert "no http_requests_total series is labelled namespace='prod'; set prometheus.requestCount to a query" in problem.rule
+
+
+def test_preflight_names_the_pod_label_when_the_namespace_has_the_built_in_counter() -> None:
+    provider = FakeMetrics({**NO_SERIES, NAMESPACE_SERIES: 12.0, "": 0.0})
+    (problem,) = analysis.preflight(_own(ERRORS, count=False, minRequests=50), lambda address: provider)
+    assert problem.field == "prometheus.podLabel" and problem.value == BUILTIN_STABLE_COUNT
+    assert "though namespace prod has http_requests_total series: set prometheus.podLabel" in problem.rule
+
+
+def test_preflight_takes_a_quiet_stable_for_a_count() -> None:
+    """Series, but no request in the window (a quiet hour): 0 is a count."""
+    provider = FakeMetrics({COUNT: 0.0, "": 0.0})
+    assert analysis.preflight(_own(ERRORS, count=False, minRequests=50), lambda address: provider) == []
+    assert BUILTIN_STABLE_COUNT in provider.queries
+
+
+def test_preflight_leaves_an_unreachable_prometheus_to_the_ticks_and_asks_it_once() -> None:
+    provider = FakeMetrics({"": ProviderUnreachable("connection refused")})
+    assert analysis.preflight(_own(ERRORS, count=False, minRequests=50), lambda address: provider) == []
+    assert len(provider.queries) == 1
+
+
+@pytest.mark.parametrize(("answer", "rule"), [
+    (NoValues("no series"), "read on the Prometheus at https://metrics.example.com:9443, found no series at all over stable's pods (web-stable) in 1m"),
+    (BadQuery("Prometheus rejected the query: 1:5: parse error"), "read on the Prometheus at https://metrics.example.com:9443, was rejected as rendered for "
+     "stable's pods: 1:5: parse error"),
+], ids=["no-series", "rejected"])
+def test_preflight_refuses_the_teams_count_naming_it_and_only_the_origin_of_its_prometheus(answer: Answer, rule: str) -> None:
+    address = "https://metrics.example.com:9443/tenant/s3cr3t-t0ken/prometheus?key=abc123"
+    spec = _own(ERRORS, minRequests=50)
+    spec = spec.model_copy(update={"metric_templates": {**spec.metric_templates, "errors": spec.metric_templates["errors"].model_copy(
+        update={"provider": spec.metric_templates["errors"].provider.model_copy(update={"address": address})})}})
+    asked: list[str | None] = []
+    provider = FakeMetrics({OWN: answer, "": 0.0})
+
+    def provider_for(at: str | None) -> FakeMetrics:
+        asked.append(at)
+        return provider
+
+    (problem,) = analysis.preflight(spec, provider_for)
+    assert problem.field == "prometheus.requestCount" and problem.value == _own_count(STABLE)
+    assert problem.rule.startswith(f"the request count, which errors (minRequests) {rule}"), problem.rule
+    assert "s3cr3t" not in str(problem) and "abc123" not in str(problem) and set(asked) == {address}
