@@ -112,7 +112,11 @@ class Workspace:
         try:
             app_model = App.model_validate(exported["app"])
             gateway = Gateway.model_validate(exported["gateway"])
-            release_spec = stack_spec.release_spec(app, app_model, gateway)
+            # the stack config's own app (canary's own program declares it from there) is the stack config's to give; a
+            # component's beside it is refused. Outputs of earlier versions do not say: the stack config's then, as before
+            config = stack_spec.app_configs().get(app)
+            from_config = exported.get("appFrom") != "component" and config is not None and config.app is not None
+            release_spec = stack_spec.release_spec(app) if from_config else stack_spec.release_spec(app, app_model, gateway)
         except (KeyError, ValueError) as exc:
             raise InvalidSpec([Problem(f"outputs.{naming.OUTPUT_PREFIX}{app}", "unreadable", f"is not what the component exports: {exc}")], "stack") from exc
         stable = exported.get("stable")
@@ -593,8 +597,8 @@ def set_image(stack: str, image: str | None, *, app: str | None = None, project_
               image_config: str | None = None) -> tuple[str, str | None]:
     """Write ``image`` as the app's desired image in the stack file (as ``pulumi config set`` would):
     ``app.image``, or for an app a program declares, the key its component names (``image_config``,
-    such as ``shop:image`` or ``shop:web.image``); ``None`` removes that key. Returns the app and the
-    image the key held (``None``: there was no key, as for an app in the template form)."""
+    such as ``shop:image`` or ``shop:web.image``; without a namespace, the project's); ``None`` removes that key.
+    Returns the app and the image the key held (``None``: there was no key, as for an app in the template form)."""
     from canary.core import units
 
     try:
@@ -602,10 +606,16 @@ def set_image(stack: str, image: str | None, *, app: str | None = None, project_
             units.check_image(image)
     except ValueError as exc:
         raise InvalidSpec([Problem("--image", image, str(exc))], "release") from exc
-    path = stackfile.stack_file(stackfile.open_project(project_dir), stack)
+    project = stackfile.open_project(project_dir)
+    path = stackfile.stack_file(project, stack)
     value = stackfile.ABSENT if image is None else image
-    if image_config:
-        old, _ = stackfile.set_value(path, tuple(image_config.split(".")), value)
+    if image_config is not None:
+        try:
+            # a bare key written as it is was a key of no namespace beside the program's own (`image:` by `shop:image`)
+            key = stackconfig.image_config_key(image_config, str(stackfile.project_settings(project)["name"]))
+        except ValueError as exc:
+            raise InvalidSpec([Problem("image_config", repr(image_config), str(exc))], "release") from exc
+        old, _ = stackfile.set_value(path, tuple(key.split(".")), value)
         return app or "", None if old is stackfile.ABSENT else str(old)
     spec = stackfile.load_stack_file(path)
     configs = spec.app_configs()

@@ -566,8 +566,15 @@ def check(stack: str, app: str | None, weight: int, as_json: bool, lab: bool | N
     spec = stackfile.load_stack_file(path)
     configs = spec.app_configs()
     name = app or (next(iter(configs)) if len(configs) == 1 else None)
-    if name is None or name not in configs or configs[name].app is None:
-        _die(f"stack {stack}: --app must name an app the stack file declares ({', '.join(configs)})", exitcodes.INVALID)
+    from_program = [n for n, c in configs.items() if c.app is None]  # only their analysis is in the stack file
+    if name in from_program:
+        _die(f"stack {stack}: app {name}: is declared by the program (its CanaryDeployment), not the stack file, which holds only its "
+             f"analysis: canary check reads the stack file alone and cannot check it. `canary release {stack} --app {name} --image …` "
+             "sends every query once before it changes anything, and refuses the release if Prometheus rejects one", exitcodes.INVALID)
+    if name is None or name not in configs:
+        declared = ", ".join(n for n in configs if n not in from_program) or "none"
+        _die(f"stack {stack}: --app must name an app the stack file declares ({declared})"
+             + (f"; {', '.join(from_program)}: declared by the program, which canary check cannot read" if from_program else ""), exitcodes.INVALID)
     release_spec = spec.release_spec(name)
     prom = release_spec.prometheus
     if prom is None:

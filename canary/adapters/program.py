@@ -28,6 +28,7 @@ import threading
 import weakref
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,7 @@ from canary.adapters import stackfile
 from canary.core import config as stackconfig
 from canary.core import naming, routing, units, workload
 from canary.core.naming import Track
-from canary.core.spec import App, Gateway, Prometheus, Rollout, StackSpec, app_problems, judges_noted
+from canary.core.spec import App, Gateway, PodMonitor, Prometheus, Rollout, StackSpec, app_problems, judges_noted, scrape_of
 from canary.errors import InvalidSpec, Problem
 
 TemplateInput = Mapping[str, Any] | Any
@@ -431,7 +432,15 @@ class CanaryDeployment(pulumi.ComponentResource):
     (``_adopted_route_guard``). ``service`` and ``route`` declare what the adopted Service and route carried
     beside what canary declares (their labels and annotations; the Service's type and ports), which the
     adoption's apply would otherwise remove.
+
+    ``prometheus`` declares the PodMonitor (``{"podMonitor": {"interval": "30s"}}``) and nothing else: where
+    Prometheus is and how often it scrapes are the stack config's ``canary:prometheus``, which releases query
+    by. An app the stack config declares too (``canary:app`` naming it, ``canary:apps.<app>.app`` or ``.gateway``)
+    is refused: a release would judge the stack config's.
     """
+
+    #: who declares the app: the program's own argument (``"component"``) or the stack config, for canary's own program
+    _APP_FROM = "component"
 
     def __init__(
         self,
@@ -442,7 +451,7 @@ class CanaryDeployment(pulumi.ComponentResource):
         template: TemplateInput | None = None,
         config_maps: Mapping[str, Any] | None = None,
         secrets: Mapping[str, Any] | None = None,
-        prometheus: Prometheus | Mapping[str, Any] | None = None,
+        prometheus: Mapping[str, Any] | None = None,
         rollout: Rollout | str | None = None,
         service: Mapping[str, Any] | None = None,
         route: Mapping[str, Any] | None = None,
@@ -451,16 +460,20 @@ class CanaryDeployment(pulumi.ComponentResource):
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         config = pulumi.Config(naming.CONFIG_NAMESPACE)
+        image_key, image_problems = _image_config(image_config)
         try:
             # every argument checked before the component declares anything
             checked = _arguments(name, app, gateway, prometheus, rollout if rollout is not None else config.get("rollout"),
                                  "rollout" if rollout is not None else "canary:rollout", template, config_maps, secrets, adopt, service, route)
+            if image_problems:
+                raise InvalidSpec(image_problems, f"CanaryDeployment {name}")
+            _check_against_stack_config(name, checked[0], checked[2], self._APP_FROM, (config.get_object("release") or {}).get(checked[0].name))
             _claim(checked[0].name, checked[0].namespace, name)
         except InvalidSpec as exc:
             # what `program()` does with invalid stack config: Pulumi prints a RunError's message, not a traceback
-            raise pulumi.RunError(str(exc)) from exc
+            raise pulumi.RunError(str(InvalidSpec(list(dict.fromkeys([*image_problems, *exc.problems])), exc.source))) from exc
         super().__init__(naming.COMPONENT_TYPE, name, None, opts)
-        self.app, self.gateway, self.prometheus, self.rollout, desired, moved, apex, route_metadata = checked
+        self.app, self.gateway, self.pod_monitor, self.rollout, desired, moved, apex, route_metadata = checked
         stack = pulumi.get_stack()
         spec_app = self.app
         # app.port beside a pod template the user wrote says where the pods listen whatever the template declares
@@ -590,12 +603,14 @@ class CanaryDeployment(pulumi.ComponentResource):
             "desired": desired_pin,
             "copies": copies.apply(lambda c: c["names"]),
             "rollout": self.rollout.value,
+            # who declared the app: a release judges a component's app, never beside the stack config's (refused)
+            "appFrom": self._APP_FROM,
             # what the orchestrator checks that the cluster it reads is the one this program deploys to
             "uids": {"stableDeployment": self.stable.metadata.apply(_uid)},
         }
-        if image_config:
-            # the stack config key the program reads the image from: `canary release --image` sets it
-            exported["imageConfig"] = image_config
+        if image_key:
+            # the stack config key the program reads the image from, with its namespace: `canary release --image` sets it
+            exported["imageConfig"] = image_key
         pulumi.export(f"{naming.OUTPUT_PREFIX}{spec_app.name}", exported)
         self.register_outputs({"urns": urns})
 
@@ -710,8 +725,8 @@ class CanaryDeployment(pulumi.ComponentResource):
                 spec=budget,
                 opts=opts,
             )
-        if self.prometheus is not None and self.prometheus.pod_monitor is not None:
-            monitor = self.prometheus.pod_monitor
+        if self.pod_monitor is not None:
+            monitor = self.pod_monitor
             out["podMonitor"] = k8s.apiextensions.CustomResource(
                 f"{name}-pod-monitor",
                 api_version="monitoring.coreos.com/v1",
@@ -742,7 +757,7 @@ ADOPTABLE = ("deployment", "service", "route")
 
 def _arguments(name: str, app: Any, gateway: Any, prometheus: Any, rollout: Any, rollout_field: str, template: Any, config_maps: Any,
                secrets: Any, adopt: Any, service: Any = None, route: Any = None,
-               ) -> tuple[App, Gateway, Prometheus | None, Rollout, dict[str, Any], dict[str, pulumi.ResourceOptions], dict[str, Any], dict[str, Any]]:
+               ) -> tuple[App, Gateway, PodMonitor | None, Rollout, dict[str, Any], dict[str, pulumi.ResourceOptions], dict[str, Any], dict[str, Any]]:
     """The component's arguments validated, the pod template the app asks for, the aliases of ``adopt`` and
     what ``service`` declares of the apex Service and ``route`` of the route's metadata; else ``InvalidSpec`` listing
     every problem, each naming the argument and the rule, as the stack config's are."""
@@ -766,7 +781,12 @@ def _arguments(name: str, app: Any, gateway: Any, prometheus: Any, rollout: Any,
 
     spec_app: App | None = model(App, app, "app")
     spec_gateway: Gateway | None = model(Gateway, gateway, "gateway")
-    spec_prometheus: Prometheus | None = model(Prometheus, prometheus, "prometheus") if prometheus is not None else None
+    spec_monitor: PodMonitor | None = None
+    if prometheus is not None:
+        prometheus_problems = _prometheus_problems(prometheus)
+        problems.extend(prometheus_problems)
+        if not prometheus_problems and prometheus.get("podMonitor") is not None:
+            spec_monitor = model(PodMonitor, prometheus["podMonitor"], "prometheus.podMonitor")
     spec_rollout = Rollout.CHECKED
     try:
         spec_rollout = Rollout(rollout or Rollout.CHECKED)
@@ -814,7 +834,84 @@ def _arguments(name: str, app: Any, gateway: Any, prometheus: Any, rollout: Any,
     problems = workload.check(desired, "template")
     if problems:
         raise InvalidSpec(problems, f"CanaryDeployment {name}")
-    return spec_app, spec_gateway, spec_prometheus, spec_rollout, desired, moved, apex, route_metadata
+    return spec_app, spec_gateway, spec_monitor, spec_rollout, desired, moved, apex, route_metadata
+
+
+def _prometheus_problems(prometheus: Any) -> list[Problem]:
+    """The rules of ``prometheus=``: ``podMonitor`` alone. The other fields of ``canary:prometheus`` say how releases query
+    Prometheus and how often it scrapes the pods, which the release reads from the stack config alone (the program never
+    queries metrics): taken here, they were silently ignored."""
+    if not isinstance(prometheus, Mapping):
+        return [Problem("prometheus", type(prometheus).__name__, "must be a mapping: {'podMonitor': {...}}, the PodMonitor the component declares")]
+    stack_fields = {field.alias or name for name, field in Prometheus.model_fields.items()} - {"podMonitor"}
+    # (values not shown: any of them may be a secret)
+    return [Problem(f"prometheus.{key}", "set", (
+        f"is the stack config's: releases read it from canary:prometheus, never from the component; set it there "
+        f"(pulumi config set --path canary:prometheus.{key} …) and keep podMonitor alone here")
+        if key in stack_fields else "is not a field of the component's prometheus: it takes podMonitor (interval, path) alone")
+        for key in prometheus if key != "podMonitor"]
+
+
+def _stack_value(key: str) -> Any:
+    """``canary:<key>`` as the engine gives the program (decrypted), parsed; None when unset or unreadable (the
+    stack config's own checks, in `canary validate` and every release, name what is wrong with it)."""
+    raw = pulumi.runtime.get_config(f"{naming.CONFIG_NAMESPACE}:{key}")
+    try:
+        return json.loads(raw) if isinstance(raw, str) else None
+    except ValueError:
+        return None
+
+
+def _stack_scrape() -> tuple[timedelta, str] | None:
+    """How often the stack config says Prometheus scrapes the pods (what a release sizes its judges' steps by), and the
+    field that says so; None when ``canary:prometheus`` is invalid (refused by every release anyway)."""
+    from pydantic import ValidationError
+
+    given = _stack_value("prometheus")
+    if given is None:
+        return scrape_of(None)
+    try:
+        return scrape_of(Prometheus.model_validate(given, by_alias=True, by_name=False))
+    except ValidationError:
+        return None
+
+
+def _check_against_stack_config(component: str, app: App, monitor: PodMonitor | None, app_from: str, release: Any) -> None:
+    """Refuse what the stack config contradicts: the app declared there too (a release would judge the stack config's app
+    and gateway, not the component's), a PodMonitor scraping otherwise than the scrape interval releases judge with (at a
+    1m scrape, the default step's rate over 30s is empty: no data, a rollback). In an ``up`` of a release in progress,
+    only warned: the release was checked when it began, and refused here its every ``up``, its rollback's too, would fail."""
+    problems: list[Problem] = []
+    if app_from == "component":
+        single, apps = _stack_value("app"), _stack_value("apps")
+        if isinstance(single, Mapping) and single.get("name") == app.name:
+            also = " and canary:gateway" if _stack_value("gateway") is not None else ""
+            problems.append(Problem(f"{naming.CONFIG_NAMESPACE}:app", repr(app.name), (
+                f"declares app {app.name} in the stack config, which CanaryDeployment {component} declares too: a release would judge "
+                f"the stack config's app and gateway, not the component's. Keep one: remove canary:app{also} from the stack config "
+                "(canary:analysis then judges every app the program's components declare), or the component")))
+        entry = apps.get(app.name) if isinstance(apps, Mapping) else None
+        for key in ("app", "gateway"):
+            if isinstance(entry, Mapping) and entry.get(key) is not None:
+                problems.append(Problem(f"{naming.CONFIG_NAMESPACE}:apps.{app.name}.{key}", "set", (
+                    f"declares {app.name}'s {key} in the stack config, which CanaryDeployment {component} declares too: a release would "
+                    f"judge the stack config's, not the component's. Keep one: remove apps.{app.name}.{key} from the stack config "
+                    f"(apps.{app.name}.analysis stays), or the component")))
+    scrape = _stack_scrape() if monitor is not None else None
+    if monitor is not None and scrape is not None and scrape[0] != monitor.interval:
+        interval = units.format_duration(monitor.interval)
+        problems.append(Problem("prometheus.podMonitor.interval", interval, (
+            f"differs from the scrape interval releases judge {app.name} with, {units.format_duration(scrape[0])} "
+            f"({naming.CONFIG_NAMESPACE}:{scrape[1]}): a judge's default step is twice it, and a rate over less than two "
+            f"scrapes is empty. Set canary:prometheus.scrapeInterval to {interval} in the stack config, or give the PodMonitor "
+            f"{units.format_duration(scrape[0])}")))
+    if not problems:
+        return
+    if isinstance(release, Mapping) and release.get("release"):
+        pulumi.log.warn(f"CanaryDeployment {component}: the release of {app.name} in progress goes on as it began; once it ends, "
+                        f"every `up` refuses this: {'; '.join(map(str, problems))}")
+        return
+    raise InvalidSpec(problems, f"CanaryDeployment {component}")
 
 
 #: What canary declares of the apex Service itself, and why ``service=`` may not: the rest is the program's.
@@ -994,6 +1091,18 @@ _OUTPUT_HINTS = {
 }
 
 
+def _image_config(given: Any) -> tuple[str | None, list[Problem]]:
+    """``image_config`` with its namespace (a key without one is the project's, as ``pulumi.Config()`` reads it), and
+    what is wrong with it: ``image`` set bare in the stack file is a key canary validate calls unknown, and
+    ``shop image`` none that a program can read."""
+    if given is None:
+        return None, []
+    try:
+        return stackconfig.image_config_key(given, pulumi.get_project()), []
+    except ValueError as exc:
+        return None, [Problem("image_config", repr(given), str(exc))]
+
+
 def _output_hint(path: str) -> str:
     if path.startswith(("app.configMaps.", "app.secrets.")):
         return "give the data with the component's config_maps= or secrets= instead, which take Outputs (hashed once resolved)"
@@ -1148,7 +1257,7 @@ def stack_spec_from_pulumi_config() -> StackSpec:
         # (its step against the scrape interval) is the orchestrator's to note, and declares nothing here. Refused
         # here, every `up` of a resumed release failed, its rollback's too
         with judges_noted():
-            return stackconfig.from_config(raw, source=f"stack {pulumi.get_stack()}", stack_file=None)
+            return stackconfig.from_config(raw, source=f"stack {pulumi.get_stack()}", stack_file=None, placed=False)
     return stackconfig.from_config(raw, source=f"stack {pulumi.get_stack()}", stack_file=file_config)
 
 
@@ -1170,6 +1279,12 @@ class _ConfigValue:
         self.secret = secret
 
 
+class _StackConfigApp(CanaryDeployment):
+    """A component of canary's own program: its app is the stack config's, not a second declaration of it."""
+
+    _APP_FROM = "stackConfig"
+
+
 def program() -> list[CanaryDeployment]:
     """The project's program: one component per app its stack config declares. Invalid config
     stops the program with the problems listed (a RunError: no traceback)."""
@@ -1188,5 +1303,6 @@ def _program() -> list[CanaryDeployment]:
         app = config.app
         if config.stable_image and not app.image:
             app = app.model_copy(update={"image": config.stable_image})
-        components.append(CanaryDeployment(name, app, config.gateway, prometheus=spec.prometheus, rollout=spec.rollout))
+        monitor = spec.prometheus.pod_monitor if spec.prometheus is not None else None
+        components.append(_StackConfigApp(name, app, config.gateway, prometheus={"podMonitor": monitor} if monitor else None, rollout=spec.rollout))
     return components

@@ -32,13 +32,24 @@ from urllib3.util.retry import Retry
 from canary.adapters import http
 from canary.errors import BadQuery, MultipleValues, NoValues, ProviderUnreachable
 
+#: A header value this long is masked wherever it appears; a shorter one is a piece of ordinary words and names
+#: (``prod`` of "production"), masked only where it stands as a value of its own: between spaces, quotes, ``=``,
+#: ``:``, brackets, at a line's ends. The token is masked everywhere, whatever its length.
+_MASKED_ANYWHERE = 8
+#: What joins a short value to the word or name it is part of.
+_JOINED = r"[\w.\-/@+~]"
+
 
 class PrometheusProvider:
     def __init__(self, address: str, *, token: str | None = None, headers: Mapping[str, str] | None = None, timeout: timedelta = timedelta(seconds=10)) -> None:
         self.address = address.rstrip("/")
         #: what errors name Prometheus by: the address's path and query may carry a token (a tenant's path, an API key)
         self._origin = http.origin(self.address)
-        self._secrets = [s for s in [token, *(headers or {}).values(), *_beyond_the_origin(self.address)] if s]
+        #: header values too short to be taken out wherever they appear (a tenant ``prod``): masked anywhere, "production"
+        #: read "<secret>uction" and named the tenant by it; masked where they stand as a value of their own only
+        short = {s for s in (headers or {}).values() if s and len(s) < _MASKED_ANYWHERE}
+        self._secrets = [s for s in [token, *(h for h in (headers or {}).values() if h not in short), *_beyond_the_origin(self.address)] if s]
+        self._words = short - set(self._secrets)  # one that is the token too, or part of the address, is masked anywhere
         request_headers = dict(headers or {})
         if token:
             request_headers["Authorization"] = f"Bearer {token}"
@@ -72,8 +83,11 @@ class PrometheusProvider:
 
     def _scrub(self, text: str) -> str:
         """``text`` with each secret taken out, in every form an echoing server's error can carry it."""
-        for form in sorted({f for secret in self._secrets if secret for f in _forms(secret)}, key=len, reverse=True):
-            text = text.replace(form, "<secret>")
+        anywhere = {f for secret in self._secrets for f in _forms(secret)}
+        words = {f for secret in self._words for f in _forms(secret)} - anywhere
+        for form in sorted(anywhere | words, key=len, reverse=True):  # the longest first: one may hold another
+            pattern = re.escape(form) if form in anywhere else rf"(?<!{_JOINED}){re.escape(form)}(?!{_JOINED})"
+            text = re.sub(pattern, "<secret>", text)
         return text
 
     def _cause(self, exc: BaseException) -> RuntimeError:

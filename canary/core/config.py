@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -43,7 +44,8 @@ def values_from_config(config: Mapping[str, Any], namespace: str = CONFIG_NAMESP
     return values
 
 
-def from_config(config: Mapping[str, Any], source: str = "stack config", stack_file: Mapping[str, Any] | None = None) -> StackSpec:
+def from_config(config: Mapping[str, Any], source: str = "stack config", stack_file: Mapping[str, Any] | None = None,
+                placed: bool = True) -> StackSpec:
     """Validate an Automation API config map or a Pulumi program's raw config.
 
     Both say only which top-level keys hold a secret somewhere (``canary:prometheus`` with its token set
@@ -55,12 +57,16 @@ def from_config(config: Mapping[str, Any], source: str = "stack config", stack_f
     if stack_file is not None:
         # the program cannot tell which file the engine read (`pulumi up --config-file other.yaml`): the stack
         # file speaks for a value only where its plain text is what the engine gave
-        said = {p.field for p in problems}
+        said = {path for path, _ in _unencrypted(values, secret_keys)}
         in_file = values_from_config(stack_file)
-        given = {path: value for _, path, value in _secret_paths(values)}
-        read = {path: value for _, path, value in _secret_paths(in_file)}
-        problems += [p for p in unencrypted_secrets(in_file, None)
-                     if p.field not in said and _plain_agrees(read.get(p.field), given.get(p.field))]
+        given = {config_path(parts): value for _, _, parts, value in _secret_paths(values)}
+        read = {config_path(parts): value for _, _, parts, value in _secret_paths(in_file)}
+        problems += [p for path, p in _unencrypted(in_file, None)
+                     if path not in said and _plain_agrees(read.get(path), given.get(path))]
+    if placed:
+        # a Pulumi secret where canary keeps plain text (app.env, the template) is refused before anything is applied; not in
+        # a release's own config (``placed`` False), checked as it began: refused there, its rollback's `up` failed too
+        problems += _misplaced_given(values, secret_keys, values_from_config(stack_file) if stack_file is not None else None)
     try:
         return _parsed(values, source, problems)
     except InvalidSpec as exc:
@@ -75,7 +81,7 @@ def _parsed(values: Mapping[str, Any], source: str, secrets: list[Problem], unch
     """``parse_stack``'s spec, or every problem at once: ``secrets`` (values that must be Pulumi secrets and are stored
     in plain text) with parse_stack's own, so that a plain token no longer hides the rest of the file. A problem of
     parse_stack's never quotes such a value: any text of it in a problem is taken out."""
-    plain = [value for _, path, value in _secret_paths(values) if path in {p.field for p in secrets}]
+    plain = [value for _, field, _, value in _secret_paths(values) if field in {p.field for p in secrets}]
     try:
         spec = parse_stack(values, source, unchecked)
     except InvalidSpec as exc:
@@ -133,9 +139,9 @@ def from_file_values(config: Mapping[str, Any], source: str) -> StackSpec:
     that uses what it reads: a key that is a secret as a whole cannot be read, and is refused saying so."""
     values = values_from_config(config)
     whole = whole_secrets(values)
-    problems = unencrypted_secrets(values, None)
+    problems = unencrypted_secrets(values, None) + misplaced_secrets(values)
     problems += [Problem(key, "<secret>", f"is a secret as a whole, which this command cannot read without decrypting: {keep_fields_secret(key)}")
-                 for key in whole]
+                 for key in whole if key not in {p.field for p in problems}]
     return _parsed(_without(values, whole), source, problems, whole)
 
 
@@ -146,7 +152,7 @@ def check_file_values(config: Mapping[str, Any], source: str) -> tuple[StackSpec
     here would refuse what up accepts, and calling it valid would claim what was not checked."""
     values = values_from_config(config)
     whole = whole_secrets(values)
-    return _parsed(_without(values, whole), source, unencrypted_secrets(values, None), whole), whole
+    return _parsed(_without(values, whole), source, unencrypted_secrets(values, None) + misplaced_secrets(values), whole), whole
 
 
 def _without(values: Mapping[str, Any], whole: tuple[str, ...]) -> dict[str, Any]:
@@ -170,27 +176,57 @@ def keep_fields_secret(key: str) -> str:
             f"{CONFIG_NAMESPACE}:{key}.<field> … for each field (with --secret for a token, a header or a URL)")
 
 
-def _secret_paths(values: Mapping[str, Any]) -> Iterator[tuple[str, str, Any]]:
-    """(top-level key, path for a message, value) of every value that must be a Pulumi secret."""
+def config_path(parts: tuple[str | int, ...]) -> str:
+    """``canary:`` and the ``--path`` of a value (``("prometheus", "headers", "X-Scope-OrgID")``) as ``pulumi config set``
+    reads it, written as Pulumi writes a property path: a key of letters, digits and ``_`` after a dot, any other
+    in brackets and quotes (``canary:prometheus.headers["X-Scope-OrgID"]``), an index in brackets."""
+    text = ""
+    for part in parts:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif re.fullmatch(r"\w+", part, re.ASCII):
+            text += f".{part}" if text else part
+        else:
+            text += '["' + part.replace('"', '\\"') + '"]'
+    return f"{CONFIG_NAMESPACE}:{text}"
+
+
+def _entries(holder: Any, field: str, parts: tuple[str | int, ...], placeholder: str) -> Iterator[tuple[str, tuple[str | int, ...], Any]]:
+    """Each entry of a map of secrets (``prometheus.headers``): the field a message names (the map), the entry's
+    path and its value; a value that is no map stands for one entry, its key shown as ``placeholder``."""
+    if isinstance(holder, Mapping):
+        for key, value in holder.items():
+            yield field, (*parts, str(key)), value
+    else:
+        yield field, (*parts, placeholder), holder
+
+
+def _secret_paths(values: Mapping[str, Any]) -> Iterator[tuple[str, str, tuple[str | int, ...], Any]]:
+    """(top-level key, field for a message, config path, value) of every value that must be a Pulumi secret: each
+    entry of a map on its own, since each is stored as a secret on its own (the map as one secret string is no map)."""
     prometheus = values.get("prometheus")
     if isinstance(prometheus, Mapping):
-        for leaf in ("token", "headers"):
-            if leaf in prometheus:
-                yield "prometheus", f"prometheus.{leaf}", prometheus[leaf]
-    apps: list[tuple[str, str, Any]] = [("app", "", values), ("analysis", "", values)]
+        if "token" in prometheus:
+            yield "prometheus", "prometheus.token", ("prometheus", "token"), prometheus["token"]
+        if "headers" in prometheus:
+            for field, parts, value in _entries(prometheus["headers"], "prometheus.headers", ("prometheus", "headers"), "<name>"):
+                yield "prometheus", field, parts, value
+    apps: list[tuple[str, str, tuple[str, ...], Any]] = [("app", "", (), values), ("analysis", "", (), values)]
     if isinstance(values.get("apps"), Mapping):
-        apps += [("apps", f"apps.{name}.", config) for name, config in values["apps"].items() if isinstance(config, Mapping)]
-    for top, prefix, holder in apps:
+        apps += [("apps", f"apps.{name}.", ("apps", str(name)), config) for name, config in values["apps"].items() if isinstance(config, Mapping)]
+    for top, prefix, at, holder in apps:
         app = holder.get("app") if isinstance(holder, Mapping) else None
         if top != "analysis" and isinstance(app, Mapping) and isinstance(app.get("secrets"), Mapping):
             for name, secret in app["secrets"].items():
                 if isinstance(secret, Mapping) and "stringData" in secret:
-                    yield top, f"{prefix}app.secrets.{name}.stringData", secret["stringData"]
+                    for field, parts, value in _entries(secret["stringData"], f"{prefix}app.secrets.{name}.stringData",
+                                                        (*at, "app", "secrets", str(name), "stringData"), "<key>"):
+                        yield top, field, parts, value
         analysis = holder.get("analysis") if isinstance(holder, Mapping) else None
         if top != "app" and isinstance(analysis, Mapping) and isinstance(analysis.get("alerts"), list):
             for i, alert in enumerate(analysis["alerts"]):
                 if isinstance(alert, Mapping) and "url" in alert:
-                    yield top, f"{prefix}analysis.alerts[{i}].url", alert["url"]
+                    yield top, f"{prefix}analysis.alerts[{i}].url", (*at, "analysis", "alerts", i, "url"), alert["url"]
 
 
 def unencrypted_secrets(values: Mapping[str, Any], secret_keys: set[str] | None) -> list[Problem]:
@@ -198,18 +234,109 @@ def unencrypted_secrets(values: Mapping[str, Any], secret_keys: set[str] | None)
 
     ``secret_keys`` are the top-level keys the CLI reported as secret (the
     Automation API decrypts them); None when the values come from a file, whose
-    secrets are still ``{secure: …}`` leaves (read as ``ENCRYPTED``).
+    secrets are still ``{secure: …}`` leaves (read as ``ENCRYPTED``). Each problem
+    names the command that stores the very entry as a secret, quoted for a shell.
     """
-    problems = []
-    seen: set[str] = set()
-    for top, path, value in _secret_paths(values):
+    return [problem for _, problem in _unencrypted(values, secret_keys)]
+
+
+def _unencrypted(values: Mapping[str, Any], secret_keys: set[str] | None) -> list[tuple[str, Problem]]:
+    """``unencrypted_secrets``' problems, each with the config path of the entry it is about."""
+    found: dict[str, Problem] = {}
+    for top, field, parts, value in _secret_paths(values):
         if secret_keys is not None and top in secret_keys:
             continue
-        if _all_encrypted(value) or path in seen:
-            continue
-        seen.add(path)
-        problems.append(Problem(path, "<secret>", f"must be a Pulumi secret: pulumi config set --secret --path {CONFIG_NAMESPACE}:{path} ..."))
-    return problems
+        path = config_path(parts)
+        if not _all_encrypted(value):
+            found.setdefault(path, Problem(field, "<secret>", f"must be a Pulumi secret: pulumi config set --secret --path {shlex.quote(path)} ..."))
+    return list(found.items())
+
+
+# --- Pulumi secrets where canary keeps plain text ----------------------------------------------------------------------
+
+#: Keys taken as one secret as a whole, read decrypted (a whole ``canary:prometheus`` is documented as accepted).
+_WHOLE_SECRET_KEYS = frozenset({"prometheus", "metricTemplates"})
+
+
+def _secret_place(parts: tuple[str | int, ...]) -> bool:
+    """Whether a Pulumi secret may stand at ``parts`` (``("app", "env", "DB_PASSWORD")``): where canary keeps it secret,
+    never writing it in plain text. Anywhere else it writes the value as it is: an app's fields into its pod template,
+    which both tracks' pins carry into the release's state ConfigMap, the stack output ``canary/<app>`` and the release
+    config file's ``canary:release``; the gateway into that output; an analysis into the release's records."""
+    if parts in {("prometheus",), ("metricTemplates",)}:
+        return True
+    if parts[:1] == ("prometheus",):
+        return parts[1] in {"token", "headers", "address", "pushgateway"}
+    if parts[:1] == ("metricTemplates",):
+        return len(parts) == 4 and parts[2:] == ("provider", "address")
+    if parts[:1] == ("apps",):
+        parts = parts[2:]
+    if parts[:2] == ("app", "secrets"):
+        return len(parts) >= 4 and parts[3] == "stringData"
+    if parts[:2] == ("analysis", "match"):
+        # an A/B test's header (a tester's token): its rules never quote it; the gateway's route holds it, as it must
+        return len(parts) == 6 and parts[3] in {"headers", "queryParams"} and parts[5] in {"exact", "regex"}
+    return len(parts) == 4 and parts[0] == "analysis" and parts[1] in {"alerts", "webhooks"} and isinstance(parts[2], int) and parts[3] == "url"
+
+
+def _leaves(value: Any, parts: tuple[str | int, ...]) -> Iterator[tuple[tuple[str | int, ...], Any]]:
+    """(path, value) of each leaf of ``value`` (a scalar, an empty map or list), ``parts`` its own path."""
+    if isinstance(value, Mapping) and value:
+        for key, item in value.items():
+            yield from _leaves(item, (*parts, str(key)))
+    elif isinstance(value, list) and value:
+        for i, item in enumerate(value):
+            yield from _leaves(item, (*parts, i))
+    else:
+        yield parts, value
+
+
+def _field(parts: tuple[str | int, ...]) -> str:
+    return "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in parts).lstrip(".")
+
+
+def _misplaced(parts: tuple[str | int, ...], held: bool = False) -> Problem:
+    """The problem of a Pulumi secret at ``parts`` (``held``: somewhere under that key), where canary keeps plain text:
+    what to do instead, never its value."""
+    field = _field(parts)
+    app = parts[2:] if parts[:1] == ("apps",) else parts
+    said = "holds a Pulumi secret" if held else "is a Pulumi secret"
+    if app[:1] == ("app",):
+        prefix = field[: len(field) - len(_field(app))]
+        instead = (f"keep each secret value in {prefix}app.secrets.<name>.stringData, a Pulumi secret (pulumi config set --secret --path "
+                   f"'{CONFIG_NAMESPACE}:{prefix}app.secrets.<name>.stringData.<key>' …), read by {prefix}app.template through a "
+                   "container's env[].valueFrom.secretKeyRef or envFrom[].secretRef")
+        rule = (f"{said}, but canary writes the app's pod in plain text (both tracks' templates in the release's state ConfigMap "
+                f"canary-<app>-state and the stack output canary/<app>): "
+                + (f"set it again with no secret in it and {instead}" if len(app) == 1 else
+                   f"remove it (pulumi config rm --path {shlex.quote(config_path(parts))}) and {instead}"))
+        if app[1:2] == ("env",):
+            rule += " (env is the simple form's, whose pod reads no Secret: write the pod as app.template)"
+        return Problem(field, "<secret>", rule)
+    return Problem(field, "<secret>", f"{said}, but canary keeps it in plain text (its stack outputs, release state and "
+                                      "records): only prometheus.token, prometheus.headers, app.secrets.<name>.stringData, analysis.match's values "
+                                      "and the URLs of Prometheus, the Pushgateway, metric templates, webhooks and alerts may be secrets; "
+                                      "set it without --secret")
+
+
+def misplaced_secrets(values: Mapping[str, Any]) -> list[Problem]:
+    """A Pulumi secret where canary keeps plain text, in a stack file's values (secrets still encrypted, ``ENCRYPTED``
+    leaves): each refused at its path (``app.env.DB_PASSWORD`` set ``--secret --path``), a key as a whole included."""
+    return [_misplaced(parts) for key, value in values.items() if key in CONFIG_KEYS
+            for parts, leaf in _leaves(value, (key,)) if leaf == ENCRYPTED and not _secret_place(parts)]
+
+
+def _misplaced_given(values: Mapping[str, Any], secret_keys: set[str], in_file: Mapping[str, Any] | None) -> list[Problem]:
+    """``misplaced_secrets`` of config the engine gave decrypted, which says only which top-level keys hold a secret:
+    the stack file's leaves where the engine's key is a secret too, else (no file, or one saying no secret is there)
+    a secret key holding no place for a secret is refused as a whole: its secret is, wherever it is, in plain text."""
+    found = [p for p in misplaced_secrets(in_file) if _top(p.field) in secret_keys] if in_file is not None else []
+    for key in sorted(secret_keys & set(CONFIG_KEYS) - _WHOLE_SECRET_KEYS):
+        if in_file is not None and any(leaf == ENCRYPTED for _, leaf in _leaves(in_file.get(key), (key,))):
+            continue  # the file says which leaves are secrets
+        if not any(_secret_place(parts) for parts, _ in _leaves(values.get(key), (key,))):
+            found.append(_misplaced((key,), held=True))
+    return found
 
 
 def _plain_agrees(in_file: Any, given: Any) -> bool:
@@ -264,3 +391,25 @@ def to_config(spec: StackSpec) -> dict[str, Any]:
         if required in full:
             data.setdefault(required, full[required])
     return {f"{CONFIG_NAMESPACE}:{key}": data[key] for key in CONFIG_KEYS if key in data}
+
+
+#: A config key as a program reads it: ``[namespace:]name``, the name a dotted path (``shop:web.image``); no blank,
+#: quote or bracket (the stack file's key is written at that path, one key per dot)
+_CONFIG_KEY = re.compile(r"(?:([^\s:.\[\]\"']+):)?([^\s:.\[\]\"']+(?:\.[^\s:.\[\]\"']+)*)")
+
+
+def image_config_key(key: Any, project: str) -> str:
+    """The stack config key an ``image_config`` names, with its namespace: a key without one is the project's
+    (``image`` is ``<project>:image``), as ``pulumi.Config().get("image")`` and ``pulumi config set image`` read it.
+    ValueError saying what is wrong otherwise. Canary's own namespace is refused: its keys are canary's fields,
+    and ``canary validate`` refuses any other there."""
+    example = f"({project}:image, or image, which is {project}:image as pulumi.Config().get(\"image\") reads it)"
+    found = _CONFIG_KEY.fullmatch(key) if isinstance(key, str) else None
+    if found is None:
+        raise ValueError(f"must be a config key, [namespace:]name {example}: the key the program reads the image from, which "
+                         "`canary release --image` sets; one colon at most, no empty part, blank, quote or bracket")
+    namespace = found.group(1) or project
+    if namespace == CONFIG_NAMESPACE:
+        raise ValueError(f"names a key of canary's own namespace ({CONFIG_NAMESPACE}:), which holds canary's fields only: read the image "
+                         f"from a key of the program's namespace {example}")
+    return f"{namespace}:{found.group(2)}"

@@ -397,6 +397,7 @@ def _analysis(data: Mapping[str, Any], notes: list[str]) -> dict[str, Any]:
         raise InvalidSpec([Problem(f"spec.analysis.{key}", _shown(data[key]), rule) for key in unknown], "Canary")
     _unsupported("spec.analysis", data, _ANALYSIS_FIELDS, notes)
     out = {k: data[k] for k in _AS_IS if k in data}
+    _unroutable_matches(out.get("match"))
     _flagger_ignores(out, notes)
     _flagger_defaults(data, out, notes)
     _flagger_steps(out, notes)
@@ -597,6 +598,35 @@ def _deprecated_threshold(i: int, metric: Mapping[str, Any], out_metric: dict[st
     notes.append(f"{field}: Flagger's deprecated spelling; written as thresholdRange.{bound}: {threshold}, as Flagger judges it")
 
 
+#: What a literal escapes in a regular expression (Go's regexp.QuoteMeta: RE2, which gateways match with)
+_RE2_META = re.compile(r"([\\.+*?()|\[\]{}^$])")
+#: Flagger's string match operators the Gateway API has no match type for, with the regex matching the same values
+_UNROUTABLE = {"prefix": "^{}.*", "suffix": ".*{}$"}
+
+
+def _unroutable_matches(match: Any) -> None:
+    """A ``prefix`` or ``suffix`` match (Flagger's Istio-shaped StringMatch has them) is refused naming its field and
+    the equivalent ``regex``: the Gateway API matches a header or query parameter only exactly or by a regular
+    expression. Canary's own validation would call it an unknown field, which reads like a typo."""
+    problems = []
+    for i, item in enumerate(match if isinstance(match, list) else []):
+        for kind, what in (("headers", "header"), ("queryParams", "query parameter")):
+            given = item.get(kind) if isinstance(item, Mapping) else None
+            for name, string_match in (given.items() if isinstance(given, Mapping) else ()):
+                for operator, pattern in _UNROUTABLE.items():
+                    if not isinstance(string_match, Mapping) or operator not in string_match:
+                        continue
+                    value = string_match[operator]
+                    rule = (f"canary cannot route a {operator} match: the Gateway API matches a {what} only exactly or by a regular "
+                            "expression (Exact, RegularExpression)")
+                    if isinstance(value, str) and value:
+                        regex = pattern.format(_RE2_META.sub(r"\\\1", value)).replace("'", "''")  # in YAML's single quotes
+                        rule += f"; write it as regex: '{regex}', which matches the same values"
+                    problems.append(Problem(f"spec.analysis.match[{i}].{kind}.{name}.{operator}", _shown(value), rule))
+    if problems:
+        raise InvalidSpec(problems, "Canary")
+
+
 def _unset(value: Any) -> bool:
     """Whether Flagger reads a number field as not set: its Go fields drop a zero (``omitempty``)."""
     return isinstance(value, int) and not isinstance(value, bool) and value == 0
@@ -729,7 +759,7 @@ def _templates(manifests: list[dict[str, Any]], notes: list[str], names: Mapping
         if address:
             out_provider["address"] = address
         if provider.get("secretRef"):
-            notes.append(f"MetricTemplate {name}: spec.provider.secretRef: set the token as a Pulumi secret: pulumi config set --secret --path prometheus.token")
+            notes.append(f"MetricTemplate {name}: spec.provider.secretRef: set the token as a Pulumi secret: pulumi config set --secret --path canary:prometheus.token …")
         for key in provider:
             if key not in ("type", "address", "secretRef"):
                 notes.append(f"MetricTemplate {name}: spec.provider.{key}: not supported by canary; ignored")

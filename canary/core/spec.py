@@ -952,8 +952,8 @@ class StackSpec(_Model):
         return name in self.app_configs() or self.names_no_app()
 
     def release_spec(self, name: str, app: App | None = None, gateway: Gateway | None = None) -> ReleaseSpec:
-        """One app with the stack-wide settings; ``app``/``gateway`` come from a program's component when
-        the config does not declare them."""
+        """One app with the stack-wide settings; ``app``/``gateway`` are a program's component's, refused where
+        the config declares them too."""
         if not self.declares(name):
             raise InvalidSpec([Problem(f"apps.{name}", "nothing", "is not in the stack config: it has no analysis")], "stack")
         configs = self.app_configs()
@@ -961,6 +961,11 @@ class StackSpec(_Model):
             # a top-level analysis with the app declared by the program's component: it is that app's
             configs = {name: next(iter(configs.values()))}
         config = configs[name]
+        # both: the stack config's would silently win, and the release judge another app than the program deploys
+        twice = [key for key, ours, theirs in (("app", config.app, app), ("gateway", config.gateway, gateway)) if ours is not None and theirs is not None]
+        if twice:
+            raise InvalidSpec([Problem(f"{self.fields(name)}{key}", "set", f"declares {name}'s {key}, which a component of the program declares "
+                                       "too: keep one (remove it from the stack config, or the app from the program)") for key in twice], "stack")
         resolved = config.app or app
         if resolved is None or (config.gateway or gateway) is None:
             raise InvalidSpec([Problem(f"apps.{name}", "no app", "is declared neither in the stack config nor by a component of the program")], "stack")

@@ -178,6 +178,26 @@ def test_a_component_app_the_program_no_longer_declares_is_not_released_after_th
     assert "b: removed by the update" in outcome.message
 
 
+def test_a_component_app_the_stack_config_declares_too_is_refused(stack: Any) -> None:
+    # `import-flagger --merge` wrote canary:apps.web.app beside the program's component: the release judged the stack
+    # config's app (one replica, a stale image) and gateway instead of the component's
+    component = {**exported("web", "web:2", "web:2"), "appFrom": "component"}
+    ws = stack(apps_config("web"), {"canary/web": component}, after={"canary/web": component})
+    with pytest.raises(InvalidSpec) as caught:
+        ws.facts("web")
+    assert [p.field for p in caught.value.problems] == ["apps.web.app", "apps.web.gateway"]
+    assert "which a component of the program declares too: keep one" in str(caught.value)
+    # the stack config's app, declared by canary's own program (or by a version whose outputs do not say): the stack config's
+    for own in ({**component, "appFrom": "stackConfig"}, exported("web", "web:2", "web:2")):
+        facts = stack(apps_config("web"), {"canary/web": own}, after={"canary/web": own}).facts("web")
+        assert facts is not None and facts.spec.app.image == "web:1"
+    # a component's app judged by the stack config's analysis alone: the component's
+    only = apps_config("web")
+    del only["apps"]["web"]["app"], only["apps"]["web"]["gateway"]
+    facts = stack(only, {"canary/web": component}, after={"canary/web": component}).facts("web")
+    assert facts is not None and facts.spec.app.image == "web:2"
+
+
 # --- a release that ends while the update waits ----------------------------------------------------
 
 

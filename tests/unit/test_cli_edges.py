@@ -414,3 +414,38 @@ def test_the_help_says_where_the_project_comes_from_and_what_json_prints(command
     code, out, _ = _run(monkeypatch, capsys, command, "--help")
     flat = " ".join(out.split())
     assert code == 0 and "$CANARY_PROJECT_DIR" in flat and "Print the " in flat.split("--json", 1)[1].split("--", 1)[0], flat
+
+
+# --- check: an app the program declares ------------------------------------------------------------------------------------
+
+_COMPONENT_STACK = """\
+config:
+  canary:prometheus: {address: "http://prometheus:9090"}
+  canary:apps:
+    orders:
+      analysis:
+        stepWeight: 10
+        metrics: [{name: request-error-rate, thresholdRange: {max: 1}}]
+"""
+
+
+@pytest.mark.parametrize("args", [("--app", "orders"), ()], ids=["named", "the-only-app"])
+def test_check_of_an_app_the_program_declares_says_so_and_what_runs_its_queries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                                capsys: pytest.CaptureFixture[str], args: tuple[str, ...]) -> None:
+    # it said `--app must name an app the stack file declares (orders)`: it listed the very app it refused
+    (tmp_path / "Pulumi.yaml").write_text(PROJECT)
+    (tmp_path / "Pulumi.prod.yaml").write_text(_COMPONENT_STACK)
+    code, out, err = _run(monkeypatch, capsys, "check", "prod", *args, "--project-dir", str(tmp_path))
+    assert code == 2 and out == "", out
+    assert "app orders: is declared by the program (its CanaryDeployment), not the stack file" in err, err
+    assert "canary release prod --app orders --image" in err and "declares (orders)" not in err, err
+
+
+def test_check_of_an_app_no_one_declares_lists_the_stack_file_s_apps_and_names_the_program_s_apart(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "Pulumi.yaml").write_text(PROJECT)
+    (tmp_path / "Pulumi.prod.yaml").write_text(_COMPONENT_STACK.replace(
+        "  canary:apps:\n", "  canary:apps:\n    web:\n      app: {name: web, namespace: shop, image: 'web:1'}\n"
+        "      gateway: {parentRefs: [{name: public}]}\n      analysis: {stepWeight: 10, metrics: [{name: request-error-rate, thresholdRange: {max: 1}}]}\n"))
+    code, _, err = _run(monkeypatch, capsys, "check", "prod", "--app", "payments", "--project-dir", str(tmp_path))
+    assert code == 2 and "--app must name an app the stack file declares (web); orders: declared by the program" in err, err

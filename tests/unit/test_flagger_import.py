@@ -4,6 +4,7 @@ file, and the load tester's command as canary runs it."""
 from __future__ import annotations
 
 import contextlib
+import re
 import shlex
 import subprocess
 import sys
@@ -535,3 +536,54 @@ def test_a_refused_import_carries_the_notes_gathered_before_it() -> None:
         flagger.convert([doc])
     assert [p.field for p in info.value.problems] == ["spec.analysis.metrics"]
     assert any(n.startswith("spec.analysis.webhooks[0].metadata.cmd: runs in the background") for n in info.value.notes), info.value.notes
+
+
+# --- what canary cannot route, and the commands notes give ------------------------------------------------
+
+
+def _ab_test(match: list[dict[str, Any]]) -> dict[str, Any]:
+    doc = _canary()
+    for key in ("maxWeight", "stepWeight", "stepWeights"):
+        doc["spec"]["analysis"].pop(key, None)
+    doc["spec"]["analysis"].update(iterations=10, match=match)
+    return doc
+
+
+@pytest.mark.parametrize(("kind", "operator", "value", "matching", "other"), [
+    ("headers", "prefix", "insider", "insider-7", "outsider"),
+    ("headers", "prefix", "v1.2+b (x)'s", "v1.2+b (x)'s-rc", "v1x2+b (x)'s"),
+    ("queryParams", "suffix", ".beta", "v2.beta", "v2-beta"),
+])
+def test_a_prefix_or_suffix_match_is_refused_as_unroutable_with_the_regex_that_routes_the_same(
+        kind: str, operator: str, value: str, matching: str, other: str) -> None:
+    # it was refused as `...headers.x-canary.prefix: is not a known field`, which reads like a typo
+    with pytest.raises(InvalidSpec) as info:
+        flagger.convert([_ab_test([{kind: {"x-canary": {operator: value}}}]), _template()])
+    (problem,) = info.value.problems
+    assert problem.field == f"spec.analysis.match[0].{kind}.x-canary.{operator}", problem
+    assert problem.rule.startswith(f"canary cannot route a {operator} match: the Gateway API matches a "), problem.rule
+    assert "Exact, RegularExpression" in problem.rule and "not a known field" not in str(info.value)
+    # the line it suggests, pasted into the manifest, imports and matches the values the Flagger match did
+    suggested = yaml.safe_load(problem.rule.split("write it as ", 1)[1].removesuffix(", which matches the same values"))
+    result = flagger.convert([_ab_test([{kind: {"x-canary": suggested}}]), _template()])
+    (match,) = result.spec.release_spec("web").analysis.match
+    regex = (match.headers if kind == "headers" else match.query_params)["x-canary"].regex
+    assert regex is not None and re.fullmatch(regex, matching) and not re.fullmatch(regex, other), regex
+    assert re.search(regex, matching) and not re.search(regex, other)  # anchored: a gateway that searches routes the same
+
+
+def test_every_unroutable_match_is_named_at_once() -> None:
+    doc = _ab_test([{"headers": {"a": {"exact": "1"}, "b": {"suffix": "x"}}}, {"headers": {"c": {"prefix": "y"}}}])
+    with pytest.raises(InvalidSpec) as info:
+        flagger.convert([doc, _template()])
+    assert [p.field for p in info.value.problems] == ["spec.analysis.match[0].headers.b.suffix", "spec.analysis.match[1].headers.c.prefix"]
+    assert all(p.rule.startswith("canary cannot route a ") for p in info.value.problems), info.value.problems
+
+
+def test_a_template_s_secret_ref_note_names_the_key_canary_reads() -> None:
+    # `--path prometheus.token`, followed literally, stored <project>:prometheus.token, which canary never reads
+    template = _template()
+    template["spec"]["provider"]["secretRef"] = {"name": "prom-auth"}
+    notes = [n for n in flagger.convert([_canary(), template]).notes if "secretRef" in n]
+    assert len(notes) == 1 and "pulumi config set --secret --path canary:prometheus.token " in notes[0], notes
+    assert all(re.search(r"config set [^:]*--path canary:", n) for n in notes if "pulumi config set" in n)

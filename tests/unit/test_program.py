@@ -964,8 +964,9 @@ def test_a_disruption_budget_protects_stable_pods(declare: Callable[..., Declare
 
 
 def test_a_pod_monitor_scrapes_both_tracks(declare: Callable[..., Declared]) -> None:
-    prometheus = {"address": "http://prometheus.monitoring:9090", "podMonitor": {"interval": "30s", "path": "/stats"}}
-    d = declare(component(prometheus=prometheus))
+    prometheus = {"podMonitor": {"interval": "30s", "path": "/stats"}}
+    scraped = {"canary:prometheus": {"address": "http://prometheus.monitoring:9090", "scrapeInterval": "30s"}}
+    d = declare(component(prometheus=prometheus), scraped)
     monitor = d.resources["web-pod-monitor"]
     assert monitor.typ == "kubernetes:monitoring.coreos.com/v1:PodMonitor"
     assert monitor.inputs["metadata"]["name"] == "web"
@@ -976,14 +977,94 @@ def test_a_pod_monitor_scrapes_both_tracks(declare: Callable[..., Declared]) -> 
     # series stopped, and every compare check read "stable has no data")
     release = {"web": {"release": "r1", "stable": pin("registry.example.com/shop/web:1.0.0", "5555aaaa5555aaaa", port=8080), "route": {"weight": 10}}}
     moved = declare(component({**SIMPLE_APP, "image": "registry.example.com/shop/web:2.0.0", "port": 9090}, prometheus=prometheus),
-                    {"canary:release": release})
+                    {**scraped, "canary:release": release})
     assert [e["portNumber"] for e in moved.resources["web-pod-monitor"].inputs["spec"]["podMetricsEndpoints"]] == [8080, 9090]
 
 
 def test_no_extras_unless_asked(declare: Callable[..., Declared]) -> None:
-    d = declare(component(prometheus={"address": "http://prometheus.monitoring:9090"}))
+    d = declare(component(prometheus={}))
     assert {typ for typ, _ in d.kinds()} == {"canary:index:CanaryDeployment", "kubernetes:apps/v1:Deployment",
                                              "kubernetes:core/v1:Service", "kubernetes:gateway.networking.k8s.io/v1:HTTPRoute"}
+
+
+# --- what the component declares and the stack config says -------------------------------------
+
+
+STACK_PROMETHEUS = {"address": "http://prometheus.monitoring:9090"}
+
+
+@pytest.mark.parametrize(("key", "value"), [("address", "http://prometheus.monitoring:9090"), ("podLabel", "pod"), ("scrapeInterval", "1m"),
+                                            ("timeout", "5s"), ("token", "s3cr3t-t0ken"), ("headers", {"X-Scope-OrgID": "s3cr3t-tenant"})])
+def test_the_components_prometheus_takes_the_pod_monitor_alone(declare: Callable[..., Declared], key: str, value: Any) -> None:
+    # releases read how to query Prometheus, and how often it scrapes, from canary:prometheus alone: given to the
+    # component they were silently ignored (a podLabel: pod never reached the queries)
+    with pytest.raises(pulumi.RunError) as caught:
+        declare(component(prometheus={"podMonitor": {"interval": "15s"}, key: value}), {"canary:prometheus": STACK_PROMETHEUS})
+    message = str(caught.value)
+    assert f"prometheus.{key}: is the stack config's: releases read it from canary:prometheus, never from the component" in message
+    assert f"pulumi config set --path canary:prometheus.{key}" in message and "s3cr3t" not in message
+
+
+def test_a_component_pod_monitor_alone_is_declared_without_prometheus_address(declare: Callable[..., Declared]) -> None:
+    # the component never queries Prometheus: its address was required, and then ignored
+    d = declare(component(prometheus={"podMonitor": {"path": "/stats"}}))
+    assert d.inputs("web-pod-monitor")["spec"]["podMetricsEndpoints"] == [{"portNumber": 8080, "path": "/stats", "interval": "15s"}]
+    with pytest.raises(pulumi.RunError) as caught:
+        declare(component(prometheus={"podMonitor": {"interval": "15s"}, "scrape": "1m"}))
+    assert "prometheus.scrape: is not a field of the component's prometheus: it takes podMonitor" in str(caught.value)
+
+
+@pytest.mark.parametrize("stack_prometheus", [{**STACK_PROMETHEUS, "scrapeInterval": "1m"}, {**STACK_PROMETHEUS, "podMonitor": {"interval": "1m"}}])
+def test_a_pod_monitor_scrapes_as_often_as_releases_judge(declare: Callable[..., Declared], stack_prometheus: dict[str, Any]) -> None:
+    # a PodMonitor scraping every minute under the default 15s: each judge's step was 30s, its rate over
+    # 30s of 1m scrapes empty, and every release rolled back for want of data
+    monitor = component(prometheus={"podMonitor": {"interval": "1m"}})
+    for config in ({}, {"canary:prometheus": STACK_PROMETHEUS}):
+        with pytest.raises(pulumi.RunError) as caught:
+            declare(monitor, config)
+        assert ("prometheus.podMonitor.interval: differs from the scrape interval releases judge web with, 15s "
+                "(canary:prometheus.scrapeInterval, unset: 15s)") in str(caught.value)
+        assert "Set canary:prometheus.scrapeInterval to 1m in the stack config" in str(caught.value)
+    d = declare(monitor, {"canary:prometheus": stack_prometheus})
+    assert d.inputs("web-pod-monitor")["spec"]["podMetricsEndpoints"][0]["interval"] == "1m"
+
+
+def test_a_release_in_progress_goes_on_when_its_stack_config_disagrees(declare: Callable[..., Declared]) -> None:
+    # its ups (its rollback's too) run with the release's config, checked when it began: refused here, it could never end
+    release = {"web": {"release": "r1", "stable": pin("registry.example.com/shop/web:1.0.0", "5555aaaa5555aaaa"), "route": {"weight": 10}}}
+    d = declare(component(prometheus={"podMonitor": {"interval": "1m"}}), {"canary:release": release, "canary:app": {**SIMPLE_APP, "replicas": 1}})
+    assert "web-pod-monitor" in d.resources
+    at_rest = {"web": {**release["web"], "release": ""}}  # a `canary up`'s own update, no release running: refused
+    with pytest.raises(pulumi.RunError):
+        declare(component(), {"canary:release": at_rest, "canary:app": SIMPLE_APP})
+
+
+@pytest.mark.parametrize(("config", "field"), [
+    ({"canary:app": {**SIMPLE_APP, "replicas": 1}, "canary:gateway": GATEWAY}, "canary:app"),
+    ({"canary:apps": {"web": {"app": SIMPLE_APP, "gateway": GATEWAY}}}, "canary:apps.web.app"),
+    ({"canary:apps": {"web": {"gateway": GATEWAY}}}, "canary:apps.web.gateway"),
+])
+def test_an_app_the_stack_config_declares_too_is_refused(declare: Callable[..., Declared], config: dict[str, Any], field: str) -> None:
+    # `import-flagger --merge` writes canary:app and canary:gateway: the release judged the stack config's app (one
+    # replica, a stale image) and route, not the component's
+    with pytest.raises(pulumi.RunError) as caught:
+        declare(component(), config)
+    message = str(caught.value)
+    assert f"{field}: declares " in message and "which CanaryDeployment web declares too" in message and "Keep one" in message
+    assert ("remove canary:app and canary:gateway from the stack config" in message) == (field == "canary:app")
+
+
+def test_the_stack_configs_other_apps_and_analysis_beside_a_component(declare: Callable[..., Declared]) -> None:
+    analysis = {"interval": "1m", "metrics": []}
+    config = {"canary:apps": {"web": {"analysis": analysis}, "api": {"app": {**SIMPLE_APP, "name": "api"}, "gateway": GATEWAY, "analysis": analysis}}}
+    assert declare(component(), config).exported["appFrom"] == "component"
+    assert declare(component(), {"canary:app": {**SIMPLE_APP, "name": "api"}, "canary:gateway": GATEWAY}).exported["appFrom"] == "component"
+
+
+def test_the_projects_program_declares_the_stack_configs_app_and_pod_monitor(declare: Callable[..., Declared]) -> None:
+    d = declare(program.program, stack_config(prometheus={**STACK_PROMETHEUS, "podLabel": "pod", "podMonitor": {"interval": "1m"}}))
+    assert d.exported["appFrom"] == "stackConfig"  # a release reads its app from the stack config
+    assert d.inputs("web-pod-monitor")["spec"]["podMetricsEndpoints"][0]["interval"] == "1m"
 
 
 # --- the stack output ---------------------------------------------------------------------------
@@ -1509,6 +1590,31 @@ def test_a_plain_text_header_beside_an_encrypted_token_stops_a_plain_pulumi_up(d
     assert declare(program.program, stack_config(prometheus=prometheus), secret_keys=["canary:prometheus"]).exported["app"]["name"] == "web"
 
 
+def test_a_secret_in_app_env_stops_the_program_before_anything_is_declared(declare: Callable[..., Declared], tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    # `pulumi config set --secret --path canary:app.env.DB_PASSWORD …`: the engine gives canary:app as a secret, the program
+    # read it as plain text, and the password went into both tracks' templates, the state ConfigMap and the stack output
+    (tmp_path / "Pulumi.yaml").write_text("name: shop\nruntime: python\n")
+    (tmp_path / f"Pulumi.{STACK}.yaml").write_text(
+        "config:\n  canary:app:\n    name: web\n    image: registry.example.com/shop/web:1.0.0\n"
+        "    env:\n      DB_PASSWORD:\n        secure: v1:AAAA\n")
+    monkeypatch.chdir(tmp_path)
+    app = {"name": "web", "namespace": "shop", "image": "registry.example.com/shop/web:1.0.0", "env": {"DB_PASSWORD": "s3cr3t-pw"}}
+    with pytest.raises(pulumi.RunError) as caught:  # a plain `pulumi up`: the stack file says which leaf
+        declare(program.program, stack_config(app=app), secret_keys=["canary:app"])
+    assert "app.env.DB_PASSWORD: " in str(caught.value) and "app.secrets.<name>.stringData" in str(caught.value)
+    assert "s3cr3t" not in str(caught.value)
+    (tmp_path / f"Pulumi.{STACK}.yaml").unlink()
+    with pytest.raises(pulumi.RunError) as whole:  # config from elsewhere (`--config-file`, an environment): the key
+        declare(program.program, stack_config(app=app), secret_keys=["canary:app"])
+    assert "app: holds a Pulumi secret" in str(whole.value) and "s3cr3t" not in str(whole.value)
+    # a release's own ups (its config checked as it began) go on: refused there, its rollback failed too
+    release = {"web": {"release": "r1", "stable": pin("registry.example.com/shop/web:1.0.0", "5555aaaa5555aaaa"), "route": {"weight": 0}}}
+    declared: list[Any] = []
+    declare(lambda: declared.extend(program.program()), stack_config(app=app, release=release), secret_keys=["canary:app"])
+    assert [c.app.name for c in declared] == ["web"]
+
+
 # --- one component per app in a program ---------------------------------------------------------
 
 
@@ -1583,3 +1689,43 @@ def test_an_unknown_key_held_as_a_secret_is_refused_without_its_value(declare: C
     with pytest.raises(pulumi.RunError) as caught:
         declare(program.program, {**stack_config(), "canary:dbPassword": "hunter2-very-secret"}, secret_keys=["canary:dbPassword"])
     assert "dbPassword: is not a known field" in str(caught.value) and "hunter2" not in str(caught.value)
+
+
+# --- image_config: the key `canary release --image` sets ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("given", "key"), [("image", "shop:image"), ("shop:image", "shop:image"), ("shop:web.image", "shop:web.image"),
+                                            ("images:web", "images:web")])
+def test_image_config_is_exported_with_its_namespace_a_bare_key_the_project_s(declare: Callable[..., Declared], given: str, key: str) -> None:
+    # `image`, the key `pulumi.Config().require("image")` reads, was exported bare: `canary release` wrote `image:`
+    # beside `shop:image` in the stack file, and `canary validate` then said `image: is not a known field`
+    d = declare(component(image_config=given), project="shop")
+    assert d.exported["imageConfig"] == key
+
+
+@pytest.mark.parametrize(("given", "rule"), [
+    ("shop image", "must be a config key, [namespace:]name (shop:image, or image, which is shop:image"),
+    ("", "must be a config key"),
+    ("shop:", "must be a config key"),
+    ("a:b:c", "one colon at most"),
+    ('shop:images["web"]', "no empty part, blank, quote or bracket"),
+    (42, "must be a config key"),
+    ("canary:image", "names a key of canary's own namespace (canary:)"),
+])
+def test_an_image_config_that_is_no_key_the_program_can_read_is_refused_naming_it(declare: Callable[..., Declared], given: Any, rule: str) -> None:
+    with pytest.raises(pulumi.RunError) as caught:
+        declare(component(image_config=given), project="shop")
+    message = str(caught.value)
+    assert message.startswith("invalid CanaryDeployment web:\n  - image_config: ") and rule in message, message
+
+
+def test_an_image_config_refused_beside_other_bad_arguments_is_listed_with_them(declare: Callable[..., Declared]) -> None:
+    with pytest.raises(pulumi.RunError) as caught:
+        declare(component({**SIMPLE_APP, "replicas": 0}, image_config="shop image"), project="shop")
+    assert "image_config: must be a config key" in str(caught.value) and "app.replicas: " in str(caught.value), str(caught.value)
+
+
+def test_a_bare_image_config_in_a_project_named_canary_is_canary_s_namespace_and_refused(declare: Callable[..., Declared]) -> None:
+    with pytest.raises(pulumi.RunError) as caught:
+        declare(component(image_config="image"), project="canary")
+    assert "image_config: names a key of canary's own namespace" in str(caught.value)

@@ -14,7 +14,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from canary.adapters.prometheus import PrometheusProvider
-from canary.errors import BadQuery, ProviderUnreachable
+from canary.errors import BadQuery, MultipleValues, ProviderUnreachable
 
 TOKEN = "tok-9f8e7d6c5b4a"
 
@@ -453,3 +453,44 @@ def test_a_tenant_token_echoed_alone_and_a_token_echoed_html_or_url_quoted_stay_
     text = f"{info.value} {info.value.__cause__!r}"
     assert "401" in text and "unknown tenant" in text, text
     assert "t0k3nABCDEF1234" not in text and "SECRET" not in text and "ghi" not in text, text
+
+
+class _EchoTenant(BaseHTTPRequestHandler):
+    """A query frontend whose error names the tenant it was sent alone, beside words that hold it."""
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        tenant, auth = self.headers.get("X-Scope-OrgID"), self.headers.get("Authorization", "").removeprefix("Bearer ")
+        said = f"tenant {tenant} (token {auth}) has no series in namespace production, product-db; tenant=\"{tenant}\""
+        body = json.dumps({"status": "error", "error": said}).encode()
+        self.send_response(503)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def test_a_short_header_value_is_masked_where_it_stands_alone_not_inside_words() -> None:
+    # X-Scope-OrgID "prod" was masked everywhere: "in namespace <secret>uction, <secret>uct-db" named the tenant by
+    # what was left and hid the namespace; the token is masked everywhere still, however short
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _EchoTenant)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(ProviderUnreachable) as info:
+            PrometheusProvider(f"http://127.0.0.1:{srv.server_address[1]}", token="uct", headers={"X-Scope-OrgID": "prod"}).run_query("up")
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    for text in (str(info.value), repr(info.value.__cause__)):
+        assert "tenant <secret> (token <secret>)" in text and text.count("prod") == 2 and "tenant=" in text, text
+        assert "namespace prod<secret>ion, prod<secret>-db" in text, text
+
+
+def test_a_long_header_value_is_masked_wherever_it_appears(server: str) -> None:
+    _Recorder.data = {"resultType": "vector", "result": [{"metric": {"ns": "prod-tenant-7x"}, "value": [1, "1"]},
+                                                          {"metric": {"ns": "prod"}, "value": [1, "2"]}]}
+    with pytest.raises(MultipleValues) as info:
+        PrometheusProvider(server, headers={"X-Scope-OrgID": "tenant-7", "X-Short": "prod"}).run_query("up")
+    assert "'prod-<secret>x'" in str(info.value) and "'<secret>'" in str(info.value) and "tenant-7" not in str(info.value), info.value

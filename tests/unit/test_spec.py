@@ -466,6 +466,24 @@ def test_multi_app_stacks_give_each_app_by_name() -> None:
     assert info.value.problems[0].value == "web, api"
 
 
+def test_an_app_declared_by_the_stack_config_and_a_component_is_refused() -> None:
+    # the stack config's app and gateway silently won over the component's: the release judged another app
+    from canary.core.spec import App, Gateway
+
+    component_app = App(name="web", namespace="shop", image=IMAGE_2, replicas=4)
+    gateway = Gateway.model_validate({"parentRefs": [{"name": "internal", "namespace": "gateway"}]})
+    for values, fields in ((values_with(), ["app", "gateway"]), (values_with(_apps()), ["apps.web.app", "apps.web.gateway"])):
+        with pytest.raises(InvalidSpec) as info:
+            parse_stack(values).release_spec("web", component_app, gateway)
+        assert [p.field for p in info.value.problems] == fields
+        assert "which a component of the program declares too: keep one" in str(info.value)
+        assert parse_stack(values).release_spec("web").app.replicas == 2  # the stack config's alone
+    judged_only = values_with(_apps())
+    del judged_only["apps"]["web"]["app"], judged_only["apps"]["web"]["gateway"]
+    spec = parse_stack(judged_only).release_spec("web", component_app, gateway)
+    assert (spec.app, spec.gateway) == (component_app, gateway)
+
+
 def test_two_apps_of_one_namespace_whose_objects_share_names_are_refused() -> None:
     # app web-canary beside web wants the Service web-canary, which is web's canary Service: the up failed,
     # or web's canary share reached web-canary's pods
@@ -599,23 +617,26 @@ def _config(values: dict[str, Any]) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize(
-    ("mutation", "path"),
+    ("mutation", "path", "key"),
     [
-        (set_path("prometheus.token", SECRET), "prometheus.token"),
-        (set_path("prometheus.headers", {"X-Scope-OrgID": SECRET}), "prometheus.headers"),
-        (set_path("analysis.alerts", [{"name": "chat", "type": "slack", "url": f"https://hooks.slack.com/{SECRET}"}]), "analysis.alerts[0].url"),
+        (set_path("prometheus.token", SECRET), "prometheus.token", "canary:prometheus.token"),
+        (set_path("prometheus.headers", {"X-Scope-OrgID": SECRET}), "prometheus.headers", """'canary:prometheus.headers["X-Scope-OrgID"]'"""),
+        (set_path("analysis.alerts", [{"name": "chat", "type": "slack", "url": f"https://hooks.slack.com/{SECRET}"}]), "analysis.alerts[0].url",
+         "'canary:analysis.alerts[0].url'"),
         (chain(_template(env=[{"name": "P", "valueFrom": {"secretKeyRef": {"name": "db", "key": "password"}}}]), set_path("app.secrets", {"db": {"stringData": {"password": SECRET}}})),
-         "app.secrets.db.stringData"),
-        (chain(_apps(), set_path("apps.web.analysis.alerts", [{"name": "chat", "type": "discord", "url": f"https://discord.com/api/webhooks/{SECRET}"}])), "apps.web.analysis.alerts[0].url"),
+         "app.secrets.db.stringData", "canary:app.secrets.db.stringData.password"),
+        (chain(_apps(), set_path("apps.web.analysis.alerts", [{"name": "chat", "type": "discord", "url": f"https://discord.com/api/webhooks/{SECRET}"}])),
+         "apps.web.analysis.alerts[0].url", "'canary:apps.web.analysis.alerts[0].url'"),
     ],
 )
-def test_a_plaintext_secret_in_a_stack_file_is_refused(mutation: Any, path: str) -> None:
+def test_a_plaintext_secret_in_a_stack_file_is_refused(mutation: Any, path: str, key: str) -> None:
     with pytest.raises(InvalidSpec) as info:
         stackconfig.from_file_values(_config(values_with(mutation)), "Pulumi.prod.yaml")
     (problem,) = info.value.problems
     assert problem.field == path and problem.value == "<secret>"
-    # the key in its namespace: without it, the command set <project>:prometheus.token and left the plain one in place
-    assert problem.rule == f"must be a Pulumi secret: pulumi config set --secret --path canary:{path} ..."
+    # the very entry in its namespace, quoted for a shell: without the namespace, the command set <project>:prometheus.token
+    # and left the plain one in place; naming a map (prometheus.headers), it made the map one secret string
+    assert problem.rule == f"must be a Pulumi secret: pulumi config set --secret --path {key} ..."
     assert SECRET not in str(info.value) and info.value.source == "Pulumi.prod.yaml"
 
 

@@ -272,3 +272,35 @@ def test_a_rollback_names_only_its_own_app_s_changes_in_a_stack_of_several(tmp_p
     path.write_text(several.replace("api, image: demo:v1", "api, image: demo:v2").replace("web, image: demo:v1", "web, image: demo:v1, replicas: 3")
                     .replace("setting: 1", "setting: 2"))
     assert configs.changes_since(several) == {"canary:apps.web.app.replicas": 3, "other:setting": 2}
+
+
+# --- the image key a component's image_config names ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("key", "written"), [("image", "shop:image"), ("shop:image", "shop:image"), ("shop:web.image", "shop:web")])
+def test_set_image_writes_an_image_config_key_in_its_namespace_a_bare_one_the_project_s(tmp_path: Path, key: str, written: str) -> None:
+    # `image` (what pulumi.Config().require("image") reads) was written as a bare `image:` beside `shop:image`, which
+    # the program never read and `canary validate` called not a known field
+    from canary import api
+
+    (tmp_path / "Pulumi.yaml").write_text("name: shop\nruntime: python\n")
+    path = tmp_path / "Pulumi.prod.yaml"
+    path.write_text("config:\n  shop:image: web:1\n  shop:web:\n    image: web:1\n")
+    assert api.set_image("prod", "web:2", app="web", project_dir=tmp_path, image_config=key) == ("web", "web:1")
+    config = stackfile.load(path.read_text())["config"]
+    assert set(config) == {"shop:image", "shop:web"}, config
+    assert (config[written]["image"] if written == "shop:web" else config[written]) == "web:2"
+
+
+@pytest.mark.parametrize("key", ["shop image", "canary:image", "a:b:c", ""])
+def test_set_image_refuses_an_image_config_that_is_no_key_of_the_program_and_leaves_the_file(tmp_path: Path, key: str) -> None:
+    from canary import api
+
+    (tmp_path / "Pulumi.yaml").write_text("name: shop\nruntime: python\n")
+    path = tmp_path / "Pulumi.prod.yaml"
+    path.write_text("config:\n  shop:image: web:1\n")
+    with pytest.raises(InvalidSpec) as info:
+        api.set_image("prod", "web:2", app="web", project_dir=tmp_path, image_config=key)
+    (problem,) = info.value.problems
+    assert problem.field == "image_config" and problem.value == repr(key), problem
+    assert path.read_text() == "config:\n  shop:image: web:1\n"

@@ -11,6 +11,8 @@ text; ``1.2.3``, ``1e``, ``0x``, ``2024-02-30``, ``._5`` and ``1e999`` are text 
 
 from __future__ import annotations
 
+import json
+import shlex
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -18,11 +20,12 @@ from typing import Any
 import pytest
 
 from canary.adapters import stackfile
+from canary.core import config as stackconfig
 from canary.core import units
 from canary.core.spec import parse_stack
 from canary.errors import InvalidSpec
 from tests.conftest import base_values
-from tests.helpers import chain, del_path, problems, set_path, values_with
+from tests.helpers import chain, del_path, pod_template, problems, set_path, values_with
 
 HEAD = """\
 config:
@@ -284,3 +287,144 @@ def test_metrics_only_compared_with_stable_are_refused_where_the_canary_takes_al
     assert [p.field for p in found] == ["analysis.metrics"] and "stable serves no request" in found[0].rule, [str(p) for p in found]
     # with a range, or below all traffic, it is judged everywhere
     parse_stack(values_with(_only_compared))  # the base's weights stop at 50
+
+
+# --- the command that stores a plain-text secret as one ----------------------------------------------------------------
+
+SECRET = "s3cr3t-value"
+
+
+def _pulumi_path(key: str) -> tuple[str, list[str | int]]:
+    """``pulumi config set --path``'s reading of a key: its namespace and the property path (Pulumi's
+    ParsePropertyPath: a name after a dot, a quoted key or an index in brackets)."""
+    namespace, _, path = key.partition(":")
+    parts: list[str | int] = []
+    while path:
+        if path[0] == ".":
+            path = path[1:]
+        elif path.startswith('["'):
+            end = 2
+            while path[end] != '"':
+                end += 2 if path[end:end + 2] == '\\"' else 1
+            parts.append(path[2:end].replace('\\"', '"'))
+            assert path[end + 1] == "]", key
+            path = path[end + 2:]
+        elif path[0] == "[":
+            end = path.index("]")
+            parts.append(int(path[1:end]))
+            path = path[end + 1:]
+        else:
+            end = min((i for i in (path.find("."), path.find("[")) if i >= 0), default=len(path))
+            parts.append(path[:end])
+            path = path[end:]
+    return namespace, parts
+
+
+def _follow(config: dict[str, Any], rule: str) -> None:
+    """Run the rule's command on ``config`` as the Pulumi CLI would, the new value encrypted."""
+    words = shlex.split(rule.split(": ", 1)[1])
+    assert words[:5] == ["pulumi", "config", "set", "--secret", "--path"] and words[6:] == ["..."], words
+    namespace, parts = _pulumi_path(words[5])
+    node: Any = config
+    key: str | int = f"{namespace}:{parts[0]}"
+    for part in parts[1:]:
+        node = node.setdefault(key, {}) if isinstance(node, dict) else node[key]
+        key = part
+    node[key] = stackconfig.ENCRYPTED
+
+
+@pytest.mark.parametrize(("mutation", "field", "key"), [
+    (set_path("prometheus.headers", {"X-Scope-OrgID": SECRET}), "prometheus.headers", 'canary:prometheus.headers["X-Scope-OrgID"]'),
+    (set_path("prometheus.token", SECRET), "prometheus.token", "canary:prometheus.token"),
+    (set_path("analysis.alerts", [{"name": "chat", "type": "slack", "url": f"https://hooks.slack.com/{SECRET}"}]),
+     "analysis.alerts[0].url", "canary:analysis.alerts[0].url"),
+    (chain(set_path("app.template", pod_template(envFrom=[{"secretRef": {"name": "db-creds"}}])),
+           set_path("app.secrets", {"db-creds": {"stringData": {"config.yaml": SECRET, "PASSWORD": {"secure": "v1:AAAA"}}}})),
+     "app.secrets.db-creds.stringData", 'canary:app.secrets["db-creds"].stringData["config.yaml"]'),
+], ids=["header", "token", "alert-url", "secret-value"])
+def test_the_command_for_a_plain_text_secret_stores_that_very_entry_as_one(mutation: Any, field: str, key: str) -> None:
+    # for a header it named the map (--path canary:prometheus.headers): followed, headers became one secret string,
+    # and the next error was `prometheus.headers: Input should be a valid dictionary`
+    config = stackconfig.decode_secure({f"canary:{k}": v for k, v in values_with(mutation).items()})
+    with pytest.raises(InvalidSpec) as info:
+        stackconfig.from_file_values(config, "Pulumi.prod.yaml")
+    (problem,) = info.value.problems
+    assert problem.field == field and problem.value == "<secret>" and SECRET not in str(info.value)
+    # quoted as a shell needs it: a bracket is a glob (zsh refuses one that matches no file), a quote is the shell's
+    assert shlex.split(problem.rule.split("--path ", 1)[1])[0] == key, problem.rule
+    assert (f"--path '{key}' ..." if "[" in key else f"--path {key} ...") in problem.rule, problem.rule
+    _follow(config, problem.rule)
+    stackconfig.from_file_values(config, "Pulumi.prod.yaml")
+
+
+# --- 6. a Pulumi secret where canary writes plain text is refused, naming its path, never its value --------------------
+
+CIPHER = "{secure: v1:c2VjcmV0LWRiLXB3}"
+TEMPLATE_APP = ("  canary:app:\n    name: web\n    image: reg.example.com/web:1.0\n    template:\n      spec:\n        containers:\n"
+                "          - name: web\n            env:\n              - {name: DB_PASSWORD, value: " + CIPHER + "}\n")
+
+
+@pytest.mark.parametrize(("text", "field"), [
+    (HEAD.replace('image: "reg.example.com/web:1.0"}', 'image: "reg.example.com/web:1.0", env: {DB_PASSWORD: ' + CIPHER + "}}") + ANALYSIS,
+     "app.env.DB_PASSWORD"),
+    (HEAD.replace('  canary:app: {name: web, namespace: shop, image: "reg.example.com/web:1.0"}\n', TEMPLATE_APP) + ANALYSIS,
+     "app.template.spec.containers[0].env[0].value"),
+    (HEAD.replace('  canary:app: {name: web, namespace: shop, image: "reg.example.com/web:1.0"}', "  canary:app: " + CIPHER) + ANALYSIS, "app"),
+    ('config:\n  canary:prometheus: {address: "http://prom:9090"}\n  canary:apps:\n    web:\n'
+     '      app: {name: web, image: "reg.example.com/web:1.0", env: {DB_PASSWORD: ' + CIPHER + "}}\n"
+     "      gateway: {parentRefs: [{name: public}]}\n      analysis: {stepWeight: 10, metrics: [{name: request-error-rate, thresholdRange: {max: 1}}]}\n",
+     "apps.web.app.env.DB_PASSWORD"),
+    (HEAD.replace("hostnames", "x").replace("{parentRefs: [{name: public}]}", "{parentRefs: [{name: public}], hostnames: [" + CIPHER + "]}") + ANALYSIS,
+     "gateway.hostnames[0]"),
+    (HEAD + ANALYSIS + "    webhooks:\n      - {name: gate, type: confirm-rollout, url: 'http://gate', metadata: {key: " + CIPHER + "}}\n",
+     "analysis.webhooks[0].metadata.key"),
+], ids=["app.env", "app.template", "app-as-a-whole", "apps.web.app.env", "gateway", "webhook-metadata"])
+def test_a_secret_where_canary_keeps_plain_text_is_refused_by_validate_naming_its_path(tmp_path: Path, text: str, field: str) -> None:
+    # `pulumi config set --secret --path canary:app.env.DB_PASSWORD …` was taken: the value went, decrypted, into the
+    # pod template both tracks' pins carry into the state ConfigMap canary-web-state and the stack output canary/web
+    path = _file(tmp_path, text)
+    for check in (stackfile.check_stack_file, stackfile.load_stack_file):  # canary validate; the commands that use the file
+        with pytest.raises(InvalidSpec) as caught:
+            check(path)
+        [problem] = [p for p in caught.value.problems if "plain text" in p.rule]
+        assert problem.field == field and problem.value == "<secret>", problem
+        assert "c2VjcmV0" not in str(caught.value) and "secure" not in str(caught.value), caught.value
+        if field.partition(".app")[0] in ("app", "apps.web"):
+            assert "app.secrets.<name>.stringData" in problem.rule and "secretKeyRef" in problem.rule, problem.rule
+
+
+def test_a_secret_where_canary_keeps_secrets_stays_valid(tmp_path: Path) -> None:
+    text = ('config:\n  canary:app:\n    name: web\n    image: reg.example.com/web:1.0\n    template:\n      spec:\n        containers:\n'
+            '          - name: web\n            envFrom: [{secretRef: {name: creds}}]\n'
+            "    secrets: {creds: {stringData: {DB_PASSWORD: " + CIPHER + "}}}\n"
+            "  canary:gateway: {parentRefs: [{name: public}]}\n"
+            "  canary:prometheus: {address: " + CIPHER + ", token: " + CIPHER + ", headers: {X-Scope-OrgID: " + CIPHER + "}}\n"
+            "  canary:metricTemplates: {errors: {provider: {address: " + CIPHER + "}, query: 'sum(up)'}}\n" + ANALYSIS
+            + "    webhooks: [{name: gate, type: confirm-rollout, url: " + CIPHER + "}]\n"
+            + "    alerts: [{name: chat, type: slack, url: " + CIPHER + "}]\n")
+    spec, unchecked = stackfile.check_stack_file(_file(tmp_path, text))
+    assert unchecked == () and spec.app is not None and spec.app.secrets["creds"]
+
+
+def test_canary_up_refuses_a_secret_in_app_env_the_cli_decrypted_naming_the_leaf_the_stack_file_shows(tmp_path: Path) -> None:
+    # what `canary up` gives from_config: the CLI's config (only canary:app said to be secret, decrypted) and the stack file
+    from pulumi.automation import ConfigValue
+
+    from canary.core import config as stackconfig
+
+    path = _file(tmp_path, HEAD.replace('image: "reg.example.com/web:1.0"}', 'image: "reg.example.com/web:1.0", env: {DB_PASSWORD: ' + CIPHER + "}}")
+                 + ANALYSIS)
+    file_config = stackfile.read_stack_file(path)
+    engine = {key: ConfigValue(value=json.dumps(value)) for key, value in file_config.items()}
+    app = {"name": "web", "namespace": "shop", "image": "reg.example.com/web:1.0", "env": {"DB_PASSWORD": "hunter2-db"}}
+    engine["canary:app"] = ConfigValue(value=json.dumps(app), secret=True)
+    for stack_file, field in ((file_config, "app.env.DB_PASSWORD"), (None, "app")):  # the file tells the leaf; without it, the key
+        with pytest.raises(InvalidSpec) as caught:
+            stackconfig.from_config(engine, "stack dev", stack_file=stack_file)
+        assert [p.field for p in caught.value.problems] == [field], caught.value
+        assert "hunter2" not in str(caught.value) and "plain text" in str(caught.value)
+    # the same key held secret for its Secret's value alone: taken
+    engine["canary:app"] = ConfigValue(value=json.dumps({**app, "env": {}, "secrets": {"creds": {"stringData": {"PW": "hunter2-db"}}}}), secret=True)
+    with pytest.raises(InvalidSpec) as other:  # refused for what the template does not read, not for the secret
+        stackconfig.from_config(engine, "stack dev")
+    assert all("plain text" not in p.rule for p in other.value.problems), other.value
