@@ -520,6 +520,21 @@ def test_a_failure_after_stable_took_the_new_version_never_demotes_it() -> None:
     assert world.cluster.stable_hash == NEW.hash
 
 
+def _unreachable_once_stable_took_the_canary(world: World) -> None:
+    """The backend unreachable (longer than the retries) from the first update after stable took the canary's version:
+    the promotion is applied but not verified."""
+    seen = {"stable": False, "failed": False}
+
+    def on_up(record: dict[str, Any]) -> None:
+        if record["parts"] == {"stable"}:
+            seen["stable"] = True
+        elif seen["stable"] and not seen["failed"]:
+            seen["failed"] = True
+            world.stack.fail_ups = 3
+
+    world.stack.on_up = on_up
+
+
 @pytest.mark.parametrize("strategy", ["canary", "blue-green"])
 def test_resume_after_a_promotion_step_failed_for_good_finishes_the_promotion(strategy: str) -> None:
     """The route step failing for good after stable took the new version ended PromotedUnverified, and resume
@@ -530,16 +545,7 @@ def test_resume_after_a_promotion_step_failed_for_good_finishes_the_promotion(st
         v["analysis"]["iterations"] = 2
 
     world = make(Metrics(0.0), blue_green if strategy == "blue-green" else None, retries=2, retry_backoff=0.1, route_timeout=5, ready_timeout=5)
-    seen = {"stable": False, "failed": False}
-
-    def on_up(record: dict[str, Any]) -> None:
-        if record["parts"] == {"stable"}:
-            seen["stable"] = True
-        elif seen["stable"] and not seen["failed"]:
-            seen["failed"] = True
-            world.stack.fail_ups = 3  # the backend unreachable for longer than the retries
-
-    world.stack.on_up = on_up
+    _unreachable_once_stable_took_the_canary(world)
     assert world.start().phase is Phase.PROMOTED_UNVERIFIED
     assert world.cluster.route(world.release.spec).weights != (100, 0)
     world.stack.on_up = None
@@ -1439,16 +1445,7 @@ def test_a_promotion_unverified_then_resumed_sends_its_post_rollout_hook_once_fo
     heard of a failed release, then of the same release promoted. Only the end is sent now, once."""
     hooks = _Phases(lambda name, kind: True)
     world = make(Metrics(0.0), lambda v: v["analysis"].update(webhooks=[_EVERY_HOOK[6]]), hooks=hooks, retries=2, retry_backoff=0.1)
-    promoted = {"stable": False, "failed": False}
-
-    def on_up(record: dict[str, Any]) -> None:
-        if record["parts"] == {"stable"}:
-            promoted["stable"] = True
-        elif promoted["stable"] and not promoted["failed"]:
-            promoted["failed"] = True
-            world.stack.fail_ups = 3  # the backend unreachable for longer than the retries
-
-    world.stack.on_up = on_up
+    _unreachable_once_stable_took_the_canary(world)
     assert world.start().phase is Phase.PROMOTED_UNVERIFIED
     assert "post-rollout" not in hooks.phases  # not ended: resume verifies it
     assert world.store.state is not None and not world.store.state.post_rollout_owed

@@ -284,16 +284,22 @@ class _Phases(FakeHooks):
         return super().call(hook, body, cancel)
 
 
-@pytest.mark.parametrize(("error_rate", "ended", "sent"), [(0.0, Phase.SUCCEEDED, "Succeeded"), (18.0, Phase.FAILED, "Failed")])
-def test_a_release_killed_after_its_end_was_saved_has_its_post_rollout_hooks_sent_by_resume(error_rate: float, ended: Phase, sent: str) -> None:
-    """The end was saved, then the process died before the post-rollout hooks: `resume` saw an ended release and
-    returned, the hooks never sent. Now the end is saved owing them, and resume sends them once, and nothing else."""
+def _killed_after_its_end(error_rate: float) -> tuple[World, _Phases]:
+    """A release whose process died once its end was saved, before its first post-rollout hook."""
     hooks = _Phases()
     world = make(Metrics(error_rate), _two_notifiers, hooks=hooks)
     hooks.die = True
     with pytest.raises(Killed):
         world.start()
     hooks.die = False
+    return world, hooks
+
+
+@pytest.mark.parametrize(("error_rate", "ended", "sent"), [(0.0, Phase.SUCCEEDED, "Succeeded"), (18.0, Phase.FAILED, "Failed")])
+def test_a_release_killed_after_its_end_was_saved_has_its_post_rollout_hooks_sent_by_resume(error_rate: float, ended: Phase, sent: str) -> None:
+    """The end was saved, then the process died before the post-rollout hooks: `resume` saw an ended release and
+    returned, the hooks never sent. Now the end is saved owing them, and resume sends them once, and nothing else."""
+    world, hooks = _killed_after_its_end(error_rate)
     killed = world.store.state
     assert killed is not None and killed.phase is ended
     ups = len(world.stack.ups)
@@ -331,12 +337,7 @@ def test_a_release_that_ran_its_post_rollout_hooks_owes_none_and_an_old_state_ow
 
 
 def test_a_signal_cutting_resume_s_post_rollout_hooks_short_leaves_them_owed() -> None:
-    hooks = _Phases()
-    world = make(Metrics(0.0), _two_notifiers, hooks=hooks)
-    hooks.die = True
-    with pytest.raises(Killed):
-        world.start()
-    hooks.die = False
+    world, hooks = _killed_after_its_end(0.0)
     b = world.rebuild()
     answer = hooks.answer
 
@@ -357,12 +358,7 @@ def test_a_signal_cutting_resume_s_post_rollout_hooks_short_leaves_them_owed() -
 def test_a_new_release_first_calls_the_post_rollout_hooks_a_killed_release_still_owes() -> None:
     """Nobody resumed the release killed after its end: the next release replaced its state, and with it the
     hooks it owed, silently. They are called first now, with the phase that release ended in."""
-    hooks = _Phases()
-    world = make(Metrics(18.0), _two_notifiers, hooks=hooks)
-    hooks.die = True
-    with pytest.raises(Killed):
-        world.start()
-    hooks.die = False
+    world, hooks = _killed_after_its_end(18.0)
     killed = world.store.state
     assert killed is not None and killed.phase is Phase.FAILED and killed.post_rollout_owed
     world.metrics.error_rate = 0.0
