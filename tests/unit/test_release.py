@@ -1024,6 +1024,26 @@ def test_a_snapshot_whose_judge_a_newer_rule_refuses_is_resumed_with_a_note_not_
     assert "judges this version refuses" in note and "judge.step" in note and "onNoData" in note, note
 
 
+def test_a_snapshot_holding_a_secret_a_newer_rule_refuses_in_the_app_is_resumed_not_refused() -> None:
+    # a secret in app.env is refused now (canary writes the pod in plain text); a release that began with one had its
+    # snapshot and stack file refused alike: resume exited 2, a pending rollback left on the canary
+    from pulumi.automation import ConfigValue
+
+    from canary import api
+    from canary.core import config as stackconfig
+    from canary.errors import InvalidSpec
+    from tests.conftest import base_values
+
+    values = base_values()
+    values["app"]["env"] = {"DB_PASSWORD": "pg-s3cret"}
+    config = {f"canary:{k}": ConfigValue(value=v if isinstance(v, str) else json.dumps(v), secret=k == "app") for k, v in values.items()}
+    with pytest.raises(InvalidSpec, match="app"):
+        stackconfig.from_config(config)  # a release could not begin with it now
+    ws = SimpleNamespace(spec=None, stack=SimpleNamespace(config=lambda text: config))
+    spec, note = api._snapshot_spec(ws, SimpleNamespace(snapshot="config: {}", release="r1"))  # type: ignore[arg-type]
+    assert spec is not None and spec.app.env == {"DB_PASSWORD": "pg-s3cret"} and note == ""
+
+
 def test_a_release_that_lost_its_app_stops_where_it_is_and_never_rolls_back_over_the_new_holder() -> None:
     # another machine took the app over (its lease expired while this one could not renew): the next
     # change is fenced, and the release ends exit 3 without a rollback's `up`s or a state saved after
