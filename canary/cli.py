@@ -590,8 +590,11 @@ def check(stack: str, app: str | None, weight: int, as_json: bool, lab: bool | N
         updates["token"] = SecretStr(token)
     release_spec = release_spec.model_copy(update={"prometheus": prom.model_copy(update=updates)})
     provider_for = api._provider_factory(release_spec)
-    if problems := analysis.preflight(release_spec, provider_for, spec.fields(name)):
+    warned: list[str] = []
+    if problems := analysis.preflight(release_spec, provider_for, spec.fields(name), warned):
         _die(str(InvalidSpec(problems, f"stack {stack}")), exitcodes.INVALID)
+    for warning in warned:
+        click.echo(f"warning: {warning}", err=True)
     note = _pod_label_note(release_spec, provider_for(None))
     if note:
         click.echo(f"note: {note}", err=True)

@@ -282,11 +282,9 @@ class _Tick:
 
     def counted(self, metric: Metric, target: str | None = None) -> tuple[float | MetricError, str]:
         """The requests behind ``metric``'s value and the window they are in: over the window it is judged over (a held
-        rate's grown one), counted by the Prometheus its template queries (one with its own address may be the only one
-        that sees them)."""
+        rate's grown one), counted by the Prometheus that scrapes the app (``count_address``)."""
         span = window(self.spec, metric, self.ctx)
-        _, address = metric_query(self.spec, metric)
-        return self.requests(span, target, address), span
+        return self.requests(span, target, count_address(self.spec, metric)), span
 
     def below_minimum(self, metric: Metric) -> MetricError | None:
         """Why ``metric`` has no data before it is queried: fewer canary requests than ``minRequests`` behind its
@@ -691,7 +689,7 @@ def preflight_problems(probes: Sequence[Probe], fields: str = "") -> list[Proble
     return problems
 
 
-def preflight(spec: ReleaseSpec, provider_for: ProviderFor, fields: str = "") -> list[Problem]:
+def preflight(spec: ReleaseSpec, provider_for: ProviderFor, fields: str = "", warnings: list[str] | None = None) -> list[Problem]:
     """Run every metric's query once, as a tick would render it, and return the problems found.
 
     Called before a release changes anything, so that a query Prometheus refuses
@@ -699,7 +697,7 @@ def preflight(spec: ReleaseSpec, provider_for: ProviderFor, fields: str = "") ->
     after the canary was deployed. Once a provider did not answer, its other
     queries are not sent: the preflight never waits out several timeouts. The
     request count is sent too, over stable's pods, when a rule reads it
-    (``count_problems``).
+    (``count_problems``): what it finds that is no refusal goes into ``warnings``.
     """
     probes = []
     unreachable: set[str | None] = set()
@@ -717,7 +715,13 @@ def preflight(spec: ReleaseSpec, provider_for: ProviderFor, fields: str = "") ->
             except MetricError as exc:
                 value = exc
         probes.append(Probe(index, metric, query, value))
-    return preflight_problems(probes, fields) + count_problems(spec, provider_for, unreachable)
+    return preflight_problems(probes, fields) + count_problems(spec, provider_for, unreachable, warnings)
+
+
+def count_address(spec: ReleaseSpec, metric: Metric) -> str | None:
+    """Where ``metric``'s requests are counted: the stack's Prometheus, which scrapes the app's pods; a template's own only
+    when the stack has none (a template's may be another store, of business metrics, that holds no request counter)."""
+    return None if spec.prometheus is not None else metric_query(spec, metric)[1]
 
 
 def _count_uses(spec: ReleaseSpec, metric: Metric) -> list[str]:
@@ -734,20 +738,24 @@ def _count_uses(spec: ReleaseSpec, metric: Metric) -> list[str]:
     return uses
 
 
-def count_problems(spec: ReleaseSpec, provider_for: ProviderFor, unreachable: set[str | None] | None = None) -> list[Problem]:
-    """The request count sent once over stable's pods, per Prometheus and window a rule reads it in: no series at all
-    refuses the release. A tick reads "no series" as 0 requests (a canary no request reached has none yet), so a count
-    that selects nothing (the app's counter is not ``http_requests_total``, or not labelled ``namespace`` and
-    ``podLabel``) would call every track idle: every metric "fewer than minRequests", every zero "not a measurement",
-    every rate without evidence, and a healthy canary rolled back. Stable at 0 with series (a quiet hour) is a count.
-    Only a rejected count besides; an unreachable Prometheus or several series are left to the ticks, as for metrics."""
+def count_problems(spec: ReleaseSpec, provider_for: ProviderFor, unreachable: set[str | None] | None = None,
+                   warnings: list[str] | None = None) -> list[Problem]:
+    """The request count sent once over stable's pods, per Prometheus and window a rule reads it in: a rejected count
+    refuses the release, as a rejected query does. No series at all is a warning (``warnings``), not a refusal: a tick
+    reads it as 0 requests, so a count that selects nothing (the app's counter is not ``http_requests_total``, or not
+    labelled ``namespace`` and ``podLabel``) calls every track idle — every metric "fewer than minRequests", every zero
+    "not a measurement", every rate without evidence, a healthy canary rolled back — but so does a stable whose pods
+    have answered no request yet (a counter appears with its first request), which the release's own traffic may
+    change. Stable at 0 with series (a quiet hour) is a count. An unreachable Prometheus or several series are left to
+    the ticks, as for metrics; a release that skips its analysis reads no count."""
+    if spec.analysis.skip_analysis:
+        return []
     unreachable = set() if unreachable is None else unreachable
     asked: dict[tuple[str | None, str], list[str]] = {}
     for metric in spec.analysis.metrics:
         uses = _count_uses(spec, metric)
         if uses:
-            _, address = metric_query(spec, metric)
-            asked.setdefault((address, window(spec, metric)), []).append(f"{metric.name} ({', '.join(uses)})")
+            asked.setdefault((count_address(spec, metric), window(spec, metric)), []).append(f"{metric.name} ({', '.join(uses)})")
     custom = spec.prometheus is not None and spec.prometheus.request_count is not None
     problems = []
     for (address, span), users in asked.items():
@@ -770,7 +778,10 @@ def count_problems(spec: ReleaseSpec, provider_for: ProviderFor, unreachable: se
             if not custom:
                 rule += " (the built-in count: set prometheus.requestCount to one this Prometheus reads)"
         except NoValues:
-            field_name, rule = _no_series(spec, provider, custom, span, reading)
+            if warnings is not None:
+                field_name, rule = _no_series(spec, provider, custom, span, reading)
+                warnings.append(f"{field_name}: {rule} (sent: {' '.join(query.split())})")
+            continue
         except MetricError:
             continue
         problems.append(Problem(field_name, " ".join(query.split()), rule))

@@ -168,7 +168,8 @@ class Release:
                 self.recorder.event(previous, f"ended {previous.phase} without calling its post-rollout webhooks: called now, "
                                               f"before release {release_id}")
                 self._post_rollout(previous)
-            problems = analysis.preflight(self.spec, self.provider_for, self.facts.fields) + self._gateway_problems()
+            warned: list[str] = []
+            problems = analysis.preflight(self.spec, self.provider_for, self.facts.fields, warned) + self._gateway_problems()
             if problems:
                 raise InvalidSpec(problems, f"stack {self.stack.name}")
             affinity = "".join(random.choice(string.ascii_letters) for _ in range(16)) if self.spec.analysis.session_affinity else ""
@@ -193,6 +194,8 @@ class Release:
                         f"{naming.state_configmap(self.spec.app.name)} in {self.spec.app.namespace}") if stays else ""
                 raise Refused(f"release {release_id} of {self.spec.app.name} not started, nothing was applied: the cluster refused its records "
                               f"({refused}); fix that, then release again{kept}")
+            for warning in warned:  # what the preflight found that may explain a tick (a count that selects nothing)
+                self.recorder.event(state, warning, Severity.WARN)
             if taken_from is not None:  # an expired holder, or a dead process of this host: say whose lease this release took
                 self.recorder.event(state, f"took over the lease of {taken_from}")
             self._compact(state)

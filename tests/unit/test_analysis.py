@@ -413,17 +413,24 @@ _SHARE_ELSEWHERE = chain(
     set_path("analysis.metrics", [{"name": "errors", "templateRef": {"name": "errors"}, "thresholdRange": {"max": 0.01}}]))
 
 
+def _without_a_stack_prometheus(data: dict[str, Any]) -> None:
+    data.pop("prometheus", None)
+
+
 @pytest.mark.parametrize("least", [None, 100], ids=["evidence", "min-requests"])
-def test_the_requests_behind_a_template_are_counted_by_the_prometheus_it_queries(least: int | None) -> None:
-    # counted in the stack's Prometheus, which does not scrape the app, a healthy canary's 5000 requests were 0: it held
-    # ("not enough requests to tell"), or had no data under minRequests, until holdLimit rolled it back
-    spec = spec_with(_SHARE_ELSEWHERE, update("analysis", minRequests=least))
-    stack = FakeMetrics({COUNT: NoValues("the query returned no samples")})
-    elsewhere = FakeMetrics({COUNT: 5000.0, "status=~": 0.0})
+@pytest.mark.parametrize("stack_prometheus", [True, False], ids=["stack-s", "template-s"])
+def test_the_requests_behind_a_template_are_counted_by_the_stack_s_prometheus_else_by_the_template_s(least: int | None,
+                                                                                                   stack_prometheus: bool) -> None:
+    # the stack's Prometheus scrapes the app's pods and counts their requests, whatever store a template reads (one of
+    # business metrics may hold no request counter: counted there, every track was 0); without one, the count was
+    # refused outright though the template's Prometheus sees the requests
+    spec = spec_with(_SHARE_ELSEWHERE, update("analysis", minRequests=least), *(() if stack_prometheus else (_without_a_stack_prometheus,)))
+    counting, other = FakeMetrics({COUNT: 5000.0, "status=~": 0.0}), FakeMetrics({COUNT: NoValues("the query returned no samples"), "status=~": 0.0})
+    stack, elsewhere = (counting, other) if stack_prometheus else (other, counting)
     result = analysis.run_tick(spec, lambda address: elsewhere if address == _ELSEWHERE else stack)
     check = result.checks[0]
     assert check.verdict is Verdict.PASS and "on 5000 requests" in check.reason and check.requests == 5000.0, check.reason
-    assert stack.queries == [] and any(COUNT in q for q in elsewhere.queries)
+    assert not any(COUNT in q for q in other.queries) and any(COUNT in q for q in counting.queries)
 
 
 # --- compared with stable -----------------------------------------------------------------------
@@ -1080,22 +1087,33 @@ BUILTIN_STABLE_COUNT = 'sum(increase(http_requests_total{namespace="prod",kubern
 
 
 @pytest.mark.parametrize("rule", list(NEEDS_THE_COUNT))
-def test_preflight_refuses_a_built_in_count_that_finds_no_series(rule: str) -> None:
-    """The team's Prometheus has no http_requests_total: before, the release went on and read every track as idle."""
+def test_preflight_warns_of_a_built_in_count_that_finds_no_series(rule: str) -> None:
+    """The team's Prometheus has no http_requests_total: before, nothing said why every track then read as idle. No
+    refusal: a stable whose pods have answered no request yet has no series either (its counter appears with the first)."""
     entries, changes = NEEDS_THE_COUNT[rule]
     provider = FakeMetrics({**NO_SERIES, NAMESPACE_SERIES: NoValues("no series"), "": 0.0})
-    (problem,) = analysis.preflight(_own(*entries, count=False, **changes), lambda address: provider)
-    assert problem.field == "prometheus.requestCount" and problem.value == BUILTIN_STABLE_COUNT
-    assert problem.rule.startswith(f"the built-in request count (http_requests_total by namespace and kubernetes_pod_name), which {entries[0]['name']} "
-                                   f"({rule}) read on the stack's Prometheus, found no series at all over stable's pods (web-stable) in 1m"), problem.rule
-    assert "no http_requests_total series is labelled namespace='prod'; set prometheus.requestCount to a query" in problem.rule
+    warnings: list[str] = []
+    assert analysis.preflight(_own(*entries, count=False, **changes), lambda address: provider, warnings=warnings) == []
+    (warning,) = warnings
+    assert warning.startswith(f"prometheus.requestCount: the built-in request count (http_requests_total by namespace and kubernetes_pod_name), which "
+                              f"{entries[0]['name']} ({rule}) read on the stack's Prometheus, found no series at all over stable's pods (web-stable) in 1m"), warning
+    assert "no http_requests_total series is labelled namespace='prod'; set prometheus.requestCount to a query" in warning
+    assert warning.endswith(f"(sent: {BUILTIN_STABLE_COUNT})")
 
 
 def test_preflight_names_the_pod_label_when_the_namespace_has_the_built_in_counter() -> None:
     provider = FakeMetrics({**NO_SERIES, NAMESPACE_SERIES: 12.0, "": 0.0})
-    (problem,) = analysis.preflight(_own(ERRORS, count=False, minRequests=50), lambda address: provider)
-    assert problem.field == "prometheus.podLabel" and problem.value == BUILTIN_STABLE_COUNT
-    assert "though namespace prod has http_requests_total series: set prometheus.podLabel" in problem.rule
+    warnings: list[str] = []
+    assert analysis.preflight(_own(ERRORS, count=False, minRequests=50), lambda address: provider, warnings=warnings) == []
+    (warning,) = warnings
+    assert warning.startswith("prometheus.podLabel: ") and "though namespace prod has http_requests_total series: set prometheus.podLabel" in warning
+
+
+def test_a_release_that_skips_its_analysis_sends_no_count() -> None:
+    provider = FakeMetrics({**NO_SERIES, NAMESPACE_SERIES: NoValues("no series"), "": 0.0})
+    warnings: list[str] = []
+    assert analysis.preflight(_own(ERRORS, count=False, minRequests=50, skipAnalysis=True), lambda address: provider, warnings=warnings) == []
+    assert warnings == [] and BUILTIN_STABLE_COUNT not in provider.queries
 
 
 def test_preflight_takes_a_quiet_stable_for_a_count() -> None:
@@ -1111,24 +1129,29 @@ def test_preflight_leaves_an_unreachable_prometheus_to_the_ticks_and_asks_it_onc
     assert len(provider.queries) == 1
 
 
-@pytest.mark.parametrize(("answer", "rule"), [
-    (NoValues("no series"), "read on the Prometheus at https://metrics.example.com:9443, found no series at all over stable's pods (web-stable) in 1m"),
-    (BadQuery("Prometheus rejected the query: 1:5: parse error"), "read on the Prometheus at https://metrics.example.com:9443, was rejected as rendered for "
-     "stable's pods: 1:5: parse error"),
-], ids=["no-series", "rejected"])
-def test_preflight_refuses_the_teams_count_naming_it_and_only_the_origin_of_its_prometheus(answer: Answer, rule: str) -> None:
+@pytest.mark.parametrize("answer", [NoValues("no series"), BadQuery("Prometheus rejected the query: 1:5: parse error")], ids=["no-series", "rejected"])
+def test_a_count_on_a_template_s_prometheus_names_only_its_origin(answer: Answer) -> None:
+    """Without a stack Prometheus the count is sent to the template's, whose address may carry a token: its origin only.
+    A rejected count refuses the release, as a rejected query does; no series is a warning."""
     address = "https://metrics.example.com:9443/tenant/s3cr3t-t0ken/prometheus?key=abc123"
-    spec = _own(ERRORS, minRequests=50)
-    spec = spec.model_copy(update={"metric_templates": {**spec.metric_templates, "errors": spec.metric_templates["errors"].model_copy(
+    spec = _own(ERRORS, count=False, minRequests=50)
+    spec = spec.model_copy(update={"prometheus": None, "metric_templates": {**spec.metric_templates, "errors": spec.metric_templates["errors"].model_copy(
         update={"provider": spec.metric_templates["errors"].provider.model_copy(update={"address": address})})}})
     asked: list[str | None] = []
-    provider = FakeMetrics({OWN: answer, "": 0.0})
+    provider = FakeMetrics({**NO_SERIES, NAMESPACE_SERIES: NoValues("no series"), COUNT: answer, "": 0.0})
 
     def provider_for(at: str | None) -> FakeMetrics:
         asked.append(at)
         return provider
 
-    (problem,) = analysis.preflight(spec, provider_for)
-    assert problem.field == "prometheus.requestCount" and problem.value == _own_count(STABLE)
-    assert problem.rule.startswith(f"the request count, which errors (minRequests) {rule}"), problem.rule
-    assert "s3cr3t" not in str(problem) and "abc123" not in str(problem) and set(asked) == {address}
+    warnings: list[str] = []
+    problems = analysis.preflight(spec, provider_for, warnings=warnings)
+    said = [str(p) for p in problems] + warnings
+    (text,) = said
+    reading = "which errors (minRequests) read on the Prometheus at https://metrics.example.com:9443, "
+    if isinstance(answer, BadQuery):
+        (problem,) = problems
+        assert problem.field == "prometheus.requestCount" and reading + "was rejected as rendered for stable's pods: 1:5: parse error" in problem.rule
+    else:
+        assert not problems and reading + "found no series at all over stable's pods (web-stable) in 1m" in text, text
+    assert "s3cr3t" not in text and "abc123" not in text and set(asked) == {address}

@@ -1997,3 +1997,27 @@ def test_confirm_traffic_increase_gates_weights_only_as_in_flagger(strategy: str
                  hooks=hooks)
     assert world.start().phase is Phase.SUCCEEDED
     assert ("more", "confirm-traffic-increase") not in hooks.calls, hooks.calls
+
+
+class _NoCountYet(Metrics):
+    """A Prometheus where stable's request counter has no series at the preflight (no request answered yet), then has."""
+
+    def __init__(self) -> None:
+        super().__init__(0.0)
+        self.counted = False
+
+    def run_query(self, query: str) -> float:
+        if "increase(http_requests_total" in query and "web-stable" in query and not self.counted:
+            from canary.errors import NoValues
+
+            self.counted = True
+            raise NoValues("the query returned no samples")
+        return super().run_query(query)
+
+
+def test_a_count_with_no_series_at_the_start_is_a_warning_in_the_journal_not_a_refusal() -> None:
+    # refused, every first release of an app no request had reached yet (its counter appears with the first) was bad input
+    world = make(_NoCountYet())
+    assert world.start().phase is Phase.SUCCEEDED
+    warned = [e for e in world.store.of("event") if "found no series at all over stable's pods" in e.message]
+    assert len(warned) == 1 and warned[0].message.startswith("prometheus.podLabel: "), [e.message for e in world.store.of("event")]
