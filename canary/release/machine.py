@@ -1108,7 +1108,7 @@ class Release:
         if self.cancel.is_set():
             return state  # cut short (a signal during resume's call of them): still owed, the next resume calls them
         try:
-            return self.recorder.save(state.model_copy(update={"post_rollout_owed": False}), "post-rollout webhooks called")
+            return self.recorder.keep(state.model_copy(update={"post_rollout_owed": False}), "post-rollout webhooks called")
         except CanaryError:
             return state  # the release ended all the same; still owed in the cluster, a resume calls them again
 

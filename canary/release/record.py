@@ -140,6 +140,16 @@ class Recorder:
             self.pusher.push(state, None)
         return state
 
+    def keep(self, state: ReleaseState, message: str) -> ReleaseState:
+        """Housekeeping of a state whose story is told (a debt cleared after the end): saved whole, its time of change
+        kept, with an event record of why. No state record: a timeline would show the end twice, and the release's
+        pushed duration (to ``updated``) would take in what came after its end."""
+        self.store.save(state)
+        self._say_refusal(state)
+        self.last_saved = state
+        self.event(state, message)
+        return state
+
     def event(self, state: ReleaseState, message: str, severity: Severity | None = None, kube_reason: str | None = None) -> None:
         self._append(state, records.EventRecord(**self._base(state), message=message))
         if kube_reason is not None:

@@ -2021,3 +2021,15 @@ def test_a_count_with_no_series_at_the_start_is_a_warning_in_the_journal_not_a_r
     assert world.start().phase is Phase.SUCCEEDED
     warned = [e for e in world.store.of("event") if "found no series at all over stable's pods" in e.message]
     assert len(warned) == 1 and warned[0].message.startswith("prometheus.podLabel: "), [e.message for e in world.store.of("event")]
+
+
+def test_clearing_the_post_rollout_debt_leaves_the_end_told_once_and_its_time() -> None:
+    # the clearing was a second state record at the end's phase: the timeline showed the end twice, its last row
+    # "post-rollout webhooks called", and the pushed duration (to `updated`) took in the hooks' run
+    world = make(Metrics(0.0), lambda v: v["analysis"].update(webhooks=[_EVERY_HOOK[6]]))
+    assert world.start().phase is Phase.SUCCEEDED
+    ends = [r for r in world.store.of("state") if r.phase == Phase.SUCCEEDED.value]
+    assert len(ends) == 1 and ends[0].message.startswith("promoted"), [r.message for r in ends]
+    assert world.store.state is not None and not world.store.state.post_rollout_owed
+    assert world.store.state.updated == ends[0].time
+    assert [e.message for e in world.store.of("event")][-1] == "post-rollout webhooks called"
