@@ -167,7 +167,9 @@ def test_backtests_replay_finished_releases_and_a_report_draws_them(lab_stack: L
     recorded = [t.outcome.value for t in ls.of("tick", faulty_id)]
     assert [t["outcome"] for t in same["ticks"]] == recorded
 
-    looser = _backtest(ls, faulty_id, _variant(ls, tmp_path, "looser", lambda a: a["metrics"][0].update(thresholdRange={"max": 50})))
+    # (a bound the faulty version's share of errors clears on a handful of requests: at 50 % its Wilson bound needed a dozen in
+    # one 10s window of a canary at 10 %, which a busy machine's load test did not always send — a hold, "still running")
+    looser = _backtest(ls, faulty_id, _variant(ls, tmp_path, "looser", lambda a: a["metrics"][0].update(thresholdRange={"max": 80})))
     assert looser["conclusion"]["ending"] == "promote", looser["conclusion"]
     assert looser["differences"]
 
