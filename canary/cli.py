@@ -7,6 +7,7 @@ handed to the API like any other. No domain logic lives here.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -236,7 +237,10 @@ def _on_signals(abort: Callable[[str], None]) -> None:
         # on a thread of its own: the handler runs on the main thread between two of its bytecodes, maybe
         # while that thread holds a lock the abort takes (the Pulumi command's), which would never be let go
         threading.Thread(target=abort, args=(f"signal {name}",), name="canary-signal-abort", daemon=True).start()
-        click.echo(f"{name}: aborting (a release in progress rolls back to stable); send it again to stop at once", err=True)
+        # os.write, as stop_now: sys.stderr's buffer, taken by the main thread's write this handler interrupted (a pipe
+        # nobody read), raised "reentrant call" into that write
+        with contextlib.suppress(OSError):
+            os.write(2, f"{name}: aborting (a release in progress rolls back to stable); send it again to stop at once\n".encode())
 
     signal.signal(signal.SIGINT, handle)
     signal.signal(signal.SIGTERM, handle)

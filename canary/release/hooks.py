@@ -119,16 +119,26 @@ class Delivery:
         self._calling: tuple[str, str] | None = None
         self._lock = threading.Lock()
         self._closed = False
+        #: ``close`` began: a call put from then on (a failure recorded during the flush tells people of a refusal)
+        #: is dropped, never given a worker of its own, which nothing would stop and which raced the first one
+        self._shut = False
+        self._opened = threading.Lock()
         self._drained = False  # the worker reached the end of the queue (it did not die on the way)
 
     def put(self, name: str, kind: str, call: Callable[[], HookResult]) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._deliver, name="canary-events", daemon=True)
-            self._thread.start()
-        try:
-            self._queue.put_nowait((name, kind, call))
-        except queue.Full:
-            self._on_failure(HookResult(name, kind, False, 0.0, f"dropped: {self._queue.maxsize} calls were still waiting for delivery"))
+        with self._opened:
+            if self._shut:
+                why = "the release's deliveries were closed"
+            else:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._deliver, name="canary-events", daemon=True)
+                    self._thread.start()
+                try:
+                    self._queue.put_nowait((name, kind, call))
+                    return
+                except queue.Full:
+                    why = f"{self._queue.maxsize} calls were still waiting for delivery"
+        self._on_failure(HookResult(name, kind, False, 0.0, f"dropped: {why}"))
 
     def _deliver(self) -> None:
         while (item := self._queue.get()) is not None:
@@ -152,7 +162,9 @@ class Delivery:
 
     def close(self, timeout: float) -> int:
         """Deliver what is queued (for at most ``timeout`` s) and stop; returns how many calls were left."""
-        thread, self._thread = self._thread, None
+        with self._opened:
+            self._shut = True
+            thread, self._thread = self._thread, None
         if thread is None:
             return 0
         deadline = time.monotonic() + timeout

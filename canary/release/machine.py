@@ -296,8 +296,8 @@ class Release:
         """An abort from this process (a signal): as if `canary abort` had been run."""
         with self._requests_lock:
             self._requests = {**self._requests, "abort": {"by": by, "local": True}}
-        if self._phase not in PROMOTION and self._phase is not Phase.ROLLING_BACK:
-            self._cancel_now()
+            if self._phase not in PROMOTION and self._phase is not Phase.ROLLING_BACK:
+                self._cancel_now()
 
     # --- the loop ----------------------------------------------------------------------------
 
@@ -307,11 +307,12 @@ class Release:
         try:
             while state.phase not in TERMINAL:
                 self._state = state
-                self._phase = state.phase
-                if state.phase is Phase.ROLLING_BACK:
-                    # a rollback is never cancelled: a cancel set before its phase was known here (a resume's
-                    # start, the watch's first report of an abort) would abandon its hooks and its waits
-                    self.cancel.clear()
+                with self._requests_lock:  # one step with an abort's look at the phase (``_on_requests``, ``request_abort``)
+                    self._phase = state.phase
+                    if state.phase is Phase.ROLLING_BACK:
+                        # a rollback is never cancelled: a cancel set before its phase was known here (a resume's
+                        # start, the watch's first report of an abort) would abandon its hooks and its waits
+                        self.cancel.clear()
                 try:
                     if self.lease.lost:
                         raise LeaseLost(f"release {state.release} stopped: {self.lease.lost}")
@@ -417,12 +418,16 @@ class Release:
             requests = {k: v for k, v in requests.items() if self._taken.get(k) != v}
             local = {k: v for k, v in self._requests.items() if v.get("local")}
             self._requests = {**requests, **local}
-        if "abort" in self._requests and self._phase not in PROMOTION and self._phase is not Phase.ROLLING_BACK:
-            self._cancel_now()
+            # judged and acted on under the lock the phase changes under: a cancel decided in the phase before a
+            # rollback, set once the rollback had cleared it, cut its post-rollout hooks
+            if "abort" in self._requests and self._phase not in PROMOTION and self._phase is not Phase.ROLLING_BACK:
+                self._cancel_now()
         if requests:
             self._wake.set()
 
     def _cancel_now(self) -> None:
+        """Under ``_requests_lock``: ``_in_up`` is let go under it too, so the interrupt reaches this ``up``'s CLI,
+        never a later one's (a rollback's, which it would stop)."""
         self.cancel.set()
         self._wake.set()
         if self._in_up:
@@ -560,7 +565,8 @@ class Release:
             self.lease.fence()  # never an `up` by a release that another process has taken the app from
             result = self.stack.up(config_file=path, targets=targets, exclude=exclude, refresh=refresh, cancel=self.cancel if cancellable else None)
         finally:
-            self._in_up = False
+            with self._requests_lock:  # see _cancel_now
+                self._in_up = False
         self._refresh = False
         summary = {"stable": pins["stable"]["hash"], "canary": pins.get("canary", {}).get("hash"), "replicas": pins.get("canary", {}).get("replicas", 0),
                    "route": pins["route"]}
@@ -1075,8 +1081,9 @@ class Release:
         return state
 
     def _begin_rollback(self, state: ReleaseState, reason: str, to: Phase = Phase.FAILED) -> ReleaseState:
-        self._phase = Phase.ROLLING_BACK  # an abort the requests' watch reports again from here cancels nothing
-        self.cancel.clear()
+        with self._requests_lock:  # an abort judged by the phase before has set its cancel by now: cleared with it
+            self._phase = Phase.ROLLING_BACK  # an abort the requests' watch reports again from here cancels nothing
+            self.cancel.clear()
         state = state.model_copy(update={"phase": Phase.ROLLING_BACK, "reason": reason, "rollback_to": to, "rollback_step": 0, "rolled_back_from": state.phase})
         return self.recorder.save(state, f"rolling back: {reason}", Severity.ERROR if to is Phase.FAILED else Severity.WARN)
 
