@@ -102,9 +102,9 @@ class Workspace:
         uid = uids.get("stableDeployment") if isinstance(uids, Mapping) else None
         return uid if isinstance(uid, str) else None
 
-    def facts(self, app: str, spec: StackSpec | None = None) -> AppFacts | None:
-        """The app as its last ``up`` left it, judged by ``spec``'s analysis (None: never deployed, or no
-        longer in ``spec``, so that the next update deletes it)."""
+    def release_spec(self, app: str, spec: StackSpec | None = None) -> ReleaseSpec | None:
+        """The app judged by ``spec``'s analysis (default: the stack config's), with the app and gateway of the
+        program's component when it declares them (None: never deployed, or no longer in ``spec``)."""
         exported = self.outputs.get(f"{naming.OUTPUT_PREFIX}{app}")
         stack_spec = spec or self.spec
         if not isinstance(exported, Mapping) or not stack_spec.declares(app):
@@ -116,9 +116,18 @@ class Workspace:
             # component's beside it is refused. Outputs of earlier versions do not say: the stack config's then, as before
             config = stack_spec.app_configs().get(app)
             from_config = exported.get("appFrom") != "component" and config is not None and config.app is not None
-            release_spec = stack_spec.release_spec(app) if from_config else stack_spec.release_spec(app, app_model, gateway)
+            return stack_spec.release_spec(app) if from_config else stack_spec.release_spec(app, app_model, gateway)
         except (KeyError, ValueError) as exc:
             raise InvalidSpec([Problem(f"outputs.{naming.OUTPUT_PREFIX}{app}", "unreadable", f"is not what the component exports: {exc}")], "stack") from exc
+
+    def facts(self, app: str, spec: StackSpec | None = None) -> AppFacts | None:
+        """The app as its last ``up`` left it, judged by ``spec``'s analysis (None: never deployed, or no
+        longer in ``spec``, so that the next update deletes it)."""
+        release_spec = self.release_spec(app, spec)
+        if release_spec is None:
+            return None
+        stack_spec = spec or self.spec
+        exported = self.outputs[f"{naming.OUTPUT_PREFIX}{app}"]
         stable = exported.get("stable")
         uid = self.stable_uid(app)
         stable_pin = self._running_stable(app, release_spec, _pin(stable) if isinstance(stable, Mapping) else None, uid)
@@ -260,8 +269,12 @@ def _note(release: Release, message: str) -> None:
         release.recorder.event(state, message)
 
 
-def build(ws: Workspace, facts: AppFacts, on_event: Callable[[Event], None] | None = None, **options: Any) -> Release:
-    """A Release of one app wired to the real adapters (``on_build`` sees it before it starts)."""
+def build(ws: Workspace, facts: AppFacts, on_event: Callable[[Event], None] | None = None, past_config: list[str] | None = None,
+          **options: Any) -> Release:
+    """A Release of one app wired to the real adapters (``on_build`` sees it before it starts). ``past_config`` (a
+    resume's, whose release goes on with its snapshot): the stack config as it is now is refused for no app, and the
+    other apps at rest that it cannot judge are pinned from the stack's outputs, each said in ``past_config`` (None: that
+    config refused, as a new release refuses it)."""
     on_build = options.pop("on_build", None)
     spec = facts.spec
     app, namespace = spec.app.name, spec.app.namespace
@@ -269,13 +282,32 @@ def build(ws: Workspace, facts: AppFacts, on_event: Callable[[Event], None] | No
     pusher = None
     if spec.prometheus is not None and spec.prometheus.pushgateway:
         pusher = Pusher(spec.prometheus.pushgateway, ws.name, app, namespace, on_failure=lambda message: _note(release_obj, message))
-    at_rest = _pins_at_rest(ws, {*_running(ws), app})
+    at_rest = _pins_at_rest(ws, {*_running(ws, lenient=past_config is not None), app}, past_config)
     configs = stackfile.ReleaseConfigs(ws.stack.stack_file(), store.cache.dir, app, at_rest)
     release_obj = Release(stack=ws.stack, config=configs, cluster=ClusterReader(ws.kube), store=store, lease=Lease(ws.kube, namespace, app),
-                          hooks=Caller(), provider_for=_provider_factory(spec), facts=facts, on_event=on_event, pusher=pusher, **options)
+                          hooks=Caller(), provider_for=_provider_factory(spec), facts=facts, on_event=on_event, pusher=pusher,
+                          spec_of=_ended_spec(ws, app), **options)
     if on_build is not None:
         on_build(release_obj)
     return release_obj
+
+
+def _ended_spec(ws: Workspace, app: str) -> Callable[[ReleaseState], ReleaseSpec]:
+    """How a release reads the spec an ended release of the app ran with: the post-rollout hooks that release still
+    owes are its own. From its snapshot of the stack config, secrets decrypted by the CLI, judged as ``resume`` judges
+    one (a judge this version refuses does not matter to a hook); InvalidSpec when it has none, or this version refuses it."""
+    def spec_of(state: ReleaseState) -> ReleaseSpec:
+        where = f"release {state.release}'s snapshot"
+        if not state.snapshot:
+            raise InvalidSpec([Problem("snapshot", "nothing", "is not in the release's state: its stack config was not kept")], where)
+        with judges_noted():
+            parsed = stackconfig.from_config(ws.stack.config(text=state.snapshot), source=where, placed=False)
+        spec = ws.release_spec(app, parsed)
+        if spec is None:
+            raise InvalidSpec([Problem(f"apps.{app}", "nothing", "is not in the snapshot, or no longer in the stack's outputs")], where)
+        return spec
+
+    return spec_of
 
 
 @dataclass(frozen=True)
@@ -291,26 +323,52 @@ class UpOutcome:
     apps: tuple[UpOutcome, ...] = ()
 
 
-def _pins_at_rest(ws: Workspace, running: set[str]) -> dict[str, Any]:
-    """Stable pinned to what it runs, for every deployed app that no release is moving."""
+def _pins_at_rest(ws: Workspace, running: set[str], unjudged: list[str] | None = None) -> dict[str, Any]:
+    """Stable pinned to what it runs, for every deployed app that no release is moving. With ``unjudged`` (a resume's),
+    a deployed app the stack config cannot judge now (refused, or no longer declaring it) is pinned to the stable its
+    stack outputs name, and said there: a resume's ``up`` applies the release's snapshot, which may still declare it,
+    and unpinned its outputs would name the snapshot's desired template as its stable (its next ``canary up`` then
+    taking that for what runs). A ``canary up`` or a new release (None) refuses such an app, naming the field."""
     pins = {}
     for name in ws.apps():
-        facts = ws.facts(name)
-        if facts is None or facts.stable is None or name in running:
+        if name in running:
+            continue  # its own release pins it (its config, refused or not, is that release's business)
+        try:
+            facts = ws.facts(name)
+            pin = facts.stable if facts is not None else None
+        except InvalidSpec as exc:
+            if unjudged is None:
+                raise
+            facts, pin, why = None, None, "; ".join(f"{p.field}: {p.rule}" for p in exc.problems)  # not the values: they may be secrets
+        else:
+            why = "the stack config as it is now, refused or changed since, does not declare it"
+        exported = ws.outputs.get(f"{naming.OUTPUT_PREFIX}{name}")
+        if facts is None and unjudged is not None and isinstance(exported, Mapping):
+            named = exported.get("stable")
+            pin = _pin(named) if isinstance(named, Mapping) else None
+            unjudged.append(f"app {name} cannot be judged by the stack config now ({why}): " + (
+                f"the release's updates pin it at rest to the stable its stack outputs name ({pin.image or pin.hash})" if pin is not None else
+                "its stack outputs name no stable, and the release's updates do not pin it"))
+        if pin is None:
             continue
-        stable = {"template": facts.stable.template, "hash": facts.stable.hash, "image": facts.stable.image,
-                  "config_hashes": dict(facts.stable.config_hashes)}
-        if facts.stable.port is not None:
-            stable["port"] = facts.stable.port
+        stable = {"template": pin.template, "hash": pin.hash, "image": pin.image, "config_hashes": dict(pin.config_hashes)}
+        if pin.port is not None:
+            stable["port"] = pin.port
         pins[name] = {"release": "", "stable": stable, "route": {"weight": 0}}
     return pins
 
 
-def _running(ws: Workspace) -> dict[str, ReleaseState]:
-    """The apps whose releases are not finished."""
+def _running(ws: Workspace, lenient: bool = False) -> dict[str, ReleaseState]:
+    """The apps whose releases are not finished. ``lenient`` (a resume's): an app the stack config cannot judge now is
+    looked for in the namespace the stack's outputs name, as ``resume`` looks for its own; else that config is refused."""
     out = {}
     for name in ws.apps():
-        facts = ws.facts(name)
+        try:
+            facts = ws.facts(name)
+        except InvalidSpec:
+            if not lenient:
+                raise
+            facts = None
         exported = f"{naming.OUTPUT_PREFIX}{name}" in ws.outputs
         if facts is None and not exported:
             continue
@@ -707,7 +765,11 @@ def resume(stack: str, *, app: str | None = None, project_dir: Path | str | None
     facts = ws.facts(name, spec)
     if facts is None:
         raise InvalidSpec([Problem("--app", name, "is not deployed in the stack any more")], "resume")
-    return build(ws, facts, on_event, **options).resume(notes=(note,) if note else ())
+    # the stack config as it is now judges no app of this resume: its own is judged by its snapshot, the others at rest
+    # are pinned from the stack's outputs when it cannot judge them (a rollback is not kept from completing)
+    unjudged: list[str] = []
+    release_obj = build(ws, facts, on_event, past_config=unjudged, **options)
+    return release_obj.resume(notes=(*((note,) if note else ()), *unjudged))
 
 
 def _snapshot_spec(ws: Workspace, state: ReleaseState) -> tuple[StackSpec, str]:

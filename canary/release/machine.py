@@ -102,6 +102,7 @@ class Release:
         retry_backoff: float = 2.0,
         lock_wait: float = 600.0,
         event_flush_timeout: float = 30.0,
+        spec_of: Callable[[ReleaseState], ReleaseSpec] | None = None,
     ) -> None:
         self.stack = stack
         self.config = config
@@ -115,6 +116,10 @@ class Release:
         self.retry_backoff = retry_backoff
         self.lock_wait = lock_wait
         self.event_flush_timeout = event_flush_timeout
+        #: an ended release's own spec, read from its snapshot of the stack config (InvalidSpec when it cannot be): the
+        #: post-rollout hooks it owes are its own, not those of the release that calls them. None: the app's releases
+        #: all have this one's spec
+        self.spec_of = spec_of
         self.cancel = threading.Event()
         #: wakes a wait early: a request arrived (promote, pause, continue)
         self._wake = threading.Event()
@@ -165,9 +170,9 @@ class Release:
             if previous is not None and previous.post_rollout_owed:
                 # its process stopped between its end and these, and nobody resumed it: called before this release
                 # replaces its state, which would drop them (a receiver hears of every end)
-                self.recorder.event(previous, f"ended {previous.phase} without calling its post-rollout webhooks: called now, "
+                self.recorder.event(previous, f"ended {previous.phase} without calling its post-rollout webhooks: they are due "
                                               f"before release {release_id}")
-                self._post_rollout(previous)
+                self._owed_post_rollout(previous)
             warned: list[str] = []
             problems = analysis.preflight(self.spec, self.provider_for, self.facts.fields, warned) + self._gateway_problems()
             if problems:
@@ -288,7 +293,7 @@ class Release:
             self.recorder.event(state, f"resuming release ended {state.phase}: its post-rollout webhooks were not called yet")
             for note in notes:
                 self.recorder.event(state, note, Severity.WARN)
-            return self._result(self._post_rollout(state))
+            return self._result(self._owed_post_rollout(state))
         finally:
             self._close()
 
@@ -1102,14 +1107,38 @@ class Release:
         if dropped:
             self.recorder.event(state, f"deleted config copies no track reads any more: {', '.join(sorted(dropped))}")
 
-    def _post_rollout(self, state: ReleaseState) -> ReleaseState:
+    def _owed_post_rollout(self, state: ReleaseState) -> ReleaseState:
+        """The post-rollout hooks ``state``, an ended release, still owes, called by another process: those of its own
+        config (its snapshot of the stack config), not of the release that calls them. A team that changed or removed
+        its post-rollout hooks between two releases had the new receiver hear of the old end, or nobody. When that
+        config cannot be read, none is called, the journal says why, and the debt is cleared: no resume could call them."""
+        if not state.post_rollout_owed:
+            return state
+        if self.spec_of is None:
+            return self._post_rollout(state)
+        try:
+            spec = self.spec_of(state)
+        except CanaryError as exc:
+            # the rules broken, not the values: they may be secrets
+            why = "; ".join(f"{p.field}: {p.rule}" for p in exc.problems) if isinstance(exc, InvalidSpec) else str(exc)
+            # no severity: a warning is told to this release's event hooks and alerts, which are not the ended release's either
+            message = (f"post-rollout webhooks not called: the release's own config cannot be read ({why}), and another "
+                       "config's webhooks are not its receivers")
+            try:
+                return self.recorder.keep(state.model_copy(update={"post_rollout_owed": False}), message)
+            except CanaryError:
+                return state
+        return self._post_rollout(state, Hooks(self.hooks.caller, spec, self.clock, self.cancel, self.recorder.webhook))
+
+    def _post_rollout(self, state: ReleaseState, hooks: Hooks | None = None) -> ReleaseState:
         """The post-rollout hooks a release owes since its end was saved, then the debt cleared: a process killed in
         between leaves them to ``resume`` (a receiver may hear of an end twice, never not at all). PromotedUnverified
         owes none: the resume that verifies it ends it, and only that end is sent. A release without post-rollout
-        hooks owes none (no write after its end)."""
+        hooks owes none (no write after its end). ``hooks``: the ended release's own, when another calls them."""
         if not state.post_rollout_owed:
             return state
-        for result in self.hooks.run(state, WebhookType.POST_ROLLOUT):
+        hooks = hooks or self.hooks
+        for result in hooks.run(state, WebhookType.POST_ROLLOUT):
             if not result.ok:
                 self.recorder.event(state, f"post-rollout webhook {result.name} failed: {result.detail}")
         if self.cancel.is_set():

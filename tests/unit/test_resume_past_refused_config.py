@@ -1,0 +1,123 @@
+"""A resume past a stack config refused since its release began: the release goes on with its snapshot, and the stack's
+other apps at rest stay pinned to the stable they run, whatever the stack config now says of them. A new release still
+refuses that config, naming the field. The API, with the stack's CLI, the cluster and the release machine's own run
+stood in for."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import yaml
+
+from canary import api
+from canary.core.records import Phase, ReleaseState
+from canary.errors import InvalidSpec
+from canary.state.cache import Cache
+from canary.state.store import ReleaseStore
+from tests.unit.fakes import FakeKube
+
+#: the stack file as the release began: both apps' analyses, their app and gateway the program's components'
+_SNAPSHOT = """config:
+  canary:apps:
+    web:
+      analysis: {stepWeight: 10, skipAnalysis: true}
+    api:
+      analysis: {stepWeight: 10, skipAnalysis: true}
+"""
+
+_APP = """
+      app: {name: NAME, namespace: shop, image: NAME:9}
+      gateway: {parentRefs: [{name: public}]}"""
+
+#: the stack file now: an app declared in it too (refused beside its component's), or a field this version refuses
+_NOW = {
+    "own app declared twice": _SNAPSHOT.replace("\n    api:", _APP.replace("NAME", "web") + "\n    api:"),
+    "other app declared twice": _SNAPSHOT + _APP.replace("NAME", "api").lstrip("\n") + "\n",
+    "stack file refused": _SNAPSHOT.replace("stepWeight: 10, skipAnalysis: true}\n    api", "stepWieght: 10, skipAnalysis: true}\n    api"),
+}
+
+
+def _pin(image: str) -> dict[str, Any]:
+    return {"template": {"spec": {"containers": [{"name": "main", "image": image}]}}, "hash": image.replace(":", "") * 4, "image": image,
+            "config_hashes": {}}
+
+
+class _Stack:
+    """The Stack adapter with its CLI calls answered: the stack file read as canary reads it, the outputs of a program
+    whose components declare web (stable web:1, desired web:2, in a release) and api (stable api:1, desired api:5)."""
+
+    def __init__(self, project_dir: Path, name: str, env: Any = None, **_: Any) -> None:
+        from canary.adapters import stack as stack_adapter
+
+        self.name = name
+        self._real = stack_adapter.Stack.__new__(stack_adapter.Stack)
+        self._real.project_dir, self._real.name, self._real._env, self._real._secrets = project_dir.resolve(), name, dict(env or {}), ()
+        self._real._stack = SimpleNamespace(get_all_config=lambda: {})
+
+    def config(self, text: str | None = None) -> dict[str, Any]:
+        return self._real.config(text)
+
+    def stack_file(self) -> Path:
+        return self._real.project_dir / f"Pulumi.{self._real.name}.yaml"
+
+    def outputs(self) -> dict[str, Any]:
+        def exported(app: str, stable: str, desired: str) -> dict[str, Any]:
+            return {"app": {"name": app, "namespace": "shop", "image": desired}, "gateway": {"parentRefs": [{"name": "public"}]},
+                    "namespace": "shop", "appFrom": "component", "stable": _pin(stable), "desired": _pin(desired), "urns": {},
+                    "imageConfig": f"shop:{app}Image"}
+
+        return {"canary/web": exported("web", "web:1", "web:2"), "canary/api": exported("api", "api:1", "api:5")}
+
+
+@pytest.fixture
+def stack(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, ReleaseStore]:
+    (tmp_path / "Pulumi.yaml").write_text("name: shop\nruntime: python\n")
+    kube = FakeKube()
+    stores = {app: ReleaseStore(kube, "shop", app, "prod", Cache(tmp_path / "state", "prod", app)) for app in ("web", "api")}  # type: ignore[arg-type]
+    monkeypatch.setattr(api, "Stack", _Stack)
+    monkeypatch.setattr(api, "_kube", lambda config, env: kube)
+    monkeypatch.setattr(api.Workspace, "store", lambda self, app, namespace: stores[app])
+    monkeypatch.chdir(tmp_path)
+    return stores
+
+
+@pytest.mark.parametrize("phase", [Phase.ROLLING_BACK, Phase.PROGRESSING])
+@pytest.mark.parametrize("now", list(_NOW))
+def test_a_resume_goes_on_with_its_snapshot_and_keeps_the_other_apps_pinned_at_rest(stack: dict[str, ReleaseStore], monkeypatch: pytest.MonkeyPatch,
+                                                                                 now: str, phase: Phase) -> None:
+    """`Workspace.facts` judged every app of the stack by the stack config as it is now: its app declared there beside
+    its component's, web's own or api's, refused the resume before anything ran, traffic left on a failing canary.
+    A stack file refused outright let it run, with api unpinned: the resume's `up`s, from the snapshot, rewrote api's
+    outputs to name its desired api:5 as the stable it runs."""
+    Path("Pulumi.prod.yaml").write_text(_NOW[now])
+    stack["web"].save(ReleaseState(release="r1", stack="prod", app="web", namespace="shop", phase=phase, weight=20, snapshot=_SNAPSHOT))
+    resumed: list[tuple[api.Release, tuple[str, ...]]] = []
+
+    def resume(self: api.Release, notes: tuple[str, ...] = ()) -> Any:
+        resumed.append((self, tuple(notes)))
+
+    monkeypatch.setattr(api.Release, "resume", resume)
+    api.resume("prod", app="web")
+    [(release, notes)] = resumed
+    assert release.spec.app.image == "web:2" and release.facts.stable is not None and release.facts.stable.image == "web:1"
+    assert release.config.at_rest == {"api": {"release": "", "stable": _pin("api:1"), "route": {"weight": 0}}}  # type: ignore[attr-defined]
+    said = [n for n in notes if n.startswith("app api cannot be judged by the stack config now")]
+    if now == "own app declared twice":
+        assert said == [], notes
+    else:
+        assert len(said) == 1 and said[0].endswith("pin it at rest to the stable its stack outputs name (api:1)"), notes
+    if now == "other app declared twice":
+        assert "apps.api.app: declares api's app, which a component of the program declares too" in said[0], said
+
+
+@pytest.mark.parametrize(("now", "field"), [("own app declared twice", "apps.web.app"), ("other app declared twice", "apps.api.app")])
+def test_a_new_release_still_refuses_that_config_naming_the_field(stack: dict[str, ReleaseStore], now: str, field: str) -> None:
+    Path("Pulumi.prod.yaml").write_text(_NOW[now])
+    with pytest.raises(InvalidSpec) as refused:
+        api.release("prod", "web:3", app="web")
+    assert field in [p.field for p in refused.value.problems], refused.value
+    # the image it would release is not left in the stack file
+    assert yaml.safe_load(Path("Pulumi.prod.yaml").read_text()) == yaml.safe_load(_NOW[now])
