@@ -673,7 +673,7 @@ def set_image(stack: str, image: str | None, *, app: str | None = None, project_
             key = stackconfig.image_config_key(image_config, str(stackfile.project_settings(project)["name"]))
         except ValueError as exc:
             raise InvalidSpec([Problem("image_config", repr(image_config), str(exc))], "release") from exc
-        old, _ = stackfile.set_value(path, tuple(key.split(".")), value)
+        old, _ = stackfile.set_value(path, stackconfig.config_key_path(key), value)
         return app or "", None if old is stackfile.ABSENT else str(old)
     spec = stackfile.load_stack_file(path)
     configs = spec.app_configs()

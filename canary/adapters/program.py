@@ -435,8 +435,9 @@ class CanaryDeployment(pulumi.ComponentResource):
 
     ``prometheus`` declares the PodMonitor (``{"podMonitor": {"interval": "30s"}}``) and nothing else: where
     Prometheus is and how often it scrapes are the stack config's ``canary:prometheus``, which releases query
-    by. An app the stack config declares too (``canary:app`` naming it, ``canary:apps.<app>.app`` or ``.gateway``)
-    is refused: a release would judge the stack config's.
+    by (the ``up``s of a release in progress only warn of the others, and ignore them, as an ``image_config`` no
+    program reads, which is then not exported). An app the stack config declares too (``canary:app`` naming it,
+    ``canary:apps.<app>.app`` or ``.gateway``) is refused: a release would judge the stack config's.
     """
 
     #: who declares the app: the program's own argument (``"component"``) or the stack config, for canary's own program
@@ -463,11 +464,16 @@ class CanaryDeployment(pulumi.ComponentResource):
         image_key, image_problems = _image_config(image_config)
         try:
             # every argument checked before the component declares anything
-            checked = _arguments(name, app, gateway, prometheus, rollout if rollout is not None else config.get("rollout"),
-                                 "rollout" if rollout is not None else "canary:rollout", template, config_maps, secrets, adopt, service, route)
-            if image_problems:
-                raise InvalidSpec(image_problems, f"CanaryDeployment {name}")
-            _check_against_stack_config(name, checked[0], checked[2], self._APP_FROM, (config.get_object("release") or {}).get(checked[0].name))
+            given = _arguments(name, app, gateway, prometheus, rollout if rollout is not None else config.get("rollout"),
+                               "rollout" if rollout is not None else "canary:rollout", template, config_maps, secrets, adopt, service, route)
+            checked, held = given[:8], given[8]
+            # the rules newer than a release in progress, which its `up`s only warn of: prometheus= given more than podMonitor
+            # (those fields ignored, as earlier versions ignored them), an image_config no program reads (not exported: the
+            # release pins its images, and only `canary release --image`, which waits for the release to end, reads it)
+            ignored = {**{problem.field: "ignored: releases read canary:prometheus" for problem in held},
+                       **({"image_config": "not exported, a key no program reads"} if image_problems else {})}
+            _refuse_unless_in_flight(name, checked[0], (config.get_object("release") or {}).get(checked[0].name),
+                                     [*image_problems, *held, *_check_against_stack_config(name, checked[0], checked[2], self._APP_FROM)], ignored)
             _claim(checked[0].name, checked[0].namespace, name)
         except InvalidSpec as exc:
             # what `program()` does with invalid stack config: Pulumi prints a RunError's message, not a traceback
@@ -757,10 +763,12 @@ ADOPTABLE = ("deployment", "service", "route")
 
 def _arguments(name: str, app: Any, gateway: Any, prometheus: Any, rollout: Any, rollout_field: str, template: Any, config_maps: Any,
                secrets: Any, adopt: Any, service: Any = None, route: Any = None,
-               ) -> tuple[App, Gateway, PodMonitor | None, Rollout, dict[str, Any], dict[str, pulumi.ResourceOptions], dict[str, Any], dict[str, Any]]:
+               ) -> tuple[App, Gateway, PodMonitor | None, Rollout, dict[str, Any], dict[str, pulumi.ResourceOptions], dict[str, Any], dict[str, Any],
+                          list[Problem]]:
     """The component's arguments validated, the pod template the app asks for, the aliases of ``adopt`` and
     what ``service`` declares of the apex Service and ``route`` of the route's metadata; else ``InvalidSpec`` listing
-    every problem, each naming the argument and the rule, as the stack config's are."""
+    every problem, each naming the argument and the rule, as the stack config's are. Last, the problems of
+    ``prometheus=`` that only the caller may refuse (``_prometheus_problems``): not in an ``up`` of a release in progress."""
     problems: list[Problem] = []
     moved: dict[str, pulumi.ResourceOptions] = {}
     try:
@@ -782,10 +790,12 @@ def _arguments(name: str, app: Any, gateway: Any, prometheus: Any, rollout: Any,
     spec_app: App | None = model(App, app, "app")
     spec_gateway: Gateway | None = model(Gateway, gateway, "gateway")
     spec_monitor: PodMonitor | None = None
+    held: list[Problem] = []  # refused but in an `up` of a release in progress (the caller's to tell)
     if prometheus is not None:
-        prometheus_problems = _prometheus_problems(prometheus)
-        problems.extend(prometheus_problems)
-        if not prometheus_problems and prometheus.get("podMonitor") is not None:
+        prometheus = _prometheus_given(prometheus)
+        held, refused = _prometheus_problems(prometheus)
+        problems.extend(refused)
+        if not refused and prometheus.get("podMonitor") is not None:
             spec_monitor = model(PodMonitor, prometheus["podMonitor"], "prometheus.podMonitor")
     spec_rollout = Rollout.CHECKED
     try:
@@ -829,27 +839,35 @@ def _arguments(name: str, app: Any, gateway: Any, prometheus: Any, rollout: Any,
         if isinstance(given_route, Mapping):
             route_metadata = dict(given_route.get("metadata") or {})
     if problems or spec_app is None or spec_gateway is None:
-        raise InvalidSpec(problems, f"CanaryDeployment {name}")
+        raise InvalidSpec([*problems, *held], f"CanaryDeployment {name}")
     desired = desired_template(spec_app, given)
     problems = workload.check(desired, "template")
     if problems:
-        raise InvalidSpec(problems, f"CanaryDeployment {name}")
-    return spec_app, spec_gateway, spec_monitor, spec_rollout, desired, moved, apex, route_metadata
+        raise InvalidSpec([*problems, *held], f"CanaryDeployment {name}")
+    return spec_app, spec_gateway, spec_monitor, spec_rollout, desired, moved, apex, route_metadata, held
 
 
-def _prometheus_problems(prometheus: Any) -> list[Problem]:
+def _prometheus_given(prometheus: Any) -> Any:
+    """``prometheus=`` as a mapping of the fields given: the earlier form passed canary's ``Prometheus`` itself."""
+    if isinstance(prometheus, Prometheus):
+        return {Prometheus.model_fields[name].alias or name: getattr(prometheus, name) for name in sorted(prometheus.model_fields_set)}
+    return prometheus
+
+
+def _prometheus_problems(prometheus: Any) -> tuple[list[Problem], list[Problem]]:
     """The rules of ``prometheus=``: ``podMonitor`` alone. The other fields of ``canary:prometheus`` say how releases query
     Prometheus and how often it scrapes the pods, which the release reads from the stack config alone (the program never
-    queries metrics): taken here, they were silently ignored."""
+    queries metrics): taken here, they were silently ignored. Returned apart: those fields, which earlier versions took
+    (an ``up`` of a release one of them began only warns, and ignores them), then what no version took."""
     if not isinstance(prometheus, Mapping):
-        return [Problem("prometheus", type(prometheus).__name__, "must be a mapping: {'podMonitor': {...}}, the PodMonitor the component declares")]
+        return [], [Problem("prometheus", type(prometheus).__name__, "must be a mapping: {'podMonitor': {...}}, the PodMonitor the component declares")]
     stack_fields = {field.alias or name for name, field in Prometheus.model_fields.items()} - {"podMonitor"}
     # (values not shown: any of them may be a secret)
-    return [Problem(f"prometheus.{key}", "set", (
-        f"is the stack config's: releases read it from canary:prometheus, never from the component; set it there "
-        f"(pulumi config set --path canary:prometheus.{key} …) and keep podMonitor alone here")
-        if key in stack_fields else "is not a field of the component's prometheus: it takes podMonitor (interval, path) alone")
-        for key in prometheus if key != "podMonitor"]
+    return ([Problem(f"prometheus.{key}", "set", (
+                f"is the stack config's: releases read it from canary:prometheus, never from the component; set it there "
+                f"(pulumi config set --path canary:prometheus.{key} …) and keep podMonitor alone here")) for key in prometheus if key in stack_fields],
+            [Problem(f"prometheus.{key}", "set", "is not a field of the component's prometheus: it takes podMonitor (interval, path) alone")
+             for key in prometheus if key != "podMonitor" and key not in stack_fields])
 
 
 def _stack_value(key: str) -> Any:
@@ -876,11 +894,24 @@ def _stack_scrape() -> tuple[timedelta, str] | None:
         return None
 
 
-def _check_against_stack_config(component: str, app: App, monitor: PodMonitor | None, app_from: str, release: Any) -> None:
-    """Refuse what the stack config contradicts: the app declared there too (a release would judge the stack config's app
+def _scrape_advice(interval: str, field: str) -> str:
+    """What to set in the stack config so that releases judge at ``interval``, the component's PodMonitor's, given the
+    field the scrape interval comes from now (``_stack_scrape``): a config that is then valid. Without ``canary:prometheus``,
+    its ``scrapeInterval`` alone is not one: ``address`` is required beside it."""
+    if field == "prometheus.podMonitor.interval":
+        # scrapeInterval beside it must equal it (the stack's PodMonitor is how often Prometheus scrapes)
+        return f"Set canary:prometheus.podMonitor.interval to {interval} in the stack config"
+    if _stack_value("prometheus") is None:
+        return (f"Set canary:prometheus in the stack config, with its address (where releases query Prometheus, required) and "
+                f"scrapeInterval {interval}: pulumi config set --path canary:prometheus.address <url>, then pulumi config set "
+                f"--path canary:prometheus.scrapeInterval {interval}")
+    return f"Set canary:prometheus.scrapeInterval to {interval} in the stack config"
+
+
+def _check_against_stack_config(component: str, app: App, monitor: PodMonitor | None, app_from: str) -> list[Problem]:
+    """What the stack config contradicts: the app declared there too (a release would judge the stack config's app
     and gateway, not the component's), a PodMonitor scraping otherwise than the scrape interval releases judge with (at a
-    1m scrape, the default step's rate over 30s is empty: no data, a rollback). In an ``up`` of a release in progress,
-    only warned: the release was checked when it began, and refused here its every ``up``, its rollback's too, would fail."""
+    1m scrape, the default step's rate over 30s is empty: no data, a rollback)."""
     problems: list[Problem] = []
     if app_from == "component":
         single, apps = _stack_value("app"), _stack_value("apps")
@@ -903,13 +934,27 @@ def _check_against_stack_config(component: str, app: App, monitor: PodMonitor | 
         problems.append(Problem("prometheus.podMonitor.interval", interval, (
             f"differs from the scrape interval releases judge {app.name} with, {units.format_duration(scrape[0])} "
             f"({naming.CONFIG_NAMESPACE}:{scrape[1]}): a judge's default step is twice it, and a rate over less than two "
-            f"scrapes is empty. Set canary:prometheus.scrapeInterval to {interval} in the stack config, or give the PodMonitor "
-            f"{units.format_duration(scrape[0])}")))
+            f"scrapes is empty. {_scrape_advice(interval, scrape[1])}, or give the PodMonitor {units.format_duration(scrape[0])}")))
+    return problems
+
+
+def _in_flight(release: Any) -> bool:
+    """Whether this ``up`` is one of a release in progress: its release config pins ``canary:release.<app>`` with the
+    release's id (``canary up``'s own update of an app at rest pins it with none)."""
+    return isinstance(release, Mapping) and bool(release.get("release"))
+
+
+def _refuse_unless_in_flight(component: str, app: App, release: Any, problems: Sequence[Problem], ignored: Mapping[str, str]) -> None:
+    """Refuse ``problems``, but in an ``up`` of a release in progress: warn only. The release was checked when it began,
+    by the version that began it, and a rule newer than it refused here failed its every ``up``, its rollback's too,
+    its traffic left on the canary. ``ignored``: the refused arguments it goes on without, and how (said in the warning)."""
     if not problems:
         return
-    if isinstance(release, Mapping) and release.get("release"):
-        pulumi.log.warn(f"CanaryDeployment {component}: the release of {app.name} in progress goes on as it began; once it ends, "
-                        f"every `up` refuses this: {'; '.join(map(str, problems))}")
+    if _in_flight(release):
+        without = [f"{field} ({how})" for field, how in ignored.items()]
+        pulumi.log.warn(f"CanaryDeployment {component}: the release of {app.name} in progress goes on as it began"
+                        + (f", without {', '.join(without)}" if without else "")
+                        + f"; once it ends, every `up` refuses this: {'; '.join(map(str, problems))}")
         return
     raise InvalidSpec(problems, f"CanaryDeployment {component}")
 

@@ -394,8 +394,10 @@ def to_config(spec: StackSpec) -> dict[str, Any]:
 
 
 #: A config key as a program reads it: ``[namespace:]name``, the name a dotted path (``shop:web.image``); no blank,
-#: quote or bracket (the stack file's key is written at that path, one key per dot)
-_CONFIG_KEY = re.compile(r"(?:([^\s:.\[\]\"']+):)?([^\s:.\[\]\"']+(?:\.[^\s:.\[\]\"']+)*)")
+#: quote or bracket (the stack file's key is written at that path, one key per dot). The namespace may hold dots: it is
+#: the project's name for a key the program reads with ``pulumi.Config()``, and a project name may (``shop.web``; Pulumi
+#: takes alphanumerics, ``-``, ``_`` and ``.``), as the namespace Pulumi parses is whatever stands before the colon
+_CONFIG_KEY = re.compile(r"(?:([^\s:\[\]\"']+):)?([^\s:.\[\]\"']+(?:\.[^\s:.\[\]\"']+)*)")
 
 
 def image_config_key(key: Any, project: str) -> str:
@@ -413,3 +415,12 @@ def image_config_key(key: Any, project: str) -> str:
         raise ValueError(f"names a key of canary's own namespace ({CONFIG_NAMESPACE}:), which holds canary's fields only: read the image "
                          f"from a key of the program's namespace {example}")
     return f"{namespace}:{found.group(2)}"
+
+
+def config_key_path(key: str) -> tuple[str, ...]:
+    """Where a key ``image_config_key`` returns stands in the stack file's ``config:``, as ``pulumi config set --path`` puts
+    it: the top key is the namespace and the name's first part, each further dot of the name a level below. Split at the
+    colon first: a project's name may hold dots (``shop.web:image`` is one key, ``shop.web:images.web`` two levels)."""
+    namespace, _, name = key.partition(":")
+    first, *rest = name.split(".")
+    return (f"{namespace}:{first}", *rest)

@@ -15,6 +15,7 @@ import runpy
 import traceback
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from pulumi.runtime.mocks import MockMonitor
 
 from canary.adapters import program
 from canary.core import routing, workload
-from canary.core.spec import App
+from canary.core.spec import App, Prometheus
 from canary.errors import InvalidSpec
 from canary.release.ports import AppFacts
 from tests.conftest import ROOT
@@ -1024,9 +1025,30 @@ def test_a_pod_monitor_scrapes_as_often_as_releases_judge(declare: Callable[...,
             declare(monitor, config)
         assert ("prometheus.podMonitor.interval: differs from the scrape interval releases judge web with, 15s "
                 "(canary:prometheus.scrapeInterval, unset: 15s)") in str(caught.value)
-        assert "Set canary:prometheus.scrapeInterval to 1m in the stack config" in str(caught.value)
     d = declare(monitor, {"canary:prometheus": stack_prometheus})
     assert d.inputs("web-pod-monitor")["spec"]["podMetricsEndpoints"][0]["interval"] == "1m"
+
+
+@pytest.mark.parametrize(("stack", "advice", "advised"), [
+    ({}, "Set canary:prometheus in the stack config, with its address (where releases query Prometheus, required) and scrapeInterval 1m: "
+         "pulumi config set --path canary:prometheus.address <url>, then pulumi config set --path canary:prometheus.scrapeInterval 1m",
+     {**STACK_PROMETHEUS, "scrapeInterval": "1m"}),
+    ({"canary:prometheus": STACK_PROMETHEUS}, "Set canary:prometheus.scrapeInterval to 1m in the stack config", {**STACK_PROMETHEUS, "scrapeInterval": "1m"}),
+    ({"canary:prometheus": {**STACK_PROMETHEUS, "podMonitor": {"interval": "15s"}}}, "Set canary:prometheus.podMonitor.interval to 1m in the stack config",
+     {**STACK_PROMETHEUS, "podMonitor": {"interval": "1m"}}),
+], ids=["no-prometheus", "prometheus", "stack-pod-monitor"])
+def test_a_pod_monitor_off_the_stack_s_scrape_is_refused_with_advice_that_leaves_a_valid_config(
+        declare: Callable[..., Declared], stack: dict[str, Any], advice: str, advised: dict[str, Any]) -> None:
+    # the advice was canary:prometheus.scrapeInterval whatever the stack held: set alone, a canary:prometheus with no address
+    # (required), which every release refused (and the component then took, the stack's scrape unknown); set beside the
+    # stack's podMonitor, a scrapeInterval that differs from podMonitor.interval, refused too
+    monitor = component(prometheus={"podMonitor": {"interval": "1m"}})
+    with pytest.raises(pulumi.RunError) as caught:
+        declare(monitor, stack)
+    assert f"{advice}, or give the PodMonitor 15s" in str(caught.value), str(caught.value)
+    # the advice followed: canary:prometheus as every release reads it, and the component's PodMonitor at its interval
+    assert Prometheus.model_validate(advised, by_alias=True, by_name=False).scrape()[0] == timedelta(minutes=1)
+    assert declare(monitor, {"canary:prometheus": advised}).inputs("web-pod-monitor")["spec"]["podMetricsEndpoints"][0]["interval"] == "1m"
 
 
 def test_a_release_in_progress_goes_on_when_its_stack_config_disagrees(declare: Callable[..., Declared]) -> None:
@@ -1037,6 +1059,57 @@ def test_a_release_in_progress_goes_on_when_its_stack_config_disagrees(declare: 
     at_rest = {"web": {**release["web"], "release": ""}}  # a `canary up`'s own update, no release running: refused
     with pytest.raises(pulumi.RunError):
         declare(component(), {"canary:release": at_rest, "canary:app": SIMPLE_APP})
+
+
+IN_FLIGHT = {"web": {"release": "r1", "stable": pin("registry.example.com/shop/web:1.0.0", "5555aaaa5555aaaa"), "route": {"weight": 10}}}
+
+
+@pytest.mark.parametrize("old_form", [
+    {"address": "http://prometheus.monitoring:9090", "token": "s3cr3t-t0ken", "podMonitor": {"interval": "15s", "path": "/stats"}},
+    Prometheus(address="http://prometheus.monitoring:9090", token="s3cr3t-t0ken", pod_monitor={"interval": "15s", "path": "/stats"}),
+], ids=["mapping", "model"])
+def test_a_release_in_progress_goes_on_with_prometheus_fields_the_component_no_longer_takes(
+        declare: Callable[..., Declared], monkeypatch: pytest.MonkeyPatch, old_form: Any) -> None:
+    # a program on the earlier form (canary:prometheus's fields given to the component, which took them and ignored all but
+    # podMonitor) whose team upgrades canary mid-release: every up of the release failed, its rollback's too
+    warned: list[str] = []
+    monkeypatch.setattr(pulumi.log, "warn", lambda message, *args, **kwargs: warned.append(message))
+    d = declare(component(prometheus=old_form), {"canary:release": IN_FLIGHT})
+    assert d.inputs("web-pod-monitor")["spec"]["podMetricsEndpoints"] == [{"portNumber": 8080, "path": "/stats", "interval": "15s"}]
+    assert d.weights() == [("web-stable", 90), ("web-canary", 10)]
+    [message] = warned
+    assert message.startswith("CanaryDeployment web: the release of web in progress goes on as it began, without prometheus.address "
+                              "(ignored: releases read canary:prometheus), prometheus.token (ignored: releases read canary:prometheus); "
+                              "once it ends, every `up` refuses this: prometheus.address: is the stack config's"), message
+    assert "s3cr3t" not in message
+    for config in ({}, {"canary:release": {"web": {**IN_FLIGHT["web"], "release": ""}}}):  # no release, or `canary up`'s own update at rest
+        with pytest.raises(pulumi.RunError) as caught:
+            declare(component(prometheus=old_form), config)
+        assert "prometheus.address: is the stack config's" in str(caught.value) and "prometheus.token: is the stack config's" in str(caught.value)
+        assert "s3cr3t" not in str(caught.value)
+
+
+def test_a_release_in_progress_still_refuses_a_prometheus_field_no_version_took(declare: Callable[..., Declared]) -> None:
+    with pytest.raises(pulumi.RunError) as caught:
+        declare(component(prometheus={"address": "http://prometheus.monitoring:9090", "scrape": "1m"}), {"canary:release": IN_FLIGHT})
+    assert "prometheus.scrape: is not a field of the component's prometheus" in str(caught.value)
+    assert "prometheus.address: is the stack config's" in str(caught.value)  # listed with it
+
+
+@pytest.mark.parametrize("given", ["shop image", "canary:image", 'shop:images["web"]'])
+def test_a_release_in_progress_goes_on_with_an_image_config_the_component_no_longer_takes(
+        declare: Callable[..., Declared], monkeypatch: pytest.MonkeyPatch, given: str) -> None:
+    # image_config was exported as given: a key no program reads stranded a release begun before it was checked. The
+    # release pins its images; the key, which only `canary release --image` reads, is not exported (nothing could set it)
+    warned: list[str] = []
+    monkeypatch.setattr(pulumi.log, "warn", lambda message, *args, **kwargs: warned.append(message))
+    d = declare(component(image_config=given), {"canary:release": IN_FLIGHT}, project="shop")
+    assert "imageConfig" not in d.exported and d.exported["stable"]["hash"] == "5555aaaa5555aaaa"
+    [message] = warned
+    assert message.startswith("CanaryDeployment web: the release of web in progress goes on as it began, without image_config (not exported, "
+                              "a key no program reads); once it ends, every `up` refuses this: image_config: "), message
+    with pytest.raises(pulumi.RunError, match="image_config: "):
+        declare(component(image_config=given), project="shop")
 
 
 @pytest.mark.parametrize(("config", "field"), [
@@ -1729,3 +1802,29 @@ def test_a_bare_image_config_in_a_project_named_canary_is_canary_s_namespace_and
     with pytest.raises(pulumi.RunError) as caught:
         declare(component(image_config="image"), project="canary")
     assert "image_config: names a key of canary's own namespace" in str(caught.value)
+
+
+@pytest.mark.parametrize(("given", "key", "written"), [
+    ("image", "shop.web:image", {"shop.web:image": "web:2"}),
+    ("shop.web:image", "shop.web:image", {"shop.web:image": "web:2"}),
+    ("web.image", "shop.web:web.image", {"shop.web:web": {"image": "web:2"}}),
+    ("shop.web:web.image", "shop.web:web.image", {"shop.web:web": {"image": "web:2"}}),
+])
+def test_an_image_config_of_a_project_named_with_a_dot_is_the_key_the_program_reads_and_release_sets(
+        declare: Callable[..., Declared], tmp_path: Path, given: str, key: str, written: dict[str, Any]) -> None:
+    # a project name may hold dots (Pulumi takes alphanumerics, '-', '_' and '.'), and so does its namespace: the key named
+    # with it was refused, and the one a bare `image` became could not be read back by `canary release --image`, which wrote
+    # the bare key's image under `shop:` (`shop: {web:image: …}`), a key no program reads
+    from canary import api
+    from canary.adapters import stackfile
+
+    exported = declare(component(image_config=given), project="shop.web").exported["imageConfig"]
+    assert exported == key
+    (tmp_path / "Pulumi.yaml").write_text("name: shop.web\nruntime: python\n")
+    path = tmp_path / "Pulumi.prod.yaml"
+    for image_config in (exported, given):  # the stack output's, and the key as the program names it (api.set_image takes both)
+        path.write_text("config:\n  shop.web:image: web:1\n  shop.web:web:\n    image: web:1\n")
+        assert api.set_image("prod", "web:2", app="web", project_dir=tmp_path, image_config=image_config) == ("web", "web:1")
+        config = stackfile.load(path.read_text())["config"]
+        assert set(config) == {"shop.web:image", "shop.web:web"}, config
+        assert {k: config[k] for k in written} == written
