@@ -145,7 +145,9 @@ def test_ab_sends_matched_requests_to_the_canary_and_promotes_it_after_its_itera
     assert "Succeeded" in out and "promoted demo:v2" in out
     assert set(watcher.seen) == {(100, 0)}, watcher.seen  # no weighted share: users never got the canary by chance
     ticks = lab_stack.of("tick")
-    assert [t.outcome.value for t in ticks if t.outcome.value != "hold"] == ["advance"] * 3, [(t.outcome.value, t.reason) for t in ticks]
+    # a failed hook's whole record (its exit status and output tail; a tick's reason cuts it short) says why it failed
+    failed_hooks = [(w.name, w.seconds, w.detail) for w in lab_stack.of("webhook") if not w.ok]
+    assert [t.outcome.value for t in ticks if t.outcome.value != "hold"] == ["advance"] * 3, ([(t.outcome.value, t.reason) for t in ticks], failed_hooks)
     assert_stable_state(lab_stack, "demo:v2")
     assert _sample(lab_stack, 30, headers={HEADER: "always"}) == {"v2": 30}
     assert _sample(lab_stack, 30) == {"v2": 30}
