@@ -26,7 +26,7 @@ in its time. An identity without them (an earlier canary's; Pulumi's lock files,
 and host name only) is judged by host name alone, as before.
 
 It also starts the children that must not outlive this process however it ends (``spawn``: a command
-hook, a load generator among them, is SIGKILLed with canary).
+hook, a load generator among them, is SIGKILLed with canary, and so is what it started in its group).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ import errno
 import functools
 import os
 import queue
+import select
 import signal
 import socket
 import subprocess
@@ -45,7 +46,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 #: how much later than the lock's time its holder may appear to have started and
 #: still count as the holder. Generous on purpose: the boot time in /proc/stat
@@ -166,17 +167,97 @@ def _load_prctl() -> Callable[..., int] | None:
 _PRCTL = _load_prctl()
 
 
-def _dies_with(parent: int, prctl: Callable[..., int]) -> Callable[[], None]:
+def _load_fork() -> Callable[[], int] | None:
+    """libc's ``_Fork`` (glibc 2.34, musl 1.2.2 and later): a fork that runs no at-fork handler. A library's
+    (gRPC's), run in a command before its exec, wrote into the command's output, and one that waits for its
+    threads would wait there for threads the copy does not have. Called through ``PyDLL``, which keeps the
+    interpreter's lock held: the copy holds it as its forker did. None where libc has no such call (then a
+    command has no watcher: what it started outlives a SIGKILL of canary)."""
+    if _PRCTL is None:
+        return None
+    try:
+        fork = ctypes.PyDLL(None)._Fork
+    except (OSError, AttributeError):
+        return None
+    fork.argtypes = []
+    fork.restype = ctypes.c_int
+    return fork  # type: ignore[no-any-return]
+
+
+#: resolved here, in the parent, as ``_PRCTL``
+_FORK = _load_fork()
+
+
+def _dies_with(parent: int, prctl: Callable[..., int], alive: int | None = None) -> Callable[[], None]:
     """What a child runs between fork and exec: ask the kernel for SIGKILL when its parent dies, then make
     sure that parent is still ``parent`` (one that died before the request took effect sends nothing: the
     child, reparented, kills itself). SIGKILL, not SIGTERM: the kernel sends one signal, and a command that
     handles or ignores SIGTERM would run on with nobody left to follow up (canary kills hooks with SIGKILL
-    anyway). Only calls to C and to ``os``: no import, no lock another thread may have held at the fork."""
+    anyway). Only calls to C and to ``os``: no import, no lock another thread may have held at the fork.
+
+    The kernel signals the child alone: what the command starts (a shell's children) would be reparented
+    and run on. A child that leads a process group of its own therefore also starts a watcher of that group
+    (``_watch``; ``alive``: the read end of ``_ALIVE``'s pipe), forked by ``_FORK`` twice so that it is not the
+    command's child (a command that waits for all its children would wait for it too)."""
+    fork = _FORK
+
     def preexec() -> None:
         prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         if os.getppid() != parent:
             os.kill(os.getpid(), signal.SIGKILL)
+        if alive is not None and fork is not None and os.getpgrp() == os.getpid():
+            group = os.getpid()
+            middle = fork()
+            if middle == 0:
+                try:
+                    if fork() == 0:
+                        _watch(alive, group)
+                finally:
+                    os._exit(0)
+            if middle > 0:
+                try:
+                    os.waitpid(middle, 0)
+                except ChildProcessError:
+                    pass  # reaped already (SIGCHLD ignored)
     return preexec
+
+
+def _watch(alive: int, group: int) -> NoReturn:
+    """The watcher of a command's process group, a fork of canary that never execs: when canary ends (``alive``
+    at its end of file) it SIGKILLs the group; when the group is gone (the caller killed it) it ends. In a
+    group of its own: the caller's kill of the command's group ends with the group empty, as without it. The
+    group's id is the command's pid, its own while the command is not reaped, and a pid is given again only
+    after the whole range of pids went round: not within the ``_WATCH_EVERY`` it may be late to see the group
+    gone. It holds nothing of canary's open (a socket canary closed would stay open to its peer) and blocks
+    every signal: canary's handlers are not its to run (only SIGKILL can end it)."""
+    try:
+        signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+        os.setpgid(0, 0)
+        for fd in [int(name) for name in os.listdir("/proc/self/fd")]:
+            if fd != alive:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass  # the listing's own, closed already
+        ends = select.poll()  # (not select(): canary's descriptor numbers may be past what it takes)
+        ends.register(alive, select.POLLIN)
+        while True:
+            if ends.poll(_WATCH_EVERY * 1000) and not os.read(alive, 1):
+                os.killpg(group, signal.SIGKILL)
+                return
+            os.killpg(group, 0)  # ProcessLookupError once it is gone: nothing left to watch
+    finally:
+        os._exit(0)
+
+
+#: how often a watcher looks whether its group is still there
+_WATCH_EVERY = 0.5
+
+#: this process's pid, and the two ends of a pipe that nobody writes: its write end, this process's alone
+#: (close-on-exec, never passed to a child), is closed by the kernel when the process ends, however it ends,
+#: and a watcher (``_watch``) reads the end of file. A fork of canary that does not exec would hold it too
+#: (canary has none); one that spawns makes a pipe of its own.
+_ALIVE: tuple[int, int, int] | None = None
 
 
 #: ``Popen`` calls for the spawner thread, each with the future its caller waits on
@@ -188,6 +269,8 @@ _spawner: threading.Thread | None = None
 def _serve() -> None:
     while True:
         start, done = _SPAWNS.get()
+        if not done.set_running_or_notify_cancel():
+            continue  # its caller gave up waiting (the hook failed) before its turn came: never started
         try:
             done.set_result(start())
         except BaseException as exc:  # noqa: BLE001 — the caller's, raised where it waits, as from Popen itself
@@ -200,20 +283,26 @@ def spawn(args: list[str], **options: Any) -> subprocess.Popen[bytes]:
     its own, is not in). On Linux the child asks for ``PR_SET_PDEATHSIG`` (``_dies_with``), which fires when
     the *thread* that forked it ends: every such child is forked by one daemon thread that lives as long as
     the process, never by the caller's (a hook started from a helper thread would die with that thread).
-    Only the child itself is signalled: what it started (a shell's children) is reparented, not killed.
+    The kernel signals the child itself only: what it started (a shell's children) is reparented. A child that
+    leads a process group of its own (``start_new_session``, ``process_group=0``) has a watcher, which SIGKILLs
+    the whole group when this process ends (``_watch``), and ends once the caller killed it. What leaves the
+    group (a command that starts a session of its own) is not followed.
     Elsewhere a plain ``Popen``: the child outlives a SIGKILL of this process.
 
     Not a wrapper that sets it and execs the command (no ``preexec_fn`` in a process with threads): it costs
     an interpreter's start per hook, and a missing program would no longer fail here."""
     if _PRCTL is None:
         return subprocess.Popen(args, **options)
-    global _spawner
+    global _spawner, _ALIVE
     with _SPAWNER_LOCK:
         if _spawner is None or not _spawner.is_alive():  # (a forked copy of this process has only its forking thread)
             _spawner = threading.Thread(target=_serve, name="canary-spawner", daemon=True)
             _spawner.start()
+        if _ALIVE is None or _ALIVE[0] != os.getpid():
+            _ALIVE = (os.getpid(), *os.pipe())
+        alive = _ALIVE[1]
     done: Future[subprocess.Popen[bytes]] = Future()
-    _SPAWNS.put((functools.partial(subprocess.Popen, args, preexec_fn=_dies_with(os.getpid(), _PRCTL), **options), done))
+    _SPAWNS.put((functools.partial(subprocess.Popen, args, preexec_fn=_dies_with(os.getpid(), _PRCTL, alive), **options), done))
     try:
         return done.result(timeout=SPAWN_WAIT)
     except TimeoutError:
@@ -221,7 +310,8 @@ def spawn(args: list[str], **options: Any) -> subprocess.Popen[bytes]:
         # not held with it, a hook that cannot start fails, and the next spawn gets a thread of its own
         with _SPAWNER_LOCK:
             _spawner = None
-        done.add_done_callback(_kill_if_started)  # started late, with nobody to own it
+        if not done.cancel():  # still queued (behind the stuck one): skipped when its turn comes
+            done.add_done_callback(_kill_if_started)  # being started: killed once it is, with nobody to own it
         raise OSError(errno.ETIMEDOUT, f"not started within {SPAWN_WAIT:g}s: its fork did not reach the command") from None
 
 
@@ -232,5 +322,10 @@ SPAWN_WAIT = 15.0
 def _kill_if_started(done: Future[subprocess.Popen[bytes]]) -> None:
     if done.exception() is None:
         process = done.result()
+        try:  # not reaped yet: its pid, and its group's id, are its own
+            if os.getpgid(process.pid) == process.pid:
+                os.killpg(process.pid, signal.SIGKILL)  # what it started with it
+        except (ProcessLookupError, PermissionError):
+            pass
         process.kill()
         process.wait()

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from canary.adapters import processes
 from canary.adapters.webhooks import Caller
 from canary.core import notify
 from canary.core.records import HookResult, Phase, ReleaseState, TrackPin
@@ -160,7 +161,7 @@ def test_a_second_signal_kills_the_command_hooks_before_canary_exits(tmp_path: P
 # --- a SIGKILL of canary takes its command hooks with it ------------------------------------------
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's; elsewhere a hook outlives a SIGKILL of canary")
+@pytest.mark.skipif(processes._PRCTL is None, reason="PR_SET_PDEATHSIG is Linux's; elsewhere a hook outlives a SIGKILL of canary")
 def test_a_sigkill_of_canary_kills_the_command_hooks_it_started(tmp_path: Path) -> None:
     # a CI job's timeout, the OOM killer, `kill -9` of canary's group (each hook is in a session of its own): no handler
     # and no atexit ran, and a load generator (`hey -z 30m`) hammered production on with no owner. The hooks are started

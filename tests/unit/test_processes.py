@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import os
+import queue
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+from contextlib import suppress
 from pathlib import Path
 
 import pytest
 
 from canary.adapters import processes
 from canary.adapters.stack import _lock_alive
-from tests.unit.support import poll
+from tests.conftest import ROOT
+from tests.unit.support import BOUND_S, group_members, poll
 
 HOST = socket.gethostname()
 
@@ -139,6 +142,7 @@ def test_a_spawn_that_cannot_start_raises_what_popen_raises() -> None:
         processes.spawn(["/nonexistent/canary-hook"])
 
 
+@linux_only
 def test_a_spawn_whose_fork_is_stuck_fails_in_bounded_time_and_the_next_one_starts(monkeypatch: pytest.MonkeyPatch) -> None:
     # the caller waited on the spawner without a bound: a fork stuck before its exec (an at-fork handler in the child)
     # held the hook, the release's thread with it, and every later hook
@@ -162,3 +166,116 @@ def test_a_spawn_whose_fork_is_stuck_fails_in_bounded_time_and_the_next_one_star
     assert quick.wait(5) == 0
     stuck.set()
     assert poll(lambda: bool(late) and late[0].poll() is not None, 5.0), "the late child was left running"
+
+
+@linux_only
+def test_a_spawn_whose_caller_gave_up_is_never_started(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a spawn queued behind a stuck fork timed out (its hook failed), and still ran when the spawner got to it, to be
+    # killed then: a command (a deploy step, a load generator) ran for a moment, with nobody to own it
+    real = subprocess.Popen
+    stuck, entered, called, failures = threading.Event(), threading.Event(), [], []
+
+    def popen(args: list[str], **options: object) -> subprocess.Popen[bytes]:
+        called.append(args)
+        if args == ["sleep", "31"]:
+            entered.set()
+            stuck.wait(BOUND_S)
+        return real(args, **options)  # type: ignore[arg-type]
+
+    def first() -> None:
+        try:
+            processes.spawn(["sleep", "31"])
+        except OSError as exc:
+            failures.append(exc)
+
+    monkeypatch.setattr(processes, "SPAWN_WAIT", 0.5)
+    monkeypatch.setattr(subprocess, "Popen", popen)
+    monkeypatch.setattr(processes, "_SPAWNS", queue.SimpleQueue())  # spawner threads of earlier tests wait on the old one
+    monkeypatch.setattr(processes, "_spawner", None)
+    helper = threading.Thread(target=first)
+    helper.start()
+    try:
+        assert entered.wait(BOUND_S)
+        with pytest.raises(OSError, match="not started within 0.5s"):
+            processes.spawn(["sleep", "32"])  # queued behind the stuck one
+        quick = processes.spawn(["true"])  # a thread of its own, which finds the abandoned one first in the queue
+        assert quick.wait(5) == 0
+        assert ["sleep", "32"] not in called, "a spawn was started after its caller gave up"
+    finally:
+        stuck.set()
+        helper.join(BOUND_S)
+    assert failures, "the stuck spawn did not time out"
+
+
+def _sleeps(pgid: int) -> list[int]:
+    """The ``sleep`` processes of group ``pgid``."""
+    found = []
+    for pid in group_members(pgid):
+        with suppress(OSError):
+            if Path(f"/proc/{pid}/comm").read_text().strip() == "sleep":
+                found.append(pid)
+    return found
+
+
+def _run_canary(tmp_path: Path, body: str) -> subprocess.Popen[str]:
+    """A Python process that imports canary and runs ``body`` (its stdout: a pipe)."""
+    script = tmp_path / "canary_process.py"
+    script.write_text(f"import sys, time\nsys.path.insert(0, {str(ROOT)!r})\nfrom canary.adapters import processes\n{body}")
+    return subprocess.Popen([sys.executable, "-W", "error", str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@linux_only
+def test_a_sigkill_of_canary_kills_what_its_command_started(tmp_path: Path) -> None:
+    # only the command itself asked for a signal at its parent's death: what it started (`sh -c "a && b"`, a load
+    # generator's workers) was reparented and ran on, with nobody left to stop it
+    group = 0
+    with _run_canary(tmp_path, "hook = processes.spawn(['sh', '-c', 'sleep 300 & sleep 300; wait'], start_new_session=True)\n"
+                               "print(hook.pid, flush=True)\ntime.sleep(300)\n") as canary:
+        try:
+            assert canary.stdout is not None and canary.stderr is not None
+            line = canary.stdout.readline()
+            assert line, canary.stderr.read()
+            group = int(line)
+            assert poll(lambda: len(_sleeps(group)) == 2), "the command did not start its children"
+            canary.kill()
+            canary.wait(BOUND_S)
+            assert poll(lambda: not group_members(group), timeout=3.0), f"outlived canary: {_sleeps(group)}"
+        finally:
+            canary.kill()
+            for pid in group_members(group) if group else []:
+                with suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+
+@linux_only
+def test_a_command_in_a_group_of_its_own_keeps_its_status_and_output() -> None:
+    hook = processes.spawn(["sh", "-c", "echo started; exit 3"], stdout=subprocess.PIPE, start_new_session=True)
+    try:
+        assert hook.communicate(timeout=BOUND_S) == (b"started\n", None)  # nothing else holds its output
+        assert hook.returncode == 3
+    finally:
+        with suppress(ProcessLookupError):
+            os.killpg(hook.pid, signal.SIGKILL)  # what the caller does with a command's group once it exited
+    assert poll(lambda: not group_members(hook.pid), 5.0), "its group outlived the kill"
+
+
+@linux_only
+def test_a_command_that_cannot_start_leaves_nothing_behind(tmp_path: Path) -> None:
+    with _run_canary(tmp_path, "try:\n    processes.spawn(['/nonexistent/canary-hook'], start_new_session=True)\n"
+                               "except FileNotFoundError:\n    print('failed', flush=True)\ntime.sleep(300)\n") as canary:
+        try:
+            assert canary.stdout is not None and canary.stderr is not None
+            assert canary.stdout.readline() == "failed\n", canary.stderr.read()
+            mine = Path(f"/proc/{canary.pid}/cmdline").read_bytes()
+
+            def copies() -> list[int]:  # forks of the canary process, but itself
+                found = []
+                for entry in Path("/proc").iterdir():
+                    with suppress(OSError):
+                        if entry.name.isdigit() and int(entry.name) != canary.pid and (entry / "cmdline").read_bytes() == mine:
+                            found.append(int(entry.name))
+                return found
+
+            assert poll(lambda: not copies(), 5.0), f"left running: {copies()}"
+        finally:
+            canary.kill()
