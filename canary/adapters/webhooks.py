@@ -18,8 +18,9 @@ Events, event hooks, chat alerts), and a hook's URL or command line may carry
 a token (``?token=``, ``user:pass@``, a Slack-style path; a Pulumi secret): a
 result names the hook by its name and its URL's scheme, host and port only, or
 its program's base name only, and every text it quotes (an answer, an error, a
-command's output) is scrubbed of the URL's parts and the command's arguments,
-and of what inside an argument may be a secret (a script's URLs, options' values, headers).
+command's output) is scrubbed of the URL's parts and of what of the command's
+arguments may be a secret (one that reads as a token, a script whole, its URLs,
+options' values, headers, an environment assignment's value), never of a plain word of it.
 Outputs are truncated in results; an alert's URL never appears in one.
 """
 
@@ -228,7 +229,7 @@ def _words_secrets(words: list[str], depth: int = 0) -> set[str]:
                 found |= _words_secrets(["-H", value], depth + 1)
             elif _credential(name):
                 found.add(value)
-        if before.startswith("-") and _credential(before) and not word.startswith("-"):
+        if before.startswith("-") and "=" not in before and _credential(before) and not word.startswith("-"):  # --token=X: X is its value
             found.add(word)
         if before in _USER_OPTIONS:
             user, colon, password = word.partition(":")
@@ -238,18 +239,41 @@ def _words_secrets(words: list[str], depth: int = 0) -> set[str]:
     return found
 
 
+#: Where a command's argument is cut into pieces, each of which may read as a token: a path's, a host's, ``user:key``'s.
+_PIECES = re.compile(r"[/.:@,=]+")
+#: Lowercase words joined by ``-`` or ``_`` (``confirm-promotion``): however long, a word, not a token.
+_PLAIN_WORDS = re.compile(r"[a-z]+(?:[-_][a-z]+)*")
+#: ``NAME=value`` as an environment takes it (``env API_KEY=… prog``); an option's ``--name=value`` is ``_ASSIGNMENT``'s.
+_ENVIRONMENT = re.compile(r"[A-Za-z_]\w*=(.+)", re.DOTALL)
+
+
+def _argument_secrets(words: list[str]) -> set[str]:
+    """What of a command's own arguments may be a secret besides what ``_words_secrets`` reads in them: a script (an
+    argument with a blank) whole, an environment assignment's value, and each piece of any argument that reads as a
+    token (``tok-S3CRET-ARG``; ``s3cr3t99`` of ``user:s3cr3t99``). A plain word is none (``deployment``, a host name,
+    ``--timeout=60s``'s): every argument taken whole, a failure's output read ``deployment ***``."""
+    found: set[str] = set()
+    for word in words:
+        environment = _ENVIRONMENT.fullmatch(word)
+        if any(c.isspace() for c in word):
+            found.add(word)
+        elif environment is not None:
+            found.add(environment.group(1))
+        found.update(piece for piece in _PIECES.split(word.lstrip("-")) if http.opaque(piece) and not _PLAIN_WORDS.fullmatch(piece))
+    return found
+
+
 def _secrets(hook: Webhook) -> list[str]:
     """What of ``hook`` may be a secret, longest first: the whole URL and each of its parts (raw and
-    decoded: an error may quote either), or the whole command line, each of its arguments, what inside an
-    argument may be one (``_words_secrets``) and the program's directory."""
+    decoded: an error may quote either), or the whole command line, what of its arguments may be one
+    (``_argument_secrets``, ``_words_secrets``) and the program's directory."""
     found: set[str] = set()
     if hook.url:
         found |= {hook.url, *(http.url_parts(hook.url) or ())}  # malformed: never sent, quoted whole only
     if hook.cmd:
         found.add(hook.cmd)
         words = _words(hook.cmd)
-        found.update(words[1:])
-        found |= _words_secrets(words[1:])
+        found |= _argument_secrets(words[1:]) | _words_secrets(words[1:])
         if words:
             found.add(posixpath.dirname(words[0]))
     found |= {unquote(s) for s in found} | {unquote_plus(s) for s in found}

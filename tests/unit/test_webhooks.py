@@ -312,6 +312,16 @@ def test_a_command_hooks_result_names_its_program_never_its_arguments(tmp_path: 
     assert not [s for s in (secret, "tok-dir-secret", str(tmp_path)) if s in missing.detail], missing.detail
 
 
+def test_a_command_hooks_output_keeps_the_plain_words_of_its_command_line_and_masks_its_tokens() -> None:
+    # every argument of four characters or more was taken for a secret: a rollout check's failure read
+    # "error: *** *** on *** exceeded its progress deadline" in the journal, status and Events
+    cmd = ("sh -c 'echo \"error: $1 $2 on $3 exceeded its progress deadline (as $4, $5, $6)\"; exit 1' check deployment podinfo "
+           "web-canary.shop.svc.cluster.local tok-S3CRET-ARG --token=S3CRETTOKEN DEPLOY_KEY=hunter2hunter2")
+    result = Caller().call(hook(name="rollout", cmd=cmd), {})
+    assert result.detail == ("rollout: `sh …` exited 1: error: deployment podinfo on web-canary.shop.svc.cluster.local exceeded its "
+                             "progress deadline (as ***, --token=***, DEPLOY_KEY=***)"), result.detail
+
+
 def test_a_rollout_commands_result_from_the_release_never_names_its_arguments(tmp_path: Path) -> None:
     # the release's own details (a command that could not start, one a person's answer stopped) quoted the command line
     from canary.release.hooks import Hooks
