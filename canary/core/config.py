@@ -16,7 +16,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from canary.core.naming import CONFIG_NAMESPACE
-from canary.core.spec import CONFIG_KEYS, ENCRYPTED, Prometheus, StackSpec, parse_stack
+from canary.core.spec import CONFIG_KEYS, ENCRYPTED, Prometheus, StackSpec, field_name, parse_stack
 from canary.errors import InvalidSpec, Problem
 
 
@@ -54,11 +54,11 @@ def from_config(config: Mapping[str, Any], source: str = "stack config", stack_f
     values = values_from_config(config)
     secret_keys = {k.partition(":")[2] for k, v in config.items() if getattr(v, "secret", False)}
     problems = unencrypted_secrets(values, secret_keys)
-    if stack_file is not None:
+    in_file = values_from_config(stack_file) if stack_file is not None else None
+    if in_file is not None:
         # the program cannot tell which file the engine read (`pulumi up --config-file other.yaml`): the stack
         # file speaks for a value only where its plain text is what the engine gave
         said = {path for path, _ in _unencrypted(values, secret_keys)}
-        in_file = values_from_config(stack_file)
         given = {config_path(parts): value for _, _, parts, value in _secret_paths(values)}
         read = {config_path(parts): value for _, _, parts, value in _secret_paths(in_file)}
         problems += [p for path, p in _unencrypted(in_file, None)
@@ -66,15 +66,62 @@ def from_config(config: Mapping[str, Any], source: str = "stack config", stack_f
     if placed:
         # a Pulumi secret where canary keeps plain text (app.env, the template) is refused before anything is applied; not in
         # a release's own config (``placed`` False), checked as it began: refused there, its rollback's `up` failed too
-        problems += _misplaced_given(values, secret_keys, values_from_config(stack_file) if stack_file is not None else None)
+        problems += _misplaced_given(values, secret_keys, in_file)
     try:
         return _parsed(values, source, problems)
     except InvalidSpec as exc:
-        # a key held as a Pulumi secret shows no value of its own in a problem, whatever field the rule is about
+        # a key held as a Pulumi secret shows no secret value of its own in a problem, whatever field the rule is about
         # (an unknown key `canary:dbPassword` set --secret was refused quoting the password); the secrets' own say none
-        hidden = [Problem(p.field, "<secret>" if p.value != "nothing" else p.value, _scrubbed(p.rule, _at(values, p.field)))
-                  if _top(p.field) in secret_keys and p not in problems else p for p in exc.problems]
+        secrets = {key: _secret_leaves(values, in_file, key) for key in secret_keys}
+        hidden = [_masked(p, values, secrets[_top(p.field)]) if _top(p.field) in secret_keys and p not in problems else p for p in exc.problems]
         raise InvalidSpec(hidden, exc.source) from None
+
+
+def _secret_leaves(values: Mapping[str, Any], in_file: Mapping[str, Any] | None, key: str) -> list[tuple[str | int, ...]] | None:
+    """The paths of the Pulumi secrets under ``key``, a key the engine says holds one (decrypted, in ``values``): the
+    stack file's encrypted leaves, where the file is what the engine read for that key (each of the engine's leaves is
+    at or under an encrypted leaf of the file, or is the file's plain value at its place). None when the file cannot
+    say: no file, no encrypted leaf in it, or another shape or value (``--config-file other.yaml``)."""
+    if in_file is None or key not in in_file or key not in values:
+        return None
+    written = dict(_leaves(in_file[key], (key,)))
+    secrets = [path for path, leaf in written.items() if leaf == ENCRYPTED]
+    for path, leaf in _leaves(values[key], (key,)):
+        at = next((path[:n] for n in range(len(path), 0, -1) if path[:n] in written), None)
+        if at is None or (written[at] != ENCRYPTED and (at != path or written[at] != leaf)):
+            return None
+    return secrets or None
+
+
+def _masked(problem: Problem, values: Mapping[str, Any], secrets: list[tuple[str | int, ...]] | None) -> Problem:
+    """``problem``, under a key that holds a Pulumi secret, without the secret: its value masked when its field is a
+    secret's path, under one or above one (a map holding it), and any text of a secret taken out of its value and rule.
+    A sibling's plain value (``analysis.interval`` beside a secret header match) is shown: masked with the rest, its
+    problem read ``(got <secret>)``, which said nothing of what to fix. ``secrets`` None: which leaves are secret is
+    unknown, and every value of the key is taken for one."""
+    if secrets is None:
+        return Problem(problem.field, "<secret>" if problem.value != "nothing" else problem.value, _scrubbed(problem.rule, _at(values, problem.field)))
+    fields = [field_name(path) for path in secrets]
+    near = any(_within(problem.field, field) or _within(field, problem.field) for field in fields)
+    plain = [_value_at(values, path) for path in secrets]
+    value = "<secret>" if near and problem.value != "nothing" else _scrubbed(problem.value, plain)
+    return Problem(problem.field, value, _scrubbed(problem.rule, plain))
+
+
+def _within(field: str, above: str) -> bool:
+    """Whether ``field`` is ``above`` or under it (``analysis.match[0].headers`` under ``analysis.match[0]``)."""
+    return field == above or field.startswith((f"{above}.", f"{above}["))
+
+
+def _value_at(values: Mapping[str, Any], parts: tuple[str | int, ...]) -> Any:
+    """The value at ``parts``, a path of ``values`` (None where it is not)."""
+    node: Any = values
+    for part in parts:
+        found = (isinstance(node, Mapping) and part in node) or (isinstance(node, list) and isinstance(part, int) and part < len(node))
+        if not found:
+            return None
+        node = node[part]
+    return node
 
 
 def _parsed(values: Mapping[str, Any], source: str, secrets: list[Problem], unchecked: tuple[str, ...] = ()) -> StackSpec:
@@ -291,18 +338,14 @@ def _leaves(value: Any, parts: tuple[str | int, ...]) -> Iterator[tuple[tuple[st
         yield parts, value
 
 
-def _field(parts: tuple[str | int, ...]) -> str:
-    return "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in parts).lstrip(".")
-
-
 def _misplaced(parts: tuple[str | int, ...], held: bool = False) -> Problem:
     """The problem of a Pulumi secret at ``parts`` (``held``: somewhere under that key), where canary keeps plain text:
     what to do instead, never its value."""
-    field = _field(parts)
+    field = field_name(parts)
     app = parts[2:] if parts[:1] == ("apps",) else parts
     said = "holds a Pulumi secret" if held else "is a Pulumi secret"
     if app[:1] == ("app",):
-        prefix = field[: len(field) - len(_field(app))]
+        prefix = field[: len(field) - len(field_name(app))]
         instead = (f"keep each secret value in {prefix}app.secrets.<name>.stringData, a Pulumi secret (pulumi config set --secret --path "
                    f"'{CONFIG_NAMESPACE}:{prefix}app.secrets.<name>.stringData.<key>' …), read by {prefix}app.template through a "
                    "container's env[].valueFrom.secretKeyRef or envFrom[].secretRef")

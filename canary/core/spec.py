@@ -20,7 +20,7 @@ import math
 import re
 import shlex
 import types
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextvars import ContextVar
 from datetime import timedelta
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
@@ -1346,8 +1346,15 @@ _SECRET_SECTIONS = re.compile(r"(^|\.)(prometheus|secrets|alerts\[\d+\])\.")
 _SECRET_HOLDERS = re.compile(r"(^|\.)(prometheus|secrets|secrets\.[^.\[]+|alerts|alerts\[\d+\])$")
 
 
+def field_name(parts: Iterable[str | int]) -> str:
+    """A problem's field, from the parts of its path (pydantic's location, a config path's parts): a key after a dot,
+    an index in brackets (``analysis.alerts[0].url``). Every problem writes it so, and fields are compared as text
+    (which top-level key a problem is under, whether a secret's path is above or below it)."""
+    return "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in parts).removeprefix(".")
+
+
 def _problem_from_error(error: Mapping[str, Any]) -> Problem:
-    field = ".".join(f"[{part}]" if isinstance(part, int) else str(part) for part in error["loc"]).replace(".[", "[")
+    field = field_name(error["loc"]).replace(".[key]", "[key]")  # pydantic's "[key]": a mapping's key is refused, not its value
     rule = str(error["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
     if error["type"] == "extra_forbidden":
         rule = "is not a known field" + _did_you_mean(error["loc"])

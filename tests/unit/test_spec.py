@@ -719,6 +719,21 @@ def test_a_template_variable_is_checked_in_a_comment_and_by_whole_escapes(query:
     assert (rule in found.get("v", "")) if rule else found == {}, found
 
 
+@pytest.mark.parametrize(("parts", "field"), [
+    (("analysis", "alerts", 0, "url"), "analysis.alerts[0].url"),
+    (("apps", "web", "app", "env", "DB_PASSWORD"), "apps.web.app.env.DB_PASSWORD"),
+    (("prometheus", "headers", "x.[y"), "prometheus.headers.x.[y"),  # a key's own text is kept as it is
+    ((0,), "[0]"),
+    ((), ""),
+])
+def test_a_problems_field_is_written_one_way_from_a_pydantic_location_and_from_a_config_path(parts: tuple[str | int, ...], field: str) -> None:
+    # parse_stack's problems (pydantic's locations) and the config's secret paths are compared as text (which top-level
+    # key a problem is under, whether a secret's path is above or under it): one writer names both
+    from canary.core.spec import field_name
+
+    assert field_name(parts) == field
+
+
 def test_unencrypted_secrets_skips_keys_the_cli_reports_as_secret() -> None:
     values = values_with(set_path("prometheus.token", SECRET), set_path("analysis.alerts", [{"name": "chat", "type": "slack", "url": "https://x"}]))
     assert [p.field for p in stackconfig.unencrypted_secrets(values, {"prometheus"})] == ["analysis.alerts[0].url"]

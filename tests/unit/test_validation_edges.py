@@ -428,3 +428,24 @@ def test_canary_up_refuses_a_secret_in_app_env_the_cli_decrypted_naming_the_leaf
     with pytest.raises(InvalidSpec) as other:  # refused for what the template does not read, not for the secret
         stackconfig.from_config(engine, "stack dev")
     assert all("plain text" not in p.rule for p in other.value.problems), other.value
+
+
+@pytest.mark.parametrize("file_interval", ["soon", "30s", None], ids=["file-shows-the-leaf", "another-file", "no-file"])
+def test_a_plain_value_beside_a_secret_of_its_key_is_shown_in_its_problem_and_the_secret_is_not(tmp_path: Path, file_interval: str | None) -> None:
+    # one header match set --secret --path made canary:analysis a secret key, and every problem under it lost its value:
+    # "analysis.interval: must be a duration … (got <secret>)". The stack file says which leaf is the secret: only it
+    # (and what holds it) is masked. Without a file that is what the engine read, the key is masked whole as before
+    from pulumi.automation import ConfigValue
+
+    analysis = ANALYSIS + f"    interval: {file_interval or 'soon'}\n    match: [{{headers: {{x-canary-token: {{exact: {CIPHER}}}}}}}]\n"
+    file_config = stackfile.read_stack_file(_file(tmp_path, HEAD + analysis))
+    engine = {key: ConfigValue(value=json.dumps(value)) for key, value in file_config.items()}
+    given = {**file_config["canary:analysis"], "interval": "soon", "match": [{"headers": {"x-canary-token": {"exact": "s3cr3t-TOKEN "}}}]}
+    engine["canary:analysis"] = ConfigValue(value=json.dumps(given), secret=True)
+    with pytest.raises(InvalidSpec) as caught:
+        stackconfig.from_config(engine, "stack dev", stack_file=file_config if file_interval else None)
+    found = {p.field: p for p in caught.value.problems}
+    assert set(found) == {"analysis.interval", "analysis.match[0]"}, caught.value
+    assert found["analysis.interval"].value == ("'soon'" if file_interval == "soon" else "<secret>"), caught.value
+    assert found["analysis.match[0]"].value == "<secret>" and "<secret>" in found["analysis.match[0]"].rule, caught.value
+    assert "s3cr3t" not in str(caught.value), caught.value
