@@ -1,4 +1,5 @@
-"""Shared helpers of the unit tests: a recording HTTP receiver on 127.0.0.1, a free port, a bounded poll.
+"""Shared helpers of the unit tests: a recording HTTP receiver on 127.0.0.1, a free port, a bounded poll, a Stack
+adapter without the Pulumi CLI.
 
 The receiver answers every request with the status it is told (or, for a
 path it is told about, another status and headers: a redirect), records the
@@ -18,6 +19,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 #: The longest any helper here waits for something: a test never hangs on a helper.
@@ -176,3 +178,23 @@ def group_members(pgid: int) -> list[int]:
         if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
             members.append(int(entry.name))
     return members
+
+
+class NoCliStack:
+    """The Stack adapter with its CLI calls answered: the stack file read as canary reads it, the outputs ``OUTPUTS``
+    (a subclass says what its program exported)."""
+
+    OUTPUTS: dict[str, Any] = {"canary/web": {"namespace": "shop", "uids": {"stableDeployment": "uid-1"}}}
+
+    def __init__(self, project_dir: Path, name: str, env: Any = None, **_: Any) -> None:
+        from canary.adapters import stack as stack_adapter
+
+        self._real = stack_adapter.Stack.__new__(stack_adapter.Stack)
+        self._real.project_dir, self._real.name, self._real._env, self._real._secrets = project_dir.resolve(), name, dict(env or {}), ()
+        self._real._stack = SimpleNamespace(get_all_config=lambda: {})
+
+    def config(self, text: str | None = None) -> dict[str, Any]:
+        return self._real.config(text)
+
+    def outputs(self) -> dict[str, Any]:
+        return self.OUTPUTS

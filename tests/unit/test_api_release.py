@@ -10,6 +10,7 @@ import pytest
 
 from canary import api
 from canary.errors import Cancelled, ClusterUnreachable, LeaseLost, StackBusy, StackError
+from tests.unit.support import NoCliStack
 
 
 def _one_deployed_app(monkeypatch: pytest.MonkeyPatch, image: str) -> None:
@@ -130,23 +131,6 @@ def test_a_refused_release_of_an_app_with_no_image_key_leaves_the_stack_file_as_
     assert path.read_text() == before
 
 
-class _NoCliStack:
-    """The Stack adapter with its CLI calls answered: the stack file read as canary reads it, the outputs given."""
-
-    def __init__(self, project_dir: Path, name: str, env: Any = None, **_: Any) -> None:
-        from canary.adapters import stack as stack_adapter
-
-        self._real = stack_adapter.Stack.__new__(stack_adapter.Stack)
-        self._real.project_dir, self._real.name, self._real._env, self._real._secrets = project_dir.resolve(), name, dict(env or {}), ()
-        self._real._stack = SimpleNamespace(get_all_config=lambda: {})
-
-    def config(self, text: str | None = None) -> dict[str, Any]:
-        return self._real.config(text)
-
-    def outputs(self) -> dict[str, Any]:
-        return {"canary/web": {"namespace": "shop", "uids": {"stableDeployment": "uid-1"}}}
-
-
 @pytest.mark.parametrize("broken", ["config:\n  canary:analysis: {stepWeight: 10\n", "config:\n  canary:rollout: checked\n confg: 1\n"],
                          ids=["unclosed-brace", "mis-indented-key"])
 def test_abort_goes_on_past_a_stack_file_whose_yaml_is_broken_in_the_stack_s_cluster_only(
@@ -158,7 +142,7 @@ def test_abort_goes_on_past_a_stack_file_whose_yaml_is_broken_in_the_stack_s_clu
     deployments = {"uid": "uid-1"}
     kube = SimpleNamespace(source="KUBECONFIG", server="https://127.0.0.1:6443",
                            get=lambda api_version, kind, name, namespace: {"metadata": {"uid": deployments["uid"]}})
-    monkeypatch.setattr(api, "Stack", _NoCliStack)
+    monkeypatch.setattr(api, "Stack", NoCliStack)
     monkeypatch.setattr(api, "_kube", lambda config, env: kube)
     asked: list[str] = []
     store = SimpleNamespace(load=lambda: SimpleNamespace(phase=api.Phase.PROGRESSING, release="r1"),
@@ -241,7 +225,7 @@ def test_an_abort_the_release_would_ignore_is_refused_saying_why(monkeypatch: py
     (tmp_path / "Pulumi.yaml").write_text("name: shop\nruntime: python\n")
     (tmp_path / "Pulumi.prod.yaml").write_text("config: {}\n")
     kube = SimpleNamespace(source="KUBECONFIG", server="https://127.0.0.1:6443", get=lambda api_version, kind, name, namespace: {"metadata": {"uid": "uid-1"}})
-    monkeypatch.setattr(api, "Stack", _NoCliStack)
+    monkeypatch.setattr(api, "Stack", NoCliStack)
     monkeypatch.setattr(api, "_kube", lambda config, env: kube)
     asked: list[str] = []
     state = SimpleNamespace(phase=api.Phase(phase), release="r1", reason="error-rate 9 > max 1 for 3 checks in a row", rollback_to=api.Phase.FAILED)

@@ -6,7 +6,6 @@ cluster stood in for."""
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -18,6 +17,7 @@ from canary.errors import InvalidSpec
 from canary.state.cache import Cache
 from canary.state.store import ReleaseStore
 from tests.unit.fakes import FakeKube
+from tests.unit.support import NoCliStack
 
 #: valid to validate: only a release's judging of it (the component exports web's app too) refuses it
 _DECLARED_TWICE = """config:
@@ -29,19 +29,8 @@ _DECLARED_TWICE = """config:
 """
 
 
-class _ComponentStack:
-    """The Stack adapter with its CLI calls answered: the stack file read as canary reads it, the outputs of a
-    program whose component declares web."""
-
-    def __init__(self, project_dir: Path, name: str, env: Any = None, **_: Any) -> None:
-        from canary.adapters import stack as stack_adapter
-
-        self._real = stack_adapter.Stack.__new__(stack_adapter.Stack)
-        self._real.project_dir, self._real.name, self._real._env, self._real._secrets = project_dir.resolve(), name, dict(env or {}), ()
-        self._real._stack = SimpleNamespace(get_all_config=lambda: {})
-
-    def config(self, text: str | None = None) -> dict[str, Any]:
-        return self._real.config(text)
+class _ComponentStack(NoCliStack):
+    """The outputs of a program whose component declares web."""
 
     def outputs(self) -> dict[str, Any]:
         pin = {"template": {}, "hash": "s" * 16, "image": "web:2", "config_hashes": {}}
