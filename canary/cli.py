@@ -624,11 +624,12 @@ def _pod_label_note(spec: Any, provider: Any) -> str:
         # preflight has run prometheus.requestCount over stable's pods, refusing it when it found no series
         return ""
     try:
-        series = provider.series_labels(f'{metrics.REQUESTS_METRIC}{{namespace="{spec.app.namespace}"}}')
+        series = provider.series_labels(f'{metrics.REQUESTS_METRIC}{{{spec.prometheus.namespace_label}="{spec.app.namespace}"}}')
     except MetricError:
         return ""
     if not series:
-        return f"no {metrics.REQUESTS_METRIC} series in namespace {spec.app.namespace} yet: the pod label cannot be checked"
+        return (f"no {metrics.REQUESTS_METRIC} series labelled {spec.prometheus.namespace_label}={spec.app.namespace!r} yet: the pod "
+                "label cannot be checked (is prometheus.namespaceLabel the label your Prometheus puts a pod's namespace in?)")
     labels = set().union(*(s.keys() for s in series))
     if configured in labels:
         return ""

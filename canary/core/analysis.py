@@ -208,9 +208,9 @@ def render_query(spec: ReleaseSpec, metric: Metric, target: str | None = None, c
     ``interval``: over that stretch instead of the metric's window (a judge's samples, one per step)."""
     template, address = metric_query(spec, metric)
     interval = interval or window(spec, metric, ctx)
-    pod_label = spec.prometheus.pod_label if spec.prometheus else "kubernetes_pod_name"
+    pod_label, namespace_label = _labels(spec)
     query = templates.render(template, target=target or spec.target, stable=spec.stable, namespace=spec.app.namespace,
-                             interval=interval, variables=metric.template_variables, pod_label=pod_label)
+                             interval=interval, variables=metric.template_variables, pod_label=pod_label, namespace_label=namespace_label)
     return query, address
 
 
@@ -218,10 +218,16 @@ def request_count_query(spec: ReleaseSpec, window: str, target: str | None = Non
     """The requests the canary's pods (or ``target``'s) answered in ``window``: ``prometheus.requestCount`` when the
     app counts them its own way (another counter, other labels), else the built-in count over ``http_requests_total``."""
     prometheus = spec.prometheus
-    pod_label = prometheus.pod_label if prometheus else "kubernetes_pod_name"
+    pod_label, namespace_label = _labels(spec)
     count = prometheus.request_count if prometheus and prometheus.request_count else metrics.REQUEST_COUNT_QUERY
     return templates.render(count, target=target or spec.target, stable=spec.stable,
-                            namespace=spec.app.namespace, interval=window, variables={}, pod_label=pod_label)
+                            namespace=spec.app.namespace, interval=window, variables={}, pod_label=pod_label, namespace_label=namespace_label)
+
+
+def _labels(spec: ReleaseSpec) -> tuple[str, str]:
+    """The labels Prometheus puts a pod's name and its namespace in (``{{ podLabel }}``, ``{{ namespaceLabel }}``)."""
+    prometheus = spec.prometheus
+    return (prometheus.pod_label, prometheus.namespace_label) if prometheus else ("kubernetes_pod_name", "namespace")
 
 
 @dataclass(frozen=True)
@@ -743,7 +749,7 @@ def count_problems(spec: ReleaseSpec, provider_for: ProviderFor, unreachable: se
     """The request count sent once over stable's pods, per Prometheus and window a rule reads it in: a rejected count
     refuses the release, as a rejected query does. No series at all is a warning (``warnings``), not a refusal: a tick
     reads it as 0 requests, so a count that selects nothing (the app's counter is not ``http_requests_total``, or not
-    labelled ``namespace`` and ``podLabel``) calls every track idle — every metric "fewer than minRequests", every zero
+    labelled ``namespaceLabel`` and ``podLabel``) calls every track idle — every metric "fewer than minRequests", every zero
     "not a measurement", every rate without evidence, a healthy canary rolled back — but so does a stable whose pods
     have answered no request yet (a counter appears with its first request), which the release's own traffic may
     change. Stable at 0 with series (a quiet hour) is a count. An unreachable Prometheus or several series are left to
@@ -792,27 +798,44 @@ def _no_series(spec: ReleaseSpec, provider: metrics.MetricsProvider, custom: boo
     """Which field a count with no series over stable's pods names, and what to set."""
     found = (f"{reading} found no series at all over stable's pods ({spec.stable}) in {span}: every track would read as 0 "
              "requests, and a healthy canary hold or fail")
-    example = ('sum(increase(http_server_requests_total{kubernetes_namespace="{{ namespace }}",'
-               'kubernetes_pod_name=~"{{ target }}-.*"}[{{ interval }}]))')
+    example = ('sum(increase(http_server_requests_total{{{ namespaceLabel }}="{{ namespace }}",'
+               '{{ podLabel }}=~"{{ target }}-.*"}[{{ interval }}]))')
     quiet = "(a stable that has answered no request since its pods started has none either: send it some first)"
     if custom:
         return "prometheus.requestCount", (f"the request count, {found}: make it select the track's pods ({{{{ target }}}} is "
                                            f"the Deployment's name) in a counter they export {quiet}")
-    pod_label = spec.prometheus.pod_label if spec.prometheus else "kubernetes_pod_name"
-    namespace = templates.render(metrics.SERIES_LABELS_QUERY, target=spec.stable, namespace=spec.app.namespace, interval=span, variables={})
-    try:
-        provider.run_query(namespace)
-        labelled = True
-    except MetricError:
-        labelled = False
-    builtin = f"the built-in request count ({metrics.REQUESTS_METRIC} by namespace and {pod_label}),"
-    if labelled:
+    pod_label, namespace_label = _labels(spec)
+    builtin = f"the built-in request count ({metrics.REQUESTS_METRIC} by {namespace_label} and {pod_label}),"
+    # the configured namespace label first, then the others Prometheus setups commonly put a pod's namespace in
+    labelled = next((label for label in dict.fromkeys((namespace_label, *_NAMESPACE_LABELS)) if _has_series(spec, provider, span, label)), None)
+    if labelled == namespace_label:
         return "prometheus.podLabel", (f"{builtin} {found}, though namespace {spec.app.namespace} has {metrics.REQUESTS_METRIC} "
                                        f"series: set prometheus.podLabel to the label your Prometheus puts a pod's name in (pod with "
                                        "kube-prometheus-stack), or prometheus.requestCount to a query that counts the app's requests")
-    return "prometheus.requestCount", (f"{builtin} {found}: no {metrics.REQUESTS_METRIC} series is labelled namespace="
-                                       f"{spec.app.namespace!r}; set prometheus.requestCount to a query of the requests a track's "
-                                       f"pods answered in {{{{ interval }}}}, such as {example} {quiet}")
+    unlabelled = f"no {metrics.REQUESTS_METRIC} series is labelled {namespace_label}={spec.app.namespace!r}"
+    if labelled is not None:
+        return "prometheus.namespaceLabel", (f"{builtin} {found}: {unlabelled}, though some are labelled {labelled}={spec.app.namespace!r}: "
+                                             f"set prometheus.namespaceLabel to {labelled}, the label your Prometheus puts a pod's namespace in")
+    return "prometheus.requestCount", (f"{builtin} {found}: {unlabelled}; set prometheus.requestCount to a query of the requests a track's "
+                                       f"pods answered in {{{{ interval }}}}, such as {example}, or, when the app's {metrics.REQUESTS_METRIC} "
+                                       f"series carry the namespace in another label than {namespace_label}, prometheus.namespaceLabel to "
+                                       f"it {quiet}")
+
+
+#: the labels Prometheus setups commonly put a pod's namespace in: the Prometheus Operator's, and the classic
+#: kubernetes_sd relabelling's (the one that yields kubernetes_pod_name, podLabel's default)
+_NAMESPACE_LABELS = ("namespace", "kubernetes_namespace")
+
+
+def _has_series(spec: ReleaseSpec, provider: metrics.MetricsProvider, span: str, namespace_label: str) -> bool:
+    """Whether the app's namespace has series of the built-in count's counter, its namespace read in ``namespace_label``."""
+    query = templates.render(metrics.SERIES_LABELS_QUERY, target=spec.stable, namespace=spec.app.namespace, interval=span, variables={},
+                             namespace_label=namespace_label)
+    try:
+        provider.run_query(query)
+        return True
+    except MetricError:
+        return False
 
 
 def _origin(address: str) -> str:

@@ -10,7 +10,9 @@ The built-ins select one track's pods by pod name (``{{ target }}`` is the
 canary Deployment, or the stable one when a metric is compared with stable)
 through the label Prometheus puts pod names in (``{{ podLabel }}``: Flagger's
 ``kubernetes_pod_name`` by default, ``pod`` with kube-prometheus-stack), so
-stable traffic never drowns the canary's signal.
+stable traffic never drowns the canary's signal, within the app's namespace by
+the label Prometheus puts it in (``{{ namespaceLabel }}``: ``namespace`` by
+default, ``kubernetes_namespace`` with the classic kubernetes_sd relabelling).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-_PODS = 'namespace="{{ namespace }}",{{ podLabel }}=~"{{ target }}-[0-9a-zA-Z]+(-[0-9a-zA-Z]+)?"'
+_PODS = '{{ namespaceLabel }}="{{ namespace }}",{{ podLabel }}=~"{{ target }}-[0-9a-zA-Z]+(-[0-9a-zA-Z]+)?"'
 #: The counter every built-in reads, and the one a template must read to be judged as a share of requests.
 REQUESTS_METRIC = "http_requests_total"
 
@@ -60,8 +62,9 @@ BUILTIN_METRICS: dict[str, Builtin] = {
 #: built-in count, as Flagger's apps label them; ``prometheus.requestCount`` replaces it for an app that counts its
 #: requests in another counter or under other labels.
 REQUEST_COUNT_QUERY = f"sum(increase({REQUESTS_METRIC}{{{_PODS}}}[{{{{ interval }}}}]))"
-#: Which labels the app's series carry, for ``canary check`` to name the pod label that is there (the built-in count's).
-SERIES_LABELS_QUERY = f'count by (__name__) ({REQUESTS_METRIC}{{namespace="{{{{ namespace }}}}"}})'
+#: Whether the app's namespace has series of the built-in count's counter, for the preflight to tell a pod label that
+#: is not there from a counter (or a namespace label) that is not.
+SERIES_LABELS_QUERY = f'count by (__name__) ({REQUESTS_METRIC}{{{{{{ namespaceLabel }}}}="{{{{ namespace }}}}"}})'
 
 
 _STRING = re.compile(r'"(?:\\.|[^"\\])*"|\'(?:\\.|[^\'\\])*\'|`[^`]*`|#[^\n]*')

@@ -313,6 +313,9 @@ class Prometheus(_Model):
     headers: dict[str, SecretText] = {}
     #: the label Prometheus puts a pod's name in: Flagger's kubernetes_pod_name, or pod (kube-prometheus-stack)
     pod_label: str = "kubernetes_pod_name"
+    #: the label Prometheus puts a pod's namespace in: namespace, or kubernetes_namespace (the classic kubernetes_sd
+    #: relabelling, the one that yields kubernetes_pod_name): every built-in query selects the app's namespace by it
+    namespace_label: str = "namespace"
     pod_monitor: PodMonitor | None = None
     #: a Pushgateway that receives each release's metrics (canary_status, canary_weight …)
     pushgateway: str | None = None
@@ -322,7 +325,7 @@ class Prometheus(_Model):
     scrape_interval: Duration | None = None
     #: how the app's requests are counted, a template of "the requests a track's pods answered in {{ interval }}": what
     #: minRequests, the evidence of rates and a zero's measurement read. Unset: the built-in count over
-    #: http_requests_total by namespace and podLabel (metrics.REQUEST_COUNT_QUERY)
+    #: http_requests_total by namespaceLabel and podLabel (metrics.REQUEST_COUNT_QUERY)
     request_count: str | None = None
 
     @field_validator("address")
@@ -352,7 +355,7 @@ class Prometheus(_Model):
                 raise ValueError(f"header name {name!r} is not a valid HTTP header name")
         return v
 
-    @field_validator("pod_label")
+    @field_validator("pod_label", "namespace_label")
     @classmethod
     def _label(cls, v: str) -> str:
         if not _LABEL_NAME.match(v):

@@ -3,9 +3,10 @@
 Placeholders are ``{{ target }}`` (the track judged: the canary Deployment, or
 stable's when a metric is compared with stable), ``{{ stable }}`` (and Flagger's
 ``{{ primary }}``: the stable Deployment), ``{{ namespace }}``, ``{{ interval }}``,
-``{{ podLabel }}`` (the Prometheus label holding pod names) and
-``{{ variables.NAME }}``. Anything else is an error, found when the spec is
-validated (``placeholders``), never first at release time. Pure; no I/O.
+``{{ podLabel }}`` and ``{{ namespaceLabel }}`` (the Prometheus labels holding
+pod names and their namespace) and ``{{ variables.NAME }}``. Anything else is an
+error, found when the spec is validated (``placeholders``), never first at
+release time. Pure; no I/O.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
-_PLACEHOLDER = re.compile(r"\{\{(.*?)\}\}", re.S)
-_NAME = re.compile(r"^(target|stable|primary|namespace|interval|podLabel|variables\.([A-Za-z_][A-Za-z0-9_-]*))$")
-BUILTIN_PLACEHOLDERS = ("target", "stable", "primary", "namespace", "interval", "podLabel")
+#: the innermost two of a run of braces open one: a label placeholder first in a selector is ``x{{{ namespaceLabel }}="…"}``
+_PLACEHOLDER = re.compile(r"\{\{(?!\{)(.*?)\}\}", re.S)
+_NAME = re.compile(r"^(target|stable|primary|namespace|interval|podLabel|namespaceLabel|variables\.([A-Za-z_][A-Za-z0-9_-]*))$")
+BUILTIN_PLACEHOLDERS = ("target", "stable", "primary", "namespace", "interval", "podLabel", "namespaceLabel")
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,8 @@ def placeholders(query: str) -> Placeholders:
         if match is None:
             raise ValueError(
                 f"uses unknown placeholder {{{{ {name} }}}}; allowed: "
-                "{{ target }}, {{ stable }}, {{ primary }}, {{ namespace }}, {{ interval }}, {{ podLabel }}, {{ variables.NAME }}"
+                "{{ target }}, {{ stable }}, {{ primary }}, {{ namespace }}, {{ interval }}, {{ podLabel }}, {{ namespaceLabel }}, "
+                "{{ variables.NAME }}"
             )
         if match.group(2):
             variables.add(match.group(2))
@@ -67,7 +70,8 @@ def request_count_placeholders(query: str) -> Placeholders:
     if missing:
         raise ValueError(f"must use {' and '.join(missing)}: it counts the requests one track's pods ({{{{ target }}}}: "
                          "the canary's Deployment, or stable's) answered in the window ({{ interval }}), as "
-                         'sum(increase(http_requests_total{namespace="{{ namespace }}",{{ podLabel }}=~"{{ target }}-.*"}[{{ interval }}])) does')
+                         'sum(increase(http_requests_total{{{ namespaceLabel }}="{{ namespace }}",{{ podLabel }}=~"{{ target }}-.*"}[{{ interval }}])) '
+                         'does')
     return found
 
 def _lex(query: str) -> Iterator[tuple[str, str]]:
@@ -185,9 +189,10 @@ def _quotes_at(query: str, sentinel: str) -> list[str]:
 
 
 def render(query: str, *, target: str, namespace: str, interval: str, variables: Mapping[str, str], stable: str = "",
-           pod_label: str = "kubernetes_pod_name") -> str:
+           pod_label: str = "kubernetes_pod_name", namespace_label: str = "namespace") -> str:
     """Substitute every placeholder; a missing variable is a KeyError naming it."""
-    values = {"target": target, "stable": stable, "primary": stable, "namespace": namespace, "interval": interval, "podLabel": pod_label}
+    values = {"target": target, "stable": stable, "primary": stable, "namespace": namespace, "interval": interval, "podLabel": pod_label,
+              "namespaceLabel": namespace_label}
 
     def substitute(match: re.Match[str]) -> str:
         name = match.group(1).strip()

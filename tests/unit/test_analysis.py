@@ -115,6 +115,37 @@ def test_the_pod_label_comes_from_the_prometheus_config() -> None:
     assert 'pod=~"web-canary-[0-9a-zA-Z]+(-[0-9a-zA-Z]+)?"' in provider.queries[1] and "kubernetes_pod_name" not in provider.queries[1]
 
 
+#: a Prometheus relabelled the classic kubernetes_sd way: the namespace in kubernetes_namespace, the pod in kubernetes_pod_name
+CLASSIC = set_path("prometheus.namespaceLabel", "kubernetes_namespace")
+
+
+@pytest.mark.parametrize("name", ["request-success-rate", "request-error-rate", "request-duration", "request-duration-p95", "request-duration-p99"])
+def test_every_built_in_selects_the_namespace_by_the_namespace_label(name: str) -> None:
+    """Before, the built-ins selected namespace="prod" whatever Prometheus labelled: with the classic relabelling they found
+    no series, and a healthy canary rolled back on "no data"."""
+    spec = spec_with(CLASSIC, set_path("analysis.metrics", [{"name": name, "thresholdRange": {"max": 50}}]))
+    query, _ = analysis.render_query(spec, spec.analysis.metrics[0])
+    selectors = re.findall(r"\{[^}]*\}", query)
+    assert selectors and all(s.startswith('{kubernetes_namespace="prod",kubernetes_pod_name=~"web-canary-') for s in selectors), query
+    default, _ = analysis.render_query(spec_with(set_path("analysis.metrics", [{"name": name, "thresholdRange": {"max": 50}}])), spec.analysis.metrics[0])
+    assert all(s.startswith('{namespace="prod",kubernetes_pod_name=~"web-canary-') for s in re.findall(r"\{[^}]*\}", default)), default
+
+
+def test_the_built_in_request_count_selects_the_namespace_by_the_namespace_label() -> None:
+    assert analysis.request_count_query(spec_with(CLASSIC), "1m", "web-stable") == \
+        'sum(increase(http_requests_total{kubernetes_namespace="prod",kubernetes_pod_name=~"web-stable-[0-9a-zA-Z]+(-[0-9a-zA-Z]+)?"}[1m]))'
+    assert analysis.request_count_query(spec_with(), "1m", "web-stable") == BUILTIN_STABLE_COUNT
+
+
+def test_templates_and_the_request_count_get_the_namespace_label() -> None:
+    count = 'sum(increase(hits{{{ namespaceLabel }}="{{ namespace }}",{{ podLabel }}=~"{{ target }}-.*"}[{{ interval }}]))'
+    spec = spec_with(CLASSIC, set_path("prometheus.requestCount", count),
+                     set_path("metricTemplates.error-rate.query", 'x{ {{ namespaceLabel }}="{{ namespace }}",le="{{ variables.le }}"}'))
+    query, _ = analysis.render_query(spec, spec.analysis.metrics[0])
+    assert query == 'x{ kubernetes_namespace="prod",le="0.5"}'
+    assert analysis.request_count_query(spec, "1m") == 'sum(increase(hits{kubernetes_namespace="prod",kubernetes_pod_name=~"web-canary-.*"}[1m]))'
+
+
 def test_a_metric_interval_overrides_the_analysis_interval() -> None:
     _, provider = tick(spec_with(set_path("analysis.metrics.1.interval", "5m")), BASE)
     assert "[1m]" in provider.queries[0] and "[5m]" in provider.queries[1]
@@ -1107,6 +1138,40 @@ def test_preflight_names_the_pod_label_when_the_namespace_has_the_built_in_count
     assert analysis.preflight(_own(ERRORS, count=False, minRequests=50), lambda address: provider, warnings=warnings) == []
     (warning,) = warnings
     assert warning.startswith("prometheus.podLabel: ") and "though namespace prod has http_requests_total series: set prometheus.podLabel" in warning
+
+
+def _series_probe(label: str) -> str:
+    return f'count by (__name__) (http_requests_total{{{label}="prod"}})'
+
+
+def test_preflight_names_the_namespace_label_when_the_counter_carries_the_namespace_in_another() -> None:
+    """The classic kubernetes_sd relabelling (the one that yields kubernetes_pod_name, podLabel's default) labels the
+    namespace kubernetes_namespace: before, the warning said only to write a prometheus.requestCount."""
+    provider = FakeMetrics({**NO_SERIES, _series_probe("namespace"): NoValues("no series"), _series_probe("kubernetes_namespace"): 12.0, "": 0.0})
+    warnings: list[str] = []
+    assert analysis.preflight(_own(ERRORS, count=False, minRequests=50), lambda address: provider, warnings=warnings) == []
+    (warning,) = warnings
+    assert warning.startswith("prometheus.namespaceLabel: the built-in request count (http_requests_total by namespace and kubernetes_pod_name),"), warning
+    assert ("no http_requests_total series is labelled namespace='prod', though some are labelled kubernetes_namespace='prod': "
+            "set prometheus.namespaceLabel to kubernetes_namespace") in warning
+
+
+def test_preflight_probes_the_configured_namespace_label() -> None:
+    spec = _own(ERRORS, count=False, minRequests=50)
+    assert spec.prometheus is not None
+    spec = spec.model_copy(update={"prometheus": spec.prometheus.model_copy(update={"namespace_label": "kubernetes_namespace"})})
+    found = FakeMetrics({**NO_SERIES, _series_probe("kubernetes_namespace"): 12.0, "": 0.0})
+    warnings: list[str] = []
+    assert analysis.preflight(spec, lambda address: found, warnings=warnings) == []
+    assert warnings[0].startswith("prometheus.podLabel: the built-in request count (http_requests_total by kubernetes_namespace and kubernetes_pod_name),")
+    assert 'http_requests_total{kubernetes_namespace="prod",kubernetes_pod_name=~"web-stable-' in warnings[0]
+    none = FakeMetrics({**NO_SERIES, NAMESPACE_SERIES: NoValues("no series"), "": 0.0})
+    warnings = []
+    assert analysis.preflight(spec, lambda address: none, warnings=warnings) == []
+    assert warnings[0].startswith("prometheus.requestCount: ")
+    assert "no http_requests_total series is labelled kubernetes_namespace='prod'; set prometheus.requestCount" in warnings[0]
+    assert "series carry the namespace in another label than kubernetes_namespace, prometheus.namespaceLabel to it" in warnings[0]
+    assert [q for q in none.queries if q.startswith("count by")] == [_series_probe("kubernetes_namespace"), _series_probe("namespace")]
 
 
 def test_a_release_that_skips_its_analysis_sends_no_count() -> None:

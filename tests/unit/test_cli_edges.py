@@ -449,3 +449,29 @@ def test_check_of_an_app_no_one_declares_lists_the_stack_file_s_apps_and_names_t
         "      gateway: {parentRefs: [{name: public}]}\n      analysis: {stepWeight: 10, metrics: [{name: request-error-rate, thresholdRange: {max: 1}}]}\n"))
     code, _, err = _run(monkeypatch, capsys, "check", "prod", "--app", "payments", "--project-dir", str(tmp_path))
     assert code == 2 and "--app must name an app the stack file declares (web); orders: declared by the program" in err, err
+
+
+class _Series:
+    """A Prometheus answering ``series_labels`` with ``series``, recording the selectors asked."""
+
+    def __init__(self, series: list[dict[str, str]]) -> None:
+        self.series = series
+        self.selectors: list[str] = []
+
+    def series_labels(self, selector: str) -> list[dict[str, str]]:
+        self.selectors.append(selector)
+        return self.series
+
+
+def test_check_looks_for_the_app_s_series_by_the_namespace_label() -> None:
+    """Before, ``canary check`` asked for namespace="prod" whatever prometheus.namespaceLabel said: under the classic
+    kubernetes_sd relabelling it found none, and said only that the pod label could not be checked."""
+    from canary import cli
+    from tests.helpers import set_path, spec_with
+
+    classic = spec_with(set_path("prometheus.namespaceLabel", "kubernetes_namespace"), set_path("prometheus.podLabel", "pod"))
+    prometheus = _Series([{"__name__": "http_requests_total", "kubernetes_namespace": "prod", "kubernetes_pod_name": "web-stable-1"}])
+    assert cli._pod_label_note(classic, prometheus) == \
+        "the app's http_requests_total series have no pod label; they carry kubernetes_pod_name: set prometheus.podLabel to it"
+    assert prometheus.selectors == ['http_requests_total{kubernetes_namespace="prod"}']
+    assert "is prometheus.namespaceLabel the label your Prometheus puts a pod's namespace in?" in cli._pod_label_note(spec_with(), _Series([]))

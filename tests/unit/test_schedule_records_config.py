@@ -365,6 +365,23 @@ def test_the_pod_label_defaults_to_flaggers() -> None:
     assert templates.render("{{ podLabel }}", target="t", namespace="n", interval="1m", variables={}) == "kubernetes_pod_name"
 
 
+def test_the_namespace_label_is_a_placeholder_first_in_a_selector_too() -> None:
+    # a template selecting the namespace by {{ namespaceLabel }} writes it first in a selector: x{{{ namespaceLabel }}=…}
+    query = 'sum(rate(x{{{ namespaceLabel }}="{{ namespace }}",{{podLabel}}=~"{{ target }}-.*"}[{{ interval }}])) / sum(rate(x{ {{namespaceLabel}}="{{ namespace }}"}[1m]))'
+    assert templates.placeholders(query).builtins == {"namespaceLabel", "namespace", "podLabel", "target", "interval"}
+    rendered = templates.render(query, target="web-canary", namespace="prod", interval="1m", variables={}, namespace_label="kubernetes_namespace")
+    assert rendered == ('sum(rate(x{kubernetes_namespace="prod",kubernetes_pod_name=~"web-canary-.*"}[1m]))'
+                        ' / sum(rate(x{ kubernetes_namespace="prod"}[1m]))')
+    assert templates.render("{{ namespaceLabel }}", target="t", namespace="n", interval="1m", variables={}) == "namespace"
+
+
+def test_an_unknown_placeholder_names_the_namespace_label_among_the_allowed() -> None:
+    with pytest.raises(ValueError, match=r"unknown placeholder \{\{ nsLabel \}\}; allowed: .*\{\{ podLabel \}\}, \{\{ namespaceLabel \}\}"):
+        templates.placeholders('x{ {{ nsLabel }}="a"}')
+    with pytest.raises(ValueError, match="has an unclosed"):
+        templates.placeholders('x{{{{ namespaceLabel }}="a"}')
+
+
 def test_render_refuses_a_missing_variable() -> None:
     with pytest.raises(KeyError, match="'q' has no value"):
         templates.render("x{q='{{ variables.q }}'}", target="t", namespace="n", interval="1m", variables={})

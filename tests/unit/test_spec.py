@@ -253,6 +253,10 @@ INVALID = [
     ("prometheus-timeout-too-long", set_path("prometheus.timeout", "10m"), "prometheus.timeout", "at most 5m", "'10m'"),
     ("prometheus-pod-label-dash", set_path("prometheus.podLabel", "pod-name"), "prometheus.podLabel", "must be a Prometheus label name", "'pod-name'"),
     ("prometheus-pod-label-digit", set_path("prometheus.podLabel", "1pod"), "prometheus.podLabel", "not starting with a digit", "'1pod'"),
+    ("prometheus-namespace-label-dash", set_path("prometheus.namespaceLabel", "kubernetes-namespace"), "prometheus.namespaceLabel",
+     "must be a Prometheus label name", "'kubernetes-namespace'"),
+    ("prometheus-namespace-label-selector", set_path("prometheus.namespaceLabel", 'namespace="prod",x'), "prometheus.namespaceLabel",
+     "(letters, digits, '_', not starting with a digit)", "'namespace=\"prod\",x'"),
     ("request-count-unknown-placeholder", set_path("prometheus.requestCount", 'sum(increase(x{p=~"{{ pod }}-.*"}[{{ interval }}]))'),
      "prometheus.requestCount", "uses unknown placeholder {{ pod }}", "'sum(increase(x{p=~\"{{ pod }}-.*\"}[{{ interval }}]))'"),
     ("request-count-fixed-window", set_path("prometheus.requestCount", 'sum(increase(x{p=~"{{ target }}-.*"}[5m]))'),
@@ -445,10 +449,15 @@ def test_the_same_image_under_both_names_is_accepted() -> None:
     assert spec_with(set_path("app.image", BASE_IMAGE)).app.image == BASE_IMAGE
 
 
-@pytest.mark.parametrize(("key", "field_name"), [("podLabel", "pod_label"), ("pushgateway", "pushgateway")])
+@pytest.mark.parametrize(("key", "field_name"), [("podLabel", "pod_label"), ("namespaceLabel", "namespace_label"), ("pushgateway", "pushgateway")])
 def test_prometheus_pod_label_and_pushgateway(key: str, field_name: str) -> None:
-    value = {"podLabel": "pod", "pushgateway": "http://pushgateway.monitoring:9091"}[key]
+    value = {"podLabel": "pod", "namespaceLabel": "kubernetes_namespace", "pushgateway": "http://pushgateway.monitoring:9091"}[key]
     assert getattr(spec_with(set_path(f"prometheus.{key}", value)).prometheus, field_name) == value
+
+
+def test_the_namespace_label_defaults_to_namespace() -> None:
+    prometheus = spec_with().prometheus
+    assert prometheus is not None and prometheus.namespace_label == "namespace"
 
 
 def test_multi_app_stacks_give_each_app_by_name() -> None:
