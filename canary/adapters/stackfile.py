@@ -30,7 +30,7 @@ from ruamel.yaml.scalarstring import LiteralScalarString, SingleQuotedScalarStri
 from canary.adapters import files
 from canary.core import config as stackconfig
 from canary.core.naming import CONFIG_NAMESPACE
-from canary.core.spec import StackSpec
+from canary.core.spec import StackSpec, field_name
 from canary.errors import InvalidSpec, Problem
 
 #: The keys a stack file may have beside ``config``.
@@ -361,13 +361,12 @@ def _field(path: tuple[Any, ...]) -> str:
     """A place in a stack file as a problem names it: ``app.env.A`` under ``config: canary:app``
     (as the spec names its fields), ``kubernetes:context``, ``encryptionsalt``."""
     parts = list(path[1:]) if path[:1] == ("config",) and len(path) > 1 else list(path)
-    head = str(parts[0]) if parts else "(top level)"
+    if not parts:
+        return "(top level)"
+    head = str(parts[0])
     if head.startswith(f"{CONFIG_NAMESPACE}:") and len(parts) > 1:
         head = head[len(CONFIG_NAMESPACE) + 1:]
-    out = head
-    for part in parts[1:]:
-        out += f"[{part}]" if isinstance(part, int) else f".{part}"
-    return out
+    return field_name([head, *parts[1:]])
 
 
 #: fields whose values are secrets: a plain value written there is never shown

@@ -69,6 +69,16 @@ _FLAGGER_PLACEHOLDER = re.compile(r"\{\{\s*(target|service|name|ingress|route)\s
 _FLAGGER_BUILTINS = ("request-success-rate", "request-duration")
 _METRIC_FIELDS = {"name", "templateRef", "thresholdRange", "threshold", "interval", "templateVariables"}
 _WEBHOOK_FIELDS = {"name", "type", "url", "timeout", "metadata"}
+#: A URL's host, past any user info (never shown) and before its port, path or query.
+_URL_HOST = re.compile(r"\bhttps?://(?:[^/?#@\s'\"]*@)?([^/?#:@\s'\"]+)", re.IGNORECASE)
+#: Top-level domains public hosts commonly end in (every two-letter one is a country's and counts too): the last
+#: label of a two-label host that is none of these is taken for a namespace (``flagger-loadtester.test``).
+_KNOWN_TLDS = frozenset({
+    "com", "net", "org", "edu", "gov", "mil", "int", "info", "biz", "name", "pro", "aero", "coop", "museum", "jobs", "mobi",
+    "travel", "app", "dev", "page", "cloud", "tech", "online", "site", "website", "xyz", "shop", "store", "blog", "live",
+    "news", "media", "email", "network", "services", "solutions", "systems", "software", "tools", "run", "build", "codes",
+    "zone", "link", "top", "one", "prod", "google", "aws", "azure", "microsoft", "amazon", "arpa",
+})
 #: Every field of Flagger's CanaryAnalysis (flagger.app/v1beta1): one outside this set is a typo
 #: that Flagger would not take either, so it is refused, not noted as unsupported.
 FLAGGER_ANALYSIS_FIELDS = frozenset({
@@ -464,8 +474,10 @@ def _analysis(data: Mapping[str, Any], notes: list[str]) -> dict[str, Any]:
         queued = False  # a load tester's cmd task: Flagger's call returns before it runs, its timeout bounds nothing of it
         if "cmd" in metadata:
             queued = _load_tester_hook(i, hook, metadata, out_hook, notes) == "cmd"
+            _cluster_internal_hosts(f"spec.analysis.webhooks[{i}].metadata.cmd", hook.get("name"), out_hook["cmd"], notes)
         elif "url" in hook:
             out_hook["url"] = hook["url"]
+            _cluster_internal_hosts(f"spec.analysis.webhooks[{i}].url", hook.get("name"), hook["url"], notes)
         if out_hook["type"] == "event":
             notes.append(f"spec.analysis.webhooks[{i}]: an event hook is sent Flagger's event payload (eventMessage, eventType, "
                          "timestamp in its metadata) with canary's fields beside it (see Webhooks in canary's README)")
@@ -486,6 +498,42 @@ def _analysis(data: Mapping[str, Any], notes: list[str]) -> dict[str, Any]:
     if webhooks:
         out["webhooks"] = webhooks
     return out
+
+
+def cluster_internal(host: str) -> str | None:
+    """Why ``host`` looks like a name only the cluster's DNS resolves, or None. Kept to the sure cases: a name without
+    a dot (a Service of the caller's namespace), one ending in ``.svc`` or ``.cluster.local``, and ``<service>.<namespace>``
+    whose last label is no top-level domain canary knows (an IP address, ``localhost`` and longer names are left alone)."""
+    host = host.lower().rstrip(".")
+    labels = host.split(".")
+    if not host or host.startswith("[") or "localhost" in labels or all(label.isdigit() for label in labels):
+        return None
+    if len(labels) == 1:
+        return "a name without a dot, which Kubernetes resolves to a Service of the caller's namespace"
+    if host.endswith((".svc", ".cluster.local")):
+        return "a name ending in .svc or .cluster.local, the cluster's own DNS domain"
+    if len(labels) == 2 and len(labels[1]) != 2 and labels[1] not in _KNOWN_TLDS:
+        return f"<service>.<namespace>: {labels[1]} is no top-level domain canary knows"
+    return None
+
+
+def _cluster_internal_hosts(field: str, name: Any, text: str, notes: list[str]) -> None:
+    """A note for each host of a URL in ``text`` (a hook's url, or a load tester's command now run locally) that looks
+    cluster-internal: Flagger called it from inside the cluster, canary calls it from where canary runs (a CI runner),
+    where it fails or times out every time. Names the hook and the host only: the URL may carry credentials or a token."""
+    if not isinstance(text, str):
+        return
+    seen = set()
+    for found in _URL_HOST.finditer(text):
+        host = found.group(1).lower()
+        why = cluster_internal(host)
+        if why is None or host in seen:
+            continue
+        seen.add(host)
+        notes.append(f"{field}: webhook {name!r} calls host {host}, which looks cluster-internal ({why}): Flagger called it from "
+                     "inside the cluster, canary calls it from where canary runs, where it likely does not resolve and the hook "
+                     "fails every time (a gate that never opens, a load test that never runs); make it reachable from there "
+                     "(kubectl port-forward, an ingress) and point the hook at that, or run canary in the cluster")
 
 
 def slug(name: str) -> str:
@@ -539,7 +587,10 @@ def _load_tester_hook(i: int, hook: Mapping[str, Any], metadata: dict[str, str],
                                    "must be cmd, bash, helm, helmv3 or kubectl: canary runs a load tester's command locally, "
                                    f"and a {kind} task is no command line (write the whole command as the hook's cmd)")], "Canary")
     if hook.get("url"):
-        notes.append(f"{field}.url: {hook['url']} (a Flagger load tester) is replaced by running metadata.cmd locally as the webhook's cmd")
+        # by its host only: the URL may carry credentials or a token, and notes go to the terminal and the stack file
+        found = _URL_HOST.search(str(hook["url"]))
+        notes.append(f"{field}.url: the Flagger load tester{f' at {found.group(1)}' if found else ''} is replaced by running "
+                     "metadata.cmd locally as the webhook's cmd")
     for key in ("logCmdOutput", "returnCmdOutput"):
         if key in metadata:
             notes.append(f"{field}.metadata.{key}: {metadata.pop(key)!r} left out: it set what the load tester logs or answers; "

@@ -36,10 +36,12 @@ def _schema() -> dict[str, Any]:
 
 def check(value: Any, path: str, kind: str = "V1PodTemplateSpec") -> list[Problem]:
     """Every problem of ``value`` as an object of Kubernetes type ``kind``, each naming its path; for a
-    pod template, also the rules the API server would refuse it for (a request above its limit)."""
+    pod template, also the rules the API server would refuse it for (a request above its limit) and those
+    the kubelet would fail it for (a probe on a port name its container does not declare)."""
     problems = list(_check(value, path, kind))
     if not problems and kind == "V1PodTemplateSpec":
         problems.extend(_resource_problems(value, path))
+        problems.extend(_probe_port_problems(value, path))
     return problems
 
 
@@ -59,6 +61,37 @@ def _resource_problems(template: Mapping[str, Any], path: str) -> Iterator[Probl
                     if above:
                         yield Problem(f"{path}.spec.{group}[{i}].resources.requests.{name}", shown(request),
                                       f"must not be above its limit ({limits[name]}): the API server refuses such a pod")
+
+
+_PROBES = ("livenessProbe", "readinessProbe", "startupProbe")
+_HOOKS = ("postStart", "preStop")
+
+
+def _probe_port_problems(template: Mapping[str, Any], path: str) -> Iterator[Problem]:
+    """The probes and lifecycle hooks whose port is a name the container does not declare. The API server
+    takes them (a port name is only checked for its form), but the kubelet resolves the name among that
+    container's own ports and, finding none, fails the action every time: a readiness probe keeps the canary
+    from ever being Ready (the release times out, a healthy version rolled back), a liveness or startup probe
+    restarts it, a failed postStart kills it. A numeric port is the user's to get right. (A gRPC probe's port
+    is a number only.)"""
+    spec = _map(template.get("spec"))
+    for group in ("initContainers", "containers"):
+        for i, container in enumerate(_maps(spec.get(group))):
+            declared = [p["name"] for p in _maps(container.get("ports")) if isinstance(p.get("name"), str) and p["name"]]
+            handlers = [(probe, "a probe", _map(container.get(probe))) for probe in _PROBES]
+            handlers += [(f"lifecycle.{hook}", "a lifecycle hook", _map(_map(container.get("lifecycle")).get(hook))) for hook in _HOOKS]
+            for where, what, handler in handlers:
+                for kind in ("httpGet", "tcpSocket"):
+                    port = _map(handler.get(kind)).get("port")
+                    if not isinstance(port, str) or port in declared:
+                        continue
+                    field = f"{path}.spec.{group}[{i}].{where}.{kind}.port"
+                    if port.isdigit():
+                        yield Problem(field, shown(port), "is a number written as text: the API server refuses it as a port name (write it unquoted)")
+                        continue
+                    ports = f"declares the port names {', '.join(declared)}" if declared else "declares no named port"
+                    yield Problem(field, shown(port), f"must name a port of its own container ({container.get('name')} {ports}): "
+                                  f"{what} on a port name the container does not declare fails every time, which the API server does not refuse")
 
 
 def _check(value: Any, path: str, kind: Any) -> Iterator[Problem]:

@@ -587,3 +587,47 @@ def test_a_template_s_secret_ref_note_names_the_key_canary_reads() -> None:
     notes = [n for n in flagger.convert([_canary(), template]).notes if "secretRef" in n]
     assert len(notes) == 1 and "pulumi config set --secret --path canary:prometheus.token " in notes[0], notes
     assert all(re.search(r"config set [^:]*--path canary:", n) for n in notes if "pulumi config set" in n)
+
+
+# --- hooks Flagger called from inside the cluster ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(("url", "host", "why"), [
+    ("http://flagger-loadtester.test/gate/check", "flagger-loadtester.test", "test is no top-level domain canary knows"),
+    ("http://gate/approve", "gate", "a name without a dot"),
+    ("http://gate.flagger.svc:8080/approve", "gate.flagger.svc", "ending in .svc or .cluster.local"),
+    ("https://gate.flagger.svc.cluster.local/approve", "gate.flagger.svc.cluster.local", "ending in .svc or .cluster.local"),
+    ("http://s3cret-token@gate.istio-system:8080/approve?key=hunter2", "gate.istio-system", "istio-system is no top-level domain"),
+])
+def test_a_hook_on_a_cluster_internal_host_is_noted_by_its_host_alone(url: str, host: str, why: str) -> None:
+    # Flagger reaches it from inside the cluster; canary calls it from where it runs (a CI runner), where it
+    # does not resolve: a gate that never opens, every time, with nothing said at the import
+    result = flagger.convert([_with_hooks({"name": "gate", "type": "confirm-promotion", "url": url}), _template()])
+    notes = [n for n in result.notes if "cluster-internal" in n]
+    assert len(notes) == 1 and notes[0].startswith(f"spec.analysis.webhooks[0].url: webhook 'gate' calls host {host}, which looks "
+                                                   "cluster-internal ("), result.notes
+    assert why in notes[0] and "port-forward" in notes[0] and "run canary in the cluster" in notes[0]
+    assert not any(secret in n for n in result.notes for secret in ("s3cret", "hunter2", "key=", "/approve"))
+
+
+@pytest.mark.parametrize("url", ["https://gate.example.com/approve", "https://approvals.dev/x", "http://gate.example.de/",
+                                 "http://10.0.0.7:8080/", "http://localhost:8080/", "http://gate.shop.example/"])
+def test_a_hook_on_a_public_host_or_an_address_is_not_noted(url: str) -> None:
+    result = flagger.convert([_with_hooks({"name": "gate", "type": "confirm-promotion", "url": url}), _template()])
+    assert not any("cluster-internal" in n for n in result.notes), result.notes
+
+
+def test_a_load_test_run_locally_is_noted_for_the_cluster_internal_host_it_calls() -> None:
+    hook = {**LOAD_TEST, "metadata": {"cmd": "hey -z 1m http://web-canary.test:80/?token=abc http://web-canary.test/b https://example.com/"}}
+    result = flagger.convert([_with_hooks(hook), _template()])
+    notes = [n for n in result.notes if "cluster-internal" in n]
+    assert notes == [n for n in notes if n.startswith("spec.analysis.webhooks[0].metadata.cmd: webhook 'load-test' calls host web-canary.test,")]
+    assert len(notes) == 1, result.notes
+
+
+def test_the_replaced_load_tester_is_named_by_its_host_not_its_url() -> None:
+    hook = {**LOAD_TEST, "url": "http://t0ken@flagger-loadtester.test/?key=hunter2"}
+    result = flagger.convert([_with_hooks(hook), _template()])
+    assert ("spec.analysis.webhooks[0].url: the Flagger load tester at flagger-loadtester.test is replaced by running metadata.cmd "
+            "locally as the webhook's cmd") in result.notes, result.notes
+    assert not any("t0ken" in n or "hunter2" in n for n in result.notes), result.notes

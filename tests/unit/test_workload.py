@@ -449,3 +449,53 @@ def test_canary_pods_never_share_an_app_wide_label_value_with_stable() -> None:
     assert (stable["metadata"]["labels"]["app"], canary["metadata"]["labels"]["app"]) == ("bird-canary", "bird-canary-canary")
     longest = "a" * 56 + "-canary"  # 63 characters: suffixing after the cut gave the same value back
     assert naming.canary_value(longest) != longest and len(naming.canary_value(longest)) <= 63
+
+
+# --- probe and lifecycle ports ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("container", "field"),
+    [
+        ({"readinessProbe": {"httpGet": {"path": "/ready", "port": "web"}}}, "app.template.spec.containers[0].readinessProbe.httpGet.port"),
+        ({"livenessProbe": {"tcpSocket": {"port": "admin"}}}, "app.template.spec.containers[0].livenessProbe.tcpSocket.port"),
+        ({"startupProbe": {"httpGet": {"port": "HTTP"}}}, "app.template.spec.containers[0].startupProbe.httpGet.port"),
+        ({"lifecycle": {"postStart": {"httpGet": {"path": "/warm", "port": "warmup"}}}}, "app.template.spec.containers[0].lifecycle.postStart.httpGet.port"),
+        ({"lifecycle": {"preStop": {"tcpSocket": {"port": "drain"}}}}, "app.template.spec.containers[0].lifecycle.preStop.tcpSocket.port"),
+    ],
+)
+def test_a_probe_on_a_port_name_its_container_does_not_declare_is_refused(container: dict[str, Any], field: str) -> None:
+    # the API server takes it, and the kubelet fails the probe every time: the canary is never Ready
+    problems = workload.check(pod_template(**container), "app.template")
+    assert [p.field for p in problems] == [field]
+    assert "must name a port of its own container (web declares the port names http)" in problems[0].rule
+
+
+@pytest.mark.parametrize(
+    "container",
+    [
+        {"readinessProbe": {"httpGet": {"path": "/ready", "port": "http"}}, "livenessProbe": {"tcpSocket": {"port": "http"}}},
+        {"readinessProbe": {"httpGet": {"path": "/ready", "port": 8080}}, "startupProbe": {"tcpSocket": {"port": 9090}}},
+        {"readinessProbe": {"grpc": {"port": 9000}}, "lifecycle": {"preStop": {"httpGet": {"path": "/drain", "port": "http"}}}},
+        {"readinessProbe": {"exec": {"command": ["true"]}}, "lifecycle": {"preStop": {"sleep": {"seconds": 5}}}},
+    ],
+)
+def test_a_probe_on_a_declared_name_or_a_number_is_accepted(container: dict[str, Any]) -> None:
+    assert workload.check(pod_template(**container), "app.template") == []
+
+
+def test_a_named_probe_port_is_looked_up_in_its_own_container_only() -> None:
+    template = pod_template(readinessProbe={"httpGet": {"path": "/ready", "port": "metrics"}})
+    template["spec"]["containers"].append({"name": "exporter", "image": "exporter:1", "ports": [{"name": "metrics", "containerPort": 9100}]})
+    template["spec"]["initContainers"] = [{"name": "proxy", "image": "envoy:1.30", "restartPolicy": "Always",
+                                           "startupProbe": {"tcpSocket": {"port": "admin"}}}]
+    problems = workload.check(template, "app.template")
+    assert [p.field for p in problems] == ["app.template.spec.initContainers[0].startupProbe.tcpSocket.port",
+                                           "app.template.spec.containers[0].readinessProbe.httpGet.port"]
+    assert "(proxy declares no named port)" in problems[0].rule
+
+
+def test_a_probe_port_number_written_as_text_is_refused() -> None:
+    problems = workload.check(pod_template(readinessProbe={"httpGet": {"port": "8080"}}), "app.template")
+    assert [(p.field, p.rule) for p in problems] == [("app.template.spec.containers[0].readinessProbe.httpGet.port",
+                                                      "is a number written as text: the API server refuses it as a port name (write it unquoted)")]
