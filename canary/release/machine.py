@@ -1118,9 +1118,11 @@ class Release:
             return self._post_rollout(state)
         try:
             spec = self.spec_of(state)
-        except CanaryError as exc:
-            # the rules broken, not the values: they may be secrets
-            why = "; ".join(f"{p.field}: {p.rule}" for p in exc.problems) if isinstance(exc, InvalidSpec) else str(exc)
+        except InvalidSpec as exc:
+            # the rules broken, not the values: they may be secrets. Only a config this version refuses, or none kept, is
+            # proof that no later call can read it: a snapshot not decrypted now (a KMS key's credentials expired, the
+            # backend down) raises on, and the debt stays for the next resume or release
+            why = "; ".join(f"{p.field}: {p.rule}" for p in exc.problems)
             # no severity: a warning is told to this release's event hooks and alerts, which are not the ended release's either
             message = (f"post-rollout webhooks not called: the release's own config cannot be read ({why}), and another "
                        "config's webhooks are not its receivers")

@@ -15,7 +15,7 @@ from canary.adapters import stackfile
 from canary.core import config as stackconfig
 from canary.core.records import Phase, ReleaseState
 from canary.core.spec import ReleaseSpec
-from canary.errors import InvalidSpec, Problem
+from canary.errors import InvalidSpec, Problem, StackError
 from canary.release.ports import AppFacts
 from tests.conftest import base_values
 from tests.unit.fakes import NEW, STABLE, URNS, FakeClock, FakeCluster, FakeConfig, FakeHooks, FakeLease, FakeStack, FakeStore, Metrics, make, spec
@@ -88,6 +88,20 @@ def test_a_resume_of_an_ended_release_calls_none_when_its_config_cannot_be_read(
     assert result.phase is Phase.FAILED and world.hooks.calls == []
     assert world.store.state is not None and not world.store.state.post_rollout_owed  # no later resume could call them either
     assert any("post-rollout webhooks not called" in e.message for e in world.store.of("event"))
+
+
+def test_owed_hooks_are_kept_when_the_snapshot_cannot_be_decrypted_for_now() -> None:
+    # a transient failure of `pulumi config --show-secrets` (a KMS key's credentials expired, the backend down) is no proof
+    # that the hooks can never be called: the debt was cleared, and no later resume called them
+    def undecrypted(state: ReleaseState) -> ReleaseSpec:
+        raise StackError("reading config of test: failed to decrypt: AccessDeniedException")
+
+    world = make(Metrics(0.0), _notifiers("notify-new"), spec_of=undecrypted)
+    world.store.state = _owing()
+    with pytest.raises(StackError):
+        world.release.resume()
+    assert world.store.state is not None and world.store.state.post_rollout_owed
+    assert world.hooks.calls == []
 
 
 # --- the wiring: the snapshot read as resume reads it
