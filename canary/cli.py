@@ -227,7 +227,9 @@ def _on_signals(abort: Callable[[str], None]) -> None:
     def stop_now(signum: int, frame: Any) -> None:
         # os._exit: no atexit runs, no thread is waited for; the hooks' groups are killed first
         webhooks.stop_all()
-        os.write(2, f"{signal.Signals(signum).name}: stopped at once; the command hooks still running were killed\n".encode())
+        # stderr may be gone (`canary … 2>&1 | tee log`, the tee killed by the first Ctrl-C): the exit must not depend on it
+        with contextlib.suppress(OSError):
+            os.write(2, f"{signal.Signals(signum).name}: stopped at once; the command hooks still running were killed\n".encode())
         os._exit(128 + signum)
 
     def handle(signum: int, frame: Any) -> None:

@@ -3,6 +3,7 @@ cancel, an interrupt meant for one `up` landing on the next, the first signal's 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -168,3 +169,25 @@ def test_a_delivery_put_during_close_starts_no_second_worker() -> None:
     alive = [t for t in threading.enumerate() if t.name == "canary-events" and t.ident not in before and t.is_alive()]
     stale = [t for t in threading.enumerate() if t.name == "canary-events" and t.is_alive()]
     assert not alive and not stale, f"workers left after close: {stale}; delivered {delivered}"
+
+
+SECOND = textwrap.dedent("""
+    import os, signal, sys, time
+    from canary import cli
+    r, w = os.pipe(); os.close(r); os.dup2(w, 2)  # stderr: a pipe whose reader (a `| tee log`) died with the first Ctrl-C
+    cli._on_signals(lambda by: None)
+    os.kill(os.getpid(), signal.SIGINT); time.sleep(0.2)
+    try:
+        os.kill(os.getpid(), signal.SIGINT); time.sleep(2)
+        print("second signal did not stop the process", flush=True)
+    except BaseException as exc:
+        print("raised into the main thread:", type(exc).__name__, flush=True)
+""")
+
+
+def test_the_second_signal_stops_at_once_when_stderr_is_gone() -> None:
+    # `canary release … 2>&1 | tee log`: the first Ctrl-C kills the tee too; the second's message raised BrokenPipeError
+    # into the main thread, a release's loop took it for an internal error and rolled back instead of stopping
+    child = subprocess.run([sys.executable, "-c", SECOND], capture_output=True, text=True, timeout=20, cwd=os.getcwd())
+    assert child.returncode == 128 + signal.SIGINT, (child.returncode, child.stdout, child.stderr)
+    assert child.stdout == ""
