@@ -1642,22 +1642,29 @@ def test_a_component_argument_refused_keeps_its_secrets_out_of_the_traceback_pul
     assert "s3cr3t" not in shown, shown
 
 
+def _project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stack_text: str) -> Path:
+    """Makes tmp_path the working directory of project shop with ``stack_text`` as the stack's file, which the program
+    reads to tell which leaves of a key the engine gives as a secret are encrypted there; returns that file."""
+    (tmp_path / "Pulumi.yaml").write_text("name: shop\nruntime: python\n")
+    stack_file = tmp_path / f"Pulumi.{STACK}.yaml"
+    stack_file.write_text(stack_text)
+    monkeypatch.chdir(tmp_path)
+    return stack_file
+
+
 def test_a_plain_text_header_beside_an_encrypted_token_stops_a_plain_pulumi_up(declare: Callable[..., Declared], tmp_path: Path,
                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     # the engine says only that canary:prometheus holds a secret, not which of its values: the plain header
     # passed, and went to Prometheus with the stack file in the repository holding it in clear text
-    (tmp_path / "Pulumi.yaml").write_text("name: shop\nruntime: python\n")
-    (tmp_path / f"Pulumi.{STACK}.yaml").write_text(
-        "config:\n  canary:prometheus:\n    address: http://prometheus:9090\n    token:\n      secure: v1:AAAA\n"
-        "    headers:\n      X-Scope-OrgID: shop\n")
-    monkeypatch.chdir(tmp_path)
+    stack_file = _project(tmp_path, monkeypatch, "config:\n  canary:prometheus:\n    address: http://prometheus:9090\n    token:\n      secure: v1:AAAA\n"
+                                                 "    headers:\n      X-Scope-OrgID: shop\n")
     prometheus = {"address": "http://prometheus:9090", "token": "s3cr3t", "headers": {"X-Scope-OrgID": "shop"}}
     with pytest.raises(pulumi.RunError) as caught:
         declare(program.program, stack_config(prometheus=prometheus), secret_keys=["canary:prometheus"])
     assert "prometheus.headers: " in str(caught.value) and "must be a Pulumi secret" in str(caught.value)
     assert "s3cr3t" not in str(caught.value)
     # encrypted in the file as well: accepted
-    (tmp_path / f"Pulumi.{STACK}.yaml").write_text(
+    stack_file.write_text(
         "config:\n  canary:prometheus:\n    address: http://prometheus:9090\n    token:\n      secure: v1:AAAA\n"
         "    headers:\n      X-Scope-OrgID:\n        secure: v1:BBBB\n")
     assert declare(program.program, stack_config(prometheus=prometheus), secret_keys=["canary:prometheus"]).exported["app"]["name"] == "web"
@@ -1667,17 +1674,14 @@ def test_a_secret_in_app_env_stops_the_program_before_anything_is_declared(decla
                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     # `pulumi config set --secret --path canary:app.env.DB_PASSWORD …`: the engine gives canary:app as a secret, the program
     # read it as plain text, and the password went into both tracks' templates, the state ConfigMap and the stack output
-    (tmp_path / "Pulumi.yaml").write_text("name: shop\nruntime: python\n")
-    (tmp_path / f"Pulumi.{STACK}.yaml").write_text(
-        "config:\n  canary:app:\n    name: web\n    image: registry.example.com/shop/web:1.0.0\n"
-        "    env:\n      DB_PASSWORD:\n        secure: v1:AAAA\n")
-    monkeypatch.chdir(tmp_path)
+    stack_file = _project(tmp_path, monkeypatch, "config:\n  canary:app:\n    name: web\n    image: registry.example.com/shop/web:1.0.0\n"
+                                                 "    env:\n      DB_PASSWORD:\n        secure: v1:AAAA\n")
     app = {"name": "web", "namespace": "shop", "image": "registry.example.com/shop/web:1.0.0", "env": {"DB_PASSWORD": "s3cr3t-pw"}}
     with pytest.raises(pulumi.RunError) as caught:  # a plain `pulumi up`: the stack file says which leaf
         declare(program.program, stack_config(app=app), secret_keys=["canary:app"])
     assert "app.env.DB_PASSWORD: " in str(caught.value) and "app.secrets.<name>.stringData" in str(caught.value)
     assert "s3cr3t" not in str(caught.value)
-    (tmp_path / f"Pulumi.{STACK}.yaml").unlink()
+    stack_file.unlink()
     with pytest.raises(pulumi.RunError) as whole:  # config from elsewhere (`--config-file`, an environment): the key
         declare(program.program, stack_config(app=app), secret_keys=["canary:app"])
     assert "app: holds a Pulumi secret" in str(whole.value) and "s3cr3t" not in str(whole.value)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -55,16 +56,43 @@ class _Recorder(BaseHTTPRequestHandler):
             pass
 
 
+def _answering(status: int, said: Callable[[BaseHTTPRequestHandler], bytes], content_type: str = "application/json") -> type[BaseHTTPRequestHandler]:
+    """A handler answering every query with ``status`` and the body ``said`` makes of the request: the servers, proxies
+    and gateways below whose errors quote what they were sent."""
+
+    class _Answer(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            body = said(self)
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    return _Answer
+
+
+@contextmanager
+def _serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """The address of a loopback server answering with ``handler``, shut down when the block ends."""
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{srv.server_address[1]}"
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
 @pytest.fixture
 def server() -> Iterator[str]:
     _Recorder.seen, _Recorder.asked, _Recorder.delay, _Recorder.status, _Recorder.raw = [], [], 0.0, 200, None
     _Recorder.data = {"resultType": "vector", "result": [{"metric": {}, "value": [1, "3.5"]}]}
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}"
-    srv.shutdown()
-    srv.server_close()
+    with _serving(_Recorder) as address:
+        yield address
 
 
 def test_bearer_token_and_headers_are_sent(server: str) -> None:
@@ -107,37 +135,19 @@ def test_http_errors_never_leak_the_token(server: str) -> None:
     assert TOKEN not in str(info.value) and TOKEN not in repr(info.value.__cause__)
 
 
-class _Echo(BaseHTTPRequestHandler):
-    """A server whose errors quote the request's credentials, JSON-encoded as Go encodes (<, > and & escaped)."""
-
-    status = 400
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        said = f"bad request, headers: {self.headers.get('Authorization')} {self.headers.get('X-Scope-OrgID')}"
-        body = json.dumps({"status": "error", "error": said}).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026").encode()
-        self.send_response(type(self).status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+def _echo_credentials(request: BaseHTTPRequestHandler) -> bytes:
+    """An error quoting the request's credentials, JSON-encoded as Go encodes (<, > and & escaped)."""
+    said = f"bad request, headers: {request.headers.get('Authorization')} {request.headers.get('X-Scope-OrgID')}"
+    return json.dumps({"status": "error", "error": said}).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026").encode()
 
 
 @pytest.mark.parametrize("status", [400, 503])
 @pytest.mark.parametrize("secret", ["plainSECRET1", "tok&en<SECRET>", "back\\slashSECRET", "it's\"SECRET", "it'sSECRET", "ünïcodeSECRET"])
 def test_a_secret_echoed_by_the_server_in_any_escaping_stays_out_of_errors(secret: str, status: int) -> None:
-    _Echo.status = status
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Echo)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
-        provider = PrometheusProvider(f"http://127.0.0.1:{srv.server_address[1]}", token=secret, headers={"X-Scope-OrgID": f"x{secret}"})
+    with _serving(_answering(status, _echo_credentials)) as address:
+        provider = PrometheusProvider(address, token=secret, headers={"X-Scope-OrgID": f"x{secret}"})
         with pytest.raises(Exception) as info:
             provider.run_query("up")
-    finally:
-        srv.shutdown()
-        srv.server_close()
     text = f"{info.value} {info.value.__cause__!r}"
     assert "bad request" in text or str(status) in text, text
     assert "SECRET" not in text, text
@@ -147,37 +157,10 @@ def test_a_secret_echoed_by_the_server_in_any_escaping_stays_out_of_errors(secre
 def test_a_short_header_value_does_not_hide_the_status_of_a_rejected_query(tenant: str) -> None:
     """A tenant header such as X-Scope-OrgID "0" is a secret scrubbed from what is shown; scrubbed before
     the status was read, "400" became "4<secret><secret>" and a rejected query passed for an outage."""
-    _Echo.status = 400
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Echo)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
-        with pytest.raises(BadQuery) as info:
-            PrometheusProvider(f"http://127.0.0.1:{srv.server_address[1]}", headers={"X-Scope-OrgID": tenant}).run_query("up")
-    finally:
-        srv.shutdown()
-        srv.server_close()
+    with _serving(_answering(400, _echo_credentials)) as address, pytest.raises(BadQuery) as info:
+        PrometheusProvider(address, headers={"X-Scope-OrgID": tenant}).run_query("up")
     assert str(info.value).startswith("Prometheus rejected the query: bad request, headers: None ")
     assert tenant not in str(info.value).removeprefix("Prometheus rejected the query") and tenant not in repr(info.value.__cause__).replace("400", "")
-
-
-class _Straddle(BaseHTTPRequestHandler):
-    """A server rejecting every query with a reason that ends quoting the Authorization header, after ``pad``
-    characters: as JSON (Prometheus's ``error``) or as plain text (a proxy's)."""
-
-    pad = 0
-    as_json = True
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        said = "x" * type(self).pad + f" rejected, auth was {self.headers.get('Authorization')}"
-        body = json.dumps({"status": "error", "errorType": "bad_data", "error": said}).encode() if type(self).as_json else said.encode()
-        self.send_response(400)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
 
 
 @pytest.mark.parametrize(("as_json", "pads"), [(True, range(450, 500)), (False, range(200, 300))], ids=["json-reason", "plain-body"])
@@ -186,20 +169,21 @@ def test_a_secret_straddling_the_cut_of_a_rejection_is_scrubbed_whole(as_json: b
     straddling the cut was left in by half ("… auth was Bearer s3cr3t-AAAA"), which no form of the token matches,
     and went on to the check's reason, the journal and the preflight's problems."""
     token = "s3cr3t-" + "A" * 40
-    _Straddle.as_json = as_json
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Straddle)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    pad = [0]  # set by the loop below before each query
+
+    def straddle(request: BaseHTTPRequestHandler) -> bytes:
+        """A rejection whose reason ends quoting the Authorization header after ``pad`` characters: as JSON
+        (Prometheus's ``error``) or as plain text (a proxy's)."""
+        said = "x" * pad[0] + f" rejected, auth was {request.headers.get('Authorization')}"
+        return json.dumps({"status": "error", "errorType": "bad_data", "error": said}).encode() if as_json else said.encode()
+
     texts = []
-    try:
-        provider = PrometheusProvider(f"http://127.0.0.1:{srv.server_address[1]}", token=token)
-        for pad in pads:  # the cut falls inside the token for some of them, whatever the text around the reason
-            _Straddle.pad = pad
+    with _serving(_answering(400, straddle)) as address:
+        provider = PrometheusProvider(address, token=token)
+        for pad[0] in pads:  # the cut falls inside the token for some of them, whatever the text around the reason
             with pytest.raises(BadQuery) as info:
                 provider.run_query("up")
             texts.append(f"{info.value} {info.value.__cause__!r}")
-    finally:
-        srv.shutdown()
-        srv.server_close()
     assert all("rejected" in text for text in texts)
     assert not [text for text in texts if token[:6] in text], "a prefix of the token is in an error"
 
@@ -291,17 +275,11 @@ class _Redirect(_Recorder):
 def test_a_redirect_to_another_host_carries_no_token_and_no_header(server: str, elsewhere: bool) -> None:
     # requests drops Authorization on such a redirect, but sent the other headers (a tenant, an API key) along
     _Redirect.seen, _Redirect.asked = [], []
-    front = ThreadingHTTPServer(("127.0.0.1", 0), _Redirect)
-    threading.Thread(target=front.serve_forever, daemon=True).start()
-    port = front.server_address[1]
-    # "localhost" is another host than 127.0.0.1 to a client, whatever it resolves to
-    _Redirect.to = server.replace("127.0.0.1", "localhost") if elsewhere else f"http://127.0.0.1:{port}/moved"
-    try:
-        provider = PrometheusProvider(f"http://127.0.0.1:{port}", token=TOKEN, headers={"X-Scope-OrgID": "tenant-7", "X-Api-Key": "key-5e6f"})
+    with _serving(_Redirect) as front:
+        # "localhost" is another host than 127.0.0.1 to a client, whatever it resolves to
+        _Redirect.to = server.replace("127.0.0.1", "localhost") if elsewhere else f"{front}/moved"
+        provider = PrometheusProvider(front, token=TOKEN, headers={"X-Scope-OrgID": "tenant-7", "X-Api-Key": "key-5e6f"})
         assert provider.run_query("up") == 3.5
-    finally:
-        front.shutdown()
-        front.server_close()
     first = {k.lower(): v for k, v in _Redirect.seen[0].items()}
     assert first["authorization"] == f"Bearer {TOKEN}" and first["x-api-key"] == "key-5e6f" and first["x-scope-orgid"] == "tenant-7"
     after = {k.lower(): v for k, v in (_Recorder.seen[-1] if elsewhere else _Redirect.seen[-1]).items()}
@@ -357,21 +335,6 @@ def test_a_partial_answer_is_no_answer(server: str, warnings: list[str], partial
     assert provider.run_query("up") == 3.5  # the next answer is judged on its own
 
 
-class _EchoPath(BaseHTTPRequestHandler):
-    """A proxy whose errors quote the path and query it was asked for."""
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        body = json.dumps({"status": "error", "error": f"no route for {self.path}"}).encode()
-        self.send_response(503)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-
 def _closed_port() -> int:
     import socket
 
@@ -387,16 +350,12 @@ def test_an_address_s_path_and_query_stay_out_of_errors() -> None:
     port = _closed_port()
     with pytest.raises(ProviderUnreachable) as refused:
         PrometheusProvider(f"http://127.0.0.1:{port}{private}", timeout=timedelta(seconds=1)).run_query("up")
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _EchoPath)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
-        with pytest.raises(ProviderUnreachable) as echoed:
-            PrometheusProvider(f"http://127.0.0.1:{srv.server_address[1]}{private}").run_range("up", 60, 5)
-    finally:
-        srv.shutdown()
-        srv.server_close()
+    # a proxy whose errors quote the path and query it was asked for
+    echo_path = _answering(503, lambda request: json.dumps({"status": "error", "error": f"no route for {request.path}"}).encode())
+    with _serving(echo_path) as address, pytest.raises(ProviderUnreachable) as echoed:
+        PrometheusProvider(f"{address}{private}").run_range("up", 60, 5)
     assert str(refused.value) == f"Prometheus at http://127.0.0.1:{port} could not be reached (connection refused)"
-    assert str(echoed.value).startswith(f"Prometheus at http://127.0.0.1:{srv.server_address[1]} answered HTTP 503: ")
+    assert str(echoed.value).startswith(f"Prometheus at {address} answered HTTP 503: ")
     for info in (refused, echoed):
         text = f"{info.value} {info.value.__cause__!r}"
         assert "t0k3n" not in text and "hunter2" not in text, text
@@ -417,72 +376,39 @@ def test_a_short_query_value_of_the_address_is_not_scrubbed_out_of_every_error()
     assert _beyond_the_origin("http://[::1") == ["http://[::1"]  # malformed: never shown, whole or in part
 
 
-class _Tenant(BaseHTTPRequestHandler):
+def _unknown_tenant(request: BaseHTTPRequestHandler) -> bytes:
     """A gateway in front of Prometheus that rejects the tenant of the address's path, quoting the segment alone, and
     whose 401 page quotes the credentials it was sent as HTML and as a URL quotes them."""
+    import html
+    from urllib.parse import quote
 
-    def log_message(self, *args: Any) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        import html
-        from urllib.parse import quote
-
-        tenant = self.path.split("/")[2]
-        auth = self.headers.get("Authorization", "")
-        said = f"<p>unknown tenant {tenant}; sent {html.escape(auth, quote=True)}, retry with {quote(auth, safe='')}</p>"
-        body = said.encode()
-        self.send_response(401)
-        self.send_header("Content-Type", "text/html")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+    tenant = request.path.split("/")[2]
+    auth = request.headers.get("Authorization", "")
+    return f"<p>unknown tenant {tenant}; sent {html.escape(auth, quote=True)}, retry with {quote(auth, safe='')}</p>".encode()
 
 
 def test_a_tenant_token_echoed_alone_and_a_token_echoed_html_or_url_quoted_stay_out_of_errors() -> None:
     # the path was masked whole only ("unknown tenant t0k3nABCDEF1234" went out), and a token only as it is or as
     # JSON quotes it (a proxy's HTML page, a URL's echo, showed it)
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Tenant)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
-        with pytest.raises(Exception) as info:
-            PrometheusProvider(f"http://127.0.0.1:{srv.server_address[1]}/t/t0k3nABCDEF1234", token="abc<def>&ghi'\"jkSECRET").run_query("up")
-    finally:
-        srv.shutdown()
-        srv.server_close()
+    with _serving(_answering(401, _unknown_tenant, "text/html")) as address, pytest.raises(Exception) as info:
+        PrometheusProvider(f"{address}/t/t0k3nABCDEF1234", token="abc<def>&ghi'\"jkSECRET").run_query("up")
     text = f"{info.value} {info.value.__cause__!r}"
     assert "401" in text and "unknown tenant" in text, text
     assert "t0k3nABCDEF1234" not in text and "SECRET" not in text and "ghi" not in text, text
 
 
-class _EchoTenant(BaseHTTPRequestHandler):
+def _echo_tenant(request: BaseHTTPRequestHandler) -> bytes:
     """A query frontend whose error names the tenant it was sent alone, beside words that hold it."""
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        tenant, auth = self.headers.get("X-Scope-OrgID"), self.headers.get("Authorization", "").removeprefix("Bearer ")
-        said = f"tenant {tenant} (token {auth}) has no series in namespace production, product-db; tenant=\"{tenant}\""
-        body = json.dumps({"status": "error", "error": said}).encode()
-        self.send_response(503)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+    tenant, auth = request.headers.get("X-Scope-OrgID"), request.headers.get("Authorization", "").removeprefix("Bearer ")
+    said = f"tenant {tenant} (token {auth}) has no series in namespace production, product-db; tenant=\"{tenant}\""
+    return json.dumps({"status": "error", "error": said}).encode()
 
 
 def test_a_short_header_value_is_masked_where_it_stands_alone_not_inside_words() -> None:
     # X-Scope-OrgID "prod" was masked everywhere: "in namespace <secret>uction, <secret>uct-db" named the tenant by
     # what was left and hid the namespace; the token is masked everywhere still, however short
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _EchoTenant)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
-        with pytest.raises(ProviderUnreachable) as info:
-            PrometheusProvider(f"http://127.0.0.1:{srv.server_address[1]}", token="uct", headers={"X-Scope-OrgID": "prod"}).run_query("up")
-    finally:
-        srv.shutdown()
-        srv.server_close()
+    with _serving(_answering(503, _echo_tenant)) as address, pytest.raises(ProviderUnreachable) as info:
+        PrometheusProvider(address, token="uct", headers={"X-Scope-OrgID": "prod"}).run_query("up")
     for text in (str(info.value), repr(info.value.__cause__)):
         assert "tenant <secret> (token <secret>)" in text and text.count("prod") == 2 and "tenant=" in text, text
         assert "namespace prod<secret>ion, prod<secret>-db" in text, text
