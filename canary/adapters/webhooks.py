@@ -19,8 +19,9 @@ a token (``?token=``, ``user:pass@``, a Slack-style path; a Pulumi secret): a
 result names the hook by its name and its URL's scheme, host and port only, or
 its program's base name only, and every text it quotes (an answer, an error, a
 command's output) is scrubbed of the URL's parts and of what of the command's
-arguments may be a secret (one that reads as a token, a script whole, its URLs,
-options' values, headers, an environment assignment's value), never of a plain word of it.
+arguments may be a secret (one that reads as a token or is 16 characters or more, a
+script whole, its URLs, any option's value, glued ``-pX`` or ``--name=X`` too, headers,
+an assignment's value; in a script's words as well), never of a plain positional word of it.
 Outputs are truncated in results; an alert's URL never appears in one.
 """
 
@@ -170,9 +171,10 @@ _HEADER = re.compile(r"([A-Za-z][\w-]*):\s+(\S.*)", re.DOTALL)
 #: ``--proxy-header``, vegeta's ``-header``
 _HEADER_OPTION = re.compile(r"-[A-Za-z]*H|-{1,2}(?:proxy-)?header")
 #: in a name (an option's, a variable's, a header's), what says its value is a credential: ``--token``, ``--api-key``,
-#: ``PASSWORD``, ``Authorization``, ``X-Auth-Token``; and the names' words that do (``JWT``, ``GITHUB_PAT``, ``X-Signature``)
+#: ``PASSWORD``, ``Authorization``, ``X-Auth-Token``; and the names' words that do (``JWT``, ``GITHUB_PAT``, ``X-Signature``,
+#: ``--db-pw``, ``DB_PWD``)
 _CREDENTIAL_PART = re.compile(r"token|secret|pass|key|auth|cred", re.IGNORECASE)
-_CREDENTIAL_WORDS = frozenset({"jwt", "bearer", "session", "sig", "signature", "pat", "cookie", "sid"})
+_CREDENTIAL_WORDS = frozenset({"jwt", "bearer", "session", "sig", "signature", "pat", "cookie", "sid", "pw", "pwd"})
 #: options whose next word is ``user:password`` (curl's, wget's): the password, and the user when there is no password
 #: (``-u sk_live_…:``: an API key given as the user)
 _USER_OPTIONS = frozenset({"-u", "--user", "-U", "--proxy-user", "--http-user"})
@@ -241,50 +243,83 @@ def _words_secrets(words: list[str], depth: int = 0) -> set[str]:
 
 #: Where a command's argument is cut into pieces, each of which may read as a token: a path's, a host's, ``user:key``'s.
 _PIECES = re.compile(r"[/.:@,=]+")
-#: Lowercase words joined by ``-`` or ``_`` (``confirm-promotion``): however long, a word, not a token.
-_PLAIN_WORDS = re.compile(r"[a-z]+(?:[-_][a-z]+)*")
-#: ``NAME=value`` as an environment takes it (``env API_KEY=… prog``); an option's ``--name=value`` is ``_ASSIGNMENT``'s.
-_ENVIRONMENT = re.compile(r"[A-Za-z_]\w*=(.+)", re.DOTALL)
+#: A short option with its value glued to it (``-pwinter``, mysql's password; ``-uroot``); ``-sSL`` (flags together)
+#: leaves a value too short to be taken.
+_GLUED = re.compile(r"(-[A-Za-z])(.{3,})", re.DOTALL)
 
 
-def _argument_secrets(words: list[str]) -> set[str]:
-    """What of a command's own arguments may be a secret besides what ``_words_secrets`` reads in them: a script (an
-    argument with a blank) whole, an environment assignment's value, and each piece of any argument that reads as a
-    token (``tok-S3CRET-ARG``; ``s3cr3t99`` of ``user:s3cr3t99``). A plain word is none (``deployment``, a host name,
-    ``--timeout=60s``'s): every argument taken whole, a failure's output read ``deployment ***``."""
+def _option(word: str) -> bool:
+    """Whether ``word`` is an option that may take the next word as its value (``-a``, ``--db-pw``; not ``--db-pw=X``,
+    whose value it holds, nor ``-`` or ``--``)."""
+    return word.startswith("-") and word not in ("-", "--") and "=" not in word
+
+
+def _argument_secrets(words: list[str], depth: int = 0) -> tuple[set[str], set[tuple[str, str]]]:
+    """What of a command's own arguments may be a secret besides what ``_words_secrets`` reads in them, and the values
+    glued to short options apart (``_glued_pattern``). Taken: a script (an argument with a blank) whole; the value of
+    any option, whatever its name (``-a X``, ``-p X``, ``-pX``, ``--db-pw=X``: a tool's password option may be any
+    letter), and of any ``k=v``; each piece of an argument that reads as a token (``tok-S3CRET-ARG``, ``s3cr3t99`` of
+    ``user:s3cr3t99``, any of 16 characters or more: a lowercase key, ``correct-horse-battery-staple``). The same in a
+    script's words (a token in it was masked only where the script was printed whole), but what it quotes
+    (``echo "Status: rollout blocked"``) is neither taken whole nor cut into pieces (``Status`` reads as a token).
+    A positional plain word stays (``deployment``, a host name: every argument taken whole, a failure's output read
+    ``deployment ***``), and so does a value shorter than a token (``-c 8``, ``_SHORTEST_SECRET``)."""
     found: set[str] = set()
-    for word in words:
-        environment = _ENVIRONMENT.fullmatch(word)
-        if any(c.isspace() for c in word):
+    glued_values: set[tuple[str, str]] = set()
+    for i, word in enumerate(words):
+        before = words[i - 1] if i else ""
+        assignment, glued = _ASSIGNMENT.fullmatch(word), _GLUED.fullmatch(word)
+        if any(c.isspace() for c in word) and not depth:
             found.add(word)
-        elif environment is not None:
-            found.add(environment.group(1))
-        found.update(piece for piece in _PIECES.split(word.lstrip("-")) if http.opaque(piece) and not _PLAIN_WORDS.fullmatch(piece))
-    return found
+        if assignment is not None:
+            found.add(assignment.group(2))
+        elif glued is not None:
+            glued_values.add((glued.group(1), glued.group(2)))
+        # -u's user:password: only the password (``_words_secrets``), the user is said
+        if _option(before) and before not in _USER_OPTIONS and not word.startswith("-"):
+            found.add(word)
+        if depth <= 1 and not any(c.isspace() for c in word):
+            found.update(piece for piece in _PIECES.split(word.lstrip("-")) if http.opaque(piece))
+        if depth < _NESTING and any(c in word for c in " \t\n;|&"):
+            inner, inner_glued = _argument_secrets(_script_words(word), depth + 1)
+            found |= inner
+            glued_values |= inner_glued
+    return found, glued_values
 
 
-def _secrets(hook: Webhook) -> list[str]:
+def _glued_pattern(option: str, value: str) -> re.Pattern[str]:
+    """Where a value glued to its short option is read as a secret: as a word of its own (``Access denied: winter``,
+    ``password=winter``) or after its option (``-pwinter``), not inside another word (``Duration`` for ``-duration``)."""
+    return re.compile(rf"(?:(?<={re.escape(option)})|(?<![A-Za-z0-9])){re.escape(value)}(?![A-Za-z0-9])")
+
+
+def _secrets(hook: Webhook) -> list[str | re.Pattern[str]]:
     """What of ``hook`` may be a secret, longest first: the whole URL and each of its parts (raw and
     decoded: an error may quote either), or the whole command line, what of its arguments may be one
-    (``_argument_secrets``, ``_words_secrets``) and the program's directory."""
+    (``_argument_secrets``, ``_words_secrets``) and the program's directory; then the values glued to
+    short options (``_glued_pattern``)."""
     found: set[str] = set()
+    glued: set[tuple[str, str]] = set()
     if hook.url:
         found |= {hook.url, *(http.url_parts(hook.url) or ())}  # malformed: never sent, quoted whole only
     if hook.cmd:
         found.add(hook.cmd)
         words = _words(hook.cmd)
-        found |= _argument_secrets(words[1:]) | _words_secrets(words[1:])
+        arguments, glued = _argument_secrets(words[1:])
+        found |= arguments | _words_secrets(words[1:])
         if words:
             found.add(posixpath.dirname(words[0]))
     found |= {unquote(s) for s in found} | {unquote_plus(s) for s in found}
-    return sorted((s for s in found if len(s) >= _SHORTEST_SECRET), key=len, reverse=True)
+    glued = {(option, v) for option, value in glued for v in (value, unquote(value), unquote_plus(value)) if len(v) >= _SHORTEST_SECRET}
+    return [*sorted((s for s in found if len(s) >= _SHORTEST_SECRET), key=len, reverse=True),
+            *(_glued_pattern(option, value) for option, value in sorted(glued, key=lambda g: len(g[1]), reverse=True))]
 
 
-def _scrubbed(text: str, secrets: Iterable[str]) -> str:
-    """``text`` (an answer, an error's message, a command's output) with every one of ``secrets`` masked,
-    and the value of every secret variable of this process."""
+def _scrubbed(text: str, secrets: Iterable[str | re.Pattern[str]]) -> str:
+    """``text`` (an answer, an error's message, a command's output) with every one of ``secrets`` masked (a pattern
+    where it matches), and the value of every secret variable of this process."""
     for secret in secrets:
-        text = text.replace(secret, "***")
+        text = secret.sub("***", text) if isinstance(secret, re.Pattern) else text.replace(secret, "***")
     return _redacted(text)
 
 
