@@ -219,7 +219,9 @@ def _on_signals(abort: Callable[[str], None]) -> None:
     only canary, which interrupts an ``up`` in progress itself. Command hooks
     run in sessions of their own too: the second signal kills them before
     canary exits (a load generator outlived it, and ran beside the next one
-    after ``canary resume``). A SIGKILL of canary still leaves them running.
+    after ``canary resume``). A SIGKILL of canary kills them too on Linux
+    (``processes.spawn``), and what they started in their groups where libc
+    has ``_Fork`` (glibc 2.34 or later); elsewhere they run on.
     """
     # imported now: an import in the handler could wait for a lock the interrupted main thread holds
     from canary.adapters import webhooks

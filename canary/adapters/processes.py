@@ -26,7 +26,8 @@ in its time. An identity without them (an earlier canary's; Pulumi's lock files,
 and host name only) is judged by host name alone, as before.
 
 It also starts the children that must not outlive this process however it ends (``spawn``: a command
-hook, a load generator among them, is SIGKILLed with canary, and so is what it started in its group).
+hook, a load generator among them, is SIGKILLed with canary, and so is what it started in its group where
+libc has ``_Fork``).
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ import errno
 import functools
 import os
 import queue
-import select
 import signal
 import socket
 import subprocess
@@ -198,20 +198,22 @@ def _dies_with(parent: int, prctl: Callable[..., int], alive: int | None = None)
     The kernel signals the child alone: what the command starts (a shell's children) would be reparented
     and run on. A child that leads a process group of its own therefore also starts a watcher of that group
     (``_watch``; ``alive``: the read end of ``_ALIVE``'s pipe), forked by ``_FORK`` twice so that it is not the
-    command's child (a command that waits for all its children would wait for it too)."""
+    command's child (a command that waits for all its children would wait for it too). The watcher's command
+    line is built here, in the parent, but for the two numbers only the child knows."""
     fork = _FORK
+    watcher = None if _PYTHON is None else [_PYTHON, "-I", "-S", "-c", _WATCHER, str(round(_WATCH_EVERY * 1000))]
 
     def preexec() -> None:
         prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         if os.getppid() != parent:
             os.kill(os.getpid(), signal.SIGKILL)
-        if alive is not None and fork is not None and os.getpgrp() == os.getpid():
+        if alive is not None and fork is not None and watcher is not None and os.getpgrp() == os.getpid():
             group = os.getpid()
             middle = fork()
             if middle == 0:
                 try:
                     if fork() == 0:
-                        _watch(alive, group)
+                        _watch(watcher, alive, group)
                 finally:
                     os._exit(0)
             if middle > 0:
@@ -222,14 +224,15 @@ def _dies_with(parent: int, prctl: Callable[..., int], alive: int | None = None)
     return preexec
 
 
-def _watch(alive: int, group: int) -> NoReturn:
-    """The watcher of a command's process group, a fork of canary that never execs: when canary ends (``alive``
-    at its end of file) it SIGKILLs the group; when the group is gone (the caller killed it) it ends. In a
-    group of its own: the caller's kill of the command's group ends with the group empty, as without it. The
-    group's id is the command's pid, its own while the command is not reaped, and a pid is given again only
-    after the whole range of pids went round: not within the ``_WATCH_EVERY`` it may be late to see the group
-    gone. It holds nothing of canary's open (a socket canary closed would stay open to its peer) and blocks
-    every signal: canary's handlers are not its to run (only SIGKILL can end it)."""
+def _watch(watcher: list[str], alive: int, group: int) -> NoReturn:
+    """What becomes the watcher of a command's process group, in a fork of canary: it leaves the group (the
+    caller's kill of the command's group ends with the group empty, as without it), closes every descriptor
+    but ``alive`` (Popen waits for the end of file of its error pipe, a caller for the command's output's, and
+    a socket canary closes would stay open to its peer: a watcher holding them would hold all that), and execs ``watcher`` (``_WATCHER``), an interpreter of its own:
+    a fork of canary that lives on ends up holding a private copy of canary's memory, page by page as
+    canary's heap changes (one per running hook, as much again as canary's). Every signal is blocked, and
+    stays blocked across the exec: canary's handlers are not its to run, and a Ctrl-C or SIGTERM sent to
+    canary's terminal group is not its to obey (only SIGKILL ends it). If the exec fails there is no watcher."""
     try:
         signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
         os.setpgid(0, 0)
@@ -239,13 +242,9 @@ def _watch(alive: int, group: int) -> NoReturn:
                     os.close(fd)
                 except OSError:
                     pass  # the listing's own, closed already
-        ends = select.poll()  # (not select(): canary's descriptor numbers may be past what it takes)
-        ends.register(alive, select.POLLIN)
-        while True:
-            if ends.poll(_WATCH_EVERY * 1000) and not os.read(alive, 1):
-                os.killpg(group, signal.SIGKILL)
-                return
-            os.killpg(group, 0)  # ProcessLookupError once it is gone: nothing left to watch
+        os.set_inheritable(alive, True)
+        os.chdir("/")  # (holds no directory of canary's busy)
+        os.execv(watcher[0], [*watcher, str(alive), str(group)])
     finally:
         os._exit(0)
 
@@ -253,9 +252,65 @@ def _watch(alive: int, group: int) -> NoReturn:
 #: how often a watcher looks whether its group is still there
 _WATCH_EVERY = 0.5
 
+#: the interpreter a watcher runs in, resolved here, in the parent: nothing is looked up between fork and exec.
+#: None (no watcher) where the interpreter cannot tell its own path (an embedding program)
+_PYTHON = sys.executable or None
+
+#: The watcher program (``python -I -S -c _WATCHER EVERY_MS ALIVE GROUP``), self-contained: no site, no
+#: canary, a few MB. When canary ends (``ALIVE`` at its end of file: nobody writes to it) it SIGKILLs the
+#: group. It ends once no process of the group is alive but zombies: the caller killed it. A zombie is not
+#: alive: where canary is a container's first process (or a subreaper), what a killed command started is
+#: reparented to canary, which reaps only its own children, and stays a zombie of the group as long as canary
+#: runs. The group's id is the command's pid, its own while the command is not reaped, and a pid is not given
+#: again while a process of that group, a zombie included, is there: the group the watcher sees is the
+#: command's. The leader (the command) is looked at first; all of ``/proc`` only once it is gone.
+_WATCHER = """\
+# canary's watcher of a command hook's process group: SIGKILLs the group when canary ends
+import os, select, sys
+
+every, alive, group = (int(arg) for arg in sys.argv[1:4])
+proc = os.path.isdir("/proc/self")
+
+
+def lives(pid):
+    try:
+        with open("/proc/" + str(pid) + "/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    return fields[0] not in (b"Z", b"X") and int(fields[2]) == group
+
+
+def group_lives():
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    if not proc:
+        return True
+    return lives(group) or any(lives(name) for name in os.listdir("/proc") if name.isdigit())
+
+
+ends = select.poll()  # (not select(): the descriptor's number is canary's, maybe past what select() takes)
+ends.register(alive, select.POLLIN)
+while True:
+    if ends.poll(every) and not os.read(alive, 1):
+        try:
+            os.killpg(group, 9)
+        except OSError:
+            pass
+        break
+    if not group_lives():
+        break
+"""
+
+
 #: this process's pid, and the two ends of a pipe that nobody writes: its write end, this process's alone
 #: (close-on-exec, never passed to a child), is closed by the kernel when the process ends, however it ends,
-#: and a watcher (``_watch``) reads the end of file. A fork of canary that does not exec would hold it too
+#: and a watcher (``_WATCHER``) reads the end of file. A fork of canary that does not exec would hold it too
 #: (canary has none); one that spawns makes a pipe of its own.
 _ALIVE: tuple[int, int, int] | None = None
 
@@ -285,7 +340,7 @@ def spawn(args: list[str], **options: Any) -> subprocess.Popen[bytes]:
     the process, never by the caller's (a hook started from a helper thread would die with that thread).
     The kernel signals the child itself only: what it started (a shell's children) is reparented. A child that
     leads a process group of its own (``start_new_session``, ``process_group=0``) has a watcher, which SIGKILLs
-    the whole group when this process ends (``_watch``), and ends once the caller killed it. What leaves the
+    the whole group when this process ends (``_WATCHER``), and ends once the caller killed it. What leaves the
     group (a command that starts a session of its own) is not followed.
     Elsewhere a plain ``Popen``: the child outlives a SIGKILL of this process.
 

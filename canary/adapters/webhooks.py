@@ -5,8 +5,10 @@ any status above 202), and a redirect is a no that is never followed; an alert
 succeeds on any 2xx. A command hook succeeds on exit status 0, runs
 in its own process group, and is killed whole when its timeout expires or the
 release is cancelled; on Linux it also dies with canary's process however that
-ends, a SIGKILL included (``processes.spawn``: the command and what it started
-in its group); what it started in that group is killed when it exits, and
+ends, a SIGKILL included (``processes.spawn``: the command, and what it started
+in its group where libc has ``_Fork``, glibc 2.34 or musl 1.2.2 and later; with
+an older glibc, the command alone); what it started in that group is killed
+when it exits, and
 its output is read until its deadline at most (a process that left the group
 may hold the pipe), and its standard input is fed off the caller's thread (a body
 larger than the pipe's buffer, to a command that never reads it, held the call

@@ -217,34 +217,80 @@ def _sleeps(pgid: int) -> list[int]:
     return found
 
 
-def _run_canary(tmp_path: Path, body: str) -> subprocess.Popen[str]:
-    """A Python process that imports canary and runs ``body`` (its stdout: a pipe)."""
+def _run_canary(tmp_path: Path, body: str, stdin: int | None = None) -> subprocess.Popen[str]:
+    """A Python process that imports canary and runs ``body`` (its stdout: a pipe). Its environment carries
+    ``_MARK`` (``_marked``): what it started, exec or not, carries it too."""
     script = tmp_path / "canary_process.py"
-    script.write_text(f"import sys, time\nsys.path.insert(0, {str(ROOT)!r})\nfrom canary.adapters import processes\n{body}")
-    return subprocess.Popen([sys.executable, "-W", "error", str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    script.write_text(f"import os, sys, time\nsys.path.insert(0, {str(ROOT)!r})\nfrom canary.adapters import processes\n{body}")
+    return subprocess.Popen([sys.executable, "-W", "error", str(script)], stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, _MARK: str(tmp_path)})
+
+
+_MARK = "CANARY_TEST_PROCESS"
+
+
+def _marked(tmp_path: Path) -> list[int]:
+    """The processes started by ``_run_canary(tmp_path, …)`` (itself included), by their environment."""
+    mark = f"{_MARK}={tmp_path}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        with suppress(OSError):
+            if entry.name.isdigit() and mark in (entry / "environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+    return found
+
+
+def _watcher(group: int) -> int | None:
+    """The live watcher of a command's group ``group``: the process of the command's session that leads a group
+    of its own."""
+    for entry in Path("/proc").iterdir():
+        with suppress(OSError, ValueError, IndexError):
+            stat = (entry / "stat").read_text()
+            fields = stat[stat.rindex(")") + 2 :].split()  # state, ppid, pgrp, session, ...
+            if int(fields[3]) == group and int(fields[2]) == int(entry.name) != group and fields[0] not in ("Z", "X"):
+                return int(entry.name)
+    return None
+
+
+def _started(canary: subprocess.Popen[str]) -> tuple[int, int]:
+    """The group of the command ``canary`` started, which it prints, and that group's watcher."""
+    assert canary.stdout is not None and canary.stderr is not None
+    line = canary.stdout.readline()
+    assert line, canary.stderr.read()
+    group = int(line)
+    assert poll(lambda: _watcher(group) is not None), "the command's group has no watcher"
+    watcher = _watcher(group)
+    assert watcher is not None
+    return group, watcher
+
+
+def _kill_all(group: int, *pids: int) -> None:
+    """SIGKILL to ``pids`` and to what is alive in ``group``, each by its pid (0: none)."""
+    for pid in [*pids, *(group_members(group) if group else [])]:
+        with suppress(ProcessLookupError):
+            if pid:
+                os.kill(pid, signal.SIGKILL)
 
 
 @linux_only
 def test_a_sigkill_of_canary_kills_what_its_command_started(tmp_path: Path) -> None:
     # only the command itself asked for a signal at its parent's death: what it started (`sh -c "a && b"`, a load
     # generator's workers) was reparented and ran on, with nobody left to stop it
-    group = 0
+    group = watcher = 0
     with _run_canary(tmp_path, "hook = processes.spawn(['sh', '-c', 'sleep 300 & sleep 300; wait'], start_new_session=True)\n"
                                "print(hook.pid, flush=True)\ntime.sleep(300)\n") as canary:
         try:
-            assert canary.stdout is not None and canary.stderr is not None
-            line = canary.stdout.readline()
-            assert line, canary.stderr.read()
-            group = int(line)
+            group, watcher = _started(canary)
             assert poll(lambda: len(_sleeps(group)) == 2), "the command did not start its children"
+            for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # a Ctrl-C, a CI job's SIGTERM: canary's, not its
+                os.kill(watcher, signum)
             canary.kill()
             canary.wait(BOUND_S)
-            assert poll(lambda: not group_members(group), timeout=3.0), f"outlived canary: {_sleeps(group)}"
+            # (not within a second or two: on a busy machine the watcher may still be starting its interpreter)
+            assert poll(lambda: not group_members(group)), f"outlived canary: {_sleeps(group)}"
         finally:
             canary.kill()
-            for pid in group_members(group) if group else []:
-                with suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+            _kill_all(group, watcher)
 
 
 @linux_only
@@ -266,16 +312,86 @@ def test_a_command_that_cannot_start_leaves_nothing_behind(tmp_path: Path) -> No
         try:
             assert canary.stdout is not None and canary.stderr is not None
             assert canary.stdout.readline() == "failed\n", canary.stderr.read()
-            mine = Path(f"/proc/{canary.pid}/cmdline").read_bytes()
 
-            def copies() -> list[int]:  # forks of the canary process, but itself
-                found = []
-                for entry in Path("/proc").iterdir():
-                    with suppress(OSError):
-                        if entry.name.isdigit() and int(entry.name) != canary.pid and (entry / "cmdline").read_bytes() == mine:
-                            found.append(int(entry.name))
-                return found
+            def copies() -> list[int]:  # what the canary process started, forks and watchers, that lives on
+                return [pid for pid in _marked(tmp_path) if pid != canary.pid and processes.pid_alive(pid)]
 
             assert poll(lambda: not copies(), 5.0), f"left running: {copies()}"
         finally:
             canary.kill()
+
+
+def _private_kb(pid: int) -> int | None:
+    """The memory of ``pid`` that no other process shares (kB), None once it is gone."""
+    try:
+        rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return None
+    return sum(int(line.split()[1]) for line in rollup.splitlines() if line.startswith(("Private_Clean:", "Private_Dirty:")))
+
+
+@linux_only
+def test_a_watcher_holds_no_copy_of_canarys_memory(tmp_path: Path) -> None:
+    # the watcher was a fork of canary that never execs: as canary's heap changed after the fork, the watcher ended up
+    # with a private copy of it, one per running hook (a CI pod's memory doubled). A fresh interpreter: a few MB
+    group = watcher = 0
+    with _run_canary(tmp_path, "heap = [str(i) * 3 for i in range(1_000_000)]\n"  # a long-running canary's heap, ~90 MB
+                               "hook = processes.spawn(['sleep', '300'], start_new_session=True)\n"
+                               "heap = [s + 'x' for s in heap]\n"  # canary goes on working: its heap changes
+                               "print(hook.pid, flush=True)\ntime.sleep(300)\n") as canary:
+        try:
+            group, watcher = _started(canary)
+            # polled: one measured between its fork and its exec, on a busy machine, may still be a copy
+            assert poll(lambda: (_private_kb(watcher) or 0) < 30_000), f"the watcher's private memory: {_private_kb(watcher)} kB"
+            assert processes.pid_alive(watcher)
+        finally:
+            canary.kill()
+            _kill_all(group, watcher)
+
+
+@linux_only
+def test_a_watcher_ends_when_its_group_has_only_zombies_left(tmp_path: Path) -> None:
+    # canary as a container's first process (or a subreaper) is given what a killed command started, and reaps only
+    # its own children: the group's zombies answered kill(-group, 0), and the watcher lived on as long as canary
+    group = watcher = 0
+    body = ("import ctypes, signal, subprocess\n"
+            "assert ctypes.CDLL(None).prctl(36, 1, 0, 0, 0) == 0\n"  # PR_SET_CHILD_SUBREAPER, as a container's PID 1
+            "hook = processes.spawn(['sh', '-c', 'sleep 300 & echo go; wait'], stdout=subprocess.PIPE, start_new_session=True)\n"
+            "assert hook.stdout.readline() == b'go\\n'\n"
+            "print(hook.pid, flush=True)\n"
+            "sys.stdin.readline()\n"
+            "os.killpg(hook.pid, signal.SIGKILL)\nhook.wait()\n"  # as webhooks does: the command's reaped, its child is not
+            "print('killed', flush=True)\n"
+            "sys.stdin.readline()\n"
+            "while True:\n"  # the end: reaped, all of them (no zombie handed on)
+            "    try:\n        os.wait()\n    except ChildProcessError:\n        break\n")
+    with _run_canary(tmp_path, body, stdin=subprocess.PIPE) as canary:
+        try:
+            assert canary.stdin is not None and canary.stdout is not None
+            group, watcher = _started(canary)
+            canary.stdin.write("kill\n")
+            canary.stdin.flush()
+            assert canary.stdout.readline() == "killed\n"
+            assert poll(lambda: not group_members(group)), f"the kill left {group_members(group)}"
+            os.killpg(group, 0)  # only zombies left, which still answer
+            assert poll(lambda: not processes.pid_alive(watcher)), "the watcher outlived its group"
+        finally:
+            _kill_all(group, watcher)
+            with suppress(OSError, subprocess.TimeoutExpired):
+                canary.communicate("end\n", timeout=BOUND_S)
+            canary.kill()
+
+
+@linux_only
+def test_a_watcher_that_cannot_start_leaves_the_command_running(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(processes, "_PYTHON", "/nonexistent/python")
+    hook = processes.spawn(["sh", "-c", "echo started; sleep 300"], stdout=subprocess.PIPE, start_new_session=True)
+    try:
+        assert hook.stdout is not None and hook.stdout.readline() == b"started\n"
+        assert poll(lambda: _watcher(hook.pid) is None, 5.0), "the watcher's fork outlived its failed exec"
+        assert hook.poll() is None
+    finally:
+        with suppress(ProcessLookupError):
+            os.killpg(hook.pid, signal.SIGKILL)
+        hook.communicate(timeout=BOUND_S)
+    assert poll(lambda: not group_members(hook.pid), 5.0), "its group outlived the kill"
