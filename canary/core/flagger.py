@@ -69,8 +69,9 @@ _FLAGGER_PLACEHOLDER = re.compile(r"\{\{\s*(target|service|name|ingress|route)\s
 _FLAGGER_BUILTINS = ("request-success-rate", "request-duration")
 _METRIC_FIELDS = {"name", "templateRef", "thresholdRange", "threshold", "interval", "templateVariables"}
 _WEBHOOK_FIELDS = {"name", "type", "url", "timeout", "metadata"}
-#: A URL's host, past any user info (never shown) and before its port, path or query.
-_URL_HOST = re.compile(r"\bhttps?://(?:[^/?#@\s'\"]*@)?([^/?#:@\s'\"]+)", re.IGNORECASE)
+#: A URL's host, past any user info (never shown) and before its port, path or query. The user info runs to the last
+#: ``@`` before the path, as Flagger's (Go's) URL parser reads it: a password holding an ``@`` is no host.
+_URL_HOST = re.compile(r"\bhttps?://(?:[^/?#\s'\"]*@)?([^/?#:@\s'\"]+)", re.IGNORECASE)
 #: Top-level domains public hosts commonly end in (every two-letter one is a country's and counts too): the last
 #: label of a two-label host that is none of these is taken for a namespace (``flagger-loadtester.test``).
 _KNOWN_TLDS = frozenset({

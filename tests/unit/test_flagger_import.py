@@ -625,6 +625,16 @@ def test_a_load_test_run_locally_is_noted_for_the_cluster_internal_host_it_calls
     assert len(notes) == 1, result.notes
 
 
+def test_a_password_holding_an_at_sign_is_no_host_in_a_note() -> None:
+    # the user info runs to the last `@` before the path, as a URL parser reads it: the note said `calls host tpw`, a piece
+    # of the password, on the terminal and in the stack file's header
+    hook = {**LOAD_TEST, "metadata": {"cmd": "curl -s http://admin:s3cr@tpw@web-canary.test/"}}
+    result = flagger.convert([_with_hooks(hook), _template()])
+    notes = [n for n in result.notes if "cluster-internal" in n]
+    assert len(notes) == 1 and "calls host web-canary.test," in notes[0], result.notes
+    assert not any("tpw" in n or "s3cr" in n for n in result.notes), result.notes
+
+
 def test_the_replaced_load_tester_is_named_by_its_host_not_its_url() -> None:
     hook = {**LOAD_TEST, "url": "http://t0ken@flagger-loadtester.test/?key=hunter2"}
     result = flagger.convert([_with_hooks(hook), _template()])
