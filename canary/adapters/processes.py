@@ -252,9 +252,15 @@ def _watch(watcher: list[str], alive: int, group: int) -> NoReturn:
 #: how often a watcher looks whether its group is still there
 _WATCH_EVERY = 0.5
 
-#: the interpreter a watcher runs in, resolved here, in the parent: nothing is looked up between fork and exec.
-#: None (no watcher) where the interpreter cannot tell its own path (an embedding program)
-_PYTHON = sys.executable or None
+def _interpreter(executable: str) -> str | None:
+    """``executable`` when it is a Python interpreter a watcher can run in; else None (no watcher): an interpreter
+    that cannot tell its own path, or an embedding program (uWSGI, a frozen binary) that names itself there and would
+    be run with Python's flags."""
+    return executable if executable and os.path.basename(executable).startswith("python") else None
+
+
+#: the interpreter a watcher runs in, resolved here, in the parent: nothing is looked up between fork and exec
+_PYTHON = _interpreter(sys.executable)
 
 #: The watcher program (``python -I -S -c _WATCHER EVERY_MS ALIVE GROUP``), self-contained: no site, no
 #: canary, a few MB. When canary ends (``ALIVE`` at its end of file: nobody writes to it) it SIGKILLs the

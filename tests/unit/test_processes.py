@@ -395,3 +395,11 @@ def test_a_watcher_that_cannot_start_leaves_the_command_running(monkeypatch: pyt
             os.killpg(hook.pid, signal.SIGKILL)
         hook.communicate(timeout=BOUND_S)
     assert poll(lambda: not group_members(hook.pid), 5.0), "its group outlived the kill"
+
+
+@pytest.mark.parametrize(("executable", "runs"), [("/usr/bin/python3.11", True), ("/srv/app/.venv/bin/python", True),
+                                                  ("/usr/bin/uwsgi", False), ("/opt/canary/canary-frozen", False), ("", False)])
+def test_a_watcher_runs_only_in_a_python_interpreter(executable: str, runs: bool) -> None:
+    # an embedding program names itself in sys.executable: run with Python's flags and the watcher's source, it would do
+    # whatever it does with them instead of watching
+    assert (processes._interpreter(executable) == executable) is runs
