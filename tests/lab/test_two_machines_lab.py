@@ -43,7 +43,8 @@ from canary.core import naming
 from canary.core.records import ReleaseState
 from canary.state.cache import Cache
 from canary.state.store import ReleaseStore
-from tests.lab.helpers import Background, LabStack, RouteWatcher, SaysNo, assert_stable_state, kill_group, pin, running, serve, wait_until
+from tests.lab.helpers import Background, LabStack, RouteWatcher, SaysNo, assert_stable_state, kill_group, pin, running, wait_until
+from tests.unit.support import serve
 
 LEGACY = Path(__file__).parent / "legacy"  # written by canary 0.1 on the lab (see legacy/README.md)
 

@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from tests.lab.helpers import LabStack, RouteWatcher, assert_stable_state, running, serve, wait_until
+from tests.lab.helpers import LabStack, RouteWatcher, assert_stable_state, running, wait_until
+from tests.unit.support import serve
 
 HANG_SECONDS = 20  # how long /hang holds a request: far beyond every hook's timeout, and bounded
 

@@ -23,7 +23,8 @@ from canary.errors import StackBusy, StackLocked
 from canary.lab.layout import Layout
 from canary.state.cache import Cache
 from tests.lab.conftest import make_project, stack_name
-from tests.lab.helpers import LabStack, RouteWatcher, SaysNo, assert_stable_state, host, running, serve, wait_until
+from tests.lab.helpers import LabStack, RouteWatcher, SaysNo, assert_stable_state, host, running, wait_until
+from tests.unit.support import serve
 
 SECRET = "s3cr3t-token-for-the-lab"
 

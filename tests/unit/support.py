@@ -1,5 +1,5 @@
-"""Shared helpers of the unit tests: a recording HTTP receiver on 127.0.0.1, a free port, a bounded poll, a Stack
-adapter without the Pulumi CLI.
+"""Shared helpers of the unit tests (and the lab's): a recording HTTP receiver on 127.0.0.1, a loopback server for a
+handler of one's own, a free port, a bounded poll, a Stack adapter without the Pulumi CLI.
 
 The receiver answers every request with the status it is told (or, for a
 path it is told about, another status and headers: a redirect), records the
@@ -198,3 +198,16 @@ class NoCliStack:
 
     def outputs(self) -> dict[str, Any]:
         return self.OUTPUTS
+
+
+@contextmanager
+def serve(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A loopback HTTP server on a free port answering with ``handler`` for the block; yields its base URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()

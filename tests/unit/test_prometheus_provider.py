@@ -6,9 +6,8 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -16,6 +15,7 @@ import pytest
 
 from canary.adapters.prometheus import PrometheusProvider
 from canary.errors import BadQuery, MultipleValues, ProviderUnreachable
+from tests.unit.support import serve
 
 TOKEN = "tok-9f8e7d6c5b4a"
 
@@ -75,23 +75,11 @@ def _answering(status: int, said: Callable[[BaseHTTPRequestHandler], bytes], con
     return _Answer
 
 
-@contextmanager
-def _serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
-    """The address of a loopback server answering with ``handler``, shut down when the block ends."""
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{srv.server_address[1]}"
-    finally:
-        srv.shutdown()
-        srv.server_close()
-
-
 @pytest.fixture
 def server() -> Iterator[str]:
     _Recorder.seen, _Recorder.asked, _Recorder.delay, _Recorder.status, _Recorder.raw = [], [], 0.0, 200, None
     _Recorder.data = {"resultType": "vector", "result": [{"metric": {}, "value": [1, "3.5"]}]}
-    with _serving(_Recorder) as address:
+    with serve(_Recorder) as address:
         yield address
 
 
@@ -144,7 +132,7 @@ def _echo_credentials(request: BaseHTTPRequestHandler) -> bytes:
 @pytest.mark.parametrize("status", [400, 503])
 @pytest.mark.parametrize("secret", ["plainSECRET1", "tok&en<SECRET>", "back\\slashSECRET", "it's\"SECRET", "it'sSECRET", "ünïcodeSECRET"])
 def test_a_secret_echoed_by_the_server_in_any_escaping_stays_out_of_errors(secret: str, status: int) -> None:
-    with _serving(_answering(status, _echo_credentials)) as address:
+    with serve(_answering(status, _echo_credentials)) as address:
         provider = PrometheusProvider(address, token=secret, headers={"X-Scope-OrgID": f"x{secret}"})
         with pytest.raises(Exception) as info:
             provider.run_query("up")
@@ -157,7 +145,7 @@ def test_a_secret_echoed_by_the_server_in_any_escaping_stays_out_of_errors(secre
 def test_a_short_header_value_does_not_hide_the_status_of_a_rejected_query(tenant: str) -> None:
     """A tenant header such as X-Scope-OrgID "0" is a secret scrubbed from what is shown; scrubbed before
     the status was read, "400" became "4<secret><secret>" and a rejected query passed for an outage."""
-    with _serving(_answering(400, _echo_credentials)) as address, pytest.raises(BadQuery) as info:
+    with serve(_answering(400, _echo_credentials)) as address, pytest.raises(BadQuery) as info:
         PrometheusProvider(address, headers={"X-Scope-OrgID": tenant}).run_query("up")
     assert str(info.value).startswith("Prometheus rejected the query: bad request, headers: None ")
     assert tenant not in str(info.value).removeprefix("Prometheus rejected the query") and tenant not in repr(info.value.__cause__).replace("400", "")
@@ -178,7 +166,7 @@ def test_a_secret_straddling_the_cut_of_a_rejection_is_scrubbed_whole(as_json: b
         return json.dumps({"status": "error", "errorType": "bad_data", "error": said}).encode() if as_json else said.encode()
 
     texts = []
-    with _serving(_answering(400, straddle)) as address:
+    with serve(_answering(400, straddle)) as address:
         provider = PrometheusProvider(address, token=token)
         for pad[0] in pads:  # the cut falls inside the token for some of them, whatever the text around the reason
             with pytest.raises(BadQuery) as info:
@@ -201,7 +189,6 @@ def test_connection_refused_is_unreachable() -> None:
 def test_a_connection_closed_without_an_answer_says_so() -> None:
     """What a client sees through a proxy (the lab's forwarder, an ingress) whose Prometheus is down."""
     import socket
-    import threading
 
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
@@ -275,7 +262,7 @@ class _Redirect(_Recorder):
 def test_a_redirect_to_another_host_carries_no_token_and_no_header(server: str, elsewhere: bool) -> None:
     # requests drops Authorization on such a redirect, but sent the other headers (a tenant, an API key) along
     _Redirect.seen, _Redirect.asked = [], []
-    with _serving(_Redirect) as front:
+    with serve(_Redirect) as front:
         # "localhost" is another host than 127.0.0.1 to a client, whatever it resolves to
         _Redirect.to = server.replace("127.0.0.1", "localhost") if elsewhere else f"{front}/moved"
         provider = PrometheusProvider(front, token=TOKEN, headers={"X-Scope-OrgID": "tenant-7", "X-Api-Key": "key-5e6f"})
@@ -352,7 +339,7 @@ def test_an_address_s_path_and_query_stay_out_of_errors() -> None:
         PrometheusProvider(f"http://127.0.0.1:{port}{private}", timeout=timedelta(seconds=1)).run_query("up")
     # a proxy whose errors quote the path and query it was asked for
     echo_path = _answering(503, lambda request: json.dumps({"status": "error", "error": f"no route for {request.path}"}).encode())
-    with _serving(echo_path) as address, pytest.raises(ProviderUnreachable) as echoed:
+    with serve(echo_path) as address, pytest.raises(ProviderUnreachable) as echoed:
         PrometheusProvider(f"{address}{private}").run_range("up", 60, 5)
     assert str(refused.value) == f"Prometheus at http://127.0.0.1:{port} could not be reached (connection refused)"
     assert str(echoed.value).startswith(f"Prometheus at {address} answered HTTP 503: ")
@@ -390,7 +377,7 @@ def _unknown_tenant(request: BaseHTTPRequestHandler) -> bytes:
 def test_a_tenant_token_echoed_alone_and_a_token_echoed_html_or_url_quoted_stay_out_of_errors() -> None:
     # the path was masked whole only ("unknown tenant t0k3nABCDEF1234" went out), and a token only as it is or as
     # JSON quotes it (a proxy's HTML page, a URL's echo, showed it)
-    with _serving(_answering(401, _unknown_tenant, "text/html")) as address, pytest.raises(Exception) as info:
+    with serve(_answering(401, _unknown_tenant, "text/html")) as address, pytest.raises(Exception) as info:
         PrometheusProvider(f"{address}/t/t0k3nABCDEF1234", token="abc<def>&ghi'\"jkSECRET").run_query("up")
     text = f"{info.value} {info.value.__cause__!r}"
     assert "401" in text and "unknown tenant" in text, text
@@ -407,7 +394,7 @@ def _echo_tenant(request: BaseHTTPRequestHandler) -> bytes:
 def test_a_short_header_value_is_masked_where_it_stands_alone_not_inside_words() -> None:
     # X-Scope-OrgID "prod" was masked everywhere: "in namespace <secret>uction, <secret>uct-db" named the tenant by
     # what was left and hid the namespace; the token is masked everywhere still, however short
-    with _serving(_answering(503, _echo_tenant)) as address, pytest.raises(ProviderUnreachable) as info:
+    with serve(_answering(503, _echo_tenant)) as address, pytest.raises(ProviderUnreachable) as info:
         PrometheusProvider(address, token="uct", headers={"X-Scope-OrgID": "prod"}).run_query("up")
     for text in (str(info.value), repr(info.value.__cause__)):
         assert "tenant <secret> (token <secret>)" in text and text.count("prod") == 2 and "tenant=" in text, text
