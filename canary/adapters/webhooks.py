@@ -23,7 +23,9 @@ its program's base name only, and every text it quotes (an answer, an error, a
 command's output) is scrubbed of the URL's parts and of what of the command's
 arguments may be a secret (one that reads as a token or is 16 characters or more, a
 script whole, its URLs, any option's value, glued ``-pX`` or ``--name=X`` too, headers,
-an assignment's value; in a script's words as well), never of a plain positional word of it.
+an assignment's value, the value of a JSON member named as a credential; in a script's words as well), never of a plain
+positional word of it nor of a URL's host on its own; a value not named as a credential only where it stands as a word of
+its own (``-n prod`` leaves ``production``).
 Outputs are truncated in results; an alert's URL never appears in one.
 """
 
@@ -167,6 +169,8 @@ def _label(hook: Webhook) -> str:
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
 #: ``k=v`` as an option or an environment takes it: ``--token=X``, ``TOKEN=X``.
 _ASSIGNMENT = re.compile(r"(-{0,2}[A-Za-z_][\w.-]*)=(.+)", re.DOTALL)
+#: ``"name": "value"``, as a JSON body names a credential (``curl -d '{"password":"…"}'``)
+_MEMBER = re.compile(r'"([A-Za-z_][\w.-]*)"\s*:\s*"((?:[^"\\]|\\.)*)"')
 #: ``Name: value``, as curl, wget and hey take a header.
 _HEADER = re.compile(r"([A-Za-z][\w-]*):\s+(\S.*)", re.DOTALL)
 #: the options whose next word is a header, whatever its name: ``-H``, ``-sH`` (short flags together), ``--header``,
@@ -211,8 +215,8 @@ def _embedded_url_parts(url: str) -> set[str]:
 def _words_secrets(words: list[str], depth: int = 0) -> set[str]:
     """What inside a command's arguments may be a secret. A script (``sh -c '…'``, as an imported load tester
     runs it) is one argument, and what it runs quotes a URL, an option's value or a header of it, never the
-    script whole: each URL's parts (``_embedded_url_parts``), the value of a credential's ``k=v`` or header
-    (and its last word: a ``Bearer`` token), any header given to ``-H``, the word after an option that names a
+    script whole: each URL's parts (``_embedded_url_parts``), the value of a credential's ``k=v``, header
+    (and its last word: a ``Bearer`` token) or JSON member (``{"password":"…"}``), any header given to ``-H``, the word after an option that names a
     credential, the password of ``-u user:password``; in a script's words too. Nothing else is taken (a
     script's own ``error: …`` is said whole)."""
     found: set[str] = set()
@@ -233,6 +237,7 @@ def _words_secrets(words: list[str], depth: int = 0) -> set[str]:
                 found |= _words_secrets(["-H", value], depth + 1)
             elif _credential(name):
                 found.add(value)
+        found |= {value for name, value in _MEMBER.findall(word) if _credential(name)}
         if before.startswith("-") and "=" not in before and _credential(before) and not word.startswith("-"):  # --token=X: X is its value
             found.add(word)
         if before in _USER_OPTIONS:
@@ -243,8 +248,13 @@ def _words_secrets(words: list[str], depth: int = 0) -> set[str]:
     return found
 
 
-#: Where a command's argument is cut into pieces, each of which may read as a token: a path's, a host's, ``user:key``'s.
-_PIECES = re.compile(r"[/.:@,=]+")
+#: Where a command's argument is cut into pieces, each of which may read as a token: a path's, a host's, ``user:key``'s,
+#: a quoted or bracketed value's (``{"password":"…"}``: a piece kept its quotes, and the bare value was never masked).
+_PIECES = re.compile(r"[/.:@,=\"'{}\[\]()]+")
+#: A URL's host and port (after its user info, whose password may hold an ``@``), left out of its argument's pieces: a
+#: host is no secret (an HTTP hook's result names it) and a command's errors say it (``Could not resolve host: …``),
+#: where a long label of it (``flagger-loadtester``) was masked for its length. Its other parts are cut as before.
+_URL_HOST = re.compile(r"(://(?:[^/?#\s'\"<>]*@)?)[^/?#\s'\"<>]*")
 #: A short option with its value glued to it (``-pwinter``, mysql's password; ``-uroot``); ``-sSL`` (flags together)
 #: leaves a value too short to be taken.
 _GLUED = re.compile(r"(-[A-Za-z])(.{3,})", re.DOTALL)
@@ -257,64 +267,76 @@ def _option(word: str) -> bool:
 
 
 def _argument_secrets(words: list[str], depth: int = 0) -> tuple[set[str], set[tuple[str, str]]]:
-    """What of a command's own arguments may be a secret besides what ``_words_secrets`` reads in them, and the values
-    glued to short options apart (``_glued_pattern``). Taken: a script (an argument with a blank) whole; the value of
-    any option, whatever its name (``-a X``, ``-p X``, ``-pX``, ``--db-pw=X``: a tool's password option may be any
-    letter), and of any ``k=v``; each piece of an argument that reads as a token (``tok-S3CRET-ARG``, ``s3cr3t99`` of
-    ``user:s3cr3t99``, any of 16 characters or more: a lowercase key, ``correct-horse-battery-staple``). The same in a
-    script's words (a token in it was masked only where the script was printed whole), but what it quotes
-    (``echo "Status: rollout blocked"``) is neither taken whole nor cut into pieces (``Status`` reads as a token).
-    A positional plain word stays (``deployment``, a host name: every argument taken whole, a failure's output read
-    ``deployment ***``), and so does a value shorter than a token (``-c 8``, ``_SHORTEST_SECRET``)."""
+    """What of a command's own arguments may be a secret besides what ``_words_secrets`` reads in them, and apart the
+    values masked as words of their own only (``_word_pattern``: with the short option they are glued to, or ``""``).
+    Taken: a script (an argument with a blank) whole; the value of any option, whatever its name (``-a X``, ``-p X``,
+    ``-pX``, ``--db-pw=X``: a tool's password option may be any letter), and of any ``k=v``; each piece of an argument
+    that reads as a token (``tok-S3CRET-ARG``, ``s3cr3t99`` of ``user:s3cr3t99``, any of 16 characters or more: a
+    lowercase key, ``correct-horse-battery-staple``), a URL's host left whole (``_URL_HOST``). The same in a script's
+    words (a token in it was masked only where the script was printed whole), but what it quotes (``echo "Status:
+    rollout blocked"``) is neither taken whole nor cut into pieces (``Status`` reads as a token). The value of an option
+    or ``k=v`` not named as a credential is a word of its own only: replaced wherever it appeared, ``-n prod`` made
+    ``production`` read ``***uction``, ``-X POST`` ``***ED``. A positional plain word stays (``deployment``, a host name:
+    every argument taken whole, a failure's output read ``deployment ***``), and so does a value shorter than a token
+    (``-c 8``, ``_SHORTEST_SECRET``)."""
     found: set[str] = set()
-    glued_values: set[tuple[str, str]] = set()
+    word_values: set[tuple[str, str]] = set()
     for i, word in enumerate(words):
         before = words[i - 1] if i else ""
         assignment, glued = _ASSIGNMENT.fullmatch(word), _GLUED.fullmatch(word)
         if any(c.isspace() for c in word) and not depth:
             found.add(word)
         if assignment is not None:
-            found.add(assignment.group(2))
+            name, value = assignment.groups()
+            if _credential(name):
+                found.add(value)
+            else:
+                word_values.add(("", value))
         elif glued is not None:
-            glued_values.add((glued.group(1), glued.group(2)))
+            word_values.add((glued.group(1), glued.group(2)))
         # -u's user:password: only the password (``_words_secrets``), the user is said
         if _option(before) and before not in _USER_OPTIONS and not word.startswith("-"):
-            found.add(word)
+            if _credential(before):
+                found.add(word)
+            else:
+                word_values.add(("", word))
         if depth <= 1 and not any(c.isspace() for c in word):
-            found.update(piece for piece in _PIECES.split(word.lstrip("-")) if http.opaque(piece))
+            found.update(piece for piece in _PIECES.split(_URL_HOST.sub(r"\1", word.lstrip("-"))) if http.opaque(piece))
         if depth < _NESTING and any(c in word for c in " \t\n;|&"):
-            inner, inner_glued = _argument_secrets(_script_words(word), depth + 1)
+            inner, inner_values = _argument_secrets(_script_words(word), depth + 1)
             found |= inner
-            glued_values |= inner_glued
-    return found, glued_values
+            word_values |= inner_values
+    return found, word_values
 
 
-def _glued_pattern(option: str, value: str) -> re.Pattern[str]:
-    """Where a value glued to its short option is read as a secret: as a word of its own (``Access denied: winter``,
-    ``password=winter``) or after its option (``-pwinter``), not inside another word (``Duration`` for ``-duration``)."""
-    return re.compile(rf"(?:(?<={re.escape(option)})|(?<![A-Za-z0-9])){re.escape(value)}(?![A-Za-z0-9])")
+def _word_pattern(value: str, option: str = "") -> re.Pattern[str]:
+    """Where an option's value is read as a secret: as a word of its own (``Access denied: winter``, ``password=winter``,
+    ``namespace prod``) or after the short option it is glued to (``-pwinter``), not inside another word (``Duration``
+    for ``-duration``, ``production`` for ``-n prod``, ``latest`` for ``--namespace test``, ``10000`` for ``-n 1000``)."""
+    glued = rf"(?<={re.escape(option)})|" if option else ""
+    return re.compile(rf"(?:{glued}(?<![A-Za-z0-9])){re.escape(value)}(?![A-Za-z0-9])")
 
 
 def _secrets(hook: Webhook) -> list[str | re.Pattern[str]]:
     """What of ``hook`` may be a secret, longest first: the whole URL and each of its parts (raw and
     decoded: an error may quote either), or the whole command line, what of its arguments may be one
-    (``_argument_secrets``, ``_words_secrets``) and the program's directory; then the values glued to
-    short options (``_glued_pattern``)."""
+    (``_argument_secrets``, ``_words_secrets``) and the program's directory, and the values masked as words of
+    their own only (``_word_pattern``): a longer one first, whose mask then covers a shorter one inside it."""
     found: set[str] = set()
-    glued: set[tuple[str, str]] = set()
+    word_values: set[tuple[str, str]] = set()
     if hook.url:
         found |= {hook.url, *(http.url_parts(hook.url) or ())}  # malformed: never sent, quoted whole only
     if hook.cmd:
         found.add(hook.cmd)
         words = _words(hook.cmd)
-        arguments, glued = _argument_secrets(words[1:])
+        arguments, word_values = _argument_secrets(words[1:])
         found |= arguments | _words_secrets(words[1:])
         if words:
             found.add(posixpath.dirname(words[0]))
     found |= {unquote(s) for s in found} | {unquote_plus(s) for s in found}
-    glued = {(option, v) for option, value in glued for v in (value, unquote(value), unquote_plus(value)) if len(v) >= _SHORTEST_SECRET}
-    return [*sorted((s for s in found if len(s) >= _SHORTEST_SECRET), key=len, reverse=True),
-            *(_glued_pattern(option, value) for option, value in sorted(glued, key=lambda g: len(g[1]), reverse=True))]
+    values = {(option, v) for option, value in word_values for v in (value, unquote(value), unquote_plus(value)) if len(v) >= _SHORTEST_SECRET}
+    secrets = [*((s, s) for s in found if len(s) >= _SHORTEST_SECRET), *((value, _word_pattern(value, option)) for option, value in values)]
+    return [secret for _, secret in sorted(secrets, key=lambda s: len(s[0]), reverse=True)]
 
 
 def _scrubbed(text: str, secrets: Iterable[str | re.Pattern[str]]) -> str:

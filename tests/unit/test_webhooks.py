@@ -366,6 +366,72 @@ def test_a_load_testers_short_option_values_stay_in_its_output() -> None:
     assert result.detail == "load: `sh …` exited 1: hey: 4s at 25 qps by 8 workers on podinfo failed", result.detail
 
 
+def says(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, printed: str, *tools: str) -> None:
+    """Stand-ins for ``tools`` on the PATH, each printing ``printed`` and failing, whatever its arguments."""
+    for name in tools:
+        (tmp_path / name).write_text(f"#!/bin/sh\ncat <<'EOF'\n{printed}\nEOF\nexit 1\n")
+        (tmp_path / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+
+
+@pytest.mark.parametrize(("cmd", "printed", "scrubbed"), [
+    ("kubectl -n prod rollout status deployment/web", "deployment/web in production (namespace prod) exceeded its progress deadline",
+     "deployment/web in production (namespace ***) exceeded its progress deadline"),
+    ("kubectl --namespace test get deployment web", "image web:latest in test is not ready", "image web:latest in *** is not ready"),
+    ("curl -fsS -X POST http://127.0.0.1:9/approve", "curl: (22) 409: already POSTED", "curl: (22) 409: already POSTED"),
+    ("loadtest -n 1000 --env=staging", "10000 requests planned, 1000 sent to staging, staging2 idle",
+     "10000 requests planned, *** sent to ***, staging2 idle"),
+    ("sh -c 'kubectl -n prod rollout status deployment/web'", "deployment/web in production (namespace prod) exceeded its progress deadline",
+     "deployment/web in production (namespace ***) exceeded its progress deadline"),
+    ("migrate --db-pw winter up", "denied: winter2 is not winter", "denied: ***2 is not ***"),
+    ("hey -host canary-lab-promotion.lab.test -z 4s -q 25 -c 8 -H 'X-Canary: always' http://127.0.0.1:18080/",
+     "Requests/sec: 24.9925 | Status code distribution: [200] 80 responses, [503] 20 responses",
+     "Requests/sec: 24.9925 | Status code distribution: [200] 80 responses, [503] 20 responses"),
+], ids=["short-option", "long-option", "method", "number-and-assignment", "script", "credential-option", "lab-load-test"])
+def test_an_ordinary_option_value_is_masked_as_a_word_of_its_own_only(cmd: str, printed: str, scrubbed: str, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # the value of an option or `k=v` not named as a credential was replaced wherever it appeared: `-n prod` turned
+    # "production" into "***uction", `-X POST` "POSTED" into "***ED", `-n 1000` 10000 into "***0"; a credential's value
+    # (`--db-pw`) is still replaced inside words too
+    says(tmp_path, monkeypatch, printed, "kubectl", "curl", "loadtest", "migrate", "hey")
+    result = Caller().call(hook(name="rollout", cmd=cmd), {})
+    assert not result.ok and result.detail.endswith(f"exited 1: {scrubbed}"), result.detail
+
+
+@pytest.mark.parametrize(("cmd", "printed", "scrubbed"), [
+    ("curl -fsS http://flagger-loadtester.test/", "curl: (6) Could not resolve host: flagger-loadtester.test",
+     "curl: (6) Could not resolve host: flagger-loadtester.test"),
+    ("sh -c 'curl -fsS http://flagger-loadtester.test/approve?team=shop'", "curl: (6) Could not resolve host: flagger-loadtester.test",
+     "curl: (6) Could not resolve host: flagger-loadtester.test"),
+    ("curl -fsS http://gate:S3cretPassw0rd@flagger-loadtester.test/hooks/T0A1B2C3/XyZ0123456789abcdefQ?token=abcdefghijklmnopqrst",
+     "flagger-loadtester.test refused S3cretPassw0rd T0A1B2C3 XyZ0123456789abcdefQ abcdefghijklmnopqrst",
+     "flagger-loadtester.test refused *** *** *** ***"),
+], ids=["host", "script-host", "host-and-tokens"])
+def test_a_urls_host_stays_in_a_command_hooks_output_and_its_tokens_do_not(cmd: str, printed: str, scrubbed: str, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    # a host label of 16 characters or more was masked as a long piece of its argument: "Could not resolve host: ***.test"
+    says(tmp_path, monkeypatch, printed, "curl")
+    result = Caller().call(hook(name="gate", cmd=cmd), {})
+    assert not result.ok and result.detail.endswith(f"exited 1: {scrubbed}"), result.detail
+
+
+@pytest.mark.parametrize(("cmd", "printed", "scrubbed"), [
+    ("""curl -d '{"password":"winterwinter"}' http://127.0.0.1:9/login""", "login failed: password winterwinter has expired",
+     "login failed: password *** has expired"),
+    ("""sh -c 'curl -d "{\\"password\\": \\"winterwinter\\"}" http://127.0.0.1:9/login'""", "login failed: password winterwinter has expired",
+     "login failed: password *** has expired"),
+    ("""curl -d '{"pin":"w1nterw1nter"}' http://127.0.0.1:9/login""", "pin w1nterw1nter rejected", "pin *** rejected"),
+    ("""curl --data '[Zq8sessionVAL]' http://127.0.0.1:9/login""", "session Zq8sessionVAL unknown", "session *** unknown"),
+], ids=["credential-member", "script-credential-member", "quoted-token", "bracketed-token"])
+def test_a_secret_inside_a_quoted_or_bracketed_argument_is_masked_bare(cmd: str, printed: str, scrubbed: str, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    # the pieces of `{"password":"…"}` kept its quotes and braces, and a JSON member named as a credential was not read
+    # as one: the bare password a server answered with reached the journal, Events and alerts
+    says(tmp_path, monkeypatch, printed, "curl")
+    result = Caller().call(hook(name="login", cmd=cmd), {})
+    assert not result.ok and result.detail.endswith(f"exited 1: {scrubbed}"), result.detail
+
+
 def test_a_rollout_commands_result_from_the_release_never_names_its_arguments(tmp_path: Path) -> None:
     # the release's own details (a command that could not start, one a person's answer stopped) quoted the command line
     from canary.release.hooks import Hooks
