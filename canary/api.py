@@ -37,7 +37,7 @@ from canary.core import config as stackconfig
 from canary.core import exitcodes, naming, records
 from canary.core.naming import Track
 from canary.core.records import ENDED, PROMOTION, SKIPPABLE, Phase, ReleaseState, TrackPin
-from canary.core.spec import App, Gateway, ReleaseSpec, StackSpec, judges_noted
+from canary.core.spec import App, Gateway, ReleaseSpec, StackSpec, newer_rules_noted
 from canary.errors import CanaryError, Cancelled, ClusterUnreachable, InvalidSpec, LeaseLost, Problem, StackBusy, StackError, StackLocked
 from canary.release.machine import Release, ReleaseResult
 from canary.release.ports import AppFacts, other_urns
@@ -300,7 +300,7 @@ def _ended_spec(ws: Workspace, app: str) -> Callable[[ReleaseState], ReleaseSpec
         where = f"release {state.release}'s snapshot"
         if not state.snapshot:
             raise InvalidSpec([Problem("snapshot", "nothing", "is not in the release's state: its stack config was not kept")], where)
-        with judges_noted():
+        with newer_rules_noted():
             parsed = stackconfig.from_config(ws.stack.config(text=state.snapshot), source=where, placed=False)
         spec = ws.release_spec(app, parsed)
         if spec is None:
@@ -780,7 +780,7 @@ def _snapshot_spec(ws: Workspace, state: ReleaseState) -> tuple[StackSpec, str]:
     if not state.snapshot:
         return ws.spec, ""
     try:
-        with judges_noted() as noted:
+        with newer_rules_noted() as noted:
             # (placed False: a secret this version refuses where it keeps plain text was in the snapshot when the release
             # began; refused here, with the stack file refused alike, a pending rollback could not finish)
             parsed = stackconfig.from_config(ws.stack.config(text=state.snapshot), source=f"release {state.release}'s snapshot", placed=False)
@@ -790,8 +790,9 @@ def _snapshot_spec(ws: Workspace, state: ReleaseState) -> tuple[StackSpec, str]:
                          "it goes on with the stack file's current analysis and settings")
     if noted:
         broken = "; ".join(f"{p.field}: {p.rule}" for p in noted)
-        return parsed, (f"the release's snapshot has judges this version refuses ({broken}): the release goes on with them as they "
-                        "are (samples a judge cannot read are no data, and onNoData decides); fix them before the next release")
+        return parsed, (f"the release's snapshot breaks rules newer than the release, which this version refuses ({broken}): the "
+                        "release goes on with it as it is (samples a judge cannot read are no data, and onNoData decides; a probe on "
+                        "a port name its container does not declare runs as the API server took it); fix them before the next release")
     return parsed, ""
 
 

@@ -41,7 +41,7 @@ from canary.adapters import stackfile
 from canary.core import config as stackconfig
 from canary.core import naming, routing, units, workload
 from canary.core.naming import Track
-from canary.core.spec import App, Gateway, PodMonitor, Prometheus, Rollout, StackSpec, app_problems, judges_noted, scrape_of
+from canary.core.spec import App, Gateway, PodMonitor, Prometheus, Rollout, StackSpec, app_problems, newer_rules_noted, scrape_of
 from canary.errors import InvalidSpec, Problem
 
 TemplateInput = Mapping[str, Any] | Any
@@ -466,14 +466,15 @@ class CanaryDeployment(pulumi.ComponentResource):
             # every argument checked before the component declares anything
             given = _arguments(name, app, gateway, prometheus, rollout if rollout is not None else config.get("rollout"),
                                "rollout" if rollout is not None else "canary:rollout", template, config_maps, secrets, adopt, service, route)
-            checked, held = given[:8], given[8]
+            checked, held, newer = given[:8], given[8], given[9]
             # the rules newer than a release in progress, which its `up`s only warn of: prometheus= given more than podMonitor
             # (those fields ignored, as earlier versions ignored them), an image_config no program reads (not exported: the
-            # release pins its images, and only `canary release --image`, which waits for the release to end, reads it)
+            # release pins its images, and only `canary release --image`, which waits for the release to end, reads it), a
+            # probe on a port name its container does not declare (applied as it is: the API server takes it)
             ignored = {**{problem.field: "ignored: releases read canary:prometheus" for problem in held},
                        **({"image_config": "not exported, a key no program reads"} if image_problems else {})}
             _refuse_unless_in_flight(name, checked[0], (config.get_object("release") or {}).get(checked[0].name),
-                                     [*image_problems, *held, *_check_against_stack_config(name, checked[0], checked[2], self._APP_FROM)], ignored)
+                                     [*image_problems, *held, *newer, *_check_against_stack_config(name, checked[0], checked[2], self._APP_FROM)], ignored)
             _claim(checked[0].name, checked[0].namespace, name)
         except InvalidSpec as exc:
             # what `program()` does with invalid stack config: Pulumi prints a RunError's message, not a traceback
@@ -764,11 +765,12 @@ ADOPTABLE = ("deployment", "service", "route")
 def _arguments(name: str, app: Any, gateway: Any, prometheus: Any, rollout: Any, rollout_field: str, template: Any, config_maps: Any,
                secrets: Any, adopt: Any, service: Any = None, route: Any = None,
                ) -> tuple[App, Gateway, PodMonitor | None, Rollout, dict[str, Any], dict[str, pulumi.ResourceOptions], dict[str, Any], dict[str, Any],
-                          list[Problem]]:
+                          list[Problem], list[Problem]]:
     """The component's arguments validated, the pod template the app asks for, the aliases of ``adopt`` and
     what ``service`` declares of the apex Service and ``route`` of the route's metadata; else ``InvalidSpec`` listing
     every problem, each naming the argument and the rule, as the stack config's are. Last, the problems of
-    ``prometheus=`` that only the caller may refuse (``_prometheus_problems``): not in an ``up`` of a release in progress."""
+    ``prometheus=`` that only the caller may refuse (``_prometheus_problems``), then those of the template's rules newer than
+    some releases in flight (``newer_rules_noted``): neither refused in an ``up`` of a release in progress."""
     problems: list[Problem] = []
     moved: dict[str, pulumi.ResourceOptions] = {}
     try:
@@ -791,6 +793,7 @@ def _arguments(name: str, app: Any, gateway: Any, prometheus: Any, rollout: Any,
     spec_gateway: Gateway | None = model(Gateway, gateway, "gateway")
     spec_monitor: PodMonitor | None = None
     held: list[Problem] = []  # refused but in an `up` of a release in progress (the caller's to tell)
+    newer: list[Problem] = []  # likewise: the template's problems under rules newer than some releases in flight
     if prometheus is not None:
         prometheus = _prometheus_given(prometheus)
         held, refused = _prometheus_problems(prometheus)
@@ -821,7 +824,8 @@ def _arguments(name: str, app: Any, gateway: Any, prometheus: Any, rollout: Any,
     elif spec_app is not None:
         # the rules the stack config's app follows, with the template argument in place of app.template
         effective = spec_app if given is None else spec_app.model_copy(update={"template": given})
-        problems += app_problems(effective, "app", "template" if given is not None else None)
+        with newer_rules_noted() as newer:
+            problems += app_problems(effective, "app", "template" if given is not None else None)
         if effective.template is None:
             for what, given_config in (("config_maps", config_maps), ("secrets", secrets)):
                 problems += [Problem(f"{what}.{name}", str(name), "needs a template that reads it: the simple form's pod reads no "
@@ -839,12 +843,13 @@ def _arguments(name: str, app: Any, gateway: Any, prometheus: Any, rollout: Any,
         if isinstance(given_route, Mapping):
             route_metadata = dict(given_route.get("metadata") or {})
     if problems or spec_app is None or spec_gateway is None:
-        raise InvalidSpec([*problems, *held], f"CanaryDeployment {name}")
+        raise InvalidSpec([*problems, *held, *newer], f"CanaryDeployment {name}")
     desired = desired_template(spec_app, given)
+    # (its probe ports are the template's, checked with it above: app.image changes the image alone)
     problems = workload.check(desired, "template")
     if problems:
-        raise InvalidSpec([*problems, *held], f"CanaryDeployment {name}")
-    return spec_app, spec_gateway, spec_monitor, spec_rollout, desired, moved, apex, route_metadata, held
+        raise InvalidSpec([*problems, *held, *newer], f"CanaryDeployment {name}")
+    return spec_app, spec_gateway, spec_monitor, spec_rollout, desired, moved, apex, route_metadata, held, newer
 
 
 def _prometheus_given(prometheus: Any) -> Any:
@@ -1298,10 +1303,11 @@ def stack_spec_from_pulumi_config() -> StackSpec:
     in_release = f"{naming.CONFIG_NAMESPACE}:release" in raw
     file_config = stackfile.read_stack_file(path) if not in_release and path.is_file() else None
     if in_release:
-        # a release's config was checked when it began, by the version that began it: a judge a newer rule refuses
-        # (its step against the scrape interval) is the orchestrator's to note, and declares nothing here. Refused
-        # here, every `up` of a resumed release failed, its rollback's too
-        with judges_noted():
+        # a release's config was checked when it began, by the version that began it: what a newer rule refuses (a
+        # judge's step against the scrape interval, a probe on a port name its container does not declare) is the
+        # orchestrator's to note, and the component's to warn of in a release's `up`. Refused here, every `up` of a
+        # resumed release failed, its rollback's too
+        with newer_rules_noted():
             return stackconfig.from_config(raw, source=f"stack {pulumi.get_stack()}", stack_file=None, placed=False)
     return stackconfig.from_config(raw, source=f"stack {pulumi.get_stack()}", stack_file=file_config)
 

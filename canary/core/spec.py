@@ -1030,6 +1030,7 @@ def app_problems(app: App, field: str, template_field: str | None = None) -> lis
                                 f"names the main container of template: set it only with template (the simple form's one container is named {app.name})"))
     if app.template is not None:
         problems += workload.check(app.template, at)
+        problems += _newer(workload.probe_port_problems(app.template, at))
         simple = [name for name in _SIMPLE_FIELDS if name in app.model_fields_set]
         if simple:
             problems.append(Problem(f"{field}.{simple[0]}", "set", "describe the pod either with template or with env/resources/probes, not both"))
@@ -1086,21 +1087,33 @@ def app_problems(app: App, field: str, template_field: str | None = None) -> lis
 MAX_RANGE_POINTS = 11000
 
 
-#: while set (a resume reading the snapshot of a release in flight), what the judge rules find is noted here, not
-#: refused: rules newer than the release (a judge's step against the scrape interval) must not keep its rollback from
-#: completing, nor a release from going on (such a judge's samples have no data, and onNoData decides)
-_JUDGES_NOTED: ContextVar[list[Problem] | None] = ContextVar("judges_noted", default=None)
+#: while set (a resume reading the snapshot of a release in flight, a release's own `up` reading its config), what the
+#: rules newer than some releases in flight find is noted here, not refused: such a rule must not keep a release that
+#: began before it from going on, nor its rollback from completing. They are a judge's step against the scrape interval
+#: (its samples have no data, and onNoData decides) and a probe or lifecycle hook on a port name its container does not
+#: declare (the API server took it, the stable may well run with it)
+_NEWER_RULES_NOTED: ContextVar[list[Problem] | None] = ContextVar("newer_rules_noted", default=None)
 
 
 @contextlib.contextmanager
-def judges_noted() -> Iterator[list[Problem]]:
-    """Within it, a judge's problems are listed in what it yields instead of refusing the config."""
+def newer_rules_noted() -> Iterator[list[Problem]]:
+    """Within it, the problems the rules newer than a release in flight find are listed in what it yields instead of
+    refusing the config."""
     noted: list[Problem] = []
-    token = _JUDGES_NOTED.set(noted)
+    token = _NEWER_RULES_NOTED.set(noted)
     try:
         yield noted
     finally:
-        _JUDGES_NOTED.reset(token)
+        _NEWER_RULES_NOTED.reset(token)
+
+
+def _newer(problems: list[Problem]) -> list[Problem]:
+    """``problems`` of a rule newer than some releases in flight: noted while ``newer_rules_noted`` is on, else refused."""
+    noted = _NEWER_RULES_NOTED.get()
+    if noted is None:
+        return problems
+    noted += problems
+    return []
 
 
 def _judge_problems(judge: Judge, window: timedelta, where: str, window_field: str, scrape: tuple[timedelta, str] | None) -> list[Problem]:
@@ -1167,11 +1180,7 @@ def _analysis_problems(analysis: Analysis, field: str, metric_templates: Mapping
         if metric.judge is not None:
             judged = _judge_problems(metric.judge, metric.interval or analysis.interval, where, f"{where}.interval" if metric.interval else f"{field}.interval",
                                      scrape)
-            noted = _JUDGES_NOTED.get()
-            if noted is None:
-                problems += judged
-            else:
-                noted += judged
+            problems += _newer(judged)
         if metric.template_ref is None:
             if metric.name not in metrics.BUILTIN_METRICS:
                 problems.append(Problem(f"{where}.name", metric.name, "names no built-in metric and has no templateRef; built-ins: " + ", ".join(metrics.BUILTIN_METRICS)))

@@ -36,12 +36,13 @@ def _schema() -> dict[str, Any]:
 
 def check(value: Any, path: str, kind: str = "V1PodTemplateSpec") -> list[Problem]:
     """Every problem of ``value`` as an object of Kubernetes type ``kind``, each naming its path; for a
-    pod template, also the rules the API server would refuse it for (a request above its limit) and those
-    the kubelet would fail it for (a probe on a port name its container does not declare)."""
+    pod template, also the rules the API server would refuse it for (a request above its limit, a probe's
+    port number written as text). What the API server takes and the kubelet then fails is ``probe_port_problems``'s:
+    a rule newer than some releases in flight, which their callers note rather than refuse."""
     problems = list(_check(value, path, kind))
     if not problems and kind == "V1PodTemplateSpec":
         problems.extend(_resource_problems(value, path))
-        problems.extend(_probe_port_problems(value, path))
+        problems.extend(problem for problem, taken in _probe_ports(value, path) if not taken)
     return problems
 
 
@@ -67,13 +68,25 @@ _PROBES = ("livenessProbe", "readinessProbe", "startupProbe")
 _HOOKS = ("postStart", "preStop")
 
 
-def _probe_port_problems(template: Mapping[str, Any], path: str) -> Iterator[Problem]:
-    """The probes and lifecycle hooks whose port is a name the container does not declare. The API server
-    takes them (a port name is only checked for its form), but the kubelet resolves the name among that
-    container's own ports and, finding none, fails the action every time: a readiness probe keeps the canary
-    from ever being Ready (the release times out, a healthy version rolled back), a liveness or startup probe
-    restarts it, a failed postStart kills it. A numeric port is the user's to get right. (A gRPC probe's port
-    is a number only.)"""
+def probe_port_problems(template: Any, path: str) -> list[Problem]:
+    """The probes and lifecycle hooks of a pod template whose port is a name their container does not declare
+    (none for a template ``check`` finds a problem in). The API server takes them (a port name is only checked for
+    its form), and the kubelet resolves the name among that container's own ports and, finding none, fails the
+    action every time, an error the prober discards: a readiness or startup probe never succeeds (the canary is
+    never Ready: the release times out, a healthy version rolled back), a liveness probe is silently dead (it never
+    restarts anything), a preStop hook's failure is an event only, a postStart hook's kills the container. Right to
+    refuse when a release begins; but a template the API server took may well run as the stable with such a probe,
+    and a release that began before this rule must never be refused by it (every `up` of it failed, its rollback's
+    too, traffic left on the canary): callers route these apart from ``check``'s."""
+    if not isinstance(template, Mapping) or list(_check(template, path, "V1PodTemplateSpec")):
+        return []
+    return [problem for problem, taken in _probe_ports(template, path) if taken]
+
+
+def _probe_ports(template: Mapping[str, Any], path: str) -> Iterator[tuple[Problem, bool]]:
+    """Each probe or lifecycle hook port given as text that is no name of its own container's ports, and whether the
+    API server takes it: a port name is (the kubelet fails it), a number written as text is not (a name has a letter).
+    A numeric port is the user's to get right. (A gRPC probe's port is a number only.)"""
     spec = _map(template.get("spec"))
     for group in ("initContainers", "containers"):
         for i, container in enumerate(_maps(spec.get(group))):
@@ -87,11 +100,11 @@ def _probe_port_problems(template: Mapping[str, Any], path: str) -> Iterator[Pro
                         continue
                     field = f"{path}.spec.{group}[{i}].{where}.{kind}.port"
                     if port.isdigit():
-                        yield Problem(field, shown(port), "is a number written as text: the API server refuses it as a port name (write it unquoted)")
+                        yield Problem(field, shown(port), "is a number written as text: the API server refuses it as a port name (write it unquoted)"), False
                         continue
                     ports = f"declares the port names {', '.join(declared)}" if declared else "declares no named port"
                     yield Problem(field, shown(port), f"must name a port of its own container ({container.get('name')} {ports}): "
-                                  f"{what} on a port name the container does not declare fails every time, which the API server does not refuse")
+                                  f"{what} on a port name the container does not declare fails every time, which the API server does not refuse"), True
 
 
 def _check(value: Any, path: str, kind: Any) -> Iterator[Problem]:

@@ -1096,6 +1096,37 @@ def test_a_release_in_progress_still_refuses_a_prometheus_field_no_version_took(
     assert "prometheus.address: is the stack config's" in str(caught.value)  # listed with it
 
 
+@pytest.mark.parametrize("argument", ["template", "app.template"])
+def test_a_release_in_progress_goes_on_with_a_probe_on_a_port_name_its_container_does_not_declare(
+        declare: Callable[..., Declared], monkeypatch: pytest.MonkeyPatch, argument: str) -> None:
+    # the API server took the template (the kubelet discards a liveness probe's errors): a release begun before the rule
+    # had every `up` refused, its rollback's too, traffic left on the canary. Applied as it is, warned of
+    template = {"spec": {"containers": [{"name": "web", "image": "registry.example.com/shop/web:2.0.0", "ports": [{"name": "http", "containerPort": 8080}],
+                                         "livenessProbe": {"httpGet": {"path": "/healthz", "port": "health"}}}]}}
+    build = component(NO_IMAGE, template=template) if argument == "template" else component({**NO_IMAGE, "template": template})
+    field = f"{argument}.spec.containers[0].livenessProbe.httpGet.port"
+    warned: list[str] = []
+    monkeypatch.setattr(pulumi.log, "warn", lambda message, *args, **kwargs: warned.append(message))
+    d = declare(build, {"canary:release": IN_FLIGHT})
+    assert d.template("canary")["spec"]["containers"][0]["livenessProbe"]["httpGet"]["port"] == "health"
+    assert d.weights() == [("web-stable", 90), ("web-canary", 10)]
+    [message] = warned
+    assert message.startswith(f"CanaryDeployment web: the release of web in progress goes on as it began; once it ends, every `up` "
+                              f"refuses this: {field}: must name a port of its own container (web declares the port names http)"), message
+    for config in ({}, {"canary:release": {"web": {**IN_FLIGHT["web"], "release": ""}}}):  # no release, or `canary up`'s own update at rest
+        with pytest.raises(pulumi.RunError, match=re.escape(f"{field}: must name a port of its own container")):
+            declare(build, config)
+
+
+def test_a_release_in_progress_still_refuses_its_template_s_other_problems(declare: Callable[..., Declared]) -> None:
+    template = {"spec": {"containers": [{"name": "web", "image": "registry.example.com/shop/web:2.0.0", "ports": [{"name": "http", "containerPort": 8080}],
+                                         "readinessProbe": {"httpGet": {"port": "8080"}}, "livenessProbe": {"httpGet": {"port": "health"}}}]}}
+    with pytest.raises(pulumi.RunError) as caught:
+        declare(component(NO_IMAGE, template=template), {"canary:release": IN_FLIGHT})
+    assert "template.spec.containers[0].readinessProbe.httpGet.port: is a number written as text" in str(caught.value)
+    assert "template.spec.containers[0].livenessProbe.httpGet.port: must name a port" in str(caught.value)  # listed with it
+
+
 @pytest.mark.parametrize("given", ["shop image", "canary:image", 'shop:images["web"]'])
 def test_a_release_in_progress_goes_on_with_an_image_config_the_component_no_longer_takes(
         declare: Callable[..., Declared], monkeypatch: pytest.MonkeyPatch, given: str) -> None:

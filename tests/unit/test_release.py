@@ -1021,7 +1021,28 @@ def test_a_snapshot_whose_judge_a_newer_rule_refuses_is_resumed_with_a_note_not_
     ws = SimpleNamespace(spec=None, stack=SimpleNamespace(config=lambda text: config))
     spec, note = api._snapshot_spec(ws, SimpleNamespace(snapshot="config: {}", release="r1"))  # type: ignore[arg-type]
     assert spec is not None and spec is not ws.spec
-    assert "judges this version refuses" in note and "judge.step" in note and "onNoData" in note, note
+    assert "rules newer than the release" in note and "judge.step" in note and "onNoData" in note, note
+
+
+def test_a_snapshot_whose_probe_port_a_newer_rule_refuses_is_resumed_with_a_note_not_refused() -> None:
+    # the release began with a liveness probe on a port name its container does not declare (the API server took it, the
+    # kubelet discards the probe's errors); this version refuses it: the snapshot and the stack file both refused, resume
+    # exited 2, a pending rollback left on the canary
+    from canary import api
+    from canary.core import config as stackconfig
+    from canary.errors import InvalidSpec
+    from tests.conftest import base_values
+    from tests.helpers import pod_template
+
+    values = base_values()
+    values["app"] = {"name": "web", "namespace": "prod", "template": pod_template(livenessProbe={"httpGet": {"path": "/healthz", "port": "health"}})}
+    config = {f"canary:{k}": v for k, v in values.items()}
+    with pytest.raises(InvalidSpec, match="livenessProbe.httpGet.port"):
+        stackconfig.from_config(config)  # a release could not begin with it now
+    ws = SimpleNamespace(spec=None, stack=SimpleNamespace(config=lambda text: config))
+    spec, note = api._snapshot_spec(ws, SimpleNamespace(snapshot="config: {}", release="r1"))  # type: ignore[arg-type]
+    assert spec is not None and spec is not ws.spec and spec.app is not None and spec.app.template == values["app"]["template"]
+    assert "rules newer than the release" in note and "app.template.spec.containers[0].livenessProbe.httpGet.port" in note, note
 
 
 def test_a_snapshot_holding_a_secret_a_newer_rule_refuses_in_the_app_is_resumed_not_refused() -> None:

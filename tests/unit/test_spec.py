@@ -916,3 +916,41 @@ def test_a_stack_file_the_engine_did_not_read_does_not_speak_for_its_values() ->
     assert stackconfig.from_config(config, stack_file=stale).prometheus is not None
     stale["canary:prometheus"]["headers"] = {"X-Other": "shop"}
     assert stackconfig.from_config(config, stack_file=stale).prometheus is not None
+
+
+# --- rules newer than a release in flight: noted in its snapshot and its own `up`s, refused anywhere else -----------
+
+DEAD_LIVENESS = {"livenessProbe": {"httpGet": {"path": "/healthz", "port": "health"}}}
+DEAD_LIVENESS_PORT = "app.template.spec.containers[0].livenessProbe.httpGet.port"
+
+
+def test_a_probe_on_a_port_name_its_container_does_not_declare_is_refused_naming_the_field() -> None:
+    # a release cannot begin with it: the kubelet discards the probe's errors, so the liveness probe is silently dead
+    found = problems(values_with(_template(**DEAD_LIVENESS)))
+    assert [(p.field, p.value) for p in found] == [(DEAD_LIVENESS_PORT, "'health'")]
+    assert "must name a port of its own container (web declares the port names http)" in found[0].rule
+    with pytest.raises(InvalidSpec, match="livenessProbe.httpGet.port"):
+        stackconfig.from_config(_config(values_with(_template(**DEAD_LIVENESS))))
+
+
+def test_a_snapshot_or_in_release_up_with_a_dead_liveness_port_name_is_only_noted() -> None:
+    # a template the API server took (the stable may well run with it) began a release before the rule: refused in its
+    # snapshot and in its own config, every `up` of it failed, its rollback's too, traffic left on the canary
+    from canary.core import spec
+
+    app = spec.App.model_validate({"name": "web", "namespace": "prod", "template": pod_template(**DEAD_LIVENESS)})
+    with spec.newer_rules_noted() as noted:  # what a resume's snapshot and a release's own `up` read the config under
+        assert spec.app_problems(app, "app") == []
+        parsed = stackconfig.from_config(_config(values_with(_template(**DEAD_LIVENESS))), placed=False)
+    assert parsed.app is not None and parsed.app.template == pod_template(**DEAD_LIVENESS)
+    assert [p.field for p in noted] == ["app.template.spec.containers[0].livenessProbe.httpGet.port", DEAD_LIVENESS_PORT]
+    assert [p.field for p in spec.app_problems(app, "app")] == [DEAD_LIVENESS_PORT]  # refused again once it is off
+
+
+def test_a_template_error_the_api_server_refuses_is_refused_in_a_release_in_flight_too() -> None:
+    # only the rules newer than the release are noted: a port number written as text was never taken by the API server
+    from canary.core import spec
+
+    with spec.newer_rules_noted() as noted, pytest.raises(InvalidSpec, match="is a number written as text"):
+        stackconfig.from_config(_config(values_with(_template(readinessProbe={"httpGet": {"port": "8080"}}))), placed=False)
+    assert noted == []
