@@ -38,7 +38,7 @@ from canary.core import exitcodes, naming, records
 from canary.core.naming import Track
 from canary.core.records import ENDED, PROMOTION, SKIPPABLE, Phase, ReleaseState, TrackPin
 from canary.core.spec import App, Gateway, ReleaseSpec, StackSpec, newer_rules_noted
-from canary.errors import CanaryError, Cancelled, ClusterUnreachable, InvalidSpec, LeaseLost, Problem, StackBusy, StackError, StackLocked
+from canary.errors import CanaryError, Cancelled, ClusterUnreachable, InvalidSpec, LeaseLost, Problem, StackBusy, StackError, StackLocked, broken_rules
 from canary.release.machine import Release, ReleaseResult
 from canary.release.ports import AppFacts, other_urns
 from canary.release.record import Event
@@ -297,14 +297,12 @@ def _ended_spec(ws: Workspace, app: str) -> Callable[[ReleaseState], ReleaseSpec
     owes are its own. From its snapshot of the stack config, secrets decrypted by the CLI, judged as ``resume`` judges
     one (a judge this version refuses does not matter to a hook); InvalidSpec when it has none, or this version refuses it."""
     def spec_of(state: ReleaseState) -> ReleaseSpec:
-        where = f"release {state.release}'s snapshot"
         if not state.snapshot:
-            raise InvalidSpec([Problem("snapshot", "nothing", "is not in the release's state: its stack config was not kept")], where)
-        with newer_rules_noted():
-            parsed = stackconfig.from_config(ws.stack.config(text=state.snapshot), source=where, placed=False)
+            raise InvalidSpec([Problem("snapshot", "nothing", "is not in the release's state: its stack config was not kept")], _snapshot_of(state))
+        parsed, _ = _parsed_snapshot(ws, state)
         spec = ws.release_spec(app, parsed)
         if spec is None:
-            raise InvalidSpec([Problem(f"apps.{app}", "nothing", "is not in the snapshot, or no longer in the stack's outputs")], where)
+            raise InvalidSpec([Problem(f"apps.{app}", "nothing", "is not in the snapshot, or no longer in the stack's outputs")], _snapshot_of(state))
         return spec
 
     return spec_of
@@ -339,7 +337,7 @@ def _pins_at_rest(ws: Workspace, running: set[str], unjudged: list[str] | None =
         except InvalidSpec as exc:
             if unjudged is None:
                 raise
-            facts, pin, why = None, None, "; ".join(f"{p.field}: {p.rule}" for p in exc.problems)  # not the values: they may be secrets
+            facts, pin, why = None, None, broken_rules(exc.problems)  # not the values: they may be secrets
         else:
             why = "the stack config as it is now, refused or changed since, does not declare it"
         exported = ws.outputs.get(f"{naming.OUTPUT_PREFIX}{name}")
@@ -772,6 +770,20 @@ def resume(stack: str, *, app: str | None = None, project_dir: Path | str | None
     return release_obj.resume(notes=(*((note,) if note else ()), *unjudged))
 
 
+def _snapshot_of(state: ReleaseState) -> str:
+    return f"release {state.release}'s snapshot"
+
+
+def _parsed_snapshot(ws: Workspace, state: ReleaseState) -> tuple[StackSpec, list[Problem]]:
+    """The stack config as ``state``'s release began (its snapshot, secrets decrypted by the CLI), and what the rules
+    newer than that release find in it, noted rather than refused; InvalidSpec when this version refuses it otherwise.
+    (placed False: a secret this version refuses where it keeps plain text was in the snapshot when the release began;
+    refused here, with the stack file refused alike, a pending rollback could not finish.)"""
+    with newer_rules_noted() as noted:
+        parsed = stackconfig.from_config(ws.stack.config(text=state.snapshot), source=_snapshot_of(state), placed=False)
+    return parsed, noted
+
+
 def _snapshot_spec(ws: Workspace, state: ReleaseState) -> tuple[StackSpec, str]:
     """The stack config as the release began (its snapshot), secrets decrypted by the CLI when needed.
     A snapshot this version refuses (its rules are newer than the release) gives way to the stack
@@ -780,17 +792,12 @@ def _snapshot_spec(ws: Workspace, state: ReleaseState) -> tuple[StackSpec, str]:
     if not state.snapshot:
         return ws.spec, ""
     try:
-        with newer_rules_noted() as noted:
-            # (placed False: a secret this version refuses where it keeps plain text was in the snapshot when the release
-            # began; refused here, with the stack file refused alike, a pending rollback could not finish)
-            parsed = stackconfig.from_config(ws.stack.config(text=state.snapshot), source=f"release {state.release}'s snapshot", placed=False)
+        parsed, noted = _parsed_snapshot(ws, state)
     except InvalidSpec as exc:
-        broken = "; ".join(f"{p.field}: {p.rule}" for p in exc.problems)
-        return ws.spec, (f"the release's snapshot of the stack config is refused by this version ({broken}): "
+        return ws.spec, (f"the release's snapshot of the stack config is refused by this version ({broken_rules(exc.problems)}): "
                          "it goes on with the stack file's current analysis and settings")
     if noted:
-        broken = "; ".join(f"{p.field}: {p.rule}" for p in noted)
-        return parsed, (f"the release's snapshot breaks rules newer than the release, which this version refuses ({broken}): the "
+        return parsed, (f"the release's snapshot breaks rules newer than the release, which this version refuses ({broken_rules(noted)}): the "
                         "release goes on with it as it is (samples a judge cannot read are no data, and onNoData decides; a probe on "
                         "a port name its container does not declare runs as the API server took it); fix them before the next release")
     return parsed, ""

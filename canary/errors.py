@@ -32,7 +32,7 @@ Messages never contain secret values (tokens, passphrases).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 
@@ -53,6 +53,11 @@ class Problem:
 
     def __str__(self) -> str:
         return f"{self.field}: {self.rule} (got {self.value})"
+
+
+def broken_rules(problems: Iterable[Problem]) -> str:
+    """Each problem's field and rule, without its value: what a note may say of a config whose values may be secrets."""
+    return "; ".join(f"{p.field}: {p.rule}" for p in problems)
 
 
 class InvalidSpec(CanaryError):

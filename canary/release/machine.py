@@ -41,6 +41,7 @@ from canary.errors import (
     StackError,
     StackLocked,
     Temporary,
+    broken_rules,
 )
 from canary.release.hooks import Hooks
 from canary.release.ports import AppFacts, Clock, ClusterPort, ConfigPort, HookCaller, HookResult, LeasePort, PusherPort, StackPort, StorePort, other_urns
@@ -1122,7 +1123,7 @@ class Release:
             # the rules broken, not the values: they may be secrets. Only a config this version refuses, or none kept, is
             # proof that no later call can read it: a snapshot not decrypted now (a KMS key's credentials expired, the
             # backend down) raises on, and the debt stays for the next resume or release
-            why = "; ".join(f"{p.field}: {p.rule}" for p in exc.problems)
+            why = broken_rules(exc.problems)
             # no severity: a warning is told to this release's event hooks and alerts, which are not the ended release's either
             message = (f"post-rollout webhooks not called: the release's own config cannot be read ({why}), and another "
                        "config's webhooks are not its receivers")
