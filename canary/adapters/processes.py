@@ -150,42 +150,29 @@ def _timestamp(iso: str | None) -> float | None:
 _PR_SET_PDEATHSIG = 1
 
 
-def _load_prctl() -> Callable[..., int] | None:
-    """libc's ``prctl``, on Linux; None elsewhere (no such call: a child there outlives a SIGKILL of canary)."""
-    if not sys.platform.startswith("linux"):
-        return None
+def _libc_call(name: str, loader: Callable[[None], ctypes.CDLL], argtypes: list[Any], restype: Any) -> Callable[..., int] | None:
+    """libc's function ``name`` as ``loader`` (``ctypes.CDLL`` or ``ctypes.PyDLL``, which differ in how they call)
+    finds it among this process's own symbols, declared ``argtypes`` to ``restype``; None where libc has no such call."""
     try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
+        call = getattr(loader(None), name)
     except (OSError, AttributeError):
         return None
-    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-    prctl.restype = ctypes.c_int
-    return prctl  # type: ignore[no-any-return]
+    call.argtypes = argtypes
+    call.restype = restype
+    return call  # type: ignore[no-any-return]
 
 
-#: resolved here, in the parent: the child, a fork of a process with threads, only calls it
-_PRCTL = _load_prctl()
+#: libc's ``prctl``, on Linux; None elsewhere (no such call: a child there outlives a SIGKILL of canary). Resolved
+#: here, in the parent: the child, a fork of a process with threads, only calls it.
+_PRCTL = (_libc_call("prctl", functools.partial(ctypes.CDLL, use_errno=True), [ctypes.c_int, *[ctypes.c_ulong] * 4], ctypes.c_int)
+          if sys.platform.startswith("linux") else None)
 
-
-def _load_fork() -> Callable[[], int] | None:
-    """libc's ``_Fork`` (glibc 2.34, musl 1.2.2 and later): a fork that runs no at-fork handler. A library's
-    (gRPC's), run in a command before its exec, wrote into the command's output, and one that waits for its
-    threads would wait there for threads the copy does not have. Called through ``PyDLL``, which keeps the
-    interpreter's lock held: the copy holds it as its forker did. None where libc has no such call (then a
-    command has no watcher: what it started outlives a SIGKILL of canary)."""
-    if _PRCTL is None:
-        return None
-    try:
-        fork = ctypes.PyDLL(None)._Fork
-    except (OSError, AttributeError):
-        return None
-    fork.argtypes = []
-    fork.restype = ctypes.c_int
-    return fork  # type: ignore[no-any-return]
-
-
-#: resolved here, in the parent, as ``_PRCTL``
-_FORK = _load_fork()
+#: libc's ``_Fork`` (glibc 2.34, musl 1.2.2 and later): a fork that runs no at-fork handler. A library's (gRPC's),
+#: run in a command before its exec, wrote into the command's output, and one that waits for its threads would wait
+#: there for threads the copy does not have. Called through ``PyDLL``, which keeps the interpreter's lock held: the
+#: copy holds it as its forker did. None where libc has no such call, or no ``prctl`` (then a command has no watcher:
+#: what it started outlives a SIGKILL of canary). Resolved here, in the parent, as ``_PRCTL``.
+_FORK = None if _PRCTL is None else _libc_call("_Fork", ctypes.PyDLL, [], ctypes.c_int)
 
 
 def _dies_with(parent: int, prctl: Callable[..., int], alive: int | None = None) -> Callable[[], None]:

@@ -28,6 +28,7 @@ import threading
 import weakref
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -466,21 +467,22 @@ class CanaryDeployment(pulumi.ComponentResource):
             # every argument checked before the component declares anything
             given = _arguments(name, app, gateway, prometheus, rollout if rollout is not None else config.get("rollout"),
                                "rollout" if rollout is not None else "canary:rollout", template, config_maps, secrets, adopt, service, route)
-            checked, held, newer = given[:8], given[8], given[9]
             # the rules newer than a release in progress, which its `up`s only warn of: prometheus= given more than podMonitor
             # (those fields ignored, as earlier versions ignored them), an image_config no program reads (not exported: the
             # release pins its images, and only `canary release --image`, which waits for the release to end, reads it), a
             # probe on a port name its container does not declare (applied as it is: the API server takes it)
-            ignored = {**{problem.field: "ignored: releases read canary:prometheus" for problem in held},
+            ignored = {**{problem.field: "ignored: releases read canary:prometheus" for problem in given.held},
                        **({"image_config": "not exported, a key no program reads"} if image_problems else {})}
-            _refuse_unless_in_flight(name, checked[0], (config.get_object("release") or {}).get(checked[0].name),
-                                     [*image_problems, *held, *newer, *_check_against_stack_config(name, checked[0], checked[2], self._APP_FROM)], ignored)
-            _claim(checked[0].name, checked[0].namespace, name)
+            _refuse_unless_in_flight(name, given.app, (config.get_object("release") or {}).get(given.app.name),
+                                     [*image_problems, *given.held, *given.newer, *_check_against_stack_config(name, given.app, given.pod_monitor, self._APP_FROM)],
+                                     ignored)
+            _claim(given.app.name, given.app.namespace, name)
         except InvalidSpec as exc:
             # what `program()` does with invalid stack config: Pulumi prints a RunError's message, not a traceback
             raise pulumi.RunError(str(InvalidSpec(list(dict.fromkeys([*image_problems, *exc.problems])), exc.source))) from exc
         super().__init__(naming.COMPONENT_TYPE, name, None, opts)
-        self.app, self.gateway, self.pod_monitor, self.rollout, desired, moved, apex, route_metadata = checked
+        self.app, self.gateway, self.pod_monitor, self.rollout = given.app, given.gateway, given.pod_monitor, given.rollout
+        desired, moved, apex, route_metadata = given.desired, given.moved, given.apex, given.route_metadata
         stack = pulumi.get_stack()
         spec_app = self.app
         # app.port beside a pod template the user wrote says where the pods listen whatever the template declares
@@ -762,13 +764,34 @@ def _merge(*options: pulumi.ResourceOptions | None) -> pulumi.ResourceOptions:
 ADOPTABLE = ("deployment", "service", "route")
 
 
+@dataclass(frozen=True)
+class _Arguments:
+    """The component's arguments as ``_arguments`` validated them, each value by name: the caller reads some before the
+    component exists (to refuse or warn) and the rest once it does."""
+
+    app: App
+    gateway: Gateway
+    pod_monitor: PodMonitor | None
+    rollout: Rollout
+    #: the pod template the app asks for (``desired_template``)
+    desired: dict[str, Any]
+    #: the aliases of ``adopt``, by the key adopted
+    moved: dict[str, pulumi.ResourceOptions]
+    #: what ``service`` declares of the apex Service
+    apex: dict[str, Any]
+    #: what ``route`` declares of the route's metadata
+    route_metadata: dict[str, Any]
+    #: the problems of ``prometheus=`` that only the caller may refuse (``_prometheus_problems``)
+    held: list[Problem]
+    #: the template's problems under rules newer than some releases in flight (``newer_rules_noted``)
+    newer: list[Problem]
+
+
 def _arguments(name: str, app: Any, gateway: Any, prometheus: Any, rollout: Any, rollout_field: str, template: Any, config_maps: Any,
-               secrets: Any, adopt: Any, service: Any = None, route: Any = None,
-               ) -> tuple[App, Gateway, PodMonitor | None, Rollout, dict[str, Any], dict[str, pulumi.ResourceOptions], dict[str, Any], dict[str, Any],
-                          list[Problem], list[Problem]]:
+               secrets: Any, adopt: Any, service: Any = None, route: Any = None) -> _Arguments:
     """The component's arguments validated, the pod template the app asks for, the aliases of ``adopt`` and
     what ``service`` declares of the apex Service and ``route`` of the route's metadata; else ``InvalidSpec`` listing
-    every problem, each naming the argument and the rule, as the stack config's are. Last, the problems of
+    every problem, each naming the argument and the rule, as the stack config's are. With them, the problems of
     ``prometheus=`` that only the caller may refuse (``_prometheus_problems``), then those of the template's rules newer than
     some releases in flight (``newer_rules_noted``): neither refused in an ``up`` of a release in progress."""
     problems: list[Problem] = []
@@ -849,7 +872,8 @@ def _arguments(name: str, app: Any, gateway: Any, prometheus: Any, rollout: Any,
     problems = workload.check(desired, "template")
     if problems:
         raise InvalidSpec([*problems, *held, *newer], f"CanaryDeployment {name}")
-    return spec_app, spec_gateway, spec_monitor, spec_rollout, desired, moved, apex, route_metadata, held, newer
+    return _Arguments(app=spec_app, gateway=spec_gateway, pod_monitor=spec_monitor, rollout=spec_rollout, desired=desired, moved=moved,
+                      apex=apex, route_metadata=route_metadata, held=held, newer=newer)
 
 
 def _prometheus_given(prometheus: Any) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import queue
 import signal
@@ -107,6 +108,22 @@ def test_a_machine_that_reads_only_one_of_boot_and_namespace_knows_its_own_proce
 # --- children that die with this process ------------------------------------------------------------
 
 linux_only = pytest.mark.skipif(processes._PRCTL is None, reason="PR_SET_PDEATHSIG is Linux's")
+
+
+@pytest.mark.skipif(os.name != "posix", reason="ctypes opens this process's own symbols on POSIX")
+def test_a_libc_call_comes_declared_as_asked_or_none_where_libc_lacks_it() -> None:
+    # the one lookup behind _PRCTL and _FORK: a call libc has, typed for ctypes to convert; none for a name it lacks
+    # or a library that does not open (then spawn runs without a death signal, or a command without a watcher)
+    getpid = processes._libc_call("getpid", ctypes.CDLL, [], ctypes.c_int)
+    assert getpid is not None
+    assert (getpid.argtypes, getpid.restype) == ([], ctypes.c_int)  # type: ignore[attr-defined]
+    assert getpid() == os.getpid()
+    assert processes._libc_call("canary_no_such_call", ctypes.PyDLL, [], ctypes.c_int) is None
+
+    def unopened(path: None) -> ctypes.CDLL:
+        raise OSError("no such library")
+
+    assert processes._libc_call("getpid", unopened, [], ctypes.c_int) is None
 
 
 @linux_only
