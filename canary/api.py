@@ -21,7 +21,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -64,7 +64,6 @@ class Workspace:
     spec: StackSpec
     outputs: dict[str, Any]
     kube: Kube
-    _facts: dict[str, AppFacts | None] = field(default_factory=dict)
     #: the stack file could not be read at all (its YAML broken): the cluster is the environment's, not its kubernetes config's
     config_unread: bool = False
 
@@ -282,7 +281,8 @@ def build(ws: Workspace, facts: AppFacts, on_event: Callable[[Event], None] | No
     pusher = None
     if spec.prometheus is not None and spec.prometheus.pushgateway:
         pusher = Pusher(spec.prometheus.pushgateway, ws.name, app, namespace, on_failure=lambda message: _note(release_obj, message))
-    at_rest = _pins_at_rest(ws, {*_running(ws, lenient=past_config is not None), app}, past_config)
+    facts_of = _facts_once(ws)  # one read of each app for both: which are releasing, what the others run
+    at_rest = _pins_at_rest(ws, {*_running(ws, lenient=past_config is not None, facts_of=facts_of), app}, past_config, facts_of)
     configs = stackfile.ReleaseConfigs(ws.stack.stack_file(), store.cache.dir, app, at_rest)
     release_obj = Release(stack=ws.stack, config=configs, cluster=ClusterReader(ws.kube), store=store, lease=Lease(ws.kube, namespace, app),
                           hooks=Caller(), provider_for=_provider_factory(spec), facts=facts, on_event=on_event, pusher=pusher,
@@ -321,18 +321,21 @@ class UpOutcome:
     apps: tuple[UpOutcome, ...] = ()
 
 
-def _pins_at_rest(ws: Workspace, running: set[str], unjudged: list[str] | None = None) -> dict[str, Any]:
+def _pins_at_rest(ws: Workspace, running: set[str], unjudged: list[str] | None = None,
+                  facts_of: Callable[[str], AppFacts | None] | None = None) -> dict[str, Any]:
     """Stable pinned to what it runs, for every deployed app that no release is moving. With ``unjudged`` (a resume's),
     a deployed app the stack config cannot judge now (refused, or no longer declaring it) is pinned to the stable its
     stack outputs name, and said there: a resume's ``up`` applies the release's snapshot, which may still declare it,
     and unpinned its outputs would name the snapshot's desired template as its stable (its next ``canary up`` then
-    taking that for what runs). A ``canary up`` or a new release (None) refuses such an app, naming the field."""
+    taking that for what runs). A ``canary up`` or a new release (None) refuses such an app, naming the field.
+    ``facts_of``: each app's facts as this pass read them (default: read now)."""
+    read = facts_of or ws.facts
     pins = {}
     for name in ws.apps():
         if name in running:
             continue  # its own release pins it (its config, refused or not, is that release's business)
         try:
-            facts = ws.facts(name)
+            facts = read(name)
             pin = facts.stable if facts is not None else None
         except InvalidSpec as exc:
             if unjudged is None:
@@ -356,13 +359,15 @@ def _pins_at_rest(ws: Workspace, running: set[str], unjudged: list[str] | None =
     return pins
 
 
-def _running(ws: Workspace, lenient: bool = False) -> dict[str, ReleaseState]:
+def _running(ws: Workspace, lenient: bool = False, facts_of: Callable[[str], AppFacts | None] | None = None) -> dict[str, ReleaseState]:
     """The apps whose releases are not finished. ``lenient`` (a resume's): an app the stack config cannot judge now is
-    looked for in the namespace the stack's outputs name, as ``resume`` looks for its own; else that config is refused."""
+    looked for in the namespace the stack's outputs name, as ``resume`` looks for its own; else that config is refused.
+    ``facts_of``: each app's facts as this pass read them (default: read now)."""
+    read = facts_of or ws.facts
     out = {}
     for name in ws.apps():
         try:
-            facts = ws.facts(name)
+            facts = read(name)
         except InvalidSpec:
             if not lenient:
                 raise
@@ -382,6 +387,27 @@ def _running(ws: Workspace, lenient: bool = False) -> dict[str, ReleaseState]:
         if state is not None and state.phase not in ENDED:
             out[name] = state
     return out
+
+
+def _facts_once(ws: Workspace) -> Callable[[str], AppFacts | None]:
+    """``ws.facts`` of each app read once, for one pass over the stack: ``_running`` and ``_pins_at_rest`` both want
+    every app's, each a read of its stable Deployment (and maybe its release store), and read by each they doubled the
+    API server's requests at every release's start. An app refused is refused again, by the same InvalidSpec. Not kept
+    past the pass: its facts would outlive the outputs they were read from, and the cluster (a promotion since)."""
+    read: dict[str, AppFacts | None | InvalidSpec] = {}
+
+    def facts_of(name: str) -> AppFacts | None:
+        if name not in read:
+            try:
+                read[name] = ws.facts(name)
+            except InvalidSpec as exc:
+                read[name] = exc
+        found = read[name]
+        if isinstance(found, InvalidSpec):
+            raise found
+        return found
+
+    return facts_of
 
 
 E = TypeVar("E", bound=CanaryError)
@@ -453,18 +479,19 @@ def up(stack: str, *, app: str | None = None, project_dir: Path | str | None = N
     # file for all let an `up` run with another's config (an older stack file, without its app's change)
     own = f"up-{os.getpid()}-{threading.get_ident()}"
 
-    def update(now: dict[str, ReleaseState]) -> Any:
+    def update(now: dict[str, ReleaseState], facts_of: Callable[[str], AppFacts | None]) -> Any:
         """The update with every app ``now`` finds releasing left alone (its route above all), and
-        every other app pinned at rest; refused under Pulumi's lock if a release began since ``now``."""
-        pins = _pins_at_rest(ws, set(now) | set(running))
+        every other app pinned at rest; refused under Pulumi's lock if a release began since ``now``.
+        ``facts_of``: each app's facts as ``now`` was read with them."""
+        pins = _pins_at_rest(ws, set(now) | set(running), facts_of=facts_of)
         ended = set(running) - set(now)
         if ended:
             # a release that ended while this waited for Pulumi's lock is at rest too: pinned, or the update
             # would apply its desired (maybe rolled back) workload. To the stable it left, read now: the
             # outputs read before may name the stable a promotion has since replaced
-            fresh = replace(ws, outputs=ws.stack.outputs(), _facts={})
+            fresh = replace(ws, outputs=ws.stack.outputs())
             pins.update((name, pin) for name, pin in _pins_at_rest(fresh, set(now)).items() if name in ended)
-        exclude = [urn for other in now if other not in names for facts in [ws.facts(other)] if facts is not None for urn in facts.targets("app")]
+        exclude = [urn for other in now if other not in names for facts in [facts_of(other)] if facts is not None for urn in facts.targets("app")]
         config_file = cache.write_config(own, stackfile.release_config(snapshot, pins))
 
         def none_began() -> None:
@@ -480,12 +507,13 @@ def up(stack: str, *, app: str | None = None, project_dir: Path | str | None = N
         # read again on every attempt: while this waited for Pulumi's lock, another app's release may
         # have begun, and this update must leave that app's resources alone
         for _ in range(len(known) + 1):
-            now = _running(ws)
+            facts_of = _facts_once(ws)  # this attempt's: the next one reads the cluster again
+            now = _running(ws, facts_of=facts_of)
             for name in [*names, *removed]:
                 if name in now and name not in running:
                     refuse_if_busy(name, now[name])  # its release began since this command looked
             try:
-                return update(now)
+                return update(now, facts_of)
             except _ReleaseBegan as exc:
                 _say(on_event, f"a release of {', '.join(exc.apps)} began as this update waited to start: nothing was applied, "
                                "computing it again with that app left alone")

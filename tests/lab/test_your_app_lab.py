@@ -532,11 +532,11 @@ def test_a_release_that_begins_while_canary_up_waits_to_start_keeps_its_canary(l
     with serve(SaysNo) as url:
         path.write_text(path.read_text().replace(HOLD, f"{url}/hold"))
 
-        def read_before_api_s_release(ws: Any) -> Any:
+        def read_before_api_s_release(ws: Any, **kwargs: Any) -> Any:
             reads.append(1)
             if len(reads) != 2:  # the first is the command's own look, the second the update's
-                return real_running(ws)
-            before = real_running(ws)
+                return real_running(ws, **kwargs)
+            before = real_running(ws, **kwargs)
             assert "api" not in before, before
             asked = len(SaysNo.calls)
             started.append(ls.start("release", ls.name, "--app", "api", "--image", "demo:v2"))

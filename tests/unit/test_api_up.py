@@ -208,7 +208,7 @@ def test_an_app_whose_release_ended_while_up_waited_is_pinned_to_what_its_releas
     promoted = {**before, "canary/api": {**exported("api", "api:2", "api:2"), "stable": pin("api:2", "p" * 16)}}
     ws = stack({**apps_config("web", "api"), "rollout": "direct"}, before, after=promoted)
     reads = iter([{"api": SimpleNamespace(phase=Phase.PROGRESSING, release="r7")}])  # later reads: nothing runs
-    monkeypatch.setattr(api, "_running", lambda ws: next(reads, {}))
+    monkeypatch.setattr(api, "_running", lambda ws, **kwargs: next(reads, {}))
     api.up("prod", app="web")
     [update] = ws.stack.ups
     assert update["exclude"] is None
@@ -317,6 +317,28 @@ def test_a_release_pins_the_stack_s_other_apps_at_rest_in_its_config(stack: Any)
     pins = stackfile.load(path.read_text())["config"]["canary:release"]
     assert set(pins) == {"web", "api"}
     assert pins["api"]["stable"]["image"] == "api:1" and pins["api"]["stable"]["hash"] == "s" * 16 and pins["api"]["route"] == {"weight": 0}
+
+
+def test_a_release_s_start_reads_each_app_s_stable_deployment_once(stack: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Which apps are releasing and what the idle ones run were two passes over the stack, each reading every app's
+    stable Deployment: two API-server reads of each app at rest per release start, on a stack of many apps."""
+    before = {f"canary/{name}": exported(name, f"{name}:1", f"{name}:2") for name in ("web", "api", "cart")}
+    ws = stack(apps_config("web", "api", "cart"), before, before)
+    ws.stack.name = "prod"  # (the Release's own)
+    facts = ws.facts("web")
+    assert facts is not None
+    read: list[str] = []
+
+    def deployment(spec: Any, track: Any) -> dict[str, Any]:
+        read.append(spec.app.name)
+        return {"uid": None, "exists": True, "hash": "s" * 16}
+
+    monkeypatch.setattr(api, "ClusterReader", lambda kube: SimpleNamespace(deployment=deployment))
+    release = api.build(ws, facts)
+    assert sorted(read) == ["api", "cart", "web"]
+    path = release.config.write("r1", ws.stack.stack_file().read_text(), {"release": "r1", "stable": pin("web:1", "s" * 16)})
+    pins = stackfile.load(path.read_text())["config"]["canary:release"]
+    assert {name: pins[name]["stable"]["image"] for name in ("api", "cart")} == {"api": "api:1", "cart": "cart:1"}
 
 
 def test_a_signal_during_one_app_s_release_begins_no_other_app_s(stack: Any, monkeypatch: pytest.MonkeyPatch) -> None:
