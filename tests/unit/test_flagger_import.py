@@ -598,6 +598,7 @@ def test_a_template_s_secret_ref_note_names_the_key_canary_reads() -> None:
     ("http://gate.flagger.svc:8080/approve", "gate.flagger.svc", "ending in .svc or .cluster.local"),
     ("https://gate.flagger.svc.cluster.local/approve", "gate.flagger.svc.cluster.local", "ending in .svc or .cluster.local"),
     ("http://s3cret-token@gate.istio-system:8080/approve?key=hunter2", "gate.istio-system", "istio-system is no top-level domain"),
+    ("http://web-canary.prod/", "web-canary.prod", "prod is no top-level domain canary knows"),  # Flagger's own example hook
 ])
 def test_a_hook_on_a_cluster_internal_host_is_noted_by_its_host_alone(url: str, host: str, why: str) -> None:
     # Flagger reaches it from inside the cluster; canary calls it from where it runs (a CI runner), where it
@@ -608,6 +609,14 @@ def test_a_hook_on_a_cluster_internal_host_is_noted_by_its_host_alone(url: str, 
                                                    "cluster-internal ("), result.notes
     assert why in notes[0] and "port-forward" in notes[0] and "run canary in the cluster" in notes[0]
     assert not any(secret in n for n in result.notes for secret in ("s3cret", "hunter2", "key=", "/approve"))
+
+
+@pytest.mark.parametrize("namespace", ["prod", "int", "build", "tools"])
+def test_a_namespace_named_as_a_rare_top_level_domain_is_taken_for_one(namespace: str) -> None:
+    # `web-canary.prod` (<service>.<namespace>, Flagger's own example) was taken for a public host: .prod is a TLD few
+    # public hosts end in, and prod a namespace many clusters have; so are int, build and tools
+    assert flagger.cluster_internal(f"web-canary.{namespace}") == f"<service>.<namespace>: {namespace} is no top-level domain canary knows"
+    assert flagger.cluster_internal(f"web-canary.{namespace}.example.com") is None
 
 
 @pytest.mark.parametrize("url", ["https://gate.example.com/approve", "https://approvals.dev/x", "http://gate.example.de/",
