@@ -806,16 +806,26 @@ def _no_series(spec: ReleaseSpec, provider: metrics.MetricsProvider, custom: boo
                                            f"the Deployment's name) in a counter they export {quiet}")
     pod_label, namespace_label = _labels(spec)
     builtin = f"the built-in request count ({metrics.REQUESTS_METRIC} by {namespace_label} and {pod_label}),"
-    # the configured namespace label first, then the others Prometheus setups commonly put a pod's namespace in
-    labelled = next((label for label in dict.fromkeys((namespace_label, *_NAMESPACE_LABELS)) if _has_series(spec, provider, span, label)), None)
-    if labelled == namespace_label:
+    # the configured namespace label first, then the others Prometheus setups commonly put a pod's namespace in. Another
+    # label is named only when both probes were answered: a configured label whose probe timed out, taken for one without
+    # series, had the warning name another label to set on the strength of an error
+    configured = _has_series(spec, provider, span, namespace_label)
+    if configured is True:
         return "prometheus.podLabel", (f"{builtin} {found}, though namespace {spec.app.namespace} has {metrics.REQUESTS_METRIC} "
                                        f"series: set prometheus.podLabel to the label your Prometheus puts a pod's name in (pod with "
                                        "kube-prometheus-stack), or prometheus.requestCount to a query that counts the app's requests")
-    unlabelled = f"no {metrics.REQUESTS_METRIC} series is labelled {namespace_label}={spec.app.namespace!r}"
-    if labelled is not None:
-        return "prometheus.namespaceLabel", (f"{builtin} {found}: {unlabelled}, though some are labelled {labelled}={spec.app.namespace!r}: "
-                                             f"set prometheus.namespaceLabel to {labelled}, the label your Prometheus puts a pod's namespace in")
+    if isinstance(configured, str):
+        unlabelled = (f"the probe for {metrics.REQUESTS_METRIC} series labelled {namespace_label}={spec.app.namespace!r} could not run "
+                      f"({configured}), so which label holds the namespace is not known")
+    else:
+        unlabelled = f"no {metrics.REQUESTS_METRIC} series is labelled {namespace_label}={spec.app.namespace!r}"
+        for label in _NAMESPACE_LABELS:
+            other = False if label == namespace_label else _has_series(spec, provider, span, label)
+            if other is True:
+                return "prometheus.namespaceLabel", (f"{builtin} {found}: {unlabelled}, though some are labelled {label}={spec.app.namespace!r}: "
+                                                     f"set prometheus.namespaceLabel to {label}, the label your Prometheus puts a pod's namespace in")
+            if isinstance(other, str):
+                unlabelled += f" (the probe for those labelled {label}={spec.app.namespace!r} could not run: {other})"
     return "prometheus.requestCount", (f"{builtin} {found}: {unlabelled}; set prometheus.requestCount to a query of the requests a track's "
                                        f"pods answered in {{{{ interval }}}}, such as {example}, or, when the app's {metrics.REQUESTS_METRIC} "
                                        f"series carry the namespace in another label than {namespace_label}, prometheus.namespaceLabel to "
@@ -827,15 +837,18 @@ def _no_series(spec: ReleaseSpec, provider: metrics.MetricsProvider, custom: boo
 _NAMESPACE_LABELS = ("namespace", "kubernetes_namespace")
 
 
-def _has_series(spec: ReleaseSpec, provider: metrics.MetricsProvider, span: str, namespace_label: str) -> bool:
-    """Whether the app's namespace has series of the built-in count's counter, its namespace read in ``namespace_label``."""
+def _has_series(spec: ReleaseSpec, provider: metrics.MetricsProvider, span: str, namespace_label: str) -> bool | str:
+    """Whether the app's namespace has series of the built-in count's counter, its namespace read in ``namespace_label``:
+    True or False as Prometheus answered, or why it did not (unreachable, a timeout, the probe rejected), which is no "none"."""
     query = templates.render(metrics.SERIES_LABELS_QUERY, target=spec.stable, namespace=spec.app.namespace, interval=span, variables={},
                              namespace_label=namespace_label)
     try:
         provider.run_query(query)
         return True
-    except MetricError:
+    except NoValues:
         return False
+    except MetricError as exc:
+        return str(exc) or type(exc).__name__
 
 
 def _origin(address: str) -> str:

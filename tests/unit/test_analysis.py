@@ -1156,6 +1156,30 @@ def test_preflight_names_the_namespace_label_when_the_counter_carries_the_namesp
             "set prometheus.namespaceLabel to kubernetes_namespace") in warning
 
 
+def test_preflight_names_no_namespace_label_when_the_probe_of_the_configured_one_failed() -> None:
+    """A probe Prometheus did not answer (a timeout) is no "no series": before, the configured label's was taken for
+    one, and the warning said to set prometheus.namespaceLabel to kubernetes_namespace on the strength of an error."""
+    timeout = ProviderUnreachable("Prometheus at http://prometheus:9090 did not answer within 5s (ReadTimeout)")
+    provider = FakeMetrics({**NO_SERIES, _series_probe("namespace"): timeout, _series_probe("kubernetes_namespace"): 12.0, "": 0.0})
+    warnings: list[str] = []
+    assert analysis.preflight(_own(ERRORS, count=False, minRequests=50), lambda address: provider, warnings=warnings) == []
+    (warning,) = warnings
+    assert warning.startswith("prometheus.requestCount: ") and "set prometheus.namespaceLabel to kubernetes_namespace" not in warning, warning
+    assert ("the probe for http_requests_total series labelled namespace='prod' could not run (Prometheus at http://prometheus:9090 "
+            "did not answer within 5s (ReadTimeout)), so which label holds the namespace is not known; set prometheus.requestCount") in warning
+
+
+def test_preflight_says_the_probe_of_another_namespace_label_could_not_run() -> None:
+    rejected = BadQuery("Prometheus rejected the query: 1:5: parse error")
+    provider = FakeMetrics({**NO_SERIES, _series_probe("namespace"): NoValues("no series"), _series_probe("kubernetes_namespace"): rejected, "": 0.0})
+    warnings: list[str] = []
+    assert analysis.preflight(_own(ERRORS, count=False, minRequests=50), lambda address: provider, warnings=warnings) == []
+    (warning,) = warnings
+    assert warning.startswith("prometheus.requestCount: "), warning
+    assert ("no http_requests_total series is labelled namespace='prod' (the probe for those labelled kubernetes_namespace='prod' could "
+            "not run: Prometheus rejected the query: 1:5: parse error); set prometheus.requestCount") in warning
+
+
 def test_preflight_probes_the_configured_namespace_label() -> None:
     spec = _own(ERRORS, count=False, minRequests=50)
     assert spec.prometheus is not None
