@@ -140,11 +140,17 @@ class Release:
         #: set by resume: the next `up` refreshes first (a killed `up` may have left the cluster ahead of Pulumi)
         self._refresh = False
         self.recorder = Recorder(store, self.clock, stack.name, self.spec.app.name, on_event, pusher)
-        self.hooks = Hooks(hooks, self.spec, self.clock, self.cancel, self.recorder.webhook)
+        self._hook_caller = hooks
+        self.hooks = self._hooks_of(self.spec)
         self.recorder.notify = self.hooks.event
         self.verify = Verifier(cluster, self.clock, self.cancel, route_timeout, ready_timeout, self._note)
         self.cluster = cluster
         self._state: ReleaseState | None = None
+
+    def _hooks_of(self, spec: ReleaseSpec) -> Hooks:
+        """The webhooks and alerts of ``spec``, called and recorded by this release: its own, and an ended release's
+        owed post-rollout hooks, which are that release's (``spec_of``) though this one calls them."""
+        return Hooks(self._hook_caller, spec, self.clock, self.cancel, self.recorder.webhook)
 
     # --- entry points ------------------------------------------------------------------------
 
@@ -1112,7 +1118,8 @@ class Release:
         """The post-rollout hooks ``state``, an ended release, still owes, called by another process: those of its own
         config (its snapshot of the stack config), not of the release that calls them. A team that changed or removed
         its post-rollout hooks between two releases had the new receiver hear of the old end, or nobody. When that
-        config cannot be read, none is called, the journal says why, and the debt is cleared: no resume could call them."""
+        config cannot be read, none is called, the journal and the caller's output say why and that they are left to a
+        person, and the debt is cleared: no resume could call them."""
         if not state.post_rollout_owed:
             return state
         if self.spec_of is None:
@@ -1124,14 +1131,16 @@ class Release:
             # proof that no later call can read it: a snapshot not decrypted now (a KMS key's credentials expired, the
             # backend down) raises on, and the debt stays for the next resume or release
             why = broken_rules(exc.problems)
-            # no severity: a warning is told to this release's event hooks and alerts, which are not the ended release's either
-            message = (f"post-rollout webhooks not called: the release's own config cannot be read ({why}), and another "
-                       "config's webhooks are not its receivers")
+            # no severity: any is told to this release's event hooks and alerts, which are not the ended release's either.
+            # The caller's output (the CLI prints every event) is where a person hears of it: it says what is left to do
+            message = (f"post-rollout webhooks not called for release {state.release} (ended {state.phase}): its own config cannot be read "
+                       f"({why}), and another config's webhooks are not its receivers; call them by hand (the stack file as it was "
+                       "for that release names them) if their receivers must hear of its end")
             try:
                 return self.recorder.keep(state.model_copy(update={"post_rollout_owed": False}), message)
             except CanaryError:
                 return state
-        return self._post_rollout(state, Hooks(self.hooks.caller, spec, self.clock, self.cancel, self.recorder.webhook))
+        return self._post_rollout(state, self._hooks_of(spec))
 
     def _post_rollout(self, state: ReleaseState, hooks: Hooks | None = None) -> ReleaseState:
         """The post-rollout hooks a release owes since its end was saved, then the debt cleared: a process killed in

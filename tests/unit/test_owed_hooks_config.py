@@ -90,6 +90,51 @@ def test_a_resume_of_an_ended_release_calls_none_when_its_config_cannot_be_read(
     assert any("post-rollout webhooks not called" in e.message for e in world.store.of("event"))
 
 
+@pytest.mark.parametrize("by", ["resume", "release"])
+def test_owed_hooks_not_called_are_told_on_the_console_with_what_to_do_and_to_no_receiver(by: str, capsys: pytest.CaptureFixture[str]) -> None:
+    # the person running `canary resume` or the next `canary release` read that they were not called, but not what was left to
+    # do; the current config's event hooks and alerts (any severity reaches them) are not the ended release's receivers
+    from canary import cli
+
+    def unreadable(state: ReleaseState) -> ReleaseSpec:
+        raise InvalidSpec([Problem("analysis.bogus", "s3cret", "is not a field")], f"release {state.release}'s snapshot")
+
+    def receivers(values: dict[str, Any]) -> None:
+        values["analysis"]["webhooks"] = [{"name": "events-new", "type": "event", "url": "http://events-new/"}]
+        values["analysis"]["alerts"] = [{"name": "chat", "type": "slack", "url": "https://chat.example.com/hook", "severity": "info"}]
+
+    class Heard(FakeHooks):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bodies: list[str] = []
+
+        def call(self, hook: Any, body: Any, cancel: Any = None) -> Any:
+            self.bodies.append(json.dumps(body))
+            return super().call(hook, body, cancel)
+
+        def alert(self, alert: Any, body: Any) -> Any:
+            self.bodies.append(json.dumps(body))
+            return super().alert(alert, body)
+
+    heard = Heard()
+    world = make(Metrics(0.0), receivers, spec_of=unreadable, hooks=heard)
+    world.store.state = _owing()
+    if by == "resume":
+        assert world.release.resume().phase is Phase.FAILED
+    else:
+        assert world.start().phase is Phase.SUCCEEDED
+    told = [e for e in world.events if e.release == "r0" and "post-rollout webhooks not called" in e.message]
+    assert len(told) == 1, [e.message for e in world.events]
+    cli._print_event(told[0])
+    line = capsys.readouterr().out
+    assert "for release r0 (ended Failed)" in line and "analysis.bogus: is not a field" in line and "call them by hand" in line, line
+    assert "s3cret" not in line
+    assert len([e for e in world.store.of("event") if "post-rollout webhooks not called" in e.message]) == 1
+    # told to people, never to this config's receivers: the event hook and the alert hear of this release alone
+    assert not any("post-rollout webhooks not called" in body for body in heard.bodies), heard.bodies
+    assert bool(heard.bodies) is (by == "release")
+
+
 def test_owed_hooks_are_kept_when_the_snapshot_cannot_be_decrypted_for_now() -> None:
     # a transient failure of `pulumi config --show-secrets` (a KMS key's credentials expired, the backend down) is no proof
     # that the hooks can never be called: the debt was cleared, and no later resume called them
