@@ -161,11 +161,17 @@ class Workspace:
                 "else KUBECONFIG and its current context); if the app's objects were deleted or replaced here by hand (a "
                 "namespace or cluster rebuilt), `pulumi refresh` and then a plain `pulumi up` make them and the stack's outputs anew"))],
                 f"stack {self.name}")
-        live = deployment.get("hash")
+        return self.pin_running(app, spec.app.namespace, exported, deployment.get("hash"))
+
+    def pin_running(self, app: str, namespace: str, exported: TrackPin, live: str | None) -> TrackPin:
+        """Of the pins the app's stable may run — the outputs' ``exported``, its last release's stable, or its canary
+        once promoted — the one carrying ``live``, the template hash its stable Deployment carries. ``exported`` when
+        none does (the caller compares: the cluster then runs a template nothing here names), when ``live`` is None (no
+        such Deployment, or the cluster did not answer), or when the release store does not answer."""
         if not live or live == exported.hash:
             return exported
         with contextlib.suppress(CanaryError):
-            state = self.store(app, spec.app.namespace).load()
+            state = self.store(app, namespace).load()
             for pin in (state.canary, state.stable) if state is not None else ():
                 if pin is not None and pin.hash == live:
                     return pin
@@ -325,9 +331,9 @@ def _pins_at_rest(ws: Workspace, running: set[str], unjudged: list[str] | None =
                   facts_of: Callable[[str], AppFacts | None] | None = None) -> dict[str, Any]:
     """Stable pinned to what it runs, for every deployed app that no release is moving. With ``unjudged`` (a resume's),
     a deployed app the stack config cannot judge now (refused, or no longer declaring it) is pinned to the stable its
-    stack outputs name, and said there: a resume's ``up`` applies the release's snapshot, which may still declare it,
-    and unpinned its outputs would name the snapshot's desired template as its stable (its next ``canary up`` then
-    taking that for what runs). A ``canary up`` or a new release (None) refuses such an app, naming the field.
+    stack outputs name or, when its stable Deployment runs another, its last release's that it runs, and said there: a
+    resume's ``up`` applies the release's snapshot, which may still declare it, and unpinned its outputs would name the
+    snapshot's desired template as its stable (its next ``canary up`` then taking that for what runs). A ``canary up`` or a new release (None) refuses such an app, naming the field.
     ``facts_of``: each app's facts as this pass read them (default: read now)."""
     read = facts_of or ws.facts
     pins = {}
@@ -346,10 +352,9 @@ def _pins_at_rest(ws: Workspace, running: set[str], unjudged: list[str] | None =
         exported = ws.outputs.get(f"{naming.OUTPUT_PREFIX}{name}")
         if facts is None and unjudged is not None and isinstance(exported, Mapping):
             named = exported.get("stable")
-            pin = _pin(named) if isinstance(named, Mapping) else None
-            unjudged.append(f"app {name} cannot be judged by the stack config now ({why}): " + (
-                f"the release's updates pin it at rest to the stable its stack outputs name ({pin.image or pin.hash})" if pin is not None else
-                "its stack outputs name no stable, and the release's updates do not pin it"))
+            pin, said = _unjudged_pin(ws, name, _pin(named)) if isinstance(named, Mapping) else (
+                None, "its stack outputs name no stable, and the release's updates do not pin it")
+            unjudged.append(f"app {name} cannot be judged by the stack config now ({why}): {said}")
         if pin is None:
             continue
         stable = {"template": pin.template, "hash": pin.hash, "image": pin.image, "config_hashes": dict(pin.config_hashes)}
@@ -357,6 +362,25 @@ def _pins_at_rest(ws: Workspace, running: set[str], unjudged: list[str] | None =
             stable["port"] = pin.port
         pins[name] = {"release": "", "stable": stable, "route": {"weight": 0}}
     return pins
+
+
+def _unjudged_pin(ws: Workspace, name: str, exported: TrackPin) -> tuple[TrackPin, str]:
+    """The stable an app the stack config cannot judge runs, and how a resume's note says it. Its stack outputs may
+    name a template its stable never ran (a targeted ``up`` recomputes every app's outputs from its own snapshot):
+    the cluster decides, as ``Workspace.facts`` has it decide, without the ReleaseSpec that config cannot give (nor
+    the uid check that needs one). Hashes and images only: its config may hold secrets."""
+    namespace = ws.namespace(name)
+    live = None
+    with contextlib.suppress(CanaryError):  # the cluster does not answer: the outputs are all there is
+        live = ClusterReader(ws.kube).stable_hash(name, namespace)
+    pin = ws.pin_running(name, namespace, exported, live)
+    if pin is not exported:
+        return pin, (f"the release's updates pin it at rest to the stable its Deployment runs ({pin.image or pin.hash}, its last release's), "
+                     f"not the one its stack outputs name ({exported.image or exported.hash})")
+    said = f"the release's updates pin it at rest to the stable its stack outputs name ({pin.image or pin.hash})"
+    if live and live != pin.hash:
+        said += f", though its stable Deployment runs another template (hash {live}) that neither they nor its last release name"
+    return pin, said
 
 
 def _running(ws: Workspace, lenient: bool = False, facts_of: Callable[[str], AppFacts | None] | None = None) -> dict[str, ReleaseState]:

@@ -13,8 +13,10 @@ import pytest
 import yaml
 
 from canary import api
-from canary.core.records import Phase, ReleaseState
-from canary.errors import InvalidSpec
+from canary.core import naming
+from canary.core.naming import Track
+from canary.core.records import Phase, ReleaseState, TrackPin
+from canary.errors import ClusterUnreachable, InvalidSpec
 from canary.state.cache import Cache
 from canary.state.store import ReleaseStore
 from tests.unit.fakes import FakeKube
@@ -111,6 +113,50 @@ def test_a_resume_goes_on_with_its_snapshot_and_keeps_the_other_apps_pinned_at_r
         assert len(said) == 1 and said[0].endswith("pin it at rest to the stable its stack outputs name (api:1)"), notes
     if now == "other app declared twice":
         assert "apps.api.app: declares api's app, which a component of the program declares too" in said[0], said
+
+
+def _stable_runs(store: ReleaseStore, image: str) -> None:
+    """The app's stable Deployment in the cluster, its pod template carrying ``image``'s pin's hash."""
+    template = {"metadata": {"annotations": {naming.HASH_ANNOTATION: _pin(image)["hash"]}}, "spec": _pin(image)["template"]["spec"]}
+    store.kube.create({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": naming.deployment(store.app, Track.STABLE), "namespace": "shop"},
+                       "spec": {"replicas": 2, "template": template}})
+
+
+@pytest.mark.parametrize(("cluster", "pinned", "note"), [
+    ("runs its last release's stable", "api:0", "pin it at rest to the stable its Deployment runs (api:0, its last release's), not the one its stack outputs name (api:1)"),
+    ("runs a template nothing names", "api:1", "pin it at rest to the stable its stack outputs name (api:1), though its stable Deployment runs another "
+                                               f"template (hash {_pin('api:7')['hash']}) that neither they nor its last release name"),
+    ("does not answer", "api:1", "pin it at rest to the stable its stack outputs name (api:1)"),
+])
+@pytest.mark.parametrize("now", list(_NOW))
+def test_an_app_the_config_cannot_judge_is_pinned_to_what_its_stable_deployment_runs(stack: dict[str, ReleaseStore], monkeypatch: pytest.MonkeyPatch,
+                                                                                    now: str, cluster: str, pinned: str, note: str) -> None:
+    """api's outputs name api:1 as its stable, but a targeted `up` of web recomputed them from api's own snapshot: its
+    stable Deployment runs api:0, the stable of its last release. An app the stack config judges is pinned to what the
+    cluster runs; one it could not judge was pinned to its outputs' api:1 unchecked, and the resume's `up` wrote that
+    pin into the stack's outputs again (its whole-stack fallback applied it). The cluster not answering, or running a
+    template neither the outputs nor the release store name, leaves the outputs' pin, said."""
+    Path("Pulumi.prod.yaml").write_text(_NOW[now])
+    stack["web"].save(ReleaseState(release="r2", stack="prod", app="web", namespace="shop", phase=Phase.ROLLING_BACK, weight=20, snapshot=_SNAPSHOT))
+    stack["api"].save(ReleaseState(release="r1", stack="prod", app="api", namespace="shop", phase=Phase.FAILED, weight=0,
+                                   stable=TrackPin.model_validate(_pin("api:0")), canary=TrackPin.model_validate(_pin("api:5"))))
+    if cluster == "does not answer":
+        def unreachable(*args: Any) -> Any:
+            raise ClusterUnreachable("the Kubernetes API server did not answer")
+
+        monkeypatch.setattr(api.ClusterReader, "deployment", unreachable)
+        monkeypatch.setattr(api.ClusterReader, "stable_hash", unreachable, raising=False)
+    _stable_runs(stack["api"], "api:0" if cluster == "runs its last release's stable" else "api:7")
+    resumed: list[tuple[api.Release, tuple[str, ...]]] = []
+    monkeypatch.setattr(api.Release, "resume", lambda self, notes=(): resumed.append((self, tuple(notes))))
+    api.resume("prod", app="web")
+    [(release, notes)] = resumed
+    assert release.config.at_rest == {"api": {"release": "", "stable": _pin(pinned), "route": {"weight": 0}}}  # type: ignore[attr-defined]
+    said = [n for n in notes if n.startswith("app api cannot be judged by the stack config now")]
+    if now == "own app declared twice":
+        assert said == [], notes  # judged: its facts asked the cluster already
+    else:
+        assert len(said) == 1 and said[0].endswith(note), notes
 
 
 @pytest.mark.parametrize(("now", "field"), [("own app declared twice", "apps.web.app"), ("other app declared twice", "apps.api.app")])
