@@ -680,8 +680,7 @@ class CanaryDeployment(pulumi.ComponentResource):
             f"{name}-{track.value}-service",
             metadata={"name": naming.service(app.name, track), "namespace": app.namespace,
                       "labels": {naming.APP_LABEL: app.name, naming.TRACK_LABEL: track.value}},
-            spec={"selector": naming.selector(app.name, track),
-                  "ports": [{"name": "http", "port": app.service_port, "targetPort": port, "protocol": "TCP"}]},
+            spec={"selector": naming.selector(app.name, track), "ports": [_http_port(app, port)]},
             opts=opts,
         )
 
@@ -692,7 +691,7 @@ class CanaryDeployment(pulumi.ComponentResource):
         metadata = given.get("metadata") or {}
         spec = dict(given.get("spec") or {})
         spec["selector"] = naming.selector(app.name, Track.STABLE)
-        spec["ports"] = [{"name": "http", "port": app.service_port, "targetPort": port, "protocol": "TCP"}, *spec.get("ports", [])]
+        spec["ports"] = [_http_port(app, port), *spec.get("ports", [])]
         declared: dict[str, Any] = {"name": naming.apex_service(app.name), "namespace": app.namespace,
                                     "labels": {**(metadata.get("labels") or {}), naming.APP_LABEL: app.name}}
         if metadata.get("annotations"):
@@ -758,6 +757,16 @@ def _merge(*options: pulumi.ResourceOptions | None) -> pulumi.ResourceOptions:
     for more in options:
         merged = pulumi.ResourceOptions.merge(merged, more)
     return merged
+
+
+def _http_port(app: App, target: Any) -> dict[str, Any]:
+    """canary's ``http`` port of each of the app's Services (stable's, canary's, the apex): ``app.servicePort`` to the
+    pods' ``target``, with ``app.appProtocol`` when set (the gateway reads it from the route's backends, stable's and
+    canary's Services, to choose how it talks to the pods: h2c for gRPC)."""
+    port: dict[str, Any] = {"name": "http", "port": app.service_port, "targetPort": target, "protocol": "TCP"}
+    if app.app_protocol is not None:
+        port["appProtocol"] = app.app_protocol
+    return port
 
 
 #: The keys of ``adopt``: the stable Deployment, the apex Service and the route, each taking over a resource of the program from before canary.

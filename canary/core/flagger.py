@@ -29,7 +29,7 @@ PLACEHOLDER_GATEWAY = "change-me"
 _CANARY_FIELDS = {"targetRef", "service", "analysis", "canaryAnalysis", "provider", "skipAnalysis", "metricsServer"}
 #: What ``kubectl get -o yaml`` prints for several objects (or the API for a list of one kind): read item by item.
 _LIST_KINDS = ("List", "CanaryList", "MetricTemplateList")
-_SERVICE_FIELDS = {"port", "targetPort", "gatewayRefs", "hosts"}
+_SERVICE_FIELDS = {"port", "targetPort", "appProtocol", "gatewayRefs", "hosts"}
 _ANALYSIS_FIELDS = {
     "interval", "threshold", "maxWeight", "stepWeight", "stepWeights", "metrics", "webhooks",
     "iterations", "match", "mirror", "mirrorWeight", "sessionAffinity",
@@ -97,6 +97,7 @@ _ORIGINS = (
     ("analysis", "spec.analysis"),
     ("app.servicePort", "spec.service.port"),
     ("app.port", "spec.service.targetPort"),
+    ("app.appProtocol", "spec.service.appProtocol"),
     ("app.name", "spec.targetRef.name"),
     ("app.namespace", "metadata.namespace"),
     ("gateway.parentRefs", "spec.service.gatewayRefs"),
@@ -178,6 +179,8 @@ def _convert(
         app["port"] = target_port
     elif target_port is not None:
         notes.append(f"spec.service.targetPort: named port {target_port!r} is not supported; set canary:app.port")
+    if "appProtocol" in service:
+        app["appProtocol"] = service["appProtocol"]  # on the port of each Service the Canary makes, as Flagger sets it
     gateway = _gateway(service, parent_ref, notes)
     if stable_image is None:
         stable_image = f"{name}:{PLACEHOLDER_TAG}"

@@ -66,6 +66,7 @@ DnsName = Annotated[str, AfterValidator(units.check_dns_subdomain)]
 CopiedName = Annotated[str, AfterValidator(naming.check_copied_name)]
 Hostname = Annotated[str, AfterValidator(units.check_hostname)]
 Image = Annotated[str, AfterValidator(units.check_image)]
+AppProtocol = Annotated[str, AfterValidator(units.check_app_protocol)]
 Quantity = Annotated[str, BeforeValidator(units.check_quantity)]
 
 
@@ -240,6 +241,9 @@ class App(_Model):
     canary_replicas: Int | None = Field(None, ge=1, le=1000)
     port: Int | None = Field(None, ge=1, le=65535, description="the container port the Services target")
     service_port: Int = Field(80, ge=1, le=65535)
+    #: the ``appProtocol`` of the Services' ``http`` port: how the gateway talks to the pods (``kubernetes.io/h2c`` for
+    #: gRPC and other HTTP/2 without TLS, ``kubernetes.io/ws`` for WebSocket); unset, the gateway's default (HTTP/1.1)
+    app_protocol: AppProtocol | None = None
     # the simple form of a one-container pod
     resources: Resources = Resources()
     probes: Probes = Probes()

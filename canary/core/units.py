@@ -113,6 +113,26 @@ def check_dns_subdomain(value: str) -> str:
     return value
 
 
+#: the name part of a Kubernetes qualified name (a label key's, an appProtocol's): at most 63 characters
+_QUALIFIED_PART = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+
+
+def check_app_protocol(value: str) -> str:
+    """A Service port's ``appProtocol`` as the API server takes it (a qualified name): an IANA service name
+    (``http``, ``https``), or a DNS-subdomain prefix, ``/`` and a name (``kubernetes.io/h2c``, ``example.com/proto``)."""
+    prefix, slash, name = value.rpartition("/")
+    try:
+        if slash:
+            check_dns_subdomain(prefix)
+    except ValueError:
+        name = ""
+    if len(name) > 63 or not _QUALIFIED_PART.match(name):
+        raise ValueError("must be an application protocol as Kubernetes takes it: an IANA service name (http, https) or a "
+                         "DNS-subdomain prefix and '/' then a name (kubernetes.io/h2c, kubernetes.io/ws, kubernetes.io/wss), the name "
+                         "at most 63 letters, digits, '-', '_' or '.', beginning and ending with a letter or digit")
+    return value
+
+
 def check_hostname(value: str) -> str:
     """A DNS-1123 subdomain, optionally with a leading wildcard label as Gateway API allows."""
     host = value[2:] if value.startswith("*.") else value

@@ -650,3 +650,17 @@ def test_the_replaced_load_tester_is_named_by_its_host_not_its_url() -> None:
     assert ("spec.analysis.webhooks[0].url: the Flagger load tester at flagger-loadtester.test is replaced by running metadata.cmd "
             "locally as the webhook's cmd") in result.notes, result.notes
     assert not any("t0ken" in n or "hunter2" in n for n in result.notes), result.notes
+
+
+def test_the_service_s_app_protocol_is_carried_over_to_the_app_s_services() -> None:
+    # Flagger sets spec.service.appProtocol on the port of every Service it makes (a gRPC app's kubernetes.io/h2c): noted as
+    # "not supported; ignored", the imported app's gateway spoke HTTP/1.1 to pods that answer HTTP/2 only
+    doc = _canary()
+    doc["spec"]["service"]["appProtocol"] = "kubernetes.io/h2c"
+    result = flagger.convert([doc, _template()])
+    assert result.spec.app_configs()["web"].app.app_protocol == "kubernetes.io/h2c"  # type: ignore[union-attr]
+    assert not any("appProtocol" in note for note in result.notes), result.notes
+    doc["spec"]["service"]["appProtocol"] = "Kubernetes.IO/h2c"
+    with pytest.raises(InvalidSpec) as refused:
+        flagger.convert([doc, _template()])
+    assert [p.field for p in refused.value.problems] == ["spec.service.appProtocol"]

@@ -424,6 +424,21 @@ def test_between_releases_every_service_targets_the_app_s_port(declare: Callable
     assert _target_ports(d) == {"stable": 9000, "canary": 9000, "apex": 9000}
 
 
+def test_the_app_protocol_is_on_the_http_port_of_every_service_the_route_and_clients_reach(declare: Callable[..., Declared]) -> None:
+    # gRPC and other h2c apps: the gateway reads appProtocol from the route's backends (stable's and canary's Services), in-cluster
+    # clients may from the apex; none of the three carried it, so a gateway spoke HTTP/1.1 to pods that answer only HTTP/2
+    def http_ports(d: Declared) -> dict[str, dict[str, Any]]:
+        return {track: next(p for p in d.inputs(f"web-{track}-service")["spec"]["ports"] if p["name"] == "http") for track in ("stable", "canary", "apex")}
+
+    d = declare(component({**SIMPLE_APP, "appProtocol": "kubernetes.io/h2c"}))
+    assert {track: port.get("appProtocol") for track, port in http_ports(d).items()} == dict.fromkeys(("stable", "canary", "apex"), "kubernetes.io/h2c")
+    assert all(port["port"] == 80 and port["protocol"] == "TCP" for port in http_ports(d).values())
+    assert d.exported["app"]["appProtocol"] == "kubernetes.io/h2c"  # the outputs' app, which a release's spec is read from
+    # unset: no appProtocol at all (the gateway's default), as before
+    plain = declare(component(SIMPLE_APP))
+    assert not any("appProtocol" in port for port in http_ports(plain).values())
+
+
 def _two_ports() -> dict[str, Any]:
     """A template whose main container lists two ports, none named http: app.port says which the Services target."""
     return {"metadata": {"labels": {"app": "web"}},

@@ -954,3 +954,15 @@ def test_a_template_error_the_api_server_refuses_is_refused_in_a_release_in_flig
     with spec.newer_rules_noted() as noted, pytest.raises(InvalidSpec, match="is a number written as text"):
         stackconfig.from_config(_config(values_with(_template(readinessProbe={"httpGet": {"port": "8080"}}))), placed=False)
     assert noted == []
+
+
+@pytest.mark.parametrize("given", ["kubernetes.io/h2c", "kubernetes.io/ws", "http", "HTTPS", "example.com/my-protocol_v2.1"])
+def test_an_app_protocol_as_kubernetes_takes_it_is_accepted(given: str) -> None:
+    assert parse_stack(values_with(set_path("app.appProtocol", given))).app_configs()["web"].app.app_protocol == given  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("given", ["kubernetes.io/", "/h2c", "h2c/", "Kubernetes.IO/h2c", "-h2c", "h2 c", "x" * 64, "a/b/c", ""])
+def test_an_app_protocol_the_api_server_would_refuse_is_refused_naming_the_field(given: str) -> None:
+    # refused at validation, not halfway through an up by the API server (stable's Service first, the canary's not)
+    found = {p.field: p.rule for p in problems(values_with(set_path("app.appProtocol", given)))}
+    assert "app.appProtocol" in found and "application protocol" in found["app.appProtocol"], found
