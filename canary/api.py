@@ -333,8 +333,8 @@ def _pins_at_rest(ws: Workspace, running: set[str], unjudged: list[str] | None =
     a deployed app the stack config cannot judge now (refused, or no longer declaring it) is pinned to the stable its
     stack outputs name or, when its stable Deployment runs another, its last release's that it runs, and said there: a
     resume's ``up`` applies the release's snapshot, which may still declare it, and unpinned its outputs would name the
-    snapshot's desired template as its stable (its next ``canary up`` then taking that for what runs). A ``canary up`` or a new release (None) refuses such an app, naming the field.
-    ``facts_of``: each app's facts as this pass read them (default: read now)."""
+    snapshot's desired template as its stable (its next ``canary up`` then taking that for what runs). A ``canary up``
+    or a new release (None) refuses such an app, naming the field. ``facts_of``: each app's facts as this pass read them (default: read now)."""
     read = facts_of or ws.facts
     pins = {}
     for name in ws.apps():
