@@ -8,11 +8,13 @@ import json
 import os
 import subprocess
 import threading
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from canary import api
 from canary.adapters import stackfile
@@ -186,6 +188,68 @@ def test_removing_the_autoscaler_keeps_stables_size_until_the_team_declares_one(
     assert ls.kube.list("autoscaling/v2", "HorizontalPodAutoscaler", ls.namespace) == []
     wait_until(lambda: ls.deployment(Track.STABLE)["ready"] == 4, "stable at the declared 4 pods", 60)
     assert_stable_state(ls, "demo:v1", replicas=4)
+
+
+# --- how the gateway talks to the pods ----------------------------------------------------------
+
+
+def _h2c_app(config: dict[str, Any]) -> None:
+    config["canary:app"]["appProtocol"] = "kubernetes.io/h2c"
+
+
+def _answers(ls: LabStack, count: int = 20) -> Counter[tuple[int, str, str]]:
+    """``count`` requests through the gateway, one after the other (a bounded burst): each answer's status, version and
+    the protocol the gateway reached the pod with (the demo app says it in X-Protocol)."""
+    session = requests.Session()
+    session.headers["Host"] = host(ls.name)
+    answers: Counter[tuple[int, str, str]] = Counter()
+    for _ in range(count):
+        response = session.get(ls.layout.gateway_url + "/", timeout=5)
+        answers[(response.status_code, response.headers.get("X-Version", ""), response.headers.get("X-Protocol", ""))] += 1
+    return answers
+
+
+@pytest.mark.long
+@pytest.mark.parametrize("lab_stack", [_h2c_app], indirect=True)
+def test_an_app_that_speaks_h2c_is_reached_over_http2_before_during_and_after_its_release(lab_stack: LabStack) -> None:
+    # a gRPC or other h2c app: the gateway reads appProtocol from the route's backends; without it on stable's and canary's
+    # Services it spoke HTTP/1.1 to the pods (which an h2c-only app refuses). Real HTTP/2 from Traefik to the demo pods
+    ls = lab_stack
+    for service in ("web", "web-stable", "web-canary"):
+        obj = ls.kube.get("v1", "Service", service, ls.namespace)
+        assert obj is not None, service
+        [port] = [p for p in obj["spec"]["ports"] if p["name"] == "http"]
+        assert port.get("appProtocol") == "kubernetes.io/h2c", (service, port)
+    wait_until(lambda: _answers(ls) == {(200, "v1", "HTTP/2.0"): 20}, lambda: f"stable answers over HTTP/2: {_answers(ls)}", 30, every=0.5)
+    with RouteWatcher(ls) as watcher:
+        done = ls.release("demo:v2")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert 10 in watcher.canary_weights, watcher.seen  # canaried by weight, then promoted
+    # the release judged the canary on what the pods counted of the gateway's HTTP/2 requests
+    passed = [c for t in ls.of("tick") if t.outcome.value == "advance" for c in t.checks if c.metric == "error-rate"]
+    assert passed and all(c.verdict.value == "pass" and c.value is not None for c in passed), ls.of("tick")[:2]
+    assert _answers(ls) == {(200, "v2", "HTTP/2.0"): 20}
+    assert_stable_state(ls, "demo:v2")
+
+
+def _unspoken_protocol(config: dict[str, Any]) -> None:
+    config["canary:app"]["appProtocol"] = "example.com/unspoken"
+
+
+@pytest.mark.parametrize("lab_stack", [_unspoken_protocol], indirect=True)
+def test_a_release_of_an_app_whose_protocol_the_gateway_does_not_speak_fails_at_its_start_naming_the_gateway_s_reason(
+        lab_stack: LabStack) -> None:
+    # a valid appProtocol the gateway does not speak: Traefik refuses the route's backends (ResolvedRefs false,
+    # UnsupportedProtocol), stable's too; a release must say so at its start, not judge a canary nobody can reach
+    ls = lab_stack
+    route = wait_until(lambda: (r := ls.route()) is not None and r.refused and r, lambda: f"the route refused: {ls.route()}", 30, every=0.5)
+    assert "UnsupportedProtocol" in route.reason, route
+    done = ls.release("demo:v2")
+    assert done.returncode != 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "UnsupportedProtocol" in done.stdout + done.stderr, done.stdout[-3000:] + done.stderr[-3000:]
+    stable = ls.deployment(Track.STABLE)
+    assert stable["image"] == "demo:v1", stable
+    wait_until(lambda: ls.deployment(Track.CANARY)["pods"] == 0, lambda: f"canary pods gone: {ls.deployment(Track.CANARY)}", 60, every=0.5)
 
 
 # --- any workload change is a release -----------------------------------------------------------
