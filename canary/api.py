@@ -367,20 +367,30 @@ def _pins_at_rest(ws: Workspace, running: set[str], unjudged: list[str] | None =
 def _unjudged_pin(ws: Workspace, name: str, exported: TrackPin) -> tuple[TrackPin, str]:
     """The stable an app the stack config cannot judge runs, and how a resume's note says it. Its stack outputs may
     name a template its stable never ran (a targeted ``up`` recomputes every app's outputs from its own snapshot):
-    the cluster decides, as ``Workspace.facts`` has it decide, without the ReleaseSpec that config cannot give (nor
-    the uid check that needs one). Hashes and images only: its config may hold secrets."""
+    the cluster decides, as ``Workspace.facts`` has it decide, without the ReleaseSpec that config cannot give. Only
+    the cluster the stack deployed the app to: its stable Deployment of the uid the stack's last update made (the app
+    may be another cluster's, its provider the program's own); a cluster without it, or with another, says nothing of
+    what the app runs. Hashes and images only: its config may hold secrets."""
     namespace = ws.namespace(name)
-    live = None
-    with contextlib.suppress(CanaryError):  # the cluster does not answer: the outputs are all there is
-        live = ClusterReader(ws.kube).stable_hash(name, namespace)
+    outputs_pin = f"the release's updates pin it at rest to the stable its stack outputs name ({exported.image or exported.hash})"
+    try:
+        found = ClusterReader(ws.kube).stable_identity(name, namespace)
+    except CanaryError:
+        return exported, outputs_pin  # the cluster does not answer: the outputs are all there is
+    uid = ws.stable_uid(name)
+    if found is None:
+        return exported, f"{outputs_pin}, though the cluster canary reads has no Deployment {namespace}/{naming.deployment(name, Track.STABLE)}"
+    if uid and found[0] != uid:
+        return exported, (f"{outputs_pin}; the cluster canary reads is not the one the stack deployed it to (its stable Deployment is of uid "
+                          f"{found[0]}, the stack's last update made uid {uid}), so what it runs was not asked")
+    live = found[1]
     pin = ws.pin_running(name, namespace, exported, live)
     if pin is not exported:
         return pin, (f"the release's updates pin it at rest to the stable its Deployment runs ({pin.image or pin.hash}, its last release's), "
                      f"not the one its stack outputs name ({exported.image or exported.hash})")
-    said = f"the release's updates pin it at rest to the stable its stack outputs name ({pin.image or pin.hash})"
     if live and live != pin.hash:
-        said += f", though its stable Deployment runs another template (hash {live}) that neither they nor its last release name"
-    return pin, said
+        return pin, f"{outputs_pin}, though its stable Deployment runs another template (hash {live}) that neither they nor its last release name"
+    return pin, outputs_pin
 
 
 def _running(ws: Workspace, lenient: bool = False, facts_of: Callable[[str], AppFacts | None] | None = None) -> dict[str, ReleaseState]:

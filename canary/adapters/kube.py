@@ -604,11 +604,13 @@ class ClusterReader:
             "uid": meta.get("uid", ""),
         }
 
-    def stable_hash(self, app: str, namespace: str) -> str | None:
-        """The template hash the app's stable Deployment carries (None: no such Deployment, or no hash on it). One GET
+    def stable_identity(self, app: str, namespace: str) -> tuple[str, str | None] | None:
+        """The uid of the app's stable Deployment and the template hash it carries (None: no such Deployment). One GET
         and no ReleaseSpec, for an app the stack config cannot judge now: what it runs is still the cluster's to say."""
-        obj = self.kube.get("apps/v1", "Deployment", naming.deployment(app, Track.STABLE), namespace) or {}
-        return workload.declared_hash((obj.get("spec") or {}).get("template") or {})
+        obj = self.kube.get("apps/v1", "Deployment", naming.deployment(app, Track.STABLE), namespace)
+        if obj is None:
+            return None
+        return str((obj.get("metadata") or {}).get("uid", "")), workload.declared_hash((obj.get("spec") or {}).get("template") or {})
 
     def restore_route(self, spec: ReleaseSpec, shape: routing.RouteShape) -> None:
         """Write the route's rules as ``shape`` has them, around Pulumi: a rollback's last resort when its ``up``

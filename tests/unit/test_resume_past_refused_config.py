@@ -110,7 +110,9 @@ def test_a_resume_goes_on_with_its_snapshot_and_keeps_the_other_apps_pinned_at_r
     if now == "own app declared twice":
         assert said == [], notes
     else:
-        assert len(said) == 1 and said[0].endswith("pin it at rest to the stable its stack outputs name (api:1)"), notes
+        # (this cluster holds no api-stable: said, as the resume's `up` makes it anew)
+        assert len(said) == 1 and said[0].endswith("pin it at rest to the stable its stack outputs name (api:1), though the cluster canary "
+                                                   "reads has no Deployment shop/api-stable"), notes
     if now == "other app declared twice":
         assert "apps.api.app: declares api's app, which a component of the program declares too" in said[0], said
 
@@ -145,7 +147,7 @@ def test_an_app_the_config_cannot_judge_is_pinned_to_what_its_stable_deployment_
             raise ClusterUnreachable("the Kubernetes API server did not answer")
 
         monkeypatch.setattr(api.ClusterReader, "deployment", unreachable)
-        monkeypatch.setattr(api.ClusterReader, "stable_hash", unreachable, raising=False)
+        monkeypatch.setattr(api.ClusterReader, "stable_identity", unreachable, raising=False)
     _stable_runs(stack["api"], "api:0" if cluster == "runs its last release's stable" else "api:7")
     resumed: list[tuple[api.Release, tuple[str, ...]]] = []
     monkeypatch.setattr(api.Release, "resume", lambda self, notes=(): resumed.append((self, tuple(notes))))
@@ -157,6 +159,35 @@ def test_an_app_the_config_cannot_judge_is_pinned_to_what_its_stable_deployment_
         assert said == [], notes  # judged: its facts asked the cluster already
     else:
         assert len(said) == 1 and said[0].endswith(note), notes
+
+
+@pytest.mark.parametrize(("cluster", "note"), [
+    ("has no such Deployment", "pin it at rest to the stable its stack outputs name (api:1), though the cluster canary reads has no "
+                               "Deployment shop/api-stable"),
+    ("is not the stack's", "pin it at rest to the stable its stack outputs name (api:1); the cluster canary reads is not the one the stack "
+                           "deployed it to (its stable Deployment is of uid uid-3, the stack's last update made uid uid-elsewhere), so what it runs was not asked"),
+])
+def test_an_app_the_config_cannot_judge_is_not_pinned_from_a_cluster_that_does_not_hold_its_stable(
+        stack: dict[str, ReleaseStore], monkeypatch: pytest.MonkeyPatch, cluster: str, note: str) -> None:
+    """The cluster canary reads may not be the one the stack deployed api to (its provider the program's own, another
+    cluster's): its stable Deployment there, of another uid, runs api:0 as its last release's stable did, and api was
+    pinned to that, the note saying both that this cluster is not api's and that api runs what it holds. A cluster
+    without api's stable Deployment was said as one that does not answer, and the resume's `up` made it anew unsaid."""
+    Path("Pulumi.prod.yaml").write_text(_NOW["other app declared twice"])
+    stack["web"].save(ReleaseState(release="r2", stack="prod", app="web", namespace="shop", phase=Phase.ROLLING_BACK, weight=20, snapshot=_SNAPSHOT))
+    stack["api"].save(ReleaseState(release="r1", stack="prod", app="api", namespace="shop", phase=Phase.FAILED, weight=0,
+                                   stable=TrackPin.model_validate(_pin("api:0")), canary=TrackPin.model_validate(_pin("api:5"))))
+    if cluster == "is not the stack's":
+        _stable_runs(stack["api"], "api:0")
+        real_uid = api.Workspace.stable_uid
+        monkeypatch.setattr(api.Workspace, "stable_uid", lambda self, app: "uid-elsewhere" if app == "api" else real_uid(self, app))
+    resumed: list[tuple[api.Release, tuple[str, ...]]] = []
+    monkeypatch.setattr(api.Release, "resume", lambda self, notes=(): resumed.append((self, tuple(notes))))
+    api.resume("prod", app="web")
+    [(release, notes)] = resumed
+    assert release.config.at_rest == {"api": {"release": "", "stable": _pin("api:1"), "route": {"weight": 0}}}  # type: ignore[attr-defined]
+    said = [n for n in notes if n.startswith("app api cannot be judged by the stack config now")]
+    assert len(said) == 1 and said[0].endswith(note), notes
 
 
 @pytest.mark.parametrize(("now", "field"), [("own app declared twice", "apps.web.app"), ("other app declared twice", "apps.api.app")])
