@@ -90,7 +90,7 @@ _SUBDOMAIN_PART = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 def check_dns_label(value: str, max_length: int = 63) -> str:
     """A DNS-1123 label: lower-case alphanumerics and '-', starting and ending alphanumeric."""
-    if not _LABEL.match(value):
+    if not _LABEL.fullmatch(value):
         raise ValueError("must be a DNS-1123 label: lower-case letters, digits and '-', starting and ending with a letter or digit")
     if len(value) > max_length:
         raise ValueError(f"must be at most {max_length} characters")
@@ -108,7 +108,7 @@ def check_dns1035_label(value: str, max_length: int = 63) -> str:
 
 def check_dns_subdomain(value: str) -> str:
     """A DNS-1123 subdomain (ConfigMap and Secret names): labels separated by '.', at most 253 characters."""
-    if len(value) > 253 or not value or not all(_SUBDOMAIN_PART.match(p) for p in value.split(".")):
+    if len(value) > 253 or not value or not all(_SUBDOMAIN_PART.fullmatch(p) for p in value.split(".")):
         raise ValueError("must be a DNS-1123 subdomain: lower-case letters, digits, '-' and '.', starting and ending with a letter or digit")
     return value
 
@@ -126,7 +126,7 @@ def check_app_protocol(value: str) -> str:
             check_dns_subdomain(prefix)
     except ValueError:
         name = ""
-    if len(name) > 63 or not _QUALIFIED_PART.match(name):
+    if len(name) > 63 or not _QUALIFIED_PART.fullmatch(name):
         raise ValueError("must be an application protocol as Kubernetes takes it: an IANA service name (http, https) or a "
                          "DNS-subdomain prefix and '/' then a name (kubernetes.io/h2c, kubernetes.io/ws, kubernetes.io/wss), the name "
                          "at most 63 letters, digits, '-', '_' or '.', beginning and ending with a letter or digit")
@@ -136,7 +136,7 @@ def check_app_protocol(value: str) -> str:
 def check_hostname(value: str) -> str:
     """A DNS-1123 subdomain, optionally with a leading wildcard label as Gateway API allows."""
     host = value[2:] if value.startswith("*.") else value
-    if len(value) > 253 or not host or not all(_SUBDOMAIN_PART.match(p) for p in host.split(".")):
+    if len(value) > 253 or not host or not all(_SUBDOMAIN_PART.fullmatch(p) for p in host.split(".")):
         raise ValueError("must be a DNS-1123 hostname (lower-case labels separated by '.', optional leading '*.')")
     return value
 
@@ -152,13 +152,13 @@ _IMAGE = re.compile(
 
 def check_image(value: str) -> str:
     """An image reference that names a tag or a digest (an implicit :latest cannot be rolled back to)."""
-    match = _IMAGE.match(value)
+    match = _IMAGE.fullmatch(value)
     if match is None or len(value) > 255:
         raise ValueError("must be an image reference such as registry.example.com/team/web:1.4.2 or web@sha256:<64 hex>")
     domain = match.group("domain")
     # "web:1.0/x" would otherwise read "web:1.0" as a registry; a registry has a dot, a port or is localhost.
     bare_domain = bool(domain) and "." not in domain and ":" not in domain and domain != "localhost"
-    if bare_domain and (not _IMAGE.match(value.split("/", 1)[1]) or domain != domain.lower()):
+    if bare_domain and (not _IMAGE.fullmatch(value.split("/", 1)[1]) or domain != domain.lower()):
         raise ValueError("must be an image reference such as registry.example.com/team/web:1.4.2")
     if not match.group("tag") and not match.group("digest"):
         raise ValueError("must name a tag or a digest (an untagged image means :latest, which cannot be rolled back to)")

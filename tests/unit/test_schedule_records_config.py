@@ -1156,3 +1156,15 @@ def test_the_imported_spec_parses_as_a_release_spec() -> None:
     spec = flagger.convert([_canary(), _template()], stable_image="registry.example.com/shop/web:1.8.0").spec
     values = {key.partition(":")[2]: value for key, value in stackconfig.to_config(spec).items()}
     assert parse_spec(values).app.image == "registry.example.com/shop/web:1.8.0"
+
+
+@pytest.mark.parametrize(("check", "given"), [
+    (units.check_dns_label, "shop\n"), (units.check_dns1035_label, "web\n"), (units.check_dns_subdomain, "settings\n.v2"),
+    (units.check_hostname, "shop.example.com\n"), (units.check_app_protocol, "kubernetes.io\n/h2c"), (units.check_app_protocol, "h2c\n"),
+    (units.check_image, "registry.example.com/web:1.0\n"),
+])
+def test_a_name_with_a_line_break_inside_or_at_its_end_is_refused(check: Any, given: str) -> None:
+    # Python's `$` matches before a last newline (Go's, the API server's, does not): a value a block scalar or a shell
+    # variable left a newline in was taken, and the API server refused it halfway through an `up`
+    with pytest.raises(ValueError):
+        check(given)
