@@ -1115,6 +1115,11 @@ def _service_problems(service: Any, app: App) -> list[Problem]:
         protocol = port.get("protocol") or "TCP"
         if protocol not in ("TCP", "UDP", "SCTP"):
             problems.append(Problem(f"{path}.protocol", repr(protocol), "must be TCP, UDP or SCTP (as written: upper case)"))
+        if isinstance(port.get("appProtocol"), str):  # (its type is the schema's check, above)
+            try:
+                units.check_app_protocol(port["appProtocol"])
+            except ValueError as exc:
+                problems.append(Problem(f"{path}.appProtocol", workload.shown(port["appProtocol"]), str(exc)))
         if not isinstance(port.get("port"), int) or not 1 <= port["port"] <= 65535:
             problems.append(Problem(f"{path}.port", workload.shown(port.get("port")), "must be a port number, 1 to 65535"))
             continue

@@ -807,9 +807,12 @@ def test_without_service_the_apex_service_is_canarys_alone(declare: Callable[...
     ({"spec": {"ports": [{"name": "metrics", "port": 99999}]}}, "service.spec.ports[0].port", "must be a port number, 1 to 65535"),
     ({"spec": {"ports": [{"name": "Metrics_Port", "port": 9090}]}}, "service.spec.ports[0].name", "must be a port name"),
     ({"spec": {"ports": [{"name": "web", "port": 80, "protocol": "tcp"}]}}, "service.spec.ports[0].protocol", "must be TCP, UDP or SCTP"),
+    ({"spec": {"ports": [{"name": "grpc", "port": 9000, "appProtocol": "Kubernetes.IO/h2c"}]}}, "service.spec.ports[0].appProtocol",
+     "must be an application protocol as Kubernetes takes it"),
+    ({"spec": {"ports": [{"name": "grpc", "port": 9000, "appProtocol": 2}]}}, "service.spec.ports[0].appProtocol", "must be a string"),
 ], ids=["selector", "port-name-http", "port-80", "unnamed-port", "duplicate-port", "duplicate-name", "typo", "port-string", "external-name",
         "metadata-name", "app-label", "kind", "port-output", "not-a-mapping", "label-number", "label-key", "label-value", "annotation-bool",
-        "port-range", "port-name", "protocol-case"])
+        "port-range", "port-name", "protocol-case", "app-protocol", "app-protocol-number"])
 def test_a_bad_service_argument_stops_the_program_naming_the_field(declare: Callable[..., Declared], service: Any, field_: str, rule: str) -> None:
     with pytest.raises(pulumi.RunError) as caught:
         declare(component(service=service))
