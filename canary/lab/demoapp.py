@@ -225,7 +225,8 @@ class _H2Connection:
         from h2.connection import H2Connection
 
         self.sock, self.app = sock, app
-        self.conn = H2Connection(H2Configuration(client_side=False, header_encoding="utf-8"))
+        # headers as bytes: a value that is no UTF-8 (a latin-1 one a gateway forwards as it came) must not end the connection
+        self.conn = H2Connection(H2Configuration(client_side=False, header_encoding=None))
         self.lock = threading.Condition()
         self.reading = True  # until the client's EOF, GOAWAY or a protocol error: no window update comes after that
         self.writable = True  # until the socket fails or the connection is closed: answers then are dropped
@@ -273,7 +274,7 @@ class _H2Connection:
 
         if isinstance(event, RequestReceived):
             headers = dict(event.headers)  # h2 has checked that each pseudo-header comes once
-            self.pending[event.stream_id] = (headers.get(":method", ""), headers.get(":path", ""))
+            self.pending[event.stream_id] = (headers.get(b":method", b"").decode("latin-1"), headers.get(b":path", b"").decode("latin-1"))
         elif isinstance(event, DataReceived):
             # a POST's body is read and dropped, its window handed back at once so that the client sends the rest
             self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)

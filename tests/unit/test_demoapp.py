@@ -14,6 +14,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from h2.config import H2Configuration
@@ -42,8 +43,10 @@ def serve() -> Iterator[object]:
         server.server_close()
 
 
-def _h2c(port: int, paths: list[str], method: str = "GET", body: bytes = b"", half_close: bool = False, preface_pause: float = 0.0) -> list[tuple[dict[str, str], bytes]]:
-    """Sends one request per path, all on one connection at once, and returns each stream's headers and body."""
+def _h2c(port: int, paths: list[str], method: str = "GET", body: bytes = b"", half_close: bool = False, preface_pause: float = 0.0,
+         last_extra: list[tuple[bytes, bytes]] | None = None) -> list[tuple[dict[str, str], bytes]]:
+    """Sends one request per path, all on one connection at once, and returns each stream's headers and body
+    (``last_extra``: more headers on the last request, as bytes)."""
     conn = H2Connection(H2Configuration(client_side=True, header_encoding="utf-8"))
     with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
         conn.initiate_connection()
@@ -54,9 +57,11 @@ def _h2c(port: int, paths: list[str], method: str = "GET", body: bytes = b"", ha
             opening = opening[10:]
         sock.sendall(opening)
         streams = []
-        for path in paths:
+        for i, path in enumerate(paths):
             stream_id = conn.get_next_available_stream_id()
-            request = [(":method", method), (":scheme", "http"), (":authority", f"127.0.0.1:{port}"), (":path", path)]
+            request: list[tuple[Any, Any]] = [(":method", method), (":scheme", "http"), (":authority", f"127.0.0.1:{port}"), (":path", path)]
+            if last_extra and i == len(paths) - 1:
+                request += last_extra
             conn.send_headers(stream_id, request, end_stream=not body)
             streams.append(stream_id)
         sock.sendall(conn.data_to_send())
@@ -241,3 +246,11 @@ def test_the_demo_app_imports_nothing_of_canary() -> None:
     imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
     imported |= {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     assert not [name for name in imported if name == "canary" or name.startswith("canary.")]
+
+
+def test_a_header_value_that_is_no_utf8_is_answered_and_ends_no_other_stream(serve) -> None:
+    # a gateway forwards a latin-1 header value as it came: decoded as UTF-8 it raised out of the connection, no
+    # GOAWAY sent, and the other stream in flight on it (here the first, slowed down) never answered
+    port = serve("v2", DEMO_LATENCY="0.3")
+    answers = _h2c(port, ["/", "/x"], last_extra=[(b"x-name", b"caf\xe9")])
+    assert [(headers[":status"], body) for headers, body in answers] == [("200", b"v2\n"), ("200", b"v2\n")]
