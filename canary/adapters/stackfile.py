@@ -126,6 +126,9 @@ def _yaml(typ: str = "safe") -> YAML:
     y = YAML(typ=typ, pure=True)
     y.default_flow_style = False
     y.width = 4096
+    # a round trip keeps `[{name: public}]` as written (ruamel's default writes it `[name: public]`): the same YAML, but a
+    # line of the team's stack file that `canary release --image` rewrote beside the one it set
+    y.brace_single_entry_mapping_in_flow_sequence = True
     return y
 
 

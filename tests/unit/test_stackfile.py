@@ -189,6 +189,18 @@ def test_set_value_edits_one_nested_key_and_keeps_everything_else(tmp_path: Path
     assert "# the app" in after and "# The team's stack. Keep the comments." in after and "secure: v1:AAAA:BBBB" in after
 
 
+def test_set_value_keeps_a_flow_sequence_of_one_entry_mappings_as_written(tmp_path: Path) -> None:
+    # `canary release --image` rewrote `[{name: public}]` as `[name: public]` (the same YAML): a line of the team's
+    # stack file beside the one it set, changed in their repository's diff for no reason they could see
+    text = STACK_FILE.replace("  kubernetes:context: lab\n", "  kubernetes:context: lab\n  canary:gateway:\n    parentRefs: [{name: public}, {name: internal}]\n"
+                              "    hostnames: [shop.example.com]\n")
+    path = project(tmp_path, text) / "stacks" / "Pulumi.dev.yaml"
+    stackfile.set_value(path, ("canary:app", "image"), "demo:v2")
+    after = path.read_text()
+    assert "    parentRefs: [{name: public}, {name: internal}]\n    hostnames: [shop.example.com]\n" in after, after
+    assert [line for line in after.splitlines() if line not in text.splitlines()] == ["    image: demo:v2"], after
+
+
 def test_set_value_adds_a_missing_key(tmp_path: Path) -> None:
     path = project(tmp_path, "config:\n  canary:app: {name: web}\nencryptionsalt: v1:x\n") / "stacks" / "Pulumi.dev.yaml"
     stackfile.set_value(path, ("canary:app", "image"), "demo:v2")
