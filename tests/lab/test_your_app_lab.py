@@ -221,10 +221,28 @@ def test_an_app_that_speaks_h2c_is_reached_over_http2_before_during_and_after_it
         [port] = [p for p in obj["spec"]["ports"] if p["name"] == "http"]
         assert port.get("appProtocol") == "kubernetes.io/h2c", (service, port)
     wait_until(lambda: _answers(ls) == {(200, "v1", "HTTP/2.0"): 20}, lambda: f"stable answers over HTTP/2: {_answers(ls)}", 30, every=0.5)
+    during: Counter[tuple[int, str, str]] = Counter()
+    stop = threading.Event()
+
+    def sample() -> None:  # bounded: at most 600 bursts of 4, one every half second, until the release ends
+        for _ in range(600):
+            if stop.wait(0.5):
+                return
+            during.update(_answers(ls, 4))
+
+    sampler = threading.Thread(target=sample, daemon=True)
     with RouteWatcher(ls) as watcher:
-        done = ls.release("demo:v2")
+        sampler.start()
+        try:
+            done = ls.release("demo:v2")
+        finally:
+            stop.set()
+            sampler.join(timeout=30)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert 10 in watcher.canary_weights, watcher.seen  # canaried by weight, then promoted
+    # during the release both tracks were reached over HTTP/2: the canary's Service carries the protocol too
+    assert {protocol for _, _, protocol in during} == {"HTTP/2.0"} and {status for status, _, _ in during} == {200}, during
+    assert during[(200, "v2", "HTTP/2.0")] > 0 and during[(200, "v1", "HTTP/2.0")] > 0, during
     # the release judged the canary on what the pods counted of the gateway's HTTP/2 requests
     passed = [c for t in ls.of("tick") if t.outcome.value == "advance" for c in t.checks if c.metric == "error-rate"]
     assert passed and all(c.verdict.value == "pass" and c.value is not None for c in passed), ls.of("tick")[:2]
