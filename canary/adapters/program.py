@@ -300,6 +300,32 @@ def _adopted_route_guard(app: str, other_ports: Sequence[Any] = (), namespace: s
     return pulumi.ResourceHook(f"canary-adopted-route-guard-{app}", guard, pulumi.ResourceHookOptions(on_dry_run=True))
 
 
+def _adopted_service_guard(app: str, service_port: int) -> pulumi.ResourceHook:
+    """Refuse to take over a Service whose port that canary's ``http`` port replaces (the one on ``app.servicePort``/TCP,
+    else the one named ``http``) carries another ``appProtocol`` than ``app.appProtocol``: the adoption's apply would
+    change how in-cluster clients and a gateway talk to the pods (an h2c app's dropped: HTTP/1.1 to pods that answer
+    HTTP/2 only). Compared only while the Service is not canary's own yet (its label): a later change of
+    ``app.appProtocol`` is the team's to make. Run in previews too."""
+    def guard(args: pulumi.ResourceHookArgs) -> None:
+        old, new = args.old_inputs or {}, args.new_inputs or {}
+        if ((old.get("metadata") or {}).get("labels") or {}).get(naming.APP_LABEL) == app:
+            return
+        old_ports = [p for p in (old.get("spec") or {}).get("ports") or [] if isinstance(p, Mapping)]
+        replaced = (next((p for p in old_ports if p.get("port") == service_port and (p.get("protocol") or "TCP") == "TCP"), None)
+                    or next((p for p in old_ports if p.get("name") == "http"), None))
+        http = next((p for p in (new.get("spec") or {}).get("ports") or [] if isinstance(p, Mapping) and p.get("name") == "http"), {})
+        before, after = (replaced or {}).get("appProtocol"), http.get("appProtocol")
+        if replaced is None or before == after:
+            return
+        fix = f"set app.appProtocol to {before}" if before else "leave app.appProtocol out"
+        raise RuntimeError(f"canary: the Service adopted for {app} (adopt.service) cannot be taken over as it is: its port "
+                           f"{replaced.get('name') or replaced.get('port')} has appProtocol {before or 'none'}, and canary's http port, which "
+                           f"takes its place, would have {after or 'none'}: clients and the gateway would talk to the pods another way. "
+                           f"{fix[0].upper()}{fix[1:]}, then adopt it")
+
+    return pulumi.ResourceHook(f"canary-adopted-service-guard-{app}", guard, pulumi.ResourceHookOptions(on_dry_run=True))
+
+
 def _other_ports(service: Mapping[str, Any]) -> list[Any]:
     """The port numbers ``service=`` declares beside canary's ``http`` one."""
     return [p.get("port") for p in (service.get("spec") or {}).get("ports") or [] if isinstance(p, Mapping)]
@@ -570,7 +596,9 @@ class CanaryDeployment(pulumi.ComponentResource):
         # after stable is Ready, and its autoscaler there to keep its size: the apex Service selects stable pods only
         # (an adopted Service changes its selector here), and the route sends all traffic to them
         ready = [self.stable, *autoscalers.values()]
-        self.apex_service = self._apex(name, apex, target_of(stable_pin), _merge(child, pulumi.ResourceOptions(depends_on=ready), moved.get("service")))
+        adopted_service = [_adopted_service_guard(spec_app.name, spec_app.service_port)] if "service" in moved else []
+        self.apex_service = self._apex(name, apex, target_of(stable_pin), _merge(child, pulumi.ResourceOptions(depends_on=ready), moved.get("service"),
+                                                                           _before_update(adopted_service)))
         route_opts = _merge(child, pulumi.ResourceOptions(depends_on=[*ready, self.stable_service, self.canary_service]), moved.get("route"))
         adopted_route: list[pulumi.ResourceHook] = []
         if "route" in moved:

@@ -1881,3 +1881,28 @@ def test_an_image_config_of_a_project_named_with_a_dot_is_the_key_the_program_re
         config = stackfile.load(path.read_text())["config"]
         assert set(config) == {"shop.web:image", "shop.web:web"}, config
         assert {k: config[k] for k in written} == written
+
+
+def _service(ports: list[dict[str, Any]], labels: dict[str, str] | None = None) -> dict[str, Any]:
+    return {"metadata": {"name": "web", "namespace": "shop", **({"labels": labels} if labels else {})}, "spec": {"selector": {"app": "web"}, "ports": ports}}
+
+
+def test_an_adopted_service_whose_http_port_speaks_another_app_protocol_is_refused_naming_the_fix(declare: Callable[..., Declared]) -> None:
+    # an h2c app adopted without app.appProtocol: the apply dropped its port's appProtocol, and clients and the gateway
+    # spoke HTTP/1.1 to pods that answer HTTP/2 only, until someone noticed
+    guard = lambda app, stack: program._adopted_service_guard(app, 80)  # noqa: E731
+    h2c = _service([{"name": "grpc", "port": 80.0, "targetPort": 9000.0, "protocol": "TCP", "appProtocol": "kubernetes.io/h2c"}])
+    plain = _service([{"name": "http", "port": 80.0, "targetPort": 8080.0, "protocol": "TCP"}])
+    ours = _service([{"name": "http", "port": 80.0, "targetPort": 8080.0, "protocol": "TCP"}], {"canary.dev/app": "web"})
+    error = run_guard(declare, guard, h2c, ours)
+    assert error is not None and "its port grpc has appProtocol kubernetes.io/h2c" in str(error) and "Set app.appProtocol to kubernetes.io/h2c" in str(error)
+    ours_h2c = _service([{"name": "http", "port": 80.0, "targetPort": 8080.0, "protocol": "TCP", "appProtocol": "kubernetes.io/h2c"}], {"canary.dev/app": "web"})
+    assert run_guard(declare, guard, h2c, ours_h2c) is None  # carried over by app.appProtocol
+    error = run_guard(declare, guard, plain, ours_h2c)
+    assert error is not None and "has appProtocol none" in str(error) and "Leave app.appProtocol out" in str(error)
+    assert run_guard(declare, guard, plain, ours) is None
+    # canary's own apex Service (every later up): app.appProtocol is the team's to change
+    assert run_guard(declare, guard, ours, ours_h2c) is None
+    # the guard is bound to the apex Service only when it is adopted
+    assert declare(component(adopt={"service": "web"})).hooks.get("web-apex-service") == ["canary-adopted-service-guard-web"]
+    assert not declare(component()).hooks.get("web-apex-service")
