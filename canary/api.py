@@ -524,7 +524,7 @@ def up(stack: str, *, app: str | None = None, project_dir: Path | str | None = N
             # would apply its desired (maybe rolled back) workload. To the stable it left, read now: the
             # outputs read before may name the stable a promotion has since replaced
             fresh = replace(ws, outputs=ws.stack.outputs())
-            pins.update((name, pin) for name, pin in _pins_at_rest(fresh, set(now)).items() if name in ended)
+            pins.update(_pins_at_rest(fresh, set(fresh.apps()) - ended))  # those alone: each app read is a cluster read
         exclude = [urn for other in now if other not in names for facts in [facts_of(other)] if facts is not None for urn in facts.targets("app")]
         config_file = cache.write_config(own, stackfile.release_config(snapshot, pins))
 

@@ -209,12 +209,17 @@ def test_an_app_whose_release_ended_while_up_waited_is_pinned_to_what_its_releas
     ws = stack({**apps_config("web", "api"), "rollout": "direct"}, before, after=promoted)
     reads = iter([{"api": SimpleNamespace(phase=Phase.PROGRESSING, release="r7")}])  # later reads: nothing runs
     monkeypatch.setattr(api, "_running", lambda ws, **kwargs: next(reads, {}))
+    read: list[tuple[str, bool]] = []
+    real_facts = api.Workspace.facts
+    monkeypatch.setattr(api.Workspace, "facts", lambda self, name, spec=None: read.append((name, self is ws)) or real_facts(self, name, spec))
     api.up("prod", app="web")
     [update] = ws.stack.ups
     assert update["exclude"] is None
     # pinned at rest to the stable its release left (promoted), not to the stable read before it ended
     assert update["release"]["api"]["stable"]["image"] == "api:2" and update["release"]["api"]["stable"]["hash"] == "p" * 16
     assert update["release"]["api"]["route"] == {"weight": 0}
+    # with the outputs read again, only the app whose release ended is read again (each read is a cluster read)
+    assert [name for name, first in read if not first] == ["api"], read
 
 
 # --- the cluster canary reads -------------------------------------------------------------------
