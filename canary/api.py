@@ -17,6 +17,7 @@ environment). No domain logic lives here.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import threading
 import time
@@ -503,6 +504,7 @@ def up(stack: str, *, app: str | None = None, project_dir: Path | str | None = N
     if busy:
         raise StackBusy("; ".join(busy))
     existed = {name: f"{naming.OUTPUT_PREFIX}{name}" in ws.outputs for name in names}
+    before = dict(ws.outputs)  # how the gateway reached each app before the update (_route_refused)
     problems = [Problem(f"{p.field} (app {name})" if len(names) > 1 and not p.field.startswith("apps.") else p.field, p.value, p.rule)
                 for name in names for exc in _raised(InvalidSpec, _preflight, ws, name) for p in exc.problems]
     if problems:
@@ -575,7 +577,8 @@ def up(stack: str, *, app: str | None = None, project_dir: Path | str | None = N
         # workload, refused by the next `canary up` without --retry); the next `canary up` releases the change
         raise Cancelled(f"interrupted: the stack's update applied {sum(applied.values())} changes; no release was begun "
                         f"(`canary up {ws.name}` releases the workload change)")
-    outcomes = _each_app(names, lambda name: _release_change(ws, name, existed.get(name, False), applied, snapshot, retry, on_event, why, options),
+    outcomes = _each_app(names, lambda name: _release_change(ws, name, existed.get(name, False), applied, snapshot, retry, on_event, why, options,
+                                                             before.get(f"{naming.OUTPUT_PREFIX}{name}"), interrupt),
                          applied, interrupt)
     outcomes += [_removal(ws, name, applied) for name in removed]
     if len(outcomes) == 1:
@@ -670,8 +673,10 @@ _SEVERITY = (exitcodes.ROLLBACK_PENDING, exitcodes.INVALID, exitcodes.BUSY, exit
 
 
 def _release_change(ws: Workspace, name: str, existed: bool, applied: dict[str, int], snapshot: str, retry: bool,
-                    on_event: Callable[[Event], None] | None, why: str, options: dict[str, Any]) -> UpOutcome:
-    """After the stack's ``up``: release the app's workload change, if it has one."""
+                    on_event: Callable[[Event], None] | None, why: str, options: dict[str, Any], before: Any = None,
+                    interrupt: threading.Event | None = None) -> UpOutcome:
+    """After the stack's ``up``: release the app's workload change, if it has one (``before``: the app's stack output
+    before the update)."""
     facts = ws.facts(name)
     if facts is None:
         raise InvalidSpec([Problem("--app", name, "was not deployed by the update: does the program declare it?")], "up")
@@ -679,6 +684,12 @@ def _release_change(ws: Workspace, name: str, existed: bool, applied: dict[str, 
     if not existed or facts.stable is None:
         return UpOutcome(name, applied, None, f"{name}: deployed for the first time, running {facts.desired.image or facts.desired.hash} ({changed})", exitcodes.OK)
     if facts.desired.hash == facts.stable.hash:
+        refused = _route_refused(ws, facts, before, interrupt)
+        if refused is not None:
+            return UpOutcome(name, applied, None, (
+                f"{name}: no workload change ({changed}), but the gateway refuses the app's route after this update, which changed how it "
+                f"reaches the app ({refused}): no request reaches {name} through it, stable's included. Undo that change (app.appProtocol, "
+                "app.servicePort, gateway) and run `canary up` again"), exitcodes.FAILED)
         return UpOutcome(name, applied, None, f"{name}: no workload change ({changed})", exitcodes.OK)
     store = ws.store(name, facts.spec.app.namespace)
     last = store.load()
@@ -688,14 +699,47 @@ def _release_change(ws: Workspace, name: str, existed: bool, applied: dict[str, 
                          f"{last.release}; change it, or release it again with --retry", exitcodes.FAILED)
     export = ""
     with contextlib.suppress(CanaryError):
-        import json
-
         export_path = store.cache.dir / "stable-export.json"
         # the stack's whole state: its secrets are ciphertext, the rest is not everyone's to read
         files.write_text_atomic(export_path, json.dumps(ws.stack.export()), mode=0o600)
         export = str(export_path)
     result_release = build(ws, facts, on_event, **options).start(facts.desired, snapshot, export, why)
     return UpOutcome(name, applied, result_release, f"{name}: release {result_release.release} {result_release.phase.value}", result_release.exit_code)
+
+
+#: how long ``canary up`` watches an app's route for a refusal after an update changed how the gateway reaches the app:
+#: a change of its Services (``app.appProtocol``, ``app.servicePort``) leaves the route's generation as it was, so no
+#: observedGeneration says when the gateway has looked again (Traefik, for one, looks within a couple of seconds)
+ROUTE_SETTLE = 10.0
+
+
+def _route_refused(ws: Workspace, facts: AppFacts, before: Any, interrupt: threading.Event | None = None) -> str | None:
+    """Why the gateway refuses the app's route after an update that changed how it reaches the app (its Services'
+    ``appProtocol`` or port, the route's parents or host names), seen within ``ROUTE_SETTLE`` seconds; None when it
+    does not (or the update changed none of that, or the cluster does not answer: the next release reads the route
+    at its start anyway). A protocol the gateway does not speak, applied by a plain ``up``, cuts every request to the
+    app, stable's too: said as the update's outcome, not found by the next release."""
+    def reach(exported: Any) -> tuple[Any, ...] | None:
+        if not isinstance(exported, Mapping):
+            return None
+        app = exported.get("app") if isinstance(exported.get("app"), Mapping) else {}
+        return app.get("appProtocol"), app.get("servicePort"), json.dumps(exported.get("gateway"), sort_keys=True, default=str)
+
+    if reach(before) == reach(ws.outputs.get(f"{naming.OUTPUT_PREFIX}{facts.spec.app.name}")):
+        return None
+    reader = ClusterReader(ws.kube)
+    deadline = time.monotonic() + ROUTE_SETTLE
+    while True:
+        try:
+            route = reader.route(facts.spec)
+        except CanaryError:
+            return None
+        if route is not None and route.refused:
+            return route.reason
+        if time.monotonic() >= deadline or (interrupt is not None and interrupt.wait(0.25)):
+            return None
+        if interrupt is None:
+            time.sleep(0.25)
 
 
 def _preflight(ws: Workspace, name: str) -> None:

@@ -250,24 +250,29 @@ def test_an_app_that_speaks_h2c_is_reached_over_http2_before_during_and_after_it
     assert_stable_state(ls, "demo:v2")
 
 
-def _unspoken_protocol(config: dict[str, Any]) -> None:
-    config["canary:app"]["appProtocol"] = "example.com/unspoken"
-
-
-@pytest.mark.parametrize("lab_stack", [_unspoken_protocol], indirect=True)
-def test_a_release_of_an_app_whose_protocol_the_gateway_does_not_speak_fails_at_its_start_naming_the_gateway_s_reason(
-        lab_stack: LabStack) -> None:
+def test_an_app_protocol_the_gateway_does_not_speak_fails_the_up_that_applies_it_and_a_release_at_its_start(lab_stack: LabStack) -> None:
     # a valid appProtocol the gateway does not speak: Traefik refuses the route's backends (ResolvedRefs false,
-    # UnsupportedProtocol), stable's too; a release must say so at its start, not judge a canary nobody can reach
+    # UnsupportedProtocol), stable's too, and every request to the app fails. The plain `canary up` that applied it said
+    # "no workload change" and exited 0; a release must say so at its start, not judge a canary nobody can reach
     ls = lab_stack
-    route = wait_until(lambda: (r := ls.route()) is not None and r.refused and r, lambda: f"the route refused: {ls.route()}", 30, every=0.5)
-    assert "UnsupportedProtocol" in route.reason, route
+    _set(ls, ("canary:app", "appProtocol"), "example.com/unspoken")
+    done = ls.cli("up", ls.name)
+    said = done.stdout + done.stderr
+    assert done.returncode == 1 and "UnsupportedProtocol" in said and "Undo that change" in said, said[-3000:]
+    route = ls.route()
+    assert route is not None and route.refused and "UnsupportedProtocol" in route.reason, route
     done = ls.release("demo:v2")
-    assert done.returncode != 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "UnsupportedProtocol" in done.stdout + done.stderr, done.stdout[-3000:] + done.stderr[-3000:]
-    stable = ls.deployment(Track.STABLE)
-    assert stable["image"] == "demo:v1", stable
+    said = done.stdout + done.stderr
+    assert done.returncode != 0 and "UnsupportedProtocol" in said, said[-3000:]
+    assert ls.deployment(Track.STABLE)["image"] == "demo:v1"
     wait_until(lambda: ls.deployment(Track.CANARY)["pods"] == 0, lambda: f"canary pods gone: {ls.deployment(Track.CANARY)}", 60, every=0.5)
+    # undone: a protocol it speaks, the image stable runs: the route is served again, and the up says nothing failed
+    _set(ls, ("canary:app", "appProtocol"), "http")
+    _set(ls, ("canary:app", "image"), "demo:v1")
+    done = ls.cli("up", ls.name)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    assert_stable_state(ls, "demo:v1")
+    assert _answers(ls) == {(200, "v1", "HTTP/1.1"): 20}
 
 
 # --- any workload change is a release -----------------------------------------------------------

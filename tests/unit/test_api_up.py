@@ -14,6 +14,7 @@ from canary import api
 from canary.adapters import stackfile
 from canary.core import config as stackconfig
 from canary.core.records import Phase
+from canary.core.routing import RouteState
 from canary.errors import Cancelled, ClusterUnreachable, InvalidSpec, StackBusy, StackLocked
 from canary.release.machine import ReleaseResult
 from tests.conftest import base_values
@@ -196,6 +197,43 @@ def test_a_component_app_the_stack_config_declares_too_is_refused(stack: Any) ->
     del only["apps"]["web"]["app"], only["apps"]["web"]["gateway"]
     facts = stack(only, {"canary/web": component}, after={"canary/web": component}).facts("web")
     assert facts is not None and facts.spec.app.image == "web:2"
+
+
+# --- the gateway's verdict on an update that changes how it reaches an app -------------------------------
+
+
+@pytest.mark.parametrize("verdict", ["refused", "accepted", "unchanged"])
+def test_an_update_that_changes_how_the_gateway_reaches_an_app_fails_when_the_gateway_refuses_its_route(
+        stack: Any, monkeypatch: pytest.MonkeyPatch, verdict: str) -> None:
+    # an appProtocol the gateway does not speak, applied by a plain `canary up`: the gateway refused the route's
+    # backends (stable's too) and every request to the app failed, while the up said "no workload change", exit 0
+    before = {"canary/web": exported("web", "web:1", "web:1")}
+    changed = verdict != "unchanged"
+    app = {**before["canary/web"]["app"], **({"appProtocol": "example.com/unspoken"} if changed else {})}
+    ws = stack(apps_config("web"), before, after={"canary/web": {**before["canary/web"], "app": app}})
+    reads: list[str] = []
+    reason = "gateway public cannot resolve the route's backends: UnsupportedProtocol: unsupported application protocol example.com/unspoken"
+
+    def route(spec: Any) -> RouteState:
+        reads.append(spec.app.name)
+        refused = verdict == "refused" and len(reads) > 2  # the gateway's verdict comes a moment after the update
+        return RouteState(stable_weight=100, canary_weight=0, generation=1, accepted=not refused, reason=reason if refused else "accepted",
+                          refused=refused)
+
+    def unreachable(*args: Any) -> Any:
+        raise ClusterUnreachable("no cluster here")
+
+    monkeypatch.setattr(api, "ClusterReader", lambda kube: SimpleNamespace(deployment=unreachable, route=route))
+    monkeypatch.setattr(api, "ROUTE_SETTLE", 1.0)
+    outcome = api.up("prod")
+    assert len(ws.stack.ups) == 1
+    if verdict == "refused":
+        assert outcome.exit_code == 1, outcome.message
+        assert "the gateway refuses the app's route after this update, which changed how it reaches the app (" + reason + ")" in outcome.message
+        assert "stable's included" in outcome.message and "Undo that change" in outcome.message
+    else:
+        assert outcome.exit_code == 0 and outcome.message == "web: no workload change (1 resources changed)", outcome.message
+        assert bool(reads) is changed  # watched only when the update changed how the gateway reaches the app
 
 
 # --- a release that ends while the update waits ----------------------------------------------------
