@@ -1034,21 +1034,6 @@ _APEX_OWN = {
 }
 
 
-#: a label or annotation key's name (after its optional prefix), and a label value (or an empty one)
-_NAME_PART = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
-
-
-def _qualified_name(key: str) -> bool:
-    """A label or annotation key: an optional DNS subdomain prefix and '/', then a name part."""
-    prefix, slash, name = key.rpartition("/")
-    try:
-        if slash:
-            units.check_dns_subdomain(prefix)
-    except ValueError:
-        return False
-    return _NAME_PART.fullmatch(name) is not None
-
-
 def _dns_label(value: str) -> bool:
     try:
         units.check_dns_label(value)
@@ -1073,12 +1058,11 @@ def _metadata_problems(metadata: Any, what: str, own: Mapping[str, str], marks: 
             problems.append(Problem(f"{what}.metadata.{key}", workload.shown(given), "must be a mapping of names to strings"))
             continue
         for name, value in (given or {}).items():
-            if not _qualified_name(name):
-                problems.append(Problem(f"{what}.metadata.{key}.{name}", repr(name), "must be a qualified name: an optional DNS subdomain prefix and "
-                                        "'/', then at most 63 letters, digits, '-', '_' or '.', beginning and ending with a letter or digit"))
+            if not units.is_qualified_name(name):
+                problems.append(Problem(f"{what}.metadata.{key}.{name}", repr(name), "must be a qualified name: " + units.QUALIFIED_NAME_RULE))
             elif not isinstance(value, str) and not isinstance(value, pulumi.Output):
                 problems.append(Problem(f"{what}.metadata.{key}.{name}", workload.shown(value), "must be a string (quote it)"))
-            elif key == "labels" and isinstance(value, str) and value and not _NAME_PART.fullmatch(value):
+            elif key == "labels" and isinstance(value, str) and not units.is_label_value(value):
                 problems.append(Problem(f"{what}.metadata.labels.{name}", repr(value), "must be a label value: at most 63 letters, digits, "
                                         "'-', '_' or '.', beginning and ending with a letter or digit (or empty)"))
     labels = metadata.get("labels") or {}

@@ -84,8 +84,8 @@ def format_duration(value: timedelta) -> str:
     return text or "0s"
 
 
-_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_SUBDOMAIN_PART = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+#: a DNS-1123 label, and each '.'-separated part of a DNS-1123 subdomain
+_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 
 
 def check_dns_label(value: str, max_length: int = 63) -> str:
@@ -108,25 +108,39 @@ def check_dns1035_label(value: str, max_length: int = 63) -> str:
 
 def check_dns_subdomain(value: str) -> str:
     """A DNS-1123 subdomain (ConfigMap and Secret names): labels separated by '.', at most 253 characters."""
-    if len(value) > 253 or not value or not all(_SUBDOMAIN_PART.fullmatch(p) for p in value.split(".")):
+    if len(value) > 253 or not value or not all(_LABEL.fullmatch(p) for p in value.split(".")):
         raise ValueError("must be a DNS-1123 subdomain: lower-case letters, digits, '-' and '.', starting and ending with a letter or digit")
     return value
 
 
-#: the name part of a Kubernetes qualified name (a label key's, an appProtocol's): at most 63 characters
-_QUALIFIED_PART = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+#: the name part of a Kubernetes qualified name (a label key's, an appProtocol's), and a label value: at most 63 characters
+_QUALIFIED_PART = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
+
+QUALIFIED_NAME_RULE = ("an optional DNS-subdomain prefix and '/', then at most 63 letters, digits, '-', '_' or '.', beginning and ending "
+                       "with a letter or digit")
+
+
+def is_qualified_name(value: str) -> bool:
+    """A Kubernetes qualified name (label and annotation keys, a port's ``appProtocol``): an optional DNS-subdomain
+    prefix and ``/``, then a name part."""
+    prefix, slash, name = value.rpartition("/")
+    if slash:
+        try:
+            check_dns_subdomain(prefix)
+        except ValueError:
+            return False
+    return _QUALIFIED_PART.fullmatch(name) is not None
+
+
+def is_label_value(value: str) -> bool:
+    """A label's value: empty, or a qualified name's name part."""
+    return not value or _QUALIFIED_PART.fullmatch(value) is not None
 
 
 def check_app_protocol(value: str) -> str:
     """A Service port's ``appProtocol`` as the API server takes it (a qualified name): an IANA service name
     (``http``, ``https``), or a DNS-subdomain prefix, ``/`` and a name (``kubernetes.io/h2c``, ``example.com/proto``)."""
-    prefix, slash, name = value.rpartition("/")
-    try:
-        if slash:
-            check_dns_subdomain(prefix)
-    except ValueError:
-        name = ""
-    if len(name) > 63 or not _QUALIFIED_PART.fullmatch(name):
+    if not is_qualified_name(value):
         raise ValueError("must be an application protocol as Kubernetes takes it: an IANA service name (http, https) or a "
                          "DNS-subdomain prefix and '/' then a name (kubernetes.io/h2c, kubernetes.io/ws, kubernetes.io/wss), the name "
                          "at most 63 letters, digits, '-', '_' or '.', beginning and ending with a letter or digit")
@@ -136,7 +150,7 @@ def check_app_protocol(value: str) -> str:
 def check_hostname(value: str) -> str:
     """A DNS-1123 subdomain, optionally with a leading wildcard label as Gateway API allows."""
     host = value[2:] if value.startswith("*.") else value
-    if len(value) > 253 or not host or not all(_SUBDOMAIN_PART.fullmatch(p) for p in host.split(".")):
+    if len(value) > 253 or not host or not all(_LABEL.fullmatch(p) for p in host.split(".")):
         raise ValueError("must be a DNS-1123 hostname (lower-case labels separated by '.', optional leading '*.')")
     return value
 
