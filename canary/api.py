@@ -728,6 +728,7 @@ def _route_refused(ws: Workspace, facts: AppFacts, before: Any, interrupt: threa
     if reach(before) == reach(ws.outputs.get(f"{naming.OUTPUT_PREFIX}{facts.spec.app.name}")):
         return None
     reader = ClusterReader(ws.kube)
+    stop = interrupt if interrupt is not None else threading.Event()
     deadline = time.monotonic() + ROUTE_SETTLE
     while True:
         try:
@@ -736,10 +737,8 @@ def _route_refused(ws: Workspace, facts: AppFacts, before: Any, interrupt: threa
             return None
         if route is not None and route.refused:
             return route.reason
-        if time.monotonic() >= deadline or (interrupt is not None and interrupt.wait(0.25)):
+        if time.monotonic() >= deadline or stop.wait(0.25):
             return None
-        if interrupt is None:
-            time.sleep(0.25)
 
 
 def _preflight(ws: Workspace, name: str) -> None:
