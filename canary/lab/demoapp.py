@@ -34,12 +34,14 @@ affinity is the gateway's job.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
 import re
 import signal
 import socket
+import struct
 import sys
 import threading
 import time
@@ -225,6 +227,10 @@ class _H2Connection:
         from h2.connection import H2Connection
 
         self.sock, self.app = sock, app
+        # a client that stops reading must not hold the lock, and with it the reading and every answer, for ever: a
+        # send that makes no headway for H2_WAIT_SECONDS fails (the socket's own timeout would bound the reads too)
+        whole = int(H2_WAIT_SECONDS)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", whole, int((H2_WAIT_SECONDS - whole) * 1e6)))
         # headers as bytes: a value that is no UTF-8 (a latin-1 one a gateway forwards as it came) must not end the connection
         self.conn = H2Connection(H2Configuration(client_side=False, header_encoding=None))
         self.lock = threading.Condition()
@@ -334,7 +340,10 @@ class _H2Connection:
         try:
             self.sock.sendall(data)
         except OSError:
-            self.writable = False  # the client is gone: its recv ends the reading too
+            # the client is gone, or reads nothing: the connection is closed, which ends the reading too
+            self.writable = False
+            with contextlib.suppress(OSError):
+                self.sock.shutdown(socket.SHUT_RDWR)
 
 
 class DemoServer(ThreadingHTTPServer):

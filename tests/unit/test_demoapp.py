@@ -254,3 +254,32 @@ def test_a_header_value_that_is_no_utf8_is_answered_and_ends_no_other_stream(ser
     port = serve("v2", DEMO_LATENCY="0.3")
     answers = _h2c(port, ["/", "/x"], last_extra=[(b"x-name", b"caf\xe9")])
     assert [(headers[":status"], body) for headers, body in answers] == [("200", b"v2\n"), ("200", b"v2\n")]
+
+
+def test_a_client_that_stops_reading_gets_its_connection_closed_and_frees_the_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client that asks (PINGs, each answered) and never reads fills the socket's buffers: the send that would wait
+    for ever gives up after H2_WAIT_SECONDS and the connection is closed, its thread and lock freed."""
+    monkeypatch.setattr(demoapp, "H2_WAIT_SECONDS", 0.5)
+    client_sock, server_sock = socket.socketpair()
+    for sock in (client_sock, server_sock):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    connection = demoapp._H2Connection(server_sock, demoapp.App(demoapp.Behaviour("v2", {})))
+    serving = threading.Thread(target=connection.serve, daemon=True)
+    serving.start()
+    conn = H2Connection(H2Configuration(client_side=True))
+    conn.initiate_connection()
+    client_sock.settimeout(0.2)
+    deadline = time.monotonic() + TIMEOUT
+    try:
+        while serving.is_alive() and time.monotonic() < deadline:
+            conn.ping(b"12345678")
+            client_sock.sendall(conn.data_to_send())
+    except OSError:
+        pass  # the server reads no more: closed, or as full as the client
+    serving.join(TIMEOUT)
+    assert not serving.is_alive(), "the demo app's connection still waits to send to a client that reads nothing"
+    assert not connection.writable
+    assert connection.lock.acquire(timeout=1)
+    client_sock.close()
+    server_sock.close()
