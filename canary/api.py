@@ -715,7 +715,7 @@ ROUTE_SETTLE = 10.0
 
 def _route_refused(ws: Workspace, facts: AppFacts, before: Any, interrupt: threading.Event | None = None) -> str | None:
     """Why the gateway refuses the app's route after an update that changed how it reaches the app (its Services'
-    ``appProtocol`` or port, the route's parents or host names), seen within ``ROUTE_SETTLE`` seconds; None when it
+    ``appProtocol`` or port, the route's parents or host names), as it stands ``ROUTE_SETTLE`` seconds after; None when it
     does not (or the update changed none of that, or the cluster does not answer: the next release reads the route
     at its start anyway). A protocol the gateway does not speak, applied by a plain ``up``, cuts every request to the
     app, stable's too: said as the update's outcome, not found by the next release."""
@@ -735,10 +735,10 @@ def _route_refused(ws: Workspace, facts: AppFacts, before: Any, interrupt: threa
             route = reader.route(facts.spec)
         except CanaryError:
             return None
-        if route is not None and route.refused:
-            return route.reason
+        # judged at the window's end, not at the first refusal read: a Service change leaves the route's generation as
+        # it was, so a refusal from before this update (the one it undoes) reads as current until the gateway looks again
         if time.monotonic() >= deadline or stop.wait(0.25):
-            return None
+            return route.reason if route is not None and route.refused else None
 
 
 def _preflight(ws: Workspace, name: str) -> None:

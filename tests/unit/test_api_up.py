@@ -202,7 +202,7 @@ def test_a_component_app_the_stack_config_declares_too_is_refused(stack: Any) ->
 # --- the gateway's verdict on an update that changes how it reaches an app -------------------------------
 
 
-@pytest.mark.parametrize("verdict", ["refused", "accepted", "unchanged"])
+@pytest.mark.parametrize("verdict", ["refused", "accepted", "unchanged", "undone"])
 def test_an_update_that_changes_how_the_gateway_reaches_an_app_fails_when_the_gateway_refuses_its_route(
         stack: Any, monkeypatch: pytest.MonkeyPatch, verdict: str) -> None:
     # an appProtocol the gateway does not speak, applied by a plain `canary up`: the gateway refused the route's
@@ -216,7 +216,9 @@ def test_an_update_that_changes_how_the_gateway_reaches_an_app_fails_when_the_ga
 
     def route(spec: Any) -> RouteState:
         reads.append(spec.app.name)
-        refused = verdict == "refused" and len(reads) > 2  # the gateway's verdict comes a moment after the update
+        # the gateway's verdict comes a moment after the update; undone: the refusal of the update this one undoes
+        # reads as current (the route's generation is the same) until the gateway looks again
+        refused = (verdict == "refused" and len(reads) > 2) or (verdict == "undone" and len(reads) <= 2)
         return RouteState(stable_weight=100, canary_weight=0, generation=1, accepted=not refused, reason=reason if refused else "accepted",
                           refused=refused)
 
