@@ -128,9 +128,8 @@ class Workspace:
             return None
         stack_spec = spec or self.spec
         exported = self.outputs[f"{naming.OUTPUT_PREFIX}{app}"]
-        stable = exported.get("stable")
         uid = self.stable_uid(app)
-        stable_pin = self._running_stable(app, release_spec, _pin(stable) if isinstance(stable, Mapping) else None, uid)
+        stable_pin = self._running_stable(app, release_spec, _exported_stable(exported), uid)
         others = other_urns(self.outputs, app)
         return AppFacts(spec=release_spec, urns=dict(exported.get("urns") or {}), stable=stable_pin,
                         desired=_pin(exported["desired"]), stack=self.name, copies=dict(exported.get("copies") or {}), others=others,
@@ -191,10 +190,23 @@ class Workspace:
         return "default"
 
 
+def _exported_stable(exported: Mapping[str, Any]) -> TrackPin | None:
+    """The stable pin an app's stack outputs name (None: none). Recorded before pins kept their protocol, it takes
+    what its Services were given then: every Service took the outputs' ``app.appProtocol``."""
+    stable, app = exported.get("stable"), exported.get("app")
+    if not isinstance(stable, Mapping):
+        return None
+    if "appProtocol" not in stable:
+        stable = {**stable, "appProtocol": (app.get("appProtocol") if isinstance(app, Mapping) else None) or ""}
+    return _pin(stable)
+
+
 def _pin(data: Mapping[str, Any]) -> TrackPin:
     port = data.get("port")
+    protocol = data.get("appProtocol")
     return TrackPin(template=dict(data.get("template") or {}), hash=str(data.get("hash", "")), image=str(data.get("image", "")),
-                    config_hashes=dict(data.get("config_hashes") or {}), port=int(port) if port is not None else None)
+                    config_hashes=dict(data.get("config_hashes") or {}), port=int(port) if port is not None else None,
+                    app_protocol=str(protocol) if protocol is not None else None)
 
 
 def _kube(config: Mapping[str, Any], env: Mapping[str, str]) -> Kube:
@@ -352,16 +364,13 @@ def _pins_at_rest(ws: Workspace, running: set[str], unjudged: list[str] | None =
             why = "the stack config as it is now, refused or changed since, does not declare it"
         exported = ws.outputs.get(f"{naming.OUTPUT_PREFIX}{name}")
         if facts is None and unjudged is not None and isinstance(exported, Mapping):
-            named = exported.get("stable")
-            pin, said = _unjudged_pin(ws, name, _pin(named)) if isinstance(named, Mapping) else (
+            named = _exported_stable(exported)
+            pin, said = _unjudged_pin(ws, name, named) if named is not None else (
                 None, "its stack outputs name no stable, and the release's updates do not pin it")
             unjudged.append(f"app {name} cannot be judged by the stack config now ({why}): {said}")
         if pin is None:
             continue
-        stable = {"template": pin.template, "hash": pin.hash, "image": pin.image, "config_hashes": dict(pin.config_hashes)}
-        if pin.port is not None:
-            stable["port"] = pin.port
-        pins[name] = {"release": "", "stable": stable, "route": {"weight": 0}}
+        pins[name] = {"release": "", "stable": pin.program_pin(), "route": {"weight": 0}}
     return pins
 
 

@@ -586,18 +586,20 @@ class CanaryDeployment(pulumi.ComponentResource):
         def port_of(pin: Any) -> Any:
             return pulumi.Output.all(pin, desired_pin).apply(lambda both: _track_port(both[0], both[1], spec_app, port_given))
 
-        def target_of(pin: Any) -> Any:
-            return pulumi.Output.all(pin, desired_pin).apply(lambda both: _track_target(both[0], both[1], spec_app, port_given))
+        def http_of(pin: Any) -> Any:
+            # the track's http port: its target, and the appProtocol the gateway speaks to its pods (_track_protocol)
+            return pulumi.Output.all(pin, desired_pin).apply(
+                lambda both: _http_port(spec_app, _track_target(both[0], both[1], spec_app, port_given), _track_protocol(both[0], both[1], spec_app)))
 
         stable_port, canary_port = port_of(stable_pin), port_of(canary_pin)
         # after stable (a plain `pulumi up` whose stable change the guard refuses leaves its Service as it was)
-        self.stable_service = self._service(name, Track.STABLE, target_of(stable_pin), _merge(child, pulumi.ResourceOptions(depends_on=[self.stable])))
-        self.canary_service = self._service(name, Track.CANARY, target_of(canary_pin), child)
+        self.stable_service = self._service(name, Track.STABLE, http_of(stable_pin), _merge(child, pulumi.ResourceOptions(depends_on=[self.stable])))
+        self.canary_service = self._service(name, Track.CANARY, http_of(canary_pin), child)
         # after stable is Ready, and its autoscaler there to keep its size: the apex Service selects stable pods only
         # (an adopted Service changes its selector here), and the route sends all traffic to them
         ready = [self.stable, *autoscalers.values()]
         adopted_service = [_adopted_service_guard(spec_app.name, spec_app.service_port)] if "service" in moved else []
-        self.apex_service = self._apex(name, apex, target_of(stable_pin), _merge(child, pulumi.ResourceOptions(depends_on=ready), moved.get("service"),
+        self.apex_service = self._apex(name, apex, http_of(stable_pin), _merge(child, pulumi.ResourceOptions(depends_on=ready), moved.get("service"),
                                                                            _before_update(adopted_service)))
         route_opts = _merge(child, pulumi.ResourceOptions(depends_on=[*ready, self.stable_service, self.canary_service]), moved.get("route"))
         adopted_route: list[pulumi.ResourceHook] = []
@@ -702,24 +704,24 @@ class CanaryDeployment(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=list(depends))),
         )
 
-    def _service(self, name: str, track: Track, port: Any, opts: pulumi.ResourceOptions) -> k8s.core.v1.Service:
+    def _service(self, name: str, track: Track, http: Any, opts: pulumi.ResourceOptions) -> k8s.core.v1.Service:
         app = self.app
         return k8s.core.v1.Service(
             f"{name}-{track.value}-service",
             metadata={"name": naming.service(app.name, track), "namespace": app.namespace,
                       "labels": {naming.APP_LABEL: app.name, naming.TRACK_LABEL: track.value}},
-            spec={"selector": naming.selector(app.name, track), "ports": [_http_port(app, port)]},
+            spec={"selector": naming.selector(app.name, track), "ports": [http]},
             opts=opts,
         )
 
-    def _apex(self, name: str, given: Mapping[str, Any], port: Any, opts: pulumi.ResourceOptions) -> k8s.core.v1.Service:
+    def _apex(self, name: str, given: Mapping[str, Any], http: Any, opts: pulumi.ResourceOptions) -> k8s.core.v1.Service:
         """The apex Service: what ``service=`` declares of it (an adopted Service's type, ports, labels and
         annotations, which an apply without them would remove), with canary's selector and ``http`` port."""
         app = self.app
         metadata = given.get("metadata") or {}
         spec = dict(given.get("spec") or {})
         spec["selector"] = naming.selector(app.name, Track.STABLE)
-        spec["ports"] = [_http_port(app, port), *spec.get("ports", [])]
+        spec["ports"] = [http, *spec.get("ports", [])]
         declared: dict[str, Any] = {"name": naming.apex_service(app.name), "namespace": app.namespace,
                                     "labels": {**(metadata.get("labels") or {}), naming.APP_LABEL: app.name}}
         if metadata.get("annotations"):
@@ -787,13 +789,13 @@ def _merge(*options: pulumi.ResourceOptions | None) -> pulumi.ResourceOptions:
     return merged
 
 
-def _http_port(app: App, target: Any) -> dict[str, Any]:
+def _http_port(app: App, target: Any, app_protocol: str | None) -> dict[str, Any]:
     """canary's ``http`` port of each of the app's Services (stable's, canary's, the apex): ``app.servicePort`` to the
-    pods' ``target``, with ``app.appProtocol`` when set (the gateway reads it from the route's backends, stable's and
-    canary's Services, to choose how it talks to the pods: h2c for gRPC)."""
+    pods' ``target``, with the track's ``appProtocol`` when it has one (the gateway reads it from the route's backends,
+    stable's and canary's Services, to choose how it talks to the pods: h2c for gRPC)."""
     port: dict[str, Any] = {"name": "http", "port": app.service_port, "targetPort": target, "protocol": "TCP"}
-    if app.app_protocol is not None:
-        port["appProtocol"] = app.app_protocol
+    if app_protocol:
+        port["appProtocol"] = app_protocol
     return port
 
 
@@ -1324,6 +1326,17 @@ def _track_target(pin: Mapping[str, Any], desired: Mapping[str, Any], app: App, 
     return name or port
 
 
+def _track_protocol(pin: Mapping[str, Any], desired: Mapping[str, Any], app: App) -> str | None:
+    """The ``appProtocol`` a track's Services give the gateway. A track running the desired workload: ``app.appProtocol``
+    (a change of it alone, the workload as it was, reaches every Service at the next ``up``). Another workload (stable
+    pinned during a release): the one its pin recorded, so that a release that brings a protocol together with the
+    version that speaks it leaves stable's Services speaking what stable speaks until stable takes the new version. A
+    pin recorded before pins kept it: the app's, as then."""
+    if pin.get("hash") == desired.get("hash") or "appProtocol" not in pin:
+        return app.app_protocol
+    return pin["appProtocol"] or None
+
+
 def _pin(template: Mapping[str, Any], app: App, config_hashes: Mapping[str, str]) -> dict[str, Any]:
     refs = workload.referenced(template)
     relevant = {k: v for k, v in config_hashes.items() if k.partition("/")[2] in refs[k.partition("/")[0]]}
@@ -1333,6 +1346,8 @@ def _pin(template: Mapping[str, Any], app: App, config_hashes: Mapping[str, str]
         "image": workload.image(template, app.name, app.container),
         "config_hashes": relevant,
         "port": app.container_port,
+        # what the gateway speaks to the pods ("" for no appProtocol): stable's Services keep it while a release runs
+        "appProtocol": app.app_protocol or "",
     }
 
 

@@ -135,6 +135,17 @@ class TrackPin(_Record):
     config_hashes: dict[str, str] = {}
     #: the port its Services target (a release may change it); None in pins recorded before it was kept
     port: int | None = None
+    #: the ``appProtocol`` its Services give the gateway ("" for none); None in pins recorded before it was kept
+    app_protocol: str | None = None
+
+    def program_pin(self) -> dict[str, Any]:
+        """The pin as the program reads it from a release config (``canary:release``), the keys it did not record left out."""
+        out: dict[str, Any] = {"template": self.template, "hash": self.hash, "image": self.image, "config_hashes": dict(self.config_hashes)}
+        if self.port is not None:
+            out["port"] = self.port
+        if self.app_protocol is not None:
+            out["appProtocol"] = self.app_protocol
+        return out
 
 
 class ReleaseState(_Record):

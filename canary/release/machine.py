@@ -75,9 +75,12 @@ def new_release_id(clock: Clock) -> str:
     return clock.now().strftime("%Y%m%dt%H%M%S") + f"-{os.getpid()}"
 
 
-def _pin(pin: TrackPin) -> dict[str, Any]:
-    out = {"template": pin.template, "hash": pin.hash, "image": pin.image, "config_hashes": dict(pin.config_hashes)}
-    return out if pin.port is None else {**out, "port": pin.port}
+def _protocol_moves(state: ReleaseState) -> bool:
+    """Whether the promotion changes the ``appProtocol`` stable's Services give the gateway: the canary's pin records
+    another than stable's (a pin recorded before pins kept it says nothing, and moves nothing)."""
+    stable, canary = state.stable, state.canary
+    return (stable is not None and canary is not None and stable.app_protocol is not None and canary.app_protocol is not None
+            and stable.app_protocol != canary.app_protocol)
 
 
 class Release:
@@ -552,10 +555,10 @@ class Release:
     def _pins(self, state: ReleaseState, *, stable: TrackPin | None = None, canary: TrackPin | None = None, replicas: int = 0,
               shape: RouteShape | None = None) -> dict[str, Any]:
         assert state.stable is not None
-        pins: dict[str, Any] = {"release": state.release, "stable": _pin(stable or state.stable),
+        pins: dict[str, Any] = {"release": state.release, "stable": (stable or state.stable).program_pin(),
                                 "route": (shape if shape is not None else RouteShape.from_json(state.route)).to_json()}
         if canary is not None:
-            pins["canary"] = {**_pin(canary), "replicas": replicas}
+            pins["canary"] = {**canary.program_pin(), "replicas": replicas}
         return pins
 
     def _apply(self, state: ReleaseState, pins: dict[str, Any], parts: tuple[str, ...] | None, cancellable: bool = True,
@@ -845,19 +848,26 @@ class Release:
         canary = state.canary
         assert canary is not None
         replicas = state.canary_replicas or self._canary_size()
+        moves = _protocol_moves(state)
         if state.promotion_step == 0:
-            if self.spec.analysis.kind is Strategy.BLUE_GREEN and state.weight != 100:
-                # not switched as a judged step (skipAnalysis, a forced or decided promotion): switched here, as it stands
+            if (self.spec.analysis.kind is Strategy.BLUE_GREEN or moves) and state.weight != 100:
+                # blue/green not switched as a judged step (skipAnalysis, a forced or decided promotion): switched here, as it
+                # stands. A new appProtocol: stable's Services take it with the new version, and stable's old pods, serving
+                # while it rolls, do not speak it: every request goes to the canary, at stable's size, until stable is Ready
                 switch = schedule.SWITCH
                 full = self._stable_size()
+                green = "green" if self.spec.analysis.kind is Strategy.BLUE_GREEN else "the canary"
                 if replicas < full:
                     # green takes every request at the switch: at stable's size first (`canaryReplicas` sized it for the
                     # testers' or mirrored requests), ready before a user reaches it
                     replicas = full
-                    self._retrying(state, "green at full size", lambda: self._apply(state, self._pins(state, canary=canary, replicas=full), ("canary",), cancellable=False))
-                    self._retrying(state, "green's readiness", lambda: self.verify.track(self.spec, Track.CANARY, canary.hash, full, cancellable=False))
-                    state = self.recorder.save(state.model_copy(update={"canary_replicas": full}), f"green scaled to stable's size ({full} pods) for the switch")
-                self.recorder.decide(state, "blue/green: all traffic switches to the new version at once", "Promoting")
+                    self._retrying(state, f"{green} at full size", lambda: self._apply(state, self._pins(state, canary=canary, replicas=full), ("canary",), cancellable=False))
+                    self._retrying(state, f"{green}'s readiness", lambda: self.verify.track(self.spec, Track.CANARY, canary.hash, full, cancellable=False))
+                    state = self.recorder.save(state.model_copy(update={"canary_replicas": full}), f"{green} scaled to stable's size ({full} pods) for the switch")
+                why = (f"the new version is spoken {canary.app_protocol or 'no appProtocol'} where stable is spoken "
+                       f"{(state.stable.app_protocol if state.stable else None) or 'no appProtocol'}: all traffic switches to it while stable takes it"
+                       if moves and self.spec.analysis.kind is not Strategy.BLUE_GREEN else "blue/green: all traffic switches to the new version at once")
+                self.recorder.decide(state, why, "Promoting")
                 self._retrying(state, "the switch", lambda: self._apply(state, self._pins(state, canary=canary, replicas=replicas, shape=switch), ("route",), cancellable=False))
                 self._retrying(state, "the switch", lambda: self.verify.route(self.spec, switch, cancellable=False))
                 state = state.model_copy(update={"weight": 100, "route": switch.to_json()})

@@ -193,10 +193,6 @@ def test_removing_the_autoscaler_keeps_stables_size_until_the_team_declares_one(
 # --- how the gateway talks to the pods ----------------------------------------------------------
 
 
-def _h2c_app(config: dict[str, Any]) -> None:
-    config["canary:app"]["appProtocol"] = "kubernetes.io/h2c"
-
-
 def _answers(ls: LabStack, count: int = 20) -> Counter[tuple[int, str, str]]:
     """``count`` requests through the gateway, one after the other (a bounded burst): each answer's status, version and
     the protocol the gateway reached the pod with (the demo app says it in X-Protocol)."""
@@ -210,17 +206,15 @@ def _answers(ls: LabStack, count: int = 20) -> Counter[tuple[int, str, str]]:
 
 
 @pytest.mark.long
-@pytest.mark.parametrize("lab_stack", [_h2c_app], indirect=True)
-def test_an_app_that_speaks_h2c_is_reached_over_http2_before_during_and_after_its_release(lab_stack: LabStack) -> None:
-    # a gRPC or other h2c app: the gateway reads appProtocol from the route's backends; without it on stable's and canary's
-    # Services it spoke HTTP/1.1 to the pods (which an h2c-only app refuses). Real HTTP/2 from Traefik to the demo pods
+def test_a_release_that_brings_h2c_with_its_version_keeps_stable_on_http1_until_stable_takes_it(lab_stack: LabStack) -> None:
+    # a gRPC or other h2c app: the gateway reads appProtocol from the route's backends, stable's and canary's Services.
+    # One commit bringing the version and `appProtocol: kubernetes.io/h2c`: every Service took h2c at the release's first
+    # up, and the gateway spoke HTTP/2 to stable's pods before anything was judged (an h2c-only version's stable speaks
+    # HTTP/1.1 only). Now the canary is reached over HTTP/2, stable over HTTP/1.1 until, promoted with all traffic on the
+    # canary, stable takes both. Real HTTP/2 from Traefik to the demo pods (which answer both and say which in X-Protocol)
     ls = lab_stack
-    for service in ("web", "web-stable", "web-canary"):
-        obj = ls.kube.get("v1", "Service", service, ls.namespace)
-        assert obj is not None, service
-        [port] = [p for p in obj["spec"]["ports"] if p["name"] == "http"]
-        assert port.get("appProtocol") == "kubernetes.io/h2c", (service, port)
-    wait_until(lambda: _answers(ls) == {(200, "v1", "HTTP/2.0"): 20}, lambda: f"stable answers over HTTP/2: {_answers(ls)}", 30, every=0.5)
+    assert _answers(ls) == {(200, "v1", "HTTP/1.1"): 20}
+    _set(ls, ("canary:app", "appProtocol"), "kubernetes.io/h2c")
     during: Counter[tuple[int, str, str]] = Counter()
     stop = threading.Event()
 
@@ -239,13 +233,19 @@ def test_an_app_that_speaks_h2c_is_reached_over_http2_before_during_and_after_it
             stop.set()
             sampler.join(timeout=30)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert 10 in watcher.canary_weights, watcher.seen  # canaried by weight, then promoted
-    # during the release both tracks were reached over HTTP/2: the canary's Service carries the protocol too
-    assert {protocol for _, _, protocol in during} == {"HTTP/2.0"} and {status for status, _, _ in during} == {200}, during
-    assert during[(200, "v2", "HTTP/2.0")] > 0 and during[(200, "v1", "HTTP/2.0")] > 0, during
+    assert 10 in watcher.canary_weights and 100 in watcher.canary_weights, watcher.seen  # canaried by weight, then all on the canary
+    # each track spoken its own protocol throughout, every answer a 200: stable's old pods were never spoken h2c
+    assert {status for status, _, _ in during} == {200}, during
+    assert {protocol for _, version, protocol in during if version == "v1"} == {"HTTP/1.1"}, during
+    assert {protocol for _, version, protocol in during if version == "v2"} == {"HTTP/2.0"}, during
     # the release judged the canary on what the pods counted of the gateway's HTTP/2 requests
     passed = [c for t in ls.of("tick") if t.outcome.value == "advance" for c in t.checks if c.metric == "error-rate"]
     assert passed and all(c.verdict.value == "pass" and c.value is not None for c in passed), ls.of("tick")[:2]
+    for service in ("web", "web-stable", "web-canary"):
+        obj = ls.kube.get("v1", "Service", service, ls.namespace)
+        assert obj is not None, service
+        [port] = [p for p in obj["spec"]["ports"] if p["name"] == "http"]
+        assert port.get("appProtocol") == "kubernetes.io/h2c", (service, port)
     assert _answers(ls) == {(200, "v2", "HTTP/2.0"): 20}
     assert_stable_state(ls, "demo:v2")
 

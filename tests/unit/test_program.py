@@ -437,6 +437,41 @@ def test_the_app_protocol_is_on_the_http_port_of_every_service_the_route_and_cli
     # unset: no appProtocol at all (the gateway's default), as before
     plain = declare(component(SIMPLE_APP))
     assert not any("appProtocol" in port for port in http_ports(plain).values())
+    assert d.exported["desired"]["appProtocol"] == "kubernetes.io/h2c" and plain.exported["desired"]["appProtocol"] == ""
+
+
+def _app_protocols(d: Declared) -> dict[str, str | None]:
+    return {track: next(p for p in d.inputs(f"web-{track}-service")["spec"]["ports"] if p["name"] == "http").get("appProtocol")
+            for track in ("stable", "canary", "apex")}
+
+
+@pytest.mark.parametrize(("stable_speaks", "expected"), [("", None), ("kubernetes.io/ws", "kubernetes.io/ws")], ids=["none", "another"])
+def test_a_release_that_brings_a_protocol_keeps_stable_s_services_on_the_one_stable_speaks(
+        declare: Callable[..., Declared], stable_speaks: str, expected: str | None) -> None:
+    # one commit with an h2c-only image and appProtocol kubernetes.io/h2c: every Service took h2c at the release's first
+    # up, and the gateway spoke HTTP/2 to stable's pods, which answer HTTP/1.1 only, before anything was judged
+    release = {"web": {"release": "r1", "stable": {**pin("registry.example.com/shop/web:1.0.0", "5555aaaa5555aaaa"), "appProtocol": stable_speaks},
+                       "route": {"weight": 10}}}
+    d = declare(component({**SIMPLE_APP, "image": "registry.example.com/shop/web:2.0.0", "appProtocol": "kubernetes.io/h2c"}), {"canary:release": release})
+    assert _app_protocols(d) == {"stable": expected, "canary": "kubernetes.io/h2c", "apex": expected}
+    # promoted (stable pinned to the canary's pin): stable's Services take the new protocol with the new version
+    canary_pin = d.exported["desired"]
+    promoted = declare(component({**SIMPLE_APP, "image": "registry.example.com/shop/web:2.0.0", "appProtocol": "kubernetes.io/h2c"}),
+                       {"canary:release": {"web": {"release": "r1", "stable": canary_pin, "canary": {**canary_pin, "replicas": 3}, "route": {"weight": 100}}}})
+    assert _app_protocols(promoted) == dict.fromkeys(("stable", "canary", "apex"), "kubernetes.io/h2c")
+
+
+def test_a_pin_from_before_pins_kept_their_protocol_gives_stable_the_app_s_as_then(declare: Callable[..., Declared]) -> None:
+    release = {"web": {"release": "r1", "stable": pin("registry.example.com/shop/web:1.0.0", "5555aaaa5555aaaa"), "route": {"weight": 10}}}
+    d = declare(component({**SIMPLE_APP, "image": "registry.example.com/shop/web:2.0.0", "appProtocol": "kubernetes.io/h2c"}), {"canary:release": release})
+    assert _app_protocols(d) == dict.fromkeys(("stable", "canary", "apex"), "kubernetes.io/h2c")
+
+
+def test_a_protocol_changed_alone_reaches_every_service_at_once(declare: Callable[..., Declared]) -> None:
+    # the workload as stable runs it (its pin's hash is the desired one): no release, the app's protocol everywhere
+    before = declare(component(SIMPLE_APP)).exported["desired"]
+    d = declare(component({**SIMPLE_APP, "appProtocol": "kubernetes.io/h2c"}), {"canary:release": {"web": {"release": "", "stable": before, "route": {"weight": 0}}}})
+    assert _app_protocols(d) == dict.fromkeys(("stable", "canary", "apex"), "kubernetes.io/h2c")
 
 
 def _two_ports() -> dict[str, Any]:
@@ -1206,7 +1241,7 @@ def test_the_stack_output_holds_what_a_release_reads_back(declare: Callable[...,
     assert {key: urns[key] for key in expected} == {key: d.urns[name] for key, name in expected.items()}
     assert sorted(urns["copies"]) == sorted([d.urns["web-configmap-settings"], d.urns["web-secret-creds"]])
     desired = out["desired"]
-    assert set(desired) == {"template", "hash", "image", "config_hashes", "port"} and desired["port"] == 8080
+    assert set(desired) == {"template", "hash", "image", "config_hashes", "port", "appProtocol"} and desired["port"] == 8080
     assert desired["image"] == "registry.example.com/shop/web:1.0.0"
     assert desired["hash"] == workload.template_hash(full_template(), desired["config_hashes"])
     assert out["stable"] == desired

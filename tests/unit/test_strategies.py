@@ -195,3 +195,26 @@ def test_a_promotion_forced_past_a_failed_tick_is_told_as_a_warning() -> None:
     assert world.start().phase is Phase.SUCCEEDED
     forced = [(m, s) for m, s in told if "despite a failed last tick" in m]
     assert forced and all(s is Severity.WARN for _, s in forced), forced
+
+
+@pytest.mark.parametrize(("stable_speaks", "switched"), [("", True), ("kubernetes.io/h2c", False), (None, False)],
+                         ids=["a-new-protocol", "the-same-protocol", "a-pin-from-before"])
+def test_a_canary_that_brings_a_new_protocol_takes_all_traffic_at_stable_s_size_while_stable_takes_it(stable_speaks: str | None, switched: bool) -> None:
+    """Stable's Services keep the appProtocol stable speaks until stable takes the new version; promoted at the last
+    step's weight, stable's old pods, serving while it rolls, were then spoken the new protocol, which they do not speak."""
+    def small_canary(v: dict[str, Any]) -> None:
+        v["app"].update(replicas=4, canaryReplicas=1)
+
+    world = make(Metrics(0.0), small_canary)
+    world.release.facts = replace(world.release.facts, stable=STABLE.model_copy(update={"app_protocol": stable_speaks}))
+    result = world.release.start(NEW.model_copy(update={"app_protocol": "kubernetes.io/h2c"}), "config:\n  canary:app: {}\n")
+    assert result.phase is Phase.SUCCEEDED
+    log = world.cluster.log
+    took = next(i for i, (kind, what) in enumerate(log) if kind == "stable" and what == NEW.hash)
+    weights = [what.weight for kind, what in log[:took] if kind == "route" and isinstance(what, RouteShape)]
+    canary_sizes = [what for kind, what in log[:took] if kind == "canary"]
+    if switched:
+        assert weights[-1] == 100 and canary_sizes[-1] == 4, log  # all traffic on the canary, at stable's size, as stable rolls
+        assert any("spoken kubernetes.io/h2c where stable is spoken no appProtocol" in str(e) for e in world.events), world.events
+    else:
+        assert weights[-1] < 100 and canary_sizes[-1] == 1, log
