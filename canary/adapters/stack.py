@@ -214,6 +214,22 @@ def _redact(text: str, secrets: tuple[str, ...]) -> str:
     return text
 
 
+def _passphrases(env: Mapping[str, str], cwd: Path) -> tuple[str, ...]:
+    """The stack's passphrases, to hide from the CLI's errors: each ``*PASSPHRASE`` variable's value, and the content of
+    ``PULUMI_CONFIG_PASSPHRASE_FILE`` as the CLI takes it (trimmed of white space at both ends; a relative name from
+    ``cwd``, where the CLI runs). A file that cannot be read adds nothing (the CLI says so itself), and neither does one
+    that is no regular file: a pipe read here would be drained before the CLI reads it."""
+    found = [v for k, v in env.items() if "PASSPHRASE" in k and not k.endswith("_FILE")]
+    name = env.get("PULUMI_CONFIG_PASSPHRASE_FILE", "")
+    if name:
+        path = cwd / name  # an absolute name stays as it is
+        with contextlib.suppress(OSError, ValueError):
+            if path.is_file():
+                # Python's white space takes in all of Go's (strings.TrimSpace): what is left is within the passphrase
+                found.append(path.read_text(encoding="utf-8", errors="replace").strip())
+    return tuple(found)
+
+
 def _map_error(exc: BaseException, what: str, secrets: tuple[str, ...] = (), interrupted: bool = False) -> Exception:
     text = _redact(str(exc), secrets)
     if interrupted:
@@ -382,7 +398,7 @@ class Stack:
         self.name = name
         self.project = str(stackfile.project_settings(project_dir)["name"])
         self._env = dict(env or os.environ)
-        self._secrets = tuple(v for k, v in self._env.items() if "PASSPHRASE" in k and not k.endswith("_FILE"))
+        self._secrets = _passphrases(self._env, project_dir)
         try:
             self.command = InterruptibleCommand(_cli_root(self._env))
         except (OSError, subprocess.CalledProcessError, auto.InvalidVersionError) as exc:

@@ -417,15 +417,30 @@ _PROMETHEUS_AUTH = "use prometheus.token or prometheus.headers"
 
 
 def _check_url(v: str, credentials: str = "") -> str:
-    """An http:// or https:// URL; with ``credentials`` (where they go instead), one without user info."""
+    """An http:// or https:// URL; with ``credentials`` (where they go instead), one without user info. Without it, user
+    info is taken (a webhook's ``user:password@``, sent as basic auth, never shown): it runs to the last ``@`` before
+    the host, as an HTTP client reads it."""
     if credentials and re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/?#\s]*@", v):
         raise ValueError(f"{CREDENTIALS_IN_URL} ({credentials})")
-    port = re.match(r"^https?://[^\s/:?#]+(:(\d{1,5}))?(/[^\s]*)?$", v)
+    port = re.match(r"^https?://(?:[^\s/?#]*@)?[^\s/:?#@]+(:(\d{1,5}))?(/[^\s]*)?$", v)
     if not port:
         raise ValueError("must be an http:// or https:// URL")
     if port.group(2) is not None and not 1 <= int(port.group(2)) <= 65535:
         raise ValueError(f"must be an http:// or https:// URL; its port {port.group(2)} is not one (1-65535)")
     return v
+
+
+#: a URL's scheme (if any: ``prometheus:9090`` is a common slip) and host (a name or a bracketed address) and port, past
+#: any user info; what follows them (a path, a query, a fragment) starts with ``/``, ``?`` or ``#``
+_ORIGIN = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)?(?:[^/?#]*@)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~%-]+)(:\d{1,5})?(?=[/?#]|$)")
+
+
+def _origin(v: str) -> str | None:
+    """``v``'s scheme, host and port only, to show a refused URL by: its user info, path, query and fragment may hold
+    a password or a token. None when they cannot be told apart (a host with odd characters, a port that is no
+    number): it may be ``user:password`` without its ``@``."""
+    found = _ORIGIN.match(v)
+    return "".join(part for part in found.groups() if part) if found else None
 
 
 # --- metrics ------------------------------------------------------------------------------------
@@ -1355,6 +1370,9 @@ def _name_clashes(spec: StackSpec) -> list[Problem]:
 
 #: Fields whose values are secrets: never shown in a problem.
 _SECRET_FIELDS = re.compile(r"(^|\.)(token|stringData)(\.|\[|$)|^prometheus\.headers(\.|\[|$)|alerts\[\d+\]\.url")
+#: Fields whose values are URLs, a password or a token in them (``user:password@``, ``?token=``, a path): shown by their
+#: origin only (``_origin``); and where a webhook or a provider given as its URL stands, as a string of the wrong shape.
+_URL_FIELDS = re.compile(r"(^|\.)(prometheus\.(address|pushgateway)|provider(\.address)?|webhooks(\[\d+\](\.url)?)?)$")
 #: Sections that hold secrets: the value of a field they do not know (a misspelled ``tokn``) is not shown either.
 _SECRET_SECTIONS = re.compile(r"(^|\.)(prometheus|secrets|alerts\[\d+\])\.")
 #: Where secrets sit, one level up: the value found there when it has the wrong shape (a Secret's data
@@ -1385,6 +1403,9 @@ def _problem_from_error(error: Mapping[str, Any]) -> Problem:
         shown = "<secret>" if hidden else _short(value)
         if rule.startswith(CREDENTIALS_IN_URL):
             shown = "<a URL with credentials>"  # its password is not shown
+        elif not hidden and isinstance(value, str) and _URL_FIELDS.search(field):
+            origin = _origin(value) if value.strip() else value  # a blank one is shown as it is
+            shown = repr(origin) if origin is not None else "<not shown: it may hold credentials>"
     return Problem(field or "(top level)", shown, rule)
 
 

@@ -603,10 +603,22 @@ SECRET = "s3cr3t-value"
         set_path("analysis.alerts", [f"https://hooks.slack.com/{SECRET}"]),
         set_path("analysis.alerts", f"https://hooks.slack.com/{SECRET}"),
         set_path("prometheus", [{"address": "http://prom:9090", "token": SECRET}]),
+        # a URL refused for its port, its scheme or its shape: its user info, path and query are never shown
+        set_path("analysis.webhooks.0", {"name": "gate", "type": "confirm-rollout", "url": f"https://ci:{SECRET}@gate.example:99999/approve"}),
+        set_path("analysis.webhooks.0", {"name": "gate", "type": "confirm-rollout", "url": f"https://gate.example:70000/approve?token={SECRET}"}),
+        set_path("analysis.webhooks.0", {"name": "gate", "type": "confirm-rollout", "url": f"ftp://gate.example/{SECRET}#{SECRET}"}),
+        set_path("analysis.webhooks.0", {"name": "gate", "type": "confirm-rollout", "url": f"ci:{SECRET}@gate.example/approve"}),
+        set_path("analysis.webhooks.0", f"https://gate.example:99999/approve?token={SECRET}"),
+        set_path("prometheus.address", f"https://prom.example:99999/api?token={SECRET}"),
+        set_path("prometheus.pushgateway", f"https://push.example:0/{SECRET}"),
+        set_path("metricTemplates.error-rate.provider.address", f"https://other.example:99999/?token={SECRET}"),
+        chain(_apps(), set_path("apps.web.analysis.webhooks.0.url", f"https://gate.example:99999/?token={SECRET}")),
     ],
     ids=["token-int", "token-list", "headers", "token-next-to-a-bad-address", "token-without-address", "alert-not-a-url", "alert-bad-type",
          "alert-url-list", "secret-int", "secret-unread", "apps-alert", "secret-as-a-string", "secrets-as-a-string", "alert-as-its-url",
-         "alerts-as-a-url", "prometheus-as-a-list"],
+         "alerts-as-a-url", "prometheus-as-a-list", "webhook-password-bad-port", "webhook-token-bad-port", "webhook-ftp-path-fragment",
+         "webhook-no-scheme", "webhook-as-its-url", "prometheus-token-bad-port", "pushgateway-path-port-0", "provider-token-bad-port",
+         "apps-webhook-token-bad-port"],
 )
 def test_secret_values_never_appear_in_errors(mutation: Any) -> None:
     with pytest.raises(InvalidSpec) as info:
@@ -616,6 +628,35 @@ def test_secret_values_never_appear_in_errors(mutation: Any) -> None:
     assert all(SECRET not in p.value and SECRET not in p.rule for p in info.value.problems)
     # nor in a traceback: pydantic's own error, which quotes every input, is not chained to it
     assert SECRET not in "".join(traceback.format_exception(info.value))
+
+
+@pytest.mark.parametrize(("mutation", "field", "shown"), [
+    (set_path("analysis.webhooks.0.url", "https://ci:Pa55w0rd@gate.example:99999/approve?token=t0k3n#f"), "analysis.webhooks[0].url",
+     "'https://gate.example:99999'"),
+    (set_path("prometheus.address", "http://[fd00::9]:70000/prom?token=t0k3n"), "prometheus.address", "'http://[fd00::9]:70000'"),
+    (set_path("prometheus.pushgateway", "ftp://push.example/t0k3n"), "prometheus.pushgateway", "'ftp://push.example'"),
+    (set_path("metricTemplates.error-rate.provider.address", "https://other.example:0?token=t0k3n"), "metricTemplates.error-rate.provider.address",
+     "'https://other.example:0'"),
+    (set_path("analysis.webhooks.0.url", "https://ci:Pa55w0rd"), "analysis.webhooks[0].url", "<not shown: it may hold credentials>"),
+], ids=["webhook", "prometheus-ipv6", "pushgateway-scheme", "provider-port-0", "no-host-to-tell"])
+def test_a_refused_url_is_shown_by_its_scheme_host_and_port_only(mutation: Any, field: str, shown: str) -> None:
+    """A refused URL was shown whole: its password, path and query (``?token=``) went to the terminal and the CI log.
+    Its origin names it; what cannot be told apart from a password (no ``scheme://host``) is not shown at all."""
+    found = [p for p in problems(values_with(mutation)) if p.field == field]
+    assert len(found) == 1 and found[0].value == shown and "http:// or https:// URL" in found[0].rule, [str(p) for p in found]
+    assert "Pa55w0rd" not in str(found[0]) and "t0k3n" not in str(found[0]), found[0]
+
+
+def test_a_webhook_url_with_user_info_is_accepted_as_basic_auth_and_prometheus_s_is_not() -> None:
+    """A webhook's ``user:password@`` (sent as basic auth, scrubbed from results) was refused as "not an http URL":
+    a gate behind basic auth could not be configured, and the rule named was the wrong one."""
+    for url in ("https://ci:Pa55w0rd@gate.example/approve", "https://ci:p@ss@gate.example:8443/approve", "http://token@gate.svc/"):
+        spec = parse_spec(values_with(set_path("analysis.webhooks.0", {"name": "gate", "type": "confirm-rollout", "url": url})))
+        assert spec.analysis.webhooks[0].url == url
+    found = [p for p in problems(values_with(set_path("analysis.webhooks.0.url", "https://ci:Pa55w0rd@gate.example:99999/"))) if "webhooks" in p.field]
+    assert [p.rule for p in found] == ["must be an http:// or https:// URL; its port 99999 is not one (1-65535)"], [str(p) for p in found]
+    found = problems(values_with(set_path("prometheus.address", "https://ci:Pa55w0rd@prom.example/")))
+    assert [p.field for p in found] == ["prometheus.address"] and found[0].rule.startswith("must not carry credentials in the URL"), found
 
 
 # --- config: secrets must be Pulumi secrets; the same spec from a file and from the Automation API --

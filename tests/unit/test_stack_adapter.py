@@ -456,6 +456,36 @@ def test_a_long_passphrase_is_hidden_wherever_it_appears() -> None:
     assert secret not in message and "Tr0ub" not in message and message.count("<secret>") == 2, message
 
 
+@pytest.mark.parametrize("relative", [True, False], ids=["relative-to-the-project", "absolute"])
+def test_a_passphrase_read_from_a_file_is_hidden_from_the_cli_s_errors(tmp_path: Path, relative: bool) -> None:
+    """Only PULUMI_CONFIG_PASSPHRASE's value was hidden: a passphrase in PULUMI_CONFIG_PASSPHRASE_FILE, the
+    way CI hands one over, was printed whole with the CLI's error (the file's content as the CLI reads it,
+    without its trailing newline; a relative name from the project, where the CLI runs)."""
+    secret = "Tr0ub4dor-and-3"
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "Pulumi.yaml").write_text("name: canary\nruntime: python\n")
+    (project / "pass.txt").write_text(f"  {secret}\n")
+    root = backend(tmp_path, {"version": 3, "checkpoint": {"latest": LATEST}})
+    (root / ".pulumi" / "stacks" / "canary" / "dev.json.gz").write_bytes(b"")  # leaves the read to the CLI
+    command = _fake_cli(tmp_path, f'echo "error: failed to decrypt with {secret}: {secret}." >&2; exit 1')
+    env = {**os.environ, "PATH": f"{Path(command.command).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+           "PULUMI_BACKEND_URL": f"file://{root}", "PULUMI_HOME": str(tmp_path / "home"),
+           "PULUMI_CONFIG_PASSPHRASE_FILE": "pass.txt" if relative else str(project / "pass.txt")}
+    env.pop("PULUMI_CONFIG_PASSPHRASE", None)
+    stack = stack_adapter.Stack(project, "dev", env=env, program=lambda: None)
+    with pytest.raises(StackError) as refused:
+        stack.outputs()
+    assert secret not in str(refused.value) and str(refused.value).count("<secret>") == 2, refused.value
+
+
+@pytest.mark.parametrize("name", ["missing.txt", "a-directory", "bad\0name", ""], ids=["missing", "directory", "unusable-name", "empty"])
+def test_a_passphrase_file_that_cannot_be_read_adds_nothing_and_raises_nothing(tmp_path: Path, name: str) -> None:
+    (tmp_path / "a-directory").mkdir()
+    env = {"PULUMI_CONFIG_PASSPHRASE": "from-the-variable", "PULUMI_CONFIG_PASSPHRASE_FILE": name}
+    assert stack_adapter._passphrases(env, tmp_path) == ("from-the-variable",)
+
+
 def test_check_unlocked_names_another_host_s_lock_and_lets_this_host_s_live_one_be_waited_for(tmp_path: Path) -> None:
     """A resume looks before it applies anything: another host's lock (a runner killed inside its `up` on another
     machine) is named, pid, host and since; a live process of this host (another app's step) lets go as its
