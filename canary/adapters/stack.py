@@ -627,7 +627,8 @@ class Stack:
         In a file backend the lock directory is watched every 0.1 s while a lock is there: the
         waiting update starts within 0.1 s of the holder letting go, with no CLI run for each
         look (a refused ``up`` is a CLI process, started every 2 s before). A lock that is not seen (gone already, or a backend that keeps its locks to
-        itself) means a plain pause of 2 s, so a refusal never becomes a busy loop of ``up``s."""
+        itself) means a plain pause of ``LOCK_RETRY`` (2 s) or ``timeout`` if shorter — the callers pass a second, to
+        stop at a signal — so a refusal never becomes a busy loop of ``up``s."""
         deadline = time.monotonic() + max(0.0, timeout)
         if not self.locks():
             time.sleep(max(0.0, min(LOCK_RETRY, deadline - time.monotonic())))
