@@ -217,10 +217,9 @@ def _kube(config: Mapping[str, Any], env: Mapping[str, str]) -> Kube:
         raw = config.get(key)
         return None if raw is None else str(getattr(raw, "value", raw))
 
-    kubeconfig: str | Path | None = value("kubernetes:kubeconfig") or None  # KUBECONFIG: read by Kube, as client-go reads it
-    if isinstance(kubeconfig, str) and "\n" not in kubeconfig:
-        kubeconfig = Path(kubeconfig).expanduser()
-    return Kube(kubeconfig, context=value("kubernetes:context"), env=env)
+    # a str: a file's path or a kubeconfig's content, told apart by Kube as the provider tells them (not by a newline:
+    # one line of JSON is content), and never shown; KUBECONFIG: read by Kube, as client-go reads it
+    return Kube(value("kubernetes:kubeconfig") or None, context=value("kubernetes:context"), env=env)
 
 
 def open_stack(stack: str, project_dir: Path | str | None = None, env: Mapping[str, str] | None = None, read_outputs: bool = True,

@@ -193,25 +193,63 @@ def _in_cluster(env: Mapping[str, str], service_account: Path) -> ApiClient:
     return ApiClient(configuration=configuration)
 
 
+def _account_home(env: Mapping[str, str]) -> str:
+    """The home directory of the account canary runs as: its passwd entry, else ``HOME``. The stack's kubernetes
+    provider takes a leading ``~`` of ``kubernetes:kubeconfig`` as this one (where client-go's ``~/.kube/config``
+    takes ``HOME`` first): they differ in CI containers that set ``HOME`` elsewhere."""
+    try:
+        import pwd  # not on every platform: there, HOME
+        return pwd.getpwuid(os.getuid()).pw_dir
+    except (ImportError, AttributeError, KeyError):
+        return env.get("HOME") or str(Path.home())
+
+
+def _stack_kubeconfig_file(value: str, env: Mapping[str, str]) -> Path | None:
+    """The file the stack config's ``kubernetes:kubeconfig`` names, or None when it is a kubeconfig's content, decided
+    as the stack's kubernetes provider decides it: a value that names something that exists (after ``~`` alone or a
+    leading ``~/`` is taken as the account's home; ``~user`` is not) is a file, anything else content. Not by its
+    newlines: one line of JSON (``jq -c``, a stack output pasted in) is content too, and was read as a path."""
+    if value == "~" or value.startswith("~/"):
+        value = _account_home(env) + value[1:]
+    try:
+        os.stat(value)
+    except (OSError, ValueError):  # none there, a name too long for a path (a whole document), a NUL byte
+        return None
+    return Path(value)
+
+
 def _client(kubeconfig: Path | str | None, context: str | None, env: Mapping[str, str], service_account: Path) -> tuple[ApiClient, str]:
     """client-go's default loading rules, as the stack's kubernetes provider and kubectl follow them: the
-    kubeconfig given (a path, or content), else ``~/.kube/config``, else, with none there and the pod's
+    kubeconfig given, else ``~/.kube/config``, else, with none there and the pod's
     ``KUBERNETES_SERVICE_HOST``/``KUBERNETES_SERVICE_PORT`` set, the pod's service account. (``KUBECONFIG``
     names files, its first one that exists: canary reads one kubeconfig, where client-go merges them; none
     that exists is as if it were unset, but for ``~/.kube/config``, which client-go then does not read.)
+    A ``Path`` given is a file; a ``str`` is the stack config's ``kubernetes:kubeconfig``, a file's path or a
+    kubeconfig's content (``_stack_kubeconfig_file``), which no message ever shows: it may be the credentials.
     With the client, where it came from, for messages (never a kubeconfig's content)."""
     from canary.adapters import stackfile  # a kubeconfig is YAML: parsed by the YAML adapter, whose errors name no content
 
     where = f" context {context}" if context else ""
-    if isinstance(kubeconfig, str) and "\n" in kubeconfig:
-        try:
-            return _from_kubeconfig(stackfile.load(kubeconfig), context, None), f"the kubeconfig given inline (kubernetes:kubeconfig){where}"
-        except (config.ConfigException, OSError, ValueError, TypeError, AttributeError, KeyError, stackfile.YAMLError) as exc:
-            # its content holds the cluster's credentials (a Pulumi secret): never in a message or a
-            # traceback; a parser's error quotes the line it stopped at
-            raise Forbidden(f"cannot load the kubeconfig given inline (kubernetes:kubeconfig){where}: {_shape_of(exc)}") from None
-    if kubeconfig:
-        path = Path(kubeconfig).expanduser()  # named in the stack config: it must be there
+    named_by = ""
+    if isinstance(kubeconfig, str):
+        file = _stack_kubeconfig_file(kubeconfig, env)
+        if file is None:
+            inline = f"the kubeconfig given as content in the stack config's kubernetes:kubeconfig{where}"
+            try:
+                doc = stackfile.load(kubeconfig)
+                if not isinstance(doc, (Mapping, list)):
+                    # one word or line of text: most likely a path to a file that is not there (the provider too
+                    # takes it as content then, and fails on it)
+                    raise Forbidden("the stack config's kubernetes:kubeconfig names no file that exists, and is no kubeconfig's content "
+                                    "either (not a YAML or JSON mapping): give the path of a kubeconfig file that exists, or its content")
+                return _from_kubeconfig(doc, context, None), inline
+            except (config.ConfigException, OSError, ValueError, TypeError, AttributeError, KeyError, stackfile.YAMLError) as exc:
+                # its content holds the cluster's credentials (a Pulumi secret): never in a message or a
+                # traceback; a parser's error quotes the line it stopped at
+                raise Forbidden(f"cannot load {inline}: {_shape_of(exc)}") from None
+        path, named_by = file, " (the stack config's kubernetes:kubeconfig)"  # a file that exists: its path is no secret
+    elif kubeconfig:
+        path = Path(kubeconfig).expanduser()  # a file named by the caller: it must be there
     else:
         # KUBECONFIG's files that exist (client-go skips the others), else ~/.kube/config when KUBECONFIG is unset
         named = [Path(entry).expanduser() for entry in env.get("KUBECONFIG", "").split(os.pathsep) if entry]
@@ -234,16 +272,16 @@ def _client(kubeconfig: Path | str | None, context: str | None, env: Mapping[str
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise Forbidden(f"cannot load kubeconfig {path}{where}: {getattr(exc, 'strerror', None) or type(exc).__name__}") from None
+        raise Forbidden(f"cannot load kubeconfig {path}{named_by}{where}: {getattr(exc, 'strerror', None) or type(exc).__name__}") from None
     try:
         # relative paths in it (tokenFile, certificate-authority) from the directory it is named in, as kubectl
         # reads them: not from where a symlink leads (a Secret volume's kubeconfig is one, into a directory the
         # kubelet swaps and deletes when the Secret changes, which would pin the rotated token's old file)
-        return _from_kubeconfig(stackfile.load(text), context, path.absolute().parent), f"kubeconfig {path}{where}"
+        return _from_kubeconfig(stackfile.load(text), context, path.absolute().parent), f"kubeconfig {path}{named_by}{where}"
     # the loader indexes the document as it finds it: a list where it wants a mapping is a TypeError
     except (config.ConfigException, OSError, ValueError, TypeError, AttributeError, KeyError, stackfile.YAMLError) as exc:
         # the file holds credentials too: the rule broken and where, never the line a parser quotes
-        raise Forbidden(f"cannot load kubeconfig {path}{where}: {_shape_of(exc)}") from None
+        raise Forbidden(f"cannot load kubeconfig {path}{named_by}{where}: {_shape_of(exc)}") from None
 
 
 class _BoundedRESTClient(rest.RESTClientObject):

@@ -4,6 +4,7 @@ account), credentials that change during a release, and watches that outlive a d
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import sys
@@ -47,14 +48,78 @@ def test_an_inline_kubeconfig_that_cannot_be_loaded_is_named_never_shown(content
     with pytest.raises(Forbidden) as info:
         Kube(content, context=context)
     message = str(info.value)
-    assert "kubeconfig given inline (kubernetes:kubeconfig)" in message and said in message, message
+    assert "kubeconfig given as content in the stack config's kubernetes:kubeconfig" in message and said in message, message
     assert TOKEN not in message and "https://127.0.0.1:1" not in message
     assert TOKEN not in "".join(traceback.format_exception(info.value))
 
 
 def test_a_kubeconfig_file_that_cannot_be_loaded_is_named_by_its_path() -> None:
     with pytest.raises(Forbidden, match=r"cannot load kubeconfig /nonexistent/kubeconfig"):
-        Kube("/nonexistent/kubeconfig")
+        Kube(Path("/nonexistent/kubeconfig"))
+
+
+def _one_line(server: ApiServer) -> str:
+    """A kubeconfig of the fake API server as one line of JSON (``jq -c``, a stack output pasted into the stack config)."""
+    return json.dumps({"apiVersion": "v1", "kind": "Config", "current-context": "c",
+                       "clusters": [{"name": "c", "cluster": {"server": server.url, "certificate-authority": str(server.ca)}}],
+                       "users": [{"name": "u", "user": {"token": TOKEN}}], "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}]})
+
+
+def test_a_one_line_kubeconfig_in_the_stack_config_is_its_content(tmp_path: Path, apiserver: ApiServer) -> None:
+    # the stack's kubernetes provider takes a value that names no file as the kubeconfig's content; canary took a
+    # value without a newline for a path, failed to read it, and printed it, the token with it
+    apiserver.tokens = {TOKEN}
+    kube = api._kube({"kubernetes:kubeconfig": _one_line(apiserver)}, {"HOME": str(tmp_path)})
+    assert kube.source == "the kubeconfig given as content in the stack config's kubernetes:kubeconfig"
+    assert kube.get("v1", "ConfigMap", "x", NAMESPACE) is None
+
+
+@pytest.mark.parametrize(("edit", "context", "said"), [
+    (lambda text: text, "staging", "Expected object with name staging in kube-config/contexts list"),
+    (lambda text: text[:-1], None, "at line 1, column"),  # a parser's error quotes the line: the whole document
+], ids=["missing-context", "parser-error"])
+def test_a_one_line_kubeconfig_in_the_stack_config_that_cannot_be_loaded_is_named_never_shown(
+        tmp_path: Path, apiserver: ApiServer, edit: Callable[[str], str], context: str | None, said: str) -> None:
+    with pytest.raises(Forbidden) as info:
+        api._kube({"kubernetes:kubeconfig": edit(_one_line(apiserver)), "kubernetes:context": context}, {"HOME": str(tmp_path)})
+    message = str(info.value)
+    assert "cannot load the kubeconfig given as content in the stack config's kubernetes:kubeconfig" in message and said in message, message
+    assert TOKEN not in "".join(traceback.format_exception(info.value)) and apiserver.url not in message
+
+
+@pytest.mark.parametrize("value", ["{gone}/kubeconfig", "~/gone/kubeconfig", "~nosuchaccount/kubeconfig", "kubeconfig-gone"])
+def test_a_stack_config_kubeconfig_naming_no_file_names_the_key_not_the_value(tmp_path: Path, value: str) -> None:
+    # the value could have been content as well as a path: the message names where it is set, never what it holds
+    value = value.format(gone=tmp_path / "gone")
+    with pytest.raises(Forbidden) as info:
+        api._kube({"kubernetes:kubeconfig": value}, {"HOME": str(tmp_path)})
+    message = str(info.value)
+    assert message.startswith("the stack config's kubernetes:kubeconfig names no file that exists, and is no kubeconfig's content"), message
+    assert value.lstrip("~") not in message and "gone" not in message, message
+
+
+@pytest.mark.parametrize("passwd", [True, False], ids=["passwd-home", "no-passwd-entry-HOME"])
+def test_a_stack_config_kubeconfig_under_the_home_directory_is_read_as_the_provider_reads_it(
+        tmp_path: Path, apiserver: ApiServer, monkeypatch: pytest.MonkeyPatch, passwd: bool) -> None:
+    # the provider takes "~/" as the account's home (its passwd entry), which a CI container's HOME may not be
+    pwd = pytest.importorskip("pwd")
+    account, home = tmp_path / "account", tmp_path / "home"
+    account.mkdir()
+    home.mkdir()
+    read = account if passwd else home
+    (read / "kc").write_text(_kubeconfig(tmp_path, apiserver, f"{{token: {TOKEN}}}").read_text().replace(
+        f"certificate-authority: {apiserver.ca.name}", f"certificate-authority: {apiserver.ca}"))
+
+    def entry(uid: int) -> Any:
+        if not passwd:
+            raise KeyError(uid)
+        return type("Entry", (), {"pw_dir": str(account)})()
+
+    monkeypatch.setattr(pwd, "getpwuid", entry)
+    apiserver.tokens = {TOKEN}
+    kube = api._kube({"kubernetes:kubeconfig": "~/kc"}, {"HOME": str(home)})
+    assert kube.source == f"kubeconfig {read / 'kc'} (the stack config's kubernetes:kubeconfig)"
+    assert kube.get("v1", "ConfigMap", "x", NAMESPACE) is None
 
 
 def test_an_unanswered_call_is_sent_once(tmp_path: Path) -> None:
