@@ -838,12 +838,19 @@ def release(stack: str, image: str, *, app: str | None = None, project_dir: Path
         return up(stack, app=name, project_dir=project_dir, env=env, why=f"canary release --image {image}", retry=True, **kwargs)
     except LeaseLost:
         raise  # the release ran, and another process carries it on: the stack file keeps the image it releases
-    except CanaryError:
+    except CanaryError as exc:
         # no release began (a release's own ending is its outcome, not an error): refused (another release, another
         # update of the stack, bad input), interrupted (Ctrl-C while waiting for Pulumi's lock), the cluster or the
         # stack's update failing first. The stack file goes back to the image that runs (or to no image key): the
         # next `canary up` would release an image nobody asked for again
         set_image(stack, before, app=name, project_dir=project_dir, image_config=image_config)
+        said = str(exc)
+        advice = said.find(" (`canary up ")
+        if isinstance(exc, Cancelled) and advice >= 0:
+            # interrupted after the stack's update: up's advice (`canary up` releases the workload change) held for the
+            # stack file up read, not for this one, put back to the image that runs: a `canary up` now finds no change
+            again = f"canary release {stack}{f' --app {name}' if app is not None else ''} --image {image}"
+            raise Cancelled(f"{said[:advice]}; the image in the stack file was restored: run `{again}` again to release it") from exc
         raise
 
 

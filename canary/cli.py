@@ -587,6 +587,16 @@ def check(stack: str, app: str | None, weight: int, as_json: bool, lab: bool | N
     prom = release_spec.prometheus
     if prom is None:
         _die(f"stack {stack}: prometheus.address: must be set to run checks", exitcodes.INVALID)
+    # an address stored as a Pulumi secret reads as the placeholder: queried, it was "Prometheus at ://" unreachable (exit 1)
+    templates = release_spec.metric_templates
+    used = dict.fromkeys(m.template_ref.name for m in release_spec.analysis.metrics if m.template_ref is not None)
+    secret = ["prometheus.address"] if prom.address == stackconfig.ENCRYPTED else []
+    secret += [f"metricTemplates.{t}.provider.address" for t in used if t in templates and templates[t].provider.address == stackconfig.ENCRYPTED]
+    if secret:
+        _die(f"stack {stack}: {', '.join(secret)}: {'is a Pulumi secret' if len(secret) == 1 else 'are Pulumi secrets'}, which canary check "
+             "cannot decrypt (it reads the stack file alone), so it cannot query that Prometheus. To run checks, set the address without "
+             f"--secret when it carries no credential; `canary release {stack} --image …` decrypts it and sends every query once before it "
+             "changes anything, refusing the release if Prometheus rejects one", exitcodes.INVALID)
     encrypted = prom.token is not None and prom.token.get_secret_value() == stackconfig.ENCRYPTED
     if encrypted and not os.environ.get("CANARY_PROMETHEUS_TOKEN"):
         _die(f"stack {stack}: prometheus.token is encrypted in the stack file; set CANARY_PROMETHEUS_TOKEN to run checks", exitcodes.INVALID)

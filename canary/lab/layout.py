@@ -34,11 +34,15 @@ def versions() -> dict[str, str]:
 
 
 def _project(project_dir: Path | None) -> Path:
-    """The project the lab belongs to: given, ``$CANARY_PROJECT_DIR``, or found from the current directory."""
-    if project_dir is not None:
-        return project_dir.resolve()
-    from canary.adapters.stackfile import find_project_dir
+    """The project the lab belongs to: given, ``$CANARY_PROJECT_DIR``, or found from the current directory. One given
+    or named is checked as every command checks it (InvalidSpec, exit 2): taken as it was, a directory that does not
+    exist had a lab described (``lab status``) or found not running (``demo``) in it."""
+    from canary.adapters.stackfile import check_project, find_project_dir
 
+    if project_dir is not None:
+        return check_project(project_dir, "--project-dir")
+    if os.environ.get("CANARY_PROJECT_DIR"):
+        return find_project_dir()  # checked, naming the variable
     try:
         return find_project_dir()
     except InvalidSpec as exc:
@@ -71,7 +75,7 @@ class Layout:
         env = os.environ.get("CANARY_LAB_DIR")
         if env:
             lab_dir = Path(env).resolve()
-            project = project_dir.resolve() if project_dir else _lab_source(lab_dir) or _project(None)
+            project = _project(project_dir) if project_dir else _lab_source(lab_dir) or _project(None)
             return cls(dir=lab_dir, project_dir=project)
         project = _project(project_dir)
         if project.name == "project" and project.parent.name == ".lab":

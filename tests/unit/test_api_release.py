@@ -56,6 +56,21 @@ def test_the_stack_file_goes_back_only_when_nothing_was_applied(monkeypatch: pyt
     assert images == (["demo:v2", "demo:v1"] if restored else ["demo:v2"])
 
 
+@pytest.mark.parametrize(("app", "again"), [(None, "canary release prod --image demo:v2"), ("web", "canary release prod --app web --image demo:v2")])
+def test_interrupted_after_the_update_it_says_the_image_was_restored_and_to_release_again(monkeypatch: pytest.MonkeyPatch, images: list[str],
+                                                                                         app: str | None, again: str) -> None:
+    # up's advice was passed on as it was, "`canary up prod` releases the workload change": with the image put back, that up finds none
+    def up(*args: Any, **kwargs: Any) -> Any:
+        raise Cancelled("interrupted: the stack's update applied 2 changes; no release was begun (`canary up prod` releases the workload change)")
+
+    monkeypatch.setattr(api, "up", up)
+    with pytest.raises(Cancelled) as raised:
+        api.release("prod", "demo:v2", app=app)
+    assert images == ["demo:v2", "demo:v1"]
+    assert str(raised.value) == (f"interrupted: the stack's update applied 2 changes; no release was begun; the image in the stack file was "
+                                 f"restored: run `{again}` again to release it")
+
+
 def test_up_of_several_apps_names_every_app_s_refusal_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
     # `canary up` of a stack of several apps stopped at the first app's refusal: one rerun per app to find them all
     from canary.errors import InvalidSpec, Problem

@@ -412,6 +412,7 @@ def test_demo_rolls_its_release_back_on_ctrl_c_as_release_does(monkeypatch: pyte
     monkeypatch.setattr(Layout, "pulumi_env", lambda self: {})  # the lab's tools are not built where unit tests run
     monkeypatch.setattr(api, "release", release)
     monkeypatch.delenv("CANARY_LAB_DIR", raising=False)
+    (tmp_path / "Pulumi.yaml").write_text("name: canary\nruntime: python\n")  # the project the lab is of
     (tmp_path / ".lab" / "project").mkdir(parents=True)  # a running lab's working copy
     (tmp_path / ".lab" / "project" / "Pulumi.yaml").write_text("name: canary\nruntime: python\n")
     monkeypatch.setattr(sys, "argv", ["canary", "demo", "--project-dir", str(tmp_path)])

@@ -118,6 +118,30 @@ def test_a_lab_that_is_not_up_is_said_to_be_so_and_nothing_is_made_for_it(tmp_pa
     assert not (tmp_path / ".lab").exists()  # (the lab's environment wrote its passphrase there)
 
 
+_LAB_COMMANDS = [("demo",), ("lab", "status"), ("lab", "status", "--json"), ("lab", "up"), ("lab", "down")]
+
+
+@pytest.mark.parametrize("args", _LAB_COMMANDS, ids=[" ".join(a) for a in _LAB_COMMANDS])
+@pytest.mark.parametrize("given", ["option", "variable"])
+def test_the_lab_s_commands_refuse_a_project_dir_that_does_not_exist_before_touching_a_lab(
+        args: tuple[str, ...], given: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    # `demo` said "the lab is not running" (exit 1) and `lab status` described a lab at /nonexistent/.lab, where every other command exits 2
+    from canary.lab import cluster
+
+    for name in ("up", "down", "status", "pods", "running"):
+        monkeypatch.setattr(cluster, name, lambda *a, _name=name, **k: pytest.fail(f"cluster.{_name} reached"))
+    missing = tmp_path / "nonexistent"
+    monkeypatch.chdir(tmp_path)
+    if given == "option":
+        code, out, err = _run(monkeypatch, capsys, *args, "--project-dir", str(missing))
+    else:
+        monkeypatch.setenv("CANARY_PROJECT_DIR", str(missing))
+        code, out, err = _run(monkeypatch, capsys, *args)
+    option = "--project-dir" if given == "option" else "CANARY_PROJECT_DIR"
+    assert code == 2 and out == "" and f"{option}: does not exist" in err and str(missing) in err and "Traceback" not in err, err
+    assert not missing.exists()
+
+
 # --- the Python API's project_dir -------------------------------------------------------------------
 
 
@@ -449,6 +473,34 @@ def test_check_of_an_app_no_one_declares_lists_the_stack_file_s_apps_and_names_t
         "      gateway: {parentRefs: [{name: public}]}\n      analysis: {stepWeight: 10, metrics: [{name: request-error-rate, thresholdRange: {max: 1}}]}\n"))
     code, _, err = _run(monkeypatch, capsys, "check", "prod", "--app", "payments", "--project-dir", str(tmp_path))
     assert code == 2 and "--app must name an app the stack file declares (web); orders: declared by the program" in err, err
+
+
+_SECRET_ADDRESS_STACK = """\
+config:
+  canary:prometheus: {address: PROMETHEUS}
+  canary:metricTemplates:
+    errors: {provider: {address: TEMPLATE}, query: 'sum(rate(errors_total{pod=~"{{ target }}-.*"}[{{ interval }}]))'}
+  canary:app: {name: web, namespace: shop, image: 'web:1'}
+  canary:gateway: {parentRefs: [{name: public}]}
+  canary:analysis:
+    stepWeight: 10
+    metrics: [{name: errors, templateRef: {name: errors}, thresholdRange: {max: 1}}]
+"""
+
+
+@pytest.mark.parametrize(("prometheus", "template", "fields"), [
+    ("{secure: v1:AAAA}", '"http://127.0.0.1:9"', "prometheus.address: is a Pulumi secret"),
+    ('"http://127.0.0.1:9"', "{secure: v1:AAAA}", "metricTemplates.errors.provider.address: is a Pulumi secret"),
+    ("{secure: v1:AAAA}", "{secure: v1:BBBB}", "prometheus.address, metricTemplates.errors.provider.address: are Pulumi secrets"),
+], ids=["prometheus", "template", "both"])
+def test_check_refuses_an_address_it_cannot_decrypt_naming_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+                                                             prometheus: str, template: str, fields: str) -> None:
+    # the README lets the address be a Pulumi secret: check queried the placeholder, "Prometheus at :// could not be reached", exit 1
+    (tmp_path / "Pulumi.yaml").write_text(PROJECT)
+    (tmp_path / "Pulumi.prod.yaml").write_text(_SECRET_ADDRESS_STACK.replace("PROMETHEUS", prometheus).replace("TEMPLATE", template))
+    code, out, err = _run(monkeypatch, capsys, "check", "prod", "--project-dir", str(tmp_path))
+    assert code == 2 and out == "" and f"stack prod: {fields}, which canary check cannot decrypt" in err, err
+    assert "canary release prod --image" in err and "://" not in err and "v1:" not in err, err
 
 
 class _Series:
