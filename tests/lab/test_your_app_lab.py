@@ -213,7 +213,7 @@ def test_a_release_that_brings_h2c_with_its_version_keeps_stable_on_http1_until_
     # HTTP/1.1 only). Now the canary is reached over HTTP/2, stable over HTTP/1.1 until, promoted with all traffic on the
     # canary, stable takes both. Real HTTP/2 from Traefik to the demo pods (which answer both and say which in X-Protocol)
     ls = lab_stack
-    assert _answers(ls) == {(200, "v1", "HTTP/1.1"): 20}
+    wait_until(lambda: _answers(ls) == {(200, "v1", "HTTP/1.1"): 20}, lambda: f"stable answers over HTTP/1.1: {_answers(ls)}", 30, every=0.5)
     _set(ls, ("canary:app", "appProtocol"), "kubernetes.io/h2c")
     during: Counter[tuple[int, str, str]] = Counter()
     stop = threading.Event()
