@@ -593,7 +593,17 @@ class ClusterReader:
             controller = self._controller(parent["name"], namespace)
             if controller is not None:
                 controllers[f"{namespace}/{parent['name']}"] = controller
-        return routing.read_route(obj, app.name, parents, controllers)
+        state = routing.read_route(obj, app.name, parents, controllers)
+        if not state.pending:
+            return state
+        # a parent that has not taken the route: a Gateway that is not there (deleted, or never made) is no gateway
+        # that serves it, and a rollback need not wait for it (read only then: a route taken costs no more reads)
+        missing: list[str] = []
+        for parent in parents:
+            namespace = parent.get("namespace") or app.namespace
+            if self.kube.get(routing.API_VERSION, "Gateway", parent["name"], namespace) is None:
+                missing.append(f"{namespace}/{parent['name']}")
+        return routing.read_route(obj, app.name, parents, controllers, missing) if missing else state
 
     def gateway_classes(self, spec: ReleaseSpec) -> dict[str, routing.GatewayClass]:
         """Each parent Gateway (``namespace/name``) of the app's route whose class can be read: its

@@ -26,7 +26,7 @@ and port, the defaults filled in), written by the parent's controller;
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -259,6 +259,11 @@ class RouteState:
     #: the mirror filter's ``percent`` as stored (100 when it carries none); None without a mirror
     mirror_percent: int | None = None
     notes: tuple[str, ...] = field(default=())
+    #: parents (by name) that neither accepted the route for its generation nor refused it: their data plane may
+    #: still serve an earlier version of the route (their controller is down, lagging, or has not reported yet)
+    pending: tuple[str, ...] = ()
+    #: parents (by name) whose Gateway the reader found missing: nothing routes through them
+    missing: tuple[str, ...] = ()
 
     @property
     def weights(self) -> tuple[int | None, int | None]:
@@ -269,6 +274,13 @@ class RouteState:
         extra_rules = (1 if shape.affinity else 0) + (1 if shape.matches else 0)
         return (self.weights == (100 - shape.weight, shape.weight) and self.matched_rules == extra_rules
                 and self.mirrored == shape.mirror and self.mirror_percent == _mirror_percent(shape))
+
+    @property
+    def settled(self) -> bool:
+        """Waiting changes nothing the gateways serve: every parent accepted the route, refused it, or does not exist.
+        A parent still to take it may go on serving an earlier version of it (the canary's weight, when the route
+        was just put at rest): that is no route to rely on, whatever its spec shows."""
+        return self.accepted or (not self.pending and (self.refused or bool(self.missing)))
 
     def dropped_mirror_percent(self, shape: RouteShape) -> bool:
         """The route is ``shape`` but mirrors every request where ``shape`` asks for a part: the API
@@ -321,12 +333,15 @@ def _entry_for(parent: Mapping[str, Any], statuses: Sequence[Mapping[str, Any]],
 _REFUSALS = {"NotAllowedByListeners", "NoMatchingListenerHostname", "NoMatchingParent", "UnsupportedValue", "IncompatibleFilters"}
 
 
-def read_route(obj: Mapping[str, Any], app: str, expected_parents: Sequence[Mapping[str, Any]], controllers: Mapping[str, str] | None = None) -> RouteState:
+def read_route(obj: Mapping[str, Any], app: str, expected_parents: Sequence[Mapping[str, Any]], controllers: Mapping[str, str] | None = None,
+               missing: Collection[str] = ()) -> RouteState:
     """Interpret the HTTPRoute of ``app`` as the API server returned it.
 
     ``expected_parents`` are the parentRefs the route must be accepted by;
     ``controllers`` maps a Gateway (``namespace/name``, or its name alone) to its
-    GatewayClass's controllerName, when known, so that only that controller's entry counts.
+    GatewayClass's controllerName, when known, so that only that controller's entry counts;
+    ``missing`` names the Gateways (``namespace/name``) the API server says do not exist
+    (whatever status entry they left is stale).
     """
     metadata = obj.get("metadata") or {}
     namespace = str(metadata.get("namespace") or "default")
@@ -349,10 +364,18 @@ def read_route(obj: Mapping[str, Any], app: str, expected_parents: Sequence[Mapp
     reasons: list[str] = []
     notes: list[str] = []
     refused = False
+    pending: list[str] = []
+    gone: list[str] = []
     for parent in expected_parents:
         name = str(parent.get("name"))
+        key = _ref_key(parent, namespace)
+        if f"{key[2]}/{key[3]}" in missing:
+            gone.append(name)
+            reasons.append(f"gateway {name} does not exist")
+            continue
         status = _entry_for(parent, statuses, namespace, controllers or {})
         if status is None:
+            pending.append(name)
             reasons.append(f"gateway {name} has not reported on the route")
             continue
         conditions = {c.get("type"): c for c in status.get("conditions") or []}
@@ -370,14 +393,18 @@ def read_route(obj: Mapping[str, Any], app: str, expected_parents: Sequence[Mapp
                            f"{partial.get('message', '')}".rstrip(": "))
             continue
         if accepted is None:
+            pending.append(name)
             reasons.append(f"gateway {name} set no Accepted condition")
         elif accepted.get("status") != "True":
             if accepted.get("reason") in _REFUSALS and _current(accepted, generation):
                 refused = True
+            else:
+                pending.append(name)
             reasons.append(f"gateway {name} did not accept the route: {accepted.get('reason')}: {accepted.get('message', '')}".rstrip(": "))
         elif "observedGeneration" not in accepted:
             notes.append(f"gateway {name} reports no observedGeneration: its Accepted condition is taken as current")
         elif int(accepted["observedGeneration"]) < generation:
+            pending.append(name)
             reasons.append(f"gateway {name} has not observed generation {generation} yet (at {accepted.get('observedGeneration')})")
     return RouteState(
         stable_weight=weights.get(naming.service(app, Track.STABLE)),
@@ -390,6 +417,8 @@ def read_route(obj: Mapping[str, Any], app: str, expected_parents: Sequence[Mapp
         mirrored=mirrored,
         mirror_percent=mirror_percent,
         notes=tuple(notes),
+        pending=tuple(pending),
+        missing=tuple(gone),
     )
 
 

@@ -275,7 +275,10 @@ class Release:
                     state = state.model_copy(update={"advance": True, "shifting_to": None})
                 else:
                     # the last tick's outcome is unknown and a shift may have been cut short:
-                    # put the judged step back in the route and judge it again
+                    # put the judged step back in the route (as recorded: see _reached) and judge it again
+                    moved = self._schedule_moved(state)
+                    if moved:
+                        self.recorder.event(state, moved, Severity.WARN)
                     state = state.model_copy(update={"advance": False, "reapply": True, "shifting_to": None})
             elif state.phase is Phase.INITIALIZING and state.canary_deployed:
                 # deployed and verified once, so the confirm-rollout gate said yes: as in Flagger it is not asked again
@@ -692,6 +695,44 @@ class Release:
         sa = self.spec.analysis.session_affinity
         return RouteShape(expire_cookie=sa.cookie_name) if sa is not None and state.affinity else AT_REST
 
+    def _reached(self, state: ReleaseState) -> RouteShape:
+        """The route of the step the release reached, as its state recorded it: what a resume re-applies and judges
+        again. Not the schedule's step of that number: a resume may go on with another schedule than the release's
+        (its snapshot refused, the stack file's current analysis taken), whose step of that number is another
+        weight (re-applied, traffic jumped to it unjudged) or none at all."""
+        if state.route:
+            return RouteShape.from_json(state.route)
+        return self._steps(state)[state.step - 1]  # a state saved without its route: the schedule is all there is
+
+    def _following(self, state: ReleaseState, steps: Sequence[RouteShape]) -> int:
+        """The step after the one reached (1-based; past the last one, promotion): the schedule's next while its
+        step is the route the state recorded. A weighted canary resumed with other weights (analysis.stepWeights,
+        stepWeight or maxWeight changed) goes on from the weight it reached and was judged at, to the schedule's
+        first heavier step: none is skipped past unjudged, no traffic is taken back, and past the schedule's last
+        weight comes the promotion gate. Refusing such a resume would leave the canary's share served unjudged,
+        with no process to act on an abort (only a resume takes it). Iterations (A/B, blue/green) are counted."""
+        if state.step == 0 or not state.route or self.spec.analysis.kind is not Strategy.CANARY:
+            return state.step + 1
+        reached = RouteShape.from_json(state.route)
+        if state.step <= len(steps) and steps[state.step - 1] == reached:
+            return state.step + 1
+        return next((index for index, shape in enumerate(steps, 1) if shape.weight > reached.weight), len(steps) + 1)
+
+    def _schedule_moved(self, state: ReleaseState) -> str:
+        """What a resume journals when its schedule's step of the number reached is not the route the state
+        recorded ("" when it is): what it re-applies, and where the release goes next."""
+        steps = self._steps(state)
+        if not state.route or state.step == 0:
+            return ""
+        reached = RouteShape.from_json(state.route)
+        if state.step <= len(steps) and steps[state.step - 1] == reached:
+            return ""
+        has = f"{steps[state.step - 1].describe()} as step {state.step}" if state.step <= len(steps) else f"no step {state.step}"
+        following = self._following(state, steps)
+        then = f"step {following} ({steps[following - 1].describe()})" if following <= len(steps) else "the promotion gate"
+        return (f"the schedule this resume goes on with ({schedule.describe(self.spec.analysis)}, {self.facts.fields}analysis) has {has}, "
+                f"where the release reached {reached.describe()}: that route is re-applied and judged, then the release goes on to {then}")
+
     # --- phases --------------------------------------------------------------------------------
 
     def _initializing(self, state: ReleaseState) -> ReleaseState:
@@ -732,9 +773,9 @@ class Release:
         step_start = self.clock.monotonic()
         steps = self._steps(state)
         if state.reapply:
-            state = self._shift(state, state.step, steps[state.step - 1], again=True)
+            state = self._shift(state, state.step, self._reached(state), again=True)
         if state.advance and not state.paused:
-            following = state.step + 1
+            following = self._following(state, steps)
             if following > len(steps) or schedule.is_switch(self.spec.analysis, following):
                 return self._promotion_gate(state)  # blue/green's switch comes behind it, as in Flagger
             # weights only, as in Flagger: an A/B or blue/green iteration moves no more traffic to the canary (and a
@@ -770,7 +811,7 @@ class Release:
         elif state.advance and not state.paused and self.hooks.gate(state, WebhookType.CONFIRM_PROMOTION) is None:
             return self._approved(state, "confirm-promotion webhooks approved", Severity.INFO)
         if state.reapply:
-            state = self._shift(state, state.step, self._steps(state)[state.step - 1], again=True)
+            state = self._shift(state, state.step, self._reached(state), again=True)
         return self._analyse(state)
 
     def _waiting_decision(self, state: ReleaseState) -> ReleaseState:
@@ -793,7 +834,7 @@ class Release:
         if since is not None and (self.clock.now() - since) > bound:
             return self._begin_rollback(state, f"inconclusive and no decision within {bound}: {state.reason}")
         if state.reapply:
-            state = self._shift(state, state.step, self._steps(state)[state.step - 1], again=True)
+            state = self._shift(state, state.step, self._reached(state), again=True)
         return self._analyse(state)
 
     def _promotion_gate(self, state: ReleaseState) -> ReleaseState:

@@ -6,8 +6,10 @@ Gateway accepted it for the route's generation. A refusal (``ResolvedRefs`` or
 ``percent`` the API server dropped: the CRD lacks the field, waiting does not
 bring it. A track counts when its Deployment runs the expected template hash,
 its rollout is complete and the pods are ready. The end state is the route at
-rest, no canary pods, stable on its template and ready. Every wait is bounded
-and stops at the cancel token.
+rest, no canary pods, stable on its template and ready. A rollback's route at
+rest that a gateway refuses, or whose Gateway is gone, is tolerated; one that a
+gateway has not taken yet is not (it may still send the canary its weight).
+Every wait is bounded and stops at the cancel token.
 """
 
 from __future__ import annotations
@@ -41,8 +43,10 @@ class Verifier:
     def route(self, spec: ReleaseSpec, shape: RouteShape, rollback: bool = False, cancellable: bool = True) -> None:
         """Until the cluster's route shows ``shape`` and its gateways accepted it.
 
-        In a rollback, a route at rest that its gateway does not accept (say the
-        Gateway is gone) is recorded and tolerated: nothing routes through it to the canary.
+        In a rollback, a route at rest that a gateway refuses, or whose Gateway is gone, is recorded
+        and tolerated once the wait is over: nothing routes through it to the canary. A gateway that
+        has not taken it yet (its controller down or lagging) is not: its data plane may go on
+        serving the canary's weight, and the rollback is not done until it takes the route.
         """
         deadline = self.clock.monotonic() + self.route_timeout
         route = None
@@ -62,7 +66,7 @@ class Verifier:
             if self.clock.monotonic() >= deadline:
                 break
             self._pause(0.05, cancellable)
-        if rollback and route is not None and route.shows(shape):
+        if rollback and route is not None and route.shows(shape) and route.settled:
             self._note(f"the route is at rest but its gateway does not accept it: {route.reason}")
             return
         seen = "the route does not exist" if route is None else f"route weights {route.weights}, {route.reason}"

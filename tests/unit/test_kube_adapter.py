@@ -643,3 +643,26 @@ def test_condition_helper_reads_status() -> None:
     obj = {"status": {"conditions": [{"type": "Ready", "status": "True"}]}}
     assert kube_adapter.condition(obj, "Ready") == {"type": "Ready", "status": "True"}
     assert kube_adapter.condition(obj, "Accepted") is None and kube_adapter.condition(None, "Ready") is None
+
+
+def test_the_route_reader_names_a_parent_gateway_that_does_not_exist_only_while_the_route_is_not_taken() -> None:
+    """A rollback waits for a gateway that has not taken its route at rest (it may serve the canary's weight), not
+    for one that is not there: the reader tells them apart by reading the Gateway, and only then."""
+    from canary.core.routing import RouteShape
+    from tests.unit.fakes import FakeKube, spec
+
+    kube = FakeKube()
+    rules = [{"backendRefs": [{"name": "web-stable", "weight": 100}, {"name": "web-canary", "weight": 0}]}]
+    kube.objects[("HTTPRoute", "prod", "web")] = {"metadata": {"name": "web", "namespace": "prod", "generation": 4}, "spec": {"rules": rules}}
+    reader = kube_adapter.ClusterReader(kube)  # type: ignore[arg-type]
+    gone = reader.route(spec())
+    assert gone is not None and gone.shows(RouteShape()) and not gone.accepted
+    assert gone.missing == ("public",) and gone.pending == () and gone.settled and gone.reason == "gateway public does not exist"
+    kube.objects[("Gateway", "gateway", "public")] = {"metadata": {"name": "public", "namespace": "gateway"}, "spec": {"gatewayClassName": "envoy"}}
+    unreported = reader.route(spec())
+    assert unreported is not None and unreported.pending == ("public",) and not unreported.settled
+    accepted = [{"type": "Accepted", "status": "True", "reason": "Accepted", "observedGeneration": 4}]
+    kube.objects[("HTTPRoute", "prod", "web")]["status"] = {"parents": [{"parentRef": {"name": "public", "namespace": "gateway"}, "conditions": accepted}]}
+    reads = kube.calls
+    taken = reader.route(spec())
+    assert taken is not None and taken.accepted and taken.settled and kube.calls - reads == 3  # the route, the Gateway and its class

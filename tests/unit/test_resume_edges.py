@@ -1,17 +1,20 @@
 """Where a resume starts and a rollback ends: another host's Pulumi lock, a cancel that lands before the phase
-is known, an abort a rollback cannot act on, a confirm-rollout gate already passed. In-memory doubles."""
+is known, an abort a rollback cannot act on, a confirm-rollout gate already passed, a route at rest the gateway
+has not taken, a schedule other than the release's. In-memory doubles."""
 
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
 from canary.core import exitcodes, records
 from canary.core.records import HookResult, Phase
+from canary.core.routing import RouteState
 from canary.errors import StackBusy, StackLocked
-from tests.unit.fakes import FakeHooks, Metrics, World, make
+from tests.unit.fakes import FakeHooks, Metrics, World, make, spec
 
 
 class Killed(BaseException):
@@ -366,3 +369,105 @@ def test_a_new_release_first_calls_the_post_rollout_hooks_a_killed_release_still
     assert b.start().phase is Phase.SUCCEEDED
     assert hooks.phases == ["Failed", "Failed", "Succeeded", "Succeeded"]
     assert any(e.release == killed.release and "without calling its post-rollout webhooks" in e.message for e in world.store.of("event"))
+
+
+# --- a rollback's route at rest that the gateway has not taken
+
+
+def _route_at_rest_read(world: World, **status: Any) -> list[bool]:
+    """The route as the rollback reads it: at rest in its spec, with ``status`` (the gateway's word) while the
+    returned flag list is not emptied."""
+    read, holding = world.cluster.route, [True]
+
+    def route(spec: Any) -> RouteState:
+        seen = read(spec)
+        state = world.store.state
+        return replace(seen, **status) if holding and state is not None and state.phase is Phase.ROLLING_BACK else seen
+
+    world.cluster.route = route  # type: ignore[method-assign]
+    return holding
+
+
+def test_a_rollback_is_not_verified_while_the_gateway_has_not_taken_the_route_at_rest() -> None:
+    """The gateway's controller is down: the route's spec says 100/0, its data plane goes on serving the canary
+    weight it last took. The rollback said "traffic is back on stable", scaled the canary to zero (that share then
+    failed) and ended Failed, verified. Now it waits as for any route, then stays pending (exit 4) with the canary's
+    pods serving its share; the resume once the gateway took the route completes it."""
+    world = make(Metrics(5.0))  # a faulty canary: rolled back
+    behind = _route_at_rest_read(world, generation=7, accepted=False, reason="gateway lab has not observed generation 7 yet (at 6)")
+    result = world.start()
+    state = world.store.state
+    assert result.rollback_pending and result.exit_code == exitcodes.ROLLBACK_PENDING, result.reason
+    assert state is not None and state.phase is Phase.ROLLING_BACK and not state.verified and state.rollback_step < 2
+    assert "gateway lab has not observed generation 7 yet" in result.reason
+    assert world.cluster.canary_replicas > 0  # the share the gateway still sends it is served
+    assert not any("traffic is back on stable" in e.message or "does not accept it" in e.message for e in world.events)
+    # the route moved, the gateway has not taken it: not taken for a route changed outside Pulumi (applied again with refresh)
+    assert not any("did not move" in e.message for e in world.events), [e.message for e in world.events]
+    behind.clear()  # the controller is back and takes the route
+    done = world.rebuild().release.resume()
+    assert done.phase is Phase.FAILED and done.exit_code == exitcodes.FAILED, done.reason
+    assert world.store.state is not None and world.store.state.verified and world.cluster.canary_replicas == 0
+
+
+@pytest.mark.parametrize("why", ["refused", "gone"])
+def test_a_rollback_s_route_at_rest_that_a_gateway_refuses_or_whose_gateway_is_gone_is_tolerated(why: str) -> None:
+    """Nothing routes through such a gateway to the canary: the rollback notes it and completes."""
+    reason = "gateway lab did not accept the route: NotAllowedByListeners" if why == "refused" else "gateway lab does not exist"
+    status: dict[str, Any] = {"refused": True} if why == "refused" else {"missing": ("lab",)}
+    world = make(Metrics(5.0))
+    _route_at_rest_read(world, accepted=False, reason=reason, **status)
+    result = world.start()
+    assert result.phase is Phase.FAILED and world.store.state is not None and world.store.state.verified, result.reason
+    assert world.cluster.canary_replicas == 0
+    assert any(e.message == f"the route is at rest but its gateway does not accept it: {reason}" for e in world.events)
+
+
+# --- a resume that goes on with another schedule than the release's
+
+
+ERRORS_ONLY = [{"name": "request-error-rate", "thresholdRange": {"max": 1}}]
+
+
+def _weights(step_weights: list[int]) -> Any:
+    def mutate(values: dict[str, Any]) -> None:
+        for key in ("stepWeight", "maxWeight"):
+            values["analysis"].pop(key, None)
+        values["analysis"].update(stepWeights=step_weights, metrics=ERRORS_ONLY)
+    return spec(mutate)
+
+
+@pytest.mark.parametrize(
+    ("killed_shifting_to", "step_weights", "after"),
+    [
+        (30, [50, 100], [20, 50, 100, 0]),  # the schedule's step 2 is 100: re-applied, traffic jumped to it unjudged
+        (40, [10, 15], [30, 0]),  # it has no step 3 (IndexError: an "internal error" rollback of a healthy release)
+    ],
+    ids=["other-weights", "shorter"],
+)
+def test_a_resume_with_another_schedule_re_applies_the_weight_reached_and_goes_on_from_it(killed_shifting_to: int, step_weights: list[int],
+                                                                                          after: list[int]) -> None:
+    """Resumed by a version that refuses the release's snapshot, the release goes on with the stack file's analysis,
+    whose steps may differ: the route the state recorded is re-applied and judged again, then the release goes on to
+    the schedule's first heavier weight (past its last one: promotion), and the journal says so."""
+    world = make(Metrics(0.0), lambda v: v["analysis"].update(metrics=ERRORS_ONLY))  # stepWeight 10, maxWeight 50
+
+    def on_up(record: dict[str, Any]) -> None:
+        if record["parts"] == {"route"} and record["pins"]["route"]["weight"] == killed_shifting_to:
+            raise Killed
+
+    world.stack.on_up = on_up
+    with pytest.raises(Killed):
+        world.start()
+    world.stack.on_up = None
+    killed = world.store.state
+    assert killed is not None and killed.phase is Phase.PROGRESSING and killed.weight == after[0]
+    resumed = make(world.metrics, stack=world.stack, cluster=world.cluster, store=world.store, config=world.config, hooks=world.hooks,
+                   clock=world.clock, spec_=_weights(step_weights))
+    seen, ticks = len(world.cluster.weights_seen), len(world.store.of("tick"))
+    result = resumed.release.resume()
+    assert result.phase is Phase.SUCCEEDED, result.reason
+    assert world.cluster.weights_seen[seen - 1:] == after
+    assert world.store.of("tick")[ticks].weight == after[0]  # the weight reached is judged first
+    said = [e.message for e in world.store.of("event") if "the schedule this resume goes on with" in e.message]
+    assert len(said) == 1 and f"weights {step_weights}, analysis)" in said[0] and f"the release reached weight {after[0]}" in said[0], said

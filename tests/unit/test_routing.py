@@ -370,6 +370,38 @@ def test_a_route_without_status_has_not_been_reported_on() -> None:
     assert not state.accepted and state.reason == "gateway public has not reported on the route" and state.weights == (80, 20)
 
 
+INTERNAL = {"name": "internal", "namespace": "gateway"}
+REFUSING = _entry(ENVOY, [_condition("Accepted", "False", "NotAllowedByListeners")], group=GROUP, kind="Gateway", name="internal", namespace="gateway")
+
+
+@pytest.mark.parametrize(
+    ("public", "internal", "missing", "pending", "settled"),
+    [
+        (_accepted(), _accepted(), (), (), True),
+        (_accepted(2), _accepted(), (), ("public",), False),  # its controller down or lagging: it may serve generation 2
+        (_accepted(), None, (), ("internal",), False),  # not reported on yet
+        (_accepted(), "refused", (), (), True),
+        (_accepted(2), "refused", (), ("public",), False),  # one refusal does not settle the parent still to take it
+        (_accepted(2), _accepted(), ("gateway/public",), (), True),  # a Gateway gone: its stale entry says nothing
+        (None, None, ("gateway/public",), ("internal",), False),
+    ],
+    ids=["accepted", "lagging", "unreported", "refused", "refused-and-lagging", "gone", "gone-and-unreported"],
+)
+def test_a_route_is_settled_when_every_parent_accepted_refused_or_is_gone(public: Any, internal: Any, missing: tuple[str, ...],
+                                                                          pending: tuple[str, ...], settled: bool) -> None:
+    """What a rollback may stop waiting on: a parent that has not taken the route may go on serving an older one."""
+    entries = [] if public is None else [_entry(ENVOY, public)]
+    if internal == "refused":
+        entries.append(REFUSING)
+    elif internal is not None:
+        entries.append(_entry(ENVOY, internal, group=GROUP, kind="Gateway", name="internal", namespace="gateway"))
+    state = routing.read_route(_route(entries, refs=[PUBLIC, INTERNAL]), "web", routing.parent_refs([PUBLIC, INTERNAL]), missing=missing)
+    assert state.pending == pending and state.settled is settled
+    assert state.missing == (("public",) if missing else ())
+    if missing:
+        assert "gateway public does not exist" in state.reason and not state.accepted
+
+
 # --- what the route shows -------------------------------------------------------------------------
 
 
