@@ -37,6 +37,7 @@ from canary.errors import (
     Problem,
     Refused,
     RollbackPending,
+    RouteNotAccepted,
     StackBusy,
     StackError,
     StackLocked,
@@ -590,12 +591,14 @@ class Release:
                    "route": pins["route"]}
         self.recorder.up(state, list(parts or ("all",)), summary, refresh, result.seconds, result.changes)
 
-    def _retrying(self, state: ReleaseState, what: str, action: Callable[[], Any], rollback: bool = False) -> Any:
+    def _retrying(self, state: ReleaseState, what: str, action: Callable[[], Any], rollback: bool = False,
+                  lock_wait: float | None = None) -> Any:
         """Run ``action``, retrying temporary failures with back-off (Pulumi's lock: waited on for up to
-        ``lock_wait``). In a rollback every error is retried, and running out raises RollbackPending."""
+        ``lock_wait``, the release's unless given). In a rollback every error is retried, and running out
+        raises RollbackPending (from the StackLocked when it was the lock)."""
         delay = self.retry_backoff
         attempt = 0
-        lock_deadline = self.clock.monotonic() + self.lock_wait
+        lock_deadline = self.clock.monotonic() + (self.lock_wait if lock_wait is None else lock_wait)
         cancel_seen = False
         while True:
             attempt += 1
@@ -644,7 +647,7 @@ class Release:
         step after ``lock_wait``, rolled the release back, and the rollback's ``up`` waited as long again before the
         route was written around Pulumi. Refused before anything is applied (exit 3), naming the holder. Not a
         rollback whose traffic may still be on the canary: it goes on, its traffic step written around Pulumi if
-        the lock outlasts ``lock_wait``. (Only a file backend's locks are read; another backend's lock is met by the
+        the lock outlasts the route timeout. (Only a file backend's locks are read; another backend's lock is met by the
         ``up``.)"""
         if state.phase is Phase.ROLLING_BACK and state.rollback_step < 2:
             return
@@ -957,16 +960,7 @@ class Release:
             state = state.model_copy(update={"rollback_step": 1})
         if state.rollback_step == 1:
             self.recorder.decide(state, "rollback: traffic to stable first", "RollingBack")
-            try:
-                self._retrying(state, "the rollback's traffic step",
-                               lambda: self._apply(state, self._pins(state, canary=canary, replicas=replicas, shape=rest), ("route",), cancellable=False),
-                               rollback=True)
-            except LeaseLost:
-                raise
-            except Exception as exc:  # noqa: BLE001 - any failure (the up's, the runner's disk): traffic is not left on the canary
-                self._route_around_pulumi(state, rest, str(exc) if isinstance(exc, RollbackPending) else f"{type(exc).__name__}: {exc}")
-            self._retrying(state, "the route at rest", lambda: self.verify.route(self.spec, rest, rollback=True, cancellable=False), rollback=True)
-            state = self.recorder.save(state.model_copy(update={"rollback_step": 2, "weight": 0, "route": rest.to_json()}), "traffic is back on stable (route at rest)")
+            state = self._traffic_to_stable(state, rest, self._pins(state, canary=canary, replicas=replicas, shape=rest))
         self.recorder.decide(state, "rollback: the stable state as the release began (the stack file's snapshot), canary to zero")
         self._retrying(state, "the rollback's stable state", lambda: self._apply_or_full(state, self._pins(state, shape=rest)), rollback=True)
         details = self._retrying(state, "verifying the end state",
@@ -987,11 +981,63 @@ class Release:
                                   f"{verb}: {state.reason}; stable {stable.image or stable.hash} verified (route at rest, no canary pods)",
                                   Severity.WARN if end is Phase.ABORTED else Severity.ERROR)
 
-    def _route_around_pulumi(self, state: ReleaseState, rest: RouteShape, why: str) -> None:
+    def _traffic_to_stable(self, state: ReleaseState, rest: RouteShape, pins: dict[str, Any]) -> ReleaseState:
+        """The rollback's traffic step: the route at rest with a targeted ``up``, verified. The canary keeps its share
+        of the traffic until it is done, so it does not wait as the rest of the rollback may:
+
+        - Pulumi's lock held by a live update (another app's ``up`` of the stack, awaiting its Deployment) is waited
+          for up to the route timeout, not ``lock_wait``: the route is then written at rest around Pulumi and the
+          rollback goes on, its next ``up`` waiting for the lock as ever (it makes Pulumi's state agree and scales the
+          canary down). Before, the canary kept its traffic for up to ``lock_wait``.
+        - An ``up`` that succeeds while the route stays where it was (changed outside Pulumi: the checkpoint already
+          says at rest, so an ``up`` without refresh has nothing to change) is run again with the route read back from
+          the cluster first. A refresh, not a write around Pulumi: Pulumi works, its state then agrees with the
+          cluster and the rollback completes itself, where a write around it stops the rollback pending for a person.
+        - Any other failure writes the route around Pulumi, and the rollback stops pending."""
+        def up(refresh: bool) -> None:
+            self._retrying(state, "the rollback's traffic step", lambda: self._apply(state, pins, ("route",), cancellable=False, refresh=refresh),
+                           rollback=True, lock_wait=min(self.lock_wait, self.verify.route_timeout))
+
+        try:
+            up(refresh=False)
+            try:
+                self.verify.route(self.spec, rest, rollback=True, cancellable=False)
+            except RouteNotAccepted as exc:
+                # at rest but a gateway not taking it yet (its controller down or lagging): waited for below. Else the
+                # route does not show the shape at all
+                if not self._route_shows(rest):
+                    self.recorder.event(state, f"the rollback's up succeeded but the route did not move ({exc}): Pulumi's record of it is not the "
+                                               "cluster's (changed outside Pulumi); applying it again with the route read back from the cluster first",
+                                        Severity.WARN)
+                    up(refresh=True)
+            except CanaryError:
+                pass  # the route not read (the API server), or not taken yet: verified below, with retries
+        except LeaseLost:
+            raise
+        except RollbackPending as exc:
+            if not isinstance(exc.__cause__, StackLocked):
+                self._route_around_pulumi(state, rest, str(exc))
+            return self._route_around_pulumi(state, rest, f"Pulumi's lock is held by another update ({exc.__cause__})", pending=False)
+        except Exception as exc:  # noqa: BLE001 - any failure (the up's, the runner's disk): traffic is not left on the canary
+            self._route_around_pulumi(state, rest, f"{type(exc).__name__}: {exc}")
+        self._retrying(state, "the route at rest", lambda: self.verify.route(self.spec, rest, rollback=True, cancellable=False), rollback=True)
+        return self.recorder.save(state.model_copy(update={"rollback_step": 2, "weight": 0, "route": rest.to_json()}), "traffic is back on stable (route at rest)")
+
+    def _route_shows(self, shape: RouteShape) -> bool:
+        """Whether the cluster's route shows ``shape`` (taken by its gateways or not); False when it cannot be read."""
+        try:
+            live = self.verify.cluster.route(self.spec)
+        except CanaryError:
+            return False
+        return live is not None and live.shows(shape)
+
+    def _route_around_pulumi(self, state: ReleaseState, rest: RouteShape, why: str, pending: bool = True) -> ReleaseState:
         """The rollback's traffic step could not be applied with ``up`` (the program fails, the backend is gone):
         traffic is not left on the canary waiting for a person. The route is written at rest directly and
         verified; the rollback then stops "pending" (the stack's state still has the canary's weight, the canary
-        its pods), and ``resume`` completes it with ``up`` once that can run. Written nowhere but the route."""
+        its pods), and ``resume`` completes it with ``up`` once that can run. Written nowhere but the route.
+        Not ``pending`` (Pulumi's lock held by a live update, which lets go): the state at rest is returned,
+        and the rollback goes on, its next ``up`` waiting for the lock."""
         try:
             def write() -> None:
                 self.lease.fence()  # as before every up: only a holder that proves it still holds the app writes its traffic
@@ -1005,8 +1051,10 @@ class Release:
         except RollbackPending as exc:
             raise RollbackPending(f"{why}; the route was written at rest directly, but the gateway did not confirm it: {exc}") from exc
         state = self.recorder.save(state.model_copy(update={"rollback_step": 2, "weight": 0, "route": rest.to_json()}),
-                                   f"traffic is back on stable: the route was written at rest directly, around Pulumi, as its up failed ({why})",
-                                   Severity.ERROR)
+                                   f"traffic is back on stable: the route was written at rest directly, around Pulumi, as its up could not apply ({why})",
+                                   Severity.ERROR if pending else Severity.WARN)
+        if not pending:
+            return state
         raise RollbackPending(f"{why}. Traffic is on stable (the route was written at rest directly); the canary still has its pods "
                               "and the stack's state its weight until the rollback completes")
 

@@ -712,6 +712,63 @@ def test_the_route_written_around_pulumi_is_retried_through_a_brief_outage() -> 
     assert world.cluster.restored == [RouteShape(), RouteShape()] and world.cluster.shape == RouteShape()
 
 
+def test_a_rollback_kept_waiting_by_a_live_pulumi_lock_writes_the_route_around_it_after_the_route_timeout() -> None:
+    """Another app's `up` of the stack holds Pulumi's lock (awaiting its Deployment) as the rollback begins. Its traffic
+    step waited ``lock_wait`` (600 s) with the failing canary taking its share; the route is now written at rest around
+    Pulumi after the route timeout, and the rest of the rollback waits for the lock as before and completes."""
+    world = make(Metrics(18.2), route_timeout=20.0)
+    moved: dict[str, float] = {}
+
+    def on_up(record: dict[str, Any]) -> None:
+        state = world.store.state
+        if state is not None and state.phase is Phase.ROLLING_BACK and not world.stack.refused:
+            moved["rollback"] = world.clock.monotonic()
+            world.stack.locked_until = world.clock.monotonic() + 590.0
+
+    set_shape = world.cluster.set_shape
+
+    def timed(shape: RouteShape) -> None:
+        if shape.weight == 0 and "rollback" in moved:
+            moved.setdefault("rest", world.clock.monotonic())
+        set_shape(shape)
+
+    world.stack.on_up = on_up
+    world.cluster.set_shape = timed  # type: ignore[method-assign]
+    result = world.start()
+    assert result.phase is Phase.FAILED and not result.rollback_pending, result.reason
+    assert moved["rest"] - moved["rollback"] <= 20.0 + 2.0, moved  # not lock_wait
+    assert world.cluster.restored == [RouteShape()]
+    # Pulumi's state made to agree, the canary scaled down, once the other update let go
+    last = world.stack.ups[-1]
+    assert last["parts"] == {"route", "stable", "canary"} and last["pins"]["route"]["weight"] == 0, world.stack.ups
+    assert world.clock.monotonic() >= world.stack.locked_until and world.cluster.canary_replicas == 0
+    assert any("around Pulumi" in e.message and "Pulumi's lock is held by another update" in e.message for e in world.events)
+
+
+def test_a_rollback_whose_up_leaves_a_drifted_route_where_it_was_applies_it_again_with_refresh() -> None:
+    """The route changed outside Pulumi (a hand edit): Pulumi's checkpoint already says at rest, so the rollback's `up`
+    without refresh changes nothing. Verified three times (~3 min, the canary keeping its weight), then "rollback
+    pending" blaming the gateway. The `up` is now run again with the route read back first, and the rollback completes."""
+    world = make(Metrics(18.2))
+    set_shape = world.cluster.set_shape
+
+    def drifted(shape: RouteShape) -> None:
+        state = world.store.state
+        if state is not None and state.phase is Phase.ROLLING_BACK and shape.weight == 0 and not world.stack.ups[-1]["refresh"]:
+            return  # no diff against the checkpoint: nothing written
+        set_shape(shape)
+
+    world.cluster.set_shape = drifted  # type: ignore[method-assign]
+    start = world.clock.monotonic()
+    result = world.start()
+    assert result.phase is Phase.FAILED and not result.rollback_pending, result.reason
+    assert world.cluster.shape == RouteShape() and world.cluster.canary_replicas == 0 and not world.cluster.restored
+    route_ups = [u for u in world.stack.ups if u["parts"] == {"route"} and u["pins"]["route"]["weight"] == 0]
+    assert [u["refresh"] for u in route_ups] == [False, True], world.stack.ups
+    assert any("the route did not move" in e.message for e in world.events)
+    assert world.clock.monotonic() - start <= 30 + 60 + 1  # three failed ticks, then one route timeout: not three, nor pending
+
+
 def test_a_rollback_whose_route_cannot_be_written_either_is_pending_with_traffic_where_it_was() -> None:
     world = make(Metrics(18.0), retries=2, retry_backoff=0.1)
     world.cluster.restore_error = Forbidden("httproutes.gateway.networking.k8s.io is forbidden: cannot patch")
