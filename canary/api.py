@@ -1200,6 +1200,10 @@ def _request(stack: str, kind: str, app: str | None, project_dir: Path | str | N
         raise InvalidSpec([Problem("--app", name, f"has no release in progress to {kind}")], kind)
     if allowed is not None and state.phase not in allowed:
         raise InvalidSpec([Problem("--app", name, f"release {state.release} is {state.phase}: {kind} applies in {', '.join(sorted(allowed))}")], kind)
+    if kind == "promote" and not fields.get("skip_analysis"):
+        # the question it answers: a promote written for WaitingPromotion (every check passed) must not decide a
+        # later inconclusive tick (WaitingDecision), which it never saw
+        fields = {**fields, "phase": state.phase.value, "step": state.step}
     store.request(kind, state.release, by=by, reason=reason, **fields)
     return state.release
 

@@ -819,6 +819,15 @@ class Release:
 
     def _waiting_decision(self, state: ReleaseState) -> ReleaseState:
         request = self._requests.get("promote")
+        asked = (request.get("phase"), request.get("step")) if request is not None else (None, None)
+        if request is not None and asked[0] is not None and asked != (state.phase.value, state.step):
+            # written for another question (every check passed, WaitingPromotion; or another step's decision) and
+            # still pending as this one is asked: a person decides an inconclusive release only by seeing it
+            self._clear("promote", request, carried=False)
+            self.recorder.event(state, f"promotion by {request.get('by') or 'canary promote'} not taken: it was asked of the release in "
+                                       f"{asked[0]} at step {asked[1]}, and now an inconclusive tick waits for a decision at step {state.step} "
+                                       f"({state.reason}); promote again to decide it", Severity.WARN)
+            request = None
         if request is not None and state.promote_needs_force and not request.get("force"):
             # the person decides an inconclusive release; a tick failed since: that is no longer the question asked
             self._clear("promote", request, carried=False)

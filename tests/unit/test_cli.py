@@ -277,6 +277,7 @@ def test_promote_after_a_failed_last_tick_is_refused_at_once_unless_forced(advan
 
         def request(self, kind: str, release: str, **fields: Any) -> None:
             self.asked.append(kind)
+            self.fields = fields
 
     store = Store()
     opened: list[str] = []
@@ -289,6 +290,8 @@ def test_promote_after_a_failed_last_tick_is_refused_at_once_unless_forced(advan
     else:
         assert api.promote("prod", force=force, reason="hotfix" if force else "") == "r1"
         assert store.asked == ["promote"]
+        # the question it answers, which the release checks: a left-over promote decides no later question
+        assert (store.fields["phase"], store.fields["step"]) == (state.phase.value, state.step)
     assert opened == ["prod"]  # the stack is opened once (it was twice: a workspace and a Kubernetes client each time)
 
 

@@ -10,7 +10,7 @@ import pytest
 from canary.core.records import Phase, TrackPin
 from canary.core.routing import RouteShape
 from canary.errors import InvalidSpec
-from tests.unit.fakes import NEW, STABLE, FakeHooks, Metrics, make
+from tests.unit.fakes import NEW, STABLE, FakeHooks, FakeStore, Metrics, make
 
 
 def test_blue_green_scales_green_to_stable_s_size_before_the_switch() -> None:
@@ -218,3 +218,35 @@ def test_a_canary_that_brings_a_new_protocol_takes_all_traffic_at_stable_s_size_
         assert any("spoken kubernetes.io/h2c where stable is spoken no appProtocol" in str(e) for e in world.events), world.events
     else:
         assert weights[-1] < 100 and canary_sizes[-1] == 1, log
+
+
+def test_a_promote_written_for_waiting_promotion_does_not_decide_a_later_inconclusive_tick() -> None:
+    """A second `canary promote` (a double press, a CI retry) read WaitingPromotion just before the first was taken:
+    blue/green then switched, its tick came out inconclusive, and WaitingDecision took that left-over promote for a
+    person's decision and promoted. It is now cleared, said, and the decision waits for a promote that saw it."""
+    def blue_green(v: dict[str, Any]) -> None:
+        for key in ("stepWeight", "maxWeight", "stepWeights"):
+            v["analysis"].pop(key, None)
+        v["analysis"].update(iterations=2, threshold=50, decisionTimeout="5m",
+                             webhooks=[{"name": "approve", "type": "confirm-promotion", "url": "http://gate/"}],
+                             metrics=[{"name": "request-error-rate", "thresholdRange": {"max": 1}, "inconclusiveRange": {"max": 2}, "evidence": "none"}])
+
+    store = FakeStore()
+    world = make(Metrics([0.0, 0.0, 1.5] + [0.0] * 50), blue_green, hooks=FakeHooks(lambda name, kind: kind != "confirm-promotion"), store=store)
+    asked: list[str] = []
+
+    def on_sleep(now: float) -> None:
+        state = store.state
+        if state is not None and state.phase is Phase.WAITING_PROMOTION and not asked:
+            asked.append("oncall-1")
+            store.request("promote", by="oncall-1", phase=state.phase.value, step=state.step)
+        elif asked == ["oncall-1"] and state is not None and state.phase is Phase.PROGRESSING:
+            asked.append("oncall-2")  # read WaitingPromotion just before the first was taken: stamped with what it saw
+            store.request("promote", by="oncall-2", phase=Phase.WAITING_PROMOTION.value, step=2)
+
+    world.clock.on_sleep = on_sleep
+    result = world.start()
+    assert asked == ["oncall-1", "oncall-2"]
+    assert result.phase is Phase.FAILED, result.reason  # nobody decided the inconclusive switch: rolled back at the decision timeout
+    assert [r.by for r in store.of("request")] == ["oncall-1"]
+    assert any("promotion by oncall-2 not taken: it was asked of the release in WaitingPromotion" in e.message for e in world.events), world.events
