@@ -209,17 +209,25 @@ def _pin(data: Mapping[str, Any]) -> TrackPin:
                     app_protocol=str(protocol) if protocol is not None else None)
 
 
-def _kube(config: Mapping[str, Any], env: Mapping[str, str]) -> Kube:
+def _kube(config: Mapping[str, Any], env: Mapping[str, str], project_dir: Path | None = None) -> Kube:
     """The cluster the stack's kubernetes provider deploys to: its ``kubernetes:kubeconfig`` and
     ``kubernetes:context`` when the stack sets them, else ``KUBECONFIG`` and its current context, else
-    ``~/.kube/config``, else (in a pod) the pod's service account."""
+    ``~/.kube/config``, else (in a pod) the pod's service account. A relative ``kubernetes:kubeconfig`` is read
+    where the provider reads it: Pulumi starts it in the program's directory (``main`` in ``Pulumi.yaml``, a
+    directory or a file's, else the project's), whatever directory canary runs in."""
     def value(key: str) -> str | None:
         raw = config.get(key)
         return None if raw is None else str(getattr(raw, "value", raw))
 
+    program_dir = None
+    if project_dir is not None:
+        main = stackfile.project_settings(project_dir).get("main")
+        program = Path(os.path.normpath(project_dir / str(main))) if main else project_dir  # as Pulumi cleans it; an absolute main stays
+        # a main that is not there fails Pulumi's update before any provider starts: the project's directory then
+        program_dir = program if program.is_dir() else program.parent if program.exists() else project_dir
     # a str: a file's path or a kubeconfig's content, told apart by Kube as the provider tells them (not by a newline:
     # one line of JSON is content), and never shown; KUBECONFIG: read by Kube, as client-go reads it
-    return Kube(value("kubernetes:kubeconfig") or None, context=value("kubernetes:context"), env=env)
+    return Kube(value("kubernetes:kubeconfig") or None, context=value("kubernetes:context"), env=env, base_dir=program_dir)
 
 
 def open_stack(stack: str, project_dir: Path | str | None = None, env: Mapping[str, str] | None = None, read_outputs: bool = True,
@@ -254,7 +262,7 @@ def open_stack(stack: str, project_dir: Path | str | None = None, env: Mapping[s
     if spec.release is not None:
         raise InvalidSpec([Problem(f"{naming.CONFIG_NAMESPACE}:release", "set", "is written by canary into its release config files only; remove it from the stack file")], f"stack {stack}")
     outputs = handle.outputs() if read_outputs else {}
-    return Workspace(project, stack, environment, handle, spec, outputs, _kube(config, environment), config_unread=unread)
+    return Workspace(project, stack, environment, handle, spec, outputs, _kube(config, environment, project), config_unread=unread)
 
 
 # --- releases -----------------------------------------------------------------------------------

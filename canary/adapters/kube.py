@@ -204,13 +204,18 @@ def _account_home(env: Mapping[str, str]) -> str:
         return env.get("HOME") or str(Path.home())
 
 
-def _stack_kubeconfig_file(value: str, env: Mapping[str, str]) -> Path | None:
+def _stack_kubeconfig_file(value: str, env: Mapping[str, str], base_dir: Path | None = None) -> Path | None:
     """The file the stack config's ``kubernetes:kubeconfig`` names, or None when it is a kubeconfig's content, decided
     as the stack's kubernetes provider decides it: a value that names something that exists (after ``~`` alone or a
     leading ``~/`` is taken as the account's home; ``~user`` is not) is a file, anything else content. Not by its
-    newlines: one line of JSON (``jq -c``, a stack output pasted in) is content too, and was read as a path."""
+    newlines: one line of JSON (``jq -c``, a stack output pasted in) is content too, and was read as a path.
+    A relative value is looked for in ``base_dir``, the directory the provider runs in (Pulumi starts it in the
+    program's directory), not in canary's: run from another directory, canary failed on the project's own file, or
+    read another one of the same name (a monorepo's other environment)."""
     if value == "~" or value.startswith("~/"):
         value = _account_home(env) + value[1:]
+    if base_dir is not None:
+        value = os.path.join(base_dir, value)  # an absolute value stays as it is
     try:
         os.stat(value)
     except (OSError, ValueError):  # none there, a name too long for a path (a whole document), a NUL byte
@@ -218,7 +223,8 @@ def _stack_kubeconfig_file(value: str, env: Mapping[str, str]) -> Path | None:
     return Path(value)
 
 
-def _client(kubeconfig: Path | str | None, context: str | None, env: Mapping[str, str], service_account: Path) -> tuple[ApiClient, str]:
+def _client(kubeconfig: Path | str | None, context: str | None, env: Mapping[str, str], service_account: Path,
+            base_dir: Path | None = None) -> tuple[ApiClient, str]:
     """client-go's default loading rules, as the stack's kubernetes provider and kubectl follow them: the
     kubeconfig given, else ``~/.kube/config``, else, with none there and the pod's
     ``KUBERNETES_SERVICE_HOST``/``KUBERNETES_SERVICE_PORT`` set, the pod's service account. (``KUBECONFIG``
@@ -226,13 +232,15 @@ def _client(kubeconfig: Path | str | None, context: str | None, env: Mapping[str
     that exists is as if it were unset, but for ``~/.kube/config``, which client-go then does not read.)
     A ``Path`` given is a file; a ``str`` is the stack config's ``kubernetes:kubeconfig``, a file's path or a
     kubeconfig's content (``_stack_kubeconfig_file``), which no message ever shows: it may be the credentials.
+    Relative, it and the relative paths in a content given (a ``tokenFile``, a ``certificate-authority``) are read
+    from ``base_dir`` as the provider reads them (None: the current directory).
     With the client, where it came from, for messages (never a kubeconfig's content)."""
     from canary.adapters import stackfile  # a kubeconfig is YAML: parsed by the YAML adapter, whose errors name no content
 
     where = f" context {context}" if context else ""
     named_by = ""
     if isinstance(kubeconfig, str):
-        file = _stack_kubeconfig_file(kubeconfig, env)
+        file = _stack_kubeconfig_file(kubeconfig, env, base_dir)
         if file is None:
             inline = f"the kubeconfig given as content in the stack config's kubernetes:kubeconfig{where}"
             try:
@@ -242,7 +250,7 @@ def _client(kubeconfig: Path | str | None, context: str | None, env: Mapping[str
                     # takes it as content then, and fails on it)
                     raise Forbidden("the stack config's kubernetes:kubeconfig names no file that exists, and is no kubeconfig's content "
                                     "either (not a YAML or JSON mapping): give the path of a kubeconfig file that exists, or its content")
-                return _from_kubeconfig(doc, context, None), inline
+                return _from_kubeconfig(doc, context, base_dir), inline
             except (config.ConfigException, OSError, ValueError, TypeError, AttributeError, KeyError, stackfile.YAMLError) as exc:
                 # its content holds the cluster's credentials (a Pulumi secret): never in a message or a
                 # traceback; a parser's error quotes the line it stopped at
@@ -315,10 +323,11 @@ class Kube:
     WATCH_SILENCE = 3  # seconds past the window a watch may stay silent before its connection counts as dead
 
     def __init__(self, kubeconfig: Path | str | None = None, context: str | None = None, timeout: float = 10.0, *,
-                 env: Mapping[str, str] | None = None, service_account: Path | None = None) -> None:
+                 env: Mapping[str, str] | None = None, service_account: Path | None = None, base_dir: Path | None = None) -> None:
         self._timeout = timeout
-        #: ``source``: the kubeconfig and context (or the pod's service account) the client was built from
-        self._api, self.source = _client(kubeconfig, context, os.environ if env is None else env, service_account or SERVICE_ACCOUNT)
+        #: ``source``: the kubeconfig and context (or the pod's service account) the client was built from; ``base_dir``:
+        #: where the stack's kubernetes provider reads a relative ``kubernetes:kubeconfig`` from (``_client``)
+        self._api, self.source = _client(kubeconfig, context, os.environ if env is None else env, service_account or SERVICE_ACCOUNT, base_dir)
         # no retries of urllib3's own: an unanswered call is one timeout, not four (a lease renewal stalled past
         # the lease), and a write whose answer was lost is not sent again behind the store's back (it appended
         # a journal line twice). The pool is built with the client: built again with the setting

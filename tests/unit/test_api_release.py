@@ -158,7 +158,7 @@ def test_abort_goes_on_past_a_stack_file_whose_yaml_is_broken_in_the_stack_s_clu
     kube = SimpleNamespace(source="KUBECONFIG", server="https://127.0.0.1:6443",
                            get=lambda api_version, kind, name, namespace: {"metadata": {"uid": deployments["uid"]}})
     monkeypatch.setattr(api, "Stack", NoCliStack)
-    monkeypatch.setattr(api, "_kube", lambda config, env: kube)
+    monkeypatch.setattr(api, "_kube", lambda config, env, project_dir: kube)
     asked: list[str] = []
     store = SimpleNamespace(load=lambda: SimpleNamespace(phase=api.Phase.PROGRESSING, release="r1"),
                             request=lambda kind, release, **kw: asked.append(kind))
@@ -241,7 +241,7 @@ def test_an_abort_the_release_would_ignore_is_refused_saying_why(monkeypatch: py
     (tmp_path / "Pulumi.prod.yaml").write_text("config: {}\n")
     kube = SimpleNamespace(source="KUBECONFIG", server="https://127.0.0.1:6443", get=lambda api_version, kind, name, namespace: {"metadata": {"uid": "uid-1"}})
     monkeypatch.setattr(api, "Stack", NoCliStack)
-    monkeypatch.setattr(api, "_kube", lambda config, env: kube)
+    monkeypatch.setattr(api, "_kube", lambda config, env, project_dir: kube)
     asked: list[str] = []
     state = SimpleNamespace(phase=api.Phase(phase), release="r1", reason="error-rate 9 > max 1 for 3 checks in a row", rollback_to=api.Phase.FAILED)
     store = SimpleNamespace(load=lambda: state, request=lambda kind, release, **kw: asked.append(kind))

@@ -310,7 +310,7 @@ def test_config_this_version_refuses_is_told_not_raised_where_only_the_release_i
             return outputs
 
     monkeypatch.setattr(api, "Stack", Opened)
-    monkeypatch.setattr(api, "_kube", lambda config, env: FakeKube())
+    monkeypatch.setattr(api, "_kube", lambda config, env, project_dir: FakeKube())
     (tmp_path / "Pulumi.yaml").write_text("name: shop\nruntime: python\n")
     with pytest.raises(InvalidSpec):
         api.open_stack("prod", tmp_path, {})

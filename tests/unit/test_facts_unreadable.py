@@ -46,7 +46,7 @@ def project(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> ReleaseStore:
     store = ReleaseStore(kube, "shop", "web", "prod", Cache(tmp_path / "state", "prod", "web"))  # type: ignore[arg-type]
     store.save(ReleaseState(release="r1", stack="prod", app="web", namespace="shop", phase=Phase.WAITING_PROMOTION))
     monkeypatch.setattr(api, "Stack", _ComponentStack)
-    monkeypatch.setattr(api, "_kube", lambda config, env: kube)
+    monkeypatch.setattr(api, "_kube", lambda config, env, project_dir: kube)
     monkeypatch.setattr(api.Workspace, "store", lambda self, app, namespace: store)
     monkeypatch.chdir(tmp_path)
     with pytest.raises(InvalidSpec, match="apps.web.app: declares web's app, which a component of the program declares too"):

@@ -122,6 +122,58 @@ def test_a_stack_config_kubeconfig_under_the_home_directory_is_read_as_the_provi
     assert kube.get("v1", "ConfigMap", "x", NAMESPACE) is None
 
 
+@pytest.mark.parametrize(("main", "program"), [(None, "."), ("app", "app"), ("app/__main__.py", "app")],
+                         ids=["project-directory", "main-directory", "main-file"])
+def test_a_relative_stack_config_kubeconfig_is_read_from_the_program_directory_as_the_provider_reads_it(
+        tmp_path: Path, apiserver: ApiServer, monkeypatch: pytest.MonkeyPatch, main: str | None, program: str) -> None:
+    # Pulumi starts the kubernetes provider in the program's directory (the project's, or main's): canary read the
+    # value from its own current directory, failed there, or read another environment's file of the same name (a monorepo)
+    project, elsewhere = tmp_path / "prod", tmp_path / "staging"
+    (project / "app").mkdir(parents=True)
+    elsewhere.mkdir()
+    (project / "app" / "__main__.py").write_text("")
+    (project / "Pulumi.yaml").write_text("name: shop\nruntime: python\n" + (f"main: {main}\n" if main else ""))
+    (project / program / "kc.yaml").write_text(_kubeconfig(tmp_path, apiserver, f"{{token: {TOKEN}}}").read_text().replace(
+        f"certificate-authority: {apiserver.ca.name}", f"certificate-authority: {apiserver.ca}"))
+    (elsewhere / "kc.yaml").write_text(KUBECONFIG)  # the other environment's cluster
+    monkeypatch.chdir(elsewhere)
+    apiserver.tokens = {TOKEN}
+    ws = _opened(monkeypatch, project, "kc.yaml")
+    assert ws.kube.source == f"kubeconfig {project.resolve() / program / 'kc.yaml'} (the stack config's kubernetes:kubeconfig)"
+    assert ws.kube.get("v1", "ConfigMap", "x", NAMESPACE) is None
+
+
+def test_relative_paths_in_a_stack_config_kubeconfig_given_as_content_are_read_from_the_program_directory(
+        tmp_path: Path, apiserver: ApiServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the provider reads the content's certificate-authority (a tokenFile, ...) from its own directory, the program's
+    (tmp_path / "Pulumi.yaml").write_text("name: shop\nruntime: python\n")
+    content = _kubeconfig(tmp_path, apiserver, f"{{token: {TOKEN}}}").read_text()  # certificate-authority: relative
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    apiserver.tokens = {TOKEN}
+    kube = _opened(monkeypatch, tmp_path, content).kube
+    assert kube.source == "the kubeconfig given as content in the stack config's kubernetes:kubeconfig"
+    assert kube.get("v1", "ConfigMap", "x", NAMESPACE) is None
+
+
+def _opened(monkeypatch: pytest.MonkeyPatch, project: Path, kubeconfig: str) -> api.Workspace:
+    """Stack ``prod`` of ``project`` opened as ``canary status`` opens it (config it cannot judge told, not raised: it sets
+    no apps), its stack config setting ``kubernetes:kubeconfig`` alone."""
+    class Opened:
+        def __init__(self, *args: Any) -> None:
+            pass
+
+        def config(self) -> dict[str, Any]:
+            return {"kubernetes:kubeconfig": kubeconfig}
+
+        def outputs(self) -> dict[str, Any]:
+            return {}
+
+    monkeypatch.setattr(api, "Stack", Opened)
+    return api.open_stack("prod", project, {"HOME": str(project)}, on_invalid=lambda exc: None)
+
+
 def test_an_unanswered_call_is_sent_once(tmp_path: Path) -> None:
     # the client's pool was built before retries were turned off: urllib3 tried an unanswered call four
     # times (a lease renewal stalled past the lease) and sent a write whose answer was lost again

@@ -85,7 +85,7 @@ def stack(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, ReleaseS
     kube = FakeKube()
     stores = {app: ReleaseStore(kube, "shop", app, "prod", Cache(tmp_path / "state", "prod", app)) for app in ("web", "api")}  # type: ignore[arg-type]
     monkeypatch.setattr(api, "Stack", _Stack)
-    monkeypatch.setattr(api, "_kube", lambda config, env: kube)
+    monkeypatch.setattr(api, "_kube", lambda config, env, project_dir: kube)
     monkeypatch.setattr(api.Workspace, "store", lambda self, app, namespace: stores[app])
     monkeypatch.chdir(tmp_path)
     return stores
