@@ -422,7 +422,10 @@ def _describe(record: Any) -> str:
         return f"tick {record.outcome.value}: {record.reason}"
     if kind == "up":
         targets = ", ".join(record.targets) if record.targets else "all"
-        return f"up ({targets}) {record.seconds}s {record.changes} pinned {record.pinned}"
+        from canary.core import records
+
+        # as dumped: a record of an earlier version held the route's A/B match values, which are never printed
+        return f"up ({targets}) {record.seconds}s {record.changes} pinned {records.dump(record)['pinned']}"
     if kind == "webhook":
         return f"webhook {record.name} ({record.hook_type}) {'ok' if record.ok else 'FAILED'}: {record.detail}"
     if kind == "verified":

@@ -27,7 +27,7 @@ import re
 import threading
 import weakref
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -135,6 +135,35 @@ def _to_canary(spec: Mapping[str, Any], app: str) -> bool:
     return any(isinstance(ref, Mapping) and ref.get("name") == canary for rule in rules[:-1] for ref in rule.get("backendRefs") or [])
 
 
+def _plain(check: Callable[[pulumi.ResourceHookArgs], None]) -> Callable[[pulumi.ResourceHookArgs], Awaitable[None] | None]:
+    """A route hook that reads its inputs and outputs as plain values. A secret one reaches a hook as an ``Output``:
+    the route's spec, once a release declared it with A/B matches (a tester's token), and in the old inputs of every
+    update after. Such a hook is awaited by the engine: the values are awaited first (None when unknown, as in a
+    preview), then ``check`` runs on them."""
+
+    def hook(args: pulumi.ResourceHookArgs) -> Awaitable[None] | None:
+        kinds = ("new_inputs", "old_inputs", "new_outputs", "old_outputs")
+        if not any(isinstance(value, pulumi.Output) for kind in kinds for value in (getattr(args, kind) or {}).values()):
+            check(args)
+            return None
+
+        async def plain() -> None:
+            resolved: dict[str, Any] = {}
+            for kind in kinds:
+                props = getattr(args, kind)
+                resolved[kind] = None if props is None else {key: (await value.future()) if isinstance(value, pulumi.Output) else value
+                                                             for key, value in props.items()}
+            check(pulumi.ResourceHookArgs(urn=args.urn, id=args.id, name=args.name, type=args.type, **resolved))
+
+        return plain()
+
+    return hook
+
+
+def _secret_if(secret: bool, value: Any) -> Any:
+    return pulumi.Output.secret(value) if secret else value
+
+
 def _route_guard(app: str, stack: str) -> pulumi.ResourceHook:
     def guard(args: pulumi.ResourceHookArgs) -> None:
         old_spec = (args.old_inputs or {}).get("spec") or {}
@@ -148,7 +177,7 @@ def _route_guard(app: str, stack: str) -> pulumi.ResourceHook:
                 f"see `canary status {stack} --app {app}`, then `canary resume` or `canary abort`"
             )
 
-    return pulumi.ResourceHook(f"canary-route-guard-{app}", guard)
+    return pulumi.ResourceHook(f"canary-route-guard-{app}", _plain(guard))
 
 
 #: What canary's route keeps of a route it adopts, whatever it declares: its name. Kubernetes cannot rename an object, so a
@@ -297,7 +326,7 @@ def _adopted_route_guard(app: str, other_ports: Sequence[Any] = (), namespace: s
             raise RuntimeError(f"canary: the route adopted for {app} (adopt.route) cannot be taken over as it is: {lost}. {fix}adopt it, "
                                "or leave route out of adopt")
 
-    return pulumi.ResourceHook(f"canary-adopted-route-guard-{app}", guard, pulumi.ResourceHookOptions(on_dry_run=True))
+    return pulumi.ResourceHook(f"canary-adopted-route-guard-{app}", _plain(guard), pulumi.ResourceHookOptions(on_dry_run=True))
 
 
 def _adopted_service_guard(app: str, service_port: int) -> pulumi.ResourceHook:
@@ -615,8 +644,9 @@ class CanaryDeployment(pulumi.ComponentResource):
             metadata={"name": naming.route(spec_app.name), "namespace": namespace,
                       "labels": {**(route_metadata.get("labels") or {}), naming.APP_LABEL: spec_app.name},
                       **({"annotations": route_metadata["annotations"]} if route_metadata.get("annotations") else {})},
-            spec=routing.route_spec(spec_app.name, [r.model_dump(by_alias=True, exclude_none=True) for r in self.gateway.parent_refs],
-                                    self.gateway.hostnames, spec_app.service_port, shape),
+            # with A/B matches, a secret: their values may be (a tester's token), and Pulumi's state keeps it encrypted
+            spec=_secret_if(bool(shape.matches), routing.route_spec(spec_app.name, [r.model_dump(by_alias=True, exclude_none=True) for r in self.gateway.parent_refs],
+                                                                     self.gateway.hostnames, spec_app.service_port, shape)),
             opts=_merge(route_opts, _before_update([*adopted_route, *([_route_guard(spec_app.name, stack)] if guarded else [])])),
         )
         canary_opts = pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[self.route]))

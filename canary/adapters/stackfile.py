@@ -622,6 +622,11 @@ class ReleaseConfigs:
         files.write_text_atomic(path, release_config(snapshot, {**self.at_rest, self.app: dict(pins)}), mode=0o600)
         return path
 
+    def discard(self, path: Path) -> None:
+        """Remove a release config file once its ``up`` is over: its pins hold the route's A/B match values in plain
+        text (the snapshot's secrets stay encrypted), and the next ``up`` writes a file of its own."""
+        path.unlink(missing_ok=True)
+
     def changes_since(self, snapshot: str) -> dict[str, Any]:
         """Config values of the stack file that differ from ``snapshot`` (dotted paths, secrets as
         ``<encrypted>``), less the other apps' of a stack of several (their own releases' edits);

@@ -15,9 +15,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_serializer
 
-from canary.core import exitcodes
+from canary.core import exitcodes, routing
 
 VERSION = 2
 
@@ -161,7 +161,7 @@ class ReleaseState(_Record):
     canary: TrackPin | None = None
     #: the canary's share of the default rule, as the route shows it once a step is verified
     weight: int = 0
-    #: the route's shape at the current step (see routing.RouteShape)
+    #: the route's shape at the current step (see routing.RouteShape), its A/B match values never recorded
     route: dict[str, Any] = {}
     #: the step of the schedule reached (0: none yet; for weights the index into them, +1)
     step: int = 0
@@ -216,6 +216,11 @@ class ReleaseState(_Record):
     #: end, cleared once they ran, so that a process killed in between leaves them to ``resume``. A state saved
     #: before this was kept owes none
     post_rollout_owed: bool = False
+
+    @field_serializer("route")
+    def _route(self, route: dict[str, Any]) -> dict[str, Any]:
+        # a state of an earlier version, loaded as it was saved, is saved and printed without its match values
+        return routing.recorded(route)
 
     @property
     def last_tick_passed(self) -> bool:
@@ -290,6 +295,12 @@ class Up(_Entry):
     refreshed: bool = False
     seconds: float = 0.0
     changes: dict[str, int] = {}
+
+    @field_serializer("pinned")
+    def _pinned(self, pinned: dict[str, Any]) -> dict[str, Any]:
+        # the route pinned, as the state's: a record of an earlier version is printed without its match values
+        route = pinned.get("route")
+        return {**pinned, "route": routing.recorded(route)} if isinstance(route, dict) else pinned
 
 
 class Tick(_Entry):

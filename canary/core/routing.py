@@ -38,6 +38,14 @@ KIND = "HTTPRoute"
 GROUP = "gateway.networking.k8s.io"
 
 
+#: What a recorded route holds in place of an A/B match's value. A value may be a secret (a tester's token, which the
+#: stack file keeps encrypted: the gateway's route holds it, as it must, but nothing canary records or prints does):
+#: records keep a match's header and query parameter names and match types, each value replaced by this marker (kept
+#: as a third item, so records keep one form), and whatever applies or compares a route takes the values from the
+#: spec (``RouteShape.with_matches``).
+NOT_RECORDED = "<not recorded>"
+
+
 @dataclass(frozen=True)
 class Match:
     """One A/B condition: every header and query parameter listed must match."""
@@ -45,8 +53,22 @@ class Match:
     headers: tuple[tuple[str, str, str], ...] = ()  # (name, "Exact" | "RegularExpression", value)
     query_params: tuple[tuple[str, str, str], ...] = ()
 
-    def to_json(self) -> dict[str, Any]:
-        return {"headers": [list(h) for h in self.headers], "queryParams": [list(q) for q in self.query_params]}
+    def to_json(self, values: bool = False) -> dict[str, Any]:
+        """Each header and query parameter as ``[name, type, value]``, the value ``NOT_RECORDED`` unless ``values``:
+        see ``RouteShape.to_json``."""
+        def entries(items: tuple[tuple[str, str, str], ...]) -> list[list[str]]:
+            return [[name, kind, value if values else NOT_RECORDED] for name, kind, value in items]
+
+        return {"headers": entries(self.headers), "queryParams": entries(self.query_params)}
+
+    @property
+    def recorded(self) -> Match:
+        """This match as records hold it: its names and types, each value ``NOT_RECORDED``."""
+        return Match.from_json(self.to_json())
+
+    def describe(self) -> str:
+        """The names and types it matches on, never a value: ``header X-Tester (Exact)``."""
+        return ", ".join([f"header {n} ({k})" for n, k, _ in self.headers] + [f"query parameter {n} ({k})" for n, k, _ in self.query_params])
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Match:
@@ -91,10 +113,12 @@ class RouteShape:
             parts.append(f"session affinity cookie {self.affinity.name}")
         return ", ".join(parts)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, values: bool = False) -> dict[str, Any]:
+        """The shape as records hold it (a release state's ``route``, the journal): A/B match values left out
+        (``NOT_RECORDED``). With ``values``, as the program reads it from a release config, to declare the route."""
         data: dict[str, Any] = {"weight": self.weight}
         if self.matches:
-            data["matches"] = [m.to_json() for m in self.matches]
+            data["matches"] = [m.to_json(values) for m in self.matches]
         if self.mirror:
             data["mirror"] = True
             if self.mirror_percent is not None:
@@ -119,8 +143,35 @@ class RouteShape:
             expire_cookie=data.get("expireCookie"),
         )
 
+    @property
+    def recorded(self) -> RouteShape:
+        """This shape as records hold it: its matches' values ``NOT_RECORDED``."""
+        return replace(self, matches=tuple(m.recorded for m in self.matches))
+
+    def with_matches(self, matches: tuple[Match, ...]) -> tuple[RouteShape, str]:
+        """A recorded shape made whole: its A/B matches (values not recorded, or recorded by an earlier version) are
+        ``matches``, the spec's. Also what to warn of ("" when nothing): the spec's matches on other names or types
+        than the recorded ones, which are taken all the same (the spec is what the gateway's route is to hold). A
+        shape without matches (weights, the switch, at rest) is as recorded."""
+        if not self.matches:
+            return self, ""
+        whole = replace(self, matches=matches)
+        if tuple(m.recorded for m in self.matches) == tuple(m.recorded for m in matches):
+            return whole, ""
+        spec = "; ".join(m.describe() for m in matches) or "none"
+        return whole, (f"the route recorded matches on {'; '.join(m.describe() for m in self.matches)}, the analysis on {spec}: "
+                       "the analysis's matches are applied")
+
 
 AT_REST = RouteShape()
+
+
+def recorded(route: Mapping[str, Any]) -> dict[str, Any]:
+    """A route's JSON as records hold it (``RouteShape.to_json``), from any recorded one: a state or ``up`` record
+    of an earlier version held its match values, which are left out of what is saved or printed of it."""
+    if not route.get("matches"):
+        return dict(route)
+    return {**route, "matches": [Match.from_json(m).to_json() for m in route["matches"]]}
 
 
 def parent_refs(refs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:

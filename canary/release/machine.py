@@ -280,6 +280,8 @@ class Release:
                     moved = self._schedule_moved(state)
                     if moved:
                         self.recorder.event(state, moved, Severity.WARN)
+                    if other := self._resumed_matches(state):
+                        self.recorder.event(state, other, Severity.WARN)
                     state = state.model_copy(update={"advance": False, "reapply": True, "shifting_to": None})
             elif state.phase is Phase.INITIALIZING and state.canary_deployed:
                 # deployed and verified once, so the confirm-rollout gate said yes: as in Flagger it is not asked again
@@ -560,7 +562,7 @@ class Release:
               shape: RouteShape | None = None) -> dict[str, Any]:
         assert state.stable is not None
         pins: dict[str, Any] = {"release": state.release, "stable": (stable or state.stable).program_pin(),
-                                "route": (shape if shape is not None else RouteShape.from_json(state.route)).to_json()}
+                                "route": (shape if shape is not None else self._recorded(state)).to_json(values=True)}
         if canary is not None:
             pins["canary"] = {**canary.program_pin(), "replicas": replicas}
         return pins
@@ -570,11 +572,11 @@ class Release:
         """One ``up`` with the release config file (the snapshot plus these pins), limited to the
         app's resources ``parts`` (None: the whole stack); ``refresh`` reads them back from the cluster
         first (the first ``up`` after a resume always does)."""
-        path = self.config.write(state.release, state.snapshot, pins)
         targets = self.facts.targets(*parts) if parts is not None else None
         # the whole stack, but never another app's resources: their releases pin them in files of their own
         exclude = self._others() or None if parts is None else None
         refresh = refresh or self._refresh
+        path = self.config.write(state.release, state.snapshot, pins)
         # in the up before the last look at the token: an abort from then on interrupts the CLI, or (not started
         # yet) has it interrupted as it starts; it was lost in between, and the whole up ran
         self._in_up = cancellable
@@ -586,9 +588,10 @@ class Release:
         finally:
             with self._requests_lock:  # see _cancel_now
                 self._in_up = False
+            self.config.discard(path)  # it holds the A/B match values in plain text, which only this up reads
         self._refresh = False
         summary = {"stable": pins["stable"]["hash"], "canary": pins.get("canary", {}).get("hash"), "replicas": pins.get("canary", {}).get("replicas", 0),
-                   "route": pins["route"]}
+                   "route": RouteShape.from_json(pins["route"]).to_json()}  # as recorded: no match value
         self.recorder.up(state, list(parts or ("all",)), summary, refresh, result.seconds, result.changes)
 
     def _retrying(self, state: ReleaseState, what: str, action: Callable[[], Any], rollback: bool = False,
@@ -704,8 +707,18 @@ class Release:
         (its snapshot refused, the stack file's current analysis taken), whose step of that number is another
         weight (re-applied, traffic jumped to it unjudged) or none at all."""
         if state.route:
-            return RouteShape.from_json(state.route)
+            return self._recorded(state)
         return self._steps(state)[state.step - 1]  # a state saved without its route: the schedule is all there is
+
+    def _recorded(self, state: ReleaseState) -> RouteShape:
+        """The route the state recorded, made whole: its A/B matches are the spec's, whose values records never hold
+        (``routing.NOT_RECORDED``); a resume journals matches on other names than the recorded ones (``_resumed_matches``)."""
+        return RouteShape.from_json(state.route).with_matches(schedule.matches(self.spec.analysis))[0]
+
+    def _resumed_matches(self, state: ReleaseState) -> str:
+        """What a resume journals when the analysis it goes on with matches on other names or types than the route the
+        state recorded ("" when not): the analysis's matches are the ones applied."""
+        return RouteShape.from_json(state.route).with_matches(schedule.matches(self.spec.analysis))[1]
 
     def _following(self, state: ReleaseState, steps: Sequence[RouteShape]) -> int:
         """The step after the one reached (1-based; past the last one, promotion): the schedule's next while its
@@ -716,7 +729,7 @@ class Release:
         with no process to act on an abort (only a resume takes it). Iterations (A/B, blue/green) are counted."""
         if state.step == 0 or not state.route or self.spec.analysis.kind is not Strategy.CANARY:
             return state.step + 1
-        reached = RouteShape.from_json(state.route)
+        reached = self._recorded(state)
         if state.step <= len(steps) and steps[state.step - 1] == reached:
             return state.step + 1
         return next((index for index, shape in enumerate(steps, 1) if shape.weight > reached.weight), len(steps) + 1)
@@ -727,7 +740,7 @@ class Release:
         steps = self._steps(state)
         if not state.route or state.step == 0:
             return ""
-        reached = RouteShape.from_json(state.route)
+        reached = self._recorded(state)
         if state.step <= len(steps) and steps[state.step - 1] == reached:
             return ""
         has = f"{steps[state.step - 1].describe()} as step {state.step}" if state.step <= len(steps) else f"no step {state.step}"
@@ -1093,7 +1106,7 @@ class Release:
         """Size the canary for the step, then move the route to it and verify the gateway took it."""
         canary = state.canary
         assert canary is not None
-        current = RouteShape.from_json(state.route)
+        current = self._recorded(state)
         replicas = max(self._canary_size(shape), state.canary_replicas if not again else 0)
         if not again and current == shape and replicas == state.canary_replicas:
             # an iteration of A/B or blue/green: the route stays as it is. A blue/green release without testers or

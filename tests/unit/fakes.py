@@ -128,11 +128,16 @@ class FakeConfig:
         self.files: dict[Path, dict[str, Any]] = {}
         self.stack_file_changes: dict[str, Any] = {}
         self.kept: list[tuple[str, dict[str, Any]]] = []
+        self.discarded: list[Path] = []
 
     def write(self, release: str, snapshot: str, pins: Mapping[str, Any]) -> Path:
         path = Path(f"/fake/{release}-{len(self.files)}.yaml")
         self.files[path] = {"snapshot": snapshot, "pins": dict(pins)}
         return path
+
+    def discard(self, path: Path) -> None:
+        """Kept in ``files`` for the tests to read; the paths the release removed, in order."""
+        self.discarded.append(path)
 
     def changes_since(self, snapshot: str) -> dict[str, Any]:
         return dict(self.stack_file_changes)
