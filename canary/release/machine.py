@@ -143,6 +143,8 @@ class Release:
         self._in_up = False
         #: set by resume: the next `up` refreshes first (a killed `up` may have left the cluster ahead of Pulumi)
         self._refresh = False
+        #: a forward step kept from its ``up`` by Pulumi's lock: (its index, the seconds waited for the lock in all)
+        self._lock_held: tuple[int, float] | None = None
         self.recorder = Recorder(store, self.clock, stack.name, self.spec.app.name, on_event, pusher)
         self._hook_caller = hooks
         self.hooks = self._hooks_of(self.spec)
@@ -802,10 +804,11 @@ class Release:
                 self.recorder.event(state, f"holding at weight {state.weight}: confirm-traffic-increase webhook {gate.name} said no ({gate.detail}); analysis goes on",
                                     Severity.WARN, kube_reason="Progressing")
             else:
-                state = self._shift(state, following, steps[following - 1])
+                state = self._step(state, following, steps[following - 1])
         if state.step == 0:
-            # no traffic reaches the canary yet: nothing to judge, ask again after an interval
-            self._wait(self.spec.analysis.interval.total_seconds())
+            # no traffic reaches the canary yet: nothing to judge, ask again an interval after this turn began (a first
+            # step kept waiting for Pulumi's lock has waited part of it)
+            self._wait(self.spec.analysis.interval.total_seconds() - (self.clock.monotonic() - step_start))
             return state
         return self._analyse(state, since=step_start)
 
@@ -1102,8 +1105,47 @@ class Release:
 
     # --- steps and ticks -----------------------------------------------------------------------
 
-    def _shift(self, state: ReleaseState, index: int, shape: RouteShape, again: bool = False) -> ReleaseState:
-        """Size the canary for the step, then move the route to it and verify the gateway took it."""
+    def _step(self, state: ReleaseState, index: int, shape: RouteShape) -> ReleaseState:
+        """A forward step of ``_progressing`` (a weight, an A/B or blue/green iteration), its ``up``s waiting for Pulumi's
+        lock (another app's ``up`` of the stack, awaiting its Deployment for minutes) at most one analysis interval, or
+        the route timeout when shorter. Waited for ``lock_wait`` at once, the canary kept its weight unjudged and a failing
+        one was rolled back minutes late. An interval: the wait is part of the step's interval, as a shift's time is, so
+        the tick comes when it would have; the route timeout: a long interval's rest is left to the rollout hooks (a load
+        test). Still locked, the step is not taken this time: the release holds at its weight, journals whose lock it
+        waits for, and ticks as at any held step (a failing tick rolls back; a hold is no failed tick); the step is tried
+        again after the next passing tick. ``lock_wait`` bounds the waiting in all (a lock never let go): past it,
+        StackLocked fails the step as before. Iterations after the first have no ``up``; blue/green's switch
+        (``_approved``) waits ``lock_wait`` at once: before it green serves no user, and a person may have approved it."""
+        held = self._lock_held
+        waited = held[1] if held is not None and held[0] == index else 0.0
+        began = self.clock.monotonic()
+        try:
+            shifted = self._shift(state, index, shape, lock_wait=min(self.spec.analysis.interval.total_seconds(), self.verify.route_timeout,
+                                                                      max(0.0, self.lock_wait - waited)))
+        except StackLocked as exc:
+            waited += self.clock.monotonic() - began
+            if waited >= self.lock_wait:
+                raise StackLocked(f"step {index} ({shape.describe()}) waited {waited:.0f}s in all for Pulumi's lock (lock_wait "
+                                  f"{self.lock_wait:g}s): {exc}") from exc
+            self._lock_held = (index, waited)
+            # warned once a step (an alert an interval would be noise); journaled at each try. The state as before
+            # the step (no longer "shifting to" it): the route and the weight are where they were
+            then = "analysis goes on, the step is tried again after the next passing tick" if state.step else "tried again in an interval"
+            return self.recorder.save(
+                state, f"step {index} ({shape.describe()}) waits for Pulumi's lock ({exc}): holding at weight {state.weight}, {then} "
+                       f"({waited:.0f}s of {self.lock_wait:g}s waited)",
+                Severity.WARN if held is None or held[0] != index else None, lock_held=index, lock_waited=round(waited, 1))
+        self._lock_held = None
+        return shifted
+
+    def _shift(self, state: ReleaseState, index: int, shape: RouteShape, again: bool = False, lock_wait: float | None = None) -> ReleaseState:
+        """Size the canary for the step, then move the route to it and verify the gateway took it. ``lock_wait``: how
+        long the step's ``up``s wait for Pulumi's lock in all before StackLocked (None: each the release's ``lock_wait``)."""
+        deadline = None if lock_wait is None else self.clock.monotonic() + lock_wait
+
+        def lock_left() -> float | None:
+            return None if deadline is None else max(0.0, deadline - self.clock.monotonic())
+
         canary = state.canary
         assert canary is not None
         current = self._recorded(state)
@@ -1122,10 +1164,12 @@ class Release:
         # after a resume every `up` of the step reads its resources back first: a killed `up` may have
         # changed them without writing its checkpoint, and Pulumi would then see nothing to do
         if replicas != state.canary_replicas or again:
-            self._retrying(state, "sizing the canary", lambda: self._apply(state, self._pins(state, canary=canary, replicas=replicas), ("canary",), refresh=again))
+            self._retrying(state, "sizing the canary", lambda: self._apply(state, self._pins(state, canary=canary, replicas=replicas), ("canary",), refresh=again),
+                           lock_wait=lock_left())
             self._retrying(state, "the canary's readiness", lambda: self.verify.track(self.spec, Track.CANARY, canary.hash, replicas))
         self._retrying(state, "shifting traffic",
-                       lambda: self._apply(state, self._pins(state, canary=canary, replicas=replicas, shape=shape), ("route",), refresh=again))
+                       lambda: self._apply(state, self._pins(state, canary=canary, replicas=replicas, shape=shape), ("route",), refresh=again),
+                       lock_wait=lock_left())
         self._retrying(state, "the route", lambda: self.verify.route(self.spec, shape))
         shifted_at = self.clock.iso()
         # the details say when the warm-up began: `canary backtest` replays the release's ticks from them
