@@ -25,6 +25,9 @@ judges values measured at another weight than its own. Gates are taken from
 the journal: a confirm-promotion (or confirm-traffic-increase) webhook that
 said no right after a tick holds the replay there too (WaitingPromotion goes
 on judging the last step), and a gate the release did not ask then says yes.
+A step whose ``up`` waited for Pulumi's lock (another update's) right after a
+tick (a state record's ``lock_held``) is held as at the traffic gate's no: the
+next passing tick takes it.
 Not replayed: pauses and requests (abort, promote, pause, continue); a rollout
 webhook's recorded failure at a tick is carried over, as the machine adds it
 to the tick; a resume's re-applied step restarts the warm-up as it did in the
@@ -301,7 +304,7 @@ def _where(config: Any, step: int | None, weight: int) -> str:
 def _replay(spec: ReleaseSpec, provider_for_at: ProviderForAt, times: Sequence[datetime], first_shift: datetime | None,
             shift_after: Callable[[int, datetime], datetime], reapplied_before: Callable[[int], datetime | None],
             carried: Callable[[int], tuple[Check, ...]], gate_said_no: GateSaidNo = lambda index, kind: False,
-            failed_total: int = 0) -> tuple[list[ReplayedTick], Conclusion]:
+            failed_total: int = 0, lock_held: Callable[[int], bool] = lambda index: False) -> tuple[list[ReplayedTick], Conclusion]:
     config = spec.analysis
     steps = schedule.steps(config)
     moves = _shifts(steps)
@@ -366,6 +369,8 @@ def _replay(spec: ReleaseSpec, provider_for_at: ProviderForAt, times: Sequence[d
                                            now, number, state.weight)
         if not promotion and config.kind is Strategy.CANARY and gate_said_no(index, _TRAFFIC_GATE):
             continue  # the release held its weight on the gate's no, analysis going on
+        if not promotion and lock_held(index):
+            continue  # the machine's _step: its up kept waiting for Pulumi's lock, the release held its weight as at the gate's no
         state.mode = _Mode.PROGRESSING
         state.step += 1
         state.weight = steps[state.step - 1].weight
@@ -454,14 +459,22 @@ def replay_release(spec: ReleaseSpec, provider_for_at: ProviderForAt, journal: I
     def carried(index: int) -> tuple[Check, ...]:
         return tuple(c for c in recorded[index].checks if c.metric.startswith("webhook:") and c.effect is Effect.FAIL)
 
+    def after(index: int) -> list[Any]:
+        # the records between this tick and the next
+        return entries[positions[index] + 1:positions[index + 1] if index + 1 < len(positions) else len(entries)]
+
     def gate_said_no(index: int, kind: str) -> bool:
         # the gate's answer when the release asked it, between this tick and the next
-        end = positions[index + 1] if index + 1 < len(positions) else len(entries)
-        return any(e.type == "webhook" and e.hook_type == kind and not e.ok for e in entries[positions[index] + 1:end])
+        return any(e.type == "webhook" and e.hook_type == kind and not e.ok for e in after(index))
+
+    def lock_held(index: int) -> bool:
+        # the step the release tried after this tick waited for Pulumi's lock: its state record says so, and no step taken
+        return any(e.type == "state" and "lock_held" in (e.details or {}) for e in after(index))
 
     starts = [e for e in entries[:positions[0]] if e.type == "state" and e.message == "analysis starts"]
     failed_total = starts[-1].failed_total if starts else 0
-    ticks, conclusion = _replay(spec, provider_for_at, tick_times, first_shift, shift_after, reapplied_before, carried, gate_said_no, failed_total)
+    ticks, conclusion = _replay(spec, provider_for_at, tick_times, first_shift, shift_after, reapplied_before, carried, gate_said_no, failed_total,
+                                lock_held)
     ending = _recorded_ending(recorded, entries)
     differences = _compare(spec, recorded, _recorded_steps(entries), tick_times, ticks, conclusion)
     notes = ["the recorded values were measured at the weights the release really ran: the replay judges those values, "

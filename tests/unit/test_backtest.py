@@ -373,6 +373,29 @@ def test_a_failing_tick_while_a_promotion_gate_says_no_counts_and_rolls_back_as_
     assert "while waiting for promotion" in replay.conclusion.text
 
 
+def test_a_step_held_for_pulumi_s_lock_is_replayed_as_a_gate_s_no_the_next_passing_tick_takes_it() -> None:
+    """The release holds its weight while another app's ``up`` holds Pulumi's lock, judging it a tick an interval, and
+    takes the step after a later passing tick: the replay holds there too, not one step ahead from the next tick on."""
+    timeline = Timeline(lambda t: 0.0)
+    world = make()
+    world.release.provider_for = lambda address: Live(timeline, world.clock)  # type: ignore[assignment]
+
+    def on_up(record: dict[str, Any]) -> None:
+        world.clock.sleep(4.0)
+        if not world.stack.locked_until and record["parts"] == {"route"} and record["pins"]["route"]["weight"] == 30:
+            world.stack.locked_until = world.clock.monotonic() + 25.0  # as the step to 30 begins, for two more ticks
+
+    world.stack.on_up = on_up
+    world.start()
+    waits = [s for s in world.store.of("state") if (s.details or {}).get("lock_held") == 3]
+    assert waits and all("step" not in s.details for s in waits)
+    assert [t.weight for t in world.store.of("tick")] == [10, 20, 20, 20, 30, 40, 50]
+    replay = backtest.replay_release(world.release.spec, timeline.at, world.store.journal)
+    assert replay.differences == (), [str(d) for d in replay.differences]
+    assert replay.same and replay.conclusion.ending is Ending.PROMOTE and replay.conclusion.tick == 7 == replay.recorded.tick  # type: ignore[union-attr]
+    assert [(t.step, t.weight) for t in replay.ticks] == [(1, 10), (2, 20), (2, 20), (2, 20), (3, 30), (4, 40), (5, 50)]
+
+
 def _paused_for_two_ticks(mutate: Callable[[dict[str, Any]], None]) -> tuple[World, Timeline]:
     timeline = Timeline(lambda t: 0.0)
     world = make(mutate=mutate)
