@@ -527,6 +527,16 @@ class World:
         return self.store.of(kind)
 
 
+def gated_blue_green(v: dict[str, Any]) -> None:
+    """A blue/green release of two iterations behind a confirm-promotion gate, whose error rate between 1 and 2 is
+    inconclusive (a person decides it, within 5 minutes)."""
+    for key in ("stepWeight", "maxWeight", "stepWeights"):
+        v["analysis"].pop(key, None)
+    v["analysis"].update(iterations=2, threshold=50, decisionTimeout="5m",
+                         webhooks=[{"name": "approve", "type": "confirm-promotion", "url": "http://gate/"}],
+                         metrics=[{"name": "request-error-rate", "thresholdRange": {"max": 1}, "inconclusiveRange": {"max": 2}, "evidence": "none"}])
+
+
 def make(metrics: Metrics | None = None, mutate: Callable[[dict[str, Any]], None] | None = None, *, spec_: ReleaseSpec | None = None,
          stack: FakeStack | None = None, cluster: FakeCluster | None = None, store: FakeStore | None = None, config: FakeConfig | None = None,
          hooks: FakeHooks | None = None, clock: FakeClock | None = None, **options: Any) -> World:
@@ -547,4 +557,4 @@ def make(metrics: Metrics | None = None, mutate: Callable[[dict[str, Any]], None
     return World(release, stack, cluster, store, config, lease, hooks, clock, events, metrics)
 
 
-__all__ = ["NEW", "STABLE", "FakeClock", "FakeCluster", "FakeKube", "FakeStack", "FakeStore", "Metrics", "World", "make", "routing", "spec"]
+__all__ = ["NEW", "STABLE", "FakeClock", "FakeCluster", "FakeKube", "FakeStack", "FakeStore", "Metrics", "World", "gated_blue_green", "make", "routing", "spec"]

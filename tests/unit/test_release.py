@@ -19,7 +19,7 @@ from canary.core.routing import GatewayClass, RouteShape
 from canary.errors import ClusterUnreachable, Conflict, Forbidden, InvalidSpec, LeaseLost, MetricError, ProviderUnreachable, Refused, StackBusy
 from canary.state.cache import Cache
 from canary.state.store import ReleaseStore
-from tests.unit.fakes import NEW, STABLE, FakeCluster, FakeHooks, FakeKube, FakeStore, Metrics, World, make, spec
+from tests.unit.fakes import NEW, STABLE, FakeCluster, FakeHooks, FakeKube, FakeStore, Metrics, World, gated_blue_green, make, spec
 from tests.unit.support import BOUND_S
 
 
@@ -1786,14 +1786,7 @@ def test_one_promote_is_taken_once_though_the_watch_reports_it_until_the_cluster
 
     store = Kept()
 
-    def blue_green(v: dict[str, Any]) -> None:
-        for key in ("stepWeight", "maxWeight", "stepWeights"):
-            v["analysis"].pop(key, None)
-        v["analysis"].update(iterations=2, threshold=50, decisionTimeout="5m",
-                             webhooks=[{"name": "approve", "type": "confirm-promotion", "url": "http://gate/"}],
-                             metrics=[{"name": "request-error-rate", "thresholdRange": {"max": 1}, "inconclusiveRange": {"max": 2}, "evidence": "none"}])
-
-    world = make(Metrics([0.0, 0.0, 1.5] + [0.0] * 50), blue_green, hooks=FakeHooks(lambda name, kind: kind != "confirm-promotion"), store=store)
+    world = make(Metrics([0.0, 0.0, 1.5] + [0.0] * 50), gated_blue_green, hooks=FakeHooks(lambda name, kind: kind != "confirm-promotion"), store=store)
 
     def on_sleep(now: float) -> None:
         st = store.state

@@ -10,7 +10,7 @@ import pytest
 from canary.core.records import Phase, TrackPin
 from canary.core.routing import RouteShape
 from canary.errors import InvalidSpec
-from tests.unit.fakes import NEW, STABLE, FakeHooks, FakeStore, Metrics, make
+from tests.unit.fakes import NEW, STABLE, FakeHooks, FakeStore, Metrics, gated_blue_green, make
 
 
 def test_blue_green_scales_green_to_stable_s_size_before_the_switch() -> None:
@@ -224,15 +224,8 @@ def test_a_promote_written_for_waiting_promotion_does_not_decide_a_later_inconcl
     """A second `canary promote` (a double press, a CI retry) read WaitingPromotion just before the first was taken:
     blue/green then switched, its tick came out inconclusive, and WaitingDecision took that left-over promote for a
     person's decision and promoted. It is now cleared, said, and the decision waits for a promote that saw it."""
-    def blue_green(v: dict[str, Any]) -> None:
-        for key in ("stepWeight", "maxWeight", "stepWeights"):
-            v["analysis"].pop(key, None)
-        v["analysis"].update(iterations=2, threshold=50, decisionTimeout="5m",
-                             webhooks=[{"name": "approve", "type": "confirm-promotion", "url": "http://gate/"}],
-                             metrics=[{"name": "request-error-rate", "thresholdRange": {"max": 1}, "inconclusiveRange": {"max": 2}, "evidence": "none"}])
-
     store = FakeStore()
-    world = make(Metrics([0.0, 0.0, 1.5] + [0.0] * 50), blue_green, hooks=FakeHooks(lambda name, kind: kind != "confirm-promotion"), store=store)
+    world = make(Metrics([0.0, 0.0, 1.5] + [0.0] * 50), gated_blue_green, hooks=FakeHooks(lambda name, kind: kind != "confirm-promotion"), store=store)
     asked: list[str] = []
 
     def on_sleep(now: float) -> None:
