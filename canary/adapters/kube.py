@@ -571,18 +571,32 @@ def condition(obj: Mapping[str, Any] | None, kind: str) -> Mapping[str, Any] | N
     return None
 
 
+#: how long a Gateway read by the route reader stands for it (seconds)
+GATEWAY_FRESH = 1.0
+
+
 class ClusterReader:
     """What a release verifies in the cluster: the route and the two tracks."""
 
     def __init__(self, kube: Kube) -> None:
         self.kube = kube
         self._controllers: dict[tuple[str, str], str] = {}
+        self._gateways: dict[tuple[str, str], tuple[float, dict[str, Any] | None]] = {}
+
+    def _gateway(self, name: str, namespace: str) -> dict[str, Any] | None:
+        """A Gateway as read within the last ``GATEWAY_FRESH`` seconds: while a gateway has not taken a route, the route
+        is read every 50 ms, and each read would read every parent Gateway again (two reads a parent for a missing one)."""
+        key, now = (namespace, name), time.monotonic()
+        seen = self._gateways.get(key)
+        if seen is None or now - seen[0] > GATEWAY_FRESH:
+            seen = self._gateways[key] = (now, self.kube.get(routing.API_VERSION, "Gateway", name, namespace))
+        return seen[1]
 
     def _controller(self, gateway: str, namespace: str) -> str | None:
         """The controllerName of a Gateway's class (cached): only its status entry counts."""
         key = (namespace, gateway)
         if key not in self._controllers:
-            obj = self.kube.get(routing.API_VERSION, "Gateway", gateway, namespace)
+            obj = self._gateway(gateway, namespace)
             klass = self.kube.get(routing.API_VERSION, "GatewayClass", ((obj or {}).get("spec") or {}).get("gatewayClassName", "")) if obj else None
             controller = ((klass or {}).get("spec") or {}).get("controllerName")
             if controller is None:
@@ -610,7 +624,7 @@ class ClusterReader:
         missing: list[str] = []
         for parent in parents:
             namespace = parent.get("namespace") or app.namespace
-            if self.kube.get(routing.API_VERSION, "Gateway", parent["name"], namespace) is None:
+            if self._gateway(parent["name"], namespace) is None:
                 missing.append(f"{namespace}/{parent['name']}")
         return routing.read_route(obj, app.name, parents, controllers, missing) if missing else state
 

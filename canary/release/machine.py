@@ -16,6 +16,7 @@ what it ran then.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import string
 import threading
@@ -687,6 +688,18 @@ class Release:
         weight = shape.weight if shape is not None and shape.weight else (weights[0] if weights else 100)
         return workload.canary_replicas(base, weight)
 
+    def _switch_size(self) -> tuple[int, int]:
+        """How many pods the canary needs before every request goes to it (blue/green's switch, a promotion that changes
+        the protocol), and how many it runs. Stable's size as the app declares it, or as stable runs now when larger
+        (an autoscaled stable under load runs above its minimum); never fewer than the canary runs (its own autoscaler
+        may have grown it: an ``up`` at a smaller size would shrink it as all traffic arrives). Read from the cluster;
+        unanswered, the declared size and the recorded one."""
+        live_stable = live_canary = 0
+        with contextlib.suppress(CanaryError):
+            live_stable = int(self.verify.cluster.deployment(self.spec, Track.STABLE).get("replicas") or 0)
+            live_canary = int(self.verify.cluster.deployment(self.spec, Track.CANARY).get("replicas") or 0)
+        return max(self._stable_size(), live_stable, live_canary), live_canary
+
     def _stable_size(self) -> int:
         app = self.spec.app
         return app.autoscaler.min_replicas if app.autoscaler else app.replicas
@@ -833,10 +846,16 @@ class Release:
             state = self._shift(state, state.step, self._reached(state), again=True)
         return self._analyse(state)
 
+    @staticmethod
+    def _asked_elsewhere(state: ReleaseState, request: dict[str, Any]) -> bool:
+        """Whether a promote was written for another question than the one ``state`` asks (another phase or step);
+        one written by an earlier version says nothing, and is taken."""
+        return request.get("phase") is not None and (request.get("phase"), request.get("step")) != (state.phase.value, state.step)
+
     def _waiting_decision(self, state: ReleaseState) -> ReleaseState:
         request = self._requests.get("promote")
         asked = (request.get("phase"), request.get("step")) if request is not None else (None, None)
-        if request is not None and asked[0] is not None and asked != (state.phase.value, state.step):
+        if request is not None and self._asked_elsewhere(state, request):
             # written for another question (every check passed, WaitingPromotion; or another step's decision) and
             # still pending as this one is asked: a person decides an inconclusive release only by seeing it
             self._clear("promote", request, carried=False)
@@ -924,9 +943,9 @@ class Release:
                 # stands. A new appProtocol: stable's Services take it with the new version, and stable's old pods, serving
                 # while it rolls, do not speak it: every request goes to the canary, at stable's size, until stable is Ready
                 switch = schedule.SWITCH
-                full = self._stable_size()
+                full, live_canary = self._switch_size()
                 green = "green" if self.spec.analysis.kind is Strategy.BLUE_GREEN else "the canary"
-                if replicas < full:
+                if max(replicas, live_canary) < full:
                     # green takes every request at the switch: at stable's size first (`canaryReplicas` sized it for the
                     # testers' or mirrored requests), ready before a user reaches it
                     replicas = full
@@ -1027,6 +1046,7 @@ class Release:
             up(refresh=False)
             try:
                 self.verify.route(self.spec, rest, rollback=True, cancellable=False)
+                return self.recorder.save(state.model_copy(update={"rollback_step": 2, "weight": 0, "route": rest.to_json()}), "traffic is back on stable (route at rest)")
             except RouteNotAccepted as exc:
                 # at rest but a gateway not taking it yet (its controller down or lagging): waited for below. Else the
                 # route does not show the shape at all
@@ -1041,7 +1061,8 @@ class Release:
             raise
         except RollbackPending as exc:
             if not isinstance(exc.__cause__, StackLocked):
-                self._route_around_pulumi(state, rest, str(exc))
+                self._route_around_pulumi(state, rest, str(exc))  # writes the route at rest, then raises RollbackPending
+                raise  # (not reached: pending, it always raises)
             return self._route_around_pulumi(state, rest, f"Pulumi's lock is held by another update ({exc.__cause__})", pending=False)
         except Exception as exc:  # noqa: BLE001 - any failure (the up's, the runner's disk): traffic is not left on the canary
             self._route_around_pulumi(state, rest, f"{type(exc).__name__}: {exc}")
@@ -1150,6 +1171,10 @@ class Release:
         assert canary is not None
         current = self._recorded(state)
         replicas = max(self._canary_size(shape), state.canary_replicas if not again else 0)
+        if shape.weight == 100 or self.spec.app.autoscaler:
+            # all traffic: at least what stable runs; autoscaled: never below what the canary's autoscaler grew it to
+            full, live_canary = self._switch_size()
+            replicas = max(replicas, live_canary, full if shape.weight == 100 else 0)
         if not again and current == shape and replicas == state.canary_replicas:
             # an iteration of A/B or blue/green: the route stays as it is. A blue/green release without testers or
             # a mirror takes its first step so too (its route is the one at rest): the warm-up and the evidence
@@ -1191,6 +1216,9 @@ class Release:
                 # woken by a request: a promote a person gave in a waiting phase (or --skip-analysis) is acted on
                 # now; a pause or continue is taken now too, but the step is still judged on a whole interval
                 if state.phase in (Phase.WAITING_PROMOTION, Phase.WAITING_DECISION) and "promote" in self._requests:
+                    if state.phase is Phase.WAITING_DECISION and self._asked_elsewhere(state, self._requests["promote"]):
+                        self._wake.clear()  # not this decision's answer: `_waiting_decision` says so after the tick
+                        continue
                     answered = True
                     break
                 self._wake.clear()

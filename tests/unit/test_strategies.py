@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -243,3 +244,72 @@ def test_a_promote_written_for_waiting_promotion_does_not_decide_a_later_inconcl
     assert result.phase is Phase.FAILED, result.reason  # nobody decided the inconclusive switch: rolled back at the decision timeout
     assert [r.by for r in store.of("request")] == ["oncall-1"]
     assert any("promotion by oncall-2 not taken: it was asked of the release in WaitingPromotion" in e.message for e in world.events), world.events
+
+
+def test_a_promote_written_for_another_question_does_not_cut_the_decision_s_interval() -> None:
+    """A promote stamped for WaitingPromotion that arrives while an inconclusive tick waits for a decision woke the
+    interval as an answer: the load tests were stopped ("canary promote answered") and that interval's tick was lost,
+    before the request was found to answer another question."""
+    store = FakeStore()
+    world = make(Metrics([0.0, 0.0, 1.5] + [0.0] * 50), gated_blue_green, hooks=FakeHooks(lambda name, kind: kind != "confirm-promotion"), store=store)
+    asked: list[float] = []
+
+    def on_sleep(now: float) -> None:
+        state = store.state
+        if state is not None and state.phase is Phase.WAITING_PROMOTION and not asked:
+            asked.append(now)
+            store.request("promote", by="oncall-1", phase=state.phase.value, step=state.step)
+        elif len(asked) == 1 and state is not None and state.phase is Phase.WAITING_DECISION:
+            asked.append(now)  # the decision's interval began
+        elif len(asked) == 2 and now - asked[1] >= 5:
+            asked.append(now)  # mid-interval of the decision: a promote written for the question before
+            store.request("promote", by="oncall-2", phase=Phase.WAITING_PROMOTION.value, step=2)
+
+    world.clock.on_sleep = on_sleep
+    assert world.start().phase is Phase.FAILED
+    # from the inconclusive tick on, one tick an interval: the stale promote cut none of them (it made one 15 s apart)
+    ticks = store.of("tick")
+    first = next(i for i, t in enumerate(ticks) if t.phase == Phase.WAITING_DECISION.value) - 1
+    times = [_seconds(t.time) for t in ticks[first:]]
+    gaps = [round(b - a) for a, b in zip(times, times[1:], strict=False)]
+    assert gaps and set(gaps) == {round(world.release.spec.analysis.interval.total_seconds())}, gaps
+
+
+def _seconds(stamp: str) -> float:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+@pytest.mark.parametrize("live", [(6, 1), (2, 8)], ids=["stable-grown", "canary-grown"])
+def test_the_switch_sizes_the_canary_to_what_stable_runs_and_never_below_what_it_runs(live: tuple[int, int]) -> None:
+    """An autoscaled stable under load runs above its minimum: blue/green's switch scaled green to the minimum (2 pods)
+    and sent it every request; and a canary its own autoscaler had grown was written down to that size as all traffic
+    arrived."""
+    def autoscaled(v: dict[str, Any]) -> None:
+        for key in ("stepWeight", "maxWeight", "stepWeights"):
+            v["analysis"].pop(key, None)
+        v["analysis"]["iterations"] = 2
+        v["app"].pop("replicas", None)
+        v["app"].update(autoscaler={"minReplicas": 2, "maxReplicas": 10}, canaryReplicas=1)
+
+    world = make(Metrics(0.0), autoscaled)
+    stable_runs, canary_grown_to = live
+    real = world.cluster.deployment
+
+    def deployment(spec: Any, track: Any) -> dict[str, Any]:
+        found = dict(real(spec, track))
+        if track.value == "stable":
+            found.update(replicas=stable_runs, ready=stable_runs, updated=stable_runs, pods=stable_runs, rolled_out=True)
+        elif 0 < found["replicas"] < canary_grown_to:
+            found.update(replicas=canary_grown_to, ready=canary_grown_to)  # its autoscaler's doing
+        return found
+
+    world.cluster.deployment = deployment  # type: ignore[method-assign]
+    assert world.start().phase is Phase.SUCCEEDED
+    log = world.cluster.log
+    switch = next(i for i, (kind, what) in enumerate(log) if kind == "route" and isinstance(what, RouteShape) and what.weight == 100)
+    sizes = [what for kind, what in log[:switch] if kind == "canary"]
+    if stable_runs > canary_grown_to:
+        assert sizes[-1] == stable_runs, log  # at the size stable runs, not its autoscaler's minimum
+    else:
+        # created at 1 pod, then grown by its autoscaler: never written down again (to stable's size, the weight's share)
+        assert sizes[0] == 1 and all(size >= canary_grown_to for size in sizes[1:]), log
