@@ -697,12 +697,13 @@ def test_condition_helper_reads_status() -> None:
     assert kube_adapter.condition(obj, "Accepted") is None and kube_adapter.condition(None, "Ready") is None
 
 
-def test_the_route_reader_names_a_parent_gateway_that_does_not_exist_only_while_the_route_is_not_taken() -> None:
+def test_the_route_reader_names_a_parent_gateway_that_does_not_exist_only_while_the_route_is_not_taken(monkeypatch: pytest.MonkeyPatch) -> None:
     """A rollback waits for a gateway that has not taken its route at rest (it may serve the canary's weight), not
     for one that is not there: the reader tells them apart by reading the Gateway, and only then."""
     from canary.core.routing import RouteShape
     from tests.unit.fakes import FakeKube, spec
 
+    monkeypatch.setattr(kube_adapter, "GATEWAY_FRESH", 0.0)  # every read reads the Gateway (see the next test)
     kube = FakeKube()
     rules = [{"backendRefs": [{"name": "web-stable", "weight": 100}, {"name": "web-canary", "weight": 0}]}]
     kube.objects[("HTTPRoute", "prod", "web")] = {"metadata": {"name": "web", "namespace": "prod", "generation": 4}, "spec": {"rules": rules}}
@@ -718,3 +719,20 @@ def test_the_route_reader_names_a_parent_gateway_that_does_not_exist_only_while_
     reads = kube.calls
     taken = reader.route(spec())
     assert taken is not None and taken.accepted and taken.settled and kube.calls - reads == 3  # the route, the Gateway and its class
+
+
+def test_the_route_reader_reads_a_parent_gateway_once_a_second_while_the_route_waits() -> None:
+    """Verification reads the route every 50 ms while a gateway has not taken it: each read read every parent Gateway
+    again, two reads a parent for a missing one (its class looked up each time), 20 to 40 requests a second."""
+    from tests.unit.fakes import FakeKube, spec
+
+    kube = FakeKube()
+    rules = [{"backendRefs": [{"name": "web-stable", "weight": 100}, {"name": "web-canary", "weight": 0}]}]
+    kube.objects[("HTTPRoute", "prod", "web")] = {"metadata": {"name": "web", "namespace": "prod", "generation": 4}, "spec": {"rules": rules}}
+    reader = kube_adapter.ClusterReader(kube)  # type: ignore[arg-type]
+    reader.route(spec())
+    before = kube.calls
+    for _ in range(10):
+        state = reader.route(spec())
+        assert state is not None and state.missing == ("public",)
+    assert kube.calls - before == 10  # the route alone, each time
