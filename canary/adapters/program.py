@@ -570,7 +570,7 @@ class CanaryDeployment(pulumi.ComponentResource):
             stable_pin: Any = pulumi.Output.from_input(override["stable"])
             canary_pin: Any = pulumi.Output.from_input(override.get("canary") or desired_pin)
             canary_replicas = int(override.get("canary", {}).get("replicas", 0)) if override.get("canary") else 0
-            shape = routing.RouteShape.from_json(override.get("route"))
+            shape = routing.RouteShape.from_json(_route_with_values(spec_app.name, override))
         else:
             stable_pin = desired_pin
             canary_pin = desired_pin
@@ -1354,6 +1354,22 @@ def _track_target(pin: Mapping[str, Any], desired: Mapping[str, Any], app: App, 
     if name is not None and workload.port_name(desired.get("template"), app.name, app.container, desired_port) != name and desired_port == port:
         return port
     return name or port
+
+
+def _route_with_values(app: str, override: Mapping[str, Any]) -> Any:
+    """The route a release config pins, its A/B match values (left out of the file: ``stackfile.route_matches``) given
+    back. A route whose values this process does not hold is refused rather than declared: its matches would hold
+    ``<not recorded>``, and every tester would be sent to stable."""
+    route = override.get("route")
+    if not isinstance(route, Mapping) or not route.get("matches"):
+        return route
+    values = stackfile.route_matches(app, str(override.get("release", "")))
+    if values is not None:
+        return {**route, "matches": values}
+    if json.dumps(route["matches"]).count(json.dumps(routing.NOT_RECORDED)):
+        raise pulumi.RunError(f"canary:release.{app}.route: its A/B match values are not in this process (a release config file is "
+                              "applied by the canary process that wrote it, not by `pulumi up`)")
+    return route
 
 
 def _track_protocol(pin: Mapping[str, Any], desired: Mapping[str, Any], app: App) -> str | None:

@@ -15,6 +15,7 @@ import json
 import math
 import os
 import re
+import threading
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from decimal import Decimal
@@ -29,6 +30,7 @@ from ruamel.yaml.scalarstring import LiteralScalarString, SingleQuotedScalarStri
 
 from canary.adapters import files
 from canary.core import config as stackconfig
+from canary.core import routing
 from canary.core.naming import CONFIG_NAMESPACE
 from canary.core.spec import StackSpec, field_name
 from canary.errors import InvalidSpec, Problem
@@ -604,6 +606,20 @@ def set_value(path: Path, keys: tuple[str, ...], value: Any) -> tuple[Any, Any]:
     return old, value
 
 
+#: The A/B match values of the route each release pins, by (app, release id), for the program of an ``up`` run in this
+#: process (programs run inline). A value may be a secret (a tester's token): in the release config file it would be
+#: plain config, which Pulumi keeps in every update's history, so the file holds ``routing.NOT_RECORDED`` in its place
+#: and the program takes the values from here (``route_matches``).
+_MATCH_VALUES: dict[tuple[str, str], list[Any]] = {}
+_MATCH_VALUES_LOCK = threading.Lock()
+
+
+def route_matches(app: str, release: str) -> list[Any] | None:
+    """The match values the release config of ``app``'s ``release`` left out (None: this process wrote none)."""
+    with _MATCH_VALUES_LOCK:
+        return _MATCH_VALUES.get((app, release))
+
+
 class ReleaseConfigs:
     """The release's config files (the ``ConfigPort``): the snapshot with the tracks pinned, written
     into ``directory``; and what changed in the stack file since the snapshot."""
@@ -618,13 +634,19 @@ class ReleaseConfigs:
         self.at_rest = dict(at_rest or {})
 
     def write(self, release: str, snapshot: str, pins: Mapping[str, Any]) -> Path:
+        """The release config file of an ``up``: the snapshot, this app's ``pins`` and the others' at rest. The route's
+        A/B match values stay in this process (``route_matches``), out of the file and of Pulumi's update history."""
+        route = pins.get("route")
+        if isinstance(route, Mapping) and route.get("matches"):
+            with _MATCH_VALUES_LOCK:
+                _MATCH_VALUES[(self.app, release)] = list(route["matches"])
+            pins = {**pins, "route": routing.recorded(route)}
         path = self.directory / f"{release}.config.yaml"
         files.write_text_atomic(path, release_config(snapshot, {**self.at_rest, self.app: dict(pins)}), mode=0o600)
         return path
 
     def discard(self, path: Path) -> None:
-        """Remove a release config file once its ``up`` is over: its pins hold the route's A/B match values in plain
-        text (the snapshot's secrets stay encrypted), and the next ``up`` writes a file of its own."""
+        """Remove a release config file once its ``up`` is over (the next ``up`` writes a file of its own)."""
         path.unlink(missing_ok=True)
 
     def changes_since(self, snapshot: str) -> dict[str, Any]:

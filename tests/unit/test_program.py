@@ -25,7 +25,7 @@ import pytest
 from pulumi.runtime import rpc
 from pulumi.runtime.mocks import MockMonitor
 
-from canary.adapters import program
+from canary.adapters import program, stackfile
 from canary.core import routing, workload
 from canary.core.spec import App, Prometheus
 from canary.errors import InvalidSpec
@@ -1960,6 +1960,23 @@ def test_a_route_with_ab_matches_is_declared_a_secret_and_one_without_is_not(dec
     weighted = {"web": {**release["web"], "route": {"weight": 20}}}
     assert rpc._special_sig_key not in declare(component(), {"canary:release": weighted}).inputs("web-route")["spec"]
     assert rpc._special_sig_key not in declare(component()).inputs("web-route")["spec"]
+
+
+def test_a_release_config_s_route_takes_its_match_values_from_the_process_that_wrote_it(declare: Callable[..., Declared],
+                                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    # the release config file held the values as plain config, kept by Pulumi in every update's history: it holds a
+    # marker, and the program takes the values from the canary process that wrote the file (programs run inline)
+    stable_pin = pin("registry.example.com/shop/web:1.0.0", "5555aaaa5555aaaa")
+    canary_pin = pin("registry.example.com/shop/web:2.0.0", "cccc2222cccc2222", replicas=1)
+    recorded = [{"headers": [["X-Tester", "Exact", routing.NOT_RECORDED]], "queryParams": []}]
+    release = {"web": {"release": "r7", "stable": stable_pin, "canary": canary_pin, "route": {"weight": 0, "matches": recorded}}}
+    monkeypatch.setattr(stackfile, "_MATCH_VALUES", {("web", "r7"): [{"headers": [["X-Tester", "Exact", "tester-S3CRET"]], "queryParams": []}]})
+    spec = declare(component(), {"canary:release": release}).inputs("web-route")["spec"]
+    assert spec["value"]["rules"][0]["matches"][0]["headers"] == [{"type": "Exact", "name": "X-Tester", "value": "tester-S3CRET"}]
+    # values this process does not hold: refused, not a route whose testers would all be sent to stable
+    monkeypatch.setattr(stackfile, "_MATCH_VALUES", {})
+    with pytest.raises(Exception, match=r"canary:release.web.route: its A/B match values are not in this process"):
+        declare(component(), {"canary:release": release})
 
 
 def test_the_route_guards_read_a_secret_route_spec(declare: Callable[..., Declared]) -> None:
