@@ -144,7 +144,7 @@ class Release:
         self._in_up = False
         #: set by resume: the next `up` refreshes first (a killed `up` may have left the cluster ahead of Pulumi)
         self._refresh = False
-        #: a forward step kept from its ``up`` by Pulumi's lock: (its index, the seconds waited for the lock in all)
+        #: a forward step kept from its ``up`` by Pulumi's lock: (its index, when its first try began, monotonic)
         self._lock_held: tuple[int, float] | None = None
         self.recorder = Recorder(store, self.clock, stack.name, self.spec.app.name, on_event, pusher)
         self._hook_caller = hooks
@@ -1128,27 +1128,28 @@ class Release:
 
     def _step(self, state: ReleaseState, index: int, shape: RouteShape) -> ReleaseState:
         """A forward step of ``_progressing`` (a weight, an A/B or blue/green iteration), its ``up``s waiting for Pulumi's
-        lock (another app's ``up`` of the stack, awaiting its Deployment for minutes) at most one analysis interval, or
-        the route timeout when shorter. Waited for ``lock_wait`` at once, the canary kept its weight unjudged and a failing
-        one was rolled back minutes late. An interval: the wait is part of the step's interval, as a shift's time is, so
-        the tick comes when it would have; the route timeout: a long interval's rest is left to the rollout hooks (a load
-        test). Still locked, the step is not taken this time: the release holds at its weight, journals whose lock it
+        lock (another app's ``up`` of the stack, awaiting its Deployment for minutes) at most half an analysis interval,
+        or the route timeout when shorter. Waited for ``lock_wait`` at once, the canary kept its weight unjudged and a
+        failing one was rolled back minutes late. Half an interval: the wait is part of the step's interval, as a shift's
+        time is, so the tick comes when it would have, and the other half is left to the rollout hooks (a load test: a
+        whole interval's wait left them none, and the tick judged a window without its load); the route timeout: so is
+        a long interval's rest. Still locked, the step is not taken this time: the release holds at its weight, journals whose lock it
         waits for, and ticks as at any held step (a failing tick rolls back; a hold is no failed tick); the step is tried
         again after the next passing tick. ``lock_wait`` bounds the waiting in all (a lock never let go): past it,
         StackLocked fails the step as before. Iterations after the first have no ``up``; blue/green's switch
         (``_approved``) waits ``lock_wait`` at once: before it green serves no user, and a person may have approved it."""
         held = self._lock_held
-        waited = held[1] if held is not None and held[0] == index else 0.0
-        began = self.clock.monotonic()
+        # the hold counts from the step's first try: lock_wait bounds it as it bounds any one up's wait
+        began = held[1] if held is not None and held[0] == index else self.clock.monotonic()
         try:
-            shifted = self._shift(state, index, shape, lock_wait=min(self.spec.analysis.interval.total_seconds(), self.verify.route_timeout,
-                                                                      max(0.0, self.lock_wait - waited)))
+            shifted = self._shift(state, index, shape, lock_wait=min(self.spec.analysis.interval.total_seconds() / 2, self.verify.route_timeout,
+                                                                      max(0.0, self.lock_wait - (self.clock.monotonic() - began))))
         except StackLocked as exc:
-            waited += self.clock.monotonic() - began
+            waited = self.clock.monotonic() - began
             if waited >= self.lock_wait:
                 raise StackLocked(f"step {index} ({shape.describe()}) waited {waited:.0f}s in all for Pulumi's lock (lock_wait "
                                   f"{self.lock_wait:g}s): {exc}") from exc
-            self._lock_held = (index, waited)
+            self._lock_held = (index, began)
             # warned once a step (an alert an interval would be noise); journaled at each try. The state as before
             # the step (no longer "shifting to" it): the route and the weight are where they were
             then = "analysis goes on, the step is tried again after the next passing tick" if state.step else "tried again in an interval"

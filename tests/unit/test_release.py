@@ -418,7 +418,7 @@ def test_a_step_kept_waiting_by_pulumi_s_lock_waits_for_it_to_be_let_go_then_tri
     """Refused for the lock, the step's ``up`` is tried again as the lock is let go, not every 2 s: each
     try is a CLI run, and apps of one stack released at once spent their CPU on them."""
     world = make(Metrics(0.0))
-    _locked_at_step(world, 20, 7.0)
+    _locked_at_step(world, 20, 4.0)  # let go within the half interval a step waits (longer: the step is held, test_step_lock)
     result = world.start()
     assert result.phase is Phase.SUCCEEDED, result.reason
     assert len(world.stack.refused) == 1, world.stack.refused

@@ -117,3 +117,30 @@ def test_iterations_after_the_first_need_no_up_and_are_never_held_for_pulumi_s_l
     assert len(times) == 4 and all(b - a <= 10.0 + 0.5 for a, b in zip(times, times[1:], strict=False)), times
     assert world.stack.refused and all(r["at"] >= times[-1] for r in world.stack.refused)  # the promotion's ups, after the last iteration
     assert not any("waits for Pulumi's lock" in s.message for s in world.store.of("state"))
+
+
+def test_a_held_step_leaves_the_load_test_half_the_interval_at_least() -> None:
+    """The step's up waited the whole interval for the lock, and the held turn's rollout hooks (a load test) were
+    started and stopped at once: the tick judged a window without the load the release relies on."""
+    def with_load_test(v: dict[str, Any]) -> None:
+        v["analysis"].update(**ERRORS_ONLY, webhooks=[{"name": "load", "type": "rollout", "cmd": "hey -z 10s http://web/"}])
+
+    world = make(Metrics(0.0), with_load_test, route_timeout=60.0)
+    taken = _locked_at(world, 30, 35.0)
+    windows: list[tuple[float, float]] = []
+    hooks = world.hooks
+    started: dict[int, float] = {}
+
+    def start(hook: Any, body: Any = None) -> Any:
+        started[id(hook)] = world.clock.monotonic()
+        return hook
+
+    def finish(hook: Any, handle: Any, deadline: float, cancel: Any = None) -> Any:
+        windows.append((started.pop(id(hook)), world.clock.monotonic()))
+        return hooks.call(hook, {}, cancel)
+
+    hooks.start, hooks.finish = start, finish  # type: ignore[method-assign]
+    assert world.start().phase is Phase.SUCCEEDED
+    interval = world.release.spec.analysis.interval.total_seconds()
+    during = [end - begin for begin, end in windows if taken["at"] <= begin <= taken["at"] + 35.0]
+    assert during and min(during) >= interval / 2 - 0.5, (interval, during)
