@@ -591,7 +591,7 @@ class Release:
         finally:
             with self._requests_lock:  # see _cancel_now
                 self._in_up = False
-            self.config.discard(path)  # it holds the A/B match values in plain text, which only this up reads
+            self.config.discard(path)  # the next up writes a file of its own
         self._refresh = False
         summary = {"stable": pins["stable"]["hash"], "canary": pins.get("canary", {}).get("hash"), "replicas": pins.get("canary", {}).get("replicas", 0),
                    "route": RouteShape.from_json(pins["route"]).to_json()}  # as recorded: no match value
@@ -1135,8 +1135,8 @@ class Release:
         whole interval's wait left them none, and the tick judged a window without its load); the route timeout: so is
         a long interval's rest. Still locked, the step is not taken this time: the release holds at its weight, journals whose lock it
         waits for, and ticks as at any held step (a failing tick rolls back; a hold is no failed tick); the step is tried
-        again after the next passing tick. ``lock_wait`` bounds the waiting in all (a lock never let go): past it,
-        StackLocked fails the step as before. Iterations after the first have no ``up``; blue/green's switch
+        again after the next passing tick. ``lock_wait`` from the step's first try bounds the hold (a lock never let
+        go): past it, StackLocked fails the step as before. Iterations after the first have no ``up``; blue/green's switch
         (``_approved``) waits ``lock_wait`` at once: before it green serves no user, and a person may have approved it."""
         held = self._lock_held
         # the hold counts from the step's first try: lock_wait bounds it as it bounds any one up's wait
