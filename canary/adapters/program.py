@@ -1361,15 +1361,13 @@ def _route_with_values(app: str, override: Mapping[str, Any]) -> Any:
     back. A route whose values this process does not hold is refused rather than declared: its matches would hold
     ``<not recorded>``, and every tester would be sent to stable."""
     route = override.get("route")
-    if not isinstance(route, Mapping) or not route.get("matches"):
-        return route
+    if not isinstance(route, Mapping) or not route.get("matches") or json.dumps(routing.NOT_RECORDED) not in json.dumps(route["matches"]):
+        return route  # values given (or none to give)
     values = stackfile.route_matches(app, str(override.get("release", "")))
-    if values is not None:
-        return {**route, "matches": values}
-    if json.dumps(route["matches"]).count(json.dumps(routing.NOT_RECORDED)):
+    if values is None:
         raise pulumi.RunError(f"canary:release.{app}.route: its A/B match values are not in this process (a release config file is "
                               "applied by the canary process that wrote it, not by `pulumi up`)")
-    return route
+    return {**route, "matches": values}
 
 
 def _track_protocol(pin: Mapping[str, Any], desired: Mapping[str, Any], app: App) -> str | None:

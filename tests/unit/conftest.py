@@ -1,4 +1,4 @@
-"""What every unit test sees: no built lab tools.
+"""What every unit test sees: no built lab tools, and no A/B match values another test's release config left.
 
 `./run tests` runs the unit tests while the lab's tools build, and on a fresh machine none are built
 yet: a unit test that leans on a built tool (the lab's Pulumi CLI, say) passes only where the tools
@@ -21,3 +21,12 @@ def _no_lab_tools(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatc
     empty.mkdir(exist_ok=True)
     monkeypatch.setenv("CANARY_TOOLS", str(empty))
     return empty
+
+
+@pytest.fixture(autouse=True)
+def _no_match_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The process's A/B match values (``stackfile.route_matches``) start empty in each test: a release config written
+    by another test (in this worker, in any order) must not give a program its values."""
+    from canary.adapters import stackfile
+
+    monkeypatch.setattr(stackfile, "_MATCH_VALUES", {})

@@ -143,7 +143,8 @@ def test_a_resume_whose_analysis_matches_on_other_names_applies_them_and_warns()
     assert warned and "header X-Tester (Exact)" in warned[0] and "header X-Insider (Exact)" in warned[0] and SECRET not in warned[0]
 
 
-def test_a_release_config_file_is_private_and_removed_once_its_up_is_over(tmp_path: Path) -> None:
+def test_a_release_config_file_is_private_and_removed_once_its_up_is_over(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(stackfile, "_MATCH_VALUES", {})  # this process's, for this test alone
     stack = tmp_path / "Pulumi.dev.yaml"
     stack.write_text("config:\n  canary:app: {name: web, image: demo:v1}\n")
     configs = stackfile.ReleaseConfigs(stack, tmp_path, "web")

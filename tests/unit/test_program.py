@@ -1973,6 +1973,10 @@ def test_a_release_config_s_route_takes_its_match_values_from_the_process_that_w
     monkeypatch.setattr(stackfile, "_MATCH_VALUES", {("web", "r7"): [{"headers": [["X-Tester", "Exact", "tester-S3CRET"]], "queryParams": []}]})
     spec = declare(component(), {"canary:release": release}).inputs("web-route")["spec"]
     assert spec["value"]["rules"][0]["matches"][0]["headers"] == [{"type": "Exact", "name": "X-Tester", "value": "tester-S3CRET"}]
+    # values given in the config (a program's own test, a file of before): taken as given, whatever this process holds
+    given = [{"headers": [["X-Tester", "Exact", "given"]], "queryParams": []}]
+    spec = declare(component(), {"canary:release": {"web": {**release["web"], "route": {"weight": 0, "matches": given}}}}).inputs("web-route")["spec"]
+    assert spec["value"]["rules"][0]["matches"][0]["headers"] == [{"type": "Exact", "name": "X-Tester", "value": "given"}]
     # values this process does not hold: refused, not a route whose testers would all be sent to stable
     monkeypatch.setattr(stackfile, "_MATCH_VALUES", {})
     with pytest.raises(Exception, match=r"canary:release.web.route: its A/B match values are not in this process"):
